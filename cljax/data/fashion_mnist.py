@@ -1,0 +1,67 @@
+"""Fashion-MNIST from its real IDX files (Debian package dataset-fashion-mnist)."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+
+from cljax.data import register_dataset
+from cljax.data.prepared import ClassData
+from cljax.errors import CljaxError
+
+DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
+CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+_FIX = "install it with `apt-get install dataset-fashion-mnist` or pass --data-dir with the four IDX files."
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Parse an IDX file (optionally gzipped): magic 0x0000 08 ndim, big-endian dims, uint8 data."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as exc:
+        raise CljaxError(f"cannot read {path} ({exc}): the file is corrupt or truncated; {_FIX}") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise CljaxError(f"{path} is not a uint8 IDX file: {_FIX}")
+    ndim = raw[3]
+    dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    offset = 4 + 4 * ndim
+    if len(raw) - offset != int(np.prod(dims)):
+        raise CljaxError(f"{path} is truncated ({len(raw) - offset} bytes of data, {int(np.prod(dims))} expected): {_FIX}")
+    return np.frombuffer(raw, dtype=np.uint8, offset=offset).reshape(dims)
+
+
+def _find(folder: Path, stem: str) -> Path:
+    for name in (stem + ".gz", stem):
+        if (folder / name).is_file():
+            return folder / name
+    raise CljaxError(f"Fashion-MNIST file {stem}[.gz] not found in {folder}: {_FIX}")
+
+
+@register_dataset("fashion_mnist")
+def load_fashion_mnist(config) -> ClassData:
+    folder = Path(config.data_dir or DEFAULT_DIR)
+    if not folder.is_dir():
+        raise CljaxError(f"Fashion-MNIST folder {folder} does not exist: {_FIX}")
+    arrays = {key: read_idx(_find(folder, stem)) for key, stem in FILES.items()}
+    for split in ("train", "test"):
+        if arrays[f"{split}_images"].shape[0] != arrays[f"{split}_labels"].shape[0]:
+            raise CljaxError(f"Fashion-MNIST {split} images and labels differ in count in {folder}: {_FIX}")
+    return ClassData(
+        train_images=arrays["train_images"],
+        train_labels=arrays["train_labels"].astype(np.int32),
+        test_images=arrays["test_images"],
+        test_labels=arrays["test_labels"].astype(np.int32),
+        n_classes=10,
+        class_names=CLASS_NAMES,
+        meta={"name": "fashion_mnist", "source": str(folder)},
+    )

@@ -1,0 +1,16 @@
+"""`imagenet_28_gray`: ImageNet-1k prepared by `cljax prepare-imagenet` into the folder format."""
+
+from __future__ import annotations
+
+from cljax.data import register_dataset
+from cljax.data.prepared import ClassData, load_prepared
+from cljax.errors import CljaxError
+
+_HOW = "prepare it with `cljax prepare-imagenet --source ILSVRC/imagenet-1k --out DIR` and pass --data-dir DIR."
+
+
+@register_dataset("imagenet_28_gray")
+def load_imagenet_28_gray(config) -> ClassData:
+    if not config.data_dir:
+        raise CljaxError(f"--data-dir is required for imagenet_28_gray: {_HOW}")
+    return load_prepared(config.data_dir, how_to_fix=_HOW)

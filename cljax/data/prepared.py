@@ -1,0 +1,150 @@
+"""The prepared-dataset folder: the one on-disk format every source is turned into.
+
+A folder holds::
+
+    train_images.npy  (N_train, 28, 28) uint8
+    train_labels.npy  (N_train,) int32, class ids in [0, n_classes)
+    test_images.npy   (N_test, 28, 28) uint8
+    test_labels.npy   (N_test,) int32
+    meta.json         format_version, name, source, preprocessing, n_classes, class_names,
+                      counts {"train": [...], "test": [...]} per class, and
+                      files {name: {"shape", "dtype", "sha256"}}
+
+Arrays are opened with ``np.load(mmap_mode="r")`` so a folder of any size costs no RAM until
+a task gathers its images.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cljax.errors import CljaxError
+
+FORMAT_VERSION = 1
+ARRAY_FILES = ("train_images.npy", "train_labels.npy", "test_images.npy", "test_labels.npy")
+
+
+@dataclass(frozen=True)
+class ClassData:
+    """Images and integer class labels of the two splits, plus the folder's metadata."""
+
+    train_images: np.ndarray  # (N_train, H, W) uint8
+    train_labels: np.ndarray  # (N_train,) int
+    test_images: np.ndarray  # (N_test, H, W) uint8
+    test_labels: np.ndarray  # (N_test,) int
+    n_classes: int
+    class_names: tuple[str, ...]
+    meta: dict
+
+
+def sha256_of(path: Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_prepared(
+    out_dir: str | os.PathLike,
+    train_images: np.ndarray,
+    train_labels: np.ndarray,
+    test_images: np.ndarray,
+    test_labels: np.ndarray,
+    *,
+    name: str,
+    source: str,
+    preprocessing: dict,
+    class_names: list[str] | None = None,
+    n_classes: int | None = None,
+) -> Path:
+    """Write a prepared folder atomically (a temporary sibling renamed into place)."""
+    out = Path(out_dir)
+    arrays = {
+        "train_images.npy": np.asarray(train_images, dtype=np.uint8),
+        "train_labels.npy": np.asarray(train_labels, dtype=np.int32),
+        "test_images.npy": np.asarray(test_images, dtype=np.uint8),
+        "test_labels.npy": np.asarray(test_labels, dtype=np.int32),
+    }
+    for split in ("train", "test"):
+        imgs, labels = arrays[f"{split}_images.npy"], arrays[f"{split}_labels.npy"]
+        if imgs.ndim != 3 or imgs.shape[0] != labels.shape[0] or labels.ndim != 1:
+            raise ValueError(f"{split}: images {imgs.shape} and labels {labels.shape} do not match")
+    if n_classes is None:
+        n_classes = int(max(arrays["train_labels.npy"].max(), arrays["test_labels.npy"].max())) + 1
+    names = list(class_names) if class_names is not None else [str(c) for c in range(n_classes)]
+    tmp = out.with_name(out.name + ".tmp-write")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    files = {}
+    for fname, arr in arrays.items():
+        np.save(tmp / fname, arr, allow_pickle=False)
+        files[fname] = {"shape": list(arr.shape), "dtype": str(arr.dtype), "sha256": sha256_of(tmp / fname)}
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "name": name,
+        "source": source,
+        "preprocessing": preprocessing,
+        "n_classes": int(n_classes),
+        "class_names": names,
+        "counts": {
+            split: np.bincount(arrays[f"{split}_labels.npy"], minlength=n_classes).tolist()
+            for split in ("train", "test")
+        },
+        "files": files,
+    }
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return out
+
+
+def load_prepared(folder: str | os.PathLike, *, verify_checksums: bool = False, how_to_fix: str = "") -> ClassData:
+    """Open a prepared folder (memory-mapped), checking it is whole; raise CljaxError if not."""
+    path = Path(folder)
+    fix = f" {how_to_fix}" if how_to_fix else ""
+    if not path.is_dir():
+        raise CljaxError(f"dataset folder {path} does not exist.{fix}")
+    missing = [f for f in (*ARRAY_FILES, "meta.json") if not (path / f).is_file()]
+    if missing:
+        raise CljaxError(f"dataset folder {path} is incomplete (missing {', '.join(missing)}).{fix}")
+    try:
+        meta = json.loads((path / "meta.json").read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CljaxError(f"{path / 'meta.json'} is not valid JSON ({exc}).{fix}") from None
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise CljaxError(f"{path / 'meta.json'} has format_version {meta.get('format_version')!r}, expected {FORMAT_VERSION}.{fix}")
+    arrays = {}
+    for fname in ARRAY_FILES:
+        expected = meta.get("files", {}).get(fname, {})
+        try:
+            arr = np.load(path / fname, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            raise CljaxError(f"{path / fname} is corrupt or truncated ({exc}).{fix}") from None
+        if expected and (list(arr.shape) != expected.get("shape") or str(arr.dtype) != expected.get("dtype")):
+            raise CljaxError(
+                f"{path / fname} has shape {list(arr.shape)} {arr.dtype}, meta.json says "
+                f"{expected.get('shape')} {expected.get('dtype')}: the folder is damaged.{fix}"
+            )
+        if verify_checksums and expected.get("sha256") and sha256_of(path / fname) != expected["sha256"]:
+            raise CljaxError(f"{path / fname} does not match its checksum in meta.json.{fix}")
+        arrays[fname] = arr
+    n_classes = int(meta["n_classes"])
+    return ClassData(
+        train_images=arrays["train_images.npy"],
+        train_labels=arrays["train_labels.npy"],
+        test_images=arrays["test_images.npy"],
+        test_labels=arrays["test_labels.npy"],
+        n_classes=n_classes,
+        class_names=tuple(meta.get("class_names") or [str(c) for c in range(n_classes)]),
+        meta=meta,
+    )

@@ -1,0 +1,32 @@
+"""The network's output read as a distribution over the two labels, shared by every rule.
+
+``out_dim == 1``: one logit z, p(label 1) = sigmoid(z) (binary cross-entropy).
+``out_dim == 2``: two logits, softmax. Evaluation (loss = negative log-likelihood of the true
+label, accuracy = greedy choice) is the same for every learning rule.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def log_probs(logits_BxO):
+    """(B, O) logits -> (B, 2) log-probabilities of labels 0 and 1."""
+    if logits_BxO.shape[-1] == 1:
+        z = logits_BxO[..., 0]
+        return jnp.stack([jax.nn.log_sigmoid(-z), jax.nn.log_sigmoid(z)], axis=-1)
+    return jax.nn.log_softmax(logits_BxO, axis=-1)
+
+
+def nll_and_correct(logits_BxO, labels_B):
+    """Per-example negative log-likelihood of the true label and greedy correctness (B,)."""
+    lp = log_probs(logits_BxO)
+    nll = -jnp.take_along_axis(lp, labels_B[:, None].astype(jnp.int32), axis=-1)[:, 0]
+    return nll, (jnp.argmax(lp, axis=-1) == labels_B).astype(jnp.float32)
+
+
+def nll_and_accuracy(logits_BxO, labels_B):
+    """Mean negative log-likelihood and greedy accuracy over the batch."""
+    nll, correct = nll_and_correct(logits_BxO, labels_B)
+    return nll.mean(), correct.mean()

@@ -1,0 +1,120 @@
+"""The task schedule and the per-task data, in the canonical layout (N, R, H, W).
+
+Schedule: for repeat r, a permutation perm_r of all classes drawn from the experiment seed;
+task t of repeat r is (perm_r[2t], perm_r[2t+1]); the first class is label 0, the second label 1.
+
+Per-task data: every (task, repeat) uses ``n_train_per_class`` training and
+``n_test_per_class`` test images of each of its two classes, drawn without replacement from
+the seed, so every repeat has the same number of samples. Test images come from the test split
+or (``test_source="train_holdout"``) from the end of a fixed per-class permutation of the train
+split whose start provides the training images, so the two never overlap.
+
+Test sets are interleaved (class A, class B, A, B, ...): the first S of them, the fixed
+subsample whose representations are saved, hold S/2 images of each class.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cljax.data.prepared import ClassData
+from cljax.errors import CljaxError
+
+# Stream ids of the host-side (numpy) part of the key lineage.
+_RNG_SCHEDULE, _RNG_TRAIN, _RNG_TEST = 0, 1, 2
+
+
+def make_schedule(n_classes: int, num_tasks: int, n_repeats: int, seed: int) -> np.ndarray:
+    """Class pairs (T, R, 2): per repeat a permutation of all classes, consecutive pairs."""
+    if num_tasks > n_classes // 2:
+        raise CljaxError(
+            f"--num-tasks {num_tasks} needs {2 * num_tasks} classes but the dataset has {n_classes}: "
+            f"use at most {n_classes // 2} tasks."
+        )
+    rng = np.random.default_rng([seed, _RNG_SCHEDULE])
+    perms = np.stack([rng.permutation(n_classes) for _ in range(n_repeats)])  # (R, C)
+    return perms[:, : 2 * num_tasks].reshape(n_repeats, num_tasks, 2).transpose(1, 0, 2).astype(np.int32)
+
+
+class TaskData:
+    """Per-class index tables of a dataset, and gathers of one task's tensors for all repeats."""
+
+    def __init__(self, data: ClassData, config):
+        self.data = data
+        self.config = config
+        self.seed = config.seed
+        holdout = config.test_source == "train_holdout"
+        self.train_by_class = _indices_by_class(data.train_labels, data.n_classes)
+        test_labels = data.train_labels if holdout else data.test_labels
+        self.test_by_class = self.train_by_class if holdout else _indices_by_class(test_labels, data.n_classes)
+        self.test_images_src = data.train_images if holdout else data.test_images
+        need_train = config.n_train_per_class + (config.n_test_per_class if holdout else 0)
+        for c in range(data.n_classes):
+            have = len(self.train_by_class[c])
+            if have < need_train:
+                raise CljaxError(
+                    f"class {c} has {have} training images but {need_train} are needed "
+                    f"(--n-train-per-class{' + --n-test-per-class' if holdout else ''}): lower them."
+                )
+            have_test = len(self.test_by_class[c])
+            if not holdout and have_test < config.n_test_per_class:
+                raise CljaxError(
+                    f"class {c} has {have_test} test images but --n-test-per-class is "
+                    f"{config.n_test_per_class}: lower it or use --test-source train_holdout."
+                )
+
+    def _pick(self, stream: int, cls: int, repeat: int, pool: np.ndarray, n: int, from_end: bool = False):
+        # A fixed per-(class, repeat) permutation: train takes its start, the holdout its end.
+        # (class, repeat) identifies the draw: a class appears in one task per repeat.
+        rng = np.random.default_rng([self.seed, stream, cls, repeat])
+        order = rng.permutation(len(pool))
+        chosen = order[len(order) - n :] if from_end else order[:n]
+        return np.sort(pool[chosen])
+
+    def train(self, pairs_R2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Training images (N, R, H, W) uint8 and labels (N, R) int32 of one task, class A first."""
+        n = self.config.n_train_per_class
+        idx_NR = np.stack(
+            [
+                np.concatenate([self._pick(_RNG_TRAIN, c, r, self.train_by_class[c], n) for c in pairs_R2[r]])
+                for r in range(pairs_R2.shape[0])
+            ],
+            axis=1,
+        )
+        labels_NR = np.repeat(np.array([0, 1], np.int32), n)[:, None].repeat(pairs_R2.shape[0], axis=1)
+        return _gather(self.data.train_images, idx_NR), labels_NR
+
+    def test(self, pairs_R2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Test images (N_test, R, H, W) and labels (N_test, R), classes interleaved A, B, A, B..."""
+        n = self.config.n_test_per_class
+        holdout = self.config.test_source == "train_holdout"
+        stream = _RNG_TRAIN if holdout else _RNG_TEST
+        cols = []
+        for r in range(pairs_R2.shape[0]):
+            a, b = (
+                self._pick(stream, c, r, self.test_by_class[c], n, from_end=holdout) for c in pairs_R2[r]
+            )
+            cols.append(np.stack([a, b], axis=1).reshape(-1))  # interleave
+        idx_NR = np.stack(cols, axis=1)
+        labels_NR = np.tile(np.array([0, 1], np.int32), n)[:, None].repeat(pairs_R2.shape[0], axis=1)
+        return _gather(self.test_images_src, idx_NR), labels_NR
+
+    def all_tests(self, schedule_TR2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Test sets of every task stacked: (T, N_test, R, H, W) and (T, N_test, R)."""
+        pairs = [self.test(schedule_TR2[t]) for t in range(schedule_TR2.shape[0])]
+        return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+
+
+def _indices_by_class(labels: np.ndarray, n_classes: int) -> list[np.ndarray]:
+    labels = np.asarray(labels)
+    order = np.argsort(labels, kind="stable")
+    bounds = np.searchsorted(labels[order], np.arange(n_classes + 1))
+    return [order[bounds[c] : bounds[c + 1]] for c in range(n_classes)]
+
+
+def _gather(images: np.ndarray, idx_NR: np.ndarray) -> np.ndarray:
+    # Gather sorted unique rows once (fast on a memory map), then scatter to (N, R, H, W).
+    flat = idx_NR.reshape(-1)
+    uniq, inverse = np.unique(flat, return_inverse=True)
+    rows = np.asarray(images[uniq])
+    return rows[inverse].reshape(*idx_NR.shape, *rows.shape[1:])

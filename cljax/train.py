@@ -1,0 +1,245 @@
+"""The per-task program: one jitted function that trains the continual learner and a fresh
+expert side by side on the same batches, for R repeats at once, and returns the snapshots.
+
+Data flow inside ``run_task`` (all on the device, no host sync):
+
+    train_images_NRHW uint8 --(per-epoch, per-repeat permutations)--> step indices (steps, B, R)
+    scan over steps:  batch (B, R, H, W) gathered from the indices
+                      vmap over R: learner step (rule + options + optimiser), expert step (rule + SGD)
+    every log_frequency steps: stack the learner's weights and train metrics, evaluate the
+                      expert on the current task -> outputs of an outer scan, leading axis L
+
+Then ``evaluate`` runs the stacked weights (task start + L snapshots) on the test sets of all
+T tasks, resident in one call or streamed K tasks at a time; the result is the same function of
+the same inputs either way. Both stay on the device until the one transfer at task end.
+
+The repeat axis is added only here, by ``jax.vmap`` around single-repeat functions.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax import lax
+
+from cljax.losses import nll_and_correct
+from cljax.models import CLASSIFIER_GROUP, make_model
+from cljax.options import make_options
+from cljax.rules import make_rule
+
+# Fixed stream ids of the key lineage: seed -> root -> (learner init | task t -> expert init,
+# shuffling, per-step keys). fold_in by ids (not split) so a resumed run draws the same keys.
+KEY_LEARNER_INIT, KEY_TASKS = 0, 1
+KEY_EXPERT_INIT, KEY_SHUFFLE, KEY_STEPS, KEY_OPTIONS = 0, 1, 2, 3
+
+
+class LearnerState(NamedTuple):
+    """Everything the continual learner carries across tasks; every leaf has leading axis R."""
+
+    params: Any
+    opt_state: Any
+    rule_state: Any
+    option_states: tuple
+
+
+def param_groups(params):
+    """Label each top-level layer 'classifier' (the head) or 'features', for per-group rates."""
+    return {name: ("classifier" if name == CLASSIFIER_GROUP else "features") for name in params}
+
+
+def make_optimizer(config, momentum: float) -> optax.GradientTransformation:
+    def sgd(lr):
+        return optax.sgd(lr, momentum=momentum or None)
+
+    return optax.multi_transform(
+        {"features": sgd(config.lr_features_value), "classifier": sgd(config.lr_classifier_value)},
+        param_groups,
+    )
+
+
+class TaskProgram(NamedTuple):
+    """The pieces of an experiment's compiled task program and how to start its state."""
+
+    init_learner: Any  # key -> LearnerState (leading R)
+    run_task: Any  # jitted (learner, train_x, train_y, cur_test_x, cur_test_y, task_idx, task_key) -> (learner, trace)
+    evaluate: Any  # jitted (weights_LR, test_x_KNRHW, test_y_KNR) -> (acc, loss (L,R,K), reps (L,R,K,S,H))
+    apply_fn: Any  # (params, images_BHW) -> (logits, hidden), one repeat
+    init_params: Any  # key -> params, one repeat
+
+
+def build_task_program(config) -> TaskProgram:
+    """Build the jitted per-task program for a (validated) config."""
+    model = make_model(config)
+    rule = make_rule(config)
+    learner_tx = make_optimizer(config, config.momentum)
+    expert_tx = make_optimizer(config, 0.0)
+    R, B, S = config.n_repeats, config.batch_size, config.n_subsamples
+    E, NB, LF, L = config.epochs, config.batches_per_epoch, config.log_frequency, config.n_logs
+    head_steps = config.steps_per_task - L * LF
+    rep_dtype = jnp.dtype(config.representation_dtype)
+
+    def apply_fn(params, images_BHW):
+        return model.apply({"params": params}, images_BHW)
+
+    def init_params(key):
+        return model.init(key, jnp.zeros((1, 28, 28), jnp.uint8))["params"]
+
+    options = make_options(config, apply_fn, init_params)
+
+    def init_learner_one(key):
+        k_params, k_opts = jax.random.split(key)
+        params = init_params(k_params)
+        opt_keys = jax.random.split(k_opts, max(len(options), 1))
+        return LearnerState(
+            params=params,
+            opt_state=learner_tx.init(params),
+            rule_state=rule.init(params),
+            option_states=tuple(o.init(params, k) for o, k in zip(options, opt_keys)),
+        )
+
+    def init_learner(seed_key):
+        keys = jax.random.split(jax.random.fold_in(seed_key, KEY_LEARNER_INIT), R)
+        return jax.vmap(init_learner_one)(keys)
+
+    # ---- single-repeat steps -------------------------------------------------------------
+    def learner_step(state: LearnerState, images_BHW, labels_B, key):
+        k_rule, k_batch, k_end = jax.random.split(key, 3)
+        opt_states = list(state.option_states)
+        for i, opt in enumerate(options):
+            images_BHW, labels_B = opt.batch(opt_states[i], images_BHW, labels_B, jax.random.fold_in(k_batch, i))
+        direction, rule_state, aux = rule.direction(apply_fn, state.params, state.rule_state, images_BHW, labels_B, k_rule)
+        updates, opt_state = learner_tx.update(direction, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        for i, opt in enumerate(options):
+            opt_states[i], params = opt.step_end(opt_states[i], params, jax.random.fold_in(k_end, i), images_BHW)
+        return LearnerState(params, opt_state, rule_state, tuple(opt_states)), aux
+
+    def expert_step(carry, images_BHW, labels_B, key):
+        params, opt_state, rule_state = carry
+        direction, rule_state, aux = rule.direction(apply_fn, params, rule_state, images_BHW, labels_B, key)
+        updates, opt_state = expert_tx.update(direction, opt_state, params)
+        return (optax.apply_updates(params, updates), opt_state, rule_state), aux
+
+    def options_hook(hook_name, learner: LearnerState, key, *args):
+        """Run one task-boundary hook of every option, vmapped over repeats."""
+        opt_states = list(learner.option_states)
+        params = learner.params
+        for i, opt in enumerate(options):
+            keys = jax.random.split(jax.random.fold_in(key, i), R)
+            hook = getattr(opt, hook_name)
+            opt_states[i], params = jax.vmap(hook, in_axes=(0, 0, 0) + tuple(a[1] for a in args))(
+                opt_states[i], params, keys, *(a[0] for a in args)
+            )
+        return learner._replace(params=params, option_states=tuple(opt_states))
+
+    # ---- evaluation ------------------------------------------------------------------------
+    n_test = config.n_test
+    chunk = max(c for c in range(1, min(config.eval_batch_size, n_test) + 1) if n_test % c == 0)
+
+    def evaluate_one(params_R, x_NRHW, y_NR):
+        """Accuracy, loss (R,) and hidden (R, N, H) on one test set, in chunks of test images
+        (small chunks keep the convolution patches in cache: 2x faster on the CPU)."""
+        x_CKRHW = x_NRHW.reshape(n_test // chunk, chunk, *x_NRHW.shape[1:])
+        y_CKR = y_NR.reshape(n_test // chunk, chunk, y_NR.shape[1])
+
+        def one_chunk(xy):
+            logits_RKO, hidden_RKH = jax.vmap(apply_fn, in_axes=(0, 1))(params_R, xy[0])
+            nll_RK, correct_RK = jax.vmap(nll_and_correct)(logits_RKO, xy[1].T)
+            return nll_RK.sum(-1), correct_RK.sum(-1), hidden_RKH
+
+        nll_CR, correct_CR, hidden_CRKH = lax.map(one_chunk, (x_CKRHW, y_CKR))
+        hidden_RNH = jnp.moveaxis(hidden_CRKH, 1, 0).reshape(R, n_test, -1)
+        return correct_CR.sum(0) / n_test, nll_CR.sum(0) / n_test, hidden_RNH
+
+    def evaluate(weights_LR, test_x_KNRHW, test_y_KNR):
+        """The learner at every snapshot on K tasks' test sets:
+        acc, loss (L, R, K) and representations of the S fixed test images (L, R, K, S, H).
+        A pure function of (weights, test set), so evaluating the T tasks in one call or in
+        chunks of K gives the same numbers."""
+
+        def at_snapshot(params_R):
+            def on_task(xy):
+                acc_R, loss_R, hidden_RNH = evaluate_one(params_R, *xy)
+                return acc_R, loss_R, hidden_RNH[:, :S].astype(rep_dtype)
+
+            acc_KR, loss_KR, reps_KRSH = lax.map(on_task, (test_x_KNRHW, test_y_KNR))
+            return acc_KR.T, loss_KR.T, jnp.swapaxes(reps_KRSH, 0, 1)
+
+        return lax.map(at_snapshot, weights_LR)
+
+    # ---- the task program ------------------------------------------------------------------
+    def run_task(learner: LearnerState, train_x_NRHW, train_y_NR, test_x_NRHW, test_y_NR, task_idx, task_key):
+        """Train the learner and a fresh expert on one task. Returns the learner and the trace:
+        weights (L+1, R, ...) (index 0 = task start, then every snapshot), the learner's
+        train loss/acc (L, R), and the expert's train and test (current task) loss/acc (L, R)."""
+        N = train_x_NRHW.shape[0]
+        k_expert = jax.random.fold_in(task_key, KEY_EXPERT_INIT)
+        k_shuffle = jax.random.fold_in(task_key, KEY_SHUFFLE)
+        k_steps = jax.random.fold_in(task_key, KEY_STEPS)
+        k_options = jax.random.fold_in(task_key, KEY_OPTIONS)
+
+        expert_params = jax.vmap(init_params)(jax.random.split(k_expert, R))
+        expert = (expert_params, jax.vmap(expert_tx.init)(expert_params), jax.vmap(rule.init)(expert_params))
+
+        # Each repeat reshuffles its own data every epoch: indices (steps, B, R).
+        def epoch_perm(k):
+            return jax.vmap(lambda kk: jax.random.permutation(kk, N))(jax.random.split(k, R))  # (R, N)
+
+        perms_ERN = jax.vmap(epoch_perm)(jax.random.split(k_shuffle, E))
+        idx_SBR = perms_ERN[:, :, : NB * B].reshape(E, R, NB, B).transpose(0, 2, 3, 1).reshape(E * NB, B, R)
+        repeat_ids = jnp.arange(R)[None, :]
+
+        start_params = learner.params
+        learner = options_hook("task_start", learner, jax.random.fold_in(k_options, 0), (task_idx, None))
+
+        def step(carry, step_i):
+            learner, expert, sums = carry
+            idx_BR = lax.dynamic_index_in_dim(idx_SBR, step_i, 0, keepdims=False)
+            x_BRHW = train_x_NRHW[idx_BR, repeat_ids]
+            y_BR = train_y_NR[idx_BR, repeat_ids]
+            key = jax.random.fold_in(k_steps, step_i)
+            k_l, k_e = jax.random.split(key)
+            learner, l_aux = jax.vmap(learner_step, in_axes=(0, 1, 1, 0))(learner, x_BRHW, y_BR, jax.random.split(k_l, R))
+            expert, e_aux = jax.vmap(expert_step, in_axes=(0, 1, 1, 0))(expert, x_BRHW, y_BR, jax.random.split(k_e, R))
+            sums = jax.tree.map(jnp.add, sums, (l_aux["loss"], l_aux["acc"], e_aux["loss"], e_aux["acc"], 1))
+            return (learner, expert, sums), None
+
+        zero_sums = (jnp.zeros(R), jnp.zeros(R), jnp.zeros(R), jnp.zeros(R), jnp.zeros((), jnp.int32))
+
+        def interval(carry, interval_i):
+            first = head_steps + interval_i * LF
+            (learner, expert, sums), _ = lax.scan(step, carry, first + jnp.arange(LF))
+            l_loss, l_acc, e_loss, e_acc, count = sums
+            e_test_acc, e_test_loss, _ = evaluate_one(expert[0], test_x_NRHW, test_y_NR)
+            snapshot = {
+                "weights": learner.params,
+                "train_loss": l_loss / count,
+                "train_acc": l_acc / count,
+                "expert_train_loss": e_loss / count,
+                "expert_train_acc": e_acc / count,
+                "expert_test_loss": e_test_loss,
+                "expert_test_acc": e_test_acc,
+            }
+            return (learner, expert, zero_sums), snapshot
+
+        carry = (learner, expert, zero_sums)
+        if head_steps:
+            carry, _ = lax.scan(step, carry, jnp.arange(head_steps))
+        (learner, expert, _), trace = lax.scan(interval, carry, jnp.arange(L))
+        trace["weights"] = jax.tree.map(lambda s0, s: jnp.concatenate([s0[None], s]), start_params, trace["weights"])
+        # Task-end hooks (e.g. filling the replay buffer) see the task's data, one repeat each.
+        learner = options_hook(
+            "task_end", learner, jax.random.fold_in(k_options, 1), (train_x_NRHW, 1), (train_y_NR, 1), (task_idx, None)
+        )
+        return learner, trace
+
+    return TaskProgram(
+        init_learner=init_learner,
+        run_task=jax.jit(run_task, donate_argnums=(0,)),
+        evaluate=jax.jit(evaluate),
+        apply_fn=apply_fn,
+        init_params=init_params,
+    )
