@@ -42,6 +42,7 @@ class Config:
     momentum: float = _f(0.0, "SGD momentum of the continual learner (the expert is plain SGD)", min=0.0, max=0.999)
     out_dim: int = _f(1, "classifier outputs: 1 (sigmoid + binary cross-entropy) or 2 (softmax)", choices=(1, 2))
     eval_batch_size: int = _f(100, "test images per repeat evaluated at once (memory vs speed; results do not depend on it)", min=1)
+    eval_chunk_tasks: int = _f(0, "evaluate the T tasks' test sets K at a time, streamed to the device (0: all resident)", min=0)
     representation_dtype: str = _f("float32", "dtype of the saved representations, the largest artifact", choices=("float32", "float16"))
     # logging
     log_frequency: int = _f(25, "steps between snapshots; L = steps_per_task // log_frequency", min=1)
@@ -93,7 +94,10 @@ class Config:
     @property
     def algorithm_name(self) -> str:
         """The results-tree folder name: the rule, the options in use, the task count."""
-        return f"{self.algorithm}_T{self.num_tasks}"
+        from cljax.options import OPTIONS, active_options
+
+        tags = [OPTIONS[name].tag for name in active_options(self)]
+        return "_".join([self.algorithm, *tags, f"T{self.num_tasks}"])
 
     # ---- validation ----------------------------------------------------------------------
     def validate(self) -> "Config":

@@ -19,6 +19,8 @@ import numpy as np
 
 from cljax.config import Config
 from cljax.data import load_dataset
+from cljax.devices import put_repeats
+from cljax.evaluate import TestSets
 from cljax.errors import CljaxError
 from cljax.results import EXPERT_KEYS, task_dir_name, task_dirs, weights_layout, weights_to_structured, write_task
 from cljax.tasks import TaskData, make_schedule
@@ -54,14 +56,13 @@ def run_experiment(config: Config, *, overwrite: bool = False, progress: bool = 
     program = build_task_program(config)
     root_key = jax.random.key(config.seed)
     tasks_key = jax.random.fold_in(root_key, KEY_TASKS)
-    test_x_host, test_y_host = task_data.all_tests(schedule)  # (T, N_test, R, H, W), (T, N_test, R)
-    test_x, test_y = jax.device_put(test_x_host), jax.device_put(test_y_host)
+    tests = TestSets(*task_data.all_tests(schedule), chunk_tasks=config.eval_chunk_tasks)
     learner = program.init_learner(root_key)
 
     train_x, train_y = task_data.train(schedule[0])
     t0 = time.perf_counter()
     run_task = program.run_task.lower(
-        learner, train_x, train_y, test_x[0], test_y[0], jnp.int32(0), jax.random.fold_in(tasks_key, 0)
+        learner, train_x, train_y, *tests.current(0), jnp.int32(0), jax.random.fold_in(tasks_key, 0)
     ).compile()
     compile_seconds = time.perf_counter() - t0
 
@@ -73,13 +74,13 @@ def run_experiment(config: Config, *, overwrite: bool = False, progress: bool = 
         t_start = time.perf_counter()
         if t > 0:
             train_x, train_y = task_data.train(schedule[t])
-        train_x_dev, train_y_dev = jax.device_put(train_x), jax.device_put(train_y)
+        train_x_dev, train_y_dev = put_repeats(train_x, 1), put_repeats(train_y, 1)
         t_gather = time.perf_counter()
         learner, trace = run_task(
-            learner, train_x_dev, train_y_dev, test_x[t], test_y[t], jnp.int32(t), jax.random.fold_in(tasks_key, t)
+            learner, train_x_dev, train_y_dev, *tests.current(t), jnp.int32(t), jax.random.fold_in(tasks_key, t)
         )
         del train_x_dev, train_y_dev
-        acc, loss, reps = program.evaluate(trace["weights"], test_x, test_y)
+        acc, loss, reps = tests.evaluate(program.evaluate, trace["weights"])
         trace, acc, loss, reps = jax.device_get((trace, acc, loss, reps))  # the one host transfer of the task
         t_train = time.perf_counter()
         arrays, shapes = _task_arrays(config, trace, acc, loss, reps)
