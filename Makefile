@@ -1,0 +1,33 @@
+# The two commands: `make demo` and `make test`. Both create .venv and install what they need.
+PY ?= python3
+VENV ?= .venv
+PYTHON := $(VENV)/bin/python
+FASHION_DIR ?= /usr/share/datasets/fashion-mnist
+RESULTS ?= results
+
+.PHONY: venv fashion-mnist demo test bench clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PYTHON) || $(PY) -m venv $(VENV)
+	$(PYTHON) -m pip install -q --upgrade pip
+	$(PYTHON) -m pip install -q -e '.[test]'
+	touch $@
+
+# Fashion-MNIST comes from Debian's dataset-fashion-mnist; install it when missing and we can.
+fashion-mnist:
+	@if [ ! -f $(FASHION_DIR)/train-images-idx3-ubyte.gz ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; \
+	  elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then sudo apt-get update -qq && sudo apt-get install -y -qq dataset-fashion-mnist; \
+	  else echo "error: Fashion-MNIST is missing: run 'sudo apt-get install dataset-fashion-mnist' or set FASHION_DIR" >&2; exit 1; fi; \
+	fi
+
+demo: venv fashion-mnist
+	$(VENV)/bin/cljax run --dataset fashion_mnist --num-tasks 5 --n-repeats 4 --results-dir $(RESULTS) --overwrite
+
+test: venv fashion-mnist
+	$(PYTHON) -m pytest -q
+
+clean:
+	rm -rf $(VENV) .pytest_cache

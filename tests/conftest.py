@@ -1,0 +1,52 @@
+"""Shared fixtures: small real-data configs and a compile counter."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import jax
+import pytest
+
+from cljax.config import Config
+
+FASHION_DIR = Path(os.environ.get("CLJAX_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))
+
+
+def small_config(tmp_path: Path, **overrides) -> Config:
+    """Fashion-MNIST, T=3, R=2, 40 steps per task, 4 snapshots: the real path, shrunk."""
+    base = dict(
+        dataset="fashion_mnist",
+        num_tasks=3,
+        n_repeats=2,
+        n_train_per_class=100,
+        n_test_per_class=50,
+        n_subsamples=16,
+        epochs=4,
+        batch_size=20,
+        log_frequency=10,
+        lr=0.1,
+        results_dir=str(tmp_path / "results"),
+        data_dir=str(FASHION_DIR),
+    )
+    base.update(overrides)
+    return Config(**base)
+
+
+class CompileCounter:
+    """Counts XLA backend compilations while installed."""
+
+    def __init__(self):
+        self.count = 0
+
+    def __call__(self, event: str, duration: float, **kwargs):
+        if "backend_compile" in event:
+            self.count += 1
+
+
+@pytest.fixture
+def compile_counter():
+    counter = CompileCounter()
+    jax.monitoring.register_event_duration_secs_listener(counter)
+    yield counter
+    jax.monitoring.unregister_event_duration_listener(counter)

@@ -1,0 +1,189 @@
+"""The whole path on real Fashion-MNIST: data -> schedule -> fused scan -> results tree."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import jax
+import numpy as np
+import pytest
+
+from cljax import results
+from cljax.data import load_dataset
+from cljax.experiment import run_experiment
+from cljax.models import make_model
+from cljax.tasks import TaskData, make_schedule
+from tests.conftest import small_config
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("e2e")
+    config = small_config(tmp)
+    return config, run_experiment(config, progress=False)
+
+
+def test_every_file_has_its_shape_and_format(small_run):
+    config, run = small_run
+    L, R, T, S, H = 4, 2, 3, 16, 64
+    dirs = results.task_dirs(run.algo_dir)
+    assert [d.name for d in dirs] == ["task_000", "task_001", "task_002"]
+    assert run.algo_dir.name == "SL_T3" and run.algo_dir.parent.name == "fashion_mnist"
+    for t, d in enumerate(dirs):
+        assert sorted(p.name for p in d.iterdir()) == sorted(results.TASK_FILES)
+        reps = np.load(d / "representations.npy", allow_pickle=False)
+        assert reps.shape == (L, R, T, S, H) and reps.dtype == np.float32
+        labels = np.load(d / "binary_labels.npy", allow_pickle=False)
+        assert labels.shape == (L, R, T, S) and set(np.unique(labels)) == {0, 1}
+        assert (labels.sum(-1) == S // 2).all()  # balanced subsample
+        w = np.load(d / "weights.npy", allow_pickle=False)
+        assert w.shape == (L, R)
+        assert "conv1/kernel" in w.dtype.names and "head/bias" in w.dtype.names
+        flat = w.view(np.float32).reshape(L, R, -1)
+        assert flat.shape[-1] == sum(int(np.prod(w.dtype[n].shape)) for n in w.dtype.names)
+        nested = results.load_weights(d)
+        assert nested["conv1"]["kernel"].shape == (L, R, 3, 3, 1, 16)
+        assert nested["conv3"]["kernel"].shape == (L, R, 3, 3, 32, 64)
+        assert nested["head"]["kernel"].shape == (L, R, 64, 1)
+        metrics = results.load_metrics(d)
+        for key in ("test_acc", "test_loss"):
+            assert metrics[key].shape == (L, R, T)
+        for key in ("train_acc", "train_loss"):
+            assert metrics[key].shape == (L, R)
+        assert metrics["start_test_acc"].shape == (R, T)
+        assert metrics["log_steps"].tolist() == [10, 20, 30, 40]
+        expert = results.load_expert_metrics(d)
+        assert sorted(expert) == sorted(results.EXPERT_KEYS)
+        assert all(v.shape == (L, R) for v in expert.values())
+        meta = json.loads((d / "metadata.json").read_text())
+        assert meta["task_index"] == t
+        assert np.array(meta["task_class_pairs"]).shape == (T, R, 2)
+        assert meta["task_pairs"] == meta["task_class_pairs"][t]
+        assert meta["config"]["num_tasks"] == 3 and meta["log_steps"] == [10, 20, 30, 40]
+        assert meta["versions"]["jax"] == jax.__version__
+        assert meta["timings"]["train_and_eval_seconds"] > 0
+        assert meta["shapes"]["representations"] == [L, R, T, S, H]
+    # nothing temporary is left behind
+    assert [p.name for p in run.algo_dir.iterdir() if p.name.startswith(".")] == []
+
+
+def test_class_pairs_are_permutations_and_labels_follow_the_pair(small_run, tmp_path):
+    config, run = small_run
+    pairs = run.task_class_pairs  # (T, R, 2)
+    for r in range(pairs.shape[1]):
+        used = pairs[:, r].reshape(-1)
+        assert len(set(used.tolist())) == used.size  # a repeat never uses a class twice
+    assert not np.array_equal(pairs[:, 0], pairs[:, 1])  # repeats differ
+    data = load_dataset(config)
+    td = TaskData(data, config)
+    x_NRHW, y_NR = td.train(pairs[1])
+    # every image labelled 0 is an image of the pair's first class, label 1 of the second
+    train_rows = {data.train_images[i].tobytes(): int(data.train_labels[i]) for i in range(len(data.train_labels))}
+    for r in range(pairs.shape[1]):
+        for n in range(0, y_NR.shape[0], 17):
+            assert train_rows[x_NRHW[n, r].tobytes()] == pairs[1, r, y_NR[n, r]]
+    xt, yt = td.test(pairs[1])
+    test_rows = {data.test_images[i].tobytes(): int(data.test_labels[i]) for i in range(len(data.test_labels))}
+    assert (yt[:4, 0] == [0, 1, 0, 1]).all()
+    for r in range(pairs.shape[1]):
+        for n in range(0, yt.shape[0], 7):
+            assert test_rows[xt[n, r].tobytes()] == pairs[1, r, yt[n, r]]
+
+
+def test_too_many_tasks_is_an_error():
+    from cljax.errors import CljaxError
+
+    with pytest.raises(CljaxError, match="at most 5 tasks"):
+        make_schedule(10, 6, 2, 0)
+    assert make_schedule(10, 5, 3, 0).shape == (5, 3, 2)
+
+
+def test_evaluation_on_all_tasks_is_real(small_run):
+    config, run = small_run
+    dirs = results.task_dirs(run.algo_dir)
+    for t, d in enumerate(dirs):
+        m = results.load_metrics(d)
+        acc = m["test_acc"]  # (L, R, T)
+        # accuracy on the current task moves during the task and ends well above chance
+        assert np.abs(acc[-1, :, t] - m["start_test_acc"][:, t]).mean() > 0.15
+        assert acc[-1, :, t].mean() > 0.8
+    # tasks not yet trained stay near chance (what an untrained-on-them network gives)
+    m0 = results.load_metrics(dirs[0])
+    future = m0["test_acc"][:, :, 1:]
+    assert abs(future.mean() - 0.5) < 0.2
+    assert abs(m0["start_test_acc"].mean() - 0.5) < 0.2
+
+
+def test_saved_accuracy_equals_recomputation_from_saved_weights(small_run):
+    config, run = small_run
+    model = make_model(config)
+    data = load_dataset(config)
+    td = TaskData(data, config)
+    for t, d in enumerate(results.task_dirs(run.algo_dir)):
+        weights = results.load_weights(d)
+        m = results.load_metrics(d)
+        x_NRHW, y_NR = td.test(run.task_class_pairs[t])
+        for r in range(config.n_repeats):
+            params = jax.tree.map(lambda w: np.asarray(w[-1, r]), weights)
+            logits, hidden = model.apply({"params": params}, x_NRHW[:, r])
+            logits = np.asarray(logits)
+            pred = (logits[:, 0] > 0).astype(int)
+            acc = (pred == y_NR[:, r]).mean()
+            assert abs(acc - m["test_acc"][-1, r, t]) <= 1.0 / config.n_test + 1e-6
+            reps = results.load_representations(d)
+            np.testing.assert_allclose(reps[-1, r, t], np.asarray(hidden)[: config.n_subsamples], rtol=1e-4, atol=1e-5)
+
+
+def test_same_seed_is_bit_identical_and_another_seed_differs(small_run, tmp_path):
+    config, run = small_run
+    again = run_experiment(small_config(tmp_path / "again"), progress=False)
+    for a, b in zip(results.task_dirs(run.algo_dir), results.task_dirs(again.algo_dir)):
+        for name in ("representations.npy", "binary_labels.npy", "weights.npy"):
+            assert np.load(a / name).tobytes() == np.load(b / name).tobytes()
+        for name in ("metrics.pkl", "expert_metrics.pkl"):
+            ma, mb = results.safe_load_pickle(a / name), results.safe_load_pickle(b / name)
+            assert all(np.asarray(ma[k]).tobytes() == np.asarray(mb[k]).tobytes() for k in ma)
+    other = make_schedule(10, 3, 2, seed=1)
+    assert not np.array_equal(other, run.task_class_pairs)
+
+
+def test_one_compilation_per_program_for_the_whole_run(tmp_path, compile_counter, monkeypatch):
+    import cljax.experiment as experiment
+
+    counts_at_write = []
+    real_write = experiment.write_task
+
+    def counting_write(*args, **kwargs):
+        counts_at_write.append(compile_counter.count)
+        return real_write(*args, **kwargs)
+
+    monkeypatch.setattr(experiment, "write_task", counting_write)
+    run_experiment(small_config(tmp_path, num_tasks=4, seed=3), progress=False)
+    assert len(counts_at_write) == 4
+    assert counts_at_write[0] >= 2  # the task program and the evaluation program
+    assert counts_at_write[-1] == counts_at_write[0], f"tasks after the first compiled: {counts_at_write}"
+
+
+def test_results_reader_refuses_a_malicious_pickle(small_run, tmp_path):
+    from cljax.errors import CljaxError
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("owned",))
+
+    bad = tmp_path / "metrics.pkl"
+    bad.write_bytes(pickle.dumps({"test_acc": Evil()}))
+    with pytest.raises(CljaxError, match="refusing to load builtins.print"):
+        results.safe_load_pickle(bad)
+
+
+def test_it_learns_with_default_hyperparameters(tmp_path):
+    config = small_config(tmp_path, num_tasks=2, n_train_per_class=1000, n_test_per_class=250, n_subsamples=64,
+                          epochs=5, batch_size=32, log_frequency=25)
+    run = run_experiment(config, progress=False)
+    cur, expert = [], []
+    for t, d in enumerate(results.task_dirs(run.algo_dir)):
+        cur.append(results.load_metrics(d)["test_acc"][-1, :, t].mean())
+        expert.append(results.load_expert_metrics(d)["test_acc"][-1].mean())
+    assert np.mean(cur) >= 0.85, cur
+    assert np.mean(expert) >= 0.85, expert
