@@ -1,0 +1,65 @@
+"""Analyses of saved results: continual-learning metrics, plasticity metrics, manifold capacity.
+
+Pure functions on numpy arrays (definitions: ``METRICS.md``), PNG plots, and
+:func:`analyze_run`, which streams a results folder task by task and writes the summary.
+"""
+
+from cljax.analysis.cl import (
+    accuracy_matrix,
+    average_accuracy,
+    backward_transfer,
+    chance_corrected,
+    cl_analysis,
+    cl_metrics_from_matrix,
+    expert_accuracy,
+    forgetting,
+    forgetting_per_task,
+    forward_transfer,
+    normalised_transfer,
+    plasticity_gap,
+)
+from cljax.analysis.driver import analyze_run, class_manifolds
+from cljax.analysis.glue import (
+    ball_capacity,
+    glue_analysis,
+    glue_geometry,
+    make_dichotomies,
+    simulated_capacity,
+    solve_anchor_qp,
+)
+from cljax.analysis.plasticine import (
+    active_fraction,
+    dormant_ratio,
+    effective_rank,
+    feature_norm,
+    feature_variance,
+    feature_variance_across_units,
+    representation_metrics,
+    singular_values,
+    srank,
+    stable_rank,
+    unit_scores,
+    weight_change,
+    weight_magnitude,
+)
+from cljax.analysis.plots import (
+    plot_accuracy_matrix,
+    plot_accuracy_over_time,
+    plot_glue_over_tasks,
+    plot_learner_vs_expert,
+    plot_metrics_over_tasks,
+    plot_plasticity_over_tasks,
+)
+
+__all__ = [
+    "accuracy_matrix", "average_accuracy", "backward_transfer", "chance_corrected", "cl_analysis",
+    "cl_metrics_from_matrix", "expert_accuracy", "forgetting", "forgetting_per_task", "forward_transfer",
+    "normalised_transfer", "plasticity_gap",
+    "analyze_run", "class_manifolds",
+    "ball_capacity", "glue_analysis", "glue_geometry", "make_dichotomies", "simulated_capacity", "solve_anchor_qp",
+    "active_fraction", "dormant_ratio", "effective_rank", "feature_norm", "feature_variance",
+    "feature_variance_across_units", "representation_metrics", "singular_values", "srank", "stable_rank",
+    "unit_scores", "weight_change", "weight_magnitude",
+    "plot_accuracy_matrix", "plot_accuracy_over_time", "plot_glue_over_tasks", "plot_learner_vs_expert",
+    "plot_metrics_over_tasks", "plot_plasticity_over_tasks",
+]

@@ -1,0 +1,235 @@
+"""Continual-learning metrics from per-task accuracy snapshots (``cl_analysis``).
+
+Every function takes plain numpy arrays and works per repeat: the accuracy matrix is laid out
+``R_RTT[r, i, j]`` = accuracy of repeat ``r`` on task ``j``'s test set after training task ``i``.
+Definitions follow ``METRICS.md`` (Lopez-Paz & Ranzato 2017; Chaudhry et al. 2018). With a
+single task (T = 1) backward transfer, forward transfer and forgetting have no terms: they are
+returned as NaN, never as 0.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Sequence
+
+import numpy as np
+
+VARIANTS = ("final", "auc")
+
+
+def _check_variant(variant: str) -> None:
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+
+
+def task_accuracy_row(test_acc_LRT: np.ndarray, variant: str = "final") -> np.ndarray:
+    """One row of the accuracy matrix from the snapshots of one task, shape (R, T).
+
+    ``final``: the last snapshot, ``acc[L-1]``. ``auc``: the area under the accuracy curve over
+    the task's L snapshots divided by its length, with equally spaced snapshots the mean
+    ``(1/L) sum_l acc[l]`` (rectangle rule).
+    """
+    _check_variant(variant)
+    acc = np.asarray(test_acc_LRT, dtype=np.float64)
+    if acc.ndim != 3:
+        raise ValueError(f"expected test accuracy of shape (L, R, T), got {acc.shape}")
+    return acc[-1] if variant == "final" else acc.mean(axis=0)
+
+
+def accuracy_matrix(test_acc_per_task: Sequence[np.ndarray], variant: str = "final") -> np.ndarray:
+    """Accuracy matrix R[r, i, j], shape (R, T, T), from one (L, R, T) array per trained task.
+
+    ``test_acc_per_task[i]`` is ``metrics["test_acc"]`` of task folder i: accuracy on every task
+    j at each of task i's L snapshots. R[r, i, j] is its last snapshot (``final``) or its mean over
+    snapshots (``auc``), see :func:`task_accuracy_row`. Lopez-Paz & Ranzato (2017), sec. 2.
+    """
+    rows = [task_accuracy_row(a, variant) for a in test_acc_per_task]
+    if not rows:
+        raise ValueError("no tasks given")
+    T = len(rows)
+    if rows[0].shape[1] != T:
+        raise ValueError(f"{T} task rows but each row evaluates {rows[0].shape[1]} tasks: the matrix must be square")
+    return np.stack(rows, axis=1)
+
+
+def _as_matrix(R_RTT: np.ndarray) -> np.ndarray:
+    R = np.asarray(R_RTT, dtype=np.float64)
+    if R.ndim == 2:
+        R = R[None]
+    if R.ndim != 3 or R.shape[1] != R.shape[2]:
+        raise ValueError(f"expected an accuracy matrix (R, T, T), got {np.shape(R_RTT)}")
+    return R
+
+
+def average_accuracy(R_RTT: np.ndarray) -> np.ndarray:
+    """ACC = (1/T) sum_j R[T-1, j], per repeat, shape (R,). Lopez-Paz & Ranzato (2017)."""
+    R = _as_matrix(R_RTT)
+    return R[:, -1, :].mean(axis=-1)
+
+
+def backward_transfer(R_RTT: np.ndarray) -> np.ndarray:
+    """BWT = 1/(T-1) sum_{j<T-1} (R[T-1, j] - R[j, j]), per repeat; NaN when T = 1.
+
+    Negative BWT is forgetting. Lopez-Paz & Ranzato (2017).
+    """
+    R = _as_matrix(R_RTT)
+    T = R.shape[1]
+    if T < 2:
+        return np.full(R.shape[0], np.nan)
+    diag = np.diagonal(R, axis1=1, axis2=2)
+    return (R[:, -1, : T - 1] - diag[:, : T - 1]).mean(axis=-1)
+
+
+def forward_transfer(R_RTT: np.ndarray, initial_acc_RT: np.ndarray) -> np.ndarray:
+    """FWT = 1/(T-1) sum_{j>=1} (R[j-1, j] - b[j]), per repeat; NaN when T = 1.
+
+    ``b[j]`` (``initial_acc_RT``, shape (R, T)) is the accuracy on task j of the initial network,
+    before any training (``start_test_acc`` of task_000). Averaged over the T-1 tasks that have
+    a previous task, not over T with a zero for task 0 as in the GEM reference code.
+    Lopez-Paz & Ranzato (2017).
+    """
+    R = _as_matrix(R_RTT)
+    b = np.asarray(initial_acc_RT, dtype=np.float64)
+    if b.ndim == 1:
+        b = b[None]
+    T = R.shape[1]
+    if b.shape != (R.shape[0], T):
+        raise ValueError(f"initial accuracy must have shape (R, T) = {(R.shape[0], T)}, got {b.shape}")
+    if T < 2:
+        return np.full(R.shape[0], np.nan)
+    j = np.arange(1, T)
+    return (R[:, j - 1, j] - b[:, j]).mean(axis=-1)
+
+
+def forgetting_per_task(R_RTT: np.ndarray) -> np.ndarray:
+    """f_j = max_{l in [j, T-2]} R[l, j] - R[T-1, j] for j < T-1, shape (R, T-1).
+
+    Chaudhry et al. (2018), "Riemannian walk for incremental learning", eq. (3) at the end of
+    training.
+    """
+    R = _as_matrix(R_RTT)
+    T = R.shape[1]
+    out = np.empty((R.shape[0], max(T - 1, 0)))
+    for j in range(T - 1):
+        out[:, j] = R[:, j : T - 1, j].max(axis=-1) - R[:, -1, j]
+    return out
+
+
+def forgetting(R_RTT: np.ndarray) -> np.ndarray:
+    """F = mean_{j<T-1} f_j, per repeat; NaN when T = 1. Chaudhry et al. (2018)."""
+    f = forgetting_per_task(R_RTT)
+    if f.shape[1] == 0:
+        return np.full(f.shape[0], np.nan)
+    return f.mean(axis=-1)
+
+
+def plasticity_gap(R_RTT: np.ndarray, expert_acc_RT: np.ndarray) -> np.ndarray:
+    """G[i] = E[i] - R[i, i], shape (R, T).
+
+    ``E[i]`` is the expert's (a fresh network trained on task i alone) test accuracy on task i.
+    Positive: the continual learner learns the new task worse than a fresh network.
+    """
+    R = _as_matrix(R_RTT)
+    E = np.asarray(expert_acc_RT, dtype=np.float64).reshape(R.shape[0], R.shape[1])
+    return E - np.diagonal(R, axis1=1, axis2=2)
+
+
+def normalised_transfer(R_RTT: np.ndarray, expert_acc_RT: np.ndarray) -> np.ndarray:
+    """NT[i] = (R[i, i] - E[i]) / (R[i, i] + E[i]), shape (R, T); NaN where both are 0."""
+    R = _as_matrix(R_RTT)
+    E = np.asarray(expert_acc_RT, dtype=np.float64).reshape(R.shape[0], R.shape[1])
+    d = np.diagonal(R, axis1=1, axis2=2)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(d + E != 0, (d - E) / (d + E), np.nan)
+
+
+def chance_corrected(acc) -> np.ndarray:
+    """A' = 2A - 1: 0 at chance (0.5 for binary tasks), 1 at perfect accuracy."""
+    return 2.0 * np.asarray(acc, dtype=np.float64) - 1.0
+
+
+def mean_std(per_repeat: np.ndarray) -> dict:
+    """Mean and standard deviation across repeats (axis 0), ``std`` with ddof = 0.
+
+    NaN entries (undefined metrics) stay NaN; they are not dropped.
+    """
+    x = np.asarray(per_repeat, dtype=np.float64)
+    return {"mean": x.mean(axis=0), "std": x.std(axis=0)}
+
+
+def expert_accuracy(expert_test_acc_per_task: Sequence[np.ndarray], variant: str = "final") -> np.ndarray:
+    """E[r, i] from one (L, R) expert test-accuracy array per task: last snapshot or mean, (R, T)."""
+    _check_variant(variant)
+    cols = []
+    for a in expert_test_acc_per_task:
+        a = np.asarray(a, dtype=np.float64)
+        if a.ndim != 2:
+            raise ValueError(f"expected expert test accuracy of shape (L, R), got {a.shape}")
+        cols.append(a[-1] if variant == "final" else a.mean(axis=0))
+    return np.stack(cols, axis=1)
+
+
+def cl_metrics_from_matrix(R_RTT: np.ndarray, expert_acc_RT: np.ndarray, initial_acc_RT: np.ndarray) -> dict:
+    """Every CL metric from a ready accuracy matrix (R, T, T), E (R, T) and b (R, T).
+
+    Returns the dict described in :func:`cl_analysis` (without ``variant``).
+    """
+    R = _as_matrix(R_RTT)
+    E = np.asarray(expert_acc_RT, dtype=np.float64)
+    if E.shape != R.shape[:2]:
+        raise ValueError(f"expert accuracy has shape {E.shape}, expected (R, T) = {R.shape[:2]}")
+    acc = average_accuracy(R)
+    out = {
+        "accuracy_matrix": R,
+        "accuracy_matrix_cc": chance_corrected(R),
+        "average_accuracy": acc,
+        "average_accuracy_cc": chance_corrected(acc),
+        "bwt": backward_transfer(R),
+        "fwt": forward_transfer(R, initial_acc_RT),
+        "forgetting": forgetting(R),
+        "forgetting_per_task": forgetting_per_task(R),
+        "expert_accuracy": E,
+        "plasticity_gap": plasticity_gap(R, E),
+        "normalised_transfer": normalised_transfer(R, E),
+    }
+    scalar_keys = ("average_accuracy", "average_accuracy_cc", "bwt", "fwt", "forgetting")
+    summary = {k: {s: float(v) for s, v in mean_std(out[k]).items()} for k in scalar_keys}
+    for k in ("plasticity_gap", "normalised_transfer"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN row stays NaN
+            per_repeat = np.nanmean(out[k], axis=1)
+        summary[f"mean_{k}"] = {s: float(v) for s, v in mean_std(per_repeat).items()}
+    out["summary"] = summary
+    return out
+
+
+def cl_analysis(
+    test_acc_per_task: Sequence[np.ndarray],
+    expert_test_acc_per_task: Sequence[np.ndarray],
+    initial_acc_RT: np.ndarray,
+    variant: str = "final",
+    expert_variant: str = "final",
+) -> dict:
+    """All continual-learning metrics of one run, per repeat and as mean/std across repeats.
+
+    Args:
+      test_acc_per_task: T arrays (L, R, T), ``metrics["test_acc"]`` of each task folder.
+      expert_test_acc_per_task: T arrays (L, R), ``expert_metrics["test_acc"]`` of each folder.
+      initial_acc_RT: b[r, j], accuracy of the initial network on every task, (R, T)
+        (``start_test_acc`` of task_000).
+      variant: ``final`` or ``auc`` row of the accuracy matrix, see :func:`accuracy_matrix`.
+      expert_variant: E[i] from the expert's last snapshot (``final``, the METRICS.md definition)
+        or its mean over snapshots (``auc``).
+
+    Returns:
+      A dict with ``variant``; ``accuracy_matrix`` (R, T, T); per-repeat arrays
+      ``average_accuracy``, ``bwt``, ``fwt``, ``forgetting`` (R,), ``forgetting_per_task``
+      (R, T-1), ``expert_accuracy``, ``plasticity_gap``, ``normalised_transfer`` (R, T) and
+      chance-corrected (2A - 1) ``average_accuracy_cc``, ``accuracy_matrix_cc``; and ``summary``:
+      {metric: {"mean", "std"}} across repeats (ddof = 0), including ``mean_plasticity_gap`` and
+      ``mean_normalised_transfer`` (each repeat's mean over tasks). BWT, FWT and forgetting are
+      NaN for T = 1. Definitions: METRICS.md (Lopez-Paz & Ranzato 2017; Chaudhry et al. 2018).
+    """
+    R = accuracy_matrix(test_acc_per_task, variant)
+    E = expert_accuracy(expert_test_acc_per_task, expert_variant)
+    return {"variant": variant, **cl_metrics_from_matrix(R, E, initial_acc_RT)}

@@ -1,0 +1,186 @@
+"""PNG plots of the analyses (matplotlib's Agg canvas; no display, no pyplot global state).
+
+Every function takes numpy arrays and an output path, writes one PNG and returns its path.
+Arrays with a leading repeat axis R are drawn as the mean across repeats with a band of one
+standard deviation (ddof = 0); NaNs (undefined values) are skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import matplotlib
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+
+def _figure(**kwargs) -> Figure:
+    """A figure drawn by the Agg canvas: importing this module never changes the user's backend."""
+    fig = Figure(**kwargs)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _mean_std(values_RX: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and std over axis 0, ignoring NaN and inf (all-NaN columns stay NaN, silently)."""
+    v = np.asarray(values_RX, dtype=np.float64)
+    if v.ndim == 1:
+        v = v[None]
+    v = np.where(np.isfinite(v), v, np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(v, axis=0), np.nanstd(v, axis=0)
+
+
+def _band(ax, x, values_RX, label=None, color=None, marker=None):
+    mean, std = _mean_std(values_RX)
+    (line,) = ax.plot(x, mean, label=label, color=color, marker=marker, markersize=3)
+    ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.25, linewidth=0)
+    return line
+
+
+def _save(fig, path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight", format="png")
+    return path
+
+
+def plot_accuracy_matrix(accuracy_matrix, path: str | os.PathLike, title: str = "Accuracy matrix") -> Path:
+    """Heatmap of R[i, j] (rows: after training task i; columns: evaluated task j).
+
+    ``accuracy_matrix``: (T, T) or (R, T, T) (averaged over repeats). Values annotated for T <= 12.
+    """
+    A = np.asarray(accuracy_matrix, dtype=np.float64)
+    if A.ndim == 3:
+        A = _mean_std(A.reshape(A.shape[0], -1))[0].reshape(A.shape[1:])
+    T = A.shape[0]
+    fig = _figure(figsize=(1.2 + 0.45 * min(T, 30), 1.0 + 0.4 * min(T, 30)))
+    ax = fig.subplots()
+    im = ax.imshow(A, vmin=0.0, vmax=1.0, cmap="viridis", origin="upper", interpolation="nearest")
+    fig.colorbar(im, ax=ax, label="test accuracy")
+    ax.set_xlabel("evaluated task j")
+    ax.set_ylabel("after training task i")
+    ax.set_title(title)
+    if T <= 12:
+        for i in range(T):
+            for j in range(T):
+                ax.text(j, i, f"{A[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                        color="white" if A[i, j] < 0.6 else "black")
+    return _save(fig, path)
+
+
+def plot_accuracy_over_time(
+    accuracy_NRJ,
+    path: str | os.PathLike,
+    task_boundaries: Sequence[float] = (),
+    task_ids: Sequence[int] | None = None,
+    steps: Sequence[float] | None = None,
+    title: str = "Test accuracy over training",
+) -> Path:
+    """Accuracy on each of J tasks along the whole run, mean +- std across repeats.
+
+    ``accuracy_NRJ``: (n_snapshots, R, J), the snapshots of all task folders concatenated;
+    ``task_boundaries``: x positions where a new task starts (dashed lines); ``steps``: x values
+    (default snapshot index); ``task_ids``: the label of each of the J curves.
+    """
+    acc = np.asarray(accuracy_NRJ, dtype=np.float64)
+    n, _, J = acc.shape
+    x = np.arange(n) if steps is None else np.asarray(steps, dtype=np.float64)
+    ids = list(range(J)) if task_ids is None else list(task_ids)
+    fig = _figure(figsize=(9, 4))
+    ax = fig.subplots()
+    cmap = matplotlib.colormaps["viridis"].resampled(max(J, 2))
+    for j in range(J):
+        _band(ax, x, acc[:, :, j].T, label=f"task {ids[j]}", color=cmap(j))
+    for b in task_boundaries:
+        ax.axvline(b, color="gray", linestyle="--", linewidth=0.7)
+    ax.axhline(0.5, color="black", linestyle=":", linewidth=0.7)
+    ax.set_ylim(0.0, 1.02)
+    ax.set_xlabel("training step" if steps is not None else "snapshot")
+    ax.set_ylabel("test accuracy")
+    ax.set_title(title)
+    ax.legend(fontsize=7, ncol=min(J, 5), loc="lower left")
+    return _save(fig, path)
+
+
+def plot_learner_vs_expert(
+    learner_RT, expert_RT, path: str | os.PathLike, title: str = "Learner vs expert on each new task"
+) -> Path:
+    """Left: R[i, i] of the continual learner and E[i] of the fresh expert per task; right: the
+    plasticity gap G[i] = E[i] - R[i, i]. Both (R, T), mean +- std across repeats."""
+    learner = np.asarray(learner_RT, dtype=np.float64)
+    expert = np.asarray(expert_RT, dtype=np.float64)
+    x = np.arange(learner.shape[-1])
+    fig = _figure(figsize=(10, 3.6))
+    ax0, ax1 = fig.subplots(1, 2)
+    _band(ax0, x, learner, label="learner R[i, i]", marker="o")
+    _band(ax0, x, expert, label="expert E[i]", marker="s")
+    ax0.axhline(0.5, color="black", linestyle=":", linewidth=0.7)
+    ax0.set_xlabel("task i")
+    ax0.set_ylabel("test accuracy")
+    ax0.legend(fontsize=8)
+    _band(ax1, x, expert - learner, label="G[i] = E[i] - R[i, i]", color="tab:red", marker="o")
+    ax1.axhline(0.0, color="black", linewidth=0.7)
+    ax1.set_xlabel("task i")
+    ax1.set_ylabel("plasticity gap")
+    ax1.legend(fontsize=8)
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def plot_metrics_over_tasks(
+    metrics: Mapping[str, np.ndarray],
+    path: str | os.PathLike,
+    title: str = "Metrics over tasks",
+    x=None,
+    xlabel: str = "task",
+) -> Path:
+    """One panel per metric, each an (R, T) array (or (T,)), mean +- std across repeats."""
+    names = list(metrics)
+    if not names:
+        raise ValueError("no metrics to plot")
+    cols = min(3, len(names))
+    rows = -(-len(names) // cols)
+    fig = _figure(figsize=(4.2 * cols, 3.0 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for ax, name in zip(axes.flat, names):
+        v = np.asarray(metrics[name], dtype=np.float64)
+        v = v[None] if v.ndim == 1 else v
+        xs = np.arange(v.shape[-1]) if x is None else np.asarray(x)
+        _band(ax, xs, v, marker="o" if v.shape[-1] <= 30 else None)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel(xlabel)
+    for ax in list(axes.flat)[len(names):]:
+        ax.set_visible(False)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+PLASTICITY_PANELS = (
+    "dormant_ratio", "dead_ratio", "active_fraction", "effective_rank", "stable_rank", "srank",
+    "feature_norm", "feature_variance", "weight_magnitude", "weight_change_task_start", "weight_change_init",
+)
+GLUE_PANELS = (
+    "capacity", "approx_capacity", "dimension", "radius", "center_alignment", "axis_alignment",
+    "center_axis_alignment",
+)
+
+
+def plot_plasticity_over_tasks(metrics: Mapping[str, np.ndarray], path, x=None,
+                               title: str = "Plasticity metrics at the end of each task") -> Path:
+    """:func:`plot_metrics_over_tasks` on the plasticity metrics present in ``metrics``."""
+    chosen = {k: metrics[k] for k in PLASTICITY_PANELS if k in metrics}
+    return plot_metrics_over_tasks(chosen or dict(metrics), path, title=title, x=x)
+
+
+def plot_glue_over_tasks(metrics: Mapping[str, np.ndarray], path, x=None,
+                         title: str = "Manifold capacity and geometry over tasks") -> Path:
+    """:func:`plot_metrics_over_tasks` on the GLUE metrics present in ``metrics``."""
+    chosen = {k: metrics[k] for k in GLUE_PANELS if k in metrics}
+    return plot_metrics_over_tasks(chosen or dict(metrics), path, title=title, x=x)

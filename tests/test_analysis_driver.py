@@ -1,0 +1,132 @@
+"""The driver on a small fake results tree written in the documented on-disk format."""
+
+import json
+import math
+import pickle
+
+import matplotlib.image as mpimg
+import numpy as np
+import pytest
+
+from cljax.analysis import analyze_run, class_manifolds
+
+
+def assert_nontrivial_png(path):
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    img = mpimg.imread(path)
+    assert img.ndim == 3 and min(img.shape[:2]) > 100
+    assert len(np.unique((img[..., :3] * 255).astype(np.uint8).reshape(-1, 3), axis=0)) > 20
+
+
+def test_class_manifolds_split_by_label():
+    # (R=1, T=2, S=6, H=1): values encode the sample index; labels interleaved / blocked.
+    reps = np.arange(12, dtype=float).reshape(1, 2, 6, 1)
+    labels = np.array([[[0, 1, 0, 1, 0, 1], [1, 1, 1, 0, 0, 0]]])
+    X = class_manifolds(reps, labels, max_points=2)
+    assert X.shape == (1, 2, 2, 2, 1)
+    np.testing.assert_array_equal(X[0, 0, :, :, 0], [[0, 2], [1, 3]])
+    np.testing.assert_array_equal(X[0, 1, :, :, 0], [[9, 10], [6, 7]])
+
+
+# ---- a small fake results tree in the documented on-disk format -------------------------------
+R_FINAL = np.array([  # repeat 0; repeat 1 is the same minus 0.05
+    [0.90, 0.60, 0.50],
+    [0.80, 0.95, 0.55],
+    [0.70, 0.85, 0.90],
+])
+B = np.array([0.50, 0.45, 0.52])
+E = np.array([0.92, 0.90, 0.95])
+L, RR, T, S, H = 2, 2, 3, 8, 6
+
+
+def write_fake_run(algo_dir):
+    rng = np.random.default_rng(0)
+    dtype = np.dtype([("dense1/bias", np.float32, (4,)), ("dense1/kernel", np.float32, (H, 4))])
+    for i in range(T):
+        d = algo_dir / f"task_{i:03d}"
+        d.mkdir(parents=True)
+        final = np.stack([R_FINAL[i], R_FINAL[i] - 0.05])  # (R, T)
+        test_acc = np.stack([final - 0.2, final])  # (L, R, T)
+        metrics = {
+            "test_acc": test_acc,
+            "test_loss": 1.0 - test_acc,
+            "train_acc": np.full((L, RR), 0.9),
+            "train_loss": np.full((L, RR), 0.3),
+            "start_test_acc": np.stack([B, B]) if i == 0 else np.stack([R_FINAL[i - 1]] * RR),
+        }
+        expert = {k: np.full((L, RR), 0.5) for k in ("train_loss", "train_acc", "test_loss")}
+        expert["test_acc"] = np.stack([np.full(RR, 0.6), np.full(RR, E[i])])
+        # Two well separated classes per task, positive features except one dead unit.
+        labels = np.tile(np.array([0, 1], np.uint8), S // 2)
+        centres = rng.normal(size=(T, 2, H)) * 3
+        reps = np.abs(centres[:, labels] + rng.normal(size=(L, RR, T, S, H))) + 0.1
+        reps[..., -1] = 0.0
+        weights = np.zeros((L, RR), dtype)
+        weights["dense1/bias"] = i + 1.0  # every parameter equals i + 1 in the bias ...
+        weights["dense1/kernel"] = 0.0  # ... and 0 in the kernel
+        np.save(d / "representations.npy", reps.astype(np.float32))
+        np.save(d / "binary_labels.npy", np.broadcast_to(labels, (L, RR, T, S)).copy())
+        np.save(d / "weights.npy", weights)
+        for name, obj in (("metrics.pkl", metrics), ("expert_metrics.pkl", expert)):
+            with open(d / name, "wb") as f:
+                pickle.dump(obj, f, protocol=4)
+        (d / "metadata.json").write_text(json.dumps({"config": {"num_tasks": T}, "log_steps": [5, 10]}))
+
+
+def test_analyze_run_on_a_fake_tree(tmp_path):
+    algo = tmp_path / "results" / "synthetic" / "SL_T3"
+    write_fake_run(algo)
+    summary = analyze_run(algo, glue_n_probes=16, glue_max_points=4, glue_across_every=1)
+    out = algo / "analysis"
+    on_disk = json.loads((out / "summary.json").read_text())
+    assert on_disk["n_task_folders"] == 3 and on_disk["complete"]
+    # Hand values, repeat 0 / repeat 1 (= repeat 0 minus 0.05 everywhere):
+    acc0 = (0.70 + 0.85 + 0.90) / 3
+    assert math.isclose(on_disk["average_accuracy"]["mean"], acc0 - 0.025)
+    assert math.isclose(on_disk["average_accuracy"]["std"], 0.025)
+    assert math.isclose(on_disk["bwt"]["mean"], ((0.70 - 0.90) + (0.85 - 0.95)) / 2)
+    # FWT: repeat 0 ((0.60 - 0.45) + (0.55 - 0.52)) / 2 = 0.09, repeat 1 0.04.
+    assert math.isclose(on_disk["fwt"]["mean"], 0.065)
+    # f_0 = max(R[0,0], R[1,0]) - R[2,0] = 0.90 - 0.70, f_1 = 0.95 - 0.85 (same for both repeats).
+    assert math.isclose(on_disk["forgetting"]["mean"], ((0.90 - 0.70) + (0.95 - 0.85)) / 2)
+    # auc rows are the snapshot means: 0.1 below the final rows.
+    assert math.isclose(on_disk["cl"]["auc"]["average_accuracy"]["mean"], acc0 - 0.025 - 0.1)
+    assert summary["average_accuracy"] == on_disk["average_accuracy"]
+
+    cl = np.load(out / "cl.npz")
+    assert cl["final_accuracy_matrix"].shape == (2, 3, 3)
+    np.testing.assert_allclose(cl["final_accuracy_matrix"][0], R_FINAL)
+    np.testing.assert_allclose(cl["final_plasticity_gap"][0], E - np.diag(R_FINAL), atol=1e-12)
+
+    pl = np.load(out / "plasticity.npz")
+    assert pl["current_effective_rank"].shape == (3, L, RR)
+    assert pl["all_tasks_srank"].shape == (3, RR)
+    # One of the six units is exactly zero everywhere: dead ratio 1/6.
+    np.testing.assert_allclose(pl["current_dead_ratio"], 1 / 6)
+    # Bias = i + 1 on 4 of the 4 + 24 parameters: magnitude sqrt(4 (i+1)^2 / 28).
+    np.testing.assert_allclose(pl["weight_magnitude"][:, -1, 0], [math.sqrt(4 * (i + 1) ** 2 / 28) for i in range(3)],
+                               rtol=1e-6)
+    # Change vs the previous task's last snapshot: one unit of bias -> sqrt(4 / 28); task 0: 0.
+    np.testing.assert_allclose(pl["weight_change_task_start"][:, -1, 0], [0.0, math.sqrt(4 / 28), math.sqrt(4 / 28)],
+                               rtol=1e-6)
+    np.testing.assert_allclose(pl["weight_change_init"][:, -1, 0], [0.0, math.sqrt(4 / 28), math.sqrt(16 / 28)],
+                               rtol=1e-6)
+
+    glue = np.load(out / "glue.npz")
+    assert glue["per_task_capacity"].shape == (3, RR)
+    assert glue["across_capacity"].shape == (3, RR)
+    assert np.isfinite(glue["per_task_capacity"]).all() and (glue["per_task_capacity"] > 0).all()
+    assert on_disk["glue"]["across_tasks"]["n_manifolds"] == 6
+
+    for name in ("accuracy_matrix.png", "accuracy_over_time.png", "learner_vs_expert.png", "plasticity.png",
+                 "glue.png", "glue_across.png"):
+        assert_nontrivial_png(out / name)
+        assert name in on_disk["files"]
+
+
+def test_analyze_run_rejects_a_gap(tmp_path):
+    algo = tmp_path / "run"
+    write_fake_run(algo)
+    (algo / "task_001").rename(algo / "task_007")
+    with pytest.raises(Exception, match="not contiguous"):
+        analyze_run(algo, glue=False, make_plots=False)

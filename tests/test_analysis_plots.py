@@ -1,0 +1,43 @@
+"""Each plot writes a valid, non-trivial PNG."""
+
+import matplotlib.image as mpimg
+import numpy as np
+
+from cljax.analysis import (
+    plot_accuracy_matrix,
+    plot_accuracy_over_time,
+    plot_glue_over_tasks,
+    plot_learner_vs_expert,
+    plot_metrics_over_tasks,
+    plot_plasticity_over_tasks,
+)
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def assert_nontrivial_png(path):
+    assert path.exists()
+    assert path.read_bytes()[:8] == PNG_SIGNATURE
+    img = mpimg.imread(path)
+    assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100
+    colours = np.unique((img[..., :3] * 255).astype(np.uint8).reshape(-1, 3), axis=0)
+    assert len(colours) > 20  # more than a blank canvas with a frame
+    assert float(img[..., :3].std()) > 0.05
+
+
+def test_each_plot_writes_a_png(tmp_path):
+    rng = np.random.default_rng(0)
+    R, T = 3, 5
+    assert_nontrivial_png(plot_accuracy_matrix(rng.uniform(0.4, 1.0, (R, T, T)), tmp_path / "m.png"))
+    acc = rng.uniform(0.4, 1.0, (40, R, 3))
+    assert_nontrivial_png(plot_accuracy_over_time(acc, tmp_path / "t.png", task_boundaries=[10, 20, 30],
+                                                  task_ids=[0, 2, 4], steps=np.arange(40) * 5.0))
+    assert_nontrivial_png(plot_learner_vs_expert(rng.uniform(0.5, 1, (R, T)), rng.uniform(0.5, 1, (R, T)),
+                                                 tmp_path / "le.png"))
+    metrics = {"effective_rank": rng.uniform(5, 10, (R, T)), "dormant_ratio": rng.uniform(0, 0.2, (R, T)),
+               "srank": rng.integers(3, 9, (R, T)).astype(float)}
+    assert_nontrivial_png(plot_plasticity_over_tasks(metrics, tmp_path / "p.png"))
+    glue = {"capacity": rng.uniform(1, 3, (R, T)), "dimension": rng.uniform(2, 8, (R, T)),
+            "approx_capacity": np.full((R, T), np.inf), "radius": np.full((R, T), np.nan)}
+    assert_nontrivial_png(plot_glue_over_tasks(glue, tmp_path / "g.png"))
+    assert_nontrivial_png(plot_metrics_over_tasks({"x": rng.uniform(size=T)}, tmp_path / "sub" / "x.png"))
