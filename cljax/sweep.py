@@ -1,0 +1,257 @@
+"""Sweeps: a grid of settings x seeds, one run per job, through submitit (SLURM job arrays on a
+cluster, local processes elsewhere).
+
+    cljax sweep --grid lr=0.01,0.05 --grid momentum=0,0.9 --seeds 0,1 --executor slurm \
+        --slurm-partition gpu --slurm-time 10:00:00 --slurm-gpus 1 --slurm-array-parallelism 8 \
+        --results-dir results/lr_sweep [any flag of cljax run]
+
+Every run writes to its own folder, ``{results_dir}/{setting tag}`` (e.g.
+``results/lr_sweep/lr-0.01_momentum-0.9_seed-1/fashion_mnist/SL_T5``), and ``sweep.json`` in
+``results_dir`` lists the runs, their settings, job ids and folders. A job that SLURM stops
+(time limit, preemption) is requeued by submitit and the run resumes from its first unfinished
+task: rerunning a finished or interrupted run with the same config is what ``run_experiment``
+does by itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import re
+import sys
+from pathlib import Path
+
+from cljax.config import Config
+from cljax.errors import CljaxError
+
+_FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+
+
+def parse_value(name: str, text: str):
+    """A grid value in the type of Config field ``name``."""
+    f = _FIELDS[name]
+    kind = f.type if isinstance(f.type, str) else str(f.type)
+    try:
+        if text.lower() == "none" and "None" in kind:
+            return None
+        if "bool" in kind:
+            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(text)
+            return text.lower() in ("true", "1", "yes")
+        if "int" in kind and "float" not in kind:
+            return int(text)
+        if "float" in kind:
+            return float(text)
+    except ValueError:
+        raise CljaxError(f"--grid {name}: {text!r} is not a valid {kind} value.") from None
+    return text
+
+
+def parse_grid(items: list[str]) -> dict[str, list]:
+    """["lr=0.01,0.05", "epochs=1,2"] -> {"lr": [0.01, 0.05], "epochs": [1, 2]}."""
+    grid: dict[str, list] = {}
+    for item in items:
+        if "=" not in item:
+            raise CljaxError(f"--grid {item!r}: write NAME=V1,V2,... (e.g. --grid lr=0.01,0.05).")
+        name, values = item.split("=", 1)
+        name = name.strip().lstrip("-").replace("-", "_")
+        if name == "seed":
+            raise CljaxError("--grid seed=...: give seeds with --seeds 0,1,2.")
+        if name == "results_dir":
+            raise CljaxError("--grid results_dir=...: every run gets its own folder under --results-dir.")
+        if name not in _FIELDS:
+            settable = sorted(set(_FIELDS) - {"seed", "results_dir"})
+            raise CljaxError(f"--grid {name}: not a setting of cljax run; choose among {', '.join(settable)}.")
+        if name in grid:
+            raise CljaxError(f"--grid {name} given twice: list all its values in one --grid {name}=V1,V2.")
+        parsed = [parse_value(name, v.strip()) for v in values.split(",") if v.strip()]
+        if not parsed:
+            raise CljaxError(f"--grid {name}=: give at least one value.")
+        grid[name] = parsed
+    return grid
+
+
+def _tag_value(value) -> str:
+    text = f"{value:g}" if isinstance(value, float) else str(value)
+    return re.sub(r"[^A-Za-z0-9.+-]", "_", text)
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepRun:
+    tag: str  # the run's folder name under --results-dir
+    settings: dict  # the grid values of this run
+    config: Config
+
+
+def expand(base: Config, grid: dict[str, list], seeds: list[int]) -> list[SweepRun]:
+    """Every combination of the grid values, for every seed; each run in its own folder."""
+    names = list(grid)
+    runs = []
+    for combo in itertools.product(*(grid[n] for n in names)):
+        for seed in seeds:
+            settings = dict(zip(names, combo))
+            tag = "_".join([*(f"{n}-{_tag_value(v)}" for n, v in settings.items()), f"seed-{seed}"])
+            config = dataclasses.replace(base, **settings, seed=seed, results_dir=str(Path(base.results_dir) / tag))
+            config.validate()
+            runs.append(SweepRun(tag=tag, settings=settings, config=config))
+    return runs
+
+
+def run_job(config_dict: dict, overwrite: bool = False) -> dict:
+    """The body of one job: run (or resume) one experiment. Returns a short, picklable summary."""
+    from cljax.experiment import algo_dir_of, run_experiment
+
+    config = Config(**config_dict)
+    result = run_experiment(config, progress=False, overwrite=overwrite)
+    final = result.summary[-1] if result.summary else {}
+    return {"algo_dir": str(algo_dir_of(config)), "tasks": len(result.summary),
+            "final_acc_current": final.get("acc_current"), "final_acc_earlier": final.get("acc_earlier"),
+            "steps_per_second": result.steps_per_second}
+
+
+def _job_class():
+    import submitit
+
+    class SweepJob(submitit.helpers.Checkpointable):
+        """A requeueable job: on a SLURM time limit or preemption submitit calls ``checkpoint``,
+        which resubmits the same call; the run then resumes from its first unfinished task."""
+
+        def __call__(self, config_dict: dict, overwrite: bool = False) -> dict:
+            return run_job(config_dict, overwrite)
+
+        def checkpoint(self, config_dict: dict, overwrite: bool = False):
+            # The requeued job resumes what this one finished, even if this one started afresh.
+            return submitit.helpers.DelayedSubmission(self, config_dict, False)
+
+    return SweepJob
+
+
+def parse_minutes(text: str) -> int:
+    """'600' (minutes), '10:00:00' (H:MM:SS), '1-02:00:00' (D-HH:MM:SS) -> minutes."""
+    days = 0
+    if "-" in text:
+        d, text = text.split("-", 1)
+        days = int(d)
+    parts = [int(p) for p in text.split(":")]
+    if len(parts) == 1:
+        minutes = parts[0]
+    elif len(parts) == 2:
+        minutes = parts[0] * 60 + parts[1]
+    else:
+        minutes = parts[0] * 60 + parts[1] + (1 if parts[2] else 0)
+    return days * 24 * 60 + minutes
+
+
+def make_executor(kind: str, log_dir: Path, args) -> "object":
+    import submitit
+
+    cluster = None if kind == "auto" else kind
+    try:
+        executor = submitit.AutoExecutor(folder=str(log_dir), cluster=cluster)
+    except RuntimeError as exc:
+        raise CljaxError(f"no submitit executor available ({exc}): pass --executor local.") from None
+    params = {"name": args.job_name, "timeout_min": parse_minutes(args.slurm_time)}
+    if args.slurm_gpus:
+        params["gpus_per_node"] = args.slurm_gpus
+    if args.slurm_cpus:
+        params["cpus_per_task"] = args.slurm_cpus
+    if args.slurm_mem_gb:
+        params["mem_gb"] = args.slurm_mem_gb
+    if args.slurm_partition:
+        params["slurm_partition"] = args.slurm_partition
+    if args.slurm_account:
+        params["slurm_account"] = args.slurm_account
+    if args.slurm_array_parallelism:
+        params["slurm_array_parallelism"] = args.slurm_array_parallelism
+    executor.update_parameters(**params)
+    return executor
+
+
+def submit(runs: list[SweepRun], executor, overwrite: bool = False) -> list:
+    """One job per run (a job array on SLURM)."""
+    job = _job_class()()
+    return executor.map_array(job, [dataclasses.asdict(r.config) for r in runs], [overwrite] * len(runs))
+
+
+def write_manifest(path: Path, runs: list[SweepRun], jobs, executor_kind: str, log_dir: Path) -> None:
+    from cljax.experiment import algo_dir_of
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    manifest = {
+        "executor": executor_kind,
+        "logs": str(log_dir),
+        "runs": [{"tag": r.tag, "settings": r.settings, "seed": r.config.seed, "job_id": str(j.job_id),
+                  "results": str(algo_dir_of(r.config))} for r, j in zip(runs, jobs)],
+    }
+    path.write_text(json.dumps(manifest, indent=1))
+
+
+def sweep_main(argv: list[str]) -> int:
+    from cljax.cli import _Parser, add_config_flags, config_from_args
+
+    parser = _Parser(prog="cljax sweep", description=(
+        "Run a grid of settings x seeds, one `cljax run` per job through submitit (SLURM job array, or local "
+        "processes). Takes every flag of `cljax run` as the base settings."))
+    parser.add_argument("--grid", action="append", default=[], metavar="NAME=V1,V2",
+                        help="a setting and its values (repeatable; the runs are all combinations)")
+    parser.add_argument("--seeds", default=None, help="comma-separated seeds (default: --seed)")
+    parser.add_argument("--executor", choices=("auto", "slurm", "local"), default="auto",
+                        help="auto: SLURM when sbatch is available, else local processes (default: auto)")
+    parser.add_argument("--wait", action="store_true", help="wait for every job and print its outcome")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace existing runs' results (default: resume them, or report them finished)")
+    parser.add_argument("--job-name", default="cljax", help="job name (default: cljax)")
+    parser.add_argument("--log-dir", default=None, help="submitit's logs (default: RESULTS_DIR/sweep_logs)")
+    parser.add_argument("--slurm-partition", default=None, help="SLURM partition")
+    parser.add_argument("--slurm-account", default=None, help="SLURM account")
+    parser.add_argument("--slurm-time", default="600", help="time limit per job: minutes or H:MM:SS (default: 600); "
+                        "also the local executor's limit")
+    parser.add_argument("--slurm-gpus", type=int, default=None, help="GPUs per job (repeats are split over them)")
+    parser.add_argument("--slurm-cpus", type=int, default=None, help="CPUs per job")
+    parser.add_argument("--slurm-mem-gb", type=float, default=None, help="memory per job in GB")
+    parser.add_argument("--slurm-array-parallelism", type=int, default=None, help="at most this many jobs at once")
+    add_config_flags(parser)
+    args = parser.parse_args(argv)
+    base = config_from_args(args)
+    grid = parse_grid(args.grid)
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()] if args.seeds else [base.seed]
+    except ValueError:
+        raise CljaxError(f"--seeds {args.seeds!r}: write comma-separated integers, e.g. --seeds 0,1,2.") from None
+    try:
+        parse_minutes(args.slurm_time)
+    except ValueError:
+        raise CljaxError(f"--slurm-time {args.slurm_time!r}: write minutes (600) or H:MM:SS (10:00:00).") from None
+    runs = expand(base, grid, seeds)
+    root = Path(base.results_dir)
+    log_dir = Path(args.log_dir) if args.log_dir else root / "sweep_logs"
+    executor = make_executor(args.executor, log_dir, args)
+    kind = getattr(executor, "cluster", args.executor)
+    jobs = submit(runs, executor, args.overwrite)
+    write_manifest(root / "sweep.json", runs, jobs, kind, log_dir)
+    print(f"submitted {len(jobs)} job(s) to {kind} (logs: {log_dir}, list: {root / 'sweep.json'}):")
+    from cljax.experiment import algo_dir_of
+
+    for run, job in zip(runs, jobs):
+        print(f"  job {job.job_id}  {run.tag}  -> {algo_dir_of(run.config)}")
+    if not args.wait:
+        return 0
+    failed = 0
+    for run, job in zip(runs, jobs):
+        error = job.exception()
+        if error is not None:
+            failed += 1
+            print(f"  FAILED {job.job_id} {run.tag}: {str(error).strip().splitlines()[-1] if str(error).strip() else error!r}"
+                  f" (log: {job.paths.stderr})")
+            continue
+        out = job.result()
+        acc = out.get("final_acc_current")
+        acc_text = "n/a" if acc is None else f"{acc:.3f}"
+        print(f"  done   {job.job_id} {run.tag}: {out['tasks']} tasks, last task acc {acc_text} -> {out['algo_dir']}")
+    print(f"{len(jobs) - failed} of {len(jobs)} job(s) finished" + (f", {failed} failed" if failed else ""))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(sweep_main(sys.argv[1:]))
