@@ -36,7 +36,8 @@ class Config:
     # optimisation
     epochs: int = _f(5, "passes over a task's training data", min=1)
     batch_size: int = _f(32, "minibatch size per repeat", min=1)
-    lr: float = _f(0.05, "learning rate of every parameter group (learner and expert)", min=0.0)
+    lr: float | None = _f(None, "learning rate of every parameter group (learner and expert); default: the rule's own "
+                          "(SL 0.05, RL 0.1, Bio 0.05), recorded resolved in metadata.json", min=0.0)
     lr_features: float | None = _f(None, "learning rate of the feature layers (default: --lr)", min=0.0)
     lr_classifier: float | None = _f(None, "learning rate of the classifier layer (default: --lr)", min=0.0)
     momentum: float = _f(0.0, "SGD momentum of the continual learner (the expert is plain SGD)", min=0.0, max=0.999)
@@ -50,15 +51,44 @@ class Config:
     seed: int = _f(0, "experiment seed: class pairs, initialisation, shuffling all derive from it", min=0)
     results_dir: str = _f("results", "root of the results tree")
     data_dir: str | None = _f(None, "dataset location (default: the dataset's standard place)")
+    # learning rules RL and Bio (docs/rules.md)
+    rl_reward: str = _f("01", "reward of RL and Bio: 01 (1 if the action is the label, else 0) or pm1 (+1 / -1)", choices=("01", "pm1"))
+    rl_baseline_decay: float = _f(0.9, "RL: decay d of the running reward baseline, b <- d*b + (1-d)*batch mean reward", min=0.0, max=1.0)
+    rl_entropy: float = _f(0.2, "RL: weight beta of the policy-entropy bonus added to the REINFORCE objective "
+                           "(keeps a policy made confident by earlier tasks able to learn)", min=0.0)
+    bio_policy: str = _f("softmax", "Bio: action selection, sample the policy (softmax) or epsilon-greedy (egreedy)", choices=("softmax", "egreedy"))
+    bio_epsilon: float = _f(0.1, "Bio: exploration rate of --bio-policy egreedy", min=0.0, max=1.0)
+    # options of the continual learner (docs/rules.md); each adds a tag to the results-folder name
+    use_replay: bool = _f(False, "replay: mix images of earlier tasks from a balanced on-device buffer into every batch (tag replay)")
+    replay_size: int = _f(1000, "replay: M, buffer images per repeat, shared equally by the tasks seen so far", min=1)
+    replay_batch: int = _f(32, "replay: buffer images added to each batch (weight 0 while the buffer is empty)", min=1)
+    add_plasticity: bool = _f(False, "shrink+perturb (Ash & Adams 2020): theta <- lam*theta + sigma*(fresh init draw) (tag sp)")
+    sp_mode: str = _f("boundary", "shrink+perturb: at the start of every task after the first (boundary) or after every step (step)", choices=("boundary", "step"))
+    sp_lambda: float = _f(0.8, "shrink+perturb: shrink factor lam", min=0.0, max=1.0)
+    sp_sigma: float = _f(0.01, "shrink+perturb: perturbation scale sigma", min=0.0)
+    use_ul: bool = _f(False, "unsupervised learning: an extra unsupervised update of --ul-layer after every step (tag ul)")
+    ul_kind: str = _f("oja", "unsupervised rule: oja (Oja subspace rule), sanger (generalised Hebbian algorithm) or recon "
+                      "(tied-weight linear reconstruction of the layer input)", choices=("oja", "sanger", "recon"))
+    ul_layer: str = _f("dense1", "unsupervised learning: the dense layer it updates (a top-level parameter name of the model)")
+    ul_lr: float = _f(1e-3, "unsupervised learning: its learning rate", min=0.0)
 
     # ---- derived -------------------------------------------------------------------------
     @property
+    def lr_value(self) -> float:
+        """--lr, or the rule's own default when it is not set (rules differ in gradient scale)."""
+        if self.lr is not None:
+            return self.lr
+        from cljax.rules import DEFAULT_LR
+
+        return DEFAULT_LR[self.algorithm]
+
+    @property
     def lr_features_value(self) -> float:
-        return self.lr if self.lr_features is None else self.lr_features
+        return self.lr_value if self.lr_features is None else self.lr_features
 
     @property
     def lr_classifier_value(self) -> float:
-        return self.lr if self.lr_classifier is None else self.lr_classifier
+        return self.lr_value if self.lr_classifier is None else self.lr_classifier
 
     @property
     def n_train(self) -> int:
@@ -130,7 +160,13 @@ class Config:
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The resolved config: an unset --lr is recorded as the rule's default it resolves to."""
+        out = dataclasses.asdict(self)
+        from cljax.rules import DEFAULT_LR
+
+        if out["lr"] is None and self.algorithm in DEFAULT_LR:
+            out["lr"] = DEFAULT_LR[self.algorithm]
+        return out
 
 
 def _check_field(f: dataclasses.Field, value: Any) -> None:

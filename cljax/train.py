@@ -33,7 +33,8 @@ from cljax.rules import make_rule
 # Fixed stream ids of the key lineage: seed -> root -> (learner init | task t -> expert init,
 # shuffling, per-step keys). fold_in by ids (not split) so a resumed run draws the same keys.
 KEY_LEARNER_INIT, KEY_TASKS = 0, 1
-KEY_EXPERT_INIT, KEY_SHUFFLE, KEY_STEPS, KEY_OPTIONS = 0, 1, 2, 3
+KEY_EXPERT_INIT, KEY_SHUFFLE, KEY_STEPS, KEY_OPTIONS, KEY_EXPERT_RULE = 0, 1, 2, 3, 4
+KEY_LEARNER_RULE = 2  # folded into a repeat's init key (after its split into params / options)
 
 
 class LearnerState(NamedTuple):
@@ -96,7 +97,7 @@ def build_task_program(config) -> TaskProgram:
         return LearnerState(
             params=params,
             opt_state=learner_tx.init(params),
-            rule_state=rule.init(params),
+            rule_state=rule.init(params, jax.random.fold_in(key, KEY_LEARNER_RULE)),
             option_states=tuple(o.init(params, k) for o, k in zip(options, opt_keys)),
         )
 
@@ -108,18 +109,26 @@ def build_task_program(config) -> TaskProgram:
     def learner_step(state: LearnerState, images_BHW, labels_B, key):
         k_rule, k_batch, k_end = jax.random.split(key, 3)
         opt_states = list(state.option_states)
+        # Per-example weights let an option append examples it may not have yet (replay before
+        # the first task ends) with weight 0, so the batch shape stays static.
+        weights_B = jnp.ones(labels_B.shape, jnp.float32)
         for i, opt in enumerate(options):
-            images_BHW, labels_B = opt.batch(opt_states[i], images_BHW, labels_B, jax.random.fold_in(k_batch, i))
-        direction, rule_state, aux = rule.direction(apply_fn, state.params, state.rule_state, images_BHW, labels_B, k_rule)
+            images_BHW, labels_B, weights_B = opt.batch(
+                opt_states[i], images_BHW, labels_B, weights_B, jax.random.fold_in(k_batch, i)
+            )
+        direction, rule_state, aux = rule.direction(
+            apply_fn, state.params, state.rule_state, images_BHW, labels_B, weights_B, k_rule
+        )
         updates, opt_state = learner_tx.update(direction, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         for i, opt in enumerate(options):
-            opt_states[i], params = opt.step_end(opt_states[i], params, jax.random.fold_in(k_end, i), images_BHW)
+            opt_states[i], params = opt.step_end(opt_states[i], params, jax.random.fold_in(k_end, i), images_BHW, weights_B)
         return LearnerState(params, opt_state, rule_state, tuple(opt_states)), aux
 
     def expert_step(carry, images_BHW, labels_B, key):
         params, opt_state, rule_state = carry
-        direction, rule_state, aux = rule.direction(apply_fn, params, rule_state, images_BHW, labels_B, key)
+        weights_B = jnp.ones(labels_B.shape, jnp.float32)
+        direction, rule_state, aux = rule.direction(apply_fn, params, rule_state, images_BHW, labels_B, weights_B, key)
         updates, opt_state = expert_tx.update(direction, opt_state, params)
         return (optax.apply_updates(params, updates), opt_state, rule_state), aux
 
@@ -182,7 +191,8 @@ def build_task_program(config) -> TaskProgram:
         k_options = jax.random.fold_in(task_key, KEY_OPTIONS)
 
         expert_params = jax.vmap(init_params)(jax.random.split(k_expert, R))
-        expert = (expert_params, jax.vmap(expert_tx.init)(expert_params), jax.vmap(rule.init)(expert_params))
+        expert_rule_keys = jax.random.split(jax.random.fold_in(task_key, KEY_EXPERT_RULE), R)
+        expert = (expert_params, jax.vmap(expert_tx.init)(expert_params), jax.vmap(rule.init)(expert_params, expert_rule_keys))
 
         # Each repeat reshuffles its own data every epoch: indices (steps, B, R).
         def epoch_perm(k):

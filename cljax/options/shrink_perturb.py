@@ -1,0 +1,52 @@
+"""Shrink and perturb (``--add-plasticity``, tag ``sp``), Ash & Adams 2020, "On Warm-Starting
+Neural Network Training" (NeurIPS): every parameter of the learner becomes
+
+    theta <- lam * theta + sigma * eps,      eps = init_fn(key)
+
+where eps is a fresh draw of the whole parameter pytree from the model's own initialiser (the
+``init_fn`` the trainer passes to option factories; so biases, initialised at zero, only
+shrink), lam = ``--sp-lambda``, sigma = ``--sp-sigma``, key = the hook's key.
+
+``--sp-mode boundary`` (hook ``task_start``): at the start of every task except the first: the
+first task starts from a fresh initialisation, which there is no reason to shrink, and Ash &
+Adams apply the transform when new data arrives for a network already trained.
+``--sp-mode step`` (hook ``step_end``): after every optimiser step of every task (a continuous
+version; lam close to 1 and a small sigma, e.g. 0.9999 and 1e-4, keep it gentle).
+
+The optimiser state (momentum) is left as it is. The expert never runs options.
+lam = 1, sigma = 0 returns the parameters unchanged, bit for bit.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from cljax.options import Option, register_option
+
+
+def shrink_perturb(params, noise, lam: float, sigma: float):
+    """lam * params + sigma * noise, leaf by leaf (``noise`` has the structure of ``params``)."""
+    return jax.tree.map(lambda p, e: lam * p + sigma * e, params, noise)
+
+
+@register_option("shrink_perturb", enabled=lambda c: c.add_plasticity, tag="sp")
+def make_shrink_perturb(config, apply_fn, init_fn) -> Option:
+    lam, sigma, mode = config.sp_lambda, config.sp_sigma, config.sp_mode
+
+    def apply(params, key):
+        if lam == 1.0 and sigma == 0.0:
+            # The identity, bit for bit (1 * (-0.0) + 0 * eps would turn a negative zero positive).
+            return params
+        return shrink_perturb(params, init_fn(key), lam, sigma)
+
+    def task_start(state, params, key, task_idx):
+        new = apply(params, key)
+        return state, jax.tree.map(lambda n, p: jnp.where(task_idx > 0, n, p), new, params)
+
+    def step_end(state, params, key, images_BHW, weights_B):
+        return state, apply(params, key)
+
+    if mode == "boundary":
+        return Option(task_start=task_start)
+    return Option(step_end=step_end)

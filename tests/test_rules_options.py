@@ -1,0 +1,395 @@
+"""Learning rules RL and Bio, options replay / shrink+perturb / unsupervised learning: their exact
+updates on known states, that RL and Bio learn and replay reduces forgetting on real
+Fashion-MNIST, and that every rule x option combination runs the real path compiled once."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cljax import results
+from cljax.config import Config
+from cljax.experiment import run_experiment
+from cljax.losses import log_probs
+from cljax.options import make_options
+from cljax.options.replay import draw_replay, task_end_update
+from cljax.options.shrink_perturb import shrink_perturb
+from cljax.options.ul import hebbian_update, layer_input
+from cljax.rules import DEFAULT_LR, make_rule
+from cljax.rules.bio import feedback_interceptor
+from cljax.rules.rl import rewards, sample_actions
+from cljax.train import build_task_program
+from tests.conftest import FASHION_DIR
+
+
+def config_of(tmp_path, **overrides) -> Config:
+    base = dict(dataset="fashion_mnist", data_dir=str(FASHION_DIR), results_dir=str(tmp_path / "results"),
+                num_tasks=2, n_repeats=2, n_train_per_class=16, n_test_per_class=8, n_subsamples=2,
+                epochs=1, batch_size=16, log_frequency=1, replay_size=20, replay_batch=8)
+    base.update(overrides)
+    return Config(**base)
+
+
+def final_accuracy(algo_dir):
+    """(T, T) matrix, rows = after task t (last snapshot), columns = task evaluated, mean over R."""
+    return np.stack([results.load_metrics(d)["test_acc"][-1].mean(0) for d in results.task_dirs(algo_dir)])
+
+
+@functools.lru_cache(maxsize=None)
+def fashion_batch(n=32, seed=0):
+    """n real training images and a 0/1 label (class parity), as the rules see a batch."""
+    from cljax.data import load_dataset
+
+    data = load_dataset(Config(data_dir=str(FASHION_DIR)))
+    idx = np.sort(np.random.default_rng(seed).choice(len(data.train_labels), n, replace=False))
+    labels = (np.asarray(data.train_labels)[idx] % 2).astype(np.int32)
+    return jnp.asarray(np.asarray(data.train_images)[idx]), jnp.asarray(labels)
+
+
+def jitted(rule, program):
+    """The rule's direction and the model, compiled whole (eager op-by-op dispatch is slow)."""
+    return jax.jit(rule.direction, static_argnums=0), jax.jit(program.apply_fn), jax.jit(program.init_params)
+
+
+def assert_trees_equal(a, b):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+# ---- RL and Bio learn ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("algorithm", ["RL", "Bio"])
+def test_reward_rules_learn_with_their_defaults(tmp_path, algorithm):
+    config = Config(algorithm=algorithm, dataset="fashion_mnist", data_dir=str(FASHION_DIR),
+                    results_dir=str(tmp_path / "results"), num_tasks=2, n_repeats=2, n_train_per_class=1000,
+                    n_test_per_class=100, n_subsamples=2, epochs=5, log_frequency=155)
+    run = run_experiment(config, progress=False)
+    acc = final_accuracy(run.algo_dir)
+    current = float(np.mean(np.diag(acc)))
+    print(f"{algorithm}: accuracy on the current task at task end {np.diag(acc).round(3)}, mean {current:.3f}")
+    assert current >= 0.75
+    meta = results.load_metadata(results.task_dirs(run.algo_dir)[0])
+    assert config.lr is None and meta["config"]["lr"] == DEFAULT_LR[algorithm]  # the rule's default, resolved
+
+
+def test_rule_default_lr_applies_only_when_lr_is_unset():
+    assert Config(algorithm="RL").lr_value == DEFAULT_LR["RL"]
+    assert Config(algorithm="Bio").lr_features_value == DEFAULT_LR["Bio"]
+    assert Config(algorithm="RL", lr=0.3).lr_classifier_value == 0.3
+    assert dataclasses.replace(Config(algorithm="SL"), algorithm="RL").lr_value == DEFAULT_LR["RL"]
+    assert Config(algorithm="Bio").to_dict()["lr"] == DEFAULT_LR["Bio"]
+
+
+# ---- exact updates of the rules -------------------------------------------------------------
+
+
+def test_examples_of_weight_zero_change_nothing(tmp_path):
+    """What replay appends with weight 0 (an empty buffer) is invisible to the update."""
+    program = build_task_program(config_of(tmp_path))
+    direction, _, init = jitted(make_rule(config_of(tmp_path)), program)
+    params = init(jax.random.key(0))
+    x, y = fashion_batch(24)
+    w = jnp.asarray(np.r_[np.ones(16), np.zeros(8)], jnp.float32)
+    d1, _, m1 = direction(program.apply_fn, params, (), x, y, w, jax.random.key(1))
+    x2, y2 = x.at[16:].set(200), y.at[16:].set(1 - y[16:])
+    d2, _, m2 = direction(program.apply_fn, params, (), x2, y2, w, jax.random.key(1))
+    for a, b in zip(jax.tree.leaves((d1, m1)), jax.tree.leaves((d2, m2))):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_rewards_and_the_uniform_policy_baseline(tmp_path):
+    actions, labels = jnp.array([0, 1, 1, 0]), jnp.array([0, 0, 1, 1])
+    np.testing.assert_array_equal(rewards(actions, labels, "01"), [1, 0, 1, 0])
+    np.testing.assert_array_equal(rewards(actions, labels, "pm1"), [1, -1, 1, -1])
+    for kind, b0 in (("01", 0.5), ("pm1", 0.0)):
+        rule = make_rule(config_of(tmp_path, algorithm="RL", rl_reward=kind))
+        assert float(rule.init(None, jax.random.key(0))["baseline"]) == b0
+
+
+def test_rl_is_reinforce_with_a_running_baseline(tmp_path):
+    config = config_of(tmp_path, algorithm="RL", rl_baseline_decay=0.7, rl_entropy=0.3)
+    program, rule = build_task_program(config), make_rule(config)
+    rule_direction, apply, init = jitted(rule, program)
+    params = init(jax.random.key(0))
+    x, y = fashion_batch(32)
+    key = jax.random.key(3)
+    state = {"baseline": jnp.float32(0.25)}
+    direction, new_state, metrics = rule_direction(program.apply_fn, params, state, x, y, jnp.ones(32), key)
+    # By hand: the same actions and rewards; d log pi(a) / d theta through the head.
+    logits, hidden = apply(params, x)
+    actions = sample_actions(key, log_probs(logits))
+    r = np.where(np.asarray(actions) == np.asarray(y), 1.0, 0.0)
+    np.testing.assert_allclose(new_state["baseline"], 0.7 * 0.25 + 0.3 * r.mean(), rtol=1e-6)
+    # Head layer (one sigmoid output): d log pi(a) / dz = a - p and dH / dz = -z p (1 - p), so
+    # the head kernel's direction is -mean(((r - b) (a - p) - beta z p (1 - p)) hidden).
+    z = np.asarray(logits[:, 0], np.float64)
+    p = 1 / (1 + np.exp(-z))
+    coef = (r - 0.25) * (np.asarray(actions) - p) - 0.3 * z * p * (1 - p)
+    np.testing.assert_allclose(direction["head"]["kernel"][:, 0], -(coef[:, None] * np.asarray(hidden)).mean(0), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(direction["head"]["bias"][0], -coef.mean(), rtol=1e-4, atol=1e-6)
+    assert metrics["loss"] > 0 and 0 <= metrics["acc"] <= 1
+
+
+def test_bio_is_the_three_factor_rule_with_fixed_random_feedback(tmp_path):
+    config = config_of(tmp_path, algorithm="Bio")
+    program, rule = build_task_program(config), make_rule(config)
+    rule_direction, apply, init = jitted(rule, program)
+    params = init(jax.random.key(0))
+    state = jax.jit(rule.init)(params, jax.random.key(5))
+    fb = state["feedback"]
+    assert sorted(fb) == ["conv1", "conv2", "conv3", "dense1", "dense2", "head"]
+    assert all(fb[k].shape == params[k]["kernel"].shape for k in fb)
+    assert not np.allclose(fb["head"], params["head"]["kernel"])  # random, not the forward weights
+    x, y = fashion_batch(32)
+    w = jnp.asarray(np.r_[np.ones(24), np.zeros(8)], jnp.float32)
+    key = jax.random.key(7)
+    direction, new_state, _ = rule_direction(program.apply_fn, params, state, x, y, w, key)
+    assert_trees_equal(new_state, state)  # the feedback weights are fixed
+
+    # By hand on the top two layers: a, r, delta = r - pi(a), e = 2a - 1 (one output unit).
+    logits, hidden = apply(params, x)
+    a = np.asarray(sample_actions(key, log_probs(logits)))
+    pi_a = np.asarray(jnp.exp(jnp.take_along_axis(log_probs(logits), jnp.asarray(a)[:, None], -1)[:, 0]))
+    delta = np.where(a == np.asarray(y), 1.0, 0.0) - pi_a
+    e = 2.0 * a - 1.0
+    wn = np.asarray(w) / np.asarray(w).sum()
+    # head: delta x (chosen unit's error) x pre (the representation)
+    np.testing.assert_allclose(direction["head"]["kernel"][:, 0], -((wn * delta * e)[:, None] * np.asarray(hidden)).sum(0), rtol=1e-4, atol=1e-6)
+    # dense2: delta x (feedback of the chosen unit through B_head x relu'(post)) x pre
+    pre2 = np.asarray(jax.jit(lambda p, v: layer_input(program.apply_fn, p, v, ("dense2",)))(params, x))
+    post_fb = (e[:, None] * np.asarray(fb["head"])[None, :, 0]) * (np.asarray(hidden) > 0)
+    np.testing.assert_allclose(direction["dense2"]["kernel"], -np.einsum("b,bi,bj->ij", wn * delta, pre2, post_fb), rtol=1e-4, atol=1e-6)
+
+    # With the forward kernels as feedback, the rule is the exact gradient of delta * u_a, conv
+    # layers included (the per-position outer products): checks the whole feedback path.
+    sym_state = {"feedback": {k: params[k]["kernel"] for k in fb}}
+    d_sym, _, _ = rule_direction(program.apply_fn, params, sym_state, x, y, w, key)
+
+    def modulated(p):
+        z, _ = program.apply_fn(p, x)
+        return (wn * delta * jnp.asarray(e) * z[:, 0]).sum()
+
+    exact = jax.jit(jax.grad(modulated))(params)
+    for k in params:
+        for leaf in ("kernel", "bias"):
+            np.testing.assert_allclose(d_sym[k][leaf], -exact[k][leaf], rtol=2e-3, atol=1e-6)
+    # and the random feedback does change the hidden layers' update but not the head's
+    assert not np.allclose(direction["conv2"]["kernel"], d_sym["conv2"]["kernel"], rtol=1e-2)
+    np.testing.assert_allclose(direction["head"]["kernel"], d_sym["head"]["kernel"], rtol=1e-5)
+
+
+def test_bio_feedback_interception_keeps_the_forward_pass(tmp_path):
+    config = config_of(tmp_path, algorithm="Bio", out_dim=2)
+    program, rule = build_task_program(config), make_rule(config)
+    _, apply, init = jitted(rule, program)
+    params = init(jax.random.key(0))
+    state = rule.init(params, jax.random.key(1))
+    x, _ = fashion_batch(8)
+
+    @jax.jit
+    def intercepted(p, v):
+        with nn.intercept_methods(feedback_interceptor(state["feedback"])):
+            return program.apply_fn(p, v)
+
+    for a, b in zip(intercepted(params, x), apply(params, x)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+
+
+# ---- replay ---------------------------------------------------------------------------------
+
+
+def _marked_task(t, n):
+    """n images whose pixels (0, 0) and (0, 1) say their task and index; labels alternate."""
+    images = np.zeros((n, 28, 28), np.uint8)
+    images[:, 0, 0], images[:, 0, 1] = t, np.arange(n)
+    return jnp.asarray(images), jnp.asarray(np.arange(n) % 2, jnp.int32)
+
+
+@pytest.mark.parametrize("M, N", [(90, 200), (90, 40), (3, 10)])
+def test_replay_buffer_stays_balanced_over_the_tasks_seen(tmp_path, M, N):
+    option = make_options(config_of(tmp_path, use_replay=True, replay_size=M), None, None)[0]
+    task_end, draw = jax.jit(option.task_end), jax.jit(draw_replay, static_argnums=2)
+    state = option.init(None, jax.random.key(0))
+    _, _, wts = draw(state, jax.random.key(1), 8)
+    assert (np.asarray(wts) == 0).all()  # nothing to replay before the first task ends
+    kept = {}
+    for t in range(5):
+        images, labels = _marked_task(t, N)
+        state, _ = task_end(state, None, jax.random.key(10 + t), images, labels, jnp.int32(t))
+        task = np.asarray(state["task"])
+        img = np.asarray(state["images"])
+        n = t + 1
+        for k in range(n):
+            quota = (k + 1) * M // n - k * M // n
+            held = task == k
+            expected = min(quota, len(kept[k]) if k < t else N)  # filled slots are a prefix of the range
+            assert held.sum() == expected, (t, k, held.sum(), expected)
+            assert (img[held, 0, 0] == k).all()  # images of that task
+            idx = img[held, 0, 1]
+            assert len(set(idx.tolist())) == held.sum()  # sampled without replacement
+            np.testing.assert_array_equal(np.asarray(state["labels"])[held], idx % 2)
+            if k < t:
+                assert set(idx.tolist()) <= kept[k]  # an old task only drops images
+            kept[k] = set(idx.tolist())
+        assert (task >= -1).all() and (task < n).all()
+    # draws come from filled slots only and carry weight 1
+    r_img, r_lab, r_w = draw(state, jax.random.key(2), 64)
+    assert (np.asarray(r_w) == 1).all()
+    assert set(np.asarray(r_img)[:, 0, 0].tolist()) <= set(np.asarray(state["images"])[np.asarray(state["task"]) >= 0, 0, 0].tolist())
+
+
+def test_replay_counts_after_five_tasks_match_the_quota(tmp_path):
+    """M = 200 over 5 tasks: 200, 100 + 100, 66/67, 50 x 4, then 40 x 5."""
+    option = make_options(config_of(tmp_path, use_replay=True, replay_size=200), None, None)[0]
+    task_end = jax.jit(option.task_end)
+    state = option.init(None, jax.random.key(0))
+    per_task = []
+    for t in range(5):
+        state, _ = task_end(state, None, jax.random.key(t), *_marked_task(t, 300), jnp.int32(t))
+        per_task.append(np.bincount(np.asarray(state["task"]), minlength=5).tolist())
+    assert per_task == [[200, 0, 0, 0, 0], [100, 100, 0, 0, 0], [66, 67, 67, 0, 0], [50, 50, 50, 50, 0], [40] * 5]
+
+
+def test_replay_reduces_forgetting(tmp_path):
+    common = dict(dataset="fashion_mnist", data_dir=str(FASHION_DIR), results_dir=str(tmp_path / "results"),
+                  num_tasks=5, n_repeats=2, n_train_per_class=300, n_test_per_class=100, n_subsamples=2,
+                  epochs=2, log_frequency=36, seed=1)
+    plain = final_accuracy(run_experiment(Config(**common), progress=False).algo_dir)
+    replay = final_accuracy(run_experiment(Config(**common, use_replay=True, replay_size=1000), progress=False).algo_dir)
+    earlier_plain, earlier_replay = plain[-1, :-1].mean(), replay[-1, :-1].mean()
+    print(f"mean accuracy on tasks 0-3 after task 4: without replay {earlier_plain:.3f}, with replay {earlier_replay:.3f}")
+    assert earlier_replay >= earlier_plain + 0.05
+    assert replay[-1, -1] >= 0.65  # and it still learns the current task
+
+
+# ---- shrink and perturb -------------------------------------------------------------------
+
+
+def test_shrink_perturb_is_its_formula(tmp_path):
+    config = config_of(tmp_path, add_plasticity=True, sp_lambda=0.5, sp_sigma=0.1)
+    program = build_task_program(config)
+    init = jax.jit(program.init_params)
+
+    def hooks(cfg):
+        option = make_options(cfg, program.apply_fn, program.init_params)[0]
+        return jax.jit(option.task_start), jax.jit(option.step_end)
+
+    params, key = init(jax.random.key(0)), jax.random.key(42)
+    noise = init(key)  # a fresh draw of the model's initialiser, from the hook's key
+    task_start, _ = hooks(config)
+    _, out = task_start((), params, key, jnp.int32(3))
+    for p, e, o in zip(jax.tree.leaves(params), jax.tree.leaves(noise), jax.tree.leaves(out)):
+        np.testing.assert_allclose(o, 0.5 * np.asarray(p) + 0.1 * np.asarray(e), rtol=1e-6, atol=1e-7)
+    assert_trees_equal(task_start((), params, key, jnp.int32(0))[1], params)  # task 0: left alone
+    # lam = 0, sigma = 1 is a re-initialisation
+    reinit, _ = hooks(dataclasses.replace(config, sp_lambda=0.0, sp_sigma=1.0))
+    assert_trees_equal(reinit((), params, key, jnp.int32(1))[1], noise)
+    # step mode acts in step_end, after every step
+    _, step_end = hooks(dataclasses.replace(config, sp_mode="step"))
+    _, stepped = step_end((), params, key, None, None)
+    for p, e, o in zip(jax.tree.leaves(params), jax.tree.leaves(noise), jax.tree.leaves(stepped)):
+        np.testing.assert_allclose(o, 0.5 * np.asarray(p) + 0.1 * np.asarray(e), rtol=1e-6, atol=1e-7)
+
+
+def test_shrink_perturb_identity_is_bit_exact(tmp_path):
+    config = config_of(tmp_path, add_plasticity=True, sp_lambda=1.0, sp_sigma=0.0)
+    program = build_task_program(config)
+    init = jax.jit(program.init_params)
+    params = jax.tree.map(lambda w: w + 0.01, init(jax.random.key(0)))  # no (signed) zeros
+    noise = init(jax.random.key(1))
+    assert_trees_equal(jax.jit(shrink_perturb, static_argnums=(2, 3))(params, noise, 1.0, 0.0), params)
+    for mode in ("boundary", "step"):
+        option = make_options(dataclasses.replace(config, sp_mode=mode), program.apply_fn, program.init_params)[0]
+        assert_trees_equal(jax.jit(option.task_start)((), params, jax.random.key(2), jnp.int32(1))[1], params)
+        assert_trees_equal(jax.jit(option.step_end)((), params, jax.random.key(2), None, None)[1], params)
+
+
+# ---- unsupervised learning ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind, layer", [("oja", "dense1"), ("sanger", "dense2"), ("recon", "dense1")])
+def test_ul_changes_only_its_layer(tmp_path, kind, layer):
+    config = config_of(tmp_path, use_ul=True, ul_kind=kind, ul_layer=layer, ul_lr=1e-2)
+    program = build_task_program(config)
+    option = make_options(config, program.apply_fn, program.init_params)[0]
+    params = jax.jit(program.init_params)(jax.random.key(0))
+    x, _ = fashion_batch(32)
+    _, new = jax.jit(option.step_end)((), params, jax.random.key(1), x, jnp.ones(32))
+    for name in params:
+        for leaf in params[name]:
+            same = np.array_equal(params[name][leaf], new[name][leaf])
+            changes = name == layer and (leaf == "kernel" or kind == "recon")
+            assert same != changes, (name, leaf)
+
+
+def test_ul_reads_the_layer_input(tmp_path):
+    program = build_task_program(config_of(tmp_path))
+    params = jax.jit(program.init_params)(jax.random.key(0))
+    x, _ = fashion_batch(8)
+    _, hidden = jax.jit(program.apply_fn)(params, x)
+    head_input = jax.jit(lambda p, v: layer_input(program.apply_fn, p, v, ("head",)))(params, x)
+    np.testing.assert_allclose(head_input, hidden, rtol=1e-6)
+
+
+def test_ul_rejects_a_layer_that_is_not_dense(tmp_path):
+    from cljax.errors import CljaxError
+
+    config = config_of(tmp_path, use_ul=True, ul_layer="conv2")
+    program = build_task_program(dataclasses.replace(config, use_ul=False))
+    with pytest.raises(CljaxError, match="dense1"):
+        make_options(config, program.apply_fn, program.init_params)
+
+
+@pytest.mark.parametrize("kind", ["oja", "sanger"])
+def test_hebbian_rules_find_the_principal_components(kind):
+    """Zero-mean Gaussian data with covariance eigenvalues 5, 3, 2, 1, ...: Oja's single unit and
+    Sanger's units converge to the principal components (|cosine| > 0.99), with unit norm."""
+    d, k = 10, (1 if kind == "oja" else 3)
+    rng = np.random.default_rng(0)
+    basis, _ = np.linalg.qr(rng.normal(size=(d, d)))
+    eig = np.array([5.0, 3.0, 2.0] + [1.0] * (d - 3))
+    cov_sqrt = basis * np.sqrt(eig)  # x = basis diag(sqrt(eig)) z
+
+    def step(w, key):
+        x = jax.random.normal(key, (64, d)) @ cov_sqrt.T
+        return hebbian_update(w, x, jnp.ones(64), 2e-3, kind), None
+
+    w0 = jnp.asarray(rng.normal(size=(d, k)) * 0.1, jnp.float32)
+    w, _ = jax.lax.scan(step, w0, jax.random.split(jax.random.key(0), 6000))
+    w = np.asarray(w)
+    for j in range(k):
+        cos = abs(w[:, j] @ basis[:, j]) / np.linalg.norm(w[:, j])
+        assert cos > 0.99, (j, cos)
+        assert abs(np.linalg.norm(w[:, j]) - 1) < 0.05
+
+
+# ---- every rule with every option, compiled once ------------------------------------------
+
+OPTION_SETS = {
+    "replay": dict(use_replay=True),
+    "sp": dict(add_plasticity=True),
+    "ul": dict(use_ul=True),
+    "replay_sp_ul": dict(use_replay=True, add_plasticity=True, sp_mode="step", sp_lambda=0.999, sp_sigma=1e-3, use_ul=True),
+}
+UL_KIND = {"SL": "oja", "RL": "sanger", "Bio": "recon"}
+
+
+@pytest.mark.parametrize("options", list(OPTION_SETS))
+@pytest.mark.parametrize("algorithm", ["SL", "RL", "Bio"])
+def test_every_rule_with_every_option_compiles_once(tmp_path, compile_counter, algorithm, options):
+    config = config_of(tmp_path, algorithm=algorithm, ul_kind=UL_KIND[algorithm], **OPTION_SETS[options])
+    at_task_end = []
+    run = run_experiment(config, progress=False, on_task_end=lambda t, info: at_task_end.append(compile_counter.count))
+    assert run.algo_dir.name == f"{algorithm}_{options}_T2"
+    assert at_task_end[0] > 0 and at_task_end[1] == at_task_end[0]  # the second task compiles nothing
+    for d in results.task_dirs(run.algo_dir):
+        metrics = results.load_metrics(d)
+        assert np.isfinite(metrics["train_loss"]).all() and np.isfinite(metrics["test_acc"]).all()
+        assert results.load_metadata(d)["config"]["use_replay"] == config.use_replay
