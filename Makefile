@@ -23,8 +23,13 @@ fashion-mnist:
 	  else echo "error: Fashion-MNIST is missing: run 'sudo apt-get install dataset-fashion-mnist' or set FASHION_DIR" >&2; exit 1; fi; \
 	fi
 
+# Rerunning the demo resumes an interrupted run or reports the finished one (--overwrite redoes it).
+DEMO_RUN := $(RESULTS)/fashion_mnist/SL_T5
 demo: venv fashion-mnist
-	$(VENV)/bin/cljax run --dataset fashion_mnist --num-tasks 5 --n-repeats 4 --results-dir $(RESULTS) --overwrite
+	$(VENV)/bin/cljax run --dataset fashion_mnist --num-tasks 5 --n-repeats 4 --results-dir $(RESULTS)
+	$(VENV)/bin/cljax analyze $(DEMO_RUN)
+	@echo "results: $(DEMO_RUN)/task_000 ... task_004"
+	@echo "plots:   $(DEMO_RUN)/analysis/*.png   summary: $(DEMO_RUN)/analysis/summary.json"
 
 test: venv fashion-mnist
 	$(PYTHON) -m pytest -q

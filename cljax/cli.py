@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+from pathlib import Path
 
 from cljax.config import Config
 from cljax.errors import CljaxError
@@ -48,21 +49,72 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 
 def _cmd_run(argv: list[str]) -> int:
-    parser = _Parser(prog="cljax run", description="Run a continual-learning experiment and write its results tree.",
-                     formatter_class=argparse.ArgumentDefaultsHelpFormatter if False else argparse.HelpFormatter)
+    parser = _Parser(prog="cljax run", description="Run a continual-learning experiment and write its results tree. "
+                     "Rerunning the same command resumes an interrupted run from its first unfinished task.")
     add_config_flags(parser)
     parser.add_argument("--overwrite", action="store_true", help="replace an existing run's results (default: refuse)")
+    parser.add_argument("--allow-nonfinite", action="store_true",
+                        help="go on when a loss becomes NaN or inf (default: record it and stop)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     config = config_from_args(args)
     from cljax.experiment import format_summary, run_experiment
 
-    result = run_experiment(config, overwrite=args.overwrite, progress=not args.no_progress)
-    print(format_summary(result))
-    print(f"compile: {result.compile_seconds:.1f} s, training: {result.steps_per_second:.1f} steps/s "
-          f"({config.n_repeats} repeats x (learner + expert), batch {config.batch_size})")
-    print(f"results: {result.algo_dir}")
+    outcome = _run_stoppable(lambda critical: run_experiment(
+        config, overwrite=args.overwrite, progress=not args.no_progress,
+        allow_nonfinite=args.allow_nonfinite, critical=critical))
+    if outcome.already_finished:
+        print(f"this run is already finished ({config.num_tasks} tasks); pass --overwrite to run it again.")
+    elif outcome.first_task:
+        print(f"resumed from task {outcome.first_task}.")
+    print(format_summary(outcome))
+    if not outcome.already_finished:
+        print(f"compile: {outcome.compile_seconds:.1f} s, training: {outcome.steps_per_second:.1f} steps/s "
+              f"({config.n_repeats} repeats x (learner + expert), batch {config.batch_size})")
+    print(f"results: {outcome.algo_dir}")
     return 0
+
+
+def _run_stoppable(work):
+    """Run ``work(critical_lock)`` in a worker thread so that SIGTERM/SIGINT are handled at once:
+    the process exits with EXIT_PREEMPTED as soon as no task folder or checkpoint is being
+    written (SLURM sends SIGTERM some seconds before it kills). The state on disk is then the
+    last finished task, and the same command resumes from there."""
+    import os
+    import signal
+    import threading
+
+    from cljax.experiment import EXIT_PREEMPTED
+
+    critical = threading.Lock()
+    box: dict = {}
+
+    def target():
+        try:
+            box["result"] = work(critical)
+        except BaseException as exc:  # handed to the main thread
+            box["error"] = exc
+
+    def on_signal(signum, frame):
+        with critical:  # never leave a half-written task folder or checkpoint
+            print(f"\nstopped by {signal.Signals(signum).name}: the finished tasks are saved; "
+                  f"run the same command to resume.", file=sys.stderr)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(EXIT_PREEMPTED)
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    worker = threading.Thread(target=target, name="cljax-run", daemon=True)
+    worker.start()
+    try:
+        while worker.is_alive():
+            worker.join(timeout=0.2)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
 
 
 def _cmd_prepare_imagenet(argv: list[str]) -> int:
@@ -77,8 +129,64 @@ def _cmd_data_info(argv: list[str]) -> int:
     return data_info_main(argv)
 
 
+def _cmd_plan(argv: list[str]) -> int:
+    parser = _Parser(prog="cljax plan", description="Print what `cljax run` with the same flags will take, before "
+                     "anything runs: device memory per task, host memory, disk per task and for the run, and whether "
+                     "evaluation keeps all test sets on the device or streams them K tasks at a time.")
+    add_config_flags(parser)
+    parser.add_argument("--json", action="store_true", help="print the plan as JSON")
+    for flag in ("--overwrite", "--allow-nonfinite", "--no-progress"):  # run's own flags, accepted for copy-paste
+        parser.add_argument(flag, action="store_true", help="as in `cljax run` (no effect on the plan)")
+    args = parser.parse_args(argv)
+    config = config_from_args(args)
+    import json
+
+    from cljax.plan import format_plan, make_plan
+
+    plan = make_plan(config)
+    print(json.dumps(plan, indent=1) if args.json else format_plan(plan))
+    return 0 if plan["fits"] else 2
+
+
+def _cmd_sweep(argv: list[str]) -> int:
+    from cljax.sweep import sweep_main
+
+    return sweep_main(argv)
+
+
+def _cmd_analyze(argv: list[str]) -> int:
+    parser = _Parser(prog="cljax analyze", description="Analyse a finished (or partial) run: continual-learning "
+                     "metrics, plasticity metrics, manifold geometry (GLUE); writes ALGO_DIR/analysis/.")
+    parser.add_argument("algo_dir", help="results/{dataset}/{algorithm}")
+    parser.add_argument("--out", default=None, help="output folder (default: ALGO_DIR/analysis)")
+    parser.add_argument("--variant", choices=("final", "auc"), default="final",
+                        help="accuracy-matrix variant of the headline numbers (default: final)")
+    parser.add_argument("--tau", type=float, default=0.025, help="dormant-unit threshold (default: 0.025)")
+    parser.add_argument("--glue-probes", type=int, default=128, help="Gaussian probes of the GLUE capacity (default: 128)")
+    parser.add_argument("--no-glue", action="store_true", help="skip the manifold-capacity analysis")
+    parser.add_argument("--no-plots", action="store_true", help="no PNG plots")
+    args = parser.parse_args(argv)
+    from cljax.analysis.driver import analyze_run
+    from cljax.results import task_dirs
+
+    if not task_dirs(args.algo_dir):
+        raise CljaxError(f"{args.algo_dir} holds no finished task: run an experiment first (cljax run).")
+    summary = analyze_run(args.algo_dir, args.out, variant=args.variant, tau=args.tau, glue=not args.no_glue,
+                          glue_n_probes=args.glue_probes, make_plots=not args.no_plots)
+    out = args.out or str(Path(args.algo_dir) / "analysis")
+    for key in ("average_accuracy", "bwt", "fwt", "forgetting"):
+        value = summary.get(key)
+        if isinstance(value, dict):
+            print(f"{key:>18}: {value.get('mean', float('nan')):.4f} +- {value.get('std', float('nan')):.4f}")
+    print(f"analysis: {out} (summary.json, arrays .npz, plots .png)")
+    return 0
+
+
 COMMANDS = {
     "run": (_cmd_run, "run an experiment"),
+    "analyze": (_cmd_analyze, "analyse a run: accuracy matrix, BWT/FWT, forgetting, plasticity, GLUE; plots"),
+    "plan": (_cmd_plan, "print the device memory, host memory, disk and evaluation mode a run will take"),
+    "sweep": (_cmd_sweep, "run a grid of settings x seeds, one job per run (submitit: SLURM or local)"),
     "prepare-imagenet": (_cmd_prepare_imagenet, "prepare ImageNet-1k as 28x28 gray from Hugging Face datasets"),
     "data-info": (_cmd_data_info, "describe a prepared dataset folder and draw sample images"),
 }

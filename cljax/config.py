@@ -43,8 +43,12 @@ class Config:
     momentum: float = _f(0.0, "SGD momentum of the continual learner (the expert is plain SGD)", min=0.0, max=0.999)
     out_dim: int = _f(1, "classifier outputs: 1 (sigmoid + binary cross-entropy) or 2 (softmax)", choices=(1, 2))
     eval_batch_size: int = _f(100, "test images per repeat evaluated at once (memory vs speed; results do not depend on it)", min=1)
-    eval_chunk_tasks: int = _f(0, "evaluate the T tasks' test sets K at a time, streamed to the device (0: all resident)", min=0)
-    representation_dtype: str = _f("float32", "dtype of the saved representations, the largest artifact", choices=("float32", "float16"))
+    eval_chunk_tasks: int = _f(0, "evaluate the T tasks' test sets K at a time, streamed to and from the device "
+                               "(0: automatic, resident when everything fits --device-memory, else the largest K that fits; see `cljax plan`)", min=0)
+    device_memory: int = _f(0, "device memory budget in bytes per device for the automatic --eval-chunk-tasks "
+                            "(0: what the device reports, on the CPU the host's available memory)", min=0)
+    representation_dtype: str = _f("float32", "dtype of the saved representations, the largest artifact "
+                                   "(bfloat16 is stored as its uint16 bit pattern, see metadata.json)", choices=("float32", "float16", "bfloat16"))
     # logging
     log_frequency: int = _f(25, "steps between snapshots; L = steps_per_task // log_frequency", min=1)
     # bookkeeping

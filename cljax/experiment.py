@@ -4,6 +4,7 @@ once, write the task folder) -> summary. Everything here is orchestration; the m
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import shutil
@@ -17,11 +18,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cljax.checkpoint import CHECKPOINT, RUN_RECORD, load_learner, read_run_record, save_learner, write_run_record
 from cljax.config import Config
 from cljax.data import load_dataset
-from cljax.devices import put_repeats
+from cljax.devices import (fetch, is_writer, live_device_bytes, maybe_initialize_distributed, put_repeats, rss_bytes,
+                           shard_repeats)
 from cljax.evaluate import TestSets
+from cljax.plan import choose_eval_chunk, disk_files_per_task, disk_run_files
 from cljax.errors import CljaxError
+from cljax.faults import crash_point
 from cljax.results import EXPERT_KEYS, task_dir_name, task_dirs, weights_layout, weights_to_structured, write_task
 from cljax.tasks import TaskData, make_schedule
 from cljax.train import KEY_TASKS, build_task_program
@@ -33,91 +38,202 @@ class RunResult:
 
     algo_dir: Path
     task_class_pairs: np.ndarray  # (T, R, 2)
+    first_task: int = 0  # > 0 when the run resumed
     summary: list[dict] = field(default_factory=list)
     compile_seconds: float = 0.0
     steps_per_second: float = 0.0
+    already_finished: bool = False
 
 
 def algo_dir_of(config: Config) -> Path:
     return Path(config.results_dir) / config.dataset / config.algorithm_name
 
 
-def run_experiment(config: Config, *, overwrite: bool = False, progress: bool = True, log=print) -> RunResult:
-    """Run a whole experiment and write its results tree. Raises CljaxError on bad input
-    before anything is written."""
+EXIT_PREEMPTED = 75  # stopped by SIGTERM/SIGINT with a resumable state (EX_TEMPFAIL)
+
+
+def run_experiment(
+    config: Config,
+    *,
+    overwrite: bool = False,
+    progress: bool = True,
+    allow_nonfinite: bool = False,
+    critical=contextlib.nullcontext(),
+    on_task_end=None,
+) -> RunResult:
+    """Run (or resume) a whole experiment and write its results tree.
+
+    Bad input raises CljaxError before anything is written. An existing run with the same
+    config resumes from its first unfinished task (a finished one is reported, not re-run);
+    one with another config is refused unless ``overwrite``. ``critical`` (a lock) is held while
+    a task's folder and the checkpoint are written: a caller that takes it may stop the process
+    at once and leave a resumable state.
+    ``on_task_end(t, info)``, if given, is called after task t is written, with measurements:
+    ``rss_bytes``, ``device_bytes_live`` (now), ``device_bytes_peak`` (largest live device bytes
+    seen during the task), ``seconds``.
+    """
+    maybe_initialize_distributed()  # multi-host, when the environment asks for it
     config.validate()
     data = load_dataset(config)
     schedule = make_schedule(data.n_classes, config.num_tasks, config.n_repeats, config.seed)
     task_data = TaskData(data, config)
     algo_dir = algo_dir_of(config)
-    _check_target(algo_dir, overwrite)
+    resuming = _check_target(algo_dir, config, overwrite)
 
-    # Everything that can fail on input has been checked: from here on we write.
     program = build_task_program(config)
     root_key = jax.random.key(config.seed)
     tasks_key = jax.random.fold_in(root_key, KEY_TASKS)
-    tests = TestSets(*task_data.all_tests(schedule), chunk_tasks=config.eval_chunk_tasks)
-    learner = program.init_learner(root_key)
+    learner = shard_repeats(program.init_learner(root_key))  # R split over the devices
+    first_task = 0
+    restored = load_learner(algo_dir, learner) if resuming else None
+    if restored is not None:
+        learner, first_task = restored
+        learner = shard_repeats(learner)
+    result = RunResult(algo_dir=algo_dir, task_class_pairs=schedule, first_task=first_task)
+    if first_task >= config.num_tasks:
+        result.summary = [_summary_row(t, _load_summary_arrays(d)) for t, d in enumerate(task_dirs(algo_dir))]
+        result.already_finished = True
+        return result
 
-    train_x, train_y = task_data.train(schedule[0])
+    # The disk a task needs is known ahead (the planner's exact figures): its folder plus the checkpoint.
+    disk_per_task = sum(disk_files_per_task(config, schedule, data.class_names).values()) + disk_run_files(config)[CHECKPOINT]
+    _check_disk(algo_dir, disk_per_task)
+
+    # Everything that can fail on input has been checked: from here on we write.
+    if is_writer():  # multi-host: every process computes, process 0 writes
+        if overwrite and algo_dir.exists():
+            _clear_run(algo_dir)
+        algo_dir.mkdir(parents=True, exist_ok=True)
+        write_run_record(algo_dir, config.to_dict())
+        _remove_stale_temporaries(algo_dir)
+
+    tests = TestSets(*task_data.all_tests(schedule), chunk_tasks=choose_eval_chunk(config), measure=on_task_end is not None)
+    train_x, train_y = task_data.train(schedule[first_task])
     t0 = time.perf_counter()
     run_task = program.run_task.lower(
-        learner, train_x, train_y, *tests.current(0), jnp.int32(0), jax.random.fold_in(tasks_key, 0)
+        learner, put_repeats(train_x, 1), put_repeats(train_y, 1), *tests.current(first_task), jnp.int32(first_task), jax.random.fold_in(tasks_key, 0)
     ).compile()
-    compile_seconds = time.perf_counter() - t0
+    result.compile_seconds = time.perf_counter() - t0
 
-    algo_dir.mkdir(parents=True, exist_ok=True)
-    result = RunResult(algo_dir=algo_dir, task_class_pairs=schedule, compile_seconds=compile_seconds)
     run_seconds = 0.0
-    bar = _progress_bar(config.num_tasks, progress)
-    for t in range(config.num_tasks):
+    bar = _progress_bar(config.num_tasks, first_task, progress)
+    for t in range(first_task, config.num_tasks):
+        _check_disk(algo_dir, disk_per_task)
         t_start = time.perf_counter()
-        if t > 0:
-            train_x, train_y = task_data.train(schedule[t])
         train_x_dev, train_y_dev = put_repeats(train_x, 1), put_repeats(train_y, 1)
-        t_gather = time.perf_counter()
+        # Dispatch is asynchronous: the device trains task t while the host gathers task t+1.
         learner, trace = run_task(
             learner, train_x_dev, train_y_dev, *tests.current(t), jnp.int32(t), jax.random.fold_in(tasks_key, t)
         )
-        del train_x_dev, train_y_dev
+        crash_point("train", t)
+        train_peak = live_device_bytes() if on_task_end else 0
         acc, loss, reps = tests.evaluate(program.evaluate, trace["weights"])
-        trace, acc, loss, reps = jax.device_get((trace, acc, loss, reps))  # the one host transfer of the task
-        t_train = time.perf_counter()
+        del train_x_dev, train_y_dev
+        if t + 1 < config.num_tasks:
+            train_x, train_y = task_data.train(schedule[t + 1])
+        trace, acc, loss, reps = fetch((trace, acc, loss, reps))  # the one host transfer of the task
+        seconds = time.perf_counter() - t_start
         arrays, shapes = _task_arrays(config, trace, acc, loss, reps)
+        nonfinite = _nonfinite_report(config, arrays)
         metadata = _metadata(config, schedule, t, shapes, arrays["weights"], data.class_names, {
-            "data_seconds": t_gather - t_start,
-            "train_and_eval_seconds": t_train - t_gather,
-            "compile_seconds": compile_seconds,
-            "steps_per_second": config.steps_per_task / (t_train - t_gather),
+            "task_seconds": seconds,
+            "compile_seconds": result.compile_seconds,
+            "steps_per_second": config.steps_per_task / seconds,
         })
-        write_task(algo_dir, t, arrays, metadata)
-        run_seconds += t_train - t_gather
+        metadata["nonfinite"] = nonfinite
+        learner_host = fetch(learner)  # a collective when multi-host: every process takes part
+        with critical:  # the task folder, then the checkpoint that points past it
+            if is_writer():
+                write_task(algo_dir, t, arrays, metadata)
+            if nonfinite and not allow_nonfinite:
+                first = nonfinite[0]
+                raise CljaxError(
+                    f"non-finite {first['metric']} in task {t} at step {first['step']} (recorded in "
+                    f"{algo_dir / task_dir_name(t) / 'metadata.json'}): lower --lr, or pass --allow-nonfinite to go on."
+                )
+            if is_writer():
+                save_learner(algo_dir, learner_host, t + 1)
+        run_seconds += seconds
         row = _summary_row(t, arrays)
         result.summary.append(row)
         if bar is not None:
             bar.set_postfix(acc=f"{row['acc_current']:.3f}", expert=f"{row['expert_acc']:.3f}")
             bar.update(1)
+        if on_task_end is not None:
+            on_task_end(t, {"rss_bytes": rss_bytes(), "device_bytes_live": live_device_bytes(),
+                            "device_bytes_peak": max(train_peak, tests.peak_live_bytes), "seconds": seconds})
+            tests.peak_live_bytes = 0
     if bar is not None:
         bar.close()
-    result.steps_per_second = config.num_tasks * config.steps_per_task / max(run_seconds, 1e-9)
+    result.steps_per_second = (config.num_tasks - first_task) * config.steps_per_task / max(run_seconds, 1e-9)
     return result
 
 
-def _check_target(algo_dir: Path, overwrite: bool) -> None:
-    if algo_dir.exists() and any(algo_dir.iterdir()):
-        if not overwrite:
-            raise CljaxError(
-                f"{algo_dir} already holds results: pass --overwrite to replace them or choose another --results-dir."
-            )
-        for d in task_dirs(algo_dir):
-            shutil.rmtree(d)
+def _check_target(algo_dir: Path, config: Config, overwrite: bool) -> bool:
+    """Decide what to do with an existing folder; return True when resuming. Writes nothing."""
     if algo_dir.exists() and not algo_dir.is_dir():
         raise CljaxError(f"{algo_dir} exists and is not a folder: choose another --results-dir.")
     probe = algo_dir
     while not probe.exists():
         probe = probe.parent
+    if not probe.is_dir():
+        raise CljaxError(f"{probe} is a file, not a folder: choose another --results-dir.")
     if not os.access(probe, os.W_OK):
         raise CljaxError(f"cannot write to {probe}: choose a writable --results-dir.")
+    if not algo_dir.exists() or not any(algo_dir.iterdir()) or overwrite:
+        return False
+    recorded = read_run_record(algo_dir)
+    if recorded is None:
+        raise CljaxError(
+            f"{algo_dir} holds files that are not a cljax run: pass --overwrite to replace them or choose another --results-dir."
+        )
+    if recorded != config.to_dict():
+        differ = sorted(k for k in set(recorded) | set(config.to_dict()) if recorded.get(k) != config.to_dict().get(k))
+        raise CljaxError(
+            f"{algo_dir} holds a run with other settings ({', '.join(differ)}): pass the same arguments to resume it, "
+            f"--overwrite to replace it, or another --results-dir."
+        )
+    return True
+
+
+def _clear_run(algo_dir: Path) -> None:
+    for d in task_dirs(algo_dir):
+        shutil.rmtree(d)
+    for name in (CHECKPOINT, RUN_RECORD):
+        (algo_dir / name).unlink(missing_ok=True)
+
+
+def _remove_stale_temporaries(algo_dir: Path) -> None:
+    """Temporary folders/files of a process that died mid-write (never listed as results)."""
+    for p in algo_dir.iterdir():
+        if p.name.startswith(".") and ".tmp-" in p.name:
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+
+
+def _check_disk(algo_dir: Path, need: int) -> None:
+    probe = algo_dir
+    while not probe.exists():
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if free < need:
+        raise CljaxError(
+            f"not enough disk at {algo_dir}: a task needs about {need / 2**20:.0f} MiB, {free / 2**20:.0f} MiB free; "
+            f"free space or choose another --results-dir (the run resumes from here)."
+        )
+
+
+def _nonfinite_report(config: Config, arrays: dict) -> list[dict]:
+    """Snapshots whose losses are NaN or inf: [{metric, snapshot, step}], first ones first."""
+    found = []
+    steps = config.log_steps
+    named = {**{f"metrics.{k}": v for k, v in arrays["metrics"].items() if "loss" in k and k != "start_test_loss"},
+             **{f"expert_metrics.{k}": v for k, v in arrays["expert_metrics"].items() if "loss" in k}}
+    for name, values in named.items():
+        bad = ~np.isfinite(np.asarray(values).reshape(len(steps), -1)).all(axis=1)
+        if bad.any():
+            first = int(np.argmax(bad))
+            found.append({"metric": name, "snapshot": first, "step": steps[first]})
+    return sorted(found, key=lambda f: f["snapshot"])
 
 
 def _task_arrays(config: Config, trace: dict, acc, loss, reps):
@@ -217,9 +333,15 @@ def format_summary(result: RunResult) -> str:
     return "\n".join(lines)
 
 
-def _progress_bar(total: int, enabled: bool):
+def _progress_bar(total: int, done: int, enabled: bool):
     if not enabled:
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, unit="task", desc="tasks", file=sys.stderr, dynamic_ncols=True)
+    return tqdm(total=total, initial=done, unit="task", desc="tasks", file=sys.stderr, dynamic_ncols=True)
+
+
+def _load_summary_arrays(task_dir: Path) -> dict:
+    from cljax.results import load_expert_metrics, load_metrics
+
+    return {"metrics": load_metrics(task_dir), "expert_metrics": load_expert_metrics(task_dir)}

@@ -1,7 +1,7 @@
 """The results tree: the writer of one task folder and safe readers of a whole run.
 
     {results_dir}/{dataset}/{algorithm}/task_{t:03d}/
-        representations.npy  (L, R, T, S, H) float32
+        representations.npy  (L, R, T, S, H) float32 (or float16; bfloat16 stored as uint16 bits)
         binary_labels.npy    (L, R, T, S) uint8
         weights.npy          (L, R) structured dtype, one field per parameter ("conv1/kernel", ...)
         metrics.pkl          dict of numpy arrays (see METRICS_KEYS)
@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from cljax.errors import CljaxError
+from cljax.faults import crash_point
 
 TASK_FILES = (
     "representations.npy",
@@ -105,8 +106,12 @@ def write_task(algo_dir: Path, task: int, arrays: dict[str, Any], metadata: dict
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    for name in ("representations", "binary_labels", "weights"):
+    reps_on_disk, storage = representations_on_disk(np.asarray(arrays["representations"]))
+    metadata = {**metadata, "representations_storage": storage}
+    _save_npy(tmp / "representations.npy", reps_on_disk)
+    for name in ("binary_labels", "weights"):
         _save_npy(tmp / f"{name}.npy", arrays[name])
+    crash_point("write", task)
     for name in ("metrics", "expert_metrics"):
         _write_bytes(tmp / f"{name}.pkl", pickle.dumps(arrays[name], protocol=4))
     _write_bytes(tmp / "metadata.json", json.dumps(metadata, indent=1, default=_json_default).encode())
@@ -116,6 +121,20 @@ def write_task(algo_dir: Path, task: int, arrays: dict[str, Any], metadata: dict
     os.rename(tmp, final)
     _fsync_dir(algo_dir)
     return final
+
+
+def representations_on_disk(reps: np.ndarray) -> tuple[np.ndarray, dict]:
+    """The array written to representations.npy and how to read it back (saved in metadata.json).
+
+    numpy has no bfloat16 of its own, so ``np.save`` cannot write it portably: bfloat16 is
+    stored as its raw 16-bit patterns (uint16), which any numpy reads with ``allow_pickle=False``;
+    ``load_representations`` views them as ``ml_dtypes.bfloat16`` again (bit-exact)."""
+    if reps.dtype.name == "bfloat16":
+        return reps.view(np.uint16), {
+            "dtype": "bfloat16", "stored_as": "uint16",
+            "how_to_read": "np.load(...).view(ml_dtypes.bfloat16), or cljax.results.load_representations",
+        }
+    return reps, {"dtype": str(reps.dtype), "stored_as": str(reps.dtype)}
 
 
 def _save_npy(path: Path, arr: np.ndarray) -> None:
@@ -211,8 +230,17 @@ def load_expert_metrics(task_dir) -> dict:
     return safe_load_pickle(Path(task_dir) / "expert_metrics.pkl")
 
 
-def load_representations(task_dir, mmap: bool = True) -> np.ndarray:
-    return np.load(Path(task_dir) / "representations.npy", mmap_mode="r" if mmap else None, allow_pickle=False)
+def load_representations(task_dir, mmap: bool = True, as_float32: bool = False) -> np.ndarray:
+    """(L, R, T, S, H) in the dtype the run chose (bfloat16 as ``ml_dtypes.bfloat16``), or as
+    float32 with ``as_float32`` (exact for every stored dtype)."""
+    reps = np.load(Path(task_dir) / "representations.npy", mmap_mode="r" if mmap else None, allow_pickle=False)
+    meta_path = Path(task_dir) / "metadata.json"
+    storage = json.loads(meta_path.read_text()).get("representations_storage", {}) if meta_path.exists() else {}
+    if storage.get("dtype") == "bfloat16" and reps.dtype == np.uint16:
+        import ml_dtypes
+
+        reps = reps.view(ml_dtypes.bfloat16)
+    return reps.astype(np.float32) if as_float32 else reps
 
 
 def load_binary_labels(task_dir) -> np.ndarray:

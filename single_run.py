@@ -1,0 +1,23 @@
+"""The spec's entry point: run one experiment, then every analysis on its saved results.
+
+    python single_run.py [any `cljax run` flag]       e.g. --num-tasks 5 --n-repeats 4
+
+Same flags as `cljax run`; the analyses (cl, plasticine, glue, plots) are written to
+results/{dataset}/{algorithm}/analysis/.
+"""
+
+import argparse
+import sys
+
+from cljax.cli import add_config_flags, config_from_args, main
+from cljax.experiment import algo_dir_of
+
+if __name__ == "__main__":
+    run_args = sys.argv[1:]
+    code = main(["run", *run_args])
+    if code == 0:
+        parser = argparse.ArgumentParser(add_help=False)
+        add_config_flags(parser)
+        known, _ = parser.parse_known_args(run_args)  # run's own flags (--overwrite, ...) pass through
+        code = main(["analyze", str(algo_dir_of(config_from_args(known)))])
+    sys.exit(code)

@@ -1,0 +1,268 @@
+"""Crash safety, bit-identical resume, clean shutdown, clear errors, safe readers."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import pickle
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cljax import results
+from cljax.cli import main as cli_main
+from tests.conftest import FASHION_DIR
+
+# T=3, R=2, 20 steps per task: small enough to run a few times, big enough to be killed mid-task.
+RUN_FLAGS = [
+    "--num-tasks", "3", "--n-repeats", "2", "--n-train-per-class", "100", "--n-test-per-class", "50",
+    "--n-subsamples", "16", "--epochs", "2", "--batch-size", "20", "--log-frequency", "5", "--no-progress",
+    "--data-dir", str(FASHION_DIR),
+]
+ARRAY_FILES = ("representations.npy", "binary_labels.npy", "weights.npy")
+
+
+def cljax(args: list[str], env_extra: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
+    env = {**os.environ, **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "cljax.cli", *args], capture_output=True, text=True, env=env,
+                          timeout=600, **kwargs)
+
+
+def algo_dir(results_dir: Path) -> Path:
+    return results_dir / "fashion_mnist" / "SL_T3"
+
+
+def assert_complete_task_dirs(run_dir: Path) -> None:
+    for d in results.task_dirs(run_dir):
+        assert sorted(p.name for p in d.iterdir()) == sorted(results.TASK_FILES), d
+
+
+def assert_same_arrays(a_dir: Path, b_dir: Path) -> None:
+    a_tasks, b_tasks = results.task_dirs(a_dir), results.task_dirs(b_dir)
+    assert [d.name for d in a_tasks] == [d.name for d in b_tasks] == ["task_000", "task_001", "task_002"]
+    for a, b in zip(a_tasks, b_tasks):
+        for name in ARRAY_FILES:
+            assert (a / name).read_bytes() == (b / name).read_bytes(), f"{a.name}/{name} differs"
+        for name in ("metrics.pkl", "expert_metrics.pkl"):
+            assert (a / name).read_bytes() == (b / name).read_bytes(), f"{a.name}/{name} differs"
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("reference")
+    proc = cljax(["run", *RUN_FLAGS, "--results-dir", str(out)])
+    assert proc.returncode == 0, proc.stderr
+    return algo_dir(out)
+
+
+@pytest.mark.parametrize("fault", ["train:1", "write:2"])
+def test_sigkill_then_rerun_equals_an_uninterrupted_run(reference, tmp_path, fault):
+    out = tmp_path / "results"
+    killed = cljax(["run", *RUN_FLAGS, "--results-dir", str(out)], env_extra={"CLJAX_FAULT": fault})
+    assert killed.returncode == -signal.SIGKILL
+    point, task = fault.split(":")
+    run_dir = algo_dir(out)
+    assert [d.name for d in results.task_dirs(run_dir)] == [f"task_{i:03d}" for i in range(int(task))]
+    assert_complete_task_dirs(run_dir)  # no partial task folder is ever visible
+    resumed = cljax(["run", *RUN_FLAGS, "--results-dir", str(out)])
+    assert resumed.returncode == 0, resumed.stderr
+    assert (f"resumed from task {task}" in resumed.stdout) == (int(task) > 0)
+    assert_same_arrays(reference, run_dir)
+    assert not [p for p in run_dir.iterdir() if ".tmp-" in p.name]
+
+
+def test_sigkill_at_a_random_moment_then_rerun_is_identical(reference, tmp_path):
+    out = tmp_path / "results"
+    proc = subprocess.Popen([sys.executable, "-m", "cljax.cli", "run", *RUN_FLAGS, "--results-dir", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (algo_dir(out) / "task_000").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    assert_complete_task_dirs(algo_dir(out))
+    resumed = cljax(["run", *RUN_FLAGS, "--results-dir", str(out)])
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_arrays(reference, algo_dir(out))
+
+
+def test_sigterm_exits_quickly_with_a_resumable_state(reference, tmp_path):
+    out = tmp_path / "results"
+    proc = subprocess.Popen([sys.executable, "-m", "cljax.cli", "run", *RUN_FLAGS, "--results-dir", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not (algo_dir(out) / "task_000").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    sent = time.time()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert time.time() - sent < 5
+    assert proc.returncode == 75, err
+    assert "run the same command to resume" in err and "Traceback" not in err
+    assert_complete_task_dirs(algo_dir(out))
+    resumed = cljax(["run", *RUN_FLAGS, "--results-dir", str(out)])
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_arrays(reference, algo_dir(out))
+
+
+def test_a_finished_run_is_reported_not_rerun(reference, capsys):
+    results_dir = reference.parent.parent
+    before = {p: p.stat().st_mtime_ns for p in reference.rglob("*")}
+    rc = cli_main(["run", *RUN_FLAGS, "--results-dir", str(results_dir)])
+    out = capsys.readouterr().out
+    assert rc == 0 and "already finished" in out
+    assert {p: p.stat().st_mtime_ns for p in reference.rglob("*")} == before
+
+
+def test_nonfinite_loss_stops_with_a_record_unless_allowed(tmp_path, capsys):
+    out = tmp_path / "results"
+    rc = cli_main(["run", *RUN_FLAGS, "--lr", "1e12", "--results-dir", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "non-finite" in err and "--allow-nonfinite" in err
+    meta = results.load_metadata(algo_dir(out) / "task_000")
+    assert meta["nonfinite"] and meta["nonfinite"][0]["metric"].endswith("loss")
+    assert len(results.task_dirs(algo_dir(out))) == 1
+    rc = cli_main(["run", *RUN_FLAGS, "--lr", "1e12", "--allow-nonfinite", "--overwrite", "--results-dir", str(out)])
+    assert rc == 0 and len(results.task_dirs(algo_dir(out))) == 3
+
+
+# ---- one clear line for every bad input --------------------------------------------------------
+def _corrupt_fashion(tmp_path: Path, how: str) -> Path:
+    d = tmp_path / f"fmnist_{how}"
+    shutil.copytree(FASHION_DIR, d)
+    target = d / "train-labels-idx1-ubyte.gz"
+    raw = gzip.decompress(target.read_bytes())
+    if how == "truncated_gz":
+        target.write_bytes(target.read_bytes()[:1000])
+    elif how == "short_idx":
+        target.write_bytes(gzip.compress(raw[:-100]))
+    elif how == "bad_magic":
+        target.write_bytes(gzip.compress(b"\x12\x34" + raw[2:]))
+    elif how == "missing_file":
+        target.unlink()
+    return d
+
+
+def _malicious_finished_run(tmp_path: Path) -> Path:
+    out = tmp_path / "mal"
+    assert cli_main(["run", *RUN_FLAGS, "--num-tasks", "1", "--results-dir", str(out)]) == 0
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("touch pwned",))
+
+    task = out / "fashion_mnist" / "SL_T1" / "task_000"
+    (task / "metrics.pkl").write_bytes(pickle.dumps({"test_acc": Evil()}))
+    return out
+
+
+BAD_INPUTS = {
+    "too_many_tasks": (["--num-tasks", "6"], "at most 5 tasks"),
+    "zero_repeats": (["--n-repeats", "0"], "--n-repeats must be at least 1"),
+    "zero_tasks": (["--num-tasks", "0"], "--num-tasks must be at least 1"),
+    "zero_epochs": (["--epochs", "0"], "--epochs must be at least 1"),
+    "zero_batch": (["--batch-size", "0"], "--batch-size must be at least 1"),
+    "negative_lr": (["--lr", "-1"], "--lr must be at least 0"),
+    "nan_lr": (["--lr", "nan"], "--lr must be finite"),
+    "momentum_too_high": (["--momentum", "1.5"], "--momentum must be at most"),
+    "out_dim_3": (["--out-dim", "3"], "--out-dim"),
+    "repeats_not_int": (["--n-repeats", "two"], "--n-repeats"),
+    "tasks_float": (["--num-tasks", "2.5"], "--num-tasks"),
+    "unknown_dataset": (["--dataset", "cifar10"], "unknown dataset 'cifar10'"),
+    "unknown_algorithm": (["--algorithm", "XYZ"], "unknown algorithm 'XYZ'"),
+    "missing_data_dir": (["--data-dir", "/nonexistent/fmnist"], "does not exist"),
+    "log_frequency_too_large": (["--log-frequency", "1000"], "--log-frequency 1000 is larger"),
+    "odd_subsamples": (["--n-subsamples", "15"], "--n-subsamples 15 must be even"),
+    "too_many_subsamples": (["--n-subsamples", "200"], "at most 2 * --n-test-per-class"),
+    "too_many_train_images": (["--n-train-per-class", "7000", "--log-frequency", "1"], "training images but 7000"),
+    "too_many_test_images": (["--n-test-per-class", "2000"], "test images but --n-test-per-class"),
+    "batch_larger_than_task": (["--batch-size", "1000"], "larger than a task's 200 training images"),
+    "bad_test_source": (["--test-source", "validation"], "--test-source"),
+    "bad_representation_dtype": (["--representation-dtype", "int8"], "--representation-dtype"),
+    "negative_seed": (["--seed", "-1"], "--seed must be at least 0"),
+    "negative_eval_chunk": (["--eval-chunk-tasks", "-2"], "--eval-chunk-tasks must be at least 0"),
+    "unknown_flag": (["--learning-rate", "0.1"], "unrecognized arguments"),
+    "imagenet_without_data_dir": (["--dataset", "imagenet_28_gray", "--data-dir", ""], "--data-dir is required"),
+    "imagenet_incomplete_folder": (["--dataset", "imagenet_28_gray", "--data-dir", "{tmp}"], "prepare-imagenet"),
+    "truncated_gz": (["--data-dir", "{truncated_gz}"], "corrupt or truncated"),
+    "short_idx": (["--data-dir", "{short_idx}"], "is truncated"),
+    "bad_magic": (["--data-dir", "{bad_magic}"], "is not a uint8 IDX file"),
+    "missing_file": (["--data-dir", "{missing_file}"], "not found"),
+    "results_dir_is_a_file": (["--results-dir", "{file}/sub"], "is a file, not a folder"),
+    "other_config_exists": (["--results-dir", "{existing}", "--lr", "0.2"], "holds a run with other settings (lr)"),
+    "malicious_pickle": (["--num-tasks", "1", "--results-dir", "{malicious}"], "refusing to load posix.system"),
+    "full_disk": (["--results-dir", "{fulldisk}"], "not enough disk"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_gives_one_clear_line_and_writes_nothing(case, tmp_path, capsys, monkeypatch, reference):
+    flags, expected = BAD_INPUTS[case]
+    fills = {"tmp": str(tmp_path / "empty_prepared"), "file": str(tmp_path / "a_file"),
+             "existing": str(reference.parent.parent), "fulldisk": str(tmp_path / "full")}
+    (tmp_path / "empty_prepared").mkdir()
+    (tmp_path / "a_file").write_text("x")
+    for how in ("truncated_gz", "short_idx", "bad_magic", "missing_file"):
+        if "{" + how + "}" in " ".join(flags):
+            fills[how] = str(_corrupt_fashion(tmp_path, how))
+    if "{malicious}" in " ".join(flags):
+        fills["malicious"] = str(_malicious_finished_run(tmp_path))
+        capsys.readouterr()
+    if case == "full_disk":
+        import cljax.experiment as experiment
+
+        monkeypatch.setattr(experiment.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000))
+    flags = [f.format(**fills) for f in flags]
+    results_dir = tmp_path / "results"
+    args = ["run", *RUN_FLAGS, "--results-dir", str(results_dir), *flags]
+    watched = [Path(fills["existing"]), Path(fills.get("malicious", tmp_path / "none"))]
+    before = {p: p.stat().st_mtime_ns for w in watched if w.exists() for p in w.rglob("*")}
+    monkeypatch.chdir(tmp_path)
+    try:
+        rc = cli_main(args)
+    except SystemExit as exc:  # argparse errors
+        rc = exc.code
+    captured = capsys.readouterr()
+    assert rc not in (0, None)
+    assert captured.err.count("\n") == 1 and captured.err.startswith("error: "), captured.err
+    assert expected in captured.err, captured.err
+    assert "Traceback" not in captured.err + captured.out
+    assert not results_dir.exists() or not any(results_dir.rglob("*"))
+    assert not (tmp_path / "full").exists()
+    assert {p: p.stat().st_mtime_ns for w in watched if w.exists() for p in w.rglob("*")} == before
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_unknown_command_is_one_line(capsys):
+    assert cli_main(["frobnicate"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown command 'frobnicate'" in err
+
+
+def test_reader_allows_numpy_and_plain_values(tmp_path):
+    data = {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": [1, 2.5, "x", None, True], "c": {"d": (1, 2)},
+            "e": np.float64(3.5), "f": np.int64(7)}
+    path = tmp_path / "ok.pkl"
+    path.write_bytes(pickle.dumps(data, protocol=4))
+    loaded = results.safe_load_pickle(path)
+    assert np.array_equal(loaded["a"], data["a"]) and loaded["b"] == data["b"] and loaded["e"] == 3.5
+
+
+def test_checkpoint_restores_every_leaf_exactly(tmp_path):
+    import jax
+
+    from cljax.checkpoint import load_learner, save_learner
+
+    state = {"w": np.random.default_rng(0).normal(size=(2, 3)).astype(np.float32), "n": np.arange(2),
+             "k": jax.random.split(jax.random.key(1), 2)}
+    save_learner(tmp_path, state, 4)
+    restored, next_task = load_learner(tmp_path, state)
+    assert next_task == 4
+    assert restored["w"].tobytes() == state["w"].tobytes() and np.array_equal(restored["n"], state["n"])
+    assert np.array_equal(jax.random.key_data(restored["k"]), jax.random.key_data(state["k"]))
