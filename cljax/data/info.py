@@ -1,0 +1,109 @@
+"""`data-info DIR [--png FILE]`: what a prepared folder holds, and a PNG grid of sample images."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from cljax.data.prepared import ClassData, load_prepared
+from cljax.errors import CljaxError
+
+MAX_CLASSES_SHOWN = 20
+IMAGES_PER_CLASS = 8
+
+
+def describe(data: ClassData, folder: Path, max_listed: int = MAX_CLASSES_SHOWN) -> str:
+    """A plain-text summary: source, classes, images per split and per class."""
+    train_counts = np.bincount(np.asarray(data.train_labels), minlength=data.n_classes)
+    test_counts = np.bincount(np.asarray(data.test_labels), minlength=data.n_classes)
+    lines = [
+        f"dataset: {data.meta.get('name', '?')}  ({folder})",
+        f"source: {data.meta.get('source', '?')}",
+        f"images: {tuple(data.train_images.shape[1:])} {data.train_images.dtype}",
+        f"classes: {data.n_classes}",
+        f"train: {len(data.train_labels)} images, per class {_range(train_counts)}",
+        f"test: {len(data.test_labels)} images, per class {_range(test_counts)}",
+        "",
+        f"{'id':>5}  {'train':>7}  {'test':>6}  name",
+    ]
+    for c in range(min(data.n_classes, max_listed)):
+        lines.append(f"{c:>5}  {train_counts[c]:>7}  {test_counts[c]:>6}  {data.class_names[c]}")
+    if data.n_classes > max_listed:
+        lines.append(f"  ... and {data.n_classes - max_listed} more classes")
+    return "\n".join(lines)
+
+
+def _range(counts: np.ndarray) -> str:
+    if counts.size == 0:
+        return "-"
+    low, high = int(counts.min()), int(counts.max())
+    return str(low) if low == high else f"{low}..{high}"
+
+
+def write_sample_grid(
+    data: ClassData,
+    png: Path,
+    *,
+    max_classes: int = MAX_CLASSES_SHOWN,
+    per_class: int = IMAGES_PER_CLASS,
+) -> Path:
+    """Save a grid (one row per class, the first `per_class` train images of each) as PNG.
+
+    Only the first `max_classes` classes are drawn, so 1000-class ImageNet stays readable.
+    Classes without train images are drawn from the test split; empty cells stay blank.
+    """
+    # Figure + the Agg canvas directly: no pyplot, so no global backend switch in the caller.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    n_rows = max(1, min(data.n_classes, max_classes))
+    labels_train = np.asarray(data.train_labels)
+    labels_test = np.asarray(data.test_labels)
+    fig = Figure(figsize=(1.0 + 0.9 * per_class, 0.9 * n_rows + 0.4), dpi=100)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(n_rows, per_class, squeeze=False)
+    for c in range(n_rows):
+        images, picks = data.train_images, np.flatnonzero(labels_train == c)[:per_class]
+        if picks.size == 0:
+            images, picks = data.test_images, np.flatnonzero(labels_test == c)[:per_class]
+        for j in range(per_class):
+            ax = axes[c, j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_visible(False)
+            if j < picks.size:
+                ax.imshow(np.asarray(images[picks[j]]), cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+        name = data.class_names[c] if c < len(data.class_names) else str(c)
+        axes[c, 0].set_ylabel(f"{c}: {name[:18]}", rotation=0, ha="right", va="center", fontsize=7)
+    shown = f"first {n_rows} of {data.n_classes} classes" if data.n_classes > n_rows else f"{data.n_classes} classes"
+    fig.suptitle(f"{data.meta.get('name', 'dataset')}: {shown}, {per_class} images each", fontsize=9)
+    fig.subplots_adjust(left=0.2, right=0.98, top=1 - 0.35 / fig.get_figheight(), bottom=0.02, wspace=0.05, hspace=0.05)
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png)
+    return png
+
+
+def data_info_main(argv: list[str]) -> int:
+    """`data-info DIR [--png FILE]`: print classes and counts per split, save a sample grid; exit code."""
+    parser = argparse.ArgumentParser(prog="data-info", description="Describe a prepared dataset folder and save sample images.")
+    parser.add_argument("folder", help="a prepared folder (e.g. the --out of prepare-imagenet)")
+    parser.add_argument("--png", default=None, help="where to save the sample grid (default FOLDER/samples.png)")
+    args = parser.parse_args(argv)
+    folder = Path(args.folder).expanduser()
+    how = "prepare one with `cljax prepare-imagenet --source SOURCE --out DIR`."
+    try:
+        data = load_prepared(folder, how_to_fix=how)
+        print(describe(data, folder))
+        png = write_sample_grid(data, Path(args.png).expanduser() if args.png else folder / "samples.png")
+        print(f"samples: {png}")
+        return 0
+    except CljaxError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"error: cannot write {exc.filename or args.png} ({exc.strerror or exc}); pass --png with a writable path.", file=sys.stderr)
+        return 2
