@@ -34,5 +34,13 @@ demo: venv fashion-mnist
 test: venv fashion-mnist
 	$(PYTHON) -m pytest -q
 
+# Throughput of cljax vs a PyTorch reference and the matmul peak (docs/benchmark.md). torch comes
+# from the bench extra (torch==2.13.0, the CPU wheel here) only when it is missing.
+BENCH_JSON ?= $(RESULTS)/benchmark.json
+bench: venv
+	$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install -q -e '.[bench]'
+	mkdir -p $(dir $(BENCH_JSON))
+	$(PYTHON) benchmarks/throughput.py --json $(BENCH_JSON)
+
 clean:
 	rm -rf $(VENV) .pytest_cache

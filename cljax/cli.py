@@ -193,6 +193,10 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:  # the command line (not a call from Python): persistent compilation cache on
+        from cljax import enable_compilation_cache
+
+        enable_compilation_cache()
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         lines = ["usage: cljax COMMAND [flags]   (cljax COMMAND --help for its flags)", "", "commands:"]

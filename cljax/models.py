@@ -12,7 +12,9 @@ from __future__ import annotations
 from typing import Callable
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
+from jax import lax
 
 MODELS: dict[str, Callable] = {}
 CLASSIFIER_GROUP = "head"
@@ -26,16 +28,43 @@ def register_model(name: str):
     return wrap
 
 
-class PatchConv(nn.Module):
-    """A k x k SAME convolution written as patches @ kernel (im2col).
+@jax.custom_vjp
+def matmul_pg(patches_MK, kernel_KF):
+    """patches @ kernel whose kernel gradient is computed as patches^T @ g.
 
-    Same parameters as ``nn.Conv`` (kernel (k, k, C_in, C_out), bias). Under ``vmap`` over
-    repeats the matmul becomes one batched dot, which XLA runs 2.5-7x faster on the CPU than the
-    grouped convolution that vmapping ``lax.conv`` produces (measured in benchmarks/).
+    The same numbers as ``@``; only the lowering differs. For the first layer (K = 9, output
+    (B*27*27, 16)) XLA otherwise transposes the large output gradient before the weight-gradient
+    dot; this form reads it in place: 1.1-1.2x faster training at R = 32 on the CPU."""
+    return patches_MK @ kernel_KF
+
+
+def _matmul_pg_fwd(patches_MK, kernel_KF):
+    return patches_MK @ kernel_KF, (patches_MK, kernel_KF)
+
+
+def _matmul_pg_bwd(residuals, g_MF):
+    patches_MK, kernel_KF = residuals
+    d_kernel = lax.dot_general(patches_MK, g_MF, (((0,), (0,)), ((), ())))
+    return g_MF @ kernel_KF.T, d_kernel
+
+
+matmul_pg.defvjp(_matmul_pg_fwd, _matmul_pg_bwd)
+
+
+class PatchConv(nn.Module):
+    """A k x k SAME convolution written as patches @ kernel (im2col), optionally followed by a
+    disjoint max-pool (window = stride = ``pool``, VALID).
+
+    Same parameters as ``nn.Conv`` (kernel (k, k, C_in, C_out), bias). XLA runs the matmul
+    2.5-7x faster on the CPU than the (grouped, under vmap) convolution ``lax.conv`` lowers to.
+    With ``pool > 1`` only the outputs the pool keeps are computed, and the bias is added after
+    the pool: max(x + b) = max(x) + b (rounding is monotone), so the result is the same as
+    pooling the biased convolution, with 9x less elementwise work on the largest activation.
     """
 
     features: int
     kernel_size: int = 3
+    pool: int = 1
 
     @nn.compact
     def __call__(self, x_BHWC):
@@ -43,9 +72,17 @@ class PatchConv(nn.Module):
         kernel = self.param("kernel", nn.initializers.lecun_normal(), (k, k, c_in, self.features))
         bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
         h, w, pad = x_BHWC.shape[-3], x_BHWC.shape[-2], k // 2
+        h, w = h // self.pool * self.pool, w // self.pool * self.pool  # rows/cols the pool keeps
         xp = jnp.pad(x_BHWC, ((0, 0), (pad, k - 1 - pad), (pad, k - 1 - pad), (0, 0)))
         patches = jnp.concatenate([xp[:, i : i + h, j : j + w, :] for i in range(k) for j in range(k)], axis=-1)
-        return patches @ kernel.reshape(k * k * c_in, self.features) + bias
+        kernel_KF = kernel.reshape(k * k * c_in, self.features)
+        if c_in == 1:  # measured faster only for the first layer (see matmul_pg)
+            out = matmul_pg(patches.reshape(-1, k * k), kernel_KF).reshape(*patches.shape[:-1], self.features)
+        else:
+            out = patches @ kernel_KF
+        if self.pool > 1:
+            out = max_pool_disjoint(out, self.pool)
+        return out + bias
 
 
 def max_pool_disjoint(x_BHWC, size: int):
@@ -68,7 +105,9 @@ class CNN(nn.Module):
     def __call__(self, images_BHW):
         x = images_BHW.astype(jnp.float32)[..., None] * (1.0 / 255.0)
         for i, ch in enumerate(self.channels):
-            x = max_pool_disjoint(nn.relu(PatchConv(ch, name=f"conv{i + 1}")(x)), 3)
+            # max-pool commutes with the (monotone) ReLU: pooling first, inside the conv, gives the
+            # same activations as relu -> pool and runs the ReLU on 9x fewer values.
+            x = nn.relu(PatchConv(ch, pool=3, name=f"conv{i + 1}")(x))
         x = x.mean(axis=(-3, -2))
         x = nn.relu(nn.Dense(self.hidden, name="dense1")(x))
         hidden = nn.relu(nn.Dense(self.hidden, name="dense2")(x))

@@ -1,0 +1,394 @@
+"""Training throughput of cljax against a PyTorch reference and the machine's matmul peak.
+
+One process measures, interleaved round by round (so load from other processes hits every
+candidate alike and the ratios hold even on a shared machine):
+
+- cljax: the real per-task program (``cljax.train.build_task_program``, learner + expert fused
+  in one ``lax.scan``) on synthetic uint8 data of the real shapes, at each ``--repeats`` R;
+  samples/s = steps x batch x R x 2 (learner + expert) / seconds of one ``run_task`` call
+  (one snapshot per call, so the expert's evaluation adds ~1%). Also the alternative lowering
+  of the repeat axis (``vmap`` vs a loop over repeats) unless ``--quick``;
+- torch: ``benchmarks/torch_reference.py``, one repeat at a time, counted the same way; its
+  throughput does not depend on R (repeats run one after another), so one repeat is timed
+  per round and the figure holds for every R. Measured with all cores (``torch.set_num_threads``
+  = cores, the reference) and with one thread (often faster on a loaded machine);
+- peak: a float32 matmul through XLA (jit), median over rounds, in FLOP/s.
+
+Then a 10-task ``run_experiment`` on the synthetic dataset: compilations counted from
+``backend_compile`` events, host RSS and device memory after tasks 1 and 10, and the compile
+time cold (empty persistent cache) and warm (same run again, cache filled).
+
+    python benchmarks/throughput.py [--repeats 1 4 16 32] [--steps 50] [--json out.json]
+    python benchmarks/throughput.py --quick --no-torch --json /tmp/b.json   # a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # torch_reference, when run as a file
+
+FLOPS_NOTE = (
+    "analytic: forward MACs x 2 per sample (conv: H*W*9*C_in*C_out on the 28x28, 9x9, 3x3 inputs; "
+    "dense: in*out), training = 3 x forward (forward + input gradient + weight gradient)"
+)
+
+
+# ---- figures ---------------------------------------------------------------------------------
+def cnn_macs(channels=(16, 32, 64), hidden=64, out_dim=1, size=28, pool=3) -> dict:
+    """Forward multiply-accumulates per sample of cljax's CNN, layer by layer."""
+    macs, c_in, hw = {}, 1, size
+    for i, c_out in enumerate(channels):
+        macs[f"conv{i + 1}"] = hw * hw * 9 * c_in * c_out
+        c_in, hw = c_out, hw // pool
+    macs["dense1"] = c_in * hidden
+    macs["dense2"] = hidden * hidden
+    macs["head"] = hidden * out_dim
+    return macs
+
+
+def flops_per_sample() -> dict:
+    macs = cnn_macs()
+    forward = 2 * sum(macs.values())
+    return {"macs_per_layer": macs, "forward_flops": forward, "train_flops": 3 * forward}
+
+
+def machine() -> dict:
+    import jax
+
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        model = names[0] if names else model
+    except OSError:
+        pass
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "backend": jax.default_backend(),
+        "devices": [str(d) for d in jax.devices()],
+        "jax": jax.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def load_average() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+# ---- timing units: a callable doing a fixed amount of work, and that amount ---------------------
+def peak_unit(n: int):
+    import jax
+    import jax.numpy as jnp
+
+    a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n), np.float32))
+    b = jnp.asarray(np.random.default_rng(1).standard_normal((n, n), np.float32))
+    matmul = jax.jit(jnp.matmul).lower(a, b).compile()
+    matmul(a, b).block_until_ready()
+    return (lambda: matmul(a, b).block_until_ready()), 2.0 * n**3
+
+
+def cljax_unit(repeats: int, steps: int, batch_size: int, loop_repeats: bool | None):
+    """The compiled task program of a synthetic config with ``steps`` steps (one snapshot),
+    and a callable running it once; returns (call, samples per call, compile seconds)."""
+    import jax
+    import jax.numpy as jnp
+
+    from cljax.config import Config
+    from cljax.devices import put_repeats
+    from cljax.train import build_task_program
+
+    n_per_class = steps * batch_size // 2
+    config = Config(
+        dataset="synthetic", num_tasks=1, n_repeats=repeats, n_train_per_class=n_per_class,
+        n_test_per_class=50, n_subsamples=16, epochs=1, batch_size=batch_size, log_frequency=steps,
+    ).validate()
+    program = build_task_program(config, loop_repeats=loop_repeats)
+    rng = np.random.default_rng(repeats)
+    n_test = config.n_test
+    train_x = put_repeats(rng.integers(0, 256, (config.n_train, repeats, 28, 28), dtype=np.uint8), 1)
+    train_y = put_repeats(np.repeat(np.arange(2, dtype=np.int32), n_per_class)[:, None].repeat(repeats, 1), 1)
+    test_x = put_repeats(rng.integers(0, 256, (n_test, repeats, 28, 28), dtype=np.uint8), 1)
+    test_y = put_repeats(np.tile(np.arange(2, dtype=np.int32), n_test // 2)[:, None].repeat(repeats, 1), 1)
+    key = jax.random.key(0)
+    state = [program.init_learner(key)]
+    args = (train_x, train_y, test_x, test_y, jnp.int32(0), key)
+    t0 = time.perf_counter()
+    run_task = program.run_task.lower(state[0], *args).compile()
+    compile_seconds = time.perf_counter() - t0
+
+    def call():
+        state[0], trace = run_task(state[0], *args)  # the learner is donated: carry it on
+        jax.block_until_ready((state[0], trace))
+
+    call()  # warm-up
+    return call, config.steps_per_task * batch_size * repeats * 2, compile_seconds
+
+
+def interleaved_medians(units: dict, rounds: int) -> dict:
+    """Seconds per call of every unit, median over ``rounds``; each round runs every unit once."""
+    times = {name: [] for name in units}
+    for _ in range(rounds):
+        for name, call in units.items():
+            t0 = time.perf_counter()
+            call()
+            times[name].append(time.perf_counter() - t0)
+    return {name: float(np.median(ts)) for name, ts in times.items()}
+
+
+# ---- the 10-task experiment ------------------------------------------------------------------
+def experiment_figures(args, workdir: Path) -> dict:
+    """Compilations, memory and compile time (cold and warm cache) of a 10-task synthetic run."""
+    import jax
+
+    from cljax.config import Config
+    from cljax.experiment import run_experiment
+
+    config = Config(
+        dataset="synthetic", synthetic_classes=20, num_tasks=10, n_repeats=args.experiment_repeats,
+        n_train_per_class=args.experiment_train_per_class, n_test_per_class=args.experiment_test_per_class,
+        n_subsamples=16, epochs=1, batch_size=args.batch_size, log_frequency=args.experiment_log_frequency,
+        results_dir=str(workdir / "results"),
+    )
+    compiles = [0]
+
+    def on_event(event, duration, **kwargs):
+        if "backend_compile" in event:
+            compiles[0] += 1
+
+    def device_stats():
+        try:
+            stats = jax.local_devices()[0].memory_stats()
+        except Exception:  # not implemented on every backend
+            stats = None
+        return {k: int(stats[k]) for k in ("bytes_in_use", "peak_bytes_in_use") if k in stats} if stats else None
+
+    runs = []
+    jax.monitoring.register_event_duration_secs_listener(on_event)
+    try:
+        for label in ("cold", "warm"):
+            per_task = {}
+
+            def on_task_end(t, info, per_task=per_task):
+                per_task[t] = {"compilations": compiles[0], "rss_bytes": int(info["rss_bytes"]),
+                               "device_bytes_live": int(info["device_bytes_live"]),
+                               "device_bytes_peak": int(info["device_bytes_peak"]),
+                               "device_memory_stats": device_stats(), "seconds": float(info["seconds"])}
+
+            compiles[0] = 0
+            t0 = time.perf_counter()
+            result = run_experiment(config, overwrite=True, progress=False, on_task_end=on_task_end)
+            runs.append({"cache": label, "compile_seconds": result.compile_seconds,
+                         "wall_seconds": time.perf_counter() - t0, "tasks": per_task,
+                         "final_acc_current_task": result.summary[-1]["acc_current"]})
+    finally:
+        jax.monitoring.unregister_event_duration_listener(on_event)
+    cold, warm = runs
+    first, last = cold["tasks"][0], cold["tasks"][config.num_tasks - 1]
+    return {
+        "config": {k: getattr(config, k) for k in ("num_tasks", "n_repeats", "n_train_per_class", "n_test_per_class",
+                                                      "epochs", "batch_size", "log_frequency")},
+        "compilations_after_task_1": first["compilations"],
+        "compilations_after_task_10": last["compilations"],
+        "compilations_warm_cache": warm["tasks"][config.num_tasks - 1]["compilations"],
+        "compile_seconds_cold": cold["compile_seconds"],
+        "compile_seconds_warm": warm["compile_seconds"],
+        "rss_bytes_after_task_1": first["rss_bytes"],
+        "rss_bytes_after_task_10": last["rss_bytes"],
+        "device_bytes_live_after_task_1": first["device_bytes_live"],
+        "device_bytes_live_after_task_10": last["device_bytes_live"],
+        "device_memory_stats_after_task_1": first["device_memory_stats"],
+        "device_memory_stats_after_task_10": last["device_memory_stats"],
+        "runs": runs,
+    }
+
+
+# ---- the command -----------------------------------------------------------------------------
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="throughput.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--repeats", type=int, nargs="+", default=None,
+                   help="R values for cljax (default 1 4 16 32, plus 64 128 on a GPU; --quick: 1 2)")
+    p.add_argument("--steps", type=int, default=None, help="training steps per timed call (default 50; --quick: 4)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--rounds", type=int, default=None, help="timing rounds, medians reported (default 3; --quick: 1)")
+    p.add_argument("--peak-size", type=int, default=None, help="matmul size for the peak (default 4096; --quick: 512)")
+    p.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference (torch not installed)")
+    p.add_argument("--no-alternatives", action="store_true", help="skip the vmap-vs-loop comparison")
+    p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run of a few seconds")
+    p.add_argument("--cache-dir", default=None,
+                   help="persistent compilation cache for the 10-task part (default: a fresh temporary folder, so 'cold' is cold)")
+    p.add_argument("--json", dest="json_path", default=None, help="write every figure to this file")
+    args = p.parse_args(argv)
+    quick = args.quick
+    args.steps = args.steps or (4 if quick else 50)
+    args.rounds = args.rounds or (1 if quick else 3)
+    args.peak_size = args.peak_size or (512 if quick else 4096)
+    args.experiment_repeats = 2 if quick else 4
+    args.experiment_train_per_class = 2 * args.batch_size if quick else 500
+    args.experiment_test_per_class = 8 if quick else 100
+    args.experiment_log_frequency = 2 if quick else 10
+    if quick:
+        args.no_alternatives = True
+    return args
+
+
+def default_repeats(quick: bool) -> list[int]:
+    import jax
+
+    if quick:
+        return [1, 2]
+    return [1, 4, 16, 32] + ([64, 128] if jax.default_backend() == "gpu" else [])
+
+
+def run_benchmark(args) -> dict:
+    import jax
+
+    from cljax.train import loop_repeats_default
+
+    repeats = args.repeats or default_repeats(args.quick)
+    load_start = load_average()
+    flops = flops_per_sample()
+    units, samples, compile_seconds = {}, {}, {}
+    call, peak_flops_per_call = peak_unit(args.peak_size)
+    units["peak"] = call
+    loop_default = loop_repeats_default()
+    variants = [("cljax", None)]
+    if not args.no_alternatives:
+        variants.append(("cljax_vmap" if loop_default else "cljax_loop", not loop_default))
+    for R in repeats:
+        for name, loop in variants:
+            call, n, seconds = cljax_unit(R, args.steps, args.batch_size, loop)
+            units[(name, R)], samples[(name, R)], compile_seconds[(name, R)] = call, n, seconds
+    torch_threads = {}
+    if not args.no_torch:
+        from torch_reference import TorchRepeat, torch_version
+
+        if torch_version() is None:
+            raise SystemExit("error: torch is not importable: install it with `pip install torch==2.13.0` or pass --no-torch")
+        cores = os.cpu_count() or 1
+        torch_threads = {"torch": cores, "torch_1thread": 1} if cores > 1 else {"torch": 1}
+        for name, threads in torch_threads.items():
+            units[name] = TorchRepeat(args.steps, args.batch_size, threads)
+            samples[name] = args.steps * args.batch_size * 2
+    seconds = interleaved_medians(units, args.rounds)
+
+    peak = peak_flops_per_call / seconds["peak"]
+    rows, alternatives = [], []
+    torch_sps = {name: samples[name] / seconds[name] for name in torch_threads}
+    for (name, R), n in ((k, v) for k, v in samples.items() if isinstance(k, tuple)):  # the cljax units
+        sps = n / seconds[(name, R)]
+        row = {"impl": "cljax", "repeats": R, "samples_per_s": sps, "fraction_of_peak": sps * flops["train_flops"] / peak,
+               "compile_seconds": compile_seconds[(name, R)], "seconds_per_call": seconds[(name, R)],
+               "repeat_axis": "loop" if (loop_default if name == "cljax" else not loop_default) else "vmap"}
+        if torch_sps:
+            row["ratio_vs_torch"] = sps / torch_sps["torch"]
+            row["ratio_vs_best_torch"] = sps / max(torch_sps.values())
+        (rows if name == "cljax" else alternatives).append(row)
+    for name, sps in torch_sps.items():
+        for R in repeats:
+            rows.append({"impl": "torch", "repeats": R, "samples_per_s": sps, "threads": torch_threads[name],
+                         "fraction_of_peak": sps * flops["train_flops"] / peak, "variant": name})
+    return {
+        "machine": "{cpu}, {cores} cores, {backend}".format(**machine()),
+        "machine_details": machine(),
+        "load_average_start": load_start,
+        "load_average_end": load_average(),
+        "peak_flops_per_s": peak,
+        "peak_matmul_size": args.peak_size,
+        "flops_per_sample": float(flops["train_flops"]),
+        "flops_formula": FLOPS_NOTE,
+        "forward_flops_per_sample": float(flops["forward_flops"]),
+        "macs_per_layer": flops["macs_per_layer"],
+        "settings": {"steps": args.steps, "batch_size": args.batch_size, "rounds": args.rounds, "repeats": repeats,
+                     "counted": "steps x batch x R x 2 (learner + expert) per second"},
+        "torch_version": None if args.no_torch else __import__("torch").__version__,
+        "jax_version": jax.__version__,
+        "rows": rows,
+        "alternatives": alternatives,
+    }
+
+
+def markdown(report: dict) -> str:
+    by_r = {}
+    for row in report["rows"]:
+        by_r.setdefault(row["repeats"], {})[row.get("variant", row["impl"])] = row
+    alt = {row["repeats"]: row for row in report["alternatives"]}
+    has_torch = any("torch" in v for v in by_r.values())
+    head = ["R", "cljax samples/s", "% of peak"]
+    if alt:
+        head += [f"cljax ({next(iter(alt.values()))['repeat_axis']}) samples/s"]
+    if has_torch:
+        head += ["torch samples/s (all cores / 1 thread)", "cljax / torch", "cljax / best torch"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for R, impls in sorted(by_r.items()):
+        c = impls["cljax"]
+        cells = [str(R), f"{c['samples_per_s']:,.0f}", f"{100 * c['fraction_of_peak']:.1f}%"]
+        if alt:
+            cells.append(f"{alt[R]['samples_per_s']:,.0f}" if R in alt else "")
+        if has_torch:
+            t1 = impls.get("torch_1thread")
+            cells += [f"{impls['torch']['samples_per_s']:,.0f}" + (f" / {t1['samples_per_s']:,.0f}" if t1 else ""),
+                      f"{c['ratio_vs_torch']:.1f}x", f"{c['ratio_vs_best_torch']:.1f}x"]
+        lines.append("| " + " | ".join(cells) + " |")
+    e = report.get("experiment")
+    mib = 2**20
+    notes = [
+        "",
+        f"machine: {report['machine']}; load average {report['load_average_start']} -> {report['load_average_end']}",
+        f"peak: {report['peak_flops_per_s'] / 1e9:.1f} GFLOP/s (XLA float32 matmul {report['peak_matmul_size']}^2, median)",
+        f"FLOPs per training sample: {report['flops_per_sample'] / 1e6:.2f} M ({report['flops_formula']})",
+        "compile seconds of the task program: " + ", ".join(f"R={r['repeats']}: {r['compile_seconds']:.1f}" for r in report["rows"] if r["impl"] == "cljax"),
+    ]
+    if e:
+        stats1, stats10 = e["device_memory_stats_after_task_1"], e["device_memory_stats_after_task_10"]
+        notes += [
+            f"10-task synthetic run (R={e['config']['n_repeats']}): compilations after task 1 / task 10: "
+            f"{e['compilations_after_task_1']} / {e['compilations_after_task_10']} (warm cache: {e['compilations_warm_cache']}); "
+            f"compile {e['compile_seconds_cold']:.1f} s cold, {e['compile_seconds_warm']:.1f} s warm",
+            f"host RSS after task 1 / 10: {e['rss_bytes_after_task_1'] / mib:.0f} / {e['rss_bytes_after_task_10'] / mib:.0f} MiB; "
+            f"live device arrays: {e['device_bytes_live_after_task_1'] / mib:.1f} / {e['device_bytes_live_after_task_10'] / mib:.1f} MiB; "
+            "device memory_stats: " + ("n/a (not reported by this backend)" if stats1 is None else
+                                       f"{stats1.get('bytes_in_use', 0) / mib:.1f} / {stats10.get('bytes_in_use', 0) / mib:.1f} MiB in use"),
+        ]
+    return "\n".join(lines + notes)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    import jax
+
+    import cljax
+
+    previous_cache = jax.config.jax_compilation_cache_dir
+    with tempfile.TemporaryDirectory(prefix="cljax_bench_") as tmp:
+        cljax.enable_compilation_cache(args.cache_dir or str(Path(tmp) / "jax_cache"))
+        try:
+            report = run_benchmark(args)
+            report["experiment"] = experiment_figures(args, Path(tmp))
+        finally:  # leave the process's cache setting as it was (tests run in one process)
+            if previous_cache:
+                cljax.enable_compilation_cache(previous_cache)
+            else:
+                cljax.disable_compilation_cache()
+    print(markdown(report))
+    if args.json_path:
+        Path(args.json_path).write_text(json.dumps(report, indent=1, default=str))
+        print(f"written: {args.json_path}")
+    return report
+
+
+if __name__ == "__main__":
+    main()

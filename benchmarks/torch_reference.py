@@ -1,0 +1,83 @@
+"""The PyTorch reference for benchmarks/throughput.py: cljax's CNN trained the way continual-
+learning research code usually is: one repeat at a time, a Python loop over minibatches,
+``torch.optim.SGD``, a learner and an expert stepping on the same batch.
+
+Network (same as ``cljax.models.CNN``): conv 16/32/64 3x3 SAME + ReLU + max-pool 3/3, global
+average pool, Dense 64 + ReLU, Dense 64 + ReLU, head 1, binary cross-entropy on the logit.
+Needs ``torch`` (the ``bench`` extra: ``pip install torch==2.13.0``, a CPU wheel).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+
+def make_cnn(torch):
+    nn = torch.nn
+
+    class CNN(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.convs = nn.ModuleList([nn.Conv2d(c_in, c_out, 3, padding=1) for c_in, c_out in ((1, 16), (16, 32), (32, 64))])
+            self.dense1, self.dense2, self.head = nn.Linear(64, 64), nn.Linear(64, 64), nn.Linear(64, 1)
+
+        def forward(self, x_B1HW):
+            x = x_B1HW
+            for conv in self.convs:
+                x = nn.functional.max_pool2d(torch.relu(conv(x)), 3, 3)
+            x = x.mean(dim=(2, 3))
+            x = torch.relu(self.dense1(x))
+            return self.head(torch.relu(self.dense2(x)))[:, 0]
+
+    return CNN()
+
+
+class TorchRepeat:
+    """One repeat's learner and expert on ``steps`` batches of ``batch_size`` uint8 images.
+    ``__call__`` trains both for ``steps`` steps (one timing unit) and returns the samples
+    processed (steps x batch x 2)."""
+
+    def __init__(self, steps: int, batch_size: int, threads: int, lr: float = 0.05, seed: int = 0):
+        import torch
+
+        self.torch, self.threads = torch, threads
+        torch.manual_seed(seed)
+        rng = np.random.default_rng(seed)
+        self.steps, self.batch_size = steps, batch_size
+        self.images = torch.from_numpy(rng.integers(0, 256, (steps * batch_size, 1, 28, 28), dtype=np.uint8))
+        self.labels = torch.from_numpy(rng.integers(0, 2, steps * batch_size).astype(np.float32))
+        self.nets = [make_cnn(torch), make_cnn(torch)]  # learner, expert
+        self.opts = [torch.optim.SGD(net.parameters(), lr=lr) for net in self.nets]
+        self.loss = torch.nn.BCEWithLogitsLoss()
+        self()  # warm-up (allocator, oneDNN primitive caches)
+
+    def __call__(self) -> int:
+        torch, B = self.torch, self.batch_size
+        torch.set_num_threads(self.threads)
+        for i in range(self.steps):
+            x = self.images[i * B : (i + 1) * B].float() / 255.0
+            y = self.labels[i * B : (i + 1) * B]
+            for net, opt in zip(self.nets, self.opts):
+                opt.zero_grad()
+                self.loss(net(x), y).backward()
+                opt.step()
+        return self.steps * B * 2
+
+
+def torch_version() -> str | None:
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch.__version__
+
+
+if __name__ == "__main__":
+    import os
+
+    unit = TorchRepeat(steps=50, batch_size=32, threads=os.cpu_count() or 1)
+    t0 = time.perf_counter()
+    n = unit()
+    print(f"torch {torch_version()}: {n / (time.perf_counter() - t0):.0f} samples/s (learner + expert, one repeat)")
