@@ -9,10 +9,12 @@ results/{dataset}/{algorithm}/analysis/.
 import argparse
 import sys
 
+from cljax import enable_compilation_cache
 from cljax.cli import add_config_flags, config_from_args, main
 from cljax.experiment import algo_dir_of
 
 if __name__ == "__main__":
+    enable_compilation_cache()  # as the `cljax` command does
     run_args = sys.argv[1:]
     code = main(["run", *run_args])
     if code == 0:
