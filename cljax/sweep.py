@@ -152,18 +152,10 @@ def make_executor(kind: str, log_dir: Path, args) -> "object":
     except RuntimeError as exc:
         raise CljaxError(f"no submitit executor available ({exc}): pass --executor local.") from None
     params = {"name": args.job_name, "timeout_min": parse_minutes(args.slurm_time)}
-    if args.slurm_gpus:
-        params["gpus_per_node"] = args.slurm_gpus
-    if args.slurm_cpus:
-        params["cpus_per_task"] = args.slurm_cpus
-    if args.slurm_mem_gb:
-        params["mem_gb"] = args.slurm_mem_gb
-    if args.slurm_partition:
-        params["slurm_partition"] = args.slurm_partition
-    if args.slurm_account:
-        params["slurm_account"] = args.slurm_account
-    if args.slurm_array_parallelism:
-        params["slurm_array_parallelism"] = args.slurm_array_parallelism
+    optional = {"slurm_gpus": "gpus_per_node", "slurm_cpus": "cpus_per_task", "slurm_mem_gb": "mem_gb",
+                "slurm_partition": "slurm_partition", "slurm_account": "slurm_account",
+                "slurm_array_parallelism": "slurm_array_parallelism"}
+    params.update({param: getattr(args, flag) for flag, param in optional.items() if getattr(args, flag)})
     executor.update_parameters(**params)
     return executor
 
