@@ -9,6 +9,7 @@ feature layers (for the per-group learning rates).
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Callable
 
 import flax.linen as nn
@@ -32,9 +33,10 @@ def register_model(name: str):
 def matmul_pg(patches_MK, kernel_KF):
     """patches @ kernel whose kernel gradient is computed as patches^T @ g.
 
-    The same numbers as ``@``; only the lowering differs. For the first layer (K = 9, output
-    (B*27*27, 16)) XLA otherwise transposes the large output gradient before the weight-gradient
-    dot; this form reads it in place: 1.1-1.2x faster training at R = 32 on the CPU."""
+    The same numbers as ``@``; only the lowering differs. XLA otherwise transposes the large
+    output gradient (first layer: (B*27*27, 16)) before the weight-gradient dot; this form reads
+    it in place: 1.1-1.2x faster training at R = 32 on the CPU for the first layer, another
+    1.05x for the other two (docs/benchmark.md)."""
     return patches_MK @ kernel_KF
 
 
@@ -76,21 +78,46 @@ class PatchConv(nn.Module):
         xp = jnp.pad(x_BHWC, ((0, 0), (pad, k - 1 - pad), (pad, k - 1 - pad), (0, 0)))
         patches = jnp.concatenate([xp[:, i : i + h, j : j + w, :] for i in range(k) for j in range(k)], axis=-1)
         kernel_KF = kernel.reshape(k * k * c_in, self.features)
-        if c_in == 1:  # measured faster only for the first layer (see matmul_pg)
-            out = matmul_pg(patches.reshape(-1, k * k), kernel_KF).reshape(*patches.shape[:-1], self.features)
-        else:
-            out = patches @ kernel_KF
+        out = matmul_pg(patches.reshape(-1, k * k * c_in), kernel_KF).reshape(*patches.shape[:-1], self.features)
         if self.pool > 1:
             out = max_pool_disjoint(out, self.pool)
         return out + bias
 
 
-def max_pool_disjoint(x_BHWC, size: int):
-    """Max-pool with window = stride = size, VALID: a reshape and a max, cheap under vmap."""
+def _pool_windows(x_BHWC, size: int):
     b, h, w, c = x_BHWC.shape
     ho, wo = h // size, w // size
-    x = x_BHWC[:, : ho * size, : wo * size].reshape(b, ho, size, wo, size, c)
-    return x.max(axis=(2, 4))
+    return x_BHWC[:, : ho * size, : wo * size].reshape(b, ho, size, wo, size, c)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(1,))
+def max_pool_disjoint(x_BHWC, size: int):
+    """Max-pool with window = stride = size, VALID: a reshape and a max, cheap under vmap.
+
+    The gradient is JAX's own rule for a max (tied maxima share the output gradient equally),
+    written as one mask: XLA lowers JAX's generic rule for ``reduce_max`` to several passes
+    over the pre-pool activation, the largest in the network; this form is 1.2x faster
+    training at R = 32 on the CPU (docs/benchmark.md), with the same gradients
+    (tests/test_models.py)."""
+    return _pool_windows(x_BHWC, size).max(axis=(2, 4))
+
+
+def _max_pool_fwd(x_BHWC, size: int):
+    y = max_pool_disjoint(x_BHWC, size)
+    return y, (x_BHWC, y)
+
+
+def _max_pool_bwd(size: int, residuals, g_BhwC):
+    x_BHWC, y = residuals
+    b, h, w, c = x_BHWC.shape
+    at_max = jnp.where(_pool_windows(x_BHWC, size) == y[:, :, None, :, None, :], 1.0, 0.0).astype(g_BhwC.dtype)
+    share = g_BhwC[:, :, None, :, None, :] / at_max.sum(axis=(2, 4), keepdims=True)
+    dx = (at_max * share).reshape(b, y.shape[1] * size, y.shape[2] * size, c)
+    dx = jnp.pad(dx, ((0, 0), (0, h - dx.shape[1]), (0, w - dx.shape[2]), (0, 0)))  # rows/cols the pool drops
+    return (dx,)
+
+
+max_pool_disjoint.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
 class CNN(nn.Module):
