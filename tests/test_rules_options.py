@@ -18,7 +18,7 @@ from cljax.config import Config
 from cljax.experiment import run_experiment
 from cljax.losses import log_probs
 from cljax.options import make_options
-from cljax.options.replay import draw_replay, task_end_update
+from cljax.options.replay import draw_replay
 from cljax.options.shrink_perturb import shrink_perturb
 from cljax.options.ul import hebbian_update, layer_input
 from cljax.rules import DEFAULT_LR, make_rule
