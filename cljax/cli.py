@@ -48,6 +48,15 @@ def config_from_args(args: argparse.Namespace) -> Config:
     return Config(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Config)})
 
 
+def _use_every_core(config: Config) -> None:
+    """On a CPU host, one JAX device per core so the repeats train on all of them (see
+    cljax.devices.configure_cpu_devices); before anything starts JAX's backends."""
+    from cljax.devices import configure_cpu_devices
+
+    if isinstance(config.n_repeats, int) and config.n_repeats >= 1:  # a bad value is reported by validate()
+        configure_cpu_devices(config.n_repeats)
+
+
 def _cmd_run(argv: list[str]) -> int:
     parser = _Parser(prog="cljax run", description="Run a continual-learning experiment and write its results tree. "
                      "Rerunning the same command resumes an interrupted run from its first unfinished task.")
@@ -58,6 +67,7 @@ def _cmd_run(argv: list[str]) -> int:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     config = config_from_args(args)
+    _use_every_core(config)
     from cljax.experiment import format_summary, run_experiment
 
     outcome = _run_stoppable(lambda critical: run_experiment(
@@ -139,6 +149,7 @@ def _cmd_plan(argv: list[str]) -> int:
         parser.add_argument(flag, action="store_true", help="as in `cljax run` (no effect on the plan)")
     args = parser.parse_args(argv)
     config = config_from_args(args)
+    _use_every_core(config)
     import json
 
     from cljax.plan import format_plan, make_plan

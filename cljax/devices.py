@@ -16,6 +16,7 @@ seed) and hands the devices it owns their slices; results come back to every pro
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from functools import lru_cache
 
 import jax
@@ -72,7 +73,29 @@ def is_writer() -> bool:
 
 
 def device_count() -> int:
-    return jax.device_count()
+    """Devices the repeat axis is split over: every visible one (see :func:`limit_devices`)."""
+    return len(mesh_devices())
+
+
+_device_limit: int | None = None  # None: every visible device
+
+
+def mesh_devices() -> list:
+    devices = jax.devices()
+    return devices[:_device_limit] if _device_limit else devices
+
+
+@contextmanager
+def limit_devices(n: int | None):
+    """Within the block, split the repeat axis over the first ``n`` visible devices only (None:
+    all). For one process that measures several R on a host split into CPU devices (the
+    benchmark); a run itself always uses every visible device."""
+    global _device_limit
+    previous, _device_limit = _device_limit, n
+    try:
+        yield
+    finally:
+        _device_limit = previous
 
 
 @lru_cache(maxsize=None)
@@ -82,7 +105,67 @@ def _mesh(devices: tuple) -> Mesh:
 
 def repeat_mesh() -> Mesh:
     """The 1-D mesh over every visible device, axis ``repeats``."""
-    return _mesh(tuple(jax.devices()))
+    return _mesh(tuple(mesh_devices()))
+
+
+CPU_DEVICES_ENV = "CLJAX_CPU_DEVICES"
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def cpu_devices_for(n_repeats: int, cores: int) -> int:
+    """The largest divisor of R that is at most ``cores``: as many CPU devices as R splits over."""
+    return max(d for d in range(1, min(n_repeats, cores) + 1) if n_repeats % d == 0)
+
+
+def cpu_devices_wanted(n_repeats: int, environ=None, cores: int | None = None) -> int | None:
+    """How many CPU devices a run of R repeats asks for by ``$CLJAX_CPU_DEVICES`` (see
+    :func:`configure_cpu_devices`); None: leave JAX's default (one). Raises CljaxError on a
+    value that is not usable."""
+    env = os.environ if environ is None else environ
+    choice = env.get(CPU_DEVICES_ENV, "auto").strip().lower()
+    if choice in ("off", "0", "no", "false", "none", "") or wants_distributed(env):
+        return None
+    if "xla_force_host_platform_device_count" in env.get("XLA_FLAGS", ""):
+        return None  # the user split the host already
+    if choice == "auto":
+        n = cpu_devices_for(n_repeats, usable_cores() if cores is None else cores)
+    else:
+        try:
+            n = int(choice)
+        except ValueError:
+            raise CljaxError(f"{CPU_DEVICES_ENV}={choice!r} is not understood: use auto, off, or a number of devices "
+                             f"that divides --n-repeats.") from None
+        if n < 1 or n_repeats % n:
+            raise CljaxError(f"{CPU_DEVICES_ENV}={n} does not divide --n-repeats {n_repeats}: use a divisor of it, "
+                             f"auto, or off.")
+    return n if n > 1 else None
+
+
+def configure_cpu_devices(n_repeats: int, environ=None) -> int | None:
+    """Split the host CPU into several JAX devices, one per core, so that the repeats train on
+    every core at once (1.2x at R = 32 on 2 cores, docs/benchmark.md: a repeat's small matrices
+    keep only one core busy). Must run before JAX starts its backends (the CLI and sweep jobs
+    call it first thing); on a GPU host it changes nothing the run uses.
+
+    ``$CLJAX_CPU_DEVICES``: ``auto`` (default: the largest divisor of R that is at most the
+    usable cores), a number, or ``off``. Left alone when ``XLA_FLAGS`` already sets
+    ``--xla_force_host_platform_device_count`` or in a multi-host run. Returns the count set,
+    or None. The numbers of a run depend on the split only in the last bits of losses and
+    weights (tests/test_sharding.py); each task's metadata lists the devices."""
+    n = cpu_devices_wanted(n_repeats, environ)
+    if n is None or jax.config.jax_num_cpu_devices == n:
+        return None
+    try:
+        jax.config.update("jax_num_cpu_devices", n)
+    except RuntimeError:  # JAX already started its backends in this process: keep what it has
+        return None
+    return n
 
 
 def check_repeats(n_repeats: int) -> None:
@@ -93,8 +176,7 @@ def check_repeats(n_repeats: int) -> None:
         options = f"{lower} or {upper}" if lower else f"{upper}"
         raise CljaxError(
             f"--n-repeats {n_repeats} does not split over the {n} visible devices: use a multiple of {n} "
-            f"(e.g. {options}), or show fewer devices (CUDA_VISIBLE_DEVICES, or "
-            f"XLA_FLAGS=--xla_force_host_platform_device_count on the CPU)."
+            f"(e.g. {options}), or show fewer devices (CUDA_VISIBLE_DEVICES; on the CPU, {CPU_DEVICES_ENV}=auto)."
         )
 
 

@@ -21,8 +21,8 @@ import numpy as np
 from cljax.checkpoint import CHECKPOINT, RUN_RECORD, load_learner, read_run_record, save_learner, write_run_record
 from cljax.config import Config
 from cljax.data import load_dataset
-from cljax.devices import (fetch, is_writer, live_device_bytes, maybe_initialize_distributed, put_repeats, rss_bytes,
-                           shard_repeats)
+from cljax.devices import (fetch, is_writer, live_device_bytes, maybe_initialize_distributed, mesh_devices, put_repeats,
+                           rss_bytes, shard_repeats)
 from cljax.evaluate import TestSets
 from cljax.plan import choose_eval_chunk, disk_files_per_task, disk_run_files
 from cljax.errors import CljaxError
@@ -307,7 +307,7 @@ def _metadata(config, schedule, t, shapes, weights, class_names, timings) -> dic
         },
         "weights_layout": weights_layout(weights),
         "versions": _versions(),
-        "device": [str(d) for d in jax.devices()],
+        "device": [str(d) for d in mesh_devices()],  # the devices R is split over
         "backend": jax.default_backend(),
         "argv": sys.argv,
         "timings": timings,

@@ -100,9 +100,11 @@ def expand(base: Config, grid: dict[str, list], seeds: list[int]) -> list[SweepR
 
 def run_job(config_dict: dict, overwrite: bool = False) -> dict:
     """The body of one job: run (or resume) one experiment. Returns a short, picklable summary."""
+    from cljax.devices import configure_cpu_devices
     from cljax.experiment import algo_dir_of, run_experiment
 
     config = Config(**config_dict)
+    configure_cpu_devices(config.n_repeats)  # a fresh job process: one JAX device per core on a CPU host
     result = run_experiment(config, progress=False, overwrite=overwrite)
     final = result.summary[-1] if result.summary else {}
     return {"algo_dir": str(algo_dir_of(config)), "tasks": len(result.summary),

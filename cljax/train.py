@@ -14,7 +14,9 @@ T tasks, resident in one call or streamed K tasks at a time; the result is the s
 the same inputs either way. Both stay on the device until the one transfer at task end.
 
 The repeat axis is added only here, around single-repeat functions: by ``jax.vmap``, or on a
-single CPU device by a loop over the repeats (``over_repeats``), which is faster there.
+CPU by a loop over the repeats (``over_repeats``), which is faster there. With R split over
+several devices (GPUs, or a CPU host split one device per core), the whole program runs inside
+one ``shard_map``: each device trains its R / n repeats, and the repeats never communicate.
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ import jax
 import jax.numpy as jnp
 import optax
 from jax import lax
+from jax.sharding import PartitionSpec as P
 
+from cljax.devices import REPEATS_AXIS, device_count, repeat_mesh
 from cljax.losses import nll_and_correct
 from cljax.models import CLASSIFIER_GROUP, make_model
 from cljax.options import make_options
@@ -63,11 +67,11 @@ def make_optimizer(config, momentum: float) -> optax.GradientTransformation:
 
 
 def loop_repeats_default() -> bool:
-    """Whether the training and evaluation steps run the repeats one after another (``lax.map``)
-    instead of batched (``jax.vmap``). On one CPU device the loop keeps a repeat's activations
-    in cache and is 1.2-1.4x faster at R = 4..32 (benchmarks/throughput.py); on accelerators,
-    and when R is split over several devices, the batched form is the right one."""
-    return jax.default_backend() == "cpu" and jax.device_count() == 1
+    """Whether the training and evaluation steps run a device's repeats one after another
+    (``lax.map``) instead of batched (``jax.vmap``). On a CPU the loop keeps a repeat's
+    activations in cache and is 1.2-1.4x faster at R = 4..32 (benchmarks/throughput.py); on
+    accelerators the batched form is the right one."""
+    return jax.default_backend() == "cpu"
 
 
 def over_repeats(fn, in_axes: tuple, loop: bool):
@@ -98,11 +102,15 @@ def build_task_program(config, *, loop_repeats: bool | None = None) -> TaskProgr
     """Build the jitted per-task program for a (validated) config. ``loop_repeats``: see
     :func:`loop_repeats_default` (None: that choice)."""
     loop = loop_repeats_default() if loop_repeats is None else loop_repeats
+    # R split over D devices: every device runs the same program on its R / D repeats, inside one
+    # shard_map (repeats never communicate); below, R is the global count, RL a device's share.
+    n_shards = device_count()
     model = make_model(config)
     rule = make_rule(config)
     learner_tx = make_optimizer(config, config.momentum)
     expert_tx = make_optimizer(config, 0.0)
     R, B, S = config.n_repeats, config.batch_size, config.n_subsamples
+    RL = R // n_shards
     E, NB, LF, L = config.epochs, config.batches_per_epoch, config.log_frequency, config.n_logs
     head_steps = config.steps_per_task - L * LF
     rep_dtype = jnp.dtype(config.representation_dtype)
@@ -114,6 +122,14 @@ def build_task_program(config, *, loop_repeats: bool | None = None) -> TaskProgr
         return model.init(key, jnp.zeros((1, 28, 28), jnp.uint8))["params"]
 
     options = make_options(config, apply_fn, init_params)
+
+    def repeat_keys(key):
+        """One key per repeat, the same for repeat r however R is split: this device's RL of
+        the R keys."""
+        keys = jax.random.split(key, R)
+        if n_shards == 1:
+            return keys
+        return lax.dynamic_slice_in_dim(keys, lax.axis_index(REPEATS_AXIS) * RL, RL)
 
     def init_learner_one(key):
         k_params, k_opts = jax.random.split(key)
@@ -167,7 +183,7 @@ def build_task_program(config, *, loop_repeats: bool | None = None) -> TaskProgr
         opt_states = list(learner.option_states)
         params = learner.params
         for i, opt in enumerate(options):
-            keys = jax.random.split(jax.random.fold_in(key, i), R)
+            keys = repeat_keys(jax.random.fold_in(key, i))
             hook = getattr(opt, hook_name)
             opt_states[i], params = jax.vmap(hook, in_axes=(0, 0, 0) + tuple(a[1] for a in args))(
                 opt_states[i], params, keys, *(a[0] for a in args)
@@ -190,7 +206,7 @@ def build_task_program(config, *, loop_repeats: bool | None = None) -> TaskProgr
             return nll_RK.sum(-1), correct_RK.sum(-1), hidden_RKH
 
         nll_CR, correct_CR, hidden_CRKH = lax.map(one_chunk, (x_CKRHW, y_CKR))
-        hidden_RNH = jnp.moveaxis(hidden_CRKH, 1, 0).reshape(R, n_test, -1)
+        hidden_RNH = jnp.moveaxis(hidden_CRKH, 1, 0).reshape(RL, n_test, -1)
         return correct_CR.sum(0) / n_test, nll_CR.sum(0) / n_test, hidden_RNH
 
     def evaluate(weights_LR, test_x_KNRHW, test_y_KNR):
@@ -220,17 +236,17 @@ def build_task_program(config, *, loop_repeats: bool | None = None) -> TaskProgr
         k_steps = jax.random.fold_in(task_key, KEY_STEPS)
         k_options = jax.random.fold_in(task_key, KEY_OPTIONS)
 
-        expert_params = jax.vmap(init_params)(jax.random.split(k_expert, R))
-        expert_rule_keys = jax.random.split(jax.random.fold_in(task_key, KEY_EXPERT_RULE), R)
+        expert_params = jax.vmap(init_params)(repeat_keys(k_expert))
+        expert_rule_keys = repeat_keys(jax.random.fold_in(task_key, KEY_EXPERT_RULE))
         expert = (expert_params, jax.vmap(expert_tx.init)(expert_params), jax.vmap(rule.init)(expert_params, expert_rule_keys))
 
         # Each repeat reshuffles its own data every epoch: indices (steps, B, R).
         def epoch_perm(k):
-            return jax.vmap(lambda kk: jax.random.permutation(kk, N))(jax.random.split(k, R))  # (R, N)
+            return jax.vmap(lambda kk: jax.random.permutation(kk, N))(repeat_keys(k))  # (RL, N)
 
         perms_ERN = jax.vmap(epoch_perm)(jax.random.split(k_shuffle, E))
-        idx_SBR = perms_ERN[:, :, : NB * B].reshape(E, R, NB, B).transpose(0, 2, 3, 1).reshape(E * NB, B, R)
-        repeat_ids = jnp.arange(R)[None, :]
+        idx_SBR = perms_ERN[:, :, : NB * B].reshape(E, RL, NB, B).transpose(0, 2, 3, 1).reshape(E * NB, B, RL)
+        repeat_ids = jnp.arange(RL)[None, :]
 
         start_params = learner.params
         learner = options_hook("task_start", learner, jax.random.fold_in(k_options, 0), (task_idx, None))
@@ -245,12 +261,12 @@ def build_task_program(config, *, loop_repeats: bool | None = None) -> TaskProgr
             # One map over repeats for both models: a repeat's batch stays in cache between
             # its learner and expert steps (1.1-1.2x faster on the CPU than two maps).
             learner, l_aux, expert, e_aux = over_repeats(both_steps, (0, 0, 1, 1, 0, 0), loop)(
-                learner, expert, x_BRHW, y_BR, jax.random.split(k_l, R), jax.random.split(k_e, R)
+                learner, expert, x_BRHW, y_BR, repeat_keys(k_l), repeat_keys(k_e)
             )
             sums = jax.tree.map(jnp.add, sums, (l_aux["loss"], l_aux["acc"], e_aux["loss"], e_aux["acc"], 1))
             return (learner, expert, sums), None
 
-        zero_sums = (jnp.zeros(R), jnp.zeros(R), jnp.zeros(R), jnp.zeros(R), jnp.zeros((), jnp.int32))
+        zero_sums = (jnp.zeros(RL), jnp.zeros(RL), jnp.zeros(RL), jnp.zeros(RL), jnp.zeros((), jnp.int32))
 
         def interval(carry, interval_i):
             first = head_steps + interval_i * LF
@@ -279,6 +295,13 @@ def build_task_program(config, *, loop_repeats: bool | None = None) -> TaskProgr
         )
         return learner, trace
 
+    if n_shards > 1:
+        # check_vma off: every output varies over the devices (no value is shared), so there is
+        # nothing for the replication check to find, and it would ask for casts in every scan carry.
+        mesh, rep, rep1, rep2 = repeat_mesh(), P(REPEATS_AXIS), P(None, REPEATS_AXIS), P(None, None, REPEATS_AXIS)
+        run_task = jax.shard_map(run_task, mesh=mesh, in_specs=(rep, rep1, rep1, rep1, rep1, P(), P()),
+                                 out_specs=(rep, rep1), check_vma=False)
+        evaluate = jax.shard_map(evaluate, mesh=mesh, in_specs=(rep1, rep2, rep2), out_specs=rep1, check_vma=False)
     return TaskProgram(
         init_learner=init_learner,
         run_task=jax.jit(run_task, donate_argnums=(0,)),

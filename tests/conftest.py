@@ -12,6 +12,10 @@ from cljax.config import Config
 
 FASHION_DIR = Path(os.environ.get("CLJAX_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))
 
+# One process runs configs of many R: whichever called `cljax run` first would otherwise fix the
+# CPU device split for the rest. One device here; tests/test_sharding.py splits its subprocess.
+os.environ.setdefault("CLJAX_CPU_DEVICES", "off")
+
 
 def small_config(tmp_path: Path, **overrides) -> Config:
     """Fashion-MNIST, T=3, R=2, 40 steps per task, 4 snapshots: the real path, shrunk."""

@@ -26,7 +26,8 @@ from cljax import results
 from cljax.cli import main
 from cljax.config import Config
 from cljax.data import load_dataset
-from cljax.devices import check_repeats, live_device_bytes, put_repeats, wants_distributed
+from cljax.devices import (check_repeats, cpu_devices_for, cpu_devices_wanted, live_device_bytes, put_repeats,
+                           wants_distributed)
 from cljax.errors import CljaxError
 from cljax.evaluate import TestSets
 from cljax.experiment import run_experiment
@@ -247,6 +248,33 @@ def test_repeats_must_split_over_devices(monkeypatch):
     monkeypatch.undo()
     arr = put_repeats(np.zeros((3, 2, 5), np.float32), 1)  # the real (one) device
     assert arr.sharding.spec[1] == "repeats"
+
+
+def test_cpu_devices_follow_the_environment_and_divide_r():
+    cores4 = {"cores": 4}
+    assert cpu_devices_for(32, 2) == 2 and cpu_devices_for(6, 4) == 3 and cpu_devices_for(7, 4) == 1
+    assert cpu_devices_wanted(32, {}, **cores4) == 4  # auto is the default
+    assert cpu_devices_wanted(6, {"CLJAX_CPU_DEVICES": "auto"}, **cores4) == 3
+    assert cpu_devices_wanted(5, {}, **cores4) is None  # a prime R: one device
+    assert cpu_devices_wanted(1, {}, **cores4) is None
+    assert cpu_devices_wanted(8, {"CLJAX_CPU_DEVICES": "2"}, **cores4) == 2
+    for off in ("off", "0", "1"):
+        assert cpu_devices_wanted(8, {"CLJAX_CPU_DEVICES": off}, **cores4) is None
+    # the user's own split, and a multi-host run, are left alone
+    assert cpu_devices_wanted(8, {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}, **cores4) is None
+    assert cpu_devices_wanted(8, {"CLJAX_DISTRIBUTED": "1"}, **cores4) is None
+    with pytest.raises(CljaxError, match=r"CLJAX_CPU_DEVICES=3 does not divide --n-repeats 8: use a divisor"):
+        cpu_devices_wanted(8, {"CLJAX_CPU_DEVICES": "3"})
+    with pytest.raises(CljaxError, match=r"CLJAX_CPU_DEVICES='many' is not understood: use auto, off"):
+        cpu_devices_wanted(8, {"CLJAX_CPU_DEVICES": "many"})
+
+
+def test_a_bad_cpu_device_count_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("CLJAX_CPU_DEVICES", "3")
+    rc = main(["run", "--dataset", "synthetic", "--n-repeats", "4", "--results-dir", str(tmp_path)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.count("\n") == 0 and "CLJAX_CPU_DEVICES=3 does not divide --n-repeats 4" in err
+    assert not any(tmp_path.iterdir())
 
 
 def test_distributed_only_when_the_environment_asks():

@@ -1,6 +1,6 @@
 """The repeat axis split over devices: the same Fashion-MNIST run on 1 device (this process) and
-on 4 CPU devices (a pytest subprocess of this file with
-XLA_FLAGS=--xla_force_host_platform_device_count=4, set before JAX is imported), compared.
+on 4 CPU devices (a pytest subprocess of this file with CLJAX_CPU_DEVICES=4: the CLI's own
+configure_cpu_devices splits the host before JAX starts), compared.
 
 Same bits where XLA allows it: the learner's forward pass (representations at the same weights),
 the schedule, the labels and every accuracy are identical. Losses, and through training the
@@ -27,7 +27,7 @@ import pytest
 from cljax import results
 from cljax.config import Config
 from cljax.data import load_dataset
-from cljax.devices import live_device_bytes, put_repeats, repeat_mesh
+from cljax.devices import CPU_DEVICES_ENV, configure_cpu_devices, live_device_bytes, put_repeats, repeat_mesh
 from cljax.evaluate import TestSets
 from cljax.experiment import run_experiment
 from cljax.plan import make_plan
@@ -44,6 +44,8 @@ TOL = 1e-5
 def sharding_config(results_dir, **overrides) -> Config:
     return Config(dataset="fashion_mnist", data_dir=str(FASHION_DIR), num_tasks=3, n_repeats=4, n_train_per_class=32,
                   n_test_per_class=16, n_subsamples=8, epochs=1, batch_size=16, log_frequency=2, lr=0.1,
+                  # every option on: their per-repeat state and random draws must not depend on the split
+                  use_replay=True, replay_size=40, replay_batch=8, add_plasticity=True, use_ul=True,
                   results_dir=str(results_dir), **overrides)
 
 
@@ -54,8 +56,9 @@ def sharded_child(tmp_path_factory):
         yield None
         return
     out = tmp_path_factory.mktemp("sharded")
-    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={N_CHILD_DEVICES}",
-           "JAX_PLATFORMS": "cpu", CHILD_OUT: str(out)}
+    xla_flags = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split() if "host_platform_device_count" not in f)
+    env = {**os.environ, CPU_DEVICES_ENV: str(N_CHILD_DEVICES), "XLA_FLAGS": xla_flags, "JAX_PLATFORMS": "cpu",
+           CHILD_OUT: str(out)}
     test_id = f"{Path(__file__).relative_to(REPO)}::test_run_on_every_visible_device"
     proc = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", test_id],
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -72,6 +75,8 @@ def device_run(sharded_child, tmp_path_factory):
     child_out = os.environ.get(CHILD_OUT)
     out = Path(child_out) if child_out else tmp_path_factory.mktemp("single")
     config = sharding_config(out, eval_chunk_tasks=2 if child_out else 0)
+    if child_out:  # as `cljax run` does first thing; nothing in this process has started JAX yet
+        assert configure_cpu_devices(config.n_repeats) == N_CHILD_DEVICES
     plan = make_plan(config)
     infos = {}
     baseline = live_device_bytes()
