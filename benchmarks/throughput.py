@@ -1,13 +1,15 @@
 """Training throughput of cljax against a PyTorch reference and the machine's matmul peak.
 
-One process measures, interleaved round by round (so load from other processes hits every
-candidate alike and the ratios hold even on a shared machine):
+One process measures, interleaved round by round in a shuffled order (so load from other
+processes hits every candidate alike and the ratios hold even on a shared machine):
 
 - cljax: the real per-task program (``cljax.train.build_task_program``, learner + expert fused
   in one ``lax.scan``) on synthetic uint8 data of the real shapes, at each ``--repeats`` R;
   samples/s = steps x batch x R x 2 (learner + expert) / seconds of one ``run_task`` call
-  (one snapshot per call, so the expert's evaluation adds ~1%). Also the alternative lowering
-  of the repeat axis (``vmap`` vs a loop over repeats) unless ``--quick``;
+  (one snapshot per call, so the expert's evaluation adds ~1%). The CPU is split into one JAX
+  device per core, as ``cljax run`` does, and each R uses as many as it splits over. Unless
+  ``--quick``, also the alternatives the defaults were chosen over: the other lowering of the
+  repeat axis (``vmap`` vs a loop over repeats) and, on a split CPU, one device;
 - torch: ``benchmarks/torch_reference.py``, one repeat at a time, counted the same way; its
   throughput does not depend on R (repeats run one after another), so one repeat is timed
   per round and the figure holds for every R. Measured with all cores (``torch.set_num_threads``
@@ -101,9 +103,22 @@ def peak_unit(n: int):
     return (lambda: matmul(a, b).block_until_ready()), 2.0 * n**3
 
 
-def cljax_unit(repeats: int, steps: int, batch_size: int, loop_repeats: bool | None):
+def cljax_unit(repeats: int, steps: int, batch_size: int, loop_repeats: bool | None, devices: int | None = None):
     """The compiled task program of a synthetic config with ``steps`` steps (one snapshot),
-    and a callable running it once; returns (call, samples per call, compile seconds)."""
+    and a callable running it once; returns (call, samples per call, compile seconds, devices).
+    ``devices``: how many of the visible devices R is split over (None: as many as a run of R
+    would use, the largest divisor of R that is at most the visible devices)."""
+    import jax
+
+    from cljax.devices import cpu_devices_for, limit_devices
+
+    n = cpu_devices_for(repeats, jax.device_count()) if devices is None else devices
+    with limit_devices(n):  # the program and its data are placed on these n devices
+        call, samples, compile_seconds = _cljax_unit(repeats, steps, batch_size, loop_repeats)
+    return call, samples, compile_seconds, n
+
+
+def _cljax_unit(repeats: int, steps: int, batch_size: int, loop_repeats: bool | None):
     import jax
     import jax.numpy as jnp
 
@@ -138,11 +153,16 @@ def cljax_unit(repeats: int, steps: int, batch_size: int, loop_repeats: bool | N
     return call, config.steps_per_task * batch_size * repeats * 2, compile_seconds
 
 
-def interleaved_medians(units: dict, rounds: int) -> dict:
-    """Seconds per call of every unit, median over ``rounds``; each round runs every unit once."""
+def interleaved_medians(units: dict, rounds: int, seed: int = 0) -> dict:
+    """Seconds per call of every unit, median over ``rounds``; each round runs every unit once,
+    in a new random order (a unit that always ran right after the peak matmul measured up to
+    10% slower than the same program elsewhere in the round)."""
     times = {name: [] for name in units}
+    rng = np.random.default_rng(seed)
+    names = list(units)
     for _ in range(rounds):
-        for name, call in units.items():
+        for i in rng.permutation(len(names)):
+            name, call = names[i], units[names[i]]
             t0 = time.perf_counter()
             call()
             times[name].append(time.perf_counter() - t0)
@@ -155,6 +175,7 @@ def experiment_figures(args, workdir: Path) -> dict:
     import jax
 
     from cljax.config import Config
+    from cljax.devices import cpu_devices_for, limit_devices
     from cljax.experiment import run_experiment
 
     config = Config(
@@ -177,6 +198,7 @@ def experiment_figures(args, workdir: Path) -> dict:
         return {k: int(stats[k]) for k in ("bytes_in_use", "peak_bytes_in_use") if k in stats} if stats else None
 
     runs = []
+    n_devices = cpu_devices_for(config.n_repeats, jax.device_count())
     jax.monitoring.register_event_duration_secs_listener(on_event)
     try:
         for label in ("cold", "warm"):
@@ -190,7 +212,8 @@ def experiment_figures(args, workdir: Path) -> dict:
 
             compiles[0] = 0
             t0 = time.perf_counter()
-            result = run_experiment(config, overwrite=True, progress=False, on_task_end=on_task_end)
+            with limit_devices(n_devices):
+                result = run_experiment(config, overwrite=True, progress=False, on_task_end=on_task_end)
             runs.append({"cache": label, "compile_seconds": result.compile_seconds,
                          "wall_seconds": time.perf_counter() - t0, "tasks": per_task,
                          "final_acc_current_task": result.summary[-1]["acc_current"]})
@@ -199,6 +222,7 @@ def experiment_figures(args, workdir: Path) -> dict:
     cold, warm = runs
     first, last = cold["tasks"][0], cold["tasks"][config.num_tasks - 1]
     return {
+        "devices": n_devices,
         "config": {k: getattr(config, k) for k in ("num_tasks", "n_repeats", "n_train_per_class", "n_test_per_class",
                                                       "epochs", "batch_size", "log_frequency")},
         "compilations_after_task_1": first["compilations"],
@@ -223,7 +247,7 @@ def parse_args(argv):
                    help="R values for cljax (default 1 4 16 32, plus 64 128 on a GPU; --quick: 1 2)")
     p.add_argument("--steps", type=int, default=None, help="training steps per timed call (default 50; --quick: 4)")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--rounds", type=int, default=None, help="timing rounds, medians reported (default 3; --quick: 1)")
+    p.add_argument("--rounds", type=int, default=None, help="timing rounds, medians reported (default 5; --quick: 1)")
     p.add_argument("--peak-size", type=int, default=None, help="matmul size for the peak (default 4096; --quick: 512)")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference (torch not installed)")
     p.add_argument("--no-alternatives", action="store_true", help="skip the vmap-vs-loop comparison")
@@ -234,7 +258,7 @@ def parse_args(argv):
     args = p.parse_args(argv)
     quick = args.quick
     args.steps = args.steps or (4 if quick else 50)
-    args.rounds = args.rounds or (1 if quick else 3)
+    args.rounds = args.rounds or (1 if quick else 5)
     args.peak_size = args.peak_size or (512 if quick else 4096)
     args.experiment_repeats = 2 if quick else 4
     args.experiment_train_per_class = 2 * args.batch_size if quick else 500
@@ -261,17 +285,21 @@ def run_benchmark(args) -> dict:
     repeats = args.repeats or default_repeats(args.quick)
     load_start = load_average()
     flops = flops_per_sample()
-    units, samples, compile_seconds = {}, {}, {}
+    units, samples, compile_seconds, n_devices = {}, {}, {}, {}
     call, peak_flops_per_call = peak_unit(args.peak_size)
     units["peak"] = call
     loop_default = loop_repeats_default()
-    variants = [("cljax", None)]
+    # (name, loop_repeats, devices): the default, then the alternatives it was chosen over
+    variants = [("cljax", None, None)]
     if not args.no_alternatives:
-        variants.append(("cljax_vmap" if loop_default else "cljax_loop", not loop_default))
+        variants.append(("cljax_vmap" if loop_default else "cljax_loop", not loop_default, None))
+        if jax.default_backend() == "cpu" and jax.device_count() > 1:
+            variants.append(("cljax_1device", None, 1))
     for R in repeats:
-        for name, loop in variants:
-            call, n, seconds = cljax_unit(R, args.steps, args.batch_size, loop)
-            units[(name, R)], samples[(name, R)], compile_seconds[(name, R)] = call, n, seconds
+        for name, loop, devices in variants:
+            call, n, seconds, used = cljax_unit(R, args.steps, args.batch_size, loop, devices)
+            units[(name, R)], samples[(name, R)] = call, n
+            compile_seconds[(name, R)], n_devices[(name, R)] = seconds, used
     torch_threads = {}
     if not args.no_torch:
         from torch_reference import TorchRepeat, torch_version
@@ -290,12 +318,16 @@ def run_benchmark(args) -> dict:
     torch_sps = {name: samples[name] / seconds[name] for name in torch_threads}
     for (name, R), n in ((k, v) for k, v in samples.items() if isinstance(k, tuple)):  # the cljax units
         sps = n / seconds[(name, R)]
+        loop = dict((v[0], v[1]) for v in variants)[name]
         row = {"impl": "cljax", "repeats": R, "samples_per_s": sps, "fraction_of_peak": sps * flops["train_flops"] / peak,
                "compile_seconds": compile_seconds[(name, R)], "seconds_per_call": seconds[(name, R)],
-               "repeat_axis": "loop" if (loop_default if name == "cljax" else not loop_default) else "vmap"}
+               "repeat_axis": "loop" if (loop_default if loop is None else loop) else "vmap",
+               "devices": n_devices[(name, R)], "variant": name}
         if torch_sps:
             row["ratio_vs_torch"] = sps / torch_sps["torch"]
             row["ratio_vs_best_torch"] = sps / max(torch_sps.values())
+        if name != "cljax":
+            row["ratio_vs_default"] = sps * seconds[("cljax", R)] / samples[("cljax", R)]
         (rows if name == "cljax" else alternatives).append(row)
     for name, sps in torch_sps.items():
         for R in repeats:
@@ -321,23 +353,28 @@ def run_benchmark(args) -> dict:
     }
 
 
+ALTERNATIVE_LABELS = {"cljax_vmap": "repeats by vmap", "cljax_loop": "repeats looped", "cljax_1device": "1 CPU device"}
+
+
 def markdown(report: dict) -> str:
     by_r = {}
     for row in report["rows"]:
         by_r.setdefault(row["repeats"], {})[row.get("variant", row["impl"])] = row
-    alt = {row["repeats"]: row for row in report["alternatives"]}
+    alt = {}  # variant -> R -> row
+    for row in report["alternatives"]:
+        alt.setdefault(row["variant"], {})[row["repeats"]] = row
     has_torch = any("torch" in v for v in by_r.values())
-    head = ["R", "cljax samples/s", "% of peak"]
-    if alt:
-        head += [f"cljax ({next(iter(alt.values()))['repeat_axis']}) samples/s"]
+    head = ["R", "devices", "cljax samples/s", "% of peak"]
+    head += [f"cljax, {ALTERNATIVE_LABELS.get(name, name)}: samples/s (ratio)" for name in alt]
     if has_torch:
         head += ["torch samples/s (all cores / 1 thread)", "cljax / torch", "cljax / best torch"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for R, impls in sorted(by_r.items()):
         c = impls["cljax"]
-        cells = [str(R), f"{c['samples_per_s']:,.0f}", f"{100 * c['fraction_of_peak']:.1f}%"]
-        if alt:
-            cells.append(f"{alt[R]['samples_per_s']:,.0f}" if R in alt else "")
+        cells = [str(R), str(c.get("devices", 1)), f"{c['samples_per_s']:,.0f}", f"{100 * c['fraction_of_peak']:.1f}%"]
+        for rows in alt.values():
+            a = rows.get(R)
+            cells.append(f"{a['samples_per_s']:,.0f} ({a['ratio_vs_default']:.2f}x)" if a else "")
         if has_torch:
             t1 = impls.get("torch_1thread")
             cells += [f"{impls['torch']['samples_per_s']:,.0f}" + (f" / {t1['samples_per_s']:,.0f}" if t1 else ""),
@@ -368,6 +405,12 @@ def markdown(report: dict) -> str:
 
 def main(argv=None) -> dict:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    from cljax.devices import configure_cpu_devices, usable_cores
+
+    # One CPU device per core, as `cljax run` makes for an R that splits over them
+    # ($CLJAX_CPU_DEVICES is honoured); each R then uses as many as it splits over.
+    # A no-op once JAX has started (in the smoke test) and on a GPU.
+    configure_cpu_devices(usable_cores())
     import jax
 
     import cljax

@@ -96,8 +96,8 @@ def max_pool_disjoint(x_BHWC, size: int):
 
     The gradient is JAX's own rule for a max (tied maxima share the output gradient equally),
     written as one mask: XLA lowers JAX's generic rule for ``reduce_max`` to several passes
-    over the pre-pool activation, the largest in the network; this form is 1.2x faster
-    training at R = 32 on the CPU (docs/benchmark.md), with the same gradients
+    over the pre-pool activation, the largest in the network; this form is 1.16x faster
+    training at R = 4-32 on the CPU (docs/benchmark.md), with the same gradients
     (tests/test_models.py)."""
     return _pool_windows(x_BHWC, size).max(axis=(2, 4))
 

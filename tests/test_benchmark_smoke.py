@@ -46,7 +46,8 @@ def test_quick_run_writes_cljax_rows_and_the_schema(tmp_path, capsys):
     assert [r["repeats"] for r in cljax_rows] == [2]
     assert not [r for r in report["rows"] if r["impl"] == "torch"]  # --no-torch
     for row in cljax_rows:
-        assert set(row) >= {"impl", "repeats", "samples_per_s", "fraction_of_peak", "compile_seconds"}
+        assert set(row) >= {"impl", "repeats", "samples_per_s", "fraction_of_peak", "compile_seconds", "devices"}
+        assert row["devices"] == 1  # tests run with CLJAX_CPU_DEVICES=off (conftest): one CPU device
         assert row["samples_per_s"] > 0 and math.isfinite(row["samples_per_s"])
         assert math.isclose(row["fraction_of_peak"], row["samples_per_s"] * report["flops_per_sample"] / report["peak_flops_per_s"])
 
@@ -61,4 +62,4 @@ def test_quick_run_writes_cljax_rows_and_the_schema(tmp_path, capsys):
     assert e["rss_bytes_after_task_10"] > 0 and e["device_bytes_live_after_task_10"] > 0
 
     table = capsys.readouterr().out
-    assert "| R | cljax samples/s | % of peak |" in table and "\n| 2 | " in table
+    assert "| R | devices | cljax samples/s | % of peak |" in table and "\n| 2 | 1 | " in table
