@@ -405,11 +405,12 @@ def markdown(report: dict) -> str:
 
 def main(argv=None) -> dict:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    from cljax.devices import configure_cpu_devices, usable_cores
+    from cljax.devices import configure_cpu_devices
+    from cljax.host import usable_cores
 
     # One CPU device per core, as `cljax run` makes for an R that splits over them
     # ($CLJAX_CPU_DEVICES is honoured); each R then uses as many as it splits over.
-    # A no-op once JAX has started (in the smoke test) and on a GPU.
+    # A no-op with CLJAX_CPU_DEVICES=off (the test suite), once JAX has started, and on a GPU.
     configure_cpu_devices(usable_cores())
     import jax
 

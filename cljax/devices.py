@@ -24,6 +24,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from cljax.errors import CljaxError
+from cljax.host import usable_cores
 
 REPEATS_AXIS = "repeats"
 _distributed_started = False
@@ -109,13 +110,6 @@ def repeat_mesh() -> Mesh:
 
 
 CPU_DEVICES_ENV = "CLJAX_CPU_DEVICES"
-
-
-def usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def cpu_devices_for(n_repeats: int, cores: int) -> int:

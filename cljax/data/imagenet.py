@@ -46,6 +46,7 @@ import numpy as np
 
 from cljax.data.prepared import load_prepared, write_prepared
 from cljax.errors import CljaxError
+from cljax.host import usable_cores
 
 NAME = "imagenet_28_gray"
 SIZE = 28
@@ -804,7 +805,7 @@ def prepare_imagenet(
     done = {p.stem for p in work.glob("*.npz")}
     todo = [s for s in plan.shards if s.name not in done]
     already = sum(s.n_rows if s.n_rows is not None else _npz_rows(work, s) for s in plan.shards if s.name in done)
-    n_workers = max(1, workers if workers is not None else _usable_cores())
+    n_workers = max(1, workers if workers is not None else usable_cores())
     if done:
         log(f"resuming: {len(plan.shards) - len(todo)} of {len(plan.shards)} shards already in {work}")
     from tqdm.auto import tqdm
@@ -818,13 +819,6 @@ def prepare_imagenet(
     _assemble(plan, work, out, size, preprocessing)
     shutil.rmtree(work)
     return out
-
-
-def _usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def _fingerprint(plan: Plan, preprocessing: dict) -> str:
