@@ -27,7 +27,8 @@ import pytest
 from cljax import results
 from cljax.config import Config
 from cljax.data import load_dataset
-from cljax.devices import CPU_DEVICES_ENV, configure_cpu_devices, live_device_bytes, put_repeats, repeat_mesh
+from cljax.devices import (CPU_DEVICES_ENV, configure_cpu_devices, live_device_bytes, put_repeats, repeat_mesh,
+                           shard_repeats)
 from cljax.evaluate import TestSets
 from cljax.experiment import run_experiment
 from cljax.plan import make_plan
@@ -59,8 +60,9 @@ def sharded_child(tmp_path_factory):
     xla_flags = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split() if "host_platform_device_count" not in f)
     env = {**os.environ, CPU_DEVICES_ENV: str(N_CHILD_DEVICES), "XLA_FLAGS": xla_flags, "JAX_PLATFORMS": "cpu",
            CHILD_OUT: str(out)}
-    test_id = f"{Path(__file__).relative_to(REPO)}::test_run_on_every_visible_device"
-    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", test_id],
+    test_ids = [f"{Path(__file__).relative_to(REPO)}::{name}"
+                for name in ("test_run_on_every_visible_device", "test_vmapped_repeats_match_the_loop")]
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", *test_ids],
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     yield proc, out
     if proc.poll() is None:
@@ -98,6 +100,41 @@ def test_run_on_every_visible_device(device_run):
     assert len(dirs) == config.num_tasks
     meta = results.load_metadata(dirs[-1])
     assert len(meta["device"]) == n
+
+
+def test_vmapped_repeats_match_the_loop(device_run):
+    """The repeat axis batched by jax.vmap (the accelerator lowering) and looped by lax.map (the
+    CPU one) train and evaluate to the same numbers: here on 1 device, and in the subprocess on
+    4 devices, where each runs inside the shard_map (the multi-GPU lowering)."""
+    config = device_run[0]
+    data = load_dataset(config)
+    schedule = make_schedule(data.n_classes, config.num_tasks, config.n_repeats, config.seed)
+    task_data = TaskData(data, config)
+    tests = TestSets(*task_data.all_tests(schedule))
+    train_x, train_y = task_data.train(schedule[0])
+    key = jax.random.key(7)
+    out = {}
+    for loop in (True, False):
+        program = build_task_program(config, loop_repeats=loop)
+        learner = shard_repeats(program.init_learner(key))
+        learner, trace = program.run_task(learner, put_repeats(train_x, 1), put_repeats(train_y, 1), *tests.current(0),
+                                          jax.numpy.int32(0), key)
+        out[loop] = jax.device_get((learner.params, trace, tests.evaluate(program.evaluate, trace["weights"])))
+    looped, vmapped = out[True], out[False]
+    assert jax.tree.structure(looped) == jax.tree.structure(vmapped)
+    for path, a in jax.tree_util.tree_leaves_with_path(looped):
+        b = vmapped
+        for k in path:
+            b = b[k.idx] if hasattr(k, "idx") else b[k.key]
+        assert a.shape == b.shape, path
+        if np.issubdtype(a.dtype, np.floating):
+            np.testing.assert_allclose(a, b, rtol=0, atol=TOL, err_msg=jax.tree_util.keystr(path))
+        else:
+            np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
+    # training moved the weights well beyond the tolerance: the comparison is not of two no-ops
+    init = jax.device_get(build_task_program(config).init_learner(key).params)
+    moved = jax.tree.map(lambda a, b: float(np.abs(a - b).max()), looped[0], init)
+    assert min(jax.tree.leaves(moved)) > 100 * TOL
 
 
 def test_sharded_matches_single_device(sharded_child, device_run):
