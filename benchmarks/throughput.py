@@ -250,7 +250,7 @@ def parse_args(argv):
     p.add_argument("--rounds", type=int, default=None, help="timing rounds, medians reported (default 5; --quick: 1)")
     p.add_argument("--peak-size", type=int, default=None, help="matmul size for the peak (default 4096; --quick: 512)")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference (torch not installed)")
-    p.add_argument("--no-alternatives", action="store_true", help="skip the vmap-vs-loop comparison")
+    p.add_argument("--no-alternatives", action="store_true", help="skip the alternatives (the other repeat-axis lowering, one CPU device)")
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run of a few seconds")
     p.add_argument("--cache-dir", default=None,
                    help="persistent compilation cache for the 10-task part (default: a fresh temporary folder, so 'cold' is cold)")
