@@ -316,9 +316,10 @@ def run_benchmark(args) -> dict:
     peak = peak_flops_per_call / seconds["peak"]
     rows, alternatives = [], []
     torch_sps = {name: samples[name] / seconds[name] for name in torch_threads}
+    loop_of = {name: loop for name, loop, _ in variants}
     for (name, R), n in ((k, v) for k, v in samples.items() if isinstance(k, tuple)):  # the cljax units
         sps = n / seconds[(name, R)]
-        loop = dict((v[0], v[1]) for v in variants)[name]
+        loop = loop_of[name]
         row = {"impl": "cljax", "repeats": R, "samples_per_s": sps, "fraction_of_peak": sps * flops["train_flops"] / peak,
                "compile_seconds": compile_seconds[(name, R)], "seconds_per_call": seconds[(name, R)],
                "repeat_axis": "loop" if (loop_default if loop is None else loop) else "vmap",

@@ -56,10 +56,8 @@ def test_cnn_matches_the_plain_network_and_its_gradients(images):
 
     grads = jax.grad(loss(lambda p: model.apply({"params": p}, images)))(params)
     ref_grads = jax.grad(loss(lambda p: reference_cnn(p, images)))(params)
-    for path, g in jax.tree_util.tree_leaves_with_path(grads):
-        ref = ref_grads
-        for k in path:
-            ref = ref[k.key]
+    assert jax.tree.structure(grads) == jax.tree.structure(ref_grads)
+    for (path, g), ref in zip(jax.tree_util.tree_leaves_with_path(grads), jax.tree.leaves(ref_grads), strict=True):
         scale = float(jnp.abs(ref).max())
         assert scale > 0, path
         np.testing.assert_allclose(g, ref, atol=2e-5 * scale, rtol=1e-4, err_msg=jax.tree_util.keystr(path))

@@ -122,10 +122,7 @@ def test_vmapped_repeats_match_the_loop(device_run):
         out[loop] = jax.device_get((learner.params, trace, tests.evaluate(program.evaluate, trace["weights"])))
     looped, vmapped = out[True], out[False]
     assert jax.tree.structure(looped) == jax.tree.structure(vmapped)
-    for path, a in jax.tree_util.tree_leaves_with_path(looped):
-        b = vmapped
-        for k in path:
-            b = b[k.idx] if hasattr(k, "idx") else b[k.key]
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(looped), jax.tree.leaves(vmapped), strict=True):
         assert a.shape == b.shape, path
         if np.issubdtype(a.dtype, np.floating):
             np.testing.assert_allclose(a, b, rtol=0, atol=TOL, err_msg=jax.tree_util.keystr(path))
