@@ -1,5 +1,5 @@
-"""The CNN's fast lowering (im2col convolutions, pool before bias and ReLU, hand-written pool and
-matmul gradients) against the spec's network written plainly with XLA's convolution and
+"""The CNN's fast lowering (channel-major im2col convolutions, pool before bias and ReLU,
+hand-written pool and matmul gradients) against the spec's network written plainly with XLA's convolution and
 reduce_window, on real Fashion-MNIST images: same outputs, same gradients, ties included."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from jax import lax
 
 from cljax.config import Config
 from cljax.data import load_dataset
-from cljax.models import make_model, max_pool_disjoint
+from cljax.models import kernel_matmul, make_model, max_pool_disjoint
 from tests.conftest import FASHION_DIR
 
 
@@ -73,7 +73,7 @@ def test_pool_gradient_is_jax_rule_for_max_with_ties():
     def plain(x):
         return x[:, :6, :6].reshape(2, 2, 3, 2, 3, 3).max(axis=(2, 4))
 
-    y, vjp = jax.vjp(lambda x: max_pool_disjoint(x, 3), jnp.asarray(x))
+    y, vjp = jax.vjp(lambda x: max_pool_disjoint(x, 3), jnp.asarray(x))  # pools axes 1, 2
     y_ref, vjp_ref = jax.vjp(plain, jnp.asarray(x))
     np.testing.assert_array_equal(y, y_ref)
     (dx,), (dx_ref,) = vjp(g), vjp_ref(g)
@@ -83,3 +83,28 @@ def test_pool_gradient_is_jax_rule_for_max_with_ties():
     np.testing.assert_array_equal(dx[:, :, 6:], 0.0)
     # each window's gradient sums to the output gradient, however many maxima tie
     np.testing.assert_allclose(dx[:, :6, :6].reshape(2, 2, 3, 2, 3, 3).sum(axis=(2, 4)), g, rtol=1e-5, atol=1e-6)
+
+
+def test_kernel_matmul_values_and_gradients_are_the_plain_matmul():
+    """kernel^T @ patches and both gradients equal jax.grad of the plain expression (only the
+    dot layouts differ), also under vmap (the accelerator lowering of the repeat axis)."""
+    rng = np.random.default_rng(1)
+    kernel = jnp.asarray(rng.standard_normal((27, 16)).astype(np.float32))
+    patches = jnp.asarray(rng.standard_normal((27, 200)).astype(np.float32))
+    g = jnp.asarray(rng.standard_normal((16, 200)).astype(np.float32))
+
+    def plain(k, p):
+        return k.T @ p
+
+    y, vjp = jax.vjp(kernel_matmul, kernel, patches)
+    y_ref, vjp_ref = jax.vjp(plain, kernel, patches)
+    assert y.shape == (16, 200)
+    np.testing.assert_allclose(y, y_ref, rtol=1e-6, atol=1e-6)
+    for got, ref in zip(vjp(g), vjp_ref(g), strict=True):
+        assert got.shape == ref.shape
+        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+    d_kernel = jax.vmap(jax.grad(lambda k, p: jnp.sum(jnp.sin(kernel_matmul(k, p)))))(
+        jnp.stack([kernel, 2 * kernel]), jnp.stack([patches, -patches])
+    )
+    d_ref = jax.grad(lambda k: jnp.sum(jnp.sin(plain(k, -patches))))(2 * kernel)
+    np.testing.assert_allclose(d_kernel[1], d_ref, rtol=1e-5, atol=1e-5)
