@@ -82,8 +82,10 @@ class PatchConv(nn.Module):
         h, w, b, pad = x_CHWB.shape[1], x_CHWB.shape[2], x_CHWB.shape[3], k // 2
         h, w = h // self.pool * self.pool, w // self.pool * self.pool  # rows/cols the pool keeps
         xp = jnp.pad(x_CHWB, ((0, 0), (pad, k - 1 - pad), (pad, k - 1 - pad), (0, 0)))
-        # rows ordered (tap i, tap j, channel), as kernel.reshape(k * k * c_in, features)
-        patches = jnp.concatenate([xp[:, i : i + h, j : j + w] for i in range(k) for j in range(k)], axis=0)
+        # rows ordered (tap i, tap j, channel), as kernel.reshape(k * k * c_in, features); built
+        # as k column shifts, then k row shifts of those: 2k slices instead of k^2 (1.03x)
+        shifted_cols = jnp.concatenate([xp[:, :, j : j + w] for j in range(k)], axis=0)
+        patches = jnp.concatenate([shifted_cols[:, i : i + h] for i in range(k)], axis=0)
         kernel_KF = kernel.reshape(k * k * c_in, self.features)
         out = kernel_matmul(kernel_KF, patches.reshape(k * k * c_in, h * w * b)).reshape(self.features, h, w, b)
         if self.pool > 1:
