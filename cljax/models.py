@@ -62,12 +62,12 @@ class PatchConv(nn.Module):
 
     Same parameters as ``nn.Conv`` (kernel (k, k, C_in, C_out), bias). The batch is the minor
     axis, so the shifts that build the patches, the pool and its gradient move whole vectors of
-    images, and every matmul is a plain row-major one (``kernel_matmul``): 1.3x faster training
-    on the CPU than the (B, H, W, C) layout, which was itself 2.5-7x faster than the (grouped,
-    under vmap) convolution ``lax.conv`` lowers to. With ``pool > 1`` only the outputs the pool
-    keeps are computed, and the bias is added after the pool: max(x + b) = max(x) + b (rounding
-    is monotone), so the result is the same as pooling the biased convolution, with 9x less
-    elementwise work on the largest activation.
+    images, and every matmul is a plain row-major one (``kernel_matmul``): 1.1-1.3x faster
+    training on the CPU than the (B, H, W, C) layout (docs/benchmark.md), which was itself
+    2.5-7x faster than the (grouped, under vmap) convolution ``lax.conv`` lowers to. With
+    ``pool > 1`` only the outputs the pool keeps are computed, and the bias is added after the
+    pool: max(x + b) = max(x) + b (rounding is monotone), so the result is the same as pooling
+    the biased convolution, with 9x less elementwise work on the largest activation.
     """
 
     features: int

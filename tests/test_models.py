@@ -1,6 +1,7 @@
 """The CNN's fast lowering (channel-major im2col convolutions, pool before bias and ReLU,
-hand-written pool and matmul gradients) against the spec's network written plainly with XLA's convolution and
-reduce_window, on real Fashion-MNIST images: same outputs, same gradients, ties included."""
+hand-written pool and matmul gradients) against the spec's network written plainly with XLA's
+convolution and reduce_window, on real Fashion-MNIST images: same outputs, same gradients,
+ties included."""
 
 from __future__ import annotations
 
