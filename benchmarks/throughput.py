@@ -280,6 +280,7 @@ def default_repeats(quick: bool) -> list[int]:
 def run_benchmark(args) -> dict:
     import jax
 
+    from cljax.devices import cpu_devices_for
     from cljax.train import loop_repeats_default
 
     repeats = args.repeats or default_repeats(args.quick)
@@ -297,6 +298,8 @@ def run_benchmark(args) -> dict:
             variants.append(("cljax_1device", None, 1))
     for R in repeats:
         for name, loop, devices in variants:
+            if devices is not None and devices == cpu_devices_for(R, jax.device_count()):
+                continue  # the default already runs this R on that many devices: the same program
             call, n, seconds, used = cljax_unit(R, args.steps, args.batch_size, loop, devices)
             units[(name, R)], samples[(name, R)] = call, n
             compile_seconds[(name, R)], n_devices[(name, R)] = seconds, used

@@ -129,7 +129,7 @@ def test_vmapped_repeats_match_the_loop(device_run):
         else:
             np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
     # training moved the weights well beyond the tolerance: the comparison is not of two no-ops
-    init = jax.device_get(build_task_program(config).init_learner(key).params)
+    init = jax.device_get(program.init_learner(key).params)
     moved = jax.tree.map(lambda a, b: float(np.abs(a - b).max()), looped[0], init)
     assert min(jax.tree.leaves(moved)) > 100 * TOL
 
