@@ -9,7 +9,9 @@ processes hits every candidate alike and the ratios hold even on a shared machin
   (one snapshot per call, so the expert's evaluation adds ~1%). The CPU is split into one JAX
   device per core, as ``cljax run`` does, and each R uses as many as it splits over. Unless
   ``--quick``, also the alternatives the defaults were chosen over: the other lowering of the
-  repeat axis (``vmap`` vs a loop over repeats) and, on a split CPU, one device;
+  repeat axis (``vmap`` vs a loop over repeats), the learner and expert steps the other way
+  (paired in one batched call vs separate, ``cljax.train.paired_models_default``) and, on a
+  split CPU, one device;
 - torch: ``benchmarks/torch_reference.py``, one repeat at a time, counted the same way; its
   throughput does not depend on R (repeats run one after another), so one repeat is timed
   per round and the figure holds for every R. Measured with all cores (``torch.set_num_threads``
@@ -103,22 +105,26 @@ def peak_unit(n: int):
     return (lambda: matmul(a, b).block_until_ready()), 2.0 * n**3
 
 
-def cljax_unit(repeats: int, steps: int, batch_size: int, loop_repeats: bool | None, devices: int | None = None):
+def cljax_unit(repeats: int, steps: int, batch_size: int, loop_repeats: bool | None, devices: int | None = None,
+               other_pairing: bool = False):
     """The compiled task program of a synthetic config with ``steps`` steps (one snapshot),
-    and a callable running it once; returns (call, samples per call, compile seconds, devices).
-    ``devices``: how many of the visible devices R is split over (None: as many as a run of R
-    would use, the largest divisor of R that is at most the visible devices)."""
+    and a callable running it once; returns (call, samples per call, compile seconds, devices,
+    whether learner and expert are paired). ``devices``: how many of the visible devices R is
+    split over (None: as many as a run of R would use, the largest divisor of R that is at most
+    the visible devices). ``other_pairing``: learner and expert the other way than the default."""
     import jax
 
     from cljax.devices import cpu_devices_for, limit_devices
+    from cljax.train import paired_models_default
 
     n = cpu_devices_for(repeats, jax.device_count()) if devices is None else devices
+    paired = (not paired_models_default(n)) if other_pairing else None
     with limit_devices(n):  # the program and its data are placed on these n devices
-        call, samples, compile_seconds = _cljax_unit(repeats, steps, batch_size, loop_repeats)
-    return call, samples, compile_seconds, n
+        call, samples, compile_seconds, paired = _cljax_unit(repeats, steps, batch_size, loop_repeats, paired)
+    return call, samples, compile_seconds, n, paired
 
 
-def _cljax_unit(repeats: int, steps: int, batch_size: int, loop_repeats: bool | None):
+def _cljax_unit(repeats: int, steps: int, batch_size: int, loop_repeats: bool | None, paired_models: bool | None):
     import jax
     import jax.numpy as jnp
 
@@ -131,7 +137,7 @@ def _cljax_unit(repeats: int, steps: int, batch_size: int, loop_repeats: bool | 
         dataset="synthetic", num_tasks=1, n_repeats=repeats, n_train_per_class=n_per_class,
         n_test_per_class=50, n_subsamples=16, epochs=1, batch_size=batch_size, log_frequency=steps,
     ).validate()
-    program = build_task_program(config, loop_repeats=loop_repeats)
+    program = build_task_program(config, loop_repeats=loop_repeats, paired_models=paired_models)
     rng = np.random.default_rng(repeats)
     n_test = config.n_test
     train_x = put_repeats(rng.integers(0, 256, (config.n_train, repeats, 28, 28), dtype=np.uint8), 1)
@@ -150,7 +156,7 @@ def _cljax_unit(repeats: int, steps: int, batch_size: int, loop_repeats: bool | 
         jax.block_until_ready((state[0], trace))
 
     call()  # warm-up
-    return call, config.steps_per_task * batch_size * repeats * 2, compile_seconds
+    return call, config.steps_per_task * batch_size * repeats * 2, compile_seconds, program.paired_models
 
 
 def interleaved_medians(units: dict, rounds: int, seed: int = 0) -> dict:
@@ -250,7 +256,8 @@ def parse_args(argv):
     p.add_argument("--rounds", type=int, default=None, help="timing rounds, medians reported (default 5; --quick: 1)")
     p.add_argument("--peak-size", type=int, default=None, help="matmul size for the peak (default 4096; --quick: 512)")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference (torch not installed)")
-    p.add_argument("--no-alternatives", action="store_true", help="skip the alternatives (the other repeat-axis lowering, one CPU device)")
+    p.add_argument("--no-alternatives", action="store_true",
+                   help="skip the alternatives (the other repeat-axis lowering, the other learner/expert pairing, one CPU device)")
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run of a few seconds")
     p.add_argument("--cache-dir", default=None,
                    help="persistent compilation cache for the 10-task part (default: a fresh temporary folder, so 'cold' is cold)")
@@ -286,23 +293,24 @@ def run_benchmark(args) -> dict:
     repeats = args.repeats or default_repeats(args.quick)
     load_start = load_average()
     flops = flops_per_sample()
-    units, samples, compile_seconds, n_devices = {}, {}, {}, {}
+    units, samples, compile_seconds, n_devices, paired = {}, {}, {}, {}, {}
     call, peak_flops_per_call = peak_unit(args.peak_size)
     units["peak"] = call
     loop_default = loop_repeats_default()
-    # (name, loop_repeats, devices): the default, then the alternatives it was chosen over
-    variants = [("cljax", None, None)]
+    # (name, loop_repeats, devices, other pairing): the default, then the alternatives it was chosen over
+    variants = [("cljax", None, None, False)]
     if not args.no_alternatives:
-        variants.append(("cljax_vmap" if loop_default else "cljax_loop", not loop_default, None))
+        variants.append(("cljax_vmap" if loop_default else "cljax_loop", not loop_default, None, False))
+        variants.append(("cljax_other_pairing", None, None, True))
         if jax.default_backend() == "cpu" and jax.device_count() > 1:
-            variants.append(("cljax_1device", None, 1))
+            variants.append(("cljax_1device", None, 1, False))
     for R in repeats:
-        for name, loop, devices in variants:
+        for name, loop, devices, other_pairing in variants:
             if devices is not None and devices == cpu_devices_for(R, jax.device_count()):
                 continue  # the default already runs this R on that many devices: the same program
-            call, n, seconds, used = cljax_unit(R, args.steps, args.batch_size, loop, devices)
+            call, n, seconds, used, pairs = cljax_unit(R, args.steps, args.batch_size, loop, devices, other_pairing)
             units[(name, R)], samples[(name, R)] = call, n
-            compile_seconds[(name, R)], n_devices[(name, R)] = seconds, used
+            compile_seconds[(name, R)], n_devices[(name, R)], paired[(name, R)] = seconds, used, pairs
     torch_threads = {}
     if not args.no_torch:
         from torch_reference import TorchRepeat, torch_version
@@ -319,14 +327,15 @@ def run_benchmark(args) -> dict:
     peak = peak_flops_per_call / seconds["peak"]
     rows, alternatives = [], []
     torch_sps = {name: samples[name] / seconds[name] for name in torch_threads}
-    loop_of = {name: loop for name, loop, _ in variants}
+    loop_of = {name: loop for name, loop, _, _ in variants}
     for (name, R), n in ((k, v) for k, v in samples.items() if isinstance(k, tuple)):  # the cljax units
         sps = n / seconds[(name, R)]
         loop = loop_of[name]
         row = {"impl": "cljax", "repeats": R, "samples_per_s": sps, "fraction_of_peak": sps * flops["train_flops"] / peak,
                "compile_seconds": compile_seconds[(name, R)], "seconds_per_call": seconds[(name, R)],
                "repeat_axis": "loop" if (loop_default if loop is None else loop) else "vmap",
-               "devices": n_devices[(name, R)], "variant": name}
+               "devices": n_devices[(name, R)], "learner_expert": "paired" if paired[(name, R)] else "separate",
+               "variant": name}
         if torch_sps:
             row["ratio_vs_torch"] = sps / torch_sps["torch"]
             row["ratio_vs_best_torch"] = sps / max(torch_sps.values())
@@ -357,7 +366,8 @@ def run_benchmark(args) -> dict:
     }
 
 
-ALTERNATIVE_LABELS = {"cljax_vmap": "repeats by vmap", "cljax_loop": "repeats looped", "cljax_1device": "1 CPU device"}
+ALTERNATIVE_LABELS = {"cljax_vmap": "repeats by vmap", "cljax_loop": "repeats looped", "cljax_1device": "1 CPU device",
+                      "cljax_other_pairing": "learner/expert paired <-> separate"}
 
 
 def markdown(report: dict) -> str:
@@ -368,14 +378,15 @@ def markdown(report: dict) -> str:
     for row in report["alternatives"]:
         alt.setdefault(row["variant"], {})[row["repeats"]] = row
     has_torch = any("torch" in v for v in by_r.values())
-    head = ["R", "devices", "cljax samples/s", "% of peak"]
+    head = ["R", "devices", "learner/expert", "cljax samples/s", "% of peak"]
     head += [f"cljax, {ALTERNATIVE_LABELS.get(name, name)}: samples/s (ratio)" for name in alt]
     if has_torch:
         head += ["torch samples/s (all cores / 1 thread)", "cljax / torch", "cljax / best torch"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for R, impls in sorted(by_r.items()):
         c = impls["cljax"]
-        cells = [str(R), str(c.get("devices", 1)), f"{c['samples_per_s']:,.0f}", f"{100 * c['fraction_of_peak']:.1f}%"]
+        cells = [str(R), str(c.get("devices", 1)), c.get("learner_expert", ""), f"{c['samples_per_s']:,.0f}",
+                 f"{100 * c['fraction_of_peak']:.1f}%"]
         for rows in alt.values():
             a = rows.get(R)
             cells.append(f"{a['samples_per_s']:,.0f} ({a['ratio_vs_default']:.2f}x)" if a else "")

@@ -30,9 +30,10 @@ from jax import lax
 from jax.sharding import PartitionSpec as P
 
 from cljax.devices import REPEATS_AXIS, device_count, repeat_mesh
+from cljax.host import usable_cores
 from cljax.losses import nll_and_correct
 from cljax.models import CLASSIFIER_GROUP, make_model
-from cljax.options import make_options
+from cljax.options import keeps_batch, make_options
 from cljax.rules import make_rule
 
 # Fixed stream ids of the key lineage: seed -> root -> (learner init | task t -> expert init,
@@ -74,6 +75,16 @@ def loop_repeats_default() -> bool:
     return jax.default_backend() == "cpu"
 
 
+def paired_models_default(n_devices: int) -> bool:
+    """Whether the learner and the expert compute their update directions in one call batched
+    over the pair (``jax.vmap``) when they train on the same batch: the first layer's patches
+    are built once, and each op does the work of both. Yes on accelerators and on a CPU device
+    with one core to itself (the default split: 1.03-1.06x for SL and RL, 0.93-1.00x for Bio,
+    on 2 CPU devices, docs/benchmark.md); no on a CPU device that spans several cores, where
+    XLA spreads each of the two models' own ops over the cores better (0.83-0.93x paired)."""
+    return jax.default_backend() != "cpu" or usable_cores() <= n_devices
+
+
 def over_repeats(fn, in_axes: tuple, loop: bool):
     """``fn`` of one repeat mapped over the repeat axis, which is axis ``in_axes[i]`` of argument
     i (every leaf of it); outputs carry R on axis 0. ``loop``: a ``lax.map`` over single repeats
@@ -96,11 +107,14 @@ class TaskProgram(NamedTuple):
     evaluate: Any  # jitted (weights_LR, test_x_KNRHW, test_y_KNR) -> (acc, loss (L,R,K), reps (L,R,K,S,H))
     apply_fn: Any  # (params, images_BHW) -> (logits, hidden), one repeat
     init_params: Any  # key -> params, one repeat
+    paired_models: bool  # learner and expert directions batched over the pair (paired_models_default)
 
 
-def build_task_program(config, *, loop_repeats: bool | None = None) -> TaskProgram:
+def build_task_program(config, *, loop_repeats: bool | None = None, paired_models: bool | None = None) -> TaskProgram:
     """Build the jitted per-task program for a (validated) config. ``loop_repeats``: see
-    :func:`loop_repeats_default` (None: that choice)."""
+    :func:`loop_repeats_default`; ``paired_models``: see :func:`paired_models_default` (None:
+    those choices). Each changes only how the program lowers, not what it computes (the same
+    numbers up to float rounding, tests/test_sharding.py)."""
     loop = loop_repeats_default() if loop_repeats is None else loop_repeats
     # R split over D devices: every device runs the same program on its R / D repeats, inside one
     # shard_map (repeats never communicate); below, R is the global count, RL a device's share.
@@ -122,6 +136,9 @@ def build_task_program(config, *, loop_repeats: bool | None = None) -> TaskProgr
         return model.init(key, jnp.zeros((1, 28, 28), jnp.uint8))["params"]
 
     options = make_options(config, apply_fn, init_params)
+    # The pair needs one batch for both: not with an option that changes the learner's (replay).
+    paired = (paired_models_default(n_shards) if paired_models is None else paired_models) and all(
+        keeps_batch(o) for o in options)
 
     def repeat_keys(key):
         """One key per repeat, the same for repeat r however R is split: this device's RL of
@@ -147,36 +164,49 @@ def build_task_program(config, *, loop_repeats: bool | None = None) -> TaskProgr
         return jax.vmap(init_learner_one)(keys)
 
     # ---- single-repeat steps -------------------------------------------------------------
-    def learner_step(state: LearnerState, images_BHW, labels_B, key):
-        k_rule, k_batch, k_end = jax.random.split(key, 3)
-        opt_states = list(state.option_states)
+    def learner_batch(state: LearnerState, images_BHW, labels_B, k_batch):
         # Per-example weights let an option append examples it may not have yet (replay before
         # the first task ends) with weight 0, so the batch shape stays static.
         weights_B = jnp.ones(labels_B.shape, jnp.float32)
         for i, opt in enumerate(options):
             images_BHW, labels_B, weights_B = opt.batch(
-                opt_states[i], images_BHW, labels_B, weights_B, jax.random.fold_in(k_batch, i)
+                state.option_states[i], images_BHW, labels_B, weights_B, jax.random.fold_in(k_batch, i)
             )
-        direction, rule_state, aux = rule.direction(
-            apply_fn, state.params, state.rule_state, images_BHW, labels_B, weights_B, k_rule
-        )
+        return images_BHW, labels_B, weights_B
+
+    def learner_update(state: LearnerState, direction, rule_state, images_BHW, weights_B, k_end):
         updates, opt_state = learner_tx.update(direction, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
+        opt_states = list(state.option_states)
         for i, opt in enumerate(options):
             opt_states[i], params = opt.step_end(opt_states[i], params, jax.random.fold_in(k_end, i), images_BHW, weights_B)
-        return LearnerState(params, opt_state, rule_state, tuple(opt_states)), aux
+        return LearnerState(params, opt_state, rule_state, tuple(opt_states))
 
-    def expert_step(carry, images_BHW, labels_B, key):
-        params, opt_state, rule_state = carry
-        weights_B = jnp.ones(labels_B.shape, jnp.float32)
-        direction, rule_state, aux = rule.direction(apply_fn, params, rule_state, images_BHW, labels_B, weights_B, key)
+    def expert_update(expert, direction, rule_state):
+        params, opt_state, _ = expert
         updates, opt_state = expert_tx.update(direction, opt_state, params)
-        return (optax.apply_updates(params, updates), opt_state, rule_state), aux
+        return optax.apply_updates(params, updates), opt_state, rule_state
 
     def both_steps(learner: LearnerState, expert, images_BHW, labels_B, key_learner, key_expert):
-        learner, l_aux = learner_step(learner, images_BHW, labels_B, key_learner)
-        expert, e_aux = expert_step(expert, images_BHW, labels_B, key_expert)
-        return learner, l_aux, expert, e_aux
+        """One step of the learner (rule + options + optimiser) and of the expert (rule + SGD)."""
+        k_rule, k_batch, k_end = jax.random.split(key_learner, 3)
+        l_images, l_labels, l_weights = learner_batch(learner, images_BHW, labels_B, k_batch)
+        e_weights = jnp.ones(labels_B.shape, jnp.float32)
+        if paired:  # the same batch: both directions in one call batched over the pair
+            def direction(params, rule_state, key):
+                return rule.direction(apply_fn, params, rule_state, images_BHW, labels_B, e_weights, key)
+
+            pair = jax.tree.map(lambda a, b: jnp.stack([a, b]), (learner.params, learner.rule_state, k_rule),
+                                (expert[0], expert[2], key_expert))
+            out = jax.vmap(direction)(*pair)
+            (l_dir, l_rule_state, l_aux), (e_dir, e_rule_state, e_aux) = (jax.tree.map(lambda a, i=i: a[i], out) for i in (0, 1))
+        else:
+            l_dir, l_rule_state, l_aux = rule.direction(apply_fn, learner.params, learner.rule_state, l_images, l_labels,
+                                                        l_weights, k_rule)
+            e_dir, e_rule_state, e_aux = rule.direction(apply_fn, expert[0], expert[2], images_BHW, labels_B, e_weights,
+                                                        key_expert)
+        learner = learner_update(learner, l_dir, l_rule_state, l_images, l_weights, k_end)
+        return learner, l_aux, expert_update(expert, e_dir, e_rule_state), e_aux
 
     def options_hook(hook_name, learner: LearnerState, key, *args):
         """Run one task-boundary hook of every option, vmapped over repeats."""
@@ -308,4 +338,5 @@ def build_task_program(config, *, loop_repeats: bool | None = None) -> TaskProgr
         evaluate=jax.jit(evaluate),
         apply_fn=apply_fn,
         init_params=init_params,
+        paired_models=paired,
     )

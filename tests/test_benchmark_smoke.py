@@ -13,6 +13,8 @@ from pathlib import Path
 
 import jax
 
+from cljax.train import paired_models_default
+
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "throughput.py"
 
 
@@ -48,6 +50,7 @@ def test_quick_run_writes_cljax_rows_and_the_schema(tmp_path, capsys):
     for row in cljax_rows:
         assert set(row) >= {"impl", "repeats", "samples_per_s", "fraction_of_peak", "compile_seconds", "devices"}
         assert row["devices"] == 1  # tests run with CLJAX_CPU_DEVICES=off (conftest): one CPU device
+        assert row["learner_expert"] == ("paired" if paired_models_default(1) else "separate")
         assert row["samples_per_s"] > 0 and math.isfinite(row["samples_per_s"])
         assert math.isclose(row["fraction_of_peak"], row["samples_per_s"] * report["flops_per_sample"] / report["peak_flops_per_s"])
 
@@ -62,4 +65,4 @@ def test_quick_run_writes_cljax_rows_and_the_schema(tmp_path, capsys):
     assert e["rss_bytes_after_task_10"] > 0 and e["device_bytes_live_after_task_10"] > 0
 
     table = capsys.readouterr().out
-    assert "| R | devices | cljax samples/s | % of peak |" in table and "\n| 2 | 1 | " in table
+    assert "| R | devices | learner/expert | cljax samples/s | % of peak |" in table and "\n| 2 | 1 | " in table

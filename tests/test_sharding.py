@@ -15,6 +15,7 @@ for bit on one device below.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -102,36 +103,66 @@ def test_run_on_every_visible_device(device_run):
     assert len(meta["device"]) == n
 
 
-def test_vmapped_repeats_match_the_loop(device_run):
-    """The repeat axis batched by jax.vmap (the accelerator lowering) and looped by lax.map (the
-    CPU one) train and evaluate to the same numbers: here on 1 device, and in the subprocess on
-    4 devices, where each runs inside the shard_map (the multi-GPU lowering)."""
-    config = device_run[0]
+def first_task(config, key, **lowering):
+    """Task 0 of ``config`` by a program built with ``lowering``: the learner's final
+    parameters, the trace and the evaluation of its snapshots on every task; and the program."""
     data = load_dataset(config)
     schedule = make_schedule(data.n_classes, config.num_tasks, config.n_repeats, config.seed)
     task_data = TaskData(data, config)
     tests = TestSets(*task_data.all_tests(schedule))
     train_x, train_y = task_data.train(schedule[0])
-    key = jax.random.key(7)
-    out = {}
-    for loop in (True, False):
-        program = build_task_program(config, loop_repeats=loop)
-        learner = shard_repeats(program.init_learner(key))
-        learner, trace = program.run_task(learner, put_repeats(train_x, 1), put_repeats(train_y, 1), *tests.current(0),
-                                          jax.numpy.int32(0), key)
-        out[loop] = jax.device_get((learner.params, trace, tests.evaluate(program.evaluate, trace["weights"])))
-    looped, vmapped = out[True], out[False]
-    assert jax.tree.structure(looped) == jax.tree.structure(vmapped)
-    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(looped), jax.tree.leaves(vmapped), strict=True):
-        assert a.shape == b.shape, path
-        if np.issubdtype(a.dtype, np.floating):
-            np.testing.assert_allclose(a, b, rtol=0, atol=TOL, err_msg=jax.tree_util.keystr(path))
+    program = build_task_program(config, **lowering)
+    learner = shard_repeats(program.init_learner(key))
+    learner, trace = program.run_task(learner, put_repeats(train_x, 1), put_repeats(train_y, 1), *tests.current(0),
+                                      jax.numpy.int32(0), key)
+    return jax.device_get((learner.params, trace, tests.evaluate(program.evaluate, trace["weights"]))), program
+
+
+def assert_same_numbers(a, b, tol):
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b), strict=True):
+        assert x.shape == y.shape, path
+        if np.issubdtype(x.dtype, np.floating):
+            np.testing.assert_allclose(x, y, rtol=0, atol=tol, err_msg=jax.tree_util.keystr(path))
         else:
-            np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
-    # training moved the weights well beyond the tolerance: the comparison is not of two no-ops
+            np.testing.assert_array_equal(x, y, err_msg=jax.tree_util.keystr(path))
+
+
+def assert_training_moved(program, key, params, tol):
+    """Training moved every weight array well beyond ``tol``: a comparison is not of two no-ops."""
     init = jax.device_get(program.init_learner(key).params)
-    moved = jax.tree.map(lambda a, b: float(np.abs(a - b).max()), looped[0], init)
-    assert min(jax.tree.leaves(moved)) > 100 * TOL
+    moved = jax.tree.map(lambda a, b: float(np.abs(a - b).max()), params, init)
+    assert min(jax.tree.leaves(moved)) > 100 * tol
+
+
+def test_vmapped_repeats_match_the_loop(device_run):
+    """The repeat axis batched by jax.vmap (the accelerator lowering) and looped by lax.map (the
+    CPU one) train and evaluate to the same numbers: here on 1 device, and in the subprocess on
+    4 devices, where each runs inside the shard_map (the multi-GPU lowering)."""
+    config, key = device_run[0], jax.random.key(7)
+    looped, program = first_task(config, key, loop_repeats=True)
+    vmapped, _ = first_task(config, key, loop_repeats=False)
+    assert_same_numbers(looped, vmapped, TOL)
+    assert_training_moved(program, key, looped[0], TOL)
+
+
+@pytest.mark.parametrize("algorithm", ["SL", "RL", "Bio"])
+def test_paired_learner_and_expert_match_their_separate_steps(tmp_path, algorithm):
+    """The learner's and the expert's directions batched over the pair (one vmapped call on the
+    shared batch) train to the same numbers as two separate calls, with the options that keep
+    the batch on (their step_end still runs on the learner alone); replay changes the
+    learner's batch, so it turns the pairing off."""
+    config = Config(dataset="fashion_mnist", data_dir=str(FASHION_DIR), algorithm=algorithm, num_tasks=2, n_repeats=2,
+                    n_train_per_class=64, n_test_per_class=16, n_subsamples=8, epochs=1, batch_size=16,
+                    log_frequency=4, add_plasticity=True, use_ul=True, results_dir=str(tmp_path))
+    key = jax.random.key(3)
+    paired, program = first_task(config, key, paired_models=True)
+    separate, separate_program = first_task(config, key, paired_models=False)
+    assert program.paired_models and not separate_program.paired_models
+    assert_same_numbers(paired, separate, TOL)
+    assert_training_moved(program, key, paired[0], TOL)
+    replay = dataclasses.replace(config, use_replay=True, replay_size=40, replay_batch=8)
+    assert not build_task_program(replay, paired_models=True).paired_models
 
 
 def test_sharded_matches_single_device(sharded_child, device_run):

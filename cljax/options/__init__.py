@@ -37,6 +37,12 @@ class Option(NamedTuple):
     task_end: Callable[..., tuple] = _keep_state_params
 
 
+def keeps_batch(option: Option) -> bool:
+    """Whether the option leaves the learner's batch as it is (so the learner and the expert
+    train on the same batch)."""
+    return option.batch is _keep_batch
+
+
 class OptionEntry(NamedTuple):
     enabled: Callable[[Any], bool]
     factory: Callable[..., Option]
