@@ -333,7 +333,7 @@ def build_task_program(config, *, loop_repeats: bool | None = None, paired_model
                                  out_specs=(rep, rep1), check_vma=False)
         evaluate = jax.shard_map(evaluate, mesh=mesh, in_specs=(rep1, rep2, rep2), out_specs=rep1, check_vma=False)
     return TaskProgram(
-        init_learner=init_learner,
+        init_learner=jax.jit(init_learner),
         run_task=jax.jit(run_task, donate_argnums=(0,)),
         evaluate=jax.jit(evaluate),
         apply_fn=apply_fn,
