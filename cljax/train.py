@@ -70,7 +70,7 @@ def make_optimizer(config, momentum: float) -> optax.GradientTransformation:
 def loop_repeats_default() -> bool:
     """Whether the training and evaluation steps run a device's repeats one after another
     (``lax.map``) instead of batched (``jax.vmap``). On a CPU the loop keeps a repeat's
-    activations in cache and is 1.1-1.7x faster at R = 4..32 (benchmarks/throughput.py); on
+    activations in cache and is 1.1-2.0x faster at R = 4..32 (benchmarks/throughput.py); on
     accelerators the batched form is the right one."""
     return jax.default_backend() == "cpu"
 
