@@ -79,9 +79,10 @@ def paired_models_default(n_devices: int) -> bool:
     """Whether the learner and the expert compute their update directions in one call batched
     over the pair (``jax.vmap``) when they train on the same batch: the first layer's patches
     are built once, and each op does the work of both. Yes on accelerators and on a CPU device
-    with one core to itself (the default split: 1.03-1.06x for SL and RL, 0.93-1.00x for Bio,
-    on 2 CPU devices, docs/benchmark.md); no on a CPU device that spans several cores, where
-    XLA spreads each of the two models' own ops over the cores better (0.83-0.93x paired)."""
+    with one core to itself (the default split, 2 CPU devices: 1.02-1.10x for SL at R = 4-32,
+    1.04x for RL, 0.93-1.00x for Bio; docs/benchmark.md); no on a CPU device that spans several
+    cores, where XLA spreads each of the two models' own ops over the cores better (0.77-0.93x
+    paired). On a GPU the pairing is the natural batched form, but it is not measured yet."""
     return jax.default_backend() != "cpu" or usable_cores() <= n_devices
 
 
