@@ -1,0 +1,165 @@
+"""One registry per extension point: rules, options, models, datasets.
+
+An entry is a name, a builder, and a frozen params dataclass of its own settings::
+
+    @dataclass(frozen=True)
+    class RLParams:
+        entropy: float = param(0.2, "weight of the policy-entropy bonus", min=0.0)
+
+    @register_rule("RL", params=RLParams, default_lr=0.1)
+    def make_rl(params: RLParams, ctx) -> Rule: ...
+
+The params fields become command-line flags (``--rl-entropy``: the entry's ``prefix`` and the
+field name) and sweep keys, through one typed parser (``cljax.flags``); a field may name its own
+flag with ``param(..., flag="rl-reward")``, and several entries may share a flag when they
+declare it alike (RL and Bio share ``--rl-reward``). A flag's value reaches the entry only when
+the entry is in use (its rule or model is selected, its option is enabled).
+
+Entries are found without a closed import list: every module of the registry's package is
+imported on first use, and files outside the package register themselves when loaded with
+:func:`load_plugins` (``--plugin FILE`` or ``CLJAX_PLUGINS=FILE[:FILE...]``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import importlib.util
+import os
+import pkgutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from cljax.errors import CljaxError
+
+PLUGINS_ENV = "CLJAX_PLUGINS"
+
+
+def param(default, help: str, *, choices=None, min=None, max=None, flag: str | None = None, aliases: tuple = ()):
+    """A field of a params dataclass (or of Config): default, help text, bounds, flag name."""
+    return field(default=default, metadata={"help": help, "choices": choices, "min": min, "max": max, "flag": flag,
+                                            "aliases": tuple(aliases)})
+
+
+@dataclass(frozen=True)
+class NoParams:
+    """The params of an entry without settings."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A registered rule, option, model or dataset."""
+
+    name: str
+    build: Callable[..., Any]
+    params: type = NoParams
+    prefix: str = ""  # flags are --{prefix}-{field} unless the field names its own
+    tag: str = ""  # options: the part of the results-folder name
+    flag: str = ""  # options: the flag that turns it on (--use-replay)
+    aliases: tuple = ()  # options: other spellings of that flag
+    help: str = ""
+    extra: dict = field(default_factory=dict)  # entry-kind specific (a rule's default_lr)
+
+    def field_flag(self, f: dataclasses.Field) -> str:
+        """The flag of one params field, without the leading dashes."""
+        return f.metadata.get("flag") or f"{self.prefix}-{f.name}".replace("_", "-").strip("-")
+
+    def field_dests(self) -> dict[str, dataclasses.Field]:
+        """Flat setting name (the flag with underscores) -> params field."""
+        return {self.field_flag(f).replace("-", "_"): f for f in dataclasses.fields(self.params)}
+
+    def params_from(self, flat: dict) -> Any:
+        """This entry's params from flat settings (missing ones take their defaults)."""
+        kwargs = {f.name: flat[dest] for dest, f in self.field_dests().items() if dest in flat}
+        return self.params(**kwargs)
+
+    def params_to_flat(self, params) -> dict:
+        return {dest: getattr(params, f.name) for dest, f in self.field_dests().items()}
+
+
+class Registry:
+    """Name -> Entry for one extension point, filled by importing the modules of ``package``."""
+
+    def __init__(self, kind: str, package: str):
+        self.kind = kind
+        self.package = package
+        self._entries: dict[str, Entry] = {}
+        self._loaded = False
+
+    def register(self, name: str, *, params: type = NoParams, prefix: str | None = None, tag: str = "",
+                 flag: str = "", aliases: tuple = (), help: str = "", **extra):
+        """Decorator: register ``build`` under ``name`` with its params dataclass."""
+        if not (dataclasses.is_dataclass(params) and params.__dataclass_params__.frozen):
+            raise TypeError(f"{self.kind} {name!r}: params must be a frozen dataclass")
+
+        def wrap(build):
+            self._entries[name] = Entry(name=name, build=build, params=params,
+                                        prefix=name.lower() if prefix is None else prefix, tag=tag, flag=flag,
+                                        aliases=tuple(aliases), help=help or (build.__doc__ or "").strip().split("\n")[0],
+                                        extra=extra)
+            return build
+
+        return wrap
+
+    def _load(self) -> None:
+        if self._loaded:
+            return
+        self._loaded = True
+        pkg = importlib.import_module(self.package)
+        for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda m: m.name):
+            if not info.name.startswith("_"):
+                importlib.import_module(f"{self.package}.{info.name}")
+        load_plugins()
+
+    def names(self) -> list[str]:
+        self._load()
+        return list(self._entries)
+
+    def entries(self) -> list[Entry]:
+        self._load()
+        return list(self._entries.values())
+
+    def __contains__(self, name) -> bool:
+        self._load()
+        return name in self._entries
+
+    def __getitem__(self, name: str) -> Entry:
+        self._load()
+        if name not in self._entries:
+            raise CljaxError(f"unknown {self.kind} {name!r}: choose one of {', '.join(sorted(self._entries))}.")
+        return self._entries[name]
+
+
+_loaded_plugins: set[str] = set()
+
+
+def load_plugins(paths: list[str] | None = None) -> None:
+    """Import extension files (each registers its entries on import): ``paths``, else the
+    files listed in ``$CLJAX_PLUGINS`` (separated by ``os.pathsep``). Each file loads once."""
+    if paths is None:
+        paths = [p for p in os.environ.get(PLUGINS_ENV, "").split(os.pathsep) if p]
+    for p in paths:
+        path = Path(p).expanduser().resolve()
+        if str(path) in _loaded_plugins:
+            continue
+        if not path.is_file():
+            raise CljaxError(f"plugin file {p} does not exist: fix --plugin or ${PLUGINS_ENV}.")
+        _loaded_plugins.add(str(path))
+        name = f"cljax_plugin_{path.stem}_{len(_loaded_plugins)}"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+
+
+RULES = Registry("rule", "cljax.rules")
+OPTIONS = Registry("option", "cljax.options")
+MODELS = Registry("model", "cljax.models")
+DATASETS = Registry("dataset", "cljax.datasets")
+
+register_rule = RULES.register
+register_option = OPTIONS.register
+register_model = MODELS.register
+register_dataset = DATASETS.register
