@@ -40,8 +40,9 @@ def _atomic_write(path: Path, write) -> None:
         os.close(fd)
 
 
-def write_run_record(algo_dir: Path, config_dict: dict) -> None:
-    data = json.dumps({"config": config_dict}, indent=1, sort_keys=True).encode()
+def write_run_record(algo_dir: Path, config_dict: dict, schema: int) -> None:
+    """run.json: the flat settings the run was started with, and the schema they follow."""
+    data = json.dumps({"schema": schema, "config": config_dict}, indent=1, sort_keys=True).encode()
     _atomic_write(algo_dir / RUN_RECORD, lambda f: f.write(data))
 
 

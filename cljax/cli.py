@@ -1,51 +1,15 @@
-"""Command line: a thin layer over the library. Every flag of ``run`` comes from a Config field."""
+"""Command line: a thin layer over the library. The flags of ``run`` come from Config and the
+registries' params dataclasses (cljax/settings.py)."""
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import sys
 from pathlib import Path
 
 from cljax.config import Config
 from cljax.errors import CljaxError
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports a bad flag in one line (no usage dump) and exits 2."""
-
-    def error(self, message):
-        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
-
-
-def _parse_type(f: dataclasses.Field):
-    text = f.type if isinstance(f.type, str) else str(f.type)
-    if "bool" in text:
-        return None
-    if "int" in text and "float" not in text:
-        return int
-    if "float" in text:
-        return float
-    return str
-
-
-def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per Config field, with its help text and default."""
-    for f in dataclasses.fields(Config):
-        flag = "--" + f.name.replace("_", "-")
-        meta = f.metadata
-        kind = _parse_type(f)
-        default = f.default
-        help_text = f"{meta['help']} (default: {default})"
-        if kind is None:
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=default, help=help_text)
-        else:
-            parser.add_argument(flag, dest=f.name, type=kind, default=default, metavar=f.name.upper(),
-                                choices=meta.get("choices"), help=help_text)
-
-
-def config_from_args(args: argparse.Namespace) -> Config:
-    return Config(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Config)})
+from cljax.settings import Parser as _Parser
+from cljax.settings import add_settings_flags, config_from_args, load_plugins_from_argv
 
 
 def _use_every_core(config: Config) -> None:
@@ -60,7 +24,8 @@ def _use_every_core(config: Config) -> None:
 def _cmd_run(argv: list[str]) -> int:
     parser = _Parser(prog="cljax run", description="Run a continual-learning experiment and write its results tree. "
                      "Rerunning the same command resumes an interrupted run from its first unfinished task.")
-    add_config_flags(parser)
+    load_plugins_from_argv(argv)
+    add_settings_flags(parser)
     parser.add_argument("--overwrite", action="store_true", help="replace an existing run's results (default: refuse)")
     parser.add_argument("--allow-nonfinite", action="store_true",
                         help="go on when a loss becomes NaN or inf (default: record it and stop)")
@@ -143,7 +108,8 @@ def _cmd_plan(argv: list[str]) -> int:
     parser = _Parser(prog="cljax plan", description="Print what `cljax run` with the same flags will take, before "
                      "anything runs: device memory per task, host memory, disk per task and for the run, and whether "
                      "evaluation keeps all test sets on the device or streams them K tasks at a time.")
-    add_config_flags(parser)
+    load_plugins_from_argv(argv)
+    add_settings_flags(parser)
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
     for flag in ("--overwrite", "--allow-nonfinite", "--no-progress"):  # run's own flags, accepted for copy-paste
         parser.add_argument(flag, action="store_true", help="as in `cljax run` (no effect on the plan)")

@@ -1,5 +1,8 @@
 """Evaluation of the learner's snapshots on the test sets of all T tasks.
 
+``evaluate_one`` and ``evaluate_snapshots`` are functions of ONE repeat (``cljax.program`` maps
+them over the repeats); ``TestSets`` is the host side.
+
 The test sets of every task are built once on the host, (T, N_test, R, H, W) uint8. They are
 either resident on the device for the whole run, or streamed K tasks at a time; either way each
 task's numbers come from the same compiled function of the same inputs, so the two paths give
@@ -13,9 +16,45 @@ both footprints and picks K (``choose_eval_chunk``).
 
 from __future__ import annotations
 
+import jax
 import numpy as np
+from jax import lax
 
 from cljax.devices import fetch, live_device_bytes, put_repeats
+from cljax.losses import nll_and_correct
+
+
+def evaluate_one(net, params, model_state, x_N, y_N, chunk: int):
+    """Accuracy, loss (scalars) and hidden (N, H) of one model on one test set (evaluation
+    mode), ``chunk`` test images per forward pass (small chunks keep the convolution's patches
+    in cache on the CPU)."""
+    n = x_N.shape[0]
+    x_CK = x_N.reshape(n // chunk, chunk, *x_N.shape[1:])
+    y_CK = y_N.reshape(n // chunk, chunk)
+
+    def one_chunk(xy):
+        logits, hidden, _ = net.apply(params, model_state, xy[0], False)
+        nll_K, correct_K = nll_and_correct(logits, xy[1])
+        return nll_K.sum(-1), correct_K.sum(-1), hidden
+
+    nll_C, correct_C, hidden_CKH = lax.map(one_chunk, (x_CK, y_CK))
+    return correct_C.sum(0) / n, nll_C.sum(0) / n, hidden_CKH.reshape(n, -1)
+
+
+def evaluate_snapshots(net, sizes, models_L, test_x_KN, test_y_KN):
+    """One repeat's learner at every snapshot on K tasks' test sets: acc, loss (L, K) and the
+    representations of the S fixed test images (L, K, S, H). ``models_L`` = (params,
+    model_state) stacked over the snapshots. A pure function of its inputs, so evaluating the
+    T tasks in one call or in chunks of K gives the same numbers."""
+
+    def at_snapshot(model):
+        def on_task(xy):
+            acc, loss, hidden_NH = evaluate_one(net, *model, *xy, sizes.eval_chunk)
+            return acc, loss, hidden_NH[: sizes.n_subsamples].astype(sizes.rep_dtype)
+
+        return lax.map(on_task, (test_x_KN, test_y_KN))
+
+    return lax.map(at_snapshot, models_L)
 
 
 class TestSets:

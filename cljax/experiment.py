@@ -18,18 +18,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cljax.budget import Budget, choose_eval_chunk, disk_files_per_task, disk_run_files
 from cljax.checkpoint import CHECKPOINT, RUN_RECORD, load_learner, read_run_record, save_learner, write_run_record
-from cljax.config import Config
+from cljax.config import SCHEMA_VERSION, Config, differing_settings
 from cljax.data import load_dataset
 from cljax.devices import (fetch, is_writer, live_device_bytes, maybe_initialize_distributed, mesh_devices, put_repeats,
                            rss_bytes, shard_repeats)
 from cljax.evaluate import TestSets
-from cljax.plan import choose_eval_chunk, disk_files_per_task, disk_run_files
 from cljax.errors import CljaxError
 from cljax.faults import crash_point
+from cljax.program import build_task_program
 from cljax.results import EXPERT_KEYS, task_dir_name, task_dirs, weights_layout, weights_to_structured, write_task
+from cljax.step import KEY_TASKS
 from cljax.tasks import TaskData, make_schedule
-from cljax.train import KEY_TASKS, build_task_program
 
 
 @dataclass
@@ -80,7 +81,9 @@ def run_experiment(
     algo_dir = algo_dir_of(config)
     resuming = _check_target(algo_dir, config, overwrite)
 
-    program = build_task_program(config)
+    image_shape = data.train_images.shape[1:]
+    program = build_task_program(config, image_shape)
+    budget = Budget.of(config, program, image_shape)
     root_key = jax.random.key(config.seed)
     tasks_key = jax.random.fold_in(root_key, KEY_TASKS)
     learner = shard_repeats(program.init_learner(root_key))  # R split over the devices
@@ -96,7 +99,7 @@ def run_experiment(
         return result
 
     # The disk a task needs is known ahead (the planner's exact figures): its folder plus the checkpoint.
-    disk_per_task = sum(disk_files_per_task(config, schedule, data.class_names).values()) + disk_run_files(config)[CHECKPOINT]
+    disk_per_task = sum(disk_files_per_task(budget, schedule, data.class_names).values()) + disk_run_files(budget)[CHECKPOINT]
     _check_disk(algo_dir, disk_per_task)
 
     # Everything that can fail on input has been checked: from here on we write.
@@ -104,10 +107,10 @@ def run_experiment(
         if overwrite and algo_dir.exists():
             _clear_run(algo_dir)
         algo_dir.mkdir(parents=True, exist_ok=True)
-        write_run_record(algo_dir, config.to_dict())
+        write_run_record(algo_dir, config.to_dict(), SCHEMA_VERSION)
         _remove_stale_temporaries(algo_dir)
 
-    tests = TestSets(*task_data.all_tests(schedule), chunk_tasks=choose_eval_chunk(config), measure=on_task_end is not None)
+    tests = TestSets(*task_data.all_tests(schedule), chunk_tasks=choose_eval_chunk(budget), measure=on_task_end is not None)
     train_x, train_y = task_data.train(schedule[first_task])
     t0 = time.perf_counter()
     run_task = program.run_task.lower(
@@ -127,7 +130,7 @@ def run_experiment(
         )
         crash_point("train", t)
         train_peak = live_device_bytes() if on_task_end else 0
-        acc, loss, reps = tests.evaluate(program.evaluate, trace["weights"])
+        acc, loss, reps = tests.evaluate(program.evaluate, (trace["weights"], trace["model_state"]))
         del train_x_dev, train_y_dev
         if t + 1 < config.num_tasks:
             train_x, train_y = task_data.train(schedule[t + 1])
@@ -135,7 +138,7 @@ def run_experiment(
         seconds = time.perf_counter() - t_start
         arrays, shapes = _task_arrays(config, trace, acc, loss, reps)
         nonfinite = _nonfinite_report(config, arrays)
-        metadata = _metadata(config, schedule, t, shapes, arrays["weights"], data.class_names, {
+        metadata = _metadata(config, schedule, t, shapes, arrays["weights"], data.class_names, program.lowering, {
             "task_seconds": seconds,
             "compile_seconds": result.compile_seconds,
             "steps_per_second": config.steps_per_task / seconds,
@@ -187,8 +190,8 @@ def _check_target(algo_dir: Path, config: Config, overwrite: bool) -> bool:
         raise CljaxError(
             f"{algo_dir} holds files that are not a cljax run: pass --overwrite to replace them or choose another --results-dir."
         )
-    if recorded != config.to_dict():
-        differ = sorted(k for k in set(recorded) | set(config.to_dict()) if recorded.get(k) != config.to_dict().get(k))
+    differ = differing_settings(recorded, config)
+    if differ:
         raise CljaxError(
             f"{algo_dir} holds a run with other settings ({', '.join(differ)}): pass the same arguments to resume it, "
             f"--overwrite to replace it, or another --results-dir."
@@ -253,10 +256,12 @@ def _task_arrays(config: Config, trace: dict, acc, loss, reps):
         "log_steps": np.asarray(config.log_steps, np.int64),
     }
     expert = {k: trace[f"expert_{k}"] for k in EXPERT_KEYS}
+    state = trace["model_state"]
     arrays = {
         "representations": np.asarray(reps[1:]),
         "binary_labels": binary_labels,
         "weights": weights_to_structured(jax.tree.map(lambda w: w[1:], trace["weights"])),
+        "model_state": weights_to_structured(jax.tree.map(lambda w: w[1:], state)) if jax.tree.leaves(state) else None,
         "metrics": metrics,
         "expert_metrics": expert,
     }
@@ -264,6 +269,7 @@ def _task_arrays(config: Config, trace: dict, acc, loss, reps):
         "representations": list(arrays["representations"].shape),
         "binary_labels": list(binary_labels.shape),
         "weights": list(arrays["weights"].shape),
+        **({"model_state": list(arrays["model_state"].shape)} if arrays["model_state"] is not None else {}),
         **{f"metrics.{k}": list(np.shape(v)) for k, v in metrics.items()},
         **{f"expert_metrics.{k}": list(np.shape(v)) for k, v in expert.items()},
     }
@@ -280,7 +286,7 @@ def _versions() -> dict:
     return out
 
 
-def _metadata(config, schedule, t, shapes, weights, class_names, timings) -> dict:
+def _metadata(config, schedule, t, shapes, weights, class_names, lowering, timings) -> dict:
     return {
         "task_index": t,
         "task_dir": task_dir_name(t),
@@ -308,6 +314,8 @@ def _metadata(config, schedule, t, shapes, weights, class_names, timings) -> dic
         "weights_layout": weights_layout(weights),
         "versions": _versions(),
         "device": [str(d) for d in mesh_devices()],  # the devices R is split over
+        "lowering": lowering.record(),
+        "schema": SCHEMA_VERSION,
         "backend": jax.default_backend(),
         "argv": sys.argv,
         "timings": timings,

@@ -30,3 +30,8 @@ def nll_and_accuracy(logits_BxO, labels_B):
     """Mean negative log-likelihood and greedy accuracy over the batch."""
     nll, correct = nll_and_correct(logits_BxO, labels_B)
     return nll.mean(), correct.mean()
+
+
+def weighted_mean(values_B, weights_B):
+    """Sum of w * v over sum of w (the batch mean when every weight is 1)."""
+    return (weights_B * values_B).sum() / weights_B.sum()

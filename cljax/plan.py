@@ -1,291 +1,20 @@
-"""What a run will take, before it runs: device memory per task, host memory, disk per task and
-for the whole run, and how evaluation will run (test sets resident, or streamed K tasks at a
-time). ``cljax plan`` prints it; ``choose_eval_chunk`` is the one place where resident or
-chunked evaluation is decided, for ``cljax plan`` and ``cljax run`` alike.
-
-Shapes come from ``jax.eval_shape`` of the real task program (traced, never compiled), so a new
-rule, option (e.g. a replay buffer in the learner state) or model is accounted for without
-touching this file. Device figures are the arrays a task holds at its high-water mark: the
-learner state, the task's training data, the current test set, the snapshot buffers, the test
-sets of evaluation (all T, or two chunks of K while streaming) and the evaluation outputs (all T,
-or two chunks). XLA's scratch space is estimated separately and roughly, from the model's
-activations. Disk figures are exact for the .npy files (the header and data sizes follow from
-the shapes), exact for the pickles (pickled at the real shapes), estimated for metadata.json.
-"""
+"""``cljax plan``: what a run will take, before it runs (device memory per task, host memory,
+disk per task and for the whole run, how evaluation will run), reported from the same figures
+``cljax run`` checks (cljax/budget.py)."""
 
 from __future__ import annotations
 
-import dataclasses
-import io
-import json
 import math
-import pickle
-from functools import lru_cache
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
+from cljax.budget import (HEADROOM, LABEL_DTYPE, Budget, _does_not_fit, _per_device, device_budget_for, device_components,
+                          disk_files_per_task, disk_run_files, fit_chunk, fmt_bytes, scratch_bytes)
 from cljax.config import Config
-from cljax.errors import CljaxError
-
-IMAGE_HW = (28, 28)
-LABEL_DTYPE = np.int32  # labels as TaskData builds them
-HEADROOM = 0.9  # a run may plan for this fraction of the device budget (allocator, runtime)
+from cljax.program import build_task_program
 
 
-# ---- shapes of the task program, traced once per config -----------------------------------------
-@dataclasses.dataclass(frozen=True)
-class ProgramBytes:
-    """Device bytes of one experiment's arrays, summed over repeats (independent of devices)."""
-
-    learner: dict  # part name -> bytes (params, opt_state, rule_state, option:<name>)
-    snapshots: dict  # weights (L+1, R, P), train_metrics, expert_metrics
-    eval_per_task: dict  # acc, loss, representations of ONE evaluated task, (L+1, R, 1, ...)
-    n_params: int  # per repeat
-    hidden: int  # H, width of the saved representation
-    activation_bytes_per_image: int  # the model's layer outputs for one image (rough scratch basis)
-
-
-def _host_shape_dtype(leaf) -> tuple[tuple, np.dtype]:
-    """Shape and numpy dtype of a leaf as stored (a typed PRNG key as its raw uint32 data)."""
-    if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
-        data = jax.eval_shape(jax.random.key_data, leaf)
-        return tuple(data.shape), np.dtype(data.dtype)
-    return tuple(leaf.shape), np.dtype(leaf.dtype)
-
-
-def _bytes(tree) -> int:
-    total = 0
-    for leaf in jax.tree.leaves(tree):
-        shape, dtype = _host_shape_dtype(leaf)
-        total += math.prod(shape) * dtype.itemsize
-    return int(total)
-
-
-@lru_cache(maxsize=16)
-def program_bytes(config: Config) -> ProgramBytes:
-    """Trace (not compile) the config's task program and size its arrays."""
-    from cljax.models import make_model
-    from cljax.options import active_options
-    from cljax.train import build_task_program
-
-    program = build_task_program(config)
-    R, N, Nt = config.n_repeats, config.n_train, config.n_test
-    sds = jax.ShapeDtypeStruct
-    key = jax.eval_shape(lambda: jax.random.key(0))
-    learner = jax.eval_shape(program.init_learner, key)
-    images = lambda n, *lead: sds((*lead, n, R, *IMAGE_HW), jnp.uint8)  # noqa: E731
-    labels = lambda n, *lead: sds((*lead, n, R), LABEL_DTYPE)  # noqa: E731
-    _, trace = jax.eval_shape(
-        program.run_task, learner, images(N), labels(N), images(Nt), labels(Nt), sds((), jnp.int32), key
-    )
-    acc, loss, reps = jax.eval_shape(program.evaluate, trace["weights"], images(Nt, 1), labels(Nt, 1))
-
-    parts = {"params": _bytes(learner.params), "opt_state": _bytes(learner.opt_state),
-             "rule_state": _bytes(learner.rule_state)}
-    for name, state in zip(active_options(config), learner.option_states):
-        parts[f"option:{name}"] = _bytes(state)
-    metric_keys = [k for k in trace if k != "weights"]
-    snapshots = {
-        "weights": _bytes(trace["weights"]),
-        "train_metrics": _bytes([trace[k] for k in metric_keys if not k.startswith("expert_")]),
-        "expert_metrics": _bytes([trace[k] for k in metric_keys if k.startswith("expert_")]),
-    }
-
-    one_params = jax.eval_shape(program.init_params, key)
-    model = make_model(config)
-
-    def forward(params, x):
-        return model.apply({"params": params}, x, capture_intermediates=True, mutable=["intermediates"])
-
-    _, inter = jax.eval_shape(forward, one_params, sds((1, *IMAGE_HW), jnp.uint8))
-    return ProgramBytes(
-        learner=parts,
-        snapshots=snapshots,
-        eval_per_task={"acc": _bytes(acc), "loss": _bytes(loss), "representations": _bytes(reps)},
-        n_params=int(sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(one_params))),
-        hidden=int(reps.shape[-1]),
-        activation_bytes_per_image=max(_bytes(inter), 1),
-    )
-
-
-# ---- device memory ---------------------------------------------------------------------------------
-def device_components(config: Config, chunk_tasks: int) -> dict:
-    """Bytes of every array a task holds on the devices at its high-water mark, summed over
-    devices, for evaluation in chunks of ``chunk_tasks`` (== T: resident)."""
-    pb = program_bytes(config)
-    R, T, N, Nt = config.n_repeats, config.num_tasks, config.n_train, config.n_test
-    per_image = math.prod(IMAGE_HW) + np.dtype(LABEL_DTYPE).itemsize  # uint8 pixels + label
-    resident = chunk_tasks >= T
-    # Streaming keeps two chunks in flight: one evaluating, the previous one coming back.
-    eval_tasks = T if resident else 2 * chunk_tasks
-    out = {f"learner.{k}": v for k, v in pb.learner.items()}
-    out["train_data"] = N * R * per_image
-    out["current_test_set"] = Nt * R * per_image
-    out.update({f"snapshots.{k}": v for k, v in pb.snapshots.items()})
-    out["eval_test_sets"] = eval_tasks * Nt * R * per_image
-    out.update({f"eval_outputs.{k}": v * eval_tasks for k, v in pb.eval_per_task.items()})
-    return out
-
-
-def scratch_bytes(config: Config) -> int:
-    """A rough estimate of XLA's temporary buffers (not in jax.live_arrays): a training step
-    keeps learner and expert activations and their gradients (x3), an evaluation call one
-    batch of eval_batch_size images per repeat and the hidden layer of a whole test set."""
-    pb = program_bytes(config)
-    R, Nt = config.n_repeats, config.n_test
-    eval_batch = max(c for c in range(1, min(config.eval_batch_size, Nt) + 1) if Nt % c == 0)
-    train = 2 * 3 * config.batch_size * R * pb.activation_bytes_per_image + 2 * pb.learner["params"]
-    evaluate = 2 * eval_batch * R * pb.activation_bytes_per_image + R * Nt * pb.hidden * 4
-    return int(max(train, evaluate))
-
-
-def _per_device(total: int, n_devices: int) -> int:
-    # Every array a task holds has the repeat axis, split evenly over the devices.
-    return -(-total // n_devices)
-
-
-def fit_chunk(config: Config, device_bytes: int, n_devices: int) -> int:
-    """Largest K (T = resident) whose per-device footprint plus scratch fits HEADROOM x budget;
-    0 when even K = 1 does not fit."""
-    T = config.num_tasks
-    usable = HEADROOM * device_bytes
-    scratch = _per_device(scratch_bytes(config), n_devices)
-
-    def need(k):
-        return _per_device(sum(device_components(config, k).values()), n_devices) + scratch
-
-    if need(T) <= usable:
-        return T
-    # 2K tasks are in flight while streaming, so K > T/2 would hold more than resident.
-    fitting = [k for k in range(min(T - 1, T // 2 + 1), 0, -1) if need(k) <= usable]
-    return fitting[0] if fitting else 0
-
-
-def _does_not_fit(config: Config, device_bytes: int, n_devices: int) -> CljaxError:
-    need = _per_device(sum(device_components(config, 1).values()) + scratch_bytes(config), n_devices)
-    return CljaxError(
-        f"a task needs about {_fmt(need)} per device even evaluating one task at a time, more than "
-        f"{HEADROOM:.0%} of the {_fmt(device_bytes)} budget: lower --n-repeats (or use more devices), "
-        f"--n-test-per-class, --n-subsamples or snapshots (raise --log-frequency), use "
-        f"--representation-dtype bfloat16, or raise --device-memory. `cljax plan` shows the parts."
-    )
-
-
-def device_budget_for(config: Config, device_bytes: int | None = None) -> tuple[int, str]:
-    if device_bytes:
-        return int(device_bytes), "given"
-    if config.device_memory:
-        return int(config.device_memory), "--device-memory"
-    from cljax.devices import device_budget
-
-    return device_budget()
-
-
-def choose_eval_chunk(config: Config, device_bytes: int | None = None) -> int:
-    """Tasks per evaluation call: ``--eval-chunk-tasks`` when set, else T (resident) when the
-    whole task fits the per-device budget (``device_bytes``, else ``--device-memory``, else what
-    the device reports), else the largest K that fits. Used by ``cljax run`` and ``cljax plan``."""
-    T = config.num_tasks
-    if config.eval_chunk_tasks:
-        return min(config.eval_chunk_tasks, T)
-    from cljax.devices import check_repeats, device_count
-
-    check_repeats(config.n_repeats)
-    budget, _ = device_budget_for(config, device_bytes)
-    chunk = fit_chunk(config, budget, device_count())
-    if not chunk:
-        raise _does_not_fit(config, budget, device_count())
-    return chunk
-
-
-# ---- disk -----------------------------------------------------------------------------------------
-def npy_bytes(shape, dtype) -> int:
-    """Exact size of ``np.save`` of an array of this shape and dtype (header + data)."""
-    dtype = np.dtype(dtype)
-    header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": tuple(int(s) for s in shape)}
-    buf = io.BytesIO()
-    try:
-        np.lib.format.write_array_header_1_0(buf, header)
-    except ValueError:  # too long for format 1.0 (very many fields): np.save uses 2.0
-        buf = io.BytesIO()
-        np.lib.format.write_array_header_2_0(buf, header)
-    return buf.tell() + math.prod(header["shape"]) * dtype.itemsize
-
-
-def _weights_dtype(config: Config) -> np.dtype:
-    """The structured dtype of weights.npy: one field per parameter path, sorted (as the writer)."""
-    from cljax.train import build_task_program
-
-    shapes = jax.eval_shape(build_task_program(config).init_params, jax.eval_shape(lambda: jax.random.key(0)))
-    fields = []
-
-    def walk(prefix, node):
-        if isinstance(node, dict):
-            for key in sorted(node):
-                walk(f"{prefix}/{key}" if prefix else str(key), node[key])
-        else:
-            fields.append((prefix, np.dtype(node.dtype), tuple(node.shape)))
-
-    walk("", shapes)
-    return np.dtype(fields)
-
-
-def disk_files_per_task(config: Config, schedule: np.ndarray | None = None, class_names=None) -> dict:
-    """Bytes of each file of one task folder: .npy and .pkl exact, metadata.json estimated."""
-    from cljax.results import EXPERT_KEYS
-
-    L, R, T, S = config.n_logs, config.n_repeats, config.num_tasks, config.n_subsamples
-    pb = program_bytes(config)
-    rep_dtype = np.uint16 if config.representation_dtype == "bfloat16" else np.dtype(config.representation_dtype)
-    zeros = lambda *shape: np.zeros(shape, np.float32)  # noqa: E731
-    metrics = {"test_acc": zeros(L, R, T), "test_loss": zeros(L, R, T), "train_acc": zeros(L, R),
-               "train_loss": zeros(L, R), "start_test_acc": zeros(R, T), "start_test_loss": zeros(R, T),
-               "log_steps": np.zeros(L, np.int64)}
-    expert = {k: zeros(L, R) for k in EXPERT_KEYS}
-    return {
-        "representations.npy": npy_bytes((L, R, T, S, pb.hidden), rep_dtype),
-        "binary_labels.npy": npy_bytes((L, R, T, S), np.uint8),
-        "weights.npy": npy_bytes((L, R), _weights_dtype(config)),
-        "metrics.pkl": len(pickle.dumps(metrics, protocol=4)),
-        "expert_metrics.pkl": len(pickle.dumps(expert, protocol=4)),
-        "metadata.json": _metadata_estimate(config, schedule, class_names),
-    }
-
-
-def _metadata_estimate(config: Config, schedule, class_names) -> int:
-    """metadata.json: the config, the schedule, the shapes and layout as JSON (indent 1), plus a
-    fixed part (versions, devices, timings, argv, axes) measured at about 1.7 KB."""
-    T, R = config.num_tasks, config.n_repeats
-    pairs = schedule.tolist() if schedule is not None else [[[0, 1]] * R] * T
-    names = class_names or [f"class_{i}" for i in range(2 * T)]
-    variable = {
-        "config": config.to_dict(),
-        "task_class_pairs": pairs,
-        "task_pairs": pairs[0],
-        "task_pair_names": [[names[a], names[b]] for a, b in pairs[0]],
-        "log_steps": config.log_steps,
-        "weights_layout": [{"name": n, "shape": list(d[0].shape), "dtype": "float32", "offset_bytes": int(d[1])}
-                           for n, d in _weights_dtype(config).fields.items()],
-    }
-    return len(json.dumps(variable, indent=1)) + 1700
-
-
-def disk_run_files(config: Config) -> dict:
-    """Files beside the task folders: the run record and the learner checkpoint (npz)."""
-    from cljax.checkpoint import CHECKPOINT, RUN_RECORD
-    from cljax.train import build_task_program
-
-    record = len(json.dumps({"config": config.to_dict()}, indent=1, sort_keys=True))
-    learner = jax.eval_shape(build_task_program(config).init_learner, jax.eval_shape(lambda: jax.random.key(0)))
-    # npz = a zip of .npy members (stored, zip64): about 200 bytes of zip headers per member.
-    members = [npy_bytes(*_host_shape_dtype(leaf)) + 200 for leaf in jax.tree.leaves(learner)]
-    members.append(npy_bytes((), np.int64) + 200)  # next_task
-    return {RUN_RECORD: record, CHECKPOINT: sum(members) + 22}
-
-
-# ---- the plan ---------------------------------------------------------------------------------------
 def make_plan(config: Config, device_bytes: int | None = None) -> dict:
     """Everything ``cljax plan`` prints, as a JSON-ready dict."""
     from cljax.data import load_dataset
@@ -297,19 +26,21 @@ def make_plan(config: Config, device_bytes: int | None = None) -> dict:
     schedule = make_schedule(data.n_classes, config.num_tasks, config.n_repeats, config.seed)
     check_repeats(config.n_repeats)
     n_dev = device_count()
+    image_shape = data.train_images.shape[1:]
+    b = Budget.of(config, build_task_program(config, image_shape), image_shape)
     budget, source = device_budget_for(config, device_bytes)
     T, R, L = config.num_tasks, config.n_repeats, config.n_logs
-    K = min(config.eval_chunk_tasks, T) if config.eval_chunk_tasks else fit_chunk(config, budget, n_dev)
+    K = min(config.eval_chunk_tasks, T) if config.eval_chunk_tasks else fit_chunk(b, budget, n_dev)
     fits = K > 0
     K = K or 1  # the parts are shown for K = 1 when nothing fits
-    pb = program_bytes(config)
+    pb = b.pb
 
-    components = device_components(config, K)
+    components = device_components(b, K)
     total = sum(components.values())
-    scratch = scratch_bytes(config)
+    scratch = scratch_bytes(b)
     per_device = _per_device(total, n_dev)
 
-    per_image = math.prod(IMAGE_HW) + np.dtype(LABEL_DTYPE).itemsize
+    per_image = math.prod(image_shape) + np.dtype(LABEL_DTYPE).itemsize
     fetched = sum(pb.snapshots.values()) + T * sum(pb.eval_per_task.values())
     dataset = sum(int(a.nbytes) for a in (data.train_images, data.train_labels, data.test_images, data.test_labels)
                   if not isinstance(a, np.memmap))
@@ -323,12 +54,13 @@ def make_plan(config: Config, device_bytes: int | None = None) -> dict:
     }
     host_total = sum(host.values()) + (total if jax.default_backend() == "cpu" else 0)
 
-    files = disk_files_per_task(config, schedule, data.class_names)
-    run_files = disk_run_files(config)
+    files = disk_files_per_task(b, schedule, data.class_names)
+    run_files = disk_run_files(b)
     per_task_disk = sum(files.values())
     return {
         "dataset": config.dataset,
         "algorithm": config.algorithm_name,
+        "lowering": b.program.lowering.record(),
         "num_tasks": T, "n_repeats": R, "n_logs": L, "n_params": pb.n_params, "hidden": pb.hidden,
         "steps_per_task": config.steps_per_task,
         "devices": {"count": n_dev, "processes": jax.process_count(), "platform": jax.default_backend(),
@@ -337,7 +69,7 @@ def make_plan(config: Config, device_bytes: int | None = None) -> dict:
         "device_budget_source": source,
         "device_budget_usable_bytes": int(HEADROOM * budget),
         "fits": fits,
-        "problem": None if fits else str(_does_not_fit(config, budget, n_dev)),
+        "problem": None if fits else str(_does_not_fit(b, budget, n_dev)),
         "evaluation": {
             "mode": "resident" if K >= T else "chunked",
             "chunk_tasks": K,
@@ -358,30 +90,22 @@ def make_plan(config: Config, device_bytes: int | None = None) -> dict:
     }
 
 
-def _fmt(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n}"
-
-
 def format_plan(plan: dict) -> str:
     d, ev = plan["devices"], plan["evaluation"]
     lines = [
         f"plan: {plan['dataset']}/{plan['algorithm']}: T={plan['num_tasks']} tasks x R={plan['n_repeats']} repeats, "
         f"{plan['steps_per_task']} steps and L={plan['n_logs']} snapshots per task, {plan['n_params']:,} parameters",
         f"devices: {d['count']} x {d['platform']} ({d['processes']} process(es)), {d['repeats_per_device']} repeat(s) each; "
-        f"budget {_fmt(plan['device_budget_bytes'])} per device ({plan['device_budget_source']}), "
-        f"planning for {_fmt(plan['device_budget_usable_bytes'])}",
+        f"budget {fmt_bytes(plan['device_budget_bytes'])} per device ({plan['device_budget_source']}), "
+        f"planning for {fmt_bytes(plan['device_budget_usable_bytes'])}",
         "",
         "device memory of a task, per device (arrays at the task's high-water mark):",
     ]
     for name, value in plan["device_components"].items():
-        lines.append(f"  {name:<34} {_fmt(value):>12}")
+        lines.append(f"  {name:<34} {fmt_bytes(value):>12}")
     lines += [
-        f"  {'total':<34} {_fmt(plan['device_bytes_per_task']):>12}",
-        f"  {'+ XLA scratch (rough estimate)':<34} {_fmt(plan['device_scratch_bytes_estimate']):>12}",
+        f"  {'total':<34} {fmt_bytes(plan['device_bytes_per_task']):>12}",
+        f"  {'+ XLA scratch (rough estimate)':<34} {fmt_bytes(plan['device_scratch_bytes_estimate']):>12}",
         "",
     ]
     if not plan["fits"]:
@@ -393,15 +117,15 @@ def format_plan(plan: dict) -> str:
         lines.append(f"evaluation: chunked: K={ev['chunk_tasks']} tasks per call, {ev['calls_per_task']} calls per task; "
                      f"test sets streamed in, outputs streamed out (chosen by {ev['chosen_by']})")
     lines += ["", "host memory (estimate, beyond the Python/JAX runtime"
-              f" of about {_fmt(plan['host_runtime_rss_now'])}):"]
+              f" of about {fmt_bytes(plan['host_runtime_rss_now'])}):"]
     for name, value in plan["host_components"].items():
-        lines.append(f"  {name:<34} {_fmt(value):>12}")
+        lines.append(f"  {name:<34} {fmt_bytes(value):>12}")
     cpu_note = " (device arrays included: on the CPU they live in host memory)" if d["platform"] == "cpu" else ""
-    lines += [f"  {'total':<34} {_fmt(plan['host_bytes_estimate']):>12}{cpu_note}", "", "disk per task:"]
+    lines += [f"  {'total':<34} {fmt_bytes(plan['host_bytes_estimate']):>12}{cpu_note}", "", "disk per task:"]
     for name, value in plan["disk_files_per_task"].items():
-        lines.append(f"  {name:<34} {_fmt(value):>12}")
-    lines.append(f"  {'total':<34} {_fmt(plan['disk_bytes_per_task']):>12}")
+        lines.append(f"  {name:<34} {fmt_bytes(value):>12}")
+    lines.append(f"  {'total':<34} {fmt_bytes(plan['disk_bytes_per_task']):>12}")
     for name, value in plan["disk_run_files"].items():
-        lines.append(f"  {'run: ' + name:<34} {_fmt(value):>12}")
-    lines.append(f"disk for the whole run: {_fmt(plan['disk_bytes_total'])} ({plan['disk_bytes_total']:,} bytes)")
+        lines.append(f"  {'run: ' + name:<34} {fmt_bytes(value):>12}")
+    lines.append(f"disk for the whole run: {fmt_bytes(plan['disk_bytes_total'])} ({plan['disk_bytes_total']:,} bytes)")
     return "\n".join(lines)

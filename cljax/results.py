@@ -111,6 +111,8 @@ def write_task(algo_dir: Path, task: int, arrays: dict[str, Any], metadata: dict
     _save_npy(tmp / "representations.npy", reps_on_disk)
     for name in ("binary_labels", "weights"):
         _save_npy(tmp / f"{name}.npy", arrays[name])
+    if arrays.get("model_state") is not None:  # a model with mutable state (BatchNorm statistics)
+        _save_npy(tmp / "model_state.npy", arrays["model_state"])
     crash_point("write", task)
     for name in ("metrics", "expert_metrics"):
         _write_bytes(tmp / f"{name}.pkl", pickle.dumps(arrays[name], protocol=4))
@@ -250,6 +252,15 @@ def load_binary_labels(task_dir) -> np.ndarray:
 def load_weights(task_dir) -> dict:
     """Nested dict {layer: {param: array (L, R, ...)}} from weights.npy."""
     return structured_to_weights(np.load(Path(task_dir) / "weights.npy", allow_pickle=False))
+
+
+def load_model_state(task_dir) -> dict:
+    """The model's mutable state at each snapshot ({collection/layer/name: (L, R, ...)}), or {}
+    for a model without any (no model_state.npy)."""
+    path = Path(task_dir) / "model_state.npy"
+    if not path.exists():
+        return {}
+    return structured_to_weights(np.load(path, allow_pickle=False))
 
 
 def load_task(task_dir) -> dict:

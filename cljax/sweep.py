@@ -24,29 +24,7 @@ from pathlib import Path
 
 from cljax.config import Config
 from cljax.errors import CljaxError
-
-_FIELDS = {f.name: f for f in dataclasses.fields(Config)}
-
-
-def parse_value(name: str, text: str):
-    """A grid value in the type of Config field ``name``."""
-    f = _FIELDS[name]
-    kind = f.type if isinstance(f.type, str) else str(f.type)
-    try:
-        if text.lower() == "none" and "None" in kind:
-            return None
-        if "bool" in kind:
-            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError(text)
-            return text.lower() in ("true", "1", "yes")
-        if "int" in kind and "float" not in kind:
-            return int(text)
-        if "float" in kind:
-            return float(text)
-    except ValueError:
-        raise CljaxError(f"--grid {name}: {text!r} is not a valid {kind} value.") from None
-    return text
-
+from cljax.settings import Parser, add_settings_flags, config_from_args, load_plugins_from_argv, parse_setting, setting_specs
 
 def parse_grid(items: list[str]) -> dict[str, list]:
     """["lr=0.01,0.05", "epochs=1,2"] -> {"lr": [0.01, 0.05], "epochs": [1, 2]}."""
@@ -60,12 +38,13 @@ def parse_grid(items: list[str]) -> dict[str, list]:
             raise CljaxError("--grid seed=...: give seeds with --seeds 0,1,2.")
         if name == "results_dir":
             raise CljaxError("--grid results_dir=...: every run gets its own folder under --results-dir.")
-        if name not in _FIELDS:
-            settable = sorted(set(_FIELDS) - {"seed", "results_dir"})
+        specs = setting_specs()
+        if name not in specs:
+            settable = sorted(set(specs) - {"seed", "results_dir"})
             raise CljaxError(f"--grid {name}: not a setting of cljax run; choose among {', '.join(settable)}.")
         if name in grid:
             raise CljaxError(f"--grid {name} given twice: list all its values in one --grid {name}=V1,V2.")
-        parsed = [parse_value(name, v.strip()) for v in values.split(",") if v.strip()]
+        parsed = [parse_setting(name, v.strip())[1] for v in values.split(",") if v.strip()]
         if not parsed:
             raise CljaxError(f"--grid {name}=: give at least one value.")
         grid[name] = parsed
@@ -73,7 +52,8 @@ def parse_grid(items: list[str]) -> dict[str, list]:
 
 
 def _tag_value(value) -> str:
-    text = f"{value:g}" if isinstance(value, float) else str(value)
+    # repr: the shortest text that reads back as the same float, so two values never share a tag
+    text = repr(value) if isinstance(value, float) else str(value)
     return re.sub(r"[^A-Za-z0-9.+-]", "_", text)
 
 
@@ -84,15 +64,16 @@ class SweepRun:
     config: Config
 
 
-def expand(base: Config, grid: dict[str, list], seeds: list[int]) -> list[SweepRun]:
-    """Every combination of the grid values, for every seed; each run in its own folder."""
+def expand(base: dict, grid: dict[str, list], seeds: list[int]) -> list[SweepRun]:
+    """Every combination of the grid values over the flat base settings ``base``, for every
+    seed; each run in its own folder."""
     names = list(grid)
     runs = []
     for combo in itertools.product(*(grid[n] for n in names)):
         for seed in seeds:
             settings = dict(zip(names, combo))
             tag = "_".join([*(f"{n}-{_tag_value(v)}" for n, v in settings.items()), f"seed-{seed}"])
-            config = dataclasses.replace(base, **settings, seed=seed, results_dir=str(Path(base.results_dir) / tag))
+            config = Config.from_flat({**base, **settings, "seed": seed, "results_dir": str(Path(base["results_dir"]) / tag)})
             config.validate()
             runs.append(SweepRun(tag=tag, settings=settings, config=config))
     return runs
@@ -103,7 +84,7 @@ def run_job(config_dict: dict, overwrite: bool = False) -> dict:
     from cljax.devices import configure_cpu_devices
     from cljax.experiment import algo_dir_of, run_experiment
 
-    config = Config(**config_dict)
+    config = Config.from_flat(config_dict)
     configure_cpu_devices(config.n_repeats)  # a fresh job process: one JAX device per core on a CPU host
     result = run_experiment(config, progress=False, overwrite=overwrite)
     final = result.summary[-1] if result.summary else {}
@@ -165,7 +146,7 @@ def make_executor(kind: str, log_dir: Path, args) -> "object":
 def submit(runs: list[SweepRun], executor, overwrite: bool = False) -> list:
     """One job per run (a job array on SLURM)."""
     job = _job_class()()
-    return executor.map_array(job, [dataclasses.asdict(r.config) for r in runs], [overwrite] * len(runs))
+    return executor.map_array(job, [r.config.to_dict() for r in runs], [overwrite] * len(runs))
 
 
 def write_manifest(path: Path, runs: list[SweepRun], jobs, executor_kind: str, log_dir: Path) -> None:
@@ -182,9 +163,8 @@ def write_manifest(path: Path, runs: list[SweepRun], jobs, executor_kind: str, l
 
 
 def sweep_main(argv: list[str]) -> int:
-    from cljax.cli import _Parser, add_config_flags, config_from_args
-
-    parser = _Parser(prog="cljax sweep", description=(
+    load_plugins_from_argv(argv)
+    parser = Parser(prog="cljax sweep", description=(
         "Run a grid of settings x seeds, one `cljax run` per job through submitit (SLURM job array, or local "
         "processes). Takes every flag of `cljax run` as the base settings."))
     parser.add_argument("--grid", action="append", default=[], metavar="NAME=V1,V2",
@@ -205,9 +185,12 @@ def sweep_main(argv: list[str]) -> int:
     parser.add_argument("--slurm-cpus", type=int, default=None, help="CPUs per job")
     parser.add_argument("--slurm-mem-gb", type=float, default=None, help="memory per job in GB")
     parser.add_argument("--slurm-array-parallelism", type=int, default=None, help="at most this many jobs at once")
-    add_config_flags(parser)
+    add_settings_flags(parser)
+    for flag in ("--no-progress", "--allow-nonfinite"):  # run's own flags: jobs never draw a bar, and stop on NaN
+        parser.add_argument(flag, action="store_true", help="as in `cljax run`")
     args = parser.parse_args(argv)
     base = config_from_args(args)
+    base_flat = {dest: getattr(args, dest) for dest in setting_specs()}
     grid = parse_grid(args.grid)
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()] if args.seeds else [base.seed]
@@ -217,7 +200,7 @@ def sweep_main(argv: list[str]) -> int:
         parse_minutes(args.slurm_time)
     except ValueError:
         raise CljaxError(f"--slurm-time {args.slurm_time!r}: write minutes (600) or H:MM:SS (10:00:00).") from None
-    runs = expand(base, grid, seeds)
+    runs = expand(base_flat, grid, seeds)
     root = Path(base.results_dir)
     log_dir = Path(args.log_dir) if args.log_dir else root / "sweep_logs"
     executor = make_executor(args.executor, log_dir, args)

@@ -1,24 +1,36 @@
-"""Options of the continual learner (replay, shrink+perturb, unsupervised learning) behind one
-registry, one contract. Each hook is a pure function over ONE repeat; the trainer vmaps them.
+"""Options of the continual learner (replay, shrink+perturb, unsupervised learning, ...) behind
+one registry, one contract. Each hook is a pure function over ONE repeat; the trainer maps them
+over the repeats.
 
     init(params, key) -> state                      per-repeat option state, kept across tasks
     task_start(state, params, key, task_idx) -> (state, params)
-    batch(state, images_BHW, labels_B, weights_B, key) -> (images, labels, weights)
+    batch(state, images, labels_B, weights_B, key) -> (images, labels, weights)
                                                     what the learner trains on (static shapes)
-    step_end(state, params, key, images_BHW, weights_B) -> (state, params)   after the optimiser step
-    task_end(state, params, key, train_images_NHW, train_labels_N, task_idx) -> (state, params)
+    step_end(state, params, model_state, key, images, weights_B) -> (state, params)
+                                                    after the optimiser step
+    task_end(state, params, key, train_images_N, train_labels_N, task_idx) -> (state, params)
 
 ``weights_B`` are the per-example weights of the rule's batch means (1 for the task's batch);
 an option that appends examples it may not have yet gives them weight 0, so shapes stay static.
 ``step_end`` sees the batch the rule trained on. Unset hooks are identities. The expert never
-runs options. An entry registers
-``(enabled(config) -> bool, factory(config, apply_fn, init_fn) -> Option, tag)``; ``tag`` is the
-option's part of the results-folder name (e.g. ``replay`` in ``SL_replay_T5``).
+runs options.
+
+A new option is one file in this folder (or a plugin file)::
+
+    @register_option("name", params=NameParams, tag="nm", flag="use-name")
+    def make_name(params: NameParams, config, net) -> Option: ...
+
+``flag`` turns it on (default ``--use-NAME``), its params fields become ``--{prefix}-{field}``
+flags (prefix: the name unless given), and ``tag`` is its part of the results-folder name
+(e.g. ``replay`` in ``SL_replay_T5``). ``net`` is the model (``cljax.models.Net``): its
+``init`` draws fresh parameters, its ``apply`` runs the network.
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable, NamedTuple
+
+from cljax.registry import OPTIONS, register_option
 
 
 def _keep_state_params(state, params, *args):
@@ -43,32 +55,9 @@ def keeps_batch(option: Option) -> bool:
     return option.batch is _keep_batch
 
 
-class OptionEntry(NamedTuple):
-    enabled: Callable[[Any], bool]
-    factory: Callable[..., Option]
-    tag: str
+def make_options(config, net) -> tuple[Option, ...]:
+    """The enabled options of a config, built with their settings, in registry order."""
+    return tuple(OPTIONS[name].build(params, config, net) for name, params in config.option_params)
 
 
-OPTIONS: dict[str, OptionEntry] = {}
-
-
-def register_option(name: str, enabled: Callable[[Any], bool], tag: str):
-    def wrap(factory):
-        OPTIONS[name] = OptionEntry(enabled, factory, tag)
-        return factory
-
-    return wrap
-
-
-def active_options(config) -> list[str]:
-    """Names of the options a config turns on, in registry order."""
-    return [name for name, entry in OPTIONS.items() if entry.enabled(config)]
-
-
-def make_options(config, apply_fn, init_fn) -> tuple[Option, ...]:
-    return tuple(OPTIONS[name].factory(config, apply_fn, init_fn) for name in active_options(config))
-
-
-from cljax.options import replay  # noqa: E402,F401  (entries register on import, in tag order)
-from cljax.options import shrink_perturb  # noqa: E402,F401
-from cljax.options import ul  # noqa: E402,F401
+__all__ = ["OPTIONS", "Option", "keeps_batch", "make_options", "register_option"]

@@ -5,12 +5,12 @@ buffer shared equally by the tasks seen so far, cf. Chaudhry et al. 2019 "On Tin
 Memories in Continual Learning").
 
 State of one repeat (the trainer keeps it with a leading repeat axis, so the device holds the
-buffer as (R, M, 28, 28) uint8, not the (M, R, H, W) of the data layout: every leaf of the
+buffer as (R, M, H, W) uint8, not the (M, R, H, W) of the data layout: every leaf of the
 learner state has leading axis R, which is what the vmapped hooks, the donation of the state
 and the sharding of repeats over devices all rely on, and each repeat draws from its own
 contiguous block):
 
-    images  (M, 28, 28) uint8, labels (M,) int32 (the binary label in its task),
+    images  (M, H, W) uint8 (the dataset's image shape), labels (M,) int32 (the binary label in its task),
     task    (M,) int32, the task a slot holds, -1 for an empty slot.
 
 Layout after task t (n = t + 1 tasks seen, M = ``--replay-size``): task k owns the contiguous
@@ -29,10 +29,19 @@ the update nor the metrics. The expert never replays (options run on the learner
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import jax
 import jax.numpy as jnp
 
 from cljax.options import Option, register_option
+from cljax.registry import param
+
+
+@dataclass(frozen=True)
+class ReplayParams:
+    size: int = param(1000, "replay: M, buffer images per repeat, shared equally by the tasks seen so far", min=1)
+    batch: int = param(32, "replay: buffer images added to each batch (weight 0 while the buffer is empty)", min=1)
 
 
 def buffer_layout(task_idx, n_slots: int):
@@ -75,13 +84,14 @@ def draw_replay(state, key, n_draw: int):
     return state["images"][idx], state["labels"][idx], weights
 
 
-@register_option("replay", enabled=lambda c: c.use_replay, tag="replay")
-def make_replay(config, apply_fn, init_fn) -> Option:
-    M, n_draw = config.replay_size, config.replay_batch
+@register_option("replay", params=ReplayParams, tag="replay", flag="use-replay", aliases=("--replay",))
+def make_replay(params: ReplayParams, config, net) -> Option:
+    """replay: mix images of earlier tasks from a balanced on-device buffer into every batch (tag replay)"""
+    M, n_draw = params.size, params.batch
 
-    def init(params, key):
+    def init(model_params, key):
         return {
-            "images": jnp.zeros((M, 28, 28), jnp.uint8),
+            "images": jnp.zeros((M, *net.image_shape), jnp.uint8),
             "labels": jnp.zeros((M,), jnp.int32),
             "task": jnp.full((M,), -1, jnp.int32),
         }
@@ -94,7 +104,7 @@ def make_replay(config, apply_fn, init_fn) -> Option:
             jnp.concatenate([weights_B, r_weights]),
         )
 
-    def task_end(state, params, key, train_images_NHW, train_labels_N, task_idx):
-        return task_end_update(state, key, train_images_NHW, train_labels_N, task_idx), params
+    def task_end(state, model_params, key, train_images_NHW, train_labels_N, task_idx):
+        return task_end_update(state, key, train_images_NHW, train_labels_N, task_idx), model_params
 
     return Option(init=init, batch=batch, task_end=task_end)

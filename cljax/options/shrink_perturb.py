@@ -3,9 +3,9 @@ Neural Network Training" (NeurIPS): every parameter of the learner becomes
 
     theta <- lam * theta + sigma * eps,      eps = init_fn(key)
 
-where eps is a fresh draw of the whole parameter pytree from the model's own initialiser (the
-``init_fn`` the trainer passes to option factories; so biases, initialised at zero, only
-shrink), lam = ``--sp-lambda``, sigma = ``--sp-sigma``, key = the hook's key.
+where eps is a fresh draw of the whole parameter pytree from the model's own initialiser
+(``net.init``; so biases, initialised at zero, only shrink; a model's mutable state, such as
+BatchNorm statistics, is left as it is), lam = ``--sp-lambda``, sigma = ``--sp-sigma``, key = the hook's key.
 
 ``--sp-mode boundary`` (hook ``task_start``): at the start of every task except the first: the
 first task starts from a fresh initialisation, which there is no reason to shrink, and Ash &
@@ -19,10 +19,21 @@ lam = 1, sigma = 0 returns the parameters unchanged, bit for bit.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import jax
 import jax.numpy as jnp
 
 from cljax.options import Option, register_option
+from cljax.registry import param
+
+
+@dataclass(frozen=True)
+class ShrinkPerturbParams:
+    mode: str = param("boundary", "shrink+perturb: at the start of every task after the first (boundary) or after every "
+                      "step (step)", choices=("boundary", "step"))
+    lambda_: float = param(0.8, "shrink+perturb: shrink factor lam", min=0.0, max=1.0, flag="sp-lambda")
+    sigma: float = param(0.01, "shrink+perturb: perturbation scale sigma", min=0.0)
 
 
 def shrink_perturb(params, noise, lam: float, sigma: float):
@@ -30,9 +41,14 @@ def shrink_perturb(params, noise, lam: float, sigma: float):
     return jax.tree.map(lambda p, e: lam * p + sigma * e, params, noise)
 
 
-@register_option("shrink_perturb", enabled=lambda c: c.add_plasticity, tag="sp")
-def make_shrink_perturb(config, apply_fn, init_fn) -> Option:
-    lam, sigma, mode = config.sp_lambda, config.sp_sigma, config.sp_mode
+@register_option("shrink_perturb", params=ShrinkPerturbParams, prefix="sp", tag="sp", flag="add-plasticity",
+                 aliases=("--shrink-perturb",))
+def make_shrink_perturb(params: ShrinkPerturbParams, config, net) -> Option:
+    """shrink+perturb (Ash & Adams 2020): theta <- lam*theta + sigma*(fresh init draw) (tag sp)"""
+    lam, sigma, mode = params.lambda_, params.sigma, params.mode
+
+    def init_fn(key):
+        return net.init(key)[0]
 
     def apply(params, key):
         if lam == 1.0 and sigma == 0.0:
@@ -44,7 +60,7 @@ def make_shrink_perturb(config, apply_fn, init_fn) -> Option:
         new = apply(params, key)
         return state, jax.tree.map(lambda n, p: jnp.where(task_idx > 0, n, p), new, params)
 
-    def step_end(state, params, key, images_BHW, weights_B):
+    def step_end(state, params, model_state, key, images, weights_B):
         return state, apply(params, key)
 
     if mode == "boundary":

@@ -28,16 +28,28 @@ learner's training batch, replayed images included when ``--use-replay`` is on.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from cljax.errors import CljaxError
 from cljax.options import Option, register_option
+from cljax.registry import param
 
 
-def layer_input(apply_fn, params, images_BHW, layer_path: tuple[str, ...]):
-    """The input of the layer at ``layer_path`` in ``apply_fn(params, images)``, (B, in)."""
+@dataclass(frozen=True)
+class ULParams:
+    kind: str = param("oja", "unsupervised rule: oja (Oja subspace rule), sanger (generalised Hebbian algorithm) or recon "
+                      "(tied-weight linear reconstruction of the layer input)", choices=("oja", "sanger", "recon"))
+    layer: str = param("dense1", "unsupervised learning: the dense layer it updates (a top-level parameter name of the model)")
+    lr: float = param(1e-3, "unsupervised learning: its learning rate", min=0.0)
+
+
+def layer_input(net, params, model_state, images, layer_path: tuple[str, ...]):
+    """The input of the layer at ``layer_path`` in the network's forward pass (evaluation
+    mode), (B, in)."""
     captured = []
 
     def capture(next_fun, args, kwargs, context):
@@ -46,7 +58,7 @@ def layer_input(apply_fn, params, images_BHW, layer_path: tuple[str, ...]):
         return next_fun(*args, **kwargs)
 
     with nn.intercept_methods(capture):
-        apply_fn(params, images_BHW)
+        net.apply(params, model_state, images, False)
     return captured[0]
 
 
@@ -86,19 +98,20 @@ def replace_at(params, path, value):
     return {**params, path[0]: replace_at(params[path[0]], path[1:], value)}
 
 
-@register_option("ul", enabled=lambda c: c.use_ul, tag="ul")
-def make_ul(config, apply_fn, init_fn) -> Option:
-    kind, lr = config.ul_kind, config.ul_lr
-    shapes = jax.eval_shape(init_fn, jax.random.key(0))
-    if config.ul_layer not in dense_layers(shapes):
+@register_option("ul", params=ULParams, tag="ul", flag="use-ul")
+def make_ul(ul: ULParams, config, net) -> Option:
+    """unsupervised learning: an extra unsupervised update of --ul-layer after every step (tag ul)"""
+    kind, lr = ul.kind, ul.lr
+    shapes = jax.eval_shape(lambda k: net.init(k)[0], jax.random.key(0))
+    if ul.layer not in dense_layers(shapes):
         raise CljaxError(
-            f"--ul-layer {config.ul_layer!r} is not a dense layer of model {config.model!r}: "
+            f"--ul-layer {ul.layer!r} is not a dense layer of model {config.model!r}: "
             f"choose one of {', '.join(dense_layers(shapes))}."
         )
-    path = tuple(config.ul_layer.split("/"))
+    path = tuple(ul.layer.split("/"))
 
-    def step_end(state, params, key, images_BHW, weights_B):
-        x_BI = jax.lax.stop_gradient(layer_input(apply_fn, params, images_BHW, path))
+    def step_end(state, params, model_state, key, images, weights_B):
+        x_BI = jax.lax.stop_gradient(layer_input(net, params, model_state, images, path))
         layer = params
         for name in path:
             layer = layer[name]

@@ -45,14 +45,25 @@ learns). Training metrics are those of SL (label NLL, greedy accuracy).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cljax.losses import log_probs, nll_and_correct
+from cljax.errors import CljaxError
+from cljax.losses import log_probs, nll_and_correct, weighted_mean
+from cljax.registry import param
 from cljax.rules import Rule, register_rule
-from cljax.rules.rl import REWARDS, rewards, sample_actions
-from cljax.rules.sl import weighted_mean
+from cljax.rules.rl import REWARD_HELP, REWARDS, rewards, sample_actions
+
+
+@dataclass(frozen=True)
+class BioParams:
+    reward: str = param("01", REWARD_HELP, choices=tuple(REWARDS), flag="rl-reward")
+    policy: str = param("softmax", "Bio: action selection, sample the policy (softmax) or epsilon-greedy (egreedy)",
+                        choices=("softmax", "egreedy"))
+    epsilon: float = param(0.1, "Bio: exploration rate of --bio-policy egreedy", min=0.0, max=1.0)
 
 
 def kernel_layers(params, prefix=()):
@@ -124,9 +135,14 @@ def chosen_unit(logits_BxO, actions_B):
     return jnp.take_along_axis(logits_BxO, actions_B[:, None], axis=-1)[:, 0]
 
 
-@register_rule("Bio", default_lr=0.05)
-def make_bio(config) -> Rule:
-    reward_kind, policy, epsilon = config.rl_reward, config.bio_policy, config.bio_epsilon
+@register_rule("Bio", params=BioParams, default_lr=0.05)
+def make_bio(params: BioParams, config, net) -> Rule:
+    """A three-factor reward-modulated rule with fixed random feedback."""
+    if net.state_collections:
+        raise CljaxError(
+            f"--algorithm Bio needs a model without mutable state, but --model {config.model} keeps "
+            f"{', '.join(net.state_collections)} (BatchNorm's backward pass is not a local rule): choose --model cnn or mlp.")
+    reward_kind, policy, epsilon = params.reward, params.policy, params.epsilon
     r_correct, r_wrong = REWARDS[reward_kind]
 
     def select(key, lp_B2):
@@ -137,15 +153,15 @@ def make_bio(config) -> Rule:
         random_B = jax.random.randint(k_action, lp_B2.shape[:1], 0, 2)
         return jnp.where(explore_B, random_B, jnp.argmax(lp_B2, axis=-1)).astype(jnp.int32)
 
-    def init(params, key):
-        return {"feedback": init_feedback(params, key)}
+    def init(model_params, key):
+        return {"feedback": init_feedback(model_params, key)}
 
-    def direction(apply_fn, params, rule_state, images_BHW, labels_B, weights_B, key):
+    def direction(net, model_params, model_state, rule_state, images, labels_B, weights_B, key):
         intercept = feedback_interceptor(rule_state["feedback"])
 
         def modulated_activity(p):
             with nn.intercept_methods(intercept):
-                logits, _ = apply_fn(p, images_BHW)
+                logits, _, _ = net.apply(p, model_state, images, True)
             lp_B2 = jax.lax.stop_gradient(log_probs(logits))
             actions_B = select(key, lp_B2)
             reward_B = rewards(actions_B, labels_B, reward_kind)
@@ -154,9 +170,9 @@ def make_bio(config) -> Rule:
             # d/dtheta of this (with feedback weights in the backward pass) is the three-factor update.
             return weighted_mean(delta_B * chosen_unit(logits, actions_B), weights_B), logits
 
-        grads, logits = jax.grad(modulated_activity, has_aux=True)(params)
+        grads, logits = jax.grad(modulated_activity, has_aux=True)(model_params)
         nll_B, correct_B = nll_and_correct(logits, labels_B)
         metrics = {"loss": weighted_mean(nll_B, weights_B), "acc": weighted_mean(correct_B, weights_B)}
-        return jax.tree.map(jnp.negative, grads), rule_state, metrics
+        return jax.tree.map(jnp.negative, grads), rule_state, model_state, metrics
 
     return Rule(init=init, direction=direction)

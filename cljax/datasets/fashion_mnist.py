@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cljax.data import register_dataset
 from cljax.data.prepared import ClassData
+from cljax.registry import NoParams, register_dataset
 from cljax.errors import CljaxError
 
 DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
@@ -47,8 +47,9 @@ def _find(folder: Path, stem: str) -> Path:
     raise CljaxError(f"Fashion-MNIST file {stem}[.gz] not found in {folder}: {_FIX}")
 
 
-@register_dataset("fashion_mnist")
-def load_fashion_mnist(config) -> ClassData:
+@register_dataset("fashion_mnist", params=NoParams)
+def load_fashion_mnist(params, config) -> ClassData:
+    """Fashion-MNIST, 10 classes of 28x28 gray clothing images (the IDX files)."""
     folder = Path(config.data_dir or DEFAULT_DIR)
     if not folder.is_dir():
         raise CljaxError(f"Fashion-MNIST folder {folder} does not exist: {_FIX}")

@@ -1,0 +1,99 @@
+"""The one typed parser of settings: dataclass fields (Config and every registry entry's params)
+-> command-line flags, sweep grid values, and validation. Field types are read once, with
+``typing.get_type_hints``, never by matching substrings of their spelling."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import types
+import typing
+from typing import Any
+
+from cljax.errors import CljaxError
+
+
+@dataclasses.dataclass(frozen=True)
+class FieldType:
+    """A field's scalar type (bool, int, float or str) and whether None is allowed."""
+
+    base: type
+    optional: bool
+
+
+def field_types(cls, names=None) -> dict[str, FieldType]:
+    """Field name -> FieldType for the fields ``names`` (default: all) of a dataclass; each is
+    bool, int, float or str, optionally ``| None``."""
+    out = {}
+    for name, hint in typing.get_type_hints(cls).items():
+        if names is not None and name not in names:
+            continue
+        args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+        bases = [a for a in args if a is not type(None)]
+        if len(bases) != 1 or bases[0] not in (bool, int, float, str):
+            raise TypeError(f"{cls.__name__}.{name}: a setting is bool, int, float or str (optionally | None), not {hint}")
+        out[name] = FieldType(bases[0], len(bases) < len(args))
+    return out
+
+
+def check_value(flag: str, ftype: FieldType, meta: dict, value: Any) -> None:
+    """Raise CljaxError naming ``flag`` when ``value`` has the wrong type or is out of range."""
+    if value is None:
+        if not ftype.optional:
+            raise CljaxError(f"{flag} must be set.")
+        return
+    base = ftype.base
+    if base is bool:
+        if not isinstance(value, bool):
+            raise CljaxError(f"{flag} must be true or false, got {value!r}.")
+    elif base is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise CljaxError(f"{flag} must be an integer, got {value!r}.")
+    elif base is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise CljaxError(f"{flag} must be a number, got {value!r}.")
+        if not math.isfinite(value):
+            raise CljaxError(f"{flag} must be finite, got {value!r}.")
+    elif not isinstance(value, str):
+        raise CljaxError(f"{flag} must be a string, got {value!r}.")
+    if meta.get("choices") is not None and value not in meta["choices"]:
+        raise CljaxError(f"{flag} must be one of {', '.join(str(c) for c in meta['choices'])}, got {value!r}.")
+    if meta.get("min") is not None and value < meta["min"]:
+        raise CljaxError(f"{flag} must be at least {meta['min']}, got {value!r}.")
+    if meta.get("max") is not None and value > meta["max"]:
+        raise CljaxError(f"{flag} must be at most {meta['max']}, got {value!r}.")
+
+
+def check_dataclass(obj, flag_of) -> None:
+    """Check every field of a settings dataclass; ``flag_of(field)`` names it in messages."""
+    types_ = field_types(type(obj))
+    for f in dataclasses.fields(obj):
+        check_value(flag_of(f), types_[f.name], f.metadata, getattr(obj, f.name))
+
+
+def parse_text(ftype: FieldType, text: str, flag: str):
+    """A value typed on the command line or in a sweep grid, in the field's type."""
+    if ftype.optional and text.lower() == "none":
+        return None
+    try:
+        if ftype.base is bool:
+            lowered = text.lower()
+            if lowered not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError
+            return lowered in ("true", "1", "yes")
+        return ftype.base(text)
+    except ValueError:
+        raise CljaxError(f"{flag} takes a {ftype.base.__name__}, got {text!r}.") from None
+
+
+def add_flag(parser: argparse.ArgumentParser, flag: str, dest: str, ftype: FieldType, meta: dict, default,
+             aliases: tuple = (), note: str = "") -> None:
+    """One flag with its help text and default; a bool is a --x / --no-x pair."""
+    help_text = f"{meta.get('help', '')}{note} (default: {default})"
+    names = [f"--{flag}", *aliases]
+    if ftype.base is bool:
+        parser.add_argument(*names, dest=dest, action=argparse.BooleanOptionalAction, default=default, help=help_text)
+    else:
+        parser.add_argument(*names, dest=dest, type=lambda text: parse_text(ftype, text, f"--{flag}"), default=default,
+                            metavar=dest.upper(), choices=meta.get("choices"), help=help_text)

@@ -1,0 +1,85 @@
+"""The command-line flags of a run, generated from Config and the registries' params
+dataclasses, and read back into a Config. ``cljax run``, ``plan`` and ``sweep`` share them."""
+
+from __future__ import annotations
+
+import argparse
+
+from cljax.config import Config, field_types_of, option_switch, settings_fields
+from cljax.errors import CljaxError
+from cljax.flags import add_flag, field_types, parse_text
+from cljax.registry import DATASETS, MODELS, OPTIONS, RULES, load_plugins
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that reports a bad flag in one line (no usage dump) and exits 2."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+
+
+def load_plugins_from_argv(argv: list[str]) -> None:
+    """Load ``--plugin FILE`` files before the flags are generated (their entries add flags)."""
+    paths = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--plugin"]
+    paths += [a.split("=", 1)[1] for a in argv if a.startswith("--plugin=")]
+    load_plugins(paths)
+    load_plugins()
+
+
+def setting_specs() -> dict[str, tuple]:
+    """Flat setting name -> (flag, FieldType, metadata, default, aliases, users): Config's fields,
+    every option's switch, and every entry's params fields (entries that declare the same flag
+    share it)."""
+    specs: dict[str, tuple] = {}
+    types_ = field_types_of(Config)
+    for f in settings_fields(Config):
+        specs[f.name] = (f.name.replace("_", "-"), types_[f.name], f.metadata, f.default, (), ())
+    bool_type = field_types(type("Switch", (), {"__annotations__": {"on": bool}}))["on"]
+    for entry in OPTIONS.entries():
+        switch = option_switch(entry)
+        specs[switch] = (switch.replace("_", "-"), bool_type, {"help": entry.help}, False, entry.aliases, ())
+    for kind, registry in (("rule", RULES), ("model", MODELS), ("dataset", DATASETS), ("option", OPTIONS)):
+        for entry in registry.entries():
+            ftypes = field_types(entry.params)
+            for dest, f in entry.field_dests().items():
+                spec = (entry.field_flag(f), ftypes[f.name], f.metadata, f.default, f.metadata.get("aliases", ()),
+                        (entry.name,))
+                if dest in specs:
+                    old = specs[dest]
+                    if old[1] != spec[1] or old[3] != spec[3]:
+                        raise CljaxError(f"--{spec[0]} is declared differently by {', '.join(old[5])} and {entry.name}: "
+                                         f"rename one of the two fields' flags.")
+                    spec = (*old[:5], old[5] + (entry.name,))
+                specs[dest] = spec
+    return specs
+
+
+def add_settings_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per setting, with its help text and default; ``--plugin`` to load extensions."""
+    parser.add_argument("--plugin", action="append", default=[], metavar="FILE",
+                        help="a Python file that registers rules, options, models or datasets (repeatable)")
+    for dest, (flag, ftype, meta, default, aliases, users) in setting_specs().items():
+        note = f" [{', '.join(users)}]" if len(users) > 1 else ""
+        add_flag(parser, flag, dest, ftype, meta, default, aliases, note)
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """The Config of parsed flags."""
+    return Config.from_flat({dest: getattr(args, dest) for dest in setting_specs() if hasattr(args, dest)})
+
+
+def parse_setting(name: str, text: str):
+    """A value typed in a sweep grid, for setting ``name`` (a flat name or a flag)."""
+    dest = name.lstrip("-").replace("-", "_")
+    specs = setting_specs()
+    if dest not in specs:
+        raise CljaxError(f"unknown setting {name!r} in the grid: use a run flag's name, e.g. lr or n_repeats.")
+    flag, ftype, *_ = specs[dest]
+    return dest, parse_text(ftype, text, f"--{flag}")
+
+
+def flat_defaults() -> dict:
+    """Every setting's default, flat."""
+    return {dest: spec[3] for dest, spec in setting_specs().items()}
+
+
