@@ -1,32 +1,24 @@
-"""Networks behind one registry: name -> factory(config) -> Flax module.
+"""The CNN's convolutions lowered for XLA:CPU: im2col matmuls on a channel-major activation.
 
-Contract: ``module.apply({"params": p}, images_BHW_uint8)`` returns ``(logits_BxO, hidden_BxH)``,
-where ``hidden`` is the representation saved in snapshots. Images arrive as uint8 and are
-converted to float inside the network, so data stays 1 byte per pixel on the device.
-Top-level parameter collections named ``head`` form the classifier group; all others are
-feature layers (for the per-group learning rates).
+XLA:CPU runs ``lax.conv`` (grouped, under the repeat vmap) far slower than a matmul, and its
+generic gradient of a max-pool makes several passes over the largest activation. Here a 3 x 3
+SAME convolution is ``kernel^T @ patches`` on a (C, H, W, B) activation, with the batch as the
+minor axis, a disjoint max-pool is a reshape and a max, and both carry hand-written gradients
+in layouts XLA:CPU hands to its fast matmul library. The numbers are those of the plain network
+(``nn.Conv`` -> ReLU -> ``nn.max_pool``) up to float rounding; tests/test_models.py checks
+values and gradients, ties included. Measurements are in docs/benchmark.md.
 """
 
 from __future__ import annotations
 
 from functools import partial
-from typing import Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-MODELS: dict[str, Callable] = {}
-CLASSIFIER_GROUP = "head"
-
-
-def register_model(name: str):
-    def wrap(factory):
-        MODELS[name] = factory
-        return factory
-
-    return wrap
+from cljax.models import as_float_images
 
 
 @jax.custom_vjp
@@ -62,12 +54,12 @@ class PatchConv(nn.Module):
 
     Same parameters as ``nn.Conv`` (kernel (k, k, C_in, C_out), bias). The batch is the minor
     axis, so the shifts that build the patches, the pool and its gradient move whole vectors of
-    images, and every matmul is a plain row-major one (``kernel_matmul``): 1.1-1.3x faster
-    training on the CPU than the (B, H, W, C) layout (docs/benchmark.md), which was itself
-    2.5-7x faster than the (grouped, under vmap) convolution ``lax.conv`` lowers to. With
-    ``pool > 1`` only the outputs the pool keeps are computed, and the bias is added after the
-    pool: max(x + b) = max(x) + b (rounding is monotone), so the result is the same as pooling
-    the biased convolution, with 9x less elementwise work on the largest activation.
+    images, and every matmul is a plain row-major one (``kernel_matmul``): faster training on
+    the CPU than the (B, H, W, C) layout, which was itself faster than the (grouped, under vmap)
+    convolution ``lax.conv`` lowers to (docs/benchmark.md). With ``pool > 1`` only the outputs
+    the pool keeps are computed, and the bias is added after the pool: max(x + b) = max(x) + b
+    (rounding is monotone), so the result is the same as pooling the biased convolution, with
+    the elementwise work on the largest activation cut by the pool window's area.
     """
 
     features: int
@@ -83,7 +75,7 @@ class PatchConv(nn.Module):
         h, w = h // self.pool * self.pool, w // self.pool * self.pool  # rows/cols the pool keeps
         xp = jnp.pad(x_CHWB, ((0, 0), (pad, k - 1 - pad), (pad, k - 1 - pad), (0, 0)))
         # rows ordered (tap i, tap j, channel), as kernel.reshape(k * k * c_in, features); built
-        # as k column shifts, then k row shifts of those: 2k slices instead of k^2 (1.03x)
+        # as k column shifts, then k row shifts of those: 2k slices instead of k^2
         shifted_cols = jnp.concatenate([xp[:, :, j : j + w] for j in range(k)], axis=0)
         patches = jnp.concatenate([shifted_cols[:, i : i + h] for i in range(k)], axis=0)
         kernel_KF = kernel.reshape(k * k * c_in, self.features)
@@ -106,9 +98,8 @@ def max_pool_disjoint(x_CHWB, size: int):
 
     The gradient is JAX's own rule for a max (tied maxima share the output gradient equally),
     written as one mask: XLA lowers JAX's generic rule for ``reduce_max`` to several passes
-    over the pre-pool activation, the largest in the network; this form is 1.16x faster
-    training at R = 4-32 on the CPU (docs/benchmark.md), with the same gradients
-    (tests/test_models.py)."""
+    over the pre-pool activation, the largest in the network; this form trains faster on the
+    CPU (docs/benchmark.md), with the same gradients (tests/test_models.py)."""
     return _pool_windows(x_CHWB, size).max(axis=(2, 4))
 
 
@@ -130,33 +121,20 @@ def _max_pool_bwd(size: int, residuals, g_ChwB):
 max_pool_disjoint.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
-class CNN(nn.Module):
-    """The spec's 3 conv + 2 MLP network: conv 16/32/64 (3x3 SAME, ReLU, max-pool 3x3 stride 3:
-    28 -> 9 -> 3 -> 1), global average pool, Dense 64 + ReLU twice (the representation), head."""
+def im2col_conv_stack(images, channels: tuple[int, ...], pool: int = 3):
+    """The CNN's whole convolution stack in this lowering: uint8 images (B, H, W) or
+    (B, H, W, C) -> (B, channels[-1]) features.
 
-    out_dim: int = 1
-    channels: tuple[int, ...] = (16, 32, 64)
-    hidden: int = 64
-
-    @nn.compact
-    def __call__(self, images_BHW):
-        # channel-major (C, H, W, B) through the convolutions: see PatchConv
-        x = jnp.transpose(images_BHW, (1, 2, 0))[None].astype(jnp.float32) * (1.0 / 255.0)
-        for i, ch in enumerate(self.channels):
-            # max-pool commutes with the (monotone) ReLU: pooling first, inside the conv, gives the
-            # same activations as relu -> pool and runs the ReLU on 9x fewer values.
-            x = nn.relu(PatchConv(ch, pool=3, name=f"conv{i + 1}")(x))
-        x = x.mean(axis=(1, 2)).T  # (B, C)
-        x = nn.relu(nn.Dense(self.hidden, name="dense1")(x))
-        hidden = nn.relu(nn.Dense(self.hidden, name="dense2")(x))
-        logits = nn.Dense(self.out_dim, name=CLASSIFIER_GROUP)(hidden)
-        return logits, hidden
-
-
-@register_model("cnn")
-def make_cnn(config) -> nn.Module:
-    return CNN(out_dim=config.out_dim)
-
-
-def make_model(config) -> nn.Module:
-    return MODELS[config.model](config)
+    ``PatchConv(ch, pool=pool, name=f"conv{i + 1}")`` + ReLU per layer, then the spatial mean.
+    Called inside a compact module, so the convolutions are that module's ``conv1``, ``conv2``,
+    ... with ``nn.Conv``'s parameters. The images are transposed once, still as uint8, to the
+    channel-major (C, H, W, B) layout; the ReLU runs after the pool (max-pool commutes with the
+    monotone ReLU), on the pooled activation only."""
+    if images.ndim == 3:  # (B, H, W): one channel
+        x = jnp.transpose(images, (1, 2, 0))[None]
+    else:
+        x = jnp.transpose(images, (3, 1, 2, 0))
+    x = as_float_images(x)  # (C, H, W, B)
+    for i, ch in enumerate(channels):
+        x = nn.relu(PatchConv(ch, pool=pool, name=f"conv{i + 1}")(x))
+    return x.mean(axis=(1, 2)).T  # (B, C)

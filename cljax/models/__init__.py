@@ -1,0 +1,134 @@
+"""Networks behind the model registry, and the contract they share.
+
+A model is a Flax module built by its registry entry from its params dataclass and a
+:class:`ModelContext`. ``module(images, train=False)`` returns ``(logits_BxO, hidden_BxH)``:
+``images`` arrive as uint8, (B, H, W) or (B, H, W, C), and are converted to float inside the
+network (:func:`as_float_images`), so data stays one byte per pixel on the device; ``hidden`` is
+the representation saved in snapshots. A top-level parameter named ``head``
+(:data:`CLASSIFIER_GROUP`) is the classifier group; all others are feature layers (for the
+per-group learning rates).
+
+:func:`make_net` binds a module for training as pure functions over one repeat (:class:`Net`),
+carrying the mutable collections (BatchNorm's ``batch_stats``) next to the params.
+
+Each model lives in a module of this package (``cnn``, ``mlp``, ``resnet``) and registers itself
+on import; the registry imports them on first use. ``im2col`` is the CNN's CPU convolution.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from cljax.errors import CljaxError
+from cljax.registry import MODELS, register_model
+
+__all__ = [
+    "CLASSIFIER_GROUP",
+    "CONV_IMPLS",
+    "MODELS",
+    "ModelContext",
+    "Net",
+    "as_float_images",
+    "build_model",
+    "make_model",
+    "make_net",
+    "register_model",
+    "resolve_conv_impl",
+]
+
+CLASSIFIER_GROUP = "head"
+CONV_IMPLS = ("lax", "im2col")
+
+
+@dataclass(frozen=True)
+class ModelContext:
+    """What a model's builder needs besides its own params: facts of the run, not settings."""
+
+    out_dim: int
+    image_shape: tuple[int, ...]  # (H, W) or (H, W, C) of one image, from the dataset
+    conv_impl: str  # "lax" or "im2col" (resolved, never "auto")
+
+
+def resolve_conv_impl(choice: str) -> str:
+    """``auto`` -> ``im2col`` on the CPU backend (XLA:CPU's own convolution is the slow part of
+    training there), ``lax`` elsewhere; ``lax`` and ``im2col`` are returned as they are."""
+    if choice == "auto":
+        return "im2col" if jax.default_backend() == "cpu" else "lax"
+    if choice in CONV_IMPLS:
+        return choice
+    raise CljaxError(f"unknown conv implementation {choice!r}: choose one of auto, {', '.join(CONV_IMPLS)}.")
+
+
+def as_float_images(images):
+    """uint8 images, (B, H, W) or (B, H, W, C) -> float32 (B, H, W, C) in [0, 1].
+
+    A 4-d array is only rescaled, whatever its axis order (the im2col stack passes its
+    channel-major transpose)."""
+    x = images if images.ndim == 4 else images[..., None]
+    return x.astype(jnp.float32) * (1.0 / 255.0)
+
+
+class Net(NamedTuple):
+    """A model bound for training: pure functions over one repeat.
+
+    ``init(key) -> (params, state)``, ``state`` a dict of the mutable collections (``{}`` when
+    the model has none). ``apply(params, state, images, train) -> (logits, hidden, new_state)``:
+    ``train=True`` updates the mutable collections (BatchNorm uses batch statistics),
+    ``train=False`` uses the running averages and returns ``state`` unchanged. ``train`` is a
+    Python bool (it selects the program)."""
+
+    module: nn.Module
+    init: Callable[[Any], tuple[Any, dict]]
+    apply: Callable[[Any, dict, Any, bool], tuple[Any, Any, dict]]
+    state_collections: tuple[str, ...]
+
+
+def make_net(module: nn.Module, image_shape: tuple[int, ...]) -> Net:
+    """Bind ``module`` for images of ``image_shape`` ((H, W) or (H, W, C)).
+
+    The mutable collections are found by tracing the module's init once (shapes only). A model
+    without them is applied as ``module.apply({"params": params}, images, train=train)`` and
+    nothing else, so its compiled program does not depend on this wrapper."""
+    example = jnp.zeros((1, *image_shape), jnp.uint8)
+    shapes = jax.eval_shape(lambda key: module.init(key, example), jax.random.key(0))
+    state_collections = tuple(sorted(name for name in shapes if name != "params"))
+
+    def init(key):
+        variables = module.init(key, example)
+        return variables["params"], {name: variables[name] for name in state_collections}
+
+    if not state_collections:
+
+        def apply(params, state, images, train: bool):
+            logits, hidden = module.apply({"params": params}, images, train=train)
+            return logits, hidden, state
+
+    else:
+
+        def apply(params, state, images, train: bool):
+            variables = {"params": params, **state}
+            if not train:
+                logits, hidden = module.apply(variables, images, train=False)
+                return logits, hidden, state
+            (logits, hidden), updated = module.apply(variables, images, train=True, mutable=list(state_collections))
+            return logits, hidden, {name: updated[name] for name in state_collections}
+
+    return Net(module=module, init=init, apply=apply, state_collections=state_collections)
+
+
+def build_model(name: str, params, ctx: ModelContext) -> nn.Module:
+    """The registered model ``name`` built from its params and the run's context."""
+    return MODELS[name].build(params, ctx)
+
+
+def make_model(config) -> nn.Module:
+    """The config's model with its default params, for 28 x 28 images, the conv lowering
+    chosen for the backend: the entry point of the training code until it builds models
+    through :func:`build_model` itself."""
+    ctx = ModelContext(out_dim=config.out_dim, image_shape=(28, 28), conv_impl=resolve_conv_impl("auto"))
+    return build_model(config.model, MODELS[config.model].params(), ctx)

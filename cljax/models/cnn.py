@@ -1,0 +1,47 @@
+"""The spec's network: three conv layers and a two-layer MLP."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+
+from cljax.models import CLASSIFIER_GROUP, CONV_IMPLS, ModelContext, as_float_images, register_model
+from cljax.models.im2col import im2col_conv_stack
+from cljax.registry import NoParams
+
+
+class CNN(nn.Module):
+    """conv 16/32/64 (3 x 3 SAME, ReLU, max-pool 3 x 3 stride 3: 28 -> 9 -> 3 -> 1), global
+    average pool, Dense 64 + ReLU twice (the second is the representation), head.
+
+    ``conv_impl`` picks how the convolution stack is computed, not what it computes: ``lax``
+    is the network as written below (XLA's convolution and reduce_window), ``im2col`` the
+    CPU lowering of :mod:`cljax.models.im2col`. Both build the same parameters (``conv1`` ...
+    with ``nn.Conv``'s shapes and initialisers) and agree up to float rounding."""
+
+    out_dim: int = 1
+    channels: tuple[int, ...] = (16, 32, 64)
+    hidden: int = 64
+    conv_impl: str = "lax"
+
+    @nn.compact
+    def __call__(self, images, train: bool = False):
+        if self.conv_impl == "im2col":
+            x = im2col_conv_stack(images, self.channels)
+        elif self.conv_impl == "lax":
+            x = as_float_images(images)
+            for i, ch in enumerate(self.channels):
+                x = nn.relu(nn.Conv(ch, (3, 3), padding="SAME", name=f"conv{i + 1}")(x))
+                x = nn.max_pool(x, (3, 3), strides=(3, 3), padding="VALID")
+            x = x.mean(axis=(1, 2))
+        else:
+            raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, not {self.conv_impl!r}")
+        x = nn.relu(nn.Dense(self.hidden, name="dense1")(x))
+        hidden = nn.relu(nn.Dense(self.hidden, name="dense2")(x))
+        logits = nn.Dense(self.out_dim, name=CLASSIFIER_GROUP)(hidden)
+        return logits, hidden
+
+
+@register_model("cnn", params=NoParams, prefix="cnn")
+def build_cnn(params: NoParams, ctx: ModelContext) -> CNN:
+    """The spec's CNN: 3 conv layers (16/32/64) and 2 dense layers of 64."""
+    return CNN(out_dim=ctx.out_dim, conv_impl=ctx.conv_impl)
