@@ -21,8 +21,8 @@ SIZE = 28
 RESAMPLE_FILTERS = ("area", "bilinear", "bicubic", "lanczos")
 # The JPEG decoder may shrink by 1/2, 1/4 or 1/8 as long as the short side stays >= this many
 # times the output size. Scaled IDCTs are not exact area averages; at 4 the result stays within
-# ~0.3 gray levels (mean) of a full-size decode, at 2 within ~1, for ~7% less time (the entropy
-# decoding, the same at every scale, dominates).
+# ~0.3 gray levels (mean) of a full-size decode, at 2 within ~1, for little time saved (the
+# entropy decoding, the same at every scale, dominates; docs/imagenet.md has the measurement).
 DRAFT_FACTOR = 4
 _EXIF_ORIENTATION = 0x0112
 
@@ -67,7 +67,8 @@ def image_to_gray(
         rows_i, rows_w = _area_taps(gray.height, (extent_h - side) / 2, side, size)
         cols_i, cols_w = _area_taps(gray.width, (extent_w - side) / 2, side, size)
         # Gathers and weighted sums over the few taps of each cell, not a dense matmul: BLAS
-        # would spread a 28 x H x W product over threads, which on busy cores is 30x slower.
+        # would spread a 28 x H x W product over threads, which is much slower on busy cores
+        # (docs/imagenet.md).
         rows_sw = np.einsum("sk,skw->sw", rows_w, pixels_hw[rows_i])
         area_ss = np.einsum("tk,stk->st", cols_w, rows_sw[:, cols_i])
         small_hw = np.clip(np.rint(area_ss), 0, 255).astype(np.uint8)
