@@ -7,7 +7,7 @@ Inputs are full-size-like JPEGs (500x375, a smooth random colour field plus pixe
 
   naive : decode at full size, convert to RGB, resize the short side to 28 with Lanczos,
           centre-crop, convert to L (what a torchvision-style pipeline does).
-  fast  : `cljax.data.imagenet.image_to_gray`: DCT-scaled decode of the luma channel only
+  fast  : `cljax.data.imagenet.decode.image_to_gray`: DCT-scaled decode of the luma channel only
           (`Image.draft`), exact area average of the central square, no RGB at all; also with
           a coarser draft (short side >= 56 instead of 112), faster and a little less exact.
   end-to-end : `prepare_imagenet` on a parquet export of the same images (read, decode,
@@ -39,7 +39,8 @@ from PIL import Image, features
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cljax.data.imagenet import image_to_gray, prepare_imagenet  # noqa: E402
+from cljax.data.imagenet.decode import image_to_gray  # noqa: E402
+from cljax.data.imagenet.prepare import prepare_imagenet  # noqa: E402
 
 WIDTH, HEIGHT, QUALITY = 500, 375, 90
 

@@ -15,8 +15,9 @@ import pytest
 import datasets
 from PIL import Image, ImageOps
 
-from cljax.data import imagenet
-from cljax.data.imagenet import image_to_gray, prepare_imagenet, prepare_main
+import cljax.data.imagenet.prepare as imagenet
+from cljax.data.imagenet.decode import image_to_gray
+from cljax.data.imagenet.prepare import prepare_imagenet, prepare_main
 from cljax.data.info import data_info_main
 from cljax.data.prepared import ARRAY_FILES, load_prepared
 

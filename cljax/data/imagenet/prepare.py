@@ -1,0 +1,381 @@
+"""The preparation driver: workers, progress, resume, and the `prepare-imagenet` command line.
+
+Data flow::
+
+    SOURCE --plan--> shards --workers--> OUT.partial/{split}-NNNNN.npz --assemble--> OUT (write_prepared)
+
+Each shard is written atomically into ``OUT.partial/``; a rerun skips the shards already there, so
+an interrupted preparation resumes, and the output does not depend on where it stopped: rows are
+ordered by split, then shard index, then row within the shard.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import shutil
+import signal
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from cljax.data.imagenet.decode import DRAFT_FACTOR, RESAMPLE_FILTERS, SIZE, _pil_filter, image_to_gray
+from cljax.data.imagenet.shards import Plan, Shard
+from cljax.data.imagenet.sources import DEFAULT_SHARD_ROWS, OUTPUT_SPLITS, plan_source
+from cljax.data.prepared import load_prepared, write_prepared
+from cljax.errors import CljaxError
+from cljax.host import usable_cores
+
+NAME = "imagenet_28_gray"
+_TICK_EVERY = 32  # images between progress updates from a worker
+
+
+# --------------------------------------------------------------------------------------------
+# Workers
+
+
+def process_shard(shard: Shard, work_dir: str, size: int, resample: str, tick=None) -> int:
+    """Decode every image of one shard and write `work_dir/{shard.name}.npz` atomically.
+
+    `tick(n)` is called every few images with the number done since the last call (progress).
+    Returns the number of images written.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    images, labels = [], []
+    pending = 0
+    for blob, label, where in shard.rows():
+        if label < 0:
+            raise CljaxError(
+                f"{where} has label {label} (unlabelled); leave split {shard.source_split!r} out with --splits."
+            )
+        try:
+            images.append(image_to_gray(blob, size, resample=resample))
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+            # UnidentifiedImageError's own text names a BytesIO object, which says nothing.
+            why = "not a known image format" if isinstance(exc, UnidentifiedImageError) else f"{type(exc).__name__}: {exc}"
+            raise CljaxError(f"cannot decode the image at {where} ({why}); remove or replace it.") from None
+        labels.append(label)
+        pending += 1
+        if tick is not None and pending >= _TICK_EVERY:
+            tick(pending)
+            pending = 0
+    if shard.n_rows is not None and len(labels) != shard.n_rows:
+        raise CljaxError(f"shard {shard.name} gave {len(labels)} images, its source said {shard.n_rows}; the source changed while reading.")
+    images_nhw = np.stack(images) if images else np.zeros((0, size, size), np.uint8)
+    labels_n = np.asarray(labels, dtype=np.int32)
+    final = Path(work_dir) / f"{shard.name}.npz"
+    tmp = Path(work_dir) / f".{shard.name}.npz.tmp-{os.getpid()}"
+    with open(tmp, "wb") as f:
+        np.savez(f, images=images_nhw, labels=labels_n)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, final)  # a shard file exists whole or not at all
+    if tick is not None and pending:
+        tick(pending)
+    return len(labels)
+
+
+_WORKER_COUNTER = None
+
+
+def _init_worker(counter) -> None:
+    global _WORKER_COUNTER
+    _WORKER_COUNTER = counter
+
+
+def _worker_tick(n: int) -> None:
+    with _WORKER_COUNTER.get_lock():
+        _WORKER_COUNTER.value += n
+
+
+def _process_shard_in_worker(shard: Shard, work_dir: str, size: int, resample: str) -> int:
+    return process_shard(shard, work_dir, size, resample, _worker_tick)
+
+
+def _run_shards(todo: Sequence[Shard], work_dir: Path, size: int, resample: str, workers: int, bar) -> None:
+    if workers <= 1 or len(todo) <= 1:
+        for shard in todo:
+            process_shard(shard, str(work_dir), size, resample, bar.update)
+        return
+    # "spawn": the caller may have started threads (JAX, the hub's HTTP pool) that fork would copy
+    # in a locked state.
+    ctx = mp.get_context("spawn")
+    counter = ctx.Value("q", 0)
+    seen = 0
+    with ctx.Pool(min(workers, len(todo)), initializer=_init_worker, initargs=(counter,)) as pool:
+        pending = [pool.apply_async(_process_shard_in_worker, (s, str(work_dir), size, resample)) for s in todo]
+        while pending:
+            pending[0].wait(0.2)
+            now = counter.value
+            bar.update(now - seen)
+            seen = now
+            still = []
+            for result in pending:
+                if result.ready():
+                    result.get()  # re-raises a worker's error here; leaving `with` terminates the rest
+                else:
+                    still.append(result)
+            pending = still
+    bar.update(counter.value - seen)
+
+
+# --------------------------------------------------------------------------------------------
+# The whole preparation
+
+
+def work_dir_for(out: str | os.PathLike) -> Path:
+    """The resumable work folder of an output folder: OUT.partial next to it."""
+    out = Path(out)
+    return out.with_name(out.name + ".partial")
+
+
+def is_prepared(out: str | os.PathLike) -> bool:
+    """True when `out` is a complete prepared folder."""
+    try:
+        load_prepared(out)
+    except CljaxError:
+        return False
+    return True
+
+
+def prepare_imagenet(
+    source: str,
+    out: str | os.PathLike,
+    *,
+    workers: int | None = None,
+    split_map: Mapping[str, str] | None = None,
+    reader: str = "auto",
+    size: int = SIZE,
+    resample: str = "area",
+    shard_rows: int = DEFAULT_SHARD_ROWS,
+    overwrite: bool = False,
+    progress: bool = True,
+    log=None,
+) -> Path:
+    """Prepare SOURCE as a 28x28 gray prepared folder at `out`; resumable; returns `out`.
+
+    SOURCE: a hub dataset name, a local parquet export folder or an image folder (module doc).
+    `split_map`: source split -> "train" | "test" (default train -> train, validation -> test).
+    `workers`: processes (default: every core this process may use). `reader="datasets"` reads a
+    local parquet folder through `datasets` streaming, as the hub path does. If `out` is already
+    complete it is returned untouched unless `overwrite`. Work goes to OUT.partial/ shard by
+    shard; rerunning after an interruption continues there and gives byte-identical output.
+    Raises CljaxError on any problem with the source or the output location.
+    """
+    out = Path(out).expanduser()
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    work = work_dir_for(out)
+    if out.exists():
+        if out.is_dir() and not any(out.iterdir()):
+            pass  # an empty folder made beforehand is fine
+        elif not (out / "meta.json").is_file():
+            # Never delete a folder this code did not write, even with overwrite.
+            raise CljaxError(f"output {out} exists and is not a prepared dataset; choose another --out (nothing was deleted).")
+        elif not overwrite and is_prepared(out):
+            return out
+    if overwrite:
+        shutil.rmtree(work, ignore_errors=True)
+    _pil_filter(resample)  # fail on a bad filter name before any work
+    plan = plan_source(source, split_map, reader=reader, shard_rows=shard_rows)
+    for note in plan.notes:
+        log(f"note: {note}")
+    # Recorded in meta.json and part of the work folder's fingerprint: a resume with other
+    # settings is refused instead of mixing shards.
+    preprocessing = {
+        "size": size,
+        "geometry": "central square (side = short side) resampled to size x size = short side resized, centre crop",
+        "resample": resample,
+        "luma": "ITU-R 601: L = 0.299 R + 0.587 G + 0.114 B (PIL convert('L')), 8-bit",
+        "jpeg_draft": f"DCT-scaled decode keeping the short side >= {DRAFT_FACTOR * size}",
+        "exif_orientation": "applied",
+        "alpha": "dropped",
+        "splits": {dst: list(dict.fromkeys(s.source_split for s in plan.shards if s.split == dst)) for dst in OUTPUT_SPLITS},
+    }
+    fingerprint = _fingerprint(plan, preprocessing)
+    _open_work_dir(work, fingerprint, plan, out)
+
+    done = {p.stem for p in work.glob("*.npz")}
+    todo = [s for s in plan.shards if s.name not in done]
+    already = sum(s.n_rows if s.n_rows is not None else _npz_rows(work, s) for s in plan.shards if s.name in done)
+    n_workers = max(1, workers if workers is not None else usable_cores())
+    if done:
+        log(f"resuming: {len(plan.shards) - len(todo)} of {len(plan.shards)} shards already in {work}")
+    from tqdm.auto import tqdm
+
+    interactive = sys.stderr.isatty()
+    with tqdm(
+        total=plan.expected_total, initial=already, unit="img", desc=f"{NAME} ({n_workers} workers)",
+        disable=not progress, mininterval=0.5 if interactive else 30.0, smoothing=0.05,
+    ) as bar:
+        _run_shards(todo, work, size, resample, n_workers, bar)
+    _assemble(plan, work, out, size, preprocessing)
+    shutil.rmtree(work)
+    return out
+
+
+def _fingerprint(plan: Plan, preprocessing: dict) -> str:
+    digest = hashlib.sha256()
+    digest.update(json.dumps({"source": plan.source, "preprocessing": preprocessing}, sort_keys=True).encode())
+    for shard in plan.shards:
+        digest.update(json.dumps([type(shard).__name__, dataclasses.asdict(shard)], sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+def _open_work_dir(work: Path, fingerprint: str, plan: Plan, out: Path) -> None:
+    """Create OUT.partial or check that the one there belongs to this very preparation."""
+    plan_file = work / "plan.json"
+    if work.exists():
+        try:
+            recorded = json.loads(plan_file.read_text())["fingerprint"]
+        except (OSError, ValueError, KeyError):
+            recorded = None
+        if recorded != fingerprint:
+            raise CljaxError(
+                f"{work} holds work from a different preparation (other source, splits or settings); "
+                "rerun with the same arguments, or pass --overwrite to start again."
+            )
+        for stray in work.glob(".*.tmp-*"):  # half-written shards of an interrupted run
+            stray.unlink()
+        return
+    work.mkdir(parents=True)
+    tmp = work / ".plan.json.tmp"
+    tmp.write_text(json.dumps({"source": plan.source, "out": str(out), "shards": len(plan.shards), "fingerprint": fingerprint}, indent=1))
+    os.replace(tmp, plan_file)
+
+
+def _assemble(plan: Plan, work: Path, out: Path, size: int, preprocessing: dict) -> None:
+    """Concatenate the shards in plan order into the final arrays and write the prepared folder."""
+    counts = dict.fromkeys(OUTPUT_SPLITS, 0)
+    for shard in plan.shards:
+        counts[shard.split] += shard.n_rows if shard.n_rows is not None else _npz_rows(work, shard)
+    arrays = {split: (np.empty((n, size, size), np.uint8), np.empty((n,), np.int32)) for split, n in counts.items()}
+    filled = dict.fromkeys(OUTPUT_SPLITS, 0)
+    for shard in plan.shards:
+        path = work / f"{shard.name}.npz"
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                images, labels = z["images"], z["labels"]
+        except (OSError, ValueError, KeyError) as exc:
+            raise CljaxError(f"{path} is damaged ({exc}); delete it and rerun to redo that shard.") from None
+        start = filled[shard.split]
+        arrays[shard.split][0][start : start + len(labels)] = images
+        arrays[shard.split][1][start : start + len(labels)] = labels
+        filled[shard.split] = start + len(labels)
+    n_classes = plan.n_classes
+    all_labels = np.concatenate([arrays[s][1] for s in OUTPUT_SPLITS])
+    top = int(all_labels.max()) + 1 if all_labels.size else 0
+    if n_classes is None:
+        n_classes = top
+    elif top > n_classes:
+        raise CljaxError(f"{plan.source} has label {top - 1} but only {n_classes} class names; the source is inconsistent.")
+    if n_classes == 0:
+        raise CljaxError(f"{plan.source} gave no images for the chosen splits; check --splits.")
+    write_prepared(
+        out,
+        arrays["train"][0], arrays["train"][1], arrays["test"][0], arrays["test"][1],
+        name=NAME, source=plan.source, preprocessing=preprocessing,
+        class_names=list(plan.class_names) if plan.class_names else None, n_classes=n_classes,
+    )
+
+
+def _npz_rows(work: Path, shard: Shard) -> int:
+    path = work / f"{shard.name}.npz"
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return int(z["labels"].shape[0])
+    except (OSError, ValueError, KeyError) as exc:
+        raise CljaxError(f"{path} is damaged ({exc}); delete it and rerun to redo that shard.") from None
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+
+
+def _parse_splits(items: Sequence[str]) -> dict[str, str]:
+    """["train", "validation:test"] -> {"train": "train", "validation": "test"}."""
+    mapping = {}
+    for item in items:
+        src, _, dst = item.partition(":")
+        dst = dst or ("train" if src == "train" else "test")
+        if not src or dst not in OUTPUT_SPLITS:
+            raise CljaxError(f"--splits entry {item!r} is invalid: write SOURCE_SPLIT or SOURCE_SPLIT:train|test.")
+        mapping[src] = dst
+    return mapping
+
+
+def prepare_main(argv: list[str]) -> int:
+    """`prepare-imagenet --source SOURCE --out DIR [--workers N] [--splits ...] [--overwrite]`; exit code."""
+    parser = argparse.ArgumentParser(
+        prog="prepare-imagenet",
+        description="Prepare ImageNet-1k (hub name, local parquet export or image folder) as 28x28 8-bit gray, resumably.",
+    )
+    parser.add_argument("--source", required=True, help="hub dataset (ILSVRC/imagenet-1k), parquet export folder, or image folder")
+    parser.add_argument("--out", required=True, help="output folder; work in progress goes to OUT.partial/")
+    parser.add_argument("--workers", type=int, default=None, help="worker processes (default: all usable cores)")
+    parser.add_argument(
+        "--splits", nargs="+", default=None, metavar="SPLIT[:train|test]",
+        help="source splits to keep (default: train validation:test; 'train' maps to train, others to test)",
+    )
+    parser.add_argument("--reader", choices=("auto", "datasets"), default="auto", help="'datasets': read local parquet through HF datasets")
+    parser.add_argument("--resample", choices=RESAMPLE_FILTERS, default="area", help="filter of the final resize (default: exact area average)")
+    parser.add_argument("--shard-rows", type=int, default=DEFAULT_SHARD_ROWS, help="images per resumable shard (local parquet / image folders)")
+    parser.add_argument("--overwrite", action="store_true", help="prepare again even if OUT is complete; discards OUT.partial")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    out = Path(args.out).expanduser()
+    previous_sigterm = _sigterm_as_interrupt()
+    try:
+        if args.workers is not None and args.workers < 1:
+            raise CljaxError(f"--workers must be >= 1, got {args.workers}.")
+        split_map = _parse_splits(args.splits) if args.splits else None
+        if not args.overwrite and is_prepared(out):
+            data = load_prepared(out)
+            print(
+                f"{out} is already prepared ({len(data.train_labels)} train, {len(data.test_labels)} test images, "
+                f"{data.n_classes} classes); nothing to do. Pass --overwrite to prepare it again."
+            )
+            return 0
+        started = time.perf_counter()
+        prepare_imagenet(
+            args.source, out, workers=args.workers, split_map=split_map, reader=args.reader, resample=args.resample,
+            shard_rows=args.shard_rows, overwrite=args.overwrite, progress=not args.no_progress,
+        )
+        data = load_prepared(out)
+        seconds = time.perf_counter() - started
+        print(
+            f"wrote {out}: {len(data.train_labels)} train and {len(data.test_labels)} test images, "
+            f"{data.n_classes} classes, in {seconds:.1f} s"
+        )
+        return 0
+    except CljaxError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # disk full, permissions: the message names the path
+        print(f"error: {exc.strerror or exc} ({exc.filename or out}); free space or fix permissions, then rerun to resume.", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"interrupted: finished shards are kept in {work_dir_for(out)}; rerun the same command to resume.", file=sys.stderr)
+        return 130
+    finally:
+        if previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, previous_sigterm)
+
+
+def _sigterm_as_interrupt():
+    """Treat SIGTERM (a SLURM time limit, `kill`) like Ctrl-C: stop the workers, say how to resume."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        return signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread: leave signals alone
+        return None

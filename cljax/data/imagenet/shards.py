@@ -1,0 +1,147 @@
+"""Shards: units of work that can be redone on their own; each knows how to read its rows.
+
+A shard yields ``(encoded image bytes or file path, label, where)`` rows, ``where`` naming the
+row in error messages. `ParquetShard` reads row groups of a local parquet file with pyarrow,
+`DatasetsShard` one source file of a streaming `datasets` split (hub name or local parquet),
+`FilesShard` a list of image files. `Plan` is what `sources.plan_source` makes of a SOURCE.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from cljax.errors import CljaxError
+
+
+@dataclass(frozen=True)
+class ParquetShard:
+    """A run of row groups [rg_start, rg_stop) of one local parquet file."""
+
+    name: str
+    split: str
+    source_split: str
+    n_rows: int
+    path: str
+    file_size: int
+    rg_start: int
+    rg_stop: int
+    image_column: str
+    label_column: str
+
+    def rows(self) -> Iterator[tuple[bytes | str, int, str]]:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        try:
+            pf = pq.ParquetFile(self.path)
+            batches = pf.iter_batches(
+                batch_size=256, row_groups=range(self.rg_start, self.rg_stop), columns=[self.image_column, self.label_column],
+                use_threads=False,  # the parallelism is the worker processes; threads would oversubscribe
+            )
+            row = sum(pf.metadata.row_group(g).num_rows for g in range(self.rg_start))
+            for batch in batches:
+                column = batch.column(self.image_column)
+                paths = None
+                if pa.types.is_struct(column.type):
+                    blobs = column.field("bytes").to_pylist()
+                    if column.type.get_field_index("path") >= 0:
+                        paths = column.field("path").to_pylist()
+                else:
+                    blobs = column.to_pylist()
+                labels = batch.column(self.label_column).to_numpy(zero_copy_only=False)
+                for i, blob in enumerate(blobs):
+                    where = f"{self.path} row {row}"
+                    if blob is None:
+                        path = paths[i] if paths else None
+                        if not path or not os.path.isfile(path):
+                            raise CljaxError(f"{where} has no image bytes; re-export or re-download this file.")
+                        blob = path
+                    yield blob, int(labels[i]), where
+                    row += 1
+        except (OSError, pa.ArrowException) as exc:
+            raise CljaxError(f"cannot read {self.path} ({type(exc).__name__}: {exc}); re-download or remove this file.") from None
+
+
+@dataclass(frozen=True)
+class DatasetsShard:
+    """Source shard `index` of `num_shards` of a streaming `datasets` split (one parquet file)."""
+
+    name: str
+    split: str
+    source_split: str
+    n_rows: int | None
+    load_args: str  # JSON of the keyword arguments of datasets.load_dataset, without split/streaming
+    index: int
+    num_shards: int
+    image_column: str
+    label_column: str
+
+    def rows(self) -> Iterator[tuple[bytes | str, int, str]]:
+        dataset = _open_streaming(self.load_args, self.source_split, self.image_column, self.label_column)
+        shard = dataset.shard(num_shards=self.num_shards, index=self.index)
+        for row, example in enumerate(shard):
+            image = example[self.image_column]
+            where = f"{_describe_load_args(self.load_args)} split {self.source_split!r} shard {self.index} row {row}"
+            blob = image.get("bytes") if isinstance(image, dict) else image
+            if blob is None:
+                path = image.get("path") if isinstance(image, dict) else None
+                if not path:
+                    raise CljaxError(f"{where} has no image bytes; this dataset cannot be read without its files.")
+                blob = path
+            yield blob, int(example[self.label_column]), where
+
+
+@dataclass(frozen=True)
+class FilesShard:
+    """A list of image files with their class ids (an image-folder source)."""
+
+    name: str
+    split: str
+    source_split: str
+    n_rows: int
+    files: tuple[tuple[str, int], ...]
+
+    def rows(self) -> Iterator[tuple[bytes | str, int, str]]:
+        for path, label in self.files:
+            yield path, label, path
+
+
+Shard = ParquetShard | DatasetsShard | FilesShard
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a preparation will do: its shards in output order and the class names."""
+
+    source: str
+    shards: tuple[Shard, ...]
+    class_names: tuple[str, ...] | None
+    n_classes: int | None
+    expected_total: int | None  # images, when the source says so in advance
+    notes: tuple[str, ...] = ()
+
+
+_STREAMING_CACHE: dict[tuple[str, str], object] = {}
+
+
+def _open_streaming(load_args: str, split: str, image_column: str, label_column: str):
+    """The streaming dataset of one split, raw image bytes, opened once per process."""
+    key = (load_args, split)
+    if key not in _STREAMING_CACHE:
+        import datasets
+
+        dataset = datasets.load_dataset(**json.loads(load_args), split=split, streaming=True)
+        dataset = dataset.select_columns([image_column, label_column])
+        if isinstance(dataset.features.get(image_column) if dataset.features else None, datasets.Image):
+            # Keep the encoded bytes: the fast decode below beats datasets' full-size PIL decode.
+            dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
+        _STREAMING_CACHE[key] = dataset
+    return _STREAMING_CACHE[key]
+
+
+def _describe_load_args(load_args: str) -> str:
+    args = json.loads(load_args)
+    return args["path"] if args["path"] != "parquet" else "local parquet (datasets reader)"
