@@ -8,6 +8,7 @@ from pathlib import Path
 import jax
 import pytest
 
+
 from cljax.config import Config
 
 FASHION_DIR = Path(os.environ.get("CLJAX_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))
@@ -15,6 +16,28 @@ FASHION_DIR = Path(os.environ.get("CLJAX_FASHION_MNIST", "/usr/share/datasets/fa
 # One process runs configs of many R: whichever called `cljax run` first would otherwise fix the
 # CPU device split for the rest. One device here; tests/test_sharding.py splits its subprocess.
 os.environ.setdefault("CLJAX_CPU_DEVICES", "off")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_compilation_cache(tmp_path_factory):
+    """The persistent compilation cache of this test session, in a temporary folder: the CLI
+    tests (which turn the cache on) never read or fill the user's ~/.cache, so suite time does
+    not depend on it. Subprocesses inherit it through CLJAX_COMPILATION_CACHE."""
+    folder = str(tmp_path_factory.mktemp("jax_cache"))
+    os.environ["CLJAX_COMPILATION_CACHE"] = folder
+    yield folder
+
+
+def apply_fn_of(program):
+    """(params, images) -> (logits, hidden) of a built program's model, evaluation mode, for a
+    model without mutable state."""
+    net = program.parts.net
+    return lambda params, images: net.apply(params, {}, images, False)[:2]
+
+
+def init_params_of(program):
+    """key -> params of a built program's model."""
+    return lambda key: program.parts.net.init(key)[0]
 
 
 def small_config(tmp_path: Path, **overrides) -> Config:
@@ -34,7 +57,7 @@ def small_config(tmp_path: Path, **overrides) -> Config:
         data_dir=str(FASHION_DIR),
     )
     base.update(overrides)
-    return Config(**base)
+    return Config.from_flat(base)
 
 
 class CompileCounter:

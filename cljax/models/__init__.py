@@ -35,7 +35,6 @@ __all__ = [
     "Net",
     "as_float_images",
     "build_model",
-    "make_model",
     "make_net",
     "register_model",
     "resolve_conv_impl",
@@ -86,6 +85,7 @@ class Net(NamedTuple):
     init: Callable[[Any], tuple[Any, dict]]
     apply: Callable[[Any, dict, Any, bool], tuple[Any, Any, dict]]
     state_collections: tuple[str, ...]
+    image_shape: tuple[int, ...]  # one image, (H, W) or (H, W, C)
 
 
 def make_net(module: nn.Module, image_shape: tuple[int, ...]) -> Net:
@@ -118,17 +118,9 @@ def make_net(module: nn.Module, image_shape: tuple[int, ...]) -> Net:
             (logits, hidden), updated = module.apply(variables, images, train=True, mutable=list(state_collections))
             return logits, hidden, {name: updated[name] for name in state_collections}
 
-    return Net(module=module, init=init, apply=apply, state_collections=state_collections)
+    return Net(module=module, init=init, apply=apply, state_collections=state_collections, image_shape=tuple(image_shape))
 
 
 def build_model(name: str, params, ctx: ModelContext) -> nn.Module:
     """The registered model ``name`` built from its params and the run's context."""
     return MODELS[name].build(params, ctx)
-
-
-def make_model(config) -> nn.Module:
-    """The config's model with its default params, for 28 x 28 images, the conv lowering
-    chosen for the backend: the entry point of the training code until it builds models
-    through :func:`build_model` itself."""
-    ctx = ModelContext(out_dim=config.out_dim, image_shape=(28, 28), conv_impl=resolve_conv_impl("auto"))
-    return build_model(config.model, MODELS[config.model].params(), ctx)
