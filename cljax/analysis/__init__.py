@@ -19,14 +19,9 @@ from cljax.analysis.cl import (
     plasticity_gap,
 )
 from cljax.analysis.driver import analyze_run, class_manifolds
-from cljax.analysis.glue import (
-    ball_capacity,
-    glue_analysis,
-    glue_geometry,
-    make_dichotomies,
-    simulated_capacity,
-    solve_anchor_qp,
-)
+from cljax.analysis.glue import glue_analysis, glue_geometry, make_dichotomies
+from cljax.analysis.glue_reference import ball_capacity, simulated_capacity
+from cljax.analysis.glue_solver import solve_anchor_qp
 from cljax.analysis.plasticine import (
     active_fraction,
     dormant_ratio,
