@@ -18,7 +18,8 @@ from cljax.analysis.cl import (
     normalised_transfer,
     plasticity_gap,
 )
-from cljax.analysis.driver import analyze_run, class_manifolds
+from cljax.analysis.analyses import class_manifolds
+from cljax.analysis.driver import analyze_run
 from cljax.analysis.glue import glue_analysis, glue_geometry, make_dichotomies
 from cljax.analysis.glue_reference import ball_capacity, simulated_capacity
 from cljax.analysis.glue_solver import solve_anchor_qp
