@@ -1,6 +1,6 @@
 """Analyses of saved results: continual-learning metrics, plasticity metrics, manifold capacity.
 
-Pure functions on numpy arrays (definitions: ``METRICS.md``), PNG plots, and
+Pure functions on numpy arrays (definitions: ``docs/metrics.md``), PNG plots, and
 :func:`analyze_run`, which streams a results folder task by task and writes the summary.
 """
 
