@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from cljax.analysis import analyze_run, class_manifolds
+from cljax.analysis.registry import Analysis, Result, register, unregister
 
 
 def assert_nontrivial_png(path):
@@ -91,7 +92,9 @@ def test_analyze_run_on_a_fake_tree(tmp_path):
     assert math.isclose(on_disk["forgetting"]["mean"], ((0.90 - 0.70) + (0.95 - 0.85)) / 2)
     # auc rows are the snapshot means: 0.1 below the final rows.
     assert math.isclose(on_disk["cl"]["auc"]["average_accuracy"]["mean"], acc0 - 0.025 - 0.1)
-    assert summary["average_accuracy"] == on_disk["average_accuracy"]
+    # Plasticity gap E[i] - R[i, i]: repeat 0 (0.02 - 0.05 + 0.05) / 3, repeat 1 0.05 more each.
+    assert math.isclose(summary["mean_plasticity_gap"]["mean"], 0.02 / 3 + 0.025)
+    assert math.isclose(summary["mean_plasticity_gap"]["std"], 0.025)
 
     cl = np.load(out / "cl.npz")
     assert cl["final_accuracy_matrix"].shape == (2, 3, 3)
@@ -122,6 +125,27 @@ def test_analyze_run_on_a_fake_tree(tmp_path):
                  "glue.png", "glue_across.png"):
         assert_nontrivial_png(out / name)
         assert name in on_disk["files"]
+
+
+def test_a_registered_analysis_runs_once_per_folder(tmp_path):
+    algo = tmp_path / "run"
+    write_fake_run(algo)
+
+    def update(state, folder):
+        return state + [float(folder.test_acc[-1, 0, folder.index])]  # R[i, i] of repeat 0
+
+    def finalize(state):
+        return Result(summary={"diagonal": state}, arrays={"diagonal.npz": {"d": np.asarray(state)}})
+
+    register(Analysis("diagonal", lambda ctx: [], update, finalize))
+    try:
+        summary = analyze_run(algo, make_plots=False, analyses=("cl", "diagonal"))
+    finally:
+        unregister("diagonal")
+    assert summary["diagonal"] == [0.90, 0.95, 0.90]
+    assert "plasticity" not in summary and "glue" not in summary
+    assert summary["files"] == ["summary.json", "cl.npz", "diagonal.npz"]
+    np.testing.assert_array_equal(np.load(algo / "analysis" / "diagonal.npz")["d"], [0.90, 0.95, 0.90])
 
 
 def test_analyze_run_rejects_a_gap(tmp_path):

@@ -22,14 +22,9 @@ import numpy as np
 import pytest
 from scipy.optimize import nnls
 
-from cljax.analysis.glue import (
-    ball_capacity,
-    glue_analysis,
-    glue_geometry,
-    make_dichotomies,
-    simulated_capacity,
-    solve_anchor_qp,
-)
+from cljax.analysis.glue import glue_analysis, glue_geometry, make_dichotomies
+from cljax.analysis.glue_reference import ball_capacity, simulated_capacity
+from cljax.analysis.glue_solver import solve_anchor_qp
 
 
 def orthogonal_balls(P, R, D, kind, M=None, seed=0):

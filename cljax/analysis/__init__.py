@@ -1,6 +1,6 @@
 """Analyses of saved results: continual-learning metrics, plasticity metrics, manifold capacity.
 
-Pure functions on numpy arrays (definitions: ``METRICS.md``), PNG plots, and
+Pure functions on numpy arrays (definitions: ``docs/metrics.md``), PNG plots, and
 :func:`analyze_run`, which streams a results folder task by task and writes the summary.
 """
 
@@ -18,15 +18,11 @@ from cljax.analysis.cl import (
     normalised_transfer,
     plasticity_gap,
 )
-from cljax.analysis.driver import analyze_run, class_manifolds
-from cljax.analysis.glue import (
-    ball_capacity,
-    glue_analysis,
-    glue_geometry,
-    make_dichotomies,
-    simulated_capacity,
-    solve_anchor_qp,
-)
+from cljax.analysis.analyses import class_manifolds
+from cljax.analysis.driver import analyze_run
+from cljax.analysis.glue import glue_analysis, glue_geometry, make_dichotomies
+from cljax.analysis.glue_reference import ball_capacity, simulated_capacity
+from cljax.analysis.glue_solver import solve_anchor_qp
 from cljax.analysis.plasticine import (
     active_fraction,
     dormant_ratio,

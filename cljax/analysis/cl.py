@@ -2,7 +2,7 @@
 
 Every function takes plain numpy arrays and works per repeat: the accuracy matrix is laid out
 ``R_RTT[r, i, j]`` = accuracy of repeat ``r`` on task ``j``'s test set after training task ``i``.
-Definitions follow ``METRICS.md`` (Lopez-Paz & Ranzato 2017; Chaudhry et al. 2018). With a
+Definitions follow ``docs/metrics.md`` (Lopez-Paz & Ranzato 2017; Chaudhry et al. 2018). With a
 single task (T = 1) backward transfer, forward transfer and forgetting have no terms: they are
 returned as NaN, never as 0.
 """
@@ -218,7 +218,7 @@ def cl_analysis(
       initial_acc_RT: b[r, j], accuracy of the initial network on every task, (R, T)
         (``start_test_acc`` of task_000).
       variant: ``final`` or ``auc`` row of the accuracy matrix, see :func:`accuracy_matrix`.
-      expert_variant: E[i] from the expert's last snapshot (``final``, the METRICS.md definition)
+      expert_variant: E[i] from the expert's last snapshot (``final``, the docs/metrics.md definition)
         or its mean over snapshots (``auc``).
 
     Returns:
@@ -228,7 +228,7 @@ def cl_analysis(
       chance-corrected (2A - 1) ``average_accuracy_cc``, ``accuracy_matrix_cc``; and ``summary``:
       {metric: {"mean", "std"}} across repeats (ddof = 0), including ``mean_plasticity_gap`` and
       ``mean_normalised_transfer`` (each repeat's mean over tasks). BWT, FWT and forgetting are
-      NaN for T = 1. Definitions: METRICS.md (Lopez-Paz & Ranzato 2017; Chaudhry et al. 2018).
+      NaN for T = 1. Definitions: docs/metrics.md (Lopez-Paz & Ranzato 2017; Chaudhry et al. 2018).
     """
     R = accuracy_matrix(test_acc_per_task, variant)
     E = expert_accuracy(expert_test_acc_per_task, expert_variant)

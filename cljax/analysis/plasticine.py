@@ -4,7 +4,7 @@ Representation metrics take ``h`` of shape ``(..., S, H)``: S samples (rows) by 
 (columns), with any leading axes (snapshots L, repeats R, tasks T); they reduce the last two
 axes and return shape ``(...)``. Weight metrics take a pytree (nested dict) of arrays whose
 first ``batch_ndim`` axes are kept (e.g. (L, R)) and reduce the rest over all P parameters.
-Definitions follow ``METRICS.md``; where the literature gives one name to two quantities both
+Definitions follow ``docs/metrics.md``; where the literature gives one name to two quantities both
 are kept under their own names (``stable_rank`` vs ``srank``; ``feature_variance`` vs
 ``feature_variance_across_units``).
 

@@ -1,0 +1,304 @@
+"""The built-in analyses of :func:`~cljax.analysis.driver.analyze_run`, in the order they run.
+
+- ``cl``: accuracy matrix (``final`` and ``auc`` rows), expert accuracy, the CL metrics on the
+  n x n block of completed tasks; ``cl.npz``, the headline numbers, ``accuracy_matrix.png``,
+  ``learner_vs_expert.png``.
+- ``plasticity``: representation metrics of the current task at every snapshot (``current_*``,
+  (n, L, R)) and of all evaluated tasks at the folder's last snapshot (``all_tasks_*``, (n, R));
+  weight magnitude and change (n, L, R); ``plasticity.npz``, ``plasticity.png``.
+- ``curves``: test accuracy of at most ``curve_tasks`` tasks over the whole run; ``curves.npz``,
+  ``accuracy_over_time.png``.
+- ``run``: the run's config (metadata of task_000) and the conventions.
+- ``glue``: GLUE at the last snapshot of each folder (P = 2 per task, P = 2k across tasks);
+  ``glue.npz``, ``glue.png``, ``glue_across.png``.
+
+Definitions: ``docs/metrics.md``; conventions: :mod:`cljax.analysis.driver`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import numpy as np
+
+from cljax.analysis import plots
+from cljax.analysis.cl import VARIANTS, cl_metrics_from_matrix
+from cljax.analysis.glue import DIAGNOSTIC_KEYS, GLUE_KEYS, glue_analysis
+from cljax.analysis.plasticine import representation_metrics, weight_change, weight_magnitude
+from cljax.analysis.registry import Analysis, Result, RunContext, TaskFolder, register
+from cljax.errors import CljaxError
+
+WEIGHT_KEYS = ("weight_magnitude", "weight_change_task_start", "weight_change_init")
+
+
+def mean_std(x_R) -> dict:
+    """Mean and std (ddof = 0) over the finite entries; both NaN when none is finite."""
+    x = np.asarray(x_R, dtype=np.float64)
+    x = np.where(np.isfinite(x), x, np.nan)
+    if np.all(np.isnan(x)):
+        return {"mean": math.nan, "std": math.nan}
+    return {"mean": float(np.nanmean(x)), "std": float(np.nanstd(x))}
+
+
+def over_tasks(values_nR) -> dict:
+    """Summary of one metric tracked per task folder, values (n_tasks, R)."""
+    v = np.asarray(values_nR, dtype=np.float64)
+    v = np.where(np.isfinite(v), v, np.nan)
+    with np.errstate(invalid="ignore"):
+        per_task = [float(np.nanmean(row)) if not np.all(np.isnan(row)) else math.nan for row in v]
+    return {"last_task": mean_std(v[-1]), "per_task_mean": per_task}
+
+
+# ---- cl --------------------------------------------------------------------------------------
+def _cl_init(ctx: RunContext) -> dict:
+    return {"ctx": ctx, "rows": {v: [] for v in VARIANTS}, "expert": {v: [] for v in VARIANTS}, "initial": None}
+
+
+def _cl_update(state: dict, folder: TaskFolder) -> dict:
+    acc = folder.test_acc
+    if state["initial"] is None:
+        state["initial"] = np.asarray(folder.metrics["start_test_acc"], dtype=np.float64)
+    state["rows"]["final"].append(acc[-1])
+    state["rows"]["auc"].append(acc.mean(axis=0))
+    e_acc = np.asarray(folder.expert_metrics["test_acc"], dtype=np.float64)  # (L, R)
+    state["expert"]["final"].append(e_acc[-1])
+    state["expert"]["auc"].append(e_acc.mean(axis=0))
+    return state
+
+
+def _cl_finalize(state: dict) -> Result:
+    n, initial = state["ctx"].n_folders, state["initial"]
+    rows = {v: np.stack(r, axis=1) for v, r in state["rows"].items()}  # (R, n, T)
+    expert = {v: np.stack(e, axis=1) for v, e in state["expert"].items()}  # (R, n)
+    # E[i] is the expert's last snapshot for both variants (docs/metrics.md); its mean is saved too.
+    cl = {v: {"variant": v, **cl_metrics_from_matrix(rows[v][:, :, :n], expert["final"], initial[:, :n])}
+          for v in VARIANTS}
+    headline = cl[state["ctx"].options.variant]
+    arrays = {
+        "initial_acc": initial,
+        "expert_acc_final": expert["final"],
+        "expert_acc_auc": expert["auc"],
+        "accuracy_rows_final": rows["final"],
+        "accuracy_rows_auc": rows["auc"],
+        **{f"{v}_{k}": val for v in VARIANTS for k, val in cl[v].items() if k not in ("summary", "variant")},
+    }
+    A = headline["accuracy_matrix"]
+    return Result(
+        summary={**headline["summary"], "cl": {v: cl[v]["summary"] for v in VARIANTS}},
+        arrays={"cl.npz": arrays},
+        plots={
+            "accuracy_matrix.png": lambda p: plots.plot_accuracy_matrix(
+                A, p, title=f"Accuracy matrix ({headline['variant']})"),
+            "learner_vs_expert.png": lambda p: plots.plot_learner_vs_expert(
+                np.diagonal(A, axis1=1, axis2=2), headline["expert_accuracy"], p),
+        },
+    )
+
+
+# ---- plasticity ------------------------------------------------------------------------------
+def _plasticity_init(ctx: RunContext) -> dict:
+    return {"tau": ctx.options.tau, "T": ctx.n_eval_tasks, "R": ctx.n_repeats, "current": {}, "all": {},
+            "weights": {k: [] for k in WEIGHT_KEYS}, "init_ref": None, "prev_last": None}
+
+
+def _plasticity_update(state: dict, folder: TaskFolder) -> dict:
+    tau, T, R = state["tau"], state["T"], state["R"]
+    reps = folder.representations  # (L, R, T, S, H), memory-mapped
+    h_cur = np.asarray(reps[:, :, folder.index])  # (L, R, S, H)
+    for k, v in representation_metrics(h_cur, tau=tau).items():
+        state["current"].setdefault(k, []).append(v)
+    S, H = reps.shape[-2:]
+    per_repeat = [representation_metrics(np.asarray(reps[-1, r]).reshape(T * S, H), tau=tau) for r in range(R)]
+    for k in per_repeat[0]:
+        state["all"].setdefault(k, []).append(np.array([m[k] for m in per_repeat]))
+
+    leaves = [np.asarray(x) for x in jax.tree_util.tree_leaves(folder.weights)]
+    if state["init_ref"] is None:
+        state["init_ref"] = [x[0].copy() for x in leaves]
+    start_ref = state["prev_last"] if state["prev_last"] is not None else state["init_ref"]
+    track = state["weights"]
+    track["weight_magnitude"].append(weight_magnitude(leaves))
+    track["weight_change_task_start"].append(weight_change(leaves, start_ref))
+    track["weight_change_init"].append(weight_change(leaves, state["init_ref"]))
+    state["prev_last"] = [x[-1].copy() for x in leaves]
+    return state
+
+
+def _plasticity_finalize(state: dict) -> Result:
+    current = {k: np.stack(v) for k, v in state["current"].items()}  # (n, L, R)
+    all_tasks = {k: np.stack(v) for k, v in state["all"].items()}  # (n, R)
+    weights = {k: np.stack(v) for k, v in state["weights"].items()}  # (n, L, R)
+    last_snapshot = {k: v[:, -1] for k, v in current.items()}  # (n, R)
+    last_snapshot.update({k: v[:, -1] for k, v in weights.items()})
+    return Result(
+        summary={"plasticity": {
+            "current_task_last_snapshot": {k: over_tasks(v) for k, v in last_snapshot.items()},
+            "all_tasks_last_snapshot": {k: over_tasks(v) for k, v in all_tasks.items()},
+            "tau": state["tau"],
+        }},
+        arrays={"plasticity.npz": {**{f"current_{k}": v for k, v in current.items()},
+                                   **{f"all_tasks_{k}": v for k, v in all_tasks.items()}, **weights}},
+        plots={"plasticity.png": lambda p: plots.plot_plasticity_over_tasks(
+            {k: v.T for k, v in last_snapshot.items()}, p)},
+    )
+
+
+# ---- curves ----------------------------------------------------------------------------------
+def _curves_init(ctx: RunContext) -> dict:
+    T = ctx.n_eval_tasks
+    ids = np.unique(np.linspace(0, T - 1, min(ctx.options.curve_tasks, T)).round().astype(int))
+    return {"ids": ids, "curves": [], "steps": [], "boundaries": [], "offset": 0.0}
+
+
+def _curves_update(state: dict, folder: TaskFolder) -> dict:
+    acc, meta = folder.test_acc, folder.metadata
+    log_steps = np.asarray(meta.get("log_steps", folder.metrics.get("log_steps", np.arange(1, acc.shape[0] + 1))),
+                           float)
+    state["boundaries"].append(state["offset"])
+    state["curves"].append(acc[:, :, state["ids"]].astype(np.float32))
+    state["steps"].append(state["offset"] + log_steps)
+    state["offset"] += float(log_steps[-1])
+    return state
+
+
+def _curves_finalize(state: dict) -> Result:
+    curves, steps = np.concatenate(state["curves"], axis=0), np.concatenate(state["steps"])
+    ids, boundaries = state["ids"], state["boundaries"]
+    return Result(
+        arrays={"curves.npz": {"test_acc": curves, "steps": steps, "task_ids": ids,
+                               "task_boundaries": np.asarray(boundaries)}},
+        plots={"accuracy_over_time.png": lambda p: plots.plot_accuracy_over_time(
+            curves, p, task_boundaries=boundaries[1:], task_ids=ids.tolist(), steps=steps)},
+    )
+
+
+# ---- run: config and conventions -------------------------------------------------------------
+CONVENTIONS = {
+    "accuracy_matrix": "R[i, j] after task i on task j; final = last snapshot, auc = mean over snapshots",
+    "fwt": "mean over j >= 1 of R[j-1, j] - b[j], b = start_test_acc of task_000",
+    "expert": "E[i] = expert test accuracy on task i at its last snapshot (both variants)",
+    "incomplete_run": "metrics over the n x n block of the completed tasks",
+    "weight_change_task_start": "reference = last stored snapshot of the previous task folder",
+    "weight_change_init": "reference = first stored snapshot of task_000 (initial weights are not saved)",
+    "feature_variance": "mean over units of the variance across samples",
+}
+
+
+def _run_update(state: dict, folder: TaskFolder) -> dict:
+    if folder.index == 0:
+        state["config"] = folder.metadata.get("config", {})
+    return state
+
+
+def _run_finalize(state: dict) -> Result:
+    return Result(summary={"config": state["config"], "conventions": CONVENTIONS})
+
+
+# ---- glue ------------------------------------------------------------------------------------
+def class_manifolds(representations_RTSH, labels_RTS, max_points: int | None = None) -> np.ndarray:
+    """Split each task's samples by binary label: (R, T, S, H), (R, T, S) -> (R, T, 2, M, H).
+
+    Class 0 is manifold 0, class 1 manifold 1. M is the smallest class count over all (r, t),
+    capped at ``max_points``; the first M samples of each class (in stored order) are kept.
+    """
+    reps = np.asarray(representations_RTSH)
+    labels = np.asarray(labels_RTS)
+    R, T, S, H = reps.shape
+    counts = np.stack([(labels == 0).sum(-1), (labels == 1).sum(-1)])
+    M = int(counts.min())
+    if M == 0:
+        raise CljaxError("a task's saved test samples hold only one class: cannot form its two class manifolds")
+    if max_points is not None:
+        M = min(M, int(max_points))
+    # A stable sort by label puts class 0 first, each class in stored order.
+    order = np.argsort(labels, axis=-1, kind="stable")
+    n0 = counts[0][..., None]
+    idx = np.concatenate([order[..., :M], np.take_along_axis(order, n0 + np.arange(M), axis=-1)], axis=-1)
+    picked = np.take_along_axis(reps, idx[..., None], axis=2)  # (R, T, 2M, H)
+    return picked.reshape(R, T, 2, M, H)
+
+
+def _glue_init(ctx: RunContext) -> dict:
+    return {"ctx": ctx, "key": jax.random.PRNGKey(ctx.options.glue_seed), "task": {}, "across": {},
+            "folders": [], "tasks": [], "diag": {"min_converged_fraction": 1.0, "max_residual": 0.0}}
+
+
+def _glue_call(state: dict, X, dichotomies: str) -> dict:
+    g = glue_analysis(X, state["key"], n_probes=state["ctx"].options.glue_n_probes, dichotomies=dichotomies)
+    diag = state["diag"]  # over every GLUE call
+    diag["min_converged_fraction"] = min(diag["min_converged_fraction"], float(np.min(g["converged_fraction"])))
+    diag["max_residual"] = max(diag["max_residual"], float(np.max(g["max_residual"])))
+    return g
+
+
+def _glue_update(state: dict, folder: TaskFolder) -> dict:
+    ctx, i = state["ctx"], folder.index
+    opt, T = ctx.options, ctx.n_eval_tasks
+    reps_last, labels_last = np.asarray(folder.representations[-1]), np.asarray(folder.binary_labels[-1])
+    manifolds = class_manifolds(reps_last, labels_last, opt.glue_max_points)  # (R, T, 2, M, H)
+    g = _glue_call(state, manifolds[:, i] if opt.glue_tasks == "current" else manifolds, "task")
+    for k in GLUE_KEYS + DIAGNOSTIC_KEYS:
+        state["task"].setdefault(k, []).append(g[k])
+    if i == ctx.n_folders - 1 or (opt.glue_across_every and i % opt.glue_across_every == 0):
+        chosen = np.unique(np.linspace(0, T - 1, min(opt.glue_across_max_tasks, T)).round().astype(int))
+        sub = manifolds[:, chosen]  # (R, k, 2, M, H)
+        R, k_, _, M, H = sub.shape
+        ga = _glue_call(state, sub.reshape(R, 2 * k_, M, H), "random")
+        for k in GLUE_KEYS + DIAGNOSTIC_KEYS:
+            state["across"].setdefault(k, []).append(ga[k])
+        state["folders"].append(i)
+        state["tasks"] = chosen.tolist()
+    return state
+
+
+def _glue_finalize(state: dict) -> Result:
+    ctx = state["ctx"]
+    opt, n = ctx.options, ctx.n_folders
+    task = {k: np.stack(v) for k, v in state["task"].items()}  # (n, R) or (n, R, T)
+    across = {k: np.stack(v) for k, v in state["across"].items()}  # (n_across, R)
+    folders, tasks = state["folders"], state["tasks"]
+    if opt.glue_tasks == "current":
+        task_summary = {k: over_tasks(v) for k, v in task.items()}
+        per_task_plot = {k: v.T for k, v in task.items()}
+    else:  # the diagonal: task i's manifolds after training task i
+        task_summary = {k: {"last_task": mean_std(v[-1].mean(axis=-1)),
+                            "diagonal_per_task_mean": [float(np.nanmean(v[i, :, i])) for i in range(n)]}
+                        for k, v in task.items()}
+        per_task_plot = {k: np.stack([v[i, :, i] for i in range(v.shape[0])], axis=1) for k, v in task.items()}
+    summary = {
+        "per_task": task_summary,
+        "across_tasks": {
+            "final": {k: mean_std(v[-1]) for k, v in across.items()},
+            "folders": folders,
+            "tasks": tasks,
+            "n_manifolds": 2 * len(tasks),
+        },
+        "solver": state["diag"],
+        "settings": {
+            "n_probes": opt.glue_n_probes,
+            "per_task": f"P = 2, dichotomy = the task's labels, tasks = {opt.glue_tasks}",
+            "across_tasks": "P = 2k, random dichotomies",
+            "max_points_per_manifold": opt.glue_max_points,
+            "seed": opt.glue_seed,
+            "snapshot": "last of each task folder",
+            "solver": "primal-dual interior point on the dual NNLS, float64, tol 1e-7 (scaled KKT), max 100 steps",
+            "floor": "capacity ~ P / N with inseparable_fraction ~ 1: the dichotomies are not linearly "
+                     "separable in the representation at all",
+        },
+    }
+    figures = {"glue.png": lambda p: plots.plot_glue_over_tasks(
+        per_task_plot, p, title="Capacity and geometry of each task's class manifolds (P = 2)")}
+    if len(folders) >= 2:
+        figures["glue_across.png"] = lambda p: plots.plot_glue_over_tasks(
+            {k: v.T for k, v in across.items()}, p, x=folders, title="Capacity and geometry across tasks (P = 2k)")
+    arrays = {**{f"per_task_{k}": v for k, v in task.items()}, **{f"across_{k}": v for k, v in across.items()},
+              "across_folders": np.asarray(folders, dtype=np.int64), "across_tasks": np.asarray(tasks, dtype=np.int64)}
+    return Result(summary={"glue": summary}, arrays={"glue.npz": arrays}, plots=figures)
+
+
+register(Analysis("cl", _cl_init, _cl_update, _cl_finalize))
+register(Analysis("plasticity", _plasticity_init, _plasticity_update, _plasticity_finalize))
+register(Analysis("curves", _curves_init, _curves_update, _curves_finalize))
+register(Analysis("run", lambda ctx: {"config": {}}, _run_update, _run_finalize))
+register(Analysis("glue", _glue_init, _glue_update, _glue_finalize))

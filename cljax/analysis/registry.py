@@ -1,0 +1,135 @@
+"""The analyses that :func:`cljax.analysis.driver.analyze_run` runs, registered by name.
+
+An analysis is three functions::
+
+    init(context: RunContext) -> state
+    update(state, folder: TaskFolder) -> state        # once per task folder, in order
+    finalize(state) -> Result                         # summary entries, arrays, plots
+
+:class:`RunContext` holds what is known before the first folder is read (sizes, options);
+:class:`TaskFolder` gives one task folder's files, each read on first use and shared by every
+analysis (the representations are memory-mapped), so a state should keep only small summaries:
+the driver drops the folder before reading the next one. The driver runs the analyses in the
+order they were registered and merges their summaries in that order; see
+:mod:`cljax.analysis.analyses` for the built-in ones (``cl``, ``plasticity``, ``curves``, ``run``,
+``glue``). Register another with ``register(Analysis("name", init, update, finalize))``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from pathlib import Path
+from typing import Any, Callable, NamedTuple
+
+import numpy as np
+
+from cljax import results
+from cljax.errors import CljaxError
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """The settings of :func:`~cljax.analysis.driver.analyze_run` that analyses read."""
+
+    variant: str = "final"
+    tau: float = 0.025
+    glue_n_probes: int = 128
+    glue_tasks: str = "current"
+    glue_across_every: int | None = None
+    glue_across_max_tasks: int = 16
+    glue_max_points: int | None = 32
+    glue_seed: int = 0
+    curve_tasks: int = 10
+
+
+class RunContext(NamedTuple):
+    """What an analysis knows before the first task folder: the run's sizes and the options."""
+
+    algo_dir: Path
+    n_folders: int  # task folders present (n <= T)
+    n_snapshots: int  # L, snapshots per folder (of task_000)
+    n_repeats: int  # R
+    n_eval_tasks: int  # T, tasks evaluated at every snapshot
+    options: Options
+
+
+class TaskFolder:
+    """One ``task_XXX`` folder; each file is read on first use, then shared by the analyses."""
+
+    def __init__(self, index: int, path: Path):
+        self.index = index
+        self.path = path
+        self.metadata = results.load_metadata(path)
+        self.metrics = results.load_metrics(path)
+        missing = [k for k in ("test_acc", "start_test_acc") if k not in self.metrics]
+        if missing:
+            raise CljaxError(f"{path / 'metrics.pkl'} lacks {missing}: it was not written by cljax's runner.")
+        self.test_acc = np.asarray(self.metrics["test_acc"], dtype=np.float64)  # (L, R, T)
+
+    @functools.cached_property
+    def expert_metrics(self) -> dict:
+        return results.load_expert_metrics(self.path)
+
+    @functools.cached_property
+    def representations(self) -> np.ndarray:
+        """(L, R, T, S, H), memory-mapped."""
+        return results.load_representations(self.path)
+
+    @functools.cached_property
+    def binary_labels(self) -> np.ndarray:
+        """(L, R, T, S)."""
+        return results.load_binary_labels(self.path)
+
+    @functools.cached_property
+    def weights(self) -> Any:
+        """The weights pytree, leaves (L, R, ...)."""
+        return results.load_weights(self.path)
+
+
+class Result(NamedTuple):
+    """What an analysis hands back.
+
+    ``summary``: top-level entries of ``summary.json`` (arrays and NaN are made JSON-safe by the
+    driver); ``arrays``: {file name: {array name: array}}, each saved with ``np.savez``;
+    ``plots``: {file name: function(path)} that writes that PNG (called unless plots are off).
+    """
+
+    summary: dict = {}
+    arrays: dict = {}
+    plots: dict = {}
+
+
+class Analysis(NamedTuple):
+    name: str
+    init: Callable[[RunContext], Any]
+    update: Callable[[Any, TaskFolder], Any]
+    finalize: Callable[[Any], Result]
+
+
+_ANALYSES: dict[str, Analysis] = {}
+
+
+def register(analysis: Analysis) -> Analysis:
+    """Add ``analysis`` under its name (after those already registered); a name is taken once."""
+    if analysis.name in _ANALYSES:
+        raise CljaxError(f"an analysis named {analysis.name!r} is already registered")
+    _ANALYSES[analysis.name] = analysis
+    return analysis
+
+
+def unregister(name: str) -> Analysis:
+    """Remove and return the analysis ``name`` (tests, plugins replacing a built-in)."""
+    return _ANALYSES.pop(get(name).name)
+
+
+def registered() -> tuple[str, ...]:
+    """The names of the registered analyses, in the order they run."""
+    return tuple(_ANALYSES)
+
+
+def get(name: str) -> Analysis:
+    try:
+        return _ANALYSES[name]
+    except KeyError:
+        raise CljaxError(f"no analysis named {name!r}; registered: {', '.join(_ANALYSES)}") from None
