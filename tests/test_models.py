@@ -74,8 +74,8 @@ def test_cnn_matches_the_plain_network_and_its_gradients(images, conv_impl):
     assert logits.shape == (32, 1) and hidden.shape == (32, 64)
     np.testing.assert_allclose(logits, ref_logits, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(hidden, ref_hidden, rtol=1e-5, atol=1e-5)
-    grads = jax.grad(tanh_loss(lambda p: model.apply({"params": p}, images)))(params)
-    assert_grads_close(grads, jax.grad(tanh_loss(lambda p: reference_cnn(p, images)))(params))
+    grads = jax.jit(jax.grad(tanh_loss(lambda p: model.apply({"params": p}, images))))(params)
+    assert_grads_close(grads, jax.jit(jax.grad(tanh_loss(lambda p: reference_cnn(p, images))))(params))
 
 
 def test_im2col_and_lax_paths_build_the_same_params_and_agree(images):
@@ -157,7 +157,7 @@ def test_models_train_on_any_image_shape(name, image_shape):
     logits, hidden, eval_state = net.apply(params, state, images, False)
     assert logits.shape == (B, out_dim) and hidden.ndim == 2 and hidden.shape[0] == B
     assert eval_state is state
-    _, _, train_state = net.apply(params, state, images, True)
+    _, _, train_state = jax.jit(net.apply, static_argnums=3)(params, state, images, True)
     assert jax.tree.structure(train_state) == jax.tree.structure(state)
     if name == "resnet":
         moved = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(train_state), jax.tree.leaves(state), strict=True)]
@@ -167,7 +167,7 @@ def test_models_train_on_any_image_shape(name, image_shape):
         logits, _, new_state = net.apply(p, state, images, True)
         return jnp.sum(jnp.tanh(logits)), new_state
 
-    grads, _ = jax.grad(loss, has_aux=True)(params)
+    grads, _ = jax.jit(jax.grad(loss, has_aux=True))(params)
     for path, g in jax.tree_util.tree_leaves_with_path(grads):
         assert bool(jnp.isfinite(g).all()), jax.tree_util.keystr(path)
     assert float(jnp.abs(grads["head"]["kernel"]).max()) > 0
