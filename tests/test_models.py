@@ -1,7 +1,8 @@
-"""The CNN's fast lowering (channel-major im2col convolutions, pool before bias and ReLU,
-hand-written pool and matmul gradients) against the spec's network written plainly with XLA's
-convolution and reduce_window, on real Fashion-MNIST images: same outputs, same gradients,
-ties included."""
+"""The models: the CNN's two conv implementations (the CPU im2col lowering: channel-major
+matmul convolutions, pool before bias and ReLU, hand-written pool and matmul gradients; and the
+plain ``nn.Conv`` network) against the spec's network written with XLA's convolution and
+reduce_window, on real Fashion-MNIST images, ties included; the MLP and the BatchNorm ResNet
+through ``make_net``."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ from jax import lax
 
 from cljax.config import Config
 from cljax.data import load_dataset
-from cljax.models import kernel_matmul, make_model, max_pool_disjoint
+from cljax.models import CLASSIFIER_GROUP, MODELS, ModelContext, as_float_images, build_model, make_net, resolve_conv_impl
+from cljax.models.cnn import CNN
+from cljax.models.im2col import kernel_matmul, max_pool_disjoint
 from tests.conftest import FASHION_DIR
 
 
@@ -42,26 +45,149 @@ def images():
     return jnp.asarray(x)
 
 
-def test_cnn_matches_the_plain_network_and_its_gradients(images):
-    model = make_model(Config(dataset="fashion_mnist"))
-    params = model.init(jax.random.key(3), images[:1])["params"]
-    params = jax.tree.map(lambda p: p + 0.05 * jax.random.normal(jax.random.key(4), p.shape), params)  # biases != 0
-    logits, hidden = model.apply({"params": params}, images)
-    ref_logits, ref_hidden = reference_cnn(params, images)
-    assert logits.shape == (32, 1) and hidden.shape == (32, 64)
-    np.testing.assert_allclose(logits, ref_logits, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(hidden, ref_hidden, rtol=1e-5, atol=1e-5)
+def perturbed_cnn_params(model, images):
+    params = model.init(jax.random.key(3), jnp.zeros((1, 28, 28), jnp.uint8))["params"]
+    return jax.tree.map(lambda p: p + 0.05 * jax.random.normal(jax.random.key(4), p.shape), params)  # biases != 0
 
-    def loss(apply):
-        return lambda p: jnp.sum(jnp.tanh(apply(p)[0]))
 
-    grads = jax.grad(loss(lambda p: model.apply({"params": p}, images)))(params)
-    ref_grads = jax.grad(loss(lambda p: reference_cnn(p, images)))(params)
+def tanh_loss(apply):
+    return lambda p: jnp.sum(jnp.tanh(apply(p)[0]))
+
+
+def assert_grads_close(grads, ref_grads):
+    """Each leaf to 2e-5 of its largest reference entry: the conv implementations sum the
+    same products in different orders (im2col matmul vs XLA's convolution, bias before or after
+    the pool), so they agree to float32 rounding, not bit for bit."""
     assert jax.tree.structure(grads) == jax.tree.structure(ref_grads)
     for (path, g), ref in zip(jax.tree_util.tree_leaves_with_path(grads), jax.tree.leaves(ref_grads), strict=True):
         scale = float(jnp.abs(ref).max())
         assert scale > 0, path
         np.testing.assert_allclose(g, ref, atol=2e-5 * scale, rtol=1e-4, err_msg=jax.tree_util.keystr(path))
+
+
+@pytest.mark.parametrize("conv_impl", ["im2col", "lax"])
+def test_cnn_matches_the_plain_network_and_its_gradients(images, conv_impl):
+    model = CNN(out_dim=1, conv_impl=conv_impl)
+    params = perturbed_cnn_params(model, images)
+    logits, hidden = model.apply({"params": params}, images)
+    ref_logits, ref_hidden = reference_cnn(params, images)
+    assert logits.shape == (32, 1) and hidden.shape == (32, 64)
+    np.testing.assert_allclose(logits, ref_logits, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(hidden, ref_hidden, rtol=1e-5, atol=1e-5)
+    grads = jax.jit(jax.grad(tanh_loss(lambda p: model.apply({"params": p}, images))))(params)
+    assert_grads_close(grads, jax.jit(jax.grad(tanh_loss(lambda p: reference_cnn(p, images))))(params))
+
+
+def test_im2col_and_lax_paths_build_the_same_params_and_agree(images):
+    """Same parameter tree and init values (the lowering is not a different network), the same
+    outputs and gradients to float32 rounding (see assert_grads_close)."""
+    fast, plain = CNN(out_dim=3, conv_impl="im2col"), CNN(out_dim=3, conv_impl="lax")
+    example = jnp.zeros((1, 28, 28), jnp.uint8)
+    p_fast, p_plain = fast.init(jax.random.key(0), example)["params"], plain.init(jax.random.key(0), example)["params"]
+    assert jax.tree.structure(p_fast) == jax.tree.structure(p_plain)
+    jax.tree.map(np.testing.assert_array_equal, p_fast, p_plain)
+
+    params = perturbed_cnn_params(plain, images)
+    for got, ref in zip(fast.apply({"params": params}, images), plain.apply({"params": params}, images), strict=True):
+        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+    assert_grads_close(jax.grad(tanh_loss(lambda p: fast.apply({"params": p}, images)))(params),
+                       jax.grad(tanh_loss(lambda p: plain.apply({"params": p}, images)))(params))
+
+
+def test_cnn_params_are_the_spec_network():
+    """Names and shapes of the results' weights (conv1/kernel ...), both implementations."""
+    expected = {
+        "conv1": {"kernel": (3, 3, 1, 16), "bias": (16,)},
+        "conv2": {"kernel": (3, 3, 16, 32), "bias": (32,)},
+        "conv3": {"kernel": (3, 3, 32, 64), "bias": (64,)},
+        "dense1": {"kernel": (64, 64), "bias": (64,)},
+        "dense2": {"kernel": (64, 64), "bias": (64,)},
+        "head": {"kernel": (64, 10), "bias": (10,)},
+    }
+    for conv_impl in ("im2col", "lax"):
+        model = build_model("cnn", MODELS["cnn"].params(), ModelContext(10, (28, 28), conv_impl))
+        assert isinstance(model, CNN) and model.conv_impl == conv_impl
+        shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 28, 28), jnp.uint8)))
+        assert set(shapes) == {"params"}
+        assert jax.tree.map(lambda s: s.shape, shapes["params"]) == expected
+
+
+def test_cnn_net_is_the_plain_module_apply(images):
+    model = CNN(out_dim=2, conv_impl=resolve_conv_impl("auto"))
+    net = make_net(model, (28, 28))
+    params, state = net.init(jax.random.key(5))
+    assert state == {} and net.state_collections == ()
+    jax.tree.map(np.testing.assert_array_equal, params,
+                 model.init(jax.random.key(5), jnp.zeros((1, 28, 28), jnp.uint8))["params"])
+    for train in (True, False):
+        logits, hidden, new_state = net.apply(params, state, images, train)
+        ref_logits, ref_hidden = model.apply({"params": params}, images)
+        np.testing.assert_array_equal(logits, ref_logits)
+        np.testing.assert_array_equal(hidden, ref_hidden)
+        assert new_state == {}
+
+
+def test_conv_impl_resolution_and_image_conversion():
+    assert resolve_conv_impl("auto") == ("im2col" if jax.default_backend() == "cpu" else "lax")
+    assert resolve_conv_impl("lax") == "lax" and resolve_conv_impl("im2col") == "im2col"
+    x = jnp.array([[[0, 255], [51, 1]]], jnp.uint8)
+    y = as_float_images(x)
+    assert y.shape == (1, 2, 2, 1) and y.dtype == jnp.float32
+    np.testing.assert_array_equal(y[..., 0], x.astype(jnp.float32) * (1.0 / 255.0))
+    assert as_float_images(jnp.zeros((2, 4, 4, 3), jnp.uint8)).shape == (2, 4, 4, 3)
+
+
+SHAPES = [(28, 28), (28, 28, 1), (32, 32, 3)]
+
+
+@pytest.mark.parametrize("image_shape", SHAPES)
+@pytest.mark.parametrize("name", ["mlp", "resnet", "cnn"])
+def test_models_train_on_any_image_shape(name, image_shape):
+    """init + apply through make_net on uint8 batches; BatchNorm's running averages move with
+    ``train=True`` only; finite, non-zero gradients."""
+    B, out_dim = 6, 3
+    rng = np.random.default_rng(0)
+    images = jnp.asarray(rng.integers(0, 256, (B, *image_shape)).astype(np.uint8))
+    net = make_net(build_model(name, MODELS[name].params(), ModelContext(out_dim, image_shape, "lax")), image_shape)
+    params, state = net.init(jax.random.key(0))
+    assert set(params[CLASSIFIER_GROUP]) == {"kernel", "bias"}
+    assert net.state_collections == (("batch_stats",) if name == "resnet" else ())
+    assert set(state) == set(net.state_collections)
+
+    logits, hidden, eval_state = net.apply(params, state, images, False)
+    assert logits.shape == (B, out_dim) and hidden.ndim == 2 and hidden.shape[0] == B
+    assert eval_state is state
+    _, _, train_state = jax.jit(net.apply, static_argnums=3)(params, state, images, True)
+    assert jax.tree.structure(train_state) == jax.tree.structure(state)
+    if name == "resnet":
+        moved = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(train_state), jax.tree.leaves(state), strict=True)]
+        assert all(moved)
+
+    def loss(p):
+        logits, _, new_state = net.apply(p, state, images, True)
+        return jnp.sum(jnp.tanh(logits)), new_state
+
+    grads, _ = jax.jit(jax.grad(loss, has_aux=True))(params)
+    for path, g in jax.tree_util.tree_leaves_with_path(grads):
+        assert bool(jnp.isfinite(g).all()), jax.tree_util.keystr(path)
+    assert float(jnp.abs(grads["head"]["kernel"]).max()) > 0
+
+
+def test_im2col_cnn_takes_colour_images():
+    """(B, H, W, C) input: the im2col stack's own transpose, same numbers as the lax path."""
+    images = jnp.asarray(np.random.default_rng(2).integers(0, 256, (5, 32, 32, 3)).astype(np.uint8))
+    fast, plain = CNN(out_dim=4, conv_impl="im2col"), CNN(out_dim=4, conv_impl="lax")
+    params = plain.init(jax.random.key(1), images[:1])["params"]
+    assert params["conv1"]["kernel"].shape == (3, 3, 3, 16)
+    for got, ref in zip(fast.apply({"params": params}, images), plain.apply({"params": params}, images), strict=True):
+        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_mlp_layers_follow_depth_and_hidden():
+    model = build_model("mlp", MODELS["mlp"].params(hidden=32, depth=3), ModelContext(5, (28, 28), "lax"))
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 28, 28), jnp.uint8)))["params"]
+    assert list(shapes) == ["dense1", "dense2", "dense3", "head"]
+    assert shapes["dense1"]["kernel"].shape == (784, 32) and shapes["head"]["kernel"].shape == (32, 5)
 
 
 def test_pool_gradient_is_jax_rule_for_max_with_ties():
