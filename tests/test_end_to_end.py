@@ -12,7 +12,7 @@ import pytest
 from cljax import results
 from cljax.data import load_dataset
 from cljax.experiment import run_experiment
-from cljax.models import make_model
+from cljax.models import MODELS, ModelContext, build_model
 from cljax.tasks import TaskData, make_schedule
 from tests.conftest import small_config
 
@@ -116,7 +116,8 @@ def test_evaluation_on_all_tasks_is_real(small_run):
 
 def test_saved_accuracy_equals_recomputation_from_saved_weights(small_run):
     config, run = small_run
-    model = make_model(config)
+    # the readable lowering (nn.Conv), whichever one the run used: an independent recomputation
+    model = build_model("cnn", MODELS["cnn"].params(), ModelContext(config.out_dim, (28, 28), "lax"))
     data = load_dataset(config)
     td = TaskData(data, config)
     for t, d in enumerate(results.task_dirs(run.algo_dir)):

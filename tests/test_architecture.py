@@ -1,0 +1,131 @@
+"""The shape of the package: registries with their own params, flags generated from them,
+resume across upgrades, models with state and other image shapes, extensions from outside."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cljax import results
+from cljax.cli import main as cli_main
+from cljax.config import Config
+from cljax.errors import CljaxError
+from cljax.experiment import run_experiment
+from cljax.registry import RULES, load_plugins
+from tests.conftest import small_config
+
+PLUGIN = Path(__file__).parent / "plugins" / "toy_extension.py"
+TINY = dict(num_tasks=2, n_repeats=2, n_train_per_class=40, n_test_per_class=10, n_subsamples=8, epochs=1,
+            batch_size=20, log_frequency=2)
+
+
+def test_flat_settings_round_trip_and_reach_only_the_entries_in_use(tmp_path):
+    config = small_config(tmp_path, algorithm="RL", rl_entropy=0.05, use_replay=True, replay_size=64,
+                          sp_lambda=0.5)  # sp_lambda: shrink+perturb is off, so it is ignored
+    assert config.rule_params.entropy == 0.05
+    assert config.option("replay").size == 64 and config.option("shrink_perturb") is None
+    flat = config.to_dict()
+    assert "sp_lambda" not in flat and flat["use_replay"] is True and flat["add_plasticity"] is False
+    assert flat["lr"] == RULES["RL"].extra["default_lr"]
+    assert Config.from_flat(flat) == config
+    assert config.algorithm_name == "RL_replay_T3"
+    with pytest.raises(CljaxError, match="unknown setting"):
+        Config.from_flat(flat, not_a_setting=1)
+    with pytest.raises(CljaxError, match="--rl-entropy must be at least 0.0"):
+        small_config(tmp_path, algorithm="RL", rl_entropy=-1.0).validate()
+
+
+def test_help_documents_every_flag_with_its_default_and_old_names_still_parse(capsys):
+    with pytest.raises(SystemExit):
+        cli_main(["run", "--help"])
+    text = capsys.readouterr().out
+    for flag in ("--rl-entropy", "--rl-reward", "--bio-policy", "--use-replay", "--replay-size", "--add-plasticity",
+                 "--shrink-perturb", "--sp-lambda", "--use-ul", "--ul-kind", "--synthetic-classes", "--synthetic-size",
+                 "--mlp-hidden", "--resnet-width", "--conv-impl", "--plugin"):
+        assert flag in text, flag
+    assert "[RL, Bio]" in text  # the shared --rl-reward names both users
+
+
+def _rewrite_record(algo_dir: Path, edit):
+    path = algo_dir / "run.json"
+    record = json.loads(path.read_text())
+    edit(record)
+    path.write_text(json.dumps(record))
+
+
+def test_resume_accepts_a_record_without_newer_fields_and_refuses_a_real_change(tmp_path):
+    config = small_config(tmp_path, dataset="synthetic", synthetic_classes=6, **TINY)
+    run = run_experiment(config, progress=False)
+    # A run.json written before schema 2: no schema, no conv_impl, no synthetic size/channels.
+    def as_old(record):
+        record.pop("schema")
+        for name in ("conv_impl", "synthetic_size", "synthetic_channels"):
+            record["config"].pop(name)
+    _rewrite_record(run.algo_dir, as_old)
+    again = run_experiment(config, progress=False)
+    assert again.already_finished and len(again.summary) == 2
+    # Another spelling of the same data folder and another eval batch size are not changes.
+    same = Config.from_flat({**config.to_dict(), "eval_batch_size": 5})
+    assert run_experiment(same, progress=False).already_finished
+    changed = Config.from_flat({**config.to_dict(), "lr": 0.2})
+    with pytest.raises(CljaxError, match=r"other settings \(lr\)"):
+        run_experiment(changed, progress=False)
+
+
+@pytest.mark.parametrize("model,extra", [("mlp", dict(mlp_hidden=32)), ("resnet", dict(resnet_width=8, resnet_blocks=1))])
+def test_other_models_run_end_to_end_with_every_option(tmp_path, model, extra):
+    layer = "dense1" if model == "mlp" else None
+    options = dict(use_replay=True, replay_size=20, add_plasticity=True, use_ul=layer is not None,
+                   **({"ul_layer": layer} if layer else {}))
+    config = small_config(tmp_path, dataset="synthetic", synthetic_classes=6, model=model, **TINY, **extra, **options)
+    run = run_experiment(config, progress=False)
+    dirs = results.task_dirs(run.algo_dir)
+    assert len(dirs) == 2
+    meta = results.load_metadata(dirs[1])
+    assert meta["lowering"]["conv"] in ("im2col", "lax") and meta["lowering"]["repeats"] in ("loop", "vmap")
+    acc = results.load_metrics(dirs[1])["test_acc"]
+    assert acc.shape == (2, 2, 2) and np.isfinite(acc).all()
+    state = results.flatten_params(results.load_model_state(dirs[1]))
+    if model == "resnet":  # BatchNorm statistics are saved with the weights, and they moved in training
+        assert state and all(v.shape[:2] == (2, 2) for v in state.values())
+        assert any(np.abs(v).sum() > 0 for k, v in state.items() if k.endswith("mean"))
+    else:
+        assert state == {}
+
+
+def test_bio_on_a_batchnorm_model_is_one_clear_error(tmp_path):
+    config = small_config(tmp_path, dataset="synthetic", synthetic_classes=6, model="resnet", algorithm="Bio", **TINY)
+    with pytest.raises(CljaxError, match="Bio needs a model without mutable state"):
+        run_experiment(config, progress=False)
+
+
+def test_a_32x32_rgb_dataset_runs_end_to_end(tmp_path):
+    config = small_config(tmp_path, dataset="synthetic", synthetic_classes=6, synthetic_size=32, synthetic_channels=3,
+                          **TINY)
+    run = run_experiment(config, progress=False)
+    d = results.task_dirs(run.algo_dir)[-1]
+    assert results.load_weights(d)["conv1"]["kernel"].shape[-2:] == (3, 16)  # 3 input channels
+    assert results.load_representations(d).shape == (2, 2, 2, 8, 64)
+
+
+def test_a_rule_and_a_model_from_a_plugin_file_run_without_touching_cljax(tmp_path):
+    load_plugins([str(PLUGIN)])
+    config = small_config(tmp_path, dataset="synthetic", synthetic_classes=6, algorithm="ToySign", model="toy_linear",
+                          toysign_scale=0.5, toy_width=4, **TINY)
+    assert config.rule_params.scale == 0.5 and config.model_params.width == 4
+    run = run_experiment(config, progress=False)
+    d = results.task_dirs(run.algo_dir)[-1]
+    weights = results.load_weights(d)
+    assert weights["dense1"]["kernel"].shape == (2, 2, 784, 4)
+    # signSGD: every weight moved by lr * scale per step (or not at all where the gradient is 0)
+    first = results.load_weights(results.task_dirs(run.algo_dir)[0])["head"]["kernel"]
+    assert np.isfinite(first).all()
+    rc = cli_main(["run", "--plugin", str(PLUGIN), "--dataset", "synthetic", "--synthetic-classes", "6",
+                   "--algorithm", "ToySign", "--model", "toy_linear", "--toy-width", "4",
+                   "--results-dir", str(tmp_path / "cli"), "--no-progress",
+                   *[f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()]])
+    assert rc == 0
+    assert (tmp_path / "cli" / "synthetic" / "ToySign_T2" / "task_001").is_dir()
