@@ -143,8 +143,8 @@ def cpu_devices_wanted(n_repeats: int, environ=None, cores: int | None = None) -
 
 def configure_cpu_devices(n_repeats: int, environ=None) -> int | None:
     """Split the host CPU into several JAX devices, one per core, so that the repeats train on
-    every core at once (1.05-1.85x over one device at R = 4-32 on 2 cores, docs/benchmark.md: a
-    repeat's small matrices keep only one core busy). Must run before JAX starts its backends
+    every core at once (a repeat's small matrices keep only one core busy; measured in
+    docs/benchmark.md). Must run before JAX starts its backends
     (the CLI and sweep jobs call it first thing); on a GPU host it changes nothing the run uses.
 
     ``$CLJAX_CPU_DEVICES``: ``auto`` (default: the largest divisor of R that is at most the
