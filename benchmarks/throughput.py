@@ -3,14 +3,14 @@
 One process measures, interleaved round by round in a shuffled order (so load from other
 processes hits every candidate alike and the ratios hold even on a shared machine):
 
-- cljax: the real per-task program (``cljax.train.build_task_program``, learner + expert fused
+- cljax: the real per-task program (``cljax.program.build_task_program``, learner + expert fused
   in one ``lax.scan``) on synthetic uint8 data of the real shapes, at each ``--repeats`` R;
   samples/s = steps x batch x R x 2 (learner + expert) / seconds of one ``run_task`` call
   (one snapshot per call, so the expert's evaluation adds ~1%). The CPU is split into one JAX
   device per core, as ``cljax run`` does, and each R uses as many as it splits over. Unless
   ``--quick``, also the alternatives the defaults were chosen over: the other lowering of the
   repeat axis (``vmap`` vs a loop over repeats), the learner and expert steps the other way
-  (paired in one batched call vs separate, ``cljax.train.paired_models_default``) and, on a
+  (paired in one batched call vs separate, ``cljax.program.paired_models_default``) and, on a
   split CPU, one device;
 - torch: ``benchmarks/torch_reference.py``, one repeat at a time, counted the same way; its
   throughput does not depend on R (repeats run one after another), so one repeat is timed
@@ -43,6 +43,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # torch_reference, when run as a file
+
+IMAGE_SHAPE = (28, 28)  # the synthetic dataset's images, the real shapes
 
 FLOPS_NOTE = (
     "analytic: forward MACs x 2 per sample (conv: H*W*9*C_in*C_out on the 28x28, 9x9, 3x3 inputs; "
@@ -118,7 +120,7 @@ def cljax_unit(repeats: int, steps: int, batch_size: int, loop_repeats: bool | N
     import jax
 
     from cljax.devices import cpu_devices_for, limit_devices
-    from cljax.train import paired_models_default
+    from cljax.program import paired_models_default
 
     n = cpu_devices_for(repeats, jax.device_count()) if devices is None else devices
     paired = (not paired_models_default(n)) if other_pairing else None
@@ -133,19 +135,19 @@ def _cljax_unit(repeats: int, steps: int, batch_size: int, loop_repeats: bool | 
 
     from cljax.config import Config
     from cljax.devices import put_repeats
-    from cljax.train import build_task_program
+    from cljax.program import build_task_program
 
     n_per_class = steps * batch_size // 2
-    config = Config(
+    config = Config.from_flat(
         dataset="synthetic", num_tasks=1, n_repeats=repeats, n_train_per_class=n_per_class,
         n_test_per_class=50, n_subsamples=16, epochs=1, batch_size=batch_size, log_frequency=steps,
     ).validate()
-    program = build_task_program(config, loop_repeats=loop_repeats, paired_models=paired_models)
+    program = build_task_program(config, IMAGE_SHAPE, loop_repeats=loop_repeats, paired_models=paired_models)
     rng = np.random.default_rng(repeats)
     n_test = config.n_test
-    train_x = put_repeats(rng.integers(0, 256, (config.n_train, repeats, 28, 28), dtype=np.uint8), 1)
+    train_x = put_repeats(rng.integers(0, 256, (config.n_train, repeats, *IMAGE_SHAPE), dtype=np.uint8), 1)
     train_y = put_repeats(np.repeat(np.arange(2, dtype=np.int32), n_per_class)[:, None].repeat(repeats, 1), 1)
-    test_x = put_repeats(rng.integers(0, 256, (n_test, repeats, 28, 28), dtype=np.uint8), 1)
+    test_x = put_repeats(rng.integers(0, 256, (n_test, repeats, *IMAGE_SHAPE), dtype=np.uint8), 1)
     test_y = put_repeats(np.tile(np.arange(2, dtype=np.int32), n_test // 2)[:, None].repeat(repeats, 1), 1)
     key = jax.random.key(0)
     state = [program.init_learner(key)]
@@ -159,7 +161,7 @@ def _cljax_unit(repeats: int, steps: int, batch_size: int, loop_repeats: bool | 
         jax.block_until_ready((state[0], trace))
 
     call()  # warm-up
-    return call, config.steps_per_task * batch_size * repeats * 2, compile_seconds, program.paired_models
+    return call, config.steps_per_task * batch_size * repeats * 2, compile_seconds, program.parts.paired
 
 
 def interleaved_medians(units: dict, rounds: int, seed: int = 0) -> dict:
@@ -187,7 +189,7 @@ def experiment_figures(args, workdir: Path) -> dict:
     from cljax.devices import cpu_devices_for, limit_devices
     from cljax.experiment import run_experiment
 
-    config = Config(
+    config = Config.from_flat(
         dataset="synthetic", synthetic_classes=20, num_tasks=10, n_repeats=args.experiment_repeats,
         n_train_per_class=args.experiment_train_per_class, n_test_per_class=args.experiment_test_per_class,
         n_subsamples=16, epochs=1, batch_size=args.batch_size, log_frequency=args.experiment_log_frequency,
@@ -291,7 +293,7 @@ def run_benchmark(args) -> dict:
     import jax
 
     from cljax.devices import cpu_devices_for
-    from cljax.train import loop_repeats_default
+    from cljax.program import loop_repeats_default
 
     repeats = args.repeats or default_repeats(args.quick)
     load_start = load_average()

@@ -84,7 +84,7 @@ def parse_text(ftype: FieldType, text: str, flag: str):
             return lowered in ("true", "1", "yes")
         return ftype.base(text)
     except ValueError:
-        raise CljaxError(f"{flag} takes a {ftype.base.__name__}, got {text!r}.") from None
+        raise CljaxError(f"{flag}: {text!r} is not a valid {ftype.base.__name__} value.") from None
 
 
 def add_flag(parser: argparse.ArgumentParser, flag: str, dest: str, ftype: FieldType, meta: dict, default,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import jax
 
-from cljax.train import paired_models_default
+from cljax.program import paired_models_default
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "throughput.py"
 

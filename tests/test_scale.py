@@ -31,10 +31,12 @@ from cljax.devices import (check_repeats, cpu_devices_for, cpu_devices_wanted, l
 from cljax.errors import CljaxError
 from cljax.evaluate import TestSets
 from cljax.experiment import run_experiment
-from cljax.plan import HEADROOM, choose_eval_chunk, device_components, make_plan, npy_bytes, scratch_bytes
+from cljax.budget import HEADROOM, Budget, choose_eval_chunk, device_components, npy_bytes, scratch_bytes
+from cljax.plan import make_plan
+from cljax.settings import setting_specs
 from cljax.sweep import expand, parse_grid, parse_minutes
 from cljax.tasks import TaskData, make_schedule
-from cljax.train import build_task_program
+from cljax.program import build_task_program
 from tests.conftest import FASHION_DIR
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,14 +45,22 @@ K_AUTO = 25  # the chunk size the budget below leaves room for
 
 def hundred_task_config(results_dir: Path) -> Config:
     """100 tiny synthetic tasks: 4 steps and one snapshot per task, every task evaluated."""
-    return Config(dataset="synthetic", synthetic_classes=200, num_tasks=100, n_repeats=2, n_train_per_class=32,
-                  n_test_per_class=4, n_subsamples=8, epochs=1, batch_size=16, log_frequency=4,
-                  representation_dtype="bfloat16", results_dir=str(results_dir))
+    return Config.from_flat(dataset="synthetic", synthetic_classes=200, num_tasks=100, n_repeats=2,
+                            n_train_per_class=32, n_test_per_class=4, n_subsamples=8, epochs=1, batch_size=16,
+                            log_frequency=4, representation_dtype="bfloat16", results_dir=str(results_dir))
+
+
+IMAGE_SHAPE = (28, 28)  # the synthetic and Fashion-MNIST images
+
+
+def budget_of(config: Config) -> Budget:
+    return Budget.of(config, build_task_program(config, IMAGE_SHAPE), IMAGE_SHAPE)
 
 
 def budget_for_chunk(config: Config, k: int) -> int:
     """A per-device budget (bytes) in which K = k tasks per call is the largest that fits."""
-    return math.ceil((sum(device_components(config, k).values()) + scratch_bytes(config)) / HEADROOM)
+    b = budget_of(config)
+    return math.ceil((sum(device_components(b, k).values()) + scratch_bytes(b)) / HEADROOM)
 
 
 # ---- the sweep: started first, checked last ----------------------------------------------------------
@@ -95,14 +105,14 @@ def hundred_tasks(sweep_process, tmp_path_factory):
 
 def test_auto_chunk_is_chosen_from_the_budget(hundred_tasks):
     config, plan, _, _, _ = hundred_tasks
-    assert choose_eval_chunk(config) == K_AUTO
+    assert choose_eval_chunk(budget_of(config)) == K_AUTO
     assert plan["evaluation"] == {"mode": "chunked", "chunk_tasks": K_AUTO, "calls_per_task": 4, "chosen_by": "budget"}
     # With room for everything, the same config evaluates resident; a set K wins over the budget.
     roomy = dataclasses.replace(config, device_memory=budget_for_chunk(config, config.num_tasks))
-    assert choose_eval_chunk(roomy) == config.num_tasks
-    assert choose_eval_chunk(dataclasses.replace(config, eval_chunk_tasks=7)) == 7
+    assert choose_eval_chunk(budget_of(roomy)) == config.num_tasks
+    assert choose_eval_chunk(budget_of(dataclasses.replace(config, eval_chunk_tasks=7))) == 7
     with pytest.raises(CljaxError, match="--device-memory"):
-        choose_eval_chunk(dataclasses.replace(config, device_memory=1000))
+        choose_eval_chunk(budget_of(dataclasses.replace(config, device_memory=1000)))
 
 
 def test_hundred_tasks_compile_once_and_keep_memory_flat(hundred_tasks):
@@ -145,10 +155,10 @@ def test_chunked_run_equals_resident_evaluation_bit_for_bit(hundred_tasks):
     schedule = make_schedule(data.n_classes, config.num_tasks, config.n_repeats, config.seed)
     resident = TestSets(*TaskData(data, config).all_tests(schedule))
     assert resident.resident
-    program = build_task_program(config)
+    program = build_task_program(config, data.train_images.shape[1:])
     for t in (0, 57, 99):
         task = run.algo_dir / results.task_dir_name(t)
-        weights = jax.tree.map(jax.numpy.asarray, results.load_weights(task))
+        weights = jax.tree.map(jax.numpy.asarray, (results.load_weights(task), results.load_model_state(task)))
         acc, loss, reps = jax.device_get(resident.evaluate(program.evaluate, weights))
         metrics = results.load_metrics(task)
         saved_reps = results.load_representations(task)
@@ -208,8 +218,8 @@ def test_plan_cli_prints_text_and_json(tmp_path):
     with redirect_stdout(text):
         assert main(["plan", *flags]) == 0
     assert "evaluation: resident" in text.getvalue() and "disk for the whole run" in text.getvalue()
-    config = Config(dataset="fashion_mnist", data_dir=str(FASHION_DIR), num_tasks=5, n_repeats=2, n_train_per_class=32,
-                    n_test_per_class=16, n_subsamples=8, epochs=1, batch_size=16, log_frequency=2)
+    config = Config.from_flat(dataset="fashion_mnist", data_dir=str(FASHION_DIR), num_tasks=5, n_repeats=2,
+                              n_train_per_class=32, n_test_per_class=16, n_subsamples=8, epochs=1, batch_size=16, log_frequency=2)
     budget = budget_for_chunk(config, 2)
     out = io.StringIO()
     with redirect_stdout(out):
@@ -226,13 +236,13 @@ def test_plan_cli_prints_text_and_json(tmp_path):
 
 
 def test_plan_counts_a_replay_buffer_in_the_learner_state():
-    fields = {f.name for f in dataclasses.fields(Config)}
+    fields = set(setting_specs())  # the flat settings (flags)
     assert {"use_replay", "replay_size"} <= fields
-    base = Config(dataset="synthetic", synthetic_classes=20, num_tasks=3, n_repeats=2, n_train_per_class=32,
-                  n_test_per_class=8, n_subsamples=8, epochs=1, batch_size=16, log_frequency=4)
-    with_replay = dataclasses.replace(base, use_replay=True, replay_size=64)
-    plain = device_components(base, 3)
-    replay = device_components(with_replay, 3)
+    base = Config.from_flat(dataset="synthetic", synthetic_classes=20, num_tasks=3, n_repeats=2, n_train_per_class=32,
+                            n_test_per_class=8, n_subsamples=8, epochs=1, batch_size=16, log_frequency=4)
+    with_replay = Config.from_flat({**base.to_dict(), "use_replay": True, "replay_size": 64})
+    plain = device_components(budget_of(base), 3)
+    replay = device_components(budget_of(with_replay), 3)
     extra = sum(replay.values()) - sum(plain.values())
     assert extra >= 64 * 2 * 28 * 28  # M images per repeat, uint8
     assert any(k.startswith("learner.option:") for k in replay)
@@ -289,7 +299,7 @@ def test_distributed_only_when_the_environment_asks():
 def test_sweep_grid_expands_settings_and_seeds(tmp_path):
     grid = parse_grid(["lr=0.01,0.05", "use-replay=true,false"])
     assert grid == {"lr": [0.01, 0.05], "use_replay": [True, False]}
-    base = Config(results_dir=str(tmp_path))
+    base = Config(results_dir=str(tmp_path)).to_dict()
     runs = expand(base, grid, [0, 1])
     assert len(runs) == 8 and len({r.config.results_dir for r in runs}) == 8
     assert runs[0].tag == "lr-0.01_use_replay-True_seed-0"

@@ -15,7 +15,6 @@ for bit on one device below.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import subprocess
 import sys
@@ -34,7 +33,7 @@ from cljax.evaluate import TestSets
 from cljax.experiment import run_experiment
 from cljax.plan import make_plan
 from cljax.tasks import TaskData, make_schedule
-from cljax.train import build_task_program
+from cljax.program import build_task_program
 from tests.conftest import FASHION_DIR
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,11 +43,12 @@ TOL = 1e-5
 
 
 def sharding_config(results_dir, **overrides) -> Config:
-    return Config(dataset="fashion_mnist", data_dir=str(FASHION_DIR), num_tasks=3, n_repeats=4, n_train_per_class=32,
-                  n_test_per_class=16, n_subsamples=8, epochs=1, batch_size=16, log_frequency=2, lr=0.1,
-                  # every option on: their per-repeat state and random draws must not depend on the split
-                  use_replay=True, replay_size=40, replay_batch=8, add_plasticity=True, use_ul=True,
-                  results_dir=str(results_dir), **overrides)
+    return Config.from_flat(dataset="fashion_mnist", data_dir=str(FASHION_DIR), num_tasks=3, n_repeats=4,
+                            n_train_per_class=32, n_test_per_class=16, n_subsamples=8, epochs=1, batch_size=16,
+                            log_frequency=2, lr=0.1,
+                            # every option on: their per-repeat state and random draws must not depend on the split
+                            use_replay=True, replay_size=40, replay_batch=8, add_plasticity=True, use_ul=True,
+                            results_dir=str(results_dir), **overrides)
 
 
 @pytest.fixture(scope="module")
@@ -111,11 +111,11 @@ def first_task(config, key, **lowering):
     task_data = TaskData(data, config)
     tests = TestSets(*task_data.all_tests(schedule))
     train_x, train_y = task_data.train(schedule[0])
-    program = build_task_program(config, **lowering)
+    program = build_task_program(config, data.train_images.shape[1:], **lowering)
     learner = shard_repeats(program.init_learner(key))
     learner, trace = program.run_task(learner, put_repeats(train_x, 1), put_repeats(train_y, 1), *tests.current(0),
                                       jax.numpy.int32(0), key)
-    return jax.device_get((learner.params, trace, tests.evaluate(program.evaluate, trace["weights"]))), program
+    return jax.device_get((learner.params, trace, tests.evaluate(program.evaluate, (trace["weights"], trace["model_state"])))), program
 
 
 def assert_same_numbers(a, b, tol):
@@ -152,17 +152,18 @@ def test_paired_learner_and_expert_match_their_separate_steps(tmp_path, algorith
     shared batch) train to the same numbers as two separate calls, with the options that keep
     the batch on (their step_end still runs on the learner alone); replay changes the
     learner's batch, so it turns the pairing off."""
-    config = Config(dataset="fashion_mnist", data_dir=str(FASHION_DIR), algorithm=algorithm, num_tasks=2, n_repeats=2,
-                    n_train_per_class=64, n_test_per_class=16, n_subsamples=8, epochs=1, batch_size=16,
-                    log_frequency=4, add_plasticity=True, use_ul=True, results_dir=str(tmp_path))
+    config = Config.from_flat(dataset="fashion_mnist", data_dir=str(FASHION_DIR), algorithm=algorithm, num_tasks=2,
+                              n_repeats=2, n_train_per_class=64, n_test_per_class=16, n_subsamples=8, epochs=1,
+                              batch_size=16, log_frequency=4, add_plasticity=True, use_ul=True,
+                              results_dir=str(tmp_path))
     key = jax.random.key(3)
     paired, program = first_task(config, key, paired_models=True)
     separate, separate_program = first_task(config, key, paired_models=False)
-    assert program.paired_models and not separate_program.paired_models
+    assert program.parts.paired and not separate_program.parts.paired
     assert_same_numbers(paired, separate, TOL)
     assert_training_moved(program, key, paired[0], TOL)
-    replay = dataclasses.replace(config, use_replay=True, replay_size=40, replay_batch=8)
-    assert not build_task_program(replay, paired_models=True).paired_models
+    replay = Config.from_flat({**config.to_dict(), "use_replay": True, "replay_size": 40, "replay_batch": 8})
+    assert not build_task_program(replay, (28, 28), paired_models=True).parts.paired
 
 
 def test_sharded_matches_single_device(sharded_child, device_run):
@@ -205,9 +206,9 @@ def test_same_weights_give_the_same_bits_on_one_device(sharded_child, device_run
     data = load_dataset(config)
     schedule = make_schedule(data.n_classes, config.num_tasks, config.n_repeats, config.seed)
     resident = TestSets(*TaskData(data, config).all_tests(schedule))
-    program = build_task_program(config)
+    program = build_task_program(config, data.train_images.shape[1:])
     for task in results.task_dirs(sharded_dir):
-        weights = jax.tree.map(jax.numpy.asarray, results.load_weights(task))
+        weights = jax.tree.map(jax.numpy.asarray, (results.load_weights(task), results.load_model_state(task)))
         acc, loss, reps = jax.device_get(resident.evaluate(program.evaluate, weights))
         metrics = results.load_metrics(task)
         np.testing.assert_array_equal(reps, results.load_representations(task))
@@ -223,9 +224,9 @@ def test_chunked_evaluation_equals_resident_on_fashion_mnist(device_run):
     schedule = make_schedule(data.n_classes, config.num_tasks, config.n_repeats, config.seed)
     chunked = TestSets(*TaskData(data, config).all_tests(schedule), chunk_tasks=2)
     assert not chunked.resident
-    program = build_task_program(config)
+    program = build_task_program(config, data.train_images.shape[1:])
     for task in results.task_dirs(run.algo_dir):
-        weights = jax.tree.map(jax.numpy.asarray, results.load_weights(task))
+        weights = jax.tree.map(jax.numpy.asarray, (results.load_weights(task), results.load_model_state(task)))
         acc, loss, reps = chunked.evaluate(program.evaluate, weights)
         metrics = results.load_metrics(task)
         np.testing.assert_array_equal(acc, metrics["test_acc"])
