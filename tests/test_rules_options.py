@@ -21,11 +21,26 @@ from cljax.options import make_options
 from cljax.options.replay import draw_replay
 from cljax.options.shrink_perturb import shrink_perturb
 from cljax.options.ul import hebbian_update, layer_input
-from cljax.rules import DEFAULT_LR, make_rule
+from cljax.program import build_task_program
+from cljax.registry import RULES
+from cljax.rules import make_rule
 from cljax.rules.bio import feedback_interceptor
 from cljax.rules.rl import rewards, sample_actions
-from cljax.train import build_task_program
-from tests.conftest import FASHION_DIR
+from tests.conftest import FASHION_DIR, apply_fn_of, init_params_of
+
+IMAGE_SHAPE = (28, 28)  # Fashion-MNIST
+
+
+def DEFAULT_LR(algorithm):
+    return RULES[algorithm].extra["default_lr"]
+
+
+def program_of(config):
+    return build_task_program(config, IMAGE_SHAPE)
+
+
+def with_flat(config, **changes) -> Config:
+    return Config.from_flat({**config.to_dict(), **changes})
 
 
 def config_of(tmp_path, **overrides) -> Config:
@@ -33,7 +48,7 @@ def config_of(tmp_path, **overrides) -> Config:
                 num_tasks=2, n_repeats=2, n_train_per_class=16, n_test_per_class=8, n_subsamples=2,
                 epochs=1, batch_size=16, log_frequency=1, replay_size=20, replay_batch=8)
     base.update(overrides)
-    return Config(**base)
+    return Config.from_flat(base)
 
 
 def final_accuracy(algo_dir):
@@ -54,7 +69,7 @@ def fashion_batch(n=32, seed=0):
 
 def jitted(rule, program):
     """The rule's direction and the model, compiled whole (eager op-by-op dispatch is slow)."""
-    return jax.jit(rule.direction, static_argnums=0), jax.jit(program.apply_fn), jax.jit(program.init_params)
+    return jax.jit(rule.direction, static_argnums=0), jax.jit(apply_fn_of(program)), jax.jit(init_params_of(program))
 
 
 def assert_trees_equal(a, b):
@@ -76,15 +91,15 @@ def test_reward_rules_learn_with_their_defaults(tmp_path, algorithm):
     print(f"{algorithm}: accuracy on the current task at task end {np.diag(acc).round(3)}, mean {current:.3f}")
     assert current >= 0.75
     meta = results.load_metadata(results.task_dirs(run.algo_dir)[0])
-    assert config.lr is None and meta["config"]["lr"] == DEFAULT_LR[algorithm]  # the rule's default, resolved
+    assert config.lr is None and meta["config"]["lr"] == DEFAULT_LR(algorithm)  # the rule's default, resolved
 
 
 def test_rule_default_lr_applies_only_when_lr_is_unset():
-    assert Config(algorithm="RL").lr_value == DEFAULT_LR["RL"]
-    assert Config(algorithm="Bio").lr_features_value == DEFAULT_LR["Bio"]
+    assert Config(algorithm="RL").lr_value == DEFAULT_LR("RL")
+    assert Config(algorithm="Bio").lr_features_value == DEFAULT_LR("Bio")
     assert Config(algorithm="RL", lr=0.3).lr_classifier_value == 0.3
-    assert dataclasses.replace(Config(algorithm="SL"), algorithm="RL").lr_value == DEFAULT_LR["RL"]
-    assert Config(algorithm="Bio").to_dict()["lr"] == DEFAULT_LR["Bio"]
+    assert dataclasses.replace(Config(algorithm="SL"), algorithm="RL", rule_params=None).lr_value == DEFAULT_LR("RL")
+    assert Config(algorithm="Bio").to_dict()["lr"] == DEFAULT_LR("Bio")
 
 
 # ---- exact updates of the rules -------------------------------------------------------------
@@ -92,14 +107,15 @@ def test_rule_default_lr_applies_only_when_lr_is_unset():
 
 def test_examples_of_weight_zero_change_nothing(tmp_path):
     """What replay appends with weight 0 (an empty buffer) is invisible to the update."""
-    program = build_task_program(config_of(tmp_path))
-    direction, _, init = jitted(make_rule(config_of(tmp_path)), program)
+    program = program_of(config_of(tmp_path))
+    net = program.parts.net
+    direction, _, init = jitted(make_rule(config_of(tmp_path), net), program)
     params = init(jax.random.key(0))
     x, y = fashion_batch(24)
     w = jnp.asarray(np.r_[np.ones(16), np.zeros(8)], jnp.float32)
-    d1, _, m1 = direction(program.apply_fn, params, (), x, y, w, jax.random.key(1))
+    d1, _, _, m1 = direction(net, params, {}, (), x, y, w, jax.random.key(1))
     x2, y2 = x.at[16:].set(200), y.at[16:].set(1 - y[16:])
-    d2, _, m2 = direction(program.apply_fn, params, (), x2, y2, w, jax.random.key(1))
+    d2, _, _, m2 = direction(net, params, {}, (), x2, y2, w, jax.random.key(1))
     for a, b in zip(jax.tree.leaves((d1, m1)), jax.tree.leaves((d2, m2))):
         np.testing.assert_array_equal(a, b)
 
@@ -109,19 +125,22 @@ def test_rewards_and_the_uniform_policy_baseline(tmp_path):
     np.testing.assert_array_equal(rewards(actions, labels, "01"), [1, 0, 1, 0])
     np.testing.assert_array_equal(rewards(actions, labels, "pm1"), [1, -1, 1, -1])
     for kind, b0 in (("01", 0.5), ("pm1", 0.0)):
-        rule = make_rule(config_of(tmp_path, algorithm="RL", rl_reward=kind))
+        config = config_of(tmp_path, algorithm="RL", rl_reward=kind)
+        rule = make_rule(config, program_of(config).parts.net)
         assert float(rule.init(None, jax.random.key(0))["baseline"]) == b0
 
 
 def test_rl_is_reinforce_with_a_running_baseline(tmp_path):
     config = config_of(tmp_path, algorithm="RL", rl_baseline_decay=0.7, rl_entropy=0.3)
-    program, rule = build_task_program(config), make_rule(config)
+    program = program_of(config)
+    net = program.parts.net
+    rule = make_rule(config, net)
     rule_direction, apply, init = jitted(rule, program)
     params = init(jax.random.key(0))
     x, y = fashion_batch(32)
     key = jax.random.key(3)
     state = {"baseline": jnp.float32(0.25)}
-    direction, new_state, metrics = rule_direction(program.apply_fn, params, state, x, y, jnp.ones(32), key)
+    direction, new_state, _, metrics = rule_direction(net, params, {}, state, x, y, jnp.ones(32), key)
     # By hand: the same actions and rewards; d log pi(a) / d theta through the head.
     logits, hidden = apply(params, x)
     actions = sample_actions(key, log_probs(logits))
@@ -139,7 +158,9 @@ def test_rl_is_reinforce_with_a_running_baseline(tmp_path):
 
 def test_bio_is_the_three_factor_rule_with_fixed_random_feedback(tmp_path):
     config = config_of(tmp_path, algorithm="Bio")
-    program, rule = build_task_program(config), make_rule(config)
+    program = program_of(config)
+    net = program.parts.net
+    rule = make_rule(config, net)
     rule_direction, apply, init = jitted(rule, program)
     params = init(jax.random.key(0))
     state = jax.jit(rule.init)(params, jax.random.key(5))
@@ -150,7 +171,7 @@ def test_bio_is_the_three_factor_rule_with_fixed_random_feedback(tmp_path):
     x, y = fashion_batch(32)
     w = jnp.asarray(np.r_[np.ones(24), np.zeros(8)], jnp.float32)
     key = jax.random.key(7)
-    direction, new_state, _ = rule_direction(program.apply_fn, params, state, x, y, w, key)
+    direction, new_state, _, _ = rule_direction(net, params, {}, state, x, y, w, key)
     assert_trees_equal(new_state, state)  # the feedback weights are fixed
 
     # By hand on the top two layers: a, r, delta = r - pi(a), e = 2a - 1 (one output unit).
@@ -163,17 +184,17 @@ def test_bio_is_the_three_factor_rule_with_fixed_random_feedback(tmp_path):
     # head: delta x (chosen unit's error) x pre (the representation)
     np.testing.assert_allclose(direction["head"]["kernel"][:, 0], -((wn * delta * e)[:, None] * np.asarray(hidden)).sum(0), rtol=1e-4, atol=1e-6)
     # dense2: delta x (feedback of the chosen unit through B_head x relu'(post)) x pre
-    pre2 = np.asarray(jax.jit(lambda p, v: layer_input(program.apply_fn, p, v, ("dense2",)))(params, x))
+    pre2 = np.asarray(jax.jit(lambda p, v: layer_input(net, p, {}, v, ("dense2",)))(params, x))
     post_fb = (e[:, None] * np.asarray(fb["head"])[None, :, 0]) * (np.asarray(hidden) > 0)
     np.testing.assert_allclose(direction["dense2"]["kernel"], -np.einsum("b,bi,bj->ij", wn * delta, pre2, post_fb), rtol=1e-4, atol=1e-6)
 
     # With the forward kernels as feedback, the rule is the exact gradient of delta * u_a, conv
     # layers included (the per-position outer products): checks the whole feedback path.
     sym_state = {"feedback": {k: params[k]["kernel"] for k in fb}}
-    d_sym, _, _ = rule_direction(program.apply_fn, params, sym_state, x, y, w, key)
+    d_sym, _, _, _ = rule_direction(net, params, {}, sym_state, x, y, w, key)
 
     def modulated(p):
-        z, _ = program.apply_fn(p, x)
+        z, _ = apply_fn_of(program)(p, x)
         return (wn * delta * jnp.asarray(e) * z[:, 0]).sum()
 
     exact = jax.jit(jax.grad(modulated))(params)
@@ -187,7 +208,9 @@ def test_bio_is_the_three_factor_rule_with_fixed_random_feedback(tmp_path):
 
 def test_bio_feedback_interception_keeps_the_forward_pass(tmp_path):
     config = config_of(tmp_path, algorithm="Bio", out_dim=2)
-    program, rule = build_task_program(config), make_rule(config)
+    program = program_of(config)
+    net = program.parts.net
+    rule = make_rule(config, net)
     _, apply, init = jitted(rule, program)
     params = init(jax.random.key(0))
     state = rule.init(params, jax.random.key(1))
@@ -196,7 +219,7 @@ def test_bio_feedback_interception_keeps_the_forward_pass(tmp_path):
     @jax.jit
     def intercepted(p, v):
         with nn.intercept_methods(feedback_interceptor(state["feedback"])):
-            return program.apply_fn(p, v)
+            return apply_fn_of(program)(p, v)
 
     for a, b in zip(intercepted(params, x), apply(params, x)):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
@@ -214,7 +237,8 @@ def _marked_task(t, n):
 
 @pytest.mark.parametrize("M, N", [(90, 200), (90, 40), (3, 10)])
 def test_replay_buffer_stays_balanced_over_the_tasks_seen(tmp_path, M, N):
-    option = make_options(config_of(tmp_path, use_replay=True, replay_size=M), None, None)[0]
+    config = config_of(tmp_path, use_replay=True, replay_size=M)
+    option = make_options(config, program_of(config).parts.net)[0]
     task_end, draw = jax.jit(option.task_end), jax.jit(draw_replay, static_argnums=2)
     state = option.init(None, jax.random.key(0))
     _, _, wts = draw(state, jax.random.key(1), 8)
@@ -247,7 +271,8 @@ def test_replay_buffer_stays_balanced_over_the_tasks_seen(tmp_path, M, N):
 
 def test_replay_counts_after_five_tasks_match_the_quota(tmp_path):
     """M = 200 over 5 tasks: 200, 100 + 100, 66/67, 50 x 4, then 40 x 5."""
-    option = make_options(config_of(tmp_path, use_replay=True, replay_size=200), None, None)[0]
+    config = config_of(tmp_path, use_replay=True, replay_size=200)
+    option = make_options(config, program_of(config).parts.net)[0]
     task_end = jax.jit(option.task_end)
     state = option.init(None, jax.random.key(0))
     per_task = []
@@ -261,8 +286,8 @@ def test_replay_reduces_forgetting(tmp_path):
     common = dict(dataset="fashion_mnist", data_dir=str(FASHION_DIR), results_dir=str(tmp_path / "results"),
                   num_tasks=5, n_repeats=2, n_train_per_class=300, n_test_per_class=100, n_subsamples=2,
                   epochs=2, log_frequency=36, seed=1)
-    plain = final_accuracy(run_experiment(Config(**common), progress=False).algo_dir)
-    replay = final_accuracy(run_experiment(Config(**common, use_replay=True, replay_size=1000), progress=False).algo_dir)
+    plain = final_accuracy(run_experiment(Config.from_flat(common), progress=False).algo_dir)
+    replay = final_accuracy(run_experiment(Config.from_flat(common, use_replay=True, replay_size=1000), progress=False).algo_dir)
     earlier_plain, earlier_replay = plain[-1, :-1].mean(), replay[-1, :-1].mean()
     print(f"mean accuracy on tasks 0-3 after task 4: without replay {earlier_plain:.3f}, with replay {earlier_replay:.3f}")
     assert earlier_replay >= earlier_plain + 0.05
@@ -274,11 +299,11 @@ def test_replay_reduces_forgetting(tmp_path):
 
 def test_shrink_perturb_is_its_formula(tmp_path):
     config = config_of(tmp_path, add_plasticity=True, sp_lambda=0.5, sp_sigma=0.1)
-    program = build_task_program(config)
-    init = jax.jit(program.init_params)
+    program = program_of(config)
+    init = jax.jit(init_params_of(program))
 
     def hooks(cfg):
-        option = make_options(cfg, program.apply_fn, program.init_params)[0]
+        option = make_options(cfg, program.parts.net)[0]
         return jax.jit(option.task_start), jax.jit(option.step_end)
 
     params, key = init(jax.random.key(0)), jax.random.key(42)
@@ -289,26 +314,26 @@ def test_shrink_perturb_is_its_formula(tmp_path):
         np.testing.assert_allclose(o, 0.5 * np.asarray(p) + 0.1 * np.asarray(e), rtol=1e-6, atol=1e-7)
     assert_trees_equal(task_start((), params, key, jnp.int32(0))[1], params)  # task 0: left alone
     # lam = 0, sigma = 1 is a re-initialisation
-    reinit, _ = hooks(dataclasses.replace(config, sp_lambda=0.0, sp_sigma=1.0))
+    reinit, _ = hooks(with_flat(config, sp_lambda=0.0, sp_sigma=1.0))
     assert_trees_equal(reinit((), params, key, jnp.int32(1))[1], noise)
     # step mode acts in step_end, after every step
-    _, step_end = hooks(dataclasses.replace(config, sp_mode="step"))
-    _, stepped = step_end((), params, key, None, None)
+    _, step_end = hooks(with_flat(config, sp_mode="step"))
+    _, stepped = step_end((), params, {}, key, None, None)
     for p, e, o in zip(jax.tree.leaves(params), jax.tree.leaves(noise), jax.tree.leaves(stepped)):
         np.testing.assert_allclose(o, 0.5 * np.asarray(p) + 0.1 * np.asarray(e), rtol=1e-6, atol=1e-7)
 
 
 def test_shrink_perturb_identity_is_bit_exact(tmp_path):
     config = config_of(tmp_path, add_plasticity=True, sp_lambda=1.0, sp_sigma=0.0)
-    program = build_task_program(config)
-    init = jax.jit(program.init_params)
+    program = program_of(config)
+    init = jax.jit(init_params_of(program))
     params = jax.tree.map(lambda w: w + 0.01, init(jax.random.key(0)))  # no (signed) zeros
     noise = init(jax.random.key(1))
     assert_trees_equal(jax.jit(shrink_perturb, static_argnums=(2, 3))(params, noise, 1.0, 0.0), params)
     for mode in ("boundary", "step"):
-        option = make_options(dataclasses.replace(config, sp_mode=mode), program.apply_fn, program.init_params)[0]
+        option = make_options(with_flat(config, sp_mode=mode), program.parts.net)[0]
         assert_trees_equal(jax.jit(option.task_start)((), params, jax.random.key(2), jnp.int32(1))[1], params)
-        assert_trees_equal(jax.jit(option.step_end)((), params, jax.random.key(2), None, None)[1], params)
+        assert_trees_equal(jax.jit(option.step_end)((), params, {}, jax.random.key(2), None, None)[1], params)
 
 
 # ---- unsupervised learning ------------------------------------------------------------------
@@ -317,11 +342,11 @@ def test_shrink_perturb_identity_is_bit_exact(tmp_path):
 @pytest.mark.parametrize("kind, layer", [("oja", "dense1"), ("sanger", "dense2"), ("recon", "dense1")])
 def test_ul_changes_only_its_layer(tmp_path, kind, layer):
     config = config_of(tmp_path, use_ul=True, ul_kind=kind, ul_layer=layer, ul_lr=1e-2)
-    program = build_task_program(config)
-    option = make_options(config, program.apply_fn, program.init_params)[0]
-    params = jax.jit(program.init_params)(jax.random.key(0))
+    program = program_of(config)
+    option = make_options(config, program.parts.net)[0]
+    params = jax.jit(init_params_of(program))(jax.random.key(0))
     x, _ = fashion_batch(32)
-    _, new = jax.jit(option.step_end)((), params, jax.random.key(1), x, jnp.ones(32))
+    _, new = jax.jit(option.step_end)((), params, {}, jax.random.key(1), x, jnp.ones(32))
     for name in params:
         for leaf in params[name]:
             same = np.array_equal(params[name][leaf], new[name][leaf])
@@ -330,11 +355,12 @@ def test_ul_changes_only_its_layer(tmp_path, kind, layer):
 
 
 def test_ul_reads_the_layer_input(tmp_path):
-    program = build_task_program(config_of(tmp_path))
-    params = jax.jit(program.init_params)(jax.random.key(0))
+    program = program_of(config_of(tmp_path))
+    net = program.parts.net
+    params = jax.jit(init_params_of(program))(jax.random.key(0))
     x, _ = fashion_batch(8)
-    _, hidden = jax.jit(program.apply_fn)(params, x)
-    head_input = jax.jit(lambda p, v: layer_input(program.apply_fn, p, v, ("head",)))(params, x)
+    _, hidden = jax.jit(apply_fn_of(program))(params, x)
+    head_input = jax.jit(lambda p, v: layer_input(net, p, {}, v, ("head",)))(params, x)
     np.testing.assert_allclose(head_input, hidden, rtol=1e-6)
 
 
@@ -342,9 +368,9 @@ def test_ul_rejects_a_layer_that_is_not_dense(tmp_path):
     from cljax.errors import CljaxError
 
     config = config_of(tmp_path, use_ul=True, ul_layer="conv2")
-    program = build_task_program(dataclasses.replace(config, use_ul=False))
+    program = program_of(with_flat(config, use_ul=False))
     with pytest.raises(CljaxError, match="dense1"):
-        make_options(config, program.apply_fn, program.init_params)
+        make_options(config, program.parts.net)
 
 
 @pytest.mark.parametrize("kind", ["oja", "sanger"])
@@ -392,4 +418,4 @@ def test_every_rule_with_every_option_compiles_once(tmp_path, compile_counter, a
     for d in results.task_dirs(run.algo_dir):
         metrics = results.load_metrics(d)
         assert np.isfinite(metrics["train_loss"]).all() and np.isfinite(metrics["test_acc"]).all()
-        assert results.load_metadata(d)["config"]["use_replay"] == config.use_replay
+        assert results.load_metadata(d)["config"]["use_replay"] == config.to_dict()["use_replay"]
