@@ -82,8 +82,9 @@ class Entry:
 class Registry:
     """Name -> Entry for one extension point, filled by importing the modules of ``package``."""
 
-    def __init__(self, kind: str, package: str):
+    def __init__(self, kind: str, package: str, setting: str | None = None):
         self.kind = kind
+        self.setting = setting  # the Config field (and flag) that names an entry, if one does
         self.package = package
         self._entries: dict[str, Entry] = {}
         self._loaded = False
@@ -128,7 +129,9 @@ class Registry:
     def __getitem__(self, name: str) -> Entry:
         self._load()
         if name not in self._entries:
-            raise CljaxError(f"unknown {self.kind} {name!r}: choose one of {', '.join(sorted(self._entries))}.")
+            how = f" with --{self.setting}" if self.setting else ""
+            raise CljaxError(f"unknown {self.setting or self.kind} {name!r}: choose one of "
+                             f"{', '.join(sorted(self._entries))}{how}.")
         return self._entries[name]
 
 
@@ -154,10 +157,10 @@ def load_plugins(paths: list[str] | None = None) -> None:
         spec.loader.exec_module(module)
 
 
-RULES = Registry("rule", "cljax.rules")
+RULES = Registry("rule", "cljax.rules", setting="algorithm")
 OPTIONS = Registry("option", "cljax.options")
-MODELS = Registry("model", "cljax.models")
-DATASETS = Registry("dataset", "cljax.datasets")
+MODELS = Registry("model", "cljax.models", setting="model")
+DATASETS = Registry("dataset", "cljax.datasets", setting="dataset")
 
 register_rule = RULES.register
 register_option = OPTIONS.register
