@@ -192,7 +192,7 @@ def device_budget_for(config: Config, device_bytes: int | None = None) -> tuple[
         return int(device_bytes), "given"
     if config.device_memory:
         return int(config.device_memory), "--device-memory"
-    from cljax.devices import device_budget
+    from cljax.devices.memory import device_budget
 
     return device_budget()
 
@@ -205,7 +205,7 @@ def choose_eval_chunk(b: Budget, device_bytes: int | None = None) -> int:
     T = config.num_tasks
     if config.eval_chunk_tasks:
         return min(config.eval_chunk_tasks, T)
-    from cljax.devices import check_repeats, device_count
+    from cljax.devices.mesh import check_repeats, device_count
 
     check_repeats(config.n_repeats)
     budget, _ = device_budget_for(config, device_bytes)

@@ -14,8 +14,8 @@ from cljax.settings import add_settings_flags, config_from_args, load_plugins_fr
 
 def _use_every_core(config: Config) -> None:
     """On a CPU host, one JAX device per core so the repeats train on all of them (see
-    cljax.devices.configure_cpu_devices); before anything starts JAX's backends."""
-    from cljax.devices import configure_cpu_devices
+    cljax.devices.cpu_split.configure_cpu_devices); before anything starts JAX's backends."""
+    from cljax.devices.cpu_split import configure_cpu_devices
 
     if isinstance(config.n_repeats, int) and config.n_repeats >= 1:  # a bad value is reported by validate()
         configure_cpu_devices(config.n_repeats)

@@ -20,7 +20,8 @@ import jax
 import numpy as np
 from jax import lax
 
-from cljax.devices import fetch, live_device_bytes, put_repeats
+from cljax.devices.memory import live_device_bytes
+from cljax.devices.mesh import fetch, put_repeats
 from cljax.losses import nll_and_correct
 
 

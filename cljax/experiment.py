@@ -22,8 +22,9 @@ from cljax.budget import Budget, choose_eval_chunk, disk_files_per_task, disk_ru
 from cljax.checkpoint import CHECKPOINT, RUN_RECORD, load_learner, read_run_record, save_learner, write_run_record
 from cljax.config import SCHEMA_VERSION, Config, differing_settings
 from cljax.data import load_dataset
-from cljax.devices import (fetch, is_writer, live_device_bytes, maybe_initialize_distributed, mesh_devices, put_repeats,
-                           rss_bytes, shard_repeats)
+from cljax.devices.distributed import is_writer, maybe_initialize_distributed
+from cljax.devices.memory import live_device_bytes, rss_bytes
+from cljax.devices.mesh import fetch, mesh_devices, put_repeats, shard_repeats
 from cljax.evaluate import TestSets
 from cljax.errors import CljaxError
 from cljax.faults import crash_point

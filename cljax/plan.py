@@ -18,7 +18,8 @@ from cljax.program import build_task_program
 def make_plan(config: Config, device_bytes: int | None = None) -> dict:
     """Everything ``cljax plan`` prints, as a JSON-ready dict."""
     from cljax.data import load_dataset
-    from cljax.devices import check_repeats, device_count, rss_bytes
+    from cljax.devices.memory import rss_bytes
+    from cljax.devices.mesh import check_repeats, device_count
     from cljax.tasks import make_schedule
 
     config.validate()

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.sharding import PartitionSpec as P
 
-from cljax.devices import REPEATS_AXIS, device_count, repeat_mesh
+from cljax.devices.mesh import REPEATS_AXIS, device_count, repeat_mesh
 from cljax.evaluate import evaluate_snapshots
 from cljax.host import usable_cores
 from cljax.models import ModelContext, build_model, make_net, resolve_conv_impl

@@ -81,7 +81,7 @@ def expand(base: dict, grid: dict[str, list], seeds: list[int]) -> list[SweepRun
 
 def run_job(config_dict: dict, overwrite: bool = False) -> dict:
     """The body of one job: run (or resume) one experiment. Returns a short, picklable summary."""
-    from cljax.devices import configure_cpu_devices
+    from cljax.devices.cpu_split import configure_cpu_devices
     from cljax.experiment import algo_dir_of, run_experiment
 
     config = Config.from_flat(config_dict)

@@ -249,9 +249,9 @@ def test_plan_counts_a_replay_buffer_in_the_learner_state():
 
 
 def test_repeats_must_split_over_devices(monkeypatch):
-    import cljax.devices as devices
+    import cljax.devices.mesh as mesh
 
-    monkeypatch.setattr(devices, "device_count", lambda: 4)
+    monkeypatch.setattr(mesh, "device_count", lambda: 4)
     with pytest.raises(CljaxError, match=r"--n-repeats 6 does not split over the 4 visible devices.*4 or 8"):
         check_repeats(6)
     check_repeats(8)

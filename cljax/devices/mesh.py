@@ -1,0 +1,105 @@
+"""Placement of arrays with a repeat axis on the device(s).
+
+The repeat axis R is the only axis split across devices: a 1-D mesh over every visible device
+(all hosts' devices in a multi-host run) with the axis name ``repeats``. Repeats never talk to
+each other, so each device runs R / n_devices repeats of the same compiled program.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from functools import lru_cache
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from cljax.devices.cpu_split import CPU_DEVICES_ENV
+from cljax.errors import CljaxError
+
+REPEATS_AXIS = "repeats"
+_device_limit: int | None = None  # None: every visible device
+
+
+def device_count() -> int:
+    """Devices the repeat axis is split over: every visible one (see :func:`limit_devices`)."""
+    return len(mesh_devices())
+
+
+def mesh_devices() -> list:
+    devices = jax.devices()
+    return devices[:_device_limit] if _device_limit else devices
+
+
+@contextmanager
+def limit_devices(n: int | None):
+    """Within the block, split the repeat axis over the first ``n`` visible devices only (None:
+    all). For one process that measures several R on a host split into CPU devices (the
+    benchmark); a run itself always uses every visible device."""
+    global _device_limit
+    previous, _device_limit = _device_limit, n
+    try:
+        yield
+    finally:
+        _device_limit = previous
+
+
+@lru_cache(maxsize=None)
+def _mesh(devices: tuple) -> Mesh:
+    return Mesh(np.asarray(devices, dtype=object), (REPEATS_AXIS,))
+
+
+def repeat_mesh() -> Mesh:
+    """The 1-D mesh over every visible device, axis ``repeats``."""
+    return _mesh(tuple(mesh_devices()))
+
+
+def check_repeats(n_repeats: int) -> None:
+    """R must split evenly over the devices; say how to fix it otherwise."""
+    n = device_count()
+    if n_repeats % n:
+        lower, upper = (n_repeats // n) * n, (n_repeats // n + 1) * n
+        options = f"{lower} or {upper}" if lower else f"{upper}"
+        raise CljaxError(
+            f"--n-repeats {n_repeats} does not split over the {n} visible devices: use a multiple of {n} "
+            f"(e.g. {options}), or show fewer devices (CUDA_VISIBLE_DEVICES; on the CPU, {CPU_DEVICES_ENV}=auto)."
+        )
+
+
+def repeat_sharding(ndim: int, repeat_axis: int) -> NamedSharding:
+    """Axis ``repeat_axis`` of an ``ndim``-D array split over the mesh, the rest replicated."""
+    spec = [None] * ndim
+    spec[repeat_axis] = REPEATS_AXIS
+    return NamedSharding(repeat_mesh(), PartitionSpec(*spec))
+
+
+def put_repeats(x, repeat_axis: int):
+    """Put an array whose axis ``repeat_axis`` is R on the device(s), R split over the mesh.
+
+    The one placement point of train data, test sets and (via ``shard_repeats``) the learner."""
+    x_shape = np.shape(x)
+    check_repeats(x_shape[repeat_axis])
+    sharding = repeat_sharding(len(x_shape), repeat_axis)
+    if jax.process_count() == 1:
+        return jax.device_put(x, sharding)
+    # Multi-host: every process holds the whole host array; each fills the shards it owns.
+    host = np.asarray(x)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
+def shard_repeats(tree):
+    """Every leaf of a pytree with leading axis R (e.g. the learner state), split over R."""
+    return jax.tree.map(lambda leaf: put_repeats(leaf, 0), tree)
+
+
+def fetch(tree):
+    """Device arrays -> host numpy (the task's one transfer). Multi-host: every process gets
+    the whole arrays, gathered from the devices of all processes."""
+    if jax.process_count() == 1:
+        return jax.device_get(tree)
+    from jax.experimental import multihost_utils
+
+    return jax.tree.map(
+        lambda a: np.asarray(multihost_utils.process_allgather(a, tiled=True)) if isinstance(a, jax.Array) else a,
+        tree,
+    )
