@@ -7,6 +7,7 @@ import os
 import jax
 
 from cljax.devices.distributed import wants_distributed
+from cljax.errors import CljaxError
 from cljax.host import usable_cores
 
 CPU_DEVICES_ENV = "CLJAX_CPU_DEVICES"
