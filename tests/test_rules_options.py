@@ -26,7 +26,7 @@ from cljax.registry import RULES
 from cljax.rules import make_rule
 from cljax.rules.bio import feedback_interceptor
 from cljax.rules.rl import rewards, sample_actions
-from tests.conftest import FASHION_DIR, apply_fn_of, init_params_of
+from tests.conftest import FASHION_DIR, apply_fn_of, init_params_of, small_config
 
 IMAGE_SHAPE = (28, 28)  # Fashion-MNIST
 
@@ -43,12 +43,13 @@ def with_flat(config, **changes) -> Config:
     return Config.from_flat({**config.to_dict(), **changes})
 
 
+TINY = dict(lr=None, num_tasks=2, n_repeats=2, n_train_per_class=16, n_test_per_class=8, n_subsamples=2,
+            epochs=1, batch_size=16, log_frequency=1, replay_size=20, replay_batch=8)
+
+
 def config_of(tmp_path, **overrides) -> Config:
-    base = dict(dataset="fashion_mnist", data_dir=str(FASHION_DIR), results_dir=str(tmp_path / "results"),
-                num_tasks=2, n_repeats=2, n_train_per_class=16, n_test_per_class=8, n_subsamples=2,
-                epochs=1, batch_size=16, log_frequency=1, replay_size=20, replay_batch=8)
-    base.update(overrides)
-    return Config.from_flat(base)
+    """conftest's one config builder, shrunk to a few steps per task."""
+    return small_config(tmp_path, **{**TINY, **overrides})
 
 
 def final_accuracy(algo_dir):
