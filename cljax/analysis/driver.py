@@ -97,7 +97,7 @@ def analyze_run(
     """Run the registered analyses on a results folder; write summary, arrays and plots.
 
     Args:
-      algo_dir: ``results/{dataset}/{algorithm}`` with ``task_XXX`` folders.
+      algo_dir: ``results/{dataset}/{algorithm}`` with ``task_NNN`` folders.
       out_dir: where to write (default ``{algo_dir}/analysis``).
       variant: accuracy-matrix variant of the headline numbers (``final`` or ``auc``; both are
         computed and saved).

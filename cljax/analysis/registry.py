@@ -55,7 +55,7 @@ class RunContext(NamedTuple):
 
 
 class TaskFolder:
-    """One ``task_XXX`` folder; each file is read on first use, then shared by the analyses."""
+    """One ``task_NNN`` folder; each file is read on first use, then shared by the analyses."""
 
     def __init__(self, index: int, path: Path):
         self.index = index
