@@ -177,7 +177,6 @@ def fit_chunk(b: Budget, device_bytes: int, n_devices: int) -> int:
 
 
 def _does_not_fit(b: Budget, device_bytes: int, n_devices: int) -> CljaxError:
-    config = b.config
     need = _per_device(sum(device_components(b, 1).values()) + scratch_bytes(b), n_devices)
     return CljaxError(
         f"a task needs about {fmt_bytes(need)} per device even evaluating one task at a time, more than "

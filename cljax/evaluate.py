@@ -16,7 +16,6 @@ both footprints and picks K (``choose_eval_chunk``).
 
 from __future__ import annotations
 
-import jax
 import numpy as np
 from jax import lax
 
