@@ -1,0 +1,104 @@
+"""Training throughput of two cljax checkouts, measured in one run: is a change faster or slower?
+
+Each checkout's ``benchmarks/throughput.py`` builds its own task program (learner + expert, the
+real per-task program on synthetic data) in a worker process that imports that checkout's
+cljax; the driver then asks the workers in turn, round by round in a shuffled order, to run one
+call, so load from other processes hits both alike. Prints samples/s (median over rounds) of
+each and the ratio.
+
+    python benchmarks/versus.py OLD_CHECKOUT NEW_CHECKOUT [--repeats 32] [--rounds 7] [--json out.json]
+
+A checkout is a folder holding ``cljax/`` and ``benchmarks/throughput.py`` (a ``git worktree``
+of the commit to compare).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def worker(checkout: str, repeats: int, steps: int, batch_size: int) -> None:
+    """Build the program of ``checkout``, then answer each 'run' line on stdin with the seconds of one call."""
+    sys.path[:0] = [checkout, str(Path(checkout) / "benchmarks")]
+    from cljax.devices import configure_cpu_devices
+    from cljax.host import usable_cores
+
+    configure_cpu_devices(usable_cores())  # as `cljax run` and throughput.py do
+    import time
+
+    import throughput
+
+    call, samples, compile_seconds, n_devices, paired = throughput.cljax_unit(repeats, steps, batch_size, None)
+    print(json.dumps({"samples": samples, "compile_seconds": compile_seconds, "devices": n_devices,
+                      "paired": paired}), flush=True)
+    for line in sys.stdin:
+        if line.strip() != "run":
+            break
+        t0 = time.perf_counter()
+        call()
+        print(time.perf_counter() - t0, flush=True)
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(prog="versus.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("old")
+    p.add_argument("new")
+    p.add_argument("--repeats", type=int, default=32)
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--json", dest="json_path", default=None)
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker:
+        worker(args.new, args.repeats, args.steps, args.batch_size)
+        return {}
+    for checkout in (args.old, args.new):
+        if not (Path(checkout) / "cljax").is_dir() or not (Path(checkout) / "benchmarks" / "throughput.py").is_file():
+            raise SystemExit(f"error: {checkout} is not a cljax checkout (cljax/ and benchmarks/throughput.py): "
+                             f"pass a folder made by `git worktree add`.")
+    workers, info = {}, {}
+    for name, checkout in (("old", args.old), ("new", args.new)):
+        env = {**os.environ, "PYTHONPATH": str(Path(checkout).resolve())}
+        workers[name] = subprocess.Popen(
+            [sys.executable, __file__, "--worker", "-", str(Path(checkout).resolve()), "--repeats", str(args.repeats),
+             "--steps", str(args.steps), "--batch-size", str(args.batch_size)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        info[name] = json.loads(workers[name].stdout.readline())  # built and warmed up before the other starts
+    seconds = {name: [] for name in workers}
+    rng = np.random.default_rng(0)
+    names = list(workers)
+    for _ in range(args.rounds):
+        for i in rng.permutation(len(names)):
+            w = workers[names[i]]
+            w.stdin.write("run\n")
+            w.stdin.flush()
+            seconds[names[i]].append(float(w.stdout.readline()))
+    for w in workers.values():
+        w.stdin.close()
+        w.wait()
+    report = {"repeats": args.repeats, "steps": args.steps, "batch_size": args.batch_size, "rounds": args.rounds,
+              "checkouts": {"old": str(args.old), "new": str(args.new)}}
+    for name in names:
+        median = float(np.median(seconds[name]))
+        report[name] = {**info[name], "seconds": seconds[name], "samples_per_second": info[name]["samples"] / median}
+    report["new_over_old"] = report["new"]["samples_per_second"] / report["old"]["samples_per_second"]
+    for name in names:
+        r = report[name]
+        print(f"{name}: {r['samples_per_second']:,.0f} samples/s (median of {args.rounds}; {r['devices']} devices, "
+              f"paired {r['paired']}, compile {r['compile_seconds']:.1f} s)")
+    print(f"new / old: {report['new_over_old']:.3f}")
+    if args.json_path:
+        Path(args.json_path).write_text(json.dumps(report, indent=1))
+    return report
+
+
+if __name__ == "__main__":
+    main()
