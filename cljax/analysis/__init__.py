@@ -38,6 +38,7 @@ from cljax.analysis.plasticine import (
     weight_change,
     weight_magnitude,
 )
+from cljax.analysis.spread import spread
 from cljax.analysis.plots import (
     plot_accuracy_matrix,
     plot_accuracy_over_time,
@@ -49,9 +50,9 @@ from cljax.analysis.plots import (
 
 __all__ = [
     "accuracy_matrix", "average_accuracy", "backward_transfer", "chance_corrected", "cl_analysis",
-    "cl_metrics_from_matrix", "expert_accuracy", "forgetting", "forgetting_per_task", "forward_transfer",
-    "normalised_transfer", "plasticity_gap",
-    "analyze_run", "class_manifolds",
+    "cl_metrics_from_matrix", "expert_accuracy", "forgetting", "forgetting_per_task",
+    "forward_transfer", "normalised_transfer", "plasticity_gap",
+    "analyze_run", "class_manifolds", "spread",
     "ball_capacity", "glue_analysis", "glue_geometry", "make_dichotomies", "simulated_capacity", "solve_anchor_qp",
     "active_fraction", "dormant_ratio", "effective_rank", "feature_norm", "feature_variance",
     "feature_variance_across_units", "representation_metrics", "singular_values", "srank", "stable_rank",

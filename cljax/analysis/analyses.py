@@ -17,37 +17,32 @@ Definitions: ``docs/metrics.md``; conventions: :mod:`cljax.analysis.driver`.
 
 from __future__ import annotations
 
-import math
-
 import jax
 import numpy as np
 
 from cljax.analysis import plots
-from cljax.analysis.cl import VARIANTS, cl_metrics_from_matrix
+from cljax.analysis.cl import VARIANTS, cl_metrics_from_matrix, task_accuracy_row
 from cljax.analysis.glue import DIAGNOSTIC_KEYS, GLUE_KEYS, glue_analysis
 from cljax.analysis.plasticine import representation_metrics, weight_change, weight_magnitude
 from cljax.analysis.registry import Analysis, Result, RunContext, TaskFolder, register
+from cljax.analysis.spread import mean_std_axis0, spread
 from cljax.errors import CljaxError
 
 WEIGHT_KEYS = ("weight_magnitude", "weight_change_task_start", "weight_change_init")
 
 
 def mean_std(x_R) -> dict:
-    """Mean and std (ddof = 0) over the finite entries; both NaN when none is finite."""
-    x = np.asarray(x_R, dtype=np.float64)
-    x = np.where(np.isfinite(x), x, np.nan)
-    if np.all(np.isnan(x)):
-        return {"mean": math.nan, "std": math.nan}
-    return {"mean": float(np.nanmean(x)), "std": float(np.nanstd(x))}
+    """:func:`cljax.analysis.spread.spread`: mean, sample std, counts over the finite repeats."""
+    return spread(x_R)
 
 
 def over_tasks(values_nR) -> dict:
-    """Summary of one metric tracked per task folder, values (n_tasks, R)."""
+    """Summary of one metric tracked per task folder, values (n_tasks, R): the spread at the last
+    folder, the mean over repeats of every folder, and how many values were not finite."""
     v = np.asarray(values_nR, dtype=np.float64)
-    v = np.where(np.isfinite(v), v, np.nan)
-    with np.errstate(invalid="ignore"):
-        per_task = [float(np.nanmean(row)) if not np.all(np.isnan(row)) else math.nan for row in v]
-    return {"last_task": mean_std(v[-1]), "per_task_mean": per_task}
+    mean, _, _ = mean_std_axis0(v.T)
+    return {"last_task": spread(v[-1]), "per_task_mean": [float(m) for m in mean],
+            "n_nonfinite": int((~np.isfinite(v)).sum())}
 
 
 # ---- cl --------------------------------------------------------------------------------------
@@ -58,9 +53,9 @@ def _cl_init(ctx: RunContext) -> dict:
 def _cl_update(state: dict, folder: TaskFolder) -> dict:
     acc = folder.test_acc
     if state["initial"] is None:
-        state["initial"] = np.asarray(folder.metrics["start_test_acc"], dtype=np.float64)
-    state["rows"]["final"].append(acc[-1])
-    state["rows"]["auc"].append(acc.mean(axis=0))
+        state["initial"] = folder.start_test_acc
+    for v in VARIANTS:
+        state["rows"][v].append(task_accuracy_row(acc, v, folder.start_test_acc, folder.log_steps))
     e_acc = np.asarray(folder.expert_metrics["test_acc"], dtype=np.float64)  # (L, R)
     state["expert"]["final"].append(e_acc[-1])
     state["expert"]["auc"].append(e_acc.mean(axis=0))
@@ -152,9 +147,7 @@ def _curves_init(ctx: RunContext) -> dict:
 
 
 def _curves_update(state: dict, folder: TaskFolder) -> dict:
-    acc, meta = folder.test_acc, folder.metadata
-    log_steps = np.asarray(meta.get("log_steps", folder.metrics.get("log_steps", np.arange(1, acc.shape[0] + 1))),
-                           float)
+    acc, log_steps = folder.test_acc, folder.log_steps
     state["boundaries"].append(state["offset"])
     state["curves"].append(acc[:, :, state["ids"]].astype(np.float32))
     state["steps"].append(state["offset"] + log_steps)
@@ -175,7 +168,8 @@ def _curves_finalize(state: dict) -> Result:
 
 # ---- run: config and conventions -------------------------------------------------------------
 CONVENTIONS = {
-    "accuracy_matrix": "R[i, j] after task i on task j; final = last snapshot, auc = mean over snapshots",
+    "accuracy_matrix": "R[i, j] after task i on task j; final = last snapshot, auc = area under the accuracy "
+                       "curve from the task-start evaluation (trapezoid over the logged steps) / its length",
     "fwt": "mean over j >= 1 of R[j-1, j] - b[j], b = start_test_acc of task_000",
     "expert": "E[i] = expert test accuracy on task i at its last snapshot (both variants)",
     "incomplete_run": "metrics over the n x n block of the completed tasks",

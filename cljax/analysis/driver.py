@@ -41,6 +41,7 @@ from cljax import results
 from cljax.analysis import analyses as _builtin  # noqa: F401  (registers the built-in analyses)
 from cljax.analysis.cl import VARIANTS
 from cljax.analysis.registry import Options, RunContext, TaskFolder, get, registered
+from cljax.analysis.spread import RULE
 from cljax.errors import CljaxError
 
 # The listing order of the built-in files in ``summary["files"]`` (that of earlier versions);
@@ -159,7 +160,7 @@ def analyze_run(
         "n_repeats": R,
         "n_snapshots": L,
         "variant": variant,
-        "std": "across repeats, ddof = 0",
+        "std": RULE,
     }
     for a, result in zip(selected, outputs):
         taken = summary.keys() & result.summary.keys()

@@ -2,13 +2,13 @@
 
 Every function takes numpy arrays and an output path, writes one PNG and returns its path.
 Arrays with a leading repeat axis R are drawn as the mean across repeats with a band of one
-standard deviation (ddof = 0); NaNs (undefined values) are skipped.
+sample standard deviation (ddof = 1); non-finite values are left out
+(:mod:`cljax.analysis.spread`, the rule of the summaries).
 """
 
 from __future__ import annotations
 
 import os
-import warnings
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -16,6 +16,8 @@ import matplotlib
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from cljax.analysis.spread import mean_std_axis0
 
 
 def _figure(**kwargs) -> Figure:
@@ -26,14 +28,10 @@ def _figure(**kwargs) -> Figure:
 
 
 def _mean_std(values_RX: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and std over axis 0, ignoring NaN and inf (all-NaN columns stay NaN, silently)."""
+    """Mean and sample std over axis 0 of the finite values (no band where fewer than two)."""
     v = np.asarray(values_RX, dtype=np.float64)
-    if v.ndim == 1:
-        v = v[None]
-    v = np.where(np.isfinite(v), v, np.nan)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return np.nanmean(v, axis=0), np.nanstd(v, axis=0)
+    mean, std, _ = mean_std_axis0(v[None] if v.ndim == 1 else v)
+    return mean, std
 
 
 def _band(ax, x, values_RX, label=None, color=None, marker=None):
@@ -184,3 +182,4 @@ def plot_glue_over_tasks(metrics: Mapping[str, np.ndarray], path, x=None,
     """:func:`plot_metrics_over_tasks` on the GLUE metrics present in ``metrics``."""
     chosen = {k: metrics[k] for k in GLUE_PANELS if k in metrics}
     return plot_metrics_over_tasks(chosen or dict(metrics), path, title=title, x=x)
+

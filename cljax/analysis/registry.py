@@ -68,6 +68,17 @@ class TaskFolder:
         self.test_acc = np.asarray(self.metrics["test_acc"], dtype=np.float64)  # (L, R, T)
 
     @functools.cached_property
+    def log_steps(self) -> np.ndarray:
+        """The training step of each of the L snapshots (default 1, ..., L)."""
+        steps = self.metadata.get("log_steps", self.metrics.get("log_steps", np.arange(1, self.test_acc.shape[0] + 1)))
+        return np.asarray(steps, dtype=np.float64)
+
+    @functools.cached_property
+    def start_test_acc(self) -> np.ndarray:
+        """(R, T): every task's accuracy evaluated before this task's first step."""
+        return np.asarray(self.metrics["start_test_acc"], dtype=np.float64)
+
+    @functools.cached_property
     def expert_metrics(self) -> dict:
         return results.load_expert_metrics(self.path)
 
