@@ -11,12 +11,15 @@ from cljax.analysis.cl import (
     chance_corrected,
     cl_analysis,
     cl_metrics_from_matrix,
+    current_task_accuracy,
     expert_accuracy,
     forgetting,
     forgetting_per_task,
     forward_transfer,
     normalised_transfer,
     plasticity_gap,
+    plasticity_gap_best,
+    snapshot_accuracy,
 )
 from cljax.analysis.analyses import class_manifolds
 from cljax.analysis.driver import analyze_run
@@ -50,8 +53,8 @@ from cljax.analysis.plots import (
 
 __all__ = [
     "accuracy_matrix", "average_accuracy", "backward_transfer", "chance_corrected", "cl_analysis",
-    "cl_metrics_from_matrix", "expert_accuracy", "forgetting", "forgetting_per_task",
-    "forward_transfer", "normalised_transfer", "plasticity_gap",
+    "cl_metrics_from_matrix", "current_task_accuracy", "expert_accuracy", "forgetting", "forgetting_per_task",
+    "forward_transfer", "normalised_transfer", "plasticity_gap", "plasticity_gap_best", "snapshot_accuracy",
     "analyze_run", "class_manifolds", "spread",
     "ball_capacity", "glue_analysis", "glue_geometry", "make_dichotomies", "simulated_capacity", "solve_anchor_qp",
     "active_fraction", "dormant_ratio", "effective_rank", "feature_norm", "feature_variance",

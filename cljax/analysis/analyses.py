@@ -21,7 +21,7 @@ import jax
 import numpy as np
 
 from cljax.analysis import plots
-from cljax.analysis.cl import VARIANTS, cl_metrics_from_matrix, task_accuracy_row
+from cljax.analysis.cl import VARIANTS, cl_metrics_from_matrix, mean_over_tasks, snapshot_accuracy, task_accuracy_row
 from cljax.analysis.glue import DIAGNOSTIC_KEYS, GLUE_KEYS, glue_analysis
 from cljax.analysis.plasticine import representation_metrics, weight_change, weight_magnitude
 from cljax.analysis.registry import Analysis, Result, RunContext, TaskFolder, register
@@ -46,8 +46,12 @@ def over_tasks(values_nR) -> dict:
 
 
 # ---- cl --------------------------------------------------------------------------------------
+# A snapshot this far below the same run's best one counts as a collapse (summary["expert"]).
+COLLAPSE_DROP = 0.1
+
+
 def _cl_init(ctx: RunContext) -> dict:
-    return {"ctx": ctx, "rows": {v: [] for v in VARIANTS}, "expert": {v: [] for v in VARIANTS}, "initial": None}
+    return {"ctx": ctx, "rows": {v: [] for v in VARIANTS}, "expert_LR": [], "current_LR": [], "initial": None}
 
 
 def _cl_update(state: dict, folder: TaskFolder) -> dict:
@@ -56,37 +60,62 @@ def _cl_update(state: dict, folder: TaskFolder) -> dict:
         state["initial"] = folder.start_test_acc
     for v in VARIANTS:
         state["rows"][v].append(task_accuracy_row(acc, v, folder.start_test_acc, folder.log_steps))
-    e_acc = np.asarray(folder.expert_metrics["test_acc"], dtype=np.float64)  # (L, R)
-    state["expert"]["final"].append(e_acc[-1])
-    state["expert"]["auc"].append(e_acc.mean(axis=0))
+    state["expert_LR"].append(np.asarray(folder.expert_metrics["test_acc"], dtype=np.float64))
+    state["current_LR"].append(acc[:, :, folder.index])
     return state
+
+
+def _expert_summary(expert_LR: list, current_LR: list) -> dict:
+    """The expert's final, best and last-snapshot drop, and the best-vs-best plasticity gap."""
+    final, best = (snapshot_accuracy(expert_LR, v) for v in ("final", "best"))  # (R, n)
+    learner_best = snapshot_accuracy(current_LR, "best")
+    drop, gap_best = best - final, best - learner_best
+    return {
+        "arrays": {"expert_acc_best": best, "learner_current_acc_best": learner_best,
+                   "plasticity_gap_best": gap_best, "expert_drop_from_best": drop},
+        "summary": {
+            "expert": {
+                "final": spread(mean_over_tasks(final)),
+                "best": spread(mean_over_tasks(best)),
+                "max_drop_from_best": float(drop.max()),
+                "n_collapsed": int((drop > COLLAPSE_DROP).sum()),
+                "n_cells": int(drop.size),
+                "collapse": f"last snapshot more than {COLLAPSE_DROP} below the best snapshot of the same "
+                            "(repeat, task)",
+            },
+            "mean_plasticity_gap_best": spread(mean_over_tasks(gap_best)),
+        },
+    }
 
 
 def _cl_finalize(state: dict) -> Result:
     n, initial = state["ctx"].n_folders, state["initial"]
     rows = {v: np.stack(r, axis=1) for v, r in state["rows"].items()}  # (R, n, T)
-    expert = {v: np.stack(e, axis=1) for v, e in state["expert"].items()}  # (R, n)
+    expert = {v: snapshot_accuracy(state["expert_LR"], v) for v in ("final", "auc")}  # (R, n)
     # E[i] is the expert's last snapshot for both variants (docs/metrics.md); its mean is saved too.
     cl = {v: {"variant": v, **cl_metrics_from_matrix(rows[v][:, :, :n], expert["final"], initial[:, :n])}
           for v in VARIANTS}
     headline = cl[state["ctx"].options.variant]
+    robust = _expert_summary(state["expert_LR"], state["current_LR"])
     arrays = {
         "initial_acc": initial,
         "expert_acc_final": expert["final"],
         "expert_acc_auc": expert["auc"],
+        **robust["arrays"],
         "accuracy_rows_final": rows["final"],
         "accuracy_rows_auc": rows["auc"],
         **{f"{v}_{k}": val for v in VARIANTS for k, val in cl[v].items() if k not in ("summary", "variant")},
     }
     A = headline["accuracy_matrix"]
     return Result(
-        summary={**headline["summary"], "cl": {v: cl[v]["summary"] for v in VARIANTS}},
+        summary={**headline["summary"], **robust["summary"], "cl": {v: cl[v]["summary"] for v in VARIANTS}},
         arrays={"cl.npz": arrays},
         plots={
             "accuracy_matrix.png": lambda p: plots.plot_accuracy_matrix(
                 A, p, title=f"Accuracy matrix ({headline['variant']})"),
             "learner_vs_expert.png": lambda p: plots.plot_learner_vs_expert(
-                np.diagonal(A, axis1=1, axis2=2), headline["expert_accuracy"], p),
+                np.diagonal(A, axis1=1, axis2=2), headline["expert_accuracy"], p,
+                expert_best_RT=robust["arrays"]["expert_acc_best"]),
         },
     )
 
@@ -171,7 +200,8 @@ CONVENTIONS = {
     "accuracy_matrix": "R[i, j] after task i on task j; final = last snapshot, auc = area under the accuracy "
                        "curve from the task-start evaluation (trapezoid over the logged steps) / its length",
     "fwt": "mean over j >= 1 of R[j-1, j] - b[j], b = start_test_acc of task_000",
-    "expert": "E[i] = expert test accuracy on task i at its last snapshot (both variants)",
+    "expert": "E[i] = expert test accuracy on task i at its last snapshot (both variants); "
+              "plasticity_gap_best = expert's best snapshot - learner's best snapshot on task i",
     "incomplete_run": "metrics over the n x n block of the completed tasks",
     "weight_change_task_start": "reference = last stored snapshot of the previous task folder",
     "weight_change_init": "reference = first stored snapshot of task_000 (initial weights are not saved)",

@@ -181,16 +181,42 @@ def mean_std(per_repeat: np.ndarray) -> dict:
     return {"mean": mean, "std": std, "n": n}
 
 
-def expert_accuracy(expert_test_acc_per_task: Sequence[np.ndarray], variant: str = "final") -> np.ndarray:
-    """E[r, i] from one (L, R) expert test-accuracy array per task: last snapshot or mean, (R, T)."""
-    _check_variant(variant)
+EXPERT_VARIANTS = ("final", "auc", "best")
+
+
+def snapshot_accuracy(acc_LR_per_task: Sequence[np.ndarray], variant: str = "final") -> np.ndarray:
+    """One figure per task from one (L, R) accuracy array per task, (R, T): the last snapshot
+    (``final``), the mean over the snapshots (``auc``) or the best snapshot (``best``)."""
+    if variant not in EXPERT_VARIANTS:
+        raise ValueError(f"variant must be one of {EXPERT_VARIANTS}, got {variant!r}")
     cols = []
-    for a in expert_test_acc_per_task:
+    for a in acc_LR_per_task:
         a = np.asarray(a, dtype=np.float64)
         if a.ndim != 2:
-            raise ValueError(f"expected expert test accuracy of shape (L, R), got {a.shape}")
-        cols.append(a[-1] if variant == "final" else a.mean(axis=0))
+            raise ValueError(f"expected accuracy snapshots of shape (L, R), got {a.shape}")
+        cols.append(a[-1] if variant == "final" else a.mean(axis=0) if variant == "auc" else a.max(axis=0))
     return np.stack(cols, axis=1)
+
+
+def expert_accuracy(expert_test_acc_per_task: Sequence[np.ndarray], variant: str = "final") -> np.ndarray:
+    """E[r, i] from one (L, R) expert test-accuracy array per task, (R, T): its last snapshot
+    (``final``), its mean over the snapshots (``auc``; the expert has no task-start evaluation)
+    or its best snapshot (``best``)."""
+    return snapshot_accuracy(expert_test_acc_per_task, variant)
+
+
+def current_task_accuracy(test_acc_per_task: Sequence[np.ndarray], variant: str = "best") -> np.ndarray:
+    """The learner's accuracy on task i over the snapshots of task i's own folder, (R, T):
+    ``final`` (= R[i, i]), ``auc`` (mean over the snapshots) or ``best`` (best snapshot)."""
+    return snapshot_accuracy([np.asarray(a)[:, :, i] for i, a in enumerate(test_acc_per_task)], variant)
+
+
+def plasticity_gap_best(test_acc_per_task: Sequence[np.ndarray],
+                        expert_test_acc_per_task: Sequence[np.ndarray]) -> np.ndarray:
+    """G_best[i] = max_l E_l[i] - max_l A_l[i, i], (R, T): the best snapshot of the expert on task
+    i minus the learner's best snapshot on task i while training it. Both sides pick the best of
+    the same number of snapshots, so neither one's late collapse nor the selection favours one."""
+    return expert_accuracy(expert_test_acc_per_task, "best") - current_task_accuracy(test_acc_per_task, "best")
 
 
 def mean_over_tasks(values_RT: np.ndarray) -> np.ndarray:
@@ -249,8 +275,8 @@ def cl_analysis(
       initial_acc_RT: b[r, j], accuracy of the initial network on every task, (R, T)
         (``start_test_acc`` of task_000).
       variant: ``final`` or ``auc`` row of the accuracy matrix, see :func:`accuracy_matrix`.
-      expert_variant: E[i] from the expert's last snapshot (``final``, the docs/metrics.md definition)
-        or its mean over snapshots (``auc``).
+      expert_variant: E[i] from the expert's last snapshot (``final``, the docs/metrics.md definition),
+        its mean over snapshots (``auc``) or its best snapshot (``best``).
       start_acc_per_task, log_steps_per_task: each folder's ``start_test_acc`` (R, T) and
         logged steps, for ``auc`` (see :func:`task_accuracy_row`).
 

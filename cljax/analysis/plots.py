@@ -107,10 +107,12 @@ def plot_accuracy_over_time(
 
 
 def plot_learner_vs_expert(
-    learner_RT, expert_RT, path: str | os.PathLike, title: str = "Learner vs expert on each new task"
+    learner_RT, expert_RT, path: str | os.PathLike, title: str = "Learner vs expert on each new task",
+    expert_best_RT=None,
 ) -> Path:
-    """Left: R[i, i] of the continual learner and E[i] of the fresh expert per task; right: the
-    plasticity gap G[i] = E[i] - R[i, i]. Both (R, T), mean +- std across repeats."""
+    """Left: R[i, i] of the continual learner and E[i] of the fresh expert per task (and the
+    expert's best snapshot, ``expert_best_RT``, dashed); right: the plasticity gap
+    G[i] = E[i] - R[i, i]. All (R, T), mean +- std across repeats."""
     learner = np.asarray(learner_RT, dtype=np.float64)
     expert = np.asarray(expert_RT, dtype=np.float64)
     x = np.arange(learner.shape[-1])
@@ -118,6 +120,9 @@ def plot_learner_vs_expert(
     ax0, ax1 = fig.subplots(1, 2)
     _band(ax0, x, learner, label="learner R[i, i]", marker="o")
     _band(ax0, x, expert, label="expert E[i]", marker="s")
+    if expert_best_RT is not None:
+        mean, _ = _mean_std(expert_best_RT)
+        ax0.plot(x, mean, linestyle="--", color="gray", label="expert, best snapshot")
     ax0.axhline(0.5, color="black", linestyle=":", linewidth=0.7)
     ax0.set_xlabel("task i")
     ax0.set_ylabel("test accuracy")
