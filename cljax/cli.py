@@ -132,6 +132,8 @@ def _cmd_sweep(argv: list[str]) -> int:
 
 
 def _cmd_analyze(argv: list[str]) -> int:
+    from cljax.analysis.glue import N_PROBES
+
     parser = _Parser(prog="cljax analyze", description="Analyse a finished (or partial) run: continual-learning "
                      "metrics, plasticity metrics, manifold geometry (GLUE); writes ALGO_DIR/analysis/.")
     parser.add_argument("algo_dir", help="results/{dataset}/{algorithm}")
@@ -139,7 +141,8 @@ def _cmd_analyze(argv: list[str]) -> int:
     parser.add_argument("--variant", choices=("final", "auc"), default="final",
                         help="accuracy-matrix variant of the headline numbers (default: final)")
     parser.add_argument("--tau", type=float, default=0.025, help="dormant-unit threshold (default: 0.025)")
-    parser.add_argument("--glue-probes", type=int, default=128, help="Gaussian probes of the GLUE capacity (default: 128)")
+    parser.add_argument("--glue-probes", type=int, default=N_PROBES,
+                        help=f"Gaussian probes of the GLUE capacity (default: {N_PROBES})")
     parser.add_argument("--no-glue", action="store_true", help="skip the manifold-capacity analysis")
     parser.add_argument("--no-plots", action="store_true", help="no PNG plots")
     args = parser.parse_args(argv)

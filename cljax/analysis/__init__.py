@@ -23,7 +23,7 @@ from cljax.analysis.cl import (
 )
 from cljax.analysis.analyses import class_manifolds
 from cljax.analysis.driver import analyze_run
-from cljax.analysis.glue import glue_analysis, glue_geometry, make_dichotomies
+from cljax.analysis.glue import N_PROBES, glue_analysis, glue_geometry, make_dichotomies
 from cljax.analysis.glue_reference import ball_capacity, simulated_capacity
 from cljax.analysis.glue_solver import solve_anchor_qp
 from cljax.analysis.plasticine import (
@@ -56,7 +56,7 @@ __all__ = [
     "cl_metrics_from_matrix", "current_task_accuracy", "expert_accuracy", "forgetting", "forgetting_per_task",
     "forward_transfer", "normalised_transfer", "plasticity_gap", "plasticity_gap_best", "snapshot_accuracy",
     "analyze_run", "class_manifolds", "spread",
-    "ball_capacity", "glue_analysis", "glue_geometry", "make_dichotomies", "simulated_capacity", "solve_anchor_qp",
+    "N_PROBES", "ball_capacity", "glue_analysis", "glue_geometry", "make_dichotomies", "simulated_capacity", "solve_anchor_qp",
     "active_fraction", "dormant_ratio", "effective_rank", "feature_norm", "feature_variance",
     "feature_variance_across_units", "representation_metrics", "singular_values", "srank", "stable_rank",
     "unit_scores", "weight_change", "weight_magnitude",

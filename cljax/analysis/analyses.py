@@ -23,17 +23,13 @@ import numpy as np
 from cljax.analysis import plots
 from cljax.analysis.cl import VARIANTS, cl_metrics_from_matrix, mean_over_tasks, snapshot_accuracy, task_accuracy_row
 from cljax.analysis.glue import DIAGNOSTIC_KEYS, GLUE_KEYS, glue_analysis
+from cljax.analysis.glue_solver import MAX_ITER, TOL
 from cljax.analysis.plasticine import representation_metrics, weight_change, weight_magnitude
 from cljax.analysis.registry import Analysis, Result, RunContext, TaskFolder, register
 from cljax.analysis.spread import mean_std_axis0, spread
 from cljax.errors import CljaxError
 
 WEIGHT_KEYS = ("weight_magnitude", "weight_change_task_start", "weight_change_init")
-
-
-def mean_std(x_R) -> dict:
-    """:func:`cljax.analysis.spread.spread`: mean, sample std, counts over the finite repeats."""
-    return spread(x_R)
 
 
 def over_tasks(values_nR) -> dict:
@@ -245,13 +241,18 @@ def class_manifolds(representations_RTSH, labels_RTS, max_points: int | None = N
 
 def _glue_init(ctx: RunContext) -> dict:
     return {"ctx": ctx, "key": jax.random.PRNGKey(ctx.options.glue_seed), "task": {}, "across": {},
-            "folders": [], "tasks": [], "diag": {"min_converged_fraction": 1.0, "max_residual": 0.0}}
+            "folders": [], "tasks": [],
+            "diag": {"n_probes_solved": 0, "n_probes_converged": 0, "min_converged_fraction": 1.0, "max_residual": 0.0}}
 
 
 def _glue_call(state: dict, X, dichotomies: str) -> dict:
-    g = glue_analysis(X, state["key"], n_probes=state["ctx"].options.glue_n_probes, dichotomies=dichotomies)
-    diag = state["diag"]  # over every GLUE call
-    diag["min_converged_fraction"] = min(diag["min_converged_fraction"], float(np.min(g["converged_fraction"])))
+    n_probes = state["ctx"].options.glue_n_probes
+    g = glue_analysis(X, state["key"], n_probes=n_probes, dichotomies=dichotomies, max_iter=MAX_ITER, tol=TOL)
+    diag = state["diag"]  # over every GLUE call: each (repeat, task) grouping solves n_probes QPs
+    fractions = np.asarray(g["converged_fraction"], dtype=np.float64)
+    diag["n_probes_solved"] += int(fractions.size * n_probes)
+    diag["n_probes_converged"] += int(np.rint(fractions * n_probes).sum())
+    diag["min_converged_fraction"] = min(diag["min_converged_fraction"], float(fractions.min()))
     diag["max_residual"] = max(diag["max_residual"], float(np.max(g["max_residual"])))
     return g
 
@@ -286,19 +287,24 @@ def _glue_finalize(state: dict) -> Result:
         task_summary = {k: over_tasks(v) for k, v in task.items()}
         per_task_plot = {k: v.T for k, v in task.items()}
     else:  # the diagonal: task i's manifolds after training task i
-        task_summary = {k: {"last_task": mean_std(v[-1].mean(axis=-1)),
+        task_summary = {k: {"last_task": spread(v[-1].mean(axis=-1)),
                             "diagonal_per_task_mean": [float(np.nanmean(v[i, :, i])) for i in range(n)]}
                         for k, v in task.items()}
         per_task_plot = {k: np.stack([v[i, :, i] for i in range(v.shape[0])], axis=1) for k, v in task.items()}
     summary = {
         "per_task": task_summary,
         "across_tasks": {
-            "final": {k: mean_std(v[-1]) for k, v in across.items()},
+            "final": {k: spread(v[-1]) for k, v in across.items()},
             "folders": folders,
             "tasks": tasks,
             "n_manifolds": 2 * len(tasks),
         },
-        "solver": state["diag"],
+        "solver": {
+            "converged_fraction": state["diag"]["n_probes_converged"] / max(state["diag"]["n_probes_solved"], 1),
+            **state["diag"],
+            "tol": TOL,
+            "converged": f"scaled KKT error <= {TOL} within {MAX_ITER} steps",
+        },
         "settings": {
             "n_probes": opt.glue_n_probes,
             "per_task": f"P = 2, dichotomy = the task's labels, tasks = {opt.glue_tasks}",
@@ -306,7 +312,10 @@ def _glue_finalize(state: dict) -> Result:
             "max_points_per_manifold": opt.glue_max_points,
             "seed": opt.glue_seed,
             "snapshot": "last of each task folder",
-            "solver": "primal-dual interior point on the dual NNLS, float64, tol 1e-7 (scaled KKT), max 100 steps",
+            "solver": f"primal-dual interior point on the dual NNLS, float64, tol {TOL} (scaled KKT), "
+                      f"max {MAX_ITER} steps",
+            "capacity_mc_error": "standard error of the probe average (delta method); the probes are shared by "
+                                 "every repeat and folder, so this error is common to them and not in their std",
             "floor": "capacity ~ P / N with inseparable_fraction ~ 1: the dichotomies are not linearly "
                      "separable in the representation at all",
         },

@@ -40,6 +40,7 @@ import numpy as np
 from cljax import results
 from cljax.analysis import analyses as _builtin  # noqa: F401  (registers the built-in analyses)
 from cljax.analysis.cl import VARIANTS
+from cljax.analysis.glue import N_PROBES
 from cljax.analysis.registry import Options, RunContext, TaskFolder, get, registered
 from cljax.analysis.spread import RULE
 from cljax.errors import CljaxError
@@ -85,7 +86,7 @@ def analyze_run(
     variant: str = "final",
     tau: float = 0.025,
     glue: bool = True,
-    glue_n_probes: int = 128,
+    glue_n_probes: int = N_PROBES,
     glue_tasks: str = "current",
     glue_across_every: int | None = None,
     glue_across_max_tasks: int = 16,
@@ -117,6 +118,8 @@ def analyze_run(
     """
     if variant not in VARIANTS:
         raise CljaxError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    if glue and glue_n_probes < 2:
+        raise CljaxError(f"glue_n_probes must be at least 2 (its Monte-Carlo error needs two), got {glue_n_probes}")
     if glue_tasks not in ("current", "all"):
         raise CljaxError(f"glue_tasks must be 'current' or 'all', got {glue_tasks!r}")
     selected = [get(name) for name in (analyses if analyses is not None else registered())

@@ -25,6 +25,7 @@ from typing import Any, Callable, NamedTuple
 import numpy as np
 
 from cljax import results
+from cljax.analysis.glue import N_PROBES
 from cljax.errors import CljaxError
 
 
@@ -34,7 +35,7 @@ class Options:
 
     variant: str = "final"
     tau: float = 0.025
-    glue_n_probes: int = 128
+    glue_n_probes: int = N_PROBES
     glue_tasks: str = "current"
     glue_across_every: int | None = None
     glue_across_max_tasks: int = 16
