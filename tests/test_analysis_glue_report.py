@@ -22,7 +22,7 @@ def antipodal_pair(seed):
     return np.stack([np.tile(c + o, (6, 1)), np.tile(-c + o, (6, 1))]), c / np.linalg.norm(c)
 
 
-def test_one_default_probe_count_everywhere(tmp_path):
+def test_one_default_probe_count_everywhere(tmp_path, capsys):
     library = inspect.signature(glue_analysis).parameters["n_probes"].default
     assert inspect.signature(analyze_run).parameters["glue_n_probes"].default == library
     assert Options().glue_n_probes == library
@@ -31,6 +31,8 @@ def test_one_default_probe_count_everywhere(tmp_path):
     assert cli.main(["analyze", str(algo), "--no-plots"]) == 0
     summary = json.loads((algo / "analysis" / "summary.json").read_text())
     assert summary["glue"]["settings"]["n_probes"] == library
+    printed = capsys.readouterr().out
+    assert f"({library} probes)" in printed and "solver within tolerance on" in printed
 
 
 def test_capacity_monte_carlo_error_by_hand():

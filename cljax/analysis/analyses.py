@@ -11,6 +11,9 @@
 - ``run``: the run's config (metadata of task_000) and the conventions.
 - ``glue``: GLUE at the last snapshot of each folder (P = 2 per task, P = 2k across tasks);
   ``glue.npz``, ``glue.png``, ``glue_across.png``.
+- ``probe``: a linear probe of every evaluated task's saved representations beside the head's
+  accuracy, at the last snapshot of each folder (:mod:`cljax.analysis.probe`); ``probe.npz``,
+  ``probe.png``.
 
 Definitions: ``docs/metrics.md``; conventions: :mod:`cljax.analysis.driver`.
 """
@@ -20,7 +23,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from cljax.analysis import plots
+from cljax.analysis import plots, probe
 from cljax.analysis.cl import VARIANTS, cl_metrics_from_matrix, mean_over_tasks, snapshot_accuracy, task_accuracy_row
 from cljax.analysis.glue import DIAGNOSTIC_KEYS, GLUE_KEYS, glue_analysis
 from cljax.analysis.glue_solver import MAX_ITER, TOL
@@ -198,6 +201,7 @@ CONVENTIONS = {
     "fwt": "mean over j >= 1 of R[j-1, j] - b[j], b = start_test_acc of task_000",
     "expert": "E[i] = expert test accuracy on task i at its last snapshot (both variants); "
               "plasticity_gap_best = expert's best snapshot - learner's best snapshot on task i",
+    "probe": "ridge probe on half of each task's saved test representations, tested on the other half",
     "incomplete_run": "metrics over the n x n block of the completed tasks",
     "weight_change_task_start": "reference = last stored snapshot of the previous task folder",
     "weight_change_init": "reference = first stored snapshot of task_000 (initial weights are not saved)",
@@ -335,3 +339,4 @@ register(Analysis("plasticity", _plasticity_init, _plasticity_update, _plasticit
 register(Analysis("curves", _curves_init, _curves_update, _curves_finalize))
 register(Analysis("run", lambda ctx: {"config": {}}, _run_update, _run_finalize))
 register(Analysis("glue", _glue_init, _glue_update, _glue_finalize))
+register(Analysis("probe", probe.init, probe.update, probe.finalize))

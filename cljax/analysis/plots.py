@@ -16,6 +16,7 @@ import matplotlib
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from cljax.analysis.spread import mean_std_axis0
 
@@ -188,3 +189,25 @@ def plot_glue_over_tasks(metrics: Mapping[str, np.ndarray], path, x=None,
     chosen = {k: metrics[k] for k in GLUE_PANELS if k in metrics}
     return plot_metrics_over_tasks(chosen or dict(metrics), path, title=title, x=x)
 
+
+def plot_head_vs_probe(earlier_RN: Mapping[str, np.ndarray], last_RT: Mapping[str, np.ndarray], path,
+                       title: str = "The head vs a linear probe of the representation") -> Path:
+    """Left: accuracy on the tasks trained before folder i, after folder i (x = i >= 1), one band
+    per entry of ``earlier_RN`` ((R, n) each); right: accuracy on every task j after the last
+    folder, one band per entry of ``last_RT`` ((R, T) each). Mean +- std across repeats."""
+    fig = _figure(figsize=(10, 3.6))
+    ax0, ax1 = fig.subplots(1, 2)
+    for ax, curves, xlabel in ((ax0, earlier_RN, "after task i (mean over tasks j < i)"),
+                               (ax1, last_RT, "task j (after the last task)")):
+        for label, v in curves.items():
+            v = np.asarray(v, dtype=np.float64)
+            first = 1 if ax is ax0 else 0
+            _band(ax, np.arange(first, v.shape[-1]), v[:, first:], label=label, marker="o")
+        ax.axhline(0.5, color="black", linestyle=":", linewidth=0.7)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylim(0.0, 1.02)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("test accuracy")
+        ax.legend(fontsize=8, loc="lower left")
+    fig.suptitle(title)
+    return _save(fig, path)

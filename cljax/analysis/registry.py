@@ -12,7 +12,7 @@ analysis (the representations are memory-mapped), so a state should keep only sm
 the driver drops the folder before reading the next one. The driver runs the analyses in the
 order they were registered and merges their summaries in that order; see
 :mod:`cljax.analysis.analyses` for the built-in ones (``cl``, ``plasticity``, ``curves``, ``run``,
-``glue``). Register another with ``register(Analysis("name", init, update, finalize))``.
+``glue``, ``probe``). Register another with ``register(Analysis("name", init, update, finalize))``.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import numpy as np
 
 from cljax import results
 from cljax.analysis.glue import N_PROBES
+from cljax.analysis.probe import RIDGE
 from cljax.errors import CljaxError
 
 
@@ -42,6 +43,7 @@ class Options:
     glue_max_points: int | None = 32
     glue_seed: int = 0
     curve_tasks: int = 10
+    probe_ridge: float = RIDGE
 
 
 class RunContext(NamedTuple):
