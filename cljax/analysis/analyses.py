@@ -292,7 +292,8 @@ def _glue_finalize(state: dict) -> Result:
         per_task_plot = {k: v.T for k, v in task.items()}
     else:  # the diagonal: task i's manifolds after training task i
         task_summary = {k: {"last_task": spread(v[-1].mean(axis=-1)),
-                            "diagonal_per_task_mean": [float(np.nanmean(v[i, :, i])) for i in range(n)]}
+                            "diagonal_per_task_mean": [spread(v[i, :, i])["mean"] for i in range(n)],
+                            "n_nonfinite": int((~np.isfinite(v)).sum())}
                         for k, v in task.items()}
         per_task_plot = {k: np.stack([v[i, :, i] for i in range(v.shape[0])], axis=1) for k, v in task.items()}
     summary = {
