@@ -132,29 +132,34 @@ def _cmd_sweep(argv: list[str]) -> int:
 
 
 def _cmd_analyze(argv: list[str]) -> int:
+    from cljax.analysis.glue import N_PROBES
+    from cljax.analysis.probe import RIDGE
+
     parser = _Parser(prog="cljax analyze", description="Analyse a finished (or partial) run: continual-learning "
-                     "metrics, plasticity metrics, manifold geometry (GLUE); writes ALGO_DIR/analysis/.")
+                     "metrics, the head vs a linear probe of the representation, the expert's final and best "
+                     "snapshot, plasticity metrics, manifold geometry (GLUE); writes ALGO_DIR/analysis/.")
     parser.add_argument("algo_dir", help="results/{dataset}/{algorithm}")
     parser.add_argument("--out", default=None, help="output folder (default: ALGO_DIR/analysis)")
     parser.add_argument("--variant", choices=("final", "auc"), default="final",
-                        help="accuracy-matrix variant of the headline numbers (default: final)")
+                        help="accuracy-matrix variant of the headline numbers: the last snapshot, or the area under "
+                        "the accuracy curve from the task start (default: final)")
     parser.add_argument("--tau", type=float, default=0.025, help="dormant-unit threshold (default: 0.025)")
-    parser.add_argument("--glue-probes", type=int, default=128, help="Gaussian probes of the GLUE capacity (default: 128)")
+    parser.add_argument("--glue-probes", type=int, default=N_PROBES,
+                        help=f"Gaussian probes of the GLUE capacity (default: {N_PROBES})")
+    parser.add_argument("--probe-ridge", type=float, default=RIDGE,
+                        help=f"ridge of the linear probe, relative to its Gram matrix's diagonal (default: {RIDGE})")
     parser.add_argument("--no-glue", action="store_true", help="skip the manifold-capacity analysis")
     parser.add_argument("--no-plots", action="store_true", help="no PNG plots")
     args = parser.parse_args(argv)
-    from cljax.analysis.driver import analyze_run
+    from cljax.analysis.driver import analyze_run, format_summary
     from cljax.results import task_dirs
 
     if not task_dirs(args.algo_dir):
         raise CljaxError(f"{args.algo_dir} holds no finished task: run an experiment first (cljax run).")
     summary = analyze_run(args.algo_dir, args.out, variant=args.variant, tau=args.tau, glue=not args.no_glue,
-                          glue_n_probes=args.glue_probes, make_plots=not args.no_plots)
+                          glue_n_probes=args.glue_probes, probe_ridge=args.probe_ridge, make_plots=not args.no_plots)
     out = args.out or str(Path(args.algo_dir) / "analysis")
-    for key in ("average_accuracy", "bwt", "fwt", "forgetting"):
-        value = summary.get(key)
-        if isinstance(value, dict):
-            print(f"{key:>18}: {value.get('mean', float('nan')):.4f} +- {value.get('std', float('nan')):.4f}")
+    print(format_summary(summary))
     print(f"analysis: {out} (summary.json, arrays .npz, plots .png)")
     return 0
 

@@ -48,8 +48,8 @@ HAND1 = {"acc": 2.35 / 3, "bwt": -0.10, "fwt": 0.10, "forgetting": 0.10}
 
 
 def snapshots_per_task():
-    """test_acc (L=3, R=2, T=3) per task: snapshots (row - 0.3, row, row), so the final row is R
-    and the snapshot mean (auc) is R - 0.1."""
+    """test_acc (L=3, R=2, T=3) per task: snapshots (row - 0.3, row, row) at steps 1, 2, 3, so
+    the final row is R."""
     out = []
     for i in range(3):
         row = np.stack([R0[i], R1[i]])  # (R, T)
@@ -57,14 +57,20 @@ def snapshots_per_task():
     return out
 
 
+def starts_per_task():
+    """start_test_acc (R=2, T=3) per task: row - 0.6. With the snapshots above the trapezoid
+    from step 0 is ((r - 0.6 + r - 0.3) + (r - 0.3 + r) + (r + r)) / 2 / 3 = r - 0.2 (auc)."""
+    return [np.stack([R0[i], R1[i]]) - 0.6 for i in range(3)]
+
+
 def test_accuracy_matrix_variants():
     per_task = snapshots_per_task()
     final = accuracy_matrix(per_task, "final")
-    auc = accuracy_matrix(per_task, "auc")
+    auc = accuracy_matrix(per_task, "auc", starts_per_task())
     assert final.shape == (2, 3, 3)
     np.testing.assert_allclose(final[0], R0)
     np.testing.assert_allclose(final[1], R1)
-    np.testing.assert_allclose(auc[0], R0 - 0.1)
+    np.testing.assert_allclose(auc[0], R0 - 0.2)
     with pytest.raises(ValueError):
         accuracy_matrix(per_task, "best")
 
@@ -96,15 +102,16 @@ def test_cl_analysis_per_repeat_and_across_repeats():
     np.testing.assert_allclose(out["average_accuracy"], [HAND0["acc"], HAND1["acc"]])
     np.testing.assert_allclose(out["expert_accuracy"], np.stack([E0, E1]))
     s = out["summary"]
-    # mean and population std (ddof = 0) of two values a, b: (a + b) / 2 and |a - b| / 2.
+    # mean and sample std (ddof = 1) of two values a, b: (a + b) / 2 and |a - b| / sqrt(2).
     assert math.isclose(s["bwt"]["mean"], -0.125)
-    assert math.isclose(s["bwt"]["std"], 0.025)
+    assert math.isclose(s["bwt"]["std"], 0.05 / math.sqrt(2))
     assert math.isclose(s["forgetting"]["mean"], (0.185 + 0.10) / 2)
     assert math.isclose(s["average_accuracy_cc"]["mean"], 2 * (HAND0["acc"] + HAND1["acc"]) / 2 - 1)
-    # auc variant: every entry 0.1 lower, so ACC and FWT drop by 0.1 and BWT is unchanged.
-    auc = cl_analysis(per_task, experts, b, variant="auc")
-    np.testing.assert_allclose(auc["average_accuracy"], out["average_accuracy"] - 0.1)
-    np.testing.assert_allclose(auc["fwt"], out["fwt"] - 0.1)
+    # auc variant (from the task start): every entry 0.2 lower, so ACC and FWT drop by 0.2 and
+    # BWT is unchanged.
+    auc = cl_analysis(per_task, experts, b, variant="auc", start_acc_per_task=starts_per_task())
+    np.testing.assert_allclose(auc["average_accuracy"], out["average_accuracy"] - 0.2)
+    np.testing.assert_allclose(auc["fwt"], out["fwt"] - 0.2)
     np.testing.assert_allclose(auc["bwt"], out["bwt"], atol=1e-12)
     # expert_variant="auc" uses the expert's mean over snapshots: (0.5 + E) / 2.
     auc_e = cl_analysis(per_task, experts, b, expert_variant="auc")

@@ -11,87 +11,110 @@
 - ``run``: the run's config (metadata of task_000) and the conventions.
 - ``glue``: GLUE at the last snapshot of each folder (P = 2 per task, P = 2k across tasks);
   ``glue.npz``, ``glue.png``, ``glue_across.png``.
+- ``probe``: a linear probe of every evaluated task's saved representations beside the head's
+  accuracy, at the last snapshot of each folder (:mod:`cljax.analysis.probe`); ``probe.npz``,
+  ``probe.png``.
 
 Definitions: ``docs/metrics.md``; conventions: :mod:`cljax.analysis.driver`.
 """
 
 from __future__ import annotations
 
-import math
-
 import jax
 import numpy as np
 
-from cljax.analysis import plots
-from cljax.analysis.cl import VARIANTS, cl_metrics_from_matrix
+from cljax.analysis import plots, probe
+from cljax.analysis.cl import VARIANTS, cl_metrics_from_matrix, mean_over_tasks, snapshot_accuracy, task_accuracy_row
 from cljax.analysis.glue import DIAGNOSTIC_KEYS, GLUE_KEYS, glue_analysis
+from cljax.analysis.glue_solver import MAX_ITER, TOL
 from cljax.analysis.plasticine import representation_metrics, weight_change, weight_magnitude
 from cljax.analysis.registry import Analysis, Result, RunContext, TaskFolder, register
+from cljax.analysis.spread import mean_std_axis0, spread
 from cljax.errors import CljaxError
 
 WEIGHT_KEYS = ("weight_magnitude", "weight_change_task_start", "weight_change_init")
 
 
-def mean_std(x_R) -> dict:
-    """Mean and std (ddof = 0) over the finite entries; both NaN when none is finite."""
-    x = np.asarray(x_R, dtype=np.float64)
-    x = np.where(np.isfinite(x), x, np.nan)
-    if np.all(np.isnan(x)):
-        return {"mean": math.nan, "std": math.nan}
-    return {"mean": float(np.nanmean(x)), "std": float(np.nanstd(x))}
-
-
 def over_tasks(values_nR) -> dict:
-    """Summary of one metric tracked per task folder, values (n_tasks, R)."""
+    """Summary of one metric tracked per task folder, values (n_tasks, R): the spread at the last
+    folder, the mean over repeats of every folder, and how many values were not finite."""
     v = np.asarray(values_nR, dtype=np.float64)
-    v = np.where(np.isfinite(v), v, np.nan)
-    with np.errstate(invalid="ignore"):
-        per_task = [float(np.nanmean(row)) if not np.all(np.isnan(row)) else math.nan for row in v]
-    return {"last_task": mean_std(v[-1]), "per_task_mean": per_task}
+    mean, _, _ = mean_std_axis0(v.T)
+    return {"last_task": spread(v[-1]), "per_task_mean": [float(m) for m in mean],
+            "n_nonfinite": int((~np.isfinite(v)).sum())}
 
 
 # ---- cl --------------------------------------------------------------------------------------
+# A snapshot this far below the same run's best one counts as a collapse (summary["expert"]).
+COLLAPSE_DROP = 0.1
+
+
 def _cl_init(ctx: RunContext) -> dict:
-    return {"ctx": ctx, "rows": {v: [] for v in VARIANTS}, "expert": {v: [] for v in VARIANTS}, "initial": None}
+    return {"ctx": ctx, "rows": {v: [] for v in VARIANTS}, "expert_LR": [], "current_LR": [], "initial": None}
 
 
 def _cl_update(state: dict, folder: TaskFolder) -> dict:
     acc = folder.test_acc
     if state["initial"] is None:
-        state["initial"] = np.asarray(folder.metrics["start_test_acc"], dtype=np.float64)
-    state["rows"]["final"].append(acc[-1])
-    state["rows"]["auc"].append(acc.mean(axis=0))
-    e_acc = np.asarray(folder.expert_metrics["test_acc"], dtype=np.float64)  # (L, R)
-    state["expert"]["final"].append(e_acc[-1])
-    state["expert"]["auc"].append(e_acc.mean(axis=0))
+        state["initial"] = folder.start_test_acc
+    for v in VARIANTS:
+        state["rows"][v].append(task_accuracy_row(acc, v, folder.start_test_acc, folder.log_steps))
+    state["expert_LR"].append(np.asarray(folder.expert_metrics["test_acc"], dtype=np.float64))
+    state["current_LR"].append(acc[:, :, folder.index])
     return state
+
+
+def _expert_summary(expert_LR: list, current_LR: list) -> dict:
+    """The expert's final, best and last-snapshot drop, and the best-vs-best plasticity gap."""
+    final, best = (snapshot_accuracy(expert_LR, v) for v in ("final", "best"))  # (R, n)
+    learner_best = snapshot_accuracy(current_LR, "best")
+    drop, gap_best = best - final, best - learner_best
+    return {
+        "arrays": {"expert_acc_best": best, "learner_current_acc_best": learner_best,
+                   "plasticity_gap_best": gap_best, "expert_drop_from_best": drop},
+        "summary": {
+            "expert": {
+                "final": spread(mean_over_tasks(final)),
+                "best": spread(mean_over_tasks(best)),
+                "max_drop_from_best": float(drop.max()),
+                "n_collapsed": int((drop > COLLAPSE_DROP).sum()),
+                "n_cells": int(drop.size),
+                "collapse": f"last snapshot more than {COLLAPSE_DROP} below the best snapshot of the same "
+                            "(repeat, task)",
+            },
+            "mean_plasticity_gap_best": spread(mean_over_tasks(gap_best)),
+        },
+    }
 
 
 def _cl_finalize(state: dict) -> Result:
     n, initial = state["ctx"].n_folders, state["initial"]
     rows = {v: np.stack(r, axis=1) for v, r in state["rows"].items()}  # (R, n, T)
-    expert = {v: np.stack(e, axis=1) for v, e in state["expert"].items()}  # (R, n)
+    expert = {v: snapshot_accuracy(state["expert_LR"], v) for v in ("final", "auc")}  # (R, n)
     # E[i] is the expert's last snapshot for both variants (docs/metrics.md); its mean is saved too.
     cl = {v: {"variant": v, **cl_metrics_from_matrix(rows[v][:, :, :n], expert["final"], initial[:, :n])}
           for v in VARIANTS}
     headline = cl[state["ctx"].options.variant]
+    robust = _expert_summary(state["expert_LR"], state["current_LR"])
     arrays = {
         "initial_acc": initial,
         "expert_acc_final": expert["final"],
         "expert_acc_auc": expert["auc"],
+        **robust["arrays"],
         "accuracy_rows_final": rows["final"],
         "accuracy_rows_auc": rows["auc"],
         **{f"{v}_{k}": val for v in VARIANTS for k, val in cl[v].items() if k not in ("summary", "variant")},
     }
     A = headline["accuracy_matrix"]
     return Result(
-        summary={**headline["summary"], "cl": {v: cl[v]["summary"] for v in VARIANTS}},
+        summary={**headline["summary"], **robust["summary"], "cl": {v: cl[v]["summary"] for v in VARIANTS}},
         arrays={"cl.npz": arrays},
         plots={
             "accuracy_matrix.png": lambda p: plots.plot_accuracy_matrix(
                 A, p, title=f"Accuracy matrix ({headline['variant']})"),
             "learner_vs_expert.png": lambda p: plots.plot_learner_vs_expert(
-                np.diagonal(A, axis1=1, axis2=2), headline["expert_accuracy"], p),
+                np.diagonal(A, axis1=1, axis2=2), headline["expert_accuracy"], p,
+                expert_best_RT=robust["arrays"]["expert_acc_best"]),
         },
     )
 
@@ -152,9 +175,7 @@ def _curves_init(ctx: RunContext) -> dict:
 
 
 def _curves_update(state: dict, folder: TaskFolder) -> dict:
-    acc, meta = folder.test_acc, folder.metadata
-    log_steps = np.asarray(meta.get("log_steps", folder.metrics.get("log_steps", np.arange(1, acc.shape[0] + 1))),
-                           float)
+    acc, log_steps = folder.test_acc, folder.log_steps
     state["boundaries"].append(state["offset"])
     state["curves"].append(acc[:, :, state["ids"]].astype(np.float32))
     state["steps"].append(state["offset"] + log_steps)
@@ -175,9 +196,12 @@ def _curves_finalize(state: dict) -> Result:
 
 # ---- run: config and conventions -------------------------------------------------------------
 CONVENTIONS = {
-    "accuracy_matrix": "R[i, j] after task i on task j; final = last snapshot, auc = mean over snapshots",
+    "accuracy_matrix": "R[i, j] after task i on task j; final = last snapshot, auc = area under the accuracy "
+                       "curve from the task-start evaluation (trapezoid over the logged steps) / its length",
     "fwt": "mean over j >= 1 of R[j-1, j] - b[j], b = start_test_acc of task_000",
-    "expert": "E[i] = expert test accuracy on task i at its last snapshot (both variants)",
+    "expert": "E[i] = expert test accuracy on task i at its last snapshot (both variants); "
+              "plasticity_gap_best = expert's best snapshot - learner's best snapshot on task i",
+    "probe": "ridge probe on half of each task's saved test representations, tested on the other half",
     "incomplete_run": "metrics over the n x n block of the completed tasks",
     "weight_change_task_start": "reference = last stored snapshot of the previous task folder",
     "weight_change_init": "reference = first stored snapshot of task_000 (initial weights are not saved)",
@@ -221,13 +245,18 @@ def class_manifolds(representations_RTSH, labels_RTS, max_points: int | None = N
 
 def _glue_init(ctx: RunContext) -> dict:
     return {"ctx": ctx, "key": jax.random.PRNGKey(ctx.options.glue_seed), "task": {}, "across": {},
-            "folders": [], "tasks": [], "diag": {"min_converged_fraction": 1.0, "max_residual": 0.0}}
+            "folders": [], "tasks": [],
+            "diag": {"n_probes_solved": 0, "n_probes_converged": 0, "min_converged_fraction": 1.0, "max_residual": 0.0}}
 
 
 def _glue_call(state: dict, X, dichotomies: str) -> dict:
-    g = glue_analysis(X, state["key"], n_probes=state["ctx"].options.glue_n_probes, dichotomies=dichotomies)
-    diag = state["diag"]  # over every GLUE call
-    diag["min_converged_fraction"] = min(diag["min_converged_fraction"], float(np.min(g["converged_fraction"])))
+    n_probes = state["ctx"].options.glue_n_probes
+    g = glue_analysis(X, state["key"], n_probes=n_probes, dichotomies=dichotomies, max_iter=MAX_ITER, tol=TOL)
+    diag = state["diag"]  # over every GLUE call: each (repeat, task) grouping solves n_probes QPs
+    fractions = np.asarray(g["converged_fraction"], dtype=np.float64)
+    diag["n_probes_solved"] += int(fractions.size * n_probes)
+    diag["n_probes_converged"] += int(np.rint(fractions * n_probes).sum())
+    diag["min_converged_fraction"] = min(diag["min_converged_fraction"], float(fractions.min()))
     diag["max_residual"] = max(diag["max_residual"], float(np.max(g["max_residual"])))
     return g
 
@@ -262,19 +291,25 @@ def _glue_finalize(state: dict) -> Result:
         task_summary = {k: over_tasks(v) for k, v in task.items()}
         per_task_plot = {k: v.T for k, v in task.items()}
     else:  # the diagonal: task i's manifolds after training task i
-        task_summary = {k: {"last_task": mean_std(v[-1].mean(axis=-1)),
-                            "diagonal_per_task_mean": [float(np.nanmean(v[i, :, i])) for i in range(n)]}
+        task_summary = {k: {"last_task": spread(v[-1].mean(axis=-1)),
+                            "diagonal_per_task_mean": [spread(v[i, :, i])["mean"] for i in range(n)],
+                            "n_nonfinite": int((~np.isfinite(v)).sum())}
                         for k, v in task.items()}
         per_task_plot = {k: np.stack([v[i, :, i] for i in range(v.shape[0])], axis=1) for k, v in task.items()}
     summary = {
         "per_task": task_summary,
         "across_tasks": {
-            "final": {k: mean_std(v[-1]) for k, v in across.items()},
+            "final": {k: spread(v[-1]) for k, v in across.items()},
             "folders": folders,
             "tasks": tasks,
             "n_manifolds": 2 * len(tasks),
         },
-        "solver": state["diag"],
+        "solver": {
+            "converged_fraction": state["diag"]["n_probes_converged"] / max(state["diag"]["n_probes_solved"], 1),
+            **state["diag"],
+            "tol": TOL,
+            "converged": f"scaled KKT error <= {TOL} within {MAX_ITER} steps",
+        },
         "settings": {
             "n_probes": opt.glue_n_probes,
             "per_task": f"P = 2, dichotomy = the task's labels, tasks = {opt.glue_tasks}",
@@ -282,7 +317,10 @@ def _glue_finalize(state: dict) -> Result:
             "max_points_per_manifold": opt.glue_max_points,
             "seed": opt.glue_seed,
             "snapshot": "last of each task folder",
-            "solver": "primal-dual interior point on the dual NNLS, float64, tol 1e-7 (scaled KKT), max 100 steps",
+            "solver": f"primal-dual interior point on the dual NNLS, float64, tol {TOL} (scaled KKT), "
+                      f"max {MAX_ITER} steps",
+            "capacity_mc_error": "standard error of the probe average (delta method); the probes are shared by "
+                                 "every repeat and folder, so this error is common to them and not in their std",
             "floor": "capacity ~ P / N with inseparable_fraction ~ 1: the dichotomies are not linearly "
                      "separable in the representation at all",
         },
@@ -302,3 +340,4 @@ register(Analysis("plasticity", _plasticity_init, _plasticity_update, _plasticit
 register(Analysis("curves", _curves_init, _curves_update, _curves_finalize))
 register(Analysis("run", lambda ctx: {"config": {}}, _run_update, _run_finalize))
 register(Analysis("glue", _glue_init, _glue_update, _glue_finalize))
+register(Analysis("probe", probe.init, probe.update, probe.finalize))

@@ -14,6 +14,8 @@ from typing import Sequence
 
 import numpy as np
 
+from cljax.analysis.spread import mean_std_axis0, spread
+
 VARIANTS = ("final", "auc")
 
 
@@ -22,28 +24,51 @@ def _check_variant(variant: str) -> None:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
 
 
-def task_accuracy_row(test_acc_LRT: np.ndarray, variant: str = "final") -> np.ndarray:
+def task_accuracy_row(test_acc_LRT: np.ndarray, variant: str = "final", start_acc_RT: np.ndarray | None = None,
+                      log_steps: Sequence[float] | None = None) -> np.ndarray:
     """One row of the accuracy matrix from the snapshots of one task, shape (R, T).
 
-    ``final``: the last snapshot, ``acc[L-1]``. ``auc``: the area under the accuracy curve over
-    the task's L snapshots divided by its length, with equally spaced snapshots the mean
-    ``(1/L) sum_l acc[l]`` (rectangle rule).
+    ``final``: the last snapshot, ``acc[L-1]``. ``auc``: the area under the accuracy curve of
+    the task divided by its length, by the trapezoid rule from the task-start evaluation
+    ``start_acc_RT`` (step 0, ``metrics["start_test_acc"]``) through the L snapshots at
+    ``log_steps`` (default 1, ..., L: equally spaced). ``auc`` needs ``start_acc_RT``.
     """
     _check_variant(variant)
     acc = np.asarray(test_acc_LRT, dtype=np.float64)
     if acc.ndim != 3:
         raise ValueError(f"expected test accuracy of shape (L, R, T), got {acc.shape}")
-    return acc[-1] if variant == "final" else acc.mean(axis=0)
+    if variant == "final":
+        return acc[-1]
+    if start_acc_RT is None:
+        raise ValueError("the auc variant integrates from the task-start evaluation: pass start_acc_RT "
+                         "(metrics['start_test_acc'] of the task folder)")
+    start = np.asarray(start_acc_RT, dtype=np.float64)
+    if start.shape != acc.shape[1:]:
+        raise ValueError(f"start accuracy must have shape {acc.shape[1:]}, got {start.shape}")
+    steps = np.arange(1.0, acc.shape[0] + 1) if log_steps is None else np.asarray(log_steps, dtype=np.float64)
+    if steps.shape != acc.shape[:1] or steps[0] <= 0 or np.any(np.diff(steps) <= 0):
+        raise ValueError(f"log_steps must be {acc.shape[0]} increasing positive steps, got {steps.tolist()}")
+    curve = np.concatenate([start[None], acc])  # (L + 1, R, T), step 0 = the task start
+    x = np.concatenate([[0.0], steps])
+    widths = np.diff(x)[:, None, None]
+    return (widths * (curve[1:] + curve[:-1]) / 2).sum(axis=0) / x[-1]
 
 
-def accuracy_matrix(test_acc_per_task: Sequence[np.ndarray], variant: str = "final") -> np.ndarray:
+def accuracy_matrix(test_acc_per_task: Sequence[np.ndarray], variant: str = "final",
+                    start_acc_per_task: Sequence[np.ndarray] | None = None,
+                    log_steps_per_task: Sequence[Sequence[float]] | None = None) -> np.ndarray:
     """Accuracy matrix R[r, i, j], shape (R, T, T), from one (L, R, T) array per trained task.
 
     ``test_acc_per_task[i]`` is ``metrics["test_acc"]`` of task folder i: accuracy on every task
-    j at each of task i's L snapshots. R[r, i, j] is its last snapshot (``final``) or its mean over
-    snapshots (``auc``), see :func:`task_accuracy_row`. Lopez-Paz & Ranzato (2017), sec. 2.
+    j at each of task i's L snapshots. R[r, i, j] is its last snapshot (``final``) or the
+    normalised area under its accuracy curve from the task start (``auc``; needs
+    ``start_acc_per_task[i]`` = ``metrics["start_test_acc"]`` (R, T) of each folder, and takes
+    ``log_steps_per_task``), see :func:`task_accuracy_row`. Lopez-Paz & Ranzato (2017), sec. 2.
     """
-    rows = [task_accuracy_row(a, variant) for a in test_acc_per_task]
+    n = len(test_acc_per_task)
+    starts = list(start_acc_per_task) if start_acc_per_task is not None else [None] * n
+    steps = list(log_steps_per_task) if log_steps_per_task is not None else [None] * n
+    rows = [task_accuracy_row(a, variant, s, ls) for a, s, ls in zip(test_acc_per_task, starts, steps)]
     if not rows:
         raise ValueError("no tasks given")
     T = len(rows)
@@ -149,24 +174,57 @@ def chance_corrected(acc) -> np.ndarray:
 
 
 def mean_std(per_repeat: np.ndarray) -> dict:
-    """Mean and standard deviation across repeats (axis 0), ``std`` with ddof = 0.
+    """Mean and sample standard deviation (ddof = 1) across repeats (axis 0), and ``n``, the
+    number of repeats with a finite value. Non-finite entries (undefined metrics) are left out
+    and counted, the one rule of :mod:`cljax.analysis.spread`."""
+    mean, std, n = mean_std_axis0(per_repeat)
+    return {"mean": mean, "std": std, "n": n}
 
-    NaN entries (undefined metrics) stay NaN; they are not dropped.
-    """
-    x = np.asarray(per_repeat, dtype=np.float64)
-    return {"mean": x.mean(axis=0), "std": x.std(axis=0)}
+
+EXPERT_VARIANTS = ("final", "auc", "best")
+
+
+def snapshot_accuracy(acc_LR_per_task: Sequence[np.ndarray], variant: str = "final") -> np.ndarray:
+    """One figure per task from one (L, R) accuracy array per task, (R, T): the last snapshot
+    (``final``), the mean over the snapshots (``auc``) or the best snapshot (``best``)."""
+    if variant not in EXPERT_VARIANTS:
+        raise ValueError(f"variant must be one of {EXPERT_VARIANTS}, got {variant!r}")
+    cols = []
+    for a in acc_LR_per_task:
+        a = np.asarray(a, dtype=np.float64)
+        if a.ndim != 2:
+            raise ValueError(f"expected accuracy snapshots of shape (L, R), got {a.shape}")
+        cols.append(a[-1] if variant == "final" else a.mean(axis=0) if variant == "auc" else a.max(axis=0))
+    return np.stack(cols, axis=1)
 
 
 def expert_accuracy(expert_test_acc_per_task: Sequence[np.ndarray], variant: str = "final") -> np.ndarray:
-    """E[r, i] from one (L, R) expert test-accuracy array per task: last snapshot or mean, (R, T)."""
-    _check_variant(variant)
-    cols = []
-    for a in expert_test_acc_per_task:
-        a = np.asarray(a, dtype=np.float64)
-        if a.ndim != 2:
-            raise ValueError(f"expected expert test accuracy of shape (L, R), got {a.shape}")
-        cols.append(a[-1] if variant == "final" else a.mean(axis=0))
-    return np.stack(cols, axis=1)
+    """E[r, i] from one (L, R) expert test-accuracy array per task, (R, T): its last snapshot
+    (``final``), its mean over the snapshots (``auc``; the expert has no task-start evaluation)
+    or its best snapshot (``best``)."""
+    return snapshot_accuracy(expert_test_acc_per_task, variant)
+
+
+def current_task_accuracy(test_acc_per_task: Sequence[np.ndarray], variant: str = "best") -> np.ndarray:
+    """The learner's accuracy on task i over the snapshots of task i's own folder, (R, T):
+    ``final`` (= R[i, i]), ``auc`` (mean over the snapshots) or ``best`` (best snapshot)."""
+    return snapshot_accuracy([np.asarray(a)[:, :, i] for i, a in enumerate(test_acc_per_task)], variant)
+
+
+def plasticity_gap_best(test_acc_per_task: Sequence[np.ndarray],
+                        expert_test_acc_per_task: Sequence[np.ndarray]) -> np.ndarray:
+    """G_best[i] = max_l E_l[i] - max_l A_l[i, i], (R, T): the best snapshot of the expert on task
+    i minus the learner's best snapshot on task i while training it. Both sides pick the best of
+    the same number of snapshots, so neither one's late collapse nor the selection favours one."""
+    return expert_accuracy(expert_test_acc_per_task, "best") - current_task_accuracy(test_acc_per_task, "best")
+
+
+def mean_over_tasks(values_RT: np.ndarray) -> np.ndarray:
+    """Each repeat's mean over its tasks with a finite value, (R, T) -> (R,); NaN when none is."""
+    v = np.asarray(values_RT, dtype=np.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN row stays NaN
+        return np.nanmean(np.where(np.isfinite(v), v, np.nan), axis=1)
 
 
 def cl_metrics_from_matrix(R_RTT: np.ndarray, expert_acc_RT: np.ndarray, initial_acc_RT: np.ndarray) -> dict:
@@ -193,12 +251,9 @@ def cl_metrics_from_matrix(R_RTT: np.ndarray, expert_acc_RT: np.ndarray, initial
         "normalised_transfer": normalised_transfer(R, E),
     }
     scalar_keys = ("average_accuracy", "average_accuracy_cc", "bwt", "fwt", "forgetting")
-    summary = {k: {s: float(v) for s, v in mean_std(out[k]).items()} for k in scalar_keys}
+    summary = {k: spread(out[k]) for k in scalar_keys}
     for k in ("plasticity_gap", "normalised_transfer"):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN row stays NaN
-            per_repeat = np.nanmean(out[k], axis=1)
-        summary[f"mean_{k}"] = {s: float(v) for s, v in mean_std(per_repeat).items()}
+        summary[f"mean_{k}"] = spread(mean_over_tasks(out[k]))
     out["summary"] = summary
     return out
 
@@ -209,6 +264,8 @@ def cl_analysis(
     initial_acc_RT: np.ndarray,
     variant: str = "final",
     expert_variant: str = "final",
+    start_acc_per_task: Sequence[np.ndarray] | None = None,
+    log_steps_per_task: Sequence[Sequence[float]] | None = None,
 ) -> dict:
     """All continual-learning metrics of one run, per repeat and as mean/std across repeats.
 
@@ -218,18 +275,21 @@ def cl_analysis(
       initial_acc_RT: b[r, j], accuracy of the initial network on every task, (R, T)
         (``start_test_acc`` of task_000).
       variant: ``final`` or ``auc`` row of the accuracy matrix, see :func:`accuracy_matrix`.
-      expert_variant: E[i] from the expert's last snapshot (``final``, the docs/metrics.md definition)
-        or its mean over snapshots (``auc``).
+      expert_variant: E[i] from the expert's last snapshot (``final``, the docs/metrics.md definition),
+        its mean over snapshots (``auc``) or its best snapshot (``best``).
+      start_acc_per_task, log_steps_per_task: each folder's ``start_test_acc`` (R, T) and
+        logged steps, for ``auc`` (see :func:`task_accuracy_row`).
 
     Returns:
       A dict with ``variant``; ``accuracy_matrix`` (R, T, T); per-repeat arrays
       ``average_accuracy``, ``bwt``, ``fwt``, ``forgetting`` (R,), ``forgetting_per_task``
       (R, T-1), ``expert_accuracy``, ``plasticity_gap``, ``normalised_transfer`` (R, T) and
       chance-corrected (2A - 1) ``average_accuracy_cc``, ``accuracy_matrix_cc``; and ``summary``:
-      {metric: {"mean", "std"}} across repeats (ddof = 0), including ``mean_plasticity_gap`` and
+      {metric: {"mean", "std", "n", "n_nonfinite"}} across repeats (sample std, ddof = 1, over
+      the repeats with a finite value: :mod:`cljax.analysis.spread`), including ``mean_plasticity_gap`` and
       ``mean_normalised_transfer`` (each repeat's mean over tasks). BWT, FWT and forgetting are
       NaN for T = 1. Definitions: docs/metrics.md (Lopez-Paz & Ranzato 2017; Chaudhry et al. 2018).
     """
-    R = accuracy_matrix(test_acc_per_task, variant)
+    R = accuracy_matrix(test_acc_per_task, variant, start_acc_per_task, log_steps_per_task)
     E = expert_accuracy(expert_test_acc_per_task, expert_variant)
     return {"variant": variant, **cl_metrics_from_matrix(R, E, initial_acc_RT)}

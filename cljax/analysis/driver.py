@@ -5,12 +5,13 @@ memory-mapped slices of its representations, and across folders only small summa
 rows (R, T), per-snapshot scalars), so the memory does not grow with the number of task folders
 beyond those summaries. Writes into ``{algo_dir}/analysis`` (or ``out_dir``):
 
-- ``summary.json``: CL metrics (both accuracy-matrix variants), plasticity and GLUE summaries,
-  settings and conventions; NaN (undefined) is written as null.
-- ``cl.npz``, ``plasticity.npz``, ``glue.npz``, ``curves.npz``: the per-repeat arrays.
+- ``summary.json``: CL metrics (both accuracy-matrix variants), the expert's last and best
+  snapshot, plasticity, GLUE and linear-probe summaries, settings and conventions; every spread
+  over repeats follows :mod:`cljax.analysis.spread`; NaN (undefined) is written as null.
+- ``cl.npz``, ``plasticity.npz``, ``glue.npz``, ``curves.npz``, ``probe.npz``: the per-repeat arrays.
 - ``accuracy_matrix.png``, ``accuracy_over_time.png``, ``learner_vs_expert.png``,
   ``plasticity.png``, ``glue.png`` (and ``glue_across.png`` when the across-task grouping was
-  computed at two or more task folders).
+  computed at two or more task folders), ``probe.png``.
 
 Conventions (also written to the summary):
 - Plasticity metrics use the current task's S test samples at every snapshot of its folder
@@ -39,8 +40,12 @@ import numpy as np
 
 from cljax import results
 from cljax.analysis import analyses as _builtin  # noqa: F401  (registers the built-in analyses)
+from cljax.analysis.analyses import COLLAPSE_DROP
 from cljax.analysis.cl import VARIANTS
+from cljax.analysis.glue import N_PROBES
+from cljax.analysis.probe import RIDGE
 from cljax.analysis.registry import Options, RunContext, TaskFolder, get, registered
+from cljax.analysis.spread import RULE
 from cljax.errors import CljaxError
 
 # The listing order of the built-in files in ``summary["files"]`` (that of earlier versions);
@@ -84,13 +89,14 @@ def analyze_run(
     variant: str = "final",
     tau: float = 0.025,
     glue: bool = True,
-    glue_n_probes: int = 128,
+    glue_n_probes: int = N_PROBES,
     glue_tasks: str = "current",
     glue_across_every: int | None = None,
     glue_across_max_tasks: int = 16,
     glue_max_points: int | None = 32,
     glue_seed: int = 0,
     curve_tasks: int = 10,
+    probe_ridge: float = RIDGE,
     make_plots: bool = True,
     analyses: Sequence[str] | None = None,
 ) -> dict:
@@ -107,6 +113,8 @@ def analyze_run(
         folder), ``glue_across_max_tasks`` for the P = 2T grouping; ``glue_max_points`` points
         per class manifold; ``glue_seed`` for probes and dichotomies (shared by all folders).
       curve_tasks: at most this many tasks (evenly spaced) in the accuracy-over-time plot.
+      probe_ridge: the linear probe's ridge, relative to its Gram matrix's diagonal
+        (:mod:`cljax.analysis.probe`).
       make_plots: write the PNGs.
       analyses: names of the analyses to run (default: every registered one, less ``glue`` when
         ``glue`` is False), see :mod:`cljax.analysis.registry`.
@@ -116,6 +124,10 @@ def analyze_run(
     """
     if variant not in VARIANTS:
         raise CljaxError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    if not probe_ridge > 0:
+        raise CljaxError(f"probe_ridge must be positive, got {probe_ridge}")
+    if glue and glue_n_probes < 2:
+        raise CljaxError(f"glue_n_probes must be at least 2 (its Monte-Carlo error needs two), got {glue_n_probes}")
     if glue_tasks not in ("current", "all"):
         raise CljaxError(f"glue_tasks must be 'current' or 'all', got {glue_tasks!r}")
     selected = [get(name) for name in (analyses if analyses is not None else registered())
@@ -137,7 +149,8 @@ def analyze_run(
         raise CljaxError(f"{algo_dir} holds {n} task folders but each evaluates only {T} tasks")
     options = Options(variant=variant, tau=tau, glue_n_probes=glue_n_probes, glue_tasks=glue_tasks,
                       glue_across_every=glue_across_every, glue_across_max_tasks=glue_across_max_tasks,
-                      glue_max_points=glue_max_points, glue_seed=glue_seed, curve_tasks=curve_tasks)
+                      glue_max_points=glue_max_points, glue_seed=glue_seed, curve_tasks=curve_tasks,
+                      probe_ridge=probe_ridge)
     ctx = RunContext(algo_dir=algo_dir, n_folders=n, n_snapshots=L, n_repeats=R, n_eval_tasks=T, options=options)
     states = {a.name: a.init(ctx) for a in selected}
     for i, d in enumerate(dirs):
@@ -159,7 +172,7 @@ def analyze_run(
         "n_repeats": R,
         "n_snapshots": L,
         "variant": variant,
-        "std": "across repeats, ddof = 0",
+        "std": RULE,
     }
     for a, result in zip(selected, outputs):
         taken = summary.keys() & result.summary.keys()
@@ -179,3 +192,45 @@ def analyze_run(
     summary = _jsonable(summary)
     (out / "summary.json").write_text(json.dumps(summary, indent=1, allow_nan=False))
     return summary
+
+
+def _pm(entry, digits: int = 4) -> str:
+    """'mean +- std' of a summary entry (None: not defined), with the repeats left out if any."""
+    if not isinstance(entry, dict):
+        return "n/a"
+    mean, std = entry.get("mean"), entry.get("std")
+    text = "undefined" if mean is None else f"{mean:.{digits}f} +- " + ("n/a" if std is None else f"{std:.{digits}f}")
+    left_out = entry.get("n_nonfinite", 0)
+    return text + (f" ({left_out} repeat{'s' * (left_out != 1)} left out: not finite)" if left_out else "")
+
+
+def format_summary(summary: dict) -> str:
+    """The headline lines of a summary for the terminal: CL metrics, the head vs the linear probe
+    on earlier tasks, the expert's final and best snapshot, GLUE capacity with its errors."""
+    lines = [f"{key:>18}: {_pm(summary[key])}" for key in ("average_accuracy", "bwt", "fwt", "forgetting")
+             if key in summary]
+    probe = summary.get("probe")
+    if probe and probe["earlier_tasks"]["n_tasks"] > 0:
+        early, images = probe["earlier_tasks"], probe["images"]
+        lines.append(f"accuracy on earlier tasks after the last one: head {_pm(early['head_acc'])}, "
+                     f"linear probe {_pm(early['probe_acc'])}")
+        lines.append(f"  (probe: ridge on the saved representations, fit on {images['fit_per_probe']} and tested on "
+                     f"{images['tested_per_task']} images per task and repeat; `cljax run --n-subsamples` raises it. "
+                     "With one shared output the head's figure mostly measures the read-out, see docs/metrics.md)")
+    expert = summary.get("expert")
+    if expert:
+        lines.append(f"expert accuracy: last snapshot {_pm(expert['final'])}, best snapshot {_pm(expert['best'])}; "
+                     f"{expert['n_collapsed']} of {expert['n_cells']} (repeat, task) cells ended more than "
+                     f"{COLLAPSE_DROP} below their best")
+        lines.append(f"plasticity gap: last snapshots {_pm(summary['mean_plasticity_gap'])}, "
+                     f"best snapshots {_pm(summary['mean_plasticity_gap_best'])}")
+    glue = summary.get("glue")
+    if glue:
+        cap, err, solver = (glue["per_task"]["capacity"]["last_task"], glue["per_task"]["capacity_mc_error"]["last_task"],
+                            glue["solver"])
+        mc = "n/a" if err["mean"] is None else f"{err['mean']:.4f}"
+        lines.append(f"GLUE capacity, last task: {_pm(cap)} over repeats, Monte-Carlo error {mc} "
+                     f"({glue['settings']['n_probes']} probes); solver within tolerance on "
+                     f"{100 * solver['converged_fraction']:.2f}% of {solver['n_probes_solved']} probes")
+    lines.append(f"std: {summary.get('std', '')}")
+    return "\n".join(lines)

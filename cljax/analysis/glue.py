@@ -39,13 +39,13 @@ centre s0_mu = E_{y,t} s_mu, axis part s1_mu = s_mu - s0_mu, G0 = S0 S0^T, G1 = 
 For mutually orthogonal D-dimensional balls of radius R (centre norm 1) the capacity equals the
 mean-field ball capacity :func:`~cljax.analysis.glue_reference.ball_capacity` up to the probe
 average, D is recovered and R is recovered at R <= 1 (a little low at larger R, where
-embedded-regime anchors lie inside the ball). Measured on 10 orthogonal 64-gons (D = 2) with
-2048 probes: capacity 0.9488 / 0.6667 / 0.5137 vs theory 0.9499 / 0.6667 / 0.5136 for
-R = 0.5 / 1 / 2, D = 2.00, R = 0.50 / 0.98 / 1.76. The approximation (1 + R^-2) / D is poor at
-such small D (2.5 / 1.0 / 0.66 there).
+embedded-regime anchors lie inside the ball); the approximation (1 + R^-2) / D is poor at small
+D. Measured agreement: ``docs/metrics.md`` (GLUE).
 
 Solver: :mod:`cljax.analysis.glue_solver` (interior point on the dual NNLS in float64; method
-and measured accuracy there). Default 256 probes. Points are centred on their global mean first
+and measured accuracy there). ``N_PROBES`` probes by default, here, in
+:func:`~cljax.analysis.driver.analyze_run` and in ``cljax analyze``; the Monte-Carlo error of
+the probe average is returned beside the capacity (``capacity_mc_error``). Points are centred on their global mean first
 (``center=True``, Cohen et al. 2020), so the separating hyperplanes pass through the centroid of
 all manifolds. Ground truth for checks: :mod:`cljax.analysis.glue_reference`.
 
@@ -64,10 +64,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cljax.analysis.glue_solver import _qp_anchors
+from cljax.analysis.glue_solver import MAX_ITER, TOL, _qp_anchors
+
+# The default number of Gaussian probes (y, t) of every GLUE call: the library, the driver, the CLI.
+N_PROBES = 256
 
 GLUE_KEYS = (
     "capacity",
+    "capacity_mc_error",
     "dimension",
     "radius",
     "radius_anchor",
@@ -120,6 +124,11 @@ def _geometry(X_PMN, t_KN, y_KP, *, center: bool, max_iter: int, tol: float):
     # ||v - t||^2 itself is only first order.
     dist_sq = jnp.maximum(jnp.sum(t_KN**2, axis=-1) - jnp.sum(qp["v"] ** 2, axis=-1), 0.0)
     capacity = 1.0 / (jnp.mean(dist_sq) / P)
+    # Standard error of the probe average, carried to alpha = P / mean by the delta method.
+    n_t = dist_sq.shape[0]
+    mean_sq = jnp.mean(dist_sq)
+    se = jnp.std(dist_sq, ddof=1) / jnp.sqrt(n_t) if n_t > 1 else jnp.asarray(jnp.nan, dtype)
+    capacity_mc_error = capacity * se / jnp.where(mean_sq > 0, mean_sq, jnp.nan)
 
     S0 = S_nPN.mean(axis=0)
     S1 = S_nPN - S0
@@ -147,6 +156,7 @@ def _geometry(X_PMN, t_KN, y_KP, *, center: bool, max_iter: int, tol: float):
     res_n = qp["residual"]
     return {
         "capacity": capacity,
+        "capacity_mc_error": capacity_mc_error,
         "dimension": D,
         "radius": radius,
         "radius_anchor": radius_anchor,
@@ -175,7 +185,7 @@ def _geometry_batched(X_BPMN, t_KN, y_KP, center, max_iter, tol, batch_chunk):
 
 
 def glue_geometry(
-    manifolds, probes, dichotomies, center: bool = True, max_iter: int = 100, tol: float = 1e-7,
+    manifolds, probes, dichotomies, center: bool = True, max_iter: int = MAX_ITER, tol: float = TOL,
     batch_chunk: int = 8,
 ) -> dict[str, np.ndarray]:
     """:func:`glue_analysis` for given probes t (n, N) and dichotomies y (n, P); manifolds
@@ -221,31 +231,34 @@ def make_dichotomies(key, n_probes: int, P: int, dichotomies: Any = "random") ->
 def glue_analysis(
     manifolds,
     key=0,
-    n_probes: int = 256,
+    n_probes: int = N_PROBES,
     dichotomies: Any = "random",
     center: bool = True,
-    max_iter: int = 100,
-    tol: float = 1e-7,
+    max_iter: int = MAX_ITER,
+    tol: float = TOL,
     batch_chunk: int = 8,
 ) -> dict[str, np.ndarray]:
     """Manifold capacity and GLUE geometry of P manifolds, batched over leading axes.
 
     Solver: primal-dual interior point on the dual of the QP, in float64, stopping at a scaled KKT
-    error of ``tol`` = 1e-7 or after ``max_iter`` = 100 steps; 256 probes by default
+    error of ``tol`` = 1e-7 or after ``max_iter`` = 100 steps; ``N_PROBES`` probes by default
     (:mod:`cljax.analysis.glue_solver`: method, measured accuracy).
 
     Args:
       manifolds: (..., P, M, N) array: P manifolds of M points in N dimensions; leading axes
         (repeats, tasks, snapshots) are vmapped and share the same probes and dichotomies.
       key: a ``jax.random`` key or an int seed for the probes t ~ N(0, I_N) and dichotomies.
-      n_probes: number of (y, t) samples (default 256).
+      n_probes: number of (y, t) samples (default ``N_PROBES``).
       dichotomies: ``"random"``, ``"task"`` or an array, see :func:`make_dichotomies`.
       center: subtract the mean of all points of all manifolds first (Cohen et al. 2020).
       max_iter, tol: interior-point steps and the scaled KKT tolerance (:mod:`cljax.analysis.glue_solver`).
       batch_chunk: how many batch elements are solved at once (memory bound).
 
     Returns:
-      numpy arrays of shape (...): ``capacity`` (alpha = P / E||v* - t||^2), ``dimension`` (D),
+      numpy arrays of shape (...): ``capacity`` (alpha = P / E||v* - t||^2),
+      ``capacity_mc_error`` (its Monte-Carlo standard error over the probes, delta method:
+      alpha * sd(||v* - t||^2) / (sqrt(n_probes) E||v* - t||^2); NaN for one probe or
+      E||v* - t||^2 = 0), ``dimension`` (D),
       ``radius`` (R), ``radius_anchor``, ``center_alignment``, ``axis_alignment``,
       ``center_axis_alignment`` (NaN for P = 1), ``approx_capacity`` ((1 + R^-2)/D = 1/N_R; inf for
       point manifolds, whose D = R = 0), solver diagnostics ``max_residual``,

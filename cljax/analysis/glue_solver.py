@@ -11,14 +11,11 @@ a step costs O(K N^2) for K points in N dimensions) on row-normalised points (th
 is unchanged by rescaling each point), in float64 (inside ``jax.enable_x64``; the caller's
 setting is untouched), vmapped over probes and over chunks of any leading batch axes (tasks,
 repeats). It stops when the scaled KKT error max(lambda.z / K, ||A v - z||_inf) / (1 + ||t||)
-<= ``tol`` (default 1e-7) or after ``max_iter`` (default 100) steps, typically 8-35; the final
-error and the fraction of probes that converged are returned. ||v* - t||^2 is read as
-||t||^2 - ||v*||^2 (v* is orthogonal to v* - t), the dual objective, whose error is second order.
-Measured against scipy's active-set NNLS (bvls, certified by its KKT conditions to 1e-11) at the
-defaults on trained Fashion-MNIST features (rank 51 of 64 units): capacity within 9e-6, 6e-7 and
-8e-8 relative for two P = 2 task groupings and a P = 10 across-task grouping (32 points per
-manifold), in 8-27 steps; FISTA on the same dual was still 4% off after 20000 iterations there.
-The Monte-Carlo error of the probe average dominates (2-3% relative with 256 probes, P = 10).
+<= ``tol`` (``TOL``) or after ``max_iter`` (``MAX_ITER``) steps; the final error and the
+fraction of probes that converged are returned. ||v* - t||^2 is read as ||t||^2 - ||v*||^2 (v*
+is orthogonal to v* - t), the dual objective, whose error is second order. Its measured accuracy
+against an active-set NNLS, its step counts and the size of the Monte-Carlo error beside it are
+in ``docs/metrics.md`` (GLUE).
 """
 
 from __future__ import annotations
@@ -29,6 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+# The solver's defaults: stop at a scaled KKT error of TOL or after MAX_ITER steps.
+TOL, MAX_ITER = 1e-7, 100
 
 # ---- the QP: projection of t onto the separating cone, solved on the dual ----------------------
 def _solve_dual(A_KN, t_N, max_iter: int, tol: float):
@@ -139,7 +138,7 @@ def _qp_anchors_jit(X_PMN, t_KN, y_KP, center, max_iter, tol):
 
 
 def solve_anchor_qp(
-    manifolds, probes, dichotomies, center: bool = True, max_iter: int = 100, tol: float = 1e-7
+    manifolds, probes, dichotomies, center: bool = True, max_iter: int = MAX_ITER, tol: float = TOL
 ) -> dict[str, np.ndarray]:
     """The QP and anchor points of one set of manifolds for given probes, as numpy arrays (float64).
 

@@ -2,13 +2,13 @@
 
 Every function takes numpy arrays and an output path, writes one PNG and returns its path.
 Arrays with a leading repeat axis R are drawn as the mean across repeats with a band of one
-standard deviation (ddof = 0); NaNs (undefined values) are skipped.
+sample standard deviation (ddof = 1); non-finite values are left out
+(:mod:`cljax.analysis.spread`, the rule of the summaries).
 """
 
 from __future__ import annotations
 
 import os
-import warnings
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -16,6 +16,9 @@ import matplotlib
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from cljax.analysis.spread import mean_std_axis0
 
 
 def _figure(**kwargs) -> Figure:
@@ -26,14 +29,10 @@ def _figure(**kwargs) -> Figure:
 
 
 def _mean_std(values_RX: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and std over axis 0, ignoring NaN and inf (all-NaN columns stay NaN, silently)."""
+    """Mean and sample std over axis 0 of the finite values (no band where fewer than two)."""
     v = np.asarray(values_RX, dtype=np.float64)
-    if v.ndim == 1:
-        v = v[None]
-    v = np.where(np.isfinite(v), v, np.nan)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return np.nanmean(v, axis=0), np.nanstd(v, axis=0)
+    mean, std, _ = mean_std_axis0(v[None] if v.ndim == 1 else v)
+    return mean, std
 
 
 def _band(ax, x, values_RX, label=None, color=None, marker=None):
@@ -109,10 +108,12 @@ def plot_accuracy_over_time(
 
 
 def plot_learner_vs_expert(
-    learner_RT, expert_RT, path: str | os.PathLike, title: str = "Learner vs expert on each new task"
+    learner_RT, expert_RT, path: str | os.PathLike, title: str = "Learner vs expert on each new task",
+    expert_best_RT=None,
 ) -> Path:
-    """Left: R[i, i] of the continual learner and E[i] of the fresh expert per task; right: the
-    plasticity gap G[i] = E[i] - R[i, i]. Both (R, T), mean +- std across repeats."""
+    """Left: R[i, i] of the continual learner and E[i] of the fresh expert per task (and the
+    expert's best snapshot, ``expert_best_RT``, dashed); right: the plasticity gap
+    G[i] = E[i] - R[i, i]. All (R, T), mean +- std across repeats."""
     learner = np.asarray(learner_RT, dtype=np.float64)
     expert = np.asarray(expert_RT, dtype=np.float64)
     x = np.arange(learner.shape[-1])
@@ -120,6 +121,9 @@ def plot_learner_vs_expert(
     ax0, ax1 = fig.subplots(1, 2)
     _band(ax0, x, learner, label="learner R[i, i]", marker="o")
     _band(ax0, x, expert, label="expert E[i]", marker="s")
+    if expert_best_RT is not None:
+        mean, _ = _mean_std(expert_best_RT)
+        ax0.plot(x, mean, linestyle="--", color="gray", label="expert, best snapshot")
     ax0.axhline(0.5, color="black", linestyle=":", linewidth=0.7)
     ax0.set_xlabel("task i")
     ax0.set_ylabel("test accuracy")
@@ -184,3 +188,26 @@ def plot_glue_over_tasks(metrics: Mapping[str, np.ndarray], path, x=None,
     """:func:`plot_metrics_over_tasks` on the GLUE metrics present in ``metrics``."""
     chosen = {k: metrics[k] for k in GLUE_PANELS if k in metrics}
     return plot_metrics_over_tasks(chosen or dict(metrics), path, title=title, x=x)
+
+
+def plot_head_vs_probe(earlier_RN: Mapping[str, np.ndarray], last_RT: Mapping[str, np.ndarray], path,
+                       title: str = "The head vs a linear probe of the representation") -> Path:
+    """Left: accuracy on the tasks trained before folder i, after folder i (x = i >= 1), one band
+    per entry of ``earlier_RN`` ((R, n) each); right: accuracy on every task j after the last
+    folder, one band per entry of ``last_RT`` ((R, T) each). Mean +- std across repeats."""
+    fig = _figure(figsize=(10, 3.6))
+    ax0, ax1 = fig.subplots(1, 2)
+    for ax, curves, xlabel in ((ax0, earlier_RN, "after task i (mean over tasks j < i)"),
+                               (ax1, last_RT, "task j (after the last task)")):
+        for label, v in curves.items():
+            v = np.asarray(v, dtype=np.float64)
+            first = 1 if ax is ax0 else 0
+            _band(ax, np.arange(first, v.shape[-1]), v[:, first:], label=label, marker="o")
+        ax.axhline(0.5, color="black", linestyle=":", linewidth=0.7)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylim(0.0, 1.02)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("test accuracy")
+        ax.legend(fontsize=8, loc="lower left")
+    fig.suptitle(title)
+    return _save(fig, path)

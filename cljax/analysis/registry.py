@@ -12,7 +12,7 @@ analysis (the representations are memory-mapped), so a state should keep only sm
 the driver drops the folder before reading the next one. The driver runs the analyses in the
 order they were registered and merges their summaries in that order; see
 :mod:`cljax.analysis.analyses` for the built-in ones (``cl``, ``plasticity``, ``curves``, ``run``,
-``glue``). Register another with ``register(Analysis("name", init, update, finalize))``.
+``glue``, ``probe``). Register another with ``register(Analysis("name", init, update, finalize))``.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ from typing import Any, Callable, NamedTuple
 import numpy as np
 
 from cljax import results
+from cljax.analysis.glue import N_PROBES
+from cljax.analysis.probe import RIDGE
 from cljax.errors import CljaxError
 
 
@@ -34,13 +36,14 @@ class Options:
 
     variant: str = "final"
     tau: float = 0.025
-    glue_n_probes: int = 128
+    glue_n_probes: int = N_PROBES
     glue_tasks: str = "current"
     glue_across_every: int | None = None
     glue_across_max_tasks: int = 16
     glue_max_points: int | None = 32
     glue_seed: int = 0
     curve_tasks: int = 10
+    probe_ridge: float = RIDGE
 
 
 class RunContext(NamedTuple):
@@ -66,6 +69,17 @@ class TaskFolder:
         if missing:
             raise CljaxError(f"{path / 'metrics.pkl'} lacks {missing}: it was not written by cljax's runner.")
         self.test_acc = np.asarray(self.metrics["test_acc"], dtype=np.float64)  # (L, R, T)
+
+    @functools.cached_property
+    def log_steps(self) -> np.ndarray:
+        """The training step of each of the L snapshots (default 1, ..., L)."""
+        steps = self.metadata.get("log_steps", self.metrics.get("log_steps", np.arange(1, self.test_acc.shape[0] + 1)))
+        return np.asarray(steps, dtype=np.float64)
+
+    @functools.cached_property
+    def start_test_acc(self) -> np.ndarray:
+        """(R, T): every task's accuracy evaluated before this task's first step."""
+        return np.asarray(self.metrics["start_test_acc"], dtype=np.float64)
 
     @functools.cached_property
     def expert_metrics(self) -> dict:

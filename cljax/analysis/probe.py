@@ -1,0 +1,189 @@
+"""Linear probes of the saved representations: is a task forgotten by the representation, or
+only by the read-out?
+
+With one output shared by every task, the head's accuracy on an earlier task mostly measures
+how the later tasks' labels moved the head, not whether the representation still separates the
+earlier task's classes. A linear probe answers the second question: a closed-form ridge
+classifier fitted on half of a task's saved test samples (``representations.npy``) and tested
+on the other half, per repeat (:func:`probe_accuracy`). The ``probe`` analysis puts it beside
+the head's accuracy on the same tasks, at the last snapshot of every task folder.
+
+Probe (definitions also in ``docs/metrics.md``): the S saved samples of a task are split by
+class into two halves (within each class the first half in stored order is fold 0, the rest
+fold 1). The representations are centred on the mean of the fitting fold (Z); targets are
+y = +1 (label 1) / -1 (label 0), centred; the weights solve (Z^T Z + lambda I) w = Z^T y over
+the fitting fold with lambda = ``ridge`` times the mean squared norm of its centred rows (the
+scale of the Gram matrix's diagonal, so the probe does not depend on the representation's
+scale). A sample is predicted label 1 when Z w + mean(y) > 0. With ``cross_fit`` each fold is tested by the probe fitted on the other, so
+every one of the S samples is tested once, by a probe fitted on S/2.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from cljax.analysis import plots
+from cljax.analysis.cl import mean_over_tasks
+from cljax.analysis.spread import spread
+from cljax.errors import CljaxError
+from cljax.models import CLASSIFIER_GROUP
+
+if TYPE_CHECKING:
+    from cljax.analysis.registry import RunContext, TaskFolder
+
+RIDGE = 0.1  # lambda relative to the Gram matrix's diagonal (docs/metrics.md: how the probe varies with it)
+
+
+def probe_folds(labels) -> np.ndarray:
+    """Fold (0 or 1) of every sample, (..., S) -> (..., S) bool (True: fold 1): within each
+    class the first half of its samples (in stored order, rounded down) is fold 0."""
+    labels = np.asarray(labels)
+    fold = np.zeros(labels.shape, dtype=bool)
+    for c in np.unique(labels):
+        is_c = labels == c
+        rank = np.cumsum(is_c, axis=-1) - 1
+        fold |= is_c & (rank >= is_c.sum(axis=-1, keepdims=True) // 2)
+    return fold
+
+
+def _fit_and_test(X, y, fit, ridge: float):
+    """Ridge probe fitted on the rows where ``fit`` and tested on the others: (correct, tested)
+    counts, each of shape (...). X (..., S, H) float64, y (..., S) in {-1, +1}, fit (..., S) bool."""
+    m = fit[..., None].astype(np.float64)
+    n = np.maximum(m.sum(axis=-2), 1.0)  # (..., 1)
+    # Centred on the fitting fold, not scaled per unit: with a few dozen fitting samples a unit's
+    # variance there can be near 0, and scaling by it would blow that unit up on the test fold.
+    Z = X - (m * X).sum(axis=-2, keepdims=True) / n[..., None]
+    y_mean = (m[..., 0] * y).sum(axis=-1, keepdims=True) / n
+    yc = (y - y_mean) * m[..., 0]
+    Zf = Z * m
+    G = np.swapaxes(Zf, -1, -2) @ Zf  # (..., H, H)
+    H = G.shape[-1]
+    lam = ridge * np.trace(G, axis1=-2, axis2=-1) / n[..., 0]
+    lam = np.where(lam > 0, lam, ridge)[..., None, None]
+    w = np.linalg.solve(G + lam * np.eye(H), (np.swapaxes(Zf, -1, -2) @ yc[..., None]))[..., 0]
+    score = (Z @ w[..., None])[..., 0] + y_mean
+    correct = ((score > 0) == (y > 0)) & ~fit
+    return correct.sum(axis=-1), (~fit).sum(axis=-1)
+
+
+def probe_accuracy(reps, labels, *, ridge: float = RIDGE, cross_fit: bool = True) -> np.ndarray:
+    """Test accuracy of a closed-form ridge probe of the binary ``labels`` from ``reps``.
+
+    Args:
+      reps: (..., S, H) representations of S samples (one task's saved test samples, any
+        leading axes: repeats, tasks, snapshots).
+      labels: (..., S) binary labels (0 / 1) of the samples.
+      ridge: lambda relative to the mean squared norm of the centred fitting rows.
+      cross_fit: test each half with the probe fitted on the other and pool the two (every
+        sample tested once); else fit on fold 0 and test on fold 1 only.
+
+    Returns:
+      float64 array (...): the fraction of tested samples whose label the probe predicts; NaN
+      where the representations are not all finite. Folds, centring and the solve: module
+      docstring.
+    """
+    X = np.asarray(reps, dtype=np.float64)
+    labels = np.asarray(labels)
+    if X.ndim < 2 or labels.shape != X.shape[:-1]:
+        raise CljaxError(f"probe_accuracy needs reps (..., S, H) and labels (..., S); got {X.shape} and {labels.shape}")
+    if not set(np.unique(labels).tolist()) <= {0, 1}:
+        raise CljaxError("probe_accuracy needs binary labels 0 / 1")
+    # A task whose representations are not all finite (a diverged network) has no probe accuracy.
+    finite = np.isfinite(X).all(axis=(-2, -1))
+    X = np.where(finite[..., None, None], X, 0.0)
+    y = np.where(labels == 1, 1.0, -1.0)
+    fold1 = probe_folds(labels)
+    correct, tested = _fit_and_test(X, y, ~fold1, ridge)  # fit on fold 0, test fold 1
+    if cross_fit:
+        c2, t2 = _fit_and_test(X, y, fold1, ridge)
+        correct, tested = correct + c2, tested + t2
+    return np.where(finite, correct / np.maximum(tested, 1), np.nan)
+
+
+def head_accuracy(reps, labels, kernel, bias) -> np.ndarray:
+    """Accuracy of a dense read-out (the network's head) on given representations: (..., S, H),
+    (..., S), kernel (..., H, O), bias (..., O) -> (...). One output: label 1 when the logit is
+    positive (sigmoid); two: the larger logit (softmax), as the training code decides."""
+    logits = np.asarray(reps, np.float64) @ np.asarray(kernel, np.float64) + np.asarray(bias, np.float64)[..., None, :]
+    pred = logits[..., 0] > 0 if logits.shape[-1] == 1 else np.argmax(logits, axis=-1) == 1
+    return (pred == (np.asarray(labels) == 1)).mean(axis=-1)
+
+
+# ---- the analysis ``probe`` (registered by cljax.analysis.analyses) ---------------------------------
+def init(ctx: RunContext) -> dict:
+    return {"ctx": ctx, "ridge": ctx.options.probe_ridge, "probe": [], "head_same": [], "head": [], "S": None}
+
+
+def _saved_head(folder: TaskFolder, H: int):
+    """The head's kernel (R, H, O) and bias (R, O) at the last snapshot, when the head is a dense
+    layer on the saved representation; else None."""
+    head = folder.weights.get(CLASSIFIER_GROUP) if isinstance(folder.weights, dict) else None
+    if not isinstance(head, dict) or "kernel" not in head or "bias" not in head:
+        return None
+    kernel, bias = np.asarray(head["kernel"])[-1], np.asarray(head["bias"])[-1]
+    return (kernel, bias) if kernel.ndim == 3 and kernel.shape[1] == H else None
+
+
+def update(state: dict, folder: TaskFolder) -> dict:
+    reps = np.asarray(folder.representations[-1], dtype=np.float64)  # (R, T, S, H)
+    labels = np.asarray(folder.binary_labels[-1])  # (R, T, S)
+    state["S"] = reps.shape[-2]
+    state["probe"].append(probe_accuracy(reps, labels, ridge=state["ridge"]))
+    head = _saved_head(folder, reps.shape[-1])
+    state["head_same"].append(np.full(reps.shape[:2], np.nan) if head is None else
+                              head_accuracy(reps, labels, head[0][:, None], head[1][:, None]))
+    state["head"].append(folder.test_acc[-1])
+    return state
+
+
+def _earlier(values_RnT: np.ndarray, i: int) -> np.ndarray:
+    """Each repeat's mean over the tasks trained before folder i, (R,)."""
+    return mean_over_tasks(values_RnT[:, i, :i]) if i > 0 else np.full(values_RnT.shape[0], np.nan)
+
+
+def _drop(values_RnT: np.ndarray) -> np.ndarray:
+    """mean over j < n-1 of (value after task j - value at the end), per repeat (= -BWT)."""
+    n = values_RnT.shape[1]
+    if n < 2:
+        return np.full(values_RnT.shape[0], np.nan)
+    j = np.arange(n - 1)
+    return mean_over_tasks(values_RnT[:, j, j] - values_RnT[:, -1, j])
+
+
+def finalize(state: dict):
+    from cljax.analysis.registry import Result  # the registry imports this module (RIDGE)
+
+    n, S = state["ctx"].n_folders, state["S"]
+    probe, head_same, head = (np.stack(state[k], axis=1) for k in ("probe", "head_same", "head"))  # (R, n, T)
+    last = n - 1
+    d_head, d_probe = _drop(head_same), _drop(probe)
+    curves = {"head (all test images)": head, "head (probe images)": head_same, "linear probe": probe}
+    summary = {
+        "images": {"saved_per_task": S, "fit_per_probe": S // 2, "tested_per_task": S,
+                   "how": "two folds of S/2 (half of each class); each fold tested by the probe fitted on the other; "
+                          "cljax run --n-subsamples sets S"},
+        "ridge": state["ridge"],
+        "snapshot": "last of each task folder",
+        "earlier_tasks": {"n_tasks": last, **{k: spread(_earlier(v, last)) for k, v in
+                                              (("head_acc", head), ("head_acc_probe_images", head_same),
+                                               ("probe_acc", probe))}},
+        "current_task": {k: spread(v[:, last, last]) for k, v in
+                         (("head_acc", head), ("head_acc_probe_images", head_same), ("probe_acc", probe))},
+        "forgetting": {"head": spread(d_head), "representation": spread(d_probe), "readout": spread(d_head - d_probe),
+                       "definition": "mean over j < n-1 of acc after task j - acc at the end, on the probe images; "
+                                     "readout = head - representation"},
+        "earlier_tasks_per_folder": {k: [spread(_earlier(v, i))["mean"] for i in range(n)]
+                                     for k, v in (("head_acc", head), ("probe_acc", probe))},
+    }
+    arrays = {"probe_acc": probe, "head_acc_probe_images": head_same, "head_acc": head,
+              "images": np.array([S // 2, S], dtype=np.int64)}
+    return Result(
+        summary={"probe": summary},
+        arrays={"probe.npz": arrays},
+        plots={"probe.png": lambda p: plots.plot_head_vs_probe(
+            {k: np.stack([_earlier(v, i) for i in range(n)], axis=1) for k, v in curves.items()},
+            {k: v[:, last, :n] for k, v in curves.items()}, p)},
+    )

@@ -1,0 +1,42 @@
+"""The spread over repeats, one rule for every analysis, its summaries and its plots.
+
+Every summary of a per-repeat value is the mean and the sample standard deviation
+(``ddof = 1``, the unbiased variance's square root) over the repeats whose value is finite.
+Non-finite values (NaN: undefined, e.g. BWT of one task; +-inf) are left out and counted:
+``n`` is the number of repeats that entered, ``n_nonfinite`` the number left out. With no
+finite value the mean is NaN; with fewer than two the std is NaN (one repeat has no spread).
+Definitions: ``docs/metrics.md``.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+DDOF = 1
+RULE = ("mean and sample std (ddof = 1) over the repeats with a finite value; non-finite values are left out "
+        "and counted (n, n_nonfinite)")
+
+
+def mean_std_axis0(values) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean, sample std and the count of finite values along axis 0 (the repeats), each of the
+    shape of ``values[0]``; non-finite entries are left out."""
+    v = np.asarray(values, dtype=np.float64)
+    finite = np.isfinite(v)
+    v = np.where(finite, v, np.nan)
+    n = finite.sum(axis=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns, n <= ddof
+        mean = np.nanmean(v, axis=0)
+        std = np.nanstd(v, axis=0, ddof=DDOF)
+    std = np.where(n > DDOF, std, np.nan)
+    return mean, std, n
+
+
+def spread(per_repeat) -> dict:
+    """{"mean", "std", "n", "n_nonfinite"} of one value per repeat (shape (R,) or anything
+    flattened to it): see the module docstring."""
+    x = np.asarray(per_repeat, dtype=np.float64).reshape(-1)
+    mean, std, n = mean_std_axis0(x)
+    return {"mean": float(mean), "std": float(std), "n": int(n), "n_nonfinite": int(x.size - n)}

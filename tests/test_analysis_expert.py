@@ -1,0 +1,58 @@
+"""The expert's final and best snapshot: one collapsed last snapshot must not flip the plasticity
+gap silently."""
+
+import math
+import pickle
+
+import numpy as np
+
+from cljax.analysis import analyze_run
+from cljax.analysis.cl import plasticity_gap
+from tests.test_analysis_driver import E, R_FINAL, write_fake_run
+
+
+def collapse_one_expert(algo, task=1, repeat=0, snapshots=(0.97, 0.52)):
+    """The expert of (repeat, task) reaches 0.97, then falls to 0.52 in its last interval."""
+    path = algo / f"task_{task:03d}" / "expert_metrics.pkl"
+    expert = pickle.loads(path.read_bytes())
+    expert["test_acc"][:, repeat] = snapshots
+    path.write_bytes(pickle.dumps(expert, protocol=4))
+
+
+def test_a_collapsed_expert_is_reported_and_the_best_gap_is_robust(tmp_path):
+    algo = tmp_path / "run"
+    write_fake_run(algo)  # experts (0.6, E[i]); learner's task-i snapshots (R[i, i] - 0.2, R[i, i])
+    collapse_one_expert(algo)
+    s = analyze_run(algo, glue=False, make_plots=False)
+    diag0 = np.diag(R_FINAL)  # repeat 0; repeat 1 is 0.05 lower, its experts unchanged
+    # Gap from the last snapshots, repeat 0: (0.92 - 0.90, 0.52 - 0.95, 0.95 - 0.90): the one
+    # collapse turns the repeat's mean negative.
+    final0 = np.array([E[0], 0.52, E[2]]) - diag0
+    assert final0.mean() < 0
+    final1 = E - (diag0 - 0.05)
+    assert math.isclose(s["mean_plasticity_gap"]["mean"], (final0.mean() + final1.mean()) / 2)
+    # Best snapshots of both: the expert's 0.97 and the learner's R[i, i]; the gap stays positive.
+    best0 = np.array([E[0], 0.97, E[2]]) - diag0
+    assert math.isclose(s["mean_plasticity_gap_best"]["mean"], (best0.mean() + final1.mean()) / 2)
+    assert s["mean_plasticity_gap_best"]["mean"] > 0
+    expert = s["expert"]
+    assert expert["n_collapsed"] == 1 and expert["n_cells"] == 6
+    assert math.isclose(expert["max_drop_from_best"], 0.45, rel_tol=1e-9)
+    assert math.isclose(expert["final"]["mean"], ((E[0] + 0.52 + E[2]) / 3 + E.mean()) / 2)
+    assert math.isclose(expert["best"]["mean"], ((E[0] + 0.97 + E[2]) / 3 + E.mean()) / 2)
+    cl = np.load(algo / "analysis" / "cl.npz")
+    np.testing.assert_allclose(cl["expert_acc_best"][0], [E[0], 0.97, E[2]])
+    np.testing.assert_allclose(cl["learner_current_acc_best"][0], diag0)
+    np.testing.assert_allclose(cl["expert_drop_from_best"][0], [0.0, 0.45, 0.0], atol=1e-12)
+    # The plasticity gap of the accuracy matrix itself is the documented E[i] - R[i, i], unchanged.
+    np.testing.assert_allclose(cl["final_plasticity_gap"][0], final0, atol=1e-12)
+
+
+def test_best_gap_compares_best_with_best():
+    from cljax.analysis.cl import plasticity_gap_best
+
+    # One task, one repeat, three snapshots: the learner peaks at 0.9, the expert at 0.95.
+    learner = [np.array([0.7, 0.9, 0.8]).reshape(3, 1, 1)]
+    expert = [np.array([0.95, 0.6, 0.93]).reshape(3, 1)]
+    np.testing.assert_allclose(plasticity_gap_best(learner, expert), [[0.05]])
+    np.testing.assert_allclose(plasticity_gap(np.array([[[0.8]]]), np.array([[0.93]])), [[0.13]])

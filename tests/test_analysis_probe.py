@@ -1,0 +1,131 @@
+"""Linear probes of the saved representations beside the head's accuracy (readout vs
+representation forgetting)."""
+
+import json
+import math
+
+import matplotlib.image as mpimg
+import numpy as np
+
+from cljax import cli
+from cljax.analysis import analyze_run
+from tests.test_analysis_driver import L, RR, S, T, write_fake_run
+
+H = 6
+
+
+def gaussian_clouds(rng, batch, n_per_class, H, distance):
+    """Two Gaussian clouds (unit variance) whose means are ``distance`` apart along a random
+    direction; labels 0, 1, 0, 1, ... as the runner saves them."""
+    labels = np.tile([0, 1], n_per_class)
+    u = rng.standard_normal(batch + (1, H))
+    u /= np.linalg.norm(u, axis=-1, keepdims=True)
+    reps = rng.standard_normal(batch + (2 * n_per_class, H)) + distance * (labels[:, None] - 0.5) * u
+    return reps, np.broadcast_to(labels, batch + (2 * n_per_class,))
+
+
+def test_probe_separates_two_gaussian_clouds():
+    from cljax.analysis.probe import probe_accuracy
+
+    reps, labels = gaussian_clouds(np.random.default_rng(0), (3, 2), 32, 16, distance=6.0)
+    acc = probe_accuracy(reps, labels)
+    assert acc.shape == (3, 2)
+    assert acc.min() >= 0.95
+    # One task's arrays, (S, H) and (S,), give one number.
+    assert np.ndim(probe_accuracy(reps[0, 0], labels[0, 0])) == 0
+
+
+def test_probe_is_at_chance_on_shuffled_labels():
+    from cljax.analysis.probe import probe_accuracy
+
+    rng = np.random.default_rng(1)
+    reps, labels = gaussian_clouds(rng, (200,), 32, 16, distance=6.0)
+    shuffled = np.stack([rng.permutation(row) for row in labels])
+    acc = probe_accuracy(reps, shuffled)
+    # 200 probes tested on 64 samples each: the mean is within 0.03 of chance.
+    assert abs(acc.mean() - 0.5) < 0.03
+
+
+def test_probe_of_non_finite_representations_is_nan():
+    from cljax.analysis.probe import probe_accuracy
+
+    reps, labels = gaussian_clouds(np.random.default_rng(2), (2,), 8, 4, distance=6.0)
+    reps[1, 3, 0] = np.nan  # the second task's network diverged
+    acc = probe_accuracy(reps, labels)
+    assert acc[0] == 1.0 and np.isnan(acc[1])
+
+
+def test_probe_folds_halve_each_class():
+    from cljax.analysis.probe import probe_folds
+
+    labels = np.array([0, 1, 0, 1, 1, 1, 0, 0])
+    fold = probe_folds(labels)
+    # class 0 at 0, 2, 6, 7 -> fold 0 for 0, 2; class 1 at 1, 3, 4, 5 -> fold 0 for 1, 3.
+    np.testing.assert_array_equal(fold, [False, False, False, False, True, True, True, True])
+
+
+def write_fake_run_with_a_head(algo):
+    """The fake tree, with representations on which the answers are known: task j's classes sit
+    at -5 e_j and +5 e_j (0 on the other tasks' units, noise on the last H - T units), and
+    folder i's head reads unit i (kernel e_i, bias 0). The head is right on its own task and
+    exactly at chance (logit 0, predicted label 0) on every other; a probe separates every task."""
+    write_fake_run(algo)
+    rng = np.random.default_rng(0)
+    labels = np.tile(np.array([0, 1]), S // 2)
+    dtype = np.dtype([("head/bias", np.float32, (1,)), ("head/kernel", np.float32, (H, 1))])
+    for i in range(T):
+        d = algo / f"task_{i:03d}"
+        reps = rng.normal(size=(L, RR, T, S, H))
+        reps[..., :T] = 0.0
+        for j in range(T):
+            reps[:, :, j, :, j] = 5.0 * (2 * labels - 1)
+        weights = np.zeros((L, RR), dtype)
+        weights["head/kernel"][..., i, 0] = 1.0
+        np.save(d / "representations.npy", reps.astype(np.float32))
+        np.save(d / "weights.npy", weights)
+
+
+def test_probe_beside_the_head_on_a_fake_tree(tmp_path):
+    algo = tmp_path / "run"
+    write_fake_run_with_a_head(algo)
+    summary = analyze_run(algo, glue=False)
+    out = algo / "analysis"
+    p = json.loads((out / "summary.json").read_text())["probe"]
+    assert p == summary["probe"]
+    assert p["images"]["saved_per_task"] == S and p["images"]["fit_per_probe"] == S // 2
+    early = p["earlier_tasks"]
+    assert early["n_tasks"] == 2
+    assert early["head_acc_probe_images"]["mean"] == 0.5 and early["head_acc_probe_images"]["std"] == 0.0
+    assert early["probe_acc"]["mean"] == 1.0
+    assert p["current_task"]["head_acc_probe_images"]["mean"] == 1.0
+    # The head dropped from 1 to 0.5 on both earlier tasks, the representation not at all.
+    assert math.isclose(p["forgetting"]["head"]["mean"], 0.5)
+    assert p["forgetting"]["representation"]["mean"] == 0.0
+    assert math.isclose(p["forgetting"]["readout"]["mean"], 0.5)
+    # The head's accuracy on all test images is metrics["test_acc"], as in the accuracy matrix.
+    arrays = np.load(out / "probe.npz")
+    assert arrays["probe_acc"].shape == arrays["head_acc"].shape == (RR, T, T)
+    np.testing.assert_allclose(arrays["head_acc"], np.load(out / "cl.npz")["accuracy_rows_final"])
+    assert "probe.png" in summary["files"]
+    img = mpimg.imread(out / "probe.png")
+    assert img.ndim == 3 and min(img.shape[:2]) > 100
+
+
+def test_cli_prints_the_probe_beside_the_head(tmp_path, capsys):
+    algo = tmp_path / "run"
+    write_fake_run_with_a_head(algo)
+    assert cli.main(["analyze", str(algo), "--no-glue", "--no-plots"]) == 0
+    printed = capsys.readouterr().out
+    line = next(x for x in printed.splitlines() if x.startswith("accuracy on earlier tasks"))
+    # The head on all test images is the fake metrics' R[2, j] (repeat 1 is 0.05 lower).
+    head = (0.70 + 0.85) / 2 - 0.025
+    assert f"head {head:.4f}" in line and "linear probe 1.0000 +- 0.0000" in line
+    assert f"fit on {S // 2} and tested on {S} images" in printed
+
+
+def test_a_bad_probe_ridge_is_one_error_line(tmp_path, capsys):
+    algo = tmp_path / "run"
+    write_fake_run(algo)
+    assert cli.main(["analyze", str(algo), "--no-glue", "--no-plots", "--probe-ridge", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: probe_ridge must be positive")
