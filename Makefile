@@ -31,8 +31,10 @@ demo: venv fashion-mnist
 	@echo "results: $(DEMO_RUN)/task_000 ... task_004"
 	@echo "plots:   $(DEMO_RUN)/analysis/*.png   summary: $(DEMO_RUN)/analysis/summary.json"
 
+# Two workers: most of the suite is XLA compiling, one core per program (docs/benchmark.md, "Test suite").
+TEST_WORKERS ?= 2
 test: venv fashion-mnist
-	$(PYTHON) -m pytest -q
+	$(PYTHON) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 # Throughput of cljax vs a PyTorch reference and the matmul peak (docs/benchmark.md). torch comes
 # from the bench extra (torch==2.13.0, the CPU wheel here) only when it is missing.

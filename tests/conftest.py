@@ -5,11 +5,21 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import jax
-import pytest
+# Compilation is most of this suite's time on a 2-core CPU, and XLA's backend optimisation is
+# most of compilation. Level 1 compiles much faster than the default and still runs the long
+# tests fast (level 0 does not: docs/benchmark.md, "Test suite"). The tests compare numbers within
+# one process or against tolerances, never against a fully optimised build. Set
+# CLJAX_TEST_XLA_OPT=full to test the optimised build (what `cljax run` uses). Subprocesses
+# inherit the flags.
+FAST_COMPILE_FLAGS = "--xla_backend_optimization_level=1"
+if os.environ.get("CLJAX_TEST_XLA_OPT", "fast") != "full" and "xla_backend_optimization_level" not in os.environ.get(
+        "XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + FAST_COMPILE_FLAGS).strip()
 
+import jax  # noqa: E402  (after XLA_FLAGS: the backend reads them when it starts)
+import pytest  # noqa: E402
 
-from cljax.config import Config
+from cljax.config import Config  # noqa: E402
 
 FASHION_DIR = Path(os.environ.get("CLJAX_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))
 
@@ -20,12 +30,17 @@ os.environ.setdefault("CLJAX_CPU_DEVICES", "off")
 
 @pytest.fixture(scope="session", autouse=True)
 def session_compilation_cache(tmp_path_factory):
-    """The persistent compilation cache of this test session, in a temporary folder: the CLI
-    tests (which turn the cache on) never read or fill the user's ~/.cache, so suite time does
-    not depend on it. Subprocesses inherit it through CLJAX_COMPILATION_CACHE."""
+    """The persistent compilation cache of this test session, in a temporary folder, on for this
+    process and (through CLJAX_COMPILATION_CACHE) its subprocesses: a program that several tests
+    build (the same config, the same shapes) compiles once per session, and the suite never
+    reads or fills the user's ~/.cache, so its time does not depend on that folder."""
+    import cljax
+
     folder = str(tmp_path_factory.mktemp("jax_cache"))
     os.environ["CLJAX_COMPILATION_CACHE"] = folder
+    cljax.enable_compilation_cache(folder)
     yield folder
+    cljax.disable_compilation_cache()
 
 
 def apply_fn_of(program):
@@ -60,14 +75,23 @@ def small_config(tmp_path: Path, **overrides) -> Config:
     return Config.from_flat(base)
 
 
+PROGRAM_OBTAINED = ("backend_compile", "/jax/compilation_cache/cache_retrieval_time_sec")
+
+
+def is_program_obtained(event: str) -> bool:
+    """An XLA executable was compiled, or loaded from the persistent compilation cache (which the
+    test session turns on, so a program another test compiled is loaded, not compiled)."""
+    return any(name in event for name in PROGRAM_OBTAINED)
+
+
 class CompileCounter:
-    """Counts XLA backend compilations while installed."""
+    """Counts the executables compiled or loaded from the cache while installed."""
 
     def __init__(self):
         self.count = 0
 
     def __call__(self, event: str, duration: float, **kwargs):
-        if "backend_compile" in event:
+        if is_program_obtained(event):
             self.count += 1
 
 
@@ -77,3 +101,15 @@ def compile_counter():
     jax.monitoring.register_event_duration_secs_listener(counter)
     yield counter
     jax.monitoring.unregister_event_duration_listener(counter)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (``make test`` runs two workers, ``--dist loadgroup``), the tests that
+    share a module-scoped fixture (a run trained once for the whole file) stay on one worker, so
+    that run is trained once; every other test goes to whichever worker is free."""
+    for item in items:
+        defs = getattr(item, "_fixtureinfo", None)
+        if defs is None:
+            continue
+        if any(d.scope == "module" for fixture in defs.name2fixturedefs.values() for d in fixture):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))

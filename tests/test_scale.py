@@ -37,7 +37,7 @@ from cljax.settings import setting_specs
 from cljax.sweep import expand, parse_grid, parse_minutes
 from cljax.tasks import TaskData, make_schedule
 from cljax.program import build_task_program
-from tests.conftest import FASHION_DIR
+from tests.conftest import FASHION_DIR, is_program_obtained
 
 REPO = Path(__file__).resolve().parents[1]
 K_AUTO = 25  # the chunk size the budget below leaves room for
@@ -72,7 +72,8 @@ def sweep_process(tmp_path_factory):
            "--num-tasks", "2", "--n-repeats", "1", "--n-train-per-class", "16", "--n-test-per-class", "8",
            "--n-subsamples", "4", "--epochs", "1", "--batch-size", "16", "--log-frequency", "2",
            "--results-dir", str(root)]
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    xla_flags = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split() if "host_platform_device_count" not in f)
+    env = {**os.environ, "XLA_FLAGS": xla_flags}
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     yield proc, root
     if proc.poll() is None:
@@ -89,7 +90,7 @@ def hundred_tasks(sweep_process, tmp_path_factory):
     compiles = [0]
 
     def on_compile(event, duration, **kwargs):
-        if "backend_compile" in event:
+        if is_program_obtained(event):
             compiles[0] += 1
 
     infos = {}
@@ -119,14 +120,14 @@ def test_hundred_tasks_compile_once_and_keep_memory_flat(hundred_tasks):
     config, _, run, infos, _ = hundred_tasks
     assert len(results.task_dirs(run.algo_dir)) == 100
     # Every program (task program, evaluation, small helpers) is compiled during task 0; never again.
-    assert infos[0]["compiles"] == infos[9]["compiles"] == infos[99]["compiles"]
+    assert 0 < infos[0]["compiles"] == infos[9]["compiles"] == infos[99]["compiles"]
     # Device: the same arrays after every task, the same high-water mark.
     assert infos[9]["device_bytes_live"] == infos[99]["device_bytes_live"]
     assert infos[9]["device_bytes_peak"] == infos[99]["device_bytes_peak"]
     # Host: flat within allocator noise (measured: +2.6% from task 10 to 100, +0.2% from 50 to 100).
     rss10, rss50, rss100 = infos[9]["rss_bytes"], infos[49]["rss_bytes"], infos[99]["rss_bytes"]
     assert rss100 - rss10 < 0.10 * rss10, (rss10, rss100)
-    assert rss100 - rss50 < 32 * 2**20, (rss50, rss100)
+    assert rss100 - rss50 < 0.05 * rss50, (rss50, rss100)  # and no steady growth per task
     print(f"\n100 tasks: compiles {infos[99]['compiles']}, RSS task 10 {rss10 / 2**20:.1f} MiB, task 50 "
           f"{rss50 / 2**20:.1f} MiB, task 100 {rss100 / 2**20:.1f} MiB; device live {infos[99]['device_bytes_live']} B, "
           f"peak {infos[99]['device_bytes_peak']} B")
