@@ -24,6 +24,7 @@ import shutil
 import socket
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from cljax.budget import fmt_bytes
 from cljax.checkpoint import CHECKPOINT, RUN_RECORD, read_checkpoint_header, read_run_record
 from cljax.config import Config, differing_settings
 from cljax.errors import CljaxError, DamagedFile
+from cljax.host import usable_cores
 from cljax.results import (TASK_FILES, file_sha256, load_metadata, npy_header, safe_load_pickle, task_dir_name,
                            task_dirs)
 
@@ -94,7 +96,9 @@ def inspect_run(algo_dir: Path, config: Config, data_id: str | None, overwrite: 
                          f"to resume it, choose another --results-dir, or pass --overwrite to replace it (it "
                          f"{_deletes(n_dirs)}).")
     run_id, T = record.get("run_id"), config.num_tasks
-    problems = [verify_task_dir(algo_dir / task_dir_name(t), t, run_id, hashes) for t in range(T)]
+    # Hashing reads every finished file once: folders in parallel (hashlib releases the GIL).
+    with ThreadPoolExecutor(max_workers=max(1, min(8, usable_cores()))) as pool:
+        problems = list(pool.map(lambda t: verify_task_dir(algo_dir / task_dir_name(t), t, run_id, hashes), range(T)))
     extra = [d for d in task_dirs(algo_dir) if int(d.name.split("_")[1]) >= T]
     if not any(problems):  # every task is there and whole: the checkpoint is not needed
         return Found(record=record, next_task=T, finished=True, stale=extra, n_task_dirs=n_dirs)
