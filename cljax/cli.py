@@ -185,11 +185,23 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    if argv is None:  # the command line (not a call from Python): persistent compilation cache on
-        from cljax import enable_compilation_cache
-
-        enable_compilation_cache()
+    from_shell = argv is None
     argv = sys.argv[1:] if argv is None else list(argv)
+    # First thing: a signal from here on stops the process in one line (prepare-imagenet stops
+    # its worker processes itself).
+    previous = _install(_stop_at_once) if argv[:1] != ["prepare-imagenet"] else {}
+    try:
+        if from_shell:  # the command line (not a call from Python): persistent compilation cache on
+            from cljax import enable_compilation_cache
+
+            enable_compilation_cache()
+        return _dispatch(argv)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _dispatch(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         lines = ["usage: cljax COMMAND [flags]   (cljax COMMAND --help for its flags)", "", "commands:"]
         lines += [f"  {name:<18} {text}" for name, (_, text) in COMMANDS.items()]
@@ -198,7 +210,6 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print("\n".join(lines))
         return 0 if argv else 2
-    previous = _install(_stop_at_once) if argv[0] != "prepare-imagenet" else {}  # it stops its workers itself
     try:
         return COMMANDS[argv[0]][0](argv[1:])
     except CljaxError as exc:
@@ -214,9 +225,6 @@ def main(argv: list[str] | None = None) -> int:
                if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "check the path and its permissions")
         print(f"error: {exc.strerror or exc}{where}: {fix}.", file=sys.stderr)
         return 2
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 def _install(handler) -> dict:
