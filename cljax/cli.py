@@ -10,7 +10,7 @@ import signal
 import sys
 from pathlib import Path
 
-from cljax.config import Config
+from cljax.config import Config, algo_dir_of
 from cljax.errors import EXIT_PREEMPTED, CljaxError
 from cljax.settings import Parser as _Parser
 from cljax.settings import add_run_flags, add_settings_flags, config_from_args, load_plugins_from_argv
@@ -24,8 +24,7 @@ def _use_every_core(config: Config, overwrite: bool = False) -> None:
     from cljax.devices.cpu_split import configure_cpu_devices
 
     if isinstance(config.n_repeats, int) and config.n_repeats >= 1:  # a bad value is reported by validate()
-        algo_dir = Path(str(config.results_dir)) / str(config.dataset) / config.algorithm_name
-        configure_cpu_devices(config.n_repeats, recorded=None if overwrite else recorded_split(algo_dir))
+        configure_cpu_devices(config.n_repeats, recorded=None if overwrite else recorded_split(algo_dir_of(config)))
 
 
 def _cmd_run(argv: list[str]) -> int:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from cljax.errors import CljaxError
@@ -221,6 +222,11 @@ class Config:
                 f"--log-frequency {self.log_frequency} is larger than a task's {self.steps_per_task} steps "
                 f"(epochs x n_train // batch_size): lower it to at most {self.steps_per_task}.")
         return self
+
+
+def algo_dir_of(config: Config) -> Path:
+    """The run folder: ``{results_dir}/{dataset}/{algorithm}``."""
+    return Path(str(config.results_dir)) / str(config.dataset) / config.algorithm_name
 
 
 def settings_fields(cls) -> list[dataclasses.Field]:

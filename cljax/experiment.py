@@ -20,7 +20,7 @@ import numpy as np
 
 from cljax.budget import Budget, choose_eval_chunk, disk_files_per_task, disk_run_files
 from cljax.checkpoint import CHECKPOINT, RUN_RECORD, load_learner, new_run_id, save_learner, write_run_record
-from cljax.config import SCHEMA_VERSION, Config
+from cljax.config import SCHEMA_VERSION, Config, algo_dir_of
 from cljax.data import load_dataset
 from cljax.data.prepared import data_identity
 from cljax.devices.distributed import is_writer, maybe_initialize_distributed
@@ -49,10 +49,6 @@ class RunResult:
     steps_per_second: float = 0.0
     already_finished: bool = False
     run_id: str | None = None
-
-
-def algo_dir_of(config: Config) -> Path:
-    return Path(config.results_dir) / config.dataset / config.algorithm_name
 
 
 def run_experiment(

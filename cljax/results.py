@@ -227,7 +227,8 @@ class _SafeUnpickler(pickle.Unpickler):
 
 _NUMPY_SCALARS = {"float64", "float32", "float16", "int64", "int32", "int16", "int8", "uint8", "uint16",
                   "uint32", "uint64", "bool_"}
-_DAMAGED = "restore it from a copy, or train the run again (`cljax run` with its flags and --overwrite, which deletes it first)"
+_DAMAGED = ("restore it from a copy, or train the run again (`cljax run` with its flags and --overwrite, which "
+            "deletes it first)")
 
 
 def _read_bytes(path: Path) -> bytes:

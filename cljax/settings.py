@@ -71,11 +71,10 @@ RUN_ONLY_FLAGS = {
 }
 
 
-def add_run_flags(parser: argparse.ArgumentParser, note: str = "", skip: tuple = ()) -> None:
+def add_run_flags(parser: argparse.ArgumentParser, note: str = "") -> None:
     """The flags of ``cljax run`` that are not settings; ``plan`` and ``sweep`` accept them too."""
     for flag, help_text in RUN_ONLY_FLAGS.items():
-        if flag not in skip:
-            parser.add_argument(flag, action="store_true", help=help_text + note)
+        parser.add_argument(flag, action="store_true", help=help_text + note)
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
