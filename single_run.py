@@ -10,8 +10,9 @@ import argparse
 import sys
 
 from cljax import enable_compilation_cache
-from cljax.cli import add_config_flags, config_from_args, main
+from cljax.cli import main
 from cljax.experiment import algo_dir_of
+from cljax.settings import add_run_flags, add_settings_flags, config_from_args
 
 if __name__ == "__main__":
     enable_compilation_cache()  # as the `cljax` command does
@@ -19,7 +20,8 @@ if __name__ == "__main__":
     code = main(["run", *run_args])
     if code == 0:
         parser = argparse.ArgumentParser(add_help=False)
-        add_config_flags(parser)
-        known, _ = parser.parse_known_args(run_args)  # run's own flags (--overwrite, ...) pass through
+        add_settings_flags(parser)
+        add_run_flags(parser)
+        known, _ = parser.parse_known_args(run_args)
         code = main(["analyze", str(algo_dir_of(config_from_args(known)))])
     sys.exit(code)

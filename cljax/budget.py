@@ -179,9 +179,9 @@ def fit_chunk(b: Budget, device_bytes: int, n_devices: int) -> int:
 def _does_not_fit(b: Budget, device_bytes: int, n_devices: int) -> CljaxError:
     need = _per_device(sum(device_components(b, 1).values()) + scratch_bytes(b), n_devices)
     return CljaxError(
-        f"a task needs about {fmt_bytes(need)} per device even evaluating one task at a time, more than "
-        f"{HEADROOM:.0%} of the {fmt_bytes(device_bytes)} budget: lower --n-repeats (or use more devices), "
-        f"--n-test-per-class, --n-subsamples or snapshots (raise --log-frequency), use "
+        f"a task needs about {fmt_bytes(need)} ({need:,} bytes) per device even evaluating one task at a time, more "
+        f"than {HEADROOM:.0%} ({int(HEADROOM * device_bytes):,} bytes) of the {fmt_bytes(device_bytes)} budget: lower "
+        f"--n-repeats (or use more devices), --n-test-per-class, --n-subsamples or snapshots (raise --log-frequency), use "
         f"--representation-dtype bfloat16, or raise --device-memory. `cljax plan` shows the parts."
     )
 

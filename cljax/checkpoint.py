@@ -1,38 +1,52 @@
 """The learner's checkpoint and the run record, beside the results of a run.
 
-    {algo_dir}/run.json         the config the run was started with (resume only with the same)
+    {algo_dir}/run.json         the run id, the settings the run was started with (resume only
+                                with the same), the identity of its data and the device split
     {algo_dir}/checkpoint.npz   the learner's full state after the last finished task:
                                 parameters, optimiser state, rule and option states (replay
-                                buffer included), and ``next_task``, the position in the key
-                                lineage (every key derives from (seed, task, step))
+                                buffer included), ``next_task`` (the position in the key lineage:
+                                every key derives from (seed, task, step)) and the run id
 
 Both are replaced atomically (written to a temporary name, fsynced, renamed), so a crash at any
-point leaves either the old or the new file, never a mix.
+point leaves either the old or the new file, never a mix. The run id ties the checkpoint and
+every task folder to the run.json they belong to.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import uuid
+import zipfile
+import zlib
 from pathlib import Path
 
 import jax
 import numpy as np
 
-from cljax.errors import CljaxError
+from cljax.errors import CljaxError, brief
 
 RUN_RECORD = "run.json"
 CHECKPOINT = "checkpoint.npz"
 _KEY_PREFIX = "key:"  # typed PRNG-key leaves are stored as their raw data
+_RECORD_LIMIT = 1 << 24  # a run.json is a few KB; anything this large is not one
+
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex
 
 
 def _atomic_write(path: Path, write) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk must not keep the half-written copy
+        raise
     fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -40,32 +54,87 @@ def _atomic_write(path: Path, write) -> None:
         os.close(fd)
 
 
-def write_run_record(algo_dir: Path, config_dict: dict, schema: int) -> None:
-    """run.json: the flat settings the run was started with, and the schema they follow."""
-    data = json.dumps({"schema": schema, "config": config_dict}, indent=1, sort_keys=True).encode()
-    _atomic_write(algo_dir / RUN_RECORD, lambda f: f.write(data))
+def write_run_record(algo_dir: Path, config_dict: dict, schema: int, *, run_id: str | None = None,
+                     data: str | None = None, split: dict | None = None) -> None:
+    """run.json: the flat settings the run was started with, the schema they follow, the run id,
+    the identity of the data (a content hash) and the device split the run started on."""
+    record = {"schema": schema, "config": config_dict, "run_id": run_id, "data": data, "split": split}
+    encoded = json.dumps(record, indent=1, sort_keys=True).encode()
+    _atomic_write(algo_dir / RUN_RECORD, lambda f: f.write(encoded))
 
 
 def read_run_record(algo_dir: Path) -> dict | None:
+    """The whole record ({"config", "run_id", "data", "split", "schema"}; the last four None in a
+    record written before they existed), or None when there is none. CljaxError when damaged."""
     path = algo_dir / RUN_RECORD
     if not path.exists():
         return None
+    fix = ("it is this run's record; restore it, or pass --overwrite to delete the run in "
+           f"{algo_dir} and start again")
+    if not path.is_file():
+        raise CljaxError(f"{path} is not a file: {fix}.")
+    if path.stat().st_size > _RECORD_LIMIT:
+        raise CljaxError(f"{path} is {path.stat().st_size:,} bytes, too large for a run record: {fix}.")
     try:
-        return json.loads(path.read_text())["config"]
-    except (json.JSONDecodeError, KeyError, UnicodeDecodeError):
-        raise CljaxError(f"{path} is corrupt: pass --overwrite to start the run again.") from None
+        record = json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise CljaxError(f"{path} is not valid JSON ({brief(exc)}): {fix}.") from None
+    if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
+        raise CljaxError(f"{path} is not a run record (no \"config\" object): {fix}.")
+    out = {key: record.get(key) for key in ("schema", "run_id", "data", "split")}
+    return {**out, "config": record["config"]}
 
 
-def save_learner(algo_dir: Path, learner, next_task: int) -> None:
-    """Checkpoint the learner state (any pytree of arrays) and the next task to run."""
+def recorded_split(algo_dir: Path) -> dict | None:
+    """The device split run.json records, or None (no record, an older one, or damaged: the run
+    reports a damaged record itself). Reads no JAX state: the CLI calls it before JAX starts."""
+    try:
+        split = json.loads((algo_dir / RUN_RECORD).read_bytes()).get("split")
+    except (OSError, ValueError, AttributeError, RecursionError):
+        return None
+    return split if isinstance(split, dict) else None
+
+
+def save_learner(algo_dir: Path, learner, next_task: int, run_id: str | None = None) -> None:
+    """Checkpoint the learner state (any pytree of arrays), the next task to run and the run id."""
     leaves = jax.tree.leaves(jax.device_get(learner))
     arrays = {"next_task": np.asarray(next_task, np.int64)}
+    if run_id is not None:
+        arrays["run_id"] = np.asarray(run_id)  # a fixed-width unicode array: no pickle
     for i, leaf in enumerate(leaves):
         if jax.dtypes.issubdtype(getattr(leaf, "dtype", None), jax.dtypes.prng_key):
             arrays[f"{_KEY_PREFIX}{i}"] = np.asarray(jax.random.key_data(leaf))
         else:
             arrays[f"leaf:{i}"] = np.asarray(leaf)
     _atomic_write(algo_dir / CHECKPOINT, lambda f: np.savez(f, **arrays))
+
+
+_READ_ERRORS = (OSError, ValueError, EOFError, KeyError, TypeError, zipfile.BadZipFile, zlib.error, MemoryError)
+
+
+def _damaged(path: Path, exc: BaseException) -> CljaxError:
+    return CljaxError(f"{path} is damaged ({type(exc).__name__}: {brief(exc)}): the learner state it held is lost, so the "
+                      f"run can only be trained again from task 0: pass --overwrite to delete the run in {path.parent} "
+                      f"and start again, or choose another --results-dir.")
+
+
+def read_checkpoint_header(algo_dir: Path) -> tuple[int, str | None] | None:
+    """(next_task, run_id) of the checkpoint, after checking every member's CRC; None when there
+    is no checkpoint; CljaxError when it is truncated or damaged."""
+    path = algo_dir / CHECKPOINT
+    if not path.exists():
+        return None
+    try:
+        with zipfile.ZipFile(path) as zf:
+            bad = zf.testzip()
+            if bad is not None:
+                raise zipfile.BadZipFile(f"bad CRC in member {bad}")
+        with np.load(path, allow_pickle=False) as z:
+            next_task = int(z["next_task"])
+            run_id = str(z["run_id"]) if "run_id" in z.files else None
+    except _READ_ERRORS as exc:
+        raise _damaged(path, exc) from None
+    return next_task, run_id
 
 
 def load_learner(algo_dir: Path, template):
@@ -77,8 +146,8 @@ def load_learner(algo_dir: Path, template):
     try:
         with np.load(path, allow_pickle=False) as z:
             stored = {k: z[k] for k in z.files}
-    except (OSError, ValueError, EOFError) as exc:
-        raise CljaxError(f"{path} is corrupt ({exc}): pass --overwrite to start the run again.") from None
+    except _READ_ERRORS as exc:
+        raise _damaged(path, exc) from None
     leaves, treedef = jax.tree.flatten(template)
     restored = []
     for i, leaf in enumerate(leaves):
@@ -87,5 +156,6 @@ def load_learner(algo_dir: Path, template):
         elif f"leaf:{i}" in stored and stored[f"leaf:{i}"].shape == np.shape(leaf):
             restored.append(stored[f"leaf:{i}"])
         else:
-            raise CljaxError(f"{path} does not match this config's learner state: pass --overwrite to start again.")
+            raise CljaxError(f"{path} does not match this config's learner state: pass --overwrite to delete the run "
+                             f"in {algo_dir} and start again.")
     return jax.tree.unflatten(treedef, restored), int(stored["next_task"])

@@ -3,22 +3,28 @@ registries' params dataclasses (cljax/settings.py)."""
 
 from __future__ import annotations
 
+import errno
+import math
+import os
+import signal
 import sys
 from pathlib import Path
 
-from cljax.config import Config
-from cljax.errors import CljaxError
+from cljax.config import Config, algo_dir_of
+from cljax.errors import EXIT_PREEMPTED, CljaxError
 from cljax.settings import Parser as _Parser
-from cljax.settings import add_settings_flags, config_from_args, load_plugins_from_argv
+from cljax.settings import add_run_flags, add_settings_flags, config_from_args, load_plugins_from_argv
 
 
-def _use_every_core(config: Config) -> None:
+def _use_every_core(config: Config, overwrite: bool = False) -> None:
     """On a CPU host, one JAX device per core so the repeats train on all of them (see
-    cljax.devices.cpu_split.configure_cpu_devices); before anything starts JAX's backends."""
+    cljax.devices.cpu_split.configure_cpu_devices); before anything starts JAX's backends. A run
+    being resumed takes the split it started on again (run.json), so its numbers do not change."""
+    from cljax.checkpoint import recorded_split
     from cljax.devices.cpu_split import configure_cpu_devices
 
     if isinstance(config.n_repeats, int) and config.n_repeats >= 1:  # a bad value is reported by validate()
-        configure_cpu_devices(config.n_repeats)
+        configure_cpu_devices(config.n_repeats, recorded=None if overwrite else recorded_split(algo_dir_of(config)))
 
 
 def _cmd_run(argv: list[str]) -> int:
@@ -26,20 +32,18 @@ def _cmd_run(argv: list[str]) -> int:
                      "Rerunning the same command resumes an interrupted run from its first unfinished task.")
     load_plugins_from_argv(argv)
     add_settings_flags(parser)
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing run's results (default: refuse)")
-    parser.add_argument("--allow-nonfinite", action="store_true",
-                        help="go on when a loss becomes NaN or inf (default: record it and stop)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_run_flags(parser)
     args = parser.parse_args(argv)
     config = config_from_args(args)
-    _use_every_core(config)
+    _use_every_core(config, args.overwrite)
     from cljax.experiment import format_summary, run_experiment
 
     outcome = _run_stoppable(lambda critical: run_experiment(
         config, overwrite=args.overwrite, progress=not args.no_progress,
         allow_nonfinite=args.allow_nonfinite, critical=critical))
     if outcome.already_finished:
-        print(f"this run is already finished ({config.num_tasks} tasks); pass --overwrite to run it again.")
+        print(f"this run is already finished ({config.num_tasks} tasks, every task folder verified); "
+              f"--overwrite would delete it and train it again.")
     elif outcome.first_task:
         print(f"resumed from task {outcome.first_task}.")
     print(format_summary(outcome))
@@ -55,11 +59,7 @@ def _run_stoppable(work):
     the process exits with EXIT_PREEMPTED as soon as no task folder or checkpoint is being
     written (SLURM sends SIGTERM some seconds before it kills). The state on disk is then the
     last finished task, and the same command resumes from there."""
-    import os
-    import signal
     import threading
-
-    from cljax.experiment import EXIT_PREEMPTED
 
     critical = threading.Lock()
     box: dict = {}
@@ -72,13 +72,9 @@ def _run_stoppable(work):
 
     def on_signal(signum, frame):
         with critical:  # never leave a half-written task folder or checkpoint
-            print(f"\nstopped by {signal.Signals(signum).name}: the finished tasks are saved; "
-                  f"run the same command to resume.", file=sys.stderr)
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(EXIT_PREEMPTED)
+            _exit_stopped(signum, "the finished tasks are saved; run the same command to resume.")
 
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous = _install(on_signal)
     worker = threading.Thread(target=target, name="cljax-run", daemon=True)
     worker.start()
     try:
@@ -90,6 +86,19 @@ def _run_stoppable(work):
     if "error" in box:
         raise box["error"]
     return box["result"]
+
+
+def _exit_stopped(signum: int, what: str) -> None:
+    print(f"\nstopped by {signal.Signals(signum).name}: {what}", file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(EXIT_PREEMPTED)
+
+
+def _stop_at_once(signum, frame):
+    # Until a command installs its own handler: nothing has been written yet (a run writes only
+    # inside _run_stoppable) or the command's output is rewritten whole by running it again.
+    _exit_stopped(signum, "nothing was left half-written; run the same command again.")
 
 
 def _cmd_prepare_imagenet(argv: list[str]) -> int:
@@ -111,8 +120,7 @@ def _cmd_plan(argv: list[str]) -> int:
     load_plugins_from_argv(argv)
     add_settings_flags(parser)
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
-    for flag in ("--overwrite", "--allow-nonfinite", "--no-progress"):  # run's own flags, accepted for copy-paste
-        parser.add_argument(flag, action="store_true", help="as in `cljax run` (no effect on the plan)")
+    add_run_flags(parser, " (as in `cljax run`; no effect on the plan)")  # accepted for copy-paste
     args = parser.parse_args(argv)
     config = config_from_args(args)
     _use_every_core(config)
@@ -151,6 +159,10 @@ def _cmd_analyze(argv: list[str]) -> int:
     parser.add_argument("--no-glue", action="store_true", help="skip the manifold-capacity analysis")
     parser.add_argument("--no-plots", action="store_true", help="no PNG plots")
     args = parser.parse_args(argv)
+    if args.glue_probes < 1:
+        raise CljaxError(f"--glue-probes must be at least 1, got {args.glue_probes}.")
+    if not math.isfinite(args.tau) or args.tau < 0:
+        raise CljaxError(f"--tau must be a finite number >= 0, got {args.tau}.")
     from cljax.analysis.driver import analyze_run, format_summary
     from cljax.results import task_dirs
 
@@ -175,11 +187,23 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    if argv is None:  # the command line (not a call from Python): persistent compilation cache on
-        from cljax import enable_compilation_cache
-
-        enable_compilation_cache()
+    from_shell = argv is None
     argv = sys.argv[1:] if argv is None else list(argv)
+    # First thing: a signal from here on stops the process in one line (prepare-imagenet stops
+    # its worker processes itself).
+    previous = _install(_stop_at_once) if argv[:1] != ["prepare-imagenet"] else {}
+    try:
+        if from_shell:  # the command line (not a call from Python): persistent compilation cache on
+            from cljax import enable_compilation_cache
+
+            enable_compilation_cache()
+        return _dispatch(argv)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _dispatch(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         lines = ["usage: cljax COMMAND [flags]   (cljax COMMAND --help for its flags)", "", "commands:"]
         lines += [f"  {name:<18} {text}" for name, (_, text) in COMMANDS.items()]
@@ -191,8 +215,26 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[argv[0]][0](argv[1:])
     except CljaxError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)  # one line, whatever it quotes
         return 2
+    except MemoryError:
+        print(f"error: out of memory in `cljax {argv[0]}`: shrink the run (`cljax plan` shows what it takes) or use a "
+              f"machine with more memory.", file=sys.stderr)
+        return 2
+    except OSError as exc:  # the environment, not the input: a full disk, permissions, a vanished file
+        where = f" ({exc.filename})" if exc.filename else ""
+        fix = ("free space, then run the same command (a run resumes from its last finished task)"
+               if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "check the path and its permissions")
+        print(f"error: {exc.strerror or exc}{where}: {fix}.", file=sys.stderr)
+        return 2
+
+
+def _install(handler) -> dict:
+    """SIGTERM and SIGINT -> ``handler``; the handlers replaced (none off the main thread)."""
+    try:
+        return {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    except ValueError:  # called from another thread: signals are the main thread's to handle
+        return {}
 
 
 if __name__ == "__main__":

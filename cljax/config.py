@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from cljax.errors import CljaxError
@@ -223,6 +224,11 @@ class Config:
         return self
 
 
+def algo_dir_of(config: Config) -> Path:
+    """The run folder: ``{results_dir}/{dataset}/{algorithm}``."""
+    return Path(str(config.results_dir)) / str(config.dataset) / config.algorithm_name
+
+
 def settings_fields(cls) -> list[dataclasses.Field]:
     """The scalar fields of Config (one flag each); the params holders are not among them."""
     return [f for f in dataclasses.fields(cls) if not f.metadata.get("structured")]
@@ -237,20 +243,30 @@ def option_switch(entry: Entry) -> str:
     return (entry.flag or f"use-{entry.name}").replace("-", "_")
 
 
-def resume_key(config: Config) -> dict[str, Any]:
+def resume_key(config: Config, compare_data_dir: bool = True) -> dict[str, Any]:
     """What must match for a run to be resumed: the settings that change its numbers. Paths are
-    compared by what they point to, speed-only settings not at all."""
+    compared by what they point to, speed-only settings not at all; ``compare_data_dir`` False
+    leaves out --data-dir too (the data is then compared by its content, see data_identity)."""
     key = {k: v for k, v in config.to_dict().items() if k not in SPEED_ONLY}
-    if key.get("data_dir"):
+    if not compare_data_dir:
+        key.pop("data_dir", None)
+    elif key.get("data_dir"):
         key["data_dir"] = os.path.realpath(os.path.expanduser(key["data_dir"]))
     return key
 
 
-def differing_settings(recorded: dict, config: Config) -> list[str]:
-    """Names of the settings whose recorded value (filled in with today's defaults) differs."""
+def differing_settings(recorded: dict, config: Config, recorded_data: str | None = None,
+                       data: str | None = None) -> list[str]:
+    """Names of the settings whose recorded value (filled in with today's defaults) differs.
+    With both data identities (``recorded_data`` from run.json, ``data`` of the data loaded now)
+    the data is compared by content ("data" when it differs), else by --data-dir."""
+    by_content = recorded_data is not None and data is not None
     try:
-        old = resume_key(Config.from_flat(recorded))
-    except (CljaxError, TypeError) as exc:
+        old = resume_key(Config.from_flat(recorded), not by_content)
+    except (CljaxError, TypeError, ValueError, AttributeError) as exc:
         raise CljaxError(f"the recorded settings cannot be read by this version of cljax ({exc}).") from None
-    new = resume_key(config)
-    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    new = resume_key(config, not by_content)
+    differ = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    if by_content and recorded_data != data:
+        differ.append("data (the dataset's contents differ)")
+    return differ

@@ -5,7 +5,7 @@ once, write the task folder) -> summary. Everything here is orchestration; the m
 from __future__ import annotations
 
 import contextlib
-import os
+import errno
 import platform
 import shutil
 import sys
@@ -19,9 +19,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from cljax.budget import Budget, choose_eval_chunk, disk_files_per_task, disk_run_files
-from cljax.checkpoint import CHECKPOINT, RUN_RECORD, load_learner, read_run_record, save_learner, write_run_record
-from cljax.config import SCHEMA_VERSION, Config, differing_settings
+from cljax.checkpoint import CHECKPOINT, RUN_RECORD, load_learner, new_run_id, save_learner, write_run_record
+from cljax.config import SCHEMA_VERSION, Config, algo_dir_of
 from cljax.data import load_dataset
+from cljax.data.prepared import data_identity
 from cljax.devices.distributed import is_writer, maybe_initialize_distributed
 from cljax.devices.memory import live_device_bytes, rss_bytes
 from cljax.devices.mesh import fetch, mesh_devices, put_repeats, shard_repeats
@@ -29,7 +30,9 @@ from cljax.evaluate import TestSets
 from cljax.errors import CljaxError
 from cljax.faults import crash_point
 from cljax.program import build_task_program
-from cljax.results import EXPERT_KEYS, task_dir_name, task_dirs, weights_layout, weights_to_structured, write_task
+from cljax.results import EXPERT_KEYS, task_dir_name, weights_layout, weights_to_structured, write_task
+from cljax.run_folder import (RunLock, block_size, check_disk, clear_run, inspect_run, on_disk,
+                              remove_stale_temporaries)
 from cljax.step import KEY_TASKS
 from cljax.tasks import TaskData, make_schedule
 
@@ -45,13 +48,7 @@ class RunResult:
     compile_seconds: float = 0.0
     steps_per_second: float = 0.0
     already_finished: bool = False
-
-
-def algo_dir_of(config: Config) -> Path:
-    return Path(config.results_dir) / config.dataset / config.algorithm_name
-
-
-EXIT_PREEMPTED = 75  # stopped by SIGTERM/SIGINT with a resumable state (EX_TEMPFAIL)
+    run_id: str | None = None
 
 
 def run_experiment(
@@ -65,11 +62,14 @@ def run_experiment(
 ) -> RunResult:
     """Run (or resume) a whole experiment and write its results tree.
 
-    Bad input raises CljaxError before anything is written. An existing run with the same
-    config resumes from its first unfinished task (a finished one is reported, not re-run);
-    one with another config is refused unless ``overwrite``. ``critical`` (a lock) is held while
-    a task's folder and the checkpoint are written: a caller that takes it may stop the process
-    at once and leave a resumable state.
+    Every check that can refuse the run (settings, data, the folder's state, device memory,
+    disk) passes before anything is written or deleted; a refusal raises CljaxError. The run
+    folder is locked while the run writes it (cljax/run_folder.py). An existing run with the
+    same settings and data resumes from its first unfinished task after its earlier task folders
+    and checkpoint are verified as its own and whole (a finished, verified one is reported, not
+    re-run); one with other settings is refused unless ``overwrite``, which deletes it.
+    ``critical`` (a lock) is held while a task's folder and the checkpoint are written: a caller
+    that takes it may stop the process at once and leave a resumable state.
     ``on_task_end(t, info)``, if given, is called after task t is written, with measurements:
     ``rss_bytes``, ``device_bytes_live`` (now), ``device_bytes_peak`` (largest live device bytes
     seen during the task), ``seconds``.
@@ -77,41 +77,68 @@ def run_experiment(
     maybe_initialize_distributed()  # multi-host, when the environment asks for it
     config.validate()
     data = load_dataset(config)
+    data_id = data_identity(data)
     schedule = make_schedule(data.n_classes, config.num_tasks, config.n_repeats, config.seed)
-    task_data = TaskData(data, config)
+    task_data = TaskData(data, config)  # checks that every class has the images a task takes
     algo_dir = algo_dir_of(config)
-    resuming = _check_target(algo_dir, config, overwrite)
+    found = inspect_run(algo_dir, config, data_id, overwrite, hashes=False)
+    if found.finished:  # verify every file's content before saying so
+        with RunLock(algo_dir, exclusive=False):
+            found = inspect_run(algo_dir, config, data_id, overwrite, hashes=True)
+            if found.finished:
+                return _finished(algo_dir, schedule, found)
 
     image_shape = data.train_images.shape[1:]
     program = build_task_program(config, image_shape)
     budget = Budget.of(config, program, image_shape)
+    chunk_tasks = choose_eval_chunk(budget)  # refuses a run whose tasks do not fit the device memory
+    # The disk a task needs is known ahead (the planner's exact figures), in whole blocks: its
+    # folder plus the checkpoint's new copy, written beside the old one before it replaces it.
+    block = block_size(algo_dir)
+    task_disk = on_disk(disk_files_per_task(budget, schedule, data.class_names).values(), block) + block
+    run_files = disk_run_files(budget)
+    ckpt_disk = on_disk([run_files[CHECKPOINT]], block)
+    record_disk = on_disk([run_files[RUN_RECORD] + 512, 256], block) if found.record is None else 0
+    check_disk(algo_dir, task_disk + ckpt_disk + record_disk,
+               "the first task (its folder, the checkpoint's new copy and run.json)")
+
+    # Every check has passed: from here on the folder is locked and written.
+    with RunLock(algo_dir) if is_writer() else contextlib.nullcontext():
+        found = inspect_run(algo_dir, config, data_id, overwrite, hashes=True)  # what is there now
+        if found.finished:
+            return _finished(algo_dir, schedule, found)
+        split = _split(program)
+        run_id = found.record.get("run_id") if found.record is not None else new_run_id()
+        if found.record is not None:
+            _warn_if_other_split(found.record.get("split"), split, found.next_task)
+        with critical, _disk_errors(algo_dir, found.next_task):
+            if is_writer():  # multi-host: every process computes, process 0 writes
+                if found.record is None:
+                    if overwrite:
+                        clear_run(algo_dir)
+                    write_run_record(algo_dir, config.to_dict(), SCHEMA_VERSION, run_id=run_id, data=data_id,
+                                     split=split)
+                for stale in found.stale:  # redone by this run: not this run's, or not whole
+                    shutil.rmtree(stale)
+                remove_stale_temporaries(algo_dir)
+        return _train(config, data, task_data, schedule, program, chunk_tasks, found, algo_dir, run_id, split,
+                      task_disk + ckpt_disk, progress=progress, allow_nonfinite=allow_nonfinite, critical=critical,
+                      on_task_end=on_task_end)
+
+
+def _train(config, data, task_data, schedule, program, chunk_tasks, found, algo_dir, run_id, split, disk_per_task, *,
+           progress, allow_nonfinite, critical, on_task_end) -> RunResult:
+    """The task loop, from the first unfinished task; the run folder is locked and prepared."""
     root_key = jax.random.key(config.seed)
     tasks_key = jax.random.fold_in(root_key, KEY_TASKS)
     learner = shard_repeats(program.init_learner(root_key))  # R split over the devices
     first_task = 0
-    restored = load_learner(algo_dir, learner) if resuming else None
-    if restored is not None:
-        learner, first_task = restored
+    if found.record is not None and found.next_task > 0:
+        learner, first_task = load_learner(algo_dir, learner)
         learner = shard_repeats(learner)
-    result = RunResult(algo_dir=algo_dir, task_class_pairs=schedule, first_task=first_task)
-    if first_task >= config.num_tasks:
-        result.summary = [_summary_row(t, _load_summary_arrays(d)) for t, d in enumerate(task_dirs(algo_dir))]
-        result.already_finished = True
-        return result
+    result = RunResult(algo_dir=algo_dir, task_class_pairs=schedule, first_task=first_task, run_id=run_id)
 
-    # The disk a task needs is known ahead (the planner's exact figures): its folder plus the checkpoint.
-    disk_per_task = sum(disk_files_per_task(budget, schedule, data.class_names).values()) + disk_run_files(budget)[CHECKPOINT]
-    _check_disk(algo_dir, disk_per_task)
-
-    # Everything that can fail on input has been checked: from here on we write.
-    if is_writer():  # multi-host: every process computes, process 0 writes
-        if overwrite and algo_dir.exists():
-            _clear_run(algo_dir)
-        algo_dir.mkdir(parents=True, exist_ok=True)
-        write_run_record(algo_dir, config.to_dict(), SCHEMA_VERSION)
-        _remove_stale_temporaries(algo_dir)
-
-    tests = TestSets(*task_data.all_tests(schedule), chunk_tasks=choose_eval_chunk(budget), measure=on_task_end is not None)
+    tests = TestSets(*task_data.all_tests(schedule), chunk_tasks=chunk_tasks, measure=on_task_end is not None)
     train_x, train_y = task_data.train(schedule[first_task])
     t0 = time.perf_counter()
     run_task = program.run_task.lower(
@@ -122,7 +149,8 @@ def run_experiment(
     run_seconds = 0.0
     bar = _progress_bar(config.num_tasks, first_task, progress)
     for t in range(first_task, config.num_tasks):
-        _check_disk(algo_dir, disk_per_task)
+        rewrite = disk_per_task if (algo_dir / task_dir_name(t)).exists() else 0  # the old folder stays until replaced
+        check_disk(algo_dir, disk_per_task + rewrite, f"task {t} (its folder and the checkpoint's new copy)")
         t_start = time.perf_counter()
         train_x_dev, train_y_dev = put_repeats(train_x, 1), put_repeats(train_y, 1)
         # Dispatch is asynchronous: the device trains task t while the host gathers task t+1.
@@ -144,9 +172,11 @@ def run_experiment(
             "compile_seconds": result.compile_seconds,
             "steps_per_second": config.steps_per_task / seconds,
         })
-        metadata["nonfinite"] = nonfinite
+        metadata.update({"nonfinite": nonfinite, "run_id": run_id, "split": split})
+        if found.record is not None and found.record.get("split") not in (None, split):
+            metadata["split_at_run_start"] = found.record["split"]
         learner_host = fetch(learner)  # a collective when multi-host: every process takes part
-        with critical:  # the task folder, then the checkpoint that points past it
+        with critical, _disk_errors(algo_dir, t):  # the task folder, then the checkpoint that points past it
             if is_writer():
                 write_task(algo_dir, t, arrays, metadata)
             if nonfinite and not allow_nonfinite:
@@ -156,7 +186,7 @@ def run_experiment(
                     f"{algo_dir / task_dir_name(t) / 'metadata.json'}): lower --lr, or pass --allow-nonfinite to go on."
                 )
             if is_writer():
-                save_learner(algo_dir, learner_host, t + 1)
+                save_learner(algo_dir, learner_host, t + 1, run_id)
         run_seconds += seconds
         row = _summary_row(t, arrays)
         result.summary.append(row)
@@ -173,57 +203,47 @@ def run_experiment(
     return result
 
 
-def _check_target(algo_dir: Path, config: Config, overwrite: bool) -> bool:
-    """Decide what to do with an existing folder; return True when resuming. Writes nothing."""
-    if algo_dir.exists() and not algo_dir.is_dir():
-        raise CljaxError(f"{algo_dir} exists and is not a folder: choose another --results-dir.")
-    probe = algo_dir
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir():
-        raise CljaxError(f"{probe} is a file, not a folder: choose another --results-dir.")
-    if not os.access(probe, os.W_OK):
-        raise CljaxError(f"cannot write to {probe}: choose a writable --results-dir.")
-    if not algo_dir.exists() or not any(algo_dir.iterdir()) or overwrite:
-        return False
-    recorded = read_run_record(algo_dir)
-    if recorded is None:
-        raise CljaxError(
-            f"{algo_dir} holds files that are not a cljax run: pass --overwrite to replace them or choose another --results-dir."
-        )
-    differ = differing_settings(recorded, config)
-    if differ:
-        raise CljaxError(
-            f"{algo_dir} holds a run with other settings ({', '.join(differ)}): pass the same arguments to resume it, "
-            f"--overwrite to replace it, or another --results-dir."
-        )
-    return True
+def _finished(algo_dir: Path, schedule: np.ndarray, found) -> RunResult:
+    T = schedule.shape[0]
+    summary = [_summary_row(t, _load_summary_arrays(algo_dir / task_dir_name(t))) for t in range(T)]
+    return RunResult(algo_dir=algo_dir, task_class_pairs=schedule, first_task=T, summary=summary,
+                     already_finished=True, run_id=found.record.get("run_id"))
 
 
-def _clear_run(algo_dir: Path) -> None:
-    for d in task_dirs(algo_dir):
-        shutil.rmtree(d)
-    for name in (CHECKPOINT, RUN_RECORD):
-        (algo_dir / name).unlink(missing_ok=True)
+def _split(program) -> dict:
+    """How the run's numbers are computed, down to the last bits: backend, devices, processes,
+    lowering. Recorded in run.json at the start and in every task's metadata.json."""
+    return {"backend": jax.default_backend(), "devices": len(mesh_devices()), "processes": jax.process_count(),
+            "lowering": program.lowering.record()}
 
 
-def _remove_stale_temporaries(algo_dir: Path) -> None:
-    """Temporary folders/files of a process that died mid-write (never listed as results)."""
-    for p in algo_dir.iterdir():
-        if p.name.startswith(".") and ".tmp-" in p.name:
-            shutil.rmtree(p) if p.is_dir() else p.unlink()
+def _warn_if_other_split(recorded: dict | None, split: dict, next_task: int) -> None:
+    if recorded is None or recorded == split:
+        return
+    hint = ""
+    if recorded.get("backend") == split["backend"] == "cpu" and recorded.get("devices") != split["devices"]:
+        hint = f"; to keep it, rerun with CLJAX_CPU_DEVICES={recorded.get('devices')}"
+    print(f"warning: this run started on {_describe(recorded)} and continues on {_describe(split)}: from task "
+          f"{next_task} on its numbers can differ from an uninterrupted run's in the last bits (recorded in each "
+          f"task's metadata.json){hint}.", file=sys.stderr)
 
 
-def _check_disk(algo_dir: Path, need: int) -> None:
-    probe = algo_dir
-    while not probe.exists():
-        probe = probe.parent
-    free = shutil.disk_usage(probe).free
-    if free < need:
-        raise CljaxError(
-            f"not enough disk at {algo_dir}: a task needs about {need / 2**20:.0f} MiB, {free / 2**20:.0f} MiB free; "
-            f"free space or choose another --results-dir (the run resumes from here)."
-        )
+def _describe(split: dict) -> str:
+    lowering = split.get("lowering") or {}
+    return (f"{split.get('devices')} {split.get('backend')} device(s) x {split.get('processes')} process(es), "
+            f"{lowering.get('conv', '?')} convolutions, repeats {lowering.get('repeats', '?')}")
+
+
+@contextlib.contextmanager
+def _disk_errors(algo_dir: Path, t: int):
+    """A full disk or quota while writing: one line; the files on disk are still whole."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise CljaxError(f"no space left at {algo_dir} ({exc.strerror}) while writing task {t}: free space, then run "
+                         f"the same command (the run resumes from its last finished task).") from None
 
 
 def _nonfinite_report(config: Config, arrays: dict) -> list[dict]:

@@ -6,15 +6,18 @@
         weights.npy          (L, R) structured dtype, one field per parameter ("conv1/kernel", ...)
         metrics.pkl          dict of numpy arrays (see METRICS_KEYS)
         expert_metrics.pkl   dict of numpy arrays (train_loss, train_acc, test_loss, test_acc), (L, R)
-        metadata.json        config, class pairs, shapes, log steps, versions, device, timings
+        metadata.json        config, class pairs, shapes, log steps, versions, device, timings,
+                             the run id, and the size and sha256 of every other file ("files")
 
 A task folder is written under a temporary name and renamed, so it appears whole or not at all.
 Pickles are read by an unpickler that only rebuilds numpy arrays and builtin containers: a
-results tree from elsewhere cannot run code on the reader's machine.
+results tree from elsewhere cannot run code on the reader's machine. Every reader raises
+``CljaxError`` naming the file when it is missing, truncated, damaged or of another kind.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -26,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from cljax.errors import CljaxError
+from cljax.errors import CljaxError, DamagedFile, brief
 from cljax.faults import crash_point
 
 TASK_FILES = (
@@ -107,15 +110,16 @@ def write_task(algo_dir: Path, task: int, arrays: dict[str, Any], metadata: dict
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     reps_on_disk, storage = representations_on_disk(np.asarray(arrays["representations"]))
-    metadata = {**metadata, "representations_storage": storage}
-    _save_npy(tmp / "representations.npy", reps_on_disk)
+    files = {"representations.npy": _save_npy(tmp / "representations.npy", reps_on_disk)}
     for name in ("binary_labels", "weights"):
-        _save_npy(tmp / f"{name}.npy", arrays[name])
+        files[f"{name}.npy"] = _save_npy(tmp / f"{name}.npy", arrays[name])
     if arrays.get("model_state") is not None:  # a model with mutable state (BatchNorm statistics)
-        _save_npy(tmp / "model_state.npy", arrays["model_state"])
+        files["model_state.npy"] = _save_npy(tmp / "model_state.npy", arrays["model_state"])
     crash_point("write", task)
     for name in ("metrics", "expert_metrics"):
-        _write_bytes(tmp / f"{name}.pkl", pickle.dumps(arrays[name], protocol=4))
+        files[f"{name}.pkl"] = _write_bytes(tmp / f"{name}.pkl", pickle.dumps(arrays[name], protocol=4))
+    # What a resume checks before it builds on this folder (cljax/run_folder.py).
+    metadata = {**metadata, "representations_storage": storage, "files": files}
     _write_bytes(tmp / "metadata.json", json.dumps(metadata, indent=1, default=_json_default).encode())
     _fsync_dir(tmp)
     if final.exists():
@@ -139,18 +143,39 @@ def representations_on_disk(reps: np.ndarray) -> tuple[np.ndarray, dict]:
     return reps, {"dtype": str(reps.dtype), "stored_as": str(reps.dtype)}
 
 
-def _save_npy(path: Path, arr: np.ndarray) -> None:
+class _HashingWriter:
+    """A write-only file that hashes what passes through it (np.save writes in chunks)."""
+
+    def __init__(self, f):
+        self.f, self.digest, self.size = f, hashlib.sha256(), 0
+
+    def write(self, data) -> int:
+        self.digest.update(data)
+        self.size += len(memoryview(data).cast("B"))
+        return self.f.write(data)
+
+
+def _save_npy(path: Path, arr: np.ndarray) -> dict:
+    """Write one .npy; return its size and sha256, hashed while writing (never read back)."""
     with open(path, "wb") as f:
-        np.save(f, arr, allow_pickle=False)
+        out = _HashingWriter(f)
+        np.save(out, arr, allow_pickle=False)
         f.flush()
         os.fsync(f.fileno())
+    return {"bytes": out.size, "sha256": out.digest.hexdigest()}
 
 
-def _write_bytes(path: Path, data: bytes) -> None:
+def _write_bytes(path: Path, data: bytes) -> dict:
     with open(path, "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
+    return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def file_sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _fsync_dir(path: Path) -> None:
@@ -189,26 +214,92 @@ _ALLOWED_GLOBALS = {
 }
 
 
+class _Refused(pickle.UnpicklingError):
+    """A pickle that names something other than numpy arrays and plain values."""
+
+
 class _SafeUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
         if (module, name) in _ALLOWED_GLOBALS or (module == "numpy" and name in _NUMPY_SCALARS):
             return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name}: only numpy arrays and plain values are allowed")
+        raise _Refused(f"refusing to load {module}.{name}: only numpy arrays and plain values are allowed")
 
 
 _NUMPY_SCALARS = {"float64", "float32", "float16", "int64", "int32", "int16", "int8", "uint8", "uint16",
                   "uint32", "uint64", "bool_"}
+_DAMAGED = ("restore it from a copy, or train the run again (`cljax run` with its flags and --overwrite, which "
+            "deletes it first)")
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise DamagedFile(path, "is missing", _DAMAGED) from None
+    except IsADirectoryError:
+        raise DamagedFile(path, "is a folder, not a file", _DAMAGED) from None
+    except MemoryError:
+        raise DamagedFile(path, "is too large to read into memory (cljax writes small pickles)", _DAMAGED) from None
 
 
 def safe_load_pickle(path: str | os.PathLike) -> Any:
     """Unpickle a results file allowing only numpy arrays, dicts, lists and plain values."""
+    path = Path(path)
+    raw = _read_bytes(path)
+    try:
+        return _SafeUnpickler(io.BytesIO(raw)).load()
+    except _Refused as exc:
+        raise CljaxError(f"{path}: {brief(exc)}; the file is not a cljax results file, do not trust it.") from None
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
+            UnicodeDecodeError, MemoryError, RecursionError) as exc:
+        raise DamagedFile(path, f"is truncated or damaged ({type(exc).__name__}: {brief(exc)})", _DAMAGED) from None
+
+
+def _load_dict_pickle(path: Path) -> dict:
+    data = safe_load_pickle(path)
+    if not isinstance(data, dict):
+        raise DamagedFile(path, f"holds a {type(data).__name__}, not the dict of arrays cljax writes", _DAMAGED)
+    return data
+
+
+def npy_header(path: Path) -> tuple[tuple, np.dtype, int]:
+    """(shape, dtype, data offset) of a .npy file, read without loading it; CljaxError when the
+    file is missing, not a .npy, holds Python objects, or is shorter or longer than its header says."""
+    fmt = np.lib.format
     try:
         with open(path, "rb") as f:
-            return _SafeUnpickler(io.BytesIO(f.read())).load()
-    except pickle.UnpicklingError as exc:
-        raise CljaxError(f"{path}: {exc}; the file is not a cljax results file, do not trust it.") from None
-    except (EOFError, ValueError, TypeError, AttributeError, IndexError) as exc:
-        raise CljaxError(f"{path} is corrupt or truncated ({exc}): rerun that task.") from None
+            version = fmt.read_magic(f)
+            if version == (1, 0):
+                shape, fortran, dtype = fmt.read_array_header_1_0(f)
+            elif version == (2, 0):
+                shape, fortran, dtype = fmt.read_array_header_2_0(f)
+            else:
+                shape, fortran, dtype = fmt._read_array_header(f, version)
+            offset = f.tell()
+    except FileNotFoundError:
+        raise DamagedFile(path, "is missing", _DAMAGED) from None
+    except IsADirectoryError:
+        raise DamagedFile(path, "is a folder, not a file", _DAMAGED) from None
+    except (ValueError, EOFError, SyntaxError, TypeError, KeyError, UnicodeDecodeError, AttributeError) as exc:
+        raise DamagedFile(path, f"is not a readable .npy file ({brief(exc)})", _DAMAGED) from None
+    if dtype.hasobject:
+        raise DamagedFile(path, "holds Python objects, which cljax never writes (refused, not loaded)", _DAMAGED)
+    expected = offset + int(np.prod(shape, dtype=object)) * dtype.itemsize
+    size = path.stat().st_size
+    if size != expected:
+        kind = "truncated" if size < expected else "longer than its header says"
+        raise DamagedFile(path, f"is {kind} ({size:,} bytes, {expected:,} expected)", _DAMAGED)
+    return tuple(shape), dtype, offset
+
+
+def load_npy(path: str | os.PathLike, mmap: bool = False) -> np.ndarray:
+    """A .npy written by cljax, checked against its header first (see :func:`npy_header`)."""
+    path = Path(path)
+    npy_header(path)
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (ValueError, OSError, EOFError, MemoryError) as exc:
+        raise DamagedFile(path, f"cannot be read ({brief(exc)})", _DAMAGED) from None
 
 
 def task_dirs(algo_dir: str | os.PathLike) -> list[Path]:
@@ -221,24 +312,32 @@ def task_dirs(algo_dir: str | os.PathLike) -> list[Path]:
 
 
 def load_metadata(task_dir) -> dict:
-    return json.loads((Path(task_dir) / "metadata.json").read_text())
+    path = Path(task_dir) / "metadata.json"
+    raw = _read_bytes(path)
+    try:
+        meta = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise DamagedFile(path, f"is not valid JSON ({brief(exc)})", _DAMAGED) from None
+    if not isinstance(meta, dict):
+        raise DamagedFile(path, f"holds a JSON {type(meta).__name__}, not the object cljax writes", _DAMAGED)
+    return meta
 
 
 def load_metrics(task_dir) -> dict:
-    return safe_load_pickle(Path(task_dir) / "metrics.pkl")
+    return _load_dict_pickle(Path(task_dir) / "metrics.pkl")
 
 
 def load_expert_metrics(task_dir) -> dict:
-    return safe_load_pickle(Path(task_dir) / "expert_metrics.pkl")
+    return _load_dict_pickle(Path(task_dir) / "expert_metrics.pkl")
 
 
 def load_representations(task_dir, mmap: bool = True, as_float32: bool = False) -> np.ndarray:
     """(L, R, T, S, H) in the dtype the run chose (bfloat16 as ``ml_dtypes.bfloat16``), or as
     float32 with ``as_float32`` (exact for every stored dtype)."""
-    reps = np.load(Path(task_dir) / "representations.npy", mmap_mode="r" if mmap else None, allow_pickle=False)
+    reps = load_npy(Path(task_dir) / "representations.npy", mmap=mmap)
     meta_path = Path(task_dir) / "metadata.json"
-    storage = json.loads(meta_path.read_text()).get("representations_storage", {}) if meta_path.exists() else {}
-    if storage.get("dtype") == "bfloat16" and reps.dtype == np.uint16:
+    storage = load_metadata(task_dir).get("representations_storage", {}) if meta_path.exists() else {}
+    if isinstance(storage, dict) and storage.get("dtype") == "bfloat16" and reps.dtype == np.uint16:
         import ml_dtypes
 
         reps = reps.view(ml_dtypes.bfloat16)
@@ -246,12 +345,19 @@ def load_representations(task_dir, mmap: bool = True, as_float32: bool = False) 
 
 
 def load_binary_labels(task_dir) -> np.ndarray:
-    return np.load(Path(task_dir) / "binary_labels.npy", allow_pickle=False)
+    return load_npy(Path(task_dir) / "binary_labels.npy")
+
+
+def _load_structured(path: Path) -> dict:
+    arr = load_npy(path)
+    if arr.dtype.names is None:
+        raise DamagedFile(path, f"is a plain {arr.dtype} array, not the structured array cljax writes", _DAMAGED)
+    return structured_to_weights(arr)
 
 
 def load_weights(task_dir) -> dict:
     """Nested dict {layer: {param: array (L, R, ...)}} from weights.npy."""
-    return structured_to_weights(np.load(Path(task_dir) / "weights.npy", allow_pickle=False))
+    return _load_structured(Path(task_dir) / "weights.npy")
 
 
 def load_model_state(task_dir) -> dict:
@@ -260,7 +366,7 @@ def load_model_state(task_dir) -> dict:
     path = Path(task_dir) / "model_state.npy"
     if not path.exists():
         return {}
-    return structured_to_weights(np.load(path, allow_pickle=False))
+    return _load_structured(path)
 
 
 def load_task(task_dir) -> dict:

@@ -63,6 +63,20 @@ def add_settings_flags(parser: argparse.ArgumentParser) -> None:
         add_flag(parser, flag, dest, ftype, meta, default, aliases, note)
 
 
+RUN_ONLY_FLAGS = {
+    "--overwrite": "delete an existing run's results (task folders, checkpoint, analysis) and start again "
+                   "(default: resume the same run, refuse another)",
+    "--allow-nonfinite": "go on when a loss becomes NaN or inf (default: record it and stop)",
+    "--no-progress": "no progress bar",
+}
+
+
+def add_run_flags(parser: argparse.ArgumentParser, note: str = "") -> None:
+    """The flags of ``cljax run`` that are not settings; ``plan`` and ``sweep`` accept them too."""
+    for flag, help_text in RUN_ONLY_FLAGS.items():
+        parser.add_argument(flag, action="store_true", help=help_text + note)
+
+
 def config_from_args(args: argparse.Namespace) -> Config:
     """The Config of parsed flags."""
     return Config.from_flat({dest: getattr(args, dest) for dest in setting_specs() if hasattr(args, dest)})

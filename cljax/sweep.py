@@ -24,7 +24,9 @@ from pathlib import Path
 
 from cljax.config import Config
 from cljax.errors import CljaxError
-from cljax.settings import Parser, add_settings_flags, config_from_args, load_plugins_from_argv, parse_setting, setting_specs
+from cljax.settings import (Parser, add_run_flags, add_settings_flags, config_from_args, load_plugins_from_argv,
+                            parse_setting, setting_specs)
+
 
 def parse_grid(items: list[str]) -> dict[str, list]:
     """["lr=0.01,0.05", "epochs=1,2"] -> {"lr": [0.01, 0.05], "epochs": [1, 2]}."""
@@ -52,9 +54,17 @@ def parse_grid(items: list[str]) -> dict[str, list]:
 
 
 def _tag_value(value) -> str:
-    # repr: the shortest text that reads back as the same float, so two values never share a tag
+    """A value as folder-name text, one-to-one: repr for a float (the shortest text that reads
+    back as the same float), and every character outside [A-Za-z0-9.+-] (``_`` included, the
+    separator of the tag's parts) as ``_`` and two hex digits (``/`` -> ``_2f``), or ``__`` and
+    six beyond U+00FF."""
     text = repr(value) if isinstance(value, float) else str(value)
-    return re.sub(r"[^A-Za-z0-9.+-]", "_", text)
+    return re.sub(r"[^A-Za-z0-9.+-]", lambda m: _escape(m.group()), text)
+
+
+def _escape(ch: str) -> str:
+    code = ord(ch)
+    return f"_{code:02x}" if code < 0x100 else f"__{code:06x}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,17 +86,32 @@ def expand(base: dict, grid: dict[str, list], seeds: list[int]) -> list[SweepRun
             config = Config.from_flat({**base, **settings, "seed": seed, "results_dir": str(Path(base["results_dir"]) / tag)})
             config.validate()
             runs.append(SweepRun(tag=tag, settings=settings, config=config))
+    _check_distinct(runs)
     return runs
 
 
-def run_job(config_dict: dict, overwrite: bool = False) -> dict:
+def _check_distinct(runs: list[SweepRun]) -> None:
+    """Two runs of a sweep must never share a folder (a case-insensitive filesystem included):
+    checked before any job starts."""
+    seen: dict[str, SweepRun] = {}
+    for run in runs:
+        other = seen.setdefault(run.tag.lower(), run)
+        if other is not run:
+            same = ", ".join(f"{k}={v!r}" for k, v in run.settings.items())
+            raise CljaxError(f"two runs of the sweep would write the same folder {run.tag} ({same or 'no grid'}, seed "
+                             f"{run.config.seed}): list each value once in --grid and each seed once in --seeds.")
+
+
+def run_job(config_dict: dict, overwrite: bool = False, allow_nonfinite: bool = False) -> dict:
     """The body of one job: run (or resume) one experiment. Returns a short, picklable summary."""
+    from cljax.checkpoint import recorded_split
     from cljax.devices.cpu_split import configure_cpu_devices
     from cljax.experiment import algo_dir_of, run_experiment
 
     config = Config.from_flat(config_dict)
-    configure_cpu_devices(config.n_repeats)  # a fresh job process: one JAX device per core on a CPU host
-    result = run_experiment(config, progress=False, overwrite=overwrite)
+    # A fresh job process: one JAX device per core on a CPU host, or the split a resumed run started on.
+    configure_cpu_devices(config.n_repeats, recorded=None if overwrite else recorded_split(algo_dir_of(config)))
+    result = run_experiment(config, progress=False, overwrite=overwrite, allow_nonfinite=allow_nonfinite)
     final = result.summary[-1] if result.summary else {}
     return {"algo_dir": str(algo_dir_of(config)), "tasks": len(result.summary),
             "final_acc_current": final.get("acc_current"), "final_acc_earlier": final.get("acc_earlier"),
@@ -100,12 +125,12 @@ def _job_class():
         """A requeueable job: on a SLURM time limit or preemption submitit calls ``checkpoint``,
         which resubmits the same call; the run then resumes from its first unfinished task."""
 
-        def __call__(self, config_dict: dict, overwrite: bool = False) -> dict:
-            return run_job(config_dict, overwrite)
+        def __call__(self, config_dict: dict, overwrite: bool = False, allow_nonfinite: bool = False) -> dict:
+            return run_job(config_dict, overwrite, allow_nonfinite)
 
-        def checkpoint(self, config_dict: dict, overwrite: bool = False):
+        def checkpoint(self, config_dict: dict, overwrite: bool = False, allow_nonfinite: bool = False):
             # The requeued job resumes what this one finished, even if this one started afresh.
-            return submitit.helpers.DelayedSubmission(self, config_dict, False)
+            return submitit.helpers.DelayedSubmission(self, config_dict, False, allow_nonfinite)
 
     return SweepJob
 
@@ -143,10 +168,11 @@ def make_executor(kind: str, log_dir: Path, args) -> "object":
     return executor
 
 
-def submit(runs: list[SweepRun], executor, overwrite: bool = False) -> list:
+def submit(runs: list[SweepRun], executor, overwrite: bool = False, allow_nonfinite: bool = False) -> list:
     """One job per run (a job array on SLURM)."""
     job = _job_class()()
-    return executor.map_array(job, [r.config.to_dict() for r in runs], [overwrite] * len(runs))
+    return executor.map_array(job, [r.config.to_dict() for r in runs], [overwrite] * len(runs),
+                              [allow_nonfinite] * len(runs))
 
 
 def write_manifest(path: Path, runs: list[SweepRun], jobs, executor_kind: str, log_dir: Path) -> None:
@@ -173,8 +199,6 @@ def sweep_main(argv: list[str]) -> int:
     parser.add_argument("--executor", choices=("auto", "slurm", "local"), default="auto",
                         help="auto: SLURM when sbatch is available, else local processes (default: auto)")
     parser.add_argument("--wait", action="store_true", help="wait for every job and print its outcome")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace existing runs' results (default: resume them, or report them finished)")
     parser.add_argument("--job-name", default="cljax", help="job name (default: cljax)")
     parser.add_argument("--log-dir", default=None, help="submitit's logs (default: RESULTS_DIR/sweep_logs)")
     parser.add_argument("--slurm-partition", default=None, help="SLURM partition")
@@ -186,8 +210,7 @@ def sweep_main(argv: list[str]) -> int:
     parser.add_argument("--slurm-mem-gb", type=float, default=None, help="memory per job in GB")
     parser.add_argument("--slurm-array-parallelism", type=int, default=None, help="at most this many jobs at once")
     add_settings_flags(parser)
-    for flag in ("--no-progress", "--allow-nonfinite"):  # run's own flags: jobs never draw a bar, and stop on NaN
-        parser.add_argument(flag, action="store_true", help="as in `cljax run`")
+    add_run_flags(parser, " (every job; jobs never draw a progress bar)")
     args = parser.parse_args(argv)
     base = config_from_args(args)
     base_flat = {dest: getattr(args, dest) for dest in setting_specs()}
@@ -205,7 +228,7 @@ def sweep_main(argv: list[str]) -> int:
     log_dir = Path(args.log_dir) if args.log_dir else root / "sweep_logs"
     executor = make_executor(args.executor, log_dir, args)
     kind = getattr(executor, "cluster", args.executor)
-    jobs = submit(runs, executor, args.overwrite)
+    jobs = submit(runs, executor, args.overwrite, args.allow_nonfinite)
     write_manifest(root / "sweep.json", runs, jobs, kind, log_dir)
     print(f"submitted {len(jobs)} job(s) to {kind} (logs: {log_dir}, list: {root / 'sweep.json'}):")
     from cljax.experiment import algo_dir_of

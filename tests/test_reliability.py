@@ -70,6 +70,9 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(reference, tmp_path, fau
     run_dir = algo_dir(out)
     assert [d.name for d in results.task_dirs(run_dir)] == [f"task_{i:03d}" for i in range(int(task))]
     assert_complete_task_dirs(run_dir)  # no partial task folder is ever visible
+    out = tmp_path / "moved" / "elsewhere"  # a results tree moved to another path resumes the same
+    shutil.move(tmp_path / "results", out)
+    run_dir = algo_dir(out)
     resumed = cljax(["run", *RUN_FLAGS, "--results-dir", str(out)])
     assert resumed.returncode == 0, resumed.stderr
     assert (f"resumed from task {task}" in resumed.stdout) == (int(task) > 0)

@@ -140,7 +140,12 @@ def analyze_run(
         if d.name != results.task_dir_name(i):
             raise CljaxError(f"task folders are not contiguous: expected {results.task_dir_name(i)}, found {d.name}")
     out = Path(out_dir) if out_dir is not None else algo_dir / "analysis"
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CljaxError(f"cannot create {out} ({exc.strerror}): pass --out with a writable folder.") from None
+    if not os.access(out, os.W_OK):
+        raise CljaxError(f"cannot write to {out}: pass --out with a writable folder.")
     n = len(dirs)
 
     folder = TaskFolder(0, dirs[0])

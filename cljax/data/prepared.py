@@ -52,6 +52,24 @@ def sha256_of(path: Path, chunk: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
+def data_identity(data: ClassData) -> str:
+    """A hash of what a run reads from a dataset (the four arrays, classes and names), whatever
+    folder it comes from: resume compares it instead of --data-dir's spelling. A prepared folder
+    whose meta.json lists checksums is identified by them (no pass over its images)."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps([data.n_classes, list(data.class_names)]).encode())
+    files = data.meta.get("files") if isinstance(data.meta, dict) else None
+    checksums = [files.get(f, {}).get("sha256") if isinstance(files, dict) else None for f in ARRAY_FILES]
+    if all(isinstance(c, str) for c in checksums):
+        digest.update(json.dumps(checksums).encode())
+        return digest.hexdigest()
+    for arr in (data.train_images, data.train_labels, data.test_images, data.test_labels):
+        arr = np.ascontiguousarray(arr)
+        digest.update(json.dumps([list(arr.shape), str(arr.dtype)]).encode())
+        digest.update(memoryview(arr).cast("B"))
+    return digest.hexdigest()
+
+
 def write_prepared(
     out_dir: str | os.PathLike,
     train_images: np.ndarray,
@@ -119,17 +137,22 @@ def load_prepared(folder: str | os.PathLike, *, verify_checksums: bool = False, 
         raise CljaxError(f"dataset folder {path} is incomplete (missing {', '.join(missing)}).{fix}")
     try:
         meta = json.loads((path / "meta.json").read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise CljaxError(f"{path / 'meta.json'} is not valid JSON ({exc}).{fix}") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("files", {}), dict):
+        raise CljaxError(f"{path / 'meta.json'} is not a prepared folder's description (a JSON object).{fix}")
     if meta.get("format_version") != FORMAT_VERSION:
         raise CljaxError(f"{path / 'meta.json'} has format_version {meta.get('format_version')!r}, expected {FORMAT_VERSION}.{fix}")
     arrays = {}
     for fname in ARRAY_FILES:
         expected = meta.get("files", {}).get(fname, {})
+        expected = expected if isinstance(expected, dict) else {}
         try:
             arr = np.load(path / fname, mmap_mode="r", allow_pickle=False)
-        except (ValueError, OSError, EOFError) as exc:
+        except (ValueError, OSError, EOFError, MemoryError) as exc:
             raise CljaxError(f"{path / fname} is corrupt or truncated ({exc}).{fix}") from None
+        if arr.dtype.hasobject or arr.ndim < 1:
+            raise CljaxError(f"{path / fname} is not an array of images or labels ({arr.dtype}, shape {arr.shape}).{fix}")
         if expected and (list(arr.shape) != expected.get("shape") or str(arr.dtype) != expected.get("dtype")):
             raise CljaxError(
                 f"{path / fname} has shape {list(arr.shape)} {arr.dtype}, meta.json says "
@@ -138,13 +161,17 @@ def load_prepared(folder: str | os.PathLike, *, verify_checksums: bool = False, 
         if verify_checksums and expected.get("sha256") and sha256_of(path / fname) != expected["sha256"]:
             raise CljaxError(f"{path / fname} does not match its checksum in meta.json.{fix}")
         arrays[fname] = arr
-    n_classes = int(meta["n_classes"])
+    try:
+        n_classes = int(meta["n_classes"])
+        class_names = tuple(str(c) for c in (meta.get("class_names") or range(n_classes)))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CljaxError(f"{path / 'meta.json'} lacks a valid n_classes or class_names ({exc!r}).{fix}") from None
     return ClassData(
         train_images=arrays["train_images.npy"],
         train_labels=arrays["train_labels.npy"],
         test_images=arrays["test_images.npy"],
         test_labels=arrays["test_labels.npy"],
         n_classes=n_classes,
-        class_names=tuple(meta.get("class_names") or [str(c) for c in range(n_classes)]),
+        class_names=class_names,
         meta=meta,
     )

@@ -29,6 +29,7 @@ def make_synthetic(n_classes: int, n_train_per_class: int, n_test_per_class: int
                    channels: int = 1) -> ClassData:
     if size % 4:
         raise CljaxError(f"--synthetic-size {size} must be a multiple of 4: use {size // 4 * 4 or 4}.")
+    _check_memory(n_classes * (n_train_per_class + n_test_per_class), size * size * channels)
     rng = np.random.default_rng(seed)
     coarse_shape = (n_classes, size // 4, size // 4) + ((channels,) if channels > 1 else ())
     coarse = rng.normal(size=coarse_shape).astype(np.float32)
@@ -57,6 +58,19 @@ def make_synthetic(n_classes: int, n_train_per_class: int, n_test_per_class: int
         class_names=tuple(f"synthetic_{c}" for c in range(n_classes)),
         meta={"name": "synthetic", "source": f"generator seed {seed}"},
     )
+
+
+def _check_memory(n_images: int, pixels: int) -> None:
+    """Refuse, before allocating, a dataset the host cannot hold: the generator keeps a float32
+    image batch and its noise beside the uint8 result."""
+    from cljax.budget import fmt_bytes
+    from cljax.devices.memory import host_available_bytes
+
+    need, free = n_images * pixels * (4 + 4 + 1), host_available_bytes()
+    if need > free:
+        raise CljaxError(f"the synthetic dataset ({n_images:,} images of {pixels:,} values) needs about {fmt_bytes(need)} "
+                         f"of memory to generate, {fmt_bytes(free)} are available: lower --synthetic-classes, "
+                         f"--synthetic-size or the images per class.")
 
 
 @register_dataset("synthetic", params=SyntheticParams, prefix="synthetic")

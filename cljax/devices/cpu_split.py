@@ -18,9 +18,10 @@ def cpu_devices_for(n_repeats: int, cores: int) -> int:
     return max(d for d in range(1, min(n_repeats, cores) + 1) if n_repeats % d == 0)
 
 
-def cpu_devices_wanted(n_repeats: int, environ=None, cores: int | None = None) -> int | None:
+def cpu_devices_wanted(n_repeats: int, environ=None, cores: int | None = None, recorded: dict | None = None) -> int | None:
     """How many CPU devices a run of R repeats asks for by ``$CLJAX_CPU_DEVICES`` (see
-    :func:`configure_cpu_devices`); None: leave JAX's default (one). Raises CljaxError on a
+    :func:`configure_cpu_devices`); None: leave JAX's default (one). ``recorded``: the split a
+    run being resumed started on (run.json), which ``auto`` reproduces. Raises CljaxError on a
     value that is not usable."""
     env = os.environ if environ is None else environ
     choice = env.get(CPU_DEVICES_ENV, "auto").strip().lower()
@@ -29,7 +30,7 @@ def cpu_devices_wanted(n_repeats: int, environ=None, cores: int | None = None) -
     if "xla_force_host_platform_device_count" in env.get("XLA_FLAGS", ""):
         return None  # the user split the host already
     if choice == "auto":
-        n = cpu_devices_for(n_repeats, usable_cores() if cores is None else cores)
+        n = _recorded_cpu_devices(recorded, n_repeats) or cpu_devices_for(n_repeats, usable_cores() if cores is None else cores)
     else:
         try:
             n = int(choice)
@@ -42,18 +43,28 @@ def cpu_devices_wanted(n_repeats: int, environ=None, cores: int | None = None) -
     return n if n > 1 else None
 
 
-def configure_cpu_devices(n_repeats: int, environ=None) -> int | None:
+def _recorded_cpu_devices(recorded: dict | None, n_repeats: int) -> int | None:
+    """The CPU device count of a recorded split, when it is one a single process can take again."""
+    if not isinstance(recorded, dict) or recorded.get("backend") != "cpu" or recorded.get("processes") != 1:
+        return None
+    n = recorded.get("devices")
+    return n if isinstance(n, int) and not isinstance(n, bool) and n >= 1 and n_repeats % n == 0 else None
+
+
+def configure_cpu_devices(n_repeats: int, environ=None, recorded: dict | None = None) -> int | None:
     """Split the host CPU into several JAX devices, one per core, so that the repeats train on
     every core at once (a repeat's small matrices keep only one core busy; measured in
     docs/benchmark.md). Must run before JAX starts its backends
     (the CLI and sweep jobs call it first thing); on a GPU host it changes nothing the run uses.
 
-    ``$CLJAX_CPU_DEVICES``: ``auto`` (default: the largest divisor of R that is at most the
-    usable cores), a number, or ``off``. Left alone when ``XLA_FLAGS`` already sets
-    ``--xla_force_host_platform_device_count`` or in a multi-host run. Returns the count set,
+    ``$CLJAX_CPU_DEVICES``: ``auto`` (default: the split ``recorded`` for the run being resumed,
+    so that it goes on computing the same last bits on a host with another core count; else the
+    largest divisor of R that is at most the usable cores), a number, or ``off``. Left alone
+    when ``XLA_FLAGS`` already sets ``--xla_force_host_platform_device_count`` or in a
+    multi-host run. Returns the count set,
     or None. The numbers of a run depend on the split only in the last bits of losses and
     weights (tests/test_sharding.py); each task's metadata lists the devices."""
-    n = cpu_devices_wanted(n_repeats, environ)
+    n = cpu_devices_wanted(n_repeats, environ, recorded=recorded)
     if n is None or jax.config.jax_num_cpu_devices == n:
         return None
     try:

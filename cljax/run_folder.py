@@ -1,0 +1,307 @@
+"""The folder a run writes, ``{results_dir}/{dataset}/{algorithm}``: what is in it before a run
+starts (read only), the lock held while a run writes it, what a resume checks before it builds
+on earlier tasks, and what --overwrite clears.
+
+A run's files belong together through its run id: run.json names it, and the checkpoint and
+every task folder's metadata.json carry it. A task folder's metadata.json also lists the size
+and sha256 of every other file in it, taken while they were written.
+
+The learner state at the start of task t is stored nowhere once the checkpoint has moved past
+t. So a task folder below the checkpoint that is missing, damaged or another run's cannot be
+redone alone: the only repair is training again from task 0, which cljax does not start by
+itself (it can take as long as the run did); it refuses in one line and names --overwrite.
+Task folders from the checkpoint on are redone by the resume anyway: those that are not this
+run's whole are removed when it starts.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import shutil
+import socket
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cljax.budget import fmt_bytes
+from cljax.checkpoint import CHECKPOINT, RUN_RECORD, read_checkpoint_header, read_run_record
+from cljax.config import Config, differing_settings
+from cljax.errors import CljaxError, DamagedFile
+from cljax.host import usable_cores
+from cljax.results import (TASK_FILES, file_sha256, load_metadata, npy_header, safe_load_pickle, task_dir_name,
+                           task_dirs)
+
+RUN_LOCK = "run.lock"
+ANALYSIS = "analysis"
+
+
+# ---- what is there -------------------------------------------------------------------------
+@dataclass
+class Found:
+    """What ``inspect_run`` found in a run folder."""
+
+    record: dict | None = None  # run.json of the run to continue; None: start a new run
+    next_task: int = 0  # the checkpoint's next task (0: no checkpoint)
+    finished: bool = False  # every task folder is there and verified as this run's
+    stale: list = field(default_factory=list)  # task folders a resume removes (from next_task on, not whole)
+    n_task_dirs: int = 0
+
+
+def _is_temporary(name: str) -> bool:
+    return name.startswith(".") and ".tmp-" in name
+
+
+def _holds_anything(algo_dir: Path) -> bool:
+    return any(p.name != RUN_LOCK and not _is_temporary(p.name) for p in algo_dir.iterdir())
+
+
+def check_writable_target(algo_dir: Path) -> None:
+    if algo_dir.exists() and not algo_dir.is_dir():
+        raise CljaxError(f"{algo_dir} exists and is not a folder: choose another --results-dir.")
+    probe = algo_dir
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise CljaxError(f"{probe} is a file, not a folder: choose another --results-dir.")
+    if not os.access(probe, os.W_OK):
+        raise CljaxError(f"cannot write to {probe}: choose a writable --results-dir.")
+
+
+def _deletes(n_dirs: int) -> str:
+    return f"deletes its {n_dirs} task folder(s) with its checkpoint and analysis" if n_dirs else "deletes it"
+
+
+def inspect_run(algo_dir: Path, config: Config, data_id: str | None, overwrite: bool, hashes: bool) -> Found:
+    """Decide what a run does with ``algo_dir``; read only. Raises CljaxError, naming the fix,
+    for a folder it must not touch: another run's settings, damage below the checkpoint, files
+    that mix two runs. ``hashes``: also compare every file's content with its recorded sha256."""
+    check_writable_target(algo_dir)
+    if not algo_dir.exists() or not _holds_anything(algo_dir):
+        return Found()
+    n_dirs = len(task_dirs(algo_dir))
+    if overwrite:
+        return Found(n_task_dirs=n_dirs)
+    record = read_run_record(algo_dir)
+    if record is None:
+        raise CljaxError(f"{algo_dir} holds files that are not a cljax run: choose another --results-dir, or pass "
+                         f"--overwrite to replace them (it {_deletes(n_dirs)}).")
+    differ = differing_settings(record["config"], config, record.get("data"), data_id)
+    if differ:
+        raise CljaxError(f"{algo_dir} holds a run with other settings ({', '.join(differ)}): pass the same arguments "
+                         f"to resume it, choose another --results-dir, or pass --overwrite to replace it (it "
+                         f"{_deletes(n_dirs)}).")
+    run_id, T = record.get("run_id"), config.num_tasks
+    # Hashing reads every finished file once: folders in parallel (hashlib releases the GIL).
+    with ThreadPoolExecutor(max_workers=max(1, min(8, usable_cores()))) as pool:
+        problems = list(pool.map(lambda t: verify_task_dir(algo_dir / task_dir_name(t), t, run_id, hashes), range(T)))
+    extra = [d for d in task_dirs(algo_dir) if int(d.name.split("_")[1]) >= T]
+    if not any(problems):  # every task is there and whole: the checkpoint is not needed
+        return Found(record=record, next_task=T, finished=True, stale=extra, n_task_dirs=n_dirs)
+    header = read_checkpoint_header(algo_dir)  # raises when damaged
+    next_task, ckpt_run = header if header is not None else (0, run_id)
+    fix = (f"the learner state before that task is not stored, so the run can only be trained again from task 0: "
+           f"pass --overwrite to do so (it {_deletes(n_dirs)}), or choose another --results-dir.")
+    if ckpt_run != run_id:
+        raise CljaxError(f"{algo_dir / CHECKPOINT} belongs to run {ckpt_run}, not to run {run_id} of run.json: "
+                         f"the folder mixes two runs; {fix}")
+    if not 0 <= next_task <= T:
+        raise CljaxError(f"{algo_dir / CHECKPOINT} points at task {next_task} of a {T}-task run; {fix}")
+    for t in range(next_task):
+        if problems[t]:
+            raise CljaxError(f"{problems[t]} (the checkpoint is after task {next_task - 1}); {fix}")
+    stale = [algo_dir / task_dir_name(t) for t in range(next_task, T)
+             if problems[t] and (algo_dir / task_dir_name(t)).exists()]
+    return Found(record=record, next_task=next_task, stale=stale + extra, n_task_dirs=n_dirs)
+
+
+def verify_task_dir(task_dir: Path, t: int, run_id: str | None, hashes: bool) -> str | None:
+    """What is wrong with task folder ``t`` of run ``run_id`` (None when it is whole): missing
+    files, shapes other than metadata.json records, sizes or (``hashes``) contents other than
+    recorded at write time, or another run's id. Folders written before run ids and hashes are
+    checked for their files and shapes."""
+    if not task_dir.exists():
+        return f"{task_dir} is missing"
+    if not task_dir.is_dir():
+        return f"{task_dir} is not a folder"
+    try:
+        meta = load_metadata(task_dir)
+    except DamagedFile as exc:
+        return f"{exc.path} {exc.problem}"
+    if meta.get("task_index", t) != t:
+        return f"{task_dir / 'metadata.json'} describes task {meta.get('task_index')}, not task {t}"
+    if meta.get("run_id") != run_id and (run_id is not None or "run_id" in meta):
+        return f"{task_dir} belongs to run {meta.get('run_id')}, not to run {run_id} of run.json"
+    files = meta.get("files")
+    shapes = meta.get("shapes") if isinstance(meta.get("shapes"), dict) else {}
+    names = list(files) if isinstance(files, dict) else [n for n in TASK_FILES if n != "metadata.json"] + (
+        ["model_state.npy"] if "model_state" in shapes else [])
+    for name in names:
+        path = task_dir / str(name)
+        if not isinstance(name, str) or Path(name).name != name or name.startswith("."):
+            return f"{task_dir / 'metadata.json'} lists a file {name!r} that is not in its folder"
+        if not path.is_file():
+            return f"{path} is missing"
+        if name.endswith(".npy"):
+            try:
+                shape, _, _ = npy_header(path)
+            except DamagedFile as exc:
+                return f"{exc.path} {exc.problem}"
+            recorded = shapes.get(name[: -len(".npy")])
+            if recorded is not None and list(shape) != list(recorded):
+                return f"{path} has shape {list(shape)}, metadata.json records {list(recorded)}"
+        if isinstance(files, dict):
+            want = files[name] if isinstance(files[name], dict) else {}
+            size = path.stat().st_size
+            if size != want.get("bytes"):
+                return _refused_pickle(path) or f"{path} has {size:,} bytes, {want.get('bytes')} were written"
+            if hashes and file_sha256(path) != want.get("sha256"):
+                return _refused_pickle(path) or f"{path} does not match the sha256 recorded when it was written"
+    return None
+
+
+def _refused_pickle(path: Path) -> str | None:
+    """The reader's refusal, when a changed pickle names code: that says more than its size."""
+    if path.suffix != ".pkl":
+        return None
+    try:
+        safe_load_pickle(path)
+    except DamagedFile:
+        return None
+    except CljaxError as exc:
+        return str(exc).rstrip(".")
+    return None
+
+
+# ---- the lock --------------------------------------------------------------------------------
+class RunLock:
+    """``fcntl.flock`` on ``{algo_dir}/run.lock``: exclusive while a run writes the folder, shared
+    while a finished run is read. The system releases it when its process ends however it ends,
+    so a dead run's lock is free at once; the file (never deleted) records the last holder's
+    host and pid for the message. Where the filesystem has no locks, a live holder on the same
+    host is detected from that record, and another host's holder is refused."""
+
+    def __init__(self, algo_dir: Path, exclusive: bool = True):
+        self.algo_dir, self.exclusive, self.fd = Path(algo_dir), exclusive, None
+
+    def __enter__(self) -> "RunLock":
+        path = self.algo_dir / RUN_LOCK
+        if self.exclusive:
+            self.algo_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        else:
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except OSError:  # no lock file (a run from before locks): nothing to share
+                return self
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_EX if self.exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise CljaxError(self._in_use(_read_holder(path))) from None
+        except OSError as exc:
+            if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                os.close(fd)
+                raise
+            self._without_flock(fd, path)
+        if self.exclusive:
+            holder = json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
+                                 "since": time.strftime("%Y-%m-%d %H:%M:%S")}).encode()
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, holder + b"\n", 0)
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # releases the lock
+            self.fd = None
+
+    def _in_use(self, holder: dict) -> str:
+        who = f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}, since {holder.get('since', '?')}"
+        return (f"{self.algo_dir} is in use by another cljax run ({who}): wait for it to end or stop it, then run "
+                f"this command again (a run that has died holds no lock).")
+
+    def _without_flock(self, fd: int, path: Path) -> None:
+        holder = _read_holder(path)
+        pid, host = holder.get("pid"), holder.get("host")
+        if self.exclusive and isinstance(pid, int) and pid != os.getpid():
+            if host != socket.gethostname():
+                os.close(fd)
+                raise CljaxError(self._in_use(holder)[:-1] + f"; this filesystem has no file locks, so a run on "
+                                 f"another host cannot be checked: delete {path} if that run has ended.")
+            if _alive(pid):
+                os.close(fd)
+                raise CljaxError(self._in_use(holder))
+        print(f"warning: {path.parent} is on a filesystem without file locks: cljax checks the host and pid in "
+              f"{RUN_LOCK} instead.", file=sys.stderr)
+
+
+def _read_holder(path: Path) -> dict:
+    try:
+        holder = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return holder if isinstance(holder, dict) else {}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# ---- changes, under the lock -------------------------------------------------------------------
+def clear_run(algo_dir: Path) -> None:
+    """--overwrite: the checkpoint first (a new run.json must never meet an old checkpoint), then
+    the record, the task folders and the analysis. Other files are left alone."""
+    for name in (CHECKPOINT, RUN_RECORD):
+        (algo_dir / name).unlink(missing_ok=True)
+    for d in task_dirs(algo_dir):
+        shutil.rmtree(d)
+    if (algo_dir / ANALYSIS).is_dir():
+        shutil.rmtree(algo_dir / ANALYSIS)
+    remove_stale_temporaries(algo_dir)
+
+
+def remove_stale_temporaries(algo_dir: Path) -> None:
+    """Temporary folders/files of a process that died mid-write (never listed as results)."""
+    for p in algo_dir.iterdir():
+        if _is_temporary(p.name):
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+
+
+def block_size(algo_dir: Path) -> int:
+    probe = _existing(algo_dir)
+    try:
+        return max(os.statvfs(probe).f_frsize, 512)
+    except (OSError, AttributeError):
+        return 4096
+
+
+def on_disk(sizes, block: int) -> int:
+    """Bytes that files of these sizes take: each rounded up to whole blocks."""
+    return sum(-(-int(s) // block) * block for s in sizes)
+
+
+def check_disk(algo_dir: Path, need: int, what: str) -> None:
+    free = shutil.disk_usage(_existing(algo_dir)).free
+    if free < need:
+        raise CljaxError(
+            f"not enough disk at {algo_dir}: {what} needs {fmt_bytes(need)} ({need:,} bytes), {fmt_bytes(free)} "
+            f"({free:,} bytes) are free; free space or choose another --results-dir (the run resumes from its last "
+            f"finished task).")
+
+
+def _existing(path: Path) -> Path:
+    while not path.exists():
+        path = path.parent
+    return path

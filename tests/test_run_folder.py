@@ -1,0 +1,526 @@
+"""The run folder is never lost or mixed: every check before any write or delete, a lock,
+resume that verifies what it resumes, the resume key, the device split, and one line for every
+damaged or hostile input (issue 18). One tiny finished run (and its state after task 0, what a
+kill after the first task leaves) is made once and copied per test."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import pickle
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cljax import disable_compilation_cache, enable_compilation_cache, results
+from cljax.cli import main as cli_main
+from cljax.errors import CljaxError
+from tests.conftest import small_config
+
+TINY = dict(dataset="synthetic", synthetic_classes=4, num_tasks=2, n_repeats=2, n_train_per_class=16,
+            n_test_per_class=8, n_subsamples=4, epochs=1, batch_size=16, log_frequency=1)
+FLAGS = ["--dataset", "synthetic", "--synthetic-classes", "4", "--num-tasks", "2", "--n-repeats", "2",
+         "--n-train-per-class", "16", "--n-test-per-class", "8", "--n-subsamples", "4", "--epochs", "1",
+         "--batch-size", "16", "--log-frequency", "1", "--lr", "0.1", "--no-progress"]
+RUN_DIR = Path("synthetic") / "SL_T2"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compilation_cache():
+    """Each in-process run builds its programs anew: the session's persistent cache serves them
+    (off again after this module, so that other modules' compile counts are unaffected)."""
+    enable_compilation_cache(os.environ.get("CLJAX_COMPILATION_CACHE"))
+    yield
+    disable_compilation_cache()
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory):
+    """{"finished": results root of a finished run, "partial": its state after task 0}."""
+    from cljax.experiment import run_experiment
+
+    root = tmp_path_factory.mktemp("made")
+    partial = root / "partial"
+
+    def keep_partial(t, info):
+        if t == 0:
+            shutil.copytree(root / "finished", partial)
+
+    run_experiment(small_config(root / "finished_cfg", results_dir=str(root / "finished"), **TINY), progress=False,
+                   on_task_end=keep_partial)
+    return {"finished": root / "finished", "partial": partial}
+
+
+def copy(made, which: str, dest: Path) -> Path:
+    shutil.copytree(made[which], dest)
+    return dest / RUN_DIR
+
+
+def state(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.rglob("*"))}
+
+
+def run_cli(args, capsys) -> tuple[int, str, str]:
+    try:
+        rc = cli_main(args)
+    except SystemExit as exc:  # argparse
+        rc = exc.code
+    captured = capsys.readouterr()
+    return rc, captured.out, captured.err
+
+
+def assert_one_error(rc, err, *expected):
+    assert rc == 2, err
+    assert err.count("\n") == 1 and err.startswith("error: "), err
+    assert "Traceback" not in err
+    for text in expected:
+        assert text in err, err
+
+
+# ---- 1. every check before any write or delete -------------------------------------------------------
+def test_overwrite_that_does_not_fit_deletes_nothing(made, tmp_path, capsys):
+    run_dir = copy(made, "finished", tmp_path / "r")
+    before = state(run_dir)
+    rc, _, err = run_cli(["run", *FLAGS, "--results-dir", str(tmp_path / "r"), "--overwrite", "--n-repeats", "4",
+                          "--device-memory", "1000"], capsys)
+    assert_one_error(rc, err, "per device", "--device-memory")
+    assert state(run_dir) == before
+
+
+def test_a_run_that_does_not_fit_writes_nothing(tmp_path, capsys):
+    rc, _, err = run_cli(["run", *FLAGS, "--results-dir", str(tmp_path / "r"), "--device-memory", "1000"], capsys)
+    assert_one_error(rc, err, "per device")
+    assert not (tmp_path / "r").exists()  # no run.json to refuse the corrected command later
+
+
+def test_a_run_the_planner_rejects_fails_before_allocating(tmp_path, capsys, monkeypatch):
+    import cljax.devices.memory as memory
+
+    monkeypatch.setattr(memory, "device_budget", lambda: (8 * 2**30, "test"))
+    started = time.perf_counter()
+    rc, _, err = run_cli(["run", *FLAGS, "--results-dir", str(tmp_path / "r"), "--n-repeats", "100000"], capsys)
+    assert_one_error(rc, err, "per device")
+    assert time.perf_counter() - started < 60 and not (tmp_path / "r").exists()
+
+
+# ---- 2. a lock per run folder ---------------------------------------------------------------------------
+def test_a_locked_folder_is_refused_and_a_dead_holder_is_no_obstacle(made, tmp_path, capsys):
+    from cljax.run_folder import RUN_LOCK, RunLock
+
+    run_dir = copy(made, "finished", tmp_path / "r")
+    with RunLock(run_dir):  # another run writing this folder (a separate open file: flock conflicts)
+        before = state(run_dir)
+        rc, _, err = run_cli(["run", *FLAGS, "--results-dir", str(tmp_path / "r"), "--overwrite", "--lr", "0.2"],
+                             capsys)
+        assert_one_error(rc, err, "is in use by another cljax run", f"pid {os.getpid()} on ")
+        assert state(run_dir) == before
+        rc, _, err = run_cli(["run", *FLAGS, "--results-dir", str(tmp_path / "r")], capsys)
+        assert_one_error(rc, err, "is in use")  # even reading a finished run waits for the writer
+    # The lock file stays, naming a holder that has ended: the system released its lock.
+    assert json.loads((run_dir / RUN_LOCK).read_text())["pid"] == os.getpid()
+    rc, out, _ = run_cli(["run", *FLAGS, "--results-dir", str(tmp_path / "r")], capsys)
+    assert rc == 0 and "already finished" in out
+
+
+def test_without_file_locks_the_recorded_holder_is_checked(tmp_path, monkeypatch, capsys):
+    import fcntl
+
+    from cljax.run_folder import RUN_LOCK, RunLock
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    (tmp_path / RUN_LOCK).write_text(json.dumps({"host": os.uname().nodename, "pid": os.getppid(), "since": "x"}))
+    with pytest.raises(CljaxError, match=f"in use by another cljax run \\(pid {os.getppid()} on"):
+        RunLock(tmp_path).__enter__()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / RUN_LOCK).write_text(json.dumps({"host": os.uname().nodename, "pid": dead.pid, "since": "x"}))
+    with RunLock(tmp_path):
+        assert json.loads((tmp_path / RUN_LOCK).read_text())["pid"] == os.getpid()
+    assert "without file locks" in capsys.readouterr().err
+
+
+def test_files_of_two_runs_in_one_folder_are_refused(made, tmp_path, capsys):
+    # The second run's run.json beside the first run's checkpoint and task folder.
+    run_dir = copy(made, "partial", tmp_path / "a")
+    record = json.loads((run_dir / "run.json").read_text())
+    (run_dir / "run.json").write_text(json.dumps({**record, "run_id": "0" * 32}))
+    rc, _, err = run_cli(["run", *FLAGS, "--results-dir", str(tmp_path / "a")], capsys)
+    assert_one_error(rc, err, "checkpoint.npz belongs to run", "mixes two runs", "--overwrite")
+    # A task folder of another run in a finished one.
+    run_dir = copy(made, "finished", tmp_path / "b")
+    meta = json.loads((run_dir / "task_000" / "metadata.json").read_text())
+    (run_dir / "task_000" / "metadata.json").write_text(json.dumps({**meta, "run_id": "1" * 32}))
+    rc, out, err = run_cli(["run", *FLAGS, "--results-dir", str(tmp_path / "b")], capsys)
+    assert_one_error(rc, err, "task_000 belongs to run 111")
+    assert "already finished" not in out
+
+
+# ---- 3. sweep folders never collide -----------------------------------------------------------------------
+def test_sweep_tags_are_distinct_and_duplicates_stop_the_sweep_before_any_job(tmp_path, monkeypatch, capsys):
+    import cljax.sweep as sweep
+
+    base = {**small_config(tmp_path, **TINY).to_dict(), "results_dir": str(tmp_path)}
+    runs = sweep.expand(base, sweep.parse_grid(["lr=0.1234567,0.1234568"]), [0])
+    assert len({r.tag for r in runs}) == 2
+    runs = sweep.expand(base, {"data_dir": ["/x/a_b", "/x/a/b"]}, [0])  # one folder-name character for both once
+    assert len({r.tag for r in runs}) == 2
+    submitted = []
+    monkeypatch.setattr(sweep, "make_executor", lambda *a: object())
+    monkeypatch.setattr(sweep, "submit", lambda *a, **k: submitted.append(a) or [])
+    for grid, seeds in ((["lr=0.1,0.10"], "0"), (["lr=0.1"], "0,0")):
+        rc, _, err = run_cli(["sweep", *FLAGS, "--grid", *grid, "--seeds", seeds, "--results-dir", str(tmp_path)],
+                             capsys)
+        assert_one_error(rc, err, "two runs of the sweep would write the same folder")
+    assert not submitted
+
+
+# ---- 4. resume verifies what it resumes ------------------------------------------------------------------
+def _flip_byte(path: Path):
+    raw = bytearray(path.read_bytes())
+    raw[-5] ^= 0x40
+    path.write_bytes(bytes(raw))
+
+
+DAMAGE = {
+    "folder_missing": (lambda d: shutil.rmtree(d / "task_000"), "task_000 is missing"),
+    "file_missing": (lambda d: (d / "task_001" / "weights.npy").unlink(), "weights.npy is missing"),
+    "bit_flip": (lambda d: _flip_byte(d / "task_000" / "representations.npy"), "does not match the sha256"),
+    "truncated": (lambda d: (d / "task_001" / "weights.npy").write_bytes((d / "task_001" / "weights.npy")
+                                                                          .read_bytes()[:-100]), "is truncated"),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_a_damaged_run_is_never_reported_finished(made, tmp_path, capsys, damage):
+    run_dir = copy(made, "finished", tmp_path / "r")
+    how, expected = DAMAGE[damage]
+    how(run_dir)
+    before = state(run_dir)
+    rc, out, err = run_cli(["run", *FLAGS, "--results-dir", str(tmp_path / "r")], capsys)
+    assert_one_error(rc, err, expected, "trained again from task 0", "--overwrite", "deletes")
+    assert "already finished" not in out and state(run_dir) == before
+
+
+# ---- 5. the resume key is what changes the numbers -------------------------------------------------------
+def test_paths_and_speed_only_settings_do_not_block_a_resume(made, tmp_path, capsys, monkeypatch):
+    run_dir = copy(made, "finished", tmp_path / "moved")  # a copied tree, under another path
+    monkeypatch.chdir(tmp_path)
+    for extra in (["--results-dir", str(tmp_path / "moved") + "/"], ["--results-dir", "moved"],
+                  ["--results-dir", "moved", "--eval-batch-size", "5", "--eval-chunk-tasks", "1"],
+                  ["--results-dir", "moved", "--device-memory", str(2**40)],
+                  ["--results-dir", "moved", "--data-dir", str(tmp_path)]):  # the same (generated) data
+        rc, out, err = run_cli(["run", *FLAGS, *extra], capsys)
+        assert rc == 0 and "already finished" in out and "--overwrite would delete it" in out, (extra, err)
+    rc, _, err = run_cli(["run", *FLAGS, "--results-dir", "moved", "--lr", "0.2"], capsys)
+    assert_one_error(rc, err, "other settings (lr)", "--overwrite to replace it (it deletes its 2 task folder(s)")
+    assert (run_dir / "task_001").is_dir()
+
+
+def test_the_data_is_compared_by_content_not_by_the_folder_spelling(tmp_path):
+    from cljax.data import load_dataset
+    from cljax.data.prepared import data_identity
+    from cljax.datasets.fashion_mnist import DEFAULT_DIR
+    from tests.conftest import FASHION_DIR
+
+    if not Path(DEFAULT_DIR).is_dir() or Path(FASHION_DIR).resolve() != Path(DEFAULT_DIR).resolve():
+        pytest.skip("Fashion-MNIST is not at its default place")
+    default = small_config(tmp_path, data_dir=None)
+    spelled = small_config(tmp_path, data_dir=str(FASHION_DIR) + "/")
+    assert data_identity(load_dataset(default)) == data_identity(load_dataset(spelled))
+
+
+# ---- 6. the device split ---------------------------------------------------------------------------------
+def test_the_recorded_cpu_split_is_reproduced_unless_set_otherwise():
+    from cljax.devices.cpu_split import cpu_devices_wanted
+
+    two = {"backend": "cpu", "devices": 2, "processes": 1}
+    assert cpu_devices_wanted(4, {}, cores=1, recorded=two) == 2  # a host with fewer cores
+    assert cpu_devices_wanted(4, {}, cores=8, recorded={**two, "devices": 1}) is None  # one device, as recorded
+    assert cpu_devices_wanted(4, {}, cores=8, recorded={**two, "backend": "gpu"}) == 4
+    assert cpu_devices_wanted(4, {"CLJAX_CPU_DEVICES": "off"}, cores=8, recorded=two) is None  # said explicitly
+
+
+def test_a_resume_takes_the_split_it_started_on_and_stays_byte_identical(made, tmp_path):
+    """The run started on one CPU device; the CLI would split this host by default; resumed
+    from a kill after task 0, it takes one device again and task 1 equals the uninterrupted run's."""
+    run_dir = copy(made, "partial", tmp_path / "r")
+    assert json.loads((run_dir / "run.json").read_text())["split"]["devices"] == 1
+    env = {k: v for k, v in os.environ.items() if k != "CLJAX_CPU_DEVICES"}
+    proc = subprocess.run([sys.executable, "-m", "cljax.cli", "run", *FLAGS, "--results-dir", str(tmp_path / "r")],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0 and "resumed from task 1" in proc.stdout, proc.stderr
+    assert "warning" not in proc.stderr
+    meta = results.load_metadata(run_dir / "task_001")
+    assert len(meta["device"]) == 1 and meta["split"]["devices"] == 1
+    finished = made["finished"] / RUN_DIR / "task_001"
+    for name in ("representations.npy", "weights.npy", "metrics.pkl", "expert_metrics.pkl"):
+        assert (run_dir / "task_001" / name).read_bytes() == (finished / name).read_bytes(), name
+
+
+def test_a_moved_run_resumes_byte_identical_and_another_split_is_warned_and_recorded(made, tmp_path, capsys):
+    from cljax.experiment import run_experiment
+
+    first = copy(made, "partial", tmp_path / "first")
+    shutil.move(tmp_path / "first", tmp_path / "elsewhere")  # what a kill after task 0 leaves, moved
+    run_dir = tmp_path / "elsewhere" / RUN_DIR
+    record = json.loads((run_dir / "run.json").read_text())
+    record["split"] = {**record["split"], "devices": 2}  # as if started on two CPU devices
+    (run_dir / "run.json").write_text(json.dumps(record))
+    config = small_config(tmp_path, results_dir=str(tmp_path / "elsewhere"), **TINY)
+    resumed = run_experiment(config, progress=False)
+    err = capsys.readouterr().err
+    assert resumed.first_task == 1 and not first.exists()
+    assert err.count("warning: this run started on 2 cpu device(s)") == 1 and "CLJAX_CPU_DEVICES=2" in err
+    assert results.load_metadata(run_dir / "task_001")["split_at_run_start"]["devices"] == 2
+    finished = made["finished"] / RUN_DIR
+    for t in ("task_000", "task_001"):
+        for name in ("representations.npy", "binary_labels.npy", "weights.npy", "metrics.pkl", "expert_metrics.pkl"):
+            assert (run_dir / t / name).read_bytes() == (finished / t / name).read_bytes(), (t, name)
+
+
+# ---- 7. one line for every damaged or hostile input --------------------------------------------------------
+def test_analyze_a_partial_run_reports_undefined_metrics(made, tmp_path, capsys):
+    run_dir = copy(made, "partial", tmp_path / "r")
+    rc, out, err = run_cli(["analyze", str(run_dir), "--no-glue", "--no-plots"], capsys)
+    assert rc == 0, err
+    assert "bwt: undefined" in out
+
+
+@pytest.mark.parametrize("how", ["truncated", "bit_flip"])
+def test_a_damaged_checkpoint_is_one_line(made, tmp_path, capsys, how):
+    run_dir = copy(made, "partial", tmp_path / "r")
+    ckpt = run_dir / "checkpoint.npz"
+    if how == "truncated":
+        ckpt.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
+    else:
+        raw = bytearray(ckpt.read_bytes())
+        raw[len(raw) // 2] ^= 0x01
+        ckpt.write_bytes(bytes(raw))
+    before = state(run_dir)
+    rc, _, err = run_cli(["run", *FLAGS, "--results-dir", str(tmp_path / "r")], capsys)
+    assert_one_error(rc, err, "checkpoint.npz is damaged", "--overwrite")
+    assert state(run_dir) == before
+
+
+def test_disk_is_checked_in_whole_blocks_and_a_full_disk_is_one_line(tmp_path, capsys, monkeypatch):
+    import cljax.experiment as experiment
+    from cljax.budget import Budget, disk_files_per_task, disk_run_files
+    from cljax.checkpoint import CHECKPOINT
+    from cljax.program import build_task_program
+
+    from cljax.tasks import make_schedule
+
+    config = small_config(tmp_path, **TINY)
+    budget = Budget.of(config, build_task_program(config, (28, 28)), (28, 28))
+    names = [f"synthetic_{c}" for c in range(4)]
+    # The planner's byte figures for the first task and the checkpoint: enough only if files took no whole blocks.
+    exact = sum(disk_files_per_task(budget, make_schedule(4, 2, 2, 0), names).values()) + disk_run_files(budget)[CHECKPOINT]
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**12, 10**12 - exact, exact))
+    rc, _, err = run_cli(["run", *FLAGS, "--results-dir", str(tmp_path / "r")], capsys)
+    assert_one_error(rc, err, "not enough disk", "bytes", f"({exact:,} bytes) are free")
+    monkeypatch.undo()
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "r"))
+
+    monkeypatch.setattr(experiment, "write_run_record", full)
+    rc, _, err = run_cli(["run", *FLAGS, "--results-dir", str(tmp_path / "r")], capsys)
+    assert_one_error(rc, err, "no space left", "free space, then run the same command")
+
+
+def _npy_with_header(path: Path, header: bytes):
+    path.write_bytes(b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header)
+
+
+ANALYZE_DAMAGE = {
+    "missing_npy": (lambda d: (d / "task_000" / "weights.npy").unlink(), "weights.npy is missing"),
+    "truncated_npy": (lambda d: (d / "task_000" / "representations.npy").write_bytes(
+        (d / "task_000" / "representations.npy").read_bytes()[:200]), "representations.npy is truncated"),
+    "object_npy": (lambda d: np.save(d / "task_000" / "representations.npy", np.array([{}, 1], dtype=object),
+                                     allow_pickle=True), "holds Python objects"),
+    "huge_header": (lambda d: _npy_with_header(d / "task_000" / "representations.npy", b"{" + b" " * 60000 + b"}\n"),
+                    "representations.npy is not a readable .npy file"),
+    "metadata_not_json": (lambda d: (d / "task_000" / "metadata.json").write_bytes(b"\xff\xfe{"),
+                          "metadata.json is not valid JSON"),
+    "metrics_truncated": (lambda d: (d / "task_000" / "metrics.pkl").write_bytes(
+        (d / "task_000" / "metrics.pkl").read_bytes()[:40]), "metrics.pkl is truncated or damaged"),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(ANALYZE_DAMAGE))
+def test_analyze_of_a_damaged_file_is_one_line_naming_it(made, tmp_path, capsys, damage):
+    run_dir = copy(made, "finished", tmp_path / "r")
+    how, expected = ANALYZE_DAMAGE[damage]
+    how(run_dir)
+    rc, _, err = run_cli(["analyze", str(run_dir), "--no-glue", "--no-plots"], capsys)
+    assert_one_error(rc, err, expected, str(run_dir / "task_000"))
+    assert "do not trust" not in err  # a damaged file is not reported as a hostile one
+
+
+def test_analyze_bad_options_and_an_unwritable_output_are_one_line(made, tmp_path, capsys):
+    run_dir = copy(made, "finished", tmp_path / "r")
+    rc, _, err = run_cli(["analyze", str(run_dir), "--glue-probes", "0"], capsys)
+    assert_one_error(rc, err, "--glue-probes must be at least 1")
+    (tmp_path / "a_file").write_text("x")
+    rc, _, err = run_cli(["analyze", str(run_dir), "--no-glue", "--no-plots", "--out", str(tmp_path / "a_file" / "out")],
+                         capsys)
+    assert_one_error(rc, err, "cannot create", "--out")
+    if os.geteuid() != 0:  # root writes into read-only folders
+        run_dir.chmod(0o555)
+        try:
+            rc, _, err = run_cli(["analyze", str(run_dir), "--no-glue", "--no-plots"], capsys)
+        finally:
+            run_dir.chmod(0o755)
+        assert_one_error(rc, err, "analysis", "--out")
+
+
+@pytest.mark.parametrize("record", ["list", "string", "folder", "huge"])
+def test_a_run_record_of_the_wrong_kind_is_one_line(made, tmp_path, capsys, record):
+    run_dir = copy(made, "finished", tmp_path / "r")
+    path = run_dir / "run.json"
+    path.unlink()
+    if record == "list":
+        path.write_text("[1, 2]")
+    elif record == "string":
+        path.write_text('"run"')
+    elif record == "folder":
+        path.mkdir()
+    else:
+        path.write_bytes(b" " * (1 << 24) + b"{}")
+    before = state(run_dir)
+    rc, _, err = run_cli(["run", *FLAGS, "--results-dir", str(tmp_path / "r")], capsys)
+    assert_one_error(rc, err, "run.json")
+    assert state(run_dir) == before
+
+
+@pytest.mark.parametrize("meta", ["[1, 2]", '{"format_version": 1, "files": {}}'])
+def test_data_info_and_plan_of_a_damaged_prepared_folder_are_one_line(tmp_path, capsys, meta):
+    from cljax.data.prepared import write_prepared
+
+    folder = tmp_path / "prepared"
+    labels = np.repeat(np.arange(4), 5)
+    write_prepared(folder, np.zeros((20, 28, 28), np.uint8), labels, np.zeros((20, 28, 28), np.uint8), labels,
+                   name="tiny", source="test", preprocessing={})
+    (folder / "meta.json").write_text(meta)
+    for args in (["data-info", str(folder)],
+                 ["plan", "--dataset", "imagenet_28_gray", "--data-dir", str(folder), "--num-tasks", "1"]):
+        rc, _, err = run_cli(args, capsys)
+        assert_one_error(rc, err, str(folder / "meta.json"))
+
+
+def test_a_synthetic_dataset_too_large_for_memory_is_one_line(tmp_path, capsys, monkeypatch):
+    import cljax.devices.memory as memory
+
+    monkeypatch.setattr(memory, "host_available_bytes", lambda: 2**30)
+    rc, _, err = run_cli(["run", *FLAGS, "--results-dir", str(tmp_path / "r"), "--synthetic-classes", "1000",
+                          "--n-train-per-class", "2000"], capsys)
+    assert_one_error(rc, err, "synthetic dataset", "--synthetic-classes")
+    assert not (tmp_path / "r").exists()
+
+
+def _catches_sigterm(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    caught = next((line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:")), "0")
+    return bool(int(caught, 16) >> (signal.SIGTERM - 1) & 1)
+
+
+def _jax_loaded(pid: int) -> bool:
+    try:
+        return "jaxlib" in Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return True
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_right_after_start_exits_75_with_one_line(tmp_path, sig):
+    proc = subprocess.Popen([sys.executable, "-m", "cljax.cli", "run", *FLAGS, "--results-dir", str(tmp_path / "r")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # The signal goes as soon as the process handles SIGTERM: that must be before it even loads
+    # JAX (Python alone handles SIGINT as KeyboardInterrupt and leaves SIGTERM to kill it).
+    early, deadline = False, time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if _catches_sigterm(proc.pid):
+            early = not _jax_loaded(proc.pid)
+            break
+        time.sleep(0.002)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert early, "SIGTERM was handled only after JAX was loaded"
+    assert proc.returncode == 75, err
+    assert "Traceback" not in err and f"stopped by {sig.name}" in err
+    assert not any((tmp_path / "r" / RUN_DIR).glob("task_*"))
+
+
+def test_the_readers_raise_the_project_error_naming_the_file(tmp_path):
+    task = tmp_path / "task_000"
+    task.mkdir()
+    (task / "metadata.json").write_text("[1, 2]")
+    with pytest.raises(CljaxError, match="metadata.json holds a JSON list"):
+        results.load_metadata(task)
+    (task / "metadata.json").write_bytes(b"\x80\x81")
+    with pytest.raises(CljaxError, match="metadata.json is not valid JSON"):
+        results.load_metadata(task)
+    np.save(task / "binary_labels.npy", np.zeros((2, 3), np.uint8))
+    size = (task / "binary_labels.npy").stat().st_size
+    (task / "binary_labels.npy").write_bytes((task / "binary_labels.npy").read_bytes()[:-2])
+    with pytest.raises(CljaxError, match=rf"binary_labels.npy is truncated \({size - 2} bytes, {size} expected\)"):
+        results.load_binary_labels(task)
+    np.save(task / "weights.npy", np.zeros(3, np.float32))
+    with pytest.raises(CljaxError, match="not the structured array"):
+        results.load_weights(task)
+    good = pickle.dumps({"test_acc": np.zeros(3)}, protocol=4)
+    (task / "metrics.pkl").write_bytes(good[:-10])
+    with pytest.raises(CljaxError, match="metrics.pkl is truncated or damaged") as truncated:
+        results.load_metrics(task)
+    assert "do not trust" not in str(truncated.value)
+    (task / "metrics.pkl").write_bytes(pickle.dumps([1, 2]))
+    with pytest.raises(CljaxError, match="holds a list, not the dict"):
+        results.load_metrics(task)
+    (task / "metrics.pkl").write_bytes(pickle.dumps({"x": os.system}))
+    with pytest.raises(CljaxError, match="refusing to load posix.system.*do not trust it"):
+        results.load_metrics(task)
+
+
+# ---- 8. stale and misleading -------------------------------------------------------------------------------
+def test_overwrite_removes_the_previous_analysis_and_starts_a_new_run_id(made, tmp_path, capsys):
+    run_dir = copy(made, "finished", tmp_path / "r")
+    (run_dir / "analysis").mkdir()
+    (run_dir / "analysis" / "summary.json").write_text("{}")
+    old_id = json.loads((run_dir / "run.json").read_text())["run_id"]
+    rc, out, err = run_cli(["run", *FLAGS, "--results-dir", str(tmp_path / "r"), "--overwrite"], capsys)
+    assert rc == 0, err
+    assert not (run_dir / "analysis").exists()
+    new_id = json.loads((run_dir / "run.json").read_text())["run_id"]
+    assert new_id != old_id and results.load_metadata(run_dir / "task_001")["run_id"] == new_id
+
+
+def test_sweep_accepts_every_run_flag_and_hands_them_to_its_jobs(tmp_path, monkeypatch, capsys):
+    import cljax.experiment as experiment
+    import cljax.sweep as sweep
+
+    calls = []
+    monkeypatch.setattr(sweep, "make_executor", lambda *a: object())
+    monkeypatch.setattr(sweep, "submit", lambda runs, executor, overwrite, allow_nonfinite: calls.append(
+        (len(runs), overwrite, allow_nonfinite)) or [])
+    monkeypatch.setattr(sweep, "write_manifest", lambda *a: None)
+    rc, _, err = run_cli(["sweep", *FLAGS, "--allow-nonfinite", "--overwrite", "--grid", "lr=0.1,0.2",
+                          "--results-dir", str(tmp_path)], capsys)
+    assert rc == 0 and calls == [(2, True, True)], err
+    seen = {}
+    monkeypatch.setattr(experiment, "run_experiment", lambda config, **kw: seen.update(kw) or experiment.RunResult(
+        algo_dir=tmp_path, task_class_pairs=np.zeros((2, 2, 2))))
+    sweep.run_job(small_config(tmp_path, **TINY).to_dict(), False, True)
+    assert seen["allow_nonfinite"] is True and seen["progress"] is False
