@@ -350,15 +350,33 @@ def _summary_row(t: int, arrays: dict) -> dict:
         "acc_current": float(acc_RT[:, t].mean()),
         "acc_earlier": float(acc_RT[:, :t].mean()) if t > 0 else float("nan"),
         "expert_acc": float(arrays["expert_metrics"]["test_acc"][-1].mean()),
+        "probe_earlier": _probe_earlier(t, arrays),
     }
 
 
+def _probe_earlier(t: int, arrays: dict) -> float:
+    """Mean accuracy of a linear probe on the earlier tasks' saved representations at the last
+    snapshot (``cljax.analysis.probe``): what the representation still separates, beside what the
+    shared head reads out. NaN for task 0, or with fewer than 4 saved images per task."""
+    reps, labels = arrays.get("representations"), arrays.get("binary_labels")
+    if t == 0 or reps is None or labels is None or reps.shape[-2] < 4:
+        return float("nan")
+    from cljax.analysis.probe import probe_accuracy  # numpy only; imported when first needed
+
+    acc = probe_accuracy(np.asarray(reps[-1, :, :t], np.float32), np.asarray(labels[-1, :, :t]))
+    return float(np.nanmean(acc)) if np.isfinite(acc).any() else float("nan")
+
+
 def format_summary(result: RunResult) -> str:
-    lines = ["task  learner_acc_on_it  mean_acc_earlier_tasks  expert_acc",
-             "----  -----------------  ----------------------  ----------"]
+    """The run table. With one shared output, the head's accuracy on earlier tasks mostly measures
+    the read-out; the probe column is what the representation still separates (docs/metrics.md)."""
+    lines = ["task  learner_acc_on_it  mean_acc_earlier_tasks  probe_earlier_tasks  expert_acc",
+             "----  -----------------  ----------------------  -------------------  ----------"]
     for row in result.summary:
         earlier = "" if np.isnan(row["acc_earlier"]) else f"{row['acc_earlier']:.3f}"
-        lines.append(f"{row['task']:>4}  {row['acc_current']:>17.3f}  {earlier:>22}  {row['expert_acc']:>10.3f}")
+        probe = "" if np.isnan(row.get("probe_earlier", np.nan)) else f"{row['probe_earlier']:.3f}"
+        lines.append(f"{row['task']:>4}  {row['acc_current']:>17.3f}  {earlier:>22}  {probe:>19}  "
+                     f"{row['expert_acc']:>10.3f}")
     return "\n".join(lines)
 
 
@@ -371,6 +389,7 @@ def _progress_bar(total: int, done: int, enabled: bool):
 
 
 def _load_summary_arrays(task_dir: Path) -> dict:
-    from cljax.results import load_expert_metrics, load_metrics
+    from cljax.results import load_binary_labels, load_expert_metrics, load_metrics, load_representations
 
-    return {"metrics": load_metrics(task_dir), "expert_metrics": load_expert_metrics(task_dir)}
+    return {"metrics": load_metrics(task_dir), "expert_metrics": load_expert_metrics(task_dir),
+            "representations": load_representations(task_dir), "binary_labels": load_binary_labels(task_dir)}

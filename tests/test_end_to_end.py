@@ -188,3 +188,23 @@ def test_it_learns_with_default_hyperparameters(tmp_path):
         expert.append(results.load_expert_metrics(d)["test_acc"][-1].mean())
     assert np.mean(cur) >= 0.85, cur
     assert np.mean(expert) >= 0.85, expert
+
+
+def test_run_table_gives_the_probe_beside_the_head(small_run):
+    """The run table's probe column is the linear probe on the earlier tasks' saved
+    representations at the task's last snapshot; the head's column is the saved accuracy."""
+    from cljax.analysis.probe import probe_accuracy
+    from cljax.experiment import format_summary
+
+    _, run = small_run
+    assert np.isnan(run.summary[0]["probe_earlier"])  # no earlier task
+    for t, d in enumerate(results.task_dirs(run.algo_dir)[1:], start=1):
+        reps, labels = results.load_representations(d)[-1], results.load_binary_labels(d)[-1]
+        expected = probe_accuracy(reps[:, :t], labels[:, :t]).mean()
+        assert run.summary[t]["probe_earlier"] == pytest.approx(expected, abs=1e-12)
+        assert 0.5 <= run.summary[t]["probe_earlier"] <= 1.0
+        head = results.load_metrics(d)["test_acc"][-1][:, :t].mean()
+        assert run.summary[t]["acc_earlier"] == pytest.approx(head, abs=1e-6)
+    table = format_summary(run).splitlines()
+    assert "probe_earlier_tasks" in table[0]
+    assert table[3].split()[3] == f"{run.summary[1]['probe_earlier']:.3f}"
