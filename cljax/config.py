@@ -246,10 +246,21 @@ def resume_key(config: Config) -> dict[str, Any]:
     return key
 
 
+def absent_settings(recorded: dict) -> dict[str, Any]:
+    """The settings a record lacks that declare the value runs recorded before them ran with
+    (``param(..., absent=...)``), at that value."""
+    fields = {f.name: f for f in settings_fields(Config)}
+    for registry in (RULES, MODELS, DATASETS, OPTIONS):
+        for entry in registry.entries():
+            fields.update(entry.field_dests())
+    return {dest: f.metadata["absent"] for dest, f in fields.items() if "absent" in f.metadata and dest not in recorded}
+
+
 def differing_settings(recorded: dict, config: Config) -> list[str]:
-    """Names of the settings whose recorded value (filled in with today's defaults) differs."""
+    """Names of the settings whose recorded value differs. A setting the record lacks takes the
+    value it declares for older runs (``absent``), else today's default."""
     try:
-        old = resume_key(Config.from_flat(recorded))
+        old = resume_key(Config.from_flat({**recorded, **absent_settings(recorded)}))
     except (CljaxError, TypeError) as exc:
         raise CljaxError(f"the recorded settings cannot be read by this version of cljax ({exc}).") from None
     new = resume_key(config)
