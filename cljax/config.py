@@ -259,9 +259,15 @@ def absent_settings(recorded: dict) -> dict[str, Any]:
 def differing_settings(recorded: dict, config: Config) -> list[str]:
     """Names of the settings whose recorded value differs. A setting the record lacks takes the
     value it declares for older runs (``absent``), else today's default."""
+    return sorted(setting_differences(recorded, config))
+
+
+def setting_differences(recorded: dict, config: Config) -> dict[str, tuple[Any, Any]]:
+    """Setting name -> (recorded value, value in ``config``) for the settings that differ, read
+    as :func:`differing_settings` reads them."""
     try:
         old = resume_key(Config.from_flat({**recorded, **absent_settings(recorded)}))
     except (CljaxError, TypeError) as exc:
         raise CljaxError(f"the recorded settings cannot be read by this version of cljax ({exc}).") from None
     new = resume_key(config)
-    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    return {k: (old.get(k), new.get(k)) for k in set(old) | set(new) if old.get(k) != new.get(k)}

@@ -20,7 +20,7 @@ import numpy as np
 
 from cljax.budget import Budget, choose_eval_chunk, disk_files_per_task, disk_run_files
 from cljax.checkpoint import CHECKPOINT, RUN_RECORD, load_learner, read_run_record, save_learner, write_run_record
-from cljax.config import SCHEMA_VERSION, Config, differing_settings
+from cljax.config import SCHEMA_VERSION, Config, setting_differences
 from cljax.data import load_dataset
 from cljax.devices.distributed import is_writer, maybe_initialize_distributed
 from cljax.devices.memory import live_device_bytes, rss_bytes
@@ -191,11 +191,12 @@ def _check_target(algo_dir: Path, config: Config, overwrite: bool) -> bool:
         raise CljaxError(
             f"{algo_dir} holds files that are not a cljax run: pass --overwrite to replace them or choose another --results-dir."
         )
-    differ = differing_settings(recorded, config)
+    differ = setting_differences(recorded, config)
     if differ:
+        values = ", ".join(f"{k} recorded {old!r}, now {new!r}" for k, (old, new) in sorted(differ.items()))
         raise CljaxError(
-            f"{algo_dir} holds a run with other settings ({', '.join(differ)}): pass the same arguments to resume it, "
-            f"--overwrite to replace it, or another --results-dir."
+            f"{algo_dir} holds a run with other settings ({', '.join(sorted(differ))}): {values}. Pass the recorded "
+            f"values to resume it (a default may have changed since), --overwrite to replace it, or another --results-dir."
         )
     return True
 
