@@ -14,12 +14,14 @@ import numpy as np
 import pytest
 
 from cljax import results
-from cljax.config import Config, differing_settings
-from cljax.experiment import run_experiment
+from cljax.checkpoint import write_run_record
+from cljax.config import SCHEMA_VERSION, Config, differing_settings, setting_differences
+from cljax.errors import CljaxError
+from cljax.experiment import algo_dir_of, run_experiment
 from cljax.losses import log_probs, weighted_mean
 from cljax.options import make_options
 from cljax.options.replay import draw_replay
-from cljax.options.shrink_perturb import shrink_perturb
+from cljax.options.shrink_perturb import ShrinkPerturbParams, shrink_perturb
 from cljax.options.ul import hebbian_update, layer_input
 from cljax.program import build_task_program
 from cljax.registry import RULES
@@ -434,6 +436,24 @@ def test_shrink_perturb_identity_is_bit_exact(tmp_path):
         option = make_options(with_flat(config, sp_mode=mode), program.parts.net)[0]
         assert_trees_equal(jax.jit(option.task_start)((), params, jax.random.key(2), jnp.int32(1))[1], params)
         assert_trees_equal(jax.jit(option.step_end)((), params, {}, jax.random.key(2), None, None)[1], params)
+
+
+def test_a_run_recorded_with_the_old_shrink_perturb_defaults_resumes_with_them(tmp_path):
+    """run.json records the resolved lam and sigma: a run made with the defaults of before
+    (0.8, 0.01) resumes when they are passed, and a resume without them names the values."""
+    old = dict(add_plasticity=True, sp_lambda=0.8, sp_sigma=0.01)
+    config = config_of(tmp_path, dataset="synthetic", data_dir=None, **old)
+    recorded = config.to_dict()
+    assert differing_settings(recorded, config) == []
+    today = with_flat(config, sp_lambda=ShrinkPerturbParams().lambda_, sp_sigma=ShrinkPerturbParams().sigma)
+    differ = setting_differences(recorded, today)
+    assert differ == {k: (recorded[k], today.to_dict()[k]) for k in ("sp_lambda", "sp_sigma") if recorded[k] != today.to_dict()[k]}
+    if differ:  # the message says what was recorded, so the user can pass it
+        algo_dir = algo_dir_of(config)
+        algo_dir.mkdir(parents=True)
+        write_run_record(algo_dir, recorded, SCHEMA_VERSION)
+        with pytest.raises(CljaxError, match=r"sp_lambda recorded 0\.8, now .*Pass the recorded values"):
+            run_experiment(today, progress=False)
 
 
 # ---- unsupervised learning ------------------------------------------------------------------
