@@ -255,18 +255,39 @@ def resume_key(config: Config, compare_data_dir: bool = True) -> dict[str, Any]:
     return key
 
 
-def differing_settings(recorded: dict, config: Config, recorded_data: str | None = None,
-                       data: str | None = None) -> list[str]:
-    """Names of the settings whose recorded value (filled in with today's defaults) differs.
-    With both data identities (``recorded_data`` from run.json, ``data`` of the data loaded now)
-    the data is compared by content ("data" when it differs), else by --data-dir."""
+def absent_settings(recorded: dict) -> dict[str, Any]:
+    """The settings a record lacks that declare the value runs recorded before them ran with
+    (``param(..., absent=...)``), at that value."""
+    fields = {f.name: f for f in settings_fields(Config)}
+    for registry in (RULES, MODELS, DATASETS, OPTIONS):
+        for entry in registry.entries():
+            fields.update(entry.field_dests())
+    return {dest: f.metadata["absent"] for dest, f in fields.items() if "absent" in f.metadata and dest not in recorded}
+
+
+DATA_DIFFERS = "data (the dataset's contents differ)"
+
+
+def setting_differences(recorded: dict, config: Config, recorded_data: str | None = None,
+                        data: str | None = None) -> dict[str, tuple[Any, Any]]:
+    """Setting name -> (recorded value, value in ``config``) for the settings that differ. A
+    setting the record lacks takes the value it declares for older runs (``absent``), else
+    today's default. With both data identities (``recorded_data`` from run.json, ``data`` of the
+    data loaded now) the data is compared by content (:data:`DATA_DIFFERS` when it differs),
+    else by --data-dir."""
     by_content = recorded_data is not None and data is not None
     try:
-        old = resume_key(Config.from_flat(recorded), not by_content)
+        old = resume_key(Config.from_flat({**recorded, **absent_settings(recorded)}), not by_content)
     except (CljaxError, TypeError, ValueError, AttributeError) as exc:
         raise CljaxError(f"the recorded settings cannot be read by this version of cljax ({exc}).") from None
     new = resume_key(config, not by_content)
-    differ = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    differ = {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
     if by_content and recorded_data != data:
-        differ.append("data (the dataset's contents differ)")
+        differ[DATA_DIFFERS] = (recorded_data, data)
     return differ
+
+
+def differing_settings(recorded: dict, config: Config, recorded_data: str | None = None,
+                       data: str | None = None) -> list[str]:
+    """Names of the settings that differ, as :func:`setting_differences` reads them."""
+    return list(setting_differences(recorded, config, recorded_data, data))

@@ -37,10 +37,20 @@ from cljax.errors import CljaxError
 PLUGINS_ENV = "CLJAX_PLUGINS"
 
 
-def param(default, help: str, *, choices=None, min=None, max=None, flag: str | None = None, aliases: tuple = ()):
-    """A field of a params dataclass (or of Config): default, help text, bounds, flag name."""
-    return field(default=default, metadata={"help": help, "choices": choices, "min": min, "max": max, "flag": flag,
-                                            "aliases": tuple(aliases)})
+_NOT_GIVEN = object()
+
+
+def param(default, help: str, *, choices=None, min=None, max=None, flag: str | None = None, aliases: tuple = (),
+          absent=_NOT_GIVEN):
+    """A field of a params dataclass (or of Config): default, help text, bounds, flag name.
+
+    ``absent``: for a setting added after runs were recorded without it, the value those runs
+    ran with (the behaviour before the setting existed); a resume compares a record that lacks
+    the setting with this value, not with today's default."""
+    metadata = {"help": help, "choices": choices, "min": min, "max": max, "flag": flag, "aliases": tuple(aliases)}
+    if absent is not _NOT_GIVEN:
+        metadata["absent"] = absent
+    return field(default=default, metadata=metadata)
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from cljax.budget import fmt_bytes
 from cljax.checkpoint import CHECKPOINT, RUN_RECORD, read_checkpoint_header, read_run_record
-from cljax.config import Config, differing_settings
+from cljax.config import DATA_DIFFERS, Config, setting_differences
 from cljax.errors import CljaxError, DamagedFile
 from cljax.host import usable_cores
 from cljax.results import (TASK_FILES, file_sha256, load_metadata, npy_header, safe_load_pickle, task_dir_name,
@@ -90,11 +90,12 @@ def inspect_run(algo_dir: Path, config: Config, data_id: str | None, overwrite: 
     if record is None:
         raise CljaxError(f"{algo_dir} holds files that are not a cljax run: choose another --results-dir, or pass "
                          f"--overwrite to replace them (it {_deletes(n_dirs)}).")
-    differ = differing_settings(record["config"], config, record.get("data"), data_id)
+    differ = setting_differences(record["config"], config, record.get("data"), data_id)
     if differ:
-        raise CljaxError(f"{algo_dir} holds a run with other settings ({', '.join(differ)}): pass the same arguments "
-                         f"to resume it, choose another --results-dir, or pass --overwrite to replace it (it "
-                         f"{_deletes(n_dirs)}).")
+        values = "; ".join(f"{k} recorded {old!r}, now {new!r}" for k, (old, new) in differ.items() if k != DATA_DIFFERS)
+        raise CljaxError(f"{algo_dir} holds a run with other settings ({', '.join(differ)}){': ' + values if values else ''}. "
+                         f"Pass the recorded values to resume it (a default may have changed since), choose another "
+                         f"--results-dir, or pass --overwrite to replace it (it {_deletes(n_dirs)}).")
     run_id, T = record.get("run_id"), config.num_tasks
     # Hashing reads every finished file once: folders in parallel (hashlib releases the GIL).
     with ThreadPoolExecutor(max_workers=max(1, min(8, usable_cores()))) as pool:

@@ -14,18 +14,20 @@ import numpy as np
 import pytest
 
 from cljax import results
-from cljax.config import Config
-from cljax.experiment import run_experiment
-from cljax.losses import log_probs
+from cljax.checkpoint import write_run_record
+from cljax.config import SCHEMA_VERSION, Config, differing_settings, setting_differences
+from cljax.errors import CljaxError
+from cljax.experiment import algo_dir_of, run_experiment
+from cljax.losses import log_probs, weighted_mean
 from cljax.options import make_options
 from cljax.options.replay import draw_replay
-from cljax.options.shrink_perturb import shrink_perturb
+from cljax.options.shrink_perturb import ShrinkPerturbParams, shrink_perturb
 from cljax.options.ul import hebbian_update, layer_input
 from cljax.program import build_task_program
 from cljax.registry import RULES
 from cljax.rules import make_rule
 from cljax.rules.bio import feedback_interceptor
-from cljax.rules.rl import rewards, sample_actions
+from cljax.rules.rl import RLParams, rewards, sample_actions
 from tests.conftest import FASHION_DIR, apply_fn_of, init_params_of, small_config
 
 IMAGE_SHAPE = (28, 28)  # Fashion-MNIST
@@ -132,7 +134,7 @@ def test_rewards_and_the_uniform_policy_baseline(tmp_path):
 
 
 def test_rl_is_reinforce_with_a_running_baseline(tmp_path):
-    config = config_of(tmp_path, algorithm="RL", rl_baseline_decay=0.7, rl_entropy=0.3)
+    config = config_of(tmp_path, algorithm="RL", rl_baseline_decay=0.7, rl_entropy=0.3, rl_logit_penalty=0.05)
     program = program_of(config)
     net = program.parts.net
     rule = make_rule(config, net)
@@ -147,14 +149,113 @@ def test_rl_is_reinforce_with_a_running_baseline(tmp_path):
     actions = sample_actions(key, log_probs(logits))
     r = np.where(np.asarray(actions) == np.asarray(y), 1.0, 0.0)
     np.testing.assert_allclose(new_state["baseline"], 0.7 * 0.25 + 0.3 * r.mean(), rtol=1e-6)
-    # Head layer (one sigmoid output): d log pi(a) / dz = a - p and dH / dz = -z p (1 - p), so
-    # the head kernel's direction is -mean(((r - b) (a - p) - beta z p (1 - p)) hidden).
+    # Head layer (one sigmoid output): d log pi(a) / dz = a - p, dH / dz = -z p (1 - p) and
+    # d z^2 / dz = 2 z, so the head kernel's direction is
+    # -mean(((r - b) (a - p) - beta z p (1 - p) - 2 beta_z z) hidden).
     z = np.asarray(logits[:, 0], np.float64)
     p = 1 / (1 + np.exp(-z))
-    coef = (r - 0.25) * (np.asarray(actions) - p) - 0.3 * z * p * (1 - p)
+    coef = (r - 0.25) * (np.asarray(actions) - p) - 0.3 * z * p * (1 - p) - 2 * 0.05 * z
     np.testing.assert_allclose(direction["head"]["kernel"][:, 0], -(coef[:, None] * np.asarray(hidden)).mean(0), rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(direction["head"]["bias"][0], -coef.mean(), rtol=1e-4, atol=1e-6)
     assert metrics["loss"] > 0 and 0 <= metrics["acc"] <= 1
+
+
+class LinearPolicy:
+    """A tiny stand-in for ``cljax.models.Net``: logits = x W + c, the hidden layer is x."""
+
+    state_collections = ()
+
+    @staticmethod
+    def apply(params, model_state, x, train):
+        return x @ params["w"] + params["c"], x, model_state
+
+
+def rl_direction(out_dim=1, **settings):
+    """The RL rule's direction for the linear policy, compiled, with these RLParams."""
+    rule = RULES["RL"].build(RLParams(**settings), None, LinearPolicy())
+    return jax.jit(functools.partial(rule.direction, LinearPolicy()))
+
+
+@pytest.mark.parametrize("out_dim", [1, 2])
+def test_rl_logit_penalty_gradient_is_by_hand(out_dim):
+    """The penalty adds 2 beta_z <z dz/dtheta>, z = log pi(1) - log pi(0) (z1 - z0 with two outputs)."""
+    x = jax.random.normal(jax.random.key(0), (16, 3))
+    params = {"w": jax.random.normal(jax.random.key(1), (3, out_dim)), "c": jnp.full((out_dim,), 0.3)}
+    y, w_B, key, state = (jnp.arange(16) % 2).astype(jnp.int32), jnp.ones(16), jax.random.key(2), {"baseline": jnp.float32(0.5)}
+    with_penalty = rl_direction(out_dim, logit_penalty=0.07)(params, {}, state, x, y, w_B, key)[0]
+    without = rl_direction(out_dim, logit_penalty=0.0)(params, {}, state, x, y, w_B, key)[0]
+    logits = np.asarray(x @ params["w"] + params["c"], np.float64)
+    z = logits[:, 0] if out_dim == 1 else logits[:, 1] - logits[:, 0]
+    dz = np.array([1.0]) if out_dim == 1 else np.array([-1.0, 1.0])  # dz / dlogits
+    expected_w = 2 * 0.07 * (z[:, None] * np.asarray(x)).mean(0)[:, None] * dz
+    np.testing.assert_allclose(with_penalty["w"] - without["w"], expected_w, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(with_penalty["c"] - without["c"], 2 * 0.07 * z.mean() * dz, rtol=1e-4, atol=1e-6)
+
+
+def test_rl_without_logit_penalty_is_the_previous_rule_bit_for_bit(tmp_path):
+    """--rl-logit-penalty 0 is the rule as it was before the penalty, bit for bit."""
+    config = config_of(tmp_path, algorithm="RL", rl_logit_penalty=0.0)
+    program = program_of(config)
+    net = program.parts.net
+    direction, _, init = jitted(make_rule(config, net), program)
+    params, (x, y), key = init(jax.random.key(0)), fashion_batch(32), jax.random.key(3)
+    state, w_B = {"baseline": jnp.float32(0.25)}, jnp.ones(32)
+
+    @jax.jit
+    def previous_direction(params):  # the surrogate of the rule before the penalty, verbatim
+        def surrogate(p):
+            logits, _, _ = net.apply(p, {}, x, True)
+            lp_B2 = log_probs(logits)
+            actions_B = sample_actions(key, jax.lax.stop_gradient(lp_B2))
+            reward_B = rewards(actions_B, y, "01")
+            lp_action_B = jnp.take_along_axis(lp_B2, actions_B[:, None], axis=-1)[:, 0]
+            objective = weighted_mean((reward_B - 0.25) * lp_action_B, w_B)
+            entropy_B = -(jnp.exp(lp_B2) * lp_B2).sum(-1)
+            return -(objective + 0.2 * weighted_mean(entropy_B, w_B))
+
+        return jax.grad(surrogate)(params)
+
+    assert_trees_equal(direction(net, params, {}, state, x, y, w_B, key)[0], previous_direction(params))
+
+
+def test_rl_logit_penalty_brings_a_saturated_policy_back():
+    """A policy saturated at z = 20 on every input is at chance on a balanced task. REINFORCE and
+    the entropy bonus give it a direction of order e^-20; the penalty's is of order 2 beta_z z,
+    towards z = 0, and the policy then learns the task."""
+    y = (jnp.arange(64) % 2).astype(jnp.int32)  # balanced: a constant policy is at 0.5
+    x = jax.random.normal(jax.random.key(0), (64, 4))
+    x = x.at[:, 0].set(jnp.abs(x[:, 0]) * (2 * y - 1))  # the label is the sign of x0
+    saturated = {"w": jnp.zeros((4, 1)), "c": jnp.full((1,), 20.0)}
+    state, w_B = {"baseline": jnp.float32(0.5)}, jnp.ones(64)
+    stuck = rl_direction(logit_penalty=0.0)(saturated, {}, state, x, y, w_B, jax.random.key(1))[0]
+    pulled = rl_direction(logit_penalty=0.01)(saturated, {}, state, x, y, w_B, jax.random.key(1))[0]
+    assert max(float(jnp.abs(g).max()) for g in jax.tree.leaves(stuck)) < 1e-6
+    np.testing.assert_allclose(pulled["c"], 2 * 0.01 * 20.0, rtol=1e-5)  # descent lowers z
+    np.testing.assert_allclose(pulled["w"][:, 0], 2 * 0.01 * 20.0 * x.mean(0), rtol=1e-4, atol=1e-6)
+
+    def train(logit_penalty, steps=600, lr=1.0):
+        direction = rl_direction(logit_penalty=logit_penalty)
+
+        def step(carry, key):
+            params, state = carry
+            d, state, _, _ = direction(params, {}, state, x, y, w_B, key)
+            return (jax.tree.map(lambda p, g: p - lr * g, params, d), state), None
+
+        (params, _), _ = jax.lax.scan(step, (saturated, state), jax.random.split(jax.random.key(2), steps))
+        return float(((x @ params["w"] + params["c"])[:, 0] > 0).astype(jnp.int32).__eq__(y).mean())
+
+    assert train(0.0) == 0.5  # stays at chance (entropy bonus at its default)
+    assert train(0.01) >= 0.9
+
+
+def test_resume_compares_a_missing_logit_penalty_with_the_rule_before_it():
+    """A run recorded before --rl-logit-penalty existed ran without it: it resumes with
+    --rl-logit-penalty 0, and is not silently continued with today's default."""
+    recorded = Config(algorithm="RL").to_dict()
+    del recorded["rl_logit_penalty"]
+    assert differing_settings(recorded, Config(algorithm="RL")) == ["rl_logit_penalty"]
+    assert differing_settings(recorded, Config.from_flat(algorithm="RL", rl_logit_penalty=0.0)) == []
+    assert differing_settings(Config(algorithm="RL").to_dict(), Config(algorithm="RL")) == []
 
 
 def test_bio_is_the_three_factor_rule_with_fixed_random_feedback(tmp_path):
@@ -344,6 +445,24 @@ def test_shrink_perturb_identity_is_bit_exact(tmp_path):
         option = make_options(with_flat(config, sp_mode=mode), program.parts.net)[0]
         assert_trees_equal(jax.jit(option.task_start)((), params, jax.random.key(2), jnp.int32(1))[1], params)
         assert_trees_equal(jax.jit(option.step_end)((), params, {}, jax.random.key(2), None, None)[1], params)
+
+
+def test_a_run_recorded_with_the_old_shrink_perturb_defaults_resumes_with_them(tmp_path):
+    """run.json records the resolved lam and sigma: a run made with the defaults of before
+    (0.8, 0.01) resumes when they are passed, and a resume without them names the values."""
+    old = dict(add_plasticity=True, sp_lambda=0.8, sp_sigma=0.01)
+    config = config_of(tmp_path, dataset="synthetic", data_dir=None, **old)
+    recorded = config.to_dict()
+    assert differing_settings(recorded, config) == []
+    today = with_flat(config, sp_lambda=ShrinkPerturbParams().lambda_, sp_sigma=ShrinkPerturbParams().sigma)
+    differ = setting_differences(recorded, today)
+    assert differ == {k: (recorded[k], today.to_dict()[k]) for k in ("sp_lambda", "sp_sigma") if recorded[k] != today.to_dict()[k]}
+    if differ:  # the message says what was recorded, so the user can pass it
+        algo_dir = algo_dir_of(config)
+        algo_dir.mkdir(parents=True)
+        write_run_record(algo_dir, recorded, SCHEMA_VERSION)
+        with pytest.raises(CljaxError, match=r"sp_lambda recorded 0\.8, now .*Pass the recorded values"):
+            run_experiment(today, progress=False)
 
 
 # ---- unsupervised learning ------------------------------------------------------------------

@@ -1,5 +1,5 @@
-"""RL: REINFORCE with a running reward baseline (Williams 1992) and an entropy bonus (Williams &
-Peng 1991), one action per example.
+"""RL: REINFORCE with a running reward baseline (Williams 1992), an entropy bonus (Williams &
+Peng 1991) and a penalty on the policy's log-odds, one action per example.
 
 The network's output is read as a policy over the two labels, ``pi = softmax(log_probs(logits))``
 (``cljax.losses.log_probs``: sigmoid for one output, softmax for two). For each example of the
@@ -7,19 +7,25 @@ batch (weights w_b, see the rule contract; <f> = sum_b w_b f_b / sum_b w_b):
 
     a_b ~ pi(. | x_b)                                  one action, drawn from the step's key
     r_b = 1[a_b == y_b]          (--rl-reward 01)      or  2 * 1[a_b == y_b] - 1   (pm1)
-    direction = -( <(r - b) grad log pi(a | x)>  +  beta grad <H(pi(. | x))> )
+    z_b = log pi(1 | x_b) - log pi(0 | x_b)            the log-odds (the logit with one output)
+    direction = -( <(r - b) grad log pi(a | x)>  +  beta grad <H(pi(. | x))>  -  beta_z grad <z^2> )
     b <- d * b + (1 - d) * <r>                         (d = --rl-baseline-decay)
 
 ``direction`` is the negative REINFORCE estimate of the gradient of the expected reward plus
-the entropy bonus (the optimiser subtracts lr * direction, so it ascends them). The baseline b
-is per repeat (the rule state, a scalar), starts at the expected reward of the uniform policy
-(0.5 for 01, 0 for pm1), and is updated after the direction is computed with it.
+the entropy bonus minus the log-odds penalty (the optimiser subtracts lr * direction, so it
+ascends the first two and descends the penalty). The baseline b is per repeat (the rule state,
+a scalar), starts at the expected reward of the uniform policy (0.5 for 01, 0 for pm1), and is
+updated after the direction is computed with it.
 
-Why the entropy bonus (beta = ``--rl-entropy``, default 0.2): in expectation over a_b the
-REINFORCE direction is pi(y|x) times the cross-entropy gradient, so it vanishes where a policy
-made confident by an earlier task is confidently wrong on the new one. The bonus keeps the
-policy's confidence on a training image bounded (at most sigmoid(1 / beta) with the 01 reward),
-which the greedy accuracy does not see.
+Why two regularisers. In expectation over a_b the REINFORCE direction on z is pi(1 - pi) times
+the cross-entropy's (whatever b), and the entropy bonus's, beta z pi(1 - pi), carries the same
+factor: both vanish where the policy is saturated, pi(1 - pi) ~ e^-|z|. The entropy bonus
+(beta = ``--rl-entropy``) makes |z| = 1 / beta a fixed point on a training image but cannot pull
+back an image whose |z| is already large, such as the first images of a new task seen by a
+network made confident by the earlier ones; a policy confidently wrong there stays at chance.
+The log-odds penalty (beta_z = ``--rl-logit-penalty``) has gradient 2 beta_z z, which grows with
+|z| instead of vanishing: it bounds the confidence and brings a saturated policy back to where
+REINFORCE learns. beta_z = 0 is the rule without it, bit for bit.
 
 The training metrics are those of SL (negative log-likelihood of the label, greedy accuracy), so
 RL and SL curves are comparable; test accuracy is greedy as for every rule.
@@ -46,6 +52,9 @@ class RLParams:
     baseline_decay: float = param(0.9, "RL: decay d of the running reward baseline, b <- d*b + (1-d)*batch mean reward",
                                   min=0.0, max=1.0)
     entropy: float = param(0.2, "RL: weight beta of the policy-entropy bonus added to the REINFORCE objective", min=0.0)
+    logit_penalty: float = param(0.01, "RL: weight beta_z of the penalty beta_z * <z^2> on the policy's log-odds "
+                                 "z = log pi(1) - log pi(0), subtracted from the REINFORCE objective", min=0.0,
+                                 absent=0.0)
 
 
 def sample_actions(key, log_probs_B2):
@@ -61,8 +70,8 @@ def rewards(actions_B, labels_B, reward_kind: str):
 
 @register_rule("RL", params=RLParams, default_lr=0.1)
 def make_rl(params: RLParams, config, net) -> Rule:
-    """REINFORCE with a running reward baseline and an entropy bonus."""
-    reward_kind, decay, beta = params.reward, params.baseline_decay, params.entropy
+    """REINFORCE with a running reward baseline, an entropy bonus and a log-odds penalty."""
+    reward_kind, decay, beta, beta_z = params.reward, params.baseline_decay, params.entropy, params.logit_penalty
     r_correct, r_wrong = REWARDS[reward_kind]
 
     def init(model_params, key):
@@ -82,6 +91,9 @@ def make_rl(params: RLParams, config, net) -> Rule:
             if beta:
                 entropy_B = -(jnp.exp(lp_B2) * lp_B2).sum(-1)
                 objective = objective + beta * weighted_mean(entropy_B, weights_B)
+            if beta_z:
+                log_odds_B = lp_B2[:, 1] - lp_B2[:, 0]
+                objective = objective - beta_z * weighted_mean(log_odds_B ** 2, weights_B)
             return -objective, (logits, reward_B, new_state)
 
         grads, (logits, reward_B, new_state) = jax.grad(surrogate, has_aux=True)(model_params)
