@@ -354,16 +354,21 @@ def _summary_row(t: int, arrays: dict) -> dict:
     }
 
 
+PROBE_TASKS = 32
+
+
 def _probe_earlier(t: int, arrays: dict) -> float:
     """Mean accuracy of a linear probe on the earlier tasks' saved representations at the last
     snapshot (``cljax.analysis.probe``): what the representation still separates, beside what the
-    shared head reads out. NaN for task 0, or with fewer than 4 saved images per task."""
+    shared head reads out. At most PROBE_TASKS earlier tasks, evenly spaced, so the host's work
+    per task stays bounded (`cljax analyze` probes all). NaN for task 0 or under 4 saved images."""
     reps, labels = arrays.get("representations"), arrays.get("binary_labels")
     if t == 0 or reps is None or labels is None or reps.shape[-2] < 4:
         return float("nan")
     from cljax.analysis.probe import probe_accuracy  # numpy only; imported when first needed
 
-    acc = probe_accuracy(np.asarray(reps[-1, :, :t], np.float32), np.asarray(labels[-1, :, :t]))
+    tasks = np.unique(np.linspace(0, t - 1, min(t, PROBE_TASKS)).round().astype(int))
+    acc = probe_accuracy(np.asarray(reps[-1][:, tasks], np.float32), np.asarray(labels[-1][:, tasks]))
     return float(np.nanmean(acc)) if np.isfinite(acc).any() else float("nan")
 
 

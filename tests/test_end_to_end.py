@@ -200,7 +200,7 @@ def test_run_table_gives_the_probe_beside_the_head(small_run):
     assert np.isnan(run.summary[0]["probe_earlier"])  # no earlier task
     for t, d in enumerate(results.task_dirs(run.algo_dir)[1:], start=1):
         reps, labels = results.load_representations(d)[-1], results.load_binary_labels(d)[-1]
-        expected = probe_accuracy(reps[:, :t], labels[:, :t]).mean()
+        expected = probe_accuracy(reps[:, :t], labels[:, :t]).mean()  # T = 3: every earlier task
         assert run.summary[t]["probe_earlier"] == pytest.approx(expected, abs=1e-12)
         assert 0.5 <= run.summary[t]["probe_earlier"] <= 1.0
         head = results.load_metrics(d)["test_acc"][-1][:, :t].mean()
