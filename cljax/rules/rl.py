@@ -17,9 +17,9 @@ ascends the first two and descends the penalty). The baseline b is per repeat (t
 a scalar), starts at the expected reward of the uniform policy (0.5 for 01, 0 for pm1), and is
 updated after the direction is computed with it.
 
-Why two regularisers. In expectation over a_b the REINFORCE direction on z is pi(1 - pi) times
-the cross-entropy's (whatever b), and the entropy bonus's, beta z pi(1 - pi), carries the same
-factor: both vanish where the policy is saturated, pi(1 - pi) ~ e^-|z|. The entropy bonus
+Why two regularisers. In expectation over a_b the REINFORCE direction on z is pi(y | x) times
+the cross-entropy's, +-pi(1 - pi) whatever b, and the entropy bonus's, beta z pi(1 - pi), carries
+the same factor: both vanish where the policy is saturated, pi(1 - pi) ~ e^-|z|. The entropy bonus
 (beta = ``--rl-entropy``) makes |z| = 1 / beta a fixed point on a training image but cannot pull
 back an image whose |z| is already large, such as the first images of a new task seen by a
 network made confident by the earlier ones; a policy confidently wrong there stays at chance.
