@@ -261,6 +261,7 @@ def disk_files_per_task(b: Budget, schedule: np.ndarray | None = None, class_nam
         "representations.npy": npy_bytes((L, R, T, S, pb.hidden), rep_dtype),
         "binary_labels.npy": npy_bytes((L, R, T, S), np.uint8),
         "weights.npy": npy_bytes((L, R), _weights_dtype(b)),
+        "start_weights.npy": npy_bytes((R,), _weights_dtype(b)),
         "metrics.pkl": len(pickle.dumps(metrics, protocol=4)),
         "expert_metrics.pkl": len(pickle.dumps(expert, protocol=4)),
         "metadata.json": _metadata_estimate(b, schedule, class_names),
@@ -287,7 +288,8 @@ def _metadata_estimate(b: Budget, schedule, class_names) -> int:
 
 
 def disk_run_files(b: Budget) -> dict:
-    """Files beside the task folders: the run record and the learner checkpoint (npz)."""
+    """Files beside the task folders: the run record, the learner checkpoint (npz) and the
+    initial network (initial/: weights.npy exact, its metadata.json estimated at 1 KiB)."""
     from cljax.checkpoint import CHECKPOINT, RUN_RECORD
 
     record = len(json.dumps({"schema": 2, "config": b.config.to_dict()}, indent=1, sort_keys=True))
@@ -295,7 +297,8 @@ def disk_run_files(b: Budget) -> dict:
     # npz = a zip of .npy members (stored, zip64): about 200 bytes of zip headers per member.
     members = [npy_bytes(*_host_shape_dtype(leaf)) + 200 for leaf in jax.tree.leaves(learner)]
     members.append(npy_bytes((), np.int64) + 200)  # next_task
-    return {RUN_RECORD: record, CHECKPOINT: sum(members) + 22}
+    return {RUN_RECORD: record, CHECKPOINT: sum(members) + 22,
+            "initial/": npy_bytes((b.config.n_repeats,), _weights_dtype(b)) + 1024}
 
 
 

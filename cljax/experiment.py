@@ -31,8 +31,9 @@ from cljax.errors import CljaxError
 from cljax.faults import crash_point
 from cljax.program import build_task_program
 from cljax.results import EXPERT_KEYS, task_dir_name, weights_layout, weights_to_structured, write_task
+from cljax.initial_state import INITIAL, initial_arrays, write_initial
 from cljax.run_folder import (RunLock, block_size, check_disk, clear_run, inspect_run, on_disk,
-                              remove_stale_temporaries)
+                              remove_stale_temporaries, verify_task_dir, warn_if_other_split)
 from cljax.step import KEY_TASKS
 from cljax.tasks import TaskData, make_schedule
 
@@ -99,8 +100,9 @@ def run_experiment(
     run_files = disk_run_files(budget)
     ckpt_disk = on_disk([run_files[CHECKPOINT]], block)
     record_disk = on_disk([run_files[RUN_RECORD] + 512, 256], block) if found.record is None else 0
-    check_disk(algo_dir, task_disk + ckpt_disk + record_disk,
-               "the first task (its folder, the checkpoint's new copy and run.json)")
+    initial_disk = on_disk([run_files["initial/"] - 1024, 1024], block) + block  # weights.npy, metadata.json, folder
+    check_disk(algo_dir, task_disk + ckpt_disk + record_disk + initial_disk,
+               "the first task (its folder, the checkpoint's new copy, run.json and initial/)")
 
     # Every check has passed: from here on the folder is locked and written.
     with RunLock(algo_dir) if is_writer() else contextlib.nullcontext():
@@ -110,7 +112,7 @@ def run_experiment(
         split = _split(program)
         run_id = found.record.get("run_id") if found.record is not None else new_run_id()
         if found.record is not None:
-            _warn_if_other_split(found.record.get("split"), split, found.next_task)
+            warn_if_other_split(found.record.get("split"), split, found.next_task)
         with critical, _disk_errors(algo_dir, found.next_task):
             if is_writer():  # multi-host: every process computes, process 0 writes
                 if found.record is None:
@@ -132,6 +134,11 @@ def _train(config, data, task_data, schedule, program, chunk_tasks, found, algo_
     root_key = jax.random.key(config.seed)
     tasks_key = jax.random.fold_in(root_key, KEY_TASKS)
     learner = shard_repeats(program.init_learner(root_key))  # R split over the devices
+    # A function of the seed alone: a resume of a run from before initial/ existed writes it too.
+    initial = initial_arrays(*fetch((learner.params, learner.model_state)))
+    if is_writer() and verify_task_dir(algo_dir / INITIAL, -1, run_id, hashes=True) is not None:
+        with critical, _disk_errors(algo_dir, found.next_task):
+            write_initial(algo_dir, initial, run_id)
     first_task = 0
     if found.record is not None and found.next_task > 0:
         learner, first_task = load_learner(algo_dir, learner)
@@ -217,23 +224,6 @@ def _split(program) -> dict:
             "lowering": program.lowering.record()}
 
 
-def _warn_if_other_split(recorded: dict | None, split: dict, next_task: int) -> None:
-    if recorded is None or recorded == split:
-        return
-    hint = ""
-    if recorded.get("backend") == split["backend"] == "cpu" and recorded.get("devices") != split["devices"]:
-        hint = f"; to keep it, rerun with CLJAX_CPU_DEVICES={recorded.get('devices')}"
-    print(f"warning: this run started on {_describe(recorded)} and continues on {_describe(split)}: from task "
-          f"{next_task} on its numbers can differ from an uninterrupted run's in the last bits (recorded in each "
-          f"task's metadata.json){hint}.", file=sys.stderr)
-
-
-def _describe(split: dict) -> str:
-    lowering = split.get("lowering") or {}
-    return (f"{split.get('devices')} {split.get('backend')} device(s) x {split.get('processes')} process(es), "
-            f"{lowering.get('conv', '?')} convolutions, repeats {lowering.get('repeats', '?')}")
-
-
 @contextlib.contextmanager
 def _disk_errors(algo_dir: Path, t: int):
     """A full disk or quota while writing: one line; the files on disk are still whole."""
@@ -282,6 +272,7 @@ def _task_arrays(config: Config, trace: dict, acc, loss, reps):
         "representations": np.asarray(reps[1:]),
         "binary_labels": binary_labels,
         "weights": weights_to_structured(jax.tree.map(lambda w: w[1:], trace["weights"])),
+        "start_weights": weights_to_structured(jax.tree.map(lambda w: w[0], trace["weights"]), lead=1),
         "model_state": weights_to_structured(jax.tree.map(lambda w: w[1:], state)) if jax.tree.leaves(state) else None,
         "metrics": metrics,
         "expert_metrics": expert,
@@ -290,6 +281,7 @@ def _task_arrays(config: Config, trace: dict, acc, loss, reps):
         "representations": list(arrays["representations"].shape),
         "binary_labels": list(binary_labels.shape),
         "weights": list(arrays["weights"].shape),
+        "start_weights": list(arrays["start_weights"].shape),
         **({"model_state": list(arrays["model_state"].shape)} if arrays["model_state"] is not None else {}),
         **{f"metrics.{k}": list(np.shape(v)) for k, v in metrics.items()},
         **{f"expert_metrics.{k}": list(np.shape(v)) for k, v in expert.items()},

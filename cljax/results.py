@@ -4,6 +4,8 @@
         representations.npy  (L, R, T, S, H) float32 (or float16; bfloat16 stored as uint16 bits)
         binary_labels.npy    (L, R, T, S) uint8
         weights.npy          (L, R) structured dtype, one field per parameter ("conv1/kernel", ...)
+        start_weights.npy    (R,) the same fields: the weights this task's training started from,
+                             after the task-start options (shrink+perturb); absent in older runs
         metrics.pkl          dict of numpy arrays (see METRICS_KEYS)
         expert_metrics.pkl   dict of numpy arrays (train_loss, train_acc, test_loss, test_acc), (L, R)
         metadata.json        config, class pairs, shapes, log steps, versions, device, timings,
@@ -36,10 +38,13 @@ TASK_FILES = (
     "representations.npy",
     "binary_labels.npy",
     "weights.npy",
+    "start_weights.npy",
     "metrics.pkl",
     "expert_metrics.pkl",
     "metadata.json",
 )
+# Files added to the format later: a folder written before them lacks them and is still whole.
+LATER_TASK_FILES = ("start_weights.npy",)
 EXPERT_KEYS = ("train_loss", "train_acc", "test_loss", "test_acc")
 _TASK_DIR = re.compile(r"^task_(\d{3,})$")
 
@@ -103,24 +108,30 @@ def weights_layout(arr: np.ndarray) -> list[dict]:
 # ---- writer -----------------------------------------------------------------------------------
 def write_task(algo_dir: Path, task: int, arrays: dict[str, Any], metadata: dict) -> Path:
     """Write one task folder atomically. ``arrays`` holds representations, binary_labels,
-    weights (structured), metrics (dict), expert_metrics (dict)."""
-    final = algo_dir / task_dir_name(task)
-    tmp = algo_dir / f".{task_dir_name(task)}.tmp-{os.getpid()}"
+    weights and start_weights (structured), model_state (structured or None), metrics (dict),
+    expert_metrics (dict)."""
+    reps_on_disk, storage = representations_on_disk(np.asarray(arrays["representations"]))
+    # model_state: only a model with mutable state (BatchNorm statistics) has one
+    npys = {"representations": reps_on_disk,
+            **{k: arrays.get(k) for k in ("binary_labels", "weights", "start_weights", "model_state")}}
+    pickles = {k: arrays[k] for k in ("metrics", "expert_metrics")}
+    return write_folder(algo_dir, task_dir_name(task), npys, pickles,
+                        {**metadata, "representations_storage": storage}, task=task)
+
+
+def write_folder(algo_dir: Path, name: str, npys: dict, pickles: dict, metadata: dict, task: int = -1) -> Path:
+    """Write folder ``algo_dir/name`` atomically: each array of ``npys`` (None: skipped) as .npy,
+    each dict of ``pickles`` as .pkl, and metadata.json with the size and sha256 of every file
+    ("files", what a resume checks before it builds on the folder, cljax/run_folder.py)."""
+    final, tmp = algo_dir / name, algo_dir / f".{name}.tmp-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    reps_on_disk, storage = representations_on_disk(np.asarray(arrays["representations"]))
-    files = {"representations.npy": _save_npy(tmp / "representations.npy", reps_on_disk)}
-    for name in ("binary_labels", "weights"):
-        files[f"{name}.npy"] = _save_npy(tmp / f"{name}.npy", arrays[name])
-    if arrays.get("model_state") is not None:  # a model with mutable state (BatchNorm statistics)
-        files["model_state.npy"] = _save_npy(tmp / "model_state.npy", arrays["model_state"])
+    files = {f"{k}.npy": _save_npy(tmp / f"{k}.npy", v) for k, v in npys.items() if v is not None}
     crash_point("write", task)
-    for name in ("metrics", "expert_metrics"):
-        files[f"{name}.pkl"] = _write_bytes(tmp / f"{name}.pkl", pickle.dumps(arrays[name], protocol=4))
-    # What a resume checks before it builds on this folder (cljax/run_folder.py).
-    metadata = {**metadata, "representations_storage": storage, "files": files}
-    _write_bytes(tmp / "metadata.json", json.dumps(metadata, indent=1, default=_json_default).encode())
+    for k, v in pickles.items():
+        files[f"{k}.pkl"] = _write_bytes(tmp / f"{k}.pkl", pickle.dumps(v, protocol=4))
+    _write_bytes(tmp / "metadata.json", json.dumps({**metadata, "files": files}, indent=1, default=_json_default).encode())
     _fsync_dir(tmp)
     if final.exists():
         shutil.rmtree(final)
@@ -348,7 +359,7 @@ def load_binary_labels(task_dir) -> np.ndarray:
     return load_npy(Path(task_dir) / "binary_labels.npy")
 
 
-def _load_structured(path: Path) -> dict:
+def load_structured(path: Path) -> dict:
     arr = load_npy(path)
     if arr.dtype.names is None:
         raise DamagedFile(path, f"is a plain {arr.dtype} array, not the structured array cljax writes", _DAMAGED)
@@ -357,7 +368,14 @@ def _load_structured(path: Path) -> dict:
 
 def load_weights(task_dir) -> dict:
     """Nested dict {layer: {param: array (L, R, ...)}} from weights.npy."""
-    return _load_structured(Path(task_dir) / "weights.npy")
+    return load_structured(Path(task_dir) / "weights.npy")
+
+
+def load_start_weights(task_dir) -> dict | None:
+    """{layer: {param: (R, ...)}}: the weights the task's training started from (after the
+    task-start options), or None for a folder written before start_weights.npy existed."""
+    path = Path(task_dir) / "start_weights.npy"
+    return load_structured(path) if path.exists() else None
 
 
 def load_model_state(task_dir) -> dict:
@@ -366,7 +384,7 @@ def load_model_state(task_dir) -> dict:
     path = Path(task_dir) / "model_state.npy"
     if not path.exists():
         return {}
-    return _load_structured(path)
+    return load_structured(path)
 
 
 def load_task(task_dir) -> dict:

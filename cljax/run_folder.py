@@ -33,8 +33,9 @@ from cljax.checkpoint import CHECKPOINT, RUN_RECORD, read_checkpoint_header, rea
 from cljax.config import DATA_DIFFERS, Config, setting_differences
 from cljax.errors import CljaxError, DamagedFile
 from cljax.host import usable_cores
-from cljax.results import (TASK_FILES, file_sha256, load_metadata, npy_header, safe_load_pickle, task_dir_name,
-                           task_dirs)
+from cljax.initial_state import INITIAL
+from cljax.results import (LATER_TASK_FILES, TASK_FILES, file_sha256, load_metadata, npy_header, safe_load_pickle,
+                           task_dir_name, task_dirs)
 
 RUN_LOCK = "run.lock"
 ANALYSIS = "analysis"
@@ -139,7 +140,7 @@ def verify_task_dir(task_dir: Path, t: int, run_id: str | None, hashes: bool) ->
         return f"{task_dir} belongs to run {meta.get('run_id')}, not to run {run_id} of run.json"
     files = meta.get("files")
     shapes = meta.get("shapes") if isinstance(meta.get("shapes"), dict) else {}
-    names = list(files) if isinstance(files, dict) else [n for n in TASK_FILES if n != "metadata.json"] + (
+    names = list(files) if isinstance(files, dict) else [n for n in TASK_FILES if n not in ("metadata.json", *LATER_TASK_FILES)] + (
         ["model_state.npy"] if "model_state" in shapes else [])
     for name in names:
         path = task_dir / str(name)
@@ -260,16 +261,36 @@ def _alive(pid: int) -> bool:
     return True
 
 
+# ---- the split a run computes on -------------------------------------------------------------
+def warn_if_other_split(recorded: dict | None, split: dict, next_task: int) -> None:
+    """A resume on another backend, device count or lowering than the run started on: one line."""
+    if recorded is None or recorded == split:
+        return
+    hint = ""
+    if recorded.get("backend") == split["backend"] == "cpu" and recorded.get("devices") != split["devices"]:
+        hint = f"; to keep it, rerun with CLJAX_CPU_DEVICES={recorded.get('devices')}"
+    print(f"warning: this run started on {describe_split(recorded)} and continues on {describe_split(split)}: from "
+          f"task {next_task} on its numbers can differ from an uninterrupted run's in the last bits (recorded in each "
+          f"task's metadata.json){hint}.", file=sys.stderr)
+
+
+def describe_split(split: dict) -> str:
+    lowering = split.get("lowering") or {}
+    return (f"{split.get('devices')} {split.get('backend')} device(s) x {split.get('processes')} process(es), "
+            f"{lowering.get('conv', '?')} convolutions, repeats {lowering.get('repeats', '?')}")
+
+
 # ---- changes, under the lock -------------------------------------------------------------------
 def clear_run(algo_dir: Path) -> None:
     """--overwrite: the checkpoint first (a new run.json must never meet an old checkpoint), then
-    the record, the task folders and the analysis. Other files are left alone."""
+    the record, the task folders, the initial state and the analysis. Other files are left alone."""
     for name in (CHECKPOINT, RUN_RECORD):
         (algo_dir / name).unlink(missing_ok=True)
     for d in task_dirs(algo_dir):
         shutil.rmtree(d)
-    if (algo_dir / ANALYSIS).is_dir():
-        shutil.rmtree(algo_dir / ANALYSIS)
+    for name in (INITIAL, ANALYSIS):
+        if (algo_dir / name).is_dir():
+            shutil.rmtree(algo_dir / name)
     remove_stale_temporaries(algo_dir)
 
 

@@ -66,7 +66,8 @@ class TaskKeys(NamedTuple):
 def train_task(parts: Parts, sizes: Sizes, learner: LearnerState, train_x_N, train_y_N, test_x_N, test_y_N, task_idx,
                keys: TaskKeys):
     """Train the learner and a fresh expert on one task (one repeat). Returns the learner and
-    the trace: weights and model state (L+1, ...) (index 0 = task start, then every snapshot),
+    the trace: weights and model state (L+1, ...) (index 0 = task start, after the task-start
+    options; then every snapshot),
     the learner's train loss/acc (L,), and the expert's train and test (current task) loss/acc (L,)."""
     N, B, LF = train_x_N.shape[0], sizes.batch_size, sizes.log_frequency
     expert = init_expert(parts, keys.expert_init, keys.expert_rule)
@@ -74,8 +75,10 @@ def train_task(parts: Parts, sizes: Sizes, learner: LearnerState, train_x_N, tra
     perms_EN = jax.vmap(lambda k: jax.random.permutation(k, N))(keys.shuffle)
     idx_SB = perms_EN[:, : sizes.batches_per_epoch * B].reshape(sizes.steps, B)
 
-    start = (learner.params, learner.model_state)
+    # Task-start hooks (shrink+perturb at a boundary) come first: the trace's row 0, evaluated as
+    # the task's start and saved as its start weights, is the state this task's training starts from.
     learner = options_hook(parts, "task_start", learner, keys.task_start, task_idx)
+    start = (learner.params, learner.model_state)
 
     def step(carry, step_i):
         learner, expert, sums = carry

@@ -288,6 +288,27 @@ def test_a_moved_run_resumes_byte_identical_and_another_split_is_warned_and_reco
             assert (run_dir / t / name).read_bytes() == (finished / t / name).read_bytes(), (t, name)
 
 
+@pytest.mark.parametrize("damage", ["missing", "flipped"])
+def test_a_resume_writes_a_missing_or_damaged_initial_state_as_the_run_began(made, tmp_path, damage):
+    """A run started before initial/ existed, or whose initial/ is damaged, is not refused: the
+    initialisation is a function of the seed, and the resume writes it again, byte for byte."""
+    from cljax.experiment import run_experiment
+    from cljax.initial_state import INITIAL
+
+    run_dir = copy(made, "partial", tmp_path / "r")
+    if damage == "missing":
+        shutil.rmtree(run_dir / INITIAL)
+    else:
+        raw = bytearray((run_dir / INITIAL / "weights.npy").read_bytes())
+        raw[-1] ^= 0xFF
+        (run_dir / INITIAL / "weights.npy").write_bytes(bytes(raw))
+    resumed = run_experiment(small_config(tmp_path, results_dir=str(tmp_path / "r"), **TINY), progress=False)
+    assert resumed.first_task == 1
+    finished = made["finished"] / RUN_DIR / INITIAL
+    for name in ("weights.npy", "metadata.json"):
+        assert (run_dir / INITIAL / name).read_bytes() == (finished / name).read_bytes(), name
+
+
 # ---- 7. one line for every damaged or hostile input --------------------------------------------------------
 def test_analyze_a_partial_run_reports_undefined_metrics(made, tmp_path, capsys):
     run_dir = copy(made, "partial", tmp_path / "r")
@@ -505,6 +526,7 @@ def test_overwrite_removes_the_previous_analysis_and_starts_a_new_run_id(made, t
     assert not (run_dir / "analysis").exists()
     new_id = json.loads((run_dir / "run.json").read_text())["run_id"]
     assert new_id != old_id and results.load_metadata(run_dir / "task_001")["run_id"] == new_id
+    assert results.load_metadata(run_dir / "initial")["run_id"] == new_id
 
 
 def test_sweep_accepts_every_run_flag_and_hands_them_to_its_jobs(tmp_path, monkeypatch, capsys):

@@ -31,6 +31,7 @@ from cljax.analysis.plasticine import representation_metrics, weight_change, wei
 from cljax.analysis.registry import Analysis, Result, RunContext, TaskFolder, register
 from cljax.analysis.spread import mean_std_axis0, spread
 from cljax.errors import CljaxError
+from cljax.initial_state import load_initial_weights
 
 WEIGHT_KEYS = ("weight_magnitude", "weight_change_task_start", "weight_change_init")
 
@@ -121,8 +122,12 @@ def _cl_finalize(state: dict) -> Result:
 
 # ---- plasticity ------------------------------------------------------------------------------
 def _plasticity_init(ctx: RunContext) -> dict:
+    initial = load_initial_weights(ctx.algo_dir)
+    init_ref = None if initial is None else [np.asarray(x) for x in jax.tree_util.tree_leaves(initial)]
     return {"tau": ctx.options.tau, "T": ctx.n_eval_tasks, "R": ctx.n_repeats, "current": {}, "all": {},
-            "weights": {k: [] for k in WEIGHT_KEYS}, "init_ref": None, "prev_last": None}
+            "weights": {k: [] for k in WEIGHT_KEYS}, "init_ref": init_ref, "prev_last": None,
+            "references": {"init": "initial/weights.npy" if initial is not None else
+                           "first snapshot of task_000 (this run has no initial/ folder)", "task_start": set()}}
 
 
 def _plasticity_update(state: dict, folder: TaskFolder) -> dict:
@@ -139,7 +144,13 @@ def _plasticity_update(state: dict, folder: TaskFolder) -> dict:
     leaves = [np.asarray(x) for x in jax.tree_util.tree_leaves(folder.weights)]
     if state["init_ref"] is None:
         state["init_ref"] = [x[0].copy() for x in leaves]
-    start_ref = state["prev_last"] if state["prev_last"] is not None else state["init_ref"]
+    start = folder.start_weights
+    if start is not None:  # the state this task's training started from, after shrink+perturb
+        start_ref = [np.asarray(x) for x in jax.tree_util.tree_leaves(start)]
+        state["references"]["task_start"].add("start_weights.npy of the task folder")
+    else:
+        start_ref = state["prev_last"] if state["prev_last"] is not None else state["init_ref"]
+        state["references"]["task_start"].add("last snapshot of the previous task folder (no start_weights.npy)")
     track = state["weights"]
     track["weight_magnitude"].append(weight_magnitude(leaves))
     track["weight_change_task_start"].append(weight_change(leaves, start_ref))
@@ -159,6 +170,8 @@ def _plasticity_finalize(state: dict) -> Result:
             "current_task_last_snapshot": {k: over_tasks(v) for k, v in last_snapshot.items()},
             "all_tasks_last_snapshot": {k: over_tasks(v) for k, v in all_tasks.items()},
             "tau": state["tau"],
+            "weight_change_reference": {"init": state["references"]["init"],
+                                        "task_start": sorted(state["references"]["task_start"])},
         }},
         arrays={"plasticity.npz": {**{f"current_{k}": v for k, v in current.items()},
                                    **{f"all_tasks_{k}": v for k, v in all_tasks.items()}, **weights}},
@@ -203,8 +216,11 @@ CONVENTIONS = {
               "plasticity_gap_best = expert's best snapshot - learner's best snapshot on task i",
     "probe": "ridge probe on half of each task's saved test representations, tested on the other half",
     "incomplete_run": "metrics over the n x n block of the completed tasks",
-    "weight_change_task_start": "reference = last stored snapshot of the previous task folder",
-    "weight_change_init": "reference = first stored snapshot of task_000 (initial weights are not saved)",
+    "weight_change_task_start": "reference = the task's start_weights.npy: the weights its training started from, "
+                                "after the task-start options (shrink+perturb); in a folder without it, the last "
+                                "snapshot of the previous task folder",
+    "weight_change_init": "reference = initial/weights.npy, the network before its first step; in a run without "
+                          "it, the first snapshot of task_000",
     "feature_variance": "mean over units of the variance across samples",
 }
 

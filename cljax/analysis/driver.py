@@ -17,9 +17,11 @@ Conventions (also written to the summary):
 - Plasticity metrics use the current task's S test samples at every snapshot of its folder
   (``current_*``, shape (n_tasks, L, R)) and all evaluated tasks' samples at the folder's last
   snapshot (``all_tasks_*``, (n_tasks, R)).
-- Weight change: "task start" is the last stored snapshot of the previous task folder; the
-  results format does not store the initial weights, so "init" (and task 0's "task start") is
-  the first stored snapshot of task_000.
+- Weight change: "task start" is the task folder's start_weights.npy (the weights its training
+  started from, after shrink+perturb); "init" is initial/weights.npy (the network before its
+  first step). Runs written before these files existed fall back to the previous folder's last
+  snapshot and task_000's first snapshot; summary["plasticity"]["weight_change_reference"] says
+  which were used.
 - GLUE at the last snapshot of each task folder: the current task's two class manifolds with the
   task's own dichotomy (P = 2, ``glue_tasks="current"``, or every evaluated task with ``"all"``);
   and the 2T class manifolds of (at most ``glue_across_max_tasks``, evenly spaced) tasks with

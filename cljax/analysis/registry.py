@@ -100,6 +100,12 @@ class TaskFolder:
         """The weights pytree, leaves (L, R, ...)."""
         return results.load_weights(self.path)
 
+    @functools.cached_property
+    def start_weights(self) -> Any:
+        """The weights pytree the task's training started from, leaves (R, ...); None for a
+        folder written before start_weights.npy existed."""
+        return results.load_start_weights(self.path)
+
 
 class Result(NamedTuple):
     """What an analysis hands back.

@@ -1,0 +1,108 @@
+"""Weight change is measured from the true references: the network before its first step
+(initial/, once per run) and the state each task's training starts from (start_weights.npy,
+after shrink+perturb at the boundary). One tiny run with shrink+perturb (lam 0.5, sigma 0, so
+the boundary is exactly a halving) serves every test."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+from cljax import results
+from cljax.analysis import weight_change
+from cljax.initial_state import INITIAL, load_initial_weights
+from tests.conftest import small_config
+
+TINY = dict(dataset="synthetic", synthetic_classes=4, num_tasks=2, n_repeats=2, n_train_per_class=16,
+            n_test_per_class=8, n_subsamples=4, epochs=1, batch_size=16, log_frequency=1,
+            add_plasticity=True, sp_lambda=0.5, sp_sigma=0.0)
+
+
+def leaves(tree) -> list[np.ndarray]:
+    return [np.asarray(x) for x in jax.tree_util.tree_leaves(tree)]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    from cljax.analysis import analyze_run
+    from cljax.experiment import run_experiment
+    from cljax.program import build_task_program
+
+    root = tmp_path_factory.mktemp("init")
+    config = small_config(root, **TINY)
+    algo_dir = run_experiment(config, progress=False).algo_dir
+    init = build_task_program(config, (28, 28)).init_learner(jax.random.key(config.seed))
+    summary = analyze_run(algo_dir, glue=False, make_plots=False)
+    return {"algo_dir": algo_dir, "init": init, "summary": summary}
+
+
+def test_the_initial_network_is_saved_once_and_is_the_initialisation(run):
+    algo_dir = run["algo_dir"]
+    saved = load_initial_weights(algo_dir)
+    assert [x.shape for x in leaves(saved)] == [np.shape(x) for x in leaves(run["init"].params)]
+    for s, want in zip(leaves(saved), leaves(run["init"].params)):
+        np.testing.assert_array_equal(s, want)
+    meta = json.loads((algo_dir / INITIAL / "metadata.json").read_text())
+    assert meta["run_id"] == json.loads((algo_dir / "run.json").read_text())["run_id"]
+    assert sorted(meta["files"]) == ["weights.npy"]  # the CNN has no mutable model state
+    # Task 0 starts from it (no shrink+perturb before the first task); its first snapshot is
+    # already a logging interval away from it.
+    task0 = algo_dir / "task_000"
+    for s, start, first in zip(leaves(saved), leaves(results.load_start_weights(task0)),
+                               leaves(results.load_weights(task0))):
+        np.testing.assert_array_equal(start, s)
+        assert not np.array_equal(first[0], s)
+
+
+def test_a_task_starts_from_the_shrunk_network_and_its_change_is_measured_from_there(run):
+    algo_dir = run["algo_dir"]
+    last0 = [x[-1] for x in leaves(results.load_weights(algo_dir / "task_000"))]
+    start1 = leaves(results.load_start_weights(algo_dir / "task_001"))
+    for s, w in zip(start1, last0):
+        np.testing.assert_allclose(s, np.float32(0.5) * w, rtol=1e-6, atol=0)
+    # Task 1's evaluation at its start is of the halved network, not of task 0's last snapshot.
+    start_acc = results.load_metrics(algo_dir / "task_001")["start_test_acc"]
+    end_acc0 = results.load_metrics(algo_dir / "task_000")["test_acc"][-1]
+    assert start_acc.shape == end_acc0.shape == (2, 2)
+
+    arrays = np.load(algo_dir / "analysis" / "plasticity.npz")
+    w1 = results.load_weights(algo_dir / "task_001")
+    want_task_start = weight_change(leaves(w1), start1)
+    want_init = weight_change(leaves(w1), leaves(load_initial_weights(algo_dir)))
+    np.testing.assert_allclose(arrays["weight_change_task_start"][1], want_task_start, rtol=1e-6)
+    np.testing.assert_allclose(arrays["weight_change_init"][1], want_init, rtol=1e-6)
+    # Measured from task 0's last snapshot instead, the figure would be mostly the halving.
+    from_last = weight_change(leaves(w1), last0)
+    assert (from_last[0] > 2 * want_task_start[0]).all()
+    # The first snapshot of the run has moved from the initialisation (from the first snapshot
+    # itself, the old reference, it read exactly 0).
+    assert (arrays["weight_change_init"][0, 0] > 0).all()
+    refs = run["summary"]["plasticity"]["weight_change_reference"]
+    assert refs == {"init": "initial/weights.npy", "task_start": ["start_weights.npy of the task folder"]}
+
+
+def test_a_run_from_before_these_files_is_analysed_from_its_snapshots_and_says_so(run, tmp_path):
+    from cljax.analysis import analyze_run
+
+    old = tmp_path / "old"
+    shutil.copytree(run["algo_dir"], old)
+    shutil.rmtree(old / INITIAL)
+    shutil.rmtree(old / "analysis")
+    for t in ("task_000", "task_001"):
+        (old / t / "start_weights.npy").unlink()
+        meta = json.loads((old / t / "metadata.json").read_text())
+        del meta["files"]["start_weights.npy"], meta["shapes"]["start_weights"]
+        (old / t / "metadata.json").write_text(json.dumps(meta))
+    summary = analyze_run(old, glue=False, make_plots=False)
+    refs = summary["plasticity"]["weight_change_reference"]
+    assert refs["init"].startswith("first snapshot of task_000")
+    assert refs["task_start"] == ["last snapshot of the previous task folder (no start_weights.npy)"]
+    arrays = np.load(old / "analysis" / "plasticity.npz")
+    assert (arrays["weight_change_init"][0, 0] == 0).all()
+    w0, w1 = leaves(results.load_weights(old / "task_000")), leaves(results.load_weights(old / "task_001"))
+    np.testing.assert_allclose(arrays["weight_change_task_start"][1],
+                               weight_change(w1, [x[-1] for x in w0]), rtol=1e-6)
