@@ -11,7 +11,8 @@ rule, option (e.g. a replay buffer in the learner state) or model is accounted f
 touching this file. Device figures are the arrays a task holds at its high-water mark: the
 learner state, the task's training data, the current test set, the snapshot buffers, the test
 sets of evaluation (all T, or two chunks of K while streaming) and the evaluation outputs (all T,
-or two chunks). XLA's scratch space is estimated separately and roughly, from the model's
+or two chunks); "T" there is the task slots each snapshot evaluates (``--eval-tasks``: T, 1 or the
+window's K). XLA's scratch space is estimated separately and roughly, from the model's
 activations. Disk figures are exact for the .npy files (the header and data sizes follow from
 the shapes), exact for the pickles (pickled at the real shapes), estimated for metadata.json.
 """
@@ -31,6 +32,7 @@ import numpy as np
 
 from cljax.config import Config
 from cljax.errors import CljaxError
+from cljax.eval_tasks import eval_slots, eval_tasks_of
 
 LABEL_DTYPE = np.int32  # labels as TaskData builds them
 HEADROOM = 0.9  # a run may plan for this fraction of the device budget (allocator, runtime)
@@ -90,7 +92,7 @@ def program_bytes(config: Config, program, image_shape: tuple) -> ProgramBytes:
         program.run_task, learner, images(N), labels(N), images(Nt), labels(Nt), sds((), jnp.int32), key
     )
     acc, loss, reps = jax.eval_shape(program.evaluate, (trace["weights"], trace["model_state"]), images(Nt, 1),
-                                     labels(Nt, 1))
+                                     labels(Nt, 1), sds((1,), jnp.int32))
 
     parts = {"params": _bytes(learner.params), "model_state": _bytes(learner.model_state),
              "opt_state": _bytes(learner.opt_state), "rule_state": _bytes(learner.rule_state)}
@@ -126,7 +128,8 @@ def device_components(b: Budget, chunk_tasks: int) -> dict:
     devices, for evaluation in chunks of ``chunk_tasks`` (== T: resident)."""
     config = b.config
     pb = b.pb
-    R, T, N, Nt = config.n_repeats, config.num_tasks, config.n_train, config.n_test
+    R, N, Nt = config.n_repeats, config.n_train, config.n_test
+    T = eval_slots(config)  # the task slots evaluated per task (all T, or a window)
     per_image = math.prod(b.image_shape) + np.dtype(LABEL_DTYPE).itemsize  # uint8 pixels + label
     resident = chunk_tasks >= T
     # Streaming keeps two chunks in flight: one evaluating, the previous one coming back.
@@ -162,7 +165,7 @@ def fit_chunk(b: Budget, device_bytes: int, n_devices: int) -> int:
     """Largest K (T = resident) whose per-device footprint plus scratch fits HEADROOM x budget;
     0 when even K = 1 does not fit."""
     config = b.config
-    T = config.num_tasks
+    T = eval_slots(config)
     usable = HEADROOM * device_bytes
     scratch = _per_device(scratch_bytes(b), n_devices)
 
@@ -201,7 +204,7 @@ def choose_eval_chunk(b: Budget, device_bytes: int | None = None) -> int:
     whole task fits the per-device budget (``device_bytes``, else ``--device-memory``, else what
     the device reports), else the largest K that fits. Used by ``cljax run`` and ``cljax plan``."""
     config = b.config
-    T = config.num_tasks
+    T = eval_slots(config)
     if config.eval_chunk_tasks:
         return min(config.eval_chunk_tasks, T)
     from cljax.devices.mesh import check_repeats, device_count
@@ -249,7 +252,8 @@ def disk_files_per_task(b: Budget, schedule: np.ndarray | None = None, class_nam
     config = b.config
     from cljax.results import EXPERT_KEYS
 
-    L, R, T, S = config.n_logs, config.n_repeats, config.num_tasks, config.n_subsamples
+    L, R, S = config.n_logs, config.n_repeats, config.n_subsamples
+    T = eval_slots(config)  # the saved task axis
     pb = b.pb
     rep_dtype = np.uint16 if config.representation_dtype == "bfloat16" else np.dtype(config.representation_dtype)
     zeros = lambda *shape: np.zeros(shape, np.float32)  # noqa: E731
@@ -269,17 +273,22 @@ def disk_files_per_task(b: Budget, schedule: np.ndarray | None = None, class_nam
 
 
 def _metadata_estimate(b: Budget, schedule, class_names) -> int:
-    """metadata.json: the config, the schedule, the shapes and layout as JSON (indent 1), plus a
-    fixed part (versions, devices, timings, argv, axes) measured at about 1.7 KB."""
+    """metadata.json: the config, the schedule, the shapes, the evaluated tasks and the layout as
+    JSON (indent 1), plus a fixed part (versions, devices, timings, argv, axes) measured at about
+    1.7 KB."""
+    from cljax.tasks import schedule_record
+
     config = b.config
     T, R = config.num_tasks, config.n_repeats
-    pairs = schedule.tolist() if schedule is not None else [[[0, 1]] * R] * T
     names = class_names or [f"class_{i}" for i in range(2 * T)]
+    pairs = schedule if schedule is not None else np.array([[[0, 1]] * R] * T)
+    sched = schedule_record(pairs, T - 1, config.task_schedule, len(names))  # the last task's is the largest
     variable = {
         "config": config.to_dict(),
-        "task_class_pairs": pairs,
-        "task_pairs": pairs[0],
+        "task_pairs": pairs[0].tolist(),
         "task_pair_names": [[names[a], names[b]] for a, b in pairs[0]],
+        "schedule": sched,
+        "eval_tasks": eval_tasks_of(config).record(T - 1, T),
         "log_steps": config.log_steps,
         "weights_layout": [{"name": n, "shape": list(d[0].shape), "dtype": "float32", "offset_bytes": int(d[1])}
                            for n, d in _weights_dtype(b).fields.items()],

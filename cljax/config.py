@@ -42,11 +42,12 @@ class Config:
     algorithm: str = param("SL", "learning rule of the continual learner and the expert: SL, RL, Bio "
                            "(registry in cljax.rules)")
     model: str = param("cnn", "network architecture: cnn, mlp, resnet (registry in cljax.models)")
-    num_tasks: int = param(5, "T, number of sequential binary tasks (at most n_classes // 2)", min=1)
+    num_tasks: int = param(5, "T, number of sequential binary tasks (at most n_classes // 2 with --task-schedule pairs)",
+                           min=1)
     n_repeats: int = param(4, "R, repeats trained at once, each with its own class pairs", min=1)
     # per-task data
     n_train_per_class: int = param(1000, "training images per class per task", min=1)
-    n_test_per_class: int = param(250, "test images per class per task (all T tasks are evaluated)", min=1)
+    n_test_per_class: int = param(250, "test images per class per task (see --eval-tasks)", min=1)
     n_subsamples: int = param(64, "S, test images per task whose representations are saved (even, <= 2*n_test_per_class)",
                               min=2)
     test_source: str = param("test", "where test images come from: the test split, or a held-out part of the train split",
@@ -74,6 +75,12 @@ class Config:
     representation_dtype: str = param("float32", "dtype of the saved representations, the largest artifact (bfloat16 is "
                                       "stored as its uint16 bit pattern, see metadata.json)",
                                       choices=("float32", "float16", "bfloat16"))
+    # long runs: the task schedule and which tasks are evaluated (cljax/eval_tasks.py, README)
+    task_schedule: str = param("pairs", "task schedule: pairs (task t = classes 2t, 2t+1 of the repeat's permutation, "
+                               "T <= n_classes // 2) or cycle (the permutation's pairs repeated end to end, any T)",
+                               choices=("pairs", "cycle"), absent="pairs")
+    eval_tasks: str = param("all", "tasks evaluated at every snapshot: all (T), seen (T slots, NaN past the current "
+                            "task), current (1) or window:K (the current task and the K-1 before it)", absent="all")
     # logging
     log_frequency: int = param(25, "steps between snapshots; L = steps_per_task // log_frequency", min=1)
     # bookkeeping
@@ -217,6 +224,9 @@ class Config:
             raise CljaxError(
                 f"--batch-size {self.batch_size} is larger than a task's {self.n_train} training images: "
                 f"lower it or raise --n-train-per-class.")
+        from cljax.eval_tasks import parse_eval_tasks
+
+        parse_eval_tasks(self.eval_tasks)
         if self.log_frequency > self.steps_per_task:
             raise CljaxError(
                 f"--log-frequency {self.log_frequency} is larger than a task's {self.steps_per_task} steps "

@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import platform
 import shutil
 import sys
 import time
 from dataclasses import dataclass, field
-from importlib import metadata as importlib_metadata
 from pathlib import Path
 
 import jax
@@ -21,16 +19,18 @@ import numpy as np
 from cljax.budget import Budget, choose_eval_chunk, disk_files_per_task, disk_run_files
 from cljax.checkpoint import CHECKPOINT, RUN_RECORD, load_learner, new_run_id, save_learner, write_run_record
 from cljax.config import SCHEMA_VERSION, Config, algo_dir_of
+from cljax.eval_tasks import eval_tasks_of
 from cljax.data import load_dataset
 from cljax.data.prepared import data_identity
 from cljax.devices.distributed import is_writer, maybe_initialize_distributed
 from cljax.devices.memory import live_device_bytes, rss_bytes
 from cljax.devices.mesh import fetch, mesh_devices, put_repeats, shard_repeats
-from cljax.evaluate import TestSets
+from cljax.evaluate import TestSets, WindowTestSets
 from cljax.errors import CljaxError
 from cljax.faults import crash_point
 from cljax.program import build_task_program
-from cljax.results import EXPERT_KEYS, task_dir_name, weights_layout, weights_to_structured, write_task
+from cljax.records import eval_ids_of, summary_row, task_arrays, task_metadata
+from cljax.results import task_dir_name, write_task
 from cljax.initial_state import INITIAL, initial_arrays, write_initial
 from cljax.run_folder import (RunLock, block_size, check_disk, clear_run, inspect_run, on_disk,
                               remove_stale_temporaries, verify_task_dir, warn_if_other_split)
@@ -79,7 +79,7 @@ def run_experiment(
     config.validate()
     data = load_dataset(config)
     data_id = data_identity(data)
-    schedule = make_schedule(data.n_classes, config.num_tasks, config.n_repeats, config.seed)
+    schedule = make_schedule(data.n_classes, config.num_tasks, config.n_repeats, config.seed, config.task_schedule)
     task_data = TaskData(data, config)  # checks that every class has the images a task takes
     algo_dir = algo_dir_of(config)
     found = inspect_run(algo_dir, config, data_id, overwrite, hashes=False)
@@ -145,7 +145,11 @@ def _train(config, data, task_data, schedule, program, chunk_tasks, found, algo_
         learner = shard_repeats(learner)
     result = RunResult(algo_dir=algo_dir, task_class_pairs=schedule, first_task=first_task, run_id=run_id)
 
-    tests = TestSets(*task_data.all_tests(schedule), chunk_tasks=chunk_tasks, measure=on_task_end is not None)
+    spec = eval_tasks_of(config)
+    if spec.full:
+        tests = TestSets(*task_data.all_tests(schedule), chunk_tasks=chunk_tasks, measure=on_task_end is not None)
+    else:  # only the window's test sets, gathered per task: host memory does not grow with T
+        tests = WindowTestSets(task_data, schedule, spec.window, chunk_tasks=chunk_tasks, measure=on_task_end is not None)
     train_x, train_y = task_data.train(schedule[first_task])
     t0 = time.perf_counter()
     run_task = program.run_task.lower(
@@ -166,15 +170,16 @@ def _train(config, data, task_data, schedule, program, chunk_tasks, found, algo_
         )
         crash_point("train", t)
         train_peak = live_device_bytes() if on_task_end else 0
-        acc, loss, reps = tests.evaluate(program.evaluate, (trace["weights"], trace["model_state"]))
+        eval_ids = spec.ids(t, config.num_tasks)
+        acc, loss, reps = tests.evaluate(program.evaluate, (trace["weights"], trace["model_state"]), eval_ids)
         del train_x_dev, train_y_dev
         if t + 1 < config.num_tasks:
             train_x, train_y = task_data.train(schedule[t + 1])
         trace, acc, loss, reps = fetch((trace, acc, loss, reps))  # the one host transfer of the task
         seconds = time.perf_counter() - t_start
-        arrays, shapes = _task_arrays(config, trace, acc, loss, reps)
-        nonfinite = _nonfinite_report(config, arrays)
-        metadata = _metadata(config, schedule, t, shapes, arrays["weights"], data.class_names, program.lowering, {
+        arrays, shapes = task_arrays(config, trace, acc, loss, reps)
+        nonfinite = _nonfinite_report(config, arrays, eval_ids)
+        metadata = task_metadata(config, schedule, t, shapes, arrays["weights"], data.class_names, program.lowering, {
             "task_seconds": seconds,
             "compile_seconds": result.compile_seconds,
             "steps_per_second": config.steps_per_task / seconds,
@@ -195,7 +200,7 @@ def _train(config, data, task_data, schedule, program, chunk_tasks, found, algo_
             if is_writer():
                 save_learner(algo_dir, learner_host, t + 1, run_id)
         run_seconds += seconds
-        row = _summary_row(t, arrays)
+        row = summary_row(t, arrays, eval_ids)
         result.summary.append(row)
         if bar is not None:
             bar.set_postfix(acc=f"{row['acc_current']:.3f}", expert=f"{row['expert_acc']:.3f}")
@@ -212,7 +217,7 @@ def _train(config, data, task_data, schedule, program, chunk_tasks, found, algo_
 
 def _finished(algo_dir: Path, schedule: np.ndarray, found) -> RunResult:
     T = schedule.shape[0]
-    summary = [_summary_row(t, _load_summary_arrays(algo_dir / task_dir_name(t))) for t in range(T)]
+    summary = [summary_row(t, *_load_summary_arrays(algo_dir / task_dir_name(t))) for t in range(T)]
     return RunResult(algo_dir=algo_dir, task_class_pairs=schedule, first_task=T, summary=summary,
                      already_finished=True, run_id=found.record.get("run_id"))
 
@@ -236,11 +241,14 @@ def _disk_errors(algo_dir: Path, t: int):
                          f"the same command (the run resumes from its last finished task).") from None
 
 
-def _nonfinite_report(config: Config, arrays: dict) -> list[dict]:
-    """Snapshots whose losses are NaN or inf: [{metric, snapshot, step}], first ones first."""
+def _nonfinite_report(config: Config, arrays: dict, eval_ids) -> list[dict]:
+    """Snapshots whose losses are NaN or inf: [{metric, snapshot, step}], first ones first. The
+    slots without a task (``eval_ids`` -1, NaN by design) are not looked at."""
     found = []
     steps = config.log_steps
-    named = {**{f"metrics.{k}": v for k, v in arrays["metrics"].items() if "loss" in k and k != "start_test_loss"},
+    present = np.asarray(eval_ids) >= 0
+    named = {**{f"metrics.{k}": v[..., present] if k == "test_loss" else v
+                for k, v in arrays["metrics"].items() if "loss" in k and k != "start_test_loss"},
              **{f"expert_metrics.{k}": v for k, v in arrays["expert_metrics"].items() if "loss" in k}}
     for name, values in named.items():
         bad = ~np.isfinite(np.asarray(values).reshape(len(steps), -1)).all(axis=1)
@@ -248,120 +256,6 @@ def _nonfinite_report(config: Config, arrays: dict) -> list[dict]:
             first = int(np.argmax(bad))
             found.append({"metric": name, "snapshot": first, "step": steps[first]})
     return sorted(found, key=lambda f: f["snapshot"])
-
-
-def _task_arrays(config: Config, trace: dict, acc, loss, reps):
-    """Host arrays of one task in the results format. ``acc``, ``loss`` (L+1, R, T) and ``reps``
-    (L+1, R, T, S, H) include the task-start evaluation at index 0."""
-    L, R, T, S = config.n_logs, config.n_repeats, config.num_tasks, config.n_subsamples
-    # Test sets are interleaved A, B, A, B...: the labels of the saved subsample are 0, 1, 0, 1...
-    labels_S = np.tile(np.array([0, 1], np.uint8), S // 2)
-    binary_labels = np.ascontiguousarray(np.broadcast_to(labels_S, (L, R, T, S)))
-    metrics = {
-        "test_acc": acc[1:],
-        "test_loss": loss[1:],
-        "train_acc": trace["train_acc"],
-        "train_loss": trace["train_loss"],
-        "start_test_acc": acc[0],
-        "start_test_loss": loss[0],
-        "log_steps": np.asarray(config.log_steps, np.int64),
-    }
-    expert = {k: trace[f"expert_{k}"] for k in EXPERT_KEYS}
-    state = trace["model_state"]
-    arrays = {
-        "representations": np.asarray(reps[1:]),
-        "binary_labels": binary_labels,
-        "weights": weights_to_structured(jax.tree.map(lambda w: w[1:], trace["weights"])),
-        "start_weights": weights_to_structured(jax.tree.map(lambda w: w[0], trace["weights"]), lead=1),
-        "model_state": weights_to_structured(jax.tree.map(lambda w: w[1:], state)) if jax.tree.leaves(state) else None,
-        "metrics": metrics,
-        "expert_metrics": expert,
-    }
-    shapes = {
-        "representations": list(arrays["representations"].shape),
-        "binary_labels": list(binary_labels.shape),
-        "weights": list(arrays["weights"].shape),
-        "start_weights": list(arrays["start_weights"].shape),
-        **({"model_state": list(arrays["model_state"].shape)} if arrays["model_state"] is not None else {}),
-        **{f"metrics.{k}": list(np.shape(v)) for k, v in metrics.items()},
-        **{f"expert_metrics.{k}": list(np.shape(v)) for k, v in expert.items()},
-    }
-    return arrays, shapes
-
-
-def _versions() -> dict:
-    out = {"python": platform.python_version()}
-    for pkg in ("cljax", "jax", "jaxlib", "flax", "optax", "numpy"):
-        try:
-            out[pkg] = importlib_metadata.version(pkg)
-        except importlib_metadata.PackageNotFoundError:
-            out[pkg] = None
-    return out
-
-
-def _metadata(config, schedule, t, shapes, weights, class_names, lowering, timings) -> dict:
-    return {
-        "task_index": t,
-        "task_dir": task_dir_name(t),
-        "dataset": config.dataset,
-        "algorithm": config.algorithm_name,
-        "config": config.to_dict(),
-        "seed": config.seed,
-        "task_class_pairs": schedule.tolist(),
-        "task_pairs": schedule[t].tolist(),
-        "task_pair_names": [[class_names[a], class_names[b]] for a, b in schedule[t]],
-        "label_of": "first class of a pair -> 0, second -> 1",
-        "steps_per_task": config.steps_per_task,
-        "log_frequency": config.log_frequency,
-        "log_steps": config.log_steps,
-        "shapes": shapes,
-        "axes": {
-            "representations": "L, R, T_eval, S, H",
-            "binary_labels": "L, R, T_eval, S",
-            "weights": "L, R (structured: one field per parameter)",
-            "metrics.test_acc": "L, R, T_eval",
-            "metrics.train_acc": "L, R",
-            "metrics.start_test_acc": "R, T_eval (before this task's first step)",
-            "expert_metrics.*": "L, R",
-        },
-        "weights_layout": weights_layout(weights),
-        "versions": _versions(),
-        "device": [str(d) for d in mesh_devices()],  # the devices R is split over
-        "lowering": lowering.record(),
-        "schema": SCHEMA_VERSION,
-        "backend": jax.default_backend(),
-        "argv": sys.argv,
-        "timings": timings,
-    }
-
-
-def _summary_row(t: int, arrays: dict) -> dict:
-    acc_RT = arrays["metrics"]["test_acc"][-1]  # last snapshot of task t
-    return {
-        "task": t,
-        "acc_current": float(acc_RT[:, t].mean()),
-        "acc_earlier": float(acc_RT[:, :t].mean()) if t > 0 else float("nan"),
-        "expert_acc": float(arrays["expert_metrics"]["test_acc"][-1].mean()),
-        "probe_earlier": _probe_earlier(t, arrays),
-    }
-
-
-PROBE_TASKS = 32
-
-
-def _probe_earlier(t: int, arrays: dict) -> float:
-    """Mean accuracy of a linear probe on the earlier tasks' saved representations at the last
-    snapshot (``cljax.analysis.probe``): what the representation still separates, beside what the
-    shared head reads out. At most PROBE_TASKS earlier tasks, evenly spaced, so the host's work
-    per task stays bounded (`cljax analyze` probes all). NaN for task 0 or under 4 saved images."""
-    reps, labels = arrays.get("representations"), arrays.get("binary_labels")
-    if t == 0 or reps is None or labels is None or reps.shape[-2] < 4:
-        return float("nan")
-    from cljax.analysis.probe import probe_accuracy  # numpy only; imported when first needed
-
-    tasks = np.unique(np.linspace(0, t - 1, min(t, PROBE_TASKS)).round().astype(int))
-    acc = probe_accuracy(np.asarray(reps[-1][:, tasks], np.float32), np.asarray(labels[-1][:, tasks]))
-    return float(np.nanmean(acc)) if np.isfinite(acc).any() else float("nan")
 
 
 def format_summary(result: RunResult) -> str:
@@ -385,8 +279,10 @@ def _progress_bar(total: int, done: int, enabled: bool):
     return tqdm(total=total, initial=done, unit="task", desc="tasks", file=sys.stderr, dynamic_ncols=True)
 
 
-def _load_summary_arrays(task_dir: Path) -> dict:
-    from cljax.results import load_binary_labels, load_expert_metrics, load_metrics, load_representations
+def _load_summary_arrays(task_dir: Path) -> tuple[dict, np.ndarray]:
+    from cljax.results import load_binary_labels, load_expert_metrics, load_metadata, load_metrics, load_representations
 
-    return {"metrics": load_metrics(task_dir), "expert_metrics": load_expert_metrics(task_dir),
-            "representations": load_representations(task_dir), "binary_labels": load_binary_labels(task_dir)}
+    metrics = load_metrics(task_dir)
+    arrays = {"metrics": metrics, "expert_metrics": load_expert_metrics(task_dir),
+              "representations": load_representations(task_dir), "binary_labels": load_binary_labels(task_dir)}
+    return arrays, eval_ids_of(load_metadata(task_dir), np.shape(metrics["test_acc"])[-1])

@@ -12,6 +12,7 @@ import numpy as np
 from cljax.budget import (HEADROOM, LABEL_DTYPE, Budget, _does_not_fit, _per_device, device_budget_for, device_components,
                           disk_files_per_task, disk_run_files, fit_chunk, fmt_bytes, scratch_bytes)
 from cljax.config import Config
+from cljax.eval_tasks import eval_tasks_of
 from cljax.program import build_task_program
 
 
@@ -24,14 +25,16 @@ def make_plan(config: Config, device_bytes: int | None = None) -> dict:
 
     config.validate()
     data = load_dataset(config)
-    schedule = make_schedule(data.n_classes, config.num_tasks, config.n_repeats, config.seed)
+    schedule = make_schedule(data.n_classes, config.num_tasks, config.n_repeats, config.seed, config.task_schedule)
     check_repeats(config.n_repeats)
     n_dev = device_count()
     image_shape = data.train_images.shape[1:]
     b = Budget.of(config, build_task_program(config, image_shape), image_shape)
     budget, source = device_budget_for(config, device_bytes)
     T, R, L = config.num_tasks, config.n_repeats, config.n_logs
-    K = min(config.eval_chunk_tasks, T) if config.eval_chunk_tasks else fit_chunk(b, budget, n_dev)
+    spec = eval_tasks_of(config)
+    slots = spec.slots(T)  # the task slots every snapshot evaluates and every task folder stores
+    K = min(config.eval_chunk_tasks, slots) if config.eval_chunk_tasks else fit_chunk(b, budget, n_dev)
     fits = K > 0
     K = K or 1  # the parts are shown for K = 1 when nothing fits
     pb = b.pb
@@ -42,15 +45,16 @@ def make_plan(config: Config, device_bytes: int | None = None) -> dict:
     per_device = _per_device(total, n_dev)
 
     per_image = math.prod(image_shape) + np.dtype(LABEL_DTYPE).itemsize
-    fetched = sum(pb.snapshots.values()) + T * sum(pb.eval_per_task.values())
+    fetched = sum(pb.snapshots.values()) + slots * sum(pb.eval_per_task.values())
     dataset = sum(int(a.nbytes) for a in (data.train_images, data.train_labels, data.test_images, data.test_labels)
                   if not isinstance(a, np.memmap))
     host = {
         "dataset_in_ram": dataset,
-        "test_sets": T * config.n_test * R * per_image,  # kept on the host only while streaming
+        # all / seen: kept on the host only while streaming; a window: its K sets and the next task's
+        "test_sets": (T if spec.full else slots + 1) * config.n_test * R * per_image,
         "train_data_current_and_next": 2 * config.n_train * R * per_image,
         "fetched_task_outputs": fetched,
-        "results_copies": L * R * pb.n_params * 4 + L * R * T * config.n_subsamples,
+        "results_copies": L * R * pb.n_params * 4 + L * R * slots * config.n_subsamples,
         "learner_copy": sum(pb.learner.values()),
     }
     host_total = sum(host.values()) + (total if jax.default_backend() == "cpu" else 0)
@@ -71,10 +75,13 @@ def make_plan(config: Config, device_bytes: int | None = None) -> dict:
         "device_budget_usable_bytes": int(HEADROOM * budget),
         "fits": fits,
         "problem": None if fits else str(_does_not_fit(b, budget, n_dev)),
+        "task_schedule": config.task_schedule,
         "evaluation": {
-            "mode": "resident" if K >= T else "chunked",
+            "eval_tasks": str(spec),
+            "slots": slots,
+            "mode": "resident" if K >= slots else "chunked",
             "chunk_tasks": K,
-            "calls_per_task": -(-T // K),
+            "calls_per_task": -(-slots // K),
             "chosen_by": "--eval-chunk-tasks" if config.eval_chunk_tasks else "budget",
         },
         "device_components": {k: _per_device(v, n_dev) for k, v in components.items()},
@@ -94,7 +101,9 @@ def make_plan(config: Config, device_bytes: int | None = None) -> dict:
 def format_plan(plan: dict) -> str:
     d, ev = plan["devices"], plan["evaluation"]
     lines = [
-        f"plan: {plan['dataset']}/{plan['algorithm']}: T={plan['num_tasks']} tasks x R={plan['n_repeats']} repeats, "
+        f"plan: {plan['dataset']}/{plan['algorithm']}: T={plan['num_tasks']} tasks "
+        f"({plan['task_schedule']} schedule, --eval-tasks {ev['eval_tasks']}: {ev['slots']} evaluated per snapshot) "
+        f"x R={plan['n_repeats']} repeats, "
         f"{plan['steps_per_task']} steps and L={plan['n_logs']} snapshots per task, {plan['n_params']:,} parameters",
         f"devices: {d['count']} x {d['platform']} ({d['processes']} process(es)), {d['repeats_per_device']} repeat(s) each; "
         f"budget {fmt_bytes(plan['device_budget_bytes'])} per device ({plan['device_budget_source']}), "
@@ -111,9 +120,12 @@ def format_plan(plan: dict) -> str:
     ]
     if not plan["fits"]:
         lines.append(f"evaluation: DOES NOT FIT: {plan['problem']}")
-    elif ev["mode"] == "resident":
+    elif ev["mode"] == "resident" and ev["eval_tasks"] in ("all", "seen"):
         lines.append(f"evaluation: resident: the test sets of all {plan['num_tasks']} tasks stay on the device; "
                      f"one call per task (chosen by {ev['chosen_by']})")
+    elif ev["mode"] == "resident":
+        lines.append(f"evaluation: {ev['slots']} task slot(s) per snapshot ({ev['eval_tasks']}), their test sets "
+                     f"gathered and put on the device per task; one call per task (chosen by {ev['chosen_by']})")
     else:
         lines.append(f"evaluation: chunked: K={ev['chunk_tasks']} tasks per call, {ev['calls_per_task']} calls per task; "
                      f"test sets streamed in, outputs streamed out (chosen by {ev['chosen_by']})")

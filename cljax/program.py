@@ -115,7 +115,7 @@ class TaskProgram(NamedTuple):
 
     init_learner: Any  # seed key -> LearnerState (leading R)
     run_task: Any  # jitted (learner, train_x_NR, train_y_NR, cur_test_x_NR, cur_test_y_NR, task_idx, task_key) -> (learner, trace)
-    evaluate: Any  # jitted ((weights, model_state) (L,R,...), test_x_KNR, test_y_KNR) -> acc, loss (L,R,K), reps (L,R,K,S,H)
+    evaluate: Any  # jitted ((weights, model_state) (L,R,...), test_x_KNR, test_y_KNR, task_ids_K) -> acc, loss (L,R,K), reps (L,R,K,S,H)
     parts: Parts
     sizes: Sizes
     lowering: Lowering
@@ -151,14 +151,14 @@ def build_task_program(config, image_shape, *, loop_repeats: bool | None = None,
         return jax.vmap(partial(init_learner, parts))(keys)
 
     one_task = map_repeats(partial(train_task, parts, sizes), (0, 1, 1, 1, 1, None, 0), loop)
-    one_eval = map_repeats(partial(evaluate_snapshots, parts.net, sizes), (1, 2, 2), loop)
+    one_eval = map_repeats(partial(evaluate_snapshots, parts.net, sizes), (1, 2, 2, None), loop)
 
     def train_shard(learner, train_x, train_y, test_x, test_y, task_idx, keys):
         learner, trace = one_task(learner, train_x, train_y, test_x, test_y, task_idx, keys)
         return learner, jax.tree.map(lambda a: jnp.moveaxis(a, 0, 1), trace)  # (R, L, ...) -> (L, R, ...)
 
-    def eval_shard(models_LR, test_x_KNR, test_y_KNR):
-        return jax.tree.map(lambda a: jnp.moveaxis(a, 0, 1), one_eval(models_LR, test_x_KNR, test_y_KNR))
+    def eval_shard(models_LR, test_x_KNR, test_y_KNR, task_ids_K):
+        return jax.tree.map(lambda a: jnp.moveaxis(a, 0, 1), one_eval(models_LR, test_x_KNR, test_y_KNR, task_ids_K))
 
     if n_shards > 1:
         # check_vma off: every output varies over the devices (no value is shared), so there is
@@ -166,7 +166,7 @@ def build_task_program(config, image_shape, *, loop_repeats: bool | None = None,
         mesh, rep, rep1, rep2 = repeat_mesh(), P(REPEATS_AXIS), P(None, REPEATS_AXIS), P(None, None, REPEATS_AXIS)
         train_shard = jax.shard_map(train_shard, mesh=mesh, in_specs=(rep, rep1, rep1, rep1, rep1, P(), rep),
                                     out_specs=(rep, rep1), check_vma=False)
-        eval_shard = jax.shard_map(eval_shard, mesh=mesh, in_specs=(rep1, rep2, rep2), out_specs=rep1, check_vma=False)
+        eval_shard = jax.shard_map(eval_shard, mesh=mesh, in_specs=(rep1, rep2, rep2, P()), out_specs=rep1, check_vma=False)
 
     def run_task(learner, train_x, train_y, test_x, test_y, task_idx, task_key):
         keys = task_keys(task_key, R, sizes, len(parts.options))

@@ -1,7 +1,8 @@
 """The task schedule and the per-task data, in the canonical layout (N, R, H, W).
 
 Schedule: for repeat r, a permutation perm_r of all classes drawn from the experiment seed;
-task t of repeat r is (perm_r[2t], perm_r[2t+1]); the first class is label 0, the second label 1.
+task t of repeat r is (perm_r[2t], perm_r[2t+1]) (``pairs``), or that of pair t mod P, P =
+n_classes // 2 (``cycle``); the first class is label 0, the second label 1.
 
 Per-task data: every (task, repeat) uses ``n_train_per_class`` training and
 ``n_test_per_class`` test images of each of its two classes, drawn without replacement from
@@ -24,16 +25,46 @@ from cljax.errors import CljaxError
 _RNG_SCHEDULE, _RNG_TRAIN, _RNG_TEST = 0, 1, 2
 
 
-def make_schedule(n_classes: int, num_tasks: int, n_repeats: int, seed: int) -> np.ndarray:
-    """Class pairs (T, R, 2): per repeat a permutation of all classes, consecutive pairs."""
-    if num_tasks > n_classes // 2:
+def make_schedule(n_classes: int, num_tasks: int, n_repeats: int, seed: int, kind: str = "pairs") -> np.ndarray:
+    """Class pairs (T, R, 2): per repeat a permutation of all classes, consecutive pairs.
+
+    ``kind="pairs"``: task t is pair t (T <= n_classes // 2). ``"cycle"``: task t is pair
+    t mod P, P = n_classes // 2, the permutation's pairs repeated end to end (the
+    loss-of-plasticity construction; an odd class out is never used). Task t of both kinds is
+    the same pair for t < P."""
+    n_pairs = n_classes // 2
+    if kind not in ("pairs", "cycle"):
+        raise CljaxError(f"--task-schedule {kind!r} is not one of pairs, cycle.")
+    if n_pairs < 1:
+        raise CljaxError(f"the dataset has {n_classes} class(es): a binary task needs at least 2.")
+    if kind == "pairs" and num_tasks > n_pairs:
         raise CljaxError(
             f"--num-tasks {num_tasks} needs {2 * num_tasks} classes but the dataset has {n_classes}: "
-            f"use at most {n_classes // 2} tasks."
+            f"use at most {n_pairs} tasks, or --task-schedule cycle to repeat the class pairs."
         )
     rng = np.random.default_rng([seed, _RNG_SCHEDULE])
     perms = np.stack([rng.permutation(n_classes) for _ in range(n_repeats)])  # (R, C)
-    return perms[:, : 2 * num_tasks].reshape(n_repeats, num_tasks, 2).transpose(1, 0, 2).astype(np.int32)
+    cycle_RP2 = perms[:, : 2 * n_pairs].reshape(n_repeats, n_pairs, 2)
+    return cycle_RP2[:, np.arange(num_tasks) % n_pairs].transpose(1, 0, 2).astype(np.int32)
+
+
+def schedule_record(schedule_TR2: np.ndarray, t: int, kind: str, n_classes: int) -> dict:
+    """What task t's metadata.json says about the schedule. ``pairs``: every task's pairs
+    (``task_class_pairs``, (T, R, 2), as before this setting existed). ``cycle``: the one cycle
+    (``cycle_class_pairs``, (P, R, 2)), so the file does not grow with T; task t is cycle pair
+    ``pair_index`` = t mod P, trained for the ``pair_visit``-th time; ``pairs_seen`` (P,): how
+    many tasks up to and including t trained each cycle pair."""
+    n_pairs = n_classes // 2
+    T = schedule_TR2.shape[0]
+    seen = np.bincount(np.arange(t + 1) % n_pairs, minlength=n_pairs) if kind == "cycle" else None
+    out = {"task_schedule": kind, "n_pairs": n_pairs}
+    if kind == "cycle":
+        out.update({"cycle_class_pairs": schedule_TR2[: min(T, n_pairs)].tolist(), "pair_index": t % n_pairs,
+                    "pair_visit": t // n_pairs + 1, "pairs_seen": seen.tolist(),
+                    "rule": "task t trains cycle pair t mod n_pairs (cycle_class_pairs[t mod n_pairs])"})
+    else:
+        out.update({"task_class_pairs": schedule_TR2.tolist(), "pair_index": t, "pair_visit": 1})
+    return out
 
 
 class TaskData:
@@ -65,7 +96,8 @@ class TaskData:
 
     def _pick(self, stream: int, cls: int, repeat: int, pool: np.ndarray, n: int, from_end: bool = False):
         # A fixed per-(class, repeat) permutation: train takes its start, the holdout its end.
-        # (class, repeat) identifies the draw: a class appears in one task per repeat.
+        # (class, repeat) identifies the draw: a class belongs to one pair per repeat, so a cycled
+        # schedule's repeats of a pair train and test on the same images.
         rng = np.random.default_rng([self.seed, stream, cls, repeat])
         order = rng.permutation(len(pool))
         chosen = order[len(order) - n :] if from_end else order[:n]
@@ -101,7 +133,11 @@ class TaskData:
 
     def all_tests(self, schedule_TR2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Test sets of every task stacked: (T, N_test, R, H, W) and (T, N_test, R)."""
-        pairs = [self.test(schedule_TR2[t]) for t in range(schedule_TR2.shape[0])]
+        built: dict = {}  # a cycled schedule repeats its pairs: gather each pair's test set once
+        for p in schedule_TR2:
+            if p.tobytes() not in built:
+                built[p.tobytes()] = self.test(p)
+        pairs = [built[p.tobytes()] for p in schedule_TR2]
         return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
 
 

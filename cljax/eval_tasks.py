@@ -1,0 +1,89 @@
+"""Which tasks are evaluated at every snapshot (``--eval-tasks``), and what the saved task axis holds.
+
+Every task of a run evaluates the same number of task slots K, so the evaluation program has one
+shape and compiles once. Slot k of task t holds the global task index ``eval_task_ids(...)[k]``,
+or -1 when it holds no task; a slot with -1 is written as NaN (accuracy, loss, representations).
+
+- ``all``: K = T, slot k is task k (the behaviour before this setting existed).
+- ``seen``: K = T, slot k is task k when k <= t, else -1. The saved arrays keep T slots (the
+  analyses read every folder on one axis); when evaluation is streamed in chunks, a chunk of
+  only future tasks is not computed, else every slot is computed and the future ones set to NaN.
+  Disk and time per task grow with T as in ``all``.
+- ``current``: K = 1, the task being trained.
+- ``window:K``: the current task and the K-1 before it, oldest first, so the current task is
+  the last slot: ``[t-K+1, ..., t]``, -1 for those before task 0. Disk, device and host memory
+  per task do not depend on T.
+
+Each task folder's metadata.json records the mode and ``eval_task_ids`` (cljax/records.py).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from cljax.errors import CljaxError
+
+MODES = ("all", "seen", "current", "window:K")
+
+
+class EvalTasks(NamedTuple):
+    mode: str  # all, seen, current, window
+    window: int  # K of window:K (1 for current, 0 for all / seen)
+
+    def slots(self, num_tasks: int) -> int:
+        """K, the task slots every snapshot evaluates."""
+        return num_tasks if self.mode in ("all", "seen") else self.window
+
+    @property
+    def full(self) -> bool:
+        """Slot k is task k (all, seen): the T test sets are fixed for the whole run."""
+        return self.mode in ("all", "seen")
+
+    def ids(self, t: int, num_tasks: int) -> np.ndarray:
+        """(K,) int32: the global task index of each slot while training task t, -1 for none."""
+        if self.mode == "all":
+            return np.arange(num_tasks, dtype=np.int32)
+        if self.mode == "seen":
+            ids = np.arange(num_tasks, dtype=np.int32)
+            return np.where(ids <= t, ids, -1).astype(np.int32)
+        ids = np.arange(t - self.window + 1, t + 1, dtype=np.int32)
+        return np.where(ids >= 0, ids, -1).astype(np.int32)
+
+    def current_slot(self, t: int) -> int:
+        """The slot that holds task t."""
+        return t if self.full else self.window - 1
+
+    def record(self, t: int, num_tasks: int) -> dict:
+        """What metadata.json says about the task axis of task t's arrays."""
+        return {"mode": str(self), "slots": self.slots(num_tasks), "current_slot": self.current_slot(t),
+                "eval_task_ids": self.ids(t, num_tasks).tolist(),
+                "missing": "slot id -1: no task; its accuracy, loss and representations are NaN"}
+
+    def __str__(self) -> str:
+        return f"window:{self.window}" if self.mode == "window" else self.mode
+
+
+def parse_eval_tasks(text: str) -> EvalTasks:
+    """``all``, ``seen``, ``current`` or ``window:K`` (K >= 1) -> EvalTasks; else one CljaxError line."""
+    text = str(text).strip()
+    if text in ("all", "seen"):
+        return EvalTasks(text, 0)
+    if text == "current":
+        return EvalTasks("current", 1)
+    if text.startswith("window:"):
+        k = text.split(":", 1)[1]
+        if k.isdigit() and int(k) >= 1:
+            return EvalTasks("window", int(k))
+    raise CljaxError(f"--eval-tasks {text!r} is not one of all, seen, current, window:K (K a positive integer, "
+                     "e.g. window:4).")
+
+
+def eval_tasks_of(config) -> EvalTasks:
+    return parse_eval_tasks(getattr(config, "eval_tasks", "all"))
+
+
+def eval_slots(config) -> int:
+    """K of a config: the task slots every snapshot evaluates and every task folder stores."""
+    return eval_tasks_of(config).slots(config.num_tasks)

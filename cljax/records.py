@@ -1,0 +1,156 @@
+"""What one task leaves behind: its arrays in the results format, its metadata.json and its row
+of the run table. Pure functions of host arrays, called by the task loop (cljax/experiment.py)."""
+
+from __future__ import annotations
+
+import platform
+import sys
+from importlib import metadata as importlib_metadata
+
+import jax
+import numpy as np
+
+from cljax.config import SCHEMA_VERSION, Config
+from cljax.devices.mesh import mesh_devices
+from cljax.eval_tasks import eval_tasks_of
+from cljax.results import EXPERT_KEYS, task_dir_name, weights_layout, weights_to_structured
+from cljax.tasks import schedule_record
+
+
+def task_arrays(config: Config, trace: dict, acc, loss, reps):
+    """Host arrays of one task in the results format. ``acc``, ``loss`` (L+1, R, K) and ``reps``
+    (L+1, R, K, S, H) include the task-start evaluation at index 0; K is the evaluated task slots
+    (cljax/eval_tasks.py)."""
+    L, R, S = config.n_logs, config.n_repeats, config.n_subsamples
+    K = np.shape(acc)[-1]
+    # Test sets are interleaved A, B, A, B...: the labels of the saved subsample are 0, 1, 0, 1...
+    labels_S = np.tile(np.array([0, 1], np.uint8), S // 2)
+    binary_labels = np.ascontiguousarray(np.broadcast_to(labels_S, (L, R, K, S)))
+    metrics = {
+        "test_acc": acc[1:],
+        "test_loss": loss[1:],
+        "train_acc": trace["train_acc"],
+        "train_loss": trace["train_loss"],
+        "start_test_acc": acc[0],
+        "start_test_loss": loss[0],
+        "log_steps": np.asarray(config.log_steps, np.int64),
+    }
+    expert = {k: trace[f"expert_{k}"] for k in EXPERT_KEYS}
+    state = trace["model_state"]
+    arrays = {
+        "representations": np.asarray(reps[1:]),
+        "binary_labels": binary_labels,
+        "weights": weights_to_structured(jax.tree.map(lambda w: w[1:], trace["weights"])),
+        "start_weights": weights_to_structured(jax.tree.map(lambda w: w[0], trace["weights"]), lead=1),
+        "model_state": weights_to_structured(jax.tree.map(lambda w: w[1:], state)) if jax.tree.leaves(state) else None,
+        "metrics": metrics,
+        "expert_metrics": expert,
+    }
+    shapes = {
+        "representations": list(arrays["representations"].shape),
+        "binary_labels": list(binary_labels.shape),
+        "weights": list(arrays["weights"].shape),
+        "start_weights": list(arrays["start_weights"].shape),
+        **({"model_state": list(arrays["model_state"].shape)} if arrays["model_state"] is not None else {}),
+        **{f"metrics.{k}": list(np.shape(v)) for k, v in metrics.items()},
+        **{f"expert_metrics.{k}": list(np.shape(v)) for k, v in expert.items()},
+    }
+    return arrays, shapes
+
+
+
+def _versions() -> dict:
+    out = {"python": platform.python_version()}
+    for pkg in ("cljax", "jax", "jaxlib", "flax", "optax", "numpy"):
+        try:
+            out[pkg] = importlib_metadata.version(pkg)
+        except importlib_metadata.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def task_metadata(config, schedule, t, shapes, weights, class_names, lowering, timings) -> dict:
+    """metadata.json of task t. The schedule's record (cljax.tasks.schedule_record) and the
+    task axis's (``eval_tasks``: which task each slot holds, cljax.eval_tasks) do not grow with T
+    with ``--task-schedule cycle`` and ``--eval-tasks current`` / ``window:K``."""
+    T = config.num_tasks
+    sched = schedule_record(schedule, t, config.task_schedule, len(class_names))
+    table = {"task_class_pairs": sched.pop("task_class_pairs")} if "task_class_pairs" in sched else {}
+    return {
+        "task_index": t,
+        "task_dir": task_dir_name(t),
+        "dataset": config.dataset,
+        "algorithm": config.algorithm_name,
+        "config": config.to_dict(),
+        "seed": config.seed,
+        **table,
+        "task_pairs": schedule[t].tolist(),
+        "task_pair_names": [[class_names[a], class_names[b]] for a, b in schedule[t]],
+        "schedule": sched,
+        "eval_tasks": eval_tasks_of(config).record(t, T),
+        "label_of": "first class of a pair -> 0, second -> 1",
+        "steps_per_task": config.steps_per_task,
+        "log_frequency": config.log_frequency,
+        "log_steps": config.log_steps,
+        "shapes": shapes,
+        "axes": {
+            "representations": "L, R, T_eval, S, H",
+            "binary_labels": "L, R, T_eval, S",
+            "weights": "L, R (structured: one field per parameter)",
+            "metrics.test_acc": "L, R, T_eval",
+            "metrics.train_acc": "L, R",
+            "metrics.start_test_acc": "R, T_eval (before this task's first step)",
+            "expert_metrics.*": "L, R",
+            "T_eval": "the evaluated task slots: slot k holds task eval_tasks.eval_task_ids[k] (-1: none, NaN)",
+        },
+        "weights_layout": weights_layout(weights),
+        "versions": _versions(),
+        "device": [str(d) for d in mesh_devices()],  # the devices R is split over
+        "lowering": lowering.record(),
+        "schema": SCHEMA_VERSION,
+        "backend": jax.default_backend(),
+        "argv": sys.argv,
+        "timings": timings,
+    }
+
+
+def eval_ids_of(metadata: dict, n_slots: int) -> np.ndarray:
+    """The global task of each slot of a task folder (-1: none); slot k is task k in a folder
+    written before --eval-tasks existed."""
+    ids = (metadata.get("eval_tasks") or {}).get("eval_task_ids")
+    return np.asarray(ids if ids is not None else np.arange(n_slots), np.int64)
+
+
+def summary_row(t: int, arrays: dict, eval_ids) -> dict:
+    """Task t's row of the run table: the learner on task t and on the earlier tasks it
+    evaluated, the expert, the probe of the earlier tasks' representations."""
+    acc_RK = arrays["metrics"]["test_acc"][-1]  # last snapshot of task t
+    ids = np.asarray(eval_ids)
+    earlier = np.flatnonzero((ids >= 0) & (ids < t))
+    return {
+        "task": t,
+        "acc_current": float(acc_RK[:, int(np.flatnonzero(ids == t)[0])].mean()),
+        "acc_earlier": float(acc_RK[:, earlier].mean()) if len(earlier) else float("nan"),
+        "expert_acc": float(arrays["expert_metrics"]["test_acc"][-1].mean()),
+        "probe_earlier": _probe_earlier(arrays, earlier),
+    }
+
+
+PROBE_TASKS = 32
+
+
+def _probe_earlier(arrays: dict, earlier_slots: np.ndarray) -> float:
+    """Mean accuracy of a linear probe on the earlier tasks' saved representations at the last
+    snapshot (``cljax.analysis.probe``): what the representation still separates, beside what the
+    shared head reads out. At most PROBE_TASKS earlier tasks, evenly spaced, so the host's work
+    per task stays bounded (`cljax analyze` probes all). NaN without an earlier task or under 4
+    saved images."""
+    reps, labels = arrays.get("representations"), arrays.get("binary_labels")
+    n = len(earlier_slots)
+    if n == 0 or reps is None or labels is None or reps.shape[-2] < 4:
+        return float("nan")
+    from cljax.analysis.probe import probe_accuracy  # numpy only; imported when first needed
+
+    slots = earlier_slots[np.unique(np.linspace(0, n - 1, min(n, PROBE_TASKS)).round().astype(int))]
+    acc = probe_accuracy(np.asarray(reps[-1][:, slots], np.float32), np.asarray(labels[-1][:, slots]))
+    return float(np.nanmean(acc)) if np.isfinite(acc).any() else float("nan")
