@@ -87,3 +87,10 @@ def eval_tasks_of(config) -> EvalTasks:
 def eval_slots(config) -> int:
     """K of a config: the task slots every snapshot evaluates and every task folder stores."""
     return eval_tasks_of(config).slots(config.num_tasks)
+
+
+def eval_ids_of(metadata: dict, n_slots: int) -> np.ndarray:
+    """The global task of each slot of a task folder (-1: none); slot k is task k in a folder
+    written before --eval-tasks existed."""
+    ids = (metadata.get("eval_tasks") or {}).get("eval_task_ids")
+    return np.asarray(ids if ids is not None else np.arange(n_slots), np.int64)

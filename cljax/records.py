@@ -114,13 +114,6 @@ def task_metadata(config, schedule, t, shapes, weights, class_names, lowering, t
     }
 
 
-def eval_ids_of(metadata: dict, n_slots: int) -> np.ndarray:
-    """The global task of each slot of a task folder (-1: none); slot k is task k in a folder
-    written before --eval-tasks existed."""
-    ids = (metadata.get("eval_tasks") or {}).get("eval_task_ids")
-    return np.asarray(ids if ids is not None else np.arange(n_slots), np.int64)
-
-
 def summary_row(t: int, arrays: dict, eval_ids) -> dict:
     """Task t's row of the run table: the learner on task t and on the earlier tasks it
     evaluated, the expert, the probe of the earlier tasks' representations."""

@@ -24,7 +24,7 @@ import jax
 import numpy as np
 
 from cljax.analysis import plots, probe
-from cljax.analysis.cl import VARIANTS, cl_metrics_from_matrix, mean_over_tasks, snapshot_accuracy, task_accuracy_row
+from cljax.analysis.cl import VARIANTS, cl_metrics_evaluated, cl_metrics_from_matrix, mean_over_tasks, snapshot_accuracy, task_accuracy_row
 from cljax.analysis.glue import DIAGNOSTIC_KEYS, GLUE_KEYS, glue_analysis
 from cljax.analysis.glue_solver import MAX_ITER, TOL
 from cljax.analysis.plasticine import representation_metrics, weight_change, weight_magnitude
@@ -51,13 +51,17 @@ COLLAPSE_DROP = 0.1
 
 
 def _cl_init(ctx: RunContext) -> dict:
-    return {"ctx": ctx, "rows": {v: [] for v in VARIANTS}, "expert_LR": [], "current_LR": [], "initial": None}
+    return {"ctx": ctx, "rows": {v: [] for v in VARIANTS}, "expert_LR": [], "current_LR": [], "initial": None,
+            "evaluated": [], "modes": set()}
 
 
 def _cl_update(state: dict, folder: TaskFolder) -> dict:
     acc = folder.test_acc
     if state["initial"] is None:
         state["initial"] = folder.start_test_acc
+        state["initial_evaluated"] = folder.to_tasks(np.ones(folder.eval_task_ids.shape), fill=0.0) > 0
+    state["evaluated"].append(folder.to_tasks(np.ones(folder.eval_task_ids.shape), fill=0.0) > 0)
+    state["modes"].add((folder.metadata.get("eval_tasks") or {}).get("mode", "all"))
     for v in VARIANTS:
         state["rows"][v].append(task_accuracy_row(acc, v, folder.start_test_acc, folder.log_steps))
     state["expert_LR"].append(np.asarray(folder.expert_metrics["test_acc"], dtype=np.float64))
@@ -93,8 +97,13 @@ def _cl_finalize(state: dict) -> Result:
     rows = {v: np.stack(r, axis=1) for v, r in state["rows"].items()}  # (R, n, T)
     expert = {v: snapshot_accuracy(state["expert_LR"], v) for v in ("final", "auc")}  # (R, n)
     # E[i] is the expert's last snapshot for both variants (docs/metrics.md); its mean is saved too.
-    cl = {v: {"variant": v, **cl_metrics_from_matrix(rows[v][:, :, :n], expert["final"], initial[:, :n])}
-          for v in VARIANTS}
+    evaluated = np.stack(state["evaluated"])[:, :n]  # (n, n): folder i evaluated task j
+    if evaluated.all():
+        cl = {v: {"variant": v, **cl_metrics_from_matrix(rows[v][:, :, :n], expert["final"], initial[:, :n])}
+              for v in VARIANTS}
+    else:  # --eval-tasks seen / current / window:K: the metrics over the evaluated entries
+        cl = {v: {"variant": v, **cl_metrics_evaluated(rows[v][:, :, :n], expert["final"], initial[:, :n], evaluated,
+                                                        state["initial_evaluated"][:n])} for v in VARIANTS}
     headline = cl[state["ctx"].options.variant]
     robust = _expert_summary(state["expert_LR"], state["current_LR"])
     arrays = {
@@ -108,7 +117,11 @@ def _cl_finalize(state: dict) -> Result:
     }
     A = headline["accuracy_matrix"]
     return Result(
-        summary={**headline["summary"], **robust["summary"], "cl": {v: cl[v]["summary"] for v in VARIANTS}},
+        summary={**headline["summary"], **robust["summary"], "cl": {v: cl[v]["summary"] for v in VARIANTS},
+                 **({} if evaluated.all() else {"evaluated_entries": {
+                     "eval_tasks": sorted(state["modes"]), "fraction": float(evaluated.mean()),
+                     "how": "the accuracy matrix is NaN where a task was not evaluated; each metric is taken over "
+                            "its terms whose entries were evaluated (n_terms in summary['cl']), NaN when none were"}})},
         arrays={"cl.npz": arrays},
         plots={
             "accuracy_matrix.png": lambda p: plots.plot_accuracy_matrix(
@@ -132,12 +145,16 @@ def _plasticity_init(ctx: RunContext) -> dict:
 
 def _plasticity_update(state: dict, folder: TaskFolder) -> dict:
     tau, T, R = state["tau"], state["T"], state["R"]
-    reps = folder.representations  # (L, R, T, S, H), memory-mapped
-    h_cur = np.asarray(reps[:, :, folder.index])  # (L, R, S, H)
+    reps = folder.representations  # (L, R, K, S, H), memory-mapped
+    h_cur = np.asarray(reps[:, :, folder.slot_of(folder.index)])  # (L, R, S, H)
     for k, v in representation_metrics(h_cur, tau=tau).items():
         state["current"].setdefault(k, []).append(v)
     S, H = reps.shape[-2:]
-    per_repeat = [representation_metrics(np.asarray(reps[-1, r]).reshape(T * S, H), tau=tau) for r in range(R)]
+    if folder.all_tasks:
+        per_repeat = [representation_metrics(np.asarray(reps[-1, r]).reshape(T * S, H), tau=tau) for r in range(R)]
+    else:  # the evaluated tasks' samples only
+        valid = folder.valid_slots
+        per_repeat = [representation_metrics(np.asarray(reps[-1, r])[valid].reshape(-1, H), tau=tau) for r in range(R)]
     for k in per_repeat[0]:
         state["all"].setdefault(k, []).append(np.array([m[k] for m in per_repeat]))
 
@@ -279,22 +296,39 @@ def _glue_call(state: dict, X, dichotomies: str) -> dict:
 
 def _glue_update(state: dict, folder: TaskFolder) -> dict:
     ctx, i = state["ctx"], folder.index
-    opt, T = ctx.options, ctx.n_eval_tasks
+    opt = ctx.options
+    # The evaluated slots only (all of them with --eval-tasks all, where slot k is task k).
+    valid = folder.valid_slots
     reps_last, labels_last = np.asarray(folder.representations[-1]), np.asarray(folder.binary_labels[-1])
-    manifolds = class_manifolds(reps_last, labels_last, opt.glue_max_points)  # (R, T, 2, M, H)
-    g = _glue_call(state, manifolds[:, i] if opt.glue_tasks == "current" else manifolds, "task")
+    if not folder.all_tasks:
+        reps_last, labels_last = reps_last[:, valid], labels_last[:, valid]
+    manifolds = class_manifolds(reps_last, labels_last, opt.glue_max_points)  # (R, K_valid, 2, M, H)
+    current = int(np.flatnonzero(folder.eval_task_ids[valid] == i)[0])
+    g = _glue_call(state, manifolds[:, current] if opt.glue_tasks == "current" else manifolds, "task")
+    state["partial"] = state.get("partial", False) or not folder.all_tasks
     for k in GLUE_KEYS + DIAGNOSTIC_KEYS:
-        state["task"].setdefault(k, []).append(g[k])
+        state["task"].setdefault(k, []).append(g[k] if opt.glue_tasks == "current" else _slots_to_tasks(folder, g[k]))
     if i == ctx.n_folders - 1 or (opt.glue_across_every and i % opt.glue_across_every == 0):
-        chosen = np.unique(np.linspace(0, T - 1, min(opt.glue_across_max_tasks, T)).round().astype(int))
+        nv = len(valid)
+        chosen = np.unique(np.linspace(0, nv - 1, min(opt.glue_across_max_tasks, nv)).round().astype(int))
         sub = manifolds[:, chosen]  # (R, k, 2, M, H)
         R, k_, _, M, H = sub.shape
         ga = _glue_call(state, sub.reshape(R, 2 * k_, M, H), "random")
         for k in GLUE_KEYS + DIAGNOSTIC_KEYS:
             state["across"].setdefault(k, []).append(ga[k])
         state["folders"].append(i)
-        state["tasks"] = chosen.tolist()
+        state["tasks"] = folder.eval_task_ids[valid][chosen].tolist()  # global task indices
     return state
+
+
+def _slots_to_tasks(folder: TaskFolder, values) -> np.ndarray:
+    """Values over the evaluated slots (last axis) -> over the run's T tasks, NaN where none."""
+    if folder.all_tasks:
+        return values
+    values = np.asarray(values, dtype=np.float64)
+    slots = np.full((*values.shape[:-1], len(folder.eval_task_ids)), np.nan)
+    slots[..., folder.valid_slots] = values
+    return folder.to_tasks(slots)
 
 
 def _glue_finalize(state: dict) -> Result:
@@ -307,7 +341,8 @@ def _glue_finalize(state: dict) -> Result:
         task_summary = {k: over_tasks(v) for k, v in task.items()}
         per_task_plot = {k: v.T for k, v in task.items()}
     else:  # the diagonal: task i's manifolds after training task i
-        task_summary = {k: {"last_task": spread(v[-1].mean(axis=-1)),
+        last = (lambda v: mean_over_tasks(v[-1])) if state.get("partial") else (lambda v: v[-1].mean(axis=-1))
+        task_summary = {k: {"last_task": spread(last(v)),
                             "diagonal_per_task_mean": [spread(v[i, :, i])["mean"] for i in range(n)],
                             "n_nonfinite": int((~np.isfinite(v)).sum())}
                         for k, v in task.items()}

@@ -293,3 +293,61 @@ def cl_analysis(
     R = accuracy_matrix(test_acc_per_task, variant, start_acc_per_task, log_steps_per_task)
     E = expert_accuracy(expert_test_acc_per_task, expert_variant)
     return {"variant": variant, **cl_metrics_from_matrix(R, E, initial_acc_RT)}
+
+
+# ---- runs that evaluate a subset of the tasks (--eval-tasks seen, current, window:K) ------------
+def _masked_mean(values, mask) -> np.ndarray:
+    """Mean over the last axis of the entries where ``mask`` (broadcast), per repeat; NaN where
+    no entry is. A non-finite value at an evaluated entry stays in (and makes the mean NaN)."""
+    mask = np.broadcast_to(mask, np.shape(values))
+    count = mask.sum(axis=-1)
+    total = np.where(mask, values, 0.0).sum(axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
+def cl_metrics_evaluated(R_RTT: np.ndarray, expert_acc_RT: np.ndarray, initial_acc_RT: np.ndarray,
+                         evaluated_TT: np.ndarray, initial_evaluated_T: np.ndarray) -> dict:
+    """:func:`cl_metrics_from_matrix` over the entries that were evaluated: ``evaluated_TT[i, j]``
+    is True when task i's folder evaluated task j (``initial_evaluated_T``: task_000's start
+    evaluation did). Each sum of a definition runs over its terms whose entries were all
+    evaluated, and ``n_terms`` says how many; a metric with none is NaN (with --eval-tasks current
+    BWT, FWT and forgetting have none: the last task's row holds only the last task). With every
+    entry evaluated the numbers equal :func:`cl_metrics_from_matrix`'s."""
+    R = _as_matrix(R_RTT)
+    ev = np.asarray(evaluated_TT, dtype=bool)
+    b = np.asarray(initial_acc_RT, dtype=np.float64)
+    E = np.asarray(expert_acc_RT, dtype=np.float64)
+    T = R.shape[1]
+    last, diag = R[:, -1, :], np.diagonal(R, axis1=1, axis2=2)
+    j_bwt = np.arange(T) < T - 1
+    bwt_mask = j_bwt & ev[-1] & np.diagonal(ev)
+    j = np.arange(1, T)
+    fwt_mask = ev[j - 1, j] & np.asarray(initial_evaluated_T, dtype=bool)[j]
+    f = np.full((R.shape[0], max(T - 1, 0)), np.nan)
+    for k in range(T - 1):
+        rows = np.flatnonzero(ev[k : T - 1, k]) + k
+        if ev[-1, k] and len(rows):
+            f[:, k] = R[:, rows, k].max(axis=-1) - last[:, k]
+    f_mask = np.array([ev[-1, k] and ev[k : T - 1, k].any() for k in range(T - 1)], dtype=bool)
+    acc = _masked_mean(last, ev[-1])
+    out = {
+        "accuracy_matrix": R,
+        "accuracy_matrix_cc": chance_corrected(R),
+        "average_accuracy": acc,
+        "average_accuracy_cc": chance_corrected(acc),
+        "bwt": _masked_mean(last - diag, bwt_mask) if T > 1 else np.full(R.shape[0], np.nan),
+        "fwt": _masked_mean(R[:, j - 1, j] - b[:, j], fwt_mask) if T > 1 else np.full(R.shape[0], np.nan),
+        "forgetting": _masked_mean(f, f_mask) if T > 1 else np.full(R.shape[0], np.nan),
+        "forgetting_per_task": f,
+        "expert_accuracy": E,
+        "plasticity_gap": plasticity_gap(R, E),
+        "normalised_transfer": normalised_transfer(R, E),
+    }
+    summary = {k: spread(out[k]) for k in ("average_accuracy", "average_accuracy_cc", "bwt", "fwt", "forgetting")}
+    for k in ("plasticity_gap", "normalised_transfer"):
+        summary[f"mean_{k}"] = spread(mean_over_tasks(out[k]))
+    summary["n_terms"] = {"average_accuracy": int(ev[-1].sum()), "bwt": int(bwt_mask.sum()),
+                          "fwt": int(fwt_mask.sum()), "forgetting": int(f_mask.sum())}
+    out["summary"] = summary
+    return out

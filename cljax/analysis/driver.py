@@ -151,7 +151,7 @@ def analyze_run(
     n = len(dirs)
 
     folder = TaskFolder(0, dirs[0])
-    L, R, T = folder.test_acc.shape
+    L, R, T = folder.test_acc.shape  # T: the run's tasks (a folder may have evaluated only some)
     if n > T:
         raise CljaxError(f"{algo_dir} holds {n} task folders but each evaluates only {T} tasks")
     options = Options(variant=variant, tau=tau, glue_n_probes=glue_n_probes, glue_tasks=glue_tasks,

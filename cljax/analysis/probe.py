@@ -128,14 +128,18 @@ def _saved_head(folder: TaskFolder, H: int):
 
 
 def update(state: dict, folder: TaskFolder) -> dict:
-    reps = np.asarray(folder.representations[-1], dtype=np.float64)  # (R, T, S, H)
-    labels = np.asarray(folder.binary_labels[-1])  # (R, T, S)
+    reps = np.asarray(folder.representations[-1], dtype=np.float64)  # (R, K, S, H), the saved slots
+    labels = np.asarray(folder.binary_labels[-1])  # (R, K, S)
     state["S"] = reps.shape[-2]
-    state["probe"].append(probe_accuracy(reps, labels, ridge=state["ridge"]))
+    evaluated = folder.eval_task_ids >= 0  # a slot without a task is NaN in every column
+    state["probe"].append(folder.to_tasks(np.where(evaluated, probe_accuracy(reps, labels, ridge=state["ridge"]),
+                                                   np.nan) if not folder.all_tasks else
+                                          probe_accuracy(reps, labels, ridge=state["ridge"])))
     head = _saved_head(folder, reps.shape[-1])
-    state["head_same"].append(np.full(reps.shape[:2], np.nan) if head is None else
-                              head_accuracy(reps, labels, head[0][:, None], head[1][:, None]))
-    state["head"].append(folder.test_acc[-1])
+    head_same = (np.full(reps.shape[:2], np.nan) if head is None else
+                 head_accuracy(reps, labels, head[0][:, None], head[1][:, None]))
+    state["head_same"].append(folder.to_tasks(np.where(evaluated, head_same, np.nan)))
+    state["head"].append(folder.test_acc[-1])  # (R, T), NaN where not evaluated
     return state
 
 

@@ -25,6 +25,7 @@ from typing import Any, Callable, NamedTuple
 import numpy as np
 
 from cljax import results
+from cljax.eval_tasks import eval_ids_of as results_eval_ids
 from cljax.analysis.glue import N_PROBES
 from cljax.analysis.probe import RIDGE
 from cljax.errors import CljaxError
@@ -53,7 +54,7 @@ class RunContext(NamedTuple):
     n_folders: int  # task folders present (n <= T)
     n_snapshots: int  # L, snapshots per folder (of task_000)
     n_repeats: int  # R
-    n_eval_tasks: int  # T, tasks evaluated at every snapshot
+    n_eval_tasks: int  # T, the run's tasks (a folder's task axis holds all of them, or K slots: TaskFolder)
     options: Options
 
 
@@ -68,7 +69,36 @@ class TaskFolder:
         missing = [k for k in ("test_acc", "start_test_acc") if k not in self.metrics]
         if missing:
             raise CljaxError(f"{path / 'metrics.pkl'} lacks {missing}: it was not written by cljax's runner.")
-        self.test_acc = np.asarray(self.metrics["test_acc"], dtype=np.float64)  # (L, R, T)
+        self.test_acc_slots = np.asarray(self.metrics["test_acc"], dtype=np.float64)  # (L, R, K) as saved
+        K = self.test_acc_slots.shape[-1]
+        # The global task of each saved slot (-1: none), and the run's task count (--eval-tasks).
+        self.eval_task_ids = results_eval_ids(self.metadata, K)
+        self.num_tasks = int((self.metadata.get("config") or {}).get("num_tasks", K))
+        self.all_tasks = K == self.num_tasks and bool((self.eval_task_ids == np.arange(K)).all())
+        self.test_acc = self.to_tasks(self.test_acc_slots)  # (L, R, T), NaN where not evaluated
+
+    def to_tasks(self, values, fill=np.nan) -> np.ndarray:
+        """An array whose last axis is this folder's K saved slots -> one whose last axis is the
+        run's T tasks, ``fill`` (NaN) where a task was not evaluated; itself when slot k is task k."""
+        values = np.asarray(values)
+        if self.all_tasks:
+            return values
+        out = np.full((*values.shape[:-1], self.num_tasks), fill, dtype=np.result_type(values.dtype, np.float64))
+        valid = self.eval_task_ids >= 0
+        out[..., self.eval_task_ids[valid]] = values[..., valid]
+        return out
+
+    @property
+    def valid_slots(self) -> np.ndarray:
+        """The saved slots that hold a task (eval id >= 0)."""
+        return np.flatnonzero(self.eval_task_ids >= 0)
+
+    def slot_of(self, task: int) -> int:
+        """The saved slot that holds ``task`` (this folder's own task is always evaluated)."""
+        hits = np.flatnonzero(self.eval_task_ids == task)
+        if not len(hits):
+            raise CljaxError(f"{self.path} did not evaluate task {task}")
+        return int(hits[0])
 
     @functools.cached_property
     def log_steps(self) -> np.ndarray:
@@ -78,8 +108,8 @@ class TaskFolder:
 
     @functools.cached_property
     def start_test_acc(self) -> np.ndarray:
-        """(R, T): every task's accuracy evaluated before this task's first step."""
-        return np.asarray(self.metrics["start_test_acc"], dtype=np.float64)
+        """(R, T): every task's accuracy evaluated before this task's first step (NaN: not evaluated)."""
+        return self.to_tasks(np.asarray(self.metrics["start_test_acc"], dtype=np.float64))
 
     @functools.cached_property
     def expert_metrics(self) -> dict:
@@ -87,12 +117,12 @@ class TaskFolder:
 
     @functools.cached_property
     def representations(self) -> np.ndarray:
-        """(L, R, T, S, H), memory-mapped."""
+        """(L, R, K, S, H), memory-mapped; the K saved slots (``eval_task_ids``)."""
         return results.load_representations(self.path)
 
     @functools.cached_property
     def binary_labels(self) -> np.ndarray:
-        """(L, R, T, S)."""
+        """(L, R, K, S), the K saved slots."""
         return results.load_binary_labels(self.path)
 
     @functools.cached_property
