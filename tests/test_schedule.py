@@ -1,0 +1,188 @@
+"""Long runs: the cycled schedule (--task-schedule cycle) and the evaluated tasks (--eval-tasks):
+schedules, slot ids, what a run saves per mode, one compilation, a byte-identical resume, the
+planner and the analyses on runs that evaluate a subset of the tasks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cljax import results
+from cljax.analysis.cl import cl_metrics_evaluated, cl_metrics_from_matrix
+from cljax.analysis.driver import analyze_run
+from cljax.config import Config, differing_settings
+from cljax.errors import CljaxError
+from cljax.eval_tasks import parse_eval_tasks
+from cljax.experiment import run_experiment
+from cljax.plan import make_plan
+from cljax.tasks import make_schedule
+from tests.conftest import is_program_obtained
+
+# 4 classes: 2 pairs per cycle; 5 tasks visit them 3, 2 times.
+TINY = dict(dataset="synthetic", synthetic_classes=4, num_tasks=5, n_repeats=2, n_train_per_class=16,
+            n_test_per_class=4, n_subsamples=4, epochs=1, batch_size=16, log_frequency=1, lr=0.1,
+            task_schedule="cycle")
+SAVED = ("representations.npy", "binary_labels.npy", "weights.npy", "start_weights.npy", "metrics.pkl",
+         "expert_metrics.pkl")
+
+
+def tiny(tmp_path, **overrides) -> Config:
+    return Config.from_flat({**TINY, "results_dir": str(tmp_path), **overrides})
+
+
+def test_cycle_repeats_the_permutation_and_pairs_refuses_past_it():
+    pairs = make_schedule(10, 5, 3, seed=4)
+    cycle = make_schedule(10, 12, 3, seed=4, kind="cycle")
+    assert cycle.shape == (12, 3, 2)
+    np.testing.assert_array_equal(cycle[:5], pairs)  # the first cycle is today's schedule
+    np.testing.assert_array_equal(cycle[5:10], pairs)
+    np.testing.assert_array_equal(cycle[10:], pairs[:2])
+    for r in range(3):  # each repeat's cycle uses every class once
+        assert sorted(cycle[:5, r].ravel().tolist()) == list(range(10))
+    with pytest.raises(CljaxError, match="--task-schedule cycle"):
+        make_schedule(10, 6, 2, 0)
+
+
+def test_eval_task_slots_per_mode():
+    assert parse_eval_tasks("all").ids(2, 4).tolist() == [0, 1, 2, 3]
+    assert parse_eval_tasks("seen").ids(1, 4).tolist() == [0, 1, -1, -1]
+    assert parse_eval_tasks("current").ids(3, 4).tolist() == [3]
+    window = parse_eval_tasks("window:3")
+    assert window.slots(1000) == 3
+    assert window.ids(0, 1000).tolist() == [-1, -1, 0]
+    assert window.ids(7, 1000).tolist() == [5, 6, 7]
+    assert window.current_slot(7) == 2
+    for bad in ("window:0", "window", "last", "window:-2"):
+        with pytest.raises(CljaxError, match="--eval-tasks"):
+            parse_eval_tasks(bad)
+    with pytest.raises(CljaxError, match="--eval-tasks"):
+        Config.from_flat(eval_tasks="window:x").validate()
+
+
+def test_runs_recorded_before_the_settings_resume_as_pairs_and_all(tmp_path):
+    recorded = {k: v for k, v in Config.from_flat(results_dir=str(tmp_path)).to_dict().items()
+                if k not in ("task_schedule", "eval_tasks")}
+    assert differing_settings(recorded, Config.from_flat(results_dir=str(tmp_path))) == []
+    assert differing_settings(recorded, Config.from_flat(results_dir=str(tmp_path), eval_tasks="current")) == [
+        "eval_tasks"]
+
+
+@pytest.fixture(scope="module")
+def window_and_all(tmp_path_factory):
+    """The same cycled run evaluated with window:2 and with all, and window:2 interrupted after
+    task 1 then resumed; compilations counted per task."""
+    import jax
+
+    root = tmp_path_factory.mktemp("sched")
+    compiles, per_task = [0], {}
+
+    def on_compile(event, duration, **kwargs):
+        if is_program_obtained(event):
+            compiles[0] += 1
+
+    jax.monitoring.register_event_duration_secs_listener(on_compile)
+    try:
+        window = run_experiment(tiny(root / "window", eval_tasks="window:2"), progress=False,
+                                on_task_end=lambda t, info: per_task.__setitem__(t, compiles[0]))
+    finally:
+        jax.monitoring.unregister_event_duration_listener(on_compile)
+    full = run_experiment(tiny(root / "all"), progress=False)
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_1(t, info):
+        if t == 1:
+            raise Stop
+
+    resumed_config = tiny(root / "resumed", eval_tasks="window:2")
+    with pytest.raises(Stop):
+        run_experiment(resumed_config, progress=False, on_task_end=stop_after_1)
+    resumed = run_experiment(resumed_config, progress=False)
+    return window, full, resumed, per_task
+
+
+def test_window_run_saves_its_slots_and_compiles_once(window_and_all):
+    window, full, resumed, per_task = window_and_all
+    assert resumed.first_task == 2
+    assert per_task[0] > 0 and per_task[0] == per_task[4]  # every program compiled during task 0 only
+    for t in range(5):
+        w, a = window.algo_dir / results.task_dir_name(t), full.algo_dir / results.task_dir_name(t)
+        meta = results.load_metadata(w)
+        ids = [t - 1 if t else -1, t]
+        assert meta["eval_tasks"]["eval_task_ids"] == ids and meta["eval_tasks"]["mode"] == "window:2"
+        assert meta["schedule"]["pairs_seen"] == np.bincount(np.arange(t + 1) % 2, minlength=2).tolist()
+        assert meta["schedule"]["pair_visit"] == t // 2 + 1 and "task_class_pairs" not in meta
+        assert np.array(meta["schedule"]["cycle_class_pairs"]).shape == (2, 2, 2)
+        m, m_all = results.load_metrics(w), results.load_metrics(a)
+        assert m["test_acc"].shape == (2, 2, 2) and results.load_representations(w).shape == (2, 2, 2, 4, 64)
+        # The window's slots hold the same numbers as the matching columns of the run that evaluates all.
+        valid = [k for k, j in enumerate(ids) if j >= 0]
+        for key in ("test_acc", "test_loss", "start_test_acc"):
+            np.testing.assert_array_equal(m[key][..., valid], m_all[key][..., [ids[k] for k in valid]])
+        np.testing.assert_array_equal(results.load_representations(w)[:, :, valid],
+                                      results.load_representations(a)[:, :, [ids[k] for k in valid]])
+        if t == 0:  # the empty slot is NaN
+            assert np.isnan(m["test_acc"][..., 0]).all() and np.isnan(results.load_representations(w)[:, :, 0]).all()
+        # A resume writes the same bytes.
+        r = resumed.algo_dir / results.task_dir_name(t)
+        for name in SAVED:
+            assert (w / name).read_bytes() == (r / name).read_bytes(), (t, name)
+
+
+def test_analyses_of_a_window_run_use_the_evaluated_entries(window_and_all, tmp_path):
+    window, full, _, _ = window_and_all
+    summary = analyze_run(window.algo_dir, tmp_path / "w", glue_n_probes=4, glue_tasks="all", make_plots=False)
+    assert summary["evaluated_entries"]["eval_tasks"] == ["window:2"]
+    # Window 2 over 5 tasks: the last row holds tasks 3, 4; BWT and forgetting have task 3's term only.
+    assert summary["cl"]["final"]["n_terms"] == {"average_accuracy": 2, "bwt": 1, "fwt": 0, "forgetting": 1}
+    assert summary["fwt"]["mean"] is None
+    cl = np.load(tmp_path / "w" / "cl.npz")
+    A = cl["final_accuracy_matrix"]
+    assert A.shape == (2, 5, 5)
+    evaluated = np.zeros((5, 5), bool)
+    for i in range(5):
+        evaluated[i, max(i - 1, 0): i + 1] = True
+    assert (np.isfinite(A[0]) == evaluated).all()
+    # The entries it has equal those of the run that evaluates all; its BWT uses task 3 alone.
+    analyze_run(full.algo_dir, tmp_path / "a", analyses=["cl"], make_plots=False)
+    A_all = np.load(tmp_path / "a" / "cl.npz")["final_accuracy_matrix"]
+    np.testing.assert_array_equal(A[:, evaluated], A_all[:, evaluated])
+    np.testing.assert_allclose(cl["final_bwt"], A_all[:, 4, 3] - A_all[:, 3, 3])
+    np.testing.assert_allclose(cl["final_average_accuracy"], A_all[:, 4, 3:].mean(axis=-1))
+    probe = np.load(tmp_path / "w" / "probe.npz")["probe_acc"]  # (R, n, T): NaN off the window
+    assert (np.isfinite(probe[0]) == evaluated).all()
+
+
+def test_masked_metrics_equal_the_full_ones_when_everything_is_evaluated():
+    rng = np.random.default_rng(0)
+    A, E, b = rng.uniform(size=(3, 4, 4)), rng.uniform(size=(3, 4)), rng.uniform(size=(3, 4))
+    full = cl_metrics_from_matrix(A, E, b)
+    masked = cl_metrics_evaluated(A, E, b, np.ones((4, 4), bool), np.ones(4, bool))
+    for key in ("average_accuracy", "bwt", "fwt", "forgetting", "forgetting_per_task"):
+        np.testing.assert_allclose(masked[key], full[key], rtol=1e-12, err_msg=key)
+
+
+def test_plan_and_disk_per_task_do_not_grow_with_T_for_a_window(tmp_path):
+    small = make_plan(tiny(tmp_path, eval_tasks="current", num_tasks=10))
+    large = make_plan(tiny(tmp_path, eval_tasks="current", num_tasks=2000))
+    assert small["evaluation"]["slots"] == large["evaluation"]["slots"] == 1
+    assert small["device_bytes_per_task"] == large["device_bytes_per_task"]
+    for name in SAVED:
+        assert small["disk_files_per_task"][name] == large["disk_files_per_task"][name], name
+    # metadata.json: only the pairs_seen counts' digits grow
+    assert large["disk_files_per_task"]["metadata.json"] - small["disk_files_per_task"]["metadata.json"] < 64
+    assert large["host_components"]["test_sets"] == small["host_components"]["test_sets"]
+    every = make_plan(tiny(tmp_path, num_tasks=2000))
+    assert every["evaluation"]["slots"] == 2000
+    assert every["disk_files_per_task"]["representations.npy"] > 1000 * large["disk_files_per_task"]["representations.npy"]
+
+
+def test_seen_saves_every_slot_with_nan_past_the_current_task(tmp_path):
+    run = run_experiment(tiny(tmp_path, eval_tasks="seen", num_tasks=3, eval_chunk_tasks=1), progress=False)
+    m = results.load_metrics(run.algo_dir / "task_000")
+    assert m["test_acc"].shape == (2, 2, 3)
+    assert np.isfinite(m["test_acc"][..., 0]).all() and np.isnan(m["test_acc"][..., 1:]).all()
+    assert np.isnan(results.load_representations(run.algo_dir / "task_001")[:, :, 2]).all()
+    assert results.load_metadata(run.algo_dir / "task_001")["eval_tasks"]["eval_task_ids"] == [0, 1, -1]
+    assert np.isfinite(results.load_metrics(run.algo_dir / "task_002")["test_acc"]).all()
