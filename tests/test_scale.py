@@ -107,7 +107,8 @@ def hundred_tasks(sweep_process, tmp_path_factory):
 def test_auto_chunk_is_chosen_from_the_budget(hundred_tasks):
     config, plan, _, _, _ = hundred_tasks
     assert choose_eval_chunk(budget_of(config)) == K_AUTO
-    assert plan["evaluation"] == {"mode": "chunked", "chunk_tasks": K_AUTO, "calls_per_task": 4, "chosen_by": "budget"}
+    assert plan["evaluation"] == {"eval_tasks": "all", "slots": 100, "mode": "chunked", "chunk_tasks": K_AUTO,
+                                  "calls_per_task": 4, "chosen_by": "budget"}
     # With room for everything, the same config evaluates resident; a set K wins over the budget.
     roomy = dataclasses.replace(config, device_memory=budget_for_chunk(config, config.num_tasks))
     assert choose_eval_chunk(budget_of(roomy)) == config.num_tasks
