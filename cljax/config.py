@@ -61,6 +61,12 @@ class Config:
     lr_classifier: float | None = param(None, "learning rate of the classifier layer (default: --lr)", min=0.0)
     momentum: float = param(0.0, "SGD momentum of the continual learner (the expert is plain SGD)", min=0.0, max=0.999)
     out_dim: int = param(1, "classifier outputs: 1 (sigmoid + binary cross-entropy) or 2 (softmax)", choices=(1, 2))
+    head: str = param("shared", "output layer across tasks: one for every task (shared), the same one reset at every "
+                      "task start (reset), or one block of --out-dim outputs per task, each task trained and evaluated "
+                      "through its own (multi); see cljax/heads.py", choices=("shared", "reset", "multi"),
+                      absent="shared")
+    head_reset_to: str = param("zero", "--head reset: set the output layer to zero (as the loss-of-plasticity protocol) "
+                               "or draw it afresh from the initialiser (init)", choices=("zero", "init"), absent="zero")
     # how the program runs (see `cljax plan`)
     conv_impl: str = param("auto", "convolution lowering: lax (XLA's convolution), im2col (patches @ kernel, for the "
                            "CPU), auto (im2col on the CPU, lax elsewhere); recorded in metadata.json",
@@ -199,8 +205,11 @@ class Config:
 
     @property
     def algorithm_name(self) -> str:
-        """The results-tree folder name: the rule, the enabled options' tags, the task count."""
-        return "_".join([self.algorithm, *(OPTIONS[name].tag for name, _ in self.option_params), f"T{self.num_tasks}"])
+        """The results-tree folder name: the rule, the enabled options' tags, the head when it is not
+        shared (``headreset``, ``headmulti``), the task count."""
+        head = [] if self.head == "shared" else [f"head{self.head}"]
+        return "_".join([self.algorithm, *(OPTIONS[name].tag for name, _ in self.option_params), *head,
+                         f"T{self.num_tasks}"])
 
     # ---- validation ----------------------------------------------------------------------
     def validate(self) -> "Config":
@@ -227,6 +236,13 @@ class Config:
         from cljax.eval_tasks import parse_eval_tasks
 
         parse_eval_tasks(self.eval_tasks)
+        if self.head == "multi" and any(name == "replay" for name, _ in self.option_params):
+            raise CljaxError("--head multi with --use-replay: a replayed image would need its own task's head, which "
+                             "the replay buffer does not record; choose --head shared or reset, or drop --use-replay.")
+        if self.head == "multi" and self.task_schedule == "cycle":
+            raise CljaxError("--head multi with --task-schedule cycle: one head per task would grow the output layer "
+                             "(and every saved snapshot) with T; choose --head reset (the loss-of-plasticity protocol) or "
+                             "shared.")
         if self.log_frequency > self.steps_per_task:
             raise CljaxError(
                 f"--log-frequency {self.log_frequency} is larger than a task's {self.steps_per_task} steps "

@@ -25,16 +25,14 @@ from jax import lax
 
 from cljax.devices.memory import live_device_bytes
 from cljax.devices.mesh import fetch, put_repeats
+from cljax.heads import with_head
 from cljax.losses import nll_and_correct
 
 
-def evaluate_one(net, params, model_state, x_N, y_N, chunk: int, task_id=None):
+def evaluate_one(net, params, model_state, x_N, y_N, chunk: int):
     """Accuracy, loss (scalars) and hidden (N, H) of one model on one test set (evaluation
     mode), ``chunk`` test images per forward pass (small chunks keep the convolution's patches
-    in cache on the CPU). ``task_id``: the global index of the task the test set belongs to (a
-    traced int32, -1 for an empty slot), for a model that reads a task out through its own head;
-    the shared-head models ignore it."""
-    del task_id  # one shared head: every task is read out the same way
+    in cache on the CPU)."""
     n = x_N.shape[0]
     x_CK = x_N.reshape(n // chunk, chunk, *x_N.shape[1:])
     y_CK = y_N.reshape(n // chunk, chunk)
@@ -48,18 +46,20 @@ def evaluate_one(net, params, model_state, x_N, y_N, chunk: int, task_id=None):
     return correct_C.sum(0) / n, nll_C.sum(0) / n, hidden_CKH.reshape(n, -1)
 
 
-def evaluate_snapshots(net, sizes, models_L, test_x_KN, test_y_KN, task_ids_K):
+def evaluate_snapshots(net, sizes, models_L, test_x_KN, test_y_KN, task_ids_K, heads=None):
     """One repeat's learner at every snapshot on K tasks' test sets: acc, loss (L, K) and the
     representations of the S fixed test images (L, K, S, H). ``models_L`` = (params,
     model_state) stacked over the snapshots; ``task_ids_K`` (K,) int32 the global index of each
-    slot's task, -1 for a slot without a task, whose outputs are NaN (cljax/eval_tasks.py). A
+    slot's task, -1 for a slot without a task, whose outputs are NaN (cljax/eval_tasks.py); a
+    task is read out through its own head under ``--head multi`` (``heads``, cljax/heads.py). A
     pure function of its inputs, so evaluating the tasks in one call or in chunks gives the same
     numbers."""
 
     def at_snapshot(model):
         def on_task(xyi):
             x, y, task_id = xyi
-            acc, loss, hidden_NH = evaluate_one(net, *model, x, y, sizes.eval_chunk, task_id=task_id)
+            task_net = net if heads is None else with_head(net, heads, jnp.maximum(task_id, 0))
+            acc, loss, hidden_NH = evaluate_one(task_net, *model, x, y, sizes.eval_chunk)
             reps = hidden_NH[: sizes.n_subsamples].astype(sizes.rep_dtype)
             empty = task_id < 0
             nan = jnp.array(jnp.nan, reps.dtype)

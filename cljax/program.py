@@ -25,12 +25,13 @@ from jax.sharding import PartitionSpec as P
 
 from cljax.devices.mesh import REPEATS_AXIS, device_count, repeat_mesh
 from cljax.evaluate import evaluate_snapshots
+from cljax.heads import HeadSpec, n_heads_of
 from cljax.host import usable_cores
 from cljax.models import ModelContext, build_model, make_net, resolve_conv_impl
 from cljax.options import keeps_batch, make_options
 from cljax.rules import make_rule
-from cljax.step import (KEY_EXPERT_INIT, KEY_EXPERT_RULE, KEY_LEARNER_INIT, KEY_OPTIONS, KEY_SHUFFLE, KEY_STEPS, Parts,
-                        init_learner, make_optimizer)
+from cljax.step import (KEY_EXPERT_INIT, KEY_EXPERT_RULE, KEY_HEAD, KEY_LEARNER_INIT, KEY_OPTIONS, KEY_SHUFFLE,
+                        KEY_STEPS, Parts, init_learner, make_optimizer)
 from cljax.train import Sizes, TaskKeys, train_task
 
 
@@ -107,6 +108,7 @@ def task_keys(task_key, n_repeats: int, sizes: Sizes, n_options: int) -> TaskKey
         expert_steps=per_repeat(jax.vmap(over_repeats)(step_pairs[:, 1])),
         task_start=option_keys(0),
         task_end=option_keys(1),
+        head=over_repeats(jax.random.fold_in(task_key, KEY_HEAD)),
     )
 
 
@@ -124,10 +126,12 @@ class TaskProgram(NamedTuple):
 def build_parts(config, image_shape, conv_impl: str | None = None, paired: bool = False) -> Parts:
     """The model, rule, options and optimisers of a (validated) config."""
     conv = conv_impl or resolve_conv_impl(config.conv_impl)
-    module = build_model(config.model, config.model_params, ModelContext(config.out_dim, tuple(image_shape), conv))
+    outputs = config.out_dim * n_heads_of(config)  # one block of out_dim per head (cljax/heads.py)
+    module = build_model(config.model, config.model_params, ModelContext(outputs, tuple(image_shape), conv))
     net = make_net(module, tuple(image_shape))
     return Parts(net=net, rule=make_rule(config, net), options=make_options(config, net),
-                 learner_tx=make_optimizer(config, config.momentum), expert_tx=make_optimizer(config, 0.0), paired=paired)
+                 learner_tx=make_optimizer(config, config.momentum), expert_tx=make_optimizer(config, 0.0), paired=paired,
+                 heads=HeadSpec.of(config))
 
 
 def build_task_program(config, image_shape, *, loop_repeats: bool | None = None,
@@ -151,7 +155,7 @@ def build_task_program(config, image_shape, *, loop_repeats: bool | None = None,
         return jax.vmap(partial(init_learner, parts))(keys)
 
     one_task = map_repeats(partial(train_task, parts, sizes), (0, 1, 1, 1, 1, None, 0), loop)
-    one_eval = map_repeats(partial(evaluate_snapshots, parts.net, sizes), (1, 2, 2, None), loop)
+    one_eval = map_repeats(partial(evaluate_snapshots, parts.net, sizes, heads=parts.heads), (1, 2, 2, None), loop)
 
     def train_shard(learner, train_x, train_y, test_x, test_y, task_idx, keys):
         learner, trace = one_task(learner, train_x, train_y, test_x, test_y, task_idx, keys)

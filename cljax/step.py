@@ -21,6 +21,7 @@ from cljax.models import CLASSIFIER_GROUP
 KEY_LEARNER_INIT, KEY_TASKS = 0, 1
 KEY_EXPERT_INIT, KEY_SHUFFLE, KEY_STEPS, KEY_OPTIONS, KEY_EXPERT_RULE = 0, 1, 2, 3, 4
 KEY_LEARNER_RULE = 2  # folded into a repeat's init key (after its split into params / options)
+KEY_HEAD = 5  # a task's stream for --head reset --head-reset-to init
 
 
 class LearnerState(NamedTuple):
@@ -52,6 +53,7 @@ class Parts(NamedTuple):
     learner_tx: optax.GradientTransformation
     expert_tx: optax.GradientTransformation
     paired: bool  # learner and expert directions in one call batched over the pair
+    heads: Any = None  # cljax.heads.HeadSpec: the output layer across tasks (None: one shared head)
 
 
 def param_groups(params):

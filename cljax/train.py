@@ -22,6 +22,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from cljax.evaluate import evaluate_one
+from cljax.heads import reset_head, with_head
 from cljax.step import LearnerState, Parts, both_steps, init_expert, options_hook
 
 
@@ -61,6 +62,7 @@ class TaskKeys(NamedTuple):
     expert_steps: Any  # (steps,)
     task_start: Any  # (max(n_options, 1),) one per option
     task_end: Any
+    head: Any  # --head reset --head-reset-to init: the fresh output layer's draw
 
 
 def train_task(parts: Parts, sizes: Sizes, learner: LearnerState, train_x_N, train_y_N, test_x_N, test_y_N, task_idx,
@@ -75,9 +77,13 @@ def train_task(parts: Parts, sizes: Sizes, learner: LearnerState, train_x_N, tra
     perms_EN = jax.vmap(lambda k: jax.random.permutation(k, N))(keys.shuffle)
     idx_SB = perms_EN[:, : sizes.batches_per_epoch * B].reshape(sizes.steps, B)
 
-    # Task-start hooks (shrink+perturb at a boundary) come first: the trace's row 0, evaluated as
-    # the task's start and saved as its start weights, is the state this task's training starts from.
+    # Task-start hooks (shrink+perturb at a boundary, the head's reset) come first: the trace's
+    # row 0, evaluated as the task's start and saved as its start weights, is the state this
+    # task's training starts from.
     learner = options_hook(parts, "task_start", learner, keys.task_start, task_idx)
+    if parts.heads is not None:  # the output layer across tasks (cljax/heads.py)
+        learner = learner._replace(params=reset_head(parts.net, parts.heads, learner.params, keys.head))
+        parts = parts._replace(net=with_head(parts.net, parts.heads, task_idx))
     start = (learner.params, learner.model_state)
 
     def step(carry, step_i):
