@@ -31,7 +31,7 @@ def _cmd_run(argv: list[str]) -> int:
     parser = _Parser(prog="cljax run", description="Run a continual-learning experiment and write its results tree. "
                      "Rerunning the same command resumes an interrupted run from its first unfinished task.")
     load_plugins_from_argv(argv)
-    add_settings_flags(parser)
+    add_settings_flags(parser, argv)
     add_run_flags(parser)
     args = parser.parse_args(argv)
     config = config_from_args(args)
@@ -118,7 +118,7 @@ def _cmd_plan(argv: list[str]) -> int:
                      "anything runs: device memory per task, host memory, disk per task and for the run, and whether "
                      "evaluation keeps all test sets on the device or streams them K tasks at a time.")
     load_plugins_from_argv(argv)
-    add_settings_flags(parser)
+    add_settings_flags(parser, argv)
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
     add_run_flags(parser, " (as in `cljax run`; no effect on the plan)")  # accepted for copy-paste
     args = parser.parse_args(argv)

@@ -8,6 +8,7 @@ import argparse
 from cljax.config import Config, field_types_of, option_switch, settings_fields
 from cljax.errors import CljaxError
 from cljax.flags import add_flag, field_types, parse_text
+from cljax.presets import PRESETS, preset_from_argv
 from cljax.registry import DATASETS, MODELS, OPTIONS, RULES, load_plugins
 
 
@@ -54,13 +55,22 @@ def setting_specs() -> dict[str, tuple]:
     return specs
 
 
-def add_settings_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per setting, with its help text and default; ``--plugin`` to load extensions."""
+def add_settings_flags(parser: argparse.ArgumentParser, argv: list[str] = ()) -> None:
+    """One flag per setting, with its help text and default; ``--plugin`` to load extensions;
+    ``--preset`` (found in ``argv``) to change the defaults (cljax/presets.py)."""
     parser.add_argument("--plugin", action="append", default=[], metavar="FILE",
                         help="a Python file that registers rules, options, models or datasets (repeatable)")
-    for dest, (flag, ftype, meta, default, aliases, users) in setting_specs().items():
+    parser.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                        help="a named protocol's settings as defaults; flags given beside it win (cljax/presets.py)")
+    specs = setting_specs()
+    for dest, (flag, ftype, meta, default, aliases, users) in specs.items():
         note = f" [{', '.join(users)}]" if len(users) > 1 else ""
         add_flag(parser, flag, dest, ftype, meta, default, aliases, note)
+    preset = preset_from_argv(list(argv))
+    unknown = sorted(set(preset) - set(specs))
+    if unknown:
+        raise CljaxError(f"the preset sets unknown setting(s) {', '.join(unknown)}: fix cljax/presets.py.")
+    parser.set_defaults(**preset)
 
 
 RUN_ONLY_FLAGS = {

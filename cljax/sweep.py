@@ -209,7 +209,7 @@ def sweep_main(argv: list[str]) -> int:
     parser.add_argument("--slurm-cpus", type=int, default=None, help="CPUs per job")
     parser.add_argument("--slurm-mem-gb", type=float, default=None, help="memory per job in GB")
     parser.add_argument("--slurm-array-parallelism", type=int, default=None, help="at most this many jobs at once")
-    add_settings_flags(parser)
+    add_settings_flags(parser, argv)
     add_run_flags(parser, " (every job; jobs never draw a progress bar)")
     args = parser.parse_args(argv)
     base = config_from_args(args)

@@ -1,0 +1,35 @@
+"""--preset: a named protocol's settings as defaults, flags beside it win, unknown names are one line."""
+
+from __future__ import annotations
+
+from cljax.cli import main as cli_main
+from cljax.presets import PRESETS
+from cljax.settings import Parser, add_settings_flags, config_from_args, setting_specs
+
+
+def config_of(argv):
+    parser = Parser(prog="test")
+    add_settings_flags(parser, argv)
+    return config_from_args(parser.parse_args(argv))
+
+
+def test_the_lop_preset_sets_the_protocol_and_a_flag_beside_it_wins():
+    config = config_of(["--preset", "lop-imagenet"]).validate()
+    assert (config.dataset, config.task_schedule, config.num_tasks, config.n_repeats) == ("imagenet_28_gray", "cycle",
+                                                                                          5000, 30)
+    assert (config.n_train_per_class, config.n_test_per_class, config.batch_size, config.epochs) == (600, 100, 100, 250)
+    assert config.steps_per_task == 3000
+    assert (config.lr, config.momentum, config.out_dim, config.head, config.eval_tasks) == (0.01, 0.9, 2, "reset",
+                                                                                            "current")
+    config = config_of(["--num-tasks", "7", "--preset=lop-imagenet", "--head", "shared"])
+    assert (config.num_tasks, config.head, config.momentum) == (7, "shared", 0.9)
+    assert config_of([]).num_tasks == 5  # no preset: the defaults
+    assert all(set(p) <= set(setting_specs()) for p in PRESETS.values())
+
+
+def test_an_unknown_preset_is_one_line(tmp_path, capsys):
+    rc = cli_main(["run", "--preset", "lop", "--results-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1
+    assert "unknown preset 'lop'" in err and "lop-imagenet" in err
+    assert not any(tmp_path.iterdir())
