@@ -105,17 +105,15 @@ def stage_precision(args) -> dict:
     size = dict(SMOKE_MODEL, n_repeats=2, n_train_per_class=40, n_test_per_class=20, n_subsamples=8, log_frequency=2,
                 batch_size=20) if args.smoke else dict(n_repeats=32, log_frequency=50)
     out, ref, rounds = {}, None, 1 if args.smoke else 3
+    config = Config.from_flat(dataset="fashion_mnist", data_dir=args.fashion_dir, num_tasks=1, epochs=1, **size).validate()
+    data = load_dataset(config)
+    pairs = make_schedule(data.n_classes, 1, config.n_repeats, config.seed)[0]
+    td = TaskData(data, config)
+    (x, y), (tx, ty) = td.train(pairs), td.test(pairs)
+    inputs = (put_repeats(x, 1), put_repeats(y, 1), put_repeats(tx, 1), put_repeats(ty, 1), jnp.int32(0), jax.random.key(1))
     for precision in PRECISIONS[::2] if args.smoke else PRECISIONS:
-        config = Config.from_flat(dataset="fashion_mnist", data_dir=args.fashion_dir, num_tasks=1, epochs=1,
-                                  matmul_precision=precision, **size).validate()
-        data = load_dataset(config)
-        pairs = make_schedule(data.n_classes, 1, config.n_repeats, config.seed)[0]
-        td = TaskData(data, config)
-        x, y = td.train(pairs)
-        tx, ty = td.test(pairs)
+        config = Config.from_flat({**config.to_dict(), "matmul_precision": precision}).validate()
         program = build_task_program(config, data.train_images.shape[1:])
-        inputs = (put_repeats(x, 1), put_repeats(y, 1), put_repeats(tx, 1), put_repeats(ty, 1), jnp.int32(0),
-                  jax.random.key(1))
         t0 = time.perf_counter()
         compiled = program.run_task.lower(program.init_learner(jax.random.key(0)), *inputs).compile()
         compile_seconds, times = time.perf_counter() - t0, []
@@ -251,7 +249,8 @@ def orchestrate(args) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
-           "XLA_PYTHON_CLIENT_PREALLOCATE": os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE", "false")}
+           "XLA_PYTHON_CLIENT_PREALLOCATE": os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE", "false"),
+           "CLJAX_FASHION_MNIST": args.fashion_dir}  # where the tests read it (tests/conftest.py)
     deadline = time.monotonic() + args.budget
     report = {"mode": "smoke" if args.smoke else "full", "budget_seconds": args.budget,
               "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "fashion_dir": args.fashion_dir, "stages": {},

@@ -18,7 +18,9 @@ processes hits every candidate alike and the ratios hold even on a shared machin
   DataLoader, each step's loss and accuracy recorded: the work cljax's program does) with all
   cores (``torch.set_num_threads`` = cores); also timed: the same with one thread (often
   faster on a loaded machine) and the lean loop (in-order slices, no metrics) with all cores;
-  "best torch" is the fastest of the three;
+  "best torch" is the fastest of the three. Beside them, the peers of ``torch_peers.py`` (all on
+  CUDA when it is present): K processes of the usual loop at once, and torch.func vmap over the
+  stacked parameters of R learners and experts; a second table gives cljax's ratio to each;
 - peak: a float32 matmul through XLA (jit), median over rounds, in FLOP/s.
 
 Then a 10-task ``run_experiment`` on the synthetic dataset: compilations counted from
