@@ -40,8 +40,11 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 PRECISIONS = ("highest", "high", "default")
-# --smoke: a small MLP compiles in a fraction of the CNN's time; the smoke run checks the script, not the model
-SMOKE_MODEL = {"model": "mlp", "mlp_hidden": 16}
+# --smoke checks the script, not the model: a small MLP (it compiles in a fraction of the CNN's
+# time), and one size for the precision, fashion and lop stages, so that their programs are
+# compiled once and then found in the persistent compilation cache.
+SMOKE_SIZE = {"model": "mlp", "mlp_hidden": 16, "n_repeats": 2, "n_train_per_class": 40, "n_test_per_class": 20,
+              "n_subsamples": 8, "epochs": 1, "batch_size": 20, "log_frequency": 2}
 METRICS = ("train_loss", "train_acc", "expert_test_acc")  # (L, R) in a task's trace
 GPU_TESTS = ["tests/test_precision.py", "tests/test_end_to_end.py", "tests/test_rules_options.py", "tests/test_models.py",
              "tests/test_initial_state.py"]
@@ -102,10 +105,9 @@ def stage_precision(args) -> dict:
     from cljax.tasks import TaskData, make_schedule
 
     cljax.enable_compilation_cache()
-    size = dict(SMOKE_MODEL, n_repeats=2, n_train_per_class=40, n_test_per_class=20, n_subsamples=8, log_frequency=2,
-                batch_size=20) if args.smoke else dict(n_repeats=32, log_frequency=50)
+    size = dict(SMOKE_SIZE) if args.smoke else dict(n_repeats=32, epochs=1, log_frequency=50)
     out, ref, rounds = {}, None, 1 if args.smoke else 3
-    config = Config.from_flat(dataset="fashion_mnist", data_dir=args.fashion_dir, num_tasks=1, epochs=1, **size).validate()
+    config = Config.from_flat(dataset="fashion_mnist", data_dir=args.fashion_dir, num_tasks=2, **size).validate()
     data = load_dataset(config)
     pairs = make_schedule(data.n_classes, 1, config.n_repeats, config.seed)[0]
     td = TaskData(data, config)
@@ -156,12 +158,8 @@ def stage_commands(args) -> dict:
     T = args.lop_tasks
     if args.smoke:
         bench = ["--quick", "--repeats", "1", "--no-torch", "--no-experiment"]
-        model = [f"--{k.replace('_', '-')}={v}" for k, v in SMOKE_MODEL.items()]
-        fashion = model + ["--num-tasks", "2", "--n-repeats", "2", "--n-train-per-class", "40", "--n-test-per-class", "20",
-                   "--n-subsamples", "8", "--epochs", "1", "--batch-size", "20", "--log-frequency", "2"]
-        lop = model + ["--num-tasks", "2", "--n-repeats", "2", "--n-train-per-class", "20", "--n-test-per-class", "10",
-               "--n-subsamples", "8", "--epochs", "2", "--batch-size", "10", "--log-frequency", "4"]
         T = 2
+        fashion = lop = ["--num-tasks", str(T), *(f"--{k.replace('_', '-')}={v}" for k, v in SMOKE_SIZE.items())]
     else:
         bench = ["--repeats", "1", "32", "128", "512", "--no-alternatives", "--rounds", "3", "--no-experiment"]
         if not has_torch():
