@@ -166,7 +166,7 @@ def stage_commands(args) -> dict:
             bench.append("--no-torch")
         fashion = ["--num-tasks", "5", "--n-repeats", "32"]
         lop = ["--num-tasks", str(T), "--n-repeats", "32", "--n-train-per-class", "600", "--n-test-per-class", "100",
-               "--batch-size", "100", "--epochs", str(args.lop_epochs), "--log-frequency", "120"]
+               "--batch-size", "100", "--epochs", str(args.lop_epochs), "--log-frequency", "300"]
     lop_data = ["--dataset", "synthetic", "--synthetic-classes", str(2 * T)]
     return {
         "env": child + ["--stage", "env"],
