@@ -19,7 +19,8 @@ def _env(r: dict) -> list[str]:
 
 def _tests(r: dict) -> list[str]:
     lines = [f"- {r['tests']} run, {r['failures']} failed, {r['errors']} errors, {r['skipped']} skipped "
-             f"in {r['seconds']:.0f} s (junit.xml; -x stops at the first failure)"]
+             + ("before the time limit stopped it (from tests.log)" if r.get("cut_short") else
+                f"in {r['seconds']:.0f} s (junit.xml)") + "; -x stops at the first failure"]
     return lines + [f"- failed: `{name}`" for name in r["failed"]]
 
 

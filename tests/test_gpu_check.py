@@ -70,3 +70,12 @@ def test_a_stage_past_its_limit_is_killed_with_its_children(tmp_path):
     assert (status, rc) == ("timeout", None) and time.monotonic() - t0 < 10
     time.sleep(3.5)
     assert not marker.exists()
+
+
+def test_a_test_stage_cut_short_reports_the_outcomes_pytest_printed(tmp_path):
+    gpu_check = load_gpu_check()
+    log = tmp_path / "tests.log"
+    log.write_text("tests/test_a.py::test_one PASSED   [ 10%]\ntests/test_a.py::test_two FAILED   [ 20%]\nnoise\n")
+    got = gpu_check.read_pytest_log(log)
+    assert (got["tests"], got["failures"], got["failed"], got["cut_short"]) == (2, 1, ["tests/test_a.py::test_two"], True)
+    assert gpu_check.collect("tests", tmp_path) == got  # no junit.xml: read from the log
