@@ -5,7 +5,7 @@ PYTHON := $(VENV)/bin/python
 FASHION_DIR ?= /usr/share/datasets/fashion-mnist
 RESULTS ?= results
 
-.PHONY: venv fashion-mnist demo test bench clean
+.PHONY: venv fashion-mnist demo test bench gpu-check gpu-check-smoke clean
 
 venv: $(VENV)/.installed
 
@@ -43,6 +43,18 @@ bench: venv
 	$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install -q -e '.[bench]'
 	mkdir -p $(dir $(BENCH_JSON))
 	$(PYTHON) benchmarks/throughput.py --json $(BENCH_JSON)
+
+# On a GPU machine whose image already holds jax, flax, optax, numpy, tqdm, matplotlib, pytest
+# (and torch for the peers): downloads and installs nothing, runs this checkout through PYTHONPATH,
+# at most 8 minutes, JSON + markdown into $(GPU_CHECK_OUT) (docs/benchmark.md, "GPU check").
+GPU_PY ?= python3
+GPU_CHECK_OUT ?= $(RESULTS)/gpu_check
+gpu-check:
+	PYTHONPATH=$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH} $(GPU_PY) benchmarks/gpu_check.py --out $(GPU_CHECK_OUT) --fashion-dir $(FASHION_DIR)
+
+# The same stages at a tiny size on any machine (the CPU here, about a minute); tests/test_gpu_check.py runs it.
+gpu-check-smoke:
+	PYTHONPATH=$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH} $(GPU_PY) benchmarks/gpu_check.py --smoke --out $(GPU_CHECK_OUT)_smoke --fashion-dir $(FASHION_DIR)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

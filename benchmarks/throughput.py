@@ -18,7 +18,9 @@ processes hits every candidate alike and the ratios hold even on a shared machin
   DataLoader, each step's loss and accuracy recorded: the work cljax's program does) with all
   cores (``torch.set_num_threads`` = cores); also timed: the same with one thread (often
   faster on a loaded machine) and the lean loop (in-order slices, no metrics) with all cores;
-  "best torch" is the fastest of the three;
+  "best torch" is the fastest of the three. Beside them, the peers of ``torch_peers.py`` (all on
+  CUDA when it is present): K processes of the usual loop at once, and torch.func vmap over the
+  stacked parameters of R learners and experts; a second table gives cljax's ratio to each;
 - peak: a float32 matmul through XLA (jit), median over rounds, in FLOP/s.
 
 Then a 10-task ``run_experiment`` on the synthetic dataset: compilations counted from
@@ -42,7 +44,9 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # torch_reference, when run as a file
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling modules, when run as a file
+
+from throughput_report import markdown  # noqa: E402  (found through the entry above)
 
 IMAGE_SHAPE = (28, 28)  # the synthetic dataset's images, the real shapes
 
@@ -111,12 +115,13 @@ def peak_unit(n: int):
 
 
 def cljax_unit(repeats: int, steps: int, batch_size: int, loop_repeats: bool | None, devices: int | None = None,
-               other_pairing: bool = False):
+               other_pairing: bool = False, precision: str | None = None):
     """The compiled task program of a synthetic config with ``steps`` steps (one snapshot),
     and a callable running it once; returns (call, samples per call, compile seconds, devices,
     whether learner and expert are paired). ``devices``: how many of the visible devices R is
     split over (None: as many as a run of R would use, the largest divisor of R that is at most
-    the visible devices). ``other_pairing``: learner and expert the other way than the default."""
+    the visible devices). ``other_pairing``: learner and expert the other way than the default.
+    ``precision``: --matmul-precision (None: the config's default)."""
     import jax
 
     from cljax.devices import cpu_devices_for, limit_devices
@@ -125,11 +130,12 @@ def cljax_unit(repeats: int, steps: int, batch_size: int, loop_repeats: bool | N
     n = cpu_devices_for(repeats, jax.device_count()) if devices is None else devices
     paired = (not paired_models_default(n)) if other_pairing else None
     with limit_devices(n):  # the program and its data are placed on these n devices
-        call, samples, compile_seconds, paired = _cljax_unit(repeats, steps, batch_size, loop_repeats, paired)
+        call, samples, compile_seconds, paired = _cljax_unit(repeats, steps, batch_size, loop_repeats, paired, precision)
     return call, samples, compile_seconds, n, paired
 
 
-def _cljax_unit(repeats: int, steps: int, batch_size: int, loop_repeats: bool | None, paired_models: bool | None):
+def _cljax_unit(repeats: int, steps: int, batch_size: int, loop_repeats: bool | None, paired_models: bool | None,
+                precision: str | None = None):
     import jax
     import jax.numpy as jnp
 
@@ -141,6 +147,7 @@ def _cljax_unit(repeats: int, steps: int, batch_size: int, loop_repeats: bool | 
     config = Config.from_flat(
         dataset="synthetic", num_tasks=1, n_repeats=repeats, n_train_per_class=n_per_class,
         n_test_per_class=50, n_subsamples=16, epochs=1, batch_size=batch_size, log_frequency=steps,
+        **({} if precision is None else {"matmul_precision": precision}),
     ).validate()
     program = build_task_program(config, IMAGE_SHAPE, loop_repeats=loop_repeats, paired_models=paired_models)
     rng = np.random.default_rng(repeats)
@@ -260,7 +267,14 @@ def parse_args(argv):
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--rounds", type=int, default=None, help="timing rounds, medians reported (default 5; --quick: 1)")
     p.add_argument("--peak-size", type=int, default=None, help="matmul size for the peak (default 4096; --quick: 512)")
-    p.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference (torch not installed)")
+    p.add_argument("--no-torch", action="store_true", help="skip the PyTorch peers (torch not installed)")
+    p.add_argument("--torch-processes", type=int, nargs="*", default=None,
+                   help="K values of the peer running K processes of the usual loop at once (default: 8 on CUDA, "
+                        "one per core on a CPU; none: skip it)")
+    p.add_argument("--no-torch-vmap", action="store_true", help="skip the torch.func vmap peer")
+    p.add_argument("--matmul-precision", choices=("default", "high", "highest"), default=None,
+                   help="cljax's --matmul-precision (default: the config's default)")
+    p.add_argument("--no-experiment", action="store_true", help="skip the 10-task run (compilations, memory, cache)")
     p.add_argument("--no-alternatives", action="store_true",
                    help="skip the alternatives (the other repeat-axis lowering, the other learner/expert pairing, one CPU device)")
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run of a few seconds")
@@ -313,30 +327,34 @@ def run_benchmark(args) -> dict:
         for name, loop, devices, other_pairing in variants:
             if devices is not None and devices == cpu_devices_for(R, jax.device_count()):
                 continue  # the default already runs this R on that many devices: the same program
-            call, n, seconds, used, pairs = cljax_unit(R, args.steps, args.batch_size, loop, devices, other_pairing)
+            call, n, seconds, used, pairs = cljax_unit(R, args.steps, args.batch_size, loop, devices, other_pairing,
+                                                       args.matmul_precision)
             units[(name, R)], samples[(name, R)] = call, n
             compile_seconds[(name, R)], n_devices[(name, R)], paired[(name, R)] = seconds, used, pairs
-    torch_threads = {}
+    peers = {}  # name or ("torch_vmap", R) -> description
     if not args.no_torch:
-        from torch_reference import TorchRepeat, torch_version
+        from torch_reference import torch_version
 
         if torch_version() is None:
             raise SystemExit("error: torch is not importable: install it with `pip install torch==2.13.0` or pass --no-torch")
-        cores = os.cpu_count() or 1
-        # name -> (threads, style); "torch" is the reference
-        torch_threads = {"torch": (cores, "usual"), "torch_lean": (cores, "lean")}
-        if cores > 1:
-            torch_threads["torch_1thread"] = (1, "usual")
-        for name, (threads, style) in torch_threads.items():
-            units[name] = TorchRepeat(args.steps, args.batch_size, threads, style=style)
-            samples[name] = args.steps * args.batch_size * 2
-    seconds = interleaved_medians(units, args.rounds)
+        from torch_peers import torch_units
+
+        for name, (call, n, info) in torch_units(repeats, args.steps, args.batch_size, args.torch_processes,
+                                                 vmap=not args.no_torch_vmap).items():
+            units[name], samples[name], peers[name] = call, n, info
+    try:
+        seconds = interleaved_medians(units, args.rounds)
+    finally:
+        if peers:
+            from torch_peers import close_units
+
+            close_units(units)
 
     peak = peak_flops_per_call / seconds["peak"]
     rows, alternatives = [], []
-    torch_sps = {name: samples[name] / seconds[name] for name in torch_threads}
+    torch_sps = {name: samples[name] / seconds[name] for name in peers if isinstance(name, str)}  # R-independent peers
     loop_of = {name: loop for name, loop, _, _ in variants}
-    for (name, R), n in ((k, v) for k, v in samples.items() if isinstance(k, tuple)):  # the cljax units
+    for (name, R), n in ((k, v) for k, v in samples.items() if isinstance(k, tuple) and k[0].startswith("cljax")):
         sps = n / seconds[(name, R)]
         loop = loop_of[name]
         row = {"impl": "cljax", "repeats": R, "samples_per_s": sps, "fraction_of_peak": sps * flops["train_flops"] / peak,
@@ -348,13 +366,18 @@ def run_benchmark(args) -> dict:
             row["ratio_vs_torch"] = sps / torch_sps["torch"]
             row["ratio_vs_lean_torch"] = sps / torch_sps["torch_lean"]
             row["ratio_vs_best_torch"] = sps / max(torch_sps.values())
+            # every peer at this R, in the same run: the one-repeat loops, K processes, vmap over R
+            peer_sps = {**torch_sps, **({"torch_vmap": samples[("torch_vmap", R)] / seconds[("torch_vmap", R)]}
+                                        if ("torch_vmap", R) in seconds else {})}
+            row["ratio_vs_peer"] = {peer: sps / v for peer, v in peer_sps.items()}
         if name != "cljax":
             row["ratio_vs_default"] = sps * seconds[("cljax", R)] / samples[("cljax", R)]
         (rows if name == "cljax" else alternatives).append(row)
-    for name, sps in torch_sps.items():
-        for R in repeats:
-            threads, style = torch_threads[name]
-            rows.append({"impl": "torch", "repeats": R, "samples_per_s": sps, "threads": threads, "style": style,
+    for key, info in peers.items():
+        name, at = (key, repeats) if isinstance(key, str) else (key[0], [key[1]])
+        sps = samples[key] / seconds[key]
+        for R in at:
+            rows.append({"impl": "torch", "repeats": R, "samples_per_s": sps, **info,
                          "fraction_of_peak": sps * flops["train_flops"] / peak, "variant": name})
     return {
         "machine": "{cpu}, {cores} cores, {backend}".format(**machine()),
@@ -370,64 +393,12 @@ def run_benchmark(args) -> dict:
         "settings": {"steps": args.steps, "batch_size": args.batch_size, "rounds": args.rounds, "repeats": repeats,
                      "counted": "steps x batch x R x 2 (learner + expert) per second"},
         "torch_version": None if args.no_torch else __import__("torch").__version__,
+        "torch_device": next((info["device"] for info in peers.values()), None),
+        "matmul_precision": args.matmul_precision or "the config's default",
         "jax_version": jax.__version__,
         "rows": rows,
         "alternatives": alternatives,
     }
-
-
-ALTERNATIVE_LABELS = {"cljax_vmap": "repeats by vmap", "cljax_loop": "repeats looped", "cljax_1device": "1 CPU device",
-                      "cljax_other_pairing": "learner/expert paired <-> separate"}
-
-
-def markdown(report: dict) -> str:
-    by_r = {}
-    for row in report["rows"]:
-        by_r.setdefault(row["repeats"], {})[row.get("variant", row["impl"])] = row
-    alt = {}  # variant -> R -> row
-    for row in report["alternatives"]:
-        alt.setdefault(row["variant"], {})[row["repeats"]] = row
-    has_torch = any("torch" in v for v in by_r.values())
-    head = ["R", "devices", "learner/expert", "cljax samples/s", "% of peak"]
-    head += [f"cljax, {ALTERNATIVE_LABELS.get(name, name)}: samples/s (ratio)" for name in alt]
-    if has_torch:
-        head += ["torch samples/s (reference / 1 thread / lean loop)", "cljax / torch", "cljax / lean torch",
-                 "cljax / best torch"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for R, impls in sorted(by_r.items()):
-        c = impls["cljax"]
-        cells = [str(R), str(c.get("devices", 1)), c.get("learner_expert", ""), f"{c['samples_per_s']:,.0f}",
-                 f"{100 * c['fraction_of_peak']:.1f}%"]
-        for rows in alt.values():
-            a = rows.get(R)
-            cells.append(f"{a['samples_per_s']:,.0f} ({a['ratio_vs_default']:.2f}x)" if a else "")
-        if has_torch:
-            t1 = impls.get("torch_1thread")
-            cells += [f"{impls['torch']['samples_per_s']:,.0f} / " + (f"{t1['samples_per_s']:,.0f}" if t1 else "-")
-                      + f" / {impls['torch_lean']['samples_per_s']:,.0f}",
-                      f"{c['ratio_vs_torch']:.2f}x", f"{c['ratio_vs_lean_torch']:.2f}x", f"{c['ratio_vs_best_torch']:.2f}x"]
-        lines.append("| " + " | ".join(cells) + " |")
-    e = report.get("experiment")
-    mib = 2**20
-    notes = [
-        "",
-        f"machine: {report['machine']}; load average {report['load_average_start']} -> {report['load_average_end']}",
-        f"peak: {report['peak_flops_per_s'] / 1e9:.1f} GFLOP/s (XLA float32 matmul {report['peak_matmul_size']}^2, median)",
-        f"FLOPs per training sample: {report['flops_per_sample'] / 1e6:.2f} M ({report['flops_formula']})",
-        "compile seconds of the task program: " + ", ".join(f"R={r['repeats']}: {r['compile_seconds']:.1f}" for r in report["rows"] if r["impl"] == "cljax"),
-    ]
-    if e:
-        stats1, stats10 = e["device_memory_stats_after_task_1"], e["device_memory_stats_after_task_10"]
-        notes += [
-            f"10-task synthetic run (R={e['config']['n_repeats']}): compilations after task 1 / task 10: "
-            f"{e['compilations_after_task_1']} / {e['compilations_after_task_10']} (warm cache: {e['compilations_warm_cache']}); "
-            f"compile {e['compile_seconds_cold']:.1f} s cold, {e['compile_seconds_warm']:.1f} s warm",
-            f"host RSS after task 1 / 10: {e['rss_bytes_after_task_1'] / mib:.0f} / {e['rss_bytes_after_task_10'] / mib:.0f} MiB; "
-            f"live device arrays: {e['device_bytes_live_after_task_1'] / mib:.1f} / {e['device_bytes_live_after_task_10'] / mib:.1f} MiB; "
-            "device memory_stats: " + ("n/a (not reported by this backend)" if stats1 is None else
-                                       f"{stats1.get('bytes_in_use', 0) / mib:.1f} / {stats10.get('bytes_in_use', 0) / mib:.1f} MiB in use"),
-        ]
-    return "\n".join(lines + notes)
 
 
 def main(argv=None) -> dict:
@@ -439,6 +410,8 @@ def main(argv=None) -> dict:
     # ($CLJAX_CPU_DEVICES is honoured); each R then uses as many as it splits over.
     # A no-op with CLJAX_CPU_DEVICES=off (the test suite), once JAX has started, and on a GPU.
     configure_cpu_devices(usable_cores())
+    # JAX takes most of a GPU's memory when it starts; the torch peers need theirs.
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     import jax
 
     import cljax
@@ -448,7 +421,8 @@ def main(argv=None) -> dict:
         cljax.enable_compilation_cache(args.cache_dir or str(Path(tmp) / "jax_cache"))
         try:
             report = run_benchmark(args)
-            report["experiment"] = experiment_figures(args, Path(tmp))
+            if not args.no_experiment:
+                report["experiment"] = experiment_figures(args, Path(tmp))
         finally:  # leave the process's cache setting as it was (tests run in one process)
             if previous_cache:
                 cljax.enable_compilation_cache(previous_cache)

@@ -8,6 +8,11 @@ cljax's task program does per step (it also reshuffles every epoch and records b
 tensor, no shuffling, no metrics. The benchmark times both; "lean" bounds what a hand-tuned
 loop gets (1.04x and 1.15x the reference in two benchmark runs here).
 
+``device``: "cuda" runs the nets on the GPU (the usual loop's batches come from a CPU
+DataLoader and are moved per step, as such code does; the lean loop slices a device tensor).
+The other peers (K processes of this loop, torch.func vmap over stacked parameters) are in
+``torch_peers.py``.
+
 Network (same as ``cljax.models.CNN``): conv 16/32/64 3x3 SAME + ReLU + max-pool 3/3, global
 average pool, Dense 64 + ReLU, Dense 64 + ReLU, head 1, binary cross-entropy on the logit.
 Needs ``torch`` (the ``bench`` extra: ``pip install torch==2.13.0``, a CPU wheel).
@@ -45,12 +50,13 @@ class TorchRepeat:
     ``__call__`` trains both for one epoch of ``steps`` steps (one timing unit) and returns the
     samples processed (steps x batch x 2). ``style``: "usual" (the reference) or "lean"."""
 
-    def __init__(self, steps: int, batch_size: int, threads: int, lr: float = 0.05, seed: int = 0, style: str = "usual"):
+    def __init__(self, steps: int, batch_size: int, threads: int, lr: float = 0.05, seed: int = 0, style: str = "usual",
+                 device: str = "cpu"):
         import torch
 
         if style not in ("usual", "lean"):
             raise ValueError(f"style {style!r}: use 'usual' or 'lean'")
-        self.torch, self.threads, self.style = torch, threads, style
+        self.torch, self.threads, self.style, self.device = torch, threads, style, torch.device(device)
         torch.manual_seed(seed)
         rng = np.random.default_rng(seed)
         self.steps, self.batch_size = steps, batch_size
@@ -58,7 +64,8 @@ class TorchRepeat:
         self.labels = torch.from_numpy(rng.integers(0, 2, steps * batch_size).astype(np.float32))
         self.loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(self.images, self.labels),
                                                   batch_size=batch_size, shuffle=True, drop_last=True)
-        self.nets = [make_cnn(torch), make_cnn(torch)]  # learner, expert
+        self.device_images, self.device_labels = self.images.to(self.device), self.labels.to(self.device)
+        self.nets = [make_cnn(torch).to(self.device), make_cnn(torch).to(self.device)]  # learner, expert
         self.opts = [torch.optim.SGD(net.parameters(), lr=lr) for net in self.nets]
         self.loss = torch.nn.BCEWithLogitsLoss()
         self.history = []  # per step: (loss, accuracy) of the learner and of the expert
@@ -70,12 +77,13 @@ class TorchRepeat:
             return
         B = self.batch_size
         for i in range(self.steps):
-            yield self.images[i * B : (i + 1) * B], self.labels[i * B : (i + 1) * B]
+            yield self.device_images[i * B : (i + 1) * B], self.device_labels[i * B : (i + 1) * B]
 
     def __call__(self) -> int:
         torch = self.torch
         torch.set_num_threads(self.threads)
         for images, y in self.batches():
+            images, y = images.to(self.device), y.to(self.device)  # no-ops for the lean loop
             x = images.float() / 255.0
             metrics = []
             for net, opt in zip(self.nets, self.opts):
@@ -88,6 +96,8 @@ class TorchRepeat:
                     metrics.append((loss.item(), ((logits > 0).float() == y).float().mean().item()))
             if metrics:
                 self.history.append(metrics)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()  # the call's work is done when it returns, as cljax's is
         return self.steps * self.batch_size * 2
 
 

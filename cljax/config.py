@@ -78,6 +78,11 @@ class Config:
                                   "fits; see `cljax plan`)", min=0)
     device_memory: int = param(0, "device memory budget in bytes per device for the automatic --eval-chunk-tasks "
                                "(0: what the device reports, on the CPU the host's available memory)", min=0)
+    matmul_precision: str = param("highest", "precision of float32 matmuls and convolutions in the task program "
+                                  "(jax.default_matmul_precision): highest (full float32 on every backend), high, "
+                                  "default (the backend's fastest: TF32 on NVIDIA GPUs); changes the numbers on GPUs and "
+                                  "TPUs, not on the CPU; recorded in metadata.json", choices=("default", "high", "highest"),
+                                  absent="default")
     representation_dtype: str = param("float32", "dtype of the saved representations, the largest artifact (bfloat16 is "
                                       "stored as its uint16 bit pattern, see metadata.json)",
                                       choices=("float32", "float16", "bfloat16"))

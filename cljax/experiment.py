@@ -33,7 +33,7 @@ from cljax.records import summary_row, task_arrays, task_metadata
 from cljax.results import task_dir_name, write_task
 from cljax.initial_state import INITIAL, initial_arrays, write_initial
 from cljax.run_folder import (RunLock, block_size, check_disk, clear_run, inspect_run, on_disk,
-                              remove_stale_temporaries, verify_task_dir, warn_if_other_split)
+                              remove_stale_temporaries, same_split, verify_task_dir, warn_if_other_split)
 from cljax.step import KEY_TASKS
 from cljax.tasks import TaskData, make_schedule
 
@@ -185,7 +185,7 @@ def _train(config, data, task_data, schedule, program, chunk_tasks, found, algo_
             "steps_per_second": config.steps_per_task / seconds,
         })
         metadata.update({"nonfinite": nonfinite, "run_id": run_id, "split": split})
-        if found.record is not None and found.record.get("split") not in (None, split):
+        if found.record is not None and not same_split(found.record.get("split"), split):
             metadata["split_at_run_start"] = found.record["split"]
         learner_host = fetch(learner)  # a collective when multi-host: every process takes part
         with critical, _disk_errors(algo_dir, t):  # the task folder, then the checkpoint that points past it

@@ -10,12 +10,14 @@ repeats, before the split, so a repeat's numbers do not depend on how R is divid
 How the program lowers (loop or vmap, learner and expert paired or separate, the convolution,
 the devices) is a ``Lowering``, chosen per backend and recorded in every task's metadata.json.
 Each choice changes how the program runs, not what it computes (the same numbers up to float
-rounding, tests/test_sharding.py).
+rounding, tests/test_sharding.py). The matmul precision, recorded beside them, is the exception:
+it is a setting of the run (``--matmul-precision``), applied to every matmul and convolution the
+programs trace, and on a GPU it changes the numbers (TF32 at "default").
 """
 
 from __future__ import annotations
 
-from functools import partial
+from functools import partial, wraps
 from typing import Any, NamedTuple
 
 import jax
@@ -42,9 +44,23 @@ class Lowering(NamedTuple):
     learner_expert: str  # "paired" (one call batched over the two models) or "separate"
     conv: str  # "im2col" or "lax" (cljax.models)
     devices: int  # devices R is split over
+    matmul_precision: str  # jax.default_matmul_precision of every traced matmul and convolution (--matmul-precision)
 
     def record(self) -> dict:
         return {**self._asdict(), "backend": jax.default_backend()}
+
+
+def with_precision(fn, precision: str):
+    """``fn`` traced under ``jax.default_matmul_precision(precision)``: every matmul and
+    convolution without a precision of its own takes it (it is fixed in the traced program, so
+    it holds however and whenever ``fn`` is jitted, lowered or called)."""
+
+    @wraps(fn)
+    def traced(*args, **kwargs):
+        with jax.default_matmul_precision(precision):
+            return fn(*args, **kwargs)
+
+    return traced
 
 
 def loop_repeats_default() -> bool:
@@ -148,7 +164,7 @@ def build_task_program(config, image_shape, *, loop_repeats: bool | None = None,
     sizes = Sizes.of(config)
     R = config.n_repeats
     lowering = Lowering("loop" if loop else "vmap", "paired" if paired else "separate",
-                        resolve_conv_impl(config.conv_impl), n_shards)
+                        resolve_conv_impl(config.conv_impl), n_shards, config.matmul_precision)
 
     def init_all(seed_key):
         keys = jax.random.split(jax.random.fold_in(seed_key, KEY_LEARNER_INIT), R)
@@ -176,5 +192,6 @@ def build_task_program(config, image_shape, *, loop_repeats: bool | None = None,
         keys = task_keys(task_key, R, sizes, len(parts.options))
         return train_shard(learner, train_x, train_y, test_x, test_y, task_idx, keys)
 
-    return TaskProgram(init_learner=jax.jit(init_all), run_task=jax.jit(run_task, donate_argnums=(0,)),
-                       evaluate=jax.jit(eval_shard), parts=parts, sizes=sizes, lowering=lowering)
+    precise = partial(with_precision, precision=config.matmul_precision)
+    return TaskProgram(init_learner=jax.jit(precise(init_all)), run_task=jax.jit(precise(run_task), donate_argnums=(0,)),
+                       evaluate=jax.jit(precise(eval_shard)), parts=parts, sizes=sizes, lowering=lowering)

@@ -262,9 +262,22 @@ def _alive(pid: int) -> bool:
 
 
 # ---- the split a run computes on -------------------------------------------------------------
+# Lowering entries added after runs were recorded without them, at the value those runs ran with.
+LOWERING_ABSENT = {"matmul_precision": "default"}
+
+
+def same_split(recorded: dict | None, split: dict) -> bool:
+    """Whether the run started on ``split`` (True when nothing is recorded). A lowering entry the
+    record lacks takes the value runs recorded before it ran with (``LOWERING_ABSENT``)."""
+    if recorded is None:
+        return True
+    lowering = {**LOWERING_ABSENT, **(recorded.get("lowering") or {})}
+    return {**recorded, "lowering": lowering} == split
+
+
 def warn_if_other_split(recorded: dict | None, split: dict, next_task: int) -> None:
     """A resume on another backend, device count or lowering than the run started on: one line."""
-    if recorded is None or recorded == split:
+    if same_split(recorded, split):
         return
     hint = ""
     if recorded.get("backend") == split["backend"] == "cpu" and recorded.get("devices") != split["devices"]:

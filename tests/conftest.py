@@ -23,6 +23,13 @@ from cljax.config import Config  # noqa: E402
 
 FASHION_DIR = Path(os.environ.get("CLJAX_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))
 
+# The references tests compute beside cljax's programs (a model applied by hand, a gradient by
+# jax.grad) trace their matmuls here, outside the programs, which set their own precision
+# (--matmul-precision, "highest" by default). Full float32 on every backend, so that on a GPU a
+# reference is not TF32 (about 1e-3 relative) while the program it checks is float32. No effect
+# on the CPU, and none on the programs (tests/test_precision.py).
+jax.config.update("jax_default_matmul_precision", "highest")
+
 # One process runs configs of many R: whichever called `cljax run` first would otherwise fix the
 # CPU device split for the rest. One device here; tests/test_sharding.py splits its subprocess.
 os.environ.setdefault("CLJAX_CPU_DEVICES", "off")

@@ -283,6 +283,9 @@ def test_bio_is_the_three_factor_rule_with_fixed_random_feedback(tmp_path):
     delta = np.where(a == np.asarray(y), 1.0, 0.0) - pi_a
     e = 2.0 * a - 1.0
     wn = np.asarray(w) / np.asarray(w).sum()
+    # Tolerances: the rule and these references are the same float32 maths in another order
+    # (einsum vs XLA's dots), at full float32 (the programs' "highest", and tests/conftest.py for
+    # the references): differences of a few ulps, so 1e-4 relative.
     # head: delta x (chosen unit's error) x pre (the representation)
     np.testing.assert_allclose(direction["head"]["kernel"][:, 0], -((wn * delta * e)[:, None] * np.asarray(hidden)).sum(0), rtol=1e-4, atol=1e-6)
     # dense2: delta x (feedback of the chosen unit through B_head x relu'(post)) x pre
@@ -300,6 +303,9 @@ def test_bio_is_the_three_factor_rule_with_fixed_random_feedback(tmp_path):
         return (wn * delta * jnp.asarray(e) * z[:, 0]).sum()
 
     exact = jax.jit(jax.grad(modulated))(params)
+    # 2e-3 relative: the rule's per-position outer products against autodiff's transposed
+    # convolutions, sums of many float32 terms of both signs; the largest relative differences
+    # are on entries near zero, where the terms cancel (measured: docs/benchmark.md, "Precision")
     for k in params:
         for leaf in ("kernel", "bias"):
             np.testing.assert_allclose(d_sym[k][leaf], -exact[k][leaf], rtol=2e-3, atol=1e-6)

@@ -1,0 +1,328 @@
+"""One command that checks cljax on a GPU machine and measures it: ``make gpu-check``.
+
+It downloads and installs nothing: the image must already hold jax, flax, optax, numpy, tqdm,
+matplotlib and pytest (torch for the peers); the project runs from this checkout through
+PYTHONPATH. Fashion-MNIST comes from ``--fashion-dir`` (``$FASHION_DIR``). Every stage runs in
+its own process group with a time limit cut to what is left of ``--budget`` (480 s), and
+``check.json`` and ``summary.md`` in ``--out`` (``$GPU_CHECK_OUT``) are rewritten after every
+stage, so a call that is cut short still leaves the stages it finished. Stages, in order:
+
+- env: versions, devices, the GPU's name and memory, what is missing;
+- tests: the GPU-relevant tests, ``pytest -x`` with a junit xml;
+- precision: one task of Fashion-MNIST at R = 32 under each --matmul-precision: samples/s and
+  the largest differences from "highest" (full float32) in the learner's weights at the task's
+  end, its training loss and accuracy and the expert's test accuracy, from the same start;
+- throughput: ``throughput.py`` at R = 1, 32, 128, 512 against the torch peers (on CUDA);
+- fashion: ``cljax run`` on Fashion-MNIST, 5 tasks, R = 32, default settings; seconds per task;
+- lop: a run shaped like the loss-of-plasticity protocol (600 training and 100 test images per
+  class, batch 100, many epochs, every task evaluated) for ``--lop-tasks`` tasks; seconds per task.
+
+``--smoke`` runs every stage at a tiny size on whatever backend is there (the CPU here, in under
+a minute); the test suite runs it (tests/test_gpu_check.py).
+
+    python benchmarks/gpu_check.py --out results/gpu_check --fashion-dir /usr/share/datasets/fashion-mnist
+    python benchmarks/gpu_check.py --smoke --out /tmp/gpu_check_smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+PRECISIONS = ("highest", "high", "default")
+# --smoke checks the script, not the model: a small MLP (it compiles in a fraction of the CNN's
+# time), and one size for the precision, fashion and lop stages, so that their programs are
+# compiled once and then found in the persistent compilation cache.
+SMOKE_SIZE = {"model": "mlp", "mlp_hidden": 16, "n_repeats": 2, "n_train_per_class": 40, "n_test_per_class": 20,
+              "n_subsamples": 8, "epochs": 1, "batch_size": 20, "log_frequency": 2}
+METRICS = ("train_loss", "train_acc", "expert_test_acc")  # (L, R) in a task's trace
+GPU_TESTS = ["tests/test_precision.py", "tests/test_end_to_end.py", "tests/test_models.py", "tests/test_initial_state.py",
+             "tests/test_rules_options.py"]
+SMOKE_TESTS = ["tests/test_precision.py::test_a_bad_precision_is_one_clear_error"]
+# (stage, seconds it may take: full, smoke)
+BUDGETS = {"env": (30, 20), "tests": (130, 20), "precision": (60, 30), "throughput": (140, 40), "fashion": (60, 30),
+           "lop": (60, 30)}
+NEEDED = ("jax", "flax", "optax", "numpy", "tqdm", "matplotlib", "pytest")
+
+
+# ---- stages that run in a child process (python gpu_check.py --stage NAME) ---------------------
+def stage_env(args) -> dict:
+    import importlib
+    import platform
+
+    versions, missing = {}, []
+    for name in (*NEEDED, "torch", "scipy"):
+        try:
+            versions[name] = getattr(importlib.import_module(name), "__version__", "?")
+        except ImportError:
+            versions[name] = None
+            missing += [name] if name in NEEDED else []
+    out = {"python": platform.python_version(), "versions": versions, "missing": missing,
+           "environment": {k: v for k, v in os.environ.items() if k.startswith(("XLA_", "JAX_", "CLJAX_", "CUDA_"))}}
+    import jax
+
+    out["backend"] = jax.default_backend()
+    out["devices"] = [str(d) for d in jax.devices()]
+    out["device_kind"] = jax.devices()[0].device_kind
+    stats = jax.devices()[0].memory_stats() or {}
+    out["device_bytes_limit"] = stats.get("bytes_limit")
+    if versions["torch"]:
+        import torch
+
+        out["torch_cuda"] = torch.cuda.is_available()
+        out["torch_device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    try:
+        out["nvidia_smi"] = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version",
+                                            "--format=csv,noheader"], capture_output=True, text=True,
+                                           timeout=10).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        out["nvidia_smi"] = None
+    return out
+
+
+def stage_precision(args) -> dict:
+    """One task under each precision from the same start and data: speed, and the differences
+    from "highest"."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    import cljax
+    from cljax.config import Config
+    from cljax.data import load_dataset
+    from cljax.devices import put_repeats
+    from cljax.program import build_task_program
+    from cljax.tasks import TaskData, make_schedule
+
+    cljax.enable_compilation_cache()
+    size = dict(SMOKE_SIZE) if args.smoke else dict(n_repeats=32, epochs=1, log_frequency=50)
+    out, ref, rounds = {}, None, 1 if args.smoke else 3
+    config = Config.from_flat(dataset="fashion_mnist", data_dir=args.fashion_dir, num_tasks=2, **size).validate()
+    data = load_dataset(config)
+    pairs = make_schedule(data.n_classes, 1, config.n_repeats, config.seed)[0]
+    td = TaskData(data, config)
+    (x, y), (tx, ty) = td.train(pairs), td.test(pairs)
+    inputs = (put_repeats(x, 1), put_repeats(y, 1), put_repeats(tx, 1), put_repeats(ty, 1), jnp.int32(0), jax.random.key(1))
+    for precision in PRECISIONS[::2] if args.smoke else PRECISIONS:
+        config = Config.from_flat({**config.to_dict(), "matmul_precision": precision}).validate()
+        program = build_task_program(config, data.train_images.shape[1:])
+        t0 = time.perf_counter()
+        compiled = program.run_task.lower(program.init_learner(jax.random.key(0)), *inputs).compile()
+        compile_seconds, times = time.perf_counter() - t0, []
+        for _ in range(rounds + 1):  # the first is a warm-up
+            learner = program.init_learner(jax.random.key(0))
+            jax.block_until_ready(learner)
+            t0 = time.perf_counter()
+            learner, trace = jax.block_until_ready(compiled(learner, *inputs))
+            times.append(time.perf_counter() - t0)
+        got = {"weights": [np.asarray(w) for w in jax.tree.leaves(learner)],
+               **{k: np.asarray(trace[k]) for k in METRICS}}
+        seconds = float(np.median(times[1:]))
+        row = {"samples_per_s": config.steps_per_task * config.batch_size * config.n_repeats * 2 / seconds,
+               "seconds_per_task_program": seconds, "compile_seconds": compile_seconds,
+               "lowering": program.lowering.record()}
+        if ref is None:
+            ref = got
+        else:
+            row["max_weight_diff_relative_to_max_weight"] = max(
+                float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30)) for a, b in zip(got["weights"], ref["weights"])
+                if a.dtype.kind == "f")
+            row.update({f"max_{k}_diff": float(np.abs(got[k] - ref[k]).max()) for k in METRICS})
+            row["speed_vs_highest"] = row["samples_per_s"] / out["highest"]["samples_per_s"]
+        out[precision] = row
+    return {"config": size, "task_program_calls_timed": rounds, "by_precision": out}
+
+
+STAGES_IN_CHILD = {"env": stage_env, "precision": stage_precision}
+
+
+# ---- the commands of each stage and what is read back from them -------------------------------
+def run_flags(out: Path, name: str) -> list[str]:
+    return ["--results-dir", str(out / "runs" / name), "--overwrite", "--no-progress"]
+
+
+def stage_commands(args) -> dict:
+    py, me, out = sys.executable, str(Path(__file__).resolve()), Path(args.out)
+    child = [py, me, "--out", str(out), "--fashion-dir", args.fashion_dir] + (["--smoke"] if args.smoke else [])
+    cli = [py, "-m", "cljax.cli", "run"]
+    T = args.lop_tasks
+    if args.smoke:
+        bench = ["--quick", "--repeats", "1", "--no-torch", "--no-experiment"]
+        T = 2
+        fashion = lop = ["--num-tasks", str(T), *(f"--{k.replace('_', '-')}={v}" for k, v in SMOKE_SIZE.items())]
+    else:
+        bench = ["--repeats", "1", "32", "128", "512", "--no-alternatives", "--rounds", "3", "--no-experiment"]
+        if not has_torch():
+            bench.append("--no-torch")
+        fashion = ["--num-tasks", "5", "--n-repeats", "32"]
+        lop = ["--num-tasks", str(T), "--n-repeats", "32", "--n-train-per-class", "600", "--n-test-per-class", "100",
+               "--batch-size", "100", "--epochs", str(args.lop_epochs), "--log-frequency", "300"]
+    lop_data = ["--dataset", "synthetic", "--synthetic-classes", str(2 * T)]
+    return {
+        "env": child + ["--stage", "env"],
+        "tests": [py, "-m", "pytest", "-x", "-v", "-p", "no:cacheprovider", "--junitxml", str(out / "junit.xml"),
+                  *(SMOKE_TESTS if args.smoke else args.tests or GPU_TESTS)],
+        "precision": child + ["--stage", "precision"],
+        "throughput": [py, str(HERE / "throughput.py"), *bench, "--json", str(out / "throughput.json")],
+        "fashion": cli + ["--dataset", "fashion_mnist", "--data-dir", args.fashion_dir, *fashion, *run_flags(out, "fashion")],
+        "lop": cli + lop_data + lop + run_flags(out, "lop"),
+    }
+
+
+def has_torch() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("torch") is not None
+
+
+def read_junit(path: Path) -> dict | None:
+    if not path.exists():
+        return None
+    root = ET.parse(path).getroot()
+    suite = root if root.tag == "testsuite" else root.find("testsuite")
+    failed = [f"{c.get('classname')}::{c.get('name')}" for c in suite.iter("testcase")
+              if c.find("failure") is not None or c.find("error") is not None]
+    return {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")} | {
+        "seconds": float(suite.get("time", 0)), "failed": failed}
+
+
+def read_pytest_log(path: Path) -> dict | None:
+    """The outcomes pytest -v printed before it was stopped (no junit xml is written then)."""
+    if not path.exists():
+        return None
+    outcomes = {}
+    for line in path.read_text(errors="replace").splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and "::" in parts[0] and parts[1] in ("PASSED", "FAILED", "ERROR", "SKIPPED"):
+            outcomes[parts[0]] = parts[1]
+    count = lambda o: sum(v == o for v in outcomes.values())  # noqa: E731
+    return {"tests": len(outcomes), "failures": count("FAILED"), "errors": count("ERROR"), "skipped": count("SKIPPED"),
+            "seconds": 0.0, "failed": [k for k, v in outcomes.items() if v in ("FAILED", "ERROR")],
+            "cut_short": True}
+
+
+def read_run(folder: Path) -> dict | None:
+    """Seconds per finished task of a run under ``folder`` (its task folders' metadata.json)."""
+    metas = sorted(folder.glob("*/*/task_*/metadata.json"))
+    if not metas:
+        return None
+    tasks = [json.loads(p.read_text()) for p in metas]
+    return {"tasks_finished": len(tasks), "seconds_per_task": [m["timings"]["task_seconds"] for m in tasks],
+            "compile_seconds": tasks[0]["timings"].get("compile_seconds"),
+            "lowering": tasks[0].get("lowering"), "n_repeats": tasks[0]["config"]["n_repeats"],
+            "epochs": tasks[0]["config"]["epochs"],
+            "steps_per_task": tasks[0]["log_steps"][-1] if tasks[0].get("log_steps") else None}
+
+
+def collect(name: str, out: Path) -> dict | None:
+    if name in STAGES_IN_CHILD:
+        path = out / f"stage_{name}.json"
+    elif name == "throughput":
+        path = out / "throughput.json"
+    elif name == "tests":
+        return read_junit(out / "junit.xml") or read_pytest_log(out / "tests.log")
+    else:
+        return read_run(out / "runs" / name)
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+# ---- the orchestrator ----------------------------------------------------------------------------
+def run_stage(command: list[str], timeout: float, log: Path, env: dict) -> tuple[str, int | None]:
+    """Run ``command`` in its own process group for at most ``timeout`` seconds; the whole group
+    is killed at the limit (pytest's and the CLI's children, the torch peer processes)."""
+    with open(log, "w") as f:
+        proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            rc = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            return "timeout", None
+    return ("ok" if rc == 0 else "failed"), rc
+
+
+def tail(path: Path, n: int = 2000) -> str:
+    try:
+        return path.read_text(errors="replace")[-n:]
+    except OSError:
+        return ""
+
+
+def orchestrate(args) -> dict:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
+           "XLA_PYTHON_CLIENT_PREALLOCATE": os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE", "false"),
+           "CLJAX_FASHION_MNIST": args.fashion_dir}  # where the tests read it (tests/conftest.py)
+    deadline = time.monotonic() + args.budget
+    report = {"mode": "smoke" if args.smoke else "full", "budget_seconds": args.budget,
+              "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "fashion_dir": args.fashion_dir, "stages": {},
+              "finished": False}
+    for name, command in stage_commands(args).items():
+        left = deadline - time.monotonic()
+        limit = min(BUDGETS[name][1 if args.smoke else 0], left - 2)
+        if name not in args.stages or limit < 3:
+            report["stages"][name] = {"status": "skipped", "why": "not asked for" if name not in args.stages else
+                                      "no time left in the budget"}
+        else:
+            t0 = time.monotonic()
+            log = out / f"{name}.log"
+            status, rc = run_stage(command, limit, log, env)
+            report["stages"][name] = {"status": status, "returncode": rc, "seconds": round(time.monotonic() - t0, 1),
+                                      "limit_seconds": round(limit, 1), "command": command, "log": log.name,
+                                      "result": collect(name, out)}
+            if status != "ok":
+                report["stages"][name]["log_tail"] = tail(log)
+        write_report(report, out)
+    report["finished"] = True
+    report["all_ok"] = all(s["status"] in ("ok", "skipped") for s in report["stages"].values())
+    write_report(report, out)
+    return report
+
+
+def write_report(report: dict, out: Path) -> None:
+    from gpu_check_summary import summary_markdown
+
+    (out / "check.json").write_text(json.dumps(report, indent=1, default=str))
+    (out / "summary.md").write_text(summary_markdown(report, out))
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="gpu_check.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default=os.environ.get("GPU_CHECK_OUT", "results/gpu_check"),
+                   help="folder for check.json, summary.md, logs and runs (default $GPU_CHECK_OUT or results/gpu_check)")
+    p.add_argument("--fashion-dir", default=os.environ.get("FASHION_DIR", "/usr/share/datasets/fashion-mnist"),
+                   help="Fashion-MNIST IDX files (default $FASHION_DIR or /usr/share/datasets/fashion-mnist)")
+    p.add_argument("--smoke", action="store_true", help="every stage at a tiny size (the CPU, under a minute)")
+    p.add_argument("--budget", type=float, default=480.0, help="seconds for all stages together (default 480)")
+    p.add_argument("--stages", nargs="+", default=list(BUDGETS), choices=list(BUDGETS), help="stages to run (default all)")
+    p.add_argument("--tests", nargs="*", default=None, help="test files for the tests stage (default: the GPU-relevant ones)")
+    p.add_argument("--lop-tasks", type=int, default=3, help="tasks of the loss-of-plasticity-shaped run (default 3)")
+    p.add_argument("--lop-epochs", type=int, default=250, help="epochs per task of that run (default 250, as the protocol)")
+    p.add_argument("--stage", default=None, choices=list(STAGES_IN_CHILD), help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.stage:  # a child: one stage, its JSON
+        result = STAGES_IN_CHILD[args.stage](args)
+        (Path(args.out) / f"stage_{args.stage}.json").write_text(json.dumps(result, indent=1, default=str))
+        return 0
+    report = orchestrate(args)
+    print((Path(args.out) / "summary.md").read_text())
+    return 0 if report["all_ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""summary.md of benchmarks/gpu_check.py: one section per stage, from check.json's report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def _env(r: dict) -> list[str]:
+    v = r.get("versions", {})
+    lines = [f"- backend {r.get('backend')}, {len(r.get('devices', []))} device(s): {r.get('device_kind')}"
+             + (f", {r['device_bytes_limit'] / 2**30:.1f} GiB usable by JAX" if r.get("device_bytes_limit") else ""),
+             "- " + ", ".join(f"{k} {val}" for k, val in v.items() if val),
+             f"- torch device: {r.get('torch_device')}; nvidia-smi: {r.get('nvidia_smi')}"]
+    if r.get("missing"):
+        lines.append(f"- **missing**: {', '.join(r['missing'])} (install them in the image; this check installs nothing)")
+    return lines
+
+
+def _tests(r: dict) -> list[str]:
+    lines = [f"- {r['tests']} run, {r['failures']} failed, {r['errors']} errors, {r['skipped']} skipped "
+             + ("before the time limit stopped it (from tests.log)" if r.get("cut_short") else
+                f"in {r['seconds']:.0f} s (junit.xml)") + "; -x stops at the first failure"]
+    return lines + [f"- failed: `{name}`" for name in r["failed"]]
+
+
+def _precision(r: dict) -> list[str]:
+    head = "| precision | samples/s | vs highest | max weight diff / max weight | max train loss diff | " \
+           "max train acc diff | max expert test acc diff |"
+    lines = [f"One task at {r['config']}, the same start and data; differences from highest (full float32).", "",
+             head, "|---|---|---|---|---|---|---|"]
+    for p, row in r["by_precision"].items():
+        cells = [p, f"{row['samples_per_s']:,.0f}", f"{row.get('speed_vs_highest', 1.0):.2f}x"]
+        cells += [f"{row[k]:.2e}" if k in row else "-" for k in (
+            "max_weight_diff_relative_to_max_weight", "max_train_loss_diff", "max_train_acc_diff",
+            "max_expert_test_acc_diff")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _throughput(r: dict) -> list[str]:
+    from throughput_report import markdown
+
+    return [markdown(r)]
+
+
+def _run(r: dict) -> list[str]:
+    secs = r["seconds_per_task"]
+    later = secs[1:] or secs
+    return [f"- R = {r['n_repeats']}, {r['epochs']} epoch(s), {r['steps_per_task']} steps per task; "
+            f"{r['tasks_finished']} task(s) finished",
+            f"- seconds per task: {', '.join(f'{s:.2f}' for s in secs)} (after the first: mean "
+            f"{sum(later) / len(later):.2f}); compile {r['compile_seconds'] or 0:.1f} s",
+            f"- lowering: {json.dumps(r['lowering'])}"]
+
+
+SECTIONS = {"env": ("Environment", _env), "tests": ("GPU-relevant tests", _tests),
+            "precision": ("Matmul precision: speed and agreement", _precision),
+            "throughput": ("Throughput: cljax against the torch peers", _throughput),
+            "fashion": ("Fashion-MNIST run", _run), "lop": ("Loss-of-plasticity-shaped run (synthetic data)", _run)}
+
+
+def summary_markdown(report: dict, out: Path) -> str:
+    lines = [f"# cljax GPU check ({report['mode']})", "",
+             f"started {report['started']}; budget {report['budget_seconds']:.0f} s; "
+             + ("finished" if report["finished"] else "**in progress or cut short**")
+             + (f"; all stages ok: {report['all_ok']}" if "all_ok" in report else ""), "",
+             "| stage | status | seconds | limit |", "|---|---|---|---|"]
+    for name, s in report["stages"].items():
+        lines.append(f"| {name} | {s['status']} | {s.get('seconds', '')} | {s.get('limit_seconds', '')} |")
+    for name, s in report["stages"].items():
+        title, render = SECTIONS[name]
+        lines += ["", f"## {title}", ""]
+        if s.get("result"):
+            try:
+                lines += render(s["result"])
+            except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
+                lines.append(f"(could not summarise: {exc!r}; see check.json)")
+        else:
+            lines.append(f"no result ({s['status']}{': ' + s['why'] if s.get('why') else ''}; log: {s.get('log', '-')})")
+        if s.get("log_tail"):
+            lines += ["", "```", s["log_tail"][-1500:], "```"]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,81 @@
+"""`make gpu-check` works before any GPU time is spent on it: its smoke mode runs every stage at
+a tiny size on the CPU and writes the JSON and the summary; a stage past its limit is killed
+with its children and reported, and the stages after it still run."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.conftest import FASHION_DIR
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
+
+
+def load_gpu_check():
+    spec = importlib.util.spec_from_file_location("cljax_gpu_check", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_smoke_mode_runs_every_stage_and_writes_json_and_a_summary(tmp_path):
+    out = tmp_path / "check"
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--out", str(out), "--fashion-dir", str(FASHION_DIR)],
+                          capture_output=True, text=True, timeout=600)
+    report = json.loads((out / "check.json").read_text())
+    assert proc.returncode == 0, json.dumps({k: v.get("log_tail") for k, v in report["stages"].items()})[-3000:]
+    stages = report["stages"]
+    assert list(stages) == ["env", "tests", "precision", "throughput", "fashion", "lop"]
+    assert report["finished"] and report["all_ok"] and all(s["status"] == "ok" for s in stages.values())
+
+    env = stages["env"]["result"]
+    assert env["backend"] == "cpu" and env["missing"] == []
+    assert stages["tests"]["result"]["tests"] == 1 and stages["tests"]["result"]["failures"] == 0
+    assert (out / "junit.xml").exists()
+    by_precision = stages["precision"]["result"]["by_precision"]
+    assert list(by_precision) == ["highest", "default"]
+    assert by_precision["default"]["lowering"]["matmul_precision"] == "default"
+    # XLA:CPU computes float32 dots in float32 at every precision: the same numbers
+    assert by_precision["default"]["max_weight_diff_relative_to_max_weight"] == 0.0
+    assert by_precision["default"]["max_train_loss_diff"] == 0.0
+    rows = stages["throughput"]["result"]["rows"]
+    assert [(r["impl"], r["repeats"]) for r in rows] == [("cljax", 1)] and rows[0]["samples_per_s"] > 0
+    for name in ("fashion", "lop"):
+        run = stages[name]["result"]
+        assert run["tasks_finished"] == 2 and len(run["seconds_per_task"]) == 2
+        assert all(s > 0 for s in run["seconds_per_task"]) and run["lowering"]["matmul_precision"] == "highest"
+
+    summary = (out / "summary.md").read_text()
+    for heading in ("## Environment", "## GPU-relevant tests", "## Matmul precision", "## Throughput", "## Fashion-MNIST run",
+                    "## Loss-of-plasticity-shaped run"):
+        assert heading in summary
+    assert "| fashion | ok |" in summary and "seconds per task:" in summary
+
+
+def test_a_stage_past_its_limit_is_killed_with_its_children(tmp_path):
+    gpu_check = load_gpu_check()
+    marker = tmp_path / "child_still_running"
+    # a stage whose own child would write the marker after 3 s, unless the whole group is killed at 1 s
+    late = tmp_path / "late.py"
+    late.write_text(f"import time\ntime.sleep(3)\nopen({str(marker)!r}, 'w').close()\n")
+    command = [sys.executable, "-c", f"import subprocess, sys, time; subprocess.Popen([sys.executable, {str(late)!r}]); "
+               "time.sleep(60)"]
+    t0 = time.monotonic()
+    status, rc = gpu_check.run_stage(command, 1.0, tmp_path / "stage.log", {})
+    assert (status, rc) == ("timeout", None) and time.monotonic() - t0 < 10
+    time.sleep(3.5)
+    assert not marker.exists()
+
+
+def test_a_test_stage_cut_short_reports_the_outcomes_pytest_printed(tmp_path):
+    gpu_check = load_gpu_check()
+    log = tmp_path / "tests.log"
+    log.write_text("tests/test_a.py::test_one PASSED   [ 10%]\ntests/test_a.py::test_two FAILED   [ 20%]\nnoise\n")
+    got = gpu_check.read_pytest_log(log)
+    assert (got["tests"], got["failures"], got["failed"], got["cut_short"]) == (2, 1, ["tests/test_a.py::test_two"], True)
+    assert gpu_check.collect("tests", tmp_path) == got  # no junit.xml: read from the log
