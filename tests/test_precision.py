@@ -35,7 +35,8 @@ def lowered_texts(config: Config) -> dict[str, str]:
     return {
         "run_task": program.run_task.lower(learner, x, y, test_x, test_y, jnp.int32(0), key).as_text(),
         "evaluate": program.evaluate.lower(models, jax.ShapeDtypeStruct((1, n_test, R, 28, 28), jnp.uint8),
-                                           jax.ShapeDtypeStruct((1, n_test, R), jnp.int32)).as_text(),
+                                           jax.ShapeDtypeStruct((1, n_test, R), jnp.int32),
+                                           jax.ShapeDtypeStruct((1,), jnp.int32)).as_text(),
     }
 
 
