@@ -15,7 +15,6 @@ from cljax.config import Config, differing_settings
 from cljax.errors import CljaxError
 from cljax.experiment import run_experiment
 from cljax.models.units import unit_activity
-from cljax.options import make_options
 from cljax.options.cbp import select_lowest
 from cljax.program import build_parts
 from cljax.rules import make_rule
