@@ -210,6 +210,26 @@ def test_cnn_unit_activity_is_the_same_in_both_lowerings():
     np.testing.assert_allclose(acts["lax"]["dense2"], hidden, rtol=1e-6)
 
 
+@pytest.mark.parametrize("model, impl", [("cnn", "lax"), ("cnn", "im2col"), ("mlp", "lax")])
+def test_the_training_forward_pass_does_not_see_the_unit_contract(monkeypatch, model, impl):
+    """Without the collection asked for, sow_units adds nothing: the lowered training forward
+    pass is the same program as with the calls removed (methods off cost nothing)."""
+    import cljax.models.cnn as cnn
+    import cljax.models.mlp as mlp
+
+    net = build_parts(Config.from_flat(dict(model=model, conv_impl=impl)), (28, 28)).net
+    params, _ = net.init(jax.random.key(0))
+    images = jnp.zeros((4, 28, 28), jnp.uint8)
+
+    def program():
+        return jax.jit(lambda p, x: net.apply(p, {}, x, True)).lower(params, images).as_text()
+
+    with_calls = program()
+    for module in (cnn, mlp):
+        monkeypatch.setattr(module, "sow_units", lambda *args: None)
+    assert program() == with_calls
+
+
 @pytest.mark.parametrize("flag", ["use_cbp", "use_redo"])
 def test_unit_resets_on_a_model_without_unit_layers_is_one_clear_line(flag):
     config = Config.from_flat({"model": "resnet", flag: True})
