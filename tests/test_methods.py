@@ -291,13 +291,15 @@ def test_methods_with_replay_and_ul_compile_once_under_every_rule(tmp_path, comp
 
 def test_resume_with_the_methods_is_byte_identical(tmp_path, monkeypatch):
     """CBP's utilities, ages and counts, ReDo's step count and L2-init's theta_0 are in the
-    checkpoint: a run interrupted after task 1 and resumed equals an uninterrupted one."""
+    checkpoint: a run interrupted after task 1 and resumed equals an uninterrupted one (every
+    method on at once, with LoP's per-step shrink+perturb noise)."""
     import cljax.experiment as experiment
     from tests.test_reliability import assert_same_arrays
 
     def config(name):
         return small_config(tmp_path / name, use_cbp=True, cbp_maturity=3, cbp_rate=0.05, use_redo=True, redo_every=7,
-                            use_l2_init=True, l2_init_decay=1e-2, momentum=0.9, epochs=2, log_frequency=5)
+                            use_l2_init=True, l2_init_decay=1e-2, use_l2=True, add_plasticity=True, sp_mode="step",
+                            sp_noise="gaussian", sp_lambda=1.0, sp_sigma=1e-4, momentum=0.9, epochs=2, log_frequency=5)
 
     whole = run_experiment(config("whole"), progress=False)
 
