@@ -101,8 +101,8 @@ def learner_batch(parts: Parts, state: LearnerState, images, labels_B, key):
 
 
 def learner_update(parts: Parts, state: LearnerState, direction, rule_state, model_state, images, weights_B, key):
-    """Every option's ``direction`` hook, the optimiser step along the result, then every
-    option's ``step_end`` and ``step_reset``."""
+    """Every option's ``direction`` hook, the optimiser step along the result, then option by
+    option its ``step_end`` and its ``step_reset``."""
     for i, opt in enumerate(parts.options):
         direction = opt.direction(state.option_states[i], state.params, direction)
     updates, opt_state = parts.learner_tx.update(direction, state.opt_state, state.params)

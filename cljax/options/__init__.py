@@ -20,9 +20,10 @@ over the repeats.
 an option that appends examples it may not have yet gives them weight 0, so shapes stay static.
 ``step_end`` and ``step_reset`` see the batch the rule trained on; ``direction`` has the
 structure of ``params`` (descent convention: the optimiser subtracts lr * direction), and the
-options change it in registry order. ``opt_state`` is the learner optimiser's state (optax), whose
-arrays shaped like a parameter mirror it. Unset hooks are identities and add nothing to the
-compiled program. The expert never runs options.
+options change it in registry order. ``opt_state`` is the learner optimiser's (optax) state; its
+arrays that mirror a parameter (momentum, Adam's moments) sit under that parameter's path. After
+the optimiser step each option runs its ``step_end`` then its ``step_reset``, option by option.
+Unset hooks are identities and add nothing to the compiled program. The expert never runs options.
 
 A new option is one file in this folder (or a plugin file)::
 
