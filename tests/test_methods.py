@@ -317,3 +317,30 @@ def test_resume_with_the_methods_is_byte_identical(tmp_path, monkeypatch):
     resumed = run_experiment(config("resumed"), progress=False)
     assert resumed.first_task == 2
     assert_same_arrays(whole.algo_dir, resumed.algo_dir)
+
+
+def test_unit_resets_are_the_same_under_vmap_and_the_repeat_loop():
+    """The accelerators' lowering (vmap: the reset's lax.cond becomes a select over repeats)
+    and the CPU's (a loop over repeats) give the same learner: the same units reset, the same
+    weights up to float rounding."""
+    from cljax.program import build_task_program
+
+    config = Config.from_flat(dict(model="mlp", mlp_hidden=16, num_tasks=2, n_repeats=3, n_train_per_class=32,
+                                   n_test_per_class=8, n_subsamples=2, epochs=2, batch_size=16, log_frequency=4,
+                                   momentum=0.9, use_cbp=True, cbp_maturity=2, cbp_rate=0.05, use_redo=True,
+                                   redo_every=3))
+    rng = np.random.default_rng(0)
+    data = [jnp.asarray(rng.integers(0, 256, (n, 3, 28, 28)), jnp.uint8) if i % 2 == 0 else
+            jnp.asarray(rng.integers(0, 2, (n, 3)), jnp.int32) for i, n in enumerate((64, 64, 16, 16))]
+    learners = []
+    for loop in (True, False):
+        program = build_task_program(config, (28, 28), loop_repeats=loop)
+        learner, _ = program.run_task(program.init_learner(jax.random.key(0)), *data, jnp.int32(0), jax.random.key(1))
+        learners.append(jax.device_get(learner))
+    ages = learners[0].option_states[0]["dense1"]["age"]
+    assert (np.asarray(ages) < 8).any()  # some units were replaced during the task's 8 steps
+    for a, b in zip(jax.tree.leaves(learners[0]), jax.tree.leaves(learners[1])):
+        if np.issubdtype(np.asarray(a).dtype, np.floating):  # equal on the CPU; within rounding elsewhere
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+        else:
+            np.testing.assert_array_equal(a, b)
