@@ -103,13 +103,18 @@ def learner_batch(parts: Parts, state: LearnerState, images, labels_B, key):
 
 
 def learner_update(parts: Parts, state: LearnerState, direction, rule_state, model_state, images, weights_B, key):
-    """The optimiser step along ``direction``, then every option's ``step_end``."""
+    """Every option's ``direction`` hook, the optimiser step along the result, then option by
+    option its ``step_end`` and its ``step_reset``."""
+    for i, opt in enumerate(parts.options):
+        direction = opt.direction(state.option_states[i], state.params, direction)
     updates, opt_state = parts.learner_tx.update(direction, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     opt_states = list(state.option_states)
     for i, opt in enumerate(parts.options):
-        opt_states[i], params = opt.step_end(opt_states[i], params, model_state, jax.random.fold_in(key, i), images,
-                                             weights_B)
+        k_opt = jax.random.fold_in(key, i)
+        opt_states[i], params = opt.step_end(opt_states[i], params, model_state, k_opt, images, weights_B)
+        opt_states[i], params, opt_state = opt.step_reset(opt_states[i], params, opt_state, model_state,
+                                                          jax.random.fold_in(k_opt, 1), images, weights_B)
     return LearnerState(params, model_state, opt_state, rule_state, tuple(opt_states))
 
 

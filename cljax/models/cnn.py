@@ -6,6 +6,7 @@ import flax.linen as nn
 
 from cljax.models import CLASSIFIER_GROUP, CONV_IMPLS, ModelContext, as_float_images, register_model
 from cljax.models.im2col import im2col_conv_stack
+from cljax.models.units import sow_units
 from cljax.registry import NoParams
 
 
@@ -23,20 +24,29 @@ class CNN(nn.Module):
     hidden: int = 64
     conv_impl: str = "lax"
 
+    def unit_layers(self):
+        """Conv channels and dense units, each with the layer that reads it (cljax.models.units)."""
+        names = [f"conv{i + 1}" for i in range(len(self.channels))] + ["dense1", "dense2", CLASSIFIER_GROUP]
+        return tuple(zip(names[:-1], names[1:]))
+
     @nn.compact
     def __call__(self, images, train: bool = False):
         if self.conv_impl == "im2col":
-            x = im2col_conv_stack(images, self.channels)
+            x = im2col_conv_stack(images, self.channels,
+                                  on_layer=lambda name, x_CHWB: sow_units(self, name, x_CHWB.mean(axis=(1, 2)).T))
         elif self.conv_impl == "lax":
             x = as_float_images(images)
             for i, ch in enumerate(self.channels):
                 x = nn.relu(nn.Conv(ch, (3, 3), padding="SAME", name=f"conv{i + 1}")(x))
                 x = nn.max_pool(x, (3, 3), strides=(3, 3), padding="VALID")
+                sow_units(self, f"conv{i + 1}", x.mean(axis=(1, 2)))
             x = x.mean(axis=(1, 2))
         else:
             raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, not {self.conv_impl!r}")
         x = nn.relu(nn.Dense(self.hidden, name="dense1")(x))
+        sow_units(self, "dense1", x)
         hidden = nn.relu(nn.Dense(self.hidden, name="dense2")(x))
+        sow_units(self, "dense2", hidden)
         logits = nn.Dense(self.out_dim, name=CLASSIFIER_GROUP)(hidden)
         return logits, hidden
 

@@ -121,11 +121,12 @@ def _max_pool_bwd(size: int, residuals, g_ChwB):
 max_pool_disjoint.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
-def im2col_conv_stack(images, channels: tuple[int, ...], pool: int = 3):
+def im2col_conv_stack(images, channels: tuple[int, ...], pool: int = 3, on_layer=None):
     """The CNN's whole convolution stack in this lowering: uint8 images (B, H, W) or
     (B, H, W, C) -> (B, channels[-1]) features.
 
-    ``PatchConv(ch, pool=pool, name=f"conv{i + 1}")`` + ReLU per layer, then the spatial mean.
+    ``PatchConv(ch, pool=pool, name=f"conv{i + 1}")`` + ReLU per layer, then the spatial mean;
+    ``on_layer(name, x_CHWB)``, when given, sees each layer's output (after pool and ReLU).
     Called inside a compact module, so the convolutions are that module's ``conv1``, ``conv2``,
     ... with ``nn.Conv``'s parameters. The images are transposed once, still as uint8, to the
     channel-major (C, H, W, B) layout; the ReLU runs after the pool (max-pool commutes with the
@@ -137,4 +138,6 @@ def im2col_conv_stack(images, channels: tuple[int, ...], pool: int = 3):
     x = as_float_images(x)  # (C, H, W, B)
     for i, ch in enumerate(channels):
         x = nn.relu(PatchConv(ch, pool=pool, name=f"conv{i + 1}")(x))
+        if on_layer is not None:
+            on_layer(f"conv{i + 1}", x)
     return x.mean(axis=(1, 2)).T  # (B, C)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import flax.linen as nn
 
 from cljax.models import CLASSIFIER_GROUP, ModelContext, as_float_images, register_model
+from cljax.models.units import sow_units
 from cljax.registry import param
 
 
@@ -24,12 +25,18 @@ class MLP(nn.Module):
     hidden: int = 256
     depth: int = 2
 
+    def unit_layers(self):
+        """Each hidden layer's units with the layer that reads them (cljax.models.units)."""
+        names = [f"dense{i + 1}" for i in range(self.depth)] + [CLASSIFIER_GROUP]
+        return tuple(zip(names[:-1], names[1:]))
+
     @nn.compact
     def __call__(self, images, train: bool = False):
         x = as_float_images(images)
         x = x.reshape(x.shape[0], -1)
         for i in range(self.depth):
             x = nn.relu(nn.Dense(self.hidden, name=f"dense{i + 1}")(x))
+            sow_units(self, f"dense{i + 1}", x)
         logits = nn.Dense(self.out_dim, name=CLASSIFIER_GROUP)(x)
         return logits, x
 

@@ -6,14 +6,24 @@ over the repeats.
     task_start(state, params, key, task_idx) -> (state, params)
     batch(state, images, labels_B, weights_B, key) -> (images, labels, weights)
                                                     what the learner trains on (static shapes)
+    direction(state, params, direction) -> direction
+                                                    the rule's update direction, changed before
+                                                    the optimiser consumes it (L2 terms)
     step_end(state, params, model_state, key, images, weights_B) -> (state, params)
                                                     after the optimiser step
+    step_reset(state, params, opt_state, model_state, key, images, weights_B)
+        -> (state, params, opt_state)               after step_end: may also change the
+                                                    learner's optimiser state (unit resets)
     task_end(state, params, key, train_images_N, train_labels_N, task_idx) -> (state, params)
 
 ``weights_B`` are the per-example weights of the rule's batch means (1 for the task's batch);
 an option that appends examples it may not have yet gives them weight 0, so shapes stay static.
-``step_end`` sees the batch the rule trained on. Unset hooks are identities. The expert never
-runs options.
+``step_end`` and ``step_reset`` see the batch the rule trained on; ``direction`` has the
+structure of ``params`` (descent convention: the optimiser subtracts lr * direction), and the
+options change it in registry order. ``opt_state`` is the learner optimiser's (optax) state; its
+arrays that mirror a parameter (momentum, Adam's moments) sit under that parameter's path. After
+the optimiser step each option runs its ``step_end`` then its ``step_reset``, option by option.
+Unset hooks are identities and add nothing to the compiled program. The expert never runs options.
 
 A new option is one file in this folder (or a plugin file)::
 
@@ -41,11 +51,21 @@ def _keep_batch(state, images, labels, weights, key):
     return images, labels, weights
 
 
+def _keep_direction(state, params, direction):
+    return direction
+
+
+def _keep_state_params_opt(state, params, opt_state, *args):
+    return state, params, opt_state
+
+
 class Option(NamedTuple):
     init: Callable[..., Any] = lambda params, key: ()
     task_start: Callable[..., tuple] = _keep_state_params
     batch: Callable[..., tuple] = _keep_batch
+    direction: Callable[..., Any] = _keep_direction
     step_end: Callable[..., tuple] = _keep_state_params
+    step_reset: Callable[..., tuple] = _keep_state_params_opt
     task_end: Callable[..., tuple] = _keep_state_params
 
 

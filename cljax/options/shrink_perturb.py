@@ -4,7 +4,9 @@ Neural Network Training" (NeurIPS): every parameter of the learner becomes
     theta <- lam * theta + sigma * eps,      eps = init_fn(key)
 
 where eps is a fresh draw of the whole parameter pytree from the model's own initialiser
-(``net.init``), lam = ``--sp-lambda``, sigma = ``--sp-sigma``, key = the hook's key. So sigma is
+(``net.init``; ``--sp-noise init``, the default) or a standard normal draw of every parameter
+(``--sp-noise gaussian``), lam = ``--sp-lambda``, sigma = ``--sp-sigma``, key = the hook's key.
+With ``init`` noise sigma is
 in units of the initialiser's own scale, layer by layer: with Flax's LeCun-normal kernels, a
 kernel's eps has standard deviation 1 / sqrt(fan_in) (fan_in = inputs of one unit: 3*3*C_in for
 a 3x3 convolution, the input width for a dense layer), sigma = 1 adds a whole fresh
@@ -17,7 +19,8 @@ Adams apply the transform when new data arrives for a network already trained.
 ``--sp-mode step`` (hook ``step_end``): after every optimiser step of every task (the
 continuous form of Dohare et al. 2024, "Loss of plasticity in deep continual learning": an L2
 penalty wd under SGD at rate lr shrinks by lam = 1 - lr * wd per step, and their noise of
-absolute standard deviation s is sigma = s * sqrt(fan_in) here, which differs by layer).
+absolute standard deviation s is ``--sp-noise gaussian --sp-sigma s``; their exact form, the
+decay in the gradient, is ``--use-l2 --l2-decay wd`` with ``--sp-lambda 1``, docs/methods.md).
 
 The defaults, lam = 0.99 and sigma = 0.14 at task boundaries, shrink little and leave the
 expected size of weights at the initialiser's scale unchanged (lam^2 + sigma^2 = 1); the sweep
@@ -44,7 +47,10 @@ class ShrinkPerturbParams:
                       "step (step)", choices=("boundary", "step"))
     lambda_: float = param(0.99, "shrink+perturb: shrink factor lam", min=0.0, max=1.0, flag="sp-lambda")
     sigma: float = param(0.14, "shrink+perturb: perturbation scale sigma, in units of the initialiser's own scale "
-                         "(1: a whole fresh initialisation)", min=0.0)
+                         "(1: a whole fresh initialisation) with --sp-noise init, absolute with gaussian", min=0.0)
+    noise: str = param("init", "shrink+perturb: eps is a fresh draw of the model's initialiser (init) or a standard "
+                       "normal for every parameter (gaussian: sigma is an absolute standard deviation, as in Dohare et "
+                       "al. 2024)", choices=("init", "gaussian"), absent="init")
 
 
 def shrink_perturb(params, noise, lam: float, sigma: float):
@@ -56,10 +62,15 @@ def shrink_perturb(params, noise, lam: float, sigma: float):
                  aliases=("--shrink-perturb",))
 def make_shrink_perturb(params: ShrinkPerturbParams, config, net) -> Option:
     """shrink+perturb (Ash & Adams 2020): theta <- lam*theta + sigma*(fresh init draw) (tag sp)"""
-    lam, sigma, mode = params.lambda_, params.sigma, params.mode
+    lam, sigma, mode, noise = params.lambda_, params.sigma, params.mode, params.noise
+
+    shapes, treedef = jax.tree.flatten(jax.eval_shape(lambda k: net.init(k)[0], jax.random.key(0)))
 
     def init_fn(key):
-        return net.init(key)[0]
+        if noise == "init":
+            return net.init(key)[0]
+        keys = jax.random.split(key, len(shapes))
+        return jax.tree.unflatten(treedef, [jax.random.normal(k, s.shape, s.dtype) for k, s in zip(keys, shapes)])
 
     def apply(params, key):
         if lam == 1.0 and sigma == 0.0:

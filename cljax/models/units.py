@@ -1,0 +1,46 @@
+"""Unit layers: the part of the model contract used by the options that reset hidden units
+(``--use-cbp``, ``--use-redo``).
+
+A model that supports them has a method ``unit_layers(self) -> ((layer, reader), ...)``: each
+hidden layer whose output units may be reset, named by the top-level parameter of the layer that
+computes them (the units' incoming weights are that layer's ``kernel`` along its last axis and
+its ``bias``) and of the layer that reads them (their outgoing weights are the reader's
+``kernel`` along its second-to-last axis: a dense layer's inputs, a convolution's input
+channels). Its forward pass calls :func:`sow_units` with each such layer's output after the
+nonlinearity (after the pool, for a convolution), (B, U) per example and unit, averaged over
+spatial positions.
+
+:func:`sow_units` does nothing unless the caller asks for the collection, so a model's compiled
+training program is the same with or without these calls; :func:`unit_activity` asks for it.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+
+from cljax.errors import CljaxError
+
+# Flax's init leaves this collection out by default, so the sown values never become state.
+UNITS_COLLECTION = "intermediates"
+_SUFFIX = "_units"
+
+
+def sow_units(module: nn.Module, layer: str, activity_BU) -> None:
+    """Record ``layer``'s per-unit activity (B, U) when the caller collects it."""
+    if module.is_mutable_collection(UNITS_COLLECTION):
+        module.sow(UNITS_COLLECTION, layer + _SUFFIX, activity_BU)  # not the layer's own name: that is its scope
+
+
+def unit_layers(net, option_flag: str) -> tuple[tuple[str, str], ...]:
+    """The model's (layer, reader) pairs, or one CljaxError line naming the flag and the fix."""
+    declared = getattr(net.module, "unit_layers", None)
+    if declared is None or net.state_collections:
+        raise CljaxError(f"{option_flag} resets hidden units, which needs a model that declares them (cnn, mlp) and has "
+                         f"no mutable state; {type(net.module).__name__} does not: choose --model cnn or mlp.")
+    return tuple(declared())
+
+
+def unit_activity(net, params, model_state, images) -> dict:
+    """Each unit layer's activity on ``images`` (evaluation mode): {layer: (B, U)}."""
+    _, sown = net.module.apply({"params": params, **model_state}, images, train=False, mutable=[UNITS_COLLECTION])
+    return {name.removesuffix(_SUFFIX): values[0] for name, values in sown[UNITS_COLLECTION].items()}

@@ -1,0 +1,97 @@
+"""Continual backprop (``--use-cbp``, tag ``cbp``), Dohare et al. 2024, "Loss of plasticity in
+deep continual learning" (Nature): a small fraction of the hidden units that contribute least is
+replaced by fresh units at every step, so the network keeps a supply of units at their initial,
+plastic state.
+
+For each unit layer l of the model (``cljax.models.units``: CNN conv channels and dense units,
+MLP dense units), after the optimiser step (hook ``step_reset``), with h_j the unit's
+activity on the step's batch (the network after the step, evaluation mode; a channel's is its
+mean over positions after the pool), w_b the examples' weights (replayed images included) and
+W_out the reader's kernel:
+
+    u_j   <- eta u_j + (1 - eta) <|h_j|> sum|W_out[..., j, :]|     contribution utility
+    a_j   <- a_j + 1                                               age in steps
+    E      = {j : a_j > m}                                         eligible (mature) units
+    acc_l <- acc_l + rho |E|                                       fractional count
+    n      = min(floor(acc_l), |E|);  acc_l <- acc_l - n
+    replace the n units of E with the lowest u (ties: the lower index), as a mask over units
+
+A replaced unit gets fresh incoming weights (kernel column and bias) from the model's
+initialiser, zero outgoing weights, u_j = 0 and a_j = 0, and the optimiser state of every weight
+it touched is set to 0 (cljax/options/_units.py). rho = ``--cbp-rate``, m = ``--cbp-maturity``,
+eta = ``--cbp-decay``; the defaults are Dohare et al.'s (3e-4, 100, 0.99).
+
+State of one repeat, kept across tasks and saved in the checkpoint: per unit layer, u (U,)
+float32, a (U,) int32 and acc () float32.
+
+Differences from the authors' code, on purpose: the utility is not bias-corrected for age and
+the reader's bias is not adjusted for the removed unit's mean contribution (the update above is
+the whole method here).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+
+from cljax.models.units import unit_activity, unit_layers
+from cljax.options import Option, register_option
+from cljax.options._units import outgoing_abs_sums, reset_if_any, weighted_mean_abs
+from cljax.registry import param
+
+
+@dataclass(frozen=True)
+class CBPParams:
+    rate: float = param(3e-4, "continual backprop: replacement rate rho, the fraction of a layer's mature units "
+                        "replaced per step (accumulated until it makes a whole unit)", min=0.0, max=1.0)
+    maturity: int = param(100, "continual backprop: maturity threshold m, steps a unit must age before it may be "
+                          "replaced", min=0)
+    decay: float = param(0.99, "continual backprop: decay eta of the running contribution utility", min=0.0, max=1.0)
+
+
+def select_lowest(utility_U, eligible_U, n):
+    """Mask of the ``n`` eligible units with the lowest utility (ties: the lower index)."""
+    score = jnp.where(eligible_U, utility_U, jnp.inf)
+    rank = jnp.argsort(jnp.argsort(score, stable=True), stable=True)
+    return eligible_U & (rank < n)
+
+
+def cbp_update(state, activity, out_sums, weights_B, rate: float, maturity: int, decay: float):
+    """One step of the utilities, ages and counts. Returns (state, {layer: replace mask})."""
+    new_state, masks = {}, {}
+    for layer, s in state.items():
+        contribution = weighted_mean_abs(activity[layer], weights_B) * out_sums[layer]
+        utility = decay * s["utility"] + (1.0 - decay) * contribution
+        age = s["age"] + 1
+        eligible = age > maturity
+        n_eligible = eligible.sum()
+        acc = s["acc"] + rate * n_eligible.astype(jnp.float32)
+        n = jnp.minimum(jnp.floor(acc).astype(jnp.int32), n_eligible)
+        replace = select_lowest(utility, eligible, n)
+        new_state[layer] = {"utility": jnp.where(replace, 0.0, utility), "age": jnp.where(replace, 0, age),
+                            "acc": acc - n.astype(jnp.float32)}
+        masks[layer] = replace
+    return new_state, masks
+
+
+@register_option("cbp", params=CBPParams, tag="cbp", flag="use-cbp")
+def make_cbp(params: CBPParams, config, net) -> Option:
+    """continual backprop: replace the least-contributing mature hidden units by fresh ones (tag cbp)"""
+    layers = unit_layers(net, "--use-cbp")
+    rate, maturity, decay = params.rate, params.maturity, params.decay
+
+    def init(model_params, key):
+        return {layer: {"utility": jnp.zeros(model_params[layer]["kernel"].shape[-1], jnp.float32),
+                        "age": jnp.zeros(model_params[layer]["kernel"].shape[-1], jnp.int32),
+                        "acc": jnp.zeros((), jnp.float32)} for layer, _ in layers}
+
+    def step_reset(state, model_params, opt_state, model_state, key, images, weights_B):
+        activity = jax.lax.stop_gradient(unit_activity(net, model_params, model_state, images))
+        state, masks = cbp_update(state, activity, outgoing_abs_sums(model_params, layers), weights_B, rate, maturity,
+                                  decay)
+        model_params, opt_state = reset_if_any(net, model_params, opt_state, key, layers, masks)
+        return state, model_params, opt_state
+
+    return Option(init=init, step_reset=step_reset)
