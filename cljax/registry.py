@@ -125,12 +125,14 @@ class Registry:
         load_plugins()
 
     def names(self) -> list[str]:
+        """The entries' names, sorted: the order options are applied in and their tags appear in
+        a run folder's name, so it must not depend on which module a process imported first."""
         self._load()
-        return list(self._entries)
+        return sorted(self._entries)
 
     def entries(self) -> list[Entry]:
         self._load()
-        return list(self._entries.values())
+        return [self._entries[name] for name in sorted(self._entries)]
 
     def __contains__(self, name) -> bool:
         self._load()

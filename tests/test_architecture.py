@@ -129,3 +129,24 @@ def test_a_rule_and_a_model_from_a_plugin_file_run_without_touching_cljax(tmp_pa
                    *[f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()]])
     assert rc == 0
     assert (tmp_path / "cli" / "synthetic" / "ToySign_T2" / "task_001").is_dir()
+
+
+def test_the_option_order_does_not_depend_on_which_module_was_imported_first():
+    """Options apply in registry order and their tags name the run folder: importing one
+    option's module before the others (as a test, a notebook or a plugin may) must not change
+    either, or a resume in another process would not find its own run."""
+    import importlib
+    import subprocess
+    import sys
+
+    from cljax.config import Config
+    from cljax.registry import OPTIONS
+
+    importlib.import_module("cljax.options.ul")
+    assert OPTIONS.names() == sorted(OPTIONS.names()) and {"cbp", "replay", "shrink_perturb", "ul"} <= set(OPTIONS.names())
+    flags = dict(use_cbp=True, use_replay=True, add_plasticity=True, use_ul=True, num_tasks=5)
+    name = Config.from_flat(**flags).algorithm_name
+    code = ("import cljax.options.ul, cljax.options.shrink_perturb; from cljax.config import Config; "
+            f"print(Config.from_flat(**{flags!r}).algorithm_name)")
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert name == other == "SL_cbp_replay_sp_ul_T5"
