@@ -10,7 +10,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cljax import results
 from cljax.config import Config, differing_settings
 from cljax.errors import CljaxError
 from cljax.experiment import run_experiment
@@ -266,27 +265,8 @@ def test_shrink_perturb_gaussian_noise_is_absolute():
 
 # ---- the real path: compiled once, with replay and UL, every rule ----------------------------
 
-TINY_RUN = dict(lr=None, num_tasks=2, n_repeats=2, n_train_per_class=16, n_test_per_class=8, n_subsamples=2,
-                epochs=1, batch_size=16, log_frequency=1, replay_size=20, replay_batch=8, momentum=0.9)
-METHOD_SETS = {
-    "SL": dict(use_cbp=True, cbp_maturity=0, cbp_rate=0.05, use_l2_init=True, use_replay=True, use_ul=True),
-    "RL": dict(use_redo=True, redo_every=2, use_l2=True, use_replay=True, use_ul=True, ul_kind="sanger"),
-    "Bio": dict(use_cbp=True, cbp_maturity=0, use_redo=True, use_l2_init=True, add_plasticity=True, sp_mode="step",
-                sp_noise="gaussian", sp_sigma=1e-3, use_ul=True, ul_kind="recon"),
-}
-
-
-@pytest.mark.parametrize("algorithm", list(METHOD_SETS))
-def test_methods_with_replay_and_ul_compile_once_under_every_rule(tmp_path, compile_counter, algorithm):
-    config = small_config(tmp_path, algorithm=algorithm, **{**TINY_RUN, **METHOD_SETS[algorithm]})
-    at_task_end = []
-    run = run_experiment(config, progress=False, on_task_end=lambda t, info: at_task_end.append(compile_counter.count))
-    assert at_task_end[0] > 0 and at_task_end[1] == at_task_end[0]  # the second task compiles nothing
-    for d in results.task_dirs(run.algo_dir):
-        metrics = results.load_metrics(d)
-        assert np.isfinite(metrics["train_loss"]).all() and np.isfinite(metrics["test_acc"]).all()
-    assert run.algo_dir.name == {"SL": "SL_cbp_l2init_replay_ul_T2", "RL": "RL_l2_redo_replay_ul_T2",
-                                 "Bio": "Bio_cbp_l2init_redo_sp_ul_T2"}[algorithm]
+# Every method with replay, UL and S&P under every rule, compiled once: test_rules_options.py,
+# test_every_rule_with_every_option_compiles_once.
 
 
 def test_resume_with_the_methods_is_byte_identical(tmp_path, monkeypatch):

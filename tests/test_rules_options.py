@@ -534,11 +534,13 @@ def test_hebbian_rules_find_the_principal_components(kind):
 # ---- every rule with every option, compiled once ------------------------------------------
 
 # Two sets cover both program shapes: replay changes the learner's batch and so turns the
-# learner/expert pairing off; S&P (at the boundary) and UL keep it on. Each option's own
-# behaviour is tested above; here, that every combination a rule meets compiles once and runs.
+# learner/expert pairing off; S&P (at the boundary), UL and the plasticity methods keep it on.
+# Each option's own behaviour is tested above and in test_methods.py; here, that every
+# combination a rule meets compiles once and runs. The keys are the folder names' tags.
 OPTION_SETS = {
-    "sp_ul": dict(add_plasticity=True, use_ul=True),
-    "replay_sp_ul": dict(use_replay=True, add_plasticity=True, sp_mode="step", sp_lambda=0.999, sp_sigma=1e-3, use_ul=True),
+    "l2_redo_sp_ul": dict(use_l2=True, use_redo=True, redo_every=2, add_plasticity=True, use_ul=True),
+    "cbp_l2init_replay_sp_ul": dict(use_cbp=True, cbp_maturity=0, cbp_rate=0.05, use_l2_init=True, use_replay=True,
+                                    add_plasticity=True, sp_mode="step", sp_lambda=0.999, sp_sigma=1e-3, use_ul=True),
 }
 UL_KIND = {"SL": "oja", "RL": "sanger", "Bio": "recon"}
 
