@@ -4,6 +4,7 @@ registries' params dataclasses (cljax/settings.py)."""
 from __future__ import annotations
 
 import errno
+import json
 import math
 import os
 import signal
@@ -176,9 +177,28 @@ def _cmd_analyze(argv: list[str]) -> int:
     return 0
 
 
+def _cmd_compare(argv: list[str]) -> int:
+    parser = _Parser(prog="cljax compare", description="Several runs side by side: the plasticity gap (the fresh "
+                     "expert's current-task accuracy minus the learner's) over tasks, one line per run.")
+    parser.add_argument("runs", nargs="+", help="results/{dataset}/{algorithm} of each run")
+    parser.add_argument("--out", default=None, help="the plot (PNG) to write (default: none)")
+    parser.add_argument("--json", default=None, help="write the comparison as JSON here")
+    args = parser.parse_args(argv)
+    from cljax.analysis.compare import compare_runs, format_comparison
+
+    summary = compare_runs(args.runs, args.out)
+    print(format_comparison(summary))
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=1))
+    if args.out:
+        print(f"plot: {args.out}")
+    return 0
+
+
 COMMANDS = {
     "run": (_cmd_run, "run an experiment"),
     "analyze": (_cmd_analyze, "analyse a run: accuracy matrix, BWT/FWT, forgetting, plasticity, GLUE; plots"),
+    "compare": (_cmd_compare, "several runs side by side: the plasticity gap over tasks, one line per run"),
     "plan": (_cmd_plan, "print the device memory, host memory, disk and evaluation mode a run will take"),
     "sweep": (_cmd_sweep, "run a grid of settings x seeds, one job per run (submitit: SLURM or local)"),
     "prepare-imagenet": (_cmd_prepare_imagenet, "prepare ImageNet-1k as 28x28 gray from Hugging Face datasets"),

@@ -211,3 +211,18 @@ def plot_head_vs_probe(earlier_RN: Mapping[str, np.ndarray], last_RT: Mapping[st
         ax.legend(fontsize=8, loc="lower left")
     fig.suptitle(title)
     return _save(fig, path)
+
+
+def plot_plasticity_gap(gaps: Mapping[str, np.ndarray], path: str | os.PathLike) -> Path:
+    """One line per run: the plasticity gap (expert - learner) over tasks, ``gaps[label]`` (n, R),
+    mean +- std over repeats (cljax compare)."""
+    fig = _figure(figsize=(7, 4))
+    ax = fig.add_subplot()
+    for label, gap_nR in gaps.items():
+        _band(ax, np.arange(len(gap_nR)), np.asarray(gap_nR).T, label=label)
+    ax.axhline(0.0, color="gray", linewidth=0.8)
+    ax.set_xlabel("task")
+    ax.set_ylabel("expert - learner, current-task accuracy")
+    ax.set_title("Plasticity gap over tasks (mean +- std over repeats)")
+    ax.legend(fontsize=8)
+    return _save(fig, path)

@@ -1,0 +1,69 @@
+"""Several runs side by side (``cljax compare RUN [RUN ...]``): the plasticity gap over tasks,
+one line per run. Made for a method against plain backprop on the same protocol.
+
+The gap of task t in repeat r is the fresh expert's current-task test accuracy minus the
+learner's, both at the task's last snapshot: the expert is a network trained from scratch on
+that task alone, the natural no-loss baseline, so a gap that grows over the tasks is lost
+plasticity. Runs with the same seed draw the same class pairs per repeat, so their repeats can
+be compared pairwise. Reads only the current task's slot, so every ``--eval-tasks`` mode works.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from cljax import results
+from cljax.analysis import plots
+from cljax.analysis.spread import spread
+from cljax.errors import CljaxError
+
+
+def current_task_accuracy(run_dir) -> dict[str, np.ndarray]:
+    """{"learner", "expert"}: current-task test accuracy at each task's last snapshot, (n, R)."""
+    dirs = results.task_dirs(run_dir)
+    if not dirs:
+        raise CljaxError(f"{run_dir} has no task folders: pass results/{{dataset}}/{{algorithm}} of a run.")
+    learner, expert = [], []
+    for t, d in enumerate(dirs):
+        meta = results.load_metadata(d)
+        slot = (meta.get("eval_tasks") or {}).get("current_slot", t)
+        learner.append(results.load_metrics(d)["test_acc"][-1, :, slot])
+        expert.append(results.load_expert_metrics(d)["test_acc"][-1])
+    return {"learner": np.asarray(learner, np.float64), "expert": np.asarray(expert, np.float64)}
+
+
+def compare_runs(run_dirs, out_png: str | os.PathLike | None = None, labels=None, late_from: float = 0.5) -> dict:
+    """The gap per run: its spread over repeats of the per-repeat mean over the late tasks (from
+    ``late_from`` of the run on), the learner's and the expert's accuracy there, and the gap per
+    task (mean over repeats). Writes the plot to ``out_png`` when given."""
+    labels = list(labels) if labels else [Path(d).name for d in run_dirs]
+    curves, summary = {}, {}
+    for label, run_dir in zip(labels, run_dirs):
+        acc = current_task_accuracy(run_dir)
+        gap_nR = acc["expert"] - acc["learner"]
+        late = slice(int(len(gap_nR) * late_from), len(gap_nR))
+        summary[label] = {
+            "run": str(run_dir), "n_tasks": len(gap_nR), "late_tasks": [late.start, len(gap_nR) - 1],
+            "gap_late": spread(gap_nR[late].mean(0)),
+            "learner_late": spread(acc["learner"][late].mean(0)),
+            "expert_late": spread(acc["expert"][late].mean(0)),
+            "gap_per_task": gap_nR.mean(1).tolist(),
+        }
+        curves[label] = gap_nR
+    if out_png is not None:
+        plots.plot_plasticity_gap(curves, out_png)
+    return summary
+
+
+def format_comparison(summary: dict) -> str:
+    lines = ["run                          tasks   gap (late tasks)     learner          expert"]
+    for label, s in summary.items():
+        g, lr, ex = s["gap_late"], s["learner_late"], s["expert_late"]
+        lines.append(f"{label[:28]:<28} {s['late_tasks'][0]:>4}-{s['late_tasks'][1]:<4} "
+                     f"{g['mean']:.3f} +- {g['std']:.3f}   {lr['mean']:.3f} +- {lr['std']:.3f}   "
+                     f"{ex['mean']:.3f} +- {ex['std']:.3f}")
+    lines.append("(mean and sample std over repeats of each repeat's mean over the late tasks)")
+    return "\n".join(lines)

@@ -1,0 +1,59 @@
+"""cljax compare: the plasticity gap per run, from each task folder's current-task slot."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import numpy as np
+
+from cljax.analysis.compare import compare_runs
+from cljax.cli import main as cli_main
+
+L, R, T = 2, 3, 4
+
+
+def write_run(algo_dir, learner_TR, expert_TR, window: bool):
+    """Task folders with only what the comparison reads. ``window``: 2 slots, the current one last
+    (as --eval-tasks window:2 saves them); else one slot per task (all)."""
+    for t in range(T):
+        d = algo_dir / f"task_{t:03d}"
+        d.mkdir(parents=True)
+        slots = 2 if window else T
+        cur = 1 if window else t
+        test_acc = np.full((L, R, slots), 0.123)
+        test_acc[-1, :, cur] = learner_TR[t]
+        expert = {"test_acc": np.stack([np.full(R, 0.5), expert_TR[t]])}
+        with open(d / "metrics.pkl", "wb") as f:
+            pickle.dump({"test_acc": test_acc}, f, protocol=4)
+        with open(d / "expert_metrics.pkl", "wb") as f:
+            pickle.dump(expert, f, protocol=4)
+        meta = {"eval_tasks": {"mode": "window:2", "current_slot": 1}} if window else {}
+        (d / "metadata.json").write_text(json.dumps(meta))
+
+
+def test_the_gap_is_expert_minus_learner_on_the_current_task_in_every_mode(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    learner, expert = rng.uniform(0.5, 1, (T, R)), rng.uniform(0.5, 1, (T, R))
+    write_run(tmp_path / "all", learner, expert, window=False)
+    write_run(tmp_path / "window", learner - 0.1, expert, window=True)
+    summary = compare_runs([tmp_path / "all", tmp_path / "window"], tmp_path / "gap.png", labels=["all", "window"])
+    late = (expert - learner)[2:].mean(0)  # tasks 2-3, per repeat
+    assert summary["all"]["late_tasks"] == [2, 3]
+    np.testing.assert_allclose(summary["all"]["gap_late"]["mean"], late.mean())
+    np.testing.assert_allclose(summary["all"]["gap_late"]["std"], late.std(ddof=1))
+    np.testing.assert_allclose(summary["window"]["gap_late"]["mean"], late.mean() + 0.1)
+    np.testing.assert_allclose(summary["all"]["gap_per_task"], (expert - learner).mean(1))
+    assert (tmp_path / "gap.png").stat().st_size > 10_000
+
+    rc = cli_main(["compare", str(tmp_path / "all"), str(tmp_path / "window"), "--json", str(tmp_path / "c.json")])
+    out = capsys.readouterr().out
+    assert rc == 0 and "all" in out and f"{late.mean():.3f}" in out
+    assert json.loads((tmp_path / "c.json").read_text())["window"]["n_tasks"] == T
+
+
+def test_a_folder_without_task_folders_is_one_line(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    rc = cli_main(["compare", str(tmp_path / "empty")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "no task folders" in err
