@@ -120,3 +120,13 @@ def pytest_collection_modifyitems(config, items):
             continue
         if any(d.scope == "module" for fixture in defs.name2fixturedefs.values() for d in fixture):
             item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+
+
+def load_script(path: Path, name: str):
+    """A script of benchmarks/ imported as a module (they are not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -6,7 +6,6 @@ optional part)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -14,15 +13,13 @@ from pathlib import Path
 import jax
 
 from cljax.program import paired_models_default
+from tests.conftest import load_script
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "throughput.py"
 
 
 def load_benchmark():
-    spec = importlib.util.spec_from_file_location("cljax_bench_throughput", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(BENCH, "cljax_bench_throughput")
 
 
 def test_flops_per_sample_is_the_analytic_count():

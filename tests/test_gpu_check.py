@@ -4,23 +4,19 @@ with its children and reported, and the stages after it still run."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from tests.conftest import FASHION_DIR
+from tests.conftest import FASHION_DIR, load_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
 
 
 def load_gpu_check():
-    spec = importlib.util.spec_from_file_location("cljax_gpu_check", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT, "cljax_gpu_check")
 
 
 def test_the_smoke_mode_runs_every_stage_and_writes_json_and_a_summary(tmp_path):

@@ -1,7 +1,7 @@
 """Plasticity methods (L2, L2-init, continual backprop, ReDo, shrink+perturb's Gaussian noise):
-each against a hand computation on a tiny MLP, the CNN's unit activity in both lowerings, one
-compiled program per run with replay and UL under every rule, byte-identical resume, and the
-one-line errors."""
+each against a hand computation on a tiny MLP, the CNN's unit activity in both lowerings, vmap
+against the repeat loop, and the one-line errors. One compiled program per run with replay and UL
+under every rule: tests/test_rules_options.py; byte-identical resume: tests/test_reliability.py."""
 
 from __future__ import annotations
 
@@ -12,13 +12,11 @@ import pytest
 
 from cljax.config import Config, differing_settings
 from cljax.errors import CljaxError
-from cljax.experiment import run_experiment
 from cljax.models.units import unit_activity
 from cljax.options.cbp import select_lowest
 from cljax.program import build_parts
 from cljax.rules import make_rule
 from cljax.step import LearnerState, learner_update
-from tests.conftest import small_config
 
 TINY_IMAGE = (1, 3)  # the MLP flattens it: 3 inputs
 
@@ -269,34 +267,8 @@ def test_shrink_perturb_gaussian_noise_is_absolute():
 # test_every_rule_with_every_option_compiles_once.
 
 
-def test_resume_with_the_methods_is_byte_identical(tmp_path, monkeypatch):
-    """CBP's utilities, ages and counts, ReDo's step count and L2-init's theta_0 are in the
-    checkpoint: a run interrupted after task 1 and resumed equals an uninterrupted one (every
-    method on at once, with LoP's per-step shrink+perturb noise)."""
-    import cljax.experiment as experiment
-    from tests.test_reliability import assert_same_arrays
-
-    def config(name):
-        return small_config(tmp_path / name, use_cbp=True, cbp_maturity=3, cbp_rate=0.05, use_redo=True, redo_every=7,
-                            use_l2_init=True, l2_init_decay=1e-2, use_l2=True, add_plasticity=True, sp_mode="step",
-                            sp_noise="gaussian", sp_lambda=1.0, sp_sigma=1e-4, momentum=0.9, epochs=2, log_frequency=5)
-
-    whole = run_experiment(config("whole"), progress=False)
-
-    class Crash(Exception):
-        pass
-
-    def crash_at(point, task):
-        if (point, task) == ("train", 2):
-            raise Crash
-
-    monkeypatch.setattr(experiment, "crash_point", crash_at)
-    with pytest.raises(Crash):
-        run_experiment(config("resumed"), progress=False)
-    monkeypatch.undo()
-    resumed = run_experiment(config("resumed"), progress=False)
-    assert resumed.first_task == 2
-    assert_same_arrays(whole.algo_dir, resumed.algo_dir)
+# Resume with every method on at once is byte-identical: tests/test_reliability.py,
+# test_resume_restores_the_whole_learner_with_replay_momentum_and_the_methods.
 
 
 def test_unit_resets_are_the_same_under_vmap_and_the_repeat_loop():

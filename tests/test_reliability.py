@@ -271,8 +271,10 @@ def test_checkpoint_restores_every_leaf_exactly(tmp_path):
     assert np.array_equal(jax.random.key_data(restored["k"]), jax.random.key_data(state["k"]))
 
 
-def test_resume_with_replay_and_momentum_restores_the_whole_learner(tmp_path, monkeypatch):
-    """The checkpoint carries optimiser state and the replay buffer: an interrupted run resumed
+def test_resume_restores_the_whole_learner_with_replay_momentum_and_the_methods(tmp_path, monkeypatch):
+    """The checkpoint carries the whole learner: optimiser state (momentum), the replay buffer,
+    and the plasticity methods' state (CBP's utilities, ages and counts, ReDo's step count,
+    L2-init's theta_0, with LoP's per-step shrink+perturb noise). An interrupted run resumed
     in a new process state equals an uninterrupted one byte for byte."""
     import cljax.experiment as experiment
     from cljax.experiment import run_experiment
@@ -280,7 +282,9 @@ def test_resume_with_replay_and_momentum_restores_the_whole_learner(tmp_path, mo
 
     def config(name):
         return small_config(tmp_path / name, use_replay=True, replay_size=40, replay_batch=8, momentum=0.9,
-                            epochs=2, log_frequency=5)
+                            epochs=2, log_frequency=5, use_cbp=True, cbp_maturity=3, cbp_rate=0.05, use_redo=True,
+                            redo_every=7, use_l2_init=True, l2_init_decay=1e-2, use_l2=True, add_plasticity=True,
+                            sp_mode="step", sp_noise="gaussian", sp_lambda=1.0, sp_sigma=1e-4)
 
     whole = run_experiment(config("whole"), progress=False)
 
