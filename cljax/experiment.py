@@ -19,19 +19,19 @@ import numpy as np
 from cljax.budget import Budget, choose_eval_chunk, disk_files_per_task, disk_run_files
 from cljax.checkpoint import CHECKPOINT, RUN_RECORD, load_learner, new_run_id, save_learner, write_run_record
 from cljax.config import SCHEMA_VERSION, Config, algo_dir_of
-from cljax.eval_tasks import eval_ids_of, eval_tasks_of
 from cljax.data import load_dataset
 from cljax.data.prepared import data_identity
 from cljax.devices.distributed import is_writer, maybe_initialize_distributed
 from cljax.devices.memory import live_device_bytes, rss_bytes
 from cljax.devices.mesh import fetch, mesh_devices, put_repeats, shard_repeats
-from cljax.evaluate import TestSets, WindowTestSets
 from cljax.errors import CljaxError
+from cljax.eval_tasks import eval_ids_of, eval_tasks_of
+from cljax.evaluate import TestSets, WindowTestSets
 from cljax.faults import crash_point
+from cljax.initial_state import INITIAL, initial_arrays, write_initial
 from cljax.program import build_task_program
 from cljax.records import summary_row, task_arrays, task_metadata
 from cljax.results import task_dir_name, write_task
-from cljax.initial_state import INITIAL, initial_arrays, write_initial
 from cljax.run_folder import (RunLock, block_size, check_disk, clear_run, inspect_run, on_disk,
                               remove_stale_temporaries, same_split, verify_task_dir, warn_if_other_split)
 from cljax.step import KEY_TASKS
