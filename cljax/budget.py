@@ -231,9 +231,10 @@ def npy_bytes(shape, dtype) -> int:
     return buf.tell() + math.prod(header["shape"]) * dtype.itemsize
 
 
-def _weights_dtype(b: Budget) -> np.dtype:
-    """The structured dtype of weights.npy: one field per parameter path, sorted (as the writer)."""
-    shapes = jax.eval_shape(b.program.parts.net.init, jax.eval_shape(lambda: jax.random.key(0)))[0]
+def _weights_dtype(b: Budget, which: int = 0) -> np.dtype:
+    """The structured dtype of weights.npy (``which`` 0) or model_state.npy (1, the model's
+    mutable state): one field per path, sorted (as the writer)."""
+    shapes = jax.eval_shape(b.program.parts.net.init, jax.eval_shape(lambda: jax.random.key(0)))[which]
     fields = []
 
     def walk(prefix, node):
@@ -266,6 +267,8 @@ def disk_files_per_task(b: Budget, schedule: np.ndarray | None = None, class_nam
         "binary_labels.npy": npy_bytes((L, R, T, S), np.uint8),
         "weights.npy": npy_bytes((L, R), _weights_dtype(b)),
         "start_weights.npy": npy_bytes((R,), _weights_dtype(b)),
+        # model_state.npy only for a model with mutable state (BatchNorm statistics)
+        **({"model_state.npy": npy_bytes((L, R), _weights_dtype(b, 1))} if b.program.parts.net.state_collections else {}),
         "metrics.pkl": len(pickle.dumps(metrics, protocol=4)),
         "expert_metrics.pkl": len(pickle.dumps(expert, protocol=4)),
         "metadata.json": _metadata_estimate(b, schedule, class_names),

@@ -89,6 +89,15 @@ def test_other_models_run_end_to_end_with_every_option(tmp_path, model, extra):
     acc = results.load_metrics(dirs[1])["test_acc"]
     assert acc.shape == (2, 2, 2) and np.isfinite(acc).all()
     state = results.flatten_params(results.load_model_state(dirs[1]))
+    # The planner's byte figures are the files' sizes, model_state.npy included.
+    from cljax.budget import Budget, disk_files_per_task
+    from cljax.program import build_task_program
+
+    planned = disk_files_per_task(Budget.of(config, build_task_program(config, (28, 28)), (28, 28)))
+    for name, size in planned.items():
+        if name.endswith(".npy"):
+            assert (dirs[1] / name).stat().st_size == size, name
+    assert ("model_state.npy" in planned) == (model == "resnet")
     if model == "resnet":  # BatchNorm statistics are saved with the weights, and they moved in training
         assert state and all(v.shape[:2] == (2, 2) for v in state.values())
         assert any(np.abs(v).sum() > 0 for k, v in state.items() if k.endswith("mean"))
