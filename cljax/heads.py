@@ -30,10 +30,6 @@ from jax import lax
 
 from cljax.models import CLASSIFIER_GROUP, Net
 
-HEADS = ("shared", "reset", "multi")
-RESET_TO = ("zero", "init")
-
-
 class HeadSpec(NamedTuple):
     """How a run's program treats its output layer (static)."""
 
