@@ -145,8 +145,10 @@ def both_steps(parts: Parts, learner: LearnerState, expert: ExpertState, images,
             net, learner.params, learner.model_state, learner.rule_state, l_images, l_labels, l_weights, k_rule)
         e_dir, e_rule_state, e_model_state, e_aux = rule.direction(
             net, expert.params, expert.model_state, expert.rule_state, images, labels_B, e_weights, key_expert)
-    learner = learner_update(parts, learner, l_dir, l_rule_state, l_model_state, l_images, l_weights, k_end)
-    return learner, l_aux, expert_update(parts, expert, e_dir, e_rule_state, e_model_state), e_aux
+    with jax.named_scope("update"):  # options and optimisers (benchmarks/profile_task.py)
+        learner = learner_update(parts, learner, l_dir, l_rule_state, l_model_state, l_images, l_weights, k_end)
+        expert = expert_update(parts, expert, e_dir, e_rule_state, e_model_state)
+    return learner, l_aux, expert, e_aux
 
 
 def options_hook(parts: Parts, hook_name: str, learner: LearnerState, keys, *args) -> LearnerState:

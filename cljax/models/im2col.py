@@ -81,7 +81,8 @@ class PatchConv(nn.Module):
         kernel_KF = kernel.reshape(k * k * c_in, self.features)
         out = kernel_matmul(kernel_KF, patches.reshape(k * k * c_in, h * w * b)).reshape(self.features, h, w, b)
         if self.pool > 1:
-            out = max_pool_disjoint(out, self.pool)
+            with jax.named_scope("pool"):
+                out = max_pool_disjoint(out, self.pool)
         return out + bias[:, None, None, None]
 
 
@@ -137,7 +138,8 @@ def im2col_conv_stack(images, channels: tuple[int, ...], pool: int = 3, on_layer
         x = jnp.transpose(images, (3, 1, 2, 0))
     x = as_float_images(x)  # (C, H, W, B)
     for i, ch in enumerate(channels):
-        x = nn.relu(PatchConv(ch, pool=pool, name=f"conv{i + 1}")(x))
+        with jax.named_scope(f"conv{i + 1}"):  # names in the compiled program (benchmarks/profile_task.py)
+            x = nn.relu(PatchConv(ch, pool=pool, name=f"conv{i + 1}")(x))
         if on_layer is not None:
             on_layer(f"conv{i + 1}", x)
     return x.mean(axis=(1, 2)).T  # (B, C)
