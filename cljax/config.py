@@ -25,7 +25,7 @@ from cljax.registry import DATASETS, MODELS, OPTIONS, RULES, Entry, param
 
 SCHEMA_VERSION = 2
 # Settings that change how fast a run goes or where it is written, never its numbers.
-SPEED_ONLY = ("results_dir", "eval_batch_size", "eval_chunk_tasks", "device_memory")
+SPEED_ONLY = ("results_dir", "eval_batch_size", "eval_chunk_tasks", "device_memory", "scan_unroll")
 
 
 def _structured(default):
@@ -83,6 +83,12 @@ class Config:
                                   "default (the backend's fastest: TF32 on NVIDIA GPUs); changes the numbers on GPUs and "
                                   "TPUs, not on the CPU; recorded in metadata.json", choices=("default", "high", "highest"),
                                   absent="default")
+    compute_dtype: str = param("float32", "dtype the network computes in: float32, or bfloat16 (activations, matmuls "
+                               "and convolutions in bfloat16; parameters, gradients, optimiser state, loss and metrics "
+                               "stay float32); changes the numbers; recorded in metadata.json",
+                               choices=("float32", "bfloat16"), absent="float32")
+    scan_unroll: int = param(1, "training steps per iteration of the compiled step loop (lax.scan's unroll): fewer, "
+                             "larger iterations, for small R on a GPU; the same computation up to float rounding (recorded with the lowering)", min=1, absent=1)
     representation_dtype: str = param("float32", "dtype of the saved representations, the largest artifact (bfloat16 is "
                                       "stored as its uint16 bit pattern, see metadata.json)",
                                       choices=("float32", "float16", "bfloat16"))

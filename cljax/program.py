@@ -29,7 +29,7 @@ from cljax.devices.mesh import REPEATS_AXIS, device_count, repeat_mesh
 from cljax.evaluate import evaluate_snapshots
 from cljax.heads import HeadSpec, n_heads_of
 from cljax.host import usable_cores
-from cljax.models import ModelContext, build_model, make_net, resolve_conv_impl
+from cljax.models import ModelContext, build_model, check_compute_dtype, make_net, resolve_conv_impl
 from cljax.options import keeps_batch, make_options
 from cljax.rules import make_rule
 from cljax.step import (KEY_EXPERT_INIT, KEY_EXPERT_RULE, KEY_HEAD, KEY_LEARNER_INIT, KEY_OPTIONS, KEY_SHUFFLE,
@@ -45,6 +45,8 @@ class Lowering(NamedTuple):
     conv: str  # "im2col" or "lax" (cljax.models)
     devices: int  # devices R is split over
     matmul_precision: str  # jax.default_matmul_precision of every traced matmul and convolution (--matmul-precision)
+    compute_dtype: str  # the network's activations, matmuls and convolutions (--compute-dtype)
+    scan_unroll: int  # training steps per iteration of the step loop (--scan-unroll)
 
     def record(self) -> dict:
         return {**self._asdict(), "backend": jax.default_backend()}
@@ -143,8 +145,10 @@ def build_parts(config, image_shape, conv_impl: str | None = None, paired: bool 
     """The model, rule, options and optimisers of a (validated) config."""
     conv = conv_impl or resolve_conv_impl(config.conv_impl)
     outputs = config.out_dim * n_heads_of(config)  # one block of out_dim per head (cljax/heads.py)
-    module = build_model(config.model, config.model_params, ModelContext(outputs, tuple(image_shape), conv))
-    net = make_net(module, tuple(image_shape))
+    module = build_model(config.model, config.model_params,
+                         ModelContext(outputs, tuple(image_shape), conv, config.compute_dtype))
+    net = make_net(module, tuple(image_shape), config.compute_dtype)
+    check_compute_dtype(net, config.model, config.compute_dtype)
     return Parts(net=net, rule=make_rule(config, net), options=make_options(config, net),
                  learner_tx=make_optimizer(config, config.momentum), expert_tx=make_optimizer(config, 0.0), paired=paired,
                  heads=HeadSpec.of(config))
@@ -164,7 +168,8 @@ def build_task_program(config, image_shape, *, loop_repeats: bool | None = None,
     sizes = Sizes.of(config)
     R = config.n_repeats
     lowering = Lowering("loop" if loop else "vmap", "paired" if paired else "separate",
-                        resolve_conv_impl(config.conv_impl), n_shards, config.matmul_precision)
+                        resolve_conv_impl(config.conv_impl), n_shards, config.matmul_precision, config.compute_dtype,
+                        config.scan_unroll)
 
     def init_all(seed_key):
         keys = jax.random.split(jax.random.fold_in(seed_key, KEY_LEARNER_INIT), R)

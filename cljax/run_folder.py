@@ -263,7 +263,7 @@ def _alive(pid: int) -> bool:
 
 # ---- the split a run computes on -------------------------------------------------------------
 # Lowering entries added after runs were recorded without them, at the value those runs ran with.
-LOWERING_ABSENT = {"matmul_precision": "default"}
+LOWERING_ABSENT = {"matmul_precision": "default", "compute_dtype": "float32", "scan_unroll": 1}
 
 
 def same_split(recorded: dict | None, split: dict) -> bool:

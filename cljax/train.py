@@ -38,6 +38,7 @@ class Sizes(NamedTuple):
     n_subsamples: int
     eval_chunk: int  # test images per forward pass in evaluation
     rep_dtype: Any
+    unroll: int  # steps per iteration of the compiled step loop (lax.scan's unroll)
 
     @classmethod
     def of(cls, config) -> "Sizes":
@@ -45,7 +46,7 @@ class Sizes(NamedTuple):
         chunk = max(c for c in range(1, min(config.eval_batch_size, n_test) + 1) if n_test % c == 0)
         return cls(config.epochs, config.batches_per_epoch, config.batch_size, config.log_frequency, config.n_logs,
                    config.steps_per_task - config.n_logs * config.log_frequency, config.n_subsamples, chunk,
-                   jnp.dtype(config.representation_dtype))
+                   jnp.dtype(config.representation_dtype), config.scan_unroll)
 
     @property
     def steps(self) -> int:
@@ -98,7 +99,7 @@ def train_task(parts: Parts, sizes: Sizes, learner: LearnerState, train_x_N, tra
 
     def interval(carry, interval_i):
         first = sizes.head_steps + interval_i * LF
-        (learner, expert, sums), _ = lax.scan(step, carry, first + jnp.arange(LF))
+        (learner, expert, sums), _ = lax.scan(step, carry, first + jnp.arange(LF), unroll=sizes.unroll)
         l_loss, l_acc, e_loss, e_acc, count = sums
         e_test_acc, e_test_loss, _ = evaluate_one(parts.net, expert.params, expert.model_state, test_x_N, test_y_N,
                                                   sizes.eval_chunk)
@@ -116,7 +117,7 @@ def train_task(parts: Parts, sizes: Sizes, learner: LearnerState, train_x_N, tra
 
     carry = (learner, expert, zero_sums)
     if sizes.head_steps:
-        carry, _ = lax.scan(step, carry, jnp.arange(sizes.head_steps))
+        carry, _ = lax.scan(step, carry, jnp.arange(sizes.head_steps), unroll=sizes.unroll)
     (learner, expert, _), trace = lax.scan(interval, carry, jnp.arange(sizes.n_logs))
     for name, first in zip(("weights", "model_state"), start):
         trace[name] = jax.tree.map(lambda s0, s: jnp.concatenate([s0[None], s]), first, trace[name])

@@ -67,7 +67,7 @@ def test_the_precision_is_part_of_the_resume_key_and_older_runs_ran_at_the_defau
 def test_an_older_split_without_the_precision_is_the_same_split_at_the_default():
     split = {"backend": "cpu", "devices": 1, "processes": 1,
              "lowering": {"repeats": "loop", "learner_expert": "separate", "conv": "im2col", "devices": 1,
-                          "backend": "cpu", "matmul_precision": "default"}}
+                          "backend": "cpu", "matmul_precision": "default", "compute_dtype": "float32", "scan_unroll": 1}}
     older = {**split, "lowering": {k: v for k, v in split["lowering"].items() if k != "matmul_precision"}}
     assert same_split(older, split) and same_split(None, split)
     assert not same_split(older, {**split, "lowering": {**split["lowering"], "matmul_precision": "highest"}})

@@ -22,6 +22,7 @@ from typing import Any, Callable, NamedTuple
 
 import flax.linen as nn
 import jax
+import jax.extend
 import jax.numpy as jnp
 
 from cljax.errors import CljaxError
@@ -35,6 +36,7 @@ __all__ = [
     "Net",
     "as_float_images",
     "build_model",
+    "check_compute_dtype",
     "make_net",
     "register_model",
     "resolve_conv_impl",
@@ -51,6 +53,7 @@ class ModelContext:
     out_dim: int
     image_shape: tuple[int, ...]  # (H, W) or (H, W, C) of one image, from the dataset
     conv_impl: str  # "lax" or "im2col" (resolved, never "auto")
+    compute_dtype: str = "float32"  # the dtype of activations, matmuls and convolutions (--compute-dtype)
 
 
 def resolve_conv_impl(choice: str) -> str:
@@ -63,13 +66,14 @@ def resolve_conv_impl(choice: str) -> str:
     raise CljaxError(f"unknown conv implementation {choice!r}: choose one of auto, {', '.join(CONV_IMPLS)}.")
 
 
-def as_float_images(images):
-    """uint8 images, (B, H, W) or (B, H, W, C) -> float32 (B, H, W, C) in [0, 1].
+def as_float_images(images, dtype="float32"):
+    """uint8 images, (B, H, W) or (B, H, W, C) -> (B, H, W, C) in [0, 1], of ``dtype`` (the
+    model's compute dtype).
 
     A 4-d array is only rescaled, whatever its axis order (the im2col stack passes its
     channel-major transpose)."""
     x = images if images.ndim == 4 else images[..., None]
-    return x.astype(jnp.float32) * (1.0 / 255.0)
+    return x.astype(dtype) * (1.0 / 255.0)  # a weak-typed scalar: the product keeps dtype
 
 
 class Net(NamedTuple):
@@ -88,8 +92,10 @@ class Net(NamedTuple):
     image_shape: tuple[int, ...]  # one image, (H, W) or (H, W, C)
 
 
-def make_net(module: nn.Module, image_shape: tuple[int, ...]) -> Net:
-    """Bind ``module`` for images of ``image_shape`` ((H, W) or (H, W, C)).
+def make_net(module: nn.Module, image_shape: tuple[int, ...], compute_dtype: str = "float32") -> Net:
+    """Bind ``module`` for images of ``image_shape`` ((H, W) or (H, W, C)). A module built to
+    compute in a lower ``compute_dtype`` has its logits and representation returned as float32,
+    so the loss, the metrics and what is saved are computed as at full precision.
 
     The mutable collections are found by tracing the module's init once (shapes only). A model
     without them is applied as ``module.apply({"params": params}, images, train=train)`` and
@@ -118,9 +124,39 @@ def make_net(module: nn.Module, image_shape: tuple[int, ...]) -> Net:
             (logits, hidden), updated = module.apply(variables, images, train=True, mutable=list(state_collections))
             return logits, hidden, {name: updated[name] for name in state_collections}
 
+    if jnp.dtype(compute_dtype) != jnp.float32:  # logits and representation leave the network as float32
+        low_precision_apply = apply
+
+        def apply(params, state, images, train: bool):
+            logits, hidden, state = low_precision_apply(params, state, images, train)
+            return logits.astype(jnp.float32), hidden.astype(jnp.float32), state
+
     return Net(module=module, init=init, apply=apply, state_collections=state_collections, image_shape=tuple(image_shape))
 
 
 def build_model(name: str, params, ctx: ModelContext) -> nn.Module:
     """The registered model ``name`` built from its params and the run's context."""
     return MODELS[name].build(params, ctx)
+
+
+def check_compute_dtype(net: Net, name: str, compute_dtype: str) -> None:
+    """One CljaxError line when a model asked to compute in a lower dtype does not: a model
+    builder that ignores ``ModelContext.compute_dtype`` would otherwise run in float32 and record
+    bfloat16. Read off the traced forward pass: some matmul or convolution must take operands of
+    that dtype."""
+    if jnp.dtype(compute_dtype) == jnp.float32:
+        return
+    params, state = jax.eval_shape(net.init, jax.random.key(0))
+    example = jax.ShapeDtypeStruct((2, *net.image_shape), jnp.uint8)
+    jaxpr = jax.make_jaxpr(lambda p, s, x: net.apply(p, s, x, True))(params, state, example)
+
+    def eqns(jaxpr):
+        for eqn in jaxpr.eqns:
+            yield eqn
+            for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+                yield from eqns(sub)
+
+    if not any(e.primitive.name in ("dot_general", "conv_general_dilated") and
+               any(v.aval.dtype == jnp.dtype(compute_dtype) for v in e.invars) for e in eqns(jaxpr.jaxpr)):
+        raise CljaxError(f"--compute-dtype {compute_dtype}: model {name!r} computes in float32 (its builder ignores "
+                         "ModelContext.compute_dtype): pass it to the model's layers, or run with --compute-dtype float32.")

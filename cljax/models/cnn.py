@@ -24,6 +24,7 @@ class CNN(nn.Module):
     channels: tuple[int, ...] = (16, 32, 64)
     hidden: int = 64
     conv_impl: str = "lax"
+    dtype: str = "float32"  # compute dtype (parameters stay float32)
 
     def unit_layers(self):
         """Conv channels and dense units, each with the layer that reads it (cljax.models.units)."""
@@ -33,28 +34,28 @@ class CNN(nn.Module):
     @nn.compact
     def __call__(self, images, train: bool = False):
         if self.conv_impl == "im2col":
-            x = im2col_conv_stack(images, self.channels,
+            x = im2col_conv_stack(images, self.channels, dtype=self.dtype,
                                   on_layer=lambda name, x_CHWB: sow_units(self, name, x_CHWB.mean(axis=(1, 2)).T))
         elif self.conv_impl == "lax":
-            x = as_float_images(images)
+            x = as_float_images(images, self.dtype)
             for i, ch in enumerate(self.channels):
                 with jax.named_scope(f"conv{i + 1}"):  # names in the compiled program (benchmarks/profile_task.py)
-                    x = nn.relu(nn.Conv(ch, (3, 3), padding="SAME", name=f"conv{i + 1}")(x))
+                    x = nn.relu(nn.Conv(ch, (3, 3), padding="SAME", dtype=self.dtype, name=f"conv{i + 1}")(x))
                     with jax.named_scope("pool"):
                         x = nn.max_pool(x, (3, 3), strides=(3, 3), padding="VALID")
                 sow_units(self, f"conv{i + 1}", x.mean(axis=(1, 2)))
             x = x.mean(axis=(1, 2))
         else:
             raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, not {self.conv_impl!r}")
-        x = nn.relu(nn.Dense(self.hidden, name="dense1")(x))
+        x = nn.relu(nn.Dense(self.hidden, dtype=self.dtype, name="dense1")(x))
         sow_units(self, "dense1", x)
-        hidden = nn.relu(nn.Dense(self.hidden, name="dense2")(x))
+        hidden = nn.relu(nn.Dense(self.hidden, dtype=self.dtype, name="dense2")(x))
         sow_units(self, "dense2", hidden)
-        logits = nn.Dense(self.out_dim, name=CLASSIFIER_GROUP)(hidden)
+        logits = nn.Dense(self.out_dim, dtype=self.dtype, name=CLASSIFIER_GROUP)(hidden)
         return logits, hidden
 
 
 @register_model("cnn", params=NoParams, prefix="cnn")
 def build_cnn(params: NoParams, ctx: ModelContext) -> CNN:
     """The spec's CNN: 3 conv layers (16/32/64) and 2 dense layers of 64."""
-    return CNN(out_dim=ctx.out_dim, conv_impl=ctx.conv_impl)
+    return CNN(out_dim=ctx.out_dim, conv_impl=ctx.conv_impl, dtype=ctx.compute_dtype)

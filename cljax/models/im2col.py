@@ -65,6 +65,7 @@ class PatchConv(nn.Module):
     features: int
     kernel_size: int = 3
     pool: int = 1
+    dtype: str = "float32"  # compute dtype: the kernel is cast to it (the parameters stay float32)
 
     @nn.compact
     def __call__(self, x_CHWB):
@@ -78,12 +79,12 @@ class PatchConv(nn.Module):
         # as k column shifts, then k row shifts of those: 2k slices instead of k^2
         shifted_cols = jnp.concatenate([xp[:, :, j : j + w] for j in range(k)], axis=0)
         patches = jnp.concatenate([shifted_cols[:, i : i + h] for i in range(k)], axis=0)
-        kernel_KF = kernel.reshape(k * k * c_in, self.features)
+        kernel_KF = kernel.reshape(k * k * c_in, self.features).astype(self.dtype)
         out = kernel_matmul(kernel_KF, patches.reshape(k * k * c_in, h * w * b)).reshape(self.features, h, w, b)
         if self.pool > 1:
             with jax.named_scope("pool"):
                 out = max_pool_disjoint(out, self.pool)
-        return out + bias[:, None, None, None]
+        return out + bias.astype(self.dtype)[:, None, None, None]
 
 
 def _pool_windows(x_CHWB, size: int):
@@ -122,11 +123,11 @@ def _max_pool_bwd(size: int, residuals, g_ChwB):
 max_pool_disjoint.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
-def im2col_conv_stack(images, channels: tuple[int, ...], pool: int = 3, on_layer=None):
+def im2col_conv_stack(images, channels: tuple[int, ...], pool: int = 3, on_layer=None, dtype="float32"):
     """The CNN's whole convolution stack in this lowering: uint8 images (B, H, W) or
     (B, H, W, C) -> (B, channels[-1]) features.
 
-    ``PatchConv(ch, pool=pool, name=f"conv{i + 1}")`` + ReLU per layer, then the spatial mean;
+    ``PatchConv(ch, pool=pool, dtype=dtype, name=f"conv{i + 1}")`` + ReLU per layer, then the spatial mean;
     ``on_layer(name, x_CHWB)``, when given, sees each layer's output (after pool and ReLU).
     Called inside a compact module, so the convolutions are that module's ``conv1``, ``conv2``,
     ... with ``nn.Conv``'s parameters. The images are transposed once, still as uint8, to the
@@ -136,10 +137,10 @@ def im2col_conv_stack(images, channels: tuple[int, ...], pool: int = 3, on_layer
         x = jnp.transpose(images, (1, 2, 0))[None]
     else:
         x = jnp.transpose(images, (3, 1, 2, 0))
-    x = as_float_images(x)  # (C, H, W, B)
+    x = as_float_images(x, dtype)  # (C, H, W, B)
     for i, ch in enumerate(channels):
         with jax.named_scope(f"conv{i + 1}"):  # names in the compiled program (benchmarks/profile_task.py)
-            x = nn.relu(PatchConv(ch, pool=pool, name=f"conv{i + 1}")(x))
+            x = nn.relu(PatchConv(ch, pool=pool, dtype=dtype, name=f"conv{i + 1}")(x))
         if on_layer is not None:
             on_layer(f"conv{i + 1}", x)
     return x.mean(axis=(1, 2)).T  # (B, C)

@@ -24,6 +24,7 @@ class MLP(nn.Module):
     out_dim: int = 1
     hidden: int = 256
     depth: int = 2
+    dtype: str = "float32"  # compute dtype (parameters stay float32)
 
     def unit_layers(self):
         """Each hidden layer's units with the layer that reads them (cljax.models.units)."""
@@ -32,16 +33,16 @@ class MLP(nn.Module):
 
     @nn.compact
     def __call__(self, images, train: bool = False):
-        x = as_float_images(images)
+        x = as_float_images(images, self.dtype)
         x = x.reshape(x.shape[0], -1)
         for i in range(self.depth):
-            x = nn.relu(nn.Dense(self.hidden, name=f"dense{i + 1}")(x))
+            x = nn.relu(nn.Dense(self.hidden, dtype=self.dtype, name=f"dense{i + 1}")(x))
             sow_units(self, f"dense{i + 1}", x)
-        logits = nn.Dense(self.out_dim, name=CLASSIFIER_GROUP)(x)
+        logits = nn.Dense(self.out_dim, dtype=self.dtype, name=CLASSIFIER_GROUP)(x)
         return logits, x
 
 
 @register_model("mlp", params=MLPParams, prefix="mlp")
 def build_mlp(params: MLPParams, ctx: ModelContext) -> MLP:
     """A multilayer perceptron on the flattened image."""
-    return MLP(out_dim=ctx.out_dim, hidden=params.hidden, depth=params.depth)
+    return MLP(out_dim=ctx.out_dim, hidden=params.hidden, depth=params.depth, dtype=ctx.compute_dtype)

@@ -30,11 +30,12 @@ class BasicBlock(nn.Module):
 
     features: int
     strides: int = 1
+    dtype: str = "float32"  # compute dtype (parameters and BatchNorm statistics stay float32)
 
     @nn.compact
     def __call__(self, x, train: bool):
-        norm = partial(nn.BatchNorm, use_running_average=not train, momentum=BN_MOMENTUM)
-        conv = partial(nn.Conv, self.features, use_bias=False)  # BN's bias replaces it
+        norm = partial(nn.BatchNorm, use_running_average=not train, momentum=BN_MOMENTUM, dtype=self.dtype)
+        conv = partial(nn.Conv, self.features, use_bias=False, dtype=self.dtype)  # BN's bias replaces it
         y = conv((3, 3), strides=self.strides, padding="SAME", name="conv1")(x)
         y = nn.relu(norm(name="bn1")(y))
         y = conv((3, 3), padding="SAME", name="conv2")(y)
@@ -55,23 +56,26 @@ class ResNet(nn.Module):
     blocks: int = 2
     stages: int = 3
     hidden: int = 64
+    dtype: str = "float32"  # compute dtype (parameters and BatchNorm statistics stay float32)
 
     @nn.compact
     def __call__(self, images, train: bool = False):
-        x = as_float_images(images)
-        x = nn.Conv(self.width, (3, 3), padding="SAME", use_bias=False, name="stem")(x)
-        x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, name="stem_bn")(x))
+        x = as_float_images(images, self.dtype)
+        x = nn.Conv(self.width, (3, 3), padding="SAME", use_bias=False, dtype=self.dtype, name="stem")(x)
+        x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, dtype=self.dtype,
+                                 name="stem_bn")(x))
         for s in range(self.stages):
             for b in range(self.blocks):
                 strides = 2 if s > 0 and b == 0 else 1
-                x = BasicBlock(self.width * 2**s, strides, name=f"stage{s + 1}_block{b + 1}")(x, train)
+                x = BasicBlock(self.width * 2**s, strides, self.dtype, name=f"stage{s + 1}_block{b + 1}")(x, train)
         x = x.mean(axis=(1, 2))
-        hidden = nn.relu(nn.Dense(self.hidden, name="dense")(x))
-        logits = nn.Dense(self.out_dim, name=CLASSIFIER_GROUP)(hidden)
+        hidden = nn.relu(nn.Dense(self.hidden, dtype=self.dtype, name="dense")(x))
+        logits = nn.Dense(self.out_dim, dtype=self.dtype, name=CLASSIFIER_GROUP)(hidden)
         return logits, hidden
 
 
 @register_model("resnet", params=ResNetParams, prefix="resnet")
 def build_resnet(params: ResNetParams, ctx: ModelContext) -> ResNet:
     """A small ResNet with BatchNorm (three stages of basic blocks)."""
-    return ResNet(out_dim=ctx.out_dim, width=params.width, blocks=params.blocks, hidden=params.hidden)
+    return ResNet(out_dim=ctx.out_dim, width=params.width, blocks=params.blocks, hidden=params.hidden,
+                  dtype=ctx.compute_dtype)
