@@ -63,3 +63,29 @@ def test_quick_run_writes_cljax_rows_and_the_schema(tmp_path, capsys):
 
     table = capsys.readouterr().out
     assert "| R | devices | learner/expert | cljax samples/s | % of peak |" in table and "\n| 2 | 1 | " in table
+
+
+def test_paired_runs_compares_two_runs_repeat_by_repeat(tmp_path):
+    import pickle
+
+    import numpy as np
+
+    from tests.test_analysis_driver import write_fake_run
+
+    paired = load_script(BENCH.parent / "paired_runs.py", "cljax_bench_paired_runs")
+    a, b = tmp_path / "a" / "SL_T3", tmp_path / "b" / "SL_T3"
+    write_fake_run(a)
+    write_fake_run(b)
+    path = b / "task_002" / "metrics.pkl"  # run B: repeat 0 scores 0.06 more on task 0 after the last task
+    metrics = pickle.loads(path.read_bytes())
+    metrics["test_acc"][-1, 0, 0] += 0.06
+    path.write_bytes(pickle.dumps(metrics, protocol=4))
+    figures = {k: paired.figures(run) for k, run in (("a", a), ("b", b))}
+    diff = figures["b"]["ACC (every task after the last)"] - figures["a"]["ACC (every task after the last)"]
+    np.testing.assert_allclose(diff, [0.02, 0.0], atol=1e-12)  # 0.06 / T on repeat 0 only
+    np.testing.assert_allclose(figures["a"]["BWT"], [((0.70 - 0.90) + (0.85 - 0.95)) / 2] * 2, atol=1e-12)
+    table = paired.paired_table(a, b, "A", "B")
+    # mean +0.01, sample std 0.0141, SE 0.01, largest 0.02; the largest saved-accuracy change 0.06
+    assert "| ACC (every task after the last) | 0.7917 +- 0.0354 | 0.8017 +- 0.0495 | +0.0100 +- 0.0141; 0.0100; 0.0200 |" \
+        in table
+    assert "largest difference 0.0600" in table

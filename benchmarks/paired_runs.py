@@ -1,0 +1,76 @@
+"""Two runs of the same protocol and seed that differ in one setting, compared repeat by repeat.
+
+Repeat r of both runs has the same class pairs, initialisation and batches, so the difference
+of a figure between them, repeat by repeat, isolates the setting (e.g. ``--compute-dtype
+bfloat16`` against ``float32``). Printed as a markdown table: each figure's mean +- sample std
+over repeats in both runs, and the paired difference B - A with its spread, standard error and
+largest absolute value; then the largest difference of any saved test accuracy.
+
+    python benchmarks/paired_runs.py RUN_A RUN_B     # run folders: results/{dataset}/{algorithm}
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+
+
+def figures(run) -> dict[str, np.ndarray]:
+    """Per-repeat figures of a run whose every task is evaluated (``--eval-tasks all``), each (R,),
+    by the analysis's own definitions (cljax.analysis.cl)."""
+    from cljax import results
+    from cljax.analysis import cl
+
+    dirs = results.task_dirs(run)
+    learner = [results.load_metrics(d) for d in dirs]
+    acc = cl.accuracy_matrix([m["test_acc"] for m in learner])  # (R, T, T), each task's last snapshot
+    return {
+        "ACC (every task after the last)": cl.average_accuracy(acc),
+        "accuracy on each task at its end": np.diagonal(acc, axis1=1, axis2=2).mean(1),
+        "BWT": cl.backward_transfer(acc),
+        "expert test accuracy (task end)": cl.mean_over_tasks(
+            cl.expert_accuracy([results.load_expert_metrics(d)["test_acc"] for d in dirs])),
+        "learner train loss (last snapshot)": cl.mean_over_tasks(np.stack([m["train_loss"][-1] for m in learner], 1)),
+    }
+
+
+def test_accuracies(run) -> np.ndarray:
+    from cljax import results
+
+    return np.concatenate([results.load_metrics(d)["test_acc"].ravel() for d in results.task_dirs(run)])
+
+
+def paired_table(run_a, run_b, name_a: str = "A", name_b: str = "B") -> str:
+    fa, fb = figures(run_a), figures(run_b)
+    R = len(next(iter(fa.values())))
+    if len(next(iter(fb.values()))) != R:
+        raise SystemExit("error: the two runs have different numbers of repeats: compare runs of the same protocol.")
+    lines = [f"R = {R} repeats, paired by repeat", "",
+             f"| figure | {name_a} | {name_b} | {name_b} - {name_a} (mean +- std; SE; max abs) |", "|---|---|---|---|"]
+    for k in fa:
+        d = fb[k] - fa[k]
+        sd = d.std(ddof=1) if R > 1 else 0.0
+        lines.append(f"| {k} | {fa[k].mean():.4f} +- {fa[k].std(ddof=1) if R > 1 else 0:.4f} | "
+                     f"{fb[k].mean():.4f} +- {fb[k].std(ddof=1) if R > 1 else 0:.4f} | "
+                     f"{d.mean():+.4f} +- {sd:.4f}; {sd / np.sqrt(R):.4f}; {np.abs(d).max():.4f} |")
+    diff = np.abs(test_accuracies(run_b) - test_accuracies(run_a))
+    lines += ["", f"every saved test accuracy (snapshot x repeat x task): largest difference {diff.max():.4f}, "
+              f"mean {diff.mean():.4f}"]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> str:
+    p = argparse.ArgumentParser(prog="paired_runs.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("run_a")
+    p.add_argument("run_b")
+    p.add_argument("--names", nargs=2, default=("A", "B"), help="column names of the two runs")
+    args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    table = paired_table(args.run_a, args.run_b, *args.names)
+    print(table)
+    return table
+
+
+if __name__ == "__main__":
+    main()
