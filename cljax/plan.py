@@ -108,6 +108,8 @@ def format_plan(plan: dict) -> str:
         f"devices: {d['count']} x {d['platform']} ({d['processes']} process(es)), {d['repeats_per_device']} repeat(s) each; "
         f"budget {fmt_bytes(plan['device_budget_bytes'])} per device ({plan['device_budget_source']}), "
         f"planning for {fmt_bytes(plan['device_budget_usable_bytes'])}",
+        "program: repeats {repeats}, learner and expert {learner_expert}, {conv} convolutions, matmul precision "
+        "{matmul_precision}, {compute_dtype} compute, {scan_unroll} step(s) per loop iteration".format(**plan["lowering"]),
         "",
         "device memory of a task, per device (arrays at the task's high-water mark):",
     ]

@@ -220,6 +220,7 @@ def test_plan_cli_prints_text_and_json(tmp_path):
     with redirect_stdout(text):
         assert main(["plan", *flags]) == 0
     assert "evaluation: resident" in text.getvalue() and "disk for the whole run" in text.getvalue()
+    assert "matmul precision highest, float32 compute, 1 step(s) per loop iteration" in text.getvalue()
     config = Config.from_flat(dataset="fashion_mnist", data_dir=str(FASHION_DIR), num_tasks=5, n_repeats=2,
                               n_train_per_class=32, n_test_per_class=16, n_subsamples=8, epochs=1, batch_size=16, log_frequency=2)
     budget = budget_for_chunk(config, 2)
