@@ -5,7 +5,10 @@ The program is built as benchmarks/throughput.py builds it (its ``cljax_unit``: 
 config of ``--steps`` steps and one snapshot, synthetic uint8 data of the real shapes, the
 backend's default lowering, on as many CPU devices as a run of R would use); it is compiled and
 run once outside the trace, then ``--calls`` calls are traced, each inside a
-``jax.profiler.TraceAnnotation`` named ``cljax_profile_call``.
+``jax.profiler.TraceAnnotation`` named ``cljax_profile_call``. The events are read from the
+raw profile (``*.xplane.pb``, through ``jax.profiler.ProfileData``), beside the
+``perfetto_trace.json.gz`` for a viewer: that file holds at most about a million events, which
+a CPU trace of R=32 and 50 steps exceeds within its second call.
 
 Figures (seconds are totals over the traced calls; the markdown gives them per call):
 
@@ -122,9 +125,43 @@ def capture(call, calls: int, trace_dir: Path) -> tuple[Path, list[float]]:
 
 
 def read_trace(path: Path) -> list[dict]:
+    """The events of a perfetto_trace.json.gz (the viewer's file: at most about a million events)."""
     with gzip.open(path, "rt") as f:
         data = json.load(f)
     return data.get("traceEvents", []) if isinstance(data, dict) else data
+
+
+def read_xspace(path: Path) -> tuple[list[dict], int]:
+    """The events of the raw profile (``*.xplane.pb``, every event; the JSON is cut at about a
+    million) as trace events, each plane a process and each of its lines a thread, keeping what
+    the profile reads (device planes' events, host events with an ``hlo_op``, the calls'
+    annotations); and the count of all its events."""
+    from jax.profiler import ProfileData
+
+    data = ProfileData.from_file(str(path))
+    out, total = [], 0
+    for pid, plane in enumerate(data.planes):
+        device = plane.name.startswith("/device:")
+        out.append({"ph": "M", "pid": pid, "name": "process_name", "args": {"name": plane.name}})
+        for tid, line in enumerate(plane.lines):
+            out.append({"ph": "M", "pid": pid, "tid": tid, "name": "thread_name", "args": {"name": line.name}})
+            for e in line.events:
+                total += 1
+                stats = dict(e.stats)
+                if device or "hlo_op" in stats or e.name == CALL_ANNOTATION:
+                    out.append({"ph": "X", "pid": pid, "tid": tid, "ts": e.start_ns / 1e3, "dur": e.duration_ns / 1e3,
+                                "name": e.name, "args": stats})
+    return out, total
+
+
+def load_events(trace_file: Path) -> tuple[list[dict], dict]:
+    """The trace's events, from the raw profile beside the perfetto file when there is one."""
+    raw = sorted(trace_file.parent.glob("*.xplane.pb"))
+    if raw:
+        events, total = read_xspace(raw[0])
+        return events, {"source": raw[0].name, "events": total}
+    events = read_trace(trace_file)
+    return events, {"source": trace_file.name, "events": len(events)}
 
 
 def call_spans(events: list[dict]) -> list[tuple[float, float]]:
@@ -148,7 +185,7 @@ def profile(args, setup: dict | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="cljax_profile_") as tmp:
         trace_dir = Path(args.out) / "trace" if args.out else Path(tmp)
         trace_file, walls = capture(call, args.calls, trace_dir)
-        events = read_trace(trace_file)
+        events, source = load_events(trace_file)
     spans = call_spans(events)
     ops, skipped = op_events(events, attribution, module)
     if not spans:  # no annotation in the trace: one span over every op
@@ -174,7 +211,8 @@ def profile(args, setup: dict | None = None) -> dict:
         "hlo_module": module,
         "hlo_instructions": len(attribution),
         "trace_file": str(trace_file) if args.out else None,
-        "trace_events": len(events),
+        "trace_source": source["source"],
+        "trace_events": source["events"],
         "skipped_events": skipped,
         "categories_order": list(CATEGORIES),
         **summary,

@@ -30,16 +30,16 @@ def pa(profile_task):
 
 
 def run_quick(profile_task, out: Path, *extra) -> tuple[dict, dict]:
-    """One --quick run: its report and the JSON it wrote."""
+    """One --quick run (its trace kept in ``out``): its report and the JSON it wrote."""
     flags = os.environ.get("XLA_FLAGS")
     try:
-        report = profile_task.main(["--quick", "--json", str(out / "p.json"), *extra])
+        report = profile_task.main(["--quick", "--out", str(out), *extra])
     finally:  # configure() may add the command-buffer flag: leave the environment as it was
         if flags is None:
             os.environ.pop("XLA_FLAGS", None)
         else:
             os.environ["XLA_FLAGS"] = flags
-    return report, json.loads((out / "p.json").read_text())
+    return report, json.loads((out / "profile.json").read_text())
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +69,24 @@ def test_quick_profile_attributes_the_task_program(quick_report, profile_task):
     table = profile_task.markdown(report)
     assert "| part | seconds | share of op time |" in table
     assert all(label in table for label in profile_task.LABELS.values())
+
+
+def test_the_raw_profile_and_the_viewer_file_hold_the_same_ops(quick_report, profile_task):
+    report, _ = quick_report
+    trace_file = Path(report["trace_file"])
+    assert trace_file.name == "perfetto_trace.json.gz" and report["trace_source"].endswith(".xplane.pb")
+    viewer = profile_task.read_trace(trace_file)
+    raw, total = profile_task.read_xspace(next(trace_file.parent.glob("*.xplane.pb")))
+    assert total == report["trace_events"] and len(viewer) < 1_000_000
+
+    def ops(events):
+        return sorted((e["args"]["hlo_op"], round(e["dur"], 2)) for e in events
+                      if e.get("ph") == "X" and "hlo_op" in (e.get("args") or {}))
+
+    assert ops(raw) == ops(viewer) and len(ops(raw)) > 100
+    (s_raw, e_raw), = profile_task.call_spans(raw)
+    (s_viewer, e_viewer), = profile_task.call_spans(viewer)
+    assert math.isclose(e_raw - s_raw, e_viewer - s_viewer, abs_tol=0.01)
 
 
 def test_quick_profile_with_xla_convolutions(profile_task, tmp_path):
