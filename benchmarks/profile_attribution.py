@@ -1,5 +1,5 @@
-"""Where the time of a compiled program goes: its profiler trace's op events, attributed to parts
-of the model through the program's HLO text (benchmarks/profile_task.py runs it; no JAX here).
+"""The part of the model each instruction of a compiled program belongs to, read from its HLO
+text (benchmarks/profile_task.py; benchmarks/profile_events.py sums a trace's op events by it).
 
 Each HLO instruction carries ``metadata={op_name="..."}``, JAX's name stack of the traced op:
 transform wrappers (``jvp(CNN)``, ``transpose(jvp(CNN))``, ``vmap(...)``, ``jit(...)``) around
@@ -27,18 +27,9 @@ matches wins:
 11. data: ``dynamic_index_in_dim``, ``dynamic_update_index_in_dim``, ``_shuffle``, or a
     ``gather``/``dynamic_slice``/``dynamic_update_slice`` primitive (the batch, a repeat's
     slice, the trace written per step);
-12. other: the rest, with the instructions XLA added without an op_name (layout copies...).
+12. other: the rest, and the instructions without an op_name even through their users.
 
 ``backward`` (not a category; it cuts across them): a ``transpose(`` anywhere in the stack.
-
-Op events are the trace's complete events (``ph == "X"``) of the compiled module: on a backend
-with device processes (``/device:GPU:0``...) the events of their streams, else (the CPU: ops
-run as host thunks) the host events with an ``hlo_op`` argument. An event names its
-instruction by ``args.hlo_op``, else by its own name if that is an instruction of the module
-(also a GPU kernel name ``fusion_3`` for ``fusion.3``), else it is ``unattributed`` (a cuDNN or
-cuBLAS kernel without an annotation, a kernel of a command buffer). Control flow
-(``while``, ``call``, ``conditional``) on the host only frames the ops it runs: its events are
-left out (on a device stream an event is a kernel, never a frame).
 """
 
 from __future__ import annotations
@@ -51,8 +42,6 @@ CATEGORIES = ("evaluation", "update", "rng_init", "pool", "conv1_backward", "con
               "loss", "model_other", "data", "other", "unattributed")
 CONTAINER_OPCODES = frozenset({"while", "call", "conditional"})
 HEAVY_OPCODES = frozenset({"dot", "convolution", "custom-call"})  # what a fusion's time is mostly spent on
-DERIVED_LINES = ("XLA Modules", "XLA Ops", "XLA TraceMe", "Steps", "Framework", "TensorFlow", "Source code",
-                 "Launch Stats")  # lines a viewer derives from the streams: copies of their time
 
 _RNG = re.compile(r"^(_threefry|threefry|random_|_truncated_normal|truncated_normal|_uniform|_normal)")
 _LOSS = frozenset({"log_sigmoid", "softplus", "log_softmax", "logsumexp", "take_along_axis", "nll_and_correct"})
@@ -64,6 +53,7 @@ _HEAD = re.compile(r"^\s+(?:ROOT\s+)?%?(?P<name>[^\s=%]+)\s*=\s*(?P<rest>.*)$")
 _COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%?(?P<name>[^\s(]+)\s*\(.*\{\s*$")
 _OPCODE = re.compile(r"^\s*(?P<opcode>[\w-]+)\(")
 _CALLS = re.compile(r"\bcalls=%?(?P<name>[\w.\-]+)")
+_OPERAND = re.compile(r"%(?P<name>[\w.\-]+)")
 _OP_NAME = re.compile(r'op_name="(?P<value>(?:[^"\\]|\\.)*)"')
 _MODULE = re.compile(r"^HloModule\s+(?P<name>[^\s,]+)")
 
@@ -147,6 +137,7 @@ class Instruction:
     op_name: str | None  # its own metadata op_name
     calls: str | None  # the fused computation of a fusion
     computation: str
+    operands: tuple[str, ...] = ()
 
 
 def parse_hlo(text: str) -> tuple[str | None, dict[str, Instruction], dict[str, list[str]]]:
@@ -168,9 +159,10 @@ def parse_hlo(text: str) -> tuple[str | None, dict[str, Instruction], dict[str, 
             continue
         op_name = _OP_NAME.search(rest)
         calls = _CALLS.search(rest)
+        args = rest[op.end() - 1:]
         instructions[m.group("name")] = Instruction(
             m.group("name"), op.group("opcode"), op_name.group("value").replace('\\"', '"') if op_name else None,
-            calls.group("name") if calls else None, current)
+            calls.group("name") if calls else None, current, tuple(_OPERAND.findall(args[:_shape_end(args)])))
         computations[current].append(m.group("name"))
     return module, instructions, dict(computations)
 
@@ -213,181 +205,47 @@ def _rank(op_name: str | None) -> int:
 
 
 def attribute_hlo(text: str) -> tuple[str | None, dict[str, dict]]:
-    """(module name, instruction name -> {"category", "op_name", "opcode", "backward", "mixed"}).
-    A fusion takes the op_name of the matmul or convolution it computes (most of its work), else
-    its own, else that of its last instruction with one (the root, printed last); ``mixed``:
-    its instructions' op_names fall in more than one category."""
+    """(module name, instruction name -> {"category", "op_name", "opcode", "backward", "mixed",
+    "inferred"}). A fusion takes the op_name of the matmul or convolution it computes (most of
+    its work), else its own, else that of its last instruction with one (the root, printed
+    last); ``mixed``: its instructions' op_names fall in more than one category. An instruction
+    still without one (XLA made it: a layout copy, the argmax reduce-window XLA:CPU computes
+    for a max-pool's gradient) takes that of the nearest op using its result, looking through
+    users without one either (tuples, bitcasts, copies...) (``inferred``)."""
     module, instructions, computations = parse_hlo(text)
-    out = {}
+    own, mixed = {}, {}
     for name, ins in instructions.items():
-        op_name, mixed = ins.op_name, False
+        op_name, mixed[name] = ins.op_name, False
         if ins.opcode == "fusion":
             inner = fused_instructions(name, instructions, computations)
             heavy = [j.op_name for j in inner if j.opcode in HEAVY_OPCODES and j.op_name]
             named = [j.op_name for j in inner if j.op_name]
             op_name = min(heavy, key=_rank) if heavy else (ins.op_name or (named[-1] if named else None))
-            mixed = len({category(n) for n in named}) > 1
+            mixed[name] = len({category(n) for n in named}) > 1
+        own[name] = op_name
+    users = defaultdict(list)
+    for ins in instructions.values():
+        for operand in ins.operands:
+            users[operand].append(ins.name)
+    out = {}
+    for name, ins in instructions.items():
+        op_name = own[name] or _from_users(name, own, users)
         out[name] = {"category": category(op_name), "op_name": op_name, "opcode": ins.opcode,
-                     "backward": is_backward(op_name), "mixed": mixed}
+                     "backward": is_backward(op_name), "mixed": mixed[name], "inferred": op_name != own[name]}
     return module, out
 
 
-# ---- the trace -------------------------------------------------------------------------------
-@dataclass
-class OpEvent:
-    start: float  # microseconds, the trace's clock
-    end: float
-    track: tuple  # (pid, tid): one thread or stream
-    instruction: str | None  # None: unattributed
-    label: str  # the event's name
-    exclusive: float = 0.0  # its duration less the op events nested in it on its track
-
-
-def op_events(events: list[dict], attribution: dict, module: str | None) -> tuple[list[OpEvent], dict]:
-    """The op events of ``module`` (see the module doc) and counts of what was left out."""
-    processes, threads = {}, {}
-    for e in events:
-        if e.get("ph") == "M" and e.get("name") == "process_name":
-            processes[e.get("pid")] = str(e.get("args", {}).get("name", ""))
-        elif e.get("ph") == "M" and e.get("name") == "thread_name":
-            threads[(e.get("pid"), e.get("tid"))] = str(e.get("args", {}).get("name", ""))
-    device_pids = {pid for pid, name in processes.items() if name.startswith("/device:")}
-    seen_modules = {(e.get("args") or {}).get("hlo_module") for e in events if e.get("ph") == "X"}
-    module = module if module in seen_modules else None  # named otherwise in this trace: keep every module
-    skipped = {"containers": 0, "other_modules": 0, "derived_lines": 0}
-    out = []
-    for e in events:
-        if e.get("ph") != "X" or "dur" not in e:
-            continue
-        args = e.get("args") or {}
-        on_device = e.get("pid") in device_pids
-        if device_pids and not on_device:
-            continue
-        if not device_pids and "hlo_op" not in args:
-            continue
-        if on_device and threads.get((e.get("pid"), e.get("tid")), "").startswith(DERIVED_LINES):
-            skipped["derived_lines"] += 1
-            continue
-        if module and args.get("hlo_module") not in (None, module):
-            skipped["other_modules"] += 1
-            continue
-        name = _instruction(args.get("hlo_op"), e.get("name", ""), attribution)
-        if name is not None and attribution[name]["opcode"] in CONTAINER_OPCODES:
-            if not on_device:
-                skipped["containers"] += 1
+def _from_users(name: str, own: dict, users: dict, depth: int = 4) -> str | None:
+    """The op_name of the nearest op using ``name``'s result, through users without one."""
+    frontier, seen = list(users.get(name, ())), {name}
+    for _ in range(depth):
+        following = []
+        for user in frontier:
+            if user in seen:
                 continue
-            name = _instruction(None, e.get("name", ""), attribution)  # a kernel labelled by its command buffer
-            if name is not None and attribution[name]["opcode"] in CONTAINER_OPCODES:
-                name = None
-        start = float(e["ts"])
-        out.append(OpEvent(start, start + float(e["dur"]), (e.get("pid"), e.get("tid")), name, str(e.get("name", ""))))
-    _set_exclusive(out)
-    return out, skipped
-
-
-def _instruction(hlo_op, event_name: str, attribution: dict) -> str | None:
-    for candidate in (hlo_op, event_name, re.sub(r"_(\d+)$", r".\1", event_name)):
-        if candidate and candidate in attribution:
-            return candidate
+            seen.add(user)
+            if own.get(user):
+                return own[user]
+            following += users.get(user, ())  # a tuple, a bitcast, a copy...: without an op_name either
+        frontier = following
     return None
-
-
-def _set_exclusive(ops: list[OpEvent]) -> None:
-    """Each event's duration less that of the events nested in it on its own track."""
-    by_track = defaultdict(list)
-    for op in ops:
-        op.exclusive = op.end - op.start
-        by_track[op.track].append(op)
-    for track_ops in by_track.values():
-        track_ops.sort(key=lambda o: (o.start, -o.end))
-        stack = []
-        for op in track_ops:
-            while stack and stack[-1].end <= op.start:
-                stack.pop()
-            if stack:
-                stack[-1].exclusive -= min(op.end, stack[-1].end) - op.start
-            stack.append(op)
-
-
-def union_length(intervals) -> float:
-    """Length of the union of (start, end) intervals."""
-    total, cur_start, cur_end = 0.0, None, None
-    for s, e in sorted(intervals):
-        if cur_end is None or s > cur_end:
-            if cur_end is not None:
-                total += cur_end - cur_start
-            cur_start, cur_end = s, e
-        else:
-            cur_end = max(cur_end, e)
-    return total + (cur_end - cur_start if cur_end is not None else 0.0)
-
-
-def summarise(ops: list[OpEvent], attribution: dict, call_spans: list[tuple[float, float]], top: int = 15) -> dict:
-    """Seconds by category, the backward pass, busy time, gaps and the top ops, over the op
-    events inside the timed calls (``call_spans``: their (start, end), trace microseconds; an
-    op belongs to the call its midpoint falls in)."""
-    us = 1e-6
-    per_call = [[] for _ in call_spans]
-    outside = 0
-    for op in ops:
-        mid = (op.start + op.end) / 2
-        i = next((i for i, (s, e) in enumerate(call_spans) if s <= mid <= e), None)
-        if i is None:
-            outside += 1
-        else:
-            per_call[i].append(op)
-    seconds = dict.fromkeys(CATEGORIES, 0.0)
-    counts = dict.fromkeys(CATEGORIES, 0)
-    by_op = defaultdict(lambda: [0.0, 0])
-    backward = no_op_name = mixed = 0.0
-    execution = busy = 0.0
-    for call_ops in per_call:
-        if not call_ops:
-            continue
-        execution += max(o.end for o in call_ops) - min(o.start for o in call_ops)
-        busy += union_length((o.start, o.end) for o in call_ops)
-        for op in call_ops:
-            info = attribution.get(op.instruction) if op.instruction else None
-            cat = info["category"] if info else "unattributed"
-            seconds[cat] += op.exclusive * us
-            counts[cat] += 1
-            key = op.instruction or f"[unattributed] {op.label}"
-            by_op[key][0] += op.exclusive * us
-            by_op[key][1] += 1
-            if info and info["backward"]:
-                backward += op.exclusive * us
-            if info and not info["op_name"]:
-                no_op_name += op.exclusive * us
-            if info and info["mixed"]:
-                mixed += op.exclusive * us
-    op_seconds = sum(seconds.values())
-    wall = sum(e - s for s, e in call_spans) * us
-
-    def share(x):
-        return x / op_seconds if op_seconds > 0 else 0.0
-
-    top_ops = []
-    for key, (sec, n) in sorted(by_op.items(), key=lambda kv: -kv[1][0])[:top]:
-        info = attribution.get(key, {})
-        top_ops.append({"op": key, "seconds": sec, "share": share(sec), "events": n,
-                        "category": info.get("category", "unattributed"), "opcode": info.get("opcode"),
-                        "op_name": info.get("op_name"), "mixed": info.get("mixed", False)})
-    return {
-        "categories": {c: {"seconds": seconds[c], "share": share(seconds[c]), "events": counts[c]} for c in CATEGORIES},
-        "backward": {"seconds": backward, "share": share(backward)},
-        "no_op_name": {"seconds": no_op_name, "share": share(no_op_name)},
-        "mixed_fusions": {"seconds": mixed, "share": share(mixed)},  # fusions spanning several categories
-        "attributed_share": share(op_seconds - seconds["unattributed"]),
-        "op_seconds": op_seconds,
-        "calls": len(call_spans),
-        "call_wall_seconds": wall,
-        "execution_seconds": execution * us,
-        "busy_seconds": busy * us,
-        "gap_seconds": (execution - busy) * us,
-        "gap_share_of_execution": (execution - busy) / execution if execution > 0 else 0.0,
-        "outside_execution_seconds": wall - execution * us,
-        "parallelism": op_seconds / (busy * us) if busy > 0 else 0.0,
-        "op_events": sum(counts.values()),
-        "op_events_outside_calls": outside,
-        "top_ops": top_ops,
-    }

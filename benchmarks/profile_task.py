@@ -48,7 +48,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling modules, when run as a file
 
-from profile_attribution import CATEGORIES, attribute_hlo, op_events, short_op_name, summarise  # noqa: E402
+from profile_attribution import CATEGORIES, attribute_hlo, short_op_name  # noqa: E402
+from profile_events import op_events, summarise  # noqa: E402
 
 CALL_ANNOTATION = "cljax_profile_call"
 COMMAND_BUFFER_OFF = "--xla_gpu_enable_command_buffer="
@@ -58,7 +59,8 @@ LABELS = {"evaluation": "evaluation (expert, test set)", "update": "update (opti
           "conv1_backward": "conv1 backward", "conv1_forward": "conv1 forward",
           "conv_other": "conv2, conv3 (fwd + bwd)",
           "dense": "dense layers (fwd + bwd)", "loss": "loss (fwd + bwd)", "model_other": "model, outside its layers",
-          "data": "data (batch gathers, slices)", "other": "other (incl. XLA copies)", "unattributed": "unattributed"}
+          "data": "data (batch gathers, slices)", "other": "other (loop state copies...)",
+          "unattributed": "unattributed"}
 
 
 def parse_args(argv):
@@ -245,16 +247,17 @@ def markdown(report: dict) -> str:
               f"{report['execution_seconds'] / n:.4f} s; busy (some op running) {report['busy_seconds'] / n:.4f} s; "
               f"gaps {report['gap_seconds'] / n:.4f} s ({100 * report['gap_share_of_execution']:.1f}% of execution); "
               f"op time / busy {report['parallelism']:.2f}; attributed {100 * report['attributed_share']:.1f}% of op "
-              f"time; ops without an op_name {100 * report['no_op_name']['share']:.1f}%; fusions spanning several "
-              f"parts "
+              f"time; ops named after the op using their result (XLA made them without an op_name) "
+              f"{100 * report['op_name_from_users']['share']:.1f}%, ops left without an op_name "
+              f"{100 * report['no_op_name']['share']:.1f}%; fusions spanning several parts "
               f"(counted whole in the part of their matmul or convolution, else of their root) "
               f"{100 * report['mixed_fusions']['share']:.1f}%.",
               "",
               "| op | part | seconds | share | op_name |",
               "|---|---|---:|---:|---|"]
     for op in report["top_ops"]:
-        mixed = " (mixed)" if op.get("mixed") else ""
-        lines.append(f"| {op['op']}{mixed} | {op['category']} | {op['seconds'] / n:.4f} | {100 * op['share']:.1f}% | "
+        mark = " (mixed)" if op.get("mixed") else " (named by its user)" if op.get("inferred") else ""
+        lines.append(f"| {op['op']}{mark} | {op['category']} | {op['seconds'] / n:.4f} | {100 * op['share']:.1f}% | "
                      f"{op.get('op_name_short') or ''} |")
     return "\n".join(lines)
 

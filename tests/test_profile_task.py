@@ -29,6 +29,12 @@ def pa(profile_task):
     return sys.modules["profile_attribution"]
 
 
+@pytest.fixture(scope="module")
+def pe(profile_task):
+    """benchmarks/profile_events.py, likewise."""
+    return sys.modules["profile_events"]
+
+
 def run_quick(profile_task, out: Path, *extra) -> tuple[dict, dict]:
     """One --quick run (its trace kept in ``out``): its report and the JSON it wrote."""
     flags = os.environ.get("XLA_FLAGS")
@@ -122,6 +128,11 @@ HLO = """HloModule jit_run_task, is_scheduled=true, entry_computation_layout={(f
   ROOT %reduce_max.1 = f32[16]{0} reduce(%dot.2, %constant.1), dimensions={1}, to_apply=%region_max, metadata={op_name="jit(run_task)/jvp(CNN)/conv1/conv1/pool/reduce_max"}
 }
 
+%wrapped_rw_computation (param_0.3: f32[8]) -> (f32[4], s32[4]) {
+  %param_0.3 = f32[8]{0} parameter(0)
+  ROOT %reduce-window.1 = (f32[4]{0}, s32[4]{0}) reduce-window(%param_0.3, %param_0.3), window={size=2 stride=2}, to_apply=%region
+}
+
 %fused_computation.2 (param_0.2: f32[8]) -> f32[8] {
   %param_0.2 = f32[8]{0} parameter(0)
   ROOT %select.1 = f32[8]{0} select(%param_0.2, %param_0.2, %param_0.2), metadata={op_name="jit(run_task)/transpose(jvp(CNN))/conv2/pool/select_n"}
@@ -129,16 +140,20 @@ HLO = """HloModule jit_run_task, is_scheduled=true, entry_computation_layout={(f
 
 ENTRY %main.1 (Arg_0.1: f32[8,64], Arg_1.1: f32[64,64]) -> (f32[8,64], f32[8,64]) {
   %Arg_0.1 = f32[8,64]{1,0} parameter(0), metadata={op_name="x"}
-  %Arg_1.1 = f32[64,64]{1,0} parameter(1), metadata={op_name="w"}
+  %Arg_1.1 = f32[64,64]{1,0} parameter(1), metadata={op_name="a \\"quoted\\" name"}
   %fusion.1 = f32[8,64]{1,0} fusion(%Arg_0.1, %Arg_1.1), kind=kOutput, calls=%fused_computation
   %pool_fusion = f32[16]{0} fusion(%Arg_0.1, %Arg_1.1), kind=kCustom, calls=%fused_computation.1, metadata={op_name="jit(run_task)/jvp(CNN)/conv1/conv1/pool/reduce_max"}
   %fusion.2 = f32[8]{0} fusion(%Arg_0.1), kind=kLoop, calls=%fused_computation.2
   %copy.3 = f32[8,64]{0,1} copy(%fusion.1)
+  %wrapped_reduce-window = (f32[4]{0}, s32[4]{0}) fusion(%fusion.2), kind=kLoop, calls=%wrapped_rw_computation
+  %get-tuple-element.1 = s32[4]{0} get-tuple-element(%wrapped_reduce-window), index=1
+  %concatenate.5 = s32[4]{0} concatenate(%get-tuple-element.1), dimensions={0}
+  %scatter.2 = f32[8]{0} scatter(%Arg_0.1, %concatenate.5, %fusion.2), update_window_dims={}, metadata={op_name="jit(run_task)/transpose(jvp(CNN))/conv1/pool/select_and_scatter"}
   %while.2 = (s32[], f32[8]{0}) while(%tuple.1), condition=%cond, body=%body, metadata={op_name="jit(run_task)/while"}
   %call.5 = (s32[], /*index=1*/f32[8]{0}) call(%tuple.1), to_apply=%command_buffer
   %convolution.4 = f32[8,9,9,32]{3,2,1,0} convolution(%a, %b), window={size=3x3 pad=1_1x1_1}, dim_labels=b01f_01io->b01f, metadata={op_name="jit(run_task)/while/body/evaluate/while/body/CNN/conv2/conv2/conv_general_dilated"}
   %gather.7 = u8[32,28,28]{2,1,0} gather(%x, %i), offset_dims={1,2}, metadata={op_name="jit(run_task)/while/body/closed_call/gather"}
-  ROOT %tuple.9 = (f32[8,64]{1,0}, /*index=1*/f32[8,64]{0,1}) tuple(%fusion.1, %copy.3), metadata={op_name="a \\"quoted\\" name"}
+  ROOT %tuple.9 = (f32[8,64]{1,0}, /*index=1*/f32[8,64]{0,1}) tuple(%fusion.1, %copy.3)
 }
 """
 
@@ -154,12 +169,18 @@ def test_attribution_of_a_hand_written_hlo(pa):
     assert not att["pool_fusion"]["backward"]
     # no matmul inside: its root's op_name (the pool's backward)
     assert att["fusion.2"]["category"] == "pool" and att["fusion.2"]["backward"] and not att["fusion.2"]["mixed"]
-    assert att["copy.3"] == {"category": "other", "op_name": None, "opcode": "copy", "backward": False, "mixed": False}
+    # no op_name, nor any through its user (the ROOT tuple)
+    assert att["copy.3"] == {"category": "other", "op_name": None, "opcode": "copy", "backward": False, "mixed": False,
+                             "inferred": False}
+    # no op_name: that of the op using its result, through a get-tuple-element and an op without
+    # an op_name either (the pool's gradient)
+    rw = att["wrapped_reduce-window"]
+    assert rw["category"] == "pool" and rw["inferred"] and rw["backward"] and rw["op_name"].endswith("select_and_scatter")
     assert att["while.2"]["opcode"] == "while" and att["call.5"]["opcode"] == "call"
     assert att["convolution.4"]["category"] == "evaluation"
     assert att["gather.7"]["category"] == "data"
-    assert att["tuple.9"]["op_name"] == 'a "quoted" name' and att["tuple.9"]["opcode"] == "tuple"
-    assert "Arg_0.1" in att and att["Arg_0.1"]["opcode"] == "parameter"
+    assert att["Arg_1.1"]["op_name"] == 'a "quoted" name' and att["Arg_1.1"]["opcode"] == "parameter"
+    assert att["tuple.9"]["opcode"] == "tuple" and not att["fusion.1"]["inferred"]
 
 
 @pytest.mark.parametrize("op_name, part", [
@@ -216,15 +237,15 @@ def _gpu_like_trace():
     ]
 
 
-def test_trace_events_busy_time_and_gaps(profile_task, pa):
+def test_trace_events_busy_time_and_gaps(profile_task, pa, pe):
     module, att = pa.attribute_hlo(HLO)
     events = _gpu_like_trace()
-    ops, skipped = pa.op_events(events, att, module)
+    ops, skipped = pe.op_events(events, att, module)
     assert skipped == {"containers": 0, "other_modules": 1, "derived_lines": 1}
     assert [o.instruction for o in ops] == ["fusion.1", "fusion.2", None, None, "fusion.1"]
     spans = profile_task.call_spans(events)
     assert spans == [(0.0, 100.0)]
-    s = pa.summarise(ops, att, spans)
+    s = pe.summarise(ops, att, spans)
     us = 1e-6
     assert s["op_events"] == 4 and s["op_events_outside_calls"] == 1
     # streams overlap over [25, 30] and [40, 50]: union [10, 60] + [70, 80] = 60 us of 75 us of kernels
@@ -244,7 +265,7 @@ def test_trace_events_busy_time_and_gaps(profile_task, pa):
     assert s["top_ops"][0]["op"] == "fusion.2" and s["top_ops"][-1]["op"].startswith("[unattributed]")
 
 
-def test_host_thunks_nested_and_control_flow(pa):
+def test_host_thunks_nested_and_control_flow(pa, pe):
     """The CPU: ops are host events with hlo_op; a while frames its body's ops (left out), and an
     op nested in another on the same thread is taken out of the outer one's time."""
     module, att = pa.attribute_hlo(HLO)
@@ -257,15 +278,15 @@ def test_host_thunks_nested_and_control_flow(pa):
               x(1, 0.0, 50.0, "while.2"), x(1, 1.0, 10.0, "fusion.1"), x(1, 3.0, 4.0, "fusion.2"),
               x(2, 5.0, 10.0, "copy.3"),
               {"ph": "X", "pid": 7, "tid": 1, "ts": 20.0, "dur": 1.0, "name": "end: fusion.1", "args": {}}]
-    ops, skipped = pa.op_events(events, att, module)
+    ops, skipped = pe.op_events(events, att, module)
     assert skipped["containers"] == 1 and [o.instruction for o in ops] == ["fusion.1", "fusion.2", "copy.3"]
     assert [o.exclusive for o in ops] == [6.0, 4.0, 10.0]
-    s = pa.summarise(ops, att, [(0.0, 50.0)])
+    s = pe.summarise(ops, att, [(0.0, 50.0)])
     assert math.isclose(s["op_seconds"], 20e-6) and math.isclose(s["busy_seconds"], 14e-6)  # [1, 15]
     assert math.isclose(s["no_op_name"]["seconds"], 10e-6)  # the copy XLA added
 
 
-def test_union_length(pa):
-    assert pa.union_length([]) == 0.0
-    assert pa.union_length([(0, 2), (1, 3), (5, 6), (5.5, 5.7)]) == 4.0
-    assert pa.union_length([(4, 5), (0, 1)]) == 2.0
+def test_union_length(pe):
+    assert pe.union_length([]) == 0.0
+    assert pe.union_length([(0, 2), (1, 3), (5, 6), (5.5, 5.7)]) == 4.0
+    assert pe.union_length([(4, 5), (0, 1)]) == 2.0
