@@ -94,7 +94,7 @@ def configure(args) -> dict:
     and ``cljax run`` split the CPU; a no-op once JAX has started and with CLJAX_CPU_DEVICES=off)."""
     from jax._src import xla_bridge
 
-    started = xla_bridge.backends_are_initialized()
+    started = getattr(xla_bridge, "backends_are_initialized", lambda: False)()
     flags = os.environ.get("XLA_FLAGS", "")
     if args.command_buffers == "off" and COMMAND_BUFFER_OFF not in flags.split() and not started:
         os.environ["XLA_FLAGS"] = (flags + " " + COMMAND_BUFFER_OFF).strip()
@@ -252,6 +252,9 @@ def markdown(report: dict) -> str:
               f"{100 * report['no_op_name']['share']:.1f}%; fusions spanning several parts "
               f"(counted whole in the part of their matmul or convolution, else of their root) "
               f"{100 * report['mixed_fusions']['share']:.1f}%.",
+              f"Machine: {report['cores']} cores, load average {report['load_average_start']} -> "
+              f"{report['load_average_end']}; XLA command buffers: {s.get('command_buffers', '?')} (GPU only); "
+              f"compile {report['compile_seconds']:.1f} s.",
               "",
               "| op | part | seconds | share | op_name |",
               "|---|---|---:|---:|---|"]
