@@ -7,8 +7,8 @@ backend's default lowering, on as many CPU devices as a run of R would use); it 
 run once outside the trace, then ``--calls`` calls are traced, each inside a
 ``jax.profiler.TraceAnnotation`` named ``cljax_profile_call``. The events are read from the
 raw profile (``*.xplane.pb``, through ``jax.profiler.ProfileData``), beside the
-``perfetto_trace.json.gz`` for a viewer: that file holds at most about a million events, which
-a CPU trace of R=32 and 50 steps exceeds within its second call.
+``perfetto_trace.json.gz`` for a viewer: that file holds at most about a million events, fewer
+than a long CPU trace has (there, every op of every repeat is an event: the repeats loop).
 
 Figures (seconds are totals over the traced calls; the markdown gives them per call):
 
