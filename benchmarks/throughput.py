@@ -115,13 +115,15 @@ def peak_unit(n: int):
 
 
 def cljax_unit(repeats: int, steps: int, batch_size: int, loop_repeats: bool | None, devices: int | None = None,
-               other_pairing: bool = False, precision: str | None = None):
+               other_pairing: bool = False, precision: str | None = None, conv_impl: str | None = None):
     """The compiled task program of a synthetic config with ``steps`` steps (one snapshot),
     and a callable running it once; returns (call, samples per call, compile seconds, devices,
     whether learner and expert are paired). ``devices``: how many of the visible devices R is
     split over (None: as many as a run of R would use, the largest divisor of R that is at most
     the visible devices). ``other_pairing``: learner and expert the other way than the default.
-    ``precision``: --matmul-precision (None: the config's default)."""
+    ``precision``: --matmul-precision (None: the config's default). ``conv_impl``: the config's
+    conv_impl (None: its default). The callable's ``compiled`` attribute is the compiled
+    program (its HLO text: benchmarks/profile_task.py)."""
     import jax
 
     from cljax.devices import cpu_devices_for, limit_devices
@@ -130,12 +132,13 @@ def cljax_unit(repeats: int, steps: int, batch_size: int, loop_repeats: bool | N
     n = cpu_devices_for(repeats, jax.device_count()) if devices is None else devices
     paired = (not paired_models_default(n)) if other_pairing else None
     with limit_devices(n):  # the program and its data are placed on these n devices
-        call, samples, compile_seconds, paired = _cljax_unit(repeats, steps, batch_size, loop_repeats, paired, precision)
+        call, samples, compile_seconds, paired = _cljax_unit(repeats, steps, batch_size, loop_repeats, paired, precision,
+                                                             conv_impl)
     return call, samples, compile_seconds, n, paired
 
 
 def _cljax_unit(repeats: int, steps: int, batch_size: int, loop_repeats: bool | None, paired_models: bool | None,
-                precision: str | None = None):
+                precision: str | None = None, conv_impl: str | None = None):
     import jax
     import jax.numpy as jnp
 
@@ -148,6 +151,7 @@ def _cljax_unit(repeats: int, steps: int, batch_size: int, loop_repeats: bool | 
         dataset="synthetic", num_tasks=1, n_repeats=repeats, n_train_per_class=n_per_class,
         n_test_per_class=50, n_subsamples=16, epochs=1, batch_size=batch_size, log_frequency=steps,
         **({} if precision is None else {"matmul_precision": precision}),
+        **({} if conv_impl is None else {"conv_impl": conv_impl}),
     ).validate()
     program = build_task_program(config, IMAGE_SHAPE, loop_repeats=loop_repeats, paired_models=paired_models)
     rng = np.random.default_rng(repeats)
@@ -167,6 +171,7 @@ def _cljax_unit(repeats: int, steps: int, batch_size: int, loop_repeats: bool | 
         state[0], trace = run_task(state[0], *args)  # the learner is donated: carry it on
         jax.block_until_ready((state[0], trace))
 
+    call.compiled = run_task
     call()  # warm-up
     return call, config.steps_per_task * batch_size * repeats * 2, compile_seconds, program.parts.paired
 
