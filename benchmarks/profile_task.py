@@ -182,7 +182,7 @@ def profile(args, setup: dict | None = None) -> dict:
     load_start = load_average()
     # compiled and run once (the warm-up) here, outside the trace
     call, samples, compile_seconds, n_devices, paired = cljax_unit(args.repeats, args.steps, args.batch_size, None,
-                                                                   conv_impl=args.conv_impl)
+                                                                   settings={"conv_impl": args.conv_impl})
     module, attribution = attribute_hlo(call.compiled.as_text())
     with tempfile.TemporaryDirectory(prefix="cljax_profile_") as tmp:
         trace_dir = Path(args.out) / "trace" if args.out else Path(tmp)

@@ -46,7 +46,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling modules, when run as a file
 
-from throughput_report import markdown  # noqa: E402  (found through the entry above)
+from throughput_experiment import experiment_figures  # noqa: E402  (found through the entry above)
+from throughput_report import markdown  # noqa: E402
 
 IMAGE_SHAPE = (28, 28)  # the synthetic dataset's images, the real shapes
 
@@ -115,15 +116,15 @@ def peak_unit(n: int):
 
 
 def cljax_unit(repeats: int, steps: int, batch_size: int, loop_repeats: bool | None, devices: int | None = None,
-               other_pairing: bool = False, precision: str | None = None, conv_impl: str | None = None):
+               other_pairing: bool = False, settings: dict | None = None):
     """The compiled task program of a synthetic config with ``steps`` steps (one snapshot),
     and a callable running it once; returns (call, samples per call, compile seconds, devices,
     whether learner and expert are paired). ``devices``: how many of the visible devices R is
     split over (None: as many as a run of R would use, the largest divisor of R that is at most
     the visible devices). ``other_pairing``: learner and expert the other way than the default.
-    ``precision``: --matmul-precision (None: the config's default). ``conv_impl``: the config's
-    conv_impl (None: its default). The callable's ``compiled`` attribute is the compiled
-    program (its HLO text: benchmarks/profile_task.py)."""
+    ``settings``: the config's settings that differ from their defaults (``{"matmul_precision":
+    "default"}``). The callable's ``compiled`` attribute is the compiled program (its HLO text:
+    benchmarks/profile_task.py)."""
     import jax
 
     from cljax.devices import cpu_devices_for, limit_devices
@@ -132,13 +133,12 @@ def cljax_unit(repeats: int, steps: int, batch_size: int, loop_repeats: bool | N
     n = cpu_devices_for(repeats, jax.device_count()) if devices is None else devices
     paired = (not paired_models_default(n)) if other_pairing else None
     with limit_devices(n):  # the program and its data are placed on these n devices
-        call, samples, compile_seconds, paired = _cljax_unit(repeats, steps, batch_size, loop_repeats, paired, precision,
-                                                             conv_impl)
+        call, samples, compile_seconds, paired = _cljax_unit(repeats, steps, batch_size, loop_repeats, paired, settings)
     return call, samples, compile_seconds, n, paired
 
 
 def _cljax_unit(repeats: int, steps: int, batch_size: int, loop_repeats: bool | None, paired_models: bool | None,
-                precision: str | None = None, conv_impl: str | None = None):
+                settings: dict | None = None):
     import jax
     import jax.numpy as jnp
 
@@ -150,8 +150,7 @@ def _cljax_unit(repeats: int, steps: int, batch_size: int, loop_repeats: bool | 
     config = Config.from_flat(
         dataset="synthetic", num_tasks=1, n_repeats=repeats, n_train_per_class=n_per_class,
         n_test_per_class=50, n_subsamples=16, epochs=1, batch_size=batch_size, log_frequency=steps,
-        **({} if precision is None else {"matmul_precision": precision}),
-        **({} if conv_impl is None else {"conv_impl": conv_impl}),
+        **(settings or {}),
     ).validate()
     program = build_task_program(config, IMAGE_SHAPE, loop_repeats=loop_repeats, paired_models=paired_models)
     rng = np.random.default_rng(repeats)
@@ -190,77 +189,6 @@ def interleaved_medians(units: dict, rounds: int, seed: int = 0) -> dict:
             call()
             times[name].append(time.perf_counter() - t0)
     return {name: float(np.median(ts)) for name, ts in times.items()}
-
-
-# ---- the 10-task experiment ------------------------------------------------------------------
-def experiment_figures(args, workdir: Path) -> dict:
-    """Compilations, memory and compile time (cold and warm cache) of a 10-task synthetic run."""
-    import jax
-
-    from cljax.config import Config
-    from cljax.devices import cpu_devices_for, limit_devices
-    from cljax.experiment import run_experiment
-
-    config = Config.from_flat(
-        dataset="synthetic", synthetic_classes=20, num_tasks=10, n_repeats=args.experiment_repeats,
-        n_train_per_class=args.experiment_train_per_class, n_test_per_class=args.experiment_test_per_class,
-        n_subsamples=16, epochs=1, batch_size=args.batch_size, log_frequency=args.experiment_log_frequency,
-        results_dir=str(workdir / "results"),
-    )
-    compiles = [0]
-
-    def on_event(event, duration, **kwargs):
-        if "backend_compile" in event:
-            compiles[0] += 1
-
-    def device_stats():
-        try:
-            stats = jax.local_devices()[0].memory_stats()
-        except Exception:  # not implemented on every backend
-            stats = None
-        return {k: int(stats[k]) for k in ("bytes_in_use", "peak_bytes_in_use") if k in stats} if stats else None
-
-    runs = []
-    n_devices = cpu_devices_for(config.n_repeats, jax.device_count())
-    jax.monitoring.register_event_duration_secs_listener(on_event)
-    try:
-        for label in ("cold", "warm"):
-            per_task = {}
-
-            def on_task_end(t, info, per_task=per_task):
-                per_task[t] = {"compilations": compiles[0], "rss_bytes": int(info["rss_bytes"]),
-                               "device_bytes_live": int(info["device_bytes_live"]),
-                               "device_bytes_peak": int(info["device_bytes_peak"]),
-                               "device_memory_stats": device_stats(), "seconds": float(info["seconds"])}
-
-            compiles[0] = 0
-            t0 = time.perf_counter()
-            with limit_devices(n_devices):
-                result = run_experiment(config, overwrite=True, progress=False, on_task_end=on_task_end)
-            runs.append({"cache": label, "compile_seconds": result.compile_seconds,
-                         "wall_seconds": time.perf_counter() - t0, "tasks": per_task,
-                         "final_acc_current_task": result.summary[-1]["acc_current"]})
-    finally:
-        jax.monitoring.unregister_event_duration_listener(on_event)
-    cold, warm = runs
-    first, last = cold["tasks"][0], cold["tasks"][config.num_tasks - 1]
-    return {
-        "devices": n_devices,
-        "config": {k: getattr(config, k) for k in ("num_tasks", "n_repeats", "n_train_per_class", "n_test_per_class",
-                                                      "epochs", "batch_size", "log_frequency")},
-        "compilations_after_task_1": first["compilations"],
-        "compilations_after_task_10": last["compilations"],
-        "compilations_warm_cache": warm["tasks"][config.num_tasks - 1]["compilations"],
-        "compile_seconds_cold": cold["compile_seconds"],
-        "compile_seconds_warm": warm["compile_seconds"],
-        "rss_bytes_after_task_1": first["rss_bytes"],
-        "rss_bytes_after_task_10": last["rss_bytes"],
-        "device_bytes_live_after_task_1": first["device_bytes_live"],
-        "device_bytes_live_after_task_10": last["device_bytes_live"],
-        "device_memory_stats_after_task_1": first["device_memory_stats"],
-        "device_memory_stats_after_task_10": last["device_memory_stats"],
-        "runs": runs,
-    }
 
 
 # ---- the command -----------------------------------------------------------------------------
@@ -333,7 +261,7 @@ def run_benchmark(args) -> dict:
             if devices is not None and devices == cpu_devices_for(R, jax.device_count()):
                 continue  # the default already runs this R on that many devices: the same program
             call, n, seconds, used, pairs = cljax_unit(R, args.steps, args.batch_size, loop, devices, other_pairing,
-                                                       args.matmul_precision)
+                                                       args.matmul_precision and {"matmul_precision": args.matmul_precision})
             units[(name, R)], samples[(name, R)] = call, n
             compile_seconds[(name, R)], n_devices[(name, R)], paired[(name, R)] = seconds, used, pairs
     peers = {}  # name or ("torch_vmap", R) -> description
