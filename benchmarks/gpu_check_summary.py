@@ -24,18 +24,16 @@ def _tests(r: dict) -> list[str]:
     return lines + [f"- failed: `{name}`" for name in r["failed"]]
 
 
-def _precision(r: dict) -> list[str]:
-    head = "| precision | samples/s | vs highest | max weight diff / max weight | max train loss diff | " \
-           "max train acc diff | max expert test acc diff |"
-    lines = [f"One task at {r['config']}, the same start and data; differences from highest (full float32).", "",
-             head, "|---|---|---|---|---|---|---|"]
-    for p, row in r["by_precision"].items():
-        cells = [p, f"{row['samples_per_s']:,.0f}", f"{row.get('speed_vs_highest', 1.0):.2f}x"]
-        cells += [f"{row[k]:.2e}" if k in row else "-" for k in (
-            "max_weight_diff_relative_to_max_weight", "max_train_loss_diff", "max_train_acc_diff",
-            "max_expert_test_acc_diff")]
-        lines.append("| " + " | ".join(cells) + " |")
-    return lines
+def _variants(r: dict) -> list[str]:
+    from gpu_variants import variants_markdown
+
+    return variants_markdown(r)
+
+
+def _profile(r: dict) -> list[str]:
+    from profile_task import markdown
+
+    return [markdown(r)]
 
 
 def _throughput(r: dict) -> list[str]:
@@ -55,7 +53,8 @@ def _run(r: dict) -> list[str]:
 
 
 SECTIONS = {"env": ("Environment", _env), "tests": ("GPU-relevant tests", _tests),
-            "precision": ("Matmul precision: speed and agreement", _precision),
+            "variants": ("Precision, bfloat16 and lowering variants: speed and agreement", _variants),
+            "profile": ("Profile of the task program", _profile),
             "throughput": ("Throughput: cljax against the torch peers", _throughput),
             "fashion": ("Fashion-MNIST run", _run), "lop": ("Loss-of-plasticity-shaped run (synthetic data)", _run)}
 
@@ -74,7 +73,7 @@ def summary_markdown(report: dict, out: Path) -> str:
         if s.get("result"):
             try:
                 lines += render(s["result"])
-            except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
+            except (KeyError, TypeError, ValueError, ZeroDivisionError, ImportError) as exc:
                 lines.append(f"(could not summarise: {exc!r}; see check.json)")
         else:
             lines.append(f"no result ({s['status']}{': ' + s['why'] if s.get('why') else ''}; log: {s.get('log', '-')})")

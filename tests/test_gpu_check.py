@@ -26,19 +26,22 @@ def test_the_smoke_mode_runs_every_stage_and_writes_json_and_a_summary(tmp_path)
     report = json.loads((out / "check.json").read_text())
     assert proc.returncode == 0, json.dumps({k: v.get("log_tail") for k, v in report["stages"].items()})[-3000:]
     stages = report["stages"]
-    assert list(stages) == ["env", "tests", "precision", "throughput", "fashion", "lop"]
+    assert list(stages) == ["env", "tests", "variants", "profile", "throughput", "fashion", "lop"]
     assert report["finished"] and report["all_ok"] and all(s["status"] == "ok" for s in stages.values())
 
     env = stages["env"]["result"]
     assert env["backend"] == "cpu" and env["missing"] == []
     assert stages["tests"]["result"]["tests"] == 1 and stages["tests"]["result"]["failures"] == 0
     assert (out / "junit.xml").exists()
-    by_precision = stages["precision"]["result"]["by_precision"]
-    assert list(by_precision) == ["highest", "default"]
-    assert by_precision["default"]["lowering"]["matmul_precision"] == "default"
+    default, precision, combined = stages["variants"]["result"]["rows"]
+    assert default["variant"] == "default" and default["lowering"]["matmul_precision"] == "highest"
+    assert precision["lowering"]["matmul_precision"] == "default"
     # XLA:CPU computes float32 dots in float32 at every precision: the same numbers
-    assert by_precision["default"]["max_weight_diff_relative_to_max_weight"] == 0.0
-    assert by_precision["default"]["max_train_loss_diff"] == 0.0
+    assert precision["max_weight_diff_relative_to_max_weight"] == 0.0 and precision["max_train_loss_diff"] == 0.0
+    low = combined["lowering"]
+    assert (low["compute_dtype"], low["scan_unroll"]) == ("bfloat16", 2)
+    assert low["learner_expert"] != default["lowering"]["learner_expert"]
+    assert 0 < combined["max_weight_diff_relative_to_max_weight"] < 0.1  # bfloat16 moves the weights, a little
     rows = stages["throughput"]["result"]["rows"]
     assert [(r["impl"], r["repeats"]) for r in rows] == [("cljax", 1)] and rows[0]["samples_per_s"] > 0
     for name in ("fashion", "lop"):
@@ -47,7 +50,8 @@ def test_the_smoke_mode_runs_every_stage_and_writes_json_and_a_summary(tmp_path)
         assert all(s > 0 for s in run["seconds_per_task"]) and run["lowering"]["matmul_precision"] == "highest"
 
     summary = (out / "summary.md").read_text()
-    for heading in ("## Environment", "## GPU-relevant tests", "## Matmul precision", "## Throughput", "## Fashion-MNIST run",
+    for heading in ("## Environment", "## GPU-relevant tests", "## Precision, bfloat16 and lowering variants",
+                    "## Profile of the task program", "## Throughput", "## Fashion-MNIST run",
                     "## Loss-of-plasticity-shaped run"):
         assert heading in summary
     assert "| fashion | ok |" in summary and "seconds per task:" in summary

@@ -1,0 +1,120 @@
+"""The ``variants`` stage of ``make gpu-check``: one task of Fashion-MNIST under each way to run
+it, from the same start and data, timed and compared with the default at the same R.
+
+A variant is a setting of the run (``--matmul-precision``, ``--compute-dtype``, ``--conv-impl``,
+``--scan-unroll``) or a lowering choice of ``build_task_program`` (the repeat axis as a vmap or
+a loop, learner and expert paired or separate). For each: samples/s (learner + expert, as the
+throughput benchmark counts), compile seconds, the speed relative to the default at its R, and
+the largest differences from the default in the learner's weights at the task's end, its
+training loss and accuracy, and the expert's test accuracy. The settings change the numbers
+(that is what is measured); the lowering choices should not, beyond float rounding.
+
+The JSON is rewritten after every variant, so a stage cut short by its time limit keeps what it
+finished; the variants are ordered by what the GPU session must decide first (the precision,
+bfloat16, the lowering at R = 32, then R = 128, then unrolling at R = 1).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+METRICS = ("train_loss", "train_acc", "expert_test_acc")  # (L, R) in a task's trace
+OTHER = "other"  # a lowering choice: the one the backend's default is not
+
+
+def variant_list(smoke: bool) -> list[tuple[str, int, dict, dict]]:
+    """(name, R, config settings, program overrides); the first at each R is that R's default."""
+    if smoke:  # a small MLP (no convolution to choose); every kind of change, in three compilations
+        return [("default", 2, {}, {}), ("precision default", 2, {"matmul_precision": "default"}, {}),
+                ("bfloat16, unroll 2, learner/expert other", 2, {"compute_dtype": "bfloat16", "scan_unroll": 2},
+                 {"paired": OTHER})]
+    at32 = [("default", 32, {}, {}), ("precision default", 32, {"matmul_precision": "default"}, {}),
+            ("precision high", 32, {"matmul_precision": "high"}, {}), ("bfloat16", 32, {"compute_dtype": "bfloat16"}, {}),
+            ("conv other", 32, {"conv_impl": OTHER}, {}), ("learner/expert other", 32, {}, {"paired": OTHER}),
+            ("repeats other", 32, {}, {"loop": OTHER}), ("scan unroll 4", 32, {"scan_unroll": 4}, {})]
+    at128 = [("default", 128, {}, {}), ("precision default", 128, {"matmul_precision": "default"}, {}),
+             ("bfloat16", 128, {"compute_dtype": "bfloat16"}, {}), ("conv other", 128, {"conv_impl": OTHER}, {})]
+    at1 = [("default", 1, {}, {}), ("scan unroll 4", 1, {"scan_unroll": 4}, {}), ("scan unroll 16", 1, {"scan_unroll": 16}, {})]
+    return at32 + at128 + at1
+
+
+def measure_variants(fashion_dir: str, smoke: bool, size: dict, json_path: Path, rounds: int) -> dict:
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    import cljax
+    from cljax.config import Config
+    from cljax.data import load_dataset
+    from cljax.devices import put_repeats
+    from cljax.models import resolve_conv_impl
+    from cljax.program import build_task_program, loop_repeats_default, paired_models_default
+    from cljax.tasks import TaskData, make_schedule
+
+    cljax.enable_compilation_cache()
+    result = {"config": size, "task_program_calls_timed": rounds, "rows": []}
+    data, inputs, refs = None, {}, {}
+    for name, R, settings, overrides in variant_list(smoke):
+        base = Config.from_flat(dataset="fashion_mnist", data_dir=fashion_dir, num_tasks=2, **{**size, "n_repeats": R})
+        if settings.get("conv_impl") == OTHER:
+            settings = {**settings, "conv_impl": "lax" if resolve_conv_impl("auto") == "im2col" else "im2col"}
+        config = Config.from_flat({**base.to_dict(), **settings}).validate()
+        data = data or load_dataset(config)
+        if R not in inputs:
+            pairs = make_schedule(data.n_classes, 1, R, config.seed)[0]
+            td = TaskData(data, config)
+            (x, y), (tx, ty) = td.train(pairs), td.test(pairs)
+            inputs[R] = (put_repeats(x, 1), put_repeats(y, 1), put_repeats(tx, 1), put_repeats(ty, 1), jnp.int32(0),
+                         jax.random.key(1))
+        loop = (not loop_repeats_default()) if overrides.get("loop") == OTHER else None
+        paired = (not paired_models_default(jax.device_count())) if overrides.get("paired") == OTHER else None
+        program = build_task_program(config, data.train_images.shape[1:], loop_repeats=loop, paired_models=paired)
+        t0 = time.perf_counter()
+        compiled = program.run_task.lower(program.init_learner(jax.random.key(0)), *inputs[R]).compile()
+        compile_seconds, times = time.perf_counter() - t0, []
+        for _ in range(rounds + 1):  # the first is a warm-up
+            learner = program.init_learner(jax.random.key(0))
+            jax.block_until_ready(learner)
+            t0 = time.perf_counter()
+            learner, trace = jax.block_until_ready(compiled(learner, *inputs[R]))
+            times.append(time.perf_counter() - t0)
+        got = {"weights": [np.asarray(w) for w in jax.tree.leaves(learner.params)],
+               **{k: np.asarray(trace[k]) for k in METRICS}}
+        seconds = float(np.median(times[1:]))
+        row = {"variant": name, "repeats": R, "settings": settings, "lowering": program.lowering.record(),
+               "samples_per_s": config.steps_per_task * config.batch_size * R * 2 / seconds,
+               "seconds_per_task_program": seconds, "compile_seconds": compile_seconds}
+        if R not in refs:
+            refs[R] = (got, row["samples_per_s"])
+        else:
+            ref, ref_speed = refs[R]
+            row["speed_vs_default"] = row["samples_per_s"] / ref_speed
+            row["max_weight_diff_relative_to_max_weight"] = max(
+                float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30)) for a, b in zip(got["weights"], ref["weights"]))
+            row.update({f"max_{k}_diff": float(np.abs(got[k] - ref[k]).max()) for k in METRICS})
+            row["mean_final_train_acc_diff"] = float((got["train_acc"][-1] - ref["train_acc"][-1]).mean())
+        result["rows"].append(row)
+        json_path.write_text(json.dumps(result, indent=1, default=str))  # what is finished survives a time limit
+    return result
+
+
+def variants_markdown(r: dict) -> list[str]:
+    """The stage's table for summary.md."""
+    lines = [f"One task at {r['config']}, the same start and data at each R; differences from that R's default "
+             f"(the first row at each R). Settings change the numbers; lowering choices only by rounding.", "",
+             "| R | variant | lowering | samples/s | vs default | compile s | max weight diff / max | "
+             "max train loss diff | max train acc diff | max expert test acc diff | mean final train acc diff |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for row in r["rows"]:
+        low = row["lowering"]
+        cells = [str(row["repeats"]), row["variant"],
+                 f"{low['repeats']}, {low['learner_expert']}, {low['conv']}, {low['matmul_precision']}, "
+                 f"{low['compute_dtype']}, unroll {low['scan_unroll']}",
+                 f"{row['samples_per_s']:,.0f}", f"{row.get('speed_vs_default', 1.0):.2f}x", f"{row['compile_seconds']:.1f}"]
+        cells += [f"{row[k]:.2e}" if k in row else "-" for k in (
+            "max_weight_diff_relative_to_max_weight", "max_train_loss_diff", "max_train_acc_diff",
+            "max_expert_test_acc_diff", "mean_final_train_acc_diff")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
