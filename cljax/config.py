@@ -88,7 +88,8 @@ class Config:
                                "stay float32); changes the numbers; recorded in metadata.json",
                                choices=("float32", "bfloat16"), absent="float32")
     scan_unroll: int = param(1, "training steps per iteration of the compiled step loop (lax.scan's unroll): fewer, "
-                             "larger iterations, for small R on a GPU; the same computation up to float rounding (recorded with the lowering)", min=1, absent=1)
+                             "larger iterations, for small R on a GPU; the same computation up to float rounding "
+                             "(recorded with the lowering)", min=1, absent=1)
     representation_dtype: str = param("float32", "dtype of the saved representations, the largest artifact (bfloat16 is "
                                       "stored as its uint16 bit pattern, see metadata.json)",
                                       choices=("float32", "float16", "bfloat16"))

@@ -10,9 +10,10 @@ repeats, before the split, so a repeat's numbers do not depend on how R is divid
 How the program lowers (loop or vmap, learner and expert paired or separate, the convolution,
 the devices) is a ``Lowering``, chosen per backend and recorded in every task's metadata.json.
 Each choice changes how the program runs, not what it computes (the same numbers up to float
-rounding, tests/test_sharding.py). The matmul precision, recorded beside them, is the exception:
-it is a setting of the run (``--matmul-precision``), applied to every matmul and convolution the
-programs trace, and on a GPU it changes the numbers (TF32 at "default").
+rounding, tests/test_sharding.py; ``--scan-unroll`` is one of them). Two settings of the run
+recorded beside them are the exceptions: the matmul precision (``--matmul-precision``, applied
+to every matmul and convolution the programs trace; on a GPU it changes the numbers, TF32 at
+"default") and the compute dtype (``--compute-dtype``, the network's activations).
 """
 
 from __future__ import annotations

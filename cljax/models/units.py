@@ -28,7 +28,8 @@ _SUFFIX = "_units"
 def sow_units(module: nn.Module, layer: str, activity_BU) -> None:
     """Record ``layer``'s per-unit activity (B, U) when the caller collects it."""
     if module.is_mutable_collection(UNITS_COLLECTION):
-        module.sow(UNITS_COLLECTION, layer + _SUFFIX, activity_BU.astype("float32"))  # not the layer's own name: that is its scope
+        # float32 whatever the compute dtype; named apart from the layer, whose name is its scope
+        module.sow(UNITS_COLLECTION, layer + _SUFFIX, activity_BU.astype("float32"))
 
 
 def unit_layers(net, option_flag: str) -> tuple[tuple[str, str], ...]:
