@@ -1,9 +1,9 @@
 """The ``variants`` stage of ``make gpu-check``: one task of Fashion-MNIST under each way to run
 it, from the same start and data, timed and compared with the default at the same R.
 
-A variant is a setting of the run (``--matmul-precision``, ``--compute-dtype``, ``--conv-impl``,
-``--scan-unroll``) or a lowering choice of ``build_task_program`` (the repeat axis as a vmap or
-a loop, learner and expert paired or separate). For each: samples/s (learner + expert, as the
+A variant is a setting of the run that changes the numbers (``--matmul-precision``,
+``--compute-dtype``) or a lowering choice (``--conv-impl``, ``--repeat-axis``, ``--learner-expert``,
+``--scan-unroll``), given to the variant as it would be on the command line. For each: samples/s (learner + expert, as the
 throughput benchmark counts), compile seconds, the speed relative to the default at its R, and
 the largest differences from the default in the learner's weights at the task's end, its
 training loss and accuracy, and the expert's test accuracy. The settings change the numbers
@@ -21,23 +21,37 @@ import time
 from pathlib import Path
 
 METRICS = ("train_loss", "train_acc", "expert_test_acc")  # (L, R) in a task's trace
-OTHER = "other"  # a lowering choice: the one the backend's default is not
+OTHER = "other"  # a lowering choice: the one the backend's default ("auto") is not
 
 
-def variant_list(smoke: bool) -> list[tuple[str, int, dict, dict]]:
-    """(name, R, config settings, program overrides); the first at each R is that R's default."""
+def variant_list(smoke: bool) -> list[tuple[str, int, dict]]:
+    """(name, R, settings); the first at each R is that R's default."""
     if smoke:  # a small MLP (no convolution to choose); every kind of change, in three compilations
-        return [("default", 2, {}, {}), ("precision default", 2, {"matmul_precision": "default"}, {}),
-                ("bfloat16, unroll 2, learner/expert other", 2, {"compute_dtype": "bfloat16", "scan_unroll": 2},
-                 {"paired": OTHER})]
-    at32 = [("default", 32, {}, {}), ("precision default", 32, {"matmul_precision": "default"}, {}),
-            ("precision high", 32, {"matmul_precision": "high"}, {}), ("bfloat16", 32, {"compute_dtype": "bfloat16"}, {}),
-            ("conv other", 32, {"conv_impl": OTHER}, {}), ("learner/expert other", 32, {}, {"paired": OTHER}),
-            ("repeats other", 32, {}, {"loop": OTHER}), ("scan unroll 4", 32, {"scan_unroll": 4}, {})]
-    at128 = [("default", 128, {}, {}), ("precision default", 128, {"matmul_precision": "default"}, {}),
-             ("bfloat16", 128, {"compute_dtype": "bfloat16"}, {}), ("conv other", 128, {"conv_impl": OTHER}, {})]
-    at1 = [("default", 1, {}, {}), ("scan unroll 4", 1, {"scan_unroll": 4}, {}), ("scan unroll 16", 1, {"scan_unroll": 16}, {})]
+        return [("default", 2, {}), ("precision default", 2, {"matmul_precision": "default"}),
+                ("bfloat16, unroll 2, learner/expert other", 2,
+                 {"compute_dtype": "bfloat16", "scan_unroll": 2, "learner_expert": OTHER})]
+    at32 = [("default", 32, {}), ("precision default", 32, {"matmul_precision": "default"}),
+            ("precision high", 32, {"matmul_precision": "high"}), ("bfloat16", 32, {"compute_dtype": "bfloat16"}),
+            ("conv other", 32, {"conv_impl": OTHER}), ("learner/expert other", 32, {"learner_expert": OTHER}),
+            ("repeats other", 32, {"repeat_axis": OTHER}), ("scan unroll 4", 32, {"scan_unroll": 4})]
+    at128 = [("default", 128, {}), ("precision default", 128, {"matmul_precision": "default"}),
+             ("bfloat16", 128, {"compute_dtype": "bfloat16"}), ("conv other", 128, {"conv_impl": OTHER})]
+    at1 = [("default", 1, {}), ("scan unroll 4", 1, {"scan_unroll": 4}), ("scan unroll 16", 1, {"scan_unroll": 16})]
     return at32 + at128 + at1
+
+
+def the_other(setting: str) -> str:
+    """The value of a lowering choice that its ``auto`` does not pick on this backend."""
+    import jax
+
+    from cljax.models import resolve_conv_impl
+    from cljax.program import loop_repeats_default, paired_models_default
+
+    if setting == "conv_impl":
+        return "lax" if resolve_conv_impl("auto") == "im2col" else "im2col"
+    if setting == "repeat_axis":
+        return "vmap" if loop_repeats_default() else "loop"
+    return "separate" if paired_models_default(jax.device_count()) else "paired"
 
 
 def measure_variants(fashion_dir: str, smoke: bool, size: dict, json_path: Path, rounds: int) -> dict:
@@ -49,17 +63,15 @@ def measure_variants(fashion_dir: str, smoke: bool, size: dict, json_path: Path,
     from cljax.config import Config
     from cljax.data import load_dataset
     from cljax.devices import put_repeats
-    from cljax.models import resolve_conv_impl
-    from cljax.program import build_task_program, loop_repeats_default, paired_models_default
+    from cljax.program import build_task_program
     from cljax.tasks import TaskData, make_schedule
 
     cljax.enable_compilation_cache()
     result = {"config": size, "task_program_calls_timed": rounds, "rows": []}
     data, inputs, refs = None, {}, {}
-    for name, R, settings, overrides in variant_list(smoke):
+    for name, R, settings in variant_list(smoke):
         base = Config.from_flat(dataset="fashion_mnist", data_dir=fashion_dir, num_tasks=2, **{**size, "n_repeats": R})
-        if settings.get("conv_impl") == OTHER:
-            settings = {**settings, "conv_impl": "lax" if resolve_conv_impl("auto") == "im2col" else "im2col"}
+        settings = {k: the_other(k) if v == OTHER else v for k, v in settings.items()}
         config = Config.from_flat({**base.to_dict(), **settings}).validate()
         data = data or load_dataset(config)
         if R not in inputs:
@@ -68,9 +80,7 @@ def measure_variants(fashion_dir: str, smoke: bool, size: dict, json_path: Path,
             (x, y), (tx, ty) = td.train(pairs), td.test(pairs)
             inputs[R] = (put_repeats(x, 1), put_repeats(y, 1), put_repeats(tx, 1), put_repeats(ty, 1), jnp.int32(0),
                          jax.random.key(1))
-        loop = (not loop_repeats_default()) if overrides.get("loop") == OTHER else None
-        paired = (not paired_models_default(jax.device_count())) if overrides.get("paired") == OTHER else None
-        program = build_task_program(config, data.train_images.shape[1:], loop_repeats=loop, paired_models=paired)
+        program = build_task_program(config, data.train_images.shape[1:])
         t0 = time.perf_counter()
         compiled = program.run_task.lower(program.init_learner(jax.random.key(0)), *inputs[R]).compile()
         compile_seconds, times = time.perf_counter() - t0, []

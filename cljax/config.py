@@ -25,7 +25,8 @@ from cljax.registry import DATASETS, MODELS, OPTIONS, RULES, Entry, param
 
 SCHEMA_VERSION = 2
 # Settings that change how fast a run goes or where it is written, never its numbers.
-SPEED_ONLY = ("results_dir", "eval_batch_size", "eval_chunk_tasks", "device_memory", "scan_unroll")
+SPEED_ONLY = ("results_dir", "eval_batch_size", "eval_chunk_tasks", "device_memory", "scan_unroll", "repeat_axis",
+              "learner_expert")
 
 
 def _structured(default):
@@ -71,6 +72,14 @@ class Config:
     conv_impl: str = param("auto", "convolution lowering: lax (XLA's convolution), im2col (patches @ kernel, for the "
                            "CPU), auto (im2col on the CPU, lax elsewhere); recorded in metadata.json",
                            choices=("auto", "lax", "im2col"))
+    repeat_axis: str = param("auto", "how a device's repeats run: vmap (batched), loop (one after another, lax.map), "
+                             "auto (loop on the CPU, vmap elsewhere); the same numbers up to float rounding (recorded "
+                             "with the lowering)", choices=("auto", "vmap", "loop"), absent="auto")
+    learner_expert: str = param("auto", "the learner's and the expert's update directions: paired (one call batched "
+                                "over the two; needs the same batch for both, so not with replay), separate, auto (paired "
+                                "on accelerators and where a CPU device has a core to itself, separate under replay); the "
+                                "same numbers up to float rounding (recorded with the lowering)",
+                                choices=("auto", "paired", "separate"), absent="auto")
     eval_batch_size: int = param(100, "test images per repeat evaluated at once (memory vs speed; results do not depend on it)",
                                  min=1)
     eval_chunk_tasks: int = param(0, "evaluate the T tasks' test sets K at a time, streamed to and from the device "

@@ -27,6 +27,7 @@ from jax import lax
 from jax.sharding import PartitionSpec as P
 
 from cljax.devices.mesh import REPEATS_AXIS, device_count, repeat_mesh
+from cljax.errors import CljaxError
 from cljax.evaluate import evaluate_snapshots
 from cljax.heads import HeadSpec, n_heads_of
 from cljax.host import usable_cores
@@ -158,13 +159,22 @@ def build_parts(config, image_shape, conv_impl: str | None = None, paired: bool 
 def build_task_program(config, image_shape, *, loop_repeats: bool | None = None,
                        paired_models: bool | None = None) -> TaskProgram:
     """The jitted programs of a (validated) config for images of ``image_shape`` (H, W[, C]).
-    ``loop_repeats``, ``paired_models``: override the backend's choice (None: the defaults)."""
+    ``loop_repeats``, ``paired_models``: override the config's --repeat-axis and
+    --learner-expert (None: the config's choice; ``auto`` there is the backend's default)."""
     n_shards = device_count()
-    loop = loop_repeats_default() if loop_repeats is None else loop_repeats
+    loop = loop_repeats
+    if loop is None:
+        loop = loop_repeats_default() if config.repeat_axis == "auto" else config.repeat_axis == "loop"
     parts = build_parts(config, image_shape)
     # The pair needs one batch for both: not with an option that changes the learner's (replay).
-    paired = (paired_models_default(n_shards) if paired_models is None else paired_models) and all(
-        keeps_batch(o) for o in parts.options)
+    same_batch = all(keeps_batch(o) for o in parts.options)
+    if paired_models is None:
+        if config.learner_expert == "paired" and not same_batch:
+            raise CljaxError("--learner-expert paired needs the learner's batch to be the expert's, and --use-replay "
+                             "changes it: use --learner-expert auto or separate.")
+        paired_models = (paired_models_default(n_shards) if config.learner_expert == "auto"
+                         else config.learner_expert == "paired")
+    paired = paired_models and same_batch
     parts = parts._replace(paired=paired)
     sizes = Sizes.of(config)
     R = config.n_repeats
