@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import jax
+
 from tests.conftest import FASHION_DIR, load_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
@@ -30,14 +32,14 @@ def test_the_smoke_mode_runs_every_stage_and_writes_json_and_a_summary(tmp_path)
     assert report["finished"] and report["all_ok"] and all(s["status"] == "ok" for s in stages.values())
 
     env = stages["env"]["result"]
-    assert env["backend"] == "cpu" and env["missing"] == []
+    assert env["backend"] == jax.default_backend() and env["missing"] == []
     assert stages["tests"]["result"]["tests"] == 1 and stages["tests"]["result"]["failures"] == 0
     assert (out / "junit.xml").exists()
     default, precision, combined = stages["variants"]["result"]["rows"]
     assert default["variant"] == "default" and default["lowering"]["matmul_precision"] == "highest"
     assert precision["lowering"]["matmul_precision"] == "default"
-    # XLA:CPU computes float32 dots in float32 at every precision: the same numbers
-    assert precision["max_weight_diff_relative_to_max_weight"] == 0.0 and precision["max_train_loss_diff"] == 0.0
+    if jax.default_backend() == "cpu":  # XLA:CPU computes float32 dots in float32 at every precision
+        assert precision["max_weight_diff_relative_to_max_weight"] == 0.0 and precision["max_train_loss_diff"] == 0.0
     low = combined["lowering"]
     assert (low["compute_dtype"], low["scan_unroll"]) == ("bfloat16", 2)
     assert low["learner_expert"] != default["lowering"]["learner_expert"]
