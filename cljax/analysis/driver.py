@@ -41,8 +41,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from cljax import results
-from cljax.analysis import analyses as _builtin  # noqa: F401  (registers the built-in analyses)
-from cljax.analysis.analyses import COLLAPSE_DROP
+from cljax.analysis.analyses import COLLAPSE_DROP  # importing it registers the built-in analyses
 from cljax.analysis.cl import VARIANTS
 from cljax.analysis.glue import N_PROBES
 from cljax.analysis.probe import RIDGE
