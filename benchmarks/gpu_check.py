@@ -14,7 +14,8 @@ stage, so a call that is cut short still leaves the stages it finished. Stages, 
   R = 32, 128 and 1: samples/s and the largest differences from the default (gpu_variants.py);
 - profile: a jax.profiler trace of the task program at R = 128, summarised by where the time
   goes (profile_task.py);
-- throughput: ``throughput.py`` at R = 1, 32, 128, 512 against the torch peers (on CUDA);
+- throughput, throughput_large: ``throughput.py`` at R = 1, 32 and then at 128, 512 against the
+  torch peers (on CUDA), two calls so that each keeps its table if the other runs out of time;
 - fashion: ``cljax run`` on Fashion-MNIST, 5 tasks, R = 32, default settings; seconds per task;
 - lop: a run shaped like the loss-of-plasticity protocol (600 training and 100 test images per
   class, batch 100, many epochs, every task evaluated) for ``--lop-tasks`` tasks; seconds per task.
@@ -54,8 +55,8 @@ GPU_TESTS = ["tests/test_end_to_end.py::test_saved_accuracy_equals_recomputation
              "tests/test_initial_state.py", "tests/test_rules_options.py"]
 SMOKE_TESTS = ["tests/test_precision.py::test_a_bad_precision_is_one_clear_error"]
 # (stage, seconds it may take: full, smoke)
-BUDGETS = {"env": (20, 20), "tests": (110, 20), "variants": (125, 40), "profile": (40, 30), "throughput": (115, 40),
-           "fashion": (35, 30), "lop": (35, 30)}
+BUDGETS = {"env": (20, 20), "tests": (110, 20), "variants": (125, 40), "profile": (40, 30), "throughput": (55, 30),
+           "throughput_large": (60, 30), "fashion": (35, 30), "lop": (35, 30)}
 NEEDED = ("jax", "flax", "optax", "numpy", "tqdm", "matplotlib", "pytest")
 
 
@@ -117,11 +118,11 @@ def stage_commands(args) -> dict:
     cli = [py, "-m", "cljax.cli", "run"]
     T = args.lop_tasks
     if args.smoke:
-        bench = ["--quick", "--repeats", "1", "--no-torch", "--no-experiment"]
+        bench, small, large = ["--quick", "--no-torch", "--no-experiment"], ["1"], ["2"]
         T = 2
         fashion = lop = ["--num-tasks", str(T), *(f"--{k.replace('_', '-')}={v}" for k, v in SMOKE_SIZE.items())]
     else:
-        bench = ["--repeats", "1", "32", "128", "512", "--no-alternatives", "--rounds", "3", "--no-experiment"]
+        bench, small, large = ["--no-alternatives", "--rounds", "3", "--no-experiment"], ["1", "32"], ["128", "512"]
         if not has_torch():
             bench.append("--no-torch")
         fashion = ["--num-tasks", "5", "--n-repeats", "32"]
@@ -130,12 +131,13 @@ def stage_commands(args) -> dict:
     lop_data = ["--dataset", "synthetic", "--synthetic-classes", str(2 * T)]
     return {
         "env": child + ["--stage", "env"],
-        "tests": [py, "-m", "pytest", "-x", "-v", "-p", "no:cacheprovider", "--keep-duplicates", "--junitxml", str(out / "junit.xml"),
-                  *(SMOKE_TESTS if args.smoke else args.tests or GPU_TESTS)],
+        "tests": [py, "-m", "pytest", "-x", "-v", "-p", "no:cacheprovider", "--keep-duplicates",
+                  "--junitxml", str(out / "junit.xml"), *(SMOKE_TESTS if args.smoke else args.tests or GPU_TESTS)],
         "variants": child + ["--stage", "variants"],
         "profile": [py, str(HERE / "profile_task.py"), *(["--quick"] if args.smoke else ["--repeats", "128"]),
                     "--out", str(out / "profile_trace"), "--json", str(out / "profile.json")],
-        "throughput": [py, str(HERE / "throughput.py"), *bench, "--json", str(out / "throughput.json")],
+        **{name: [py, str(HERE / "throughput.py"), *bench, "--repeats", *rs, "--json", str(out / f"{name}.json")]
+           for name, rs in (("throughput", small), ("throughput_large", large))},
         "fashion": cli + ["--dataset", "fashion_mnist", "--data-dir", args.fashion_dir, *fashion, *run_flags(out, "fashion")],
         "lop": cli + lop_data + lop + run_flags(out, "lop"),
     }
@@ -189,7 +191,7 @@ def read_run(folder: Path) -> dict | None:
 def collect(name: str, out: Path) -> dict | None:
     if name in STAGES_IN_CHILD:
         path = out / f"stage_{name}.json"
-    elif name in ("throughput", "profile"):
+    elif name in ("throughput", "throughput_large", "profile"):
         path = out / f"{name}.json"
     elif name == "tests":
         return read_junit(out / "junit.xml") or read_pytest_log(out / "tests.log")

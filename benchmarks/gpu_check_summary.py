@@ -55,7 +55,8 @@ def _run(r: dict) -> list[str]:
 SECTIONS = {"env": ("Environment", _env), "tests": ("GPU-relevant tests", _tests),
             "variants": ("Precision, bfloat16 and lowering variants: speed and agreement", _variants),
             "profile": ("Profile of the task program", _profile),
-            "throughput": ("Throughput: cljax against the torch peers", _throughput),
+            "throughput": ("Throughput: cljax against the torch peers, R = 1 and 32", _throughput),
+            "throughput_large": ("Throughput: cljax against the torch peers, R = 128 and 512", _throughput),
             "fashion": ("Fashion-MNIST run", _run), "lop": ("Loss-of-plasticity-shaped run (synthetic data)", _run)}
 
 

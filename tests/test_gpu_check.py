@@ -28,7 +28,7 @@ def test_the_smoke_mode_runs_every_stage_and_writes_json_and_a_summary(tmp_path)
     report = json.loads((out / "check.json").read_text())
     assert proc.returncode == 0, json.dumps({k: v.get("log_tail") for k, v in report["stages"].items()})[-3000:]
     stages = report["stages"]
-    assert list(stages) == ["env", "tests", "variants", "profile", "throughput", "fashion", "lop"]
+    assert list(stages) == ["env", "tests", "variants", "profile", "throughput", "throughput_large", "fashion", "lop"]
     assert report["finished"] and report["all_ok"] and all(s["status"] == "ok" for s in stages.values())
 
     env = stages["env"]["result"]
@@ -44,8 +44,9 @@ def test_the_smoke_mode_runs_every_stage_and_writes_json_and_a_summary(tmp_path)
     assert (low["compute_dtype"], low["scan_unroll"]) == ("bfloat16", 2)
     assert low["learner_expert"] != default["lowering"]["learner_expert"]
     assert 0 < combined["max_weight_diff_relative_to_max_weight"] < 0.1  # bfloat16 moves the weights, a little
-    rows = stages["throughput"]["result"]["rows"]
-    assert [(r["impl"], r["repeats"]) for r in rows] == [("cljax", 1)] and rows[0]["samples_per_s"] > 0
+    for name, R in (("throughput", 1), ("throughput_large", 2)):
+        rows = stages[name]["result"]["rows"]
+        assert [(r["impl"], r["repeats"]) for r in rows] == [("cljax", R)] and rows[0]["samples_per_s"] > 0
     for name in ("fashion", "lop"):
         run = stages[name]["result"]
         assert run["tasks_finished"] == 2 and len(run["seconds_per_task"]) == 2
@@ -53,7 +54,8 @@ def test_the_smoke_mode_runs_every_stage_and_writes_json_and_a_summary(tmp_path)
 
     summary = (out / "summary.md").read_text()
     for heading in ("## Environment", "## GPU-relevant tests", "## Precision, bfloat16 and lowering variants",
-                    "## Profile of the task program", "## Throughput", "## Fashion-MNIST run",
+                    "## Profile of the task program", "## Throughput: cljax against the torch peers, R = 1",
+                    "## Throughput: cljax against the torch peers, R = 128", "## Fashion-MNIST run",
                     "## Loss-of-plasticity-shaped run"):
         assert heading in summary
     assert "| fashion | ok |" in summary and "seconds per task:" in summary
