@@ -51,8 +51,8 @@ SMOKE_SIZE = {"model": "mlp", "mlp_hidden": 16, "n_repeats": 2, "n_train_per_cla
 # the order given; they run again with their files), then the files around the numbers and the model.
 GPU_TESTS = ["tests/test_end_to_end.py::test_saved_accuracy_equals_recomputation_from_saved_weights",
              "tests/test_rules_options.py::test_bio_is_the_three_factor_rule_with_fixed_random_feedback",
-             "tests/test_precision.py", "tests/test_compute_dtype.py", "tests/test_end_to_end.py", "tests/test_models.py",
-             "tests/test_initial_state.py", "tests/test_rules_options.py"]
+             "tests/test_precision.py", "tests/test_compute_dtype.py", "tests/test_lowering_flags.py",
+             "tests/test_end_to_end.py", "tests/test_models.py", "tests/test_initial_state.py", "tests/test_rules_options.py"]
 SMOKE_TESTS = ["tests/test_precision.py::test_a_bad_precision_is_one_clear_error"]
 # (stage, seconds it may take: full, smoke)
 BUDGETS = {"env": (20, 20), "tests": (110, 20), "variants": (125, 40), "profile": (40, 30), "throughput": (55, 30),
