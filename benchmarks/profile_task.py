@@ -175,14 +175,12 @@ def call_spans(events: list[dict]) -> list[tuple[float, float]]:
 def profile(args, setup: dict | None = None) -> dict:
     import jax
 
-    from cljax.models import resolve_conv_impl
-    from cljax.program import loop_repeats_default
     from throughput import cljax_unit, load_average
 
     load_start = load_average()
     # compiled and run once (the warm-up) here, outside the trace
-    call, samples, compile_seconds, n_devices, paired = cljax_unit(args.repeats, args.steps, args.batch_size, None,
-                                                                   settings={"conv_impl": args.conv_impl})
+    call, samples, compile_seconds, n_devices, _ = cljax_unit(args.repeats, args.steps, args.batch_size, None,
+                                                              settings={"conv_impl": args.conv_impl})
     module, attribution = attribute_hlo(call.compiled.as_text())
     with tempfile.TemporaryDirectory(prefix="cljax_profile_") as tmp:
         trace_dir = Path(args.out) / "trace" if args.out else Path(tmp)
@@ -198,9 +196,9 @@ def profile(args, setup: dict | None = None) -> dict:
     device = jax.devices()[0]
     return {
         "settings": {"repeats": args.repeats, "steps": args.steps, "batch_size": args.batch_size, "calls": args.calls,
-                     "conv_impl": args.conv_impl, "conv": resolve_conv_impl(args.conv_impl),
-                     "repeat_axis": "loop" if loop_repeats_default() else "vmap",
-                     "learner_expert": "paired" if paired else "separate", "devices": n_devices,
+                     "conv_impl": args.conv_impl, "conv": call.lowering["conv"],
+                     "repeat_axis": call.lowering["repeats"], "learner_expert": call.lowering["learner_expert"],
+                     "devices": n_devices, "lowering": call.lowering,
                      "samples_per_call": samples, "quick": args.quick, **(setup or {})},
         "backend": jax.default_backend(),
         "device_kind": getattr(device, "device_kind", str(device)),
