@@ -123,8 +123,8 @@ def cljax_unit(repeats: int, steps: int, batch_size: int, loop_repeats: bool | N
     split over (None: as many as a run of R would use, the largest divisor of R that is at most
     the visible devices). ``other_pairing``: learner and expert the other way than the default.
     ``settings``: the config's settings that differ from their defaults (``{"matmul_precision":
-    "default"}``). The callable's ``compiled`` and ``lowering`` attributes are the compiled program (its HLO text:
-    benchmarks/profile_task.py) and its lowering record."""
+    "default"}``). The callable's ``compiled`` and ``lowering`` attributes are the compiled
+    program (its HLO text: benchmarks/profile_task.py) and its lowering record."""
     import jax
 
     from cljax.devices import cpu_devices_for, limit_devices
