@@ -9,6 +9,13 @@ the largest differences from the default in the learner's weights at the task's 
 training loss and accuracy, and the expert's test accuracy. The settings change the numbers
 (that is what is measured); the lowering choices should not, beyond float rounding.
 
+Two checks of determinism, which a resumed or repeated run relies on: every row reports the
+largest difference between the timed calls of its one executable on the same inputs (run to
+run: non-zero only where a kernel uses atomics), and the row "default, compiled again" builds
+and compiles the default program a second time with the persistent compilation cache off, as a
+resumed run in a fresh process without a cache would (compile to compile: non-zero where the
+GPU's autotuner picks other kernels).
+
 The JSON is rewritten after every variant, so a stage cut short by its time limit keeps what it
 finished; the variants are ordered by what the GPU session must decide first (the precision,
 bfloat16, the lowering at R = 32, then R = 128, then unrolling at R = 1).
@@ -22,15 +29,18 @@ from pathlib import Path
 
 METRICS = ("train_loss", "train_acc", "expert_test_acc")  # (L, R) in a task's trace
 OTHER = "other"  # a lowering choice: the one the backend's default ("auto") is not
+RECOMPILE = "recompile"  # not a setting: build and compile the program again, without the persistent cache
 
 
 def variant_list(smoke: bool) -> list[tuple[str, int, dict]]:
     """(name, R, settings); the first at each R is that R's default."""
-    if smoke:  # a small MLP (no convolution to choose); every kind of change, in three compilations
-        return [("default", 2, {}), ("precision default", 2, {"matmul_precision": "default"}),
+    if smoke:  # a small MLP (no convolution to choose); every kind of change, in four compilations
+        return [("default", 2, {}), ("default, compiled again", 2, {RECOMPILE: True}),
+                ("precision default", 2, {"matmul_precision": "default"}),
                 ("bfloat16, unroll 2, learner/expert other", 2,
                  {"compute_dtype": "bfloat16", "scan_unroll": 2, "learner_expert": OTHER})]
-    at32 = [("default", 32, {}), ("precision default", 32, {"matmul_precision": "default"}),
+    at32 = [("default", 32, {}), ("default, compiled again", 32, {RECOMPILE: True}),
+            ("precision default", 32, {"matmul_precision": "default"}),
             ("precision high", 32, {"matmul_precision": "high"}), ("bfloat16", 32, {"compute_dtype": "bfloat16"}),
             ("conv other", 32, {"conv_impl": OTHER}), ("learner/expert other", 32, {"learner_expert": OTHER}),
             ("repeats other", 32, {"repeat_axis": OTHER}), ("scan unroll 4", 32, {"scan_unroll": 4})]
@@ -71,6 +81,8 @@ def measure_variants(fashion_dir: str, smoke: bool, size: dict, json_path: Path,
     data, inputs, refs = None, {}, {}
     for name, R, settings in variant_list(smoke):
         base = Config.from_flat(dataset="fashion_mnist", data_dir=fashion_dir, num_tasks=2, **{**size, "n_repeats": R})
+        settings = dict(settings)
+        recompile = settings.pop(RECOMPILE, False)
         settings = {k: the_other(k) if v == OTHER else v for k, v in settings.items()}
         config = Config.from_flat({**base.to_dict(), **settings}).validate()
         data = data or load_dataset(config)
@@ -80,43 +92,60 @@ def measure_variants(fashion_dir: str, smoke: bool, size: dict, json_path: Path,
             (x, y), (tx, ty) = td.train(pairs), td.test(pairs)
             inputs[R] = (put_repeats(x, 1), put_repeats(y, 1), put_repeats(tx, 1), put_repeats(ty, 1), jnp.int32(0),
                          jax.random.key(1))
-        program = build_task_program(config, data.train_images.shape[1:])
+        program = build_task_program(config, data.train_images.shape[1:])  # new functions: no in-memory cache hit
+        if recompile:
+            cljax.disable_compilation_cache()
         t0 = time.perf_counter()
         compiled = program.run_task.lower(program.init_learner(jax.random.key(0)), *inputs[R]).compile()
-        compile_seconds, times = time.perf_counter() - t0, []
+        compile_seconds, times, runs = time.perf_counter() - t0, [], []
+        if recompile:
+            cljax.enable_compilation_cache()
         for _ in range(rounds + 1):  # the first is a warm-up
             learner = program.init_learner(jax.random.key(0))
             jax.block_until_ready(learner)
             t0 = time.perf_counter()
             learner, trace = jax.block_until_ready(compiled(learner, *inputs[R]))
             times.append(time.perf_counter() - t0)
-        got = {"weights": [np.asarray(w) for w in jax.tree.leaves(learner.params)],
-               **{k: np.asarray(trace[k]) for k in METRICS}}
+            runs.append({"weights": [np.asarray(w) for w in jax.tree.leaves(learner.params)],
+                         **{k: np.asarray(trace[k]) for k in METRICS}})
+        got = runs[0]
         seconds = float(np.median(times[1:]))
         row = {"variant": name, "repeats": R, "settings": settings, "lowering": program.lowering.record(),
                "samples_per_s": config.steps_per_task * config.batch_size * R * 2 / seconds,
-               "seconds_per_task_program": seconds, "compile_seconds": compile_seconds}
+               "seconds_per_task_program": seconds, "compile_seconds": compile_seconds,
+               "run_to_run_max_diff": max(abs(v) for run in runs[1:] for v in largest_differences(run, got).values())}
         if R not in refs:
             refs[R] = (got, row["samples_per_s"])
         else:
             ref, ref_speed = refs[R]
             row["speed_vs_default"] = row["samples_per_s"] / ref_speed
-            row["max_weight_diff_relative_to_max_weight"] = max(
-                float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30)) for a, b in zip(got["weights"], ref["weights"]))
-            row.update({f"max_{k}_diff": float(np.abs(got[k] - ref[k]).max()) for k in METRICS})
-            row["mean_final_train_acc_diff"] = float((got["train_acc"][-1] - ref["train_acc"][-1]).mean())
+            row.update(largest_differences(got, ref))
         result["rows"].append(row)
         json_path.write_text(json.dumps(result, indent=1, default=str))  # what is finished survives a time limit
     return result
 
 
+def largest_differences(got: dict, ref: dict) -> dict:
+    """The largest differences of one task's outcome from a reference's: final weights (relative
+    to the reference's largest weight), the trace's metrics, and the mean final training accuracy."""
+    import numpy as np
+
+    out = {"max_weight_diff_relative_to_max_weight": max(
+        float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30)) for a, b in zip(got["weights"], ref["weights"]))}
+    out.update({f"max_{k}_diff": float(np.abs(got[k] - ref[k]).max()) for k in METRICS})
+    out["mean_final_train_acc_diff"] = float((got["train_acc"][-1] - ref["train_acc"][-1]).mean())
+    return out
+
+
 def variants_markdown(r: dict) -> list[str]:
     """The stage's table for summary.md."""
     lines = [f"One task at {r['config']}, the same start and data at each R; differences from that R's default "
-             f"(the first row at each R). Settings change the numbers; lowering choices only by rounding.", "",
+             f"(the first row at each R). Settings change the numbers; lowering choices only by rounding. "
+             f"'run to run': the largest difference between calls of one executable on the same inputs; "
+             f"'compiled again': the default compiled a second time without the persistent cache.", "",
              "| R | variant | lowering | samples/s | vs default | compile s | max weight diff / max | "
-             "max train loss diff | max train acc diff | max expert test acc diff | mean final train acc diff |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "max train loss diff | max train acc diff | max expert test acc diff | mean final train acc diff | "
+             "run to run |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in r["rows"]:
         low = row["lowering"]
         cells = [str(row["repeats"]), row["variant"],
@@ -125,6 +154,6 @@ def variants_markdown(r: dict) -> list[str]:
                  f"{row['samples_per_s']:,.0f}", f"{row.get('speed_vs_default', 1.0):.2f}x", f"{row['compile_seconds']:.1f}"]
         cells += [f"{row[k]:.2e}" if k in row else "-" for k in (
             "max_weight_diff_relative_to_max_weight", "max_train_loss_diff", "max_train_acc_diff",
-            "max_expert_test_acc_diff", "mean_final_train_acc_diff")]
+            "max_expert_test_acc_diff", "mean_final_train_acc_diff", "run_to_run_max_diff")]
         lines.append("| " + " | ".join(cells) + " |")
     return lines

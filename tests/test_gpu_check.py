@@ -35,11 +35,17 @@ def test_the_smoke_mode_runs_every_stage_and_writes_json_and_a_summary(tmp_path)
     assert env["backend"] == jax.default_backend() and env["missing"] == []
     assert stages["tests"]["result"]["tests"] == 1 and stages["tests"]["result"]["failures"] == 0
     assert (out / "junit.xml").exists()
-    default, precision, combined = stages["variants"]["result"]["rows"]
+    rows = stages["variants"]["result"]["rows"]
+    default, again, precision, combined = rows
     assert default["variant"] == "default" and default["lowering"]["matmul_precision"] == "highest"
+    assert again["variant"] == "default, compiled again" and again["lowering"] == default["lowering"]
     assert precision["lowering"]["matmul_precision"] == "default"
+    assert all(row["run_to_run_max_diff"] >= 0 for row in rows) and again["max_train_loss_diff"] >= 0
     if jax.default_backend() == "cpu":  # XLA:CPU computes float32 dots in float32 at every precision
         assert precision["max_weight_diff_relative_to_max_weight"] == 0.0 and precision["max_train_loss_diff"] == 0.0
+        # and its programs are deterministic: the same executable, and a second compilation, give the same bits
+        assert all(row["run_to_run_max_diff"] == 0.0 for row in rows)
+        assert again["max_weight_diff_relative_to_max_weight"] == 0.0 and again["max_train_acc_diff"] == 0.0
     low = combined["lowering"]
     assert (low["compute_dtype"], low["scan_unroll"]) == ("bfloat16", 2)
     assert low["learner_expert"] != default["lowering"]["learner_expert"]
