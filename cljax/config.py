@@ -67,7 +67,8 @@ class Config:
                       "through its own (multi); see cljax/heads.py", choices=("shared", "reset", "multi"),
                       absent="shared")
     head_reset_to: str = param("zero", "--head reset: set the output layer to zero (as the loss-of-plasticity protocol) "
-                               "or draw it afresh from the initialiser (init)", choices=("zero", "init"), absent="zero")
+                               "or draw it afresh from the initialiser (init)", choices=("zero", "init"), absent="zero",
+                               applies_when=("head", "reset"))
     # how the program runs (see `cljax plan`)
     conv_impl: str = param("auto", "convolution lowering: lax (XLA's convolution), im2col (patches @ kernel, for the "
                            "CPU), auto (im2col on the CPU, lax elsewhere); recorded in metadata.json",
@@ -292,9 +293,14 @@ def option_switch(entry: Entry) -> str:
 
 def resume_key(config: Config, compare_data_dir: bool = True) -> dict[str, Any]:
     """What must match for a run to be resumed: the settings that change its numbers. Paths are
-    compared by what they point to, speed-only settings not at all; ``compare_data_dir`` False
-    leaves out --data-dir too (the data is then compared by its content, see data_identity)."""
+    compared by what they point to, speed-only settings not at all, nor a setting that does not
+    act under the others (``param(applies_when=...)``); ``compare_data_dir`` False leaves out
+    --data-dir too (the data is then compared by its content, see data_identity)."""
     key = {k: v for k, v in config.to_dict().items() if k not in SPEED_ONLY}
+    for dest, f in setting_fields().items():
+        when = f.metadata.get("applies_when")
+        if when and key.get(when[0]) != when[1]:
+            key.pop(dest, None)
     if not compare_data_dir:
         key.pop("data_dir", None)
     elif key.get("data_dir"):
@@ -302,14 +308,20 @@ def resume_key(config: Config, compare_data_dir: bool = True) -> dict[str, Any]:
     return key
 
 
-def absent_settings(recorded: dict) -> dict[str, Any]:
-    """The settings a record lacks that declare the value runs recorded before them ran with
-    (``param(..., absent=...)``), at that value."""
+def setting_fields() -> dict[str, Any]:
+    """Flat setting name -> its field, for Config's own settings and every registered entry's."""
     fields = {f.name: f for f in settings_fields(Config)}
     for registry in (RULES, MODELS, DATASETS, OPTIONS):
         for entry in registry.entries():
             fields.update(entry.field_dests())
-    return {dest: f.metadata["absent"] for dest, f in fields.items() if "absent" in f.metadata and dest not in recorded}
+    return fields
+
+
+def absent_settings(recorded: dict) -> dict[str, Any]:
+    """The settings a record lacks that declare the value runs recorded before them ran with
+    (``param(..., absent=...)``), at that value."""
+    return {dest: f.metadata["absent"] for dest, f in setting_fields().items()
+            if "absent" in f.metadata and dest not in recorded}
 
 
 DATA_DIFFERS = "data (the dataset's contents differ)"
@@ -328,7 +340,9 @@ def setting_differences(recorded: dict, config: Config, recorded_data: str | Non
     except (CljaxError, TypeError, ValueError, AttributeError) as exc:
         raise CljaxError(f"the recorded settings cannot be read by this version of cljax ({exc}).") from None
     new = resume_key(config, not by_content)
-    differ = {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
+    conditional = {dest for dest, f in setting_fields().items() if "applies_when" in f.metadata}
+    differ = {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)
+              and (k in old and k in new or k not in conditional)}  # acting on one side only: its condition differs
     if by_content and recorded_data != data:
         differ[DATA_DIFFERS] = (recorded_data, data)
     return differ

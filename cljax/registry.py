@@ -41,15 +41,19 @@ _NOT_GIVEN = object()
 
 
 def param(default, help: str, *, choices=None, min=None, max=None, flag: str | None = None, aliases: tuple = (),
-          absent=_NOT_GIVEN):
+          absent=_NOT_GIVEN, applies_when: tuple[str, Any] | None = None):
     """A field of a params dataclass (or of Config): default, help text, bounds, flag name.
 
     ``absent``: for a setting added after runs were recorded without it, the value those runs
     ran with (the behaviour before the setting existed); a resume compares a record that lacks
-    the setting with this value, not with today's default."""
+    the setting with this value, not with today's default.
+    ``applies_when``: (setting, value) for a setting that only acts when another has that value
+    (``--head-reset-to`` with ``--head reset``); elsewhere a resume does not compare it."""
     metadata = {"help": help, "choices": choices, "min": min, "max": max, "flag": flag, "aliases": tuple(aliases)}
     if absent is not _NOT_GIVEN:
         metadata["absent"] = absent
+    if applies_when is not None:
+        metadata["applies_when"] = tuple(applies_when)
     return field(default=default, metadata=metadata)
 
 

@@ -108,3 +108,19 @@ def test_multi_trains_each_task_through_its_own_head_and_evaluates_it_there(tmp_
 def test_multi_with_a_cycled_schedule_is_one_line(tmp_path):
     with pytest.raises(CljaxError, match="--head multi with --task-schedule cycle"):
         small_config(tmp_path, **{**TINY, "num_tasks": 10}, head="multi", task_schedule="cycle").validate()
+
+
+def test_the_head_reset_value_is_compared_on_resume_only_when_the_head_is_reset():
+    from cljax.config import Config, setting_differences
+
+    def differences(recorded: dict, now: dict) -> dict:
+        return setting_differences(Config.from_flat(dataset="synthetic", **recorded).to_dict(),
+                                   Config.from_flat(dataset="synthetic", **now))
+
+    # --head-reset-to acts only under --head reset: elsewhere it cannot change a number.
+    assert differences({"head_reset_to": "init"}, {}) == {}
+    assert differences({"head": "multi", "head_reset_to": "init"}, {"head": "multi"}) == {}
+    assert differences({"head": "reset", "head_reset_to": "init"}, {"head": "reset"}) == {
+        "head_reset_to": ("init", "zero")}
+    # A change of --head is named as that, not also as the reset value it brings in or out.
+    assert differences({"head": "reset"}, {"head": "shared"}) == {"head": ("reset", "shared")}
