@@ -19,7 +19,12 @@ stage, so a call that is cut short still leaves the stages it finished. Stages, 
   torch peers (on CUDA), two calls so that each keeps its table if the other runs out of time;
 - fashion: ``cljax run`` on Fashion-MNIST, 5 tasks, R = 32, default settings; seconds per task;
 - lop: a run shaped like the loss-of-plasticity protocol (600 training and 100 test images per
-  class, batch 100, many epochs, every task evaluated) for ``--lop-tasks`` tasks; seconds per task.
+  class, batch 100, many epochs, every task evaluated) for ``--lop-tasks`` tasks; seconds per task;
+- deterministic (only when asked for, ``--stages deterministic``: a second call if the variants
+  show that the GPU's results change run to run or compile to compile): the default and the other
+  convolution at R = 32 under XLA's ``--xla_gpu_exclude_nondeterministic_ops``, in a process of
+  its own: whether they compile (XLA has no deterministic select-and-scatter, the gradient of
+  reduce_window's max-pool), their speed, and whether their bits repeat.
 
 ``--smoke`` runs every stage at a tiny size on whatever backend is there (the CPU here, in under
 a minute); the test suite runs it (tests/test_gpu_check.py).
@@ -57,7 +62,8 @@ GPU_TESTS = ["tests/test_end_to_end.py::test_saved_accuracy_equals_recomputation
 SMOKE_TESTS = ["tests/test_precision.py::test_a_bad_precision_is_one_clear_error"]
 # (stage, seconds it may take: full, smoke)
 BUDGETS = {"env": (20, 20), "tests": (110, 20), "variants": (125, 40), "profile": (40, 30), "throughput": (55, 30),
-           "throughput_large": (60, 30), "fashion": (35, 30), "lop": (35, 30)}
+           "throughput_large": (60, 30), "fashion": (35, 30), "lop": (35, 30), "deterministic": (60, 30)}
+OPTIONAL = ("deterministic",)  # run only when --stages names them
 NEEDED = ("jax", "flax", "optax", "numpy", "tqdm", "matplotlib", "pytest")
 
 
@@ -105,7 +111,25 @@ def stage_variants(args) -> dict:
                             rounds=1 if args.smoke else 3)
 
 
-STAGES_IN_CHILD = {"env": stage_env, "variants": stage_variants}
+def stage_deterministic(args) -> dict:
+    """The default and the other convolution under XLA's deterministic-ops flag (gpu_variants.py)."""
+    from gpu_variants import measure_variants
+
+    size = dict(SMOKE_SIZE) if args.smoke else dict(epochs=1, log_frequency=50)
+    return measure_variants(args.fashion_dir, args.smoke, size, Path(args.out) / "stage_deterministic.json",
+                            rounds=1 if args.smoke else 3, which="deterministic")
+
+
+STAGES_IN_CHILD = {"env": stage_env, "variants": stage_variants, "deterministic": stage_deterministic}
+
+
+def stage_env_vars(name: str, env: dict) -> dict:
+    """The environment of one stage: the deterministic stage's XLA flag added to the rest."""
+    if name != "deterministic":
+        return env
+    from gpu_variants import DETERMINISTIC_FLAG
+
+    return {**env, "XLA_FLAGS": " ".join(filter(None, [env.get("XLA_FLAGS", ""), DETERMINISTIC_FLAG]))}
 
 
 # ---- the commands of each stage and what is read back from them -------------------------------
@@ -141,6 +165,7 @@ def stage_commands(args) -> dict:
            for name, rs in (("throughput", small), ("throughput_large", large))},
         "fashion": cli + ["--dataset", "fashion_mnist", "--data-dir", args.fashion_dir, *fashion, *run_flags(out, "fashion")],
         "lop": cli + lop_data + lop + run_flags(out, "lop"),
+        "deterministic": child + ["--stage", "deterministic"],
     }
 
 
@@ -242,7 +267,7 @@ def orchestrate(args) -> dict:
         else:
             t0 = time.monotonic()
             log = out / f"{name}.log"
-            status, rc = run_stage(command, limit, log, env)
+            status, rc = run_stage(command, limit, log, stage_env_vars(name, env))
             report["stages"][name] = {"status": status, "returncode": rc, "seconds": round(time.monotonic() - t0, 1),
                                       "limit_seconds": round(limit, 1), "command": command, "log": log.name,
                                       "result": collect(name, out)}
@@ -270,7 +295,8 @@ def parse_args(argv):
                    help="Fashion-MNIST IDX files (default $FASHION_DIR or /usr/share/datasets/fashion-mnist)")
     p.add_argument("--smoke", action="store_true", help="every stage at a tiny size (the CPU, under a minute)")
     p.add_argument("--budget", type=float, default=480.0, help="seconds for all stages together (default 480)")
-    p.add_argument("--stages", nargs="+", default=list(BUDGETS), choices=list(BUDGETS), help="stages to run (default all)")
+    p.add_argument("--stages", nargs="+", default=[s for s in BUDGETS if s not in OPTIONAL], choices=list(BUDGETS),
+                   help=f"stages to run (default all but {', '.join(OPTIONAL)})")
     p.add_argument("--tests", nargs="*", default=None, help="test files for the tests stage (default: the GPU-relevant ones)")
     p.add_argument("--lop-tasks", type=int, default=2, help="tasks of the loss-of-plasticity-shaped run (default 2)")
     p.add_argument("--lop-epochs", type=int, default=250, help="epochs per task of that run (default 250, as the protocol)")

@@ -30,6 +30,13 @@ def _variants(r: dict) -> list[str]:
     return variants_markdown(r)
 
 
+def _deterministic(r: dict) -> list[str]:
+    from gpu_variants import variants_markdown
+
+    return [f"XLA_FLAGS: `{r.get('xla_flags')}`; compare the default's samples/s with the variants stage's.", "",
+            *variants_markdown(r)]
+
+
 def _profile(r: dict) -> list[str]:
     from profile_task import markdown
 
@@ -57,7 +64,8 @@ SECTIONS = {"env": ("Environment", _env), "tests": ("GPU-relevant tests", _tests
             "profile": ("Profile of the task program", _profile),
             "throughput": ("Throughput: cljax against the torch peers, R = 1 and 32", _throughput),
             "throughput_large": ("Throughput: cljax against the torch peers, R = 128 and 512", _throughput),
-            "fashion": ("Fashion-MNIST run", _run), "lop": ("Loss-of-plasticity-shaped run (synthetic data)", _run)}
+            "fashion": ("Fashion-MNIST run", _run), "lop": ("Loss-of-plasticity-shaped run (synthetic data)", _run),
+            "deterministic": ("Under XLA's deterministic ops: compiles, speed, bits run to run", _deterministic)}
 
 
 def summary_markdown(report: dict, out: Path) -> str:

@@ -24,6 +24,7 @@ bfloat16, the lowering at R = 32, then R = 128, then unrolling at R = 1).
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -32,8 +33,17 @@ OTHER = "other"  # a lowering choice: the one the backend's default ("auto") is 
 RECOMPILE = "recompile"  # not a setting: build and compile the program again, without the persistent cache
 
 
-def variant_list(smoke: bool) -> list[tuple[str, int, dict]]:
-    """(name, R, settings); the first at each R is that R's default."""
+DETERMINISTIC_FLAG = "--xla_gpu_exclude_nondeterministic_ops=true"
+
+
+def variant_list(smoke: bool, which: str = "all") -> list[tuple[str, int, dict]]:
+    """(name, R, settings); the first at each R is that R's default. ``which="deterministic"``:
+    the rows the check's optional ``deterministic`` stage runs under DETERMINISTIC_FLAG (in a
+    process of its own: XLA reads its flags once), the default and both convolutions."""
+    if which == "deterministic":
+        R = 2 if smoke else 32
+        return [("default", R, {}), ("default, compiled again", R, {RECOMPILE: True})] + (
+            [] if smoke else [("conv other", R, {"conv_impl": OTHER})])
     if smoke:  # a small MLP (no convolution to choose); every kind of change, in four compilations
         return [("default", 2, {}), ("default, compiled again", 2, {RECOMPILE: True}),
                 ("precision default", 2, {"matmul_precision": "default"}),
@@ -64,10 +74,10 @@ def the_other(setting: str) -> str:
     return "separate" if paired_models_default(jax.device_count()) else "paired"
 
 
-def measure_variants(fashion_dir: str, smoke: bool, size: dict, json_path: Path, rounds: int) -> dict:
+def measure_variants(fashion_dir: str, smoke: bool, size: dict, json_path: Path, rounds: int,
+                     which: str = "all") -> dict:
     import jax
     import jax.numpy as jnp
-    import numpy as np
 
     import cljax
     from cljax.config import Config
@@ -77,9 +87,10 @@ def measure_variants(fashion_dir: str, smoke: bool, size: dict, json_path: Path,
     from cljax.tasks import TaskData, make_schedule
 
     cljax.enable_compilation_cache()
-    result = {"config": size, "task_program_calls_timed": rounds, "rows": []}
+    result = {"config": size, "task_program_calls_timed": rounds, "xla_flags": os.environ.get("XLA_FLAGS", ""),
+              "rows": []}
     data, inputs, refs = None, {}, {}
-    for name, R, settings in variant_list(smoke):
+    for name, R, settings in variant_list(smoke, which):
         base = Config.from_flat(dataset="fashion_mnist", data_dir=fashion_dir, num_tasks=2, **{**size, "n_repeats": R})
         settings = dict(settings)
         recompile = settings.pop(RECOMPILE, False)
@@ -92,37 +103,57 @@ def measure_variants(fashion_dir: str, smoke: bool, size: dict, json_path: Path,
             (x, y), (tx, ty) = td.train(pairs), td.test(pairs)
             inputs[R] = (put_repeats(x, 1), put_repeats(y, 1), put_repeats(tx, 1), put_repeats(ty, 1), jnp.int32(0),
                          jax.random.key(1))
-        program = build_task_program(config, data.train_images.shape[1:])  # new functions: no in-memory cache hit
-        if recompile:
-            cljax.disable_compilation_cache()
-        t0 = time.perf_counter()
-        compiled = program.run_task.lower(program.init_learner(jax.random.key(0)), *inputs[R]).compile()
-        compile_seconds, times, runs = time.perf_counter() - t0, [], []
-        if recompile:
-            cljax.enable_compilation_cache()
-        for _ in range(rounds + 1):  # the first is a warm-up
-            learner = program.init_learner(jax.random.key(0))
-            jax.block_until_ready(learner)
-            t0 = time.perf_counter()
-            learner, trace = jax.block_until_ready(compiled(learner, *inputs[R]))
-            times.append(time.perf_counter() - t0)
-            runs.append({"weights": [np.asarray(w) for w in jax.tree.leaves(learner.params)],
-                         **{k: np.asarray(trace[k]) for k in METRICS}})
-        got = runs[0]
-        seconds = float(np.median(times[1:]))
-        row = {"variant": name, "repeats": R, "settings": settings, "lowering": program.lowering.record(),
-               "samples_per_s": config.steps_per_task * config.batch_size * R * 2 / seconds,
-               "seconds_per_task_program": seconds, "compile_seconds": compile_seconds,
-               "run_to_run_max_diff": max(abs(v) for run in runs[1:] for v in largest_differences(run, got).values())}
-        if R not in refs:
-            refs[R] = (got, row["samples_per_s"])
+        row = {"variant": name, "repeats": R, "settings": settings}
+        try:  # a variant this backend cannot compile or run is a row that says why, not the end of the stage
+            program = build_task_program(config, data.train_images.shape[1:])  # new functions: no in-memory cache hit
+            row["lowering"] = program.lowering.record()
+            got, timing = run_variant(program, inputs[R], rounds, recompile)
+        except Exception as exc:  # noqa: BLE001  (XLA raises its own error types)
+            row["error"] = f"{type(exc).__name__}: {str(exc)[:400]}"
         else:
-            ref, ref_speed = refs[R]
-            row["speed_vs_default"] = row["samples_per_s"] / ref_speed
-            row.update(largest_differences(got, ref))
+            samples = config.steps_per_task * config.batch_size * R * 2  # learner + expert
+            row.update(timing, samples_per_s=samples / timing["seconds_per_task_program"])
+            if name == "default":
+                refs[R] = (got, row["samples_per_s"])
+            elif R in refs:
+                ref, ref_speed = refs[R]
+                row["speed_vs_default"] = row["samples_per_s"] / ref_speed
+                row.update(largest_differences(got, ref))
         result["rows"].append(row)
         json_path.write_text(json.dumps(result, indent=1, default=str))  # what is finished survives a time limit
     return result
+
+
+def run_variant(program, inputs: tuple, rounds: int, recompile: bool) -> tuple[dict, dict]:
+    """Compile the task program (a second time without the persistent cache when ``recompile``)
+    and call it ``rounds`` + 1 times from the same start: (the first call's outcome, timings and
+    the largest difference between the calls)."""
+    import jax
+    import numpy as np
+
+    import cljax
+
+    if recompile:
+        cljax.disable_compilation_cache()
+    try:
+        t0 = time.perf_counter()
+        compiled = program.run_task.lower(program.init_learner(jax.random.key(0)), *inputs).compile()
+        compile_seconds = time.perf_counter() - t0
+    finally:
+        if recompile:
+            cljax.enable_compilation_cache()
+    times, runs = [], []
+    for _ in range(rounds + 1):  # the first is a warm-up
+        learner = program.init_learner(jax.random.key(0))
+        jax.block_until_ready(learner)
+        t0 = time.perf_counter()
+        learner, trace = jax.block_until_ready(compiled(learner, *inputs))
+        times.append(time.perf_counter() - t0)
+        runs.append({"weights": [np.asarray(w) for w in jax.tree.leaves(learner.params)],
+                     **{k: np.asarray(trace[k]) for k in METRICS}})
+    return runs[0], {"seconds_per_task_program": float(np.median(times[1:])), "compile_seconds": compile_seconds,
+                     "run_to_run_max_diff": max(abs(v) for run in runs[1:]
+                                                for v in largest_differences(run, runs[0]).values())}
 
 
 def largest_differences(got: dict, ref: dict) -> dict:
@@ -147,6 +178,10 @@ def variants_markdown(r: dict) -> list[str]:
              "max train loss diff | max train acc diff | max expert test acc diff | mean final train acc diff | "
              "run to run |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in r["rows"]:
+        if "error" in row:
+            lines.append(f"| {row['repeats']} | {row['variant']} | {row['settings']} | failed: {row['error'][:200]} |"
+                         + " |" * 8)
+            continue
         low = row["lowering"]
         cells = [str(row["repeats"]), row["variant"],
                  f"{low['repeats']}, {low['learner_expert']}, {low['conv']}, {low['matmul_precision']}, "

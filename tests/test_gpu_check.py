@@ -28,7 +28,9 @@ def test_the_smoke_mode_runs_every_stage_and_writes_json_and_a_summary(tmp_path)
     report = json.loads((out / "check.json").read_text())
     assert proc.returncode == 0, json.dumps({k: v.get("log_tail") for k, v in report["stages"].items()})[-3000:]
     stages = report["stages"]
-    assert list(stages) == ["env", "tests", "variants", "profile", "throughput", "throughput_large", "fashion", "lop"]
+    assert list(stages) == ["env", "tests", "variants", "profile", "throughput", "throughput_large", "fashion", "lop",
+                            "deterministic"]
+    assert stages.pop("deterministic") == {"status": "skipped", "why": "not asked for"}  # optional: a second call
     assert report["finished"] and report["all_ok"] and all(s["status"] == "ok" for s in stages.values())
 
     env = stages["env"]["result"]
@@ -89,3 +91,42 @@ def test_a_test_stage_cut_short_reports_the_outcomes_pytest_printed(tmp_path):
     got = gpu_check.read_pytest_log(log)
     assert (got["tests"], got["failures"], got["failed"], got["cut_short"]) == (2, 1, ["tests/test_a.py::test_two"], True)
     assert gpu_check.collect("tests", tmp_path) == got  # no junit.xml: read from the log
+
+
+def test_the_optional_deterministic_stage_runs_under_the_xla_flag_it_names(tmp_path):
+    out = tmp_path / "check"
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--out", str(out), "--fashion-dir", str(FASHION_DIR),
+                           "--stages", "deterministic"], capture_output=True, text=True, timeout=300)
+    report = json.loads((out / "check.json").read_text())
+    assert proc.returncode == 0, json.dumps(report["stages"]["deterministic"].get("log_tail"))[-3000:]
+    assert [n for n, s in report["stages"].items() if s["status"] != "skipped"] == ["deterministic"]
+    result = report["stages"]["deterministic"]["result"]
+    assert "--xla_gpu_exclude_nondeterministic_ops=true" in result["xla_flags"].split()  # the child saw the flag
+    default, again = result["rows"]
+    assert (default["variant"], again["variant"]) == ("default", "default, compiled again")
+    assert "error" not in default and again["lowering"] == default["lowering"]
+    if jax.default_backend() == "cpu":  # a GPU flag: XLA:CPU accepts it and its programs stay deterministic
+        assert default["run_to_run_max_diff"] == again["run_to_run_max_diff"] == 0.0
+        assert again["max_weight_diff_relative_to_max_weight"] == 0.0
+    assert "## Under XLA's deterministic ops" in (out / "summary.md").read_text()
+
+
+def test_a_variant_that_fails_is_a_row_that_says_why_and_the_stage_goes_on(tmp_path, monkeypatch):
+    variants = load_script(SCRIPT.parent / "gpu_variants.py", "cljax_gpu_variants")
+    gpu_check = load_gpu_check()
+    real = variants.run_variant
+
+    def fails_when_compiled_again(program, inputs, rounds, recompile):
+        if recompile:
+            raise RuntimeError("INTERNAL: no deterministic implementation of select-and-scatter")
+        return real(program, inputs, rounds, recompile)
+
+    monkeypatch.setattr(variants, "run_variant", fails_when_compiled_again)
+    path = tmp_path / "variants.json"
+    result = variants.measure_variants(str(FASHION_DIR), True, dict(gpu_check.SMOKE_SIZE), path, rounds=1)
+    default, again, precision, combined = result["rows"]
+    assert again["error"] == "RuntimeError: INTERNAL: no deterministic implementation of select-and-scatter"
+    assert "samples_per_s" not in again and "speed_vs_default" in precision and "speed_vs_default" in combined
+    assert json.loads(path.read_text())["rows"][1]["error"] == again["error"]
+    table = "\n".join(variants.variants_markdown(result))
+    assert "| 2 | default, compiled again | {} | failed: RuntimeError: INTERNAL" in table
