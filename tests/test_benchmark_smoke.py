@@ -46,7 +46,7 @@ def test_quick_run_writes_cljax_rows_and_the_schema(tmp_path, capsys):
     assert not [r for r in report["rows"] if r["impl"] == "torch"]  # --no-torch
     for row in cljax_rows:
         assert set(row) >= {"impl", "repeats", "samples_per_s", "fraction_of_peak", "compile_seconds", "devices"}
-        assert row["devices"] == 1  # tests run with CLJAX_CPU_DEVICES=off (conftest): one CPU device
+        assert row["devices"] == 1  # CLJAX_CPU_DEVICES=off (conftest): one CPU device; on a GPU machine, its one GPU
         assert row["learner_expert"] == ("paired" if paired_models_default(1) else "separate")
         assert row["samples_per_s"] > 0 and math.isfinite(row["samples_per_s"])
         assert math.isclose(row["fraction_of_peak"], row["samples_per_s"] * report["flops_per_sample"] / report["peak_flops_per_s"])

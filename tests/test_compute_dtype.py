@@ -19,6 +19,7 @@ import pytest
 from cljax.config import Config, differing_settings
 from cljax.errors import CljaxError
 from cljax.models import MODELS, ModelContext, build_model, check_compute_dtype, make_net
+from tests.backend import SEPARATELY_COMPILED, assert_same_tree
 from tests.test_precision import TINY, lowered_texts
 
 MATMUL_OPS = re.compile(r"stablehlo\.(dot_general|convolution)\b.*:\s*\((tensor<[^)]*)\)\s*->")
@@ -115,5 +116,5 @@ def test_unrolling_the_step_loop_changes_nothing_beyond_rounding_and_a_resume_is
     assert config.steps_per_task == 12 and config.n_logs == 2  # two intervals of 5 and a head of 2
     # the same operations in the same order; XLA fuses the unrolled body differently, which can
     # move a float32 result by its last bit (as another device split or conv lowering does)
-    for a, b in zip(jax.tree.leaves(outs[0]), jax.tree.leaves(outs[1])):
-        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    assert_same_tree(outs[0], outs[1], n_acc=n_test, cpu_rtol=1e-6, cpu_atol=1e-7,
+                     why="the unrolled step loop is another program", **SEPARATELY_COMPILED)

@@ -37,6 +37,7 @@ from cljax.settings import setting_specs
 from cljax.sweep import expand, parse_grid, parse_minutes
 from cljax.tasks import TaskData, make_schedule
 from cljax.program import build_task_program
+from tests.backend import BFLOAT16_STEP, SEPARATELY_COMPILED, assert_same, assert_same_accuracy
 from tests.conftest import FASHION_DIR, is_program_obtained
 
 REPO = Path(__file__).resolve().parents[1]
@@ -151,7 +152,9 @@ def test_planner_matches_measured_device_and_disk(hundred_tasks):
 
 def test_chunked_run_equals_resident_evaluation_bit_for_bit(hundred_tasks):
     """The run evaluated 25 tasks per call; evaluating its saved weights with all 100 test sets
-    resident gives the same bits (accuracy, loss, bfloat16 representations)."""
+    resident gives the same bits (accuracy, loss, bfloat16 representations); on a GPU, where
+    the two are separately compiled programs, the same numbers within tests/backend.py's
+    tolerances."""
     config, _, run, _, _ = hundred_tasks
     data = load_dataset(config)
     schedule = make_schedule(data.n_classes, config.num_tasks, config.n_repeats, config.seed)
@@ -165,9 +168,10 @@ def test_chunked_run_equals_resident_evaluation_bit_for_bit(hundred_tasks):
         metrics = results.load_metrics(task)
         saved_reps = results.load_representations(task)
         assert saved_reps.dtype.name == "bfloat16"
-        np.testing.assert_array_equal(acc, metrics["test_acc"])
-        np.testing.assert_array_equal(loss, metrics["test_loss"])
-        assert reps.tobytes() == np.asarray(saved_reps).tobytes()
+        why = "chunks of 25 tasks and all 100 resident are two programs"
+        assert_same_accuracy(acc, metrics["test_acc"], config.n_test, why=why)
+        assert_same(loss, metrics["test_loss"], why=why, **SEPARATELY_COMPILED)
+        assert_same(reps, saved_reps, why=why, **BFLOAT16_STEP)
 
 
 def test_bfloat16_representations_on_disk(hundred_tasks):

@@ -11,6 +11,11 @@ remainder loop differs when a device holds R/4 instead of R repeats. Tolerance: 
 The subprocess evaluates in chunks of 2 tasks (streamed), this process resident, so the
 comparison covers sharding and chunking together; chunked vs resident alone is compared bit
 for bit on one device below.
+
+On another backend (a GPU) this process runs there, so the two tests that compare CPU device
+splits (CPU_COMPARISONS) run whole in a CPU subprocess instead, where they are what they are on a
+CPU machine; the other tests run here, and compare separately compiled programs within
+tests/backend.py's GPU tolerances.
 """
 
 from __future__ import annotations
@@ -34,12 +39,14 @@ from cljax.experiment import run_experiment
 from cljax.plan import make_plan
 from cljax.tasks import TaskData, make_schedule
 from cljax.program import build_task_program
+from tests.backend import SEPARATELY_COMPILED, assert_same, assert_same_accuracy, assert_same_tree, on_cpu
 from tests.conftest import FASHION_DIR
 
 REPO = Path(__file__).resolve().parents[1]
 CHILD_OUT = "CLJAX_SHARDING_OUT"  # set in the subprocess: where its run writes
 N_CHILD_DEVICES = 4
 TOL = 1e-5
+CPU_COMPARISONS = ("test_sharded_matches_single_device", "test_same_weights_give_the_same_bits_on_one_device")
 
 
 def sharding_config(results_dir, **overrides) -> Config:
@@ -51,24 +58,48 @@ def sharding_config(results_dir, **overrides) -> Config:
                             results_dir=str(results_dir), **overrides)
 
 
+def ids_of(*names: str) -> list[str]:
+    return [f"{Path(__file__).relative_to(REPO)}::{name}" for name in names]
+
+
 @pytest.fixture(scope="module")
 def sharded_child(tmp_path_factory):
-    """Starts the 4-device run in a subprocess (it runs while this process runs its own)."""
+    """Starts a CPU subprocess (it runs while this process runs its own) and yields it, its
+    output folder and its log: on the CPU, the 4-device run; on another backend, this file's
+    CPU_COMPARISONS (which start their own 4-device run), so that there too they compare one CPU
+    device with four, not the GPU with the CPU."""
     if os.environ.get(CHILD_OUT):  # this process is the subprocess
         yield None
         return
     out = tmp_path_factory.mktemp("sharded")
-    xla_flags = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split() if "host_platform_device_count" not in f)
-    env = {**os.environ, CPU_DEVICES_ENV: str(N_CHILD_DEVICES), "XLA_FLAGS": xla_flags, "JAX_PLATFORMS": "cpu",
-           CHILD_OUT: str(out)}
-    test_ids = [f"{Path(__file__).relative_to(REPO)}::{name}"
-                for name in ("test_run_on_every_visible_device", "test_vmapped_repeats_match_the_loop")]
-    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", *test_ids],
-                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    yield proc, out
+    if on_cpu():
+        xla_flags = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split()
+                             if "host_platform_device_count" not in f)
+        env = {**os.environ, CPU_DEVICES_ENV: str(N_CHILD_DEVICES), "XLA_FLAGS": xla_flags, "JAX_PLATFORMS": "cpu",
+               CHILD_OUT: str(out)}
+        command = ["-q", "-s", *ids_of("test_run_on_every_visible_device", "test_vmapped_repeats_match_the_loop")]
+    else:
+        env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+        command = ["-q", "-rA", *ids_of(*CPU_COMPARISONS)]  # -rA: a "PASSED <id>" line per test
+    log = out / "pytest.log"
+    with log.open("w") as sink:
+        proc = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *command], cwd=REPO, env=env,
+                                stdout=sink, stderr=subprocess.STDOUT, text=True)
+    yield proc, out, log
     if proc.poll() is None:
         proc.kill()
         proc.wait()
+
+
+def passed_on_the_cpu(sharded_child, name: str) -> bool:
+    """On a backend other than the CPU: test ``name`` of this file passed in the CPU subprocess
+    (asserted here, with its log); on the CPU: False, the test runs here."""
+    if on_cpu():
+        return False
+    proc, _, log = sharded_child
+    proc.wait(timeout=560)
+    assert f"PASSED {ids_of(name)[0]}" in log.read_text(), log.read_text()
+    return True
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +136,8 @@ def test_run_on_every_visible_device(device_run):
 
 def first_task(config, key, **lowering):
     """Task 0 of ``config`` by a program built with ``lowering``: the learner's final
-    parameters, the trace and the evaluation of its snapshots on every task; and the program."""
+    parameters, the trace and the evaluation of its snapshots on every task (named as in the
+    trace); and the program."""
     data = load_dataset(config)
     schedule = make_schedule(data.n_classes, config.num_tasks, config.n_repeats, config.seed)
     task_data = TaskData(data, config)
@@ -115,17 +147,15 @@ def first_task(config, key, **lowering):
     learner = shard_repeats(program.init_learner(key))
     learner, trace = program.run_task(learner, put_repeats(train_x, 1), put_repeats(train_y, 1), *tests.current(0),
                                       jax.numpy.int32(0), key)
-    return jax.device_get((learner.params, trace, tests.evaluate(program.evaluate, (trace["weights"], trace["model_state"])))), program
+    evaluation = tests.evaluate(program.evaluate, (trace["weights"], trace["model_state"]))
+    named = dict(zip(("test_acc", "test_loss", "representations"), evaluation, strict=True))
+    return jax.device_get((learner.params, trace, named)), program
 
 
-def assert_same_numbers(a, b, tol):
-    assert jax.tree.structure(a) == jax.tree.structure(b)
-    for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b), strict=True):
-        assert x.shape == y.shape, path
-        if np.issubdtype(x.dtype, np.floating):
-            np.testing.assert_allclose(x, y, rtol=0, atol=tol, err_msg=jax.tree_util.keystr(path))
-        else:
-            np.testing.assert_array_equal(x, y, err_msg=jax.tree_util.keystr(path))
+def assert_same_numbers(a, b, config, why):
+    """Floats to TOL on the CPU (module docstring), accuracies and integers equal; on another
+    backend within tests/backend.py's tolerances for separately compiled programs."""
+    assert_same_tree(a, b, n_acc=config.n_test, cpu_atol=TOL, why=why, **SEPARATELY_COMPILED)
 
 
 def assert_training_moved(program, key, params, tol):
@@ -142,7 +172,7 @@ def test_vmapped_repeats_match_the_loop(device_run):
     config, key = device_run[0], jax.random.key(7)
     looped, program = first_task(config, key, loop_repeats=True)
     vmapped, _ = first_task(config, key, loop_repeats=False)
-    assert_same_numbers(looped, vmapped, TOL)
+    assert_same_numbers(looped, vmapped, config, "vmapped and looped repeats are two programs")
     assert_training_moved(program, key, looped[0], TOL)
 
 
@@ -160,16 +190,17 @@ def test_paired_learner_and_expert_match_their_separate_steps(tmp_path, algorith
     paired, program = first_task(config, key, paired_models=True)
     separate, separate_program = first_task(config, key, paired_models=False)
     assert program.parts.paired and not separate_program.parts.paired
-    assert_same_numbers(paired, separate, TOL)
+    assert_same_numbers(paired, separate, config, "paired and separate learner/expert are two programs")
     assert_training_moved(program, key, paired[0], TOL)
     replay = Config.from_flat({**config.to_dict(), "use_replay": True, "replay_size": 40, "replay_batch": 8})
     assert not build_task_program(replay, (28, 28), paired_models=True).parts.paired
 
 
 def test_sharded_matches_single_device(sharded_child, device_run):
-    proc, child_out = sharded_child
-    out, _ = proc.communicate(timeout=560)
-    assert proc.returncode == 0, out
+    if passed_on_the_cpu(sharded_child, "test_sharded_matches_single_device"):
+        return
+    proc, child_out, log = sharded_child
+    assert proc.wait(timeout=560) == 0, log.read_text()
     config, _, run, _, _ = device_run
     sharded_dir = child_out / config.dataset / config.algorithm_name
     worst = {}
@@ -199,7 +230,9 @@ def test_same_weights_give_the_same_bits_on_one_device(sharded_child, device_run
     """Evaluating the 4-device run's saved weights here, on 1 device, reproduces its saved
     representations and accuracies bit for bit: the forward pass does not depend on the split.
     (Its losses agree to the last bit or two, see the module docstring.)"""
-    proc, child_out = sharded_child
+    if passed_on_the_cpu(sharded_child, "test_same_weights_give_the_same_bits_on_one_device"):
+        return
+    proc, child_out, _ = sharded_child
     proc.wait(timeout=560)
     config, _, _, _, _ = device_run
     sharded_dir = child_out / config.dataset / config.algorithm_name
@@ -218,7 +251,8 @@ def test_same_weights_give_the_same_bits_on_one_device(sharded_child, device_run
 
 def test_chunked_evaluation_equals_resident_on_fashion_mnist(device_run):
     """This process's run evaluated all 3 tasks resident; streaming its saved weights 2 tasks at
-    a time (the last chunk padded) gives the same bits."""
+    a time (the last chunk padded) gives the same bits (on a GPU, where the chunked evaluation
+    is another program, the same numbers within tests/backend.py's tolerances)."""
     config, _, run, _, _ = device_run
     data = load_dataset(config)
     schedule = make_schedule(data.n_classes, config.num_tasks, config.n_repeats, config.seed)
@@ -229,9 +263,10 @@ def test_chunked_evaluation_equals_resident_on_fashion_mnist(device_run):
         weights = jax.tree.map(jax.numpy.asarray, (results.load_weights(task), results.load_model_state(task)))
         acc, loss, reps = chunked.evaluate(program.evaluate, weights)
         metrics = results.load_metrics(task)
-        np.testing.assert_array_equal(acc, metrics["test_acc"])
-        np.testing.assert_array_equal(loss, metrics["test_loss"])
-        np.testing.assert_array_equal(reps, results.load_representations(task))
+        why = "chunks of 2 tasks and all 3 resident are two programs"
+        assert_same_accuracy(acc, metrics["test_acc"], config.n_test, why=why)
+        assert_same(loss, metrics["test_loss"], why=why, **SEPARATELY_COMPILED)
+        assert_same(reps, results.load_representations(task), why=why, **SEPARATELY_COMPILED)
 
 
 def test_planner_matches_a_resident_run(device_run):
