@@ -8,7 +8,7 @@ its own process group with a time limit cut to what is left of ``--budget`` (480
 stage, so a call that is cut short still leaves the stages it finished. Stages, in order:
 
 - env: versions, devices, the GPU's name and memory, what is missing;
-- tests: the GPU-relevant tests, ``pytest -x`` with a junit xml;
+- tests: the GPU-relevant tests, ``pytest -x`` with a junit xml (``--tests rest``: the others);
 - variants: one task of Fashion-MNIST under each --matmul-precision, --compute-dtype bfloat16,
   the other convolution, learner/expert pairing and repeat-axis lowering, and --scan-unroll, at
   R = 32, 128 and 1: samples/s and the largest differences from the default; and whether the
@@ -59,6 +59,11 @@ GPU_TESTS = ["tests/test_end_to_end.py::test_saved_accuracy_equals_recomputation
              "tests/test_rules_options.py::test_bio_is_the_three_factor_rule_with_fixed_random_feedback",
              "tests/test_precision.py", "tests/test_compute_dtype.py", "tests/test_lowering_flags.py",
              "tests/test_end_to_end.py", "tests/test_models.py", "tests/test_initial_state.py", "tests/test_rules_options.py"]
+# The other files whose numbers depend on the backend (the rest of the suite is file, CLI and
+# analysis logic): ``--tests rest``, for a second call with a longer ``--limit tests=...``.
+GPU_TESTS_REST = ["tests/test_sharding.py", "tests/test_scale.py", "tests/test_schedule.py", "tests/test_methods.py",
+                  "tests/test_heads.py", "tests/test_reliability.py", "tests/test_run_folder.py",
+                  "tests/test_profile_task.py", "tests/test_benchmark_smoke.py", "tests/test_analysis_glue.py"]
 SMOKE_TESTS = ["tests/test_precision.py::test_a_bad_precision_is_one_clear_error"]
 # (stage, seconds it may take: full, smoke)
 BUDGETS = {"env": (20, 20), "tests": (110, 20), "variants": (125, 40), "profile": (40, 30), "throughput": (55, 30),
@@ -157,7 +162,7 @@ def stage_commands(args) -> dict:
     return {
         "env": child + ["--stage", "env"],
         "tests": [py, "-m", "pytest", "-x", "-v", "-p", "no:cacheprovider", "--keep-duplicates",
-                  "--junitxml", str(out / "junit.xml"), *(SMOKE_TESTS if args.smoke else args.tests or GPU_TESTS)],
+                  "--junitxml", str(out / "junit.xml"), *test_list(args)],
         "variants": child + ["--stage", "variants"],
         "profile": [py, str(HERE / "profile_task.py"), *(["--quick"] if args.smoke else ["--repeats", "128"]),
                     "--out", str(out / "profile_trace"), "--json", str(out / "profile.json")],
@@ -167,6 +172,14 @@ def stage_commands(args) -> dict:
         "lop": cli + lop_data + lop + run_flags(out, "lop"),
         "deterministic": child + ["--stage", "deterministic"],
     }
+
+
+def test_list(args) -> list[str]:
+    if args.smoke:
+        return SMOKE_TESTS
+    if args.tests == ["rest"]:
+        return GPU_TESTS_REST
+    return args.tests or GPU_TESTS
 
 
 def has_torch() -> bool:
@@ -260,7 +273,7 @@ def orchestrate(args) -> dict:
               "finished": False}
     for name, command in stage_commands(args).items():
         left = deadline - time.monotonic()
-        limit = min(BUDGETS[name][1 if args.smoke else 0], left - 2)
+        limit = min(args.limit.get(name, BUDGETS[name][1 if args.smoke else 0]), left - 2)
         if name not in args.stages or limit < 3:
             report["stages"][name] = {"status": "skipped", "why": "not asked for" if name not in args.stages else
                                       "no time left in the budget"}
@@ -297,15 +310,26 @@ def parse_args(argv):
     p.add_argument("--budget", type=float, default=480.0, help="seconds for all stages together (default 480)")
     p.add_argument("--stages", nargs="+", default=[s for s in BUDGETS if s not in OPTIONAL], choices=list(BUDGETS),
                    help=f"stages to run (default all but {', '.join(OPTIONAL)})")
-    p.add_argument("--tests", nargs="*", default=None, help="test files for the tests stage (default: the GPU-relevant ones)")
+    p.add_argument("--tests", nargs="*", default=None,
+                   help="test files for the tests stage (default: GPU_TESTS; 'rest': the other GPU-relevant files)")
+    p.add_argument("--limit", nargs="*", default={}, type=stage_limit, metavar="STAGE=SECONDS",
+                   help="another time limit for a stage (a second call: --stages tests --tests ... --limit tests=400)")
     p.add_argument("--lop-tasks", type=int, default=2, help="tasks of the loss-of-plasticity-shaped run (default 2)")
     p.add_argument("--lop-epochs", type=int, default=250, help="epochs per task of that run (default 250, as the protocol)")
     p.add_argument("--stage", default=None, choices=list(STAGES_IN_CHILD), help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
+def stage_limit(text: str) -> tuple[str, float]:
+    name, _, seconds = text.partition("=")
+    if name not in BUDGETS or not seconds.replace(".", "", 1).isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r}: give STAGE=SECONDS with a stage of {', '.join(BUDGETS)}")
+    return name, float(seconds)
+
+
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    args.limit = dict(args.limit)
     if args.stage:  # a child: one stage, its JSON
         result = STAGES_IN_CHILD[args.stage](args)
         (Path(args.out) / f"stage_{args.stage}.json").write_text(json.dumps(result, indent=1, default=str))
