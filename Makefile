@@ -47,10 +47,12 @@ bench: venv
 # On a GPU machine whose image already holds jax, flax, optax, numpy, tqdm, matplotlib, pytest
 # (and torch for the peers): downloads and installs nothing, runs this checkout through PYTHONPATH,
 # at most 8 minutes, JSON + markdown into $(GPU_CHECK_OUT) (docs/benchmark.md, "GPU check").
+# A second call: GPU_CHECK_ARGS="--stages deterministic" or "--stages tests --tests rest --limit tests=300".
 GPU_PY ?= python3
 GPU_CHECK_OUT ?= $(RESULTS)/gpu_check
+GPU_CHECK_ARGS ?=
 gpu-check:
-	PYTHONPATH=$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH} $(GPU_PY) benchmarks/gpu_check.py --out $(GPU_CHECK_OUT) --fashion-dir $(FASHION_DIR)
+	PYTHONPATH=$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH} $(GPU_PY) benchmarks/gpu_check.py --out $(GPU_CHECK_OUT) --fashion-dir $(FASHION_DIR) $(GPU_CHECK_ARGS)
 
 # The same stages at a tiny size on any machine (the CPU here, about a minute); tests/test_gpu_check.py runs it.
 gpu-check-smoke:
