@@ -162,7 +162,7 @@ def stage_commands(args) -> dict:
     return {
         "env": child + ["--stage", "env"],
         "tests": [py, "-m", "pytest", "-x", "-v", "-p", "no:cacheprovider", "--keep-duplicates",
-                  "--junitxml", str(out / "junit.xml"), *test_list(args)],
+                  "--junitxml", str(out / "junit.xml"), *tests_to_run(args)],
         "variants": child + ["--stage", "variants"],
         "profile": [py, str(HERE / "profile_task.py"), *(["--quick"] if args.smoke else ["--repeats", "128"]),
                     "--out", str(out / "profile_trace"), "--json", str(out / "profile.json")],
@@ -174,7 +174,7 @@ def stage_commands(args) -> dict:
     }
 
 
-def test_list(args) -> list[str]:
+def tests_to_run(args) -> list[str]:
     if args.smoke:
         return SMOKE_TESTS
     if args.tests == ["rest"]:
@@ -317,7 +317,9 @@ def parse_args(argv):
     p.add_argument("--lop-tasks", type=int, default=2, help="tasks of the loss-of-plasticity-shaped run (default 2)")
     p.add_argument("--lop-epochs", type=int, default=250, help="epochs per task of that run (default 250, as the protocol)")
     p.add_argument("--stage", default=None, choices=list(STAGES_IN_CHILD), help=argparse.SUPPRESS)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.limit = dict(args.limit)
+    return args
 
 
 def stage_limit(text: str) -> tuple[str, float]:
@@ -329,7 +331,6 @@ def stage_limit(text: str) -> tuple[str, float]:
 
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    args.limit = dict(args.limit)
     if args.stage:  # a child: one stage, its JSON
         result = STAGES_IN_CHILD[args.stage](args)
         (Path(args.out) / f"stage_{args.stage}.json").write_text(json.dumps(result, indent=1, default=str))

@@ -136,8 +136,7 @@ def test_a_variant_that_fails_is_a_row_that_says_why_and_the_stage_goes_on(tmp_p
 def test_a_second_call_can_run_the_other_gpu_relevant_tests_with_a_longer_limit(tmp_path):
     gpu_check = load_gpu_check()
     args = gpu_check.parse_args(["--stages", "tests", "--tests", "rest", "--limit", "tests=400"])
-    args.limit = dict(args.limit)
-    assert args.limit == {"tests": 400.0} and gpu_check.test_list(args) == gpu_check.GPU_TESTS_REST
+    assert args.limit == {"tests": 400.0} and gpu_check.tests_to_run(args) == gpu_check.GPU_TESTS_REST
     root = SCRIPT.parents[1]
     listed = {t.split("::")[0] for t in gpu_check.GPU_TESTS + gpu_check.GPU_TESTS_REST}
     assert all((root / t).is_file() for t in listed) and not set(gpu_check.GPU_TESTS) & set(gpu_check.GPU_TESTS_REST)
