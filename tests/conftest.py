@@ -55,6 +55,15 @@ def session_compilation_cache(tmp_path_factory):
     cljax.disable_compilation_cache()
 
 
+@pytest.fixture(scope="module", autouse=True)
+def compilation_cache_stays_on(session_compilation_cache):
+    """No module leaves the session's cache off for the modules after it (which would then
+    compile every program again: a module that once turned it off cost the suite about a minute)."""
+    yield
+    assert jax.config.jax_compilation_cache_dir == session_compilation_cache, \
+        "a test module changed the session's persistent compilation cache"
+
+
 def apply_fn_of(program):
     """(params, images) -> (logits, hidden) of a built program's model, evaluation mode, for a
     model without mutable state."""
