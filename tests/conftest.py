@@ -55,6 +55,15 @@ def session_compilation_cache(tmp_path_factory):
     cljax.disable_compilation_cache()
 
 
+@pytest.fixture(scope="module", autouse=True)
+def compilation_cache_stays_on(session_compilation_cache):
+    """No module leaves the session's cache off for the modules after it (which would then
+    compile every program again: a module that once turned it off cost the suite about a minute)."""
+    yield
+    assert jax.config.jax_compilation_cache_dir == session_compilation_cache, \
+        "a test module changed the session's persistent compilation cache"
+
+
 def apply_fn_of(program):
     """(params, images) -> (logits, hidden) of a built program's model, evaluation mode, for a
     model without mutable state."""
@@ -125,6 +134,17 @@ def pytest_collection_modifyitems(config, items):
             continue
         if any(d.scope == "module" for fixture in defs.name2fixturedefs.values() for d in fixture):
             item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+
+
+def distinct_colours(img) -> int:
+    """The number of distinct 8-bit RGB colours of an image read by matplotlib (floats in 0..1):
+    len(np.unique(rgb.reshape(-1, 3), axis=0)), counted on the colours packed into 24 bits (that
+    row-wise unique took about a second per plot)."""
+    import numpy as np
+
+    rgb = (img[..., :3] * 255).astype(np.uint8).astype(np.uint32)
+    packed = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+    return int(np.count_nonzero(np.bincount(packed.ravel(), minlength=1 << 24)))
 
 
 def load_script(path: Path, name: str):

@@ -10,13 +10,14 @@ import pytest
 
 from cljax.analysis import analyze_run, class_manifolds
 from cljax.analysis.registry import Analysis, Result, register, unregister
+from tests.conftest import distinct_colours
 
 
 def assert_nontrivial_png(path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     img = mpimg.imread(path)
     assert img.ndim == 3 and min(img.shape[:2]) > 100
-    assert len(np.unique((img[..., :3] * 255).astype(np.uint8).reshape(-1, 3), axis=0)) > 20
+    assert distinct_colours(img) > 20
 
 
 def test_class_manifolds_split_by_label():

@@ -20,7 +20,7 @@ import jax
 import numpy as np
 import pytest
 
-from cljax import disable_compilation_cache, enable_compilation_cache, results
+from cljax import results
 from cljax.cli import main as cli_main
 from cljax.errors import CljaxError
 from tests.conftest import small_config
@@ -31,15 +31,6 @@ FLAGS = ["--dataset", "synthetic", "--synthetic-classes", "4", "--num-tasks", "2
          "--n-train-per-class", "16", "--n-test-per-class", "8", "--n-subsamples", "4", "--epochs", "1",
          "--batch-size", "16", "--log-frequency", "1", "--lr", "0.1", "--no-progress"]
 RUN_DIR = Path("synthetic") / "SL_T2"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def compilation_cache():
-    """Each in-process run builds its programs anew: the session's persistent cache serves them
-    (off again after this module, so that other modules' compile counts are unaffected)."""
-    enable_compilation_cache(os.environ.get("CLJAX_COMPILATION_CACHE"))
-    yield
-    disable_compilation_cache()
 
 
 @pytest.fixture(scope="module")
