@@ -133,6 +133,7 @@ def run_variant(program, inputs: tuple, rounds: int, recompile: bool) -> tuple[d
 
     import cljax
 
+    in_use = jax.config.jax_compilation_cache_dir  # restored as it was, whatever set it
     if recompile:
         cljax.disable_compilation_cache()
     try:
@@ -140,8 +141,8 @@ def run_variant(program, inputs: tuple, rounds: int, recompile: bool) -> tuple[d
         compiled = program.run_task.lower(program.init_learner(jax.random.key(0)), *inputs).compile()
         compile_seconds = time.perf_counter() - t0
     finally:
-        if recompile:
-            cljax.enable_compilation_cache()
+        if recompile and in_use:
+            cljax.enable_compilation_cache(in_use)
     times, runs = [], []
     for _ in range(rounds + 1):  # the first is a warm-up
         learner = program.init_learner(jax.random.key(0))
