@@ -10,7 +10,8 @@ stage, so a call that is cut short still leaves the stages it finished. Stages, 
 - env: versions, devices, the GPU's name and memory, what is missing;
 - tests: the GPU-relevant tests, ``pytest -x`` with a junit xml (``--tests rest``: the others);
 - variants: one task of Fashion-MNIST under each --matmul-precision, --compute-dtype bfloat16,
-  the other convolution, learner/expert pairing and repeat-axis lowering, and --scan-unroll, at
+  the other convolutions (im2col, and the fused first layer of cljax/models/fused.py), the other
+  learner/expert pairing and repeat-axis lowering, and --scan-unroll, at
   R = 32, 128 and 1: samples/s and the largest differences from the default; and whether the
   default gives the same bits run to run and compiled again (gpu_variants.py);
 - profile: a jax.profiler trace of the task program at R = 128, summarised by where the time
@@ -22,9 +23,10 @@ stage, so a call that is cut short still leaves the stages it finished. Stages, 
   class, batch 100, many epochs, every task evaluated) for ``--lop-tasks`` tasks; seconds per task;
 - deterministic (only when asked for, ``--stages deterministic``: a second call if the variants
   show that the GPU's results change run to run or compile to compile): the default and the other
-  convolution at R = 32 under XLA's ``--xla_gpu_exclude_nondeterministic_ops``, in a process of
+  convolutions at R = 32 under XLA's ``--xla_gpu_exclude_nondeterministic_ops``, in a process of
   its own: whether they compile (XLA has no deterministic select-and-scatter, the gradient of
-  reduce_window's max-pool), their speed, and whether their bits repeat.
+  reduce_window's max-pool; the im2col and fused paths have none), their speed, and whether their
+  bits repeat.
 
 ``--smoke`` runs every stage at a tiny size on whatever backend is there (the CPU here, in under
 a minute); the test suite runs it (tests/test_gpu_check.py).

@@ -39,11 +39,12 @@ DETERMINISTIC_FLAG = "--xla_gpu_exclude_nondeterministic_ops=true"
 def variant_list(smoke: bool, which: str = "all") -> list[tuple[str, int, dict]]:
     """(name, R, settings); the first at each R is that R's default. ``which="deterministic"``:
     the rows the check's optional ``deterministic`` stage runs under DETERMINISTIC_FLAG (in a
-    process of its own: XLA reads its flags once), the default and both convolutions."""
+    process of its own: XLA reads its flags once), the default and the other convolutions (the
+    fused one has no select-and-scatter)."""
     if which == "deterministic":
         R = 2 if smoke else 32
         return [("default", R, {}), ("default, compiled again", R, {RECOMPILE: True})] + (
-            [] if smoke else [("conv other", R, {"conv_impl": OTHER})])
+            [] if smoke else [("conv other", R, {"conv_impl": OTHER}), ("conv fused", R, {"conv_impl": "fused"})])
     if smoke:  # a small MLP (no convolution to choose); every kind of change, in four compilations
         return [("default", 2, {}), ("default, compiled again", 2, {RECOMPILE: True}),
                 ("precision default", 2, {"matmul_precision": "default"}),
@@ -52,10 +53,12 @@ def variant_list(smoke: bool, which: str = "all") -> list[tuple[str, int, dict]]
     at32 = [("default", 32, {}), ("default, compiled again", 32, {RECOMPILE: True}),
             ("precision default", 32, {"matmul_precision": "default"}),
             ("precision high", 32, {"matmul_precision": "high"}), ("bfloat16", 32, {"compute_dtype": "bfloat16"}),
-            ("conv other", 32, {"conv_impl": OTHER}), ("learner/expert other", 32, {"learner_expert": OTHER}),
+            ("conv other", 32, {"conv_impl": OTHER}), ("conv fused", 32, {"conv_impl": "fused"}),
+            ("learner/expert other", 32, {"learner_expert": OTHER}),
             ("repeats other", 32, {"repeat_axis": OTHER}), ("scan unroll 4", 32, {"scan_unroll": 4})]
-    at128 = [("default", 128, {}), ("precision default", 128, {"matmul_precision": "default"}),
-             ("bfloat16", 128, {"compute_dtype": "bfloat16"}), ("conv other", 128, {"conv_impl": OTHER})]
+    at128 = [("default", 128, {}), ("conv fused", 128, {"conv_impl": "fused"}),
+             ("precision default", 128, {"matmul_precision": "default"}), ("bfloat16", 128, {"compute_dtype": "bfloat16"}),
+             ("conv other", 128, {"conv_impl": OTHER})]
     at1 = [("default", 1, {}), ("scan unroll 4", 1, {"scan_unroll": 4}), ("scan unroll 16", 1, {"scan_unroll": 16})]
     return at32 + at128 + at1
 

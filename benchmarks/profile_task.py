@@ -69,7 +69,7 @@ def parse_args(argv):
     p.add_argument("--steps", type=int, default=None, help="training steps per call (default 50; --quick: 4)")
     p.add_argument("--batch-size", type=int, default=None, help="default 32; --quick: 8")
     p.add_argument("--calls", type=int, default=None, help="calls traced (default 3; --quick: 1)")
-    p.add_argument("--conv-impl", choices=("auto", "lax", "im2col"), default="auto",
+    p.add_argument("--conv-impl", choices=("auto", "lax", "im2col", "fused"), default="auto",
                    help="the config's conv_impl (auto: im2col on the CPU, lax elsewhere)")
     p.add_argument("--command-buffers", choices=("off", "default"), default="off",
                    help="XLA:GPU command buffers: off (attributable kernels; the default) or XLA's default")

@@ -12,6 +12,7 @@ import pytest
 
 from cljax.config import Config, differing_settings
 from cljax.errors import CljaxError
+from cljax.models import CONV_IMPLS
 from cljax.models.units import unit_activity
 from cljax.options.cbp import select_lowest
 from cljax.program import build_parts
@@ -189,8 +190,8 @@ def test_redo_resets_the_dormant_units_every_f_steps():
 # ---- model contract ------------------------------------------------------------------------
 
 
-def test_cnn_unit_activity_is_the_same_in_both_lowerings():
-    configs = {impl: Config.from_flat(dict(conv_impl=impl, use_cbp=True)) for impl in ("lax", "im2col")}
+def test_cnn_unit_activity_is_the_same_in_every_lowering():
+    configs = {impl: Config.from_flat(dict(conv_impl=impl, use_cbp=True)) for impl in CONV_IMPLS}
     nets = {impl: build_parts(c, (28, 28)).net for impl, c in configs.items()}
     params, _ = nets["lax"].init(jax.random.key(0))
     shapes = jax.tree.map(jnp.shape, nets["im2col"].init(jax.random.key(0))[0])
@@ -201,15 +202,16 @@ def test_cnn_unit_activity_is_the_same_in_both_lowerings():
                                                 ("dense1", "dense2"), ("dense2", "head"))
     assert {k: v.shape for k, v in acts["lax"].items()} == {"conv1": (6, 16), "conv2": (6, 32), "conv3": (6, 64),
                                                            "dense1": (6, 64), "dense2": (6, 64)}
-    for k in acts["lax"]:
-        np.testing.assert_allclose(acts["im2col"][k], acts["lax"][k], rtol=1e-4, atol=1e-6)
+    for impl in ("im2col", "fused"):
+        for k in acts["lax"]:
+            np.testing.assert_allclose(acts[impl][k], acts["lax"][k], rtol=1e-4, atol=1e-6, err_msg=f"{impl} {k}")
     # dense2's activity is the representation
     _, hidden, _ = nets["lax"].apply(params, {}, images, False)
     assert_same(acts["lax"]["dense2"], hidden, cpu_rtol=1e-6, why="unit_activity and the model are two programs",
                 **SEPARATELY_COMPILED)
 
 
-@pytest.mark.parametrize("model, impl", [("cnn", "lax"), ("cnn", "im2col"), ("mlp", "lax")])
+@pytest.mark.parametrize("model, impl", [("cnn", "lax"), ("cnn", "im2col"), ("cnn", "fused"), ("mlp", "lax")])
 def test_the_training_forward_pass_does_not_see_the_unit_contract(monkeypatch, model, impl):
     """Without the collection asked for, sow_units adds nothing: the lowered training forward
     pass is the same program as with the calls removed (methods off cost nothing)."""

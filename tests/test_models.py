@@ -1,6 +1,6 @@
-"""The models: the CNN's two conv implementations (the CPU im2col lowering: channel-major
-matmul convolutions, pool before bias and ReLU, hand-written pool and matmul gradients; and the
-plain ``nn.Conv`` network) against the spec's network written with XLA's convolution and
+"""The models: the CNN's conv implementations (the CPU im2col lowering: channel-major matmul
+convolutions, pool before bias and ReLU, hand-written pool and matmul gradients; the fused first
+layer, tests/test_fused.py; and the plain ``nn.Conv`` network) against the spec's network written with XLA's convolution and
 reduce_window, on real Fashion-MNIST images, ties included; the MLP and the BatchNorm ResNet
 through ``make_net``."""
 
@@ -14,7 +14,7 @@ from jax import lax
 
 from cljax.config import Config
 from cljax.data import load_dataset
-from cljax.models import CLASSIFIER_GROUP, MODELS, ModelContext, as_float_images, build_model, make_net, resolve_conv_impl
+from cljax.models import CLASSIFIER_GROUP, CONV_IMPLS, MODELS, ModelContext, as_float_images, build_model, make_net, resolve_conv_impl
 from cljax.models.cnn import CNN
 from cljax.models.im2col import kernel_matmul, max_pool_disjoint
 from tests.conftest import FASHION_DIR
@@ -65,7 +65,7 @@ def assert_grads_close(grads, ref_grads):
         np.testing.assert_allclose(g, ref, atol=2e-5 * scale, rtol=1e-4, err_msg=jax.tree_util.keystr(path))
 
 
-@pytest.mark.parametrize("conv_impl", ["im2col", "lax"])
+@pytest.mark.parametrize("conv_impl", ["im2col", "lax", "fused"])
 def test_cnn_matches_the_plain_network_and_its_gradients(images, conv_impl):
     model = CNN(out_dim=1, conv_impl=conv_impl)
     params = perturbed_cnn_params(model, images)
@@ -78,10 +78,11 @@ def test_cnn_matches_the_plain_network_and_its_gradients(images, conv_impl):
     assert_grads_close(grads, jax.jit(jax.grad(tanh_loss(lambda p: reference_cnn(p, images))))(params))
 
 
-def test_im2col_and_lax_paths_build_the_same_params_and_agree(images):
+@pytest.mark.parametrize("conv_impl", ["im2col", "fused"])
+def test_each_lowering_builds_the_lax_params_and_agrees(images, conv_impl):
     """Same parameter tree and init values (the lowering is not a different network), the same
     outputs and gradients to float32 rounding (see assert_grads_close)."""
-    fast, plain = CNN(out_dim=3, conv_impl="im2col"), CNN(out_dim=3, conv_impl="lax")
+    fast, plain = CNN(out_dim=3, conv_impl=conv_impl), CNN(out_dim=3, conv_impl="lax")
     example = jnp.zeros((1, 28, 28), jnp.uint8)
     p_fast, p_plain = fast.init(jax.random.key(0), example)["params"], plain.init(jax.random.key(0), example)["params"]
     assert jax.tree.structure(p_fast) == jax.tree.structure(p_plain)
@@ -95,7 +96,7 @@ def test_im2col_and_lax_paths_build_the_same_params_and_agree(images):
 
 
 def test_cnn_params_are_the_spec_network():
-    """Names and shapes of the results' weights (conv1/kernel ...), both implementations."""
+    """Names and shapes of the results' weights (conv1/kernel ...), every implementation."""
     expected = {
         "conv1": {"kernel": (3, 3, 1, 16), "bias": (16,)},
         "conv2": {"kernel": (3, 3, 16, 32), "bias": (32,)},
@@ -104,7 +105,7 @@ def test_cnn_params_are_the_spec_network():
         "dense2": {"kernel": (64, 64), "bias": (64,)},
         "head": {"kernel": (64, 10), "bias": (10,)},
     }
-    for conv_impl in ("im2col", "lax"):
+    for conv_impl in CONV_IMPLS:
         model = build_model("cnn", MODELS["cnn"].params(), ModelContext(10, (28, 28), conv_impl))
         assert isinstance(model, CNN) and model.conv_impl == conv_impl
         shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 28, 28), jnp.uint8)))
@@ -129,7 +130,7 @@ def test_cnn_net_is_the_plain_module_apply(images):
 
 def test_conv_impl_resolution_and_image_conversion():
     assert resolve_conv_impl("auto") == ("im2col" if jax.default_backend() == "cpu" else "lax")
-    assert resolve_conv_impl("lax") == "lax" and resolve_conv_impl("im2col") == "im2col"
+    assert [resolve_conv_impl(name) for name in CONV_IMPLS] == list(CONV_IMPLS)
     x = jnp.array([[[0, 255], [51, 1]]], jnp.uint8)
     y = as_float_images(x)
     assert y.shape == (1, 2, 2, 1) and y.dtype == jnp.float32
@@ -173,10 +174,12 @@ def test_models_train_on_any_image_shape(name, image_shape):
     assert float(jnp.abs(grads["head"]["kernel"]).max()) > 0
 
 
-def test_im2col_cnn_takes_colour_images():
-    """(B, H, W, C) input: the im2col stack's own transpose, same numbers as the lax path."""
+@pytest.mark.parametrize("conv_impl", ["im2col", "fused"])
+def test_each_lowering_takes_colour_images(conv_impl):
+    """(B, H, W, C) input (im2col: its own transpose; fused: three input channels per tap),
+    same numbers as the lax path."""
     images = jnp.asarray(np.random.default_rng(2).integers(0, 256, (5, 32, 32, 3)).astype(np.uint8))
-    fast, plain = CNN(out_dim=4, conv_impl="im2col"), CNN(out_dim=4, conv_impl="lax")
+    fast, plain = CNN(out_dim=4, conv_impl=conv_impl), CNN(out_dim=4, conv_impl="lax")
     params = plain.init(jax.random.key(1), images[:1])["params"]
     assert params["conv1"]["kernel"].shape == (3, 3, 3, 16)
     for got, ref in zip(fast.apply({"params": params}, images), plain.apply({"params": params}, images), strict=True):

@@ -12,7 +12,8 @@ per-group learning rates).
 carrying the mutable collections (BatchNorm's ``batch_stats``) next to the params.
 
 Each model lives in a module of this package (``cnn``, ``mlp``, ``resnet``) and registers itself
-on import; the registry imports them on first use. ``im2col`` is the CNN's CPU convolution.
+on import; the registry imports them on first use. ``im2col`` is the CNN's CPU convolution,
+``fused`` its first layer as one elementwise computation.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ __all__ = [
 ]
 
 CLASSIFIER_GROUP = "head"
-CONV_IMPLS = ("lax", "im2col")
+CONV_IMPLS = ("lax", "im2col", "fused")
 
 
 @dataclass(frozen=True)
@@ -52,13 +53,13 @@ class ModelContext:
 
     out_dim: int
     image_shape: tuple[int, ...]  # (H, W) or (H, W, C) of one image, from the dataset
-    conv_impl: str  # "lax" or "im2col" (resolved, never "auto")
+    conv_impl: str  # one of CONV_IMPLS (resolved, never "auto")
     compute_dtype: str = "float32"  # the dtype of activations, matmuls and convolutions (--compute-dtype)
 
 
 def resolve_conv_impl(choice: str) -> str:
     """``auto`` -> ``im2col`` on the CPU backend (XLA:CPU's own convolution is the slow part of
-    training there), ``lax`` elsewhere; ``lax`` and ``im2col`` are returned as they are."""
+    training there), ``lax`` elsewhere; the others are returned as they are."""
     if choice == "auto":
         return "im2col" if jax.default_backend() == "cpu" else "lax"
     if choice in CONV_IMPLS:

@@ -1,0 +1,105 @@
+"""The fused first layer (cljax/models/fused.py): convolution, ReLU and max-pool as one
+computation, against the three operations written with XLA's convolution and reduce_window:
+values and the gradients of image, kernel and bias, with ties in the pool windows, more than one
+input channel, sizes the pool does not divide, under vmap, and in bfloat16."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from cljax.models.fused import FusedConvPool, conv_relu_pool
+
+
+def three_ops(x, kernel, bias, pool):
+    y = lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    y = jax.nn.relu(y + bias)
+    return lax.reduce_window(y, -jnp.inf, lax.max, (1, pool, pool, 1), (1, pool, pool, 1), "VALID")
+
+
+def integer_case(shape, c_out, pool, seed):
+    """Small integers: every sum is exact in float32, so the two computations must agree bit for
+    bit, and the windows are full of tied maxima (constant blocks, repeated values)."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 3, shape).astype(np.float32)
+    x[0, : 2 * pool, : 2 * pool] = 2.0  # a constant block: identical pre-activations in whole windows
+    kernel = rng.integers(-2, 3, (3, 3, shape[-1], c_out)).astype(np.float32)
+    bias = rng.integers(-3, 4, (c_out,)).astype(np.float32)  # some channels off everywhere, some on
+    return jnp.asarray(x), jnp.asarray(kernel), jnp.asarray(bias)
+
+
+@pytest.mark.parametrize("shape, c_out, pool", [((3, 10, 11, 1), 16, 3), ((2, 8, 8, 3), 5, 2), ((2, 9, 9, 2), 4, 3)])
+def test_values_and_all_gradients_are_the_three_operations_ties_included(shape, c_out, pool):
+    x, kernel, bias = integer_case(shape, c_out, pool, seed=sum(shape))
+    y, vjp = jax.vjp(jax.jit(lambda *a: conv_relu_pool(*a, pool)), x, kernel, bias)
+    y_ref, vjp_ref = jax.vjp(lambda *a: three_ops(*a, pool), x, kernel, bias)
+    assert y.shape == (shape[0], shape[1] // pool, shape[2] // pool, c_out)
+    np.testing.assert_array_equal(y, y_ref)
+    pre = np.asarray(lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")))
+    h, w = shape[1] // pool * pool, shape[2] // pool * pool
+    win = pre[:, :h, :w].reshape(shape[0], h // pool, pool, w // pool, pool, c_out)
+    windows_with_ties = int(  # windows whose maximum is not unique: the case has them
+        ((win == win.max(axis=(2, 4), keepdims=True)).sum(axis=(2, 4)) > 1).sum())
+    assert windows_with_ties > 10
+    g = jnp.asarray(np.random.default_rng(1).integers(-3, 4, y.shape).astype(np.float32))
+    for name, got, ref in zip(("image", "kernel", "bias"), vjp(g), vjp_ref(g), strict=True):
+        assert got.shape == ref.shape and got.dtype == ref.dtype, name
+        np.testing.assert_array_equal(got, ref, err_msg=name)  # the first maximum gets it, as XLA's pool gradient
+
+
+def test_float_data_agrees_to_rounding_and_dropped_rows_get_no_gradient():
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.random((4, 14, 14, 1), np.float32))
+    kernel = jnp.asarray(0.5 * rng.standard_normal((3, 3, 1, 8)).astype(np.float32))
+    bias = jnp.asarray(0.1 * rng.standard_normal(8).astype(np.float32))
+    loss = lambda f: lambda *a: jnp.sum(jnp.sin(f(*a, 3)))  # noqa: E731
+    got = jax.jit(jax.grad(loss(conv_relu_pool), argnums=(0, 1, 2)))(x, kernel, bias)
+    ref = jax.grad(loss(three_ops), argnums=(0, 1, 2))(x, kernel, bias)
+    for a, b in zip(got, ref, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(jnp.abs(b).max()))
+    # 14 = 4 x 3 + 2: the pool keeps convolution rows 0-11, whose taps reach image row 12; row 13
+    # feeds only the rows it drops (and so for columns)
+    assert float(jnp.abs(got[0][:, 12]).max()) > 0 and got[0][:, 13:].size > 0
+    np.testing.assert_array_equal(got[0][:, 13:], 0.0)
+    np.testing.assert_array_equal(got[0][:, :, 13:], 0.0)
+
+
+def test_under_vmap_each_repeat_is_its_own_layer():
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.random((3, 5, 12, 12, 1), np.float32))  # (R, B, H, W, C)
+    kernel = jnp.asarray(rng.standard_normal((3, 3, 3, 1, 6)).astype(np.float32))
+    bias = jnp.asarray(0.1 * rng.standard_normal((3, 6)).astype(np.float32))
+    grad = jax.grad(lambda k, b, x: jnp.sum(jnp.tanh(conv_relu_pool(x, k, b, 3))), argnums=(0, 1))
+    batched = jax.jit(jax.vmap(grad))(kernel, bias, x)
+    for r in range(3):
+        for a, b in zip(batched, jax.jit(grad)(kernel[r], bias[r], x[r]), strict=True):
+            np.testing.assert_allclose(a[r], b, rtol=1e-5, atol=1e-6)
+
+
+def test_the_module_has_nn_conv_params_and_computes_in_bfloat16():
+    x = jnp.asarray(np.random.default_rng(4).random((2, 9, 9, 1), np.float32))
+    params = jax.jit(FusedConvPool(7).init)(jax.random.key(0), x)["params"]
+    assert jax.tree.map(jnp.shape, params) == {"kernel": (3, 3, 1, 7), "bias": (7,)}
+    full = jax.jit(FusedConvPool(7).apply)({"params": params}, x)
+    low = jax.jit(FusedConvPool(7, dtype="bfloat16").apply)({"params": params}, x.astype(jnp.bfloat16))
+    assert full.dtype == jnp.float32 and low.dtype == jnp.bfloat16 and low.shape == full.shape == (2, 3, 3, 7)
+    err = float(jnp.abs(low.astype(jnp.float32) - full).max() / jnp.abs(full).max())
+    assert 0 < err < 0.02  # bfloat16's relative step is 2^-8: inputs, kernel and output rounded, sums in float32
+    low_module = FusedConvPool(7, dtype="bfloat16")
+
+    def loss(p):
+        return jnp.sum(low_module.apply({"params": p}, x.astype(jnp.bfloat16)).astype(jnp.float32))
+
+    grads = jax.jit(jax.grad(loss))(params)
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(grads))  # the parameters stay float32
+
+
+def test_a_kernel_or_pool_it_cannot_take_is_one_clear_error():
+    x = jnp.zeros((1, 8, 8, 1))
+    with pytest.raises(ValueError, match="odd square kernel"):
+        conv_relu_pool(x, jnp.zeros((2, 2, 1, 4)), jnp.zeros(4), 2)
+    with pytest.raises(ValueError, match="pool of 1 to 11"):
+        conv_relu_pool(x, jnp.zeros((3, 3, 1, 4)), jnp.zeros(4), 12)
