@@ -143,3 +143,25 @@ def test_a_second_call_can_run_the_other_gpu_relevant_tests_with_a_longer_limit(
     assert gpu_check.parse_args([]).stages == [s for s in gpu_check.BUDGETS if s != "deterministic"]
     with pytest.raises(SystemExit):
         gpu_check.parse_args(["--limit", "bogus=3"])
+
+
+def test_the_gpu_variants_put_each_r_default_first_and_every_setting_is_a_valid_config():
+    """The full lists (never run on the CPU): each R's default runs before the rows compared with
+    it, no row runs twice, the defaults at the goals' sizes lead, and every row's settings make a
+    valid config (a misspelt setting would only show on the GPU)."""
+    from cljax.config import Config
+
+    variants = load_script(SCRIPT.parent / "gpu_variants.py", "cljax_gpu_variants")
+    for which in ("all", "deterministic"):
+        rows = variants.variant_list(False, which)
+        assert len({(name, R) for name, R, _ in rows}) == len(rows), which
+        seen = set()
+        for name, R, settings in rows:
+            assert name == "default" or R in seen, (which, name, R)
+            seen.add(R)
+            settings = {k: variants.the_other(k) if v == variants.OTHER else v for k, v in settings.items()
+                        if k != variants.RECOMPILE}
+            Config.from_flat(dataset="fashion_mnist", n_repeats=R, **settings).validate()
+    rows = variants.variant_list(False)
+    assert [(n, R) for n, R, _ in rows[:2]] == [("default", 32), ("default", 128)]
+    assert {(n, R) for n, R, _ in rows} >= {("conv fused", 128), ("conv fused", 32), ("default, compiled again", 32)}
