@@ -14,8 +14,8 @@ The gradient follows the plain network's rules: the output gradient goes to the 
 of its window (as XLA's max-pool gradient), and nowhere where ReLU is off (ReLU'(0) = 0). The
 kernel's gradient is one matmul of the distinct shifted views of the image against that routed
 gradient; the image's gradient (zero work when, as in the CNN, the image is data) comes from
-the transpose of the same views. tests/test_models.py checks values and gradients against XLA's
-convolution and reduce_window, ties included.
+the transpose of the same views. tests/test_fused.py checks values and gradients against XLA's
+convolution and reduce_window, ties included, and tests/test_models.py the whole CNN.
 
 The later layers are XLA's convolution with the disjoint pool of :mod:`cljax.models.im2col`
 (a reshape and a max with an elementwise gradient), so the network has no select-and-scatter:
