@@ -47,7 +47,8 @@ bench: venv
 # On a GPU machine whose image already holds jax, flax, optax, numpy, tqdm, matplotlib, pytest
 # (and torch for the peers): downloads and installs nothing, runs this checkout through PYTHONPATH,
 # at most 8 minutes, JSON + markdown into $(GPU_CHECK_OUT) (docs/benchmark.md, "GPU check").
-# A second call: GPU_CHECK_ARGS="--stages deterministic" or "--stages tests --tests rest --limit tests=300".
+# A second call: GPU_CHECK_ARGS="--stages deterministic", "--stages tests --tests rest --limit tests=300"
+# or "--stages profile throughput_large --conv-impl fused" (a candidate timed as a user would run it).
 GPU_PY ?= python3
 GPU_CHECK_OUT ?= $(RESULTS)/gpu_check
 GPU_CHECK_ARGS ?=

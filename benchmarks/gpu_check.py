@@ -161,19 +161,30 @@ def stage_commands(args) -> dict:
         lop = ["--num-tasks", str(T), "--n-repeats", "32", "--n-train-per-class", "600", "--n-test-per-class", "100",
                "--batch-size", "100", "--epochs", str(args.lop_epochs), "--log-frequency", "300"]
     lop_data = ["--dataset", "synthetic", "--synthetic-classes", str(2 * T)]
+    chosen = program_flags(args)
     return {
         "env": child + ["--stage", "env"],
         "tests": [py, "-m", "pytest", "-x", "-v", "-p", "no:cacheprovider", "--keep-duplicates",
                   "--junitxml", str(out / "junit.xml"), *tests_to_run(args)],
         "variants": child + ["--stage", "variants"],
         "profile": [py, str(HERE / "profile_task.py"), *(["--quick"] if args.smoke else ["--repeats", "128"]),
-                    "--out", str(out / "profile_trace"), "--json", str(out / "profile.json")],
-        **{name: [py, str(HERE / "throughput.py"), *bench, "--repeats", *rs, "--json", str(out / f"{name}.json")]
-           for name, rs in (("throughput", small), ("throughput_large", large))},
-        "fashion": cli + ["--dataset", "fashion_mnist", "--data-dir", args.fashion_dir, *fashion, *run_flags(out, "fashion")],
-        "lop": cli + lop_data + lop + run_flags(out, "lop"),
+                    "--out", str(out / "profile_trace"), "--json", str(out / "profile.json"), *chosen],
+        **{name: [py, str(HERE / "throughput.py"), *bench, "--repeats", *rs, "--json", str(out / f"{name}.json"),
+                  *chosen] for name, rs in (("throughput", small), ("throughput_large", large))},
+        "fashion": cli + ["--dataset", "fashion_mnist", "--data-dir", args.fashion_dir, *fashion, *run_flags(out, "fashion"),
+                          *chosen],
+        "lop": cli + lop_data + lop + run_flags(out, "lop") + chosen,
         "deterministic": child + ["--stage", "deterministic"],
     }
+
+
+def program_flags(args) -> list[str]:
+    """--conv-impl and --matmul-precision for the stages that time or run the task program as a
+    user would (profile, throughput, fashion, lop), when the check is asked for other than the
+    defaults: a second call that measures a candidate against the goals. The variants and tests
+    stages keep their own settings."""
+    return ((["--conv-impl", args.conv_impl] if args.conv_impl != "auto" else [])
+            + (["--matmul-precision", args.matmul_precision] if args.matmul_precision else []))
 
 
 def tests_to_run(args) -> list[str]:
@@ -272,7 +283,7 @@ def orchestrate(args) -> dict:
     deadline = time.monotonic() + args.budget
     report = {"mode": "smoke" if args.smoke else "full", "budget_seconds": args.budget,
               "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "fashion_dir": args.fashion_dir, "stages": {},
-              "finished": False}
+              "program_flags": program_flags(args), "finished": False}
     for name, command in stage_commands(args).items():
         left = deadline - time.monotonic()
         limit = min(args.limit.get(name, BUDGETS[name][1 if args.smoke else 0]), left - 2)
@@ -316,6 +327,10 @@ def parse_args(argv):
                    help="test files for the tests stage (default: GPU_TESTS; 'rest': the other GPU-relevant files)")
     p.add_argument("--limit", nargs="*", default={}, type=stage_limit, metavar="STAGE=SECONDS",
                    help="another time limit for a stage (a second call: --stages tests --tests ... --limit tests=400)")
+    p.add_argument("--conv-impl", choices=("auto", "lax", "im2col", "fused"), default="auto",
+                   help="--conv-impl of the profile, throughput, fashion and lop stages (default auto)")
+    p.add_argument("--matmul-precision", choices=("default", "high", "highest"), default=None,
+                   help="--matmul-precision of those stages (default: the config's default)")
     p.add_argument("--lop-tasks", type=int, default=2, help="tasks of the loss-of-plasticity-shaped run (default 2)")
     p.add_argument("--lop-epochs", type=int, default=250, help="epochs per task of that run (default 250, as the protocol)")
     p.add_argument("--stage", default=None, choices=list(STAGES_IN_CHILD), help=argparse.SUPPRESS)

@@ -72,7 +72,9 @@ def summary_markdown(report: dict, out: Path) -> str:
     lines = [f"# cljax GPU check ({report['mode']})", "",
              f"started {report['started']}; budget {report['budget_seconds']:.0f} s; "
              + ("finished" if report["finished"] else "**in progress or cut short**")
-             + (f"; all stages ok: {report['all_ok']}" if "all_ok" in report else ""), "",
+             + (f"; all stages ok: {report['all_ok']}" if "all_ok" in report else "")
+             + (f"; profile, throughput, fashion and lop ran with `{' '.join(report['program_flags'])}`"
+                if report.get("program_flags") else ""), "",
              "| stage | status | seconds | limit |", "|---|---|---|---|"]
     for name, s in report["stages"].items():
         lines.append(f"| {name} | {s['status']} | {s.get('seconds', '')} | {s.get('limit_seconds', '')} |")

@@ -71,6 +71,8 @@ def parse_args(argv):
     p.add_argument("--calls", type=int, default=None, help="calls traced (default 3; --quick: 1)")
     p.add_argument("--conv-impl", choices=("auto", "lax", "im2col", "fused"), default="auto",
                    help="the config's conv_impl (auto: im2col on the CPU, lax elsewhere)")
+    p.add_argument("--matmul-precision", choices=("default", "high", "highest"), default=None,
+                   help="the config's --matmul-precision (default: the config's default)")
     p.add_argument("--command-buffers", choices=("off", "default"), default="off",
                    help="XLA:GPU command buffers: off (attributable kernels; the default) or XLA's default")
     p.add_argument("--out", default=None, help="folder for the trace and profile.json (default: a temporary "
@@ -180,7 +182,9 @@ def profile(args, setup: dict | None = None) -> dict:
     load_start = load_average()
     # compiled and run once (the warm-up) here, outside the trace
     call, samples, compile_seconds, n_devices, _ = cljax_unit(args.repeats, args.steps, args.batch_size, None,
-                                                              settings={"conv_impl": args.conv_impl})
+                                                              settings={"conv_impl": args.conv_impl,
+                                                                        **({"matmul_precision": args.matmul_precision}
+                                                                           if args.matmul_precision else {})})
     module, attribution = attribute_hlo(call.compiled.as_text())
     with tempfile.TemporaryDirectory(prefix="cljax_profile_") as tmp:
         trace_dir = Path(args.out) / "trace" if args.out else Path(tmp)
@@ -197,6 +201,7 @@ def profile(args, setup: dict | None = None) -> dict:
     return {
         "settings": {"repeats": args.repeats, "steps": args.steps, "batch_size": args.batch_size, "calls": args.calls,
                      "conv_impl": args.conv_impl, "conv": call.lowering["conv"],
+                     "matmul_precision": call.lowering["matmul_precision"],
                      "repeat_axis": call.lowering["repeats"], "learner_expert": call.lowering["learner_expert"],
                      "devices": n_devices, "lowering": call.lowering,
                      "samples_per_call": samples, "quick": args.quick, **(setup or {})},

@@ -207,6 +207,8 @@ def parse_args(argv):
     p.add_argument("--no-torch-vmap", action="store_true", help="skip the torch.func vmap peer")
     p.add_argument("--matmul-precision", choices=("default", "high", "highest"), default=None,
                    help="cljax's --matmul-precision (default: the config's default)")
+    p.add_argument("--conv-impl", choices=("auto", "lax", "im2col", "fused"), default="auto",
+                   help="cljax's --conv-impl (default auto: im2col on the CPU, lax elsewhere)")
     p.add_argument("--no-experiment", action="store_true", help="skip the 10-task run (compilations, memory, cache)")
     p.add_argument("--no-alternatives", action="store_true",
                    help="skip the alternatives (the other repeat-axis lowering, the other learner/expert pairing, one CPU device)")
@@ -226,6 +228,12 @@ def parse_args(argv):
     if quick:
         args.no_alternatives = True
     return args
+
+
+def cljax_settings(args) -> dict:
+    """The config settings the command line gives cljax's programs (none: the defaults)."""
+    return {**({"matmul_precision": args.matmul_precision} if args.matmul_precision else {}),
+            **({"conv_impl": args.conv_impl} if args.conv_impl != "auto" else {})}
 
 
 def default_repeats(quick: bool) -> list[int]:
@@ -261,7 +269,7 @@ def run_benchmark(args) -> dict:
             if devices is not None and devices == cpu_devices_for(R, jax.device_count()):
                 continue  # the default already runs this R on that many devices: the same program
             call, n, seconds, used, pairs = cljax_unit(R, args.steps, args.batch_size, loop, devices, other_pairing,
-                                                       args.matmul_precision and {"matmul_precision": args.matmul_precision})
+                                                       cljax_settings(args))
             units[(name, R)], samples[(name, R)] = call, n
             compile_seconds[(name, R)], n_devices[(name, R)], paired[(name, R)] = seconds, used, pairs
     peers = {}  # name or ("torch_vmap", R) -> description
@@ -328,6 +336,7 @@ def run_benchmark(args) -> dict:
         "torch_version": None if args.no_torch else __import__("torch").__version__,
         "torch_device": next((info["device"] for info in peers.values()), None),
         "matmul_precision": args.matmul_precision or "the config's default",
+        "conv_impl": args.conv_impl,
         "jax_version": jax.__version__,
         "rows": rows,
         "alternatives": alternatives,

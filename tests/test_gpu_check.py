@@ -165,3 +165,27 @@ def test_the_gpu_variants_put_each_r_default_first_and_every_setting_is_a_valid_
     rows = variants.variant_list(False)
     assert [(n, R) for n, R, _ in rows[:2]] == [("default", 32), ("default", 128)]
     assert {(n, R) for n, R, _ in rows} >= {("conv fused", 128), ("conv fused", 32), ("default, compiled again", 32)}
+
+
+def test_a_second_call_can_time_a_candidate_lowering_and_precision_as_a_user_would_run_it():
+    """--conv-impl / --matmul-precision reach the stages that time or run the task program as a
+    user would, and no other; without them no stage gets either flag."""
+    gpu_check = load_gpu_check()
+    args = gpu_check.parse_args(["--stages", "profile", "throughput_large", "--conv-impl", "fused",
+                                 "--matmul-precision", "default"])
+    commands = gpu_check.stage_commands(args)
+    for name in ("profile", "throughput", "throughput_large", "fashion", "lop"):
+        command = " ".join(commands[name])
+        assert "--conv-impl fused" in command and "--matmul-precision default" in command, name
+    for name in ("env", "tests", "variants", "deterministic"):
+        assert "--conv-impl" not in commands[name] and "--matmul-precision" not in commands[name], name
+    plain = gpu_check.stage_commands(gpu_check.parse_args([]))
+    assert not any("--conv-impl" in c or "--matmul-precision" in c for c in plain.values())
+    # the scripts take the flags (parsed, not run)
+    throughput = load_script(SCRIPT.parent / "throughput.py", "cljax_throughput")
+    t_args = throughput.parse_args(["--conv-impl", "fused", "--matmul-precision", "default"])
+    assert throughput.cljax_settings(t_args) == {"conv_impl": "fused", "matmul_precision": "default"}
+    assert throughput.cljax_settings(throughput.parse_args([])) == {}
+    profile_task = load_script(SCRIPT.parent / "profile_task.py", "cljax_profile_task")
+    p_args = profile_task.parse_args(["--conv-impl", "fused", "--matmul-precision", "high"])
+    assert (p_args.conv_impl, p_args.matmul_precision) == ("fused", "high")
