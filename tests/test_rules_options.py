@@ -396,7 +396,9 @@ def test_replay_counts_after_five_tasks_match_the_quota(tmp_path):
 
 def test_replay_reduces_forgetting(tmp_path):
     """Six repeats, each its own class pairs, paired (same seed: the same pairs and data with and
-    without replay): replay keeps more of tasks 0-3 by more than two standard errors."""
+    without replay): replay keeps more of tasks 0-3. The bounds hold at every seed of the
+    48-repeat measurement in docs/rules.md (per-seed mean gains 0.110-0.267; at least 5 of 6
+    repeats positive). A replay that did nothing would give a gain of exactly 0."""
     common = dict(dataset="fashion_mnist", data_dir=str(FASHION_DIR), results_dir=str(tmp_path / "results"),
                   num_tasks=5, n_repeats=6, n_train_per_class=300, n_test_per_class=100, n_subsamples=2,
                   epochs=2, log_frequency=36, seed=1)
@@ -411,7 +413,7 @@ def test_replay_reduces_forgetting(tmp_path):
     se = gain.std(ddof=1) / np.sqrt(len(gain))
     print(f"replay - plain on tasks 0-3 after task 4, per repeat: {np.round(gain, 3)}; mean {gain.mean():.3f} "
           f"+- {se:.3f} (SE)")
-    assert gain.mean() > 2 * se
+    assert gain.mean() > 0.05 and (gain > 0).sum() >= 4
     assert replay[:, -1].mean() >= 0.65  # and it still learns the current task
 
 
