@@ -171,8 +171,8 @@ def stage_commands(args) -> dict:
                     "--out", str(out / "profile_trace"), "--json", str(out / "profile.json"), *chosen],
         **{name: [py, str(HERE / "throughput.py"), *bench, "--repeats", *rs, "--json", str(out / f"{name}.json"),
                   *chosen] for name, rs in (("throughput", small), ("throughput_large", large))},
-        "fashion": cli + ["--dataset", "fashion_mnist", "--data-dir", args.fashion_dir, *fashion, *run_flags(out, "fashion"),
-                          *chosen],
+        "fashion": cli + ["--dataset", "fashion_mnist", "--data-dir", args.fashion_dir, *fashion,
+                          *run_flags(out, "fashion"), *chosen],
         "lop": cli + lop_data + lop + run_flags(out, "lop") + chosen,
         "deterministic": child + ["--stage", "deterministic"],
     }

@@ -177,14 +177,12 @@ def call_spans(events: list[dict]) -> list[tuple[float, float]]:
 def profile(args, setup: dict | None = None) -> dict:
     import jax
 
-    from throughput import cljax_unit, load_average
+    from throughput import cljax_settings, cljax_unit, load_average
 
     load_start = load_average()
     # compiled and run once (the warm-up) here, outside the trace
     call, samples, compile_seconds, n_devices, _ = cljax_unit(args.repeats, args.steps, args.batch_size, None,
-                                                              settings={"conv_impl": args.conv_impl,
-                                                                        **({"matmul_precision": args.matmul_precision}
-                                                                           if args.matmul_precision else {})})
+                                                              settings=cljax_settings(args))
     module, attribution = attribute_hlo(call.compiled.as_text())
     with tempfile.TemporaryDirectory(prefix="cljax_profile_") as tmp:
         trace_dir = Path(args.out) / "trace" if args.out else Path(tmp)

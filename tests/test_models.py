@@ -1,8 +1,8 @@
 """The models: the CNN's conv implementations (the CPU im2col lowering: channel-major matmul
 convolutions, pool before bias and ReLU, hand-written pool and matmul gradients; the fused first
-layer, tests/test_fused.py; and the plain ``nn.Conv`` network) against the spec's network written with XLA's convolution and
-reduce_window, on real Fashion-MNIST images, ties included; the MLP and the BatchNorm ResNet
-through ``make_net``."""
+layer, tests/test_fused.py; and the plain ``nn.Conv`` network) against the spec's network written
+with XLA's convolution and reduce_window, on real Fashion-MNIST images, ties included; the MLP
+and the BatchNorm ResNet through ``make_net``."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from jax import lax
 
 from cljax.config import Config
 from cljax.data import load_dataset
-from cljax.models import CLASSIFIER_GROUP, CONV_IMPLS, MODELS, ModelContext, as_float_images, build_model, make_net, resolve_conv_impl
+from cljax.models import (CLASSIFIER_GROUP, CONV_IMPLS, MODELS, ModelContext, as_float_images, build_model, make_net,
+                          resolve_conv_impl)
 from cljax.models.cnn import CNN
 from cljax.models.im2col import kernel_matmul, max_pool_disjoint
 from tests.conftest import FASHION_DIR
