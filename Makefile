@@ -32,9 +32,12 @@ demo: venv fashion-mnist
 	@echo "plots:   $(DEMO_RUN)/analysis/*.png   summary: $(DEMO_RUN)/analysis/summary.json"
 
 # Two workers: most of the suite is XLA compiling, one core per program (docs/benchmark.md, "Test suite").
+# --dist loadfile: a file's tests run on one worker, so a run a module trains once for its tests
+# is trained once (loadgroup's xdist_group marks stopped working with pytest 9.2: the tests were
+# spread over both workers and such runs trained on each).
 TEST_WORKERS ?= 2
 test: venv fashion-mnist
-	$(PYTHON) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
+	$(PYTHON) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # Throughput of cljax vs a PyTorch reference and the matmul peak (docs/benchmark.md). torch comes
 # from the bench extra (torch==2.13.0, the CPU wheel here) only when it is missing.

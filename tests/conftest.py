@@ -124,18 +124,6 @@ def compile_counter():
     jax.monitoring.unregister_event_duration_listener(counter)
 
 
-def pytest_collection_modifyitems(config, items):
-    """Under pytest-xdist (``make test`` runs two workers, ``--dist loadgroup``), the tests that
-    share a module-scoped fixture (a run trained once for the whole file) stay on one worker, so
-    that run is trained once; every other test goes to whichever worker is free."""
-    for item in items:
-        defs = getattr(item, "_fixtureinfo", None)
-        if defs is None:
-            continue
-        if any(d.scope == "module" for fixture in defs.name2fixturedefs.values() for d in fixture):
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
-
-
 def distinct_colours(img) -> int:
     """The number of distinct 8-bit RGB colours of an image read by matplotlib (floats in 0..1):
     len(np.unique(rgb.reshape(-1, 3), axis=0)), counted on the colours packed into 24 bits (that
