@@ -49,7 +49,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-sys.path.insert(0, str(HERE))
+sys.path[:0] = [str(HERE), str(ROOT)]  # its sibling modules, and this checkout's cljax
+
+from cljax.config import config_choices  # noqa: E402  (jax-free: jax is imported in the stages' processes)
 # --smoke checks the script, not the model: a small MLP (it compiles in a fraction of the CNN's
 # time), and one size for the variants, fashion and lop stages, so that their programs are
 # compiled once and then found in the persistent compilation cache.
@@ -328,9 +330,9 @@ def parse_args(argv):
                    help="test files for the tests stage (default: GPU_TESTS; 'rest': the other GPU-relevant files)")
     p.add_argument("--limit", nargs="*", default={}, type=stage_limit, metavar="STAGE=SECONDS",
                    help="another time limit for a stage (a second call: --stages tests --tests ... --limit tests=400)")
-    p.add_argument("--conv-impl", choices=("auto", "lax", "im2col", "fused"), default="auto",
+    p.add_argument("--conv-impl", choices=config_choices("conv_impl"), default="auto",
                    help="--conv-impl of the profile, throughput, fashion and lop stages (default auto)")
-    p.add_argument("--matmul-precision", choices=("default", "high", "highest"), default=None,
+    p.add_argument("--matmul-precision", choices=config_choices("matmul_precision"), default=None,
                    help="--matmul-precision of those stages (default: the config's default)")
     p.add_argument("--lop-tasks", type=int, default=2, help="tasks of the loss-of-plasticity-shaped run (default 2)")
     p.add_argument("--lop-epochs", type=int, default=250, help="epochs per task of that run (default 250, as the protocol)")

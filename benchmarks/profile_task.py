@@ -48,6 +48,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling modules, when run as a file
 
+from cljax.config import config_choices  # noqa: E402
 from profile_attribution import CATEGORIES, attribute_hlo, short_op_name  # noqa: E402
 from profile_events import op_events, summarise  # noqa: E402
 
@@ -69,9 +70,9 @@ def parse_args(argv):
     p.add_argument("--steps", type=int, default=None, help="training steps per call (default 50; --quick: 4)")
     p.add_argument("--batch-size", type=int, default=None, help="default 32; --quick: 8")
     p.add_argument("--calls", type=int, default=None, help="calls traced (default 3; --quick: 1)")
-    p.add_argument("--conv-impl", choices=("auto", "lax", "im2col", "fused"), default="auto",
+    p.add_argument("--conv-impl", choices=config_choices("conv_impl"), default="auto",
                    help="the config's conv_impl (auto: im2col on the CPU, lax elsewhere)")
-    p.add_argument("--matmul-precision", choices=("default", "high", "highest"), default=None,
+    p.add_argument("--matmul-precision", choices=config_choices("matmul_precision"), default=None,
                    help="the config's --matmul-precision (default: the config's default)")
     p.add_argument("--command-buffers", choices=("off", "default"), default="off",
                    help="XLA:GPU command buffers: off (attributable kernels; the default) or XLA's default")

@@ -46,6 +46,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling modules, when run as a file
 
+from cljax.config import config_choices  # noqa: E402
 from throughput_experiment import experiment_figures  # noqa: E402  (found through the entry above)
 from throughput_report import markdown  # noqa: E402
 
@@ -205,9 +206,9 @@ def parse_args(argv):
                    help="K values of the peer running K processes of the usual loop at once (default: 8 on CUDA, "
                         "one per core on a CPU; none: skip it)")
     p.add_argument("--no-torch-vmap", action="store_true", help="skip the torch.func vmap peer")
-    p.add_argument("--matmul-precision", choices=("default", "high", "highest"), default=None,
+    p.add_argument("--matmul-precision", choices=config_choices("matmul_precision"), default=None,
                    help="cljax's --matmul-precision (default: the config's default)")
-    p.add_argument("--conv-impl", choices=("auto", "lax", "im2col", "fused"), default="auto",
+    p.add_argument("--conv-impl", choices=config_choices("conv_impl"), default="auto",
                    help="cljax's --conv-impl (default auto: im2col on the CPU, lax elsewhere)")
     p.add_argument("--no-experiment", action="store_true", help="skip the 10-task run (compilations, memory, cache)")
     p.add_argument("--no-alternatives", action="store_true",

@@ -21,7 +21,7 @@ from typing import Any
 
 from cljax.errors import CljaxError
 from cljax.flags import check_dataclass, check_value, field_types
-from cljax.registry import DATASETS, MODELS, OPTIONS, RULES, Entry, param
+from cljax.registry import CONV_IMPLS, DATASETS, MODELS, OPTIONS, RULES, Entry, param
 
 SCHEMA_VERSION = 2
 # Settings that change how fast a run goes or where it is written, never its numbers.
@@ -73,7 +73,7 @@ class Config:
     conv_impl: str = param("auto", "convolution lowering: lax (XLA's convolution), im2col (patches @ kernel, for the "
                            "CPU), fused (the first convolution, ReLU and pool as one elementwise computation, the "
                            "others XLA's), auto (im2col on the CPU, lax elsewhere); recorded in metadata.json",
-                           choices=("auto", "lax", "im2col", "fused"))
+                           choices=("auto", *CONV_IMPLS))
     repeat_axis: str = param("auto", "how a device's repeats run: vmap (batched), loop (one after another, lax.map), "
                              "auto (loop on the CPU, vmap elsewhere); the same numbers up to float rounding (recorded "
                              "with the lowering)", choices=("auto", "vmap", "loop"), absent="auto")
@@ -307,6 +307,11 @@ def resume_key(config: Config, compare_data_dir: bool = True) -> dict[str, Any]:
     elif key.get("data_dir"):
         key["data_dir"] = os.path.realpath(os.path.expanduser(key["data_dir"]))
     return key
+
+
+def config_choices(name: str) -> tuple:
+    """The values Config's own setting ``name`` accepts: the choices of scripts that pass it on."""
+    return next(f for f in settings_fields(Config) if f.name == name).metadata["choices"]
 
 
 def setting_fields() -> dict[str, Any]:

@@ -44,7 +44,7 @@ class Lowering(NamedTuple):
 
     repeats: str  # "loop" (lax.map over a device's repeats) or "vmap"
     learner_expert: str  # "paired" (one call batched over the two models) or "separate"
-    conv: str  # "im2col" or "lax" (cljax.models)
+    conv: str  # one of cljax.models.CONV_IMPLS
     devices: int  # devices R is split over
     matmul_precision: str  # jax.default_matmul_precision of every traced matmul and convolution (--matmul-precision)
     compute_dtype: str  # the network's activations, matmuls and convolutions (--compute-dtype)

@@ -173,6 +173,10 @@ def load_plugins(paths: list[str] | None = None) -> None:
         spec.loader.exec_module(module)
 
 
+# The CNN's convolution lowerings (cljax.models.cnn has a code path for each): a closed list, kept
+# here, free of jax, so that the config and the benchmarks' flags offer the same names.
+CONV_IMPLS = ("lax", "im2col", "fused")
+
 RULES = Registry("rule", "cljax.rules", setting="algorithm")
 OPTIONS = Registry("option", "cljax.options")
 MODELS = Registry("model", "cljax.models", setting="model")

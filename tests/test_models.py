@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from cljax.config import Config
+from cljax.config import Config, config_choices
 from cljax.data import load_dataset
 from cljax.models import (CLASSIFIER_GROUP, CONV_IMPLS, MODELS, ModelContext, as_float_images, build_model, make_net,
                           resolve_conv_impl)
@@ -132,6 +132,8 @@ def test_cnn_net_is_the_plain_module_apply(images):
 def test_conv_impl_resolution_and_image_conversion():
     assert resolve_conv_impl("auto") == ("im2col" if jax.default_backend() == "cpu" else "lax")
     assert [resolve_conv_impl(name) for name in CONV_IMPLS] == list(CONV_IMPLS)
+    # the config, `cljax run` and the benchmarks' --conv-impl offer exactly these, and auto
+    assert config_choices("conv_impl") == ("auto", *CONV_IMPLS)
     x = jnp.array([[[0, 255], [51, 1]]], jnp.uint8)
     y = as_float_images(x)
     assert y.shape == (1, 2, 2, 1) and y.dtype == jnp.float32

@@ -27,7 +27,7 @@ import jax.extend
 import jax.numpy as jnp
 
 from cljax.errors import CljaxError
-from cljax.registry import MODELS, register_model
+from cljax.registry import CONV_IMPLS, MODELS, register_model
 
 __all__ = [
     "CLASSIFIER_GROUP",
@@ -44,7 +44,6 @@ __all__ = [
 ]
 
 CLASSIFIER_GROUP = "head"
-CONV_IMPLS = ("lax", "im2col", "fused")
 
 
 @dataclass(frozen=True)
