@@ -78,6 +78,13 @@ def summary_markdown(report: dict, out: Path) -> str:
              "| stage | status | seconds | limit |", "|---|---|---|---|"]
     for name, s in report["stages"].items():
         lines.append(f"| {name} | {s['status']} | {s.get('seconds', '')} | {s.get('limit_seconds', '')} |")
+    lines += ["", "## Goals and the next call", ""]
+    try:
+        from gpu_check_goals import goals_markdown
+
+        lines += goals_markdown(report)
+    except (KeyError, TypeError, ValueError, ImportError) as exc:
+        lines.append(f"(could not summarise: {exc!r}; see check.json)")
     for name, s in report["stages"].items():
         title, render = SECTIONS[name]
         lines += ["", f"## {title}", ""]

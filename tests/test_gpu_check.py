@@ -65,8 +65,9 @@ def test_the_smoke_mode_runs_every_stage_and_writes_json_and_a_summary(tmp_path)
     for heading in ("## Environment", "## GPU-relevant tests", "## Precision, bfloat16 and lowering variants",
                     "## Profile of the task program", "## Throughput: cljax against the torch peers, R = 1",
                     "## Throughput: cljax against the torch peers, R = 128", "## Fashion-MNIST run",
-                    "## Loss-of-plasticity-shaped run"):
+                    "## Loss-of-plasticity-shaped run", "## Goals and the next call"):
         assert heading in summary
+    assert "could not summarise" not in summary and 'GPU_CHECK_ARGS="--stages tests --tests rest' in summary
     assert "| fashion | ok |" in summary and "seconds per task:" in summary
 
 
@@ -189,3 +190,57 @@ def test_a_second_call_can_time_a_candidate_lowering_and_precision_as_a_user_wou
     profile_task = load_script(SCRIPT.parent / "profile_task.py", "cljax_profile_task")
     p_args = profile_task.parse_args(["--conv-impl", "fused", "--matmul-precision", "high"])
     assert (p_args.conv_impl, p_args.matmul_precision) == ("fused", "high")
+
+
+def goals_report(variants: list[tuple[str, int, dict, dict]], cljax: dict[int, tuple[float, float | None]]) -> dict:
+    """A check.json report with variant rows (name, R, settings, figures) and throughput rows
+    (R -> samples/s, ratio to the torch.func peer), as the stages write them."""
+    rows = [{"variant": name, "repeats": R, "settings": settings, "run_to_run_max_diff": 0.0,
+             "max_weight_diff_relative_to_max_weight": 0.0, "max_train_acc_diff": 0.01, **figures}
+            for name, R, settings, figures in variants]
+    throughput = [{"impl": "cljax", "repeats": R, "samples_per_s": sps,
+                   "ratio_vs_peer": {"torch_vmap": ratio} if ratio else {}} for R, (sps, ratio) in cljax.items()]
+    return {"stages": {"tests": {"result": {"tests": 40, "failures": 0, "errors": 0, "failed": []}},
+                       "variants": {"result": {"rows": rows}},
+                       "throughput": {"result": {"rows": [r for r in throughput if r["repeats"] < 128]}},
+                       "throughput_large": {"result": {"rows": [r for r in throughput if r["repeats"] >= 128]}}}}
+
+
+def test_the_summary_states_the_goals_and_proposes_one_second_call_the_script_accepts():
+    """The second call the summary proposes: the fastest R = 128 variant the check's flags can
+    select, when at least 5% faster (never bfloat16, an option by design); else the deterministic
+    stage when the default's bits moved; else the other tests. Each proposal parses as the script's
+    arguments."""
+    gpu_check = load_gpu_check()
+    goals = load_script(SCRIPT.parent / "gpu_check_goals.py", "cljax_gpu_check_goals")
+    defaults = [("default", 32, {}, {}), ("default", 128, {}, {}), ("default, compiled again", 32, {}, {})]
+    speeds = {32: (3.4e6, 10.1), 128: (4.1e6, None), 512: (11.2e6, None)}
+    fused = goals_report(defaults + [("precision default", 128, {"matmul_precision": "default"}, {"speed_vs_default": 1.2}),
+                                     ("conv fused", 128, {"conv_impl": "fused"}, {"speed_vs_default": 1.5}),
+                                     ("bfloat16", 128, {"compute_dtype": "bfloat16"}, {"speed_vs_default": 1.9}),
+                                     ("conv fused", 32, {"conv_impl": "fused"}, {"speed_vs_default": 2.5})], speeds)
+    args, why = goals.next_call(fused)
+    assert args == "--stages profile throughput_large --conv-impl fused" and "1.50x" in why
+    parsed = gpu_check.parse_args(args.split())
+    assert (parsed.stages, parsed.conv_impl) == (["profile", "throughput_large"], "fused")
+    lines = "\n".join(goals.goals_markdown(fused))
+    assert "10M samples/s at R >= 128: **met**, 11,200,000 at R = 512" in lines
+    assert "25x the torch.func vmap peer at R = 32: **not met**, 10.1x" in lines
+    assert "bfloat16 at R = 128 1.90x" in lines and "GPU-relevant tests: 40 run, 0 failed" in lines
+
+    slow = goals_report(defaults + [("conv fused", 128, {"conv_impl": "fused"}, {"speed_vs_default": 1.04})],
+                        {128: (4.1e6, None)})
+    assert goals.next_call(slow)[0] == goals.REST_TESTS_CALL
+    assert "10M samples/s at R >= 128: **not met**, 4,100,000" in "\n".join(goals.goals_markdown(slow))
+    assert "torch.func vmap peer at R = 32: not measured" in "\n".join(goals.goals_markdown(slow))
+    parsed = gpu_check.parse_args(goals.REST_TESTS_CALL.split())
+    assert gpu_check.tests_to_run(parsed) == gpu_check.GPU_TESTS_REST and parsed.limit == {"tests": 180.0}
+
+    for moved in ({"variant": "default", "repeats": 128, "run_to_run_max_diff": 3e-7},
+                  {"variant": "default, compiled again", "repeats": 32, "max_weight_diff_relative_to_max_weight": 1e-6}):
+        report = goals_report(defaults, {})
+        next(r for r in report["stages"]["variants"]["result"]["rows"]
+             if (r["variant"], r["repeats"]) == (moved["variant"], moved["repeats"])).update(moved)
+        args, why = goals.next_call(report)
+        assert args == "--stages deterministic" and f"at R = {moved['repeats']}" in why
+        assert gpu_check.parse_args(args.split()).stages == ["deterministic"]
