@@ -175,7 +175,7 @@ def load_plugins(paths: list[str] | None = None) -> None:
 
 # The CNN's convolution lowerings (cljax.models.cnn has a code path for each): a closed list, kept
 # here, free of jax, so that the config and the benchmarks' flags offer the same names.
-CONV_IMPLS = ("lax", "im2col", "fused")
+CONV_IMPLS = ("lax", "im2col", "fused", "fused-im2col")
 
 RULES = Registry("rule", "cljax.rules", setting="algorithm")
 OPTIONS = Registry("option", "cljax.options")

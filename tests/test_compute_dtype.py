@@ -18,7 +18,7 @@ import pytest
 
 from cljax.config import Config, differing_settings
 from cljax.errors import CljaxError
-from cljax.models import MODELS, ModelContext, build_model, check_compute_dtype, make_net
+from cljax.models import CONV_IMPLS, MODELS, ModelContext, build_model, check_compute_dtype, make_net
 from tests.backend import SEPARATELY_COMPILED, assert_same_tree
 from tests.test_precision import TINY, lowered_texts
 
@@ -30,13 +30,13 @@ def operand_types(text: str) -> list[str]:
     return [m.group(2) for m in MATMUL_OPS.finditer(text)]
 
 
-@pytest.mark.parametrize("model, conv", [("cnn", "lax"), ("cnn", "im2col"), ("cnn", "fused"), ("mlp", "lax")])
+@pytest.mark.parametrize("model, conv", [("cnn", impl) for impl in CONV_IMPLS] + [("mlp", "lax")])
 def test_bfloat16_reaches_every_matmul_and_convolution_and_the_weights_stay_float32(model, conv):
     config = Config.from_flat(**TINY, model=model, conv_impl=conv, compute_dtype="bfloat16").validate()
     for name, text in lowered_texts(config).items():
         types = operand_types(text)
         # forward and backward of the layers (the fused first layer's forward pass has no matmul)
-        assert len(types) >= (3 if model == "mlp" else 5 if conv == "fused" else 6), name
+        assert len(types) >= (3 if model == "mlp" else 5 if conv.startswith("fused") else 6), name
         # every operand of every matmul and convolution, forward and backward, is bfloat16
         assert all("f32" not in t and "bf16" in t for t in types), (name, [t for t in types if "f32" in t][:3])
     float32 = Config.from_flat(**TINY, model=model, conv_impl=conv).validate()

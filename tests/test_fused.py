@@ -152,3 +152,26 @@ def test_a_kernel_or_pool_it_cannot_take_is_one_clear_error():
         conv_relu_pool(x, jnp.zeros((2, 2, 1, 4)), jnp.zeros(4), 2)
     with pytest.raises(ValueError, match="pool of 1 to 11"):
         conv_relu_pool(x, jnp.zeros((3, 3, 1, 4)), jnp.zeros(4), 12)
+
+
+@pytest.mark.parametrize("conv_impl", ["lax", "im2col", "fused", "fused-im2col"])
+def test_the_repeats_training_gradient_has_no_select_and_scatter_and_fused_im2col_no_convolution(conv_impl):
+    """What the lowerings are for, in the lowered gradient of the CNN vmapped over repeats (as the
+    task program runs it): only lax has the max-pool's select-and-scatter (no deterministic GPU
+    kernel) and reduce_window; fused-im2col has no convolution at all (the repeats' later layers
+    are batched matmuls, not the grouped convolution vmap makes of nn.Conv)."""
+    from cljax.models.cnn import CNN
+
+    model = CNN(out_dim=1, conv_impl=conv_impl)
+    images = jnp.zeros((2, 8, 28, 28), jnp.uint8)  # (R, B, H, W)
+    params = jax.vmap(lambda key: model.init(key, images[0])["params"])(jax.random.split(jax.random.key(0), 2))
+
+    def loss(p, x):
+        return model.apply({"params": p}, x)[0].sum()
+
+    text = jax.jit(jax.vmap(jax.grad(loss))).lower(params, images).as_text()
+    assert ("select_and_scatter" in text) == ("reduce_window" in text) == (conv_impl == "lax")
+    convolutions = text.count("stablehlo.convolution")
+    assert (convolutions == 0) == (conv_impl in ("im2col", "fused-im2col")), convolutions
+    if conv_impl == "fused":
+        assert "feature_group_count = 2" in text  # nn.Conv's kernel batched over R = 2: a grouped convolution

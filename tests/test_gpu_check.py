@@ -166,6 +166,9 @@ def test_the_gpu_variants_put_each_r_default_first_and_every_setting_is_a_valid_
     rows = variants.variant_list(False)
     assert [(n, R) for n, R, _ in rows[:2]] == [("default", 32), ("default", 128)]
     assert {(n, R) for n, R, _ in rows} >= {("conv fused", 128), ("conv fused", 32), ("default, compiled again", 32)}
+    # every convolution lowering runs at R = 128 before the R = 32 rows (where the stage's time may end)
+    first_at_32 = next(i for i, (n, R, _) in enumerate(rows) if R == 32 and n != "default")
+    assert {s.get("conv_impl") for _, R, s in rows[:first_at_32] if R == 128} >= {"fused", "fused-im2col", variants.OTHER}
 
 
 def test_a_second_call_can_time_a_candidate_lowering_and_precision_as_a_user_would_run_it():

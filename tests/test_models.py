@@ -66,7 +66,7 @@ def assert_grads_close(grads, ref_grads):
         np.testing.assert_allclose(g, ref, atol=2e-5 * scale, rtol=1e-4, err_msg=jax.tree_util.keystr(path))
 
 
-@pytest.mark.parametrize("conv_impl", ["im2col", "lax", "fused"])
+@pytest.mark.parametrize("conv_impl", CONV_IMPLS)
 def test_cnn_matches_the_plain_network_and_its_gradients(images, conv_impl):
     model = CNN(out_dim=1, conv_impl=conv_impl)
     params = perturbed_cnn_params(model, images)
@@ -79,7 +79,7 @@ def test_cnn_matches_the_plain_network_and_its_gradients(images, conv_impl):
     assert_grads_close(grads, jax.jit(jax.grad(tanh_loss(lambda p: reference_cnn(p, images))))(params))
 
 
-@pytest.mark.parametrize("conv_impl", ["im2col", "fused"])
+@pytest.mark.parametrize("conv_impl", [impl for impl in CONV_IMPLS if impl != "lax"])
 def test_each_lowering_builds_the_lax_params_and_agrees(images, conv_impl):
     """Same parameter tree and init values (the lowering is not a different network), the same
     outputs and gradients to float32 rounding (see assert_grads_close)."""
@@ -177,7 +177,7 @@ def test_models_train_on_any_image_shape(name, image_shape):
     assert float(jnp.abs(grads["head"]["kernel"]).max()) > 0
 
 
-@pytest.mark.parametrize("conv_impl", ["im2col", "fused"])
+@pytest.mark.parametrize("conv_impl", [impl for impl in CONV_IMPLS if impl != "lax"])
 def test_each_lowering_takes_colour_images(conv_impl):
     """(B, H, W, C) input (im2col: its own transpose; fused: three input channels per tap),
     same numbers as the lax path."""

@@ -19,7 +19,8 @@ class CNN(nn.Module):
     ``conv_impl`` picks how the convolution stack is computed, not what it computes: ``lax``
     is the network as written below (XLA's convolution and reduce_window), ``im2col`` the
     CPU lowering of :mod:`cljax.models.im2col`, ``fused`` the first layer as one elementwise
-    computation (:mod:`cljax.models.fused`). All build the same parameters (``conv1`` ...
+    computation (:mod:`cljax.models.fused`) and the others XLA's, ``fused-im2col`` that first
+    layer and the others as im2col's. All build the same parameters (``conv1`` ...
     with ``nn.Conv``'s shapes and initialisers) and agree up to float rounding."""
 
     out_dim: int = 1
@@ -38,9 +39,10 @@ class CNN(nn.Module):
         if self.conv_impl == "im2col":
             x = im2col_conv_stack(images, self.channels, dtype=self.dtype,
                                   on_layer=lambda name, x_CHWB: sow_units(self, name, x_CHWB.mean(axis=(1, 2)).T))
-        elif self.conv_impl == "fused":
-            x = fused_conv_stack(images, self.channels, dtype=self.dtype,
-                                 on_layer=lambda name, x_BHWC: sow_units(self, name, x_BHWC.mean(axis=(1, 2))))
+        elif self.conv_impl in ("fused", "fused-im2col"):
+            later = "im2col" if self.conv_impl == "fused-im2col" else "lax"
+            x = fused_conv_stack(images, self.channels, dtype=self.dtype, later=later,
+                                 on_layer=lambda name, means: sow_units(self, name, means))
         elif self.conv_impl == "lax":
             x = as_float_images(images, self.dtype)
             for i, ch in enumerate(self.channels):

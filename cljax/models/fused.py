@@ -17,8 +17,9 @@ gradient; the image's gradient (zero work when, as in the CNN, the image is data
 the transpose of the same views. tests/test_fused.py checks values and gradients against XLA's
 convolution and reduce_window, ties included, and tests/test_models.py the whole CNN.
 
-The later layers are XLA's convolution with the disjoint pool of :mod:`cljax.models.im2col`
-(a reshape and a max with an elementwise gradient), so the network has no select-and-scatter:
+The later layers are, in ``--conv-impl fused``, XLA's convolution with the disjoint pool of
+:mod:`cljax.models.im2col` (a reshape and a max with an elementwise gradient) and, in
+``fused-im2col``, that module's patch matmuls. Either way the network has no select-and-scatter:
 the pool gradient XLA documents as having no deterministic GPU kernel.
 """
 
@@ -32,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cljax.models import as_float_images
-from cljax.models.im2col import max_pool_disjoint
+from cljax.models.im2col import PatchConv, max_pool_disjoint
 
 __all__ = ["FusedConvPool", "conv_relu_pool", "fused_conv_stack"]
 
@@ -140,22 +141,37 @@ class FusedConvPool(nn.Module):
         return conv_relu_pool(x_BHWC, kernel.astype(self.dtype), bias.astype(self.dtype), self.pool)
 
 
-def fused_conv_stack(images, channels: tuple[int, ...], pool: int = 3, on_layer=None, dtype="float32"):
+def fused_conv_stack(images, channels: tuple[int, ...], pool: int = 3, on_layer=None, dtype="float32",
+                     later: str = "lax"):
     """The CNN's convolution stack in this lowering: uint8 images (B, H, W) or (B, H, W, C) ->
-    (B, channels[-1]) features. ``conv1`` is :class:`FusedConvPool`; the others are
-    ``nn.Conv`` -> disjoint max-pool -> ReLU (the pool commutes with the monotone ReLU).
-    ``on_layer(name, x_BHWC)``, when given, sees each layer's output. Called inside a compact
-    module, so the layers are that module's ``conv1``, ``conv2``, ... with ``nn.Conv``'s
-    parameters."""
+    (B, channels[-1]) features. ``conv1`` is :class:`FusedConvPool`; the others, by ``later``:
+    ``lax``, ``nn.Conv`` -> disjoint max-pool -> ReLU (the pool commutes with the monotone ReLU);
+    ``im2col``, :class:`~cljax.models.im2col.PatchConv` (a batched matmul where XLA's batching of
+    ``nn.Conv`` over the repeats makes a grouped convolution) -> ReLU, in the channel-major
+    (C, H, W, B) layout, one transpose after conv1. ``on_layer(name, means_BC)``, when given,
+    sees each layer's output averaged over space. Called inside a compact module, so the layers
+    are that module's ``conv1``, ``conv2``, ... with ``nn.Conv``'s parameters."""
+    if later not in ("lax", "im2col"):
+        raise ValueError(f"later must be lax or im2col, not {later!r}")
     x = as_float_images(images, dtype)
     for i, ch in enumerate(channels):
         with jax.named_scope(f"conv{i + 1}"):  # names in the compiled program (benchmarks/profile_task.py)
             if i == 0:
                 x = FusedConvPool(ch, pool=pool, dtype=dtype, name="conv1")(x)
+                if later == "im2col":
+                    x = jnp.transpose(x, (3, 1, 2, 0))
+            elif later == "im2col":
+                x = nn.relu(PatchConv(ch, pool=pool, dtype=dtype, name=f"conv{i + 1}")(x))
             else:
                 x = nn.Conv(ch, (3, 3), padding="SAME", dtype=dtype, name=f"conv{i + 1}")(x)
                 with jax.named_scope("pool"):
                     x = nn.relu(max_pool_disjoint(x, pool))
         if on_layer is not None:
-            on_layer(f"conv{i + 1}", x)
-    return x.mean(axis=(1, 2))
+            on_layer(f"conv{i + 1}", _channel_means(x, later))
+    return _channel_means(x, later)
+
+
+def _channel_means(x, later: str):
+    """(B, C): the spatial mean of a (B, H, W, C) activation, or of a (C, H, W, B) one after an
+    ``im2col`` layer."""
+    return x.mean(axis=(1, 2)).T if later == "im2col" else x.mean(axis=(1, 2))
