@@ -10,11 +10,10 @@ stage, so a call that is cut short still leaves the stages it finished. Stages, 
 - env: versions, devices, the GPU's name and memory, what is missing;
 - tests: the GPU-relevant tests, ``pytest -x`` with a junit xml (``--tests rest``: the others);
 - variants: one task of Fashion-MNIST under each --matmul-precision, --compute-dtype bfloat16,
-  the other convolutions (im2col, and the fused first layer of cljax/models/fused.py with XLA's or
-  im2col's later layers), the other
-  learner/expert pairing and repeat-axis lowering, and --scan-unroll, at
-  R = 32, 128 and 1: samples/s and the largest differences from the default; and whether the
-  default gives the same bits run to run and compiled again (gpu_variants.py);
+  the other convolutions (im2col, and the fused first layer of cljax/models/fused.py with XLA's
+  or im2col's later layers), the other learner/expert pairing and repeat-axis lowering, and
+  --scan-unroll, at R = 32, 128 and 1: samples/s and the largest differences from the default;
+  and whether the default gives the same bits run to run and compiled again (gpu_variants.py);
 - profile: a jax.profiler trace of the task program at R = 128, summarised by where the time
   goes (profile_task.py);
 - throughput, throughput_large: ``throughput.py`` at R = 1, 32 and then at 128, 512 against the
