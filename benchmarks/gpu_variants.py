@@ -44,11 +44,12 @@ def variant_list(smoke: bool, which: str = "all") -> list[tuple[str, int, dict]]
     """(name, R, settings), in the order they run; each R's default comes before its other rows.
     ``which="deterministic"``: the rows the check's optional ``deterministic`` stage runs under
     DETERMINISTIC_FLAG (in a process of its own: XLA reads its flags once), the default and the
-    other convolutions (the fused one has no select-and-scatter)."""
+    other convolutions (im2col and the fused ones have no select-and-scatter)."""
     if which == "deterministic":
         R = 2 if smoke else 32
         return [("default", R, {}), ("default, compiled again", R, {RECOMPILE: True})] + (
-            [] if smoke else [("conv other", R, {"conv_impl": OTHER}), ("conv fused", R, {"conv_impl": "fused"})])
+            [] if smoke else [("conv other", R, {"conv_impl": OTHER}), ("conv fused", R, {"conv_impl": "fused"}),
+                              ("conv fused-im2col", R, {"conv_impl": "fused-im2col"})])
     if smoke:  # a small MLP (no convolution to choose); every kind of change, in four compilations
         return [("default", 2, {}), ("default, compiled again", 2, {RECOMPILE: True}),
                 ("precision default", 2, {"matmul_precision": "default"}),
