@@ -51,7 +51,9 @@ bench: venv
 # (and torch for the peers): downloads and installs nothing, runs this checkout through PYTHONPATH,
 # at most 8 minutes, JSON + markdown into $(GPU_CHECK_OUT) (docs/benchmark.md, "GPU check").
 # A second call: GPU_CHECK_ARGS="--stages deterministic", "--stages tests --tests rest --limit tests=300"
-# or "--stages profile throughput_large --conv-impl fused" (a candidate timed as a user would run it).
+# or "--stages profile throughput_large --conv-impl fused" (a candidate timed as a user would run it);
+# or both in one call: GPU_CHECK_ARGS="--budget 460 --follow-up 110" makes the second call the
+# summary proposes at once (a machine left idle between two calls may be handed back).
 GPU_PY ?= python3
 GPU_CHECK_OUT ?= $(RESULTS)/gpu_check
 GPU_CHECK_ARGS ?=

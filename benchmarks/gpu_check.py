@@ -28,6 +28,9 @@ stage, so a call that is cut short still leaves the stages it finished. Stages, 
   reduce_window's max-pool; the im2col and fused paths have none), their speed, and whether their
   bits repeat.
 
+summary.md opens with the goals as measured and the one second call to make next
+(gpu_check_goals.py); ``--follow-up SECONDS`` makes it at once, into ``OUT/follow_up``.
+
 ``--smoke`` runs every stage at a tiny size on whatever backend is there (the CPU here, in under
 a minute); the test suite runs it (tests/test_gpu_check.py).
 
@@ -336,6 +339,9 @@ def parse_args(argv):
                    help="--matmul-precision of those stages (default: the config's default)")
     p.add_argument("--lop-tasks", type=int, default=2, help="tasks of the loss-of-plasticity-shaped run (default 2)")
     p.add_argument("--lop-epochs", type=int, default=250, help="epochs per task of that run (default 250, as the protocol)")
+    p.add_argument("--follow-up", type=float, default=0.0, metavar="SECONDS",
+                   help="then make the second call the summary proposes, at once, within SECONDS more, into "
+                        "OUT/follow_up (default 0: none; a GPU machine idle between two calls may be handed back)")
     p.add_argument("--stage", default=None, choices=list(STAGES_IN_CHILD), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.limit = dict(args.limit)
@@ -356,8 +362,28 @@ def main(argv=None) -> int:
         (Path(args.out) / f"stage_{args.stage}.json").write_text(json.dumps(result, indent=1, default=str))
         return 0
     report = orchestrate(args)
+    if args.follow_up > 0:
+        follow_up(args, report)
     print((Path(args.out) / "summary.md").read_text())
     return 0 if report["all_ok"] else 1
+
+
+def follow_up(args, report: dict) -> None:
+    """The second call the summary proposes (gpu_check_goals.next_call), made at once by this
+    process into OUT/follow_up with ``--follow-up`` seconds: no one has to read the summary and
+    call again before the machine, idle, is handed back. Recorded in the first report."""
+    from gpu_check_goals import next_call
+
+    if (report["stages"].get("variants") or {}).get("result") is None:
+        report["follow_up"] = {"skipped": "no variants result to choose it from"}
+    else:
+        proposed, why = next_call(report)
+        out = Path(args.out) / "follow_up"
+        second = orchestrate(parse_args([*proposed.split(), "--out", str(out), "--fashion-dir", args.fashion_dir,
+                                         "--budget", str(args.follow_up), *(["--smoke"] if args.smoke else [])]))
+        report["follow_up"] = {"args": proposed, "why": why, "out": out.name, "all_ok": second["all_ok"],
+                               "stages": {k: s["status"] for k, s in second["stages"].items()}}
+    write_report(report, Path(args.out))
 
 
 if __name__ == "__main__":

@@ -109,4 +109,11 @@ def goals_markdown(report: dict) -> list[str]:
     args, why = next_call(report)
     lines += ["", f"Second call, if the device time allows (about 4 minutes with the start): "
                   f'`make gpu-check ... GPU_CHECK_OUT=<another folder> GPU_CHECK_ARGS="{args}"`, because {why}.']
+    done = report.get("follow_up")
+    if done and "args" in done:
+        ran = ", ".join(f"{k} {v}" for k, v in done["stages"].items() if v != "skipped")
+        lines.append(f"It ran in this call as its follow-up (`--follow-up`): {ran}; all ok: {done['all_ok']}; "
+                     f"its summary: {done['out']}/summary.md.")
+    elif done:
+        lines.append(f"No follow-up ran: {done['skipped']}.")
     return lines

@@ -24,8 +24,8 @@ def load_gpu_check():
 
 def test_the_smoke_mode_runs_every_stage_and_writes_json_and_a_summary(tmp_path):
     out = tmp_path / "check"
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--out", str(out), "--fashion-dir", str(FASHION_DIR)],
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--out", str(out), "--fashion-dir", str(FASHION_DIR),
+                           "--follow-up", "30"], capture_output=True, text=True, timeout=600)
     report = json.loads((out / "check.json").read_text())
     assert proc.returncode == 0, json.dumps({k: v.get("log_tail") for k, v in report["stages"].items()})[-3000:]
     stages = report["stages"]
@@ -68,6 +68,14 @@ def test_the_smoke_mode_runs_every_stage_and_writes_json_and_a_summary(tmp_path)
                     "## Loss-of-plasticity-shaped run", "## Goals and the next call"):
         assert heading in summary
     assert "could not summarise" not in summary and 'GPU_CHECK_ARGS="--stages tests --tests rest' in summary
+    # --follow-up made that second call at once (no candidate at the smoke's size, the CPU's bits repeat)
+    assert report["follow_up"] == {"args": "--stages tests --tests rest --limit tests=180", "out": "follow_up",
+                                   "why": report["follow_up"]["why"], "all_ok": True,
+                                   "stages": {name: "ok" if name == "tests" else "skipped" for name in stages} | {
+                                       "deterministic": "skipped"}}
+    second = json.loads((out / "follow_up" / "check.json").read_text())
+    assert second["stages"]["tests"]["result"]["failures"] == 0 and second["budget_seconds"] == 30
+    assert "It ran in this call as its follow-up (`--follow-up`): tests ok; all ok: True" in summary
     assert "| fashion | ok |" in summary and "seconds per task:" in summary
 
 
