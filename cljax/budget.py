@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cljax.config import Config
+from cljax.config import SCHEMA_VERSION, Config
 from cljax.errors import CljaxError
 from cljax.eval_tasks import eval_slots, eval_tasks_of
 
@@ -304,7 +304,7 @@ def disk_run_files(b: Budget) -> dict:
     initial network (initial/: weights.npy exact, its metadata.json estimated at 1 KiB)."""
     from cljax.checkpoint import CHECKPOINT, RUN_RECORD
 
-    record = len(json.dumps({"schema": 2, "config": b.config.to_dict()}, indent=1, sort_keys=True))
+    record = len(json.dumps({"schema": SCHEMA_VERSION, "config": b.config.to_dict()}, indent=1, sort_keys=True))
     learner = jax.eval_shape(b.program.init_learner, jax.eval_shape(lambda: jax.random.key(0)))
     # npz = a zip of .npy members (stored, zip64): about 200 bytes of zip headers per member.
     members = [npy_bytes(*_host_shape_dtype(leaf)) + 200 for leaf in jax.tree.leaves(learner)]

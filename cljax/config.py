@@ -23,7 +23,9 @@ from cljax.errors import CljaxError
 from cljax.flags import check_dataclass, check_value, field_types
 from cljax.registry import CONV_IMPLS, DATASETS, MODELS, OPTIONS, RULES, Entry, param
 
-SCHEMA_VERSION = 2
+# The record's schema: its settings, and what they compute. 3: Bio's feedback through the im2col
+# lowerings' pool follows the forward pass (a run recorded before is not resumed: run_folder.changed_since).
+SCHEMA_VERSION = 3
 # Settings that change how fast a run goes or where it is written, never its numbers.
 SPEED_ONLY = ("results_dir", "eval_batch_size", "eval_chunk_tasks", "device_memory", "scan_unroll", "repeat_axis",
               "learner_expert")

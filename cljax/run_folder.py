@@ -104,6 +104,11 @@ def inspect_run(algo_dir: Path, config: Config, data_id: str | None, overwrite: 
     extra = [d for d in task_dirs(algo_dir) if int(d.name.split("_")[1]) >= T]
     if not any(problems):  # every task is there and whole: the checkpoint is not needed
         return Found(record=record, next_task=T, finished=True, stale=extra, n_task_dirs=n_dirs)
+    changed = changed_since(record)
+    if changed:
+        raise CljaxError(f"{algo_dir} holds a run started by an older cljax, and {changed}: its remaining tasks would "
+                         f"follow another rule than its first ones. Finish it with the cljax it started with, pass "
+                         f"--overwrite to train it again (it {_deletes(n_dirs)}), or choose another --results-dir.")
     header = read_checkpoint_header(algo_dir)  # raises when damaged
     next_task, ckpt_run = header if header is not None else (0, run_id)
     fix = (f"the learner state before that task is not stored, so the run can only be trained again from task 0: "
@@ -119,6 +124,21 @@ def inspect_run(algo_dir: Path, config: Config, data_id: str | None, overwrite: 
     stale = [algo_dir / task_dir_name(t) for t in range(next_task, T)
              if problems[t] and (algo_dir / task_dir_name(t)).exists()]
     return Found(record=record, next_task=next_task, stale=stale + extra, n_task_dirs=n_dirs)
+
+
+def changed_since(record: dict) -> str | None:
+    """What a change of cljax since the run's record (its ``schema``, config.SCHEMA_VERSION)
+    changed in what the run computes, or None. A run that one of these touches is not resumed:
+    a finished one is left as it is."""
+    schema, settings = record.get("schema") or 1, record["config"]
+    conv = ((record.get("split") or {}).get("lowering") or {}).get("conv", settings.get("conv_impl", "auto"))
+    if (schema < 3 and settings.get("algorithm") == "Bio" and settings.get("model", "cnn") == "cnn"
+            and conv in ("auto", "im2col", "fused-im2col")):
+        where = (f"the CNN's {conv} lowering" if conv != "auto" else
+                 "the CNN's im2col lowering (the CPU's default; the run records no lowering)")
+        return (f"its Bio rule, in {where}, sent the error through the max-pool winners of the feedback weights "
+                f"instead of the forward pass's (corrected in schema 3; docs/rules.md, Bio)")
+    return None
 
 
 def verify_task_dir(task_dir: Path, t: int, run_id: str | None, hashes: bool) -> str | None:

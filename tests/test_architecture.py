@@ -75,6 +75,31 @@ def test_resume_accepts_a_record_without_newer_fields_and_refuses_a_real_change(
         run_experiment(changed, progress=False)
 
 
+def test_a_bio_run_recorded_before_its_pool_routing_was_corrected_is_not_resumed(tmp_path):
+    config = small_config(tmp_path, dataset="synthetic", synthetic_classes=6, algorithm="Bio", conv_impl="im2col",
+                          **TINY)
+    run = run_experiment(config, progress=False)
+    _rewrite_record(run.algo_dir, lambda record: record.update(schema=2))
+    assert run_experiment(config, progress=False).already_finished  # a finished run is left as it is
+    task1 = results.task_dirs(run.algo_dir)[1]
+    for f in task1.iterdir():
+        f.unlink()
+    task1.rmdir()
+    record = (run.algo_dir / "run.json").read_bytes()
+    with pytest.raises(CljaxError, match=r"older cljax, and its Bio rule, in the CNN's im2col lowering, sent the error "
+                                         r"through the max-pool winners of the feedback weights.*--overwrite"):
+        run_experiment(config, progress=False)
+    assert (run.algo_dir / "run.json").read_bytes() == record and len(results.task_dirs(run.algo_dir)) == 1
+
+    from cljax.run_folder import changed_since
+
+    old = {"schema": 2, "config": {"algorithm": "Bio", "model": "cnn"}, "split": None}
+    assert "records no lowering" in changed_since(old)
+    for unaffected in ({"schema": 3}, {"config": {"algorithm": "SL"}}, {"config": {"algorithm": "Bio", "model": "mlp"}},
+                       {"split": {"lowering": {"conv": "lax"}}}, {"split": {"lowering": {"conv": "fused"}}}):
+        assert changed_since({**old, **unaffected}) is None, unaffected
+
+
 @pytest.mark.parametrize("model,extra", [("mlp", dict(mlp_hidden=32)), ("resnet", dict(resnet_width=8, resnet_blocks=1))])
 def test_other_models_run_end_to_end_with_every_option(tmp_path, model, extra):
     layer = "dense1" if model == "mlp" else None

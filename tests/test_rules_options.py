@@ -19,6 +19,7 @@ from cljax.config import SCHEMA_VERSION, Config, differing_settings, setting_dif
 from cljax.errors import CljaxError
 from cljax.experiment import algo_dir_of, run_experiment
 from cljax.losses import log_probs, weighted_mean
+from cljax.models import CONV_IMPLS
 from cljax.options import make_options
 from cljax.options.replay import draw_replay
 from cljax.options.shrink_perturb import ShrinkPerturbParams, shrink_perturb
@@ -315,6 +316,32 @@ def test_bio_is_the_three_factor_rule_with_fixed_random_feedback(tmp_path):
     # and the random feedback does change the hidden layers' update but not the head's
     assert not np.allclose(direction["conv2"]["kernel"], d_sym["conv2"]["kernel"], rtol=1e-2)
     np.testing.assert_allclose(direction["head"]["kernel"], d_sym["head"]["kernel"], rtol=1e-5)
+
+
+def test_bio_routes_its_feedback_through_the_forward_pool_winners_in_every_lowering(tmp_path):
+    # The feedback kernel B replaces W only in the layer's own linear map: the pool after a conv
+    # layer must send the error to the winners of the forward pass (W's activity), not to those
+    # of B's. A lowering whose conv module holds its pool would re-pick the winners from B x
+    # input: conv1 and conv2 then got another update (relative difference ~1, measured).
+    x, y = fashion_batch(32)
+    w, key = jnp.ones(32), jax.random.key(7)
+    params = state = None
+    directions = {}
+    for impl in CONV_IMPLS:
+        config = config_of(tmp_path, algorithm="Bio", conv_impl=impl)
+        program = program_of(config)
+        rule = make_rule(config, program.parts.net)
+        rule_direction, _, init = jitted(rule, program)
+        if params is None:  # the lowerings build the same parameters (tests/test_models.py)
+            params = init(jax.random.key(0))
+            state = jax.jit(rule.init)(params, jax.random.key(5))
+        directions[impl] = rule_direction(program.parts.net, params, {}, state, x, y, w, key)[0]
+    reference = directions[CONV_IMPLS[0]]
+    for impl in CONV_IMPLS[1:]:
+        for layer in reference:
+            a, b = (np.asarray(d[layer]["kernel"], np.float64) for d in (reference, directions[impl]))
+            # the same float32 sums in another order: a relative difference of ~3e-7 (measured)
+            assert np.linalg.norm(a - b) <= 1e-5 * np.linalg.norm(a), (impl, layer)
 
 
 def test_bio_feedback_interception_keeps_the_forward_pass(tmp_path):

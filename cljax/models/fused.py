@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cljax.models import as_float_images
-from cljax.models.im2col import PatchConv, max_pool_disjoint
+from cljax.models.im2col import PatchConv, conv_pool_relu, max_pool_disjoint
 
 __all__ = ["FusedConvPool", "conv_relu_pool", "fused_conv_stack"]
 
@@ -161,7 +161,7 @@ def fused_conv_stack(images, channels: tuple[int, ...], pool: int = 3, on_layer=
                 if later == "im2col":
                     x = jnp.transpose(x, (3, 1, 2, 0))
             elif later == "im2col":
-                x = nn.relu(PatchConv(ch, pool=pool, dtype=dtype, name=f"conv{i + 1}")(x))
+                x = conv_pool_relu(PatchConv(ch, crop=pool, dtype=dtype, name=f"conv{i + 1}"), x, pool)
             else:
                 x = nn.Conv(ch, (3, 3), padding="SAME", dtype=dtype, name=f"conv{i + 1}")(x)
                 with jax.named_scope("pool"):

@@ -49,22 +49,26 @@ kernel_matmul.defvjp(_kernel_matmul_fwd, _kernel_matmul_bwd)
 
 class PatchConv(nn.Module):
     """A k x k SAME convolution on a channel-major (C, H, W, B) activation, written as
-    kernel^T @ patches (im2col), optionally followed by a disjoint max-pool (window = stride =
-    ``pool``, VALID).
+    kernel^T @ patches (im2col); returns the convolution without its bias, and the bias.
 
     Same parameters as ``nn.Conv`` (kernel (k, k, C_in, C_out), bias). The batch is the minor
     axis, so the shifts that build the patches, the pool and its gradient move whole vectors of
     images, and every matmul is a plain row-major one (``kernel_matmul``): faster training on
     the CPU than the (B, H, W, C) layout, which was itself faster than the (grouped, under vmap)
-    convolution ``lax.conv`` lowers to (docs/benchmark.md). With ``pool > 1`` only the outputs
-    the pool keeps are computed, and the bias is added after the pool: max(x + b) = max(x) + b
-    (rounding is monotone), so the result is the same as pooling the biased convolution, with
-    the elementwise work on the largest activation cut by the pool window's area.
+    convolution ``lax.conv`` lowers to (docs/benchmark.md). With ``crop > 1`` only the rows and
+    columns a following disjoint pool of that size reads are computed (H // crop * crop of them).
+
+    The caller pools and then adds the bias (``conv_pool_relu``): max(x + b) = max(x) + b
+    (rounding is monotone), so the result is that of pooling the biased convolution, with the
+    elementwise work on the pooled activation only. The pool stays outside the module, which is
+    linear in its input, as ``nn.Conv`` is: a learning rule that swaps the kernel to send its
+    error back (Bio's fixed random feedback, :mod:`cljax.rules.bio`) then routes that error
+    through the forward pass's pool winners, in every lowering alike.
     """
 
     features: int
     kernel_size: int = 3
-    pool: int = 1
+    crop: int = 1  # compute only the rows and columns a disjoint pool of this size keeps
     dtype: str = "float32"  # compute dtype: the kernel is cast to it (the parameters stay float32)
 
     @nn.compact
@@ -73,7 +77,7 @@ class PatchConv(nn.Module):
         kernel = self.param("kernel", nn.initializers.lecun_normal(), (k, k, c_in, self.features))
         bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
         h, w, b, pad = x_CHWB.shape[1], x_CHWB.shape[2], x_CHWB.shape[3], k // 2
-        h, w = h // self.pool * self.pool, w // self.pool * self.pool  # rows/cols the pool keeps
+        h, w = h // self.crop * self.crop, w // self.crop * self.crop  # rows/cols the pool keeps
         xp = jnp.pad(x_CHWB, ((0, 0), (pad, k - 1 - pad), (pad, k - 1 - pad), (0, 0)))
         # rows ordered (tap i, tap j, channel), as kernel.reshape(k * k * c_in, features); built
         # as k column shifts, then k row shifts of those: 2k slices instead of k^2
@@ -81,10 +85,7 @@ class PatchConv(nn.Module):
         patches = jnp.concatenate([shifted_cols[:, i : i + h] for i in range(k)], axis=0)
         kernel_KF = kernel.reshape(k * k * c_in, self.features).astype(self.dtype)
         out = kernel_matmul(kernel_KF, patches.reshape(k * k * c_in, h * w * b)).reshape(self.features, h, w, b)
-        if self.pool > 1:
-            with jax.named_scope("pool"):
-                out = max_pool_disjoint(out, self.pool)
-        return out + bias.astype(self.dtype)[:, None, None, None]
+        return out, bias.astype(self.dtype)
 
 
 def _pool_windows(x_CHWB, size: int):
@@ -127,7 +128,8 @@ def im2col_conv_stack(images, channels: tuple[int, ...], pool: int = 3, on_layer
     """The CNN's whole convolution stack in this lowering: uint8 images (B, H, W) or
     (B, H, W, C) -> (B, channels[-1]) features.
 
-    ``PatchConv(ch, pool=pool, dtype=dtype, name=f"conv{i + 1}")`` + ReLU per layer, then the spatial mean;
+    ``PatchConv(ch, crop=pool, dtype=dtype, name=f"conv{i + 1}")``, the disjoint max-pool and ReLU
+    per layer, then the spatial mean;
     ``on_layer(name, x_CHWB)``, when given, sees each layer's output (after pool and ReLU).
     Called inside a compact module, so the convolutions are that module's ``conv1``, ``conv2``,
     ... with ``nn.Conv``'s parameters. The images are transposed once, still as uint8, to the
@@ -140,7 +142,17 @@ def im2col_conv_stack(images, channels: tuple[int, ...], pool: int = 3, on_layer
     x = as_float_images(x, dtype)  # (C, H, W, B)
     for i, ch in enumerate(channels):
         with jax.named_scope(f"conv{i + 1}"):  # names in the compiled program (benchmarks/profile_task.py)
-            x = nn.relu(PatchConv(ch, pool=pool, dtype=dtype, name=f"conv{i + 1}")(x))
+            x = conv_pool_relu(PatchConv(ch, crop=pool, dtype=dtype, name=f"conv{i + 1}"), x, pool)
         if on_layer is not None:
             on_layer(f"conv{i + 1}", x)
     return x.mean(axis=(1, 2)).T  # (B, C)
+
+
+def conv_pool_relu(conv: PatchConv, x_CHWB, pool: int):
+    """``conv``, the disjoint max-pool (named ``pool`` in the compiled program), the bias, then
+    ReLU on the pooled activation (the pool commutes with the monotone ReLU)."""
+    x, bias = conv(x_CHWB)
+    if pool > 1:
+        with jax.named_scope("pool"):
+            x = max_pool_disjoint(x, pool)
+    return nn.relu(x + bias[:, None, None, None])

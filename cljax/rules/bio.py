@@ -74,7 +74,8 @@ def kernel_layers(params, prefix=()):
 
 
 def init_feedback(params, key):
-    """One fixed random feedback kernel per kernel layer, LeCun normal like the forward init."""
+    """One fixed random feedback kernel per kernel layer: a normal of variance 1 / fan-in, the
+    variance of the forward init's LeCun normal (not truncated, as flax's is)."""
     paths = kernel_layers(params)
     feedback = {}
     for i, path in enumerate(paths):
