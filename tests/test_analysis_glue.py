@@ -108,6 +108,7 @@ def test_antipodal_pair_task_dichotomy_exact():
     assert math.isclose(float(g["capacity"]), expected, rel_tol=1e-6)
     # One point per manifold: no axis part, D = R = 0; two centred points are anti-aligned.
     assert float(g["dimension"]) == 0.0 and float(g["radius"]) == 0.0
+    assert float(g["approx_capacity"]) == math.inf  # 1 / N_R with N_R = 0, not 1 / (rounding residue)
     assert math.isclose(float(g["center_alignment"]), 1.0, rel_tol=1e-9)
     assert float(g["inseparable_fraction"]) == 0.0
 

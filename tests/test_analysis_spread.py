@@ -86,3 +86,28 @@ def test_driver_summary_spread_and_auc_on_a_fake_tree(tmp_path):
     # Folder 1, repeat 0: snapshots (R[1] - 0.2, R[1]) at steps 5, 10 from start R[0]:
     # (5 (R0 + R1 - 0.2) / 2 + 5 (2 R1 - 0.2) / 2) / 10 = (R0 + 3 R1 - 0.4) / 4.
     np.testing.assert_allclose(rows[0, 1], (R_FINAL[0] + 3 * R_FINAL[1] - 0.4) / 4)
+
+
+def test_a_diverged_repeat_is_left_out_and_counted_by_every_analysis(tmp_path):
+    # One NaN in repeat 1's last folder (a network that diverged there, as --allow-nonfinite
+    # keeps): the SVD-based metrics, GLUE and the probe give NaN for it, not an exception, a 0 or
+    # a 0.5, and the summaries leave it out and count it.
+    algo = tmp_path / "run"
+    write_fake_run(algo)
+    path = algo / "task_002" / "representations.npy"
+    reps = np.load(path)
+    reps[:, 1, 2, 0, 0] = np.nan  # (L, R, T, S, H): repeat 1, task 2 (the current one)
+    np.save(path, reps)
+    analyze_run(algo, glue_n_probes=16, glue_max_points=4, glue_across_every=1, make_plots=False)
+    s = json.loads((algo / "analysis" / "summary.json").read_text())
+    for group in ("current_task_last_snapshot", "all_tasks_last_snapshot"):
+        for metric in ("effective_rank", "srank", "dormant_ratio", "active_fraction"):
+            last = s["plasticity"][group][metric]["last_task"]
+            assert (last["n"], last["n_nonfinite"]) == (1, 1), (group, metric)
+    assert s["glue"]["per_task"]["capacity"]["last_task"]["n_nonfinite"] == 1
+    solver = s["glue"]["solver"]
+    assert solver["n_groupings_not_finite"] == 2  # the current task's grouping and the across-task one
+    assert 0 < solver["max_residual"] <= solver["tol"] and solver["converged_fraction"] == 1.0
+    assert s["probe"]["current_task"]["probe_acc"]["n_nonfinite"] == 1
+    erank = np.load(algo / "analysis" / "plasticity.npz")["current_effective_rank"]  # (n, L, R)
+    assert np.isnan(erank[-1, :, 1]).all() and np.isfinite(erank[-1, :, 0]).all() and np.isfinite(erank[:-1]).all()

@@ -81,7 +81,7 @@ def test_multi_trains_each_task_through_its_own_head_and_evaluates_it_there(tmp_
     from cljax.models import MODELS, ModelContext, build_model
     from cljax.tasks import TaskData
 
-    config, result = run(tmp_path, head="multi")
+    config, result = run(tmp_path, head="multi", n_subsamples=16)  # S: every test image
     assert result.algo_dir.name == "SL_headmulti_T3"
     dirs = results.task_dirs(result.algo_dir)
     kernels = [np.asarray(results.load_weights(d)[CLASSIFIER_GROUP]["kernel"]) for d in dirs]  # (L, R, H, T)
@@ -103,6 +103,13 @@ def test_multi_trains_each_task_through_its_own_head_and_evaluates_it_there(tmp_
             logits = np.asarray(model.apply({"params": params}, x_NRHW[:, r])[0])
             own = ((logits[:, t] > 0) == y_NR[:, r]).mean()
             assert abs(own - acc[r, t]) <= 1.0 / config.n_test + 1e-6, (t, r)
+    # The probe analysis reads each task through its own block too: on every test image (S here)
+    # its head accuracy is the saved one (a logit at 0 may round the other way: one image).
+    from cljax.analysis.driver import analyze_run
+
+    analyze_run(result.algo_dir, analyses=["probe"], make_plots=False)
+    probe = np.load(result.algo_dir / "analysis" / "probe.npz")
+    np.testing.assert_allclose(probe["head_acc_probe_images"][:, -1], acc, atol=1.0 / config.n_test + 1e-6)
 
 
 def test_multi_with_a_cycled_schedule_is_one_line(tmp_path):

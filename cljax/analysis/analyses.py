@@ -279,7 +279,8 @@ def class_manifolds(representations_RTSH, labels_RTS, max_points: int | None = N
 def _glue_init(ctx: RunContext) -> dict:
     return {"ctx": ctx, "key": jax.random.PRNGKey(ctx.options.glue_seed), "task": {}, "across": {},
             "folders": [], "tasks": [],
-            "diag": {"n_probes_solved": 0, "n_probes_converged": 0, "min_converged_fraction": 1.0, "max_residual": 0.0}}
+            "diag": {"n_probes_solved": 0, "n_probes_converged": 0, "min_converged_fraction": 1.0, "max_residual": 0.0,
+                     "n_groupings_not_finite": 0}}
 
 
 def _glue_call(state: dict, X, dichotomies: str) -> dict:
@@ -287,10 +288,13 @@ def _glue_call(state: dict, X, dichotomies: str) -> dict:
     g = glue_analysis(X, state["key"], n_probes=n_probes, dichotomies=dichotomies, max_iter=MAX_ITER, tol=TOL)
     diag = state["diag"]  # over every GLUE call: each (repeat, task) grouping solves n_probes QPs
     fractions = np.asarray(g["converged_fraction"], dtype=np.float64)
-    diag["n_probes_solved"] += int(fractions.size * n_probes)
-    diag["n_probes_converged"] += int(np.rint(fractions * n_probes).sum())
-    diag["min_converged_fraction"] = min(diag["min_converged_fraction"], float(fractions.min()))
-    diag["max_residual"] = max(diag["max_residual"], float(np.max(g["max_residual"])))
+    solved = np.isfinite(fractions)  # a grouping with non-finite representations is not solved (NaN)
+    diag["n_groupings_not_finite"] += int((~solved).sum())
+    if solved.any():
+        diag["n_probes_solved"] += int(solved.sum() * n_probes)
+        diag["n_probes_converged"] += int(np.rint(fractions[solved] * n_probes).sum())
+        diag["min_converged_fraction"] = min(diag["min_converged_fraction"], float(fractions[solved].min()))
+        diag["max_residual"] = max(diag["max_residual"], float(np.max(np.asarray(g["max_residual"])[solved])))
     return g
 
 

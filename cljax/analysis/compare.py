@@ -17,6 +17,7 @@ import numpy as np
 
 from cljax import results
 from cljax.analysis import plots
+from cljax.analysis.cl import mean_over_tasks
 from cljax.analysis.spread import spread
 from cljax.errors import CljaxError
 
@@ -47,10 +48,10 @@ def compare_runs(run_dirs, out_png: str | os.PathLike | None = None, labels=None
         late = slice(int(len(gap_nR) * late_from), len(gap_nR))
         summary[label] = {
             "run": str(run_dir), "n_tasks": len(gap_nR), "late_tasks": [late.start, len(gap_nR) - 1],
-            "gap_late": spread(gap_nR[late].mean(0)),
-            "learner_late": spread(acc["learner"][late].mean(0)),
-            "expert_late": spread(acc["expert"][late].mean(0)),
-            "gap_per_task": gap_nR.mean(1).tolist(),
+            "gap_late": spread(mean_over_tasks(gap_nR[late].T)),
+            "learner_late": spread(mean_over_tasks(acc["learner"][late].T)),
+            "expert_late": spread(mean_over_tasks(acc["expert"][late].T)),
+            "gap_per_task": mean_over_tasks(gap_nR).tolist(),  # over the repeats with a finite gap
         }
         curves[label] = gap_nR
     if out_png is not None:

@@ -221,8 +221,9 @@ def format_summary(summary: dict) -> str:
         lines.append(f"accuracy on earlier tasks after the last one: head {_pm(early['head_acc'])}, "
                      f"linear probe {_pm(early['probe_acc'])}")
         lines.append(f"  (probe: ridge on the saved representations, fit on {images['fit_per_probe']} and tested on "
-                     f"{images['tested_per_task']} images per task and repeat; `cljax run --n-subsamples` raises it. "
-                     "With one shared output the head's figure mostly measures the read-out, see docs/metrics.md)")
+                     f"{images['tested_per_task']} images per task and repeat; `cljax run --n-subsamples` raises it"
+                     + (". With one shared output the head's figure mostly measures the read-out, see docs/metrics.md)"
+                        if (summary.get("config") or {}).get("head") != "multi" else ")"))
     expert = summary.get("expert")
     if expert:
         lines.append(f"expert accuracy: last snapshot {_pm(expert['final'])}, best snapshot {_pm(expert['best'])}; "

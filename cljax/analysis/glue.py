@@ -145,7 +145,9 @@ def _geometry(X_PMN, t_KN, y_KP, *, center: bool, max_iter: int, tol: float):
 
     d_n, r_n, axis_n, cross_n = jax.vmap(per_probe)(S1, t_KN)
     D = jnp.mean(d_n) / P
-    NR = jnp.mean(r_n) / P
+    # N_R <= D; with every axis part below the singular-value floor (point manifolds) D is 0 and
+    # N_R is rounding residue (~1e-32), which would read as a finite approx_capacity of ~1e32
+    NR = jnp.where(D > 0, jnp.mean(r_n) / P, 0.0)
     gap = D - NR
     radius = jnp.where((NR > 0) & (gap > 0), jnp.sqrt(NR / jnp.where(gap > 0, gap, 1.0)), 0.0)
     approx = jnp.where(NR > 0, 1.0 / jnp.where(NR > 0, NR, 1.0), jnp.inf)
@@ -190,20 +192,32 @@ def glue_geometry(
 ) -> dict[str, np.ndarray]:
     """:func:`glue_analysis` for given probes t (n, N) and dichotomies y (n, P); manifolds
     (..., P, M, N) with any leading axes (``batch_chunk`` of them solved at once, all sharing the
-    probes). Returns float64 arrays of shape (...)."""
+    probes). Returns float64 arrays of shape (...); NaN in every one of them for a batch element
+    whose manifolds hold a non-finite value (a diverged network's), which is not solved."""
     shape = np.shape(manifolds)
     if len(shape) < 3:
         raise ValueError(f"manifolds must be (..., P, M, N), got shape {shape}")
     batch_shape, (P, M, N) = shape[:-3], shape[-3:]
+    X_np = np.asarray(manifolds, np.float64).reshape((-1, P, M, N))
+    finite = np.isfinite(X_np).all(axis=(1, 2, 3))
     with jax.enable_x64(True):
-        X = jnp.asarray(manifolds, jnp.float64).reshape((-1, P, M, N))
         t = jnp.asarray(probes, jnp.float64)
         y = jnp.asarray(dichotomies, jnp.float64)
         if t.ndim != 2 or t.shape[1] != N or y.shape != (t.shape[0], P):
             raise ValueError(f"probes must be (n, {N}) and dichotomies (n, {P}); got {t.shape} and {y.shape}")
+        X = jnp.asarray(X_np[finite] if not finite.all() else X_np)
+        if X.shape[0] == 0:
+            names = jax.eval_shape(lambda: _geometry_batched(jnp.zeros((1, P, M, N)), t, y, bool(center), int(max_iter),
+                                                             float(tol), 1))
+            return {k: np.full(batch_shape, np.nan) for k in names}
         chunk = max(1, min(int(batch_chunk), X.shape[0]))
         out = _geometry_batched(X, t, y, bool(center), int(max_iter), float(tol), chunk)
+    if finite.all():
         return {k: np.asarray(v).reshape(batch_shape) for k, v in out.items()}
+    filled = {k: np.full(finite.shape, np.nan) for k in out}
+    for k, v in out.items():
+        filled[k][finite] = np.asarray(v)
+    return {k: v.reshape(batch_shape) for k, v in filled.items()}
 
 
 def make_dichotomies(key, n_probes: int, P: int, dichotomies: Any = "random") -> jnp.ndarray:

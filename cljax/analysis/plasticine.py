@@ -9,10 +9,14 @@ are kept under their own names (``stable_rank`` vs ``srank``; ``feature_variance
 ``feature_variance_across_units``).
 
 Conventions for degenerate inputs (an all-zero representation, e.g. a fully dead layer):
-dormant ratio 1 (every unit is dormant), effective rank, stable rank and srank 0.
+dormant ratio 1 (every unit is dormant), effective rank, stable rank and srank 0. A matrix that
+holds a non-finite value (a diverged network's) has none of them: NaN, which the summaries'
+spread leaves out and counts (``cljax.analysis.spread``).
 """
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import numpy as np
@@ -25,6 +29,25 @@ def _h(h) -> np.ndarray:
     return h
 
 
+def _finite_matrices(fn):
+    """``fn`` of h (..., S, H), NaN in place of its value (or values) for each (S, H) matrix that
+    holds a non-finite value; the others see exactly what they would alone."""
+
+    def mask(ok, value):
+        value = np.asarray(value)
+        return value if ok.all() else np.where(ok.reshape(ok.shape + (1,) * (value.ndim - ok.ndim)), value, np.nan)
+
+    @functools.wraps(fn)
+    def wrapped(h, *args, **kwargs):
+        h = _h(h)
+        ok = np.isfinite(h).all(axis=(-2, -1))
+        out = fn(np.where(ok[..., None, None], h, 0.0) if not ok.all() else h, *args, **kwargs)
+        return {k: mask(ok, v) for k, v in out.items()} if isinstance(out, dict) else mask(ok, out)
+
+    return wrapped
+
+
+@_finite_matrices
 def unit_scores(h) -> np.ndarray:
     """ReDo score s_i = mean_x |h_i(x)| / ((1/H) sum_k mean_x |h_k(x)|), shape (..., H).
 
@@ -38,6 +61,7 @@ def unit_scores(h) -> np.ndarray:
         return np.where(norm > 0, act / np.where(norm > 0, norm, 1.0), 0.0)
 
 
+@_finite_matrices
 def dormant_ratio(h, tau: float = 0.025) -> np.ndarray:
     """Fraction of tau-dormant units: #{i : s_i <= tau} / H, shape (...).
 
@@ -47,17 +71,20 @@ def dormant_ratio(h, tau: float = 0.025) -> np.ndarray:
     return (unit_scores(h) <= tau).mean(axis=-1)
 
 
+@_finite_matrices
 def active_fraction(h) -> np.ndarray:
     """1 - mean(h == 0) over samples and units, shape (...) (for ReLU features). Plasticine."""
     h = _h(h)
     return 1.0 - (h == 0).mean(axis=(-2, -1))
 
 
+@_finite_matrices
 def singular_values(h) -> np.ndarray:
     """Singular values of each (S, H) matrix, descending, shape (..., min(S, H))."""
     return np.linalg.svd(_h(h), compute_uv=False)
 
 
+@_finite_matrices
 def effective_rank(h) -> np.ndarray:
     """erank = exp(-sum_i p_i log p_i), p_i = sigma_i / sum_k sigma_k, shape (...).
 
@@ -72,6 +99,7 @@ def effective_rank(h) -> np.ndarray:
     return np.where(total[..., 0] > 0, np.exp(ent), 0.0)
 
 
+@_finite_matrices
 def stable_rank(h) -> np.ndarray:
     """Stable rank sum_i sigma_i^2 / max_i sigma_i^2 = ||h||_F^2 / ||h||_2^2, shape (...).
 
@@ -84,6 +112,7 @@ def stable_rank(h) -> np.ndarray:
         return np.where(top > 0, (s**2).sum(axis=-1) / np.where(top > 0, top, 1.0), 0.0)
 
 
+@_finite_matrices
 def srank(h, delta: float = 0.01) -> np.ndarray:
     """srank_delta = min{k : sum_{i<=k} sigma_i / sum_i sigma_i >= 1 - delta}, shape (...) int.
 
@@ -100,11 +129,13 @@ def srank(h, delta: float = 0.01) -> np.ndarray:
     return np.where(total[..., 0] > 0, k, 0).astype(np.int64)
 
 
+@_finite_matrices
 def feature_norm(h) -> np.ndarray:
     """mean_x ||h(x)||_2, the mean over samples of each sample's L2 norm, shape (...). Plasticine."""
     return np.linalg.norm(_h(h), axis=-1).mean(axis=-1)
 
 
+@_finite_matrices
 def feature_variance(h) -> np.ndarray:
     """Mean over units of the variance across samples (ddof = 0), shape (...).
 
@@ -114,6 +145,7 @@ def feature_variance(h) -> np.ndarray:
     return _h(h).var(axis=-2).mean(axis=-1)
 
 
+@_finite_matrices
 def feature_variance_across_units(h) -> np.ndarray:
     """Mean over samples of the variance across units within a sample (ddof = 0), shape (...).
 
@@ -122,6 +154,7 @@ def feature_variance_across_units(h) -> np.ndarray:
     return _h(h).var(axis=-1).mean(axis=-1)
 
 
+@_finite_matrices
 def representation_metrics(h, tau: float = 0.025, delta: float = 0.01) -> dict[str, np.ndarray]:
     """Every representation metric above on h (..., S, H), one SVD shared; each value (...)."""
     h = _h(h)

@@ -106,10 +106,12 @@ def probe_accuracy(reps, labels, *, ridge: float = RIDGE, cross_fit: bool = True
 def head_accuracy(reps, labels, kernel, bias) -> np.ndarray:
     """Accuracy of a dense read-out (the network's head) on given representations: (..., S, H),
     (..., S), kernel (..., H, O), bias (..., O) -> (...). One output: label 1 when the logit is
-    positive (sigmoid); two: the larger logit (softmax), as the training code decides."""
+    positive (sigmoid); two: the larger logit (softmax), as the training code decides. NaN where
+    a logit is not finite (a diverged network has no accuracy here, as in ``probe_accuracy``)."""
     logits = np.asarray(reps, np.float64) @ np.asarray(kernel, np.float64) + np.asarray(bias, np.float64)[..., None, :]
     pred = logits[..., 0] > 0 if logits.shape[-1] == 1 else np.argmax(logits, axis=-1) == 1
-    return (pred == (np.asarray(labels) == 1)).mean(axis=-1)
+    accuracy = (pred == (np.asarray(labels) == 1)).mean(axis=-1)
+    return np.where(np.isfinite(logits).all(axis=(-2, -1)), accuracy, np.nan)
 
 
 # ---- the analysis ``probe`` (registered by cljax.analysis.analyses) ---------------------------------
@@ -118,13 +120,24 @@ def init(ctx: RunContext) -> dict:
 
 
 def _saved_head(folder: TaskFolder, H: int):
-    """The head's kernel (R, H, O) and bias (R, O) at the last snapshot, when the head is a dense
-    layer on the saved representation; else None."""
+    """The head each saved task slot is read through at the last snapshot, kernel (R, K, H, O)
+    and bias (R, K, O), when the head is a dense layer on the saved representation; else None.
+    Under ``--head multi`` slot k's task j has its own block of outputs, j * O ... (j + 1) * O
+    (cljax/heads.py); otherwise every slot reads the whole layer."""
     head = folder.weights.get(CLASSIFIER_GROUP) if isinstance(folder.weights, dict) else None
     if not isinstance(head, dict) or "kernel" not in head or "bias" not in head:
         return None
-    kernel, bias = np.asarray(head["kernel"])[-1], np.asarray(head["bias"])[-1]
-    return (kernel, bias) if kernel.ndim == 3 and kernel.shape[1] == H else None
+    kernel, bias = np.asarray(head["kernel"])[-1], np.asarray(head["bias"])[-1]  # (R, H, units), (R, units)
+    if kernel.ndim != 3 or kernel.shape[1] != H:
+        return None
+    config = folder.metadata.get("config") or {}
+    if config.get("head") != "multi":
+        return kernel[:, None], bias[:, None]
+    O = int(config.get("out_dim", 1))
+    if kernel.shape[-1] != folder.num_tasks * O:
+        return None
+    cols = np.maximum(folder.eval_task_ids, 0)[:, None] * O + np.arange(O)  # (K, O); an empty slot is NaN later
+    return np.moveaxis(kernel[:, :, cols], 2, 1), bias[:, cols]
 
 
 def update(state: dict, folder: TaskFolder) -> dict:
@@ -137,7 +150,7 @@ def update(state: dict, folder: TaskFolder) -> dict:
                                           probe_accuracy(reps, labels, ridge=state["ridge"])))
     head = _saved_head(folder, reps.shape[-1])
     head_same = (np.full(reps.shape[:2], np.nan) if head is None else
-                 head_accuracy(reps, labels, head[0][:, None], head[1][:, None]))
+                 head_accuracy(reps, labels, *head))
     state["head_same"].append(folder.to_tasks(np.where(evaluated, head_same, np.nan)))
     state["head"].append(folder.test_acc[-1])  # (R, T), NaN where not evaluated
     return state
