@@ -71,7 +71,14 @@ def _run_stoppable(work):
         except BaseException as exc:  # handed to the main thread
             box["error"] = exc
 
+    stopping: list = []
+
     def on_signal(signum, frame):
+        # A second signal (SLURM's, or timeout's passed on) runs this handler again on the same
+        # thread, inside the first one: it must not wait for the lock that the first one holds.
+        if stopping:
+            return
+        stopping.append(signum)
         with critical:  # never leave a half-written task folder or checkpoint
             _exit_stopped(signum, "the finished tasks are saved; run the same command to resume.")
 

@@ -114,6 +114,39 @@ def test_sigterm_exits_quickly_with_a_resumable_state(reference, tmp_path):
     assert_same_arrays(reference, algo_dir(out))
 
 
+SECOND_SIGNAL = """
+import os, signal, sys, threading, time
+from cljax import cli
+
+class SlowStderr:  # the first handler is still writing its line (a pipe, a network log) ...
+    def write(self, s):
+        time.sleep(0.5)
+        return sys.__stderr__.write(s)
+
+    def flush(self):
+        sys.__stderr__.flush()
+
+sys.stderr = SlowStderr()
+
+def send_two():  # ... when a second SIGTERM comes (SLURM's, or one that timeout passes on)
+    time.sleep(1.0)
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(0.2)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+threading.Thread(target=send_two, daemon=True).start()
+cli._run_stoppable(lambda critical: time.sleep(60))
+"""
+
+
+def test_a_second_sigterm_while_stopping_does_not_hang_the_run():
+    # The handler ran again inside itself and waited for the lock its outer call held: the
+    # process hung until SIGKILL (measured with gdb). Now it exits once, with the resume code.
+    proc = subprocess.run([sys.executable, "-c", SECOND_SIGNAL], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 75, proc.stderr
+    assert proc.stderr.count("stopped by SIGTERM") == 1 and "Traceback" not in proc.stderr
+
+
 def test_a_finished_run_is_reported_not_rerun(reference, capsys):
     results_dir = reference.parent.parent
     before = {p: p.stat().st_mtime_ns for p in reference.rglob("*")}
