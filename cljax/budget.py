@@ -167,16 +167,32 @@ def fit_chunk(b: Budget, device_bytes: int, n_devices: int) -> int:
     config = b.config
     T = eval_slots(config)
     usable = HEADROOM * device_bytes
-    scratch = _per_device(scratch_bytes(b), n_devices)
 
     def need(k):
-        return _per_device(sum(device_components(b, k).values()), n_devices) + scratch
+        return chunk_need(b, k, n_devices)
 
     if need(T) <= usable:
         return T
     # 2K tasks are in flight while streaming, so K > T/2 would hold more than resident.
     fitting = [k for k in range(min(T - 1, T // 2 + 1), 0, -1) if need(k) <= usable]
     return fitting[0] if fitting else 0
+
+
+def chunk_need(b: Budget, k: int, n_devices: int) -> int:
+    """Bytes per device of a task evaluating K tasks per call, XLA's scratch included."""
+    return _per_device(sum(device_components(b, k).values()), n_devices) + _per_device(scratch_bytes(b), n_devices)
+
+
+def given_chunk_problem(b: Budget, k: int, device_bytes: int, n_devices: int) -> CljaxError | None:
+    """The error for an ``--eval-chunk-tasks`` K whose task does not fit the budget, or None."""
+    need = chunk_need(b, k, n_devices)
+    if need <= HEADROOM * device_bytes:
+        return None
+    return CljaxError(
+        f"--eval-chunk-tasks {b.config.eval_chunk_tasks}: a task then needs about {fmt_bytes(need)} ({need:,} bytes) "
+        f"per device, more than {HEADROOM:.0%} ({int(HEADROOM * device_bytes):,} bytes) of the "
+        f"{fmt_bytes(device_bytes)} budget: lower it (0 chooses the largest that fits), or raise --device-memory. "
+        f"`cljax plan` shows the parts.")
 
 
 def _does_not_fit(b: Budget, device_bytes: int, n_devices: int) -> CljaxError:
@@ -200,21 +216,65 @@ def device_budget_for(config: Config, device_bytes: int | None = None) -> tuple[
 
 
 def choose_eval_chunk(b: Budget, device_bytes: int | None = None) -> int:
-    """Tasks per evaluation call: ``--eval-chunk-tasks`` when set, else T (resident) when the
+    """Tasks per evaluation call: ``--eval-chunk-tasks`` when set (refused when its task does not
+    fit), else T (resident) when the
     whole task fits the per-device budget (``device_bytes``, else ``--device-memory``, else what
     the device reports), else the largest K that fits. Used by ``cljax run`` and ``cljax plan``."""
     config = b.config
     T = eval_slots(config)
-    if config.eval_chunk_tasks:
-        return min(config.eval_chunk_tasks, T)
     from cljax.devices.mesh import check_repeats, device_count
 
     check_repeats(config.n_repeats)
     budget, _ = device_budget_for(config, device_bytes)
+    if config.eval_chunk_tasks:
+        chunk = min(config.eval_chunk_tasks, T)
+        problem = given_chunk_problem(b, chunk, budget, device_count())
+        if problem is not None:
+            raise problem
+        return chunk
     chunk = fit_chunk(b, budget, device_count())
     if not chunk:
         raise _does_not_fit(b, budget, device_count())
     return chunk
+
+
+# ---- host -----------------------------------------------------------------------------------------
+def host_components(b: Budget, data, chunk: int) -> dict[str, int]:
+    """Host bytes of a run beyond the Python/JAX runtime, by part (``data``: the loaded dataset,
+    ``chunk``: the evaluation's K). The dataset counts when it is in RAM, not memory-mapped."""
+    config, pb = b.config, b.pb
+    spec, T, R, L = eval_tasks_of(config), config.num_tasks, config.n_repeats, config.n_logs
+    slots = spec.slots(T)
+    per_image = math.prod(b.image_shape) + np.dtype(LABEL_DTYPE).itemsize
+    return {
+        "dataset_in_ram": sum(int(a.nbytes) for a in (data.train_images, data.train_labels, data.test_images,
+                                                      data.test_labels) if not isinstance(a, np.memmap)),
+        # all / seen: kept on the host only while streaming; a window: its K sets and the next task's
+        "test_sets": (T if spec.full else slots + 1) * config.n_test * R * per_image,
+        "train_data_current_and_next": 2 * config.n_train * R * per_image,
+        "fetched_task_outputs": sum(pb.snapshots.values()) + slots * sum(pb.eval_per_task.values()),
+        "results_copies": L * R * pb.n_params * 4 + L * R * slots * config.n_subsamples,
+        "learner_copy": sum(pb.learner.values()),
+    }
+
+
+def host_total(b: Budget, data, chunk: int) -> int:
+    """The run's host bytes: its parts, and on the CPU its device arrays, which live there too."""
+    device = sum(device_components(b, chunk).values()) if jax.default_backend() == "cpu" else 0
+    return sum(host_components(b, data, chunk).values()) + device
+
+
+def host_problem(b: Budget, data, chunk: int, available: int) -> CljaxError | None:
+    """The error a run that needs more host memory than ``available`` (now, with its dataset
+    already loaded) gets, or None. ``cljax run`` refuses before it writes anything."""
+    more = host_total(b, data, chunk) - host_components(b, data, chunk)["dataset_in_ram"]
+    if more <= HEADROOM * available:
+        return None
+    return CljaxError(
+        f"the run needs about {fmt_bytes(more)} ({more:,} bytes) more host memory, more than {HEADROOM:.0%} of the "
+        f"{fmt_bytes(available)} available: lower --n-repeats, --n-train-per-class, --n-test-per-class, "
+        f"--n-subsamples or snapshots (raise --log-frequency), use --eval-tasks window:K or --representation-dtype "
+        f"bfloat16, or free memory. `cljax plan` shows the parts.")
 
 
 # ---- disk -----------------------------------------------------------------------------------------

@@ -16,13 +16,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cljax.budget import Budget, choose_eval_chunk, disk_files_per_task, disk_run_files
+from cljax.budget import Budget, choose_eval_chunk, disk_files_per_task, disk_run_files, host_problem
 from cljax.checkpoint import CHECKPOINT, RUN_RECORD, load_learner, new_run_id, save_learner, write_run_record
 from cljax.config import SCHEMA_VERSION, Config, algo_dir_of
 from cljax.data import load_dataset
 from cljax.data.prepared import data_identity
 from cljax.devices.distributed import is_writer, maybe_initialize_distributed
-from cljax.devices.memory import live_device_bytes, rss_bytes
+from cljax.devices.memory import host_available_bytes, live_device_bytes, rss_bytes
 from cljax.devices.mesh import fetch, mesh_devices, put_repeats, shard_repeats
 from cljax.errors import CljaxError
 from cljax.eval_tasks import eval_ids_of, eval_tasks_of
@@ -93,6 +93,9 @@ def run_experiment(
     program = build_task_program(config, image_shape)
     budget = Budget.of(config, program, image_shape)
     chunk_tasks = choose_eval_chunk(budget)  # refuses a run whose tasks do not fit the device memory
+    too_large = host_problem(budget, data, chunk_tasks, host_available_bytes())  # nor the host's
+    if too_large is not None:
+        raise too_large
     # The disk a task needs is known ahead (the planner's exact figures), in whole blocks: its
     # folder plus the checkpoint's new copy, written beside the old one before it replaces it.
     block = block_size(algo_dir)

@@ -4,13 +4,11 @@ disk per task and for the whole run, how evaluation will run), reported from the
 
 from __future__ import annotations
 
-import math
-
 import jax
-import numpy as np
 
-from cljax.budget import (HEADROOM, LABEL_DTYPE, Budget, _does_not_fit, _per_device, device_budget_for, device_components,
-                          disk_files_per_task, disk_run_files, fit_chunk, fmt_bytes, scratch_bytes)
+from cljax.budget import (HEADROOM, Budget, _does_not_fit, _per_device, device_budget_for, device_components,
+                          disk_files_per_task, disk_run_files, fit_chunk, fmt_bytes, given_chunk_problem, host_components,
+                          host_problem, host_total, scratch_bytes)
 from cljax.config import Config
 from cljax.eval_tasks import eval_tasks_of
 from cljax.program import build_task_program
@@ -19,7 +17,7 @@ from cljax.program import build_task_program
 def make_plan(config: Config, device_bytes: int | None = None) -> dict:
     """Everything ``cljax plan`` prints, as a JSON-ready dict."""
     from cljax.data import load_dataset
-    from cljax.devices.memory import rss_bytes
+    from cljax.devices.memory import host_available_bytes, rss_bytes
     from cljax.devices.mesh import check_repeats, device_count
     from cljax.tasks import make_schedule
 
@@ -44,20 +42,15 @@ def make_plan(config: Config, device_bytes: int | None = None) -> dict:
     scratch = scratch_bytes(b)
     per_device = _per_device(total, n_dev)
 
-    per_image = math.prod(image_shape) + np.dtype(LABEL_DTYPE).itemsize
-    fetched = sum(pb.snapshots.values()) + slots * sum(pb.eval_per_task.values())
-    dataset = sum(int(a.nbytes) for a in (data.train_images, data.train_labels, data.test_images, data.test_labels)
-                  if not isinstance(a, np.memmap))
-    host = {
-        "dataset_in_ram": dataset,
-        # all / seen: kept on the host only while streaming; a window: its K sets and the next task's
-        "test_sets": (T if spec.full else slots + 1) * config.n_test * R * per_image,
-        "train_data_current_and_next": 2 * config.n_train * R * per_image,
-        "fetched_task_outputs": fetched,
-        "results_copies": L * R * pb.n_params * 4 + L * R * slots * config.n_subsamples,
-        "learner_copy": sum(pb.learner.values()),
-    }
-    host_total = sum(host.values()) + (total if jax.default_backend() == "cpu" else 0)
+    host = host_components(b, data, K)
+    host_bytes = host_total(b, data, K)
+    if config.eval_chunk_tasks:
+        problem = given_chunk_problem(b, K, budget, n_dev)
+    else:
+        problem = None if fits else _does_not_fit(b, budget, n_dev)
+    if problem is None:
+        problem = host_problem(b, data, K, host_available_bytes())
+    fits = problem is None
 
     files = disk_files_per_task(b, schedule, data.class_names)
     run_files = disk_run_files(b)
@@ -74,7 +67,7 @@ def make_plan(config: Config, device_bytes: int | None = None) -> dict:
         "device_budget_source": source,
         "device_budget_usable_bytes": int(HEADROOM * budget),
         "fits": fits,
-        "problem": None if fits else str(_does_not_fit(b, budget, n_dev)),
+        "problem": None if problem is None else str(problem),
         "task_schedule": config.task_schedule,
         "evaluation": {
             "eval_tasks": str(spec),
@@ -89,7 +82,8 @@ def make_plan(config: Config, device_bytes: int | None = None) -> dict:
         "device_bytes_per_task_all_devices": total,
         "device_scratch_bytes_estimate": _per_device(scratch, n_dev),
         "host_components": host,
-        "host_bytes_estimate": host_total,
+        "host_bytes_estimate": host_bytes,
+        "host_available_bytes_now": host_available_bytes(),
         "host_runtime_rss_now": rss_bytes(),
         "disk_files_per_task": files,
         "disk_bytes_per_task": per_task_disk,

@@ -102,6 +102,40 @@ def test_a_run_the_planner_rejects_fails_before_allocating(tmp_path, capsys, mon
     assert time.perf_counter() - started < 60 and not (tmp_path / "r").exists()
 
 
+def test_a_run_too_large_for_host_memory_is_refused_before_anything_is_deleted(made, tmp_path, capsys, monkeypatch):
+    # On the CPU the device arrays live in host memory too: a run that needed 30 GiB with 22 GiB
+    # free was killed by the kernel after it had written run.json and initial/ (and after
+    # --overwrite had deleted the run before it). Now it is one line, and nothing moves.
+    import cljax.experiment as experiment
+    from cljax.budget import Budget, host_total
+    from cljax.data import load_dataset
+    from cljax.program import build_task_program
+
+    config = small_config(tmp_path, **TINY)
+    data = load_dataset(config)
+    budget = Budget.of(config, build_task_program(config, (28, 28)), (28, 28))
+    need = host_total(budget, data, 2)
+    assert need > budget.pb.n_params * 4 * config.n_repeats  # the learner's copy is one of its parts
+    run_dir = copy(made, "finished", tmp_path / "r")
+    before = state(run_dir)
+    monkeypatch.setattr(experiment, "host_available_bytes", lambda: need // 2)
+    rc, _, err = run_cli(["run", *FLAGS, "--results-dir", str(tmp_path / "r"), "--overwrite"], capsys)
+    assert_one_error(rc, err, "more host memory", "cljax plan")
+    assert state(run_dir) == before
+    monkeypatch.setattr(experiment, "host_available_bytes", lambda: 2 * need)  # with room, the same command runs
+    rc, _, err = run_cli(["run", *FLAGS, "--results-dir", str(tmp_path / "r"), "--overwrite"], capsys)
+    assert rc == 0, err
+
+
+def test_an_eval_chunk_that_does_not_fit_is_refused_like_a_chosen_one(tmp_path, capsys):
+    args = [*FLAGS, "--results-dir", str(tmp_path / "r"), "--device-memory", "100000", "--eval-chunk-tasks", "1"]
+    rc, _, err = run_cli(["run", *args], capsys)
+    assert_one_error(rc, err, "--eval-chunk-tasks 1", "per device")
+    assert not (tmp_path / "r").exists()
+    rc, out, _ = run_cli(["plan", *args], capsys)
+    assert rc == 2 and "DOES NOT FIT: --eval-chunk-tasks 1" in out
+
+
 # ---- 2. a lock per run folder ---------------------------------------------------------------------------
 def test_a_locked_folder_is_refused_and_a_dead_holder_is_no_obstacle(made, tmp_path, capsys):
     from cljax.run_folder import RUN_LOCK, RunLock
