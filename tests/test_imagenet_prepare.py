@@ -346,6 +346,12 @@ def test_bad_inputs_give_one_clear_line(source, tmp_path, capsys):
     assert prepare_main(["--source", str(source["root"]), "--out", str(taken), "--overwrite"]) == 2
     assert "not a prepared dataset" in _one_error_line(capsys)
     assert (taken / "thesis.tex").read_text() == "precious"
+    # ... nor one that only has a meta.json beside its own files (it was deleted whole before).
+    (taken / "meta.json").write_text('{"foo": 1}')
+    for extra in ([], ["--overwrite"]):
+        assert prepare_main(["--source", str(source["root"]), "--out", str(taken), "--no-progress", *extra]) == 2
+        assert "holds files that are not a prepared dataset's (thesis.tex)" in _one_error_line(capsys)
+        assert (taken / "thesis.tex").read_text() == "precious"
 
 
 def test_complete_output_is_kept_and_overwrite_redoes_it(source, prepared, tmp_path, capsys):

@@ -121,9 +121,22 @@ def write_prepared(
     }
     (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
     if out.exists():
+        check_replaceable(out)
         shutil.rmtree(out)
     os.replace(tmp, out)
     return out
+
+
+def check_replaceable(out: Path) -> None:
+    """Raise CljaxError unless ``out`` holds only a prepared folder's own files (whole or not): a
+    folder with anything else in it was not written here and is never deleted."""
+    if not out.is_dir():
+        raise CljaxError(f"output {out} exists and is not a folder: choose another --out (nothing was deleted).")
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in (*ARRAY_FILES, "meta.json"))
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise CljaxError(f"output {out} holds files that are not a prepared dataset's ({shown}): choose another --out "
+                         f"(nothing was deleted).")
 
 
 def load_prepared(folder: str | os.PathLike, *, verify_checksums: bool = False, how_to_fix: str = "") -> ClassData:

@@ -29,7 +29,7 @@ import numpy as np
 from cljax.data.imagenet.decode import DRAFT_FACTOR, RESAMPLE_FILTERS, SIZE, _pil_filter, image_to_gray
 from cljax.data.imagenet.shards import Plan, Shard
 from cljax.data.imagenet.sources import DEFAULT_SHARD_ROWS, OUTPUT_SPLITS, plan_source
-from cljax.data.prepared import load_prepared, write_prepared
+from cljax.data.prepared import check_replaceable, load_prepared, write_prepared
 from cljax.errors import CljaxError
 from cljax.host import usable_cores
 
@@ -181,6 +181,8 @@ def prepare_imagenet(
             raise CljaxError(f"output {out} exists and is not a prepared dataset; choose another --out (nothing was deleted).")
         elif not overwrite and is_prepared(out):
             return out
+        else:
+            check_replaceable(out)  # a meta.json alone does not make a folder ours
     if overwrite:
         shutil.rmtree(work, ignore_errors=True)
     _pil_filter(resample)  # fail on a bad filter name before any work
