@@ -82,6 +82,14 @@ def read_run_record(algo_dir: Path) -> dict | None:
     if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
         raise CljaxError(f"{path} is not a run record (no \"config\" object): {fix}.")
     out = {key: record.get(key) for key in ("schema", "run_id", "data", "split")}
+    kinds = {"schema": int, "run_id": str, "data": str, "split": dict}
+    for key, kind in kinds.items():
+        if out[key] is not None and (not isinstance(out[key], kind) or isinstance(out[key], bool)):
+            raise CljaxError(f"{path} is damaged (its \"{key}\" is {type(out[key]).__name__}, not "
+                             f"{kind.__name__}): {fix}.")
+    lowering = (out["split"] or {}).get("lowering")
+    if lowering is not None and not isinstance(lowering, dict):
+        raise CljaxError(f"{path} is damaged (its split's \"lowering\" is not an object): {fix}.")
     return {**out, "config": record["config"]}
 
 

@@ -434,10 +434,11 @@ def test_analyze_bad_options_and_an_unwritable_output_are_one_line(made, tmp_pat
         assert_one_error(rc, err, "analysis", "--out")
 
 
-@pytest.mark.parametrize("record", ["list", "string", "folder", "huge"])
+@pytest.mark.parametrize("record", ["list", "string", "folder", "huge", "split", "schema", "lowering"])
 def test_a_run_record_of_the_wrong_kind_is_one_line(made, tmp_path, capsys, record):
-    run_dir = copy(made, "finished", tmp_path / "r")
+    run_dir = copy(made, "partial", tmp_path / "r")  # a run to resume: every field is read
     path = run_dir / "run.json"
+    fields = json.loads(path.read_text())
     path.unlink()
     if record == "list":
         path.write_text("[1, 2]")
@@ -445,8 +446,12 @@ def test_a_run_record_of_the_wrong_kind_is_one_line(made, tmp_path, capsys, reco
         path.write_text('"run"')
     elif record == "folder":
         path.mkdir()
-    else:
+    elif record == "huge":
         path.write_bytes(b" " * (1 << 24) + b"{}")
+    else:  # a field of another type (they raised AttributeError / TypeError)
+        changed = {"split": {"split": "garbage"}, "schema": {"schema": "3"},
+                   "lowering": {"split": {**fields["split"], "lowering": 5}}}[record]
+        path.write_text(json.dumps({**fields, **changed}))
     before = state(run_dir)
     rc, _, err = run_cli(["run", *FLAGS, "--results-dir", str(tmp_path / "r")], capsys)
     assert_one_error(rc, err, "run.json")
