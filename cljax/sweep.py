@@ -185,7 +185,20 @@ def write_manifest(path: Path, runs: list[SweepRun], jobs, executor_kind: str, l
         "runs": [{"tag": r.tag, "settings": r.settings, "seed": r.config.seed, "job_id": str(j.job_id),
                   "results": str(algo_dir_of(r.config))} for r, j in zip(runs, jobs)],
     }
-    path.write_text(json.dumps(manifest, indent=1))
+    try:  # the earlier sweeps into the same folder stay listed, newest last
+        previous = json.loads(path.read_text())
+        earlier = [*previous.pop("earlier", []), previous] if isinstance(previous, dict) else []
+    except (OSError, ValueError, AttributeError, TypeError):
+        earlier = []
+    path.write_text(json.dumps({**manifest, "earlier": earlier}, indent=1))
+
+
+def job_error_line(error: BaseException) -> str:
+    """The line of a failed job's error that says what went wrong: cljax's own message when the
+    job raised one (submitit's text ends with log paths), else its last line."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    ours = [line.split("CljaxError:", 1)[1].strip() for line in lines if "CljaxError:" in line]
+    return ours[-1] if ours else (lines[-1] if lines else repr(error))
 
 
 def sweep_main(argv: list[str]) -> int:
@@ -219,6 +232,8 @@ def sweep_main(argv: list[str]) -> int:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()] if args.seeds else [base.seed]
     except ValueError:
         raise CljaxError(f"--seeds {args.seeds!r}: write comma-separated integers, e.g. --seeds 0,1,2.") from None
+    if not seeds:
+        raise CljaxError(f"--seeds {args.seeds!r} names no seed: write comma-separated integers, e.g. --seeds 0,1,2.")
     try:
         parse_minutes(args.slurm_time)
     except ValueError:
@@ -242,8 +257,7 @@ def sweep_main(argv: list[str]) -> int:
         error = job.exception()
         if error is not None:
             failed += 1
-            print(f"  FAILED {job.job_id} {run.tag}: {str(error).strip().splitlines()[-1] if str(error).strip() else error!r}"
-                  f" (log: {job.paths.stderr})")
+            print(f"  FAILED {job.job_id} {run.tag}: {job_error_line(error)} (log: {job.paths.stderr})")
             continue
         out = job.result()
         acc = out.get("final_acc_current")

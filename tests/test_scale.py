@@ -317,3 +317,31 @@ def test_sweep_grid_expands_settings_and_seeds(tmp_path):
             parse_grid(bad)
     assert parse_minutes("600") == 600 and parse_minutes("10:00:00") == 600 and parse_minutes("1-00:30:00") == 1470
 
+
+
+def test_sweep_pieces_name_the_error_keep_earlier_sweeps_and_refuse_no_seeds(tmp_path, capsys):
+    from types import SimpleNamespace
+
+    from cljax.sweep import expand, job_error_line, write_manifest
+
+    # submitit's text of a failed job: the traceback, then the log paths (which were printed).
+    failed = RuntimeError("Job (task=0) failed during processing with trace:\n----------------------\n"
+                          "Traceback (most recent call last):\n  File \"x.py\", line 1\n"
+                          "cljax.errors.CljaxError: results/a holds a run with other settings (lr)\n\n"
+                          "----------------------\nYou can check full logs with 'job.stderr(0)' and 'job.stdout(0)'"
+                          "or at paths:\n  - /logs/25188_0_log.err\n  - /logs/25188_0_log.out")
+    assert job_error_line(failed) == "results/a holds a run with other settings (lr)"
+    assert job_error_line(RuntimeError("plain\nlast line")) == "last line"
+
+    base = Config(dataset="synthetic", results_dir=str(tmp_path)).to_dict()
+    path = tmp_path / "sweep.json"
+    for seed in (1, 2):
+        runs = expand(base, {}, [seed])
+        write_manifest(path, runs, [SimpleNamespace(job_id=f"j{seed}")], "local", tmp_path / "logs")
+    manifest = json.loads(path.read_text())
+    assert [r["job_id"] for r in manifest["runs"]] == ["j2"]
+    assert [[r["job_id"] for r in m["runs"]] for m in manifest["earlier"]] == [["j1"]]
+
+    assert main(["sweep", "--dataset", "synthetic", "--results-dir", str(tmp_path), "--seeds", ","]) == 2
+    assert "names no seed" in capsys.readouterr().err
+    assert json.loads(path.read_text()) == manifest  # the list of the earlier sweeps is not replaced
