@@ -26,7 +26,8 @@ from cljax.registry import CONV_IMPLS, DATASETS, MODELS, OPTIONS, RULES, Entry, 
 # The record's schema: its settings, and what they compute. 3: Bio's feedback through the im2col
 # lowerings' pool follows the forward pass (a run recorded before is not resumed: run_folder.changed_since).
 SCHEMA_VERSION = 3
-# Settings that change how fast a run goes or where it is written, never its numbers.
+# Settings that change how fast a run goes or where it is written, not what it computes: a resume
+# need not match them (some change the float rounding, the last bits of losses and representations).
 SPEED_ONLY = ("results_dir", "eval_batch_size", "eval_chunk_tasks", "device_memory", "scan_unroll", "repeat_axis",
               "learner_expert")
 
@@ -85,7 +86,8 @@ class Config:
                                 "on accelerators and where a CPU device has a core to itself, separate under replay); the "
                                 "same numbers up to float rounding (recorded with the lowering)",
                                 choices=("auto", "paired", "separate"), absent="auto")
-    eval_batch_size: int = param(100, "test images per repeat evaluated at once (memory vs speed; results do not depend on it)",
+    eval_batch_size: int = param(100, "test images per repeat evaluated at once (memory vs speed; the same results up to the "
+                                 "float rounding of losses and representations)",
                                  min=1)
     eval_chunk_tasks: int = param(0, "evaluate the T tasks' test sets K at a time, streamed to and from the device "
                                   "(0: automatic, resident when everything fits --device-memory, else the largest K that "

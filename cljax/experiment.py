@@ -20,7 +20,7 @@ from cljax.budget import Budget, choose_eval_chunk, disk_files_per_task, disk_ru
 from cljax.checkpoint import CHECKPOINT, RUN_RECORD, load_learner, new_run_id, save_learner, write_run_record
 from cljax.config import SCHEMA_VERSION, Config, algo_dir_of
 from cljax.data import load_dataset
-from cljax.data.prepared import data_identity
+from cljax.data.prepared import check_unchanged, data_identity
 from cljax.devices.distributed import is_writer, maybe_initialize_distributed
 from cljax.devices.memory import host_available_bytes, live_device_bytes, rss_bytes
 from cljax.devices.mesh import fetch, mesh_devices, put_repeats, shard_repeats
@@ -83,6 +83,8 @@ def run_experiment(
     task_data = TaskData(data, config)  # checks that every class has the images a task takes
     algo_dir = algo_dir_of(config)
     found = inspect_run(algo_dir, config, data_id, overwrite, hashes=False)
+    if found.record is not None and not found.finished:
+        check_unchanged(data)  # the identity of a prepared folder is its recorded checksums
     if found.finished:  # verify every file's content before saying so
         with RunLock(algo_dir, exclusive=False):
             found = inspect_run(algo_dir, config, data_id, overwrite, hashes=True)

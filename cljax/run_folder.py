@@ -104,6 +104,9 @@ def inspect_run(algo_dir: Path, config: Config, data_id: str | None, overwrite: 
     extra = [d for d in task_dirs(algo_dir) if int(d.name.split("_")[1]) >= T]
     if not any(problems):  # every task is there and whole: the checkpoint is not needed
         return Found(record=record, next_task=T, finished=True, stale=extra, n_task_dirs=n_dirs)
+    if extra:  # T is part of the resume key: a folder past it was not written by this run
+        raise CljaxError(f"{extra[0]} is not a task of this {T}-task run: move it out of {algo_dir} to resume the run "
+                         f"(nothing was deleted).")
     changed = changed_since(record)
     if changed:
         raise CljaxError(f"{algo_dir} holds a run started by an older cljax, and {changed}: its remaining tasks would "
@@ -123,7 +126,7 @@ def inspect_run(algo_dir: Path, config: Config, data_id: str | None, overwrite: 
             raise CljaxError(f"{problems[t]} (the checkpoint is after task {next_task - 1}); {fix}")
     stale = [algo_dir / task_dir_name(t) for t in range(next_task, T)
              if problems[t] and (algo_dir / task_dir_name(t)).exists()]
-    return Found(record=record, next_task=next_task, stale=stale + extra, n_task_dirs=n_dirs)
+    return Found(record=record, next_task=next_task, stale=stale, n_task_dirs=n_dirs)
 
 
 def changed_since(record: dict) -> str | None:

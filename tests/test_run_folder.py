@@ -580,3 +580,52 @@ def test_sweep_accepts_every_run_flag_and_hands_them_to_its_jobs(tmp_path, monke
         algo_dir=tmp_path, task_class_pairs=np.zeros((2, 2, 2))))
     sweep.run_job(small_config(tmp_path, **TINY).to_dict(), False, True)
     assert seen["allow_nonfinite"] is True and seen["progress"] is False
+
+
+def test_a_resume_on_a_prepared_folder_changed_in_place_is_refused(tmp_path):
+    # A prepared folder's identity is the checksums its meta.json recorded (no pass over the
+    # images at every start): images changed in place kept it, and the run resumed on them.
+    from cljax.data.prepared import load_prepared, write_prepared
+    from cljax.experiment import run_experiment
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(4), 16)
+    data = write_prepared(tmp_path / "data", rng.integers(0, 256, (64, 28, 28), dtype=np.uint8), labels,
+                          rng.integers(0, 256, (64, 28, 28), dtype=np.uint8), labels, name="test", source="test",
+                          preprocessing={}, n_classes=4)
+    config = small_config(tmp_path, **{**TINY, "dataset": "imagenet_28_gray", "data_dir": str(data),
+                                       "results_dir": str(tmp_path / "r")})
+
+    def keep_partial(t, info):
+        if t == 0:
+            shutil.copytree(tmp_path / "r", tmp_path / "partial")
+
+    run_experiment(config, progress=False, on_task_end=keep_partial)
+    shutil.rmtree(tmp_path / "r")
+    shutil.copytree(tmp_path / "partial", tmp_path / "r")
+    original = np.load(data / "train_images.npy")
+    np.save(data / "train_images.npy", 255 - original)  # meta.json untouched
+    with pytest.raises(CljaxError, match="train_images.npy does not match its checksum in meta.json"):
+        run_experiment(config, progress=False)
+    np.save(data / "train_images.npy", original)
+    assert run_experiment(config, progress=False).first_task == 1
+
+    # A damaged description or labels are one line too (IndexError / a misleading count before).
+    meta = json.loads((data / "meta.json").read_text())
+    (data / "meta.json").write_text(json.dumps({**meta, "class_names": ["a", "b"]}))
+    with pytest.raises(CljaxError, match="n_classes 4 and 2 class names"):
+        load_prepared(data)
+    (data / "meta.json").write_text(json.dumps(meta))
+    np.save(data / "test_labels.npy", (labels + 4).astype(meta["files"]["test_labels.npy"]["dtype"]))
+    with pytest.raises(CljaxError, match=r"labels from 4 to 7, outside 0 \.\.\. 3"):
+        load_prepared(data)
+
+
+def test_a_folder_past_the_last_task_is_not_deleted_by_a_resume(made, tmp_path, capsys):
+    run_dir = copy(made, "partial", tmp_path / "r")
+    (run_dir / "task_007").mkdir()
+    (run_dir / "task_007" / "notes.txt").write_text("mine")
+    before = state(run_dir)
+    rc, _, err = run_cli(["run", *FLAGS, "--results-dir", str(tmp_path / "r")], capsys)
+    assert_one_error(rc, err, "task_007 is not a task of this 2-task run", "nothing was deleted")
+    assert state(run_dir) == before

@@ -139,6 +139,25 @@ def check_replaceable(out: Path) -> None:
                          f"(nothing was deleted).")
 
 
+def check_unchanged(data: ClassData) -> None:
+    """Raise CljaxError when a file of a prepared folder no longer matches the checksum its
+    meta.json recorded. The data's identity (``data_identity``) is taken from those checksums
+    without reading the images; a resume calls this, so that a folder changed in place is not
+    taken for the data its run started on."""
+    files = data.meta.get("files") if isinstance(data.meta, dict) else None
+    if not isinstance(files, dict):
+        return
+    arrays = (data.train_images, data.train_labels, data.test_images, data.test_labels)
+    for fname, arr in zip(ARRAY_FILES, arrays):
+        expected = files.get(fname).get("sha256") if isinstance(files.get(fname), dict) else None
+        path = getattr(arr, "filename", None)  # a memory-mapped file
+        if isinstance(expected, str) and path and sha256_of(Path(path)) != expected:
+            raise CljaxError(f"{path} does not match its checksum in meta.json: the dataset changed after it was "
+                             f"prepared, and the run's remaining tasks would train on other data than its first. "
+                             f"Restore the folder, or prepare it again and start a new run (--overwrite, or another "
+                             f"--results-dir).")
+
+
 def load_prepared(folder: str | os.PathLike, *, verify_checksums: bool = False, how_to_fix: str = "") -> ClassData:
     """Open a prepared folder (memory-mapped), checking it is whole; raise CljaxError if not."""
     path = Path(folder)
@@ -179,6 +198,21 @@ def load_prepared(folder: str | os.PathLike, *, verify_checksums: bool = False, 
         class_names = tuple(str(c) for c in (meta.get("class_names") or range(n_classes)))
     except (KeyError, TypeError, ValueError) as exc:
         raise CljaxError(f"{path / 'meta.json'} lacks a valid n_classes or class_names ({exc!r}).{fix}") from None
+    if n_classes < 1 or len(class_names) != n_classes:
+        raise CljaxError(f"{path / 'meta.json'} has n_classes {n_classes} and {len(class_names)} class names: the "
+                         f"folder is damaged.{fix}")
+    for split in ("train", "test"):
+        images, labels = arrays[f"{split}_images.npy"], arrays[f"{split}_labels.npy"]
+        if images.ndim not in (3, 4) or images.dtype != np.uint8:
+            raise CljaxError(f"{path / f'{split}_images.npy'} holds {images.dtype} of shape {list(images.shape)}, not "
+                             f"uint8 images (N, H, W) or (N, H, W, C): the folder is damaged.{fix}")
+        if labels.ndim != 1 or labels.dtype.kind not in "iu" or len(labels) != len(images):
+            raise CljaxError(f"{path / f'{split}_labels.npy'} holds {labels.dtype} of shape {list(labels.shape)}, not "
+                             f"one integer label per image ({len(images)}): the folder is damaged.{fix}")
+        if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= n_classes):
+            raise CljaxError(f"{path / f'{split}_labels.npy'} holds labels from {int(labels.min())} to "
+                             f"{int(labels.max())}, outside 0 ... {n_classes - 1} (n_classes in meta.json): the folder "
+                             f"is damaged.{fix}")
     return ClassData(
         train_images=arrays["train_images.npy"],
         train_labels=arrays["train_labels.npy"],
