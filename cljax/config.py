@@ -253,6 +253,8 @@ class Config:
             if not isinstance(params, entry.params):
                 raise CljaxError(f"the settings of {entry.name} must be a {entry.params.__name__}, got {type(params).__name__}.")
             check_dataclass(params, lambda f, e=entry: "--" + e.field_flag(f))
+        if not str(self.results_dir).strip():
+            raise CljaxError("--results-dir is empty: give the folder of the results tree (default: results).")
         if self.n_subsamples % 2 or self.n_subsamples > self.n_test:
             raise CljaxError(
                 f"--n-subsamples {self.n_subsamples} must be even and at most 2 * --n-test-per-class "

@@ -170,7 +170,11 @@ def load_plugins(paths: list[str] | None = None) -> None:
         spec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
-        spec.loader.exec_module(module)
+        try:
+            spec.loader.exec_module(module)
+        except SyntaxError as exc:  # the plugin's own errors at import are its author's traceback to read
+            raise CljaxError(f"plugin file {p} is not valid Python (line {exc.lineno}: {exc.msg}): fix it, or leave "
+                             f"it out of --plugin / ${PLUGINS_ENV}.") from None
 
 
 # The CNN's convolution lowerings (cljax.models.cnn has a code path for each): a closed list, kept

@@ -74,7 +74,8 @@ def check_writable_target(algo_dir: Path) -> None:
 
 
 def _deletes(n_dirs: int) -> str:
-    return f"deletes its {n_dirs} task folder(s) with its checkpoint and analysis" if n_dirs else "deletes it"
+    folders = f"its {n_dirs} task folder(s), " if n_dirs else ""
+    return f"deletes {folders}its run.json, checkpoint, initial state and analysis; other files stay"
 
 
 def inspect_run(algo_dir: Path, config: Config, data_id: str | None, overwrite: bool, hashes: bool) -> Found:
@@ -91,7 +92,11 @@ def inspect_run(algo_dir: Path, config: Config, data_id: str | None, overwrite: 
     if record is None:
         raise CljaxError(f"{algo_dir} holds files that are not a cljax run: choose another --results-dir, or pass "
                          f"--overwrite to replace them (it {_deletes(n_dirs)}).")
-    differ = setting_differences(record["config"], config, record.get("data"), data_id)
+    try:
+        differ = setting_differences(record["config"], config, record.get("data"), data_id)
+    except CljaxError as exc:
+        raise CljaxError(f"{algo_dir / RUN_RECORD}: {str(exc).rstrip('.')}. Resume it with the cljax that wrote it, "
+                         f"choose another --results-dir, or pass --overwrite to start again (it {_deletes(n_dirs)}).") from None
     if differ:
         values = "; ".join(f"{k} recorded {old!r}, now {new!r}" for k, (old, new) in differ.items() if k != DATA_DIFFERS)
         raise CljaxError(f"{algo_dir} holds a run with other settings ({', '.join(differ)}){': ' + values if values else ''}. "

@@ -420,7 +420,7 @@ def test_analyze_of_a_damaged_file_is_one_line_naming_it(made, tmp_path, capsys,
 def test_analyze_bad_options_and_an_unwritable_output_are_one_line(made, tmp_path, capsys):
     run_dir = copy(made, "finished", tmp_path / "r")
     rc, _, err = run_cli(["analyze", str(run_dir), "--glue-probes", "0"], capsys)
-    assert_one_error(rc, err, "--glue-probes must be at least 1")
+    assert_one_error(rc, err, "--glue-probes must be at least 2")
     (tmp_path / "a_file").write_text("x")
     rc, _, err = run_cli(["analyze", str(run_dir), "--no-glue", "--no-plots", "--out", str(tmp_path / "a_file" / "out")],
                          capsys)
@@ -628,4 +628,25 @@ def test_a_folder_past_the_last_task_is_not_deleted_by_a_resume(made, tmp_path, 
     before = state(run_dir)
     rc, _, err = run_cli(["run", *FLAGS, "--results-dir", str(tmp_path / "r")], capsys)
     assert_one_error(rc, err, "task_007 is not a task of this 2-task run", "nothing was deleted")
+    assert state(run_dir) == before
+
+
+def test_more_bad_inputs_are_one_line(made, tmp_path, capsys):
+    run_dir = copy(made, "partial", tmp_path / "r")
+    for args, expected in ((["analyze", str(run_dir), "--glue-probes", "1"], "--glue-probes must be at least 2"),
+                           (["analyze", str(run_dir), "--probe-ridge", "inf"], "--probe-ridge must be a finite"),
+                           (["run", *FLAGS, "--results-dir", ""], "--results-dir is empty")):
+        rc, _, err = run_cli(args, capsys)
+        assert_one_error(rc, err, expected)
+    assert not (Path.cwd() / "synthetic").exists()
+    plugin = tmp_path / "broken_plugin.py"
+    plugin.write_text("def rule(:\n")
+    rc, _, err = run_cli(["run", "--plugin", str(plugin), *FLAGS, "--results-dir", str(tmp_path / "p")], capsys)
+    assert_one_error(rc, err, f"plugin file {plugin} is not valid Python (line 1")
+    record = json.loads((run_dir / "run.json").read_text())
+    (run_dir / "run.json").write_text(json.dumps({**record, "config": {**record["config"], "not_a_setting": 1}}))
+    before = state(run_dir)
+    rc, _, err = run_cli(["run", *FLAGS, "--results-dir", str(tmp_path / "r")], capsys)
+    assert_one_error(rc, err, f"{run_dir / 'run.json'}: the recorded settings cannot be read", "not_a_setting",
+                     "other files stay")
     assert state(run_dir) == before

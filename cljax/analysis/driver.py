@@ -139,7 +139,9 @@ def analyze_run(
         raise CljaxError(f"{algo_dir} holds no complete task folder: run the experiment first.")
     for i, d in enumerate(dirs):
         if d.name != results.task_dir_name(i):
-            raise CljaxError(f"task folders are not contiguous: expected {results.task_dir_name(i)}, found {d.name}")
+            raise CljaxError(f"the task folders of {algo_dir} are not contiguous: {results.task_dir_name(i)} is missing "
+                             f"before {d.name}. Analyse a whole run (finish it with the same cljax run command), or "
+                             f"restore the missing folder.")
     out = Path(out_dir) if out_dir is not None else algo_dir / "analysis"
     try:
         out.mkdir(parents=True, exist_ok=True)
