@@ -169,8 +169,6 @@ def _cmd_analyze(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.glue_probes < 2:
         raise CljaxError(f"--glue-probes must be at least 2 (its Monte-Carlo error needs two), got {args.glue_probes}.")
-    if not math.isfinite(args.probe_ridge) or args.probe_ridge <= 0:
-        raise CljaxError(f"--probe-ridge must be a finite number > 0, got {args.probe_ridge}.")
     if not math.isfinite(args.tau) or args.tau < 0:
         raise CljaxError(f"--tau must be a finite number >= 0, got {args.tau}.")
     from cljax.analysis.driver import analyze_run, format_summary

@@ -121,6 +121,12 @@ def inspect_run(algo_dir: Path, config: Config, data_id: str | None, overwrite: 
     next_task, ckpt_run = header if header is not None else (0, run_id)
     fix = (f"the learner state before that task is not stored, so the run can only be trained again from task 0: "
            f"pass --overwrite to do so (it {_deletes(n_dirs)}), or choose another --results-dir.")
+    finished = next((t for t, problem in enumerate(problems) if problem), T)  # tasks 0 .. finished-1 are whole
+    if header is None and finished >= 2:  # one whole folder and no checkpoint: a stop between the two writes
+        raise CljaxError(f"{algo_dir / CHECKPOINT} is missing, while tasks 0 to {finished - 1} are finished: the "
+                         f"learner state after them is not stored, so the run can only be trained again from task 0: "
+                         f"restore the checkpoint, pass --overwrite to train it again (it {_deletes(n_dirs)}), or "
+                         f"choose another --results-dir.")
     if ckpt_run != run_id:
         raise CljaxError(f"{algo_dir / CHECKPOINT} belongs to run {ckpt_run}, not to run {run_id} of run.json: "
                          f"the folder mixes two runs; {fix}")

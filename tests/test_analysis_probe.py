@@ -128,4 +128,4 @@ def test_a_bad_probe_ridge_is_one_error_line(tmp_path, capsys):
     write_fake_run(algo)
     assert cli.main(["analyze", str(algo), "--no-glue", "--no-plots", "--probe-ridge", "0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: probe_ridge must be positive")
+    assert len(err) == 1 and err[0].startswith("error: probe_ridge (--probe-ridge) must be a finite number > 0")

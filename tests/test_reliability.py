@@ -70,6 +70,13 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(reference, tmp_path, fau
     run_dir = algo_dir(out)
     assert [d.name for d in results.task_dirs(run_dir)] == [f"task_{i:03d}" for i in range(int(task))]
     assert_complete_task_dirs(run_dir)  # no partial task folder is ever visible
+    if int(task) >= 2:  # without its checkpoint the run is refused, not trained again from task 0
+        checkpoint = run_dir / "checkpoint.npz"
+        kept = checkpoint.read_bytes()
+        checkpoint.unlink()
+        refused = cljax(["run", *RUN_FLAGS, "--results-dir", str(out)])
+        assert refused.returncode == 2 and "checkpoint.npz is missing, while tasks 0 to 1 are finished" in refused.stderr
+        checkpoint.write_bytes(kept)
     out = tmp_path / "moved" / "elsewhere"  # a results tree moved to another path resumes the same
     shutil.move(tmp_path / "results", out)
     run_dir = algo_dir(out)

@@ -634,7 +634,7 @@ def test_a_folder_past_the_last_task_is_not_deleted_by_a_resume(made, tmp_path, 
 def test_more_bad_inputs_are_one_line(made, tmp_path, capsys):
     run_dir = copy(made, "partial", tmp_path / "r")
     for args, expected in ((["analyze", str(run_dir), "--glue-probes", "1"], "--glue-probes must be at least 2"),
-                           (["analyze", str(run_dir), "--probe-ridge", "inf"], "--probe-ridge must be a finite"),
+                           (["analyze", str(run_dir), "--probe-ridge", "inf"], "(--probe-ridge) must be a finite number > 0"),
                            (["run", *FLAGS, "--results-dir", ""], "--results-dir is empty")):
         rc, _, err = run_cli(args, capsys)
         assert_one_error(rc, err, expected)

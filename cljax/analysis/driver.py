@@ -125,8 +125,8 @@ def analyze_run(
     """
     if variant not in VARIANTS:
         raise CljaxError(f"variant must be one of {VARIANTS}, got {variant!r}")
-    if not probe_ridge > 0:
-        raise CljaxError(f"probe_ridge must be positive, got {probe_ridge}")
+    if not (np.isfinite(probe_ridge) and probe_ridge > 0):
+        raise CljaxError(f"probe_ridge (--probe-ridge) must be a finite number > 0, got {probe_ridge}")
     if glue and glue_n_probes < 2:
         raise CljaxError(f"glue_n_probes must be at least 2 (its Monte-Carlo error needs two), got {glue_n_probes}")
     if glue_tasks not in ("current", "all"):
