@@ -217,9 +217,9 @@ def device_budget_for(config: Config, device_bytes: int | None = None) -> tuple[
 
 def choose_eval_chunk(b: Budget, device_bytes: int | None = None) -> int:
     """Tasks per evaluation call: ``--eval-chunk-tasks`` when set (refused when its task does not
-    fit), else T (resident) when the
-    whole task fits the per-device budget (``device_bytes``, else ``--device-memory``, else what
-    the device reports), else the largest K that fits. Used by ``cljax run`` and ``cljax plan``."""
+    fit), else T (resident) when the whole task fits the per-device budget (``device_bytes``,
+    else ``--device-memory``, else what the device reports), else the largest K that fits. Used
+    by ``cljax run`` and ``cljax plan``."""
     config = b.config
     T = eval_slots(config)
     from cljax.devices.mesh import check_repeats, device_count
