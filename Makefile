@@ -53,7 +53,8 @@ bench: venv
 # A second call: GPU_CHECK_ARGS="--stages deterministic", "--stages tests --tests rest --limit tests=300"
 # or "--stages profile throughput_large --conv-impl fused" (a candidate timed as a user would run it);
 # or both in one call: GPU_CHECK_ARGS="--budget 460 --follow-up 110" makes the second call the
-# summary proposes at once (a machine left idle between two calls may be handed back).
+# summary proposes at once (a machine left idle between two calls may be handed back); add
+# "--export DIR" to copy the summaries and one archive of the logs into a flat folder.
 GPU_PY ?= python3
 GPU_CHECK_OUT ?= $(RESULTS)/gpu_check
 GPU_CHECK_ARGS ?=

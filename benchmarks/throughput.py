@@ -21,7 +21,8 @@ processes hits every candidate alike and the ratios hold even on a shared machin
   "best torch" is the fastest of the three. Beside them, the peers of ``torch_peers.py`` (all on
   CUDA when it is present): K processes of the usual loop at once, and torch.func vmap over the
   stacked parameters of R learners and experts; a second table gives cljax's ratio to each;
-- peak: a float32 matmul through XLA (jit), median over rounds, in FLOP/s.
+- peak: a float32 matmul through XLA (jit) at cljax's matmul precision, median over rounds, in
+  FLOP/s; the torch peers take the same precision (TF32 on CUDA only when cljax's is not "highest").
 
 Then a 10-task ``run_experiment`` on the synthetic dataset: compilations counted from
 ``backend_compile`` events, host RSS and device memory after tasks 1 and 10, and the compile
@@ -105,13 +106,16 @@ def load_average() -> list[float] | None:
 
 
 # ---- timing units: a callable doing a fixed amount of work, and that amount ---------------------
-def peak_unit(n: int):
+def peak_unit(n: int, precision: str):
+    """A float32 n x n matmul at ``precision``, the one cljax's programs run at: on NVIDIA GPUs
+    "highest" is full float32 and "default" TF32, whose peaks differ several times."""
     import jax
     import jax.numpy as jnp
 
     a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n), np.float32))
     b = jnp.asarray(np.random.default_rng(1).standard_normal((n, n), np.float32))
-    matmul = jax.jit(jnp.matmul).lower(a, b).compile()
+    with jax.default_matmul_precision(precision):
+        matmul = jax.jit(jnp.matmul).lower(a, b).compile()
     matmul(a, b).block_until_ready()
     return (lambda: matmul(a, b).block_until_ready()), 2.0 * n**3
 
@@ -237,6 +241,13 @@ def cljax_settings(args) -> dict:
             **({"conv_impl": args.conv_impl} if args.conv_impl != "auto" else {})}
 
 
+def program_precision(args) -> str:
+    """The --matmul-precision cljax's programs run at here (the config's default when not given)."""
+    from cljax.config import Config
+
+    return args.matmul_precision or Config().matmul_precision
+
+
 def default_repeats(quick: bool) -> list[int]:
     import jax
 
@@ -255,7 +266,7 @@ def run_benchmark(args) -> dict:
     load_start = load_average()
     flops = flops_per_sample()
     units, samples, compile_seconds, n_devices, paired = {}, {}, {}, {}, {}
-    call, peak_flops_per_call = peak_unit(args.peak_size)
+    call, peak_flops_per_call = peak_unit(args.peak_size, program_precision(args))
     units["peak"] = call
     loop_default = loop_repeats_default()
     # (name, loop_repeats, devices, other pairing): the default, then the alternatives it was chosen over
@@ -282,7 +293,8 @@ def run_benchmark(args) -> dict:
         from torch_peers import torch_units
 
         for name, (call, n, info) in torch_units(repeats, args.steps, args.batch_size, args.torch_processes,
-                                                 vmap=not args.no_torch_vmap).items():
+                                                 vmap=not args.no_torch_vmap,
+                                                 tf32=program_precision(args) != "highest").items():
             units[name], samples[name], peers[name] = call, n, info
     try:
         seconds = interleaved_medians(units, args.rounds)
@@ -336,7 +348,7 @@ def run_benchmark(args) -> dict:
                      "counted": "steps x batch x R x 2 (learner + expert) per second"},
         "torch_version": None if args.no_torch else __import__("torch").__version__,
         "torch_device": next((info["device"] for info in peers.values()), None),
-        "matmul_precision": args.matmul_precision or "the config's default",
+        "matmul_precision": program_precision(args),  # of cljax's programs, the peak matmul and the torch peers
         "conv_impl": args.conv_impl,
         "jax_version": jax.__version__,
         "rows": rows,

@@ -96,6 +96,7 @@ class TorchVmap:
 
 def _process_main(conn, steps: int, batch_size: int, threads: int, device: str, seed: int, path: str) -> None:
     sys.path.insert(0, path)
+    set_tf32(os.environ.get("CLJAX_TORCH_TF32") == "1")
     unit = TorchRepeat(steps, batch_size, threads, seed=seed, device=device)
     conn.send("ready")
     while conn.recv() == "run":
@@ -141,10 +142,22 @@ def default_processes(device: str) -> list[int]:
     return [8] if device == "cuda" else [max(1, os.cpu_count() or 1)]
 
 
+def set_tf32(tf32: bool) -> None:
+    """TF32 in torch's CUDA matmuls and cuDNN convolutions, or full float32 (torch's default is
+    TF32 in convolutions only), to match cljax's --matmul-precision; in this process and, through
+    the environment, in the peer processes it spawns."""
+    import torch
+
+    os.environ["CLJAX_TORCH_TF32"] = "1" if tf32 else "0"
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+
+
 def torch_units(repeats: list[int], steps: int, batch_size: int, processes: list[int] | None = None,
-                vmap: bool = True) -> dict:
+                vmap: bool = True, tf32: bool = False) -> dict:
     """name -> (callable, samples per call, description) of every peer; the vmap peer once per R,
-    keyed ("torch_vmap", R)."""
+    keyed ("torch_vmap", R). ``tf32``: see :func:`set_tf32`."""
+    set_tf32(tf32)
     device = torch_device()
     cores = os.cpu_count() or 1
     threads = cores if device == "cpu" else 1

@@ -24,8 +24,9 @@ def load_gpu_check():
 
 def test_the_smoke_mode_runs_every_stage_and_writes_json_and_a_summary(tmp_path):
     out = tmp_path / "check"
+    exported = tmp_path / "device_out"
     proc = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--out", str(out), "--fashion-dir", str(FASHION_DIR),
-                           "--follow-up", "30"], capture_output=True, text=True, timeout=600)
+                           "--follow-up", "30", "--export", str(exported)], capture_output=True, text=True, timeout=600)
     report = json.loads((out / "check.json").read_text())
     assert proc.returncode == 0, json.dumps({k: v.get("log_tail") for k, v in report["stages"].items()})[-3000:]
     stages = report["stages"]
@@ -77,6 +78,30 @@ def test_the_smoke_mode_runs_every_stage_and_writes_json_and_a_summary(tmp_path)
     assert second["stages"]["tests"]["result"]["failures"] == 0 and second["budget_seconds"] == 30
     assert "It ran in this call as its follow-up (`--follow-up`): tests ok; all ok: True" in summary
     assert "| fashion | ok |" in summary and "seconds per task:" in summary
+    # What the device tool brings back: at most 8 flat files under 16 MiB each (the run folders
+    # and the trace stay behind); the summaries whole, everything else small in one archive.
+    import tarfile
+
+    files = sorted(p.name for p in exported.iterdir())
+    assert files == ["check.json", "follow_up_check.json", "follow_up_summary.md", "logs.tar.gz", "summary.md"]
+    assert all(p.is_file() and p.stat().st_size < 16 << 20 for p in exported.iterdir())
+    assert (exported / "summary.md").read_text() == summary
+    with tarfile.open(exported / "logs.tar.gz") as archive:
+        names = archive.getnames()
+    assert "variants.log" in names and "follow_up/tests.log" in names and "junit.xml" in names
+    assert not [n for n in names if n.startswith(("runs/", "profile_trace/"))]
+
+
+def test_without_the_fashion_data_its_stages_fail_at_once_and_the_others_run(tmp_path):
+    out = tmp_path / "check"
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--out", str(out), "--fashion-dir",
+                           str(tmp_path / "nowhere"), "--stages", "tests", "variants", "fashion", "lop"],
+                          capture_output=True, text=True, timeout=300)
+    stages = json.loads((out / "check.json").read_text())["stages"]
+    assert proc.returncode == 1
+    for name in ("tests", "variants", "fashion"):
+        assert stages[name] == {"status": "failed", "why": f"no Fashion-MNIST IDX files in {tmp_path / 'nowhere'}"}
+    assert stages["lop"]["status"] == "ok"  # synthetic data: it runs
 
 
 def test_a_stage_past_its_limit_is_killed_with_its_children(tmp_path):
