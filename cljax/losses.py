@@ -20,10 +20,14 @@ def log_probs(logits_BxO):
 
 
 def nll_and_correct(logits_BxO, labels_B):
-    """Per-example negative log-likelihood of the true label and greedy correctness (B,)."""
+    """Per-example negative log-likelihood of the true label and greedy correctness (B,).
+    Correctness is NaN where a logit is not finite: a diverged network has no accuracy (argmax
+    of NaNs is label 0, which would score it at chance), and the analyses leave it out and count
+    it like every other non-finite value."""
     lp = log_probs(logits_BxO)
     nll = -jnp.take_along_axis(lp, labels_B[:, None].astype(jnp.int32), axis=-1)[:, 0]
-    return nll, (jnp.argmax(lp, axis=-1) == labels_B).astype(jnp.float32)
+    correct = (jnp.argmax(lp, axis=-1) == labels_B).astype(jnp.float32)
+    return nll, jnp.where(jnp.isfinite(logits_BxO).all(axis=-1), correct, jnp.nan)
 
 
 def nll_and_accuracy(logits_BxO, labels_B):

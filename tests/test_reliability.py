@@ -173,6 +173,12 @@ def test_nonfinite_loss_stops_with_a_record_unless_allowed(tmp_path, capsys):
     assert len(results.task_dirs(algo_dir(out))) == 1
     rc = cli_main(["run", *RUN_FLAGS, "--lr", "1e12", "--allow-nonfinite", "--overwrite", "--results-dir", str(out)])
     assert rc == 0 and len(results.task_dirs(algo_dir(out))) == 3
+    # A diverged network has no accuracy: NaN where its logits are not finite (argmax of NaNs is
+    # label 0, which scored it at exactly chance, 0.5, and entered the means as a real value).
+    last = results.task_dirs(algo_dir(out))[-1]
+    metrics, expert = results.load_metrics(last), results.load_expert_metrics(last)
+    assert not np.isfinite(metrics["test_loss"][-1]).any() and np.isnan(metrics["test_acc"][-1]).all()
+    assert np.isnan(expert["test_acc"][-1]).all()
 
 
 # ---- one clear line for every bad input --------------------------------------------------------
