@@ -346,9 +346,11 @@ def load_representations(task_dir, mmap: bool = True, as_float32: bool = False) 
     """(L, R, T, S, H) in the dtype the run chose (bfloat16 as ``ml_dtypes.bfloat16``), or as
     float32 with ``as_float32`` (exact for every stored dtype)."""
     reps = load_npy(Path(task_dir) / "representations.npy", mmap=mmap)
-    meta_path = Path(task_dir) / "metadata.json"
-    storage = load_metadata(task_dir).get("representations_storage", {}) if meta_path.exists() else {}
-    if isinstance(storage, dict) and storage.get("dtype") == "bfloat16" and reps.dtype == np.uint16:
+    if reps.dtype == np.uint16:  # bfloat16's bit patterns (numpy has no bfloat16): metadata.json says so
+        storage = load_metadata(task_dir).get("representations_storage")
+        if not (isinstance(storage, dict) and storage.get("dtype") == "bfloat16"):
+            raise DamagedFile(Path(task_dir) / "metadata.json", "does not record the bfloat16 storage of "
+                              "representations.npy (uint16 bit patterns, which would read as other numbers)", _DAMAGED)
         import ml_dtypes
 
         reps = reps.view(ml_dtypes.bfloat16)

@@ -190,6 +190,23 @@ def test_bfloat16_representations_on_disk(hundred_tasks):
     assert (as_f32 >= 0).all() and as_f32.any()  # ReLU features, not garbage bits
 
 
+def test_bfloat16_representations_without_their_record_are_refused(hundred_tasks, tmp_path):
+    # The uint16 bit patterns read as other numbers (16168.0 for ~0.42) when metadata.json was
+    # missing or damaged; the reader now says so, as every reader does for a damaged file.
+    import shutil
+
+    _, _, run, _, _ = hundred_tasks
+    task = tmp_path / "task_003"
+    shutil.copytree(run.algo_dir / "task_003", task)
+    meta = json.loads((task / "metadata.json").read_text())
+    (task / "metadata.json").write_text(json.dumps({**meta, "representations_storage": "x"}))
+    with pytest.raises(CljaxError, match="does not record the bfloat16 storage"):
+        results.load_representations(task, as_float32=True)
+    (task / "metadata.json").unlink()
+    with pytest.raises(CljaxError, match="metadata.json is missing"):
+        results.load_representations(task)
+
+
 def test_sweep_runs_each_setting_in_its_own_folder(sweep_process):
     proc, root = sweep_process
     out, _ = proc.communicate(timeout=560)
