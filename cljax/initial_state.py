@@ -1,4 +1,5 @@
-"""The learner's network before its first step, saved once per run: ``{algo_dir}/initial/``.
+"""The learner's network as initialised, saved once per run: ``{algo_dir}/initial/`` (before any
+task-start change: under ``--head reset`` task 0 trains from the reset head).
 
     initial/weights.npy      (R,) structured dtype, the fields of a task's weights.npy
     initial/model_state.npy  (R,) the model's mutable state, for a model that has one
@@ -30,7 +31,8 @@ def initial_arrays(params, model_state) -> dict:
 def write_initial(algo_dir: Path, arrays: dict, run_id: str) -> Path:
     shapes = {k: list(v.shape) for k, v in arrays.items() if v is not None}
     return write_folder(algo_dir, INITIAL, arrays, {}, {
-        "what": "the learner's network before its first step (the initialisation, one row per repeat)",
+        "what": "the learner's network as initialised, before any task-start change such as a head reset "
+                "(one row per repeat)",
         "run_id": run_id, "shapes": shapes})
 
 

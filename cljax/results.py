@@ -5,7 +5,9 @@
         binary_labels.npy    (L, R, T, S) uint8
         weights.npy          (L, R) structured dtype, one field per parameter ("conv1/kernel", ...)
         start_weights.npy    (R,) the same fields: the weights this task's training started from,
-                             after the task-start options (shrink+perturb); absent in older runs
+                             after the task-start changes (shrink+perturb, a head reset); absent
+                             in older runs
+        model_state.npy      (L, R) structured: the model's mutable state (BatchNorm), when it has one
         metrics.pkl          dict of numpy arrays (see METRICS_KEYS)
         expert_metrics.pkl   dict of numpy arrays (train_loss, train_acc, test_loss, test_acc), (L, R)
         metadata.json        config, class pairs, shapes, log steps, versions, device, timings,
@@ -390,11 +392,14 @@ def load_model_state(task_dir) -> dict:
 
 
 def load_task(task_dir) -> dict:
-    """Every file of one task folder, as numpy arrays and dicts."""
+    """Every file of one task folder, as numpy arrays and dicts (``start_weights`` None in a
+    folder from before it was written; ``model_state`` {} for a model without one)."""
     return {
         "representations": load_representations(task_dir),
         "binary_labels": load_binary_labels(task_dir),
         "weights": load_weights(task_dir),
+        "start_weights": load_start_weights(task_dir),
+        "model_state": load_model_state(task_dir),
         "metrics": load_metrics(task_dir),
         "expert_metrics": load_expert_metrics(task_dir),
         "metadata": load_metadata(task_dir),

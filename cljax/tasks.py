@@ -51,7 +51,8 @@ def make_schedule(n_classes: int, num_tasks: int, n_repeats: int, seed: int, kin
 def schedule_record(schedule_TR2: np.ndarray, t: int, kind: str, n_classes: int) -> dict:
     """What task t's metadata.json says about the schedule. ``pairs``: every task's pairs
     (``task_class_pairs``, (T, R, 2), as before this setting existed). ``cycle``: the one cycle
-    (``cycle_class_pairs``, (P, R, 2)), so the file does not grow with T; task t is cycle pair
+    (``cycle_class_pairs``, (min(T, P), R, 2): the pairs the run visits), so the file does not
+    grow with T; task t is cycle pair
     ``pair_index`` = t mod P, trained for the ``pair_visit``-th time; ``pairs_seen`` (P,): how
     many tasks up to and including t trained each cycle pair."""
     n_pairs = n_classes // 2

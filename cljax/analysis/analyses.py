@@ -236,7 +236,7 @@ CONVENTIONS = {
     "weight_change_task_start": "reference = the task's start_weights.npy: the weights its training started from, "
                                 "after the task-start options (shrink+perturb); in a folder without it, the last "
                                 "snapshot of the previous task folder",
-    "weight_change_init": "reference = initial/weights.npy, the network before its first step; in a run without "
+    "weight_change_init": "reference = initial/weights.npy, the initialisation (before a head reset); in a run without "
                           "it, the first snapshot of task_000",
     "feature_variance": "mean over units of the variance across samples",
 }
