@@ -185,7 +185,7 @@ def stream_chunks(evaluate_fn, weights_LR, host_x, host_y, ids, K: int, sample=l
         n = min(K, n_slots - first)
         if (ids[first : first + n] < 0).all():
             continue
-        # The last chunk is padded with its own first slot so every call has one shape (one
+        # The last chunk is padded with the run's last slot so every call has one shape (one
         # compilation); the padding's results are dropped.
         take = np.minimum(np.arange(first, first + K), n_slots - 1)
         x, y = put_repeats(host_x[take], 2), put_repeats(host_y[take], 2)

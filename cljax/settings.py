@@ -13,7 +13,12 @@ from cljax.registry import DATASETS, MODELS, OPTIONS, RULES, load_plugins
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse that reports a bad flag in one line (no usage dump) and exits 2."""
+    """argparse that reports a bad flag in one line (no usage dump) and exits 2, and takes flags
+    only as written in full: ``--preset`` and ``--plugin`` are read from argv before the parser
+    exists, so an abbreviation (``--pres``) would parse and then be ignored."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **{"allow_abbrev": False, **kwargs})
 
     def error(self, message):
         self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")

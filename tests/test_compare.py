@@ -57,3 +57,19 @@ def test_a_folder_without_task_folders_is_one_line(tmp_path, capsys):
     rc = cli_main(["compare", str(tmp_path / "empty")])
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and "no task folders" in err
+
+
+def test_runs_whose_folders_share_a_name_keep_their_own_rows(tmp_path, capsys):
+    # A sweep writes {results_dir}/{tag}/{dataset}/SL_T4: every run's folder has the same name,
+    # and the runs were merged into one row (the last one).
+    rng = np.random.default_rng(1)
+    learner, expert = rng.uniform(0.5, 1, (T, R)), rng.uniform(0.5, 1, (T, R))
+    runs = [tmp_path / tag / "synthetic" / "SL_T4" for tag in ("lr-0.01_seed-0", "lr-0.1_seed-0")]
+    for i, run in enumerate(runs):
+        write_run(run, learner - 0.1 * i, expert, window=False)
+    summary = compare_runs(runs)
+    assert list(summary) == ["lr-0.01_seed-0/synthetic/SL_T4", "lr-0.1_seed-0/synthetic/SL_T4"]
+    np.testing.assert_allclose(summary[list(summary)[1]]["gap_late"]["mean"],
+                               summary[list(summary)[0]]["gap_late"]["mean"] + 0.1)
+    rc = cli_main(["compare", str(runs[0]), str(runs[0])])
+    assert rc == 2 and "the same run is given twice" in capsys.readouterr().err

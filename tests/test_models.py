@@ -241,3 +241,13 @@ def test_kernel_matmul_values_and_gradients_are_the_plain_matmul():
     )
     d_ref = jax.grad(lambda k: jnp.sum(jnp.sin(plain(k, -patches))))(2 * kernel)
     np.testing.assert_allclose(d_kernel[1], d_ref, rtol=1e-5, atol=1e-5)
+
+
+def test_the_cnn_refuses_images_its_pools_reduce_to_nothing():
+    # 24 x 24 -> 8 -> 2 -> 0: the global mean of an empty map was NaN at initialisation, and the
+    # run stopped with "non-finite loss ... lower --lr".
+    from cljax.errors import CljaxError
+
+    with pytest.raises(CljaxError, match=r"pools its images by 27 .* 24 x 24 images leave nothing"):
+        build_model("cnn", MODELS["cnn"].params(), ModelContext(1, (24, 24), "lax"))
+    build_model("cnn", MODELS["cnn"].params(), ModelContext(1, (27, 27), "lax"))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from cljax.cli import main as cli_main
 from cljax.presets import PRESETS
 from cljax.settings import Parser, add_settings_flags, config_from_args, setting_specs
@@ -33,3 +35,11 @@ def test_an_unknown_preset_is_one_line(tmp_path, capsys):
     assert rc == 2 and err.count("\n") == 1
     assert "unknown preset 'lop'" in err and "lop-imagenet" in err
     assert not any(tmp_path.iterdir())
+
+
+def test_an_abbreviated_preset_flag_is_refused_not_ignored(capsys):
+    # --preset is read from argv before the parser exists; argparse took "--pres" as an
+    # abbreviation, so the run parsed and ran without the preset's settings.
+    with pytest.raises(SystemExit) as stopped:  # argparse's exit, as for any unknown flag
+        cli_main(["plan", "--pres", "lop-imagenet"])
+    assert stopped.value.code == 2 and "unrecognized arguments: --pres" in capsys.readouterr().err

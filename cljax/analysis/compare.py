@@ -40,7 +40,9 @@ def compare_runs(run_dirs, out_png: str | os.PathLike | None = None, labels=None
     """The gap per run: its spread over repeats of the per-repeat mean over the late tasks (from
     ``late_from`` of the run on), the learner's and the expert's accuracy there, and the gap per
     task (mean over repeats). Writes the plot to ``out_png`` when given."""
-    labels = list(labels) if labels else [Path(d).name for d in run_dirs]
+    labels = list(labels) if labels else distinct_labels(run_dirs)
+    if len(set(labels)) != len(labels):
+        raise CljaxError(f"two runs have the same label ({', '.join(labels)}): give each its own.")
     curves, summary = {}, {}
     for label, run_dir in zip(labels, run_dirs):
         acc = current_task_accuracy(run_dir)
@@ -59,11 +61,23 @@ def compare_runs(run_dirs, out_png: str | os.PathLike | None = None, labels=None
     return summary
 
 
+def distinct_labels(run_dirs) -> list[str]:
+    """Each run's label: the last parts of its path, as few as tell the runs apart (a sweep's runs
+    all end in the same {dataset}/{algorithm})."""
+    parts = [Path(d).resolve().parts for d in run_dirs]
+    for k in range(1, max(len(p) for p in parts) + 1):
+        labels = ["/".join(p[-k:]) for p in parts]
+        if len(set(labels)) == len(labels):
+            return labels
+    raise CljaxError(f"the same run is given twice ({', '.join(map(str, run_dirs))}): give each run once.")
+
+
 def format_comparison(summary: dict) -> str:
-    lines = ["run                          tasks   gap (late tasks)     learner          expert"]
+    width = max(28, *(len(label) for label in summary))
+    lines = [f"{'run':<{width}} tasks   gap (late tasks)     learner          expert"]
     for label, s in summary.items():
         g, lr, ex = s["gap_late"], s["learner_late"], s["expert_late"]
-        lines.append(f"{label[:28]:<28} {s['late_tasks'][0]:>4}-{s['late_tasks'][1]:<4} "
+        lines.append(f"{label:<{width}} {s['late_tasks'][0]:>4}-{s['late_tasks'][1]:<4} "
                      f"{g['mean']:.3f} +- {g['std']:.3f}   {lr['mean']:.3f} +- {lr['std']:.3f}   "
                      f"{ex['mean']:.3f} +- {ex['std']:.3f}")
     lines.append("(mean and sample std over repeats of each repeat's mean over the late tasks)")

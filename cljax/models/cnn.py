@@ -9,6 +9,7 @@ from cljax.models import CLASSIFIER_GROUP, CONV_IMPLS, ModelContext, as_float_im
 from cljax.models.fused import fused_conv_stack
 from cljax.models.im2col import im2col_conv_stack
 from cljax.models.units import sow_units
+from cljax.errors import CljaxError
 from cljax.registry import NoParams
 
 
@@ -65,4 +66,9 @@ class CNN(nn.Module):
 @register_model("cnn", params=NoParams, prefix="cnn")
 def build_cnn(params: NoParams, ctx: ModelContext) -> CNN:
     """The spec's CNN: 3 conv layers (16/32/64) and 2 dense layers of 64."""
+    side = 3 ** len(CNN.channels)  # each conv layer's 3 x 3 VALID pool divides the side by 3
+    if min(ctx.image_shape[:2]) < side:
+        raise CljaxError(f"the cnn model pools its images by {side} (three 3 x 3 pools), so {ctx.image_shape[0]} x "
+                         f"{ctx.image_shape[1]} images leave nothing to read: use images of at least {side} x {side} "
+                         f"(--synthetic-size 28), or --model mlp.")
     return CNN(out_dim=ctx.out_dim, conv_impl=ctx.conv_impl, dtype=ctx.compute_dtype)
