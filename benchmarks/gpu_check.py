@@ -37,7 +37,6 @@ a minute); the test suite runs it (tests/test_gpu_check.py).
     python benchmarks/gpu_check.py --out results/gpu_check --fashion-dir /usr/share/datasets/fashion-mnist
     python benchmarks/gpu_check.py --smoke --out /tmp/gpu_check_smoke
     python3 benchmarks/gpu_check.py --out /tmp/gc --export $OUT --fashion-dir results/fashion --budget 460 --follow-up 110
-        # the one-call device session: the few files the device tool returns go to $OUT (gpu_check_export.py)
 """
 
 from __future__ import annotations
@@ -57,6 +56,7 @@ ROOT = HERE.parent
 sys.path[:0] = [str(HERE), str(ROOT)]  # its sibling modules, and this checkout's cljax
 
 from cljax.config import config_choices  # noqa: E402  (jax-free: jax is imported in the stages' processes)
+from gpu_check_export import export  # noqa: E402
 # --smoke checks the script, not the model: a small MLP (it compiles in a fraction of the CNN's
 # time), and one size for the variants, fashion and lop stages, so that their programs are
 # compiled once and then found in the persistent compilation cache.
@@ -372,12 +372,12 @@ def main(argv=None) -> int:
         (Path(args.out) / f"stage_{args.stage}.json").write_text(json.dumps(result, indent=1, default=str))
         return 0
     report = orchestrate(args)
+    if args.export:  # now, and again after the follow-up: a device call cut short keeps the first
+        export(Path(args.out), Path(args.export))
     if args.follow_up > 0:
         follow_up(args, report)
     print((Path(args.out) / "summary.md").read_text())
     if args.export:
-        from gpu_check_export import export
-
         print(f"exported to {args.export}: {', '.join(export(Path(args.out), Path(args.export)))}")
     return 0 if report["all_ok"] else 1
 

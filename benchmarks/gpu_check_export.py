@@ -36,8 +36,8 @@ def export(out: Path, dest: Path) -> list[str]:
     total = 0
     with tarfile.open(dest / "logs.tar.gz", "w:gz") as archive:
         for path in files:
+            if total + path.stat().st_size > ARCHIVE_CAP:
+                continue
             total += path.stat().st_size
-            if total > ARCHIVE_CAP:
-                break
             archive.add(path, arcname=str(path.relative_to(out)))
     return [*written, "logs.tar.gz"]

@@ -36,15 +36,8 @@ import numpy as np
 from cljax.errors import CljaxError, DamagedFile, brief
 from cljax.faults import crash_point
 
-TASK_FILES = (
-    "representations.npy",
-    "binary_labels.npy",
-    "weights.npy",
-    "start_weights.npy",
-    "metrics.pkl",
-    "expert_metrics.pkl",
-    "metadata.json",
-)
+TASK_FILES = ("representations.npy", "binary_labels.npy", "weights.npy", "start_weights.npy", "metrics.pkl",
+              "expert_metrics.pkl", "metadata.json")
 # Files added to the format later: a folder written before them lacks them and is still whole.
 LATER_TASK_FILES = ("start_weights.npy",)
 EXPERT_KEYS = ("train_loss", "train_acc", "test_loss", "test_acc")
@@ -386,9 +379,7 @@ def load_model_state(task_dir) -> dict:
     """The model's mutable state at each snapshot ({collection/layer/name: (L, R, ...)}), or {}
     for a model without any (no model_state.npy)."""
     path = Path(task_dir) / "model_state.npy"
-    if not path.exists():
-        return {}
-    return load_structured(path)
+    return load_structured(path) if path.exists() else {}
 
 
 def load_task(task_dir) -> dict:
