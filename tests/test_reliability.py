@@ -195,6 +195,8 @@ def _corrupt_fashion(tmp_path: Path, how: str) -> Path:
         target.write_bytes(gzip.compress(b"\x12\x34" + raw[2:]))
     elif how == "missing_file":
         target.unlink()
+    elif how == "label_past_classes":  # label 12 of 10 classes: its image belonged to no task, silently
+        target.write_bytes(gzip.compress(raw[:8] + b"\x0c" + raw[9:]))
     return d
 
 
@@ -243,6 +245,7 @@ BAD_INPUTS = {
     "short_idx": (["--data-dir", "{short_idx}"], "is truncated"),
     "bad_magic": (["--data-dir", "{bad_magic}"], "is not a uint8 IDX file"),
     "missing_file": (["--data-dir", "{missing_file}"], "not found"),
+    "label_past_classes": (["--data-dir", "{label_past_classes}"], "train labels in"),
     "results_dir_is_a_file": (["--results-dir", "{file}/sub"], "is a file, not a folder"),
     "other_config_exists": (["--results-dir", "{existing}", "--lr", "0.2"], "holds a run with other settings (lr)"),
     "malicious_pickle": (["--num-tasks", "1", "--results-dir", "{malicious}"], "refusing to load posix.system"),
@@ -257,7 +260,7 @@ def test_bad_input_gives_one_clear_line_and_writes_nothing(case, tmp_path, capsy
              "existing": str(reference.parent.parent), "fulldisk": str(tmp_path / "full")}
     (tmp_path / "empty_prepared").mkdir()
     (tmp_path / "a_file").write_text("x")
-    for how in ("truncated_gz", "short_idx", "bad_magic", "missing_file"):
+    for how in ("truncated_gz", "short_idx", "bad_magic", "missing_file", "label_past_classes"):
         if "{" + how + "}" in " ".join(flags):
             fills[how] = str(_corrupt_fashion(tmp_path, how))
     if "{malicious}" in " ".join(flags):

@@ -650,3 +650,13 @@ def test_more_bad_inputs_are_one_line(made, tmp_path, capsys):
     assert_one_error(rc, err, f"{run_dir / 'run.json'}: the recorded settings cannot be read", "not_a_setting",
                      "other files stay")
     assert state(run_dir) == before
+
+
+def test_a_prepared_folder_whose_splits_differ_in_image_size_is_one_line(tmp_path):
+    from cljax.data.prepared import load_prepared, write_prepared
+
+    labels = np.repeat(np.arange(2), 4)
+    folder = write_prepared(tmp_path / "data", np.zeros((8, 28, 28), np.uint8), labels, np.zeros((8, 20, 20), np.uint8),
+                            labels, name="test", source="test", preprocessing={}, n_classes=2)
+    with pytest.raises(CljaxError, match=r"train images are \[28, 28\] and its test images \[20, 20\]"):
+        load_prepared(folder)

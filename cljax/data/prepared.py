@@ -201,6 +201,9 @@ def load_prepared(folder: str | os.PathLike, *, verify_checksums: bool = False, 
     if n_classes < 1 or len(class_names) != n_classes:
         raise CljaxError(f"{path / 'meta.json'} has n_classes {n_classes} and {len(class_names)} class names: the "
                          f"folder is damaged.{fix}")
+    if arrays["train_images.npy"].shape[1:] != arrays["test_images.npy"].shape[1:]:
+        raise CljaxError(f"{path}: its train images are {list(arrays['train_images.npy'].shape[1:])} and its test images "
+                         f"{list(arrays['test_images.npy'].shape[1:])}: the folder is damaged.{fix}")
     for split in ("train", "test"):
         images, labels = arrays[f"{split}_images.npy"], arrays[f"{split}_labels.npy"]
         if images.ndim not in (3, 4) or images.dtype != np.uint8:

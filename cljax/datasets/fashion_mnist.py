@@ -57,6 +57,10 @@ def load_fashion_mnist(params, config) -> ClassData:
     for split in ("train", "test"):
         if arrays[f"{split}_images"].shape[0] != arrays[f"{split}_labels"].shape[0]:
             raise CljaxError(f"Fashion-MNIST {split} images and labels differ in count in {folder}: {_FIX}")
+        if arrays[f"{split}_labels"].size and int(arrays[f"{split}_labels"].max()) >= len(CLASS_NAMES):
+            # an image whose label is no class would be left out of every task without a word
+            raise CljaxError(f"Fashion-MNIST {split} labels in {folder} go up to {int(arrays[f'{split}_labels'].max())}, "
+                             f"past its {len(CLASS_NAMES)} classes: the file is damaged. {_FIX}")
     return ClassData(
         train_images=arrays["train_images"],
         train_labels=arrays["train_labels"].astype(np.int32),

@@ -4,7 +4,10 @@ for scale tests, benchmarks and models that need colour (never a real result).
 Each class is a fixed random smooth prototype (a coarse grid of Gaussian values, upsampled 4x);
 an image is its prototype shifted by up to two pixels (circularly) plus pixel noise, so classes
 are learnable but not trivially. ``--synthetic-size`` must be a multiple of 4. With one channel
-the images are (N, size, size), else (N, size, size, channels).
+the images are (N, size, size), else (N, size, size, channels). The images are a function of the
+dataset's own settings and of the images per class (train, and test with ``--test-source
+train_holdout``), never of ``--seed``: runs with other seeds draw other pairs and samples of the
+same images, as they would from a real dataset.
 """
 
 from __future__ import annotations
