@@ -5,6 +5,7 @@ once, write the task folder) -> summary. Everything here is orchestration; the m
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import shutil
 import sys
@@ -83,6 +84,7 @@ def run_experiment(
     task_data = TaskData(data, config)  # checks that every class has the images a task takes
     algo_dir = algo_dir_of(config)
     found = inspect_run(algo_dir, config, data_id, overwrite, hashes=False)
+    config = _recorded_pairing(config, found.record)
     if found.record is not None and not found.finished:
         check_unchanged(data)  # the identity of a prepared folder is its recorded checksums
     if found.finished:  # verify every file's content before saying so
@@ -244,6 +246,16 @@ def _disk_errors(algo_dir: Path, t: int):
             raise
         raise CljaxError(f"no space left at {algo_dir} ({exc.strerror}) while writing task {t}: free space, then run "
                          f"the same command (the run resumes from its last finished task).") from None
+
+
+def _recorded_pairing(config: Config, record: dict | None) -> Config:
+    """A resumed run with ``--learner-expert auto`` pairs its learner and expert as it started:
+    auto's choice depends on the host's cores, which a requeue onto another node can change, and
+    the pairing moves the last bits (docs/scale.md, "Resuming keeps the split")."""
+    recorded = (((record or {}).get("split") or {}).get("lowering") or {}).get("learner_expert")
+    if config.learner_expert != "auto" or recorded not in ("paired", "separate"):
+        return config
+    return dataclasses.replace(config, learner_expert=recorded)
 
 
 def _nonfinite_report(config: Config, arrays: dict, eval_ids) -> list[dict]:

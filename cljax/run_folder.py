@@ -324,7 +324,8 @@ def warn_if_other_split(recorded: dict | None, split: dict, next_task: int) -> N
 def describe_split(split: dict) -> str:
     lowering = split.get("lowering") or {}
     return (f"{split.get('devices')} {split.get('backend')} device(s) x {split.get('processes')} process(es), "
-            f"{lowering.get('conv', '?')} convolutions, repeats {lowering.get('repeats', '?')}")
+            f"{lowering.get('conv', '?')} convolutions, repeats {lowering.get('repeats', '?')}, learner and expert "
+            f"{lowering.get('learner_expert', '?')}")
 
 
 # ---- changes, under the lock -------------------------------------------------------------------

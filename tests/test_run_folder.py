@@ -660,3 +660,18 @@ def test_a_prepared_folder_whose_splits_differ_in_image_size_is_one_line(tmp_pat
                             labels, name="test", source="test", preprocessing={}, n_classes=2)
     with pytest.raises(CljaxError, match=r"train images are \[28, 28\] and its test images \[20, 20\]"):
         load_prepared(folder)
+
+
+def test_a_resume_pairs_learner_and_expert_as_the_run_started_with_auto(made, tmp_path, capsys):
+    # auto pairs them where a CPU device has a core to itself: a requeue onto a node with other
+    # cores switched the pairing mid-run (the last bits moved, against "byte-identical").
+    run_dir = copy(made, "partial", tmp_path / "r")
+    record = json.loads((run_dir / "run.json").read_text())
+    started = record["split"]["lowering"]["learner_expert"]
+    other = {"paired": "separate", "separate": "paired"}[started]
+    record["split"]["lowering"]["learner_expert"] = other  # as if started on a host where auto chose the other
+    (run_dir / "run.json").write_text(json.dumps(record))
+    rc, _, err = run_cli(["run", *FLAGS, "--results-dir", str(tmp_path / "r")], capsys)
+    assert rc == 0, err
+    assert results.load_metadata(run_dir / "task_001")["lowering"]["learner_expert"] == other
+    assert results.load_metadata(run_dir / "task_000")["lowering"]["learner_expert"] == started
