@@ -301,6 +301,8 @@ def test_cpu_devices_follow_the_environment_and_divide_r():
         cpu_devices_wanted(8, {"CLJAX_CPU_DEVICES": "3"})
     with pytest.raises(CljaxError, match=r"CLJAX_CPU_DEVICES='many' is not understood: use auto, off"):
         cpu_devices_wanted(8, {"CLJAX_CPU_DEVICES": "many"})
+    with pytest.raises(CljaxError, match=r"CLJAX_CPU_DEVICES=-1: give a number of devices of at least 1"):
+        cpu_devices_wanted(8, {"CLJAX_CPU_DEVICES": "-1"})
 
 
 def test_a_bad_cpu_device_count_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch):

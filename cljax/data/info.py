@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -89,7 +88,9 @@ def write_sample_grid(
 
 def data_info_main(argv: list[str]) -> int:
     """`data-info DIR [--png FILE]`: print classes and counts per split, save a sample grid; exit code."""
-    parser = argparse.ArgumentParser(prog="data-info", description="Describe a prepared dataset folder and save sample images.")
+    from cljax.settings import Parser  # a bad flag is one line, as in the other commands
+
+    parser = Parser(prog="data-info", description="Describe a prepared dataset folder and save sample images.")
     parser.add_argument("folder", help="a prepared folder (e.g. the --out of prepare-imagenet)")
     parser.add_argument("--png", default=None, help="where to save the sample grid (default FOLDER/samples.png)")
     args = parser.parse_args(argv)
