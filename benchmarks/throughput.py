@@ -49,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling modules,
 
 from cljax.config import config_choices  # noqa: E402
 from throughput_experiment import experiment_figures  # noqa: E402  (found through the entry above)
-from throughput_report import markdown  # noqa: E402
+from throughput_report import markdown, measured_rows  # noqa: E402
 
 IMAGE_SHAPE = (28, 28)  # the synthetic dataset's images, the real shapes
 
@@ -180,19 +180,22 @@ def _cljax_unit(repeats: int, steps: int, batch_size: int, loop_repeats: bool | 
     return call, config.steps_per_task * batch_size * repeats * 2, compile_seconds, program.parts.paired
 
 
-def interleaved_medians(units: dict, rounds: int, seed: int = 0) -> dict:
+def interleaved_medians(units: dict, rounds: int, after_round=None, seed: int = 0) -> dict:
     """Seconds per call of every unit, median over ``rounds``; each round runs every unit once,
     in a new random order (a unit that always ran right after the peak matmul measured up to
-    10% slower than the same program elsewhere in the round)."""
+    10% slower than the same program elsewhere in the round). ``after_round(medians, done)``
+    gets the medians of the rounds done so far after each round."""
     times = {name: [] for name in units}
     rng = np.random.default_rng(seed)
     names = list(units)
-    for _ in range(rounds):
+    for done in range(1, rounds + 1):
         for i in rng.permutation(len(names)):
             name, call = names[i], units[names[i]]
             t0 = time.perf_counter()
             call()
             times[name].append(time.perf_counter() - t0)
+        if after_round:
+            after_round({name: float(np.median(ts)) for name, ts in times.items()}, done)
     return {name: float(np.median(ts)) for name, ts in times.items()}
 
 
@@ -256,7 +259,10 @@ def default_repeats(quick: bool) -> list[int]:
     return [1, 4, 16, 32] + ([64, 128] if jax.default_backend() == "gpu" else [])
 
 
-def run_benchmark(args) -> dict:
+def run_benchmark(args, on_partial=None) -> dict:
+    """The report of every unit's medians; ``on_partial(report)`` gets the report so far, marked
+    ``partial``, after a first cljax-only round and after each round but the last, so that a run
+    cut short by a time limit still leaves its figures."""
     import jax
 
     from cljax.devices import cpu_devices_for
@@ -285,75 +291,73 @@ def run_benchmark(args) -> dict:
             units[(name, R)], samples[(name, R)] = call, n
             compile_seconds[(name, R)], n_devices[(name, R)], paired[(name, R)] = seconds, used, pairs
     peers = {}  # name or ("torch_vmap", R) -> description
+    measured = {"samples": samples, "peers": peers, "variants": variants, "loop_default": loop_default,
+                "compile_seconds": compile_seconds, "n_devices": n_devices, "paired": paired, "flops": flops,
+                "peak_flops_per_call": peak_flops_per_call, "repeats": repeats}
+
+    def report(seconds: dict, partial: str | None = None) -> dict:
+        rows, alternatives = measured_rows(measured, seconds)
+        return {
+            **({"partial": partial} if partial else {}),
+            "machine": "{cpu}, {cores} cores, {backend}".format(**machine()),
+            "machine_details": machine(),
+            "load_average_start": load_start,
+            "load_average_end": load_average(),
+            "peak_flops_per_s": peak_flops_per_call / seconds["peak"],
+            "peak_matmul_size": args.peak_size,
+            "flops_per_sample": float(flops["train_flops"]),
+            "flops_formula": FLOPS_NOTE,
+            "forward_flops_per_sample": float(flops["forward_flops"]),
+            "macs_per_layer": flops["macs_per_layer"],
+            "settings": {"steps": args.steps, "batch_size": args.batch_size, "rounds": args.rounds, "repeats": repeats,
+                         "counted": "steps x batch x R x 2 (learner + expert) per second"},
+            "torch_version": None if args.no_torch else __import__("torch").__version__,
+            "torch_device": next((info["device"] for info in peers.values()), None),
+            "matmul_precision": program_precision(args),  # of cljax's programs, the peak matmul and the torch peers
+            "conv_impl": args.conv_impl,
+            "jax_version": jax.__version__,
+            "rows": rows,
+            "alternatives": alternatives,
+        }
+
     if not args.no_torch:
         from torch_reference import torch_version
 
         if torch_version() is None:
             raise SystemExit("error: torch is not importable: install it with `pip install torch==2.13.0` or pass --no-torch")
+        if on_partial:  # cljax's rows first: the peers' start (a CUDA context in each process) is untimed
+            on_partial(report(interleaved_medians(units, 1), "cljax and the peak only: one round, before the torch peers"))
         from torch_peers import torch_units
 
         for name, (call, n, info) in torch_units(repeats, args.steps, args.batch_size, args.torch_processes,
                                                  vmap=not args.no_torch_vmap,
                                                  tf32=program_precision(args) != "highest").items():
             units[name], samples[name], peers[name] = call, n, info
+
+    def each_round(medians, done):
+        if on_partial and done < args.rounds:
+            on_partial(report(medians, f"medians of {done} of {args.rounds} rounds"))
+
     try:
-        seconds = interleaved_medians(units, args.rounds)
+        seconds = interleaved_medians(units, args.rounds, each_round)
     finally:
         if peers:
             from torch_peers import close_units
 
             close_units(units)
+    return report(seconds)
 
-    peak = peak_flops_per_call / seconds["peak"]
-    rows, alternatives = [], []
-    torch_sps = {name: samples[name] / seconds[name] for name in peers if isinstance(name, str)}  # R-independent peers
-    loop_of = {name: loop for name, loop, _, _ in variants}
-    for (name, R), n in ((k, v) for k, v in samples.items() if isinstance(k, tuple) and k[0].startswith("cljax")):
-        sps = n / seconds[(name, R)]
-        loop = loop_of[name]
-        row = {"impl": "cljax", "repeats": R, "samples_per_s": sps, "fraction_of_peak": sps * flops["train_flops"] / peak,
-               "compile_seconds": compile_seconds[(name, R)], "seconds_per_call": seconds[(name, R)],
-               "repeat_axis": "loop" if (loop_default if loop is None else loop) else "vmap",
-               "devices": n_devices[(name, R)], "learner_expert": "paired" if paired[(name, R)] else "separate",
-               "variant": name}
-        if torch_sps:
-            row["ratio_vs_torch"] = sps / torch_sps["torch"]
-            row["ratio_vs_lean_torch"] = sps / torch_sps["torch_lean"]
-            row["ratio_vs_best_torch"] = sps / max(torch_sps.values())
-            # every peer at this R, in the same run: the one-repeat loops, K processes, vmap over R
-            peer_sps = {**torch_sps, **({"torch_vmap": samples[("torch_vmap", R)] / seconds[("torch_vmap", R)]}
-                                        if ("torch_vmap", R) in seconds else {})}
-            row["ratio_vs_peer"] = {peer: sps / v for peer, v in peer_sps.items()}
-        if name != "cljax":
-            row["ratio_vs_default"] = sps * seconds[("cljax", R)] / samples[("cljax", R)]
-        (rows if name == "cljax" else alternatives).append(row)
-    for key, info in peers.items():
-        name, at = (key, repeats) if isinstance(key, str) else (key[0], [key[1]])
-        sps = samples[key] / seconds[key]
-        for R in at:
-            rows.append({"impl": "torch", "repeats": R, "samples_per_s": sps, **info,
-                         "fraction_of_peak": sps * flops["train_flops"] / peak, "variant": name})
-    return {
-        "machine": "{cpu}, {cores} cores, {backend}".format(**machine()),
-        "machine_details": machine(),
-        "load_average_start": load_start,
-        "load_average_end": load_average(),
-        "peak_flops_per_s": peak,
-        "peak_matmul_size": args.peak_size,
-        "flops_per_sample": float(flops["train_flops"]),
-        "flops_formula": FLOPS_NOTE,
-        "forward_flops_per_sample": float(flops["forward_flops"]),
-        "macs_per_layer": flops["macs_per_layer"],
-        "settings": {"steps": args.steps, "batch_size": args.batch_size, "rounds": args.rounds, "repeats": repeats,
-                     "counted": "steps x batch x R x 2 (learner + expert) per second"},
-        "torch_version": None if args.no_torch else __import__("torch").__version__,
-        "torch_device": next((info["device"] for info in peers.values()), None),
-        "matmul_precision": program_precision(args),  # of cljax's programs, the peak matmul and the torch peers
-        "conv_impl": args.conv_impl,
-        "jax_version": jax.__version__,
-        "rows": rows,
-        "alternatives": alternatives,
-    }
+
+def partial_writer(json_path: str | None):
+    """Writes each partial report to ``json_path`` (the final report replaces it), or None."""
+    if not json_path:
+        return None
+
+    def write(report: dict) -> None:
+        Path(json_path).write_text(json.dumps(report, indent=1, default=str))
+        print(f"partial figures ({report['partial']}) written: {json_path}", flush=True)
+
+    return write
 
 
 def main(argv=None) -> dict:
@@ -375,8 +379,11 @@ def main(argv=None) -> dict:
     with tempfile.TemporaryDirectory(prefix="cljax_bench_") as tmp:
         cljax.enable_compilation_cache(args.cache_dir or str(Path(tmp) / "jax_cache"))
         try:
-            report = run_benchmark(args)
+            write_partial = partial_writer(args.json_path)
+            report = run_benchmark(args, write_partial)
             if not args.no_experiment:
+                if write_partial:
+                    write_partial({**report, "partial": "every table, before the 10-task run"})
                 report["experiment"] = experiment_figures(args, Path(tmp))
         finally:  # leave the process's cache setting as it was (tests run in one process)
             if previous_cache:

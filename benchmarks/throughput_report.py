@@ -62,4 +62,47 @@ def markdown(report: dict) -> str:
             "device memory_stats: " + ("n/a (not reported by this backend)" if stats1 is None else
                                        f"{stats1.get('bytes_in_use', 0) / mib:.1f} / {stats10.get('bytes_in_use', 0) / mib:.1f} MiB in use"),
         ]
+    if report.get("partial"):  # written before the run ended: a time limit may have cut it short
+        notes.append(f"**partial figures**: {report['partial']}; the run did not finish")
     return "\n".join(lines + notes)
+
+
+def measured_rows(m: dict, seconds: dict) -> tuple[list[dict], list[dict]]:
+    """The rows (the default cljax and the torch peers at each R) and the alternatives' rows, from
+    the units measured so far (``seconds``: a unit's median seconds per call) and ``m``, what
+    benchmarks/throughput.py built: samples per call, peers, variants, compile seconds, devices."""
+    samples, peers, flops, repeats = m["samples"], m["peers"], m["flops"], m["repeats"]
+    loop_default, compile_seconds, n_devices, paired = m["loop_default"], m["compile_seconds"], m["n_devices"], m["paired"]
+    variants = m["variants"]
+    peak = m["peak_flops_per_call"] / seconds["peak"]
+    rows, alternatives = [], []
+    # the R-independent peers (one repeat at a time)
+    torch_sps = {name: samples[name] / seconds[name] for name in peers if isinstance(name, str) and name in seconds}
+    loop_of = {name: loop for name, loop, _, _ in variants}
+    for (name, R), n in ((k, v) for k, v in samples.items()
+                         if isinstance(k, tuple) and k[0].startswith("cljax") and k in seconds):
+        sps = n / seconds[(name, R)]
+        loop = loop_of[name]
+        row = {"impl": "cljax", "repeats": R, "samples_per_s": sps, "fraction_of_peak": sps * flops["train_flops"] / peak,
+               "compile_seconds": compile_seconds[(name, R)], "seconds_per_call": seconds[(name, R)],
+               "repeat_axis": "loop" if (loop_default if loop is None else loop) else "vmap",
+               "devices": n_devices[(name, R)], "learner_expert": "paired" if paired[(name, R)] else "separate",
+               "variant": name}
+        if torch_sps:
+            row["ratio_vs_torch"] = sps / torch_sps["torch"]
+            row["ratio_vs_lean_torch"] = sps / torch_sps["torch_lean"]
+            row["ratio_vs_best_torch"] = sps / max(torch_sps.values())
+            # every peer at this R, in the same run: the one-repeat loops, K processes, vmap over R
+            peer_sps = {**torch_sps, **({"torch_vmap": samples[("torch_vmap", R)] / seconds[("torch_vmap", R)]}
+                                        if ("torch_vmap", R) in seconds else {})}
+            row["ratio_vs_peer"] = {peer: sps / v for peer, v in peer_sps.items()}
+        if name != "cljax":
+            row["ratio_vs_default"] = sps * seconds[("cljax", R)] / samples[("cljax", R)]
+        (rows if name == "cljax" else alternatives).append(row)
+    for key, info in ((k, v) for k, v in peers.items() if k in seconds):
+        name, at = (key, repeats) if isinstance(key, str) else (key[0], [key[1]])
+        sps = samples[key] / seconds[key]
+        for R in at:
+            rows.append({"impl": "torch", "repeats": R, "samples_per_s": sps, **info,
+                         "fraction_of_peak": sps * flops["train_flops"] / peak, "variant": name})
+    return rows, alternatives

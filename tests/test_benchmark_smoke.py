@@ -65,6 +65,55 @@ def test_quick_run_writes_cljax_rows_and_the_schema(tmp_path, capsys):
     assert "| R | devices | learner/expert | cljax samples/s | % of peak |" in table and "\n| 2 | 1 | " in table
 
 
+def fake_torch_modules(monkeypatch, calls: list) -> None:
+    """Stand-ins for torch and the peers' modules (torch is not a test dependency): one R-independent
+    peer pair that sleeps, so the ordering of what is measured and written can be asserted."""
+    import sys
+    import time
+    import types
+
+    def torch_units(repeats, steps, batch_size, processes, vmap, tf32):
+        calls.append("torch_units")
+        unit = (lambda: time.sleep(0.001), 64, {"device": "fake"})
+        return {"torch": unit, "torch_lean": unit}
+
+    monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(__version__="fake"))
+    monkeypatch.setitem(sys.modules, "torch_reference", types.SimpleNamespace(torch_version=lambda: "fake"))
+    monkeypatch.setitem(sys.modules, "torch_peers", types.SimpleNamespace(
+        torch_units=torch_units, close_units=lambda units: calls.append("close_units"),
+        peers_table=lambda report: "peers table"))
+
+
+def test_a_run_cut_short_leaves_the_figures_it_measured(tmp_path, monkeypatch):
+    """A stage's time limit kills throughput.py mid-run (gpu_check.py): the JSON holds cljax's
+    rows measured before the torch peers started, then the medians of each finished round."""
+    bench = load_benchmark()
+    out, written, calls = tmp_path / "bench.json", [], []
+    fake_torch_modules(monkeypatch, calls)
+    write = bench.partial_writer(str(out))
+
+    def cut_after_two(report):
+        write(report)
+        written.append(json.loads(out.read_text()))
+        calls.append("partial")
+        if len(written) == 2:
+            raise KeyboardInterrupt  # the time limit
+
+    args = bench.parse_args(["--quick", "--repeats", "1", "2", "--rounds", "3", "--no-experiment"])
+    try:
+        bench.run_benchmark(args, cut_after_two)
+    except KeyboardInterrupt:
+        pass
+    assert calls == ["partial", "torch_units", "partial", "close_units"]
+    first, second = written
+    assert first["partial"] == "cljax and the peak only: one round, before the torch peers"
+    assert [(r["impl"], r["repeats"]) for r in first["rows"]] == [("cljax", 1), ("cljax", 2)]
+    assert second["partial"] == "medians of 1 of 3 rounds"
+    assert sorted({r["variant"] for r in second["rows"]}) == ["cljax", "torch", "torch_lean"]
+    assert all(r["ratio_vs_torch"] > 0 for r in second["rows"] if r["impl"] == "cljax")
+    assert "**partial figures**: medians of 1 of 3 rounds" in bench.markdown(second)
+
+
 def test_paired_runs_compares_two_runs_repeat_by_repeat(tmp_path):
     import pickle
 
