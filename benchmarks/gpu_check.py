@@ -48,7 +48,6 @@ import signal
 import subprocess
 import sys
 import time
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -57,6 +56,7 @@ sys.path[:0] = [str(HERE), str(ROOT)]  # its sibling modules, and this checkout'
 
 from cljax.config import config_choices  # noqa: E402  (jax-free: jax is imported in the stages' processes)
 from gpu_check_export import export  # noqa: E402
+from gpu_check_read import read_junit, read_pytest_log, read_run  # noqa: E402
 # --smoke checks the script, not the model: a small MLP (it compiles in a fraction of the CNN's
 # time), and one size for the variants, fashion and lop stages, so that their programs are
 # compiled once and then found in the persistent compilation cache.
@@ -211,45 +211,6 @@ def has_torch() -> bool:
     return importlib.util.find_spec("torch") is not None
 
 
-def read_junit(path: Path) -> dict | None:
-    if not path.exists():
-        return None
-    root = ET.parse(path).getroot()
-    suite = root if root.tag == "testsuite" else root.find("testsuite")
-    failed = [f"{c.get('classname')}::{c.get('name')}" for c in suite.iter("testcase")
-              if c.find("failure") is not None or c.find("error") is not None]
-    return {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")} | {
-        "seconds": float(suite.get("time", 0)), "failed": failed}
-
-
-def read_pytest_log(path: Path) -> dict | None:
-    """The outcomes pytest -v printed before it was stopped (no junit xml is written then)."""
-    if not path.exists():
-        return None
-    outcomes = {}
-    for line in path.read_text(errors="replace").splitlines():
-        parts = line.split()
-        if len(parts) >= 2 and "::" in parts[0] and parts[1] in ("PASSED", "FAILED", "ERROR", "SKIPPED"):
-            outcomes[parts[0]] = parts[1]
-    count = lambda o: sum(v == o for v in outcomes.values())  # noqa: E731
-    return {"tests": len(outcomes), "failures": count("FAILED"), "errors": count("ERROR"), "skipped": count("SKIPPED"),
-            "seconds": 0.0, "failed": [k for k, v in outcomes.items() if v in ("FAILED", "ERROR")],
-            "cut_short": True}
-
-
-def read_run(folder: Path) -> dict | None:
-    """Seconds per finished task of a run under ``folder`` (its task folders' metadata.json)."""
-    metas = sorted(folder.glob("*/*/task_*/metadata.json"))
-    if not metas:
-        return None
-    tasks = [json.loads(p.read_text()) for p in metas]
-    return {"tasks_finished": len(tasks), "seconds_per_task": [m["timings"]["task_seconds"] for m in tasks],
-            "compile_seconds": tasks[0]["timings"].get("compile_seconds"),
-            "lowering": tasks[0].get("lowering"), "n_repeats": tasks[0]["config"]["n_repeats"],
-            "epochs": tasks[0]["config"]["epochs"],
-            "steps_per_task": tasks[0]["log_steps"][-1] if tasks[0].get("log_steps") else None}
-
-
 def collect(name: str, out: Path) -> dict | None:
     if name in STAGES_IN_CHILD:
         path = out / f"stage_{name}.json"
@@ -379,7 +340,12 @@ def main(argv=None) -> int:
     print((Path(args.out) / "summary.md").read_text())
     if args.export:
         print(f"exported to {args.export}: {', '.join(export(Path(args.out), Path(args.export)))}")
-    return 0 if report["all_ok"] else 1
+    return exit_status(report)
+
+
+def exit_status(report: dict) -> int:
+    """0 when every stage of the call, and of its follow-up when one ran, is ok or skipped."""
+    return 0 if report["all_ok"] and report.get("follow_up", {}).get("all_ok", True) else 1
 
 
 def follow_up(args, report: dict) -> None:

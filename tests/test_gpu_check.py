@@ -92,6 +92,14 @@ def test_the_smoke_mode_runs_every_stage_and_writes_json_and_a_summary(tmp_path)
     assert not [n for n in names if n.startswith(("runs/", "profile_trace/"))]
 
 
+def test_the_exit_status_counts_the_follow_up():
+    exit_status = load_gpu_check().exit_status
+    assert exit_status({"all_ok": True}) == 0
+    assert exit_status({"all_ok": True, "follow_up": {"skipped": "no variants result to choose it from"}}) == 0
+    assert exit_status({"all_ok": True, "follow_up": {"args": "--stages deterministic", "all_ok": False}}) == 1
+    assert exit_status({"all_ok": False, "follow_up": {"args": "--stages deterministic", "all_ok": True}}) == 1
+
+
 def test_without_the_fashion_data_its_stages_fail_at_once_and_the_others_run(tmp_path):
     out = tmp_path / "check"
     proc = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--out", str(out), "--fashion-dir",
@@ -123,7 +131,7 @@ def test_a_test_stage_cut_short_reports_the_outcomes_pytest_printed(tmp_path):
     gpu_check = load_gpu_check()
     log = tmp_path / "tests.log"
     log.write_text("tests/test_a.py::test_one PASSED   [ 10%]\ntests/test_a.py::test_two FAILED   [ 20%]\nnoise\n")
-    got = gpu_check.read_pytest_log(log)
+    got = gpu_check.read_pytest_log(log)  # from gpu_check_read.py
     assert (got["tests"], got["failures"], got["failed"], got["cut_short"]) == (2, 1, ["tests/test_a.py::test_two"], True)
     assert gpu_check.collect("tests", tmp_path) == got  # no junit.xml: read from the log
 
