@@ -150,7 +150,7 @@ def scratch_bytes(b: Budget) -> int:
     config = b.config
     pb = b.pb
     R, Nt = config.n_repeats, config.n_test
-    eval_batch = max(c for c in range(1, min(config.eval_batch_size, Nt) + 1) if Nt % c == 0)
+    eval_batch = config.eval_chunk()
     train = 2 * 3 * config.batch_size * R * pb.activation_bytes_per_image + 2 * pb.learner["params"]
     evaluate = 2 * eval_batch * R * pb.activation_bytes_per_image + R * Nt * pb.hidden * 4
     return int(max(train, evaluate))

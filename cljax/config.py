@@ -209,6 +209,12 @@ class Config:
     def n_test(self) -> int:
         return 2 * self.n_test_per_class
 
+    def eval_chunk(self, eval_batch_size: int | None = None) -> int:
+        """Test images per repeat in one evaluation call: the largest divisor of the test set
+        that is at most ``eval_batch_size`` (default: this config's)."""
+        most = min(self.eval_batch_size if eval_batch_size is None else eval_batch_size, self.n_test)
+        return max(c for c in range(1, most + 1) if self.n_test % c == 0)
+
     @property
     def batches_per_epoch(self) -> int:
         return self.n_train // self.batch_size

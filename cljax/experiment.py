@@ -34,7 +34,8 @@ from cljax.program import build_task_program
 from cljax.records import summary_row, task_arrays, task_metadata
 from cljax.results import task_dir_name, write_task
 from cljax.run_folder import (RunLock, block_size, check_disk, clear_run, inspect_run, on_disk,
-                              remove_stale_temporaries, same_split, verify_task_dir, warn_if_other_split)
+                              remove_stale_temporaries, same_split, verify_task_dir, warn_if_other_eval_chunk,
+                              warn_if_other_split)
 from cljax.step import KEY_TASKS
 from cljax.tasks import TaskData, make_schedule
 
@@ -120,6 +121,7 @@ def run_experiment(
         run_id = found.record.get("run_id") if found.record is not None else new_run_id()
         if found.record is not None:
             warn_if_other_split(found.record.get("split"), split, found.next_task)
+            warn_if_other_eval_chunk(found.record["config"], config, found.next_task)
         with critical, _disk_errors(algo_dir, found.next_task):
             if is_writer():  # multi-host: every process computes, process 0 writes
                 if found.record is None:

@@ -321,6 +321,18 @@ def warn_if_other_split(recorded: dict | None, split: dict, next_task: int) -> N
           f"task's metadata.json){hint}.", file=sys.stderr)
 
 
+def warn_if_other_eval_chunk(recorded_settings: dict, config, next_task: int) -> None:
+    """A resume whose --eval-batch-size evaluates other chunks of the test set than the run
+    started with (a speed setting, so not refused): one line, as for another split."""
+    before = recorded_settings.get("eval_batch_size")
+    if not isinstance(before, int) or before < 1 or config.eval_chunk(before) == config.eval_chunk():
+        return
+    print(f"warning: this run started with --eval-batch-size {before} ({config.eval_chunk(before)} test images per "
+          f"evaluation call) and continues with {config.eval_batch_size} ({config.eval_chunk()}): from task {next_task} "
+          f"on its test losses and representations can differ from an uninterrupted run's in the last bits; to keep "
+          f"them, rerun with --eval-batch-size {before}.", file=sys.stderr)
+
+
 def describe_split(split: dict) -> str:
     lowering = split.get("lowering") or {}
     return (f"{split.get('devices')} {split.get('backend')} device(s) x {split.get('processes')} process(es), "

@@ -42,10 +42,8 @@ class Sizes(NamedTuple):
 
     @classmethod
     def of(cls, config) -> "Sizes":
-        n_test = config.n_test
-        chunk = max(c for c in range(1, min(config.eval_batch_size, n_test) + 1) if n_test % c == 0)
         return cls(config.epochs, config.batches_per_epoch, config.batch_size, config.log_frequency, config.n_logs,
-                   config.steps_per_task - config.n_logs * config.log_frequency, config.n_subsamples, chunk,
+                   config.steps_per_task - config.n_logs * config.log_frequency, config.n_subsamples, config.eval_chunk(),
                    jnp.dtype(config.representation_dtype), config.scan_unroll)
 
     @property

@@ -317,6 +317,24 @@ def test_a_moved_run_resumes_byte_identical_and_another_split_is_warned_and_reco
             assert (run_dir / t / name).read_bytes() == (finished / t / name).read_bytes(), (t, name)
 
 
+def test_a_resume_with_another_evaluation_chunk_is_warned_once(made, tmp_path, capsys):
+    """--eval-batch-size is a speed setting, so a resume may change it; when it changes the chunks
+    the test set is evaluated in (here 16 test images per call, then 4), it says so in one line."""
+    from cljax.experiment import run_experiment
+
+    for size, chunk in ((50, 16), (5, 4)):  # 50: still the whole test set of 16 in one call
+        copy(made, "partial", tmp_path / str(size))
+        resumed = run_experiment(small_config(tmp_path, results_dir=str(tmp_path / str(size)), eval_batch_size=size,
+                                              **TINY), progress=False)
+        err = capsys.readouterr().err
+        assert resumed.first_task == 1
+        warned = [line for line in err.splitlines() if "--eval-batch-size" in line]
+        assert warned == ([] if chunk == 16 else [
+            "warning: this run started with --eval-batch-size 100 (16 test images per evaluation call) and continues "
+            "with 5 (4): from task 1 on its test losses and representations can differ from an uninterrupted run's "
+            "in the last bits; to keep them, rerun with --eval-batch-size 100."])
+
+
 @pytest.mark.parametrize("damage", ["missing", "flipped"])
 def test_a_resume_writes_a_missing_or_damaged_initial_state_as_the_run_began(made, tmp_path, damage):
     """A run started before initial/ existed, or whose initial/ is damaged, is not refused: the
