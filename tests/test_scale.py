@@ -322,6 +322,19 @@ def test_distributed_only_when_the_environment_asks():
     assert not wants_distributed({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "4"})  # sbatch script, not an srun step
 
 
+def test_the_multi_process_fetch_gives_every_leaf_as_one_process_gets_it():
+    """``gathered`` is fetch's leaf under jax.distributed (process_allgather). With one process it
+    gives what jax.device_get gives, a PRNG key array in a plugin's state included (its numpy
+    form does not exist: np.asarray of a key array raises)."""
+    from cljax.devices.mesh import gathered
+
+    tree = {"w": jax.numpy.arange(6.0).reshape(2, 3), "key": jax.random.split(jax.random.key(3), 2), "n": 4}
+    got, want = jax.tree.map(gathered, tree), jax.device_get(tree)
+    assert isinstance(got["w"], np.ndarray) and np.array_equal(got["w"], want["w"]) and got["n"] == 4
+    assert jax.dtypes.issubdtype(got["key"].dtype, jax.dtypes.prng_key)
+    assert np.array_equal(jax.random.key_data(got["key"]), jax.random.key_data(want["key"]))
+
+
 def test_sweep_grid_expands_settings_and_seeds(tmp_path):
     grid = parse_grid(["lr=0.01,0.05", "use-replay=true,false"])
     assert grid == {"lr": [0.01, 0.05], "use_replay": [True, False]}

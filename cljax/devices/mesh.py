@@ -97,9 +97,17 @@ def fetch(tree):
     the whole arrays, gathered from the devices of all processes."""
     if jax.process_count() == 1:
         return jax.device_get(tree)
+    return jax.tree.map(gathered, tree)
+
+
+def gathered(leaf):
+    """One leaf of ``fetch`` across processes: a device array's whole value on the host; a PRNG key
+    array (a plugin's state may hold one) as a key array, as ``jax.device_get`` leaves it."""
     from jax.experimental import multihost_utils
 
-    return jax.tree.map(
-        lambda a: np.asarray(multihost_utils.process_allgather(a, tiled=True)) if isinstance(a, jax.Array) else a,
-        tree,
-    )
+    if not isinstance(leaf, jax.Array):
+        return leaf
+    if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):  # no numpy form: gather its key data
+        data = np.asarray(multihost_utils.process_allgather(jax.random.key_data(leaf), tiled=True))
+        return jax.random.wrap_key_data(data, impl=jax.random.key_impl(leaf))
+    return np.asarray(multihost_utils.process_allgather(leaf, tiled=True))
