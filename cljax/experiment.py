@@ -24,7 +24,7 @@ from cljax.data import load_dataset
 from cljax.data.prepared import check_unchanged, data_identity
 from cljax.devices.distributed import is_writer, maybe_initialize_distributed
 from cljax.devices.memory import host_available_bytes, live_device_bytes, rss_bytes
-from cljax.devices.mesh import fetch, mesh_devices, put_repeats, shard_repeats
+from cljax.devices.mesh import check_repeats, fetch, mesh_devices, put_repeats, shard_repeats
 from cljax.errors import CljaxError
 from cljax.eval_tasks import eval_ids_of, eval_tasks_of
 from cljax.evaluate import TestSets, WindowTestSets
@@ -94,6 +94,7 @@ def run_experiment(
             if found.finished:
                 return _finished(algo_dir, schedule, found)
 
+    check_repeats(config.n_repeats)  # before the program is traced over the devices
     image_shape = data.train_images.shape[1:]
     program = build_task_program(config, image_shape)
     budget = Budget.of(config, program, image_shape)

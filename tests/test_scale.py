@@ -313,6 +313,21 @@ def test_a_bad_cpu_device_count_is_one_line_and_exit_2(tmp_path, capsys, monkeyp
     assert not any(tmp_path.iterdir())
 
 
+def test_repeats_that_do_not_split_over_the_visible_devices_are_one_line_before_anything_is_written(tmp_path):
+    """Three devices set by XLA_FLAGS (as a user may on a CPU; on a node, 8 GPUs) and R = 4: the run
+    stops in one line naming the fix before the program is traced over the devices."""
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=3", "JAX_PLATFORMS": "cpu"}
+    env.pop("CLJAX_CPU_DEVICES", None)
+    proc = subprocess.run([sys.executable, "-m", "cljax.cli", "run", "--dataset", "synthetic", "--num-tasks", "2",
+                           "--n-repeats", "4", "--results-dir", str(tmp_path / "r"), "--no-progress"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr[-2000:]
+    assert ("--n-repeats 4 does not split over the 3 visible devices: use a multiple of 3 (e.g. 3 or 6), or show "
+            "fewer devices (CUDA_VISIBLE_DEVICES; on the CPU, remove --xla_force_host_platform_device_count from "
+            "XLA_FLAGS, which overrides CLJAX_CPU_DEVICES)") in proc.stderr
+    assert not (tmp_path / "r").exists()
+
+
 def test_distributed_only_when_the_environment_asks():
     assert not wants_distributed({})
     assert wants_distributed({"CLJAX_DISTRIBUTED": "1"})
@@ -322,17 +337,40 @@ def test_distributed_only_when_the_environment_asks():
     assert not wants_distributed({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "4"})  # sbatch script, not an srun step
 
 
-def test_the_multi_process_fetch_gives_every_leaf_as_one_process_gets_it():
-    """``gathered`` is fetch's leaf under jax.distributed (process_allgather). With one process it
-    gives what jax.device_get gives, a PRNG key array in a plugin's state included (its numpy
-    form does not exist: np.asarray of a key array raises)."""
-    from cljax.devices.mesh import gathered
+MULTI_PROCESS_CHILD = """
+import jax, numpy as np
+from cljax.devices.distributed import maybe_initialize_distributed
+maybe_initialize_distributed()
+from cljax.devices.mesh import fetch, shard_repeats
+state = {"w": np.arange(8.0, dtype=np.float32).reshape(4, 2), "key": jax.random.split(jax.random.key(3), 4)}
+placed = shard_repeats(state)
+got = fetch(placed)
+print(len(placed["w"].sharding.device_set), jax.process_count(), got["w"].tolist(),
+      jax.random.key_data(got["key"]).tolist() == jax.random.key_data(state["key"]).tolist())
+"""
 
-    tree = {"w": jax.numpy.arange(6.0).reshape(2, 3), "key": jax.random.split(jax.random.key(3), 2), "n": 4}
-    got, want = jax.tree.map(gathered, tree), jax.device_get(tree)
-    assert isinstance(got["w"], np.ndarray) and np.array_equal(got["w"], want["w"]) and got["n"] == 4
-    assert jax.dtypes.issubdtype(got["key"].dtype, jax.dtypes.prng_key)
-    assert np.array_equal(jax.random.key_data(got["key"]), jax.random.key_data(want["key"]))
+
+def test_two_processes_place_and_fetch_the_repeats_a_key_leaf_included(tmp_path):
+    """A multi-host run in miniature: two processes of two CPU devices each (jax.distributed on
+    this host) split R = 4 over the four devices and fetch it back whole. A PRNG key array (a
+    plugin's state may hold one) has no numpy form: it travels as its key data."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    script = tmp_path / "child.py"
+    script.write_text(MULTI_PROCESS_CHILD)
+    env = {k: v for k, v in os.environ.items() if k not in ("CLJAX_CPU_DEVICES", "JAX_PLATFORMS")}
+    env.update(CLJAX_DISTRIBUTED="1", JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", CLJAX_NUM_PROCESSES="2",
+               XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu",
+               PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    procs = [subprocess.Popen([sys.executable, str(script)], env={**env, "CLJAX_PROCESS_ID": str(i)},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-2000:]
+        assert out.strip().splitlines()[-1] == "4 2 [[0.0, 1.0], [2.0, 3.0], [4.0, 5.0], [6.0, 7.0]] True", out
 
 
 def test_sweep_grid_expands_settings_and_seeds(tmp_path):

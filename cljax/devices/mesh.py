@@ -7,6 +7,7 @@ each other, so each device runs R / n_devices repeats of the same compiled progr
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 from functools import lru_cache
 
@@ -60,9 +61,12 @@ def check_repeats(n_repeats: int) -> None:
     if n_repeats % n:
         lower, upper = (n_repeats // n) * n, (n_repeats // n + 1) * n
         options = f"{lower} or {upper}" if lower else f"{upper}"
+        fewer = ("on the CPU, remove --xla_force_host_platform_device_count from XLA_FLAGS, which overrides "
+                 f"{CPU_DEVICES_ENV}" if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
+                 else f"on the CPU, {CPU_DEVICES_ENV}=auto")
         raise CljaxError(
             f"--n-repeats {n_repeats} does not split over the {n} visible devices: use a multiple of {n} "
-            f"(e.g. {options}), or show fewer devices (CUDA_VISIBLE_DEVICES; on the CPU, {CPU_DEVICES_ENV}=auto)."
+            f"(e.g. {options}), or show fewer devices (CUDA_VISIBLE_DEVICES; {fewer})."
         )
 
 
@@ -83,6 +87,8 @@ def put_repeats(x, repeat_axis: int):
     if jax.process_count() == 1:
         return jax.device_put(x, sharding)
     # Multi-host: every process holds the whole host array; each fills the shards it owns.
+    if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):  # no numpy form: place its key data
+        return jax.random.wrap_key_data(put_repeats(jax.random.key_data(x), repeat_axis), impl=jax.random.key_impl(x))
     host = np.asarray(x)
     return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
