@@ -113,7 +113,8 @@ def run_job(config_dict: dict, overwrite: bool = False, allow_nonfinite: bool = 
     configure_cpu_devices(config.n_repeats, recorded=None if overwrite else recorded_split(algo_dir_of(config)))
     result = run_experiment(config, progress=False, overwrite=overwrite, allow_nonfinite=allow_nonfinite)
     final = result.summary[-1] if result.summary else {}
-    return {"algo_dir": str(algo_dir_of(config)), "tasks": len(result.summary),
+    return {"algo_dir": str(algo_dir_of(config)), "tasks": config.num_tasks, "first_task": result.first_task,
+            "already_finished": result.already_finished,
             "final_acc_current": final.get("acc_current"), "final_acc_earlier": final.get("acc_earlier"),
             "steps_per_second": result.steps_per_second}
 
@@ -136,19 +137,22 @@ def _job_class():
 
 
 def parse_minutes(text: str) -> int:
-    """'600' (minutes), '10:00:00' (H:MM:SS), '1-02:00:00' (D-HH:MM:SS) -> minutes."""
-    days = 0
-    if "-" in text:
-        d, text = text.split("-", 1)
-        days = int(d)
-    parts = [int(p) for p in text.split(":")]
-    if len(parts) == 1:
-        minutes = parts[0]
-    elif len(parts) == 2:
-        minutes = parts[0] * 60 + parts[1]
-    else:
-        minutes = parts[0] * 60 + parts[1] + (1 if parts[2] else 0)
-    return days * 24 * 60 + minutes
+    """A time in SLURM's --time formats -> whole minutes, seconds rounded up as SLURM does:
+    minutes (600), minutes:seconds (30:00), hours:minutes:seconds (10:00:00), and days-hours
+    (1-02), days-hours:minutes (1-02:30), days-hours:minutes:seconds (1-02:30:00). ValueError
+    for anything else, and for a limit of zero."""
+    days, dash, clock = text.strip().rpartition("-")
+    parts = [int(p) for p in clock.split(":")]
+    if dash and not days or days and int(days) < 0 or min(parts) < 0 or len(parts) > 3:
+        raise ValueError(text)
+    if dash:  # after a day count the clock starts at hours: D-HH, D-HH:MM, D-HH:MM:SS
+        hours, minutes, seconds = (parts + [0, 0])[:3]
+    else:  # MM, MM:SS, HH:MM:SS
+        hours, minutes, seconds = {1: [0, *parts, 0], 2: [0, *parts], 3: parts}[len(parts)]
+    total = (int(days or 0) * 24 + hours) * 60 + minutes + (1 if seconds else 0)
+    if total < 1:
+        raise ValueError(text)
+    return total
 
 
 def make_executor(kind: str, log_dir: Path, args) -> "object":
@@ -195,10 +199,17 @@ def write_manifest(path: Path, runs: list[SweepRun], jobs, executor_kind: str, l
 
 def job_error_line(error: BaseException) -> str:
     """The line of a failed job's error that says what went wrong: cljax's own message when the
-    job raised one (submitit's text ends with log paths), else its last line."""
+    job raised one (submitit's text ends with log paths); for a job whose process ended without
+    a result (killed: memory, a time limit, a signal), submitit's line with the job's state;
+    else its last line."""
     lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
     ours = [line.split("CljaxError:", 1)[1].strip() for line in lines if "CljaxError:" in line]
-    return ours[-1] if ours else (lines[-1] if lines else repr(error))
+    no_result = [line for line in lines if line.startswith("has not produced any output")]
+    if ours:
+        return ours[-1]
+    if no_result:
+        return "the job's process ended without a result " + no_result[0].replace("has not produced any output ", "")
+    return lines[-1] if lines else repr(error)
 
 
 def sweep_main(argv: list[str]) -> int:
@@ -216,7 +227,7 @@ def sweep_main(argv: list[str]) -> int:
     parser.add_argument("--log-dir", default=None, help="submitit's logs (default: RESULTS_DIR/sweep_logs)")
     parser.add_argument("--slurm-partition", default=None, help="SLURM partition")
     parser.add_argument("--slurm-account", default=None, help="SLURM account")
-    parser.add_argument("--slurm-time", default="600", help="time limit per job: minutes or H:MM:SS (default: 600); "
+    parser.add_argument("--slurm-time", default="600", help="time limit per job in SLURM's formats: minutes, M:SS, H:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS (default: 600); "
                         "also the local executor's limit")
     parser.add_argument("--slurm-gpus", type=int, default=None, help="GPUs per job (repeats are split over them)")
     parser.add_argument("--slurm-cpus", type=int, default=None, help="CPUs per job")
@@ -237,7 +248,8 @@ def sweep_main(argv: list[str]) -> int:
     try:
         parse_minutes(args.slurm_time)
     except ValueError:
-        raise CljaxError(f"--slurm-time {args.slurm_time!r}: write minutes (600) or H:MM:SS (10:00:00).") from None
+        raise CljaxError(f"--slurm-time {args.slurm_time!r}: write a positive time as SLURM does: minutes (600), "
+                         f"M:SS (30:00), H:MM:SS (10:00:00), D-HH (1-02) or D-HH:MM:SS (1-02:00:00).") from None
     runs = expand(base_flat, grid, seeds)
     root = Path(base.results_dir)
     log_dir = Path(args.log_dir) if args.log_dir else root / "sweep_logs"
@@ -262,7 +274,9 @@ def sweep_main(argv: list[str]) -> int:
         out = job.result()
         acc = out.get("final_acc_current")
         acc_text = "n/a" if acc is None else f"{acc:.3f}"
-        print(f"  done   {job.job_id} {run.tag}: {out['tasks']} tasks, last task acc {acc_text} -> {out['algo_dir']}")
+        how = (" (already finished)" if out.get("already_finished") else
+               f" (resumed from task {out['first_task']})" if out.get("first_task") else "")
+        print(f"  done   {job.job_id} {run.tag}: {out['tasks']} tasks{how}, last task acc {acc_text} -> {out['algo_dir']}")
     print(f"{len(jobs) - failed} of {len(jobs)} job(s) finished" + (f", {failed} failed" if failed else ""))
     return 1 if failed else 0
 

@@ -220,8 +220,21 @@ def test_sweep_runs_each_setting_in_its_own_folder(sweep_process):
         assert [d.name for d in results.task_dirs(algo_dir)] == ["task_000", "task_001"]
         config = results.load_metadata(algo_dir / "task_001")["config"]
         assert config["seed"] == 3 and config["lr"] == float(tag.split("_")[0][3:])
-        assert str(algo_dir) in out
+        assert str(algo_dir) in out and f"{tag}: 2 tasks, last task acc" in out
     print("\n" + out)
+
+
+def test_a_sweep_job_reports_a_resumed_or_finished_run_as_such(tmp_path):
+    from cljax.sweep import run_job
+
+    flat = Config.from_flat(dataset="synthetic", synthetic_classes=4, num_tasks=2, n_repeats=1, n_train_per_class=16,
+                  n_test_per_class=8, n_subsamples=4, epochs=1, batch_size=16, log_frequency=1,
+                  results_dir=str(tmp_path)).to_dict()
+    first = run_job(flat)
+    assert (first["tasks"], first["first_task"], first["already_finished"]) == (2, 0, False)
+    again = run_job(flat)  # a requeued job whose run had finished
+    assert (again["tasks"], again["first_task"], again["already_finished"]) == (2, 2, True)
+    assert again["final_acc_current"] == first["final_acc_current"]
 
 
 # ---- cheap checks of the pieces ------------------------------------------------------------------------
@@ -385,7 +398,12 @@ def test_sweep_grid_expands_settings_and_seeds(tmp_path):
                        (["lr"], "NAME=V1,V2")]:
         with pytest.raises(CljaxError, match=match):
             parse_grid(bad)
-    assert parse_minutes("600") == 600 and parse_minutes("10:00:00") == 600 and parse_minutes("1-00:30:00") == 1470
+    # SLURM's --time formats (seconds round up): M, M:S, H:M:S, D-H, D-H:M, D-H:M:S
+    assert [parse_minutes(t) for t in ("600", "30:00", "10:00:00", "2:00:01", "1-02", "1-02:30", "1-00:30:00")] == [
+        600, 30, 600, 121, 1560, 1590, 1470]
+    for bad in ("0", "0:00", "-5", "1-", "1:2:3:4", "ten", ""):
+        with pytest.raises(ValueError):
+            parse_minutes(bad)
 
 
 
@@ -402,6 +420,11 @@ def test_sweep_pieces_name_the_error_keep_earlier_sweeps_and_refuse_no_seeds(tmp
                           "or at paths:\n  - /logs/25188_0_log.err\n  - /logs/25188_0_log.out")
     assert job_error_line(failed) == "results/a holds a run with other settings (lr)"
     assert job_error_line(RuntimeError("plain\nlast line")) == "last line"
+    # submitit's UncompletedJobError for a killed process (out of memory, a time limit, a signal)
+    killed = RuntimeError("Job 10433 (task: 0) with path /logs/10433_0_result.pkl\nhas not produced any output "
+                          "(state: NO PROCESS AND NO RESULT)\nError stream produced:\n----\nsubmitit INFO (2026) - "
+                          "Loading pickle: /logs/10433_submitted.pkl")
+    assert job_error_line(killed) == "the job's process ended without a result (state: NO PROCESS AND NO RESULT)"
 
     base = Config(dataset="synthetic", results_dir=str(tmp_path)).to_dict()
     path = tmp_path / "sweep.json"
