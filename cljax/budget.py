@@ -36,6 +36,11 @@ from cljax.eval_tasks import eval_slots, eval_tasks_of
 
 LABEL_DTYPE = np.int32  # labels as TaskData builds them
 HEADROOM = 0.9  # a run may plan for this fraction of the device budget (allocator, runtime)
+# What a run's process holds beyond the runtime `cljax plan` sees and the arrays the budget counts:
+# XLA compiling the task programs, their executables, the writer's buffers. Measured as the peak
+# RSS of `cljax run` less the plan's figure, on the CPU without the compilation cache, for several
+# models, rules, options and R (docs/scale.md); this is a little above the largest measured.
+RUN_EXTRA_HOST_BYTES = 600 * 2**20
 
 
 # ---- shapes of the task program, traced once per config -----------------------------------------
@@ -255,6 +260,7 @@ def host_components(b: Budget, data, chunk: int) -> dict[str, int]:
         "fetched_task_outputs": sum(pb.snapshots.values()) + slots * sum(pb.eval_per_task.values()),
         "results_copies": L * R * pb.n_params * 4 + L * R * slots * config.n_subsamples,
         "learner_copy": sum(pb.learner.values()),
+        "compilation_and_executables": RUN_EXTRA_HOST_BYTES,  # an allowance, measured
     }
 
 

@@ -127,6 +127,28 @@ def test_a_run_too_large_for_host_memory_is_refused_before_anything_is_deleted(m
     assert rc == 0, err
 
 
+PEAK_RSS = ("import resource, sys\nfrom cljax.cli import main\nrc = main(sys.argv[1:])\n"
+            "print('peak', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, rc)")
+
+
+def test_the_host_estimate_covers_the_peak_of_a_real_run(tmp_path):
+    """What `cljax plan` says a run holds on the host (the runtime it measures now, plus its parts:
+    the compilation allowance included) is at least the peak RSS of `cljax run` with the same
+    flags, compiling cold; the check that refuses a run too large for the host reads it."""
+    env = {**os.environ, "CLJAX_COMPILATION_CACHE": "off"}
+    args = [*FLAGS, "--results-dir", str(tmp_path / "r")]
+    plan = subprocess.run([sys.executable, "-m", "cljax.cli", "plan", *args, "--json"], capture_output=True,
+                          text=True, env=env, timeout=300)
+    assert plan.returncode == 0, plan.stderr
+    figures = json.loads(plan.stdout)
+    estimate = figures["host_runtime_rss_now"] + figures["host_bytes_estimate"]
+    run = subprocess.run([sys.executable, "-c", PEAK_RSS, "run", *args], capture_output=True, text=True, env=env,
+                         timeout=300)
+    _, peak, rc = run.stdout.split()[-3:]
+    assert rc == "0", run.stderr
+    assert 0 < int(peak) <= estimate, (int(peak) / 2**20, estimate / 2**20)
+
+
 def test_an_eval_chunk_that_does_not_fit_is_refused_like_a_chosen_one(tmp_path, capsys):
     args = [*FLAGS, "--results-dir", str(tmp_path / "r"), "--device-memory", "100000", "--eval-chunk-tasks", "1"]
     rc, _, err = run_cli(["run", *args], capsys)
