@@ -61,9 +61,11 @@ GPU_CHECK_ARGS ?=
 gpu-check:
 	PYTHONPATH=$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH} $(GPU_PY) benchmarks/gpu_check.py --out $(GPU_CHECK_OUT) --fashion-dir $(FASHION_DIR) $(GPU_CHECK_ARGS)
 
-# The same stages at a tiny size on any machine (the CPU here, about a minute); tests/test_gpu_check.py runs it.
-gpu-check-smoke:
-	PYTHONPATH=$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH} $(GPU_PY) benchmarks/gpu_check.py --smoke --out $(GPU_CHECK_OUT)_smoke --fashion-dir $(FASHION_DIR)
+# The same stages at a tiny size on any machine (the CPU here, about a minute), in .venv as `make test`
+# sets it up (SMOKE_PY=python3 for an image's own Python); tests/test_gpu_check.py runs it.
+SMOKE_PY ?= $(PYTHON)
+gpu-check-smoke: $(if $(filter $(PYTHON),$(SMOKE_PY)),venv) fashion-mnist
+	PYTHONPATH=$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH} $(SMOKE_PY) benchmarks/gpu_check.py --smoke --out $(GPU_CHECK_OUT)_smoke --fashion-dir $(FASHION_DIR)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

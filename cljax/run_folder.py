@@ -107,11 +107,11 @@ def inspect_run(algo_dir: Path, config: Config, data_id: str | None, overwrite: 
     with ThreadPoolExecutor(max_workers=max(1, min(8, usable_cores()))) as pool:
         problems = list(pool.map(lambda t: verify_task_dir(algo_dir / task_dir_name(t), t, run_id, hashes), range(T)))
     extra = [d for d in task_dirs(algo_dir) if int(d.name.split("_")[1]) >= T]
+    if extra:  # T is part of the resume key: a folder past it was not written by this run (analyze refuses it too)
+        raise CljaxError(f"{extra[0]} is not a task of this {T}-task run: move it out of {algo_dir} to "
+                         f"{'resume' if any(problems) else 'use'} the run (nothing was deleted).")
     if not any(problems):  # every task is there and whole: the checkpoint is not needed
-        return Found(record=record, next_task=T, finished=True, stale=extra, n_task_dirs=n_dirs)
-    if extra:  # T is part of the resume key: a folder past it was not written by this run
-        raise CljaxError(f"{extra[0]} is not a task of this {T}-task run: move it out of {algo_dir} to resume the run "
-                         f"(nothing was deleted).")
+        return Found(record=record, next_task=T, finished=True, n_task_dirs=n_dirs)
     changed = changed_since(record)
     if changed:
         raise CljaxError(f"{algo_dir} holds a run started by an older cljax, and {changed}: its remaining tasks would "

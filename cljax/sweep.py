@@ -156,7 +156,10 @@ def parse_minutes(text: str) -> int:
 
 
 def make_executor(kind: str, log_dir: Path, args) -> "object":
-    import submitit
+    try:
+        import submitit
+    except ImportError:
+        raise CljaxError("cljax sweep needs submitit: pip install 'cljax[sweep]' (or pip install submitit).") from None
 
     cluster = None if kind == "auto" else kind
     try:

@@ -669,6 +669,12 @@ def test_a_folder_past_the_last_task_is_not_deleted_by_a_resume(made, tmp_path, 
     rc, _, err = run_cli(["run", *FLAGS, "--results-dir", str(tmp_path / "r")], capsys)
     assert_one_error(rc, err, "task_007 is not a task of this 2-task run", "nothing was deleted")
     assert state(run_dir) == before
+    finished = copy(made, "finished", tmp_path / "f")  # a finished run is not reported whole beside it
+    shutil.copytree(finished / "task_001", finished / "task_005")
+    before = state(finished)
+    rc, _, err = run_cli(["run", *FLAGS, "--results-dir", str(tmp_path / "f")], capsys)
+    assert_one_error(rc, err, "task_005 is not a task of this 2-task run: move it out", "to use the run")
+    assert state(finished) == before
 
 
 def test_more_bad_inputs_are_one_line(made, tmp_path, capsys):

@@ -437,4 +437,9 @@ def test_sweep_pieces_name_the_error_keep_earlier_sweeps_and_refuse_no_seeds(tmp
 
     assert main(["sweep", "--dataset", "synthetic", "--results-dir", str(tmp_path), "--seeds", ","]) == 2
     assert "names no seed" in capsys.readouterr().err
+    with pytest.MonkeyPatch.context() as patch:  # submitit comes with the sweep extra
+        patch.setitem(sys.modules, "submitit", None)
+        assert main(["sweep", "--dataset", "synthetic", "--results-dir", str(tmp_path / "s"), "--executor", "local"]) == 2
+    assert capsys.readouterr().err == "error: cljax sweep needs submitit: pip install 'cljax[sweep]' (or pip install submitit).\n"
+    assert not (tmp_path / "s").exists()
     assert json.loads(path.read_text()) == manifest  # the list of the earlier sweeps is not replaced
