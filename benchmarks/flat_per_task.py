@@ -11,32 +11,45 @@ import argparse
 import json
 import os
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import jax
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling modules
+from bench_args import output_file, positive_int  # noqa: E402
+
 
 def folder_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-def main() -> None:
+def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--num-tasks", type=int, default=2000)
-    ap.add_argument("--at", type=int, nargs="+", default=[10, 2000], help="1-based task numbers to report")
+    ap.add_argument("--num-tasks", type=positive_int, default=2000)
+    ap.add_argument("--at", type=positive_int, nargs="+", default=[10, 2000], help="1-based task numbers to report")
     ap.add_argument("--eval-tasks", default="current")
-    ap.add_argument("--n-repeats", type=int, default=2)
-    ap.add_argument("--results-dir", default=None)
-    ap.add_argument("--out", default=None)
-    args = ap.parse_args()
+    ap.add_argument("--n-repeats", type=positive_int, default=2)
+    ap.add_argument("--results-dir", default=None, help="where the run is written (default: a temporary folder, "
+                                                        "removed at the end)")
+    ap.add_argument("--out", type=output_file, default=None)
+    args = ap.parse_args(argv)
+    if max(args.at) > args.num_tasks:
+        ap.error(f"--at {max(args.at)} is past --num-tasks {args.num_tasks}")
+    if args.results_dir:
+        measure(args, Path(args.results_dir))
+    else:
+        with tempfile.TemporaryDirectory(prefix="cljax_flat_") as tmp:  # a 2000-task run is about 1 GB
+            measure(args, Path(tmp))
 
+
+def measure(args, root: Path) -> None:
     from cljax.config import Config
     from cljax.experiment import run_experiment
     from cljax.results import task_dir_name
 
-    root = Path(args.results_dir or tempfile.mkdtemp(prefix="cljax_flat_"))
     config = Config.from_flat(dataset="synthetic", synthetic_classes=20, task_schedule="cycle",
                               eval_tasks=args.eval_tasks, num_tasks=args.num_tasks, n_repeats=args.n_repeats,
                               n_train_per_class=16, n_test_per_class=4, n_subsamples=4, epochs=1, batch_size=16,

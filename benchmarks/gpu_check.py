@@ -79,7 +79,7 @@ SMOKE_TESTS = ["tests/test_precision.py::test_a_bad_precision_is_one_clear_error
 # The full budgets sum to 460 s, the --budget of the one-call GPU session (docs/benchmark.md).
 BUDGETS = {"env": (20, 20), "tests": (100, 20), "variants": (120, 40), "profile": (40, 30), "throughput": (55, 30),
            "throughput_large": (60, 30), "fashion": (30, 30), "lop": (35, 30), "deterministic": (60, 30)}
-FASHION_STAGES = ("tests", "variants", "fashion")  # skipped, so that the others get the time, without the data
+FASHION_STAGES = ("tests", "variants", "fashion", "deterministic")  # fail at once without the data: others get the time
 OPTIONAL = ("deterministic",)  # run only when --stages names them
 NEEDED = ("jax", "flax", "optax", "numpy", "tqdm", "matplotlib", "pytest")
 
@@ -98,6 +98,8 @@ def stage_env(args) -> dict:
             missing += [name] if name in NEEDED else []
     out = {"python": platform.python_version(), "versions": versions, "missing": missing,
            "environment": {k: v for k, v in os.environ.items() if k.startswith(("XLA_", "JAX_", "CLJAX_", "CUDA_"))}}
+    if versions["jax"] is None:  # the stage still says what is missing (its status: failed)
+        return out
     import jax
 
     out["backend"] = jax.default_backend()
@@ -258,7 +260,7 @@ def orchestrate(args) -> dict:
     for name, command in stage_commands(args).items():
         left = deadline - time.monotonic()
         limit = min(args.limit.get(name, BUDGETS[name][1 if args.smoke else 0]), left - 2)
-        no_data = name in FASHION_STAGES and not any(Path(args.fashion_dir).glob("*idx*"))
+        no_data = name in args.stages and name in FASHION_STAGES and not any(Path(args.fashion_dir).glob("*idx*"))
         if name not in args.stages or limit < 3 or no_data:
             why = ("not asked for" if name not in args.stages else f"no Fashion-MNIST IDX files in {args.fashion_dir}"
                    if no_data else "no time left in the budget")
@@ -316,6 +318,10 @@ def parse_args(argv):
     args = p.parse_args(argv)
     args.limit = dict(args.limit)
     args.fashion_dir = str(Path(args.fashion_dir).expanduser().resolve())  # the stages' tests change folder
+    for flag, folder in (("--out", args.out), ("--export", args.export)):  # the stages run in the checkout's root
+        if folder and Path(folder).expanduser().exists() and not Path(folder).expanduser().is_dir():
+            p.error(f"{flag} {folder} is a file: give a folder")
+    args.out = str(Path(args.out).expanduser().resolve())
     return args
 
 
@@ -331,7 +337,7 @@ def main(argv=None) -> int:
     if args.stage:  # a child: one stage, its JSON
         result = STAGES_IN_CHILD[args.stage](args)
         (Path(args.out) / f"stage_{args.stage}.json").write_text(json.dumps(result, indent=1, default=str))
-        return 0
+        return 1 if result.get("missing") else 0  # the env stage fails when the image lacks a package
     report = orchestrate(args)
     if args.export:  # now, and again after the follow-up: a device call cut short keeps the first
         export(Path(args.out), Path(args.export))

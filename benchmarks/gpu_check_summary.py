@@ -46,7 +46,7 @@ def _profile(r: dict) -> list[str]:
 def _throughput(r: dict) -> list[str]:
     from throughput_report import markdown
 
-    return [markdown(r)]
+    return [f"R = {', '.join(str(R) for R in r['settings']['repeats'])}", "", markdown(r)]
 
 
 def _run(r: dict) -> list[str]:
@@ -62,8 +62,8 @@ def _run(r: dict) -> list[str]:
 SECTIONS = {"env": ("Environment", _env), "tests": ("GPU-relevant tests", _tests),
             "variants": ("Precision, bfloat16 and lowering variants: speed and agreement", _variants),
             "profile": ("Profile of the task program", _profile),
-            "throughput": ("Throughput: cljax against the torch peers, R = 1 and 32", _throughput),
-            "throughput_large": ("Throughput: cljax against the torch peers, R = 128 and 512", _throughput),
+            "throughput": ("Throughput: cljax against the torch peers, the smaller R", _throughput),
+            "throughput_large": ("Throughput: cljax against the torch peers, the larger R", _throughput),
             "fashion": ("Fashion-MNIST run", _run), "lop": ("Loss-of-plasticity-shaped run (synthetic data)", _run),
             "deterministic": ("Under XLA's deterministic ops: compiles, speed, bits run to run", _deterministic)}
 

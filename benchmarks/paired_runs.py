@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -42,12 +43,45 @@ def test_accuracies(run) -> np.ndarray:
     return np.concatenate([results.load_metrics(d)["test_acc"].ravel() for d in results.task_dirs(run)])
 
 
+# What makes repeat r of two runs the same class pairs, initialisation and batches: these must match.
+PAIRED_BY = ("dataset", "seed", "num_tasks", "n_repeats", "n_train_per_class", "n_test_per_class", "test_source",
+             "task_schedule", "epochs", "batch_size", "synthetic_classes", "model")
+
+
+def settings_of(run) -> dict:
+    """The run's settings: its run.json, or its first task's metadata.json (CljaxError otherwise)."""
+    from cljax import results
+    from cljax.checkpoint import read_run_record
+
+    from cljax.errors import CljaxError
+
+    record, dirs = read_run_record(Path(run)), results.task_dirs(run)
+    if not dirs:
+        raise CljaxError(f"{run} holds no task folders: pass a run folder, results/{{dataset}}/{{algorithm}}.")
+    return record["config"] if record else results.load_metadata(dirs[0]).get("config", {})
+
+
+def protocol_differences(run_a, run_b) -> tuple[list[str], list[str]]:
+    """(settings that break the pairing, every other setting that differs), by name."""
+    a, b = settings_of(run_a), settings_of(run_b)
+    for run, settings in ((run_a, a), (run_b, b)):
+        if settings.get("eval_tasks", "all") != "all":
+            from cljax.errors import CljaxError
+
+            raise CljaxError(f"{run} evaluates --eval-tasks {settings['eval_tasks']}: the figures need every task "
+                             f"evaluated at every snapshot (--eval-tasks all).")
+    differ = sorted(k for k in a.keys() | b.keys() if k != "results_dir" and a.get(k) != b.get(k))
+    return [k for k in differ if k in PAIRED_BY], [k for k in differ if k not in PAIRED_BY]
+
+
 def paired_table(run_a, run_b, name_a: str = "A", name_b: str = "B") -> str:
+    breaking, other = protocol_differences(run_a, run_b)
+    if breaking:
+        raise SystemExit(f"error: the runs differ in {', '.join(breaking)}: their repeats are not paired (the same "
+                         f"class pairs, initialisation and batches); compare runs of the same protocol and seed.")
     fa, fb = figures(run_a), figures(run_b)
     R = len(next(iter(fa.values())))
-    if len(next(iter(fb.values()))) != R:
-        raise SystemExit("error: the two runs have different numbers of repeats: compare runs of the same protocol.")
-    lines = [f"R = {R} repeats, paired by repeat", "",
+    lines = [f"R = {R} repeats, paired by repeat; the runs differ in: {', '.join(other) or 'nothing'}", "",
              f"| figure | {name_a} | {name_b} | {name_b} - {name_a} (mean +- std; SE; max abs) |", "|---|---|---|---|"]
     for k in fa:
         d = fb[k] - fa[k]
@@ -67,7 +101,12 @@ def main(argv=None) -> str:
     p.add_argument("run_b")
     p.add_argument("--names", nargs=2, default=("A", "B"), help="column names of the two runs")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
-    table = paired_table(args.run_a, args.run_b, *args.names)
+    from cljax.errors import CljaxError
+
+    try:
+        table = paired_table(args.run_a, args.run_b, *args.names)
+    except CljaxError as exc:
+        raise SystemExit(f"error: {exc}") from None
     print(table)
     return table
 

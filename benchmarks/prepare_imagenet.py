@@ -37,8 +37,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, features
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]  # cljax, siblings
 
+from bench_args import output_file, positive_int  # noqa: E402
 from cljax.data.imagenet.decode import image_to_gray  # noqa: E402
 from cljax.data.imagenet.prepare import prepare_imagenet  # noqa: E402
 
@@ -159,11 +160,11 @@ def time_end_to_end(source: Path, workers: int, repeats: int) -> tuple[float, fl
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=400, help="distinct JPEGs per measurement")
-    parser.add_argument("--repeats", type=int, default=3, help="runs per figure; the best is reported")
-    parser.add_argument("--end-to-end", type=int, default=4000, help="images in the end-to-end runs (worker start-up is amortised over them)")
-    parser.add_argument("--workers", type=int, default=None, help="the all-cores figure's processes (default: all usable cores)")
-    parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument("--images", type=positive_int, default=400, help="distinct JPEGs per measurement")
+    parser.add_argument("--repeats", type=positive_int, default=3, help="runs per figure; the best is reported")
+    parser.add_argument("--end-to-end", type=positive_int, default=4000, help="images in the end-to-end runs, rounded down to a multiple of --images (worker start-up is amortised over them)")
+    parser.add_argument("--workers", type=positive_int, default=None, help="the all-cores figure's processes (default: all usable cores)")
+    parser.add_argument("--json", type=output_file, default=None, help="also write the results here")
     args = parser.parse_args(argv)
     cores = args.workers or len(os.sched_getaffinity(0))
     load_before = os.getloadavg()

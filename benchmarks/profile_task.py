@@ -48,6 +48,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling modules, when run as a file
 
+from bench_args import output_file, output_folder, positive_int  # noqa: E402
 from cljax.config import config_choices  # noqa: E402
 from profile_attribution import CATEGORIES, attribute_hlo, short_op_name  # noqa: E402
 from profile_events import op_events, summarise  # noqa: E402
@@ -66,19 +67,19 @@ LABELS = {"evaluation": "evaluation (expert, test set)", "update": "update (opti
 
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="profile_task.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("--repeats", type=int, default=None, help="R (default 32; --quick: 2)")
-    p.add_argument("--steps", type=int, default=None, help="training steps per call (default 50; --quick: 4)")
-    p.add_argument("--batch-size", type=int, default=None, help="default 32; --quick: 8")
-    p.add_argument("--calls", type=int, default=None, help="calls traced (default 3; --quick: 1)")
+    p.add_argument("--repeats", type=positive_int, default=None, help="R (default 32; --quick: 2)")
+    p.add_argument("--steps", type=positive_int, default=None, help="training steps per call (default 50; --quick: 4)")
+    p.add_argument("--batch-size", type=positive_int, default=None, help="default 32; --quick: 8")
+    p.add_argument("--calls", type=positive_int, default=None, help="calls traced (default 3; --quick: 1)")
     p.add_argument("--conv-impl", choices=config_choices("conv_impl"), default="auto",
                    help="the config's conv_impl (auto: im2col on the CPU, lax elsewhere)")
     p.add_argument("--matmul-precision", choices=config_choices("matmul_precision"), default=None,
                    help="the config's --matmul-precision (default: the config's default)")
     p.add_argument("--command-buffers", choices=("off", "default"), default="off",
                    help="XLA:GPU command buffers: off (attributable kernels; the default) or XLA's default")
-    p.add_argument("--out", default=None, help="folder for the trace and profile.json (default: a temporary "
+    p.add_argument("--out", type=output_folder, default=None, help="folder for the trace and profile.json (default: a temporary "
                                                "folder, removed)")
-    p.add_argument("--json", dest="json_path", default=None, help="write the report here (default with --out: "
+    p.add_argument("--json", dest="json_path", type=output_file, default=None, help="write the report here (default with --out: "
                                                                    "OUT/profile.json)")
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run of a few seconds")
     args = p.parse_args(argv)

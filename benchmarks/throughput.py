@@ -47,9 +47,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling modules, when run as a file
 
+from bench_args import output_file, positive_int  # noqa: E402
 from cljax.config import config_choices  # noqa: E402
 from throughput_experiment import experiment_figures  # noqa: E402  (found through the entry above)
-from throughput_report import markdown, measured_rows  # noqa: E402
+from throughput_report import markdown, measured_rows, partial_writer  # noqa: E402
 
 IMAGE_SHAPE = (28, 28)  # the synthetic dataset's images, the real shapes
 
@@ -202,14 +203,14 @@ def interleaved_medians(units: dict, rounds: int, after_round=None, seed: int = 
 # ---- the command -----------------------------------------------------------------------------
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="throughput.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("--repeats", type=int, nargs="+", default=None,
+    p.add_argument("--repeats", type=positive_int, nargs="+", default=None,
                    help="R values for cljax (default 1 4 16 32, plus 64 128 on a GPU; --quick: 1 2)")
-    p.add_argument("--steps", type=int, default=None, help="training steps per timed call (default 50; --quick: 4)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--rounds", type=int, default=None, help="timing rounds, medians reported (default 5; --quick: 1)")
-    p.add_argument("--peak-size", type=int, default=None, help="matmul size for the peak (default 4096; --quick: 512)")
+    p.add_argument("--steps", type=positive_int, default=None, help="training steps per timed call (default 50; --quick: 4)")
+    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("--rounds", type=positive_int, default=None, help="timing rounds, medians reported (default 5; --quick: 1)")
+    p.add_argument("--peak-size", type=positive_int, default=None, help="matmul size for the peak (default 4096; --quick: 512)")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch peers (torch not installed)")
-    p.add_argument("--torch-processes", type=int, nargs="*", default=None,
+    p.add_argument("--torch-processes", type=positive_int, nargs="*", default=None,
                    help="K values of the peer running K processes of the usual loop at once (default: 8 on CUDA, "
                         "one per core on a CPU; none: skip it)")
     p.add_argument("--no-torch-vmap", action="store_true", help="skip the torch.func vmap peer")
@@ -223,7 +224,7 @@ def parse_args(argv):
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run of a few seconds")
     p.add_argument("--cache-dir", default=None,
                    help="persistent compilation cache for the 10-task part (default: a fresh temporary folder, so 'cold' is cold)")
-    p.add_argument("--json", dest="json_path", default=None, help="write every figure to this file")
+    p.add_argument("--json", dest="json_path", type=output_file, default=None, help="write every figure to this file")
     args = p.parse_args(argv)
     quick = args.quick
     args.steps = args.steps or (4 if quick else 50)
@@ -346,18 +347,6 @@ def run_benchmark(args, on_partial=None) -> dict:
 
             close_units(units)
     return report(seconds)
-
-
-def partial_writer(json_path: str | None):
-    """Writes each partial report to ``json_path`` (the final report replaces it), or None."""
-    if not json_path:
-        return None
-
-    def write(report: dict) -> None:
-        Path(json_path).write_text(json.dumps(report, indent=1, default=str))
-        print(f"partial figures ({report['partial']}) written: {json_path}", flush=True)
-
-    return write
 
 
 def main(argv=None) -> dict:

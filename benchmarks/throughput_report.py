@@ -1,7 +1,11 @@
-"""The markdown tables of benchmarks/throughput.py's report: cljax at each R with its
+"""The report of benchmarks/throughput.py: its rows from the measured medians, the writer of the
+partial reports a run leaves as it goes, and the markdown tables: cljax at each R with its
 alternatives and the torch reference, then cljax against every torch peer (torch_peers.py)."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 
 ALTERNATIVE_LABELS = {"cljax_vmap": "repeats by vmap", "cljax_loop": "repeats looped", "cljax_1device": "1 CPU device",
@@ -106,3 +110,15 @@ def measured_rows(m: dict, seconds: dict) -> tuple[list[dict], list[dict]]:
             rows.append({"impl": "torch", "repeats": R, "samples_per_s": sps, **info,
                          "fraction_of_peak": sps * flops["train_flops"] / peak, "variant": name})
     return rows, alternatives
+
+
+def partial_writer(json_path: str | None):
+    """Writes each partial report to ``json_path`` (the final report replaces it), or None."""
+    if not json_path:
+        return None
+
+    def write(report: dict) -> None:
+        Path(json_path).write_text(json.dumps(report, indent=1, default=str))
+        print(f"partial figures ({report['partial']}) written: {json_path}", flush=True)
+
+    return write

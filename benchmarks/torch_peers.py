@@ -43,11 +43,12 @@ class TorchVmap:
     """R repeats' learners and experts as one vmapped functional model. ``__call__`` trains all
     of them for one epoch of ``steps`` steps and returns the samples processed."""
 
-    def __init__(self, repeats: int, steps: int, batch_size: int, device: str, lr: float = 0.05, seed: int = 0):
+    def __init__(self, repeats: int, steps: int, batch_size: int, device: str, threads: int, lr: float = 0.05,
+                 seed: int = 0):
         import torch
         from torch.func import functional_call, grad, stack_module_state, vmap
 
-        self.torch, self.device = torch, torch.device(device)
+        self.torch, self.device, self.threads = torch, torch.device(device), threads
         self.repeats, self.steps, self.batch_size, self.lr = repeats, steps, batch_size, lr
         torch.manual_seed(seed)
         rng = np.random.default_rng(seed)
@@ -78,6 +79,7 @@ class TorchVmap:
 
     def __call__(self) -> int:
         torch, R, B = self.torch, self.repeats, self.batch_size
+        torch.set_num_threads(self.threads)  # its own, not what the peer before it in the round left
         n = self.steps * B
         order = torch.argsort(torch.rand(R, n, device=self.device), dim=1).view(R, self.steps, B)  # a reshuffle per repeat
         rows = torch.arange(R, device=self.device)[:, None]
@@ -175,8 +177,8 @@ def torch_units(repeats: list[int], steps: int, batch_size: int, processes: list
                                           "repeats_per_call": k})
     if vmap:
         for R in repeats:
-            units[("torch_vmap", R)] = (TorchVmap(R, steps, batch_size, device), steps * batch_size * R * 2,
-                                        {"style": "vmap", "device": device, "repeats_per_call": R})
+            units[("torch_vmap", R)] = (TorchVmap(R, steps, batch_size, device, threads), steps * batch_size * R * 2,
+                                        {"style": "vmap", "threads": threads, "device": device, "repeats_per_call": R})
     return units
 
 

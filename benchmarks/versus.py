@@ -23,6 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling modules
+from bench_args import output_file, positive_int  # noqa: E402
+
 
 def worker(checkout: str, repeats: int, steps: int, batch_size: int) -> None:
     """Build the program of ``checkout``, then answer each 'run' line on stdin with the seconds of one call."""
@@ -46,15 +49,25 @@ def worker(checkout: str, repeats: int, steps: int, batch_size: int) -> None:
         print(time.perf_counter() - t0, flush=True)
 
 
+def answer(w: subprocess.Popen, checkout: str) -> str:
+    """The worker's next line; a worker that ended (its traceback is above) is one error line here."""
+    line = w.stdout.readline()
+    if not line.strip():
+        w.kill()
+        raise SystemExit(f"error: the worker of {checkout} stopped without an answer (its error is above): check that "
+                         f"the checkout builds its program with `python benchmarks/throughput.py --quick --no-torch`.")
+    return line
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(prog="versus.py", description=__doc__.split("\n\n")[0])
     p.add_argument("old")
     p.add_argument("new")
-    p.add_argument("--repeats", type=int, default=32)
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--rounds", type=int, default=7)
-    p.add_argument("--json", dest="json_path", default=None)
+    p.add_argument("--repeats", type=positive_int, default=32)
+    p.add_argument("--steps", type=positive_int, default=50)
+    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("--rounds", type=positive_int, default=7)
+    p.add_argument("--json", dest="json_path", type=output_file, default=None)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
@@ -71,7 +84,7 @@ def main(argv=None) -> dict:
             [sys.executable, __file__, "--worker", "-", str(Path(checkout).resolve()), "--repeats", str(args.repeats),
              "--steps", str(args.steps), "--batch-size", str(args.batch_size)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
-        info[name] = json.loads(workers[name].stdout.readline())  # built and warmed up before the other starts
+        info[name] = json.loads(answer(workers[name], checkout))  # built and warmed up before the other starts
     seconds = {name: [] for name in workers}
     rng = np.random.default_rng(0)
     names = list(workers)
@@ -80,7 +93,7 @@ def main(argv=None) -> dict:
             w = workers[names[i]]
             w.stdin.write("run\n")
             w.stdin.flush()
-            seconds[names[i]].append(float(w.stdout.readline()))
+            seconds[names[i]].append(float(answer(w, args.old if names[i] == "old" else args.new)))
     for w in workers.values():
         w.stdin.close()
         w.wait()

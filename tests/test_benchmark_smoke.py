@@ -11,6 +11,7 @@ import math
 from pathlib import Path
 
 import jax
+import pytest
 
 from cljax.program import paired_models_default
 from tests.conftest import load_script
@@ -138,3 +139,11 @@ def test_paired_runs_compares_two_runs_repeat_by_repeat(tmp_path):
     assert "| ACC (every task after the last) | 0.7917 +- 0.0354 | 0.8017 +- 0.0495 | +0.0100 +- 0.0141; 0.0100; 0.0200 |" \
         in table
     assert "largest difference 0.0600" in table
+    assert "paired by repeat; the runs differ in: nothing" in table
+
+    meta = b / "task_000" / "metadata.json"  # run B with another seed: its repeats are other draws
+    meta.write_text(json.dumps({**json.loads(meta.read_text()), "config": {"num_tasks": 3, "seed": 7}}))
+    with pytest.raises(SystemExit, match="the runs differ in seed: their repeats are not paired"):
+        paired.main([str(a), str(b)])
+    with pytest.raises(SystemExit, match=f"error: {tmp_path} holds no task folders: pass a run folder"):
+        paired.main([str(a), str(tmp_path)])

@@ -64,8 +64,9 @@ def test_the_smoke_mode_runs_every_stage_and_writes_json_and_a_summary(tmp_path)
 
     summary = (out / "summary.md").read_text()
     for heading in ("## Environment", "## GPU-relevant tests", "## Precision, bfloat16 and lowering variants",
-                    "## Profile of the task program", "## Throughput: cljax against the torch peers, R = 1",
-                    "## Throughput: cljax against the torch peers, R = 128", "## Fashion-MNIST run",
+                    "## Profile of the task program",
+                    "## Throughput: cljax against the torch peers, the smaller R\n\nR = 1\n",
+                    "## Throughput: cljax against the torch peers, the larger R\n\nR = 2\n", "## Fashion-MNIST run",
                     "## Loss-of-plasticity-shaped run", "## Goals and the next call"):
         assert heading in summary
     assert "could not summarise" not in summary and 'GPU_CHECK_ARGS="--stages tests --tests rest' in summary
@@ -110,6 +111,15 @@ def test_without_the_fashion_data_its_stages_fail_at_once_and_the_others_run(tmp
     for name in ("tests", "variants", "fashion"):
         assert stages[name] == {"status": "failed", "why": f"no Fashion-MNIST IDX files in {tmp_path / 'nowhere'}"}
     assert stages["lop"]["status"] == "ok"  # synthetic data: it runs
+    assert stages["deterministic"] == {"status": "skipped", "why": "not asked for"}  # not failed: not asked for
+    # A second call that reads no Fashion-MNIST, from another folder with a relative --out: it passes
+    # (its stages run in the checkout's root, so --out is made absolute first).
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--out", "second", "--fashion-dir",
+                           str(tmp_path / "nowhere"), "--stages", "env"], capture_output=True, text=True, timeout=300,
+                          cwd=tmp_path)
+    report = json.loads((tmp_path / "second" / "check.json").read_text())
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    assert report["stages"]["env"]["status"] == "ok" and report["stages"]["tests"]["status"] == "skipped"
 
 
 def test_a_stage_past_its_limit_is_killed_with_its_children(tmp_path):

@@ -1,0 +1,35 @@
+"""Argument types the benchmark scripts share: a count must be a whole number of at least one
+(argparse then refuses 0 or -1 in one line, where a zero once meant "the default" or crashed
+after the run), and an output file's folder must exist before any time is spent."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def output_file(text: str) -> str:
+    """A file to write at the end: its folder exists and it is not a folder itself."""
+    path = Path(text).expanduser()
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a folder: give a file name")
+    if not path.resolve().parent.is_dir():
+        raise argparse.ArgumentTypeError(f"the folder of {text} does not exist: create it first")
+    return text
+
+
+def output_folder(text: str) -> str:
+    """A folder to write into (made if missing): not an existing file."""
+    if Path(text).expanduser().exists() and not Path(text).expanduser().is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a file: give a folder")
+    return str(Path(text).expanduser().resolve())
