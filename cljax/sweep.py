@@ -230,8 +230,8 @@ def sweep_main(argv: list[str]) -> int:
     parser.add_argument("--log-dir", default=None, help="submitit's logs (default: RESULTS_DIR/sweep_logs)")
     parser.add_argument("--slurm-partition", default=None, help="SLURM partition")
     parser.add_argument("--slurm-account", default=None, help="SLURM account")
-    parser.add_argument("--slurm-time", default="600", help="time limit per job in SLURM's formats: minutes, M:SS, H:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS (default: 600); "
-                        "also the local executor's limit")
+    parser.add_argument("--slurm-time", default="600", help="time limit per job in SLURM's formats: minutes, M:SS, "
+                        "H:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS (default: 600); also the local executor's limit")
     parser.add_argument("--slurm-gpus", type=int, default=None, help="GPUs per job (repeats are split over them)")
     parser.add_argument("--slurm-cpus", type=int, default=None, help="CPUs per job")
     parser.add_argument("--slurm-mem-gb", type=float, default=None, help="memory per job in GB")

@@ -246,6 +246,36 @@ def test_a_second_call_can_time_a_candidate_lowering_and_precision_as_a_user_wou
     assert (p_args.conv_impl, p_args.matmul_precision) == ("fused", "high")
 
 
+def test_the_full_checks_stage_commands_parse_in_the_scripts_they_call(tmp_path):
+    """The full mode's commands never run on the CPU (too large for it): each parses in the script
+    it calls, with the sizes docs/benchmark.md states, and every test it names exists. A misspelt
+    flag or test would otherwise first show on the GPU, in its one session."""
+    from cljax.settings import Parser, add_run_flags, add_settings_flags, config_from_args
+
+    gpu_check = load_gpu_check()
+    commands = gpu_check.stage_commands(gpu_check.parse_args(["--out", str(tmp_path), "--fashion-dir", str(FASHION_DIR)]))
+    throughput = load_script(SCRIPT.parent / "throughput.py", "cljax_throughput")
+    for name, repeats in (("throughput", [1, 32]), ("throughput_large", [128, 512])):
+        args = throughput.parse_args(commands[name][2:])
+        assert (args.repeats, args.rounds, args.no_alternatives, args.no_experiment) == (repeats, 3, True, True)
+    profile = load_script(SCRIPT.parent / "profile_task.py", "cljax_profile_task").parse_args(commands["profile"][2:])
+    assert (profile.repeats, profile.steps, profile.calls) == (128, 50, 3)
+    configs = {}
+    for name in ("fashion", "lop"):
+        argv = commands[name][commands[name].index("run") + 1:]
+        parser = Parser(prog="cljax run")
+        add_settings_flags(parser, argv)
+        add_run_flags(parser)
+        configs[name] = config_from_args(parser.parse_args(argv)).validate()
+    assert (configs["fashion"].num_tasks, configs["fashion"].n_repeats, configs["fashion"].dataset) == (5, 32, "fashion_mnist")
+    lop = configs["lop"]
+    assert (lop.num_tasks, lop.n_repeats, lop.batch_size, lop.epochs, lop.steps_per_task) == (2, 32, 100, 250, 3000)
+    root = SCRIPT.parents[1]
+    for node in gpu_check.GPU_TESTS + gpu_check.GPU_TESTS_REST:
+        path, _, test = node.partition("::")
+        assert not test or f"def {test}(" in (root / path).read_text(), node
+
+
 def goals_report(variants: list[tuple[str, int, dict, dict]], cljax: dict[int, tuple[float, float | None]]) -> dict:
     """A check.json report with variant rows (name, R, settings, figures) and throughput rows
     (R -> samples/s, ratio to the torch.func peer), as the stages write them."""
