@@ -315,7 +315,11 @@ def test_the_summary_states_the_goals_and_proposes_one_second_call_the_script_ac
     slow = goals_report(defaults + [("conv fused", 128, {"conv_impl": "fused"}, {"speed_vs_default": 1.04})],
                         {128: (4.1e6, None)})
     assert goals.next_call(slow)[0] == goals.REST_TESTS_CALL
-    assert "10M samples/s at R >= 128: **not met**, 4,100,000" in "\n".join(goals.goals_markdown(slow))
+    assert "10M samples/s at R >= 128: **not met**, 4,100,000 at R = 128 (throughput_large)" in "\n".join(
+        goals.goals_markdown(slow))
+    slow["stages"]["throughput_large"]["result"]["partial"] = "medians of 1 of 3 rounds"  # a stage cut short
+    assert ("4,100,000 at R = 128 (throughput_large; partial figures: medians of 1 of 3 rounds)"
+            in "\n".join(goals.goals_markdown(slow)))
     assert "torch.func vmap peer at R = 32: not measured" in "\n".join(goals.goals_markdown(slow))
     parsed = gpu_check.parse_args(goals.REST_TESTS_CALL.split())
     assert gpu_check.tests_to_run(parsed) == gpu_check.GPU_TESTS_REST and parsed.limit == {"tests": 180.0}
