@@ -111,3 +111,28 @@ def test_a_diverged_repeat_is_left_out_and_counted_by_every_analysis(tmp_path):
     assert s["probe"]["current_task"]["probe_acc"]["n_nonfinite"] == 1
     erank = np.load(algo / "analysis" / "plasticity.npz")["current_effective_rank"]  # (n, L, R)
     assert np.isnan(erank[-1, :, 1]).all() and np.isfinite(erank[-1, :, 0]).all() and np.isfinite(erank[:-1]).all()
+
+
+def test_a_dead_network_has_no_glue_capacity_and_is_counted(tmp_path):
+    # Repeat 1's last folder: every representation 0 (no unit active on any image, a dead
+    # network's). No hyperplane constraint binds, so v* = t and the capacity would read infinite:
+    # GLUE leaves such a grouping out (NaN) and counts it, as it does a non-finite one.
+    from cljax.analysis.glue import unsolvable
+
+    algo = tmp_path / "run"
+    write_fake_run(algo)
+    path = algo / "task_002" / "representations.npy"
+    reps = np.load(path)
+    reps[:, 1] = 0.0  # (L, R, T, S, H): repeat 1, every task and image
+    np.save(path, reps)
+    analyze_run(algo, glue_n_probes=16, glue_max_points=4, glue_across_every=1, make_plots=False)
+    s = json.loads((algo / "analysis" / "summary.json").read_text())
+    solver = s["glue"]["solver"]
+    assert (solver["n_groupings_constant"], solver["n_groupings_not_finite"]) == (2, 0)  # current task, across tasks
+    last = s["glue"]["per_task"]["capacity"]["last_task"]
+    assert last["n_nonfinite"] == 1 and np.isfinite(last["mean"])
+    # every image at the same point is the same case after centering; a spread of one part in 1e9 is not
+    same = np.broadcast_to(np.arange(1.0, 5.0), (2, 3, 2, 5, 4)).copy()
+    assert unsolvable(same)[1].all() and not unsolvable(same, center=False)[1].any()
+    same[0, 0, 0, 0, 0] *= 1 + 1e-9
+    assert unsolvable(same)[1].tolist() == [[False, True, True], [True, True, True]]

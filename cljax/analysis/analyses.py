@@ -25,7 +25,7 @@ import numpy as np
 
 from cljax.analysis import plots, probe
 from cljax.analysis.cl import VARIANTS, cl_metrics_evaluated, cl_metrics_from_matrix, mean_over_tasks, snapshot_accuracy, task_accuracy_row
-from cljax.analysis.glue import DIAGNOSTIC_KEYS, GLUE_KEYS, glue_analysis
+from cljax.analysis.glue import DIAGNOSTIC_KEYS, GLUE_KEYS, glue_analysis, unsolvable
 from cljax.analysis.glue_solver import MAX_ITER, TOL
 from cljax.analysis.plasticine import representation_metrics, weight_change, weight_magnitude
 from cljax.analysis.registry import Analysis, Result, RunContext, TaskFolder, register
@@ -280,7 +280,7 @@ def _glue_init(ctx: RunContext) -> dict:
     return {"ctx": ctx, "key": jax.random.PRNGKey(ctx.options.glue_seed), "task": {}, "across": {},
             "folders": [], "tasks": [],
             "diag": {"n_probes_solved": 0, "n_probes_converged": 0, "min_converged_fraction": 1.0, "max_residual": 0.0,
-                     "n_groupings_not_finite": 0}}
+                     "n_groupings_not_finite": 0, "n_groupings_constant": 0}}
 
 
 def _glue_call(state: dict, X, dichotomies: str) -> dict:
@@ -288,8 +288,10 @@ def _glue_call(state: dict, X, dichotomies: str) -> dict:
     g = glue_analysis(X, state["key"], n_probes=n_probes, dichotomies=dichotomies, max_iter=MAX_ITER, tol=TOL)
     diag = state["diag"]  # over every GLUE call: each (repeat, task) grouping solves n_probes QPs
     fractions = np.asarray(g["converged_fraction"], dtype=np.float64)
-    solved = np.isfinite(fractions)  # a grouping with non-finite representations is not solved (NaN)
-    diag["n_groupings_not_finite"] += int((~solved).sum())
+    nonfinite, constant = unsolvable(X)  # groupings GLUE does not solve (NaN in every array)
+    solved = ~(nonfinite | constant)
+    diag["n_groupings_not_finite"] += int(nonfinite.sum())
+    diag["n_groupings_constant"] += int(constant.sum())
     if solved.any():
         diag["n_probes_solved"] += int(solved.sum() * n_probes)
         diag["n_probes_converged"] += int(np.rint(fractions[solved] * n_probes).sum())

@@ -186,6 +186,21 @@ def _geometry_batched(X_BPMN, t_KN, y_KP, center, max_iter, tol, batch_chunk):
     return jax.lax.map(one, X_BPMN, batch_size=batch_chunk)
 
 
+def unsolvable(manifolds, center: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Two boolean arrays of the batch shape (...) of manifolds (..., P, M, N): the groupings
+    that hold a non-finite value (a diverged network's), and the finite ones whose points are
+    all the same after centering (all zero without it) up to rounding: a dead or collapsed
+    network's. No hyperplane constraint then binds, v* = t, and the capacity would read
+    infinite (or ~1e32 from rounding); GLUE is not solved for either kind."""
+    X = np.asarray(manifolds, np.float64)
+    axes = (-3, -2, -1)
+    nonfinite = ~np.isfinite(X).all(axis=axes)
+    with np.errstate(invalid="ignore"):
+        spread = np.abs(X - X.mean(axis=(-3, -2), keepdims=True) if center else X).max(axis=axes)
+        constant = ~nonfinite & ~(spread > 1e-12 * np.abs(X).max(axis=axes))
+    return nonfinite, constant
+
+
 def glue_geometry(
     manifolds, probes, dichotomies, center: bool = True, max_iter: int = MAX_ITER, tol: float = TOL,
     batch_chunk: int = 8,
@@ -193,13 +208,13 @@ def glue_geometry(
     """:func:`glue_analysis` for given probes t (n, N) and dichotomies y (n, P); manifolds
     (..., P, M, N) with any leading axes (``batch_chunk`` of them solved at once, all sharing the
     probes). Returns float64 arrays of shape (...); NaN in every one of them for a batch element
-    whose manifolds hold a non-finite value (a diverged network's), which is not solved."""
+    that :func:`unsolvable` names (non-finite, or points that do not vary), which is not solved."""
     shape = np.shape(manifolds)
     if len(shape) < 3:
         raise ValueError(f"manifolds must be (..., P, M, N), got shape {shape}")
     batch_shape, (P, M, N) = shape[:-3], shape[-3:]
     X_np = np.asarray(manifolds, np.float64).reshape((-1, P, M, N))
-    finite = np.isfinite(X_np).all(axis=(1, 2, 3))
+    finite = ~np.logical_or(*unsolvable(X_np, center))  # the groupings that are solved
     with jax.enable_x64(True):
         t = jnp.asarray(probes, jnp.float64)
         y = jnp.asarray(dichotomies, jnp.float64)
