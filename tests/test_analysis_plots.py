@@ -41,3 +41,24 @@ def test_each_plot_writes_a_png(tmp_path):
             "approx_capacity": np.full((R, T), np.inf), "radius": np.full((R, T), np.nan)}
     assert_nontrivial_png(plot_glue_over_tasks(glue, tmp_path / "g.png"))
     assert_nontrivial_png(plot_metrics_over_tasks({"x": rng.uniform(size=T)}, tmp_path / "sub" / "x.png"))
+
+
+def test_a_lone_point_is_drawn_with_its_spread_and_task_ticks_stay_whole(tmp_path):
+    # T = 1, or a task evaluated at one snapshot only (--eval-tasks current): such a point has no
+    # line segment and no band to show; it is a marker with an error bar of the same std.
+    from cljax.analysis.plots import _band, _figure, _task_ticks
+
+    fig = _figure()
+    ax = fig.subplots()
+    values = np.array([[0.6, np.nan, 0.7, 0.8], [0.8, np.nan, 0.9, 1.0]])  # (R, x): x = 0 alone, 2-3 a line
+    _band(ax, np.arange(4), values, label="_run_a")
+    (bars,) = ax.containers
+    xy = bars.lines[0].get_xydata()
+    np.testing.assert_allclose(xy, [[0.0, 0.7]])
+    low, high = bars.lines[2][0].get_segments()[0][:, 1]
+    np.testing.assert_allclose([low, high], [0.7 - np.std([0.6, 0.8], ddof=1), 0.7 + np.std([0.6, 0.8], ddof=1)])
+    assert [t.get_text() for t in ax.legend().get_texts()] == ["\u200b_run_a"]  # not hidden by matplotlib
+    ax.set_xlim(-0.05, 0.05)  # one task on the axis
+    _task_ticks(ax.xaxis)
+    ticks = ax.xaxis.get_major_locator()()
+    assert len(ticks) >= 1 and all(float(t).is_integer() for t in ticks)

@@ -128,7 +128,7 @@ def _cl_finalize(state: dict) -> Result:
                 A, p, title=f"Accuracy matrix ({headline['variant']})"),
             "learner_vs_expert.png": lambda p: plots.plot_learner_vs_expert(
                 np.diagonal(A, axis1=1, axis2=2), headline["expert_accuracy"], p,
-                expert_best_RT=robust["arrays"]["expert_acc_best"]),
+                expert_best_RT=robust["arrays"]["expert_acc_best"], variant=headline["variant"]),
         },
     )
 

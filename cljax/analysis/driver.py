@@ -231,8 +231,9 @@ def format_summary(summary: dict) -> str:
         lines.append(f"expert accuracy: last snapshot {_pm(expert['final'])}, best snapshot {_pm(expert['best'])}; "
                      f"{expert['n_collapsed']} of {expert['n_cells']} (repeat, task) cells ended more than "
                      f"{COLLAPSE_DROP} below their best")
-        lines.append(f"plasticity gap: last snapshots {_pm(summary['mean_plasticity_gap'])}, "
-                     f"best snapshots {_pm(summary['mean_plasticity_gap_best'])}")
+        auc = summary.get("variant") == "auc"  # the learner's area under its curve: biased upward (docs/metrics.md)
+        lines.append(f"plasticity gap: {'auc of the learner vs last snapshot of the expert' if auc else 'last snapshots'} "
+                     f"{_pm(summary['mean_plasticity_gap'])}, best snapshots {_pm(summary['mean_plasticity_gap_best'])}")
     glue = summary.get("glue")
     if glue:
         cap, err, solver = (glue["per_task"]["capacity"]["last_task"], glue["per_task"]["capacity_mc_error"]["last_task"],

@@ -36,10 +36,26 @@ def _mean_std(values_RX: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _band(ax, x, values_RX, label=None, color=None, marker=None):
+    """The mean as a line with a band of one std. A finite point with no finite neighbour (T = 1;
+    a task evaluated at one snapshot only) draws no line segment and no band: it is a marker with
+    an error bar. A label that starts with "_" is kept in the legend (matplotlib hides those)."""
     mean, std = _mean_std(values_RX)
+    x = np.asarray(x, dtype=np.float64)
+    if label is not None and str(label).startswith("_"):
+        label = "\u200b" + str(label)  # a zero-width space in front
     (line,) = ax.plot(x, mean, label=label, color=color, marker=marker, markersize=3)
     ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.25, linewidth=0)
+    ok = np.isfinite(mean)
+    alone = ok & ~np.r_[False, ok[:-1]] & ~np.r_[ok[1:], False]
+    if alone.any():
+        ax.errorbar(x[alone], mean[alone], yerr=np.where(np.isfinite(std), std, 0.0)[alone], fmt=marker or "o",
+                    markersize=4, capsize=3, color=line.get_color())
     return line
+
+
+def _task_ticks(axis) -> None:
+    """Whole task numbers only, also when a single task is on the axis."""
+    axis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
 
 
 def _save(fig, path) -> Path:
@@ -58,18 +74,22 @@ def plot_accuracy_matrix(accuracy_matrix, path: str | os.PathLike, title: str = 
     if A.ndim == 3:
         A = _mean_std(A.reshape(A.shape[0], -1))[0].reshape(A.shape[1:])
     T = A.shape[0]
-    fig = _figure(figsize=(1.2 + 0.45 * min(T, 30), 1.0 + 0.4 * min(T, 30)))
+    side = max(T, 4)  # a small matrix still gets room for its labels and title
+    fig = _figure(figsize=(1.2 + 0.45 * min(side, 30), 1.0 + 0.4 * min(side, 30)))
     ax = fig.subplots()
     im = ax.imshow(A, vmin=0.0, vmax=1.0, cmap="viridis", origin="upper", interpolation="nearest")
     fig.colorbar(im, ax=ax, label="test accuracy")
     ax.set_xlabel("evaluated task j")
     ax.set_ylabel("after training task i")
     ax.set_title(title)
+    _task_ticks(ax.xaxis)
+    _task_ticks(ax.yaxis)
     if T <= 12:
         for i in range(T):
             for j in range(T):
-                ax.text(j, i, f"{A[i, j]:.2f}", ha="center", va="center", fontsize=7,
-                        color="white" if A[i, j] < 0.6 else "black")
+                if np.isfinite(A[i, j]):  # not evaluated: left blank
+                    ax.text(j, i, f"{A[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                            color="white" if A[i, j] < 0.6 else "black")
     return _save(fig, path)
 
 
@@ -103,36 +123,41 @@ def plot_accuracy_over_time(
     ax.set_xlabel("training step" if steps is not None else "snapshot")
     ax.set_ylabel("test accuracy")
     ax.set_title(title)
-    ax.legend(fontsize=7, ncol=min(J, 5), loc="lower left")
+    # below the axes, not over the curves
+    ax.legend(fontsize=7, ncol=min(J, 8), loc="upper center", bbox_to_anchor=(0.5, -0.14), frameon=False)
     return _save(fig, path)
 
 
 def plot_learner_vs_expert(
     learner_RT, expert_RT, path: str | os.PathLike, title: str = "Learner vs expert on each new task",
-    expert_best_RT=None,
+    expert_best_RT=None, variant: str = "final",
 ) -> Path:
     """Left: R[i, i] of the continual learner and E[i] of the fresh expert per task (and the
     expert's best snapshot, ``expert_best_RT``, dashed); right: the plasticity gap
-    G[i] = E[i] - R[i, i]. All (R, T), mean +- std across repeats."""
+    G[i] = E[i] - R[i, i]. All (R, T), mean +- std across repeats. ``variant`` "auc": R[i, i] is
+    the learner's area under its accuracy curve, which the legend and title say."""
     learner = np.asarray(learner_RT, dtype=np.float64)
     expert = np.asarray(expert_RT, dtype=np.float64)
     x = np.arange(learner.shape[-1])
-    fig = _figure(figsize=(10, 3.6))
+    fig = _figure(figsize=(10, 3.6), layout="constrained")
     ax0, ax1 = fig.subplots(1, 2)
-    _band(ax0, x, learner, label="learner R[i, i]", marker="o")
+    if variant == "auc":
+        title += " (auc: the learner's area under its curve, the expert's last snapshot)"
+    _band(ax0, x, learner, label="learner R[i, i]" + (" (auc)" if variant == "auc" else ""), marker="o")
     _band(ax0, x, expert, label="expert E[i]", marker="s")
     if expert_best_RT is not None:
         mean, _ = _mean_std(expert_best_RT)
-        ax0.plot(x, mean, linestyle="--", color="gray", label="expert, best snapshot")
+        ax0.plot(x, mean, linestyle="--", color="gray", label="expert, best snapshot",
+                 marker="x" if np.isfinite(mean).sum() < 2 else None)  # one task: a marker, not a line
     ax0.axhline(0.5, color="black", linestyle=":", linewidth=0.7)
     ax0.set_xlabel("task i")
-    ax0.xaxis.set_major_locator(MaxNLocator(integer=True))
+    _task_ticks(ax0.xaxis)
     ax0.set_ylabel("test accuracy")
     ax0.legend(fontsize=8)
     _band(ax1, x, expert - learner, label="G[i] = E[i] - R[i, i]", color="tab:red", marker="o")
     ax1.axhline(0.0, color="black", linewidth=0.7)
     ax1.set_xlabel("task i")
-    ax1.xaxis.set_major_locator(MaxNLocator(integer=True))
+    _task_ticks(ax1.xaxis)
     ax1.set_ylabel("plasticity gap")
     ax1.legend(fontsize=8)
     fig.suptitle(title)
@@ -161,7 +186,7 @@ def plot_metrics_over_tasks(
         _band(ax, xs, v, marker="o" if v.shape[-1] <= 30 else None)
         ax.set_title(name, fontsize=9)
         ax.set_xlabel(xlabel)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # tasks
+        _task_ticks(ax.xaxis)
     for ax in list(axes.flat)[len(names):]:
         ax.set_visible(False)
     fig.suptitle(title)
@@ -194,20 +219,26 @@ def plot_glue_over_tasks(metrics: Mapping[str, np.ndarray], path, x=None,
 
 
 def plot_head_vs_probe(earlier_RN: Mapping[str, np.ndarray], last_RT: Mapping[str, np.ndarray], path,
-                       title: str = "The head vs a linear probe of the representation") -> Path:
+                       title: str = "The head vs a linear probe of the representation",
+                       every_task_evaluated: bool = True) -> Path:
     """Left: accuracy on the tasks trained before folder i, after folder i (x = i >= 1), one band
     per entry of ``earlier_RN`` ((R, n) each); right: accuracy on every task j after the last
-    folder, one band per entry of ``last_RT`` ((R, T) each). Mean +- std across repeats."""
-    fig = _figure(figsize=(10, 3.6))
+    folder, one band per entry of ``last_RT`` ((R, T) each). Mean +- std across repeats. A panel
+    with no evaluated value says so (--eval-tasks current evaluates no earlier task)."""
+    fig = _figure(figsize=(10, 3.6), layout="constrained")
     ax0, ax1 = fig.subplots(1, 2)
-    for ax, curves, xlabel in ((ax0, earlier_RN, "after task i (mean over tasks j < i)"),
+    over = "tasks j < i" if every_task_evaluated else "the evaluated tasks j < i"
+    for ax, curves, xlabel in ((ax0, earlier_RN, f"after task i (mean over {over})"),
                                (ax1, last_RT, "task j (after the last task)")):
-        for label, v in curves.items():
-            v = np.asarray(v, dtype=np.float64)
-            first = 1 if ax is ax0 else 0
-            _band(ax, np.arange(first, v.shape[-1]), v[:, first:], label=label, marker="o")
+        first = 1 if ax is ax0 else 0
+        shown = {k: np.asarray(v, dtype=np.float64)[:, first:] for k, v in curves.items()}
+        for label, v in shown.items():
+            _band(ax, np.arange(first, first + v.shape[-1]), v, label=label, marker="o")
+        if not any(np.isfinite(v).any() for v in shown.values()):
+            ax.text(0.5, 0.75, "no task here was evaluated in this run (--eval-tasks)", transform=ax.transAxes,
+                    ha="center", va="center", fontsize=8)
         ax.axhline(0.5, color="black", linestyle=":", linewidth=0.7)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        _task_ticks(ax.xaxis)
         ax.set_ylim(0.0, 1.02)
         ax.set_xlabel(xlabel)
         ax.set_ylabel("test accuracy")
@@ -225,7 +256,7 @@ def plot_plasticity_gap(gaps: Mapping[str, np.ndarray], path: str | os.PathLike)
         _band(ax, np.arange(len(gap_nR)), np.asarray(gap_nR).T, label=label)
     ax.axhline(0.0, color="gray", linewidth=0.8)
     ax.set_xlabel("task")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    _task_ticks(ax.xaxis)
     ax.set_ylabel("expert - learner, current-task accuracy")
     ax.set_title("Plasticity gap over tasks (mean +- std over repeats)")
     ax.legend(fontsize=8)

@@ -197,10 +197,13 @@ def finalize(state: dict):
     }
     arrays = {"probe_acc": probe, "head_acc_probe_images": head_same, "head_acc": head,
               "images": np.array([S // 2, S], dtype=np.int64)}
+    evaluated = np.isfinite(probe[:, :, :n]).any(axis=0)  # (n, n): folder i evaluated task j, in some repeat
+    every_earlier = bool(evaluated[np.tril(np.ones((n, n), bool), -1)].all())
     return Result(
         summary={"probe": summary},
         arrays={"probe.npz": arrays},
         plots={"probe.png": lambda p: plots.plot_head_vs_probe(
             {k: np.stack([_earlier(v, i) for i in range(n)], axis=1) for k, v in curves.items()},
-            {k: v[:, last, :n] for k, v in curves.items()}, p)},
+            {k: v[:, last, :n] for k, v in curves.items()}, p,
+            every_task_evaluated=every_earlier)},
     )
