@@ -57,8 +57,9 @@ class Config:
     test_source: str = param("test", "where test images come from: the test split, or a held-out part of the train split",
                              choices=("test", "train_holdout"))
     # optimisation
-    epochs: int = param(5, "passes over a task's training data", min=1)
-    batch_size: int = param(32, "minibatch size per repeat", min=1)
+    epochs: int = param(5, "passes over a task's training data, each in a new order per repeat", min=1)
+    batch_size: int = param(32, "minibatch size per repeat; an epoch takes floor(N / B) full batches of its N training "
+                                "images, so the N mod B last in that epoch's order sit it out (others each epoch)", min=1)
     lr: float | None = param(None, "learning rate of every parameter group (learner and expert); default: the rule's own "
                              "(SL 0.05, RL 0.1, Bio 0.05), recorded resolved in metadata.json", min=0.0)
     lr_features: float | None = param(None, "learning rate of the feature layers (default: --lr)", min=0.0)

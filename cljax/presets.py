@@ -5,7 +5,8 @@ resolved settings, not the preset's name, so a run's record is complete without 
 ``lop-imagenet``: the continual ImageNet protocol of Dohare et al., "Loss of plasticity in deep
 continual learning" (Nature 2024), on a folder prepared by ``cljax prepare-imagenet``:
 5000 binary tasks cycling through each repeat's class permutation (500 pairs), 600 training and
-100 test images per class, batch 100, 250 epochs per task (3000 steps), SGD lr 0.01 with
+100 test images per class, both from the class's training images as in that protocol (ImageNet's
+validation split has 50 images a class; ``--test-source train_holdout``), batch 100, 250 epochs per task (3000 steps), SGD lr 0.01 with
 momentum 0.9, two outputs with softmax cross-entropy, the output layer set to zero at the start
 of every task, 30 repeats. Differences from that code, kept on purpose: the network is cljax's
 CNN (the spec's, not LoP's three-convolution net); only the current task is evaluated, at 10
@@ -21,7 +22,7 @@ from cljax.errors import CljaxError
 PRESETS: dict[str, dict] = {
     "lop-imagenet": dict(
         dataset="imagenet_28_gray", task_schedule="cycle", num_tasks=5000, n_repeats=30,
-        n_train_per_class=600, n_test_per_class=100, batch_size=100, epochs=250, lr=0.01, momentum=0.9,
+        n_train_per_class=600, n_test_per_class=100, test_source="train_holdout", batch_size=100, epochs=250, lr=0.01, momentum=0.9,
         out_dim=2, head="reset", head_reset_to="zero", eval_tasks="current", log_frequency=300,
         n_subsamples=32, representation_dtype="bfloat16",
     ),

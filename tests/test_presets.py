@@ -29,6 +29,26 @@ def test_the_lop_preset_sets_the_protocol_and_a_flag_beside_it_wins():
     assert all(set(p) <= set(setting_specs()) for p in PRESETS.values())
 
 
+def test_the_lop_preset_takes_its_100_test_images_from_the_training_split(tmp_path):
+    # ImageNet-1k's validation split, prepared as the test arrays, holds 50 images a class: the
+    # protocol's 600 + 100 images a class come from the class's training images (at least 732).
+    import numpy as np
+
+    from cljax.data import load_dataset
+    from cljax.data.prepared import write_prepared
+    from cljax.tasks import TaskData
+
+    train_labels, test_labels = np.repeat(np.arange(4), 732), np.repeat(np.arange(4), 50)
+    rng = np.random.default_rng(0)
+    write_prepared(tmp_path / "imagenet", rng.integers(0, 256, (len(train_labels), 28, 28), dtype=np.uint8),
+                   train_labels, rng.integers(0, 256, (len(test_labels), 28, 28), dtype=np.uint8), test_labels,
+                   name="imagenet_28_gray", source="a stand-in of ImageNet's class sizes", preprocessing={})
+    config = config_of(["--preset", "lop-imagenet", "--data-dir", str(tmp_path / "imagenet"), "--num-tasks", "2",
+                        "--n-repeats", "1"]).validate()
+    assert config.test_source == "train_holdout"
+    TaskData(load_dataset(config), config)  # refused before: "class 0 has 50 test images"
+
+
 def test_an_unknown_preset_is_one_line(tmp_path, capsys):
     rc = cli_main(["run", "--preset", "lop", "--results-dir", str(tmp_path)])
     err = capsys.readouterr().err
