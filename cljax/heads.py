@@ -14,8 +14,9 @@ every task start, or one per task.
   ``n_heads * out_dim`` units); task t trains and is evaluated through block ``t mod n_heads``,
   so an earlier task keeps its own read-out and forgetting is that of the representation and of
   the task's own head. Its block gets a zero gradient, not none: with plain SGD it stays as its
-  task left it, but the learner's momentum trace, ``--use-l2`` / ``--use-l2-init`` and
-  shrink+perturb go on moving it. ``n_heads`` is the number of tasks. The expert uses the current task's
+  task left it, but the learner's momentum trace, ``--use-l2`` / ``--use-l2-init``,
+  shrink+perturb and the unit resets of ``--use-cbp`` / ``--use-redo`` (a reset unit's outgoing
+  weights are zeroed into every block) go on moving it. ``n_heads`` is the number of tasks. The expert uses the current task's
   block too (the others stay at their initialisation and are never read).
 
 Everything here is a function of ONE repeat, traced inside the task program; the head index is a
