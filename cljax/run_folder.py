@@ -152,6 +152,9 @@ def changed_since(record: dict) -> str | None:
                  "the CNN's im2col lowering (the CPU's default; the run records no lowering)")
         return (f"its Bio rule, in {where}, sent the error through the max-pool winners of the feedback weights "
                 f"instead of the forward pass's (corrected in schema 3; docs/rules.md, Bio)")
+    if schema < 4 and settings.get("use_cbp"):
+        return ("its continual backprop ranked units by a utility not corrected for their age, so units that had just "
+                "matured were replaced first (corrected in schema 4; docs/methods.md, CBP)")
     return None
 
 

@@ -98,6 +98,10 @@ def test_a_bio_run_recorded_before_its_pool_routing_was_corrected_is_not_resumed
     for unaffected in ({"schema": 3}, {"config": {"algorithm": "SL"}}, {"config": {"algorithm": "Bio", "model": "mlp"}},
                        {"split": {"lowering": {"conv": "lax"}}}, {"split": {"lowering": {"conv": "fused"}}}):
         assert changed_since({**old, **unaffected}) is None, unaffected
+    # schema 4: continual backprop ranks units by their age-corrected utility
+    cbp = {"schema": 3, "config": {"algorithm": "SL", "use_cbp": True}, "split": None}
+    assert "not corrected for their age" in changed_since(cbp)
+    assert changed_since({**cbp, "schema": 4}) is None and changed_since({**cbp, "config": {"use_cbp": False}}) is None
 
 
 @pytest.mark.parametrize("model,extra", [("mlp", dict(mlp_hidden=32)), ("resnet", dict(resnet_width=8, resnet_blocks=1))])

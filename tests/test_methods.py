@@ -110,7 +110,8 @@ def test_cbp_step_is_its_update_by_hand():
         eligible = age > 100
         acc = float(s["acc"]) + 0.4 * eligible.sum()
         n = min(int(np.floor(acc)), eligible.sum())
-        order = [j for j in np.argsort(np.where(eligible, utility, np.inf), kind="stable")][:n]
+        ranked = np.where(eligible, utility / (1 - 0.9 ** age), np.inf)  # corrected for age
+        order = [j for j in np.argsort(ranked, kind="stable")][:n]
         replaced = np.isin(np.arange(4), order)
         expect_replaced[layer] = replaced
         np.testing.assert_allclose(new_state[layer]["utility"], np.where(replaced, 0, utility), rtol=1e-5, atol=1e-8)
@@ -137,6 +138,21 @@ def test_cbp_step_is_its_update_by_hand():
         layer, leaf = name.split("/")
         np.testing.assert_array_equal(new_params[layer][leaf], params[layer][leaf])
     np.testing.assert_array_equal(new_opt.inner_states["classifier"].inner_state[0].trace["head"]["kernel"], 1)
+
+
+def test_cbp_ranks_a_just_matured_unit_by_its_age_corrected_utility():
+    """A unit that has just matured (age m + 1) carries only 1 - eta^(m+1) of its contribution in
+    its running utility (0.64 at LoP's eta 0.99, m 100). Ranked as is, a new unit contributing 1.5
+    would be replaced before an old one contributing 1.0; corrected for age, the old one goes."""
+    from cljax.options.cbp import cbp_update
+
+    state = {"dense1": {"utility": jnp.asarray([0.95, 1.0]), "age": jnp.asarray([100, 1000]), "acc": jnp.float32(0.0)}}
+    activity = {"dense1": jnp.asarray([[1.5, 1.0]])}  # contributions 1.5 (new unit) and 1.0 (old unit)
+    new, masks = cbp_update(state, activity, {"dense1": jnp.ones(2)}, jnp.ones(1), rate=0.5, maturity=100, decay=0.99)
+    np.testing.assert_allclose(new["dense1"]["utility"], [0.9555, 0.0], rtol=1e-6)  # the old unit is replaced
+    assert masks["dense1"].tolist() == [False, True]
+    raw_new = 0.99 * 0.95 + 0.01 * 1.5  # 0.9555 < 1.0: the uncorrected ranking would replace the new unit
+    assert raw_new < 1.0 < raw_new / (1 - 0.99**101)
 
 
 def test_cbp_without_a_mature_unit_changes_no_weight():

@@ -14,7 +14,11 @@ W_out the reader's kernel:
     E      = {j : a_j > m}                                         eligible (mature) units
     acc_l <- acc_l + rho |E|                                       fractional count
     n      = min(floor(acc_l), |E|);  acc_l <- acc_l - n
-    replace the n units of E with the lowest u (ties: the lower index), as a mask over units
+    replace the n units of E with the lowest u_j / (1 - eta^a_j) (ties: the lower index)
+
+The ranking is bias-corrected for age, as in the authors' code: u_j starts at 0, so a unit that
+has just matured carries only 1 - eta^(m+1) of its running contribution (0.64 at LoP's eta 0.99,
+m 100) and would be replaced again unless it contributed about 1.6 times the weakest old unit.
 
 A replaced unit gets fresh incoming weights (kernel column and bias) from the model's
 initialiser, zero outgoing weights, u_j = 0 and a_j = 0, and the optimiser state of every weight
@@ -24,9 +28,9 @@ eta = ``--cbp-decay``; the defaults are Dohare et al.'s (3e-4, 100, 0.99).
 State of one repeat, kept across tasks and saved in the checkpoint: per unit layer, u (U,)
 float32, a (U,) int32 and acc () float32.
 
-Differences from the authors' code, on purpose: the utility is not bias-corrected for age and
-the reader's bias is not adjusted for the removed unit's mean contribution (the update above is
-the whole method here).
+Difference from the authors' code, on purpose: the reader's bias is not adjusted for the removed
+unit's mean contribution (the update above is the whole method here). The bias correction came
+in with the run record's schema 4 (cljax/run_folder.changed_since).
 """
 
 from __future__ import annotations
@@ -69,7 +73,9 @@ def cbp_update(state, activity, out_sums, weights_B, rate: float, maturity: int,
         n_eligible = eligible.sum()
         acc = s["acc"] + rate * n_eligible.astype(jnp.float32)
         n = jnp.minimum(jnp.floor(acc).astype(jnp.int32), n_eligible)
-        replace = select_lowest(utility, eligible, n)
+        unbiased = 1.0 - decay ** age.astype(jnp.float32)  # > 0 for every eligible unit unless eta = 1
+        replace = select_lowest(jnp.where(unbiased > 0, utility / jnp.where(unbiased > 0, unbiased, 1.0), utility),
+                                eligible, n)
         new_state[layer] = {"utility": jnp.where(replace, 0.0, utility), "age": jnp.where(replace, 0, age),
                             "acc": acc - n.astype(jnp.float32)}
         masks[layer] = replace
