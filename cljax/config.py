@@ -24,8 +24,10 @@ from cljax.flags import check_dataclass, check_value, field_types
 from cljax.registry import CONV_IMPLS, DATASETS, MODELS, OPTIONS, RULES, Entry, param
 
 # The record's schema: its settings, and what they compute. 3: Bio's feedback through the im2col
-# lowerings' pool follows the forward pass; 4: CBP ranks units by their age-corrected utility (a run
-# that a correction touches, recorded before it, is not resumed: run_folder.changed_since).
+# lowerings' pool follows the forward pass; 4: CBP ranks units by their age-corrected utility, BatchNorm
+# leaves weight-0 examples out of its statistics, shrink+perturb keeps constant-initialised parameters
+# (BatchNorm scales) at their size (a run that a correction touches, recorded before it, is not
+# resumed: run_folder.changed_since).
 SCHEMA_VERSION = 4
 # Settings that change how fast a run goes or where it is written, not what it computes: a resume
 # need not match them (some change the float rounding, the last bits of losses and representations).

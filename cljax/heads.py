@@ -58,8 +58,8 @@ def with_head(net: Net, spec: HeadSpec, task_idx) -> Net:
         return net
     first = (jnp.asarray(task_idx, jnp.int32) % spec.n_heads) * spec.out_dim
 
-    def apply(params, state, images, train: bool):
-        logits, hidden, new_state = net.apply(params, state, images, train)
+    def apply(params, state, images, train: bool, weights=None):
+        logits, hidden, new_state = net.apply(params, state, images, train, weights)
         return lax.dynamic_slice_in_dim(logits, first, spec.out_dim, axis=-1), hidden, new_state
 
     return net._replace(apply=apply)

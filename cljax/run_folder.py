@@ -155,6 +155,13 @@ def changed_since(record: dict) -> str | None:
     if schema < 4 and settings.get("use_cbp"):
         return ("its continual backprop ranked units by a utility not corrected for their age, so units that had just "
                 "matured were replaced first (corrected in schema 4; docs/methods.md, CBP)")
+    if schema < 4 and settings.get("model") == "resnet" and settings.get("use_replay"):
+        return ("its ResNet's BatchNorm counted the replay buffer's empty slots in its batch statistics during the first "
+                "task (corrected in schema 4; docs/rules.md, the rule contract)")
+    if schema < 4 and settings.get("model") == "resnet" and settings.get("add_plasticity") \
+            and settings.get("sp_noise", "init") == "init":
+        return ("its shrink+perturb added sigma to every BatchNorm scale at each perturbation instead of keeping its size "
+                "(corrected in schema 4; cljax/options/shrink_perturb.py)")
     return None
 
 

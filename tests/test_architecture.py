@@ -102,6 +102,13 @@ def test_a_bio_run_recorded_before_its_pool_routing_was_corrected_is_not_resumed
     cbp = {"schema": 3, "config": {"algorithm": "SL", "use_cbp": True}, "split": None}
     assert "not corrected for their age" in changed_since(cbp)
     assert changed_since({**cbp, "schema": 4}) is None and changed_since({**cbp, "config": {"use_cbp": False}}) is None
+    # schema 4: the ResNet's BatchNorm leaves weight-0 replay slots out; shrink+perturb keeps its scales' size
+    resnet = {"schema": 3, "config": {"model": "resnet", "use_replay": True}, "split": None}
+    assert "empty slots" in changed_since(resnet)
+    assert "BatchNorm scale" in changed_since({**resnet, "config": {"model": "resnet", "add_plasticity": True}})
+    for unaffected in ({"model": "cnn", "use_replay": True, "add_plasticity": True},
+                       {"model": "resnet", "add_plasticity": True, "sp_noise": "gaussian"}):
+        assert changed_since({**resnet, "config": unaffected}) is None, unaffected
 
 
 @pytest.mark.parametrize("model,extra", [("mlp", dict(mlp_hidden=32)), ("resnet", dict(resnet_width=8, resnet_blocks=1))])

@@ -251,3 +251,25 @@ def test_the_cnn_refuses_images_its_pools_reduce_to_nothing():
     with pytest.raises(CljaxError, match=r"pools its images by 27 .* 24 x 24 images leave nothing"):
         build_model("cnn", MODELS["cnn"].params(), ModelContext(1, (24, 24), "lax"))
     build_model("cnn", MODELS["cnn"].params(), ModelContext(1, (27, 27), "lax"))
+
+
+def test_batchnorm_leaves_weight_zero_examples_out_of_its_statistics():
+    """Replay appends its slots to every batch with weight 0 until it holds images (the whole first
+    task): the ResNet's BatchNorm must not count them, or the zeros halve the stem's batch mean
+    and move every running average. Training on a batch plus weight-0 zero images gives the same
+    logits for the real images and the same BatchNorm statistics as the batch alone."""
+    module = build_model("resnet", MODELS["resnet"].params(width=4, blocks=1, hidden=8),
+                         ModelContext(out_dim=1, image_shape=(28, 28), conv_impl="lax"))
+    net = make_net(module, (28, 28))
+    params, state = net.init(jax.random.key(0))
+    images = jax.random.randint(jax.random.key(1), (6, 28, 28), 0, 256).astype(jnp.uint8)
+    padded = jnp.concatenate([images, jnp.zeros((4, 28, 28), jnp.uint8)])
+    weights = jnp.concatenate([jnp.ones(6), jnp.zeros(4)])
+    alone, _, state_alone = net.apply(params, state, images, True, jnp.ones(6))
+    mixed, _, state_mixed = net.apply(params, state, padded, True, weights)
+    np.testing.assert_allclose(mixed[:6], alone, rtol=1e-5, atol=1e-6)
+    for a, b in zip(jax.tree.leaves(state_alone), jax.tree.leaves(state_mixed)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    _, _, state_counted = net.apply(params, state, padded, True)  # without weights: every example counts
+    assert max(float(jnp.abs(a - b).max()) for a, b in zip(jax.tree.leaves(state_alone),
+                                                           jax.tree.leaves(state_counted))) > 1e-3

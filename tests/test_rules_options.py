@@ -168,7 +168,7 @@ class LinearPolicy:
     state_collections = ()
 
     @staticmethod
-    def apply(params, model_state, x, train):
+    def apply(params, model_state, x, train, weights=None):
         return x @ params["w"] + params["c"], x, model_state
 
 
@@ -471,6 +471,24 @@ def test_shrink_perturb_is_its_formula(tmp_path):
     _, stepped = step_end((), params, {}, key, None, None)
     for p, e, o in zip(jax.tree.leaves(params), jax.tree.leaves(noise), jax.tree.leaves(stepped)):
         np.testing.assert_allclose(o, 0.5 * np.asarray(p) + 0.1 * np.asarray(e), rtol=1e-6, atol=1e-7)
+
+
+def test_shrink_perturb_keeps_a_constant_initialised_parameter_at_its_size(tmp_path):
+    """A BatchNorm scale is initialised at 1 for every key: there is no noise to draw, and eps = 1
+    would add sigma at every boundary (1.13 after one task, towards sigma / (1 - lam) = 14). It
+    shrinks toward its initial value instead, as a bias (at 0) only shrinks; kernels get the formula."""
+    config = config_of(tmp_path, model="resnet", resnet_width=4, resnet_blocks=1, resnet_hidden=8, add_plasticity=True)
+    program = program_of(config)
+    params = jax.jit(init_params_of(program))(jax.random.key(0))
+    params = jax.tree.map(lambda p: p * 1.05, params)  # as if trained: the scales at 1.05
+    option = make_options(config, program.parts.net)[0]
+    key = jax.random.key(42)
+    _, out = jax.jit(option.task_start)((), params, key, jnp.int32(1))
+    np.testing.assert_allclose(out["stem_bn"]["scale"], 1 + 0.99 * (1.05 - 1), rtol=1e-6)
+    np.testing.assert_allclose(out["stem_bn"]["bias"], 0.99 * np.asarray(params["stem_bn"]["bias"]), atol=1e-7)
+    noise = jax.jit(init_params_of(program))(key)
+    np.testing.assert_allclose(out["stem"]["kernel"], 0.99 * np.asarray(params["stem"]["kernel"])
+                               + 0.14 * np.asarray(noise["stem"]["kernel"]), rtol=1e-5, atol=1e-7)
 
 
 def test_shrink_perturb_identity_is_bit_exact(tmp_path):

@@ -18,6 +18,8 @@ on import; the registry imports them on first use. ``im2col`` is the CNN's CPU c
 
 from __future__ import annotations
 
+import inspect
+
 from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple
 
@@ -80,10 +82,11 @@ class Net(NamedTuple):
     """A model bound for training: pure functions over one repeat.
 
     ``init(key) -> (params, state)``, ``state`` a dict of the mutable collections (``{}`` when
-    the model has none). ``apply(params, state, images, train) -> (logits, hidden, new_state)``:
-    ``train=True`` updates the mutable collections (BatchNorm uses batch statistics),
-    ``train=False`` uses the running averages and returns ``state`` unchanged. ``train`` is a
-    Python bool (it selects the program)."""
+    the model has none). ``apply(params, state, images, train, weights=None) -> (logits, hidden,
+    new_state)``: ``train=True`` updates the mutable collections (BatchNorm uses batch statistics,
+    over the examples whose ``weights`` (B,) are > 0 when the module's ``__call__`` takes a
+    ``mask``), ``train=False`` uses the running averages and returns ``state`` unchanged. ``train``
+    is a Python bool (it selects the program)."""
 
     module: nn.Module
     init: Callable[[Any], tuple[Any, dict]]
@@ -110,25 +113,31 @@ def make_net(module: nn.Module, image_shape: tuple[int, ...], compute_dtype: str
 
     if not state_collections:
 
-        def apply(params, state, images, train: bool):
+        def apply(params, state, images, train: bool, weights=None):  # no batch statistics: weights unused
             logits, hidden = module.apply({"params": params}, images, train=train)
             return logits, hidden, state
 
     else:
+        # A module whose __call__ takes ``mask`` (B,) gets the examples that count in training
+        # (weight > 0): its batch statistics and running averages leave the others out, such as
+        # the empty replay slots before the first task ends. A module without it sees every example.
+        takes_mask = "mask" in inspect.signature(type(module).__call__).parameters
 
-        def apply(params, state, images, train: bool):
+        def apply(params, state, images, train: bool, weights=None):
             variables = {"params": params, **state}
             if not train:
                 logits, hidden = module.apply(variables, images, train=False)
                 return logits, hidden, state
-            (logits, hidden), updated = module.apply(variables, images, train=True, mutable=list(state_collections))
+            mask = {"mask": weights > 0} if takes_mask and weights is not None else {}
+            (logits, hidden), updated = module.apply(variables, images, train=True, mutable=list(state_collections),
+                                                     **mask)
             return logits, hidden, {name: updated[name] for name in state_collections}
 
     if jnp.dtype(compute_dtype) != jnp.float32:  # logits and representation leave the network as float32
         low_precision_apply = apply
 
-        def apply(params, state, images, train: bool):
-            logits, hidden, state = low_precision_apply(params, state, images, train)
+        def apply(params, state, images, train: bool, weights=None):
+            logits, hidden, state = low_precision_apply(params, state, images, train, weights)
             return logits.astype(jnp.float32), hidden.astype(jnp.float32), state
 
     return Net(module=module, init=init, apply=apply, state_collections=state_collections, image_shape=tuple(image_shape))

@@ -33,16 +33,17 @@ class BasicBlock(nn.Module):
     dtype: str = "float32"  # compute dtype (parameters and BatchNorm statistics stay float32)
 
     @nn.compact
-    def __call__(self, x, train: bool):
-        norm = partial(nn.BatchNorm, use_running_average=not train, momentum=BN_MOMENTUM, dtype=self.dtype)
+    def __call__(self, x, train: bool, mask=None):
+        bn = partial(nn.BatchNorm, use_running_average=not train, momentum=BN_MOMENTUM, dtype=self.dtype)
+        norm = lambda name: lambda v: bn(name=name)(v, mask=mask)  # noqa: E731
         conv = partial(nn.Conv, self.features, use_bias=False, dtype=self.dtype)  # BN's bias replaces it
         y = conv((3, 3), strides=self.strides, padding="SAME", name="conv1")(x)
-        y = nn.relu(norm(name="bn1")(y))
+        y = nn.relu(norm("bn1")(y))
         y = conv((3, 3), padding="SAME", name="conv2")(y)
-        y = norm(name="bn2")(y)
+        y = norm("bn2")(y)
         if self.strides != 1 or x.shape[-1] != self.features:
             x = conv((1, 1), strides=self.strides, padding="VALID", name="proj")(x)
-            x = norm(name="proj_bn")(x)
+            x = norm("proj_bn")(x)
         return nn.relu(x + y)
 
 
@@ -59,15 +60,17 @@ class ResNet(nn.Module):
     dtype: str = "float32"  # compute dtype (parameters and BatchNorm statistics stay float32)
 
     @nn.compact
-    def __call__(self, images, train: bool = False):
+    def __call__(self, images, train: bool = False, mask=None):
+        """``mask`` (B,): the examples BatchNorm's batch statistics count in training (all when None)."""
+        mask = None if mask is None else mask[:, None, None, None]  # broadcast over (H, W, C)
         x = as_float_images(images, self.dtype)
         x = nn.Conv(self.width, (3, 3), padding="SAME", use_bias=False, dtype=self.dtype, name="stem")(x)
         x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, dtype=self.dtype,
-                                 name="stem_bn")(x))
+                                 name="stem_bn")(x, mask=mask))
         for s in range(self.stages):
             for b in range(self.blocks):
                 strides = 2 if s > 0 and b == 0 else 1
-                x = BasicBlock(self.width * 2**s, strides, self.dtype, name=f"stage{s + 1}_block{b + 1}")(x, train)
+                x = BasicBlock(self.width * 2**s, strides, self.dtype, name=f"stage{s + 1}_block{b + 1}")(x, train, mask)
         x = x.mean(axis=(1, 2))
         hidden = nn.relu(nn.Dense(self.hidden, dtype=self.dtype, name="dense")(x))
         logits = nn.Dense(self.out_dim, dtype=self.dtype, name=CLASSIFIER_GROUP)(hidden)

@@ -9,10 +9,11 @@ A rule is a pair of pure functions over ONE repeat (the trainer adds the repeat 
 ``update_direction`` has the structure of ``params`` and is what the optimiser consumes in
 place of a gradient (descent convention: the optimiser subtracts lr * direction). For SL it is
 the gradient of the loss; for RL the REINFORCE estimate; for Bio a local three-factor update.
-``net`` is the model (``cljax.models.Net``): ``net.apply(params, model_state, images, train)``
-gives (logits, hidden, model_state); a rule trains with ``train=True`` and returns the updated
-model state (BatchNorm statistics; ``{}`` for most models). ``weights_B`` (float, >= 0) weighs
-each example in the batch means (an option such as replay appends examples and masks the ones
+``net`` is the model (``cljax.models.Net``): ``net.apply(params, model_state, images, train,
+weights_B)`` gives (logits, hidden, model_state); a rule trains with ``train=True``, passes the
+batch's weights (a BatchNorm model's statistics then leave out weight-0 examples) and returns
+the updated model state (BatchNorm statistics; ``{}`` for most models). ``weights_B`` (float,
+>= 0) weighs each example in the batch means (an option such as replay appends examples and masks the ones
 it does not have with weight 0), so every batch has a static shape. ``loss``/``acc`` are the
 weighted training metrics on the batch before the update. ``key`` of ``init`` draws the rule's
 own random state (e.g. Bio's fixed feedback weights).

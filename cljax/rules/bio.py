@@ -162,7 +162,7 @@ def make_bio(params: BioParams, config, net) -> Rule:
 
         def modulated_activity(p):
             with nn.intercept_methods(intercept):
-                logits, _, _ = net.apply(p, model_state, images, True)
+                logits, _, _ = net.apply(p, model_state, images, True, weights_B)
             lp_B2 = jax.lax.stop_gradient(log_probs(logits))
             actions_B = select(key, lp_B2)
             reward_B = rewards(actions_B, labels_B, reward_kind)

@@ -81,7 +81,7 @@ def make_rl(params: RLParams, config, net) -> Rule:
         baseline = rule_state["baseline"]
 
         def surrogate(p):
-            logits, _, new_state = net.apply(p, model_state, images, True)
+            logits, _, new_state = net.apply(p, model_state, images, True, weights_B)
             lp_B2 = log_probs(logits)
             actions_B = sample_actions(key, jax.lax.stop_gradient(lp_B2))
             reward_B = rewards(actions_B, labels_B, reward_kind)

@@ -18,7 +18,7 @@ def make_sl(params, config, net) -> Rule:
 
     def direction(net, model_params, model_state, rule_state, images, labels_B, weights_B, key):
         def loss_fn(p):
-            logits, _, new_state = net.apply(p, model_state, images, True)
+            logits, _, new_state = net.apply(p, model_state, images, True, weights_B)
             nll_B, correct_B = nll_and_correct(logits, labels_B)
             return weighted_mean(nll_B, weights_B), (weighted_mean(correct_B, weights_B), new_state)
 
