@@ -36,7 +36,9 @@ Implementation: this is exactly ``-delta * d u_a / d theta`` computed by autodif
 layer's backward map to its *input* replaced by the same layer with B_l in place of W_l (a
 custom VJP installed with ``flax.linen.intercept_methods`` around ``apply_fn``); the backward map
 to the layer's own parameters is the exact local outer product above. So the rule works with any
-model of the registry whose learned layers are linear in their input with a ``kernel`` parameter.
+model of the registry whose learned layers are linear in their input with a ``kernel`` parameter
+and that keeps no mutable state (BatchNorm's backward pass is not a local rule: the ResNet is
+refused in one line).
 
 With one output and the 01 reward, E_a[delta * (2a - 1)] = y - pi(1): the expected update is
 the cross-entropy gradient with feedback alignment in the hidden layers (the reason the rule
