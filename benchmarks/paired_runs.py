@@ -52,7 +52,6 @@ def settings_of(run) -> dict:
     """The run's settings: its run.json, or its first task's metadata.json (CljaxError otherwise)."""
     from cljax import results
     from cljax.checkpoint import read_run_record
-
     from cljax.errors import CljaxError
 
     record, dirs = read_run_record(Path(run)), results.task_dirs(run)
@@ -63,11 +62,11 @@ def settings_of(run) -> dict:
 
 def protocol_differences(run_a, run_b) -> tuple[list[str], list[str]]:
     """(settings that break the pairing, every other setting that differs), by name."""
+    from cljax.errors import CljaxError
+
     a, b = settings_of(run_a), settings_of(run_b)
     for run, settings in ((run_a, a), (run_b, b)):
         if settings.get("eval_tasks", "all") != "all":
-            from cljax.errors import CljaxError
-
             raise CljaxError(f"{run} evaluates --eval-tasks {settings['eval_tasks']}: the figures need every task "
                              f"evaluated at every snapshot (--eval-tasks all).")
     differ = sorted(k for k in a.keys() | b.keys() if k != "results_dir" and a.get(k) != b.get(k))

@@ -78,7 +78,8 @@ def main(argv=None) -> dict:
             raise SystemExit(f"error: {checkout} is not a cljax checkout (cljax/ and benchmarks/throughput.py): "
                              f"pass a folder made by `git worktree add`.")
     workers, info = {}, {}
-    for name, checkout in (("old", args.old), ("new", args.new)):
+    checkouts = {"old": args.old, "new": args.new}
+    for name, checkout in checkouts.items():
         env = {**os.environ, "PYTHONPATH": str(Path(checkout).resolve())}
         workers[name] = subprocess.Popen(
             [sys.executable, __file__, "--worker", "-", str(Path(checkout).resolve()), "--repeats", str(args.repeats),
@@ -93,12 +94,12 @@ def main(argv=None) -> dict:
             w = workers[names[i]]
             w.stdin.write("run\n")
             w.stdin.flush()
-            seconds[names[i]].append(float(answer(w, args.old if names[i] == "old" else args.new)))
+            seconds[names[i]].append(float(answer(w, checkouts[names[i]])))
     for w in workers.values():
         w.stdin.close()
         w.wait()
     report = {"repeats": args.repeats, "steps": args.steps, "batch_size": args.batch_size, "rounds": args.rounds,
-              "checkouts": {"old": str(args.old), "new": str(args.new)}}
+              "checkouts": {k: str(v) for k, v in checkouts.items()}}
     for name in names:
         median = float(np.median(seconds[name]))
         report[name] = {**info[name], "seconds": seconds[name], "samples_per_second": info[name]["samples"] / median}

@@ -57,9 +57,14 @@ class ShrinkPerturbParams:
                        "al. 2024)", choices=("init", "gaussian"), absent="init")
 
 
-def shrink_perturb(params, noise, lam: float, sigma: float):
-    """lam * params + sigma * noise, leaf by leaf (``noise`` has the structure of ``params``)."""
-    return jax.tree.map(lambda p, e: lam * p + sigma * e, params, noise)
+def shrink_perturb(params, noise, lam: float, sigma: float, constants=None):
+    """lam * params + sigma * noise, leaf by leaf (``noise`` has the structure of ``params``); a leaf
+    whose entry in ``constants`` (flat, in leaf order) is its initialiser's constant value c
+    shrinks toward c instead, c + lam * (params - c)."""
+    leaves, treedef = jax.tree.flatten(params)
+    constants = constants or [None] * len(leaves)
+    return jax.tree.unflatten(treedef, [lam * p + sigma * e if c is None else c + lam * (p - c)
+                                        for p, e, c in zip(leaves, jax.tree.leaves(noise), constants)])
 
 
 @register_option("shrink_perturb", params=ShrinkPerturbParams, prefix="sp", tag="sp", flag="add-plasticity",
@@ -69,9 +74,11 @@ def make_shrink_perturb(params: ShrinkPerturbParams, config, net) -> Option:
     lam, sigma, mode, noise = params.lambda_, params.sigma, params.mode, params.noise
 
     shapes, treedef = jax.tree.flatten(jax.eval_shape(lambda k: net.init(k)[0], jax.random.key(0)))
-    # The leaves the initialiser sets to a constant: the same under two keys (None: a random leaf).
-    draws = [jax.tree.leaves(jax.jit(lambda k: net.init(k)[0])(jax.random.key(i))) for i in (1, 2)]
-    constants = [a if bool(jnp.array_equal(a, b)) else None for a, b in zip(*draws)] if noise == "init" else []
+    # The leaves the initialiser sets to a constant, the same under two keys (None: a random leaf).
+    constants = [None] * len(shapes)
+    if noise == "init":
+        draws = [jax.tree.leaves(jax.jit(lambda k: net.init(k)[0])(jax.random.key(i))) for i in (1, 2)]
+        constants = [a if bool(jnp.array_equal(a, b)) else None for a, b in zip(*draws)]
 
     def init_fn(key):
         if noise == "init":
@@ -83,12 +90,7 @@ def make_shrink_perturb(params: ShrinkPerturbParams, config, net) -> Option:
         if lam == 1.0 and sigma == 0.0:
             # The identity, bit for bit (1 * (-0.0) + 0 * eps would turn a negative zero positive).
             return params
-        new = shrink_perturb(params, init_fn(key), lam, sigma)
-        if not any(c is not None for c in constants):
-            return new
-        leaves = [n if c is None else c + lam * (p - c)
-                  for n, p, c in zip(jax.tree.leaves(new), jax.tree.leaves(params), constants)]
-        return jax.tree.unflatten(treedef, leaves)
+        return shrink_perturb(params, init_fn(key), lam, sigma, constants)
 
     def task_start(state, params, key, task_idx):
         new = apply(params, key)
