@@ -7,8 +7,8 @@ n_classes // 2 (``cycle``); the first class is label 0, the second label 1.
 Per-task data: every (task, repeat) uses ``n_train_per_class`` training and
 ``n_test_per_class`` test images of each of its two classes, drawn without replacement from
 the seed, so every repeat has the same number of samples. Test images come from the test split
-or (``test_source="train_holdout"``) from the end of a fixed per-class permutation of the train
-split whose start provides the training images, so the two never overlap.
+or (``test_source="train_holdout"``) from the end of a fixed per-(class, repeat) permutation of the
+train split whose start provides the training images, so the two never overlap.
 
 Test sets are interleaved (class A, class B, A, B, ...): the first S of them, the fixed
 subsample whose representations are saved, hold S/2 images of each class.

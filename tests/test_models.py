@@ -273,3 +273,30 @@ def test_batchnorm_leaves_weight_zero_examples_out_of_its_statistics():
     _, _, state_counted = net.apply(params, state, padded, True)  # without weights: every example counts
     assert max(float(jnp.abs(a - b).max()) for a, b in zip(jax.tree.leaves(state_alone),
                                                            jax.tree.leaves(state_counted))) > 1e-3
+
+
+def test_a_model_with_batch_statistics_and_no_mask_is_refused_with_an_option_that_adds_weight_zero_examples():
+    """Replay's empty slots enter every batch of the first task with weight 0; a BatchNorm model
+    whose ``__call__`` takes no ``mask`` would count them, so the option is refused in one line
+    naming the fix; without replay, and for the ResNet (which takes ``mask``), it is built."""
+    import flax.linen as nn
+
+    from cljax.errors import CljaxError
+    from cljax.options import make_options
+
+    class NoMaskBN(nn.Module):
+        @nn.compact
+        def __call__(self, images, train: bool = False):
+            x = as_float_images(images, jnp.float32).reshape(images.shape[0], -1)
+            hidden = nn.relu(nn.BatchNorm(use_running_average=not train)(nn.Dense(8)(x)))
+            return nn.Dense(1, name=CLASSIFIER_GROUP)(hidden), hidden
+
+    net = make_net(NoMaskBN(), (28, 28))
+    assert net.state_collections == ("batch_stats",)
+    with pytest.raises(CljaxError, match=r"option 'replay' adds examples of weight 0 .*batch_stats.* NoMaskBN.*"
+                                         r"mask argument"):
+        make_options(Config.from_flat(use_replay=True), net)
+    assert make_options(Config(), net) == ()
+    resnet = make_net(build_model("resnet", MODELS["resnet"].params(width=4, blocks=1, hidden=8),
+                                  ModelContext(out_dim=1, image_shape=(28, 28), conv_impl="lax")), (28, 28))
+    assert len(make_options(Config.from_flat(use_replay=True), resnet)) == 1

@@ -95,6 +95,11 @@ class Net(NamedTuple):
     image_shape: tuple[int, ...]  # one image, (H, W) or (H, W, C)
 
 
+def masks_batch_statistics(module: nn.Module) -> bool:
+    """Whether the module's ``__call__`` takes ``mask`` (B,), the examples its batch statistics count."""
+    return "mask" in inspect.signature(type(module).__call__).parameters
+
+
 def make_net(module: nn.Module, image_shape: tuple[int, ...], compute_dtype: str = "float32") -> Net:
     """Bind ``module`` for images of ``image_shape`` ((H, W) or (H, W, C)). A module built to
     compute in a lower ``compute_dtype`` has its logits and representation returned as float32,
@@ -121,7 +126,7 @@ def make_net(module: nn.Module, image_shape: tuple[int, ...], compute_dtype: str
         # A module whose __call__ takes ``mask`` (B,) gets the examples that count in training
         # (weight > 0): its batch statistics and running averages leave the others out, such as
         # the empty replay slots before the first task ends. A module without it sees every example.
-        takes_mask = "mask" in inspect.signature(type(module).__call__).parameters
+        takes_mask = masks_batch_statistics(module)
 
         def apply(params, state, images, train: bool, weights=None):
             variables = {"params": params, **state}

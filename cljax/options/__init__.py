@@ -40,6 +40,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, NamedTuple
 
+from cljax.errors import CljaxError
+from cljax.models import masks_batch_statistics
 from cljax.registry import OPTIONS, register_option
 
 
@@ -76,8 +78,19 @@ def keeps_batch(option: Option) -> bool:
 
 
 def make_options(config, net) -> tuple[Option, ...]:
-    """The enabled options of a config, built with their settings, in registry order."""
-    return tuple(OPTIONS[name].build(params, config, net) for name, params in config.option_params)
+    """The enabled options of a config, built with their settings, in registry order.
+
+    An option that changes the batch may add examples of weight 0 (replay's empty slots before
+    the first task ends): a model with batch statistics must then be told which examples count
+    (a ``mask`` argument, cljax.models.Net), or it would count those too."""
+    options = tuple(OPTIONS[name].build(params, config, net) for name, params in config.option_params)
+    for (name, _), option in zip(config.option_params, options):
+        if not keeps_batch(option) and net.state_collections and not masks_batch_statistics(net.module):
+            raise CljaxError(
+                f"option {name!r} adds examples of weight 0 to the batch, which the batch statistics "
+                f"({', '.join(net.state_collections)}) of {type(net.module).__name__} would count: give its "
+                "__call__ a mask argument (B,) as cljax/models/resnet.py does, or run without the option.")
+    return options
 
 
 __all__ = ["OPTIONS", "Option", "keeps_batch", "make_options", "register_option"]

@@ -14,8 +14,10 @@ initialisation, and lam = 0, sigma = 1 is a re-initialisation. A parameter whose
 a constant c (the same for every key: biases at 0, BatchNorm scales at 1) has no noise to draw and
 shrinks toward c, theta <- c + lam (theta - c): biases only shrink, and a BatchNorm scale keeps
 its size (with eps = c it would gain sigma at every boundary: 1.13 after one task and 1.26 after
-two at the defaults, with 14 = sigma / (1 - lam) as its limit). A model's mutable state, such as
-BatchNorm statistics, is left as it is. (Schema 4 of the run record: before, eps = c.)
+two at the defaults, with 14 = sigma / (1 - lam) as its limit). With ``gaussian`` noise every
+parameter, biases and BatchNorm scales included, becomes lam theta + sigma eps, as under weight
+decay plus noise: a BatchNorm scale shrinks toward 0. A model's mutable state, such as BatchNorm
+statistics, is left as it is. (Schema 4 of the run record: before, eps = c.)
 
 ``--sp-mode boundary`` (hook ``task_start``): at the start of every task except the first: the
 first task starts from a fresh initialisation, which there is no reason to shrink, and Ash &
