@@ -33,6 +33,7 @@ import numpy as np
 from cljax.config import SCHEMA_VERSION, Config
 from cljax.errors import CljaxError
 from cljax.eval_tasks import eval_slots, eval_tasks_of
+from cljax.sources import plugin_sources
 
 LABEL_DTYPE = np.int32  # labels as TaskData builds them
 HEADROOM = 0.9  # a run may plan for this fraction of the device budget (allocator, runtime)
@@ -359,6 +360,7 @@ def _metadata_estimate(b: Budget, schedule, class_names) -> int:
         "schedule": sched,
         "eval_tasks": eval_tasks_of(config).record(T - 1, T),
         "log_steps": config.log_steps,
+        "plugins": plugin_sources(config),
         "weights_layout": [{"name": n, "shape": list(d[0].shape), "dtype": "float32", "offset_bytes": int(d[1])}
                            for n, d in _weights_dtype(b).fields.items()],
     }
@@ -370,7 +372,8 @@ def disk_run_files(b: Budget) -> dict:
     initial network (initial/: weights.npy exact, its metadata.json estimated at 1 KiB)."""
     from cljax.checkpoint import CHECKPOINT, RUN_RECORD
 
-    record = len(json.dumps({"schema": SCHEMA_VERSION, "config": b.config.to_dict()}, indent=1, sort_keys=True))
+    record = len(json.dumps({"schema": SCHEMA_VERSION, "config": b.config.to_dict(),
+                             "sources": plugin_sources(b.config)}, indent=1, sort_keys=True))
     learner = jax.eval_shape(b.program.init_learner, jax.eval_shape(lambda: jax.random.key(0)))
     # npz = a zip of .npy members (stored, zip64): about 200 bytes of zip headers per member.
     members = [npy_bytes(*_host_shape_dtype(leaf)) + 200 for leaf in jax.tree.leaves(learner)]

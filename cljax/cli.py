@@ -166,7 +166,10 @@ def _cmd_analyze(argv: list[str]) -> int:
                         help=f"ridge of the linear probe, relative to its Gram matrix's diagonal (default: {RIDGE})")
     parser.add_argument("--no-glue", action="store_true", help="skip the manifold-capacity analysis")
     parser.add_argument("--no-plots", action="store_true", help="no PNG plots")
+    parser.add_argument("--plugin", action="append", default=[], metavar="FILE",
+                        help="a Python file that registers analyses (or rules, models...; repeatable; also $CLJAX_PLUGINS)")
     args = parser.parse_args(argv)
+    load_plugins_from_argv(argv)  # its analyses register on import, before the run is read
     if args.glue_probes < 2:
         raise CljaxError(f"--glue-probes must be at least 2 (its Monte-Carlo error needs two), got {args.glue_probes}.")
     if not math.isfinite(args.tau) or args.tau < 0:

@@ -36,6 +36,7 @@ from cljax.results import task_dir_name, write_task
 from cljax.run_folder import (RunLock, block_size, check_disk, clear_run, inspect_run, on_disk,
                               remove_stale_temporaries, same_split, verify_task_dir, warn_if_other_eval_chunk,
                               warn_if_other_split)
+from cljax.sources import check_sources, plugin_sources
 from cljax.step import KEY_TASKS
 from cljax.tasks import TaskData, make_schedule
 
@@ -86,8 +87,10 @@ def run_experiment(
     algo_dir = algo_dir_of(config)
     found = inspect_run(algo_dir, config, data_id, overwrite, hashes=False)
     config = _recorded_pairing(config, found.record)
+    sources = plugin_sources(config)
     if found.record is not None and not found.finished:
         check_unchanged(data)  # the identity of a prepared folder is its recorded checksums
+        check_sources(found.record.get("sources"), config, algo_dir)
     if found.finished:  # verify every file's content before saying so
         with RunLock(algo_dir, exclusive=False):
             found = inspect_run(algo_dir, config, data_id, overwrite, hashes=True)
@@ -129,17 +132,17 @@ def run_experiment(
                     if overwrite:
                         clear_run(algo_dir)
                     write_run_record(algo_dir, config.to_dict(), SCHEMA_VERSION, run_id=run_id, data=data_id,
-                                     split=split)
+                                     split=split, sources=sources)
                 for stale in found.stale:  # redone by this run: not this run's, or not whole
                     shutil.rmtree(stale)
                 remove_stale_temporaries(algo_dir)
         return _train(config, data, task_data, schedule, program, chunk_tasks, found, algo_dir, run_id, split,
-                      task_disk + ckpt_disk, progress=progress, allow_nonfinite=allow_nonfinite, critical=critical,
+                      task_disk + ckpt_disk, sources=sources, progress=progress, allow_nonfinite=allow_nonfinite, critical=critical,
                       on_task_end=on_task_end)
 
 
 def _train(config, data, task_data, schedule, program, chunk_tasks, found, algo_dir, run_id, split, disk_per_task, *,
-           progress, allow_nonfinite, critical, on_task_end) -> RunResult:
+           sources, progress, allow_nonfinite, critical, on_task_end) -> RunResult:
     """The task loop, from the first unfinished task; the run folder is locked and prepared."""
     root_key = jax.random.key(config.seed)
     tasks_key = jax.random.fold_in(root_key, KEY_TASKS)
@@ -194,7 +197,7 @@ def _train(config, data, task_data, schedule, program, chunk_tasks, found, algo_
             "compile_seconds": result.compile_seconds,
             "steps_per_second": config.steps_per_task / seconds,
         })
-        metadata.update({"nonfinite": nonfinite, "run_id": run_id, "split": split})
+        metadata.update({"nonfinite": nonfinite, "run_id": run_id, "split": split, "plugins": sources})
         if found.record is not None and not same_split(found.record.get("split"), split):
             metadata["split_at_run_start"] = found.record["split"]
         learner_host = fetch(learner)  # a collective when multi-host: every process takes part

@@ -110,6 +110,10 @@ class Registry:
             raise TypeError(f"{self.kind} {name!r}: params must be a frozen dataclass")
 
         def wrap(build):
+            old = self._entries.get(name)  # the same module imported again replaces its own entry
+            if old is not None and old.build.__module__ != build.__module__:
+                raise CljaxError(f"{self.kind} {name!r} is registered twice, by {source_file(old.build)} and "
+                                 f"{source_file(build)}: rename one (a plugin cannot replace another entry).")
             self._entries[name] = Entry(name=name, build=build, params=params,
                                         prefix=name.lower() if prefix is None else prefix, tag=tag, flag=flag,
                                         aliases=tuple(aliases), help=help or (build.__doc__ or "").strip().split("\n")[0],
@@ -147,8 +151,20 @@ class Registry:
         if name not in self._entries:
             how = f" with --{self.setting}" if self.setting else ""
             raise CljaxError(f"unknown {self.setting or self.kind} {name!r}: choose one of "
-                             f"{', '.join(sorted(self._entries))}{how}.")
+                             f"{', '.join(sorted(self._entries))}{how}, or load the file that registers it "
+                             f"(--plugin FILE or ${PLUGINS_ENV}).")
         return self._entries[name]
+
+
+def source_file(build: Callable) -> str:
+    """The file that defines ``build`` (its module's name when it has none)."""
+    module = sys.modules.get(build.__module__)
+    return str(getattr(module, "__file__", None) or build.__module__)
+
+
+def is_builtin(build: Callable) -> bool:
+    """Whether ``build`` is part of cljax (not of a plugin file)."""
+    return build.__module__ == "cljax" or build.__module__.startswith("cljax.")
 
 
 _loaded_plugins: set[str] = set()

@@ -9,7 +9,7 @@ from cljax.config import Config, field_types_of, option_switch, settings_fields
 from cljax.errors import CljaxError
 from cljax.flags import add_flag, field_types, parse_text
 from cljax.presets import PRESETS, preset_from_argv
-from cljax.registry import DATASETS, MODELS, OPTIONS, RULES, load_plugins
+from cljax.registry import DATASETS, MODELS, OPTIONS, RULES, load_plugins, source_file
 
 
 class Parser(argparse.ArgumentParser):
@@ -41,8 +41,20 @@ def setting_specs() -> dict[str, tuple]:
     for f in settings_fields(Config):
         specs[f.name] = (f.name.replace("_", "-"), types_[f.name], f.metadata, f.default, (), ())
     bool_type = field_types(type("Switch", (), {"__annotations__": {"on": bool}}))["on"]
+    # every spelling of a flag, and of an option's tag (a results folder's name), -> who has it
+    owners = {name.lstrip("-"): "a setting of cljax run" for spec in specs.values()
+              for name in (spec[0], *spec[4], *(spec[2] or {}).get("aliases", ()))}
+    tags: dict[str, str] = {}
     for entry in OPTIONS.entries():
         switch = option_switch(entry)
+        me = f"option {entry.name!r} ({source_file(entry.build)})"
+        spellings = [a.lstrip("-") for a in (switch.replace("_", "-"), *entry.aliases)]
+        clash = [(f"the flag --{a}", owners[a]) for a in spellings if a in owners]
+        clash += [(f"the tag {entry.tag!r} (a results folder's name)", tags[entry.tag])] if entry.tag in tags else []
+        if clash:
+            raise CljaxError(f"{me} and {clash[0][1]} share {clash[0][0]}: give one of them its own.")
+        owners.update(dict.fromkeys(spellings, me))
+        tags[entry.tag] = me
         specs[switch] = (switch.replace("_", "-"), bool_type, {"help": entry.help}, False, entry.aliases, ())
     for kind, registry in (("rule", RULES), ("model", MODELS), ("dataset", DATASETS), ("option", OPTIONS)):
         for entry in registry.entries():

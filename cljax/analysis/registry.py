@@ -163,7 +163,8 @@ _ANALYSES: dict[str, Analysis] = {}
 def register(analysis: Analysis) -> Analysis:
     """Add ``analysis`` under its name (after those already registered); a name is taken once."""
     if analysis.name in _ANALYSES:
-        raise CljaxError(f"an analysis named {analysis.name!r} is already registered")
+        raise CljaxError(f"an analysis named {analysis.name!r} is already registered: give yours another name "
+                         f"(or unregister({analysis.name!r}) first to replace it).")
     _ANALYSES[analysis.name] = analysis
     return analysis
 

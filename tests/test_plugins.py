@@ -1,0 +1,144 @@
+"""Extensions from plugin files: a run records the files of the entries it uses and a resume
+refuses one that changed; names, flags and tags are taken once; ``cljax analyze --plugin``."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cljax.checkpoint import read_run_record
+from cljax.errors import CljaxError
+from cljax.experiment import run_experiment
+from cljax.registry import OPTIONS, Entry, Registry, load_plugins
+from cljax.settings import setting_specs
+from tests.conftest import small_config
+
+TINY = dict(dataset="synthetic", synthetic_classes=6, num_tasks=3, n_repeats=2, n_train_per_class=16,
+            n_test_per_class=8, n_subsamples=4, epochs=1, batch_size=8, log_frequency=2)
+
+RULE = '''
+import jax
+from cljax.losses import nll_and_correct, weighted_mean
+from cljax.registry import register_rule
+from cljax.rules import Rule
+
+
+@register_rule("{name}", default_lr=0.05)
+def make(params, config, net):
+    """plain gradient of the cross-entropy, scaled"""
+    def direction(net, p, model_state, rule_state, images, labels, weights, key):
+        def loss(q):
+            logits, _, state = net.apply(q, model_state, images, True, weights)
+            nll, correct = nll_and_correct(logits, labels)
+            return weighted_mean(nll, weights), (weighted_mean(correct, weights), state)
+        (l, (acc, state)), g = jax.value_and_grad(loss, has_aux=True)(p)
+        return jax.tree.map(lambda x: {scale} * x, g), rule_state, state, {{"loss": l, "acc": acc}}
+    return Rule(init=lambda p, key: (), direction=direction)
+'''
+
+
+class Stop(Exception):
+    pass
+
+
+def _stop_after_first(t, info):
+    raise Stop
+
+
+def test_a_resume_refuses_a_run_whose_plugin_file_changed_and_takes_it_back_restored(tmp_path):
+    plugin = tmp_path / "scaled_rule.py"
+    plugin.write_text(RULE.format(name="ScaledPlug", scale=1.0))
+    load_plugins([str(plugin)])
+    config = small_config(tmp_path, algorithm="ScaledPlug", **TINY)
+    with pytest.raises(Stop):
+        run_experiment(config, progress=False, on_task_end=_stop_after_first)
+    algo_dir = tmp_path / "results" / "synthetic" / "ScaledPlug_T3"
+    sources = read_run_record(algo_dir)["sources"]
+    assert list(sources) == ["rule ScaledPlug"] and sources["rule ScaledPlug"]["file"] == str(plugin.resolve())
+    assert len(sources["rule ScaledPlug"]["sha256"]) == 64
+    assert json.loads((algo_dir / "task_000" / "metadata.json").read_text())["plugins"] == sources
+
+    original = plugin.read_text()
+    plugin.write_text(original.replace("1.0 * x", "10.0 * x"))
+    with pytest.raises(CljaxError, match=r"remaining tasks would run other code: the file of its rule ScaledPlug, "
+                                         rf"{plugin.resolve()}, changed since the run started .*Restore the file"):
+        run_experiment(config, progress=False)
+    assert not (algo_dir / "task_001").exists()  # refused before anything was written
+    plugin.write_text(original)
+    run = run_experiment(config, progress=False)
+    assert run.first_task == 1 and (algo_dir / "task_002" / "metadata.json").is_file()
+
+
+def test_a_run_of_cljax_entries_records_no_plugin_and_an_older_record_is_not_compared(tmp_path):
+    from cljax.sources import check_sources
+
+    config = small_config(tmp_path, **TINY)
+    run = run_experiment(config, progress=False)
+    assert read_run_record(run.algo_dir)["sources"] == {}
+    check_sources(None, config, run.algo_dir)  # a run.json written before sources were recorded
+    with pytest.raises(CljaxError, match=r"its rule SL came from /x/mine.py and is now cljax's own"):
+        check_sources({"rule SL": {"file": "/x/mine.py", "sha256": "0" * 64}}, config, run.algo_dir)
+
+
+def test_a_name_is_registered_once_and_a_module_imported_again_replaces_its_own():
+    registry = Registry("rule", "cljax.rules")
+
+    def first(params, config, net):
+        pass
+
+    def second(params, config, net):
+        pass
+
+    second.__module__ = "cljax_plugin_other_1"
+    registry.register("Mine")(first)
+    registry.register("Mine")(first)  # the same module again (a reload)
+    with pytest.raises(CljaxError, match=r"rule 'Mine' is registered twice, by .* and cljax_plugin_other_1: rename one"):
+        registry.register("Mine")(second)
+
+
+def test_a_plugin_that_reuses_a_builtin_name_is_refused_in_one_line(tmp_path):
+    plugin = tmp_path / "shadow.py"
+    plugin.write_text(RULE.format(name="SL", scale=1.0))
+    proc = subprocess.run([sys.executable, "-m", "cljax.cli", "run", "--plugin", str(plugin), "--help"],
+                          capture_output=True, text=True, cwd=Path(__file__).parent.parent)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "rule 'SL' is registered twice" in lines[0] and str(plugin.resolve()) in lines[0]
+
+
+@pytest.mark.parametrize("flag, tag, other, shared", [
+    ("use-replay", "mine", "option 'replay' (", "share the flag --use-replay"),
+    ("use-mine", "replay", "option 'replay' (", "share the tag 'replay'"),
+    ("lr", "mine", "a setting of cljax run", "share the flag --lr")])
+def test_an_option_that_reuses_a_flag_or_a_tag_is_refused(monkeypatch, flag, tag, other, shared):
+    def make_mine(params, config, net):
+        pass
+
+    monkeypatch.setitem(OPTIONS._entries, "mine", Entry(name="mine", build=make_mine, tag=tag, flag=flag))
+    with pytest.raises(CljaxError) as refused:
+        setting_specs()
+    message = str(refused.value)
+    assert f"option 'mine' ({Path(__file__).resolve()})" in message and other in message
+    assert shared in message and message.endswith(": give one of them its own.")
+
+
+def test_analyze_loads_a_plugin_analysis_and_writes_its_summary(tmp_path):
+    config = small_config(tmp_path, **{**TINY, "num_tasks": 2})
+    run = run_experiment(config, progress=False)
+    plugin = tmp_path / "count_analysis.py"
+    plugin.write_text('''
+from cljax.analysis.registry import Analysis, Result, register
+
+register(Analysis("count_tasks", init=lambda context: 0, update=lambda n, folder: n + 1,
+                  finalize=lambda n: Result(summary={"tasks_seen_by_plugin": n})))
+''')
+    out = tmp_path / "an"
+    proc = subprocess.run([sys.executable, "-m", "cljax.cli", "analyze", str(run.algo_dir), "--out", str(out),
+                           "--no-glue", "--no-plots", "--plugin", str(plugin)],
+                          capture_output=True, text=True, cwd=Path(__file__).parent.parent)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((out / "summary.json").read_text())["tasks_seen_by_plugin"] == 2
