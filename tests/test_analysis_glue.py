@@ -18,6 +18,8 @@ average, 2-3% relative at these sizes):
 
 import math
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from scipy.optimize import nnls
@@ -202,3 +204,20 @@ def test_batched_equals_single_calls():
         alone = glue_geometry(np.broadcast_to(X[r, j], X.shape), t, y, batch_chunk=4)
         for key in ("capacity", "dimension", "radius", "axis_alignment"):
             np.testing.assert_allclose(alone[key], batched[key][r, j], rtol=1e-9, atol=1e-12)
+
+
+def test_the_compiled_geometry_grows_linearly_with_the_representation_width():
+    """Temporary memory of one chunk of the GLUE program (8 groupings x 256 probes): an N x N
+    buffer per probe (what jnp.linalg.norm(B, ord=2) of a wide matrix allocates) needed 161 GB at
+    N = 3136, the width of a wide MLP; the thin SVDs need memory linear in N."""
+    from cljax.analysis.glue import _geometry_batched
+    from cljax.analysis.glue_solver import MAX_ITER, TOL
+
+    def temp_bytes(N):
+        with jax.enable_x64(True):
+            X = jax.ShapeDtypeStruct((8, 2, 4, N), jnp.float64)
+            t, y = jax.ShapeDtypeStruct((256, N), jnp.float64), jax.ShapeDtypeStruct((256, 2), jnp.float64)
+            return _geometry_batched.lower(X, t, y, True, MAX_ITER, TOL, 8).compile().memory_analysis().temp_size_in_bytes
+
+    small, large = temp_bytes(256), temp_bytes(2048)
+    assert large < 12 * small, (small, large)  # 8x the width: about 8x the memory, not 64x

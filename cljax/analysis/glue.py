@@ -83,19 +83,26 @@ GLUE_KEYS = (
 DIAGNOSTIC_KEYS = ("max_residual", "converged_fraction", "max_iterations", "inseparable_fraction")
 
 
-def _pinv_quadratic(B, z, sv_tol):
-    """z^T (B B^T)^+ z for z in the column space of B, via the SVD of B; singular values below
-    ``sv_tol`` count as zero."""
+# A singular value counts as zero below max(_SV_REL * the largest, the floor the caller gives). The
+# largest is read off the thin SVD itself: jnp.linalg.norm(B, ord=2) of a wide (P, N) matrix
+# allocates N x N, which vmapped over the probes ran out of memory at N = 3136.
+_SV_REL = 1e-5
+
+
+def _pinv_quadratic(B, z, sv_floor):
+    """z^T (B B^T)^+ z for z in the column space of B, via the thin SVD of B; singular values
+    below max(``_SV_REL`` s_max, ``sv_floor``) count as zero."""
     U, s, _ = jnp.linalg.svd(B, full_matrices=False)
-    keep = s > sv_tol
+    keep = s > jnp.maximum(_SV_REL * s.max(), sv_floor)
     coef = (U.T @ z) / jnp.where(keep, s, 1.0)
     return jnp.sum(jnp.where(keep, coef, 0.0) ** 2)
 
 
-def _projection_sq(B, t, sv_tol):
-    """||proj of t onto the row space of B||^2; singular values below ``sv_tol`` count as zero."""
+def _projection_sq(B, t, sv_floor):
+    """||proj of t onto the row space of B||^2; singular values below max(``_SV_REL`` s_max,
+    ``sv_floor``) count as zero."""
     _, s, Vt = jnp.linalg.svd(B, full_matrices=False)
-    keep = s > sv_tol
+    keep = s > jnp.maximum(_SV_REL * s.max(), sv_floor)
     return jnp.sum(jnp.where(keep, Vt @ t, 0.0) ** 2)
 
 
@@ -136,11 +143,8 @@ def _geometry(X_PMN, t_KN, y_KP, *, center: bool, max_iter: int, tol: float):
     sv_floor = 1e-6 * scale
 
     def per_probe(S1_PN, t_N):
-        tol1 = jnp.maximum(1e-5 * jnp.linalg.norm(S1_PN, ord=2), sv_floor)
-        d_term = _projection_sq(S1_PN, t_N, tol1)
-        B = jnp.concatenate([S0, S1_PN], axis=1)
-        tolB = jnp.maximum(1e-5 * jnp.linalg.norm(B, ord=2), sv_floor)
-        r_term = _pinv_quadratic(B, S1_PN @ t_N, tolB)
+        d_term = _projection_sq(S1_PN, t_N, sv_floor)
+        r_term = _pinv_quadratic(jnp.concatenate([S0, S1_PN], axis=1), S1_PN @ t_N, sv_floor)
         return d_term, r_term, _mean_offdiag_abs_cos(S1_PN, S1_PN), _mean_offdiag_abs_cos(S0, S1_PN)
 
     d_n, r_n, axis_n, cross_n = jax.vmap(per_probe)(S1, t_KN)
