@@ -31,7 +31,8 @@ from cljax.errors import CljaxError
 from cljax.evaluate import evaluate_snapshots
 from cljax.heads import HeadSpec, n_heads_of
 from cljax.host import usable_cores
-from cljax.models import ModelContext, build_model, check_compute_dtype, make_net, resolve_conv_impl
+from cljax.models import (ModelContext, build_model, check_compute_dtype, check_model_outputs, make_net,
+                          resolve_conv_impl)
 from cljax.options import keeps_batch, make_options
 from cljax.rules import make_rule
 from cljax.step import (KEY_EXPERT_INIT, KEY_EXPERT_RULE, KEY_HEAD, KEY_LEARNER_INIT, KEY_OPTIONS, KEY_SHUFFLE,
@@ -151,6 +152,9 @@ def build_parts(config, image_shape, conv_impl: str | None = None, paired: bool 
                          ModelContext(outputs, tuple(image_shape), conv, config.compute_dtype))
     net = make_net(module, tuple(image_shape), config.compute_dtype)
     check_compute_dtype(net, config.model, config.compute_dtype)
+    check_model_outputs(net, config.model, outputs, needs_head=(
+        "--head reset" if config.head == "reset" else
+        "--lr-classifier" if config.lr_classifier_value != config.lr_features_value else None))
     return Parts(net=net, rule=make_rule(config, net), options=make_options(config, net),
                  learner_tx=make_optimizer(config, config.momentum), expert_tx=make_optimizer(config, 0.0), paired=paired,
                  heads=HeadSpec.of(config))

@@ -142,3 +142,107 @@ register(Analysis("count_tasks", init=lambda context: 0, update=lambda n, folder
                           capture_output=True, text=True, cwd=Path(__file__).parent.parent)
     assert proc.returncode == 0, proc.stderr
     assert json.loads((out / "summary.json").read_text())["tasks_seen_by_plugin"] == 2
+
+
+def _class_data(**changes):
+    import dataclasses
+
+    import numpy as np
+
+    from cljax.data import ClassData
+
+    rng = np.random.default_rng(0)
+    good = ClassData(train_images=rng.integers(0, 256, (12, 8, 8), dtype=np.uint8), train_labels=np.arange(12) % 3,
+                     test_images=rng.integers(0, 256, (6, 8, 8), dtype=np.uint8), test_labels=np.arange(6) % 3,
+                     n_classes=3, class_names=("a", "b", "c"), meta={})
+    return dataclasses.replace(good, **changes)
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(train_images=_class_data().train_images / 255.0), r"gave train images as float64 \(12, 8, 8\): return uint8"),
+    (dict(test_images=_class_data().train_images[:6, :7]), r"gave train images of shape \(8, 8\) and test images of "
+                                                           r"shape \(7, 8\): both splits"),
+    (dict(train_labels=_class_data().train_labels[:-1]), r"gave train labels as int64 \(11,\) for 12 images"),
+    (dict(test_labels=_class_data().test_labels + 1), r"gave test labels from 1 to 3 with n_classes = 3"),
+    (dict(class_names=("a", "b")), r"gave 2 class names for 3 classes"),
+])
+def test_a_dataset_loader_that_breaks_the_contract_is_refused_in_one_line(changes, message):
+    from cljax.data import check_class_data
+
+    check_class_data(_class_data(), "mine")
+    with pytest.raises(CljaxError, match=rf"^dataset 'mine': its loader {message}"):
+        check_class_data(_class_data(**changes), "mine")
+    with pytest.raises(CljaxError, match=r"returned a tuple, not a cljax.data.ClassData"):
+        check_class_data((1, 2), "mine")
+
+
+def _net(returns):
+    import flax.linen as nn
+    import jax.numpy as jnp
+
+    from cljax.models import as_float_images, make_net
+
+    class Broken(nn.Module):
+        @nn.compact
+        def __call__(self, images, train: bool = False):
+            x = as_float_images(images, jnp.float32).reshape(images.shape[0], -1)
+            hidden = nn.relu(nn.Dense(4, name="dense1")(x))
+            logits = nn.Dense(2 if returns == "two_logits" else 1, name="out" if returns == "no_head" else "head")(hidden)
+            return {"pair": (logits, hidden), "logits_only": logits, "flat": (logits[:, 0], hidden),
+                    "two_logits": (logits, hidden), "no_head": (logits, hidden)}[returns if returns in (
+                        "logits_only", "flat") else "pair"]
+
+    return make_net(Broken(), (8, 8))
+
+
+@pytest.mark.parametrize("returns, outputs, needs_head, message", [
+    ("logits_only", 1, None, r"must return \(logits, hidden\) .*; it returns ShapeDtypeStruct: return the pair"),
+    ("flat", 1, None, r"returns logits \(2,\) and hidden \(2, 4\): size its output layer"),
+    ("pair", 2, None, r"logits \(batch, 2\) .* returns logits \(2, 1\) .*ModelContext.out_dim"),
+    ("no_head", 1, "--head reset", r"--head reset acts on the output layer, the parameter group 'head', which model "
+                                   r"'broken' does not have \(it has dense1, out\)"),
+])
+def test_a_model_that_breaks_the_output_contract_is_refused_in_one_line(returns, outputs, needs_head, message):
+    from cljax.models import check_model_outputs
+
+    check_model_outputs(_net("pair"), "broken", 1, needs_head="--head reset")
+    check_model_outputs(_net("no_head"), "broken", 1)  # no setting needs the head
+    with pytest.raises(CljaxError, match=rf"^.*{message}"):
+        check_model_outputs(_net(returns), "broken", outputs, needs_head=needs_head)
+
+
+@pytest.mark.parametrize("mistake, message", [
+    ("not_a_rule", r"its builder returned a dict, not a cljax.rules.Rule"),
+    ("scalar_per_leaf", r"its direction must have the structure, shapes and dtypes of the params"),
+    ("list", r"its direction must have the structure"),
+    ("three", r"direction must return \(direction, rule_state, model_state, metrics\); it returns tuple of 3"),
+    ("no_acc", r"its metrics must be a dict with scalar 'loss' and 'acc' .*; it returns \['loss'\]"),
+    ("per_example_loss", r"its metrics must be a dict with scalar 'loss' and 'acc'"),
+])
+def test_a_rule_that_breaks_the_contract_is_refused_in_one_line(mistake, message):
+    import jax
+    import jax.numpy as jnp
+
+    from cljax.config import Config
+    from cljax.rules import Rule, check_rule, make_rule
+
+    net = _net("pair")
+    check_rule(make_rule(Config(), net), net, "SL")
+
+    def direction(net, p, model_state, rule_state, images, labels, weights, key):
+        g = jax.tree.map(jnp.zeros_like, p)
+        metrics = {"loss": jnp.zeros(()), "acc": jnp.zeros(())}
+        if mistake == "scalar_per_leaf":
+            g = jax.tree.map(lambda x: x.sum(), g)
+        if mistake == "list":
+            g = jax.tree.leaves(g)
+        if mistake == "no_acc":
+            metrics = {"loss": jnp.zeros(())}
+        if mistake == "per_example_loss":
+            metrics["loss"] = jnp.zeros(labels.shape)
+        out = (g, rule_state, model_state, metrics)
+        return out[:3] if mistake == "three" else out
+
+    rule = {} if mistake == "not_a_rule" else Rule(init=lambda p, key: (), direction=direction)
+    with pytest.raises(CljaxError, match=rf"^rule 'Mine': {message}"):
+        check_rule(rule, net, "Mine")

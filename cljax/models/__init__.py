@@ -40,7 +40,9 @@ __all__ = [
     "as_float_images",
     "build_model",
     "check_compute_dtype",
+    "check_model_outputs",
     "make_net",
+    "masks_batch_statistics",
     "register_model",
     "resolve_conv_impl",
 ]
@@ -151,6 +153,30 @@ def make_net(module: nn.Module, image_shape: tuple[int, ...], compute_dtype: str
 def build_model(name: str, params, ctx: ModelContext) -> nn.Module:
     """The registered model ``name`` built from its params and the run's context."""
     return MODELS[name].build(params, ctx)
+
+
+def check_model_outputs(net: Net, name: str, outputs: int, needs_head: str | None = None) -> None:
+    """One CljaxError line when a model breaks the contract in a way training would not report:
+    ``(logits, hidden)`` with logits (B, outputs) (``out_dim`` times the heads; a model that
+    ignores ``ModelContext.out_dim`` would train one logit and record two) and hidden (B, ...);
+    ``needs_head``: the setting that needs the output layer as the top-level parameter group
+    :data:`CLASSIFIER_GROUP` (without it, that setting would silently act on nothing)."""
+    params, state = jax.eval_shape(net.init, jax.random.key(0))
+    example = jax.ShapeDtypeStruct((2, *net.image_shape), jnp.uint8)
+    out = jax.eval_shape(lambda p, s, x: net.module.apply({"params": p, **s}, x, train=False), params, state, example)
+    fix = f"model {name!r} must return (logits, hidden) with logits (batch, {outputs}) and hidden (batch, ...)"
+    if not (isinstance(out, (tuple, list)) and len(out) == 2):
+        raise CljaxError(f"{fix}; it returns {type(out).__name__}"
+                         f"{f' of {len(out)}' if isinstance(out, (tuple, list)) else ''}: return the pair.")
+    logits, hidden = out
+    if getattr(logits, "shape", None) != (2, outputs) or len(getattr(hidden, "shape", ())) < 2 \
+            or hidden.shape[0] != 2:
+        raise CljaxError(f"{fix}; for a batch of 2 it returns logits {getattr(logits, 'shape', None)} and hidden "
+                         f"{getattr(hidden, 'shape', None)}: size its output layer by ModelContext.out_dim.")
+    if needs_head and CLASSIFIER_GROUP not in params:
+        raise CljaxError(f"{needs_head} acts on the output layer, the parameter group {CLASSIFIER_GROUP!r}, which model "
+                         f"{name!r} does not have (it has {', '.join(params)}): name its output layer "
+                         f"{CLASSIFIER_GROUP!r}, or run without it.")
 
 
 def check_compute_dtype(net: Net, name: str, compute_dtype: str) -> None:

@@ -30,6 +30,10 @@ from __future__ import annotations
 
 from typing import Any, Callable, NamedTuple
 
+import jax
+import jax.numpy as jnp
+
+from cljax.errors import CljaxError
 from cljax.registry import RULES, register_rule
 
 
@@ -39,8 +43,40 @@ class Rule(NamedTuple):
 
 
 def make_rule(config, net) -> Rule:
-    """The config's rule, built with its settings for ``net``."""
-    return RULES[config.algorithm].build(config.rule_params, config, net)
+    """The config's rule, built with its settings for ``net``, its contract checked."""
+    rule = RULES[config.algorithm].build(config.rule_params, config, net)
+    check_rule(rule, net, config.algorithm)
+    return rule
 
 
-__all__ = ["RULES", "Rule", "make_rule", "register_rule"]
+def check_rule(rule, net, name: str) -> None:
+    """One CljaxError line naming the rule when it breaks the contract above, read off one
+    traced call (shapes only) on a batch of 2: a direction of another structure, shape or dtype
+    than the params would fail deep in the optimiser, or broadcast and train silently wrong."""
+    where = f"rule {name!r}"
+    if not isinstance(rule, Rule):
+        raise CljaxError(f"{where}: its builder returned a {type(rule).__name__}, not a cljax.rules.Rule: return one.")
+    key = jax.eval_shape(lambda: jax.random.key(0))
+    params, model_state = jax.eval_shape(net.init, key)
+    images = jax.ShapeDtypeStruct((2, *net.image_shape), jnp.uint8)
+    labels, weights = jax.ShapeDtypeStruct((2,), jnp.int32), jax.ShapeDtypeStruct((2,), jnp.float32)
+
+    def call(params, model_state, images, labels, weights, key):
+        return rule.direction(net, params, model_state, rule.init(params, key), images, labels, weights, key)
+
+    out = jax.eval_shape(call, params, model_state, images, labels, weights, key)
+    if not (isinstance(out, tuple) and len(out) == 4):
+        raise CljaxError(f"{where}: direction must return (direction, rule_state, model_state, metrics); it returns "
+                         f"{type(out).__name__}{f' of {len(out)}' if isinstance(out, tuple) else ''}.")
+    direction, _, _, metrics = out
+    want = [(p.shape, p.dtype) for p in jax.tree.leaves(params)]
+    if jax.tree.structure(direction) != jax.tree.structure(params) or \
+            [(d.shape, d.dtype) for d in jax.tree.leaves(direction)] != want:
+        raise CljaxError(f"{where}: its direction must have the structure, shapes and dtypes of the params (one "
+                         f"array per parameter, as a gradient); it does not.")
+    if not (isinstance(metrics, dict) and all(getattr(metrics.get(k), "shape", None) == () for k in ("loss", "acc"))):
+        raise CljaxError(f"{where}: its metrics must be a dict with scalar 'loss' and 'acc' (the batch's weighted "
+                         f"means); it returns {metrics if not isinstance(metrics, dict) else sorted(metrics)}.")
+
+
+__all__ = ["RULES", "Rule", "check_rule", "make_rule", "register_rule"]
