@@ -5,7 +5,6 @@ once, write the task folder) -> summary. Everything here is orchestration; the m
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import errno
 import shutil
 import sys
@@ -33,9 +32,10 @@ from cljax.initial_state import INITIAL, initial_arrays, write_initial
 from cljax.program import build_task_program
 from cljax.records import summary_row, task_arrays, task_metadata
 from cljax.results import task_dir_name, write_task
-from cljax.run_folder import (RunLock, block_size, check_disk, clear_run, inspect_run, on_disk,
+from cljax.run_folder import (block_size, check_disk, clear_run, inspect_run, on_disk,
                               remove_stale_temporaries, same_split, verify_task_dir, warn_if_other_eval_chunk,
                               warn_if_other_split)
+from cljax.run_lock import RunLock
 from cljax.sources import check_sources, plugin_sources
 from cljax.step import KEY_TASKS
 from cljax.tasks import TaskData, make_schedule
@@ -86,7 +86,6 @@ def run_experiment(
     task_data = TaskData(data, config)  # checks that every class has the images a task takes
     algo_dir = algo_dir_of(config)
     found = inspect_run(algo_dir, config, data_id, overwrite, hashes=False)
-    config = _recorded_pairing(config, found.record)
     sources = plugin_sources(config)
     if found.record is not None and not found.finished:
         check_unchanged(data)  # the identity of a prepared folder is its recorded checksums
@@ -99,7 +98,7 @@ def run_experiment(
 
     check_repeats(config.n_repeats)  # before the program is traced over the devices
     image_shape = data.train_images.shape[1:]
-    program = build_task_program(config, image_shape)
+    program = build_task_program(config, image_shape, paired_models=_recorded_pairing(config, found.record))
     budget = Budget.of(config, program, image_shape)
     chunk_tasks = choose_eval_chunk(budget)  # refuses a run whose tasks do not fit the device memory
     too_large = host_problem(budget, data, chunk_tasks, host_available_bytes())  # nor the host's
@@ -254,14 +253,16 @@ def _disk_errors(algo_dir: Path, t: int):
                          f"the same command (the run resumes from its last finished task).") from None
 
 
-def _recorded_pairing(config: Config, record: dict | None) -> Config:
+def _recorded_pairing(config: Config, record: dict | None) -> bool | None:
     """A resumed run with ``--learner-expert auto`` pairs its learner and expert as it started:
     auto's choice depends on the host's cores, which a requeue onto another node can change, and
-    the pairing moves the last bits (docs/scale.md, "Resuming keeps the split")."""
+    the pairing moves the last bits (docs/scale.md, "Resuming keeps the split"). The pairing to
+    build (None: the config's own choice); the config, and what metadata.json records of it, stay
+    as the run was started."""
     recorded = (((record or {}).get("split") or {}).get("lowering") or {}).get("learner_expert")
     if config.learner_expert != "auto" or recorded not in ("paired", "separate"):
-        return config
-    return dataclasses.replace(config, learner_expert=recorded)
+        return None
+    return recorded == "paired"
 
 
 def _nonfinite_report(config: Config, arrays: dict, eval_ids) -> list[dict]:

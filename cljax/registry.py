@@ -191,6 +191,11 @@ def load_plugins(paths: list[str] | None = None) -> None:
         except SyntaxError as exc:  # the plugin's own errors at import are its author's traceback to read
             raise CljaxError(f"plugin file {p} is not valid Python (line {exc.lineno}: {exc.msg}): fix it, or leave "
                              f"it out of --plugin / ${PLUGINS_ENV}.") from None
+        except ModuleNotFoundError as exc:  # a package the environment lacks, not a bug in the plugin
+            if exc.name is None or exc.name.split(".")[0] == "cljax":
+                raise
+            raise CljaxError(f"plugin file {p} imports {exc.name!r}, which is not installed here: install it (pip "
+                             f"install) in this Python, or leave the file out of --plugin / ${PLUGINS_ENV}.") from None
 
 
 # The CNN's convolution lowerings (cljax.models.cnn has a code path for each): a closed list, kept

@@ -14,15 +14,13 @@
                              the run id, and the size and sha256 of every other file ("files")
 
 A task folder is written under a temporary name and renamed, so it appears whole or not at all.
-Pickles are read by an unpickler that only rebuilds numpy arrays and builtin containers: a
-results tree from elsewhere cannot run code on the reader's machine. Every reader raises
-``CljaxError`` naming the file when it is missing, truncated, damaged or of another kind.
+Files are written and read through :mod:`cljax.safe_files`: pickles by an unpickler that only
+rebuilds numpy arrays and builtin containers, and every reader raises ``CljaxError`` naming the
+file when it is missing, truncated, damaged or of another kind.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 import os
 import pickle
@@ -35,6 +33,8 @@ import numpy as np
 
 from cljax.errors import CljaxError, DamagedFile, brief
 from cljax.faults import crash_point
+from cljax.safe_files import (DAMAGED, fsync_dir, load_dict_pickle, load_npy, read_bytes, save_npy,
+                               write_bytes)
 
 TASK_FILES = ("representations.npy", "binary_labels.npy", "weights.npy", "start_weights.npy", "metrics.pkl",
               "expert_metrics.pkl", "metadata.json")
@@ -119,19 +119,22 @@ def write_folder(algo_dir: Path, name: str, npys: dict, pickles: dict, metadata:
     each dict of ``pickles`` as .pkl, and metadata.json with the size and sha256 of every file
     ("files", what a resume checks before it builds on the folder, cljax/run_folder.py)."""
     final, tmp = algo_dir / name, algo_dir / f".{name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    shutil.rmtree(tmp, ignore_errors=True)  # a leftover of this pid's earlier attempt
     tmp.mkdir(parents=True)
-    files = {f"{k}.npy": _save_npy(tmp / f"{k}.npy", v) for k, v in npys.items() if v is not None}
-    crash_point("write", task)
-    for k, v in pickles.items():
-        files[f"{k}.pkl"] = _write_bytes(tmp / f"{k}.pkl", pickle.dumps(v, protocol=4))
-    _write_bytes(tmp / "metadata.json", json.dumps({**metadata, "files": files}, indent=1, default=_json_default).encode())
-    _fsync_dir(tmp)
+    try:
+        files = {f"{k}.npy": save_npy(tmp / f"{k}.npy", v) for k, v in npys.items() if v is not None}
+        crash_point("write", task)
+        for k, v in pickles.items():
+            files[f"{k}.pkl"] = write_bytes(tmp / f"{k}.pkl", pickle.dumps(v, protocol=4))
+        write_bytes(tmp / "metadata.json", json.dumps({**metadata, "files": files}, indent=1, default=_json_default).encode())
+        fsync_dir(tmp)
+    except OSError:  # a full disk: a half-written folder would hold the space the error asks to free
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if final.exists():
         shutil.rmtree(final)
     os.rename(tmp, final)
-    _fsync_dir(algo_dir)
+    fsync_dir(algo_dir)
     return final
 
 
@@ -149,49 +152,6 @@ def representations_on_disk(reps: np.ndarray) -> tuple[np.ndarray, dict]:
     return reps, {"dtype": str(reps.dtype), "stored_as": str(reps.dtype)}
 
 
-class _HashingWriter:
-    """A write-only file that hashes what passes through it (np.save writes in chunks)."""
-
-    def __init__(self, f):
-        self.f, self.digest, self.size = f, hashlib.sha256(), 0
-
-    def write(self, data) -> int:
-        self.digest.update(data)
-        self.size += len(memoryview(data).cast("B"))
-        return self.f.write(data)
-
-
-def _save_npy(path: Path, arr: np.ndarray) -> dict:
-    """Write one .npy; return its size and sha256, hashed while writing (never read back)."""
-    with open(path, "wb") as f:
-        out = _HashingWriter(f)
-        np.save(out, arr, allow_pickle=False)
-        f.flush()
-        os.fsync(f.fileno())
-    return {"bytes": out.size, "sha256": out.digest.hexdigest()}
-
-
-def _write_bytes(path: Path, data: bytes) -> dict:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-
-
-def file_sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _json_default(obj):
     if isinstance(obj, np.ndarray):
         return obj.tolist()
@@ -200,112 +160,6 @@ def _json_default(obj):
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
-
-
-# ---- safe readers -----------------------------------------------------------------------------
-_ALLOWED_GLOBALS = {
-    ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"),
-    ("numpy._core.multiarray", "scalar"),
-    ("numpy", "ndarray"),
-    ("numpy", "dtype"),
-    ("builtins", "dict"),
-    ("builtins", "list"),
-    ("builtins", "tuple"),
-    ("builtins", "set"),
-    ("builtins", "frozenset"),
-    ("builtins", "complex"),
-    ("builtins", "slice"),
-}
-
-
-class _Refused(pickle.UnpicklingError):
-    """A pickle that names something other than numpy arrays and plain values."""
-
-
-class _SafeUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str):
-        if (module, name) in _ALLOWED_GLOBALS or (module == "numpy" and name in _NUMPY_SCALARS):
-            return super().find_class(module, name)
-        raise _Refused(f"refusing to load {module}.{name}: only numpy arrays and plain values are allowed")
-
-
-_NUMPY_SCALARS = {"float64", "float32", "float16", "int64", "int32", "int16", "int8", "uint8", "uint16",
-                  "uint32", "uint64", "bool_"}
-_DAMAGED = ("restore it from a copy, or train the run again (`cljax run` with its flags and --overwrite, which "
-            "deletes it first)")
-
-
-def _read_bytes(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise DamagedFile(path, "is missing", _DAMAGED) from None
-    except IsADirectoryError:
-        raise DamagedFile(path, "is a folder, not a file", _DAMAGED) from None
-    except MemoryError:
-        raise DamagedFile(path, "is too large to read into memory (cljax writes small pickles)", _DAMAGED) from None
-
-
-def safe_load_pickle(path: str | os.PathLike) -> Any:
-    """Unpickle a results file allowing only numpy arrays, dicts, lists and plain values."""
-    path = Path(path)
-    raw = _read_bytes(path)
-    try:
-        return _SafeUnpickler(io.BytesIO(raw)).load()
-    except _Refused as exc:
-        raise CljaxError(f"{path}: {brief(exc)}; the file is not a cljax results file, do not trust it.") from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
-            UnicodeDecodeError, MemoryError, RecursionError) as exc:
-        raise DamagedFile(path, f"is truncated or damaged ({type(exc).__name__}: {brief(exc)})", _DAMAGED) from None
-
-
-def _load_dict_pickle(path: Path) -> dict:
-    data = safe_load_pickle(path)
-    if not isinstance(data, dict):
-        raise DamagedFile(path, f"holds a {type(data).__name__}, not the dict of arrays cljax writes", _DAMAGED)
-    return data
-
-
-def npy_header(path: Path) -> tuple[tuple, np.dtype, int]:
-    """(shape, dtype, data offset) of a .npy file, read without loading it; CljaxError when the
-    file is missing, not a .npy, holds Python objects, or is shorter or longer than its header says."""
-    fmt = np.lib.format
-    try:
-        with open(path, "rb") as f:
-            version = fmt.read_magic(f)
-            if version == (1, 0):
-                shape, fortran, dtype = fmt.read_array_header_1_0(f)
-            elif version == (2, 0):
-                shape, fortran, dtype = fmt.read_array_header_2_0(f)
-            else:
-                shape, fortran, dtype = fmt._read_array_header(f, version)
-            offset = f.tell()
-    except FileNotFoundError:
-        raise DamagedFile(path, "is missing", _DAMAGED) from None
-    except IsADirectoryError:
-        raise DamagedFile(path, "is a folder, not a file", _DAMAGED) from None
-    except (ValueError, EOFError, SyntaxError, TypeError, KeyError, UnicodeDecodeError, AttributeError) as exc:
-        raise DamagedFile(path, f"is not a readable .npy file ({brief(exc)})", _DAMAGED) from None
-    if dtype.hasobject:
-        raise DamagedFile(path, "holds Python objects, which cljax never writes (refused, not loaded)", _DAMAGED)
-    expected = offset + int(np.prod(shape, dtype=object)) * dtype.itemsize
-    size = path.stat().st_size
-    if size != expected:
-        kind = "truncated" if size < expected else "longer than its header says"
-        raise DamagedFile(path, f"is {kind} ({size:,} bytes, {expected:,} expected)", _DAMAGED)
-    return tuple(shape), dtype, offset
-
-
-def load_npy(path: str | os.PathLike, mmap: bool = False) -> np.ndarray:
-    """A .npy written by cljax, checked against its header first (see :func:`npy_header`)."""
-    path = Path(path)
-    npy_header(path)
-    try:
-        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
-    except (ValueError, OSError, EOFError, MemoryError) as exc:
-        raise DamagedFile(path, f"cannot be read ({brief(exc)})", _DAMAGED) from None
 
 
 def task_dirs(algo_dir: str | os.PathLike) -> list[Path]:
@@ -319,22 +173,22 @@ def task_dirs(algo_dir: str | os.PathLike) -> list[Path]:
 
 def load_metadata(task_dir) -> dict:
     path = Path(task_dir) / "metadata.json"
-    raw = _read_bytes(path)
+    raw = read_bytes(path)
     try:
         meta = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
-        raise DamagedFile(path, f"is not valid JSON ({brief(exc)})", _DAMAGED) from None
+        raise DamagedFile(path, f"is not valid JSON ({brief(exc)})", DAMAGED) from None
     if not isinstance(meta, dict):
-        raise DamagedFile(path, f"holds a JSON {type(meta).__name__}, not the object cljax writes", _DAMAGED)
+        raise DamagedFile(path, f"holds a JSON {type(meta).__name__}, not the object cljax writes", DAMAGED)
     return meta
 
 
 def load_metrics(task_dir) -> dict:
-    return _load_dict_pickle(Path(task_dir) / "metrics.pkl")
+    return load_dict_pickle(Path(task_dir) / "metrics.pkl")
 
 
 def load_expert_metrics(task_dir) -> dict:
-    return _load_dict_pickle(Path(task_dir) / "expert_metrics.pkl")
+    return load_dict_pickle(Path(task_dir) / "expert_metrics.pkl")
 
 
 def load_representations(task_dir, mmap: bool = True, as_float32: bool = False) -> np.ndarray:
@@ -345,7 +199,7 @@ def load_representations(task_dir, mmap: bool = True, as_float32: bool = False) 
         storage = load_metadata(task_dir).get("representations_storage")
         if not (isinstance(storage, dict) and storage.get("dtype") == "bfloat16"):
             raise DamagedFile(Path(task_dir) / "metadata.json", "does not record the bfloat16 storage of "
-                              "representations.npy (uint16 bit patterns, which would read as other numbers)", _DAMAGED)
+                              "representations.npy (uint16 bit patterns, which would read as other numbers)", DAMAGED)
         import ml_dtypes
 
         reps = reps.view(ml_dtypes.bfloat16)
@@ -359,7 +213,7 @@ def load_binary_labels(task_dir) -> np.ndarray:
 def load_structured(path: Path) -> dict:
     arr = load_npy(path)
     if arr.dtype.names is None:
-        raise DamagedFile(path, f"is a plain {arr.dtype} array, not the structured array cljax writes", _DAMAGED)
+        raise DamagedFile(path, f"is a plain {arr.dtype} array, not the structured array cljax writes", DAMAGED)
     return structured_to_weights(arr)
 
 

@@ -1,5 +1,5 @@
 """The folder a run writes, ``{results_dir}/{dataset}/{algorithm}``: what is in it before a run
-starts (read only), the lock held while a run writes it, what a resume checks before it builds
+starts (read only), what a resume checks before it builds
 on earlier tasks, and what --overwrite clears.
 
 A run's files belong together through its run id: run.json names it, and the checkpoint and
@@ -16,14 +16,9 @@ run's whole are removed when it starts.
 
 from __future__ import annotations
 
-import errno
-import fcntl
-import json
 import os
 import shutil
-import socket
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,10 +29,10 @@ from cljax.config import DATA_DIFFERS, Config, setting_differences
 from cljax.errors import CljaxError, DamagedFile
 from cljax.host import usable_cores
 from cljax.initial_state import INITIAL
-from cljax.results import (LATER_TASK_FILES, TASK_FILES, file_sha256, load_metadata, npy_header, safe_load_pickle,
-                           task_dir_name, task_dirs)
+from cljax.results import LATER_TASK_FILES, TASK_FILES, load_metadata, task_dir_name, task_dirs
+from cljax.run_lock import RUN_LOCK
+from cljax.safe_files import file_sha256, npy_header, safe_load_pickle
 
-RUN_LOCK = "run.lock"
 ANALYSIS = "analysis"
 
 
@@ -184,9 +179,11 @@ def verify_task_dir(task_dir: Path, t: int, run_id: str | None, hashes: bool) ->
         return f"{task_dir} belongs to run {meta.get('run_id')}, not to run {run_id} of run.json"
     files = meta.get("files")
     shapes = meta.get("shapes") if isinstance(meta.get("shapes"), dict) else {}
-    names = list(files) if isinstance(files, dict) else [n for n in TASK_FILES if n not in ("metadata.json", *LATER_TASK_FILES)] + (
+    required = [n for n in TASK_FILES if n not in ("metadata.json", *LATER_TASK_FILES)] + (
         ["model_state.npy"] if "model_state" in shapes else [])
-    for name in names:
+    if isinstance(files, dict) and not set(required) <= set(files):
+        return f"{task_dir / 'metadata.json'} does not list {sorted(set(required) - set(files))[0]}, a file every task has"
+    for name in list(files) if isinstance(files, dict) else required:
         path = task_dir / str(name)
         if not isinstance(name, str) or Path(name).name != name or name.startswith("."):
             return f"{task_dir / 'metadata.json'} lists a file {name!r} that is not in its folder"
@@ -221,88 +218,6 @@ def _refused_pickle(path: Path) -> str | None:
     except CljaxError as exc:
         return str(exc).rstrip(".")
     return None
-
-
-# ---- the lock --------------------------------------------------------------------------------
-class RunLock:
-    """``fcntl.flock`` on ``{algo_dir}/run.lock``: exclusive while a run writes the folder, shared
-    while a finished run is read. The system releases it when its process ends however it ends,
-    so a dead run's lock is free at once; the file (never deleted) records the last holder's
-    host and pid for the message. Where the filesystem has no locks, a live holder on the same
-    host is detected from that record, and another host's holder is refused."""
-
-    def __init__(self, algo_dir: Path, exclusive: bool = True):
-        self.algo_dir, self.exclusive, self.fd = Path(algo_dir), exclusive, None
-
-    def __enter__(self) -> "RunLock":
-        path = self.algo_dir / RUN_LOCK
-        if self.exclusive:
-            self.algo_dir.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        else:
-            try:
-                fd = os.open(path, os.O_RDONLY)
-            except OSError:  # no lock file (a run from before locks): nothing to share
-                return self
-        try:
-            fcntl.flock(fd, (fcntl.LOCK_EX if self.exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise CljaxError(self._in_use(_read_holder(path))) from None
-        except OSError as exc:
-            if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
-                os.close(fd)
-                raise
-            self._without_flock(fd, path)
-        if self.exclusive:
-            holder = json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
-                                 "since": time.strftime("%Y-%m-%d %H:%M:%S")}).encode()
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, holder + b"\n", 0)
-        self.fd = fd
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.fd is not None:
-            os.close(self.fd)  # releases the lock
-            self.fd = None
-
-    def _in_use(self, holder: dict) -> str:
-        who = f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}, since {holder.get('since', '?')}"
-        return (f"{self.algo_dir} is in use by another cljax run ({who}): wait for it to end or stop it, then run "
-                f"this command again (a run that has died holds no lock).")
-
-    def _without_flock(self, fd: int, path: Path) -> None:
-        holder = _read_holder(path)
-        pid, host = holder.get("pid"), holder.get("host")
-        if self.exclusive and isinstance(pid, int) and pid != os.getpid():
-            if host != socket.gethostname():
-                os.close(fd)
-                raise CljaxError(self._in_use(holder)[:-1] + f"; this filesystem has no file locks, so a run on "
-                                 f"another host cannot be checked: delete {path} if that run has ended.")
-            if _alive(pid):
-                os.close(fd)
-                raise CljaxError(self._in_use(holder))
-        print(f"warning: {path.parent} is on a filesystem without file locks: cljax checks the host and pid in "
-              f"{RUN_LOCK} instead.", file=sys.stderr)
-
-
-def _read_holder(path: Path) -> dict:
-    try:
-        holder = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return holder if isinstance(holder, dict) else {}
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 # ---- the split a run computes on -------------------------------------------------------------

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from cljax import results
+from cljax import results, safe_files
 from cljax.data import load_dataset
 from cljax.experiment import run_experiment
 from cljax.models import MODELS, ModelContext, build_model
@@ -148,7 +148,7 @@ def test_same_seed_is_bit_identical_and_another_seed_differs(small_run, tmp_path
         for name in ("representations.npy", "binary_labels.npy", "weights.npy"):
             assert np.load(a / name).tobytes() == np.load(b / name).tobytes()
         for name in ("metrics.pkl", "expert_metrics.pkl"):
-            ma, mb = results.safe_load_pickle(a / name), results.safe_load_pickle(b / name)
+            ma, mb = safe_files.safe_load_pickle(a / name), safe_files.safe_load_pickle(b / name)
             assert all(np.asarray(ma[k]).tobytes() == np.asarray(mb[k]).tobytes() for k in ma)
     other = make_schedule(10, 3, 2, seed=1)
     assert not np.array_equal(other, run.task_class_pairs)
@@ -181,7 +181,7 @@ def test_results_reader_refuses_a_malicious_pickle(small_run, tmp_path):
     bad = tmp_path / "metrics.pkl"
     bad.write_bytes(pickle.dumps({"test_acc": Evil()}))
     with pytest.raises(CljaxError, match="refusing to load builtins.print"):
-        results.safe_load_pickle(bad)
+        safe_files.safe_load_pickle(bad)
 
 
 def test_it_learns_with_default_hyperparameters(tmp_path):

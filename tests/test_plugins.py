@@ -246,3 +246,42 @@ def test_a_rule_that_breaks_the_contract_is_refused_in_one_line(mistake, message
     rule = {} if mistake == "not_a_rule" else Rule(init=lambda p, key: (), direction=direction)
     with pytest.raises(CljaxError, match=rf"^rule 'Mine': {message}"):
         check_rule(rule, net, "Mine")
+
+
+def test_a_plugin_that_imports_a_missing_package_is_one_line(tmp_path):
+    plugin = tmp_path / "needs_more.py"
+    plugin.write_text("import surely_not_installed_pkg\n")
+    with pytest.raises(CljaxError, match=r"imports 'surely_not_installed_pkg', which is not installed here: install "):
+        load_plugins([str(plugin)])
+
+
+@pytest.mark.parametrize("declares, message", [
+    ("sows", None),
+    ("missing_layer", r"unit_layers\(\) names 'hidden', which is not a top-level layer with a kernel \(it has "
+                      r"dense1, head\)"),
+    ("no_sow", r"sows the activity of 'dense1' with shape None for a batch of 2, not \(2, 4\): call sow_units"),
+])
+def test_a_model_whose_unit_declaration_is_wrong_is_refused_by_cbp_in_one_line(declares, message):
+    import flax.linen as nn
+    import jax.numpy as jnp
+
+    from cljax.models import as_float_images, make_net
+    from cljax.models.units import sow_units, unit_layers
+
+    class Units(nn.Module):
+        def unit_layers(self):
+            return (("hidden" if declares == "missing_layer" else "dense1", "head"),)
+
+        @nn.compact
+        def __call__(self, images, train: bool = False):
+            x = as_float_images(images, jnp.float32).reshape(images.shape[0], -1)
+            hidden = nn.relu(nn.Dense(4, name="dense1")(x))
+            if declares == "sows":
+                sow_units(self, "dense1", hidden)
+            return nn.Dense(1, name="head")(hidden), hidden
+
+    if declares == "sows":
+        assert unit_layers(make_net(Units(), (8, 8)), "--use-cbp") == (("dense1", "head"),)
+        return
+    with pytest.raises(CljaxError, match=rf"^--use-cbp: Units.{message}"):
+        unit_layers(make_net(Units(), (8, 8)), "--use-cbp")

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cljax import results
+from cljax import results, safe_files
 from cljax.cli import main as cli_main
 from tests.conftest import FASHION_DIR
 
@@ -302,7 +302,7 @@ def test_reader_allows_numpy_and_plain_values(tmp_path):
             "e": np.float64(3.5), "f": np.int64(7)}
     path = tmp_path / "ok.pkl"
     path.write_bytes(pickle.dumps(data, protocol=4))
-    loaded = results.safe_load_pickle(path)
+    loaded = safe_files.safe_load_pickle(path)
     assert np.array_equal(loaded["a"], data["a"]) and loaded["b"] == data["b"] and loaded["e"] == 3.5
 
 

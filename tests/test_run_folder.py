@@ -160,7 +160,7 @@ def test_an_eval_chunk_that_does_not_fit_is_refused_like_a_chosen_one(tmp_path, 
 
 # ---- 2. a lock per run folder ---------------------------------------------------------------------------
 def test_a_locked_folder_is_refused_and_a_dead_holder_is_no_obstacle(made, tmp_path, capsys):
-    from cljax.run_folder import RUN_LOCK, RunLock
+    from cljax.run_lock import RUN_LOCK, RunLock
 
     run_dir = copy(made, "finished", tmp_path / "r")
     with RunLock(run_dir):  # another run writing this folder (a separate open file: flock conflicts)
@@ -180,7 +180,7 @@ def test_a_locked_folder_is_refused_and_a_dead_holder_is_no_obstacle(made, tmp_p
 def test_without_file_locks_the_recorded_holder_is_checked(tmp_path, monkeypatch, capsys):
     import fcntl
 
-    from cljax.run_folder import RUN_LOCK, RunLock
+    from cljax.run_lock import RUN_LOCK, RunLock
 
     def no_locks(fd, op):
         raise OSError(errno.ENOLCK, "No locks available")
@@ -195,6 +195,29 @@ def test_without_file_locks_the_recorded_holder_is_checked(tmp_path, monkeypatch
     with RunLock(tmp_path):
         assert json.loads((tmp_path / RUN_LOCK).read_text())["pid"] == os.getpid()
     assert "without file locks" in capsys.readouterr().err
+
+
+def test_a_lock_file_that_is_a_link_is_refused_and_its_target_left_as_it_is(tmp_path):
+    from cljax.run_lock import RUN_LOCK, RunLock
+
+    victim = tmp_path / "notes.txt"
+    victim.write_text("mine")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / RUN_LOCK).symlink_to(victim)
+    for exclusive in (True, False):
+        with pytest.raises(CljaxError, match=r"run.lock is a symbolic link, not cljax's lock file: remove the link"):
+            RunLock(tmp_path / "run", exclusive=exclusive).__enter__()
+    assert victim.read_text() == "mine"
+
+
+def test_a_task_folder_that_fails_to_write_leaves_no_temporary_folder(tmp_path, monkeypatch):
+    def full_disk(path, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(results, "write_bytes", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        results.write_folder(tmp_path, "task_000", {"a": np.zeros(3)}, {"m": {}}, {})
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_files_of_two_runs_in_one_folder_are_refused(made, tmp_path, capsys):
@@ -245,7 +268,16 @@ DAMAGE = {
     "bit_flip": (lambda d: _flip_byte(d / "task_000" / "representations.npy"), "does not match the sha256"),
     "truncated": (lambda d: (d / "task_001" / "weights.npy").write_bytes((d / "task_001" / "weights.npy")
                                                                           .read_bytes()[:-100]), "is truncated"),
+    "unlisted": (lambda d: _unlist(d / "task_000", "representations.npy"), "does not list representations.npy"),
 }
+
+
+def _unlist(task_dir: Path, name: str):
+    """A metadata.json edited to leave a file out of "files", the file deleted with it."""
+    meta = json.loads((task_dir / "metadata.json").read_text())
+    meta["files"] = {k: v for k, v in meta["files"].items() if k != name}
+    (task_dir / "metadata.json").write_text(json.dumps(meta))
+    (task_dir / name).unlink()
 
 
 @pytest.mark.parametrize("damage", sorted(DAMAGE))
@@ -721,3 +753,5 @@ def test_a_resume_pairs_learner_and_expert_as_the_run_started_with_auto(made, tm
     assert rc == 0, err
     assert results.load_metadata(run_dir / "task_001")["lowering"]["learner_expert"] == other
     assert results.load_metadata(run_dir / "task_000")["lowering"]["learner_expert"] == started
+    # the settings stay as the run was started: auto, in every task, resumed or not
+    assert {results.load_metadata(run_dir / f"task_00{t}")["config"]["learner_expert"] for t in (0, 1)} == {"auto"}

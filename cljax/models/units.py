@@ -17,6 +17,8 @@ training program is the same with or without these calls; :func:`unit_activity` 
 from __future__ import annotations
 
 import flax.linen as nn
+import jax
+import jax.numpy as jnp
 
 from cljax.errors import CljaxError
 
@@ -33,15 +35,33 @@ def sow_units(module: nn.Module, layer: str, activity_BU) -> None:
 
 
 def unit_layers(net, option_flag: str) -> tuple[tuple[str, str], ...]:
-    """The model's (layer, reader) pairs, or one CljaxError line naming the flag and the fix."""
+    """The model's (layer, reader) pairs, or one CljaxError line naming the flag and the fix;
+    the declaration is checked against the model's params and the activity it sows (shapes only)."""
     declared = getattr(net.module, "unit_layers", None)
+    name = type(net.module).__name__
     if declared is None or net.state_collections:
-        raise CljaxError(f"{option_flag} resets hidden units, which needs a model that declares them (cnn, mlp) and has "
-                         f"no mutable state; {type(net.module).__name__} does not: choose --model cnn or mlp.")
-    return tuple(declared())
+        raise CljaxError(f"{option_flag} resets hidden units, which needs a model that declares them (cnn, mlp; a "
+                         f"plugin model: unit_layers() and sow_units, cljax/models/units.py) and has no mutable "
+                         f"state; {name} does not: choose --model cnn or mlp.")
+    layers = tuple(declared())
+    params, state = jax.eval_shape(net.init, jax.random.key(0))
+    images = jax.ShapeDtypeStruct((2, *net.image_shape), jnp.uint8)
+    for layer, reader in layers:
+        for part in (layer, reader):
+            if "kernel" not in params.get(part, {}):
+                raise CljaxError(f"{option_flag}: {name}.unit_layers() names {part!r}, which is not a top-level layer "
+                                 f"with a kernel (it has {', '.join(params)}): name the layers by their parameters.")
+    sown = jax.eval_shape(lambda p, s, x: unit_activity(net, p, s, x), params, state, images)
+    for layer, _ in layers:
+        want = (2, params[layer]["kernel"].shape[-1])
+        got = getattr(sown.get(layer), "shape", None)
+        if got != want:
+            raise CljaxError(f"{option_flag}: {name} sows the activity of {layer!r} with shape {got} for a batch of 2, "
+                             f"not {want}: call sow_units(self, {layer!r}, activity) in its forward pass.")
+    return layers
 
 
 def unit_activity(net, params, model_state, images) -> dict:
     """Each unit layer's activity on ``images`` (evaluation mode): {layer: (B, U)}."""
     _, sown = net.module.apply({"params": params, **model_state}, images, train=False, mutable=[UNITS_COLLECTION])
-    return {name.removesuffix(_SUFFIX): values[0] for name, values in sown[UNITS_COLLECTION].items()}
+    return {name.removesuffix(_SUFFIX): values[0] for name, values in sown.get(UNITS_COLLECTION, {}).items()}

@@ -1,0 +1,105 @@
+"""The lock of a run folder (``{algo_dir}/run.lock``), held while a run writes it."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import socket
+import stat
+import sys
+import time
+from pathlib import Path
+
+from cljax.errors import CljaxError
+
+RUN_LOCK = "run.lock"
+
+
+class RunLock:
+    """``fcntl.flock`` on ``{algo_dir}/run.lock``: exclusive while a run writes the folder, shared
+    while a finished run is read. The system releases it when its process ends however it ends,
+    so a dead run's lock is free at once; the file (never deleted) records the last holder's
+    host and pid for the message. Where the filesystem has no locks, a live holder on the same
+    host is detected from that record, and another host's holder is refused."""
+
+    def __init__(self, algo_dir: Path, exclusive: bool = True):
+        self.algo_dir, self.exclusive, self.fd = Path(algo_dir), exclusive, None
+
+    def __enter__(self) -> "RunLock":
+        path = self.algo_dir / RUN_LOCK
+        if path.is_symlink():  # the holder's record would be written over the link's target
+            raise CljaxError(f"{path} is a symbolic link, not cljax's lock file: remove the link (its target is left "
+                             f"as it is), then run this command again.")
+        if self.exclusive:
+            self.algo_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        else:
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+            except OSError:  # no lock file (a run from before locks): nothing to share
+                return self
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise CljaxError(f"{path} is not a regular file, so not cljax's lock file: remove it, then run this "
+                             f"command again.")
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_EX if self.exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise CljaxError(self._in_use(_read_holder(path))) from None
+        except OSError as exc:
+            if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                os.close(fd)
+                raise
+            self._without_flock(fd, path)
+        if self.exclusive:
+            holder = json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
+                                 "since": time.strftime("%Y-%m-%d %H:%M:%S")}).encode()
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, holder + b"\n", 0)
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # releases the lock
+            self.fd = None
+
+    def _in_use(self, holder: dict) -> str:
+        who = f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}, since {holder.get('since', '?')}"
+        return (f"{self.algo_dir} is in use by another cljax run ({who}): wait for it to end or stop it, then run "
+                f"this command again (a run that has died holds no lock).")
+
+    def _without_flock(self, fd: int, path: Path) -> None:
+        holder = _read_holder(path)
+        pid, host = holder.get("pid"), holder.get("host")
+        if self.exclusive and isinstance(pid, int) and pid != os.getpid():
+            if host != socket.gethostname():
+                os.close(fd)
+                raise CljaxError(self._in_use(holder)[:-1] + f"; this filesystem has no file locks, so a run on "
+                                 f"another host cannot be checked: delete {path} if that run has ended.")
+            if _alive(pid):
+                os.close(fd)
+                raise CljaxError(self._in_use(holder))
+        print(f"warning: {path.parent} is on a filesystem without file locks: cljax checks the host and pid in "
+              f"{RUN_LOCK} instead.", file=sys.stderr)
+
+
+def _read_holder(path: Path) -> dict:
+    try:
+        holder = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return holder if isinstance(holder, dict) else {}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
