@@ -282,16 +282,26 @@ def _nonfinite_report(config: Config, arrays: dict, eval_ids) -> list[dict]:
     return sorted(found, key=lambda f: f["snapshot"])
 
 
-def format_summary(result: RunResult) -> str:
+def format_summary(result: RunResult, max_rows: int = 40) -> str:
     """The run table. With one shared output, the head's accuracy on earlier tasks mostly measures
-    the read-out; the probe column is what the representation still separates (docs/metrics.md)."""
+    the read-out; the probe column is what the representation still separates (docs/metrics.md).
+    A run of more than ``max_rows`` tasks shows the first and last ten and tasks evenly spaced
+    between, and says so."""
     lines = ["task  learner_acc_on_it  mean_acc_earlier_tasks  probe_earlier_tasks  expert_acc",
              "----  -----------------  ----------------------  -------------------  ----------"]
-    for row in result.summary:
+    rows = result.summary
+    if len(rows) > max_rows:
+        n = len(rows)
+        keep = set(range(10)) | set(range(n - 10, n)) | set(np.linspace(0, n - 1, max_rows - 20).round().astype(int))
+        rows = [rows[i] for i in sorted(keep)]
+    for row in rows:
         earlier = "" if np.isnan(row["acc_earlier"]) else f"{row['acc_earlier']:.3f}"
         probe = "" if np.isnan(row.get("probe_earlier", np.nan)) else f"{row['probe_earlier']:.3f}"
         lines.append(f"{row['task']:>4}  {row['acc_current']:>17.3f}  {earlier:>22}  {probe:>19}  "
                      f"{row['expert_acc']:>10.3f}")
+    if len(rows) < len(result.summary):
+        lines.append(f"({len(rows)} of {len(result.summary)} tasks shown; every task: cljax analyze, or each "
+                     f"task's folder)")
     return "\n".join(lines)
 
 

@@ -62,3 +62,20 @@ def test_a_lone_point_is_drawn_with_its_spread_and_task_ticks_stay_whole(tmp_pat
     _task_ticks(ax.xaxis)
     ticks = ax.xaxis.get_major_locator()()
     assert len(ticks) >= 1 and all(float(t).is_integer() for t in ticks)
+
+
+def test_a_long_run_draws_at_most_fifty_task_boundaries(tmp_path, monkeypatch):
+    """A thousand dashed task starts grey the whole plot: past 50, one in k is drawn, and the
+    axis label says which."""
+    from matplotlib.axes import Axes
+
+    drawn, labels = [], []
+    monkeypatch.setattr(Axes, "axvline", lambda self, x, **kw: drawn.append(x))
+    real_xlabel = Axes.set_xlabel
+    monkeypatch.setattr(Axes, "set_xlabel", lambda self, text, **kw: (labels.append(text), real_xlabel(self, text))[1])
+    acc = np.random.default_rng(0).uniform(0.4, 1.0, (2000, 2, 2))
+    plot_accuracy_over_time(acc, tmp_path / "t.png", task_boundaries=list(range(2, 2000, 2)))
+    assert drawn == list(range(2, 2000, 40)) and labels == ["snapshot (dashed: one task start in 20)"]
+    drawn.clear()
+    plot_accuracy_over_time(acc, tmp_path / "t.png", task_boundaries=list(range(40, 2000, 40)))
+    assert len(drawn) == 49 and labels[-1] == "snapshot"

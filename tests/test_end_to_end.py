@@ -216,3 +216,20 @@ def test_run_table_gives_the_probe_beside_the_head(small_run):
     table = format_summary(run).splitlines()
     assert "probe_earlier_tasks" in table[0]
     assert table[3].split()[3] == f"{run.summary[1]['probe_earlier']:.3f}"
+
+
+def test_the_run_table_of_a_long_run_shows_the_first_last_and_spaced_tasks():
+    from pathlib import Path
+
+    from cljax.experiment import RunResult, format_summary
+
+    rows = [{"task": t, "acc_current": 0.9, "acc_earlier": 0.6, "probe_earlier": 0.8, "expert_acc": 0.95}
+            for t in range(1000)]
+    table = format_summary(RunResult(algo_dir=Path("x"), task_class_pairs=np.zeros((1000, 1, 2)), summary=rows))
+    lines = table.splitlines()
+    shown = [int(line.split()[0]) for line in lines[2:-1]]
+    assert 30 < len(shown) <= 40 and shown[:10] == list(range(10)) and shown[-10:] == list(range(990, 1000))
+    assert any(400 < t < 600 for t in shown)  # and evenly spaced ones between
+    assert lines[-1].startswith(f"({len(shown)} of 1000 tasks shown")
+    short = format_summary(RunResult(algo_dir=Path("x"), task_class_pairs=np.zeros((40, 1, 2)), summary=rows[:40]))
+    assert len(short.splitlines()) == 42

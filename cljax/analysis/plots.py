@@ -93,6 +93,9 @@ def plot_accuracy_matrix(accuracy_matrix, path: str | os.PathLike, title: str = 
     return _save(fig, path)
 
 
+MAX_BOUNDARIES = 50
+
+
 def plot_accuracy_over_time(
     accuracy_NRJ,
     path: str | os.PathLike,
@@ -116,11 +119,13 @@ def plot_accuracy_over_time(
     cmap = matplotlib.colormaps["viridis"].resampled(max(J, 2))
     for j in range(J):
         _band(ax, x, acc[:, :, j].T, label=f"task {ids[j]}", color=cmap(j))
-    for b in task_boundaries:
+    every = -(-len(task_boundaries) // MAX_BOUNDARIES)  # more lines than this grey the whole plot
+    for b in list(task_boundaries)[::max(every, 1)]:
         ax.axvline(b, color="gray", linestyle="--", linewidth=0.7)
     ax.axhline(0.5, color="black", linestyle=":", linewidth=0.7)
     ax.set_ylim(0.0, 1.02)
-    ax.set_xlabel("training step" if steps is not None else "snapshot")
+    ax.set_xlabel(("training step" if steps is not None else "snapshot")
+                  + (f" (dashed: one task start in {every})" if every > 1 else ""))
     ax.set_ylabel("test accuracy")
     ax.set_title(title)
     # below the axes, not over the curves
