@@ -180,7 +180,7 @@ def verify_task_dir(task_dir: Path, t: int, run_id: str | None, hashes: bool) ->
     files = meta.get("files")
     shapes = meta.get("shapes") if isinstance(meta.get("shapes"), dict) else {}
     required = [n for n in TASK_FILES if n not in ("metadata.json", *LATER_TASK_FILES)] + (
-        ["model_state.npy"] if "model_state" in shapes else [])
+        ["model_state.npy"] if "model_state" in shapes else []) if t >= 0 else []  # t = -1: initial/
     if isinstance(files, dict) and not set(required) <= set(files):
         return f"{task_dir / 'metadata.json'} does not list {sorted(set(required) - set(files))[0]}, a file every task has"
     for name in list(files) if isinstance(files, dict) else required:

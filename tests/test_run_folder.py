@@ -291,6 +291,26 @@ def test_a_damaged_run_is_never_reported_finished(made, tmp_path, capsys, damage
     assert "already finished" not in out and state(run_dir) == before
 
 
+@pytest.mark.parametrize("damage", ["bit_flip", "foreign", "initial"])
+def test_analyze_refuses_a_damaged_or_foreign_folder_in_one_line(made, tmp_path, capsys, damage):
+    """The analysis reads what a resume would trust, no less: a changed byte, another run's
+    folder or a damaged initial/ is one error line, not numbers computed from it."""
+    run_dir = copy(made, "finished", tmp_path / "r")
+    if damage == "bit_flip":
+        _flip_byte(run_dir / "task_001" / "representations.npy")
+        expected = "task_001/representations.npy does not match the sha256"
+    elif damage == "foreign":
+        meta = json.loads((run_dir / "task_001" / "metadata.json").read_text())
+        (run_dir / "task_001" / "metadata.json").write_text(json.dumps({**meta, "run_id": "another"}))
+        expected = "task_001 belongs to run another"
+    else:
+        _flip_byte(run_dir / "initial" / "weights.npy")
+        expected = "initial/weights.npy does not match the sha256"
+    rc, _, err = run_cli(["analyze", str(run_dir), "--no-glue", "--no-plots"], capsys)
+    assert_one_error(rc, err, expected, "the analysis reads only its run's own, whole files")
+    assert not (run_dir / "analysis" / "summary.json").exists()
+
+
 # ---- 5. the resume key is what changes the numbers -------------------------------------------------------
 def test_paths_and_speed_only_settings_do_not_block_a_resume(made, tmp_path, capsys, monkeypatch):
     run_dir = copy(made, "finished", tmp_path / "moved")  # a copied tree, under another path

@@ -47,7 +47,10 @@ from cljax.analysis.glue import N_PROBES
 from cljax.analysis.probe import RIDGE
 from cljax.analysis.registry import Options, RunContext, TaskFolder, get, registered
 from cljax.analysis.spread import RULE
+from cljax.checkpoint import read_run_record
 from cljax.errors import CljaxError
+from cljax.initial_state import INITIAL
+from cljax.run_folder import verify_task_dir
 
 # The listing order of the built-in files in ``summary["files"]`` (that of earlier versions);
 # files of other analyses follow in the order the analyses ran.
@@ -142,6 +145,7 @@ def analyze_run(
             raise CljaxError(f"the task folders of {algo_dir} are not contiguous: {results.task_dir_name(i)} is missing "
                              f"before {d.name}. Analyse a whole run (finish it with the same cljax run command), or "
                              f"restore the missing folder.")
+    check = _verifier(algo_dir, dirs[0])
     out = Path(out_dir) if out_dir is not None else algo_dir / "analysis"
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -151,6 +155,7 @@ def analyze_run(
         raise CljaxError(f"cannot write to {out}: pass --out with a writable folder.")
     n = len(dirs)
 
+    check(dirs[0], 0)
     folder = TaskFolder(0, dirs[0])
     L, R, T = folder.test_acc.shape  # T: the run's tasks (a folder may have evaluated only some)
     if n > T:
@@ -163,6 +168,7 @@ def analyze_run(
     states = {a.name: a.init(ctx) for a in selected}
     for i, d in enumerate(dirs):
         if i > 0:
+            check(d, i)
             folder = TaskFolder(i, d)
             if folder.test_acc.shape[1:] != (R, T):
                 raise CljaxError(f"{d}: test_acc has shape {folder.test_acc.shape}, expected (L, {R}, {T}) like "
@@ -200,6 +206,26 @@ def analyze_run(
     summary = _jsonable(summary)
     (out / "summary.json").write_text(json.dumps(summary, indent=1, allow_nan=False))
     return summary
+
+
+def _verifier(algo_dir: Path, first: Path):
+    """check(folder, t): one CljaxError line when a task folder is not this run's whole folder
+    (missing or damaged files, contents other than their recorded sha256, another run's id), as
+    a resume checks it; the run is run.json's (or, without one, task_000's). initial/, which the
+    weight-change metrics read, is checked here at once."""
+    record = read_run_record(algo_dir)
+    run_id = record["run_id"] if record is not None else results.load_metadata(first).get("run_id")
+
+    def check(folder: Path, t: int, fix: str = "restore it from a copy, or train the run again (`cljax run` with its "
+                                               "flags and --overwrite)") -> None:
+        problem = verify_task_dir(folder, t, run_id, hashes=True)
+        if problem is not None:
+            raise CljaxError(f"{problem}: the analysis reads only its run's own, whole files; {fix}.")
+
+    if (algo_dir / INITIAL).exists():
+        check(algo_dir / INITIAL, -1, "restore it, resume the run if it is unfinished (which writes it again), or "
+                                      f"move {INITIAL}/ out (the change from the initial weights is then left out)")
+    return check
 
 
 def _pm(entry, digits: int = 4) -> str:
