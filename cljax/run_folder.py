@@ -82,6 +82,7 @@ def inspect_run(algo_dir: Path, config: Config, data_id: str | None, overwrite: 
         return Found()
     n_dirs = len(task_dirs(algo_dir))
     if overwrite:
+        check_clearable(algo_dir)
         return Found(n_task_dirs=n_dirs)
     record = read_run_record(algo_dir)
     if record is None:
@@ -266,6 +267,31 @@ def describe_split(split: dict) -> str:
 
 
 # ---- changes, under the lock -------------------------------------------------------------------
+def check_clearable(algo_dir: Path) -> None:
+    """Before --overwrite deletes anything: one CljaxError line when it would delete a file cljax
+    did not write (a user's file inside a task folder, initial/ or analysis/), follow a link, or
+    stop half-way on a folder it cannot delete."""
+    written = {**{d: {*TASK_FILES, "model_state.npy"} for d in task_dirs(algo_dir)},
+               algo_dir / INITIAL: {"weights.npy", "model_state.npy", "metadata.json"}, algo_dir / ANALYSIS: None}
+    fix = "move it out of the run folder, then run this command again (nothing was deleted)"
+    for path in [algo_dir / CHECKPOINT, algo_dir / RUN_RECORD, *written]:
+        if path.is_symlink():
+            raise CljaxError(f"{path} is a symbolic link, which --overwrite does not follow or delete: {fix}.")
+    for folder, names in written.items():
+        if not folder.exists():
+            continue
+        if not folder.is_dir():
+            raise CljaxError(f"{folder} is not a folder, so not one cljax wrote: {fix}.")
+        if not (os.access(folder, os.W_OK | os.X_OK) and os.access(algo_dir, os.W_OK)):
+            raise CljaxError(f"--overwrite cannot delete {folder} (no permission): fix its permissions, then run this "
+                             f"command again (nothing was deleted).")
+        for entry in folder.iterdir():
+            ours = entry.name in names if names is not None else entry.suffix in (".json", ".npz", ".png")
+            if entry.is_symlink() or not entry.is_file() or not ours:
+                raise CljaxError(f"{entry} is not a file cljax writes, and --overwrite would delete it with {folder}: "
+                                 f"{fix}.")
+
+
 def clear_run(algo_dir: Path) -> None:
     """--overwrite: the checkpoint first (a new run.json must never meet an old checkpoint), then
     the record, the task folders, the initial state and the analysis. Other files are left alone."""

@@ -291,6 +291,28 @@ def test_a_damaged_run_is_never_reported_finished(made, tmp_path, capsys, damage
     assert "already finished" not in out and state(run_dir) == before
 
 
+@pytest.mark.parametrize("case", ["user_file", "analysis_link", "not_a_file"])
+def test_overwrite_deletes_nothing_when_it_would_take_a_file_cljax_did_not_write(made, tmp_path, capsys, case):
+    run_dir = copy(made, "finished", tmp_path / "r")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.csv").write_text("a,b")
+    if case == "user_file":
+        (run_dir / "task_000" / "notes.csv").write_text("a,b")
+        expected = "task_000/notes.csv is not a file cljax writes"
+    elif case == "analysis_link":
+        shutil.rmtree(run_dir / "analysis", ignore_errors=True)
+        (run_dir / "analysis").symlink_to(mine)
+        expected = "analysis is a symbolic link, which --overwrite does not follow or delete"
+    else:
+        (run_dir / "initial" / "extra").mkdir()
+        expected = "initial/extra is not a file cljax writes"
+    before = state(run_dir)
+    rc, _, err = run_cli(["run", *FLAGS, "--results-dir", str(tmp_path / "r"), "--overwrite"], capsys)
+    assert_one_error(rc, err, expected, "move it out of the run folder", "nothing was deleted")
+    assert state(run_dir) == before and (mine / "notes.csv").read_text() == "a,b"
+
+
 @pytest.mark.parametrize("damage", ["bit_flip", "foreign", "initial"])
 def test_analyze_refuses_a_damaged_or_foreign_folder_in_one_line(made, tmp_path, capsys, damage):
     """The analysis reads what a resume would trust, no less: a changed byte, another run's
