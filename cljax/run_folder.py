@@ -106,7 +106,7 @@ def inspect_run(algo_dir: Path, config: Config, data_id: str | None, overwrite: 
     if extra:  # T is part of the resume key: a folder past it was not written by this run (analyze refuses it too)
         raise CljaxError(f"{extra[0]} is not a task of this {T}-task run: move it out of {algo_dir} to "
                          f"{'resume' if any(problems) else 'use'} the run (nothing was deleted).")
-    if not any(problems):  # every task is there and whole: the checkpoint is not needed
+    if not any(problems) and not _checkpoint_behind(algo_dir, run_id, T):  # whole: the checkpoint is not needed
         return Found(record=record, next_task=T, finished=True, n_task_dirs=n_dirs)
     changed = changed_since(record)
     if changed:
@@ -134,6 +134,18 @@ def inspect_run(algo_dir: Path, config: Config, data_id: str | None, overwrite: 
     stale = [algo_dir / task_dir_name(t) for t in range(next_task, T)
              if problems[t] and (algo_dir / task_dir_name(t)).exists()]
     return Found(record=record, next_task=next_task, stale=stale, n_task_dirs=n_dirs)
+
+
+def _checkpoint_behind(algo_dir: Path, run_id: str | None, T: int) -> bool:
+    """Whether every task folder is whole but this run's readable checkpoint points before the
+    last one: the run stopped between writing a task's folder and the checkpoint after it. The
+    resume then trains that task again (the same numbers), so the checkpoint ends after task T-1
+    as in a run that was not stopped."""
+    try:
+        header = read_checkpoint_header(algo_dir)
+    except CljaxError:  # damaged: a finished run does not need it
+        return False
+    return header is not None and header[1] == run_id and header[0] < T
 
 
 def changed_since(record: dict) -> str | None:

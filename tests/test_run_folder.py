@@ -291,6 +291,23 @@ def test_a_damaged_run_is_never_reported_finished(made, tmp_path, capsys, damage
     assert "already finished" not in out and state(run_dir) == before
 
 
+def test_a_run_stopped_before_its_last_checkpoint_trains_the_last_task_again(made, tmp_path, capsys):
+    """Killed between the last task's folder and the checkpoint after it: every folder is whole,
+    the checkpoint is one task behind. The resume redoes that task (the same bytes) and moves the
+    checkpoint to the end, as an uninterrupted run leaves it."""
+    from cljax.checkpoint import read_checkpoint_header
+
+    run_dir = copy(made, "finished", tmp_path / "r")
+    finished_ckpt = (run_dir / "checkpoint.npz").read_bytes()
+    shutil.copy(made["partial"] / RUN_DIR / "checkpoint.npz", run_dir / "checkpoint.npz")
+    assert read_checkpoint_header(run_dir)[0] == 1
+    before = {p.name: p.read_bytes() for p in (run_dir / "task_001").glob("*.npy")}
+    rc, out, err = run_cli(["run", *FLAGS, "--results-dir", str(tmp_path / "r")], capsys)
+    assert rc == 0 and "resumed from task 1" in out + err, (out, err)
+    assert {p.name: p.read_bytes() for p in (run_dir / "task_001").glob("*.npy")} == before
+    assert (run_dir / "checkpoint.npz").read_bytes() == finished_ckpt
+
+
 @pytest.mark.parametrize("case", ["user_file", "analysis_link", "not_a_file"])
 def test_overwrite_deletes_nothing_when_it_would_take_a_file_cljax_did_not_write(made, tmp_path, capsys, case):
     run_dir = copy(made, "finished", tmp_path / "r")
