@@ -157,3 +157,42 @@ def test_analyze_run_rejects_a_gap(tmp_path):
     (algo / "task_001").rename(algo / "task_007")
     with pytest.raises(Exception, match="not contiguous"):
         analyze_run(algo, glue=False, make_plots=False)
+
+
+def test_analyze_run_refuses_matrices_larger_than_the_host_memory_before_writing(tmp_path, monkeypatch):
+    from cljax.analysis import driver
+    from cljax.errors import CljaxError
+
+    algo = tmp_path / "run"
+    write_fake_run(algo)
+    cells = RR * T * T  # (R, n, T)
+    monkeypatch.setattr(driver, "host_available_bytes", lambda: driver.BYTES_PER_CELL * cells - 1)
+    with pytest.raises(CljaxError, match=rf"matrices of repeats x task folders x tasks \({RR} x {T} x {T}\).*"
+                                         r"`cljax compare`"):
+        analyze_run(algo, glue=False, make_plots=False)
+    assert not (algo / "analysis" / "summary.json").exists()
+    monkeypatch.setattr(driver, "host_available_bytes", lambda: driver.BYTES_PER_CELL * cells)
+    analyze_run(algo, glue=False, make_plots=False)
+    with np.load(algo / "analysis" / "cl.npz") as z:  # compressed, read as any npz
+        assert z["accuracy_rows_final"].shape == (RR, T, T)
+
+
+def test_an_analysis_that_cannot_be_written_leaves_the_previous_one_whole(tmp_path, monkeypatch):
+    from cljax.errors import CljaxError
+
+    algo = tmp_path / "run"
+    write_fake_run(algo)
+    analyze_run(algo, glue=False, make_plots=False)
+    before = {p.name: p.read_bytes() for p in (algo / "analysis").iterdir()}
+    real = np.savez_compressed
+
+    def full_after_one(path, **arrays):
+        if "probe" in str(path):
+            raise OSError(28, "No space left on device")
+        real(path, **arrays)
+
+    monkeypatch.setattr(np, "savez_compressed", full_after_one)
+    with pytest.raises(CljaxError, match=r"cannot write the analysis to .*analysis \(No space left on device\): free "
+                                         r"space .* the previous analysis there is left as it was"):
+        analyze_run(algo, glue=False, make_plots=False)
+    assert {p.name: p.read_bytes() for p in (algo / "analysis").iterdir()} == before

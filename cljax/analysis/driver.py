@@ -48,6 +48,7 @@ from cljax.analysis.probe import RIDGE
 from cljax.analysis.registry import Options, RunContext, TaskFolder, get, registered
 from cljax.analysis.spread import RULE
 from cljax.checkpoint import read_run_record
+from cljax.devices.memory import host_available_bytes
 from cljax.errors import CljaxError
 from cljax.initial_state import INITIAL
 from cljax.run_folder import verify_task_dir
@@ -160,6 +161,12 @@ def analyze_run(
     L, R, T = folder.test_acc.shape  # T: the run's tasks (a folder may have evaluated only some)
     if n > T:
         raise CljaxError(f"{algo_dir} holds {n} task folders but each evaluates only {T} tasks")
+    need, available = BYTES_PER_CELL * R * n * T, host_available_bytes()
+    if need > available:
+        raise CljaxError(f"the analysis keeps accuracy matrices of repeats x task folders x tasks ({R} x {n} x {T}), "
+                         f"about {need / 2**30:.1f} GiB, and {available / 2**30:.1f} GiB are available: run it on a "
+                         f"machine with more memory, or compare the runs' plasticity gap with `cljax compare`, which "
+                         f"reads the current task only.")
     options = Options(variant=variant, tau=tau, glue_n_probes=glue_n_probes, glue_tasks=glue_tasks,
                       glue_across_every=glue_across_every, glue_across_max_tasks=glue_across_max_tasks,
                       glue_max_points=glue_max_points, glue_seed=glue_seed, curve_tasks=curve_tasks,
@@ -194,18 +201,37 @@ def analyze_run(
             raise CljaxError(f"analysis {a.name!r} writes summary keys already written: {sorted(taken)}")
         summary.update(result.summary)
     arrays = {name: a for result in outputs for name, a in result.arrays.items()}
-    for name in sorted(arrays, key=_file_rank):
-        np.savez(out / name, **arrays[name])
-    files = ["summary.json", *sorted(arrays, key=_file_rank)]
-    if make_plots:
-        figures = {name: draw for result in outputs for name, draw in result.plots.items()}
-        for name in sorted(figures, key=_file_rank):
-            figures[name](out / name)
-            files.append(name)
-    summary["files"] = files
+    figures = {name: draw for result in outputs for name, draw in result.plots.items()} if make_plots else {}
+    summary["files"] = ["summary.json", *sorted(arrays, key=_file_rank), *sorted(figures, key=_file_rank)]
     summary = _jsonable(summary)
-    (out / "summary.json").write_text(json.dumps(summary, indent=1, allow_nan=False))
+    writers = {**{name: (lambda path, a=arrays[name]: np.savez_compressed(path, **a)) for name in arrays},  # mostly
+               **figures,  # NaN: the (R, n, T) rows of a long run with --eval-tasks current or window:K
+               "summary.json": lambda path: path.write_text(json.dumps(summary, indent=1, allow_nan=False))}
+    _write_all(out, writers)
     return summary
+
+
+def _write_all(out: Path, writers: dict) -> None:
+    """Each file under a temporary name first, then all renamed into place: a full disk or a
+    stop half-way leaves the previous analysis whole, not some of its files replaced."""
+    tmp = {name: out / f".tmp-{os.getpid()}-{name}" for name in writers}
+    try:
+        for name, write in writers.items():
+            write(tmp[name])
+    except BaseException as exc:
+        for path in tmp.values():
+            path.unlink(missing_ok=True)
+        if not isinstance(exc, OSError):
+            raise
+        raise CljaxError(f"cannot write the analysis to {out} ({exc.strerror or exc}): free space there or pass --out "
+                         f"with another folder; the previous analysis there is left as it was.") from None
+    for name, path in tmp.items():
+        os.replace(path, out / name)
+
+
+# Host memory of the analysis per cell of its (R, n, T) accuracy matrices, at its peak: about 19
+# float64 arrays of that shape (docs/scale.md, "Analysis of long runs").
+BYTES_PER_CELL = 160
 
 
 def _verifier(algo_dir: Path, first: Path):

@@ -141,7 +141,7 @@ class Result(NamedTuple):
     """What an analysis hands back.
 
     ``summary``: top-level entries of ``summary.json`` (arrays and NaN are made JSON-safe by the
-    driver); ``arrays``: {file name: {array name: array}}, each saved with ``np.savez``;
+    driver); ``arrays``: {file name: {array name: array}}, each saved with ``np.savez_compressed``;
     ``plots``: {file name: function(path)} that writes that PNG (called unless plots are off).
     """
 
