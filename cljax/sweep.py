@@ -18,8 +18,10 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import os
 import re
 import sys
+import time
 from pathlib import Path
 
 from cljax.config import Config
@@ -192,12 +194,19 @@ def write_manifest(path: Path, runs: list[SweepRun], jobs, executor_kind: str, l
         "runs": [{"tag": r.tag, "settings": r.settings, "seed": r.config.seed, "job_id": str(j.job_id),
                   "results": str(algo_dir_of(r.config))} for r, j in zip(runs, jobs)],
     }
-    try:  # the earlier sweeps into the same folder stay listed, newest last
-        previous = json.loads(path.read_text())
-        earlier = [*previous.pop("earlier", []), previous] if isinstance(previous, dict) else []
-    except (OSError, ValueError, AttributeError, TypeError):
-        earlier = []
-    path.write_text(json.dumps({**manifest, "earlier": earlier}, indent=1))
+    earlier = []
+    if path.exists():  # the earlier sweeps into the same folder stay listed, newest last
+        try:
+            previous = json.loads(path.read_text())
+            earlier = [*previous.pop("earlier"), previous] if isinstance(previous.get("earlier"), list) else [previous]
+        except (OSError, ValueError, AttributeError, TypeError):  # the jobs are submitted: keep it, do not fail
+            kept = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+            os.replace(path, kept)
+            print(f"warning: {path} was not readable JSON; it is kept as {kept}, and {path} lists this sweep only.",
+                  file=sys.stderr)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps({**manifest, "earlier": earlier}, indent=1))
+    os.replace(tmp, path)
 
 
 def job_error_line(error: BaseException) -> str:

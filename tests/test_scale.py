@@ -434,6 +434,13 @@ def test_sweep_pieces_name_the_error_keep_earlier_sweeps_and_refuse_no_seeds(tmp
     manifest = json.loads(path.read_text())
     assert [r["job_id"] for r in manifest["runs"]] == ["j2"]
     assert [[r["job_id"] for r in m["runs"]] for m in manifest["earlier"]] == [["j1"]]
+    damaged = tmp_path / "damaged" / "sweep.json"
+    damaged.parent.mkdir()
+    damaged.write_text('{"runs": [{"tag": "a", "job_id": "j0"')  # truncated: the jobs are already submitted
+    write_manifest(damaged, runs, [SimpleNamespace(job_id="j3")], "local", tmp_path / "logs")
+    kept = list(damaged.parent.glob("sweep.json.damaged-*"))
+    assert len(kept) == 1 and kept[0].read_text().startswith('{"runs": [{"tag": "a"')
+    assert json.loads(damaged.read_text())["earlier"] == [] and "is kept as" in capsys.readouterr().err
 
     assert main(["sweep", "--dataset", "synthetic", "--results-dir", str(tmp_path), "--seeds", ","]) == 2
     assert "names no seed" in capsys.readouterr().err
