@@ -44,11 +44,9 @@ class Config:
     """A whole experiment. Build with :meth:`from_flat` (or keywords); :meth:`validate` checks it."""
 
     # what to run
-    dataset: str = param("fashion_mnist", "dataset: fashion_mnist, imagenet_28_gray (a prepared folder), synthetic "
-                         "(registry in cljax.datasets)")
-    algorithm: str = param("SL", "learning rule of the continual learner and the expert: SL, RL, Bio "
-                           "(registry in cljax.rules)")
-    model: str = param("cnn", "network architecture: cnn, mlp, resnet (registry in cljax.models)")
+    dataset: str = param("fashion_mnist", "dataset (imagenet_28_gray reads a prepared folder; synthetic is for scale tests)")
+    algorithm: str = param("SL", "learning rule of the continual learner and the expert")
+    model: str = param("cnn", "network architecture")
     num_tasks: int = param(5, "T, number of sequential binary tasks (at most n_classes // 2 with --task-schedule pairs)",
                            min=1)
     n_repeats: int = param(4, "R, repeats trained at once, each with its own class pairs", min=1)

@@ -80,8 +80,11 @@ def add_settings_flags(parser: argparse.ArgumentParser, argv: list[str] = ()) ->
     parser.add_argument("--preset", choices=sorted(PRESETS), default=None,
                         help="a named protocol's settings as defaults; flags given beside it win (cljax/presets.py)")
     specs = setting_specs()
+    registries = {"dataset": DATASETS, "algorithm": RULES, "model": MODELS}
     for dest, (flag, ftype, meta, default, aliases, users) in specs.items():
         note = f" [{', '.join(users)}]" if len(users) > 1 else ""
+        if dest in registries:  # what is registered now, plugins included
+            note = f": {', '.join(registries[dest].names())}"
         add_flag(parser, flag, dest, ftype, meta, default, aliases, note)
     preset = preset_from_argv(list(argv))
     unknown = sorted(set(preset) - set(specs))

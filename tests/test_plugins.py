@@ -84,6 +84,15 @@ def test_a_run_of_cljax_entries_records_no_plugin_and_an_older_record_is_not_com
         check_sources({"rule SL": {"file": "/x/mine.py", "sha256": "0" * 64}}, config, run.algo_dir)
 
 
+def test_help_lists_the_registered_rules_and_models_plugins_included(tmp_path):
+    plugin = Path(__file__).parent / "plugins" / "toy_extension.py"
+    proc = subprocess.run([sys.executable, "-m", "cljax.cli", "run", "--plugin", str(plugin), "--help"],
+                          capture_output=True, text=True, cwd=Path(__file__).parent.parent)
+    text = " ".join(proc.stdout.split())
+    assert "the continual learner and the expert: Bio, RL, SL, ToySign (default: SL)" in text
+    assert "network architecture: cnn, mlp, resnet, toy_linear (default: cnn)" in text
+
+
 def test_a_name_is_registered_once_and_a_module_imported_again_replaces_its_own():
     registry = Registry("rule", "cljax.rules")
 
