@@ -534,7 +534,7 @@ ANALYZE_DAMAGE = {
     "metadata_not_json": (lambda d: (d / "task_000" / "metadata.json").write_bytes(b"\xff\xfe{"),
                           "metadata.json is not valid JSON"),
     "metrics_truncated": (lambda d: (d / "task_000" / "metrics.pkl").write_bytes(
-        (d / "task_000" / "metrics.pkl").read_bytes()[:40]), "metrics.pkl is truncated or damaged"),
+        (d / "task_000" / "metrics.pkl").read_bytes()[:40]), "metrics.pkl has 40 bytes"),
 }
 
 
