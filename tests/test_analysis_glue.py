@@ -221,3 +221,19 @@ def test_the_compiled_geometry_grows_linearly_with_the_representation_width():
 
     small, large = temp_bytes(256), temp_bytes(2048)
     assert large < 12 * small, (small, large)  # 8x the width: about 8x the memory, not 64x
+
+
+def test_the_compiled_geometry_runs_again_on_the_same_shapes():
+    """Its second call (the cached program) must return: with the singular-value threshold taken
+    from the thin SVD's own values it hung on XLA:CPU, on the second call or the first of a
+    second shape. In a child process, so a hang fails the test instead of stopping the suite."""
+    import subprocess
+    import sys
+
+    code = ("import numpy as np\nfrom cljax.analysis.glue import glue_analysis\nrng = np.random.default_rng(0)\n"
+            "for shape in [(4, 1, 2, 4, 64), (3, 5, 2, 16, 64)]:\n"
+            "    m = rng.normal(size=shape)\n"
+            "    for _ in range(3):\n"
+            "        glue_analysis(m, 0, n_probes=64)\nprint('done')\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.stdout.strip() == "done", proc.stderr[-2000:]

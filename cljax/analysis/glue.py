@@ -84,25 +84,32 @@ DIAGNOSTIC_KEYS = ("max_residual", "converged_fraction", "max_iterations", "inse
 
 
 # A singular value counts as zero below max(_SV_REL * the largest, the floor the caller gives). The
-# largest is read off the thin SVD itself: jnp.linalg.norm(B, ord=2) of a wide (P, N) matrix
-# allocates N x N, which vmapped over the probes ran out of memory at N = 3136.
+# largest is read off the small (P, P) Gram matrix: jnp.linalg.norm(B, ord=2) of a wide (P, N)
+# matrix allocates N x N, which vmapped over the probes ran out of memory at N = 3136; and taking
+# it from the thin SVD's own singular values made the compiled program hang on its second call
+# on XLA:CPU (jax 0.10).
 _SV_REL = 1e-5
+
+
+def _largest_singular_value(B):
+    """||B||_2 of a wide (P, N) matrix, from the eigenvalues of B B^T (P x P)."""
+    return jnp.sqrt(jnp.maximum(jnp.linalg.eigvalsh(B @ B.T)[-1], 0.0))
 
 
 def _pinv_quadratic(B, z, sv_floor):
     """z^T (B B^T)^+ z for z in the column space of B, via the thin SVD of B; singular values
-    below max(``_SV_REL`` s_max, ``sv_floor``) count as zero."""
+    below max(``_SV_REL`` ||B||_2, ``sv_floor``) count as zero."""
     U, s, _ = jnp.linalg.svd(B, full_matrices=False)
-    keep = s > jnp.maximum(_SV_REL * s.max(), sv_floor)
+    keep = s > jnp.maximum(_SV_REL * _largest_singular_value(B), sv_floor)
     coef = (U.T @ z) / jnp.where(keep, s, 1.0)
     return jnp.sum(jnp.where(keep, coef, 0.0) ** 2)
 
 
 def _projection_sq(B, t, sv_floor):
-    """||proj of t onto the row space of B||^2; singular values below max(``_SV_REL`` s_max,
+    """||proj of t onto the row space of B||^2; singular values below max(``_SV_REL`` ||B||_2,
     ``sv_floor``) count as zero."""
     _, s, Vt = jnp.linalg.svd(B, full_matrices=False)
-    keep = s > jnp.maximum(_SV_REL * s.max(), sv_floor)
+    keep = s > jnp.maximum(_SV_REL * _largest_singular_value(B), sv_floor)
     return jnp.sum(jnp.where(keep, Vt @ t, 0.0) ** 2)
 
 
