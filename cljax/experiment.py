@@ -136,8 +136,8 @@ def run_experiment(
                     shutil.rmtree(stale)
                 remove_stale_temporaries(algo_dir)
         return _train(config, data, task_data, schedule, program, chunk_tasks, found, algo_dir, run_id, split,
-                      task_disk + ckpt_disk, sources=sources, progress=progress, allow_nonfinite=allow_nonfinite, critical=critical,
-                      on_task_end=on_task_end)
+                      task_disk + ckpt_disk, sources=sources, progress=progress, allow_nonfinite=allow_nonfinite,
+                      critical=critical, on_task_end=on_task_end)
 
 
 def _train(config, data, task_data, schedule, program, chunk_tasks, found, algo_dir, run_id, split, disk_per_task, *,
