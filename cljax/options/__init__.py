@@ -8,7 +8,9 @@ over the repeats.
                                                     what the learner trains on (static shapes)
     direction(state, params, direction) -> direction
                                                     the rule's update direction, changed before
-                                                    the optimiser consumes it (L2 terms)
+                                                    the optimiser consumes it (L2 terms); it
+                                                    gets no key and returns no state: noise or
+                                                    a count per step belongs in step_end
     step_end(state, params, model_state, key, images, weights_B) -> (state, params)
                                                     after the optimiser step
     step_reset(state, params, opt_state, model_state, key, images, weights_B)
