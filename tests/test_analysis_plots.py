@@ -79,3 +79,18 @@ def test_a_long_run_draws_at_most_fifty_task_boundaries(tmp_path, monkeypatch):
     drawn.clear()
     plot_accuracy_over_time(acc, tmp_path / "t.png", task_boundaries=list(range(40, 2000, 40)))
     assert len(drawn) == 49 and labels[-1] == "snapshot"
+
+
+def test_the_current_task_curve_is_drawn_when_given(tmp_path, monkeypatch):
+    import cljax.analysis.plots as plots_module
+
+    labels = []
+    real = plots_module._band
+    monkeypatch.setattr(plots_module, "_band", lambda ax, x, v, label=None, **kw: (labels.append(label),
+                                                                                   real(ax, x, v, label=label, **kw))[1])
+    acc = np.random.default_rng(0).uniform(0.4, 1.0, (20, 2, 2))
+    plot_accuracy_over_time(acc, tmp_path / "t.png", task_ids=[0, 9], current_NR=acc[:, :, 0])
+    assert labels == ["task 0", "task 9", "the current task"]
+    labels.clear()
+    plot_accuracy_over_time(acc, tmp_path / "t.png", task_ids=[0, 9])
+    assert labels == ["task 0", "task 9"]

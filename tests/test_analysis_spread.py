@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from cljax.analysis import analyze_run, cl_analysis
-from cljax.analysis.analyses import over_tasks
+from cljax.analysis.spread import over_tasks
 from cljax.analysis.cl import accuracy_matrix, cl_metrics_from_matrix, task_accuracy_row
 from cljax.analysis.plots import _mean_std
 from tests.test_analysis_driver import R_FINAL, write_fake_run

@@ -158,6 +158,10 @@ def test_analyses_of_a_window_run_use_the_evaluated_entries(window_and_all, tmp_
     np.testing.assert_allclose(cl["final_average_accuracy"], A[:, 4, 3:].mean(axis=-1))
     probe = np.load(tmp_path / "w" / "probe.npz")["probe_acc"]  # (R, n, T): NaN off the window
     assert (np.isfinite(probe[0]) == evaluated).all()
+    # the current task's accuracy at every snapshot: each folder's own diagonal entry at its end
+    curves = np.load(tmp_path / "w" / "curves.npz")
+    L = curves["current_task_acc"].shape[0] // 5
+    np.testing.assert_array_equal(curves["current_task_acc"][L - 1 :: L].T, np.diagonal(A, axis1=1, axis2=2))
 
 
 def test_masked_metrics_equal_the_full_ones_when_everything_is_evaluated():

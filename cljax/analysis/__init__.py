@@ -21,9 +21,9 @@ from cljax.analysis.cl import (
     plasticity_gap_best,
     snapshot_accuracy,
 )
-from cljax.analysis.analyses import class_manifolds
 from cljax.analysis.driver import analyze_run
 from cljax.analysis.glue import N_PROBES, glue_analysis, glue_geometry, make_dichotomies
+from cljax.analysis.glue_runs import class_manifolds
 from cljax.analysis.glue_reference import ball_capacity, simulated_capacity
 from cljax.analysis.glue_solver import solve_anchor_qp
 from cljax.analysis.plasticine import (

@@ -103,12 +103,14 @@ def plot_accuracy_over_time(
     task_ids: Sequence[int] | None = None,
     steps: Sequence[float] | None = None,
     title: str = "Test accuracy over training",
+    current_NR=None,
 ) -> Path:
     """Accuracy on each of J tasks along the whole run, mean +- std across repeats.
 
     ``accuracy_NRJ``: (n_snapshots, R, J), the snapshots of all task folders concatenated;
     ``task_boundaries``: x positions where a new task starts (dashed lines); ``steps``: x values
-    (default snapshot index); ``task_ids``: the label of each of the J curves.
+    (default snapshot index); ``task_ids``: the label of each of the J curves; ``current_NR``
+    (n_snapshots, R), if given: the accuracy on the task being trained, drawn in black.
     """
     acc = np.asarray(accuracy_NRJ, dtype=np.float64)
     n, _, J = acc.shape
@@ -119,6 +121,8 @@ def plot_accuracy_over_time(
     cmap = matplotlib.colormaps["viridis"].resampled(max(J, 2))
     for j in range(J):
         _band(ax, x, acc[:, :, j].T, label=f"task {ids[j]}", color=cmap(j))
+    if current_NR is not None:
+        _band(ax, x, np.asarray(current_NR, dtype=np.float64).T, label="the current task", color="black")
     every = -(-len(task_boundaries) // MAX_BOUNDARIES)  # more lines than this grey the whole plot
     for b in list(task_boundaries)[::max(every, 1)]:
         ax.axvline(b, color="gray", linestyle="--", linewidth=0.7)

@@ -40,3 +40,12 @@ def spread(per_repeat) -> dict:
     x = np.asarray(per_repeat, dtype=np.float64).reshape(-1)
     mean, std, n = mean_std_axis0(x)
     return {"mean": float(mean), "std": float(std), "n": int(n), "n_nonfinite": int(x.size - n)}
+
+
+def over_tasks(values_nR) -> dict:
+    """Summary of one metric tracked per task folder, values (n_tasks, R): the spread at the last
+    folder, the mean over repeats of every folder, and how many values were not finite."""
+    v = np.asarray(values_nR, dtype=np.float64)
+    mean, _, _ = mean_std_axis0(v.T)
+    return {"last_task": spread(v[-1]), "per_task_mean": [float(m) for m in mean],
+            "n_nonfinite": int((~np.isfinite(v)).sum())}

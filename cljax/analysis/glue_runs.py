@@ -1,0 +1,157 @@
+"""The ``glue`` analysis of :func:`~cljax.analysis.driver.analyze_run` (registered with the other
+built-in ones, in their order, by :mod:`cljax.analysis.analyses`): GLUE at the last snapshot of
+each task folder, P = 2 per task (the task's two classes) and P = 2k across tasks; ``glue.npz``,
+``glue.png``, ``glue_across.png``. Definitions: ``docs/metrics.md``, :mod:`cljax.analysis.glue`.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+from cljax.analysis import plots
+from cljax.analysis.cl import mean_over_tasks
+from cljax.analysis.glue import DIAGNOSTIC_KEYS, GLUE_KEYS, glue_analysis, unsolvable
+from cljax.analysis.glue_solver import MAX_ITER, TOL
+from cljax.analysis.registry import Result, RunContext, TaskFolder
+from cljax.analysis.spread import over_tasks, spread
+from cljax.errors import CljaxError
+
+
+def class_manifolds(representations_RTSH, labels_RTS, max_points: int | None = None) -> np.ndarray:
+    """Split each task's samples by binary label: (R, T, S, H), (R, T, S) -> (R, T, 2, M, H).
+
+    Class 0 is manifold 0, class 1 manifold 1. M is the smallest class count over all (r, t),
+    capped at ``max_points``; the first M samples of each class (in stored order) are kept.
+    """
+    reps = np.asarray(representations_RTSH)
+    labels = np.asarray(labels_RTS)
+    R, T, S, H = reps.shape
+    counts = np.stack([(labels == 0).sum(-1), (labels == 1).sum(-1)])
+    M = int(counts.min())
+    if M == 0:
+        raise CljaxError("a task's saved test samples hold only one class: cannot form its two class manifolds")
+    if max_points is not None:
+        M = min(M, int(max_points))
+    # A stable sort by label puts class 0 first, each class in stored order.
+    order = np.argsort(labels, axis=-1, kind="stable")
+    n0 = counts[0][..., None]
+    idx = np.concatenate([order[..., :M], np.take_along_axis(order, n0 + np.arange(M), axis=-1)], axis=-1)
+    picked = np.take_along_axis(reps, idx[..., None], axis=2)  # (R, T, 2M, H)
+    return picked.reshape(R, T, 2, M, H)
+
+
+def glue_init(ctx: RunContext) -> dict:
+    return {"ctx": ctx, "key": jax.random.PRNGKey(ctx.options.glue_seed), "task": {}, "across": {},
+            "folders": [], "tasks": [],
+            "diag": {"n_probes_solved": 0, "n_probes_converged": 0, "min_converged_fraction": 1.0, "max_residual": 0.0,
+                     "n_groupings_not_finite": 0, "n_groupings_constant": 0}}
+
+
+def _glue_call(state: dict, X, dichotomies: str) -> dict:
+    n_probes = state["ctx"].options.glue_n_probes
+    g = glue_analysis(X, state["key"], n_probes=n_probes, dichotomies=dichotomies, max_iter=MAX_ITER, tol=TOL)
+    diag = state["diag"]  # over every GLUE call: each (repeat, task) grouping solves n_probes QPs
+    fractions = np.asarray(g["converged_fraction"], dtype=np.float64)
+    nonfinite, constant = unsolvable(X)  # groupings GLUE does not solve (NaN in every array)
+    solved = ~(nonfinite | constant)
+    diag["n_groupings_not_finite"] += int(nonfinite.sum())
+    diag["n_groupings_constant"] += int(constant.sum())
+    if solved.any():
+        diag["n_probes_solved"] += int(solved.sum() * n_probes)
+        diag["n_probes_converged"] += int(np.rint(fractions[solved] * n_probes).sum())
+        diag["min_converged_fraction"] = min(diag["min_converged_fraction"], float(fractions[solved].min()))
+        diag["max_residual"] = max(diag["max_residual"], float(np.max(np.asarray(g["max_residual"])[solved])))
+    return g
+
+
+def glue_update(state: dict, folder: TaskFolder) -> dict:
+    ctx, i = state["ctx"], folder.index
+    opt = ctx.options
+    # The evaluated slots only (all of them with --eval-tasks all, where slot k is task k).
+    valid = folder.valid_slots
+    reps_last, labels_last = np.asarray(folder.representations[-1]), np.asarray(folder.binary_labels[-1])
+    if not folder.all_tasks:
+        reps_last, labels_last = reps_last[:, valid], labels_last[:, valid]
+    manifolds = class_manifolds(reps_last, labels_last, opt.glue_max_points)  # (R, K_valid, 2, M, H)
+    current = int(np.flatnonzero(folder.eval_task_ids[valid] == i)[0])
+    g = _glue_call(state, manifolds[:, current] if opt.glue_tasks == "current" else manifolds, "task")
+    state["partial"] = state.get("partial", False) or not folder.all_tasks
+    for k in GLUE_KEYS + DIAGNOSTIC_KEYS:
+        state["task"].setdefault(k, []).append(g[k] if opt.glue_tasks == "current" else _slots_to_tasks(folder, g[k]))
+    if i == ctx.n_folders - 1 or (opt.glue_across_every and i % opt.glue_across_every == 0):
+        nv = len(valid)
+        chosen = np.unique(np.linspace(0, nv - 1, min(opt.glue_across_max_tasks, nv)).round().astype(int))
+        sub = manifolds[:, chosen]  # (R, k, 2, M, H)
+        R, k_, _, M, H = sub.shape
+        ga = _glue_call(state, sub.reshape(R, 2 * k_, M, H), "random")
+        for k in GLUE_KEYS + DIAGNOSTIC_KEYS:
+            state["across"].setdefault(k, []).append(ga[k])
+        state["folders"].append(i)
+        state["tasks"] = folder.eval_task_ids[valid][chosen].tolist()  # global task indices
+    return state
+
+
+def _slots_to_tasks(folder: TaskFolder, values) -> np.ndarray:
+    """Values over the evaluated slots (last axis) -> over the run's T tasks, NaN where none."""
+    if folder.all_tasks:
+        return values
+    values = np.asarray(values, dtype=np.float64)
+    slots = np.full((*values.shape[:-1], len(folder.eval_task_ids)), np.nan)
+    slots[..., folder.valid_slots] = values
+    return folder.to_tasks(slots)
+
+
+def glue_finalize(state: dict) -> Result:
+    ctx = state["ctx"]
+    opt, n = ctx.options, ctx.n_folders
+    task = {k: np.stack(v) for k, v in state["task"].items()}  # (n, R) or (n, R, T)
+    across = {k: np.stack(v) for k, v in state["across"].items()}  # (n_across, R)
+    folders, tasks = state["folders"], state["tasks"]
+    if opt.glue_tasks == "current":
+        task_summary = {k: over_tasks(v) for k, v in task.items()}
+        per_task_plot = {k: v.T for k, v in task.items()}
+    else:  # the diagonal: task i's manifolds after training task i
+        last = (lambda v: mean_over_tasks(v[-1])) if state.get("partial") else (lambda v: v[-1].mean(axis=-1))
+        task_summary = {k: {"last_task": spread(last(v)),
+                            "diagonal_per_task_mean": [spread(v[i, :, i])["mean"] for i in range(n)],
+                            "n_nonfinite": int((~np.isfinite(v)).sum())}
+                        for k, v in task.items()}
+        per_task_plot = {k: np.stack([v[i, :, i] for i in range(v.shape[0])], axis=1) for k, v in task.items()}
+    summary = {
+        "per_task": task_summary,
+        "across_tasks": {
+            "final": {k: spread(v[-1]) for k, v in across.items()},
+            "folders": folders,
+            "tasks": tasks,
+            "n_manifolds": 2 * len(tasks),
+        },
+        "solver": {
+            "converged_fraction": state["diag"]["n_probes_converged"] / max(state["diag"]["n_probes_solved"], 1),
+            **state["diag"],
+            "tol": TOL,
+            "converged": f"scaled KKT error <= {TOL} within {MAX_ITER} steps",
+        },
+        "settings": {
+            "n_probes": opt.glue_n_probes,
+            "per_task": f"P = 2, dichotomy = the task's labels, tasks = {opt.glue_tasks}",
+            "across_tasks": "P = 2k, random dichotomies",
+            "max_points_per_manifold": opt.glue_max_points,
+            "seed": opt.glue_seed,
+            "snapshot": "last of each task folder",
+            "solver": f"primal-dual interior point on the dual NNLS, float64, tol {TOL} (scaled KKT), "
+                      f"max {MAX_ITER} steps",
+            "capacity_mc_error": "standard error of the probe average (delta method); the probes are shared by "
+                                 "every repeat and folder, so this error is common to them and not in their std",
+            "floor": "capacity ~ P / N with inseparable_fraction ~ 1: the dichotomies are not linearly "
+                     "separable in the representation at all",
+        },
+    }
+    figures = {"glue.png": lambda p: plots.plot_glue_over_tasks(
+        per_task_plot, p, title="Capacity and geometry of each task's class manifolds (P = 2)")}
+    if len(folders) >= 2:
+        figures["glue_across.png"] = lambda p: plots.plot_glue_over_tasks(
+            {k: v.T for k, v in across.items()}, p, x=folders, title="Capacity and geometry across tasks (P = 2k)")
+    arrays = {**{f"per_task_{k}": v for k, v in task.items()}, **{f"across_{k}": v for k, v in across.items()},
+              "across_folders": np.asarray(folders, dtype=np.int64), "across_tasks": np.asarray(tasks, dtype=np.int64)}
+    return Result(summary={"glue": summary}, arrays={"glue.npz": arrays}, plots=figures)
