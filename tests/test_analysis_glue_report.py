@@ -8,7 +8,7 @@ import math
 import numpy as np
 
 from cljax import cli
-from cljax.analysis import analyses, analyze_run
+from cljax.analysis import analyze_run, glue_runs
 from cljax.analysis.glue import glue_analysis, glue_geometry, make_dichotomies
 from cljax.analysis.registry import Options
 from tests.test_analysis_driver import write_fake_run
@@ -68,7 +68,7 @@ def test_solver_convergence_is_in_the_summary(tmp_path, monkeypatch):
     assert s["glue"]["per_task"]["capacity_mc_error"]["last_task"]["mean"] > 0
     assert s["glue"]["across_tasks"]["final"]["capacity_mc_error"]["n"] == 2
     # A solver stopped after one step falls short of the tolerance, and the summary says so.
-    monkeypatch.setattr(analyses, "MAX_ITER", 1)
+    monkeypatch.setattr(glue_runs, "MAX_ITER", 1)
     s = analyze_run(algo, glue_n_probes=n_probes, glue_max_points=4, make_plots=False, analyses=("glue",))
     solver = s["glue"]["solver"]
     assert solver["n_probes_converged"] < solver["n_probes_solved"]
