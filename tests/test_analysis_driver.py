@@ -165,13 +165,13 @@ def test_analyze_run_refuses_matrices_larger_than_the_host_memory_before_writing
 
     algo = tmp_path / "run"
     write_fake_run(algo)
-    cells = RR * T * T  # (R, n, T)
-    monkeypatch.setattr(driver, "host_available_bytes", lambda: driver.BYTES_PER_CELL * cells - 1)
+    need = driver.BYTES_PER_CELL * RR * T * T  # (R, n, T)
+    monkeypatch.setattr(driver, "host_available_bytes", lambda: need - 1)
     with pytest.raises(CljaxError, match=rf"matrices of repeats x task folders x tasks \({RR} x {T} x {T}\).*"
                                          r"`cljax compare`"):
         analyze_run(algo, glue=False, make_plots=False)
     assert not (algo / "analysis" / "summary.json").exists()
-    monkeypatch.setattr(driver, "host_available_bytes", lambda: driver.BYTES_PER_CELL * cells)
+    monkeypatch.setattr(driver, "host_available_bytes", lambda: need)
     analyze_run(algo, glue=False, make_plots=False)
     with np.load(algo / "analysis" / "cl.npz") as z:  # compressed, read as any npz
         assert z["accuracy_rows_final"].shape == (RR, T, T)

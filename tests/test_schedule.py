@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from cljax import results
-from cljax.analysis.cl import cl_metrics_evaluated, cl_metrics_from_matrix
+from cljax.analysis.band import Band
+from cljax.analysis.cl import cl_metrics_band, cl_metrics_from_matrix
 from cljax.analysis.driver import analyze_run
 from cljax.config import Config, differing_settings
 from cljax.errors import CljaxError
@@ -164,12 +165,45 @@ def test_analyses_of_a_window_run_use_the_evaluated_entries(window_and_all, tmp_
     np.testing.assert_array_equal(curves["current_task_acc"][L - 1 :: L].T, np.diagonal(A, axis1=1, axis2=2))
 
 
+def test_a_run_too_large_for_dense_matrices_is_analysed_from_its_band_with_the_same_numbers(window_and_all, tmp_path,
+                                                                                           monkeypatch):
+    from cljax.analysis import band, driver
+
+    window = window_and_all[0]
+    dense = analyze_run(window.algo_dir, tmp_path / "d", glue=False, make_plots=False)
+    monkeypatch.setattr(band, "DENSE_CELLS", 0)
+    monkeypatch.setattr(driver, "DENSE_CELLS", 0)
+    band_bytes = driver.BYTES_PER_CELL * 2 * 5 * 2  # R x n x K: the memory guard counts the band's slots
+    monkeypatch.setattr(driver, "host_available_bytes", lambda: band_bytes - 1)
+    with pytest.raises(CljaxError, match=r"repeats x task folders x evaluated task slots \(2 x 5 x 2\)"):
+        analyze_run(window.algo_dir, tmp_path / "b", glue=False, make_plots=False)
+    monkeypatch.setattr(driver, "host_available_bytes", lambda: band_bytes)
+    banded = analyze_run(window.algo_dir, tmp_path / "b", glue=False, make_plots=True)
+    assert banded["matrices"].startswith("band:") and "not dense" in banded["matrices"]
+    assert "and dense" in dense["matrices"]
+    drop = ("matrices", "files", "algo_dir")
+    assert {k: v for k, v in banded.items() if k not in drop} == {k: v for k, v in dense.items() if k not in drop}
+    for name in ("cl.npz", "probe.npz"):
+        with np.load(tmp_path / "d" / name) as d, np.load(tmp_path / "b" / name) as b:
+            assert "band_task_ids" in b and not any(k.startswith("accuracy_rows") or k.endswith("accuracy_matrix")
+                                                    or k in ("probe_acc", "head_acc") for k in b)
+            for key in b:  # everything the band output has equals the dense output's
+                np.testing.assert_array_equal(b[key], d[key], err_msg=f"{name}:{key}")
+            for key in ("accuracy_rows_final", "accuracy_rows_auc", "probe_acc", "head_acc", "head_acc_probe_images"):
+                if key in d:  # the band rebuilds the dense rows
+                    stem = key.replace("accuracy_rows_", "accuracy_band_") if key.startswith("acc") else key + "_band"
+                    rebuilt = Band(b[stem], b["band_task_ids"], 5).dense()
+                    np.testing.assert_array_equal(rebuilt, d[key], err_msg=key)
+    assert (tmp_path / "b" / "accuracy_matrix.png").stat().st_size > 0
+
+
 def test_masked_metrics_equal_the_full_ones_when_everything_is_evaluated():
     rng = np.random.default_rng(0)
     A, E, b = rng.uniform(size=(3, 4, 4)), rng.uniform(size=(3, 4)), rng.uniform(size=(3, 4))
     full = cl_metrics_from_matrix(A, E, b)
-    masked = cl_metrics_evaluated(A, E, b, np.ones((4, 4), bool), np.ones(4, bool))
-    for key in ("average_accuracy", "bwt", "fwt", "forgetting", "forgetting_per_task"):
+    masked = cl_metrics_band(Band(A, np.tile(np.arange(4), (4, 1)), 4), E, b, np.ones(4, bool))
+    for key in ("average_accuracy", "bwt", "fwt", "forgetting", "forgetting_per_task", "accuracy_matrix",
+                "plasticity_gap", "normalised_transfer"):
         np.testing.assert_allclose(masked[key], full[key], rtol=1e-12, err_msg=key)
 
 

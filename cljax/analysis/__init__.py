@@ -4,12 +4,14 @@ Pure functions on numpy arrays (definitions: ``docs/metrics.md``), PNG plots, an
 :func:`analyze_run`, which streams a results folder task by task and writes the summary.
 """
 
+from cljax.analysis.band import Band
 from cljax.analysis.cl import (
     accuracy_matrix,
     average_accuracy,
     backward_transfer,
     chance_corrected,
     cl_analysis,
+    cl_metrics_band,
     cl_metrics_from_matrix,
     current_task_accuracy,
     expert_accuracy,
@@ -54,8 +56,8 @@ from cljax.analysis.plots import (
 )
 
 __all__ = [
-    "accuracy_matrix", "average_accuracy", "backward_transfer", "chance_corrected", "cl_analysis",
-    "cl_metrics_from_matrix", "current_task_accuracy", "expert_accuracy", "forgetting", "forgetting_per_task",
+    "Band", "accuracy_matrix", "average_accuracy", "backward_transfer", "chance_corrected", "cl_analysis",
+    "cl_metrics_band", "cl_metrics_from_matrix", "current_task_accuracy", "expert_accuracy", "forgetting", "forgetting_per_task",
     "forward_transfer", "normalised_transfer", "plasticity_gap", "plasticity_gap_best", "snapshot_accuracy",
     "analyze_run", "class_manifolds", "head_accuracy", "probe_accuracy", "spread",
     "N_PROBES", "ball_capacity", "glue_analysis", "glue_geometry", "make_dichotomies", "simulated_capacity", "solve_anchor_qp",

@@ -25,7 +25,8 @@ import jax
 import numpy as np
 
 from cljax.analysis import plots, probe
-from cljax.analysis.cl import VARIANTS, cl_metrics_evaluated, cl_metrics_from_matrix, mean_over_tasks, snapshot_accuracy, task_accuracy_row
+from cljax.analysis.band import DENSE_CELLS, Band
+from cljax.analysis.cl import VARIANTS, cl_metrics_band, cl_metrics_from_matrix, mean_over_tasks, snapshot_accuracy, task_accuracy_row
 from cljax.analysis.glue_runs import glue_finalize, glue_init, glue_update
 from cljax.analysis.plasticine import representation_metrics, weight_change, weight_magnitude
 from cljax.analysis.registry import Analysis, Result, RunContext, TaskFolder, register
@@ -41,21 +42,21 @@ COLLAPSE_DROP = 0.1
 
 
 def _cl_init(ctx: RunContext) -> dict:
-    return {"ctx": ctx, "rows": {v: [] for v in VARIANTS}, "expert_LR": [], "current_LR": [], "initial": None,
-            "evaluated": [], "modes": set()}
+    return {"ctx": ctx, "rows": {v: [] for v in VARIANTS}, "ids": [], "expert_LR": [], "current_LR": [],
+            "initial": None, "modes": set()}
 
 
 def _cl_update(state: dict, folder: TaskFolder) -> dict:
-    acc = folder.test_acc
     if state["initial"] is None:
         state["initial"] = folder.start_test_acc
         state["initial_evaluated"] = folder.to_tasks(np.ones(folder.eval_task_ids.shape), fill=0.0) > 0
-    state["evaluated"].append(folder.to_tasks(np.ones(folder.eval_task_ids.shape), fill=0.0) > 0)
     state["modes"].add((folder.metadata.get("eval_tasks") or {}).get("mode", "all"))
-    for v in VARIANTS:
-        state["rows"][v].append(task_accuracy_row(acc, v, folder.start_test_acc, folder.log_steps))
+    start = np.asarray(folder.metrics["start_test_acc"], dtype=np.float64)  # (R, K), the saved slots
+    for v in VARIANTS:  # kept as saved, (R, K): the memory grows with the band (cljax.analysis.band)
+        state["rows"][v].append(task_accuracy_row(folder.test_acc_slots, v, start, folder.log_steps))
+    state["ids"].append(folder.eval_task_ids)
     state["expert_LR"].append(np.asarray(folder.expert_metrics["test_acc"], dtype=np.float64))
-    state["current_LR"].append(acc[:, :, folder.index])
+    state["current_LR"].append(folder.test_acc_slots[:, :, folder.slot_of(folder.index)])
     return state
 
 
@@ -83,17 +84,20 @@ def _expert_summary(expert_LR: list, current_LR: list) -> dict:
 
 
 def _cl_finalize(state: dict) -> Result:
-    n, initial = state["ctx"].n_folders, state["initial"]
-    rows = {v: np.stack(r, axis=1) for v, r in state["rows"].items()}  # (R, n, T)
+    ctx, initial = state["ctx"], state["initial"]
+    n = ctx.n_folders
+    bands = {v: Band.stack(r, state["ids"], ctx.n_eval_tasks) for v, r in state["rows"].items()}  # (R, n, K)
+    band = bands["final"]
+    dense = band.keeps_dense
     expert = {v: snapshot_accuracy(state["expert_LR"], v) for v in ("final", "auc")}  # (R, n)
     # E[i] is the expert's last snapshot for both variants (docs/metrics.md); its mean is saved too.
-    evaluated = np.stack(state["evaluated"])[:, :n]  # (n, n): folder i evaluated task j
-    if evaluated.all():
-        cl = {v: {"variant": v, **cl_metrics_from_matrix(rows[v][:, :, :n], expert["final"], initial[:, :n])}
+    every = band.every_evaluated(n)
+    if every:  # the n x n block is whole (R x n x n <= the band)
+        cl = {v: {"variant": v, **cl_metrics_from_matrix(bands[v].dense(n), expert["final"], initial[:, :n])}
               for v in VARIANTS}
     else:  # --eval-tasks seen / current / window:K: the metrics over the evaluated entries
-        cl = {v: {"variant": v, **cl_metrics_evaluated(rows[v][:, :, :n], expert["final"], initial[:, :n], evaluated,
-                                                        state["initial_evaluated"][:n])} for v in VARIANTS}
+        cl = {v: {"variant": v, **cl_metrics_band(bands[v], expert["final"], initial[:, :n],
+                                                  state["initial_evaluated"][:n], dense=dense)} for v in VARIANTS}
     headline = cl[state["ctx"].options.variant]
     robust = _expert_summary(state["expert_LR"], state["current_LR"])
     arrays = {
@@ -101,26 +105,40 @@ def _cl_finalize(state: dict) -> Result:
         "expert_acc_final": expert["final"],
         "expert_acc_auc": expert["auc"],
         **robust["arrays"],
-        "accuracy_rows_final": rows["final"],
-        "accuracy_rows_auc": rows["auc"],
+        **({f"accuracy_rows_{v}": bands[v].dense() for v in VARIANTS} if dense else {}),
+        **({f"accuracy_band_{v}": bands[v].values for v in VARIANTS} if not band.is_dense else {}),
+        **({"band_task_ids": band.ids} if not band.is_dense else {}),
         **{f"{v}_{k}": val for v in VARIANTS for k, val in cl[v].items() if k not in ("summary", "variant")},
     }
-    A = headline["accuracy_matrix"]
+    variant = headline["variant"]
+    diagonal = bands[variant].diagonal()[0]
+    image, block = bands[variant].mean_matrix(n)
     return Result(
         summary={**headline["summary"], **robust["summary"], "cl": {v: cl[v]["summary"] for v in VARIANTS},
-                 **({} if evaluated.all() else {"evaluated_entries": {
-                     "eval_tasks": sorted(state["modes"]), "fraction": float(evaluated.mean()),
+                 "matrices": _matrices_note(dense, band),
+                 **({} if every else {"evaluated_entries": {
+                     "eval_tasks": sorted(state["modes"]), "fraction": band.evaluated_count(n) / n**2,
                      "how": "the accuracy matrix is NaN where a task was not evaluated; each metric is taken over "
                             "its terms whose entries were evaluated (n_terms in summary['cl']), NaN when none were"}})},
         arrays={"cl.npz": arrays},
         plots={
             "accuracy_matrix.png": lambda p: plots.plot_accuracy_matrix(
-                A, p, title=f"Accuracy matrix ({headline['variant']})"),
+                image, p, title=f"Accuracy matrix ({variant})", block=block),
             "learner_vs_expert.png": lambda p: plots.plot_learner_vs_expert(
-                np.diagonal(A, axis1=1, axis2=2), headline["expert_accuracy"], p,
-                expert_best_RT=robust["arrays"]["expert_acc_best"], variant=headline["variant"]),
+                diagonal, headline["expert_accuracy"], p,
+                expert_best_RT=robust["arrays"]["expert_acc_best"], variant=variant),
         },
     )
+
+
+def _matrices_note(dense: bool, band: Band) -> str:
+    """How cl.npz and probe.npz hold the (repeat, folder, task) matrices."""
+    if band.is_dense:
+        return "dense: accuracy_rows_* (R, n, T) and *_accuracy_matrix (R, n, n)"
+    text = ("band: accuracy_band_* (R, n, K), the K task slots each folder evaluated, band_task_ids (n, K) their "
+            "tasks (-1: none)")
+    return text + ("; and dense (NaN where not evaluated)" if dense else
+                   f"; not dense: (R, n, T) has more than {DENSE_CELLS} cells (Band.dense() builds it)")
 
 
 # ---- plasticity ------------------------------------------------------------------------------
@@ -195,10 +213,10 @@ def _curves_init(ctx: RunContext) -> dict:
 
 
 def _curves_update(state: dict, folder: TaskFolder) -> dict:
-    acc, log_steps = folder.test_acc, folder.log_steps
+    acc, log_steps = folder.test_acc_slots, folder.log_steps
     state["boundaries"].append(state["offset"])
-    state["curves"].append(acc[:, :, state["ids"]].astype(np.float32))
-    state["current"].append(acc[:, :, folder.index].astype(np.float32))  # (L, R): the task being trained
+    state["curves"].append(folder.at_tasks(acc, state["ids"]).astype(np.float32))
+    state["current"].append(acc[:, :, folder.slot_of(folder.index)].astype(np.float32))  # (L, R): the task trained
     state["every_task"] &= folder.all_tasks
     state["steps"].append(state["offset"] + log_steps)
     state["offset"] += float(log_steps[-1])

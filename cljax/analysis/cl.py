@@ -14,6 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
+from cljax.analysis.band import Band
 from cljax.analysis.spread import mean_std_axis0, spread
 
 VARIANTS = ("final", "auc")
@@ -155,15 +156,20 @@ def plasticity_gap(R_RTT: np.ndarray, expert_acc_RT: np.ndarray) -> np.ndarray:
     Positive: the continual learner learns the new task worse than a fresh network.
     """
     R = _as_matrix(R_RTT)
-    E = np.asarray(expert_acc_RT, dtype=np.float64).reshape(R.shape[0], R.shape[1])
-    return E - np.diagonal(R, axis1=1, axis2=2)
+    return _gap(np.diagonal(R, axis1=1, axis2=2), np.asarray(expert_acc_RT, dtype=np.float64).reshape(R.shape[:2]))
+
+
+def _gap(diag_RT, E_RT) -> np.ndarray:
+    return E_RT - diag_RT
 
 
 def normalised_transfer(R_RTT: np.ndarray, expert_acc_RT: np.ndarray) -> np.ndarray:
     """NT[i] = (R[i, i] - E[i]) / (R[i, i] + E[i]), shape (R, T); NaN where both are 0."""
     R = _as_matrix(R_RTT)
-    E = np.asarray(expert_acc_RT, dtype=np.float64).reshape(R.shape[0], R.shape[1])
-    d = np.diagonal(R, axis1=1, axis2=2)
+    return _normalised(np.diagonal(R, axis1=1, axis2=2), np.asarray(expert_acc_RT, dtype=np.float64).reshape(R.shape[:2]))
+
+
+def _normalised(d, E) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(d + E != 0, (d - E) / (d + E), np.nan)
 
@@ -306,48 +312,46 @@ def _masked_mean(values, mask) -> np.ndarray:
         return np.where(count > 0, total / np.maximum(count, 1), np.nan)
 
 
-def cl_metrics_evaluated(R_RTT: np.ndarray, expert_acc_RT: np.ndarray, initial_acc_RT: np.ndarray,
-                         evaluated_TT: np.ndarray, initial_evaluated_T: np.ndarray) -> dict:
-    """:func:`cl_metrics_from_matrix` over the entries that were evaluated: ``evaluated_TT[i, j]``
-    is True when task i's folder evaluated task j (``initial_evaluated_T``: task_000's start
-    evaluation did). Each sum of a definition runs over its terms whose entries were all
-    evaluated, and ``n_terms`` says how many; a metric with none is NaN (with --eval-tasks current
-    BWT, FWT and forgetting have none: the last task's row holds only the last task). With every
-    entry evaluated the numbers equal :func:`cl_metrics_from_matrix`'s."""
-    R = _as_matrix(R_RTT)
-    ev = np.asarray(evaluated_TT, dtype=bool)
+def cl_metrics_band(band: Band, expert_acc_RT: np.ndarray, initial_acc_RT: np.ndarray,
+                    initial_evaluated_T: np.ndarray, dense: bool = True) -> dict:
+    """:func:`cl_metrics_from_matrix` over the n x n block of the entries that were evaluated, from
+    the rows as the task folders saved them (:class:`~cljax.analysis.band.Band`, n folders);
+    ``initial_evaluated_T``: which tasks task_000's start evaluation saw. Each sum of a definition
+    runs over its terms whose entries were all evaluated, and ``n_terms`` says how many; a metric
+    with none is NaN (with --eval-tasks current BWT, FWT and forgetting have none: the last task's
+    row holds only the last task). With every entry evaluated the numbers equal
+    :func:`cl_metrics_from_matrix`'s. The memory grows with the band, R x n x K, not R x n x n;
+    ``dense``: also return the (R, n, n) ``accuracy_matrix`` and ``accuracy_matrix_cc``."""
+    n = band.values.shape[1]
     b = np.asarray(initial_acc_RT, dtype=np.float64)
     E = np.asarray(expert_acc_RT, dtype=np.float64)
-    T = R.shape[1]
-    last, diag = R[:, -1, :], np.diagonal(R, axis1=1, axis2=2)
-    j_bwt = np.arange(T) < T - 1
-    bwt_mask = j_bwt & ev[-1] & np.diagonal(ev)
-    j = np.arange(1, T)
-    fwt_mask = ev[j - 1, j] & np.asarray(initial_evaluated_T, dtype=bool)[j]
-    f = np.full((R.shape[0], max(T - 1, 0)), np.nan)
-    for k in range(T - 1):
-        rows = np.flatnonzero(ev[k : T - 1, k]) + k
-        if ev[-1, k] and len(rows):
-            f[:, k] = R[:, rows, k].max(axis=-1) - last[:, k]
-    f_mask = np.array([ev[-1, k] and ev[k : T - 1, k].any() for k in range(T - 1)], dtype=bool)
-    acc = _masked_mean(last, ev[-1])
+    last, ev_last = band.row(n - 1, n)
+    diag, ev_diag = band.diagonal()
+    bwt_mask = (np.arange(n) < n - 1) & ev_last & ev_diag
+    j = np.arange(1, n)
+    previous, ev_previous = band.take(j - 1, j)  # R[j-1, j]
+    fwt_mask = ev_previous & np.asarray(initial_evaluated_T, dtype=bool)[j]
+    best, seen = band.running_max_before_last()
+    f_mask = ev_last[: n - 1] & seen[: n - 1]
+    f = np.where(f_mask, best[:, : n - 1] - last[:, : n - 1], np.nan)
+    acc = _masked_mean(last, ev_last)
+    undefined = np.full(band.values.shape[0], np.nan)
     out = {
-        "accuracy_matrix": R,
-        "accuracy_matrix_cc": chance_corrected(R),
+        **({"accuracy_matrix": (A := band.dense(n)), "accuracy_matrix_cc": chance_corrected(A)} if dense else {}),
         "average_accuracy": acc,
         "average_accuracy_cc": chance_corrected(acc),
-        "bwt": _masked_mean(last - diag, bwt_mask) if T > 1 else np.full(R.shape[0], np.nan),
-        "fwt": _masked_mean(R[:, j - 1, j] - b[:, j], fwt_mask) if T > 1 else np.full(R.shape[0], np.nan),
-        "forgetting": _masked_mean(f, f_mask) if T > 1 else np.full(R.shape[0], np.nan),
+        "bwt": _masked_mean(last - diag, bwt_mask) if n > 1 else undefined,
+        "fwt": _masked_mean(previous - b[:, j], fwt_mask) if n > 1 else undefined,
+        "forgetting": _masked_mean(f, f_mask) if n > 1 else undefined,
         "forgetting_per_task": f,
         "expert_accuracy": E,
-        "plasticity_gap": plasticity_gap(R, E),
-        "normalised_transfer": normalised_transfer(R, E),
+        "plasticity_gap": _gap(diag, E),
+        "normalised_transfer": _normalised(diag, E),
     }
     summary = {k: spread(out[k]) for k in ("average_accuracy", "average_accuracy_cc", "bwt", "fwt", "forgetting")}
     for k in ("plasticity_gap", "normalised_transfer"):
         summary[f"mean_{k}"] = spread(mean_over_tasks(out[k]))
-    summary["n_terms"] = {"average_accuracy": int(ev[-1].sum()), "bwt": int(bwt_mask.sum()),
+    summary["n_terms"] = {"average_accuracy": int(ev_last.sum()), "bwt": int(bwt_mask.sum()),
                           "fwt": int(fwt_mask.sum()), "forgetting": int(f_mask.sum())}
     out["summary"] = summary
     return out

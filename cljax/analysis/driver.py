@@ -2,8 +2,9 @@
 
 Reads only through :mod:`cljax.results`; holds per task folder only its metrics, its weights and
 memory-mapped slices of its representations, and across folders only small summaries (accuracy
-rows (R, T), per-snapshot scalars), so the memory does not grow with the number of task folders
-beyond those summaries. Writes into ``{algo_dir}/analysis`` (or ``out_dir``):
+rows as each folder saved them, (R, K) for its K evaluated task slots: :mod:`cljax.analysis.band`;
+per-snapshot scalars), so the memory does not grow with the number of task folders beyond those
+summaries. Writes into ``{algo_dir}/analysis`` (or ``out_dir``):
 
 - ``summary.json``: CL metrics (both accuracy-matrix variants), the expert's last and best
   snapshot, plasticity, GLUE and linear-probe summaries, settings and conventions; every spread
@@ -42,6 +43,7 @@ import numpy as np
 
 from cljax import results
 from cljax.analysis.analyses import COLLAPSE_DROP  # importing it registers the built-in analyses
+from cljax.analysis.band import DENSE_CELLS
 from cljax.analysis.cl import VARIANTS
 from cljax.analysis.glue import N_PROBES
 from cljax.analysis.probe import RIDGE
@@ -158,15 +160,18 @@ def analyze_run(
 
     check(dirs[0], 0)
     folder = TaskFolder(0, dirs[0])
-    L, R, T = folder.test_acc.shape  # T: the run's tasks (a folder may have evaluated only some)
+    L, R, T = folder.shape  # T: the run's tasks (a folder may have evaluated only some)
     if n > T:
         raise CljaxError(f"{algo_dir} holds {n} task folders but each evaluates only {T} tasks")
-    need, available = BYTES_PER_CELL * R * n * T, host_available_bytes()
+    K = folder.test_acc_slots.shape[-1]  # the task slots each folder saved (--eval-tasks)
+    dense = K >= T or R * n * T <= DENSE_CELLS  # as Band.keeps_dense
+    need, available = BYTES_PER_CELL * R * n * (T if dense else K), host_available_bytes()
     if need > available:
-        raise CljaxError(f"the analysis keeps accuracy matrices of repeats x task folders x tasks ({R} x {n} x {T}), "
-                         f"about {need / 2**30:.1f} GiB, and {available / 2**30:.1f} GiB are available: run it on a "
-                         f"machine with more memory, or compare the runs' plasticity gap with `cljax compare`, which "
-                         f"reads the current task only.")
+        what = "tasks" if dense else "evaluated task slots"
+        raise CljaxError(f"the analysis keeps accuracy matrices of repeats x task folders x {what} ({R} x {n} x "
+                         f"{T if dense else K}), about {need / 2**30:.1f} GiB, and {available / 2**30:.1f} GiB are "
+                         f"available: run it on a machine with more memory, or compare the runs' plasticity gap with "
+                         f"`cljax compare`, which reads the current task only.")
     options = Options(variant=variant, tau=tau, glue_n_probes=glue_n_probes, glue_tasks=glue_tasks,
                       glue_across_every=glue_across_every, glue_across_max_tasks=glue_across_max_tasks,
                       glue_max_points=glue_max_points, glue_seed=glue_seed, curve_tasks=curve_tasks,
@@ -177,8 +182,8 @@ def analyze_run(
         if i > 0:
             check(d, i)
             folder = TaskFolder(i, d)
-            if folder.test_acc.shape[1:] != (R, T):
-                raise CljaxError(f"{d}: test_acc has shape {folder.test_acc.shape}, expected (L, {R}, {T}) like "
+            if folder.shape[1:] != (R, T):
+                raise CljaxError(f"{d}: test_acc has shape {folder.shape}, expected (L, {R}, {T}) like "
                                  "task_000")
         for a in selected:
             states[a.name] = a.update(states[a.name], folder)
@@ -229,8 +234,9 @@ def _write_all(out: Path, writers: dict) -> None:
         os.replace(path, out / name)
 
 
-# Host memory of the analysis per cell of its (R, n, T) accuracy matrices, at its peak: about 19
-# float64 arrays of that shape (docs/scale.md, "Analysis of long runs").
+# Host memory of the analysis per cell of its (R, n, T) accuracy matrices (or of the band, (R, n,
+# K), when they are not kept dense), at its peak: about 19 float64 arrays of that shape
+# (docs/scale.md, "Analysis of long runs").
 BYTES_PER_CELL = 160
 
 

@@ -65,26 +65,32 @@ def _save(fig, path) -> Path:
     return path
 
 
-def plot_accuracy_matrix(accuracy_matrix, path: str | os.PathLike, title: str = "Accuracy matrix") -> Path:
+def plot_accuracy_matrix(accuracy_matrix, path: str | os.PathLike, title: str = "Accuracy matrix",
+                         block: int = 1) -> Path:
     """Heatmap of R[i, j] (rows: after training task i; columns: evaluated task j).
 
     ``accuracy_matrix``: (T, T) or (R, T, T) (averaged over repeats). Values annotated for T <= 12.
+    ``block``: each entry is the mean over a block of ``block`` x ``block`` tasks (a long run's
+    image, :meth:`cljax.analysis.band.Band.mean_matrix`); the axes count tasks either way.
     """
     A = np.asarray(accuracy_matrix, dtype=np.float64)
     if A.ndim == 3:
         A = _mean_std(A.reshape(A.shape[0], -1))[0].reshape(A.shape[1:])
     T = A.shape[0]
-    side = max(T, 4)  # a small matrix still gets room for its labels and title
+    side = max(A.shape[0], 4)  # a small matrix still gets room for its labels and title
     fig = _figure(figsize=(1.2 + 0.45 * min(side, 30), 1.0 + 0.4 * min(side, 30)))
     ax = fig.subplots()
-    im = ax.imshow(A, vmin=0.0, vmax=1.0, cmap="viridis", origin="upper", interpolation="nearest")
+    if block > 1:
+        title = f"{title}\n(each cell: mean over {block} x {block} tasks)"
+    extent = (-0.5, A.shape[1] * block - 0.5, A.shape[0] * block - 0.5, -0.5)
+    im = ax.imshow(A, vmin=0.0, vmax=1.0, cmap="viridis", origin="upper", interpolation="nearest", extent=extent)
     fig.colorbar(im, ax=ax, label="test accuracy")
     ax.set_xlabel("evaluated task j")
     ax.set_ylabel("after training task i")
     ax.set_title(title)
     _task_ticks(ax.xaxis)
     _task_ticks(ax.yaxis)
-    if T <= 12:
+    if T <= 12 and block == 1:
         for i in range(T):
             for j in range(T):
                 if np.isfinite(A[i, j]):  # not evaluated: left blank

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from cljax.analysis import plots
+from cljax.analysis.band import Band
 from cljax.analysis.cl import mean_over_tasks
 from cljax.analysis.spread import spread
 from cljax.errors import CljaxError
@@ -116,7 +117,8 @@ def head_accuracy(reps, labels, kernel, bias) -> np.ndarray:
 
 # ---- the analysis ``probe`` (registered by cljax.analysis.analyses) ---------------------------------
 def init(ctx: RunContext) -> dict:
-    return {"ctx": ctx, "ridge": ctx.options.probe_ridge, "probe": [], "head_same": [], "head": [], "S": None}
+    return {"ctx": ctx, "ridge": ctx.options.probe_ridge, "probe": [], "head_same": [], "head": [], "ids": [],
+            "S": None}
 
 
 def _saved_head(folder: TaskFolder, H: int):
@@ -141,69 +143,62 @@ def _saved_head(folder: TaskFolder, H: int):
 
 
 def update(state: dict, folder: TaskFolder) -> dict:
+    """Each value is kept per saved slot, (R, K), as the folder saved it (cljax.analysis.band)."""
     reps = np.asarray(folder.representations[-1], dtype=np.float64)  # (R, K, S, H), the saved slots
     labels = np.asarray(folder.binary_labels[-1])  # (R, K, S)
     state["S"] = reps.shape[-2]
     evaluated = folder.eval_task_ids >= 0  # a slot without a task is NaN in every column
-    state["probe"].append(folder.to_tasks(np.where(evaluated, probe_accuracy(reps, labels, ridge=state["ridge"]),
-                                                   np.nan) if not folder.all_tasks else
-                                          probe_accuracy(reps, labels, ridge=state["ridge"])))
+    state["probe"].append(np.where(evaluated, probe_accuracy(reps, labels, ridge=state["ridge"]), np.nan))
     head = _saved_head(folder, reps.shape[-1])
-    head_same = (np.full(reps.shape[:2], np.nan) if head is None else
-                 head_accuracy(reps, labels, *head))
-    state["head_same"].append(folder.to_tasks(np.where(evaluated, head_same, np.nan)))
-    state["head"].append(folder.test_acc[-1])  # (R, T), NaN where not evaluated
+    head_same = np.full(reps.shape[:2], np.nan) if head is None else head_accuracy(reps, labels, *head)
+    state["head_same"].append(np.where(evaluated, head_same, np.nan))
+    state["head"].append(folder.test_acc_slots[-1])  # (R, K), NaN where not evaluated
+    state["ids"].append(folder.eval_task_ids)
     return state
 
 
-def _earlier(values_RnT: np.ndarray, i: int) -> np.ndarray:
-    """Each repeat's mean over the tasks trained before folder i, (R,)."""
-    return mean_over_tasks(values_RnT[:, i, :i]) if i > 0 else np.full(values_RnT.shape[0], np.nan)
-
-
-def _drop(values_RnT: np.ndarray) -> np.ndarray:
+def _drop(band: Band) -> np.ndarray:
     """mean over j < n-1 of (value after task j - value at the end), per repeat (= -BWT)."""
-    n = values_RnT.shape[1]
+    n = band.values.shape[1]
     if n < 2:
-        return np.full(values_RnT.shape[0], np.nan)
-    j = np.arange(n - 1)
-    return mean_over_tasks(values_RnT[:, j, j] - values_RnT[:, -1, j])
+        return np.full(band.values.shape[0], np.nan)
+    last, diagonal = band.row(n - 1, n)[0], band.diagonal()[0]
+    return mean_over_tasks(diagonal[:, : n - 1] - last[:, : n - 1])
 
 
 def finalize(state: dict):
     from cljax.analysis.registry import Result  # the registry imports this module (RIDGE)
 
-    n, S = state["ctx"].n_folders, state["S"]
-    probe, head_same, head = (np.stack(state[k], axis=1) for k in ("probe", "head_same", "head"))  # (R, n, T)
+    n, S, T = state["ctx"].n_folders, state["S"], state["ctx"].n_eval_tasks
+    probe, head_same, head = (Band.stack(state[k], state["ids"], T) for k in ("probe", "head_same", "head"))
     last = n - 1
     d_head, d_probe = _drop(head_same), _drop(probe)
     curves = {"head (all test images)": head, "head (probe images)": head_same, "linear probe": probe}
+    named = (("head_acc", head), ("head_acc_probe_images", head_same), ("probe_acc", probe))
+    earlier = {k: v.mean_earlier() for k, v in named}  # (R, n): after folder i, over the tasks j < i
     summary = {
         "images": {"saved_per_task": S, "fit_per_probe": S // 2, "tested_per_task": S,
                    "how": "two folds of S/2 (half of each class); each fold tested by the probe fitted on the other; "
                           "cljax run --n-subsamples sets S"},
         "ridge": state["ridge"],
         "snapshot": "last of each task folder",
-        "earlier_tasks": {"n_tasks": last, **{k: spread(_earlier(v, last)) for k, v in
-                                              (("head_acc", head), ("head_acc_probe_images", head_same),
-                                               ("probe_acc", probe))}},
-        "current_task": {k: spread(v[:, last, last]) for k, v in
-                         (("head_acc", head), ("head_acc_probe_images", head_same), ("probe_acc", probe))},
+        "earlier_tasks": {"n_tasks": last, **{k: spread(earlier[k][:, last]) for k, _ in named}},
+        "current_task": {k: spread(v.diagonal()[0][:, last]) for k, v in named},
         "forgetting": {"head": spread(d_head), "representation": spread(d_probe), "readout": spread(d_head - d_probe),
                        "definition": "mean over j < n-1 of acc after task j - acc at the end, on the probe images; "
                                      "readout = head - representation"},
-        "earlier_tasks_per_folder": {k: [spread(_earlier(v, i))["mean"] for i in range(n)]
-                                     for k, v in (("head_acc", head), ("probe_acc", probe))},
+        "earlier_tasks_per_folder": {k: [spread(earlier[k][:, i])["mean"] for i in range(n)]
+                                     for k in ("head_acc", "probe_acc")},
     }
-    arrays = {"probe_acc": probe, "head_acc_probe_images": head_same, "head_acc": head,
+    arrays = {**({k: v.dense() for k, v in named} if probe.keeps_dense else {}),
+              **({} if probe.is_dense else {**{f"{k}_band": v.values for k, v in named}, "band_task_ids": probe.ids}),
               "images": np.array([S // 2, S], dtype=np.int64)}
-    evaluated = np.isfinite(probe[:, :, :n]).any(axis=0)  # (n, n): folder i evaluated task j, in some repeat
-    every_earlier = bool(evaluated[np.tril(np.ones((n, n), bool), -1)].all())
+    every_earlier = probe.every_earlier_evaluated()
     return Result(
         summary={"probe": summary},
         arrays={"probe.npz": arrays},
         plots={"probe.png": lambda p: plots.plot_head_vs_probe(
-            {k: np.stack([_earlier(v, i) for i in range(n)], axis=1) for k, v in curves.items()},
-            {k: v[:, last, :n] for k, v in curves.items()}, p,
+            {label: v.mean_earlier() for label, v in curves.items()},
+            {label: v.row(last, n)[0] for label, v in curves.items()}, p,
             every_task_evaluated=every_earlier)},
     )

@@ -75,7 +75,24 @@ class TaskFolder:
         self.eval_task_ids = results_eval_ids(self.metadata, K)
         self.num_tasks = int((self.metadata.get("config") or {}).get("num_tasks", K))
         self.all_tasks = K == self.num_tasks and bool((self.eval_task_ids == np.arange(K)).all())
-        self.test_acc = self.to_tasks(self.test_acc_slots)  # (L, R, T), NaN where not evaluated
+        self.shape = (*self.test_acc_slots.shape[:2], self.num_tasks)  # (L, R, T)
+
+    @functools.cached_property
+    def test_acc(self) -> np.ndarray:
+        """(L, R, T), NaN where not evaluated: L x R x T floats, read a few tasks with :meth:`at_tasks`."""
+        return self.to_tasks(self.test_acc_slots)
+
+    def at_tasks(self, values, tasks) -> np.ndarray:
+        """An array whose last axis is the K saved slots -> the given tasks' entries, NaN where
+        this folder did not evaluate one."""
+        values, tasks = np.asarray(values), np.asarray(tasks)
+        if self.all_tasks:
+            return values[..., tasks]
+        match = self.eval_task_ids[None, :] == tasks[:, None]  # (J, K)
+        out = np.full((*values.shape[:-1], len(tasks)), np.nan, dtype=np.result_type(values.dtype, np.float64))
+        hit = match.any(axis=1)
+        out[..., hit] = values[..., match.argmax(axis=1)[hit]]
+        return out
 
     def to_tasks(self, values, fill=np.nan) -> np.ndarray:
         """An array whose last axis is this folder's K saved slots -> one whose last axis is the
@@ -103,7 +120,7 @@ class TaskFolder:
     @functools.cached_property
     def log_steps(self) -> np.ndarray:
         """The training step of each of the L snapshots (default 1, ..., L)."""
-        steps = self.metadata.get("log_steps", self.metrics.get("log_steps", np.arange(1, self.test_acc.shape[0] + 1)))
+        steps = self.metadata.get("log_steps", self.metrics.get("log_steps", np.arange(1, self.shape[0] + 1)))
         return np.asarray(steps, dtype=np.float64)
 
     @functools.cached_property
