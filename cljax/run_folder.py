@@ -173,11 +173,12 @@ def changed_since(record: dict) -> str | None:
     return None
 
 
-def verify_task_dir(task_dir: Path, t: int, run_id: str | None, hashes: bool) -> str | None:
+def verify_task_dir(task_dir: Path, t: int, run_id: str | None, hashes: bool, into: dict | None = None) -> str | None:
     """What is wrong with task folder ``t`` of run ``run_id`` (None when it is whole): missing
     files, shapes other than metadata.json records, sizes or (``hashes``) contents other than
     recorded at write time, or another run's id. Folders written before run ids and hashes are
-    checked for their files and shapes."""
+    checked for their files and shapes. ``into``: receives the parsed metadata.json under
+    "metadata", for a reader that would parse it again (a long run's is megabytes)."""
     if not task_dir.exists():
         return f"{task_dir} is missing"
     if not task_dir.is_dir():
@@ -186,6 +187,8 @@ def verify_task_dir(task_dir: Path, t: int, run_id: str | None, hashes: bool) ->
         meta = load_metadata(task_dir)
     except DamagedFile as exc:
         return f"{exc.path} {exc.problem}"
+    if into is not None:
+        into["metadata"] = meta
     if meta.get("task_index", t) != t:
         return f"{task_dir / 'metadata.json'} describes task {meta.get('task_index')}, not task {t}"
     if meta.get("run_id") != run_id and (run_id is not None or "run_id" in meta):

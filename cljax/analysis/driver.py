@@ -158,8 +158,7 @@ def analyze_run(
         raise CljaxError(f"cannot write to {out}: pass --out with a writable folder.")
     n = len(dirs)
 
-    check(dirs[0], 0)
-    folder = TaskFolder(0, dirs[0])
+    folder = TaskFolder(0, dirs[0], check(dirs[0], 0))
     L, R, T = folder.shape  # T: the run's tasks (a folder may have evaluated only some)
     if n > T:
         raise CljaxError(f"{algo_dir} holds {n} task folders but each evaluates only {T} tasks")
@@ -180,8 +179,7 @@ def analyze_run(
     states = {a.name: a.init(ctx) for a in selected}
     for i, d in enumerate(dirs):
         if i > 0:
-            check(d, i)
-            folder = TaskFolder(i, d)
+            folder = TaskFolder(i, d, check(d, i))
             if folder.shape[1:] != (R, T):
                 raise CljaxError(f"{d}: test_acc has shape {folder.shape}, expected (L, {R}, {T}) like "
                                  "task_000")
@@ -241,18 +239,20 @@ BYTES_PER_CELL = 160
 
 
 def _verifier(algo_dir: Path, first: Path):
-    """check(folder, t): one CljaxError line when a task folder is not this run's whole folder
-    (missing or damaged files, contents other than their recorded sha256, another run's id), as
-    a resume checks it; the run is run.json's (or, without one, task_000's). initial/, which the
-    weight-change metrics read, is checked here at once."""
+    """check(folder, t) -> its metadata; one CljaxError line when a task folder is not this run's
+    whole folder (missing or damaged files, contents other than their recorded sha256, another
+    run's id), as a resume checks it; the run is run.json's (or, without one, task_000's).
+    initial/, which the weight-change metrics read, is checked here at once."""
     record = read_run_record(algo_dir)
     run_id = record["run_id"] if record is not None else results.load_metadata(first).get("run_id")
 
     def check(folder: Path, t: int, fix: str = "restore it from a copy, or train the run again (`cljax run` with its "
-                                               "flags and --overwrite)") -> None:
-        problem = verify_task_dir(folder, t, run_id, hashes=True)
+                                               "flags and --overwrite)") -> dict:
+        read: dict = {}
+        problem = verify_task_dir(folder, t, run_id, hashes=True, into=read)
         if problem is not None:
             raise CljaxError(f"{problem}: the analysis reads only its run's own, whole files; {fix}.")
+        return read["metadata"]
 
     if (algo_dir / INITIAL).exists():
         check(algo_dir / INITIAL, -1, "restore it, resume the run if it is unfinished (which writes it again), or "

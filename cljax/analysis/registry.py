@@ -61,10 +61,10 @@ class RunContext(NamedTuple):
 class TaskFolder:
     """One ``task_NNN`` folder; each file is read on first use, then shared by the analyses."""
 
-    def __init__(self, index: int, path: Path):
+    def __init__(self, index: int, path: Path, metadata: dict | None = None):
         self.index = index
         self.path = path
-        self.metadata = results.load_metadata(path)
+        self.metadata = results.load_metadata(path) if metadata is None else metadata  # (already read: the check)
         self.metrics = results.load_metrics(path)
         missing = [k for k in ("test_acc", "start_test_acc") if k not in self.metrics]
         if missing:
