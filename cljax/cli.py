@@ -166,6 +166,7 @@ def _cmd_analyze(argv: list[str]) -> int:
                         help=f"ridge of the linear probe, relative to its Gram matrix's diagonal (default: {RIDGE})")
     parser.add_argument("--no-glue", action="store_true", help="skip the manifold-capacity analysis")
     parser.add_argument("--no-plots", action="store_true", help="no PNG plots")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar of the task folders (shown on a terminal only)")
     parser.add_argument("--plugin", action="append", default=[], metavar="FILE",
                         help="a Python file that registers analyses (or rules, models...; repeatable; also $CLJAX_PLUGINS)")
     args = parser.parse_args(argv)
@@ -180,7 +181,8 @@ def _cmd_analyze(argv: list[str]) -> int:
     if not task_dirs(args.algo_dir):
         raise CljaxError(f"{args.algo_dir} holds no finished task: run an experiment first (cljax run).")
     summary = analyze_run(args.algo_dir, args.out, variant=args.variant, tau=args.tau, glue=not args.no_glue,
-                          glue_n_probes=args.glue_probes, probe_ridge=args.probe_ridge, make_plots=not args.no_plots)
+                          glue_n_probes=args.glue_probes, probe_ridge=args.probe_ridge, make_plots=not args.no_plots,
+                          progress=not args.no_progress)
     out = args.out or str(Path(args.algo_dir) / "analysis")
     print(format_summary(summary))
     print(f"analysis: {out} (summary.json, arrays .npz, plots .png)")

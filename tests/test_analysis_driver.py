@@ -1,8 +1,10 @@
 """The driver on a small fake results tree written in the documented on-disk format."""
 
+import io
 import json
 import math
 import pickle
+import sys
 
 import matplotlib.image as mpimg
 import numpy as np
@@ -149,6 +151,26 @@ def test_a_registered_analysis_runs_once_per_folder(tmp_path):
     assert "plasticity" not in summary and "glue" not in summary
     assert summary["files"] == ["summary.json", "cl.npz", "diagonal.npz"]
     np.testing.assert_array_equal(np.load(algo / "analysis" / "diagonal.npz")["d"], [0.90, 0.95, 0.90])
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_analyze_shows_progress_on_a_terminal_only_and_clears_it(tmp_path, monkeypatch):
+    algo = tmp_path / "run"
+    write_fake_run(algo)
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    analyze_run(algo, glue=False, make_plots=False, progress=True)
+    shown = terminal.getvalue()
+    assert f"task folders:   0%|          | 0/{T}" in shown
+    assert shown.endswith("\r") and not shown.split("\r")[-2].strip()  # cleared: the next line starts clean
+    log = io.StringIO()  # not a terminal: nothing
+    monkeypatch.setattr(sys, "stderr", log)
+    analyze_run(algo, glue=False, make_plots=False, progress=True)
+    assert log.getvalue() == ""
 
 
 def test_analyze_run_rejects_a_gap(tmp_path):

@@ -36,6 +36,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -106,6 +107,7 @@ def analyze_run(
     probe_ridge: float = RIDGE,
     make_plots: bool = True,
     analyses: Sequence[str] | None = None,
+    progress: bool = False,
 ) -> dict:
     """Run the registered analyses on a results folder; write summary, arrays and plots.
 
@@ -125,6 +127,7 @@ def analyze_run(
       make_plots: write the PNGs.
       analyses: names of the analyses to run (default: every registered one, less ``glue`` when
         ``glue`` is False), see :mod:`cljax.analysis.registry`.
+      progress: a progress bar of the task folders on stderr, when it is a terminal.
 
     Returns:
       The summary dict written to ``summary.json`` (with NaN as None).
@@ -177,15 +180,22 @@ def analyze_run(
                       probe_ridge=probe_ridge)
     ctx = RunContext(algo_dir=algo_dir, n_folders=n, n_snapshots=L, n_repeats=R, n_eval_tasks=T, options=options)
     states = {a.name: a.init(ctx) for a in selected}
-    for i, d in enumerate(dirs):
-        if i > 0:
-            folder = TaskFolder(i, d, check(d, i))
-            if folder.shape[1:] != (R, T):
-                raise CljaxError(f"{d}: test_acc has shape {folder.shape}, expected (L, {R}, {T}) like "
-                                 "task_000")
-        for a in selected:
-            states[a.name] = a.update(states[a.name], folder)
-        del folder  # only the states' summaries outlive a folder
+    bar = _progress_bar(n) if progress else None
+    try:
+        for i, d in enumerate(dirs):
+            if i > 0:
+                folder = TaskFolder(i, d, check(d, i))
+                if folder.shape[1:] != (R, T):
+                    raise CljaxError(f"{d}: test_acc has shape {folder.shape}, expected (L, {R}, {T}) like "
+                                     "task_000")
+            for a in selected:
+                states[a.name] = a.update(states[a.name], folder)
+            del folder  # only the states' summaries outlive a folder
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
     outputs = [a.finalize(states.pop(a.name)) for a in selected]
 
     summary: dict[str, Any] = {
@@ -212,6 +222,15 @@ def analyze_run(
                "summary.json": lambda path: path.write_text(json.dumps(summary, indent=1, allow_nan=False))}
     _write_all(out, writers)
     return summary
+
+
+def _progress_bar(total: int):
+    """On a terminal only (a log or a pipe gets none), and cleared when done or stopped: the
+    summary or an error line follows on a clean line."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="folder", desc="task folders", file=sys.stderr, dynamic_ncols=True, leave=False,
+                disable=None)
 
 
 def _write_all(out: Path, writers: dict) -> None:
