@@ -94,3 +94,31 @@ def test_the_current_task_curve_is_drawn_when_given(tmp_path, monkeypatch):
     labels.clear()
     plot_accuracy_over_time(acc, tmp_path / "t.png", task_ids=[0, 9])
     assert labels == ["task 0", "task 9"]
+
+
+def test_a_long_curve_is_drawn_in_bins_of_each_repeats_means_and_says_so():
+    from cljax.analysis import plots
+
+    rng = np.random.default_rng(0)
+    n = 1001  # 6 points a bin (ceil(1001 / 200)), the last bin holds 5
+    values = rng.uniform(size=(3, n))
+    values[1, 7] = np.nan  # a repeat's missing point is left out of its bin's mean
+    x, means, k = plots._binned(np.arange(n, dtype=float), values)
+    assert k == 6 and means.shape == (3, 167) and x.shape == (167,)
+    np.testing.assert_allclose(means[0, 0], values[0, :6].mean())
+    np.testing.assert_allclose(means[1, 1], np.mean(np.delete(values[1, 6:12], 1)))
+    np.testing.assert_allclose(means[2, -1], values[2, 996:].mean())
+    np.testing.assert_allclose(x[[0, -1]], [2.5, 998.0])
+    fig = plots._figure()
+    ax = fig.subplots()
+    line = plots._band(ax, np.arange(n), values, marker="o")
+    plots._band(ax, np.arange(n), values + 1)
+    assert len(line.get_xdata()) == 167 and line.get_marker() in (None, "None", "")
+    notes = [t.get_text() for t in ax.texts]
+    assert notes == ["each point: the mean of 6 consecutive ones"]  # once per axes
+    short = plots._figure().subplots()
+    assert len(plots._band(short, np.arange(200), values[:, :200]).get_xdata()) == 200 and not short.texts
+    sparse = np.full((2, n), np.nan)
+    sparse[:, 1000] = 0.7  # one task evaluated: its bin sits at its x, not the bin's middle
+    x, means, _ = plots._binned(np.arange(n, dtype=float), sparse)
+    assert x[-1] == 1000.0 and means[0, -1] == 0.7 and np.isnan(means[:, :-1]).all()

@@ -3,7 +3,9 @@
 Every function takes numpy arrays and an output path, writes one PNG and returns its path.
 Arrays with a leading repeat axis R are drawn as the mean across repeats with a band of one
 sample standard deviation (ddof = 1); non-finite values are left out
-(:mod:`cljax.analysis.spread`, the rule of the summaries).
+(:mod:`cljax.analysis.spread`, the rule of the summaries). A curve of a long run (more than
+:data:`MAX_POINTS` tasks or snapshots) is drawn in bins of consecutive points, each repeat's mean
+over a bin first, and the axes say so.
 """
 
 from __future__ import annotations
@@ -35,12 +37,48 @@ def _mean_std(values_RX: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean, std
 
 
+# A curve of more points than this (a long run's tasks or snapshots) is drawn as the means of
+# consecutive bins of its points: each repeat's mean over a bin, then the mean and std of those
+# over repeats; a note on the axes says how many points a bin holds.
+MAX_POINTS = 200
+
+
+def _binned(x: np.ndarray, values_RX: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """x and (R, X) values in bins of k consecutive points (k = 1: as given): the bins' mean x
+    and each repeat's mean over its finite values in the bin (NaN where none)."""
+    n = x.shape[0]
+    k = -(-n // MAX_POINTS)
+    if k == 1:
+        return x, values_RX, 1
+    pad = -n % k
+    xs = np.concatenate([x, np.full(pad, np.nan)]).reshape(-1, k)
+    v = np.concatenate([values_RX, np.full((values_RX.shape[0], pad), np.nan)], axis=1)
+    v = v.reshape(values_RX.shape[0], -1, k)
+    finite = np.isfinite(v)
+    count = finite.sum(axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = np.where(count > 0, np.where(finite, v, 0.0).sum(axis=-1) / np.maximum(count, 1), np.nan)
+    # x of a bin: the mean of its points with a value in some repeat (all its points where none has)
+    held = finite.any(axis=0) & np.isfinite(xs)
+    x_held = np.where(held, xs, 0.0).sum(axis=1) / np.maximum(held.sum(axis=1), 1)
+    return np.where(held.any(axis=1), x_held, np.nanmean(xs, axis=1)), means, k
+
+
 def _band(ax, x, values_RX, label=None, color=None, marker=None):
     """The mean as a line with a band of one std. A finite point with no finite neighbour (T = 1;
     a task evaluated at one snapshot only) draws no line segment and no band: it is a marker with
-    an error bar. A label that starts with "_" is kept in the legend (matplotlib hides those)."""
-    mean, std = _mean_std(values_RX)
-    x = np.asarray(x, dtype=np.float64)
+    an error bar. A label that starts with "_" is kept in the legend (matplotlib hides those).
+    More than :data:`MAX_POINTS` points are drawn in bins (:func:`_binned`), without markers."""
+    v = np.asarray(values_RX, dtype=np.float64)
+    x, v, k = _binned(np.asarray(x, dtype=np.float64), v[None] if v.ndim == 1 else v)
+    if k > 1:
+        marker = None
+        if getattr(ax, "_cljax_bin_note", None) != k:
+            ax.annotate(f"each point: the mean of {k} consecutive ones", xy=(1.0, 0.0), xycoords="axes fraction",
+                        xytext=(-3, 3), textcoords="offset points", ha="right", va="bottom", fontsize=6,
+                        color="0.35")
+            ax._cljax_bin_note = k
+    mean, std = _mean_std(v)
     if label is not None and str(label).startswith("_"):
         label = "\u200b" + str(label)  # a zero-width space in front
     (line,) = ax.plot(x, mean, label=label, color=color, marker=marker, markersize=3)
@@ -161,8 +199,10 @@ def plot_learner_vs_expert(
     _band(ax0, x, learner, label="learner R[i, i]" + (" (auc)" if variant == "auc" else ""), marker="o")
     _band(ax0, x, expert, label="expert E[i]", marker="s")
     if expert_best_RT is not None:
-        mean, _ = _mean_std(expert_best_RT)
-        ax0.plot(x, mean, linestyle="--", color="gray", label="expert, best snapshot",
+        best = np.asarray(expert_best_RT, dtype=np.float64)
+        xb, best, _ = _binned(x.astype(np.float64), best[None] if best.ndim == 1 else best)  # as the bands
+        mean, _ = _mean_std(best)
+        ax0.plot(xb, mean, linestyle="--", color="gray", label="expert, best snapshot",
                  marker="x" if np.isfinite(mean).sum() < 2 else None)  # one task: a marker, not a line
     ax0.axhline(0.5, color="black", linestyle=":", linewidth=0.7)
     ax0.set_xlabel("task i")
