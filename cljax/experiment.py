@@ -93,8 +93,10 @@ def run_experiment(
     if found.finished:  # verify every file's content before saying so
         with RunLock(algo_dir, exclusive=False):
             found = inspect_run(algo_dir, config, data_id, overwrite, hashes=True)
-            if found.finished:
+            if found.finished and _damaged_initial(algo_dir, found) is None:
                 return _finished(algo_dir, schedule, found)
+        if found.finished:  # all but initial/, which is written again below
+            check_sources(found.record.get("sources"), config, algo_dir)
 
     check_repeats(config.n_repeats)  # before the program is traced over the devices
     image_shape = data.train_images.shape[1:]
@@ -118,6 +120,14 @@ def run_experiment(
     # Every check has passed: from here on the folder is locked and written.
     with RunLock(algo_dir) if is_writer() else contextlib.nullcontext():
         found = inspect_run(algo_dir, config, data_id, overwrite, hashes=True)  # what is there now
+        if found.finished:  # a finished run whose initial/ is damaged: written again, as a resume would
+            problem = _damaged_initial(algo_dir, found)
+            if problem is not None and is_writer():
+                with critical, _disk_errors(algo_dir, config.num_tasks):
+                    write_initial(algo_dir, _initial_learner(program, config)[1], found.record["run_id"])
+                print(f"warning: {problem}; the run is finished and its initial/ was written again from its seed, "
+                      f"as the run began.", file=sys.stderr)
+            return _finished(algo_dir, schedule, found)
         if found.finished:
             return _finished(algo_dir, schedule, found)
         split = _split(program)
@@ -143,11 +153,8 @@ def run_experiment(
 def _train(config, data, task_data, schedule, program, chunk_tasks, found, algo_dir, run_id, split, disk_per_task, *,
            sources, progress, allow_nonfinite, critical, on_task_end) -> RunResult:
     """The task loop, from the first unfinished task; the run folder is locked and prepared."""
-    root_key = jax.random.key(config.seed)
-    tasks_key = jax.random.fold_in(root_key, KEY_TASKS)
-    learner = shard_repeats(program.init_learner(root_key))  # R split over the devices
-    # A function of the seed alone: a resume of a run from before initial/ existed writes it too.
-    initial = initial_arrays(*fetch((learner.params, learner.model_state)))
+    tasks_key = jax.random.fold_in(jax.random.key(config.seed), KEY_TASKS)
+    learner, initial = _initial_learner(program, config)
     if is_writer() and verify_task_dir(algo_dir / INITIAL, -1, run_id, hashes=True) is not None:
         with critical, _disk_errors(algo_dir, found.next_task):
             write_initial(algo_dir, initial, run_id)
@@ -225,6 +232,21 @@ def _train(config, data, task_data, schedule, program, chunk_tasks, found, algo_
         bar.close()
     result.steps_per_second = (config.num_tasks - first_task) * config.steps_per_task / max(run_seconds, 1e-9)
     return result
+
+
+def _initial_learner(program, config):
+    """The learner as initialised, R split over the devices, and its host copy for initial/: a
+    function of the seed alone, so a resume (also of a run from before initial/ existed) writes
+    it again as the run began."""
+    learner = shard_repeats(program.init_learner(jax.random.key(config.seed)))
+    return learner, initial_arrays(*fetch((learner.params, learner.model_state)))
+
+
+def _damaged_initial(algo_dir: Path, found) -> str | None:
+    """What is wrong with a run's initial/ (None: whole, or a run from before it existed)."""
+    if not (algo_dir / INITIAL).exists() or found.record is None:
+        return None
+    return verify_task_dir(algo_dir / INITIAL, -1, found.record.get("run_id"), hashes=True)
 
 
 def _finished(algo_dir: Path, schedule: np.ndarray, found) -> RunResult:

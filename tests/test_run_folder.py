@@ -448,6 +448,30 @@ def test_a_resume_with_another_evaluation_chunk_is_warned_once(made, tmp_path, c
             "in the last bits; to keep them, rerun with --eval-batch-size 100."])
 
 
+def test_a_finished_run_with_a_damaged_initial_state_writes_it_again_and_stays_finished(made, tmp_path, capsys):
+    """The analysis refuses a damaged initial/ and says to run the command again: for a finished
+    run that writes initial/ again, byte for byte, and touches nothing else."""
+    from cljax.experiment import run_experiment
+    from cljax.initial_state import INITIAL
+
+    run_dir = copy(made, "finished", tmp_path / "r")
+    _flip_byte(run_dir / INITIAL / "weights.npy")
+    rc, _, err = run_cli(["analyze", str(run_dir), "--no-glue", "--no-plots"], capsys)
+    assert rc == 2 and "run the run's `cljax run` command again" in err
+    kept = lambda: {p: p.read_bytes() for p in run_dir.rglob("*")  # noqa: E731 (run.lock names its last holder)
+                    if p.is_file() and INITIAL not in p.parts and p.name != "run.lock"}
+    before = kept()
+    again = run_experiment(small_config(tmp_path, results_dir=str(tmp_path / "r"), **TINY), progress=False)
+    assert again.already_finished
+    assert "initial/weights.npy does not match the sha256" in capsys.readouterr().err
+    finished = made["finished"] / RUN_DIR / INITIAL
+    for name in ("weights.npy", "metadata.json"):
+        assert (run_dir / INITIAL / name).read_bytes() == (finished / name).read_bytes(), name
+    assert kept() == before
+    rc, _, err = run_cli(["analyze", str(run_dir), "--no-glue", "--no-plots"], capsys)
+    assert rc == 0, err
+
+
 @pytest.mark.parametrize("damage", ["missing", "flipped"])
 def test_a_resume_writes_a_missing_or_damaged_initial_state_as_the_run_began(made, tmp_path, damage):
     """A run started before initial/ existed, or whose initial/ is damaged, is not refused: the

@@ -274,8 +274,9 @@ def _verifier(algo_dir: Path, first: Path):
         return read["metadata"]
 
     if (algo_dir / INITIAL).exists():
-        check(algo_dir / INITIAL, -1, "restore it, resume the run if it is unfinished (which writes it again), or "
-                                      f"move {INITIAL}/ out (the change from the initial weights is then left out)")
+        check(algo_dir / INITIAL, -1, "run the run's `cljax run` command again, which writes it again from the "
+                                      f"seed (finished or not), or move {INITIAL}/ out (the change from the initial "
+                                      "weights is then left out)")
     return check
 
 
