@@ -128,8 +128,6 @@ def run_experiment(
                 print(f"warning: {problem}; the run is finished and its initial/ was written again from its seed, "
                       f"as the run began.", file=sys.stderr)
             return _finished(algo_dir, schedule, found)
-        if found.finished:
-            return _finished(algo_dir, schedule, found)
         split = _split(program)
         run_id = found.record.get("run_id") if found.record is not None else new_run_id()
         if found.record is not None:

@@ -156,11 +156,8 @@ def plasticity_gap(R_RTT: np.ndarray, expert_acc_RT: np.ndarray) -> np.ndarray:
     Positive: the continual learner learns the new task worse than a fresh network.
     """
     R = _as_matrix(R_RTT)
-    return _gap(np.diagonal(R, axis1=1, axis2=2), np.asarray(expert_acc_RT, dtype=np.float64).reshape(R.shape[:2]))
-
-
-def _gap(diag_RT, E_RT) -> np.ndarray:
-    return E_RT - diag_RT
+    E = np.asarray(expert_acc_RT, dtype=np.float64).reshape(R.shape[0], R.shape[1])
+    return E - np.diagonal(R, axis1=1, axis2=2)
 
 
 def normalised_transfer(R_RTT: np.ndarray, expert_acc_RT: np.ndarray) -> np.ndarray:
@@ -345,7 +342,7 @@ def cl_metrics_band(band: Band, expert_acc_RT: np.ndarray, initial_acc_RT: np.nd
         "forgetting": _masked_mean(f, f_mask) if n > 1 else undefined,
         "forgetting_per_task": f,
         "expert_accuracy": E,
-        "plasticity_gap": _gap(diag, E),
+        "plasticity_gap": E - diag,
         "normalised_transfer": _normalised(diag, E),
     }
     summary = {k: spread(out[k]) for k in ("average_accuracy", "average_accuracy_cc", "bwt", "fwt", "forgetting")}

@@ -173,8 +173,9 @@ def finalize(state: dict):
     probe, head_same, head = (Band.stack(state[k], state["ids"], T) for k in ("probe", "head_same", "head"))
     last = n - 1
     d_head, d_probe = _drop(head_same), _drop(probe)
-    curves = {"head (all test images)": head, "head (probe images)": head_same, "linear probe": probe}
     named = (("head_acc", head), ("head_acc_probe_images", head_same), ("probe_acc", probe))
+    labels = {"head_acc": "head (all test images)", "head_acc_probe_images": "head (probe images)",
+              "probe_acc": "linear probe"}
     earlier = {k: v.mean_earlier() for k, v in named}  # (R, n): after folder i, over the tasks j < i
     summary = {
         "images": {"saved_per_task": S, "fit_per_probe": S // 2, "tested_per_task": S,
@@ -198,7 +199,7 @@ def finalize(state: dict):
         summary={"probe": summary},
         arrays={"probe.npz": arrays},
         plots={"probe.png": lambda p: plots.plot_head_vs_probe(
-            {label: v.mean_earlier() for label, v in curves.items()},
-            {label: v.row(last, n)[0] for label, v in curves.items()}, p,
+            {labels[k]: earlier[k] for k, _ in named},
+            {labels[k]: v.row(last, n)[0] for k, v in named}, p,
             every_task_evaluated=every_earlier)},
     )
