@@ -89,8 +89,22 @@ def eval_slots(config) -> int:
     return eval_tasks_of(config).slots(config.num_tasks)
 
 
-def eval_ids_of(metadata: dict, n_slots: int) -> np.ndarray:
+def eval_ids_of(metadata: dict, n_slots: int, where: str = "metadata.json") -> np.ndarray:
     """The global task of each slot of a task folder (-1: none); slot k is task k in a folder
-    written before --eval-tasks existed."""
-    ids = (metadata.get("eval_tasks") or {}).get("eval_task_ids")
-    return np.asarray(ids if ids is not None else np.arange(n_slots), np.int64)
+    written before --eval-tasks existed. The recorded ids must be those of the recorded mode at
+    the folder's task (metadata.json carries no hash of its own): else one CljaxError line naming
+    ``where``."""
+    record = metadata.get("eval_tasks") or {}
+    ids = record.get("eval_task_ids")
+    if ids is None:
+        return np.arange(n_slots, dtype=np.int64)
+    t, T = metadata.get("task_index"), (metadata.get("config") or {}).get("num_tasks")
+    try:
+        expected = parse_eval_tasks(record.get("mode", "all")).ids(int(t), int(T)).astype(np.int64)
+    except (CljaxError, TypeError, ValueError):
+        expected = None
+    if expected is None or len(expected) != n_slots or not isinstance(ids, list) or ids != expected.tolist():
+        raise CljaxError(f"{where}: eval_tasks.eval_task_ids {str(ids)[:80]} are not the task slots of --eval-tasks "
+                         f"{record.get('mode')!r} at task {t} of {T} (the saved arrays hold {n_slots}): the file was "
+                         f"changed or damaged; restore it from a copy, or train the run again.")
+    return expected

@@ -339,4 +339,5 @@ def _load_summary_arrays(task_dir: Path) -> tuple[dict, np.ndarray]:
     metrics = load_metrics(task_dir)
     arrays = {"metrics": metrics, "expert_metrics": load_expert_metrics(task_dir),
               "representations": load_representations(task_dir), "binary_labels": load_binary_labels(task_dir)}
-    return arrays, eval_ids_of(load_metadata(task_dir), np.shape(metrics["test_acc"])[-1])
+    return arrays, eval_ids_of(load_metadata(task_dir), np.shape(metrics["test_acc"])[-1],
+                               where=str(task_dir / "metadata.json"))

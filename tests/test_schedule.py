@@ -143,6 +143,7 @@ def test_analyses_of_a_window_run_use_the_evaluated_entries(window_and_all, tmp_
     # Window 2 over 5 tasks: the last row holds tasks 3, 4; BWT and forgetting have task 3's term only.
     assert summary["cl"]["final"]["n_terms"] == {"average_accuracy": 2, "bwt": 1, "fwt": 0, "forgetting": 1}
     assert summary["fwt"]["mean"] is None
+    assert summary["probe"]["earlier_tasks"]["n_tasks"] == 1  # the last folder evaluated task 3 before its own
     cl = np.load(tmp_path / "w" / "cl.npz")
     A = cl["final_accuracy_matrix"]
     assert A.shape == (2, 5, 5)
@@ -195,6 +196,39 @@ def test_a_run_too_large_for_dense_matrices_is_analysed_from_its_band_with_the_s
                     rebuilt = Band(b[stem], b["band_task_ids"], 5).dense()
                     np.testing.assert_array_equal(rebuilt, d[key], err_msg=key)
     assert (tmp_path / "b" / "accuracy_matrix.png").stat().st_size > 0
+
+
+def _copy_run(src, dst, folders):
+    import shutil
+
+    dst.mkdir(parents=True)
+    for name in ("run.json", "initial", *folders):
+        (shutil.copytree if (src / name).is_dir() else shutil.copy)(src / name, dst / name)
+    return dst
+
+
+def test_a_run_of_one_task_folder_is_analysed_with_its_plots(window_and_all, tmp_path):
+    one = _copy_run(window_and_all[0].algo_dir, tmp_path / "one", ["task_000"])
+    summary = analyze_run(one, tmp_path / "a", glue=False, make_plots=True)
+    assert summary["n_task_folders"] == 1 and summary["bwt"]["mean"] is None
+    assert summary["probe"]["earlier_tasks"]["n_tasks"] == 0
+    assert all((tmp_path / "a" / name).stat().st_size > 0 for name in summary["files"])
+
+
+@pytest.mark.parametrize("ids", [[1], [0, 1, 2], "ab", [999, 1], [1, 1], [0.5, 1], [-5, 1]])
+def test_changed_eval_task_ids_are_refused_in_one_line(window_and_all, tmp_path, ids):
+    """metadata.json has no hash of its own: the slots' tasks must be those of the recorded mode."""
+    import json
+
+    run = _copy_run(window_and_all[0].algo_dir, tmp_path / "r", ["task_000", "task_001", "task_002"])
+    path = run / "task_001" / "metadata.json"
+    meta = json.loads(path.read_text())
+    assert meta["eval_tasks"]["eval_task_ids"] == [0, 1]
+    meta["eval_tasks"]["eval_task_ids"] = ids
+    path.write_text(json.dumps(meta))
+    with pytest.raises(CljaxError, match=r"task_001/metadata.json: eval_tasks.eval_task_ids .* are not the task "
+                                         r"slots of --eval-tasks 'window:2' at task 1 of 5"):
+        analyze_run(run, tmp_path / "a", glue=False, make_plots=False)
 
 
 def test_masked_metrics_equal_the_full_ones_when_everything_is_evaluated():

@@ -47,7 +47,7 @@ def _binned(x: np.ndarray, values_RX: np.ndarray) -> tuple[np.ndarray, np.ndarra
     """x and (R, X) values in bins of k consecutive points (k = 1: as given): the bins' mean x
     and each repeat's mean over its finite values in the bin (NaN where none)."""
     n = x.shape[0]
-    k = -(-n // MAX_POINTS)
+    k = max(1, -(-n // MAX_POINTS))
     if k == 1:
         return x, values_RX, 1
     pad = -n % k

@@ -183,7 +183,8 @@ def finalize(state: dict):
                           "cljax run --n-subsamples sets S"},
         "ridge": state["ridge"],
         "snapshot": "last of each task folder",
-        "earlier_tasks": {"n_tasks": last, **{k: spread(earlier[k][:, last]) for k, _ in named}},
+        "earlier_tasks": {"n_tasks": int(((probe.ids[last] >= 0) & (probe.ids[last] < last)).sum()),  # evaluated
+                          **{k: spread(earlier[k][:, last]) for k, _ in named}},
         "current_task": {k: spread(v.diagonal()[0][:, last]) for k, v in named},
         "forgetting": {"head": spread(d_head), "representation": spread(d_probe), "readout": spread(d_head - d_probe),
                        "definition": "mean over j < n-1 of acc after task j - acc at the end, on the probe images; "

@@ -72,7 +72,7 @@ class TaskFolder:
         self.test_acc_slots = np.asarray(self.metrics["test_acc"], dtype=np.float64)  # (L, R, K) as saved
         K = self.test_acc_slots.shape[-1]
         # The global task of each saved slot (-1: none), and the run's task count (--eval-tasks).
-        self.eval_task_ids = results_eval_ids(self.metadata, K)
+        self.eval_task_ids = results_eval_ids(self.metadata, K, where=str(path / "metadata.json"))
         self.num_tasks = int((self.metadata.get("config") or {}).get("num_tasks", K))
         self.all_tasks = K == self.num_tasks and bool((self.eval_task_ids == np.arange(K)).all())
         self.shape = (*self.test_acc_slots.shape[:2], self.num_tasks)  # (L, R, T)
