@@ -25,7 +25,7 @@ from cljax.devices.distributed import is_writer, maybe_initialize_distributed
 from cljax.devices.memory import host_available_bytes, live_device_bytes, rss_bytes
 from cljax.devices.mesh import check_repeats, fetch, mesh_devices, put_repeats, shard_repeats
 from cljax.errors import CljaxError
-from cljax.eval_tasks import eval_ids_of, eval_tasks_of
+from cljax.eval_tasks import eval_tasks_of
 from cljax.evaluate import TestSets, WindowTestSets
 from cljax.faults import crash_point
 from cljax.initial_state import INITIAL, initial_arrays, write_initial
@@ -94,7 +94,7 @@ def run_experiment(
         with RunLock(algo_dir, exclusive=False):
             found = inspect_run(algo_dir, config, data_id, overwrite, hashes=True)
             if found.finished and _damaged_initial(algo_dir, found) is None:
-                return _finished(algo_dir, schedule, found)
+                return _finished(algo_dir, schedule, found, config)
         if found.finished:  # all but initial/, which is written again below
             check_sources(found.record.get("sources"), config, algo_dir)
 
@@ -127,7 +127,7 @@ def run_experiment(
                     write_initial(algo_dir, _initial_learner(program, config)[1], found.record["run_id"])
                 print(f"warning: {problem}; the run is finished and its initial/ was written again from its seed, "
                       f"as the run began.", file=sys.stderr)
-            return _finished(algo_dir, schedule, found)
+            return _finished(algo_dir, schedule, found, config)
         split = _split(program)
         run_id = found.record.get("run_id") if found.record is not None else new_run_id()
         if found.record is not None:
@@ -247,9 +247,12 @@ def _damaged_initial(algo_dir: Path, found) -> str | None:
     return verify_task_dir(algo_dir / INITIAL, -1, found.record.get("run_id"), hashes=True)
 
 
-def _finished(algo_dir: Path, schedule: np.ndarray, found) -> RunResult:
-    T = schedule.shape[0]
-    summary = [summary_row(t, *_load_summary_arrays(algo_dir / task_dir_name(t))) for t in range(T)]
+def _finished(algo_dir: Path, schedule: np.ndarray, found, config) -> RunResult:
+    """The run table of a finished run, read from its folders. Each folder's slots are those of
+    the run's --eval-tasks at its task (part of the resume key, so the recorded one): its
+    metadata.json, which the check has just parsed, is not parsed a third time."""
+    T, spec = schedule.shape[0], eval_tasks_of(config)
+    summary = [summary_row(t, _load_summary_arrays(algo_dir / task_dir_name(t)), spec.ids(t, T)) for t in range(T)]
     return RunResult(algo_dir=algo_dir, task_class_pairs=schedule, first_task=T, summary=summary,
                      already_finished=True, run_id=found.record.get("run_id"))
 
@@ -333,11 +336,8 @@ def _progress_bar(total: int, done: int, enabled: bool):
     return tqdm(total=total, initial=done, unit="task", desc="tasks", file=sys.stderr, dynamic_ncols=True)
 
 
-def _load_summary_arrays(task_dir: Path) -> tuple[dict, np.ndarray]:
-    from cljax.results import load_binary_labels, load_expert_metrics, load_metadata, load_metrics, load_representations
+def _load_summary_arrays(task_dir: Path) -> dict:
+    from cljax.results import load_binary_labels, load_expert_metrics, load_metrics, load_representations
 
-    metrics = load_metrics(task_dir)
-    arrays = {"metrics": metrics, "expert_metrics": load_expert_metrics(task_dir),
-              "representations": load_representations(task_dir), "binary_labels": load_binary_labels(task_dir)}
-    return arrays, eval_ids_of(load_metadata(task_dir), np.shape(metrics["test_acc"])[-1],
-                               where=str(task_dir / "metadata.json"))
+    return {"metrics": load_metrics(task_dir), "expert_metrics": load_expert_metrics(task_dir),
+            "representations": load_representations(task_dir), "binary_labels": load_binary_labels(task_dir)}
