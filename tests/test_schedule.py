@@ -207,6 +207,15 @@ def _copy_run(src, dst, folders):
     return dst
 
 
+def test_a_finished_window_runs_table_read_from_disk_is_the_table_it_trained(window_and_all):
+    window = window_and_all[0]
+    again = run_experiment(tiny(window.algo_dir.parents[1], eval_tasks="window:2"), progress=False)
+    assert again.already_finished and len(again.summary) == len(window.summary) == 5
+    for trained, read in zip(window.summary, again.summary):
+        assert trained.keys() == read.keys()
+        np.testing.assert_array_equal([trained[k] for k in trained], [read[k] for k in trained])
+
+
 def test_a_run_of_one_task_folder_is_analysed_with_its_plots(window_and_all, tmp_path):
     one = _copy_run(window_and_all[0].algo_dir, tmp_path / "one", ["task_000"])
     summary = analyze_run(one, tmp_path / "a", glue=False, make_plots=True)
