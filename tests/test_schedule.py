@@ -172,8 +172,7 @@ def test_a_run_too_large_for_dense_matrices_is_analysed_from_its_band_with_the_s
 
     window = window_and_all[0]
     dense = analyze_run(window.algo_dir, tmp_path / "d", glue=False, make_plots=False)
-    monkeypatch.setattr(band, "DENSE_CELLS", 0)
-    monkeypatch.setattr(driver, "DENSE_CELLS", 0)
+    monkeypatch.setattr(band, "DENSE_CELLS", 0)  # the driver and the analyses both decide by band.keeps_dense
     band_bytes = driver.BYTES_PER_CELL * 2 * 5 * 2  # R x n x K: the memory guard counts the band's slots
     monkeypatch.setattr(driver, "host_available_bytes", lambda: band_bytes - 1)
     with pytest.raises(CljaxError, match=r"repeats x task folders x evaluated task slots \(2 x 5 x 2\)"):

@@ -21,6 +21,12 @@ DENSE_CELLS = 2**24
 MAX_SIDE = 500
 
 
+def keeps_dense(R: int, n: int, K: int, T: int) -> bool:
+    """The dense (R, n, T) arrays are kept beside the band of K slots when they are small enough
+    (:data:`DENSE_CELLS`), or when the band is as wide as the tasks (no smaller than dense)."""
+    return K >= T or R * n * T <= DENSE_CELLS
+
+
 class Band(NamedTuple):
     values: np.ndarray  # (R, n, K): folder i's value on the task in its slot k
     ids: np.ndarray  # (n, K) int: the task in slot k of folder i; -1 where none
@@ -33,10 +39,8 @@ class Band(NamedTuple):
 
     @property
     def keeps_dense(self) -> bool:
-        """Whether the analysis also writes the dense (R, n, T) arrays: small enough
-        (:data:`DENSE_CELLS`), or a band as wide as the tasks (no smaller than dense)."""
-        R, n, K = self.values.shape
-        return K >= self.n_tasks or R * n * self.n_tasks <= DENSE_CELLS
+        """Whether the analysis also writes the dense (R, n, T) arrays (:func:`keeps_dense`)."""
+        return keeps_dense(*self.values.shape, self.n_tasks)
 
     @property
     def is_dense(self) -> bool:

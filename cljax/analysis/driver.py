@@ -44,7 +44,7 @@ import numpy as np
 
 from cljax import results
 from cljax.analysis.analyses import COLLAPSE_DROP  # importing it registers the built-in analyses
-from cljax.analysis.band import DENSE_CELLS
+from cljax.analysis.band import keeps_dense
 from cljax.analysis.cl import VARIANTS
 from cljax.analysis.glue import N_PROBES
 from cljax.analysis.probe import RIDGE
@@ -166,7 +166,7 @@ def analyze_run(
     if n > T:
         raise CljaxError(f"{algo_dir} holds {n} task folders but each evaluates only {T} tasks")
     K = folder.test_acc_slots.shape[-1]  # the task slots each folder saved (--eval-tasks)
-    dense = K >= T or R * n * T <= DENSE_CELLS  # as Band.keeps_dense
+    dense = keeps_dense(R, n, K, T)
     need, available = BYTES_PER_CELL * R * n * (T if dense else K), host_available_bytes()
     if need > available:
         what = "tasks" if dense else "evaluated task slots"

@@ -115,7 +115,7 @@ def plot_accuracy_matrix(accuracy_matrix, path: str | os.PathLike, title: str = 
     if A.ndim == 3:
         A = _mean_std(A.reshape(A.shape[0], -1))[0].reshape(A.shape[1:])
     T = A.shape[0]
-    side = max(A.shape[0], 4)  # a small matrix still gets room for its labels and title
+    side = max(T, 4)  # a small matrix still gets room for its labels and title
     fig = _figure(figsize=(1.2 + 0.45 * min(side, 30), 1.0 + 0.4 * min(side, 30)))
     ax = fig.subplots()
     if block > 1:
