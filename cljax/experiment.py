@@ -85,14 +85,15 @@ def run_experiment(
     schedule = make_schedule(data.n_classes, config.num_tasks, config.n_repeats, config.seed, config.task_schedule)
     task_data = TaskData(data, config)  # checks that every class has the images a task takes
     algo_dir = algo_dir_of(config)
-    found = inspect_run(algo_dir, config, data_id, overwrite, hashes=False)
+    memo: dict = {}  # the checks below parse each metadata.json once
+    found = inspect_run(algo_dir, config, data_id, overwrite, hashes=False, memo=memo)
     sources = plugin_sources(config)
     if found.record is not None and not found.finished:
         check_unchanged(data)  # the identity of a prepared folder is its recorded checksums
         check_sources(found.record.get("sources"), config, algo_dir)
     if found.finished:  # verify every file's content before saying so
         with RunLock(algo_dir, exclusive=False):
-            found = inspect_run(algo_dir, config, data_id, overwrite, hashes=True)
+            found = inspect_run(algo_dir, config, data_id, overwrite, hashes=True, memo=memo)
             if found.finished and _damaged_initial(algo_dir, found) is None:
                 return _finished(algo_dir, schedule, found, config)
         if found.finished:  # all but initial/, which is written again below
@@ -119,7 +120,7 @@ def run_experiment(
 
     # Every check has passed: from here on the folder is locked and written.
     with RunLock(algo_dir) if is_writer() else contextlib.nullcontext():
-        found = inspect_run(algo_dir, config, data_id, overwrite, hashes=True)  # what is there now
+        found = inspect_run(algo_dir, config, data_id, overwrite, hashes=True, memo=memo)  # what is there now
         if found.finished:  # a finished run whose initial/ is damaged: written again, as a resume would
             problem = _damaged_initial(algo_dir, found)
             if problem is not None and is_writer():

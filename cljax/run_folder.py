@@ -34,6 +34,7 @@ from cljax.run_lock import RUN_LOCK
 from cljax.safe_files import file_sha256, npy_header, safe_load_pickle
 
 ANALYSIS = "analysis"
+CHECKED_FIELDS = ("task_index", "run_id", "files", "shapes")  # what verify_task_dir reads of metadata.json
 
 
 # ---- what is there -------------------------------------------------------------------------
@@ -73,10 +74,13 @@ def _deletes(n_dirs: int) -> str:
     return f"deletes {folders}its run.json, checkpoint, initial state and analysis; other files stay"
 
 
-def inspect_run(algo_dir: Path, config: Config, data_id: str | None, overwrite: bool, hashes: bool) -> Found:
+def inspect_run(algo_dir: Path, config: Config, data_id: str | None, overwrite: bool, hashes: bool,
+                memo: dict | None = None) -> Found:
     """Decide what a run does with ``algo_dir``; read only. Raises CljaxError, naming the fix,
     for a folder it must not touch: another run's settings, damage below the checkpoint, files
-    that mix two runs. ``hashes``: also compare every file's content with its recorded sha256."""
+    that mix two runs. ``hashes``: also compare every file's content with its recorded sha256.
+    ``memo``: shared by the checks of one command, which then parse each metadata.json once
+    (``verify_task_dir``)."""
     check_writable_target(algo_dir)
     if not algo_dir.exists() or not _holds_anything(algo_dir):
         return Found()
@@ -101,7 +105,8 @@ def inspect_run(algo_dir: Path, config: Config, data_id: str | None, overwrite: 
     run_id, T = record.get("run_id"), config.num_tasks
     # Hashing reads every finished file once: folders in parallel (hashlib releases the GIL).
     with ThreadPoolExecutor(max_workers=max(1, min(8, usable_cores()))) as pool:
-        problems = list(pool.map(lambda t: verify_task_dir(algo_dir / task_dir_name(t), t, run_id, hashes), range(T)))
+        problems = list(pool.map(lambda t: verify_task_dir(algo_dir / task_dir_name(t), t, run_id, hashes, memo=memo),
+                                 range(T)))
     extra = [d for d in task_dirs(algo_dir) if int(d.name.split("_")[1]) >= T]
     if extra:  # T is part of the resume key: a folder past it was not written by this run (analyze refuses it too)
         raise CljaxError(f"{extra[0]} is not a task of this {T}-task run: move it out of {algo_dir} to "
@@ -173,18 +178,20 @@ def changed_since(record: dict) -> str | None:
     return None
 
 
-def verify_task_dir(task_dir: Path, t: int, run_id: str | None, hashes: bool, into: dict | None = None) -> str | None:
+def verify_task_dir(task_dir: Path, t: int, run_id: str | None, hashes: bool, into: dict | None = None,
+                    memo: dict | None = None) -> str | None:
     """What is wrong with task folder ``t`` of run ``run_id`` (None when it is whole): missing
     files, shapes other than metadata.json records, sizes or (``hashes``) contents other than
     recorded at write time, or another run's id. Folders written before run ids and hashes are
     checked for their files and shapes. ``into``: receives the parsed metadata.json under
-    "metadata", for a reader that would parse it again (a long run's is megabytes)."""
+    "metadata", for a reader that would parse it again (a long run's is megabytes). ``memo``:
+    keeps the fields this check reads, by the file's identity, for a later check of the folder."""
     if not task_dir.exists():
         return f"{task_dir} is missing"
     if not task_dir.is_dir():
         return f"{task_dir} is not a folder"
     try:
-        meta = load_metadata(task_dir)
+        meta = _checked_metadata(task_dir, memo)
     except DamagedFile as exc:
         return f"{exc.path} {exc.problem}"
     if into is not None:
@@ -221,6 +228,27 @@ def verify_task_dir(task_dir: Path, t: int, run_id: str | None, hashes: bool, in
             if hashes and file_sha256(path) != want.get("sha256"):
                 return _refused_pickle(path) or f"{path} does not match the sha256 recorded when it was written"
     return None
+
+
+def _checked_metadata(task_dir: Path, memo: dict | None) -> dict:
+    """metadata.json, or only the fields ``verify_task_dir`` reads once ``memo`` holds them for the
+    file as it is now (same inode, size and change times: a file written again is parsed again).
+    A command checks the folder before and after it takes the lock; the second check reuses the
+    first's parse, most of a long run's check (its files list the schedule: megabytes each)."""
+    if memo is None:
+        return load_metadata(task_dir)
+    path = task_dir / "metadata.json"
+    try:
+        st = path.stat()
+    except OSError:
+        return load_metadata(task_dir)  # its own error
+    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    kept = memo.get(path)
+    if kept is not None and kept[0] == key:
+        return kept[1]
+    meta = load_metadata(task_dir)
+    memo[path] = (key, {k: meta[k] for k in CHECKED_FIELDS if k in meta})
+    return meta
 
 
 def _refused_pickle(path: Path) -> str | None:

@@ -308,6 +308,32 @@ def test_a_run_stopped_before_its_last_checkpoint_trains_the_last_task_again(mad
     assert (run_dir / "checkpoint.npz").read_bytes() == finished_ckpt
 
 
+def test_a_rerun_parses_each_metadata_once_and_sees_a_folder_written_between_its_checks(made, tmp_path, capsys,
+                                                                                      monkeypatch):
+    """A rerun checks the folders before and again after it takes the lock; a long run's
+    metadata.json lists its schedule (megabytes), and parsing it twice was most of a finished
+    rerun's time. The second check reuses the first's fields unless the file changed."""
+    from cljax import run_folder
+
+    run_dir = copy(made, "finished", tmp_path / "r")
+    parsed = []
+    monkeypatch.setattr(run_folder, "load_metadata", lambda d: parsed.append(Path(d).name) or results.load_metadata(d))
+    rc, out, err = run_cli(["run", *FLAGS, "--results-dir", str(tmp_path / "r")], capsys)
+    assert rc == 0 and "already finished" in out + err, (out, err)
+    assert sorted(n for n in parsed if n.startswith("task_")) == ["task_000", "task_001"]  # was each twice
+
+    memo: dict = {}
+    assert run_folder.verify_task_dir(run_dir / "task_001", 1, "the-run", hashes=False, memo=memo) is not None
+    run_id = json.loads((run_dir / "run.json").read_text())["run_id"]
+    assert run_folder.verify_task_dir(run_dir / "task_001", 1, run_id, hashes=False, memo=memo) is None
+    meta_path = run_dir / "task_001" / "metadata.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**meta, "run_id": "x" * len(run_id)}, indent=1))  # another run's, same size
+    os.utime(meta_path, ns=(meta_path.stat().st_atime_ns, meta_path.stat().st_mtime_ns + 1))
+    problem = run_folder.verify_task_dir(run_dir / "task_001", 1, run_id, hashes=True, memo=memo)
+    assert problem is not None and "belongs to run " + "x" * len(run_id) in problem
+
+
 @pytest.mark.parametrize("case", ["user_file", "analysis_link", "not_a_file"])
 def test_overwrite_deletes_nothing_when_it_would_take_a_file_cljax_did_not_write(made, tmp_path, capsys, case):
     run_dir = copy(made, "finished", tmp_path / "r")
