@@ -197,11 +197,12 @@ def _cmd_compare(argv: list[str]) -> int:
     parser.add_argument("--json", default=None, help="write the comparison as JSON here")
     args = parser.parse_args(argv)
     from cljax.analysis.compare import compare_runs, format_comparison
+    from cljax.analysis.spread import jsonable
 
     summary = compare_runs(args.runs, args.out)
     print(format_comparison(summary))
     if args.json:
-        Path(args.json).write_text(json.dumps(summary, indent=1))
+        Path(args.json).write_text(json.dumps(jsonable(summary), indent=1, allow_nan=False))  # NaN as null
     if args.out:
         print(f"plot: {args.out}")
     return 0

@@ -73,3 +73,21 @@ def test_runs_whose_folders_share_a_name_keep_their_own_rows(tmp_path, capsys):
                                summary[list(summary)[0]]["gap_late"]["mean"] + 0.1)
     rc = cli_main(["compare", str(runs[0]), str(runs[0])])
     assert rc == 2 and "the same run is given twice" in capsys.readouterr().err
+
+
+def test_a_diverged_run_is_written_as_strict_json_with_null(tmp_path):
+    # A run diverged in every repeat (kept with --allow-nonfinite) has NaN accuracies; the JSON
+    # wrote the bare token NaN, which a strict parser (and jq) refuses. summary.json writes null.
+    rng = np.random.default_rng(2)
+    learner, expert = rng.uniform(0.5, 1, (T, R)), rng.uniform(0.5, 1, (T, R))
+    write_run(tmp_path / "ok", learner, expert, window=False)
+    write_run(tmp_path / "nan", np.full((T, R), np.nan), expert, window=False)
+    assert cli_main(["compare", str(tmp_path / "ok"), str(tmp_path / "nan"), "--json", str(tmp_path / "c.json")]) == 0
+
+    def refuse(token):
+        raise ValueError(token)
+
+    out = json.loads((tmp_path / "c.json").read_text(), parse_constant=refuse)
+    assert out["nan"]["gap_late"]["mean"] is None and out["nan"]["gap_per_task"] == [None] * T
+    assert out["nan"]["gap_late"]["n_nonfinite"] == R
+    np.testing.assert_allclose(out["ok"]["gap_per_task"], (expert - learner).mean(1))

@@ -34,7 +34,6 @@ Conventions (also written to the summary):
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 from pathlib import Path
@@ -49,7 +48,7 @@ from cljax.analysis.cl import VARIANTS
 from cljax.analysis.glue import N_PROBES
 from cljax.analysis.probe import RIDGE
 from cljax.analysis.registry import Options, RunContext, TaskFolder, get, registered
-from cljax.analysis.spread import RULE
+from cljax.analysis.spread import RULE, jsonable
 from cljax.checkpoint import read_run_record
 from cljax.devices.memory import host_available_bytes
 from cljax.errors import CljaxError
@@ -63,27 +62,6 @@ FILE_ORDER = (
     "accuracy_matrix.png", "accuracy_over_time.png", "learner_vs_expert.png", "plasticity.png", "glue.png",
     "glue_across.png",
 )
-
-
-def _finite_or_none(x):
-    x = float(x)
-    return x if math.isfinite(x) else None
-
-
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, (float, np.floating)):
-        return _finite_or_none(obj)
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.bool_,)):
-        return bool(obj)
-    return obj
 
 
 def _file_rank(name: str) -> int:
@@ -216,7 +194,7 @@ def analyze_run(
     arrays = {name: a for result in outputs for name, a in result.arrays.items()}
     figures = {name: draw for result in outputs for name, draw in result.plots.items()} if make_plots else {}
     summary["files"] = ["summary.json", *sorted(arrays, key=_file_rank), *sorted(figures, key=_file_rank)]
-    summary = _jsonable(summary)
+    summary = jsonable(summary)
     writers = {**{name: (lambda path, a=arrays[name]: np.savez_compressed(path, **a)) for name in arrays},  # mostly
                **figures,  # NaN: the (R, n, T) rows of a long run with --eval-tasks current or window:K
                "summary.json": lambda path: path.write_text(json.dumps(summary, indent=1, allow_nan=False))}

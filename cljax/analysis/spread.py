@@ -49,3 +49,22 @@ def over_tasks(values_nR) -> dict:
     mean, _, _ = mean_std_axis0(v.T)
     return {"last_task": spread(v[-1]), "per_task_mean": [float(m) for m in mean],
             "n_nonfinite": int((~np.isfinite(v)).sum())}
+
+
+def jsonable(obj):
+    """``obj`` with numpy values as Python ones and every non-finite float as None: what the JSON
+    files of an analysis (summary.json, ``cljax compare --json``) hold, NaN written as ``null``
+    (strict JSON has no NaN)."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return jsonable(obj.tolist())
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if np.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    return obj
