@@ -56,3 +56,30 @@ def test_best_gap_compares_best_with_best():
     expert = [np.array([0.95, 0.6, 0.93]).reshape(3, 1)]
     np.testing.assert_allclose(plasticity_gap_best(learner, expert), [[0.05]])
     np.testing.assert_allclose(plasticity_gap(np.array([[[0.8]]]), np.array([[0.93]])), [[0.13]])
+
+
+def test_a_diverged_expert_is_left_out_and_counted(tmp_path):
+    # The expert of (repeat 0, task 1) reaches 0.97, then diverges (kept with --allow-nonfinite):
+    # its last snapshot is NaN. The best snapshot is the best finite one, the cell's drop is NaN
+    # and left out of the maximum over the cells (a plain max made it null), and counted.
+    algo = tmp_path / "run"
+    write_fake_run(algo)
+    collapse_one_expert(algo, snapshots=(0.97, np.nan))
+    collapse_one_expert(algo, task=2, repeat=1, snapshots=(0.9, 0.6))
+    s = analyze_run(algo, glue=False, make_plots=False)
+    cl = np.load(algo / "analysis" / "cl.npz")
+    np.testing.assert_allclose(cl["expert_acc_best"][0], [E[0], 0.97, E[2]])
+    assert np.isnan(cl["expert_drop_from_best"][0, 1])
+    expert = s["expert"]
+    assert math.isclose(expert["max_drop_from_best"], 0.3, rel_tol=1e-9)
+    assert expert["n_nonfinite"] == 1 and expert["n_collapsed"] == 1 and expert["n_cells"] == 6
+    best0 = np.array([E[0], 0.97, E[2]]) - np.diag(R_FINAL)
+    assert math.isclose(s["mean_plasticity_gap_best"]["mean"] * 2 - best0.mean(),
+                        np.mean([E[0], E[1], 0.9] - (np.diag(R_FINAL) - 0.05)), rel_tol=1e-9)
+
+
+def test_the_best_snapshot_of_no_finite_snapshot_is_nan():
+    from cljax.analysis.cl import snapshot_accuracy
+
+    acc = np.array([[0.6, np.nan, np.nan], [0.8, np.nan, np.inf]])  # (L, R): repeat 1 all NaN
+    np.testing.assert_array_equal(snapshot_accuracy([acc], "best")[:, 0], [0.8, np.nan, np.nan])

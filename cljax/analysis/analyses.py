@@ -72,9 +72,11 @@ def _expert_summary(expert_LR: list, current_LR: list) -> dict:
             "expert": {
                 "final": spread(mean_over_tasks(final)),
                 "best": spread(mean_over_tasks(best)),
-                "max_drop_from_best": float(drop.max()),
+                "max_drop_from_best": float(np.max(drop, where=np.isfinite(drop), initial=-np.inf))
+                if np.isfinite(drop).any() else float("nan"),
                 "n_collapsed": int((drop > COLLAPSE_DROP).sum()),
                 "n_cells": int(drop.size),
+                "n_nonfinite": int((~np.isfinite(drop)).sum()),  # left out of the max and of n_collapsed
                 "collapse": f"last snapshot more than {COLLAPSE_DROP} below the best snapshot of the same "
                             "(repeat, task)",
             },

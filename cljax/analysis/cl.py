@@ -189,7 +189,8 @@ EXPERT_VARIANTS = ("final", "auc", "best")
 
 def snapshot_accuracy(acc_LR_per_task: Sequence[np.ndarray], variant: str = "final") -> np.ndarray:
     """One figure per task from one (L, R) accuracy array per task, (R, T): the last snapshot
-    (``final``), the mean over the snapshots (``auc``) or the best snapshot (``best``)."""
+    (``final``), the mean over the snapshots (``auc``) or the best snapshot (``best``: the best
+    finite one; NaN when none is, as for a network that diverged before its first snapshot)."""
     if variant not in EXPERT_VARIANTS:
         raise ValueError(f"variant must be one of {EXPERT_VARIANTS}, got {variant!r}")
     cols = []
@@ -197,8 +198,14 @@ def snapshot_accuracy(acc_LR_per_task: Sequence[np.ndarray], variant: str = "fin
         a = np.asarray(a, dtype=np.float64)
         if a.ndim != 2:
             raise ValueError(f"expected accuracy snapshots of shape (L, R), got {a.shape}")
-        cols.append(a[-1] if variant == "final" else a.mean(axis=0) if variant == "auc" else a.max(axis=0))
+        cols.append(a[-1] if variant == "final" else a.mean(axis=0) if variant == "auc" else _finite_max(a))
     return np.stack(cols, axis=1)
+
+
+def _finite_max(a_LR: np.ndarray) -> np.ndarray:
+    """The max over the snapshots of each column's finite values, NaN where there is none."""
+    finite = np.isfinite(a_LR)
+    return np.where(finite.any(axis=0), np.where(finite, a_LR, -np.inf).max(axis=0), np.nan)
 
 
 def expert_accuracy(expert_test_acc_per_task: Sequence[np.ndarray], variant: str = "final") -> np.ndarray:
