@@ -318,11 +318,16 @@ def format_summary(result: RunResult, max_rows: int = 40) -> str:
         n = len(rows)
         keep = set(range(10)) | set(range(n - 10, n)) | set(np.linspace(0, n - 1, max_rows - 20).round().astype(int))
         rows = [rows[i] for i in sorted(keep)]
-    for row in rows:
-        earlier = "" if np.isnan(row["acc_earlier"]) else f"{row['acc_earlier']:.3f}"
-        probe = "" if np.isnan(row.get("probe_earlier", np.nan)) else f"{row['probe_earlier']:.3f}"
+    for row in rows:  # blank: no earlier task; nan: no finite value
+        none = row.get("n_earlier", 0 if np.isnan(row["acc_earlier"]) else 1) == 0
+        earlier = "" if none else f"{row['acc_earlier']:.3f}"
+        probe = "" if none or np.isnan(row.get("probe_earlier", np.nan)) else f"{row['probe_earlier']:.3f}"
         lines.append(f"{row['task']:>4}  {row['acc_current']:>17.3f}  {earlier:>22}  {probe:>19}  "
                      f"{row['expert_acc']:>10.3f}")
+    left_out = sum(1 for row in result.summary if row.get("n_nonfinite"))
+    if left_out:
+        lines.append(f"(in {left_out} of {len(result.summary)} tasks a repeat has non-finite values, e.g. a diverged "
+                     f"network: the means leave them out; per repeat: cljax analyze)")
     if len(rows) < len(result.summary):
         lines.append(f"({len(rows)} of {len(result.summary)} tasks shown; every task: cljax analyze, or each "
                      f"task's folder)")

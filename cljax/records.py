@@ -117,16 +117,28 @@ def task_metadata(config, schedule, t, shapes, weights, class_names, lowering, t
 def summary_row(t: int, arrays: dict, eval_ids) -> dict:
     """Task t's row of the run table: the learner on task t and on the earlier tasks it
     evaluated, the expert, the probe of the earlier tasks' representations."""
-    acc_RK = arrays["metrics"]["test_acc"][-1]  # last snapshot of task t
+    acc_RK = np.asarray(arrays["metrics"]["test_acc"][-1], np.float64)  # last snapshot of task t
+    expert_R = np.asarray(arrays["expert_metrics"]["test_acc"][-1], np.float64)
     ids = np.asarray(eval_ids)
     earlier = np.flatnonzero((ids >= 0) & (ids < t))
+    diverged = ~np.isfinite(acc_RK[:, ids >= 0]).all(axis=1) | ~np.isfinite(expert_R)
     return {
         "task": t,
-        "acc_current": float(acc_RK[:, int(np.flatnonzero(ids == t)[0])].mean()),
-        "acc_earlier": float(acc_RK[:, earlier].mean()) if len(earlier) else float("nan"),
-        "expert_acc": float(arrays["expert_metrics"]["test_acc"][-1].mean()),
+        "acc_current": _finite_mean(acc_RK[:, int(np.flatnonzero(ids == t)[0])]),
+        "acc_earlier": _finite_mean(acc_RK[:, earlier]),
+        "expert_acc": _finite_mean(expert_R),
         "probe_earlier": _probe_earlier(arrays, earlier),
+        "n_earlier": len(earlier),  # 0: no earlier task evaluated (acc_earlier, probe_earlier NaN)
+        "n_nonfinite": int(diverged.sum()),  # repeats with a non-finite value, left out of the means
     }
+
+
+def _finite_mean(values) -> float:
+    """The mean of the finite values, NaN when none is: the analysis's rule (docs/metrics.md), so
+    a repeat that diverged (NaN accuracy, kept with --allow-nonfinite) is left out, not averaged in."""
+    v = np.asarray(values, np.float64)
+    finite = np.isfinite(v)
+    return float(v[finite].mean()) if finite.any() else float("nan")
 
 
 PROBE_TASKS = 32

@@ -233,3 +233,30 @@ def test_the_run_table_of_a_long_run_shows_the_first_last_and_spaced_tasks():
     assert lines[-1].startswith(f"({len(shown)} of 1000 tasks shown")
     short = format_summary(RunResult(algo_dir=Path("x"), task_class_pairs=np.zeros((40, 1, 2)), summary=rows[:40]))
     assert len(short.splitlines()) == 42
+
+
+def test_the_run_table_leaves_a_diverged_repeat_out_and_says_so():
+    # Repeat 0 of 3 diverged during task 1 (NaN accuracy, kept with --allow-nonfinite): the
+    # table's means are over the finite repeats, as every summary's (docs/metrics.md); it printed
+    # nan for two columns and a blank, "no earlier task", for the third.
+    from pathlib import Path
+
+    from cljax.experiment import RunResult, format_summary
+    from cljax.records import summary_row
+
+    acc = np.array([[np.nan, np.nan, 0.5], [0.7, 0.9, 0.5], [0.8, 1.0, 0.5]])  # (R, K), all 3 tasks evaluated
+    expert = np.array([[0.6, 0.9, 0.7]])
+    rows = [summary_row(t, {"metrics": {"test_acc": acc[None]}, "expert_metrics": {"test_acc": expert}},
+                        [0, 1, 2]) for t in (0, 1)]
+    assert rows[1]["acc_current"] == pytest.approx(0.95) and rows[1]["acc_earlier"] == pytest.approx(0.75)
+    assert rows[1]["expert_acc"] == pytest.approx((0.6 + 0.9 + 0.7) / 3)
+    assert rows[1]["n_nonfinite"] == 1 and rows[0]["n_earlier"] == 0 and rows[1]["n_earlier"] == 1
+    all_nan = summary_row(1, {"metrics": {"test_acc": np.full((1, 3, 3), np.nan)},
+                              "expert_metrics": {"test_acc": expert}}, [0, 1, 2])
+    table = format_summary(RunResult(algo_dir=Path("x"), task_class_pairs=np.zeros((3, 3, 2)),
+                                     summary=[*rows, all_nan])).splitlines()
+    assert table[2].split() == ["0", "0.750", "0.733"]  # task 0: no earlier task, blank
+    assert table[3].split()[:3] == ["1", "0.950", "0.750"]
+    assert table[4].split()[:3] == ["1", "nan", "nan"]  # no finite value: nan, not blank
+    assert table[-1] == ("(in 3 of 3 tasks a repeat has non-finite values, e.g. a diverged network: the means "
+                         "leave them out; per repeat: cljax analyze)")
