@@ -289,6 +289,9 @@ def plot_head_vs_probe(earlier_RN: Mapping[str, np.ndarray], last_RT: Mapping[st
         shown = {k: np.asarray(v, dtype=np.float64)[:, first:] for k, v in curves.items()}
         for label, v in shown.items():
             _band(ax, np.arange(first, first + v.shape[-1]), v, label=label, marker="o")
+        width = max((v.shape[-1] for v in shown.values()), default=0)
+        if width:  # every task on the axis, also where only some were evaluated (--eval-tasks)
+            ax.set_xlim(first - 0.5, first + width - 0.5)
         if not any(np.isfinite(v).any() for v in shown.values()):
             ax.text(0.5, 0.75, "no task here was evaluated in this run (--eval-tasks)", transform=ax.transAxes,
                     ha="center", va="center", fontsize=8)
