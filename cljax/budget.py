@@ -1,5 +1,4 @@
-"""What a run will take: device memory per task, disk per task and for the run, and how
-evaluation runs (test sets resident, or streamed K tasks at a time). ``choose_eval_chunk`` is the
+"""What a run will take: device memory and host memory per task, and how evaluation runs (test sets resident, or streamed K tasks at a time). ``choose_eval_chunk`` is the
 one place where resident or chunked evaluation is decided; ``cljax run`` calls it before it
 writes anything, and ``cljax plan`` (cljax/plan.py) reports the same figures.
 
@@ -13,27 +12,22 @@ learner state, the task's training data, the current test set, the snapshot buff
 sets of evaluation (all T, or two chunks of K while streaming) and the evaluation outputs (all T,
 or two chunks); "T" there is the task slots each snapshot evaluates (``--eval-tasks``: T, 1 or the
 window's K). XLA's scratch space is estimated separately and roughly, from the model's
-activations. Disk figures are exact for the .npy files (the header and data sizes follow from
-the shapes), exact for the pickles (pickled at the real shapes), estimated for metadata.json.
+activations. The disk a run takes: ``cljax.budget_disk``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import io
-import json
 import math
-import pickle
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cljax.config import SCHEMA_VERSION, Config
+from cljax.config import Config
 from cljax.errors import CljaxError
 from cljax.eval_tasks import eval_slots, eval_tasks_of
-from cljax.sources import plugin_sources
 
 LABEL_DTYPE = np.int32  # labels as TaskData builds them
 HEADROOM = 0.9  # a run may plan for this fraction of the device budget (allocator, runtime)
@@ -55,6 +49,7 @@ class ProgramBytes:
     n_params: int  # per repeat
     hidden: int  # H, width of the saved representation
     activation_bytes_per_image: int  # the model's layer outputs for one image (rough scratch basis)
+    learner_batch: int  # images per learner step and repeat: --batch-size, plus what options append (replay)
 
 
 def _host_shape_dtype(leaf) -> tuple[tuple, np.dtype]:
@@ -118,6 +113,12 @@ def program_bytes(config: Config, program, image_shape: tuple) -> ProgramBytes:
         return net.module.apply({"params": params, **state}, x, capture_intermediates=True, mutable=["intermediates"])
 
     _, inter = jax.eval_shape(forward, one_params, one_state, sds((1, *image_shape), jnp.uint8))
+    from cljax.step import learner_batch  # the program's own: a budget never builds one
+
+    one_repeat = jax.tree.map(lambda leaf: sds(leaf.shape[1:], leaf.dtype), learner)
+    B = config.batch_size
+    _, batch_labels, _ = jax.eval_shape(lambda *a: learner_batch(program.parts, *a), one_repeat,
+                                        sds((B, *image_shape), jnp.uint8), sds((B,), LABEL_DTYPE), key)
     return ProgramBytes(
         learner=parts,
         snapshots=snapshots,
@@ -125,6 +126,7 @@ def program_bytes(config: Config, program, image_shape: tuple) -> ProgramBytes:
         n_params=int(sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(one_params))),
         hidden=int(reps.shape[-1]),
         activation_bytes_per_image=max(_bytes(inter), 1),
+        learner_batch=int(batch_labels.shape[0]),
     )
 
 
@@ -151,13 +153,14 @@ def device_components(b: Budget, chunk_tasks: int) -> dict:
 
 def scratch_bytes(b: Budget) -> int:
     """A rough estimate of XLA's temporary buffers (not in jax.live_arrays): a training step
-    keeps learner and expert activations and their gradients (x3), an evaluation call one
-    batch of eval_batch_size images per repeat and the hidden layer of a whole test set."""
+    keeps learner and expert activations and their gradients (x3; the learner's batch includes
+    what options append), an evaluation call one batch of eval_batch_size images per repeat and
+    the hidden layer of a whole test set."""
     config = b.config
     pb = b.pb
     R, Nt = config.n_repeats, config.n_test
     eval_batch = config.eval_chunk()
-    train = 2 * 3 * config.batch_size * R * pb.activation_bytes_per_image + 2 * pb.learner["params"]
+    train = 3 * (pb.learner_batch + config.batch_size) * R * pb.activation_bytes_per_image + 2 * pb.learner["params"]
     evaluate = 2 * eval_batch * R * pb.activation_bytes_per_image + R * Nt * pb.hidden * 4
     return int(max(train, evaluate))
 
@@ -282,107 +285,6 @@ def host_problem(b: Budget, data, chunk: int, available: int) -> CljaxError | No
         f"{fmt_bytes(available)} available: lower --n-repeats, --n-train-per-class, --n-test-per-class, "
         f"--n-subsamples or snapshots (raise --log-frequency), use --eval-tasks window:K or --representation-dtype "
         f"bfloat16, or free memory. `cljax plan` shows the parts.")
-
-
-# ---- disk -----------------------------------------------------------------------------------------
-def npy_bytes(shape, dtype) -> int:
-    """Exact size of ``np.save`` of an array of this shape and dtype (header + data)."""
-    dtype = np.dtype(dtype)
-    header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": tuple(int(s) for s in shape)}
-    buf = io.BytesIO()
-    try:
-        np.lib.format.write_array_header_1_0(buf, header)
-    except ValueError:  # too long for format 1.0 (very many fields): np.save uses 2.0
-        buf = io.BytesIO()
-        np.lib.format.write_array_header_2_0(buf, header)
-    return buf.tell() + math.prod(header["shape"]) * dtype.itemsize
-
-
-def _weights_dtype(b: Budget, which: int = 0) -> np.dtype:
-    """The structured dtype of weights.npy (``which`` 0) or model_state.npy (1, the model's
-    mutable state): one field per path, sorted (as the writer)."""
-    shapes = jax.eval_shape(b.program.parts.net.init, jax.eval_shape(lambda: jax.random.key(0)))[which]
-    fields = []
-
-    def walk(prefix, node):
-        if isinstance(node, dict):
-            for key in sorted(node):
-                walk(f"{prefix}/{key}" if prefix else str(key), node[key])
-        else:
-            fields.append((prefix, np.dtype(node.dtype), tuple(node.shape)))
-
-    walk("", shapes)
-    return np.dtype(fields)
-
-
-def disk_files_per_task(b: Budget, schedule: np.ndarray | None = None, class_names=None) -> dict:
-    """Bytes of each file of one task folder: .npy and .pkl exact, metadata.json estimated."""
-    config = b.config
-    from cljax.results import EXPERT_KEYS
-
-    L, R, S = config.n_logs, config.n_repeats, config.n_subsamples
-    T = eval_slots(config)  # the saved task axis
-    pb = b.pb
-    rep_dtype = np.uint16 if config.representation_dtype == "bfloat16" else np.dtype(config.representation_dtype)
-    zeros = lambda *shape: np.zeros(shape, np.float32)  # noqa: E731
-    metrics = {"test_acc": zeros(L, R, T), "test_loss": zeros(L, R, T), "train_acc": zeros(L, R),
-               "train_loss": zeros(L, R), "start_test_acc": zeros(R, T), "start_test_loss": zeros(R, T),
-               "log_steps": np.zeros(L, np.int64)}
-    expert = {k: zeros(L, R) for k in EXPERT_KEYS}
-    return {
-        "representations.npy": npy_bytes((L, R, T, S, pb.hidden), rep_dtype),
-        "binary_labels.npy": npy_bytes((L, R, T, S), np.uint8),
-        "weights.npy": npy_bytes((L, R), _weights_dtype(b)),
-        "start_weights.npy": npy_bytes((R,), _weights_dtype(b)),
-        # model_state.npy only for a model with mutable state (BatchNorm statistics)
-        **({"model_state.npy": npy_bytes((L, R), _weights_dtype(b, 1))} if b.program.parts.net.state_collections else {}),
-        "metrics.pkl": len(pickle.dumps(metrics, protocol=4)),
-        "expert_metrics.pkl": len(pickle.dumps(expert, protocol=4)),
-        "metadata.json": _metadata_estimate(b, schedule, class_names),
-    }
-
-
-def _metadata_estimate(b: Budget, schedule, class_names) -> int:
-    """metadata.json: the config, the schedule, the shapes, the evaluated tasks and the layout as
-    JSON (indent 1), plus a part this does not model (shapes, axes, the files' sizes and hashes,
-    versions, devices, lowering, split, timings, run id, argv), taken as 3.5 KB: 3.4 KB measured
-    with a 330-character command line."""
-    from cljax.tasks import schedule_record
-
-    config = b.config
-    T, R = config.num_tasks, config.n_repeats
-    names = class_names or [f"class_{i}" for i in range(2 * T)]
-    pairs = schedule if schedule is not None else np.array([[[0, 1]] * R] * T)
-    sched = schedule_record(pairs, T - 1, config.task_schedule, len(names))  # the last task's is the largest
-    variable = {
-        "config": config.to_dict(),
-        "task_pairs": pairs[0].tolist(),
-        "task_pair_names": [[names[a], names[b]] for a, b in pairs[0]],
-        "schedule": sched,
-        "eval_tasks": eval_tasks_of(config).record(T - 1, T),
-        "log_steps": config.log_steps,
-        "plugins": plugin_sources(config),
-        "weights_layout": [{"name": n, "shape": list(d[0].shape), "dtype": "float32", "offset_bytes": int(d[1])}
-                           for n, d in _weights_dtype(b).fields.items()],
-    }
-    return len(json.dumps(variable, indent=1)) + 3500
-
-
-def disk_run_files(b: Budget) -> dict:
-    """Files beside the task folders: the run record, the learner checkpoint (npz) and the
-    initial network (initial/: weights.npy exact, its metadata.json estimated at 1 KiB)."""
-    from cljax.checkpoint import CHECKPOINT, RUN_RECORD
-
-    record = len(json.dumps({"schema": SCHEMA_VERSION, "config": b.config.to_dict(),
-                             "sources": plugin_sources(b.config)}, indent=1, sort_keys=True))
-    learner = jax.eval_shape(b.program.init_learner, jax.eval_shape(lambda: jax.random.key(0)))
-    # npz = a zip of .npy members (stored, zip64): about 200 bytes of zip headers per member.
-    members = [npy_bytes(*_host_shape_dtype(leaf)) + 200 for leaf in jax.tree.leaves(learner)]
-    members.append(npy_bytes((), np.int64) + 200)  # next_task
-    return {RUN_RECORD: record, CHECKPOINT: sum(members) + 22,
-            "initial/": npy_bytes((b.config.n_repeats,), _weights_dtype(b)) + 1024}
-
-
 
 
 def fmt_bytes(n: float) -> str:

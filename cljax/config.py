@@ -95,7 +95,8 @@ class Config:
                                   "(0: automatic, resident when everything fits --device-memory, else the largest K that "
                                   "fits; see `cljax plan`)", min=0)
     device_memory: int = param(0, "device memory budget in bytes per device for the automatic --eval-chunk-tasks "
-                               "(0: what the device reports, on the CPU the host's available memory)", min=0)
+                               "(0: what the device reports, on the CPU the host's available memory)", min=0,
+                               max=2**62)  # a host-side byte count, not a 32-bit integer of the program
     matmul_precision: str = param("highest", "precision of float32 matmuls and convolutions in the task program "
                                   "(jax.default_matmul_precision): highest (full float32 on every backend), high, "
                                   "default (the backend's fastest: TF32 on NVIDIA GPUs); changes the numbers on GPUs and "
@@ -120,7 +121,8 @@ class Config:
     # logging
     log_frequency: int = param(25, "steps between snapshots; L = steps_per_task // log_frequency", min=1)
     # bookkeeping
-    seed: int = param(0, "experiment seed: class pairs, initialisation, shuffling all derive from it", min=0)
+    seed: int = param(0, "experiment seed: class pairs, initialisation, shuffling all derive from it", min=0,
+                      max=2**32 - 1)  # a JAX key keeps 32 bits: seeds 2**32 apart would share initialisations
     results_dir: str = param("results", "root of the results tree")
     data_dir: str | None = param(None, "dataset location (default: the dataset's standard place)")
     # the selected entries' own settings (None / (): their defaults, filled in by __post_init__)

@@ -16,7 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cljax.budget import Budget, choose_eval_chunk, disk_files_per_task, disk_run_files, host_problem
+from cljax.budget import Budget, choose_eval_chunk, host_problem
+from cljax.budget_disk import disk_files_per_task, disk_run_files
 from cljax.checkpoint import CHECKPOINT, RUN_RECORD, load_learner, new_run_id, save_learner, write_run_record
 from cljax.config import SCHEMA_VERSION, Config, algo_dir_of
 from cljax.data import load_dataset
@@ -118,6 +119,8 @@ def run_experiment(
     check_disk(algo_dir, task_disk + ckpt_disk + record_disk + initial_disk,
                "the first task (its folder, the checkpoint's new copy, run.json and initial/)")
 
+    # The learner's first state, before anything is deleted: a failure to build it leaves the folder as it was.
+    start = _initial_learner(program, config)
     # Every check has passed: from here on the folder is locked and written.
     with RunLock(algo_dir) if is_writer() else contextlib.nullcontext():
         found = inspect_run(algo_dir, config, data_id, overwrite, hashes=True, memo=memo)  # what is there now
@@ -125,7 +128,7 @@ def run_experiment(
             problem = _damaged_initial(algo_dir, found)
             if problem is not None and is_writer():
                 with critical, _disk_errors(algo_dir, config.num_tasks):
-                    write_initial(algo_dir, _initial_learner(program, config)[1], found.record["run_id"])
+                    write_initial(algo_dir, start[1], found.record["run_id"])
                 print(f"warning: {problem}; the run is finished and its initial/ was written again from its seed, "
                       f"as the run began.", file=sys.stderr)
             return _finished(algo_dir, schedule, found, config)
@@ -144,16 +147,17 @@ def run_experiment(
                 for stale in found.stale:  # redone by this run: not this run's, or not whole
                     shutil.rmtree(stale)
                 remove_stale_temporaries(algo_dir)
-        return _train(config, data, task_data, schedule, program, chunk_tasks, found, algo_dir, run_id, split,
+        return _train(config, data, task_data, schedule, program, start, chunk_tasks, found, algo_dir, run_id, split,
                       task_disk + ckpt_disk, sources=sources, progress=progress, allow_nonfinite=allow_nonfinite,
                       critical=critical, on_task_end=on_task_end)
 
 
-def _train(config, data, task_data, schedule, program, chunk_tasks, found, algo_dir, run_id, split, disk_per_task, *,
-           sources, progress, allow_nonfinite, critical, on_task_end) -> RunResult:
-    """The task loop, from the first unfinished task; the run folder is locked and prepared."""
+def _train(config, data, task_data, schedule, program, start, chunk_tasks, found, algo_dir, run_id, split,
+           disk_per_task, *, sources, progress, allow_nonfinite, critical, on_task_end) -> RunResult:
+    """The task loop, from the first unfinished task; the run folder is locked and prepared.
+    ``start``: the initialised learner and its host copy (``_initial_learner``)."""
     tasks_key = jax.random.fold_in(jax.random.key(config.seed), KEY_TASKS)
-    learner, initial = _initial_learner(program, config)
+    learner, initial = start
     if is_writer() and verify_task_dir(algo_dir / INITIAL, -1, run_id, hashes=True) is not None:
         with critical, _disk_errors(algo_dir, found.next_task):
             write_initial(algo_dir, initial, run_id)

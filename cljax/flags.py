@@ -37,6 +37,11 @@ def field_types(cls, names=None) -> dict[str, FieldType]:
     return out
 
 
+# Integer settings are counts, sizes and steps that the compiled task program holds as int32.
+INT_MAX = 2**31 - 1
+INT_WHY = " (a 32-bit integer in the compiled program)"
+
+
 def check_value(flag: str, ftype: FieldType, meta: dict, value: Any) -> None:
     """Raise CljaxError naming ``flag`` when ``value`` has the wrong type or is out of range."""
     if value is None:
@@ -50,6 +55,12 @@ def check_value(flag: str, ftype: FieldType, meta: dict, value: Any) -> None:
     elif base is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise CljaxError(f"{flag} must be an integer, got {value!r}.")
+        limit = meta.get("max") if meta.get("max") is not None else INT_MAX
+        if value < -INT_MAX - 1:
+            raise CljaxError(f"{flag} must be at least {-INT_MAX - 1}{INT_WHY}, got {value!r}: raise it.")
+        if value > limit:
+            raise CljaxError(f"{flag} must be at most {limit}{INT_WHY if limit == INT_MAX else ''}, got {value!r}: "
+                             f"lower it.")
     elif base is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise CljaxError(f"{flag} must be a number, got {value!r}.")
@@ -61,7 +72,7 @@ def check_value(flag: str, ftype: FieldType, meta: dict, value: Any) -> None:
         raise CljaxError(f"{flag} must be one of {', '.join(str(c) for c in meta['choices'])}, got {value!r}.")
     if meta.get("min") is not None and value < meta["min"]:
         raise CljaxError(f"{flag} must be at least {meta['min']}, got {value!r}.")
-    if meta.get("max") is not None and value > meta["max"]:
+    if meta.get("max") is not None and value > meta["max"] and base is not int:
         raise CljaxError(f"{flag} must be at most {meta['max']}, got {value!r}.")
 
 

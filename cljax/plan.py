@@ -1,14 +1,14 @@
 """``cljax plan``: what a run will take, before it runs (device memory per task, host memory,
 disk per task and for the whole run, how evaluation will run), reported from the same figures
-``cljax run`` checks (cljax/budget.py)."""
+``cljax run`` checks (cljax/budget.py, cljax/budget_disk.py)."""
 
 from __future__ import annotations
 
 import jax
 
-from cljax.budget import (HEADROOM, Budget, _does_not_fit, _per_device, device_budget_for, device_components,
-                          disk_files_per_task, disk_run_files, fit_chunk, fmt_bytes, given_chunk_problem, host_components,
-                          host_problem, host_total, scratch_bytes)
+from cljax.budget import (HEADROOM, Budget, _does_not_fit, _per_device, device_budget_for, device_components, fit_chunk,
+                          fmt_bytes, given_chunk_problem, host_components, host_problem, host_total, scratch_bytes)
+from cljax.budget_disk import disk_files_per_task, disk_run_files
 from cljax.config import Config
 from cljax.eval_tasks import eval_tasks_of
 from cljax.program import build_task_program

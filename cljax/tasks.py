@@ -43,7 +43,9 @@ def make_schedule(n_classes: int, num_tasks: int, n_repeats: int, seed: int, kin
             f"use at most {n_pairs} tasks, or --task-schedule cycle to repeat the class pairs."
         )
     rng = np.random.default_rng([seed, _RNG_SCHEDULE])
-    perms = np.stack([rng.permutation(n_classes) for _ in range(n_repeats)])  # (R, C)
+    # (R, C): row r is the r-th permutation the generator draws (as rng.permutation(C) called
+    # R times, in one pass)
+    perms = rng.permuted(np.broadcast_to(np.arange(n_classes), (n_repeats, n_classes)), axis=1)
     cycle_RP2 = perms[:, : 2 * n_pairs].reshape(n_repeats, n_pairs, 2)
     return cycle_RP2[:, np.arange(num_tasks) % n_pairs].transpose(1, 0, 2).astype(np.int32)
 

@@ -126,7 +126,8 @@ def test_other_models_run_end_to_end_with_every_option(tmp_path, model, extra):
     assert acc.shape == (2, 2, 2) and np.isfinite(acc).all()
     state = results.flatten_params(results.load_model_state(dirs[1]))
     # The planner's byte figures are the files' sizes, model_state.npy included.
-    from cljax.budget import Budget, disk_files_per_task
+    from cljax.budget import Budget
+    from cljax.budget_disk import disk_files_per_task
     from cljax.program import build_task_program
 
     planned = disk_files_per_task(Budget.of(config, build_task_program(config, (28, 28)), (28, 28)))

@@ -238,6 +238,12 @@ BAD_INPUTS = {
     "bad_representation_dtype": (["--representation-dtype", "int8"], "--representation-dtype"),
     "negative_seed": (["--seed", "-1"], "--seed must be at least 0"),
     "negative_eval_chunk": (["--eval-chunk-tasks", "-2"], "--eval-chunk-tasks must be at least 0"),
+    # JAX keys keep 32 bits: seed 2**32 shared seed 0's initialisation; larger ones crashed
+    "seed_past_32_bits": (["--seed", "4294967296"], "--seed must be at most 4294967295"),
+    "int_past_32_bits": (["--use-replay", "--replay-size", "1000000000000"], "(a 32-bit integer in the compiled"),
+    "int_past_32_bits_below": (["--use-cbp", "--cbp-maturity", "-10000000000000"], "--cbp-maturity must be at least"),
+    # the learner's batch with replay's images: the memory check counted --batch-size alone
+    "replay_batch_beyond_memory": (["--use-replay", "--replay-batch", "1000000000"], "a task needs about"),
     "unknown_flag": (["--learning-rate", "0.1"], "unrecognized arguments"),
     "imagenet_without_data_dir": (["--dataset", "imagenet_28_gray", "--data-dir", ""], "--data-dir is required"),
     "imagenet_incomplete_folder": (["--dataset", "imagenet_28_gray", "--data-dir", "{tmp}"], "prepare-imagenet"),

@@ -308,6 +308,23 @@ def test_a_run_stopped_before_its_last_checkpoint_trains_the_last_task_again(mad
     assert (run_dir / "checkpoint.npz").read_bytes() == finished_ckpt
 
 
+def test_overwrite_builds_the_first_state_before_it_deletes(made, tmp_path, capsys, monkeypatch):
+    """A failure while building the learner's first state (a seed JAX could not take crashed
+    there) came after --overwrite had deleted the old run; now it comes before."""
+    import cljax.experiment as experiment
+
+    run_dir = copy(made, "finished", tmp_path / "r")
+    before = state(run_dir)
+
+    def fail(program, config):
+        raise RuntimeError("cannot build the first state")
+
+    monkeypatch.setattr(experiment, "_initial_learner", fail)
+    with pytest.raises(RuntimeError, match="cannot build"):
+        cli_main(["run", *FLAGS, "--lr", "0.2", "--overwrite", "--results-dir", str(tmp_path / "r")])
+    assert state(run_dir) == before
+
+
 def test_a_rerun_parses_each_metadata_once_and_sees_a_folder_written_between_its_checks(made, tmp_path, capsys,
                                                                                       monkeypatch):
     """A rerun checks the folders before and again after it takes the lock; a long run's
@@ -545,7 +562,8 @@ def test_a_damaged_checkpoint_is_one_line(made, tmp_path, capsys, how):
 
 def test_disk_is_checked_in_whole_blocks_and_a_full_disk_is_one_line(tmp_path, capsys, monkeypatch):
     import cljax.experiment as experiment
-    from cljax.budget import Budget, disk_files_per_task, disk_run_files
+    from cljax.budget import Budget
+    from cljax.budget_disk import disk_files_per_task, disk_run_files
     from cljax.checkpoint import CHECKPOINT
     from cljax.program import build_task_program
 

@@ -31,7 +31,8 @@ from cljax.devices import (check_repeats, cpu_devices_for, cpu_devices_wanted, l
 from cljax.errors import CljaxError
 from cljax.evaluate import TestSets
 from cljax.experiment import run_experiment
-from cljax.budget import HEADROOM, Budget, choose_eval_chunk, device_components, npy_bytes, scratch_bytes
+from cljax.budget import HEADROOM, Budget, choose_eval_chunk, device_components, scratch_bytes
+from cljax.budget_disk import npy_bytes
 from cljax.plan import make_plan
 from cljax.settings import setting_specs
 from cljax.sweep import expand, parse_grid, parse_minutes

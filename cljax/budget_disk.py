@@ -1,0 +1,125 @@
+"""The disk a run takes: each task folder's files and the files beside them (run.json, the
+checkpoint, initial/), from the run's own task program (``cljax.budget.Budget``). Exact for the
+.npy files (header and data sizes follow from the shapes) and the pickles (pickled at the real
+shapes), estimated for metadata.json. ``cljax run`` checks the free disk with these figures
+before it writes; ``cljax plan`` prints them."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import pickle
+
+import jax
+import numpy as np
+
+from cljax.budget import Budget, _host_shape_dtype
+from cljax.config import SCHEMA_VERSION
+from cljax.eval_tasks import eval_slots, eval_tasks_of
+from cljax.sources import plugin_sources
+
+
+def npy_bytes(shape, dtype) -> int:
+    """Exact size of ``np.save`` of an array of this shape and dtype (header + data)."""
+    dtype = np.dtype(dtype)
+    header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": tuple(int(s) for s in shape)}
+    buf = io.BytesIO()
+    try:
+        np.lib.format.write_array_header_1_0(buf, header)
+    except ValueError:  # too long for format 1.0 (very many fields): np.save uses 2.0
+        buf = io.BytesIO()
+        np.lib.format.write_array_header_2_0(buf, header)
+    return buf.tell() + math.prod(header["shape"]) * dtype.itemsize
+
+
+def _weights_dtype(b: Budget, which: int = 0) -> np.dtype:
+    """The structured dtype of weights.npy (``which`` 0) or model_state.npy (1, the model's
+    mutable state): one field per path, sorted (as the writer)."""
+    shapes = jax.eval_shape(b.program.parts.net.init, jax.eval_shape(lambda: jax.random.key(0)))[which]
+    fields = []
+
+    def walk(prefix, node):
+        if isinstance(node, dict):
+            for key in sorted(node):
+                walk(f"{prefix}/{key}" if prefix else str(key), node[key])
+        else:
+            fields.append((prefix, np.dtype(node.dtype), tuple(node.shape)))
+
+    walk("", shapes)
+    return np.dtype(fields)
+
+
+def disk_files_per_task(b: Budget, schedule: np.ndarray | None = None, class_names=None) -> dict:
+    """Bytes of each file of one task folder: .npy and .pkl exact, metadata.json estimated."""
+    config = b.config
+    from cljax.results import EXPERT_KEYS
+
+    L, R, S = config.n_logs, config.n_repeats, config.n_subsamples
+    T = eval_slots(config)  # the saved task axis
+    pb = b.pb
+    rep_dtype = np.uint16 if config.representation_dtype == "bfloat16" else np.dtype(config.representation_dtype)
+    zeros = lambda *shape: np.zeros(shape, np.float32)  # noqa: E731
+    metrics = {"test_acc": zeros(L, R, T), "test_loss": zeros(L, R, T), "train_acc": zeros(L, R),
+               "train_loss": zeros(L, R), "start_test_acc": zeros(R, T), "start_test_loss": zeros(R, T),
+               "log_steps": np.zeros(L, np.int64)}
+    expert = {k: zeros(L, R) for k in EXPERT_KEYS}
+    return {
+        "representations.npy": npy_bytes((L, R, T, S, pb.hidden), rep_dtype),
+        "binary_labels.npy": npy_bytes((L, R, T, S), np.uint8),
+        "weights.npy": npy_bytes((L, R), _weights_dtype(b)),
+        "start_weights.npy": npy_bytes((R,), _weights_dtype(b)),
+        # model_state.npy only for a model with mutable state (BatchNorm statistics)
+        **({"model_state.npy": npy_bytes((L, R), _weights_dtype(b, 1))} if b.program.parts.net.state_collections else {}),
+        "metrics.pkl": len(pickle.dumps(metrics, protocol=4)),
+        "expert_metrics.pkl": len(pickle.dumps(expert, protocol=4)),
+        "metadata.json": _metadata_estimate(b, schedule, class_names),
+    }
+
+
+def _metadata_estimate(b: Budget, schedule, class_names) -> int:
+    """metadata.json: the config, the schedule, the shapes, the evaluated tasks and the layout as
+    JSON (indent 1), plus a part this does not model (shapes, axes, the files' sizes and hashes,
+    versions, devices, lowering, split, timings, run id, argv), taken as 3.5 KB: 3.4 KB measured
+    with a 330-character command line. The schedule's part grows with R: above 64 repeats it is
+    measured at 32 and 64 and extended linearly (encoding a million repeats' took minutes)."""
+    T, R = b.config.num_tasks, b.config.n_repeats
+    names = class_names or [f"class_{i}" for i in range(2 * T)]
+    pairs = schedule if schedule is not None else np.tile(np.array([0, 1]), (T, min(R, 64), 1))
+    if R <= 64:
+        return _metadata_json_bytes(b, pairs, names) + 3500
+    at_32, at_64 = (_metadata_json_bytes(b, pairs[:, :r], names) for r in (32, 64))
+    return at_32 + (at_64 - at_32) * (R - 32) // 32 + 3500
+
+
+def _metadata_json_bytes(b: Budget, pairs, names) -> int:
+    from cljax.tasks import schedule_record
+
+    config, T = b.config, b.config.num_tasks
+    variable = {
+        "config": config.to_dict(),
+        "task_pairs": pairs[0].tolist(),
+        "task_pair_names": [[names[a], names[b]] for a, b in pairs[0]],
+        "schedule": schedule_record(pairs, T - 1, config.task_schedule, len(names)),  # the last task's is the largest
+        "eval_tasks": eval_tasks_of(config).record(T - 1, T),
+        "log_steps": config.log_steps,
+        "plugins": plugin_sources(config),
+        "weights_layout": [{"name": n, "shape": list(d[0].shape), "dtype": "float32", "offset_bytes": int(d[1])}
+                           for n, d in _weights_dtype(b).fields.items()],
+    }
+    return len(json.dumps(variable, indent=1))
+
+
+def disk_run_files(b: Budget) -> dict:
+    """Files beside the task folders: the run record, the learner checkpoint (npz) and the
+    initial network (initial/: weights.npy exact, its metadata.json estimated at 1 KiB)."""
+    from cljax.checkpoint import CHECKPOINT, RUN_RECORD
+
+    record = len(json.dumps({"schema": SCHEMA_VERSION, "config": b.config.to_dict(),
+                             "sources": plugin_sources(b.config)}, indent=1, sort_keys=True))
+    learner = jax.eval_shape(b.program.init_learner, jax.eval_shape(lambda: jax.random.key(0)))
+    # npz = a zip of .npy members (stored, zip64): about 200 bytes of zip headers per member.
+    members = [npy_bytes(*_host_shape_dtype(leaf)) + 200 for leaf in jax.tree.leaves(learner)]
+    members.append(npy_bytes((), np.int64) + 200)  # next_task
+    return {RUN_RECORD: record, CHECKPOINT: sum(members) + 22,
+            "initial/": npy_bytes((b.config.n_repeats,), _weights_dtype(b)) + 1024}
