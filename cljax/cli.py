@@ -179,11 +179,12 @@ def _cmd_analyze(argv: list[str]) -> int:
     from cljax.results import task_dirs
 
     if not task_dirs(args.algo_dir):
-        raise CljaxError(f"{args.algo_dir} holds no finished task: run an experiment first (cljax run).")
+        raise CljaxError(f"{args.algo_dir} holds no finished task folder (task_000, ...): pass a run's folder, "
+                         f"results/{{dataset}}/{{algorithm}}, or run the experiment first (cljax run).")
     summary = analyze_run(args.algo_dir, args.out, variant=args.variant, tau=args.tau, glue=not args.no_glue,
                           glue_n_probes=args.glue_probes, probe_ridge=args.probe_ridge, make_plots=not args.no_plots,
                           progress=not args.no_progress)
-    out = args.out or str(Path(args.algo_dir) / "analysis")
+    out = args.out if args.out is not None else str(Path(args.algo_dir) / "analysis")
     print(format_summary(summary))
     print(f"analysis: {out} (summary.json, arrays .npz, plots .png)")
     return 0
@@ -196,6 +197,8 @@ def _cmd_compare(argv: list[str]) -> int:
     parser.add_argument("--out", default=None, help="the plot (PNG) to write (default: none)")
     parser.add_argument("--json", default=None, help="write the comparison as JSON here")
     args = parser.parse_args(argv)
+    for flag, path in (("--out", args.out), ("--json", args.json)):
+        _check_output_file(flag, path)
     from cljax.analysis.compare import compare_runs, format_comparison
     from cljax.analysis.spread import jsonable
 
@@ -206,6 +209,21 @@ def _cmd_compare(argv: list[str]) -> int:
     if args.out:
         print(f"plot: {args.out}")
     return 0
+
+
+def _check_output_file(flag: str, path: str | None) -> None:
+    """A file an option writes: checked before the work that fills it."""
+    if path is None:
+        return
+    if not path.strip():
+        raise CljaxError(f"{flag} is empty: pass a file path, or leave it out.")
+    target = Path(path)
+    if target.is_dir():
+        raise CljaxError(f"{flag} {path} is a folder: pass a file path.")
+    if not target.parent.is_dir():
+        raise CljaxError(f"{flag} {path}: its folder {target.parent} does not exist: create it or pass another path.")
+    if not os.access(target.parent, os.W_OK):
+        raise CljaxError(f"{flag} {path}: cannot write to {target.parent}: pass a writable path.")
 
 
 COMMANDS = {

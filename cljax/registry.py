@@ -180,7 +180,8 @@ def load_plugins(paths: list[str] | None = None) -> None:
         if str(path) in _loaded_plugins:
             continue
         if not path.is_file():
-            raise CljaxError(f"plugin file {p} does not exist: fix --plugin or ${PLUGINS_ENV}.")
+            what = "is a folder, not a Python file" if path.is_dir() else "does not exist"
+            raise CljaxError(f"plugin file {p} {what}: fix --plugin or ${PLUGINS_ENV}.")
         _loaded_plugins.add(str(path))
         name = f"cljax_plugin_{path.stem}_{len(_loaded_plugins)}"
         spec = importlib.util.spec_from_file_location(name, path)

@@ -310,6 +310,11 @@ def test_bad_inputs_give_one_clear_line(source, tmp_path, capsys):
     empty.mkdir()
     assert prepare_main(["--source", str(empty), "--out", str(tmp_path / "o2")]) == 2
     assert "parquet" in _one_error_line(capsys)
+    # "" was the current folder: --source read it as an image folder, --out crashed
+    assert prepare_main(["--source", "", "--out", str(tmp_path / "o5")]) == 2
+    assert "--source is empty" in _one_error_line(capsys) and not (tmp_path / "o5").exists()
+    assert prepare_main(["--source", str(empty), "--out", " "]) == 2
+    assert "--out is empty" in _one_error_line(capsys)
 
     garbage = tmp_path / "garbage" / "data"
     garbage.mkdir(parents=True)

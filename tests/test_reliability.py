@@ -253,6 +253,8 @@ BAD_INPUTS = {
     "missing_file": (["--data-dir", "{missing_file}"], "not found"),
     "label_past_classes": (["--data-dir", "{label_past_classes}"], "train labels in"),
     "results_dir_is_a_file": (["--results-dir", "{file}/sub"], "is a file, not a folder"),
+    "data_dir_is_a_file": (["--data-dir", "{file}"], "{file} is a file, not a folder"),  # said "does not exist"
+    "plugin_is_a_folder": (["--plugin", "{tmp}"], "is a folder, not a Python file"),
     "other_config_exists": (["--results-dir", "{existing}", "--lr", "0.2"], "holds a run with other settings (lr)"),
     "malicious_pickle": (["--num-tasks", "1", "--results-dir", "{malicious}"], "refusing to load posix.system"),
     "full_disk": (["--results-dir", "{fulldisk}"], "not enough disk"),
@@ -289,7 +291,7 @@ def test_bad_input_gives_one_clear_line_and_writes_nothing(case, tmp_path, capsy
     captured = capsys.readouterr()
     assert rc not in (0, None)
     assert captured.err.count("\n") == 1 and captured.err.startswith("error: "), captured.err
-    assert expected in captured.err, captured.err
+    assert expected.format(**fills) in captured.err, captured.err
     assert "Traceback" not in captured.err + captured.out
     assert not results_dir.exists() or not any(results_dir.rglob("*"))
     assert not (tmp_path / "full").exists()

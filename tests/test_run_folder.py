@@ -390,7 +390,7 @@ def test_analyze_refuses_a_damaged_or_foreign_folder_in_one_line(made, tmp_path,
         expected = "initial/weights.npy does not match the sha256"
     rc, _, err = run_cli(["analyze", str(run_dir), "--no-glue", "--no-plots"], capsys)
     assert_one_error(rc, err, expected, "the analysis reads only its run's own, whole files")
-    assert not (run_dir / "analysis" / "summary.json").exists()
+    assert not (run_dir / "analysis").exists()  # not even an empty folder
 
 
 # ---- 5. the resume key is what changes the numbers -------------------------------------------------------
@@ -623,7 +623,22 @@ def test_analyze_bad_options_and_an_unwritable_output_are_one_line(made, tmp_pat
     (tmp_path / "a_file").write_text("x")
     rc, _, err = run_cli(["analyze", str(run_dir), "--no-glue", "--no-plots", "--out", str(tmp_path / "a_file" / "out")],
                          capsys)
-    assert_one_error(rc, err, "cannot create", "--out")
+    assert_one_error(rc, err, "is a file, not a folder", "--out")
+    other = copy(made, "finished", tmp_path / "other")
+    before = state(tmp_path)
+    for out, expected in (("", "--out is empty"), (str(other), "is a run's folder"), (str(run_dir), "run.json")):
+        rc, _, err = run_cli(["analyze", str(run_dir), "--no-glue", "--no-plots", "--out", out], capsys)
+        assert_one_error(rc, err, expected, "--out")  # "" wrote into the current folder, a run's mixed with its files
+    for not_a_run in (tmp_path / "r", run_dir / "task_000"):  # the results root, a task folder
+        rc, _, err = run_cli(["analyze", str(not_a_run), "--no-glue", "--no-plots"], capsys)
+        assert_one_error(rc, err, "results/{dataset}/{algorithm}")
+    assert state(tmp_path) == before
+    for flag in ("--json", "--out"):  # compare: an output it cannot write is refused before the comparison
+        for path, expected in (("", "is empty"), (str(tmp_path / "nowhere" / "c"), "does not exist"),
+                               (str(tmp_path), "is a folder")):
+            rc, out, err = run_cli(["compare", str(run_dir), flag, path], capsys)
+            assert_one_error(rc, err, flag, expected)
+            assert out == ""
     if os.geteuid() != 0:  # root writes into read-only folders
         run_dir.chmod(0o555)
         try:

@@ -49,7 +49,7 @@ from cljax.analysis.glue import N_PROBES
 from cljax.analysis.probe import RIDGE
 from cljax.analysis.registry import Options, RunContext, TaskFolder, get, registered
 from cljax.analysis.spread import RULE, jsonable
-from cljax.checkpoint import read_run_record
+from cljax.checkpoint import RUN_RECORD, read_run_record
 from cljax.devices.memory import host_available_bytes
 from cljax.errors import CljaxError
 from cljax.initial_state import INITIAL
@@ -130,13 +130,7 @@ def analyze_run(
                              f"before {d.name}. Analyse a whole run (finish it with the same cljax run command), or "
                              f"restore the missing folder.")
     check = _verifier(algo_dir, dirs[0])
-    out = Path(out_dir) if out_dir is not None else algo_dir / "analysis"
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise CljaxError(f"cannot create {out} ({exc.strerror}): pass --out with a writable folder.") from None
-    if not os.access(out, os.W_OK):
-        raise CljaxError(f"cannot write to {out}: pass --out with a writable folder.")
+    out = _output_folder(algo_dir, out_dir)
     n = len(dirs)
 
     folder = TaskFolder(0, dirs[0], check(dirs[0], 0))
@@ -211,9 +205,33 @@ def _progress_bar(total: int):
                 disable=None)
 
 
+def _output_folder(algo_dir: Path, out_dir) -> Path:
+    """Where the analysis goes, checked before any folder is read; created only when the files
+    are written (a refused run leaves no empty folder). Not a run's own folder: its files would
+    mix with the run's (the default is ALGO_DIR/analysis)."""
+    if out_dir is not None and not str(out_dir).strip():
+        raise CljaxError("--out is empty: pass a folder, or leave it out for ALGO_DIR/analysis.")
+    out = Path(out_dir) if out_dir is not None else algo_dir / "analysis"
+    if (out / RUN_RECORD).exists() or (out.is_dir() and results.task_dirs(out)):
+        raise CljaxError(f"--out {out} is a run's folder (it holds run.json or task folders): its analysis goes "
+                         f"into {out / 'analysis'}; pass another --out.")
+    probe = out
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise CljaxError(f"{probe} is a file, not a folder: pass --out with a writable folder.")
+    if not os.access(probe, os.W_OK):
+        raise CljaxError(f"cannot write to {probe}: pass --out with a writable folder.")
+    return out
+
+
 def _write_all(out: Path, writers: dict) -> None:
     """Each file under a temporary name first, then all renamed into place: a full disk or a
     stop half-way leaves the previous analysis whole, not some of its files replaced."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CljaxError(f"cannot create {out} ({exc.strerror}): pass --out with a writable folder.") from None
     tmp = {name: out / f".tmp-{os.getpid()}-{name}" for name in writers}
     try:
         for name, write in writers.items():

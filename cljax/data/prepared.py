@@ -163,7 +163,7 @@ def load_prepared(folder: str | os.PathLike, *, verify_checksums: bool = False, 
     path = Path(folder)
     fix = f" {how_to_fix}" if how_to_fix else ""
     if not path.is_dir():
-        raise CljaxError(f"dataset folder {path} does not exist.{fix}")
+        raise CljaxError(f"dataset folder {path} {'is a file, not a folder' if path.exists() else 'does not exist'}.{fix}")
     missing = [f for f in (*ARRAY_FILES, "meta.json") if not (path / f).is_file()]
     if missing:
         raise CljaxError(f"dataset folder {path} is incomplete (missing {', '.join(missing)}).{fix}")

@@ -52,7 +52,8 @@ def load_fashion_mnist(params, config) -> ClassData:
     """Fashion-MNIST, 10 classes of 28x28 gray clothing images (the IDX files)."""
     folder = Path(config.data_dir or DEFAULT_DIR)
     if not folder.is_dir():
-        raise CljaxError(f"Fashion-MNIST folder {folder} does not exist: {_FIX}")
+        what = "is a file, not a folder" if folder.exists() else "does not exist"
+        raise CljaxError(f"Fashion-MNIST folder {folder} {what}: {_FIX}")
     arrays = {key: read_idx(_find(folder, stem)) for key, stem in FILES.items()}
     for split in ("train", "test"):
         if arrays[f"{split}_images"].shape[0] != arrays[f"{split}_labels"].shape[0]:

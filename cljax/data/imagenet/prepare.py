@@ -337,6 +337,10 @@ def prepare_main(argv: list[str]) -> int:
     try:
         if args.workers is not None and args.workers < 1:
             raise CljaxError(f"--workers must be >= 1, got {args.workers}.")
+        for flag, value, fix in (("--source", args.source, "a hub dataset name or a folder"),
+                                 ("--out", args.out, "the folder to write")):
+            if not value.strip():
+                raise CljaxError(f"{flag} is empty: pass {fix}.")
         split_map = _parse_splits(args.splits) if args.splits else None
         if not args.overwrite and is_prepared(out):
             data = load_prepared(out)
