@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import json
 import os
 import re
@@ -102,6 +103,36 @@ def _check_distinct(runs: list[SweepRun]) -> None:
             same = ", ".join(f"{k}={v!r}" for k, v in run.settings.items())
             raise CljaxError(f"two runs of the sweep would write the same folder {run.tag} ({same or 'no grid'}, seed "
                              f"{run.config.seed}): list each value once in --grid and each seed once in --seeds.")
+
+
+def check_against_data(runs: list[SweepRun]) -> None:
+    """What each run's `cljax run` would refuse about its data (the classes its tasks take, the
+    images per class), checked here before any job is queued: each dataset is loaded once. Data
+    this host cannot read (only the compute nodes' paths) is left to the jobs, with one warning."""
+    from cljax.data import load_dataset
+    from cljax.tasks import TaskData, make_schedule
+
+    loaded: dict = {}
+    for run in runs:
+        c = run.config
+        key = (c.dataset, c.data_dir, repr(c.dataset_params))
+        if key not in loaded:
+            try:
+                loaded[key] = load_dataset(c)
+            except CljaxError as exc:
+                if "does not exist" not in str(exc):
+                    raise CljaxError(f"run {run.tag}: {str(exc).rstrip('.')} (no job was submitted).") from None
+                loaded[key] = None
+                print(f"warning: {str(exc).split(':')[0]}: not readable here, so each job checks its data itself.",
+                      file=sys.stderr)
+        data = loaded[key]
+        if data is None:
+            continue
+        try:
+            make_schedule(data.n_classes, c.num_tasks, c.n_repeats, c.seed, c.task_schedule)
+            TaskData(data, c)
+        except CljaxError as exc:
+            raise CljaxError(f"run {run.tag}: {str(exc).rstrip('.')} (no job was submitted).") from None
 
 
 def run_job(config_dict: dict, overwrite: bool = False, allow_nonfinite: bool = False) -> dict:
@@ -262,7 +293,13 @@ def sweep_main(argv: list[str]) -> int:
     except ValueError:
         raise CljaxError(f"--slurm-time {args.slurm_time!r}: write a positive time as SLURM does: minutes (600), "
                          f"M:SS (30:00), H:MM:SS (10:00:00), D-HH (1-02) or D-HH:MM:SS (1-02:00:00).") from None
+    for flag in ("slurm_gpus", "slurm_cpus", "slurm_mem_gb", "slurm_array_parallelism"):
+        value = getattr(args, flag)
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise CljaxError(f"--{flag.replace('_', '-')} must be a positive number, got {value}: leave it out for "
+                             f"the cluster's default.")
     runs = expand(base_flat, grid, seeds)
+    check_against_data(runs)
     root = Path(base.results_dir)
     log_dir = Path(args.log_dir) if args.log_dir else root / "sweep_logs"
     executor = make_executor(args.executor, log_dir, args)

@@ -252,6 +252,14 @@ def test_sweep_tags_are_distinct_and_duplicates_stop_the_sweep_before_any_job(tm
         rc, _, err = run_cli(["sweep", *FLAGS, "--grid", *grid, "--seeds", seeds, "--results-dir", str(tmp_path)],
                              capsys)
         assert_one_error(rc, err, "two runs of the sweep would write the same folder")
+    # What a job would refuse about its data, or a cluster setting that cannot be, is refused before any job:
+    # each such job used to be queued, then fail (on SLURM, every array job).
+    for extra, expected in ((["--grid", "num_tasks=2,3"], "run num_tasks-3_seed-0: --num-tasks 3 needs 6 classes"),
+                            (["--grid", "n_train_per_class=16,99"], "run n_train_per_class-99_seed-0: class 0 has"),
+                            (["--slurm-gpus", "-1"], "--slurm-gpus must be a positive number"),
+                            (["--slurm-mem-gb", "nan"], "--slurm-mem-gb must be a positive number")):
+        rc, _, err = run_cli(["sweep", *FLAGS, *extra, "--results-dir", str(tmp_path)], capsys)
+        assert_one_error(rc, err, expected)
     assert not submitted
 
 
