@@ -1,6 +1,7 @@
-"""What a run will take: device memory and host memory per task, and how evaluation runs (test sets resident, or streamed K tasks at a time). ``choose_eval_chunk`` is the
-one place where resident or chunked evaluation is decided; ``cljax run`` calls it before it
-writes anything, and ``cljax plan`` (cljax/plan.py) reports the same figures.
+"""What a run will take: device memory and host memory per task, and how evaluation runs (test
+sets resident, or streamed K tasks at a time). ``choose_eval_chunk`` is the one place where
+resident or chunked evaluation is decided; ``cljax run`` calls it before it writes anything, and
+``cljax plan`` (cljax/plan.py) reports the same figures.
 
 A ``Budget`` is sized from the run's own task program (``cljax.program``), built once by the
 caller, never here.

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import math
 import json
+import math
 import os
 import re
 import sys
