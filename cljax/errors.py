@@ -17,6 +17,10 @@ class DamagedFile(CljaxError):
         self.path, self.problem = path, problem
 
 
+class MissingData(CljaxError):
+    """A dataset folder that is not there (where a process on another host may still find it)."""
+
+
 def brief(exc: BaseException) -> str:
     """An exception's message cut to its first line, to be quoted inside a one-line error."""
     lines = str(exc).strip().splitlines()

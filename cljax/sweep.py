@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from cljax.config import Config
-from cljax.errors import CljaxError
+from cljax.errors import CljaxError, MissingData
 from cljax.settings import (Parser, add_run_flags, add_settings_flags, config_from_args, load_plugins_from_argv,
                             parse_setting, setting_specs)
 
@@ -119,12 +119,12 @@ def check_against_data(runs: list[SweepRun]) -> None:
         if key not in loaded:
             try:
                 loaded[key] = load_dataset(c)
-            except CljaxError as exc:
-                if "does not exist" not in str(exc):
-                    raise CljaxError(f"run {run.tag}: {str(exc).rstrip('.')} (no job was submitted).") from None
+            except MissingData as exc:
                 loaded[key] = None
-                print(f"warning: {str(exc).split(':')[0]}: not readable here, so each job checks its data itself.",
+                print(f"warning: on this host, {str(exc).rstrip('.')}; not checked here: each job checks its data.",
                       file=sys.stderr)
+            except CljaxError as exc:
+                raise CljaxError(f"run {run.tag}: {str(exc).rstrip('.')} (no job was submitted).") from None
         data = loaded[key]
         if data is None:
             continue

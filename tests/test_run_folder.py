@@ -261,6 +261,10 @@ def test_sweep_tags_are_distinct_and_duplicates_stop_the_sweep_before_any_job(tm
         rc, _, err = run_cli(["sweep", *FLAGS, *extra, "--results-dir", str(tmp_path)], capsys)
         assert_one_error(rc, err, expected)
     assert not submitted
+    # Data only the compute nodes have is left to the jobs, with one warning.
+    rc, _, err = run_cli(["sweep", *FLAGS, "--dataset", "fashion_mnist", "--data-dir", str(tmp_path / "elsewhere"),
+                          "--results-dir", str(tmp_path)], capsys)
+    assert rc == 0 and len(submitted) == 1 and err.count("\n") == 1 and "not checked here" in err, err
 
 
 # ---- 4. resume verifies what it resumes ------------------------------------------------------------------

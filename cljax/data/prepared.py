@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cljax.errors import CljaxError
+from cljax.errors import CljaxError, MissingData
 
 FORMAT_VERSION = 1
 ARRAY_FILES = ("train_images.npy", "train_labels.npy", "test_images.npy", "test_labels.npy")
@@ -163,7 +163,9 @@ def load_prepared(folder: str | os.PathLike, *, verify_checksums: bool = False, 
     path = Path(folder)
     fix = f" {how_to_fix}" if how_to_fix else ""
     if not path.is_dir():
-        raise CljaxError(f"dataset folder {path} {'is a file, not a folder' if path.exists() else 'does not exist'}.{fix}")
+        if path.exists():
+            raise CljaxError(f"dataset folder {path} is a file, not a folder.{fix}")
+        raise MissingData(f"dataset folder {path} does not exist.{fix}")
     missing = [f for f in (*ARRAY_FILES, "meta.json") if not (path / f).is_file()]
     if missing:
         raise CljaxError(f"dataset folder {path} is incomplete (missing {', '.join(missing)}).{fix}")

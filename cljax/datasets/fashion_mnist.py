@@ -9,7 +9,7 @@ import numpy as np
 
 from cljax.data.prepared import ClassData
 from cljax.registry import NoParams, register_dataset
-from cljax.errors import CljaxError
+from cljax.errors import CljaxError, MissingData
 
 DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
 CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
@@ -52,8 +52,9 @@ def load_fashion_mnist(params, config) -> ClassData:
     """Fashion-MNIST, 10 classes of 28x28 gray clothing images (the IDX files)."""
     folder = Path(config.data_dir or DEFAULT_DIR)
     if not folder.is_dir():
-        what = "is a file, not a folder" if folder.exists() else "does not exist"
-        raise CljaxError(f"Fashion-MNIST folder {folder} {what}: {_FIX}")
+        if folder.exists():
+            raise CljaxError(f"Fashion-MNIST folder {folder} is a file, not a folder: {_FIX}")
+        raise MissingData(f"Fashion-MNIST folder {folder} does not exist: {_FIX}")
     arrays = {key: read_idx(_find(folder, stem)) for key, stem in FILES.items()}
     for split in ("train", "test"):
         if arrays[f"{split}_images"].shape[0] != arrays[f"{split}_labels"].shape[0]:
