@@ -199,11 +199,16 @@ def _cmd_compare(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     for flag, path in (("--out", args.out), ("--json", args.json)):
         _check_output_file(flag, path)
-    from cljax.analysis.compare import compare_runs, format_comparison
+    from cljax.analysis.compare import compare_runs, format_comparison, protocol_differences
     from cljax.analysis.spread import jsonable
 
     summary = compare_runs(args.runs, args.out)
     print(format_comparison(summary))
+    differ = protocol_differences(summary)
+    if differ:
+        values = "; ".join(f"{k}: {', '.join(sorted({str(s['protocol'][k]) for s in summary.values()}))}" for k in differ)
+        print(f"warning: the runs differ in {', '.join(differ)} ({values}): their gaps are not on one protocol.",
+              file=sys.stderr)
     if args.json:
         Path(args.json).write_text(json.dumps(jsonable(summary), indent=1, allow_nan=False))  # NaN as null
     if args.out:

@@ -91,3 +91,18 @@ def test_a_diverged_run_is_written_as_strict_json_with_null(tmp_path):
     assert out["nan"]["gap_late"]["mean"] is None and out["nan"]["gap_per_task"] == [None] * T
     assert out["nan"]["gap_late"]["n_nonfinite"] == R
     np.testing.assert_allclose(out["ok"]["gap_per_task"], (expert - learner).mean(1))
+
+
+def test_runs_on_different_protocols_are_compared_with_a_warning(tmp_path, capsys):
+    # Methods differ by design; a dataset or schedule that differs makes the gaps incomparable,
+    # and was accepted without a word.
+    rng = np.random.default_rng(3)
+    learner, expert = rng.uniform(0.5, 1, (T, R)), rng.uniform(0.5, 1, (T, R))
+    for name, dataset in (("a", "fashion_mnist"), ("b", "synthetic"), ("c", "fashion_mnist")):
+        write_run(tmp_path / name, learner, expert, window=False)
+        (tmp_path / name / "run.json").write_text(json.dumps({"config": {"dataset": dataset, "epochs": 5}}))
+    assert cli_main(["compare", str(tmp_path / "a"), str(tmp_path / "c")]) == 0
+    assert capsys.readouterr().err == ""
+    assert cli_main(["compare", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "differ in dataset (dataset: fashion_mnist, synthetic)" in err, err

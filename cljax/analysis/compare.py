@@ -19,7 +19,11 @@ from cljax import results
 from cljax.analysis import plots
 from cljax.analysis.cl import mean_over_tasks
 from cljax.analysis.spread import spread
+from cljax.checkpoint import read_run_record
 from cljax.errors import CljaxError
+
+# What must match for two runs' gaps to be measured on one protocol (methods differ by design).
+PROTOCOL = ("dataset", "task_schedule", "n_train_per_class", "epochs", "batch_size")
 
 
 def current_task_accuracy(run_dir) -> dict[str, np.ndarray]:
@@ -48,8 +52,13 @@ def compare_runs(run_dirs, out_png: str | os.PathLike | None = None, labels=None
         acc = current_task_accuracy(run_dir)
         gap_nR = acc["expert"] - acc["learner"]
         late = slice(int(len(gap_nR) * late_from), len(gap_nR))
+        try:
+            record = read_run_record(Path(run_dir)) or {}
+        except CljaxError:  # a damaged record: the comparison reads the task folders only
+            record = {}
         summary[label] = {
             "run": str(run_dir), "n_tasks": len(gap_nR), "late_tasks": [late.start, len(gap_nR) - 1],
+            "protocol": {k: (record.get("config") or {}).get(k) for k in PROTOCOL},
             "gap_late": spread(mean_over_tasks(gap_nR[late].T)),
             "learner_late": spread(mean_over_tasks(acc["learner"][late].T)),
             "expert_late": spread(mean_over_tasks(acc["expert"][late].T)),
@@ -59,6 +68,12 @@ def compare_runs(run_dirs, out_png: str | os.PathLike | None = None, labels=None
     if out_png is not None:
         plots.plot_plasticity_gap(curves, out_png)
     return summary
+
+
+def protocol_differences(summary: dict) -> list[str]:
+    """The protocol settings (``PROTOCOL``) whose recorded values differ between the runs: their
+    gaps are then not measured on one protocol (a run without run.json records none)."""
+    return [k for k in PROTOCOL if len({repr(s["protocol"][k]) for s in summary.values()} - {"None"}) > 1]
 
 
 def distinct_labels(run_dirs) -> list[str]:
