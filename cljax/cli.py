@@ -206,7 +206,7 @@ def _cmd_compare(argv: list[str]) -> int:
     print(format_comparison(summary))
     differ = protocol_differences(summary)
     if differ:
-        values = "; ".join(f"{k}: {', '.join(sorted({str(s['protocol'][k]) for s in summary.values()}))}" for k in differ)
+        values = "; ".join(f"{k}: {', '.join(v)}" for k, v in differ.items())
         print(f"warning: the runs differ in {', '.join(differ)} ({values}): their gaps are not on one protocol.",
               file=sys.stderr)
     if args.json:

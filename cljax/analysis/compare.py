@@ -70,10 +70,13 @@ def compare_runs(run_dirs, out_png: str | os.PathLike | None = None, labels=None
     return summary
 
 
-def protocol_differences(summary: dict) -> list[str]:
-    """The protocol settings (``PROTOCOL``) whose recorded values differ between the runs: their
-    gaps are then not measured on one protocol (a run without run.json records none)."""
-    return [k for k in PROTOCOL if len({repr(s["protocol"][k]) for s in summary.values()} - {"None"}) > 1]
+def protocol_differences(summary: dict) -> dict[str, list[str]]:
+    """The protocol settings (``PROTOCOL``) whose recorded values differ between the runs, with
+    those values: their gaps are then not measured on one protocol (a run without run.json
+    records none)."""
+    values = {k: sorted({str(s["protocol"][k]) for s in summary.values() if s["protocol"][k] is not None})
+              for k in PROTOCOL}
+    return {k: v for k, v in values.items() if len(v) > 1}
 
 
 def distinct_labels(run_dirs) -> list[str]:
