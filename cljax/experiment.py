@@ -34,8 +34,8 @@ from cljax.program import build_task_program
 from cljax.records import summary_row, task_arrays, task_metadata
 from cljax.results import task_dir_name, write_task
 from cljax.run_folder import (block_size, check_disk, clear_run, inspect_run, on_disk,
-                              remove_stale_temporaries, same_split, verify_task_dir, warn_if_other_eval_chunk,
-                              warn_if_other_split)
+                              remove_stale_temporaries, verify_task_dir)
+from cljax.run_split import same_split, warn_if_other_eval_chunk, warn_if_other_split
 from cljax.run_lock import RunLock
 from cljax.sources import check_sources, plugin_sources
 from cljax.step import KEY_TASKS
@@ -140,8 +140,10 @@ def run_experiment(
         with critical, _disk_errors(algo_dir, found.next_task):
             if is_writer():  # multi-host: every process computes, process 0 writes
                 if found.record is None:
-                    if overwrite:
+                    if overwrite or found.replaces:
                         clear_run(algo_dir)
+                    if found.replaces:
+                        print(f"note: {algo_dir} held {found.replaces}; it was replaced by this one.", file=sys.stderr)
                     write_run_record(algo_dir, config.to_dict(), SCHEMA_VERSION, run_id=run_id, data=data_id,
                                      split=split, sources=sources)
                 for stale in found.stale:  # redone by this run: not this run's, or not whole

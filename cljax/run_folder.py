@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +46,7 @@ class Found:
     finished: bool = False  # every task folder is there and verified as this run's
     stale: list = field(default_factory=list)  # task folders a resume removes (from next_task on, not whole)
     n_task_dirs: int = 0
+    replaces: str | None = None  # a run that finished no task, cleared before this one is written
 
 
 def _is_temporary(name: str) -> bool:
@@ -95,9 +95,13 @@ def inspect_run(algo_dir: Path, config: Config, data_id: str | None, overwrite: 
     try:
         differ = setting_differences(record["config"], config, record.get("data"), data_id)
     except CljaxError as exc:
+        if _finished_no_task(algo_dir, record):
+            return _replace(algo_dir, "a run of an unknown cljax")
         raise CljaxError(f"{algo_dir / RUN_RECORD}: {str(exc).rstrip('.')}. Resume it with the cljax that wrote it, "
                          f"choose another --results-dir, or pass --overwrite to start again (it {_deletes(n_dirs)}).") from None
     if differ:
+        if _finished_no_task(algo_dir, record):
+            return _replace(algo_dir, f"a run with other settings ({', '.join(differ)})")
         values = "; ".join(f"{k} recorded {old!r}, now {new!r}" for k, (old, new) in differ.items() if k != DATA_DIFFERS)
         raise CljaxError(f"{algo_dir} holds a run with other settings ({', '.join(differ)}){': ' + values if values else ''}. "
                          f"Pass the recorded values to resume it (a default may have changed since), choose another "
@@ -114,6 +118,8 @@ def inspect_run(algo_dir: Path, config: Config, data_id: str | None, overwrite: 
     if not any(problems) and not _checkpoint_behind(algo_dir, run_id, T):  # whole: the checkpoint is not needed
         return Found(record=record, next_task=T, finished=True, n_task_dirs=n_dirs)
     changed = changed_since(record)
+    if changed and _finished_no_task(algo_dir, record):
+        return _replace(algo_dir, "a run started by an older cljax")
     if changed:
         raise CljaxError(f"{algo_dir} holds a run started by an older cljax, and {changed}: its remaining tasks would "
                          f"follow another rule than its first ones. Finish it with the cljax it started with, pass "
@@ -139,6 +145,22 @@ def inspect_run(algo_dir: Path, config: Config, data_id: str | None, overwrite: 
     stale = [algo_dir / task_dir_name(t) for t in range(next_task, T)
              if problems[t] and (algo_dir / task_dir_name(t)).exists()]
     return Found(record=record, next_task=next_task, stale=stale, n_task_dirs=n_dirs)
+
+
+def _finished_no_task(algo_dir: Path, record: dict) -> bool:
+    """Whether the run in ``algo_dir`` holds nothing a rerun could not make again: it stopped
+    before its first task was written (no checkpoint, no whole task folder), so it has its
+    run.json, initial/ (drawn from its seed) and at most a partial task folder."""
+    if (algo_dir / CHECKPOINT).exists() or (algo_dir / CHECKPOINT).is_symlink():
+        return False
+    run_id = record.get("run_id")
+    return all(verify_task_dir(d, int(d.name.split("_")[1]), run_id, hashes=False) is not None
+               for d in task_dirs(algo_dir))
+
+
+def _replace(algo_dir: Path, what: str) -> Found:
+    check_clearable(algo_dir)
+    return Found(n_task_dirs=len(task_dirs(algo_dir)), replaces=f"{what} that finished no task")
 
 
 def _checkpoint_behind(algo_dir: Path, run_id: str | None, T: int) -> bool:
@@ -262,51 +284,6 @@ def _refused_pickle(path: Path) -> str | None:
     except CljaxError as exc:
         return str(exc).rstrip(".")
     return None
-
-
-# ---- the split a run computes on -------------------------------------------------------------
-# Lowering entries added after runs were recorded without them, at the value those runs ran with.
-LOWERING_ABSENT = {"matmul_precision": "default", "compute_dtype": "float32", "scan_unroll": 1}
-
-
-def same_split(recorded: dict | None, split: dict) -> bool:
-    """Whether the run started on ``split`` (True when nothing is recorded). A lowering entry the
-    record lacks takes the value runs recorded before it ran with (``LOWERING_ABSENT``)."""
-    if recorded is None:
-        return True
-    lowering = {**LOWERING_ABSENT, **(recorded.get("lowering") or {})}
-    return {**recorded, "lowering": lowering} == split
-
-
-def warn_if_other_split(recorded: dict | None, split: dict, next_task: int) -> None:
-    """A resume on another backend, device count or lowering than the run started on: one line."""
-    if same_split(recorded, split):
-        return
-    hint = ""
-    if recorded.get("backend") == split["backend"] == "cpu" and recorded.get("devices") != split["devices"]:
-        hint = f"; to keep it, rerun with CLJAX_CPU_DEVICES={recorded.get('devices')}"
-    print(f"warning: this run started on {describe_split(recorded)} and continues on {describe_split(split)}: from "
-          f"task {next_task} on its numbers can differ from an uninterrupted run's in the last bits (recorded in each "
-          f"task's metadata.json){hint}.", file=sys.stderr)
-
-
-def warn_if_other_eval_chunk(recorded_settings: dict, config, next_task: int) -> None:
-    """A resume whose --eval-batch-size evaluates other chunks of the test set than the run
-    started with (a speed setting, so not refused): one line, as for another split."""
-    before = recorded_settings.get("eval_batch_size")
-    if not isinstance(before, int) or before < 1 or config.eval_chunk(before) == config.eval_chunk():
-        return
-    print(f"warning: this run started with --eval-batch-size {before} ({config.eval_chunk(before)} test images per "
-          f"evaluation call) and continues with {config.eval_batch_size} ({config.eval_chunk()}): from task {next_task} "
-          f"on its test losses and representations can differ from an uninterrupted run's in the last bits; to keep "
-          f"them, rerun with --eval-batch-size {before}.", file=sys.stderr)
-
-
-def describe_split(split: dict) -> str:
-    lowering = split.get("lowering") or {}
-    return (f"{split.get('devices')} {split.get('backend')} device(s) x {split.get('processes')} process(es), "
-            f"{lowering.get('conv', '?')} convolutions, repeats {lowering.get('repeats', '?')}, learner and expert "
-            f"{lowering.get('learner_expert', '?')}")
 
 
 # ---- changes, under the lock -------------------------------------------------------------------

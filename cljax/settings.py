@@ -95,7 +95,7 @@ def add_settings_flags(parser: argparse.ArgumentParser, argv: list[str] = ()) ->
 
 RUN_ONLY_FLAGS = {
     "--overwrite": "delete an existing run's results (task folders, checkpoint, analysis) and start again "
-                   "(default: resume the same run, refuse another)",
+                   "(default: resume the same run, refuse another unless it finished no task)",
     "--allow-nonfinite": "go on when a loss becomes NaN or inf (default: record it and stop)",
     "--no-progress": "no progress bar",
 }

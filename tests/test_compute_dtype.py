@@ -90,7 +90,7 @@ def test_the_compute_dtype_is_recorded_and_part_of_the_resume_key_and_the_unroll
 
 
 def test_unrolling_the_step_loop_changes_nothing_beyond_rounding_and_a_resume_is_told():
-    from cljax.run_folder import same_split
+    from cljax.run_split import same_split
 
     split = {"backend": "cpu", "devices": 1, "processes": 1,
              "lowering": {"repeats": "loop", "learner_expert": "separate", "conv": "im2col", "devices": 1,

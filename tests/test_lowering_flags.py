@@ -11,7 +11,7 @@ import pytest
 from cljax.config import Config, differing_settings
 from cljax.errors import CljaxError
 from cljax.program import build_task_program, loop_repeats_default, paired_models_default
-from cljax.run_folder import same_split
+from cljax.run_split import same_split
 from tests.test_precision import TINY
 
 

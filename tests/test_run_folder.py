@@ -337,6 +337,52 @@ def test_overwrite_builds_the_first_state_before_it_deletes(made, tmp_path, caps
     assert state(run_dir) == before
 
 
+def test_a_run_that_stopped_in_its_first_task_is_replaced_by_another_without_overwrite(made, tmp_path, capsys,
+                                                                                          monkeypatch):
+    """A run that died before its first task was written holds only what its seed makes again
+    (run.json, initial/): a corrected command replaces it, with one note. A run with one whole
+    task folder, or with a file cljax did not write, is still refused."""
+    import cljax.experiment as experiment
+
+    class Crash(Exception):
+        pass
+
+    def crash_at(point, task):
+        if (point, task) == ("train", 0):
+            raise Crash
+
+    root = tmp_path / "r"
+    monkeypatch.setattr(experiment, "crash_point", crash_at)
+    with pytest.raises(Crash):
+        cli_main(["run", *FLAGS, "--results-dir", str(root)])
+    monkeypatch.undo()
+    run_dir = root / RUN_DIR
+    first_id = json.loads((run_dir / "run.json").read_text())["run_id"]
+    assert sorted(p.name for p in run_dir.iterdir()) == ["initial", "run.json", "run.lock"]
+
+    (run_dir / "initial" / "notes.txt").write_text("mine")  # a user's file: nothing is deleted
+    before = state(run_dir)
+    rc, _, err = run_cli(["run", *FLAGS, "--lr", "0.2", "--results-dir", str(root)], capsys)
+    assert_one_error(rc, err, "initial/notes.txt is not a file cljax writes")
+    assert state(run_dir) == before
+    (run_dir / "initial" / "notes.txt").unlink()
+
+    rc, _, err = run_cli(["run", *FLAGS, "--lr", "0.2", "--results-dir", str(root)], capsys)
+    assert rc == 0, err
+    assert err == (f"note: {run_dir} held a run with other settings (lr) that finished no task; it was replaced "
+                   f"by this one.\n")
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["config"]["lr"] == 0.2 and record["run_id"] != first_id
+    assert json.loads((run_dir / "task_001" / "metadata.json").read_text())["run_id"] == record["run_id"]
+
+    partial = copy(made, "partial", tmp_path / "p")  # task_000 whole, its checkpoint lost: kept
+    (partial / "checkpoint.npz").unlink()
+    before = state(partial)
+    rc, _, err = run_cli(["run", *FLAGS, "--lr", "0.2", "--results-dir", str(tmp_path / "p")], capsys)
+    assert_one_error(rc, err, "other settings (lr)", "--overwrite to replace it (it deletes its 1 task folder(s)")
+    assert state(partial) == before
+
+
 def test_a_rerun_parses_each_metadata_once_and_sees_a_folder_written_between_its_checks(made, tmp_path, capsys,
                                                                                       monkeypatch):
     """A rerun checks the folders before and again after it takes the lock; a long run's

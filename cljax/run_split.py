@@ -1,0 +1,50 @@
+"""The split a run computes on (backend, devices, processes and lowering), as run.json and each
+task's metadata.json record it: whether a resume continues on the one the run started on, and
+the warning when it does not (its numbers can then differ in the last bits)."""
+
+from __future__ import annotations
+
+import sys
+
+# Lowering entries added after runs were recorded without them, at the value those runs ran with.
+LOWERING_ABSENT = {"matmul_precision": "default", "compute_dtype": "float32", "scan_unroll": 1}
+
+
+def same_split(recorded: dict | None, split: dict) -> bool:
+    """Whether the run started on ``split`` (True when nothing is recorded). A lowering entry the
+    record lacks takes the value runs recorded before it ran with (``LOWERING_ABSENT``)."""
+    if recorded is None:
+        return True
+    lowering = {**LOWERING_ABSENT, **(recorded.get("lowering") or {})}
+    return {**recorded, "lowering": lowering} == split
+
+
+def warn_if_other_split(recorded: dict | None, split: dict, next_task: int) -> None:
+    """A resume on another backend, device count or lowering than the run started on: one line."""
+    if same_split(recorded, split):
+        return
+    hint = ""
+    if recorded.get("backend") == split["backend"] == "cpu" and recorded.get("devices") != split["devices"]:
+        hint = f"; to keep it, rerun with CLJAX_CPU_DEVICES={recorded.get('devices')}"
+    print(f"warning: this run started on {describe_split(recorded)} and continues on {describe_split(split)}: from "
+          f"task {next_task} on its numbers can differ from an uninterrupted run's in the last bits (recorded in each "
+          f"task's metadata.json){hint}.", file=sys.stderr)
+
+
+def warn_if_other_eval_chunk(recorded_settings: dict, config, next_task: int) -> None:
+    """A resume whose --eval-batch-size evaluates other chunks of the test set than the run
+    started with (a speed setting, so not refused): one line, as for another split."""
+    before = recorded_settings.get("eval_batch_size")
+    if not isinstance(before, int) or before < 1 or config.eval_chunk(before) == config.eval_chunk():
+        return
+    print(f"warning: this run started with --eval-batch-size {before} ({config.eval_chunk(before)} test images per "
+          f"evaluation call) and continues with {config.eval_batch_size} ({config.eval_chunk()}): from task {next_task} "
+          f"on its test losses and representations can differ from an uninterrupted run's in the last bits; to keep "
+          f"them, rerun with --eval-batch-size {before}.", file=sys.stderr)
+
+
+def describe_split(split: dict) -> str:
+    lowering = split.get("lowering") or {}
+    return (f"{split.get('devices')} {split.get('backend')} device(s) x {split.get('processes')} process(es), "
+            f"{lowering.get('conv', '?')} convolutions, repeats {lowering.get('repeats', '?')}, learner and expert "
+            f"{lowering.get('learner_expert', '?')}")
