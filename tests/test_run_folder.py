@@ -913,7 +913,10 @@ def test_more_bad_inputs_are_one_line(made, tmp_path, capsys):
     run_dir = copy(made, "partial", tmp_path / "r")
     for args, expected in ((["analyze", str(run_dir), "--glue-probes", "1"], "--glue-probes must be at least 2"),
                            (["analyze", str(run_dir), "--probe-ridge", "inf"], "(--probe-ridge) must be a finite number > 0"),
-                           (["run", *FLAGS, "--results-dir", ""], "--results-dir is empty")):
+                           (["run", *FLAGS, "--results-dir", ""], "--results-dir is empty"),
+                           (["run", "--data-dir", "", "--results-dir", str(tmp_path / "d")], "--data-dir is empty"),
+                           (["data-info", ""], "the folder is empty"),
+                           (["data-info", str(tmp_path), "--png", " "], "--png is empty")):
         rc, _, err = run_cli(args, capsys)
         assert_one_error(rc, err, expected)
     assert not (Path.cwd() / "synthetic").exists()

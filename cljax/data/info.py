@@ -97,6 +97,9 @@ def data_info_main(argv: list[str]) -> int:
     folder = Path(args.folder).expanduser()
     how = "prepare one with `cljax prepare-imagenet --source SOURCE --out DIR`."
     try:
+        for name, value in (("the folder", args.folder), ("--png", args.png)):
+            if value is not None and not value.strip():
+                raise CljaxError(f"{name} is empty: give {'a prepared folder' if name == 'the folder' else 'a file path'}.")
         data = load_prepared(folder, how_to_fix=how)
         print(describe(data, folder))
         png = write_sample_grid(data, Path(args.png).expanduser() if args.png else folder / "samples.png")
