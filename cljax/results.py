@@ -147,7 +147,8 @@ def representations_on_disk(reps: np.ndarray) -> tuple[np.ndarray, dict]:
     if reps.dtype.name == "bfloat16":
         return reps.view(np.uint16), {
             "dtype": "bfloat16", "stored_as": "uint16",
-            "how_to_read": "np.load(...).view(ml_dtypes.bfloat16), or cljax.results.load_representations",
+            "how_to_read": ("np.load(...).view(ml_dtypes.bfloat16); with numpy alone "
+                            "(a.astype(np.uint32) << 16).view(np.float32); or cljax.results.load_representations"),
         }
     return reps, {"dtype": str(reps.dtype), "stored_as": str(reps.dtype)}
 

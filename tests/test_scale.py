@@ -189,6 +189,9 @@ def test_bfloat16_representations_on_disk(hundred_tasks):
     assert as_f32.dtype == np.float32
     np.testing.assert_array_equal(as_f32, np.asarray(reps).astype(np.float32))
     assert (as_f32 >= 0).all() and as_f32.any()  # ReLU features, not garbage bits
+    # The README's decode with numpy alone: a bfloat16 is the upper half of a float32.
+    np.testing.assert_array_equal((raw.astype(np.uint32) << 16).view(np.float32), as_f32)
+    assert "(a.astype(np.uint32) << 16).view(np.float32)" in meta["representations_storage"]["how_to_read"]
 
 
 def test_bfloat16_representations_without_their_record_are_refused(hundred_tasks, tmp_path):

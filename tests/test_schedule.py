@@ -57,6 +57,46 @@ def test_the_schedule_is_each_repeats_permutation_drawn_in_turn():
     np.testing.assert_array_equal(make_schedule(10, 2, 2, 0)[:, 0], [[4, 6], [2, 7]])  # fixed: the numpy stream
 
 
+@pytest.mark.parametrize("test_source", ["test", "train_holdout"])
+def test_the_images_of_a_task_follow_the_readme_recipe(tmp_path, test_source):
+    """README, "Which classes and images a task uses": a reader rebuilds every task's images
+    from the seed with numpy alone. Each image here is its own index, so the gathered tensors
+    give the indices back."""
+    from cljax.data.prepared import ClassData
+    from cljax.tasks import TaskData
+    from tests.conftest import small_config
+
+    rng = np.random.default_rng(0)
+    train_labels, test_labels = rng.integers(0, 6, 600), rng.integers(0, 6, 300)
+    index_images = lambda n: np.arange(n, dtype=np.uint16).reshape(n, 1, 1)  # noqa: E731
+    data = ClassData(index_images(600), train_labels, index_images(300), test_labels, 6, tuple("abcdef"), {})
+    s, n_train, n_test = 7, 20, 10
+    config = small_config(tmp_path, seed=s, n_repeats=3, n_train_per_class=n_train, n_test_per_class=n_test,
+                          test_source=test_source, n_subsamples=8, batch_size=10)
+    task_data = TaskData(data, config)
+    pairs_R2 = make_schedule(6, 3, 3, s)[1]
+
+    def pick(stream, c, r, pool, n, from_end=False):  # the README's recipe, verbatim
+        order = np.random.default_rng([s, stream, c, r]).permutation(len(pool))
+        return np.sort(pool[order[len(order) - n:] if from_end else order[:n]])
+
+    train_pool = lambda c: np.flatnonzero(train_labels == c)  # noqa: E731  ascending
+    test_pool = lambda c: np.flatnonzero(test_labels == c)  # noqa: E731
+    train_x, train_y = task_data.train(pairs_R2)
+    test_x, test_y = task_data.test(pairs_R2)
+    for r, (a, b) in enumerate(pairs_R2):
+        expected_train = np.concatenate([pick(1, a, r, train_pool(a), n_train), pick(1, b, r, train_pool(b), n_train)])
+        np.testing.assert_array_equal(train_x[:, r, 0, 0], expected_train)
+        if test_source == "test":
+            ta, tb = pick(2, a, r, test_pool(a), n_test), pick(2, b, r, test_pool(b), n_test)
+        else:
+            ta, tb = (pick(1, c, r, train_pool(c), n_test, from_end=True) for c in (a, b))
+            assert not set(np.concatenate([ta, tb])) & set(expected_train)  # never an image it trained on
+        np.testing.assert_array_equal(test_x[:, r, 0, 0], np.stack([ta, tb], axis=1).reshape(-1))  # interleaved
+    np.testing.assert_array_equal(train_y[:, 0], np.repeat([0, 1], n_train))
+    np.testing.assert_array_equal(test_y[:8, 0], [0, 1] * 4)  # the S saved images: the first S, alternating
+
+
 def test_eval_task_slots_per_mode():
     assert parse_eval_tasks("all").ids(2, 4).tolist() == [0, 1, 2, 3]
     assert parse_eval_tasks("seen").ids(1, 4).tolist() == [0, 1, -1, -1]
