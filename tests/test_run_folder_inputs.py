@@ -1,0 +1,394 @@
+"""The run folder, part 3: one line for every damaged or hostile input, and nothing stale or
+misleading left behind."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import pickle
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cljax import results
+from cljax.errors import CljaxError
+from tests.conftest import small_config
+from tests.run_folder_kit import FLAGS, RUN_DIR, TINY, assert_one_error, copy, make_runs, run_cli, state
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory):
+    return make_runs(tmp_path_factory)
+
+
+# ---- 7. one line for every damaged or hostile input --------------------------------------------------------
+def test_analyze_a_partial_run_reports_undefined_metrics(made, tmp_path, capsys):
+    run_dir = copy(made, "partial", tmp_path / "r")
+    rc, out, err = run_cli(["analyze", str(run_dir), "--no-glue", "--no-plots"], capsys)
+    assert rc == 0, err
+    assert "bwt: undefined" in out
+
+
+@pytest.mark.parametrize("how", ["truncated", "bit_flip"])
+def test_a_damaged_checkpoint_is_one_line(made, tmp_path, capsys, how):
+    run_dir = copy(made, "partial", tmp_path / "r")
+    ckpt = run_dir / "checkpoint.npz"
+    if how == "truncated":
+        ckpt.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
+    else:
+        raw = bytearray(ckpt.read_bytes())
+        raw[len(raw) // 2] ^= 0x01
+        ckpt.write_bytes(bytes(raw))
+    before = state(run_dir)
+    rc, _, err = run_cli(["run", *FLAGS, "--results-dir", str(tmp_path / "r")], capsys)
+    assert_one_error(rc, err, "checkpoint.npz is damaged", "--overwrite")
+    assert state(run_dir) == before
+
+
+def test_disk_is_checked_in_whole_blocks_and_a_full_disk_is_one_line(tmp_path, capsys, monkeypatch):
+    import cljax.experiment as experiment
+    from cljax.budget import Budget
+    from cljax.budget_disk import disk_files_per_task, disk_run_files
+    from cljax.checkpoint import CHECKPOINT
+    from cljax.program import build_task_program
+
+    from cljax.tasks import make_schedule
+
+    config = small_config(tmp_path, **TINY)
+    budget = Budget.of(config, build_task_program(config, (28, 28)), (28, 28))
+    names = [f"synthetic_{c}" for c in range(4)]
+    # The planner's byte figures for the first task and the checkpoint: enough only if files took no whole blocks.
+    exact = sum(disk_files_per_task(budget, make_schedule(4, 2, 2, 0), names).values()) + disk_run_files(budget)[CHECKPOINT]
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**12, 10**12 - exact, exact))
+    rc, _, err = run_cli(["run", *FLAGS, "--results-dir", str(tmp_path / "r")], capsys)
+    assert_one_error(rc, err, "not enough disk", "bytes", f"({exact:,} bytes) are free")
+    monkeypatch.undo()
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "r"))
+
+    monkeypatch.setattr(experiment, "write_run_record", full)
+    rc, _, err = run_cli(["run", *FLAGS, "--results-dir", str(tmp_path / "r")], capsys)
+    assert_one_error(rc, err, "no space left", "free space, then run the same command")
+
+
+def _npy_with_header(path: Path, header: bytes):
+    path.write_bytes(b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header)
+
+
+ANALYZE_DAMAGE = {
+    "missing_npy": (lambda d: (d / "task_000" / "weights.npy").unlink(), "weights.npy is missing"),
+    "truncated_npy": (lambda d: (d / "task_000" / "representations.npy").write_bytes(
+        (d / "task_000" / "representations.npy").read_bytes()[:200]), "representations.npy is truncated"),
+    "object_npy": (lambda d: np.save(d / "task_000" / "representations.npy", np.array([{}, 1], dtype=object),
+                                     allow_pickle=True), "holds Python objects"),
+    "huge_header": (lambda d: _npy_with_header(d / "task_000" / "representations.npy", b"{" + b" " * 60000 + b"}\n"),
+                    "representations.npy is not a readable .npy file"),
+    "metadata_not_json": (lambda d: (d / "task_000" / "metadata.json").write_bytes(b"\xff\xfe{"),
+                          "metadata.json is not valid JSON"),
+    "metrics_truncated": (lambda d: (d / "task_000" / "metrics.pkl").write_bytes(
+        (d / "task_000" / "metrics.pkl").read_bytes()[:40]), "metrics.pkl has 40 bytes"),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(ANALYZE_DAMAGE))
+def test_analyze_of_a_damaged_file_is_one_line_naming_it(made, tmp_path, capsys, damage):
+    run_dir = copy(made, "finished", tmp_path / "r")
+    how, expected = ANALYZE_DAMAGE[damage]
+    how(run_dir)
+    rc, _, err = run_cli(["analyze", str(run_dir), "--no-glue", "--no-plots"], capsys)
+    assert_one_error(rc, err, expected, str(run_dir / "task_000"))
+    assert "do not trust" not in err  # a damaged file is not reported as a hostile one
+
+
+def test_analyze_bad_options_and_an_unwritable_output_are_one_line(made, tmp_path, capsys):
+    run_dir = copy(made, "finished", tmp_path / "r")
+    rc, _, err = run_cli(["analyze", str(run_dir), "--glue-probes", "0"], capsys)
+    assert_one_error(rc, err, "--glue-probes must be at least 2")
+    (tmp_path / "a_file").write_text("x")
+    rc, _, err = run_cli(["analyze", str(run_dir), "--no-glue", "--no-plots", "--out", str(tmp_path / "a_file" / "out")],
+                         capsys)
+    assert_one_error(rc, err, "is a file, not a folder", "--out")
+    other = copy(made, "finished", tmp_path / "other")
+    before = state(tmp_path)
+    for out, expected in (("", "--out is empty"), (str(other), "is a run's folder"), (str(run_dir), "run.json")):
+        rc, _, err = run_cli(["analyze", str(run_dir), "--no-glue", "--no-plots", "--out", out], capsys)
+        assert_one_error(rc, err, expected, "--out")  # "" wrote into the current folder, a run's mixed with its files
+    for not_a_run in (tmp_path / "r", run_dir / "task_000"):  # the results root, a task folder
+        rc, _, err = run_cli(["analyze", str(not_a_run), "--no-glue", "--no-plots"], capsys)
+        assert_one_error(rc, err, "results/{dataset}/{algorithm}")
+    assert state(tmp_path) == before
+    for flag in ("--json", "--out"):  # compare: an output it cannot write is refused before the comparison
+        for path, expected in (("", "is empty"), (str(tmp_path / "nowhere" / "c"), "does not exist"),
+                               (str(tmp_path), "is a folder")):
+            rc, out, err = run_cli(["compare", str(run_dir), flag, path], capsys)
+            assert_one_error(rc, err, flag, expected)
+            assert out == ""
+    if os.geteuid() != 0:  # root writes into read-only folders
+        run_dir.chmod(0o555)
+        try:
+            rc, _, err = run_cli(["analyze", str(run_dir), "--no-glue", "--no-plots"], capsys)
+        finally:
+            run_dir.chmod(0o755)
+        assert_one_error(rc, err, "analysis", "--out")
+
+
+@pytest.mark.parametrize("record", ["list", "string", "folder", "huge", "split", "schema", "lowering"])
+def test_a_run_record_of_the_wrong_kind_is_one_line(made, tmp_path, capsys, record):
+    run_dir = copy(made, "partial", tmp_path / "r")  # a run to resume: every field is read
+    path = run_dir / "run.json"
+    fields = json.loads(path.read_text())
+    path.unlink()
+    if record == "list":
+        path.write_text("[1, 2]")
+    elif record == "string":
+        path.write_text('"run"')
+    elif record == "folder":
+        path.mkdir()
+    elif record == "huge":
+        path.write_bytes(b" " * (1 << 24) + b"{}")
+    else:  # a field of another type (they raised AttributeError / TypeError)
+        changed = {"split": {"split": "garbage"}, "schema": {"schema": "3"},
+                   "lowering": {"split": {**fields["split"], "lowering": 5}}}[record]
+        path.write_text(json.dumps({**fields, **changed}))
+    before = state(run_dir)
+    rc, _, err = run_cli(["run", *FLAGS, "--results-dir", str(tmp_path / "r")], capsys)
+    assert_one_error(rc, err, "run.json")
+    assert state(run_dir) == before
+
+
+@pytest.mark.parametrize("meta", ["[1, 2]", '{"format_version": 1, "files": {}}'])
+def test_data_info_and_plan_of_a_damaged_prepared_folder_are_one_line(tmp_path, capsys, meta):
+    from cljax.data.prepared import write_prepared
+
+    folder = tmp_path / "prepared"
+    labels = np.repeat(np.arange(4), 5)
+    write_prepared(folder, np.zeros((20, 28, 28), np.uint8), labels, np.zeros((20, 28, 28), np.uint8), labels,
+                   name="tiny", source="test", preprocessing={})
+    (folder / "meta.json").write_text(meta)
+    for args in (["data-info", str(folder)],
+                 ["plan", "--dataset", "imagenet_28_gray", "--data-dir", str(folder), "--num-tasks", "1"]):
+        rc, _, err = run_cli(args, capsys)
+        assert_one_error(rc, err, str(folder / "meta.json"))
+
+
+def test_a_synthetic_dataset_too_large_for_memory_is_one_line(tmp_path, capsys, monkeypatch):
+    import cljax.devices.memory as memory
+
+    monkeypatch.setattr(memory, "host_available_bytes", lambda: 2**30)
+    rc, _, err = run_cli(["run", *FLAGS, "--results-dir", str(tmp_path / "r"), "--synthetic-classes", "1000",
+                          "--n-train-per-class", "2000"], capsys)
+    assert_one_error(rc, err, "synthetic dataset", "--synthetic-classes")
+    assert not (tmp_path / "r").exists()
+
+
+def _catches_sigterm(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    caught = next((line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:")), "0")
+    return bool(int(caught, 16) >> (signal.SIGTERM - 1) & 1)
+
+
+def _jax_loaded(pid: int) -> bool:
+    try:
+        return "jaxlib" in Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return True
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_right_after_start_exits_75_with_one_line(tmp_path, sig):
+    proc = subprocess.Popen([sys.executable, "-m", "cljax.cli", "run", *FLAGS, "--results-dir", str(tmp_path / "r")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # The signal goes as soon as the process handles SIGTERM: that must be before it even loads
+    # JAX (Python alone handles SIGINT as KeyboardInterrupt and leaves SIGTERM to kill it).
+    early, deadline = False, time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if _catches_sigterm(proc.pid):
+            early = not _jax_loaded(proc.pid)
+            break
+        time.sleep(0.002)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert early, "SIGTERM was handled only after JAX was loaded"
+    assert proc.returncode == 75, err
+    assert "Traceback" not in err and f"stopped by {sig.name}" in err
+    assert not any((tmp_path / "r" / RUN_DIR).glob("task_*"))
+
+
+def test_the_readers_raise_the_project_error_naming_the_file(tmp_path):
+    task = tmp_path / "task_000"
+    task.mkdir()
+    (task / "metadata.json").write_text("[1, 2]")
+    with pytest.raises(CljaxError, match="metadata.json holds a JSON list"):
+        results.load_metadata(task)
+    (task / "metadata.json").write_bytes(b"\x80\x81")
+    with pytest.raises(CljaxError, match="metadata.json is not valid JSON"):
+        results.load_metadata(task)
+    np.save(task / "binary_labels.npy", np.zeros((2, 3), np.uint8))
+    size = (task / "binary_labels.npy").stat().st_size
+    (task / "binary_labels.npy").write_bytes((task / "binary_labels.npy").read_bytes()[:-2])
+    with pytest.raises(CljaxError, match=rf"binary_labels.npy is truncated \({size - 2} bytes, {size} expected\)"):
+        results.load_binary_labels(task)
+    np.save(task / "weights.npy", np.zeros(3, np.float32))
+    with pytest.raises(CljaxError, match="not the structured array"):
+        results.load_weights(task)
+    good = pickle.dumps({"test_acc": np.zeros(3)}, protocol=4)
+    (task / "metrics.pkl").write_bytes(good[:-10])
+    with pytest.raises(CljaxError, match="metrics.pkl is truncated or damaged") as truncated:
+        results.load_metrics(task)
+    assert "do not trust" not in str(truncated.value)
+    (task / "metrics.pkl").write_bytes(pickle.dumps([1, 2]))
+    with pytest.raises(CljaxError, match="holds a list, not the dict"):
+        results.load_metrics(task)
+    (task / "metrics.pkl").write_bytes(pickle.dumps({"x": os.system}))
+    with pytest.raises(CljaxError, match="refusing to load posix.system.*do not trust it"):
+        results.load_metrics(task)
+
+
+# ---- 8. stale and misleading -------------------------------------------------------------------------------
+def test_overwrite_removes_the_previous_analysis_and_starts_a_new_run_id(made, tmp_path, capsys):
+    run_dir = copy(made, "finished", tmp_path / "r")
+    (run_dir / "analysis").mkdir()
+    (run_dir / "analysis" / "summary.json").write_text("{}")
+    old_id = json.loads((run_dir / "run.json").read_text())["run_id"]
+    rc, out, err = run_cli(["run", *FLAGS, "--results-dir", str(tmp_path / "r"), "--overwrite"], capsys)
+    assert rc == 0, err
+    assert not (run_dir / "analysis").exists()
+    new_id = json.loads((run_dir / "run.json").read_text())["run_id"]
+    assert new_id != old_id and results.load_metadata(run_dir / "task_001")["run_id"] == new_id
+    assert results.load_metadata(run_dir / "initial")["run_id"] == new_id
+
+
+def test_sweep_accepts_every_run_flag_and_hands_them_to_its_jobs(tmp_path, monkeypatch, capsys):
+    import cljax.experiment as experiment
+    import cljax.sweep as sweep
+
+    calls = []
+    monkeypatch.setattr(sweep, "make_executor", lambda *a: object())
+    monkeypatch.setattr(sweep, "submit", lambda runs, executor, overwrite, allow_nonfinite: calls.append(
+        (len(runs), overwrite, allow_nonfinite)) or [])
+    monkeypatch.setattr(sweep, "write_manifest", lambda *a: None)
+    rc, _, err = run_cli(["sweep", *FLAGS, "--allow-nonfinite", "--overwrite", "--grid", "lr=0.1,0.2",
+                          "--results-dir", str(tmp_path)], capsys)
+    assert rc == 0 and calls == [(2, True, True)], err
+    seen = {}
+    monkeypatch.setattr(experiment, "run_experiment", lambda config, **kw: seen.update(kw) or experiment.RunResult(
+        algo_dir=tmp_path, task_class_pairs=np.zeros((2, 2, 2))))
+    sweep.run_job(small_config(tmp_path, **TINY).to_dict(), False, True)
+    assert seen["allow_nonfinite"] is True and seen["progress"] is False
+
+
+def test_a_resume_on_a_prepared_folder_changed_in_place_is_refused(tmp_path):
+    # A prepared folder's identity is the checksums its meta.json recorded (no pass over the
+    # images at every start): images changed in place kept it, and the run resumed on them.
+    from cljax.data.prepared import load_prepared, write_prepared
+    from cljax.experiment import run_experiment
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(4), 16)
+    data = write_prepared(tmp_path / "data", rng.integers(0, 256, (64, 28, 28), dtype=np.uint8), labels,
+                          rng.integers(0, 256, (64, 28, 28), dtype=np.uint8), labels, name="test", source="test",
+                          preprocessing={}, n_classes=4)
+    config = small_config(tmp_path, **{**TINY, "dataset": "imagenet_28_gray", "data_dir": str(data),
+                                       "results_dir": str(tmp_path / "r")})
+
+    def keep_partial(t, info):
+        if t == 0:
+            shutil.copytree(tmp_path / "r", tmp_path / "partial")
+
+    run_experiment(config, progress=False, on_task_end=keep_partial)
+    shutil.rmtree(tmp_path / "r")
+    shutil.copytree(tmp_path / "partial", tmp_path / "r")
+    original = np.load(data / "train_images.npy")
+    np.save(data / "train_images.npy", 255 - original)  # meta.json untouched
+    with pytest.raises(CljaxError, match="train_images.npy does not match its checksum in meta.json"):
+        run_experiment(config, progress=False)
+    np.save(data / "train_images.npy", original)
+    assert run_experiment(config, progress=False).first_task == 1
+
+    # A damaged description or labels are one line too (IndexError / a misleading count before).
+    meta = json.loads((data / "meta.json").read_text())
+    (data / "meta.json").write_text(json.dumps({**meta, "class_names": ["a", "b"]}))
+    with pytest.raises(CljaxError, match="n_classes 4 and 2 class names"):
+        load_prepared(data)
+    (data / "meta.json").write_text(json.dumps(meta))
+    np.save(data / "test_labels.npy", (labels + 4).astype(meta["files"]["test_labels.npy"]["dtype"]))
+    with pytest.raises(CljaxError, match=r"labels from 4 to 7, outside 0 \.\.\. 3"):
+        load_prepared(data)
+
+
+def test_a_folder_past_the_last_task_is_not_deleted_by_a_resume(made, tmp_path, capsys):
+    run_dir = copy(made, "partial", tmp_path / "r")
+    (run_dir / "task_007").mkdir()
+    (run_dir / "task_007" / "notes.txt").write_text("mine")
+    before = state(run_dir)
+    rc, _, err = run_cli(["run", *FLAGS, "--results-dir", str(tmp_path / "r")], capsys)
+    assert_one_error(rc, err, "task_007 is not a task of this 2-task run", "nothing was deleted")
+    assert state(run_dir) == before
+    finished = copy(made, "finished", tmp_path / "f")  # a finished run is not reported whole beside it
+    shutil.copytree(finished / "task_001", finished / "task_005")
+    before = state(finished)
+    rc, _, err = run_cli(["run", *FLAGS, "--results-dir", str(tmp_path / "f")], capsys)
+    assert_one_error(rc, err, "task_005 is not a task of this 2-task run: move it out", "to use the run")
+    assert state(finished) == before
+
+
+def test_more_bad_inputs_are_one_line(made, tmp_path, capsys):
+    run_dir = copy(made, "partial", tmp_path / "r")
+    for args, expected in ((["analyze", str(run_dir), "--glue-probes", "1"], "--glue-probes must be at least 2"),
+                           (["analyze", str(run_dir), "--probe-ridge", "inf"], "(--probe-ridge) must be a finite number > 0"),
+                           (["run", *FLAGS, "--results-dir", ""], "--results-dir is empty"),
+                           (["run", "--data-dir", "", "--results-dir", str(tmp_path / "d")], "--data-dir is empty"),
+                           (["data-info", ""], "the folder is empty"),
+                           (["data-info", str(tmp_path), "--png", " "], "--png is empty")):
+        rc, _, err = run_cli(args, capsys)
+        assert_one_error(rc, err, expected)
+    assert not (Path.cwd() / "synthetic").exists()
+    plugin = tmp_path / "broken_plugin.py"
+    plugin.write_text("def rule(:\n")
+    rc, _, err = run_cli(["run", "--plugin", str(plugin), *FLAGS, "--results-dir", str(tmp_path / "p")], capsys)
+    assert_one_error(rc, err, f"plugin file {plugin} is not valid Python (line 1")
+    record = json.loads((run_dir / "run.json").read_text())
+    (run_dir / "run.json").write_text(json.dumps({**record, "config": {**record["config"], "not_a_setting": 1}}))
+    before = state(run_dir)
+    rc, _, err = run_cli(["run", *FLAGS, "--results-dir", str(tmp_path / "r")], capsys)
+    assert_one_error(rc, err, f"{run_dir / 'run.json'}: the recorded settings cannot be read", "not_a_setting",
+                     "other files stay")
+    assert state(run_dir) == before
+
+
+def test_a_prepared_folder_whose_splits_differ_in_image_size_is_one_line(tmp_path):
+    from cljax.data.prepared import load_prepared, write_prepared
+
+    labels = np.repeat(np.arange(2), 4)
+    folder = write_prepared(tmp_path / "data", np.zeros((8, 28, 28), np.uint8), labels, np.zeros((8, 20, 20), np.uint8),
+                            labels, name="test", source="test", preprocessing={}, n_classes=2)
+    with pytest.raises(CljaxError, match=r"train images are \[28, 28\] and its test images \[20, 20\]"):
+        load_prepared(folder)
+
+
+def test_a_resume_pairs_learner_and_expert_as_the_run_started_with_auto(made, tmp_path, capsys):
+    # auto pairs them where a CPU device has a core to itself: a requeue onto a node with other
+    # cores switched the pairing mid-run (the last bits moved, against "byte-identical").
+    run_dir = copy(made, "partial", tmp_path / "r")
+    record = json.loads((run_dir / "run.json").read_text())
+    started = record["split"]["lowering"]["learner_expert"]
+    other = {"paired": "separate", "separate": "paired"}[started]
+    record["split"]["lowering"]["learner_expert"] = other  # as if started on a host where auto chose the other
+    (run_dir / "run.json").write_text(json.dumps(record))
+    rc, _, err = run_cli(["run", *FLAGS, "--results-dir", str(tmp_path / "r")], capsys)
+    assert rc == 0, err
+    assert results.load_metadata(run_dir / "task_001")["lowering"]["learner_expert"] == other
+    assert results.load_metadata(run_dir / "task_000")["lowering"]["learner_expert"] == started
+    # the settings stay as the run was started: auto, in every task, resumed or not
+    assert {results.load_metadata(run_dir / f"task_00{t}")["config"]["learner_expert"] for t in (0, 1)} == {"auto"}
