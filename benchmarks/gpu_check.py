@@ -65,9 +65,10 @@ SMOKE_SIZE = {"model": "mlp", "mlp_hidden": 16, "n_repeats": 2, "n_train_per_cla
 # The two tests that failed on an H200 before the precision setting first (--keep-duplicates keeps
 # the order given; they run again with their files), then the files around the numbers and the model.
 GPU_TESTS = ["tests/test_end_to_end.py::test_saved_accuracy_equals_recomputation_from_saved_weights",
-             "tests/test_rules_options.py::test_bio_is_the_three_factor_rule_with_fixed_random_feedback",
+             "tests/test_rules.py::test_bio_is_the_three_factor_rule_with_fixed_random_feedback",
              "tests/test_precision.py", "tests/test_compute_dtype.py", "tests/test_lowering_flags.py",
-             "tests/test_end_to_end.py", "tests/test_models.py", "tests/test_initial_state.py", "tests/test_rules_options.py"]
+             "tests/test_end_to_end.py", "tests/test_models.py", "tests/test_initial_state.py", "tests/test_rules.py",
+             "tests/test_options.py"]
 # The other files whose numbers depend on the backend (the rest of the suite is file, CLI and
 # analysis logic): ``--tests rest``, for a second call with a longer ``--limit tests=...``.
 GPU_TESTS_REST = ["tests/test_sharding.py", "tests/test_scale.py", "tests/test_schedule.py", "tests/test_methods.py",

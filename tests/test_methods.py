@@ -1,7 +1,7 @@
 """Plasticity methods (L2, L2-init, continual backprop, ReDo, shrink+perturb's Gaussian noise):
 each against a hand computation on a tiny MLP, the CNN's unit activity in both lowerings, vmap
 against the repeat loop, and the one-line errors. One compiled program per run with replay and UL
-under every rule: tests/test_rules_options.py; byte-identical resume: tests/test_reliability.py."""
+under every rule: tests/test_options.py; byte-identical resume: tests/test_reliability.py."""
 
 from __future__ import annotations
 
@@ -283,7 +283,7 @@ def test_shrink_perturb_gaussian_noise_is_absolute():
 
 # ---- the real path: compiled once, with replay and UL, every rule ----------------------------
 
-# Every method with replay, UL and S&P under every rule, compiled once: test_rules_options.py,
+# Every method with replay, UL and S&P under every rule, compiled once: test_options.py,
 # test_every_rule_with_every_option_compiles_once.
 
 
