@@ -172,6 +172,18 @@ def task_dirs(algo_dir: str | os.PathLike) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def first_task_dirs(algo_dir: str | os.PathLike) -> list[Path]:
+    """``task_dirs``, which must be tasks 0 .. n-1: a reader of a run's first n tasks refuses a
+    gap (task t would be read as another task) in one line naming the missing folder."""
+    dirs = task_dirs(algo_dir)
+    for i, d in enumerate(dirs):
+        if d.name != task_dir_name(i):
+            raise CljaxError(f"the task folders of {algo_dir} are not contiguous: {task_dir_name(i)} is missing "
+                             f"before {d.name}. Use a whole run (finish it with the same cljax run command), or "
+                             f"restore the missing folder.")
+    return dirs
+
+
 def load_metadata(task_dir) -> dict:
     path = Path(task_dir) / "metadata.json"
     raw = read_bytes(path)

@@ -177,7 +177,17 @@ def test_analyze_run_rejects_a_gap(tmp_path):
     algo = tmp_path / "run"
     write_fake_run(algo)
     (algo / "task_001").rename(algo / "task_007")
-    with pytest.raises(Exception, match="not contiguous"):
+    with pytest.raises(Exception, match="not contiguous: task_001 is missing before task_002"):
+        analyze_run(algo, glue=False, make_plots=False)
+    from cljax.analysis.compare import compare_runs  # compare read task_002 as task 1
+
+    with pytest.raises(Exception, match="not contiguous: task_001 is missing before task_002"):
+        compare_runs([algo])
+    (algo / "task_007").rename(algo / f"task_{T:03d}")  # past the run's last task
+    (algo / "task_001").mkdir()
+    for f in (algo / "task_000").iterdir():
+        (algo / "task_001" / f.name).write_bytes(f.read_bytes())
+    with pytest.raises(Exception, match=f"task_{T:03d} on are not tasks of this run; move them out"):
         analyze_run(algo, glue=False, make_plots=False)
 
 

@@ -118,9 +118,14 @@ def test_analyze_bad_options_and_an_unwritable_output_are_one_line(made, tmp_pat
     assert_one_error(rc, err, "is a file, not a folder", "--out")
     other = copy(made, "finished", tmp_path / "other")
     before = state(tmp_path)
-    for out, expected in (("", "--out is empty"), (str(other), "is a run's folder"), (str(run_dir), "run.json")):
+    for out, expected in (("", "--out is empty"), (str(other), "is a run's folder"), (str(run_dir), "run.json"),
+                          (str(other / "analysis"), "inside another run's folder"),  # would replace its summary
+                          (str(other / "task_000" / "x"), "inside another run's folder")):
         rc, _, err = run_cli(["analyze", str(run_dir), "--no-glue", "--no-plots", "--out", out], capsys)
         assert_one_error(rc, err, expected, "--out")  # "" wrote into the current folder, a run's mixed with its files
+    rc, _, err = run_cli(["analyze", str(run_dir), "--no-glue", "--no-plots", "--out", str(run_dir / "analysis")], capsys)
+    assert rc == 0, err  # its own analysis folder, spelled out
+    before = state(tmp_path)
     for not_a_run in (tmp_path / "r", run_dir / "task_000"):  # the results root, a task folder
         rc, _, err = run_cli(["analyze", str(not_a_run), "--no-glue", "--no-plots"], capsys)
         assert_one_error(rc, err, "results/{dataset}/{algorithm}")

@@ -28,7 +28,7 @@ PROTOCOL = ("dataset", "task_schedule", "n_train_per_class", "epochs", "batch_si
 
 def current_task_accuracy(run_dir) -> dict[str, np.ndarray]:
     """{"learner", "expert"}: current-task test accuracy at each task's last snapshot, (n, R)."""
-    dirs = results.task_dirs(run_dir)
+    dirs = results.first_task_dirs(run_dir)
     if not dirs:
         raise CljaxError(f"{run_dir} has no task folders: pass results/{{dataset}}/{{algorithm}} of a run.")
     learner, expert = [], []

@@ -121,14 +121,9 @@ def analyze_run(
     selected = [get(name) for name in (analyses if analyses is not None else registered())
                 if glue or name != "glue"]
     algo_dir = Path(algo_dir)
-    dirs = results.task_dirs(algo_dir)
+    dirs = results.first_task_dirs(algo_dir)
     if not dirs:
         raise CljaxError(f"{algo_dir} holds no complete task folder: run the experiment first.")
-    for i, d in enumerate(dirs):
-        if d.name != results.task_dir_name(i):
-            raise CljaxError(f"the task folders of {algo_dir} are not contiguous: {results.task_dir_name(i)} is missing "
-                             f"before {d.name}. Analyse a whole run (finish it with the same cljax run command), or "
-                             f"restore the missing folder.")
     check = _verifier(algo_dir, dirs[0])
     out = _output_folder(algo_dir, out_dir)
     n = len(dirs)
@@ -136,7 +131,8 @@ def analyze_run(
     folder = TaskFolder(0, dirs[0], check(dirs[0], 0))
     L, R, T = folder.shape  # T: the run's tasks (a folder may have evaluated only some)
     if n > T:
-        raise CljaxError(f"{algo_dir} holds {n} task folders but each evaluates only {T} tasks")
+        raise CljaxError(f"{algo_dir} holds {n} task folders but each evaluates only {T} tasks: {dirs[T].name} on are "
+                         f"not tasks of this run; move them out of the folder.")
     K = folder.test_acc_slots.shape[-1]  # the task slots each folder saved (--eval-tasks)
     dense = keeps_dense(R, n, K, T)
     need, available = BYTES_PER_CELL * R * n * (T if dense else K), host_available_bytes()
@@ -215,6 +211,11 @@ def _output_folder(algo_dir: Path, out_dir) -> Path:
     if (out / RUN_RECORD).exists() or (out.is_dir() and results.task_dirs(out)):
         raise CljaxError(f"--out {out} is a run's folder (it holds run.json or task folders): its analysis goes "
                          f"into {out / 'analysis'}; pass another --out.")
+    own = algo_dir.resolve()
+    for above in out.resolve().parents:
+        if (above / RUN_RECORD).is_file() and above != own:  # another run's analysis would be replaced
+            raise CljaxError(f"--out {out} is inside another run's folder ({above} holds run.json): pass a folder "
+                             f"outside it, or analyze that run itself.")
     probe = out
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
