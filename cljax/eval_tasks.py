@@ -24,6 +24,7 @@ from typing import NamedTuple
 import numpy as np
 
 from cljax.errors import CljaxError
+from cljax.safe_files import DAMAGED
 
 MODES = ("all", "seen", "current", "window:K")
 
@@ -106,5 +107,5 @@ def eval_ids_of(metadata: dict, n_slots: int, where: str = "metadata.json") -> n
     if expected is None or len(expected) != n_slots or not isinstance(ids, list) or ids != expected.tolist():
         raise CljaxError(f"{where}: eval_tasks.eval_task_ids {str(ids)[:80]} are not the task slots of --eval-tasks "
                          f"{record.get('mode')!r} at task {t} of {T} (the saved arrays hold {n_slots}): the file was "
-                         f"changed or damaged; restore it from a copy, or train the run again.")
+                         f"changed or damaged; {DAMAGED}.")
     return expected

@@ -26,6 +26,7 @@ from cljax.budget import fmt_bytes
 from cljax.checkpoint import CHECKPOINT, RUN_RECORD, read_checkpoint_header, read_run_record
 from cljax.config import DATA_DIFFERS, Config, setting_differences
 from cljax.errors import CljaxError, DamagedFile
+from cljax.eval_tasks import eval_ids_of
 from cljax.host import usable_cores
 from cljax.initial_state import INITIAL
 from cljax.results import LATER_TASK_FILES, TASK_FILES, load_metadata, task_dir_name, task_dirs
@@ -33,7 +34,8 @@ from cljax.run_lock import RUN_LOCK
 from cljax.safe_files import file_sha256, npy_header, safe_load_pickle
 
 ANALYSIS = "analysis"
-CHECKED_FIELDS = ("task_index", "run_id", "files", "shapes")  # what verify_task_dir reads of metadata.json
+# What verify_task_dir reads of metadata.json.
+CHECKED_FIELDS = ("task_index", "run_id", "files", "shapes", "eval_tasks", "config")
 
 
 # ---- what is there -------------------------------------------------------------------------
@@ -228,6 +230,12 @@ def verify_task_dir(task_dir: Path, t: int, run_id: str | None, hashes: bool, in
         ["model_state.npy"] if "model_state" in shapes else []) if t >= 0 else []  # t = -1: initial/
     if isinstance(files, dict) and not set(required) <= set(files):
         return f"{task_dir / 'metadata.json'} does not list {sorted(set(required) - set(files))[0]}, a file every task has"
+    reps = shapes.get("representations")
+    if t >= 0 and isinstance(reps, list) and len(reps) == 5:  # the slots a reader maps to tasks (no hash of their own)
+        try:
+            eval_ids_of({**meta, "task_index": t}, reps[2], where=str(task_dir / "metadata.json"))
+        except CljaxError as exc:
+            return str(exc).split(": the file was")[0]
     for name in list(files) if isinstance(files, dict) else required:
         path = task_dir / str(name)
         if not isinstance(name, str) or Path(name).name != name or name.startswith("."):

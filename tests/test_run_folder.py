@@ -227,7 +227,15 @@ DAMAGE = {
     "truncated": (lambda d: (d / "task_001" / "weights.npy").write_bytes((d / "task_001" / "weights.npy")
                                                                           .read_bytes()[:-100]), "is truncated"),
     "unlisted": (lambda d: _unlist(d / "task_000", "representations.npy"), "does not list representations.npy"),
+    # metadata.json has no hash of its own: the slots a reader maps to tasks are checked against the mode
+    "slots": (lambda d: _edit_slots(d / "task_001"), "eval_tasks.eval_task_ids [1, 0] are not the task slots"),
 }
+
+
+def _edit_slots(task_dir: Path):
+    meta = json.loads((task_dir / "metadata.json").read_text())
+    meta["eval_tasks"]["eval_task_ids"] = [1, 0]
+    (task_dir / "metadata.json").write_text(json.dumps(meta))
 
 
 def _unlist(task_dir: Path, name: str):
