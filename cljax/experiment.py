@@ -89,8 +89,9 @@ def run_experiment(
     memo: dict = {}  # the checks below parse each metadata.json once
     found = inspect_run(algo_dir, config, data_id, overwrite, hashes=False, memo=memo)
     sources = plugin_sources(config)
+    if not found.finished:  # the identity of a prepared folder is its recorded checksums
+        check_unchanged(data, resume=found.record is not None)
     if found.record is not None and not found.finished:
-        check_unchanged(data)  # the identity of a prepared folder is its recorded checksums
         check_sources(found.record.get("sources"), config, algo_dir)
     if found.finished:  # verify every file's content before saying so
         with RunLock(algo_dir, exclusive=False):

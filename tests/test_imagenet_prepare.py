@@ -19,7 +19,8 @@ import cljax.data.imagenet.prepare as imagenet
 from cljax.data.imagenet.decode import image_to_gray
 from cljax.data.imagenet.prepare import prepare_imagenet, prepare_main
 from cljax.data.info import data_info_main
-from cljax.data.prepared import ARRAY_FILES, load_prepared
+from cljax.data.prepared import ARRAY_FILES, SAMPLES, load_prepared
+from cljax.errors import CljaxError
 
 REPO = Path(__file__).resolve().parents[1]
 CLASS_NAMES = ["cat", "dog", "fox"]
@@ -212,6 +213,12 @@ def test_interrupted_run_resumes_to_identical_output(prepared, source, tmp_path,
     assert sorted(p.stem for p in work.glob("*.npz")) == sorted(calls) == ["train-00000", "train-00001"]
     (work / ".train-00002.npz.tmp-99999").write_bytes(b"half a shard")  # as a kill mid-write leaves
 
+    finished = (work / "train-00001.npz").read_bytes()
+    (work / "train-00001.npz").write_bytes(finished[:100])  # a shard cut short: one line naming it, no traceback
+    with pytest.raises(CljaxError, match=r"train-00001.npz is damaged .*delete it and rerun"):
+        prepare_imagenet(str(source["root"]), out, workers=1, shard_rows=4, progress=False)
+    (work / "train-00001.npz").write_bytes(finished)
+
     seen = []
     monkeypatch.setattr(imagenet, "process_shard", lambda *a, **k: seen.append(a[0].name) or real(*a, **k))
     prepare_imagenet(str(source["root"]), out, workers=1, shard_rows=4, progress=False)
@@ -367,6 +374,16 @@ def test_complete_output_is_kept_and_overwrite_redoes_it(source, prepared, tmp_p
     assert prepare_main(["--source", str(source["root"]), "--out", str(out)]) == 0
     captured = capsys.readouterr()
     assert "already prepared" in captured.out and "--overwrite" in captured.out and captured.err == ""
+    # "Nothing to do" only for the data it prepared: a changed array is named, with the fix that works.
+    images = np.load(out / "train_images.npy")
+    np.save(out / "train_images.npy", 255 - images)
+    assert prepare_main(["--source", str(source["root"]), "--out", str(out)]) == 2
+    assert "train_images.npy does not match its checksum in meta.json. Pass --overwrite" in _one_error_line(capsys)
+    (out / SAMPLES).write_bytes(b"drawn by data-info")  # cljax's own file does not block --overwrite
+    assert prepare_main(["--source", str(source["root"]), "--out", str(out), "--overwrite", "--workers", "1",
+                         "--no-progress"]) == 0
+    assert "wrote" in capsys.readouterr().out
+    assert (out / "train_images.npy").read_bytes() == (prepared / "train_images.npy").read_bytes()
 
     # A damaged folder of ours (an array missing) is prepared again without --overwrite.
     (out / "test_images.npy").unlink()

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from cljax import results
+from cljax.config import Config
 from cljax.errors import CljaxError
 from tests.conftest import small_config
 from tests.run_folder_kit import FLAGS, RUN_DIR, TINY, assert_one_error, copy, make_runs, run_cli, state
@@ -318,6 +319,11 @@ def test_a_resume_on_a_prepared_folder_changed_in_place_is_refused(tmp_path):
     np.save(data / "train_images.npy", 255 - original)  # meta.json untouched
     with pytest.raises(CljaxError, match="train_images.npy does not match its checksum in meta.json"):
         run_experiment(config, progress=False)
+    fresh = Config.from_flat({**config.to_dict(), "results_dir": str(tmp_path / "new")})  # nor does a new run start
+    with pytest.raises(CljaxError, match=r"checksum in meta.json: the dataset changed after it was prepared\. Restore "
+                                         r"the folder, or prepare it again \(`cljax prepare-imagenet .*--overwrite`\)\.$"):
+        run_experiment(fresh, progress=False)
+    assert not (tmp_path / "new").exists()
     np.save(data / "train_images.npy", original)
     assert run_experiment(config, progress=False).first_task == 1
 

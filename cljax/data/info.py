@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cljax.data.prepared import ClassData, load_prepared
+from cljax.data.prepared import SAMPLES, ClassData, load_prepared
 from cljax.errors import CljaxError
 
 MAX_CLASSES_SHOWN = 20
@@ -102,7 +102,7 @@ def data_info_main(argv: list[str]) -> int:
                 raise CljaxError(f"{name} is empty: give {'a prepared folder' if name == 'the folder' else 'a file path'}.")
         data = load_prepared(folder, how_to_fix=how)
         print(describe(data, folder))
-        png = write_sample_grid(data, Path(args.png).expanduser() if args.png else folder / "samples.png")
+        png = write_sample_grid(data, Path(args.png).expanduser() if args.png else folder / SAMPLES)
         print(f"samples: {png}")
         return 0
     except CljaxError as exc:

@@ -29,6 +29,7 @@ from cljax.errors import CljaxError, MissingData
 
 FORMAT_VERSION = 1
 ARRAY_FILES = ("train_images.npy", "train_labels.npy", "test_images.npy", "test_labels.npy")
+SAMPLES = "samples.png"  # what `cljax data-info FOLDER` draws into it
 
 
 @dataclass(frozen=True)
@@ -132,18 +133,18 @@ def check_replaceable(out: Path) -> None:
     folder with anything else in it was not written here and is never deleted."""
     if not out.is_dir():
         raise CljaxError(f"output {out} exists and is not a folder: choose another --out (nothing was deleted).")
-    foreign = sorted(p.name for p in out.iterdir() if p.name not in (*ARRAY_FILES, "meta.json"))
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in (*ARRAY_FILES, "meta.json", SAMPLES))
     if foreign:
         shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
         raise CljaxError(f"output {out} holds files that are not a prepared dataset's ({shown}): choose another --out "
                          f"(nothing was deleted).")
 
 
-def check_unchanged(data: ClassData) -> None:
+def check_unchanged(data: ClassData, resume: bool = True) -> None:
     """Raise CljaxError when a file of a prepared folder no longer matches the checksum its
     meta.json recorded. The data's identity (``data_identity``) is taken from those checksums
-    without reading the images; a resume calls this, so that a folder changed in place is not
-    taken for the data its run started on."""
+    without reading the images; a run calls this before it trains, so that a folder changed in
+    place is not taken for the data it was prepared as (``resume``: the data its run started on)."""
     files = data.meta.get("files") if isinstance(data.meta, dict) else None
     if not isinstance(files, dict):
         return
@@ -152,10 +153,12 @@ def check_unchanged(data: ClassData) -> None:
         expected = files.get(fname).get("sha256") if isinstance(files.get(fname), dict) else None
         path = getattr(arr, "filename", None)  # a memory-mapped file
         if isinstance(expected, str) and path and sha256_of(Path(path)) != expected:
+            again = "`cljax prepare-imagenet --source SOURCE --out FOLDER --overwrite`"
             raise CljaxError(f"{path} does not match its checksum in meta.json: the dataset changed after it was "
-                             f"prepared, and the run's remaining tasks would train on other data than its first. "
-                             f"Restore the folder, or prepare it again and start a new run (--overwrite, or another "
-                             f"--results-dir).")
+                             f"prepared" + (f", and the run's remaining tasks would train on other data than its first. "
+                                            f"Restore the folder, or prepare it again ({again}) and start a new run "
+                                            f"(--overwrite, or another --results-dir)." if resume else
+                                            f". Restore the folder, or prepare it again ({again})."))
 
 
 def load_prepared(folder: str | os.PathLike, *, verify_checksums: bool = False, how_to_fix: str = "") -> ClassData:

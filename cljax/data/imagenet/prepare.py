@@ -21,6 +21,7 @@ import shutil
 import signal
 import sys
 import time
+import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -265,7 +266,7 @@ def _assemble(plan: Plan, work: Path, out: Path, size: int, preprocessing: dict)
         try:
             with np.load(path, allow_pickle=False) as z:
                 images, labels = z["images"], z["labels"]
-        except (OSError, ValueError, KeyError) as exc:
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
             raise CljaxError(f"{path} is damaged ({exc}); delete it and rerun to redo that shard.") from None
         start = filled[shard.split]
         arrays[shard.split][0][start : start + len(labels)] = images
@@ -293,7 +294,7 @@ def _npz_rows(work: Path, shard: Shard) -> int:
     try:
         with np.load(path, allow_pickle=False) as z:
             return int(z["labels"].shape[0])
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
         raise CljaxError(f"{path} is damaged ({exc}); delete it and rerun to redo that shard.") from None
 
 
@@ -342,8 +343,8 @@ def prepare_main(argv: list[str]) -> int:
             if not value.strip():
                 raise CljaxError(f"{flag} is empty: pass {fix}.")
         split_map = _parse_splits(args.splits) if args.splits else None
-        if not args.overwrite and is_prepared(out):
-            data = load_prepared(out)
+        if not args.overwrite and is_prepared(out):  # whole; "nothing to do" only for the data it prepared
+            data = load_prepared(out, verify_checksums=True, how_to_fix="Pass --overwrite to prepare it again.")
             print(
                 f"{out} is already prepared ({len(data.train_labels)} train, {len(data.test_labels)} test images, "
                 f"{data.n_classes} classes); nothing to do. Pass --overwrite to prepare it again."
