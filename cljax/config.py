@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cljax.errors import CljaxError
+from cljax.errors import CljaxError, DamagedFile
 from cljax.flags import check_dataclass, check_value, field_types
 from cljax.registry import CONV_IMPLS, DATASETS, MODELS, OPTIONS, RULES, Entry, param
 
@@ -361,9 +361,15 @@ def setting_differences(recorded: dict, config: Config, recorded_data: str | Non
     else by --data-dir."""
     by_content = recorded_data is not None and data is not None
     try:
-        old = resume_key(Config.from_flat({**recorded, **absent_settings(recorded)}), not by_content)
+        recorded_config = Config.from_flat({**recorded, **absent_settings(recorded)})
+        old = resume_key(recorded_config, not by_content)
     except (CljaxError, TypeError, ValueError, AttributeError) as exc:
         raise CljaxError(f"the recorded settings cannot be read by this version of cljax ({exc}).") from None
+    try:
+        recorded_config.validate()  # a value no command could have given: the record was edited or damaged
+    except CljaxError as exc:
+        raise DamagedFile("run.json", f"records a setting no run could have ({str(exc).rstrip('.')})",
+                          "restore it from a copy, or pass --overwrite to train the run again") from None
     new = resume_key(config, not by_content)
     conditional = {dest for dest, f in setting_fields().items() if "applies_when" in f.metadata}
     differ = {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)

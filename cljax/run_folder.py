@@ -96,6 +96,9 @@ def inspect_run(algo_dir: Path, config: Config, data_id: str | None, overwrite: 
                          f"--overwrite to replace them (it {_deletes(n_dirs)}).")
     try:
         differ = setting_differences(record["config"], config, record.get("data"), data_id)
+    except DamagedFile as exc:
+        raise CljaxError(f"{algo_dir / RUN_RECORD} {exc.problem}: the file was changed or damaged; restore it from a "
+                         f"copy, or pass --overwrite to start again (it {_deletes(n_dirs)}).") from None
     except CljaxError as exc:
         if _finished_no_task(algo_dir, record):
             return _replace(algo_dir, "a run of an unknown cljax")
@@ -104,6 +107,10 @@ def inspect_run(algo_dir: Path, config: Config, data_id: str | None, overwrite: 
     if differ:
         if _finished_no_task(algo_dir, record):
             return _replace(algo_dir, f"a run with other settings ({', '.join(differ)})")
+        if list(differ) == [DATA_DIFFERS]:  # no value to pass
+            raise CljaxError(f"{algo_dir} holds a run made on other data (the dataset's contents differ from those it "
+                             f"recorded): pass the --data-dir it was made with, choose another --results-dir, or pass "
+                             f"--overwrite to replace it (it {_deletes(n_dirs)}).")
         values = "; ".join(f"{k} recorded {old!r}, now {new!r}" for k, (old, new) in differ.items() if k != DATA_DIFFERS)
         raise CljaxError(f"{algo_dir} holds a run with other settings ({', '.join(differ)}){': ' + values if values else ''}. "
                          f"Pass the recorded values to resume it (a default may have changed since), choose another "

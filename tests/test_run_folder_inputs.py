@@ -170,6 +170,20 @@ def test_a_run_record_of_the_wrong_kind_is_one_line(made, tmp_path, capsys, reco
     assert state(run_dir) == before
 
 
+@pytest.mark.parametrize("value", ["fast", -5.0])
+def test_an_edited_setting_in_the_run_record_is_named_as_damage_not_as_a_value_to_pass(made, tmp_path, capsys, value):
+    # It said "lr recorded 'fast', now 0.1. Pass the recorded values", which no command line can.
+    run_dir = copy(made, "partial", tmp_path / "r")
+    path = run_dir / "run.json"
+    fields = json.loads(path.read_text())
+    path.write_text(json.dumps({**fields, "config": {**fields["config"], "lr": value}}))
+    before = state(run_dir)
+    rc, _, err = run_cli(["run", *FLAGS, "--results-dir", str(tmp_path / "r")], capsys)
+    assert_one_error(rc, err, "run.json records a setting no run could have (", "--lr",
+                     "changed or damaged; restore it from a copy, or pass --overwrite")
+    assert "Pass the recorded values" not in err and state(run_dir) == before
+
+
 @pytest.mark.parametrize("meta", ["[1, 2]", '{"format_version": 1, "files": {}}'])
 def test_data_info_and_plan_of_a_damaged_prepared_folder_are_one_line(tmp_path, capsys, meta):
     from cljax.data.prepared import write_prepared
@@ -325,6 +339,13 @@ def test_a_resume_on_a_prepared_folder_changed_in_place_is_refused(tmp_path):
         run_experiment(fresh, progress=False)
     assert not (tmp_path / "new").exists()
     np.save(data / "train_images.npy", original)
+    shutil.copytree(tmp_path / "partial", tmp_path / "r2")
+    other = write_prepared(tmp_path / "other", 255 - original, labels, rng.integers(0, 256, (64, 28, 28), dtype=np.uint8),
+                           labels, name="test", source="test", preprocessing={}, n_classes=4)
+    moved = Config.from_flat({**config.to_dict(), "results_dir": str(tmp_path / "r2"), "data_dir": str(other)})
+    with pytest.raises(CljaxError, match=r"holds a run made on other data \(the dataset's contents differ from those it "
+                                         r"recorded\): pass the --data-dir it was made with"):
+        run_experiment(moved, progress=False)  # no "recorded values" to pass
     assert run_experiment(config, progress=False).first_task == 1
 
     # A damaged description or labels are one line too (IndexError / a misleading count before).
