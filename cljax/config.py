@@ -266,7 +266,8 @@ class Config:
         if not str(self.results_dir).strip():
             raise CljaxError("--results-dir is empty: give the folder of the results tree (default: results).")
         if self.data_dir is not None and not str(self.data_dir).strip():  # not the default place in disguise
-            raise CljaxError("--data-dir is empty: give the dataset's folder, or leave the flag out for its standard place.")
+            raise CljaxError("--data-dir is empty: give the dataset's folder (or leave the flag out, for a dataset with a "
+                             "standard place: fashion_mnist).")
         if self.n_subsamples % 2 or self.n_subsamples > self.n_test:
             raise CljaxError(
                 f"--n-subsamples {self.n_subsamples} must be even and at most 2 * --n-test-per-class "

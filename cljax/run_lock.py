@@ -32,6 +32,9 @@ class RunLock:
         if path.is_symlink():  # the holder's record would be written over the link's target
             raise CljaxError(f"{path} is a symbolic link, not cljax's lock file: remove the link (its target is left "
                              f"as it is), then run this command again.")
+        if path.exists() and not path.is_file():  # opening a folder for writing would fail with a bare OSError
+            raise CljaxError(f"{path} is not a regular file, so not cljax's lock file: remove it, then run this "
+                             f"command again.")
         if self.exclusive:
             self.algo_dir.mkdir(parents=True, exist_ok=True)
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)

@@ -245,9 +245,9 @@ BAD_INPUTS = {
     # the learner's batch with replay's images: the memory check counted --batch-size alone
     "replay_batch_beyond_memory": (["--use-replay", "--replay-batch", "1000000000"], "a task needs about"),
     "unknown_flag": (["--learning-rate", "0.1"], "unrecognized arguments"),
-    "imagenet_without_data_dir": (["--dataset", "imagenet_28_gray", "--data-dir", ""], "--data-dir is required"),
+    "imagenet_empty_data_dir": (["--dataset", "imagenet_28_gray", "--data-dir", ""], "--data-dir is empty"),
     "imagenet_incomplete_folder": (["--dataset", "imagenet_28_gray", "--data-dir", "{tmp}"], "prepare-imagenet"),
-    "truncated_gz": (["--data-dir", "{truncated_gz}"], "corrupt or truncated"),
+    "truncated_gz": (["--data-dir", "{truncated_gz}"], "corrupt or truncated; put good copies of the four IDX files in"),
     "short_idx": (["--data-dir", "{short_idx}"], "is truncated"),
     "bad_magic": (["--data-dir", "{bad_magic}"], "is not a uint8 IDX file"),
     "missing_file": (["--data-dir", "{missing_file}"], "not found"),

@@ -160,6 +160,11 @@ def test_a_lock_file_that_is_a_link_is_refused_and_its_target_left_as_it_is(tmp_
         with pytest.raises(CljaxError, match=r"run.lock is a symbolic link, not cljax's lock file: remove the link"):
             RunLock(tmp_path / "run", exclusive=exclusive).__enter__()
     assert victim.read_text() == "mine"
+    (tmp_path / "run" / RUN_LOCK).unlink()
+    (tmp_path / "run" / RUN_LOCK).mkdir()  # a folder: it was a bare "Is a directory" for a writer
+    for exclusive in (True, False):
+        with pytest.raises(CljaxError, match=r"run.lock is not a regular file, so not cljax's lock file: remove it"):
+            RunLock(tmp_path / "run", exclusive=exclusive).__enter__()
 
 
 def test_a_task_folder_that_fails_to_write_leaves_no_temporary_folder(tmp_path, monkeypatch):

@@ -382,6 +382,7 @@ def test_more_bad_inputs_are_one_line(made, tmp_path, capsys):
                            (["run", *FLAGS, "--results-dir", ""], "--results-dir is empty"),
                            (["run", "--data-dir", "", "--results-dir", str(tmp_path / "d")], "--data-dir is empty"),
                            (["data-info", ""], "the folder is empty"),
+                           (["plan", "--dataset", "imagenet_28_gray"], "--data-dir is required for imagenet_28_gray"),
                            (["data-info", str(tmp_path), "--png", " "], "--png is empty")):
         rc, _, err = run_cli(args, capsys)
         assert_one_error(rc, err, expected)

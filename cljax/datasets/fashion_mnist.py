@@ -19,7 +19,16 @@ FILES = {
     "test_images": "t10k-images-idx3-ubyte",
     "test_labels": "t10k-labels-idx1-ubyte",
 }
-_FIX = "install it with `apt-get install dataset-fashion-mnist` or pass --data-dir with the four IDX files."
+
+
+def _fix(folder: Path, damaged: bool = True) -> str:
+    """What repairs ``folder``: Debian's package owns the default one (reinstalling restores a
+    damaged file there); a --data-dir copy is the user's to replace."""
+    if folder.resolve() == Path(DEFAULT_DIR).resolve():
+        how = "apt-get install --reinstall dataset-fashion-mnist" if damaged else "apt-get install dataset-fashion-mnist"
+        return f"install it{' again' if damaged else ''} with `{how}`, or pass --data-dir with the four IDX files."
+    return (f"put good copies of the four IDX files in {folder}, or leave --data-dir out to read them from {DEFAULT_DIR} "
+            f"(Debian's dataset-fashion-mnist).")
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -29,14 +38,15 @@ def read_idx(path: Path) -> np.ndarray:
         with opener(path, "rb") as f:
             raw = f.read()
     except (OSError, EOFError) as exc:
-        raise CljaxError(f"cannot read {path} ({exc}): the file is corrupt or truncated; {_FIX}") from None
+        raise CljaxError(f"cannot read {path} ({exc}): the file is corrupt or truncated; {_fix(path.parent)}") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-        raise CljaxError(f"{path} is not a uint8 IDX file: {_FIX}")
+        raise CljaxError(f"{path} is not a uint8 IDX file: {_fix(path.parent)}")
     ndim = raw[3]
     dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     offset = 4 + 4 * ndim
     if len(raw) - offset != int(np.prod(dims)):
-        raise CljaxError(f"{path} is truncated ({len(raw) - offset} bytes of data, {int(np.prod(dims))} expected): {_FIX}")
+        raise CljaxError(f"{path} is truncated ({len(raw) - offset} bytes of data, {int(np.prod(dims))} expected): "
+                         f"{_fix(path.parent)}")
     return np.frombuffer(raw, dtype=np.uint8, offset=offset).reshape(dims)
 
 
@@ -44,7 +54,7 @@ def _find(folder: Path, stem: str) -> Path:
     for name in (stem + ".gz", stem):
         if (folder / name).is_file():
             return folder / name
-    raise CljaxError(f"Fashion-MNIST file {stem}[.gz] not found in {folder}: {_FIX}")
+    raise CljaxError(f"Fashion-MNIST file {stem}[.gz] not found in {folder}: {_fix(folder, damaged=False)}")
 
 
 @register_dataset("fashion_mnist", params=NoParams)
@@ -53,16 +63,16 @@ def load_fashion_mnist(params, config) -> ClassData:
     folder = Path(config.data_dir or DEFAULT_DIR)
     if not folder.is_dir():
         if folder.exists():
-            raise CljaxError(f"Fashion-MNIST folder {folder} is a file, not a folder: {_FIX}")
-        raise MissingData(f"Fashion-MNIST folder {folder} does not exist: {_FIX}")
+            raise CljaxError(f"Fashion-MNIST folder {folder} is a file, not a folder: {_fix(folder, damaged=False)}")
+        raise MissingData(f"Fashion-MNIST folder {folder} does not exist: {_fix(folder, damaged=False)}")
     arrays = {key: read_idx(_find(folder, stem)) for key, stem in FILES.items()}
     for split in ("train", "test"):
         if arrays[f"{split}_images"].shape[0] != arrays[f"{split}_labels"].shape[0]:
-            raise CljaxError(f"Fashion-MNIST {split} images and labels differ in count in {folder}: {_FIX}")
+            raise CljaxError(f"Fashion-MNIST {split} images and labels differ in count in {folder}: {_fix(folder)}")
         if arrays[f"{split}_labels"].size and int(arrays[f"{split}_labels"].max()) >= len(CLASS_NAMES):
             # an image whose label is no class would be left out of every task without a word
             raise CljaxError(f"Fashion-MNIST {split} labels in {folder} go up to {int(arrays[f'{split}_labels'].max())}, "
-                             f"past its {len(CLASS_NAMES)} classes: the file is damaged. {_FIX}")
+                             f"past its {len(CLASS_NAMES)} classes: the file is damaged; {_fix(folder)}")
     return ClassData(
         train_images=arrays["train_images"],
         train_labels=arrays["train_labels"].astype(np.int32),
