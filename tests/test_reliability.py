@@ -168,6 +168,7 @@ def test_nonfinite_loss_stops_with_a_record_unless_allowed(tmp_path, capsys):
     rc = cli_main(["run", *RUN_FLAGS, "--lr", "1e12", "--results-dir", str(out)])
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and "non-finite" in err and "--allow-nonfinite" in err
+    assert "again with a lower --lr and --overwrite" in err  # task_000 is written: another --lr alone is refused
     meta = results.load_metadata(algo_dir(out) / "task_000")
     assert meta["nonfinite"] and meta["nonfinite"][0]["metric"].endswith("loss")
     assert len(results.task_dirs(algo_dir(out))) == 1
