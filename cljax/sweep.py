@@ -105,11 +105,15 @@ def _check_distinct(runs: list[SweepRun]) -> None:
                              f"{run.config.seed}): list each value once in --grid and each seed once in --seeds.")
 
 
-def check_against_data(runs: list[SweepRun]) -> None:
+def check_against_data(runs: list[SweepRun], overwrite: bool = False) -> None:
     """What each run's `cljax run` would refuse about its data (the classes its tasks take, the
-    images per class), checked here before any job is queued: each dataset is loaded once. Data
-    this host cannot read (only the compute nodes' paths) is left to the jobs, with one warning."""
+    images per class) and its folder (a run there with other settings, damage below its
+    checkpoint), checked here before any job is queued: each dataset is loaded once. Data this
+    host cannot read (only the compute nodes' paths) is left to the jobs, with one warning."""
     from cljax.data import load_dataset
+    from cljax.data.prepared import data_identity
+    from cljax.experiment import algo_dir_of
+    from cljax.run_folder import inspect_run
     from cljax.tasks import TaskData, make_schedule
 
     loaded: dict = {}
@@ -131,6 +135,7 @@ def check_against_data(runs: list[SweepRun]) -> None:
         try:
             make_schedule(data.n_classes, c.num_tasks, c.n_repeats, c.seed, c.task_schedule)
             TaskData(data, c)
+            inspect_run(algo_dir_of(c), c, data_identity(data), overwrite, hashes=False)  # read only
         except CljaxError as exc:
             raise CljaxError(f"run {run.tag}: {str(exc).rstrip('.')} (no job was submitted).") from None
 
@@ -299,7 +304,7 @@ def sweep_main(argv: list[str]) -> int:
             raise CljaxError(f"--{flag.replace('_', '-')} must be a positive number, got {value}: leave it out for "
                              f"the cluster's default.")
     runs = expand(base_flat, grid, seeds)
-    check_against_data(runs)
+    check_against_data(runs, args.overwrite)
     root = Path(base.results_dir)
     log_dir = Path(args.log_dir) if args.log_dir else root / "sweep_logs"
     executor = make_executor(args.executor, log_dir, args)

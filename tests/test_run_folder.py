@@ -218,6 +218,14 @@ def test_sweep_tags_are_distinct_and_duplicates_stop_the_sweep_before_any_job(tm
         rc, _, err = run_cli(["sweep", *FLAGS, *extra, "--results-dir", str(tmp_path)], capsys)
         assert_one_error(rc, err, expected)
     assert not submitted
+    # A sweep over runs already there with other settings: refused here, not by every job.
+    from cljax.experiment import run_experiment
+
+    job = sweep.expand({**small_config(tmp_path, **TINY).to_dict(), "results_dir": str(tmp_path / "s")}, {}, [0])[0]
+    run_experiment(job.config, progress=False)
+    rc, _, err = run_cli(["sweep", *FLAGS, "--lr", "0.2", "--results-dir", str(tmp_path / "s")], capsys)
+    assert_one_error(rc, err, "run seed-0: ", "holds a run with other settings (lr)", "(no job was submitted)")
+    assert not submitted
     # Data only the compute nodes have is left to the jobs, with one warning.
     rc, _, err = run_cli(["sweep", *FLAGS, "--dataset", "fashion_mnist", "--data-dir", str(tmp_path / "elsewhere"),
                           "--results-dir", str(tmp_path)], capsys)
