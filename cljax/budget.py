@@ -152,18 +152,22 @@ def device_components(b: Budget, chunk_tasks: int) -> dict:
     return out
 
 
-def scratch_bytes(b: Budget) -> int:
-    """A rough estimate of XLA's temporary buffers (not in jax.live_arrays): a training step
-    keeps learner and expert activations and their gradients (x3; the learner's batch includes
-    what options append), an evaluation call one batch of eval_batch_size images per repeat and
-    the hidden layer of a whole test set."""
+def scratch_parts(b: Budget) -> dict[str, int]:
+    """A rough estimate of XLA's temporary buffers (not in jax.live_arrays), for the larger of:
+    ``train``, a training step, which keeps learner and expert activations and their gradients
+    (x3; the learner's batch includes what options append); ``evaluate``, an evaluation call,
+    one batch of eval_batch_size images per repeat and the hidden layer of a whole test set."""
     config = b.config
     pb = b.pb
     R, Nt = config.n_repeats, config.n_test
     eval_batch = config.eval_chunk()
     train = 3 * (pb.learner_batch + config.batch_size) * R * pb.activation_bytes_per_image + 2 * pb.learner["params"]
     evaluate = 2 * eval_batch * R * pb.activation_bytes_per_image + R * Nt * pb.hidden * 4
-    return int(max(train, evaluate))
+    return {"train": int(train), "evaluate": int(evaluate)}
+
+
+def scratch_bytes(b: Budget) -> int:
+    return max(scratch_parts(b).values())
 
 
 def _per_device(total: int, n_devices: int) -> int:
@@ -206,12 +210,23 @@ def given_chunk_problem(b: Budget, k: int, device_bytes: int, n_devices: int) ->
 
 
 def _does_not_fit(b: Budget, device_bytes: int, n_devices: int) -> CljaxError:
-    need = _per_device(sum(device_components(b, 1).values()) + scratch_bytes(b), n_devices)
+    arrays, scratch = sum(device_components(b, 1).values()), scratch_parts(b)
+    need = _per_device(arrays + max(scratch.values()), n_devices)
+    # Name what lowers the largest part: the others would leave the need where it is.
+    repeats = ["--n-repeats (or use more devices)"] if b.config.n_repeats > n_devices else []
+    if max(scratch.values()) <= arrays:
+        part, knobs = "", [*repeats, "--n-test-per-class", "--n-subsamples", "snapshots (raise --log-frequency)"]
+    elif scratch["train"] >= scratch["evaluate"]:
+        replay = ["--replay-batch"] if b.pb.learner_batch > b.config.batch_size else []
+        part, knobs = "most of it is a training step's scratch: ", ["--batch-size", *replay, *repeats]
+    else:
+        part, knobs = "most of it is an evaluation call's scratch: ", ["--eval-batch-size", *repeats, "--n-test-per-class"]
+    lower = ", ".join(knobs[:-1]) + f" or {knobs[-1]}" if len(knobs) > 1 else knobs[0]
+    dtype = ", use --representation-dtype bfloat16" if not part else ""
     return CljaxError(
         f"a task needs about {fmt_bytes(need)} ({need:,} bytes) per device even evaluating one task at a time, more "
-        f"than {HEADROOM:.0%} ({int(HEADROOM * device_bytes):,} bytes) of the {fmt_bytes(device_bytes)} budget: lower "
-        f"--n-repeats (or use more devices), --n-test-per-class, --n-subsamples or snapshots (raise --log-frequency), use "
-        f"--representation-dtype bfloat16, or raise --device-memory. `cljax plan` shows the parts."
+        f"than {HEADROOM:.0%} ({int(HEADROOM * device_bytes):,} bytes) of the {fmt_bytes(device_bytes)} budget: "
+        f"{part}lower {lower}{dtype}, or raise --device-memory. `cljax plan` shows the parts."
     )
 
 

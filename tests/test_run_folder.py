@@ -44,6 +44,25 @@ def test_a_run_that_does_not_fit_writes_nothing(tmp_path, capsys):
     assert not (tmp_path / "r").exists()  # no run.json to refuse the corrected command later
 
 
+def test_a_task_too_large_for_the_device_names_what_lowers_its_largest_part(tmp_path, capsys):
+    # It listed the test set, subsamples and snapshots, which left a need dominated by a training
+    # step's scratch where it was.
+    plan = ["plan", "--dataset", "fashion_mnist", "--n-repeats", "2"]
+    for extra, part, fixed in (
+            (["--model", "resnet", "--batch-size", "256", "--device-memory", "3000000000"],
+             "most of it is a training step's scratch: lower --batch-size", ["--batch-size", "128"]),
+            (["--eval-batch-size", "500", "--device-memory", "7000000"],
+             "most of it is an evaluation call's scratch: lower --eval-batch-size", None),
+            (["--log-frequency", "1", "--device-memory", "80000000"],  # 310 snapshots: the arrays dominate
+             "--n-subsamples or snapshots (raise --log-frequency), use --representation-dtype bfloat16",
+             ["--log-frequency", "25"])):
+        rc, out, _ = run_cli([*plan, *extra], capsys)
+        assert rc == 2 and "DOES NOT FIT" in out and part in out, out
+        if fixed:  # the fix it names makes it fit
+            rc, out, _ = run_cli([*plan, *extra, *fixed], capsys)
+            assert rc == 0 and "DOES NOT FIT" not in out, out
+
+
 def test_a_run_the_planner_rejects_fails_before_allocating(tmp_path, capsys, monkeypatch):
     import cljax.devices.memory as memory
 
