@@ -1,0 +1,76 @@
+"""What a task's trace records, checked from outside: the expert is its own (fresh keys per task,
+repeat and seed; plain SGD; no replay: the learner's options never reach it), the training
+metrics are means over each snapshot's own steps, and the run table shows the saved numbers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from cljax import results
+from cljax.experiment import run_experiment
+from cljax.program import task_keys
+from cljax.step import KEY_TASKS
+from cljax.train import Sizes
+from tests.conftest import small_config
+
+TINY = dict(dataset="synthetic", synthetic_classes=4, data_dir=None, num_tasks=2, n_repeats=2, n_train_per_class=20,
+            n_test_per_class=8, n_subsamples=4, epochs=1, batch_size=4, log_frequency=3, lr=0.1,
+            learner_expert="separate")
+
+
+def _run(tmp_path, name, **overrides):
+    return run_experiment(small_config(tmp_path / name, **{**TINY, **overrides}), progress=False)
+
+
+def _expert_metrics(run):
+    return [results.load_expert_metrics(d) for d in results.task_dirs(run.algo_dir)]
+
+
+def test_the_learners_options_never_reach_the_expert(tmp_path):
+    """Replay changes the learner's batch and momentum its optimiser; the expert trains on the
+    task's own batch with plain SGD (docs/rules.md): its numbers are those of a plain run, bit for
+    bit. A run table row's expert_acc is the saved last snapshot's mean."""
+    plain = _run(tmp_path, "plain")
+    others = {"replay": _run(tmp_path, "replay", use_replay=True, replay_size=8, replay_batch=4),
+              "momentum": _run(tmp_path, "momentum", momentum=0.9)}
+    base = _expert_metrics(plain)
+    for name, run in others.items():
+        learner_differs = any(not np.array_equal(results.load_metrics(a)["test_acc"], results.load_metrics(b)["test_acc"])
+                              for a, b in zip(results.task_dirs(plain.algo_dir), results.task_dirs(run.algo_dir)))
+        assert learner_differs, name  # the option acts on the learner
+        for t, (mine, theirs) in enumerate(zip(base, _expert_metrics(run))):
+            for key in mine:
+                np.testing.assert_array_equal(theirs[key], mine[key], err_msg=f"{name}, task {t}, {key}")
+    for row, metrics in zip(plain.summary, base):
+        assert row["expert_acc"] == pytest.approx(float(np.mean(metrics["test_acc"][-1])), abs=1e-12)
+
+
+def test_each_task_repeat_and_seed_draws_its_own_expert():
+    sizes = Sizes.of(small_config(Path("unused"), **TINY))
+    drawn = []
+    for seed in (0, 1):
+        tasks_key = jax.random.fold_in(jax.random.key(seed), KEY_TASKS)  # as cljax.experiment derives it
+        for t in (0, 1):
+            keys = task_keys(jax.random.fold_in(tasks_key, t), 2, sizes, 1)
+            drawn += [jax.random.key_data(k).tobytes() for k in keys.expert_init]  # one per repeat
+    assert len(set(drawn)) == len(drawn) == 8
+
+
+def test_training_metrics_are_the_mean_over_each_snapshots_own_steps(tmp_path):
+    """A run that snapshots every step saves each step's batch loss; the same run snapshotting
+    every 3 steps saves the mean of the 3 steps of each interval (the first interval also takes
+    the steps_per_task mod 3 before it), for the learner and the expert."""
+    every = _run(tmp_path, "every", log_frequency=1, n_train_per_class=22)  # 11 steps: 2 before the first interval
+    third = _run(tmp_path, "third", log_frequency=3, n_train_per_class=22)
+    for d1, d3 in zip(results.task_dirs(every.algo_dir), results.task_dirs(third.algo_dir)):
+        m1, m3 = results.load_metrics(d1), results.load_metrics(d3)
+        e1, e3 = results.load_expert_metrics(d1), results.load_expert_metrics(d3)
+        assert m1["train_loss"].shape[0] == 11 and m3["train_loss"].shape[0] == 3
+        for one, three, key in ((m1, m3, "train_loss"), (m1, m3, "train_acc"), (e1, e3, "train_loss")):
+            per_step = np.asarray(one[key], np.float64)
+            expected = np.stack([per_step[0:5].mean(0), per_step[5:8].mean(0), per_step[8:11].mean(0)])
+            np.testing.assert_allclose(three[key], expected, rtol=1e-5, err_msg=key)
