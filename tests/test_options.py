@@ -58,6 +58,8 @@ def test_replay_buffer_stays_balanced_over_the_tasks_seen(tmp_path, M, N):
             np.testing.assert_array_equal(np.asarray(state["labels"])[held], idx % 2)
             if k < t:
                 assert set(idx.tolist()) <= kept[k]  # an old task only drops images
+            elif held.sum() < N:  # a random sample of the task, not its first images (in a task, class A's)
+                assert set(idx.tolist()) != set(range(held.sum()))
             kept[k] = set(idx.tolist())
         assert (task >= -1).all() and (task < n).all()
     # draws come from filled slots only and carry weight 1
