@@ -56,19 +56,26 @@ def test_rule_default_lr_applies_only_when_lr_is_unset():
 # ---- exact updates of the rules -------------------------------------------------------------
 
 
-def test_examples_of_weight_zero_change_nothing(tmp_path):
-    """What replay appends with weight 0 (an empty buffer) is invisible to the update."""
-    program = program_of(config_of(tmp_path))
+@pytest.mark.parametrize("algorithm", ["SL", "RL", "Bio"])
+def test_examples_of_weight_zero_change_nothing(tmp_path, algorithm):
+    """What replay appends with weight 0 (an empty buffer) is invisible to the update: the
+    direction, the metrics and the rule's state (RL's running baseline)."""
+    config = config_of(tmp_path, algorithm=algorithm)
+    program = program_of(config)
     net = program.parts.net
-    direction, _, init = jitted(make_rule(config_of(tmp_path), net), program)
+    rule = make_rule(config, net)
+    direction, _, init = jitted(rule, program)
     params = init(jax.random.key(0))
+    state = rule.init(params, jax.random.key(2))
     x, y = fashion_batch(24)
     w = jnp.asarray(np.r_[np.ones(16), np.zeros(8)], jnp.float32)
-    d1, _, _, m1 = direction(net, params, {}, (), x, y, w, jax.random.key(1))
-    x2, y2 = x.at[16:].set(200), y.at[16:].set(1 - y[16:])
-    d2, _, _, m2 = direction(net, params, {}, (), x2, y2, w, jax.random.key(1))
-    for a, b in zip(jax.tree.leaves((d1, m1)), jax.tree.leaves((d2, m2))):
-        np.testing.assert_array_equal(a, b)
+    # Several keys: with one, RL's sampled rewards on the weight-0 part could balance by chance.
+    for key in jax.random.split(jax.random.key(1), 4):
+        d1, s1, _, m1 = direction(net, params, {}, state, x, y, w, key)
+        for x2, y2 in ((x.at[16:].set(200), y.at[16:].set(1 - y[16:])), (x, y.at[16:].set(1 - y[16:]))):
+            d2, s2, _, m2 = direction(net, params, {}, state, x2, y2, w, key)
+            for a, b in zip(jax.tree.leaves((d1, s1, m1)), jax.tree.leaves((d2, s2, m2))):
+                np.testing.assert_array_equal(a, b)
 
 
 def test_rewards_and_the_uniform_policy_baseline(tmp_path):
