@@ -155,6 +155,18 @@ def test_cbp_ranks_a_just_matured_unit_by_its_age_corrected_utility():
     assert raw_new < 1.0 < raw_new / (1 - 0.99**101)
 
 
+def test_cbp_counts_a_unit_mature_after_more_than_m_steps():
+    """E = {j : a_j > m}: with m = 3, a unit is first eligible at its 4th step (age 4)."""
+    from cljax.options.cbp import cbp_update
+
+    state = {"dense1": {"utility": jnp.zeros(2), "age": jnp.zeros(2, jnp.int32), "acc": jnp.float32(0.0)}}
+    activity = {"dense1": jnp.asarray([[1.0, 2.0]])}
+    for step in range(1, 5):
+        state, masks = cbp_update(state, activity, {"dense1": jnp.ones(2)}, jnp.ones(1), rate=0.5, maturity=3, decay=0.5)
+        assert masks["dense1"].tolist() == ([True, False] if step == 4 else [False, False]), step
+    assert state["dense1"]["age"].tolist() == [0, 4] and float(state["dense1"]["acc"]) == 0.0  # rate x |E| - n
+
+
 def test_cbp_without_a_mature_unit_changes_no_weight():
     config, parts, params, images, labels = tiny(use_cbp=True)
     option = parts.options[0]
