@@ -268,10 +268,13 @@ class Config:
         if self.data_dir is not None and not str(self.data_dir).strip():  # not the default place in disguise
             raise CljaxError("--data-dir is empty: give the dataset's folder (or leave the flag out, for a dataset with a "
                              "standard place: fashion_mnist).")
-        if self.n_subsamples % 2 or self.n_subsamples > self.n_test:
+        if self.n_subsamples % 2:
+            raise CljaxError(f"--n-subsamples {self.n_subsamples} must be even (half of each class): use "
+                             f"{self.n_subsamples - 1 or 2} or {self.n_subsamples + 1}.")
+        if self.n_subsamples > self.n_test:
             raise CljaxError(
-                f"--n-subsamples {self.n_subsamples} must be even and at most 2 * --n-test-per-class "
-                f"= {self.n_test}: lower it or raise --n-test-per-class.")
+                f"--n-subsamples {self.n_subsamples} must be at most 2 * --n-test-per-class = {self.n_test}: lower it "
+                f"or raise --n-test-per-class.")
         if self.batch_size > self.n_train:
             raise CljaxError(
                 f"--batch-size {self.batch_size} is larger than a task's {self.n_train} training images: "
@@ -365,7 +368,7 @@ def setting_differences(recorded: dict, config: Config, recorded_data: str | Non
         recorded_config = Config.from_flat({**recorded, **absent_settings(recorded)})
         old = resume_key(recorded_config, not by_content)
     except (CljaxError, TypeError, ValueError, AttributeError) as exc:
-        raise CljaxError(f"the recorded settings cannot be read by this version of cljax ({exc}).") from None
+        raise CljaxError(f"the recorded settings cannot be read by this version of cljax ({str(exc).rstrip('.')})") from None
     try:
         recorded_config.validate()  # a value no command could have given: the record was edited or damaged
     except CljaxError as exc:

@@ -135,7 +135,8 @@ def inspect_run(algo_dir: Path, config: Config, data_id: str | None, overwrite: 
                          f"--overwrite to train it again (it {_deletes(n_dirs)}), or choose another --results-dir.")
     header = read_checkpoint_header(algo_dir)  # raises when damaged
     next_task, ckpt_run = header if header is not None else (0, run_id)
-    fix = (f"the learner state before that task is not stored, so the run can only be trained again from task 0: "
+    fix = (f"the learner state at the start of a task is not stored once the run is past it, so the run can only be "
+           f"trained again from task 0: "
            f"pass --overwrite to do so (it {_deletes(n_dirs)}), or choose another --results-dir.")
     finished = next((t for t, problem in enumerate(problems) if problem), T)  # tasks 0 .. finished-1 are whole
     if header is None and finished >= 2:  # one whole folder and no checkpoint: a stop between the two writes
