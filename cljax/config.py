@@ -364,6 +364,8 @@ def setting_differences(recorded: dict, config: Config, recorded_data: str | Non
     data loaded now) the data is compared by content (:data:`DATA_DIFFERS` when it differs),
     else by --data-dir."""
     by_content = recorded_data is not None and data is not None
+    if recorded.get("data_dir") == "":  # accepted before it was refused: it read the dataset's standard place
+        recorded = {**recorded, "data_dir": None}
     try:
         recorded_config = Config.from_flat({**recorded, **absent_settings(recorded)})
         old = resume_key(recorded_config, not by_content)

@@ -184,6 +184,14 @@ def test_an_edited_setting_in_the_run_record_is_named_as_damage_not_as_a_value_t
     assert "Pass the recorded values" not in err and state(run_dir) == before
 
 
+def test_a_run_recorded_with_an_empty_data_dir_resumes_without_the_flag():
+    # --data-dir "" was accepted (and read the standard place) before it was refused.
+    from cljax.config import setting_differences
+
+    config = Config.from_flat({"dataset": "fashion_mnist"})
+    assert setting_differences({**config.to_dict(), "data_dir": ""}, config) == {}
+
+
 @pytest.mark.parametrize("meta", ["[1, 2]", '{"format_version": 1, "files": {}}'])
 def test_data_info_and_plan_of_a_damaged_prepared_folder_are_one_line(tmp_path, capsys, meta):
     from cljax.data.prepared import write_prepared
