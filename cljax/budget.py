@@ -220,7 +220,8 @@ def _does_not_fit(b: Budget, device_bytes: int, n_devices: int) -> CljaxError:
         replay = ["--replay-batch"] if b.pb.learner_batch > b.config.batch_size else []
         part, knobs = "most of it is a training step's scratch: ", ["--batch-size", *replay, *repeats]
     else:
-        part, knobs = "most of it is an evaluation call's scratch: ", ["--eval-batch-size", *repeats, "--n-test-per-class"]
+        part = "most of it is an evaluation call's scratch: "
+        knobs = ["--eval-batch-size", *repeats, "--n-test-per-class"]
     lower = ", ".join(knobs[:-1]) + f" or {knobs[-1]}" if len(knobs) > 1 else knobs[0]
     dtype = ", use --representation-dtype bfloat16" if not part else ""
     return CljaxError(

@@ -266,8 +266,8 @@ class Config:
         if not str(self.results_dir).strip():
             raise CljaxError("--results-dir is empty: give the folder of the results tree (default: results).")
         if self.data_dir is not None and not str(self.data_dir).strip():  # not the default place in disguise
-            raise CljaxError("--data-dir is empty: give the dataset's folder (or leave the flag out, for a dataset with a "
-                             "standard place: fashion_mnist).")
+            raise CljaxError("--data-dir is empty: give the dataset's folder (or leave the flag out, for a dataset "
+                             "with a standard place: fashion_mnist).")
         if self.n_subsamples % 2:
             raise CljaxError(f"--n-subsamples {self.n_subsamples} must be even (half of each class): use "
                              f"{self.n_subsamples - 1 or 2} or {self.n_subsamples + 1}.")
@@ -370,7 +370,8 @@ def setting_differences(recorded: dict, config: Config, recorded_data: str | Non
         recorded_config = Config.from_flat({**recorded, **absent_settings(recorded)})
         old = resume_key(recorded_config, not by_content)
     except (CljaxError, TypeError, ValueError, AttributeError) as exc:
-        raise CljaxError(f"the recorded settings cannot be read by this version of cljax ({str(exc).rstrip('.')})") from None
+        raise CljaxError(f"the recorded settings cannot be read by this version of cljax "
+                         f"({str(exc).rstrip('.')})") from None
     try:
         recorded_config.validate()  # a value no command could have given: the record was edited or damaged
     except CljaxError as exc:

@@ -220,8 +220,8 @@ def _train(config, data, task_data, schedule, program, start, chunk_tasks, found
                 first = nonfinite[0]
                 raise CljaxError(
                     f"non-finite {first['metric']} in task {t} at step {first['step']} (recorded in "
-                    f"{algo_dir / task_dir_name(t) / 'metadata.json'}): train it again with a lower --lr and --overwrite (which "
-                    f"deletes this run), or pass --allow-nonfinite to go on."
+                    f"{algo_dir / task_dir_name(t) / 'metadata.json'}): train it again with a lower --lr and "
+                    f"--overwrite (which deletes this run), or pass --allow-nonfinite to go on."
                 )
             if is_writer():
                 save_learner(algo_dir, learner_host, t + 1, run_id)

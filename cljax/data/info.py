@@ -99,7 +99,8 @@ def data_info_main(argv: list[str]) -> int:
     try:
         for name, value in (("the folder", args.folder), ("--png", args.png)):
             if value is not None and not value.strip():
-                raise CljaxError(f"{name} is empty: give {'a prepared folder' if name == 'the folder' else 'a file path'}.")
+                what = "a prepared folder" if name == "the folder" else "a file path"
+                raise CljaxError(f"{name} is empty: give {what}.")
         data = load_prepared(folder, how_to_fix=how)
         print(describe(data, folder))
         png = write_sample_grid(data, Path(args.png).expanduser() if args.png else folder / SAMPLES)

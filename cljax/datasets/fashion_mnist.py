@@ -27,8 +27,8 @@ def _fix(folder: Path, damaged: bool = True) -> str:
     if folder.resolve() == Path(DEFAULT_DIR).resolve():
         how = "apt-get install --reinstall dataset-fashion-mnist" if damaged else "apt-get install dataset-fashion-mnist"
         return f"install it{' again' if damaged else ''} with `{how}`, or pass --data-dir with the four IDX files."
-    return (f"put good copies of the four IDX files in {folder}, or leave --data-dir out to read them from {DEFAULT_DIR} "
-            f"(Debian's dataset-fashion-mnist).")
+    return (f"put good copies of the four IDX files in {folder}, or leave --data-dir out to read them from "
+            f"{DEFAULT_DIR} (Debian's dataset-fashion-mnist).")
 
 
 def read_idx(path: Path) -> np.ndarray:
