@@ -135,6 +135,9 @@ def test_saved_accuracy_equals_recomputation_from_saved_weights(small_run):
             acc = (pred == y_NR[:, r]).mean()
             # one image whose logit is within rounding of 0 may fall the other way
             assert abs(acc - m["test_acc"][-1, r, t]) <= 1.0 / config.n_test + 1e-6
+            # the loss too: the mean binary cross-entropy of the sigmoid output, softplus(z) - y z
+            loss = np.mean(np.logaddexp(0.0, logits[:, 0]) - y_NR[:, r] * logits[:, 0])
+            np.testing.assert_allclose(m["test_loss"][-1, r, t], loss, rtol=1e-4)
             reps = results.load_representations(d)
             # the same float32 maths in another order (batched evaluation, another convolution
             # lowering): differences of a few ulps (~1e-6 relative) grown over five layers

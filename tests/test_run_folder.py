@@ -387,6 +387,10 @@ def test_a_rerun_parses_each_metadata_once_and_sees_a_folder_written_between_its
     assert run_folder.verify_task_dir(run_dir / "task_001", 1, "the-run", hashes=False, memo=memo) is not None
     run_id = json.loads((run_dir / "run.json").read_text())["run_id"]
     assert run_folder.verify_task_dir(run_dir / "task_001", 1, run_id, hashes=False, memo=memo) is None
+    padded = run_dir / "task_000" / "metrics.pkl"  # not an .npy with a header: only the recorded size tells
+    padded.write_bytes(padded.read_bytes() + b"\0" * 64)
+    problem = run_folder.verify_task_dir(run_dir / "task_000", 0, run_id, hashes=False)
+    assert problem is not None and "metrics.pkl has" in problem and "bytes" in problem
     meta_path = run_dir / "task_001" / "metadata.json"
     meta = json.loads(meta_path.read_text())
     meta_path.write_text(json.dumps({**meta, "run_id": "x" * len(run_id)}, indent=1))  # another run's, same size

@@ -320,6 +320,7 @@ def test_seen_saves_every_slot_with_nan_past_the_current_task(tmp_path):
     m = results.load_metrics(run.algo_dir / "task_000")
     assert m["test_acc"].shape == (2, 2, 3)
     assert np.isfinite(m["test_acc"][..., 0]).all() and np.isnan(m["test_acc"][..., 1:]).all()
+    assert np.isfinite(m["test_loss"][..., 0]).all() and np.isnan(m["test_loss"][..., 1:]).all()
     assert np.isnan(results.load_representations(run.algo_dir / "task_001")[:, :, 2]).all()
     assert results.load_metadata(run.algo_dir / "task_001")["eval_tasks"]["eval_task_ids"] == [0, 1, -1]
     assert np.isfinite(results.load_metrics(run.algo_dir / "task_002")["test_acc"]).all()
