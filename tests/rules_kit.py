@@ -13,6 +13,7 @@ from cljax import results
 from cljax.config import Config
 from cljax.program import build_task_program
 from cljax.registry import RULES
+from cljax.rules import make_rule
 from tests.conftest import FASHION_DIR, apply_fn_of, init_params_of, small_config
 
 IMAGE_SHAPE = (28, 28)  # Fashion-MNIST
@@ -63,3 +64,13 @@ def jitted(rule, program):
 def assert_trees_equal(a, b):
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def compiled_rule(tmp_path, **overrides):
+    """A tiny config's program, net, rule, the compiled (direction, apply, init) and initial params."""
+    config = config_of(tmp_path, **overrides)
+    program = program_of(config)
+    net = program.parts.net
+    rule = make_rule(config, net)
+    fns = jitted(rule, program)
+    return program, net, rule, fns, fns[2](jax.random.key(0))

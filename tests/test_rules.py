@@ -25,7 +25,7 @@ from cljax.rules.bio import feedback_interceptor
 from cljax.rules.rl import RLParams, rewards, sample_actions
 from tests.backend import SEPARATELY_COMPILED, assert_same, assert_same_tree
 from tests.conftest import FASHION_DIR, apply_fn_of
-from tests.rules_kit import DEFAULT_LR, assert_trees_equal, config_of, fashion_batch, final_accuracy, jitted, program_of
+from tests.rules_kit import DEFAULT_LR, compiled_rule, assert_trees_equal, config_of, fashion_batch, final_accuracy, jitted, program_of
 
 
 # ---- RL and Bio learn ---------------------------------------------------------------------
@@ -60,12 +60,7 @@ def test_rule_default_lr_applies_only_when_lr_is_unset():
 def test_examples_of_weight_zero_change_nothing(tmp_path, algorithm):
     """What replay appends with weight 0 (an empty buffer) is invisible to the update: the
     direction, the metrics and the rule's state (RL's running baseline)."""
-    config = config_of(tmp_path, algorithm=algorithm)
-    program = program_of(config)
-    net = program.parts.net
-    rule = make_rule(config, net)
-    direction, _, init = jitted(rule, program)
-    params = init(jax.random.key(0))
+    _, net, rule, (direction, _, _), params = compiled_rule(tmp_path, algorithm=algorithm)
     state = rule.init(params, jax.random.key(2))
     x, y = fashion_batch(24)
     w = jnp.asarray(np.r_[np.ones(16), np.zeros(8)], jnp.float32)
@@ -298,12 +293,7 @@ def test_bio_routes_its_feedback_through_the_forward_pool_winners_in_every_lower
 
 
 def test_bio_feedback_interception_keeps_the_forward_pass(tmp_path):
-    config = config_of(tmp_path, algorithm="Bio", out_dim=2)
-    program = program_of(config)
-    net = program.parts.net
-    rule = make_rule(config, net)
-    _, apply, init = jitted(rule, program)
-    params = init(jax.random.key(0))
+    program, net, rule, (_, apply, _), params = compiled_rule(tmp_path, algorithm="Bio", out_dim=2)
     state = rule.init(params, jax.random.key(1))
     x, _ = fashion_batch(8)
 
