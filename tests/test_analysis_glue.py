@@ -191,6 +191,33 @@ def test_glue_agrees_with_simulated_capacity(kind):
     assert abs(float(g["capacity"]) / sim["capacity"] - 1.0) < 0.10
 
 
+def test_anchor_summaries_equal_their_numpy_recomputation():
+    # The anchor radius and the three alignments, by hand from the solver's anchors S (n, P, N):
+    # S0 = mean over probes, S1 = S - S0; radius sqrt(E||S1||^2 / E||S0||^2); alignments the mean
+    # |cos| over pairs mu != nu (centres, axes per probe then averaged, centre vs axis).
+    rng = np.random.default_rng(3)
+    P, M, N, n = 4, 6, 10, 48
+    X = rng.standard_normal((P, M, N)) * 0.5 + 2.0 * rng.standard_normal((P, 1, N))
+    t = rng.standard_normal((n, N))
+    y = rng.choice([-1.0, 1.0], size=(n, P))
+    S = solve_anchor_qp(X, t, y, center=True)["anchors"]
+    S0 = S.mean(axis=0)
+    S1 = S - S0
+    off = ~np.eye(P, dtype=bool)
+
+    def abs_cos(A, B):
+        cos = (A @ B.T) / np.outer(np.linalg.norm(A, axis=1), np.linalg.norm(B, axis=1))
+        return np.abs(cos)[off].mean()
+
+    got = glue_geometry(X, t, y)
+    radius = np.sqrt(np.mean(np.sum(S1**2, axis=-1)) / np.mean(np.sum(S0**2, axis=-1)))
+    assert 0.05 < radius < 5  # neither term vanishes: both sides of the ratio are tested
+    np.testing.assert_allclose(got["radius_anchor"], radius, rtol=1e-6)
+    np.testing.assert_allclose(got["center_alignment"], abs_cos(S0, S0), rtol=1e-6)
+    np.testing.assert_allclose(got["axis_alignment"], np.mean([abs_cos(s, s) for s in S1]), rtol=1e-6)
+    np.testing.assert_allclose(got["center_axis_alignment"], np.mean([abs_cos(S0, s) for s in S1]), rtol=1e-6)
+
+
 def test_batched_equals_single_calls():
     rng = np.random.default_rng(6)
     X = rng.standard_normal((2, 3, 4, 6, 9))  # (repeats, tasks, P, M, N)
