@@ -144,3 +144,17 @@ def test_the_analysis_of_a_long_current_task_run_holds_the_band_not_the_matrix()
     assert results["cl"].summary["cl"]["final"]["n_terms"] == {"average_accuracy": 1, "bwt": 0, "fwt": 0,
                                                               "forgetting": 0}
     assert "probe_acc_band" in results["probe"].arrays["probe.npz"]
+
+
+def test_fwt_leaves_out_a_task_whose_initial_accuracy_was_not_evaluated():
+    """Every task evaluated after every folder, but task_000's start evaluation saw tasks 0 and 2
+    only (b[1] is NaN): FWT is the one term R[1, 2] - b[2]."""
+    A = np.array([[[0.9, 0.6, 0.5], [0.8, 0.9, 0.7], [0.7, 0.8, 0.9]]])  # (R=1, n=3, T=3)
+    band = Band(A, np.tile(np.arange(3), (3, 1)), 3)
+    b = np.array([[0.5, np.nan, 0.4]])
+    got = cl_metrics_band(band, np.full((1, 3), 0.9), b, np.array([True, False, True]))
+    np.testing.assert_allclose(got["fwt"], [0.7 - 0.4], rtol=1e-12)
+    assert got["summary"]["n_terms"]["fwt"] == 1
+    # With no initial accuracy evaluated after task 0, FWT has no term: NaN.
+    none = cl_metrics_band(band, np.full((1, 3), 0.9), np.array([[0.5, 0.45, 0.4]]), np.array([True, False, False]))
+    assert np.isnan(none["fwt"]).all() and none["summary"]["n_terms"]["fwt"] == 0

@@ -129,3 +129,45 @@ def test_a_bad_probe_ridge_is_one_error_line(tmp_path, capsys):
     assert cli.main(["analyze", str(algo), "--no-glue", "--no-plots", "--probe-ridge", "0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: probe_ridge (--probe-ridge) must be a finite number > 0")
+
+
+def test_probe_folds_round_each_half_down():
+    from cljax.analysis.probe import probe_folds
+
+    # class 0 (3 samples: 0, 2, 5) -> fold 0 is its first 1; class 1 (5: 1, 3, 4, 6, 7) -> its first 2.
+    labels = np.array([0, 1, 0, 1, 1, 0, 1, 1])
+    np.testing.assert_array_equal(probe_folds(labels), [False, False, True, False, True, True, True, True])
+
+
+def reference_probe(X, labels, ridge):
+    """One task's cross-fitted probe accuracy from the definitions (module docstring), by a loop."""
+    y = np.where(labels == 1, 1.0, -1.0)
+    fold1 = np.zeros(len(labels), bool)
+    for c in (0, 1):
+        where = np.flatnonzero(labels == c)
+        fold1[where[len(where) // 2:]] = True
+    correct = 0
+    for fit in (~fold1, fold1):
+        mu, y_mean = X[fit].mean(axis=0), y[fit].mean()
+        Z = X[fit] - mu
+        lam = ridge * (Z**2).sum() / fit.sum()
+        w = np.linalg.solve(Z.T @ Z + lam * np.eye(X.shape[1]), Z.T @ (y[fit] - y_mean))
+        score = (X[~fit] - mu) @ w + y_mean
+        correct += ((score > 0) == (y[~fit] > 0)).sum()
+    return correct / len(labels)
+
+
+def test_probe_equals_the_ridge_solve_of_its_definition():
+    """Many small tasks (11 samples, 6 units, unbalanced classes of odd sizes, an offset far from
+    0): every accuracy equals the loop's, for three ridges. The centring, the intercept mean(y),
+    the folds' rounding and lambda = ridge x mean squared norm of the centred rows each change some."""
+    from cljax.analysis.probe import probe_accuracy
+
+    rng = np.random.default_rng(3)
+    n_tasks, S, H = 300, 11, 6
+    labels = np.stack([rng.permutation(np.r_[np.zeros(4, int), np.ones(7, int)]) for _ in range(n_tasks)])
+    reps = rng.normal(size=(n_tasks, S, H)) + 0.7 * labels[..., None] * rng.normal(size=(n_tasks, 1, H)) + 3.0
+    for ridge in (0.03, 0.1, 1.0):
+        got = probe_accuracy(reps, labels, ridge=ridge)
+        want = [reference_probe(reps[i], labels[i], ridge) for i in range(n_tasks)]
+        np.testing.assert_array_equal(got, want, err_msg=f"ridge {ridge}")
