@@ -131,3 +131,21 @@ def test_the_head_reset_value_is_compared_on_resume_only_when_the_head_is_reset(
         "head_reset_to": ("init", "zero")}
     # A change of --head is named as that, not also as the reset value it brings in or out.
     assert differences({"head": "reset"}, {"head": "shared"}) == {"head": ("reset", "shared")}
+
+
+def test_multi_reads_task_k_through_outputs_k_out_dim_to_k_plus_1_out_dim(tmp_path):
+    """With two outputs per task (every other test has one), task k reads exactly the logits
+    [2 (k mod T), 2 (k mod T) + 2) of the T * 2 outputs, in their order."""
+    import jax.numpy as jnp
+
+    from cljax.heads import HeadSpec, with_head
+    from cljax.models import Net
+
+    spec = HeadSpec.of(small_config(tmp_path, **TINY, head="multi", out_dim=2))
+    assert spec == HeadSpec("multi", "zero", 3, 2)
+    logits = jnp.arange(12.0).reshape(2, 6) * jnp.array([[1.0], [-1.0]])  # unit u of example b: +-u
+    net = Net(None, None, lambda params, state, images, train, weights=None: (logits, images, state), (), (28, 28))
+    read = jax.jit(lambda t: with_head(net, spec, t).apply(None, {}, jnp.ones(3), True)[0])  # t traced, as in training
+    for task in range(7):
+        block = task % 3
+        np.testing.assert_array_equal(read(task), np.asarray(logits)[:, 2 * block: 2 * block + 2], err_msg=f"task {task}")

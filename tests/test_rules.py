@@ -142,6 +142,40 @@ def test_rl_logit_penalty_gradient_is_by_hand(out_dim):
     np.testing.assert_allclose(with_penalty["c"] - without["c"], 2 * 0.07 * z.mean() * dz, rtol=1e-4, atol=1e-6)
 
 
+def linear_rule_direction(algorithm, out_dim, seed=0):
+    """(direction, metrics) of a rule at its default settings on the linear policy, with one unit
+    input per example (row b of the kernel is example b's logits) and weights at random; and the
+    problem (pi (B, 2) in float64, labels, normalised weights)."""
+    rng, n = np.random.default_rng(seed), 48
+    params = {"w": jnp.asarray(rng.normal(0.0, 1.5, (n, out_dim)), jnp.float32), "c": jnp.zeros(out_dim)}
+    y, w = jnp.asarray(rng.integers(0, 2, n), jnp.int32), jnp.asarray(rng.uniform(0.5, 2.0, n), jnp.float32)
+    rule = RULES[algorithm].build(RULES[algorithm].params(), None, LinearPolicy())
+    state = rule.init(params, jax.random.key(1))
+    direction, _, _, metrics = jax.jit(functools.partial(rule.direction, LinearPolicy()))(
+        params, {}, state, jnp.eye(n), y, w, jax.random.key(2))
+    pi = np.exp(np.asarray(log_probs(params["w"]), np.float64))
+    return direction, metrics, pi, np.asarray(y), np.asarray(w, np.float64) / np.asarray(w).sum()
+
+
+@pytest.mark.parametrize("out_dim", [1, 2])
+@pytest.mark.parametrize("algorithm", ["SL", "RL", "Bio"])
+def test_training_metrics_are_the_weighted_label_nll_and_greedy_accuracy(algorithm, out_dim):
+    _, metrics, pi, y, wn = linear_rule_direction(algorithm, out_dim)
+    np.testing.assert_allclose(metrics["loss"], -(wn * np.log(pi[np.arange(len(y)), y])).sum(), rtol=1e-5)
+    correct = np.argmax(pi, axis=1) == y
+    assert 0.2 < correct.mean() < 0.8
+    np.testing.assert_allclose(metrics["acc"], (wn * correct).sum(), rtol=1e-5)
+
+
+@pytest.mark.parametrize("out_dim", [1, 2])
+def test_sl_direction_is_the_weighted_cross_entropy_gradient(out_dim):
+    """d NLL / d logits = pi - onehot(y) (softmax), p(1) - y (sigmoid): example b's row, times w_b / sum w."""
+    direction, _, pi, y, wn = linear_rule_direction("SL", out_dim)
+    dlogits = pi - np.eye(2)[y] if out_dim == 2 else (pi[:, 1] - y)[:, None]
+    np.testing.assert_allclose(direction["w"], wn[:, None] * dlogits, rtol=1e-5, atol=1e-8)
+    np.testing.assert_allclose(direction["c"], (wn[:, None] * dlogits).sum(0), rtol=1e-5, atol=1e-7)
+
+
 def test_rl_without_logit_penalty_is_the_previous_rule_bit_for_bit(tmp_path):
     """--rl-logit-penalty 0 is the rule as it was before the penalty, bit for bit (on a GPU,
     where the two are separately compiled programs, within tests/backend.py's tolerances)."""
