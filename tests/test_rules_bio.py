@@ -99,6 +99,10 @@ def test_bio_with_one_output_moves_every_example_by_y_minus_pi(reward, scale):
     per_example = -scale * w / w.sum() * (y - pi[:, 1])
     np.testing.assert_allclose(np.asarray(d["w"])[:, 0], per_example, rtol=1e-5, atol=1e-9)
     np.testing.assert_allclose(d["c"], [per_example.sum()], rtol=1e-5, atol=1e-7)
+    # So the action selection changes nothing with one output (docs/rules.md says so).
+    for epsilon in (0.0, 1.0):
+        other = run(1, jax.random.key(4), reward=reward, policy="egreedy", epsilon=epsilon)[0]
+        np.testing.assert_allclose(np.asarray(other["w"])[:, 0], per_example, rtol=1e-5, atol=1e-9)
 
 
 def test_bio_egreedy_takes_the_greedy_action_but_a_fraction_epsilon_of_uniform_ones():

@@ -40,9 +40,12 @@ model of the registry whose learned layers are linear in their input with a ``ke
 and that keeps no mutable state (BatchNorm's backward pass is not a local rule: the ResNet is
 refused in one line).
 
-With one output and the 01 reward, E_a[delta * (2a - 1)] = y - pi(1): the expected update is
-the cross-entropy gradient with feedback alignment in the hidden layers (the reason the rule
-learns). Training metrics are those of SL (label NLL, greedy accuracy).
+With one output, delta * (2a - 1) = (r_correct - r_wrong) * (y - pi(1)) for either action, not
+only in expectation: the update is the cross-entropy gradient with feedback alignment in the
+hidden layers (the reason the rule learns), and the action never matters. So with one output
+``--bio-policy`` and ``--bio-epsilon`` change nothing, and ``--rl-reward pm1`` is the 01 rule at
+twice the learning rate; with two outputs the chosen unit, and so the action, sets the update.
+Training metrics are those of SL (label NLL, greedy accuracy).
 """
 
 from __future__ import annotations
@@ -63,9 +66,11 @@ from cljax.rules.rl import REWARD_HELP, REWARDS, rewards, sample_actions
 @dataclass(frozen=True)
 class BioParams:
     reward: str = param("01", REWARD_HELP, choices=tuple(REWARDS), flag="rl-reward")
-    policy: str = param("softmax", "Bio: action selection, sample the policy (softmax) or epsilon-greedy (egreedy)",
+    policy: str = param("softmax", "Bio: action selection, sample the policy (softmax) or epsilon-greedy (egreedy); "
+                        "with --out-dim 1 the update does not depend on the action, so this changes nothing",
                         choices=("softmax", "egreedy"))
-    epsilon: float = param(0.1, "Bio: exploration rate of --bio-policy egreedy", min=0.0, max=1.0)
+    epsilon: float = param(0.1, "Bio: exploration rate of --bio-policy egreedy (no effect with --out-dim 1)",
+                           min=0.0, max=1.0)
 
 
 def kernel_layers(params, prefix=()):
