@@ -177,13 +177,14 @@ class WindowTestSets:
 def stream_chunks(evaluate_fn, weights_LR, host_x, host_y, ids, K: int, sample=lambda: None):
     """Evaluate the slots of ``host_x`` (slots, N, R, ...) K at a time; chunk k+1's test sets go
     to the device while chunk k's outputs come back. A chunk without a task (every id -1) is not
-    computed: its slots are NaN, as the computed ones would be. Host arrays (L, R, slots, ...)."""
+    computed: its slots are NaN, as the computed ones would be (with no task at all, the first
+    chunk is computed, to give the outputs' shapes). Host arrays (L, R, slots, ...)."""
     n_slots = len(ids)
     firsts = list(range(0, n_slots, K))
     parts, pending = {}, None
     for first in firsts:
         n = min(K, n_slots - first)
-        if (ids[first : first + n] < 0).all():
+        if (ids[first : first + n] < 0).all() and (first > 0 or (ids >= 0).any()):
             continue
         # The last chunk is padded with the run's last slot so every call has one shape (one
         # compilation); the padding's results are dropped.

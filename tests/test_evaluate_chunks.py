@@ -61,6 +61,16 @@ def test_every_chunk_with_a_task_is_computed_and_the_padding_dropped():
     np.testing.assert_array_equal(loss, 10 * want)
 
 
+def test_slots_without_any_task_are_all_nan():
+    """No slot holds a task: one chunk is computed (for the shapes), every number NaN."""
+    x, y = host_test_sets(5)
+    calls = []
+    acc, loss, reps = stream_chunks(fake_evaluate(calls), np.array([1.0, 2.0]), x, y, np.full(5, -1, np.int32), 2)
+    assert calls == [[-1, -1]]
+    assert acc.shape == loss.shape == (L, R, 5) and reps.shape == (L, R, 5, 1, 1)
+    assert np.isnan(acc).all() and np.isnan(loss).all() and np.isnan(reps).all()
+
+
 class LinearNet:
     """logits = x @ kernel (one output: sigmoid), hidden = x."""
 
