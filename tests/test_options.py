@@ -62,6 +62,9 @@ def test_replay_buffer_stays_balanced_over_the_tasks_seen(tmp_path, M, N):
                 assert set(idx.tolist()) != set(range(held.sum()))
             kept[k] = set(idx.tolist())
         assert (task >= -1).all() and (task < n).all()
+        # a partly filled buffer (M > N after the first task) draws only its filled slots
+        _, _, r_w = draw(state, jax.random.key(20 + t), 64)
+        assert (np.asarray(r_w) == 1).all(), (t, (task >= 0).sum())
     # draws come from filled slots only and carry weight 1
     r_img, r_lab, r_w = draw(state, jax.random.key(2), 64)
     assert (np.asarray(r_w) == 1).all()

@@ -167,6 +167,15 @@ def test_training_metrics_are_the_weighted_label_nll_and_greedy_accuracy(algorit
     np.testing.assert_allclose(metrics["acc"], (wn * correct).sum(), rtol=1e-5)
 
 
+def test_correctness_is_nan_where_any_logit_is_not_finite():
+    """One non-finite logit of two makes the example's correctness NaN (argmax would pick a label)."""
+    from cljax.losses import nll_and_correct
+
+    logits = jnp.asarray([[np.nan, 1.0], [np.inf, 0.0], [0.0, -np.inf], [2.0, 1.0], [np.nan, np.nan], [-1.0, 3.0]])
+    _, correct = nll_and_correct(logits, jnp.asarray([0, 0, 1, 0, 1, 0]))
+    np.testing.assert_array_equal(np.asarray(correct), [np.nan, np.nan, np.nan, 1.0, np.nan, 0.0])
+
+
 @pytest.mark.parametrize("out_dim", [1, 2])
 def test_sl_direction_is_the_weighted_cross_entropy_gradient(out_dim):
     """d NLL / d logits = pi - onehot(y) (softmax), p(1) - y (sigmoid): example b's row, times w_b / sum w."""

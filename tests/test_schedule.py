@@ -57,6 +57,27 @@ def test_the_schedule_is_each_repeats_permutation_drawn_in_turn():
     np.testing.assert_array_equal(make_schedule(10, 2, 2, 0)[:, 0], [[4, 6], [2, 7]])  # fixed: the numpy stream
 
 
+def test_train_holdout_needs_the_training_and_held_out_images_of_every_class(tmp_path):
+    """With --test-source train_holdout a class gives n_train + n_test distinct training images:
+    100 a class is enough for 90 + 10 and refused for 90 + 11 (the sets would overlap)."""
+    from cljax.data.prepared import ClassData
+    from cljax.errors import CljaxError
+    from cljax.tasks import TaskData
+    from tests.conftest import small_config
+
+    labels = np.repeat(np.arange(4), 100)
+    data = ClassData(np.zeros((400, 1, 1), np.uint8), labels, np.zeros((400, 1, 1), np.uint8), labels, 4, tuple("abcd"), {})
+
+    def config(n_test, source="train_holdout"):
+        return small_config(tmp_path, n_train_per_class=90, n_test_per_class=n_test, test_source=source,
+                            n_subsamples=8, batch_size=10)
+
+    TaskData(data, config(10))
+    TaskData(data, config(11, "test"))  # a separate test split: 90 of 100 is enough
+    with pytest.raises(CljaxError, match="class 0 has 100 training images but 101 are needed"):
+        TaskData(data, config(11))
+
+
 @pytest.mark.parametrize("test_source", ["test", "train_holdout"])
 def test_the_images_of_a_task_follow_the_readme_recipe(tmp_path, test_source):
     """README, "Which classes and images a task uses": a reader rebuilds every task's images
