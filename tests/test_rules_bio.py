@@ -90,6 +90,8 @@ def test_bio_with_two_outputs_moves_the_sampled_unit_by_the_reward_prediction_er
     if reward == "pm1":  # +-1: a correct action moves its unit up (direction < 0), a wrong one down
         moved = np.asarray(d["w"])[np.arange(B), a]
         assert (moved[a == y] < 0).all() and (moved[a != y] > 0).all()
+        # delta = (r_correct - r_wrong) (1[a = y] - pi(a)): twice the 01 rule's, action by action
+        np.testing.assert_allclose(d["w"], 2 * np.asarray(run(2, key, reward="01")[0]["w"]), rtol=1e-6, atol=1e-9)
 
 
 @pytest.mark.parametrize("reward, scale", [("01", 1.0), ("pm1", 2.0)])

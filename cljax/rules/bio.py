@@ -42,9 +42,10 @@ refused in one line).
 
 With one output, delta * (2a - 1) = (r_correct - r_wrong) * (y - pi(1)) for either action, not
 only in expectation: the update is the cross-entropy gradient with feedback alignment in the
-hidden layers (the reason the rule learns), and the action never matters. So with one output
-``--bio-policy`` and ``--bio-epsilon`` change nothing, and ``--rl-reward pm1`` is the 01 rule at
-twice the learning rate; with two outputs the chosen unit, and so the action, sets the update.
+hidden layers (the reason the rule learns), and the action never matters: with one output
+``--bio-policy`` and ``--bio-epsilon`` change nothing; with two the chosen unit, and so the
+action, sets the update. With either, delta = (r_correct - r_wrong) * (1[a = y] - pi(a)): the pm1
+reward is the 01 rule at twice the learning rate.
 Training metrics are those of SL (label NLL, greedy accuracy).
 """
 
