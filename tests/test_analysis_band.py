@@ -83,6 +83,13 @@ def test_band_metrics_follow_the_definitions_over_the_evaluated_entries(mode, na
             np.testing.assert_allclose(got[key], full[key], rtol=1e-12, err_msg=key)
 
 
+def test_dense_arrays_are_kept_when_small_or_when_the_band_is_as_wide_as_the_tasks():
+    from cljax.analysis.band import DENSE_CELLS, keeps_dense
+
+    assert keeps_dense(1, 2, 2, 10) and not keeps_dense(2, 2**13, 8, DENSE_CELLS)
+    assert keeps_dense(1, 2**13, 2**12, 2**12)  # R n T above the limit, but K = T: the band is the dense array
+
+
 def test_band_views_equal_the_dense_rows():
     band = random_band("window:3", R=2, n=7, T=9, seed=3)
     A = band.dense()

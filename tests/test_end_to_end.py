@@ -221,6 +221,19 @@ def test_run_table_gives_the_probe_beside_the_head(small_run):
     assert table[3].split()[3] == f"{run.summary[1]['probe_earlier']:.3f}"
 
 
+def test_saved_labels_are_those_of_the_saved_representations(small_run):
+    """The head applied to a saved representation predicts its saved binary label: on the
+    current task, after training, for most of the S = 16 subsampled images of every repeat
+    (labels swapped would score below 0.5)."""
+    _, run = small_run
+    for t, d in enumerate(results.task_dirs(run.algo_dir)):
+        reps, labels = results.load_representations(d)[-1], results.load_binary_labels(d)[-1]  # (R, K, S, H)
+        head = results.load_weights(d)["head"]
+        logits = np.einsum("rsh,rho->rso", reps[:, t].astype(np.float64), head["kernel"][-1])[..., 0]
+        agree = ((logits + head["bias"][-1][:, :1] > 0) == (labels[:, t] == 1)).mean(axis=1)
+        assert (agree >= 0.75).all(), (t, agree)
+
+
 def test_the_run_table_of_a_long_run_shows_the_first_last_and_spaced_tasks():
     from pathlib import Path
 
@@ -254,6 +267,9 @@ def test_the_run_table_leaves_a_diverged_repeat_out_and_says_so():
     assert rows[1]["acc_current"] == pytest.approx(0.95) and rows[1]["acc_earlier"] == pytest.approx(0.75)
     assert rows[1]["expert_acc"] == pytest.approx((0.6 + 0.9 + 0.7) / 3)
     assert rows[1]["n_nonfinite"] == 1 and rows[0]["n_earlier"] == 0 and rows[1]["n_earlier"] == 1
+    expert_nan = summary_row(1, {"metrics": {"test_acc": acc[None, 1:]},  # learner finite, one expert NaN
+                                 "expert_metrics": {"test_acc": np.array([[0.6, np.nan]])}}, [0, 1, 2])
+    assert expert_nan["n_nonfinite"] == 1 and expert_nan["expert_acc"] == pytest.approx(0.6)
     all_nan = summary_row(1, {"metrics": {"test_acc": np.full((1, 3, 3), np.nan)},
                               "expert_metrics": {"test_acc": expert}}, [0, 1, 2])
     table = format_summary(RunResult(algo_dir=Path("x"), task_class_pairs=np.zeros((3, 3, 2)),

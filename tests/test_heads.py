@@ -149,3 +149,20 @@ def test_multi_reads_task_k_through_outputs_k_out_dim_to_k_plus_1_out_dim(tmp_pa
     for task in range(7):
         block = task % 3
         np.testing.assert_array_equal(read(task), np.asarray(logits)[:, 2 * block: 2 * block + 2], err_msg=f"task {task}")
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_the_head_and_the_features_step_at_their_own_rates(tmp_path, momentum):
+    """--lr-classifier for the head, --lr-features for every other layer: one step on gradients
+    of ones moves each by minus its own rate (momentum's first step is the plain one)."""
+    import jax.numpy as jnp
+
+    from cljax.step import make_optimizer
+
+    config = small_config(tmp_path, lr_features=0.1, lr_classifier=0.5)
+    params = {"conv1": {"kernel": jnp.zeros(3)}, CLASSIFIER_GROUP: {"kernel": jnp.zeros(2), "bias": jnp.zeros(1)}}
+    tx = make_optimizer(config, momentum)
+    updates, _ = tx.update(jax.tree.map(jnp.ones_like, params), tx.init(params), params)
+    np.testing.assert_allclose(updates["conv1"]["kernel"], -0.1, rtol=1e-6)
+    for leaf in ("kernel", "bias"):
+        np.testing.assert_allclose(updates[CLASSIFIER_GROUP][leaf], -0.5, rtol=1e-6)

@@ -250,6 +250,8 @@ def test_the_cnn_refuses_images_its_pools_reduce_to_nothing():
 
     with pytest.raises(CljaxError, match=r"pools its images by 27 .* 24 x 24 images leave nothing"):
         build_model("cnn", MODELS["cnn"].params(), ModelContext(1, (24, 24), "lax"))
+    with pytest.raises(CljaxError, match=r"26 x 26 images leave nothing"):  # 26 -> 8 -> 2 -> 0
+        build_model("cnn", MODELS["cnn"].params(), ModelContext(1, (26, 26), "lax"))
     build_model("cnn", MODELS["cnn"].params(), ModelContext(1, (27, 27), "lax"))
 
 
