@@ -266,9 +266,12 @@ def test_a_plugin_that_imports_a_missing_package_is_one_line(tmp_path):
 
 @pytest.mark.parametrize("declares, message", [
     ("sows", None),
-    ("missing_layer", r"unit_layers\(\) names 'hidden', which is not a top-level layer with a kernel \(it has "
-                      r"dense1, head\)"),
-    ("no_sow", r"sows the activity of 'dense1' with shape None for a batch of 2, not \(2, 4\): call sow_units"),
+    ("missing_layer", r": Units.unit_layers\(\) names 'hidden', which is not a top-level layer with a kernel \(it "
+                      r"has dense1, head\)"),
+    ("missing_reader", r": Units.unit_layers\(\) names 'nohead', which is not a top-level layer"),
+    ("no_sow", r": Units sows the activity of 'dense1' with shape None for a batch of 2, not \(2, 4\): call sow_units"),
+    ("wrong_shape", r": Units sows the activity of 'dense1' with shape \(2, 3\) for a batch of 2, not \(2, 4\)"),
+    ("batchnorm", r" resets hidden units, which needs a model .* and has no mutable state; Units does not"),
 ])
 def test_a_model_whose_unit_declaration_is_wrong_is_refused_by_cbp_in_one_line(declares, message):
     import flax.linen as nn
@@ -279,18 +282,23 @@ def test_a_model_whose_unit_declaration_is_wrong_is_refused_by_cbp_in_one_line(d
 
     class Units(nn.Module):
         def unit_layers(self):
-            return (("hidden" if declares == "missing_layer" else "dense1", "head"),)
+            return (("hidden" if declares == "missing_layer" else "dense1",
+                     "nohead" if declares == "missing_reader" else "head"),)
 
         @nn.compact
         def __call__(self, images, train: bool = False):
             x = as_float_images(images, jnp.float32).reshape(images.shape[0], -1)
             hidden = nn.relu(nn.Dense(4, name="dense1")(x))
-            if declares == "sows":
+            if declares == "batchnorm":
+                hidden = nn.BatchNorm(use_running_average=not train, name="bn")(hidden)
+            if declares not in ("no_sow", "wrong_shape"):
                 sow_units(self, "dense1", hidden)
+            if declares == "wrong_shape":
+                sow_units(self, "dense1", hidden[:, :3])
             return nn.Dense(1, name="head")(hidden), hidden
 
     if declares == "sows":
         assert unit_layers(make_net(Units(), (8, 8)), "--use-cbp") == (("dense1", "head"),)
         return
-    with pytest.raises(CljaxError, match=rf"^--use-cbp: Units.{message}"):
+    with pytest.raises(CljaxError, match=rf"^--use-cbp{message}"):
         unit_layers(make_net(Units(), (8, 8)), "--use-cbp")
