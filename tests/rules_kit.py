@@ -74,3 +74,13 @@ def compiled_rule(tmp_path, **overrides):
     rule = make_rule(config, net)
     fns = jitted(rule, program)
     return program, net, rule, fns, fns[2](jax.random.key(0))
+
+
+class LinearPolicy:
+    """A tiny stand-in for ``cljax.models.Net``: logits = x W + c, the hidden layer is x."""
+
+    state_collections = ()
+
+    @staticmethod
+    def apply(params, model_state, x, train, weights=None):
+        return x @ params["w"] + params["c"], x, model_state

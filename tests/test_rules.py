@@ -25,7 +25,7 @@ from cljax.rules.bio import feedback_interceptor
 from cljax.rules.rl import RLParams, rewards, sample_actions
 from tests.backend import SEPARATELY_COMPILED, assert_same, assert_same_tree
 from tests.conftest import FASHION_DIR, apply_fn_of
-from tests.rules_kit import DEFAULT_LR, compiled_rule, assert_trees_equal, config_of, fashion_batch, final_accuracy, jitted, program_of
+from tests.rules_kit import DEFAULT_LR, LinearPolicy, compiled_rule, assert_trees_equal, config_of, fashion_batch, final_accuracy, jitted, program_of
 
 
 # ---- RL and Bio learn ---------------------------------------------------------------------
@@ -108,16 +108,6 @@ def test_rl_is_reinforce_with_a_running_baseline(tmp_path):
     np.testing.assert_allclose(direction["head"]["kernel"][:, 0], -(coef[:, None] * np.asarray(hidden)).mean(0), rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(direction["head"]["bias"][0], -coef.mean(), rtol=1e-4, atol=1e-6)
     assert metrics["loss"] > 0 and 0 <= metrics["acc"] <= 1
-
-
-class LinearPolicy:
-    """A tiny stand-in for ``cljax.models.Net``: logits = x W + c, the hidden layer is x."""
-
-    state_collections = ()
-
-    @staticmethod
-    def apply(params, model_state, x, train, weights=None):
-        return x @ params["w"] + params["c"], x, model_state
 
 
 def rl_direction(out_dim=1, **settings):

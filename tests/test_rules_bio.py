@@ -17,20 +17,10 @@ from cljax.losses import log_probs
 from cljax.registry import RULES
 from cljax.rules.bio import BioParams
 from cljax.rules.rl import sample_actions
-from tests.rules_kit import compiled_rule, fashion_batch
+from tests.rules_kit import LinearPolicy, compiled_rule, fashion_batch
 
 B = 240
 REWARD = {"01": (1.0, 0.0), "pm1": (1.0, -1.0)}  # (correct, wrong), as the module docstring says
-
-
-class LinearPolicy:
-    """A stand-in for ``cljax.models.Net`` (as in tests/test_rules.py): logits = x W + c."""
-
-    state_collections = ()
-
-    @staticmethod
-    def apply(params, model_state, x, train, weights=None):
-        return x @ params["w"] + params["c"], x, model_state
 
 
 @functools.lru_cache(maxsize=None)
