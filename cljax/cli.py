@@ -39,9 +39,10 @@ def _cmd_run(argv: list[str]) -> int:
     _use_every_core(config, args.overwrite)
     from cljax.experiment import format_summary, run_experiment
 
-    outcome = _run_stoppable(lambda critical: run_experiment(
+    outcome = _stoppable(lambda critical: run_experiment(
         config, overwrite=args.overwrite, progress=not args.no_progress,
-        allow_nonfinite=args.allow_nonfinite, critical=critical))
+        allow_nonfinite=args.allow_nonfinite, critical=critical),
+        "the finished tasks are saved; run the same command to resume.")
     if outcome.already_finished:
         print(f"this run is already finished ({config.num_tasks} tasks, every task folder verified); "
               f"--overwrite would delete it and train it again.")
@@ -55,11 +56,13 @@ def _cmd_run(argv: list[str]) -> int:
     return 0
 
 
-def _run_stoppable(work):
-    """Run ``work(critical_lock)`` in a worker thread so that SIGTERM/SIGINT are handled at once:
-    the process exits with EXIT_PREEMPTED as soon as no task folder or checkpoint is being
-    written (SLURM sends SIGTERM some seconds before it kills). The state on disk is then the
-    last finished task, and the same command resumes from there."""
+def _stoppable(work, stopped: str):
+    """Run ``work(critical_lock)`` in a worker thread so that SIGTERM/SIGINT are handled at once,
+    also while the work waits in compiled code (Python runs a signal handler on the main thread
+    only, between bytecodes): the process exits with EXIT_PREEMPTED, printing ``stopped``, as
+    soon as the work does not hold the lock, which it holds while it writes what must be whole
+    (a task folder, a checkpoint, an analysis's files). SLURM sends SIGTERM some seconds before
+    it kills."""
     import threading
 
     critical = threading.Lock()
@@ -79,11 +82,11 @@ def _run_stoppable(work):
         if stopping:
             return
         stopping.append(signum)
-        with critical:  # never leave a half-written task folder or checkpoint
-            _exit_stopped(signum, "the finished tasks are saved; run the same command to resume.")
+        with critical:  # never leave a half-written task folder, checkpoint or analysis
+            _exit_stopped(signum, stopped)
 
     previous = _install(on_signal)
-    worker = threading.Thread(target=target, name="cljax-run", daemon=True)
+    worker = threading.Thread(target=target, name="cljax-work", daemon=True)
     worker.start()
     try:
         while worker.is_alive():
@@ -105,7 +108,7 @@ def _exit_stopped(signum: int, what: str) -> None:
 
 def _stop_at_once(signum, frame):
     # Until a command installs its own handler: nothing has been written yet (a run writes only
-    # inside _run_stoppable) or the command's output is rewritten whole by running it again.
+    # inside _stoppable) or the command's output is rewritten whole by running it again.
     _exit_stopped(signum, "nothing was left half-written; run the same command again.")
 
 
@@ -181,9 +184,11 @@ def _cmd_analyze(argv: list[str]) -> int:
     if not task_dirs(args.algo_dir):
         raise CljaxError(f"{args.algo_dir} holds no finished task folder (task_000, ...): pass a run's folder, "
                          f"results/{{dataset}}/{{algorithm}}, or run the experiment first (cljax run).")
-    summary = analyze_run(args.algo_dir, args.out, variant=args.variant, tau=args.tau, glue=not args.no_glue,
-                          glue_n_probes=args.glue_probes, probe_ridge=args.probe_ridge, make_plots=not args.no_plots,
-                          progress=not args.no_progress)
+    summary = _stoppable(lambda critical: analyze_run(
+        args.algo_dir, args.out, variant=args.variant, tau=args.tau, glue=not args.no_glue,
+        glue_n_probes=args.glue_probes, probe_ridge=args.probe_ridge, make_plots=not args.no_plots,
+        progress=not args.no_progress, critical=critical),
+        "no analysis file was left half-written; run the same command again for the analysis.")
     out = args.out if args.out is not None else str(Path(args.algo_dir) / "analysis")
     print(format_summary(summary))
     print(f"analysis: {out} (summary.json, arrays .npz, plots .png)")

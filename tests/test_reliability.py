@@ -142,7 +142,7 @@ def send_two():  # ... when a second SIGTERM comes (SLURM's, or one that timeout
     os.kill(os.getpid(), signal.SIGTERM)
 
 threading.Thread(target=send_two, daemon=True).start()
-cli._run_stoppable(lambda critical: time.sleep(60))
+cli._stoppable(lambda critical: time.sleep(60), "stopped.")
 """
 
 

@@ -33,6 +33,7 @@ Conventions (also written to the summary):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -86,6 +87,7 @@ def analyze_run(
     make_plots: bool = True,
     analyses: Sequence[str] | None = None,
     progress: bool = False,
+    critical: contextlib.AbstractContextManager | None = None,
 ) -> dict:
     """Run the registered analyses on a results folder; write summary, arrays and plots.
 
@@ -106,6 +108,8 @@ def analyze_run(
       analyses: names of the analyses to run (default: every registered one, less ``glue`` when
         ``glue`` is False), see :mod:`cljax.analysis.registry`.
       progress: a progress bar of the task folders on stderr, when it is a terminal.
+      critical: held while the files are written (the command line's stop lock: a SIGTERM then
+        waits, so the analysis folder holds the earlier analysis or this one, whole).
 
     Returns:
       The summary dict written to ``summary.json`` (with NaN as None).
@@ -188,7 +192,8 @@ def analyze_run(
     writers = {**{name: (lambda path, a=arrays[name]: np.savez_compressed(path, **a)) for name in arrays},  # mostly
                **figures,  # NaN: the (R, n, T) rows of a long run with --eval-tasks current or window:K
                "summary.json": lambda path: path.write_text(json.dumps(summary, indent=1, allow_nan=False))}
-    _write_all(out, writers)
+    with critical if critical is not None else contextlib.nullcontext():
+        _write_all(out, writers)
     return summary
 
 

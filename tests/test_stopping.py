@@ -1,0 +1,74 @@
+"""SIGTERM/SIGINT stop `cljax analyze` at once, also while it waits in compiled code, and never
+while it writes its files (the command line's stop lock, cljax.cli._stoppable)."""
+
+import json
+import subprocess
+import sys
+import time
+
+from tests.test_analysis_driver import write_fake_run
+
+BLOCKED = """
+import sys
+import jax
+import jax.numpy as jnp
+from cljax import cli
+from cljax.analysis import driver
+
+def blocked(*args, **kwargs):  # a long compiled analysis (the GLUE of a long run): no bytecode runs
+    print("computing", flush=True)
+    step = lambda i, v: jnp.sin(v) + 1e-3
+    jax.jit(lambda x: jax.lax.fori_loop(0, 2**31 - 1, step, x))(jnp.float32(1)).block_until_ready()
+
+driver.analyze_run = blocked
+sys.exit(cli.main(["analyze", sys.argv[1]]))
+"""
+
+
+def test_sigterm_stops_analyze_while_it_waits_in_compiled_code(tmp_path):
+    # Python runs signal handlers on the main thread between bytecodes: with the analysis on the
+    # main thread, SIGTERM waited for the compiled call (minutes; SLURM kills first).
+    (tmp_path / "run" / "task_000").mkdir(parents=True)
+    proc = subprocess.Popen([sys.executable, "-c", BLOCKED, str(tmp_path / "run")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline() == "computing\n"
+    time.sleep(1.0)  # inside the compiled loop by now
+    sent = time.time()
+    proc.terminate()
+    try:
+        _, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise AssertionError("cljax analyze did not stop within 30 s of SIGTERM")
+    assert time.time() - sent < 10
+    assert proc.returncode == 75, err
+    assert err.count("stopped by SIGTERM") == 1 and "Traceback" not in err
+
+
+WRITING = """
+import os, signal, sys, time
+from cljax import cli
+from cljax.analysis import driver
+
+write_all = driver._write_all
+
+def stopped_while_writing(out, writers):
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(1.0)  # the handler has run by now, and waits for the lock
+    write_all(out, writers)
+
+driver._write_all = stopped_while_writing
+sys.exit(cli.main(["analyze", sys.argv[1], "--no-glue", "--no-plots"]))
+"""
+
+
+def test_a_stop_while_analyze_writes_waits_for_the_whole_analysis(tmp_path):
+    algo = tmp_path / "run"
+    write_fake_run(algo)
+    proc = subprocess.run([sys.executable, "-c", WRITING, str(algo)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 75, proc.stderr
+    assert proc.stderr.count("stopped by SIGTERM") == 1 and "Traceback" not in proc.stderr
+    out = algo / "analysis"
+    summary = json.loads((out / "summary.json").read_text())
+    assert sorted(p.name for p in out.iterdir()) == sorted(summary["files"])  # every file, no temporary one
+    assert summary["n_task_folders"] == 3 and summary["complete"]
