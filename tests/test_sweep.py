@@ -1,0 +1,118 @@
+"""The sweep's pieces without a cluster: folder tags one-to-one (and distinct on a
+case-insensitive filesystem), the grid's checks, the data checked once per dataset before any job,
+what each job and a requeued job are handed, the executor's parameters, SLURM's time formats and
+the line of a failed job. The sweep through submitit's local executor: tests/test_scale.py."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+import cljax.sweep as sweep
+from cljax.cli import main
+from cljax.config import Config
+from cljax.errors import CljaxError
+
+SMALL = dict(dataset="synthetic", synthetic_classes=4, num_tasks=2, n_repeats=1, n_train_per_class=16,
+             n_test_per_class=8, n_subsamples=4, epochs=1, batch_size=16, log_frequency=1)
+
+
+def base_of(tmp_path, **overrides) -> dict:
+    return Config.from_flat({**SMALL, "results_dir": str(tmp_path), **overrides}).to_dict()
+
+
+def test_tags_are_one_to_one_and_folders_differing_in_case_are_refused(tmp_path):
+    assert sweep._tag_value(0.1) == "0.1" and sweep._tag_value("/x/a_b") == "_2fx_2fa_5fb"
+    # two hex digits always: a tab then "a" is not the character 0x9a
+    assert sweep._tag_value("\ta") == "_09a" and sweep._tag_value("\x9a") == "_9a"
+    assert sweep._tag_value("\u20ac") == "__0020ac"
+    with pytest.raises(CljaxError, match="two runs of the sweep would write the same folder"):
+        sweep.expand(base_of(tmp_path), {"data_dir": ["/x/Data", "/x/data"]}, [0])  # one folder on macOS
+    runs = sweep.expand(base_of(tmp_path), {"data_dir": ["/x/Data", "/x/data2"]}, [0, 1])
+    assert [r.tag for r in runs] == ["data_dir-_2fx_2fData_seed-0", "data_dir-_2fx_2fData_seed-1",
+                                     "data_dir-_2fx_2fdata2_seed-0", "data_dir-_2fx_2fdata2_seed-1"]
+
+
+def test_the_grid_is_checked_as_it_is_read():
+    assert sweep.parse_grid(["--n-repeats=2, ,4,", "lr=0.1"]) == {"n_repeats": [2, 4], "lr": [0.1]}
+    for bad, match in ((["lr=0.1", "lr=0.2"], "--grid lr given twice"), (["results_dir=a"], "its own folder"),
+                       (["lr=,"], "at least one value")):
+        with pytest.raises(CljaxError, match=match):
+            sweep.parse_grid(bad)
+
+
+def test_data_is_checked_once_per_dataset_and_each_run_against_its_own(tmp_path, monkeypatch):
+    import cljax.data
+    import cljax.run_folder
+
+    loads, inspected = [], []
+    real_load = cljax.data.load_dataset
+    monkeypatch.setattr(cljax.data, "load_dataset", lambda c: loads.append(c.dataset_params) or real_load(c))
+    real_inspect = cljax.run_folder.inspect_run
+    monkeypatch.setattr(cljax.run_folder, "inspect_run",
+                        lambda *a, **k: inspected.append(a[3]) or real_inspect(*a, **k))
+    runs = sweep.expand(base_of(tmp_path, num_tasks=3), {"synthetic_classes": [20, 4]}, [0, 1])
+    with pytest.raises(CljaxError, match=r"run synthetic_classes-4_seed-0: --num-tasks 3 needs 6 classes.*"
+                                         r"\(no job was submitted\)"):
+        sweep.check_against_data(runs)  # the 4-class dataset, not the 20-class one loaded first
+    assert [p.classes for p in loads] == [20, 4]  # once per dataset, not per seed
+    loads.clear(), inspected.clear()
+    sweep.check_against_data(runs[:2], overwrite=True)
+    assert len(loads) == 1 and inspected == [True, True]  # --overwrite reaches the folder check
+
+
+def test_each_job_is_handed_overwrite_and_a_requeued_job_never_overwrites(tmp_path):
+    calls = []
+    executor = SimpleNamespace(map_array=lambda fn, *lists: calls.append((fn, lists)) or ["j0", "j1"])
+    runs = sweep.expand(base_of(tmp_path), {"lr": [0.1, 0.2]}, [0])
+    assert sweep.submit(runs, executor, overwrite=True, allow_nonfinite=False) == ["j0", "j1"]
+    (job, (configs, overwrite, nonfinite)), = calls
+    assert configs == [r.config.to_dict() for r in runs]
+    assert overwrite == [True, True] and nonfinite == [False, False]
+    # Requeued after a time limit: it resumes what the first attempt wrote, even under --overwrite.
+    again = job.checkpoint(configs[0], True, True)
+    assert again.function is job and again.args == (configs[0], False, True)
+
+
+def test_the_executor_gets_only_the_cluster_settings_given(tmp_path, monkeypatch):
+    import submitit
+
+    made = []
+
+    class FakeExecutor:
+        def __init__(self, folder, cluster):
+            made.append({"folder": folder, "cluster": cluster})
+
+        def update_parameters(self, **params):
+            made[-1]["params"] = params
+
+    monkeypatch.setattr(submitit, "AutoExecutor", FakeExecutor)
+    args = SimpleNamespace(job_name="j", slurm_time="1:30:00", slurm_gpus=2, slurm_cpus=None, slurm_mem_gb=None,
+                           slurm_partition="gpu", slurm_account=None, slurm_array_parallelism=None)
+    sweep.make_executor("auto", tmp_path, args)
+    sweep.make_executor("local", tmp_path, args)
+    assert [m["cluster"] for m in made] == [None, "local"]
+    assert made[0]["params"] == {"name": "j", "timeout_min": 90, "gpus_per_node": 2, "slurm_partition": "gpu"}
+
+
+def test_slurm_times_and_settings_that_cannot_be_are_refused(tmp_path, capsys):
+    assert [sweep.parse_minutes(t) for t in ("0:00:01", "1-00", " 45 ")] == [1, 1440, 45]
+    for bad in ("1:-30", "1-2:-5", "-1:30", "1:2:"):
+        with pytest.raises(ValueError):
+            sweep.parse_minutes(bad)
+    flags = ["sweep", "--dataset", "synthetic", "--results-dir", str(tmp_path / "s"), "--executor", "local"]
+    for flag, value in (("--slurm-gpus", "0"), ("--slurm-array-parallelism", "0"), ("--slurm-mem-gb", "inf")):
+        assert main([*flags, flag, value]) == 2
+        assert f"{flag} must be a positive number, got {float(value) if 'mem' in flag else value}" in \
+            capsys.readouterr().err
+    assert main([*flags, "--slurm-time", "1:-30"]) == 2 and "--slurm-time '1:-30'" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_failed_job_is_named_by_the_error_it_raised_last():
+    chained = RuntimeError("Traceback:\ncljax.errors.CljaxError: first, while handling\n\nDuring handling of the "
+                           "above exception, another exception occurred:\n\ncljax.errors.CljaxError: the one raised\n"
+                           "You can check full logs at paths:\n  - /logs/1_0_log.err")
+    assert sweep.job_error_line(chained) == "the one raised"
+    assert sweep.job_error_line(RuntimeError("")) == "RuntimeError('')"
