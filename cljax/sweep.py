@@ -181,7 +181,7 @@ def parse_minutes(text: str) -> int:
     for anything else, and for a limit of zero."""
     days, dash, clock = text.strip().rpartition("-")
     parts = [int(p) for p in clock.split(":")]
-    if dash and not days or days and int(days) < 0 or min(parts) < 0 or len(parts) > 3:
+    if dash and not days or days and int(days) < 0 or len(parts) > 3:  # the clock holds no "-" (rpartition)
         raise ValueError(text)
     if dash:  # after a day count the clock starts at hours: D-HH, D-HH:MM, D-HH:MM:SS
         hours, minutes, seconds = (parts + [0, 0])[:3]
