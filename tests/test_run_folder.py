@@ -399,7 +399,7 @@ def test_a_rerun_parses_each_metadata_once_and_sees_a_folder_written_between_its
     assert problem is not None and "belongs to run " + "x" * len(run_id) in problem
 
 
-@pytest.mark.parametrize("case", ["user_file", "analysis_link", "not_a_file"])
+@pytest.mark.parametrize("case", ["user_file", "analysis_link", "not_a_file", "analysis_user_file"])
 def test_overwrite_deletes_nothing_when_it_would_take_a_file_cljax_did_not_write(made, tmp_path, capsys, case):
     run_dir = copy(made, "finished", tmp_path / "r")
     mine = tmp_path / "mine"
@@ -408,6 +408,10 @@ def test_overwrite_deletes_nothing_when_it_would_take_a_file_cljax_did_not_write
     if case == "user_file":
         (run_dir / "task_000" / "notes.csv").write_text("a,b")
         expected = "task_000/notes.csv is not a file cljax writes"
+    elif case == "analysis_user_file":  # analysis/ holds only .json, .npz and .png of cljax's
+        (run_dir / "analysis").mkdir(exist_ok=True)
+        (run_dir / "analysis" / "notes.txt").write_text("a,b")
+        expected = "analysis/notes.txt is not a file cljax writes"
     elif case == "analysis_link":
         shutil.rmtree(run_dir / "analysis", ignore_errors=True)
         (run_dir / "analysis").symlink_to(mine)

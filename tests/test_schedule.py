@@ -49,12 +49,16 @@ def test_cycle_repeats_the_permutation_and_pairs_refuses_past_it():
 def test_the_schedule_is_each_repeats_permutation_drawn_in_turn():
     # The draws every recorded run was made with: repeat r's pairs are the r-th rng.permutation of
     # the classes, from one generator seeded (seed, 0). Drawn in one pass now, for large R.
-    for C, T, R, seed, kind in ((10, 5, 3, 4, "pairs"), (20, 30, 7, 0, "cycle"), (1000, 17, 30, 9, "cycle")):
+    # Two and three classes make one pair; an odd class count leaves its last drawn class out.
+    for C, T, R, seed, kind in ((10, 5, 3, 4, "pairs"), (20, 30, 7, 0, "cycle"), (1000, 17, 30, 9, "cycle"),
+                                (2, 1, 3, 1, "pairs"), (3, 1, 2, 5, "pairs"), (5, 6, 3, 2, "cycle")):
         rng = np.random.default_rng([seed, 0])
         perms = np.stack([rng.permutation(C) for _ in range(R)])
         expected = perms[:, :C // 2 * 2].reshape(R, C // 2, 2)[:, np.arange(T) % (C // 2)].transpose(1, 0, 2)
         np.testing.assert_array_equal(make_schedule(C, T, R, seed, kind), expected)
     np.testing.assert_array_equal(make_schedule(10, 2, 2, 0)[:, 0], [[4, 6], [2, 7]])  # fixed: the numpy stream
+    with pytest.raises(CljaxError, match="the dataset has 1 class\\(es\\): a binary task needs at least 2"):
+        make_schedule(1, 1, 1, 0, "cycle")
 
 
 def test_train_holdout_needs_the_training_and_held_out_images_of_every_class(tmp_path):
@@ -74,6 +78,9 @@ def test_train_holdout_needs_the_training_and_held_out_images_of_every_class(tmp
 
     TaskData(data, config(10))
     TaskData(data, config(11, "test"))  # a separate test split: 90 of 100 is enough
+    TaskData(data, config(100, "test"))  # every test image of a class, no more
+    with pytest.raises(CljaxError, match="class 0 has 100 test images but --n-test-per-class is 101"):
+        TaskData(data, config(101, "test"))
     with pytest.raises(CljaxError, match="class 0 has 100 training images but 101 are needed"):
         TaskData(data, config(11))
 
