@@ -233,6 +233,9 @@ def verify_task_dir(task_dir: Path, t: int, run_id: str | None, hashes: bool, in
     if meta.get("run_id") != run_id and (run_id is not None or "run_id" in meta):
         return f"{task_dir} belongs to run {meta.get('run_id')}, not to run {run_id} of run.json"
     files = meta.get("files")
+    if "run_id" in meta and not isinstance(files, dict):  # every version that writes run ids lists the files
+        return (f"{task_dir / 'metadata.json'} records a run id but not its files' sizes and sha256, which every "
+                f"folder with a run id lists: it was edited")
     shapes = meta.get("shapes") if isinstance(meta.get("shapes"), dict) else {}
     required = [n for n in TASK_FILES if n not in ("metadata.json", *LATER_TASK_FILES)] + (
         ["model_state.npy"] if "model_state" in shapes else []) if t >= 0 else []  # t = -1: initial/

@@ -15,7 +15,7 @@ import pytest
 from cljax import run_folder
 from cljax.errors import CljaxError
 from tests.conftest import small_config
-from tests.run_folder_kit import FLAGS, RUN_DIR, TINY, assert_one_error, copy, make_runs, run_cli
+from tests.run_folder_kit import FLAGS, RUN_DIR, TINY, assert_one_error, copy, flip_byte, make_runs, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +84,23 @@ def test_verify_task_dir_names_each_way_a_folder_is_not_the_one_it_checks(made, 
                 == f"{task / 'metadata.json'} lists a file {name!r} that is not in its folder")
     (task / "metadata.json").unlink()
     assert run_folder.verify_task_dir(task, 0, run_id, hashes=False) == f"{task / 'metadata.json'} is missing"
+
+
+def test_a_folder_with_a_run_id_but_no_file_list_is_refused(made, tmp_path, capsys):
+    # The file list is what the sizes and hashes are checked against; folders older than run ids
+    # have none, so one that names a run id and lacks it was edited: a resume or an analysis
+    # would otherwise read a damaged file unchecked.
+    run_dir = copy(made, "finished", tmp_path / "r")
+    task = run_dir / "task_001"
+    meta = json.loads((task / "metadata.json").read_text())
+    (task / "metadata.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "files"}))
+    flip_byte(task / "representations.npy")
+    rc, out, err = run_cli(["run", *FLAGS, "--results-dir", str(tmp_path / "r")], capsys)
+    assert_one_error(rc, err, f"{task / 'metadata.json'} records a run id but not its files' sizes and sha256")
+    assert "already finished" not in out
+    rc, out, err = run_cli(["analyze", str(run_dir), "--no-glue", "--no-plots"], capsys)
+    assert_one_error(rc, err, f"{task / 'metadata.json'} records a run id but not its files' sizes and sha256")
+    assert not (run_dir / "analysis").exists()
 
 
 def test_a_task_folder_right_past_the_last_task_is_refused(made, tmp_path, capsys):
