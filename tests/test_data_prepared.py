@@ -1,0 +1,184 @@
+"""The data on disk and the built-in loaders: the prepared folder (write, load, checksums,
+identity), the loader contract, data-info's table and grid, the Fashion-MNIST IDX reader and the
+synthetic generator. Every damaged input is one CljaxError naming it, never data taken as is."""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cljax.data import ClassData, check_class_data
+from cljax.data.info import describe, write_sample_grid
+from cljax.data.prepared import ARRAY_FILES, check_unchanged, data_identity, load_prepared, write_prepared
+from cljax.datasets.fashion_mnist import FILES, load_fashion_mnist, read_idx
+from cljax.datasets.synthetic import SyntheticParams, load_synthetic, make_synthetic
+from cljax.errors import CljaxError
+
+LABELS = np.repeat(np.arange(4), 2)  # 8 images, 4 classes
+
+
+def _prepared(tmp_path, name="data"):
+    rng = np.random.default_rng(0)
+    return write_prepared(tmp_path / name, rng.integers(0, 256, (8, 28, 28), dtype=np.uint8), LABELS,
+                          rng.integers(0, 256, (8, 28, 28), dtype=np.uint8), LABELS[::-1], name="test", source="test",
+                          preprocessing={}, n_classes=4)
+
+
+def _edit_meta(folder, **changes):
+    meta = json.loads((folder / "meta.json").read_text())
+    (folder / "meta.json").write_text(json.dumps({**meta, **changes}))
+
+
+# ---- the prepared folder ------------------------------------------------------------------------------------
+def test_write_prepared_refuses_images_and_labels_of_other_counts(tmp_path):
+    images = np.zeros((8, 28, 28), np.uint8)
+    with pytest.raises(ValueError, match=r"test: images \(8, 28, 28\) and labels \(7,\) do not match"):
+        write_prepared(tmp_path / "data", images, LABELS, images, LABELS[:7], name="t", source="t", preprocessing={})
+    assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize("fname", ARRAY_FILES)
+def test_a_change_to_any_of_the_four_arrays_is_caught(tmp_path, fname):
+    folder = _prepared(tmp_path)
+    arr = np.load(folder / fname)
+    np.save(folder / fname, 255 - arr if arr.dtype == np.uint8 else 3 - arr)  # shape, dtype, range kept
+    data = load_prepared(folder)  # checksums are not read by default
+    with pytest.raises(CljaxError, match=rf"{fname} does not match its checksum in meta.json: the dataset changed"):
+        check_unchanged(data)
+    with pytest.raises(CljaxError, match=rf"{fname} does not match its checksum in meta.json"):
+        load_prepared(folder, verify_checksums=True)
+
+
+def test_the_data_identity_covers_the_class_names(tmp_path):
+    folder = _prepared(tmp_path)
+    before = data_identity(load_prepared(folder))
+    assert data_identity(load_prepared(folder)) == before
+    _edit_meta(folder, class_names=["a", "b", "c", "d"])
+    assert data_identity(load_prepared(folder)) != before
+
+
+def test_an_array_of_another_dtype_than_meta_json_says_is_damage(tmp_path):
+    folder = _prepared(tmp_path)
+    np.save(folder / "test_labels.npy", LABELS[::-1].astype(np.int64))  # same shape and values
+    with pytest.raises(CljaxError, match=r"test_labels.npy has shape \[8\] int64, meta.json says \[8\] int32: the "
+                                         r"folder is damaged"):
+        load_prepared(folder)
+
+
+@pytest.mark.parametrize("fname, array, message", [
+    ("train_images.npy", np.zeros((8, 28, 28), np.float32), r"train_images.npy holds float32 of shape \[8, 28, 28\], "
+                                                            r"not uint8 images"),
+    ("test_labels.npy", LABELS[:7].astype(np.int32), r"test_labels.npy holds int32 of shape \[7\], not one integer "
+                                                     r"label per image \(8\)"),
+    ("train_labels.npy", np.r_[-1, LABELS[1:]].astype(np.int32), r"train_labels.npy holds labels from -1 to 3, "
+                                                                 r"outside 0 \.\.\. 3"),
+    ("test_labels.npy", np.r_[LABELS[:-1], 4].astype(np.int32), r"test_labels.npy holds labels from 0 to 4, outside "
+                                                                r"0 \.\.\. 3"),
+])
+def test_a_damaged_array_is_one_line_naming_it(tmp_path, fname, array, message):
+    # meta.json without its "files" list (nothing to compare shapes with): the arrays' own checks
+    folder = _prepared(tmp_path)
+    _edit_meta(folder, files={})
+    np.save(folder / fname, array)
+    with pytest.raises(CljaxError, match=message + r".*the folder is damaged"):
+        load_prepared(folder)
+
+
+def test_the_loader_contract_refuses_a_negative_label():
+    rng = np.random.default_rng(0)
+    good = ClassData(train_images=rng.integers(0, 256, (12, 8, 8), dtype=np.uint8), train_labels=np.arange(12) % 3,
+                     test_images=rng.integers(0, 256, (6, 8, 8), dtype=np.uint8), test_labels=np.arange(6) % 3,
+                     n_classes=3, class_names=("a", "b", "c"), meta={})
+    check_class_data(good, "mine")
+    with pytest.raises(CljaxError, match=r"^dataset 'mine': its loader gave train labels from -1 to 2 with n_classes = 3"):
+        check_class_data(dataclasses.replace(good, train_labels=np.r_[np.arange(11) % 3, -1]), "mine")
+
+
+# ---- data-info ----------------------------------------------------------------------------------------------
+def _uneven() -> ClassData:
+    # class 0: 3 train, 1 test; class 1: no train image, 2 test images (black)
+    return ClassData(train_images=np.full((3, 8, 8), 200, np.uint8), train_labels=np.zeros(3, np.int32),
+                     test_images=np.zeros((3, 8, 8), np.uint8), test_labels=np.array([0, 1, 1], np.int32),
+                     n_classes=2, class_names=("zero", "one"), meta={"name": "uneven", "source": "here"})
+
+
+def test_describe_lists_train_and_test_counts_per_class(tmp_path):
+    lines = describe(_uneven(), tmp_path).splitlines()
+    assert "train: 3 images, per class 0..3" in lines and "test: 3 images, per class 1..2" in lines
+    assert [line.split() for line in lines[-2:]] == [["0", "3", "1", "zero"], ["1", "0", "2", "one"]]
+
+
+def test_the_sample_grid_draws_a_class_without_train_images_from_the_test_split(tmp_path):
+    # Class 1 has no train image: its cell shows a black test image (the figure is white, class 0 gray).
+    png = write_sample_grid(_uneven(), tmp_path / "grid.png", per_class=1)
+    with Image.open(png) as im:
+        gray = np.asarray(im.convert("L"))
+    lower = gray[gray.shape[0] // 2:]  # class 1's row
+    assert (lower < 30).sum() > 1000  # a drawn image, not a few pixels of its label
+
+
+# ---- Fashion-MNIST IDX files ------------------------------------------------------------------------------
+def _idx(array: np.ndarray, type_code: int = 0x08) -> bytes:
+    header = bytes([0, 0, type_code, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
+def _fashion(tmp_path, train_labels=None, n_train_images=4) -> SimpleNamespace:
+    folder = tmp_path / "fmnist"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    arrays = {"train_images": rng.integers(0, 256, (n_train_images, 28, 28), dtype=np.uint8),
+              "train_labels": np.array([9, 0, 3, 7] if train_labels is None else train_labels, np.uint8),
+              "test_images": rng.integers(0, 256, (2, 28, 28), dtype=np.uint8),
+              "test_labels": np.array([1, 8], np.uint8)}
+    for key, stem in FILES.items():
+        (folder / (stem + ".gz")).write_bytes(gzip.compress(_idx(arrays[key])))
+    return SimpleNamespace(data_dir=str(folder), arrays=arrays)
+
+
+def test_idx_files_are_read_exactly(tmp_path):
+    config = _fashion(tmp_path)
+    data = load_fashion_mnist(None, config)
+    np.testing.assert_array_equal(data.train_images, config.arrays["train_images"])
+    np.testing.assert_array_equal(data.test_images, config.arrays["test_images"])
+    assert data.train_labels.tolist() == [9, 0, 3, 7] and data.test_labels.tolist() == [1, 8]
+    assert data.train_labels.dtype == np.int32 and data.n_classes == 10 and data.class_names[9] == "Ankle boot"
+
+
+def test_an_idx_label_equal_to_the_class_count_is_refused(tmp_path):
+    with pytest.raises(CljaxError, match=r"train labels in .* go up to 10, past its 10 classes: the file is damaged"):
+        load_fashion_mnist(None, _fashion(tmp_path, train_labels=[9, 0, 10, 7]))
+
+
+def test_idx_images_and_labels_of_other_counts_are_refused(tmp_path):
+    with pytest.raises(CljaxError, match=r"Fashion-MNIST train images and labels differ in count in .*fmnist: put good"):
+        load_fashion_mnist(None, _fashion(tmp_path, n_train_images=5))
+
+
+def test_an_idx_file_of_another_element_type_is_refused(tmp_path):
+    path = tmp_path / "floats-idx1-ubyte"
+    path.write_bytes(_idx(np.arange(4), type_code=0x0D))  # 0x0D: float32 elements, sized as uint8 here
+    with pytest.raises(CljaxError, match="is not a uint8 IDX file"):
+        read_idx(path)
+
+
+# ---- synthetic ----------------------------------------------------------------------------------------------
+def test_synthetic_test_images_are_not_copies_of_train_images():
+    data = make_synthetic(3, 4, 4, size=8)
+    assert data.train_images.shape == data.test_images.shape == (12, 8, 8)
+    same = (data.test_images[:, None] == data.train_images[None]).all(axis=(2, 3))
+    assert not same.any()
+
+
+@pytest.mark.parametrize("test_source, n_train", [("test", 5), ("train_holdout", 8)])
+def test_synthetic_holdout_draws_the_held_out_images_from_train(test_source, n_train):
+    config = SimpleNamespace(n_train_per_class=5, n_test_per_class=3, test_source=test_source)
+    data = load_synthetic(SyntheticParams(classes=3, size=8, channels=3), config)
+    assert data.train_images.shape == (3 * n_train, 8, 8, 3) and data.test_images.shape == (9, 8, 8, 3)
+    assert np.bincount(data.train_labels).tolist() == [n_train] * 3

@@ -1,0 +1,162 @@
+"""ImageNet preparation, the parts a small end-to-end source does not reach: the exact pixels of
+the area average and of 16-bit images, how SOURCE folders are planned (class ids, split and file
+names, class names from a card), and the refusals on a mixed-up source or a resume with other
+settings."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import cljax.data.imagenet.prepare as imagenet
+from cljax.data.imagenet.decode import image_to_gray
+from cljax.data.imagenet.prepare import _parse_splits, prepare_imagenet, process_shard
+from cljax.data.imagenet.shards import FilesShard
+from cljax.data.imagenet.sources import plan_source
+from cljax.errors import CljaxError
+
+
+def _png(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _folder(root, layout: dict[str, dict[str, int]], suffix: str = ".png"):
+    """root/{split}/{class}/NN{suffix}: small gray PNGs, n per class."""
+    rng = np.random.default_rng(5)
+    for split, classes in layout.items():
+        for name, n in classes.items():
+            (root / split / name).mkdir(parents=True)
+            for i in range(n):
+                (root / split / name / f"{i:02d}{suffix}").write_bytes(_png(rng.integers(0, 256, (12, 16), dtype=np.uint8)))
+    return root
+
+
+def _labels(plan, split: str) -> list[int]:
+    return [label for shard in plan.shards if shard.split == split for _, label in shard.files]
+
+
+# ---- pixels -------------------------------------------------------------------------------------------------
+def test_area_average_is_exact_to_the_last_row_and_column():
+    # 84x56 (w x h): the central 56x56 square, each output pixel the mean of a 2x2 block.
+    pixels = np.random.default_rng(0).integers(0, 256, (56, 84), dtype=np.uint8)
+    square = pixels[:, 14:70].astype(np.float64)
+    expected = np.rint(square.reshape(28, 2, 28, 2).mean(axis=(1, 3)))
+    np.testing.assert_array_equal(image_to_gray(_png(pixels)), expected)
+
+
+def test_16bit_values_are_scaled_by_257():
+    levels = [0, 1, 100, 127, 128, 200, 254, 255]
+    got = [int(image_to_gray(_png(np.full((30, 30), 257 * v, np.uint16)))[0, 0]) for v in levels]
+    assert got == levels
+
+
+# ---- planning -----------------------------------------------------------------------------------------------
+def test_image_folder_class_ids_are_shared_by_the_splits(tmp_path):
+    # The validation split lacks "bee": "cat" is class 2 there too, not 1.
+    root = _folder(tmp_path / "src", {"train": {"ant": 1, "bee": 1, "cat": 2}, "val": {"ant": 1, "cat": 1}})
+    plan = plan_source(str(root))
+    assert plan.class_names == ("ant", "bee", "cat") and plan.n_classes == 3
+    assert _labels(plan, "train") == [0, 1, 2, 2] and _labels(plan, "test") == [0, 2]
+
+
+def test_image_folder_takes_upper_case_suffixes(tmp_path):
+    root = _folder(tmp_path / "src", {"train": {"ant": 2, "bee": 1}}, suffix=".PNG")
+    plan = plan_source(str(root))
+    assert plan.expected_total == 3 and _labels(plan, "train") == [0, 0, 1]
+
+
+def test_a_source_without_a_train_split_is_refused_by_default(tmp_path):
+    root = _folder(tmp_path / "src", {"val": {"ant": 1, "bee": 1}})
+    with pytest.raises(CljaxError, match=r"has no split 'train' \(it has validation\); choose splits with --splits"):
+        plan_source(str(root))
+    plan = plan_source(str(root), {"validation": "test"})  # asked for explicitly
+    assert _labels(plan, "test") == [0, 1] and _labels(plan, "train") == []
+
+
+def test_parquet_files_of_two_exports_are_refused(tmp_path):
+    for name in ("train-00000-of-00002", "train-00001-of-00002", "train-00000-of-00001"):
+        (tmp_path / f"{name}.parquet").write_bytes(b"")
+    with pytest.raises(CljaxError, match=r"incomplete set of train parquet files \(e.g. train-\*-of-00002.parquet is "
+                                         r"missing or from another export\)"):
+        plan_source(str(tmp_path))
+
+
+def _plain_parquet(path, labels):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    blobs = [_png(np.full((8, 8), 40 * i, np.uint8)) for i in range(len(labels))]
+    pq.write_table(pa.table({"image": pa.array(blobs, pa.binary()), "label": pa.array(labels, pa.int64())}), path)
+
+
+def _card(root, names: list[str]):
+    lines = "".join(f"          '{i}': {n}\n" for i, n in enumerate(names))
+    (root / "README.md").write_text("---\ndataset_info:\n  features:\n  - name: label\n    dtype:\n      class_label:\n"
+                                    f"        names:\n{lines}---\n")
+
+
+def test_class_names_from_a_card_are_in_numeric_order(tmp_path):
+    names = [f"class{i}" for i in range(12)]  # '10' and '11' sort before '2' as text
+    _plain_parquet(tmp_path / "train-00000-of-00001.parquet", [0, 11])
+    _card(tmp_path, names)
+    plan = plan_source(str(tmp_path))
+    assert plan.class_names == tuple(names) and plan.n_classes == 12
+
+
+def test_parquet_files_with_other_class_names_are_refused(tmp_path):
+    import datasets
+
+    for i, names in enumerate((["cat", "dog"], ["dog", "cat"])):
+        features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=names)})
+        rows = {"image": [{"bytes": _png(np.zeros((8, 8), np.uint8)), "path": None}], "label": [0]}
+        datasets.Dataset.from_dict(rows, features=features).to_parquet(str(tmp_path / f"train-0000{i}-of-00002.parquet"))
+    with pytest.raises(CljaxError, match=r"train-00001-of-00002.parquet lists other class names than the files before "
+                                         r"it; the export is mixed up"):
+        plan_source(str(tmp_path))
+
+
+# ---- preparing ----------------------------------------------------------------------------------------------
+def test_a_label_past_the_class_names_is_refused(tmp_path):
+    _plain_parquet(tmp_path / "train-00000-of-00001.parquet", [0, 2])
+    _card(tmp_path, ["a", "b"])
+    with pytest.raises(CljaxError, match=r"has label 2 but only 2 class names; the source is inconsistent"):
+        prepare_imagenet(str(tmp_path), tmp_path / "out", workers=1, progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_shard_that_gives_other_rows_than_planned_is_refused(tmp_path):
+    root = _folder(tmp_path / "src", {"train": {"ant": 2}})
+    files = tuple((str(p), 0) for p in sorted((root / "train" / "ant").iterdir()))
+    shard = FilesShard(name="train-00000", split="train", source_split="train", n_rows=3, files=files)
+    with pytest.raises(CljaxError, match=r"shard train-00000 gave 2 images, its source said 3; the source changed"):
+        process_shard(shard, str(tmp_path), 28, "area")
+    assert not (tmp_path / "train-00000.npz").exists()
+
+
+def test_a_resume_with_another_filter_is_refused(tmp_path, monkeypatch):
+    root = _folder(tmp_path / "src", {"train": {"ant": 1, "bee": 1}})
+    real = imagenet.process_shard
+
+    def crash_after_first(shard, *args, **kwargs):
+        if shard.name != "train-00000":
+            raise RuntimeError("simulated crash")
+        return real(shard, *args, **kwargs)
+
+    monkeypatch.setattr(imagenet, "process_shard", crash_after_first)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        prepare_imagenet(str(root), tmp_path / "out", workers=1, shard_rows=1, progress=False)
+    monkeypatch.undo()
+    with pytest.raises(CljaxError, match="holds work from a different preparation"):
+        prepare_imagenet(str(root), tmp_path / "out", workers=1, shard_rows=1, resample="bilinear", progress=False)
+
+
+def test_splits_without_an_output_go_to_train_or_test_by_name():
+    assert _parse_splits(["train", "validation", "extra:train"]) == {"train": "train", "validation": "test",
+                                                                      "extra": "train"}
+    with pytest.raises(CljaxError, match="--splits entry 'val:dev' is invalid"):
+        _parse_splits(["val:dev"])
