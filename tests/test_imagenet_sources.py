@@ -6,6 +6,7 @@ settings."""
 from __future__ import annotations
 
 import io
+import re
 
 import numpy as np
 import pytest
@@ -106,6 +107,23 @@ def test_class_names_from_a_card_are_in_numeric_order(tmp_path):
     _card(tmp_path, names)
     plan = plan_source(str(tmp_path))
     assert plan.class_names == tuple(names) and plan.n_classes == 12
+
+
+@pytest.mark.parametrize("keys, refused", [(["a", "b"], "['a', 'b']"), (["0", "2"], "['2']"), ([0, 1], None)])
+def test_class_names_from_a_card_keyed_other_than_by_the_ids_are_refused(tmp_path, keys, refused):
+    # Names keyed 'a', 'b' raised a bare ValueError (a traceback); ids with a gap shifted the names
+    # against the labels. Keys YAML reads as integers are ids like quoted ones.
+    _plain_parquet(tmp_path / "train-00000-of-00001.parquet", [0, 1])
+    lines = "".join(f"          {k!r}: name{i}\n" if isinstance(k, str) else f"          {k}: name{i}\n"
+                    for i, k in enumerate(keys))
+    (tmp_path / "README.md").write_text("---\ndataset_info:\n  features:\n  - name: label\n    dtype:\n      "
+                                        f"class_label:\n        names:\n{lines}---\n")
+    if refused is None:
+        assert plan_source(str(tmp_path)).class_names == ("name0", "name1")
+        return
+    with pytest.raises(CljaxError, match=rf"README.md: the class_label names of its dataset_info are keyed "
+                                         rf"{re.escape(refused)}, not by the class ids 0 .. 1: fix the card"):
+        plan_source(str(tmp_path))
 
 
 def test_parquet_files_with_other_class_names_are_refused(tmp_path):

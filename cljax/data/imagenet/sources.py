@@ -215,8 +215,15 @@ def _class_names_from_card(root: Path) -> list[str] | None:
         for feature in (info or {}).get("features") or []:
             dtype = feature.get("dtype") if isinstance(feature, dict) else None
             names = dtype.get("class_label", {}).get("names") if isinstance(dtype, dict) else None
-            if isinstance(names, dict) and names:
-                return [str(names[k]) for k in sorted(names, key=int)]
+            if isinstance(names, dict) and names:  # {class id: name}: the ids must be 0 .. N-1
+                ids = {str(k).strip(): v for k, v in names.items()}
+                want = [str(i) for i in range(len(ids))]
+                if sorted(ids) != sorted(want):
+                    odd = sorted(set(ids) - set(want), key=str)[:3]
+                    raise CljaxError(f"{card}: the class_label names of its dataset_info are keyed {odd}, not by "
+                                     f"the class ids 0 .. {len(ids) - 1}: fix the card, or remove it if the "
+                                     f"parquet files carry their features.")
+                return [str(ids[k]) for k in want]
             if isinstance(names, list) and names:
                 return [str(n) for n in names]
     return None
