@@ -135,6 +135,28 @@ def test_an_option_that_reuses_a_flag_or_a_tag_is_refused(monkeypatch, flag, tag
     assert shared in message and message.endswith(": give one of them its own.")
 
 
+@pytest.mark.parametrize("other_default, other_type, refused", [(1, int, False), (2, int, True), (1.0, float, True)])
+def test_options_may_share_a_flag_only_when_they_declare_it_alike(monkeypatch, other_default, other_type, refused):
+    import dataclasses
+
+    from cljax.registry import param
+
+    def make(params, config, net):
+        pass
+
+    def params_of(name, default, type_):
+        return dataclasses.make_dataclass(name, [("k", type_, param(default, "shared knob", flag="mine-k"))], frozen=True)
+
+    monkeypatch.setitem(OPTIONS._entries, "mine_a", Entry(name="mine_a", build=make, tag="ma", params=params_of("A", 1, int)))
+    monkeypatch.setitem(OPTIONS._entries, "mine_b", Entry(name="mine_b", build=make, tag="mb",
+                                                          params=params_of("B", other_default, other_type)))
+    if not refused:
+        assert setting_specs()["mine_k"][5] == ("mine_a", "mine_b")
+        return
+    with pytest.raises(CljaxError, match=r"--mine-k is declared differently by mine_a and mine_b: rename one"):
+        setting_specs()
+
+
 def test_analyze_loads_a_plugin_analysis_and_writes_its_summary(tmp_path):
     config = small_config(tmp_path, **{**TINY, "num_tasks": 2})
     run = run_experiment(config, progress=False)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from cljax.cli import main as cli_main
-from cljax.presets import PRESETS
+from cljax.errors import CljaxError
+from cljax.presets import PRESETS, preset_from_argv
 from cljax.settings import Parser, add_settings_flags, config_from_args, setting_specs
 
 
@@ -21,6 +22,7 @@ def test_the_lop_preset_sets_the_protocol_and_a_flag_beside_it_wins():
                                                                                           5000, 30)
     assert (config.n_train_per_class, config.n_test_per_class, config.batch_size, config.epochs) == (600, 100, 100, 250)
     assert config.steps_per_task == 3000
+    assert (config.n_logs, config.log_steps[0], config.head_reset_to) == (10, 300, "zero")  # 10 snapshots, zeroed head
     assert (config.lr, config.momentum, config.out_dim, config.head, config.eval_tasks) == (0.01, 0.9, 2, "reset",
                                                                                             "current")
     config = config_of(["--num-tasks", "7", "--preset=lop-imagenet", "--head", "shared"])
@@ -63,3 +65,15 @@ def test_an_abbreviated_preset_flag_is_refused_not_ignored(capsys):
     with pytest.raises(SystemExit) as stopped:  # argparse's exit, as for any unknown flag
         cli_main(["plan", "--pres", "lop-imagenet"])
     assert stopped.value.code == 2 and "unrecognized arguments: --pres" in capsys.readouterr().err
+
+
+def test_the_last_preset_flag_wins_as_for_any_flag(monkeypatch):
+    monkeypatch.setitem(PRESETS, "short", dict(num_tasks=3))
+    assert preset_from_argv(["--preset", "short", "--preset=lop-imagenet"]) == PRESETS["lop-imagenet"]
+    assert config_of(["--preset", "lop-imagenet", "--preset", "short"]).num_tasks == 3
+
+
+def test_a_preset_with_an_unknown_setting_is_refused_before_any_run(monkeypatch):
+    monkeypatch.setitem(PRESETS, "typo", dict(num_task=3))
+    with pytest.raises(CljaxError, match=r"the preset sets unknown setting\(s\) num_task: fix cljax/presets.py"):
+        config_of(["--preset", "typo"])

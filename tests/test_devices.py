@@ -1,0 +1,60 @@
+"""cljax.devices: the CPU split a resume takes again, a bad $CLJAX_CPU_DEVICES, the advice of
+check_repeats, the per-device share of host memory."""
+
+from __future__ import annotations
+
+import pytest
+
+from cljax.devices import check_repeats, cpu_devices_wanted, device_budget
+from cljax.errors import CljaxError
+
+
+def test_a_recorded_split_is_taken_again_only_when_one_process_can_take_it():
+    two = {"backend": "cpu", "devices": 2, "processes": 1}
+    assert cpu_devices_wanted(4, {}, cores=8, recorded=two) == 2
+    # a multi-host run's split, or one that does not divide R: this host's own (4 of 8 cores)
+    assert cpu_devices_wanted(4, {}, cores=8, recorded={**two, "processes": 2}) == 4
+    assert cpu_devices_wanted(4, {}, cores=8, recorded={**two, "devices": 3}) == 4
+    assert cpu_devices_wanted(4, {}, cores=8, recorded={**two, "devices": 0}) == 4
+    assert cpu_devices_wanted(4, {}, cores=8, recorded={**two, "devices": "2"}) == 4
+
+
+@pytest.mark.parametrize("spelled", ["00", "-0", "+0"])
+def test_a_zero_device_count_spelled_otherwise_is_one_clear_line(spelled):
+    with pytest.raises(CljaxError, match=r"CLJAX_CPU_DEVICES=0: give a number of devices of at least 1"):
+        cpu_devices_wanted(8, {"CLJAX_CPU_DEVICES": spelled}, cores=4)
+
+
+def test_check_repeats_suggests_only_usable_repeat_counts(monkeypatch):
+    import cljax.devices.mesh as mesh
+
+    monkeypatch.setattr(mesh, "device_count", lambda: 4)
+    with pytest.raises(CljaxError) as refused:
+        check_repeats(2)
+    assert "use a multiple of 4 (e.g. 4)," in str(refused.value)  # not "0 or 4"
+    with pytest.raises(CljaxError, match=r"use a multiple of 4 \(e\.g\. 8 or 12\)"):
+        check_repeats(10)
+
+
+def test_without_a_device_limit_the_host_memory_is_shared_by_the_local_devices(monkeypatch):
+    import cljax.devices.memory as memory
+
+    class NoStats:
+        platform = "cpu"
+
+        def memory_stats(self):
+            return None
+
+    monkeypatch.setattr(memory.jax, "local_devices", lambda: [NoStats()] * 4)
+    monkeypatch.setattr(memory.jax, "local_device_count", lambda: 4)
+    monkeypatch.setattr(memory, "host_available_bytes", lambda: 8000)
+    assert device_budget() == (2000, "host available memory")
+
+    class Limited(NoStats):
+        platform = "gpu"
+
+        def memory_stats(self):
+            return {"bytes_limit": 5000}
+
+    monkeypatch.setattr(memory.jax, "local_devices", lambda: [Limited()] * 4)
+    assert device_budget() == (5000, "gpu bytes_limit")  # the device's own limit, not shared
