@@ -3,6 +3,8 @@ check_repeats, the per-device share of host memory."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from cljax.devices import check_repeats, cpu_devices_wanted, device_budget
@@ -21,7 +23,8 @@ def test_a_recorded_split_is_taken_again_only_when_one_process_can_take_it():
 
 @pytest.mark.parametrize("spelled", ["00", "-0", "+0"])
 def test_a_zero_device_count_spelled_otherwise_is_one_clear_line(spelled):
-    with pytest.raises(CljaxError, match=r"CLJAX_CPU_DEVICES=0: give a number of devices of at least 1"):
+    # The line quotes the value as written, not the number it reads as.
+    with pytest.raises(CljaxError, match=rf"CLJAX_CPU_DEVICES={re.escape(spelled)}: give a number of devices of at least 1"):
         cpu_devices_wanted(8, {"CLJAX_CPU_DEVICES": spelled}, cores=4)
 
 

@@ -38,7 +38,7 @@ def cpu_devices_wanted(n_repeats: int, environ=None, cores: int | None = None, r
             raise CljaxError(f"{CPU_DEVICES_ENV}={choice!r} is not understood: use auto, off, or a number of devices "
                              f"that divides --n-repeats.") from None
         if n < 1:
-            raise CljaxError(f"{CPU_DEVICES_ENV}={n}: give a number of devices of at least 1 that divides --n-repeats "
+            raise CljaxError(f"{CPU_DEVICES_ENV}={choice}: give a number of devices of at least 1 that divides --n-repeats "
                              f"{n_repeats}, auto, or off.")
         if n_repeats % n:
             raise CljaxError(f"{CPU_DEVICES_ENV}={n} does not divide --n-repeats {n_repeats}: use a divisor of it, "
