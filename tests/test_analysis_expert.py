@@ -83,3 +83,18 @@ def test_the_best_snapshot_of_no_finite_snapshot_is_nan():
 
     acc = np.array([[0.6, np.nan, np.nan], [0.8, np.nan, np.inf]])  # (L, R): repeat 1 all NaN
     np.testing.assert_array_equal(snapshot_accuracy([acc], "best")[:, 0], [0.8, np.nan, np.nan])
+
+
+def test_a_collapse_is_a_drop_of_more_than_a_tenth():
+    from cljax.analysis.analyses import COLLAPSE_DROP, _expert_summary
+
+    # Three repeats of one task: best 0.2 -> last 0.1 (a drop of exactly 0.1, in floating point
+    # too: not a collapse), 0.9 -> 0.5 (0.4: a collapse), 0.8 -> 0.8 (none).
+    expert = np.array([[0.2, 0.9, 0.8], [0.1, 0.5, 0.8]])  # (L, R)
+    assert 0.2 - 0.1 == COLLAPSE_DROP
+    learner = np.array([[0.7, 0.7, 0.7], [0.75, 0.6, 0.7]])
+    out = _expert_summary([expert], [learner])
+    s = out["summary"]["expert"]
+    assert (s["n_collapsed"], s["n_cells"], s["n_nonfinite"]) == (1, 3, 0)
+    assert math.isclose(s["max_drop_from_best"], 0.4)
+    np.testing.assert_allclose(out["arrays"]["plasticity_gap_best"], [[0.2 - 0.75], [0.9 - 0.7], [0.8 - 0.7]])

@@ -120,3 +120,25 @@ def test_weight_magnitude_and_change():
     change = weight_change(params, ref)
     # snapshot 1 - snapshot 0: kernel diffs (-1, -2, -3, -2), bias diffs (1, 1, 0) -> 18 + 2 = 20
     np.testing.assert_allclose(change[:, 0], [0.0, math.sqrt(20 / 7)])
+
+
+def test_srank_keeps_an_exact_tie_on_the_at_least_side():
+    # s = (0.9, 0.3, 0.2, 0.1): the first two hold 1.2 / 1.5 = 0.8 of the sum, exactly 1 - delta at
+    # delta = 0.2, so srank is 2; in floating point the fraction reads 0.7999999999999999, and a
+    # bare "< 1 - delta" count (no slack) gives 3.
+    h = np.diag([0.9, 0.3, 0.2, 0.1])
+    assert int(srank(h, delta=0.2)) == 2
+    assert float(representation_metrics(h, delta=0.2)["srank"]) == 2.0
+    assert float(representation_metrics(h, delta=0.19)["srank"]) == 3.0
+
+
+def test_representation_metrics_take_tau_for_dormant_and_zero_for_dead():
+    # Scores (1, 2, 0, 0.02, 1.98): dormant at tau = 0.025 are units 2 and 3, dead (tau = 0) unit 2
+    # only; with tau = 1.5 the units of score 0, 0.02 and 1 are dormant.
+    h = constructed_units()
+    default = representation_metrics(h)
+    assert math.isclose(float(default["dormant_ratio"]), 2 / 5)
+    assert math.isclose(float(default["dead_ratio"]), 1 / 5)
+    wide = representation_metrics(h, tau=1.5)
+    assert math.isclose(float(wide["dormant_ratio"]), 3 / 5)
+    assert math.isclose(float(wide["dead_ratio"]), 1 / 5)

@@ -122,3 +122,54 @@ def test_a_long_curve_is_drawn_in_bins_of_each_repeats_means_and_says_so():
     sparse[:, 1000] = 0.7  # one task evaluated: its bin sits at its x, not the bin's middle
     x, means, _ = plots._binned(np.arange(n, dtype=float), sparse)
     assert x[-1] == 1000.0 and means[0, -1] == 0.7 and np.isnan(means[:, :-1]).all()
+
+
+def test_the_band_is_one_sample_std_around_the_mean():
+    from cljax.analysis import plots
+
+    ax = plots._figure().subplots()
+    values = np.array([[0.2, 0.5, 0.9], [0.4, 0.5, 0.6], [0.9, 0.8, 0.3]])  # (R, x)
+    plots._band(ax, np.arange(3), values)
+    (band,) = ax.collections
+    ys = band.get_paths()[0].vertices[:, 1]
+    mean, std = values.mean(axis=0), values.std(axis=0, ddof=1)
+    np.testing.assert_allclose([ys.min(), ys.max()], [(mean - std).min(), (mean + std).max()])
+
+
+def test_each_plot_draws_the_numbers_it_names(tmp_path, monkeypatch):
+    """What reaches the axes: the matrix's mean over the finite repeats, the gap as expert minus
+    learner, the expert's best snapshot as its mean over repeats, the earlier-task panel from i = 1."""
+    from matplotlib.axes import Axes
+
+    from cljax.analysis import plot_head_vs_probe, plots
+
+    images, lines, bands = [], {}, []
+    real_imshow, real_plot, real_band = Axes.imshow, Axes.plot, plots._band
+    monkeypatch.setattr(Axes, "imshow", lambda self, X, **kw: (images.append(np.array(X)), real_imshow(self, X, **kw))[1])
+    monkeypatch.setattr(Axes, "plot", lambda self, *a, **kw: (lines.__setitem__(kw.get("label"), a),
+                                                               real_plot(self, *a, **kw))[1])
+    monkeypatch.setattr(plots, "_band", lambda ax, x, v, label=None, **kw: (bands.append((label, np.asarray(x), v)),
+                                                                            real_band(ax, x, v, label=label, **kw))[1])
+    A = np.array([[[0.9, 0.5], [0.7, 0.8]], [[0.7, 0.3], [0.5, np.nan]], [[0.8, 0.1], [0.3, 0.6]]])  # (R, T, T)
+    plot_accuracy_matrix(A, tmp_path / "m.png")
+    np.testing.assert_allclose(images[0], [[0.8, 0.3], [0.5, 0.7]])  # repeat 1's NaN left out
+
+    learner = np.array([[0.9, 0.6], [0.7, 0.8]])  # (R, T)
+    expert = np.array([[0.95, 0.9], [0.85, 0.7]])
+    best = np.array([[0.97, 0.9], [np.nan, 0.95]])  # repeat 1 diverged on task 0: left out
+    plot_learner_vs_expert(learner, expert, tmp_path / "le.png", expert_best_RT=best)
+    drawn = {label: v for label, _, v in bands}
+    np.testing.assert_allclose(drawn["learner R[i, i]"], learner)
+    np.testing.assert_allclose(drawn["expert E[i]"], expert)
+    np.testing.assert_allclose(drawn["G[i] = E[i] - R[i, i]"], expert - learner)
+    np.testing.assert_allclose(lines["expert, best snapshot"][1], [0.97, 0.925])
+
+    bands.clear()
+    earlier = np.array([[np.nan, 0.6, 0.7], [np.nan, 0.8, 0.5]])  # (R, n): folder 0 has no earlier task
+    last = np.array([[0.6, 0.7, 0.9], [0.5, 0.4, 0.8]])  # (R, T)
+    plot_head_vs_probe({"head": earlier}, {"head": last}, tmp_path / "p.png")
+    (_, x0, v0), (_, x1, v1) = bands
+    np.testing.assert_array_equal(x0, [1, 2])
+    np.testing.assert_allclose(v0, earlier[:, 1:])
+    np.testing.assert_array_equal(x1, [0, 1, 2])
+    np.testing.assert_allclose(v1, last)

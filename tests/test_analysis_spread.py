@@ -136,3 +136,15 @@ def test_a_dead_network_has_no_glue_capacity_and_is_counted(tmp_path):
     assert unsolvable(same)[1].all() and not unsolvable(same, center=False)[1].any()
     same[0, 0, 0, 0, 0] *= 1 + 1e-9
     assert unsolvable(same)[1].tolist() == [[False, True, True], [True, True, True]]
+
+
+def test_infinities_are_counted_over_folders_and_written_as_null():
+    from cljax.analysis.spread import jsonable
+
+    values = np.array([[0.5, np.inf], [-np.inf, 0.3], [0.2, np.nan]])  # (n = 3 folders, R = 2)
+    s = over_tasks(values)
+    assert s["n_nonfinite"] == 3
+    assert s["per_task_mean"] == [0.5, 0.3, 0.2] and (s["last_task"]["n"], s["last_task"]["n_nonfinite"]) == (1, 1)
+    out = jsonable({"a": np.inf, "b": [np.float32(-np.inf), np.nan, 1.5], "c": np.array([np.inf, 2.0])})
+    assert out == {"a": None, "b": [None, None, 1.5], "c": [None, 2.0]}
+    json.dumps(out, allow_nan=False)  # strict JSON

@@ -5,6 +5,7 @@ recompute from its files, after making the choices tell apart."""
 
 from __future__ import annotations
 
+import math
 import pickle
 
 import numpy as np
@@ -13,7 +14,11 @@ import pytest
 from cljax.analysis import analyze_run
 from cljax.analysis import plasticine
 from cljax.analysis.spread import over_tasks
-from tests.test_analysis_driver import R_FINAL, T, write_fake_run
+from tests.test_analysis_driver import R_FINAL, RR, T, write_fake_run
+
+
+# Bias of folder i at its snapshots 0 and 1 (4 of the 28 parameters; the kernel is 0): (i + 1) (l + 2).
+BIAS = np.array([[2.0, 3.0], [4.0, 6.0], [6.0, 9.0]])
 
 
 @pytest.fixture(scope="module")
@@ -25,6 +30,13 @@ def analysed(tmp_path_factory):
     metrics = pickle.loads(path.read_bytes())
     metrics["test_acc"][0, 0, 1] = 0.99
     path.write_bytes(pickle.dumps(metrics, protocol=4))
+    # The weights move within each folder: every bias is BIAS[i, l] at snapshot l of folder i (the
+    # kernel stays 0), so the first and the last snapshot of a folder tell apart.
+    for i in range(T):
+        path = algo / f"task_{i:03d}" / "weights.npy"
+        weights = np.load(path)
+        weights["dense1/bias"] = BIAS[i][:, None, None]
+        np.save(path, weights)
     summary = analyze_run(algo, glue=False, make_plots=False)
     return algo, summary, np.load(algo / "analysis" / "cl.npz"), np.load(algo / "analysis" / "plasticity.npz")
 
@@ -69,3 +81,60 @@ def test_over_tasks_gives_the_mean_over_repeats_of_every_folder():
     s = over_tasks(values)
     assert s["per_task_mean"] == [1.5, 3.5, 5.0]  # non-finite values left out, as everywhere
     assert s["last_task"]["mean"] == 5.0 and s["n_nonfinite"] == 1
+
+
+def test_weight_change_references_without_initial_or_start_weights(analysed):
+    # The fake tree has neither initial/weights.npy nor start_weights.npy: the references are
+    # task_000's first snapshot (init) and the previous folder's last snapshot (task start), and
+    # the summary reads each folder's last snapshot. Every bias differs by d from its reference:
+    # RMS over the 28 parameters d sqrt(4 / 28).
+    _, summary, _, pl = analysed
+    unit = math.sqrt(4 / 28)
+    init = BIAS - BIAS[0, 0]  # (folder, snapshot)
+    task_start = BIAS - np.array([BIAS[0, 0], BIAS[0, -1], BIAS[1, -1]])[:, None]
+    for key, d in (("weight_change_init", init), ("weight_change_task_start", task_start),
+                   ("weight_magnitude", BIAS)):
+        np.testing.assert_allclose(pl[key], np.repeat(d[:, :, None], RR, axis=2) * unit, rtol=1e-6, err_msg=key)
+        s = summary["plasticity"]["current_task_last_snapshot"][key]
+        np.testing.assert_allclose(s["per_task_mean"], d[:, -1] * unit, rtol=1e-6, err_msg=key)
+        assert math.isclose(s["last_task"]["mean"], d[-1, -1] * unit, rel_tol=1e-6)
+    assert summary["plasticity"]["weight_change_reference"]["task_start"] == [
+        "last snapshot of the previous task folder (no start_weights.npy)"]
+
+
+def test_the_plasticity_summary_reads_each_folders_last_snapshot(analysed):
+    _, summary, _, pl = analysed
+    for key in ("effective_rank", "feature_norm", "stable_rank"):
+        values = pl[f"current_{key}"]  # (n, L, R)
+        assert not np.allclose(values[:, -1], values[:, 0])  # the choice matters here
+        s = summary["plasticity"]["current_task_last_snapshot"][key]
+        np.testing.assert_allclose(s["per_task_mean"], values[:, -1].mean(axis=1), rtol=1e-12, err_msg=key)
+        assert math.isclose(s["last_task"]["std"], float(np.std(values[-1, -1], ddof=1)), rel_tol=1e-9)
+        all_tasks = summary["plasticity"]["all_tasks_last_snapshot"][key]
+        np.testing.assert_allclose(all_tasks["per_task_mean"], pl[f"all_tasks_{key}"].mean(axis=1), rtol=1e-12)
+
+
+def test_curves_shift_each_folders_steps_by_the_last_step_of_those_before(analysed):
+    # log_steps (5, 10) in every folder: folder i's snapshots at 10 i + 5 and 10 i + 10.
+    algo, _, _, _ = analysed
+    curves = np.load(algo / "analysis" / "curves.npz")
+    np.testing.assert_array_equal(curves["steps"], [5, 10, 15, 20, 25, 30])
+    np.testing.assert_array_equal(curves["task_boundaries"], [0, 10, 20])
+    np.testing.assert_array_equal(curves["task_ids"], np.arange(T))
+    acc = [pickle.loads((algo / f"task_{i:03d}" / "metrics.pkl").read_bytes())["test_acc"] for i in range(T)]
+    np.testing.assert_allclose(curves["current_task_acc"], np.concatenate([a[:, :, i] for i, a in enumerate(acc)]),
+                               rtol=1e-6)
+    np.testing.assert_allclose(curves["test_acc"], np.concatenate(acc), rtol=1e-6)
+
+
+def test_the_dormant_threshold_reaches_the_plasticity_analysis(tmp_path):
+    algo = tmp_path / "run"
+    write_fake_run(algo)
+    summary = analyze_run(algo, analyses=("plasticity",), make_plots=False, tau=0.8)
+    assert summary["plasticity"]["tau"] == 0.8
+    pl = np.load(algo / "analysis" / "plasticity.npz")
+    reps = [np.load(algo / f"task_{i:03d}" / "representations.npy")[:, :, i] for i in range(T)]  # (L, R, S, H)
+    wide = np.stack([plasticine.dormant_ratio(h, tau=0.8) for h in reps])
+    assert not np.allclose(wide, np.stack([plasticine.dormant_ratio(h) for h in reps]))  # tau matters on this data
+    np.testing.assert_allclose(pl["current_dormant_ratio"], wide)
+    np.testing.assert_allclose(pl["current_dead_ratio"], np.stack([plasticine.dormant_ratio(h, tau=0.0) for h in reps]))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import pickle
 
 import numpy as np
@@ -13,9 +14,10 @@ from cljax.cli import main as cli_main
 L, R, T = 2, 3, 4
 
 
-def write_run(algo_dir, learner_TR, expert_TR, window: bool):
+def write_run(algo_dir, learner_TR, expert_TR, window: bool, expert_first: float = 0.5):
     """Task folders with only what the comparison reads. ``window``: 2 slots, the current one last
-    (as --eval-tasks window:2 saves them); else one slot per task (all)."""
+    (as --eval-tasks window:2 saves them); else one slot per task (all). The expert's first
+    snapshot is ``expert_first``, its last ``expert_TR``."""
     for t in range(T):
         d = algo_dir / f"task_{t:03d}"
         d.mkdir(parents=True)
@@ -23,7 +25,7 @@ def write_run(algo_dir, learner_TR, expert_TR, window: bool):
         cur = 1 if window else t
         test_acc = np.full((L, R, slots), 0.123)
         test_acc[-1, :, cur] = learner_TR[t]
-        expert = {"test_acc": np.stack([np.full(R, 0.5), expert_TR[t]])}
+        expert = {"test_acc": np.stack([np.full(R, expert_first), expert_TR[t]])}
         with open(d / "metrics.pkl", "wb") as f:
             pickle.dump({"test_acc": test_acc}, f, protocol=4)
         with open(d / "expert_metrics.pkl", "wb") as f:
@@ -106,3 +108,24 @@ def test_runs_on_different_protocols_are_compared_with_a_warning(tmp_path, capsy
     assert cli_main(["compare", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "differ in dataset (dataset: fashion_mnist, synthetic)" in err, err
+
+
+def test_late_tasks_are_the_later_half_and_every_figure_reads_the_experts_last_snapshot(tmp_path):
+    # Three tasks (late: n // 2 = 1 to 2); the expert's first snapshot (0.99) beats its last one,
+    # and repeat 2's learner has no finite accuracy on task 1 (left out of that task's mean).
+    import shutil
+
+    rng = np.random.default_rng(4)
+    learner, expert = rng.uniform(0.5, 0.9, (T, R)), rng.uniform(0.5, 0.9, (T, R))
+    learner[1, 2] = np.nan
+    write_run(tmp_path / "run", learner, expert, window=False, expert_first=0.99)
+    shutil.rmtree(tmp_path / "run" / f"task_{T - 1:03d}")
+    s = compare_runs([tmp_path / "run"], labels=["run"])["run"]
+    assert s["n_tasks"] == 3 and s["late_tasks"] == [1, 2]
+    gap = expert[:3] - learner[:3]
+    for key, values in (("gap_late", gap), ("learner_late", learner[:3]), ("expert_late", expert[:3])):
+        per_repeat = np.array([np.mean([v for v in values[1:, r] if np.isfinite(v)]) for r in range(R)])
+        assert math.isclose(s[key]["mean"], per_repeat.mean(), rel_tol=1e-12), key
+        assert math.isclose(s[key]["std"], per_repeat.std(ddof=1), rel_tol=1e-12), key
+    by_hand = [np.mean([g for g in gap[t] if np.isfinite(g)]) for t in range(3)]
+    np.testing.assert_allclose(s["gap_per_task"], by_hand, rtol=1e-12)
