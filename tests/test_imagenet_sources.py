@@ -95,8 +95,11 @@ def _plain_parquet(path, labels):
     pq.write_table(pa.table({"image": pa.array(blobs, pa.binary()), "label": pa.array(labels, pa.int64())}), path)
 
 
-def _card(root, names: list[str]):
-    lines = "".join(f"          '{i}': {n}\n" for i, n in enumerate(names))
+def _card(root, names: list[str], keys: list | None = None):
+    """A hub card listing ``names`` under ``keys`` (default '0', '1', ...; a str key is quoted)."""
+    keys = [str(i) for i in range(len(names))] if keys is None else keys
+    lines = "".join(f"          {k!r}: {n}\n" if isinstance(k, str) else f"          {k}: {n}\n"
+                    for k, n in zip(keys, names))
     (root / "README.md").write_text("---\ndataset_info:\n  features:\n  - name: label\n    dtype:\n      class_label:\n"
                                     f"        names:\n{lines}---\n")
 
@@ -114,10 +117,7 @@ def test_class_names_from_a_card_keyed_other_than_by_the_ids_are_refused(tmp_pat
     # Names keyed 'a', 'b' raised a bare ValueError (a traceback); ids with a gap shifted the names
     # against the labels. Keys YAML reads as integers are ids like quoted ones.
     _plain_parquet(tmp_path / "train-00000-of-00001.parquet", [0, 1])
-    lines = "".join(f"          {k!r}: name{i}\n" if isinstance(k, str) else f"          {k}: name{i}\n"
-                    for i, k in enumerate(keys))
-    (tmp_path / "README.md").write_text("---\ndataset_info:\n  features:\n  - name: label\n    dtype:\n      "
-                                        f"class_label:\n        names:\n{lines}---\n")
+    _card(tmp_path, ["name0", "name1"], keys)
     if refused is None:
         assert plan_source(str(tmp_path)).class_names == ("name0", "name1")
         return
