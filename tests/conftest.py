@@ -7,14 +7,31 @@ from pathlib import Path
 
 # Compilation is most of this suite's time on a 2-core CPU, and XLA's backend optimisation is
 # most of compilation. Level 1 compiles much faster than the default and still runs the long
-# tests fast (level 0 does not: docs/benchmark.md, "Test suite"). The tests compare numbers within
-# one process or against tolerances, never against a fully optimised build. Set
-# CLJAX_TEST_XLA_OPT=full to test the optimised build (what `cljax run` uses). Subprocesses
-# inherit the flags.
+# tests fast (level 0 does not: docs/benchmark.md, "Test suite"). XLA:CPU's older loop emitters
+# (xla_cpu_use_fusion_emitters=false) compile faster again at the same speed; XLA aborts the
+# process on a flag it does not know, so that one is tried in a child process first. The tests
+# compare numbers within one process or against tolerances, never against a fully optimised
+# build. Set CLJAX_TEST_XLA_OPT=full to test the optimised build (what `cljax run` uses).
+# Subprocesses (and the xdist workers) inherit the flags.
 FAST_COMPILE_FLAGS = "--xla_backend_optimization_level=1"
+OPTIONAL_FAST_COMPILE_FLAGS = "--xla_cpu_use_fusion_emitters=false"
+
+
+def xla_accepts(flags: str) -> bool:
+    """Whether this jaxlib's XLA starts with ``flags`` added to XLA_FLAGS (it aborts on an unknown one)."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "XLA_FLAGS": (os.environ.get("XLA_FLAGS", "") + " " + flags).strip(), "JAX_PLATFORMS": "cpu"}
+    probe = subprocess.run([sys.executable, "-c", "import jax; jax.jit(lambda x: x + 1)(1)"], env=env,
+                           capture_output=True, timeout=120)
+    return probe.returncode == 0
+
+
 if os.environ.get("CLJAX_TEST_XLA_OPT", "fast") != "full" and "xla_backend_optimization_level" not in os.environ.get(
         "XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + FAST_COMPILE_FLAGS).strip()
+    extra = FAST_COMPILE_FLAGS + (" " + OPTIONAL_FAST_COMPILE_FLAGS if xla_accepts(OPTIONAL_FAST_COMPILE_FLAGS) else "")
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + extra).strip()
 
 # On a GPU each JAX process takes 75% of the GPU's memory when it starts, so a subprocess that
 # uses JAX there (the CLI, a pytest child, a benchmark) would find too little left beside this
