@@ -15,7 +15,6 @@ every task folder to the run.json they belong to.
 from __future__ import annotations
 
 import json
-import os
 import uuid
 import zipfile
 import zlib
@@ -25,6 +24,7 @@ import jax
 import numpy as np
 
 from cljax.errors import CljaxError, brief
+from cljax.safe_files import atomic_write
 
 RUN_RECORD = "run.json"
 CHECKPOINT = "checkpoint.npz"
@@ -36,24 +36,6 @@ def new_run_id() -> str:
     return uuid.uuid4().hex
 
 
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # a full disk must not keep the half-written copy
-        raise
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_run_record(algo_dir: Path, config_dict: dict, schema: int, *, run_id: str | None = None,
                      data: str | None = None, split: dict | None = None, sources: dict | None = None) -> None:
     """run.json: the flat settings the run was started with, the schema they follow, the run id,
@@ -62,7 +44,7 @@ def write_run_record(algo_dir: Path, config_dict: dict, schema: int, *, run_id: 
     record = {"schema": schema, "config": config_dict, "run_id": run_id, "data": data, "split": split,
               "sources": sources}
     encoded = json.dumps(record, indent=1, sort_keys=True).encode()
-    _atomic_write(algo_dir / RUN_RECORD, lambda f: f.write(encoded))
+    atomic_write(algo_dir / RUN_RECORD, lambda f: f.write(encoded))
 
 
 def read_run_record(algo_dir: Path) -> dict | None:
@@ -117,7 +99,7 @@ def save_learner(algo_dir: Path, learner, next_task: int, run_id: str | None = N
             arrays[f"{_KEY_PREFIX}{i}"] = np.asarray(jax.random.key_data(leaf))
         else:
             arrays[f"leaf:{i}"] = np.asarray(leaf)
-    _atomic_write(algo_dir / CHECKPOINT, lambda f: np.savez(f, **arrays))
+    atomic_write(algo_dir / CHECKPOINT, lambda f: np.savez(f, **arrays))
 
 
 _READ_ERRORS = (OSError, ValueError, EOFError, KeyError, TypeError, zipfile.BadZipFile, zlib.error, MemoryError)

@@ -206,6 +206,7 @@ def _cmd_compare(argv: list[str]) -> int:
         _check_output_file(flag, path)
     from cljax.analysis.compare import compare_runs, format_comparison, protocol_differences
     from cljax.analysis.spread import jsonable
+    from cljax.safe_files import atomic_write
 
     summary = compare_runs(args.runs, args.out)
     print(format_comparison(summary))
@@ -215,7 +216,8 @@ def _cmd_compare(argv: list[str]) -> int:
         print(f"warning: the runs differ in {', '.join(differ)} ({values}): their gaps are not on one protocol.",
               file=sys.stderr)
     if args.json:
-        Path(args.json).write_text(json.dumps(jsonable(summary), indent=1, allow_nan=False))  # NaN as null
+        encoded = json.dumps(jsonable(summary), indent=1, allow_nan=False).encode()  # NaN as null
+        atomic_write(Path(args.json), lambda f: f.write(encoded))
     if args.out:
         print(f"plot: {args.out}")
     return 0

@@ -55,6 +55,24 @@ def file_sha256(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
+def atomic_write(path: Path, write) -> None:
+    """Replace ``path`` with what ``write(f)`` writes to an open binary file: written to a
+    temporary name beside it, fsynced, renamed, so that a crash or a full disk leaves the old
+    file or the new one, never a part of it (and no temporary)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
 def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:

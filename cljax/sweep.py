@@ -27,6 +27,7 @@ from pathlib import Path
 
 from cljax.config import Config
 from cljax.errors import CljaxError, MissingData
+from cljax.safe_files import atomic_write
 from cljax.settings import (Parser, add_run_flags, add_settings_flags, config_from_args, load_plugins_from_argv,
                             parse_setting, setting_specs)
 
@@ -240,9 +241,8 @@ def write_manifest(path: Path, runs: list[SweepRun], jobs, executor_kind: str, l
             os.replace(path, kept)
             print(f"warning: {path} was not readable JSON; it is kept as {kept}, and {path} lists this sweep only.",
                   file=sys.stderr)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps({**manifest, "earlier": earlier}, indent=1))
-    os.replace(tmp, path)
+    encoded = json.dumps({**manifest, "earlier": earlier}, indent=1).encode()
+    atomic_write(path, lambda f: f.write(encoded))
 
 
 def job_error_line(error: BaseException) -> str:

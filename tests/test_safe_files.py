@@ -46,3 +46,39 @@ def test_a_npy_longer_than_its_header_says_is_refused(tmp_path):
     with pytest.raises(DamagedFile, match=rf"binary_labels.npy is longer than its header says \({size + 8} bytes, "
                                           rf"{size} expected\)"):
         results.load_binary_labels(task)
+
+
+def test_atomic_write_leaves_the_old_file_or_the_new_one_and_no_temporary(tmp_path):
+    path = tmp_path / "summary.json"
+    safe_files.atomic_write(path, lambda f: f.write(b"old"))
+    assert path.read_bytes() == b"old"
+
+    def cut(f):  # a disk that fills, or a stop, half way through
+        f.write(b"new, half")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space"):
+        safe_files.atomic_write(path, cut)
+    assert path.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["summary.json"]
+    safe_files.atomic_write(path, lambda f: f.write(b"new"))
+    assert path.read_bytes() == b"new" and [p.name for p in tmp_path.iterdir()] == ["summary.json"]
+
+
+def test_a_plot_that_fails_while_written_leaves_the_previous_plot(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    from cljax.analysis import plots
+
+    path = tmp_path / "gap.png"
+    plots.plot_plasticity_gap({"run": np.array([0.1, 0.2, 0.3])}, path)
+    before = path.read_bytes()
+    assert before[:8] == b"\x89PNG\r\n\x1a\n"
+
+    def fails(self, f, **kwargs):
+        f.write(b"\x89PNG half")
+        raise KeyboardInterrupt  # a stop while the figure is written
+
+    monkeypatch.setattr(Figure, "savefig", fails)
+    with pytest.raises(KeyboardInterrupt):
+        plots.plot_plasticity_gap({"run": np.array([0.3, 0.2, 0.1])}, path)
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["gap.png"]

@@ -21,6 +21,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from cljax.analysis.spread import mean_std_axis0
+from cljax.safe_files import atomic_write
 
 
 def _figure(**kwargs) -> Figure:
@@ -99,7 +100,7 @@ def _task_ticks(axis) -> None:
 def _save(fig, path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight", format="png")
+    atomic_write(path, lambda f: fig.savefig(f, dpi=110, bbox_inches="tight", format="png"))
     return path
 
 
