@@ -64,6 +64,14 @@ class TaskKeys(NamedTuple):
     head: Any  # --head reset --head-reset-to init: the fresh output layer's draw
 
 
+def batch_indices(shuffle_keys, n: int, batches_per_epoch: int, batch_size: int):
+    """The training examples of every step, (E * batches_per_epoch, batch_size): each epoch is its
+    own permutation of the n examples (one key each, ``shuffle_keys`` (E,)), cut into batches;
+    the n - batches_per_epoch * batch_size examples an epoch's permutation puts last sit it out."""
+    perms_EN = jax.vmap(lambda k: jax.random.permutation(k, n))(shuffle_keys)
+    return perms_EN[:, : batches_per_epoch * batch_size].reshape(-1, batch_size)
+
+
 def train_task(parts: Parts, sizes: Sizes, learner: LearnerState, train_x_N, train_y_N, test_x_N, test_y_N, task_idx,
                keys: TaskKeys):
     """Train the learner and a fresh expert on one task (one repeat). Returns the learner and
@@ -72,9 +80,7 @@ def train_task(parts: Parts, sizes: Sizes, learner: LearnerState, train_x_N, tra
     the learner's train loss/acc (L,), and the expert's train and test (current task) loss/acc (L,)."""
     N, B, LF = train_x_N.shape[0], sizes.batch_size, sizes.log_frequency
     expert = init_expert(parts, keys.expert_init, keys.expert_rule)
-    # The repeat reshuffles its data every epoch: indices (steps, B).
-    perms_EN = jax.vmap(lambda k: jax.random.permutation(k, N))(keys.shuffle)
-    idx_SB = perms_EN[:, : sizes.batches_per_epoch * B].reshape(sizes.steps, B)
+    idx_SB = batch_indices(keys.shuffle, N, sizes.batches_per_epoch, B)
 
     # Task-start hooks (shrink+perturb at a boundary, the head's reset) come first: the trace's
     # row 0, evaluated as the task's start and saved as its start weights, is the state this

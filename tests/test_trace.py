@@ -14,7 +14,7 @@ from cljax import results
 from cljax.experiment import run_experiment
 from cljax.program import task_keys
 from cljax.step import KEY_TASKS
-from cljax.train import Sizes
+from cljax.train import Sizes, batch_indices
 from tests.conftest import small_config
 
 TINY = dict(dataset="synthetic", synthetic_classes=4, data_dir=None, num_tasks=2, n_repeats=2, n_train_per_class=20,
@@ -58,6 +58,26 @@ def test_each_task_repeat_and_seed_draws_its_own_expert():
             keys = task_keys(jax.random.fold_in(tasks_key, t), 2, sizes, 1)
             drawn += [jax.random.key_data(k).tobytes() for k in keys.expert_init]  # one per repeat
     assert len(set(drawn)) == len(drawn) == 8
+
+
+def test_every_epoch_is_its_own_permutation_of_the_task_data():
+    """The batches of a task: each epoch passes over n examples in the order of its own key's
+    permutation, every example at most once, the remainder of n / batch size left out; no two
+    epochs (and no two repeats) share an order."""
+    sizes = Sizes.of(small_config(Path("unused"), **{**TINY, "epochs": 3}))
+    n, bpe, B = 10, 3, 3
+    keys = task_keys(jax.random.key(7), 2, sizes, 1).shuffle  # (R, E)
+    assert keys.shape == (2, 3)
+    orders = []
+    for r in range(2):
+        idx = np.asarray(batch_indices(keys[r], n, bpe, B))
+        assert idx.shape == (3 * bpe, B)
+        for e in range(3):
+            epoch = idx[e * bpe: (e + 1) * bpe].ravel()
+            np.testing.assert_array_equal(epoch, np.asarray(jax.random.permutation(keys[r, e], n))[: bpe * B])
+            assert len(set(epoch.tolist())) == bpe * B and epoch.min() >= 0 and epoch.max() < n
+            orders.append(tuple(epoch.tolist()))
+    assert len(set(orders)) == len(orders) == 6
 
 
 def test_training_metrics_are_the_mean_over_each_snapshots_own_steps(tmp_path):
