@@ -121,5 +121,6 @@ def disk_run_files(b: Budget) -> dict:
     # npz = a zip of .npy members (stored, zip64): about 200 bytes of zip headers per member.
     members = [npy_bytes(*_host_shape_dtype(leaf)) + 200 for leaf in jax.tree.leaves(learner)]
     members.append(npy_bytes((), np.int64) + 200)  # next_task
+    members.append(npy_bytes((), np.dtype("<U32")) + 200)  # run_id: a uuid's 32 hex digits
     return {RUN_RECORD: record, CHECKPOINT: sum(members) + 22,
             "initial/": npy_bytes((b.config.n_repeats,), _weights_dtype(b)) + 1024}
