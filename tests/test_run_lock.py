@@ -1,0 +1,86 @@
+"""The run folder's lock (cljax/run_lock.py) called directly: what it writes, which holders it
+lets share, and how it judges a recorded holder where the filesystem has no file locks."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import socket
+
+import pytest
+
+from cljax.errors import CljaxError
+from cljax.run_lock import RUN_LOCK, RunLock
+
+
+@pytest.fixture
+def no_flock(monkeypatch):
+    """A filesystem without file locks (some network filesystems): flock fails with ENOLCK."""
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+
+
+def test_a_lock_file_is_rewritten_whole_so_a_longer_old_record_leaves_no_tail(tmp_path):
+    # The file is reused, never deleted: a shorter new record must not leave the end of the
+    # previous holder's behind it (the record would no longer be JSON, and the refusal would
+    # name "pid ?" instead of the holder).
+    (tmp_path / RUN_LOCK).write_text(json.dumps({"host": "h" * 300, "pid": 1, "since": "long ago"}) + "\n")
+    with RunLock(tmp_path):
+        record = json.loads((tmp_path / RUN_LOCK).read_text())
+    assert record["pid"] == os.getpid() and record["host"] == socket.gethostname()
+    assert set(record) == {"host", "pid", "since"}
+
+
+def test_readers_share_a_finished_run_but_not_with_a_writer(tmp_path):
+    # Two `cljax analyze` of one finished run at once are fine; a reader while a run writes is not.
+    with RunLock(tmp_path):
+        pass  # a finished run: its lock file is there, nobody holds it
+    with RunLock(tmp_path, exclusive=False), RunLock(tmp_path, exclusive=False):
+        with pytest.raises(CljaxError, match="is in use by another cljax run"):
+            RunLock(tmp_path).__enter__()
+    with RunLock(tmp_path):
+        with pytest.raises(CljaxError, match=f"is in use by another cljax run \\(pid {os.getpid()} on "):
+            RunLock(tmp_path, exclusive=False).__enter__()
+
+
+def test_a_reader_of_a_run_from_before_locks_takes_no_lock_and_creates_no_file(tmp_path):
+    with RunLock(tmp_path, exclusive=False) as lock:
+        assert lock.fd is None
+    assert not (tmp_path / RUN_LOCK).exists()
+
+
+def test_without_file_locks_a_holder_on_another_host_is_refused_and_its_record_kept(tmp_path, no_flock):
+    # Its pid means nothing here, so it cannot be checked: refused, naming the file to delete.
+    record = json.dumps({"host": socket.gethostname() + "-elsewhere", "pid": os.getpid() + 1, "since": "x"})
+    (tmp_path / RUN_LOCK).write_text(record)
+    with pytest.raises(CljaxError, match=r"no file locks, so a run on another host cannot be checked: delete .*run\.lock"):
+        RunLock(tmp_path).__enter__()
+    assert (tmp_path / RUN_LOCK).read_text() == record
+
+
+def test_without_file_locks_a_holder_whose_pid_may_not_be_signalled_is_alive(tmp_path, no_flock, monkeypatch):
+    # kill(pid, 0) on another user's live process fails with EPERM: the process exists.
+    def kill(pid, sig):
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "kill", kill)
+    pid = os.getpid() + 1
+    (tmp_path / RUN_LOCK).write_text(json.dumps({"host": socket.gethostname(), "pid": pid, "since": "x"}))
+    with pytest.raises(CljaxError, match=f"in use by another cljax run \\(pid {pid} on "):
+        RunLock(tmp_path).__enter__()
+
+
+def test_without_file_locks_a_holder_that_has_ended_is_no_obstacle(tmp_path, no_flock, monkeypatch, capsys):
+    def kill(pid, sig):
+        raise ProcessLookupError(errno.ESRCH, "No such process")
+
+    monkeypatch.setattr(os, "kill", kill)
+    (tmp_path / RUN_LOCK).write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid() + 1}))
+    with RunLock(tmp_path):
+        assert json.loads((tmp_path / RUN_LOCK).read_text())["pid"] == os.getpid()
+    assert "on a filesystem without file locks" in capsys.readouterr().err

@@ -1,0 +1,62 @@
+"""The plugin files of a run (cljax/sources.py) on hand-made entries: what is recorded, and
+which changes between the record and now a resume refuses."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import sys
+import types
+
+import pytest
+
+from cljax import sources
+from cljax.errors import CljaxError
+from cljax.registry import Entry
+from tests.conftest import small_config
+
+
+def _plugin_entry(monkeypatch, tmp_path, name, text="x = 1\n"):
+    """An entry whose builder lives in plugin file ``name``.py, loaded as load_plugins names it."""
+    path = tmp_path / f"{name}.py"
+    path.write_text(text)
+    module = types.ModuleType(f"cljax_plugin_{name}_1")
+    module.__file__ = str(path)
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+
+    def build(params, ctx):
+        pass
+
+    build.__module__ = module.__name__
+    return Entry(name=name, build=build), path
+
+
+def test_an_entry_of_a_plugin_file_is_recorded_with_the_hash_of_that_file(tmp_path, monkeypatch):
+    # A plugin's module is "cljax_plugin_..." : a name that starts with "cljax" but is not cljax's.
+    mine, path = _plugin_entry(monkeypatch, tmp_path, "mine", "print('mine')\n")
+    own = Entry(name="SL", build=sources.plugin_sources)  # a function of cljax itself
+    monkeypatch.setattr(sources, "used_entries", lambda config: {"rule SL": own, "model mine": mine})
+    assert sources.plugin_sources(None) == {
+        "model mine": {"file": str(path), "sha256": hashlib.sha256(b"print('mine')\n").hexdigest()}}
+
+
+def test_a_resume_refuses_an_entry_that_a_plugin_took_over_since_the_run_started(tmp_path, monkeypatch):
+    mine, path = _plugin_entry(monkeypatch, tmp_path, "mine")
+    theirs, _ = _plugin_entry(monkeypatch, tmp_path, "theirs")
+    monkeypatch.setattr(sources, "used_entries", lambda config: {"model mine": mine})
+    recorded = sources.plugin_sources(None)
+    sources.check_sources(recorded, None, tmp_path)  # unchanged: no error
+    # The run started on cljax's own entries only (recorded sources {}, not a missing record).
+    with pytest.raises(CljaxError, match=f"its model mine was cljax's own and now comes from {re.escape(str(path))}"):
+        sources.check_sources({}, None, tmp_path)
+    # It started with one plugin entry and now uses a second one from a plugin.
+    monkeypatch.setattr(sources, "used_entries", lambda config: {"model mine": mine, "rule theirs": theirs})
+    with pytest.raises(CljaxError, match=r"its rule theirs was cljax's own and now comes from .*theirs\.py"):
+        sources.check_sources(recorded, None, tmp_path)
+
+
+def test_the_enabled_options_are_among_the_entries_a_run_uses(tmp_path):
+    config = small_config(tmp_path, use_l2=True)
+    used = sources.used_entries(config)
+    assert sorted(used) == ["dataset fashion_mnist", "model cnn", "option l2", "rule SL"]
+    assert used["option l2"].name == "l2"
