@@ -121,3 +121,18 @@ def test_snapshots_on_several_tasks_and_image_chunks():
             np.testing.assert_array_equal(np.asarray(reps[l, k]), x[k, :4])
     assert np.isnan(np.asarray(acc[:, 2])).all() and np.isnan(np.asarray(loss[:, 2])).all()
     assert np.isnan(np.asarray(reps[:, 2])).all()
+
+
+def test_leading_slots_without_a_task_are_not_computed_when_later_ones_hold_tasks():
+    """--eval-tasks window:5 at task 2: slots [-1, -1, 0, 1, 2], 2 per call. The first chunk has no
+    task and a later one does, so it is not computed (only the all-empty run computes its first
+    chunk, for the shapes): its slots are NaN, the others exact."""
+    weights = np.array([1.0, 2.0])
+    x, y = host_test_sets(5)
+    calls = []
+    acc, loss, reps = stream_chunks(fake_evaluate(calls), weights, x, y, np.array([-1, -1, 0, 1, 2], np.int32), 2)
+    assert calls == [[0, 1], [2, 2]]
+    assert acc.shape == (L, R, 5) and reps.shape == (L, R, 5, 1, 1)
+    assert np.isnan(acc[:, :, :2]).all() and np.isnan(loss[:, :, :2]).all() and np.isnan(reps[:, :, :2]).all()
+    want = weights[:, None, None] + (np.arange(2, 5)[None, :] + np.array([0.0, 0.5])[:, None])[None]
+    np.testing.assert_array_equal(acc[:, :, 2:], want)

@@ -302,3 +302,14 @@ def test_a_model_with_batch_statistics_and_no_mask_is_refused_with_an_option_tha
     resnet = make_net(build_model("resnet", MODELS["resnet"].params(width=4, blocks=1, hidden=8),
                                   ModelContext(out_dim=1, image_shape=(28, 28), conv_impl="lax")), (28, 28))
     assert len(make_options(Config.from_flat(use_replay=True), resnet)) == 1
+
+
+@pytest.mark.parametrize("conv_impl", ["lax", "im2col"])
+def test_the_cnn_averages_its_last_feature_map_when_the_pools_leave_more_than_one_position(conv_impl):
+    """84 x 84 images leave a 3 x 3 map after the three pools (84 -> 28 -> 9 -> 3): the features
+    are its mean (at 28 x 28 the map is 1 x 1, where a max or a corner would pass as well)."""
+    images = jnp.asarray(np.random.default_rng(3).integers(0, 256, (2, 84, 84)).astype(np.uint8))
+    model = CNN(out_dim=2, conv_impl=conv_impl)
+    params = perturbed_cnn_params(model, images)
+    for got, ref in zip(jax.jit(model.apply)({"params": params}, images), reference_cnn(params, images), strict=True):
+        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)

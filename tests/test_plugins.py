@@ -220,8 +220,9 @@ def _net(returns):
             hidden = nn.relu(nn.Dense(4, name="dense1")(x))
             logits = nn.Dense(2 if returns == "two_logits" else 1, name="out" if returns == "no_head" else "head")(hidden)
             return {"pair": (logits, hidden), "logits_only": logits, "flat": (logits[:, 0], hidden),
+                    "flat_hidden": (logits, hidden[:, 0]), "pooled_hidden": (logits, hidden.mean(0, keepdims=True)),
                     "two_logits": (logits, hidden), "no_head": (logits, hidden)}[returns if returns in (
-                        "logits_only", "flat") else "pair"]
+                        "logits_only", "flat", "flat_hidden", "pooled_hidden") else "pair"]
 
     return make_net(Broken(), (8, 8))
 
@@ -229,6 +230,8 @@ def _net(returns):
 @pytest.mark.parametrize("returns, outputs, needs_head, message", [
     ("logits_only", 1, None, r"must return \(logits, hidden\) .*; it returns ShapeDtypeStruct: return the pair"),
     ("flat", 1, None, r"returns logits \(2,\) and hidden \(2, 4\): size its output layer"),
+    ("flat_hidden", 1, None, r"returns logits \(2, 1\) and hidden \(2,\): size its output layer"),
+    ("pooled_hidden", 1, None, r"returns logits \(2, 1\) and hidden \(1, 4\): size its output layer"),
     ("pair", 2, None, r"logits \(batch, 2\) .* returns logits \(2, 1\) .*ModelContext.out_dim"),
     ("no_head", 1, "--head reset", r"--head reset acts on the output layer, the parameter group 'head', which model "
                                    r"'broken' does not have \(it has dense1, out\)"),

@@ -141,6 +141,25 @@ def test_eval_task_slots_per_mode():
         Config.from_flat(eval_tasks="window:x").validate()
 
 
+def test_the_current_task_is_slot_t_under_all_and_seen_and_the_last_slot_of_a_window():
+    """metadata.json's current_slot tells the analyses where the task being trained sits."""
+    for mode in ("all", "seen"):
+        record = parse_eval_tasks(mode).record(2, 4)
+        assert (record["slots"], record["current_slot"]) == (4, 2), mode
+    assert parse_eval_tasks("current").record(2, 4)["current_slot"] == 0
+    assert parse_eval_tasks("window:3").record(1, 4)["eval_task_ids"] == [-1, 0, 1]
+
+
+def test_recorded_slot_ids_that_match_their_mode_but_not_the_saved_arrays_are_refused():
+    """window:2 at task 1 of 4 is [0, 1]: right for the mode, but arrays of 3 slots are not it."""
+    from cljax.eval_tasks import eval_ids_of
+
+    meta = {"eval_tasks": {"mode": "window:2", "eval_task_ids": [0, 1]}, "task_index": 1, "config": {"num_tasks": 4}}
+    assert eval_ids_of(meta, 2).tolist() == [0, 1]
+    with pytest.raises(CljaxError, match=r"the saved arrays hold 3"):
+        eval_ids_of(meta, 3)
+
+
 def test_runs_recorded_before_the_settings_resume_as_pairs_and_all(tmp_path):
     recorded = {k: v for k, v in Config.from_flat(results_dir=str(tmp_path)).to_dict().items()
                 if k not in ("task_schedule", "eval_tasks")}
