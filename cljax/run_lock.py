@@ -22,7 +22,8 @@ class RunLock:
     while a finished run is read. The system releases it when its process ends however it ends,
     so a dead run's lock is free at once; the file (never deleted) records the last holder's
     host and pid for the message. Where the filesystem has no locks, a live holder on the same
-    host is detected from that record, and another host's holder is refused."""
+    host is detected from that record (by a writer and by a reader), and another host's holder
+    is refused to a writer."""
 
     def __init__(self, algo_dir: Path, exclusive: bool = True):
         self.algo_dir, self.exclusive, self.fd = Path(algo_dir), exclusive, None
@@ -78,12 +79,15 @@ class RunLock:
     def _without_flock(self, fd: int, path: Path) -> None:
         holder = _read_holder(path)
         pid, host = holder.get("pid"), holder.get("host")
-        if self.exclusive and isinstance(pid, int) and pid != os.getpid():
+        if isinstance(pid, int) and pid != os.getpid():
             if host != socket.gethostname():
-                os.close(fd)
-                raise CljaxError(self._in_use(holder)[:-1] + f"; this filesystem has no file locks, so a run on "
-                                 f"another host cannot be checked: delete {path} if that run has ended.")
-            if _alive(pid):
+                # A reader goes ahead: the record outlives its run, and a run is often read on
+                # another host than the one that wrote it.
+                if self.exclusive:
+                    os.close(fd)
+                    raise CljaxError(self._in_use(holder)[:-1] + f"; this filesystem has no file locks, so a run on "
+                                     f"another host cannot be checked: delete {path} if that run has ended.")
+            elif _alive(pid):  # a reader waits for a writer, as with file locks
                 os.close(fd)
                 raise CljaxError(self._in_use(holder))
         print(f"warning: {path.parent} is on a filesystem without file locks: cljax checks the host and pid in "

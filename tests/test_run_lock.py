@@ -84,3 +84,19 @@ def test_without_file_locks_a_holder_that_has_ended_is_no_obstacle(tmp_path, no_
     with RunLock(tmp_path):
         assert json.loads((tmp_path / RUN_LOCK).read_text())["pid"] == os.getpid()
     assert "on a filesystem without file locks" in capsys.readouterr().err
+
+
+def test_without_file_locks_a_reader_waits_for_a_live_writer_on_this_host_but_not_for_another_hosts_record(
+        tmp_path, no_flock, monkeypatch):
+    # As with file locks, reading a run that a live process is writing is refused. Another host's
+    # record cannot be checked, and it outlives its run: a reader goes ahead and leaves it as it is.
+    monkeypatch.setattr(os, "kill", lambda pid, sig: None)  # the recorded pid is alive
+    pid = os.getpid() + 1
+    (tmp_path / RUN_LOCK).write_text(json.dumps({"host": socket.gethostname(), "pid": pid, "since": "x"}))
+    with pytest.raises(CljaxError, match=f"in use by another cljax run \\(pid {pid} on "):
+        RunLock(tmp_path, exclusive=False).__enter__()
+    record = json.dumps({"host": socket.gethostname() + "-elsewhere", "pid": pid, "since": "x"})
+    (tmp_path / RUN_LOCK).write_text(record)
+    with RunLock(tmp_path, exclusive=False):
+        pass
+    assert (tmp_path / RUN_LOCK).read_text() == record
