@@ -8,7 +8,7 @@ from pathlib import Path
 # Compilation is most of this suite's time on a 2-core CPU, and XLA's backend optimisation is
 # most of compilation. Level 1 compiles much faster than the default and still runs the long
 # tests fast (level 0 does not: docs/benchmark.md, "Test suite"). XLA:CPU's older loop emitters
-# (xla_cpu_use_fusion_emitters=false) compile faster again at the same speed; XLA aborts the
+# (xla_cpu_use_fusion_emitters=false) compile faster again, and the suite ends sooner; XLA aborts the
 # process on a flag it does not know, so that one is tried in a child process first. The tests
 # compare numbers within one process or against tolerances, never against a fully optimised
 # build. Set CLJAX_TEST_XLA_OPT=full to test the optimised build (what `cljax run` uses).
