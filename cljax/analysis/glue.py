@@ -87,8 +87,8 @@ DIAGNOSTIC_KEYS = ("max_residual", "converged_fraction", "max_iterations", "inse
 # largest is read off the small (P, P) Gram matrix: jnp.linalg.norm(B, ord=2) of a wide (P, N)
 # matrix allocates N x N, which vmapped over the probes ran out of memory at N = 3136; and taking
 # it from the thin SVD's own singular values made the compiled program hang on its second call
-# on XLA:CPU (jax 0.10): likely the LAPACK thread-pool wait that README.md's Reliability section
-# describes, which this code still meets.
+# on XLA:CPU (jax 0.10): likely the LAPACK thread-pool wait that cljax/devices/lapack_pool.py
+# works around.
 _SV_REL = 1e-5
 
 
