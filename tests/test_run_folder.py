@@ -148,26 +148,6 @@ def test_a_locked_folder_is_refused_and_a_dead_holder_is_no_obstacle(made, tmp_p
     assert rc == 0 and "already finished" in out
 
 
-def test_without_file_locks_the_recorded_holder_is_checked(tmp_path, monkeypatch, capsys):
-    import fcntl
-
-    from cljax.run_lock import RUN_LOCK, RunLock
-
-    def no_locks(fd, op):
-        raise OSError(errno.ENOLCK, "No locks available")
-
-    monkeypatch.setattr(fcntl, "flock", no_locks)
-    (tmp_path / RUN_LOCK).write_text(json.dumps({"host": os.uname().nodename, "pid": os.getppid(), "since": "x"}))
-    with pytest.raises(CljaxError, match=f"in use by another cljax run \\(pid {os.getppid()} on"):
-        RunLock(tmp_path).__enter__()
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    (tmp_path / RUN_LOCK).write_text(json.dumps({"host": os.uname().nodename, "pid": dead.pid, "since": "x"}))
-    with RunLock(tmp_path):
-        assert json.loads((tmp_path / RUN_LOCK).read_text())["pid"] == os.getpid()
-    assert "without file locks" in capsys.readouterr().err
-
-
 def test_a_lock_file_that_is_a_link_is_refused_and_its_target_left_as_it_is(tmp_path):
     from cljax.run_lock import RUN_LOCK, RunLock
 
