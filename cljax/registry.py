@@ -150,7 +150,9 @@ class Registry:
         self._load()
         if name not in self._entries:
             how = f" with --{self.setting}" if self.setting else ""
-            raise CljaxError(f"unknown {self.setting or self.kind} {name!r}: choose one of "
+            same = [n for n in sorted(self._entries) if str(name).lower() == n.lower()]  # names are case-sensitive
+            hint = f" (did you mean {same[0]!r}?)" if same else ""
+            raise CljaxError(f"unknown {self.setting or self.kind} {name!r}{hint}: choose one of "
                              f"{', '.join(sorted(self._entries))}{how}, or load the file that registers it "
                              f"(--plugin FILE or ${PLUGINS_ENV}).")
         return self._entries[name]

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import pytest
+
+from cljax.errors import CljaxError
 from cljax.registry import Registry, load_plugins, param
 
 
@@ -51,3 +54,15 @@ def test_a_plugin_file_loads_once_however_often_and_however_it_is_named(tmp_path
     load_plugins([str(tmp_path / "other.py"), str(tmp_path / "sub" / ".." / "once.py")])
     load_plugins([str(tmp_path / "once.py")])
     assert log.read_text() == "once other "
+
+
+def test_an_unknown_name_in_another_case_is_refused_with_the_registered_spelling():
+    # Names are case-sensitive (they name result folders); "rl" is refused, pointing at "RL".
+    registry = Registry("rule", "cljax.rules", setting="algorithm")
+    registry.register("RL")(_build)
+    registry.register("SL")(_build)
+    with pytest.raises(CljaxError, match=r"unknown algorithm 'rl' \(did you mean 'RL'\?\): choose one of RL, SL "):
+        registry["rl"]
+    with pytest.raises(CljaxError, match=r"unknown algorithm 'XY': choose one of RL, SL with --algorithm"):
+        registry["XY"]
+    assert registry["RL"].name == "RL"
