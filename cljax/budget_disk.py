@@ -1,7 +1,7 @@
 """The disk a run takes: each task folder's files and the files beside them (run.json, the
 checkpoint, initial/), from the run's own task program (``cljax.budget.Budget``). Exact for the
 .npy files (header and data sizes follow from the shapes) and the pickles (pickled at the real
-shapes), estimated for metadata.json. ``cljax run`` checks the free disk with these figures
+shapes), estimated for metadata.json. ``cljax run`` checks the free disk with these figures (``check_disk``)
 before it writes; ``cljax plan`` prints them."""
 
 from __future__ import annotations
@@ -9,13 +9,17 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import pickle
+import shutil
+from pathlib import Path
 
 import jax
 import numpy as np
 
-from cljax.budget import Budget, _host_shape_dtype
+from cljax.budget import Budget, _host_shape_dtype, fmt_bytes
 from cljax.config import SCHEMA_VERSION
+from cljax.errors import CljaxError
 from cljax.eval_tasks import eval_slots, eval_tasks_of
 from cljax.sources import plugin_sources
 
@@ -111,9 +115,11 @@ def _metadata_json_bytes(b: Budget, pairs, names) -> int:
 
 
 def disk_run_files(b: Budget) -> dict:
-    """Files beside the task folders: the run record, the learner checkpoint (npz) and the
-    initial network (initial/: weights.npy exact, its metadata.json estimated at 1 KiB)."""
+    """Files beside the task folders: the run record, the learner checkpoint (npz), the
+    initial network (initial/: weights.npy exact, its metadata.json estimated at 1 KiB) and the
+    kept checkpoints (checkpoints/, with --keep-checkpoints)."""
     from cljax.checkpoint import CHECKPOINT, RUN_RECORD
+    from cljax.kept_checkpoints import KEPT
 
     record = len(json.dumps({"schema": SCHEMA_VERSION, "config": b.config.to_dict(),
                              "sources": plugin_sources(b.config)}, indent=1, sort_keys=True))
@@ -122,5 +128,38 @@ def disk_run_files(b: Budget) -> dict:
     members = [npy_bytes(*_host_shape_dtype(leaf)) + 200 for leaf in jax.tree.leaves(learner)]
     members.append(npy_bytes((), np.int64) + 200)  # next_task
     members.append(npy_bytes((), np.dtype("<U32")) + 200)  # run_id: a uuid's 32 hex digits
-    return {RUN_RECORD: record, CHECKPOINT: sum(members) + 22,
-            "initial/": npy_bytes((b.config.n_repeats,), _weights_dtype(b)) + 1024}
+    files = {RUN_RECORD: record, CHECKPOINT: sum(members) + 22,
+             "initial/": npy_bytes((b.config.n_repeats,), _weights_dtype(b)) + 1024}
+    n_kept = (b.config.num_tasks - 1) // b.config.keep_checkpoints if b.config.keep_checkpoints else 0
+    if n_kept:  # --keep-checkpoints: a checkpoint's copy as every N-th task begins
+        files[f"{KEPT}/"] = n_kept * files[CHECKPOINT]
+    return files
+
+
+# ---- the free disk, checked before each write ----------------------------------------------
+def block_size(algo_dir: Path) -> int:
+    probe = _existing(algo_dir)
+    try:
+        return max(os.statvfs(probe).f_frsize, 512)
+    except (OSError, AttributeError):
+        return 4096
+
+
+def on_disk(sizes, block: int) -> int:
+    """Bytes that files of these sizes take: each rounded up to whole blocks."""
+    return sum(-(-int(s) // block) * block for s in sizes)
+
+
+def check_disk(algo_dir: Path, need: int, what: str) -> None:
+    free = shutil.disk_usage(_existing(algo_dir)).free
+    if free < need:
+        raise CljaxError(
+            f"not enough disk at {algo_dir}: {what} needs {fmt_bytes(need)} ({need:,} bytes), {fmt_bytes(free)} "
+            f"({free:,} bytes) are free; free space or choose another --results-dir (the run resumes from its last "
+            f"finished task).")
+
+
+def _existing(path: Path) -> Path:
+    while not path.exists():
+        path = path.parent
+    return path

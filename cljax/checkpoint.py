@@ -106,15 +106,16 @@ _READ_ERRORS = (OSError, ValueError, EOFError, KeyError, TypeError, zipfile.BadZ
 
 
 def _damaged(path: Path, exc: BaseException) -> CljaxError:
-    return CljaxError(f"{path} is damaged ({type(exc).__name__}: {brief(exc)}): the learner state it held is lost, so the "
-                      f"run can only be trained again from task 0: pass --overwrite to delete the run in {path.parent} "
-                      f"and start again, or choose another --results-dir.")
+    return CljaxError(f"{path} is damaged ({type(exc).__name__}: {brief(exc)}): the learner state it held is lost: pass "
+                      f"--repair to train the tasks up to the last whole task folder again (from the nearest kept "
+                      f"checkpoint, or from task 0), --overwrite to delete the run in {path.parent} and train it again "
+                      f"from task 0, or choose another --results-dir.")
 
 
-def read_checkpoint_header(algo_dir: Path) -> tuple[int, str | None] | None:
-    """(next_task, run_id) of the checkpoint, after checking every member's CRC; None when there
-    is no checkpoint; CljaxError when it is truncated or damaged."""
-    path = algo_dir / CHECKPOINT
+def read_checkpoint_header(algo_dir: Path, path: Path | None = None) -> tuple[int, str | None] | None:
+    """(next_task, run_id) of the checkpoint (or of the checkpoint file ``path``), after checking
+    every member's CRC; None when there is no checkpoint; CljaxError when it is truncated or damaged."""
+    path = algo_dir / CHECKPOINT if path is None else path
     if not path.exists():
         return None
     try:
@@ -130,10 +131,11 @@ def read_checkpoint_header(algo_dir: Path) -> tuple[int, str | None] | None:
     return next_task, run_id
 
 
-def load_learner(algo_dir: Path, template):
+def load_learner(algo_dir: Path, template, path: Path | None = None):
     """Restore (learner, next_task) into the structure of ``template`` (a freshly initialised
-    learner of the same config). Returns None when there is no checkpoint."""
-    path = algo_dir / CHECKPOINT
+    learner of the same config), from the checkpoint or the checkpoint file ``path``. Returns
+    None when there is none."""
+    path = algo_dir / CHECKPOINT if path is None else path
     if not path.exists():
         return None
     try:

@@ -34,19 +34,25 @@ def _cmd_run(argv: list[str]) -> int:
     load_plugins_from_argv(argv)
     add_settings_flags(parser, argv)
     add_run_flags(parser)
+    parser.add_argument("--repair", action="store_true",
+                        help="write damaged task folders below the checkpoint (or a missing checkpoint) anew by training "
+                             "the tasks up to them again, from the nearest --keep-checkpoints state or from task 0; the "
+                             "folders recomputed on the way are compared with their record (default: refuse the run)")
     args = parser.parse_args(argv)
+    if args.repair and args.overwrite:
+        parser.error("--repair keeps the run and --overwrite deletes it: pass one of them")
     config = config_from_args(args)
     _use_every_core(config, args.overwrite)
     from cljax.experiment import format_summary, run_experiment
 
     outcome = _stoppable(lambda critical: run_experiment(
         config, overwrite=args.overwrite, progress=not args.no_progress,
-        allow_nonfinite=args.allow_nonfinite, critical=critical),
+        allow_nonfinite=args.allow_nonfinite, critical=critical, repair=args.repair),
         "the finished tasks are saved; run the same command to resume.")
     if outcome.already_finished:
         print(f"this run is already finished ({config.num_tasks} tasks, every task folder verified); "
               f"--overwrite would delete it and train it again.")
-    elif outcome.first_task:
+    elif 0 < outcome.first_task < config.num_tasks:
         print(f"resumed from task {outcome.first_task}.")
     print(format_summary(outcome))
     if not outcome.already_finished:

@@ -29,10 +29,11 @@ from cljax.registry import CONV_IMPLS, DATASETS, MODELS, OPTIONS, RULES, Entry, 
 # (BatchNorm scales) at their size (a run that a correction touches, recorded before it, is not
 # resumed: run_folder.changed_since).
 SCHEMA_VERSION = 4
-# Settings that change how fast a run goes or where it is written, not what it computes: a resume
-# need not match them (some change the float rounding, the last bits of losses and representations).
+# Settings that change how fast a run goes, where it is written or what it keeps beside its results, not
+# what it computes: a resume need not match them (some change the float rounding, the last bits of losses
+# and representations).
 SPEED_ONLY = ("results_dir", "eval_batch_size", "eval_chunk_tasks", "device_memory", "scan_unroll", "repeat_axis",
-              "learner_expert")
+              "learner_expert", "keep_checkpoints")
 
 
 def _structured(default):
@@ -94,6 +95,9 @@ class Config:
     eval_chunk_tasks: int = param(0, "evaluate the T tasks' test sets K at a time, streamed to and from the device "
                                   "(0: automatic, resident when everything fits --device-memory, else the largest K that "
                                   "fits; see `cljax plan`)", min=0)
+    keep_checkpoints: int = param(0, "keep the learner's checkpoint as every N-th task begins (checkpoints/, one "
+                                  "checkpoint's size each), so that `cljax run --repair` trains a damaged earlier task "
+                                  "folder again from the nearest kept one instead of from task 0 (0: keep none)", min=0)
     device_memory: int = param(0, "device memory budget in bytes per device for the automatic --eval-chunk-tasks "
                                "(0: what the device reports, on the CPU the host's available memory)", min=0,
                                max=2**62)  # a host-side byte count, not a 32-bit integer of the program

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cljax.budget import Budget, choose_eval_chunk, host_problem
-from cljax.budget_disk import disk_files_per_task, disk_run_files
+from cljax.budget_disk import block_size, check_disk, disk_files_per_task, disk_run_files, on_disk
 from cljax.checkpoint import CHECKPOINT, RUN_RECORD, load_learner, new_run_id, save_learner, write_run_record
 from cljax.config import SCHEMA_VERSION, Config, algo_dir_of
 from cljax.data import load_dataset
@@ -30,11 +30,11 @@ from cljax.eval_tasks import eval_tasks_of
 from cljax.evaluate import TestSets, WindowTestSets
 from cljax.faults import crash_point
 from cljax.initial_state import INITIAL, initial_arrays, write_initial
+from cljax.kept_checkpoints import keep_checkpoint, keeps, kept_path, replay_note, same_as_recorded
 from cljax.program import build_task_program
 from cljax.records import summary_row, task_arrays, task_metadata
 from cljax.results import task_dir_name, write_task
-from cljax.run_folder import (block_size, check_disk, clear_run, inspect_run, on_disk,
-                              remove_stale_temporaries, verify_task_dir)
+from cljax.run_folder import clear_run, inspect_run, remove_stale_temporaries, verify_task_dir
 from cljax.run_split import same_split, warn_if_other_eval_chunk, warn_if_other_split
 from cljax.run_lock import RunLock
 from cljax.sources import check_sources, plugin_sources
@@ -54,6 +54,7 @@ class RunResult:
     steps_per_second: float = 0.0
     already_finished: bool = False
     run_id: str | None = None
+    repaired: list = field(default_factory=list)  # task folders written anew by --repair
 
 
 def run_experiment(
@@ -64,6 +65,7 @@ def run_experiment(
     allow_nonfinite: bool = False,
     critical=contextlib.nullcontext(),
     on_task_end=None,
+    repair: bool = False,
 ) -> RunResult:
     """Run (or resume) a whole experiment and write its results tree.
 
@@ -72,7 +74,9 @@ def run_experiment(
     folder is locked while the run writes it (cljax/run_folder.py). An existing run with the
     same settings and data resumes from its first unfinished task after its earlier task folders
     and checkpoint are verified as its own and whole (a finished, verified one is reported, not
-    re-run); one with other settings is refused unless ``overwrite``, which deletes it.
+    re-run); one with other settings is refused unless ``overwrite``, which deletes it. Damage
+    below the checkpoint is refused unless ``repair``, which trains the tasks up to it again
+    (cljax/kept_checkpoints.py).
     ``critical`` (a lock) is held while a task's folder and the checkpoint are written: a caller
     that takes it may stop the process at once and leave a resumable state.
     ``on_task_end(t, info)``, if given, is called after task t is written, with measurements:
@@ -87,7 +91,7 @@ def run_experiment(
     task_data = TaskData(data, config)  # checks that every class has the images a task takes
     algo_dir = algo_dir_of(config)
     memo: dict = {}  # the checks below parse each metadata.json once
-    found = inspect_run(algo_dir, config, data_id, overwrite, hashes=False, memo=memo)
+    found = inspect_run(algo_dir, config, data_id, overwrite, hashes=False, memo=memo, repair=repair)
     sources = plugin_sources(config)
     if not found.finished:  # the identity of a prepared folder is its recorded checksums
         check_unchanged(data, resume=found.record is not None)
@@ -95,7 +99,7 @@ def run_experiment(
         check_sources(found.record.get("sources"), config, algo_dir)
     if found.finished:  # verify every file's content before saying so
         with RunLock(algo_dir, exclusive=False):
-            found = inspect_run(algo_dir, config, data_id, overwrite, hashes=True, memo=memo)
+            found = inspect_run(algo_dir, config, data_id, overwrite, hashes=True, memo=memo, repair=repair)
             if found.finished and _damaged_initial(algo_dir, found) is None:
                 return _finished(algo_dir, schedule, found, config)
         if found.finished:  # all but initial/, which is written again below
@@ -124,7 +128,7 @@ def run_experiment(
     start = _initial_learner(program, config)
     # Every check has passed: from here on the folder is locked and written.
     with RunLock(algo_dir) if is_writer() else contextlib.nullcontext():
-        found = inspect_run(algo_dir, config, data_id, overwrite, hashes=True, memo=memo)  # what is there now
+        found = inspect_run(algo_dir, config, data_id, overwrite, hashes=True, memo=memo, repair=repair)  # now
         if found.finished:  # a finished run whose initial/ is damaged: written again, as a resume would
             problem = _damaged_initial(algo_dir, found)
             if problem is not None and is_writer():
@@ -164,32 +168,39 @@ def _train(config, data, task_data, schedule, program, start, chunk_tasks, found
     if is_writer() and verify_task_dir(algo_dir / INITIAL, -1, run_id, hashes=True) is not None:
         with critical, _disk_errors(algo_dir, found.next_task):
             write_initial(algo_dir, initial, run_id)
-    first_task = 0
-    if found.record is not None and found.next_task > 0:
-        learner, first_task = load_learner(algo_dir, learner)
-        learner = shard_repeats(learner)
-    result = RunResult(algo_dir=algo_dir, task_class_pairs=schedule, first_task=first_task, run_id=run_id)
+    first_task = found.next_task if found.record is not None else 0
+    replay = list(range(*found.replay)) if found.replay else []  # --repair: trained again first
+    if found.replay and found.replay[0] > 0:
+        learner = shard_repeats(load_learner(algo_dir, learner, kept_path(algo_dir, found.replay[0]))[0])
+    elif not found.replay and first_task > 0:
+        learner = shard_repeats(load_learner(algo_dir, learner)[0])
+    order = replay + list(range(first_task, config.num_tasks))
+    result = RunResult(algo_dir=algo_dir, task_class_pairs=schedule, first_task=first_task, run_id=run_id,
+                       repaired=list(found.repair))
 
     spec = eval_tasks_of(config)
     if spec.full:
         tests = TestSets(*task_data.all_tests(schedule), chunk_tasks=chunk_tasks, measure=on_task_end is not None)
     else:  # only the window's test sets, gathered per task: host memory does not grow with T
         tests = WindowTestSets(task_data, schedule, spec.window, chunk_tasks=chunk_tasks, measure=on_task_end is not None)
-    train_x, train_y = task_data.train(schedule[first_task])
+    train_x, train_y = task_data.train(schedule[order[0]])
     t0 = time.perf_counter()
     run_task = program.run_task.lower(
-        learner, put_repeats(train_x, 1), put_repeats(train_y, 1), *tests.current(first_task), jnp.int32(first_task), jax.random.fold_in(tasks_key, 0)
+        learner, put_repeats(train_x, 1), put_repeats(train_y, 1), *tests.current(order[0]), jnp.int32(order[0]), jax.random.fold_in(tasks_key, 0)
     ).compile()
     result.compile_seconds = time.perf_counter() - t0
 
-    run_seconds = 0.0
-    bar = _progress_bar(config.num_tasks, first_task, progress)
-    for t in range(first_task, config.num_tasks):
+    run_seconds, differing = 0.0, []
+    bar = _progress_bar(config.num_tasks, first_task - len(replay), progress)
+    for i, t in enumerate(order):
+        replaying = i < len(replay)
+        if i == len(replay) and replay and found.from_checkpoint:  # the replay is over: the run goes on
+            learner = shard_repeats(load_learner(algo_dir, learner)[0])
         rewrite = disk_per_task if (algo_dir / task_dir_name(t)).exists() else 0  # the old folder stays until replaced
         check_disk(algo_dir, disk_per_task + rewrite, f"task {t} (its folder and the checkpoint's new copy)")
         t_start = time.perf_counter()
         train_x_dev, train_y_dev = put_repeats(train_x, 1), put_repeats(train_y, 1)
-        # Dispatch is asynchronous: the device trains task t while the host gathers task t+1.
+        # Dispatch is asynchronous: the device trains task t while the host gathers the next one.
         learner, trace = run_task(
             learner, train_x_dev, train_y_dev, *tests.current(t), jnp.int32(t), jax.random.fold_in(tasks_key, t)
         )
@@ -198,8 +209,8 @@ def _train(config, data, task_data, schedule, program, start, chunk_tasks, found
         eval_ids = spec.ids(t, config.num_tasks)
         acc, loss, reps = tests.evaluate(program.evaluate, (trace["weights"], trace["model_state"]), eval_ids)
         del train_x_dev, train_y_dev
-        if t + 1 < config.num_tasks:
-            train_x, train_y = task_data.train(schedule[t + 1])
+        if i + 1 < len(order):
+            train_x, train_y = task_data.train(schedule[order[i + 1]])
         trace, acc, loss, reps = fetch((trace, acc, loss, reps))  # the one host transfer of the task
         seconds = time.perf_counter() - t_start
         arrays, shapes = task_arrays(config, trace, acc, loss, reps)
@@ -212,10 +223,14 @@ def _train(config, data, task_data, schedule, program, start, chunk_tasks, found
         metadata.update({"nonfinite": nonfinite, "run_id": run_id, "split": split, "plugins": sources})
         if found.record is not None and not same_split(found.record.get("split"), split):
             metadata["split_at_run_start"] = found.record["split"]
-        learner_host = fetch(learner)  # a collective when multi-host: every process takes part
+        if replaying:
+            metadata["repaired"] = {"trained_again_from_task": replay[0]}
+        learner_host = None if replaying else fetch(learner)  # a collective when multi-host: every process takes part
         with critical, _disk_errors(algo_dir, t):  # the task folder, then the checkpoint that points past it
-            if is_writer():
+            if is_writer() and (not replaying or t in found.repair):
                 write_task(algo_dir, t, arrays, metadata)
+            elif is_writer() and not same_as_recorded(algo_dir, t, arrays, metadata):  # a whole folder, recomputed
+                differing.append(t)
             if nonfinite and not allow_nonfinite:
                 first = nonfinite[0]
                 raise CljaxError(
@@ -223,8 +238,12 @@ def _train(config, data, task_data, schedule, program, start, chunk_tasks, found
                     f"{algo_dir / task_dir_name(t) / 'metadata.json'}): train it again with a lower --lr and "
                     f"--overwrite (which deletes this run), or pass --allow-nonfinite to go on."
                 )
-            if is_writer():
+            if is_writer() and not replaying:
                 save_learner(algo_dir, learner_host, t + 1, run_id)
+                if keeps(config.keep_checkpoints, t + 1, config.num_tasks):
+                    keep_checkpoint(algo_dir, t + 1)
+        if replaying and t == replay[-1] and is_writer():
+            print(replay_note(found, differing), file=sys.stderr)
         run_seconds += seconds
         row = summary_row(t, arrays, eval_ids)
         result.summary.append(row)
@@ -237,7 +256,7 @@ def _train(config, data, task_data, schedule, program, start, chunk_tasks, found
             tests.peak_live_bytes = 0
     if bar is not None:
         bar.close()
-    result.steps_per_second = (config.num_tasks - first_task) * config.steps_per_task / max(run_seconds, 1e-9)
+    result.steps_per_second = len(order) * config.steps_per_task / max(run_seconds, 1e-9)
     return result
 
 

@@ -22,13 +22,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cljax.budget import fmt_bytes
 from cljax.checkpoint import CHECKPOINT, RUN_RECORD, read_checkpoint_header, read_run_record
 from cljax.config import DATA_DIFFERS, Config, setting_differences
 from cljax.errors import CljaxError, DamagedFile
 from cljax.eval_tasks import eval_ids_of
 from cljax.host import usable_cores
 from cljax.initial_state import INITIAL
+from cljax.kept_checkpoints import KEPT, describe_replay, is_kept_name, repair_start
 from cljax.results import LATER_TASK_FILES, TASK_FILES, load_metadata, task_dir_name, task_dirs
 from cljax.run_lock import RUN_LOCK
 from cljax.safe_files import file_sha256, npy_header, safe_load_pickle
@@ -49,6 +49,13 @@ class Found:
     stale: list = field(default_factory=list)  # task folders a resume removes (from next_task on, not whole)
     n_task_dirs: int = 0
     replaces: str | None = None  # a run that finished no task, cleared before this one is written
+    # --repair: tasks [start, stop) are trained again before the resume, from the checkpoint kept
+    # at start (the seed's initial state when 0); the folders in ``repair`` are written anew, the
+    # others compared with their record; then the checkpoint's learner goes on (``from_checkpoint``)
+    # or, when it was missing or damaged, the replayed one (stop = next_task).
+    replay: tuple[int, int] | None = None
+    repair: list = field(default_factory=list)
+    from_checkpoint: bool = True
 
 
 def _is_temporary(name: str) -> bool:
@@ -73,16 +80,16 @@ def check_writable_target(algo_dir: Path) -> None:
 
 def _deletes(n_dirs: int) -> str:
     folders = f"its {n_dirs} task folder(s), " if n_dirs else ""
-    return f"deletes {folders}its run.json, checkpoint, initial state and analysis; other files stay"
+    return f"deletes {folders}its run.json, checkpoints, initial state and analysis; other files stay"
 
 
 def inspect_run(algo_dir: Path, config: Config, data_id: str | None, overwrite: bool, hashes: bool,
-                memo: dict | None = None) -> Found:
+                memo: dict | None = None, repair: bool = False) -> Found:
     """Decide what a run does with ``algo_dir``; read only. Raises CljaxError, naming the fix,
-    for a folder it must not touch: another run's settings, damage below the checkpoint, files
-    that mix two runs. ``hashes``: also compare every file's content with its recorded sha256.
-    ``memo``: shared by the checks of one command, which then parse each metadata.json once
-    (``verify_task_dir``)."""
+    for a folder it must not touch: another run's settings, damage below the checkpoint (unless
+    ``repair``, cljax/kept_checkpoints.py), files that mix two runs. ``hashes``: also compare
+    every file's content with its recorded sha256. ``memo``: shared by the checks of one
+    command, which then parse each metadata.json once (``verify_task_dir``)."""
     check_writable_target(algo_dir)
     if not algo_dir.exists() or not _holds_anything(algo_dir):
         return Found()
@@ -133,28 +140,51 @@ def inspect_run(algo_dir: Path, config: Config, data_id: str | None, overwrite: 
         raise CljaxError(f"{algo_dir} holds a run started by an older cljax, and {changed}: its remaining tasks would "
                          f"follow another rule than its first ones. Finish it with the cljax it started with, pass "
                          f"--overwrite to train it again (it {_deletes(n_dirs)}), or choose another --results-dir.")
-    header = read_checkpoint_header(algo_dir)  # raises when damaged
+    finished = next((t for t, problem in enumerate(problems) if problem), T)  # tasks 0 .. finished-1 are whole
+    try:
+        header = read_checkpoint_header(algo_dir)
+    except CljaxError:  # damaged: --repair trains the learner after the whole folders again
+        if not repair:
+            raise
+        header = None
     next_task, ckpt_run = header if header is not None else (0, run_id)
     fix = (f"the learner state at the start of a task is not stored once the run is past it, so the run can only be "
            f"trained again from task 0: "
            f"pass --overwrite to do so (it {_deletes(n_dirs)}), or choose another --results-dir.")
-    finished = next((t for t, problem in enumerate(problems) if problem), T)  # tasks 0 .. finished-1 are whole
-    if header is None and finished >= 2:  # one whole folder and no checkpoint: a stop between the two writes
+    if header is None and finished >= 2:  # whole folders and no checkpoint: a stop between the two writes
+        start = repair_start(algo_dir, run_id, finished)
+        if repair:
+            return Found(record=record, next_task=finished, stale=_stale(algo_dir, problems, finished),
+                         n_task_dirs=n_dirs, replay=(start, finished), from_checkpoint=False)
         raise CljaxError(f"{algo_dir / CHECKPOINT} is missing, while tasks 0 to {finished - 1} are finished: the "
-                         f"learner state after them is not stored, so the run can only be trained again from task 0: "
-                         f"restore the checkpoint, pass --overwrite to train it again (it {_deletes(n_dirs)}), or "
-                         f"choose another --results-dir.")
+                         f"learner state after them is not stored: restore the checkpoint, pass --repair to train "
+                         f"{describe_replay(start, finished)} again, pass --overwrite to train the run again from "
+                         f"task 0 (it {_deletes(n_dirs)}), or choose another --results-dir.")
     if ckpt_run != run_id:
         raise CljaxError(f"{algo_dir / CHECKPOINT} belongs to run {ckpt_run}, not to run {run_id} of run.json: "
                          f"the folder mixes two runs; {fix}")
     if not 0 <= next_task <= T:
         raise CljaxError(f"{algo_dir / CHECKPOINT} points at task {next_task} of a {T}-task run; {fix}")
-    for t in range(next_task):
-        if problems[t]:
-            raise CljaxError(f"{problems[t]} (the checkpoint is after task {next_task - 1}); {fix}")
-    stale = [algo_dir / task_dir_name(t) for t in range(next_task, T)
-             if problems[t] and (algo_dir / task_dir_name(t)).exists()]
+    damaged = [t for t in range(next_task) if problems[t]]
+    stale = _stale(algo_dir, problems, next_task)
+    if damaged:
+        start, stop = repair_start(algo_dir, run_id, damaged[0]), damaged[-1] + 1
+        if repair:
+            return Found(record=record, next_task=next_task, stale=stale, n_task_dirs=n_dirs, replay=(start, stop),
+                         repair=damaged)
+        others = f" (and {len(damaged) - 1} more below it)" if len(damaged) > 1 else ""
+        raise CljaxError(f"{problems[damaged[0]]}{others}; the checkpoint is after task {next_task - 1}, and the "
+                         f"learner state at the start of a task is not stored once the run is past it: pass --repair "
+                         f"to train {describe_replay(start, stop)} again and write the damaged folder"
+                         f"{'s' if len(damaged) > 1 else ''} anew, pass --overwrite to train the run again from task 0 "
+                         f"(it {_deletes(n_dirs)}), or choose another --results-dir.")
     return Found(record=record, next_task=next_task, stale=stale, n_task_dirs=n_dirs)
+
+
+def _stale(algo_dir: Path, problems: list, first: int) -> list[Path]:
+    """Task folders from ``first`` on that are there and not this run's whole: a resume redoes them."""
+    return [algo_dir / task_dir_name(t) for t in range(first, len(problems))
+            if problems[t] and (algo_dir / task_dir_name(t)).exists()]
 
 
 def _finished_no_task(algo_dir: Path, record: dict) -> bool:
@@ -310,8 +340,11 @@ def check_clearable(algo_dir: Path) -> None:
     """Before --overwrite deletes anything: one CljaxError line when it would delete a file cljax
     did not write (a user's file inside a task folder, initial/ or analysis/), follow a link, or
     stop half-way on a folder it cannot delete."""
+    kept = algo_dir / KEPT
     written = {**{d: {*TASK_FILES, "model_state.npy"} for d in task_dirs(algo_dir)},
-               algo_dir / INITIAL: {"weights.npy", "model_state.npy", "metadata.json"}, algo_dir / ANALYSIS: None}
+               algo_dir / INITIAL: {"weights.npy", "model_state.npy", "metadata.json"}, algo_dir / ANALYSIS: None,
+               kept: {p.name for p in (kept.iterdir() if kept.is_dir() else ()) if is_kept_name(p.name)
+                      or _is_temporary(p.name)}}
     fix = "move it out of the run folder, then run this command again (nothing was deleted)"
     for path in [algo_dir / CHECKPOINT, algo_dir / RUN_RECORD, *written]:
         if path.is_symlink():
@@ -332,10 +365,12 @@ def check_clearable(algo_dir: Path) -> None:
 
 
 def clear_run(algo_dir: Path) -> None:
-    """--overwrite: the checkpoint first (a new run.json must never meet an old checkpoint), then
+    """--overwrite: the checkpoints first (a new run.json must never meet an old checkpoint), then
     the record, the task folders, the initial state and the analysis. Other files are left alone."""
-    for name in (CHECKPOINT, RUN_RECORD):
-        (algo_dir / name).unlink(missing_ok=True)
+    (algo_dir / CHECKPOINT).unlink(missing_ok=True)
+    if (algo_dir / KEPT).is_dir():
+        shutil.rmtree(algo_dir / KEPT)
+    (algo_dir / RUN_RECORD).unlink(missing_ok=True)
     for d in task_dirs(algo_dir):
         shutil.rmtree(d)
     for name in (INITIAL, ANALYSIS):
@@ -349,31 +384,3 @@ def remove_stale_temporaries(algo_dir: Path) -> None:
     for p in algo_dir.iterdir():
         if _is_temporary(p.name):
             shutil.rmtree(p) if p.is_dir() else p.unlink()
-
-
-def block_size(algo_dir: Path) -> int:
-    probe = _existing(algo_dir)
-    try:
-        return max(os.statvfs(probe).f_frsize, 512)
-    except (OSError, AttributeError):
-        return 4096
-
-
-def on_disk(sizes, block: int) -> int:
-    """Bytes that files of these sizes take: each rounded up to whole blocks."""
-    return sum(-(-int(s) // block) * block for s in sizes)
-
-
-def check_disk(algo_dir: Path, need: int, what: str) -> None:
-    free = shutil.disk_usage(_existing(algo_dir)).free
-    if free < need:
-        raise CljaxError(
-            f"not enough disk at {algo_dir}: {what} needs {fmt_bytes(need)} ({need:,} bytes), {fmt_bytes(free)} "
-            f"({free:,} bytes) are free; free space or choose another --results-dir (the run resumes from its last "
-            f"finished task).")
-
-
-def _existing(path: Path) -> Path:
-    while not path.exists():
-        path = path.parent
-    return path

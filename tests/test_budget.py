@@ -178,6 +178,13 @@ def test_the_checkpoint_estimate_covers_the_real_file(small, tmp_path):
     save_learner(tmp_path, small.program.init_learner(jax.random.key(0)), 3, "a" * 32)  # a run id as written
     actual = (tmp_path / CHECKPOINT).stat().st_size
     assert actual <= disk_run_files(small)[CHECKPOINT] <= 1.01 * actual
+    assert "checkpoints/" not in disk_run_files(small)
+
+
+@pytest.mark.parametrize("every, n_kept", [(1, 4), (2, 2), (4, 1), (5, 0)])
+def test_kept_checkpoints_take_one_checkpoint_each_as_every_nth_of_the_5_tasks_begins(small, every, n_kept):
+    kept = disk_run_files(small._replace(config=config_of(keep_checkpoints=every))).get("checkpoints/", 0)
+    assert kept == n_kept * disk_run_files(small)["checkpoint.npz"]
 
 
 # ---- what `cljax plan` reports ------------------------------------------------------------------------

@@ -43,7 +43,7 @@ def test_snapshots_end_at_the_task_end_with_the_remainder_before_the_first():
 
 def test_speed_only_settings_are_exactly_those_that_do_not_change_what_a_run_computes():
     assert set(SPEED_ONLY) == {"results_dir", "eval_batch_size", "eval_chunk_tasks", "device_memory", "scan_unroll",
-                               "repeat_axis", "learner_expert"}
+                               "repeat_axis", "learner_expert", "keep_checkpoints"}
 
 
 def _other_value(f):

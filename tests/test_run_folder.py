@@ -265,7 +265,8 @@ def test_a_damaged_run_is_never_reported_finished(made, tmp_path, capsys, damage
     how(run_dir)
     before = state(run_dir)
     rc, out, err = run_cli(["run", *FLAGS, "--results-dir", str(tmp_path / "r")], capsys)
-    assert_one_error(rc, err, expected, "trained again from task 0", "--overwrite", "deletes")
+    assert_one_error(rc, err, expected, "pass --repair to train", "from the seed again", "--overwrite to train the run "
+                     "again from task 0", "deletes")
     assert "already finished" not in out and state(run_dir) == before
 
 

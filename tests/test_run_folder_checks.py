@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cljax import run_folder
+from cljax import budget_disk, run_folder
 from cljax.errors import CljaxError
 from tests.conftest import small_config
 from tests.run_folder_kit import FLAGS, RUN_DIR, TINY, assert_one_error, copy, flip_byte, make_runs, run_cli
@@ -125,10 +125,10 @@ def test_one_whole_task_and_no_checkpoint_resumes_from_task_0(made, tmp_path, ca
 
 
 def test_disk_need_is_whole_blocks_and_exactly_enough_free_space_passes(tmp_path, monkeypatch):
-    assert run_folder.on_disk([0, 1, 4096, 4097], 4096) == 3 * 4096 + 4096
-    assert run_folder.on_disk([], 512) == 0
-    monkeypatch.setattr(run_folder.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9 - 8192, 8192))
-    run_folder.check_disk(tmp_path / "new" / "run", 8192, "the first task")  # a folder not made yet: its parent
+    assert budget_disk.on_disk([0, 1, 4096, 4097], 4096) == 3 * 4096 + 4096
+    assert budget_disk.on_disk([], 512) == 0
+    monkeypatch.setattr(budget_disk.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9 - 8192, 8192))
+    budget_disk.check_disk(tmp_path / "new" / "run", 8192, "the first task")  # a folder not made yet: its parent
     with pytest.raises(CljaxError, match=r"not enough disk at .*: the first task needs .* \(8,193 bytes\), .* "
                                          r"\(8,192 bytes\) are free"):
-        run_folder.check_disk(tmp_path, 8193, "the first task")
+        budget_disk.check_disk(tmp_path, 8193, "the first task")

@@ -1,0 +1,165 @@
+"""--keep-checkpoints and --repair (cljax/kept_checkpoints.py): a damaged task folder below the
+checkpoint, or a missing or damaged checkpoint, is written anew by training the tasks up to it
+again, from the nearest kept checkpoint or from the seed, and comes out byte for byte as the
+uninterrupted run wrote it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from cljax.checkpoint import read_checkpoint_header
+from cljax.errors import CljaxError
+from cljax.kept_checkpoints import KEPT, keeps, kept_path
+from cljax.run_folder import check_clearable, clear_run
+from tests.conftest import small_config
+from tests.run_folder_kit import FLAGS, TINY, assert_one_error, flip_byte, run_cli, state
+
+FLAGS4 = [*FLAGS, "--synthetic-classes", "8", "--num-tasks", "4"]
+RUN4 = Path("synthetic") / "SL_T4"
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory) -> dict:
+    """A finished 4-task run that keeps the checkpoint every 2 tasks, and its state after task 2."""
+    from cljax.experiment import run_experiment
+
+    root = tmp_path_factory.mktemp("repair")
+
+    def after_task_2(t, info):
+        if t == 2:
+            shutil.copytree(root / "finished", root / "after2")
+
+    config = small_config(root, results_dir=str(root / "finished"),
+                          **{**TINY, "synthetic_classes": 8, "num_tasks": 4, "keep_checkpoints": 2})
+    run_experiment(config, progress=False, on_task_end=after_task_2)
+    return {"finished": root / "finished", "after2": root / "after2"}
+
+
+def _copy(made, which: str, dest: Path) -> Path:
+    shutil.copytree(made[which], dest)
+    return dest / RUN4
+
+
+def _outputs(run_dir: Path) -> dict:
+    """Every array and pickle of the task folders, by path."""
+    return {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.glob("task_*/*"))
+            if p.suffix in (".npy", ".pkl")}
+
+
+def _run(tmp_path, capsys, *extra):
+    return run_cli(["run", *FLAGS4, "--results-dir", str(tmp_path / "r"), *extra], capsys)
+
+
+def test_only_the_chosen_tasks_starts_are_kept():
+    assert [t for t in range(12) if keeps(4, t, 10)] == [4, 8]  # never task 0 (the seed's) nor past the run
+    assert not any(keeps(0, t, 10) for t in range(12))
+
+
+def test_a_damaged_folder_is_written_again_from_the_seed_byte_for_byte(made, tmp_path, capsys):
+    original = _outputs(made["finished"] / RUN4)
+    run_dir = _copy(made, "finished", tmp_path / "r")
+    assert sorted(p.name for p in (run_dir / KEPT).iterdir()) == ["start_task_002.npz"]
+    run_id = json.loads((run_dir / "run.json").read_text())["run_id"]
+    assert read_checkpoint_header(run_dir, kept_path(run_dir, 2)) == (2, run_id)
+    flip_byte(run_dir / "task_001" / "representations.npy")
+    before = state(run_dir)
+    rc, _, err = _run(tmp_path, capsys)
+    assert_one_error(rc, err, "task_001", "does not match the sha256",
+                     "pass --repair to train tasks 0 to 1 (2 tasks) from the seed again", "--overwrite")
+    assert state(run_dir) == before
+
+    rc, out, err = _run(tmp_path, capsys, "--repair")
+    assert rc == 0, err
+    assert ("note: --repair trained tasks 0 to 1 (2 tasks) from the seed again and wrote task_001 anew; the 1 "
+            "other folder(s) it recomputed came out byte for byte as recorded.") in err
+    assert "resumed from task" not in out
+    assert _outputs(run_dir) == original
+    meta = json.loads((run_dir / "task_001" / "metadata.json").read_text())
+    assert meta["repaired"] == {"trained_again_from_task": 0}
+    assert "repaired" not in json.loads((run_dir / "task_000" / "metadata.json").read_text())
+    assert not [p for p in run_dir.iterdir() if ".tmp-" in p.name]
+    rc, out, _ = _run(tmp_path, capsys)
+    assert rc == 0 and "already finished" in out
+
+
+def test_the_nearest_whole_kept_checkpoint_is_where_the_repair_starts(made, tmp_path, capsys):
+    original = _outputs(made["finished"] / RUN4)
+    run_dir = _copy(made, "finished", tmp_path / "r")
+    shutil.rmtree(run_dir / "task_003")
+    rc, _, err = _run(tmp_path, capsys)
+    assert_one_error(rc, err, "task_003 is missing", "tasks 2 to 3 (2 tasks) from the checkpoint kept at task 2")
+
+    flip_byte(kept_path(run_dir, 2))  # a damaged kept checkpoint: the seed serves
+    rc, _, err = _run(tmp_path, capsys)
+    assert_one_error(rc, err, "task_003 is missing", "tasks 0 to 3 (4 tasks) from the seed")
+    shutil.copy(made["finished"] / RUN4 / KEPT / "start_task_002.npz", kept_path(run_dir, 2))
+
+    rc, _, err = _run(tmp_path, capsys, "--repair")
+    assert rc == 0, err
+    assert "trained tasks 2 to 3 (2 tasks) from the checkpoint kept at task 2 again and wrote task_003 anew" in err
+    assert _outputs(run_dir) == original
+
+
+@pytest.mark.parametrize("how", ["missing", "damaged"])
+def test_a_lost_checkpoint_is_trained_again_and_the_run_goes_on(made, tmp_path, capsys, how):
+    """Tasks 0-2 finished, the checkpoint after them lost: the repair trains task 2 again from the
+    kept checkpoint (its folder compared, not written), then tasks 3 on, as the run would have."""
+    finished = made["finished"] / RUN4
+    run_dir = _copy(made, "after2", tmp_path / "r")
+    if how == "missing":
+        (run_dir / "checkpoint.npz").unlink()
+        expected = "checkpoint.npz is missing, while tasks 0 to 2 are finished"
+    else:
+        flip_byte(run_dir / "checkpoint.npz")
+        expected = "checkpoint.npz is damaged"
+    rc, _, err = _run(tmp_path, capsys)
+    assert_one_error(rc, err, expected, "--repair", "--overwrite")
+
+    rc, out, err = _run(tmp_path, capsys, "--repair")
+    assert rc == 0, err
+    assert ("trained task 2 (1 task) from the checkpoint kept at task 2 again and wrote no folder anew; the 1 other "
+            "folder(s) it recomputed came out byte for byte as recorded.") in err
+    assert "resumed from task 3" in out
+    assert _outputs(run_dir) == _outputs(finished)
+    assert (run_dir / "checkpoint.npz").read_bytes() == (finished / "checkpoint.npz").read_bytes()
+
+
+def test_overwrite_deletes_the_kept_checkpoints_and_no_other_file_in_their_folder(made, tmp_path):
+    run_dir = _copy(made, "finished", tmp_path / "r")
+    (run_dir / KEPT / "notes.txt").write_text("mine")
+    with pytest.raises(CljaxError, match="notes.txt is not a file cljax writes"):
+        check_clearable(run_dir)
+    (run_dir / KEPT / "notes.txt").unlink()
+    check_clearable(run_dir)
+    clear_run(run_dir)
+    assert not (run_dir / KEPT).exists() and not (run_dir / "checkpoint.npz").exists()
+
+
+def test_repair_and_overwrite_together_are_refused(tmp_path, capsys):
+    rc, _, err = _run(tmp_path, capsys, "--repair", "--overwrite")
+    assert_one_error(rc, err, "--repair keeps the run and --overwrite deletes it")
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_recomputed_folder_that_differs_from_its_record_is_reported(made, tmp_path, capsys, monkeypatch):
+    """Another device split moves the last bits: the repair says so in one warning line, naming
+    the first folder that differs (here its representations are nudged before the comparison)."""
+    import cljax.experiment as experiment
+    from cljax.kept_checkpoints import same_as_recorded
+
+    def nudged(algo_dir, t, arrays, metadata):
+        arrays = {**arrays, "representations": arrays["representations"] + 1e-3}
+        return same_as_recorded(algo_dir, t, arrays, metadata)
+
+    monkeypatch.setattr(experiment, "same_as_recorded", nudged)
+    run_dir = _copy(made, "finished", tmp_path / "r")
+    (run_dir / "task_001" / "weights.npy").unlink()
+    rc, _, err = _run(tmp_path, capsys, "--repair")
+    assert rc == 0, err
+    assert ("warning: --repair trained tasks 0 to 1 (2 tasks) from the seed again and wrote task_001 anew, but "
+            "task_000 came out different from its recorded files (1 of 1 recomputed folders differ)") in err
+    assert _outputs(run_dir) == _outputs(made["finished"] / RUN4)  # the recorded folder stays as it was
