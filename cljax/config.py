@@ -95,7 +95,7 @@ class Config:
     eval_chunk_tasks: int = param(0, "evaluate the T tasks' test sets K at a time, streamed to and from the device "
                                   "(0: automatic, resident when everything fits --device-memory, else the largest K that "
                                   "fits; see `cljax plan`)", min=0)
-    keep_checkpoints: int = param(0, "keep the learner's checkpoint as every N-th task begins (checkpoints/, one "
+    keep_checkpoints: int = param(100, "keep the learner's checkpoint as every N-th task begins (checkpoints/, one "
                                   "checkpoint's size each), so that `cljax run --repair` trains a damaged earlier task "
                                   "folder again from the nearest kept one instead of from task 0 (0: keep none)", min=0)
     device_memory: int = param(0, "device memory budget in bytes per device for the automatic --eval-chunk-tasks "
