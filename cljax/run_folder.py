@@ -6,10 +6,11 @@ A run's files belong together through its run id: run.json names it, and the che
 every task folder's metadata.json carry it. A task folder's metadata.json also lists the size
 and sha256 of every other file in it, taken while they were written.
 
-The learner state at the start of task t is stored nowhere once the checkpoint has moved past
-t. So a task folder below the checkpoint that is missing, damaged or another run's cannot be
-redone alone: the only repair is training again from task 0, which cljax does not start by
-itself (it can take as long as the run did); it refuses in one line and names --overwrite.
+The learner state at the start of task t is not in the checkpoint once it has moved past t.
+So a task folder below the checkpoint that is missing, damaged or another run's cannot be
+redone alone: the tasks before it must be trained again, from the nearest kept checkpoint or
+from task 0 (cljax/kept_checkpoints.py). cljax does not start that by itself (it can take long);
+it refuses in one line that names --repair, with the tasks it would train again, and --overwrite.
 Task folders from the checkpoint on are redone by the resume anyway: those that are not this
 run's whole are removed when it starts.
 """

@@ -112,8 +112,8 @@ class _SafeUnpickler(pickle.Unpickler):
 
 _NUMPY_SCALARS = {"float64", "float32", "float16", "int64", "int32", "int16", "int8", "uint8", "uint16",
                   "uint32", "uint64", "bool_"}
-DAMAGED = ("restore it from a copy, or train the run again (`cljax run` with its flags and --overwrite, which "
-            "deletes it first)")
+DAMAGED = ("restore it from a copy, or write it again (`cljax run` with the run's flags and --repair, which trains "
+           "the tasks up to it again)")
 
 
 def read_bytes(path: Path) -> bytes:

@@ -267,8 +267,8 @@ def _verifier(algo_dir: Path, first: Path):
     record = read_run_record(algo_dir)
     run_id = record["run_id"] if record is not None else results.load_metadata(first).get("run_id")
 
-    def check(folder: Path, t: int, fix: str = "restore it from a copy, or train the run again (`cljax run` with its "
-                                               "flags and --overwrite)") -> dict:
+    def check(folder: Path, t: int, fix: str = "restore it from a copy, or write it again (`cljax run` with the run's "
+                                               "flags and --repair)") -> dict:
         read: dict = {}
         problem = verify_task_dir(folder, t, run_id, hashes=True, into=read)
         if problem is not None:
