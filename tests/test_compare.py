@@ -129,3 +129,22 @@ def test_late_tasks_are_the_later_half_and_every_figure_reads_the_experts_last_s
         assert math.isclose(s[key]["std"], per_repeat.std(ddof=1), rel_tol=1e-12), key
     by_hand = [np.mean([g for g in gap[t] if np.isfinite(g)]) for t in range(3)]
     np.testing.assert_allclose(s["gap_per_task"], by_hand, rtol=1e-12)
+
+
+def test_an_output_in_a_folder_it_cannot_write_is_refused_before_the_comparison(tmp_path, capsys, monkeypatch):
+    # As root every folder is writable: os.access says what a user without the permission is told.
+    import os
+    from pathlib import Path
+
+    from cljax import cli
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real = os.access
+    monkeypatch.setattr(cli.os, "access", lambda p, mode, **kw: mode != os.W_OK and real(p, mode, **kw)
+                        if Path(p) == locked else real(p, mode, **kw))
+    for flag in ("--json", "--out"):
+        rc = cli_main(["compare", str(tmp_path / "no_run"), flag, str(locked / "c")])
+        captured = capsys.readouterr()
+        assert rc == 2 and captured.out == ""
+        assert captured.err == f"error: {flag} {locked / 'c'}: cannot write to {locked}: pass a writable path.\n"

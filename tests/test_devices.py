@@ -94,3 +94,18 @@ def test_the_analyze_command_sets_the_flag_before_anything_it_loads(tmp_path):
                           timeout=120)
     assert proc.returncode == 2 and "is not a results folder" in proc.stderr
     assert (FLAG in seen.read_text().split()) == jaxlib_waits()
+
+
+def test_the_usable_cores_are_this_process_affinity_not_the_machine(monkeypatch):
+    # A SLURM allocation of 2 of a node's 64 cores: the CPU split, the pairing and the workers take 2.
+    import os
+
+    from cljax import host
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 5}, raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    assert host.usable_cores() == 2
+    monkeypatch.delattr(os, "sched_getaffinity", raising=False)  # not Linux: the machine's count
+    assert host.usable_cores() == 64
+    monkeypatch.setattr(os, "cpu_count", lambda: None)  # not known: one
+    assert host.usable_cores() == 1

@@ -279,3 +279,27 @@ def test_the_run_table_leaves_a_diverged_repeat_out_and_says_so():
     assert table[4].split()[:3] == ["1", "nan", "nan"]  # no finite value: nan, not blank
     assert table[-1] == ("(in 3 of 3 tasks a repeat has non-finite values, e.g. a diverged network: the means "
                          "leave them out; per repeat: cljax analyze)")
+
+
+def test_each_task_trains_on_its_own_pairs_images(tmp_path, monkeypatch):
+    """The loop gathers task t+1's images while the device trains task t: each task's program
+    call receives its own pair's images and labels, the last task's included."""
+    import cljax.experiment as experiment
+    from tests.run_folder_kit import TINY
+
+    sent = []
+    put = experiment.put_repeats
+
+    def spy(x, axis):
+        sent.append(np.array(x))
+        return put(x, axis)
+
+    monkeypatch.setattr(experiment, "put_repeats", spy)
+    config = small_config(tmp_path, **TINY)
+    run = run_experiment(config, progress=False)
+    td = TaskData(load_dataset(config), config)
+    expected = [a for t in range(config.num_tasks) for a in td.train(run.task_class_pairs[t])]
+    assert len(sent) == 2 + len(expected)  # the compilation's images and labels, then each task's
+    assert not np.array_equal(expected[0], expected[2])  # the tasks' images differ
+    for i, (got, want) in enumerate(zip(sent[2:], expected)):
+        assert np.array_equal(got, want), f"task {i // 2}: {'images' if i % 2 == 0 else 'labels'}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import gzip
 import os
 import pickle
@@ -305,6 +306,41 @@ def test_unknown_command_is_one_line(capsys):
     assert cli_main(["frobnicate"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "unknown command 'frobnicate'" in err
+
+
+def test_no_command_prints_the_commands_and_fails_while_help_succeeds(capsys):
+    assert cli_main([]) == 2
+    out = capsys.readouterr().out
+    assert out.startswith("usage: cljax COMMAND") and "\n  run " in out and "\n  analyze " in out
+    for spelled in ("-h", "--help"):
+        assert cli_main([spelled]) == 0
+        assert capsys.readouterr().out == out
+
+
+@pytest.mark.parametrize("code, fix", [
+    (errno.ENOSPC, "free space, then run the same command (a run resumes from its last finished task)"),
+    (errno.EDQUOT, "free space, then run the same command (a run resumes from its last finished task)"),
+    (errno.EACCES, "check the path and its permissions"),
+])
+def test_an_error_of_the_environment_is_one_line_with_its_fix(monkeypatch, capsys, code, fix):
+    from cljax import cli
+
+    def fail(argv):
+        raise OSError(code, os.strerror(code), "/results/x")
+
+    monkeypatch.setitem(cli.COMMANDS, "run", (fail, "run"))
+    assert cli_main(["run"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == f"error: {os.strerror(code)} (/results/x): {fix}.\n" and captured.out == ""
+
+    def no_memory(argv):
+        raise MemoryError
+
+    monkeypatch.setitem(cli.COMMANDS, "run", (no_memory, "run"))
+    assert cli_main(["run"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: out of memory in `cljax run`")
+
 
 
 def test_reader_allows_numpy_and_plain_values(tmp_path):

@@ -144,6 +144,12 @@ def test_a_locked_folder_is_refused_and_a_dead_holder_is_no_obstacle(made, tmp_p
         assert_one_error(rc, err, "is in use")  # even reading a finished run waits for the writer
     # The lock file stays, naming a holder that has ended: the system released its lock.
     assert json.loads((run_dir / RUN_LOCK).read_text())["pid"] == os.getpid()
+    with RunLock(run_dir, exclusive=False):  # a reader (cljax analyze) of the run: a writer waits for it too
+        before = state(run_dir)
+        rc, _, err = run_cli(["run", *FLAGS, "--results-dir", str(tmp_path / "r"), "--overwrite", "--lr", "0.2"],
+                             capsys)
+        assert_one_error(rc, err, "is in use by another cljax run")
+        assert state(run_dir) == before
     rc, out, _ = run_cli(["run", *FLAGS, "--results-dir", str(tmp_path / "r")], capsys)
     assert rc == 0 and "already finished" in out
 
@@ -341,6 +347,20 @@ def test_a_run_that_stopped_in_its_first_task_is_replaced_by_another_without_ove
     record = json.loads((run_dir / "run.json").read_text())
     assert record["config"]["lr"] == 0.2 and record["run_id"] != first_id
     assert json.loads((run_dir / "task_001" / "metadata.json").read_text())["run_id"] == record["run_id"]
+
+    # A partial task folder (here a truncated file) is the replaced run's too: deleted with it
+    # before this run trains, not left for the task that overwrites it (it would outlive a stop).
+    damaged = copy(made, "partial", tmp_path / "d")
+    (damaged / "checkpoint.npz").unlink()
+    weights = damaged / "task_000" / "weights.npy"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    monkeypatch.setattr(experiment, "crash_point", crash_at)
+    with pytest.raises(Crash):
+        cli_main(["run", *FLAGS, "--lr", "0.2", "--results-dir", str(tmp_path / "d")])
+    monkeypatch.undo()
+    assert "that finished no task; it was replaced by this one" in capsys.readouterr().err
+    assert sorted(p.name for p in damaged.iterdir()) == ["initial", "run.json", "run.lock"]
+    assert json.loads((damaged / "run.json").read_text())["config"]["lr"] == 0.2
 
     partial = copy(made, "partial", tmp_path / "p")  # task_000 whole, its checkpoint lost: kept
     (partial / "checkpoint.npz").unlink()

@@ -72,12 +72,13 @@ def test_disk_is_checked_in_whole_blocks_and_a_full_disk_is_one_line(tmp_path, c
     assert_one_error(rc, err, "not enough disk", "bytes", f"({exact:,} bytes) are free")
     monkeypatch.undo()
 
-    def full(*args, **kwargs):
-        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "r"))
+    for code in (errno.ENOSPC, errno.EDQUOT):  # a full disk, or a full quota
+        def full(*args, code=code, **kwargs):
+            raise OSError(code, os.strerror(code), str(tmp_path / "r"))
 
-    monkeypatch.setattr(experiment, "write_run_record", full)
-    rc, _, err = run_cli(["run", *FLAGS, "--results-dir", str(tmp_path / "r")], capsys)
-    assert_one_error(rc, err, "no space left", "free space, then run the same command")
+        monkeypatch.setattr(experiment, "write_run_record", full)
+        rc, _, err = run_cli(["run", *FLAGS, "--results-dir", str(tmp_path / "r")], capsys)
+        assert_one_error(rc, err, "no space left", os.strerror(code), "free space, then run the same command")
 
 
 def _npy_with_header(path: Path, header: bytes):
@@ -339,8 +340,10 @@ def test_a_resume_on_a_prepared_folder_changed_in_place_is_refused(tmp_path):
     shutil.copytree(tmp_path / "partial", tmp_path / "r")
     original = np.load(data / "train_images.npy")
     np.save(data / "train_images.npy", 255 - original)  # meta.json untouched
-    with pytest.raises(CljaxError, match="train_images.npy does not match its checksum in meta.json"):
-        run_experiment(config, progress=False)
+    with pytest.raises(CljaxError, match="train_images.npy does not match its checksum in meta.json: the dataset changed "
+                                         "after it was prepared, and the run's remaining tasks would train on other data "
+                                         "than its first"):
+        run_experiment(config, progress=False)  # a resume: it says what continuing would mix, and how to start anew
     fresh = Config.from_flat({**config.to_dict(), "results_dir": str(tmp_path / "new")})  # nor does a new run start
     with pytest.raises(CljaxError, match=r"checksum in meta.json: the dataset changed after it was prepared\. Restore "
                                          r"the folder, or prepare it again \(`cljax prepare-imagenet .*--overwrite`\)\.$"):
@@ -387,6 +390,8 @@ def test_more_bad_inputs_are_one_line(made, tmp_path, capsys):
     run_dir = copy(made, "partial", tmp_path / "r")
     for args, expected in ((["analyze", str(run_dir), "--glue-probes", "1"], "--glue-probes must be at least 2"),
                            (["analyze", str(run_dir), "--probe-ridge", "inf"], "(--probe-ridge) must be a finite number > 0"),
+                           (["analyze", str(run_dir), "--tau", "-0.01"], "--tau must be a finite number >= 0, got -0.01"),
+                           (["analyze", str(run_dir), "--tau", "nan"], "--tau must be a finite number >= 0, got nan"),
                            (["run", *FLAGS, "--results-dir", ""], "--results-dir is empty"),
                            (["run", "--data-dir", "", "--results-dir", str(tmp_path / "d")], "--data-dir is empty"),
                            (["data-info", ""], "the folder is empty"),
@@ -433,3 +438,70 @@ def test_a_resume_pairs_learner_and_expert_as_the_run_started_with_auto(made, tm
     assert results.load_metadata(run_dir / "task_000")["lowering"]["learner_expert"] == started
     # the settings stay as the run was started: auto, in every task, resumed or not
     assert {results.load_metadata(run_dir / f"task_00{t}")["config"]["learner_expert"] for t in (0, 1)} == {"auto"}
+
+
+def test_a_resume_deletes_a_damaged_folder_it_will_train_again_before_it_trains(made, tmp_path, monkeypatch):
+    """task_001 past the checkpoint, not whole (a flipped byte): deleted once the folder is
+    locked, before any task is trained, so a run stopped before it reaches task 1 leaves no
+    damaged folder behind (which analyze would refuse)."""
+    import cljax.experiment as experiment
+    from cljax.cli import main as cli_main
+    from tests.run_folder_kit import flip_byte
+
+    run_dir = copy(made, "partial", tmp_path / "r")
+    shutil.copytree(made["finished"] / RUN_DIR / "task_001", run_dir / "task_001")
+    flip_byte(run_dir / "task_001" / "weights.npy")
+
+    class Crash(Exception):
+        pass
+
+    def crash_at(point, task):
+        if (point, task) == ("train", 1):
+            raise Crash
+
+    monkeypatch.setattr(experiment, "crash_point", crash_at)
+    with pytest.raises(Crash):
+        cli_main(["run", *FLAGS, "--results-dir", str(tmp_path / "r")])
+    assert [d.name for d in results.task_dirs(run_dir)] == ["task_000"]
+
+
+def test_a_task_folder_trained_again_in_place_needs_the_disk_of_both_copies(made, tmp_path, capsys, monkeypatch):
+    """The old folder stays until the new one replaces it: a task redone over its whole folder
+    (stopped before its checkpoint) is checked for twice the disk of a task done fresh."""
+    import cljax.experiment as experiment
+
+    needs = {}
+    check_disk = experiment.check_disk
+
+    def spy(algo_dir, need, what):
+        needs.setdefault(algo_dir.parent.parent.name, {})[what.split(" (")[0]] = need
+        return check_disk(algo_dir, need, what)
+
+    monkeypatch.setattr(experiment, "check_disk", spy)
+    copy(made, "partial", tmp_path / "fresh")  # task_001 not there yet
+    redo = copy(made, "finished", tmp_path / "redo")  # task_001 whole, the checkpoint one task behind
+    shutil.copy(made["partial"] / RUN_DIR / "checkpoint.npz", redo / "checkpoint.npz")
+    for name in ("fresh", "redo"):
+        rc, out, err = run_cli(["run", *FLAGS, "--results-dir", str(tmp_path / name)], capsys)
+        assert rc == 0 and "resumed from task 1" in out, err
+    assert needs["fresh"]["task 1"] > 0 and needs["redo"]["task 1"] == 2 * needs["fresh"]["task 1"]
+    assert needs["fresh"]["the first task"] == needs["redo"]["the first task"]
+
+
+def test_a_resumed_runs_speed_counts_the_tasks_it_trained_not_the_run(made, tmp_path, monkeypatch):
+    """One clock tick per reading: the compile and each task take 1 s, so a run resumed at
+    task 1 of 2 trained one task's steps in 1 s (it reported the whole run's steps)."""
+    import types
+
+    import cljax.experiment as experiment
+    from cljax.experiment import run_experiment
+
+    ticks = iter(range(10**6))
+    monkeypatch.setattr(experiment, "time", types.SimpleNamespace(perf_counter=lambda: float(next(ticks))))
+    run_dir = copy(made, "partial", tmp_path / "r")
+    config = small_config(tmp_path / "cfg", results_dir=str(tmp_path / "r"), **TINY)
+    result = run_experiment(config, progress=False)
+    assert result.first_task == 1 and result.compile_seconds == 1.0
+    assert result.steps_per_second == config.steps_per_task
+    timings = results.load_metadata(run_dir / "task_001")["timings"]
+    assert timings == {"task_seconds": 1.0, "compile_seconds": 1.0, "steps_per_second": config.steps_per_task}

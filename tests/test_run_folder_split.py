@@ -62,6 +62,23 @@ def test_the_recorded_cpu_split_is_reproduced_unless_set_otherwise():
     assert cpu_devices_wanted(4, {"CLJAX_CPU_DEVICES": "off"}, cores=8, recorded=two) is None  # said explicitly
 
 
+def test_overwrite_does_not_take_the_split_of_the_run_it_deletes(tmp_path, monkeypatch):
+    from cljax import cli
+    from cljax.config import algo_dir_of
+    from cljax.devices import cpu_split
+
+    calls = []
+    monkeypatch.setattr(cpu_split, "configure_cpu_devices", lambda n, recorded=None: calls.append((n, recorded)))
+    config = small_config(tmp_path, n_repeats=4)
+    algo_dir_of(config).mkdir(parents=True)
+    split = {"backend": "cpu", "devices": 2, "processes": 1}
+    (algo_dir_of(config) / "run.json").write_text(json.dumps({"split": split}))
+    cli._use_every_core(config)  # a resume: the split it started on
+    cli._use_every_core(config, overwrite=True)  # a new run: this host's own
+    assert calls == [(4, split), (4, None)]
+
+
+
 def test_a_resume_takes_the_split_it_started_on_and_stays_byte_identical(made, tmp_path):
     """The run started on one CPU device; the CLI would split this host by default; resumed
     from a kill after task 0, it takes one device again and task 1 equals the uninterrupted run's."""
@@ -143,6 +160,19 @@ def test_a_finished_run_with_a_damaged_initial_state_writes_it_again_and_stays_f
     assert kept() == before
     rc, _, err = run_cli(["analyze", str(run_dir), "--no-glue", "--no-plots"], capsys)
     assert rc == 0, err
+
+
+
+def test_a_finished_run_from_before_the_initial_state_is_reported_finished_and_left_as_it_is(made, tmp_path, capsys):
+    """No initial/ at all is a run from before it existed (analyze reads its snapshots), not a
+    damaged one: the rerun reports it finished and writes nothing, warns of nothing."""
+    from cljax.initial_state import INITIAL
+
+    run_dir = copy(made, "finished", tmp_path / "r")
+    shutil.rmtree(run_dir / INITIAL)
+    rc, out, err = run_cli(["run", *FLAGS, "--results-dir", str(tmp_path / "r")], capsys)
+    assert rc == 0 and "already finished" in out and err == "", (out, err)
+    assert not (run_dir / INITIAL).exists()
 
 
 @pytest.mark.parametrize("damage", ["missing", "flipped"])
