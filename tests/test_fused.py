@@ -175,3 +175,20 @@ def test_the_repeats_training_gradient_has_no_select_and_scatter_and_fused_im2co
     assert (convolutions == 0) == (conv_impl in ("im2col", "fused-im2col")), convolutions
     if conv_impl == "fused":
         assert "feature_group_count = 2" in text  # nn.Conv's kernel batched over R = 2: a grouped convolution
+
+
+def test_bfloat16_products_are_summed_in_float32():
+    """In bfloat16 the layer rounds once, at its output: its value is the exact result on the
+    (rounded) bfloat16 inputs to within one bfloat16 step, with 16 input channels (144 products
+    per output), where sums kept in bfloat16 would drift by several steps."""
+    rng = np.random.default_rng(5)
+    x = jnp.asarray(rng.random((2, 9, 9, 16), np.float32)).astype(jnp.bfloat16)
+    kernel = jnp.asarray(0.25 * rng.standard_normal((3, 3, 16, 8)).astype(np.float32)).astype(jnp.bfloat16)
+    bias = jnp.asarray(0.1 * rng.standard_normal(8).astype(np.float32)).astype(jnp.bfloat16)
+    low = jax.jit(lambda *a: conv_relu_pool(*a, 3))(x, kernel, bias)
+    assert low.dtype == jnp.bfloat16 and low.shape == (2, 3, 3, 8)
+    exact, _ = numpy_reference(np.asarray(x.astype(jnp.float32)), kernel.astype(jnp.float32),
+                               bias.astype(jnp.float32), 3, np.zeros((2, 3, 3, 8), np.float32))
+    assert (exact > 0.5).mean() > 0.3  # most outputs on, of some size
+    err = np.abs(np.asarray(low.astype(jnp.float32), np.float64) - exact)
+    assert (err <= 2.0 ** -7 * np.abs(exact) + 1e-6).all(), float((err / np.maximum(np.abs(exact), 1e-3)).max())

@@ -106,3 +106,24 @@ def test_a_run_from_before_these_files_is_analysed_from_its_snapshots_and_says_s
     w0, w1 = leaves(results.load_weights(old / "task_000")), leaves(results.load_weights(old / "task_001"))
     np.testing.assert_allclose(arrays["weight_change_task_start"][1],
                                weight_change(w1, [x[-1] for x in w0]), rtol=1e-6)
+
+
+def test_a_model_with_mutable_state_saves_it_beside_the_weights(tmp_path):
+    """initial/model_state.npy: one row per repeat, for a model with mutable state (BatchNorm
+    statistics); none for a model without."""
+    from cljax.initial_state import initial_arrays, write_initial
+
+    params = {"dense": {"kernel": np.arange(24, dtype=np.float32).reshape(2, 3, 4),
+                        "bias": np.zeros((2, 4), np.float32)}}
+    state = {"batch_stats": {"bn": {"mean": np.arange(6, dtype=np.float32).reshape(2, 3),
+                                    "var": np.ones((2, 3), np.float32)}}}
+    assert initial_arrays(params, {})["model_state"] is None
+    arrays = initial_arrays(params, state)
+    assert arrays["weights"].shape == arrays["model_state"].shape == (2,)
+    folder = write_initial(tmp_path, arrays, "run-1")
+    meta = json.loads((folder / "metadata.json").read_text())
+    assert sorted(meta["files"]) == ["model_state.npy", "weights.npy"]
+    assert meta["shapes"] == {"weights": [2], "model_state": [2]} and meta["run_id"] == "run-1"
+    saved = results.load_structured(folder / "model_state.npy")
+    np.testing.assert_array_equal(saved["batch_stats"]["bn"]["mean"], state["batch_stats"]["bn"]["mean"])
+    np.testing.assert_array_equal(load_initial_weights(tmp_path)["dense"]["kernel"], params["dense"]["kernel"])

@@ -51,3 +51,17 @@ def test_the_choices_are_speed_only_for_a_resume_and_recorded_with_the_lowering(
     assert not same_split(split, {**split, "lowering": {**split["lowering"], "repeats": "vmap"}})
     with pytest.raises(CljaxError, match="--repeat-axis"):
         Config.from_flat(repeat_axis="pmap").validate()
+
+
+def test_auto_pairs_on_accelerators_and_on_a_cpu_device_with_a_core_to_itself(monkeypatch):
+    """docs/benchmark.md: a CPU device that spans several cores runs the two models apart; one
+    with at most a core to itself (cores <= devices) pairs them; accelerators always pair."""
+    import jax
+
+    import cljax.program as program
+
+    for backend, cores, devices, paired in (("cpu", 1, 1, True), ("cpu", 2, 1, False), ("cpu", 4, 4, True),
+                                            ("cpu", 4, 2, False), ("cpu", 2, 4, True), ("gpu", 16, 1, True)):
+        monkeypatch.setattr(jax, "default_backend", lambda b=backend: b)
+        monkeypatch.setattr(program, "usable_cores", lambda c=cores: c)
+        assert program.paired_models_default(devices) == paired, (backend, cores, devices)

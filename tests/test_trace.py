@@ -94,3 +94,28 @@ def test_training_metrics_are_the_mean_over_each_snapshots_own_steps(tmp_path):
             per_step = np.asarray(one[key], np.float64)
             expected = np.stack([per_step[0:5].mean(0), per_step[5:8].mean(0), per_step[8:11].mean(0)])
             np.testing.assert_allclose(three[key], expected, rtol=1e-5, err_msg=key)
+
+
+def test_every_key_stream_of_a_task_is_its_own():
+    """No two streams of a task share a key: the expert's init and rule keys, each epoch's
+    shuffle, the learner's and the expert's key at every step, every option's task-start and
+    task-end keys and the head's reset draw, for every repeat (one shared key would tie two
+    draws together, e.g. a reset head to the expert's initial one)."""
+    sizes = Sizes.of(small_config(Path("unused"), **{**TINY, "epochs": 2}))
+    keys = task_keys(jax.random.key(3), 2, sizes, 2)
+    assert keys.shuffle.shape == (2, 2) and keys.learner_steps.shape == keys.expert_steps.shape == (2, sizes.steps)
+    assert keys.task_start.shape == keys.task_end.shape == (2, 2)
+    drawn = [bytes(b) for field in keys for b in np.asarray(jax.random.key_data(field)).reshape(-1, 2)]
+    assert len(drawn) == 2 * (3 + 2 + 2 * sizes.steps + 2 * 2)  # per repeat
+    assert len(set(drawn)) == len(drawn)
+
+
+def test_each_repeat_starts_from_its_own_draw(tmp_path):
+    from cljax.program import build_task_program
+
+    config = small_config(tmp_path, **TINY)
+    learner = build_task_program(config, (28, 28)).init_learner(jax.random.key(0))
+    kernels = [leaf for path, leaf in jax.tree_util.tree_leaves_with_path(learner.params) if "kernel" in str(path)]
+    assert kernels and all(k.shape[0] == 2 for k in kernels)
+    for k in kernels:
+        assert not np.array_equal(k[0], k[1])
