@@ -228,3 +228,20 @@ def test_an_analysis_that_cannot_be_written_leaves_the_previous_one_whole(tmp_pa
                                          r"space .* the previous analysis there is left as it was"):
         analyze_run(algo, glue=False, make_plots=False)
     assert {p.name: p.read_bytes() for p in (algo / "analysis").iterdir()} == before
+
+
+def test_the_terminal_summary_says_over_how_many_terms_a_metric_was_taken():
+    """--eval-tasks window:5 of a 30-task run: the averages are over the window's terms, and FWT
+    (each task evaluated before it trains) has none: "not measured", not "left out: not finite"."""
+    from cljax.analysis.driver import format_summary
+
+    entry = {"mean": 0.5, "std": 0.25, "n": 3, "n_nonfinite": 0}
+    summary = {"n_task_folders": 30, "config": {"eval_tasks": "window:5"}, "average_accuracy": entry, "bwt": entry,
+               "fwt": {"mean": None, "std": None, "n": 0, "n_nonfinite": 3}, "forgetting": entry,
+               "n_terms": {"average_accuracy": 5, "bwt": 4, "fwt": 0, "forgetting": 29}}
+    lines = format_summary(summary).splitlines()
+    assert lines[:4] == [
+        "  average_accuracy: 0.5000 +- 0.2500 (over 5 of its 30 terms: --eval-tasks window:5)",
+        "               bwt: 0.5000 +- 0.2500 (over 4 of its 29 terms: --eval-tasks window:5)",
+        "               fwt: not measured (--eval-tasks window:5 evaluates none of its 29 terms)",
+        "        forgetting: 0.5000 +- 0.2500"]

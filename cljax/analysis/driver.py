@@ -292,10 +292,24 @@ def _pm(entry, digits: int = 4) -> str:
     return text + (f" ({left_out} repeat{'s' * (left_out != 1)} left out: not finite)" if left_out else "")
 
 
+def _cl_metric(summary: dict, key: str) -> str:
+    """A CL metric's 'mean +- std', and over how many of its terms when --eval-tasks evaluated
+    fewer than all (none: not measured, e.g. FWT, which needs each task evaluated before it trains)."""
+    n = summary.get("n_task_folders") or 0
+    full = n if key == "average_accuracy" else n - 1
+    terms = (summary.get("n_terms") or {}).get(key)
+    mode = (summary.get("config") or {}).get("eval_tasks", "all")
+    if terms == 0 and full > 0:
+        return f"not measured (--eval-tasks {mode} evaluates none of its {full} terms)"
+    if terms is not None and 0 < terms < full:
+        return f"{_pm(summary[key])} (over {terms} of its {full} terms: --eval-tasks {mode})"
+    return _pm(summary[key])
+
+
 def format_summary(summary: dict) -> str:
     """The headline lines of a summary for the terminal: CL metrics, the head vs the linear probe
     on earlier tasks, the expert's final and best snapshot, GLUE capacity with its errors."""
-    lines = [f"{key:>18}: {_pm(summary[key])}" for key in ("average_accuracy", "bwt", "fwt", "forgetting")
+    lines = [f"{key:>18}: {_cl_metric(summary, key)}" for key in ("average_accuracy", "bwt", "fwt", "forgetting")
              if key in summary]
     probe = summary.get("probe")
     if probe and probe["earlier_tasks"]["n_tasks"] > 0:
