@@ -76,7 +76,7 @@ class PatchConv(nn.Module):
         k, c_in = self.kernel_size, x_CHWB.shape[0]
         kernel = self.param("kernel", nn.initializers.lecun_normal(), (k, k, c_in, self.features))
         bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
-        h, w, b, pad = x_CHWB.shape[1], x_CHWB.shape[2], x_CHWB.shape[3], k // 2
+        h, w, b, pad = x_CHWB.shape[1], x_CHWB.shape[2], x_CHWB.shape[3], (k - 1) // 2  # as XLA SAME, even k too
         h, w = h // self.crop * self.crop, w // self.crop * self.crop  # rows/cols the pool keeps
         xp = jnp.pad(x_CHWB, ((0, 0), (pad, k - 1 - pad), (pad, k - 1 - pad), (0, 0)))
         # rows ordered (tap i, tap j, channel), as kernel.reshape(k * k * c_in, features); built
