@@ -54,7 +54,6 @@ class RunResult:
     steps_per_second: float = 0.0
     already_finished: bool = False
     run_id: str | None = None
-    repaired: list = field(default_factory=list)  # task folders written anew by --repair
 
 
 def run_experiment(
@@ -175,8 +174,7 @@ def _train(config, data, task_data, schedule, program, start, chunk_tasks, found
     elif not found.replay and first_task > 0:
         learner = shard_repeats(load_learner(algo_dir, learner)[0])
     order = replay + list(range(first_task, config.num_tasks))
-    result = RunResult(algo_dir=algo_dir, task_class_pairs=schedule, first_task=first_task, run_id=run_id,
-                       repaired=list(found.repair))
+    result = RunResult(algo_dir=algo_dir, task_class_pairs=schedule, first_task=first_task, run_id=run_id)
 
     spec = eval_tasks_of(config)
     if spec.full:

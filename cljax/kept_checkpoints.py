@@ -77,9 +77,9 @@ def repair_start(algo_dir: Path, run_id: str | None, before: int) -> int:
 
 def describe_replay(start: int, stop: int) -> str:
     """'tasks 4 to 6 (3 tasks) from the checkpoint kept at task 4' / '... from the seed'."""
-    origin = f"the checkpoint kept at task {start}" if start else "the seed"
-    return f"task{'s' if stop - start > 1 else ''} {start}{f' to {stop - 1}' if stop - start > 1 else ''} " \
-           f"({stop - start} task{'s' if stop - start > 1 else ''}) from {origin}"
+    n = stop - start
+    tasks = f"tasks {start} to {stop - 1} ({n} tasks)" if n > 1 else f"task {start} (1 task)"
+    return f"{tasks} from {'the checkpoint kept at task ' + str(start) if start else 'the seed'}"
 
 
 def same_as_recorded(algo_dir: Path, t: int, arrays: dict, metadata: dict) -> bool:
