@@ -34,9 +34,9 @@ LABEL_DTYPE = np.int32  # labels as TaskData builds them
 HEADROOM = 0.9  # a run may plan for this fraction of the device budget (allocator, runtime)
 # What a run's process holds beyond the runtime `cljax plan` sees and the arrays the budget counts:
 # XLA compiling the task programs, their executables, the writer's buffers. Measured as the peak
-# RSS of `cljax run` less the plan's figure, on the CPU without the compilation cache, for several
-# models, rules, options and R (docs/scale.md); this is above the largest measured, which came
-# from a run beside another busy process.
+# (VmHWM) of `cljax run` against the plan's figure, on the CPU without the compilation cache, for
+# several models, rules, options and R (docs/scale.md); the smallest margin measured with it is
+# 237 MiB (replay).
 RUN_EXTRA_HOST_BYTES = 800 * 2**20
 
 
@@ -287,8 +287,11 @@ def host_components(b: Budget, data, chunk: int) -> dict[str, int]:
 
 
 def host_total(b: Budget, data, chunk: int) -> int:
-    """The run's host bytes: its parts, and on the CPU its device arrays, which live there too."""
-    device = sum(device_components(b, chunk).values()) if jax.default_backend() == "cpu" else 0
+    """The run's host bytes: its parts, and on the CPU its device arrays, which live there too,
+    counted twice: beside them the task program's run holds XLA temporaries (on the CPU, about
+    the size of its snapshot buffers) and the buffers of its inputs and outputs at once, which
+    grow with R as the arrays do (docs/scale.md has the measured peaks)."""
+    device = 2 * sum(device_components(b, chunk).values()) if jax.default_backend() == "cpu" else 0
     return sum(host_components(b, data, chunk).values()) + device
 
 

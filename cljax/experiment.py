@@ -244,6 +244,9 @@ def _train(config, data, task_data, schedule, program, start, chunk_tasks, found
             print(replay_note(found, differing), file=sys.stderr)
         run_seconds += seconds
         row = summary_row(t, arrays, eval_ids)
+        # The host copies of this task go now, not when the next task's replace them: held over,
+        # they were the peak of a run's memory (the next task's fetch and results beside them).
+        del arrays, learner_host, trace, acc, loss, reps
         result.summary.append(row)
         if bar is not None:
             bar.set_postfix(acc=f"{row['acc_current']:.3f}", expert=f"{row['expert_acc']:.3f}")

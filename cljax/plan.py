@@ -129,7 +129,8 @@ def format_plan(plan: dict) -> str:
               f" of about {fmt_bytes(plan['host_runtime_rss_now'])}):"]
     for name, value in plan["host_components"].items():
         lines.append(f"  {name:<34} {fmt_bytes(value):>12}")
-    cpu_note = " (device arrays included: on the CPU they live in host memory)" if d["platform"] == "cpu" else ""
+    cpu_note = (" (on the CPU the device arrays live in host memory: included, twice for XLA's temporaries)"
+                if d["platform"] == "cpu" else "")
     lines += [f"  {'total':<34} {fmt_bytes(plan['host_bytes_estimate']):>12}{cpu_note}", "", "disk per task:"]
     for name, value in plan["disk_files_per_task"].items():
         lines.append(f"  {name:<34} {fmt_bytes(value):>12}")
