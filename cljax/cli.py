@@ -14,7 +14,8 @@ from pathlib import Path
 from cljax.config import Config, algo_dir_of
 from cljax.errors import EXIT_PREEMPTED, CljaxError
 from cljax.settings import Parser as _Parser
-from cljax.settings import add_run_flags, add_settings_flags, config_from_args, load_plugins_from_argv
+from cljax.settings import (add_repair_flag, add_run_flags, add_settings_flags, check_repair, config_from_args,
+                            load_plugins_from_argv)
 
 
 def _use_every_core(config: Config, overwrite: bool = False) -> None:
@@ -34,13 +35,9 @@ def _cmd_run(argv: list[str]) -> int:
     load_plugins_from_argv(argv)
     add_settings_flags(parser, argv)
     add_run_flags(parser)
-    parser.add_argument("--repair", action="store_true",
-                        help="write damaged task folders below the checkpoint (or a missing checkpoint) anew by training "
-                             "the tasks up to them again, from the nearest --keep-checkpoints state or from task 0; the "
-                             "folders recomputed on the way are compared with their record (default: refuse the run)")
+    add_repair_flag(parser)
     args = parser.parse_args(argv)
-    if args.repair and args.overwrite:
-        parser.error("--repair keeps the run and --overwrite deletes it: pass one of them")
+    check_repair(parser, args)
     config = config_from_args(args)
     _use_every_core(config, args.overwrite)
     from cljax.experiment import format_summary, run_experiment

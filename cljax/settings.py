@@ -101,6 +101,21 @@ RUN_ONLY_FLAGS = {
 }
 
 
+REPAIR_HELP = ("write damaged task folders below the checkpoint (or a missing checkpoint) anew by training the tasks up "
+               "to them again, from the nearest --keep-checkpoints state or from task 0; the folders recomputed on the "
+               "way are compared with their record (default: refuse the run)")
+
+
+def add_repair_flag(parser: argparse.ArgumentParser, note: str = "") -> None:
+    """``--repair`` (``cljax run`` and ``cljax sweep``: cljax/kept_checkpoints.py)."""
+    parser.add_argument("--repair", action="store_true", help=REPAIR_HELP + note)
+
+
+def check_repair(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.repair and args.overwrite:
+        parser.error("--repair keeps the run and --overwrite deletes it: pass one of them")
+
+
 def add_run_flags(parser: argparse.ArgumentParser, note: str = "") -> None:
     """The flags of ``cljax run`` that are not settings; ``plan`` and ``sweep`` accept them too."""
     for flag, help_text in RUN_ONLY_FLAGS.items():

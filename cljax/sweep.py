@@ -28,7 +28,8 @@ from pathlib import Path
 from cljax.config import Config
 from cljax.errors import CljaxError, MissingData
 from cljax.safe_files import atomic_write
-from cljax.settings import (Parser, add_run_flags, add_settings_flags, config_from_args, load_plugins_from_argv,
+from cljax.settings import (Parser, add_repair_flag, add_run_flags, add_settings_flags, check_repair, config_from_args,
+                            load_plugins_from_argv,
                             parse_setting, setting_specs)
 
 
@@ -106,10 +107,10 @@ def _check_distinct(runs: list[SweepRun]) -> None:
                              f"{run.config.seed}): list each value once in --grid and each seed once in --seeds.")
 
 
-def check_against_data(runs: list[SweepRun], overwrite: bool = False) -> None:
+def check_against_data(runs: list[SweepRun], overwrite: bool = False, repair: bool = False) -> None:
     """What each run's `cljax run` would refuse about its data (the classes its tasks take, the
     images per class) and its folder (a run there with other settings, damage below its
-    checkpoint), checked here before any job is queued: each dataset is loaded once. Data this
+    checkpoint unless ``repair``), checked here before any job is queued: each dataset is loaded once. Data this
     host cannot read (only the compute nodes' paths) is left to the jobs, with one warning."""
     from cljax.data import load_dataset
     from cljax.data.prepared import data_identity
@@ -136,12 +137,12 @@ def check_against_data(runs: list[SweepRun], overwrite: bool = False) -> None:
         try:
             make_schedule(data.n_classes, c.num_tasks, c.n_repeats, c.seed, c.task_schedule)
             TaskData(data, c)
-            inspect_run(algo_dir_of(c), c, data_identity(data), overwrite, hashes=False)  # read only
+            inspect_run(algo_dir_of(c), c, data_identity(data), overwrite, hashes=False, repair=repair)  # read only
         except CljaxError as exc:
             raise CljaxError(f"run {run.tag}: {str(exc).rstrip('.')} (no job was submitted).") from None
 
 
-def run_job(config_dict: dict, overwrite: bool = False, allow_nonfinite: bool = False) -> dict:
+def run_job(config_dict: dict, overwrite: bool = False, allow_nonfinite: bool = False, repair: bool = False) -> dict:
     """The body of one job: run (or resume) one experiment. Returns a short, picklable summary."""
     from cljax.checkpoint import recorded_split
     from cljax.devices.cpu_split import configure_cpu_devices
@@ -150,7 +151,8 @@ def run_job(config_dict: dict, overwrite: bool = False, allow_nonfinite: bool = 
     config = Config.from_flat(config_dict)
     # A fresh job process: one JAX device per core on a CPU host, or the split a resumed run started on.
     configure_cpu_devices(config.n_repeats, recorded=None if overwrite else recorded_split(algo_dir_of(config)))
-    result = run_experiment(config, progress=False, overwrite=overwrite, allow_nonfinite=allow_nonfinite)
+    result = run_experiment(config, progress=False, overwrite=overwrite, allow_nonfinite=allow_nonfinite,
+                            repair=repair)
     final = result.summary[-1] if result.summary else {}
     return {"algo_dir": str(algo_dir_of(config)), "tasks": config.num_tasks, "first_task": result.first_task,
             "already_finished": result.already_finished,
@@ -165,12 +167,15 @@ def _job_class():
         """A requeueable job: on a SLURM time limit or preemption submitit calls ``checkpoint``,
         which resubmits the same call; the run then resumes from its first unfinished task."""
 
-        def __call__(self, config_dict: dict, overwrite: bool = False, allow_nonfinite: bool = False) -> dict:
-            return run_job(config_dict, overwrite, allow_nonfinite)
+        def __call__(self, config_dict: dict, overwrite: bool = False, allow_nonfinite: bool = False,
+                     repair: bool = False) -> dict:
+            return run_job(config_dict, overwrite, allow_nonfinite, repair)
 
-        def checkpoint(self, config_dict: dict, overwrite: bool = False, allow_nonfinite: bool = False):
-            # The requeued job resumes what this one finished, even if this one started afresh.
-            return submitit.helpers.DelayedSubmission(self, config_dict, False, allow_nonfinite)
+        def checkpoint(self, config_dict: dict, overwrite: bool = False, allow_nonfinite: bool = False,
+                       repair: bool = False):
+            # The requeued job resumes what this one finished, even if this one started afresh; one
+            # stopped in a repair repairs again (on a whole run --repair changes nothing).
+            return submitit.helpers.DelayedSubmission(self, config_dict, False, allow_nonfinite, repair)
 
     return SweepJob
 
@@ -214,11 +219,12 @@ def make_executor(kind: str, log_dir: Path, args) -> "object":
     return executor
 
 
-def submit(runs: list[SweepRun], executor, overwrite: bool = False, allow_nonfinite: bool = False) -> list:
+def submit(runs: list[SweepRun], executor, overwrite: bool = False, allow_nonfinite: bool = False,
+           repair: bool = False) -> list:
     """One job per run (a job array on SLURM)."""
     job = _job_class()()
     return executor.map_array(job, [r.config.to_dict() for r in runs], [overwrite] * len(runs),
-                              [allow_nonfinite] * len(runs))
+                              [allow_nonfinite] * len(runs), [repair] * len(runs))
 
 
 def write_manifest(path: Path, runs: list[SweepRun], jobs, executor_kind: str, log_dir: Path) -> None:
@@ -283,7 +289,9 @@ def sweep_main(argv: list[str]) -> int:
     parser.add_argument("--slurm-array-parallelism", type=int, default=None, help="at most this many jobs at once")
     add_settings_flags(parser, argv)
     add_run_flags(parser, " (every job; jobs never draw a progress bar)")
+    add_repair_flag(parser, " (every job)")
     args = parser.parse_args(argv)
+    check_repair(parser, args)
     base = config_from_args(args)
     base_flat = {dest: getattr(args, dest) for dest in setting_specs()}
     grid = parse_grid(args.grid)
@@ -304,12 +312,12 @@ def sweep_main(argv: list[str]) -> int:
             raise CljaxError(f"--{flag.replace('_', '-')} must be a positive number, got {value}: leave it out for "
                              f"the cluster's default.")
     runs = expand(base_flat, grid, seeds)
-    check_against_data(runs, args.overwrite)
+    check_against_data(runs, args.overwrite, args.repair)
     root = Path(base.results_dir)
     log_dir = Path(args.log_dir) if args.log_dir else root / "sweep_logs"
     executor = make_executor(args.executor, log_dir, args)
     kind = getattr(executor, "cluster", args.executor)
-    jobs = submit(runs, executor, args.overwrite, args.allow_nonfinite)
+    jobs = submit(runs, executor, args.overwrite, args.allow_nonfinite, args.repair)
     write_manifest(root / "sweep.json", runs, jobs, kind, log_dir)
     print(f"submitted {len(jobs)} job(s) to {kind} (logs: {log_dir}, list: {root / 'sweep.json'}):")
     from cljax.experiment import algo_dir_of

@@ -163,3 +163,25 @@ def test_a_recomputed_folder_that_differs_from_its_record_is_reported(made, tmp_
     assert ("warning: --repair trained tasks 0 to 1 (2 tasks) from the seed again and wrote task_001 anew, but "
             "task_000 came out different from its recorded files (1 of 1 recomputed folders differ)") in err
     assert _outputs(run_dir) == _outputs(made["finished"] / RUN4)  # the recorded folder stays as it was
+
+
+def test_a_sweep_repairs_with_repair_and_refuses_without(made, tmp_path, capsys):
+    """cljax sweep checks each run's folder before it queues a job: damage below the checkpoint is
+    refused, naming --repair, unless the sweep has it; each job then repairs its run."""
+    from cljax import sweep
+
+    original = _outputs(made["finished"] / RUN4)
+    run_dir = _copy(made, "finished", tmp_path / "r")
+    (run_dir / "task_001" / "representations.npy").unlink()  # the sweep's check reads sizes, not contents
+    before = state(run_dir)
+    config = small_config(tmp_path, results_dir=str(tmp_path / "r"),
+                          **{**TINY, "synthetic_classes": 8, "num_tasks": 4, "keep_checkpoints": 2})
+    runs = [sweep.SweepRun(tag="only", settings={}, config=config)]
+    with pytest.raises(CljaxError, match=r"run only: .*task_001.*pass --repair to train tasks 0 to 1.*no job was submitted"):
+        sweep.check_against_data(runs)
+    sweep.check_against_data(runs, repair=True)  # passes: the job repairs
+    assert state(run_dir) == before
+    out = sweep.run_job(config.to_dict(), repair=True)
+    assert out["first_task"] == 4 and _outputs(run_dir) == original
+    rc, _, err = run_cli(["sweep", *FLAGS4, "--results-dir", str(tmp_path / "s"), "--repair", "--overwrite"], capsys)
+    assert rc == 2 and "--repair keeps the run and --overwrite deletes it" in err

@@ -67,12 +67,17 @@ def test_each_job_is_handed_overwrite_and_a_requeued_job_never_overwrites(tmp_pa
     executor = SimpleNamespace(map_array=lambda fn, *lists: calls.append((fn, lists)) or ["j0", "j1"])
     runs = sweep.expand(base_of(tmp_path), {"lr": [0.1, 0.2]}, [0])
     assert sweep.submit(runs, executor, overwrite=True, allow_nonfinite=False) == ["j0", "j1"]
-    (job, (configs, overwrite, nonfinite)), = calls
+    (job, (configs, overwrite, nonfinite, repair)), = calls
     assert configs == [r.config.to_dict() for r in runs]
-    assert overwrite == [True, True] and nonfinite == [False, False]
+    assert overwrite == [True, True] and nonfinite == [False, False] and repair == [False, False]
     # Requeued after a time limit: it resumes what the first attempt wrote, even under --overwrite.
     again = job.checkpoint(configs[0], True, True)
-    assert again.function is job and again.args == (configs[0], False, True)
+    assert again.function is job and again.args == (configs[0], False, True, False)
+    calls.clear()
+    sweep.submit(runs, executor, allow_nonfinite=True, repair=True)
+    (job, (_, overwrite, nonfinite, repair)), = calls
+    assert overwrite == [False, False] and nonfinite == [True, True] and repair == [True, True]
+    assert job.checkpoint(configs[0], False, False, True).args == (configs[0], False, False, True)  # repairs again
 
 
 def test_the_executor_gets_only_the_cluster_settings_given(tmp_path, monkeypatch):
