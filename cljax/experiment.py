@@ -18,6 +18,7 @@ import numpy as np
 
 from cljax.budget import Budget, choose_eval_chunk, host_problem
 from cljax.budget_disk import block_size, check_disk, disk_files_per_task, disk_run_files, on_disk
+from cljax.check_record import CheckRecord
 from cljax.checkpoint import CHECKPOINT, RUN_RECORD, load_learner, new_run_id, save_learner, write_run_record
 from cljax.config import SCHEMA_VERSION, Config, algo_dir_of
 from cljax.data import load_dataset
@@ -89,7 +90,7 @@ def run_experiment(
     schedule = make_schedule(data.n_classes, config.num_tasks, config.n_repeats, config.seed, config.task_schedule)
     task_data = TaskData(data, config)  # checks that every class has the images a task takes
     algo_dir = algo_dir_of(config)
-    memo: dict = {}  # the checks below parse each metadata.json once
+    memo = CheckRecord(algo_dir)  # the checks below parse each metadata.json once; what a resume verified before
     found = inspect_run(algo_dir, config, data_id, overwrite, hashes=False, memo=memo, repair=repair)
     sources = plugin_sources(config)
     if not found.finished:  # the identity of a prepared folder is its recorded checksums
@@ -153,6 +154,8 @@ def run_experiment(
                 for stale in found.stale:  # redone by this run: not this run's, or not whole
                     shutil.rmtree(stale)
                 remove_stale_temporaries(algo_dir)
+                if found.record is not None:  # what this resume verified: the next one does not read it again
+                    memo.save(run_id)
         return _train(config, data, task_data, schedule, program, start, chunk_tasks, found, algo_dir, run_id, split,
                       task_disk + ckpt_disk, sources=sources, progress=progress, allow_nonfinite=allow_nonfinite,
                       critical=critical, on_task_end=on_task_end)

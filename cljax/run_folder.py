@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cljax.check_record import RECORD, CheckRecord, content_matches
 from cljax.checkpoint import CHECKPOINT, RUN_RECORD, read_checkpoint_header, read_run_record
 from cljax.config import DATA_DIFFERS, Config, setting_differences
 from cljax.errors import CljaxError, DamagedFile
@@ -32,7 +33,7 @@ from cljax.initial_state import INITIAL
 from cljax.kept_checkpoints import KEPT, describe_replay, is_kept_name, repair_start
 from cljax.results import LATER_TASK_FILES, TASK_FILES, load_metadata, task_dir_name, task_dirs
 from cljax.run_lock import RUN_LOCK
-from cljax.safe_files import file_sha256, npy_header, safe_load_pickle
+from cljax.safe_files import npy_header, safe_load_pickle
 
 ANALYSIS = "analysis"
 # What verify_task_dir reads of metadata.json.
@@ -124,6 +125,8 @@ def inspect_run(algo_dir: Path, config: Config, data_id: str | None, overwrite: 
                          f"Pass the recorded values to resume it (a default may have changed since), choose another "
                          f"--results-dir, or pass --overwrite to replace it (it {_deletes(n_dirs)}).")
     run_id, T = record.get("run_id"), config.num_tasks
+    if isinstance(memo, CheckRecord):
+        memo.for_run(run_id)
     # Hashing reads every finished file once: folders in parallel (hashlib releases the GIL).
     with ThreadPoolExecutor(max_workers=max(1, min(8, usable_cores()))) as pool:
         problems = list(pool.map(lambda t: verify_task_dir(algo_dir / task_dir_name(t), t, run_id, hashes, memo=memo),
@@ -297,7 +300,7 @@ def verify_task_dir(task_dir: Path, t: int, run_id: str | None, hashes: bool, in
             size = path.stat().st_size
             if size != want.get("bytes"):
                 return _refused_pickle(path) or f"{path} has {size:,} bytes, {want.get('bytes')} were written"
-            if hashes and file_sha256(path) != want.get("sha256"):
+            if hashes and not content_matches(path, want.get("sha256"), memo):
                 return _refused_pickle(path) or f"{path} does not match the sha256 recorded when it was written"
     return None
 
@@ -369,6 +372,7 @@ def clear_run(algo_dir: Path) -> None:
     """--overwrite: the checkpoints first (a new run.json must never meet an old checkpoint), then
     the record, the task folders, the initial state and the analysis. Other files are left alone."""
     (algo_dir / CHECKPOINT).unlink(missing_ok=True)
+    (algo_dir / RECORD).unlink(missing_ok=True)
     if (algo_dir / KEPT).is_dir():
         shutil.rmtree(algo_dir / KEPT)
     (algo_dir / RUN_RECORD).unlink(missing_ok=True)

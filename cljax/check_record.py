@@ -1,0 +1,124 @@
+"""What the checks of a run folder already read: ``verified.json``, so that a resume does not
+hash every finished file again.
+
+A resume verifies every task folder before it builds on the run (cljax/run_folder.py): each
+metadata.json is parsed, and each file's sha256 is compared with the one recorded when it was
+written. On a long run that is most of the folder read on every requeue (hundreds of GiB at the
+``lop-imagenet`` plan). This record keeps, for each file whose content matched, its identity
+when it did (device, inode, size, modification and change times, in nanoseconds) with the
+sha256 it matched, and for each metadata.json the fields the check reads. A later check takes a
+file whose identity is unchanged as verified, and reads and hashes every other one.
+
+Any write to a file changes its change time, which no program can set back, so an edited,
+replaced, truncated or copied file is hashed again; a damaged record (or none) only means that
+everything is. What it does not see is content that changes with no write at all (a failing
+disk): ``cljax analyze`` hashes every file it reads, and deleting verified.json makes the next
+resume hash everything again. A run writes the record only when it resumes, under its lock,
+after every check has passed; a rerun of a finished run reads it and writes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from cljax.safe_files import atomic_write, file_sha256
+
+RECORD = "verified.json"
+VERSION = 1
+
+
+def identity(path: Path) -> list[int]:
+    """What changes when the file is written, replaced or copied."""
+    st = os.stat(path)
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+class CheckRecord:
+    """The memo of one command's checks (``run_folder.verify_task_dir``), and what the last
+    resume verified, read from ``algo_dir``/verified.json (``inspect_run`` keeps it only for the
+    run of run.json: ``for_run``)."""
+
+    def __init__(self, algo_dir: Path | None = None):
+        self.root = Path(algo_dir) if algo_dir is not None else None
+        self.run_id = None
+        self.metadata: dict[str, list] = {}  # relative path of a metadata.json -> [identity, checked fields]
+        self.hashed: dict[str, list] = {}  # relative path of a file -> [identity, sha256 it matched]
+        self.parsed: dict = {}  # this command's parses, by path (any folder)
+        if self.root is not None:
+            self._read()
+
+    def _read(self) -> None:
+        try:
+            data = json.loads((self.root / RECORD).read_text())
+            if data.get("version") != VERSION:
+                return
+            run_id, metadata, hashed = data["run_id"], dict(data["metadata"]), dict(data["hashed"])
+        except (OSError, ValueError, TypeError, KeyError, AttributeError):
+            return  # none or damaged: every file is read again
+        self.run_id, self.metadata, self.hashed = run_id, metadata, hashed
+
+    def for_run(self, run_id: str | None) -> None:
+        """Forget what was recorded for another run than ``run_id``."""
+        if self.run_id != run_id:
+            self.run_id, self.metadata, self.hashed = run_id, {}, {}
+
+    def _name(self, path: Path) -> str | None:
+        if self.root is None:
+            return None
+        try:
+            return str(Path(path).relative_to(self.root))
+        except ValueError:
+            return None
+
+    # the metadata.json memo (run_folder._checked_metadata)
+    def get(self, path: Path):
+        kept = self.parsed.get(path)
+        if kept is not None:
+            return kept
+        name = self._name(path)
+        entry = self.metadata.get(name) if name is not None else None
+        return (tuple(entry[0]), entry[1]) if isinstance(entry, list) and len(entry) == 2 else None
+
+    def __setitem__(self, path: Path, value) -> None:
+        self.parsed[path] = value
+        name = self._name(path)
+        if name is not None:
+            self.metadata[name] = [list(value[0]), value[1]]
+
+    # the hashes
+    def matched(self, path: Path, key: list[int], sha256: str | None) -> bool:
+        """Whether ``path``, as ``key`` says it is now, matched ``sha256`` before."""
+        name = self._name(path)
+        entry = self.hashed.get(name) if name is not None else None
+        return sha256 is not None and entry == [key, sha256]
+
+    def note(self, path: Path, key: list[int], sha256: str) -> None:
+        """``path`` (as ``key``, taken before it was read) matched ``sha256``."""
+        name = self._name(path)
+        if name is not None:
+            self.hashed[name] = [key, sha256]
+
+    def save(self, run_id: str) -> None:
+        """Write the record (atomically); entries of folders no longer there are dropped."""
+        keep = {name for name in {*self.metadata, *self.hashed} if (self.root / name).exists()}
+        data = {"version": VERSION, "run_id": run_id,
+                "metadata": {k: v for k, v in self.metadata.items() if k in keep},
+                "hashed": {k: v for k, v in self.hashed.items() if k in keep}}
+        atomic_write(self.root / RECORD, lambda f: f.write(json.dumps(data, separators=(",", ":")).encode()))
+
+
+def content_matches(path: Path, sha256: str | None, record) -> bool:
+    """Whether ``path`` holds the content recorded as ``sha256``: hashed, unless ``record`` (a
+    CheckRecord; a plain memo or None hashes) says that it matched before and the file was not
+    written since. A match is noted in the record."""
+    if not isinstance(record, CheckRecord):
+        return file_sha256(path) == sha256
+    key = identity(path)  # before reading: a write while it is hashed changes it
+    if record.matched(path, key, sha256):
+        return True
+    if file_sha256(path) != sha256:
+        return False
+    record.note(path, key, sha256)
+    return True
