@@ -29,8 +29,7 @@ from cljax.config import Config
 from cljax.errors import CljaxError, MissingData
 from cljax.safe_files import atomic_write
 from cljax.settings import (Parser, add_repair_flag, add_run_flags, add_settings_flags, check_repair, config_from_args,
-                            load_plugins_from_argv,
-                            parse_setting, setting_specs)
+                            load_plugins_from_argv, parse_setting, setting_specs)
 
 
 def parse_grid(items: list[str]) -> dict[str, list]:
@@ -110,8 +109,9 @@ def _check_distinct(runs: list[SweepRun]) -> None:
 def check_against_data(runs: list[SweepRun], overwrite: bool = False, repair: bool = False) -> None:
     """What each run's `cljax run` would refuse about its data (the classes its tasks take, the
     images per class) and its folder (a run there with other settings, damage below its
-    checkpoint unless ``repair``), checked here before any job is queued: each dataset is loaded once. Data this
-    host cannot read (only the compute nodes' paths) is left to the jobs, with one warning."""
+    checkpoint unless ``repair``), checked here before any job is queued: each dataset is loaded
+    once. Data this host cannot read (only the compute nodes' paths) is left to the jobs, with
+    one warning."""
     from cljax.data import load_dataset
     from cljax.data.prepared import data_identity
     from cljax.experiment import algo_dir_of
