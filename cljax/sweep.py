@@ -153,7 +153,9 @@ def run_job(config_dict: dict, overwrite: bool = False, allow_nonfinite: bool = 
     configure_cpu_devices(config.n_repeats, recorded=None if overwrite else recorded_split(algo_dir_of(config)))
     result = run_experiment(config, progress=False, overwrite=overwrite, allow_nonfinite=allow_nonfinite,
                             repair=repair)
-    final = result.summary[-1] if result.summary else {}
+    # The run's last task, when this job trained it or found it finished (a repair that ends below
+    # the checkpoint trains only earlier tasks again: their accuracies are not the run's last).
+    final = next((row for row in result.summary if row.get("task") == config.num_tasks - 1), {})
     return {"algo_dir": str(algo_dir_of(config)), "tasks": config.num_tasks, "first_task": result.first_task,
             "already_finished": result.already_finished,
             "final_acc_current": final.get("acc_current"), "final_acc_earlier": final.get("acc_earlier"),
@@ -337,6 +339,7 @@ def sweep_main(argv: list[str]) -> int:
         acc = out.get("final_acc_current")
         acc_text = "n/a" if acc is None else f"{acc:.3f}"
         how = (" (already finished)" if out.get("already_finished") else
+               " (repaired; it had trained every task)" if out.get("first_task") == out["tasks"] else
                f" (resumed from task {out['first_task']})" if out.get("first_task") else "")
         print(f"  done   {job.job_id} {run.tag}: {out['tasks']} tasks{how}, last task acc {acc_text} -> {out['algo_dir']}")
     print(f"{len(jobs) - failed} of {len(jobs)} job(s) finished" + (f", {failed} failed" if failed else ""))

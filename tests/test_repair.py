@@ -9,12 +9,14 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from cljax.checkpoint import read_checkpoint_header
 from cljax.errors import CljaxError
 from cljax.kept_checkpoints import KEPT, keeps, kept_path
 from cljax.run_folder import check_clearable, clear_run
+from cljax.safe_files import safe_load_pickle
 from tests.conftest import small_config
 from tests.run_folder_kit import FLAGS, TINY, assert_one_error, flip_byte, run_cli, state
 
@@ -183,5 +185,9 @@ def test_a_sweep_repairs_with_repair_and_refuses_without(made, tmp_path, capsys)
     assert state(run_dir) == before
     out = sweep.run_job(config.to_dict(), repair=True)
     assert out["first_task"] == 4 and _outputs(run_dir) == original
+    assert out["final_acc_current"] is None  # it trained tasks 0 and 1 again, not the run's last task
+    again = sweep.run_job(config.to_dict())  # finished: the last task's accuracy, from its folder
+    last = safe_load_pickle(run_dir / "task_003" / "metrics.pkl")["test_acc"][-1][:, 3]  # (R, T) at the end
+    assert again["already_finished"] and again["final_acc_current"] == pytest.approx(float(np.mean(last)))
     rc, _, err = run_cli(["sweep", *FLAGS4, "--results-dir", str(tmp_path / "s"), "--repair", "--overwrite"], capsys)
     assert rc == 2 and "--repair keeps the run and --overwrite deletes it" in err
