@@ -40,14 +40,12 @@ class CheckRecord:
     resume verified, read from ``algo_dir``/verified.json (``inspect_run`` keeps it only for the
     run of run.json: ``for_run``)."""
 
-    def __init__(self, algo_dir: Path | None = None):
-        self.root = Path(algo_dir) if algo_dir is not None else None
+    def __init__(self, algo_dir: Path):
+        self.root = Path(algo_dir)
         self.run_id = None
         self.metadata: dict[str, list] = {}  # relative path of a metadata.json -> [identity, checked fields]
         self.hashed: dict[str, list] = {}  # relative path of a file -> [identity, sha256 it matched]
-        self.parsed: dict = {}  # this command's parses, by path (any folder)
-        if self.root is not None:
-            self._read()
+        self._read()
 
     def _read(self) -> None:
         try:
@@ -65,24 +63,18 @@ class CheckRecord:
             self.run_id, self.metadata, self.hashed = run_id, {}, {}
 
     def _name(self, path: Path) -> str | None:
-        if self.root is None:
-            return None
         try:
             return str(Path(path).relative_to(self.root))
         except ValueError:
             return None
 
-    # the metadata.json memo (run_folder._checked_metadata)
+    # the metadata.json memo (run_folder._checked_metadata): this command's parses and the record's
     def get(self, path: Path):
-        kept = self.parsed.get(path)
-        if kept is not None:
-            return kept
         name = self._name(path)
         entry = self.metadata.get(name) if name is not None else None
         return (tuple(entry[0]), entry[1]) if isinstance(entry, list) and len(entry) == 2 else None
 
     def __setitem__(self, path: Path, value) -> None:
-        self.parsed[path] = value
         name = self._name(path)
         if name is not None:
             self.metadata[name] = [list(value[0]), value[1]]
