@@ -136,6 +136,26 @@ def test_the_band_is_one_sample_std_around_the_mean():
     np.testing.assert_allclose([ys.min(), ys.max()], [(mean - std).min(), (mean + std).max()])
 
 
+def test_an_accuracy_band_stops_at_0_and_1_and_an_unbounded_one_does_not():
+    from cljax.analysis import plots
+
+    dense = np.array([[1.0, 0.0, 0.2], [0.8, 0.2, 0.3], [1.0, 0.0, 0.1]])  # (R, x)
+    mean, std = dense.mean(axis=0), dense.std(axis=0, ddof=1)
+    assert (mean + std)[0] > 1.0 and (mean - std)[1] < 0.0
+    for limits, lo, hi in ((None, mean - std, mean + std),
+                           (plots.ACCURACY, np.maximum(mean - std, 0.0), np.minimum(mean + std, 1.0))):
+        ax = plots._figure().subplots()
+        plots._band(ax, np.arange(3), dense, limits=limits)
+        ys = ax.collections[0].get_paths()[0].vertices[:, 1]
+        np.testing.assert_allclose([ys.min(), ys.max()], [lo.min(), hi.max()])
+    assert ys.max() == 1.0 and ys.min() == 0.0
+    # a lone point (no finite neighbour) is an error bar, cut the same way
+    ax = plots._figure().subplots()
+    plots._band(ax, np.arange(3), np.array([[np.nan, 0.95, np.nan], [np.nan, 0.7, np.nan]]), limits=plots.ACCURACY)
+    (segment,) = ax.containers[0].lines[2][0].get_segments()
+    np.testing.assert_allclose(segment[:, 1], [0.825 - 0.25 / np.sqrt(2), 1.0])  # a full std below, 1 above
+
+
 def test_each_plot_draws_the_numbers_it_names(tmp_path, monkeypatch):
     """What reaches the axes: the matrix's mean over the finite repeats, the gap as expert minus
     learner, the expert's best snapshot as its mean over repeats, the earlier-task panel from i = 1."""

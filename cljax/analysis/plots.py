@@ -65,8 +65,12 @@ def _binned(x: np.ndarray, values_RX: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return np.where(held.any(axis=1), x_held, np.nanmean(xs, axis=1)), means, k
 
 
-def _band(ax, x, values_RX, label=None, color=None, marker=None):
-    """The mean as a line with a band of one std. A finite point with no finite neighbour (T = 1;
+ACCURACY, GAP = (0.0, 1.0), (-1.0, 1.0)  # the ranges of an accuracy and of a difference of two
+
+
+def _band(ax, x, values_RX, label=None, color=None, marker=None, limits=None):
+    """The mean as a line with a band of one std, cut at ``limits`` (lo, hi) where the values
+    cannot pass them (an accuracy's mean + std can exceed 1; the band stops at 1). A finite point with no finite neighbour (T = 1;
     a task evaluated at one snapshot only) draws no line segment and no band: it is a marker with
     an error bar. A label that starts with "_" is kept in the legend (matplotlib hides those).
     More than :data:`MAX_POINTS` points are drawn in bins (:func:`_binned`), without markers."""
@@ -83,11 +87,15 @@ def _band(ax, x, values_RX, label=None, color=None, marker=None):
     if label is not None and str(label).startswith("_"):
         label = "\u200b" + str(label)  # a zero-width space in front
     (line,) = ax.plot(x, mean, label=label, color=color, marker=marker, markersize=3)
-    ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.25, linewidth=0)
+    lo, hi = mean - std, mean + std
+    if limits is not None:
+        lo, hi = np.maximum(lo, limits[0]), np.minimum(hi, limits[1])
+    ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.25, linewidth=0)
     ok = np.isfinite(mean)
     alone = ok & ~np.r_[False, ok[:-1]] & ~np.r_[ok[1:], False]
     if alone.any():
-        ax.errorbar(x[alone], mean[alone], yerr=np.where(np.isfinite(std), std, 0.0)[alone], fmt=marker or "o",
+        err = np.stack([np.where(np.isfinite(lo), mean - lo, 0.0), np.where(np.isfinite(hi), hi - mean, 0.0)])
+        ax.errorbar(x[alone], mean[alone], yerr=err[:, alone], fmt=marker or "o",
                     markersize=4, capsize=3, color=line.get_color())
     return line
 
@@ -165,9 +173,10 @@ def plot_accuracy_over_time(
     ax = fig.subplots()
     cmap = matplotlib.colormaps["viridis"].resampled(max(J, 2))
     for j in range(J):
-        _band(ax, x, acc[:, :, j].T, label=f"task {ids[j]}", color=cmap(j))
+        _band(ax, x, acc[:, :, j].T, label=f"task {ids[j]}", color=cmap(j), limits=ACCURACY)
     if current_NR is not None:
-        _band(ax, x, np.asarray(current_NR, dtype=np.float64).T, label="the current task", color="black")
+        _band(ax, x, np.asarray(current_NR, dtype=np.float64).T, label="the current task", color="black",
+              limits=ACCURACY)
     every = -(-len(task_boundaries) // MAX_BOUNDARIES)  # more lines than this grey the whole plot
     for b in list(task_boundaries)[::max(every, 1)]:
         ax.axvline(b, color="gray", linestyle="--", linewidth=0.7)
@@ -197,8 +206,9 @@ def plot_learner_vs_expert(
     ax0, ax1 = fig.subplots(1, 2)
     if variant == "auc":
         title += " (auc: the learner's area under its curve, the expert's last snapshot)"
-    _band(ax0, x, learner, label="learner R[i, i]" + (" (auc)" if variant == "auc" else ""), marker="o")
-    _band(ax0, x, expert, label="expert E[i]", marker="s")
+    _band(ax0, x, learner, label="learner R[i, i]" + (" (auc)" if variant == "auc" else ""), marker="o",
+          limits=ACCURACY)
+    _band(ax0, x, expert, label="expert E[i]", marker="s", limits=ACCURACY)
     if expert_best_RT is not None:
         best = np.asarray(expert_best_RT, dtype=np.float64)
         xb, best, _ = _binned(x.astype(np.float64), best[None] if best.ndim == 1 else best)  # as the bands
@@ -210,7 +220,7 @@ def plot_learner_vs_expert(
     _task_ticks(ax0.xaxis)
     ax0.set_ylabel("test accuracy")
     ax0.legend(fontsize=8)
-    _band(ax1, x, expert - learner, label="G[i] = E[i] - R[i, i]", color="tab:red", marker="o")
+    _band(ax1, x, expert - learner, label="G[i] = E[i] - R[i, i]", color="tab:red", marker="o", limits=GAP)
     ax1.axhline(0.0, color="black", linewidth=0.7)
     ax1.set_xlabel("task i")
     _task_ticks(ax1.xaxis)
@@ -289,7 +299,7 @@ def plot_head_vs_probe(earlier_RN: Mapping[str, np.ndarray], last_RT: Mapping[st
         first = 1 if ax is ax0 else 0
         shown = {k: np.asarray(v, dtype=np.float64)[:, first:] for k, v in curves.items()}
         for label, v in shown.items():
-            _band(ax, np.arange(first, first + v.shape[-1]), v, label=label, marker="o")
+            _band(ax, np.arange(first, first + v.shape[-1]), v, label=label, marker="o", limits=ACCURACY)
         width = max((v.shape[-1] for v in shown.values()), default=0)
         if width:  # every task on the axis, also where only some were evaluated (--eval-tasks)
             ax.set_xlim(first - 0.5, first + width - 0.5)
@@ -312,7 +322,7 @@ def plot_plasticity_gap(gaps: Mapping[str, np.ndarray], path: str | os.PathLike)
     fig = _figure(figsize=(7, 4))
     ax = fig.add_subplot()
     for label, gap_nR in gaps.items():
-        _band(ax, np.arange(len(gap_nR)), np.asarray(gap_nR).T, label=label)
+        _band(ax, np.arange(len(gap_nR)), np.asarray(gap_nR).T, label=label, limits=GAP)
     ax.axhline(0.0, color="gray", linewidth=0.8)
     ax.set_xlabel("task")
     _task_ticks(ax.xaxis)
