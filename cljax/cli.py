@@ -154,9 +154,6 @@ def _cmd_sweep(argv: list[str]) -> int:
 
 
 def _cmd_analyze(argv: list[str]) -> int:
-    from cljax.devices.lapack_pool import avoid_lapack_pool_wait
-
-    avoid_lapack_pool_wait()  # before JAX starts: GLUE's decompositions could wait forever on jaxlib 0.10
     from cljax.analysis.glue import N_PROBES
     from cljax.analysis.probe import RIDGE
 

@@ -36,13 +36,6 @@ if os.environ.get("CLJAX_TEST_XLA_OPT", "fast") != "full" and "xla_backend_optim
     extra = FAST_COMPILE_FLAGS + (" " + OPTIONAL_FAST_COMPILE_FLAGS if xla_accepts(OPTIONAL_FAST_COMPILE_FLAGS) else "")
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + extra).strip()
 
-# The analyses run in-process here, as a library caller runs them: on jaxlib 0.10 their batched
-# decompositions can wait forever on XLA's intra-op pool (cljax/devices/lapack_pool.py), which
-# `cljax analyze` avoids with this flag. The tests take it too (the subprocesses inherit it).
-from cljax.devices.lapack_pool import avoid_lapack_pool_wait  # noqa: E402  (imports no JAX)
-
-avoid_lapack_pool_wait()
-
 # On a GPU each JAX process takes 75% of the GPU's memory when it starts, so a subprocess that
 # uses JAX there (the CLI, a pytest child, a benchmark) would find too little left beside this
 # process: allocate as needed instead, here and in the subprocesses. No effect on the CPU.

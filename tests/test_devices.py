@@ -63,39 +63,6 @@ def test_without_a_device_limit_the_host_memory_is_shared_by_the_local_devices(m
     assert device_budget() == (5000, "gpu bytes_limit")  # the device's own limit, not shared
 
 
-def test_analyze_turns_off_the_cpu_pool_that_jaxlib_0_10s_lapack_kernels_wait_on():
-    from cljax.devices.lapack_pool import FLAG, avoid_lapack_pool_wait, jaxlib_waits
-
-    assert jaxlib_waits("0.10.2") and jaxlib_waits("0.10.0") and not jaxlib_waits("0.11.2") and not jaxlib_waits("0.9.2")
-    env = {"XLA_FLAGS": "--xla_backend_optimization_level=1"}
-    assert avoid_lapack_pool_wait(env, "0.10.2") and env["XLA_FLAGS"] == f"--xla_backend_optimization_level=1 {FLAG}"
-    assert not avoid_lapack_pool_wait(env, "0.10.2") and env["XLA_FLAGS"].count(FLAG) == 1  # once
-    chosen = {"XLA_FLAGS": "--xla_cpu_multi_thread_eigen=true"}  # the user's own choice stays
-    assert not avoid_lapack_pool_wait(chosen, "0.10.2") and chosen["XLA_FLAGS"] == "--xla_cpu_multi_thread_eigen=true"
-    other = {}
-    assert not avoid_lapack_pool_wait(other, "0.11.2") and other == {}  # a jaxlib without the wait: nothing added
-    empty = {}
-    assert avoid_lapack_pool_wait(empty, "0.10.2") and empty == {"XLA_FLAGS": FLAG}
-
-
-def test_the_analyze_command_sets_the_flag_before_anything_it_loads(tmp_path):
-    # A plugin is the first code of the user's that analyze runs: XLA_FLAGS holds the flag by then
-    # on jaxlib 0.10, so the backend JAX starts later reads it.
-    import subprocess
-    import sys
-
-    from cljax.devices.lapack_pool import FLAG, jaxlib_waits
-
-    seen = tmp_path / "flags.txt"
-    plugin = tmp_path / "record_flags.py"
-    plugin.write_text(f"import os\nopen({str(seen)!r}, 'w').write(os.environ.get('XLA_FLAGS', ''))\n")
-    proc = subprocess.run([sys.executable, "-c", "import sys; from cljax.cli import main; sys.exit(main())", "analyze",
-                           str(tmp_path / "no_run"), "--plugin", str(plugin)], capture_output=True, text=True,
-                          timeout=120)
-    assert proc.returncode == 2 and "is not a results folder" in proc.stderr
-    assert (FLAG in seen.read_text().split()) == jaxlib_waits()
-
-
 def test_the_usable_cores_are_this_process_affinity_not_the_machine(monkeypatch):
     # A SLURM allocation of 2 of a node's 64 cores: the CPU split, the pairing and the workers take 2.
     import os

@@ -1,0 +1,99 @@
+"""GLUE's compiled program runs its LAPACK kernels one at a time on the CPU.
+
+jaxlib 0.10's CPU LAPACK kernels hand their batch to XLA's intra-op pool and block until it is
+done; XLA:CPU runs independent operations at once, so two such kernels in flight on a 2-thread
+pool leave no thread to run the batch, and the analysis never ends. A hang shows only now and
+then, so this checks the cause instead: in every computation of the compiled program, any two
+operations that run a LAPACK kernel (directly, or inside a loop they run) depend one on the
+other."""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cljax.analysis import glue
+
+LAPACK = 'custom_call_target="lapack_'
+
+
+def computations(hlo: str) -> dict[str, dict[str, str]]:
+    """Computation name -> {instruction name: the text after its '='} of an HLO module's text."""
+    comps, current = {}, None
+    for line in hlo.splitlines():
+        head = re.match(r"^(?:ENTRY )?%?([\w.\-]+) .*\{$", line)
+        if head:
+            current = comps.setdefault(head.group(1), {})
+        elif line.startswith("}"):
+            current = None
+        elif current is not None and (inst := re.match(r"^\s+(?:ROOT )?%([\w.\-]+) = (.*)$", line)):
+            current[inst.group(1)] = inst.group(2)
+    return comps
+
+
+def unordered_lapack_pairs(hlo: str) -> list[tuple[str, str, str]]:
+    """(computation, a, b) for each two operations that run LAPACK kernels and could run at once."""
+    comps = computations(hlo)
+    refs = lambda text: set(re.findall(r"%([\w.\-]+)", text))  # noqa: E731
+    bears: dict[str, bool] = {}
+
+    def runs_lapack(name):
+        if name not in bears:
+            bears[name] = False  # a computation does not call itself
+            bears[name] = any(runs(text) for text in comps[name].values())
+        return bears[name]
+
+    def runs(text):
+        return LAPACK in text or any(r in comps and runs_lapack(r) for r in refs(text))
+
+    pairs = []
+    for name, insts in comps.items():
+        ancestors: dict[str, set] = {}
+
+        def above(inst):
+            if inst not in ancestors:
+                ancestors[inst] = set()
+                for r in refs(insts[inst]) & insts.keys():
+                    ancestors[inst] |= {r} | above(r)
+            return ancestors[inst]
+
+        heavy = [i for i, text in insts.items() if runs(text)]
+        pairs += [(name, a, b) for k, a in enumerate(heavy) for b in heavy[k + 1:]
+                  if a not in above(b) and b not in above(a)]
+    return pairs
+
+
+def test_the_checker_finds_two_independent_decompositions():
+    with jax.enable_x64(True):
+        x = jnp.ones((8, 4, 4)) + jnp.eye(4)
+        both = jax.jit(lambda a, b: (jnp.linalg.eigvalsh(a), jnp.linalg.svd(b)[1])).lower(x, x).compile().as_text()
+        chained = jax.jit(lambda a: jnp.linalg.svd(glue._after(jnp.linalg.eigvalsh(a), a))[1]).lower(x)
+        chained = chained.compile().as_text()
+    if LAPACK not in both:
+        pytest.skip("no LAPACK kernels in this backend's program (the wait is jaxlib's CPU one)")
+    assert len(unordered_lapack_pairs(both)) == 1
+    assert unordered_lapack_pairs(chained) == []
+
+
+@pytest.mark.parametrize("B, P, M, chunk", [(5, 4, 8, 2), (3, 2, 4, 2), (4, 2, 4, 4)])
+def test_glue_runs_one_lapack_kernel_at_a_time(B, P, M, chunk):
+    # K = P * M points against N = 16: 32 > N takes the Woodbury step, 8 <= N the direct one; B not
+    # a multiple of the chunk leaves a remainder, solved after the whole chunks.
+    rng = np.random.default_rng(0)
+    with jax.enable_x64(True):
+        X = jnp.asarray(rng.normal(size=(B, P, M, 16)))
+        t = jnp.asarray(rng.normal(size=(32, 16)))
+        y = jnp.where(jnp.asarray(rng.normal(size=(32, P))) > 0, 1.0, -1.0)
+        hlo = glue._geometry_batched.lower(X, t, y, True, 50, 1e-8, chunk).compile().as_text()
+    if LAPACK not in hlo:
+        pytest.skip("no LAPACK kernels in this backend's program (the wait is jaxlib's CPU one)")
+    assert hlo.count(LAPACK) >= 8  # the QP's Cholesky factor and solves, two SVDs, two eigvalsh
+    assert unordered_lapack_pairs(hlo) == []
+
+
+def test_after_keeps_the_value_and_ignores_what_is_not_finite():
+    x = jnp.array([1.5, -2.0, 0.0])
+    done = {"a": jnp.array([jnp.inf, jnp.nan, 3.0, 3e38, 3e38]), "n": jnp.array([7])}  # their sum would be inf
+    np.testing.assert_array_equal(glue._after(done, x), x)
