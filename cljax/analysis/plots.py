@@ -70,9 +70,9 @@ ACCURACY, GAP = (0.0, 1.0), (-1.0, 1.0)  # the ranges of an accuracy and of a di
 
 def _band(ax, x, values_RX, label=None, color=None, marker=None, limits=None):
     """The mean as a line with a band of one std, cut at ``limits`` (lo, hi) where the values
-    cannot pass them (an accuracy's mean + std can exceed 1; the band stops at 1). A finite point with no finite neighbour (T = 1;
-    a task evaluated at one snapshot only) draws no line segment and no band: it is a marker with
-    an error bar. A label that starts with "_" is kept in the legend (matplotlib hides those).
+    cannot pass them (an accuracy's mean + std can exceed 1; the band stops at 1). A finite point
+    with no finite neighbour (T = 1; a task evaluated at one snapshot only) draws no line segment
+    and no band: it is a marker with an error bar (cut the same way). A label that starts with "_" is kept in the legend (matplotlib hides those).
     More than :data:`MAX_POINTS` points are drawn in bins (:func:`_binned`), without markers."""
     v = np.asarray(values_RX, dtype=np.float64)
     x, v, k = _binned(np.asarray(x, dtype=np.float64), v[None] if v.ndim == 1 else v)
