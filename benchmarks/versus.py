@@ -7,6 +7,11 @@ call, so load from other processes hits both alike. Prints samples/s (median ove
 each and the ratio.
 
     python benchmarks/versus.py OLD_CHECKOUT NEW_CHECKOUT [--repeats 32] [--rounds 7] [--json out.json]
+    python benchmarks/versus.py OLD NEW --repeats 2 --steps 8 --set model=resnet   # another config
+
+``--set NAME=VALUE`` (repeatable) changes a setting of the synthetic config both build, by its
+flat name (``model``, ``conv_impl``, ``resnet_width``, ...); VALUE is read as JSON when it parses
+(numbers, true/false) and as text otherwise.
 
 A checkout is a folder holding ``cljax/`` and ``benchmarks/throughput.py`` (a ``git worktree``
 of the commit to compare).
@@ -27,7 +32,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling modules
 from bench_args import output_file, positive_int  # noqa: E402
 
 
-def worker(checkout: str, repeats: int, steps: int, batch_size: int) -> None:
+def setting(text: str) -> tuple[str, object]:
+    """``NAME=VALUE`` -> (NAME, VALUE read as JSON, else as text)."""
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=VALUE")
+    try:
+        return name, json.loads(value)
+    except ValueError:
+        return name, value
+
+
+def worker(checkout: str, repeats: int, steps: int, batch_size: int, settings: dict) -> None:
     """Build the program of ``checkout``, then answer each 'run' line on stdin with the seconds of one call."""
     sys.path[:0] = [checkout, str(Path(checkout) / "benchmarks")]
     from cljax.devices import configure_cpu_devices
@@ -38,7 +54,8 @@ def worker(checkout: str, repeats: int, steps: int, batch_size: int) -> None:
 
     import throughput
 
-    call, samples, compile_seconds, n_devices, paired = throughput.cljax_unit(repeats, steps, batch_size, None)
+    call, samples, compile_seconds, n_devices, paired = throughput.cljax_unit(repeats, steps, batch_size, None,
+                                                                               settings=settings)
     print(json.dumps({"samples": samples, "compile_seconds": compile_seconds, "devices": n_devices,
                       "paired": paired}), flush=True)
     for line in sys.stdin:
@@ -67,11 +84,13 @@ def main(argv=None) -> dict:
     p.add_argument("--steps", type=positive_int, default=50)
     p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--rounds", type=positive_int, default=7)
+    p.add_argument("--set", dest="settings", type=setting, action="append", default=[], metavar="NAME=VALUE",
+                   help="a setting of the config both checkouts build (repeatable)")
     p.add_argument("--json", dest="json_path", type=output_file, default=None)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
-        worker(args.new, args.repeats, args.steps, args.batch_size)
+        worker(args.new, args.repeats, args.steps, args.batch_size, dict(args.settings))
         return {}
     for checkout in (args.old, args.new):
         if not (Path(checkout) / "cljax").is_dir() or not (Path(checkout) / "benchmarks" / "throughput.py").is_file():
@@ -83,7 +102,8 @@ def main(argv=None) -> dict:
         env = {**os.environ, "PYTHONPATH": str(Path(checkout).resolve())}
         workers[name] = subprocess.Popen(
             [sys.executable, __file__, "--worker", "-", str(Path(checkout).resolve()), "--repeats", str(args.repeats),
-             "--steps", str(args.steps), "--batch-size", str(args.batch_size)],
+             "--steps", str(args.steps), "--batch-size", str(args.batch_size),
+             *[f"--set={name}={json.dumps(value)}" for name, value in args.settings]],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
         info[name] = json.loads(answer(workers[name], checkout))  # built and warmed up before the other starts
     seconds = {name: [] for name in workers}
@@ -99,6 +119,7 @@ def main(argv=None) -> dict:
         w.stdin.close()
         w.wait()
     report = {"repeats": args.repeats, "steps": args.steps, "batch_size": args.batch_size, "rounds": args.rounds,
+              "settings": dict(args.settings),
               "checkouts": {k: str(v) for k, v in checkouts.items()}}
     for name in names:
         median = float(np.median(seconds[name]))

@@ -6,6 +6,7 @@ optional part)."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 from pathlib import Path
@@ -147,3 +148,14 @@ def test_paired_runs_compares_two_runs_repeat_by_repeat(tmp_path):
         paired.main([str(a), str(b)])
     with pytest.raises(SystemExit, match=f"error: {tmp_path} holds no task folders: pass a run folder"):
         paired.main([str(a), str(tmp_path)])
+
+
+def test_versus_reads_each_setting_as_json_or_text():
+    versus = load_script(BENCH.parent / "versus.py", "cljax_bench_versus")
+    assert versus.setting("model=resnet") == ("model", "resnet")
+    assert versus.setting("resnet_width=8") == ("resnet_width", 8)
+    assert versus.setting("use_replay=true") == ("use_replay", True)
+    assert versus.setting("lr=1e-3") == ("lr", 0.001)
+    for bad in ("model", "=resnet"):
+        with pytest.raises(argparse.ArgumentTypeError, match="is not NAME=VALUE"):
+            versus.setting(bad)
