@@ -57,6 +57,8 @@ class PatchConv(nn.Module):
     the CPU than the (B, H, W, C) layout, which was itself faster than the (grouped, under vmap)
     convolution ``lax.conv`` lowers to (docs/benchmark.md). With ``crop > 1`` only the rows and
     columns a following disjoint pool of that size reads are computed (H // crop * crop of them).
+    ``strides`` > 1 is ``nn.Conv(strides=...)`` with SAME padding as XLA pads it (the ResNet's
+    downsampling convolutions); ``use_bias=False`` makes no bias parameter and returns None for it.
 
     The caller pools and then adds the bias (``conv_pool_relu``): max(x + b) = max(x) + b
     (rounding is monotone), so the result is that of pooling the biased convolution, with the
@@ -70,22 +72,33 @@ class PatchConv(nn.Module):
     kernel_size: int = 3
     crop: int = 1  # compute only the rows and columns a disjoint pool of this size keeps
     dtype: str = "float32"  # compute dtype: the kernel is cast to it (the parameters stay float32)
+    strides: int = 1
+    use_bias: bool = True
 
     @nn.compact
     def __call__(self, x_CHWB):
-        k, c_in = self.kernel_size, x_CHWB.shape[0]
+        k, s, c_in, b = self.kernel_size, self.strides, x_CHWB.shape[0], x_CHWB.shape[3]
         kernel = self.param("kernel", nn.initializers.lecun_normal(), (k, k, c_in, self.features))
-        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
-        h, w, b, pad = x_CHWB.shape[1], x_CHWB.shape[2], x_CHWB.shape[3], (k - 1) // 2  # as XLA SAME, even k too
+        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,)) if self.use_bias else None
+        (h, top, bottom), (w, left, right) = (same_padding(n, k, s) for n in x_CHWB.shape[1:3])
         h, w = h // self.crop * self.crop, w // self.crop * self.crop  # rows/cols the pool keeps
-        xp = jnp.pad(x_CHWB, ((0, 0), (pad, k - 1 - pad), (pad, k - 1 - pad), (0, 0)))
+        xp = jnp.pad(x_CHWB, ((0, 0), (top, bottom), (left, right), (0, 0)))
         # rows ordered (tap i, tap j, channel), as kernel.reshape(k * k * c_in, features); built
         # as k column shifts, then k row shifts of those: 2k slices instead of k^2
-        shifted_cols = jnp.concatenate([xp[:, :, j : j + w] for j in range(k)], axis=0)
-        patches = jnp.concatenate([shifted_cols[:, i : i + h] for i in range(k)], axis=0)
+        shifted_cols = jnp.concatenate([xp[:, :, j : j + s * (w - 1) + 1 : s] for j in range(k)], axis=0)
+        patches = jnp.concatenate([shifted_cols[:, i : i + s * (h - 1) + 1 : s] for i in range(k)], axis=0)
         kernel_KF = kernel.reshape(k * k * c_in, self.features).astype(self.dtype)
         out = kernel_matmul(kernel_KF, patches.reshape(k * k * c_in, h * w * b)).reshape(self.features, h, w, b)
-        return out, bias.astype(self.dtype)
+        return out, None if bias is None else bias.astype(self.dtype)
+
+
+def same_padding(size: int, k: int, s: int) -> tuple[int, int, int]:
+    """(output size, padding before, padding after) of a k-tap, stride-s SAME convolution along
+    an axis of ``size``, as XLA pads it: the output is ceil(size / s), and an odd total padding
+    puts its extra row after the image."""
+    out = -(-size // s)
+    total = max((out - 1) * s + k - size, 0)
+    return out, total // 2, total - total // 2
 
 
 def _pool_windows(x_CHWB, size: int):
@@ -135,17 +148,20 @@ def im2col_conv_stack(images, channels: tuple[int, ...], pool: int = 3, on_layer
     ... with ``nn.Conv``'s parameters. The images are transposed once, still as uint8, to the
     channel-major (C, H, W, B) layout; the ReLU runs after the pool (max-pool commutes with the
     monotone ReLU), on the pooled activation only."""
-    if images.ndim == 3:  # (B, H, W): one channel
-        x = jnp.transpose(images, (1, 2, 0))[None]
-    else:
-        x = jnp.transpose(images, (3, 1, 2, 0))
-    x = as_float_images(x, dtype)  # (C, H, W, B)
+    x = channel_major_images(images, dtype)
     for i, ch in enumerate(channels):
         with jax.named_scope(f"conv{i + 1}"):  # names in the compiled program (benchmarks/profile_task.py)
             x = conv_pool_relu(PatchConv(ch, crop=pool, dtype=dtype, name=f"conv{i + 1}"), x, pool)
         if on_layer is not None:
             on_layer(f"conv{i + 1}", x)
     return x.mean(axis=(1, 2)).T  # (B, C)
+
+
+def channel_major_images(images, dtype="float32"):
+    """uint8 images (B, H, W) or (B, H, W, C) -> floats in [0, 1] of ``dtype``, (C, H, W, B):
+    transposed while still one byte per pixel."""
+    x = jnp.transpose(images, (1, 2, 0))[None] if images.ndim == 3 else jnp.transpose(images, (3, 1, 2, 0))
+    return as_float_images(x, dtype)
 
 
 def conv_pool_relu(conv: PatchConv, x_CHWB, pool: int):
