@@ -27,8 +27,9 @@ from cljax.registry import CONV_IMPLS, DATASETS, MODELS, OPTIONS, RULES, Entry, 
 # lowerings' pool follows the forward pass; 4: CBP ranks units by their age-corrected utility, BatchNorm
 # leaves weight-0 examples out of its statistics, shrink+perturb keeps constant-initialised parameters
 # (BatchNorm scales) at their size (a run that a correction touches, recorded before it, is not
-# resumed: run_folder.changed_since).
-SCHEMA_VERSION = 4
+# resumed: run_folder.changed_since); 5: the ResNet follows --conv-impl (before, it ran XLA's
+# convolution whatever its record's lowering says: run_split.recorded_split).
+SCHEMA_VERSION = 5
 # Settings that change how fast a run goes, where it is written or what it keeps beside its results, not
 # what it computes: a resume need not match them (some change the float rounding, the last bits of losses
 # and representations).
@@ -78,8 +79,9 @@ class Config:
     # how the program runs (see `cljax plan`)
     conv_impl: str = param("auto", "convolution lowering: lax (XLA's convolution), im2col (patches @ kernel, for the "
                            "CPU), fused (the first convolution, ReLU and pool as one elementwise computation, the "
-                           "others XLA's), fused-im2col (that first layer, the others im2col's), auto (im2col on the "
-                           "CPU, lax elsewhere); recorded in metadata.json",
+                           "others XLA's), fused-im2col (that first layer, the others im2col's; the ResNet, without a "
+                           "fused layer, runs fused as lax and fused-im2col as im2col), auto (im2col on the CPU, lax "
+                           "elsewhere); recorded in metadata.json",
                            choices=("auto", *CONV_IMPLS))
     repeat_axis: str = param("auto", "how a device's repeats run: vmap (batched), loop (one after another, lax.map), "
                              "auto (loop on the CPU, vmap elsewhere); the same numbers up to float rounding (recorded "

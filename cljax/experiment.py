@@ -36,7 +36,7 @@ from cljax.program import build_task_program
 from cljax.records import summary_row, task_arrays, task_metadata
 from cljax.results import task_dir_name, write_task
 from cljax.run_folder import clear_run, inspect_run, remove_stale_temporaries, verify_task_dir
-from cljax.run_split import same_split, warn_if_other_eval_chunk, warn_if_other_split
+from cljax.run_split import recorded_split, same_split, warn_if_other_eval_chunk, warn_if_other_split
 from cljax.run_lock import RunLock
 from cljax.sources import check_sources, plugin_sources
 from cljax.step import KEY_TASKS
@@ -140,7 +140,7 @@ def run_experiment(
         split = _split(program)
         run_id = found.record.get("run_id") if found.record is not None else new_run_id()
         if found.record is not None:
-            warn_if_other_split(found.record.get("split"), split, found.next_task)
+            warn_if_other_split(recorded_split(found.record), split, found.next_task)
             warn_if_other_eval_chunk(found.record["config"], config, found.next_task)
         with critical, _disk_errors(algo_dir, found.next_task):
             if is_writer():  # multi-host: every process computes, process 0 writes
@@ -222,8 +222,8 @@ def _train(config, data, task_data, schedule, program, start, chunk_tasks, found
             "steps_per_second": config.steps_per_task / seconds,
         })
         metadata.update({"nonfinite": nonfinite, "run_id": run_id, "split": split, "plugins": sources})
-        if found.record is not None and not same_split(found.record.get("split"), split):
-            metadata["split_at_run_start"] = found.record["split"]
+        if found.record is not None and not same_split(recorded_split(found.record), split):
+            metadata["split_at_run_start"] = recorded_split(found.record)
         if replaying:
             metadata["repaired"] = {"trained_again_from_task": replay[0]}
         learner_host = None if replaying else fetch(learner)  # a collective when multi-host: every process takes part

@@ -10,6 +10,16 @@ import sys
 LOWERING_ABSENT = {"matmul_precision": "default", "compute_dtype": "float32", "scan_unroll": 1}
 
 
+def recorded_split(record: dict | None) -> dict | None:
+    """The split a run's record says it started on, as the run computed: a ResNet recorded before
+    schema 5 ran XLA's convolution (``lax``) whatever lowering its record names, since the ResNet
+    followed ``--conv-impl`` only from then on."""
+    split = (record or {}).get("split")
+    if split is None or (record.get("schema") or 1) >= 5 or (record.get("config") or {}).get("model") != "resnet":
+        return split
+    return {**split, "lowering": {**(split.get("lowering") or {}), "conv": "lax"}}
+
+
 def same_split(recorded: dict | None, split: dict) -> bool:
     """Whether the run started on ``split`` (True when nothing is recorded). A lowering entry the
     record lacks takes the value runs recorded before it ran with (``LOWERING_ABSENT``)."""
