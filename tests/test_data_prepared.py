@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -14,7 +15,7 @@ import pytest
 from PIL import Image
 
 from cljax.data import ClassData, check_class_data
-from cljax.data.info import describe, write_sample_grid
+from cljax.data.info import IDX_SAMPLES, data_info_main, describe, write_sample_grid
 from cljax.data.prepared import ARRAY_FILES, check_unchanged, data_identity, load_prepared, write_prepared
 from cljax.datasets.fashion_mnist import FILES, load_fashion_mnist, read_idx
 from cljax.datasets.synthetic import SyntheticParams, load_synthetic, make_synthetic
@@ -182,3 +183,19 @@ def test_synthetic_holdout_draws_the_held_out_images_from_train(test_source, n_t
     data = load_synthetic(SyntheticParams(classes=3, size=8, channels=3), config)
     assert data.train_images.shape == (3 * n_train, 8, 8, 3) and data.test_images.shape == (9, 8, 8, 3)
     assert np.bincount(data.train_labels).tolist() == [n_train] * 3
+
+
+def test_data_info_describes_a_folder_of_idx_files_and_draws_into_the_current_folder(tmp_path, monkeypatch, capsys):
+    """Fashion-MNIST's own folder (a system package's, /usr/share/datasets/fashion-mnist) is
+    described as it is, and its sample grid goes to the current folder, not beside the files."""
+    config = _fashion(tmp_path)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    before = sorted(p.name for p in Path(config.data_dir).iterdir())
+    assert data_info_main([config.data_dir]) == 0
+    out = capsys.readouterr().out
+    assert "dataset: fashion_mnist" in out and "train: 4 images, per class 0..1" in out
+    assert "test: 2 images, per class 0..1" in out and out.rstrip().endswith(f"samples: {work / IDX_SAMPLES}")
+    assert (work / IDX_SAMPLES).stat().st_size > 1000
+    assert sorted(p.name for p in Path(config.data_dir).iterdir()) == before

@@ -8,8 +8,10 @@ from pathlib import Path
 import numpy as np
 
 from cljax.data.prepared import SAMPLES, ClassData, load_prepared
+from cljax.datasets.fashion_mnist import holds_idx_files, read_folder as read_idx_folder
 from cljax.errors import CljaxError
 
+IDX_SAMPLES = "fashion_mnist_samples.png"  # the grid of a folder of IDX files, in the current folder
 MAX_CLASSES_SHOWN = 20
 IMAGES_PER_CLASS = 8
 
@@ -91,19 +93,24 @@ def data_info_main(argv: list[str]) -> int:
     from cljax.settings import Parser  # a bad flag is one line, as in the other commands
 
     parser = Parser(prog="data-info", description="Describe a prepared dataset folder and save sample images.")
-    parser.add_argument("folder", help="a prepared folder (e.g. the --out of prepare-imagenet)")
-    parser.add_argument("--png", default=None, help="where to save the sample grid (default FOLDER/samples.png)")
+    parser.add_argument("folder", help="a prepared folder (e.g. the --out of prepare-imagenet), or a folder of "
+                        "Fashion-MNIST's four IDX files (/usr/share/datasets/fashion-mnist)")
+    parser.add_argument("--png", default=None, help="where to save the sample grid (default FOLDER/samples.png; for "
+                        f"a folder of IDX files, which a system package may own, ./{IDX_SAMPLES})")
     args = parser.parse_args(argv)
     folder = Path(args.folder).expanduser()
-    how = "prepare one with `cljax prepare-imagenet --source SOURCE --out DIR`."
+    how = ("prepare one with `cljax prepare-imagenet --source SOURCE --out DIR`, or give a folder of Fashion-MNIST's "
+           "IDX files.")
     try:
         for name, value in (("the folder", args.folder), ("--png", args.png)):
             if value is not None and not value.strip():
                 what = "a prepared folder" if name == "the folder" else "a file path"
                 raise CljaxError(f"{name} is empty: give {what}.")
-        data = load_prepared(folder, how_to_fix=how)
+        idx = holds_idx_files(folder)
+        data = read_idx_folder(folder) if idx else load_prepared(folder, how_to_fix=how)
         print(describe(data, folder))
-        png = write_sample_grid(data, Path(args.png).expanduser() if args.png else folder / SAMPLES)
+        default = Path.cwd() / IDX_SAMPLES if idx else folder / SAMPLES
+        png = write_sample_grid(data, Path(args.png).expanduser() if args.png else default)
         print(f"samples: {png}")
         return 0
     except CljaxError as exc:

@@ -60,7 +60,17 @@ def _find(folder: Path, stem: str) -> Path:
 @register_dataset("fashion_mnist", params=NoParams)
 def load_fashion_mnist(params, config) -> ClassData:
     """Fashion-MNIST, 10 classes of 28x28 gray clothing images (the IDX files)."""
-    folder = Path(config.data_dir or DEFAULT_DIR)
+    return read_folder(Path(config.data_dir or DEFAULT_DIR))
+
+
+def holds_idx_files(folder: Path) -> bool:
+    """Whether ``folder`` holds any of Fashion-MNIST's four IDX files (gzipped or not)."""
+    return any((folder / name).is_file() for stem in FILES.values() for name in (stem, stem + ".gz"))
+
+
+def read_folder(folder: Path) -> ClassData:
+    """Fashion-MNIST from the four IDX files in ``folder``, each checked (one error line naming
+    the file and the fix)."""
     if not folder.is_dir():
         if folder.exists():
             raise CljaxError(f"Fashion-MNIST folder {folder} is a file, not a folder: {_fix(folder, damaged=False)}")
