@@ -52,6 +52,7 @@ class ProgramBytes:
     hidden: int  # H, width of the saved representation
     activation_bytes_per_image: int  # the model's layer outputs for one image (rough scratch basis)
     learner_batch: int  # images per learner step and repeat: --batch-size, plus what options append (replay)
+    statistics_images: int = 0  # images per repeat of a snapshot's recomputed BatchNorm statistics (Net.eval_state)
 
 
 def _host_shape_dtype(leaf) -> tuple[tuple, np.dtype]:
@@ -129,6 +130,7 @@ def program_bytes(config: Config, program, image_shape: tuple) -> ProgramBytes:
         hidden=int(reps.shape[-1]),
         activation_bytes_per_image=max(_bytes(inter), 1),
         learner_batch=int(batch_labels.shape[0]),
+        statistics_images=min(getattr(net.module, "bn_eval_images", 0), config.n_train) if net.eval_state else 0,
     )
 
 
@@ -157,14 +159,18 @@ def scratch_parts(b: Budget) -> dict[str, int]:
     """A rough estimate of XLA's temporary buffers (not in jax.live_arrays), for the larger of:
     ``train``, a training step, which keeps learner and expert activations and their gradients
     (x3; the learner's batch includes what options append); ``evaluate``, an evaluation call,
-    one batch of eval_batch_size images per repeat and the hidden layer of a whole test set."""
+    one batch of eval_batch_size images per repeat and the hidden layer of a whole test set;
+    ``bn_statistics`` (a model with ``Net.eval_state``), a snapshot's pass over its images."""
     config = b.config
     pb = b.pb
     R, Nt = config.n_repeats, config.n_test
     eval_batch = config.eval_chunk()
     train = 3 * (pb.learner_batch + config.batch_size) * R * pb.activation_bytes_per_image + 2 * pb.learner["params"]
     evaluate = 2 * eval_batch * R * pb.activation_bytes_per_image + R * Nt * pb.hidden * 4
-    return {"train": int(train), "evaluate": int(evaluate)}
+    parts = {"train": int(train), "evaluate": int(evaluate)}
+    if pb.statistics_images:  # a snapshot's BatchNorm statistics: one pass over these images
+        parts["bn_statistics"] = int(pb.statistics_images * R * pb.activation_bytes_per_image)
+    return parts
 
 
 def scratch_bytes(b: Budget) -> int:
@@ -217,6 +223,8 @@ def _does_not_fit(b: Budget, device_bytes: int, n_devices: int) -> CljaxError:
     repeats = ["--n-repeats (or use more devices)"] if b.config.n_repeats > n_devices else []
     if max(scratch.values()) <= arrays:
         part, knobs = "", [*repeats, "--n-test-per-class", "--n-subsamples", "snapshots (raise --log-frequency)"]
+    elif scratch.get("bn_statistics", 0) == max(scratch.values()):
+        part, knobs = "most of it is a snapshot's BatchNorm statistics pass: ", ["--resnet-bn-eval-images", *repeats]
     elif scratch["train"] >= scratch["evaluate"]:
         replay = ["--replay-batch"] if b.pb.learner_batch > b.config.batch_size else []
         part, knobs = "most of it is a training step's scratch: ", ["--batch-size", *replay, *repeats]

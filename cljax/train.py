@@ -72,6 +72,17 @@ def batch_indices(shuffle_keys, n: int, batches_per_epoch: int, batch_size: int)
     return perms_EN[:, : batches_per_epoch * batch_size].reshape(-1, batch_size)
 
 
+def evaluation_state(net, model, train_x_N, order_N):
+    """The mutable collections a snapshot of ``model`` is evaluated with: recomputed from its
+    weights on the task's training images in the order ``order_N`` (the first epoch's shuffle:
+    the same images at every snapshot, the classes mixed) when the network says so
+    (``Net.eval_state``: the ResNet's precise BatchNorm), else its running averages. Training
+    keeps the running averages."""
+    if net.eval_state is None:
+        return model.model_state
+    return net.eval_state(model.params, model.model_state, train_x_N, order_N)
+
+
 def train_task(parts: Parts, sizes: Sizes, learner: LearnerState, train_x_N, train_y_N, test_x_N, test_y_N, task_idx,
                keys: TaskKeys):
     """Train the learner and a fresh expert on one task (one repeat). Returns the learner and
@@ -105,11 +116,13 @@ def train_task(parts: Parts, sizes: Sizes, learner: LearnerState, train_x_N, tra
         first = sizes.head_steps + interval_i * LF
         (learner, expert, sums), _ = lax.scan(step, carry, first + jnp.arange(LF), unroll=sizes.unroll)
         l_loss, l_acc, e_loss, e_acc, count = sums
-        e_test_acc, e_test_loss, _ = evaluate_one(parts.net, expert.params, expert.model_state, test_x_N, test_y_N,
+        l_state, e_state = (evaluation_state(parts.net, model, train_x_N, idx_SB.reshape(-1))
+                            for model in (learner, expert))
+        e_test_acc, e_test_loss, _ = evaluate_one(parts.net, expert.params, e_state, test_x_N, test_y_N,
                                                   sizes.eval_chunk)
         snapshot = {
             "weights": learner.params,
-            "model_state": learner.model_state,
+            "model_state": l_state,  # what the snapshot is evaluated with (cljax.evaluate)
             "train_loss": l_loss / count,
             "train_acc": l_acc / count,
             "expert_train_loss": e_loss / count,

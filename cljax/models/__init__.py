@@ -88,13 +88,21 @@ class Net(NamedTuple):
     new_state)``: ``train=True`` updates the mutable collections (BatchNorm uses batch statistics,
     over the examples whose ``weights`` (B,) are > 0 when the module's ``__call__`` takes a
     ``mask``), ``train=False`` uses the running averages and returns ``state`` unchanged. ``train``
-    is a Python bool (it selects the program)."""
+    is a Python bool (it selects the program).
+
+    ``eval_state(params, state, train_images, order) -> state``, or None: the mutable collections
+    a snapshot is evaluated with, recomputed from its weights on the task's training images
+    ``train_images[order[:n]]`` (``order``: a shuffle, so that the n images mix the classes). A
+    module opts in with the fields ``bn_eval_images`` (> 0: how many of the images) and
+    ``bn_momentum`` (its clone with momentum 0 stores one pass's batch statistics as its running
+    averages: precise BatchNorm); None leaves evaluation to the running averages."""
 
     module: nn.Module
     init: Callable[[Any], tuple[Any, dict]]
     apply: Callable[[Any, dict, Any, bool], tuple[Any, Any, dict]]
     state_collections: tuple[str, ...]
     image_shape: tuple[int, ...]  # one image, (H, W) or (H, W, C)
+    eval_state: Callable[[Any, dict, Any, Any], dict] | None = None
 
 
 def masks_batch_statistics(module: nn.Module) -> bool:
@@ -147,7 +155,25 @@ def make_net(module: nn.Module, image_shape: tuple[int, ...], compute_dtype: str
             logits, hidden, state = low_precision_apply(params, state, images, train, weights)
             return logits.astype(jnp.float32), hidden.astype(jnp.float32), state
 
-    return Net(module=module, init=init, apply=apply, state_collections=state_collections, image_shape=tuple(image_shape))
+    return Net(module=module, init=init, apply=apply, state_collections=state_collections, image_shape=tuple(image_shape),
+               eval_state=_recomputed_statistics(module, state_collections))
+
+
+def _recomputed_statistics(module: nn.Module, state_collections: tuple[str, ...]):
+    """``Net.eval_state`` of a module with ``bn_eval_images`` > 0 and ``bn_momentum``, else None:
+    one training-mode pass of its clone with momentum 0 over ``bn_eval_images`` of the images
+    leaves the batch statistics of those images, with these weights, as the running averages."""
+    n = getattr(module, "bn_eval_images", 0)
+    if not state_collections or n <= 0 or not hasattr(module, "bn_momentum"):
+        return None
+    batch_statistics = module.clone(bn_momentum=0.0)
+
+    def eval_state(params, state, train_images, order):
+        _, updated = batch_statistics.apply({"params": params, **state}, train_images[order[:n]], train=True,
+                                            mutable=list(state_collections))
+        return {name: updated[name] for name in state_collections}
+
+    return eval_state
 
 
 def build_model(name: str, params, ctx: ModelContext) -> nn.Module:
