@@ -29,6 +29,7 @@ import numpy as np
 from cljax.config import Config
 from cljax.errors import CljaxError
 from cljax.eval_tasks import eval_slots, eval_tasks_of
+from cljax.registry import MODELS
 
 LABEL_DTYPE = np.int32  # labels as TaskData builds them
 HEADROOM = 0.9  # a run may plan for this fraction of the device budget (allocator, runtime)
@@ -216,6 +217,14 @@ def given_chunk_problem(b: Budget, k: int, device_bytes: int, n_devices: int) ->
         f"`cljax plan` shows the parts.")
 
 
+def _statistics_flag(config: Config) -> str:
+    """The flag of the model's ``bn_eval_images`` (``--resnet-bn-eval-images``), whichever model
+    declares it."""
+    entry = MODELS[config.model]
+    field = next((f for f in dataclasses.fields(entry.params) if f.name == "bn_eval_images"), None)
+    return f"--{entry.field_flag(field)}" if field else f"the {config.model} model's bn_eval_images"
+
+
 def _does_not_fit(b: Budget, device_bytes: int, n_devices: int) -> CljaxError:
     arrays, scratch = sum(device_components(b, 1).values()), scratch_parts(b)
     need = _per_device(arrays + max(scratch.values()), n_devices)
@@ -224,7 +233,7 @@ def _does_not_fit(b: Budget, device_bytes: int, n_devices: int) -> CljaxError:
     if max(scratch.values()) <= arrays:
         part, knobs = "", [*repeats, "--n-test-per-class", "--n-subsamples", "snapshots (raise --log-frequency)"]
     elif scratch.get("bn_statistics", 0) == max(scratch.values()):
-        part, knobs = "most of it is a snapshot's BatchNorm statistics pass: ", ["--resnet-bn-eval-images", *repeats]
+        part, knobs = "most of it is a snapshot's BatchNorm statistics pass: ", [_statistics_flag(b.config), *repeats]
     elif scratch["train"] >= scratch["evaluate"]:
         replay = ["--replay-batch"] if b.pb.learner_batch > b.config.batch_size else []
         part, knobs = "most of it is a training step's scratch: ", ["--batch-size", *replay, *repeats]

@@ -84,3 +84,10 @@ def test_a_resnet_run_recorded_before_the_setting_resumes_only_with_the_running_
     recorded = {k: v for k, v in Config.from_flat(model="resnet").to_dict().items() if k != "resnet_bn_eval_images"}
     assert differing_settings(recorded, Config.from_flat(model="resnet")) == ["resnet_bn_eval_images"]
     assert differing_settings(recorded, Config.from_flat(model="resnet", resnet_bn_eval_images=0)) == []
+
+
+def test_the_planner_names_the_models_own_flag_for_the_statistics_pass():
+    from cljax.budget import _statistics_flag
+
+    assert _statistics_flag(Config.from_flat(model="resnet")) == "--resnet-bn-eval-images"
+    assert _statistics_flag(Config.from_flat(model="cnn")) == "the cnn model's bn_eval_images"
