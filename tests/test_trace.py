@@ -33,10 +33,11 @@ def _expert_metrics(run):
 def test_the_learners_options_never_reach_the_expert(tmp_path):
     """Replay changes the learner's batch and momentum its optimiser; the expert trains on the
     task's own batch with plain SGD (docs/rules.md): its numbers are those of a plain run, bit for
-    bit. A run table row's expert_acc is the saved last snapshot's mean."""
+    bit, with both options on at once (one run: each is a program of its own to compile). A run
+    table row's expert_acc is the saved last snapshot's mean."""
     plain = _run(tmp_path, "plain")
-    others = {"replay": _run(tmp_path, "replay", use_replay=True, replay_size=8, replay_batch=4),
-              "momentum": _run(tmp_path, "momentum", momentum=0.9)}
+    others = {"replay and momentum": _run(tmp_path, "both", use_replay=True, replay_size=8, replay_batch=4,
+                                          momentum=0.9)}
     base = _expert_metrics(plain)
     for name, run in others.items():
         learner_differs = any(not np.array_equal(results.load_metrics(a)["test_acc"], results.load_metrics(b)["test_acc"])
