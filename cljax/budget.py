@@ -195,8 +195,8 @@ def fit_chunk(b: Budget, device_bytes: int, n_devices: int) -> int:
 
     if need(T) <= usable:
         return T
-    # 2K tasks are in flight while streaming, so K > T/2 would hold more than resident.
-    fitting = [k for k in range(min(T - 1, T // 2 + 1), 0, -1) if need(k) <= usable]
+    # 2K tasks are in flight while streaming, so only 2K < T holds less than resident.
+    fitting = [k for k in range((T - 1) // 2, 0, -1) if need(k) <= usable]
     return fitting[0] if fitting else 0
 
 

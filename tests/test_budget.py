@@ -76,7 +76,7 @@ def test_per_device_bytes_round_up_and_scratch_is_part_of_the_need(small):
 
 def test_the_largest_chunk_that_fits_is_chosen_with_headroom(small):
     need = {k: chunk_need(small, k, 1) for k in range(1, 6)}
-    assert need[1] < need[2] < need[5]
+    assert need[1] < need[2] < need[5] <= need[3] <= need[4]  # K > T/2 streams 2K > T tasks: never a candidate
     room = {k: math.ceil(n / HEADROOM) + 1 for k, n in need.items()}  # just enough for K = k
     assert fit_chunk(small, room[5], 1) == 5  # resident
     assert fit_chunk(small, room[5] - 2, 1) == 2  # K = 3 would hold 6 tasks: more than resident
