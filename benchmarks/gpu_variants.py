@@ -92,7 +92,7 @@ def measure_variants(fashion_dir: str, smoke: bool, size: dict, json_path: Path,
     from cljax.config import Config
     from cljax.data import load_dataset
     from cljax.devices import put_repeats
-    from cljax.program import build_task_program
+    from cljax.program import build_task_program, clear_built_programs
     from cljax.tasks import TaskData, make_schedule
 
     cljax.enable_compilation_cache()
@@ -114,7 +114,8 @@ def measure_variants(fashion_dir: str, smoke: bool, size: dict, json_path: Path,
                          jax.random.key(1))
         row = {"variant": name, "repeats": R, "settings": settings}
         try:  # a variant this backend cannot compile or run is a row that says why, not the end of the stage
-            program = build_task_program(config, data.train_images.shape[1:])  # new functions: no in-memory cache hit
+            clear_built_programs()  # new functions: no in-memory cache hit
+            program = build_task_program(config, data.train_images.shape[1:])
             row["lowering"] = program.lowering.record()
             got, timing = run_variant(program, inputs[R], rounds, recompile)
         except Exception as exc:  # noqa: BLE001  (XLA raises its own error types)

@@ -150,7 +150,7 @@ def _cljax_unit(repeats: int, steps: int, batch_size: int, loop_repeats: bool | 
 
     from cljax.config import Config
     from cljax.devices import put_repeats
-    from cljax.program import build_task_program
+    from cljax.program import build_task_program, clear_built_programs
 
     n_per_class = steps * batch_size // 2
     config = Config.from_flat(
@@ -158,6 +158,7 @@ def _cljax_unit(repeats: int, steps: int, batch_size: int, loop_repeats: bool | 
         n_test_per_class=50, n_subsamples=16, epochs=1, batch_size=batch_size, log_frequency=steps,
         **(settings or {}),
     ).validate()
+    clear_built_programs()  # compiled here, not taken back from an earlier build in this process
     program = build_task_program(config, IMAGE_SHAPE, loop_repeats=loop_repeats, paired_models=paired_models)
     rng = np.random.default_rng(repeats)
     n_test = config.n_test

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cljax.config import Config
+from cljax.devices.mesh import repeat_sharding
 from cljax.errors import CljaxError
 from cljax.eval_tasks import eval_slots, eval_tasks_of
 from cljax.registry import MODELS
@@ -90,9 +91,18 @@ def program_bytes(config: Config, program, image_shape: tuple) -> ProgramBytes:
     R, N, Nt = config.n_repeats, config.n_train, config.n_test
     sds = jax.ShapeDtypeStruct
     key = jax.eval_shape(lambda: jax.random.key(0))
-    learner = jax.eval_shape(program.init_learner, key)
-    images = lambda n, *lead: sds((*lead, n, R, *image_shape), jnp.uint8)  # noqa: E731
-    labels = lambda n, *lead: sds((*lead, n, R), LABEL_DTYPE)  # noqa: E731
+    # With the shardings the run places them with (cljax.devices.mesh), the arguments trace as
+    # the run's own do, so the run's jit finds this trace of run_task in its cache.
+    learner = jax.tree.map(lambda a: sds(a.shape, a.dtype, sharding=repeat_sharding(a.ndim, 0)),
+                           jax.eval_shape(program.init_learner, key))
+
+    def images(n, *lead):
+        return sds((*lead, n, R, *image_shape), jnp.uint8, sharding=repeat_sharding(len(lead) + 2 + len(image_shape),
+                                                                                      len(lead) + 1))
+
+    def labels(n, *lead):
+        return sds((*lead, n, R), LABEL_DTYPE, sharding=repeat_sharding(len(lead) + 2, len(lead) + 1))
+
     _, trace = jax.eval_shape(
         program.run_task, learner, images(N), labels(N), images(Nt), labels(Nt), sds((), jnp.int32), key
     )

@@ -18,6 +18,8 @@ to every matmul and convolution the programs trace; on a GPU it changes the numb
 
 from __future__ import annotations
 
+import json
+from collections import OrderedDict
 from functools import partial, wraps
 from typing import Any, NamedTuple
 
@@ -26,7 +28,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.sharding import PartitionSpec as P
 
-from cljax.devices.mesh import REPEATS_AXIS, device_count, repeat_mesh
+from cljax.devices.mesh import REPEATS_AXIS, device_count, mesh_devices, repeat_mesh
 from cljax.errors import CljaxError
 from cljax.evaluate import evaluate_snapshots
 from cljax.heads import HeadSpec, n_heads_of
@@ -34,6 +36,7 @@ from cljax.host import usable_cores
 from cljax.models import (ModelContext, build_model, check_compute_dtype, check_model_outputs, make_net,
                           resolve_conv_impl)
 from cljax.options import keeps_batch, make_options
+from cljax.registry import generation as registry_generation
 from cljax.rules import make_rule
 from cljax.step import (KEY_EXPERT_INIT, KEY_EXPERT_RULE, KEY_HEAD, KEY_LEARNER_INIT, KEY_OPTIONS, KEY_SHUFFLE,
                         KEY_STEPS, Parts, init_learner, make_optimizer)
@@ -160,15 +163,43 @@ def build_parts(config, image_shape, conv_impl: str | None = None, paired: bool 
                  heads=HeadSpec.of(config))
 
 
+# The programs built in this process, by everything they are built from: the same setup built
+# again (a resume in the same process, the same config with another results folder, a notebook)
+# gets the same jitted functions back, and with them jit's caches: nothing is traced, lowered or
+# compiled again. The few most recent setups are kept.
+_BUILT: OrderedDict = OrderedDict()
+KEPT_SETUPS = 4
+NOT_IN_PROGRAM = ("results_dir", "device_memory")  # settings a program never reads
+
+
+def clear_built_programs() -> None:
+    """Forget the programs kept by ``build_task_program`` (the next build traces anew)."""
+    _BUILT.clear()
+
+
 def build_task_program(config, image_shape, *, loop_repeats: bool | None = None,
                        paired_models: bool | None = None) -> TaskProgram:
     """The jitted programs of a (validated) config for images of ``image_shape`` (H, W[, C]).
     ``loop_repeats``, ``paired_models``: override the config's --repeat-axis and
     --learner-expert (None: the config's choice; ``auto`` there is the backend's default)."""
-    n_shards = device_count()
     loop = loop_repeats
     if loop is None:
         loop = loop_repeats_default() if config.repeat_axis == "auto" else config.repeat_axis == "loop"
+    settings = {k: v for k, v in config.to_dict().items() if k not in NOT_IN_PROGRAM}
+    key = (json.dumps(settings, sort_keys=True, default=repr), tuple(image_shape), loop, paired_models,
+           jax.default_backend(), tuple(d.id for d in mesh_devices()), usable_cores(), registry_generation())
+    if key in _BUILT:
+        _BUILT.move_to_end(key)
+        return _BUILT[key]
+    program = _build_task_program(config, image_shape, loop, paired_models)
+    _BUILT[key] = program
+    while len(_BUILT) > KEPT_SETUPS:
+        _BUILT.popitem(last=False)
+    return program
+
+
+def _build_task_program(config, image_shape, loop: bool, paired_models: bool | None) -> TaskProgram:
+    n_shards = device_count()
     parts = build_parts(config, image_shape)
     # The pair needs one batch for both: not with an option that changes the learner's (replay).
     same_batch = all(keeps_batch(o) for o in parts.options)

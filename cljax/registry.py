@@ -35,6 +35,14 @@ from typing import Any, Callable
 from cljax.errors import CljaxError
 
 PLUGINS_ENV = "CLJAX_PLUGINS"
+_generation = [0]  # registrations so far, of every registry (cljax.program keys the programs it keeps on it)
+
+
+def generation() -> int:
+    """How many entries have been registered in this process: it changes whenever one is
+    added or replaced (a plugin file loaded again), so what was built from the entries before
+    is known to be stale."""
+    return _generation[0]
 
 
 _NOT_GIVEN = object()
@@ -118,6 +126,7 @@ class Registry:
                                         prefix=name.lower() if prefix is None else prefix, tag=tag, flag=flag,
                                         aliases=tuple(aliases), help=help or (build.__doc__ or "").strip().split("\n")[0],
                                         extra=extra)
+            _generation[0] += 1
             return build
 
         return wrap

@@ -138,6 +138,10 @@ class CompileCounter:
 
 @pytest.fixture
 def compile_counter():
+    """Counts from an empty set of built programs: a run builds, and so compiles or loads, its own."""
+    from cljax.program import clear_built_programs
+
+    clear_built_programs()
     counter = CompileCounter()
     jax.monitoring.register_event_duration_secs_listener(counter)
     yield counter

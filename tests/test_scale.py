@@ -37,7 +37,7 @@ from cljax.plan import make_plan
 from cljax.settings import setting_specs
 from cljax.sweep import expand, parse_grid, parse_minutes
 from cljax.tasks import TaskData, make_schedule
-from cljax.program import build_task_program
+from cljax.program import build_task_program, clear_built_programs
 from tests.backend import BFLOAT16_STEP, SEPARATELY_COMPILED, assert_same, assert_same_accuracy
 from tests.conftest import FASHION_DIR, is_program_obtained
 
@@ -96,6 +96,7 @@ def hundred_tasks(sweep_process, tmp_path_factory):
             compiles[0] += 1
 
     infos = {}
+    clear_built_programs()  # the run's programs are its own, compiled (or loaded) in its first task
     jax.monitoring.register_event_duration_secs_listener(on_compile)
     try:
         baseline = live_device_bytes()

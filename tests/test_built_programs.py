@@ -1,0 +1,85 @@
+"""What a process keeps between runs: the task programs it built (cljax.program) and the trace
+the budget made of the task program (cljax.budget)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+
+from cljax import registry, results
+from cljax.config import Config
+from cljax.experiment import run_experiment
+from cljax.program import KEPT_SETUPS, build_task_program, clear_built_programs
+from tests.conftest import CompileCounter
+
+IMAGE = (8, 8)
+
+
+def tiny(tmp_path, **flat) -> Config:
+    """Two tasks of a small MLP on 8 x 8 synthetic images."""
+    return Config.from_flat(dict(dataset="synthetic", synthetic_size=8, model="mlp", mlp_hidden=16, num_tasks=2,
+                                 n_repeats=2, n_train_per_class=16, n_test_per_class=4, n_subsamples=4, epochs=1,
+                                 batch_size=8, log_frequency=2, results_dir=str(tmp_path), **flat))
+
+
+def test_the_same_setup_gets_its_programs_back_and_any_change_builds_anew(tmp_path):
+    clear_built_programs()
+    config = tiny(tmp_path / "a")
+    program = build_task_program(config, IMAGE)
+    # Another results folder or device budget: the same programs (a program reads neither).
+    assert build_task_program(dataclasses.replace(config, results_dir=str(tmp_path / "b")), IMAGE) is program
+    assert build_task_program(dataclasses.replace(config, device_memory=10**9), IMAGE) is program
+    # What the program is built from: the settings, the image shape, the lowering asked for.
+    assert build_task_program(tiny(tmp_path, lr=0.3), IMAGE) is not program
+    assert build_task_program(config, (12, 12)) is not program
+    assert build_task_program(config, IMAGE, paired_models=True) is not program
+    assert build_task_program(config, IMAGE, loop_repeats=False) is not program
+    # A registration since (a plugin file loaded again) may have replaced what it was built from.
+    registry._generation[0] += 1
+    rebuilt = build_task_program(config, IMAGE)
+    assert rebuilt is not program and build_task_program(config, IMAGE) is rebuilt
+    clear_built_programs()
+    assert build_task_program(config, IMAGE) is not rebuilt
+
+
+def test_only_the_most_recent_setups_are_kept(tmp_path):
+    clear_built_programs()
+    first = build_task_program(tiny(tmp_path, seed=0), IMAGE)
+    for seed in range(1, KEPT_SETUPS + 1):
+        build_task_program(tiny(tmp_path, seed=seed), IMAGE)
+    assert build_task_program(tiny(tmp_path, seed=KEPT_SETUPS), IMAGE) is build_task_program(
+        tiny(tmp_path, seed=KEPT_SETUPS), IMAGE)
+    assert build_task_program(tiny(tmp_path, seed=0), IMAGE) is not first  # the oldest was let go
+
+
+def test_a_second_run_in_the_process_compiles_nothing_and_writes_the_same_bytes(tmp_path):
+    clear_built_programs()
+    counter, traces = CompileCounter(), []
+
+    def on_event(event, duration, **kwargs):
+        if event.endswith("jaxpr_trace_duration") and kwargs.get("fun_name") == "run_task":
+            traces.append(duration)
+
+    jax.monitoring.register_event_duration_secs_listener(counter)
+    jax.monitoring.register_event_duration_secs_listener(on_event)
+    try:
+        first = run_experiment(tiny(tmp_path / "first"), progress=False)
+        # The budget's trace of the task program (jax.eval_shape, the run's shardings) is the one
+        # the run compiles: run_task is traced once.
+        assert len(traces) == 1
+        compiled = counter.count
+        assert compiled >= 2  # at least the task program and the evaluation
+        second = run_experiment(tiny(tmp_path / "second"), progress=False)
+        assert counter.count == compiled and len(traces) == 1
+    finally:
+        jax.monitoring.unregister_event_duration_listener(counter)
+        jax.monitoring.unregister_event_duration_listener(on_event)
+    assert second.compile_seconds < first.compile_seconds
+    tasks = results.task_dirs(first.algo_dir)
+    assert [d.name for d in results.task_dirs(second.algo_dir)] == [d.name for d in tasks] == ["task_000", "task_001"]
+    for task in tasks:
+        for name in results.TASK_FILES:
+            if name != "metadata.json":  # its times and run id are the run's own
+                assert (task / name).read_bytes() == (second.algo_dir / task.name / name).read_bytes(), name
+
