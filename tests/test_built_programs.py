@@ -1,17 +1,23 @@
-"""What a process keeps between runs: the task programs it built (cljax.program) and the trace
-the budget made of the task program (cljax.budget)."""
+"""What a process keeps between runs: the task programs it built (cljax.program), the trace the
+budget made of the task program (cljax.budget), and the Fashion-MNIST files it read."""
 
 from __future__ import annotations
 
 import dataclasses
+import os
+import shutil
 
 import jax
+import numpy as np
+import pytest
 
 from cljax import registry, results
 from cljax.config import Config
+from cljax.datasets.fashion_mnist import read_folder
+from cljax.errors import CljaxError
 from cljax.experiment import run_experiment
 from cljax.program import KEPT_SETUPS, build_task_program, clear_built_programs
-from tests.conftest import CompileCounter
+from tests.conftest import FASHION_DIR, CompileCounter
 
 IMAGE = (8, 8)
 
@@ -83,3 +89,24 @@ def test_a_second_run_in_the_process_compiles_nothing_and_writes_the_same_bytes(
             if name != "metadata.json":  # its times and run id are the run's own
                 assert (task / name).read_bytes() == (second.algo_dir / task.name / name).read_bytes(), name
 
+
+def test_a_file_read_again_is_taken_back_unless_it_changed(tmp_path):
+    folder = tmp_path / "fashion"
+    shutil.copytree(FASHION_DIR, folder)
+    first = read_folder(folder)
+    assert not first.train_images.flags.writeable  # shared between runs: nobody writes into it
+    assert read_folder(folder).train_images is first.train_images
+    # The test labels written again (another file, the same bytes): read anew.
+    labels = folder / "t10k-labels-idx1-ubyte.gz"
+    data = labels.read_bytes()
+    labels.unlink()
+    labels.write_bytes(data)
+    again = read_folder(folder)
+    assert again.train_images is first.train_images and again.test_labels is not first.test_labels
+    np.testing.assert_array_equal(again.test_labels, first.test_labels)
+    # Damaged in place (a later modification time): the damage is found, not the old arrays.
+    with open(labels, "r+b") as f:
+        f.truncate(len(data) // 2)
+    os.utime(labels, ns=(os.stat(labels).st_atime_ns, os.stat(labels).st_mtime_ns + 10**9))
+    with pytest.raises(CljaxError, match="t10k-labels-idx1-ubyte.gz"):
+        read_folder(folder)

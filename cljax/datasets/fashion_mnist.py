@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -31,8 +32,32 @@ def _fix(folder: Path, damaged: bool = True) -> str:
             f"{DEFAULT_DIR} (Debian's dataset-fashion-mnist).")
 
 
+# The files read in this process, by path and the file's identity (inode, size, modification
+# time): a second run in the same process (a sweep, a notebook) does not decompress them again;
+# a file changed or replaced since is read anew. Their arrays are read-only.
+_READ: OrderedDict = OrderedDict()
+KEPT_FILES = 8  # two folders of four
+
+
 def read_idx(path: Path) -> np.ndarray:
     """Parse an IDX file (optionally gzipped): magic 0x0000 08 ndim, big-endian dims, uint8 data."""
+    try:
+        st = path.stat()
+        key = (str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
+    except OSError:
+        key = None  # _read says what is wrong
+    if key in _READ:
+        _READ.move_to_end(key)
+        return _READ[key]
+    array = _read(path)
+    if key is not None:
+        _READ[key] = array
+        while len(_READ) > KEPT_FILES:
+            _READ.popitem(last=False)
+    return array
+
+
+def _read(path: Path) -> np.ndarray:
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as f:
