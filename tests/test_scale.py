@@ -46,17 +46,21 @@ K_AUTO = 25  # the chunk size the budget below leaves room for
 
 
 def hundred_task_config(results_dir: Path) -> Config:
-    """100 tiny synthetic tasks: 4 steps and one snapshot per task, every task evaluated."""
-    return Config.from_flat(dataset="synthetic", synthetic_classes=200, num_tasks=100, n_repeats=2,
+    """100 tiny synthetic tasks: 4 steps and one snapshot per task, every task evaluated; a small
+    MLP on 8 x 8 images, so that the run is the task loop, not arithmetic."""
+    return Config.from_flat(dataset="synthetic", synthetic_classes=200, synthetic_size=8, model="mlp",
+                            mlp_hidden=64, num_tasks=100, n_repeats=2,
                             n_train_per_class=32, n_test_per_class=4, n_subsamples=8, epochs=1, batch_size=16,
                             log_frequency=4, representation_dtype="bfloat16", results_dir=str(results_dir))
 
 
-IMAGE_SHAPE = (28, 28)  # the synthetic and Fashion-MNIST images
+def image_shape(config: Config) -> tuple[int, int]:
+    """The images of the configs here: Fashion-MNIST's 28 x 28, or --synthetic-size square, gray."""
+    return (config.dataset_params.size,) * 2 if config.dataset == "synthetic" else (28, 28)
 
 
 def budget_of(config: Config) -> Budget:
-    return Budget.of(config, build_task_program(config, IMAGE_SHAPE), IMAGE_SHAPE)
+    return Budget.of(config, build_task_program(config, image_shape(config)), image_shape(config))
 
 
 def budget_for_chunk(config: Config, k: int) -> int:
