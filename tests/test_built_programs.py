@@ -1,11 +1,15 @@
 """What a process keeps between runs: the task programs it built (cljax.program), the trace the
-budget made of the task program (cljax.budget), and the Fashion-MNIST files it read."""
+budget made of the task program (cljax.budget), and the Fashion-MNIST files it read; and what a
+run does not import."""
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import os
 import shutil
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -110,3 +114,21 @@ def test_a_file_read_again_is_taken_back_unless_it_changed(tmp_path):
     os.utime(labels, ns=(os.stat(labels).st_atime_ns, os.stat(labels).st_mtime_ns + 10**9))
     with pytest.raises(CljaxError, match="t10k-labels-idx1-ubyte.gz"):
         read_folder(folder)
+
+
+def test_a_run_imports_no_plots_and_the_analysis_package_still_names_everything():
+    import cljax.analysis as analysis
+
+    code = ("import sys, cljax.cli, cljax.experiment, cljax.records, cljax.analysis.probe; "
+            "print(' '.join(sorted(m for m in sys.modules if m.startswith(('matplotlib', 'cljax.analysis')))))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    # The probe a run fits (cljax.records) and what it reads; not matplotlib, the plots or the other analyses.
+    assert loaded == ["cljax.analysis", "cljax.analysis.band", "cljax.analysis.cl", "cljax.analysis.probe",
+                      "cljax.analysis.spread"]
+    for name in analysis.__all__:  # each name is its module's object, imported when first asked for
+        assert getattr(analysis, name) is getattr(importlib.import_module(f"cljax.analysis.{analysis._MODULE_OF[name]}"),
+                                                  name)
+    assert {"analyze_run", "probe_accuracy", "plot_head_vs_probe", "glue_analysis", "Band"} <= set(dir(analysis))
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        analysis.nothing
+

@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from cljax.analysis import plots
 from cljax.analysis.band import Band
 from cljax.analysis.cl import mean_over_tasks
 from cljax.analysis.spread import spread
@@ -199,8 +198,16 @@ def finalize(state: dict):
     return Result(
         summary={"probe": summary},
         arrays={"probe.npz": arrays},
-        plots={"probe.png": lambda p: plots.plot_head_vs_probe(
+        plots={"probe.png": lambda p: _plots().plot_head_vs_probe(
             {labels[k]: earlier[k] for k, _ in named},
             {labels[k]: v.row(last, n)[0] for k, v in named}, p,
             every_task_evaluated=every_earlier)},
     )
+
+
+def _plots():
+    """cljax.analysis.plots (matplotlib), imported when a plot is drawn: a training run fits
+    probes (cljax.records) and draws nothing."""
+    from cljax.analysis import plots
+
+    return plots
