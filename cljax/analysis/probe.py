@@ -166,6 +166,7 @@ def _drop(band: Band) -> np.ndarray:
 
 
 def finalize(state: dict):
+    from cljax.analysis import plots  # matplotlib: here, not where a training run fits its probes (cljax.records)
     from cljax.analysis.registry import Result  # the registry imports this module (RIDGE)
 
     n, S, T = state["ctx"].n_folders, state["S"], state["ctx"].n_eval_tasks
@@ -198,16 +199,8 @@ def finalize(state: dict):
     return Result(
         summary={"probe": summary},
         arrays={"probe.npz": arrays},
-        plots={"probe.png": lambda p: _plots().plot_head_vs_probe(
+        plots={"probe.png": lambda p: plots.plot_head_vs_probe(
             {labels[k]: earlier[k] for k, _ in named},
             {labels[k]: v.row(last, n)[0] for k, v in named}, p,
             every_task_evaluated=every_earlier)},
     )
-
-
-def _plots():
-    """cljax.analysis.plots (matplotlib), imported when a plot is drawn: a training run fits
-    probes (cljax.records) and draws nothing."""
-    from cljax.analysis import plots
-
-    return plots
