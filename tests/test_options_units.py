@@ -174,6 +174,31 @@ def test_gaussian_sp_noise_is_independent_across_leaves_keys_and_repeats():
             assert not np.allclose(a[name], b[name]) and not np.allclose(r0[name], r1[name]), name
 
 
+class InitWithNestedJits:
+    """An initialiser shaped as flax's and jax.random's are: parts inside nested jits, one of
+    which reads the key for one of its outputs only."""
+
+    @staticmethod
+    def init(key):
+        k1, k2 = jax.random.split(key)
+        scale = jax.jit(lambda: jnp.full((3,), 0.5))()
+        noise, twice = jax.jit(lambda k, c: (jax.random.normal(k, (2,)), 2 * c))(k2, jnp.ones(4))
+        return {"kernel": jax.random.normal(k1, (2, 3)), "noise": noise, "scale": scale, "twice": twice}, {}
+
+
+def test_sp_constant_leaves_are_those_the_initialiser_makes_without_the_key():
+    """A constant leaf shrinks toward its value (test_options.py); found on the traced
+    initialiser, through nested jits, where two draws of it would also say so."""
+    from cljax.options.shrink_perturb import constant_leaves
+
+    kernel, noise, scale, twice = constant_leaves(InitWithNestedJits)  # leaves in key order
+    assert kernel is None and noise is None
+    np.testing.assert_array_equal(scale, np.full(3, 0.5, np.float32))
+    np.testing.assert_array_equal(twice, np.full(4, 2.0, np.float32))
+    draws = [jax.tree.leaves(InitWithNestedJits.init(jax.random.key(i))[0]) for i in (1, 2)]
+    assert [bool((a == b).all()) for a, b in zip(*draws)] == [False, False, True, True]
+
+
 # ---- ReDo at tau = 0 ------------------------------------------------------------------------
 
 

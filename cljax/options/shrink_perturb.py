@@ -42,6 +42,7 @@ from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
+from jax.extend.core import ClosedJaxpr, Var, jaxpr_as_fun
 
 from cljax.options import Option, register_option
 from cljax.registry import param
@@ -69,6 +70,41 @@ def shrink_perturb(params, noise, lam: float, sigma: float, constants=None):
                                         for p, e, c in zip(leaves, jax.tree.leaves(noise), constants)])
 
 
+def constant_leaves(net) -> list:
+    """Per parameter leaf (flat, in leaf order): its value where the initialiser does not read
+    the key (a constant: biases at 0, BatchNorm scales at 1), else None. Found on the traced
+    initialiser, so only the constant leaves are compiled, not a draw of the whole model."""
+    closed = jax.make_jaxpr(lambda k: jax.tree.leaves(net.init(k)[0]))(jax.random.key(0))
+    constant = [not d for d in _reads_input(closed.jaxpr, [True])]
+    if not any(constant):
+        return [None] * len(constant)
+    values = iter(jax.jit(lambda k: [v for v, c in zip(jaxpr_as_fun(closed)(k), constant) if c])(jax.random.key(0)))
+    return [next(values) if c else None for c in constant]
+
+
+def _reads_input(jaxpr, inputs: list[bool]) -> list[bool]:
+    """Per output of ``jaxpr``: whether it depends on an input flagged in ``inputs``. A nested
+    jit is followed inside (flax and jax.random wrap their parts in one); any other equation
+    that reads a flagged value makes all its outputs depend on it."""
+    flagged = {v for v, f in zip(jaxpr.invars, inputs) if f}
+
+    def reads(v):
+        return isinstance(v, Var) and v in flagged
+
+    for eqn in jaxpr.eqns:
+        ins = [reads(v) for v in eqn.invars]
+        if not any(ins):
+            continue
+        inner = eqn.params.get("jaxpr")
+        if isinstance(inner, ClosedJaxpr) and len(inner.jaxpr.invars) == len(ins) \
+                and len(inner.jaxpr.outvars) == len(eqn.outvars):
+            outs = _reads_input(inner.jaxpr, ins)
+        else:
+            outs = [True] * len(eqn.outvars)
+        flagged.update(v for v, f in zip(eqn.outvars, outs) if f)
+    return [reads(v) for v in jaxpr.outvars]
+
+
 @register_option("shrink_perturb", params=ShrinkPerturbParams, prefix="sp", tag="sp", flag="add-plasticity",
                  aliases=("--shrink-perturb",))
 def make_shrink_perturb(params: ShrinkPerturbParams, config, net) -> Option:
@@ -79,8 +115,7 @@ def make_shrink_perturb(params: ShrinkPerturbParams, config, net) -> Option:
     # The leaves the initialiser sets to a constant, the same under two keys (None: a random leaf).
     constants = [None] * len(shapes)
     if noise == "init":
-        draws = [jax.tree.leaves(jax.jit(lambda k: net.init(k)[0])(jax.random.key(i))) for i in (1, 2)]
-        constants = [a if bool(jnp.array_equal(a, b)) else None for a, b in zip(*draws)]
+        constants = constant_leaves(net)
 
     def init_fn(key):
         if noise == "init":
