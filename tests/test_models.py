@@ -47,8 +47,13 @@ def images():
 
 
 def perturbed_cnn_params(model, images):
-    params = model.init(jax.random.key(3), jnp.zeros((1, 28, 28), jnp.uint8))["params"]
-    return jax.tree.map(lambda p: p + 0.05 * jax.random.normal(jax.random.key(4), p.shape), params)  # biases != 0
+    """Compiled, as are the applications below: run op by op, a model compiles each operation
+    of each shape on its own, slower than the whole program."""
+    def perturbed(key):
+        params = model.init(key, jnp.zeros((1, 28, 28), jnp.uint8))["params"]
+        return jax.tree.map(lambda p: p + 0.05 * jax.random.normal(jax.random.key(4), p.shape), params)  # biases != 0
+
+    return jax.jit(perturbed)(jax.random.key(3))
 
 
 def tanh_loss(apply):
@@ -70,8 +75,8 @@ def assert_grads_close(grads, ref_grads):
 def test_cnn_matches_the_plain_network_and_its_gradients(images, conv_impl):
     model = CNN(out_dim=1, conv_impl=conv_impl)
     params = perturbed_cnn_params(model, images)
-    logits, hidden = model.apply({"params": params}, images)
-    ref_logits, ref_hidden = reference_cnn(params, images)
+    logits, hidden = jax.jit(model.apply)({"params": params}, images)
+    ref_logits, ref_hidden = jax.jit(reference_cnn)(params, images)
     assert logits.shape == (32, 1) and hidden.shape == (32, 64)
     np.testing.assert_allclose(logits, ref_logits, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(hidden, ref_hidden, rtol=1e-5, atol=1e-5)
@@ -85,15 +90,16 @@ def test_each_lowering_builds_the_lax_params_and_agrees(images, conv_impl):
     outputs and gradients to float32 rounding (see assert_grads_close)."""
     fast, plain = CNN(out_dim=3, conv_impl=conv_impl), CNN(out_dim=3, conv_impl="lax")
     example = jnp.zeros((1, 28, 28), jnp.uint8)
-    p_fast, p_plain = fast.init(jax.random.key(0), example)["params"], plain.init(jax.random.key(0), example)["params"]
+    p_fast, p_plain = (jax.jit(m.init)(jax.random.key(0), example)["params"] for m in (fast, plain))
     assert jax.tree.structure(p_fast) == jax.tree.structure(p_plain)
     jax.tree.map(np.testing.assert_array_equal, p_fast, p_plain)
 
     params = perturbed_cnn_params(plain, images)
-    for got, ref in zip(fast.apply({"params": params}, images), plain.apply({"params": params}, images), strict=True):
+    for got, ref in zip(jax.jit(fast.apply)({"params": params}, images), jax.jit(plain.apply)({"params": params}, images),
+                        strict=True):
         np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
-    assert_grads_close(jax.grad(tanh_loss(lambda p: fast.apply({"params": p}, images)))(params),
-                       jax.grad(tanh_loss(lambda p: plain.apply({"params": p}, images)))(params))
+    assert_grads_close(jax.jit(jax.grad(tanh_loss(lambda p: fast.apply({"params": p}, images))))(params),
+                       jax.jit(jax.grad(tanh_loss(lambda p: plain.apply({"params": p}, images))))(params))
 
 
 def test_cnn_params_are_the_spec_network():
