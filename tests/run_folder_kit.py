@@ -10,11 +10,14 @@ from pathlib import Path
 from cljax.cli import main as cli_main
 from tests.conftest import small_config
 
+# The MLP: what these tests check is the run folder's, whatever the model, and the MLP compiles
+# in a fraction of the CNN's time.
 TINY = dict(dataset="synthetic", synthetic_classes=4, num_tasks=2, n_repeats=2, n_train_per_class=16,
-            n_test_per_class=8, n_subsamples=4, epochs=1, batch_size=16, log_frequency=1)
+            n_test_per_class=8, n_subsamples=4, epochs=1, batch_size=16, log_frequency=1, model="mlp", mlp_hidden=32)
 FLAGS = ["--dataset", "synthetic", "--synthetic-classes", "4", "--num-tasks", "2", "--n-repeats", "2",
          "--n-train-per-class", "16", "--n-test-per-class", "8", "--n-subsamples", "4", "--epochs", "1",
-         "--batch-size", "16", "--log-frequency", "1", "--lr", "0.1", "--no-progress"]
+         "--batch-size", "16", "--log-frequency", "1", "--lr", "0.1", "--model", "mlp", "--mlp-hidden", "32",
+         "--no-progress"]
 RUN_DIR = Path("synthetic") / "SL_T2"
 
 

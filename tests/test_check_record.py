@@ -84,8 +84,8 @@ def test_a_file_written_since_it_was_verified_is_hashed_again(stopped_twice, cap
 
     argv = ["run", "--dataset", "synthetic", "--synthetic-classes", "8", "--num-tasks", "4", "--n-repeats", "2",
             "--n-train-per-class", "16", "--n-test-per-class", "8", "--n-subsamples", "4", "--epochs", "1",
-            "--batch-size", "16", "--log-frequency", "1", "--lr", "0.1", "--no-progress",
-            "--results-dir", str(run_dir.parent.parent)]
+            "--batch-size", "16", "--log-frequency", "1", "--lr", "0.1", "--model", "mlp", "--mlp-hidden", "32",
+            "--no-progress", "--results-dir", str(run_dir.parent.parent)]
     assert main(argv) == 2
     assert "task_000/weights.npy does not match the sha256 recorded" in capsys.readouterr().err
 
