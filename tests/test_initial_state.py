@@ -19,7 +19,7 @@ from tests.conftest import small_config
 
 TINY = dict(dataset="synthetic", synthetic_classes=4, num_tasks=2, n_repeats=2, n_train_per_class=16,
             n_test_per_class=8, n_subsamples=4, epochs=1, batch_size=16, log_frequency=1,
-            add_plasticity=True, sp_lambda=0.5, sp_sigma=0.0)
+            add_plasticity=True, sp_lambda=0.5, sp_sigma=0.0, model="mlp", mlp_hidden=32)  # the MLP compiles fastest
 
 
 def leaves(tree) -> list[np.ndarray]:

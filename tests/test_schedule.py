@@ -23,7 +23,7 @@ from tests.conftest import is_program_obtained
 # 4 classes: 2 pairs per cycle; 5 tasks visit them 3, 2 times.
 TINY = dict(dataset="synthetic", synthetic_classes=4, num_tasks=5, n_repeats=2, n_train_per_class=16,
             n_test_per_class=4, n_subsamples=4, epochs=1, batch_size=16, log_frequency=1, lr=0.1,
-            task_schedule="cycle")
+            task_schedule="cycle", model="mlp", mlp_hidden=32)  # the MLP: the schedule's, not the model's
 N_TEST = Config.from_flat(TINY).n_test  # test images per task: what an accuracy is a mean over
 SAVED = ("representations.npy", "binary_labels.npy", "weights.npy", "start_weights.npy", "metrics.pkl",
          "expert_metrics.pkl")
@@ -219,7 +219,7 @@ def test_window_run_saves_its_slots_and_compiles_once(window_and_all):
         assert meta["schedule"]["pair_visit"] == t // 2 + 1 and "task_class_pairs" not in meta
         assert np.array(meta["schedule"]["cycle_class_pairs"]).shape == (2, 2, 2)
         m, m_all = results.load_metrics(w), results.load_metrics(a)
-        assert m["test_acc"].shape == (2, 2, 2) and results.load_representations(w).shape == (2, 2, 2, 4, 64)
+        assert m["test_acc"].shape == (2, 2, 2) and results.load_representations(w).shape == (2, 2, 2, 4, 32)
         # The window's slots hold the same numbers as the matching columns of the run that evaluates all.
         valid = [k for k, j in enumerate(ids) if j >= 0]
         columns = [ids[k] for k in valid]
