@@ -18,7 +18,8 @@ from cljax.settings import setting_specs
 from tests.conftest import small_config
 
 TINY = dict(dataset="synthetic", synthetic_classes=6, num_tasks=3, n_repeats=2, n_train_per_class=16,
-            n_test_per_class=8, n_subsamples=4, epochs=1, batch_size=8, log_frequency=2)
+            n_test_per_class=8, n_subsamples=4, epochs=1, batch_size=8, log_frequency=2, model="mlp",
+            mlp_hidden=32)  # the MLP compiles fastest; a plugin's rule sees any model through the same contract
 
 RULE = '''
 import jax
