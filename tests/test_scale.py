@@ -76,8 +76,8 @@ def sweep_process(tmp_path_factory):
     cmd = [sys.executable, "-m", "cljax.cli", "sweep", "--grid", "lr=0.02,0.1", "--seeds", "3", "--executor", "local",
            "--wait", "--slurm-time", "20", "--dataset", "fashion_mnist", "--data-dir", str(FASHION_DIR),
            "--num-tasks", "2", "--n-repeats", "1", "--n-train-per-class", "16", "--n-test-per-class", "8",
-           "--n-subsamples", "4", "--epochs", "1", "--batch-size", "16", "--log-frequency", "2",
-           "--results-dir", str(root)]
+           "--n-subsamples", "4", "--epochs", "1", "--batch-size", "16", "--log-frequency", "2", "--model", "mlp",
+           "--mlp-hidden", "32", "--results-dir", str(root)]
     xla_flags = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split() if "host_platform_device_count" not in f)
     env = {**os.environ, "XLA_FLAGS": xla_flags}
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -237,8 +237,8 @@ def test_a_sweep_job_reports_a_resumed_or_finished_run_as_such(tmp_path):
     from cljax.sweep import run_job
 
     flat = Config.from_flat(dataset="synthetic", synthetic_classes=4, num_tasks=2, n_repeats=1, n_train_per_class=16,
-                  n_test_per_class=8, n_subsamples=4, epochs=1, batch_size=16, log_frequency=1,
-                  results_dir=str(tmp_path)).to_dict()
+                  n_test_per_class=8, n_subsamples=4, epochs=1, batch_size=16, log_frequency=1, model="mlp",
+                  mlp_hidden=32, results_dir=str(tmp_path)).to_dict()
     first = run_job(flat)
     assert (first["tasks"], first["first_task"], first["already_finished"]) == (2, 0, False)
     again = run_job(flat)  # a requeued job whose run had finished
