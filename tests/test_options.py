@@ -173,7 +173,7 @@ def test_a_run_recorded_with_the_old_shrink_perturb_defaults_resumes_with_them(t
     """run.json records the resolved lam and sigma: a run made with the defaults of before
     (0.8, 0.01) resumes when they are passed, and a resume without them names the values."""
     old = dict(add_plasticity=True, sp_lambda=0.8, sp_sigma=0.01)
-    config = config_of(tmp_path, dataset="synthetic", data_dir=None, **old)
+    config = config_of(tmp_path, dataset="synthetic", data_dir=None, model="mlp", mlp_hidden=32, **old)
     recorded = config.to_dict()
     assert differing_settings(recorded, config) == []
     today = with_flat(config, sp_lambda=ShrinkPerturbParams().lambda_, sp_sigma=ShrinkPerturbParams().sigma)
