@@ -112,7 +112,7 @@ def make_shrink_perturb(params: ShrinkPerturbParams, config, net) -> Option:
     lam, sigma, mode, noise = params.lambda_, params.sigma, params.mode, params.noise
 
     shapes, treedef = jax.tree.flatten(jax.eval_shape(lambda k: net.init(k)[0], jax.random.key(0)))
-    # The leaves the initialiser sets to a constant, the same under two keys (None: a random leaf).
+    # The leaves the initialiser sets to a constant, whatever the key (None: a random leaf).
     constants = [None] * len(shapes)
     if noise == "init":
         constants = constant_leaves(net)
