@@ -111,17 +111,19 @@ def make_shrink_perturb(params: ShrinkPerturbParams, config, net) -> Option:
     """shrink+perturb (Ash & Adams 2020): theta <- lam*theta + sigma*(fresh init draw) (tag sp)"""
     lam, sigma, mode, noise = params.lambda_, params.sigma, params.mode, params.noise
 
-    shapes, treedef = jax.tree.flatten(jax.eval_shape(lambda k: net.init(k)[0], jax.random.key(0)))
-    # The leaves the initialiser sets to a constant, whatever the key (None: a random leaf).
-    constants = [None] * len(shapes)
     if noise == "init":
+        # The leaves the initialiser sets to a constant, whatever the key (None: a random leaf).
         constants = constant_leaves(net)
 
-    def init_fn(key):
-        if noise == "init":
+        def init_fn(key):
             return net.init(key)[0]
-        keys = jax.random.split(key, len(shapes))
-        return jax.tree.unflatten(treedef, [jax.random.normal(k, s.shape, s.dtype) for k, s in zip(keys, shapes)])
+    else:
+        constants = None  # gaussian noise: every leaf is perturbed
+        shapes, treedef = jax.tree.flatten(jax.eval_shape(lambda k: net.init(k)[0], jax.random.key(0)))
+
+        def init_fn(key):
+            keys = jax.random.split(key, len(shapes))
+            return jax.tree.unflatten(treedef, [jax.random.normal(k, s.shape, s.dtype) for k, s in zip(keys, shapes)])
 
     def apply(params, key):
         if lam == 1.0 and sigma == 0.0:
