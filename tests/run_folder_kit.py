@@ -47,6 +47,22 @@ def state(folder: Path) -> dict:
     return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.rglob("*"))}
 
 
+class Crash(Exception):
+    """What a test's run dies of where ``crash_at`` puts it."""
+
+
+def crash_at(monkeypatch, point: str, task: int) -> None:
+    """The run dies with Crash at ``point`` of task ``task`` (cljax.experiment.crash_point), as a
+    kill there would, but inside this process; ``monkeypatch.undo()`` lifts it."""
+    import cljax.experiment as experiment
+
+    def crash(at_point, at_task):
+        if (at_point, at_task) == (point, task):
+            raise Crash
+
+    monkeypatch.setattr(experiment, "crash_point", crash)
+
+
 def run_cli(args, capsys) -> tuple[int, str, str]:
     try:
         rc = cli_main(args)

@@ -371,9 +371,9 @@ def test_resume_restores_the_whole_learner_with_replay_momentum_and_the_methods(
     and the plasticity methods' state (CBP's utilities, ages and counts, ReDo's step count,
     L2-init's theta_0, with LoP's per-step shrink+perturb noise). An interrupted run resumed
     in a new process state equals an uninterrupted one byte for byte."""
-    import cljax.experiment as experiment
     from cljax.experiment import run_experiment
     from tests.conftest import small_config
+    from tests.run_folder_kit import Crash, crash_at
 
     def config(name):
         return small_config(tmp_path / name, use_replay=True, replay_size=40, replay_batch=8, momentum=0.9,
@@ -383,14 +383,7 @@ def test_resume_restores_the_whole_learner_with_replay_momentum_and_the_methods(
 
     whole = run_experiment(config("whole"), progress=False)
 
-    class Crash(Exception):
-        pass
-
-    def crash_at(point, task):
-        if (point, task) == ("train", 2):
-            raise Crash
-
-    monkeypatch.setattr(experiment, "crash_point", crash_at)
+    crash_at(monkeypatch, "train", 2)
     with pytest.raises(Crash):
         run_experiment(config("resumed"), progress=False)
     monkeypatch.undo()

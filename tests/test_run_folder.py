@@ -20,7 +20,8 @@ from cljax import results
 from cljax.cli import main as cli_main
 from cljax.errors import CljaxError
 from tests.conftest import small_config
-from tests.run_folder_kit import FLAGS, RUN_DIR, TINY, assert_one_error, copy, flip_byte, make_runs, run_cli, state
+from tests.run_folder_kit import (FLAGS, RUN_DIR, TINY, Crash, assert_one_error, copy, crash_at, flip_byte, make_runs,
+                                  run_cli, state)
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +50,7 @@ def test_a_task_too_large_for_the_device_names_what_lowers_its_largest_part(tmp_
     # step's scratch where it was.
     plan = ["plan", "--dataset", "fashion_mnist", "--n-repeats", "2"]
     for extra, part, fixed in (
-            (["--model", "resnet", "--batch-size", "256", "--device-memory", "3000000000"],
+            (["--model", "resnet", "--resnet-blocks", "1", "--batch-size", "256", "--device-memory", "1500000000"],
              "most of it is a training step's scratch: lower --batch-size", ["--batch-size", "128"]),
             (["--eval-batch-size", "500", "--device-memory", "7000000"],
              "most of it is an evaluation call's scratch: lower --eval-batch-size", None),
@@ -346,17 +347,8 @@ def test_a_run_that_stopped_in_its_first_task_is_replaced_by_another_without_ove
     """A run that died before its first task was written holds only what its seed makes again
     (run.json, initial/): a corrected command replaces it, with one note. A run with one whole
     task folder, or with a file cljax did not write, is still refused."""
-    import cljax.experiment as experiment
-
-    class Crash(Exception):
-        pass
-
-    def crash_at(point, task):
-        if (point, task) == ("train", 0):
-            raise Crash
-
     root = tmp_path / "r"
-    monkeypatch.setattr(experiment, "crash_point", crash_at)
+    crash_at(monkeypatch, "train", 0)
     with pytest.raises(Crash):
         cli_main(["run", *FLAGS, "--results-dir", str(root)])
     monkeypatch.undo()
@@ -385,7 +377,7 @@ def test_a_run_that_stopped_in_its_first_task_is_replaced_by_another_without_ove
     (damaged / "checkpoint.npz").unlink()
     weights = damaged / "task_000" / "weights.npy"
     weights.write_bytes(weights.read_bytes()[:-100])
-    monkeypatch.setattr(experiment, "crash_point", crash_at)
+    crash_at(monkeypatch, "train", 0)
     with pytest.raises(Crash):
         cli_main(["run", *FLAGS, "--lr", "0.2", "--results-dir", str(tmp_path / "d")])
     monkeypatch.undo()

@@ -448,22 +448,14 @@ def test_a_resume_deletes_a_damaged_folder_it_will_train_again_before_it_trains(
     """task_001 past the checkpoint, not whole (a flipped byte): deleted once the folder is
     locked, before any task is trained, so a run stopped before it reaches task 1 leaves no
     damaged folder behind (which analyze would refuse)."""
-    import cljax.experiment as experiment
     from cljax.cli import main as cli_main
-    from tests.run_folder_kit import flip_byte
+    from tests.run_folder_kit import Crash, crash_at, flip_byte
 
     run_dir = copy(made, "partial", tmp_path / "r")
     shutil.copytree(made["finished"] / RUN_DIR / "task_001", run_dir / "task_001")
     flip_byte(run_dir / "task_001" / "weights.npy")
 
-    class Crash(Exception):
-        pass
-
-    def crash_at(point, task):
-        if (point, task) == ("train", 1):
-            raise Crash
-
-    monkeypatch.setattr(experiment, "crash_point", crash_at)
+    crash_at(monkeypatch, "train", 1)
     with pytest.raises(Crash):
         cli_main(["run", *FLAGS, "--results-dir", str(tmp_path / "r")])
     assert [d.name for d in results.task_dirs(run_dir)] == ["task_000"]
