@@ -9,6 +9,7 @@ The sweep's two jobs (separate processes) start first and run while this process
 from __future__ import annotations
 
 import dataclasses
+import gc
 import io
 import json
 import math
@@ -103,6 +104,7 @@ def hundred_tasks(sweep_process, tmp_path_factory):
     clear_built_programs()  # the run's programs are its own, compiled (or loaded) in its first task
     jax.monitoring.register_event_duration_secs_listener(on_compile)
     try:
+        gc.collect()  # arrays of earlier tests that only a collection frees would leave the baseline during the run
         baseline = live_device_bytes()
         run = run_experiment(config, progress=False,
                              on_task_end=lambda t, info: infos.__setitem__(t, {**info, "compiles": compiles[0]}))

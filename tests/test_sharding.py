@@ -20,6 +20,7 @@ tests/backend.py's GPU tolerances.
 
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
 import sys
@@ -113,6 +114,7 @@ def device_run(sharded_child, tmp_path_factory):
         assert configure_cpu_devices(config.n_repeats) == N_CHILD_DEVICES
     plan = make_plan(config)
     infos = {}
+    gc.collect()  # arrays of earlier tests that only a collection frees would leave the baseline during the run
     baseline = live_device_bytes()
     run = run_experiment(config, progress=False, on_task_end=lambda t, info: infos.__setitem__(t, info))
     return config, plan, run, infos, baseline
