@@ -88,8 +88,9 @@ def recorded_split(algo_dir: Path) -> dict | None:
     return split if isinstance(split, dict) else None
 
 
-def save_learner(algo_dir: Path, learner, next_task: int, run_id: str | None = None) -> None:
-    """Checkpoint the learner state (any pytree of arrays), the next task to run and the run id."""
+def save_learner(algo_dir: Path, learner, next_task: int, run_id: str | None = None, path: Path | None = None) -> None:
+    """Checkpoint the learner state (any pytree of arrays), the next task to run and the run id
+    (to the run's checkpoint, or to the checkpoint file ``path``)."""
     leaves = jax.tree.leaves(jax.device_get(learner))
     arrays = {"next_task": np.asarray(next_task, np.int64)}
     if run_id is not None:
@@ -99,7 +100,7 @@ def save_learner(algo_dir: Path, learner, next_task: int, run_id: str | None = N
             arrays[f"{_KEY_PREFIX}{i}"] = np.asarray(jax.random.key_data(leaf))
         else:
             arrays[f"leaf:{i}"] = np.asarray(leaf)
-    atomic_write(algo_dir / CHECKPOINT, lambda f: np.savez(f, **arrays))
+    atomic_write(algo_dir / CHECKPOINT if path is None else path, lambda f: np.savez(f, **arrays))
 
 
 _READ_ERRORS = (OSError, ValueError, EOFError, KeyError, TypeError, zipfile.BadZipFile, zlib.error, MemoryError)

@@ -31,7 +31,8 @@ from cljax.eval_tasks import eval_tasks_of
 from cljax.evaluate import TestSets, WindowTestSets
 from cljax.faults import crash_point
 from cljax.initial_state import INITIAL, initial_arrays, write_initial
-from cljax.kept_checkpoints import keep_checkpoint, keeps, kept_path, replay_note, same_as_recorded
+from cljax.kept_checkpoints import (keep_checkpoint, keeps, kept_is_whole, kept_path, replay_note, rewrite_kept,
+                                     same_as_recorded)
 from cljax.program import build_task_program
 from cljax.records import summary_row, task_arrays, task_metadata
 from cljax.results import task_dir_name, write_task
@@ -191,7 +192,7 @@ def _train(config, data, task_data, schedule, program, start, chunk_tasks, found
     ).compile()
     result.compile_seconds = time.perf_counter() - t0
 
-    run_seconds, differing = 0.0, []
+    run_seconds, differing, rewritten = 0.0, [], []
     bar = _progress_bar(config.num_tasks, first_task - len(replay), progress)
     for i, t in enumerate(order):
         replaying = i < len(replay)
@@ -226,7 +227,11 @@ def _train(config, data, task_data, schedule, program, start, chunk_tasks, found
             metadata["split_at_run_start"] = recorded_split(found.record)
         if replaying:
             metadata["repaired"] = {"trained_again_from_task": replay[0]}
-        learner_host = None if replaying else fetch(learner)  # a collective when multi-host: every process takes part
+        # A kept checkpoint the replay passes (one there, or one --keep-checkpoints asks for) that is
+        # not whole is written again from it.
+        rekeep = replaying and (keeps(config.keep_checkpoints, t + 1, config.num_tasks) or kept_path(
+            algo_dir, t + 1).exists()) and not kept_is_whole(algo_dir, t + 1, run_id)
+        learner_host = fetch(learner) if rekeep or not replaying else None  # a collective when multi-host: all take part
         with critical, _disk_errors(algo_dir, t):  # the task folder, then the checkpoint that points past it
             if is_writer() and (not replaying or t in found.repair):
                 write_task(algo_dir, t, arrays, metadata)
@@ -243,8 +248,11 @@ def _train(config, data, task_data, schedule, program, start, chunk_tasks, found
                 save_learner(algo_dir, learner_host, t + 1, run_id)
                 if keeps(config.keep_checkpoints, t + 1, config.num_tasks):
                     keep_checkpoint(algo_dir, t + 1)
+            if is_writer() and rekeep:
+                rewrite_kept(algo_dir, learner_host, t + 1, run_id)
+                rewritten.append(t + 1)
         if replaying and t == replay[-1] and is_writer():
-            print(replay_note(found, differing), file=sys.stderr)
+            print(replay_note(found, differing, rewritten), file=sys.stderr)
         run_seconds += seconds
         row = summary_row(t, arrays, eval_ids)
         # The host copies of this task go now, not when the next task's replace them: held over,

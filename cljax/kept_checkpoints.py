@@ -11,7 +11,9 @@ initial state is a function of the seed). ``--repair`` does that, writes the dam
 again and checks the folders it recomputed on the way against their recorded sha256.
 
 A kept checkpoint is the checkpoint file written after task NNN - 1, linked under its name (no
-copy while both share it; a filesystem without hard links gets a copy), atomically.
+copy while both share it; a filesystem without hard links gets a copy), atomically. A repair
+that trains through a task start whose kept checkpoint is missing or damaged writes it again
+(``rewrite_kept``), so the next repair need not go back further.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import re
 import shutil
 from pathlib import Path
 
-from cljax.checkpoint import CHECKPOINT, read_checkpoint_header
+from cljax.checkpoint import CHECKPOINT, read_checkpoint_header, save_learner
 from cljax.errors import CljaxError
 from cljax.results import load_metadata, task_dir_name, write_task
 from cljax.safe_files import fsync_dir
@@ -66,13 +68,23 @@ def repair_start(algo_dir: Path, run_id: str | None, before: int) -> int:
     folder = algo_dir / KEPT
     found = sorted((int(m.group(1)) for p in (folder.iterdir() if folder.is_dir() else ())
                     if (m := _NAME.fullmatch(p.name)) and int(m.group(1)) <= before), reverse=True)
-    for t in found:
-        try:
-            if read_checkpoint_header(algo_dir, kept_path(algo_dir, t)) == (t, run_id):
-                return t
-        except CljaxError:  # damaged: an earlier one serves
-            continue
-    return 0
+    return next((t for t in found if kept_is_whole(algo_dir, t, run_id)), 0)  # a damaged one: an earlier one serves
+
+
+def kept_is_whole(algo_dir: Path, t: int, run_id: str | None) -> bool:
+    """Whether the kept checkpoint of task ``t`` is there, whole (every member's CRC) and this run's."""
+    try:
+        return read_checkpoint_header(algo_dir, kept_path(algo_dir, t)) == (t, run_id)
+    except CljaxError:
+        return False
+
+
+def rewrite_kept(algo_dir: Path, learner_host, t: int, run_id: str | None) -> None:
+    """Write the kept checkpoint of task ``t`` from the learner as task ``t`` begins, trained again
+    by a repair (the run's own checkpoint, after a later task, is left as it is)."""
+    dest = kept_path(algo_dir, t)
+    dest.parent.mkdir(exist_ok=True)
+    save_learner(algo_dir, learner_host, t, run_id, path=dest)
 
 
 def describe_replay(start: int, stop: int) -> str:
@@ -95,10 +107,12 @@ def same_as_recorded(algo_dir: Path, t: int, arrays: dict, metadata: dict) -> bo
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def replay_note(found, differing: list[int]) -> str:
-    """The line --repair prints when its replay is over."""
+def replay_note(found, differing: list[int], kept: list[int]) -> str:
+    """The line --repair prints when its replay is over; ``kept``: the task starts whose kept
+    checkpoints it wrote again."""
     start, stop = found.replay
-    written = ", ".join(task_dir_name(t) for t in found.repair) or "no folder"
+    written = ", ".join([task_dir_name(t) for t in found.repair] + [f"{KEPT}/{kept_path(Path(), t).name}" for t in kept])
+    written = written or "no folder"
     n_compared = stop - start - len(found.repair)
     if differing:
         return (f"warning: --repair trained {describe_replay(start, stop)} again and wrote {written} anew, but "

@@ -106,6 +106,25 @@ def test_the_nearest_whole_kept_checkpoint_is_where_the_repair_starts(made, tmp_
     assert _outputs(run_dir) == original
 
 
+def test_a_repair_writes_again_the_damaged_kept_checkpoint_it_trains_through(made, tmp_path, capsys):
+    """task_003 lost and the checkpoint kept at task 2 damaged: the repair trains from the seed
+    and, passing task 2's start, writes that kept checkpoint again, byte for byte as the run
+    wrote it, so that the next repair starts there, not from the seed."""
+    finished = made["finished"] / RUN4
+    run_dir = _copy(made, "finished", tmp_path / "r")
+    shutil.rmtree(run_dir / "task_003")
+    flip_byte(kept_path(run_dir, 2))
+    rc, _, err = _run(tmp_path, capsys, "--repair")
+    assert rc == 0, err
+    assert ("trained tasks 0 to 3 (4 tasks) from the seed again and wrote task_003, checkpoints/start_task_002.npz "
+            "anew; the 3 other folder(s) it recomputed came out byte for byte as recorded.") in err
+    assert kept_path(run_dir, 2).read_bytes() == kept_path(finished, 2).read_bytes()
+    assert _outputs(run_dir) == _outputs(finished)
+    shutil.rmtree(run_dir / "task_003")
+    rc, _, err = _run(tmp_path, capsys)
+    assert_one_error(rc, err, "task_003 is missing", "tasks 2 to 3 (2 tasks) from the checkpoint kept at task 2")
+
+
 @pytest.mark.parametrize("how", ["missing", "damaged"])
 def test_a_lost_checkpoint_is_trained_again_and_the_run_goes_on(made, tmp_path, capsys, how):
     """Tasks 0-2 finished, the checkpoint after them lost: the repair trains task 2 again from the
