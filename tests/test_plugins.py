@@ -283,6 +283,20 @@ def test_a_rule_that_breaks_the_contract_is_refused_in_one_line(mistake, message
         check_rule(rule, net, "Mine")
 
 
+def test_a_plugin_rule_that_breaks_the_contract_is_refused_before_anything_is_written(tmp_path, capsys):
+    """The contract is checked where the direction is traced, and a run's first trace is the
+    planner's, before its folder exists: one line, and no folder."""
+    from tests.run_folder_kit import assert_one_error, run_cli
+
+    plugin = tmp_path / "sum_rule.py"
+    plugin.write_text(RULE.format(name="SumPlug", scale=1.0).replace("1.0 * x, g)", "x.sum(), g)"))
+    results_dir = tmp_path / "results"
+    rc, _, err = run_cli(["run", "--plugin", str(plugin), "--algorithm", "SumPlug", "--results-dir", str(results_dir),
+                          "--no-progress", *[f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()]], capsys)
+    assert_one_error(rc, err, "rule 'SumPlug': its direction must have the structure, shapes and dtypes of the params")
+    assert not results_dir.exists()
+
+
 def test_a_plugin_that_imports_a_missing_package_is_one_line(tmp_path):
     plugin = tmp_path / "needs_more.py"
     plugin.write_text("import surely_not_installed_pkg\n")

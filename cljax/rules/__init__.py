@@ -43,19 +43,33 @@ class Rule(NamedTuple):
 
 
 def make_rule(config, net) -> Rule:
-    """The config's rule, built with its settings for ``net``, its contract checked."""
-    rule = RULES[config.algorithm].build(config.rule_params, config, net)
-    check_rule(rule, net, config.algorithm)
-    return rule
+    """The config's rule, built with its settings for ``net``; its direction checked against the
+    contract above wherever it is traced (``checked_rule``)."""
+    return checked_rule(RULES[config.algorithm].build(config.rule_params, config, net), config.algorithm)
+
+
+def checked_rule(rule, name: str) -> Rule:
+    """``rule`` with a direction that checks what it returns each time it is traced: a direction
+    of another structure, shape or dtype than the params would fail deep in the optimiser, or
+    broadcast and train silently wrong. The check is Python on the traced shapes (nothing enters
+    the compiled program), and the first trace of a run is the planner's, before anything is
+    written: a broken rule is one CljaxError line naming it."""
+    if not isinstance(rule, Rule):
+        raise CljaxError(f"rule {name!r}: its builder returned a {type(rule).__name__}, not a cljax.rules.Rule: "
+                         f"return one.")
+
+    def direction(net, params, *args):
+        out = rule.direction(net, params, *args)
+        check_direction(out, params, name)
+        return out
+
+    return Rule(init=rule.init, direction=direction)
 
 
 def check_rule(rule, net, name: str) -> None:
-    """One CljaxError line naming the rule when it breaks the contract above, read off one
-    traced call (shapes only) on a batch of 2: a direction of another structure, shape or dtype
-    than the params would fail deep in the optimiser, or broadcast and train silently wrong."""
-    where = f"rule {name!r}"
-    if not isinstance(rule, Rule):
-        raise CljaxError(f"{where}: its builder returned a {type(rule).__name__}, not a cljax.rules.Rule: return one.")
+    """The contract check of ``checked_rule`` on one shape-only trace of ``rule`` on a batch of 2,
+    without a program (a plugin's own test)."""
+    rule = checked_rule(rule, name)
     key = jax.eval_shape(lambda: jax.random.key(0))
     params, model_state = jax.eval_shape(net.init, key)
     images = jax.ShapeDtypeStruct((2, *net.image_shape), jnp.uint8)
@@ -64,7 +78,13 @@ def check_rule(rule, net, name: str) -> None:
     def call(params, model_state, images, labels, weights, key):
         return rule.direction(net, params, model_state, rule.init(params, key), images, labels, weights, key)
 
-    out = jax.eval_shape(call, params, model_state, images, labels, weights, key)
+    jax.eval_shape(call, params, model_state, images, labels, weights, key)
+
+
+def check_direction(out, params, name: str) -> None:
+    """One CljaxError line naming the rule when ``out``, what its direction returned for
+    ``params``, breaks the contract above."""
+    where = f"rule {name!r}"
     if not (isinstance(out, tuple) and len(out) == 4):
         raise CljaxError(f"{where}: direction must return (direction, rule_state, model_state, metrics); it returns "
                          f"{type(out).__name__}{f' of {len(out)}' if isinstance(out, tuple) else ''}.")
@@ -79,4 +99,4 @@ def check_rule(rule, net, name: str) -> None:
                          f"means); it returns {metrics if not isinstance(metrics, dict) else sorted(metrics)}.")
 
 
-__all__ = ["RULES", "Rule", "check_rule", "make_rule", "register_rule"]
+__all__ = ["RULES", "Rule", "check_direction", "check_rule", "checked_rule", "make_rule", "register_rule"]
