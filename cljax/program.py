@@ -163,6 +163,16 @@ def build_parts(config, image_shape, conv_impl: str | None = None, paired: bool 
                  heads=HeadSpec.of(config))
 
 
+def init_compiler_options() -> dict:
+    """XLA's options for the learner's initialisation on this backend. On the CPU, LLVM at XLA's
+    default optimisation level (3) spends most of that program's compile on the random-number code
+    of its initialisers (threefry's loops, the truncated normal's erf_inv); level 2 compiles it in
+    a fraction of that time and gives the same bits (tests/test_initial_state.py checks them;
+    docs/benchmark.md, the times). The program runs once per run, so its own speed does not
+    matter. Elsewhere: XLA's defaults."""
+    return {"xla_backend_optimization_level": 2} if jax.default_backend() == "cpu" else {}
+
+
 # The programs built in this process, by everything they are built from: the same setup built
 # again (a resume in the same process, the same config with another results folder, a notebook)
 # gets the same jitted functions back, and with them jit's caches: nothing is traced, lowered or
@@ -244,5 +254,5 @@ def _build_task_program(config, image_shape, loop: bool, paired_models: bool | N
         return train_shard(learner, train_x, train_y, test_x, test_y, task_idx, keys)
 
     precise = partial(with_precision, precision=config.matmul_precision)
-    return TaskProgram(init_learner=jax.jit(precise(init_all)), run_task=jax.jit(precise(run_task), donate_argnums=(0,)),
+    return TaskProgram(init_learner=jax.jit(precise(init_all), compiler_options=init_compiler_options()), run_task=jax.jit(precise(run_task), donate_argnums=(0,)),
                        evaluate=jax.jit(precise(eval_shard)), parts=parts, sizes=sizes, lowering=lowering)

@@ -58,6 +58,27 @@ def test_the_initial_network_is_saved_once_and_is_the_initialisation(run):
         assert not np.array_equal(first[0], s)
 
 
+def test_the_initialisation_compiled_for_speed_gives_the_bits_of_xla_defaults(tmp_path):
+    """The learner's initialisation is compiled with its own XLA options (on the CPU a lower LLVM
+    level, which compiles it faster): its output is, bit for bit, that of the same function
+    compiled at XLA's default level, 3 (given here, as the suite's XLA_FLAGS lower it for every
+    other program: tests/conftest.py). Bio draws fixed feedback matrices, CBP and UL keep states of
+    their own: every kind of initialiser the built-in rules and options use."""
+    from cljax.program import build_task_program, init_compiler_options
+
+    options = init_compiler_options()
+    assert options == ({"xla_backend_optimization_level": 2} if jax.default_backend() == "cpu" else {})
+    config = small_config(tmp_path, **{**TINY, "algorithm": "Bio", "n_repeats": 3, "use_cbp": True, "use_ul": True,
+                                       "ul_kind": "recon"}).validate()
+    init = build_task_program(config, (28, 28)).init_learner
+    key = jax.random.key(11)
+    at_level_3 = jax.jit(init.__wrapped__).lower(key).compile({"xla_backend_optimization_level": 3})
+    ours, defaults = leaves(init(key)), leaves(at_level_3(key))
+    assert len(ours) == len(defaults) > 10
+    for a, b in zip(ours, defaults):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_a_task_starts_from_the_shrunk_network_and_its_change_is_measured_from_there(run):
     algo_dir = run["algo_dir"]
     last0 = [x[-1] for x in leaves(results.load_weights(algo_dir / "task_000"))]
