@@ -5,36 +5,17 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-# Compilation is most of this suite's time on a 2-core CPU, and XLA's backend optimisation is
-# most of compilation. Level 1 compiles much faster than the default and still runs the long
-# tests fast (level 0 does not: docs/benchmark.md, "Test suite"). XLA:CPU's older loop emitters
-# (xla_cpu_use_fusion_emitters=false) compile faster again, and the suite ends sooner; XLA aborts the
-# process on a flag it does not know, so that one is tried in a child process first. The tests
-# compare numbers within one process or against tolerances, never against a fully optimised
+# Compilation is most of this suite's time on a 2-core CPU: the suite compiles at XLA's backend
+# level 1 with XLA:CPU's older loop emitters where this XLA has them (cljax/fast_compile.py). The
+# tests compare numbers within one process or against tolerances, never against a fully optimised
 # build. Set CLJAX_TEST_XLA_OPT=full to test the optimised build (what `cljax run` uses).
 # Subprocesses (and the xdist workers) inherit the flags.
-FAST_COMPILE_FLAGS = "--xla_backend_optimization_level=1"
-OPTIONAL_FAST_COMPILE_FLAGS = "--xla_cpu_use_fusion_emitters=false"
+if os.environ.get("CLJAX_TEST_XLA_OPT", "fast") != "full":
+    from cljax.fast_compile import fast_compile_xla_flags
 
-
-def xla_accepts(flags: str) -> bool:
-    """Whether this jaxlib's XLA starts with ``flags`` added to XLA_FLAGS (it aborts on an unknown one)."""
-    import subprocess
-    import sys
-
-    env = {**os.environ, "XLA_FLAGS": (os.environ.get("XLA_FLAGS", "") + " " + flags).strip(), "JAX_PLATFORMS": "cpu"}
-    try:
-        probe = subprocess.run([sys.executable, "-c", "import jax; jax.jit(lambda x: x + 1)(1)"], env=env,
-                               capture_output=True, timeout=120)
-    except subprocess.TimeoutExpired:  # a machine too busy to say: the suite runs without the flag
-        return False
-    return probe.returncode == 0
-
-
-if os.environ.get("CLJAX_TEST_XLA_OPT", "fast") != "full" and "xla_backend_optimization_level" not in os.environ.get(
-        "XLA_FLAGS", ""):
-    extra = FAST_COMPILE_FLAGS + (" " + OPTIONAL_FAST_COMPILE_FLAGS if xla_accepts(OPTIONAL_FAST_COMPILE_FLAGS) else "")
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + extra).strip()
+    _flags = fast_compile_xla_flags()
+    if _flags is not None:
+        os.environ["XLA_FLAGS"] = _flags
 
 # On a GPU each JAX process takes 75% of the GPU's memory when it starts, so a subprocess that
 # uses JAX there (the CLI, a pytest child, a benchmark) would find too little left beside this
