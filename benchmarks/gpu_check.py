@@ -143,6 +143,24 @@ def stage_deterministic(args) -> dict:
 STAGES_IN_CHILD = {"env": stage_env, "variants": stage_variants, "deterministic": stage_deterministic}
 
 
+def smoke_env(env: dict, out: Path) -> dict:
+    """The environment of the smoke's stages: compiled with the test suite's fast-compile XLA
+    flags unless XLA_FLAGS sets an optimisation level (cljax/fast_compile.py; the smoke checks the
+    script, not the compiler), and one persistent compilation cache for them all (``smoke_cache``),
+    so that a program one stage compiled, the next loads."""
+    from cljax.fast_compile import fast_compile_xla_flags
+
+    flags = fast_compile_xla_flags(env)
+    return {**env, "XLA_FLAGS": env.get("XLA_FLAGS", "") if flags is None else flags,
+            "JAX_COMPILATION_CACHE_DIR": smoke_cache(out),
+            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.1", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+
+
+def smoke_cache(out: Path) -> str:
+    """The smoke's compilation cache (the throughput stages take it as --cache-dir)."""
+    return str(Path(out) / "compilation_cache")
+
+
 def stage_env_vars(name: str, env: dict) -> dict:
     """The environment of one stage: the deterministic stage's XLA flag added to the rest."""
     if name != "deterministic":
@@ -162,8 +180,14 @@ def stage_commands(args) -> dict:
     child = [py, me, "--out", str(out), "--fashion-dir", args.fashion_dir] + (["--smoke"] if args.smoke else [])
     cli = [py, "-m", "cljax.cli", "run"]
     T = args.lop_tasks
+    profile = ["--repeats", "128"]
     if args.smoke:
-        bench, small, large = ["--quick", "--no-torch", "--no-experiment"], ["1"], ["2"]
+        # The profile's --quick program (R = 2, batch 8, 4 steps) for both throughput stages too:
+        # they load it from the smoke's compilation cache (smoke_env). XLA_FLAGS are part of that
+        # cache's key, so the profile leaves the command-buffer flag (a GPU flag) as it is.
+        profile = ["--quick", "--command-buffers", "default"]
+        bench, small, large = ["--quick", "--no-torch", "--no-experiment", "--batch-size", "8", "--cache-dir",
+                               smoke_cache(out)], ["2"], ["2"]
         T = 2
         fashion = lop = ["--num-tasks", str(T), *(f"--{k.replace('_', '-')}={v}" for k, v in SMOKE_SIZE.items())]
     else:
@@ -180,7 +204,7 @@ def stage_commands(args) -> dict:
         "tests": [py, "-m", "pytest", "-x", "-v", "-p", "no:cacheprovider", "--keep-duplicates",
                   "--junitxml", str(out / "junit.xml"), *tests_to_run(args)],
         "variants": child + ["--stage", "variants"],
-        "profile": [py, str(HERE / "profile_task.py"), *(["--quick"] if args.smoke else ["--repeats", "128"]),
+        "profile": [py, str(HERE / "profile_task.py"), *profile,
                     "--out", str(out / "profile_trace"), "--json", str(out / "profile.json"), *chosen],
         **{name: [py, str(HERE / "throughput.py"), *bench, "--repeats", *rs, "--json", str(out / f"{name}.json"),
                   *chosen] for name, rs in (("throughput", small), ("throughput_large", large))},
@@ -254,6 +278,8 @@ def orchestrate(args) -> dict:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
            "XLA_PYTHON_CLIENT_PREALLOCATE": os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE", "false"),
            "CLJAX_FASHION_MNIST": args.fashion_dir}  # where the tests read it (tests/conftest.py)
+    if args.smoke:
+        env = smoke_env(env, out)
     deadline = time.monotonic() + args.budget
     report = {"mode": "smoke" if args.smoke else "full", "budget_seconds": args.budget,
               "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "fashion_dir": args.fashion_dir, "stages": {},
