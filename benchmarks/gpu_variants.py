@@ -85,6 +85,12 @@ def the_other(setting: str) -> str:
 
 def measure_variants(fashion_dir: str, smoke: bool, size: dict, json_path: Path, rounds: int,
                      which: str = "all") -> dict:
+    from cljax.devices import configure_cpu_devices
+    from cljax.host import usable_cores
+
+    # On a CPU, one device per core as `cljax run` splits it (a no-op on a GPU, and once JAX has
+    # started): each variant is the program a run of its settings compiles.
+    configure_cpu_devices(usable_cores())
     import jax
     import jax.numpy as jnp
 
@@ -134,6 +140,15 @@ def measure_variants(fashion_dir: str, smoke: bool, size: dict, json_path: Path,
     return result
 
 
+def start(program):
+    """The learner a run starts from: initialised, and split over the devices as a run splits it."""
+    import jax
+
+    from cljax.devices import shard_repeats
+
+    return shard_repeats(program.init_learner(jax.random.key(0)))
+
+
 def run_variant(program, inputs: tuple, rounds: int, recompile: bool) -> tuple[dict, dict]:
     """Compile the task program (a second time without the persistent cache when ``recompile``)
     and call it ``rounds`` + 1 times from the same start: (the first call's outcome, timings and
@@ -148,14 +163,14 @@ def run_variant(program, inputs: tuple, rounds: int, recompile: bool) -> tuple[d
         cljax.disable_compilation_cache()
     try:
         t0 = time.perf_counter()
-        compiled = program.run_task.lower(program.init_learner(jax.random.key(0)), *inputs).compile()
+        compiled = program.run_task.lower(start(program), *inputs).compile()
         compile_seconds = time.perf_counter() - t0
     finally:
         if recompile and in_use:
             cljax.enable_compilation_cache(in_use)
     times, runs = [], []
     for _ in range(rounds + 1):  # the first is a warm-up
-        learner = program.init_learner(jax.random.key(0))
+        learner = start(program)
         jax.block_until_ready(learner)
         t0 = time.perf_counter()
         learner, trace = jax.block_until_ready(compiled(learner, *inputs))
