@@ -254,5 +254,6 @@ def _build_task_program(config, image_shape, loop: bool, paired_models: bool | N
         return train_shard(learner, train_x, train_y, test_x, test_y, task_idx, keys)
 
     precise = partial(with_precision, precision=config.matmul_precision)
-    return TaskProgram(init_learner=jax.jit(precise(init_all), compiler_options=init_compiler_options()), run_task=jax.jit(precise(run_task), donate_argnums=(0,)),
+    return TaskProgram(init_learner=jax.jit(precise(init_all), compiler_options=init_compiler_options()),
+                       run_task=jax.jit(precise(run_task), donate_argnums=(0,)),
                        evaluate=jax.jit(precise(eval_shard)), parts=parts, sizes=sizes, lowering=lowering)
