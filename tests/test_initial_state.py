@@ -62,8 +62,8 @@ def test_the_initialisation_compiled_for_speed_gives_the_bits_of_xla_defaults(tm
     """The learner's initialisation is compiled with its own XLA options (on the CPU a lower LLVM
     level, which compiles it faster): its output is, bit for bit, that of the same function
     compiled at XLA's default level, 3 (given here, as the suite's XLA_FLAGS lower it for every
-    other program: tests/conftest.py). Bio draws fixed feedback matrices, CBP and UL keep states of
-    their own: every kind of initialiser the built-in rules and options use."""
+    other program: tests/conftest.py). Bio draws fixed feedback matrices, and CBP and UL keep states
+    of their own (more models, rules and options were compared once: docs/benchmark.md)."""
     from cljax.program import build_task_program, init_compiler_options
 
     options = init_compiler_options()
