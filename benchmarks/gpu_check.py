@@ -82,6 +82,7 @@ BUDGETS = {"env": (20, 20), "tests": (100, 20), "variants": (120, 40), "profile"
            "throughput_large": (60, 30), "fashion": (30, 30), "lop": (35, 30), "deterministic": (60, 30)}
 FASHION_STAGES = ("tests", "variants", "fashion", "deterministic")  # fail at once without the data: others get the time
 OPTIONAL = ("deterministic",)  # run only when --stages names them
+SMOKE_CACHE = "compilation_cache"  # in OUT: the smoke's stages share it (smoke_env)
 NEEDED = ("jax", "flax", "optax", "numpy", "tqdm", "matplotlib", "pytest")
 
 
@@ -146,19 +147,15 @@ STAGES_IN_CHILD = {"env": stage_env, "variants": stage_variants, "deterministic"
 def smoke_env(env: dict, out: Path) -> dict:
     """The environment of the smoke's stages: compiled with the test suite's fast-compile XLA
     flags unless XLA_FLAGS sets an optimisation level (cljax/fast_compile.py; the smoke checks the
-    script, not the compiler), and one persistent compilation cache for them all (``smoke_cache``),
-    so that a program one stage compiled, the next loads."""
+    script, not the compiler), and one persistent compilation cache for them all, OUT/SMOKE_CACHE
+    (the throughput stages take it as --cache-dir), so that a program one stage compiled, the next
+    loads."""
     from cljax.fast_compile import fast_compile_xla_flags
 
     flags = fast_compile_xla_flags(env)
     return {**env, "XLA_FLAGS": env.get("XLA_FLAGS", "") if flags is None else flags,
-            "JAX_COMPILATION_CACHE_DIR": smoke_cache(out),
+            "JAX_COMPILATION_CACHE_DIR": str(out / SMOKE_CACHE),
             "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.1", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
-
-
-def smoke_cache(out: Path) -> str:
-    """The smoke's compilation cache (the throughput stages take it as --cache-dir)."""
-    return str(Path(out) / "compilation_cache")
 
 
 def stage_env_vars(name: str, env: dict) -> dict:
@@ -187,7 +184,7 @@ def stage_commands(args) -> dict:
         # cache's key, so the profile leaves the command-buffer flag (a GPU flag) as it is.
         profile = ["--quick", "--command-buffers", "default"]
         bench, small, large = ["--quick", "--no-torch", "--no-experiment", "--batch-size", "8", "--cache-dir",
-                               smoke_cache(out)], ["2"], ["2"]
+                               str(out / SMOKE_CACHE)], ["2"], ["2"]
         T = 2
         fashion = lop = ["--num-tasks", str(T), *(f"--{k.replace('_', '-')}={v}" for k, v in SMOKE_SIZE.items())]
     else:
