@@ -1,5 +1,5 @@
-"""How much replay keeps of the earlier tasks: the protocol of
-``tests/test_options.py::test_replay_reduces_forgetting``, run at many seeds.
+"""How much replay keeps of the earlier tasks, at many seeds (``PROTOCOL``; the unit test
+``tests/test_options.py::test_replay_reduces_forgetting`` runs this script at seed 1).
 
 Fashion-MNIST, SL, T = 5, R = 6, 300 training and 100 test images per class, 2 epochs,
 ``--replay-size 1000``; each seed is run with and without replay (the same class pairs, data and
@@ -21,6 +21,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's cljax
+
+PROTOCOL = dict(dataset="fashion_mnist", num_tasks=5, n_repeats=6, n_train_per_class=300, n_test_per_class=100,
+                n_subsamples=2, epochs=2, log_frequency=36)
 
 
 def seed_figures(common: dict, seed: int, out: Path) -> dict[str, np.ndarray]:
@@ -47,8 +50,7 @@ def main(argv=None) -> dict:
     p.add_argument("--out", help="where the runs go (default: a temporary folder, deleted at the end)")
     args = p.parse_args(argv)
 
-    common = dict(dataset="fashion_mnist", data_dir=args.fashion_dir, model=args.model, num_tasks=5, n_repeats=6,
-                  n_train_per_class=300, n_test_per_class=100, n_subsamples=2, epochs=2, log_frequency=36)
+    common = dict(PROTOCOL, data_dir=args.fashion_dir, model=args.model)
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="replay_effect_"))
     per_seed = {}
     try:
