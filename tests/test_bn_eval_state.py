@@ -93,3 +93,20 @@ def test_the_planner_names_the_models_own_flag_for_the_statistics_pass():
 
     assert _statistics_flag(Config.from_flat(model="resnet")) == "--resnet-bn-eval-images"
     assert _statistics_flag(Config.from_flat(model="cnn")) == "the cnn model's bn_eval_images"
+
+
+def test_the_lag_measurement_script_runs_and_reports_each_pair_and_seed():
+    """benchmarks/bn_eval_lag.py (the figures of docs/metrics.md) at its smallest size: one seed,
+    a few steps; each accuracy is over the 500 test images of a pair."""
+    from pathlib import Path
+
+    from tests.conftest import FASHION_DIR, load_script
+
+    script = load_script(Path(__file__).resolve().parents[1] / "benchmarks" / "bn_eval_lag.py", "bn_eval_lag")
+    report = script.main(["--steps", "2", "--seeds", "1", "--fashion-dir", str(FASHION_DIR)])
+    assert list(report) == [2]
+    for kind in ("running", "recomputed"):
+        acc = np.array(report[2][kind])
+        assert acc.shape == (len(script.PAIRS),)
+        assert ((acc >= 0) & (acc <= 1)).all()
+        np.testing.assert_allclose(acc * 500, np.round(acc * 500), atol=1e-3)
