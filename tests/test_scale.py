@@ -1,6 +1,7 @@
 """Scale: 100 synthetic tasks with flat memory and no recompilation, the planner against what a
 run measures, automatic chunked evaluation equal to resident bit for bit, bfloat16
-representations, and a sweep through submitit's local executor.
+representations, and a sweep through submitit's local executor (the cheap checks of the pieces:
+test_scale_pieces.py).
 
 The sweep's two jobs (separate processes) start first and run while this process runs the
 100-task experiment; the last test waits for them.
@@ -10,13 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import io
 import json
 import math
 import os
 import subprocess
 import sys
-from contextlib import redirect_stdout
 from pathlib import Path
 
 import jax
@@ -24,19 +23,14 @@ import numpy as np
 import pytest
 
 from cljax import results
-from cljax.cli import main
 from cljax.config import Config
 from cljax.data import load_dataset
-from cljax.devices import (check_repeats, cpu_devices_for, cpu_devices_wanted, live_device_bytes, put_repeats,
-                           wants_distributed)
+from cljax.devices import live_device_bytes
 from cljax.errors import CljaxError
 from cljax.evaluate import TestSets
 from cljax.experiment import run_experiment
 from cljax.budget import HEADROOM, Budget, choose_eval_chunk, device_components, scratch_bytes
-from cljax.budget_disk import npy_bytes
 from cljax.plan import make_plan
-from cljax.settings import setting_specs
-from cljax.sweep import expand, parse_grid, parse_minutes
 from cljax.tasks import TaskData, make_schedule
 from cljax.program import build_task_program, clear_built_programs
 from tests.backend import BFLOAT16_STEP, SEPARATELY_COMPILED, assert_same, assert_same_accuracy
@@ -246,218 +240,3 @@ def test_a_sweep_job_reports_a_resumed_or_finished_run_as_such(tmp_path):
     again = run_job(flat)  # a requeued job whose run had finished
     assert (again["tasks"], again["first_task"], again["already_finished"]) == (2, 2, True)
     assert again["final_acc_current"] == first["final_acc_current"]
-
-
-# ---- cheap checks of the pieces ------------------------------------------------------------------------
-def test_npy_sizes_are_exact(tmp_path):
-    structured = np.dtype([("conv1/kernel", np.float32, (3, 3, 1, 16)), ("head/bias", np.float32, (1,))])
-    for shape, dtype in [((4, 2, 5, 8, 64), np.float32), ((3, 2), structured), ((7,), np.uint16), ((), np.int64)]:
-        path = tmp_path / "a.npy"
-        np.save(path, np.zeros(shape, dtype), allow_pickle=False)
-        assert npy_bytes(shape, dtype) == path.stat().st_size
-
-
-def test_plan_cli_prints_text_and_json(tmp_path):
-    flags = ["--dataset", "fashion_mnist", "--data-dir", str(FASHION_DIR), "--num-tasks", "5", "--n-repeats", "2",
-             "--n-train-per-class", "32", "--n-test-per-class", "16", "--n-subsamples", "8", "--epochs", "1",
-             "--batch-size", "16", "--log-frequency", "2", "--results-dir", str(tmp_path)]
-    text = io.StringIO()
-    with redirect_stdout(text):
-        assert main(["plan", *flags]) == 0
-    assert "evaluation: resident" in text.getvalue() and "disk for the whole run" in text.getvalue()
-    assert "matmul precision highest, float32 compute, 1 step(s) per loop iteration" in text.getvalue()
-    config = Config.from_flat(dataset="fashion_mnist", data_dir=str(FASHION_DIR), num_tasks=5, n_repeats=2,
-                              n_train_per_class=32, n_test_per_class=16, n_subsamples=8, epochs=1, batch_size=16, log_frequency=2)
-    budget = budget_for_chunk(config, 2)
-    out = io.StringIO()
-    with redirect_stdout(out):
-        assert main(["plan", *flags, "--device-memory", str(budget), "--json", "--overwrite"]) == 0
-    plan = json.loads(out.getvalue())
-    assert plan["evaluation"]["mode"] == "chunked" and plan["evaluation"]["chunk_tasks"] == 2
-    assert plan["device_budget_bytes"] == budget and plan["device_budget_source"] == "--device-memory"
-    assert plan["disk_bytes_total"] == 5 * plan["disk_bytes_per_task"] + sum(plan["disk_run_files"].values())
-    # weights (L+1, R, P) float32 in the snapshot buffers: L = 4 steps // 2 snapshots + the task start
-    assert plan["n_logs"] == 2
-    assert plan["device_components"]["snapshots.weights"] == 3 * 2 * plan["n_params"] * 4
-    with redirect_stdout(io.StringIO()):
-        assert main(["plan", *flags, "--device-memory", "1000"]) == 2  # does not fit: says so, exit 2
-
-
-def test_plan_counts_a_replay_buffer_in_the_learner_state():
-    fields = set(setting_specs())  # the flat settings (flags)
-    assert {"use_replay", "replay_size"} <= fields
-    base = Config.from_flat(dataset="synthetic", synthetic_classes=20, num_tasks=3, n_repeats=2, n_train_per_class=32,
-                            n_test_per_class=8, n_subsamples=8, epochs=1, batch_size=16, log_frequency=4)
-    with_replay = Config.from_flat({**base.to_dict(), "use_replay": True, "replay_size": 64})
-    plain = device_components(budget_of(base), 3)
-    replay = device_components(budget_of(with_replay), 3)
-    extra = sum(replay.values()) - sum(plain.values())
-    assert extra >= 64 * 2 * 28 * 28  # M images per repeat, uint8
-    assert any(k.startswith("learner.option:") for k in replay)
-
-
-def test_repeats_must_split_over_devices(monkeypatch):
-    import cljax.devices.mesh as mesh
-
-    monkeypatch.setattr(mesh, "device_count", lambda: 4)
-    with pytest.raises(CljaxError, match=r"--n-repeats 6 does not split over the 4 visible devices.*4 or 8"):
-        check_repeats(6)
-    check_repeats(8)
-    monkeypatch.undo()
-    arr = put_repeats(np.zeros((3, 2, 5), np.float32), 1)  # the real (one) device
-    assert arr.sharding.spec[1] == "repeats"
-
-
-def test_cpu_devices_follow_the_environment_and_divide_r():
-    cores4 = {"cores": 4}
-    assert cpu_devices_for(32, 2) == 2 and cpu_devices_for(6, 4) == 3 and cpu_devices_for(7, 4) == 1
-    assert cpu_devices_wanted(32, {}, **cores4) == 4  # auto is the default
-    assert cpu_devices_wanted(6, {"CLJAX_CPU_DEVICES": "auto"}, **cores4) == 3
-    assert cpu_devices_wanted(5, {}, **cores4) is None  # a prime R: one device
-    assert cpu_devices_wanted(1, {}, **cores4) is None
-    assert cpu_devices_wanted(8, {"CLJAX_CPU_DEVICES": "2"}, **cores4) == 2
-    for off in ("off", "0", "1"):
-        assert cpu_devices_wanted(8, {"CLJAX_CPU_DEVICES": off}, **cores4) is None
-    # the user's own split, and a multi-host run, are left alone
-    assert cpu_devices_wanted(8, {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}, **cores4) is None
-    assert cpu_devices_wanted(8, {"CLJAX_DISTRIBUTED": "1"}, **cores4) is None
-    with pytest.raises(CljaxError, match=r"CLJAX_CPU_DEVICES=3 does not divide --n-repeats 8: use a divisor"):
-        cpu_devices_wanted(8, {"CLJAX_CPU_DEVICES": "3"})
-    with pytest.raises(CljaxError, match=r"CLJAX_CPU_DEVICES='many' is not understood: use auto, off"):
-        cpu_devices_wanted(8, {"CLJAX_CPU_DEVICES": "many"})
-    with pytest.raises(CljaxError, match=r"CLJAX_CPU_DEVICES=-1: give a number of devices of at least 1"):
-        cpu_devices_wanted(8, {"CLJAX_CPU_DEVICES": "-1"})
-
-
-def test_a_bad_cpu_device_count_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("CLJAX_CPU_DEVICES", "3")
-    rc = main(["run", "--dataset", "synthetic", "--n-repeats", "4", "--results-dir", str(tmp_path)])
-    err = capsys.readouterr().err.strip()
-    assert rc == 2 and err.count("\n") == 0 and "CLJAX_CPU_DEVICES=3 does not divide --n-repeats 4" in err
-    assert not any(tmp_path.iterdir())
-
-
-def test_repeats_that_do_not_split_over_the_visible_devices_are_one_line_before_anything_is_written(tmp_path):
-    """Three devices set by XLA_FLAGS (as a user may on a CPU; on a node, 8 GPUs) and R = 4: the run
-    stops in one line naming the fix before the program is traced over the devices."""
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=3", "JAX_PLATFORMS": "cpu"}
-    env.pop("CLJAX_CPU_DEVICES", None)
-    proc = subprocess.run([sys.executable, "-m", "cljax.cli", "run", "--dataset", "synthetic", "--num-tasks", "2",
-                           "--n-repeats", "4", "--results-dir", str(tmp_path / "r"), "--no-progress"],
-                          capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr[-2000:]
-    assert ("--n-repeats 4 does not split over the 3 visible devices: use a multiple of 3 (e.g. 3 or 6), or show "
-            "fewer devices (CUDA_VISIBLE_DEVICES; on the CPU, remove --xla_force_host_platform_device_count from "
-            "XLA_FLAGS, which overrides CLJAX_CPU_DEVICES)") in proc.stderr
-    assert not (tmp_path / "r").exists()
-
-
-def test_distributed_only_when_the_environment_asks():
-    assert not wants_distributed({})
-    assert wants_distributed({"CLJAX_DISTRIBUTED": "1"})
-    assert not wants_distributed({"CLJAX_DISTRIBUTED": "0", "SLURM_STEP_NODELIST": "n[1-2]", "SLURM_NTASKS": "4"})
-    assert wants_distributed({"SLURM_STEP_NODELIST": "n[1-2]", "SLURM_NTASKS": "2"})
-    assert not wants_distributed({"SLURM_STEP_NODELIST": "n[1-2]", "SLURM_NTASKS": "1"})
-    assert not wants_distributed({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "4"})  # sbatch script, not an srun step
-
-
-MULTI_PROCESS_CHILD = """
-import jax, numpy as np
-from cljax.devices.distributed import maybe_initialize_distributed
-maybe_initialize_distributed()
-from cljax.devices.mesh import fetch, shard_repeats
-state = {"w": np.arange(8.0, dtype=np.float32).reshape(4, 2), "key": jax.random.split(jax.random.key(3), 4)}
-placed = shard_repeats(state)
-got = fetch(placed)
-print(len(placed["w"].sharding.device_set), jax.process_count(), got["w"].tolist(),
-      jax.random.key_data(got["key"]).tolist() == jax.random.key_data(state["key"]).tolist())
-"""
-
-
-def test_two_processes_place_and_fetch_the_repeats_a_key_leaf_included(tmp_path):
-    """A multi-host run in miniature: two processes of two CPU devices each (jax.distributed on
-    this host) split R = 4 over the four devices and fetch it back whole. A PRNG key array (a
-    plugin's state may hold one) has no numpy form: it travels as its key data."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    script = tmp_path / "child.py"
-    script.write_text(MULTI_PROCESS_CHILD)
-    env = {k: v for k, v in os.environ.items() if k not in ("CLJAX_CPU_DEVICES", "JAX_PLATFORMS")}
-    env.update(CLJAX_DISTRIBUTED="1", JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", CLJAX_NUM_PROCESSES="2",
-               XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu",
-               PYTHONPATH=str(Path(__file__).resolve().parents[1]))
-    procs = [subprocess.Popen([sys.executable, str(script)], env={**env, "CLJAX_PROCESS_ID": str(i)},
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
-    outs = [p.communicate(timeout=120) for p in procs]
-    for p, (out, err) in zip(procs, outs):
-        assert p.returncode == 0, err[-2000:]
-        assert out.strip().splitlines()[-1] == "4 2 [[0.0, 1.0], [2.0, 3.0], [4.0, 5.0], [6.0, 7.0]] True", out
-
-
-def test_sweep_grid_expands_settings_and_seeds(tmp_path):
-    grid = parse_grid(["lr=0.01,0.05", "use-replay=true,false"])
-    assert grid == {"lr": [0.01, 0.05], "use_replay": [True, False]}
-    base = Config(results_dir=str(tmp_path)).to_dict()
-    runs = expand(base, grid, [0, 1])
-    assert len(runs) == 8 and len({r.config.results_dir for r in runs}) == 8
-    assert runs[0].tag == "lr-0.01_use_replay-True_seed-0"
-    assert runs[0].config.results_dir == str(tmp_path / runs[0].tag)
-    for bad, match in [(["seed=1,2"], "--seeds"), (["nope=1"], "not a setting"), (["lr=fast"], "not a valid"),
-                       (["lr"], "NAME=V1,V2")]:
-        with pytest.raises(CljaxError, match=match):
-            parse_grid(bad)
-    # SLURM's --time formats (seconds round up): M, M:S, H:M:S, D-H, D-H:M, D-H:M:S
-    assert [parse_minutes(t) for t in ("600", "30:00", "10:00:00", "2:00:01", "1-02", "1-02:30", "1-00:30:00")] == [
-        600, 30, 600, 121, 1560, 1590, 1470]
-    for bad in ("0", "0:00", "-5", "1-", "1:2:3:4", "ten", ""):
-        with pytest.raises(ValueError):
-            parse_minutes(bad)
-
-
-
-def test_sweep_pieces_name_the_error_keep_earlier_sweeps_and_refuse_no_seeds(tmp_path, capsys):
-    from types import SimpleNamespace
-
-    from cljax.sweep import expand, job_error_line, write_manifest
-
-    # submitit's text of a failed job: the traceback, then the log paths (which were printed).
-    failed = RuntimeError("Job (task=0) failed during processing with trace:\n----------------------\n"
-                          "Traceback (most recent call last):\n  File \"x.py\", line 1\n"
-                          "cljax.errors.CljaxError: results/a holds a run with other settings (lr)\n\n"
-                          "----------------------\nYou can check full logs with 'job.stderr(0)' and 'job.stdout(0)'"
-                          "or at paths:\n  - /logs/25188_0_log.err\n  - /logs/25188_0_log.out")
-    assert job_error_line(failed) == "results/a holds a run with other settings (lr)"
-    assert job_error_line(RuntimeError("plain\nlast line")) == "last line"
-    # submitit's UncompletedJobError for a killed process (out of memory, a time limit, a signal)
-    killed = RuntimeError("Job 10433 (task: 0) with path /logs/10433_0_result.pkl\nhas not produced any output "
-                          "(state: NO PROCESS AND NO RESULT)\nError stream produced:\n----\nsubmitit INFO (2026) - "
-                          "Loading pickle: /logs/10433_submitted.pkl")
-    assert job_error_line(killed) == "the job's process ended without a result (state: NO PROCESS AND NO RESULT)"
-
-    base = Config(dataset="synthetic", results_dir=str(tmp_path)).to_dict()
-    path = tmp_path / "sweep.json"
-    for seed in (1, 2):
-        runs = expand(base, {}, [seed])
-        write_manifest(path, runs, [SimpleNamespace(job_id=f"j{seed}")], "local", tmp_path / "logs")
-    manifest = json.loads(path.read_text())
-    assert [r["job_id"] for r in manifest["runs"]] == ["j2"]
-    assert [[r["job_id"] for r in m["runs"]] for m in manifest["earlier"]] == [["j1"]]
-    damaged = tmp_path / "damaged" / "sweep.json"
-    damaged.parent.mkdir()
-    damaged.write_text('{"runs": [{"tag": "a", "job_id": "j0"')  # truncated: the jobs are already submitted
-    write_manifest(damaged, runs, [SimpleNamespace(job_id="j3")], "local", tmp_path / "logs")
-    kept = list(damaged.parent.glob("sweep.json.damaged-*"))
-    assert len(kept) == 1 and kept[0].read_text().startswith('{"runs": [{"tag": "a"')
-    assert json.loads(damaged.read_text())["earlier"] == [] and "is kept as" in capsys.readouterr().err
-
-    assert main(["sweep", "--dataset", "synthetic", "--results-dir", str(tmp_path), "--seeds", ","]) == 2
-    assert "names no seed" in capsys.readouterr().err
-    with pytest.MonkeyPatch.context() as patch:  # submitit comes with the sweep extra
-        patch.setitem(sys.modules, "submitit", None)
-        assert main(["sweep", "--dataset", "synthetic", "--results-dir", str(tmp_path / "s"), "--executor", "local"]) == 2
-    assert capsys.readouterr().err == "error: cljax sweep needs submitit: pip install 'cljax[sweep]' (or pip install submitit).\n"
-    assert not (tmp_path / "s").exists()
-    assert json.loads(path.read_text()) == manifest  # the list of the earlier sweeps is not replaced
