@@ -1,6 +1,6 @@
 """The run folder is never lost or mixed (issue 18), part 1: every check before any write or
 delete, a lock per folder, sweep folders that never collide, and a resume that verifies what
-it resumes. Parts 2 and 3: test_run_folder_split.py, test_run_folder_inputs.py."""
+it resumes. Parts 2 to 4: test_run_folder_split.py, test_run_folder_inputs.py, test_run_folder_stale.py."""
 
 from __future__ import annotations
 

@@ -1,0 +1,242 @@
+"""The run folder, part 4: nothing stale or misleading left behind or reported: an overwrite's
+old analysis, a prepared folder changed in place, folders past the last task, a damaged folder
+trained again, the pairing and the speed a resume reports, and the last bad inputs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cljax import results
+from cljax.config import Config
+from cljax.errors import CljaxError
+from tests.conftest import small_config
+from tests.run_folder_kit import FLAGS, RUN_DIR, TINY, assert_one_error, copy, make_runs, run_cli, state
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory):
+    return make_runs(tmp_path_factory)
+
+
+# ---- 8. stale and misleading -------------------------------------------------------------------------------
+def test_overwrite_removes_the_previous_analysis_and_starts_a_new_run_id(made, tmp_path, capsys):
+    run_dir = copy(made, "finished", tmp_path / "r")
+    (run_dir / "analysis").mkdir()
+    (run_dir / "analysis" / "summary.json").write_text("{}")
+    old_id = json.loads((run_dir / "run.json").read_text())["run_id"]
+    rc, out, err = run_cli(["run", *FLAGS, "--results-dir", str(tmp_path / "r"), "--overwrite"], capsys)
+    assert rc == 0, err
+    assert not (run_dir / "analysis").exists()
+    new_id = json.loads((run_dir / "run.json").read_text())["run_id"]
+    assert new_id != old_id and results.load_metadata(run_dir / "task_001")["run_id"] == new_id
+    assert results.load_metadata(run_dir / "initial")["run_id"] == new_id
+
+
+def test_sweep_accepts_every_run_flag_and_hands_them_to_its_jobs(tmp_path, monkeypatch, capsys):
+    import cljax.experiment as experiment
+    import cljax.sweep as sweep
+
+    calls = []
+    monkeypatch.setattr(sweep, "make_executor", lambda *a: object())
+    monkeypatch.setattr(sweep, "submit", lambda runs, executor, overwrite, allow_nonfinite, repair: calls.append(
+        (len(runs), overwrite, allow_nonfinite, repair)) or [])
+    monkeypatch.setattr(sweep, "write_manifest", lambda *a: None)
+    rc, _, err = run_cli(["sweep", *FLAGS, "--allow-nonfinite", "--overwrite", "--grid", "lr=0.1,0.2",
+                          "--results-dir", str(tmp_path)], capsys)
+    assert rc == 0 and calls == [(2, True, True, False)], err
+    rc, _, err = run_cli(["sweep", *FLAGS, "--repair", "--grid", "lr=0.1,0.2", "--results-dir", str(tmp_path)], capsys)
+    assert rc == 0 and calls[-1] == (2, False, False, True), err
+    seen = {}
+    monkeypatch.setattr(experiment, "run_experiment", lambda config, **kw: seen.update(kw) or experiment.RunResult(
+        algo_dir=tmp_path, task_class_pairs=np.zeros((2, 2, 2))))
+    sweep.run_job(small_config(tmp_path, **TINY).to_dict(), False, True)
+    assert seen["allow_nonfinite"] is True and seen["progress"] is False and seen["repair"] is False
+    sweep.run_job(small_config(tmp_path, **TINY).to_dict(), False, False, True)
+    assert seen["repair"] is True
+
+
+def test_a_resume_on_a_prepared_folder_changed_in_place_is_refused(tmp_path):
+    # A prepared folder's identity is the checksums its meta.json recorded (no pass over the
+    # images at every start): images changed in place kept it, and the run resumed on them.
+    from cljax.data.prepared import load_prepared, write_prepared
+    from cljax.experiment import run_experiment
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(4), 16)
+    data = write_prepared(tmp_path / "data", rng.integers(0, 256, (64, 28, 28), dtype=np.uint8), labels,
+                          rng.integers(0, 256, (64, 28, 28), dtype=np.uint8), labels, name="test", source="test",
+                          preprocessing={}, n_classes=4)
+    config = small_config(tmp_path, **{**TINY, "dataset": "imagenet_28_gray", "data_dir": str(data),
+                                       "results_dir": str(tmp_path / "r")})
+
+    def keep_partial(t, info):
+        if t == 0:
+            shutil.copytree(tmp_path / "r", tmp_path / "partial")
+
+    run_experiment(config, progress=False, on_task_end=keep_partial)
+    shutil.rmtree(tmp_path / "r")
+    shutil.copytree(tmp_path / "partial", tmp_path / "r")
+    original = np.load(data / "train_images.npy")
+    np.save(data / "train_images.npy", 255 - original)  # meta.json untouched
+    with pytest.raises(CljaxError, match="train_images.npy does not match its checksum in meta.json: the dataset changed "
+                                         "after it was prepared, and the run's remaining tasks would train on other data "
+                                         "than its first"):
+        run_experiment(config, progress=False)  # a resume: it says what continuing would mix, and how to start anew
+    fresh = Config.from_flat({**config.to_dict(), "results_dir": str(tmp_path / "new")})  # nor does a new run start
+    with pytest.raises(CljaxError, match=r"checksum in meta.json: the dataset changed after it was prepared\. Restore "
+                                         r"the folder, or prepare it again \(`cljax prepare-imagenet .*--overwrite`\)\.$"):
+        run_experiment(fresh, progress=False)
+    assert not (tmp_path / "new").exists()
+    np.save(data / "train_images.npy", original)
+    shutil.copytree(tmp_path / "partial", tmp_path / "r2")
+    other = write_prepared(tmp_path / "other", 255 - original, labels, rng.integers(0, 256, (64, 28, 28), dtype=np.uint8),
+                           labels, name="test", source="test", preprocessing={}, n_classes=4)
+    moved = Config.from_flat({**config.to_dict(), "results_dir": str(tmp_path / "r2"), "data_dir": str(other)})
+    with pytest.raises(CljaxError, match=r"holds a run made on other data \(the dataset's contents differ from those it "
+                                         r"recorded\): pass the --data-dir it was made with"):
+        run_experiment(moved, progress=False)  # no "recorded values" to pass
+    assert run_experiment(config, progress=False).first_task == 1
+
+    # A damaged description or labels are one line too (IndexError / a misleading count before).
+    meta = json.loads((data / "meta.json").read_text())
+    (data / "meta.json").write_text(json.dumps({**meta, "class_names": ["a", "b"]}))
+    with pytest.raises(CljaxError, match="n_classes 4 and 2 class names"):
+        load_prepared(data)
+    (data / "meta.json").write_text(json.dumps(meta))
+    np.save(data / "test_labels.npy", (labels + 4).astype(meta["files"]["test_labels.npy"]["dtype"]))
+    with pytest.raises(CljaxError, match=r"labels from 4 to 7, outside 0 \.\.\. 3"):
+        load_prepared(data)
+
+
+def test_a_folder_past_the_last_task_is_not_deleted_by_a_resume(made, tmp_path, capsys):
+    run_dir = copy(made, "partial", tmp_path / "r")
+    (run_dir / "task_007").mkdir()
+    (run_dir / "task_007" / "notes.txt").write_text("mine")
+    before = state(run_dir)
+    rc, _, err = run_cli(["run", *FLAGS, "--results-dir", str(tmp_path / "r")], capsys)
+    assert_one_error(rc, err, "task_007 is not a task of this 2-task run", "nothing was deleted")
+    assert state(run_dir) == before
+    finished = copy(made, "finished", tmp_path / "f")  # a finished run is not reported whole beside it
+    shutil.copytree(finished / "task_001", finished / "task_005")
+    before = state(finished)
+    rc, _, err = run_cli(["run", *FLAGS, "--results-dir", str(tmp_path / "f")], capsys)
+    assert_one_error(rc, err, "task_005 is not a task of this 2-task run: move it out", "to use the run")
+    assert state(finished) == before
+
+
+def test_more_bad_inputs_are_one_line(made, tmp_path, capsys):
+    run_dir = copy(made, "partial", tmp_path / "r")
+    for args, expected in ((["analyze", str(run_dir), "--glue-probes", "1"], "--glue-probes must be at least 2"),
+                           (["analyze", str(run_dir), "--probe-ridge", "inf"], "(--probe-ridge) must be a finite number > 0"),
+                           (["analyze", str(run_dir), "--tau", "-0.01"], "--tau must be a finite number >= 0, got -0.01"),
+                           (["analyze", str(run_dir), "--tau", "nan"], "--tau must be a finite number >= 0, got nan"),
+                           (["run", *FLAGS, "--results-dir", ""], "--results-dir is empty"),
+                           (["run", "--data-dir", "", "--results-dir", str(tmp_path / "d")], "--data-dir is empty"),
+                           (["data-info", ""], "the folder is empty"),
+                           (["plan", "--dataset", "imagenet_28_gray"], "--data-dir is required for imagenet_28_gray"),
+                           (["data-info", str(tmp_path), "--png", " "], "--png is empty")):
+        rc, _, err = run_cli(args, capsys)
+        assert_one_error(rc, err, expected)
+    assert not (Path.cwd() / "synthetic").exists()
+    plugin = tmp_path / "broken_plugin.py"
+    plugin.write_text("def rule(:\n")
+    rc, _, err = run_cli(["run", "--plugin", str(plugin), *FLAGS, "--results-dir", str(tmp_path / "p")], capsys)
+    assert_one_error(rc, err, f"plugin file {plugin} is not valid Python (line 1")
+    record = json.loads((run_dir / "run.json").read_text())
+    (run_dir / "run.json").write_text(json.dumps({**record, "config": {**record["config"], "not_a_setting": 1}}))
+    before = state(run_dir)
+    rc, _, err = run_cli(["run", *FLAGS, "--results-dir", str(tmp_path / "r")], capsys)
+    assert_one_error(rc, err, f"{run_dir / 'run.json'}: the recorded settings cannot be read", "not_a_setting",
+                     "other files stay")
+    assert state(run_dir) == before
+
+
+def test_a_prepared_folder_whose_splits_differ_in_image_size_is_one_line(tmp_path):
+    from cljax.data.prepared import load_prepared, write_prepared
+
+    labels = np.repeat(np.arange(2), 4)
+    folder = write_prepared(tmp_path / "data", np.zeros((8, 28, 28), np.uint8), labels, np.zeros((8, 20, 20), np.uint8),
+                            labels, name="test", source="test", preprocessing={}, n_classes=2)
+    with pytest.raises(CljaxError, match=r"train images are \[28, 28\] and its test images \[20, 20\]"):
+        load_prepared(folder)
+
+
+def test_a_resume_pairs_learner_and_expert_as_the_run_started_with_auto(made, tmp_path, capsys):
+    # auto pairs them where a CPU device has a core to itself: a requeue onto a node with other
+    # cores switched the pairing mid-run (the last bits moved, against "byte-identical").
+    run_dir = copy(made, "partial", tmp_path / "r")
+    record = json.loads((run_dir / "run.json").read_text())
+    started = record["split"]["lowering"]["learner_expert"]
+    other = {"paired": "separate", "separate": "paired"}[started]
+    record["split"]["lowering"]["learner_expert"] = other  # as if started on a host where auto chose the other
+    (run_dir / "run.json").write_text(json.dumps(record))
+    rc, _, err = run_cli(["run", *FLAGS, "--results-dir", str(tmp_path / "r")], capsys)
+    assert rc == 0, err
+    assert results.load_metadata(run_dir / "task_001")["lowering"]["learner_expert"] == other
+    assert results.load_metadata(run_dir / "task_000")["lowering"]["learner_expert"] == started
+    # the settings stay as the run was started: auto, in every task, resumed or not
+    assert {results.load_metadata(run_dir / f"task_00{t}")["config"]["learner_expert"] for t in (0, 1)} == {"auto"}
+
+
+def test_a_resume_deletes_a_damaged_folder_it_will_train_again_before_it_trains(made, tmp_path, monkeypatch):
+    """task_001 past the checkpoint, not whole (a flipped byte): deleted once the folder is
+    locked, before any task is trained, so a run stopped before it reaches task 1 leaves no
+    damaged folder behind (which analyze would refuse)."""
+    from cljax.cli import main as cli_main
+    from tests.run_folder_kit import Crash, crash_at, flip_byte
+
+    run_dir = copy(made, "partial", tmp_path / "r")
+    shutil.copytree(made["finished"] / RUN_DIR / "task_001", run_dir / "task_001")
+    flip_byte(run_dir / "task_001" / "weights.npy")
+
+    crash_at(monkeypatch, "train", 1)
+    with pytest.raises(Crash):
+        cli_main(["run", *FLAGS, "--results-dir", str(tmp_path / "r")])
+    assert [d.name for d in results.task_dirs(run_dir)] == ["task_000"]
+
+
+def test_a_task_folder_trained_again_in_place_needs_the_disk_of_both_copies(made, tmp_path, capsys, monkeypatch):
+    """The old folder stays until the new one replaces it: a task redone over its whole folder
+    (stopped before its checkpoint) is checked for twice the disk of a task done fresh."""
+    import cljax.experiment as experiment
+
+    needs = {}
+    check_disk = experiment.check_disk
+
+    def spy(algo_dir, need, what):
+        needs.setdefault(algo_dir.parent.parent.name, {})[what.split(" (")[0]] = need
+        return check_disk(algo_dir, need, what)
+
+    monkeypatch.setattr(experiment, "check_disk", spy)
+    copy(made, "partial", tmp_path / "fresh")  # task_001 not there yet
+    redo = copy(made, "finished", tmp_path / "redo")  # task_001 whole, the checkpoint one task behind
+    shutil.copy(made["partial"] / RUN_DIR / "checkpoint.npz", redo / "checkpoint.npz")
+    for name in ("fresh", "redo"):
+        rc, out, err = run_cli(["run", *FLAGS, "--results-dir", str(tmp_path / name)], capsys)
+        assert rc == 0 and "resumed from task 1" in out, err
+    assert needs["fresh"]["task 1"] > 0 and needs["redo"]["task 1"] == 2 * needs["fresh"]["task 1"]
+    assert needs["fresh"]["the first task"] == needs["redo"]["the first task"]
+
+
+def test_a_resumed_runs_speed_counts_the_tasks_it_trained_not_the_run(made, tmp_path, monkeypatch):
+    """One clock tick per reading: the compile and each task take 1 s, so a run resumed at
+    task 1 of 2 trained one task's steps in 1 s (it reported the whole run's steps)."""
+    import types
+
+    import cljax.experiment as experiment
+    from cljax.experiment import run_experiment
+
+    ticks = iter(range(10**6))
+    monkeypatch.setattr(experiment, "time", types.SimpleNamespace(perf_counter=lambda: float(next(ticks))))
+    run_dir = copy(made, "partial", tmp_path / "r")
+    config = small_config(tmp_path / "cfg", results_dir=str(tmp_path / "r"), **TINY)
+    result = run_experiment(config, progress=False)
+    assert result.first_task == 1 and result.compile_seconds == 1.0
+    assert result.steps_per_second == config.steps_per_task
+    timings = results.load_metadata(run_dir / "task_001")["timings"]
+    assert timings == {"task_seconds": 1.0, "compile_seconds": 1.0, "steps_per_second": config.steps_per_task}
