@@ -159,3 +159,24 @@ def test_versus_reads_each_setting_as_json_or_text():
     for bad in ("model", "=resnet"):
         with pytest.raises(argparse.ArgumentTypeError, match="is not NAME=VALUE"):
             versus.setting(bad)
+
+
+def test_flat_per_task_reports_each_task_asked_for_and_no_compilation_after_the_first(tmp_path):
+    """benchmarks/flat_per_task.py at three tasks: the report's schema, task folders of the same
+    size up to metadata.json's text, and no compilation after the first task (what "flat in T"
+    rests on; its figures are docs/benchmark.md's)."""
+    flat = load_script(BENCH.parent / "flat_per_task.py", "cljax_bench_flat_per_task")
+    out = tmp_path / "flat.json"
+    flat.main(["--num-tasks", "3", "--at", "1", "3", "--results-dir", str(tmp_path / "run"), "--out", str(out)])
+    report = json.loads(out.read_text())
+    assert report["config"]["num_tasks"] == 3 and report["config"]["task_schedule"] == "cycle"
+    first, last = report["tasks"]["1"], report["tasks"]["3"]
+    assert set(first) == {"rss_bytes", "device_bytes_live", "device_bytes_peak", "seconds", "compiles_so_far",
+                          "disk_bytes_task_folder", "median_seconds_last_50"}
+    assert last["compiles_so_far"] == first["compiles_so_far"]
+    # the arrays are the same size at every task; metadata.json's text is a few bytes longer or shorter
+    assert first["disk_bytes_task_folder"] > 100_000 and abs(last["disk_bytes_task_folder"]
+                                                           - first["disk_bytes_task_folder"]) < 1024
+    assert 0 < first["seconds"] and 0 < last["median_seconds_last_50"] <= report["wall_seconds"]
+    with pytest.raises(SystemExit):  # a task past the run
+        flat.main(["--num-tasks", "3", "--at", "4"])
