@@ -63,6 +63,21 @@ def test_probe_folds_halve_each_class():
     # class 0 at 0, 2, 6, 7 -> fold 0 for 0, 2; class 1 at 1, 3, 4, 5 -> fold 0 for 1, 3.
     np.testing.assert_array_equal(fold, [False, False, False, False, True, True, True, True])
 
+def test_a_task_with_under_two_samples_of_a_class_has_no_probe():
+    """Two saved samples (one per class) leave fold 0 empty: its probe would predict one label for
+    both, exactly 0.5 on perfectly separable points. It is NaN, as the run table's probe is; from
+    two samples of each class on, both folds hold both classes."""
+    from cljax.analysis.probe import fold_sizes, probe_accuracy
+
+    two = np.array([[-5.0, 0.0], [5.0, 0.0]])
+    assert np.isnan(probe_accuracy(two, [0, 1])) and np.isnan(probe_accuracy(two, [0, 1], cross_fit=False))
+    four = np.array([[-5.0, 0.0], [5.0, 0.0], [-4.0, 1.0], [4.0, 1.0]])
+    assert probe_accuracy(four, [0, 1, 0, 1]) == 1.0
+    assert np.isnan(probe_accuracy(np.r_[four, [[6.0, 0.0]]], [0, 1, 1, 1, 1]))  # one sample of class 0
+    # the fold sizes: S/2 each when each class's count is even, else 2 floor(S/4) and the rest
+    assert fold_sizes(np.tile([0, 1], 4)) == (4, 4) and fold_sizes(np.tile([0, 1], 3)) == (2, 4)
+    assert fold_sizes(np.tile([0, 1], (3, 1, 2))) == (2, 2) and fold_sizes([0, 1]) == (0, 2)
+
 
 def write_fake_run_with_a_head(algo):
     """The fake tree, with representations on which the answers are known: task j's classes sit
@@ -93,6 +108,7 @@ def test_probe_beside_the_head_on_a_fake_tree(tmp_path):
     p = json.loads((out / "summary.json").read_text())["probe"]
     assert p == summary["probe"]
     assert p["images"]["saved_per_task"] == S and p["images"]["fit_per_probe"] == S // 2
+    assert p["images"]["fold_sizes"] == [S // 2, S // 2] and S % 4 == 0
     early = p["earlier_tasks"]
     assert early["n_tasks"] == 2
     assert early["head_acc_probe_images"]["mean"] == 0.5 and early["head_acc_probe_images"]["std"] == 0.0
@@ -121,6 +137,20 @@ def test_cli_prints_the_probe_beside_the_head(tmp_path, capsys):
     head = (0.70 + 0.85) / 2 - 0.025
     assert f"head {head:.4f}" in line and "linear probe 1.0000 +- 0.0000" in line
     assert f"fit on {S // 2} and tested on {S} images" in printed
+
+
+def test_the_printed_probe_line_says_the_fold_sizes_or_why_there_is_no_probe():
+    from cljax.analysis.driver import format_summary
+
+    def printed(S, folds, probe_mean):
+        earlier = {"n_tasks": 2, "head_acc": {"mean": 0.6, "std": 0.1}, "probe_acc": {"mean": probe_mean, "std": 0.0}}
+        images = {"saved_per_task": S, "fit_per_probe": folds[0], "fold_sizes": folds, "tested_per_task": S}
+        return format_summary({"probe": {"earlier_tasks": earlier, "images": images}, "config": {"head": "shared"}})
+
+    assert "fit on 2 or 4 and tested on 6 images" in printed(6, [2, 4], 0.9)
+    text = printed(2, [0, 2], None)
+    assert "linear probe not measured" in text and "2 saved images per task; it needs 2 of each class" in text
+    assert "fit on" not in text
 
 
 def test_a_bad_probe_ridge_is_one_error_line(tmp_path, capsys):

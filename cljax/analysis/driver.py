@@ -314,10 +314,15 @@ def format_summary(summary: dict) -> str:
     probe = summary.get("probe")
     if probe and probe["earlier_tasks"]["n_tasks"] > 0:
         early, images = probe["earlier_tasks"], probe["images"]
-        lines.append(f"accuracy on earlier tasks after the last one: head {_pm(early['head_acc'])}, "
-                     f"linear probe {_pm(early['probe_acc'])}")
-        lines.append(f"  (probe: ridge on the saved representations, fit on {images['fit_per_probe']} and tested on "
-                     f"{images['tested_per_task']} images per task and repeat; `cljax run --n-subsamples` raises it"
+        folds = images.get("fold_sizes") or [images["fit_per_probe"]] * 2
+        measured = folds[0] >= 2  # a probe needs 2 samples of each class (cljax/analysis/probe.py)
+        lines.append(f"accuracy on earlier tasks after the last one: head {_pm(early['head_acc'])}, linear probe "
+                     + (_pm(early["probe_acc"]) if measured else "not measured"))
+        fit = f"{folds[0]}" if folds[0] == folds[1] else f"{folds[0]} or {folds[1]}"
+        lines.append((f"  (probe: ridge on the saved representations, fit on {fit} and tested on "
+                      f"{images['tested_per_task']} images per task and repeat" if measured else
+                      f"  (probe: {images['saved_per_task']} saved images per task; it needs 2 of each class, "
+                      "so 4 or more") + "; `cljax run --n-subsamples` raises it"
                      + (". With one shared output the head's figure mostly measures the read-out, see docs/metrics.md)"
                         if (summary.get("config") or {}).get("head") != "multi" else ")"))
     expert = summary.get("expert")

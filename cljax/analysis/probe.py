@@ -14,8 +14,11 @@ fold 1). The representations are centred on the mean of the fitting fold (Z); ta
 y = +1 (label 1) / -1 (label 0), centred; the weights solve (Z^T Z + lambda I) w = Z^T y over
 the fitting fold with lambda = ``ridge`` times the mean squared norm of its centred rows (the
 scale of the Gram matrix's diagonal, so the probe does not depend on the representation's
-scale). A sample is predicted label 1 when Z w + mean(y) > 0. With ``cross_fit`` each fold is tested by the probe fitted on the other, so
-every one of the S samples is tested once, by a probe fitted on S/2.
+scale). A sample is predicted label 1 when Z w + mean(y) > 0. With ``cross_fit`` each fold is
+tested by the probe fitted on the other, so every one of the S samples is tested once, by a
+probe fitted on the other fold: S/2 samples each when each class has an even count (S a
+multiple of 4), else folds of 2 floor(S/4) and the rest. A task with fewer than 2 samples of a
+class has a fold without that class, so it has no probe accuracy (NaN).
 """
 
 from __future__ import annotations
@@ -46,6 +49,14 @@ def probe_folds(labels) -> np.ndarray:
         rank = np.cumsum(is_c, axis=-1) - 1
         fold |= is_c & (rank >= is_c.sum(axis=-1, keepdims=True) // 2)
     return fold
+
+
+def fold_sizes(labels) -> tuple[int, int]:
+    """(samples in fold 0, in fold 1) of the saved samples' labels (..., S): the smallest fold 0
+    and the largest fold 1 over the leading axes (the saved samples of every task have the same
+    classes' counts)."""
+    fold1 = probe_folds(labels)
+    return int((~fold1).sum(axis=-1).min()), int(fold1.sum(axis=-1).max())
 
 
 def _fit_and_test(X, y, fit, ridge: float):
@@ -82,8 +93,8 @@ def probe_accuracy(reps, labels, *, ridge: float = RIDGE, cross_fit: bool = True
 
     Returns:
       float64 array (...): the fraction of tested samples whose label the probe predicts; NaN
-      where the representations are not all finite. Folds, centring and the solve: module
-      docstring.
+      where the representations are not all finite, or where a class has fewer than 2 samples
+      (a fold would lack it). Folds, centring and the solve: module docstring.
     """
     X = np.asarray(reps, dtype=np.float64)
     labels = np.asarray(labels)
@@ -91,8 +102,11 @@ def probe_accuracy(reps, labels, *, ridge: float = RIDGE, cross_fit: bool = True
         raise CljaxError(f"probe_accuracy needs reps (..., S, H) and labels (..., S); got {X.shape} and {labels.shape}")
     if not set(np.unique(labels).tolist()) <= {0, 1}:
         raise CljaxError("probe_accuracy needs binary labels 0 / 1")
-    # A task whose representations are not all finite (a diverged network) has no probe accuracy.
-    finite = np.isfinite(X).all(axis=(-2, -1))
+    # A task whose representations are not all finite (a diverged network) has no probe accuracy,
+    # nor one with under 2 samples of a class: a probe fitted on a fold without a class predicts
+    # one label for every sample, a chance figure, not a measurement.
+    n1 = (labels == 1).sum(axis=-1)
+    finite = np.isfinite(X).all(axis=(-2, -1)) & (n1 >= 2) & (labels.shape[-1] - n1 >= 2)
     X = np.where(finite[..., None, None], X, 0.0)
     y = np.where(labels == 1, 1.0, -1.0)
     fold1 = probe_folds(labels)
@@ -117,7 +131,7 @@ def head_accuracy(reps, labels, kernel, bias) -> np.ndarray:
 # ---- the analysis ``probe`` (registered by cljax.analysis.analyses) ---------------------------------
 def init(ctx: RunContext) -> dict:
     return {"ctx": ctx, "ridge": ctx.options.probe_ridge, "probe": [], "head_same": [], "head": [], "ids": [],
-            "S": None}
+            "S": None, "folds": None}
 
 
 def _saved_head(folder: TaskFolder, H: int):
@@ -145,7 +159,7 @@ def update(state: dict, folder: TaskFolder) -> dict:
     """Each value is kept per saved slot, (R, K), as the folder saved it (cljax.analysis.band)."""
     reps = np.asarray(folder.representations[-1], dtype=np.float64)  # (R, K, S, H), the saved slots
     labels = np.asarray(folder.binary_labels[-1])  # (R, K, S)
-    state["S"] = reps.shape[-2]
+    state["S"], state["folds"] = reps.shape[-2], fold_sizes(labels)
     evaluated = folder.eval_task_ids >= 0  # a slot without a task is NaN in every column
     state["probe"].append(np.where(evaluated, probe_accuracy(reps, labels, ridge=state["ridge"]), np.nan))
     head = _saved_head(folder, reps.shape[-1])
@@ -178,9 +192,10 @@ def finalize(state: dict):
               "probe_acc": "linear probe"}
     earlier = {k: v.mean_earlier() for k, v in named}  # (R, n): after folder i, over the tasks j < i
     summary = {
-        "images": {"saved_per_task": S, "fit_per_probe": S // 2, "tested_per_task": S,
-                   "how": "two folds of S/2 (half of each class); each fold tested by the probe fitted on the other; "
-                          "cljax run --n-subsamples sets S"},
+        "images": {"saved_per_task": S, "fit_per_probe": state["folds"][0], "fold_sizes": list(state["folds"]),
+                   "tested_per_task": S,
+                   "how": "two folds, each class's first half (rounded down) in fold 0; each fold tested by the probe "
+                          "fitted on the other; no probe under 2 samples of a class; cljax run --n-subsamples sets S"},
         "ridge": state["ridge"],
         "snapshot": "last of each task folder",
         "earlier_tasks": {"n_tasks": int(((probe.ids[last] >= 0) & (probe.ids[last] < last)).sum()),  # evaluated
@@ -194,7 +209,7 @@ def finalize(state: dict):
     }
     arrays = {**({k: v.dense() for k, v in named} if probe.keeps_dense else {}),
               **({} if probe.is_dense else {**{f"{k}_band": v.values for k, v in named}, "band_task_ids": probe.ids}),
-              "images": np.array([S // 2, S], dtype=np.int64)}
+              "images": np.array([state["folds"][0], S], dtype=np.int64)}
     every_earlier = probe.every_earlier_evaluated()
     return Result(
         summary={"probe": summary},
