@@ -73,6 +73,25 @@ def test_replay_buffer_stays_balanced_over_the_tasks_seen(tmp_path, M, N):
     assert set(np.asarray(r_img)[:, 0, 0].tolist()) <= set(np.asarray(state["images"])[np.asarray(state["task"]) >= 0, 0, 0].tolist())
 
 
+@pytest.mark.parametrize("M", [4, 10])
+def test_replay_keeps_whole_colour_images(M):
+    """(N, H, W, 3) images: every slot holds one whole image of the task it names. With M = H = 4 a
+    mask shaped for gray images would line up with the rows and mix two tasks' images in a slot."""
+    from cljax.options.replay import task_end_update
+
+    state = {"images": jnp.zeros((M, 4, 4, 3), jnp.uint8), "labels": jnp.zeros((M,), jnp.int32),
+             "task": jnp.full((M,), -1, jnp.int32)}
+    update = jax.jit(task_end_update)
+    for t in range(3):
+        values = 10 * t + 1 + np.arange(6)  # image n of task t: every pixel 10 t + 1 + n
+        images = jnp.asarray(np.broadcast_to(values[:, None, None, None], (6, 4, 4, 3)).astype(np.uint8))
+        state = update(state, jax.random.key(t), images, jnp.asarray(np.arange(6) % 2), jnp.int32(t))
+        img, task = np.asarray(state["images"]), np.asarray(state["task"])
+        assert (task >= 0).sum() == min(M, 6 * (t + 1))
+        for slot in np.flatnonzero(task >= 0):
+            assert len(np.unique(img[slot])) == 1 and img[slot].flat[0] // 10 == task[slot], (t, slot)
+
+
 def test_replay_counts_after_five_tasks_match_the_quota(tmp_path):
     """M = 200 over 5 tasks: 200, 100 + 100, 66/67, 50 x 4, then 40 x 5."""
     config = config_of(tmp_path, use_replay=True, replay_size=200)

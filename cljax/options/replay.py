@@ -67,7 +67,8 @@ def task_end_update(state, key, train_images_NHW, train_labels_N, task_idx):
     # The new task: a random sample without replacement of its training images.
     src_new = jax.random.permutation(key, N)[jnp.minimum(rank, N - 1)]
     is_new = owner == task_idx
-    images = jnp.where(is_new[:, None, None], train_images_NHW[src_new], state["images"][src_old])
+    per_slot = is_new.reshape(-1, *(1,) * (train_images_NHW.ndim - 1))  # (M, 1, 1[, 1]): gray or colour images
+    images = jnp.where(per_slot, train_images_NHW[src_new], state["images"][src_old])
     labels = jnp.where(is_new, train_labels_N[src_new].astype(jnp.int32), state["labels"][src_old])
     filled = jnp.where(is_new, rank < N, keep_old)
     return {"images": images, "labels": labels, "task": jnp.where(filled, owner, -1).astype(jnp.int32)}
