@@ -289,8 +289,8 @@ class Config:
 
         parse_eval_tasks(self.eval_tasks)
         if self.head == "multi" and any(name == "replay" for name, _ in self.option_params):
-            raise CljaxError("--head multi with --use-replay: a replayed image would need its own task's head, which "
-                             "the replay buffer does not record; choose --head shared or reset, or drop --use-replay.")
+            raise CljaxError("--head multi with --use-replay: a replayed image would need its own task's head, and "
+                             "the batch carries no task per image; choose --head shared or reset, or drop --use-replay.")
         if self.head == "multi" and self.task_schedule == "cycle":
             raise CljaxError("--head multi with --task-schedule cycle: one head per task would grow the output layer "
                              "(and every saved snapshot) with T; choose --head reset (the loss-of-plasticity protocol) or "
