@@ -44,6 +44,11 @@ EXPERT_KEYS = ("train_loss", "train_acc", "test_loss", "test_acc")
 _TASK_DIR = re.compile(r"^task_(\d{3,})$")
 
 
+def is_task_dir_name(name: str) -> bool:
+    """Whether ``name`` is a task folder's (task_000, task_001, ..., wider past 999)."""
+    return _TASK_DIR.match(name) is not None
+
+
 def task_dir_name(task: int) -> str:
     return f"task_{task:03d}"
 

@@ -240,3 +240,46 @@ def test_a_resumed_runs_speed_counts_the_tasks_it_trained_not_the_run(made, tmp_
     assert result.steps_per_second == config.steps_per_task
     timings = results.load_metadata(run_dir / "task_001")["timings"]
     assert timings == {"task_seconds": 1.0, "compile_seconds": 1.0, "steps_per_second": config.steps_per_task}
+
+
+def test_no_output_of_a_command_goes_over_a_runs_results(made, tmp_path, capsys):
+    """compare --out / --json, analyze --out and data-info --png refuse a run's record, checkpoint,
+    task folders and initial/ in one line, writing nothing; the run's analysis/ and a file beside
+    its own are free. data-info writes the path it is given, suffix or not."""
+    run_dir = copy(made, "finished", tmp_path / "r")
+    other = copy(made, "finished", tmp_path / "o")
+    before = state(run_dir)
+    for args, flag, target in [
+            (["compare", "--json", str(run_dir / "task_000" / "metrics.pkl"), str(run_dir), str(other)], "--json",
+             run_dir / "task_000" / "metrics.pkl"),
+            (["compare", "--out", str(run_dir / "run.json"), str(run_dir), str(other)], "--out", run_dir / "run.json"),
+            (["analyze", str(run_dir), "--out", str(run_dir / "task_001"), "--no-glue"], "--out", run_dir / "task_001"),
+            (["analyze", str(run_dir), "--out", str(run_dir / "initial" / "a"), "--no-glue"], "--out",
+             run_dir / "initial" / "a"),
+            (["data-info", "/usr/share/datasets/fashion-mnist", "--png", str(run_dir / "checkpoint.npz")], "--png",
+             run_dir / "checkpoint.npz")]:
+        rc, _, err = run_cli(args, capsys)
+        assert_one_error(rc, err, f"{flag} {target} is one of the results of the run in {run_dir}")
+    assert state(run_dir) == before
+    (run_dir / "analysis").mkdir()
+    rc, out, err = run_cli(["compare", "--json", str(run_dir / "analysis" / "gap.json"), "--out",
+                            str(run_dir / "gap.png"), str(run_dir), str(other)], capsys)
+    assert rc == 0 and (run_dir / "analysis" / "gap.json").is_file() and (run_dir / "gap.png").is_file(), err
+    rc, out, err = run_cli(["data-info", "/usr/share/datasets/fashion-mnist", "--png", str(tmp_path / "grid")], capsys)
+    assert rc == 0 and f"samples: {tmp_path / 'grid'}\n" in out and (tmp_path / "grid").read_bytes()[:4] == b"\x89PNG"
+    assert not (tmp_path / "grid.png").exists()
+
+
+def test_compare_reads_only_each_runs_own_whole_files(made, tmp_path, capsys):
+    import pickle
+
+    run_dir, other = copy(made, "finished", tmp_path / "r"), copy(made, "finished", tmp_path / "o")
+    path = other / "task_001" / "expert_metrics.pkl"
+    metrics = pickle.loads(path.read_bytes())
+    metrics["test_acc"][-1] = 1.0 - metrics["test_acc"][-1]  # the same size, other numbers
+    path.write_bytes(pickle.dumps(metrics, protocol=4))
+    rc, _, err = run_cli(["compare", str(run_dir), str(other)], capsys)
+    assert_one_error(rc, err, f"{path} does not match the sha256 recorded when it was written")
+    shutil.copytree(run_dir / "task_001", run_dir / "task_002")  # a folder past the run's two tasks
+    rc, _, err = run_cli(["compare", str(run_dir), str(copy(made, "finished", tmp_path / "o2"))], capsys)
+    assert_one_error(rc, err, f"{run_dir} holds 3 task folders but its run has 2 tasks: task_002 on")

@@ -19,8 +19,10 @@ from cljax import results
 from cljax.analysis import plots
 from cljax.analysis.cl import mean_over_tasks
 from cljax.analysis.spread import spread
+from cljax.check_record import content_matches
 from cljax.checkpoint import read_run_record
 from cljax.errors import CljaxError
+from cljax.run_folder import verify_task_dir
 
 # What must match for two runs' gaps to be measured on one protocol (methods differ by design).
 PROTOCOL = ("dataset", "task_schedule", "n_train_per_class", "epochs", "batch_size")
@@ -31,13 +33,44 @@ def current_task_accuracy(run_dir) -> dict[str, np.ndarray]:
     dirs = results.first_task_dirs(run_dir)
     if not dirs:
         raise CljaxError(f"{run_dir} has no task folders: pass results/{{dataset}}/{{algorithm}} of a run.")
+    check = _checker(Path(run_dir), dirs[0])
     learner, expert = [], []
     for t, d in enumerate(dirs):
-        meta = results.load_metadata(d)
+        meta = check(d, t)
+        T = (meta.get("config") or {}).get("num_tasks")
+        if isinstance(T, int) and len(dirs) > T:
+            raise CljaxError(f"{run_dir} holds {len(dirs)} task folders but its run has {T} tasks: {dirs[T].name} on "
+                             f"are not tasks of this run; move them out of the folder.")
         slot = (meta.get("eval_tasks") or {}).get("current_slot", t)
         learner.append(results.load_metrics(d)["test_acc"][-1, :, slot])
         expert.append(results.load_expert_metrics(d)["test_acc"][-1])
     return {"learner": np.asarray(learner, np.float64), "expert": np.asarray(expert, np.float64)}
+
+
+def _checker(run_dir: Path, first: Path):
+    """check(folder, t) -> its metadata; one CljaxError line when the folder is not this run's
+    whole task folder (its files, sizes and shapes as recorded, the run's id) or when a file the
+    comparison reads (the two metrics pickles) differs from its recorded sha256. The other files
+    are not hashed: a long run's representations and weights are most of its size."""
+    try:
+        record = read_run_record(run_dir)
+    except CljaxError:  # a damaged record: the task folders' own id
+        record = None
+    run_id = record["run_id"] if record is not None else results.load_metadata(first).get("run_id")
+
+    def check(folder: Path, t: int) -> dict:
+        read: dict = {}
+        problem = verify_task_dir(folder, t, run_id, hashes=False, into=read)
+        files = read.get("metadata", {}).get("files")
+        for name in ("metrics.pkl", "expert_metrics.pkl") if problem is None and isinstance(files, dict) else ():
+            if not content_matches(folder / name, (files.get(name) or {}).get("sha256"), None):
+                problem = f"{folder / name} does not match the sha256 recorded when it was written"
+        if problem is not None:
+            raise CljaxError(f"{problem}: the comparison reads only its run's own, whole files; restore it from a "
+                             f"copy, or write it again (`cljax run` with the run's flags and --repair).")
+        return read["metadata"]
+
+    return check
 
 
 def compare_runs(run_dirs, out_png: str | os.PathLike | None = None, labels=None, late_from: float = 0.5) -> dict:

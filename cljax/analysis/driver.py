@@ -54,6 +54,7 @@ from cljax.checkpoint import RUN_RECORD, read_run_record
 from cljax.devices.memory import host_available_bytes
 from cljax.errors import CljaxError
 from cljax.initial_state import INITIAL
+from cljax.output_guard import check_not_a_run_result
 from cljax.run_folder import verify_task_dir
 
 # The listing order of the built-in files in ``summary["files"]`` (that of earlier versions);
@@ -216,6 +217,7 @@ def _output_folder(algo_dir: Path, out_dir) -> Path:
     if (out / RUN_RECORD).exists() or (out.is_dir() and results.task_dirs(out)):
         raise CljaxError(f"--out {out} is a run's folder (it holds run.json or task folders): its analysis goes "
                          f"into {out / 'analysis'}; pass another --out.")
+    check_not_a_run_result("--out", out)  # e.g. inside one of its own task folders
     own = algo_dir.resolve()
     for above in out.resolve().parents:
         if (above / RUN_RECORD).is_file() and above != own:  # another run's analysis would be replaced

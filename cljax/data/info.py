@@ -10,6 +10,8 @@ import numpy as np
 from cljax.data.prepared import SAMPLES, ClassData, load_prepared
 from cljax.datasets.fashion_mnist import holds_idx_files, read_folder as read_idx_folder
 from cljax.errors import CljaxError
+from cljax.output_guard import check_not_a_run_result
+from cljax.safe_files import atomic_write
 
 IDX_SAMPLES = "fashion_mnist_samples.png"  # the grid of a folder of IDX files, in the current folder
 MAX_CLASSES_SHOWN = 20
@@ -84,7 +86,7 @@ def write_sample_grid(
     fig.suptitle(f"{data.meta.get('name', 'dataset')}: {shown}, {per_class} images each", fontsize=9)
     fig.subplots_adjust(left=0.2, right=0.98, top=1 - 0.35 / fig.get_figheight(), bottom=0.02, wspace=0.05, hspace=0.05)
     png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png)
+    atomic_write(png, lambda f: fig.savefig(f, format="png"))  # this very path; a full disk keeps the old file
     return png
 
 
@@ -107,10 +109,13 @@ def data_info_main(argv: list[str]) -> int:
                 what = "a prepared folder" if name == "the folder" else "a file path"
                 raise CljaxError(f"{name} is empty: give {what}.")
         idx = holds_idx_files(folder)
+        png = Path(args.png).expanduser() if args.png else (Path.cwd() / IDX_SAMPLES if idx else folder / SAMPLES)
+        if png.is_dir():
+            raise CljaxError(f"--png {png} is a folder: pass a file path, e.g. {png / SAMPLES}.")
+        check_not_a_run_result("--png", png)
         data = read_idx_folder(folder) if idx else load_prepared(folder, how_to_fix=how)
         print(describe(data, folder))
-        default = Path.cwd() / IDX_SAMPLES if idx else folder / SAMPLES
-        png = write_sample_grid(data, Path(args.png).expanduser() if args.png else default)
+        png = write_sample_grid(data, png)
         print(f"samples: {png}")
         return 0
     except CljaxError as exc:

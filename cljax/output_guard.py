@@ -1,0 +1,41 @@
+"""Where a command's own output (``analyze --out``, ``compare --out`` / ``--json``,
+``data-info --png``) may not go: over a run's results. A run folder (it holds run.json) owns its
+record, checkpoint, lock and verified.json, and everything in its task folders, initial/ and
+checkpoints/; a file written there would replace a result, or make the next resume refuse the
+folder. Its analysis/ folder, and new files or folders beside its own, are free."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cljax.check_record import RECORD
+from cljax.checkpoint import CHECKPOINT, RUN_RECORD
+from cljax.errors import CljaxError
+from cljax.initial_state import INITIAL
+from cljax.kept_checkpoints import KEPT
+from cljax.results import is_task_dir_name
+from cljax.run_lock import RUN_LOCK
+
+OWN_FILES = frozenset({RUN_RECORD, CHECKPOINT, RECORD, RUN_LOCK})
+OWN_FOLDERS = frozenset({INITIAL, KEPT})
+
+
+def run_owning(path: str | Path) -> Path | None:
+    """The run folder whose results ``path`` (a file or a folder, there or not) is, or lies in;
+    None when it is no run's."""
+    target = Path(path).expanduser().resolve()  # through links, as a write would go
+    for above in target.parents:
+        if (above / RUN_RECORD).is_file():
+            first, *rest = target.relative_to(above).parts
+            if (first in OWN_FILES and not rest) or first in OWN_FOLDERS or is_task_dir_name(first):
+                return above
+            return None  # the nearest run decides: its analysis/ or a new name beside its files
+    return None
+
+
+def check_not_a_run_result(flag: str, path: str | Path) -> None:
+    """One CljaxError line when ``path`` would write over or into a run's results."""
+    run = run_owning(path)
+    if run is not None:
+        raise CljaxError(f"{flag} {path} is one of the results of the run in {run} (its record, checkpoint, task "
+                         f"folders, initial/ or checkpoints/): pass a path outside them, e.g. {run / 'analysis'}.")
