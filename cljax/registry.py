@@ -187,12 +187,17 @@ def load_plugins(paths: list[str] | None = None) -> None:
     if paths is None:
         paths = [p for p in os.environ.get(PLUGINS_ENV, "").split(os.pathsep) if p]
     for p in paths:
+        if not str(p).strip():
+            raise CljaxError(f"a plugin file name is empty: give a Python file (.py) to --plugin or ${PLUGINS_ENV}.")
         path = Path(p).expanduser().resolve()
         if str(path) in _loaded_plugins:
             continue
         if not path.is_file():
             what = "is a folder, not a Python file" if path.is_dir() else "does not exist"
             raise CljaxError(f"plugin file {p} {what}: fix --plugin or ${PLUGINS_ENV}.")
+        if path.suffix != ".py":  # Python imports a source file by its suffix (no loader for another)
+            raise CljaxError(f"plugin file {p} is not a Python source file (.py): give the .py file to --plugin or "
+                             f"${PLUGINS_ENV}.")
         _loaded_plugins.add(str(path))
         name = f"cljax_plugin_{path.stem}_{len(_loaded_plugins)}"
         spec = importlib.util.spec_from_file_location(name, path)
@@ -201,8 +206,9 @@ def load_plugins(paths: list[str] | None = None) -> None:
         try:
             spec.loader.exec_module(module)
         except SyntaxError as exc:  # the plugin's own errors at import are its author's traceback to read
-            raise CljaxError(f"plugin file {p} is not valid Python (line {exc.lineno}: {exc.msg}): fix it, or leave "
-                             f"it out of --plugin / ${PLUGINS_ENV}.") from None
+            where = f"line {exc.lineno}: " if exc.lineno else ""
+            raise CljaxError(f"plugin file {p} is not valid Python ({where}{exc.msg}): fix it, or leave it out of "
+                             f"--plugin / ${PLUGINS_ENV}.") from None
         except ModuleNotFoundError as exc:  # a package the environment lacks, not a bug in the plugin
             if exc.name is None or exc.name.split(".")[0] == "cljax":
                 raise

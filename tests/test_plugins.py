@@ -297,6 +297,20 @@ def test_a_plugin_rule_that_breaks_the_contract_is_refused_before_anything_is_wr
     assert not results_dir.exists()
 
 
+def test_a_plugin_file_that_is_not_python_source_or_an_empty_name_is_one_line(tmp_path):
+    """Python has no loader for a file without the .py suffix: named, not a traceback."""
+    for name in ("plugin", "plugin.pyc", "plugin.so"):
+        (tmp_path / name).write_text("x = 1\n")
+        with pytest.raises(CljaxError, match=r"is not a Python source file \(\.py\): give the \.py file"):
+            load_plugins([str(tmp_path / name)])
+    with pytest.raises(CljaxError, match="a plugin file name is empty"):
+        load_plugins([" "])
+    nul = tmp_path / "nul.py"
+    nul.write_bytes(b"a\x00b\n")
+    with pytest.raises(CljaxError, match=r"is not valid Python \(source code"):
+        load_plugins([str(nul)])
+
+
 def test_a_plugin_that_imports_a_missing_package_is_one_line(tmp_path):
     plugin = tmp_path / "needs_more.py"
     plugin.write_text("import surely_not_installed_pkg\n")
