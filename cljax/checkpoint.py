@@ -72,6 +72,9 @@ def read_run_record(algo_dir: Path) -> dict | None:
         if out[key] is not None and (not isinstance(out[key], kind) or isinstance(out[key], bool)):
             raise CljaxError(f"{path} is damaged (its \"{key}\" is {type(out[key]).__name__}, not "
                              f"{kind.__name__}): {fix}.")
+    if out["run_id"] is None and (out["schema"] or 0) >= 3:  # every record since schema 3 names its run
+        raise CljaxError(f"{path} is damaged (it has no \"run_id\", which every record of schema "
+                         f"{out['schema']} has): {fix}.")
     lowering = (out["split"] or {}).get("lowering")
     if lowering is not None and not isinstance(lowering, dict):
         raise CljaxError(f"{path} is damaged (its split's \"lowering\" is not an object): {fix}.")

@@ -15,7 +15,8 @@ from cljax.errors import CljaxError
 
 @pytest.mark.parametrize("record, problem", [({}, "is not a run record"), ({"config": 5}, "is not a run record"),
                                              ({"config": {}, "schema": True}, "is damaged"),
-                                             ({"config": {}, "run_id": 7}, "is damaged")])
+                                             ({"config": {}, "run_id": 7}, "is damaged"),
+                                             ({"config": {}, "schema": 5}, "it has no \"run_id\"")])
 def test_a_record_without_a_config_object_or_with_a_field_of_another_kind_is_refused(tmp_path, record, problem):
     """A JSON bool is an int to Python: a "schema": true is damage, not schema 1."""
     (tmp_path / RUN_RECORD).write_text(json.dumps(record))
@@ -28,6 +29,9 @@ def test_a_good_record_reads_back(tmp_path):
     write_run_record(tmp_path, {"lr": 0.1}, 3, run_id="abc")
     record = read_run_record(tmp_path)
     assert record["config"] == {"lr": 0.1} and record["schema"] == 3 and record["run_id"] == "abc"
+    # a record of schema 2 may come from before run ids: it reads back without one
+    (tmp_path / RUN_RECORD).write_text(json.dumps({"config": {"lr": 0.1}, "schema": 2}))
+    assert read_run_record(tmp_path)["run_id"] is None
 
 
 def test_a_checkpoint_with_a_leaf_of_another_shape_is_refused(tmp_path):
