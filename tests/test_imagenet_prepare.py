@@ -322,6 +322,10 @@ def test_bad_inputs_give_one_clear_line(source, tmp_path, capsys):
     assert "--source is empty" in _one_error_line(capsys) and not (tmp_path / "o5").exists()
     assert prepare_main(["--source", str(empty), "--out", " "]) == 2
     assert "--out is empty" in _one_error_line(capsys)
+    for flags in (["--source", str(empty), "--out", str(tmp_path / "o6"), "--resample", "foo"], []):
+        with pytest.raises(SystemExit) as exc:  # a bad flag: one line, as in the other commands
+            prepare_main(flags)
+        assert exc.value.code == 2 and "(see `prepare-imagenet --help`)" in _one_error_line(capsys)
 
     garbage = tmp_path / "garbage" / "data"
     garbage.mkdir(parents=True)

@@ -11,7 +11,6 @@ ordered by split, then shard index, then row within the shard.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
@@ -316,7 +315,9 @@ def _parse_splits(items: Sequence[str]) -> dict[str, str]:
 
 def prepare_main(argv: list[str]) -> int:
     """`prepare-imagenet --source SOURCE --out DIR [--workers N] [--splits ...] [--overwrite]`; exit code."""
-    parser = argparse.ArgumentParser(
+    from cljax.settings import Parser  # a bad flag is one line, as in the other commands
+
+    parser = Parser(
         prog="prepare-imagenet",
         description="Prepare ImageNet-1k (hub name, local parquet export or image folder) as 28x28 8-bit gray, resumably.",
     )
