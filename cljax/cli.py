@@ -13,7 +13,6 @@ from pathlib import Path
 
 from cljax.config import Config, algo_dir_of
 from cljax.errors import EXIT_PREEMPTED, CljaxError
-from cljax.output_guard import check_not_a_run_result
 from cljax.settings import Parser as _Parser
 from cljax.settings import (add_repair_flag, add_run_flags, add_settings_flags, check_repair, config_from_args,
                             load_plugins_from_argv)
@@ -236,6 +235,8 @@ def _check_output_file(flag: str, path: str | None) -> None:
     target = Path(path)
     if target.is_dir():
         raise CljaxError(f"{flag} {path} is a folder: pass a file path.")
+    from cljax.output_guard import check_not_a_run_result  # here: its modules load JAX (after the signal set-up)
+
     check_not_a_run_result(flag, target)
     if not target.parent.is_dir():
         raise CljaxError(f"{flag} {path}: its folder {target.parent} does not exist: create it or pass another path.")

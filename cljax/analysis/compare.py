@@ -22,7 +22,6 @@ from cljax.analysis.spread import spread
 from cljax.check_record import content_matches
 from cljax.checkpoint import read_run_record
 from cljax.errors import CljaxError
-from cljax.run_folder import verify_task_dir
 
 # What must match for two runs' gaps to be measured on one protocol (methods differ by design).
 PROTOCOL = ("dataset", "task_schedule", "n_train_per_class", "epochs", "batch_size")
@@ -48,10 +47,10 @@ def current_task_accuracy(run_dir) -> dict[str, np.ndarray]:
 
 
 def _checker(run_dir: Path, first: Path):
-    """check(folder, t) -> its metadata; one CljaxError line when the folder is not this run's
-    whole task folder (its files, sizes and shapes as recorded, the run's id) or when a file the
-    comparison reads (the two metrics pickles) differs from its recorded sha256. The other files
-    are not hashed: a long run's representations and weights are most of its size."""
+    """check(folder, t) -> its metadata; one CljaxError line when the folder is another task's or
+    another run's (its metadata.json's task and run id), or when a file the comparison reads (the
+    two metrics pickles) differs from the size and sha256 recorded when it was written. Only those
+    two are read: a long run's representations and weights are most of its size."""
     try:
         record = read_run_record(run_dir)
     except CljaxError:  # a damaged record: the task folders' own id
@@ -59,16 +58,25 @@ def _checker(run_dir: Path, first: Path):
     run_id = record["run_id"] if record is not None else results.load_metadata(first).get("run_id")
 
     def check(folder: Path, t: int) -> dict:
-        read: dict = {}
-        problem = verify_task_dir(folder, t, run_id, hashes=False, into=read)
-        files = read.get("metadata", {}).get("files")
-        for name in ("metrics.pkl", "expert_metrics.pkl") if problem is None and isinstance(files, dict) else ():
-            if not content_matches(folder / name, (files.get(name) or {}).get("sha256"), None):
-                problem = f"{folder / name} does not match the sha256 recorded when it was written"
+        meta = results.load_metadata(folder)
+        files = meta.get("files") if isinstance(meta.get("files"), dict) else {}
+        problem = None
+        if meta.get("task_index", t) != t:
+            problem = f"{folder / 'metadata.json'} describes task {meta.get('task_index')}, not task {t}"
+        elif meta.get("run_id") != run_id:
+            problem = f"{folder} belongs to run {meta.get('run_id')}, not to run {run_id} of the run's record"
+        for name in ("metrics.pkl", "expert_metrics.pkl") if problem is None and files else ():
+            want, path = files.get(name) if isinstance(files.get(name), dict) else {}, folder / name
+            if not path.is_file():
+                problem = f"{path} is missing"
+            elif path.stat().st_size != want.get("bytes") or not content_matches(path, want.get("sha256"), None):
+                problem = f"{path} does not match the sha256 recorded when it was written"
+            if problem is not None:
+                break
         if problem is not None:
-            raise CljaxError(f"{problem}: the comparison reads only its run's own, whole files; restore it from a "
-                             f"copy, or write it again (`cljax run` with the run's flags and --repair).")
-        return read["metadata"]
+            raise CljaxError(f"{problem}: the comparison reads only its run's own files; restore them from a copy, or "
+                             f"write them again (`cljax run` with the run's flags and --repair).")
+        return meta
 
     return check
 

@@ -217,12 +217,12 @@ def _output_folder(algo_dir: Path, out_dir) -> Path:
     if (out / RUN_RECORD).exists() or (out.is_dir() and results.task_dirs(out)):
         raise CljaxError(f"--out {out} is a run's folder (it holds run.json or task folders): its analysis goes "
                          f"into {out / 'analysis'}; pass another --out.")
-    check_not_a_run_result("--out", out)  # e.g. inside one of its own task folders
     own = algo_dir.resolve()
     for above in out.resolve().parents:
         if (above / RUN_RECORD).is_file() and above != own:  # another run's analysis would be replaced
             raise CljaxError(f"--out {out} is inside another run's folder ({above} holds run.json): pass a folder "
                              f"outside it, or analyze that run itself.")
+    check_not_a_run_result("--out", out)  # inside its own run: in a task folder or initial/, say
     probe = out
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent

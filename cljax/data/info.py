@@ -10,7 +10,6 @@ import numpy as np
 from cljax.data.prepared import SAMPLES, ClassData, load_prepared
 from cljax.datasets.fashion_mnist import holds_idx_files, read_folder as read_idx_folder
 from cljax.errors import CljaxError
-from cljax.output_guard import check_not_a_run_result
 from cljax.safe_files import atomic_write
 
 IDX_SAMPLES = "fashion_mnist_samples.png"  # the grid of a folder of IDX files, in the current folder
@@ -112,6 +111,8 @@ def data_info_main(argv: list[str]) -> int:
         png = Path(args.png).expanduser() if args.png else (Path.cwd() / IDX_SAMPLES if idx else folder / SAMPLES)
         if png.is_dir():
             raise CljaxError(f"--png {png} is a folder: pass a file path, e.g. {png / SAMPLES}.")
+        from cljax.output_guard import check_not_a_run_result  # here: its modules load JAX
+
         check_not_a_run_result("--png", png)
         data = read_idx_folder(folder) if idx else load_prepared(folder, how_to_fix=how)
         print(describe(data, folder))
