@@ -293,7 +293,9 @@ def _dispatch(argv: list[str]) -> int:
     except OSError as exc:  # the environment, not the input: a full disk, permissions, a vanished file
         where = f" ({exc.filename})" if exc.filename else ""
         fix = ("free space, then run the same command (a run resumes from its last finished task)"
-               if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "check the path and its permissions")
+               if exc.errno in (errno.ENOSPC, errno.EDQUOT) else
+               "a file or a broken link is where a folder is needed: move it, or pass another path"
+               if exc.errno == errno.EEXIST else "check the path and its permissions")
         print(f"error: {exc.strerror or exc}{where}: {fix}.", file=sys.stderr)
         return 2
 

@@ -131,6 +131,9 @@ def test_a_folder_past_the_last_task_is_not_deleted_by_a_resume(made, tmp_path, 
 
 def test_more_bad_inputs_are_one_line(made, tmp_path, capsys):
     run_dir = copy(made, "partial", tmp_path / "r")
+    (tmp_path / "broken").symlink_to(tmp_path / "nowhere" / "x")  # a results folder that is a broken link
+    rc, _, err = run_cli(["run", *FLAGS, "--results-dir", str(tmp_path / "broken")], capsys)
+    assert_one_error(rc, err, "a file or a broken link is where a folder is needed: move it, or pass another path")
     for args, expected in ((["analyze", str(run_dir), "--glue-probes", "1"], "--glue-probes must be at least 2"),
                            (["analyze", str(run_dir), "--probe-ridge", "inf"], "(--probe-ridge) must be a finite number > 0"),
                            (["analyze", str(run_dir), "--tau", "-0.01"], "--tau must be a finite number >= 0, got -0.01"),
