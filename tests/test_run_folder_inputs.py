@@ -35,6 +35,7 @@ def test_analyze_a_partial_run_reports_undefined_metrics(made, tmp_path, capsys)
     rc, out, err = run_cli(["analyze", str(run_dir), "--no-glue", "--no-plots"], capsys)
     assert rc == 0, err
     assert "bwt: undefined" in out
+    assert out.startswith("partial run: the first 1 of its 2 tasks (finish it with the same `cljax run` command)\n")
 
 
 @pytest.mark.parametrize("how", ["truncated", "bit_flip"])

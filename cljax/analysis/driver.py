@@ -313,6 +313,9 @@ def format_summary(summary: dict) -> str:
     on earlier tasks, the expert's final and best snapshot, GLUE capacity with its errors."""
     lines = [f"{key:>18}: {_cl_metric(summary, key)}" for key in ("average_accuracy", "bwt", "fwt", "forgetting")
              if key in summary]
+    if summary.get("complete") is False:  # the metrics are those of the tasks trained so far
+        lines.insert(0, f"partial run: the first {summary['n_task_folders']} of its {summary['n_eval_tasks']} tasks "
+                        f"(finish it with the same `cljax run` command)")
     probe = summary.get("probe")
     if probe and probe["earlier_tasks"]["n_tasks"] > 0:
         early, images = probe["earlier_tasks"], probe["images"]
