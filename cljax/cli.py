@@ -184,6 +184,8 @@ def _cmd_analyze(argv: list[str]) -> int:
     from cljax.analysis.driver import analyze_run, format_summary
     from cljax.results import task_dirs
 
+    if not args.algo_dir.strip():
+        raise CljaxError("the run folder is empty: pass a run's folder, results/{dataset}/{algorithm}.")
     if not task_dirs(args.algo_dir):
         raise CljaxError(f"{args.algo_dir} holds no finished task folder (task_000, ...): pass a run's folder, "
                          f"results/{{dataset}}/{{algorithm}}, or run the experiment first (cljax run).")
@@ -205,6 +207,8 @@ def _cmd_compare(argv: list[str]) -> int:
     parser.add_argument("--out", default=None, help="the plot (PNG) to write (default: none)")
     parser.add_argument("--json", default=None, help="write the comparison as JSON here")
     args = parser.parse_args(argv)
+    if any(not run.strip() for run in args.runs):
+        raise CljaxError("a run folder is empty: pass each run's folder, results/{dataset}/{algorithm}.")
     for flag, path in (("--out", args.out), ("--json", args.json)):
         _check_output_file(flag, path)
     from cljax.analysis.compare import compare_runs, format_comparison, protocol_differences

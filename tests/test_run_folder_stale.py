@@ -134,7 +134,9 @@ def test_more_bad_inputs_are_one_line(made, tmp_path, capsys):
     (tmp_path / "broken").symlink_to(tmp_path / "nowhere" / "x")  # a results folder that is a broken link
     rc, _, err = run_cli(["run", *FLAGS, "--results-dir", str(tmp_path / "broken")], capsys)
     assert_one_error(rc, err, "a file or a broken link is where a folder is needed: move it, or pass another path")
-    for args, expected in ((["analyze", str(run_dir), "--glue-probes", "1"], "--glue-probes must be at least 2"),
+    for args, expected in ((["analyze", " "], "the run folder is empty: pass a run's folder"),
+                           (["compare", str(run_dir), ""], "a run folder is empty: pass each run's folder"),
+                           (["analyze", str(run_dir), "--glue-probes", "1"], "--glue-probes must be at least 2"),
                            (["analyze", str(run_dir), "--probe-ridge", "inf"], "(--probe-ridge) must be a finite number > 0"),
                            (["analyze", str(run_dir), "--tau", "-0.01"], "--tau must be a finite number >= 0, got -0.01"),
                            (["analyze", str(run_dir), "--tau", "nan"], "--tau must be a finite number >= 0, got nan"),
