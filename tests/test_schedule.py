@@ -139,6 +139,10 @@ def test_eval_task_slots_per_mode():
             parse_eval_tasks(bad)
     with pytest.raises(CljaxError, match="--eval-tasks"):
         Config.from_flat(eval_tasks="window:x").validate()
+    # a window wider than the run: its extra slots would only ever hold NaN
+    with pytest.raises(CljaxError, match=r"--eval-tasks window:6 is wider than the run's 5 tasks: use window:5, all"):
+        Config.from_flat(eval_tasks="window:6", num_tasks=5).validate()
+    Config.from_flat(eval_tasks="window:5", num_tasks=5).validate()
 
 
 def test_the_current_task_is_slot_t_under_all_and_seen_and_the_last_slot_of_a_window():
