@@ -245,3 +245,18 @@ def test_the_terminal_summary_says_over_how_many_terms_a_metric_was_taken():
         "               bwt: 0.5000 +- 0.2500 (over 4 of its 29 terms: --eval-tasks window:5)",
         "               fwt: not measured (--eval-tasks window:5 evaluates none of its 29 terms)",
         "        forgetting: 0.5000 +- 0.2500"]
+
+
+def test_a_first_analysis_that_cannot_be_written_leaves_no_empty_folder(tmp_path, monkeypatch):
+    from cljax.errors import CljaxError
+
+    algo = tmp_path / "run"
+    write_fake_run(algo)
+
+    def full(path, **arrays):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np, "savez_compressed", full)
+    with pytest.raises(CljaxError, match=r"cannot write the analysis to"):
+        analyze_run(algo, glue=False, make_plots=False)
+    assert not (algo / "analysis").exists()

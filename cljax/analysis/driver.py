@@ -236,6 +236,7 @@ def _output_folder(algo_dir: Path, out_dir) -> Path:
 def _write_all(out: Path, writers: dict) -> None:
     """Each file under a temporary name first, then all renamed into place: a full disk or a
     stop half-way leaves the previous analysis whole, not some of its files replaced."""
+    new_folder = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -247,6 +248,9 @@ def _write_all(out: Path, writers: dict) -> None:
     except BaseException as exc:
         for path in tmp.values():
             path.unlink(missing_ok=True)
+        if new_folder:  # no empty analysis folder left behind
+            with contextlib.suppress(OSError):
+                out.rmdir()
         if not isinstance(exc, OSError):
             raise
         raise CljaxError(f"cannot write the analysis to {out} ({exc.strerror or exc}): free space there or pass --out "
