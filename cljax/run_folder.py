@@ -245,13 +245,14 @@ def changed_since(record: dict) -> str | None:
 
 
 def verify_task_dir(task_dir: Path, t: int, run_id: str | None, hashes: bool, into: dict | None = None,
-                    memo: dict | None = None) -> str | None:
+                    memo: dict | None = None, only: tuple[str, ...] | None = None) -> str | None:
     """What is wrong with task folder ``t`` of run ``run_id`` (None when it is whole): missing
     files, shapes other than metadata.json records, sizes or (``hashes``) contents other than
     recorded at write time, or another run's id. Folders written before run ids and hashes are
     checked for their files and shapes. ``into``: receives the parsed metadata.json under
     "metadata", for a reader that would parse it again (a long run's is megabytes). ``memo``:
-    keeps the fields this check reads, by the file's identity, for a later check of the folder."""
+    keeps the fields this check reads, by the file's identity, for a later check of the folder.
+    ``only``: check these files alone (and the task and run id), for a reader of nothing else."""
     if not task_dir.exists():
         return f"{task_dir} is missing"
     if not task_dir.is_dir():
@@ -273,6 +274,8 @@ def verify_task_dir(task_dir: Path, t: int, run_id: str | None, hashes: bool, in
     shapes = meta.get("shapes") if isinstance(meta.get("shapes"), dict) else {}
     required = [n for n in TASK_FILES if n not in ("metadata.json", *LATER_TASK_FILES)] + (
         ["model_state.npy"] if "model_state" in shapes else []) if t >= 0 else []  # t = -1: initial/
+    if only is not None:
+        required = [n for n in required if n in only]
     if isinstance(files, dict) and not set(required) <= set(files):
         return f"{task_dir / 'metadata.json'} does not list {sorted(set(required) - set(files))[0]}, a file every task has"
     reps = shapes.get("representations")
@@ -281,7 +284,7 @@ def verify_task_dir(task_dir: Path, t: int, run_id: str | None, hashes: bool, in
             eval_ids_of({**meta, "task_index": t}, reps[2], where=str(task_dir / "metadata.json"))
         except CljaxError as exc:
             return str(exc).split(": the file was")[0]
-    for name in list(files) if isinstance(files, dict) else required:
+    for name in [n for n in files if only is None or n in only] if isinstance(files, dict) else required:
         path = task_dir / str(name)
         if not isinstance(name, str) or Path(name).name != name or name.startswith("."):
             return f"{task_dir / 'metadata.json'} lists a file {name!r} that is not in its folder"

@@ -19,9 +19,9 @@ from cljax import results
 from cljax.analysis import plots
 from cljax.analysis.cl import mean_over_tasks
 from cljax.analysis.spread import spread
-from cljax.check_record import content_matches
 from cljax.checkpoint import read_run_record
 from cljax.errors import CljaxError
+from cljax.run_folder import verify_task_dir
 
 # What must match for two runs' gaps to be measured on one protocol (methods differ by design).
 PROTOCOL = ("dataset", "task_schedule", "n_train_per_class", "epochs", "batch_size")
@@ -36,7 +36,7 @@ def current_task_accuracy(run_dir) -> dict[str, np.ndarray]:
     learner, expert = [], []
     for t, d in enumerate(dirs):
         meta = check(d, t)
-        T = (meta.get("config") or {}).get("num_tasks")
+        T = (meta.get("config") or {}).get("num_tasks") if t == 0 else None
         if isinstance(T, int) and len(dirs) > T:
             raise CljaxError(f"{run_dir} holds {len(dirs)} task folders but its run has {T} tasks: {dirs[T].name} on "
                              f"are not tasks of this run; move them out of the folder.")
@@ -48,9 +48,9 @@ def current_task_accuracy(run_dir) -> dict[str, np.ndarray]:
 
 def _checker(run_dir: Path, first: Path):
     """check(folder, t) -> its metadata; one CljaxError line when the folder is another task's or
-    another run's (its metadata.json's task and run id), or when a file the comparison reads (the
-    two metrics pickles) differs from the size and sha256 recorded when it was written. Only those
-    two are read: a long run's representations and weights are most of its size."""
+    another run's, or when a file the comparison reads (the two metrics pickles) is missing or
+    differs from the size and sha256 recorded when it was written. Only those two are checked: a
+    long run's representations and weights, most of its size, are not read here."""
     try:
         record = read_run_record(run_dir)
     except CljaxError:  # a damaged record: the task folders' own id
@@ -58,25 +58,12 @@ def _checker(run_dir: Path, first: Path):
     run_id = record["run_id"] if record is not None else results.load_metadata(first).get("run_id")
 
     def check(folder: Path, t: int) -> dict:
-        meta = results.load_metadata(folder)
-        files = meta.get("files") if isinstance(meta.get("files"), dict) else {}
-        problem = None
-        if meta.get("task_index", t) != t:
-            problem = f"{folder / 'metadata.json'} describes task {meta.get('task_index')}, not task {t}"
-        elif meta.get("run_id") != run_id:
-            problem = f"{folder} belongs to run {meta.get('run_id')}, not to run {run_id} of the run's record"
-        for name in ("metrics.pkl", "expert_metrics.pkl") if problem is None and files else ():
-            want, path = files.get(name) if isinstance(files.get(name), dict) else {}, folder / name
-            if not path.is_file():
-                problem = f"{path} is missing"
-            elif path.stat().st_size != want.get("bytes") or not content_matches(path, want.get("sha256"), None):
-                problem = f"{path} does not match the sha256 recorded when it was written"
-            if problem is not None:
-                break
+        read: dict = {}
+        problem = verify_task_dir(folder, t, run_id, hashes=True, into=read, only=("metrics.pkl", "expert_metrics.pkl"))
         if problem is not None:
             raise CljaxError(f"{problem}: the comparison reads only its run's own files; restore them from a copy, or "
                              f"write them again (`cljax run` with the run's flags and --repair).")
-        return meta
+        return read["metadata"]
 
     return check
 

@@ -323,7 +323,7 @@ def format_summary(summary: dict) -> str:
     probe = summary.get("probe")
     if probe and probe["earlier_tasks"]["n_tasks"] > 0:
         early, images = probe["earlier_tasks"], probe["images"]
-        folds = images.get("fold_sizes") or [images["fit_per_probe"]] * 2
+        folds = images["fold_sizes"]
         measured = folds[0] >= 2  # a probe needs 2 samples of each class (cljax/analysis/probe.py)
         lines.append(f"accuracy on earlier tasks after the last one: head {_pm(early['head_acc'])}, linear probe "
                      + (_pm(early["probe_acc"]) if measured else "not measured"))

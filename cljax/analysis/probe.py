@@ -159,7 +159,8 @@ def update(state: dict, folder: TaskFolder) -> dict:
     """Each value is kept per saved slot, (R, K), as the folder saved it (cljax.analysis.band)."""
     reps = np.asarray(folder.representations[-1], dtype=np.float64)  # (R, K, S, H), the saved slots
     labels = np.asarray(folder.binary_labels[-1])  # (R, K, S)
-    state["S"], state["folds"] = reps.shape[-2], fold_sizes(labels)
+    if state["folds"] is None:  # the saved samples' classes are the same in every folder
+        state["S"], state["folds"] = reps.shape[-2], fold_sizes(labels)
     evaluated = folder.eval_task_ids >= 0  # a slot without a task is NaN in every column
     state["probe"].append(np.where(evaluated, probe_accuracy(reps, labels, ridge=state["ridge"]), np.nan))
     head = _saved_head(folder, reps.shape[-1])
