@@ -20,14 +20,20 @@ def read_junit(path: Path) -> dict | None:
 
 
 def read_pytest_log(path: Path) -> dict | None:
-    """The outcomes pytest -v printed before it was stopped (no junit xml is written then)."""
+    """The outcomes pytest -v printed before it was stopped (no junit xml is written then): lines
+    ``NODEID OUTCOME [ n%]``, or under pytest-xdist ``[gwN] [ n%] OUTCOME NODEID``."""
     if not path.exists():
         return None
     outcomes = {}
+    kinds = ("PASSED", "FAILED", "ERROR", "SKIPPED")
     for line in path.read_text(errors="replace").splitlines():
         parts = line.split()
-        if len(parts) >= 2 and "::" in parts[0] and parts[1] in ("PASSED", "FAILED", "ERROR", "SKIPPED"):
+        if len(parts) >= 2 and "::" in parts[0] and parts[1] in kinds:
             outcomes[parts[0]] = parts[1]
+        elif parts[:1] and parts[0].startswith("[gw"):
+            found = [i for i, word in enumerate(parts[:-1]) if word in kinds and "::" in parts[i + 1]]
+            if found:
+                outcomes[parts[found[0] + 1]] = parts[found[0]]
     count = lambda o: sum(v == o for v in outcomes.values())  # noqa: E731
     return {"tests": len(outcomes), "failures": count("FAILED"), "errors": count("ERROR"), "skipped": count("SKIPPED"),
             "seconds": 0.0, "failed": [k for k, v in outcomes.items() if v in ("FAILED", "ERROR")],

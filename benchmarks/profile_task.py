@@ -72,7 +72,7 @@ def parse_args(argv):
     p.add_argument("--batch-size", type=positive_int, default=None, help="default 32; --quick: 8")
     p.add_argument("--calls", type=positive_int, default=None, help="calls traced (default 3; --quick: 1)")
     p.add_argument("--conv-impl", choices=config_choices("conv_impl"), default="auto",
-                   help="the config's conv_impl (auto: im2col on the CPU, lax elsewhere)")
+                   help="the config's conv_impl (auto: im2col)")
     p.add_argument("--matmul-precision", choices=config_choices("matmul_precision"), default=None,
                    help="the config's --matmul-precision (default: the config's default)")
     p.add_argument("--command-buffers", choices=("off", "default"), default="off",

@@ -218,7 +218,7 @@ def parse_args(argv):
     p.add_argument("--matmul-precision", choices=config_choices("matmul_precision"), default=None,
                    help="cljax's --matmul-precision (default: the config's default)")
     p.add_argument("--conv-impl", choices=config_choices("conv_impl"), default="auto",
-                   help="cljax's --conv-impl (default auto: im2col on the CPU, lax elsewhere)")
+                   help="cljax's --conv-impl (default auto: im2col)")
     p.add_argument("--no-experiment", action="store_true", help="skip the 10-task run (compilations, memory, cache)")
     p.add_argument("--no-alternatives", action="store_true",
                    help="skip the alternatives (the other repeat-axis lowering, the other learner/expert pairing, one CPU device)")

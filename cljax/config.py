@@ -77,11 +77,11 @@ class Config:
                                "or draw it afresh from the initialiser (init)", choices=("zero", "init"), absent="zero",
                                applies_when=("head", "reset"))
     # how the program runs (see `cljax plan`)
-    conv_impl: str = param("auto", "convolution lowering: lax (XLA's convolution), im2col (patches @ kernel, for the "
-                           "CPU), fused (the first convolution, ReLU and pool as one elementwise computation, the "
+    conv_impl: str = param("auto", "convolution lowering: lax (XLA's convolution), im2col (patches @ kernel, batched "
+                           "matmuls), fused (the first convolution, ReLU and pool as one elementwise computation, the "
                            "others XLA's), fused-im2col (that first layer, the others im2col's; the ResNet, without a "
-                           "fused layer, runs fused as lax and fused-im2col as im2col), auto (im2col on the CPU, lax "
-                           "elsewhere); recorded in metadata.json",
+                           "fused layer, runs fused as lax and fused-im2col as im2col), auto (im2col, on every "
+                           "backend); recorded in metadata.json",
                            choices=("auto", *CONV_IMPLS))
     repeat_axis: str = param("auto", "how a device's repeats run: vmap (batched), loop (one after another, lax.map), "
                              "auto (loop on the CPU, vmap elsewhere); the same numbers up to float rounding (recorded "

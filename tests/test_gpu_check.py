@@ -30,7 +30,7 @@ def test_the_smoke_mode_runs_every_stage_and_writes_json_and_a_summary(tmp_path)
     report = json.loads((out / "check.json").read_text())
     assert proc.returncode == 0, json.dumps({k: v.get("log_tail") for k, v in report["stages"].items()})[-3000:]
     stages = report["stages"]
-    assert list(stages) == ["env", "tests", "variants", "profile", "throughput", "throughput_large", "fashion", "lop",
+    assert list(stages) == ["env", "tests", "throughput", "throughput_large", "profile", "fashion", "lop", "variants",
                             "deterministic"]
     assert stages.pop("deterministic") == {"status": "skipped", "why": "not asked for"}  # optional: a second call
     assert report["finished"] and report["all_ok"] and all(s["status"] == "ok" for s in stages.values())
@@ -147,6 +147,11 @@ def test_a_test_stage_cut_short_reports_the_outcomes_pytest_printed(tmp_path):
     got = gpu_check.read_pytest_log(log)  # from gpu_check_read.py
     assert (got["tests"], got["failures"], got["failed"], got["cut_short"]) == (2, 1, ["tests/test_a.py::test_two"], True)
     assert gpu_check.collect("tests", tmp_path) == got  # no junit.xml: read from the log
+    # pytest-xdist's workers print the outcome before the test's id
+    log.write_text("[gw0] [ 10%] PASSED tests/test_a.py::test_one \n[gw1] [ 20%] ERROR tests/test_b.py::test_x[1] \n"
+                   "[gw1] [ 30%] SKIPPED tests/test_b.py::test_y \n")
+    got = gpu_check.read_pytest_log(log)
+    assert (got["tests"], got["errors"], got["skipped"], got["failed"]) == (3, 1, 1, ["tests/test_b.py::test_x[1]"])
 
 
 def test_the_optional_deterministic_stage_runs_under_the_xla_flag_it_names(tmp_path):
@@ -218,11 +223,15 @@ def test_the_gpu_variants_put_each_r_default_first_and_every_setting_is_a_valid_
                         if k != variants.RECOMPILE}
             Config.from_flat(dataset="fashion_mnist", n_repeats=R, **settings).validate()
     rows = variants.variant_list(False)
-    assert [(n, R) for n, R, _ in rows[:2]] == [("default", 32), ("default", 128)]
+    # the defaults at the goals' sizes, then unrolling at R = 1, never measured on a GPU
+    assert [(n, R) for n, R, _ in rows[:5]] == [("default", 32), ("default", 128), ("default", 1),
+                                                ("scan unroll 4", 1), ("scan unroll 16", 1)]
     assert {(n, R) for n, R, _ in rows} >= {("conv fused", 128), ("conv fused", 32), ("default, compiled again", 32)}
-    # every convolution lowering runs at R = 128 before the R = 32 rows (where the stage's time may end)
+    # the goal's candidates at R = 128 run before the R = 32 rows (where the stage's time may end)
     first_at_32 = next(i for i, (n, R, _) in enumerate(rows) if R == 32 and n != "default")
-    assert {s.get("conv_impl") for _, R, s in rows[:first_at_32] if R == 128} >= {"fused", "fused-im2col", variants.OTHER}
+    before = [s for _, R, s in rows[:first_at_32] if R == 128]
+    assert {s.get("conv_impl") for s in before} >= {"fused-im2col", variants.OTHER}
+    assert {"matmul_precision": "default"} in before and {"compute_dtype": "bfloat16"} in before
 
 
 def test_a_second_call_can_time_a_candidate_lowering_and_precision_as_a_user_would_run_it():
@@ -258,9 +267,12 @@ def test_the_full_checks_stage_commands_parse_in_the_scripts_they_call(tmp_path)
     gpu_check = load_gpu_check()
     commands = gpu_check.stage_commands(gpu_check.parse_args(["--out", str(tmp_path), "--fashion-dir", str(FASHION_DIR)]))
     throughput = load_script(SCRIPT.parent / "throughput.py", "cljax_throughput")
-    for name, repeats in (("throughput", [1, 32]), ("throughput_large", [128, 512])):
+    for name, repeats, processes in (("throughput", [1, 32], None), ("throughput_large", [128, 512], [])):
         args = throughput.parse_args(commands[name][2:])
         assert (args.repeats, args.rounds, args.no_alternatives, args.no_experiment) == (repeats, 3, True, True)
+        assert args.torch_processes == processes  # the process peer (R-independent) is timed once, in the first
+    tests = commands["tests"]  # the full stage's tests run in pytest-xdist workers, a file to a worker
+    assert tests[tests.index("-n") + 1] == str(gpu_check.TEST_WORKERS) and "loadfile" in tests
     profile = load_script(SCRIPT.parent / "profile_task.py", "cljax_profile_task").parse_args(commands["profile"][2:])
     assert (profile.repeats, profile.steps, profile.calls) == (128, 50, 3)
     configs = {}

@@ -61,10 +61,12 @@ class ModelContext:
 
 
 def resolve_conv_impl(choice: str) -> str:
-    """``auto`` -> ``im2col`` on the CPU backend (XLA:CPU's own convolution is the slow part of
-    training there), ``lax`` elsewhere; the others are returned as they are."""
+    """``auto`` -> ``im2col`` on every backend: on the CPU, XLA:CPU's own convolution is the slow
+    part of training; on an NVIDIA GPU at full float32 (the default --matmul-precision), cuDNN's
+    convolutions of these small images and channel counts ran several times slower than the
+    patch matmuls (docs/benchmark.md). The others are returned as they are."""
     if choice == "auto":
-        return "im2col" if jax.default_backend() == "cpu" else "lax"
+        return "im2col"
     if choice in CONV_IMPLS:
         return choice
     raise CljaxError(f"unknown conv implementation {choice!r}: choose one of auto, {', '.join(CONV_IMPLS)}.")
