@@ -57,6 +57,7 @@ ROOT = HERE.parent
 sys.path[:0] = [str(HERE), str(ROOT)]  # its sibling modules, and this checkout's cljax
 
 from cljax.config import config_choices  # noqa: E402  (jax-free: jax is imported in the stages' processes)
+from gpu_check_env import stage_env  # noqa: E402
 from gpu_check_export import export  # noqa: E402
 from gpu_check_read import read_junit, read_pytest_log, read_run  # noqa: E402
 # --smoke checks the script, not the model: a small MLP (it compiles in a fraction of the CNN's
@@ -91,46 +92,9 @@ TEST_WORKERS = 4
 FASHION_STAGES = ("tests", "variants", "fashion", "deterministic")  # fail at once without the data: others get the time
 OPTIONAL = ("deterministic",)  # run only when --stages names them
 SMOKE_CACHE = "compilation_cache"  # in OUT: the smoke's stages share it (smoke_env)
-NEEDED = ("jax", "flax", "optax", "numpy", "tqdm", "matplotlib", "pytest")
 
 
 # ---- stages that run in a child process (python gpu_check.py --stage NAME) ---------------------
-def stage_env(args) -> dict:
-    import importlib
-    import platform
-
-    versions, missing = {}, []
-    for name in (*NEEDED, "torch", "scipy"):
-        try:
-            versions[name] = getattr(importlib.import_module(name), "__version__", "?")
-        except ImportError:
-            versions[name] = None
-            missing += [name] if name in NEEDED else []
-    out = {"python": platform.python_version(), "versions": versions, "missing": missing,
-           "environment": {k: v for k, v in os.environ.items() if k.startswith(("XLA_", "JAX_", "CLJAX_", "CUDA_"))}}
-    if versions["jax"] is None:  # the stage still says what is missing (its status: failed)
-        return out
-    import jax
-
-    out["backend"] = jax.default_backend()
-    out["devices"] = [str(d) for d in jax.devices()]
-    out["device_kind"] = jax.devices()[0].device_kind
-    stats = jax.devices()[0].memory_stats() or {}
-    out["device_bytes_limit"] = stats.get("bytes_limit")
-    if versions["torch"]:
-        import torch
-
-        out["torch_cuda"] = torch.cuda.is_available()
-        out["torch_device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-    try:
-        out["nvidia_smi"] = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version",
-                                            "--format=csv,noheader"], capture_output=True, text=True,
-                                           timeout=10).stdout.strip()
-    except (OSError, subprocess.TimeoutExpired):
-        out["nvidia_smi"] = None
-    return out
-
-
 def stage_variants(args) -> dict:
     """One task under each precision, compute dtype and lowering (gpu_variants.py)."""
     from gpu_variants import measure_variants

@@ -23,6 +23,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from cljax.config import SCHEMA_VERSION
 from cljax.errors import CljaxError, brief
 from cljax.safe_files import atomic_write
 
@@ -72,6 +73,10 @@ def read_run_record(algo_dir: Path) -> dict | None:
         if out[key] is not None and (not isinstance(out[key], kind) or isinstance(out[key], bool)):
             raise CljaxError(f"{path} is damaged (its \"{key}\" is {type(out[key]).__name__}, not "
                              f"{kind.__name__}): {fix}.")
+    if (out["schema"] or 0) > SCHEMA_VERSION:  # its files may mean what this cljax does not know
+        raise CljaxError(f"{path} was written by a newer cljax (record schema {out['schema']}; this cljax knows "
+                         f"schemas up to {SCHEMA_VERSION}): use that cljax or a newer one, or pass --overwrite to "
+                         f"delete the run in {algo_dir} and start again.")
     if out["run_id"] is None and (out["schema"] or 0) >= 3:  # every record since schema 3 names its run
         raise CljaxError(f"{path} is damaged (it has no \"run_id\", which every record of schema "
                          f"{out['schema']} has): {fix}.")

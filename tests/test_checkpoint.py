@@ -16,7 +16,8 @@ from cljax.errors import CljaxError
 @pytest.mark.parametrize("record, problem", [({}, "is not a run record"), ({"config": 5}, "is not a run record"),
                                              ({"config": {}, "schema": True}, "is damaged"),
                                              ({"config": {}, "run_id": 7}, "is damaged"),
-                                             ({"config": {}, "schema": 5}, "it has no \"run_id\"")])
+                                             ({"config": {}, "schema": 5}, "it has no \"run_id\""),
+                                             ({"config": {}, "schema": 99, "run_id": "x"}, "written by a newer cljax")])
 def test_a_record_without_a_config_object_or_with_a_field_of_another_kind_is_refused(tmp_path, record, problem):
     """A JSON bool is an int to Python: a "schema": true is damage, not schema 1."""
     (tmp_path / RUN_RECORD).write_text(json.dumps(record))

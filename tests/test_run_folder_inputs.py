@@ -186,6 +186,24 @@ def test_an_edited_setting_in_the_run_record_is_named_as_damage_not_as_a_value_t
     assert "Pass the recorded values" not in err and state(run_dir) == before
 
 
+def test_a_run_written_by_a_newer_cljax_is_neither_resumed_nor_read(made, tmp_path, capsys):
+    """A record of a later schema than this cljax knows: its files may mean what this cljax does
+    not know. It was accepted when its settings matched (a finished run reported as finished, a
+    partial one resumed with this cljax's files among the newer ones). --overwrite still deletes it."""
+    for which in ("finished", "partial"):
+        run_dir = copy(made, which, tmp_path / which)
+        path = run_dir / "run.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "schema": 99}))
+        before = state(run_dir)
+        rc, _, err = run_cli(["run", *FLAGS, "--results-dir", str(tmp_path / which)], capsys)
+        assert_one_error(rc, err, "run.json was written by a newer cljax (record schema 99", "--overwrite")
+        rc, _, err = run_cli(["analyze", str(run_dir), "--no-glue", "--no-plots"], capsys)
+        assert_one_error(rc, err, "written by a newer cljax")
+        assert state(run_dir) == before
+    rc, _, err = run_cli(["run", *FLAGS, "--results-dir", str(tmp_path / "partial"), "--overwrite"], capsys)
+    assert rc == 0 and json.loads(path.read_text())["schema"] < 99
+
+
 def test_a_run_recorded_with_an_empty_data_dir_resumes_without_the_flag():
     # --data-dir "" was accepted (and read the standard place) before it was refused.
     from cljax.config import setting_differences
