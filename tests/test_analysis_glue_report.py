@@ -73,3 +73,16 @@ def test_solver_convergence_is_in_the_summary(tmp_path, monkeypatch):
     solver = s["glue"]["solver"]
     assert solver["n_probes_converged"] < solver["n_probes_solved"]
     assert solver["converged_fraction"] < 1.0 and solver["min_converged_fraction"] < 1.0
+
+
+def test_the_last_task_mean_is_over_the_evaluated_tasks_and_a_diverged_one_is_not_skipped():
+    """GLUE's `last_task` (glue_tasks="all"): each repeat's mean over the tasks its last folder
+    evaluated. Under --eval-tasks seen/window the other slots are NaN by construction and left
+    out; a NaN of an evaluated task (a diverged representation) makes the repeat's mean NaN, as
+    under --eval-tasks all, instead of being skipped."""
+    evaluated = np.array([False, True, True])
+    values = np.array([[np.nan, 1.0, 3.0], [np.nan, np.nan, 3.0]])  # repeat 1: task 1 diverged
+    got = glue_runs.mean_over_evaluated(values, evaluated)
+    assert got[0] == 2.0 and np.isnan(got[1])
+    np.testing.assert_array_equal(glue_runs.mean_over_evaluated(values[:, 1:], [True, True]), [2.0, np.nan])
+    assert np.isnan(glue_runs.mean_over_evaluated(values, [False] * 3)).all()

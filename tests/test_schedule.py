@@ -249,6 +249,8 @@ def test_analyses_of_a_window_run_use_the_evaluated_entries(window_and_all, tmp_
     assert summary["cl"]["final"]["n_terms"] == {"average_accuracy": 2, "bwt": 1, "fwt": 0, "forgetting": 1}
     assert summary["fwt"]["mean"] is None
     assert summary["probe"]["earlier_tasks"]["n_tasks"] == 1  # the last folder evaluated task 3 before its own
+    for key, glue in summary["glue"]["per_task"].items():  # over the evaluated tasks: the empty slots are not counted
+        assert glue["n_nonfinite"] == 0 and glue["last_task"]["n"] == 2, key
     cl = np.load(tmp_path / "w" / "cl.npz")
     A = cl["final_accuracy_matrix"]
     assert A.shape == (2, 5, 5)

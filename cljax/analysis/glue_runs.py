@@ -10,7 +10,6 @@ import jax
 import numpy as np
 
 from cljax.analysis import plots
-from cljax.analysis.cl import mean_over_tasks
 from cljax.analysis.glue import DIAGNOSTIC_KEYS, GLUE_KEYS, glue_analysis, unsolvable
 from cljax.analysis.glue_solver import MAX_ITER, TOL
 from cljax.analysis.registry import Result, RunContext, TaskFolder
@@ -76,7 +75,7 @@ def glue_update(state: dict, folder: TaskFolder) -> dict:
     manifolds = class_manifolds(reps_last, labels_last, opt.glue_max_points)  # (R, K_valid, 2, M, H)
     current = int(np.flatnonzero(folder.eval_task_ids[valid] == i)[0])
     g = _glue_call(state, manifolds[:, current] if opt.glue_tasks == "current" else manifolds, "task")
-    state["partial"] = state.get("partial", False) or not folder.all_tasks
+    state.setdefault("evaluated", []).append(folder.eval_task_ids[valid])  # the tasks whose values are measured
     for k in GLUE_KEYS + DIAGNOSTIC_KEYS:
         state["task"].setdefault(k, []).append(g[k] if opt.glue_tasks == "current" else _slots_to_tasks(folder, g[k]))
     if i == ctx.n_folders - 1 or (opt.glue_across_every and i % opt.glue_across_every == 0):
@@ -90,6 +89,14 @@ def glue_update(state: dict, folder: TaskFolder) -> dict:
         state["folders"].append(i)
         state["tasks"] = folder.eval_task_ids[valid][chosen].tolist()  # global task indices
     return state
+
+
+def mean_over_evaluated(values_RT, evaluated_T) -> np.ndarray:
+    """Each repeat's mean over the tasks the folder evaluated, (R, T) -> (R,): a non-finite value
+    of an evaluated task makes the repeat's mean non-finite (``spread`` then counts it apart), as
+    under --eval-tasks all; the tasks not evaluated (NaN by construction) are left out."""
+    v = np.asarray(values_RT, dtype=np.float64)[:, np.asarray(evaluated_T, bool)]
+    return v.mean(axis=-1) if v.shape[-1] else np.full(v.shape[0], np.nan)
 
 
 def _slots_to_tasks(folder: TaskFolder, values) -> np.ndarray:
@@ -112,10 +119,12 @@ def glue_finalize(state: dict) -> Result:
         task_summary = {k: over_tasks(v) for k, v in task.items()}
         per_task_plot = {k: v.T for k, v in task.items()}
     else:  # the diagonal: task i's manifolds after training task i
-        last = (lambda v: mean_over_tasks(v[-1])) if state.get("partial") else (lambda v: v[-1].mean(axis=-1))
-        task_summary = {k: {"last_task": spread(last(v)),
+        evaluated = np.zeros((n, next(iter(task.values())).shape[-1]), bool)  # (n, T): folder i measured task j
+        for i, ids in enumerate(state["evaluated"]):
+            evaluated[i, ids] = True
+        task_summary = {k: {"last_task": spread(mean_over_evaluated(v[-1], evaluated[-1])),
                             "diagonal_per_task_mean": [spread(v[i, :, i])["mean"] for i in range(n)],
-                            "n_nonfinite": int((~np.isfinite(v)).sum())}
+                            "n_nonfinite": int((~np.isfinite(v) & evaluated[:, None, :]).sum())}
                         for k, v in task.items()}
         per_task_plot = {k: np.stack([v[i, :, i] for i in range(v.shape[0])], axis=1) for k, v in task.items()}
     summary = {
