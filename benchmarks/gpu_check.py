@@ -19,8 +19,8 @@ stage, so a call that is cut short still leaves the stages it finished. Stages, 
 - lop: a run shaped like the loss-of-plasticity protocol (600 training and 100 test images per
   class, batch 100, many epochs, every task evaluated) for ``--lop-tasks`` tasks; seconds per task;
 - variants: one task of Fashion-MNIST under each --matmul-precision, --compute-dtype bfloat16,
-  the other convolutions (im2col, and the fused first layer of cljax/models/fused.py with XLA's
-  or im2col's later layers), the other learner/expert pairing and repeat-axis lowering, and
+  the other convolutions (XLA's ``lax``, and the fused first layer of cljax/models/fused.py with
+  XLA's or im2col's later layers), the other learner/expert pairing and repeat-axis lowering, and
   --scan-unroll, at R = 32, 128 and 1: samples/s and the largest differences from the default;
   and whether the default gives the same bits run to run and compiled again (gpu_variants.py);
 - deterministic (only when asked for, ``--stages deterministic``: a second call if the variants

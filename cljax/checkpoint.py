@@ -48,6 +48,11 @@ def write_run_record(algo_dir: Path, config_dict: dict, schema: int, *, run_id: 
     atomic_write(algo_dir / RUN_RECORD, lambda f: f.write(encoded))
 
 
+class NewerRecord(CljaxError):
+    """A run record of a later schema than this cljax knows: refused by every reader, also by
+    those that read a run whose record is damaged from its task folders (compare)."""
+
+
 def read_run_record(algo_dir: Path) -> dict | None:
     """The whole record ({"config", "run_id", "data", "split", "schema", "sources"}; all but the
     config None in a record written before they existed), or None when there is none. CljaxError
@@ -74,9 +79,9 @@ def read_run_record(algo_dir: Path) -> dict | None:
             raise CljaxError(f"{path} is damaged (its \"{key}\" is {type(out[key]).__name__}, not "
                              f"{kind.__name__}): {fix}.")
     if (out["schema"] or 0) > SCHEMA_VERSION:  # its files may mean what this cljax does not know
-        raise CljaxError(f"{path} was written by a newer cljax (record schema {out['schema']}; this cljax knows "
-                         f"schemas up to {SCHEMA_VERSION}): use that cljax or a newer one, or pass --overwrite to "
-                         f"delete the run in {algo_dir} and start again.")
+        raise NewerRecord(f"{path} was written by a newer cljax (record schema {out['schema']}; this cljax knows "
+                          f"schemas up to {SCHEMA_VERSION}): use that cljax or a newer one, or start the run again "
+                          f"with `cljax run ... --overwrite`, which deletes the run in {algo_dir}.")
     if out["run_id"] is None and (out["schema"] or 0) >= 3:  # every record since schema 3 names its run
         raise CljaxError(f"{path} is damaged (it has no \"run_id\", which every record of schema "
                          f"{out['schema']} has): {fix}.")

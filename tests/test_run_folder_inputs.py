@@ -189,7 +189,8 @@ def test_an_edited_setting_in_the_run_record_is_named_as_damage_not_as_a_value_t
 def test_a_run_written_by_a_newer_cljax_is_neither_resumed_nor_read(made, tmp_path, capsys):
     """A record of a later schema than this cljax knows: its files may mean what this cljax does
     not know. It was accepted when its settings matched (a finished run reported as finished, a
-    partial one resumed with this cljax's files among the newer ones). --overwrite still deletes it."""
+    partial one resumed with this cljax's files among the newer ones, either one analysed or
+    compared). --overwrite still deletes it."""
     for which in ("finished", "partial"):
         run_dir = copy(made, which, tmp_path / which)
         path = run_dir / "run.json"
@@ -197,8 +198,9 @@ def test_a_run_written_by_a_newer_cljax_is_neither_resumed_nor_read(made, tmp_pa
         before = state(run_dir)
         rc, _, err = run_cli(["run", *FLAGS, "--results-dir", str(tmp_path / which)], capsys)
         assert_one_error(rc, err, "run.json was written by a newer cljax (record schema 99", "--overwrite")
-        rc, _, err = run_cli(["analyze", str(run_dir), "--no-glue", "--no-plots"], capsys)
-        assert_one_error(rc, err, "written by a newer cljax")
+        for command in (["analyze", str(run_dir), "--no-glue", "--no-plots"], ["compare", str(run_dir)]):
+            rc, _, err = run_cli(command, capsys)  # compare reads a damaged record's runs from their folders
+            assert_one_error(rc, err, "written by a newer cljax", "`cljax run ... --overwrite`")
         assert state(run_dir) == before
     rc, _, err = run_cli(["run", *FLAGS, "--results-dir", str(tmp_path / "partial"), "--overwrite"], capsys)
     assert rc == 0 and json.loads(path.read_text())["schema"] < 99

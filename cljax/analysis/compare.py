@@ -19,7 +19,7 @@ from cljax import results
 from cljax.analysis import plots
 from cljax.analysis.cl import mean_over_tasks
 from cljax.analysis.spread import spread
-from cljax.checkpoint import read_run_record
+from cljax.checkpoint import NewerRecord, read_run_record
 from cljax.errors import CljaxError
 from cljax.run_folder import verify_task_dir
 
@@ -53,6 +53,8 @@ def _checker(run_dir: Path, first: Path):
     long run's representations and weights, most of its size, are not read here."""
     try:
         record = read_run_record(run_dir)
+    except NewerRecord:
+        raise
     except CljaxError:  # a damaged record: the task folders' own id
         record = None
     run_id = record["run_id"] if record is not None else results.load_metadata(first).get("run_id")
@@ -82,6 +84,8 @@ def compare_runs(run_dirs, out_png: str | os.PathLike | None = None, labels=None
         late = slice(int(len(gap_nR) * late_from), len(gap_nR))
         try:
             record = read_run_record(Path(run_dir)) or {}
+        except NewerRecord:
+            raise
         except CljaxError:  # a damaged record: the comparison reads the task folders only
             record = {}
         summary[label] = {
