@@ -27,6 +27,17 @@ from cljax.run_folder import verify_task_dir
 PROTOCOL = ("dataset", "task_schedule", "n_train_per_class", "epochs", "batch_size")
 
 
+def _record_or_none(run_dir: Path) -> dict | None:
+    """run.json, or None when there is none or it is damaged (compare then reads the task folders
+    alone); a run recorded by a newer cljax is refused (checkpoint.NewerRecord)."""
+    try:
+        return read_run_record(run_dir)
+    except NewerRecord:
+        raise
+    except CljaxError:
+        return None
+
+
 def current_task_accuracy(run_dir) -> dict[str, np.ndarray]:
     """{"learner", "expert"}: current-task test accuracy at each task's last snapshot, (n, R)."""
     dirs = results.first_task_dirs(run_dir)
@@ -51,12 +62,7 @@ def _checker(run_dir: Path, first: Path):
     another run's, or when a file the comparison reads (the two metrics pickles) is missing or
     differs from the size and sha256 recorded when it was written. Only those two are checked: a
     long run's representations and weights, most of its size, are not read here."""
-    try:
-        record = read_run_record(run_dir)
-    except NewerRecord:
-        raise
-    except CljaxError:  # a damaged record: the task folders' own id
-        record = None
+    record = _record_or_none(run_dir)  # damaged: the task folders' own id
     run_id = record["run_id"] if record is not None else results.load_metadata(first).get("run_id")
 
     def check(folder: Path, t: int) -> dict:
@@ -82,12 +88,7 @@ def compare_runs(run_dirs, out_png: str | os.PathLike | None = None, labels=None
         acc = current_task_accuracy(run_dir)
         gap_nR = acc["expert"] - acc["learner"]
         late = slice(int(len(gap_nR) * late_from), len(gap_nR))
-        try:
-            record = read_run_record(Path(run_dir)) or {}
-        except NewerRecord:
-            raise
-        except CljaxError:  # a damaged record: the comparison reads the task folders only
-            record = {}
+        record = _record_or_none(Path(run_dir)) or {}  # damaged: the comparison reads the task folders only
         summary[label] = {
             "run": str(run_dir), "n_tasks": len(gap_nR), "late_tasks": [late.start, len(gap_nR) - 1],
             "protocol": {k: (record.get("config") or {}).get(k) for k in PROTOCOL},
