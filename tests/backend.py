@@ -31,6 +31,12 @@ FLIPS = 1
 # A bfloat16 result (saved representations): a float32 difference of SEPARATELY_COMPILED's size
 # can round to the neighbouring bfloat16, one step of 2^-8..2^-7 relative.
 BFLOAT16_STEP = dict(gpu_rtol=2.0 ** -7, gpu_atol=1e-5)
+# The model initialiser's draw made inside another program (a reset option's fresh fan-in, drawn
+# in the jitted step) against ``net.init`` called on its own: the same bits on the CPU; on a GPU
+# the truncated normal's inverse error function and scaling may be fused and rounded otherwise, by
+# a few float32 ulps. Another draw would differ by the weights' own size.
+FRESH_DRAW = dict(gpu_rtol=1e-5, gpu_atol=1e-7)
+WHY_FRESH_DRAW = "the initialiser's draw computed inside the step's program, against net.init on its own"
 
 
 def on_cpu() -> bool:
@@ -88,3 +94,13 @@ def assert_same_tree(actual, expected, *, n_acc: int, gpu_rtol: float, gpu_atol:
         else:
             assert_same(a, b, gpu_rtol=gpu_rtol, gpu_atol=gpu_atol, cpu_rtol=cpu_rtol, cpu_atol=cpu_atol, why=why,
                         err_msg=name)
+
+
+def assert_drawn_where(actual, mask, draw, otherwise, *, err_msg: str = "") -> None:
+    """``actual`` is the fresh ``draw`` where ``mask`` (within FRESH_DRAW on a GPU) and exactly
+    ``otherwise`` elsewhere; ``mask``, ``draw`` and ``otherwise`` broadcast to ``actual``'s shape."""
+    actual = np.asarray(actual)
+    mask = np.broadcast_to(mask, actual.shape)
+    np.testing.assert_array_equal(np.where(mask, 0.0, actual), np.where(mask, 0.0, otherwise), err_msg=err_msg)
+    assert_same(actual[mask], np.broadcast_to(draw, actual.shape)[mask], **FRESH_DRAW, why=WHY_FRESH_DRAW,
+                err_msg=err_msg)

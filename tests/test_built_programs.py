@@ -43,8 +43,10 @@ def test_the_same_setup_gets_its_programs_back_and_any_change_builds_anew(tmp_pa
     # What the program is built from: the settings, the image shape, the lowering asked for.
     assert build_task_program(tiny(tmp_path, lr=0.3), IMAGE) is not program
     assert build_task_program(config, (12, 12)) is not program
-    assert build_task_program(config, IMAGE, paired_models=True) is not program
-    assert build_task_program(config, IMAGE, loop_repeats=False) is not program
+    # (the lowering other than this backend's default: the repeats' loop or vmap, learner and
+    # expert paired or not)
+    assert build_task_program(config, IMAGE, paired_models=not program.parts.paired) is not program
+    assert build_task_program(config, IMAGE, loop_repeats=program.lowering.repeats == "vmap") is not program
     # A registration since (a plugin file loaded again) may have replaced what it was built from.
     registry._generation[0] += 1
     rebuilt = build_task_program(config, IMAGE)

@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import datasets
 from PIL import Image, ImageOps
 
 import cljax.data.imagenet.prepare as imagenet
@@ -21,6 +20,9 @@ from cljax.data.imagenet.prepare import prepare_imagenet, prepare_main
 from cljax.data.info import data_info_main
 from cljax.data.prepared import ARRAY_FILES, SAMPLES, load_prepared
 from cljax.errors import CljaxError
+
+# The imagenet extra (a GPU image may lack it; `make test` installs it).
+datasets = pytest.importorskip("datasets", reason="the imagenet extra is not installed: pip install 'cljax[imagenet]'")
 
 REPO = Path(__file__).resolve().parents[1]
 CLASS_NAMES = ["cat", "dog", "fox"]
@@ -281,7 +283,7 @@ def test_16bit_png_keeps_its_range():
 def test_plain_parquet_with_dataset_card(tmp_path):
     # Parquet written without the `huggingface` schema metadata (plain pyarrow, binary image
     # column) next to a hub dataset card: the class names come from the card's ClassLabel.
-    import pyarrow as pa
+    pa = pytest.importorskip("pyarrow", reason="the imagenet extra is not installed: pip install 'cljax[imagenet]'")
     import pyarrow.parquet as pq
 
     rng = np.random.default_rng(11)

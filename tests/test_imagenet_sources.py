@@ -88,7 +88,7 @@ def test_parquet_files_of_two_exports_are_refused(tmp_path):
 
 
 def _plain_parquet(path, labels):
-    import pyarrow as pa
+    pa = pytest.importorskip("pyarrow", reason="the imagenet extra is not installed: pip install 'cljax[imagenet]'")
     import pyarrow.parquet as pq
 
     blobs = [_png(np.full((8, 8), 40 * i, np.uint8)) for i in range(len(labels))]
@@ -127,7 +127,7 @@ def test_class_names_from_a_card_keyed_other_than_by_the_ids_are_refused(tmp_pat
 
 
 def test_parquet_files_with_other_class_names_are_refused(tmp_path):
-    import datasets
+    datasets = pytest.importorskip("datasets", reason="the imagenet extra is not installed: pip install 'cljax[imagenet]'")
 
     for i, names in enumerate((["cat", "dog"], ["dog", "cat"])):
         features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=names)})

@@ -18,7 +18,7 @@ from cljax.options.cbp import select_lowest
 from cljax.program import build_parts
 from cljax.rules import make_rule
 from cljax.step import LearnerState, learner_update
-from tests.backend import SEPARATELY_COMPILED, assert_same
+from tests.backend import FRESH_DRAW, SEPARATELY_COMPILED, WHY_FRESH_DRAW, assert_drawn_where, assert_same
 
 TINY_IMAGE = (1, 3)  # the MLP flattens it: 3 inputs
 
@@ -125,7 +125,7 @@ def test_cbp_step_is_its_update_by_hand():
     trace = new_opt.inner_states["features"].inner_state[0].trace
     for leaf in ("kernel", "bias"):
         got, old = np.asarray(new_params["dense1"][leaf]), np.asarray(params["dense1"][leaf])
-        np.testing.assert_array_equal(got[..., j], np.asarray(fresh["dense1"][leaf])[..., j])
+        assert_same(got[..., j], np.asarray(fresh["dense1"][leaf])[..., j], **FRESH_DRAW, why=WHY_FRESH_DRAW)
         np.testing.assert_array_equal(np.delete(got, j, axis=-1), np.delete(old, j, axis=-1))
         np.testing.assert_array_equal(np.asarray(trace["dense1"][leaf])[..., j], 0)
         np.testing.assert_array_equal(np.delete(np.asarray(trace["dense1"][leaf]), j, axis=-1), 1)
@@ -208,7 +208,7 @@ def test_redo_resets_the_dormant_units_every_f_steps():
     for layer, below in (("dense1", np.zeros(3, bool)), ("dense2", dormant["dense1"]), ("head", dormant["dense2"])):
         old, new, draw = (np.asarray(t[layer]["kernel"]) for t in (params, p2, fresh))
         cols, rows = dormant[layer][None, :], below[:, None]
-        np.testing.assert_array_equal(new, np.where(cols, draw, np.where(rows, 0.0, old)))
+        assert_drawn_where(new, cols, draw, np.where(rows, 0.0, old), err_msg=layer)
         np.testing.assert_array_equal(np.asarray(p2[layer]["bias"]),
                                       np.where(dormant[layer], 0.0, np.asarray(params[layer]["bias"])))
         if layer != "head":

@@ -14,6 +14,7 @@ import pytest
 from cljax.config import Config
 from cljax.options.redo import dormant_masks
 from cljax.program import build_parts
+from tests.backend import FRESH_DRAW, WHY_FRESH_DRAW, assert_drawn_where, assert_same
 
 TINY_IMAGE = (1, 3)  # the MLP flattens it: 3 inputs
 WEIGHTS = np.array([1.0, 0.0, 2.0, 0.5, 3.0])  # unequal, one padded (weight-0) example
@@ -231,10 +232,9 @@ def test_redo_at_tau_zero_resets_a_dead_unit():
     assert (h1[:, 2] == 0).all() and (h1[:, [0, 1, 3]] > 0).any(0).all()  # dead unit 2 only
     fresh = parts.net.init(key)[0]
     old_k, new_k = np.asarray(params["dense1"]["kernel"]), np.asarray(new["dense1"]["kernel"])
-    np.testing.assert_array_equal(new_k[:, 2], np.asarray(fresh["dense1"]["kernel"])[:, 2])
+    assert_same(new_k[:, 2], np.asarray(fresh["dense1"]["kernel"])[:, 2], **FRESH_DRAW, why=WHY_FRESH_DRAW)
     np.testing.assert_array_equal(new_k[:, [0, 1, 3]], old_k[:, [0, 1, 3]])
     assert float(new["dense1"]["bias"][2]) == 0.0
     h2 = np.maximum(h1 @ np.asarray(params["dense2"]["kernel"], np.float64) + np.asarray(params["dense2"]["bias"]), 0)
     dead2 = (h2 == 0).all(0)
-    np.testing.assert_array_equal(np.asarray(new["dense2"]["kernel"])[2],
-                                  np.where(dead2, np.asarray(fresh["dense2"]["kernel"])[2], 0.0))
+    assert_drawn_where(np.asarray(new["dense2"]["kernel"])[2], dead2, np.asarray(fresh["dense2"]["kernel"])[2], 0.0)

@@ -18,7 +18,7 @@ import pytest
 
 from cljax import results
 from cljax.errors import CljaxError
-from tests.conftest import small_config
+from tests.conftest import FASHION_DIR, small_config
 from tests.run_folder_kit import FLAGS, TINY, assert_one_error, copy, make_runs, run_cli, state
 
 
@@ -46,7 +46,7 @@ def test_a_run_that_does_not_fit_writes_nothing(tmp_path, capsys):
 def test_a_task_too_large_for_the_device_names_what_lowers_its_largest_part(tmp_path, capsys):
     # It listed the test set, subsamples and snapshots, which left a need dominated by a training
     # step's scratch where it was.
-    plan = ["plan", "--dataset", "fashion_mnist", "--n-repeats", "2"]
+    plan = ["plan", "--dataset", "fashion_mnist", "--data-dir", str(FASHION_DIR), "--n-repeats", "2"]
     for extra, part, fixed in (
             (["--model", "resnet", "--resnet-blocks", "1", "--batch-size", "256", "--device-memory", "1500000000"],
              "most of it is a training step's scratch: lower --batch-size", ["--batch-size", "128"]),

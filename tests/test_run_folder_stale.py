@@ -14,7 +14,7 @@ import pytest
 from cljax import results
 from cljax.config import Config
 from cljax.errors import CljaxError
-from tests.conftest import small_config
+from tests.conftest import FASHION_DIR, small_config
 from tests.run_folder_kit import FLAGS, RUN_DIR, TINY, assert_one_error, copy, make_runs, run_cli, state
 
 
@@ -261,7 +261,7 @@ def test_no_output_of_a_command_goes_over_a_runs_results(made, tmp_path, capsys)
             (["analyze", str(run_dir), "--out", str(run_dir / "task_001"), "--no-glue"], "--out", run_dir / "task_001"),
             (["analyze", str(run_dir), "--out", str(run_dir / "initial" / "a"), "--no-glue"], "--out",
              run_dir / "initial" / "a"),
-            (["data-info", "/usr/share/datasets/fashion-mnist", "--png", str(run_dir / "checkpoint.npz")], "--png",
+            (["data-info", str(FASHION_DIR), "--png", str(run_dir / "checkpoint.npz")], "--png",
              run_dir / "checkpoint.npz")]:
         rc, _, err = run_cli(args, capsys)
         assert_one_error(rc, err, f"{flag} {target} is one of the results of the run in {run_dir}")
@@ -270,7 +270,7 @@ def test_no_output_of_a_command_goes_over_a_runs_results(made, tmp_path, capsys)
     rc, out, err = run_cli(["compare", "--json", str(run_dir / "analysis" / "gap.json"), "--out",
                             str(run_dir / "gap.png"), str(run_dir), str(other)], capsys)
     assert rc == 0 and (run_dir / "analysis" / "gap.json").is_file() and (run_dir / "gap.png").is_file(), err
-    rc, out, err = run_cli(["data-info", "/usr/share/datasets/fashion-mnist", "--png", str(tmp_path / "grid")], capsys)
+    rc, out, err = run_cli(["data-info", str(FASHION_DIR), "--png", str(tmp_path / "grid")], capsys)
     assert rc == 0 and f"samples: {tmp_path / 'grid'}\n" in out and (tmp_path / "grid").read_bytes()[:4] == b"\x89PNG"
     assert not (tmp_path / "grid.png").exists()
 

@@ -67,6 +67,7 @@ def budget_for_chunk(config: Config, k: int) -> int:
 # ---- the sweep: started first, checked last ----------------------------------------------------------
 @pytest.fixture(scope="module")
 def sweep_process(tmp_path_factory):
+    pytest.importorskip("submitit", reason="the sweep extra is not installed: pip install 'cljax[sweep]'")
     root = tmp_path_factory.mktemp("sweep") / "runs"
     cmd = [sys.executable, "-m", "cljax.cli", "sweep", "--grid", "lr=0.02,0.1", "--seeds", "3", "--executor", "local",
            "--wait", "--slurm-time", "20", "--dataset", "fashion_mnist", "--data-dir", str(FASHION_DIR),

@@ -63,6 +63,7 @@ def test_data_is_checked_once_per_dataset_and_each_run_against_its_own(tmp_path,
 
 
 def test_each_job_is_handed_overwrite_and_a_requeued_job_never_overwrites(tmp_path):
+    pytest.importorskip("submitit", reason="the sweep extra is not installed: pip install 'cljax[sweep]'")  # the job class
     calls = []
     executor = SimpleNamespace(map_array=lambda fn, *lists: calls.append((fn, lists)) or ["j0", "j1"])
     runs = sweep.expand(base_of(tmp_path), {"lr": [0.1, 0.2]}, [0])
@@ -81,7 +82,7 @@ def test_each_job_is_handed_overwrite_and_a_requeued_job_never_overwrites(tmp_pa
 
 
 def test_the_executor_gets_only_the_cluster_settings_given(tmp_path, monkeypatch):
-    import submitit
+    submitit = pytest.importorskip("submitit", reason="the sweep extra is not installed: pip install 'cljax[sweep]'")
 
     made = []
 
