@@ -33,8 +33,9 @@ stage, so a call that is cut short still leaves the stages it finished. Stages, 
 summary.md opens with the goals as measured and the one second call to make next
 (gpu_check_goals.py); ``--follow-up SECONDS`` makes it at once, into ``OUT/follow_up``.
 
-``--smoke`` runs every stage at a tiny size on whatever backend is there (the CPU here, in under
-a minute); the test suite runs it (tests/test_gpu_check.py).
+``--smoke`` runs every stage at a tiny size on the CPU, in under a minute, also on a GPU machine
+(JAX_PLATFORMS=cpu unless it is set: the smoke checks the script, and its stage limits are the
+CPU's); the test suite runs it (tests/test_gpu_check.py).
 
     python benchmarks/gpu_check.py --out results/gpu_check --fashion-dir /usr/share/datasets/fashion-mnist
     python benchmarks/gpu_check.py --smoke --out /tmp/gpu_check_smoke
@@ -117,15 +118,17 @@ STAGES_IN_CHILD = {"env": stage_env, "variants": stage_variants, "deterministic"
 
 
 def smoke_env(env: dict, out: Path) -> dict:
-    """The environment of the smoke's stages: compiled with the test suite's fast-compile XLA
-    flags unless XLA_FLAGS sets an optimisation level (cljax/fast_compile.py; the smoke checks the
-    script, not the compiler), and one persistent compilation cache for them all, OUT/SMOKE_CACHE
-    (the throughput stages take it as --cache-dir), so that a program one stage compiled, the next
-    loads."""
+    """The environment of the smoke's stages: the CPU unless JAX_PLATFORMS names a backend (on a
+    GPU, under a GPU test run's load, a stage's tiny programs took past its CPU-sized limit),
+    compiled with the test suite's fast-compile XLA flags unless XLA_FLAGS sets an optimisation
+    level (cljax/fast_compile.py; the smoke checks the script, not the compiler), and one
+    persistent compilation cache for them all, OUT/SMOKE_CACHE (the throughput stages take it as
+    --cache-dir), so that a program one stage compiled, the next loads."""
     from cljax.fast_compile import fast_compile_xla_flags
 
     flags = fast_compile_xla_flags(env)
-    return {**env, "XLA_FLAGS": env.get("XLA_FLAGS", "") if flags is None else flags,
+    return {**env, "JAX_PLATFORMS": env.get("JAX_PLATFORMS") or "cpu",
+            "XLA_FLAGS": env.get("XLA_FLAGS", "") if flags is None else flags,
             "JAX_COMPILATION_CACHE_DIR": str(out / SMOKE_CACHE),
             "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.1", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
 

@@ -5,6 +5,7 @@ with its children and reported, and the stages after it still run."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -16,6 +17,8 @@ import pytest
 from tests.conftest import FASHION_DIR, load_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
+# The smoke's stages run on the CPU, on a GPU machine too, unless JAX_PLATFORMS names a backend.
+SMOKE_ON_CPU = os.environ.get("JAX_PLATFORMS", "") in ("", "cpu")
 
 
 def load_gpu_check():
@@ -36,7 +39,7 @@ def test_the_smoke_mode_runs_every_stage_and_writes_json_and_a_summary(tmp_path)
     assert report["finished"] and report["all_ok"] and all(s["status"] == "ok" for s in stages.values())
 
     env = stages["env"]["result"]
-    assert env["backend"] == jax.default_backend() and env["missing"] == []
+    assert env["backend"] == ("cpu" if SMOKE_ON_CPU else jax.default_backend()) and env["missing"] == []
     assert stages["tests"]["result"]["tests"] == 1 and stages["tests"]["result"]["failures"] == 0
     assert (out / "junit.xml").exists()
     rows = stages["variants"]["result"]["rows"]
@@ -45,7 +48,7 @@ def test_the_smoke_mode_runs_every_stage_and_writes_json_and_a_summary(tmp_path)
     assert again["variant"] == "default, compiled again" and again["lowering"] == default["lowering"]
     assert precision["lowering"]["matmul_precision"] == "default"
     assert all(row["run_to_run_max_diff"] >= 0 for row in rows) and again["max_train_loss_diff"] >= 0
-    if jax.default_backend() == "cpu":  # XLA:CPU computes float32 dots in float32 at every precision
+    if SMOKE_ON_CPU:  # XLA:CPU computes float32 dots in float32 at every precision
         assert precision["max_weight_diff_relative_to_max_weight"] == 0.0 and precision["max_train_loss_diff"] == 0.0
         # and its programs are deterministic: the same executable, and a second compilation, give the same bits
         assert all(row["run_to_run_max_diff"] == 0.0 for row in rows)
@@ -102,6 +105,14 @@ def test_the_exit_status_counts_the_follow_up():
     assert exit_status({"all_ok": True, "follow_up": {"skipped": "no variants result to choose it from"}}) == 0
     assert exit_status({"all_ok": True, "follow_up": {"args": "--stages deterministic", "all_ok": False}}) == 1
     assert exit_status({"all_ok": False, "follow_up": {"args": "--stages deterministic", "all_ok": True}}) == 1
+
+
+def test_the_smoke_runs_on_the_cpu_unless_jax_platforms_names_a_backend(tmp_path):
+    smoke_env = load_gpu_check().smoke_env
+    level = {"XLA_FLAGS": "--xla_backend_optimization_level=1"}  # set: no probe of XLA's flags
+    assert smoke_env(level, tmp_path)["JAX_PLATFORMS"] == "cpu"
+    assert smoke_env({**level, "JAX_PLATFORMS": ""}, tmp_path)["JAX_PLATFORMS"] == "cpu"
+    assert smoke_env({**level, "JAX_PLATFORMS": "cuda"}, tmp_path)["JAX_PLATFORMS"] == "cuda"
 
 
 def test_without_the_fashion_data_its_stages_fail_at_once_and_the_others_run(tmp_path):
@@ -166,7 +177,7 @@ def test_the_optional_deterministic_stage_runs_under_the_xla_flag_it_names(tmp_p
     default, again = result["rows"]
     assert (default["variant"], again["variant"]) == ("default", "default, compiled again")
     assert "error" not in default and again["lowering"] == default["lowering"]
-    if jax.default_backend() == "cpu":  # a GPU flag: XLA:CPU accepts it and its programs stay deterministic
+    if SMOKE_ON_CPU:  # a GPU flag: XLA:CPU accepts it and its programs stay deterministic
         assert default["run_to_run_max_diff"] == again["run_to_run_max_diff"] == 0.0
         assert again["max_weight_diff_relative_to_max_weight"] == 0.0
     assert "## Under XLA's deterministic ops" in (out / "summary.md").read_text()
