@@ -8,8 +8,9 @@ its own process group with a time limit cut to what is left of ``--budget`` (480
 stage, so a call that is cut short still leaves the stages it finished. Stages, in order:
 
 - env: versions, devices, the GPU's name and memory, what is missing;
-- tests: the GPU-relevant tests, ``pytest -x`` with a junit xml, in TEST_WORKERS pytest-xdist
-  workers when xdist is there (``--tests rest``: the others);
+- tests: the GPU-relevant tests, ``pytest -x`` (``--maxfail``) with a junit xml, each failure's
+  traceback written as it happens (pytest_failures_now.py), in ``--test-workers`` pytest-xdist
+  workers when xdist is there (``--tests rest``: the others; ``--tests all``: the whole suite);
 - throughput, throughput_large: ``throughput.py`` at R = 1, 32 and then at 128, 512 against the
   torch peers (on CUDA; the process peer only in the first), two calls so that each keeps its
   table if the other runs out of time;
@@ -60,7 +61,8 @@ sys.path[:0] = [str(HERE), str(ROOT)]  # its sibling modules, and this checkout'
 from cljax.config import config_choices  # noqa: E402  (jax-free: jax is imported in the stages' processes)
 from gpu_check_env import stage_env  # noqa: E402
 from gpu_check_export import export  # noqa: E402
-from gpu_check_read import read_junit, read_pytest_log, read_run  # noqa: E402
+from gpu_check_read import FAILURES_NOW, read_junit, read_pytest_log, read_run  # noqa: E402
+from pytest_failures_now import ENV  # noqa: E402
 # --smoke checks the script, not the model: a small MLP (it compiles in a fraction of the CNN's
 # time), and one size for the variants, fashion and lop stages, so that their programs are
 # compiled once and then found in the persistent compilation cache.
@@ -133,8 +135,11 @@ def smoke_env(env: dict, out: Path) -> dict:
             "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.1", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
 
 
-def stage_env_vars(name: str, env: dict) -> dict:
-    """The environment of one stage: the deterministic stage's XLA flag added to the rest."""
+def stage_env_vars(name: str, env: dict, out: Path) -> dict:
+    """The environment of one stage: the deterministic stage's XLA flag added to the rest; for
+    the tests, the failures plugin on the path and its file (OUT/FAILURES_NOW)."""
+    if name == "tests":
+        return {**env, "PYTHONPATH": os.pathsep.join([str(HERE), env["PYTHONPATH"]]), ENV: str(out / FAILURES_NOW)}
     if name != "deterministic":
         return env
     from gpu_variants import DETERMINISTIC_FLAG
@@ -173,8 +178,9 @@ def stage_commands(args) -> dict:
     chosen = program_flags(args)
     commands = {
         "env": child + ["--stage", "env"],
-        "tests": [py, "-m", "pytest", "-x", "-v", "-p", "no:cacheprovider", "--keep-duplicates", *test_workers(args),
-                  "--junitxml", str(out / "junit.xml"), *tests_to_run(args)],
+        "tests": [py, "-m", "pytest", f"--maxfail={args.maxfail}", "-v", "-p", "no:cacheprovider", "-p",
+                  "pytest_failures_now", "--keep-duplicates", *test_workers(args), "--junitxml", str(out / "junit.xml"),
+                  *tests_to_run(args)],
         "variants": child + ["--stage", "variants"],
         "profile": [py, str(HERE / "profile_task.py"), *profile,
                     "--out", str(out / "profile_trace"), "--json", str(out / "profile.json"), *chosen],
@@ -206,14 +212,14 @@ def test_workers(args) -> list[str]:
 
     if args.smoke or importlib.util.find_spec("xdist") is None:
         return []
-    return ["-n", str(TEST_WORKERS), "--dist", "loadfile"]
+    return ["-n", str(args.test_workers), "--dist", "loadfile"]
 
 
 def tests_to_run(args) -> list[str]:
     if args.smoke:
         return SMOKE_TESTS
-    if args.tests == ["rest"]:
-        return GPU_TESTS_REST
+    if args.tests in (["rest"], ["all"]):
+        return GPU_TESTS_REST if args.tests == ["rest"] else ["tests"]
     return args.tests or GPU_TESTS
 
 
@@ -229,7 +235,8 @@ def collect(name: str, out: Path) -> dict | None:
     elif name in ("throughput", "throughput_large", "profile"):
         path = out / f"{name}.json"
     elif name == "tests":
-        return read_junit(out / "junit.xml") or read_pytest_log(out / "tests.log")
+        result = read_junit(out / "junit.xml") or read_pytest_log(out / "tests.log")
+        return result and {**result, "tracebacks": FAILURES_NOW if (out / FAILURES_NOW).exists() else None}
     else:
         return read_run(out / "runs" / name)
     return json.loads(path.read_text()) if path.exists() else None
@@ -280,7 +287,7 @@ def orchestrate(args) -> dict:
         else:
             t0 = time.monotonic()
             log = out / f"{name}.log"
-            status, rc = run_stage(command, limit, log, stage_env_vars(name, env))
+            status, rc = run_stage(command, limit, log, stage_env_vars(name, env, out))
             report["stages"][name] = {"status": status, "returncode": rc, "seconds": round(time.monotonic() - t0, 1),
                                       "limit_seconds": round(limit, 1), "command": command, "log": log.name,
                                       "result": collect(name, out)}
@@ -311,7 +318,11 @@ def parse_args(argv):
     p.add_argument("--stages", nargs="+", default=[s for s in BUDGETS if s not in OPTIONAL], choices=list(BUDGETS),
                    help=f"stages to run (default all but {', '.join(OPTIONAL)})")
     p.add_argument("--tests", nargs="*", default=None,
-                   help="test files for the tests stage (default: GPU_TESTS; 'rest': the other GPU-relevant files)")
+                   help="test files for the tests stage (default: GPU_TESTS; 'rest': the other GPU-relevant files; "
+                        "'all': the whole suite)")
+    p.add_argument("--maxfail", type=int, default=1, help="the tests stage stops after this many failures (default 1: -x)")
+    p.add_argument("--test-workers", type=int, default=TEST_WORKERS,
+                   help=f"pytest-xdist workers of the tests stage (default {TEST_WORKERS})")
     p.add_argument("--limit", nargs="*", default={}, type=stage_limit, metavar="STAGE=SECONDS",
                    help="another time limit for a stage (a second call: --stages tests --tests ... --limit tests=400)")
     p.add_argument("--conv-impl", choices=config_choices("conv_impl"), default="auto",

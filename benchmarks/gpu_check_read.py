@@ -7,6 +7,8 @@ import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+FAILURES_NOW = "test_failures.txt"  # in OUT: the tests stage's tracebacks, written as they happen
+
 
 def read_junit(path: Path) -> dict | None:
     if not path.exists():

@@ -20,8 +20,9 @@ def _env(r: dict) -> list[str]:
 def _tests(r: dict) -> list[str]:
     lines = [f"- {r['tests']} run, {r['failures']} failed, {r['errors']} errors, {r['skipped']} skipped "
              + ("before the time limit stopped it (from tests.log)" if r.get("cut_short") else
-                f"in {r['seconds']:.0f} s (junit.xml)") + "; -x stops at the first failure"]
-    return lines + [f"- failed: `{name}`" for name in r["failed"]]
+                f"in {r['seconds']:.0f} s (junit.xml)") + "; pytest stops after --maxfail failures (1: -x)"]
+    lines += [f"- failed: `{name}`" for name in r["failed"]]
+    return lines + ([f"- tracebacks, as they happened: {r['tracebacks']} (in logs.tar.gz)"] if r.get("tracebacks") else [])
 
 
 def _variants(r: dict) -> list[str]:

@@ -157,12 +157,29 @@ def test_a_test_stage_cut_short_reports_the_outcomes_pytest_printed(tmp_path):
     log.write_text("tests/test_a.py::test_one PASSED   [ 10%]\ntests/test_a.py::test_two FAILED   [ 20%]\nnoise\n")
     got = gpu_check.read_pytest_log(log)  # from gpu_check_read.py
     assert (got["tests"], got["failures"], got["failed"], got["cut_short"]) == (2, 1, ["tests/test_a.py::test_two"], True)
-    assert gpu_check.collect("tests", tmp_path) == got  # no junit.xml: read from the log
+    assert gpu_check.collect("tests", tmp_path) == {**got, "tracebacks": None}  # no junit.xml: read from the log
     # pytest-xdist's workers print the outcome before the test's id
     log.write_text("[gw0] [ 10%] PASSED tests/test_a.py::test_one \n[gw1] [ 20%] ERROR tests/test_b.py::test_x[1] \n"
                    "[gw1] [ 30%] SKIPPED tests/test_b.py::test_y \n")
     got = gpu_check.read_pytest_log(log)
     assert (got["tests"], got["errors"], got["skipped"], got["failed"]) == (3, 1, 1, ["tests/test_b.py::test_x[1]"])
+
+
+def test_the_tests_stage_keeps_each_failures_traceback_when_it_is_killed(tmp_path):
+    """pytest prints tracebacks at the end: a stage killed at its limit kept none. The plugin
+    writes each failure as it happens, once under pytest-xdist (the controller's copy)."""
+    gpu_check = load_gpu_check()
+    (tmp_path / "test_two.py").write_text("import time\n\n\ndef test_fails():\n    assert 1 + 1 == 3, 'arithmetic'\n\n\n"
+                                          "def test_hangs():\n    time.sleep(60)\n")
+    env = gpu_check.stage_env_vars("tests", {**os.environ, "PYTHONPATH": ""}, tmp_path)
+    command = [sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider", "-p", "pytest_failures_now", "-n", "2",
+               str(tmp_path / "test_two.py")]
+    assert gpu_check.run_stage(command, 12.0, tmp_path / "tests.log", env) == ("timeout", None)
+    text = (tmp_path / gpu_check.FAILURES_NOW).read_text()
+    assert text.count("=====") == 1 and "test_two.py::test_fails (call)" in text and "arithmetic" in text
+    got = gpu_check.collect("tests", tmp_path)  # no junit.xml: the outcomes from the log, the tracebacks' file
+    assert [f.endswith("test_two.py::test_fails") for f in got["failed"]] == [True]
+    assert got["tracebacks"] == gpu_check.FAILURES_NOW
 
 
 def test_the_optional_deterministic_stage_runs_under_the_xla_flag_it_names(tmp_path):
@@ -286,6 +303,11 @@ def test_the_full_checks_stage_commands_parse_in_the_scripts_they_call(tmp_path)
         assert args.torch_processes == processes  # the process peer (R-independent) is timed once, in the first
     tests = commands["tests"]  # the full stage's tests run in pytest-xdist workers, a file to a worker
     assert tests[tests.index("-n") + 1] == str(gpu_check.TEST_WORKERS) and "loadfile" in tests
+    assert "--maxfail=1" in tests and tests[tests.index("pytest_failures_now") - 1] == "-p"  # -x; tracebacks kept
+    # a second call: the whole suite, every failure, more workers
+    whole = gpu_check.stage_commands(gpu_check.parse_args(["--out", str(tmp_path), "--tests", "all", "--maxfail", "50",
+                                                           "--test-workers", "14"]))["tests"]
+    assert whole[-1] == "tests" and "--maxfail=50" in whole and whole[whole.index("-n") + 1] == "14"
     profile = load_script(SCRIPT.parent / "profile_task.py", "cljax_profile_task").parse_args(commands["profile"][2:])
     assert (profile.repeats, profile.steps, profile.calls) == (128, 50, 3)
     configs = {}
