@@ -80,7 +80,8 @@ GPU_TESTS = ["tests/test_end_to_end.py::test_saved_accuracy_equals_recomputation
 GPU_TESTS_REST = ["tests/test_sharding.py", "tests/test_scale.py", "tests/test_schedule.py", "tests/test_methods.py",
                   "tests/test_heads.py", "tests/test_reliability.py", "tests/test_run_folder.py",
                   "tests/test_run_folder_split.py", "tests/test_run_folder_inputs.py", "tests/test_profile_task.py", "tests/test_benchmark_smoke.py", "tests/test_analysis_glue.py",
-                  "tests/test_fused.py"]
+                  "tests/test_fused.py", "tests/test_trace.py", "tests/test_options_units.py", "tests/test_built_programs.py",
+                  "tests/test_resnet_im2col.py"]
 SMOKE_TESTS = ["tests/test_precision.py::test_a_bad_precision_is_one_clear_error"]
 # (stage, seconds it may take: full, smoke), in the order the stages run: what a GPU session must
 # learn first (the tests at the defaults, the goals' table) before the candidates (variants).
