@@ -20,11 +20,12 @@ row cannot see a fresh process's autotuner picking other kernels; a resumed run'
 The JSON is rewritten after every variant, so a stage cut short by its time limit keeps what it
 finished. The variants are ordered by what the next GPU session must learn first: an H200
 compiled each in 5.5 to 22 s (docs/benchmark.md, "Measured on an H200"), so the stage's 70 s holds
-four or five of the twenty. First the defaults at R = 32 and 128 (the goals' sizes), the
+four or five of the twenty-two. First the defaults at R = 32 and 128 (the goals' sizes), the
 compile-to-compile check and the one lowering near the follow-up's threshold (fused-im2col at R =
-128: the follow-up reads these), then unrolling at R = 1 (never measured on a GPU), then the
-other settings and lowerings at R = 128 (precision, bfloat16, XLA's convolution, fused), then
-the other choices at R = 32.
+128: the follow-up reads these), then what no GPU session has timed yet: unrolling at R = 1, and
+the ResNet's default (im2col) against XLA's convolution at R = 32 (compared with the ResNet's
+default: each model's rows have their own reference); then the other settings and lowerings at
+R = 128 (precision, bfloat16, XLA's convolution, fused), then the other choices at R = 32.
 """
 
 from __future__ import annotations
@@ -37,13 +38,15 @@ from pathlib import Path
 METRICS = ("train_loss", "train_acc", "expert_test_acc")  # (L, R) in a task's trace
 OTHER = "other"  # a lowering choice: the one the backend's default ("auto") is not
 RECOMPILE = "recompile"  # not a setting: build and compile the program again, without the persistent cache
+REFERENCES = ("default", "resnet default")  # the rows others are compared with, at their R and model
 
 
 DETERMINISTIC_FLAG = "--xla_gpu_exclude_nondeterministic_ops=true"
 
 
 def variant_list(smoke: bool, which: str = "all") -> list[tuple[str, int, dict]]:
-    """(name, R, settings), in the order they run; each R's default comes before its other rows.
+    """(name, R, settings), in the order they run; each R's (and model's) reference, a name of
+    REFERENCES, comes before the rows compared with it.
     ``which="deterministic"``: the rows the check's optional ``deterministic`` stage runs under
     DETERMINISTIC_FLAG (in a process of its own: XLA reads its flags once), the default (im2col)
     and the other convolutions: lax, whose max-pool gradient is a select-and-scatter, and the
@@ -61,6 +64,7 @@ def variant_list(smoke: bool, which: str = "all") -> list[tuple[str, int, dict]]
     return [("default", 32, {}), ("default", 128, {}), ("default, compiled again", 32, {RECOMPILE: True}),
             ("conv fused-im2col", 128, {"conv_impl": "fused-im2col"}),
             ("default", 1, {}), ("scan unroll 4", 1, {"scan_unroll": 4}), ("scan unroll 16", 1, {"scan_unroll": 16}),
+            ("resnet default", 32, {"model": "resnet"}), ("resnet conv other", 32, {"model": "resnet", "conv_impl": OTHER}),
             ("precision default", 128, {"matmul_precision": "default"}), ("bfloat16", 128, {"compute_dtype": "bfloat16"}),
             ("conv other", 128, {"conv_impl": OTHER}), ("conv fused", 128, {"conv_impl": "fused"}),
             ("learner/expert other", 32, {"learner_expert": OTHER}), ("repeats other", 32, {"repeat_axis": OTHER}),
@@ -130,10 +134,11 @@ def measure_variants(fashion_dir: str, smoke: bool, size: dict, json_path: Path,
         else:
             samples = config.steps_per_task * config.batch_size * R * 2  # learner + expert
             row.update(timing, samples_per_s=samples / timing["seconds_per_task_program"])
-            if name == "default":
-                refs[R] = (got, row["samples_per_s"])
-            elif R in refs:
-                ref, ref_speed = refs[R]
+            key = (R, settings.get("model"))  # each model's rows against its own default
+            if name in REFERENCES:
+                refs[key] = (got, row["samples_per_s"])
+            elif key in refs:
+                ref, ref_speed = refs[key]
                 row["speed_vs_default"] = row["samples_per_s"] / ref_speed
                 row.update(largest_differences(got, ref))
         result["rows"].append(row)
@@ -198,7 +203,7 @@ def largest_differences(got: dict, ref: dict) -> dict:
 def variants_markdown(r: dict) -> list[str]:
     """The stage's table for summary.md."""
     lines = [f"One task at {r['config']}, the same start and data at each R; differences from that R's default "
-             f"(the first row at each R). Settings change the numbers; lowering choices only by rounding. "
+             f"(the first row at each R; the ResNet's rows from its own default). Settings change the numbers; lowering choices only by rounding. "
              f"'run to run': the largest difference between calls of one executable on the same inputs; "
              f"'compiled again': the default compiled a second time without the persistent cache, in the same process "
              f"(XLA:GPU's autotuning results are kept per process: kernel choices are reused).", "",
@@ -216,7 +221,7 @@ def variants_markdown(r: dict) -> list[str]:
                  f"{low['compute_dtype']}, unroll {low['scan_unroll']}",
                  f"{row['samples_per_s']:,.0f}",
                  f"{row['speed_vs_default']:.2f}x" if "speed_vs_default" in row else
-                 ("1.00x" if row["variant"] == "default" else "-"), f"{row['compile_seconds']:.1f}"]
+                 ("1.00x" if row["variant"] in REFERENCES else "-"), f"{row['compile_seconds']:.1f}"]
         cells += [f"{row[k]:.2e}" if k in row else "-" for k in (
             "max_weight_diff_relative_to_max_weight", "max_train_loss_diff", "max_train_acc_diff",
             "max_expert_test_acc_diff", "mean_final_train_acc_diff", "run_to_run_max_diff")]

@@ -221,6 +221,22 @@ def test_a_variant_that_fails_is_a_row_that_says_why_and_the_stage_goes_on(tmp_p
     assert "| 2 | default, compiled again | {} | failed: RuntimeError: INTERNAL" in table
 
 
+def test_the_resnets_rows_are_compared_with_the_resnets_own_default(tmp_path, monkeypatch):
+    variants = load_script(SCRIPT.parent / "gpu_variants.py", "cljax_gpu_variants")
+    size = {k: v for k, v in load_gpu_check().SMOKE_SIZE.items() if k != "mlp_hidden"}  # the first row: the MLP
+    small = {"model": "resnet", "resnet_width": 4, "resnet_blocks": 1, "resnet_hidden": 8}
+    monkeypatch.setattr(variants, "variant_list", lambda smoke, which="all": [
+        ("default", 2, {}), ("resnet default", 2, small), ("resnet conv other", 2, {**small, "conv_impl": variants.OTHER})])
+    result = variants.measure_variants(str(FASHION_DIR), True, size, tmp_path / "variants.json", rounds=1)
+    mlp, resnet, other = result["rows"]
+    assert "speed_vs_default" not in mlp and "speed_vs_default" not in resnet and "error" not in other
+    assert (resnet["lowering"]["conv"], other["lowering"]["conv"]) == ("im2col", "lax")
+    # against the ResNet's default, not the MLP's (whose weights have other shapes): a lowering, rounding only
+    assert other["speed_vs_default"] > 0 and other["max_weight_diff_relative_to_max_weight"] < 1e-3
+    table = "\n".join(variants.variants_markdown(result))
+    assert "| 2 | resnet default |" in table and table.count("| 1.00x |") == 2
+
+
 def test_a_second_call_can_run_the_other_gpu_relevant_tests_with_a_longer_limit(tmp_path):
     gpu_check = load_gpu_check()
     args = gpu_check.parse_args(["--stages", "tests", "--tests", "rest", "--limit", "tests=400"])
@@ -244,21 +260,23 @@ def test_the_gpu_variants_put_each_r_default_first_and_every_setting_is_a_valid_
         rows = variants.variant_list(False, which)
         assert len({(name, R) for name, R, _ in rows}) == len(rows), which
         seen = set()
-        for name, R, settings in rows:
-            assert name == "default" or R in seen, (which, name, R)
-            seen.add(R)
+        for name, R, settings in rows:  # each model's rows after its own reference at that R
+            assert name in variants.REFERENCES or (R, settings.get("model")) in seen, (which, name, R)
+            seen.add((R, settings.get("model")))
             settings = {k: variants.the_other(k) if v == variants.OTHER else v for k, v in settings.items()
                         if k != variants.RECOMPILE}
             Config.from_flat(dataset="fashion_mnist", n_repeats=R, **settings).validate()
     rows = variants.variant_list(False)
     # first what the follow-up reads (the defaults at the goals' sizes, the compile-to-compile check,
     # the lowering near its threshold), then unrolling at R = 1, never measured on a GPU
-    assert [(n, R) for n, R, _ in rows[:7]] == [("default", 32), ("default", 128), ("default, compiled again", 32),
+    assert [(n, R) for n, R, _ in rows[:9]] == [("default", 32), ("default", 128), ("default, compiled again", 32),
                                                 ("conv fused-im2col", 128), ("default", 1), ("scan unroll 4", 1),
-                                                ("scan unroll 16", 1)]
+                                                ("scan unroll 16", 1), ("resnet default", 32), ("resnet conv other", 32)]
+    assert rows[8][2] == {"model": "resnet", "conv_impl": variants.OTHER}  # the ResNet's lax against its im2col
     assert {(n, R) for n, R, _ in rows} >= {("conv fused", 128), ("conv fused", 32)}
     # the other settings and lowerings at R = 128 run before the other R = 32 rows (where the time may end)
-    first_at_32 = next(i for i, (n, R, _) in enumerate(rows) if R == 32 and n not in ("default", "default, compiled again"))
+    first_at_32 = next(i for i, (n, R, s) in enumerate(rows)
+                       if R == 32 and n not in ("default", "default, compiled again") and "model" not in s)
     before = [s for _, R, s in rows[:first_at_32] if R == 128]
     assert {s.get("conv_impl") for s in before} >= {"fused-im2col", "fused", variants.OTHER}
     assert {"matmul_precision": "default"} in before and {"compute_dtype": "bfloat16"} in before
