@@ -50,14 +50,14 @@ import os, signal, sys, time
 from cljax import cli
 from cljax.analysis import driver
 
-write_all = driver._write_all
+write_all = driver.write_all
 
-def stopped_while_writing(out, writers):
+def stopped_while_writing(out, writers, algo_dir, run_id):
     os.kill(os.getpid(), signal.SIGTERM)
     time.sleep(1.0)  # the handler has run by now, and waits for the lock
-    write_all(out, writers)
+    write_all(out, writers, algo_dir, run_id)
 
-driver._write_all = stopped_while_writing
+driver.write_all = stopped_while_writing
 sys.exit(cli.main(["analyze", sys.argv[1], "--no-glue", "--no-plots"]))
 """
 

@@ -47,14 +47,14 @@ from cljax.analysis.analyses import COLLAPSE_DROP  # importing it registers the 
 from cljax.analysis.band import keeps_dense
 from cljax.analysis.cl import VARIANTS
 from cljax.analysis.glue import N_PROBES
+from cljax.analysis.out_folder import output_folder, write_all
 from cljax.analysis.probe import RIDGE
 from cljax.analysis.registry import Options, RunContext, TaskFolder, get, registered
 from cljax.analysis.spread import RULE, jsonable
-from cljax.checkpoint import RUN_RECORD, read_run_record
+from cljax.checkpoint import read_run_record
 from cljax.devices.memory import host_available_bytes
 from cljax.errors import CljaxError
 from cljax.initial_state import INITIAL
-from cljax.output_guard import check_not_a_run_result
 from cljax.run_folder import verify_task_dir
 
 # The listing order of the built-in files in ``summary["files"]`` (that of earlier versions);
@@ -129,8 +129,8 @@ def analyze_run(
     dirs = results.first_task_dirs(algo_dir)
     if not dirs:
         raise CljaxError(f"{algo_dir} holds no complete task folder: run the experiment first.")
-    check = _verifier(algo_dir, dirs[0])
-    out = _output_folder(algo_dir, out_dir)
+    check, run_id = _verifier(algo_dir, dirs[0])
+    out = output_folder(algo_dir, out_dir, run_id)
     n = len(dirs)
 
     folder = TaskFolder(0, dirs[0], check(dirs[0], 0))
@@ -173,6 +173,7 @@ def analyze_run(
 
     summary: dict[str, Any] = {
         "algo_dir": str(algo_dir),
+        "run_id": run_id,
         "n_task_folders": n,
         "n_eval_tasks": T,
         "complete": n == T,
@@ -194,7 +195,7 @@ def analyze_run(
                **figures,  # NaN: the (R, n, T) rows of a long run with --eval-tasks current or window:K
                "summary.json": lambda path: path.write_text(json.dumps(summary, indent=1, allow_nan=False))}
     with critical if critical is not None else contextlib.nullcontext():
-        _write_all(out, writers)
+        write_all(out, writers, algo_dir, run_id)
     return summary
 
 
@@ -207,58 +208,6 @@ def _progress_bar(total: int):
                 disable=None)
 
 
-def _output_folder(algo_dir: Path, out_dir) -> Path:
-    """Where the analysis goes, checked before any folder is read; created only when the files
-    are written (a refused run leaves no empty folder). Not a run's own folder: its files would
-    mix with the run's (the default is ALGO_DIR/analysis)."""
-    if out_dir is not None and not str(out_dir).strip():
-        raise CljaxError("--out is empty: pass a folder, or leave it out for ALGO_DIR/analysis.")
-    out = Path(out_dir) if out_dir is not None else algo_dir / "analysis"
-    if (out / RUN_RECORD).exists() or (out.is_dir() and results.task_dirs(out)):
-        raise CljaxError(f"--out {out} is a run's folder (it holds run.json or task folders): its analysis goes "
-                         f"into {out / 'analysis'}; pass another --out.")
-    own = algo_dir.resolve()
-    for above in out.resolve().parents:
-        if (above / RUN_RECORD).is_file() and above != own:  # another run's analysis would be replaced
-            raise CljaxError(f"--out {out} is inside another run's folder ({above} holds run.json): pass a folder "
-                             f"outside it, or analyze that run itself.")
-    check_not_a_run_result("--out", out)  # inside its own run: in a task folder or initial/, say
-    probe = out
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    if not probe.is_dir():
-        raise CljaxError(f"{probe} is a file, not a folder: pass --out with a writable folder.")
-    if not os.access(probe, os.W_OK):
-        raise CljaxError(f"cannot write to {probe}: pass --out with a writable folder.")
-    return out
-
-
-def _write_all(out: Path, writers: dict) -> None:
-    """Each file under a temporary name first, then all renamed into place: a full disk or a
-    stop half-way leaves the previous analysis whole, not some of its files replaced."""
-    new_folder = not out.exists()
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise CljaxError(f"cannot create {out} ({exc.strerror}): pass --out with a writable folder.") from None
-    tmp = {name: out / f".tmp-{os.getpid()}-{name}" for name in writers}
-    try:
-        for name, write in writers.items():
-            write(tmp[name])
-    except BaseException as exc:
-        for path in tmp.values():
-            path.unlink(missing_ok=True)
-        if new_folder:  # no empty analysis folder left behind
-            with contextlib.suppress(OSError):
-                out.rmdir()
-        if not isinstance(exc, OSError):
-            raise
-        raise CljaxError(f"cannot write the analysis to {out} ({exc.strerror or exc}): free space there or pass --out "
-                         f"with another folder; the previous analysis there is left as it was.") from None
-    for name, path in tmp.items():
-        os.replace(path, out / name)
-
-
 # Host memory of the analysis per cell of its (R, n, T) accuracy matrices (or of the band, (R, n,
 # K), when they are not kept dense), at its peak: about 19 float64 arrays of that shape
 # (docs/scale.md, "Analysis of long runs").
@@ -266,7 +215,7 @@ BYTES_PER_CELL = 160
 
 
 def _verifier(algo_dir: Path, first: Path):
-    """check(folder, t) -> its metadata; one CljaxError line when a task folder is not this run's
+    """(check, run id): check(folder, t) -> its metadata; one CljaxError line when a task folder is not this run's
     whole folder (missing or damaged files, contents other than their recorded sha256, another
     run's id), as a resume checks it; the run is run.json's (or, without one, task_000's).
     initial/, which the weight-change metrics read, is checked here at once."""
@@ -285,7 +234,7 @@ def _verifier(algo_dir: Path, first: Path):
         check(algo_dir / INITIAL, -1, "run the run's `cljax run` command again, which writes it again from the "
                                       f"seed (finished or not), or move {INITIAL}/ out (the change from the initial "
                                       "weights is then left out)")
-    return check
+    return check, run_id
 
 
 def _pm(entry, digits: int = 4) -> str:

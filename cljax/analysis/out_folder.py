@@ -1,0 +1,124 @@
+"""Where ``cljax analyze`` writes (``ALGO_DIR/analysis`` or ``--out``), and how.
+
+An analysis replaces only what an analysis wrote. A folder is an earlier analysis when its
+summary.json is one (a JSON object naming the run it analysed, ``algo_dir``); there, a .json,
+.npz or .png file may be replaced (what analyses write, and the rule --overwrite reads a run's
+analysis/ folder by), whichever analysis of the run wrote it, and so may a file that summary
+lists (a plugin analysis's own kind of file). Anywhere else, a file of the same
+name as one about to be written (a researcher's own summary.json in the folder given to --out,
+say) is refused before anything is written, and so is the analysis of another run (another
+``run_id``; summaries written before it was recorded are taken as this run's).
+Files of other names are left alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+
+from cljax import results
+from cljax.checkpoint import RUN_RECORD
+from cljax.errors import CljaxError
+from cljax.output_guard import check_not_a_run_result
+
+SUMMARY = "summary.json"
+ANALYSIS_SUFFIXES = (".json", ".npz", ".png")
+
+__all__ = ["output_folder", "write_all"]
+
+
+def output_folder(algo_dir: Path, out_dir, run_id: str | None) -> Path:
+    """Where the analysis goes, checked before any folder is read; created only when the files
+    are written (a refused run leaves no empty folder). Not a run's own folder: its files would
+    mix with the run's (the default is ALGO_DIR/analysis)."""
+    if out_dir is not None and not str(out_dir).strip():
+        raise CljaxError("--out is empty: pass a folder, or leave it out for ALGO_DIR/analysis.")
+    out = Path(out_dir) if out_dir is not None else algo_dir / "analysis"
+    if (out / RUN_RECORD).exists() or (out.is_dir() and results.task_dirs(out)):
+        raise CljaxError(f"--out {out} is a run's folder (it holds run.json or task folders): its analysis goes "
+                         f"into {out / 'analysis'}; pass another --out.")
+    own = algo_dir.resolve()
+    for above in out.resolve().parents:
+        if (above / RUN_RECORD).is_file() and above != own:  # another run's analysis would be replaced
+            raise CljaxError(f"--out {out} is inside another run's folder ({above} holds run.json): pass a folder "
+                             f"outside it, or analyze that run itself.")
+    check_not_a_run_result("--out", out)  # inside its own run: in a task folder or initial/, say
+    probe = out
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise CljaxError(f"{probe} is a file, not a folder: pass --out with a writable folder.")
+    if not os.access(probe, os.W_OK):
+        raise CljaxError(f"cannot write to {probe}: pass --out with a writable folder.")
+    check_replaceable(out, algo_dir, run_id, [SUMMARY])  # the common case at once, before the analysis runs
+    return out
+
+
+def _earlier_analysis(out: Path) -> dict | None:
+    """The summary of the analysis written in ``out`` before, or None when its summary.json is
+    missing or is not one."""
+    try:
+        summary = json.loads((out / SUMMARY).read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return summary if isinstance(summary, dict) and isinstance(summary.get("algo_dir"), str) else None
+
+
+def check_replaceable(out: Path, algo_dir: Path, run_id: str | None, names) -> None:
+    """One CljaxError line, before anything is written, when writing ``names`` into ``out``
+    would replace a file no analysis of this run wrote there."""
+    taken = sorted(name for name in names if os.path.lexists(out / name))
+    if not taken:
+        return
+    own = out == algo_dir / "analysis"  # the run's own analysis folder, as --overwrite reads it
+    earlier = _earlier_analysis(out)
+    if earlier is None and own:
+        earlier = {}
+    where = str(out) if own else f"{out} (--out)"
+    if earlier is None:
+        raise CljaxError(f"{where} holds {', '.join(taken)}, which this analysis would replace, and is no earlier cljax "
+                         f"analysis (it has no summary.json of one): pass --out with a new or empty folder, or move "
+                         f"{'those files' if len(taken) > 1 else 'that file'} out (nothing was written).")
+    other = earlier.get("run_id")
+    if isinstance(other, str) and run_id is not None and other != run_id:
+        raise CljaxError(f"{where} holds the analysis of another run ({earlier['algo_dir']}, run id {other}), which "
+                         f"this one would replace: pass --out with another folder, or move that analysis out (nothing "
+                         f"was written).")
+    listed = earlier.get("files") if isinstance(earlier.get("files"), list) else []
+    foreign = [name for name in taken if not (Path(name).suffix in ANALYSIS_SUFFIXES or name in listed)
+               or (out / name).is_symlink() or not (out / name).is_file()]
+    if foreign:
+        them = "them" if len(foreign) > 1 else "it"
+        raise CljaxError(f"{where} holds {', '.join(foreign)}, which this analysis would replace, and no analysis "
+                         f"writes {them} (not a .json, .npz or .png file, or a link): move {them} out, or pass --out "
+                         f"with a new folder (nothing was written).")
+
+
+def write_all(out: Path, writers: dict, algo_dir: Path, run_id: str | None) -> None:
+    """Each file under a temporary name first, then all renamed into place, summary.json first
+    (it marks the folder as an analysis): a full disk or a stop half-way leaves the previous
+    analysis whole, not some of its files replaced."""
+    check_replaceable(out, algo_dir, run_id, writers)
+    new_folder = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CljaxError(f"cannot create {out} ({exc.strerror}): pass --out with a writable folder.") from None
+    tmp = {name: out / f".tmp-{os.getpid()}-{name}" for name in writers}
+    try:
+        for name, write in writers.items():
+            write(tmp[name])
+    except BaseException as exc:
+        for path in tmp.values():
+            path.unlink(missing_ok=True)
+        if new_folder:  # no empty analysis folder left behind
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        if not isinstance(exc, OSError):
+            raise
+        raise CljaxError(f"cannot write the analysis to {out} ({exc.strerror or exc}): free space there or pass --out "
+                         f"with another folder; the previous analysis there is left as it was.") from None
+    for name in sorted(tmp, key=lambda n: n != SUMMARY):
+        os.replace(tmp[name], out / name)

@@ -1,0 +1,98 @@
+"""Where the analysis writes: it replaces only what an analysis wrote (cljax/analysis/out_folder.py)."""
+
+import hashlib
+import json
+import os
+
+import numpy as np
+import pytest
+
+from cljax.analysis import analyze_run
+from cljax.errors import CljaxError
+from tests.run_folder_kit import assert_one_error, run_cli, state
+from tests.test_analysis_driver import write_fake_run
+
+FAST = {"glue": False, "make_plots": False}
+
+
+def fake_run(algo, run_id=None):
+    write_fake_run(algo)
+    if run_id is not None:
+        for d in sorted(algo.glob("task_*")):
+            meta = json.loads((d / "metadata.json").read_text())
+            files = {p.name: {"bytes": p.stat().st_size, "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
+                     for p in d.iterdir() if p.name != "metadata.json"}  # a folder with a run id lists its files
+            (d / "metadata.json").write_text(json.dumps({**meta, "run_id": run_id, "files": files}))
+    return algo
+
+
+def test_a_folder_that_is_no_analysis_keeps_a_file_of_an_analysis_name_and_gets_nothing(tmp_path, capsys):
+    algo = fake_run(tmp_path / "run")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "summary.json").write_text("my notes")
+    (mine / "notes.txt").write_text("kept")
+    before = state(mine)
+    rc, _, err = run_cli(["analyze", str(algo), "--no-glue", "--no-plots", "--out", str(mine)], capsys)
+    assert_one_error(rc, err, f"{mine} (--out) holds summary.json", "no earlier cljax analysis", "nothing was written")
+    assert state(mine) == before and (mine / "summary.json").read_text() == "my notes"
+    (mine / "summary.json").unlink()  # no summary: a name only the write reaches is refused there, all the same
+    (mine / "cl.npz").write_text("mine too")
+    before = state(mine)
+    with pytest.raises(CljaxError, match=r"holds cl\.npz, which this analysis would replace, and is no earlier"):
+        analyze_run(algo, mine, **FAST)
+    assert state(mine) == before  # no temporary file, no summary.json
+
+
+def test_an_earlier_analysis_of_the_same_run_is_replaced_and_other_files_are_left(tmp_path):
+    algo = fake_run(tmp_path / "run", run_id="aaaa")
+    out = tmp_path / "out"
+    first = analyze_run(algo, out, **FAST)
+    assert first["run_id"] == "aaaa" and json.loads((out / "summary.json").read_text())["run_id"] == "aaaa"
+    written = dict(np.load(out / "cl.npz"))
+    (out / "notes.txt").write_text("kept")
+    (out / "cl.npz").write_bytes(b"stale")  # an earlier analysis's file, whatever it holds now
+    again = analyze_run(algo, out, **FAST)
+    assert again["files"] == first["files"]
+    assert sorted(p.name for p in out.iterdir()) == sorted([*first["files"], "notes.txt"])
+    assert (out / "notes.txt").read_text() == "kept"
+    again_cl = np.load(out / "cl.npz")
+    assert sorted(again_cl) == sorted(written) and written["initial_acc"].shape == (2, 3)
+    for key, value in written.items():
+        np.testing.assert_array_equal(again_cl[key], value)
+
+
+def test_the_analysis_of_another_run_or_a_linked_file_is_refused(tmp_path):
+    out = tmp_path / "out"
+    analyze_run(fake_run(tmp_path / "a", run_id="aaaa"), out, **FAST)
+    before = state(out)
+    with pytest.raises(CljaxError, match=r"holds the analysis of another run \(.*run id aaaa\)"):
+        analyze_run(fake_run(tmp_path / "b", run_id="bbbb"), out, **FAST)
+    assert state(out) == before
+    (out / "cl.npz").rename(tmp_path / "elsewhere.npz")
+    os.symlink(tmp_path / "elsewhere.npz", out / "cl.npz")
+    with pytest.raises(CljaxError, match=r"holds cl\.npz, which this analysis would replace, and no analysis writes "
+                                         r"it \(.*a link\)"):
+        analyze_run(tmp_path / "a", out, **FAST)
+    assert (out / "cl.npz").is_symlink()
+
+
+def test_a_summary_without_a_run_id_is_taken_as_this_runs(tmp_path):
+    """Analyses written before the run id was recorded are replaced, as they were."""
+    algo = fake_run(tmp_path / "run", run_id="aaaa")
+    out = tmp_path / "out"
+    analyze_run(algo, out, **FAST)
+    old = json.loads((out / "summary.json").read_text())
+    del old["run_id"], old["files"]
+    (out / "summary.json").write_text(json.dumps(old))
+    assert analyze_run(algo, out, **FAST)["run_id"] == "aaaa"
+
+
+def test_the_runs_own_analysis_folder_is_its_analysis_even_without_a_summary(tmp_path):
+    algo = fake_run(tmp_path / "run")
+    analyze_run(algo, **FAST)
+    (algo / "analysis" / "summary.json").unlink()  # say, removed by hand
+    (algo / "analysis" / "notes.txt").write_text("kept")
+    summary = analyze_run(algo, **FAST)
+    assert summary["run_id"] is None  # the fake run records none
+    assert sorted(p.name for p in (algo / "analysis").iterdir()) == sorted([*summary["files"], "notes.txt"])
