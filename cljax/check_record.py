@@ -13,8 +13,12 @@ Any write to a file changes its change time, which no program can set back, so a
 replaced, truncated or copied file is hashed again; a damaged record (or none) only means that
 everything is. What it does not see is content that changes with no write at all (a failing
 disk): ``cljax analyze`` hashes every file it reads, and deleting verified.json makes the next
-resume hash everything again. A run writes the record only when it resumes, under its lock,
-after every check has passed; a rerun of a finished run reads it and writes nothing.
+resume hash everything again. A run writes the record under its lock: when it resumes, after
+every check has passed, and as it trains: each task folder it writes is noted with the sha256
+hashed while writing it, and the record is saved every ``SAVE_EVERY_S`` seconds and after
+the last task (not at every task: the record grows with the run, and a save writes it whole).
+A requeue after a long uninterrupted stretch then hashes only the folders written since the
+last save. A rerun of a finished run reads it and writes nothing.
 """
 
 from __future__ import annotations
@@ -23,10 +27,13 @@ import json
 import os
 from pathlib import Path
 
+from cljax.results import load_metadata
 from cljax.safe_files import atomic_write, file_sha256
 
 RECORD = "verified.json"
 VERSION = 1
+SAVE_EVERY_S = 300.0  # while a run trains; a stop loses at most this long's notes (hashed again)
+CHECKED_FIELDS = ("task_index", "run_id", "files", "shapes", "eval_tasks", "config")  # what a folder's check reads
 
 
 def identity(path: Path) -> list[int]:
@@ -68,7 +75,7 @@ class CheckRecord:
         except ValueError:
             return None
 
-    # the metadata.json memo (run_folder._checked_metadata): this command's parses and the record's
+    # the metadata.json memo (checked_metadata): this command's parses and the record's
     def get(self, path: Path):
         name = self._name(path)
         entry = self.metadata.get(name) if name is not None else None
@@ -92,6 +99,14 @@ class CheckRecord:
         if name is not None:
             self.hashed[name] = [key, sha256]
 
+    def note_written(self, folder: Path) -> None:
+        """A folder this process has just written (results.write_folder): its metadata.json's
+        checked fields, and each file it lists, as it is now, with the sha256 hashed while it was
+        written; the next check takes them as verified unless they are written again."""
+        meta = checked_metadata(folder, self)
+        for name, entry in meta.get("files", {}).items():
+            self.note(folder / name, identity(folder / name), entry["sha256"])
+
     def save(self, run_id: str) -> None:
         """Write the record (atomically); entries of folders no longer there are dropped."""
         keep = {name for name in {*self.metadata, *self.hashed} if (self.root / name).exists()}
@@ -114,3 +129,24 @@ def content_matches(path: Path, sha256: str | None, record) -> bool:
         return False
     record.note(path, key, sha256)
     return True
+
+
+def checked_metadata(task_dir: Path, memo: dict | None) -> dict:
+    """metadata.json, or only the fields ``verify_task_dir`` reads once ``memo`` holds them for the
+    file as it is now (same inode, size and change times: a file written again is parsed again).
+    A command checks the folder before and after it takes the lock; the second check reuses the
+    first's parse, most of a long run's check (its files list the schedule: megabytes each)."""
+    if memo is None:
+        return load_metadata(task_dir)
+    path = task_dir / "metadata.json"
+    try:
+        st = path.stat()
+    except OSError:
+        return load_metadata(task_dir)  # its own error
+    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    kept = memo.get(path)
+    if kept is not None and kept[0] == key:
+        return kept[1]
+    meta = load_metadata(task_dir)
+    memo[path] = (key, {k: meta[k] for k in CHECKED_FIELDS if k in meta})
+    return meta

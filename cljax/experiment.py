@@ -18,7 +18,7 @@ import numpy as np
 
 from cljax.budget import Budget, choose_eval_chunk, host_problem
 from cljax.budget_disk import block_size, check_disk, disk_files_per_task, disk_run_files, on_disk
-from cljax.check_record import CheckRecord
+from cljax.check_record import SAVE_EVERY_S, CheckRecord
 from cljax.checkpoint import CHECKPOINT, RUN_RECORD, load_learner, new_run_id, save_learner, write_run_record
 from cljax.config import SCHEMA_VERSION, Config, algo_dir_of
 from cljax.data import load_dataset
@@ -159,18 +159,20 @@ def run_experiment(
                     memo.save(run_id)
         return _train(config, data, task_data, schedule, program, start, chunk_tasks, found, algo_dir, run_id, split,
                       task_disk + ckpt_disk, sources=sources, progress=progress, allow_nonfinite=allow_nonfinite,
-                      critical=critical, on_task_end=on_task_end)
+                      critical=critical, on_task_end=on_task_end, memo=memo)
 
 
 def _train(config, data, task_data, schedule, program, start, chunk_tasks, found, algo_dir, run_id, split,
-           disk_per_task, *, sources, progress, allow_nonfinite, critical, on_task_end) -> RunResult:
+           disk_per_task, *, sources, progress, allow_nonfinite, critical, on_task_end, memo) -> RunResult:
     """The task loop, from the first unfinished task; the run folder is locked and prepared.
-    ``start``: the initialised learner and its host copy (``_initial_learner``)."""
+    ``start``: the initialised learner and its host copy (``_initial_learner``); ``memo``: the
+    check record (verified.json), which notes each folder written and is saved now and then."""
     tasks_key = jax.random.fold_in(jax.random.key(config.seed), KEY_TASKS)
     learner, initial = start
+    memo.for_run(run_id)
     if is_writer() and verify_task_dir(algo_dir / INITIAL, -1, run_id, hashes=True) is not None:
         with critical, _disk_errors(algo_dir, found.next_task):
-            write_initial(algo_dir, initial, run_id)
+            memo.note_written(write_initial(algo_dir, initial, run_id))
     first_task = found.next_task if found.record is not None else 0
     replay = list(range(*found.replay)) if found.replay else []  # --repair: trained again first
     if found.replay and found.replay[0] > 0:
@@ -193,6 +195,7 @@ def _train(config, data, task_data, schedule, program, start, chunk_tasks, found
     result.compile_seconds = time.perf_counter() - t0
 
     run_seconds, differing, rewritten = 0.0, [], []
+    saved_at = time.monotonic()
     bar = _progress_bar(config.num_tasks, first_task - len(replay), progress)
     for i, t in enumerate(order):
         replaying = i < len(replay)
@@ -234,7 +237,7 @@ def _train(config, data, task_data, schedule, program, start, chunk_tasks, found
         learner_host = fetch(learner) if rekeep or not replaying else None  # a collective when multi-host: all take part
         with critical, _disk_errors(algo_dir, t):  # the task folder, then the checkpoint that points past it
             if is_writer() and (not replaying or t in found.repair):
-                write_task(algo_dir, t, arrays, metadata)
+                memo.note_written(write_task(algo_dir, t, arrays, metadata))
             elif is_writer() and not same_as_recorded(algo_dir, t, arrays, metadata):  # a whole folder, recomputed
                 differing.append(t)
             if nonfinite and not allow_nonfinite:
@@ -251,6 +254,9 @@ def _train(config, data, task_data, schedule, program, start, chunk_tasks, found
             if is_writer() and rekeep:
                 rewrite_kept(algo_dir, learner_host, t + 1, run_id)
                 rewritten.append(t + 1)
+            if is_writer() and (i + 1 == len(order) or time.monotonic() - saved_at >= SAVE_EVERY_S):
+                memo.save(run_id)
+                saved_at = time.monotonic()
         if replaying and t == replay[-1] and is_writer():
             print(replay_note(found, differing, rewritten), file=sys.stderr)
         run_seconds += seconds

@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cljax.check_record import RECORD, CheckRecord, content_matches
+from cljax.check_record import RECORD, CheckRecord, checked_metadata, content_matches
 from cljax.checkpoint import CHECKPOINT, RUN_RECORD, read_checkpoint_header, read_run_record
 from cljax.config import DATA_DIFFERS, Config, setting_differences
 from cljax.errors import CljaxError, DamagedFile
@@ -31,13 +31,11 @@ from cljax.eval_tasks import eval_ids_of
 from cljax.host import usable_cores
 from cljax.initial_state import INITIAL
 from cljax.kept_checkpoints import KEPT, describe_replay, is_kept_name, repair_start
-from cljax.results import LATER_TASK_FILES, TASK_FILES, load_metadata, task_dir_name, task_dirs
+from cljax.results import LATER_TASK_FILES, TASK_FILES, task_dir_name, task_dirs
 from cljax.run_lock import RUN_LOCK
 from cljax.safe_files import npy_header, safe_load_pickle
 
 ANALYSIS = "analysis"
-# What verify_task_dir reads of metadata.json.
-CHECKED_FIELDS = ("task_index", "run_id", "files", "shapes", "eval_tasks", "config")
 
 
 # ---- what is there -------------------------------------------------------------------------
@@ -258,7 +256,7 @@ def verify_task_dir(task_dir: Path, t: int, run_id: str | None, hashes: bool, in
     if not task_dir.is_dir():
         return f"{task_dir} is not a folder"
     try:
-        meta = _checked_metadata(task_dir, memo)
+        meta = checked_metadata(task_dir, memo)
     except DamagedFile as exc:
         return f"{exc.path} {exc.problem}"
     if into is not None:
@@ -306,27 +304,6 @@ def verify_task_dir(task_dir: Path, t: int, run_id: str | None, hashes: bool, in
             if hashes and not content_matches(path, want.get("sha256"), memo):
                 return _refused_pickle(path) or f"{path} does not match the sha256 recorded when it was written"
     return None
-
-
-def _checked_metadata(task_dir: Path, memo: dict | None) -> dict:
-    """metadata.json, or only the fields ``verify_task_dir`` reads once ``memo`` holds them for the
-    file as it is now (same inode, size and change times: a file written again is parsed again).
-    A command checks the folder before and after it takes the lock; the second check reuses the
-    first's parse, most of a long run's check (its files list the schedule: megabytes each)."""
-    if memo is None:
-        return load_metadata(task_dir)
-    path = task_dir / "metadata.json"
-    try:
-        st = path.stat()
-    except OSError:
-        return load_metadata(task_dir)  # its own error
-    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-    kept = memo.get(path)
-    if kept is not None and kept[0] == key:
-        return kept[1]
-    meta = load_metadata(task_dir)
-    memo[path] = (key, {k: meta[k] for k in CHECKED_FIELDS if k in meta})
-    return meta
 
 
 def _refused_pickle(path: Path) -> str | None:

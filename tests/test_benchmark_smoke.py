@@ -180,3 +180,19 @@ def test_flat_per_task_reports_each_task_asked_for_and_no_compilation_after_the_
     assert 0 < first["seconds"] and 0 < last["median_seconds_last_50"] <= report["wall_seconds"]
     with pytest.raises(SystemExit):  # a task past the run
         flat.main(["--num-tasks", "3", "--at", "4"])
+
+
+def test_check_record_times_the_finished_runs_check_with_and_without_its_record(tmp_path):
+    """benchmarks/check_record.py at two tasks, warm only (--cold drops the machine's page cache):
+    every check finds the run finished, and the run's record is left as the run saved it."""
+    bench = load_script(BENCH.parent / "check_record.py", "cljax_bench_check_record")
+    out = tmp_path / "check.json"
+    bench.main(["--num-tasks", "2", "--n-repeats", "2", "--mlp-hidden", "16", "--times", "2",
+                "--results-dir", str(tmp_path / "run"), "--out", str(out)])
+    report = json.loads(out.read_text())
+    assert sorted(report["check_seconds"]) == ["warm_with_record", "warm_without_record"]
+    assert all(len(v) == 2 and min(v) > 0 for v in report["check_seconds"].values())
+    assert report["run_bytes"] > 100_000 and report["record_bytes"] > 1000
+    assert list(report["best_ratios"]) == ["warm_without_over_with"]
+    record = json.loads((tmp_path / "run" / "synthetic" / "SL_T2" / "verified.json").read_text())
+    assert len(record["hashed"]) == 2 * 6 + 1  # two task folders' files and initial/weights.npy

@@ -11,6 +11,7 @@ import pytest
 
 import cljax.check_record as check_record
 from cljax.check_record import RECORD, CheckRecord
+from cljax.errors import CljaxError
 from cljax.experiment import run_experiment
 from tests.conftest import small_config
 from tests.run_folder_kit import TINY, flip_byte
@@ -74,7 +75,8 @@ def test_a_resume_hashes_only_what_no_earlier_resume_verified(stopped_twice, mon
     run_experiment(config, progress=False)
     # Task 1, written since the last resume, is hashed (once: under the lock); task 0 not at all.
     assert sorted(hashed) == sorted(_task_files(run_dir, [1]) - {run_dir / "task_001" / "metadata.json"})
-    assert len(json.loads((run_dir / RECORD).read_text())["hashed"]) == 2 * 6  # written as it resumed: tasks 0, 1
+    # Saved as it resumed (tasks 0, 1, verified) and after its last task (tasks 2, 3, as written).
+    assert len(json.loads((run_dir / RECORD).read_text())["hashed"]) == 4 * 6
 
 
 def test_a_file_written_since_it_was_verified_is_hashed_again(stopped_twice, capsys):
@@ -109,7 +111,46 @@ def test_a_damaged_or_foreign_record_means_every_file_is_hashed(stopped_twice, m
     expected |= {run_dir / "task_000" / "weights.npy"} if damage == "edited_entry" else (
         _task_files(run_dir, [0]) - {run_dir / "task_000" / "metadata.json"})
     assert sorted(hashed) == sorted(expected)
-    assert len(json.loads(path.read_text())["hashed"]) == 2 * 6  # written anew, whole
+    assert len(json.loads(path.read_text())["hashed"]) == 4 * 6  # written anew, whole: tasks 0, 1 and 2, 3
+
+
+def test_a_run_notes_what_it_writes_and_a_rerun_of_it_finished_hashes_no_task_file(tmp_path, monkeypatch):
+    """Never resumed: the record comes from the run's own writes (each file's sha256 hashed while
+    it was written), saved after the last task."""
+    config = _config(tmp_path)
+    run_experiment(config, progress=False)
+    run_dir = tmp_path / RUN
+    record = json.loads((run_dir / RECORD).read_text())
+    assert record["run_id"] == json.loads((run_dir / "run.json").read_text())["run_id"]
+    tasks = _task_files(run_dir, range(4))
+    metadata = {p for p in tasks if p.name == "metadata.json"}
+    initial = {p for p in (run_dir / "initial").iterdir() if p.name != "metadata.json"}
+    assert {run_dir / name for name in record["hashed"]} == (tasks - metadata) | initial
+    assert {run_dir / name for name in record["metadata"]} == metadata | {run_dir / "initial" / "metadata.json"}
+    for name, (_, sha256) in record["hashed"].items():
+        assert sha256 == check_record.file_sha256(run_dir / name)
+    hashed = _hashed(monkeypatch)
+    assert run_experiment(config, progress=False).first_task == 4  # finished: every folder verified, none read
+    assert hashed == []
+
+
+def test_a_stop_keeps_what_was_saved_before_it_and_damage_since_is_found(tmp_path, monkeypatch, capsys):
+    import cljax.experiment as experiment
+
+    monkeypatch.setattr(experiment, "SAVE_EVERY_S", 0.0)  # saved after every task
+    config = _config(tmp_path)
+    with pytest.raises(Stop):
+        run_experiment(config, progress=False, on_task_end=_stop_after(1))
+    run_dir = tmp_path / RUN
+    record = json.loads((run_dir / RECORD).read_text())
+    assert {run_dir / name for name in record["hashed"] if name.startswith("task_")} == _task_files(
+        run_dir, [0, 1]) - {run_dir / f"task_00{t}" / "metadata.json" for t in (0, 1)}
+    monkeypatch.setattr(experiment, "SAVE_EVERY_S", 300.0)
+    flip_byte(run_dir / "task_001" / "weights.npy")  # written since it was noted: hashed, and found
+    hashed = _hashed(monkeypatch)
+    with pytest.raises(CljaxError, match="task_001/weights.npy does not match the sha256 recorded"):
+        run_experiment(config, progress=False)
+    assert run_dir / "task_001" / "weights.npy" in hashed and not any(p.parent.name == "task_000" for p in hashed)
 
 
 def test_the_record_keeps_an_entry_only_while_the_file_is_as_it_was(tmp_path):

@@ -152,11 +152,11 @@ def test_a_rerun_parses_each_metadata_once_and_sees_a_folder_written_between_its
     """A rerun checks the folders before and again after it takes the lock; a long run's
     metadata.json lists its schedule (megabytes), and parsing it twice was most of a finished
     rerun's time. The second check reuses the first's fields unless the file changed."""
-    from cljax import run_folder
+    from cljax import check_record, run_folder
 
-    run_dir = copy(made, "finished", tmp_path / "r")
+    run_dir = copy(made, "finished", tmp_path / "r")  # a copy: its verified.json vouches for no file
     parsed = []
-    monkeypatch.setattr(run_folder, "load_metadata", lambda d: parsed.append(Path(d).name) or results.load_metadata(d))
+    monkeypatch.setattr(check_record, "load_metadata", lambda d: parsed.append(Path(d).name) or results.load_metadata(d))
     rc, out, err = run_cli(["run", *FLAGS, "--results-dir", str(tmp_path / "r")], capsys)
     assert rc == 0 and "already finished" in out + err, (out, err)
     assert sorted(n for n in parsed if n.startswith("task_")) == ["task_000", "task_001"]  # was each twice
