@@ -6,6 +6,7 @@ import math
 
 import matplotlib.image as mpimg
 import numpy as np
+import pytest
 
 from cljax import cli
 from cljax.analysis import analyze_run
@@ -187,14 +188,15 @@ def reference_probe(X, labels, ridge):
     return correct / len(labels)
 
 
-def test_probe_equals_the_ridge_solve_of_its_definition():
-    """Many small tasks (11 samples, 6 units, unbalanced classes of odd sizes, an offset far from
-    0): every accuracy equals the loop's, for three ridges. The centring, the intercept mean(y),
-    the folds' rounding and lambda = ridge x mean squared norm of the centred rows each change some."""
+@pytest.mark.parametrize("H", [6, 40])  # fewer units than samples (the H x H solve), more (the S x S one)
+def test_probe_equals_the_ridge_solve_of_its_definition(H):
+    """Many small tasks (11 samples, unbalanced classes of odd sizes, an offset far from 0): every
+    accuracy equals the loop's, for three ridges. The centring, the intercept mean(y), the folds'
+    rounding and lambda = ridge x mean squared norm of the centred rows each change some."""
     from cljax.analysis.probe import probe_accuracy
 
     rng = np.random.default_rng(3)
-    n_tasks, S, H = 300, 11, 6
+    n_tasks, S = 300, 11
     labels = np.stack([rng.permutation(np.r_[np.zeros(4, int), np.ones(7, int)]) for _ in range(n_tasks)])
     reps = rng.normal(size=(n_tasks, S, H)) + 0.7 * labels[..., None] * rng.normal(size=(n_tasks, 1, H)) + 3.0
     for ridge in (0.03, 0.1, 1.0):

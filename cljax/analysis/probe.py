@@ -70,12 +70,17 @@ def _fit_and_test(X, y, fit, ridge: float):
     y_mean = (m[..., 0] * y).sum(axis=-1, keepdims=True) / n
     yc = (y - y_mean) * m[..., 0]
     Zf = Z * m
-    G = np.swapaxes(Zf, -1, -2) @ Zf  # (..., H, H)
-    H = G.shape[-1]
+    S, H = Zf.shape[-2:]
+    Zt = np.swapaxes(Zf, -1, -2)
+    # The same probe in whichever of its two forms has the smaller system: with fewer samples
+    # than units, (Z^T Z + lambda I)^-1 Z^T = Z^T (Z Z^T + lambda I)^-1 solves S x S, not H x H.
+    G = Zf @ Zt if S < H else Zt @ Zf  # (..., S, S) or (..., H, H); either trace is sum |Zf|^2
     lam = ridge * np.trace(G, axis1=-2, axis2=-1) / n[..., 0]
     lam = np.where(lam > 0, lam, ridge)[..., None, None]
-    w = np.linalg.solve(G + lam * np.eye(H), (np.swapaxes(Zf, -1, -2) @ yc[..., None]))[..., 0]
-    score = (Z @ w[..., None])[..., 0] + y_mean
+    if S < H:
+        score = (Z @ (Zt @ np.linalg.solve(G + lam * np.eye(S), yc[..., None])))[..., 0] + y_mean
+    else:
+        score = (Z @ np.linalg.solve(G + lam * np.eye(H), Zt @ yc[..., None]))[..., 0] + y_mean
     correct = ((score > 0) == (y > 0)) & ~fit
     return correct.sum(axis=-1), (~fit).sum(axis=-1)
 
