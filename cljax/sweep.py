@@ -32,6 +32,16 @@ from cljax.settings import (Parser, add_repair_flag, add_run_flags, add_settings
                             load_plugins_from_argv, parse_setting, setting_specs)
 
 
+def comma_items(text: str, flag: str, example: str) -> list[str]:
+    """"0,1,2" -> ["0", "1", "2"]; an empty item (``1,,2``, ``1,2,``: a value left out by a typo,
+    which a sweep would otherwise run without) is one CljaxError line."""
+    items = [item.strip() for item in text.split(",")]
+    if "" in items:
+        raise CljaxError(f"{flag} {text!r} has an empty item: write the values between single commas, e.g. "
+                         f"{flag} {example}.")
+    return items
+
+
 def parse_grid(items: list[str]) -> dict[str, list]:
     """["lr=0.01,0.05", "epochs=1,2"] -> {"lr": [0.01, 0.05], "epochs": [1, 2]}."""
     grid: dict[str, list] = {}
@@ -50,9 +60,9 @@ def parse_grid(items: list[str]) -> dict[str, list]:
             raise CljaxError(f"--grid {name}: not a setting of cljax run; choose among {', '.join(settable)}.")
         if name in grid:
             raise CljaxError(f"--grid {name} given twice: list all its values in one --grid {name}=V1,V2.")
-        parsed = [parse_setting(name, v.strip())[1] for v in values.split(",") if v.strip()]
-        if not parsed:
+        if not values.strip():
             raise CljaxError(f"--grid {name}=: give at least one value.")
+        parsed = [parse_setting(name, v)[1] for v in comma_items(values, f"--grid {name}=", "0.01,0.05")]
         grid[name] = parsed
     return grid
 
@@ -297,12 +307,12 @@ def sweep_main(argv: list[str]) -> int:
     base = config_from_args(args)
     base_flat = {dest: getattr(args, dest) for dest in setting_specs()}
     grid = parse_grid(args.grid)
+    if args.seeds is not None and not args.seeds.strip():
+        raise CljaxError(f"--seeds {args.seeds!r} names no seed: write comma-separated integers, e.g. --seeds 0,1,2.")
     try:
-        seeds = [int(s) for s in args.seeds.split(",") if s.strip()] if args.seeds else [base.seed]
+        seeds = [int(s) for s in comma_items(args.seeds, "--seeds", "0,1,2")] if args.seeds else [base.seed]
     except ValueError:
         raise CljaxError(f"--seeds {args.seeds!r}: write comma-separated integers, e.g. --seeds 0,1,2.") from None
-    if not seeds:
-        raise CljaxError(f"--seeds {args.seeds!r} names no seed: write comma-separated integers, e.g. --seeds 0,1,2.")
     try:
         parse_minutes(args.slurm_time)
     except ValueError:

@@ -231,8 +231,11 @@ def test_sweep_pieces_name_the_error_keep_earlier_sweeps_and_refuse_no_seeds(tmp
     assert len(kept) == 1 and kept[0].read_text().startswith('{"runs": [{"tag": "a"')
     assert json.loads(damaged.read_text())["earlier"] == [] and "is kept as" in capsys.readouterr().err
 
-    assert main(["sweep", "--dataset", "synthetic", "--results-dir", str(tmp_path), "--seeds", ","]) == 2
+    assert main(["sweep", "--dataset", "synthetic", "--results-dir", str(tmp_path), "--seeds", " "]) == 2
     assert "names no seed" in capsys.readouterr().err
+    for seeds in (",", "1,,2", "1,2,"):  # a seed left out by a typo: the sweep would run without it
+        assert main(["sweep", "--dataset", "synthetic", "--results-dir", str(tmp_path), "--seeds", seeds]) == 2
+        assert f"--seeds {seeds!r} has an empty item" in capsys.readouterr().err
     with pytest.MonkeyPatch.context() as patch:  # submitit comes with the sweep extra
         patch.setitem(sys.modules, "submitit", None)
         assert main(["sweep", "--dataset", "synthetic", "--results-dir", str(tmp_path / "s"), "--executor", "local"]) == 2

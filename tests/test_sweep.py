@@ -35,9 +35,12 @@ def test_tags_are_one_to_one_and_folders_differing_in_case_are_refused(tmp_path)
 
 
 def test_the_grid_is_checked_as_it_is_read():
-    assert sweep.parse_grid(["--n-repeats=2, ,4,", "lr=0.1"]) == {"n_repeats": [2, 4], "lr": [0.1]}
+    assert sweep.parse_grid(["--n-repeats=2, 4 ", "lr=0.1"]) == {"n_repeats": [2, 4], "lr": [0.1]}
+    # An empty item is a value left out by a typo: the sweep would run without it.
     for bad, match in ((["lr=0.1", "lr=0.2"], "--grid lr given twice"), (["results_dir=a"], "its own folder"),
-                       (["lr=,"], "at least one value")):
+                       (["lr= "], "at least one value"), (["lr=,"], "has an empty item"),
+                       (["n_repeats=2, ,4"], r"--grid n_repeats= '2, ,4' has an empty item"),
+                       (["n_repeats=2,4,"], "has an empty item")):
         with pytest.raises(CljaxError, match=match):
             sweep.parse_grid(bad)
 
