@@ -15,7 +15,7 @@ from cljax.config import Config, algo_dir_of
 from cljax.errors import EXIT_PREEMPTED, CljaxError
 from cljax.settings import Parser as _Parser
 from cljax.settings import (add_repair_flag, add_run_flags, add_settings_flags, check_repair, config_from_args,
-                            load_plugins_from_argv)
+                            load_plugins_from_argv, warn_unused)
 
 
 def _use_every_core(config: Config, overwrite: bool = False) -> None:
@@ -39,6 +39,7 @@ def _cmd_run(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     check_repair(parser, args)
     config = config_from_args(args)
+    warn_unused(parser, args)
     _use_every_core(config, args.overwrite)
     from cljax.experiment import format_summary, run_experiment
 
@@ -137,6 +138,7 @@ def _cmd_plan(argv: list[str]) -> int:
     add_run_flags(parser, " (as in `cljax run`; no effect on the plan)")  # accepted for copy-paste
     args = parser.parse_args(argv)
     config = config_from_args(args)
+    warn_unused(parser, args)
     _use_every_core(config)
     import json
 

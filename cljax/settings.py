@@ -142,3 +142,51 @@ def flat_defaults() -> dict:
     return {dest: spec[3] for dest, spec in setting_specs().items()}
 
 
+
+
+def unused_settings(flat: dict) -> dict[str, str]:
+    """Flat setting -> why the run of these settings does not use it: a setting of a rule, model
+    or dataset the run did not choose, of an option that is off, or one that acts only under
+    another setting's value (``applies_when``)."""
+    config = Config.from_flat(flat)
+    used = config.to_dict()
+    enabled = {name for name, _ in config.option_params}
+    chosen = {"rule": (RULES, "--algorithm", config.algorithm), "model": (MODELS, "--model", config.model),
+              "dataset": (DATASETS, "--dataset", config.dataset)}
+    why = {}
+    for dest, (_, _, meta, _, _, users) in setting_specs().items():
+        if dest not in flat:
+            continue
+        when = (meta or {}).get("applies_when")
+        if when and used.get(when[0]) != when[1]:
+            why[dest] = f"it acts only with --{when[0].replace('_', '-')} {when[1]}"
+        elif users and dest not in used:
+            owners = []
+            for name in users:
+                if name in OPTIONS and name not in enabled:
+                    switches = [option_switch(OPTIONS[name]).replace("_", "-"), *OPTIONS[name].aliases]
+                    turn_on = " or ".join(f"--{a.lstrip('-')}" for a in switches)
+                    owners.append(f"option {name}, which is off ({turn_on} turns it on)")
+                for kind, (registry, flag, value) in chosen.items():
+                    if name in registry and name != value:
+                        owners.append(f"{kind} {name}, and this run's {flag} is {value}")
+            why[dest] = f"it is a setting of {'; of '.join(owners) or ', '.join(users)}"
+    return why
+
+
+def warn_unused(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """A warning line on stderr for each flag given a value (other than its default) that the
+    run does not use: a researcher who forgot an option's switch would otherwise train the
+    baseline, with the option's settings in the command line, and not be told."""
+    import sys
+
+    flat = {dest: getattr(args, dest) for dest in setting_specs() if hasattr(args, dest)}
+    try:
+        Config.from_flat(flat).validate()
+        unused = unused_settings(flat)
+    except CljaxError:  # settings that do not make a run: the run's own check says why, in one line
+        return
+    for dest, why in unused.items():
+        if flat[dest] != parser.get_default(dest):
+            flag = setting_specs()[dest][0]
+            print(f"warning: --{flag} {flat[dest]} has no effect in this run: {why}.", file=sys.stderr)

@@ -29,7 +29,7 @@ from cljax.config import Config
 from cljax.errors import CljaxError, MissingData
 from cljax.safe_files import atomic_write
 from cljax.settings import (Parser, add_repair_flag, add_run_flags, add_settings_flags, check_repair, config_from_args,
-                            load_plugins_from_argv, parse_setting, setting_specs)
+                            load_plugins_from_argv, parse_setting, setting_specs, unused_settings, warn_unused)
 
 
 def comma_items(text: str, flag: str, example: str) -> list[str]:
@@ -102,6 +102,20 @@ def expand(base: dict, grid: dict[str, list], seeds: list[int]) -> list[SweepRun
             runs.append(SweepRun(tag=tag, settings=settings, config=config))
     _check_distinct(runs)
     return runs
+
+
+def check_grid_used(base: dict, runs: list[SweepRun]) -> None:
+    """A grid setting that no run of the sweep uses (an option's setting with the option off, a
+    model's with another model) would train the same run under several names: one CljaxError
+    line, before any job. One that some runs use (``--grid use_cbp=true,false --grid
+    cbp_rate=...``) is fine."""
+    names = list(runs[0].settings) if runs else []
+    for name in names:
+        whys = {unused_settings({**base, **run.settings, "seed": run.config.seed}).get(name) for run in runs}
+        if None not in whys:
+            raise CljaxError(f"--grid {name}=...: no run of the sweep uses it ({sorted(whys)[0]}), so its values would "
+                             f"train the same run under several names: turn on what it belongs to, or leave it out of "
+                             f"the grid.")
 
 
 def _check_distinct(runs: list[SweepRun]) -> None:
@@ -305,6 +319,7 @@ def sweep_main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     check_repair(parser, args)
     base = config_from_args(args)
+    warn_unused(parser, args)
     base_flat = {dest: getattr(args, dest) for dest in setting_specs()}
     grid = parse_grid(args.grid)
     if args.seeds is not None and not args.seeds.strip():
@@ -324,6 +339,7 @@ def sweep_main(argv: list[str]) -> int:
             raise CljaxError(f"--{flag.replace('_', '-')} must be a positive number, got {value}: leave it out for "
                              f"the cluster's default.")
     runs = expand(base_flat, grid, seeds)
+    check_grid_used(base_flat, runs)
     check_against_data(runs, args.overwrite, args.repair)
     root = Path(base.results_dir)
     log_dir = Path(args.log_dir) if args.log_dir else root / "sweep_logs"

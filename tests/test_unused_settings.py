@@ -1,0 +1,73 @@
+"""A flag the run does not use is said, not silently dropped: a warning for run and plan, and
+an error for a sweep grid that no run uses (cljax/settings.py: unused_settings)."""
+
+import pytest
+
+from cljax.cli import main
+from cljax.config import Config
+from cljax.errors import CljaxError
+from cljax.settings import flat_defaults, unused_settings
+from cljax.sweep import check_grid_used, expand
+
+PLAN = ["plan", "--dataset", "synthetic"]
+
+
+def test_each_kind_of_unused_setting_is_named_with_why():
+    why = unused_settings({**flat_defaults(), "sp_lambda": 0.5, "mlp_hidden": 32, "rl_entropy": 0.1,
+                           "head_reset_to": "init", "use_cbp": True, "cbp_rate": 0.01})
+    assert why["sp_lambda"] == ("it is a setting of option shrink_perturb, which is off (--add-plasticity or "
+                                "--shrink-perturb turns it on)")
+    assert why["mlp_hidden"] == "it is a setting of model mlp, and this run's --model is cnn"
+    assert why["rl_entropy"] == "it is a setting of rule RL, and this run's --algorithm is SL"
+    assert why["head_reset_to"] == "it acts only with --head reset"
+    assert "cbp_rate" not in why and "lr" not in why and "use_cbp" not in why  # used: the option is on
+    used = unused_settings({**flat_defaults(), "head": "reset", "model": "mlp", "add_plasticity": True})
+    assert not {"head_reset_to", "mlp_hidden", "sp_lambda"} & set(used)
+    assert set(used) < set(flat_defaults())  # every name it gives is a setting
+
+
+def test_plan_warns_once_per_flag_given_that_the_run_does_not_use(capsys):
+    assert main([*PLAN, "--sp-lambda", "0.5", "--model", "cnn", "--mlp-hidden", "32", "--head-reset-to", "init"]) == 0
+    assert [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning")] == [
+        "warning: --head-reset-to init has no effect in this run: it acts only with --head reset.",
+        "warning: --mlp-hidden 32 has no effect in this run: it is a setting of model mlp, and this run's --model is cnn.",
+        "warning: --sp-lambda 0.5 has no effect in this run: it is a setting of option shrink_perturb, which is off "
+        "(--add-plasticity or --shrink-perturb turns it on)."]
+
+
+@pytest.mark.parametrize("extra", [
+    ["--shrink-perturb", "--sp-lambda", "0.5"],  # used
+    ["--sp-lambda", "0.99"],  # its default: nothing was asked of it
+    ["--preset", "lop-imagenet"],  # the preset's own defaults are not flags given
+    ["--model", "nope", "--mlp-hidden", "32"],  # no run: the run's own check says why, in one line
+])
+def test_no_warning_for_what_the_run_uses_a_default_or_a_preset(capsys, extra):
+    from cljax.settings import Parser, add_settings_flags, warn_unused
+
+    parser = Parser()
+    add_settings_flags(parser, extra)
+    warn_unused(parser, parser.parse_args(extra))
+    assert capsys.readouterr().err == ""
+
+
+def test_a_sweep_grid_that_no_run_uses_is_refused_and_one_some_runs_use_is_not(tmp_path, capsys):
+    base = {**flat_defaults(), "dataset": "synthetic", "results_dir": str(tmp_path)}
+    runs = expand(base, {"sp_lambda": [0.5, 0.9]}, [0])
+    with pytest.raises(CljaxError, match=r"--grid sp_lambda=\.\.\.: no run of the sweep uses it \(it is a setting of "
+                                         r"option shrink_perturb, which is off"):
+        check_grid_used(base, runs)
+    check_grid_used(base, expand(base, {"use_cbp": [True, False], "cbp_rate": [1e-3, 1e-2]}, [0]))  # the cbp runs
+    check_grid_used({**base, "add_plasticity": True}, expand({**base, "add_plasticity": True},
+                                                             {"sp_lambda": [0.5, 0.9]}, [0, 1]))
+    rc = main(["sweep", "--dataset", "synthetic", "--results-dir", str(tmp_path), "--grid", "mlp_hidden=16,32",
+               "--executor", "local"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "--grid mlp_hidden=...: no run of the sweep uses it" in err
+    assert not any(tmp_path.iterdir())  # nothing submitted, nothing written
+
+
+def test_the_settings_a_run_uses_are_its_configs_own():
+    """The rule behind it: Config.to_dict holds exactly the settings the run uses."""
+    flat = {**flat_defaults(), "model": "mlp", "use_replay": True}
+    used = Config.from_flat(flat).to_dict()
+    assert set(flat) - set(used) == set(unused_settings(flat)) - {"head_reset_to"}
