@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 from cljax.results import load_metadata
 from cljax.safe_files import atomic_write, file_sha256
@@ -33,6 +34,7 @@ from cljax.safe_files import atomic_write, file_sha256
 RECORD = "verified.json"
 VERSION = 1
 SAVE_EVERY_S = 300.0  # while a run trains; a stop loses at most this long's notes (hashed again)
+SHARED_FIELDS = ("config", "shapes", "eval_tasks")  # the same in every task folder of a run, mostly
 CHECKED_FIELDS = ("task_index", "run_id", "files", "shapes", "eval_tasks", "config")  # what a folder's check reads
 
 
@@ -52,6 +54,7 @@ class CheckRecord:
         self.run_id = None
         self.metadata: dict[str, list] = {}  # relative path of a metadata.json -> [identity, checked fields]
         self.hashed: dict[str, list] = {}  # relative path of a file -> [identity, sha256 it matched]
+        self._kept: dict[str, Any] = {}  # a repeated field's JSON text -> the one copy of it held
         self._read()
 
     def _read(self) -> None:
@@ -62,7 +65,9 @@ class CheckRecord:
             run_id, metadata, hashed = data["run_id"], dict(data["metadata"]), dict(data["hashed"])
         except (OSError, ValueError, TypeError, KeyError, AttributeError):
             return  # none or damaged: every file is read again
-        self.run_id, self.metadata, self.hashed = run_id, metadata, hashed
+        self.run_id, self.hashed = run_id, hashed
+        self.metadata = {name: [e[0], self._shared(e[1])] if isinstance(e, list) and len(e) == 2 and isinstance(
+            e[1], dict) else e for name, e in metadata.items()}
 
     def for_run(self, run_id: str | None) -> None:
         """Forget what was recorded for another run than ``run_id``."""
@@ -84,7 +89,14 @@ class CheckRecord:
     def __setitem__(self, path: Path, value) -> None:
         name = self._name(path)
         if name is not None:
-            self.metadata[name] = [list(value[0]), value[1]]
+            self.metadata[name] = [list(value[0]), self._shared(value[1])]
+
+    def _shared(self, fields: dict) -> dict:
+        """``fields`` with each of the fields every task repeats (the run's config, the shapes,
+        the evaluated tasks) held once: the record of a long run kept the same config once per
+        task in memory, a host memory growing with T as the run trained."""
+        return {k: self._kept.setdefault(f"{k}:{json.dumps(v, sort_keys=True)}", v) if k in SHARED_FIELDS else v
+                for k, v in fields.items()}
 
     # the hashes
     def matched(self, path: Path, key: list[int], sha256: str | None) -> bool:

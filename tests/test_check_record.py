@@ -129,6 +129,9 @@ def test_a_run_notes_what_it_writes_and_a_rerun_of_it_finished_hashes_no_task_fi
     assert {run_dir / name for name in record["metadata"]} == metadata | {run_dir / "initial" / "metadata.json"}
     for name, (_, sha256) in record["hashed"].items():
         assert sha256 == check_record.file_sha256(run_dir / name)
+    kept = CheckRecord(run_dir)  # the run's config, in every folder's fields, is held once in memory
+    configs = [entry[1]["config"] for name, entry in kept.metadata.items() if name.startswith("task_")]
+    assert len(configs) == 4 and all(c is configs[0] for c in configs) and configs[0]["num_tasks"] == 4
     hashed = _hashed(monkeypatch)
     assert run_experiment(config, progress=False).first_task == 4  # finished: every folder verified, none read
     assert hashed == []
