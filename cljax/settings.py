@@ -142,8 +142,6 @@ def flat_defaults() -> dict:
     return {dest: spec[3] for dest, spec in setting_specs().items()}
 
 
-
-
 def unused_settings(flat: dict) -> dict[str, str]:
     """Flat setting -> why the run of these settings does not use it: a setting of a rule, model
     or dataset the run did not choose, of an option that is off, or one that acts only under
@@ -174,19 +172,23 @@ def unused_settings(flat: dict) -> dict[str, str]:
     return why
 
 
-def warn_unused(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+def warn_unused(parser: argparse.ArgumentParser, args: argparse.Namespace, runs: list[dict] | None = None) -> None:
     """A warning line on stderr for each flag given a value (other than its default) that the
-    run does not use: a researcher who forgot an option's switch would otherwise train the
-    baseline, with the option's settings in the command line, and not be told."""
+    run does not use (``runs``: the flat settings of a sweep's runs; a flag none of them uses):
+    a researcher who forgot an option's switch would otherwise train the baseline, with the
+    option's settings in the command line, and not be told."""
     import sys
 
     flat = {dest: getattr(args, dest) for dest in setting_specs() if hasattr(args, dest)}
+    given = [dest for dest in flat if flat[dest] != parser.get_default(dest)]
     try:
-        Config.from_flat(flat).validate()
-        unused = unused_settings(flat)
+        whys = [unused_settings(f) for f in (runs if runs is not None else [flat])]
+        if runs is None:
+            Config.from_flat(flat).validate()
     except CljaxError:  # settings that do not make a run: the run's own check says why, in one line
         return
-    for dest, why in unused.items():
-        if flat[dest] != parser.get_default(dest):
-            flag = setting_specs()[dest][0]
-            print(f"warning: --{flag} {flat[dest]} has no effect in this run: {why}.", file=sys.stderr)
+    for dest in given:
+        if whys and all(dest in why for why in whys):
+            where = "this run" if runs is None else "any run of the sweep"
+            print(f"warning: --{setting_specs()[dest][0]} {flat[dest]} has no effect in {where}: {whys[0][dest]}.",
+                  file=sys.stderr)

@@ -319,7 +319,6 @@ def sweep_main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     check_repair(parser, args)
     base = config_from_args(args)
-    warn_unused(parser, args)
     base_flat = {dest: getattr(args, dest) for dest in setting_specs()}
     grid = parse_grid(args.grid)
     if args.seeds is not None and not args.seeds.strip():
@@ -340,6 +339,7 @@ def sweep_main(argv: list[str]) -> int:
                              f"the cluster's default.")
     runs = expand(base_flat, grid, seeds)
     check_grid_used(base_flat, runs)
+    warn_unused(parser, args, [{**base_flat, **run.settings, "seed": run.config.seed} for run in runs])
     check_against_data(runs, args.overwrite, args.repair)
     root = Path(base.results_dir)
     log_dir = Path(args.log_dir) if args.log_dir else root / "sweep_logs"

@@ -66,6 +66,21 @@ def test_a_sweep_grid_that_no_run_uses_is_refused_and_one_some_runs_use_is_not(t
     assert not any(tmp_path.iterdir())  # nothing submitted, nothing written
 
 
+def test_a_sweep_warns_of_a_flag_none_of_its_runs_uses_and_not_of_one_some_use(tmp_path, capsys, monkeypatch):
+    import cljax.sweep as sweep
+
+    submitted = []
+    monkeypatch.setattr(sweep, "make_executor", lambda *a: object())
+    monkeypatch.setattr(sweep, "submit", lambda *a, **k: submitted.append(a) or [])
+    rc = main(["sweep", "--dataset", "synthetic", "--results-dir", str(tmp_path), "--grid", "use_cbp=true,false",
+               "--cbp-rate", "0.01", "--sp-lambda", "0.5", "--executor", "local"])
+    err = capsys.readouterr().err
+    assert rc == 0 and len(submitted) == 1 and len(submitted[0][0]) == 2
+    assert [line for line in err.splitlines() if line.startswith("warning")] == [
+        "warning: --sp-lambda 0.5 has no effect in any run of the sweep: it is a setting of option shrink_perturb, "
+        "which is off (--add-plasticity or --shrink-perturb turns it on)."]  # --cbp-rate: the use_cbp=true run's
+
+
 def test_the_settings_a_run_uses_are_its_configs_own():
     """The rule behind it: Config.to_dict holds exactly the settings the run uses."""
     flat = {**flat_defaults(), "model": "mlp", "use_replay": True}
