@@ -265,5 +265,5 @@ def test_sweep_tags_are_distinct_and_duplicates_stop_the_sweep_before_any_job(tm
     rc, _, err = run_cli(["sweep", *FLAGS, "--dataset", "fashion_mnist", "--data-dir", str(tmp_path / "elsewhere"),
                           "--results-dir", str(tmp_path)], capsys)
     assert rc == 0 and len(submitted) == 1 and err.count("\n") == 2 and "not checked here" in err, err
-    assert err.startswith("warning: --synthetic-classes 4 has no effect in this run: it is a setting of dataset "
-                          "synthetic, and this run's --dataset is fashion_mnist."), err  # FLAGS' synthetic settings
+    assert err.startswith("warning: --synthetic-classes 4 has no effect in any run of the sweep: it is a setting "
+                          "of dataset synthetic, and this run's --dataset is fashion_mnist."), err  # FLAGS' synthetic
