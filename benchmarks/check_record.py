@@ -22,10 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling modules
 from bench_args import output_file, positive_int  # noqa: E402
-
-
-def folder_bytes(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+from flat_per_task import folder_bytes  # noqa: E402
 
 
 def main(argv=None) -> None:
