@@ -152,10 +152,9 @@ def checked_metadata(task_dir: Path, memo: dict | None) -> dict:
         return load_metadata(task_dir)
     path = task_dir / "metadata.json"
     try:
-        st = path.stat()
+        key = tuple(identity(path))
     except OSError:
         return load_metadata(task_dir)  # its own error
-    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
     kept = memo.get(path)
     if kept is not None and kept[0] == key:
         return kept[1]
