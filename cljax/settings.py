@@ -172,23 +172,23 @@ def unused_settings(flat: dict) -> dict[str, str]:
     return why
 
 
-def warn_unused(parser: argparse.ArgumentParser, args: argparse.Namespace, runs: list[dict] | None = None) -> None:
+def warn_unused(parser: argparse.ArgumentParser, args: argparse.Namespace, whys: list[dict] | None = None) -> None:
     """A warning line on stderr for each flag given a value (other than its default) that the
-    run does not use (``runs``: the flat settings of a sweep's runs; a flag none of them uses):
-    a researcher who forgot an option's switch would otherwise train the baseline, with the
-    option's settings in the command line, and not be told."""
+    run does not use (``whys``: the ``unused_settings`` of each run of a sweep; a flag none of
+    them uses): a researcher who forgot an option's switch would otherwise train the baseline,
+    with the option's settings in the command line, and not be told."""
     import sys
 
-    flat = {dest: getattr(args, dest) for dest in setting_specs() if hasattr(args, dest)}
-    given = [dest for dest in flat if flat[dest] != parser.get_default(dest)]
-    try:
-        whys = [unused_settings(f) for f in (runs if runs is not None else [flat])]
-        if runs is None:
+    specs = setting_specs()
+    flat = {dest: getattr(args, dest) for dest in specs if hasattr(args, dest)}
+    where = "this run" if whys is None else "any run of the sweep"
+    if whys is None:
+        try:
             Config.from_flat(flat).validate()
-    except CljaxError:  # settings that do not make a run: the run's own check says why, in one line
-        return
-    for dest in given:
-        if whys and all(dest in why for why in whys):
-            where = "this run" if runs is None else "any run of the sweep"
-            print(f"warning: --{setting_specs()[dest][0]} {flat[dest]} has no effect in {where}: {whys[0][dest]}.",
+            whys = [unused_settings(flat)]
+        except CljaxError:  # settings that do not make a run: the run's own check says why, in one line
+            return
+    for dest in flat:
+        if flat[dest] != parser.get_default(dest) and whys and all(dest in why for why in whys):
+            print(f"warning: --{specs[dest][0]} {flat[dest]} has no effect in {where}: {whys[0][dest]}.",
                   file=sys.stderr)

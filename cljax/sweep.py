@@ -104,18 +104,21 @@ def expand(base: dict, grid: dict[str, list], seeds: list[int]) -> list[SweepRun
     return runs
 
 
-def check_grid_used(base: dict, runs: list[SweepRun]) -> None:
+def check_grid_used(runs: list[SweepRun], whys: list[dict[str, str]]) -> None:
     """A grid setting that no run of the sweep uses (an option's setting with the option off, a
     model's with another model) would train the same run under several names: one CljaxError
     line, before any job. One that some runs use (``--grid use_cbp=true,false --grid
-    cbp_rate=...``) is fine."""
-    names = list(runs[0].settings) if runs else []
-    for name in names:
-        whys = {unused_settings({**base, **run.settings, "seed": run.config.seed}).get(name) for run in runs}
-        if None not in whys:
-            raise CljaxError(f"--grid {name}=...: no run of the sweep uses it ({sorted(whys)[0]}), so its values would "
+    cbp_rate=...``) is fine. ``whys``: each run's ``unused_settings``."""
+    for name in runs[0].settings if runs else ():
+        if all(name in why for why in whys):
+            raise CljaxError(f"--grid {name}=...: no run of the sweep uses it ({whys[0][name]}), so its values would "
                              f"train the same run under several names: turn on what it belongs to, or leave it out of "
                              f"the grid.")
+
+
+def run_settings(base: dict, run: SweepRun) -> dict:
+    """The flat settings a run of the sweep is made of (before its results folder is set)."""
+    return {**base, **run.settings, "seed": run.config.seed}
 
 
 def _check_distinct(runs: list[SweepRun]) -> None:
@@ -338,8 +341,9 @@ def sweep_main(argv: list[str]) -> int:
             raise CljaxError(f"--{flag.replace('_', '-')} must be a positive number, got {value}: leave it out for "
                              f"the cluster's default.")
     runs = expand(base_flat, grid, seeds)
-    check_grid_used(base_flat, runs)
-    warn_unused(parser, args, [{**base_flat, **run.settings, "seed": run.config.seed} for run in runs])
+    whys = [unused_settings(run_settings(base_flat, run)) for run in runs]
+    check_grid_used(runs, whys)
+    warn_unused(parser, args, whys)
     check_against_data(runs, args.overwrite, args.repair)
     root = Path(base.results_dir)
     log_dir = Path(args.log_dir) if args.log_dir else root / "sweep_logs"

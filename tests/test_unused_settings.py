@@ -7,7 +7,7 @@ from cljax.cli import main
 from cljax.config import Config
 from cljax.errors import CljaxError
 from cljax.settings import flat_defaults, unused_settings
-from cljax.sweep import check_grid_used, expand
+from cljax.sweep import check_grid_used, expand, run_settings
 
 PLAN = ["plan", "--dataset", "synthetic"]
 
@@ -52,13 +52,16 @@ def test_no_warning_for_what_the_run_uses_a_default_or_a_preset(capsys, extra):
 
 def test_a_sweep_grid_that_no_run_uses_is_refused_and_one_some_runs_use_is_not(tmp_path, capsys):
     base = {**flat_defaults(), "dataset": "synthetic", "results_dir": str(tmp_path)}
-    runs = expand(base, {"sp_lambda": [0.5, 0.9]}, [0])
+
+    def check(base, grid, seeds):
+        runs = expand(base, grid, seeds)
+        check_grid_used(runs, [unused_settings(run_settings(base, run)) for run in runs])
+
     with pytest.raises(CljaxError, match=r"--grid sp_lambda=\.\.\.: no run of the sweep uses it \(it is a setting of "
                                          r"option shrink_perturb, which is off"):
-        check_grid_used(base, runs)
-    check_grid_used(base, expand(base, {"use_cbp": [True, False], "cbp_rate": [1e-3, 1e-2]}, [0]))  # the cbp runs
-    check_grid_used({**base, "add_plasticity": True}, expand({**base, "add_plasticity": True},
-                                                             {"sp_lambda": [0.5, 0.9]}, [0, 1]))
+        check(base, {"sp_lambda": [0.5, 0.9]}, [0])
+    check(base, {"use_cbp": [True, False], "cbp_rate": [1e-3, 1e-2]}, [0])  # the cbp runs use it
+    check({**base, "add_plasticity": True}, {"sp_lambda": [0.5, 0.9]}, [0, 1])
     rc = main(["sweep", "--dataset", "synthetic", "--results-dir", str(tmp_path), "--grid", "mlp_hidden=16,32",
                "--executor", "local"])
     err = capsys.readouterr().err
