@@ -165,16 +165,28 @@ def test_a_test_stage_cut_short_reports_the_outcomes_pytest_printed(tmp_path):
     assert (got["tests"], got["errors"], got["skipped"], got["failed"]) == (3, 1, 1, ["tests/test_b.py::test_x[1]"])
 
 
-def test_the_tests_stage_keeps_each_failures_traceback_when_it_is_killed(tmp_path):
+def test_the_tests_stage_keeps_each_failures_traceback_when_it_is_killed(tmp_path, monkeypatch):
     """pytest prints tracebacks at the end: a stage killed at its limit kept none. The plugin
     writes each failure as it happens, once under pytest-xdist (the controller's copy)."""
     gpu_check = load_gpu_check()
+
+    class LimitFromTheFailure(subprocess.Popen):
+        """The stage's limit counts from when the failure is on record: the two workers' start
+        took more than the whole 12 s under the GPU suite's 14 workers (an H200 machine)."""
+
+        def wait(self, timeout=None):
+            until = time.monotonic() + 120
+            while timeout is not None and not (tmp_path / gpu_check.FAILURES_NOW).exists() and time.monotonic() < until:
+                time.sleep(0.1)
+            return super().wait(timeout)
+
+    monkeypatch.setattr(gpu_check.subprocess, "Popen", LimitFromTheFailure)
     (tmp_path / "test_two.py").write_text("import time\n\n\ndef test_fails():\n    assert 1 + 1 == 3, 'arithmetic'\n\n\n"
                                           "def test_hangs():\n    time.sleep(60)\n")
     env = gpu_check.stage_env_vars("tests", {**os.environ, "PYTHONPATH": ""}, tmp_path)
     command = [sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider", "-p", "pytest_failures_now", "-n", "2",
                str(tmp_path / "test_two.py")]
-    assert gpu_check.run_stage(command, 12.0, tmp_path / "tests.log", env) == ("timeout", None)
+    assert gpu_check.run_stage(command, 3.0, tmp_path / "tests.log", env) == ("timeout", None)
     text = (tmp_path / gpu_check.FAILURES_NOW).read_text()
     assert text.count("=====") == 1 and "test_two.py::test_fails (call)" in text and "arithmetic" in text
     got = gpu_check.collect("tests", tmp_path)  # no junit.xml: the outcomes from the log, the tracebacks' file
