@@ -17,6 +17,7 @@ import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from cljax.data.imagenet.hub import unreachable
 from cljax.data.imagenet.shards import DatasetsShard, FilesShard, ParquetShard, Plan, Shard
 from cljax.errors import CljaxError
 
@@ -245,6 +246,10 @@ def _names(names) -> tuple[str, ...] | None:
 
 
 def _plan_datasets(source: str, split_map: dict[str, str], strict: bool, parquet_files: dict[str, list[Path]] | None = None) -> Plan:
+    why = unreachable() if parquet_files is None else None  # before datasets' 25 s of retries
+    if why is not None:
+        raise CljaxError(f"cannot open hub dataset {source}: the hub is unreachable ({why}); check the network "
+                         "(a proxy goes in HTTPS_PROXY), or download the parquet files and pass their folder.")
     try:
         import datasets
     except ImportError:
