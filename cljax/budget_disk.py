@@ -118,8 +118,10 @@ def disk_run_files(b: Budget) -> dict:
     """Files beside the task folders: the run record, the learner checkpoint (npz), the
     initial network (initial/: weights.npy exact, its metadata.json estimated at 1 KiB), the
     kept checkpoints (checkpoints/, with --keep-checkpoints) and, once the run has resumed, what
-    it verified (verified.json, estimated: cljax/check_record.py)."""
-    from cljax.check_record import RECORD
+    it verified (verified.json, estimated: cljax/check_record.py), with its journal of the folders
+    written since (verified.jsonl, as large at most: both are there while the last task's save
+    folds one into the other)."""
+    from cljax.check_record import JOURNAL, RECORD
     from cljax.checkpoint import CHECKPOINT, RUN_RECORD
     from cljax.kept_checkpoints import KEPT
     from cljax.results import TASK_FILES
@@ -141,7 +143,7 @@ def disk_run_files(b: Budget) -> dict:
     # at 3.9 KB for 4.4 KB of this estimate (T = 200, --eval-tasks all).
     T, n_files = b.config.num_tasks, len(TASK_FILES)
     fields = len(json.dumps(b.config.to_dict())) + len(json.dumps(eval_tasks_of(b.config).record(T - 1, T)))
-    files[RECORD] = T * (fields + 300 * n_files + 600)
+    files[RECORD] = files[JOURNAL] = T * (fields + 300 * n_files + 600)
     return files
 
 

@@ -14,11 +14,12 @@ replaced, truncated or copied file is hashed again; a damaged record (or none) o
 everything is. What it does not see is content that changes with no write at all (a failing
 disk): ``cljax analyze`` hashes every file it reads, and deleting verified.json makes the next
 resume hash everything again. A run writes the record under its lock: when it resumes, after
-every check has passed, and as it trains: each task folder it writes is noted with the sha256
-hashed while writing it, and the record is saved every ``SAVE_EVERY_S`` seconds and after
-the last task (not at every task: the record grows with the run, and a save writes it whole).
-A requeue after a long uninterrupted stretch then hashes only the folders written since the
-last save. A rerun of a finished run reads it and writes nothing.
+every check has passed, and after its last task. As it trains, each task folder it writes is
+noted with the sha256 hashed while writing it, in one line appended to ``verified.jsonl``
+(``JOURNAL``), which the next read merges and the next save folds into the record. The notes
+are not held in memory: a run's host memory stays flat in T, and a stop loses none of them (a
+line cut short by it is skipped: its files are hashed again). A rerun of a finished run reads
+the record and writes nothing.
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ from cljax.results import load_metadata
 from cljax.safe_files import atomic_write, file_sha256
 
 RECORD = "verified.json"
+JOURNAL = "verified.jsonl"  # one line per folder a run wrote since the record was last saved
 VERSION = 1
-SAVE_EVERY_S = 300.0  # while a run trains; a stop loses at most this long's notes (hashed again)
 SHARED_FIELDS = ("config", "shapes", "eval_tasks")  # the same in every task folder of a run, mostly
 CHECKED_FIELDS = ("task_index", "run_id", "files", "shapes", "eval_tasks", "config")  # what a folder's check reads
 
@@ -55,24 +56,38 @@ class CheckRecord:
         self.metadata: dict[str, list] = {}  # relative path of a metadata.json -> [identity, checked fields]
         self.hashed: dict[str, list] = {}  # relative path of a file -> [identity, sha256 it matched]
         self._kept: dict[str, Any] = {}  # a repeated field's JSON text -> the one copy of it held
+        self._runs: dict[str, tuple[dict, dict]] = {}  # run id -> what was read for it, until for_run
         self._read()
 
     def _read(self) -> None:
         try:
             data = json.loads((self.root / RECORD).read_text())
-            if data.get("version") != VERSION:
-                return
-            run_id, metadata, hashed = data["run_id"], dict(data["metadata"]), dict(data["hashed"])
+            if data.get("version") == VERSION:
+                self._merge(data["run_id"], dict(data["metadata"]), dict(data["hashed"]))
         except (OSError, ValueError, TypeError, KeyError, AttributeError):
-            return  # none or damaged: every file is read again
-        self.run_id, self.hashed = run_id, hashed
-        self.metadata = {name: [e[0], self._shared(e[1])] if isinstance(e, list) and len(e) == 2 and isinstance(
-            e[1], dict) else e for name, e in metadata.items()}
+            pass  # none or damaged: every file is read again
+        for line in _lines(self.root / JOURNAL):
+            try:
+                entry = json.loads(line)
+                self._merge(entry["run_id"], dict(entry["metadata"]), dict(entry["hashed"]))
+            except (ValueError, TypeError, KeyError, AttributeError):
+                continue  # a line cut short by a stop: its files are hashed again
+        if len(self._runs) == 1:  # one run's: held until a check names the run (inspect_run: for_run)
+            self.for_run(next(iter(self._runs)))
+
+    def _merge(self, run_id, metadata: dict, hashed: dict) -> None:
+        if not isinstance(run_id, str):
+            raise TypeError(run_id)
+        kept_metadata, kept_hashed = self._runs.setdefault(run_id, ({}, {}))
+        kept_metadata.update({name: [e[0], self._shared(e[1])] if isinstance(e, list) and len(e) == 2 and isinstance(
+            e[1], dict) else e for name, e in metadata.items()})
+        kept_hashed.update(hashed)
 
     def for_run(self, run_id: str | None) -> None:
-        """Forget what was recorded for another run than ``run_id``."""
-        if self.run_id != run_id:
-            self.run_id, self.metadata, self.hashed = run_id, {}, {}
+        """Keep only what was recorded for the run ``run_id``."""
+        if self.run_id != run_id or self._runs:
+            self.metadata, self.hashed = self._runs.get(run_id, ({}, {})) if run_id is not None else ({}, {})
+            self.run_id, self._runs = run_id, {}
 
     def _name(self, path: Path) -> str | None:
         try:
@@ -112,20 +127,46 @@ class CheckRecord:
             self.hashed[name] = [key, sha256]
 
     def note_written(self, folder: Path) -> None:
-        """A folder this process has just written (results.write_folder): its metadata.json's
-        checked fields, and each file it lists, as it is now, with the sha256 hashed while it was
-        written; the next check takes them as verified unless they are written again."""
-        meta = checked_metadata(folder, self)
-        for name, entry in meta.get("files", {}).items():
-            self.note(folder / name, identity(folder / name), entry["sha256"])
+        """A folder this process has just written (results.write_folder) for the run ``for_run``
+        named: its metadata.json's checked fields, and each file it lists, as it is now, with the
+        sha256 hashed while it was written, appended to the journal (not kept in memory); the next
+        check takes them as verified unless they are written again."""
+        meta = load_metadata(folder)
+        path = folder / "metadata.json"
+        line = {"run_id": self.run_id,
+                "metadata": {self._name(path): [identity(path), {k: meta[k] for k in CHECKED_FIELDS if k in meta}]},
+                "hashed": {self._name(folder / name): [identity(folder / name), entry["sha256"]]
+                           for name, entry in meta.get("files", {}).items()}}
+        text = json.dumps(line, separators=(",", ":")).encode() + b"\n"
+        with open(self.root / JOURNAL, "a+b") as f:
+            if f.seek(0, os.SEEK_END) and (f.seek(-1, os.SEEK_END), f.read(1))[1] != b"\n":
+                text = b"\n" + text  # after a line a stop cut short
+            f.write(text)
 
     def save(self, run_id: str) -> None:
-        """Write the record (atomically); entries of folders no longer there are dropped."""
+        """Write the record (atomically) with the journal's notes of the run folded in, then remove
+        the journal; entries of folders no longer there are dropped."""
+        for line in _lines(self.root / JOURNAL):
+            try:
+                entry = json.loads(line)
+                if entry["run_id"] == run_id:
+                    self.metadata.update(entry["metadata"])
+                    self.hashed.update(entry["hashed"])
+            except (ValueError, TypeError, KeyError, AttributeError):
+                continue
         keep = {name for name in {*self.metadata, *self.hashed} if (self.root / name).exists()}
         data = {"version": VERSION, "run_id": run_id,
                 "metadata": {k: v for k, v in self.metadata.items() if k in keep},
                 "hashed": {k: v for k, v in self.hashed.items() if k in keep}}
         atomic_write(self.root / RECORD, lambda f: f.write(json.dumps(data, separators=(",", ":")).encode()))
+        (self.root / JOURNAL).unlink(missing_ok=True)
+
+
+def _lines(path: Path) -> list[str]:
+    try:
+        return path.read_text(errors="replace").splitlines()
+    except OSError:
+        return []
 
 
 def content_matches(path: Path, sha256: str | None, record) -> bool:

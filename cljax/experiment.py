@@ -18,7 +18,7 @@ import numpy as np
 
 from cljax.budget import Budget, choose_eval_chunk, host_problem
 from cljax.budget_disk import block_size, check_disk, disk_files_per_task, disk_run_files, on_disk
-from cljax.check_record import SAVE_EVERY_S, CheckRecord
+from cljax.check_record import CheckRecord
 from cljax.checkpoint import CHECKPOINT, RUN_RECORD, load_learner, new_run_id, save_learner, write_run_record
 from cljax.config import SCHEMA_VERSION, Config, algo_dir_of
 from cljax.data import load_dataset
@@ -166,7 +166,7 @@ def _train(config, data, task_data, schedule, program, start, chunk_tasks, found
            disk_per_task, *, sources, progress, allow_nonfinite, critical, on_task_end, memo) -> RunResult:
     """The task loop, from the first unfinished task; the run folder is locked and prepared.
     ``start``: the initialised learner and its host copy (``_initial_learner``); ``memo``: the
-    check record (verified.json), which notes each folder written and is saved now and then."""
+    check record (verified.json), which notes each folder written and is saved after the last task."""
     tasks_key = jax.random.fold_in(jax.random.key(config.seed), KEY_TASKS)
     learner, initial = start
     memo.for_run(run_id)
@@ -195,7 +195,6 @@ def _train(config, data, task_data, schedule, program, start, chunk_tasks, found
     result.compile_seconds = time.perf_counter() - t0
 
     run_seconds, differing, rewritten = 0.0, [], []
-    saved_at = time.monotonic()
     bar = _progress_bar(config.num_tasks, first_task - len(replay), progress)
     for i, t in enumerate(order):
         replaying = i < len(replay)
@@ -254,9 +253,8 @@ def _train(config, data, task_data, schedule, program, start, chunk_tasks, found
             if is_writer() and rekeep:
                 rewrite_kept(algo_dir, learner_host, t + 1, run_id)
                 rewritten.append(t + 1)
-            if is_writer() and (i + 1 == len(order) or time.monotonic() - saved_at >= SAVE_EVERY_S):
+            if is_writer() and i + 1 == len(order):  # the journal's notes folded into the record
                 memo.save(run_id)
-                saved_at = time.monotonic()
         if replaying and t == replay[-1] and is_writer():
             print(replay_note(found, differing, rewritten), file=sys.stderr)
         run_seconds += seconds

@@ -1,6 +1,6 @@
 """Where a command's own output (``analyze --out``, ``compare --out`` / ``--json``,
 ``data-info --png``) may not go: over a run's results. A run folder (it holds run.json) owns its
-record, checkpoint, lock and verified.json, and everything in its task folders, initial/ and
+record, checkpoint, lock and verified.json(l), and everything in its task folders, initial/ and
 checkpoints/; a file written there would replace a result, or make the next resume refuse the
 folder. Its analysis/ folder, and new files or folders beside its own, are free."""
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cljax.check_record import RECORD
+from cljax.check_record import JOURNAL, RECORD
 from cljax.checkpoint import CHECKPOINT, RUN_RECORD
 from cljax.errors import CljaxError
 from cljax.initial_state import INITIAL
@@ -16,7 +16,7 @@ from cljax.kept_checkpoints import KEPT
 from cljax.results import is_task_dir_name
 from cljax.run_lock import RUN_LOCK
 
-OWN_FILES = frozenset({RUN_RECORD, CHECKPOINT, RECORD, RUN_LOCK})
+OWN_FILES = frozenset({RUN_RECORD, CHECKPOINT, RECORD, JOURNAL, RUN_LOCK})
 OWN_FOLDERS = frozenset({INITIAL, KEPT})
 
 

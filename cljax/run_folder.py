@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cljax.check_record import RECORD, CheckRecord, checked_metadata, content_matches
+from cljax.check_record import JOURNAL, RECORD, CheckRecord, checked_metadata, content_matches
 from cljax.checkpoint import CHECKPOINT, RUN_RECORD, read_checkpoint_header, read_run_record
 from cljax.config import DATA_DIFFERS, Config, setting_differences
 from cljax.errors import CljaxError, DamagedFile
@@ -353,6 +353,7 @@ def clear_run(algo_dir: Path) -> None:
     the record, the task folders, the initial state and the analysis. Other files are left alone."""
     (algo_dir / CHECKPOINT).unlink(missing_ok=True)
     (algo_dir / RECORD).unlink(missing_ok=True)
+    (algo_dir / JOURNAL).unlink(missing_ok=True)
     if (algo_dir / KEPT).is_dir():
         shutil.rmtree(algo_dir / KEPT)
     (algo_dir / RUN_RECORD).unlink(missing_ok=True)

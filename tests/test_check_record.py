@@ -1,5 +1,6 @@
-"""verified.json (cljax/check_record.py): a resume hashes only the files that no earlier resume
-verified, or that were written since; a damaged or another run's record means all of them."""
+"""verified.json and its journal (cljax/check_record.py): a resume hashes only the files that no
+earlier resume verified and no run noted as it wrote them, or that were written since; a
+damaged or another run's record means all of those it held."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import cljax.check_record as check_record
-from cljax.check_record import RECORD, CheckRecord
+from cljax.check_record import JOURNAL, RECORD, CheckRecord
 from cljax.errors import CljaxError
 from cljax.experiment import run_experiment
 from tests.conftest import small_config
@@ -53,30 +54,66 @@ def _task_files(run_dir: Path, tasks) -> set:
 
 @pytest.fixture
 def stopped_twice(tmp_path):
-    """A 4-task run stopped after task 0, resumed and stopped after task 1: the resume verified
-    task 0 and recorded it."""
+    """A 4-task run stopped after task 0, resumed and stopped after task 1: the resume folded the
+    journal's notes of initial/ and task 0 into the record; task 1's note is in the journal."""
     config = _config(tmp_path)
     with pytest.raises(Stop):
         run_experiment(config, progress=False, on_task_end=_stop_after(0))
-    assert not (tmp_path / RUN / RECORD).exists()  # a new run has verified nothing
+    assert not (tmp_path / RUN / RECORD).exists()  # a new run saves the record after its last task
+    assert _journal(tmp_path / RUN) == [{"initial/metadata.json"}, {"task_000/metadata.json"}]
     with pytest.raises(Stop):
         run_experiment(config, progress=False, on_task_end=_stop_after(1))
     return config, tmp_path / RUN
 
 
-def test_a_resume_hashes_only_what_no_earlier_resume_verified(stopped_twice, monkeypatch):
+def _journal(run_dir: Path) -> list:
+    """The metadata.json each line of the journal notes."""
+    return [set(json.loads(line)["metadata"]) for line in (run_dir / JOURNAL).read_text().splitlines()]
+
+
+def _initial_files(run_dir: Path) -> set:
+    return {p for p in (run_dir / "initial").iterdir() if p.name != "metadata.json"}
+
+
+def test_a_resume_hashes_nothing_that_was_verified_or_noted_as_written(stopped_twice, monkeypatch):
     config, run_dir = stopped_twice
     record = json.loads((run_dir / RECORD).read_text())
     assert record["run_id"] == json.loads((run_dir / "run.json").read_text())["run_id"]
-    assert {Path(run_dir / name) for name in record["hashed"]} == _task_files(run_dir, [0]) - {
-        run_dir / "task_000" / "metadata.json"}  # metadata.json is parsed, not hashed: its fields are kept
-    assert set(record["metadata"]) == {"task_000/metadata.json"}
+    assert {Path(run_dir / name) for name in record["hashed"]} == (_task_files(run_dir, [0]) - {
+        run_dir / "task_000" / "metadata.json"}) | _initial_files(run_dir)  # metadata.json is parsed: its fields kept
+    assert set(record["metadata"]) == {"task_000/metadata.json", "initial/metadata.json"}
+    assert _journal(run_dir) == [{"task_001/metadata.json"}]  # written after the resume's save
+    hashed = _hashed(monkeypatch)
+    run_experiment(config, progress=False)
+    assert hashed == []  # task 0 verified by the last resume, task 1 noted as written: neither read
+    record = json.loads((run_dir / RECORD).read_text())  # and tasks 2, 3 folded in after the last task
+    assert len(record["hashed"]) == 4 * 6 + len(_initial_files(run_dir)) and not (run_dir / JOURNAL).exists()
+
+
+def test_without_the_journal_a_resume_hashes_what_was_written_since_the_record(stopped_twice, monkeypatch):
+    config, run_dir = stopped_twice
+    (run_dir / JOURNAL).unlink()  # as a run of a cljax before the journal left it
     hashed = _hashed(monkeypatch)
     run_experiment(config, progress=False)
     # Task 1, written since the last resume, is hashed (once: under the lock); task 0 not at all.
     assert sorted(hashed) == sorted(_task_files(run_dir, [1]) - {run_dir / "task_001" / "metadata.json"})
-    # Saved as it resumed (tasks 0, 1, verified) and after its last task (tasks 2, 3, as written).
-    assert len(json.loads((run_dir / RECORD).read_text())["hashed"]) == 4 * 6
+    assert len([n for n in json.loads((run_dir / RECORD).read_text())["hashed"] if n.startswith("task_")]) == 4 * 6
+
+
+def test_a_line_cut_by_a_stop_is_skipped_and_the_next_line_starts_on_its_own(stopped_twice, monkeypatch):
+    config, run_dir = stopped_twice
+    journal = run_dir / JOURNAL
+    journal.write_text(journal.read_text()[:-40])  # task 1's note, cut short
+    record = CheckRecord(run_dir)
+    assert not any(name.startswith("task_001") for name in [*record.hashed, *record.metadata])
+    assert any(name.startswith("task_000") for name in record.hashed)  # the record's entries stand
+    record.note_written(run_dir / "task_001")
+    lines = journal.read_text().splitlines()  # the new note starts after a newline: it parses
+    assert len(lines) == 2 and set(json.loads(lines[1])["metadata"]) == {"task_001/metadata.json"}
+    journal.write_text(journal.read_text().splitlines()[0] + "\n")  # only the cut line: task 1 is hashed
+    hashed = _hashed(monkeypatch)
+    run_experiment(config, progress=False)
+    assert sorted(hashed) == sorted(_task_files(run_dir, [1]) - {run_dir / "task_001" / "metadata.json"})
 
 
 def test_a_file_written_since_it_was_verified_is_hashed_again(stopped_twice, capsys):
@@ -107,11 +144,12 @@ def test_a_damaged_or_foreign_record_means_every_file_is_hashed(stopped_twice, m
         path.write_text(json.dumps(record))
     hashed = _hashed(monkeypatch)
     run_experiment(config, progress=False)
-    expected = _task_files(run_dir, [1]) - {run_dir / "task_001" / "metadata.json"}
-    expected |= {run_dir / "task_000" / "weights.npy"} if damage == "edited_entry" else (
+    # task 1 is noted in the journal (this run's id): the damage costs only what the record held
+    expected = {run_dir / "task_000" / "weights.npy"} if damage == "edited_entry" else (
         _task_files(run_dir, [0]) - {run_dir / "task_000" / "metadata.json"})
     assert sorted(hashed) == sorted(expected)
-    assert len(json.loads(path.read_text())["hashed"]) == 4 * 6  # written anew, whole: tasks 0, 1 and 2, 3
+    # written anew, whole: tasks 0, 1 and 2, 3
+    assert len([n for n in json.loads(path.read_text())["hashed"] if n.startswith("task_")]) == 4 * 6
 
 
 def test_a_run_notes_what_it_writes_and_a_rerun_of_it_finished_hashes_no_task_file(tmp_path, monkeypatch):
@@ -137,18 +175,15 @@ def test_a_run_notes_what_it_writes_and_a_rerun_of_it_finished_hashes_no_task_fi
     assert hashed == []
 
 
-def test_a_stop_keeps_what_was_saved_before_it_and_damage_since_is_found(tmp_path, monkeypatch, capsys):
-    import cljax.experiment as experiment
-
-    monkeypatch.setattr(experiment, "SAVE_EVERY_S", 0.0)  # saved after every task
+def test_a_stop_keeps_every_note_and_damage_since_is_found(tmp_path, monkeypatch, capsys):
     config = _config(tmp_path)
     with pytest.raises(Stop):
         run_experiment(config, progress=False, on_task_end=_stop_after(1))
     run_dir = tmp_path / RUN
-    record = json.loads((run_dir / RECORD).read_text())
-    assert {run_dir / name for name in record["hashed"] if name.startswith("task_")} == _task_files(
+    record = CheckRecord(run_dir)  # the journal alone: no save before the last task
+    assert not (run_dir / RECORD).exists()
+    assert {run_dir / name for name in record.hashed if name.startswith("task_")} == _task_files(
         run_dir, [0, 1]) - {run_dir / f"task_00{t}" / "metadata.json" for t in (0, 1)}
-    monkeypatch.setattr(experiment, "SAVE_EVERY_S", 300.0)
     flip_byte(run_dir / "task_001" / "weights.npy")  # written since it was noted: hashed, and found
     hashed = _hashed(monkeypatch)
     with pytest.raises(CljaxError, match="task_001/weights.npy does not match the sha256 recorded"):
@@ -187,3 +222,5 @@ def test_overwrite_deletes_the_record(stopped_twice):
     with pytest.raises(Stop):
         run_experiment(dataclasses.replace(config), overwrite=True, progress=False, on_task_end=_stop_after(0))
     assert not (run_dir / RECORD).exists()
+    run_id = json.loads((run_dir / "run.json").read_text())["run_id"]  # the journal holds the new run's notes alone
+    assert [json.loads(line)["run_id"] for line in (run_dir / JOURNAL).read_text().splitlines()] == [run_id] * 2

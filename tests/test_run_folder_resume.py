@@ -108,7 +108,7 @@ def test_a_run_that_stopped_in_its_first_task_is_replaced_by_another_without_ove
     monkeypatch.undo()
     run_dir = root / RUN_DIR
     first_id = json.loads((run_dir / "run.json").read_text())["run_id"]
-    assert sorted(p.name for p in run_dir.iterdir()) == ["initial", "run.json", "run.lock"]
+    assert sorted(p.name for p in run_dir.iterdir()) == ["initial", "run.json", "run.lock", "verified.jsonl"]
 
     (run_dir / "initial" / "notes.txt").write_text("mine")  # a user's file: nothing is deleted
     before = state(run_dir)
@@ -136,7 +136,7 @@ def test_a_run_that_stopped_in_its_first_task_is_replaced_by_another_without_ove
         cli_main(["run", *FLAGS, "--lr", "0.2", "--results-dir", str(tmp_path / "d")])
     monkeypatch.undo()
     assert "that finished no task; it was replaced by this one" in capsys.readouterr().err
-    assert sorted(p.name for p in damaged.iterdir()) == ["initial", "run.json", "run.lock"]
+    assert sorted(p.name for p in damaged.iterdir()) == ["initial", "run.json", "run.lock", "verified.jsonl"]
     assert json.loads((damaged / "run.json").read_text())["config"]["lr"] == 0.2
 
     partial = copy(made, "partial", tmp_path / "p")  # task_000 whole, its checkpoint lost: kept

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import importlib.util
 import json
 import math
 import os
@@ -69,9 +70,7 @@ def budget_for_chunk(config: Config, k: int) -> int:
 def sweep_process(tmp_path_factory):
     """None where the sweep extra is absent (a GPU image): only the sweep's test is skipped then,
     not the tests of the 100 tasks that take this fixture to overlap with it."""
-    try:
-        import submitit  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("submitit") is None:
         yield None
         return
     root = tmp_path_factory.mktemp("sweep") / "runs"
