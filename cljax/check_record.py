@@ -12,14 +12,15 @@ file whose identity is unchanged as verified, and reads and hashes every other o
 Any write to a file changes its change time, which no program can set back, so an edited,
 replaced, truncated or copied file is hashed again; a damaged record (or none) only means that
 everything is. What it does not see is content that changes with no write at all (a failing
-disk): ``cljax analyze`` hashes every file it reads, and deleting verified.json makes the next
-resume hash everything again. A run writes the record under its lock: when it resumes, after
-every check has passed, and after its last task. As it trains, each task folder it writes is
-noted with the sha256 hashed while writing it, in one line appended to ``verified.jsonl``
-(``JOURNAL``), which the next read merges and the next save folds into the record. The notes
-are not held in memory: a run's host memory stays flat in T, and a stop loses none of them (a
-line cut short by it is skipped: its files are hashed again). A rerun of a finished run reads
-the record and writes nothing.
+disk): ``cljax analyze`` hashes every file it reads, and deleting verified.json and
+verified.jsonl makes the next resume hash everything again.
+
+A run writes the record under its lock: when it resumes, after every check has passed, and
+after its last task. As it trains, each folder it writes is noted with the sha256 hashed while
+writing it, in one line appended to ``verified.jsonl`` (``JOURNAL``), which the next read merges
+and the next save folds into the record. The notes are not held in memory: a run's host memory
+stays flat in T, and a stop loses none of them (a line cut short by it is skipped: its files
+are hashed again). A rerun of a finished run reads the record and writes nothing.
 """
 
 from __future__ import annotations
@@ -139,9 +140,12 @@ class CheckRecord:
                            for name, entry in meta.get("files", {}).items()}}
         text = json.dumps(line, separators=(",", ":")).encode() + b"\n"
         with open(self.root / JOURNAL, "a+b") as f:
-            if f.seek(0, os.SEEK_END) and (f.seek(-1, os.SEEK_END), f.read(1))[1] != b"\n":
-                text = b"\n" + text  # after a line a stop cut short
-            f.write(text)
+            end = f.seek(0, os.SEEK_END)
+            if end:
+                f.seek(end - 1)
+                if f.read(1) != b"\n":
+                    text = b"\n" + text  # after a line a stop cut short: this one parses on its own
+            f.write(text)  # appended: a+ writes at the end wherever it read
 
     def save(self, run_id: str) -> None:
         """Write the record (atomically) with the journal's notes of the run folded in, then remove
