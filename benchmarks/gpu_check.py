@@ -62,27 +62,13 @@ from cljax.config import config_choices  # noqa: E402  (jax-free: jax is importe
 from gpu_check_env import stage_env  # noqa: E402
 from gpu_check_export import export  # noqa: E402
 from gpu_check_read import FAILURES_NOW, read_junit, read_pytest_log, read_run  # noqa: E402
+from gpu_check_tests import ids_env, test_workers, tests_left, tests_to_run  # noqa: E402
 from pytest_failures_now import ENV  # noqa: E402
 # --smoke checks the script, not the model: a small MLP (it compiles in a fraction of the CNN's
 # time), and one size for the variants, fashion and lop stages, so that their programs are
 # compiled once and then found in the persistent compilation cache.
 SMOKE_SIZE = {"model": "mlp", "mlp_hidden": 16, "n_repeats": 2, "n_train_per_class": 40, "n_test_per_class": 20,
               "n_subsamples": 8, "epochs": 1, "batch_size": 20, "log_frequency": 2}
-# The two tests that failed on an H200 before the precision setting first (--keep-duplicates keeps
-# the order given; they run again with their files), then the files around the numbers and the model.
-GPU_TESTS = ["tests/test_end_to_end.py::test_saved_accuracy_equals_recomputation_from_saved_weights",
-             "tests/test_rules.py::test_bio_is_the_three_factor_rule_with_fixed_random_feedback",
-             "tests/test_precision.py", "tests/test_compute_dtype.py", "tests/test_lowering_flags.py",
-             "tests/test_end_to_end.py", "tests/test_models.py", "tests/test_initial_state.py", "tests/test_rules.py",
-             "tests/test_options.py"]
-# The other files whose numbers depend on the backend (the rest of the suite is file, CLI and
-# analysis logic): ``--tests rest``, for a second call with a longer ``--limit tests=...``.
-GPU_TESTS_REST = ["tests/test_sharding.py", "tests/test_scale.py", "tests/test_schedule.py", "tests/test_methods.py",
-                  "tests/test_heads.py", "tests/test_reliability.py", "tests/test_run_folder.py",
-                  "tests/test_run_folder_split.py", "tests/test_run_folder_inputs.py", "tests/test_profile_task.py", "tests/test_benchmark_smoke.py", "tests/test_analysis_glue.py",
-                  "tests/test_fused.py", "tests/test_trace.py", "tests/test_options_units.py", "tests/test_built_programs.py",
-                  "tests/test_resnet_im2col.py"]
-SMOKE_TESTS = ["tests/test_precision.py::test_a_bad_precision_is_one_clear_error"]
 # (stage, seconds it may take: full, smoke), in the order the stages run: what a GPU session must
 # learn first (the tests at the defaults, the goals' table) before the candidates (variants).
 # The full budgets sum to 460 s, the --budget of the one-call GPU session; they are sized from the
@@ -136,11 +122,13 @@ def smoke_env(env: dict, out: Path) -> dict:
             "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.1", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
 
 
-def stage_env_vars(name: str, env: dict, out: Path) -> dict:
+def stage_env_vars(name: str, env: dict, out: Path, args=None) -> dict:
     """The environment of one stage: the deterministic stage's XLA flag added to the rest; for
-    the tests, the failures plugin on the path and its file (OUT/FAILURES_NOW)."""
+    the tests, the plugins on the path and their files (OUT/FAILURES_NOW, the ids collected and
+    finished, the ids ``--tests-from`` keeps)."""
     if name == "tests":
-        return {**env, "PYTHONPATH": os.pathsep.join([str(HERE), env["PYTHONPATH"]]), ENV: str(out / FAILURES_NOW)}
+        return {**env, "PYTHONPATH": os.pathsep.join([str(HERE), env["PYTHONPATH"]]), ENV: str(out / FAILURES_NOW),
+                **(ids_env(args, out) if args is not None else {})}
     if name != "deterministic":
         return env
     from gpu_variants import DETERMINISTIC_FLAG
@@ -180,7 +168,7 @@ def stage_commands(args) -> dict:
     commands = {
         "env": child + ["--stage", "env"],
         "tests": [py, "-m", "pytest", f"--maxfail={args.maxfail}", "-v", "-p", "no:cacheprovider", "-p",
-                  "pytest_failures_now", "--keep-duplicates", *test_workers(args), "--junitxml", str(out / "junit.xml"),
+                  "pytest_failures_now", "-p", "pytest_ids_now", "--keep-duplicates", *test_workers(args), "--junitxml", str(out / "junit.xml"),
                   *tests_to_run(args)],
         "variants": child + ["--stage", "variants"],
         "profile": [py, str(HERE / "profile_task.py"), *profile,
@@ -206,24 +194,6 @@ def program_flags(args) -> list[str]:
             + (["--matmul-precision", args.matmul_precision] if args.matmul_precision else []))
 
 
-def test_workers(args) -> list[str]:
-    """pytest-xdist's flags for the full tests stage (none in the smoke, or without xdist): each
-    test file runs whole in one worker (--dist loadfile), as its module-scoped runs expect."""
-    import importlib.util
-
-    if args.smoke or importlib.util.find_spec("xdist") is None:
-        return []
-    return ["-n", str(args.test_workers), "--dist", "loadfile"]
-
-
-def tests_to_run(args) -> list[str]:
-    if args.smoke:
-        return SMOKE_TESTS
-    if args.tests in (["rest"], ["all"]):
-        return GPU_TESTS_REST if args.tests == ["rest"] else ["tests"]
-    return args.tests or GPU_TESTS
-
-
 def has_torch() -> bool:
     import importlib.util
 
@@ -237,7 +207,9 @@ def collect(name: str, out: Path) -> dict | None:
         path = out / f"{name}.json"
     elif name == "tests":
         result = read_junit(out / "junit.xml") or read_pytest_log(out / "tests.log")
-        return result and {**result, "tracebacks": FAILURES_NOW if (out / FAILURES_NOW).exists() else None}
+        left = tests_left(out)
+        return result and {**result, "tracebacks": FAILURES_NOW if (out / FAILURES_NOW).exists() else None,
+                           **({"ids": left} if left is not None else {})}
     else:
         return read_run(out / "runs" / name)
     return json.loads(path.read_text()) if path.exists() else None
@@ -288,7 +260,7 @@ def orchestrate(args) -> dict:
         else:
             t0 = time.monotonic()
             log = out / f"{name}.log"
-            status, rc = run_stage(command, limit, log, stage_env_vars(name, env, out))
+            status, rc = run_stage(command, limit, log, stage_env_vars(name, env, out, args))
             report["stages"][name] = {"status": status, "returncode": rc, "seconds": round(time.monotonic() - t0, 1),
                                       "limit_seconds": round(limit, 1), "command": command, "log": log.name,
                                       "result": collect(name, out)}
@@ -321,6 +293,9 @@ def parse_args(argv):
     p.add_argument("--tests", nargs="*", default=None,
                    help="test files for the tests stage (default: GPU_TESTS; 'rest': the other GPU-relevant files; "
                         "'all': the whole suite)")
+    p.add_argument("--tests-from", default=None, metavar="FILE",
+                   help="run only the node ids FILE lists, one per line (a first call's tests_left.txt: what failed "
+                        "or did not finish)")
     p.add_argument("--maxfail", type=int, default=1, help="the tests stage stops after this many failures (default 1: -x)")
     p.add_argument("--test-workers", type=int, default=TEST_WORKERS,
                    help=f"pytest-xdist workers of the tests stage (default {TEST_WORKERS})")
@@ -345,6 +320,8 @@ def parse_args(argv):
     for flag, folder in (("--out", args.out), ("--export", args.export)):  # the stages run in the checkout's root
         if folder and Path(folder).expanduser().exists() and not Path(folder).expanduser().is_dir():
             p.error(f"{flag} {folder} is a file: give a folder")
+    if args.tests_from and not Path(args.tests_from).is_file():
+        p.error(f"--tests-from {args.tests_from} is not a file: give the tests_left.txt of an earlier call")
     args.out = str(Path(args.out).expanduser().resolve())
     return args
 

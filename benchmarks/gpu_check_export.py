@@ -3,9 +3,10 @@
 The device tool returns at most 8 files from its output folder, each under 16 MiB, no deeper than
 two folders; a check's own folder holds dozens of files and its runs hundreds of MiB. So the
 check runs in a scratch folder and ``export`` copies into the returned one: ``summary.md`` and
-``check.json`` of the call and of its follow-up, and one ``logs.tar.gz`` of every other JSON,
-markdown, log and XML file (the runs' arrays and the profiler trace left out, each file and
-the whole archive capped), at most five files.
+``check.json`` of the call and of its follow-up, the tests stage's ``tests_left.txt`` (the node
+ids a next call runs with ``--tests-from``), and one ``logs.tar.gz`` of every other JSON,
+markdown, log, text and XML file (the runs' arrays and the profiler trace left out, each file
+and the whole archive capped), at most six files.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ def export(out: Path, dest: Path) -> list[str]:
     written = []
     for src, name in ((out / "summary.md", "summary.md"), (out / "check.json", "check.json"),
                       (out / "follow_up" / "summary.md", "follow_up_summary.md"),
-                      (out / "follow_up" / "check.json", "follow_up_check.json")):
+                      (out / "follow_up" / "check.json", "follow_up_check.json"),
+                      (out / "tests_left.txt", "tests_left.txt")):
         if src.is_file():
             shutil.copyfile(src, dest / name)
             written.append(name)

@@ -104,9 +104,11 @@ def goals_markdown(report: dict) -> list[str]:
     tests = _result(report, "tests")
     if tests:
         failed = tests["failures"] + tests["errors"]
+        unfinished = (tests.get("ids") or {}).get("not_finished", 0)
         lines.append(f"- GPU-relevant tests: {tests['tests']} run, {failed} failed"
                      + (" (fix these before any second call: " + ", ".join(f"`{n}`" for n in tests["failed"]) + ")"
-                        if failed else ""))
+                        if failed else "")
+                     + (f", {unfinished} not finished (listed with the failed in tests_left.txt)" if unfinished else ""))
     faster = sorted((row for row in _variant_rows(report)
                      if row["settings"] and row.get("speed_vs_default", 0) >= FASTER),
                     key=lambda row: -row["speed_vs_default"])

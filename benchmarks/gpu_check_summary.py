@@ -22,6 +22,12 @@ def _tests(r: dict) -> list[str]:
              + ("before the time limit stopped it (from tests.log)" if r.get("cut_short") else
                 f"in {r['seconds']:.0f} s (junit.xml)") + "; pytest stops after --maxfail failures (1: -x)"]
     lines += [f"- failed: `{name}`" for name in r["failed"]]
+    ids = r.get("ids")
+    if ids:  # by exact node id (pytest_ids_now), where the log's lines split ids at their spaces
+        lines.append(f"- by node id: {ids['collected']} collected, {ids['finished']} finished"
+                     + (f"; the {ids['left']} that failed or did not finish are in {ids['left_file']}: run just "
+                        f"those with `--stages tests --tests-from {ids['left_file']}` (the file copied into the "
+                        f"checkout)" if ids["left"] else ""))
     return lines + ([f"- tracebacks, as they happened: {r['tracebacks']} (in logs.tar.gz)"] if r.get("tracebacks") else [])
 
 

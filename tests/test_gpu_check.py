@@ -25,6 +25,11 @@ def load_gpu_check():
     return load_script(SCRIPT, "cljax_gpu_check")
 
 
+def load_tests_stage():
+    """The tests stage's lists and helpers (benchmarks/gpu_check_tests.py)."""
+    return load_script(SCRIPT.parent / "gpu_check_tests.py", "cljax_gpu_check_tests")
+
+
 def test_the_smoke_mode_runs_every_stage_and_writes_json_and_a_summary(tmp_path):
     out = tmp_path / "check"
     exported = tmp_path / "device_out"
@@ -183,15 +188,47 @@ def test_the_tests_stage_keeps_each_failures_traceback_when_it_is_killed(tmp_pat
     monkeypatch.setattr(gpu_check.subprocess, "Popen", LimitFromTheFailure)
     (tmp_path / "test_two.py").write_text("import time\n\n\ndef test_fails():\n    assert 1 + 1 == 3, 'arithmetic'\n\n\n"
                                           "def test_hangs():\n    time.sleep(60)\n")
-    env = gpu_check.stage_env_vars("tests", {**os.environ, "PYTHONPATH": ""}, tmp_path)
-    command = [sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider", "-p", "pytest_failures_now", "-n", "2",
-               str(tmp_path / "test_two.py")]
+    env = gpu_check.stage_env_vars("tests", {**os.environ, "PYTHONPATH": ""}, tmp_path, gpu_check.parse_args([]))
+    command = [sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider", "-p", "pytest_failures_now", "-p",
+               "pytest_ids_now", "-n", "2", str(tmp_path / "test_two.py")]
     assert gpu_check.run_stage(command, 3.0, tmp_path / "tests.log", env) == ("timeout", None)
     text = (tmp_path / gpu_check.FAILURES_NOW).read_text()
     assert text.count("=====") == 1 and "test_two.py::test_fails (call)" in text and "arithmetic" in text
     got = gpu_check.collect("tests", tmp_path)  # no junit.xml: the outcomes from the log, the tracebacks' file
     assert [f.endswith("test_two.py::test_fails") for f in got["failed"]] == [True]
     assert got["tracebacks"] == gpu_check.FAILURES_NOW
+    # by node id: the failed test and the one the limit cut, for a next call's --tests-from
+    assert got["ids"] == {"collected": 2, "finished": 1, "not_finished": 1, "left": 2, "left_file": "tests_left.txt"}
+    left = (tmp_path / "tests_left.txt").read_text().splitlines()
+    assert [i.rpartition("::")[2] for i in left] == ["test_fails", "test_hangs"]
+    assert "the 2 that failed or did not finish are in tests_left.txt" in "\n".join(
+        load_script(SCRIPT.parent / "gpu_check_summary.py", "cljax_gpu_check_summary")._tests(got))
+
+
+def test_a_next_call_runs_exactly_the_node_ids_a_file_lists(tmp_path):
+    """Node ids with spaces and brackets (a parametrised test's) given on pytest's command line
+    collected nothing on the GPU image; --tests-from keeps them in the collection instead, under
+    pytest-xdist too, and records each one's outcome by its exact id."""
+    gpu_check = load_gpu_check()
+    (tmp_path / "test_ids.py").write_text(
+        "import pytest\n\n\n@pytest.mark.parametrize('x', ['a b', 'c[d]', 'e'])\ndef test_param(x):\n"
+        "    assert x != 'c[d]'\n\n\ndef test_other():\n    pass\n")
+    wanted = ["test_ids.py::test_param[a b]", "test_ids.py::test_param[c[d]]"]
+    (tmp_path / "left.txt").write_text("".join(f"{i}\n" for i in wanted))
+    args = gpu_check.parse_args(["--stages", "tests", "--tests-from", str(tmp_path / "left.txt")])
+    assert gpu_check.tests_to_run(args) == ["test_ids.py"]  # the files of the ids, each once
+    out = tmp_path / "out"
+    out.mkdir()
+    env = gpu_check.stage_env_vars("tests", {**os.environ, "PYTHONPATH": ""}, out, args)
+    command = [sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider", "-p", "pytest_ids_now", "-n", "2",
+               *gpu_check.tests_to_run(args)]
+    status = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert status.returncode == 1 and "= 1 failed, 1 passed in " in status.stdout, status.stdout[-2000:]
+    assert (out / "tests_collected.txt").read_text().splitlines() == wanted
+    assert sorted((out / "tests_done.txt").read_text().splitlines()) == [f"FAILED\t{wanted[1]}", f"PASSED\t{wanted[0]}"]
+    assert load_tests_stage().tests_left(out) == {"collected": 2, "finished": 2, "not_finished": 0, "left": 1,
+                                                   "left_file": "tests_left.txt"}
+    assert (out / "tests_left.txt").read_text() == f"{wanted[1]}\n"
 
 
 def test_the_optional_deterministic_stage_runs_under_the_xla_flag_it_names(tmp_path):
@@ -252,10 +289,11 @@ def test_the_resnets_rows_are_compared_with_the_resnets_own_default(tmp_path, mo
 def test_a_second_call_can_run_the_other_gpu_relevant_tests_with_a_longer_limit(tmp_path):
     gpu_check = load_gpu_check()
     args = gpu_check.parse_args(["--stages", "tests", "--tests", "rest", "--limit", "tests=400"])
-    assert args.limit == {"tests": 400.0} and gpu_check.tests_to_run(args) == gpu_check.GPU_TESTS_REST
+    stage = load_tests_stage()
+    assert args.limit == {"tests": 400.0} and gpu_check.tests_to_run(args) == stage.GPU_TESTS_REST
     root = SCRIPT.parents[1]
-    listed = {t.split("::")[0] for t in gpu_check.GPU_TESTS + gpu_check.GPU_TESTS_REST}
-    assert all((root / t).is_file() for t in listed) and not set(gpu_check.GPU_TESTS) & set(gpu_check.GPU_TESTS_REST)
+    listed = {t.split("::")[0] for t in stage.GPU_TESTS + stage.GPU_TESTS_REST}
+    assert all((root / t).is_file() for t in listed) and not set(stage.GPU_TESTS) & set(stage.GPU_TESTS_REST)
     assert gpu_check.parse_args([]).stages == [s for s in gpu_check.BUDGETS if s != "deterministic"]
     with pytest.raises(SystemExit):
         gpu_check.parse_args(["--limit", "bogus=3"])
@@ -351,7 +389,8 @@ def test_the_full_checks_stage_commands_parse_in_the_scripts_they_call(tmp_path)
     lop = configs["lop"]
     assert (lop.num_tasks, lop.n_repeats, lop.batch_size, lop.epochs, lop.steps_per_task) == (2, 32, 100, 250, 3000)
     root = SCRIPT.parents[1]
-    for node in gpu_check.GPU_TESTS + gpu_check.GPU_TESTS_REST:
+    stage = load_tests_stage()
+    for node in stage.GPU_TESTS + stage.GPU_TESTS_REST:
         path, _, test = node.partition("::")
         assert not test or f"def {test}(" in (root / path).read_text(), node
 
@@ -404,7 +443,7 @@ def test_the_summary_states_the_goals_and_proposes_one_second_call_the_script_ac
             in "\n".join(goals.goals_markdown(slow)))
     assert "torch.func vmap peer at R = 32: not measured" in "\n".join(goals.goals_markdown(slow))
     parsed = gpu_check.parse_args(goals.REST_TESTS_CALL.split())
-    assert gpu_check.tests_to_run(parsed) == gpu_check.GPU_TESTS_REST and parsed.limit == {"tests": 180.0}
+    assert gpu_check.tests_to_run(parsed) == load_tests_stage().GPU_TESTS_REST and parsed.limit == {"tests": 180.0}
 
     for moved in ({"variant": "default", "repeats": 128, "run_to_run_max_diff": 3e-7},
                   {"variant": "default, compiled again", "repeats": 32, "max_weight_diff_relative_to_max_weight": 1e-6}):
