@@ -122,13 +122,13 @@ def smoke_env(env: dict, out: Path) -> dict:
             "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.1", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
 
 
-def stage_env_vars(name: str, env: dict, out: Path, args=None) -> dict:
+def stage_env_vars(name: str, env: dict, out: Path, args) -> dict:
     """The environment of one stage: the deterministic stage's XLA flag added to the rest; for
     the tests, the plugins on the path and their files (OUT/FAILURES_NOW, the ids collected and
     finished, the ids ``--tests-from`` keeps)."""
     if name == "tests":
         return {**env, "PYTHONPATH": os.pathsep.join([str(HERE), env["PYTHONPATH"]]), ENV: str(out / FAILURES_NOW),
-                **(ids_env(args, out) if args is not None else {})}
+                **ids_env(args, out)}
     if name != "deterministic":
         return env
     from gpu_variants import DETERMINISTIC_FLAG
@@ -168,8 +168,8 @@ def stage_commands(args) -> dict:
     commands = {
         "env": child + ["--stage", "env"],
         "tests": [py, "-m", "pytest", f"--maxfail={args.maxfail}", "-v", "-p", "no:cacheprovider", "-p",
-                  "pytest_failures_now", "-p", "pytest_ids_now", "--keep-duplicates", *test_workers(args), "--junitxml", str(out / "junit.xml"),
-                  *tests_to_run(args)],
+                  "pytest_failures_now", "-p", "pytest_ids_now", "--keep-duplicates", *test_workers(args),
+                  "--junitxml", str(out / "junit.xml"), *tests_to_run(args)],
         "variants": child + ["--stage", "variants"],
         "profile": [py, str(HERE / "profile_task.py"), *profile,
                     "--out", str(out / "profile_trace"), "--json", str(out / "profile.json"), *chosen],

@@ -7,8 +7,6 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from pytest_ids_now import COLLECTED, DONE, KEEP, read_ids
-
 COLLECTED_FILE, DONE_FILE, LEFT_FILE = "tests_collected.txt", "tests_done.txt", "tests_left.txt"  # in OUT
 # The two tests that failed on an H200 before the precision setting first (--keep-duplicates keeps
 # the order given; they run again with their files), then the files around the numbers and the model.
@@ -42,6 +40,8 @@ def tests_to_run(args) -> list[str]:
     if args.smoke:
         return SMOKE_TESTS
     if args.tests_from:
+        from pytest_ids_now import read_ids  # the plugin imports pytest: only where the tests run
+
         return list(dict.fromkeys(i.split("::")[0] for i in read_ids(args.tests_from)))
     if args.tests in (["rest"], ["all"]):
         return GPU_TESTS_REST if args.tests == ["rest"] else ["tests"]
@@ -50,6 +50,8 @@ def tests_to_run(args) -> list[str]:
 
 def ids_env(args, out: Path) -> dict:
     """The plugin's variables: what was collected and what finished, into OUT; the ids to keep."""
+    from pytest_ids_now import COLLECTED, DONE, KEEP
+
     env = {COLLECTED: str(out / COLLECTED_FILE), DONE: str(out / DONE_FILE)}
     return {**env, KEEP: str(Path(args.tests_from).resolve())} if args.tests_from and not args.smoke else env
 
@@ -59,6 +61,8 @@ def tests_left(out: Path) -> dict | None:
     (none written when every test finished and passed or skipped)."""
     if not (out / COLLECTED_FILE).exists():
         return None
+    from pytest_ids_now import read_ids
+
     outcomes = {}
     if (out / DONE_FILE).exists():
         for line in read_ids(out / DONE_FILE):
