@@ -64,21 +64,15 @@ class CheckRecord:
         try:
             data = json.loads((self.root / RECORD).read_text())
             if data.get("version") == VERSION:
-                self._merge(data["run_id"], dict(data["metadata"]), dict(data["hashed"]))
+                self._merge(*_entry(data))
         except (OSError, ValueError, TypeError, KeyError, AttributeError):
             pass  # none or damaged: every file is read again
-        for line in _lines(self.root / JOURNAL):
-            try:
-                entry = json.loads(line)
-                self._merge(entry["run_id"], dict(entry["metadata"]), dict(entry["hashed"]))
-            except (ValueError, TypeError, KeyError, AttributeError):
-                continue  # a line cut short by a stop: its files are hashed again
+        for run_id, metadata, hashed in _journal(self.root / JOURNAL):
+            self._merge(run_id, metadata, hashed)
         if len(self._runs) == 1:  # one run's: held until a check names the run (inspect_run: for_run)
             self.for_run(next(iter(self._runs)))
 
-    def _merge(self, run_id, metadata: dict, hashed: dict) -> None:
-        if not isinstance(run_id, str):
-            raise TypeError(run_id)
+    def _merge(self, run_id: str, metadata: dict, hashed: dict) -> None:
         kept_metadata, kept_hashed = self._runs.setdefault(run_id, ({}, {}))
         kept_metadata.update({name: [e[0], self._shared(e[1])] if isinstance(e, list) and len(e) == 2 and isinstance(
             e[1], dict) else e for name, e in metadata.items()})
@@ -150,14 +144,10 @@ class CheckRecord:
     def save(self, run_id: str) -> None:
         """Write the record (atomically) with the journal's notes of the run folded in, then remove
         the journal; entries of folders no longer there are dropped."""
-        for line in _lines(self.root / JOURNAL):
-            try:
-                entry = json.loads(line)
-                if entry["run_id"] == run_id:
-                    self.metadata.update(entry["metadata"])
-                    self.hashed.update(entry["hashed"])
-            except (ValueError, TypeError, KeyError, AttributeError):
-                continue
+        for written_by, metadata, hashed in _journal(self.root / JOURNAL):
+            if written_by == run_id:
+                self.metadata.update(metadata)
+                self.hashed.update(hashed)
         keep = {name for name in {*self.metadata, *self.hashed} if (self.root / name).exists()}
         data = {"version": VERSION, "run_id": run_id,
                 "metadata": {k: v for k, v in self.metadata.items() if k in keep},
@@ -166,11 +156,26 @@ class CheckRecord:
         (self.root / JOURNAL).unlink(missing_ok=True)
 
 
-def _lines(path: Path) -> list[str]:
+def _entry(data) -> tuple[str, dict, dict]:
+    """(run id, metadata, hashed) of the record or of a journal line; TypeError, KeyError or
+    ValueError when it is not one."""
+    if not isinstance(data["run_id"], str):
+        raise TypeError(data["run_id"])
+    return data["run_id"], dict(data["metadata"]), dict(data["hashed"])
+
+
+def _journal(path: Path):
+    """The journal's entries, in the order written; a line cut short by a stop (or damaged) is
+    skipped, and its files are hashed again."""
     try:
-        return path.read_text(errors="replace").splitlines()
+        lines = path.read_text(errors="replace").splitlines()
     except OSError:
-        return []
+        return
+    for line in lines:
+        try:
+            yield _entry(json.loads(line))
+        except (ValueError, TypeError, KeyError, AttributeError):
+            continue
 
 
 def content_matches(path: Path, sha256: str | None, record) -> bool:
