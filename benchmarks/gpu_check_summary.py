@@ -28,6 +28,11 @@ def _tests(r: dict) -> list[str]:
                      + (f"; the {ids['left']} that failed or did not finish are in {ids['left_file']}: run just "
                         f"those with `--stages tests --tests-from {ids['left_file']}` (the file copied into the "
                         f"checkout)" if ids["left"] else ""))
+        absent = ids.get("not_collected") or []
+        if absent:  # listed by --tests-from, not collected: renamed, or a file needing an extra this machine lacks
+            shown = ", ".join(f"`{i}`" for i in absent[:5]) + (f" and {len(absent) - 5} more" if len(absent) > 5 else "")
+            lines.append(f"- not collected, so not run: {len(absent)} of the ids --tests-from listed ({shown}); "
+                         f"check the names against the suite, or install what their files import")
     return lines + ([f"- tracebacks, as they happened: {r['tracebacks']} (in logs.tar.gz)"] if r.get("tracebacks") else [])
 
 

@@ -8,6 +8,7 @@ import importlib.util
 from pathlib import Path
 
 COLLECTED_FILE, DONE_FILE, LEFT_FILE = "tests_collected.txt", "tests_done.txt", "tests_left.txt"  # in OUT
+LISTED_FILE = "tests_listed.txt"  # in OUT: a copy of --tests-from's ids, to name those not collected
 # The two tests that failed on an H200 before the precision setting first (--keep-duplicates keeps
 # the order given; they run again with their files), then the files around the numbers and the model.
 GPU_TESTS = ["tests/test_end_to_end.py::test_saved_accuracy_equals_recomputation_from_saved_weights",
@@ -49,17 +50,27 @@ def tests_to_run(args) -> list[str]:
 
 
 def ids_env(args, out: Path) -> dict:
-    """The plugin's variables: what was collected and what finished, into OUT; the ids to keep."""
-    from pytest_ids_now import COLLECTED, DONE, KEEP
+    """The plugin's variables: what was collected and what finished, into OUT; the ids to keep.
+    The files of an earlier call into the same OUT are removed first (the outcomes are appended as
+    tests end, and an old FAILED would outlive a pass), and --tests-from's ids copied beside them."""
+    from pytest_ids_now import COLLECTED, DONE, KEEP, read_ids
 
+    for name in (COLLECTED_FILE, DONE_FILE, LEFT_FILE, LISTED_FILE):
+        (out / name).unlink(missing_ok=True)
     env = {COLLECTED: str(out / COLLECTED_FILE), DONE: str(out / DONE_FILE)}
-    return {**env, KEEP: str(Path(args.tests_from).resolve())} if args.tests_from and not args.smoke else env
+    if not args.tests_from or args.smoke:
+        return env
+    (out / LISTED_FILE).write_text("".join(f"{i}\n" for i in read_ids(args.tests_from)))
+    return {**env, KEEP: str(Path(args.tests_from).resolve())}
 
 
 def tests_left(out: Path) -> dict | None:
     """The node ids of the stage that failed or did not finish, written to OUT/tests_left.txt
-    (none written when every test finished and passed or skipped)."""
-    if not (out / COLLECTED_FILE).exists():
+    (none written when every test finished and passed or skipped); and the ids --tests-from
+    listed that were not collected (a test renamed since, or a file that needs an extra the
+    machine lacks): not run, and not in tests_left.txt, as a next call would not collect them
+    either."""
+    if not (out / COLLECTED_FILE).exists() and not (out / LISTED_FILE).exists():
         return None
     from pytest_ids_now import read_ids
 
@@ -68,11 +79,13 @@ def tests_left(out: Path) -> dict | None:
         for line in read_ids(out / DONE_FILE):
             outcome, _, node = line.partition("\t")
             outcomes[node] = "FAILED" if outcomes.get(node) in ("FAILED", "ERROR") else outcome  # a teardown's error
-    collected = read_ids(out / COLLECTED_FILE)
+    collected = read_ids(out / COLLECTED_FILE) if (out / COLLECTED_FILE).exists() else []  # none of those listed
     left = [i for i in collected if outcomes.get(i) in (None, "FAILED", "ERROR")]
     (out / LEFT_FILE).unlink(missing_ok=True)
     if left:
         (out / LEFT_FILE).write_text("".join(f"{i}\n" for i in left))
+    got = set(collected)
+    absent = [i for i in read_ids(out / LISTED_FILE) if i not in got] if (out / LISTED_FILE).exists() else []
     return {"collected": len(collected), "finished": sum(i in outcomes for i in collected),
             "not_finished": sum(i not in outcomes for i in collected), "left": len(left),
-            "left_file": LEFT_FILE if left else None}
+            "left_file": LEFT_FILE if left else None, **({"not_collected": absent} if absent else {})}

@@ -208,17 +208,20 @@ def test_the_tests_stage_keeps_each_failures_traceback_when_it_is_killed(tmp_pat
 def test_a_next_call_runs_exactly_the_node_ids_a_file_lists(tmp_path):
     """Node ids with spaces and brackets (a parametrised test's) given on pytest's command line
     collected nothing on the GPU image; --tests-from keeps them in the collection instead, under
-    pytest-xdist too, and records each one's outcome by its exact id."""
+    pytest-xdist too, and records each one's outcome by its exact id. An id it lists that is not
+    collected is named; an earlier call's outcomes in the same folder do not count."""
     gpu_check = load_gpu_check()
     (tmp_path / "test_ids.py").write_text(
         "import pytest\n\n\n@pytest.mark.parametrize('x', ['a b', 'c[d]', 'e'])\ndef test_param(x):\n"
         "    assert x != 'c[d]'\n\n\ndef test_other():\n    pass\n")
     wanted = ["test_ids.py::test_param[a b]", "test_ids.py::test_param[c[d]]"]
-    (tmp_path / "left.txt").write_text("".join(f"{i}\n" for i in wanted))
+    gone = "test_ids.py::test_renamed_since"
+    (tmp_path / "left.txt").write_text("".join(f"{i}\n" for i in [*wanted, gone]))
     args = gpu_check.parse_args(["--stages", "tests", "--tests-from", str(tmp_path / "left.txt")])
     assert gpu_check.tests_to_run(args) == ["test_ids.py"]  # the files of the ids, each once
     out = tmp_path / "out"
     out.mkdir()
+    (out / "tests_done.txt").write_text(f"FAILED\t{wanted[0]}\n")  # an earlier call's, into the same folder
     env = gpu_check.stage_env_vars("tests", {**os.environ, "PYTHONPATH": ""}, out, args)
     command = [sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider", "-p", "pytest_ids_now", "-n", "2",
                *gpu_check.tests_to_run(args)]
@@ -226,9 +229,13 @@ def test_a_next_call_runs_exactly_the_node_ids_a_file_lists(tmp_path):
     assert status.returncode == 1 and "= 1 failed, 1 passed in " in status.stdout, status.stdout[-2000:]
     assert (out / "tests_collected.txt").read_text().splitlines() == wanted
     assert sorted((out / "tests_done.txt").read_text().splitlines()) == [f"FAILED\t{wanted[1]}", f"PASSED\t{wanted[0]}"]
-    assert load_tests_stage().tests_left(out) == {"collected": 2, "finished": 2, "not_finished": 0, "left": 1,
-                                                   "left_file": "tests_left.txt"}
+    got = load_tests_stage().tests_left(out)
+    assert got == {"collected": 2, "finished": 2, "not_finished": 0, "left": 1, "left_file": "tests_left.txt",
+                   "not_collected": [gone]}
     assert (out / "tests_left.txt").read_text() == f"{wanted[1]}\n"
+    summary = "\n".join(load_script(SCRIPT.parent / "gpu_check_summary.py", "cljax_gpu_check_summary")._tests(
+        {"tests": 2, "failures": 1, "errors": 0, "skipped": 0, "seconds": 3.0, "failed": [wanted[1]], "ids": got}))
+    assert f"not collected, so not run: 1 of the ids --tests-from listed (`{gone}`)" in summary
 
 
 def test_the_optional_deterministic_stage_runs_under_the_xla_flag_it_names(tmp_path):
