@@ -238,6 +238,18 @@ def test_a_next_call_runs_exactly_the_node_ids_a_file_lists(tmp_path):
     assert f"not collected, so not run: 1 of the ids --tests-from listed (`{gone}`)" in summary
 
 
+def test_the_list_of_tests_not_yet_run_on_a_gpu_names_tests_of_the_suite():
+    """benchmarks/gpu_tests_not_yet_run.txt is the next GPU session's --tests-from: every id in it
+    is collected by the suite as it is now (a test renamed since would silently not run)."""
+    listed = (SCRIPT.parent / "gpu_tests_not_yet_run.txt").read_text().split("\n")
+    listed = [i for i in listed if i.strip()]
+    files = sorted({i.split("::")[0] for i in listed})
+    proc = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *files],
+                          cwd=SCRIPT.parent.parent, capture_output=True, text=True, timeout=300)
+    collected = set(proc.stdout.splitlines())
+    assert listed and files and [i for i in listed if i not in collected] == [], proc.stdout[-2000:]
+
+
 def test_the_optional_deterministic_stage_runs_under_the_xla_flag_it_names(tmp_path):
     out = tmp_path / "check"
     proc = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--out", str(out), "--fashion-dir", str(FASHION_DIR),
