@@ -74,9 +74,13 @@ class CheckRecord:
 
     def _merge(self, run_id: str, metadata: dict, hashed: dict) -> None:
         kept_metadata, kept_hashed = self._runs.setdefault(run_id, ({}, {}))
-        kept_metadata.update({name: [e[0], self._shared(e[1])] if isinstance(e, list) and len(e) == 2 and isinstance(
-            e[1], dict) else e for name, e in metadata.items()})
+        kept_metadata.update(self._held(metadata))
         kept_hashed.update(hashed)
+
+    def _held(self, metadata: dict) -> dict:
+        """Entries of the record or of a journal line, with their repeated fields held once."""
+        return {name: [e[0], self._shared(e[1])] if isinstance(e, list) and len(e) == 2 and isinstance(e[1], dict)
+                else e for name, e in metadata.items()}
 
     def for_run(self, run_id: str | None) -> None:
         """Keep only what was recorded for the run ``run_id``."""
@@ -145,8 +149,8 @@ class CheckRecord:
         """Write the record (atomically) with the journal's notes of the run folded in, then remove
         the journal; entries of folders no longer there are dropped."""
         for written_by, metadata, hashed in _journal(self.root / JOURNAL):
-            if written_by == run_id:
-                self.metadata.update(metadata)
+            if written_by == run_id:  # each line's config held once, as a read holds it (a long run's fold)
+                self.metadata.update(self._held(metadata))
                 self.hashed.update(hashed)
         keep = {name for name in {*self.metadata, *self.hashed} if (self.root / name).exists()}
         data = {"version": VERSION, "run_id": run_id,
@@ -168,14 +172,15 @@ def _journal(path: Path):
     """The journal's entries, in the order written; a line cut short by a stop (or damaged) is
     skipped, and its files are hashed again."""
     try:
-        lines = path.read_text(errors="replace").splitlines()
+        f = open(path, errors="replace")
     except OSError:
         return
-    for line in lines:
-        try:
-            yield _entry(json.loads(line))
-        except (ValueError, TypeError, KeyError, AttributeError):
-            continue
+    with f:  # line by line: a long run's journal is not held whole beside what it is folded into
+        for line in f:
+            try:
+                yield _entry(json.loads(line))
+            except (ValueError, TypeError, KeyError, AttributeError):
+                continue
 
 
 def content_matches(path: Path, sha256: str | None, record) -> bool:

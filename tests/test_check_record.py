@@ -116,6 +116,22 @@ def test_a_line_cut_by_a_stop_is_skipped_and_the_next_line_starts_on_its_own(sto
     assert sorted(hashed) == sorted(_task_files(run_dir, [1]) - {run_dir / "task_001" / "metadata.json"})
 
 
+def test_the_fold_holds_each_repeated_field_once_whatever_it_was_read_from(stopped_twice):
+    """The record's and the journal's entries alike hold one copy of the run's config (a long run's
+    fold held one per task: 83 MiB at 4000 tasks, docs/benchmark.md), and the record saved is the
+    same JSON as the entries it folded."""
+    config, run_dir = stopped_twice
+    record = CheckRecord(run_dir)
+    record.for_run(json.loads((run_dir / "run.json").read_text())["run_id"])
+    journal = [json.loads(line) for line in (run_dir / JOURNAL).read_text().splitlines()]
+    record.save(record.run_id)
+    configs = [fields["config"] for _, fields in record.metadata.values() if "config" in fields]
+    assert len(configs) == 2 and len({id(c) for c in configs}) == 1  # task 0 (from the record), task 1 (journal)
+    saved = json.loads((run_dir / RECORD).read_text())
+    assert saved["metadata"]["task_001/metadata.json"] == journal[0]["metadata"]["task_001/metadata.json"]
+    assert not (run_dir / JOURNAL).exists()
+
+
 def test_a_file_written_since_it_was_verified_is_hashed_again(stopped_twice, capsys):
     config, run_dir = stopped_twice
     flip_byte(run_dir / "task_000" / "weights.npy")  # same size: only its content tells
