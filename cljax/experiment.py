@@ -285,9 +285,12 @@ def _initial_learner(program, config):
 
 
 def _damaged_initial(algo_dir: Path, found) -> str | None:
-    """What is wrong with a run's initial/ (None: whole, or a run from before it existed)."""
-    if not (algo_dir / INITIAL).exists() or found.record is None:
+    """What is wrong with a run's initial/ (None: whole, or a run from before it existed, which
+    is one recorded at schema 2 or before: every later run wrote it as it began)."""
+    if found.record is None:
         return None
+    if not (algo_dir / INITIAL).exists():
+        return f"{algo_dir / INITIAL} is missing" if (found.record.get("schema") or 1) > 2 else None
     return verify_task_dir(algo_dir / INITIAL, -1, found.record.get("run_id"), hashes=True)
 
 

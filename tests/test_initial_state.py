@@ -106,12 +106,20 @@ def test_a_task_starts_from_the_shrunk_network_and_its_change_is_measured_from_t
     assert refs == {"init": "initial/weights.npy", "task_start": ["start_weights.npy of the task folder"]}
 
 
-def test_a_run_from_before_these_files_is_analysed_from_its_snapshots_and_says_so(run, tmp_path):
+def test_a_run_from_before_these_files_is_analysed_from_its_snapshots_and_says_so(run, tmp_path, capsys):
     from cljax.analysis import analyze_run
 
     old = tmp_path / "old"
     shutil.copytree(run["algo_dir"], old)
     shutil.rmtree(old / INITIAL)
+    deleted = tmp_path / "deleted"  # initial/ deleted from a run that wrote it: the analysis says how to restore it
+    shutil.copytree(old, deleted)
+    shutil.rmtree(deleted / "analysis")
+    analyze_run(deleted, glue=False, make_plots=False)
+    assert f"warning: {deleted / INITIAL} is missing, so the change from the initial weights is measured from " \
+           f"task_000's first snapshot; run the run's `cljax run` command again" in capsys.readouterr().err
+    record = json.loads((old / "run.json").read_text())
+    (old / "run.json").write_text(json.dumps({**record, "schema": 2}))  # before initial/ existed
     shutil.rmtree(old / "analysis")
     for t in ("task_000", "task_001"):
         (old / t / "start_weights.npy").unlink()
@@ -119,6 +127,7 @@ def test_a_run_from_before_these_files_is_analysed_from_its_snapshots_and_says_s
         del meta["files"]["start_weights.npy"], meta["shapes"]["start_weights"]
         (old / t / "metadata.json").write_text(json.dumps(meta))
     summary = analyze_run(old, glue=False, make_plots=False)
+    assert "is missing" not in capsys.readouterr().err
     refs = summary["plasticity"]["weight_change_reference"]
     assert refs["init"].startswith("first snapshot of task_000")
     assert refs["task_start"] == ["last snapshot of the previous task folder (no start_weights.npy)"]

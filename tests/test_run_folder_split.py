@@ -164,15 +164,34 @@ def test_a_finished_run_with_a_damaged_initial_state_writes_it_again_and_stays_f
 
 
 def test_a_finished_run_from_before_the_initial_state_is_reported_finished_and_left_as_it_is(made, tmp_path, capsys):
-    """No initial/ at all is a run from before it existed (analyze reads its snapshots), not a
-    damaged one: the rerun reports it finished and writes nothing, warns of nothing."""
+    """No initial/ in a run recorded at schema 2 is a run from before it existed (analyze reads
+    its snapshots), not a damaged one: the rerun reports it finished and writes nothing, warns of
+    nothing."""
+    from cljax.initial_state import INITIAL
+
+    run_dir = copy(made, "finished", tmp_path / "r")
+    shutil.rmtree(run_dir / INITIAL)
+    record = json.loads((run_dir / "run.json").read_text())
+    (run_dir / "run.json").write_text(json.dumps({**record, "schema": 2}))
+    rc, out, err = run_cli(["run", *FLAGS, "--results-dir", str(tmp_path / "r")], capsys)
+    assert rc == 0 and "already finished" in out and err == "", (out, err)
+    assert not (run_dir / INITIAL).exists()
+
+
+def test_a_finished_run_whose_initial_state_was_deleted_gets_it_again_as_the_run_began(made, tmp_path, capsys):
+    """A run recorded since initial/ existed always wrote it: missing, it was deleted, and the
+    rerun writes it again from the seed, byte for byte, and says so."""
     from cljax.initial_state import INITIAL
 
     run_dir = copy(made, "finished", tmp_path / "r")
     shutil.rmtree(run_dir / INITIAL)
     rc, out, err = run_cli(["run", *FLAGS, "--results-dir", str(tmp_path / "r")], capsys)
-    assert rc == 0 and "already finished" in out and err == "", (out, err)
-    assert not (run_dir / INITIAL).exists()
+    assert rc == 0 and "already finished" in out, (out, err)
+    assert f"warning: {run_dir / INITIAL} is missing; the run is finished and its initial/ was written again" in err
+    for name in ("weights.npy", "metadata.json"):
+        assert (run_dir / INITIAL / name).read_bytes() == (made["finished"] / RUN_DIR / INITIAL / name).read_bytes()
+    rc, out, err = run_cli(["run", *FLAGS, "--results-dir", str(tmp_path / "r")], capsys)
+    assert rc == 0 and "already finished" in out and err == "", (out, err)  # whole again: nothing more to say
 
 
 @pytest.mark.parametrize("damage", ["missing", "flipped"])

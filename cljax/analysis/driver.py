@@ -234,6 +234,10 @@ def _verifier(algo_dir: Path, first: Path):
         check(algo_dir / INITIAL, -1, "run the run's `cljax run` command again, which writes it again from the "
                                       f"seed (finished or not), or move {INITIAL}/ out (the change from the initial "
                                       "weights is then left out)")
+    elif record is not None and (record.get("schema") or 1) > 2:  # every run since schema 3 wrote it as it began
+        print(f"warning: {algo_dir / INITIAL} is missing, so the change from the initial weights is measured from "
+              f"task_000's first snapshot; run the run's `cljax run` command again to write it from the seed.",
+              file=sys.stderr)
     return check, run_id
 
 
