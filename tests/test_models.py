@@ -202,26 +202,33 @@ def test_mlp_layers_follow_depth_and_hidden():
     assert shapes["dense1"]["kernel"].shape == (784, 32) and shapes["head"]["kernel"].shape == (32, 5)
 
 
-def test_pool_gradient_is_jax_rule_for_max_with_ties():
-    """Ties share the gradient equally, as jax.grad of a max does; the rows and columns the
-    pool drops (here 8 = 2 x 3 + 2) get none."""
-    rng = np.random.default_rng(0)
-    x = rng.integers(0, 3, (2, 8, 8, 3)).astype(np.float32)  # values 0..2: many ties in every window
+@pytest.mark.parametrize("size", [2, 3, 6])  # 6: more window positions than a mask's 32 bits
+def test_pool_gradient_is_jax_rule_for_max_with_ties(size):
+    """Ties share the gradient equally, as jax.grad of a max does, bit for bit (the mask of the
+    maxima kept from the forward pass, or recomputed where it has too few bits); the rows and
+    columns the pool drops get none."""
+    rng = np.random.default_rng(size)
+    n = 3 * size - 1  # two whole windows a side, and size - 1 rows and columns the pool drops
+    x = rng.integers(0, 3, (2, n, n, 3)).astype(np.float32)  # values 0..2: many ties in every window
+    x[0, :size, :size, 0] = -0.0  # a window of zeros of both signs
+    x[0, :size, :size, 1][0, 0] = 0.0
     g = jnp.asarray(rng.standard_normal((2, 2, 2, 3)).astype(np.float32))
+    m = 2 * size
 
     def plain(x):
-        return x[:, :6, :6].reshape(2, 2, 3, 2, 3, 3).max(axis=(2, 4))
+        return x[:, :m, :m].reshape(2, 2, size, 2, size, 3).max(axis=(2, 4))
 
-    y, vjp = jax.vjp(lambda x: max_pool_disjoint(x, 3), jnp.asarray(x))  # pools axes 1, 2
+    y, vjp = jax.vjp(lambda x: max_pool_disjoint(x, size), jnp.asarray(x))  # pools axes 1, 2
     y_ref, vjp_ref = jax.vjp(plain, jnp.asarray(x))
     np.testing.assert_array_equal(y, y_ref)
     (dx,), (dx_ref,) = vjp(g), vjp_ref(g)
     assert dx.shape == x.shape
-    np.testing.assert_allclose(dx, dx_ref, rtol=1e-6, atol=1e-7)
-    np.testing.assert_array_equal(dx[:, 6:], 0.0)
-    np.testing.assert_array_equal(dx[:, :, 6:], 0.0)
+    np.testing.assert_array_equal(np.asarray(dx).view(np.int32), np.asarray(dx_ref).view(np.int32))  # the bits
+    np.testing.assert_array_equal(dx[:, m:], 0.0)
+    np.testing.assert_array_equal(dx[:, :, m:], 0.0)
     # each window's gradient sums to the output gradient, however many maxima tie
-    np.testing.assert_allclose(dx[:, :6, :6].reshape(2, 2, 3, 2, 3, 3).sum(axis=(2, 4)), g, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(dx[:, :m, :m].reshape(2, 2, size, 2, size, 3).sum(axis=(2, 4)), g, rtol=1e-5,
+                               atol=1e-6)
 
 
 def test_kernel_matmul_values_and_gradients_are_the_plain_matmul():
