@@ -52,16 +52,18 @@ def tests_to_run(args) -> list[str]:
 def ids_env(args, out: Path) -> dict:
     """The plugin's variables: what was collected and what finished, into OUT; the ids to keep.
     The files of an earlier call into the same OUT are removed first (the outcomes are appended as
-    tests end, and an old FAILED would outlive a pass), and --tests-from's ids copied beside them."""
+    tests end, and an old FAILED would outlive a pass). --tests-from's ids are read before that
+    (they may be that call's tests_left.txt) into OUT/tests_listed.txt, which the plugin keeps."""
     from pytest_ids_now import COLLECTED, DONE, KEEP, read_ids
 
+    listed = read_ids(args.tests_from) if args.tests_from and not args.smoke else None
     for name in (COLLECTED_FILE, DONE_FILE, LEFT_FILE, LISTED_FILE):
         (out / name).unlink(missing_ok=True)
     env = {COLLECTED: str(out / COLLECTED_FILE), DONE: str(out / DONE_FILE)}
-    if not args.tests_from or args.smoke:
+    if listed is None:
         return env
-    (out / LISTED_FILE).write_text("".join(f"{i}\n" for i in read_ids(args.tests_from)))
-    return {**env, KEEP: str(Path(args.tests_from).resolve())}
+    (out / LISTED_FILE).write_text("".join(f"{i}\n" for i in listed))
+    return {**env, KEEP: str((out / LISTED_FILE).resolve())}
 
 
 def tests_left(out: Path) -> dict | None:

@@ -95,6 +95,13 @@ def test_a_next_call_runs_exactly_the_node_ids_a_file_lists(tmp_path):
     summary = "\n".join(load_script(SCRIPT.parent / "gpu_check_summary.py", "cljax_gpu_check_summary")._tests(
         {"tests": 2, "failures": 1, "errors": 0, "skipped": 0, "seconds": 3.0, "failed": [wanted[1]], "ids": got}))
     assert f"not collected, so not run: 1 of the ids --tests-from listed (`{gone}`)" in summary
+    # the next call, into the same folder, from that call's own tests_left.txt
+    args = gpu_check.parse_args(["--stages", "tests", "--tests-from", str(out / "tests_left.txt")])
+    env = gpu_check.stage_env_vars("tests", {**os.environ, "PYTHONPATH": ""}, out, args)
+    status = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert status.returncode == 1 and "= 1 failed in " in status.stdout, status.stdout[-2000:]
+    assert load_tests_stage().tests_left(out) == {"collected": 1, "finished": 1, "not_finished": 0, "left": 1,
+                                                   "left_file": "tests_left.txt"}
 
 
 def test_the_list_of_tests_not_yet_run_on_a_gpu_names_tests_of_the_suite():
