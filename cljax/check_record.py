@@ -172,15 +172,15 @@ def _journal(path: Path):
     """The journal's entries, in the order written; a line cut short by a stop (or damaged) is
     skipped, and its files are hashed again."""
     try:
-        f = open(path, errors="replace")
-    except OSError:
+        with open(path, errors="replace") as f:  # line by line: not held whole beside what it is folded into
+            for line in f:
+                try:
+                    entry = _entry(json.loads(line))
+                except (ValueError, TypeError, KeyError, AttributeError):
+                    continue
+                yield entry
+    except OSError:  # none, or unreadable from here on: those files are hashed again
         return
-    with f:  # line by line: a long run's journal is not held whole beside what it is folded into
-        for line in f:
-            try:
-                yield _entry(json.loads(line))
-            except (ValueError, TypeError, KeyError, AttributeError):
-                continue
 
 
 def content_matches(path: Path, sha256: str | None, record) -> bool:

@@ -30,7 +30,7 @@ from cljax.errors import CljaxError
 from cljax.eval_tasks import eval_tasks_of
 from cljax.evaluate import TestSets, WindowTestSets
 from cljax.faults import crash_point
-from cljax.initial_state import INITIAL, initial_arrays, write_initial
+from cljax.initial_state import INITIAL, initial_arrays, write_initial, wrote_initial
 from cljax.kept_checkpoints import (keep_checkpoint, keeps, kept_is_whole, kept_path, replay_note, rewrite_kept,
                                      same_as_recorded)
 from cljax.program import build_task_program
@@ -285,12 +285,11 @@ def _initial_learner(program, config):
 
 
 def _damaged_initial(algo_dir: Path, found) -> str | None:
-    """What is wrong with a run's initial/ (None: whole, or a run from before it existed, which
-    is one recorded at schema 2 or before: every later run wrote it as it began)."""
+    """What is wrong with a run's initial/ (None: whole, or a run from before it existed)."""
     if found.record is None:
         return None
     if not (algo_dir / INITIAL).exists():
-        return f"{algo_dir / INITIAL} is missing" if (found.record.get("schema") or 1) > 2 else None
+        return f"{algo_dir / INITIAL} is missing" if wrote_initial(found.record) else None
     return verify_task_dir(algo_dir / INITIAL, -1, found.record.get("run_id"), hashes=True)
 
 

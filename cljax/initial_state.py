@@ -21,6 +21,12 @@ from cljax.results import load_structured, weights_to_structured, write_folder
 INITIAL = "initial"
 
 
+def wrote_initial(record: dict | None) -> bool:
+    """Whether the run of this run.json record wrote initial/ as it began: every run recorded at
+    schema 3 or later did (the folder came with schema 2, so a schema-2 run may predate it)."""
+    return record is not None and (record.get("schema") or 1) > 2
+
+
 def initial_arrays(params, model_state) -> dict:
     """A freshly initialised learner's params and model state (host copies, repeats leading) ->
     the arrays to save."""

@@ -54,7 +54,7 @@ from cljax.analysis.spread import RULE, jsonable
 from cljax.checkpoint import read_run_record
 from cljax.devices.memory import host_available_bytes
 from cljax.errors import CljaxError
-from cljax.initial_state import INITIAL
+from cljax.initial_state import INITIAL, wrote_initial
 from cljax.run_folder import verify_task_dir
 
 # The listing order of the built-in files in ``summary["files"]`` (that of earlier versions);
@@ -234,7 +234,7 @@ def _verifier(algo_dir: Path, first: Path):
         check(algo_dir / INITIAL, -1, "run the run's `cljax run` command again, which writes it again from the "
                                       f"seed (finished or not), or move {INITIAL}/ out (the change from the initial "
                                       "weights is then left out)")
-    elif record is not None and (record.get("schema") or 1) > 2:  # every run since schema 3 wrote it as it began
+    elif wrote_initial(record):  # so it was deleted since
         print(f"warning: {algo_dir / INITIAL} is missing, so the change from the initial weights is measured from "
               f"task_000's first snapshot; run the run's `cljax run` command again to write it from the seed.",
               file=sys.stderr)
