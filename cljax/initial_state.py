@@ -7,7 +7,8 @@ task-start change: under ``--head reset`` task 0 trains from the reset head).
 
 "Weight change since init" is measured from it (cljax/analysis/analyses.py). The initialisation
 is a function of the seed alone, so a run that started before this folder existed writes it
-when it resumes, and one that is damaged or another run's is written again rather than refused.
+when it resumes, and one that is damaged, deleted or another run's is written again (by a rerun
+of a finished run too) rather than refused.
 """
 
 from __future__ import annotations
