@@ -1,4 +1,5 @@
-"""GLUE's compiled program runs its LAPACK kernels one at a time on the CPU.
+"""GLUE's compiled program runs its LAPACK kernels one at a time on the CPU
+(cljax/analysis/order.py, which a plugin's analysis can use too).
 
 jaxlib 0.10's CPU LAPACK kernels hand their batch to XLA's intra-op pool and block until it is
 done; XLA:CPU runs independent operations at once, so two such kernels in flight on a 2-thread
@@ -7,69 +8,20 @@ then, so this checks the cause instead: in every computation of the compiled pro
 operations that run a LAPACK kernel (directly, or inside a loop they run) depend one on the
 other."""
 
-import re
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from cljax.analysis import glue
-
-LAPACK = 'custom_call_target="lapack_'
-
-
-def computations(hlo: str) -> dict[str, dict[str, str]]:
-    """Computation name -> {instruction name: the text after its '='} of an HLO module's text."""
-    comps, current = {}, None
-    for line in hlo.splitlines():
-        head = re.match(r"^(?:ENTRY )?%?([\w.\-]+) .*\{$", line)
-        if head:
-            current = comps.setdefault(head.group(1), {})
-        elif line.startswith("}"):
-            current = None
-        elif current is not None and (inst := re.match(r"^\s+(?:ROOT )?%([\w.\-]+) = (.*)$", line)):
-            current[inst.group(1)] = inst.group(2)
-    return comps
-
-
-def unordered_lapack_pairs(hlo: str) -> list[tuple[str, str, str]]:
-    """(computation, a, b) for each two operations that run LAPACK kernels and could run at once."""
-    comps = computations(hlo)
-    refs = lambda text: set(re.findall(r"%([\w.\-]+)", text))  # noqa: E731
-    bears: dict[str, bool] = {}
-
-    def runs_lapack(name):
-        if name not in bears:
-            bears[name] = False  # a computation does not call itself
-            bears[name] = any(runs(text) for text in comps[name].values())
-        return bears[name]
-
-    def runs(text):
-        return LAPACK in text or any(r in comps and runs_lapack(r) for r in refs(text))
-
-    pairs = []
-    for name, insts in comps.items():
-        ancestors: dict[str, set] = {}
-
-        def above(inst):
-            if inst not in ancestors:
-                ancestors[inst] = set()
-                for r in refs(insts[inst]) & insts.keys():
-                    ancestors[inst] |= {r} | above(r)
-            return ancestors[inst]
-
-        heavy = [i for i, text in insts.items() if runs(text)]
-        pairs += [(name, a, b) for k, a in enumerate(heavy) for b in heavy[k + 1:]
-                  if a not in above(b) and b not in above(a)]
-    return pairs
+from cljax.analysis.order import LAPACK, after, unordered_lapack_pairs
 
 
 def test_the_checker_finds_two_independent_decompositions():
     with jax.enable_x64(True):
         x = jnp.ones((8, 4, 4)) + jnp.eye(4)
         both = jax.jit(lambda a, b: (jnp.linalg.eigvalsh(a), jnp.linalg.svd(b)[1])).lower(x, x).compile().as_text()
-        chained = jax.jit(lambda a: jnp.linalg.svd(glue._after(jnp.linalg.eigvalsh(a), a))[1]).lower(x)
+        chained = jax.jit(lambda a: jnp.linalg.svd(after(jnp.linalg.eigvalsh(a), a))[1]).lower(x)
         chained = chained.compile().as_text()
     if LAPACK not in both:
         pytest.skip("no LAPACK kernels in this backend's program (the wait is jaxlib's CPU one)")
@@ -96,4 +48,4 @@ def test_glue_runs_one_lapack_kernel_at_a_time(B, P, M, chunk):
 def test_after_keeps_the_value_and_ignores_what_is_not_finite():
     x = jnp.array([1.5, -2.0, 0.0])
     done = {"a": jnp.array([jnp.inf, jnp.nan, 3.0, 3e38, 3e38]), "n": jnp.array([7])}  # their sum would be inf
-    np.testing.assert_array_equal(glue._after(done, x), x)
+    np.testing.assert_array_equal(after(done, x), x)

@@ -65,6 +65,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cljax.analysis.glue_solver import MAX_ITER, TOL, _qp_anchors
+from cljax.analysis.order import after  # each decomposition waits for the one before it
 
 # The default number of Gaussian probes (y, t) of every GLUE call: the library, the driver, the CLI.
 N_PROBES = 256
@@ -89,20 +90,6 @@ DIAGNOSTIC_KEYS = ("max_residual", "converged_fraction", "max_iterations", "inse
 _SV_REL = 1e-5
 
 
-def _after(done, x):
-    """``x``, made to wait for ``done`` (arrays): the decompositions below run one after another.
-    XLA:CPU runs independent operations at once, and jaxlib 0.10's batched LAPACK kernels each
-    hand chunks to the intra-op thread pool and block until they are done; as many of them at
-    once as the pool has threads (two on a 2-core host) leave no thread to run a chunk, and the
-    analysis never ends (gdb: every pool thread in ``ParallelBatchMap`` ->
-    ``BlockingCounter::Wait``). One kernel at a time always leaves it a thread. The wait is a data
-    dependency, x + (the sum of 0 * each finite value of ``done``), which leaves x's value as it is
-    (-0.0 becomes 0.0); ``lax.optimization_barrier`` does not order anything here, as XLA:CPU
-    removes it before it schedules the program."""
-    leaves = [jnp.ravel(a).astype(x.dtype) for a in jax.tree.leaves(done)]
-    return x + sum(jnp.sum(0.0 * jnp.where(jnp.isfinite(a), a, 0.0)) for a in leaves)
-
-
 def _largest_singular_value(B):
     """||B||_2 of a wide (P, N) matrix, from the eigenvalues of B B^T (P x P)."""
     return jnp.sqrt(jnp.maximum(jnp.linalg.eigvalsh(B @ B.T)[-1], 0.0))
@@ -112,7 +99,7 @@ def _pinv_quadratic(B, z, sv_floor):
     """z^T (B B^T)^+ z for z in the column space of B, via the thin SVD of B; singular values
     below max(``_SV_REL`` ||B||_2, ``sv_floor``) count as zero."""
     U, s, _ = jnp.linalg.svd(B, full_matrices=False)
-    keep = s > jnp.maximum(_SV_REL * _largest_singular_value(_after(s, B)), sv_floor)
+    keep = s > jnp.maximum(_SV_REL * _largest_singular_value(after(s, B)), sv_floor)
     coef = (U.T @ z) / jnp.where(keep, s, 1.0)
     return jnp.sum(jnp.where(keep, coef, 0.0) ** 2)
 
@@ -121,7 +108,7 @@ def _projection_sq(B, t, sv_floor):
     """||proj of t onto the row space of B||^2; singular values below max(``_SV_REL`` ||B||_2,
     ``sv_floor``) count as zero."""
     _, s, Vt = jnp.linalg.svd(B, full_matrices=False)
-    keep = s > jnp.maximum(_SV_REL * _largest_singular_value(_after(s, B)), sv_floor)
+    keep = s > jnp.maximum(_SV_REL * _largest_singular_value(after(s, B)), sv_floor)
     return jnp.sum(jnp.where(keep, Vt @ t, 0.0) ** 2)
 
 
@@ -163,7 +150,7 @@ def _geometry(X_PMN, t_KN, y_KP, *, center: bool, max_iter: int, tol: float):
 
     def per_probe(S1_PN, t_N):
         d_term = _projection_sq(S1_PN, t_N, sv_floor)
-        r_term = _pinv_quadratic(_after(d_term, jnp.concatenate([S0, S1_PN], axis=1)), S1_PN @ t_N, sv_floor)
+        r_term = _pinv_quadratic(after(d_term, jnp.concatenate([S0, S1_PN], axis=1)), S1_PN @ t_N, sv_floor)
         return d_term, r_term, _mean_offdiag_abs_cos(S1_PN, S1_PN), _mean_offdiag_abs_cos(S0, S1_PN)
 
     d_n, r_n, axis_n, cross_n = jax.vmap(per_probe)(S1, t_KN)
@@ -207,7 +194,7 @@ def _geometry_batched(X_BPMN, t_KN, y_KP, center, max_iter, tol, batch_chunk):
     one = jax.vmap(functools.partial(_geometry, t_KN=t_KN, y_KP=y_KP, center=center, max_iter=max_iter, tol=tol))
     # A loop over chunks of the batch (vmapped within a chunk) bounds the memory for many tasks.
     # What is left after the whole chunks is solved after them, not beside them (lax.map's
-    # batch_size would run the two at once: two LAPACK kernels in flight, see _after).
+    # batch_size would run the two at once: two LAPACK kernels in flight, cljax/analysis/order.py).
     B = X_BPMN.shape[0]
     whole = B - B % batch_chunk
     parts = []
@@ -215,7 +202,7 @@ def _geometry_batched(X_BPMN, t_KN, y_KP, center, max_iter, tol, batch_chunk):
         out = jax.lax.map(one, X_BPMN[:whole].reshape(whole // batch_chunk, batch_chunk, *X_BPMN.shape[1:]))
         parts.append(jax.tree.map(lambda a: a.reshape(whole, *a.shape[2:]), out))
     if whole < B:
-        parts.append(one(_after(parts, X_BPMN[whole:])))
+        parts.append(one(after(parts, X_BPMN[whole:])))
     return jax.tree.map(lambda *a: jnp.concatenate(a), *parts) if len(parts) > 1 else parts[0]
 
 
