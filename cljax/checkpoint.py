@@ -82,9 +82,10 @@ def read_run_record(algo_dir: Path) -> dict | None:
         raise NewerRecord(f"{path} was written by a newer cljax (record schema {out['schema']}; this cljax knows "
                           f"schemas up to {SCHEMA_VERSION}): use that cljax or a newer one, or start the run again "
                           f"with `cljax run ... --overwrite`, which deletes the run in {algo_dir}.")
-    if out["run_id"] is None and (out["schema"] or 0) >= 3:  # every record since schema 3 names its run
-        raise CljaxError(f"{path} is damaged (it has no \"run_id\", which every record of schema "
-                         f"{out['schema']} has): {fix}.")
+    for key in ("run_id", "data", "split"):  # every record since schema 3 names its run, data and split
+        if out[key] is None and (out["schema"] or 0) >= 3:
+            raise CljaxError(f"{path} is damaged (it has no \"{key}\", which every record of schema "
+                             f"{out['schema']} has): {fix}.")
     lowering = (out["split"] or {}).get("lowering")
     if lowering is not None and not isinstance(lowering, dict):
         raise CljaxError(f"{path} is damaged (its split's \"lowering\" is not an object): {fix}.")

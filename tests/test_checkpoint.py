@@ -17,6 +17,10 @@ from cljax.errors import CljaxError
                                              ({"config": {}, "schema": True}, "is damaged"),
                                              ({"config": {}, "run_id": 7}, "is damaged"),
                                              ({"config": {}, "schema": 5}, "it has no \"run_id\""),
+                                             ({"config": {}, "schema": 3, "run_id": "x", "split": {}},
+                                              "it has no \"data\""),
+                                             ({"config": {}, "schema": 5, "run_id": "x", "data": "d", "split": None},
+                                              "it has no \"split\""),
                                              ({"config": {}, "schema": 99, "run_id": "x"}, "written by a newer cljax")])
 def test_a_record_without_a_config_object_or_with_a_field_of_another_kind_is_refused(tmp_path, record, problem):
     """A JSON bool is an int to Python: a "schema": true is damage, not schema 1."""
@@ -27,10 +31,11 @@ def test_a_record_without_a_config_object_or_with_a_field_of_another_kind_is_ref
 
 
 def test_a_good_record_reads_back(tmp_path):
-    write_run_record(tmp_path, {"lr": 0.1}, 3, run_id="abc")
+    write_run_record(tmp_path, {"lr": 0.1}, 3, run_id="abc", data="d", split={"backend": "cpu"})
     record = read_run_record(tmp_path)
     assert record["config"] == {"lr": 0.1} and record["schema"] == 3 and record["run_id"] == "abc"
-    # a record of schema 2 may come from before run ids: it reads back without one
+    assert record["data"] == "d" and record["split"] == {"backend": "cpu"}
+    # a record of schema 2 may come from before run ids, data hashes and splits: it reads back without them
     (tmp_path / RUN_RECORD).write_text(json.dumps({"config": {"lr": 0.1}, "schema": 2}))
     assert read_run_record(tmp_path)["run_id"] is None
 
