@@ -1,12 +1,12 @@
-"""ImageNet preparation on a small source of real encoded images in the hub's parquet layout."""
+"""ImageNet preparation on a small source of real encoded images in the hub's parquet layout
+(tests/imagenet_kit.py): shapes, labels, the crop and the luma against an independent numpy
+reference, resume, workers and the other source kinds. Bad input and the command lines:
+tests/test_imagenet_prepare_cli.py."""
 
 from __future__ import annotations
 
 import io
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,105 +17,22 @@ from PIL import Image, ImageOps
 import cljax.data.imagenet.prepare as imagenet
 from cljax.data.imagenet.decode import image_to_gray
 from cljax.data.imagenet.prepare import prepare_imagenet, prepare_main
-from cljax.data.info import data_info_main
-from cljax.data.prepared import ARRAY_FILES, SAMPLES, load_prepared
+from cljax.data.prepared import ARRAY_FILES, load_prepared
 from cljax.errors import CljaxError
 
 # The imagenet extra (a GPU image may lack it; `make test` installs it).
 datasets = pytest.importorskip("datasets", reason="the imagenet extra is not installed: pip install 'cljax[imagenet]'")
-
-REPO = Path(__file__).resolve().parents[1]
-CLASS_NAMES = ["cat", "dog", "fox"]
-
-
-# ---------------------------------------------------------------------------- source builders
-
-
-def _photo(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
-    """Photo-like RGB: a smooth random colour field plus pixel noise."""
-    coarse = rng.uniform(0, 255, (height // 16 + 2, width // 16 + 2, 3)).astype(np.uint8)
-    smooth = np.asarray(Image.fromarray(coarse).resize((width, height), Image.Resampling.BICUBIC), np.float64)
-    return np.clip(smooth + rng.normal(0, 10, smooth.shape), 0, 255).astype(np.uint8)
-
-
-def _encode(image: Image.Image, fmt: str, **kw) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, fmt, **kw)
-    return buf.getvalue()
-
-
-def _centre_white_wide() -> bytes:
-    # 576x192: black 192-wide sides, white central square. Edges on 16-pixel boundaries, so the
-    # JPEG blocks are uniform and decode exactly; any off-centre crop would pull black in.
-    a = np.zeros((192, 576), np.uint8)
-    a[:, 192:384] = 255
-    return _encode(Image.fromarray(a).convert("RGB"), "JPEG", quality=95)
-
-
-def _centre_split_tall() -> bytes:
-    # 192x576 (w x h): white top and bottom; central square black on the left, white on the right.
-    a = np.full((576, 192), 255, np.uint8)
-    a[192:384, :96] = 0
-    return _encode(Image.fromarray(a), "JPEG", quality=95)
-
-
-def _train_images(rng) -> list[tuple[bytes, str]]:
-    rgba = np.dstack([_photo(rng, 60, 80), rng.integers(0, 256, (60, 80), dtype=np.uint8)])
-    palette = Image.fromarray(_photo(rng, 50, 70)).convert("P", palette=Image.Palette.ADAPTIVE, colors=64)
-    return [
-        (_encode(Image.fromarray(_photo(rng, 48, 64)), "JPEG", quality=90), "rgb 64x48"),
-        (_encode(Image.fromarray(_photo(rng, 200, 300)), "JPEG", quality=90), "rgb 300x200"),
-        (_encode(Image.fromarray(_photo(rng, 300, 200)), "JPEG", quality=90), "rgb 200x300"),
-        (_encode(Image.fromarray(_photo(rng, 97, 131)[..., 0]), "JPEG", quality=90), "gray 131x97"),
-        (_encode(Image.fromarray(rgba, "RGBA"), "PNG"), "rgba png 80x60"),
-        (_encode(Image.fromarray(_photo(rng, 90, 120)).convert("CMYK"), "JPEG", quality=90), "cmyk 120x90"),
-        (_encode(Image.fromarray(_photo(rng, 375, 500)), "JPEG", quality=90), "rgb 500x375"),
-        (_centre_white_wide(), "pattern wide"),
-        (_centre_split_tall(), "pattern tall"),
-        (_encode(Image.fromarray(_photo(rng, 500, 333)), "JPEG", quality=85), "rgb 333x500"),
-        (_encode(palette, "PNG"), "palette png 70x50"),
-    ]
-
-
-def _write_parquet(path: Path, blobs: list[bytes], labels: list[int]) -> None:
-    """One file of the hub's export, written by `datasets` itself (3 rows per row group)."""
-    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=CLASS_NAMES)})
-    rows = {"image": [{"bytes": b, "path": f"img{i}.jpg"} for i, b in enumerate(blobs)], "label": labels}
-    datasets.Dataset.from_dict(rows, features=features).to_parquet(str(path), batch_size=3)
+from tests.imagenet_kit import CLASS_NAMES, encode, hub_source, photo, prepared_from  # it imports datasets
 
 
 @pytest.fixture(scope="module")
 def source(tmp_path_factory) -> dict:
-    """data/train-0000{0,1}-of-00002.parquet, data/validation-00000-of-00001.parquet, data/test-... (unlabelled)."""
-    datasets.disable_progress_bars()
-    rng = np.random.default_rng(7)
-    root = tmp_path_factory.mktemp("hub_export")
-    (root / "data").mkdir()
-    train = _train_images(rng)
-    train_labels = [i % 3 for i in range(len(train))]
-    val = [_encode(Image.fromarray(_photo(rng, h, w)), "JPEG", quality=90) for h, w in [(120, 160), (160, 120), (64, 64), (90, 250)]]
-    val.append(_encode(Image.fromarray(_photo(rng, 80, 100)[..., 1]), "JPEG", quality=90))
-    val_labels = [2, 0, 1, 1, 2]
-    _write_parquet(root / "data" / "train-00000-of-00002.parquet", [b for b, _ in train[:7]], train_labels[:7])
-    _write_parquet(root / "data" / "train-00001-of-00002.parquet", [b for b, _ in train[7:]], train_labels[7:])
-    _write_parquet(root / "data" / "validation-00000-of-00001.parquet", val, val_labels)
-    # The hub's test split has no labels: ClassLabel -1.
-    _write_parquet(root / "data" / "test-00000-of-00001.parquet", val[:2], [-1, -1])
-    return {
-        "root": root,
-        "train": [b for b, _ in train],
-        "train_kinds": [k for _, k in train],
-        "train_labels": train_labels,
-        "val": val,
-        "val_labels": val_labels,
-    }
+    return hub_source(tmp_path_factory.mktemp("hub_export"))
 
 
 @pytest.fixture(scope="module")
 def prepared(source, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("prepared") / "imagenet28"
-    prepare_imagenet(str(source["root"]), out, workers=1, shard_rows=4, progress=False)
-    return out
+    return prepared_from(source, tmp_path_factory.mktemp("prepared") / "imagenet28")
 
 
 # ---------------------------------------------------------------------------- reference
@@ -246,7 +163,7 @@ def test_image_folder_source(tmp_path):
             (root / split / name).mkdir(parents=True)
             for i in range(n):
                 path = root / split / name / f"{i:02d}.jpg"
-                path.write_bytes(_encode(Image.fromarray(_photo(rng, 40 + 10 * i, 70 - 5 * i)), "JPEG", quality=90))
+                path.write_bytes(encode(Image.fromarray(photo(rng, 40 + 10 * i, 70 - 5 * i)), "JPEG", quality=90))
                 files.setdefault(split, []).append((path, c))
     (root / "train" / "bee" / "notes.txt").write_text("not an image")
     out = tmp_path / "out"
@@ -268,16 +185,16 @@ def test_exif_orientation_is_applied_like_pil(orientation):
     quadrants[:32, 48:], quadrants[32:, :48], quadrants[32:, 48:] = 80, 160, 240
     exif = Image.Exif()
     exif[0x0112] = orientation
-    stored = _encode(Image.fromarray(quadrants), "JPEG", quality=95, exif=exif.tobytes())
+    stored = encode(Image.fromarray(quadrants), "JPEG", quality=95, exif=exif.tobytes())
     upright = ImageOps.exif_transpose(Image.open(io.BytesIO(stored)))
-    expected = image_to_gray(_encode(upright, "PNG"))
+    expected = image_to_gray(encode(upright, "PNG"))
     assert np.abs(image_to_gray(stored).astype(int) - expected).max() <= 2
 
 
 def test_16bit_png_keeps_its_range():
     # 16-bit gray keeps its full range (PIL's convert("L") would clip it at 255).
     wide = Image.fromarray(np.full((30, 30), 32896, np.uint16))
-    assert image_to_gray(_encode(wide, "PNG")).tolist() == np.full((28, 28), 128).tolist()
+    assert image_to_gray(encode(wide, "PNG")).tolist() == np.full((28, 28), 128).tolist()
 
 
 def test_plain_parquet_with_dataset_card(tmp_path):
@@ -287,7 +204,7 @@ def test_plain_parquet_with_dataset_card(tmp_path):
     import pyarrow.parquet as pq
 
     rng = np.random.default_rng(11)
-    blobs = [_encode(Image.fromarray(_photo(rng, 60 + 7 * i, 90 - 5 * i)), "JPEG", quality=90) for i in range(6)]
+    blobs = [encode(Image.fromarray(photo(rng, 60 + 7 * i, 90 - 5 * i)), "JPEG", quality=90) for i in range(6)]
     table = pa.table({"img": pa.array(blobs, pa.binary()), "label": pa.array([1, 0, 1, 0, 1, 0], pa.int64())})
     pq.write_table(table, tmp_path / "train-00000-of-00001.parquet", row_group_size=4)
     pq.write_table(table.slice(0, 2), tmp_path / "validation-00000-of-00001.parquet")
@@ -303,146 +220,3 @@ def test_plain_parquet_with_dataset_card(tmp_path):
     np.testing.assert_array_equal(data.train_images, np.stack([image_to_gray(b) for b in blobs]))
 
 
-def _one_error_line(capsys) -> str:
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
-    return lines[0]
-
-
-def test_bad_inputs_give_one_clear_line(source, tmp_path, capsys):
-    missing = tmp_path / "no_such_folder"
-    assert prepare_main(["--source", str(missing), "--out", str(tmp_path / "o1")]) == 2
-    assert str(missing) in _one_error_line(capsys)
-
-    empty = tmp_path / "empty_src"
-    empty.mkdir()
-    assert prepare_main(["--source", str(empty), "--out", str(tmp_path / "o2")]) == 2
-    assert "parquet" in _one_error_line(capsys)
-    # "" was the current folder: --source read it as an image folder, --out crashed
-    assert prepare_main(["--source", "", "--out", str(tmp_path / "o5")]) == 2
-    assert "--source is empty" in _one_error_line(capsys) and not (tmp_path / "o5").exists()
-    assert prepare_main(["--source", str(empty), "--out", " "]) == 2
-    assert "--out is empty" in _one_error_line(capsys)
-    for flags in (["--source", str(empty), "--out", str(tmp_path / "o6"), "--resample", "foo"], []):
-        with pytest.raises(SystemExit) as exc:  # a bad flag: one line, as in the other commands
-            prepare_main(flags)
-        assert exc.value.code == 2 and "(see `prepare-imagenet --help`)" in _one_error_line(capsys)
-
-    garbage = tmp_path / "garbage" / "data"
-    garbage.mkdir(parents=True)
-    (garbage / "train-00000-of-00001.parquet").write_bytes(b"this is not parquet")
-    assert prepare_main(["--source", str(garbage.parent), "--out", str(tmp_path / "o3")]) == 2
-    assert "train-00000-of-00001.parquet" in _one_error_line(capsys)
-
-    incomplete = tmp_path / "incomplete"
-    incomplete.mkdir()
-    (incomplete / "train-00001-of-00002.parquet").write_bytes((source["root"] / "data" / "train-00001-of-00002.parquet").read_bytes())
-    assert prepare_main(["--source", str(incomplete), "--out", str(tmp_path / "o4")]) == 2
-    assert "train-00000-of-00002.parquet" in _one_error_line(capsys)
-
-    broken = tmp_path / "broken"
-    broken.mkdir()
-    _write_parquet(broken / "train-00000-of-00001.parquet", [source["train"][0], b"\xff\xd8 not a jpeg"], [0, 1])
-    args = ["--source", str(broken), "--out", str(tmp_path / "o5"), "--splits", "train", "--workers", "1", "--no-progress"]
-    assert prepare_main(args) == 2
-    line = _one_error_line(capsys)
-    assert "train-00000-of-00001.parquet row 1" in line and "not a known image format" in line
-
-    # The hub's unlabelled test split asked for explicitly.
-    assert prepare_main(["--source", str(source["root"]), "--out", str(tmp_path / "o6"), "--splits", "test", "--no-progress"]) == 2
-    assert "label -1" in _one_error_line(capsys)
-
-    # A split the source does not have.
-    assert prepare_main(["--source", str(source["root"]), "--out", str(tmp_path / "o7"), "--splits", "train", "val:test"]) == 2
-    assert "no split 'val'" in _one_error_line(capsys)
-
-    # An unrelated folder as --out is never overwritten.
-    taken = tmp_path / "taken"
-    taken.mkdir()
-    (taken / "thesis.tex").write_text("precious")
-    assert prepare_main(["--source", str(source["root"]), "--out", str(taken), "--overwrite"]) == 2
-    assert "not a prepared dataset" in _one_error_line(capsys)
-    assert (taken / "thesis.tex").read_text() == "precious"
-    # ... nor one that only has a meta.json beside its own files (it was deleted whole before).
-    (taken / "meta.json").write_text('{"foo": 1}')
-    for extra in ([], ["--overwrite"]):
-        assert prepare_main(["--source", str(source["root"]), "--out", str(taken), "--no-progress", *extra]) == 2
-        assert "holds files that are not a prepared dataset's (thesis.tex)" in _one_error_line(capsys)
-        assert (taken / "thesis.tex").read_text() == "precious"
-
-
-def test_complete_output_is_kept_and_overwrite_redoes_it(source, prepared, tmp_path, capsys):
-    out = tmp_path / "copy"
-    out.mkdir()
-    for fname in (*ARRAY_FILES, "meta.json"):
-        (out / fname).write_bytes((prepared / fname).read_bytes())
-    assert prepare_main(["--source", str(source["root"]), "--out", str(out)]) == 0
-    captured = capsys.readouterr()
-    assert "already prepared" in captured.out and "--overwrite" in captured.out and captured.err == ""
-    # "Nothing to do" only for the data it prepared: a changed array is named, with the fix that works.
-    images = np.load(out / "train_images.npy")
-    np.save(out / "train_images.npy", 255 - images)
-    assert prepare_main(["--source", str(source["root"]), "--out", str(out)]) == 2
-    assert "train_images.npy does not match its checksum in meta.json. Pass --overwrite" in _one_error_line(capsys)
-    (out / SAMPLES).write_bytes(b"drawn by data-info")  # cljax's own file does not block --overwrite
-    assert prepare_main(["--source", str(source["root"]), "--out", str(out), "--overwrite", "--workers", "1",
-                         "--no-progress"]) == 0
-    assert "wrote" in capsys.readouterr().out
-    assert (out / "train_images.npy").read_bytes() == (prepared / "train_images.npy").read_bytes()
-
-    # A damaged folder of ours (an array missing) is prepared again without --overwrite.
-    (out / "test_images.npy").unlink()
-    assert prepare_main(["--source", str(source["root"]), "--out", str(out), "--workers", "1", "--no-progress"]) == 0
-    assert "wrote" in capsys.readouterr().out
-    assert (out / "test_images.npy").read_bytes() == (prepared / "test_images.npy").read_bytes()
-
-    # A work folder left by another preparation (other splits, say) is never mixed in.
-    fresh = tmp_path / "fresh"
-    stale = imagenet.work_dir_for(fresh)
-    stale.mkdir()
-    (stale / "plan.json").write_text(json.dumps({"fingerprint": "another run"}))
-    (stale / "train-00000.npz").write_bytes(b"not ours")
-    assert prepare_main(["--source", str(source["root"]), "--out", str(fresh), "--no-progress"]) == 2
-    assert "different preparation" in _one_error_line(capsys)
-    assert prepare_main(["--source", str(source["root"]), "--out", str(fresh), "--overwrite", "--workers", "1", "--no-progress"]) == 0
-    assert "wrote" in capsys.readouterr().out
-    np.testing.assert_array_equal(load_prepared(fresh).train_images, load_prepared(prepared).train_images)
-
-
-def test_top_level_script_reports_without_traceback(tmp_path):
-    result = subprocess.run(
-        [sys.executable, str(REPO / "prepare_imagenet.py"), "--source", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")],
-        capture_output=True, text=True, cwd=REPO, timeout=60,
-    )
-    assert result.returncode == 2
-    assert result.stderr.strip().count("\n") == 0 and "does not exist" in result.stderr and "Traceback" not in result.stderr
-
-
-def test_data_info_prints_counts_and_writes_png(prepared, tmp_path, capsys):
-    png = tmp_path / "grid.png"
-    assert data_info_main([str(prepared), "--png", str(png)]) == 0
-    out = capsys.readouterr().out
-    assert "classes: 3" in out and "train: 11 images, per class 3..4" in out and "test: 5 images, per class 1..2" in out
-    assert "dog" in out and str(png) in out
-    with Image.open(png) as im:
-        assert im.format == "PNG" and im.size[0] > 300 and im.size[1] > 150
-        # Something was drawn: the grid is not one flat colour.
-        assert np.asarray(im.convert("L")).std() > 10
-
-    assert data_info_main([str(tmp_path / "missing")]) == 2
-    assert "does not exist" in _one_error_line(capsys)
-
-
-def test_hub_name_offline_gives_one_line(tmp_path):
-    # A hub name goes through datasets.load_dataset(name, streaming=True); offline it must fail
-    # with one line that says what to do, not a traceback.
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
-    result = subprocess.run(
-        [sys.executable, str(REPO / "prepare_imagenet.py"), "--source", "nobody-here/no-such-imagenet", "--out", str(tmp_path / "o")],
-        capture_output=True, text=True, cwd=REPO, timeout=120, env=env,
-    )
-    assert result.returncode == 2
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1 and "nobody-here/no-such-imagenet" in errors[0] and "unreachable" in errors[0], result.stderr
-    assert "Traceback" not in result.stderr

@@ -1,0 +1,180 @@
+"""The ImageNet preparation's command lines: bad input in one line and nothing overwritten, a
+complete output kept, --overwrite, the top-level script, data-info and a hub name offline. On a
+small hub-layout source (tests/imagenet_kit.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from PIL import Image
+
+import cljax.data.imagenet.prepare as imagenet
+from cljax.data.imagenet.prepare import prepare_main
+from cljax.data.info import data_info_main
+from cljax.data.prepared import ARRAY_FILES, SAMPLES, load_prepared
+
+# The imagenet extra (a GPU image may lack it; `make test` installs it).
+datasets = pytest.importorskip("datasets", reason="the imagenet extra is not installed: pip install 'cljax[imagenet]'")
+from tests.imagenet_kit import REPO, hub_source, prepared_from, write_parquet  # it imports datasets
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory) -> dict:
+    return hub_source(tmp_path_factory.mktemp("hub_export"))
+
+
+@pytest.fixture(scope="module")
+def prepared(source, tmp_path_factory) -> Path:
+    return prepared_from(source, tmp_path_factory.mktemp("prepared") / "imagenet28")
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_bad_inputs_give_one_clear_line(source, tmp_path, capsys):
+    missing = tmp_path / "no_such_folder"
+    assert prepare_main(["--source", str(missing), "--out", str(tmp_path / "o1")]) == 2
+    assert str(missing) in _one_error_line(capsys)
+
+    empty = tmp_path / "empty_src"
+    empty.mkdir()
+    assert prepare_main(["--source", str(empty), "--out", str(tmp_path / "o2")]) == 2
+    assert "parquet" in _one_error_line(capsys)
+    # "" was the current folder: --source read it as an image folder, --out crashed
+    assert prepare_main(["--source", "", "--out", str(tmp_path / "o5")]) == 2
+    assert "--source is empty" in _one_error_line(capsys) and not (tmp_path / "o5").exists()
+    assert prepare_main(["--source", str(empty), "--out", " "]) == 2
+    assert "--out is empty" in _one_error_line(capsys)
+    for flags in (["--source", str(empty), "--out", str(tmp_path / "o6"), "--resample", "foo"], []):
+        with pytest.raises(SystemExit) as exc:  # a bad flag: one line, as in the other commands
+            prepare_main(flags)
+        assert exc.value.code == 2 and "(see `prepare-imagenet --help`)" in _one_error_line(capsys)
+
+    garbage = tmp_path / "garbage" / "data"
+    garbage.mkdir(parents=True)
+    (garbage / "train-00000-of-00001.parquet").write_bytes(b"this is not parquet")
+    assert prepare_main(["--source", str(garbage.parent), "--out", str(tmp_path / "o3")]) == 2
+    assert "train-00000-of-00001.parquet" in _one_error_line(capsys)
+
+    incomplete = tmp_path / "incomplete"
+    incomplete.mkdir()
+    (incomplete / "train-00001-of-00002.parquet").write_bytes((source["root"] / "data" / "train-00001-of-00002.parquet").read_bytes())
+    assert prepare_main(["--source", str(incomplete), "--out", str(tmp_path / "o4")]) == 2
+    assert "train-00000-of-00002.parquet" in _one_error_line(capsys)
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    write_parquet(broken / "train-00000-of-00001.parquet", [source["train"][0], b"\xff\xd8 not a jpeg"], [0, 1])
+    args = ["--source", str(broken), "--out", str(tmp_path / "o5"), "--splits", "train", "--workers", "1", "--no-progress"]
+    assert prepare_main(args) == 2
+    line = _one_error_line(capsys)
+    assert "train-00000-of-00001.parquet row 1" in line and "not a known image format" in line
+
+    # The hub's unlabelled test split asked for explicitly.
+    assert prepare_main(["--source", str(source["root"]), "--out", str(tmp_path / "o6"), "--splits", "test", "--no-progress"]) == 2
+    assert "label -1" in _one_error_line(capsys)
+
+    # A split the source does not have.
+    assert prepare_main(["--source", str(source["root"]), "--out", str(tmp_path / "o7"), "--splits", "train", "val:test"]) == 2
+    assert "no split 'val'" in _one_error_line(capsys)
+
+    # An unrelated folder as --out is never overwritten.
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "thesis.tex").write_text("precious")
+    assert prepare_main(["--source", str(source["root"]), "--out", str(taken), "--overwrite"]) == 2
+    assert "not a prepared dataset" in _one_error_line(capsys)
+    assert (taken / "thesis.tex").read_text() == "precious"
+    # ... nor one that only has a meta.json beside its own files (it was deleted whole before).
+    (taken / "meta.json").write_text('{"foo": 1}')
+    for extra in ([], ["--overwrite"]):
+        assert prepare_main(["--source", str(source["root"]), "--out", str(taken), "--no-progress", *extra]) == 2
+        assert "holds files that are not a prepared dataset's (thesis.tex)" in _one_error_line(capsys)
+        assert (taken / "thesis.tex").read_text() == "precious"
+
+
+def test_complete_output_is_kept_and_overwrite_redoes_it(source, prepared, tmp_path, capsys):
+    out = tmp_path / "copy"
+    out.mkdir()
+    for fname in (*ARRAY_FILES, "meta.json"):
+        (out / fname).write_bytes((prepared / fname).read_bytes())
+    assert prepare_main(["--source", str(source["root"]), "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "already prepared" in captured.out and "--overwrite" in captured.out and captured.err == ""
+    # "Nothing to do" only for the data it prepared: a changed array is named, with the fix that works.
+    images = np.load(out / "train_images.npy")
+    np.save(out / "train_images.npy", 255 - images)
+    assert prepare_main(["--source", str(source["root"]), "--out", str(out)]) == 2
+    assert "train_images.npy does not match its checksum in meta.json. Pass --overwrite" in _one_error_line(capsys)
+    (out / SAMPLES).write_bytes(b"drawn by data-info")  # cljax's own file does not block --overwrite
+    assert prepare_main(["--source", str(source["root"]), "--out", str(out), "--overwrite", "--workers", "1",
+                         "--no-progress"]) == 0
+    assert "wrote" in capsys.readouterr().out
+    assert (out / "train_images.npy").read_bytes() == (prepared / "train_images.npy").read_bytes()
+
+    # A damaged folder of ours (an array missing) is prepared again without --overwrite.
+    (out / "test_images.npy").unlink()
+    assert prepare_main(["--source", str(source["root"]), "--out", str(out), "--workers", "1", "--no-progress"]) == 0
+    assert "wrote" in capsys.readouterr().out
+    assert (out / "test_images.npy").read_bytes() == (prepared / "test_images.npy").read_bytes()
+
+    # A work folder left by another preparation (other splits, say) is never mixed in.
+    fresh = tmp_path / "fresh"
+    stale = imagenet.work_dir_for(fresh)
+    stale.mkdir()
+    (stale / "plan.json").write_text(json.dumps({"fingerprint": "another run"}))
+    (stale / "train-00000.npz").write_bytes(b"not ours")
+    assert prepare_main(["--source", str(source["root"]), "--out", str(fresh), "--no-progress"]) == 2
+    assert "different preparation" in _one_error_line(capsys)
+    assert prepare_main(["--source", str(source["root"]), "--out", str(fresh), "--overwrite", "--workers", "1", "--no-progress"]) == 0
+    assert "wrote" in capsys.readouterr().out
+    np.testing.assert_array_equal(load_prepared(fresh).train_images, load_prepared(prepared).train_images)
+
+
+def test_top_level_script_reports_without_traceback(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(REPO / "prepare_imagenet.py"), "--source", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")],
+        capture_output=True, text=True, cwd=REPO, timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "does not exist" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_data_info_prints_counts_and_writes_png(prepared, tmp_path, capsys):
+    png = tmp_path / "grid.png"
+    assert data_info_main([str(prepared), "--png", str(png)]) == 0
+    out = capsys.readouterr().out
+    assert "classes: 3" in out and "train: 11 images, per class 3..4" in out and "test: 5 images, per class 1..2" in out
+    assert "dog" in out and str(png) in out
+    with Image.open(png) as im:
+        assert im.format == "PNG" and im.size[0] > 300 and im.size[1] > 150
+        # Something was drawn: the grid is not one flat colour.
+        assert np.asarray(im.convert("L")).std() > 10
+
+    assert data_info_main([str(tmp_path / "missing")]) == 2
+    assert "does not exist" in _one_error_line(capsys)
+
+
+def test_hub_name_offline_gives_one_line(tmp_path):
+    # A hub name goes through datasets.load_dataset(name, streaming=True); offline it must fail
+    # with one line that says what to do, not a traceback.
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    result = subprocess.run(
+        [sys.executable, str(REPO / "prepare_imagenet.py"), "--source", "nobody-here/no-such-imagenet", "--out", str(tmp_path / "o")],
+        capture_output=True, text=True, cwd=REPO, timeout=120, env=env,
+    )
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "nobody-here/no-such-imagenet" in errors[0] and "unreachable" in errors[0], result.stderr
+    assert "Traceback" not in result.stderr
