@@ -14,10 +14,11 @@ from cljax.cli import main as cli_main
 L, R, T = 2, 3, 4
 
 
-def write_run(algo_dir, learner_TR, expert_TR, window: bool, expert_first: float = 0.5):
+def write_run(algo_dir, learner_TR, expert_TR, window: bool, expert_first: float = 0.5, seed=None, pairs_TR2=None):
     """Task folders with only what the comparison reads. ``window``: 2 slots, the current one last
     (as --eval-tasks window:2 saves them); else one slot per task (all). The expert's first
-    snapshot is ``expert_first``, its last ``expert_TR``."""
+    snapshot is ``expert_first``, its last ``expert_TR``; ``seed`` and ``pairs_TR2`` (each task's
+    class pairs per repeat), when given, are recorded as a run records them."""
     for t in range(T):
         d = algo_dir / f"task_{t:03d}"
         d.mkdir(parents=True)
@@ -31,6 +32,8 @@ def write_run(algo_dir, learner_TR, expert_TR, window: bool, expert_first: float
         with open(d / "expert_metrics.pkl", "wb") as f:
             pickle.dump(expert, f, protocol=4)
         meta = {"eval_tasks": {"mode": "window:2", "current_slot": 1}} if window else {}
+        if pairs_TR2 is not None:
+            meta.update(seed=seed, task_pairs=np.asarray(pairs_TR2)[t].tolist())
         (d / "metadata.json").write_text(json.dumps(meta))
 
 
@@ -148,3 +151,34 @@ def test_an_output_in_a_folder_it_cannot_write_is_refused_before_the_comparison(
         captured = capsys.readouterr()
         assert rc == 2 and captured.out == ""
         assert captured.err == f"error: {flag} {locked / 'c'}: cannot write to {locked}: pass a writable path.\n"
+
+
+def test_runs_of_the_same_seed_and_class_pairs_are_compared_repeat_by_repeat(tmp_path, capsys):
+    # A method against plain backprop on the same draw: each repeat saw the same classes from the
+    # same start, so the difference is taken per repeat (its spread and standard error), and a
+    # run of another draw is named as not paired rather than subtracted.
+    rng = np.random.default_rng(5)
+    learner, expert = rng.uniform(0.5, 0.9, (T, R)), rng.uniform(0.5, 0.9, (T, R))
+    pairs = rng.permutation(np.arange(2 * T * R)).reshape(T, R, 2)
+    better = learner + np.array([0.1, 0.0, -0.05])  # repeat 0 up, repeat 1 the same, repeat 2 down
+    write_run(tmp_path / "plain", learner, expert, window=False, seed=0, pairs_TR2=pairs)
+    write_run(tmp_path / "method", better, expert, window=False, seed=0, pairs_TR2=pairs)
+    write_run(tmp_path / "seed1", better, expert, window=False, seed=1, pairs_TR2=pairs)
+    write_run(tmp_path / "other_pairs", better, expert, window=False, seed=0, pairs_TR2=pairs[:, ::-1])
+    write_run(tmp_path / "unrecorded", better, expert, window=False)
+    names = ["plain", "method", "seed1", "other_pairs", "unrecorded"]
+    summary = compare_runs([tmp_path / n for n in names], labels=names)
+    assert "paired_with_first" not in summary["plain"]
+    p = summary["method"]["paired_with_first"]
+    d = (better - learner)[2:].mean(0)  # late tasks 2-3, per repeat
+    assert p["paired"] and p["n"] == R and (p["higher"], p["lower"], p["equal"]) == (1, 1, 1)
+    assert math.isclose(p["mean"], d.mean(), rel_tol=1e-9) and math.isclose(p["std"], d.std(ddof=1), rel_tol=1e-9)
+    assert math.isclose(p["se"], d.std(ddof=1) / math.sqrt(R), rel_tol=1e-9)
+    for name in ("seed1", "other_pairs", "unrecorded"):
+        assert summary[name]["paired_with_first"]["paired"] is False, name
+
+    assert cli_main(["compare", *(str(tmp_path / n) for n in names)]) == 0
+    out = capsys.readouterr().out
+    assert f"{'method':<28} {d.mean():+.3f} +- {d.std(ddof=1):.3f} (SE {d.std(ddof=1) / math.sqrt(R):.3f}), higher in 1, " \
+           f"lower in 1, equal in 1 of {R} repeats" in out, out
+    assert out.count("not paired") == 3 and "record no seed or class pairs" in out

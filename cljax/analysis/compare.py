@@ -10,6 +10,7 @@ be compared pairwise. Reads only the current task's slot, so every ``--eval-task
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -38,15 +39,19 @@ def _record_or_none(run_dir: Path) -> dict | None:
         return None
 
 
-def current_task_accuracy(run_dir) -> dict[str, np.ndarray]:
-    """{"learner", "expert"}: current-task test accuracy at each task's last snapshot, (n, R)."""
+def current_task_accuracy(run_dir) -> dict:
+    """{"learner", "expert"}: current-task test accuracy at each task's last snapshot, (n, R);
+    "draw": the seed and every task's class pairs per repeat as the task folders record them
+    (None where a folder records none), what makes two runs' repeats pairs."""
     dirs = results.first_task_dirs(run_dir)
     if not dirs:
         raise CljaxError(f"{run_dir} has no task folders: pass results/{{dataset}}/{{algorithm}} of a run.")
     check = _checker(Path(run_dir), dirs[0])
-    learner, expert = [], []
+    learner, expert, pairs, seeds = [], [], [], set()
     for t, d in enumerate(dirs):
         meta = check(d, t)
+        pairs.append(meta.get("task_pairs"))
+        seeds.add(json.dumps(meta.get("seed")))
         T = (meta.get("config") or {}).get("num_tasks") if t == 0 else None
         if isinstance(T, int) and len(dirs) > T:
             raise CljaxError(f"{run_dir} holds {len(dirs)} task folders but its run has {T} tasks: {dirs[T].name} on "
@@ -54,7 +59,8 @@ def current_task_accuracy(run_dir) -> dict[str, np.ndarray]:
         slot = (meta.get("eval_tasks") or {}).get("current_slot", t)
         learner.append(results.load_metrics(d)["test_acc"][-1, :, slot])
         expert.append(results.load_expert_metrics(d)["test_acc"][-1])
-    return {"learner": np.asarray(learner, np.float64), "expert": np.asarray(expert, np.float64)}
+    draw = None if None in pairs or seeds == {"null"} else json.dumps([sorted(seeds), pairs])
+    return {"learner": np.asarray(learner, np.float64), "expert": np.asarray(expert, np.float64), "draw": draw}
 
 
 def _checker(run_dir: Path, first: Path):
@@ -83,7 +89,7 @@ def compare_runs(run_dirs, out_png: str | os.PathLike | None = None, labels=None
     labels = list(labels) if labels else distinct_labels(run_dirs)
     if len(set(labels)) != len(labels):
         raise CljaxError(f"two runs have the same label ({', '.join(labels)}): give each its own.")
-    curves, summary = {}, {}
+    curves, summary, draws, late_learner = {}, {}, {}, {}
     for label, run_dir in zip(labels, run_dirs):
         acc = current_task_accuracy(run_dir)
         gap_nR = acc["expert"] - acc["learner"]
@@ -98,9 +104,32 @@ def compare_runs(run_dirs, out_png: str | os.PathLike | None = None, labels=None
             "gap_per_task": mean_over_tasks(gap_nR).tolist(),  # over the repeats with a finite gap
         }
         curves[label] = gap_nR
+        draws[label], late_learner[label] = acc["draw"], mean_over_tasks(acc["learner"][late].T)
+    first = labels[0]
+    for label in labels[1:]:
+        summary[label]["paired_with_first"] = paired_difference(late_learner[label], late_learner[first],
+                                                                draws[label], draws[first])
     if out_png is not None:
         plots.plot_plasticity_gap(curves, out_png)
     return summary
+
+
+def paired_difference(this_R, base_R, this_draw, base_draw) -> dict:
+    """This run's late learner accuracy minus the first run's, repeat by repeat, when the two
+    runs' repeats are pairs: the same seed and the same class pairs in every task and repeat
+    (so the same data, order and initialisation; methods that never reach the expert then give
+    the same expert too). Its spread over repeats, the standard error of its mean, and in how
+    many repeats it is above, below or exactly at zero; else {"paired": False, "why"}."""
+    if this_draw is None or base_draw is None:
+        return {"paired": False, "why": "a run's task folders record no seed or class pairs"}
+    if this_draw != base_draw:
+        return {"paired": False, "why": "another seed, number of tasks or class pairs"}
+    d = np.asarray(this_R, np.float64) - np.asarray(base_R, np.float64)
+    out = {"paired": True, **spread(d)}
+    out["se"] = out["std"] / np.sqrt(out["n"]) if out["n"] > 1 else float("nan")
+    finite = d[np.isfinite(d)]
+    out.update(higher=int((finite > 0).sum()), lower=int((finite < 0).sum()), equal=int((finite == 0).sum()))
+    return out
 
 
 def protocol_differences(summary: dict) -> dict[str, list[str]]:
@@ -132,4 +161,14 @@ def format_comparison(summary: dict) -> str:
                      f"{g['mean']:.3f} +- {g['std']:.3f}   {lr['mean']:.3f} +- {lr['std']:.3f}   "
                      f"{ex['mean']:.3f} +- {ex['std']:.3f}")
     lines.append("(mean and sample std over repeats of each repeat's mean over the late tasks)")
+    first, rest = next(iter(summary)), list(summary)[1:]
+    if rest:
+        lines.append(f"learner (late tasks) minus {first}'s, repeat by repeat:")
+    for label in rest:
+        p = summary[label]["paired_with_first"]
+        if not p["paired"]:
+            lines.append(f"{label:<{width}} not paired: {p['why']}")
+            continue
+        lines.append(f"{label:<{width}} {p['mean']:+.3f} +- {p['std']:.3f} (SE {p['se']:.3f}), higher in {p['higher']}, "
+                     f"lower in {p['lower']}, equal in {p['equal']} of {p['n'] + p['n_nonfinite']} repeats")
     return "\n".join(lines)
