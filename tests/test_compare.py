@@ -153,32 +153,54 @@ def test_an_output_in_a_folder_it_cannot_write_is_refused_before_the_comparison(
         assert captured.err == f"error: {flag} {locked / 'c'}: cannot write to {locked}: pass a writable path.\n"
 
 
-def test_runs_of_the_same_seed_and_class_pairs_are_compared_repeat_by_repeat(tmp_path, capsys):
-    # A method against plain backprop on the same draw: each repeat saw the same classes from the
-    # same start, so the difference is taken per repeat (its spread and standard error), and a
-    # run of another draw is named as not paired rather than subtracted.
+def test_each_run_is_paired_with_the_first_run_of_its_draw_and_a_method_is_pooled_over_draws(tmp_path, capsys):
+    # A method against plain backprop on the same draw (seed and class pairs): each repeat saw the
+    # same classes from the same start, so the difference is taken per repeat (its spread and
+    # standard error). Two seeds: each run against its own seed's plain run, then the method's
+    # differences pooled over both seeds. A run that records no draw is named, not subtracted.
     rng = np.random.default_rng(5)
-    learner, expert = rng.uniform(0.5, 0.9, (T, R)), rng.uniform(0.5, 0.9, (T, R))
-    pairs = rng.permutation(np.arange(2 * T * R)).reshape(T, R, 2)
-    better = learner + np.array([0.1, 0.0, -0.05])  # repeat 0 up, repeat 1 the same, repeat 2 down
-    write_run(tmp_path / "plain", learner, expert, window=False, seed=0, pairs_TR2=pairs)
-    write_run(tmp_path / "method", better, expert, window=False, seed=0, pairs_TR2=pairs)
-    write_run(tmp_path / "seed1", better, expert, window=False, seed=1, pairs_TR2=pairs)
-    write_run(tmp_path / "other_pairs", better, expert, window=False, seed=0, pairs_TR2=pairs[:, ::-1])
-    write_run(tmp_path / "unrecorded", better, expert, window=False)
-    names = ["plain", "method", "seed1", "other_pairs", "unrecorded"]
+    learner = {seed: rng.uniform(0.5, 0.9, (T, R)) for seed in (0, 1)}
+    expert = rng.uniform(0.5, 0.9, (T, R))
+    pairs = {seed: rng.permutation(np.arange(2 * T * R)).reshape(T, R, 2) for seed in (0, 1)}
+    shift = {0: np.array([0.1, 0.0, -0.05]), 1: np.array([0.2, 0.3, 0.0])}  # per repeat
+    for seed in (0, 1):
+        for name, acc, config in ((f"plain{seed}", learner[seed], {"lr": 0.1}),
+                                  (f"method{seed}", learner[seed] + shift[seed], {"lr": 0.1, "use_redo": True})):
+            write_run(tmp_path / name, acc, expert, window=False, seed=seed, pairs_TR2=pairs[seed])
+            (tmp_path / name / "run.json").write_text(json.dumps({"config": {**config, "seed": seed}}))
+    write_run(tmp_path / "unrecorded", learner[0], expert, window=False)
+    names = ["plain0", "method0", "plain1", "method1", "unrecorded"]
     summary = compare_runs([tmp_path / n for n in names], labels=names)
-    assert "paired_with_first" not in summary["plain"]
-    p = summary["method"]["paired_with_first"]
-    d = (better - learner)[2:].mean(0)  # late tasks 2-3, per repeat
-    assert p["paired"] and p["n"] == R and (p["higher"], p["lower"], p["equal"]) == (1, 1, 1)
-    assert math.isclose(p["mean"], d.mean(), rel_tol=1e-9) and math.isclose(p["std"], d.std(ddof=1), rel_tol=1e-9)
-    assert math.isclose(p["se"], d.std(ddof=1) / math.sqrt(R), rel_tol=1e-9)
-    for name in ("seed1", "other_pairs", "unrecorded"):
-        assert summary[name]["paired_with_first"]["paired"] is False, name
+    assert "paired" not in summary["plain0"] and "paired" not in summary["plain1"]  # the baselines
+    d = {seed: (learner[seed] + shift[seed])[2:].mean(0) - learner[seed][2:].mean(0) for seed in (0, 1)}  # late: 2-3
+    for seed, counts in ((0, (1, 1, 1)), (1, (2, 0, 1))):
+        p = summary[f"method{seed}"]["paired"]
+        assert p["paired"] and p["baseline"] == f"plain{seed}" and p["n"] == R
+        assert (p["higher"], p["lower"], p["equal"]) == counts
+        assert math.isclose(p["mean"], d[seed].mean(), rel_tol=1e-9, abs_tol=1e-12)
+        assert math.isclose(p["std"], d[seed].std(ddof=1), rel_tol=1e-9)
+        assert math.isclose(p["se"], d[seed].std(ddof=1) / math.sqrt(R), rel_tol=1e-9)
+    pooled = summary["method0"]["pooled_over_draws"]
+    both = np.concatenate([d[0], d[1]])
+    assert pooled["runs"] == ["method0", "method1"] and pooled["n"] == 2 * R
+    assert math.isclose(pooled["mean"], both.mean(), rel_tol=1e-9)
+    assert math.isclose(pooled["se"], both.std(ddof=1) / math.sqrt(2 * R), rel_tol=1e-9)
+    assert "pooled_over_draws" not in summary["method1"]
+    assert summary["unrecorded"]["paired"] == {"paired": False, "why": "its task folders record no seed or class pairs"}
 
-    assert cli_main(["compare", *(str(tmp_path / n) for n in names)]) == 0
+    assert cli_main(["compare", *(str(tmp_path / n) for n in names), "--json", str(tmp_path / "c.json")]) == 0
     out = capsys.readouterr().out
-    assert f"{'method':<28} {d.mean():+.3f} +- {d.std(ddof=1):.3f} (SE {d.std(ddof=1) / math.sqrt(R):.3f}), higher in 1, " \
-           f"lower in 1, equal in 1 of {R} repeats" in out, out
-    assert out.count("not paired") == 3 and "record no seed or class pairs" in out
+    se = d[0].std(ddof=1) / math.sqrt(R)
+    assert (f"{'method0':<28} minus plain0: {d[0].mean():+.3f} +- {d[0].std(ddof=1):.3f} (SE {se:.3f}), higher in 1, "
+            f"lower in 1, equal in 1 of {R} repeats") in out, out
+    assert f"pooled over 2 draws of method0's method: {both.mean():+.3f}" in out and f"of {2 * R} repeats" in out
+    assert out.count("not paired") == 1 and "record no seed or class pairs" in out
+    assert json.loads((tmp_path / "c.json").read_text())["method1"]["paired"]["baseline"] == "plain1"
+    # the method twice on one draw (another --results-dir): its repeats would count twice, so no pool
+    import shutil
+
+    shutil.copytree(tmp_path / "method0", tmp_path / "again" / "method0")
+    names = ["plain0", "method0", "plain1", "method1"]
+    again = compare_runs([tmp_path / n for n in names] + [tmp_path / "again" / "method0"], labels=names + ["again"])
+    assert not any("pooled_over_draws" in s for s in again.values())
+    assert again["again"]["paired"]["baseline"] == "plain0"

@@ -4,8 +4,10 @@ one line per run. Made for a method against plain backprop on the same protocol.
 The gap of task t in repeat r is the fresh expert's current-task test accuracy minus the
 learner's, both at the task's last snapshot: the expert is a network trained from scratch on
 that task alone, the natural no-loss baseline, so a gap that grows over the tasks is lost
-plasticity. Runs with the same seed draw the same class pairs per repeat, so their repeats can
-be compared pairwise. Reads only the current task's slot, so every ``--eval-tasks`` mode works.
+plasticity. Runs with the same seed draw the same class pairs per repeat, so their repeats are
+compared pairwise: each against the first run given of its draw (its baseline), and one method's
+differences pooled over the draws given. Reads only the current task's slot, so every
+``--eval-tasks`` mode works.
 """
 
 from __future__ import annotations
@@ -89,12 +91,12 @@ def compare_runs(run_dirs, out_png: str | os.PathLike | None = None, labels=None
     labels = list(labels) if labels else distinct_labels(run_dirs)
     if len(set(labels)) != len(labels):
         raise CljaxError(f"two runs have the same label ({', '.join(labels)}): give each its own.")
-    curves, summary, draws, late_learner = {}, {}, {}, {}
+    curves, summary, draws, late_learner, records = {}, {}, {}, {}, {}
     for label, run_dir in zip(labels, run_dirs):
         acc = current_task_accuracy(run_dir)
         gap_nR = acc["expert"] - acc["learner"]
         late = slice(int(len(gap_nR) * late_from), len(gap_nR))
-        record = _record_or_none(Path(run_dir)) or {}  # damaged: the comparison reads the task folders only
+        record = records[label] = _record_or_none(Path(run_dir)) or {}  # damaged: the task folders only
         summary[label] = {
             "run": str(run_dir), "n_tasks": len(gap_nR), "late_tasks": [late.start, len(gap_nR) - 1],
             "protocol": {k: (record.get("config") or {}).get(k) for k in PROTOCOL},
@@ -105,31 +107,70 @@ def compare_runs(run_dirs, out_png: str | os.PathLike | None = None, labels=None
         }
         curves[label] = gap_nR
         draws[label], late_learner[label] = acc["draw"], mean_over_tasks(acc["learner"][late].T)
-    first = labels[0]
-    for label in labels[1:]:
-        summary[label]["paired_with_first"] = paired_difference(late_learner[label], late_learner[first],
-                                                                draws[label], draws[first])
+    for label, pair in pair_with_baselines(labels, draws, late_learner).items():
+        summary[label]["paired"] = pair
+    for label, pooled in pool_over_draws(labels, summary, draws, records).items():
+        summary[label]["pooled_over_draws"] = pooled
     if out_png is not None:
         plots.plot_plasticity_gap(curves, out_png)
     return summary
 
 
-def paired_difference(this_R, base_R, this_draw, base_draw) -> dict:
-    """This run's late learner accuracy minus the first run's, repeat by repeat, when the two
-    runs' repeats are pairs: the same seed and the same class pairs in every task and repeat
-    (so the same data, order and initialisation; methods that never reach the expert then give
-    the same expert too). Its spread over repeats, the standard error of its mean, and in how
-    many repeats it is above, below or exactly at zero; else {"paired": False, "why"}."""
-    if this_draw is None or base_draw is None:
-        return {"paired": False, "why": "a run's task folders record no seed or class pairs"}
-    if this_draw != base_draw:
-        return {"paired": False, "why": "another seed, number of tasks or class pairs"}
+NOT_IN_METHOD = ("seed", "results_dir", "data_dir")  # settings that make another draw, or another place, of one method
+
+
+def pair_with_baselines(labels, draws, late_learner) -> dict:
+    """Each run's paired difference from its baseline: the first run given with the same draw
+    (seed and class pairs), which is itself not paired; {"paired": False, "why"} for a run whose
+    task folders record no draw."""
+    out, baseline = {}, {}
+    for label in labels:
+        draw = draws[label]
+        if draw is None:
+            out[label] = {"paired": False, "why": "its task folders record no seed or class pairs"}
+        elif draw in baseline:
+            first = baseline[draw]
+            out[label] = {"baseline": first, **paired_difference(late_learner[label], late_learner[first])}
+        else:
+            baseline[draw] = label
+    return out
+
+
+def paired_difference(this_R, base_R) -> dict:
+    """This run's late learner accuracy minus its baseline's, repeat by repeat (the runs' repeats
+    are pairs: the same seed and class pairs in every task and repeat, so the same data, order
+    and initialisation; methods that never reach the expert then give the same expert too). Its
+    spread over repeats, the standard error of its mean, and in how many repeats it is above,
+    below or exactly at zero."""
     d = np.asarray(this_R, np.float64) - np.asarray(base_R, np.float64)
-    out = {"paired": True, **spread(d)}
+    out = {"paired": True, **spread(d), "per_repeat": d.tolist()}
     out["se"] = out["std"] / np.sqrt(out["n"]) if out["n"] > 1 else float("nan")
     finite = d[np.isfinite(d)]
     out.update(higher=int((finite > 0).sum()), lower=int((finite < 0).sum()), equal=int((finite == 0).sum()))
     return out
+
+
+def pool_over_draws(labels, summary, draws, records) -> dict:
+    """The paired differences of one method against one baseline method, pooled over the draws
+    (seeds) given: runs whose run.json settings differ only in NOT_IN_METHOD, paired with
+    baselines that do too, each on its own draw, two or more draws. {first run's label: pooled
+    difference, with "runs"}."""
+    def method(label):
+        config = records[label].get("config")
+        return None if config is None else json.dumps({k: v for k, v in config.items() if k not in NOT_IN_METHOD},
+                                                      sort_keys=True, default=repr)
+
+    groups: dict = {}
+    for label in labels:
+        pair = summary[label].get("paired") or {}
+        if pair.get("paired") and method(label) is not None and method(pair["baseline"]) is not None:
+            groups.setdefault((method(label), method(pair["baseline"])), []).append(label)
+    pooled = {}
+    for runs in groups.values():
+        if len(runs) > 1 and len({draws[label] for label in runs}) == len(runs):  # a draw twice: not pooled
+            d = np.concatenate([summary[label]["paired"]["per_repeat"] for label in runs])
+            pooled[runs[0]] = {"runs": runs, **paired_difference(d, np.zeros_like(d))}
+    return pooled
 
 
 def protocol_differences(summary: dict) -> dict[str, list[str]]:
@@ -152,6 +193,11 @@ def distinct_labels(run_dirs) -> list[str]:
     raise CljaxError(f"the same run is given twice ({', '.join(map(str, run_dirs))}): give each run once.")
 
 
+def _difference(p: dict) -> str:
+    return (f"{p['mean']:+.3f} +- {p['std']:.3f} (SE {p['se']:.3f}), higher in {p['higher']}, lower in {p['lower']}, "
+            f"equal in {p['equal']} of {p['n'] + p['n_nonfinite']} repeats")
+
+
 def format_comparison(summary: dict) -> str:
     width = max(28, *(len(label) for label in summary))
     lines = [f"{'run':<{width}} tasks   gap (late tasks)     learner          expert"]
@@ -161,14 +207,13 @@ def format_comparison(summary: dict) -> str:
                      f"{g['mean']:.3f} +- {g['std']:.3f}   {lr['mean']:.3f} +- {lr['std']:.3f}   "
                      f"{ex['mean']:.3f} +- {ex['std']:.3f}")
     lines.append("(mean and sample std over repeats of each repeat's mean over the late tasks)")
-    first, rest = next(iter(summary)), list(summary)[1:]
-    if rest:
-        lines.append(f"learner (late tasks) minus {first}'s, repeat by repeat:")
-    for label in rest:
-        p = summary[label]["paired_with_first"]
-        if not p["paired"]:
-            lines.append(f"{label:<{width}} not paired: {p['why']}")
-            continue
-        lines.append(f"{label:<{width}} {p['mean']:+.3f} +- {p['std']:.3f} (SE {p['se']:.3f}), higher in {p['higher']}, "
-                     f"lower in {p['lower']}, equal in {p['equal']} of {p['n'] + p['n_nonfinite']} repeats")
+    pairs = {label: s["paired"] for label, s in summary.items() if "paired" in s}
+    if pairs:
+        lines.append("learner (late tasks) minus its baseline's (the first run given with the same seed and class "
+                     "pairs), repeat by repeat:")
+    for label, p in pairs.items():
+        lines.append(f"{label:<{width}} " + (f"not paired: {p['why']}" if not p["paired"] else
+                                             f"minus {p['baseline']}: {_difference(p)}"))
+    for label, p in ((label, s["pooled_over_draws"]) for label, s in summary.items() if "pooled_over_draws" in s):
+        lines.append(f"pooled over {len(p['runs'])} draws of {label}'s method: {_difference(p)}")
     return "\n".join(lines)
