@@ -194,7 +194,8 @@ def test_each_run_is_paired_with_the_first_run_of_its_draw_and_a_method_is_poole
     assert (f"{'method0':<28} minus plain0: {d[0].mean():+.3f} +- {d[0].std(ddof=1):.3f} (SE {se:.3f}), higher in 1, "
             f"lower in 1, equal in 1 of {R} repeats") in out, out
     assert f"pooled over 2 draws of method0's method: {both.mean():+.3f}" in out and f"of {2 * R} repeats" in out
-    assert out.count("not paired") == 1 and "record no seed or class pairs" in out
+    assert out.count("not paired") == 2 and "record no seed or class pairs" in out
+    assert f"{'plain1':<28} not paired: the baseline of its draw" in out
     assert json.loads((tmp_path / "c.json").read_text())["method1"]["paired"]["baseline"] == "plain1"
     # the method twice on one draw (another --results-dir): its repeats would count twice, so no pool
     import shutil

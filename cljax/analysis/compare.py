@@ -207,11 +207,12 @@ def format_comparison(summary: dict) -> str:
                      f"{g['mean']:.3f} +- {g['std']:.3f}   {lr['mean']:.3f} +- {lr['std']:.3f}   "
                      f"{ex['mean']:.3f} +- {ex['std']:.3f}")
     lines.append("(mean and sample std over repeats of each repeat's mean over the late tasks)")
-    pairs = {label: s["paired"] for label, s in summary.items() if "paired" in s}
-    if pairs:
+    if len(summary) > 1:
         lines.append("learner (late tasks) minus its baseline's (the first run given with the same seed and class "
                      "pairs), repeat by repeat:")
-    for label, p in pairs.items():
+    for label, s in list(summary.items())[1:]:
+        p = s.get("paired", {"paired": False, "why": "the baseline of its draw (no run before it has its seed and "
+                                                     "class pairs)"})
         lines.append(f"{label:<{width}} " + (f"not paired: {p['why']}" if not p["paired"] else
                                              f"minus {p['baseline']}: {_difference(p)}"))
     for label, p in ((label, s["pooled_over_draws"]) for label, s in summary.items() if "pooled_over_draws" in s):
