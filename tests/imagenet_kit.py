@@ -1,17 +1,20 @@
 """A small source of real encoded images in the Hugging Face hub's parquet layout, for the
 ImageNet preparation tests (tests/test_imagenet_prepare.py, tests/test_imagenet_prepare_cli.py).
-It needs the imagenet extra (`datasets`): the test files skip without it before importing this."""
+It needs the imagenet extra (`datasets`): a test module that imports this is skipped without it."""
 
 from __future__ import annotations
 
 import io
 from pathlib import Path
 
-import datasets
 import numpy as np
+import pytest
 from PIL import Image
 
 from cljax.data.imagenet.prepare import prepare_imagenet
+
+# The imagenet extra (a GPU image may lack it; `make test` installs it).
+datasets = pytest.importorskip("datasets", reason="the imagenet extra is not installed: pip install 'cljax[imagenet]'")
 
 REPO = Path(__file__).resolve().parents[1]
 CLASS_NAMES = ["cat", "dog", "fox"]
@@ -97,6 +100,18 @@ def hub_source(root: Path) -> dict:
     }
 
 
-def prepared_from(source: dict, out: Path) -> Path:
-    prepare_imagenet(str(source["root"]), out, workers=1, shard_rows=4, progress=False)
-    return out
+def module_fixtures():
+    """The fixtures ``source`` (the hub-layout source, ``hub_source``) and ``prepared`` (it
+    prepared into a folder), one of each per test module: ``source, prepared = module_fixtures()``."""
+
+    @pytest.fixture(scope="module")
+    def source(tmp_path_factory) -> dict:
+        return hub_source(tmp_path_factory.mktemp("hub_export"))
+
+    @pytest.fixture(scope="module")
+    def prepared(source, tmp_path_factory) -> Path:
+        out = tmp_path_factory.mktemp("prepared") / "imagenet28"
+        prepare_imagenet(str(source["root"]), out, workers=1, shard_rows=4, progress=False)
+        return out
+
+    return source, prepared

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,19 +19,10 @@ from cljax.data.imagenet.prepare import prepare_imagenet, prepare_main
 from cljax.data.prepared import ARRAY_FILES, load_prepared
 from cljax.errors import CljaxError
 
-# The imagenet extra (a GPU image may lack it; `make test` installs it).
-datasets = pytest.importorskip("datasets", reason="the imagenet extra is not installed: pip install 'cljax[imagenet]'")
-from tests.imagenet_kit import CLASS_NAMES, encode, hub_source, photo, prepared_from  # it imports datasets
+from tests.imagenet_kit import CLASS_NAMES, encode, module_fixtures, photo  # skips the module without datasets
 
 
-@pytest.fixture(scope="module")
-def source(tmp_path_factory) -> dict:
-    return hub_source(tmp_path_factory.mktemp("hub_export"))
-
-
-@pytest.fixture(scope="module")
-def prepared(source, tmp_path_factory) -> Path:
-    return prepared_from(source, tmp_path_factory.mktemp("prepared") / "imagenet28")
+source, prepared = module_fixtures()
 
 
 # ---------------------------------------------------------------------------- reference

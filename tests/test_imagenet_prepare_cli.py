@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,19 +19,10 @@ from cljax.data.imagenet.prepare import prepare_main
 from cljax.data.info import data_info_main
 from cljax.data.prepared import ARRAY_FILES, SAMPLES, load_prepared
 
-# The imagenet extra (a GPU image may lack it; `make test` installs it).
-datasets = pytest.importorskip("datasets", reason="the imagenet extra is not installed: pip install 'cljax[imagenet]'")
-from tests.imagenet_kit import REPO, hub_source, prepared_from, write_parquet  # it imports datasets
+from tests.imagenet_kit import REPO, module_fixtures, write_parquet  # skips the module without datasets
 
 
-@pytest.fixture(scope="module")
-def source(tmp_path_factory) -> dict:
-    return hub_source(tmp_path_factory.mktemp("hub_export"))
-
-
-@pytest.fixture(scope="module")
-def prepared(source, tmp_path_factory) -> Path:
-    return prepared_from(source, tmp_path_factory.mktemp("prepared") / "imagenet28")
+source, prepared = module_fixtures()
 
 
 def _one_error_line(capsys) -> str:
