@@ -153,7 +153,8 @@ def test_an_output_in_a_folder_it_cannot_write_is_refused_before_the_comparison(
         assert captured.err == f"error: {flag} {locked / 'c'}: cannot write to {locked}: pass a writable path.\n"
 
 
-def test_each_run_is_paired_with_the_first_run_of_its_draw_and_a_method_is_pooled_over_draws(tmp_path, capsys):
+def test_each_run_is_paired_with_the_first_run_of_its_draw_and_a_method_is_pooled_over_draws(tmp_path, capsys,
+                                                                                              monkeypatch):
     # A method against plain backprop on the same draw (seed and class pairs): each repeat saw the
     # same classes from the same start, so the difference is taken per repeat (its spread and
     # standard error). Two seeds: each run against its own seed's plain run, then the method's
@@ -205,3 +206,14 @@ def test_each_run_is_paired_with_the_first_run_of_its_draw_and_a_method_is_poole
     again = compare_runs([tmp_path / n for n in names] + [tmp_path / "again" / "method0"], labels=names + ["again"])
     assert not any("pooled_over_draws" in s for s in again.values())
     assert again["again"]["paired"]["baseline"] == "plain0"
+
+    # the plot: one curve per method over all its draws' repeats, any other run on its own
+    from cljax.analysis import compare
+
+    drawn = {}
+    monkeypatch.setattr(compare.plots, "plot_plasticity_gap", lambda curves, path: drawn.update(curves))
+    compare_runs([tmp_path / n for n in names + ["unrecorded"]], tmp_path / "g.png", labels=names + ["unrecorded"])
+    assert list(drawn) == ["plain0 (+1 draw)", "method0 (+1 draw)", "unrecorded"]
+    gaps = [expert - (learner[seed] + shift[seed]) for seed in (0, 1)]  # (T, R) each: the repeats side by side
+    np.testing.assert_allclose(drawn["method0 (+1 draw)"], np.concatenate(gaps, axis=1), rtol=0, atol=1e-15)
+    np.testing.assert_allclose(drawn["unrecorded"], expert - learner[0], rtol=0, atol=1e-15)

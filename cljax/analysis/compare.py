@@ -112,8 +112,36 @@ def compare_runs(run_dirs, out_png: str | os.PathLike | None = None, labels=None
     for label, pooled in pool_over_draws(labels, summary, draws, records).items():
         summary[label]["pooled_over_draws"] = pooled
     if out_png is not None:
-        plots.plot_plasticity_gap(curves, out_png)
+        plots.plot_plasticity_gap(curves_by_method(labels, curves, draws, records), out_png)
     return summary
+
+
+def method_of(record: dict) -> str | None:
+    """What a run's settings are, but for the seed and the paths (``NOT_IN_METHOD``); None when
+    its run.json is missing or damaged."""
+    config = record.get("config")
+    return None if config is None else json.dumps({k: v for k, v in config.items() if k not in NOT_IN_METHOD},
+                                                  sort_keys=True, default=repr)
+
+
+def curves_by_method(labels, curves, draws, records) -> dict:
+    """The plot's curves: the runs of one method on two or more draws (each once, all of the same
+    length) as one curve over all their repeats, labelled by the first of them; any other run as
+    its own."""
+    groups: dict = {}
+    for label in labels:
+        key = method_of(records[label])
+        groups.setdefault(label if key is None else key, []).append(label)
+    out = {}
+    for runs in groups.values():
+        pool = (len(runs) > 1 and len({draws[r] for r in runs}) == len(runs) and None not in {draws[r] for r in runs}
+                and len({len(curves[r]) for r in runs}) == 1)
+        if pool:
+            out[f"{runs[0]} (+{len(runs) - 1} draw{'s' if len(runs) > 2 else ''})"] = np.concatenate(
+                [curves[r] for r in runs], axis=1)
+        else:
+            out.update({r: curves[r] for r in runs})
+    return out
 
 
 NOT_IN_METHOD = ("seed", "results_dir", "data_dir")  # settings that make another draw, or another place, of one method
@@ -156,9 +184,7 @@ def pool_over_draws(labels, summary, draws, records) -> dict:
     baselines that do too, each on its own draw, two or more draws. {first run's label: pooled
     difference, with "runs"}."""
     def method(label):
-        config = records[label].get("config")
-        return None if config is None else json.dumps({k: v for k, v in config.items() if k not in NOT_IN_METHOD},
-                                                      sort_keys=True, default=repr)
+        return method_of(records[label])
 
     groups: dict = {}
     for label in labels:
