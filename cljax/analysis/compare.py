@@ -28,6 +28,8 @@ from cljax.run_folder import verify_task_dir
 
 # What must match for two runs' gaps to be measured on one protocol (methods differ by design).
 PROTOCOL = ("dataset", "task_schedule", "n_train_per_class", "epochs", "batch_size")
+# What makes another draw (seed), or another place, of one method: the settings pooling ignores.
+NOT_IN_METHOD = ("seed", "results_dir", "data_dir")
 
 
 def _record_or_none(run_dir: Path) -> dict | None:
@@ -144,9 +146,6 @@ def curves_by_method(labels, curves, draws, records) -> dict:
     return out
 
 
-NOT_IN_METHOD = ("seed", "results_dir", "data_dir")  # settings that make another draw, or another place, of one method
-
-
 def pair_with_baselines(labels, draws, late_learner) -> dict:
     """Each run's paired difference from its baseline: the first run given with the same draw
     (seed and class pairs), which is itself not paired; {"paired": False, "why"} for a run whose
@@ -183,14 +182,13 @@ def pool_over_draws(labels, summary, draws, records) -> dict:
     (seeds) given: runs whose run.json settings differ only in NOT_IN_METHOD, paired with
     baselines that do too, each on its own draw, two or more draws. {first run's label: pooled
     difference, with "runs"}."""
-    def method(label):
-        return method_of(records[label])
-
     groups: dict = {}
     for label in labels:
         pair = summary[label].get("paired") or {}
-        if pair.get("paired") and method(label) is not None and method(pair["baseline"]) is not None:
-            groups.setdefault((method(label), method(pair["baseline"])), []).append(label)
+        if pair.get("paired"):
+            key = (method_of(records[label]), method_of(records[pair["baseline"]]))
+            if None not in key:
+                groups.setdefault(key, []).append(label)
     pooled = {}
     for runs in groups.values():
         if len(runs) > 1 and len({draws[label] for label in runs}) == len(runs):  # a draw twice: not pooled
