@@ -208,16 +208,21 @@ def _cmd_compare(argv: list[str]) -> int:
     parser.add_argument("runs", nargs="+", help="results/{dataset}/{algorithm} of each run")
     parser.add_argument("--out", default=None, help="the plot (PNG) to write (default: none)")
     parser.add_argument("--json", default=None, help="write the comparison as JSON here")
+    parser.add_argument("--late-from", type=float, default=0.5, help="the late tasks are those from this fraction "
+                        "of each run on (default: 0.5, the later half)")
     args = parser.parse_args(argv)
     if any(not run.strip() for run in args.runs):
         raise CljaxError("a run folder is empty: pass each run's folder, results/{dataset}/{algorithm}.")
+    if not 0 <= args.late_from < 1:
+        raise CljaxError(f"--late-from {args.late_from} is not in [0, 1): pass the fraction of each run from which "
+                         f"its tasks count as late, e.g. 0.5 for the later half.")
     for flag, path in (("--out", args.out), ("--json", args.json)):
         _check_output_file(flag, path)
     from cljax.analysis.compare import compare_runs, format_comparison, protocol_differences
     from cljax.analysis.spread import jsonable
     from cljax.safe_files import atomic_write
 
-    summary = compare_runs(args.runs, args.out)
+    summary = compare_runs(args.runs, args.out, late_from=args.late_from)
     print(format_comparison(summary))
     differ = protocol_differences(summary)
     if differ:

@@ -217,3 +217,18 @@ def test_each_run_is_paired_with_the_first_run_of_its_draw_and_a_method_is_poole
     gaps = [expert - (learner[seed] + shift[seed]) for seed in (0, 1)]  # (T, R) each: the repeats side by side
     np.testing.assert_allclose(drawn["method0 (+1 draw)"], np.concatenate(gaps, axis=1), rtol=0, atol=1e-15)
     np.testing.assert_allclose(drawn["unrecorded"], expert - learner[0], rtol=0, atol=1e-15)
+
+
+def test_the_late_tasks_start_where_late_from_says_and_a_fraction_outside_0_1_is_one_line(tmp_path, capsys):
+    rng = np.random.default_rng(6)
+    learner, expert = rng.uniform(0.5, 0.9, (T, R)), rng.uniform(0.5, 0.9, (T, R))
+    write_run(tmp_path / "run", learner, expert, window=False)
+    assert cli_main(["compare", str(tmp_path / "run"), "--late-from", "0.75", "--json", str(tmp_path / "c.json")]) == 0
+    s = json.loads((tmp_path / "c.json").read_text())["run"]
+    assert s["late_tasks"] == [3, 3]  # int(4 * 0.75) = 3: the last task only
+    np.testing.assert_allclose(s["learner_late"]["mean"], learner[3].mean(), rtol=1e-12)
+    capsys.readouterr()
+    for bad in ("1", "-0.1", "nan"):
+        assert cli_main(["compare", str(tmp_path / "run"), "--late-from", bad]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"--late-from {float(bad)} is not in [0, 1)" in err, err
