@@ -99,16 +99,17 @@ def compare_runs(run_dirs, out_png: str | os.PathLike | None = None, labels=None
         gap_nR = acc["expert"] - acc["learner"]
         late = slice(int(len(gap_nR) * late_from), len(gap_nR))
         record = records[label] = _record_or_none(Path(run_dir)) or {}  # damaged: the task folders only
+        late_learner[label] = mean_over_tasks(acc["learner"][late].T)  # per repeat
         summary[label] = {
             "run": str(run_dir), "n_tasks": len(gap_nR), "late_tasks": [late.start, len(gap_nR) - 1],
             "protocol": {k: (record.get("config") or {}).get(k) for k in PROTOCOL},
             "gap_late": spread(mean_over_tasks(gap_nR[late].T)),
-            "learner_late": spread(mean_over_tasks(acc["learner"][late].T)),
+            "learner_late": spread(late_learner[label]),
             "expert_late": spread(mean_over_tasks(acc["expert"][late].T)),
             "gap_per_task": mean_over_tasks(gap_nR).tolist(),  # over the repeats with a finite gap
         }
         curves[label] = gap_nR
-        draws[label], late_learner[label] = acc["draw"], mean_over_tasks(acc["learner"][late].T)
+        draws[label] = acc["draw"]
     for label, pair in pair_with_baselines(labels, draws, late_learner).items():
         summary[label]["paired"] = pair
     for label, pooled in pool_over_draws(labels, summary, draws, records).items():
@@ -169,8 +170,12 @@ def paired_difference(this_R, base_R) -> dict:
     and initialisation; methods that never reach the expert then give the same expert too). Its
     spread over repeats, the standard error of its mean, and in how many repeats it is above,
     below or exactly at zero."""
-    d = np.asarray(this_R, np.float64) - np.asarray(base_R, np.float64)
-    out = {"paired": True, **spread(d), "per_repeat": d.tolist()}
+    return {"paired": True, **difference_spread(np.asarray(this_R, np.float64) - np.asarray(base_R, np.float64))}
+
+
+def difference_spread(d) -> dict:
+    """Mean, sample std, SE and the counts above, below and at zero of per-repeat differences."""
+    out = {**spread(d), "per_repeat": d.tolist()}
     out["se"] = out["std"] / np.sqrt(out["n"]) if out["n"] > 1 else float("nan")
     finite = d[np.isfinite(d)]
     out.update(higher=int((finite > 0).sum()), lower=int((finite < 0).sum()), equal=int((finite == 0).sum()))
@@ -193,7 +198,7 @@ def pool_over_draws(labels, summary, draws, records) -> dict:
     for runs in groups.values():
         if len(runs) > 1 and len({draws[label] for label in runs}) == len(runs):  # a draw twice: not pooled
             d = np.concatenate([summary[label]["paired"]["per_repeat"] for label in runs])
-            pooled[runs[0]] = {"runs": runs, **paired_difference(d, np.zeros_like(d))}
+            pooled[runs[0]] = {"runs": runs, **difference_spread(d)}
     return pooled
 
 
