@@ -16,6 +16,7 @@ from cljax.config import differing_settings, setting_differences
 from cljax.errors import CljaxError
 from cljax.experiment import run_experiment
 from cljax.options import make_options
+from cljax.options.l2 import L2InitParams
 from cljax.options.replay import draw_replay
 from cljax.options.shrink_perturb import ShrinkPerturbParams, shrink_perturb
 from cljax.options.ul import hebbian_update, layer_input
@@ -184,21 +185,32 @@ def test_shrink_perturb_identity_is_bit_exact(tmp_path):
         assert_trees_equal(jax.jit(option.step_end)((), params, {}, jax.random.key(2), None, None)[1], params)
 
 
-def test_a_run_recorded_with_the_old_shrink_perturb_defaults_resumes_with_them(tmp_path):
-    """run.json records the resolved lam and sigma: a run made with the defaults of before
-    (0.8, 0.01) resumes when they are passed, and a resume without them names the values."""
-    old = dict(add_plasticity=True, sp_lambda=0.8, sp_sigma=0.01)
+OLD_DEFAULTS = {  # option -> (the settings it defaulted to before, today's defaults, the message's first difference)
+    "shrink_perturb": (dict(add_plasticity=True, sp_lambda=0.8, sp_sigma=0.01),
+                       dict(sp_lambda=ShrinkPerturbParams().lambda_, sp_sigma=ShrinkPerturbParams().sigma),
+                       r"sp_lambda recorded 0\.8, now "),
+    "l2_init": (dict(use_l2_init=True, l2_init_decay=1e-4), dict(l2_init_decay=L2InitParams().decay),
+                r"l2_init_decay recorded 0\.0001, now 0\.01"),
+}
+
+
+@pytest.mark.parametrize("option", sorted(OLD_DEFAULTS))
+def test_a_run_recorded_with_an_options_old_defaults_resumes_with_them(tmp_path, option):
+    """run.json records the resolved values: a run made with an option's defaults of before
+    (shrink+perturb's 0.8 and 0.01, L2-init's 1e-4) resumes when they are passed, and a resume
+    without them names the recorded values."""
+    old, defaults, message = OLD_DEFAULTS[option]
     config = config_of(tmp_path, dataset="synthetic", data_dir=None, model="mlp", mlp_hidden=32, **old)
     recorded = config.to_dict()
     assert differing_settings(recorded, config) == []
-    today = with_flat(config, sp_lambda=ShrinkPerturbParams().lambda_, sp_sigma=ShrinkPerturbParams().sigma)
+    today = with_flat(config, **defaults)
     differ = setting_differences(recorded, today)
-    assert differ == {k: (recorded[k], today.to_dict()[k]) for k in ("sp_lambda", "sp_sigma") if recorded[k] != today.to_dict()[k]}
-    if differ:  # the message says what was recorded, so the user can pass it
-        run_experiment(config, progress=False)  # a run with finished tasks: not replaced
-        with pytest.raises(CljaxError, match=r"sp_lambda recorded 0\.8, now .*Pass the recorded values"):
-            run_experiment(today, progress=False)
-        assert run_experiment(config, progress=False).already_finished  # and passing them finds it
+    assert differ == {k: (recorded[k], today.to_dict()[k]) for k in defaults if recorded[k] != today.to_dict()[k]}
+    assert differ  # both options' defaults have changed since
+    run_experiment(config, progress=False)  # a run with finished tasks: not replaced
+    with pytest.raises(CljaxError, match=message + ".*Pass the recorded values"):
+        run_experiment(today, progress=False)
+    assert run_experiment(config, progress=False).already_finished  # and passing them finds it
 
 
 # ---- unsupervised learning ------------------------------------------------------------------

@@ -35,7 +35,9 @@ class L2Params:
 
 @dataclass(frozen=True)
 class L2InitParams:
-    decay: float = param(1e-4, "L2 toward the initial weights: c in direction + c * (theta - theta_0) "
+    # 1e-2, not the former 1e-4, which changed nothing measurable where plasticity is lost; the
+    # sweep that chose it is in docs/plasticity.md ("L2-init's decay").
+    decay: float = param(1e-2, "L2 toward the initial weights: c in direction + c * (theta - theta_0) "
                          "(loss + c/2 |theta - theta_0|^2)", min=0.0)
 
 
