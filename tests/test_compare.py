@@ -130,6 +130,7 @@ def test_late_tasks_are_the_later_half_and_every_figure_reads_the_experts_last_s
         per_repeat = np.array([np.mean([v for v in values[1:, r] if np.isfinite(v)]) for r in range(R)])
         assert math.isclose(s[key]["mean"], per_repeat.mean(), rel_tol=1e-12), key
         assert math.isclose(s[key]["std"], per_repeat.std(ddof=1), rel_tol=1e-12), key
+        np.testing.assert_allclose(s[key]["per_repeat"], per_repeat, rtol=1e-12, err_msg=key)  # each repeat's value
     by_hand = [np.mean([g for g in gap[t] if np.isfinite(g)]) for t in range(3)]
     np.testing.assert_allclose(s["gap_per_task"], by_hand, rtol=1e-12)
 

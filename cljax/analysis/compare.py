@@ -86,6 +86,12 @@ def _checker(run_dir: Path, first: Path):
     return check
 
 
+def with_values(per_repeat: np.ndarray) -> dict:
+    """:func:`spread` of one value per repeat, and the values (``per_repeat``: the lowest repeat,
+    or any other statistic, without reading the runs again)."""
+    return {**spread(per_repeat), "per_repeat": np.asarray(per_repeat, dtype=np.float64).tolist()}
+
+
 def compare_runs(run_dirs, out_png: str | os.PathLike | None = None, labels=None, late_from: float = 0.5) -> dict:
     """The gap per run: its spread over repeats of the per-repeat mean over the late tasks (from
     ``late_from`` of the run on), the learner's and the expert's accuracy there, and the gap per
@@ -103,9 +109,9 @@ def compare_runs(run_dirs, out_png: str | os.PathLike | None = None, labels=None
         summary[label] = {
             "run": str(run_dir), "n_tasks": len(gap_nR), "late_tasks": [late.start, len(gap_nR) - 1],
             "protocol": {k: (record.get("config") or {}).get(k) for k in PROTOCOL},
-            "gap_late": spread(mean_over_tasks(gap_nR[late].T)),
-            "learner_late": spread(late_learner[label]),
-            "expert_late": spread(mean_over_tasks(acc["expert"][late].T)),
+            "gap_late": with_values(mean_over_tasks(gap_nR[late].T)),
+            "learner_late": with_values(late_learner[label]),
+            "expert_late": with_values(mean_over_tasks(acc["expert"][late].T)),
             "gap_per_task": mean_over_tasks(gap_nR).tolist(),  # over the repeats with a finite gap
         }
         curves[label] = gap_nR
