@@ -99,24 +99,23 @@ def compare_runs(run_dirs, out_png: str | os.PathLike | None = None, labels=None
     labels = list(labels) if labels else distinct_labels(run_dirs)
     if len(set(labels)) != len(labels):
         raise CljaxError(f"two runs have the same label ({', '.join(labels)}): give each its own.")
-    curves, summary, draws, late_learner, records = {}, {}, {}, {}, {}
+    curves, summary, draws, records = {}, {}, {}, {}
     for label, run_dir in zip(labels, run_dirs):
         acc = current_task_accuracy(run_dir)
         gap_nR = acc["expert"] - acc["learner"]
         late = slice(int(len(gap_nR) * late_from), len(gap_nR))
         record = records[label] = _record_or_none(Path(run_dir)) or {}  # damaged: the task folders only
-        late_learner[label] = mean_over_tasks(acc["learner"][late].T)  # per repeat
         summary[label] = {
             "run": str(run_dir), "n_tasks": len(gap_nR), "late_tasks": [late.start, len(gap_nR) - 1],
             "protocol": {k: (record.get("config") or {}).get(k) for k in PROTOCOL},
             "gap_late": with_values(mean_over_tasks(gap_nR[late].T)),
-            "learner_late": with_values(late_learner[label]),
+            "learner_late": with_values(mean_over_tasks(acc["learner"][late].T)),
             "expert_late": with_values(mean_over_tasks(acc["expert"][late].T)),
             "gap_per_task": mean_over_tasks(gap_nR).tolist(),  # over the repeats with a finite gap
         }
         curves[label] = gap_nR
         draws[label] = acc["draw"]
-    for label, pair in pair_with_baselines(labels, draws, late_learner).items():
+    for label, pair in pair_with_baselines(labels, draws, summary).items():
         summary[label]["paired"] = pair
     for label, pooled in pool_over_draws(labels, summary, draws, records).items():
         summary[label]["pooled_over_draws"] = pooled
@@ -153,10 +152,12 @@ def curves_by_method(labels, curves, draws, records) -> dict:
     return out
 
 
-def pair_with_baselines(labels, draws, late_learner) -> dict:
-    """Each run's paired difference from its baseline: the first run given with the same draw
-    (seed and class pairs), which is itself not paired; {"paired": False, "why"} for a run whose
-    task folders record no draw."""
+def pair_with_baselines(labels, draws, summary) -> dict:
+    """Each run's paired difference from its baseline, in late learner accuracy (the summary's
+    ``learner_late`` per repeat): the first run given with the same draw (seed and class pairs),
+    which is itself not paired; {"paired": False, "why"} for a run whose task folders record no
+    draw."""
+    late = {label: summary[label]["learner_late"]["per_repeat"] for label in labels}
     out, baseline = {}, {}
     for label in labels:
         draw = draws[label]
@@ -164,7 +165,7 @@ def pair_with_baselines(labels, draws, late_learner) -> dict:
             out[label] = {"paired": False, "why": "its task folders record no seed or class pairs"}
         elif draw in baseline:
             first = baseline[draw]
-            out[label] = {"baseline": first, **paired_difference(late_learner[label], late_learner[first])}
+            out[label] = {"baseline": first, **paired_difference(late[label], late[first])}
         else:
             baseline[draw] = label
     return out
@@ -181,7 +182,7 @@ def paired_difference(this_R, base_R) -> dict:
 
 def difference_spread(d) -> dict:
     """Mean, sample std, SE and the counts above, below and at zero of per-repeat differences."""
-    out = {**spread(d), "per_repeat": d.tolist()}
+    out = with_values(d)
     out["se"] = out["std"] / np.sqrt(out["n"]) if out["n"] > 1 else float("nan")
     finite = d[np.isfinite(d)]
     out.update(higher=int((finite > 0).sum()), lower=int((finite < 0).sum()), equal=int((finite == 0).sum()))
