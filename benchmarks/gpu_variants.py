@@ -20,9 +20,10 @@ row cannot see a fresh process's autotuner picking other kernels; a resumed run'
 The JSON is rewritten after every variant, so a stage cut short by its time limit keeps what it
 finished. The variants are ordered by what the next GPU session must learn first: an H200
 compiled each in 5.5 to 22 s (docs/benchmark.md, "Measured on an H200"), so the stage's 70 s holds
-four or five of the twenty-two. First the defaults at R = 32 and 128 (the goals' sizes), the
+four or five of the twenty-three. First the defaults at R = 32 and 128 (the goals' sizes), the
 compile-to-compile check and the one lowering near the follow-up's threshold (fused-im2col at R =
-128: the follow-up reads these), then what no GPU session has timed yet: unrolling at R = 1, and
+128: the follow-up reads these), then what no GPU session has timed yet: the learner and expert
+the other way at R = 128 (separate steps, where ``auto`` pairs them on a GPU), unrolling at R = 1, and
 the ResNet's default (im2col) against XLA's convolution at R = 32 (compared with the ResNet's
 default: each model's rows have their own reference); then the other settings and lowerings at
 R = 128 (precision, bfloat16, XLA's convolution, fused), then the other choices at R = 32.
@@ -63,6 +64,7 @@ def variant_list(smoke: bool, which: str = "all") -> list[tuple[str, int, dict]]
                  {"compute_dtype": "bfloat16", "scan_unroll": 2, "learner_expert": OTHER})]
     return [("default", 32, {}), ("default", 128, {}), ("default, compiled again", 32, {RECOMPILE: True}),
             ("conv fused-im2col", 128, {"conv_impl": "fused-im2col"}),
+            ("learner/expert other", 128, {"learner_expert": OTHER}),
             ("default", 1, {}), ("scan unroll 4", 1, {"scan_unroll": 4}), ("scan unroll 16", 1, {"scan_unroll": 16}),
             ("resnet default", 32, {"model": "resnet"}), ("resnet conv other", 32, {"model": "resnet", "conv_impl": OTHER}),
             ("precision default", 128, {"matmul_precision": "default"}), ("bfloat16", 128, {"compute_dtype": "bfloat16"}),
