@@ -98,3 +98,28 @@ def test_a_collapse_is_a_drop_of_more_than_a_tenth():
     assert (s["n_collapsed"], s["n_cells"], s["n_nonfinite"]) == (1, 3, 0)
     assert math.isclose(s["max_drop_from_best"], 0.4)
     np.testing.assert_allclose(out["arrays"]["plasticity_gap_best"], [[0.2 - 0.75], [0.9 - 0.7], [0.8 - 0.7]])
+
+
+def test_a_learner_that_diverged_leaves_its_repeat_out_of_the_gap_means_and_is_counted(tmp_path):
+    # Repeat 1's learner diverges during task 2 (NaN accuracy, kept with --allow-nonfinite). Its
+    # plasticity gap was averaged over tasks 0-1 alone and entered the spread beside repeat 0's mean
+    # over tasks 0-2, as if it had not diverged; ACC of the same repeat was already left out.
+    algo = tmp_path / "run"
+    write_fake_run(algo)
+    path = algo / "task_002" / "metrics.pkl"
+    metrics = pickle.loads(path.read_bytes())
+    metrics["test_acc"][:, 1] = np.nan
+    path.write_bytes(pickle.dumps(metrics, protocol=4))
+    s = analyze_run(algo, glue=False, make_plots=False)
+    diag0 = np.diag(R_FINAL)
+    for key, value0 in (("mean_plasticity_gap", (E - diag0).mean()), ("mean_plasticity_gap_best", (E - diag0).mean()),
+                        ("mean_normalised_transfer", ((diag0 - E) / (diag0 + E)).mean())):
+        assert (s[key]["n"], s[key]["n_nonfinite"]) == (1, 1), key
+        assert math.isclose(s[key]["mean"], value0, rel_tol=1e-9), key
+    assert (s["average_accuracy"]["n"], s["average_accuracy"]["n_nonfinite"]) == (1, 1)
+    assert s["expert"]["final"]["n"] == 2  # the experts did not diverge
+    collapse_one_expert(algo, task=0, repeat=0, snapshots=(0.9, np.nan))  # and one expert does
+    s = analyze_run(algo, glue=False, make_plots=False)
+    assert (s["expert"]["final"]["n"], s["expert"]["final"]["n_nonfinite"]) == (1, 1)
+    assert math.isclose(s["expert"]["final"]["mean"], E.mean(), rel_tol=1e-9)
+    assert s["expert"]["best"]["n"] == 2  # its best snapshot, 0.9, is finite

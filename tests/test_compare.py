@@ -98,6 +98,35 @@ def test_a_diverged_run_is_written_as_strict_json_with_null(tmp_path):
     np.testing.assert_allclose(out["ok"]["gap_per_task"], (expert - learner).mean(1))
 
 
+def test_a_repeat_that_diverged_on_a_late_task_is_left_out_named_and_counted(tmp_path, capsys):
+    # A learner diverged at task 3 in repeat 1 (NaN from then on, kept with --allow-nonfinite).
+    # Its late mean was taken over its finite late tasks (task 2 alone), beside the other repeats'
+    # means over tasks 2-3, and entered every spread and paired difference as if it had not diverged.
+    rng = np.random.default_rng(4)
+    learner, expert = rng.uniform(0.5, 1, (T, R)), rng.uniform(0.5, 1, (T, R))
+    seed, pairs = 7, rng.integers(0, 10, (T, R, 2))
+    write_run(tmp_path / "plain", learner, expert, window=False, seed=seed, pairs_TR2=pairs)
+    diverged = learner + 0.2
+    diverged[3, 1] = np.nan
+    write_run(tmp_path / "method", diverged, expert, window=False, seed=seed, pairs_TR2=pairs)
+    summary = compare_runs([tmp_path / "plain", tmp_path / "method"], labels=["plain", "method"])
+    late = summary["method"]["learner_late"]
+    assert math.isnan(late["per_repeat"][1]) and (late["n"], late["n_nonfinite"]) == (R - 1, 1)
+    kept = [0, 2]
+    np.testing.assert_allclose(late["mean"], diverged[2:, kept].mean(0).mean())
+    np.testing.assert_allclose(summary["method"]["gap_late"]["mean"], (expert - diverged)[2:, kept].mean(0).mean())
+    assert summary["method"]["expert_late"]["n_nonfinite"] == 0
+    paired = summary["method"]["paired"]
+    assert (paired["n"], paired["n_nonfinite"], paired["higher"]) == (R - 1, 1, R - 1)
+    np.testing.assert_allclose(paired["mean"], 0.2)
+    np.testing.assert_allclose(summary["method"]["gap_per_task"][2], (expert - diverged)[2].mean())  # the curve keeps it
+
+    assert cli_main(["compare", str(tmp_path / "plain"), str(tmp_path / "method")]) == 0
+    out = capsys.readouterr().out
+    assert "left out: the learner's in repeat 1 (not finite on a late task" in out
+    assert f"not finite in 1 of {R} repeats" in out
+
+
 def test_runs_on_different_protocols_are_compared_with_a_warning(tmp_path, capsys):
     # Methods differ by design; a dataset or schedule that differs makes the gaps incomparable,
     # and was accepted without a word.
@@ -115,7 +144,8 @@ def test_runs_on_different_protocols_are_compared_with_a_warning(tmp_path, capsy
 
 def test_late_tasks_are_the_later_half_and_every_figure_reads_the_experts_last_snapshot(tmp_path):
     # Three tasks (late: n // 2 = 1 to 2); the expert's first snapshot (0.99) beats its last one,
-    # and repeat 2's learner has no finite accuracy on task 1 (left out of that task's mean).
+    # and repeat 2's learner has no finite accuracy on task 1 (left out of that task's mean, and
+    # repeat 2 out of the late figures of the learner and the gap).
     import shutil
 
     rng = np.random.default_rng(4)
@@ -127,9 +157,11 @@ def test_late_tasks_are_the_later_half_and_every_figure_reads_the_experts_last_s
     assert s["n_tasks"] == 3 and s["late_tasks"] == [1, 2]
     gap = expert[:3] - learner[:3]
     for key, values in (("gap_late", gap), ("learner_late", learner[:3]), ("expert_late", expert[:3])):
-        per_repeat = np.array([np.mean([v for v in values[1:, r] if np.isfinite(v)]) for r in range(R)])
-        assert math.isclose(s[key]["mean"], per_repeat.mean(), rel_tol=1e-12), key
-        assert math.isclose(s[key]["std"], per_repeat.std(ddof=1), rel_tol=1e-12), key
+        per_repeat = values[1:].mean(0)  # NaN for repeat 2's learner and gap
+        finite = per_repeat[np.isfinite(per_repeat)]
+        assert len(finite) == (R if key == "expert_late" else R - 1) == s[key]["n"], key
+        assert math.isclose(s[key]["mean"], finite.mean(), rel_tol=1e-12), key
+        assert math.isclose(s[key]["std"], finite.std(ddof=1), rel_tol=1e-12), key
         np.testing.assert_allclose(s[key]["per_repeat"], per_repeat, rtol=1e-12, err_msg=key)  # each repeat's value
     by_hand = [np.mean([g for g in gap[t] if np.isfinite(g)]) for t in range(3)]
     np.testing.assert_allclose(s["gap_per_task"], by_hand, rtol=1e-12)

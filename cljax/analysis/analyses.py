@@ -26,7 +26,8 @@ import numpy as np
 
 from cljax.analysis import plots, probe
 from cljax.analysis.band import DENSE_CELLS, Band
-from cljax.analysis.cl import VARIANTS, cl_metrics_band, cl_metrics_from_matrix, mean_over_tasks, snapshot_accuracy, task_accuracy_row
+from cljax.analysis.cl import (VARIANTS, cl_metrics_band, cl_metrics_from_matrix, mean_over_every_task, snapshot_accuracy,
+                               task_accuracy_row)
 from cljax.analysis.glue_runs import glue_finalize, glue_init, glue_update
 from cljax.analysis.plasticine import representation_metrics, weight_change, weight_magnitude
 from cljax.analysis.registry import Analysis, Result, RunContext, TaskFolder, register
@@ -70,8 +71,8 @@ def _expert_summary(expert_LR: list, current_LR: list) -> dict:
                    "plasticity_gap_best": gap_best, "expert_drop_from_best": drop},
         "summary": {
             "expert": {
-                "final": spread(mean_over_tasks(final)),
-                "best": spread(mean_over_tasks(best)),
+                "final": spread(mean_over_every_task(final)),
+                "best": spread(mean_over_every_task(best)),
                 "max_drop_from_best": float(np.max(drop, where=np.isfinite(drop), initial=-np.inf))
                 if np.isfinite(drop).any() else float("nan"),
                 "n_collapsed": int((drop > COLLAPSE_DROP).sum()),
@@ -80,7 +81,7 @@ def _expert_summary(expert_LR: list, current_LR: list) -> dict:
                 "collapse": f"last snapshot more than {COLLAPSE_DROP} below the best snapshot of the same "
                             "(repeat, task)",
             },
-            "mean_plasticity_gap_best": spread(mean_over_tasks(gap_best)),
+            "mean_plasticity_gap_best": spread(mean_over_every_task(gap_best)),
         },
     }
 

@@ -230,11 +230,26 @@ def plasticity_gap_best(test_acc_per_task: Sequence[np.ndarray],
 
 
 def mean_over_tasks(values_RT: np.ndarray) -> np.ndarray:
-    """Each repeat's mean over its tasks with a finite value, (R, T) -> (R,); NaN when none is."""
+    """Each repeat's mean over its tasks with a finite value, (R, T) -> (R,); NaN when none is.
+    For values that are NaN by design where a folder evaluated no task (the probe's drop under
+    ``--eval-tasks window:K``); where every task has a value, :func:`mean_over_every_task`."""
     v = np.asarray(values_RT, dtype=np.float64)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN row stays NaN
         return np.nanmean(np.where(np.isfinite(v), v, np.nan), axis=1)
+
+
+def mean_over_every_task(values_RT: np.ndarray) -> np.ndarray:
+    """Each repeat's mean over all its tasks, (R, T) -> (R,): not finite when any of them is not,
+    so that the spread leaves the repeat out and counts it; NaN with no task. For values every task
+    has (the current task's accuracy, the expert's, their gap): a NaN there is a diverged network
+    (kept with ``--allow-nonfinite``), and a mean over the tasks before it would enter the spread
+    beside other repeats' means over every task, as if the repeat had not diverged."""
+    v = np.asarray(values_RT, dtype=np.float64)
+    if not v.shape[-1]:
+        return np.full(v.shape[0], np.nan)
+    with np.errstate(invalid="ignore"):  # inf and -inf in one row: NaN, non-finite either way
+        return v.mean(axis=-1)
 
 
 def cl_metrics_from_matrix(R_RTT: np.ndarray, expert_acc_RT: np.ndarray, initial_acc_RT: np.ndarray) -> dict:
@@ -263,7 +278,7 @@ def cl_metrics_from_matrix(R_RTT: np.ndarray, expert_acc_RT: np.ndarray, initial
     scalar_keys = ("average_accuracy", "average_accuracy_cc", "bwt", "fwt", "forgetting")
     summary = {k: spread(out[k]) for k in scalar_keys}
     for k in ("plasticity_gap", "normalised_transfer"):
-        summary[f"mean_{k}"] = spread(mean_over_tasks(out[k]))
+        summary[f"mean_{k}"] = spread(mean_over_every_task(out[k]))
     out["summary"] = summary
     return out
 
@@ -354,7 +369,7 @@ def cl_metrics_band(band: Band, expert_acc_RT: np.ndarray, initial_acc_RT: np.nd
     }
     summary = {k: spread(out[k]) for k in ("average_accuracy", "average_accuracy_cc", "bwt", "fwt", "forgetting")}
     for k in ("plasticity_gap", "normalised_transfer"):
-        summary[f"mean_{k}"] = spread(mean_over_tasks(out[k]))
+        summary[f"mean_{k}"] = spread(mean_over_every_task(out[k]))
     summary["n_terms"] = {"average_accuracy": int(ev_last.sum()), "bwt": int(bwt_mask.sum()),
                           "fwt": int(fwt_mask.sum()), "forgetting": int(f_mask.sum())}
     out["summary"] = summary

@@ -20,7 +20,7 @@ import numpy as np
 
 from cljax import results
 from cljax.analysis import plots
-from cljax.analysis.cl import mean_over_tasks
+from cljax.analysis.cl import mean_over_every_task, mean_over_tasks
 from cljax.analysis.spread import spread
 from cljax.checkpoint import NewerRecord, read_run_record
 from cljax.errors import CljaxError
@@ -108,9 +108,9 @@ def compare_runs(run_dirs, out_png: str | os.PathLike | None = None, labels=None
         summary[label] = {
             "run": str(run_dir), "n_tasks": len(gap_nR), "late_tasks": [late.start, len(gap_nR) - 1],
             "protocol": {k: (record.get("config") or {}).get(k) for k in PROTOCOL},
-            "gap_late": with_values(mean_over_tasks(gap_nR[late].T)),
-            "learner_late": with_values(mean_over_tasks(acc["learner"][late].T)),
-            "expert_late": with_values(mean_over_tasks(acc["expert"][late].T)),
+            "gap_late": with_values(mean_over_every_task(gap_nR[late].T)),
+            "learner_late": with_values(mean_over_every_task(acc["learner"][late].T)),
+            "expert_late": with_values(mean_over_every_task(acc["expert"][late].T)),
             "gap_per_task": mean_over_tasks(gap_nR).tolist(),  # over the repeats with a finite gap
         }
         curves[label] = gap_nR
@@ -231,7 +231,12 @@ def distinct_labels(run_dirs) -> list[str]:
 
 def _difference(p: dict) -> str:
     return (f"{p['mean']:+.3f} +- {p['std']:.3f} (SE {p['se']:.3f}), higher in {p['higher']}, lower in {p['lower']}, "
-            f"equal in {p['equal']} of {p['n'] + p['n_nonfinite']} repeats")
+            f"equal in {p['equal']}" + (f", not finite in {p['n_nonfinite']}" if p["n_nonfinite"] else "")
+            + f" of {p['n'] + p['n_nonfinite']} repeats")
+
+
+def _not_finite(values: dict) -> list[int]:
+    return [r for r, x in enumerate(values["per_repeat"]) if not np.isfinite(x)]
 
 
 def format_comparison(summary: dict) -> str:
@@ -242,7 +247,13 @@ def format_comparison(summary: dict) -> str:
         lines.append(f"{label:<{width}} {s['late_tasks'][0]:>4}-{s['late_tasks'][1]:<4} "
                      f"{g['mean']:.3f} +- {g['std']:.3f}   {lr['mean']:.3f} +- {lr['std']:.3f}   "
                      f"{ex['mean']:.3f} +- {ex['std']:.3f}")
-    lines.append("(mean and sample std over repeats of each repeat's mean over the late tasks)")
+        left_out = [f"the {who}'s in repeat{'s' * (len(rs) > 1)} {', '.join(map(str, rs))}"
+                    for who, rs in (("learner", _not_finite(lr)), ("expert", _not_finite(ex))) if rs]
+        if left_out:
+            lines.append(f"{'':<{width}} left out: {'; '.join(left_out)} (not finite on a late task: a diverged "
+                         f"network, kept with --allow-nonfinite)")
+    lines.append("(mean and sample std over repeats of each repeat's mean over the late tasks; a repeat not finite "
+                 "on one of them is left out)")
     if len(summary) > 1:
         lines.append("learner (late tasks) minus its baseline's (the first run given with the same seed and class "
                      "pairs), repeat by repeat:")

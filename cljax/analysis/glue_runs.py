@@ -10,6 +10,7 @@ import jax
 import numpy as np
 
 from cljax.analysis import plots
+from cljax.analysis.cl import mean_over_every_task
 from cljax.analysis.glue import DIAGNOSTIC_KEYS, GLUE_KEYS, glue_analysis, unsolvable
 from cljax.analysis.glue_solver import MAX_ITER, TOL
 from cljax.analysis.registry import Result, RunContext, TaskFolder
@@ -95,8 +96,7 @@ def mean_over_evaluated(values_RT, evaluated_T) -> np.ndarray:
     """Each repeat's mean over the tasks the folder evaluated, (R, T) -> (R,): a non-finite value
     of an evaluated task makes the repeat's mean non-finite (``spread`` then counts it apart), as
     under --eval-tasks all; the tasks not evaluated (NaN by construction) are left out."""
-    v = np.asarray(values_RT, dtype=np.float64)[:, np.asarray(evaluated_T, bool)]
-    return v.mean(axis=-1) if v.shape[-1] else np.full(v.shape[0], np.nan)
+    return mean_over_every_task(np.asarray(values_RT, dtype=np.float64)[:, np.asarray(evaluated_T, bool)])
 
 
 def _slots_to_tasks(folder: TaskFolder, values) -> np.ndarray:
