@@ -127,7 +127,8 @@ def head_accuracy(reps, labels, kernel, bias) -> np.ndarray:
     (..., S), kernel (..., H, O), bias (..., O) -> (...). One output: label 1 when the logit is
     positive (sigmoid); two: the larger logit (softmax), as the training code decides. NaN where
     a logit is not finite (a diverged network has no accuracy here, as in ``probe_accuracy``)."""
-    logits = np.asarray(reps, np.float64) @ np.asarray(kernel, np.float64) + np.asarray(bias, np.float64)[..., None, :]
+    with np.errstate(invalid="ignore", over="ignore"):  # a diverged network's NaN or inf: NaN accuracy below
+        logits = np.asarray(reps, np.float64) @ np.asarray(kernel, np.float64) + np.asarray(bias, np.float64)[..., None, :]
     pred = logits[..., 0] > 0 if logits.shape[-1] == 1 else np.argmax(logits, axis=-1) == 1
     accuracy = (pred == (np.asarray(labels) == 1)).mean(axis=-1)
     return np.where(np.isfinite(logits).all(axis=(-2, -1)), accuracy, np.nan)
