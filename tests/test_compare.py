@@ -265,3 +265,31 @@ def test_the_late_tasks_start_where_late_from_says_and_a_fraction_outside_0_1_is
         assert cli_main(["compare", str(tmp_path / "run"), "--late-from", bad]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and f"--late-from {float(bad)} is not in [0, 1)" in err, err
+
+
+def test_a_partial_run_is_named_so_with_its_writer_when_it_is_still_running(tmp_path, capsys):
+    # Its late tasks are the later half of the tasks written so far, not of the run's: the line says
+    # so, and whether the run is still going (the lock its `cljax run` holds) or has stopped.
+    import os
+
+    from cljax.run_lock import RunLock
+
+    rng = np.random.default_rng(3)
+    for name in ("done", "partial"):
+        write_run(tmp_path / name, rng.uniform(0.5, 1, (T, R)), rng.uniform(0.5, 1, (T, R)), window=False)
+    first = tmp_path / "partial" / "task_000" / "metadata.json"
+    first.write_text(json.dumps({**json.loads(first.read_text()), "config": {"num_tasks": T + 2}}))
+    runs = [str(tmp_path / "done"), str(tmp_path / "partial")]
+    with RunLock(tmp_path / "partial"):
+        assert cli_main(["compare", *runs, "--json", str(tmp_path / "c.json")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    row = next(i for i, line in enumerate(out) if line.startswith("partial "))
+    assert out[row + 1].split() == ["partial:", "the", "first", str(T), "of", "its", str(T + 2), "tasks,", "a", "run",
+                                    "in", "progress", "(pid", str(os.getpid()), "on", *out[row + 1].split()[15:]]
+    assert out[row + 1].endswith("); its late tasks are of those")
+    summary = json.loads((tmp_path / "c.json").read_text())
+    assert summary["partial"]["num_tasks"] == T + 2 and summary["partial"]["in_progress"]["pid"] == os.getpid()
+    assert summary["done"]["in_progress"] is None and not any("partial:" in line for line in out[:row])
+    assert cli_main(["compare", *runs]) == 0  # the run has stopped
+    assert "partial: the first 4 of its 6 tasks, stopped (finish it with the same `cljax run` command)" in \
+        capsys.readouterr().out

@@ -34,8 +34,26 @@ def test_analyze_a_partial_run_reports_undefined_metrics(made, tmp_path, capsys)
     run_dir = copy(made, "partial", tmp_path / "r")
     rc, out, err = run_cli(["analyze", str(run_dir), "--no-glue", "--no-plots"], capsys)
     assert rc == 0, err
-    assert "bwt: undefined" in out
+    assert "bwt: undefined (it needs 2 tasks or more: 1 trained so far)\n" in out  # not "left out: not finite"
     assert out.startswith("partial run: the first 1 of its 2 tasks (finish it with the same `cljax run` command)\n")
+
+
+def test_analyze_a_run_while_it_is_written_says_so_and_names_the_writer(made, tmp_path, capsys):
+    # "finish it with the same command" would be wrong advice while the run is still going: that
+    # command would be refused by the run's lock. The summary names the writer.
+    from cljax.run_lock import RunLock
+
+    run_dir = copy(made, "partial", tmp_path / "r")
+    with RunLock(run_dir):  # what a live `cljax run` holds while it writes the folder
+        rc, out, err = run_cli(["analyze", str(run_dir), "--no-glue", "--no-plots"], capsys)
+    assert rc == 0, err
+    assert out.startswith(f"run in progress (pid {os.getpid()} on ")
+    assert "the first 1 of its 2 tasks, those written so far; analyse it again when it ends\n" in out
+    writer = json.loads((run_dir / "analysis" / "summary.json").read_text())["in_progress"]
+    assert writer["pid"] == os.getpid() and set(writer) == {"host", "pid", "since"}
+    rc, out, _ = run_cli(["analyze", str(run_dir), "--no-glue", "--no-plots"], capsys)  # the run has stopped
+    assert rc == 0 and out.startswith("partial run: the first 1 of its 2 tasks")
+    assert json.loads((run_dir / "analysis" / "summary.json").read_text())["in_progress"] is None
 
 
 @pytest.mark.parametrize("how", ["truncated", "bit_flip"])

@@ -14,7 +14,7 @@ import sys
 import pytest
 
 from cljax.errors import CljaxError
-from cljax.run_lock import RUN_LOCK, RunLock
+from cljax.run_lock import RUN_LOCK, RunLock, live_writer
 
 
 @pytest.fixture
@@ -104,3 +104,34 @@ def test_without_file_locks_a_reader_waits_for_a_live_writer_on_this_host_but_no
     with RunLock(tmp_path, exclusive=False):
         pass
     assert (tmp_path / RUN_LOCK).read_text() == record
+
+
+def test_live_writer_names_only_a_run_that_writes_now(tmp_path):
+    assert live_writer(tmp_path) is None  # no lock file: a run from before locks, or none
+    with RunLock(tmp_path):
+        assert live_writer(tmp_path)["pid"] == os.getpid()
+        with pytest.raises(CljaxError, match="in use"):  # it took no lock that outlives it
+            RunLock(tmp_path, exclusive=False).__enter__()
+    assert live_writer(tmp_path) is None  # finished, stopped or died: the lock is free
+    with RunLock(tmp_path, exclusive=False):  # a reader (an analysis, a finished run's check) is no writer
+        assert live_writer(tmp_path) is None
+        with RunLock(tmp_path, exclusive=False):
+            pass
+    with RunLock(tmp_path):  # and asking left the folder writable
+        pass
+
+
+def test_live_writer_without_file_locks_judges_the_record(tmp_path, no_flock, monkeypatch):
+    record = {"host": socket.gethostname(), "pid": os.getpid() + 1, "since": "x"}
+    (tmp_path / RUN_LOCK).write_text(json.dumps(record))
+    monkeypatch.setattr(os, "kill", lambda pid, sig: None)  # the recorded pid is alive
+    assert live_writer(tmp_path) == record
+    (tmp_path / RUN_LOCK).write_text(json.dumps({**record, "host": record["host"] + "-elsewhere"}))
+    assert live_writer(tmp_path) is None  # another host's record cannot be checked, and outlives its run
+
+    def dead(pid, sig):
+        raise ProcessLookupError
+
+    (tmp_path / RUN_LOCK).write_text(json.dumps(record))
+    monkeypatch.setattr(os, "kill", dead)
+    assert live_writer(tmp_path) is None

@@ -25,6 +25,7 @@ from cljax.analysis.spread import spread
 from cljax.checkpoint import NewerRecord, read_run_record
 from cljax.errors import CljaxError
 from cljax.run_folder import verify_task_dir
+from cljax.run_lock import live_writer
 
 # What must match for two runs' gaps to be measured on one protocol (methods differ by design).
 PROTOCOL = ("dataset", "task_schedule", "n_train_per_class", "epochs", "batch_size")
@@ -51,12 +52,13 @@ def current_task_accuracy(run_dir) -> dict:
     if not dirs:
         raise CljaxError(f"{run_dir} has no task folders: pass results/{{dataset}}/{{algorithm}} of a run.")
     check = _checker(Path(run_dir), dirs[0])
-    learner, expert, pairs, seeds = [], [], [], set()
+    learner, expert, pairs, seeds, n_run = [], [], [], set(), None
     for t, d in enumerate(dirs):
         meta = check(d, t)
         pairs.append(meta.get("task_pairs"))
         seeds.add(json.dumps(meta.get("seed")))
         T = (meta.get("config") or {}).get("num_tasks") if t == 0 else None
+        n_run = T if isinstance(T, int) else n_run
         if isinstance(T, int) and len(dirs) > T:
             raise CljaxError(f"{run_dir} holds {len(dirs)} task folders but its run has {T} tasks: {dirs[T].name} on "
                              f"are not tasks of this run; move them out of the folder.")
@@ -64,7 +66,8 @@ def current_task_accuracy(run_dir) -> dict:
         learner.append(results.load_metrics(d)["test_acc"][-1, :, slot])
         expert.append(results.load_expert_metrics(d)["test_acc"][-1])
     draw = None if None in pairs or seeds == {"null"} else json.dumps([sorted(seeds), pairs])
-    return {"learner": np.asarray(learner, np.float64), "expert": np.asarray(expert, np.float64), "draw": draw}
+    return {"learner": np.asarray(learner, np.float64), "expert": np.asarray(expert, np.float64), "draw": draw,
+            "num_tasks": n_run}
 
 
 def _checker(run_dir: Path, first: Path):
@@ -107,6 +110,8 @@ def compare_runs(run_dirs, out_png: str | os.PathLike | None = None, labels=None
         record = records[label] = _record_or_none(Path(run_dir)) or {}  # damaged: the task folders only
         summary[label] = {
             "run": str(run_dir), "n_tasks": len(gap_nR), "late_tasks": [late.start, len(gap_nR) - 1],
+            "num_tasks": acc["num_tasks"],  # the run's T (None: not recorded); n_tasks < T: a partial run
+            "in_progress": live_writer(Path(run_dir)) if len(gap_nR) < (acc["num_tasks"] or 0) else None,
             "protocol": {k: (record.get("config") or {}).get(k) for k in PROTOCOL},
             "gap_late": with_values(mean_over_every_task(gap_nR[late].T)),
             "learner_late": with_values(mean_over_every_task(acc["learner"][late].T)),
@@ -252,6 +257,11 @@ def format_comparison(summary: dict) -> str:
         if left_out:
             lines.append(f"{'':<{width}} left out: {'; '.join(left_out)} (not finite on a late task: a diverged "
                          f"network, kept with --allow-nonfinite)")
+        if isinstance(s.get("num_tasks"), int) and s["n_tasks"] < s["num_tasks"]:
+            w = s.get("in_progress")
+            lines.append(f"{'':<{width}} partial: the first {s['n_tasks']} of its {s['num_tasks']} tasks, " + (
+                f"a run in progress (pid {w.get('pid', '?')} on {w.get('host', '?')})" if w is not None else
+                "stopped (finish it with the same `cljax run` command)") + "; its late tasks are of those")
     lines.append("(mean and sample std over repeats of each repeat's mean over the late tasks; a repeat not finite "
                  "on one of them is left out)")
     if len(summary) > 1:

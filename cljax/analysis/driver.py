@@ -56,6 +56,7 @@ from cljax.devices.memory import host_available_bytes
 from cljax.errors import CljaxError
 from cljax.initial_state import INITIAL, wrote_initial
 from cljax.run_folder import verify_task_dir
+from cljax.run_lock import live_writer
 
 # The listing order of the built-in files in ``summary["files"]`` (that of earlier versions);
 # files of other analyses follow in the order the analyses ran.
@@ -129,6 +130,7 @@ def analyze_run(
     dirs = results.first_task_dirs(algo_dir)
     if not dirs:
         raise CljaxError(f"{algo_dir} holds no complete task folder: run the experiment first.")
+    writer = live_writer(algo_dir)  # a run writing the folder now: its tasks so far are read, and said to be
     check, run_id = _verifier(algo_dir, dirs[0])
     out = output_folder(algo_dir, out_dir, run_id)
     n = len(dirs)
@@ -177,6 +179,7 @@ def analyze_run(
         "n_task_folders": n,
         "n_eval_tasks": T,
         "complete": n == T,
+        "in_progress": writer if n < T else None,  # the run writing the folder (host, pid, since), or None
         "n_repeats": R,
         "n_snapshots": L,
         "variant": variant,
@@ -256,6 +259,9 @@ def _cl_metric(summary: dict, key: str) -> str:
     fewer than all (none: not measured, e.g. FWT, which needs each task evaluated before it trains)."""
     n = summary.get("n_task_folders") or 0
     full = n if key == "average_accuracy" else n - 1
+    if full == 0 and n == 1:  # not a repeat's divergence: the metric compares tasks
+        return "undefined (it needs 2 tasks or more: " + ("the run has 1)" if summary.get("complete") else
+                                                         "1 trained so far)")
     terms = (summary.get("n_terms") or {}).get(key)
     mode = (summary.get("config") or {}).get("eval_tasks", "all")
     if terms == 0 and full > 0:
@@ -270,7 +276,12 @@ def format_summary(summary: dict) -> str:
     on earlier tasks, the expert's final and best snapshot, GLUE capacity with its errors."""
     lines = [f"{key:>18}: {_cl_metric(summary, key)}" for key in ("average_accuracy", "bwt", "fwt", "forgetting")
              if key in summary]
-    if summary.get("complete") is False:  # the metrics are those of the tasks trained so far
+    writer = summary.get("in_progress")
+    if summary.get("complete") is False and writer is not None:  # the tasks written so far; more are coming
+        lines.insert(0, f"run in progress (pid {writer.get('pid', '?')} on {writer.get('host', '?')}, since "
+                        f"{writer.get('since', '?')}): the first {summary['n_task_folders']} of its "
+                        f"{summary['n_eval_tasks']} tasks, those written so far; analyse it again when it ends")
+    elif summary.get("complete") is False:  # the metrics are those of the tasks trained so far
         lines.insert(0, f"partial run: the first {summary['n_task_folders']} of its {summary['n_eval_tasks']} tasks "
                         f"(finish it with the same `cljax run` command)")
     probe = summary.get("probe")
