@@ -77,3 +77,15 @@ def test_a_preset_with_an_unknown_setting_is_refused_before_any_run(monkeypatch)
     monkeypatch.setitem(PRESETS, "typo", dict(num_task=3))
     with pytest.raises(CljaxError, match=r"the preset sets unknown setting\(s\) num_task: fix cljax/presets.py"):
         config_of(["--preset", "typo"])
+
+
+def test_planning_the_lop_preset_before_imagenet_is_prepared_names_a_plan_that_needs_no_data(capsys):
+    rc = cli_main(["plan", "--preset", "lop-imagenet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1
+    assert "--data-dir is required for imagenet_28_gray" in err and "cljax prepare-imagenet" in err
+    hint = "--dataset synthetic --synthetic-classes 1000"
+    assert f"`{hint}` added" in err
+    config = config_of(["--preset", "lop-imagenet", *hint.split()]).validate()  # the plan it names is a valid one
+    assert (config.dataset, config.num_tasks, config.n_repeats, config.n_train_per_class) == ("synthetic", 5000, 30,
+                                                                                              600)
