@@ -148,8 +148,7 @@ def _cmd_plan(argv: list[str]) -> int:
         raise CljaxError("--data-dir is required for imagenet_28_gray, whose images the plan loads: pass the folder "
                          "`cljax prepare-imagenet` wrote, or plan the same shapes before preparing it with `--dataset "
                          "synthetic --synthetic-classes 1000` added (the same device memory, about the same disk; host "
-                         "memory then counts 1000 x (n_train_per_class + n_test_per_class) images, not ImageNet's "
-                         "1.28M).")
+                         "memory then counts the synthetic images, not ImageNet's 1.28M).")
     plan = make_plan(config)
     print(json.dumps(plan, indent=1) if args.json else format_plan(plan))
     return 0 if plan["fits"] else 2
