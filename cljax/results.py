@@ -168,11 +168,36 @@ def _json_default(obj):
     raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
 
 
+def runs_near(path: str | os.PathLike, most: int = 4) -> str:
+    """What to pass instead of ``path``, which holds no task folder, as the end of an error line:
+    its run's folder when it is a task folder (or a file in one), the runs below it (two levels:
+    results/ and results/{dataset}/), or that it does not exist."""
+    path = Path(path)
+    for p in (path, path.parent):
+        if _TASK_DIR.match(p.name) and p.is_dir():
+            return f"{p.name} is a task folder: pass its run's folder, {p.parent}"
+    if not path.exists():
+        return f"{path} does not exist: pass a run's folder, results/{{dataset}}/{{algorithm}}"
+    def folders(d: Path) -> list[Path]:
+        try:
+            return sorted(q for q in d.iterdir() if q.is_dir() and not q.is_symlink())
+        except OSError:  # unreadable: not searched
+            return []
+
+    runs = [str(d) for child in folders(path) for d in [child, *folders(child)]
+            if any(_TASK_DIR.match(q.name) for q in folders(d))]
+    if runs:
+        return f"it holds runs: pass one of them, e.g. {', '.join(runs[:most])}" + (
+            f" ({len(runs)} in all)" if len(runs) > most else "")
+    return "pass a run's folder, results/{dataset}/{algorithm}, or run the experiment first (cljax run)"
+
+
 def task_dirs(algo_dir: str | os.PathLike) -> list[Path]:
     """Complete task folders of a run, in task order (temporary folders are never listed)."""
     algo = Path(algo_dir)
     if not algo.is_dir():
-        raise CljaxError(f"{algo} is not a results folder: pass results/{{dataset}}/{{algorithm}}.")
+        raise CljaxError(f"{runs_near(algo)}." if not algo.exists() else
+                         f"{algo} is not a results folder: {runs_near(algo)}.")
     found = [(int(m.group(1)), p) for p in algo.iterdir() if p.is_dir() and (m := _TASK_DIR.match(p.name))]
     return [p for _, p in sorted(found)]
 

@@ -64,6 +64,31 @@ def test_a_folder_without_task_folders_is_one_line(tmp_path, capsys):
     assert rc == 2 and err.count("\n") == 1 and "no task folders" in err
 
 
+def test_a_folder_near_a_run_names_the_run_to_pass(tmp_path, capsys):
+    # The usual slips: the results or dataset folder, a task folder, a file in one, a typo.
+    rng = np.random.default_rng(0)
+    for algo in ("SL_T4", "SL_cbp_T4"):
+        write_run(tmp_path / "results" / "fashion_mnist" / algo, rng.uniform(0.5, 1, (T, R)),
+                  rng.uniform(0.5, 1, (T, R)), window=False)
+    (tmp_path / "results" / "fashion_mnist" / "notes").mkdir()
+    dataset, task = tmp_path / "results" / "fashion_mnist", tmp_path / "results" / "fashion_mnist" / "SL_T4" / "task_001"
+    expected = {
+        ("compare", tmp_path / "results"): f"has no task folders: it holds runs: pass one of them, e.g. "
+                                           f"{dataset / 'SL_T4'}, {dataset / 'SL_cbp_T4'}.",
+        ("analyze", dataset): f"holds no finished task folder (task_000, ...): it holds runs: pass one of them, e.g. "
+                              f"{dataset / 'SL_T4'}, {dataset / 'SL_cbp_T4'}.",
+        ("analyze", task): f"task_001 is a task folder: pass its run's folder, {task.parent}.",
+        ("compare", task / "metrics.pkl"): f"task_001 is a task folder: pass its run's folder, {task.parent}.",
+        ("analyze", dataset / "SL_T5"): f"{dataset / 'SL_T5'} does not exist: pass a run's folder",
+        ("analyze", dataset / "notes"): "pass a run's folder, results/{dataset}/{algorithm}, or run the experiment "
+                                        "first (cljax run).",
+    }
+    for (command, path), end in expected.items():
+        rc = cli_main([command, str(path)])
+        err = capsys.readouterr().err
+        assert rc == 2 and err.count("\n") == 1 and end in err, (command, path, err)
+
+
 def test_runs_whose_folders_share_a_name_keep_their_own_rows(tmp_path, capsys):
     # A sweep writes {results_dir}/{tag}/{dataset}/SL_T4: every run's folder has the same name,
     # and the runs were merged into one row (the last one).

@@ -147,9 +147,10 @@ def test_analyze_bad_options_and_an_unwritable_output_are_one_line(made, tmp_pat
     rc, _, err = run_cli(["analyze", str(run_dir), "--no-glue", "--no-plots", "--out", str(run_dir / "analysis")], capsys)
     assert rc == 0, err  # its own analysis folder, spelled out
     before = state(tmp_path)
-    for not_a_run in (tmp_path / "r", run_dir / "task_000"):  # the results root, a task folder
+    for not_a_run, names in ((tmp_path / "r", f"it holds runs: pass one of them, e.g. {run_dir}."),  # the results root
+                             (run_dir / "task_000", f"task_000 is a task folder: pass its run's folder, {run_dir}.")):
         rc, _, err = run_cli(["analyze", str(not_a_run), "--no-glue", "--no-plots"], capsys)
-        assert_one_error(rc, err, "results/{dataset}/{algorithm}")
+        assert_one_error(rc, err, names)
     assert state(tmp_path) == before
     for flag in ("--json", "--out"):  # compare: an output it cannot write is refused before the comparison
         for path, expected in (("", "is empty"), (str(tmp_path / "nowhere" / "c"), "does not exist"),

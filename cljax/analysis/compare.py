@@ -50,7 +50,7 @@ def current_task_accuracy(run_dir) -> dict:
     (None where a folder records none), what makes two runs' repeats pairs."""
     dirs = results.first_task_dirs(run_dir)
     if not dirs:
-        raise CljaxError(f"{run_dir} has no task folders: pass results/{{dataset}}/{{algorithm}} of a run.")
+        raise CljaxError(f"{run_dir} has no task folders: {results.runs_near(run_dir)}.")
     check = _checker(Path(run_dir), dirs[0])
     learner, expert, pairs, seeds, n_run = [], [], [], set(), None
     for t, d in enumerate(dirs):
