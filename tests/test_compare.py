@@ -318,3 +318,18 @@ def test_a_partial_run_is_named_so_with_its_writer_when_it_is_still_running(tmp_
     assert cli_main(["compare", *runs]) == 0  # the run has stopped
     assert "partial: the first 4 of its 6 tasks, stopped (finish it with the same `cljax run` command)" in \
         capsys.readouterr().out
+
+
+def test_a_partial_run_of_its_baselines_draw_is_not_paired_and_says_why(tmp_path, capsys):
+    # A draw is the seed and every task's class pairs: a run with fewer tasks written has another.
+    import shutil
+
+    rng = np.random.default_rng(4)
+    pairs = rng.integers(0, 10, (T, R, 2))
+    for name in ("done", "partial"):
+        write_run(tmp_path / name, rng.uniform(0.5, 1, (T, R)), rng.uniform(0.5, 1, (T, R)), window=False, seed=0,
+                  pairs_TR2=pairs)
+    shutil.rmtree(tmp_path / "partial" / f"task_{T - 1:03d}")
+    assert cli_main(["compare", str(tmp_path / "done"), str(tmp_path / "partial")]) == 0
+    assert ("partial                      not paired: the baseline of its draw (no run before it has its seed and "
+            "class pairs in as many tasks)") in capsys.readouterr().out

@@ -267,9 +267,11 @@ def format_comparison(summary: dict) -> str:
     if len(summary) > 1:
         lines.append("learner (late tasks) minus its baseline's (the first run given with the same seed and class "
                      "pairs), repeat by repeat:")
-    for label, s in list(summary.items())[1:]:
+    runs = list(summary.values())
+    for i, (label, s) in enumerate(list(summary.items())[1:], 1):
+        shorter = any(r["n_tasks"] != s["n_tasks"] for r in runs[:i])  # a draw holds every task's class pairs
         p = s.get("paired", {"paired": False, "why": "the baseline of its draw (no run before it has its seed and "
-                                                     "class pairs)"})
+                                                     f"class pairs{' in as many tasks' if shorter else ''})"})
         lines.append(f"{label:<{width}} " + (f"not paired: {p['why']}" if not p["paired"] else
                                              f"minus {p['baseline']}: {_difference(p)}"))
     for label, p in ((label, s["pooled_over_draws"]) for label, s in summary.items() if "pooled_over_draws" in s):
