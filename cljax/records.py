@@ -121,7 +121,8 @@ def summary_row(t: int, arrays: dict, eval_ids) -> dict:
     expert_R = np.asarray(arrays["expert_metrics"]["test_acc"][-1], np.float64)
     ids = np.asarray(eval_ids)
     earlier = np.flatnonzero((ids >= 0) & (ids < t))
-    diverged = ~np.isfinite(acc_RK[:, ids >= 0]).all(axis=1) | ~np.isfinite(expert_R)
+    learner_out, expert_out = ~np.isfinite(acc_RK[:, ids >= 0]).all(axis=1), ~np.isfinite(expert_R)
+    diverged = learner_out | expert_out
     return {
         "task": t,
         "acc_current": _finite_mean(acc_RK[:, int(np.flatnonzero(ids == t)[0])]),
@@ -130,7 +131,23 @@ def summary_row(t: int, arrays: dict, eval_ids) -> dict:
         "probe_earlier": _probe_earlier(arrays, earlier),
         "n_earlier": len(earlier),  # 0: no earlier task evaluated (acc_earlier, probe_earlier NaN)
         "n_nonfinite": int(diverged.sum()),  # repeats with a non-finite value, left out of the means
+        "nonfinite_repeats": {"learner": np.flatnonzero(learner_out).tolist(),
+                              "expert": np.flatnonzero(expert_out).tolist()},
     }
+
+
+def divergence_warning(row: dict, warned: set) -> str | None:
+    """One stderr line for the repeats whose learner or expert is not finite for the first time in
+    this run's command (``warned``: the (network, repeat) already named, updated here), so that a
+    divergence kept with --allow-nonfinite shows in a long run's log at the task it happened."""
+    new = {who: [r for r in row.get("nonfinite_repeats", {}).get(who, []) if (who, r) not in warned]
+           for who in ("learner", "expert")}
+    if not any(new.values()):
+        return None
+    warned.update((who, r) for who, rs in new.items() for r in rs)
+    named = [f"the {who} in repeat{'s' * (len(rs) > 1)} {', '.join(map(str, rs))}" for who, rs in new.items() if rs]
+    return (f"warning: task {row['task']}: {' and '.join(named)} diverged (accuracy not finite); the run goes on "
+            f"(--allow-nonfinite), its means leave them out, and no repeat is named twice.")
 
 
 def _finite_mean(values) -> float:

@@ -101,3 +101,26 @@ def test_the_probe_needs_four_saved_images(monkeypatch):
     for s, probed in ((2, False), (3, False), (4, True)):
         got, seen = _probed(monkeypatch, 2, S=s)
         assert (seen is not None) == probed and (got == 1.0 if probed else math.isnan(got))
+
+
+def test_a_divergence_is_warned_at_its_task_once_per_network_and_repeat():
+    # The rows of three tasks: repeat 1's learner diverges at task 1 and stays so; repeat 0's
+    # expert diverges at task 1 and again at task 2; empty slots (-1) are not divergences.
+    def row(t, learner_acc, expert_acc, ids):
+        acc = np.asarray(learner_acc, np.float64)[None]  # the last snapshot only is read
+        arrays = {"metrics": {"test_acc": acc}, "expert_metrics": {"test_acc": np.asarray([expert_acc])},
+                  "representations": np.zeros((1, 2, len(ids), 4, 1)), "binary_labels": np.zeros((1, 2, len(ids), 4))}
+        return summary_row(t, arrays, ids)
+
+    nan = math.nan
+    rows = [row(0, [[0.9, nan], [0.8, nan]], [0.9, 0.9], [0, -1]),
+            row(1, [[0.9, 0.7], [nan, nan]], [nan, 0.9], [0, 1]),
+            row(2, [[0.9, 0.7], [nan, nan]], [nan, 0.9], [1, 2])]
+    assert [r["nonfinite_repeats"] for r in rows] == [{"learner": [], "expert": []},
+                                                     {"learner": [1], "expert": [0]},
+                                                     {"learner": [1], "expert": [0]}]
+    warned: set = set()
+    said = [records.divergence_warning(r, warned) for r in rows]
+    assert said[0] is None and said[2] is None
+    assert said[1].startswith("warning: task 1: the learner in repeat 1 and the expert in repeat 0 diverged ")
+    assert warned == {("learner", 1), ("expert", 0)}

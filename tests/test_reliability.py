@@ -175,6 +175,11 @@ def test_nonfinite_loss_stops_with_a_record_unless_allowed(tmp_path, capsys):
     assert len(results.task_dirs(algo_dir(out))) == 1
     rc = cli_main(["run", *RUN_FLAGS, "--lr", "1e12", "--allow-nonfinite", "--overwrite", "--results-dir", str(out)])
     assert rc == 0 and len(results.task_dirs(algo_dir(out))) == 3
+    # The log says when it happened, once: the experts diverge again in every task, the learners stay diverged.
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning: task")]
+    assert warnings == ["warning: task 0: the learner in repeats 0, 1 and the expert in repeats 0, 1 diverged "
+                        "(accuracy not finite); the run goes on (--allow-nonfinite), its means leave them out, and "
+                        "no repeat is named twice."]
     # A diverged network has no accuracy: NaN where its logits are not finite (argmax of NaNs is
     # label 0, which scored it at exactly chance, 0.5, and entered the means as a real value).
     last = results.task_dirs(algo_dir(out))[-1]
