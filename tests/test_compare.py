@@ -320,16 +320,37 @@ def test_a_partial_run_is_named_so_with_its_writer_when_it_is_still_running(tmp_
         capsys.readouterr().out
 
 
-def test_a_partial_run_of_its_baselines_draw_is_not_paired_and_says_why(tmp_path, capsys):
-    # A draw is the seed and every task's class pairs: a run with fewer tasks written has another.
+def test_a_run_not_finished_is_paired_with_its_draws_baseline_on_the_late_tasks_both_have(tmp_path, capsys):
+    # A draw is the seed and every task's class pairs: a run stopped (or still going) at task 3 of 4
+    # has its baseline's first 3 pairs. It is compared on the later part of those 3 tasks, the
+    # same tasks in both runs, whichever of the two is given first; such a pair is not pooled
+    # with pairs on the runs' own late tasks.
     import shutil
 
     rng = np.random.default_rng(4)
-    pairs = rng.integers(0, 10, (T, R, 2))
-    for name in ("done", "partial"):
-        write_run(tmp_path / name, rng.uniform(0.5, 1, (T, R)), rng.uniform(0.5, 1, (T, R)), window=False, seed=0,
-                  pairs_TR2=pairs)
-    shutil.rmtree(tmp_path / "partial" / f"task_{T - 1:03d}")
-    assert cli_main(["compare", str(tmp_path / "done"), str(tmp_path / "partial")]) == 0
-    assert ("partial                      not paired: the baseline of its draw (no run before it has its seed and "
-            "class pairs in as many tasks)") in capsys.readouterr().out
+    learner = rng.uniform(0.5, 0.9, (T, R))
+    pairs = {seed: rng.permutation(np.arange(2 * T * R)).reshape(T, R, 2) for seed in (0, 1)}
+    for seed in (0, 1):
+        for name, acc, config in ((f"plain{seed}", learner, {"lr": 0.1}),
+                                  (f"redo{seed}", learner + 0.05 * np.arange(T)[:, None], {"lr": 0.1, "use_redo": True})):
+            write_run(tmp_path / name, acc, rng.uniform(0.5, 1, (T, R)), window=False, seed=seed,
+                      pairs_TR2=pairs[seed])
+            (tmp_path / name / "run.json").write_text(json.dumps({"config": {**config, "seed": seed}}))
+    shutil.rmtree(tmp_path / "redo1" / f"task_{T - 1:03d}")  # redo1 has tasks 0-2 of 4
+    names = ["plain0", "redo0", "plain1", "redo1"]
+    summary = compare_runs([tmp_path / n for n in names], labels=names)
+    p = summary["redo1"]["paired"]
+    assert p["baseline"] == "plain1" and p["tasks"] == [1, 2]  # the later half of 3 tasks
+    np.testing.assert_allclose(p["per_repeat"], np.full(R, 0.05 * (1 + 2) / 2), rtol=1e-12)  # tasks 1 and 2
+    assert "tasks" not in summary["redo0"]["paired"]  # its own late tasks, 2-3
+    np.testing.assert_allclose(summary["redo0"]["paired"]["per_repeat"], np.full(R, 0.05 * (2 + 3) / 2), rtol=1e-12)
+    assert "pooled_over_draws" not in summary["redo0"]  # the one pair on its own late tasks is not pooled alone
+
+    reverse = compare_runs([tmp_path / n for n in ("redo1", "plain1")], labels=["redo1", "plain1"])
+    assert reverse["plain1"]["paired"]["baseline"] == "redo1" and reverse["plain1"]["paired"]["tasks"] == [1, 2]
+    np.testing.assert_allclose(reverse["plain1"]["paired"]["per_repeat"], np.full(R, -0.075), rtol=1e-12)
+
+    assert cli_main(["compare", *(str(tmp_path / n) for n in names)]) == 0
+    out = capsys.readouterr().out
+    assert f"{'redo1':<28} minus plain1 on tasks 1-2 (the later part of the tasks both have): +0.075 +- 0.000" in out
+    assert "pooled" not in out

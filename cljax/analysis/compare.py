@@ -65,9 +65,9 @@ def current_task_accuracy(run_dir) -> dict:
         slot = (meta.get("eval_tasks") or {}).get("current_slot", t)
         learner.append(results.load_metrics(d)["test_acc"][-1, :, slot])
         expert.append(results.load_expert_metrics(d)["test_acc"][-1])
-    draw = None if None in pairs or seeds == {"null"} else json.dumps([sorted(seeds), pairs])
-    return {"learner": np.asarray(learner, np.float64), "expert": np.asarray(expert, np.float64), "draw": draw,
-            "num_tasks": n_run}
+    parts = None if None in pairs or seeds == {"null"} else (sorted(seeds), pairs)
+    return {"learner": np.asarray(learner, np.float64), "expert": np.asarray(expert, np.float64),
+            "draw": None if parts is None else json.dumps(list(parts)), "draw_parts": parts, "num_tasks": n_run}
 
 
 def _checker(run_dir: Path, first: Path):
@@ -102,9 +102,9 @@ def compare_runs(run_dirs, out_png: str | os.PathLike | None = None, labels=None
     labels = list(labels) if labels else distinct_labels(run_dirs)
     if len(set(labels)) != len(labels):
         raise CljaxError(f"two runs have the same label ({', '.join(labels)}): give each its own.")
-    curves, summary, draws, records = {}, {}, {}, {}
+    curves, summary, draws, records, accs = {}, {}, {}, {}, {}
     for label, run_dir in zip(labels, run_dirs):
-        acc = current_task_accuracy(run_dir)
+        acc = accs[label] = current_task_accuracy(run_dir)
         gap_nR = acc["expert"] - acc["learner"]
         late = slice(int(len(gap_nR) * late_from), len(gap_nR))
         record = records[label] = _record_or_none(Path(run_dir)) or {}  # damaged: the task folders only
@@ -120,7 +120,7 @@ def compare_runs(run_dirs, out_png: str | os.PathLike | None = None, labels=None
         }
         curves[label] = gap_nR
         draws[label] = acc["draw"]
-    for label, pair in pair_with_baselines(labels, draws, summary).items():
+    for label, pair in pair_with_baselines(labels, accs, summary, late_from).items():
         summary[label]["paired"] = pair
     for label, pooled in pool_over_draws(labels, summary, draws, records).items():
         summary[label]["pooled_over_draws"] = pooled
@@ -157,22 +157,36 @@ def curves_by_method(labels, curves, draws, records) -> dict:
     return out
 
 
-def pair_with_baselines(labels, draws, summary) -> dict:
-    """Each run's paired difference from its baseline, in late learner accuracy (the summary's
-    ``learner_late`` per repeat): the first run given with the same draw (seed and class pairs),
-    which is itself not paired; {"paired": False, "why"} for a run whose task folders record no
-    draw."""
+def _one_draw(a, b) -> bool:
+    """Whether two runs' draws (seeds, class pairs per task) are one: the same seed, and the class
+    pairs of the run with fewer tasks written are the other's first ones (a run not finished yet)."""
+    (seeds_a, pairs_a), (seeds_b, pairs_b) = a, b
+    k = min(len(pairs_a), len(pairs_b))
+    return seeds_a == seeds_b and pairs_a[:k] == pairs_b[:k]
+
+
+def pair_with_baselines(labels, accs, summary, late_from: float = 0.5) -> dict:
+    """Each run's paired difference from its baseline, in late learner accuracy: the first run
+    given of its draw (seed and class pairs), which is itself not paired; {"paired": False, "why"}
+    for a run whose task folders record no draw. Runs with as many tasks written compare the
+    summary's ``learner_late`` per repeat; a run with fewer tasks than its baseline (or more) is
+    compared on the late tasks of the shorter (``tasks``: [first, last]), the same tasks in both."""
     late = {label: summary[label]["learner_late"]["per_repeat"] for label in labels}
-    out, baseline = {}, {}
+    out, baselines = {}, []
     for label in labels:
-        draw = draws[label]
+        draw = accs[label]["draw_parts"]
+        first = None if draw is None else next((b for b in baselines if _one_draw(accs[b]["draw_parts"], draw)), None)
         if draw is None:
             out[label] = {"paired": False, "why": "its task folders record no seed or class pairs"}
-        elif draw in baseline:
-            first = baseline[draw]
+        elif first is None:
+            baselines.append(label)
+        elif len(accs[label]["learner"]) == len(accs[first]["learner"]):
             out[label] = {"baseline": first, **paired_difference(late[label], late[first])}
         else:
-            baseline[draw] = label
+            k = min(len(accs[label]["learner"]), len(accs[first]["learner"]))
+            tasks = slice(int(k * late_from), k)
+            this, base = (mean_over_every_task(accs[r]["learner"][tasks].T) for r in (label, first))
+            out[label] = {"baseline": first, "tasks": [tasks.start, k - 1], **paired_difference(this, base)}
     return out
 
 
@@ -202,7 +216,7 @@ def pool_over_draws(labels, summary, draws, records) -> dict:
     groups: dict = {}
     for label in labels:
         pair = summary[label].get("paired") or {}
-        if pair.get("paired"):
+        if pair.get("paired") and "tasks" not in pair:  # on other tasks than the run's own late ones: not pooled
             key = (method_of(records[label]), method_of(records[pair["baseline"]]))
             if None not in key:
                 groups.setdefault(key, []).append(label)
@@ -267,13 +281,12 @@ def format_comparison(summary: dict) -> str:
     if len(summary) > 1:
         lines.append("learner (late tasks) minus its baseline's (the first run given with the same seed and class "
                      "pairs), repeat by repeat:")
-    runs = list(summary.values())
-    for i, (label, s) in enumerate(list(summary.items())[1:], 1):
-        shorter = any(r["n_tasks"] != s["n_tasks"] for r in runs[:i])  # a draw holds every task's class pairs
+    for label, s in list(summary.items())[1:]:
         p = s.get("paired", {"paired": False, "why": "the baseline of its draw (no run before it has its seed and "
-                                                     f"class pairs{' in as many tasks' if shorter else ''})"})
+                                                     "class pairs)"})
+        on = f" on tasks {p['tasks'][0]}-{p['tasks'][1]} (the later part of the tasks both have)" if "tasks" in p else ""
         lines.append(f"{label:<{width}} " + (f"not paired: {p['why']}" if not p["paired"] else
-                                             f"minus {p['baseline']}: {_difference(p)}"))
+                                             f"minus {p['baseline']}{on}: {_difference(p)}"))
     for label, p in ((label, s["pooled_over_draws"]) for label, s in summary.items() if "pooled_over_draws" in s):
         lines.append(f"pooled over {len(p['runs'])} draws of {label}'s method: {_difference(p)}")
     return "\n".join(lines)
