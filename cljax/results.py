@@ -178,14 +178,20 @@ def runs_near(path: str | os.PathLike, most: int = 4) -> str:
             return f"{p.name} is a task folder: pass its run's folder, {p.parent}"
     if not path.exists():
         return f"{path} does not exist: pass a run's folder, results/{{dataset}}/{{algorithm}}"
+
     def folders(d: Path) -> list[Path]:
         try:
             return sorted(q for q in d.iterdir() if q.is_dir() and not q.is_symlink())
         except OSError:  # unreadable: not searched
             return []
 
-    runs = [str(d) for child in folders(path) for d in [child, *folders(child)]
-            if any(_TASK_DIR.match(q.name) for q in folders(d))]
+    def has_tasks(d: Path) -> bool:  # stops at the first task folder: a long run holds thousands
+        try:
+            return any(_TASK_DIR.match(q.name) and q.is_dir() for q in d.iterdir())
+        except OSError:
+            return False
+
+    runs = [str(d) for child in folders(path) for d in [child, *folders(child)] if has_tasks(d)]
     if runs:
         return f"it holds runs: pass one of them, e.g. {', '.join(runs[:most])}" + (
             f" ({len(runs)} in all)" if len(runs) > most else "")
