@@ -191,7 +191,8 @@ def runs_near(path: str | os.PathLike, most: int = 4) -> str:
         except OSError:
             return False
 
-    runs = [str(d) for child in folders(path) for d in [child, *folders(child)] if has_tasks(d)]
+    runs = [str(d) for child in folders(path)
+            for d in ([child] if has_tasks(child) else [g for g in folders(child) if has_tasks(g)])]
     if runs:
         return f"it holds runs: pass one of them, e.g. {', '.join(runs[:most])}" + (
             f" ({len(runs)} in all)" if len(runs) > most else "")
