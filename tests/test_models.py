@@ -202,11 +202,11 @@ def test_mlp_layers_follow_depth_and_hidden():
     assert shapes["dense1"]["kernel"].shape == (784, 32) and shapes["head"]["kernel"].shape == (32, 5)
 
 
-@pytest.mark.parametrize("size", [2, 3, 6])  # 6: more window positions than a mask's 32 bits
+@pytest.mark.parametrize("size", [2, 3, 6])  # 6: 36 positions, more than the 32-bit mask measured and rejected
 def test_pool_gradient_is_jax_rule_for_max_with_ties(size):
     """Ties share the gradient equally, as jax.grad of a max does, bit for bit (the mask of the
-    maxima kept from the forward pass, or recomputed where it has too few bits); the rows and
-    columns the pool drops get none."""
+    maxima is recomputed from the saved input in the backward pass); the rows and columns the
+    pool drops get none."""
     rng = np.random.default_rng(size)
     n = 3 * size - 1  # two whole windows a side, and size - 1 rows and columns the pool drops
     x = rng.integers(0, 3, (2, n, n, 3)).astype(np.float32)  # values 0..2: many ties in every window
