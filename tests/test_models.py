@@ -202,7 +202,7 @@ def test_mlp_layers_follow_depth_and_hidden():
     assert shapes["dense1"]["kernel"].shape == (784, 32) and shapes["head"]["kernel"].shape == (32, 5)
 
 
-@pytest.mark.parametrize("size", [2, 3, 6])  # 6: 36 positions, more than the 32-bit mask measured and rejected
+@pytest.mark.parametrize("size", [2, 3, 6])  # 6: 36 positions a window, more bits than an int32
 def test_pool_gradient_is_jax_rule_for_max_with_ties(size):
     """Ties share the gradient equally, as jax.grad of a max does, bit for bit (the mask of the
     maxima is recomputed from the saved input in the backward pass); the rows and columns the
