@@ -15,6 +15,8 @@ from pathlib import Path
 from cljax.errors import CljaxError
 
 RUN_LOCK = "run.lock"
+# What flock fails with on a filesystem without file locks (some network filesystems).
+NO_FILE_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
 
 
 class RunLock:
@@ -54,7 +56,7 @@ class RunLock:
             os.close(fd)
             raise CljaxError(self._in_use(_read_holder(path))) from None
         except OSError as exc:
-            if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            if exc.errno not in NO_FILE_LOCKS:
                 os.close(fd)
                 raise
             self._without_flock(fd, path)
@@ -87,7 +89,7 @@ class RunLock:
                     os.close(fd)
                     raise CljaxError(self._in_use(holder)[:-1] + f"; this filesystem has no file locks, so a run on "
                                      f"another host cannot be checked: delete {path} if that run has ended.")
-            elif _alive(pid):  # a reader waits for a writer, as with file locks
+            elif _another_live_process_here(holder):  # a reader waits for a writer, as with file locks
                 os.close(fd)
                 raise CljaxError(self._in_use(holder))
         print(f"warning: {path.parent} is on a filesystem without file locks: cljax checks the host and pid in "
@@ -111,13 +113,10 @@ def live_writer(algo_dir: Path) -> dict | None:
         except BlockingIOError:
             return _read_holder(path)
         except OSError as exc:
-            if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            if exc.errno not in NO_FILE_LOCKS:
                 raise
             holder = _read_holder(path)  # no file locks: the record, judged as RunLock judges it
-            pid = holder.get("pid")
-            alive = (isinstance(pid, int) and pid != os.getpid() and holder.get("host") == socket.gethostname()
-                     and _alive(pid))
-            return holder if alive else None
+            return holder if _another_live_process_here(holder) else None
         return None
     finally:
         os.close(fd)  # releases the shared lock, if taken
@@ -129,6 +128,13 @@ def _read_holder(path: Path) -> dict:
     except (OSError, ValueError):
         return {}
     return holder if isinstance(holder, dict) else {}
+
+
+def _another_live_process_here(holder: dict) -> bool:
+    """Whether a lock file's record names a live process of this host other than this one."""
+    pid = holder.get("pid")
+    return (isinstance(pid, int) and pid != os.getpid() and holder.get("host") == socket.gethostname()
+            and _alive(pid))
 
 
 def _alive(pid: int) -> bool:

@@ -46,8 +46,9 @@ def _record_or_none(run_dir: Path) -> dict | None:
 
 def current_task_accuracy(run_dir) -> dict:
     """{"learner", "expert"}: current-task test accuracy at each task's last snapshot, (n, R);
-    "draw": the seed and every task's class pairs per repeat as the task folders record them
-    (None where a folder records none), what makes two runs' repeats pairs."""
+    "draw": (the seeds, every task's class pairs per repeat) as the task folders record them
+    (None where a folder records none), what makes two runs' repeats pairs; "num_tasks": the
+    run's T as task_000 records it (None: not recorded)."""
     dirs = results.first_task_dirs(run_dir)
     if not dirs:
         raise CljaxError(f"{run_dir} has no task folders: {results.runs_near(run_dir)}.")
@@ -65,9 +66,9 @@ def current_task_accuracy(run_dir) -> dict:
         slot = (meta.get("eval_tasks") or {}).get("current_slot", t)
         learner.append(results.load_metrics(d)["test_acc"][-1, :, slot])
         expert.append(results.load_expert_metrics(d)["test_acc"][-1])
-    parts = None if None in pairs or seeds == {"null"} else (sorted(seeds), pairs)
-    return {"learner": np.asarray(learner, np.float64), "expert": np.asarray(expert, np.float64),
-            "draw": None if parts is None else json.dumps(list(parts)), "draw_parts": parts, "num_tasks": n_run}
+    draw = None if None in pairs or seeds == {"null"} else (sorted(seeds), pairs)
+    return {"learner": np.asarray(learner, np.float64), "expert": np.asarray(expert, np.float64), "draw": draw,
+            "num_tasks": n_run}
 
 
 def _checker(run_dir: Path, first: Path):
@@ -119,8 +120,8 @@ def compare_runs(run_dirs, out_png: str | os.PathLike | None = None, labels=None
             "gap_per_task": mean_over_tasks(gap_nR).tolist(),  # over the repeats with a finite gap
         }
         curves[label] = gap_nR
-        draws[label] = acc["draw"]
-    for label, pair in pair_with_baselines(labels, accs, summary, late_from).items():
+        draws[label] = None if acc["draw"] is None else json.dumps(acc["draw"])  # hashable: runs of one draw
+    for label, pair in pair_with_baselines(labels, accs, late_from).items():
         summary[label]["paired"] = pair
     for label, pooled in pool_over_draws(labels, summary, draws, records).items():
         summary[label]["pooled_over_draws"] = pooled
@@ -165,28 +166,27 @@ def _one_draw(a, b) -> bool:
     return seeds_a == seeds_b and pairs_a[:k] == pairs_b[:k]
 
 
-def pair_with_baselines(labels, accs, summary, late_from: float = 0.5) -> dict:
-    """Each run's paired difference from its baseline, in late learner accuracy: the first run
-    given of its draw (seed and class pairs), which is itself not paired; {"paired": False, "why"}
-    for a run whose task folders record no draw. Runs with as many tasks written compare the
-    summary's ``learner_late`` per repeat; a run with fewer tasks than its baseline (or more) is
+def pair_with_baselines(labels, accs, late_from: float = 0.5) -> dict:
+    """Each run's paired difference from its baseline, in late learner accuracy (per repeat, the
+    mean over the late tasks, as the summary's ``learner_late``): the first run given of its draw
+    (seed and class pairs), which is itself not paired; {"paired": False, "why"} for a run whose
+    task folders record no draw. A run with fewer tasks written than its baseline (or more) is
     compared on the late tasks of the shorter (``tasks``: [first, last]), the same tasks in both."""
-    late = {label: summary[label]["learner_late"]["per_repeat"] for label in labels}
     out, baselines = {}, []
     for label in labels:
-        draw = accs[label]["draw_parts"]
-        first = None if draw is None else next((b for b in baselines if _one_draw(accs[b]["draw_parts"], draw)), None)
+        draw = accs[label]["draw"]
+        first = None if draw is None else next((b for b in baselines if _one_draw(accs[b]["draw"], draw)), None)
         if draw is None:
             out[label] = {"paired": False, "why": "its task folders record no seed or class pairs"}
         elif first is None:
             baselines.append(label)
-        elif len(accs[label]["learner"]) == len(accs[first]["learner"]):
-            out[label] = {"baseline": first, **paired_difference(late[label], late[first])}
         else:
-            k = min(len(accs[label]["learner"]), len(accs[first]["learner"]))
-            tasks = slice(int(k * late_from), k)
+            n, n_first = len(accs[label]["learner"]), len(accs[first]["learner"])
+            k = min(n, n_first)
+            tasks = slice(int(k * late_from), k)  # each run's own late tasks when both have as many
             this, base = (mean_over_every_task(accs[r]["learner"][tasks].T) for r in (label, first))
-            out[label] = {"baseline": first, "tasks": [tasks.start, k - 1], **paired_difference(this, base)}
+            shorter = {"tasks": [tasks.start, k - 1]} if n != n_first else {}
+            out[label] = {"baseline": first, **shorter, **paired_difference(this, base)}
     return out
 
 
