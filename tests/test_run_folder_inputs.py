@@ -267,28 +267,40 @@ def _catches_sigterm(pid: int) -> bool:
     return bool(int(caught, 16) >> (signal.SIGTERM - 1) & 1)
 
 
-def _jax_loaded(pid: int) -> bool:
-    try:
-        return "jaxlib" in Path(f"/proc/{pid}/maps").read_text()
-    except OSError:
-        return True
+# Runs `python -m cljax.cli ARGS` (runpy is what -m uses) with an import hook that writes, when
+# `jax` is first imported, whether SIGTERM had a Python handler then. The order is read inside the
+# process, so the test does not depend on polling it from outside fast enough under load.
+_WATCH_JAX_IMPORT = """
+import runpy, signal, sys
+out_path = sys.argv[1]
+class _Watch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "jax":
+            sys.meta_path.remove(self)
+            with open(out_path, "w") as out:
+                out.write("handled" if callable(signal.getsignal(signal.SIGTERM)) else "default")
+        return None
+sys.meta_path.insert(0, _Watch())
+sys.argv = ["cljax"] + sys.argv[2:]
+runpy.run_module("cljax.cli", run_name="__main__", alter_sys=True)
+"""
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_right_after_start_exits_75_with_one_line(tmp_path, sig):
-    proc = subprocess.Popen([sys.executable, "-m", "cljax.cli", "run", *FLAGS, "--results-dir", str(tmp_path / "r")],
+    at_jax_import = tmp_path / "sigterm_at_jax_import"
+    proc = subprocess.Popen([sys.executable, "-c", _WATCH_JAX_IMPORT, str(at_jax_import), "run", *FLAGS,
+                             "--results-dir", str(tmp_path / "r")],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    # The signal goes as soon as the process handles SIGTERM: that must be before it even loads
+    # The signal goes as soon as the process handles SIGTERM, which must be before it even loads
     # JAX (Python alone handles SIGINT as KeyboardInterrupt and leaves SIGTERM to kill it).
-    early, deadline = False, time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if _catches_sigterm(proc.pid):
-            early = not _jax_loaded(proc.pid)
-            break
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and not _catches_sigterm(proc.pid):
         time.sleep(0.002)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
-    assert early, "SIGTERM was handled only after JAX was loaded"
+    if at_jax_import.exists():  # a slow poll lets the process reach JAX before the signal
+        assert at_jax_import.read_text() == "handled", "SIGTERM was handled only after JAX was loaded"
     assert proc.returncode == 75, err
     assert "Traceback" not in err and f"stopped by {sig.name}" in err
     assert not any((tmp_path / "r" / RUN_DIR).glob("task_*"))
