@@ -34,7 +34,7 @@ from cljax.initial_state import INITIAL, initial_arrays, write_initial, wrote_in
 from cljax.kept_checkpoints import (keep_checkpoint, keeps, kept_is_whole, kept_path, replay_note, rewrite_kept,
                                      same_as_recorded)
 from cljax.program import build_task_program
-from cljax.records import divergence_warning, summary_row, task_arrays, task_metadata
+from cljax.records import divergence_warning, nonfinite_before, summary_row, task_arrays, task_metadata
 from cljax.results import task_dir_name, write_task
 from cljax.run_folder import clear_run, inspect_run, remove_stale_temporaries, verify_task_dir
 from cljax.run_split import recorded_split, same_split, warn_if_other_eval_chunk, warn_if_other_split
@@ -194,7 +194,8 @@ def _train(config, data, task_data, schedule, program, start, chunk_tasks, found
     ).compile()
     result.compile_seconds = time.perf_counter() - t0
 
-    run_seconds, differing, rewritten, warned = 0.0, [], [], set()
+    run_seconds, differing, rewritten = 0.0, [], []
+    diverged_before = nonfinite_before(algo_dir, order[0], spec.ids(order[0] - 1, config.num_tasks))
     bar = _progress_bar(config.num_tasks, first_task - len(replay), progress)
     for i, t in enumerate(order):
         replaying = i < len(replay)
@@ -263,7 +264,8 @@ def _train(config, data, task_data, schedule, program, start, chunk_tasks, found
         # they were the peak of a run's memory (the next task's fetch and results beside them).
         del arrays, learner_host, trace, acc, loss, reps
         result.summary.append(row)
-        warning = divergence_warning(row, warned)
+        warning = divergence_warning(row, diverged_before)
+        diverged_before = row["nonfinite_repeats"]
         if warning is not None:
             (bar.write if bar is not None else print)(warning, file=sys.stderr)
         if bar is not None:

@@ -11,9 +11,11 @@ import jax
 import numpy as np
 
 from cljax.config import SCHEMA_VERSION, Config
+from cljax.errors import CljaxError
 from cljax.devices.mesh import mesh_devices
 from cljax.eval_tasks import eval_tasks_of
-from cljax.results import EXPERT_KEYS, task_dir_name, weights_layout, weights_to_structured
+from cljax.results import (EXPERT_KEYS, load_expert_metrics, load_metrics, task_dir_name, weights_layout,
+                           weights_to_structured)
 from cljax.tasks import schedule_record
 
 
@@ -121,8 +123,7 @@ def summary_row(t: int, arrays: dict, eval_ids) -> dict:
     expert_R = np.asarray(arrays["expert_metrics"]["test_acc"][-1], np.float64)
     ids = np.asarray(eval_ids)
     earlier = np.flatnonzero((ids >= 0) & (ids < t))
-    learner_out, expert_out = ~np.isfinite(acc_RK[:, ids >= 0]).all(axis=1), ~np.isfinite(expert_R)
-    diverged = learner_out | expert_out
+    out = nonfinite_repeats(arrays, eval_ids)
     return {
         "task": t,
         "acc_current": _finite_mean(acc_RK[:, int(np.flatnonzero(ids == t)[0])]),
@@ -130,24 +131,47 @@ def summary_row(t: int, arrays: dict, eval_ids) -> dict:
         "expert_acc": _finite_mean(expert_R),
         "probe_earlier": _probe_earlier(arrays, earlier),
         "n_earlier": len(earlier),  # 0: no earlier task evaluated (acc_earlier, probe_earlier NaN)
-        "n_nonfinite": int(diverged.sum()),  # repeats with a non-finite value, left out of the means
-        "nonfinite_repeats": {"learner": np.flatnonzero(learner_out).tolist(),
-                              "expert": np.flatnonzero(expert_out).tolist()},
+        "n_nonfinite": len(set(out["learner"]) | set(out["expert"])),  # repeats left out of the means
+        "nonfinite_repeats": out,
     }
 
 
-def divergence_warning(row: dict, warned: set) -> str | None:
-    """One stderr line for the repeats whose learner or expert is not finite for the first time in
-    this run's command (``warned``: the (network, repeat) already named, updated here), so that a
-    divergence kept with --allow-nonfinite shows in a long run's log at the task it happened."""
-    new = {who: [r for r in row.get("nonfinite_repeats", {}).get(who, []) if (who, r) not in warned]
+def nonfinite_repeats(arrays: dict, eval_ids) -> dict:
+    """The repeats whose learner (on a task it evaluated) or expert has a non-finite accuracy at
+    the task's last snapshot: {"learner": [...], "expert": [...]}. Reads the two metrics only."""
+    acc_RK = np.asarray(arrays["metrics"]["test_acc"][-1], np.float64)
+    expert_R = np.asarray(arrays["expert_metrics"]["test_acc"][-1], np.float64)
+    learner_out = ~np.isfinite(acc_RK[:, np.asarray(eval_ids) >= 0]).all(axis=1)
+    return {"learner": np.flatnonzero(learner_out).tolist(), "expert": np.flatnonzero(~np.isfinite(expert_R)).tolist()}
+
+
+def nonfinite_before(algo_dir, t: int, eval_ids) -> dict | None:
+    """``nonfinite_repeats`` of the task before ``t`` (a resume's first task; ``eval_ids`` are that
+    task's), read from its folder; None when t is 0."""
+    if t == 0:
+        return None
+    task_dir = algo_dir / task_dir_name(t - 1)
+    try:
+        return nonfinite_repeats({"metrics": load_metrics(task_dir), "expert_metrics": load_expert_metrics(task_dir)},
+                                 eval_ids)
+    except CljaxError:  # damaged (a resume stops at it, --repair mends it): the log counts from here
+        return None
+
+
+def divergence_warning(row: dict, before: dict | None) -> str | None:
+    """One stderr line for the repeats whose learner or expert is not finite at this task and was
+    at the task before (``before``: that task's ``nonfinite_repeats``, None for the first task), so
+    that a divergence kept with --allow-nonfinite shows in a long run's log at the task it happened.
+    It depends on the two tasks alone: a resumed run's log says what the run's in one go says."""
+    was = before or {}
+    new = {who: [r for r in row.get("nonfinite_repeats", {}).get(who, []) if r not in was.get(who, [])]
            for who in ("learner", "expert")}
     if not any(new.values()):
         return None
-    warned.update((who, r) for who, rs in new.items() for r in rs)
     named = [f"the {who} in repeat{'s' * (len(rs) > 1)} {', '.join(map(str, rs))}" for who, rs in new.items() if rs]
     return (f"warning: task {row['task']}: {' and '.join(named)} diverged (accuracy not finite); the run goes on "
-            f"(--allow-nonfinite), its means leave them out, and no repeat is named twice.")
+            f"(--allow-nonfinite), its means leave them out, and a repeat still diverged at the next task is not "
+            f"named again.")
 
 
 def _finite_mean(values) -> float:

@@ -103,9 +103,10 @@ def test_the_probe_needs_four_saved_images(monkeypatch):
         assert (seen is not None) == probed and (got == 1.0 if probed else math.isnan(got))
 
 
-def test_a_divergence_is_warned_at_its_task_once_per_network_and_repeat():
-    # The rows of three tasks: repeat 1's learner diverges at task 1 and stays so; repeat 0's
-    # expert diverges at task 1 and again at task 2; empty slots (-1) are not divergences.
+def test_a_divergence_is_warned_at_the_task_it_happens_not_while_it_lasts():
+    # The rows of five tasks: repeat 1's learner diverges at task 1 and stays so; repeat 0's expert
+    # diverges at tasks 1 and 2, is finite at task 3 and diverges again at task 4; empty slots
+    # (-1) are not divergences.
     def row(t, learner_acc, expert_acc, ids):
         acc = np.asarray(learner_acc, np.float64)[None]  # the last snapshot only is read
         arrays = {"metrics": {"test_acc": acc}, "expert_metrics": {"test_acc": np.asarray([expert_acc])},
@@ -115,12 +116,14 @@ def test_a_divergence_is_warned_at_its_task_once_per_network_and_repeat():
     nan = math.nan
     rows = [row(0, [[0.9, nan], [0.8, nan]], [0.9, 0.9], [0, -1]),
             row(1, [[0.9, 0.7], [nan, nan]], [nan, 0.9], [0, 1]),
-            row(2, [[0.9, 0.7], [nan, nan]], [nan, 0.9], [1, 2])]
-    assert [r["nonfinite_repeats"] for r in rows] == [{"learner": [], "expert": []},
-                                                     {"learner": [1], "expert": [0]},
-                                                     {"learner": [1], "expert": [0]}]
-    warned: set = set()
-    said = [records.divergence_warning(r, warned) for r in rows]
-    assert said[0] is None and said[2] is None
+            row(2, [[0.9, 0.7], [nan, nan]], [nan, 0.9], [1, 2]),
+            row(3, [[0.9, 0.7], [nan, nan]], [0.9, 0.9], [2, 3]),
+            row(4, [[0.9, 0.7], [nan, nan]], [nan, 0.9], [3, 4])]
+    assert [r["nonfinite_repeats"] for r in rows] == [{"learner": [], "expert": []}] + [
+        {"learner": [1], "expert": [0]}] * 2 + [{"learner": [1], "expert": []}, {"learner": [1], "expert": [0]}]
+    assert [r["n_nonfinite"] for r in rows] == [0, 2, 2, 1, 2]
+    said = [records.divergence_warning(r, None if t == 0 else rows[t - 1]["nonfinite_repeats"])
+            for t, r in enumerate(rows)]
+    assert said[0] is None and said[2] is None and said[3] is None
     assert said[1].startswith("warning: task 1: the learner in repeat 1 and the expert in repeat 0 diverged ")
-    assert warned == {("learner", 1), ("expert", 0)}
+    assert said[4].startswith("warning: task 4: the expert in repeat 0 diverged ")

@@ -164,7 +164,9 @@ def test_a_finished_run_is_reported_not_rerun(reference, capsys):
     assert {p: p.stat().st_mtime_ns for p in reference.rglob("*")} == before
 
 
-def test_nonfinite_loss_stops_with_a_record_unless_allowed(tmp_path, capsys):
+def test_nonfinite_loss_stops_with_a_record_unless_allowed(tmp_path, capsys, monkeypatch):
+    from tests.run_folder_kit import Crash, crash_at
+
     out = tmp_path / "results"
     rc = cli_main(["run", *RUN_FLAGS, "--lr", "1e12", "--results-dir", str(out)])
     err = capsys.readouterr().err
@@ -175,11 +177,21 @@ def test_nonfinite_loss_stops_with_a_record_unless_allowed(tmp_path, capsys):
     assert len(results.task_dirs(algo_dir(out))) == 1
     rc = cli_main(["run", *RUN_FLAGS, "--lr", "1e12", "--allow-nonfinite", "--overwrite", "--results-dir", str(out)])
     assert rc == 0 and len(results.task_dirs(algo_dir(out))) == 3
-    # The log says when it happened, once: the experts diverge again in every task, the learners stay diverged.
+    # The log says when it happened, once: the experts diverge in every task, the learners stay diverged.
     warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning: task")]
     assert warnings == ["warning: task 0: the learner in repeats 0, 1 and the expert in repeats 0, 1 diverged "
                         "(accuracy not finite); the run goes on (--allow-nonfinite), its means leave them out, and "
-                        "no repeat is named twice."]
+                        "a repeat still diverged at the next task is not named again."]
+    # A run stopped after task 1 and resumed says the same: the resumed command reads task 1's folder.
+    crash_at(monkeypatch, "train", 2)
+    with pytest.raises(Crash):
+        cli_main(["run", *RUN_FLAGS, "--lr", "1e12", "--allow-nonfinite", "--results-dir", str(tmp_path / "stopped")])
+    monkeypatch.undo()
+    first = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning: task")]
+    assert cli_main(["run", *RUN_FLAGS, "--lr", "1e12", "--allow-nonfinite", "--results-dir",
+                     str(tmp_path / "stopped")]) == 0
+    resumed = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning: task")]
+    assert first == warnings and resumed == []
     # A diverged network has no accuracy: NaN where its logits are not finite (argmax of NaNs is
     # label 0, which scored it at exactly chance, 0.5, and entered the means as a real value).
     last = results.task_dirs(algo_dir(out))[-1]
