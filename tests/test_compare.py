@@ -323,8 +323,8 @@ def test_a_partial_run_is_named_so_with_its_writer_when_it_is_still_running(tmp_
 def test_a_run_not_finished_is_paired_with_its_draws_baseline_on_the_late_tasks_both_have(tmp_path, capsys):
     # A draw is the seed and every task's class pairs: a run stopped (or still going) at task 3 of 4
     # has its baseline's first 3 pairs. It is compared on the later part of those 3 tasks, the
-    # same tasks in both runs, whichever of the two is given first; such a pair is not pooled
-    # with pairs on the runs' own late tasks.
+    # same tasks in both runs, whichever of the two is given first; such a pair is pooled only with
+    # pairs on the same tasks.
     import shutil
 
     rng = np.random.default_rng(4)
@@ -354,3 +354,16 @@ def test_a_run_not_finished_is_paired_with_its_draws_baseline_on_the_late_tasks_
     out = capsys.readouterr().out
     assert f"{'redo1':<28} minus plain1 on tasks 1-2 (the later part of the tasks both have): +0.075 +- 0.000" in out
     assert "pooled" not in out
+
+    # Both redo runs stopped at task 3 of 4: their pairs are on the same tasks, 1-2, so they pool.
+    shutil.rmtree(tmp_path / "redo0" / f"task_{T - 1:03d}")
+    summary = compare_runs([tmp_path / n for n in names], labels=names)
+    pooled = summary["redo0"]["pooled_over_draws"]
+    assert pooled["runs"] == ["redo0", "redo1"] and pooled["tasks"] == [1, 2] and pooled["n"] == 2 * R
+    assert math.isclose(pooled["mean"], 0.075, rel_tol=1e-9)
+    assert cli_main(["compare", *(str(tmp_path / n) for n in names)]) == 0
+    assert "pooled over 2 draws of redo0's method on tasks 1-2: +0.075" in capsys.readouterr().out
+    # the same draw twice (a copy of redo1, also on tasks 1-2) is not pooled: its repeats would count twice
+    shutil.copytree(tmp_path / "redo1", tmp_path / "copy" / "redo1")
+    again = compare_runs([tmp_path / n for n in names] + [tmp_path / "copy" / "redo1"], labels=names + ["copy"])
+    assert again["copy"]["paired"]["tasks"] == [1, 2] and not any("pooled_over_draws" in v for v in again.values())

@@ -211,20 +211,22 @@ def difference_spread(d) -> dict:
 def pool_over_draws(labels, summary, draws, records) -> dict:
     """The paired differences of one method against one baseline method, pooled over the draws
     (seeds) given: runs whose run.json settings differ only in NOT_IN_METHOD, paired with
-    baselines that do too, each on its own draw, two or more draws. {first run's label: pooled
-    difference, with "runs"}."""
+    baselines that do too, each on its own draw, two or more draws, every pair on the same tasks
+    (the runs' own late tasks, or one window of the tasks both have: ``tasks``). {first run's
+    label: pooled difference, with "runs" (and "tasks")}."""
     groups: dict = {}
     for label in labels:
         pair = summary[label].get("paired") or {}
-        if pair.get("paired") and "tasks" not in pair:  # on other tasks than the run's own late ones: not pooled
-            key = (method_of(records[label]), method_of(records[pair["baseline"]]))
+        if pair.get("paired"):
+            key = (method_of(records[label]), method_of(records[pair["baseline"]]), tuple(pair.get("tasks", ())))
             if None not in key:
                 groups.setdefault(key, []).append(label)
     pooled = {}
-    for runs in groups.values():
-        if len(runs) > 1 and len({draws[label] for label in runs}) == len(runs):  # a draw twice: not pooled
+    for (_, _, tasks), runs in groups.items():
+        parsed = [json.loads(draws[label]) for label in runs]  # a draw twice (its repeats would count twice): no pool
+        if len(runs) > 1 and not any(_one_draw(a, b) for i, a in enumerate(parsed) for b in parsed[i + 1:]):
             d = np.concatenate([summary[label]["paired"]["per_repeat"] for label in runs])
-            pooled[runs[0]] = {"runs": runs, **difference_spread(d)}
+            pooled[runs[0]] = {"runs": runs, **({"tasks": list(tasks)} if tasks else {}), **difference_spread(d)}
     return pooled
 
 
@@ -288,5 +290,6 @@ def format_comparison(summary: dict) -> str:
         lines.append(f"{label:<{width}} " + (f"not paired: {p['why']}" if not p["paired"] else
                                              f"minus {p['baseline']}{on}: {_difference(p)}"))
     for label, p in ((label, s["pooled_over_draws"]) for label, s in summary.items() if "pooled_over_draws" in s):
-        lines.append(f"pooled over {len(p['runs'])} draws of {label}'s method: {_difference(p)}")
+        on = f" on tasks {p['tasks'][0]}-{p['tasks'][1]}" if "tasks" in p else ""
+        lines.append(f"pooled over {len(p['runs'])} draws of {label}'s method{on}: {_difference(p)}")
     return "\n".join(lines)
