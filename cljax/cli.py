@@ -147,8 +147,9 @@ def _cmd_plan(argv: list[str]) -> int:
     if config.dataset == "imagenet_28_gray" and not config.data_dir:  # planned before the data is prepared
         raise CljaxError("--data-dir is required for imagenet_28_gray, whose images the plan loads: pass the folder "
                          "`cljax prepare-imagenet` wrote, or plan the same shapes before preparing it with `--dataset "
-                         "synthetic --synthetic-classes 1000` added (the same device memory, about the same disk; host "
-                         "memory then counts the synthetic images, not ImageNet's 1.28M).")
+                         "synthetic --synthetic-classes 1000` added (the same device memory, about the same disk; its "
+                         "host estimate also counts the synthetic images held in RAM, which a prepared folder, "
+                         "memory-mapped, does not).")
     plan = make_plan(config)
     print(json.dumps(plan, indent=1) if args.json else format_plan(plan))
     return 0 if plan["fits"] else 2

@@ -44,6 +44,14 @@ def test_write_prepared_refuses_images_and_labels_of_other_counts(tmp_path):
     assert not (tmp_path / "data").exists()
 
 
+def test_a_prepared_folder_is_memory_mapped_so_the_host_estimate_counts_none_of_it(tmp_path):
+    # An ImageNet folder is 1.28M images: the run reads them from the page cache, and `cljax plan`
+    # counts them in no host figure (cljax.budget.host_components, docs/scale.md).
+    data = load_prepared(_prepared(tmp_path))
+    assert all(isinstance(a, np.memmap) for a in (data.train_images, data.train_labels, data.test_images,
+                                                   data.test_labels))
+
+
 @pytest.mark.parametrize("fname", ARRAY_FILES)
 def test_a_change_to_any_of_the_four_arrays_is_caught(tmp_path, fname):
     folder = _prepared(tmp_path)
