@@ -49,7 +49,7 @@ def trace(run_flags: list[str], first: int, last: int, repeat: int, every: int =
     from cljax.devices.cpu_split import configure_cpu_devices
     from cljax.errors import CljaxError
 
-    config = _config(run_flags)
+    config = _config(run_flags).validate()
     algo_dir = algo_dir_of(config)
     record = read_run_record(algo_dir)
     if record is None:
@@ -72,7 +72,7 @@ def trace(run_flags: list[str], first: int, last: int, repeat: int, every: int =
     from cljax.step import KEY_TASKS
     from cljax.tasks import TaskData, make_schedule
 
-    traced = dataclasses.replace(_config([*run_flags, *other]) if other else config, log_frequency=every)
+    traced = dataclasses.replace(_config([*run_flags, *other]) if other else config, log_frequency=every).validate()
     data = load_dataset(config)
     schedule = make_schedule(data.n_classes, config.num_tasks, config.n_repeats, config.seed, config.task_schedule)
     task_data = TaskData(data, traced)

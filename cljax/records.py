@@ -11,8 +11,8 @@ import jax
 import numpy as np
 
 from cljax.config import SCHEMA_VERSION, Config
-from cljax.errors import CljaxError
 from cljax.devices.mesh import mesh_devices
+from cljax.errors import CljaxError
 from cljax.eval_tasks import eval_tasks_of
 from cljax.results import (EXPERT_KEYS, load_expert_metrics, load_metrics, task_dir_name, weights_layout,
                            weights_to_structured)
@@ -146,8 +146,8 @@ def nonfinite_repeats(arrays: dict, eval_ids) -> dict:
 
 
 def nonfinite_before(algo_dir, t: int, eval_ids) -> dict | None:
-    """``nonfinite_repeats`` of the task before ``t`` (a resume's first task; ``eval_ids`` are that
-    task's), read from its folder; None when t is 0."""
+    """``nonfinite_repeats`` of task t - 1, read from its folder (``eval_ids``: that task's slots),
+    for a command whose first task is t; None when t is 0."""
     if t == 0:
         return None
     task_dir = algo_dir / task_dir_name(t - 1)
@@ -159,8 +159,8 @@ def nonfinite_before(algo_dir, t: int, eval_ids) -> dict | None:
 
 
 def divergence_warning(row: dict, before: dict | None) -> str | None:
-    """One stderr line for the repeats whose learner or expert is not finite at this task and was
-    at the task before (``before``: that task's ``nonfinite_repeats``, None for the first task), so
+    """One stderr line for the repeats whose learner or expert is not finite at this task but was
+    finite at the task before (``before``: that task's ``nonfinite_repeats``, None for task 0), so
     that a divergence kept with --allow-nonfinite shows in a long run's log at the task it happened.
     It depends on the two tasks alone: a resumed run's log says what the run's in one go says."""
     was = before or {}
