@@ -129,8 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     layers = list(got["max_abs"])
     print("task  step  train_loss  " + "  ".join(f"{name:>9}" for name in layers) + "   (largest |weight|)")
-    for i, (t, s) in enumerate(zip(got["task"], got["steps"])):
-        print(f"{t:4d}  {s:4d}  {got['train_loss'][i]:10.4g}  "
+    for i, (t, s) in enumerate(zip(got["task"], got["steps"])):  # + 0.0: a loss of -0.0 (-log 1) prints as 0
+        print(f"{t:4d}  {s:4d}  {got['train_loss'][i] + 0.0:10.4g}  "
               + "  ".join(f"{got['max_abs'][name][i]:9.3g}" for name in layers))
     if args.json:
         Path(args.json).write_text(json.dumps({k: v for k, v in got.items() if k != "last_weights"}, indent=1))
