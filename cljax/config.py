@@ -328,15 +328,22 @@ def resume_key(config: Config, compare_data_dir: bool = True) -> dict[str, Any]:
     compared by what they point to, speed-only settings not at all, nor a setting that does not
     act under the others (``param(applies_when=...)``); ``compare_data_dir`` False leaves out
     --data-dir too (the data is then compared by its content, see data_identity)."""
-    key = {k: v for k, v in config.to_dict().items() if k not in SPEED_ONLY}
-    for dest, f in setting_fields().items():
-        when = f.metadata.get("applies_when")
-        if when and key.get(when[0]) != when[1]:
-            key.pop(dest, None)
+    key = number_settings(config.to_dict())
     if not compare_data_dir:
         key.pop("data_dir", None)
     elif key.get("data_dir"):
         key["data_dir"] = os.path.realpath(os.path.expanduser(key["data_dir"]))
+    return key
+
+
+def number_settings(flat: dict) -> dict:
+    """The flat settings (``Config.to_dict``, or a run.json's config) that change a run's numbers:
+    all but the speed-only ones and those that do not act under the others."""
+    key = {k: v for k, v in flat.items() if k not in SPEED_ONLY}
+    for dest, f in setting_fields().items():
+        when = f.metadata.get("applies_when")
+        if when and key.get(when[0]) != when[1]:
+            key.pop(dest, None)
     return key
 
 

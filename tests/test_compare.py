@@ -222,9 +222,12 @@ def test_each_run_is_paired_with_the_first_run_of_its_draw_and_a_method_is_poole
     expert = rng.uniform(0.5, 0.9, (T, R))
     pairs = {seed: rng.permutation(np.arange(2 * T * R)).reshape(T, R, 2) for seed in (0, 1)}
     shift = {0: np.array([0.1, 0.0, -0.05]), 1: np.array([0.2, 0.3, 0.0])}  # per repeat
+    # Settings that change no number (--keep-checkpoints, --eval-batch-size) differ between the draws.
+    speed = {0: {}, 1: {"keep_checkpoints": 8, "eval_batch_size": 50}}
     for seed in (0, 1):
         for name, acc, config in ((f"plain{seed}", learner[seed], {"lr": 0.1}),
-                                  (f"method{seed}", learner[seed] + shift[seed], {"lr": 0.1, "use_redo": True})):
+                                  (f"method{seed}", learner[seed] + shift[seed], {"lr": 0.1, "use_redo": True,
+                                                                                  **speed[seed]})):
             write_run(tmp_path / name, acc, expert, window=False, seed=seed, pairs_TR2=pairs[seed])
             (tmp_path / name / "run.json").write_text(json.dumps({"config": {**config, "seed": seed}}))
     write_run(tmp_path / "unrecorded", learner[0], expert, window=False)

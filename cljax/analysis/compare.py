@@ -23,6 +23,7 @@ from cljax.analysis import plots
 from cljax.analysis.cl import mean_over_every_task, mean_over_tasks
 from cljax.analysis.spread import spread
 from cljax.checkpoint import NewerRecord, read_run_record
+from cljax.config import number_settings
 from cljax.errors import CljaxError
 from cljax.run_folder import verify_task_dir
 from cljax.run_lock import live_writer
@@ -131,11 +132,12 @@ def compare_runs(run_dirs, out_png: str | os.PathLike | None = None, labels=None
 
 
 def method_of(record: dict) -> str | None:
-    """What a run's settings are, but for the seed and the paths (``NOT_IN_METHOD``); None when
-    its run.json is missing or damaged."""
+    """What a run's settings are that change its numbers (as a resume compares them: no speed-only
+    setting such as --keep-checkpoints), but for the seed and the paths (``NOT_IN_METHOD``); None
+    when its run.json is missing or damaged."""
     config = record.get("config")
-    return None if config is None else json.dumps({k: v for k, v in config.items() if k not in NOT_IN_METHOD},
-                                                  sort_keys=True, default=repr)
+    return None if config is None else json.dumps(
+        {k: v for k, v in number_settings(config).items() if k not in NOT_IN_METHOD}, sort_keys=True, default=repr)
 
 
 def curves_by_method(labels, curves, draws, records) -> dict:
