@@ -64,8 +64,7 @@ def trace(run_flags: list[str], first: int, last: int, repeat: int, every: int =
 
     from cljax.data import load_dataset
     from cljax.devices.mesh import fetch, put_repeats, shard_repeats
-    from cljax.eval_tasks import eval_tasks_of
-    from cljax.evaluate import TestSets, WindowTestSets
+    from cljax.evaluate import WindowTestSets
     from cljax.experiment import _recorded_pairing
     from cljax.kept_checkpoints import kept_path
     from cljax.program import build_task_program
@@ -84,9 +83,7 @@ def trace(run_flags: list[str], first: int, last: int, repeat: int, every: int =
             raise CljaxError(f"{path} does not exist: trace from a task whose checkpoint was kept (`--keep-checkpoints "
                              f"N` keeps one every N tasks), or from 0.")
         learner = shard_repeats(load_learner(algo_dir, learner, path)[0])
-    spec = eval_tasks_of(traced)
-    tests = (TestSets(*task_data.all_tests(schedule)) if spec.full
-             else WindowTestSets(task_data, schedule, spec.window))
+    tests = WindowTestSets(task_data, schedule, 1)  # the expert's test set, task by task: any --eval-tasks
     tasks_key = jax.random.fold_in(jax.random.key(config.seed), KEY_TASKS)
     out = {"steps": [], "task": [], "train_loss": [], "max_abs": {}, "last_weights": {}}
     for t in range(first, last + 1):
