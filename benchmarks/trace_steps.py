@@ -6,7 +6,7 @@ the run's snapshots) unfolded, step by step.
 The program is the run's own (its settings, seed, class pairs and task keys; on a CPU host the
 device split it recorded), built with ``--log-frequency K``, which changes what is saved, not
 what is trained. ``--with`` trains it under other settings from the same state instead (e.g.
-``--with --cbp-rate 0``: the same learner without replacements); the learner state must keep its
+``--with "--cbp-rate 0"``: the same learner without replacements); the learner state must keep its
 shape. Nothing is written to the run's folder.
 
     python benchmarks/trace_steps.py --from-task 104 --to-task 109 --repeat 2 [--every 1] \
