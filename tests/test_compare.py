@@ -222,8 +222,9 @@ def test_each_run_is_paired_with_the_first_run_of_its_draw_and_a_method_is_poole
     expert = rng.uniform(0.5, 0.9, (T, R))
     pairs = {seed: rng.permutation(np.arange(2 * T * R)).reshape(T, R, 2) for seed in (0, 1)}
     shift = {0: np.array([0.1, 0.0, -0.05]), 1: np.array([0.2, 0.3, 0.0])}  # per repeat
-    # Settings that change no number (--keep-checkpoints, --eval-batch-size) differ between the draws.
-    speed = {0: {}, 1: {"keep_checkpoints": 8, "eval_batch_size": 50}}
+    # Settings that change no number (--keep-checkpoints, --eval-batch-size) differ between the draws,
+    # and one record lacks a setting the other holds at its default (a run of an older version).
+    speed = {0: {}, 1: {"keep_checkpoints": 8, "eval_batch_size": 50, "momentum": 0.0}}
     for seed in (0, 1):
         for name, acc, config in ((f"plain{seed}", learner[seed], {"lr": 0.1}),
                                   (f"method{seed}", learner[seed] + shift[seed], {"lr": 0.1, "use_redo": True,
@@ -249,6 +250,11 @@ def test_each_run_is_paired_with_the_first_run_of_its_draw_and_a_method_is_poole
     assert math.isclose(pooled["se"], both.std(ddof=1) / math.sqrt(2 * R), rel_tol=1e-9)
     assert "pooled_over_draws" not in summary["method1"]
     assert summary["unrecorded"]["paired"] == {"paired": False, "why": "its task folders record no seed or class pairs"}
+    from cljax.analysis.compare import method_of
+
+    assert method_of({"config": {"lr": 0.1, "momentum": 0.9}}) != method_of({"config": {"lr": 0.1}})  # a number changes
+    unknown = {"config": {"lr": 0.1, "algorithm": "a plugin's rule"}}  # settings this process cannot read: as recorded
+    assert method_of(unknown) == method_of(unknown) != method_of({"config": {"lr": 0.1}})
 
     assert cli_main(["compare", *(str(tmp_path / n) for n in names), "--json", str(tmp_path / "c.json")]) == 0
     out = capsys.readouterr().out

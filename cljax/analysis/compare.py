@@ -23,7 +23,7 @@ from cljax.analysis import plots
 from cljax.analysis.cl import mean_over_every_task, mean_over_tasks
 from cljax.analysis.spread import spread
 from cljax.checkpoint import NewerRecord, read_run_record
-from cljax.config import number_settings
+from cljax.config import Config, absent_settings, number_settings
 from cljax.errors import CljaxError
 from cljax.run_folder import verify_task_dir
 from cljax.run_lock import live_writer
@@ -132,12 +132,19 @@ def compare_runs(run_dirs, out_png: str | os.PathLike | None = None, labels=None
 
 
 def method_of(record: dict) -> str | None:
-    """What a run's settings are that change its numbers (as a resume compares them: no speed-only
+    """What a run's settings are that change its numbers, read as a resume reads them (a setting
+    the record lacks at the value older runs ran with, else today's default; no speed-only
     setting such as --keep-checkpoints), but for the seed and the paths (``NOT_IN_METHOD``); None
     when its run.json is missing or damaged."""
     config = record.get("config")
-    return None if config is None else json.dumps(
-        {k: v for k, v in number_settings(config).items() if k not in NOT_IN_METHOD}, sort_keys=True, default=repr)
+    if config is None:
+        return None
+    try:
+        config = Config.from_flat({**config, **absent_settings(config)}).to_dict()
+    except (CljaxError, TypeError, ValueError, AttributeError):  # e.g. a plugin's settings, not loaded here
+        pass  # as recorded
+    return json.dumps({k: v for k, v in number_settings(config).items() if k not in NOT_IN_METHOD},
+                      sort_keys=True, default=repr)
 
 
 def curves_by_method(labels, curves, draws, records) -> dict:
