@@ -7,19 +7,18 @@ in ``rule_params``, ``model_params``, ``dataset_params`` and ``option_params``.
 Flat settings are the common currency of the command line, sweeps, run.json and metadata.json:
 one name per flag (``rl_entropy``, ``use_replay``, ``replay_size``, ...). ``Config.from_flat``
 builds a config from them (missing ones take their defaults), ``to_dict`` writes them back for
-what is in use. A run's record carries ``SCHEMA_VERSION``; resume compares ``resume_key``s, so a
-release that adds a setting with a default still resumes old runs.
+what is in use. A run's record carries ``SCHEMA_VERSION``; resume compares ``resume_key``s
+(cljax/setting_match.py), so a release that adds a setting with a default still resumes old runs.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cljax.errors import CljaxError, DamagedFile
+from cljax.errors import CljaxError
 from cljax.flags import check_dataclass, check_value, field_types
 from cljax.registry import CONV_IMPLS, DATASETS, MODELS, OPTIONS, RULES, Entry, param
 
@@ -323,30 +322,6 @@ def option_switch(entry: Entry) -> str:
     return (entry.flag or f"use-{entry.name}").replace("-", "_")
 
 
-def resume_key(config: Config, compare_data_dir: bool = True) -> dict[str, Any]:
-    """What must match for a run to be resumed: the settings that change its numbers. Paths are
-    compared by what they point to, speed-only settings not at all, nor a setting that does not
-    act under the others (``param(applies_when=...)``); ``compare_data_dir`` False leaves out
-    --data-dir too (the data is then compared by its content, see data_identity)."""
-    key = number_settings(config.to_dict())
-    if not compare_data_dir:
-        key.pop("data_dir", None)
-    elif key.get("data_dir"):
-        key["data_dir"] = os.path.realpath(os.path.expanduser(key["data_dir"]))
-    return key
-
-
-def number_settings(flat: dict) -> dict:
-    """The flat settings (``Config.to_dict``, or a run.json's config) that change a run's numbers:
-    all but the speed-only ones and those that do not act under the others."""
-    key = {k: v for k, v in flat.items() if k not in SPEED_ONLY}
-    for dest, f in setting_fields().items():
-        when = f.metadata.get("applies_when")
-        if when and key.get(when[0]) != when[1]:
-            key.pop(dest, None)
-    return key
-
-
 def config_choices(name: str) -> tuple:
     """The values Config's own setting ``name`` accepts: the choices of scripts that pass it on."""
     return next(f for f in settings_fields(Config) if f.name == name).metadata["choices"]
@@ -359,49 +334,3 @@ def setting_fields() -> dict[str, Any]:
         for entry in registry.entries():
             fields.update(entry.field_dests())
     return fields
-
-
-def absent_settings(recorded: dict) -> dict[str, Any]:
-    """The settings a record lacks that declare the value runs recorded before them ran with
-    (``param(..., absent=...)``), at that value."""
-    return {dest: f.metadata["absent"] for dest, f in setting_fields().items()
-            if "absent" in f.metadata and dest not in recorded}
-
-
-DATA_DIFFERS = "data (the dataset's contents differ)"
-
-
-def setting_differences(recorded: dict, config: Config, recorded_data: str | None = None,
-                        data: str | None = None) -> dict[str, tuple[Any, Any]]:
-    """Setting name -> (recorded value, value in ``config``) for the settings that differ. A
-    setting the record lacks takes the value it declares for older runs (``absent``), else
-    today's default. With both data identities (``recorded_data`` from run.json, ``data`` of the
-    data loaded now) the data is compared by content (:data:`DATA_DIFFERS` when it differs),
-    else by --data-dir."""
-    by_content = recorded_data is not None and data is not None
-    if recorded.get("data_dir") == "":  # accepted before it was refused: it read the dataset's standard place
-        recorded = {**recorded, "data_dir": None}
-    try:
-        recorded_config = Config.from_flat({**recorded, **absent_settings(recorded)})
-        old = resume_key(recorded_config, not by_content)
-    except (CljaxError, TypeError, ValueError, AttributeError) as exc:
-        raise CljaxError(f"the recorded settings cannot be read by this version of cljax "
-                         f"({str(exc).rstrip('.')})") from None
-    try:
-        recorded_config.validate()  # a value no command could have given: the record was edited or damaged
-    except CljaxError as exc:
-        raise DamagedFile("run.json", f"records a setting no run could have ({str(exc).rstrip('.')})",
-                          "restore it from a copy, or pass --overwrite to train the run again") from None
-    new = resume_key(config, not by_content)
-    conditional = {dest for dest, f in setting_fields().items() if "applies_when" in f.metadata}
-    differ = {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)
-              and (k in old and k in new or k not in conditional)}  # acting on one side only: its condition differs
-    if by_content and recorded_data != data:
-        differ[DATA_DIFFERS] = (recorded_data, data)
-    return differ
-
-
-def differing_settings(recorded: dict, config: Config, recorded_data: str | None = None,
-                       data: str | None = None) -> list[str]:
-    """Names of the settings that differ, as :func:`setting_differences` reads them."""
-    return list(setting_differences(recorded, config, recorded_data, data))

@@ -25,7 +25,8 @@ from pathlib import Path
 
 from cljax.check_record import JOURNAL, RECORD, CheckRecord, checked_metadata, content_matches
 from cljax.checkpoint import CHECKPOINT, RUN_RECORD, read_checkpoint_header, read_run_record
-from cljax.config import DATA_DIFFERS, Config, setting_differences
+from cljax.config import Config
+from cljax.setting_match import DATA_DIFFERS, setting_differences
 from cljax.errors import CljaxError, DamagedFile
 from cljax.eval_tasks import eval_ids_of
 from cljax.host import usable_cores

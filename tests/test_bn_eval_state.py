@@ -10,7 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cljax.config import Config, differing_settings
+from cljax.config import Config
+from cljax.setting_match import differing_settings
 from cljax.models import MODELS, ModelContext, build_model, make_net
 from cljax.program import build_parts, task_keys
 from cljax.step import init_learner

@@ -8,7 +8,8 @@ import os
 
 import pytest
 
-from cljax.config import SPEED_ONLY, Config, differing_settings, settings_fields
+from cljax.config import SPEED_ONLY, Config, settings_fields
+from cljax.setting_match import differing_settings
 from cljax.errors import CljaxError
 
 # 16 training and 8 test images a task, 2 steps a task: every bound below sits at its edge

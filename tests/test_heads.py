@@ -120,7 +120,8 @@ def test_multi_with_a_cycled_schedule_is_one_line(tmp_path):
 
 
 def test_the_head_reset_value_is_compared_on_resume_only_when_the_head_is_reset():
-    from cljax.config import Config, setting_differences
+    from cljax.config import Config
+    from cljax.setting_match import setting_differences
 
     def differences(recorded: dict, now: dict) -> dict:
         return setting_differences(Config.from_flat(dataset="synthetic", **recorded).to_dict(),

@@ -10,7 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cljax.config import Config, differing_settings
+from cljax.config import Config
+from cljax.setting_match import differing_settings
 from cljax.errors import CljaxError
 from cljax.models import CONV_IMPLS
 from cljax.models.units import unit_activity

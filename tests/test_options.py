@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from cljax import results
-from cljax.config import differing_settings, setting_differences
+from cljax.setting_match import differing_settings, setting_differences
 from cljax.errors import CljaxError
 from cljax.experiment import run_experiment
 from cljax.options import make_options

@@ -11,7 +11,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from cljax.config import Config, differing_settings
+from cljax.config import Config
+from cljax.setting_match import differing_settings
 from cljax.program import build_task_program
 from cljax.run_split import same_split
 

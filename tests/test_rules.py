@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from cljax import results
-from cljax.config import Config, differing_settings
+from cljax.config import Config
+from cljax.setting_match import differing_settings
 from cljax.experiment import run_experiment
 from cljax.losses import log_probs, weighted_mean
 from cljax.models import CONV_IMPLS

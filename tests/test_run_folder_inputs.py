@@ -227,7 +227,7 @@ def test_a_run_written_by_a_newer_cljax_is_neither_resumed_nor_read(made, tmp_pa
 
 def test_a_run_recorded_with_an_empty_data_dir_resumes_without_the_flag():
     # --data-dir "" was accepted (and read the standard place) before it was refused.
-    from cljax.config import setting_differences
+    from cljax.setting_match import setting_differences
 
     config = Config.from_flat({"dataset": "fashion_mnist"})
     assert setting_differences({**config.to_dict(), "data_dir": ""}, config) == {}

@@ -11,7 +11,8 @@ from cljax import results
 from cljax.analysis.band import Band
 from cljax.analysis.cl import cl_metrics_band, cl_metrics_from_matrix
 from cljax.analysis.driver import analyze_run
-from cljax.config import Config, differing_settings
+from cljax.config import Config
+from cljax.setting_match import differing_settings
 from cljax.errors import CljaxError
 from cljax.eval_tasks import parse_eval_tasks
 from cljax.experiment import run_experiment

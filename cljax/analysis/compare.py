@@ -23,7 +23,8 @@ from cljax.analysis import plots
 from cljax.analysis.cl import mean_over_every_task, mean_over_tasks
 from cljax.analysis.spread import spread
 from cljax.checkpoint import NewerRecord, read_run_record
-from cljax.config import Config, absent_settings, number_settings
+from cljax.config import Config
+from cljax.setting_match import absent_settings, number_settings
 from cljax.errors import CljaxError
 from cljax.run_folder import verify_task_dir
 from cljax.run_lock import live_writer
