@@ -26,7 +26,6 @@ from pathlib import Path
 from cljax.check_record import JOURNAL, RECORD, CheckRecord, checked_metadata, content_matches
 from cljax.checkpoint import CHECKPOINT, RUN_RECORD, read_checkpoint_header, read_run_record
 from cljax.config import Config
-from cljax.setting_match import DATA_DIFFERS, setting_differences
 from cljax.errors import CljaxError, DamagedFile
 from cljax.eval_tasks import eval_ids_of
 from cljax.host import usable_cores
@@ -35,6 +34,7 @@ from cljax.kept_checkpoints import KEPT, describe_replay, is_kept_name, repair_s
 from cljax.results import LATER_TASK_FILES, TASK_FILES, task_dir_name, task_dirs
 from cljax.run_lock import RUN_LOCK
 from cljax.safe_files import npy_header, safe_load_pickle
+from cljax.setting_match import DATA_DIFFERS, setting_differences
 
 ANALYSIS = "analysis"
 

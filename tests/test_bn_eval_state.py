@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from cljax.config import Config
-from cljax.setting_match import differing_settings
 from cljax.models import MODELS, ModelContext, build_model, make_net
 from cljax.program import build_parts, task_keys
+from cljax.setting_match import differing_settings
 from cljax.step import init_learner
 from cljax.train import Sizes, batch_indices, train_task
 from tests.test_model_numbers import conv, images_of, random_like

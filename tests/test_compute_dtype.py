@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 
 from cljax.config import Config
-from cljax.setting_match import differing_settings
 from cljax.errors import CljaxError
 from cljax.models import CONV_IMPLS, MODELS, ModelContext, build_model, check_compute_dtype, make_net
+from cljax.setting_match import differing_settings
 from tests.backend import SEPARATELY_COMPILED, assert_same_tree
 from tests.test_precision import TINY, lowered_texts
 

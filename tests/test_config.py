@@ -9,8 +9,8 @@ import os
 import pytest
 
 from cljax.config import SPEED_ONLY, Config, settings_fields
-from cljax.setting_match import differing_settings
 from cljax.errors import CljaxError
+from cljax.setting_match import differing_settings
 
 # 16 training and 8 test images a task, 2 steps a task: every bound below sits at its edge
 EDGE = dict(dataset="synthetic", n_train_per_class=8, n_test_per_class=4, n_subsamples=8, batch_size=16, epochs=2,

@@ -9,10 +9,10 @@ from __future__ import annotations
 import pytest
 
 from cljax.config import Config
-from cljax.setting_match import differing_settings
 from cljax.errors import CljaxError
 from cljax.program import build_task_program, loop_repeats_default, paired_models_default
 from cljax.run_split import same_split
+from cljax.setting_match import differing_settings
 from tests.test_precision import TINY
 
 

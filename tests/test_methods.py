@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 
 from cljax.config import Config
-from cljax.setting_match import differing_settings
 from cljax.errors import CljaxError
 from cljax.models import CONV_IMPLS
 from cljax.models.units import unit_activity
 from cljax.options.cbp import select_lowest
 from cljax.program import build_parts
 from cljax.rules import make_rule
+from cljax.setting_match import differing_settings
 from cljax.step import LearnerState, learner_update
 from tests.backend import FRESH_DRAW, SEPARATELY_COMPILED, WHY_FRESH_DRAW, assert_drawn_where, assert_same
 

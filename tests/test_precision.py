@@ -12,9 +12,9 @@ import jax.numpy as jnp
 import pytest
 
 from cljax.config import Config
-from cljax.setting_match import differing_settings
 from cljax.program import build_task_program
 from cljax.run_split import same_split
+from cljax.setting_match import differing_settings
 
 TINY = dict(dataset="synthetic", num_tasks=1, n_repeats=2, n_train_per_class=8, n_test_per_class=4, n_subsamples=4,
             epochs=1, batch_size=8, log_frequency=2)

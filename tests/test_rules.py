@@ -15,7 +15,6 @@ import pytest
 
 from cljax import results
 from cljax.config import Config
-from cljax.setting_match import differing_settings
 from cljax.experiment import run_experiment
 from cljax.losses import log_probs, weighted_mean
 from cljax.models import CONV_IMPLS
@@ -24,6 +23,7 @@ from cljax.registry import RULES
 from cljax.rules import make_rule
 from cljax.rules.bio import feedback_interceptor
 from cljax.rules.rl import RLParams, rewards, sample_actions
+from cljax.setting_match import differing_settings
 from tests.backend import SEPARATELY_COMPILED, assert_same, assert_same_tree
 from tests.conftest import FASHION_DIR, apply_fn_of
 from tests.rules_kit import DEFAULT_LR, LinearPolicy, compiled_rule, assert_trees_equal, config_of, fashion_batch, final_accuracy, jitted, program_of

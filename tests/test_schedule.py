@@ -12,11 +12,11 @@ from cljax.analysis.band import Band
 from cljax.analysis.cl import cl_metrics_band, cl_metrics_from_matrix
 from cljax.analysis.driver import analyze_run
 from cljax.config import Config
-from cljax.setting_match import differing_settings
 from cljax.errors import CljaxError
 from cljax.eval_tasks import parse_eval_tasks
 from cljax.experiment import run_experiment
 from cljax.plan import make_plan
+from cljax.setting_match import differing_settings
 from cljax.tasks import make_schedule
 from tests.backend import SEPARATELY_COMPILED, assert_same, assert_same_accuracy
 from tests.conftest import is_program_obtained

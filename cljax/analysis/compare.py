@@ -24,10 +24,10 @@ from cljax.analysis.cl import mean_over_every_task, mean_over_tasks
 from cljax.analysis.spread import spread
 from cljax.checkpoint import NewerRecord, read_run_record
 from cljax.config import Config
-from cljax.setting_match import absent_settings, number_settings
 from cljax.errors import CljaxError
 from cljax.run_folder import verify_task_dir
 from cljax.run_lock import live_writer
+from cljax.setting_match import absent_settings, number_settings
 
 # What must match for two runs' gaps to be measured on one protocol (methods differ by design).
 PROTOCOL = ("dataset", "task_schedule", "n_train_per_class", "epochs", "batch_size")
@@ -105,12 +105,13 @@ def compare_runs(run_dirs, out_png: str | os.PathLike | None = None, labels=None
     labels = list(labels) if labels else distinct_labels(run_dirs)
     if len(set(labels)) != len(labels):
         raise CljaxError(f"two runs have the same label ({', '.join(labels)}): give each its own.")
-    curves, summary, draws, records, accs = {}, {}, {}, {}, {}
+    curves, summary, draws, methods, accs = {}, {}, {}, {}, {}
     for label, run_dir in zip(labels, run_dirs):
         acc = accs[label] = current_task_accuracy(run_dir)
         gap_nR = acc["expert"] - acc["learner"]
         late = slice(int(len(gap_nR) * late_from), len(gap_nR))
-        record = records[label] = _record_or_none(Path(run_dir)) or {}  # damaged: the task folders only
+        record = _record_or_none(Path(run_dir)) or {}  # damaged: the task folders only
+        methods[label] = method_of(record)
         summary[label] = {
             "run": str(run_dir), "n_tasks": len(gap_nR), "late_tasks": [late.start, len(gap_nR) - 1],
             "num_tasks": acc["num_tasks"],  # the run's T (None: not recorded); n_tasks < T: a partial run
@@ -122,13 +123,13 @@ def compare_runs(run_dirs, out_png: str | os.PathLike | None = None, labels=None
             "gap_per_task": mean_over_tasks(gap_nR).tolist(),  # over the repeats with a finite gap
         }
         curves[label] = gap_nR
-        draws[label] = None if acc["draw"] is None else json.dumps(acc["draw"])  # hashable: runs of one draw
+        draws[label] = acc["draw"]
     for label, pair in pair_with_baselines(labels, accs, late_from).items():
         summary[label]["paired"] = pair
-    for label, pooled in pool_over_draws(labels, summary, draws, records).items():
+    for label, pooled in pool_over_draws(labels, summary, draws, methods).items():
         summary[label]["pooled_over_draws"] = pooled
     if out_png is not None:
-        plots.plot_plasticity_gap(curves_by_method(labels, curves, draws, records), out_png)
+        plots.plot_plasticity_gap(curves_by_method(labels, curves, draws, methods), out_png)
     return summary
 
 
@@ -148,18 +149,17 @@ def method_of(record: dict) -> str | None:
                       sort_keys=True, default=repr)
 
 
-def curves_by_method(labels, curves, draws, records) -> dict:
-    """The plot's curves: the runs of one method on two or more draws (each once, all of the same
-    length) as one curve over all their repeats, labelled by the first of them; any other run as
-    its own."""
+def curves_by_method(labels, curves, draws, methods) -> dict:
+    """The plot's curves: the runs of one method (``methods``: method_of each run) on two or more
+    draws (each once, all of the same length) as one curve over all their repeats, labelled by the
+    first of them; any other run as its own."""
     groups: dict = {}
     for label in labels:
-        key = method_of(records[label])
+        key = methods[label]
         groups.setdefault(label if key is None else key, []).append(label)
     out = {}
     for runs in groups.values():
-        pool = (len(runs) > 1 and len({draws[r] for r in runs}) == len(runs) and None not in {draws[r] for r in runs}
-                and len({len(curves[r]) for r in runs}) == 1)
+        pool = len(runs) > 1 and _distinct_draws([draws[r] for r in runs]) and len({len(curves[r]) for r in runs}) == 1
         if pool:
             out[f"{runs[0]} (+{len(runs) - 1} draw{'s' if len(runs) > 2 else ''})"] = np.concatenate(
                 [curves[r] for r in runs], axis=1)
@@ -174,6 +174,11 @@ def _one_draw(a, b) -> bool:
     (seeds_a, pairs_a), (seeds_b, pairs_b) = a, b
     k = min(len(pairs_a), len(pairs_b))
     return seeds_a == seeds_b and pairs_a[:k] == pairs_b[:k]
+
+
+def _distinct_draws(draws) -> bool:
+    """Whether no two of the runs' draws are one (their repeats would count twice), none unknown."""
+    return None not in draws and not any(_one_draw(a, b) for i, a in enumerate(draws) for b in draws[i + 1:])
 
 
 def pair_with_baselines(labels, accs, late_from: float = 0.5) -> dict:
@@ -218,7 +223,7 @@ def difference_spread(d) -> dict:
     return out
 
 
-def pool_over_draws(labels, summary, draws, records) -> dict:
+def pool_over_draws(labels, summary, draws, methods) -> dict:
     """The paired differences of one method against one baseline method, pooled over the draws
     (seeds) given: runs whose run.json settings differ only in NOT_IN_METHOD, paired with
     baselines that do too, each on its own draw, two or more draws, every pair on the same tasks
@@ -228,13 +233,12 @@ def pool_over_draws(labels, summary, draws, records) -> dict:
     for label in labels:
         pair = summary[label].get("paired") or {}
         if pair.get("paired"):
-            key = (method_of(records[label]), method_of(records[pair["baseline"]]), tuple(pair.get("tasks", ())))
+            key = (methods[label], methods[pair["baseline"]], tuple(pair.get("tasks", ())))
             if None not in key:
                 groups.setdefault(key, []).append(label)
     pooled = {}
     for (_, _, tasks), runs in groups.items():
-        parsed = [json.loads(draws[label]) for label in runs]  # a draw twice (its repeats would count twice): no pool
-        if len(runs) > 1 and not any(_one_draw(a, b) for i, a in enumerate(parsed) for b in parsed[i + 1:]):
+        if len(runs) > 1 and _distinct_draws([draws[label] for label in runs]):
             d = np.concatenate([summary[label]["paired"]["per_repeat"] for label in runs])
             pooled[runs[0]] = {"runs": runs, **({"tasks": list(tasks)} if tasks else {}), **difference_spread(d)}
     return pooled
