@@ -43,12 +43,16 @@ def read_pytest_log(path: Path) -> dict | None:
 
 
 def read_run(folder: Path) -> dict | None:
-    """Seconds per finished task of a run under ``folder`` (its task folders' metadata.json)."""
+    """Seconds per finished task of a run under ``folder`` (its task folders' metadata.json), and
+    the wall seconds from one task's folder to the next (their metadata.json's times: everything a
+    task costs in a long run, the host's writes included)."""
     metas = sorted(folder.glob("*/*/task_*/metadata.json"))
     if not metas:
         return None
     tasks = [json.loads(p.read_text()) for p in metas]
+    written = [p.stat().st_mtime for p in metas]  # each task's folder is written as the task ends
     return {"tasks_finished": len(tasks), "seconds_per_task": [m["timings"]["task_seconds"] for m in tasks],
+            "wall_seconds_between_tasks": [b - a for a, b in zip(written, written[1:])],
             "compile_seconds": tasks[0]["timings"].get("compile_seconds"),
             "lowering": tasks[0].get("lowering"), "n_repeats": tasks[0]["config"]["n_repeats"],
             "epochs": tasks[0]["config"]["epochs"],

@@ -68,6 +68,8 @@ def _run(r: dict) -> list[str]:
             f"{r['tasks_finished']} task(s) finished",
             f"- seconds per task: {', '.join(f'{s:.2f}' for s in secs)} (after the first: mean "
             f"{sum(later) / len(later):.2f}); compile {r['compile_seconds'] or 0:.1f} s",
+            f"- wall seconds from one task's folder to the next (writes included): "
+            f"{', '.join(f'{s:.2f}' for s in r.get('wall_seconds_between_tasks', [])) or 'one task only'}",
             f"- lowering: {json.dumps(r['lowering'])}"]
 
 

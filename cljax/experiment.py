@@ -1,6 +1,6 @@
 """The task loop: schedule -> per task (gather, put on device, run the compiled program, fetch
-once, write the task folder) -> summary. Everything here is orchestration; the maths is in
-``train.py``."""
+once, write the task folder, the next task already training) -> summary. Everything here is
+orchestration; the maths is in ``train.py``."""
 
 from __future__ import annotations
 
@@ -34,7 +34,8 @@ from cljax.initial_state import INITIAL, initial_arrays, write_initial, wrote_in
 from cljax.kept_checkpoints import (keep_checkpoint, keeps, kept_is_whole, kept_path, replay_note, rewrite_kept,
                                      same_as_recorded)
 from cljax.program import build_task_program
-from cljax.records import divergence_warning, nonfinite_before, summary_row, task_arrays, task_metadata
+from cljax.records import (divergence_warning, nonfinite_before, nonfinite_report, summary_row, task_arrays,
+                            task_metadata)
 from cljax.results import task_dir_name, write_task
 from cljax.run_folder import clear_run, inspect_run, remove_stale_temporaries, verify_task_dir
 from cljax.run_split import recorded_split, same_split, warn_if_other_eval_chunk, warn_if_other_split
@@ -194,32 +195,42 @@ def _train(config, data, task_data, schedule, program, start, chunk_tasks, found
     ).compile()
     result.compile_seconds = time.perf_counter() - t0
 
+    def dispatch(i, learner):
+        """Dispatch the training of task ``order[i]`` (asynchronous: it returns at once)."""
+        t = order[i]
+        if i == len(replay) and replay and found.from_checkpoint:  # the replay is over: the run goes on
+            learner = shard_repeats(load_learner(algo_dir, learner)[0])
+        t_start = time.perf_counter()
+        learner, trace = run_task(
+            learner, put_repeats(train_x, 1), put_repeats(train_y, 1), *tests.current(t), jnp.int32(t), jax.random.fold_in(tasks_key, t)
+        )
+        return learner, trace, t_start, live_device_bytes() if on_task_end else 0
+
     run_seconds, differing, rewritten = 0.0, [], []
     diverged_before = nonfinite_before(algo_dir, order[0], spec.ids(order[0] - 1, config.num_tasks))
     bar = _progress_bar(config.num_tasks, first_task - len(replay), progress)
+    pending = dispatch(0, learner)
     for i, t in enumerate(order):
+        (learner, trace, t_start, train_peak), pending = pending, None  # no reference kept to the device trace
         replaying = i < len(replay)
-        if i == len(replay) and replay and found.from_checkpoint:  # the replay is over: the run goes on
-            learner = shard_repeats(load_learner(algo_dir, learner)[0])
-        rewrite = disk_per_task if (algo_dir / task_dir_name(t)).exists() else 0  # the old folder stays until replaced
-        check_disk(algo_dir, disk_per_task + rewrite, f"task {t} (its folder and the checkpoint's new copy)")
-        t_start = time.perf_counter()
-        train_x_dev, train_y_dev = put_repeats(train_x, 1), put_repeats(train_y, 1)
-        # Dispatch is asynchronous: the device trains task t while the host gathers the next one.
-        learner, trace = run_task(
-            learner, train_x_dev, train_y_dev, *tests.current(t), jnp.int32(t), jax.random.fold_in(tasks_key, t)
-        )
         crash_point("train", t)
-        train_peak = live_device_bytes() if on_task_end else 0
         eval_ids = spec.ids(t, config.num_tasks)
         acc, loss, reps = tests.evaluate(program.evaluate, (trace["weights"], trace["model_state"]), eval_ids)
-        del train_x_dev, train_y_dev
-        if i + 1 < len(order):
+        if i + 1 < len(order):  # the host gathers the next task while the device trains this one
             train_x, train_y = task_data.train(schedule[order[i + 1]])
         trace, acc, loss, reps = fetch((trace, acc, loss, reps))  # the one host transfer of the task
         seconds = time.perf_counter() - t_start
+        # A kept checkpoint the replay passes (one there, or one --keep-checkpoints asks for) that is
+        # not whole is written again from it.
+        rekeep = replaying and (keeps(config.keep_checkpoints, t + 1, config.num_tasks) or kept_path(
+            algo_dir, t + 1).exists()) and not kept_is_whole(algo_dir, t + 1, run_id)
+        learner_host = fetch(learner) if rekeep or not replaying else None  # a collective when multi-host: all take part
+        device_live = live_device_bytes() if on_task_end else 0
+        peak = max(train_peak, tests.peak_live_bytes)
+        if i + 1 < len(order):  # the next task trains while this one is written (its learner is donated)
+            pending = dispatch(i + 1, learner)
         arrays, shapes = task_arrays(config, trace, acc, loss, reps)
-        nonfinite = _nonfinite_report(config, arrays, eval_ids)
+        nonfinite = nonfinite_report(config, arrays, eval_ids)
         metadata = task_metadata(config, schedule, t, shapes, arrays["weights"], data.class_names, program.lowering, {
             "task_seconds": seconds,
             "compile_seconds": result.compile_seconds,
@@ -230,11 +241,8 @@ def _train(config, data, task_data, schedule, program, start, chunk_tasks, found
             metadata["split_at_run_start"] = recorded_split(found.record)
         if replaying:
             metadata["repaired"] = {"trained_again_from_task": replay[0]}
-        # A kept checkpoint the replay passes (one there, or one --keep-checkpoints asks for) that is
-        # not whole is written again from it.
-        rekeep = replaying and (keeps(config.keep_checkpoints, t + 1, config.num_tasks) or kept_path(
-            algo_dir, t + 1).exists()) and not kept_is_whole(algo_dir, t + 1, run_id)
-        learner_host = fetch(learner) if rekeep or not replaying else None  # a collective when multi-host: all take part
+        rewrite = disk_per_task if (algo_dir / task_dir_name(t)).exists() else 0  # the old folder stays until replaced
+        check_disk(algo_dir, disk_per_task + rewrite, f"task {t} (its folder and the checkpoint's new copy)")
         with critical, _disk_errors(algo_dir, t):  # the task folder, then the checkpoint that points past it
             if is_writer() and (not replaying or t in found.repair):
                 memo.note_written(write_task(algo_dir, t, arrays, metadata))
@@ -272,8 +280,8 @@ def _train(config, data, task_data, schedule, program, start, chunk_tasks, found
             bar.set_postfix(acc=f"{row['acc_current']:.3f}", expert=f"{row['expert_acc']:.3f}")
             bar.update(1)
         if on_task_end is not None:
-            on_task_end(t, {"rss_bytes": rss_bytes(), "device_bytes_live": live_device_bytes(),
-                            "device_bytes_peak": max(train_peak, tests.peak_live_bytes), "seconds": seconds})
+            on_task_end(t, {"rss_bytes": rss_bytes(), "device_bytes_live": device_live, "device_bytes_peak": peak,
+                            "seconds": seconds})
             tests.peak_live_bytes = 0
     if bar is not None:
         bar.close()
@@ -337,23 +345,6 @@ def _recorded_pairing(config: Config, record: dict | None) -> bool | None:
     if config.learner_expert != "auto" or recorded not in ("paired", "separate"):
         return None
     return recorded == "paired"
-
-
-def _nonfinite_report(config: Config, arrays: dict, eval_ids) -> list[dict]:
-    """Snapshots whose losses are NaN or inf: [{metric, snapshot, step}], first ones first. The
-    slots without a task (``eval_ids`` -1, NaN by design) are not looked at."""
-    found = []
-    steps = config.log_steps
-    present = np.asarray(eval_ids) >= 0
-    named = {**{f"metrics.{k}": v[..., present] if k == "test_loss" else v
-                for k, v in arrays["metrics"].items() if "loss" in k and k != "start_test_loss"},
-             **{f"expert_metrics.{k}": v for k, v in arrays["expert_metrics"].items() if "loss" in k}}
-    for name, values in named.items():
-        bad = ~np.isfinite(np.asarray(values).reshape(len(steps), -1)).all(axis=1)
-        if bad.any():
-            first = int(np.argmax(bad))
-            found.append({"metric": name, "snapshot": first, "step": steps[first]})
-    return sorted(found, key=lambda f: f["snapshot"])
 
 
 def format_summary(result: RunResult, max_rows: int = 40) -> str:

@@ -136,6 +136,23 @@ def summary_row(t: int, arrays: dict, eval_ids) -> dict:
     }
 
 
+def nonfinite_report(config: Config, arrays: dict, eval_ids) -> list[dict]:
+    """Snapshots whose losses are NaN or inf: [{metric, snapshot, step}], first ones first. The
+    slots without a task (``eval_ids`` -1, NaN by design) are not looked at."""
+    found = []
+    steps = config.log_steps
+    present = np.asarray(eval_ids) >= 0
+    named = {**{f"metrics.{k}": v[..., present] if k == "test_loss" else v
+                for k, v in arrays["metrics"].items() if "loss" in k and k != "start_test_loss"},
+             **{f"expert_metrics.{k}": v for k, v in arrays["expert_metrics"].items() if "loss" in k}}
+    for name, values in named.items():
+        bad = ~np.isfinite(np.asarray(values).reshape(len(steps), -1)).all(axis=1)
+        if bad.any():
+            first = int(np.argmax(bad))
+            found.append({"metric": name, "snapshot": first, "step": steps[first]})
+    return sorted(found, key=lambda f: f["snapshot"])
+
+
 def nonfinite_repeats(arrays: dict, eval_ids) -> dict:
     """The repeats whose learner (on a task it evaluated) or expert has a non-finite accuracy at
     the task's last snapshot: {"learner": [...], "expert": [...]}. Reads the two metrics only."""

@@ -61,6 +61,7 @@ def test_the_smoke_mode_runs_every_stage_and_writes_json_and_a_summary(tmp_path)
         run = stages[name]["result"]
         assert run["tasks_finished"] == 2 and len(run["seconds_per_task"]) == 2
         assert all(s > 0 for s in run["seconds_per_task"]) and run["lowering"]["matmul_precision"] == "highest"
+        assert len(run["wall_seconds_between_tasks"]) == 1 and run["wall_seconds_between_tasks"][0] > 0
 
     summary = (out / "summary.md").read_text()
     for heading in ("## Environment", "## GPU-relevant tests", "## Precision, bfloat16 and lowering variants",

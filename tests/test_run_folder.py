@@ -150,6 +150,20 @@ def test_a_task_s_host_copies_are_freed_before_the_next_task_starts(tmp_path, mo
     assert alive == {0: False, 1: False}
 
 
+def test_the_next_task_trains_while_this_one_is_written(tmp_path, monkeypatch):
+    """Task t + 1's training is dispatched (its data put on the device) before task t's folder is
+    written, so the device does not wait for the host's writes; the last task has no next one."""
+    import cljax.experiment as experiment
+
+    events, put, write = [], experiment.put_repeats, experiment.write_task
+    monkeypatch.setattr(experiment, "put_repeats", lambda x, axis: events.append("put") or put(x, axis))
+    monkeypatch.setattr(experiment, "write_task", lambda d, t, *a: events.append(f"write {t}") or write(d, t, *a))
+    experiment.run_experiment(small_config(tmp_path, **{**TINY, "num_tasks": 3, "task_schedule": "cycle"}),
+                              progress=False)
+    # two puts (images, labels) for the compile, then two per task's dispatch
+    assert events == ["put"] * 2 + ["put"] * 2 + ["put"] * 2 + ["write 0"] + ["put"] * 2 + ["write 1", "write 2"]
+
+
 def test_an_eval_chunk_that_does_not_fit_is_refused_like_a_chosen_one(tmp_path, capsys):
     args = [*FLAGS, "--results-dir", str(tmp_path / "r"), "--device-memory", "100000", "--eval-chunk-tasks", "1"]
     rc, _, err = run_cli(["run", *args], capsys)
