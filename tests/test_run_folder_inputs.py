@@ -271,14 +271,15 @@ def _catches_sigterm(pid: int) -> bool:
 # `jax` is first imported, whether SIGTERM had a Python handler then. The order is read inside the
 # process, so the test does not depend on polling it from outside fast enough under load.
 _WATCH_JAX_IMPORT = """
-import runpy, signal, sys
+import os, runpy, signal, sys
 out_path = sys.argv[1]
 class _Watch:
     def find_spec(self, name, path=None, target=None):
         if name == "jax":
             sys.meta_path.remove(self)
-            with open(out_path, "w") as out:
+            with open(out_path + ".tmp", "w") as out:
                 out.write("handled" if callable(signal.getsignal(signal.SIGTERM)) else "default")
+            os.replace(out_path + ".tmp", out_path)  # the signal may stop this hook: no file, never an empty one
         return None
 sys.meta_path.insert(0, _Watch())
 sys.argv = ["cljax"] + sys.argv[2:]
