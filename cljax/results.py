@@ -26,6 +26,7 @@ import os
 import pickle
 import re
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -127,7 +128,11 @@ def write_folder(algo_dir: Path, name: str, npys: dict, pickles: dict, metadata:
     shutil.rmtree(tmp, ignore_errors=True)  # a leftover of this pid's earlier attempt
     tmp.mkdir(parents=True)
     try:
-        files = {f"{k}.npy": save_npy(tmp / f"{k}.npy", v) for k, v in npys.items() if v is not None}
+        # The arrays are hashed and written side by side: hashlib and file writes release the GIL.
+        arrays = {f"{k}.npy": v for k, v in npys.items() if v is not None}
+        with ThreadPoolExecutor(max_workers=max(len(arrays), 1)) as pool:
+            written = {name: pool.submit(save_npy, tmp / name, v) for name, v in arrays.items()}
+        files = {name: job.result() for name, job in written.items()}  # the first error, once all are done
         crash_point("write", task)
         for k, v in pickles.items():
             files[f"{k}.pkl"] = write_bytes(tmp / f"{k}.pkl", pickle.dumps(v, protocol=4))

@@ -196,3 +196,25 @@ def test_check_record_times_the_finished_runs_check_with_and_without_its_record(
     assert list(report["best_ratios"]) == ["warm_without_over_with"]
     record = json.loads((tmp_path / "run" / "synthetic" / "SL_T2" / "verified.json").read_text())
     assert len(record["hashed"]) == 2 * 6 + 1  # two task folders' files and initial/weights.npy
+
+
+def test_task_write_writes_a_task_folder_again_as_the_run_wrote_it(tmp_path, capsys):
+    """benchmarks/task_write.py on a tiny run's task folder: the folder it times holds the same
+    bytes as the run's (each file's sha256 as the run recorded it), and it leaves nothing behind."""
+    from cljax.cli import main as cli_main
+    from tests.run_folder_kit import FLAGS, RUN_DIR
+
+    assert cli_main(["run", *FLAGS, "--results-dir", str(tmp_path / "r")]) == 0
+    task_dir = tmp_path / "r" / RUN_DIR / "task_001"
+    bench = load_script(BENCH.parent / "task_write.py", "cljax_bench_task_write")
+    scratch, out = tmp_path / "scratch", tmp_path / "write.json"
+    scratch.mkdir()
+    bench.main([str(task_dir), "--times", "2", "--scratch", str(scratch), "--json", str(out)])
+    report = json.loads(out.read_text())
+    recorded = json.loads((task_dir / "metadata.json").read_text())["files"]
+    assert report["files"] == recorded and report["folder_bytes"] == sum(f["bytes"] for f in recorded.values())
+    assert len(report["seconds"]) == 2 and 0 < report["seconds_min"] <= report["seconds_median"]
+    assert not any(scratch.iterdir())
+    with pytest.raises(SystemExit):  # not a task folder: one line from argparse
+        bench.main([str(tmp_path / "r"), "--scratch", str(scratch)])
+    assert "is not a task folder" in capsys.readouterr().err
