@@ -16,9 +16,10 @@ stage, so a call that is cut short still leaves the stages it finished. Stages, 
   table if the other runs out of time;
 - profile: a jax.profiler trace of the task program at R = 128, summarised by where the time
   goes (profile_task.py);
-- fashion: ``cljax run`` on Fashion-MNIST, 5 tasks, R = 32, default settings; seconds per task;
+- fashion: ``cljax run`` on Fashion-MNIST, 5 tasks, R = 32, default settings; seconds per task,
+  and wall seconds from one task's folder to the next;
 - lop: a run shaped like the loss-of-plasticity protocol (600 training and 100 test images per
-  class, batch 100, many epochs, every task evaluated) for ``--lop-tasks`` tasks; seconds per task;
+  class, batch 100, many epochs, every task evaluated) for ``--lop-tasks`` tasks; the same figures;
 - variants: one task of Fashion-MNIST under each --matmul-precision, --compute-dtype bfloat16,
   the other convolutions (XLA's ``lax``, and the fused first layer of cljax/models/fused.py with
   XLA's or im2col's later layers), the other learner/expert pairing and repeat-axis lowering, and
