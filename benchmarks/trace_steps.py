@@ -60,15 +60,13 @@ def trace(run_flags: list[str], first: int, last: int, repeat: int, every: int =
     configure_cpu_devices(config.n_repeats, recorded=recorded_split(algo_dir))
 
     import jax
-    import jax.numpy as jnp
 
     from cljax.data import load_dataset
-    from cljax.devices.mesh import fetch, put_repeats, shard_repeats
+    from cljax.devices.mesh import fetch, shard_repeats
     from cljax.evaluate import WindowTestSets
-    from cljax.experiment import _recorded_pairing
+    from cljax.experiment import _recorded_pairing, task_inputs
     from cljax.kept_checkpoints import kept_path
     from cljax.program import build_task_program
-    from cljax.step import KEY_TASKS
     from cljax.tasks import TaskData, make_schedule
 
     traced = dataclasses.replace(_config([*run_flags, *other]) if other else config, log_frequency=every).validate()
@@ -84,12 +82,10 @@ def trace(run_flags: list[str], first: int, last: int, repeat: int, every: int =
                              f"N` keeps one every N tasks), or from 0.")
         learner = shard_repeats(load_learner(algo_dir, learner, path)[0])
     tests = WindowTestSets(task_data, schedule, 1)  # the expert's test set, task by task: any --eval-tasks
-    tasks_key = jax.random.fold_in(jax.random.key(config.seed), KEY_TASKS)
     out = {"steps": [], "task": [], "train_loss": [], "max_abs": {}, "last_weights": {}}
     for t in range(first, last + 1):
         x, y = task_data.train(schedule[t])
-        learner, trace_ = program.run_task(learner, put_repeats(x, 1), put_repeats(y, 1), *tests.current(t),
-                                           jnp.int32(t), jax.random.fold_in(tasks_key, t))
+        learner, trace_ = program.run_task(learner, *task_inputs(config.seed, t, (x, y), tests.current(t)))
         trace_ = fetch(trace_)
         # The weights as the task began (after its task-start options), then at each snapshot.
         weights = jax.tree.map(lambda w: np.asarray(w)[:, repeat], trace_["weights"])

@@ -168,7 +168,6 @@ def _train(config, data, task_data, schedule, program, start, chunk_tasks, found
     """The task loop, from the first unfinished task; the run folder is locked and prepared.
     ``start``: the initialised learner and its host copy (``_initial_learner``); ``memo``: the
     check record (verified.json), which notes each folder written and is saved after the last task."""
-    tasks_key = jax.random.fold_in(jax.random.key(config.seed), KEY_TASKS)
     learner, initial = start
     memo.for_run(run_id)
     if is_writer() and verify_task_dir(algo_dir / INITIAL, -1, run_id, hashes=True) is not None:
@@ -188,11 +187,10 @@ def _train(config, data, task_data, schedule, program, start, chunk_tasks, found
         tests = TestSets(*task_data.all_tests(schedule), chunk_tasks=chunk_tasks, measure=on_task_end is not None)
     else:  # only the window's test sets, gathered per task: host memory does not grow with T
         tests = WindowTestSets(task_data, schedule, spec.window, chunk_tasks=chunk_tasks, measure=on_task_end is not None)
-    train_x, train_y = task_data.train(schedule[order[0]])
+    train_xy = task_data.train(schedule[order[0]])
     t0 = time.perf_counter()
-    run_task = program.run_task.lower(
-        learner, put_repeats(train_x, 1), put_repeats(train_y, 1), *tests.current(order[0]), jnp.int32(order[0]), jax.random.fold_in(tasks_key, 0)
-    ).compile()
+    run_task = program.run_task.lower(learner, *task_inputs(config.seed, order[0], train_xy, tests.current(order[0])))
+    run_task = run_task.compile()
     result.compile_seconds = time.perf_counter() - t0
 
     def dispatch(i, learner):
@@ -201,9 +199,7 @@ def _train(config, data, task_data, schedule, program, start, chunk_tasks, found
         if i == len(replay) and replay and found.from_checkpoint:  # the replay is over: the run goes on
             learner = shard_repeats(load_learner(algo_dir, learner)[0])
         t_start = time.perf_counter()
-        learner, trace = run_task(
-            learner, put_repeats(train_x, 1), put_repeats(train_y, 1), *tests.current(t), jnp.int32(t), jax.random.fold_in(tasks_key, t)
-        )
+        learner, trace = run_task(learner, *task_inputs(config.seed, t, train_xy, tests.current(t)))
         return learner, trace, t_start, live_device_bytes() if on_task_end else 0
 
     run_seconds, differing, rewritten = 0.0, [], []
@@ -217,7 +213,7 @@ def _train(config, data, task_data, schedule, program, start, chunk_tasks, found
         eval_ids = spec.ids(t, config.num_tasks)
         acc, loss, reps = tests.evaluate(program.evaluate, (trace["weights"], trace["model_state"]), eval_ids)
         if i + 1 < len(order):  # the host gathers the next task while the device trains this one
-            train_x, train_y = task_data.train(schedule[order[i + 1]])
+            train_xy = task_data.train(schedule[order[i + 1]])
         trace, acc, loss, reps = fetch((trace, acc, loss, reps))  # the one host transfer of the task
         seconds = time.perf_counter() - t_start
         # A kept checkpoint the replay passes (one there, or one --keep-checkpoints asks for) that is
@@ -287,6 +283,13 @@ def _train(config, data, task_data, schedule, program, start, chunk_tasks, found
         bar.close()
     result.steps_per_second = len(order) * config.steps_per_task / max(run_seconds, 1e-9)
     return result
+
+
+def task_inputs(seed: int, t: int, train_xy, test_xy) -> tuple:
+    """The task program's arguments after the learner, for task ``t``: its training images and
+    labels put on the device, its test set (already there), its index and its key (from the seed)."""
+    key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), KEY_TASKS), t)
+    return put_repeats(train_xy[0], 1), put_repeats(train_xy[1], 1), *test_xy, jnp.int32(t), key
 
 
 def _initial_learner(program, config):

@@ -35,6 +35,12 @@ def number_settings(flat: dict) -> dict:
     return key
 
 
+def recorded_config(recorded: dict) -> Config:
+    """A record's flat settings as this version reads them: a setting the record lacks takes the
+    value it declares for older runs (``absent``), else today's default."""
+    return Config.from_flat({**recorded, **absent_settings(recorded)})
+
+
 def absent_settings(recorded: dict) -> dict[str, Any]:
     """The settings a record lacks that declare the value runs recorded before them ran with
     (``param(..., absent=...)``), at that value."""
@@ -56,13 +62,13 @@ def setting_differences(recorded: dict, config: Config, recorded_data: str | Non
     if recorded.get("data_dir") == "":  # accepted before it was refused: it read the dataset's standard place
         recorded = {**recorded, "data_dir": None}
     try:
-        recorded_config = Config.from_flat({**recorded, **absent_settings(recorded)})
-        old = resume_key(recorded_config, not by_content)
+        old_config = recorded_config(recorded)
+        old = resume_key(old_config, not by_content)
     except (CljaxError, TypeError, ValueError, AttributeError) as exc:
         raise CljaxError(f"the recorded settings cannot be read by this version of cljax "
                          f"({str(exc).rstrip('.')})") from None
     try:
-        recorded_config.validate()  # a value no command could have given: the record was edited or damaged
+        old_config.validate()  # a value no command could have given: the record was edited or damaged
     except CljaxError as exc:
         raise DamagedFile("run.json", f"records a setting no run could have ({str(exc).rstrip('.')})",
                           "restore it from a copy, or pass --overwrite to train the run again") from None

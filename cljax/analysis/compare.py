@@ -23,11 +23,10 @@ from cljax.analysis import plots
 from cljax.analysis.cl import mean_over_every_task, mean_over_tasks
 from cljax.analysis.spread import spread
 from cljax.checkpoint import NewerRecord, read_run_record
-from cljax.config import Config
 from cljax.errors import CljaxError
 from cljax.run_folder import verify_task_dir
 from cljax.run_lock import live_writer
-from cljax.setting_match import absent_settings, number_settings
+from cljax.setting_match import number_settings, recorded_config
 
 # What must match for two runs' gaps to be measured on one protocol (methods differ by design).
 PROTOCOL = ("dataset", "task_schedule", "n_train_per_class", "epochs", "batch_size")
@@ -142,7 +141,7 @@ def method_of(record: dict) -> str | None:
     if config is None:
         return None
     try:
-        config = Config.from_flat({**config, **absent_settings(config)}).to_dict()
+        config = recorded_config(config).to_dict()
     except (CljaxError, TypeError, ValueError, AttributeError):  # e.g. a plugin's settings, not loaded here
         pass  # as recorded
     return json.dumps({k: v for k, v in number_settings(config).items() if k not in NOT_IN_METHOD},
