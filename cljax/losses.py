@@ -25,7 +25,8 @@ def nll_and_correct(logits_BxO, labels_B):
     of NaNs is label 0, which would score it at chance), and the analyses leave it out and count
     it like every other non-finite value."""
     lp = log_probs(logits_BxO)
-    nll = -jnp.take_along_axis(lp, labels_B[:, None].astype(jnp.int32), axis=-1)[:, 0]
+    # 0 - log p, not -log p: a certain label (log p = 0.0) has NLL +0.0, not -0.0
+    nll = 0.0 - jnp.take_along_axis(lp, labels_B[:, None].astype(jnp.int32), axis=-1)[:, 0]
     correct = (jnp.argmax(lp, axis=-1) == labels_B).astype(jnp.float32)
     return nll, jnp.where(jnp.isfinite(logits_BxO).all(axis=-1), correct, jnp.nan)
 

@@ -28,6 +28,14 @@ def test_the_nll_is_the_true_labels_and_correctness_the_greedy_choice():
     np.testing.assert_array_equal(correct, [1.0, 0.0, 1.0])
 
 
+def test_a_certain_label_has_an_nll_of_plus_zero():
+    """Two logits far apart make the true label's log-probability exactly 0.0: its NLL, and the
+    mean a run stores as the loss, are +0.0, not -0.0 (which would print as a negative loss)."""
+    nll, _ = nll_and_correct(jnp.array([[200.0, 0.0], [0.0, 200.0]], jnp.float32), jnp.array([0, 1]))
+    assert np.asarray(nll).tolist() == [0.0, 0.0]
+    assert not np.signbit(np.asarray(nll)).any() and not np.signbit(np.asarray(nll.mean()))
+
+
 def test_an_example_with_any_non_finite_logit_has_no_correctness():
     """Two logits, one of them NaN or infinite: argmax would still pick a label (and score it),
     but the example is NaN, whichever logit is the bad one; finite examples are scored."""
