@@ -177,7 +177,8 @@ def _cmd_analyze(argv: list[str]) -> int:
     parser.add_argument("--glue-probes", type=int, default=N_PROBES,
                         help=f"Gaussian probes of the GLUE capacity (default: {N_PROBES})")
     parser.add_argument("--probe-ridge", type=float, default=RIDGE,
-                        help=f"ridge of the linear probe, relative to its Gram matrix's diagonal (default: {RIDGE})")
+                        help=f"ridge of the linear probe, in units of the mean squared norm of the representations "
+                             f"it fits (default: {RIDGE})")
     parser.add_argument("--no-glue", action="store_true", help="skip the manifold-capacity analysis")
     parser.add_argument("--no-plots", action="store_true", help="no PNG plots")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar of the task folders (shown on a terminal only)")

@@ -10,7 +10,9 @@ validation split has 50 images a class; ``--test-source train_holdout``), batch 
 momentum 0.9, two outputs with softmax cross-entropy, the output layer set to zero at the start
 of every task, 30 repeats. Differences from that code, kept on purpose: the network is cljax's
 CNN (the spec's, not LoP's three-convolution net); only the current task is evaluated, at 10
-snapshots per task rather than after every epoch; an expert is trained beside the learner on
+snapshots per task rather than after every epoch; the representations of 32 test images per
+task are saved, as bfloat16 (``--n-subsamples 32 --representation-dtype bfloat16``), so that
+5000 task folders stay small (``cljax plan`` gives their size); an expert is trained beside the learner on
 every task (plain SGD at the same rate, without momentum). Add a method with its flag
 (``--use-cbp``, ``--use-l2-init``, ``--add-plasticity --sp-mode step``; docs/methods.md).
 """

@@ -104,7 +104,7 @@ def analyze_run(
         folder), ``glue_across_max_tasks`` for the P = 2T grouping; ``glue_max_points`` points
         per class manifold; ``glue_seed`` for probes and dichotomies (shared by all folders).
       curve_tasks: at most this many tasks (evenly spaced) in the accuracy-over-time plot.
-      probe_ridge: the linear probe's ridge, relative to its Gram matrix's diagonal
+      probe_ridge: the linear probe's ridge, in units of the mean squared norm of the fitted rows
         (:mod:`cljax.analysis.probe`).
       make_plots: write the PNGs.
       analyses: names of the analyses to run (default: every registered one, less ``glue`` when
