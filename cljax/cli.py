@@ -252,9 +252,10 @@ def _check_output_file(flag: str, path: str | None) -> None:
     target = Path(path)
     if target.is_dir():
         raise CljaxError(f"{flag} {path} is a folder: pass a file path.")
-    from cljax.output_guard import check_not_a_run_result  # here: its modules load JAX (after the signal set-up)
+    from cljax.output_guard import check_not_a_run_result, check_replaces_only_its_own  # here: its modules load JAX
 
     check_not_a_run_result(flag, target)
+    check_replaces_only_its_own(flag, target, "comparison" if flag == "--json" else "png")
     if not target.parent.is_dir():
         raise CljaxError(f"{flag} {path}: its folder {target.parent} does not exist: create it or pass another path.")
     if not os.access(target.parent, os.W_OK):

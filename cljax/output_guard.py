@@ -2,10 +2,15 @@
 ``data-info --png``) may not go: over a run's results. A run folder (it holds run.json) owns its
 record, checkpoint, lock and verified.json(l), and everything in its task folders, initial/ and
 checkpoints/; a file written there would replace a result, or make the next resume refuse the
-folder. Its analysis/ folder, and new files or folders beside its own, are free."""
+folder. Its analysis/ folder, and new files or folders beside its own, are free.
+
+Nor over any other file that is not of the output's own kind: a plot replaces only a PNG, and
+compare's JSON only an earlier comparison, so a mistyped path cannot turn a dataset's files, an
+analysis's arrays or a note into a picture (rerunning a command over its own output still works)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from cljax.check_record import JOURNAL, RECORD
@@ -39,3 +44,33 @@ def check_not_a_run_result(flag: str, path: str | Path) -> None:
     if run is not None:
         raise CljaxError(f"{flag} {path} is one of the results of the run in {run} (its record, checkpoint, task "
                          f"folders, initial/ or checkpoints/): pass a path outside them, e.g. {run / 'analysis'}.")
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def is_png(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(len(PNG_SIGNATURE)) == PNG_SIGNATURE
+
+
+def is_comparison(path: Path) -> bool:
+    """Whether ``path`` holds what ``cljax compare --json`` writes: one entry per run, each with its gap."""
+    try:
+        entries = json.loads(path.read_bytes())
+    except (ValueError, UnicodeDecodeError):
+        return False
+    return (isinstance(entries, dict) and bool(entries)
+            and all(isinstance(e, dict) and {"run", "gap_late"} <= e.keys() for e in entries.values()))
+
+
+def check_replaces_only_its_own(flag: str, path: str | Path, kind: str) -> None:
+    """One CljaxError line when ``path`` is a file other than a ``kind`` output (``"png"``, or
+    ``"comparison"``: compare's JSON), which writing there would destroy."""
+    target = Path(path).expanduser()
+    if not target.is_file():
+        return
+    holds, what = (is_png, "a PNG") if kind == "png" else (is_comparison, "a JSON comparison of cljax compare")
+    if not holds(target):
+        raise CljaxError(f"{flag} {path} is a file that is not {what}, and writing there would replace it: pass "
+                         f"another path (or remove that file first, if it is to go).")

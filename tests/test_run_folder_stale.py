@@ -275,6 +275,35 @@ def test_no_output_of_a_command_goes_over_a_runs_results(made, tmp_path, capsys)
     assert not (tmp_path / "grid.png").exists()
 
 
+def test_a_plot_or_comparison_replaces_only_a_file_of_its_own_kind(made, tmp_path, capsys):
+    """A mistyped output path that names a dataset's file, an analysis's arrays or any JSON that is
+    not a comparison is refused in one line, the file left as it was; the same command run again
+    over its own PNG and JSON replaces them."""
+    run_dir, other = copy(made, "finished", tmp_path / "r"), copy(made, "finished", tmp_path / "o")
+    data = tmp_path / "fashion"
+    shutil.copytree(FASHION_DIR, data)
+    idx = data / "train-images-idx3-ubyte.gz"
+    arrays, meta = tmp_path / "cl.npz", tmp_path / "meta.json"
+    np.savez(arrays, a=np.arange(3))
+    meta.write_text(json.dumps({"format_version": 1, "classes": ["a", "b"]}))
+    kept = {p: p.read_bytes() for p in (idx, arrays, meta)}
+    for args, flag, target, what in [
+            (["data-info", str(data), "--png", str(idx)], "--png", idx, "a PNG"),
+            (["compare", "--out", str(arrays), str(run_dir), str(other)], "--out", arrays, "a PNG"),
+            (["compare", "--json", str(meta), str(run_dir), str(other)], "--json", meta,
+             "a JSON comparison of cljax compare")]:
+        rc, _, err = run_cli(args, capsys)
+        assert_one_error(rc, err, f"{flag} {target} is a file that is not {what}, and writing there would replace it")
+    assert {p: p.read_bytes() for p in kept} == kept
+    plot, gap = tmp_path / "gap.png", tmp_path / "gap.json"
+    for _ in range(2):  # the second time over the first's outputs
+        rc, _, err = run_cli(["compare", "--out", str(plot), "--json", str(gap), str(run_dir), str(other)], capsys)
+        assert rc == 0, err
+        rc, _, err = run_cli(["data-info", str(data), "--png", str(plot)], capsys)
+        assert rc == 0, err
+    assert plot.read_bytes()[:4] == b"\x89PNG" and len(json.loads(gap.read_text())) == 2
+
+
 def test_compare_reads_only_each_runs_own_whole_files(made, tmp_path, capsys):
     import pickle
 

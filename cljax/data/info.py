@@ -111,9 +111,10 @@ def data_info_main(argv: list[str]) -> int:
         png = Path(args.png).expanduser() if args.png else (Path.cwd() / IDX_SAMPLES if idx else folder / SAMPLES)
         if png.is_dir():
             raise CljaxError(f"--png {png} is a folder: pass a file path, e.g. {png / SAMPLES}.")
-        from cljax.output_guard import check_not_a_run_result  # here: its modules load JAX
+        from cljax.output_guard import check_not_a_run_result, check_replaces_only_its_own  # here: its modules load JAX
 
         check_not_a_run_result("--png", png)
+        check_replaces_only_its_own("--png", png, "png")
         data = read_idx_folder(folder) if idx else load_prepared(folder, how_to_fix=how)
         print(describe(data, folder))
         png = write_sample_grid(data, png)
