@@ -85,6 +85,10 @@ class TaskData:
         need_train = config.n_train_per_class + (config.n_test_per_class if holdout else 0)
         for c in range(data.n_classes):
             have = len(self.train_by_class[c])
+            if have == 0:  # no flag can make up for it
+                raise CljaxError(
+                    f"class {c} ({data.class_names[c]}) has no training images: every class of the dataset needs "
+                    f"some; prepare the folder again from a source that has images of every class it names.")
             if have < need_train:
                 raise CljaxError(
                     f"class {c} has {have} training images but {need_train} are needed "

@@ -94,6 +94,47 @@ def test_bad_inputs_give_one_clear_line(source, tmp_path, capsys):
         assert (taken / "thesis.tex").read_text() == "precious"
 
 
+def _plain_parquet(folder, blobs, labels, label_type=None):
+    """A parquet file as other tools write it: an image struct column and a label column of any
+    type, without the hub's features metadata (so no class names)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder.mkdir()
+    images = [{"bytes": b, "path": None} for b in blobs]
+    pq.write_table(pa.table({"image": images, "label": pa.array(labels, type=label_type)}),
+                   folder / "train-00000-of-00001.parquet")
+    return folder
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_labels_that_are_not_class_ids_give_one_line(source, tmp_path, capsys, workers):
+    """String or float labels, a missing label, and integer labels with gaps and no class names
+    (every skipped id an empty class no run could use) are refused in one line, not a traceback,
+    a silently truncated label or a folder every run then refuses; so is a source split named
+    twice in --splits (the later entry dropped the earlier)."""
+    blobs = source["train"][:4]
+    cases = [
+        (["c0", "c0", "c1", "c1"], None, "label column 'label' holds string, not integers"),
+        ([0.2, 0.7, 1.2, 1.7], None, "label column 'label' holds double, not integers"),
+        ([0, None, 1, 1], None, "row 1 has label None, not an integer class id"),
+        ([0, 5, 7, 7], None, "has labels up to 7 but no image of class 1, 2, 3, 4, 6 and no class names"),
+    ]
+    for i, (labels, label_type, expected) in enumerate(cases):
+        src = _plain_parquet(tmp_path / f"src{i}", blobs, labels, label_type)
+        out = tmp_path / f"out{i}"
+        assert prepare_main(["--source", str(src), "--out", str(out), "--splits", "train", "--workers", workers,
+                             "--no-progress"]) == 2
+        assert expected in _one_error_line(capsys), labels
+        assert not out.exists()
+    ok = _plain_parquet(tmp_path / "ok", blobs, [0, 0, 1, 1])
+    assert prepare_main(["--source", str(ok), "--out", str(tmp_path / "o"), "--splits", "train", "train:test"]) == 2
+    assert "--splits names source split 'train' twice" in _one_error_line(capsys)
+    assert prepare_main(["--source", str(ok), "--out", str(tmp_path / "o"), "--splits", "train", "--workers", workers,
+                         "--no-progress"]) == 0
+    assert load_prepared(tmp_path / "o").train_labels.tolist() == [0, 0, 1, 1]
+
+
 def test_complete_output_is_kept_and_overwrite_redoes_it(source, prepared, tmp_path, capsys):
     out = tmp_path / "copy"
     out.mkdir()

@@ -84,6 +84,9 @@ def test_train_holdout_needs_the_training_and_held_out_images_of_every_class(tmp
         TaskData(data, config(101, "test"))
     with pytest.raises(CljaxError, match="class 0 has 100 training images but 101 are needed"):
         TaskData(data, config(11))
+    gap = np.where(labels == 2, 3, labels)  # no image of class 2 ("c"): no --n-train-per-class can help
+    with pytest.raises(CljaxError, match=r"class 2 \(c\) has no training images: every class of the dataset needs"):
+        TaskData(ClassData(data.train_images, gap, data.test_images, gap, 4, tuple("abcd"), {}), config(10))
 
 
 @pytest.mark.parametrize("test_source", ["test", "train_holdout"])

@@ -61,7 +61,9 @@ def process_shard(shard: Shard, work_dir: str, size: int, resample: str, tick=No
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
             # UnidentifiedImageError's own text names a BytesIO object, which says nothing.
             why = "not a known image format" if isinstance(exc, UnidentifiedImageError) else f"{type(exc).__name__}: {exc}"
-            raise CljaxError(f"cannot decode the image at {where} ({why}); remove or replace it.") from None
+            raise CljaxError(f"cannot decode the image at {where} ({why}): replace it with a readable image and rerun the "
+                             f"same command (the shards done are kept), or remove it and rerun with --overwrite (a "
+                             f"source with fewer images is another preparation, started again).") from None
         labels.append(label)
         pending += 1
         if tick is not None and pending >= _TICK_EVERY:
@@ -274,8 +276,14 @@ def _assemble(plan: Plan, work: Path, out: Path, size: int, preprocessing: dict)
     n_classes = plan.n_classes
     all_labels = np.concatenate([arrays[s][1] for s in OUTPUT_SPLITS])
     top = int(all_labels.max()) + 1 if all_labels.size else 0
-    if n_classes is None:
+    if n_classes is None:  # no class names: the ids are the classes, and an id no image has would be an empty class
         n_classes = top
+        missing = np.setdiff1d(np.arange(top), all_labels)
+        if missing.size:
+            raise CljaxError(f"{plan.source} has labels up to {top - 1} but no image of class "
+                             f"{', '.join(map(str, missing[:5]))}{' ...' if missing.size > 5 else ''} and no class names: "
+                             f"its labels must number the classes 0 .. n - 1 without gaps (or come with a ClassLabel's "
+                             f"names); re-export it so.")
     elif top > n_classes:
         raise CljaxError(f"{plan.source} has label {top - 1} but only {n_classes} class names; the source is inconsistent.")
     if n_classes == 0:
@@ -309,6 +317,8 @@ def _parse_splits(items: Sequence[str]) -> dict[str, str]:
         dst = dst or ("train" if src == "train" else "test")
         if not src or dst not in OUTPUT_SPLITS:
             raise CljaxError(f"--splits entry {item!r} is invalid: write SOURCE_SPLIT or SOURCE_SPLIT:train|test.")
+        if src in mapping:  # the later entry would silently drop the earlier one
+            raise CljaxError(f"--splits names source split {src!r} twice: a source split goes to one output split; keep one entry.")
         mapping[src] = dst
     return mapping
 

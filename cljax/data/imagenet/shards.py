@@ -13,6 +13,8 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import numpy as np
+
 from cljax.errors import CljaxError
 
 
@@ -51,7 +53,7 @@ class ParquetShard:
                         paths = column.field("path").to_pylist()
                 else:
                     blobs = column.to_pylist()
-                labels = batch.column(self.label_column).to_numpy(zero_copy_only=False)
+                labels = batch.column(self.label_column).to_pylist()  # None stays None (no NaN)
                 for i, blob in enumerate(blobs):
                     where = f"{self.path} row {row}"
                     if blob is None:
@@ -59,10 +61,19 @@ class ParquetShard:
                         if not path or not os.path.isfile(path):
                             raise CljaxError(f"{where} has no image bytes; re-export or re-download this file.")
                         blob = path
-                    yield blob, int(labels[i]), where
+                    yield blob, class_id(labels[i], where), where
                     row += 1
         except (OSError, pa.ArrowException) as exc:
             raise CljaxError(f"cannot read {self.path} ({type(exc).__name__}: {exc}); re-download or remove this file.") from None
+
+
+def class_id(label, where: str) -> int:
+    """A source row's label as a class id: an integer (a float, a string or a missing label
+    would be truncated, fail, or merge classes), else one CljaxError line."""
+    if isinstance(label, (int, np.integer)) and not isinstance(label, (bool, np.bool_)):
+        return int(label)
+    raise CljaxError(f"{where} has label {label!r}, not an integer class id: the label column must hold the classes' "
+                     f"integer ids (a ClassLabel, as in the hub's export), one per image; re-export the source so.")
 
 
 @dataclass(frozen=True)
@@ -91,7 +102,7 @@ class DatasetsShard:
                 if not path:
                     raise CljaxError(f"{where} has no image bytes; this dataset cannot be read without its files.")
                 blob = path
-            yield blob, int(example[self.label_column]), where
+            yield blob, class_id(example[self.label_column], where), where
 
 
 @dataclass(frozen=True)

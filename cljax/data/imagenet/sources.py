@@ -167,6 +167,10 @@ def _plan_parquet(root: Path, files: dict[str, list[Path]], split_map: dict[str,
                     f"{path} has columns {schema.names}; expected an image column (struct of bytes, path) and an "
                     "integer 'label' column, as in the hub's parquet export."
                 )
+            label_type = schema.field(label_col).type
+            if not pa.types.is_integer(label_type):  # read as ints, floats would be truncated and strings fail
+                raise CljaxError(f"{path}'s label column {label_col!r} holds {label_type}, not integers: it must hold "
+                                 f"the classes' integer ids (a ClassLabel, as in the hub's parquet export); re-export it so.")
             if names is not None:
                 if class_names is not None and list(names) != class_names:
                     raise CljaxError(f"{path} lists other class names than the files before it; the export is mixed up.")
@@ -248,8 +252,9 @@ def _names(names) -> tuple[str, ...] | None:
 def _plan_datasets(source: str, split_map: dict[str, str], strict: bool, parquet_files: dict[str, list[Path]] | None = None) -> Plan:
     why = unreachable() if parquet_files is None else None  # before datasets' 25 s of retries
     if why is not None:
-        raise CljaxError(f"cannot open hub dataset {source}: the hub is unreachable ({why}); check the network "
-                         "(a proxy goes in HTTPS_PROXY), or download the parquet files and pass their folder.")
+        raise CljaxError(f"cannot open {source}: no folder of that name exists, and as a hub dataset the hub is "
+                         f"unreachable ({why}); check the folder's path, or the network (a proxy goes in HTTPS_PROXY), "
+                         f"or download the parquet files and pass their folder.")
     try:
         import datasets
     except ImportError:
