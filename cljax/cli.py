@@ -17,6 +17,8 @@ from cljax.settings import Parser as _Parser
 from cljax.settings import (add_repair_flag, add_run_flags, add_settings_flags, check_repair, config_from_args,
                             load_plugins_from_argv, warn_unused)
 
+EXIT_PIPE_CLOSED = 141  # 128 + SIGPIPE: what a shell reports for a command whose output pipe closed
+
 
 def _use_every_core(config: Config, overwrite: bool = False) -> None:
     """On a CPU host, one JAX device per core so the repeats train on all of them (see
@@ -279,15 +281,37 @@ def main(argv: list[str] | None = None) -> int:
     # First thing: a signal from here on stops the process in one line (prepare-imagenet stops
     # its worker processes itself).
     previous = _install(_stop_at_once) if argv[:1] != ["prepare-imagenet"] else {}
+    rc = None
     try:
         if from_shell:  # the command line (not a call from Python): persistent compilation cache on
             from cljax import enable_compilation_cache
 
             enable_compilation_cache()
-        return _dispatch(argv)
+        rc = _dispatch(argv)
+        if from_shell:
+            sys.stdout.flush()  # here, not at the interpreter's exit, where a closed pipe is a traceback
+        return rc
+    except BrokenPipeError:  # the reader of the output has gone (`| head`): nothing to tell it
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        rc = EXIT_PIPE_CLOSED
+        return rc
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        if from_shell and previous and rc is not None:
+            # The process ends now, and the interpreter's shutdown takes a moment: a signal in it
+            # ends the process at once with the command's own code (the default handler would
+            # kill it, 128 + the signal's number, as if the command had not finished).
+            _install(lambda signum, frame: _exit_finished(signum, rc))
+        elif not from_shell:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+def _exit_finished(signum: int, rc: int) -> None:
+    try:
+        print(f"\nstopped by {signal.Signals(signum).name} after the command had ended (exit code {rc}): its "
+              f"output is whole.", file=sys.stderr, flush=True)
+    finally:
+        os._exit(rc)
 
 
 def _dispatch(argv: list[str]) -> int:
@@ -308,6 +332,8 @@ def _dispatch(argv: list[str]) -> int:
         print(f"error: out of memory in `cljax {argv[0]}`: shrink the run (`cljax plan` shows what it takes) or use a "
               f"machine with more memory.", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        raise  # not the environment's fault: main() ends quietly
     except OSError as exc:  # the environment, not the input: a full disk, permissions, a vanished file
         where = f" ({exc.filename})" if exc.filename else ""
         fix = ("free space, then run the same command (a run resumes from its last finished task)"

@@ -307,6 +307,44 @@ def test_a_signal_right_after_start_exits_75_with_one_line(tmp_path, sig):
     assert not any((tmp_path / "r" / RUN_DIR).glob("task_*"))
 
 
+# `python -m cljax.cli` (no command: the usage, exit code 2), then, once main() has returned and
+# the interpreter is about to shut down, a signal to itself: the window a signal at a command's
+# very end falls in.
+_SIGNAL_AFTER_THE_END = """
+import os, runpy, signal, sys, time
+sig = signal.Signals[sys.argv[1]]
+sys.argv = ["cljax"]
+try:
+    runpy.run_module("cljax.cli", run_name="__main__", alter_sys=True)
+except SystemExit:
+    os.kill(os.getpid(), sig)
+    time.sleep(30)
+"""
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_a_signal_after_the_command_has_ended_keeps_its_exit_code(sig):
+    """The default handler, put back at the end, killed the process (143 for SIGTERM) as if the
+    command had not finished; now the command's own code comes back, with one line."""
+    proc = subprocess.run([sys.executable, "-c", _SIGNAL_AFTER_THE_END, sig], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == f"stopped by {sig} after the command had ended (exit code 2): " \
+                                                   f"its output is whole."
+    assert "Traceback" not in proc.stderr
+
+
+def test_a_closed_output_pipe_ends_the_command_quietly():
+    """`cljax ... | head` closes stdout before the command writes it: no error line (it said
+    "Broken pipe: check the path and its permissions") and no traceback at the interpreter's exit,
+    and the shell's status for a closed pipe, 141."""
+    proc = subprocess.Popen([sys.executable, "-m", "cljax.cli", "--help"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()  # before the child has even imported cljax
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141 and err == "", err
+
+
 def test_the_readers_raise_the_project_error_naming_the_file(tmp_path):
     task = tmp_path / "task_000"
     task.mkdir()

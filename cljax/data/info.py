@@ -123,6 +123,8 @@ def data_info_main(argv: list[str]) -> int:
     except CljaxError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        raise  # stdout's reader has gone (`| head`): the command line ends quietly
     except OSError as exc:
         print(f"error: cannot write {exc.filename or args.png} ({exc.strerror or exc}); pass --png with a writable path.", file=sys.stderr)
         return 2
