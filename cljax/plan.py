@@ -19,10 +19,11 @@ def make_plan(config: Config, device_bytes: int | None = None) -> dict:
     from cljax.data import load_dataset
     from cljax.devices.memory import host_available_bytes, rss_bytes
     from cljax.devices.mesh import check_repeats, device_count
-    from cljax.tasks import make_schedule
+    from cljax.tasks import TaskData, make_schedule
 
     config.validate()
     data = load_dataset(config)
+    TaskData(data, config)  # run's own check that every class has the images a task takes
     schedule = make_schedule(data.n_classes, config.num_tasks, config.n_repeats, config.seed, config.task_schedule)
     check_repeats(config.n_repeats)
     n_dev = device_count()

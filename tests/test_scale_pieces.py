@@ -9,7 +9,7 @@ import json
 import os
 import subprocess
 import sys
-from contextlib import redirect_stdout
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +59,14 @@ def test_plan_cli_prints_text_and_json(tmp_path):
     assert plan["device_components"]["snapshots.weights"] == 3 * 2 * plan["n_params"] * 4
     with redirect_stdout(io.StringIO()):
         assert main(["plan", *flags, "--device-memory", "1000"]) == 2  # does not fit: says so, exit 2
+    # what `run` refuses, the plan refuses in the same line (it planned such a run as fitting)
+    for more, expected in [(["--n-train-per-class", "100000"], "class 0 has 6000 training images but 100000 are"),
+                           (["--test-source", "train_holdout", "--n-train-per-class", "5000", "--n-test-per-class",
+                             "1500"], "class 0 has 6000 training images but 6500 are needed")]:
+        err = io.StringIO()
+        with redirect_stdout(io.StringIO()), redirect_stderr(err):
+            assert main(["plan", *flags, *more]) == 2
+        assert err.getvalue().startswith(f"error: {expected}"), err.getvalue()
 
 
 def test_plan_counts_a_replay_buffer_in_the_learner_state():
