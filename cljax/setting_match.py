@@ -17,6 +17,10 @@ def resume_key(config: Config, compare_data_dir: bool = True) -> dict[str, Any]:
     act under the others (``param(applies_when=...)``); ``compare_data_dir`` False leaves out
     --data-dir too (the data is then compared by its content, see data_identity)."""
     key = number_settings(config.to_dict())
+    # a layer rate given at --lr's value is an unset one (it follows --lr): the same numbers either way
+    for dest in ("lr_features", "lr_classifier"):
+        if key.get(dest) == config.lr_value:
+            key[dest] = None
     if not compare_data_dir:
         key.pop("data_dir", None)
     elif key.get("data_dir"):

@@ -233,6 +233,22 @@ def test_a_run_recorded_with_an_empty_data_dir_resumes_without_the_flag():
     assert setting_differences({**config.to_dict(), "data_dir": ""}, config) == {}
 
 
+def test_a_layer_rate_given_equal_to_the_rate_it_defaults_to_resumes():
+    """--lr-features / --lr-classifier unset take --lr (the rule's 0.05 for SL): passed at that
+    value they change no number, so a run recorded without them resumes with them, and the
+    reverse; another value is a difference, and a changed --lr is one setting, not three."""
+    from cljax.setting_match import setting_differences
+
+    unset = Config.from_flat({"dataset": "fashion_mnist"})
+    same = Config.from_flat({"dataset": "fashion_mnist", "lr_features": 0.05, "lr_classifier": 0.05})
+    assert unset.to_dict()["lr_features"] is None  # the record keeps what was given
+    assert setting_differences(unset.to_dict(), same) == {} and setting_differences(same.to_dict(), unset) == {}
+    other = Config.from_flat({"dataset": "fashion_mnist", "lr_classifier": 0.1})
+    assert setting_differences(unset.to_dict(), other) == {"lr_classifier": (None, 0.1)}
+    faster = Config.from_flat({"dataset": "fashion_mnist", "lr": 0.1})  # the layer rates follow it: only lr differs
+    assert setting_differences(unset.to_dict(), faster) == {"lr": (0.05, 0.1)}
+
+
 @pytest.mark.parametrize("meta", ["[1, 2]", '{"format_version": 1, "files": {}}'])
 def test_data_info_and_plan_of_a_damaged_prepared_folder_are_one_line(tmp_path, capsys, meta):
     from cljax.data.prepared import write_prepared
