@@ -53,13 +53,31 @@ def _cmd_run(argv: list[str]) -> int:
         print(f"this run is already finished ({config.num_tasks} tasks, every task folder verified); "
               f"--overwrite would delete it and train it again.")
     elif 0 < outcome.first_task < config.num_tasks:
-        print(f"resumed from task {outcome.first_task}.")
+        print(f"resumed from task {outcome.first_task}: the table has the tasks trained now (the same command again "
+              f"prints every task's row).")
     print(format_summary(outcome))
+    stale = _stale_analysis(outcome.algo_dir)
+    if stale:
+        print(stale)
     if not outcome.already_finished:
         print(f"compile: {outcome.compile_seconds:.1f} s, training: {outcome.steps_per_second:.1f} steps/s "
               f"({config.n_repeats} repeats x (learner + expert), batch {config.batch_size})")
     print(f"results: {outcome.algo_dir}")
     return 0
+
+
+def _stale_analysis(algo_dir: Path) -> str | None:
+    """A note when the run's own analysis/ is of fewer task folders than the run now has (an
+    analysis of a stopped run, then resumed): its figures are of those tasks only."""
+    try:
+        analysed = json.loads((Path(algo_dir) / "analysis" / "summary.json").read_text())["n_task_folders"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    now = sum(1 for _ in Path(algo_dir).glob("task_[0-9]*"))
+    if isinstance(analysed, int) and analysed < now:
+        return (f"note: {Path(algo_dir) / 'analysis'} is of the first {analysed} tasks, and the run now has {now}: run "
+                f"`cljax analyze {algo_dir}` again for them all.")
+    return None
 
 
 def _stoppable(work, stopped: str):

@@ -228,6 +228,22 @@ def test_a_task_folder_trained_again_in_place_needs_the_disk_of_both_copies(made
     assert needs["fresh"]["the first task"] == needs["redo"]["the first task"]
 
 
+def test_a_resume_says_its_table_is_of_this_call_and_that_the_analysis_is_of_fewer_tasks(made, tmp_path, capsys):
+    """A stopped run analysed, then resumed to its end: the run says its analysis/ is of the
+    first task only; analysed again, the finished run's rerun says nothing of it."""
+    run_dir = copy(made, "partial", tmp_path / "r")
+    rc, _, err = run_cli(["analyze", str(run_dir), "--no-glue", "--no-plots"], capsys)
+    assert rc == 0, err
+    rc, out, err = run_cli(["run", *FLAGS, "--results-dir", str(tmp_path / "r")], capsys)
+    assert rc == 0 and "resumed from task 1: the table has the tasks trained now" in out, err
+    assert (f"note: {run_dir / 'analysis'} is of the first 1 tasks, and the run now has 2: run `cljax analyze "
+            f"{run_dir}` again for them all.") in out
+    rc, _, err = run_cli(["analyze", str(run_dir), "--no-glue", "--no-plots"], capsys)
+    assert rc == 0, err
+    rc, out, err = run_cli(["run", *FLAGS, "--results-dir", str(tmp_path / "r")], capsys)
+    assert rc == 0 and "already finished" in out and "note:" not in out, err
+
+
 def test_a_resumed_runs_speed_counts_the_tasks_it_trained_not_the_run(made, tmp_path, monkeypatch):
     """One clock tick per reading: the compile and each task take 1 s, so a run resumed at
     task 1 of 2 trained one task's steps in 1 s (it reported the whole run's steps)."""
