@@ -19,6 +19,7 @@ def write_run(algo_dir, learner_TR, expert_TR, window: bool, expert_first: float
     (as --eval-tasks window:2 saves them); else one slot per task (all). The expert's first
     snapshot is ``expert_first``, its last ``expert_TR``; ``seed`` and ``pairs_TR2`` (each task's
     class pairs per repeat), when given, are recorded as a run records them."""
+    R = learner_TR.shape[1]
     for t in range(T):
         d = algo_dir / f"task_{t:03d}"
         d.mkdir(parents=True)
@@ -165,6 +166,11 @@ def test_runs_on_different_protocols_are_compared_with_a_warning(tmp_path, capsy
     assert cli_main(["compare", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "differ in dataset (dataset: fashion_mnist, synthetic)" in err, err
+    write_run(tmp_path / "d", learner, expert, window=False)  # a task-incremental head: another protocol too
+    (tmp_path / "d" / "run.json").write_text(json.dumps({"config": {"dataset": "fashion_mnist", "head": "multi"}}))
+    (tmp_path / "a" / "run.json").write_text(json.dumps({"config": {"dataset": "fashion_mnist", "head": "shared"}}))
+    assert cli_main(["compare", str(tmp_path / "a"), str(tmp_path / "d")]) == 0
+    assert "differ in head (head: multi, shared)" in capsys.readouterr().err
 
 
 def test_late_tasks_are_the_later_half_and_every_figure_reads_the_experts_last_snapshot(tmp_path):
@@ -376,3 +382,13 @@ def test_a_run_not_finished_is_paired_with_its_draws_baseline_on_the_late_tasks_
     shutil.copytree(tmp_path / "redo1", tmp_path / "copy" / "redo1")
     again = compare_runs([tmp_path / n for n in names] + [tmp_path / "copy" / "redo1"], labels=names + ["copy"])
     assert again["copy"]["paired"]["tasks"] == [1, 2] and not any("pooled_over_draws" in v for v in again.values())
+
+
+def test_one_repeat_has_no_std_and_the_table_says_so_as_analyze_does(tmp_path, capsys):
+    """R = 1: the sample std is not defined; the table printed '+- nan' where `cljax analyze`
+    prints '+- n/a'."""
+    rng = np.random.default_rng(5)
+    write_run(tmp_path / "one", rng.uniform(0.5, 1, (T, 1)), rng.uniform(0.5, 1, (T, 1)), window=False)
+    assert cli_main(["compare", str(tmp_path / "one")]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("one"))
+    assert row.count("+- n/a") == 3 and "nan" not in row, row

@@ -29,7 +29,9 @@ from cljax.run_lock import live_writer
 from cljax.setting_match import number_settings, recorded_config
 
 # What must match for two runs' gaps to be measured on one protocol (methods differ by design).
-PROTOCOL = ("dataset", "task_schedule", "n_train_per_class", "epochs", "batch_size")
+# What a gap is measured on: the data and the training a task gets, and what the learner's
+# accuracy reads (--head multi: each task's own block, a task-incremental protocol).
+PROTOCOL = ("dataset", "task_schedule", "n_train_per_class", "epochs", "batch_size", "head")
 # What makes another draw (seed), or another place, of one method: the settings pooling ignores.
 NOT_IN_METHOD = ("seed", "results_dir", "data_dir")
 
@@ -263,8 +265,20 @@ def distinct_labels(run_dirs) -> list[str]:
     raise CljaxError(f"the same run is given twice ({', '.join(map(str, run_dirs))}): give each run once.")
 
 
+def _num(x, fmt: str = ".3f", none: str = "n/a") -> str:
+    """A figure of the table; ``none`` where it is not defined (a std of one repeat, no finite repeat)."""
+    return format(x, fmt) if x is not None and np.isfinite(x) else none
+
+
+def _pm(v: dict) -> str:
+    """'mean +- std' as `cljax analyze` prints it: 'undefined' without a finite repeat, 'n/a' for
+    the std of one."""
+    return "undefined" if not _num(v["mean"], none="") else f"{_num(v['mean'])} +- {_num(v['std'])}"
+
+
 def _difference(p: dict) -> str:
-    return (f"{p['mean']:+.3f} +- {p['std']:.3f} (SE {p['se']:.3f}), higher in {p['higher']}, lower in {p['lower']}, "
+    return (f"{_num(p['mean'], '+.3f', 'undefined')} +- {_num(p['std'])} (SE {_num(p['se'])}), higher in "
+            f"{p['higher']}, lower in {p['lower']}, "
             f"equal in {p['equal']}" + (f", not finite in {p['n_nonfinite']}" if p["n_nonfinite"] else "")
             + f" of {p['n'] + p['n_nonfinite']} repeats")
 
@@ -279,8 +293,7 @@ def format_comparison(summary: dict) -> str:
     for label, s in summary.items():
         g, lr, ex = s["gap_late"], s["learner_late"], s["expert_late"]
         lines.append(f"{label:<{width}} {s['late_tasks'][0]:>4}-{s['late_tasks'][1]:<4} "
-                     f"{g['mean']:.3f} +- {g['std']:.3f}   {lr['mean']:.3f} +- {lr['std']:.3f}   "
-                     f"{ex['mean']:.3f} +- {ex['std']:.3f}")
+                     f"{_pm(g):<15}  {_pm(lr):<15}  {_pm(ex)}")
         left_out = [f"the {who}'s in repeat{'s' * (len(rs) > 1)} {', '.join(map(str, rs))}"
                     for who, rs in (("learner", _not_finite(lr)), ("expert", _not_finite(ex))) if rs]
         if left_out:
