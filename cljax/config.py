@@ -274,8 +274,9 @@ class Config:
             raise CljaxError("--data-dir is empty: give the dataset's folder (or leave the flag out, for a dataset "
                              "with a standard place: fashion_mnist).")
         if self.n_subsamples % 2:
+            near = [n for n in (self.n_subsamples - 1, self.n_subsamples + 1) if 2 <= n <= max(self.n_test, 2)]
             raise CljaxError(f"--n-subsamples {self.n_subsamples} must be even (half of each class): use "
-                             f"{self.n_subsamples - 1 or 2} or {self.n_subsamples + 1}.")
+                             f"{' or '.join(map(str, near))}.")
         if self.n_subsamples > self.n_test:
             raise CljaxError(
                 f"--n-subsamples {self.n_subsamples} must be at most 2 * --n-test-per-class = {self.n_test}: lower it "

@@ -132,6 +132,19 @@ def test_the_sample_grid_draws_a_class_without_train_images_from_the_test_split(
     assert (lower < 30).sum() > 1000  # a drawn image, not a few pixels of its label
 
 
+@pytest.mark.parametrize("per_class, title", [(2, "4 classes, 2 images each"),
+                                              (3, "4 classes, up to 3 images each (fewer: all a class has)")])
+def test_the_sample_grids_title_says_how_many_images_a_class_shows(tmp_path, monkeypatch, per_class, title):
+    """Each class has 2 train images: a grid of 3 per class said '3 images each'."""
+    from matplotlib.figure import Figure
+
+    titles = []
+    suptitle = Figure.suptitle
+    monkeypatch.setattr(Figure, "suptitle", lambda fig, text, **kw: titles.append(text) or suptitle(fig, text, **kw))
+    write_sample_grid(load_prepared(_prepared(tmp_path)), tmp_path / "grid.png", per_class=per_class)
+    assert titles == [f"test: {title}"]
+
+
 # ---- Fashion-MNIST IDX files ------------------------------------------------------------------------------
 def _idx(array: np.ndarray, type_code: int = 0x08) -> bytes:
     header = bytes([0, 0, type_code, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)

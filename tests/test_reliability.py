@@ -249,6 +249,8 @@ BAD_INPUTS = {
     "missing_data_dir": (["--data-dir", "/nonexistent/fmnist"], "does not exist"),
     "log_frequency_too_large": (["--log-frequency", "1000"], "--log-frequency 1000 is larger"),
     "odd_subsamples": (["--n-subsamples", "15"], "--n-subsamples 15 must be even (half of each class): use 14 or 16"),
+    "odd_subsamples_at_the_limit": (["--n-subsamples", "101"], "--n-subsamples 101 must be even (half of each class): "
+                                    "use 100."),  # 102 is over 2 * --n-test-per-class
     "too_many_subsamples": (["--n-subsamples", "102"], "--n-subsamples 102 must be at most 2 * --n-test-per-class = 100"),
     "synthetic_size": (["--dataset", "synthetic", "--synthetic-size", "10"], "use 8 or 12 (the cnn model needs at least 28)"),
     "too_many_train_images": (["--n-train-per-class", "7000", "--log-frequency", "1"], "training images but 7000"),

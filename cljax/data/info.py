@@ -67,10 +67,12 @@ def write_sample_grid(
     fig = Figure(figsize=(1.0 + 0.9 * per_class, 0.9 * n_rows + 0.4), dpi=100)
     FigureCanvasAgg(fig)
     axes = fig.subplots(n_rows, per_class, squeeze=False)
+    drawn = []
     for c in range(n_rows):
         images, picks = data.train_images, np.flatnonzero(labels_train == c)[:per_class]
         if picks.size == 0:
             images, picks = data.test_images, np.flatnonzero(labels_test == c)[:per_class]
+        drawn.append(picks.size)
         for j in range(per_class):
             ax = axes[c, j]
             ax.set_xticks([])
@@ -82,7 +84,8 @@ def write_sample_grid(
         name = data.class_names[c] if c < len(data.class_names) else str(c)
         axes[c, 0].set_ylabel(f"{c}: {name[:18]}", rotation=0, ha="right", va="center", fontsize=7)
     shown = f"first {n_rows} of {data.n_classes} classes" if data.n_classes > n_rows else f"{data.n_classes} classes"
-    fig.suptitle(f"{data.meta.get('name', 'dataset')}: {shown}, {per_class} images each", fontsize=9)
+    each = f"{per_class} images each" if min(drawn) == per_class else f"up to {per_class} images each (fewer: all a class has)"
+    fig.suptitle(f"{data.meta.get('name', 'dataset')}: {shown}, {each}", fontsize=9)
     fig.subplots_adjust(left=0.2, right=0.98, top=1 - 0.35 / fig.get_figheight(), bottom=0.02, wspace=0.05, hspace=0.05)
     png.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(png, lambda f: fig.savefig(f, format="png"))  # this very path; a full disk keeps the old file
