@@ -126,8 +126,11 @@ def disk_run_files(b: Budget) -> dict:
     from cljax.kept_checkpoints import KEPT
     from cljax.results import TASK_FILES
 
-    record = len(json.dumps({"schema": SCHEMA_VERSION, "config": b.config.to_dict(),
-                             "sources": plugin_sources(b.config)}, indent=1, sort_keys=True))
+    split = {"backend": jax.default_backend(), "devices": jax.device_count(), "processes": jax.process_count(),
+             "lowering": b.program.lowering.record()}  # as the run records its split (experiment._split)
+    record = len(json.dumps({"schema": SCHEMA_VERSION, "config": b.config.to_dict(), "run_id": "0" * 32,
+                             "data": "0" * 64, "split": split, "sources": plugin_sources(b.config)},
+                            indent=1, sort_keys=True))
     learner = jax.eval_shape(b.program.init_learner, jax.eval_shape(lambda: jax.random.key(0)))
     # npz = a zip of .npy members (stored, zip64): about 200 bytes of zip headers per member.
     members = [npy_bytes(*_host_shape_dtype(leaf)) + 200 for leaf in jax.tree.leaves(learner)]

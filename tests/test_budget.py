@@ -181,6 +181,24 @@ def test_the_checkpoint_estimate_covers_the_real_file(small, tmp_path):
     assert "checkpoints/" not in disk_run_files(small)
 
 
+def test_the_run_record_estimate_is_the_records_size(small, tmp_path):
+    """run.json as a run writes it (run id, data hash, split, plugin sources): the plan left out
+    the id, the hash and the split, about 400 bytes of a 1.4 KB file."""
+    import uuid
+
+    import jax
+
+    from cljax.checkpoint import RUN_RECORD, write_run_record
+    from cljax.config import SCHEMA_VERSION
+    from cljax.sources import plugin_sources
+
+    split = {"backend": jax.default_backend(), "devices": jax.device_count(), "processes": jax.process_count(),
+             "lowering": small.program.lowering.record()}
+    write_run_record(tmp_path, small.config.to_dict(), SCHEMA_VERSION, run_id=uuid.uuid4().hex, data="f" * 64,
+                     split=split, sources=plugin_sources(small.config))
+    assert disk_run_files(small)[RUN_RECORD] == (tmp_path / RUN_RECORD).stat().st_size
+
+
 @pytest.mark.parametrize("every, n_kept", [(1, 4), (2, 2), (4, 1), (5, 0)])
 def test_kept_checkpoints_take_one_checkpoint_each_as_every_nth_of_the_5_tasks_begins(small, every, n_kept):
     kept = disk_run_files(small._replace(config=config_of(keep_checkpoints=every))).get("checkpoints/", 0)
