@@ -165,7 +165,11 @@ def on_disk(sizes, block: int) -> int:
 
 
 def check_disk(algo_dir: Path, need: int, what: str) -> None:
-    free = shutil.disk_usage(_existing(algo_dir)).free
+    usage = shutil.disk_usage(_existing(algo_dir))
+    if usage.total == 0:  # no storage at all: a kernel's pseudo filesystem (/proc, /sys), not a full disk
+        raise CljaxError(f"{algo_dir} is on a filesystem that stores no files ({_existing(algo_dir)} reports a size of "
+                         f"0 bytes, as /proc and /sys do): choose another --results-dir.")
+    free = usage.free
     if free < need:
         raise CljaxError(
             f"not enough disk at {algo_dir}: {what} needs {fmt_bytes(need)} ({need:,} bytes), {fmt_bytes(free)} "

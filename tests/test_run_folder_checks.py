@@ -132,3 +132,8 @@ def test_disk_need_is_whole_blocks_and_exactly_enough_free_space_passes(tmp_path
     with pytest.raises(CljaxError, match=r"not enough disk at .*: the first task needs .* \(8,193 bytes\), .* "
                                          r"\(8,192 bytes\) are free"):
         budget_disk.check_disk(tmp_path, 8193, "the first task")
+    if Path("/proc/self").exists():  # a pseudo filesystem: no storage, not a full disk (it said "0 B are free")
+        monkeypatch.undo()
+        with pytest.raises(CljaxError, match=r"/proc/x/r is on a filesystem that stores no files \(/proc reports a "
+                                             r"size of 0 bytes, as /proc and /sys do\): choose another --results-dir"):
+            budget_disk.check_disk(Path("/proc/x/r"), 8192, "the first task")
