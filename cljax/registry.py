@@ -28,6 +28,7 @@ import importlib.util
 import os
 import pkgutil
 import sys
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -205,7 +206,7 @@ def load_plugins(paths: list[str] | None = None) -> None:
         sys.modules[name] = module
         try:
             spec.loader.exec_module(module)
-        except SyntaxError as exc:  # the plugin's own errors at import are its author's traceback to read
+        except SyntaxError as exc:  # the plugin's own errors at import: where and what, in one line
             where = f"line {exc.lineno}: " if exc.lineno else ""
             raise CljaxError(f"plugin file {p} is not valid Python ({where}{exc.msg}): fix it, or leave it out of "
                              f"--plugin / ${PLUGINS_ENV}.") from None
@@ -214,6 +215,13 @@ def load_plugins(paths: list[str] | None = None) -> None:
                 raise
             raise CljaxError(f"plugin file {p} imports {exc.name!r}, which is not installed here: install it (pip "
                              f"install) in this Python, or leave the file out of --plugin / ${PLUGINS_ENV}.") from None
+        except CljaxError:  # cljax's own refusal (a name taken twice, a bad param): already one line
+            raise
+        except Exception as exc:  # a bug in the plugin: where in its file, and what
+            lines = [f.lineno for f in traceback.extract_tb(exc.__traceback__) if Path(f.filename) == path]
+            where = f"line {lines[-1]}: " if lines else ""
+            raise CljaxError(f"plugin file {p} raised {type(exc).__name__} when imported ({where}{exc}): fix it, or "
+                             f"leave it out of --plugin / ${PLUGINS_ENV}.") from None
 
 
 # The CNN's convolution lowerings (cljax.models.cnn has a code path for each): a closed list, kept

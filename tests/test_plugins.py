@@ -356,3 +356,18 @@ def test_a_model_whose_unit_declaration_is_wrong_is_refused_by_cbp_in_one_line(d
         return
     with pytest.raises(CljaxError, match=rf"^--use-cbp{message}"):
         unit_layers(make_net(Units(), (8, 8)), "--use-cbp")
+
+
+def test_a_plugin_that_raises_when_imported_is_one_line_with_its_line(tmp_path):
+    """A bug in the plugin (it printed cljax's whole traceback): the exception and the plugin's
+    own line that raised it. cljax's own refusals stay as they are."""
+    plugin = tmp_path / "buggy.py"
+    plugin.write_text("x = 1\n\ndef f():\n    return {}['missing']\n\nf()\n")
+    with pytest.raises(CljaxError, match=r"plugin file .*buggy.py raised KeyError when imported \(line 4: 'missing'\): "
+                                         r"fix it, or leave it out of --plugin"):
+        load_plugins([str(plugin)])
+    own = tmp_path / "own.py"
+    own.write_text("from cljax.errors import CljaxError\n\nraise CljaxError('the refusal, as it was worded')\n")
+    with pytest.raises(CljaxError) as refused:
+        load_plugins([str(own)])
+    assert str(refused.value) == "the refusal, as it was worded"
