@@ -218,3 +218,25 @@ def test_task_write_writes_a_task_folder_again_as_the_run_wrote_it(tmp_path, cap
     with pytest.raises(SystemExit):  # not a task folder: one line from argparse
         bench.main([str(tmp_path / "r"), "--scratch", str(scratch)])
     assert "is not a task folder" in capsys.readouterr().err
+
+
+def test_best_torch_is_the_fastest_one_process_loop_not_the_process_peer(tmp_path, monkeypatch):
+    """"cljax / best torch" is documented as the fastest of the three one-process loops; it divided
+    by the K-process peer whenever that was faster (here, by construction: 1000x the samples)."""
+    import sys
+    import time
+
+    bench, calls = load_benchmark(), []
+    fake_torch_modules(monkeypatch, calls)
+
+    def torch_units(repeats, steps, batch_size, processes, vmap, tf32):
+        unit = lambda n: (lambda: time.sleep(0.001), n, {"device": "fake"})  # noqa: E731
+        return {"torch": unit(64), "torch_lean": unit(64), "torch_1thread": unit(64), "torch_processes_2": unit(64000)}
+
+    monkeypatch.setattr(sys.modules["torch_peers"], "torch_units", torch_units)
+    out = tmp_path / "bench.json"
+    bench.main(["--quick", "--repeats", "2", "--rounds", "1", "--no-experiment", "--json", str(out)])
+    row = next(r for r in json.loads(out.read_text())["rows"] if r["impl"] == "cljax")
+    loops = [row["ratio_vs_peer"][k] for k in ("torch", "torch_lean", "torch_1thread")]
+    assert math.isclose(row["ratio_vs_best_torch"], min(loops))
+    assert row["ratio_vs_peer"]["torch_processes_2"] < row["ratio_vs_best_torch"]
