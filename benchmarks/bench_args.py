@@ -18,6 +18,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def positive_seconds(text: str) -> float:
+    """A time budget: a finite number of seconds above 0 (0 or less left every stage unrun)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} must be a finite number of seconds above 0")
+    return value
+
+
 def output_file(text: str) -> str:
     """A file to write at the end: its folder exists and it is not a folder itself."""
     path = Path(text).expanduser()

@@ -91,7 +91,8 @@ def summary_markdown(report: dict, out: Path) -> str:
                 if report.get("program_flags") else ""), "",
              "| stage | status | seconds | limit |", "|---|---|---|---|"]
     for name, s in report["stages"].items():
-        lines.append(f"| {name} | {s['status']} | {s.get('seconds', '')} | {s.get('limit_seconds', '')} |")
+        status = s["status"] + (f" ({s['why']})" if s.get("why") and s["status"] != "skipped" else "")
+        lines.append(f"| {name} | {status} | {s.get('seconds', '')} | {s.get('limit_seconds', '')} |")
     lines += ["", "## Goals and the next call", ""]
     try:
         from gpu_check_goals import goals_markdown

@@ -131,6 +131,24 @@ def test_without_the_fashion_data_its_stages_fail_at_once_and_the_others_run(tmp
     assert report["stages"]["env"]["status"] == "ok" and report["stages"]["tests"]["status"] == "skipped"
 
 
+def test_a_stage_asked_for_and_left_without_time_is_not_ok(tmp_path):
+    """A budget with no room for the stages asked for: each is 'not run', the check is not ok and
+    exits 1 (it said 'all stages ok: True', exit 0, having run nothing); a budget of 0 or less is
+    one argparse line."""
+    out = tmp_path / "check"
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--out", str(out), "--fashion-dir", str(FASHION_DIR),
+                           "--budget", "4", "--stages", "env", "lop"], capture_output=True, text=True, timeout=120)
+    report = json.loads((out / "check.json").read_text())
+    assert proc.returncode == 1 and report["all_ok"] is False
+    for name in ("env", "lop"):
+        assert report["stages"][name] == {"status": "not run", "why": "no time left in the budget"}
+    assert "| env | not run (no time left in the budget) |" in (out / "summary.md").read_text()
+    for budget in ("0", "-5", "nan"):
+        proc = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--out", str(out), "--budget", budget],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and "must be a finite number of seconds above 0" in proc.stderr, proc.stderr
+
+
 def test_a_stage_past_its_limit_is_killed_with_its_children(tmp_path):
     gpu_check = load_gpu_check()
     marker = tmp_path / "child_still_running"
