@@ -5,6 +5,7 @@ after the run), and an output file's folder must exist before any time is spent.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 
@@ -44,3 +45,16 @@ def output_folder(text: str) -> str:
     if Path(text).expanduser().exists() and not Path(text).expanduser().is_dir():
         raise argparse.ArgumentTypeError(f"{text} is a file: give a folder")
     return str(Path(text).expanduser().resolve())
+
+
+def one_line_errors(main):
+    """Run ``main()`` as a script's entry point: cljax's refusals (bad input, a missing dataset, a
+    damaged or foreign folder) end it with one ``error:`` line and exit 2, as cljax's commands do,
+    not a traceback."""
+    from cljax.errors import CljaxError
+
+    try:
+        return main()
+    except CljaxError as exc:
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -19,15 +19,21 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's cljax
 
+from bench_args import one_line_errors, positive_int  # noqa: E402
+
 PAIRS = ((0, 3), (5, 7))  # T-shirt/top vs Dress, Sandal vs Sneaker
+MAX_STEPS = 2 * 6000 // 32  # Fashion-MNIST's 6000 training images a class
 
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(prog="bn_eval_lag.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("--steps", type=int, nargs="+", default=[12, 31, 150])
-    p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--steps", type=positive_int, nargs="+", default=[12, 31, 150],
+                   help=f"training steps, each on its own batch of 32 (at most {MAX_STEPS}: one pass over a pair)")
+    p.add_argument("--seeds", type=positive_int, default=5)
     p.add_argument("--fashion-dir", default="/usr/share/datasets/fashion-mnist")
     args = p.parse_args(argv)
+    if max(args.steps) > MAX_STEPS:  # a step past the pair's images would train on its last batch again
+        p.error(f"--steps {max(args.steps)} is more than the {MAX_STEPS} batches of 32 a pair's 12,000 images make")
 
     import jax
     import jax.numpy as jnp
@@ -81,4 +87,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    one_line_errors(main)

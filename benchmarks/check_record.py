@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling modules
-from bench_args import output_file, positive_int  # noqa: E402
+from bench_args import one_line_errors, output_file, positive_int  # noqa: E402
 from flat_per_task import folder_bytes  # noqa: E402
 
 
@@ -104,4 +104,4 @@ def measure(args, root: Path) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    one_line_errors(main)

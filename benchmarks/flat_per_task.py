@@ -19,7 +19,7 @@ from pathlib import Path
 import jax
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling modules
-from bench_args import output_file, positive_int  # noqa: E402
+from bench_args import one_line_errors, output_file, positive_int  # noqa: E402
 
 
 def folder_bytes(path: Path) -> int:
@@ -46,7 +46,8 @@ def main(argv=None) -> None:
 
 
 def measure(args, root: Path) -> None:
-    from cljax.config import Config
+    from cljax.config import Config, algo_dir_of
+    from cljax.errors import CljaxError
     from cljax.experiment import run_experiment
     from cljax.results import task_dir_name
 
@@ -63,7 +64,10 @@ def measure(args, root: Path) -> None:
     infos = {}
     jax.monitoring.register_event_duration_secs_listener(on_event)
     t0 = time.perf_counter()
-    run = run_experiment(config, progress=False, overwrite=True,
+    if algo_dir_of(config).exists():  # it trains from the first task, and a run there is not its to delete
+        raise CljaxError(f"{algo_dir_of(config)} already holds a run: pass an empty or new --results-dir (this "
+                         f"benchmark trains its run from the first task).")
+    run = run_experiment(config, progress=False,
                          on_task_end=lambda t, info: infos.__setitem__(t, {**info, "compiles": compiles[0]}))
     wall = time.perf_counter() - t0
     report = {"machine": f"{platform.machine()} CPU, {os.cpu_count()} cores (shared)", "backend": jax.default_backend(),
@@ -89,4 +93,4 @@ def measure(args, root: Path) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    one_line_errors(main)

@@ -59,7 +59,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path[:0] = [str(HERE), str(ROOT)]  # its sibling modules, and this checkout's cljax
 
-from bench_args import positive_seconds  # noqa: E402
+from bench_args import positive_int, positive_seconds  # noqa: E402
 from cljax.config import config_choices  # noqa: E402  (jax-free: jax is imported in the stages' processes)
 from gpu_check_env import stage_env  # noqa: E402
 from gpu_check_export import export  # noqa: E402
@@ -310,8 +310,8 @@ def parse_args(argv):
                    help="--conv-impl of the profile, throughput, fashion and lop stages (default auto)")
     p.add_argument("--matmul-precision", choices=config_choices("matmul_precision"), default=None,
                    help="--matmul-precision of those stages (default: the config's default)")
-    p.add_argument("--lop-tasks", type=int, default=2, help="tasks of the loss-of-plasticity-shaped run (default 2)")
-    p.add_argument("--lop-epochs", type=int, default=250, help="epochs per task of that run (default 250, as the protocol)")
+    p.add_argument("--lop-tasks", type=positive_int, default=2, help="tasks of the loss-of-plasticity-shaped run (default 2)")
+    p.add_argument("--lop-epochs", type=positive_int, default=250, help="epochs per task of that run (default 250, as the protocol)")
     p.add_argument("--follow-up", type=float, default=0.0, metavar="SECONDS",
                    help="then make the second call the summary proposes, at once, within SECONDS more, into "
                         "OUT/follow_up (default 0: none; a GPU machine idle between two calls may be handed back)")

@@ -57,7 +57,11 @@ def settings_of(run) -> dict:
     record, dirs = read_run_record(Path(run)), results.task_dirs(run)
     if not dirs:
         raise CljaxError(f"{run} holds no task folders: pass a run folder, results/{{dataset}}/{{algorithm}}.")
-    return record["config"] if record else results.load_metadata(dirs[0]).get("config", {})
+    settings = record["config"] if record else results.load_metadata(dirs[0]).get("config", {})
+    if isinstance(settings.get("num_tasks"), int) and len(dirs) < settings["num_tasks"]:  # the matrix needs them all
+        raise CljaxError(f"{run} holds {len(dirs)} of its {settings['num_tasks']} tasks: finish it with the same "
+                         f"`cljax run` command first.")
+    return settings
 
 
 def protocol_differences(run_a, run_b) -> tuple[list[str], list[str]]:

@@ -22,6 +22,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's cljax
 
+from bench_args import one_line_errors, output_folder  # noqa: E402
+
 PROTOCOL = dict(dataset="fashion_mnist", num_tasks=5, n_repeats=6, n_train_per_class=300, n_test_per_class=100,
                 n_subsamples=2, epochs=2, log_frequency=36)
 
@@ -47,8 +49,11 @@ def main(argv=None) -> dict:
     p.add_argument("--model", default="mlp")
     p.add_argument("--seeds", type=int, nargs=2, default=[1, 16], metavar=("FIRST", "LAST"))
     p.add_argument("--fashion-dir", default="/usr/share/datasets/fashion-mnist")
-    p.add_argument("--out", help="where the runs go (default: a temporary folder, deleted at the end)")
+    p.add_argument("--out", type=output_folder, help="where the runs go (default: a temporary folder, deleted at "
+                   "the end)")
     args = p.parse_args(argv)
+    if not 0 <= args.seeds[0] <= args.seeds[1]:
+        p.error(f"--seeds {args.seeds[0]} {args.seeds[1]}: give FIRST <= LAST, both at least 0")
 
     common = dict(PROTOCOL, data_dir=args.fashion_dir, model=args.model)
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="replay_effect_"))
@@ -75,4 +80,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    one_line_errors(main)

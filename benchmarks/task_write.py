@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling modules
-from bench_args import output_file, positive_int  # noqa: E402
+from bench_args import one_line_errors, output_file, positive_int  # noqa: E402
 
 
 def task_arrays_of(task_dir: Path) -> tuple[dict, dict]:
@@ -83,4 +83,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    one_line_errors(main)

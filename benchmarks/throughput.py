@@ -47,7 +47,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling modules, when run as a file
 
-from bench_args import output_file, positive_int  # noqa: E402
+from bench_args import output_file, output_folder, positive_int  # noqa: E402
 from cljax.config import config_choices  # noqa: E402
 from throughput_experiment import experiment_figures  # noqa: E402  (found through the entry above)
 from throughput_report import markdown, measured_rows, partial_writer  # noqa: E402
@@ -223,7 +223,7 @@ def parse_args(argv):
     p.add_argument("--no-alternatives", action="store_true",
                    help="skip the alternatives (the other repeat-axis lowering, the other learner/expert pairing, one CPU device)")
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run of a few seconds")
-    p.add_argument("--cache-dir", default=None,
+    p.add_argument("--cache-dir", type=output_folder, default=None,
                    help="persistent compilation cache for the 10-task part (default: a fresh temporary folder, so 'cold' is cold)")
     p.add_argument("--json", dest="json_path", type=output_file, default=None, help="write every figure to this file")
     args = p.parse_args(argv)

@@ -29,6 +29,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's cljax
 
+from bench_args import output_file, positive_int  # noqa: E402
+
 
 def _config(flags: list[str]):
     from cljax.cli import _Parser
@@ -80,7 +82,14 @@ def trace(run_flags: list[str], first: int, last: int, repeat: int, every: int =
         if not path.exists():
             raise CljaxError(f"{path} does not exist: trace from a task whose checkpoint was kept (`--keep-checkpoints "
                              f"N` keeps one every N tasks), or from 0.")
-        learner = shard_repeats(load_learner(algo_dir, learner, path)[0])
+        try:
+            learner = shard_repeats(load_learner(algo_dir, learner, path)[0])
+        except CljaxError as exc:  # its advice is a resume's (--overwrite): here the traced settings are at fault
+            if "does not match this config's learner state" not in str(exc):
+                raise
+            raise CljaxError(f"{path} does not match the learner of the settings traced: a --with that changes the "
+                             f"network or its state (the model, an option's state) cannot start from the run's "
+                             f"checkpoint; trace with other --with flags.") from None
     tests = WindowTestSets(task_data, schedule, 1)  # the expert's test set, task by task: any --eval-tasks
     out = {"steps": [], "task": [], "train_loss": [], "max_abs": {}, "last_weights": {}}
     for t in range(first, last + 1):
@@ -101,17 +110,20 @@ def trace(run_flags: list[str], first: int, last: int, repeat: int, every: int =
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if "--" not in argv:
-        print("error: pass the run's `cljax run` flags after `--`.", file=sys.stderr)
-        return 2
-    cut = argv.index("--")
-    p = argparse.ArgumentParser(prog="trace_steps.py", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="trace_steps.py", description=__doc__.split("\n\n")[0],
+                                usage="%(prog)s --from-task T --to-task T [options] -- RUN FLAGS")
     p.add_argument("--from-task", type=int, required=True)
     p.add_argument("--to-task", type=int, required=True)
     p.add_argument("--repeat", type=int, default=0)
-    p.add_argument("--every", type=int, default=1, help="steps between snapshots (the program's --log-frequency)")
+    p.add_argument("--every", type=positive_int, default=1, help="steps between snapshots (the program's --log-frequency)")
     p.add_argument("--with", dest="other", default="", help="flags added to the run's for the trace, in one string")
-    p.add_argument("--json", help="write the trace (without weights) here")
+    p.add_argument("--json", type=output_file, help="write the trace (without weights) here")
+    if "--" not in argv:
+        if "-h" in argv or "--help" in argv:
+            p.parse_args(["--help"])  # prints the usage, exits 0
+        print("error: pass the run's `cljax run` flags after `--`.", file=sys.stderr)
+        return 2
+    cut = argv.index("--")
     args = p.parse_args(argv[:cut])
     from cljax.errors import CljaxError
 

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling modules
-from bench_args import output_file, positive_int  # noqa: E402
+from bench_args import one_line_errors, output_file, positive_int  # noqa: E402
 
 
 def setting(text: str) -> tuple[str, object]:
@@ -136,4 +136,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    one_line_errors(main)

@@ -148,6 +148,11 @@ def test_paired_runs_compares_two_runs_repeat_by_repeat(tmp_path):
         paired.main([str(a), str(b)])
     with pytest.raises(SystemExit, match=f"error: {tmp_path} holds no task folders: pass a run folder"):
         paired.main([str(a), str(tmp_path)])
+    import shutil
+
+    shutil.rmtree(b / "task_002")  # an unfinished run: its accuracy matrix is not square (a ValueError traceback)
+    with pytest.raises(SystemExit, match=f"error: {b} holds 2 of its 3 tasks: finish it with the same `cljax run`"):
+        paired.main([str(a), str(b)])
 
 
 def test_versus_reads_each_setting_as_json_or_text():
@@ -180,6 +185,33 @@ def test_flat_per_task_reports_each_task_asked_for_and_no_compilation_after_the_
     assert 0 < first["seconds"] and 0 < last["median_seconds_last_50"] <= report["wall_seconds"]
     with pytest.raises(SystemExit):  # a task past the run
         flat.main(["--num-tasks", "3", "--at", "4"])
+    before = sorted(p.name for p in (tmp_path / "run" / "synthetic").rglob("*"))
+    from cljax.errors import CljaxError
+
+    with pytest.raises(CljaxError, match="already holds a run: pass an empty or new --results-dir"):  # it was deleted
+        flat.main(["--num-tasks", "3", "--at", "3", "--results-dir", str(tmp_path / "run")])
+    assert sorted(p.name for p in (tmp_path / "run" / "synthetic").rglob("*")) == before
+
+
+def test_the_benchmark_scripts_refuse_bad_input_in_one_line(tmp_path):
+    """cljax's refusals inside a script (a missing dataset, an unknown model) end it with one
+    `error:` line and exit 2, as cljax's commands do (they ended in a traceback)."""
+    import subprocess
+    import sys
+
+    (tmp_path / "a_file").write_text("x")
+    for script, args, expected in [
+            ("replay_effect.py", ["--seeds", "1", "1", "--fashion-dir", str(tmp_path / "none")], str(tmp_path / "none")),
+            ("replay_effect.py", ["--seeds", "1", "1", "--model", "nosuch"], "unknown model 'nosuch'"),
+            ("replay_effect.py", ["--seeds", "5", "1"], "--seeds 5 1: give FIRST <= LAST"),
+            ("replay_effect.py", ["--out", str(tmp_path / "a_file")], "is a file: give a folder"),
+            ("bn_eval_lag.py", ["--steps", "400"], "--steps 400 is more than the 375 batches"),
+            ("bn_eval_lag.py", ["--seeds", "0"], "0 must be at least 1"),
+            ("flat_per_task.py", ["--num-tasks", "2", "--at", "2", "--eval-tasks", "bogus"], "--eval-tasks 'bogus'")]:
+        proc = subprocess.run([sys.executable, str(BENCH.parent / script), *args], capture_output=True, text=True,
+                              timeout=120)
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr and expected in lines[-1], (script, proc.stderr)
 
 
 def test_check_record_times_the_finished_runs_check_with_and_without_its_record(tmp_path):

@@ -83,3 +83,21 @@ def test_the_command_prints_a_row_per_step_and_refuses_a_task_without_a_checkpoi
         (tmp_path / "moved.npz").rename(algo_dir / "checkpoints" / "start_task_002.npz")
     assert trace_steps.main(["--from-task", "0", "--to-task", "3", "--", *flags]) == 2
     assert "are not of this run (3 tasks" in capsys.readouterr().err
+
+
+def test_the_commands_help_output_file_and_a_with_that_changes_the_network(run, tmp_path, capsys):
+    """--help prints the usage (it said "pass the run's flags after --"); --json into a missing
+    folder and --every 0 are refused before any training; a --with that changes the network is
+    told to change --with (the checkpoint's own advice was to delete the run)."""
+    flags, _ = run
+    with pytest.raises(SystemExit) as done:
+        trace_steps.main(["--help"])
+    assert done.value.code == 0 and "--from-task T --to-task T [options] -- RUN FLAGS" in capsys.readouterr().out
+    for bad, expected in [(["--json", str(tmp_path / "none" / "t.json")], "the folder of"),
+                          (["--every", "0"], "0 must be at least 1")]:
+        with pytest.raises(SystemExit) as refused:
+            trace_steps.main(["--from-task", "0", "--to-task", "0", *bad, "--", *flags])
+        assert refused.value.code == 2 and expected in capsys.readouterr().err
+    with pytest.raises(CljaxError, match="start_task_001.npz does not match the learner of the settings traced: a "
+                                         "--with that changes the network"):
+        trace_steps.trace(flags, 1, 1, repeat=0, other=["--mlp-hidden", "16"])

@@ -53,7 +53,7 @@ def plan_source(
     if reader not in ("auto", "datasets"):
         raise CljaxError(f"unknown reader {reader!r}: use 'auto' or 'datasets'.")
     if shard_rows < 1:
-        raise CljaxError(f"shard_rows must be >= 1, got {shard_rows}.")
+        raise CljaxError(f"--shard-rows must be at least 1, not {shard_rows}.")
     path = Path(source).expanduser().resolve()
     if path.exists():
         if not path.is_dir():
