@@ -71,7 +71,9 @@ def main(argv=None) -> None:
     ap.add_argument("--json", type=output_file, help="write the figures here")
     args = ap.parse_args(argv)
     task_dir = Path(args.task_dir)
-    if not (task_dir / "metadata.json").is_file():
+    from cljax.results import is_task_dir_name
+
+    if not is_task_dir_name(task_dir.resolve().name) or not (task_dir / "metadata.json").is_file():  # not initial/
         ap.error(f"{task_dir} is not a task folder (no metadata.json): give a run's task_NNN folder")
     if not Path(args.scratch).is_dir():
         ap.error(f"--scratch {args.scratch} is not a folder: create it or choose another")

@@ -247,9 +247,10 @@ def test_task_write_writes_a_task_folder_again_as_the_run_wrote_it(tmp_path, cap
     assert report["files"] == recorded and report["folder_bytes"] == sum(f["bytes"] for f in recorded.values())
     assert len(report["seconds"]) == 2 and 0 < report["seconds_min"] <= report["seconds_median"]
     assert not any(scratch.iterdir())
-    with pytest.raises(SystemExit):  # not a task folder: one line from argparse
-        bench.main([str(tmp_path / "r"), "--scratch", str(scratch)])
-    assert "is not a task folder" in capsys.readouterr().err
+    for other in (tmp_path / "r", tmp_path / "r" / RUN_DIR / "initial"):  # initial/ has a metadata.json too
+        with pytest.raises(SystemExit):  # not a task folder: one line from argparse
+            bench.main([str(other), "--scratch", str(scratch)])
+        assert "is not a task folder" in capsys.readouterr().err
 
 
 def test_best_torch_is_the_fastest_one_process_loop_not_the_process_peer(tmp_path, monkeypatch):
