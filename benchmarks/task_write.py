@@ -74,7 +74,7 @@ def main(argv=None) -> None:
     from cljax.results import is_task_dir_name
 
     if not is_task_dir_name(task_dir.resolve().name) or not (task_dir / "metadata.json").is_file():  # not initial/
-        ap.error(f"{task_dir} is not a task folder (no metadata.json): give a run's task_NNN folder")
+        ap.error(f"{task_dir} is not a task folder (a run's task_NNN, with its metadata.json): give one")
     if not Path(args.scratch).is_dir():
         ap.error(f"--scratch {args.scratch} is not a folder: create it or choose another")
     report = measure(task_dir, args.times, Path(args.scratch))
