@@ -32,6 +32,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling modules
 from bench_args import one_line_errors, output_file, positive_int  # noqa: E402
 
 
+# Settings of the benchmark's own synthetic config that its flags or its shape fix (not --set).
+OWN_SETTINGS = {"n_repeats": "--repeats", "batch_size": "--batch-size", "dataset": "the benchmark (synthetic)",
+                "num_tasks": "the benchmark (1)", "n_train_per_class": "--steps x --batch-size",
+                "n_test_per_class": "the benchmark (50)", "n_subsamples": "the benchmark (16)",
+                "epochs": "the benchmark (1)", "log_frequency": "--steps"}
+
+
 def setting(text: str) -> tuple[str, object]:
     """``NAME=VALUE`` -> (NAME, VALUE read as JSON, else as text)."""
     name, sep, value = text.partition("=")
@@ -54,8 +61,14 @@ def worker(checkout: str, repeats: int, steps: int, batch_size: int, settings: d
 
     import throughput
 
-    call, samples, compile_seconds, n_devices, paired = throughput.cljax_unit(repeats, steps, batch_size, None,
-                                                                               settings=settings)
+    from cljax.errors import CljaxError
+
+    try:
+        call, samples, compile_seconds, n_devices, paired = throughput.cljax_unit(repeats, steps, batch_size, None,
+                                                                                   settings=settings)
+    except CljaxError as exc:  # this checkout refuses a --set: the driver says so in one line
+        print(json.dumps({"refused": " ".join(str(exc).split())}), flush=True)
+        return
     print(json.dumps({"samples": samples, "compile_seconds": compile_seconds, "devices": n_devices,
                       "paired": paired}), flush=True)
     for line in sys.stdin:
@@ -89,6 +102,9 @@ def main(argv=None) -> dict:
     p.add_argument("--json", dest="json_path", type=output_file, default=None)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    own = sorted({name for name, _ in args.settings} & set(OWN_SETTINGS))
+    if own:  # the benchmark's own flags set these
+        p.error(f"--set {own[0]}: {OWN_SETTINGS[own[0]]} sets it")
     if args.worker:
         worker(args.new, args.repeats, args.steps, args.batch_size, dict(args.settings))
         return {}
@@ -106,6 +122,10 @@ def main(argv=None) -> dict:
              *[f"--set={name}={json.dumps(value)}" for name, value in args.settings]],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
         info[name] = json.loads(answer(workers[name], checkout))  # built and warmed up before the other starts
+        if "refused" in info[name]:
+            for w in workers.values():
+                w.kill()
+            raise SystemExit(f"error: {checkout} refuses the settings: {info[name]['refused']}")
     seconds = {name: [] for name in workers}
     rng = np.random.default_rng(0)
     names = list(workers)

@@ -166,6 +166,20 @@ def test_versus_reads_each_setting_as_json_or_text():
             versus.setting(bad)
 
 
+def test_versus_refuses_a_setting_in_one_line(capfd):
+    """A setting the checkout does not know, or one the benchmark's own flags set: one line (the
+    worker's traceback was printed, then a line that blamed the checkout). capfd: the workers'
+    own output too."""
+    versus = load_script(BENCH.parent / "versus.py", "cljax_bench_versus")
+    root = str(BENCH.parents[1])  # this checkout, as both
+    with pytest.raises(SystemExit, match=f"error: {root} refuses the settings: unknown setting"):
+        versus.main([root, root, "--repeats", "1", "--steps", "2", "--rounds", "1", "--set", "nosuch=1"])
+    assert "Traceback" not in capfd.readouterr().err
+    with pytest.raises(SystemExit):
+        versus.main([root, root, "--set", "batch_size=64"])
+    assert "--set batch_size: --batch-size sets it" in capfd.readouterr().err
+
+
 def test_flat_per_task_reports_each_task_asked_for_and_no_compilation_after_the_first(tmp_path):
     """benchmarks/flat_per_task.py at three tasks: the report's schema, task folders of the same
     size up to metadata.json's text, and no compilation after the first task (what "flat in T"
