@@ -224,7 +224,7 @@ def _cmd_analyze(argv: list[str]) -> int:
         "no analysis file was left half-written; run the same command again for the analysis.")
     out = args.out if args.out is not None else str(Path(args.algo_dir) / "analysis")
     print(format_summary(summary))
-    print(f"analysis: {out} (summary.json, arrays .npz, plots .png)")
+    print(f"analysis: {out} (summary.json, arrays .npz{'' if args.no_plots else ', plots .png'})")
     return 0
 
 

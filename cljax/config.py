@@ -289,7 +289,7 @@ class Config:
 
         if parse_eval_tasks(self.eval_tasks).window > self.num_tasks:  # slots past T would only ever hold NaN
             raise CljaxError(f"--eval-tasks {self.eval_tasks} is wider than the run's {self.num_tasks} tasks: use "
-                             f"window:{self.num_tasks}, all (the same tasks) or a smaller K.")
+                             f"window:{self.num_tasks} (every task seen so far, as seen), all, or a smaller K.")
         if self.head == "multi" and any(name == "replay" for name, _ in self.option_params):
             raise CljaxError("--head multi with --use-replay: a replayed image would need its own task's head, and "
                              "the batch carries no task per image; choose --head shared or reset, or drop --use-replay.")

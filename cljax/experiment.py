@@ -360,7 +360,8 @@ def format_summary(result: RunResult, max_rows: int = 40) -> str:
     rows = result.summary
     if len(rows) > max_rows:
         n = len(rows)
-        keep = set(range(10)) | set(range(n - 10, n)) | set(np.linspace(0, n - 1, max_rows - 20).round().astype(int))
+        between = np.linspace(10, n - 11, max_rows - 20).round().astype(int)  # not over the first and last ten
+        keep = set(range(10)) | set(range(n - 10, n)) | set(between)
         rows = [rows[i] for i in sorted(keep)]
     for row in rows:  # blank: no earlier task; nan: no finite value
         none = row.get("n_earlier", 0 if np.isnan(row["acc_earlier"]) else 1) == 0

@@ -12,6 +12,7 @@ import pytest
 
 from cljax.analysis import analyze_run, class_manifolds
 from cljax.analysis.registry import Analysis, Result, register, unregister
+from cljax.errors import CljaxError
 from tests.conftest import distinct_colours
 
 
@@ -153,6 +154,29 @@ def test_a_registered_analysis_runs_once_per_folder(tmp_path):
     np.testing.assert_array_equal(np.load(algo / "analysis" / "diagonal.npz")["d"], [0.90, 0.95, 0.90])
 
 
+def test_a_file_two_analyses_write_is_refused_and_a_new_analysis_leaves_no_file_of_the_last(tmp_path):
+    """A plugin's cl.npz beside the built-in one: one line, nothing written (one of the two was
+    dropped without a word). An analysis without GLUE after one with it: the earlier glue.npz,
+    which the new summary does not list, goes (it stayed, of fewer tasks, beside the new files)."""
+    algo = tmp_path / "run"
+    write_fake_run(algo)
+    analyze_run(algo, glue_n_probes=8, glue_max_points=4, make_plots=False, analyses=("cl", "glue"))
+    assert (algo / "analysis" / "glue.npz").is_file()
+    register(Analysis("clash", lambda ctx: 0, lambda s, folder: s,
+                      lambda s: Result(summary={"clash": s}, arrays={"cl.npz": {"x": np.zeros(3)}})))
+    before = {p.name: p.read_bytes() for p in (algo / "analysis").iterdir()}
+    try:
+        with pytest.raises(CljaxError, match="analysis 'clash' writes cl.npz, which analysis 'cl' writes too"):
+            analyze_run(algo, make_plots=False, analyses=("cl", "clash"))
+    finally:
+        unregister("clash")
+    assert {p.name: p.read_bytes() for p in (algo / "analysis").iterdir()} == before
+    (algo / "analysis" / "notes.txt").write_text("mine")  # not an analysis's: left alone
+    summary = analyze_run(algo, make_plots=False, analyses=("cl",))
+    assert sorted(p.name for p in (algo / "analysis").iterdir()) == ["cl.npz", "notes.txt", "summary.json"]
+    assert summary["files"] == ["summary.json", "cl.npz"]
+
+
 class _Terminal(io.StringIO):
     def isatty(self):
         return True
@@ -245,6 +269,26 @@ def test_the_terminal_summary_says_over_how_many_terms_a_metric_was_taken():
         "               bwt: 0.5000 +- 0.2500 (over 4 of its 29 terms: --eval-tasks window:5)",
         "               fwt: not measured (--eval-tasks window:5 evaluates none of its 29 terms)",
         "        forgetting: 0.5000 +- 0.2500"]
+
+
+def test_the_terminal_summary_names_collapse_no_probe_and_left_out_expert_cells():
+    """Constant representations (collapsed units, nothing diverged) leave GLUE undefined: said so,
+    not as repeats 'left out: not finite', which reads as divergence; no probe solved is not
+    '0.00% of 0'; the expert's cells left out as not finite are counted on its line."""
+    from cljax.analysis.driver import format_summary
+
+    undefined = {"mean": None, "std": None, "n": 0, "n_nonfinite": 4}
+    glue = {"per_task": {"capacity": {"last_task": undefined}, "capacity_mc_error": {"last_task": undefined}},
+            "settings": {"n_probes": 256},
+            "solver": {"converged_fraction": None, "n_probes_solved": 0, "n_groupings_constant": 3470,
+                       "n_groupings_not_finite": 0}}
+    entry = {"mean": 0.9, "std": 0.01, "n": 3, "n_nonfinite": 1}
+    expert = {"final": entry, "best": entry, "n_collapsed": 0, "n_cells": 160, "n_nonfinite": 46}
+    lines = format_summary({"glue": glue, "expert": expert, "mean_plasticity_gap": entry,
+                            "mean_plasticity_gap_best": entry}).splitlines()
+    assert ("GLUE capacity, last task: undefined (the representations are constant over the images: collapsed, not "
+            "diverged) over repeats, Monte-Carlo error n/a (256 probes); no probe was solved") in lines
+    assert any(line.startswith("expert accuracy:") and line.endswith("(46 not finite, left out)") for line in lines)
 
 
 def test_a_first_analysis_that_cannot_be_written_leaves_no_empty_folder(tmp_path, monkeypatch):

@@ -244,11 +244,14 @@ def test_the_run_table_of_a_long_run_shows_the_first_last_and_spaced_tasks():
     table = format_summary(RunResult(algo_dir=Path("x"), task_class_pairs=np.zeros((1000, 1, 2)), summary=rows))
     lines = table.splitlines()
     shown = [int(line.split()[0]) for line in lines[2:-1]]
-    assert 30 < len(shown) <= 40 and shown[:10] == list(range(10)) and shown[-10:] == list(range(990, 1000))
+    assert len(shown) == 40 and shown[:10] == list(range(10)) and shown[-10:] == list(range(990, 1000))
     assert any(400 < t < 600 for t in shown)  # and evenly spaced ones between
     assert lines[-1].startswith(f"({len(shown)} of 1000 tasks shown")
     short = format_summary(RunResult(algo_dir=Path("x"), task_class_pairs=np.zeros((40, 1, 2)), summary=rows[:40]))
     assert len(short.splitlines()) == 42
+    for n in (41, 50):  # just past the cap: 40 rows still (the spaced ones fell on the first and last ten: 30, 32)
+        table = format_summary(RunResult(algo_dir=Path("x"), task_class_pairs=np.zeros((n, 1, 2)), summary=rows[:n]))
+        assert len(table.splitlines()) == 2 + 40 + 1
 
 
 def test_the_run_table_leaves_a_diverged_repeat_out_and_says_so():

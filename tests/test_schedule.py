@@ -144,7 +144,8 @@ def test_eval_task_slots_per_mode():
     with pytest.raises(CljaxError, match="--eval-tasks"):
         Config.from_flat(eval_tasks="window:x").validate()
     # a window wider than the run: its extra slots would only ever hold NaN
-    with pytest.raises(CljaxError, match=r"--eval-tasks window:6 is wider than the run's 5 tasks: use window:5, all"):
+    with pytest.raises(CljaxError, match=r"--eval-tasks window:6 is wider than the run.s 5 tasks: use window:5 \(every "
+                                         r"task seen so far, as seen\), all, or a smaller K"):
         Config.from_flat(eval_tasks="window:6", num_tasks=5).validate()
     Config.from_flat(eval_tasks="window:5", num_tasks=5).validate()
 

@@ -190,6 +190,13 @@ def analyze_run(
         if taken:
             raise CljaxError(f"analysis {a.name!r} writes summary keys already written: {sorted(taken)}")
         summary.update(result.summary)
+    written_by: dict[str, str] = {}  # a file two analyses write would keep one's and drop the other's
+    for a, result in zip(selected, outputs):
+        for name in [*result.arrays, *result.plots]:
+            if name in written_by:
+                raise CljaxError(f"analysis {a.name!r} writes {name}, which analysis {written_by[name]!r} writes too: "
+                                 f"give the plugin's file another name (nothing was written).")
+            written_by[name] = a.name
     arrays = {name: a for result in outputs for name, a in result.arrays.items()}
     figures = {name: draw for result in outputs for name, draw in result.plots.items()} if make_plots else {}
     summary["files"] = ["summary.json", *sorted(arrays, key=_file_rank), *sorted(figures, key=_file_rank)]
@@ -300,9 +307,10 @@ def format_summary(summary: dict) -> str:
                         if (summary.get("config") or {}).get("head") != "multi" else ")"))
     expert = summary.get("expert")
     if expert:
+        left_out = expert.get("n_nonfinite", 0)
         lines.append(f"expert accuracy: last snapshot {_pm(expert['final'])}, best snapshot {_pm(expert['best'])}; "
                      f"{expert['n_collapsed']} of {expert['n_cells']} (repeat, task) cells ended more than "
-                     f"{COLLAPSE_DROP} below their best")
+                     f"{COLLAPSE_DROP} below their best" + (f" ({left_out} not finite, left out)" if left_out else ""))
         auc = summary.get("variant") == "auc"  # the learner's area under its curve: biased upward (docs/metrics.md)
         lines.append(f"plasticity gap: {'auc of the learner vs last snapshot of the expert' if auc else 'last snapshots'} "
                      f"{_pm(summary['mean_plasticity_gap'])}, best snapshots {_pm(summary['mean_plasticity_gap_best'])}")
@@ -311,8 +319,14 @@ def format_summary(summary: dict) -> str:
         cap, err, solver = (glue["per_task"]["capacity"]["last_task"], glue["per_task"]["capacity_mc_error"]["last_task"],
                             glue["solver"])
         mc = "n/a" if err["mean"] is None else f"{err['mean']:.4f}"
-        lines.append(f"GLUE capacity, last task: {_pm(cap)} over repeats, Monte-Carlo error {mc} "
-                     f"({glue['settings']['n_probes']} probes); solver within tolerance on "
-                     f"{100 * solver['converged_fraction']:.2f}% of {solver['n_probes_solved']} probes")
+        solved = solver["n_probes_solved"]
+        cap_text = _pm(cap)
+        if cap["mean"] is None and solver.get("n_groupings_constant") and not solver.get("n_groupings_not_finite"):
+            # constant representations (collapsed units), not a diverged network: no capacity to measure
+            cap_text = "undefined (the representations are constant over the images: collapsed, not diverged)"
+        lines.append(f"GLUE capacity, last task: {cap_text} over repeats, Monte-Carlo error {mc} "
+                     f"({glue['settings']['n_probes']} probes); " + (
+                         f"solver within tolerance on {100 * solver['converged_fraction']:.2f}% of {solved} probes"
+                         if solved else "no probe was solved"))
     lines.append(f"std: {summary.get('std', '')}")
     return "\n".join(lines)

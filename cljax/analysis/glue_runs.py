@@ -136,8 +136,10 @@ def glue_finalize(state: dict) -> Result:
             "n_manifolds": 2 * len(tasks),
         },
         "solver": {
-            "converged_fraction": state["diag"]["n_probes_converged"] / max(state["diag"]["n_probes_solved"], 1),
+            "converged_fraction": (state["diag"]["n_probes_converged"] / state["diag"]["n_probes_solved"]  # None: none solved
+                                   if state["diag"]["n_probes_solved"] else None),
             **state["diag"],
+            **({} if state["diag"]["n_probes_solved"] else {"min_converged_fraction": None}),
             "tol": TOL,
             "converged": f"scaled KKT error <= {TOL} within {MAX_ITER} steps",
         },

@@ -1,6 +1,7 @@
 """Where ``cljax analyze`` writes (``ALGO_DIR/analysis`` or ``--out``), and how.
 
-An analysis replaces only what an analysis wrote. A folder is an earlier analysis when its
+An analysis replaces only what an analysis wrote, and removes what the earlier analysis of the
+same run listed and this one does not write (a file of fewer tasks left beside the new ones). A folder is an earlier analysis when its
 summary.json is one (a JSON object naming the run it analysed, ``algo_dir``); there, a .json,
 .npz or .png file may be replaced (what analyses write, and the rule --overwrite reads a run's
 analysis/ folder by), whichever analysis of the run wrote it, and so may a file that summary
@@ -101,6 +102,7 @@ def write_all(out: Path, writers: dict, algo_dir: Path, run_id: str | None) -> N
     (it marks the folder as an analysis): a full disk or a stop half-way leaves the previous
     analysis whole, not some of its files replaced."""
     check_replaceable(out, algo_dir, run_id, writers)
+    earlier = _earlier_analysis(out) or {}  # of this run (check_replaceable refuses another run's)
     new_folder = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -122,3 +124,12 @@ def write_all(out: Path, writers: dict, algo_dir: Path, run_id: str | None) -> N
                          f"with another folder; the previous analysis there is left as it was.") from None
     for name in sorted(tmp, key=lambda n: n != SUMMARY):
         os.replace(tmp[name], out / name)
+    # What the earlier analysis wrote and this one does not (its GLUE arrays under --no-glue, its
+    # plots under --no-plots, a plugin's files): of fewer tasks or older code, it would sit beside
+    # the new files as if it were theirs.
+    listed = earlier.get("files") if isinstance(earlier.get("files"), list) else []
+    for name in listed:
+        path = out / str(name)
+        if (name not in writers and Path(str(name)).name == name and Path(name).suffix in ANALYSIS_SUFFIXES
+                and path.is_file() and not path.is_symlink()):
+            path.unlink()

@@ -215,6 +215,7 @@ def weight_change(params, reference, batch_ndim: int = 2) -> np.ndarray:
     leaves, refs = _leaves(params), _leaves(reference)
     if len(leaves) != len(refs):
         raise ValueError(f"params have {len(leaves)} leaves but the reference has {len(refs)}")
-    diffs = [np.asarray(a, np.float64) - np.asarray(b, np.float64) for a, b in zip(leaves, refs)]
-    total, count = _sum_sq(diffs, batch_ndim)
-    return np.sqrt(total / count)
+    with np.errstate(invalid="ignore", over="ignore"):  # a diverged repeat's inf - inf is NaN, left out and counted
+        diffs = [np.asarray(a, np.float64) - np.asarray(b, np.float64) for a, b in zip(leaves, refs)]
+        total, count = _sum_sq(diffs, batch_ndim)
+        return np.sqrt(total / count)
