@@ -43,8 +43,12 @@ def _cmd_run(argv: list[str]) -> int:
     config = config_from_args(args)
     warn_unused(parser, args)
     _use_every_core(config, args.overwrite)
+    from cljax.devices.distributed import maybe_initialize_distributed
     from cljax.experiment import format_summary, run_experiment
 
+    # Here, before the handlers below: jax.distributed.initialize() puts JAX's own SIGTERM handler
+    # in place of the process's, which then trained on to the end through a SLURM preemption.
+    maybe_initialize_distributed()
     outcome = _stoppable(lambda critical: run_experiment(
         config, overwrite=args.overwrite, progress=not args.no_progress,
         allow_nonfinite=args.allow_nonfinite, critical=critical, repair=args.repair),

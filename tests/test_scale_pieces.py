@@ -250,3 +250,51 @@ def test_sweep_pieces_name_the_error_keep_earlier_sweeps_and_refuse_no_seeds(tmp
     assert capsys.readouterr().err == "error: cljax sweep needs submitit: pip install 'cljax[sweep]' (or pip install submitit).\n"
     assert not (tmp_path / "s").exists()
     assert json.loads(path.read_text()) == manifest  # the list of the earlier sweeps is not replaced
+
+
+def test_a_two_process_run_stops_on_sigterm_with_75(tmp_path):
+    """jax.distributed.initialize() puts JAX's own SIGTERM handler in place of the process's: a
+    two-process run (a multi-node SLURM job in miniature) trained on to its last task through a
+    SIGTERM and exited 0. Both processes now stop with 75 and a resumable folder."""
+    import signal
+    import socket
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "r"
+    flags = ["run", "--dataset", "synthetic", "--model", "mlp", "--mlp-hidden", "32", "--num-tasks", "10",
+             "--n-repeats", "4", "--n-train-per-class", "32", "--n-test-per-class", "8", "--n-subsamples", "4",
+             "--epochs", "300", "--batch-size", "16", "--log-frequency", "600", "--no-progress", "--results-dir",
+             str(out)]
+    env = {k: v for k, v in os.environ.items() if k not in ("CLJAX_CPU_DEVICES", "JAX_PLATFORMS", "XLA_FLAGS")}
+    env.update(CLJAX_DISTRIBUTED="1", JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", CLJAX_NUM_PROCESSES="2",
+               JAX_PLATFORMS="cpu", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    procs = [subprocess.Popen([sys.executable, "-m", "cljax.cli", *flags], env={**env, "CLJAX_PROCESS_ID": str(i)},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    first = out / "synthetic" / "SL_T10" / "task_000" / "metadata.json"
+    deadline = time.time() + 240
+    while not first.exists() and time.time() < deadline and all(p.poll() is None for p in procs):
+        time.sleep(0.05)
+    for p in procs:
+        p.send_signal(signal.SIGTERM)
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert first.exists(), outs[0][1][-2000:]
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 75 and "stopped by SIGTERM" in err, (p.returncode, err[-2000:])
+    assert not (out / "synthetic" / "SL_T10" / "task_009").exists()
+
+
+def test_bad_process_settings_of_a_multi_process_run_are_one_line(monkeypatch):
+    from cljax.devices import distributed
+
+    monkeypatch.setattr(distributed, "_distributed_started", False)
+    monkeypatch.setenv("CLJAX_DISTRIBUTED", "1")
+    for num, pid, expected in [("abc", "0", "CLJAX_NUM_PROCESSES='abc' is not a whole number of at least 1"),
+                               ("2", "-1", "CLJAX_PROCESS_ID='-1' is not a whole number of at least 0"),
+                               ("2", "5", "CLJAX_PROCESS_ID=5 is not below CLJAX_NUM_PROCESSES=2: process ids run 0 .. 1")]:
+        monkeypatch.setenv("CLJAX_NUM_PROCESSES", num)
+        monkeypatch.setenv("CLJAX_PROCESS_ID", pid)
+        with pytest.raises(CljaxError, match=expected):
+            distributed.maybe_initialize_distributed()

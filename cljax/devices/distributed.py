@@ -42,16 +42,25 @@ def maybe_initialize_distributed() -> bool:
     # place come from JAX_COORDINATOR_ADDRESS, CLJAX_NUM_PROCESSES and CLJAX_PROCESS_ID.
     env = os.environ
     kwargs = {}
-    if env.get("CLJAX_NUM_PROCESSES"):
-        kwargs["num_processes"] = int(env["CLJAX_NUM_PROCESSES"])
-    if env.get("CLJAX_PROCESS_ID"):
-        kwargs["process_id"] = int(env["CLJAX_PROCESS_ID"])
+    for var, arg, least in (("CLJAX_NUM_PROCESSES", "num_processes", 1), ("CLJAX_PROCESS_ID", "process_id", 0)):
+        if env.get(var, "").strip():
+            try:
+                kwargs[arg] = int(env[var])
+            except ValueError:
+                kwargs[arg] = None
+            if kwargs[arg] is None or kwargs[arg] < least:
+                raise CljaxError(f"{var}={env[var]!r} is not a whole number of at least {least}: set it (process ids "
+                                 f"run 0 .. CLJAX_NUM_PROCESSES - 1), or CLJAX_DISTRIBUTED=0 for a single-host run.")
+    if kwargs.get("process_id", 0) >= kwargs.get("num_processes", float("inf")):
+        raise CljaxError(f"CLJAX_PROCESS_ID={kwargs['process_id']} is not below CLJAX_NUM_PROCESSES="
+                         f"{kwargs['num_processes']}: process ids run 0 .. {kwargs['num_processes'] - 1}.")
     try:
         jax.distributed.initialize(**kwargs)
     except (RuntimeError, ValueError) as exc:
         raise CljaxError(
-            f"jax.distributed.initialize() failed ({exc}): start cljax before anything else uses JAX "
-            f"in this process, or set CLJAX_DISTRIBUTED=0 for a single-host run."
+            f"jax.distributed.initialize() failed ({exc}): check JAX_COORDINATOR_ADDRESS, CLJAX_NUM_PROCESSES and "
+            f"CLJAX_PROCESS_ID, start cljax before anything else uses JAX in this process, or set "
+            f"CLJAX_DISTRIBUTED=0 for a single-host run."
         ) from None
     _distributed_started = True
     return True
