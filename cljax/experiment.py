@@ -141,9 +141,10 @@ def run_experiment(
             return _finished(algo_dir, schedule, found, config)
         split = _split(program)
         run_id = found.record.get("run_id") if found.record is not None else new_run_id()
-        if found.record is not None:
-            warn_if_other_split(recorded_split(found.record), split, found.next_task)
-            warn_if_other_eval_chunk(found.record["config"], config, found.next_task)
+        if found.record is not None:  # the first task trained now: a repair's replay starts before the checkpoint
+            first_trained = found.replay[0] if found.replay else found.next_task
+            warn_if_other_split(recorded_split(found.record), split, first_trained)
+            warn_if_other_eval_chunk(found.record["config"], config, first_trained)
         with critical, _disk_errors(algo_dir, found.next_task):
             if is_writer():  # multi-host: every process computes, process 0 writes
                 if found.record is None:

@@ -210,3 +210,17 @@ def test_a_sweep_repairs_with_repair_and_refuses_without(made, tmp_path, capsys)
     assert again["already_finished"] and again["final_acc_current"] == pytest.approx(float(np.mean(last)))
     rc, _, err = run_cli(["sweep", *FLAGS4, "--results-dir", str(tmp_path / "s"), "--repair", "--overwrite"], capsys)
     assert rc == 2 and "--repair keeps the run and --overwrite deletes it" in err
+
+
+def test_a_repair_under_another_split_names_the_first_task_it_trains(made, tmp_path, capsys):
+    """The split warning named the checkpoint's next task (here 4, of a 4-task run): a repair
+    trains from its replay's start, where the numbers can first differ."""
+    run_dir = _copy(made, "finished", tmp_path / "r")
+    record = json.loads((run_dir / "run.json").read_text())
+    record["split"]["backend"] = "gpu"  # as if started on a GPU, repaired on this CPU
+    (run_dir / "run.json").write_text(json.dumps(record))
+    (run_dir / "task_001" / "weights.npy").unlink()
+    rc, _, err = _run(tmp_path, capsys, "--repair")
+    assert rc == 0, err
+    warning = next(line for line in err.splitlines() if "continues on" in line)
+    assert "from task 0 on its numbers can differ" in warning, warning
