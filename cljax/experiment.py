@@ -233,7 +233,9 @@ def _train(config, data, task_data, schedule, program, start, chunk_tasks, found
             "compile_seconds": result.compile_seconds,
             "steps_per_second": config.steps_per_task / seconds,
         })
-        metadata.update({"nonfinite": nonfinite, "run_id": run_id, "split": split, "plugins": sources})
+        metadata.update({"nonfinite": nonfinite, "run_id": run_id, "split": split, "plugins": sources,
+                         "evaluation": {"mode": "resident" if chunk_tasks >= len(eval_ids) else "chunked",
+                                        "chunk_tasks": min(chunk_tasks, len(eval_ids))}})  # as `cljax plan` gives it
         if found.record is not None and not same_split(recorded_split(found.record), split):
             metadata["split_at_run_start"] = recorded_split(found.record)
         if replaying:

@@ -298,3 +298,22 @@ def test_bad_process_settings_of_a_multi_process_run_are_one_line(monkeypatch):
         monkeypatch.setenv("CLJAX_PROCESS_ID", pid)
         with pytest.raises(CljaxError, match=expected):
             distributed.maybe_initialize_distributed()
+
+
+@pytest.mark.parametrize("chunk", [0, 1])
+def test_each_task_records_the_evaluation_mode_the_plan_gives(tmp_path, chunk):
+    """metadata.json recorded only the --eval-chunk-tasks setting (0: chosen by the budget), so a
+    run could not be checked against `cljax plan` afterwards; it now records the mode and K."""
+    from cljax.plan import make_plan
+    from tests.run_folder_kit import FLAGS, RUN_DIR
+
+    flags = [*FLAGS, "--eval-chunk-tasks", str(chunk), "--results-dir", str(tmp_path / "r")]
+    assert main(["run", *flags]) == 0
+    config = Config.from_flat(dataset="synthetic", synthetic_classes=4, num_tasks=2, n_repeats=2, n_train_per_class=16,
+                              n_test_per_class=8, n_subsamples=4, epochs=1, batch_size=16, log_frequency=1, lr=0.1,
+                              model="mlp", mlp_hidden=32, eval_chunk_tasks=chunk, results_dir=str(tmp_path / "r"))
+    planned = make_plan(config)["evaluation"]
+    for t in (0, 1):
+        recorded = json.loads((tmp_path / "r" / RUN_DIR / f"task_00{t}" / "metadata.json").read_text())["evaluation"]
+        assert recorded == {"mode": planned["mode"], "chunk_tasks": planned["chunk_tasks"]}
+    assert recorded["mode"] == ("chunked" if chunk else "resident")
