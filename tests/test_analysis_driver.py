@@ -177,6 +177,31 @@ def test_a_file_two_analyses_write_is_refused_and_a_new_analysis_leaves_no_file_
     assert summary["files"] == ["summary.json", "cl.npz"]
 
 
+def test_a_plugin_analysis_that_raises_or_returns_no_json_is_one_line(tmp_path):
+    """A plugin's exception in update, and a summary JSON cannot hold (a set: found only when
+    summary.json was written, after every folder): one line each, and no file written."""
+    algo = tmp_path / "run"
+    write_fake_run(algo)
+
+    def update(s, folder):
+        if folder.index == 1:
+            raise ValueError("boom at folder 1")
+        return s
+
+    for name, analysis, expected in [
+            ("boom", Analysis("boom", lambda ctx: 0, update, lambda s: Result(summary={"boom": s})),
+             r"analysis 'boom' raised ValueError in update \(task_001\): boom at folder 1: fix its plugin"),
+            ("aset", Analysis("aset", lambda ctx: 0, lambda s, f: s, lambda s: Result(summary={"aset": {1, 2}})),
+             "analysis 'aset' returns a summary that JSON cannot hold")]:
+        register(analysis)
+        try:
+            with pytest.raises(CljaxError, match=expected):
+                analyze_run(algo, make_plots=False, analyses=("cl", name))
+        finally:
+            unregister(name)
+        assert not (algo / "analysis").exists()
+
+
 class _Terminal(io.StringIO):
     def isatty(self):
         return True

@@ -154,7 +154,7 @@ def analyze_run(
                       glue_max_points=glue_max_points, glue_seed=glue_seed, curve_tasks=curve_tasks,
                       probe_ridge=probe_ridge)
     ctx = RunContext(algo_dir=algo_dir, n_folders=n, n_snapshots=L, n_repeats=R, n_eval_tasks=T, options=options)
-    states = {a.name: a.init(ctx) for a in selected}
+    states = {a.name: _call(a, "init", a.init, ctx) for a in selected}
     bar = _progress_bar(n) if progress else None
     try:
         for i, d in enumerate(dirs):
@@ -164,14 +164,14 @@ def analyze_run(
                     raise CljaxError(f"{d}: test_acc has shape {folder.shape}, expected (L, {R}, {T}) like "
                                      "task_000")
             for a in selected:
-                states[a.name] = a.update(states[a.name], folder)
+                states[a.name] = _call(a, f"update ({d.name})", a.update, states[a.name], folder)
             del folder  # only the states' summaries outlive a folder
             if bar is not None:
                 bar.update(1)
     finally:
         if bar is not None:
             bar.close()
-    outputs = [a.finalize(states.pop(a.name)) for a in selected]
+    outputs = [_call(a, "finalize", a.finalize, states.pop(a.name)) for a in selected]
 
     summary: dict[str, Any] = {
         "algo_dir": str(algo_dir),
@@ -189,6 +189,11 @@ def analyze_run(
         taken = summary.keys() & result.summary.keys()
         if taken:
             raise CljaxError(f"analysis {a.name!r} writes summary keys already written: {sorted(taken)}")
+        try:  # found now, not when summary.json is written after every other file
+            json.dumps(jsonable(result.summary), allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise CljaxError(f"analysis {a.name!r} returns a summary that JSON cannot hold ({exc}): give it numbers, "
+                             f"strings, lists and dicts (nothing was written).") from None
         summary.update(result.summary)
     written_by: dict[str, str] = {}  # a file two analyses write would keep one's and drop the other's
     for a, result in zip(selected, outputs):
@@ -207,6 +212,20 @@ def analyze_run(
     with critical if critical is not None else contextlib.nullcontext():
         write_all(out, writers, algo_dir, run_id)
     return summary
+
+
+def _call(a, what: str, fn, *args):
+    """An analysis's init, update or finalize. A plugin's own exception is one line naming the
+    analysis and the step; a built-in analysis's keeps its traceback (a bug of cljax's)."""
+    if getattr(fn, "__module__", "").startswith("cljax."):
+        return fn(*args)
+    try:
+        return fn(*args)
+    except CljaxError:
+        raise
+    except Exception as exc:
+        raise CljaxError(f"analysis {a.name!r} raised {type(exc).__name__} in {what}: {exc}: fix its plugin, or leave "
+                         f"it out of --plugin (nothing was written).") from None
 
 
 def _progress_bar(total: int):
