@@ -143,6 +143,13 @@ def cljax_unit(repeats: int, steps: int, batch_size: int, loop_repeats: bool | N
     return call, samples, compile_seconds, n, paired
 
 
+def unit_settings(repeats: int, steps: int, batch_size: int) -> dict:
+    """The settings of the timed program that the benchmark fixes (its flags set the size); any
+    other setting may be changed (``settings``, versus.py's ``--set``)."""
+    return dict(dataset="synthetic", num_tasks=1, n_repeats=repeats, n_train_per_class=steps * batch_size // 2,
+                n_test_per_class=50, n_subsamples=16, epochs=1, batch_size=batch_size, log_frequency=steps)
+
+
 def _cljax_unit(repeats: int, steps: int, batch_size: int, loop_repeats: bool | None, paired_models: bool | None,
                 settings: dict | None = None):
     import jax
@@ -152,12 +159,8 @@ def _cljax_unit(repeats: int, steps: int, batch_size: int, loop_repeats: bool | 
     from cljax.devices import put_repeats
     from cljax.program import build_task_program, clear_built_programs
 
-    n_per_class = steps * batch_size // 2
-    config = Config.from_flat(
-        dataset="synthetic", num_tasks=1, n_repeats=repeats, n_train_per_class=n_per_class,
-        n_test_per_class=50, n_subsamples=16, epochs=1, batch_size=batch_size, log_frequency=steps,
-        **(settings or {}),
-    ).validate()
+    config = Config.from_flat(**unit_settings(repeats, steps, batch_size), **(settings or {})).validate()
+    n_per_class = config.n_train_per_class
     clear_built_programs()  # compiled here, not taken back from an earlier build in this process
     program = build_task_program(config, IMAGE_SHAPE, loop_repeats=loop_repeats, paired_models=paired_models)
     rng = np.random.default_rng(repeats)

@@ -82,14 +82,9 @@ def trace(run_flags: list[str], first: int, last: int, repeat: int, every: int =
         if not path.exists():
             raise CljaxError(f"{path} does not exist: trace from a task whose checkpoint was kept (`--keep-checkpoints "
                              f"N` keeps one every N tasks), or from 0.")
-        try:
-            learner = shard_repeats(load_learner(algo_dir, learner, path)[0])
-        except CljaxError as exc:  # its advice is a resume's (--overwrite): here the traced settings are at fault
-            if "does not match this config's learner state" not in str(exc):
-                raise
-            raise CljaxError(f"{path} does not match the learner of the settings traced: a --with that changes the "
-                             f"network or its state (the model, an option's state) cannot start from the run's "
-                             f"checkpoint; trace with other --with flags.") from None
+        learner = shard_repeats(load_learner(algo_dir, learner, path, mismatch_fix=(
+            "a --with that changes the network or its state (the model, an option's state) cannot start from the "
+            "run's checkpoint; trace with other --with flags"))[0])
     tests = WindowTestSets(task_data, schedule, 1)  # the expert's test set, task by task: any --eval-tasks
     out = {"steps": [], "task": [], "train_loss": [], "max_abs": {}, "last_weights": {}}
     for t in range(first, last + 1):

@@ -32,13 +32,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling modules
 from bench_args import one_line_errors, output_file, positive_int  # noqa: E402
 
 
-# Settings of the benchmark's own synthetic config that its flags or its shape fix (not --set).
-OWN_SETTINGS = {"n_repeats": "--repeats", "batch_size": "--batch-size", "dataset": "the benchmark (synthetic)",
-                "num_tasks": "the benchmark (1)", "n_train_per_class": "--steps x --batch-size",
-                "n_test_per_class": "the benchmark (50)", "n_subsamples": "the benchmark (16)",
-                "epochs": "the benchmark (1)", "log_frequency": "--steps"}
-
-
 def setting(text: str) -> tuple[str, object]:
     """``NAME=VALUE`` -> (NAME, VALUE read as JSON, else as text)."""
     name, sep, value = text.partition("=")
@@ -102,9 +95,12 @@ def main(argv=None) -> dict:
     p.add_argument("--json", dest="json_path", type=output_file, default=None)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    own = sorted({name for name, _ in args.settings} & set(OWN_SETTINGS))
-    if own:  # the benchmark's own flags set these
-        p.error(f"--set {own[0]}: {OWN_SETTINGS[own[0]]} sets it")
+    from throughput import unit_settings
+
+    own = sorted({name for name, _ in args.settings} & set(unit_settings(1, 1, 1)))
+    if own:  # the benchmark fixes these (its --repeats, --steps and --batch-size set the size)
+        p.error(f"--set {own[0]}: the benchmark fixes it ({', '.join(sorted(unit_settings(1, 1, 1)))}; "
+                f"--repeats, --steps and --batch-size set the size)")
     if args.worker:
         worker(args.new, args.repeats, args.steps, args.batch_size, dict(args.settings))
         return {}

@@ -269,6 +269,12 @@ def device_budget_for(config: Config, device_bytes: int | None = None) -> tuple[
     return device_budget()
 
 
+def evaluation_mode(chunk_tasks: int, slots: int) -> dict:
+    """How a task's evaluation runs with chunks of ``chunk_tasks`` of its ``slots`` test sets, as
+    ``cljax plan`` prints it and each task's metadata.json records it."""
+    return {"mode": "resident" if chunk_tasks >= slots else "chunked", "chunk_tasks": min(chunk_tasks, slots)}
+
+
 def choose_eval_chunk(b: Budget, device_bytes: int | None = None) -> int:
     """Tasks per evaluation call: ``--eval-chunk-tasks`` when set (refused when its task does not
     fit), else T (resident) when the whole task fits the per-device budget (``device_bytes``,

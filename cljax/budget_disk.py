@@ -21,6 +21,7 @@ from cljax.budget import Budget, _host_shape_dtype, fmt_bytes
 from cljax.config import SCHEMA_VERSION
 from cljax.errors import CljaxError
 from cljax.eval_tasks import eval_slots, eval_tasks_of
+from cljax.run_split import split_of
 from cljax.sources import plugin_sources
 
 
@@ -126,10 +127,8 @@ def disk_run_files(b: Budget) -> dict:
     from cljax.kept_checkpoints import KEPT
     from cljax.results import TASK_FILES
 
-    split = {"backend": jax.default_backend(), "devices": jax.device_count(), "processes": jax.process_count(),
-             "lowering": b.program.lowering.record()}  # as the run records its split (experiment._split)
     record = len(json.dumps({"schema": SCHEMA_VERSION, "config": b.config.to_dict(), "run_id": "0" * 32,
-                             "data": "0" * 64, "split": split, "sources": plugin_sources(b.config)},
+                             "data": "0" * 64, "split": split_of(b.program), "sources": plugin_sources(b.config)},
                             indent=1, sort_keys=True))
     learner = jax.eval_shape(b.program.init_learner, jax.eval_shape(lambda: jax.random.key(0)))
     # npz = a zip of .npy members (stored, zip64): about 200 bytes of zip headers per member.

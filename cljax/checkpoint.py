@@ -146,10 +146,11 @@ def read_checkpoint_header(algo_dir: Path, path: Path | None = None) -> tuple[in
     return next_task, run_id
 
 
-def load_learner(algo_dir: Path, template, path: Path | None = None):
+def load_learner(algo_dir: Path, template, path: Path | None = None, mismatch_fix: str | None = None):
     """Restore (learner, next_task) into the structure of ``template`` (a freshly initialised
     learner of the same config), from the checkpoint or the checkpoint file ``path``. Returns
-    None when there is none."""
+    None when there is none. ``mismatch_fix``: the advice of the error when the checkpoint is not
+    of ``template``'s structure (default: a run's, to start it again)."""
     path = algo_dir / CHECKPOINT if path is None else path
     if not path.exists():
         return None
@@ -166,6 +167,6 @@ def load_learner(algo_dir: Path, template, path: Path | None = None):
         elif f"leaf:{i}" in stored and stored[f"leaf:{i}"].shape == np.shape(leaf):
             restored.append(stored[f"leaf:{i}"])
         else:
-            raise CljaxError(f"{path} does not match this config's learner state: pass --overwrite to delete the run "
-                             f"in {algo_dir} and start again.")
+            fix = mismatch_fix or f"pass --overwrite to delete the run in {algo_dir} and start again"
+            raise CljaxError(f"{path} does not match this config's learner state: {fix}.")
     return jax.tree.unflatten(treedef, restored), int(stored["next_task"])

@@ -73,11 +73,11 @@ def _cmd_run(argv: list[str]) -> int:
 def _stale_analysis(algo_dir: Path) -> str | None:
     """A note when the run's own analysis/ is of fewer task folders than the run now has (an
     analysis of a stopped run, then resumed): its figures are of those tasks only."""
-    try:
-        analysed = json.loads((Path(algo_dir) / "analysis" / "summary.json").read_text())["n_task_folders"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    now = sum(1 for _ in Path(algo_dir).glob("task_[0-9]*"))
+    from cljax.analysis.out_folder import earlier_analysis
+    from cljax.results import task_dirs
+
+    analysed = (earlier_analysis(Path(algo_dir) / "analysis") or {}).get("n_task_folders")
+    now = len(task_dirs(algo_dir))
     if isinstance(analysed, int) and analysed < now:
         return (f"note: {Path(algo_dir) / 'analysis'} is of the first {analysed} tasks, and the run now has {now}: run "
                 f"`cljax analyze {algo_dir}` again for them all.")
@@ -246,8 +246,8 @@ def _cmd_compare(argv: list[str]) -> int:
     if not 0 <= args.late_from < 1:
         raise CljaxError(f"--late-from {args.late_from} is not in [0, 1): pass the fraction of each run from which "
                          f"its tasks count as late, e.g. 0.5 for the later half.")
-    for flag, path in (("--out", args.out), ("--json", args.json)):
-        _check_output_file(flag, path)
+    for flag, path, kind in (("--out", args.out, "png"), ("--json", args.json, "comparison")):
+        _check_output_file(flag, path, kind)
     from cljax.analysis.compare import compare_runs, format_comparison, protocol_differences
     from cljax.analysis.spread import jsonable
     from cljax.safe_files import atomic_write
@@ -267,8 +267,9 @@ def _cmd_compare(argv: list[str]) -> int:
     return 0
 
 
-def _check_output_file(flag: str, path: str | None) -> None:
-    """A file an option writes: checked before the work that fills it."""
+def _check_output_file(flag: str, path: str | None, kind: str) -> None:
+    """A file an option writes (``kind``: see output_guard.check_replaces_only_its_own): checked
+    before the work that fills it."""
     if path is None:
         return
     if not path.strip():
@@ -279,7 +280,7 @@ def _check_output_file(flag: str, path: str | None) -> None:
     from cljax.output_guard import check_not_a_run_result, check_replaces_only_its_own  # here: its modules load JAX
 
     check_not_a_run_result(flag, target)
-    check_replaces_only_its_own(flag, target, "comparison" if flag == "--json" else "png")
+    check_replaces_only_its_own(flag, target, kind)
     if not target.parent.is_dir():
         raise CljaxError(f"{flag} {path}: its folder {target.parent} does not exist: create it or pass another path.")
     if not os.access(target.parent, os.W_OK):

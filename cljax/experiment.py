@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cljax.budget import Budget, choose_eval_chunk, host_problem
+from cljax.budget import Budget, choose_eval_chunk, evaluation_mode, host_problem
 from cljax.budget_disk import block_size, check_disk, disk_files_per_task, disk_run_files, on_disk
 from cljax.check_record import CheckRecord
 from cljax.checkpoint import CHECKPOINT, RUN_RECORD, load_learner, new_run_id, save_learner, write_run_record
@@ -25,7 +25,7 @@ from cljax.data import load_dataset
 from cljax.data.prepared import check_unchanged, data_identity
 from cljax.devices.distributed import is_writer, maybe_initialize_distributed
 from cljax.devices.memory import host_available_bytes, live_device_bytes, rss_bytes
-from cljax.devices.mesh import check_repeats, fetch, mesh_devices, put_repeats, shard_repeats
+from cljax.devices.mesh import check_repeats, fetch, put_repeats, shard_repeats
 from cljax.errors import CljaxError
 from cljax.eval_tasks import eval_tasks_of
 from cljax.evaluate import TestSets, WindowTestSets
@@ -38,7 +38,7 @@ from cljax.records import (divergence_warning, nonfinite_before, nonfinite_repor
                             task_metadata)
 from cljax.results import task_dir_name, write_task
 from cljax.run_folder import clear_run, inspect_run, remove_stale_temporaries, verify_task_dir
-from cljax.run_split import recorded_split, same_split, warn_if_other_eval_chunk, warn_if_other_split
+from cljax.run_split import recorded_split, same_split, split_of, warn_if_other_eval_chunk, warn_if_other_split
 from cljax.run_lock import RunLock
 from cljax.sources import check_sources, plugin_sources
 from cljax.step import KEY_TASKS
@@ -139,7 +139,7 @@ def run_experiment(
                 print(f"warning: {problem}; the run is finished and its initial/ was written again from its seed, "
                       f"as the run began.", file=sys.stderr)
             return _finished(algo_dir, schedule, found, config)
-        split = _split(program)
+        split = split_of(program)
         run_id = found.record.get("run_id") if found.record is not None else new_run_id()
         if found.record is not None:  # the first task trained now: a repair's replay starts before the checkpoint
             first_trained = found.replay[0] if found.replay else found.next_task
@@ -184,6 +184,7 @@ def _train(config, data, task_data, schedule, program, start, chunk_tasks, found
     result = RunResult(algo_dir=algo_dir, task_class_pairs=schedule, first_task=first_task, run_id=run_id)
 
     spec = eval_tasks_of(config)
+    evaluation = evaluation_mode(chunk_tasks, spec.slots(config.num_tasks))  # recorded in each task's metadata.json
     if spec.full:
         tests = TestSets(*task_data.all_tests(schedule), chunk_tasks=chunk_tasks, measure=on_task_end is not None)
     else:  # only the window's test sets, gathered per task: host memory does not grow with T
@@ -234,8 +235,7 @@ def _train(config, data, task_data, schedule, program, start, chunk_tasks, found
             "steps_per_second": config.steps_per_task / seconds,
         })
         metadata.update({"nonfinite": nonfinite, "run_id": run_id, "split": split, "plugins": sources,
-                         "evaluation": {"mode": "resident" if chunk_tasks >= len(eval_ids) else "chunked",
-                                        "chunk_tasks": min(chunk_tasks, len(eval_ids))}})  # as `cljax plan` gives it
+                         "evaluation": evaluation})
         if found.record is not None and not same_split(recorded_split(found.record), split):
             metadata["split_at_run_start"] = recorded_split(found.record)
         if replaying:
@@ -320,13 +320,6 @@ def _finished(algo_dir: Path, schedule: np.ndarray, found, config) -> RunResult:
     summary = [summary_row(t, _load_summary_arrays(algo_dir / task_dir_name(t)), spec.ids(t, T)) for t in range(T)]
     return RunResult(algo_dir=algo_dir, task_class_pairs=schedule, first_task=T, summary=summary,
                      already_finished=True, run_id=found.record.get("run_id"))
-
-
-def _split(program) -> dict:
-    """How the run's numbers are computed, down to the last bits: backend, devices, processes,
-    lowering. Recorded in run.json at the start and in every task's metadata.json."""
-    return {"backend": jax.default_backend(), "devices": len(mesh_devices()), "processes": jax.process_count(),
-            "lowering": program.lowering.record()}
 
 
 @contextlib.contextmanager

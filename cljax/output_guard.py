@@ -56,6 +56,9 @@ def is_png(path: Path) -> bool:
 
 def is_comparison(path: Path) -> bool:
     """Whether ``path`` holds what ``cljax compare --json`` writes: one entry per run, each with its gap."""
+    with open(path, "rb") as f:
+        if f.read(1) != b"{":  # not read whole: the file might be a dataset's gigabytes
+            return False
     try:
         entries = json.loads(path.read_bytes())
     except (ValueError, UnicodeDecodeError):

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import jax
 
-from cljax.budget import (HEADROOM, Budget, _does_not_fit, _per_device, device_budget_for, device_components, fit_chunk,
-                          fmt_bytes, given_chunk_problem, host_components, host_problem, host_total, scratch_bytes)
+from cljax.budget import (HEADROOM, Budget, _does_not_fit, _per_device, device_budget_for, device_components,
+                          evaluation_mode, fit_chunk, fmt_bytes, given_chunk_problem, host_components, host_problem,
+                          host_total, scratch_bytes)
 from cljax.budget_disk import disk_files_per_task, disk_run_files
 from cljax.config import Config
 from cljax.eval_tasks import eval_tasks_of
@@ -73,8 +74,7 @@ def make_plan(config: Config, device_bytes: int | None = None) -> dict:
         "evaluation": {
             "eval_tasks": str(spec),
             "slots": slots,
-            "mode": "resident" if K >= slots else "chunked",
-            "chunk_tasks": K,
+            **evaluation_mode(K, slots),
             "calls_per_task": -(-slots // K),
             "chosen_by": "--eval-chunk-tasks" if config.eval_chunk_tasks else "budget",
         },

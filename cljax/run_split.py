@@ -10,6 +10,17 @@ import sys
 LOWERING_ABSENT = {"matmul_precision": "default", "compute_dtype": "float32", "scan_unroll": 1}
 
 
+def split_of(program) -> dict:
+    """How a run's numbers are computed, down to the last bits: backend, devices, processes,
+    lowering. Recorded in run.json at the start and in every task's metadata.json."""
+    import jax
+
+    from cljax.devices.mesh import mesh_devices
+
+    return {"backend": jax.default_backend(), "devices": len(mesh_devices()), "processes": jax.process_count(),
+            "lowering": program.lowering.record()}
+
+
 def recorded_split(record: dict | None) -> dict | None:
     """The split a run's record says it started on, as the run computed: a ResNet recorded before
     schema 5 ran XLA's convolution (``lax``) whatever lowering its record names, since the ResNet

@@ -177,7 +177,7 @@ def test_versus_refuses_a_setting_in_one_line(capfd):
     assert "Traceback" not in capfd.readouterr().err
     with pytest.raises(SystemExit):
         versus.main([root, root, "--set", "batch_size=64"])
-    assert "--set batch_size: --batch-size sets it" in capfd.readouterr().err
+    assert "--set batch_size: the benchmark fixes it (batch_size, dataset, epochs" in capfd.readouterr().err
 
 
 def test_flat_per_task_reports_each_task_asked_for_and_no_compilation_after_the_first(tmp_path):

@@ -186,16 +186,13 @@ def test_the_run_record_estimate_is_the_records_size(small, tmp_path):
     the id, the hash and the split, about 400 bytes of a 1.4 KB file."""
     import uuid
 
-    import jax
-
     from cljax.checkpoint import RUN_RECORD, write_run_record
     from cljax.config import SCHEMA_VERSION
+    from cljax.run_split import split_of
     from cljax.sources import plugin_sources
 
-    split = {"backend": jax.default_backend(), "devices": jax.device_count(), "processes": jax.process_count(),
-             "lowering": small.program.lowering.record()}
     write_run_record(tmp_path, small.config.to_dict(), SCHEMA_VERSION, run_id=uuid.uuid4().hex, data="f" * 64,
-                     split=split, sources=plugin_sources(small.config))
+                     split=split_of(small.program), sources=plugin_sources(small.config))
     assert disk_run_files(small)[RUN_RECORD] == (tmp_path / RUN_RECORD).stat().st_size
 
 

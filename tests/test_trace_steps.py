@@ -98,6 +98,6 @@ def test_the_commands_help_output_file_and_a_with_that_changes_the_network(run, 
         with pytest.raises(SystemExit) as refused:
             trace_steps.main(["--from-task", "0", "--to-task", "0", *bad, "--", *flags])
         assert refused.value.code == 2 and expected in capsys.readouterr().err
-    with pytest.raises(CljaxError, match="start_task_001.npz does not match the learner of the settings traced: a "
-                                         "--with that changes the network"):
+    with pytest.raises(CljaxError, match="start_task_001.npz does not match this config's learner state: a --with "
+                                         "that changes the network"):
         trace_steps.trace(flags, 1, 1, repeat=0, other=["--mlp-hidden", "16"])

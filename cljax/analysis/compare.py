@@ -21,7 +21,7 @@ import numpy as np
 from cljax import results
 from cljax.analysis import plots
 from cljax.analysis.cl import mean_over_every_task, mean_over_tasks
-from cljax.analysis.spread import spread
+from cljax.analysis.spread import figure, mean_std_text, spread
 from cljax.checkpoint import NewerRecord, read_run_record
 from cljax.errors import CljaxError
 from cljax.run_folder import verify_task_dir
@@ -265,19 +265,12 @@ def distinct_labels(run_dirs) -> list[str]:
     raise CljaxError(f"the same run is given twice ({', '.join(map(str, run_dirs))}): give each run once.")
 
 
-def _num(x, fmt: str = ".3f", none: str = "n/a") -> str:
-    """A figure of the table; ``none`` where it is not defined (a std of one repeat, no finite repeat)."""
-    return format(x, fmt) if x is not None and np.isfinite(x) else none
-
-
 def _pm(v: dict) -> str:
-    """'mean +- std' as `cljax analyze` prints it: 'undefined' without a finite repeat, 'n/a' for
-    the std of one."""
-    return "undefined" if not _num(v["mean"], none="") else f"{_num(v['mean'])} +- {_num(v['std'])}"
+    return mean_std_text(v["mean"], v["std"], ".3f")
 
 
 def _difference(p: dict) -> str:
-    return (f"{_num(p['mean'], '+.3f', 'undefined')} +- {_num(p['std'])} (SE {_num(p['se'])}), higher in "
+    return (f"{mean_std_text(p['mean'], p['std'], '.3f', '+.3f')} (SE {figure(p['se'], '.3f')}), higher in "
             f"{p['higher']}, lower in {p['lower']}, "
             f"equal in {p['equal']}" + (f", not finite in {p['n_nonfinite']}" if p["n_nonfinite"] else "")
             + f" of {p['n'] + p['n_nonfinite']} repeats")

@@ -50,7 +50,7 @@ from cljax.analysis.glue import N_PROBES
 from cljax.analysis.out_folder import output_folder, write_all
 from cljax.analysis.probe import RIDGE
 from cljax.analysis.registry import Options, RunContext, TaskFolder, get, registered
-from cljax.analysis.spread import RULE, jsonable
+from cljax.analysis.spread import RULE, jsonable, mean_std_text
 from cljax.checkpoint import read_run_record
 from cljax.devices.memory import host_available_bytes
 from cljax.errors import CljaxError
@@ -274,8 +274,7 @@ def _pm(entry, digits: int = 4) -> str:
     """'mean +- std' of a summary entry (None: not defined), with the repeats left out if any."""
     if not isinstance(entry, dict):
         return "n/a"
-    mean, std = entry.get("mean"), entry.get("std")
-    text = "undefined" if mean is None else f"{mean:.{digits}f} +- " + ("n/a" if std is None else f"{std:.{digits}f}")
+    text = mean_std_text(entry.get("mean"), entry.get("std"), f".{digits}f")
     left_out = entry.get("n_nonfinite", 0)
     return text + (f" ({left_out} repeat{'s' * (left_out != 1)} left out: not finite)" if left_out else "")
 

@@ -57,7 +57,7 @@ def output_folder(algo_dir: Path, out_dir, run_id: str | None) -> Path:
     return out
 
 
-def _earlier_analysis(out: Path) -> dict | None:
+def earlier_analysis(out: Path) -> dict | None:
     """The summary of the analysis written in ``out`` before, or None when its summary.json is
     missing or is not one."""
     try:
@@ -74,7 +74,7 @@ def check_replaceable(out: Path, algo_dir: Path, run_id: str | None, names) -> N
     if not taken:
         return
     own = out == algo_dir / "analysis"  # the run's own analysis folder, as --overwrite reads it
-    earlier = _earlier_analysis(out)
+    earlier = earlier_analysis(out)
     if earlier is None and own:
         earlier = {}
     where = str(out) if own else f"{out} (--out)"
@@ -102,7 +102,7 @@ def write_all(out: Path, writers: dict, algo_dir: Path, run_id: str | None) -> N
     (it marks the folder as an analysis): a full disk or a stop half-way leaves the previous
     analysis whole, not some of its files replaced."""
     check_replaceable(out, algo_dir, run_id, writers)
-    earlier = _earlier_analysis(out) or {}  # of this run (check_replaceable refuses another run's)
+    earlier = earlier_analysis(out) or {}  # of this run (check_replaceable refuses another run's)
     new_folder = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)

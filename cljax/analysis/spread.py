@@ -51,6 +51,19 @@ def over_tasks(values_nR) -> dict:
             "n_nonfinite": int((~np.isfinite(v)).sum())}
 
 
+def figure(x, fmt: str = ".4f", none: str = "n/a") -> str:
+    """One printed figure: ``none`` where it is not defined (None, as summary.json holds it, or NaN)."""
+    return format(x, fmt) if x is not None and np.isfinite(x) else none
+
+
+def mean_std_text(mean, std, fmt: str = ".4f", mean_fmt: str | None = None) -> str:
+    """'mean +- std' as the commands print a spread: 'undefined' without a mean (no finite
+    repeat), 'n/a' for a std that is not defined (one repeat)."""
+    if not figure(mean, none=""):
+        return "undefined"
+    return f"{figure(mean, mean_fmt or fmt)} +- {figure(std, fmt)}"
+
+
 def jsonable(obj):
     """``obj`` with numpy values as Python ones and every non-finite float as None: what the JSON
     files of an analysis (summary.json, ``cljax compare --json``) hold, NaN written as ``null``

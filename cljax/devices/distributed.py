@@ -40,17 +40,9 @@ def maybe_initialize_distributed() -> bool:
         return _distributed_started
     # On a SLURM step everything is detected; elsewhere the coordinator and this process's
     # place come from JAX_COORDINATOR_ADDRESS, CLJAX_NUM_PROCESSES and CLJAX_PROCESS_ID.
-    env = os.environ
-    kwargs = {}
-    for var, arg, least in (("CLJAX_NUM_PROCESSES", "num_processes", 1), ("CLJAX_PROCESS_ID", "process_id", 0)):
-        if env.get(var, "").strip():
-            try:
-                kwargs[arg] = int(env[var])
-            except ValueError:
-                kwargs[arg] = None
-            if kwargs[arg] is None or kwargs[arg] < least:
-                raise CljaxError(f"{var}={env[var]!r} is not a whole number of at least {least}: set it (process ids "
-                                 f"run 0 .. CLJAX_NUM_PROCESSES - 1), or CLJAX_DISTRIBUTED=0 for a single-host run.")
+    kwargs = {arg: _whole_number(var, least) for var, arg, least in (
+        ("CLJAX_NUM_PROCESSES", "num_processes", 1), ("CLJAX_PROCESS_ID", "process_id", 0))
+        if os.environ.get(var, "").strip()}
     if kwargs.get("process_id", 0) >= kwargs.get("num_processes", float("inf")):
         raise CljaxError(f"CLJAX_PROCESS_ID={kwargs['process_id']} is not below CLJAX_NUM_PROCESSES="
                          f"{kwargs['num_processes']}: process ids run 0 .. {kwargs['num_processes'] - 1}.")
@@ -64,6 +56,17 @@ def maybe_initialize_distributed() -> bool:
         ) from None
     _distributed_started = True
     return True
+
+
+def _whole_number(var: str, least: int) -> int:
+    try:
+        value = int(os.environ[var])
+    except ValueError:
+        value = least - 1
+    if value < least:
+        raise CljaxError(f"{var}={os.environ[var]!r} is not a whole number of at least {least}: set it (process ids "
+                         f"run 0 .. CLJAX_NUM_PROCESSES - 1), or CLJAX_DISTRIBUTED=0 for a single-host run.")
+    return value
 
 
 def is_writer() -> bool:
