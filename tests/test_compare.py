@@ -368,7 +368,9 @@ def test_a_run_not_finished_is_paired_with_its_draws_baseline_on_the_late_tasks_
     assert cli_main(["compare", *(str(tmp_path / n) for n in names)]) == 0
     out = capsys.readouterr().out
     assert f"{'redo1':<28} minus plain1 on tasks 1-2 (the later part of the tasks both have): +0.075 +- 0.000" in out
-    assert "pooled" not in out
+    assert "pooled over" not in out  # redo0 on its own late tasks, redo1 on 1-2: the line says so
+    assert ("redo1 not pooled with redo0 (the same rule and options on another draw): it is compared on other tasks "
+            "(tasks 1-2 here, its own late tasks there)") in out
 
     # Both redo runs stopped at task 3 of 4: their pairs are on the same tasks, 1-2, so they pool.
     shutil.rmtree(tmp_path / "redo0" / f"task_{T - 1:03d}")
@@ -392,3 +394,40 @@ def test_one_repeat_has_no_std_and_the_table_says_so_as_analyze_does(tmp_path, c
     assert cli_main(["compare", str(tmp_path / "one")]) == 0
     row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("one"))
     assert row.count("+- n/a") == 3 and "nan" not in row, row
+
+
+def test_two_draws_of_one_rule_and_options_with_a_setting_changed_are_not_pooled_and_the_line_says_why(tmp_path,
+                                                                                                      capsys):
+    # ReDo on two seeds, one with --redo-tau changed (by mistake or as another method): not one
+    # method, so no pooled line, and the comparison names the setting rather than staying silent.
+    rng = np.random.default_rng(7)
+    expert = rng.uniform(0.5, 0.9, (T, R))
+    for seed in (0, 1):
+        pairs = rng.permutation(np.arange(2 * T * R)).reshape(T, R, 2)
+        learner = rng.uniform(0.5, 0.9, (T, R))
+        tau = 0.1 if seed == 0 else 0.2
+        for name, config in ((f"plain{seed}", {"use_redo": False}),
+                             (f"redo{seed}", {"use_redo": True, "redo_tau": tau})):
+            write_run(tmp_path / name, learner + 0.01, expert, window=False, seed=seed, pairs_TR2=pairs)
+            (tmp_path / name / "run.json").write_text(json.dumps({"config": {"lr": 0.1, **config, "seed": seed}}))
+    names = ["plain0", "redo0", "plain1", "redo1"]
+    summary = compare_runs([tmp_path / n for n in names], labels=names)
+    assert summary["redo1"]["paired"]["baseline"] == "plain1"
+    assert not any("pooled_over_draws" in s for s in summary.values())
+    assert summary["redo1"]["not_pooled"] == ("not pooled with redo0 (the same rule and options on another draw): its "
+                                              "settings differ in redo_tau (0.1 there, 0.2 here)")
+    assert "not_pooled" not in summary["redo0"]
+    assert cli_main(["compare", *(str(tmp_path / n) for n in names)]) == 0
+    assert "redo1 not pooled with redo0 (the same rule and options on another draw): its settings differ in redo_tau" \
+        in capsys.readouterr().out
+    # the baseline's settings differ instead (plain1 at another --lr): named as the baseline's
+    for name in ("plain1", "redo1"):
+        config = {"lr": 0.2 if name == "plain1" else 0.1, "use_redo": name == "redo1", "redo_tau": 0.1, "seed": 1}
+        (tmp_path / name / "run.json").write_text(json.dumps({"config": config}))
+    summary = compare_runs([tmp_path / n for n in names], labels=names)
+    assert summary["redo1"]["not_pooled"].endswith("its baseline's settings differ in lr (0.1 there, 0.2 here)")
+    # the same settings: pooled, and no such line
+    (tmp_path / "plain1" / "run.json").write_text(json.dumps({"config": {"lr": 0.1, "use_redo": False, "seed": 1}}))
+    summary = compare_runs([tmp_path / n for n in names], labels=names)
+    assert summary["redo0"]["pooled_over_draws"]["runs"] == ["redo0", "redo1"]
+    assert not any("not_pooled" in s for s in summary.values())

@@ -106,13 +106,13 @@ def compare_runs(run_dirs, out_png: str | os.PathLike | None = None, labels=None
     labels = list(labels) if labels else distinct_labels(run_dirs)
     if len(set(labels)) != len(labels):
         raise CljaxError(f"two runs have the same label ({', '.join(labels)}): give each its own.")
-    curves, summary, draws, methods, accs = {}, {}, {}, {}, {}
+    curves, summary, draws, methods, accs, families = {}, {}, {}, {}, {}, {}
     for label, run_dir in zip(labels, run_dirs):
         acc = accs[label] = current_task_accuracy(run_dir)
         gap_nR = acc["expert"] - acc["learner"]
         late = slice(int(len(gap_nR) * late_from), len(gap_nR))
         record = _record_or_none(Path(run_dir)) or {}  # damaged: the task folders only
-        methods[label] = method_of(record)
+        methods[label], families[label] = method_of(record), family_of(record)
         summary[label] = {
             "run": str(run_dir), "n_tasks": len(gap_nR), "late_tasks": [late.start, len(gap_nR) - 1],
             "num_tasks": acc["num_tasks"],  # the run's T (None: not recorded); n_tasks < T: a partial run
@@ -129,6 +129,8 @@ def compare_runs(run_dirs, out_png: str | os.PathLike | None = None, labels=None
         summary[label]["paired"] = pair
     for label, pooled in pool_over_draws(labels, summary, draws, methods).items():
         summary[label]["pooled_over_draws"] = pooled
+    for label, why in not_pooled(labels, summary, draws, methods, families).items():
+        summary[label]["not_pooled"] = why
     if out_png is not None:
         plots.plot_plasticity_gap(curves_by_method(labels, curves, draws, methods), out_png)
     return summary
@@ -148,6 +150,16 @@ def method_of(record: dict) -> str | None:
         pass  # as recorded
     return json.dumps({k: v for k, v in number_settings(config).items() if k not in NOT_IN_METHOD},
                       sort_keys=True, default=repr)
+
+
+def family_of(record: dict) -> str | None:
+    """A run's rule and options in use (its results-folder name, as ``Config.algorithm_name``):
+    runs of one family whose settings differ are not one method, but a researcher may have meant
+    them as one (see :func:`not_pooled`). None when the record is missing or cannot be read."""
+    try:
+        return recorded_config(record["config"]).algorithm_name
+    except (CljaxError, TypeError, ValueError, AttributeError, KeyError):
+        return None
 
 
 def curves_by_method(labels, curves, draws, methods) -> dict:
@@ -245,6 +257,43 @@ def pool_over_draws(labels, summary, draws, methods) -> dict:
     return pooled
 
 
+def not_pooled(labels, summary, draws, methods, families) -> dict:
+    """Why a paired run was not pooled with an earlier paired run of its family (the same rule and
+    options, :func:`family_of`) on another draw: {label: "..."}, naming the settings that differ
+    (its own, or its baseline's) or the tasks. Pooling needs every setting that changes a number
+    to match; without this, two draws of one method with one hyperparameter changed by mistake
+    get no pooled line and no word why."""
+    def key(label):
+        pair = summary[label]["paired"]
+        return methods[label], methods[pair["baseline"]], tuple(pair.get("tasks", ()))
+
+    paired = [label for label in labels if (summary[label].get("paired") or {}).get("paired")
+              and families[label] is not None and None not in key(label)]
+    out = {}
+    for i, label in enumerate(paired):
+        earlier = [b for b in paired[:i] if families[b] == families[label] and _distinct_draws([draws[b], draws[label]])]
+        if not earlier or any(key(b) == key(label) for b in earlier):
+            continue
+        b = earlier[0]
+        (m, mb, tasks), (n, nb, tasks_b) = key(label), key(b)
+        why = (f"its settings differ in {_setting_differences(n, m)}" if m != n else
+               f"its baseline's settings differ in {_setting_differences(nb, mb)}" if mb != nb else
+               f"it is compared on other tasks ({_tasks_text(tasks)} here, {_tasks_text(tasks_b)} there)")
+        out[label] = f"not pooled with {b} (the same rule and options on another draw): {why}"
+    return out
+
+
+def _tasks_text(tasks: tuple) -> str:
+    return f"tasks {tasks[0]}-{tasks[1]}" if tasks else "its own late tasks"
+
+
+def _setting_differences(there: str, here: str) -> str:
+    """'k (v there, w here), ...' for the settings two method_of texts differ in."""
+    a, b = json.loads(there), json.loads(here)
+    keys = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+    return ", ".join(f"{k} ({a.get(k)} there, {b.get(k)} here)" for k in keys)
+
+
 def protocol_differences(summary: dict) -> dict[str, list[str]]:
     """The protocol settings (``PROTOCOL``) whose recorded values differ between the runs, with
     those values: their gaps are then not measured on one protocol (a run without run.json
@@ -311,4 +360,6 @@ def format_comparison(summary: dict) -> str:
     for label, p in ((label, s["pooled_over_draws"]) for label, s in summary.items() if "pooled_over_draws" in s):
         on = f" on tasks {p['tasks'][0]}-{p['tasks'][1]}" if "tasks" in p else ""
         lines.append(f"pooled over {len(p['runs'])} draws of {label}'s method{on}: {_difference(p)}")
+    for label, why in ((label, s["not_pooled"]) for label, s in summary.items() if "not_pooled" in s):
+        lines.append(f"{label} {why}")
     return "\n".join(lines)
