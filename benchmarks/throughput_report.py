@@ -51,7 +51,9 @@ def markdown(report: dict) -> str:
         "",
         f"machine: {report['machine']}; load average {report['load_average_start']} -> {report['load_average_end']}",
         f"peak: {report['peak_flops_per_s'] / 1e9:.1f} GFLOP/s (XLA float32 matmul {report['peak_matmul_size']}^2 at "
-        f"precision {report.get('matmul_precision', '?')}, median)",
+        f"precision {report.get('matmul_precision', '?')}, median)" + (
+            "; a small matmul (--quick) runs below the machine's peak, so '% of peak' may pass 100%: "
+            "--peak-size 4096 for the figure docs/benchmark.md gives" if report["peak_matmul_size"] < 4096 else ""),
         f"FLOPs per training sample: {report['flops_per_sample'] / 1e6:.2f} M ({report['flops_formula']})",
         f"cljax settings: --matmul-precision {report.get('matmul_precision', 'the config default')}, "
         f"--conv-impl {report.get('conv_impl', 'auto')}",
