@@ -126,6 +126,10 @@ def format_plan(plan: dict) -> str:
     else:
         lines.append(f"evaluation: chunked: K={ev['chunk_tasks']} tasks per call, {ev['calls_per_task']} calls per task; "
                      f"test sets streamed in, outputs streamed out (chosen by {ev['chosen_by']})")
+        if 2 * ev["chunk_tasks"] >= ev["slots"]:  # two chunks in flight: no less than all the slots at once
+            lines.append(f"  note: two chunks are in flight while streaming, {2 * ev['chunk_tasks']} tasks of the "
+                         f"{ev['slots']}, so this needs as much device memory as resident evaluation; streaming "
+                         f"saves memory only below K = {(ev['slots'] + 1) // 2} (--eval-chunk-tasks 0 chooses)")
     lines += ["", "host memory (estimate, beyond the Python/JAX runtime"
               f" of about {fmt_bytes(plan['host_runtime_rss_now'])}):"]
     for name, value in plan["host_components"].items():

@@ -215,6 +215,15 @@ def test_plan_reports_the_given_chunk_capped_at_the_slots_and_its_calls(tmp_path
     assert capped["evaluation"]["chunk_tasks"] == 5 and capped["evaluation"]["mode"] == "resident"
     assert capped["evaluation"]["calls_per_task"] == 1
     assert capped["device_components"]["eval_test_sets"] == 5 * 16 * 2 * PER_IMAGE
+    # K = 3 of 5: two chunks in flight hold 6 test sets, more than resident's 5; the text says so
+    from cljax.plan import format_plan
+
+    wide = make_plan(config_of(eval_chunk_tasks=3, device_memory=10**10, results_dir=str(tmp_path)))
+    assert wide["evaluation"]["mode"] == "chunked"
+    assert wide["device_components"]["eval_test_sets"] > capped["device_components"]["eval_test_sets"]
+    assert ("note: two chunks are in flight while streaming, 6 tasks of the 5, so this needs as much device memory as "
+            "resident evaluation; streaming saves memory only below K = 3") in format_plan(wide)
+    assert "note: two chunks" not in format_plan(chunked)
 
 
 def test_plan_splits_the_repeats_over_the_devices(tmp_path, monkeypatch):
