@@ -315,6 +315,20 @@ def test_the_terminal_summary_names_collapse_no_probe_and_left_out_expert_cells(
             "diverged) over repeats, Monte-Carlo error n/a (256 probes); no probe was solved") in lines
     assert any(line.startswith("expert accuracy:") and line.endswith("(46 not finite, left out)") for line in lines)
 
+    # one repeat diverged and two collapsed: 'left out: not finite' counts both; the line tells them apart
+    glue["per_task"]["capacity"]["last_task"] = {"mean": None, "std": None, "n": 0, "n_nonfinite": 3}
+    glue["solver"].update(n_groupings_constant=8, n_groupings_not_finite=4)
+    text = format_summary({"glue": glue})
+    assert ("[groupings left out over the run: 4 not finite (diverged), 8 with constant representations (collapsed, "
+            "not diverged)]") in text and "undefined (the representations are constant" not in text
+    # a grouping whose probes mostly stalled (nearly degenerate points) is named, with its fraction
+    glue["solver"].update(converged_fraction=0.9254, n_probes_solved=2560, min_converged_fraction=0.254)
+    text = format_summary({"glue": glue})
+    assert ("solver within tolerance on 92.54% of 2560 probes; in one grouping only 25.4%: its points are nearly "
+            "degenerate (as a network near collapse gives) and its capacity is not reliable") in text
+    glue["solver"]["min_converged_fraction"] = 0.95
+    assert "in one grouping only" not in format_summary({"glue": glue})
+
 
 def test_a_first_analysis_that_cannot_be_written_leaves_no_empty_folder(tmp_path, monkeypatch):
     from cljax.errors import CljaxError

@@ -46,7 +46,7 @@ from cljax import results
 from cljax.analysis.analyses import COLLAPSE_DROP  # importing it registers the built-in analyses
 from cljax.analysis.band import keeps_dense
 from cljax.analysis.cl import VARIANTS
-from cljax.analysis.glue import N_PROBES
+from cljax.analysis.glue import GLUE_RELIABLE, N_PROBES
 from cljax.analysis.out_folder import output_folder, write_all
 from cljax.analysis.probe import RIDGE
 from cljax.analysis.registry import Options, RunContext, TaskFolder, get, registered
@@ -339,12 +339,20 @@ def format_summary(summary: dict) -> str:
         mc = "n/a" if err["mean"] is None else f"{err['mean']:.4f}"
         solved = solver["n_probes_solved"]
         cap_text = _pm(cap)
-        if cap["mean"] is None and solver.get("n_groupings_constant") and not solver.get("n_groupings_not_finite"):
+        not_finite, constant = solver.get("n_groupings_not_finite", 0), solver.get("n_groupings_constant", 0)
+        if cap["mean"] is None and constant and not not_finite:
             # constant representations (collapsed units), not a diverged network: no capacity to measure
             cap_text = "undefined (the representations are constant over the images: collapsed, not diverged)"
+        elif constant and not_finite:  # "not finite" above counts both kinds: say which is which
+            cap_text += (f" [groupings left out over the run: {not_finite} not finite (diverged), {constant} with "
+                         f"constant representations (collapsed, not diverged)]")
+        low = solver.get("min_converged_fraction")
         lines.append(f"GLUE capacity, last task: {cap_text} over repeats, Monte-Carlo error {mc} "
                      f"({glue['settings']['n_probes']} probes); " + (
                          f"solver within tolerance on {100 * solver['converged_fraction']:.2f}% of {solved} probes"
-                         if solved else "no probe was solved"))
+                         if solved else "no probe was solved")
+                     + (f"; in one grouping only {100 * low:.1f}%: its points are nearly degenerate (as a network "
+                        f"near collapse gives) and its capacity is not reliable (docs/metrics.md, GLUE)"
+                        if solved and low is not None and low < GLUE_RELIABLE else ""))
     lines.append(f"std: {summary.get('std', '')}")
     return "\n".join(lines)

@@ -69,6 +69,9 @@ from cljax.analysis.order import after  # each decomposition waits for the one b
 
 # The default number of Gaussian probes (y, t) of every GLUE call: the library, the driver, the CLI.
 N_PROBES = 256
+# A grouping whose probes reach the solver's tolerance less often than this is named by `cljax
+# analyze`: its capacity then rests on stalled solves (nearly degenerate points, docs/metrics.md).
+GLUE_RELIABLE = 0.9
 
 GLUE_KEYS = (
     "capacity",
