@@ -431,3 +431,11 @@ def test_two_draws_of_one_rule_and_options_with_a_setting_changed_are_not_pooled
     summary = compare_runs([tmp_path / n for n in names], labels=names)
     assert summary["redo0"]["pooled_over_draws"]["runs"] == ["redo0", "redo1"]
     assert not any("not_pooled" in s for s in summary.values())
+
+
+def test_the_late_tasks_start_at_the_fraction_given_not_one_float_rounding_early():
+    from cljax.analysis.compare import late_start
+
+    assert int(90 * 0.7) == 62 and late_start(90, 0.7) == 63  # 90 * 0.7 = 62.99999999999999 as a float
+    assert late_start(100, 0.57) == 57 and late_start(50, 0.58) == 29
+    assert late_start(5, 0.5) == 2 and late_start(7, 0.25) == 1 and late_start(3, 0.0) == 0

@@ -13,6 +13,7 @@ differences pooled over the draws given. Reads only the current task's slot, so 
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -110,7 +111,7 @@ def compare_runs(run_dirs, out_png: str | os.PathLike | None = None, labels=None
     for label, run_dir in zip(labels, run_dirs):
         acc = accs[label] = current_task_accuracy(run_dir)
         gap_nR = acc["expert"] - acc["learner"]
-        late = slice(int(len(gap_nR) * late_from), len(gap_nR))
+        late = slice(late_start(len(gap_nR), late_from), len(gap_nR))
         record = _record_or_none(Path(run_dir)) or {}  # damaged: the task folders only
         methods[label], families[label] = method_of(record), family_of(record)
         summary[label] = {
@@ -134,6 +135,12 @@ def compare_runs(run_dirs, out_png: str | os.PathLike | None = None, labels=None
     if out_png is not None:
         plots.plot_plasticity_gap(curves_by_method(labels, curves, draws, methods), out_png)
     return summary
+
+
+def late_start(n: int, late_from: float) -> int:
+    """The first late task of n: floor(n * late_from), taken on the decimal fraction given (a
+    float product such as 90 * 0.7 = 62.99999... would floor a task early)."""
+    return math.floor(round(n * late_from, 9))
 
 
 def method_of(record: dict) -> str | None:
@@ -211,7 +218,7 @@ def pair_with_baselines(labels, accs, late_from: float = 0.5) -> dict:
         else:
             n, n_first = len(accs[label]["learner"]), len(accs[first]["learner"])
             k = min(n, n_first)
-            tasks = slice(int(k * late_from), k)  # each run's own late tasks when both have as many
+            tasks = slice(late_start(k, late_from), k)  # each run's own late tasks when both have as many
             this, base = (mean_over_every_task(accs[r]["learner"][tasks].T) for r in (label, first))
             shorter = {"tasks": [tasks.start, k - 1]} if n != n_first else {}
             out[label] = {"baseline": first, **shorter, **paired_difference(this, base)}
