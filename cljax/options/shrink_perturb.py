@@ -55,7 +55,8 @@ class ShrinkPerturbParams:
     lambda_: float = param(0.99, "shrink+perturb: shrink factor lam", min=0.0, max=1.0, flag="sp-lambda")
     sigma: float = param(0.14, "shrink+perturb: perturbation scale sigma, in units of the initialiser's own scale "
                          "(1: a whole fresh initialisation) with --sp-noise init, absolute with gaussian", min=0.0)
-    noise: str = param("init", "shrink+perturb: eps is a fresh draw of the model's initialiser (init) or a standard "
+    noise: str = param("init", "shrink+perturb: eps is a fresh draw of the model's initialiser (init; a parameter it "
+                       "sets to a constant c, such as a bias, has no noise and becomes c + lam*(theta - c)) or a standard "
                        "normal for every parameter (gaussian: sigma is an absolute standard deviation, as in Dohare et "
                        "al. 2024)", choices=("init", "gaussian"), absent="init")
 
@@ -108,7 +109,11 @@ def _reads_input(jaxpr, inputs: list[bool]) -> list[bool]:
 @register_option("shrink_perturb", params=ShrinkPerturbParams, prefix="sp", tag="sp", flag="add-plasticity",
                  aliases=("--shrink-perturb",))
 def make_shrink_perturb(params: ShrinkPerturbParams, config, net) -> Option:
-    """shrink+perturb (Ash & Adams 2020): theta <- lam*theta + sigma*(fresh init draw) (tag sp)"""
+    """shrink+perturb (Ash & Adams 2020): theta <- lam*theta + sigma*eps, eps per --sp-noise (docs/rules.md) (tag sp)
+
+    eps is a fresh draw of the initialiser (``--sp-noise init``; a leaf it sets to a constant c, such
+    as a bias, has none: theta <- c + lam*(theta - c)) or a standard normal draw of every leaf
+    (``--sp-noise gaussian``)."""
     lam, sigma, mode, noise = params.lambda_, params.sigma, params.mode, params.noise
 
     if noise == "init":
