@@ -28,6 +28,9 @@ class SyntheticParams:
     channels: int = param(1, "synthetic: image channels (1: gray (N, H, W); 3: colour (N, H, W, 3))", min=1)
 
 
+CHUNK_VALUES = 1 << 22  # pixel values generated at once (64 MiB of temporaries)
+
+
 def make_synthetic(n_classes: int, n_train_per_class: int, n_test_per_class: int, seed: int = 1234, size: int = 28,
                    channels: int = 1) -> ClassData:
     if size % 4:
@@ -46,10 +49,17 @@ def make_synthetic(n_classes: int, n_train_per_class: int, n_test_per_class: int
         shifts = r.integers(-2, 3, size=(labels.size, 2))
         rows = (np.arange(size)[None, :] - shifts[:, :1]) % size  # np.roll by dy, vectorised
         cols = (np.arange(size)[None, :] - shifts[:, 1:]) % size
-        imgs = protos[labels[:, None, None], rows[:, :, None], cols[:, None, :]]
-        imgs += r.normal(scale=0.8, size=imgs.shape).astype(np.float32)
-        imgs = np.clip(128 + 40 * imgs, 0, 255).astype(np.uint8)
-        return imgs, labels
+        out = np.empty((labels.size, *protos.shape[1:]), np.uint8)
+        # In chunks of images: the float32 images and their float64 noise exist for one chunk at a
+        # time, not for the whole split (16 bytes a value: 8.7 GB for lop-imagenet's 700k images).
+        # The noise stream is drawn in the same order, so the bytes are those of one draw.
+        step = max(1, CHUNK_VALUES // int(np.prod(protos.shape[1:])))
+        for a in range(0, labels.size, step):
+            b = min(a + step, labels.size)
+            imgs = protos[labels[a:b, None, None], rows[a:b, :, None], cols[a:b, None, :]]
+            imgs += r.normal(scale=0.8, size=imgs.shape).astype(np.float32)
+            out[a:b] = np.clip(128 + 40 * imgs, 0, 255).astype(np.uint8)
+        return out, labels
 
     train_images, train_labels = split(n_train_per_class, 1)
     test_images, test_labels = split(n_test_per_class, 2)
@@ -65,12 +75,12 @@ def make_synthetic(n_classes: int, n_train_per_class: int, n_test_per_class: int
 
 
 def _check_memory(n_images: int, pixels: int) -> None:
-    """Refuse, before allocating, a dataset the host cannot hold: the generator keeps a float32
-    image batch and its noise beside the uint8 result."""
+    """Refuse, before allocating, a dataset the host cannot hold: the uint8 images, and one chunk's
+    float32 images, float64 noise and its float32 copy (16 bytes a value) while generating."""
     from cljax.budget import fmt_bytes
     from cljax.devices.memory import host_available_bytes
 
-    need, free = n_images * pixels * (4 + 4 + 1), host_available_bytes()
+    need, free = n_images * pixels + 16 * min(CHUNK_VALUES, n_images * pixels), host_available_bytes()
     if need > free:
         raise CljaxError(f"the synthetic dataset ({n_images:,} images of {pixels:,} values) needs about {fmt_bytes(need)} "
                          f"of memory to generate, {fmt_bytes(free)} are available: lower --synthetic-classes, "
