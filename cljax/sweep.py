@@ -108,12 +108,22 @@ def check_grid_used(runs: list[SweepRun], whys: list[dict[str, str]]) -> None:
     """A grid setting that no run of the sweep uses (an option's setting with the option off, a
     model's with another model) would train the same run under several names: one CljaxError
     line, before any job. One that some runs use (``--grid use_cbp=true,false --grid
-    cbp_rate=...``) is fine. ``whys``: each run's ``unused_settings``."""
+    cbp_rate=...``) is refused when two runs differ only in settings neither uses (the two
+    ``use_cbp=false`` runs there). ``whys``: each run's ``unused_settings``."""
     for name in runs[0].settings if runs else ():
         if all(name in why for why in whys):
             raise CljaxError(f"--grid {name}=...: no run of the sweep uses it ({whys[0][name]}), so its values would "
                              f"train the same run under several names: turn on what it belongs to, or leave it out of "
                              f"the grid.")
+    seen: dict = {}
+    for run, why in zip(runs, whys):  # settings some runs use: the runs that do not must still differ
+        used = tuple((k, repr(v)) for k, v in run.settings.items() if k not in why)
+        other, other_why = seen.setdefault((used, run.config.seed), (run, why))
+        if other is not run:
+            idle = [k for k in run.settings if k in why and k in other_why]
+            raise CljaxError(f"--grid: {other.tag} and {run.tag} would train the same run: they differ only in "
+                             f"{', '.join(idle)}, which neither uses ({why[idle[0]]}): grid it in a sweep of its own "
+                             f"with what it belongs to turned on.")
 
 
 def run_settings(base: dict, run: SweepRun) -> dict:

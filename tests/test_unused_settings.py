@@ -50,7 +50,7 @@ def test_no_warning_for_what_the_run_uses_a_default_or_a_preset(capsys, extra):
     assert capsys.readouterr().err == ""
 
 
-def test_a_sweep_grid_that_no_run_uses_is_refused_and_one_some_runs_use_is_not(tmp_path, capsys):
+def test_a_sweep_grid_that_no_run_uses_or_that_repeats_a_run_is_refused_and_one_some_runs_use_is_not(tmp_path, capsys):
     base = {**flat_defaults(), "dataset": "synthetic", "results_dir": str(tmp_path)}
 
     def check(base, grid, seeds):
@@ -60,7 +60,13 @@ def test_a_sweep_grid_that_no_run_uses_is_refused_and_one_some_runs_use_is_not(t
     with pytest.raises(CljaxError, match=r"--grid sp_lambda=\.\.\.: no run of the sweep uses it \(it is a setting of "
                                          r"option shrink_perturb, which is off"):
         check(base, {"sp_lambda": [0.5, 0.9]}, [0])
-    check(base, {"use_cbp": [True, False], "cbp_rate": [1e-3, 1e-2]}, [0])  # the cbp runs use it
+    # the cbp runs use cbp_rate, but the two without CBP differ in nothing else: one run trained twice
+    with pytest.raises(CljaxError, match=r"^--grid: use_cbp-False_cbp_rate-0\.001_seed-0 and use_cbp-False_cbp_rate-0\.01"
+                                         r"_seed-0 would train the same run: they differ only in cbp_rate, which neither "
+                                         r"uses \(it is a setting of option cbp, which is off"):
+        check(base, {"use_cbp": [True, False], "cbp_rate": [1e-3, 1e-2]}, [0, 1])
+    check(base, {"model": ["cnn", "mlp"], "mlp_hidden": [16]}, [0, 1])  # one cnn run per seed: nothing twice
+    check(base, {"use_cbp": [True, False], "cbp_rate": [1e-3]}, [0])
     check({**base, "add_plasticity": True}, {"sp_lambda": [0.5, 0.9]}, [0, 1])
     rc = main(["sweep", "--dataset", "synthetic", "--results-dir", str(tmp_path), "--grid", "mlp_hidden=16,32",
                "--executor", "local"])
