@@ -28,6 +28,7 @@ from pathlib import Path
 from cljax.config import Config
 from cljax.errors import CljaxError, MissingData
 from cljax.safe_files import atomic_write
+from cljax.sweep_executor import make_executor, parse_minutes, stop_waiting_says_the_jobs_go_on
 from cljax.settings import (Parser, add_repair_flag, add_run_flags, add_settings_flags, check_repair, config_from_args,
                             load_plugins_from_argv, parse_setting, setting_specs, unused_settings, warn_unused)
 
@@ -219,45 +220,6 @@ def _job_class():
     return SweepJob
 
 
-def parse_minutes(text: str) -> int:
-    """A time in SLURM's --time formats -> whole minutes, seconds rounded up as SLURM does:
-    minutes (600), minutes:seconds (30:00), hours:minutes:seconds (10:00:00), and days-hours
-    (1-02), days-hours:minutes (1-02:30), days-hours:minutes:seconds (1-02:30:00). ValueError
-    for anything else, and for a limit of zero."""
-    days, dash, clock = text.strip().rpartition("-")
-    parts = [int(p) for p in clock.split(":")]
-    if dash and not days or days and int(days) < 0 or len(parts) > 3:  # the clock holds no "-" (rpartition)
-        raise ValueError(text)
-    if dash:  # after a day count the clock starts at hours: D-HH, D-HH:MM, D-HH:MM:SS
-        hours, minutes, seconds = (parts + [0, 0])[:3]
-    else:  # MM, MM:SS, HH:MM:SS
-        hours, minutes, seconds = {1: [0, *parts, 0], 2: [0, *parts], 3: parts}[len(parts)]
-    total = (int(days or 0) * 24 + hours) * 60 + minutes + (1 if seconds else 0)
-    if total < 1:
-        raise ValueError(text)
-    return total
-
-
-def make_executor(kind: str, log_dir: Path, args) -> "object":
-    try:
-        import submitit
-    except ImportError:
-        raise CljaxError("cljax sweep needs submitit: pip install 'cljax[sweep]' (or pip install submitit).") from None
-
-    cluster = None if kind == "auto" else kind
-    try:
-        executor = submitit.AutoExecutor(folder=str(log_dir), cluster=cluster)
-    except RuntimeError as exc:
-        raise CljaxError(f"no submitit executor available ({exc}): pass --executor local.") from None
-    params = {"name": args.job_name, "timeout_min": parse_minutes(args.slurm_time)}
-    optional = {"slurm_gpus": "gpus_per_node", "slurm_cpus": "cpus_per_task", "slurm_mem_gb": "mem_gb",
-                "slurm_partition": "slurm_partition", "slurm_account": "slurm_account",
-                "slurm_array_parallelism": "slurm_array_parallelism"}
-    params.update({param: getattr(args, flag) for flag, param in optional.items() if getattr(args, flag)})
-    executor.update_parameters(**params)
-    return executor
-
-
 def submit(runs: list[SweepRun], executor, overwrite: bool = False, allow_nonfinite: bool = False,
            repair: bool = False) -> list:
     """One job per run (a job array on SLURM)."""
@@ -368,6 +330,7 @@ def sweep_main(argv: list[str]) -> int:
         print(f"  job {job.job_id}  {run.tag}  -> {algo_dir_of(run.config)}")
     if not args.wait:
         return 0
+    stop_waiting_says_the_jobs_go_on(jobs, kind, root / "sweep.json")
     failed = 0
     for run, job in zip(runs, jobs):
         error = job.exception()

@@ -125,3 +125,26 @@ def test_a_failed_job_is_named_by_the_error_it_raised_last():
                            "You can check full logs at paths:\n  - /logs/1_0_log.err")
     assert sweep.job_error_line(chained) == "the one raised"
     assert sweep.job_error_line(RuntimeError("")) == "RuntimeError('')"
+
+
+@pytest.mark.parametrize("kind, cancel", [("local", "kill 4101 4102 (their process ids)"),
+                                          ("slurm", "scancel 77_0 77_1")])
+def test_a_signal_while_waiting_says_the_jobs_go_on_and_how_to_cancel_them(tmp_path, kind, cancel):
+    # A sweep's jobs outlive the waiting command (local processes and SLURM jobs alike): the line
+    # said "nothing was left half-written; run the same command again", and a rerun then submitted
+    # every job again beside the running ones.
+    import signal
+    import subprocess
+    import sys
+
+    ids = ["4101", "4102"] if kind == "local" else ["77_0", "77_1"]
+    code = ("import os, signal, types\nfrom pathlib import Path\n"
+            "from cljax.sweep_executor import stop_waiting_says_the_jobs_go_on\n"
+            f"jobs = [types.SimpleNamespace(job_id=i) for i in {ids!r}]\n"
+            f"stop_waiting_says_the_jobs_go_on(jobs, {kind!r}, Path('/r/sweep.json'))\n"
+            "os.kill(os.getpid(), signal.SIGINT)\nimport time; time.sleep(30)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 75 and done.stdout == ""
+    assert done.stderr == (f"\nstopped waiting by {signal.Signals.SIGINT.name}: the 2 job(s) go on (/r/sweep.json lists "
+                           f"them); cancel them with `{cancel}`, or let them end and run the same command to see each "
+                           f"run's outcome (a finished run is not trained again).\n")

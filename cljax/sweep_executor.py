@@ -1,0 +1,73 @@
+"""Where a sweep's jobs run (``cljax sweep --executor``): the submitit executor and its SLURM
+parameters, SLURM's time format, and what stopping ``--wait`` tells of the jobs that go on."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from cljax.errors import EXIT_PREEMPTED, CljaxError
+
+
+def stop_waiting_says_the_jobs_go_on(jobs, kind: str, manifest: Path) -> None:
+    """While ``--wait`` waits, SIGTERM/SIGINT stop the waiting, not the jobs, which run on (SLURM's,
+    and the local executor's processes alike): the line says so, and how to cancel them, where the
+    command's default line ("nothing was left half-written; run the same command again") would have
+    a rerun submit every job again beside the running ones."""
+    import signal
+
+    ids = ", ".join(str(job.job_id) for job in jobs)
+    how = f"scancel {ids.replace(', ', ' ')}" if kind == "slurm" else f"kill {ids.replace(', ', ' ')} (their process ids)"
+
+    def on_signal(signum, frame):
+        print(f"\nstopped waiting by {signal.Signals(signum).name}: the {len(jobs)} job(s) go on ({manifest} lists "
+              f"them); cancel them with `{how}`, or let them end and run the same command to see each run's outcome "
+              f"(a finished run is not trained again).", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(EXIT_PREEMPTED)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            signal.signal(sig, on_signal)
+        except ValueError:  # not the main thread (a call from Python): the caller's handlers stay
+            return
+
+
+def parse_minutes(text: str) -> int:
+    """A time in SLURM's --time formats -> whole minutes, seconds rounded up as SLURM does:
+    minutes (600), minutes:seconds (30:00), hours:minutes:seconds (10:00:00), and days-hours
+    (1-02), days-hours:minutes (1-02:30), days-hours:minutes:seconds (1-02:30:00). ValueError
+    for anything else, and for a limit of zero."""
+    days, dash, clock = text.strip().rpartition("-")
+    parts = [int(p) for p in clock.split(":")]
+    if dash and not days or days and int(days) < 0 or len(parts) > 3:  # the clock holds no "-" (rpartition)
+        raise ValueError(text)
+    if dash:  # after a day count the clock starts at hours: D-HH, D-HH:MM, D-HH:MM:SS
+        hours, minutes, seconds = (parts + [0, 0])[:3]
+    else:  # MM, MM:SS, HH:MM:SS
+        hours, minutes, seconds = {1: [0, *parts, 0], 2: [0, *parts], 3: parts}[len(parts)]
+    total = (int(days or 0) * 24 + hours) * 60 + minutes + (1 if seconds else 0)
+    if total < 1:
+        raise ValueError(text)
+    return total
+
+
+def make_executor(kind: str, log_dir: Path, args) -> "object":
+    try:
+        import submitit
+    except ImportError:
+        raise CljaxError("cljax sweep needs submitit: pip install 'cljax[sweep]' (or pip install submitit).") from None
+
+    cluster = None if kind == "auto" else kind
+    try:
+        executor = submitit.AutoExecutor(folder=str(log_dir), cluster=cluster)
+    except RuntimeError as exc:
+        raise CljaxError(f"no submitit executor available ({exc}): pass --executor local.") from None
+    params = {"name": args.job_name, "timeout_min": parse_minutes(args.slurm_time)}
+    optional = {"slurm_gpus": "gpus_per_node", "slurm_cpus": "cpus_per_task", "slurm_mem_gb": "mem_gb",
+                "slurm_partition": "slurm_partition", "slurm_account": "slurm_account",
+                "slurm_array_parallelism": "slurm_array_parallelism"}
+    params.update({param: getattr(args, flag) for flag, param in optional.items() if getattr(args, flag)})
+    executor.update_parameters(**params)
+    return executor
