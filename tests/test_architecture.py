@@ -130,10 +130,18 @@ def test_other_models_run_end_to_end_with_every_option(tmp_path, model, extra):
     from cljax.budget_disk import disk_files_per_task
     from cljax.program import build_task_program
 
-    planned = disk_files_per_task(Budget.of(config, build_task_program(config, (28, 28)), (28, 28)))
+    budget = Budget.of(config, build_task_program(config, (28, 28)), (28, 28))
+    planned = disk_files_per_task(budget, np.asarray(meta["task_class_pairs"]), [f"synthetic_{c}" for c in range(6)])
     for name, size in planned.items():
         if name.endswith(".npy"):
             assert (dirs[1] / name).stat().st_size == size, name
+    # metadata.json and initial/ (with the ResNet's initial model_state.npy) are estimated: covered, within 10%
+    written = (dirs[1] / "metadata.json").stat().st_size
+    assert written <= planned["metadata.json"] <= 1.1 * written
+    from cljax.budget_disk import disk_run_files
+
+    initial = sum(f.stat().st_size for f in (run.algo_dir / "initial").iterdir())
+    assert initial <= disk_run_files(budget)["initial/"] <= initial + 1024
     assert ("model_state.npy" in planned) == (model == "resnet")
     if model == "resnet":  # BatchNorm statistics are saved with the weights, and they moved in training
         assert state and all(v.shape[:2] == (2, 2) for v in state.values())
