@@ -22,6 +22,7 @@ from cljax.budget import Budget, _host_shape_dtype, fmt_bytes
 from cljax.config import SCHEMA_VERSION
 from cljax.errors import CljaxError
 from cljax.eval_tasks import eval_slots, eval_tasks_of
+from cljax.results import structured_dtype
 from cljax.run_split import split_of
 from cljax.sources import plugin_sources
 
@@ -53,7 +54,7 @@ def _weights_dtype(b: Budget, which: int = 0) -> np.dtype:
             fields.append((prefix, np.dtype(node.dtype), tuple(node.shape)))
 
     walk("", shapes)
-    return np.dtype(fields)
+    return structured_dtype(fields)
 
 
 def disk_files_per_task(b: Budget, schedule: np.ndarray | None = None, class_names=None) -> dict:

@@ -362,7 +362,8 @@ def _dispatch(argv: list[str]) -> int:
         fix = ("free space, then run the same command (a run resumes from its last finished task)"
                if exc.errno in (errno.ENOSPC, errno.EDQUOT) else
                "a file or a broken link is where a folder is needed: move it, or pass another path"
-               if exc.errno == errno.EEXIST else "check the path and its permissions")
+               if exc.errno == errno.EEXIST else "shorten the path (a name of at most 255 bytes, as most filesystems "
+               "allow)" if exc.errno == errno.ENAMETOOLONG else "check the path and its permissions")
         print(f"error: {exc.strerror or exc}{where}: {fix}.", file=sys.stderr)
         return 2
 

@@ -154,6 +154,8 @@ class Config:
         entries not in use are accepted and ignored; an unknown name is an error."""
         flat = {**(flat or {}), **settings}
         top = {f.name: flat[f.name] for f in settings_fields(cls) if f.name in flat}
+        if isinstance(top.get("eval_tasks"), str):  # ' all' parses as all: record it so, or a resume would differ
+            top["eval_tasks"] = top["eval_tasks"].strip()
         known = set(top)
         picked = {}
         for attr, registry, key in (("rule_params", RULES, "algorithm"), ("model_params", MODELS, "model"),

@@ -75,7 +75,7 @@ def parse_eval_tasks(text: str) -> EvalTasks:
         return EvalTasks("current", 1)
     if text.startswith("window:"):
         k = text.split(":", 1)[1]
-        if k.isdigit() and int(k) >= 1:
+        if k.isascii() and k.isdigit() and int(k) >= 1:  # '²' is a digit to str.isdigit, not to int()
             return EvalTasks("window", int(k))
     raise CljaxError(f"--eval-tasks {text!r} is not one of all, seen, current, window:K (K a positive integer, "
                      "e.g. window:4).")

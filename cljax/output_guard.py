@@ -71,6 +71,9 @@ def check_replaces_only_its_own(flag: str, path: str | Path, kind: str) -> None:
     """One CljaxError line when ``path`` is a file other than a ``kind`` output (``"png"``, or
     ``"comparison"``: compare's JSON), which writing there would destroy."""
     target = Path(path).expanduser()
+    if target.exists() and not target.is_file() and not target.is_dir():  # a device, a FIFO, a socket
+        raise CljaxError(f"{flag} {path} is not a regular file (a device, a pipe or a socket), and the output would "
+                         f"replace it with one: pass a path to a file.")
     if not target.is_file():
         return
     holds, what = (is_png, "a PNG") if kind == "png" else (is_comparison, "a JSON comparison of cljax compare")

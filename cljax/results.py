@@ -22,6 +22,7 @@ file when it is missing, truncated, damaged or of another kind.
 from __future__ import annotations
 
 import json
+import math
 import os
 import pickle
 import re
@@ -70,6 +71,17 @@ def flatten_params(params) -> dict[str, np.ndarray]:
     return out
 
 
+def structured_dtype(fields) -> np.dtype:
+    """The record of one repeat's parameters (weights.npy, model_state.npy): one field per leaf.
+    numpy holds a record of under 2 GiB; a larger network is one CljaxError line."""
+    size = sum(np.dtype(dt).itemsize * math.prod(shape) for _, dt, shape in fields)
+    if size >= 2**31:
+        raise CljaxError(f"the network has {size:,} bytes of parameters per repeat, and a repeat's saved weights must "
+                         f"stay under 2 GiB (one numpy record each): choose a smaller model (--mlp-hidden, "
+                         f"--mlp-depth, --resnet-width, ...).")
+    return np.dtype(fields)
+
+
 def weights_to_structured(params, lead: int = 2) -> np.ndarray:
     """Leaves with leading dims (L, R) -> one (L, R) structured array; field = leaf path.
 
@@ -79,7 +91,7 @@ def weights_to_structured(params, lead: int = 2) -> np.ndarray:
     flat = flatten_params(params)
     first = next(iter(flat.values()))
     lead_shape = first.shape[:lead]
-    dtype = np.dtype([(name, leaf.dtype, leaf.shape[lead:]) for name, leaf in flat.items()])
+    dtype = structured_dtype([(name, leaf.dtype, leaf.shape[lead:]) for name, leaf in flat.items()])
     arr = np.empty(lead_shape, dtype)
     for name, leaf in flat.items():
         arr[name] = leaf

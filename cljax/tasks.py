@@ -40,7 +40,7 @@ def make_schedule(n_classes: int, num_tasks: int, n_repeats: int, seed: int, kin
     if kind == "pairs" and num_tasks > n_pairs:
         raise CljaxError(
             f"--num-tasks {num_tasks} needs {2 * num_tasks} classes but the dataset has {n_classes}: "
-            f"use at most {n_pairs} tasks, or --task-schedule cycle to repeat the class pairs."
+            f"use at most {n_pairs} task{'s' * (n_pairs != 1)}, or --task-schedule cycle to repeat the class pairs."
         )
     rng = np.random.default_rng([seed, _RNG_SCHEDULE])
     # (R, C): row r is the r-th permutation the generator draws (as rng.permutation(C) called

@@ -389,3 +389,25 @@ def test_the_readers_raise_the_project_error_naming_the_file(tmp_path):
     (task / "metrics.pkl").write_bytes(pickle.dumps({"x": os.system}))
     with pytest.raises(CljaxError, match="refusing to load posix.system.*do not trust it"):
         results.load_metrics(task)
+
+
+def test_a_network_too_large_to_save_or_too_deep_to_build_is_one_line(tmp_path, capsys):
+    # A width past numpy's 2 GiB record was a ValueError traceback; --mlp-depth 2**31 - 1 built
+    # layers for 20 minutes and did not stop on SIGTERM.
+    for extra, words in ((["--model", "mlp", "--mlp-hidden", "2147483647"], "bytes of parameters per repeat"),
+                         (["--model", "mlp", "--mlp-hidden", "30000", "--mlp-depth", "3"],
+                          "the network has 7,294,560,004 bytes of parameters per repeat"),
+                         (["--model", "resnet", "--resnet-width", "2147483647"], "bytes of parameters per repeat"),
+                         (["--model", "mlp", "--mlp-depth", "2147483647"], "--mlp-depth must be at most 1000")):
+        flags = FLAGS[:FLAGS.index("--model")] + FLAGS[FLAGS.index("--mlp-hidden") + 2:]  # the FLAGS' mlp out
+        rc, _, err = run_cli(["plan", *flags, "--results-dir", str(tmp_path / "r"), *extra], capsys)
+        assert_one_error(rc, err, words)
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_results_dir_name_too_long_names_the_fix(tmp_path, capsys):
+    rc, _, err = run_cli(["run", *FLAGS, "--results-dir", str(tmp_path / ("b" * 300))], capsys)
+    assert_one_error(rc, err, "File name too long")
+    assert "shorten the path (a name of at most 255 bytes" in err and "permissions" not in err
+    rc, _, err = run_cli(["plan", *FLAGS, "--results-dir", str(tmp_path / "r"), "--synthetic-classes", "3"], capsys)
+    assert_one_error(rc, err, "use at most 1 task, or --task-schedule cycle")

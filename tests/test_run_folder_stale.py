@@ -5,6 +5,7 @@ trained again, the pairing and the speed a resume reports, and the last bad inpu
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -311,6 +312,17 @@ def test_a_plot_or_comparison_replaces_only_a_file_of_its_own_kind(made, tmp_pat
         rc, _, err = run_cli(args, capsys)
         assert_one_error(rc, err, f"{flag} {target} is a file that is not {what}, and writing there would replace it")
     assert {p: p.read_bytes() for p in kept} == kept
+    # a FIFO (as a device file such as /dev/null) was replaced by a regular file, exit 0
+    import stat
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for args, flag in [(["data-info", str(data), "--png", str(fifo)], "--png"),
+                       (["compare", "--out", str(fifo), str(run_dir), str(other)], "--out"),
+                       (["compare", "--json", str(fifo), str(run_dir), str(other)], "--json")]:
+        rc, _, err = run_cli(args, capsys)
+        assert_one_error(rc, err, f"{flag} {fifo} is not a regular file (a device, a pipe or a socket)")
+        assert stat.S_ISFIFO(fifo.stat().st_mode)
     plot, gap = tmp_path / "gap.png", tmp_path / "gap.json"
     for _ in range(2):  # the second time over the first's outputs
         rc, _, err = run_cli(["compare", "--out", str(plot), "--json", str(gap), str(run_dir), str(other)], capsys)

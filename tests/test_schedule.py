@@ -138,7 +138,7 @@ def test_eval_task_slots_per_mode():
     assert window.ids(0, 1000).tolist() == [-1, -1, 0]
     assert window.ids(7, 1000).tolist() == [5, 6, 7]
     assert window.current_slot(7) == 2
-    for bad in ("window:0", "window", "last", "window:-2"):
+    for bad in ("window:0", "window", "last", "window:-2", "window:\u00b2", "window:\u0663"):  # '²', Arabic-Indic 3
         with pytest.raises(CljaxError, match="--eval-tasks"):
             parse_eval_tasks(bad)
     with pytest.raises(CljaxError, match="--eval-tasks"):
@@ -148,6 +148,9 @@ def test_eval_task_slots_per_mode():
                                          r"task seen so far, as seen\), all, or a smaller K"):
         Config.from_flat(eval_tasks="window:6", num_tasks=5).validate()
     Config.from_flat(eval_tasks="window:5", num_tasks=5).validate()
+    # spaces around it parse as without them, and are recorded without them (a resume compares the text)
+    assert Config.from_flat(eval_tasks=" all ").eval_tasks == "all"
+    assert Config.from_flat(eval_tasks=" window:3").validate().eval_tasks == "window:3"
 
 
 def test_the_current_task_is_slot_t_under_all_and_seen_and_the_last_slot_of_a_window():

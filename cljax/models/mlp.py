@@ -14,7 +14,7 @@ from cljax.registry import param
 @dataclass(frozen=True)
 class MLPParams:
     hidden: int = param(256, "width of each hidden layer of the MLP", min=1)
-    depth: int = param(2, "number of hidden layers of the MLP", min=1)
+    depth: int = param(2, "number of hidden layers of the MLP", min=1, max=1000)
 
 
 class MLP(nn.Module):

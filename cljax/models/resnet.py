@@ -30,7 +30,7 @@ CHANNEL_MAJOR_IMPLS = ("im2col", "fused-im2col")  # conv_impl values that run th
 @dataclass(frozen=True)
 class ResNetParams:
     width: int = param(16, "channels of the ResNet's first stage; each later stage doubles them", min=1)
-    blocks: int = param(2, "residual blocks per stage of the ResNet", min=1)
+    blocks: int = param(2, "residual blocks per stage of the ResNet", min=1, max=1000)
     hidden: int = param(64, "width of the ResNet's representation layer (after the pool)", min=1)
     bn_eval_images: int = param(256, "evaluate every snapshot with BatchNorm statistics recomputed from the snapshot's "
                                 "weights on this many of the task's training images (precise BatchNorm); 0: with the "
