@@ -81,12 +81,12 @@ def disk_files_per_task(b: Budget, schedule: np.ndarray | None = None, class_nam
         "metrics.pkl": len(pickle.dumps(metrics, protocol=4)),
         "expert_metrics.pkl": len(pickle.dumps(expert, protocol=4)),
     }
-    return {**files, "metadata.json": _metadata_estimate(b, schedule, class_names, list(files) + ["metrics.pkl"])}
+    return {**files, "metadata.json": _metadata_estimate(b, schedule, class_names, list(files))}
 
 
 def _metadata_estimate(b: Budget, schedule, class_names, file_names) -> int:
     """metadata.json: the config, the schedule, the shapes, the evaluated tasks and the layout as
-    JSON (indent 1); each file's size and sha256 (``file_names``, with the metadata's own pickles),
+    JSON (indent 1); each file's size and sha256 (``file_names``: the folder's other files),
     this process's command line (a plan's is a run's but for the command word) and the device
     split, as they are; plus a part this does not model (shapes, axes, versions, devices,
     lowering, timings, run id, evaluation), taken as 2.5 KB: 2.1 KB measured with a ResNet's
@@ -95,7 +95,7 @@ def _metadata_estimate(b: Budget, schedule, class_names, file_names) -> int:
     T, R = b.config.num_tasks, b.config.n_repeats
     names = class_names or [f"class_{i}" for i in range(2 * T)]
     pairs = schedule if schedule is not None else np.tile(np.array([0, 1]), (T, min(R, 64), 1))
-    files = {name: {"bytes": 10**12, "sha256": "0" * 64} for name in {*file_names, "expert_metrics.pkl"}}
+    files = {name: {"bytes": 10**12, "sha256": "0" * 64} for name in file_names}
     known = len(json.dumps({"files": files, "argv": sys.argv + ["x"], "split": split_of(b.program)}, indent=1)) + 2500
     if R <= 64:
         return _metadata_json_bytes(b, pairs, names) + known

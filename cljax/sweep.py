@@ -28,9 +28,9 @@ from pathlib import Path
 from cljax.config import Config
 from cljax.errors import CljaxError, MissingData
 from cljax.safe_files import atomic_write
-from cljax.sweep_executor import make_executor, parse_minutes, stop_waiting_says_the_jobs_go_on
 from cljax.settings import (Parser, add_repair_flag, add_run_flags, add_settings_flags, check_repair, config_from_args,
                             load_plugins_from_argv, parse_setting, setting_specs, unused_settings, warn_unused)
+from cljax.sweep_executor import make_executor, parse_minutes, stop_waiting_says_the_jobs_go_on
 
 
 def comma_items(text: str, flag: str, example: str) -> list[str]:
