@@ -25,6 +25,20 @@ def enable_compilation_cache(path: str | None = None) -> str | None:
     if path.strip().lower() in ("", "0", "off", "false", "no", "none"):
         return None
     path = os.path.abspath(os.path.expanduser(path))
+    # A file, a device or an unwritable place: JAX would warn at each compilation and cache nothing.
+    reason = "it is not a folder" if os.path.exists(path) and not os.path.isdir(path) else None
+    if reason is None:
+        try:
+            os.makedirs(path, exist_ok=True)
+            reason = None if os.access(path, os.W_OK | os.X_OK) else "it is not writable"
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+    if reason is not None:
+        import sys
+
+        print(f"warning: the compilation cache {path} cannot be used ({reason}): compiling without it; set "
+              f"CLJAX_COMPILATION_CACHE to a writable folder, or to off.", file=sys.stderr)
+        return None
     jax.config.update("jax_compilation_cache_dir", path)
     _recheck_cache()
     # Cache every program that took measurable time (the task program takes seconds; the

@@ -35,11 +35,13 @@ from cljax.sweep_executor import make_executor, parse_minutes, stop_waiting_says
 
 def comma_items(text: str, flag: str, example: str) -> list[str]:
     """"0,1,2" -> ["0", "1", "2"]; an empty item (``1,,2``, ``1,2,``: a value left out by a typo,
-    which a sweep would otherwise run without) is one CljaxError line."""
+    which a sweep would otherwise run without) is one CljaxError line. ``flag`` ending in "=" (a
+    grid's "--grid lr=") is joined to the values without a space, as it is typed."""
     items = [item.strip() for item in text.split(",")]
     if "" in items:
-        raise CljaxError(f"{flag} {text!r} has an empty item: write the values between single commas, e.g. "
-                         f"{flag} {example}.")
+        sep = "" if flag.endswith("=") else " "
+        raise CljaxError(f"{flag}{sep}{text!r} has an empty item: write the values between single commas, e.g. "
+                         f"{flag}{sep}{example}.")
     return items
 
 

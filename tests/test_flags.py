@@ -64,6 +64,13 @@ def test_an_int_setting_takes_every_32_bit_value_and_refuses_one_past_either_end
     check_value("--seed", ftype, {"max": 2**32 - 1}, 2**32 - 1)
     with pytest.raises(CljaxError, match=r"^--seed must be at most 4294967295, got 4294967296: lower it\.$"):
         check_value("--seed", ftype, {"max": 2**32 - 1}, 2**32)
+    # A learning rate past float32's largest number overflowed inside the step (a JAX warning, then NaN)
+    from cljax.config import Config
+
+    for flag in ("lr", "lr_features", "lr_classifier"):
+        with pytest.raises(CljaxError, match=rf"^--{flag.replace('_', '-')} must be at most 3\.40\d*e\+38, got 1e\+39\.$"):
+            Config.from_flat({flag: 1e39}).validate()
+    Config.from_flat(lr=3.4e38).validate()
 
 
 def test_a_bool_is_not_taken_for_a_number_nor_a_number_for_a_bool():

@@ -281,3 +281,20 @@ def test_sweep_tags_are_distinct_and_duplicates_stop_the_sweep_before_any_job(tm
     assert rc == 0 and len(submitted) == 1 and err.count("\n") == 2 and "not checked here" in err, err
     assert err.startswith("warning: --synthetic-classes 4 has no effect in any run of the sweep: it is a setting "
                           "of dataset synthetic, and this run's --dataset is fashion_mnist."), err  # FLAGS' synthetic
+
+
+def test_a_compilation_cache_that_is_not_a_writable_folder_is_one_warning_and_not_used(tmp_path, capsys):
+    # JAX printed its own two-line warning at each compilation and cached nothing, naming no setting.
+    import jax
+
+    import cljax
+
+    before = jax.config.jax_compilation_cache_dir
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for path, reason in ((afile, "it is not a folder"), (afile / "under", "Not a directory")):
+        assert cljax.enable_compilation_cache(str(path)) is None
+        assert capsys.readouterr().err == (f"warning: the compilation cache {path} cannot be used ({reason}): compiling "
+                                           f"without it; set CLJAX_COMPILATION_CACHE to a writable folder, or to off.\n")
+        assert jax.config.jax_compilation_cache_dir == before
+    assert afile.read_text() == "x"

@@ -39,7 +39,8 @@ def test_the_grid_is_checked_as_it_is_read():
     # An empty item is a value left out by a typo: the sweep would run without it.
     for bad, match in ((["lr=0.1", "lr=0.2"], "--grid lr given twice"), (["results_dir=a"], "its own folder"),
                        (["lr= "], "at least one value"), (["lr=,"], "has an empty item"),
-                       (["n_repeats=2, ,4"], r"--grid n_repeats= '2, ,4' has an empty item"),
+                       (["n_repeats=2, ,4"],
+                        r"--grid n_repeats='2, ,4' has an empty item: .* e\.g\. --grid n_repeats=0\.01,0\.05\."),
                        (["n_repeats=2,4,"], "has an empty item")):
         with pytest.raises(CljaxError, match=match):
             sweep.parse_grid(bad)
