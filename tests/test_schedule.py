@@ -390,3 +390,25 @@ def test_seen_saves_every_slot_with_nan_past_the_current_task(tmp_path):
     assert np.isnan(results.load_representations(run.algo_dir / "task_001")[:, :, 2]).all()
     assert results.load_metadata(run.algo_dir / "task_001")["eval_tasks"]["eval_task_ids"] == [0, 1, -1]
     assert np.isfinite(results.load_metrics(run.algo_dir / "task_002")["test_acc"]).all()
+
+
+def test_the_curves_of_a_cycled_run_are_of_distinct_pairs_and_the_legend_says_so(window_and_all, tmp_path,
+                                                                                  monkeypatch):
+    # A cycle of 2 pairs over 5 tasks, every task evaluated: task j + 2 is task j's pair on the same
+    # test images, so evenly spaced tasks (0, 1, 2, 3, 4) drew each of the two curves several times.
+    import cljax.analysis.plots as plots
+
+    _, full, _, _ = window_and_all
+    drawn, real = {}, plots.plot_accuracy_over_time
+    monkeypatch.setattr(plots, "plot_accuracy_over_time",
+                        lambda acc, path, **kw: (drawn.update(kw, acc=acc), real(acc, path, **kw))[1])
+    analyze_run(full.algo_dir, tmp_path / "c", analyses=["curves"])
+    curves = np.load(tmp_path / "c" / "curves.npz")
+    assert curves["task_ids"].tolist() == [0, 1] and drawn["task_ids"] == [0, 1]
+    assert drawn["legend_title"] == "a cycle of 2 pairs: task j is also task j + 2, j + 4, ..."
+    acc = results.load_metrics(full.algo_dir / "task_004")["test_acc"]
+    np.testing.assert_array_equal(curves["test_acc"][-acc.shape[0]:], acc[:, :, [0, 1]])
+    # a window run evaluates each visit only while near it: its curves are of the tasks, as before
+    window = window_and_all[0]
+    analyze_run(window.algo_dir, tmp_path / "w", analyses=["curves"])
+    assert drawn["legend_title"] is None and np.load(tmp_path / "w" / "curves.npz")["task_ids"].size > 2

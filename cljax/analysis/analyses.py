@@ -204,7 +204,9 @@ def _plasticity_finalize(state: dict) -> Result:
         arrays={"plasticity.npz": {**{f"current_{k}": v for k, v in current.items()},
                                    **{f"all_tasks_{k}": v for k, v in all_tasks.items()}, **weights}},
         plots={"plasticity.png": lambda p: plots.plot_plasticity_over_tasks(
-            {k: v.T for k, v in last_snapshot.items()}, p)},
+            {k: v.T for k, v in last_snapshot.items()}, p,
+            title="Plasticity metrics at the end of each task (those of the representation: on the current "
+                  "task's saved images)")},
     )
 
 
@@ -217,6 +219,13 @@ def _curves_init(ctx: RunContext) -> dict:
 
 def _curves_update(state: dict, folder: TaskFolder) -> dict:
     acc, log_steps = folder.test_acc_slots, folder.log_steps
+    schedule = folder.metadata.get("schedule") or {}
+    P, T = schedule.get("n_pairs"), int(state["ids"].max()) + 1 if state["ids"].size else 0
+    if folder.index == 0 and schedule.get("task_schedule") == "cycle" and folder.all_tasks and isinstance(P, int) and P < T:
+        # Every task is evaluated at every snapshot, and task j + P is task j's pair on the same
+        # test images: evenly spaced tasks would draw the same curves several times over.
+        state["ids"] = np.unique(np.linspace(0, P - 1, min(len(state["ids"]), P)).round().astype(int))
+        state["cycle"] = P
     state["boundaries"].append(state["offset"])
     state["curves"].append(folder.at_tasks(acc, state["ids"]).astype(np.float32))
     state["current"].append(acc[:, :, folder.slot_of(folder.index)].astype(np.float32))  # (L, R): the task trained
@@ -237,7 +246,9 @@ def _curves_finalize(state: dict) -> Result:
         arrays={"curves.npz": {"test_acc": curves, "steps": steps, "task_ids": ids, "current_task_acc": current,
                                "task_boundaries": np.asarray(boundaries)}},
         plots={"accuracy_over_time.png": lambda p: plots.plot_accuracy_over_time(
-            curves, p, task_boundaries=boundaries[1:], task_ids=ids.tolist(), steps=steps, current_NR=shown)},
+            curves, p, task_boundaries=boundaries[1:], task_ids=ids.tolist(), steps=steps, current_NR=shown,
+            legend_title=(f"a cycle of {state['cycle']} pairs: task j is also task j + {state['cycle']}, "
+                          f"j + {2 * state['cycle']}, ..." if "cycle" in state else None))},
     )
 
 

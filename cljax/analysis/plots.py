@@ -157,6 +157,7 @@ def plot_accuracy_over_time(
     steps: Sequence[float] | None = None,
     title: str = "Test accuracy over training",
     current_NR=None,
+    legend_title: str | None = None,
 ) -> Path:
     """Accuracy on each of J tasks along the whole run, mean +- std across repeats.
 
@@ -174,9 +175,13 @@ def plot_accuracy_over_time(
     cmap = matplotlib.colormaps["viridis"].resampled(max(J, 2))
     for j in range(J):
         _band(ax, x, acc[:, :, j].T, label=f"task {ids[j]}", color=cmap(j), limits=ACCURACY)
-    if current_NR is not None:
-        _band(ax, x, np.asarray(current_NR, dtype=np.float64).T, label="the current task", color="black",
-              limits=ACCURACY)
+    if current_NR is not None:  # one segment per task: a new task's first snapshot is another task's accuracy
+        current = np.asarray(current_NR, dtype=np.float64)
+        starts = np.searchsorted(x, np.asarray(task_boundaries, dtype=np.float64), side="right")
+        xs, cur = np.insert(x.astype(np.float64), starts, np.nan), np.insert(current, starts, np.nan, axis=0)
+        line = _band(ax, xs, cur.T, label="the current task", color="black", limits=ACCURACY)
+        line.set_zorder(1.5)  # under the tasks' own curves (a task evaluated only while trained stays visible)
+        line.set_linewidth(1.0)
     every = -(-len(task_boundaries) // MAX_BOUNDARIES)  # more lines than this grey the whole plot
     for b in list(task_boundaries)[::max(every, 1)]:
         ax.axvline(b, color="gray", linestyle="--", linewidth=0.7)
@@ -187,7 +192,8 @@ def plot_accuracy_over_time(
     ax.set_ylabel("test accuracy")
     ax.set_title(title)
     # below the axes, not over the curves
-    ax.legend(fontsize=7, ncol=min(J, 8), loc="upper center", bbox_to_anchor=(0.5, -0.14), frameon=False)
+    ax.legend(fontsize=7, ncol=min(J, 8), loc="upper center", bbox_to_anchor=(0.5, -0.14), frameon=False,
+              title=legend_title, title_fontsize=7)
     return _save(fig, path)
 
 
@@ -202,8 +208,8 @@ def plot_learner_vs_expert(
     learner = np.asarray(learner_RT, dtype=np.float64)
     expert = np.asarray(expert_RT, dtype=np.float64)
     x = np.arange(learner.shape[-1])
-    fig = _figure(figsize=(10, 3.6), layout="constrained")
-    ax0, ax1 = fig.subplots(1, 2)
+    fig = _figure(figsize=(10, 3.9), layout="constrained")
+    ax0, ax1 = fig.subplots(1, 2, sharex=True)  # the gap's tasks are the learner's, also where it is not finite
     if variant == "auc":
         title += " (auc: the learner's area under its curve, the expert's last snapshot)"
     _band(ax0, x, learner, label="learner R[i, i]" + (" (auc)" if variant == "auc" else ""), marker="o",
@@ -219,13 +225,14 @@ def plot_learner_vs_expert(
     ax0.set_xlabel("task i")
     _task_ticks(ax0.xaxis)
     ax0.set_ylabel("test accuracy")
-    ax0.legend(fontsize=8)
+    below = dict(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.18), frameon=False)  # not over the bands
+    ax0.legend(ncol=3, **below)
     _band(ax1, x, expert - learner, label="G[i] = E[i] - R[i, i]", color="tab:red", marker="o", limits=GAP)
     ax1.axhline(0.0, color="black", linewidth=0.7)
     ax1.set_xlabel("task i")
     _task_ticks(ax1.xaxis)
     ax1.set_ylabel("plasticity gap")
-    ax1.legend(fontsize=8)
+    ax1.legend(**below)
     fig.suptitle(title)
     return _save(fig, path)
 
@@ -249,7 +256,13 @@ def plot_metrics_over_tasks(
         v = np.asarray(metrics[name], dtype=np.float64)
         v = v[None] if v.ndim == 1 else v
         xs = np.arange(v.shape[-1]) if x is None else np.asarray(x)
-        _band(ax, xs, v, marker="o" if v.shape[-1] <= 30 else None)
+        _band(ax, xs, v, marker="o" if v.shape[-1] <= 30 else None, limits=RANGES.get(name))
+        if not np.isfinite(v).any():
+            if len(xs):  # the run's tasks on the axis, as in the other panels
+                ax.set_xlim(float(np.min(xs)) - 0.5, float(np.max(xs)) + 0.5)
+            ax.set_yticks([])  # no values: no scale
+            ax.text(0.5, 0.5, "no finite value: diverged or constant\nrepresentations (see the summary)",
+                    transform=ax.transAxes, ha="center", va="center", fontsize=8)
         ax.set_title(name, fontsize=9)
         ax.set_xlabel(xlabel)
         _task_ticks(ax.xaxis)
@@ -259,6 +272,14 @@ def plot_metrics_over_tasks(
     fig.tight_layout()
     return _save(fig, path)
 
+
+# What a metric can be: a band of one std stops there (a norm's mean - std can fall below 0).
+_FRACTION, _NON_NEGATIVE = (0.0, 1.0), (0.0, np.inf)
+RANGES = {**dict.fromkeys(("dormant_ratio", "dead_ratio", "active_fraction", "center_alignment", "axis_alignment",
+                           "center_axis_alignment"), _FRACTION),
+          **dict.fromkeys(("effective_rank", "stable_rank", "srank", "feature_norm", "feature_variance",
+                           "weight_magnitude", "weight_change_task_start", "weight_change_init", "capacity",
+                           "approx_capacity", "dimension", "radius"), _NON_NEGATIVE)}
 
 PLASTICITY_PANELS = (
     "dormant_ratio", "dead_ratio", "active_fraction", "effective_rank", "stable_rank", "srank",
@@ -304,10 +325,13 @@ def plot_head_vs_probe(earlier_RN: Mapping[str, np.ndarray], last_RT: Mapping[st
         if width:  # every task on the axis, also where only some were evaluated (--eval-tasks)
             ax.set_xlim(first - 0.5, first + width - 0.5)
         if not any(np.isfinite(v).any() for v in shown.values()):
-            ax.text(0.5, 0.75, "no task here was evaluated in this run (--eval-tasks)", transform=ax.transAxes,
-                    ha="center", va="center", fontsize=8)
+            why = ("no earlier task: the run has one task" if ax is ax0 and width == 0 else
+                   "no task here was evaluated in this run (--eval-tasks)")
+            ax.text(0.5, 0.75, why, transform=ax.transAxes, ha="center", va="center", fontsize=8)
         ax.axhline(0.5, color="black", linestyle=":", linewidth=0.7)
         _task_ticks(ax.xaxis)
+        if not width:  # nothing to draw (one task: no earlier one): no task ticks
+            ax.set_xticks([])
         ax.set_ylim(0.0, 1.02)
         ax.set_xlabel(xlabel)
         ax.set_ylabel("test accuracy")

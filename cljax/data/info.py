@@ -85,8 +85,10 @@ def write_sample_grid(
         axes[c, 0].set_ylabel(f"{c}: {name[:18]}", rotation=0, ha="right", va="center", fontsize=7)
     shown = f"first {n_rows} of {data.n_classes} classes" if data.n_classes > n_rows else f"{data.n_classes} classes"
     each = f"{per_class} images each" if min(drawn) == per_class else f"up to {per_class} images each (fewer: all a class has)"
-    fig.suptitle(f"{data.meta.get('name', 'dataset')}: {shown}, {each}", fontsize=9)
-    fig.subplots_adjust(left=0.2, right=0.98, top=1 - 0.35 / fig.get_figheight(), bottom=0.02, wspace=0.05, hspace=0.05)
+    # the title 0.08 in below the top edge, the images from 0.4 in: fixed in inches, whatever the rows
+    height = fig.get_figheight()
+    fig.suptitle(f"{data.meta.get('name', 'dataset')}: {shown}, {each}", fontsize=9, y=1 - 0.08 / height, va="top")
+    fig.subplots_adjust(left=0.2, right=0.98, top=1 - 0.4 / height, bottom=0.02, wspace=0.05, hspace=0.05)
     png.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(png, lambda f: fig.savefig(f, format="png"))  # this very path; a full disk keeps the old file
     return png
