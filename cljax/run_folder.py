@@ -143,7 +143,6 @@ def inspect_run(algo_dir: Path, config: Config, data_id: str | None, overwrite: 
         raise CljaxError(f"{algo_dir} holds a run started by an older cljax, and {changed}: its remaining tasks would "
                          f"follow another rule than its first ones. Finish it with the cljax it started with, pass "
                          f"--overwrite to train it again (it {_deletes(n_dirs)}), or choose another --results-dir.")
-    finished = next((t for t, problem in enumerate(problems) if problem), T)  # tasks 0 .. finished-1 are whole
     try:
         header = read_checkpoint_header(algo_dir)
     except CljaxError:  # damaged: --repair trains the learner after the whole folders again
@@ -154,15 +153,23 @@ def inspect_run(algo_dir: Path, config: Config, data_id: str | None, overwrite: 
     fix = (f"the learner state at the start of a task is not stored once the run is past it, so the run can only be "
            f"trained again from task 0: "
            f"pass --overwrite to do so (it {_deletes(n_dirs)}), or choose another --results-dir.")
-    if header is None and finished >= 2:  # whole folders and no checkpoint: a stop between the two writes
-        start = repair_start(algo_dir, run_id, finished)
+    # Past the last whole folder: with no checkpoint, the run has trained at least that far.
+    reached = max((t + 1 for t, problem in enumerate(problems) if not problem), default=0)
+    if header is None and reached >= 2:  # whole folders and no checkpoint (a stop between the two writes, or lost)
+        # Training again from task 0 would rewrite whole folders: only --repair (which compares them) may.
+        damaged = [t for t in range(reached) if problems[t]]
+        start = repair_start(algo_dir, run_id, damaged[0] if damaged else reached)
         if repair:
-            return Found(record=record, next_task=finished, stale=_stale(algo_dir, problems, finished),
-                         n_task_dirs=n_dirs, replay=(start, finished), from_checkpoint=False)
-        raise CljaxError(f"{algo_dir / CHECKPOINT} is missing, while tasks 0 to {finished - 1} are finished: the "
-                         f"learner state after them is not stored: restore the checkpoint, pass --repair to train "
-                         f"{describe_replay(start, finished)} again, pass --overwrite to train the run again from "
-                         f"task 0 (it {_deletes(n_dirs)}), or choose another --results-dir.")
+            return Found(record=record, next_task=reached, stale=_stale(algo_dir, problems, reached),
+                         n_task_dirs=n_dirs, replay=(start, reached), from_checkpoint=False, repair=damaged)
+        more = f" (and {len(damaged) - 1} more below task {reached - 1})" if len(damaged) > 1 else ""
+        what = (f"{problems[damaged[0]]}{more}, and {algo_dir / CHECKPOINT} is missing, while task {reached - 1} is "
+                f"finished" if damaged else f"{algo_dir / CHECKPOINT} is missing, while tasks 0 to {reached - 1} are "
+                f"finished")
+        raise CljaxError(f"{what}: the learner state after them is not stored: restore the checkpoint, pass --repair "
+                         f"to train {describe_replay(start, reached)} again"
+                         f"{' and write the damaged folders anew' if damaged else ''}, pass --overwrite to train the run "
+                         f"again from task 0 (it {_deletes(n_dirs)}), or choose another --results-dir.")
     if ckpt_run != run_id:
         raise CljaxError(f"{algo_dir / CHECKPOINT} belongs to run {ckpt_run}, not to run {run_id} of run.json: "
                          f"the folder mixes two runs; {fix}")

@@ -224,3 +224,28 @@ def test_a_repair_under_another_split_names_the_first_task_it_trains(made, tmp_p
     assert rc == 0, err
     warning = next(line for line in err.splitlines() if "continues on" in line)
     assert "from task 0 on its numbers can differ" in warning, warning
+
+
+@pytest.mark.parametrize("which, lost, reached", [("finished", "task_000", 3), ("after2", "task_001", 2)])
+def test_a_lost_checkpoint_and_a_damaged_folder_below_whole_ones_are_refused_then_repaired(made, tmp_path, capsys,
+                                                                                           which, lost, reached):
+    """No checkpoint and a folder lost below whole ones: the run trained from task 0 at once and
+    wrote the whole folders above it again, without a word (with another split, other bits).
+    Now refused in one line, nothing changed; --repair writes the lost folder anew, compares the
+    whole ones, and the run goes on as it would have."""
+    finished = made["finished"] / RUN4
+    run_dir = _copy(made, which, tmp_path / "r")
+    shutil.rmtree(run_dir / lost)
+    (run_dir / "checkpoint.npz").unlink()
+    before = state(run_dir)
+    rc, _, err = _run(tmp_path, capsys)
+    assert_one_error(rc, err, f"{lost} is missing", f"checkpoint.npz is missing, while task {reached} is finished",
+                     f"--repair to train tasks 0 to {reached} ({reached + 1} tasks) from the seed again and write the "
+                     f"damaged folders anew", "--overwrite")
+    assert state(run_dir) == before
+
+    rc, out, err = _run(tmp_path, capsys, "--repair")
+    assert rc == 0, err
+    assert (f"wrote {lost} anew; the {reached} other folder(s) it recomputed came out byte for byte as recorded."
+            in err), err
+    assert _outputs(run_dir) == _outputs(finished)
