@@ -180,6 +180,10 @@ def _train(config, data, task_data, schedule, program, start, chunk_tasks, found
         learner = shard_repeats(load_learner(algo_dir, learner, kept_path(algo_dir, found.replay[0]))[0])
     elif not found.replay and first_task > 0:
         learner = shard_repeats(load_learner(algo_dir, learner)[0])
+        if is_writer() and keeps(config.keep_checkpoints, first_task, config.num_tasks) and not kept_is_whole(
+                algo_dir, first_task, run_id):  # a --keep-checkpoints new to this call: the checkpoint is that start
+            with critical:
+                keep_checkpoint(algo_dir, first_task)
     order = replay + list(range(first_task, config.num_tasks))
     result = RunResult(algo_dir=algo_dir, task_class_pairs=schedule, first_task=first_task, run_id=run_id)
 

@@ -249,3 +249,16 @@ def test_a_lost_checkpoint_and_a_damaged_folder_below_whole_ones_are_refused_the
     assert (f"wrote {lost} anew; the {reached} other folder(s) it recomputed came out byte for byte as recorded."
             in err), err
     assert _outputs(run_dir) == _outputs(finished)
+
+
+def test_a_resume_keeps_the_checkpoint_it_starts_from_when_its_keep_checkpoints_asks(made, tmp_path, capsys):
+    """Stopped after task 2 under --keep-checkpoints 2, resumed with 3: the learner as task 3
+    begins is the checkpoint the resume starts from, so it is kept (it was not: the next repair
+    would have gone back further)."""
+    run_dir = _copy(made, "after2", tmp_path / "r")
+    start = (run_dir / "checkpoint.npz").read_bytes()
+    assert not kept_path(run_dir, 3).exists()
+    rc, out, err = _run(tmp_path, capsys, "--keep-checkpoints", "3")
+    assert rc == 0 and "resumed from task 3" in out, err
+    assert kept_path(run_dir, 3).read_bytes() == start
+    assert sorted(p.name for p in (run_dir / KEPT).iterdir()) == ["start_task_002.npz", "start_task_003.npz"]
