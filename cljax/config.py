@@ -67,8 +67,10 @@ class Config:
                                 "images, so the N mod B last in that epoch's order sit it out (others each epoch)", min=1)
     lr: float | None = param(None, "learning rate of every parameter group (learner and expert); default: the rule's own "
                              "(SL 0.05, RL 0.1, Bio 0.05), recorded resolved in metadata.json", min=0.0, max=F32_MAX)
-    lr_features: float | None = param(None, "learning rate of the feature layers (default: --lr)", min=0.0, max=F32_MAX)
-    lr_classifier: float | None = param(None, "learning rate of the classifier layer (default: --lr)", min=0.0, max=F32_MAX)
+    lr_features: float | None = param(None, "learning rate of the feature layers (default: --lr)", min=0.0,
+                                      max=F32_MAX)
+    lr_classifier: float | None = param(None, "learning rate of the classifier layer (default: --lr)", min=0.0,
+                                        max=F32_MAX)
     momentum: float = param(0.0, "SGD momentum of the continual learner (the expert is plain SGD)", min=0.0, max=0.999)
     out_dim: int = param(1, "classifier outputs: 1 (sigmoid + binary cross-entropy) or 2 (softmax)", choices=(1, 2))
     head: str = param("shared", "output layer across tasks: one for every task (shared), the same one reset at every "

@@ -168,8 +168,8 @@ def inspect_run(algo_dir: Path, config: Config, data_id: str | None, overwrite: 
                 f"finished")
         raise CljaxError(f"{what}: the learner state after them is not stored: restore the checkpoint, pass --repair "
                          f"to train {describe_replay(start, reached)} again"
-                         f"{' and write the damaged folders anew' if damaged else ''}, pass --overwrite to train the run "
-                         f"again from task 0 (it {_deletes(n_dirs)}), or choose another --results-dir.")
+                         f"{' and write the damaged folders anew' if damaged else ''}, pass --overwrite to train the "
+                         f"run again from task 0 (it {_deletes(n_dirs)}), or choose another --results-dir.")
     if ckpt_run != run_id:
         raise CljaxError(f"{algo_dir / CHECKPOINT} belongs to run {ckpt_run}, not to run {run_id} of run.json: "
                          f"the folder mixes two runs; {fix}")

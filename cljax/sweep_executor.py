@@ -11,19 +11,27 @@ from cljax.errors import EXIT_PREEMPTED, CljaxError
 
 
 def stop_waiting_says_the_jobs_go_on(jobs, kind: str, manifest: Path) -> None:
-    """While ``--wait`` waits, SIGTERM/SIGINT stop the waiting, not the jobs, which run on (SLURM's,
-    and the local executor's processes alike): the line says so, and how to cancel them, where the
-    command's default line ("nothing was left half-written; run the same command again") would have
-    a rerun submit every job again beside the running ones."""
+    """While ``--wait`` waits, SIGTERM/SIGINT stop the waiting. SLURM's jobs run on, and so do the
+    local executor's, unless the signal reached them too: their controllers share the terminal's
+    process group, so a Ctrl-C stops them (their runs resume with the same command). The line says
+    which, and how to cancel what goes on, where the command's default line ("nothing was left
+    half-written; run the same command again") would have a rerun submit every job again beside
+    the running ones."""
     import signal
 
-    ids = ", ".join(str(job.job_id) for job in jobs)
-    how = f"scancel {ids.replace(', ', ' ')}" if kind == "slurm" else f"kill {ids.replace(', ', ' ')} (their process ids)"
+    ids = " ".join(str(job.job_id) for job in jobs)
 
     def on_signal(signum, frame):
-        print(f"\nstopped waiting by {signal.Signals(signum).name}: the {len(jobs)} job(s) go on ({manifest} lists "
-              f"them); cancel them with `{how}`, or let them end and run the same command to see each run's outcome "
-              f"(a finished run is not trained again).", file=sys.stderr, flush=True)
+        if kind == "slurm":
+            what = (f"the {len(jobs)} job(s) go on ({manifest} lists them); cancel them with `scancel {ids}`, or "
+                    f"let them end and run the same command to see each run's outcome (a finished run is not trained "
+                    f"again)")
+        else:
+            what = (f"local jobs the signal also reached (a Ctrl-C reaches them all) stop, and the same command "
+                    f"resumes their runs from their last finished task; any still running go on ({manifest} lists "
+                    f"them): "
+                    f"`kill {ids}` (their process ids) cancels them")
+        print(f"\nstopped waiting by {signal.Signals(signum).name}: {what}.", file=sys.stderr, flush=True)
         sys.stdout.flush()
         os._exit(EXIT_PREEMPTED)
 

@@ -322,10 +322,12 @@ def test_the_terminal_summary_names_collapse_no_probe_and_left_out_expert_cells(
     assert ("[groupings left out over the run: 4 not finite (diverged), 8 with constant representations (collapsed, "
             "not diverged)]") in text and "undefined (the representations are constant" not in text
     # a grouping whose probes mostly stalled (nearly degenerate points) is named, with its fraction
-    glue["solver"].update(converged_fraction=0.9254, n_probes_solved=2560, min_converged_fraction=0.254)
+    glue["solver"].update(converged_fraction=0.9254, n_probes_solved=2560, min_converged_fraction=0.254,
+                          min_converged_at="task 0 after task 0, repeat 0")
     text = format_summary({"glue": glue})
-    assert ("solver within tolerance on 92.54% of 2560 probes; in one grouping only 25.4%: its points are nearly "
-            "degenerate (as a network near collapse gives) and its capacity is not reliable") in text
+    assert ("solver within tolerance on 92.54% of 2560 probes; over the run, the grouping of task 0 after task 0, "
+            "repeat 0 reached it on only 25.4%: its points are nearly degenerate (as a network near collapse gives) "
+            "and its capacity is not reliable") in text
     glue["solver"]["min_converged_fraction"] = 0.95
     assert "in one grouping only" not in format_summary({"glue": glue})
 

@@ -73,6 +73,11 @@ def test_solver_convergence_is_in_the_summary(tmp_path, monkeypatch):
     solver = s["glue"]["solver"]
     assert solver["n_probes_converged"] < solver["n_probes_solved"]
     assert solver["converged_fraction"] < 1.0 and solver["min_converged_fraction"] < 1.0
+    # the worst grouping is named: the task, the folder after which it was measured, the repeat
+    import re
+
+    assert re.fullmatch(r"(task \d after task \d|\d tasks together after task \d), repeat [01]",
+                        solver["min_converged_at"]), solver["min_converged_at"]
 
 
 def test_the_last_task_mean_is_over_the_evaluated_tasks_and_a_diverged_one_is_not_skipped():

@@ -439,3 +439,23 @@ def test_the_late_tasks_start_at_the_fraction_given_not_one_float_rounding_early
     assert int(90 * 0.7) == 62 and late_start(90, 0.7) == 63  # 90 * 0.7 = 62.99999999999999 as a float
     assert late_start(100, 0.57) == 57 and late_start(50, 0.58) == 29
     assert late_start(5, 0.5) == 2 and late_start(7, 0.25) == 1 and late_start(3, 0.0) == 0
+
+
+def test_a_sweep_of_methods_over_seeds_pools_each_and_says_not_pooled_of_none(tmp_path, capsys):
+    # plain, lr 0.05 and lr 0.1 on two seeds each: both rates pool over their two draws; a line
+    # saying one rate's run was 'not pooled' with the other rate's (a review found it) is wrong.
+    rng = np.random.default_rng(3)
+    expert = rng.uniform(0.5, 0.9, (T, R))
+    names = []
+    for seed in (0, 1):
+        pairs = rng.permutation(np.arange(2 * T * R)).reshape(T, R, 2)
+        for name, lr in ((f"plain_s{seed}", 0.2), (f"lr05_s{seed}", 0.05), (f"lr1_s{seed}", 0.1)):
+            write_run(tmp_path / name, rng.uniform(0.5, 0.9, (T, R)), expert, window=False, seed=seed,
+                      pairs_TR2=pairs)
+            (tmp_path / name / "run.json").write_text(json.dumps({"config": {"lr": lr, "seed": seed}}))
+            names.append(name)
+    names = sorted(names, key=lambda n: (not n.startswith("plain"), n))  # the baselines first
+    summary = compare_runs([tmp_path / n for n in names], labels=names)
+    assert summary["lr05_s0"]["pooled_over_draws"]["runs"] == ["lr05_s0", "lr05_s1"]
+    assert summary["lr1_s0"]["pooled_over_draws"]["runs"] == ["lr1_s0", "lr1_s1"]
+    assert not any("not_pooled" in s for s in summary.values())

@@ -128,12 +128,16 @@ def test_a_failed_job_is_named_by_the_error_it_raised_last():
     assert sweep.job_error_line(RuntimeError("")) == "RuntimeError('')"
 
 
-@pytest.mark.parametrize("kind, cancel", [("local", "kill 4101 4102 (their process ids)"),
-                                          ("slurm", "scancel 77_0 77_1")])
-def test_a_signal_while_waiting_says_the_jobs_go_on_and_how_to_cancel_them(tmp_path, kind, cancel):
-    # A sweep's jobs outlive the waiting command (local processes and SLURM jobs alike): the line
-    # said "nothing was left half-written; run the same command again", and a rerun then submitted
-    # every job again beside the running ones.
+@pytest.mark.parametrize("kind, said", [
+    ("local", "local jobs the signal also reached (a Ctrl-C reaches them all) stop, and the same command resumes their "
+              "runs from their last finished task; any still running go on (/r/sweep.json lists them): `kill 4101 "
+              "4102` (their process ids) cancels them."),
+    ("slurm", "the 2 job(s) go on (/r/sweep.json lists them); cancel them with `scancel 77_0 77_1`, or let them end "
+              "and run the same command to see each run's outcome (a finished run is not trained again).")])
+def test_a_signal_while_waiting_says_what_the_jobs_do_and_how_to_cancel_them(tmp_path, kind, said):
+    # A sweep's jobs can outlive the waiting command (SLURM's always; local ones a signal to the
+    # sweep alone did not reach): the line said "nothing was left half-written; run the same
+    # command again", and a rerun then submitted every job again beside the running ones.
     import signal
     import subprocess
     import sys
@@ -146,6 +150,4 @@ def test_a_signal_while_waiting_says_the_jobs_go_on_and_how_to_cancel_them(tmp_p
             "os.kill(os.getpid(), signal.SIGINT)\nimport time; time.sleep(30)\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 75 and done.stdout == ""
-    assert done.stderr == (f"\nstopped waiting by {signal.Signals.SIGINT.name}: the 2 job(s) go on (/r/sweep.json lists "
-                           f"them); cancel them with `{cancel}`, or let them end and run the same command to see each "
-                           f"run's outcome (a finished run is not trained again).\n")
+    assert done.stderr == f"\nstopped waiting by {signal.Signals.SIGINT.name}: {said}\n"

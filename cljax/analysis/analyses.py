@@ -221,7 +221,8 @@ def _curves_update(state: dict, folder: TaskFolder) -> dict:
     acc, log_steps = folder.test_acc_slots, folder.log_steps
     schedule = folder.metadata.get("schedule") or {}
     P, T = schedule.get("n_pairs"), int(state["ids"].max()) + 1 if state["ids"].size else 0
-    if folder.index == 0 and schedule.get("task_schedule") == "cycle" and folder.all_tasks and isinstance(P, int) and P < T:
+    cycled = schedule.get("task_schedule") == "cycle" and isinstance(P, int) and P < T
+    if folder.index == 0 and cycled and folder.all_tasks:
         # Every task is evaluated at every snapshot, and task j + P is task j's pair on the same
         # test images: evenly spaced tasks would draw the same curves several times over.
         state["ids"] = np.unique(np.linspace(0, P - 1, min(len(state["ids"]), P)).round().astype(int))

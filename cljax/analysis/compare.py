@@ -265,21 +265,23 @@ def pool_over_draws(labels, summary, draws, methods) -> dict:
 
 
 def not_pooled(labels, summary, draws, methods, families) -> dict:
-    """Why a paired run was not pooled with an earlier paired run of its family (the same rule and
-    options, :func:`family_of`) on another draw: {label: "..."}, naming the settings that differ
-    (its own, or its baseline's) or the tasks. Pooling needs every setting that changes a number
-    to match; without this, two draws of one method with one hyperparameter changed by mistake
-    get no pooled line and no word why."""
+    """Why a paired run that is pooled with none was not pooled with an earlier such run of its
+    family (the same rule and options, :func:`family_of`) on another draw: {label: "..."}, naming
+    the settings that differ (its own, or its baseline's) or the tasks. Pooling needs every
+    setting that changes a number to match; without this, two draws of one method with one
+    hyperparameter changed by mistake get no pooled line and no word why."""
     def key(label):
         pair = summary[label]["paired"]
         return methods[label], methods[pair["baseline"]], tuple(pair.get("tasks", ()))
 
-    paired = [label for label in labels if (summary[label].get("paired") or {}).get("paired")
-              and families[label] is not None and None not in key(label)]
+    pooled = {r for s in summary.values() for r in (s.get("pooled_over_draws") or {}).get("runs", ())}
+    # the runs pooled with none: a pooled method's runs are one method, whatever else is given
+    alone = [label for label in labels if (summary[label].get("paired") or {}).get("paired") and label not in pooled
+             and families[label] is not None and None not in key(label)]
     out = {}
-    for i, label in enumerate(paired):
-        earlier = [b for b in paired[:i] if families[b] == families[label] and _distinct_draws([draws[b], draws[label]])]
-        if not earlier or any(key(b) == key(label) for b in earlier):
+    for i, label in enumerate(alone):
+        earlier = [b for b in alone[:i] if families[b] == families[label] and _distinct_draws([draws[b], draws[label]])]
+        if not earlier:
             continue
         b = earlier[0]
         (m, mb, tasks), (n, nb, tasks_b) = key(label), key(b)

@@ -351,8 +351,9 @@ def format_summary(summary: dict) -> str:
                      f"({glue['settings']['n_probes']} probes); " + (
                          f"solver within tolerance on {100 * solver['converged_fraction']:.2f}% of {solved} probes"
                          if solved else "no probe was solved")
-                     + (f"; in one grouping only {100 * low:.1f}%: its points are nearly degenerate (as a network "
-                        f"near collapse gives) and its capacity is not reliable (docs/metrics.md, GLUE)"
+                     + (f"; over the run, the grouping of {solver.get('min_converged_at', 'one task')} reached it on "
+                        f"only {100 * low:.1f}%: its points are nearly degenerate (as a network near collapse gives) "
+                        f"and its capacity is not reliable (docs/metrics.md, GLUE)"
                         if solved and low is not None and low < GLUE_RELIABLE else ""))
     lines.append(f"std: {summary.get('std', '')}")
     return "\n".join(lines)

@@ -48,7 +48,9 @@ def glue_init(ctx: RunContext) -> dict:
                      "n_groupings_not_finite": 0, "n_groupings_constant": 0}}
 
 
-def _glue_call(state: dict, X, dichotomies: str) -> dict:
+def _glue_call(state: dict, X, dichotomies: str, where) -> dict:
+    """GLUE on the batch of groupings X; the run's solver diagnostics updated (``where``: the text
+    naming a grouping from its batch index, for the worst one)."""
     n_probes = state["ctx"].options.glue_n_probes
     g = glue_analysis(X, state["key"], n_probes=n_probes, dichotomies=dichotomies, max_iter=MAX_ITER, tol=TOL)
     diag = state["diag"]  # over every GLUE call: each (repeat, task) grouping solves n_probes QPs
@@ -60,7 +62,10 @@ def _glue_call(state: dict, X, dichotomies: str) -> dict:
     if solved.any():
         diag["n_probes_solved"] += int(solved.sum() * n_probes)
         diag["n_probes_converged"] += int(np.rint(fractions[solved] * n_probes).sum())
-        diag["min_converged_fraction"] = min(diag["min_converged_fraction"], float(fractions[solved].min()))
+        low = np.where(solved, fractions, np.inf)
+        if float(low.min()) < diag["min_converged_fraction"]:  # the worst grouping, and where it is
+            diag["min_converged_fraction"] = float(low.min())
+            diag["min_converged_at"] = where(np.unravel_index(np.argmin(low), low.shape))
         diag["max_residual"] = max(diag["max_residual"], float(np.max(np.asarray(g["max_residual"])[solved])))
     return g
 
@@ -75,7 +80,9 @@ def glue_update(state: dict, folder: TaskFolder) -> dict:
         reps_last, labels_last = reps_last[:, valid], labels_last[:, valid]
     manifolds = class_manifolds(reps_last, labels_last, opt.glue_max_points)  # (R, K_valid, 2, M, H)
     current = int(np.flatnonzero(folder.eval_task_ids[valid] == i)[0])
-    g = _glue_call(state, manifolds[:, current] if opt.glue_tasks == "current" else manifolds, "task")
+    slot_tasks = folder.eval_task_ids[valid]
+    g = _glue_call(state, manifolds[:, current] if opt.glue_tasks == "current" else manifolds, "task",
+                   lambda at: f"task {i if len(at) == 1 else int(slot_tasks[at[1]])} after task {i}, repeat {at[0]}")
     state.setdefault("evaluated", []).append(folder.eval_task_ids[valid])  # the tasks whose values are measured
     for k in GLUE_KEYS + DIAGNOSTIC_KEYS:
         state["task"].setdefault(k, []).append(g[k] if opt.glue_tasks == "current" else _slots_to_tasks(folder, g[k]))
@@ -84,7 +91,8 @@ def glue_update(state: dict, folder: TaskFolder) -> dict:
         chosen = np.unique(np.linspace(0, nv - 1, min(opt.glue_across_max_tasks, nv)).round().astype(int))
         sub = manifolds[:, chosen]  # (R, k, 2, M, H)
         R, k_, _, M, H = sub.shape
-        ga = _glue_call(state, sub.reshape(R, 2 * k_, M, H), "random")
+        ga = _glue_call(state, sub.reshape(R, 2 * k_, M, H), "random",
+                        lambda at: f"{k_} tasks together after task {i}, repeat {at[0]}")
         for k in GLUE_KEYS + DIAGNOSTIC_KEYS:
             state["across"].setdefault(k, []).append(ga[k])
         state["folders"].append(i)

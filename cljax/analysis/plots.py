@@ -68,14 +68,19 @@ def _binned(x: np.ndarray, values_RX: np.ndarray) -> tuple[np.ndarray, np.ndarra
 ACCURACY, GAP = (0.0, 1.0), (-1.0, 1.0)  # the ranges of an accuracy and of a difference of two
 
 
-def _band(ax, x, values_RX, label=None, color=None, marker=None, limits=None):
+def _band(ax, x, values_RX, label=None, color=None, marker=None, limits=None, breaks=()):
     """The mean as a line with a band of one std, cut at ``limits`` (lo, hi) where the values
     cannot pass them (an accuracy's mean + std can exceed 1; the band stops at 1). A finite point
     with no finite neighbour (T = 1; a task evaluated at one snapshot only) draws no line segment
     and no band: it is a marker with an error bar (cut the same way). A label that starts with "_" is kept in the legend (matplotlib hides those).
-    More than :data:`MAX_POINTS` points are drawn in bins (:func:`_binned`), without markers."""
+    More than :data:`MAX_POINTS` points are drawn in bins (:func:`_binned`), without markers. The
+    line and band break at each x of ``breaks`` (after the binning: the bins are those of a curve
+    without breaks)."""
     v = np.asarray(values_RX, dtype=np.float64)
     x, v, k = _binned(np.asarray(x, dtype=np.float64), v[None] if v.ndim == 1 else v)
+    if len(breaks):
+        at = np.searchsorted(x, np.asarray(breaks, dtype=np.float64), side="right")
+        x, v = np.insert(x, at, np.nan), np.insert(v, at, np.nan, axis=1)
     if k > 1:
         marker = None
         if getattr(ax, "_cljax_bin_note", None) != k:
@@ -176,10 +181,8 @@ def plot_accuracy_over_time(
     for j in range(J):
         _band(ax, x, acc[:, :, j].T, label=f"task {ids[j]}", color=cmap(j), limits=ACCURACY)
     if current_NR is not None:  # one segment per task: a new task's first snapshot is another task's accuracy
-        current = np.asarray(current_NR, dtype=np.float64)
-        starts = np.searchsorted(x, np.asarray(task_boundaries, dtype=np.float64), side="right")
-        xs, cur = np.insert(x.astype(np.float64), starts, np.nan), np.insert(current, starts, np.nan, axis=0)
-        line = _band(ax, xs, cur.T, label="the current task", color="black", limits=ACCURACY)
+        line = _band(ax, x, np.asarray(current_NR, dtype=np.float64).T, label="the current task", color="black",
+                     limits=ACCURACY, breaks=task_boundaries)
         line.set_zorder(1.5)  # under the tasks' own curves (a task evaluated only while trained stays visible)
         line.set_linewidth(1.0)
     every = -(-len(task_boundaries) // MAX_BOUNDARIES)  # more lines than this grey the whole plot

@@ -55,8 +55,9 @@ class ShrinkPerturbParams:
     lambda_: float = param(0.99, "shrink+perturb: shrink factor lam", min=0.0, max=1.0, flag="sp-lambda")
     sigma: float = param(0.14, "shrink+perturb: perturbation scale sigma, in units of the initialiser's own scale "
                          "(1: a whole fresh initialisation) with --sp-noise init, absolute with gaussian", min=0.0)
-    noise: str = param("init", "shrink+perturb: eps is a fresh draw of the model's initialiser (init; a parameter it "
-                       "sets to a constant c, such as a bias, has no noise and becomes c + lam*(theta - c)) or a standard "
+    noise: str = param("init", "shrink+perturb: eps is a fresh draw of the model's initialiser (init; a parameter "
+                       "it sets to a constant c, such as a bias, has no noise and becomes c + lam*(theta - c)) or a "
+                       "standard "
                        "normal for every parameter (gaussian: sigma is an absolute standard deviation, as in Dohare et "
                        "al. 2024)", choices=("init", "gaussian"), absent="init")
 

@@ -68,8 +68,8 @@ from cljax.rules.rl import REWARD_HELP, REWARDS, rewards, sample_actions
 class BioParams:
     reward: str = param("01", REWARD_HELP, choices=tuple(REWARDS), flag="rl-reward")
     policy: str = param("softmax", "Bio: action selection, sample the policy (softmax) or epsilon-greedy (egreedy); "
-                        "with --out-dim 1 the update does not depend on the action, so this changes nothing (up to float "
-                        "rounding)",
+                        "with --out-dim 1 the update does not depend on the action, so this changes nothing (up "
+                        "to float rounding)",
                         choices=("softmax", "egreedy"))
     epsilon: float = param(0.1, "Bio: exploration rate of --bio-policy egreedy (no effect with --out-dim 1)",
                            min=0.0, max=1.0)
