@@ -37,7 +37,7 @@ def enable_compilation_cache(path: str | None = None) -> str | None:
         import sys
 
         print(f"warning: the compilation cache {path} cannot be used ({reason}): compiling without it; set "
-              f"CLJAX_COMPILATION_CACHE to a writable folder, or to off.", file=sys.stderr)
+              f"CLJAX_COMPILATION_CACHE (or the cache folder given) to a writable folder, or to off.", file=sys.stderr)
         return None
     jax.config.update("jax_compilation_cache_dir", path)
     _recheck_cache()

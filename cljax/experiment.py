@@ -178,6 +178,8 @@ def _train(config, data, task_data, schedule, program, start, chunk_tasks, found
     replay = list(range(*found.replay)) if found.replay else []  # --repair: trained again first
     if found.replay and found.replay[0] > 0:
         learner = shard_repeats(load_learner(algo_dir, learner, kept_path(algo_dir, found.replay[0]))[0])
+        if not replay and is_writer():  # the kept start is the lost checkpoint: nothing to train again
+            print(replay_note(found, [], []), file=sys.stderr)
     elif not found.replay and first_task > 0:
         learner = shard_repeats(load_learner(algo_dir, learner)[0])
         if is_writer() and keeps(config.keep_checkpoints, first_task, config.num_tasks) and not kept_is_whole(

@@ -119,5 +119,7 @@ def replay_note(found, differing: list[int], kept: list[int]) -> str:
                 f"{task_dir_name(differing[0])} came out different from its recorded files ({len(differing)} of "
                 f"{n_compared} recomputed folders differ): the device split or lowering differs from the run's, "
                 f"which moves the last bits (docs/scale.md); the folders written anew hold this split's numbers.")
+    if start == stop:  # the checkpoint kept at the lost one's task: nothing to train again
+        return f"note: --repair went on from the checkpoint kept at task {start}, a copy of the lost checkpoint."
     compared = f"; the {n_compared} other folder(s) it recomputed came out byte for byte as recorded" if n_compared else ""
     return f"note: --repair trained {describe_replay(start, stop)} again and wrote {written} anew{compared}."

@@ -30,7 +30,7 @@ from cljax.errors import CljaxError, DamagedFile
 from cljax.eval_tasks import eval_ids_of
 from cljax.host import usable_cores
 from cljax.initial_state import INITIAL
-from cljax.kept_checkpoints import KEPT, describe_replay, is_kept_name, repair_start
+from cljax.kept_checkpoints import KEPT, describe_replay, is_kept_name, kept_path, repair_start
 from cljax.results import LATER_TASK_FILES, TASK_FILES, task_dir_name, task_dirs
 from cljax.run_lock import RUN_LOCK
 from cljax.safe_files import npy_header, safe_load_pickle
@@ -166,6 +166,10 @@ def inspect_run(algo_dir: Path, config: Config, data_id: str | None, overwrite: 
         what = (f"{problems[damaged[0]]}{more}, and {algo_dir / CHECKPOINT} is missing, while task {reached - 1} is "
                 f"finished" if damaged else f"{algo_dir / CHECKPOINT} is missing, while tasks 0 to {reached - 1} are "
                 f"finished")
+        if start == reached:  # kept as task `reached` began: a copy of the lost checkpoint
+            raise CljaxError(f"{what}; {kept_path(algo_dir, start)} holds the learner as task {start} begins, a copy "
+                             f"of it: pass --repair to go on from it (nothing is trained again), pass --overwrite to "
+                             f"train the run again from task 0 (it {_deletes(n_dirs)}), or choose another --results-dir.")
         raise CljaxError(f"{what}: the learner state after them is not stored: restore the checkpoint, pass --repair "
                          f"to train {describe_replay(start, reached)} again"
                          f"{' and write the damaged folders anew' if damaged else ''}, pass --overwrite to train the "

@@ -439,6 +439,7 @@ def test_the_late_tasks_start_at_the_fraction_given_not_one_float_rounding_early
     assert int(90 * 0.7) == 62 and late_start(90, 0.7) == 63  # 90 * 0.7 = 62.99999999999999 as a float
     assert late_start(100, 0.57) == 57 and late_start(50, 0.58) == 29
     assert late_start(5, 0.5) == 2 and late_start(7, 0.25) == 1 and late_start(3, 0.0) == 0
+    assert late_start(3, 0.3333333333) == 0  # 0.9999999999: exact, not rounded to 1
 
 
 def test_a_sweep_of_methods_over_seeds_pools_each_and_says_not_pooled_of_none(tmp_path, capsys):

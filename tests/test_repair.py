@@ -262,3 +262,22 @@ def test_a_resume_keeps_the_checkpoint_it_starts_from_when_its_keep_checkpoints_
     assert rc == 0 and "resumed from task 3" in out, err
     assert kept_path(run_dir, 3).read_bytes() == start
     assert sorted(p.name for p in (run_dir / KEPT).iterdir()) == ["start_task_002.npz", "start_task_003.npz"]
+
+
+def test_a_lost_checkpoint_whose_copy_is_kept_is_gone_on_from_without_training(made, tmp_path, capsys):
+    """Tasks 0-1 whole (a finished run's later folders removed), the checkpoint lost, and the start
+    of task 2 kept: that kept file is the lost checkpoint. The line said '--repair to train task 2
+    (1 task) ... again' (nothing is trained); it now says what --repair does, and the run goes on."""
+    finished = made["finished"] / RUN4
+    run_dir = _copy(made, "finished", tmp_path / "r")
+    for t in (2, 3):
+        shutil.rmtree(run_dir / f"task_00{t}")
+    (run_dir / "checkpoint.npz").unlink()
+    rc, _, err = _run(tmp_path, capsys)
+    assert_one_error(rc, err, "checkpoint.npz is missing, while tasks 0 to 1 are finished",
+                     "start_task_002.npz holds the learner as task 2 begins, a copy of it: pass --repair to go on "
+                     "from it (nothing is trained again)")
+    rc, out, err = _run(tmp_path, capsys, "--repair")
+    assert rc == 0, err
+    assert "note: --repair went on from the checkpoint kept at task 2, a copy of the lost checkpoint." in err
+    assert _outputs(run_dir) == _outputs(finished)

@@ -295,6 +295,7 @@ def test_a_compilation_cache_that_is_not_a_writable_folder_is_one_warning_and_no
     for path, reason in ((afile, "it is not a folder"), (afile / "under", "Not a directory")):
         assert cljax.enable_compilation_cache(str(path)) is None
         assert capsys.readouterr().err == (f"warning: the compilation cache {path} cannot be used ({reason}): compiling "
-                                           f"without it; set CLJAX_COMPILATION_CACHE to a writable folder, or to off.\n")
+                                           f"without it; set CLJAX_COMPILATION_CACHE (or the cache folder given) to a "
+                                           f"writable folder, or to off.\n")
         assert jax.config.jax_compilation_cache_dir == before
     assert afile.read_text() == "x"

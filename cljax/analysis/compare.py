@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -138,9 +139,9 @@ def compare_runs(run_dirs, out_png: str | os.PathLike | None = None, labels=None
 
 
 def late_start(n: int, late_from: float) -> int:
-    """The first late task of n: floor(n * late_from), taken on the decimal fraction given (a
-    float product such as 90 * 0.7 = 62.99999... would floor a task early)."""
-    return math.floor(round(n * late_from, 9))
+    """The first late task of n: floor(n * late_from), exact on the decimal fraction given (the
+    float product 90 * 0.7 = 62.99999... floored a task early)."""
+    return math.floor(Fraction(repr(float(late_from))) * n)
 
 
 def method_of(record: dict) -> str | None:

@@ -328,7 +328,7 @@ def plot_head_vs_probe(earlier_RN: Mapping[str, np.ndarray], last_RT: Mapping[st
         if width:  # every task on the axis, also where only some were evaluated (--eval-tasks)
             ax.set_xlim(first - 0.5, first + width - 0.5)
         if not any(np.isfinite(v).any() for v in shown.values()):
-            why = ("no earlier task: the run has one task" if ax is ax0 and width == 0 else
+            why = ("no earlier task: one task folder" if ax is ax0 and width == 0 else
                    "no task here was evaluated in this run (--eval-tasks)")
             ax.text(0.5, 0.75, why, transform=ax.transAxes, ha="center", va="center", fontsize=8)
         ax.axhline(0.5, color="black", linestyle=":", linewidth=0.7)

@@ -80,7 +80,8 @@ def _check_memory(n_images: int, pixels: int) -> None:
     from cljax.budget import fmt_bytes
     from cljax.devices.memory import host_available_bytes
 
-    need, free = n_images * pixels + 16 * min(CHUNK_VALUES, n_images * pixels), host_available_bytes()
+    chunk = min(max(CHUNK_VALUES // pixels, 1) * pixels, n_images * pixels)  # at least one whole image
+    need, free = n_images * pixels + 16 * chunk, host_available_bytes()
     if need > free:
         raise CljaxError(f"the synthetic dataset ({n_images:,} images of {pixels:,} values) needs about {fmt_bytes(need)} "
                          f"of memory to generate, {fmt_bytes(free)} are available: lower --synthetic-classes, "
