@@ -214,13 +214,14 @@ def _cmd_analyze(argv: list[str]) -> int:
         raise CljaxError(f"--glue-probes must be at least 2 (its Monte-Carlo error needs two), got {args.glue_probes}.")
     if not math.isfinite(args.tau) or args.tau < 0:
         raise CljaxError(f"--tau must be a finite number >= 0, got {args.tau}.")
-    from cljax.analysis.driver import analyze_run, format_summary
+    from cljax.analysis.driver import writing_now, analyze_run, format_summary
     from cljax.results import runs_near, task_dirs
 
     if not args.algo_dir.strip():
         raise CljaxError("the run folder is empty: pass a run's folder, results/{dataset}/{algorithm}.")
     if not task_dirs(args.algo_dir):
-        raise CljaxError(f"{args.algo_dir} holds no finished task folder (task_000, ...): {runs_near(args.algo_dir)}.")
+        raise CljaxError(f"{args.algo_dir} holds no finished task folder (task_000, ...): "
+                         f"{writing_now(Path(args.algo_dir)) or runs_near(args.algo_dir)}.")
     summary = _stoppable(lambda critical: analyze_run(
         args.algo_dir, args.out, variant=args.variant, tau=args.tau, glue=not args.no_glue,
         glue_n_probes=args.glue_probes, probe_ridge=args.probe_ridge, make_plots=not args.no_plots,

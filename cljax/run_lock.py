@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
@@ -51,7 +52,7 @@ class RunLock:
             raise CljaxError(f"{path} is not a regular file, so not cljax's lock file: remove it, then run this "
                              f"command again.")
         try:
-            fcntl.flock(fd, (fcntl.LOCK_EX if self.exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+            _flock_waiting_for_readers(fd, path, self.exclusive)
         except BlockingIOError:
             os.close(fd)
             raise CljaxError(self._in_use(_read_holder(path))) from None
@@ -75,6 +76,11 @@ class RunLock:
 
     def _in_use(self, holder: dict) -> str:
         who = f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}, since {holder.get('since', '?')}"
+        if self.exclusive and holder.get("host") == socket.gethostname() and not _another_live_process_here(holder):
+            # the last writer has ended: what holds the lock is a reader (shared), for longer than we wait
+            return (f"{self.algo_dir} is being read by another cljax process (an analyze, a compare, or the check "
+                    f"of a finished run; the last run that wrote it, {who}, has ended): wait for it to end, then run "
+                    f"this command again.")
         return (f"{self.algo_dir} is in use by another cljax run ({who}): wait for it to end or stop it, then run "
                 f"this command again (a run that has died holds no lock).")
 
@@ -94,6 +100,74 @@ class RunLock:
                 raise CljaxError(self._in_use(holder))
         print(f"warning: {path.parent} is on a filesystem without file locks: cljax checks the host and pid in "
               f"{RUN_LOCK} instead.", file=sys.stderr)
+
+
+# A writer waits this long for readers (analyze, compare, a finished run's check) that hold the
+# lock shared for a moment; a live writer's lock is refused at once.
+READER_WAIT_SECONDS = 3.0
+
+
+def _flock_waiting_for_readers(fd: int, path: Path, exclusive: bool) -> None:
+    """flock, non-blocking; a writer refused while no live writer is recorded tries again for
+    READER_WAIT_SECONDS (BlockingIOError when still refused)."""
+    mode = (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB
+    deadline = time.monotonic() + READER_WAIT_SECONDS
+    while True:
+        try:
+            fcntl.flock(fd, mode)
+            return
+        except BlockingIOError:
+            if not exclusive or _another_live_process_here(_read_holder(path)) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def reading(algo_dir: Path):
+    """Read a run folder: yields the record of the run writing it now (as :func:`live_writer`),
+    or None when none is, and then holds the lock shared until the block ends, so that no run
+    (an ``--overwrite`` included) starts writing the folder while it is read."""
+    path = Path(algo_dir) / RUN_LOCK
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:  # no lock file (a run from before locks), or a link: no writer recorded
+        yield None
+        return
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            yield None
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:  # a run writes it now: its tasks so far are read
+            yield _read_holder(path)
+            return
+        except OSError as exc:
+            if exc.errno not in NO_FILE_LOCKS:
+                raise
+            holder = _read_holder(path)
+            yield holder if _another_live_process_here(holder) else None
+            return
+        yield None
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path):
+    """An exclusive flock on a folder itself (no file added to it), waited for: brief updates of
+    one folder's files by several processes (an analysis's files, a sweep's list) one at a time.
+    Where the filesystem has no file locks, nothing is held."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as exc:
+            if exc.errno not in NO_FILE_LOCKS:
+                raise
+        yield
+    finally:
+        os.close(fd)
 
 
 def live_writer(algo_dir: Path) -> dict | None:

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from cljax.config import Config
 from cljax.errors import CljaxError, MissingData
+from cljax.run_lock import folder_lock
 from cljax.safe_files import atomic_write
 from cljax.settings import (Parser, add_repair_flag, add_run_flags, add_settings_flags, check_repair, config_from_args,
                             load_plugins_from_argv, parse_setting, setting_specs, unused_settings, warn_unused)
@@ -240,18 +241,20 @@ def write_manifest(path: Path, runs: list[SweepRun], jobs, executor_kind: str, l
         "runs": [{"tag": r.tag, "settings": r.settings, "seed": r.config.seed, "job_id": str(j.job_id),
                   "results": str(algo_dir_of(r.config))} for r, j in zip(runs, jobs)],
     }
-    earlier = []
-    if path.exists():  # the earlier sweeps into the same folder stay listed, newest last
-        try:
-            previous = json.loads(path.read_text())
-            earlier = [*previous.pop("earlier"), previous] if isinstance(previous.get("earlier"), list) else [previous]
-        except (OSError, ValueError, AttributeError, TypeError):  # the jobs are submitted: keep it, do not fail
-            kept = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
-            os.replace(path, kept)
-            print(f"warning: {path} was not readable JSON; it is kept as {kept}, and {path} lists this sweep only.",
-                  file=sys.stderr)
-    encoded = json.dumps({**manifest, "earlier": earlier}, indent=1).encode()
-    atomic_write(path, lambda f: f.write(encoded))
+    with folder_lock(path.parent):  # two sweeps into one folder at once: each lists the other (one was lost)
+        earlier = []
+        if path.exists():  # the earlier sweeps into the same folder stay listed, newest last
+            try:
+                previous = json.loads(path.read_text())
+                earlier = ([*previous.pop("earlier"), previous] if isinstance(previous.get("earlier"), list)
+                           else [previous])
+            except (OSError, ValueError, AttributeError, TypeError):  # the jobs are submitted: keep it, do not fail
+                kept = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+                os.replace(path, kept)
+                print(f"warning: {path} was not readable JSON; it is kept as {kept}, and {path} lists this sweep "
+                      f"only.", file=sys.stderr)
+        encoded = json.dumps({**manifest, "earlier": earlier}, indent=1).encode()
+        atomic_write(path, lambda f: f.write(encoded))
 
 
 def job_error_line(error: BaseException) -> str:

@@ -345,3 +345,69 @@ def test_compare_reads_only_each_runs_own_whole_files(made, tmp_path, capsys):
     shutil.copytree(run_dir / "task_001", run_dir / "task_002")  # a folder past the run's two tasks
     rc, _, err = run_cli(["compare", str(run_dir), str(copy(made, "finished", tmp_path / "o2"))], capsys)
     assert_one_error(rc, err, f"{run_dir} holds 3 task folders but its run has 2 tasks: task_002 on")
+
+
+def test_an_analysis_holds_the_run_and_refuses_to_write_over_a_run_replaced_meanwhile(made, tmp_path, capsys,
+                                                                                     monkeypatch):
+    # `run --overwrite` during `analyze` deleted the task folders under it, and the deleted run's
+    # analysis was written into the new run's folder. The analysis now holds the run's lock shared
+    # (no run starts writing meanwhile), and refuses to write when run.json's id changed anyway.
+    import cljax.analysis.driver as driver
+    import cljax.run_lock as run_lock
+    from cljax.analysis import analyze_run
+    from cljax.run_lock import RunLock
+
+    monkeypatch.setattr(run_lock, "READER_WAIT_SECONDS", 0.2)
+    run_dir = copy(made, "finished", tmp_path / "r")
+    started = []
+    real_update = driver.TaskFolder.__init__
+
+    def during(self, *args, **kwargs):  # while the analysis reads its task folders, a run tries to start
+        real_update(self, *args, **kwargs)
+        if not started:
+            started.append(True)
+            with pytest.raises(CljaxError, match="is being read by another cljax process"):
+                RunLock(run_dir).__enter__()
+
+    monkeypatch.setattr(driver.TaskFolder, "__init__", during)
+    analyze_run(run_dir, glue=False, make_plots=False)
+    assert started
+    monkeypatch.undo()
+    with RunLock(run_dir):  # released when the analysis ended
+        pass
+
+    calls = []
+    real = driver.read_run_record
+
+    def replaced(algo_dir):  # the second reading (before writing) finds another run's id
+        calls.append(algo_dir)
+        record = real(algo_dir)
+        return record if len(calls) == 1 else {**record, "run_id": "0" * 32}
+
+    monkeypatch.setattr(driver, "read_run_record", replaced)
+    before = state(run_dir)
+    with pytest.raises(CljaxError, match=r"now holds another run \(run.json's id changed while it was analysed: a "
+                                         r"`cljax run --overwrite`\): nothing was written"):
+        analyze_run(run_dir, glue=False, make_plots=False, out_dir=tmp_path / "a")
+    assert state(run_dir) == before and not (tmp_path / "a").exists()
+
+
+def test_an_analysis_of_a_folder_a_run_is_rewriting_says_to_wait_not_to_repair(made, tmp_path, capsys):
+    from cljax.run_lock import RunLock
+
+    # An --overwrite rebuilding the folder: run.json is the new run's, task_000 still the old one's
+    # (the line said to restore it or --repair), then no task folder yet ('run the experiment first').
+    run_dir = copy(made, "finished", tmp_path / "r")
+    record = json.loads((run_dir / "run.json").read_text())
+    (run_dir / "run.json").write_text(json.dumps({**record, "run_id": "f" * 32}))
+    with RunLock(run_dir):  # a run (this process, another descriptor) writes the folder now
+        rc, _, err = run_cli(["analyze", str(run_dir), "--no-glue", "--no-plots"], capsys)
+        assert_one_error(rc, err, "belongs to run", f"a run is writing this folder now (pid {os.getpid()} on",
+                         "wait for it to write it, then run this command again")
+        assert "--repair" not in err
+        for t in ("task_000", "task_001"):
+            shutil.rmtree(run_dir / t)
+        rc, _, err = run_cli(["analyze", str(run_dir), "--no-glue", "--no-plots"], capsys)
+        assert_one_error(rc, err, "holds no finished task folder (task_000, ...): a run is writing this folder now")
+    rc, _, err = run_cli(["analyze", str(run_dir), "--no-glue", "--no-plots"], capsys)  # no run now
+    assert_one_error(rc, err, "holds no finished task folder (task_000, ...): pass a run's folder")

@@ -38,12 +38,17 @@ def test_a_lock_file_is_rewritten_whole_so_a_longer_old_record_leaves_no_tail(tm
     assert set(record) == {"host", "pid", "since"}
 
 
-def test_readers_share_a_finished_run_but_not_with_a_writer(tmp_path):
+def test_readers_share_a_finished_run_but_not_with_a_writer(tmp_path, monkeypatch):
     # Two `cljax analyze` of one finished run at once are fine; a reader while a run writes is not.
+    import cljax.run_lock as run_lock
+
+    monkeypatch.setattr(run_lock, "READER_WAIT_SECONDS", 0.2)
     with RunLock(tmp_path):
         pass  # a finished run: its lock file is there, nobody holds it
     with RunLock(tmp_path, exclusive=False), RunLock(tmp_path, exclusive=False):
-        with pytest.raises(CljaxError, match="is in use by another cljax run"):
+        # the last writer recorded has ended: readers hold it, and the line says so (not the dead writer)
+        with pytest.raises(CljaxError, match=r"is being read by another cljax process \(an analyze, a compare, or the "
+                                             r"check of a finished run; the last run that wrote it, pid \d+ on"):
             RunLock(tmp_path).__enter__()
     with RunLock(tmp_path):
         with pytest.raises(CljaxError, match=f"is in use by another cljax run \\(pid {os.getpid()} on "):
@@ -135,3 +140,68 @@ def test_live_writer_without_file_locks_judges_the_record(tmp_path, no_flock, mo
     (tmp_path / RUN_LOCK).write_text(json.dumps(record))
     monkeypatch.setattr(os, "kill", dead)
     assert live_writer(tmp_path) is None
+
+
+def test_a_writer_waits_for_a_reader_of_a_moment_and_a_live_writer_is_refused_at_once(tmp_path, monkeypatch):
+    # A compare or analyze polling the folder holds the lock shared for a moment: a run starting
+    # then was refused (82 of 2000 tries in a helper's loop). It now waits for readers.
+    import threading
+    import time
+
+    import cljax.run_lock as run_lock
+
+    (tmp_path / RUN_LOCK).write_text(json.dumps({"host": socket.gethostname(), "pid": 2**22 + 7, "since": "x"}))
+    reader = os.open(tmp_path / RUN_LOCK, os.O_RDONLY)
+    fcntl.flock(reader, fcntl.LOCK_SH)
+    threading.Timer(0.3, os.close, [reader]).start()  # the reader lets go 0.3 s later
+    t0 = time.monotonic()
+    with RunLock(tmp_path):
+        waited = time.monotonic() - t0
+    assert 0.2 < waited < run_lock.READER_WAIT_SECONDS
+    # a live writer (recorded, alive, holding it) is refused at once, not after the wait
+    child = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom cljax.run_lock import RunLock\n"
+                              f"with RunLock({str(tmp_path)!r}):\n    print('held', flush=True); time.sleep(30)\n"],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "held"
+        t0 = time.monotonic()
+        with pytest.raises(CljaxError, match=f"is in use by another cljax run \\(pid {child.pid} on "):
+            RunLock(tmp_path).__enter__()
+        assert time.monotonic() - t0 < 1.0
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_reading_holds_the_lock_shared_so_no_run_starts_writing_meanwhile(tmp_path, monkeypatch):
+    import cljax.run_lock as run_lock
+    from cljax.run_lock import reading
+
+    monkeypatch.setattr(run_lock, "READER_WAIT_SECONDS", 0.2)
+    with reading(tmp_path) as writer:  # no lock file: nothing to hold
+        assert writer is None and not (tmp_path / RUN_LOCK).exists()
+    with RunLock(tmp_path):
+        pass
+    with reading(tmp_path) as writer:
+        assert writer is None
+        with pytest.raises(CljaxError, match="is being read by another cljax process"):
+            RunLock(tmp_path).__enter__()
+    with RunLock(tmp_path):  # released at the block's end
+        with reading(tmp_path) as writer:  # a run writes it now: its record, nothing held
+            assert writer["pid"] == os.getpid()
+
+
+def test_a_folder_lock_lets_one_holder_at_a_time(tmp_path):
+    from cljax.run_lock import folder_lock
+
+    with folder_lock(tmp_path):
+        other = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(other)
+    other = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released
+    os.close(other)
+    assert list(tmp_path.iterdir()) == []  # no file added to the folder

@@ -34,6 +34,7 @@ Conventions (also written to the summary):
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import os
 import sys
@@ -51,12 +52,12 @@ from cljax.analysis.out_folder import output_folder, write_all
 from cljax.analysis.probe import RIDGE
 from cljax.analysis.registry import Options, RunContext, TaskFolder, get, registered
 from cljax.analysis.spread import RULE, jsonable, mean_std_text
-from cljax.checkpoint import read_run_record
+from cljax.checkpoint import RUN_RECORD, read_run_record
 from cljax.devices.memory import host_available_bytes
 from cljax.errors import CljaxError
 from cljax.initial_state import INITIAL, wrote_initial
 from cljax.run_folder import verify_task_dir
-from cljax.run_lock import live_writer
+from cljax.run_lock import live_writer, reading
 
 # The listing order of the built-in files in ``summary["files"]`` (that of earlier versions);
 # files of other analyses follow in the order the analyses ran.
@@ -71,10 +72,20 @@ def _file_rank(name: str) -> int:
     return FILE_ORDER.index(name) if name in FILE_ORDER else len(FILE_ORDER)
 
 
-def analyze_run(
+def analyze_run(algo_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None, **options) -> dict:
+    """:func:`_analyze_run` (its arguments) with the run's lock held shared while the run is read
+    and its analysis written, so that no run starts writing the folder meanwhile (an
+    ``--overwrite`` deleted the task folders under the analysis, and the deleted run's analysis
+    was then written into the new run's folder); a run writing it now is read as far as it is."""
+    with reading(Path(algo_dir)) as writer:
+        return _analyze_run(algo_dir, out_dir, writer=writer, **options)
+
+
+def _analyze_run(
     algo_dir: str | os.PathLike,
     out_dir: str | os.PathLike | None = None,
     *,
+    writer: dict | None = None,
     variant: str = "final",
     tau: float = 0.025,
     glue: bool = True,
@@ -129,8 +140,9 @@ def analyze_run(
     algo_dir = Path(algo_dir)
     dirs = results.first_task_dirs(algo_dir)
     if not dirs:
-        raise CljaxError(f"{algo_dir} holds no complete task folder: run the experiment first.")
-    writer = live_writer(algo_dir)  # a run writing the folder now: its tasks so far are read, and said to be
+        raise CljaxError(f"{algo_dir} holds no complete task folder: "
+                         f"{writing_now(algo_dir) or 'run the experiment first'}.")
+    # writer: the run writing the folder now (its tasks so far are read, and said to be), or None
     check, run_id = _verifier(algo_dir, dirs[0])
     out = output_folder(algo_dir, out_dir, run_id)
     n = len(dirs)
@@ -209,9 +221,19 @@ def analyze_run(
     writers = {**{name: (lambda path, a=arrays[name]: np.savez_compressed(path, **a)) for name in arrays},  # mostly
                **figures,  # NaN: the (R, n, T) rows of a long run with --eval-tasks current or window:K
                "summary.json": lambda path: path.write_text(json.dumps(summary, indent=1, allow_nan=False))}
+    record = read_run_record(algo_dir) if (algo_dir / RUN_RECORD).exists() else None
+    if record is not None and run_id is not None and record.get("run_id") != run_id:  # read while a run wrote it
+        raise CljaxError(f"{algo_dir} now holds another run (run.json's id changed while it was analysed: a `cljax "
+                         f"run --overwrite`): nothing was written; analyze it again when that run has written it.")
     with critical if critical is not None else contextlib.nullcontext():
         write_all(out, writers, algo_dir, run_id)
     return summary
+
+
+# analyze_run takes _analyze_run's arguments (but the lock's record): its signature and arguments' text
+analyze_run.__signature__ = inspect.signature(_analyze_run).replace(
+    parameters=[q for q in inspect.signature(_analyze_run).parameters.values() if q.name != "writer"])
+analyze_run.__doc__ += "\n\n" + (_analyze_run.__doc__ or "")
 
 
 def _call(a, what: str, fn, *args):
@@ -243,6 +265,15 @@ def _progress_bar(total: int):
 BYTES_PER_CELL = 160
 
 
+def writing_now(algo_dir: Path) -> str | None:
+    """What to do when a folder does not check while a run writes it (an ``--overwrite`` rebuilding
+    it, say): not a repair, but waiting; None when no run writes it."""
+    w = live_writer(algo_dir)
+    return None if w is None else (f"a run is writing this folder now (pid {w.get('pid', '?')} on "
+                                   f"{w.get('host', '?')}, since {w.get('since', '?')}): wait for it to write it, then "
+                                   f"run this command again")
+
+
 def _verifier(algo_dir: Path, first: Path):
     """(check, run id): check(folder, t) -> its metadata; one CljaxError line when a task folder is not this run's
     whole folder (missing or damaged files, contents other than their recorded sha256, another
@@ -256,7 +287,8 @@ def _verifier(algo_dir: Path, first: Path):
         read: dict = {}
         problem = verify_task_dir(folder, t, run_id, hashes=True, into=read)
         if problem is not None:
-            raise CljaxError(f"{problem}: the analysis reads only its run's own, whole files; {fix}.")
+            raise CljaxError(f"{problem}: the analysis reads only its run's own, whole files; "
+                             f"{writing_now(algo_dir) or fix}.")
         return read["metadata"]
 
     if (algo_dir / INITIAL).exists():

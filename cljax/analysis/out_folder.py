@@ -23,6 +23,7 @@ from cljax import results
 from cljax.checkpoint import RUN_RECORD
 from cljax.errors import CljaxError
 from cljax.output_guard import check_not_a_run_result
+from cljax.run_lock import folder_lock
 
 SUMMARY = "summary.json"
 ANALYSIS_SUFFIXES = (".json", ".npz", ".png")
@@ -102,34 +103,38 @@ def write_all(out: Path, writers: dict, algo_dir: Path, run_id: str | None) -> N
     (it marks the folder as an analysis): a full disk or a stop half-way leaves the previous
     analysis whole, not some of its files replaced."""
     check_replaceable(out, algo_dir, run_id, writers)
-    earlier = earlier_analysis(out) or {}  # of this run (check_replaceable refuses another run's)
     new_folder = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise CljaxError(f"cannot create {out} ({exc.strerror}): pass --out with a writable folder.") from None
-    tmp = {name: out / f".tmp-{os.getpid()}-{name}" for name in writers}
-    try:
-        for name, write in writers.items():
-            write(tmp[name])
-    except BaseException as exc:
-        for path in tmp.values():
-            path.unlink(missing_ok=True)
-        if new_folder:  # no empty analysis folder left behind
-            with contextlib.suppress(OSError):
-                out.rmdir()
-        if not isinstance(exc, OSError):
-            raise
-        raise CljaxError(f"cannot write the analysis to {out} ({exc.strerror or exc}): free space there or pass --out "
-                         f"with another folder; the previous analysis there is left as it was.") from None
-    for name in sorted(tmp, key=lambda n: n != SUMMARY):
-        os.replace(tmp[name], out / name)
-    # What the earlier analysis wrote and this one does not (its GLUE arrays under --no-glue, its
-    # plots under --no-plots, a plugin's files): of fewer tasks or older code, it would sit beside
-    # the new files as if it were theirs.
-    listed = earlier.get("files") if isinstance(earlier.get("files"), list) else []
-    for name in listed:
-        path = out / str(name)
-        if (name not in writers and Path(str(name)).name == name and Path(name).suffix in ANALYSIS_SUFFIXES
-                and path.is_file() and not path.is_symlink()):
-            path.unlink()
+    # Two analyses writing one folder at once each read the other's earlier file list: one at a
+    # time, each reads the folder as the last one left it, and the folder is one analysis, whole.
+    with folder_lock(out):
+        check_replaceable(out, algo_dir, run_id, writers)  # as it is now
+        earlier = earlier_analysis(out) or {}  # of this run (check_replaceable refuses another run's)
+        tmp = {name: out / f".tmp-{os.getpid()}-{name}" for name in writers}
+        try:
+            for name, write in writers.items():
+                write(tmp[name])
+        except BaseException as exc:
+            for path in tmp.values():
+                path.unlink(missing_ok=True)
+            if new_folder:  # no empty analysis folder left behind
+                with contextlib.suppress(OSError):
+                    out.rmdir()
+            if not isinstance(exc, OSError):
+                raise
+            raise CljaxError(f"cannot write the analysis to {out} ({exc.strerror or exc}): free space there or pass "
+                             f"--out with another folder; the previous analysis there is left as it was.") from None
+        for name in sorted(tmp, key=lambda n: n != SUMMARY):
+            os.replace(tmp[name], out / name)
+        # What the earlier analysis wrote and this one does not (its GLUE arrays under --no-glue, its
+        # plots under --no-plots, a plugin's files): of fewer tasks or older code, it would sit beside
+        # the new files as if it were theirs.
+        listed = earlier.get("files") if isinstance(earlier.get("files"), list) else []
+        for name in listed:
+            path = out / str(name)
+            if (name not in writers and Path(str(name)).name == name and Path(name).suffix in ANALYSIS_SUFFIXES
+                    and path.is_file() and not path.is_symlink()):
+                path.unlink()
