@@ -76,7 +76,7 @@ class RunLock:
 
     def _in_use(self, holder: dict) -> str:
         who = f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}, since {holder.get('since', '?')}"
-        if self.exclusive and holder.get("host") == socket.gethostname() and not _another_live_process_here(holder):
+        if self.exclusive and holder.get("host") == socket.gethostname() and not _recorded_alive_here(holder):
             # the last writer has ended: what holds the lock is a reader (shared), for longer than we wait
             return (f"{self.algo_dir} is being read by another cljax process (an analyze, a compare, or the check "
                     f"of a finished run; the last run that wrote it, {who}, has ended): wait for it to end, then run "
@@ -117,7 +117,7 @@ def _flock_waiting_for_readers(fd: int, path: Path, exclusive: bool) -> None:
             fcntl.flock(fd, mode)
             return
         except BlockingIOError:
-            if not exclusive or _another_live_process_here(_read_holder(path)) or time.monotonic() > deadline:
+            if not exclusive or _recorded_alive_here(_read_holder(path)) or time.monotonic() > deadline:
                 raise
             time.sleep(0.05)
 
@@ -202,6 +202,14 @@ def _read_holder(path: Path) -> dict:
     except (OSError, ValueError):
         return {}
     return holder if isinstance(holder, dict) else {}
+
+
+def _recorded_alive_here(holder: dict) -> bool:
+    """Whether a lock file's record names a live process of this host, this one included (a
+    writer holding the folder, not a reader after a writer that has ended)."""
+    pid = holder.get("pid")
+    return (isinstance(pid, int) and holder.get("host") == socket.gethostname()
+            and (pid == os.getpid() or _alive(pid)))
 
 
 def _another_live_process_here(holder: dict) -> bool:

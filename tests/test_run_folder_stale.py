@@ -359,6 +359,9 @@ def test_an_analysis_holds_the_run_and_refuses_to_write_over_a_run_replaced_mean
 
     monkeypatch.setattr(run_lock, "READER_WAIT_SECONDS", 0.2)
     run_dir = copy(made, "finished", tmp_path / "r")
+    import socket  # the run that wrote it has ended (here it was this process: a live writer, refused at once)
+
+    (run_dir / "run.lock").write_text(json.dumps({"host": socket.gethostname(), "pid": 2**22 + 7, "since": "x"}))
     started = []
     real_update = driver.TaskFolder.__init__
 

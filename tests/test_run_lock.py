@@ -45,6 +45,7 @@ def test_readers_share_a_finished_run_but_not_with_a_writer(tmp_path, monkeypatc
     monkeypatch.setattr(run_lock, "READER_WAIT_SECONDS", 0.2)
     with RunLock(tmp_path):
         pass  # a finished run: its lock file is there, nobody holds it
+    (tmp_path / RUN_LOCK).write_text(json.dumps({"host": socket.gethostname(), "pid": 2**22 + 7, "since": "x"}))
     with RunLock(tmp_path, exclusive=False), RunLock(tmp_path, exclusive=False):
         # the last writer recorded has ended: readers hold it, and the line says so (not the dead writer)
         with pytest.raises(CljaxError, match=r"is being read by another cljax process \(an analyze, a compare, or the "
@@ -182,6 +183,7 @@ def test_reading_holds_the_lock_shared_so_no_run_starts_writing_meanwhile(tmp_pa
         assert writer is None and not (tmp_path / RUN_LOCK).exists()
     with RunLock(tmp_path):
         pass
+    (tmp_path / RUN_LOCK).write_text(json.dumps({"host": socket.gethostname(), "pid": 2**22 + 7, "since": "x"}))
     with reading(tmp_path) as writer:
         assert writer is None
         with pytest.raises(CljaxError, match="is being read by another cljax process"):
@@ -189,6 +191,9 @@ def test_reading_holds_the_lock_shared_so_no_run_starts_writing_meanwhile(tmp_pa
     with RunLock(tmp_path):  # released at the block's end
         with reading(tmp_path) as writer:  # a run writes it now: its record, nothing held
             assert writer["pid"] == os.getpid()
+    with reading(tmp_path):  # this process's own record (a writer that is alive) is refused at once
+        with pytest.raises(CljaxError, match=f"is in use by another cljax run \\(pid {os.getpid()} on "):
+            RunLock(tmp_path).__enter__()
 
 
 def test_a_folder_lock_lets_one_holder_at_a_time(tmp_path):
