@@ -358,15 +358,28 @@ def _dispatch(argv: list[str]) -> int:
         return 2
     except BrokenPipeError:
         raise  # not the environment's fault: main() ends quietly
-    except OSError as exc:  # the environment, not the input: a full disk, permissions, a vanished file
-        where = f" ({exc.filename})" if exc.filename else ""
-        fix = ("free space, then run the same command (a run resumes from its last finished task)"
-               if exc.errno in (errno.ENOSPC, errno.EDQUOT) else
-               "a file or a broken link is where a folder is needed: move it, or pass another path"
-               if exc.errno == errno.EEXIST else "shorten the path (a name of at most 255 bytes, as most filesystems "
-               "allow)" if exc.errno == errno.ENAMETOOLONG else "check the path and its permissions")
-        print(f"error: {exc.strerror or exc}{where}: {fix}.", file=sys.stderr)
-        return 2
+    except Exception as exc:  # a plugin's code that raised: its file and line in one line (else re-raised)
+        from cljax.registry import plugin_error
+
+        line = plugin_error(exc)
+        if line is not None:
+            print(f"error: {line}", file=sys.stderr)
+            return 2
+        if not isinstance(exc, OSError):
+            raise
+        return _environment_error(exc)
+
+
+def _environment_error(exc: OSError) -> int:
+    """The environment, not the input: a full disk, permissions, a vanished file."""
+    where = f" ({exc.filename})" if exc.filename else ""
+    fix = ("free space, then run the same command (a run resumes from its last finished task)"
+           if exc.errno in (errno.ENOSPC, errno.EDQUOT) else
+           "a file or a broken link is where a folder is needed: move it, or pass another path"
+           if exc.errno == errno.EEXIST else "shorten the path (a name of at most 255 bytes, as most filesystems "
+           "allow)" if exc.errno == errno.ENAMETOOLONG else "check the path and its permissions")
+    print(f"error: {exc.strerror or exc}{where}: {fix}.", file=sys.stderr)
+    return 2
 
 
 def _install(handler) -> dict:

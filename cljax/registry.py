@@ -27,6 +27,7 @@ import importlib
 import importlib.util
 import os
 import pkgutil
+import re
 import sys
 import traceback
 from dataclasses import dataclass, field
@@ -102,6 +103,10 @@ class Entry:
         return {dest: getattr(params, f.name) for dest, f in self.field_dests().items()}
 
 
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")  # an entry's name or tag: part of a folder name
+_FLAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")  # a flag or a flag prefix
+
+
 class Registry:
     """Name -> Entry for one extension point, filled by importing the modules of ``package``."""
 
@@ -117,12 +122,22 @@ class Registry:
         """Decorator: register ``build`` under ``name`` with its params dataclass."""
         if not (dataclasses.is_dataclass(params) and params.__dataclass_params__.frozen):
             raise TypeError(f"{self.kind} {name!r}: params must be a frozen dataclass")
+        # A name and a tag become parts of the results path, a flag and a prefix parts of flags: a
+        # "../x" wrote the run outside --results-dir, a "use me" made a flag no one can type.
+        for what, value, pattern in (("name", name, _NAME), ("tag", tag or "x", _NAME),
+                                     ("flag", flag or "x", _FLAG), ("prefix", "x" if prefix is None else prefix, _FLAG)):
+            if not (isinstance(value, str) and pattern.fullmatch(value)):
+                raise CljaxError(f"{self.kind} {name!r}: its {what} {value!r} must be letters, digits and "
+                                 f"{'_ . + -' if pattern is _NAME else '_ -'} (not starting with one of these): it "
+                                 f"names a folder or a flag; rename it.")
 
         def wrap(build):
             old = self._entries.get(name)  # the same module imported again replaces its own entry
-            if old is not None and old.build.__module__ != build.__module__:
-                raise CljaxError(f"{self.kind} {name!r} is registered twice, by {source_file(old.build)} and "
-                                 f"{source_file(build)}: rename one (a plugin cannot replace another entry).")
+            if old is not None and (old.build.__module__ != build.__module__
+                                    or old.build.__qualname__ != build.__qualname__):
+                raise CljaxError(f"{self.kind} {name!r} is registered twice, by {source_file(old.build)} "
+                                 f"({old.build.__qualname__}) and {source_file(build)} ({build.__qualname__}): rename "
+                                 f"one (an entry cannot replace another).")
             self._entries[name] = Entry(name=name, build=build, params=params,
                                         prefix=name.lower() if prefix is None else prefix, tag=tag, flag=flag,
                                         aliases=tuple(aliases), help=help or (build.__doc__ or "").strip().split("\n")[0],
@@ -222,6 +237,20 @@ def load_plugins(paths: list[str] | None = None) -> None:
             where = f"line {lines[-1]}: " if lines else ""
             raise CljaxError(f"plugin file {p} raised {type(exc).__name__} when imported ({where}{exc}): fix it, or "
                              f"leave it out of --plugin / ${PLUGINS_ENV}.") from None
+
+
+def plugin_error(exc: BaseException) -> str | None:
+    """One line for an exception raised in a loaded plugin file's code (a hook, a builder, a
+    loader, traced or not): the file, the line of its own that raised, the exception; None when
+    no frame of a plugin file is in its traceback (cljax's own bug keeps its traceback)."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__)
+              if f.filename and str(Path(f.filename).resolve()) in _loaded_plugins]
+    if not frames:
+        return None
+    text = " ".join(str(exc).split())
+    text = text if len(text) <= 300 else text[:297] + "..."
+    return (f"plugin file {frames[-1].filename} raised {type(exc).__name__} at line {frames[-1].lineno}"
+            f"{f' ({text})' if text else ''}: fix it, or leave it out of --plugin / ${PLUGINS_ENV}.")
 
 
 # The CNN's convolution lowerings (cljax.models.cnn has a code path for each): a closed list, kept

@@ -106,8 +106,43 @@ def test_a_name_is_registered_once_and_a_module_imported_again_replaces_its_own(
     second.__module__ = "cljax_plugin_other_1"
     registry.register("Mine")(first)
     registry.register("Mine")(first)  # the same module again (a reload)
-    with pytest.raises(CljaxError, match=r"rule 'Mine' is registered twice, by .* and cljax_plugin_other_1: rename one"):
+    with pytest.raises(CljaxError, match=r"rule 'Mine' is registered twice, by .* \(.*first\) and "
+                                         r"cljax_plugin_other_1 \(.*second\): rename one"):
         registry.register("Mine")(second)
+    # one file registering one name twice (two functions): the second replaced the first silently
+    second.__module__ = first.__module__
+    with pytest.raises(CljaxError, match=r"rule 'Mine' is registered twice, by .*first\) and .*second\)"):
+        registry.register("Mine")(second)
+
+
+@pytest.mark.parametrize("kwargs, what", [
+    (dict(name="../../escaped"), "name '../../escaped'"), (dict(name="a/b"), "name 'a/b'"),
+    (dict(name=""), "name ''"), (dict(name="my rule"), "name 'my rule'"),
+    (dict(name="ok", tag="../up"), "tag '../up'"), (dict(name="ok", flag="use me"), "flag 'use me'"),
+    (dict(name="ok", prefix="--x y"), "prefix '--x y'")])
+def test_an_entry_whose_name_tag_flag_or_prefix_would_make_a_path_or_an_untypable_flag_is_refused(kwargs, what):
+    # A dataset named "../../escaped_ds" wrote its run outside --results-dir; a flag "use me" could
+    # not be typed.
+    registry = Registry("dataset", "cljax.datasets")
+    name = kwargs.pop("name")
+    with pytest.raises(CljaxError, match=rf"^dataset {name!r}: its {what} must be letters, digits and "):
+        registry.register(name, **kwargs)
+    registry.register("fine.name-2+x", tag="t_1", flag="use-it", prefix="p_2")  # what the built-ins use
+
+
+def test_a_plugin_whose_code_raises_in_a_run_or_an_analysis_is_one_line_with_its_line(tmp_path, capsys):
+    # An option hook raising inside the compiled step, or an analysis's plot: a traceback before.
+    from tests.run_folder_kit import assert_one_error, run_cli
+
+    plugin = tmp_path / "raising.py"
+    plugin.write_text("from cljax.options import Option\nfrom cljax.registry import register_option\n\n\n"
+                      "def boom(*args):\n    raise ValueError('my hook exploded')\n\n\n"
+                      "@register_option('raising_hook', tag='rh', flag='use-rh')\n"
+                      "def build(params, config, net):\n    return Option(step_end=boom)\n")
+    rc, _, err = run_cli(["run", "--plugin", str(plugin), "--use-rh", "--results-dir", str(tmp_path / "r"),
+                          "--no-progress", *[f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()]], capsys)
+    assert_one_error(rc, err, f"plugin file {plugin} raised ValueError at line 6 (my hook exploded): fix it, or "
+                              f"leave it out of --plugin")
 
 
 def test_a_plugin_that_reuses_a_builtin_name_is_refused_in_one_line(tmp_path):
@@ -174,6 +209,18 @@ register(Analysis("count_tasks", init=lambda context: 0, update=lambda n, folder
                           capture_output=True, text=True, cwd=Path(__file__).parent.parent)
     assert proc.returncode == 0, proc.stderr
     assert json.loads((out / "summary.json").read_text())["tasks_seen_by_plugin"] == 2
+    # a file name that is a path, or lacks its suffix (savez adds one: the rename then failed and
+    # left temporaries behind): one line, nothing written
+    for arrays in ('{"../../escape.npz": {"a": np.zeros(2)}}', '{"cl": {"a": np.zeros(2)}}'):
+        plugin.write_text("import numpy as np\nfrom cljax.analysis.registry import Analysis, Result, register\n"
+                          f"register(Analysis('odd', lambda c: 0, lambda n, f: n, lambda n: Result(arrays={arrays})))\n")
+        bad = tmp_path / "bad"
+        proc = subprocess.run([sys.executable, "-m", "cljax.cli", "analyze", str(run.algo_dir), "--out", str(bad),
+                               "--no-glue", "--no-plots", "--plugin", str(plugin)],
+                              capture_output=True, text=True, cwd=Path(__file__).parent.parent)
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+        assert "analysis 'odd' writes a file named" in proc.stderr and "ending in .npz (nothing was written)" in proc.stderr
+        assert not bad.exists() and not (tmp_path / "escape.npz").exists()
 
 
 def _class_data(**changes):

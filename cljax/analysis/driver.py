@@ -209,7 +209,11 @@ def _analyze_run(
         summary.update(result.summary)
     written_by: dict[str, str] = {}  # a file two analyses write would keep one's and drop the other's
     for a, result in zip(selected, outputs):
-        for name in [*result.arrays, *result.plots]:
+        for name, suffix in [*((n, ".npz") for n in result.arrays), *((n, ".png") for n in result.plots)]:
+            if not (isinstance(name, str) and Path(name).name == name and name.endswith(suffix)
+                    and not name.startswith(".")):  # a path ("../x") or a name savez would extend: written elsewhere
+                raise CljaxError(f"analysis {a.name!r} writes a file named {name!r}: give it a plain file name ending "
+                                 f"in {suffix} (nothing was written).")
             if name in written_by:
                 raise CljaxError(f"analysis {a.name!r} writes {name}, which analysis {written_by[name]!r} writes too: "
                                  f"give the plugin's file another name (nothing was written).")
