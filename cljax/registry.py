@@ -125,7 +125,7 @@ class Registry:
         # A name and a tag become parts of the results path, a flag and a prefix parts of flags: a
         # "../x" wrote the run outside --results-dir, a "use me" made a flag no one can type.
         for what, value, pattern in (("name", name, _NAME), ("tag", tag or "x", _NAME),
-                                     ("flag", flag or "x", _FLAG), ("prefix", "x" if prefix is None else prefix, _FLAG)):
+                                     ("flag", flag or "x", _FLAG), ("prefix", prefix or "x", _FLAG)):  # "": none
             if not (isinstance(value, str) and pattern.fullmatch(value)):
                 raise CljaxError(f"{self.kind} {name!r}: its {what} {value!r} must be letters, digits and "
                                  f"{'_ . + -' if pattern is _NAME else '_ -'} (not starting with one of these): it "
