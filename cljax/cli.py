@@ -127,8 +127,8 @@ def _stoppable(work, stopped: str):
     return box["result"]
 
 
-def _exit_stopped(signum: int, what: str) -> None:
-    print(f"\nstopped by {signal.Signals(signum).name}: {what}", file=sys.stderr)
+def _exit_stopped(signum: int, what: str, stopped: str = "stopped") -> None:
+    print(f"\n{stopped} by {signal.Signals(signum).name}: {what}", file=sys.stderr)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(EXIT_PREEMPTED)

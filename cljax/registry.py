@@ -233,8 +233,8 @@ def load_plugins(paths: list[str] | None = None) -> None:
         except CljaxError:  # cljax's own refusal (a name taken twice, a bad param): already one line
             raise
         except Exception as exc:  # a bug in the plugin: where in its file, and what
-            lines = [f.lineno for f in traceback.extract_tb(exc.__traceback__) if Path(f.filename) == path]
-            where = f"line {lines[-1]}: " if lines else ""
+            frame = _last_plugin_frame(exc, {str(path)})
+            where = f"line {frame.lineno}: " if frame else ""
             raise CljaxError(f"plugin file {p} raised {type(exc).__name__} when imported ({where}{exc}): fix it, or "
                              f"leave it out of --plugin / ${PLUGINS_ENV}.") from None
 
@@ -243,14 +243,20 @@ def plugin_error(exc: BaseException) -> str | None:
     """One line for an exception raised in a loaded plugin file's code (a hook, a builder, a
     loader, traced or not): the file, the line of its own that raised, the exception; None when
     no frame of a plugin file is in its traceback (cljax's own bug keeps its traceback)."""
-    frames = [f for f in traceback.extract_tb(exc.__traceback__)
-              if f.filename and str(Path(f.filename).resolve()) in _loaded_plugins]
-    if not frames:
+    frame = _last_plugin_frame(exc, _loaded_plugins)
+    if frame is None:
         return None
     text = " ".join(str(exc).split())
     text = text if len(text) <= 300 else text[:297] + "..."
-    return (f"plugin file {frames[-1].filename} raised {type(exc).__name__} at line {frames[-1].lineno}"
+    return (f"plugin file {frame.filename} raised {type(exc).__name__} at line {frame.lineno}"
             f"{f' ({text})' if text else ''}: fix it, or leave it out of --plugin / ${PLUGINS_ENV}.")
+
+
+def _last_plugin_frame(exc: BaseException, paths) -> traceback.FrameSummary | None:
+    """The innermost frame of ``exc``'s traceback in one of the files ``paths`` (resolved), or None."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__)
+              if f.filename and str(Path(f.filename).resolve()) in paths]
+    return frames[-1] if frames else None
 
 
 # The CNN's convolution lowerings (cljax.models.cnn has a code path for each): a closed list, kept

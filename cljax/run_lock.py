@@ -172,28 +172,11 @@ def folder_lock(folder: Path):
 
 def live_writer(algo_dir: Path) -> dict | None:
     """The record (host, pid, since) of the run writing ``algo_dir`` now, or None when no run is
-    (a finished, stopped or died run holds no lock). Takes no lock and creates no file: what
-    ``cljax analyze`` asks of a folder it reads while its run may still write it."""
-    path = Path(algo_dir) / RUN_LOCK
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError:  # no lock file (a run from before locks), or a link: no writer recorded
-        return None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # readers share it; only a writer refuses it
-        except BlockingIOError:
-            return _read_holder(path)
-        except OSError as exc:
-            if exc.errno not in NO_FILE_LOCKS:
-                raise
-            holder = _read_holder(path)  # no file locks: the record, judged as RunLock judges it
-            return holder if _another_live_process_here(holder) else None
-        return None
-    finally:
-        os.close(fd)  # releases the shared lock, if taken
+    (a finished, stopped or died run holds no lock): :func:`reading` for a moment (the shared lock
+    is let go at once), creating no file. What ``cljax compare`` asks of a run that may still be
+    written."""
+    with reading(algo_dir) as writer:
+        return writer
 
 
 def _read_holder(path: Path) -> dict:

@@ -3,11 +3,9 @@ parameters, SLURM's time format, and what stopping ``--wait`` tells of the jobs 
 
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
 
-from cljax.errors import EXIT_PREEMPTED, CljaxError
+from cljax.errors import CljaxError
 
 
 def stop_waiting_says_the_jobs_go_on(jobs, kind: str, manifest: Path) -> None:
@@ -17,29 +15,17 @@ def stop_waiting_says_the_jobs_go_on(jobs, kind: str, manifest: Path) -> None:
     which, and how to cancel what goes on, where the command's default line ("nothing was left
     half-written; run the same command again") would have a rerun submit every job again beside
     the running ones."""
-    import signal
+    from cljax.cli import _exit_stopped, _install
 
     ids = " ".join(str(job.job_id) for job in jobs)
-
-    def on_signal(signum, frame):
-        if kind == "slurm":
-            what = (f"the {len(jobs)} job(s) go on ({manifest} lists them); cancel them with `scancel {ids}`, or "
-                    f"let them end and run the same command to see each run's outcome (a finished run is not trained "
-                    f"again)")
-        else:
-            what = (f"local jobs the signal also reached (a Ctrl-C reaches them all) stop, and the same command "
-                    f"resumes their runs from their last finished task; any still running go on ({manifest} lists "
-                    f"them): "
-                    f"`kill {ids}` (their process ids) cancels them")
-        print(f"\nstopped waiting by {signal.Signals(signum).name}: {what}.", file=sys.stderr, flush=True)
-        sys.stdout.flush()
-        os._exit(EXIT_PREEMPTED)
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        try:
-            signal.signal(sig, on_signal)
-        except ValueError:  # not the main thread (a call from Python): the caller's handlers stay
-            return
+    if kind == "slurm":
+        what = (f"the {len(jobs)} job(s) go on ({manifest} lists them); cancel them with `scancel {ids}`, or let them "
+                f"end and run the same command to see each run's outcome (a finished run is not trained again).")
+    else:
+        what = (f"local jobs the signal also reached (a Ctrl-C reaches them all) stop, and the same command resumes "
+                f"their runs from their last finished task; any still running go on ({manifest} lists them): `kill "
+                f"{ids}` (their process ids) cancels them.")
+    _install(lambda signum, frame: _exit_stopped(signum, what, stopped="stopped waiting"))  # main thread only
 
 
 def parse_minutes(text: str) -> int:

@@ -52,7 +52,7 @@ from cljax.analysis.out_folder import output_folder, write_all
 from cljax.analysis.probe import RIDGE
 from cljax.analysis.registry import Options, RunContext, TaskFolder, get, registered
 from cljax.analysis.spread import RULE, jsonable, mean_std_text
-from cljax.checkpoint import RUN_RECORD, read_run_record
+from cljax.checkpoint import read_run_record
 from cljax.devices.memory import host_available_bytes
 from cljax.errors import CljaxError
 from cljax.initial_state import INITIAL, wrote_initial
@@ -225,8 +225,10 @@ def _analyze_run(
     writers = {**{name: (lambda path, a=arrays[name]: np.savez_compressed(path, **a)) for name in arrays},  # mostly
                **figures,  # NaN: the (R, n, T) rows of a long run with --eval-tasks current or window:K
                "summary.json": lambda path: path.write_text(json.dumps(summary, indent=1, allow_nan=False))}
-    record = read_run_record(algo_dir) if (algo_dir / RUN_RECORD).exists() else None
-    if record is not None and run_id is not None and record.get("run_id") != run_id:  # read while a run wrote it
+    # Read while a run wrote it, or on a filesystem without file locks (no lock held: see
+    # analyze_run), the run may have been replaced.
+    record = read_run_record(algo_dir)
+    if record is not None and run_id is not None and record.get("run_id") != run_id:
         raise CljaxError(f"{algo_dir} now holds another run (run.json's id changed while it was analysed: a `cljax "
                          f"run --overwrite`): nothing was written; analyze it again when that run has written it.")
     with critical if critical is not None else contextlib.nullcontext():

@@ -102,7 +102,6 @@ def write_all(out: Path, writers: dict, algo_dir: Path, run_id: str | None) -> N
     """Each file under a temporary name first, then all renamed into place, summary.json first
     (it marks the folder as an analysis): a full disk or a stop half-way leaves the previous
     analysis whole, not some of its files replaced."""
-    check_replaceable(out, algo_dir, run_id, writers)
     new_folder = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -111,7 +110,7 @@ def write_all(out: Path, writers: dict, algo_dir: Path, run_id: str | None) -> N
     # Two analyses writing one folder at once each read the other's earlier file list: one at a
     # time, each reads the folder as the last one left it, and the folder is one analysis, whole.
     with folder_lock(out):
-        check_replaceable(out, algo_dir, run_id, writers)  # as it is now
+        check_replaceable(out, algo_dir, run_id, writers)  # the folder as the last writer left it
         earlier = earlier_analysis(out) or {}  # of this run (check_replaceable refuses another run's)
         tmp = {name: out / f".tmp-{os.getpid()}-{name}" for name in writers}
         try:

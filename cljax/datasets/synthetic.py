@@ -31,6 +31,11 @@ class SyntheticParams:
 CHUNK_VALUES = 1 << 22  # pixel values generated at once (64 MiB of temporaries)
 
 
+def _images_per_chunk(pixels: int) -> int:
+    """Images generated at once: CHUNK_VALUES values, and at least one image."""
+    return max(1, CHUNK_VALUES // pixels)
+
+
 def make_synthetic(n_classes: int, n_train_per_class: int, n_test_per_class: int, seed: int = 1234, size: int = 28,
                    channels: int = 1) -> ClassData:
     if size % 4:
@@ -53,7 +58,7 @@ def make_synthetic(n_classes: int, n_train_per_class: int, n_test_per_class: int
         # In chunks of images: the float32 images and their float64 noise exist for one chunk at a
         # time, not for the whole split (16 bytes a value: 8.7 GB for lop-imagenet's 700k images).
         # The noise stream is drawn in the same order, so the bytes are those of one draw.
-        step = max(1, CHUNK_VALUES // int(np.prod(protos.shape[1:])))
+        step = _images_per_chunk(int(np.prod(protos.shape[1:])))
         for a in range(0, labels.size, step):
             b = min(a + step, labels.size)
             imgs = protos[labels[a:b, None, None], rows[a:b, :, None], cols[a:b, None, :]]
@@ -80,7 +85,7 @@ def _check_memory(n_images: int, pixels: int) -> None:
     from cljax.budget import fmt_bytes
     from cljax.devices.memory import host_available_bytes
 
-    chunk = min(max(CHUNK_VALUES // pixels, 1) * pixels, n_images * pixels)  # at least one whole image
+    chunk = min(_images_per_chunk(pixels), n_images) * pixels
     need, free = n_images * pixels + 16 * chunk, host_available_bytes()
     if need > free:
         raise CljaxError(f"the synthetic dataset ({n_images:,} images of {pixels:,} values) needs about {fmt_bytes(need)} "
