@@ -121,8 +121,8 @@ def _metadata_json_bytes(b: Budget, pairs, names) -> int:
     return len(json.dumps(variable, indent=1))
 
 
-def disk_run_files(b: Budget) -> dict:
-    """Files beside the task folders: the run record, the learner checkpoint (npz), the
+def disk_run_files(b: Budget, dataset_meta: dict | None = None) -> dict:
+    """Files beside the task folders: the run record (with the dataset's ``meta``), the learner checkpoint (npz), the
     initial network (initial/: weights.npy exact, its metadata.json estimated at 1 KiB), the
     kept checkpoints (checkpoints/, with --keep-checkpoints) and, once the run has resumed, what
     it verified (verified.json, estimated: cljax/check_record.py), with its journal of the folders
@@ -134,7 +134,8 @@ def disk_run_files(b: Budget) -> dict:
     from cljax.results import TASK_FILES
 
     record = len(json.dumps({"schema": SCHEMA_VERSION, "config": b.config.to_dict(), "run_id": "0" * 32,
-                             "data": "0" * 64, "split": split_of(b.program), "sources": plugin_sources(b.config)},
+                             "data": "0" * 64, "split": split_of(b.program), "sources": plugin_sources(b.config),
+                             "dataset_meta": dataset_meta},
                             indent=1, sort_keys=True))
     learner = jax.eval_shape(b.program.init_learner, jax.eval_shape(lambda: jax.random.key(0)))
     # npz = a zip of .npy members (stored, zip64): about 200 bytes of zip headers per member.

@@ -38,12 +38,14 @@ def new_run_id() -> str:
 
 
 def write_run_record(algo_dir: Path, config_dict: dict, schema: int, *, run_id: str | None = None,
-                     data: str | None = None, split: dict | None = None, sources: dict | None = None) -> None:
+                     data: str | None = None, split: dict | None = None, sources: dict | None = None,
+                     dataset_meta: dict | None = None) -> None:
     """run.json: the flat settings the run was started with, the schema they follow, the run id,
-    the identity of the data (a content hash), the device split the run started on and the plugin
-    files of its entries (cljax/sources.py)."""
+    the identity of the data (a content hash), the device split the run started on, the plugin
+    files of its entries (cljax/sources.py) and the dataset's description (``ClassData.meta``:
+    where the data came from; not compared on resume, since a folder may move)."""
     record = {"schema": schema, "config": config_dict, "run_id": run_id, "data": data, "split": split,
-              "sources": sources}
+              "sources": sources, "dataset_meta": dataset_meta}
     encoded = json.dumps(record, indent=1, sort_keys=True).encode()
     atomic_write(algo_dir / RUN_RECORD, lambda f: f.write(encoded))
 
@@ -54,9 +56,9 @@ class NewerRecord(CljaxError):
 
 
 def read_run_record(algo_dir: Path) -> dict | None:
-    """The whole record ({"config", "run_id", "data", "split", "schema", "sources"}; all but the
-    config None in a record written before they existed), or None when there is none. CljaxError
-    when damaged."""
+    """The whole record ({"config", "run_id", "data", "split", "schema", "sources",
+    "dataset_meta"}; all but the config None in a record written before they existed), or None
+    when there is none. CljaxError when damaged."""
     path = algo_dir / RUN_RECORD
     if not path.exists():
         return None
@@ -72,7 +74,7 @@ def read_run_record(algo_dir: Path) -> dict | None:
         raise CljaxError(f"{path} is not valid JSON ({brief(exc)}): {fix}.") from None
     if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
         raise CljaxError(f"{path} is not a run record (no \"config\" object): {fix}.")
-    kinds = {"schema": int, "run_id": str, "data": str, "split": dict, "sources": dict}
+    kinds = {"schema": int, "run_id": str, "data": str, "split": dict, "sources": dict, "dataset_meta": dict}
     out = {key: record.get(key) for key in kinds}
     for key, kind in kinds.items():
         if out[key] is not None and (not isinstance(out[key], kind) or isinstance(out[key], bool)):

@@ -3,6 +3,7 @@ registries' params dataclasses (cljax/settings.py)."""
 
 from __future__ import annotations
 
+import argparse
 import errno
 import json
 import math
@@ -15,7 +16,7 @@ from cljax.config import Config, algo_dir_of
 from cljax.errors import EXIT_PREEMPTED, CljaxError
 from cljax.settings import Parser as _Parser
 from cljax.settings import (add_repair_flag, add_run_flags, add_settings_flags, check_repair, config_from_args,
-                            load_plugins_from_argv, warn_unused)
+                            flag_clash, load_plugins_from_argv, warn_unused)
 
 EXIT_PIPE_CLOSED = 141  # 128 + SIGPIPE: what a shell reports for a command whose output pipe closed
 
@@ -352,13 +353,16 @@ def _dispatch(argv: list[str]) -> int:
     except CljaxError as exc:
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)  # one line, whatever it quotes
         return 2
+    except argparse.ArgumentError as exc:  # only from building a parser: a plugin's flag taken twice
+        print(f"error: {flag_clash(exc, argv[0])}", file=sys.stderr)
+        return 2
     except MemoryError:
         print(f"error: out of memory in `cljax {argv[0]}`: shrink the run (`cljax plan` shows what it takes) or use a "
               f"machine with more memory.", file=sys.stderr)
         return 2
     except BrokenPipeError:
         raise  # not the environment's fault: main() ends quietly
-    except Exception as exc:  # a plugin's code that raised: its file and line in one line (else re-raised)
+    except (Exception, SystemExit) as exc:  # a plugin's code that raised or exited: its file and line in one line
         from cljax.registry import plugin_error
 
         line = plugin_error(exc)
@@ -366,7 +370,7 @@ def _dispatch(argv: list[str]) -> int:
             print(f"error: {line}", file=sys.stderr)
             return 2
         if not isinstance(exc, OSError):
-            raise
+            raise  # cljax's own (argparse's exit included)
         return _environment_error(exc)
 
 

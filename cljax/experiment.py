@@ -119,7 +119,7 @@ def run_experiment(
     # folder plus the checkpoint's new copy, written beside the old one before it replaces it.
     block = block_size(algo_dir)
     task_disk = on_disk(disk_files_per_task(budget, schedule, data.class_names).values(), block) + block
-    run_files = disk_run_files(budget)
+    run_files = disk_run_files(budget, data.meta)
     ckpt_disk = on_disk([run_files[CHECKPOINT]], block)
     record_disk = on_disk([run_files[RUN_RECORD] + 512, 256], block) if found.record is None else 0
     initial_disk = on_disk([run_files["initial/"] - 1024, 1024], block) + block  # weights.npy, metadata.json, folder
@@ -153,7 +153,7 @@ def run_experiment(
                     if found.replaces:
                         print(f"note: {algo_dir} held {found.replaces}; it was replaced by this one.", file=sys.stderr)
                     write_run_record(algo_dir, config.to_dict(), SCHEMA_VERSION, run_id=run_id, data=data_id,
-                                     split=split, sources=sources)
+                                     split=split, sources=sources, dataset_meta=data.meta)
                 for stale in found.stale:  # redone by this run: not this run's, or not whole
                     shutil.rmtree(stale)
                 remove_stale_temporaries(algo_dir)

@@ -55,7 +55,7 @@ def make_plan(config: Config, device_bytes: int | None = None) -> dict:
     fits = problem is None
 
     files = disk_files_per_task(b, schedule, data.class_names)
-    run_files = disk_run_files(b)
+    run_files = disk_run_files(b, data.meta)
     per_task_disk = sum(files.values())
     return {
         "dataset": config.dataset,

@@ -132,6 +132,7 @@ class Registry:
                                  f"names a folder or a flag; rename it.")
 
         def wrap(build):
+            _check_defaults(self.kind, name, params, build)
             old = self._entries.get(name)  # the same module imported again replaces its own entry
             if old is not None and (old.build.__module__ != build.__module__
                                     or old.build.__qualname__ != build.__qualname__):
@@ -183,6 +184,25 @@ class Registry:
         return self._entries[name]
 
 
+def _check_defaults(kind: str, name: str, params: type, build: Callable) -> None:
+    """Each params field has a default its own bounds, choices and type allow: checked when the
+    entry registers, so that a wrong default reads as the entry's error, not as a value the user
+    gave (the run names the flag, which the user never typed)."""
+    from cljax.flags import check_value, field_types
+
+    types_ = field_types(params)
+    for f in dataclasses.fields(params):
+        where = f"{kind} {name!r} ({source_file(build)})"
+        if f.default is dataclasses.MISSING:
+            raise CljaxError(f"{where}: its setting {f.name!r} has no default: give it one with param(default, help).")
+        try:
+            check_value(f.name, types_[f.name], f.metadata, f.default)
+        except CljaxError as exc:
+            problem = str(exc).split(": ")[0].rstrip(".")  # without the fix a user's value gets
+            raise CljaxError(f"{where}: the default of its setting {problem}: fix the default (or its bounds) in "
+                             f"its params.") from None
+
+
 def source_file(build: Callable) -> str:
     """The file that defines ``build`` (its module's name when it has none)."""
     module = sys.modules.get(build.__module__)
@@ -232,7 +252,7 @@ def load_plugins(paths: list[str] | None = None) -> None:
                              f"install) in this Python, or leave the file out of --plugin / ${PLUGINS_ENV}.") from None
         except CljaxError:  # cljax's own refusal (a name taken twice, a bad param): already one line
             raise
-        except Exception as exc:  # a bug in the plugin: where in its file, and what
+        except (Exception, SystemExit) as exc:  # a bug in the plugin (sys.exit too): where in its file, and what
             frame = _last_plugin_frame(exc, {str(path)})
             where = f"line {frame.lineno}: " if frame else ""
             raise CljaxError(f"plugin file {p} raised {type(exc).__name__} when imported ({where}{exc}): fix it, or "

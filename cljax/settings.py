@@ -65,11 +65,24 @@ def setting_specs() -> dict[str, tuple]:
                 if dest in specs:
                     old = specs[dest]
                     if old[1] != spec[1] or old[3] != spec[3]:
-                        raise CljaxError(f"--{spec[0]} is declared differently by {', '.join(old[5])} and {entry.name}: "
-                                         f"rename one of the two fields' flags.")
+                        first = ", ".join(old[5]) or "cljax run's own settings"
+                        raise CljaxError(f"--{spec[0]} is declared differently by {first} and {kind} {entry.name!r} "
+                                         f"({source_file(entry.build)}): rename one of the two fields' flags.")
                     spec = (*old[:5], old[5] + (entry.name,))
                 specs[dest] = spec
     return specs
+
+
+def flag_clash(exc: argparse.ArgumentError, command: str) -> str:
+    """The line for a flag that a command defines twice: an entry's setting that took a flag the
+    command has for itself (``--overwrite``, ``--grid``, a bool's ``--no-`` form), named by its
+    entry and file."""
+    clashing = [name.strip() for name in str(exc.message).split(":", 1)[-1].split(",")]
+    owners = [", ".join(users) for flag, ftype, _, _, aliases, users in setting_specs().values() if users and any(
+        c in (f"--{flag}", *aliases) or (ftype.base is bool and c == f"--no-{flag}") for c in clashing)]
+    who = f"{owners[0]!r} declares" if owners else "a setting declares"
+    return (f"{who} the flag {' or '.join(clashing)}, which `cljax {command}` has for itself: give that setting "
+            f"another flag (param(..., flag=...)) in its plugin file.")
 
 
 def add_settings_flags(parser: argparse.ArgumentParser, argv: list[str] = ()) -> None:

@@ -185,7 +185,7 @@ def test_the_checkpoint_estimate_covers_the_real_file(small, tmp_path):
 
 
 def test_the_run_record_estimate_is_the_records_size(small, tmp_path):
-    """run.json as a run writes it (run id, data hash, split, plugin sources): the plan left out
+    """run.json as a run writes it (run id, data hash, split, plugin sources, dataset meta): the plan left out
     the id, the hash and the split, about 400 bytes of a 1.4 KB file."""
     import uuid
 
@@ -194,9 +194,10 @@ def test_the_run_record_estimate_is_the_records_size(small, tmp_path):
     from cljax.run_split import split_of
     from cljax.sources import plugin_sources
 
+    meta = {"name": "synthetic", "source": "generator seed 0"}  # the dataset's description, recorded too
     write_run_record(tmp_path, small.config.to_dict(), SCHEMA_VERSION, run_id=uuid.uuid4().hex, data="f" * 64,
-                     split=split_of(small.program), sources=plugin_sources(small.config))
-    assert disk_run_files(small)[RUN_RECORD] == (tmp_path / RUN_RECORD).stat().st_size
+                     split=split_of(small.program), sources=plugin_sources(small.config), dataset_meta=meta)
+    assert disk_run_files(small, meta)[RUN_RECORD] == (tmp_path / RUN_RECORD).stat().st_size
 
 
 @pytest.mark.parametrize("every, n_kept", [(1, 4), (2, 2), (4, 1), (5, 0)])

@@ -79,7 +79,10 @@ def test_a_run_of_cljax_entries_records_no_plugin_and_an_older_record_is_not_com
 
     config = small_config(tmp_path, **TINY)
     run = run_experiment(config, progress=False)
-    assert read_run_record(run.algo_dir)["sources"] == {}
+    record = read_run_record(run.algo_dir)
+    assert record["sources"] == {}
+    assert record["dataset_meta"]["name"] == "synthetic"  # the loader's meta: where the data came from
+    assert record["dataset_meta"]["source"].startswith("generator seed ")
     check_sources(None, config, run.algo_dir)  # a run.json written before sources were recorded
     with pytest.raises(CljaxError, match=r"its rule SL came from /x/mine.py and is now cljax's own"):
         check_sources({"rule SL": {"file": "/x/mine.py", "sha256": "0" * 64}}, config, run.algo_dir)
@@ -191,7 +194,8 @@ def test_options_may_share_a_flag_only_when_they_declare_it_alike(monkeypatch, o
     if not refused:
         assert setting_specs()["mine_k"][5] == ("mine_a", "mine_b")
         return
-    with pytest.raises(CljaxError, match=r"--mine-k is declared differently by mine_a and mine_b: rename one"):
+    with pytest.raises(CljaxError, match=r"--mine-k is declared differently by mine_a and option 'mine_b' \(.*\): "
+                                         r"rename one"):
         setting_specs()
 
 
@@ -223,6 +227,15 @@ register(Analysis("count_tasks", init=lambda context: 0, update=lambda n, folder
         assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
         assert "analysis 'odd' writes a file named" in proc.stderr and "ending in .npz (nothing was written)" in proc.stderr
         assert not bad.exists() and not (tmp_path / "escape.npz").exists()
+    # a summary key cljax writes: the plugin is named, not the built-in analysis before it
+    plugin.write_text("from cljax.analysis.registry import Analysis, Result, register\n"
+                      "register(Analysis('aaa', lambda c: 0, lambda n, f: n, lambda n: Result(summary={'n_repeats': 5})))\n")
+    proc = subprocess.run([sys.executable, "-m", "cljax.cli", "analyze", str(run.algo_dir), "--out", str(bad),
+                           "--no-glue", "--no-plots", "--plugin", str(plugin)],
+                          capture_output=True, text=True, cwd=Path(__file__).parent.parent)
+    assert proc.returncode == 2 and proc.stderr == ("error: analysis 'aaa' and cljax analyze itself both write the "
+                                                    "summary key(s) n_repeats: give the plugin's keys other names "
+                                                    "(nothing was written).\n") and not bad.exists()
 
 
 def _class_data(**changes):

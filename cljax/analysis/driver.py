@@ -197,10 +197,13 @@ def _analyze_run(
         "variant": variant,
         "std": RULE,
     }
+    owner = dict.fromkeys(summary, "cljax analyze itself")  # summary key -> who wrote it
     for a, result in zip(selected, outputs):
-        taken = summary.keys() & result.summary.keys()
-        if taken:
-            raise CljaxError(f"analysis {a.name!r} writes summary keys already written: {sorted(taken)}")
+        taken = sorted(summary.keys() & result.summary.keys())
+        if taken:  # both named: the one that came first in this order need not be the plugin
+            raise CljaxError(f"analysis {a.name!r} and {owner[taken[0]]} both write the summary key(s) "
+                             f"{', '.join(taken)}: give the plugin's keys other names (nothing was written).")
+        owner.update(dict.fromkeys(result.summary, f"analysis {a.name!r}"))
         try:  # found now, not when summary.json is written after every other file
             json.dumps(jsonable(result.summary), allow_nan=False)
         except (TypeError, ValueError) as exc:

@@ -180,7 +180,11 @@ def _recomputed_statistics(module: nn.Module, state_collections: tuple[str, ...]
 
 def build_model(name: str, params, ctx: ModelContext) -> nn.Module:
     """The registered model ``name`` built from its params and the run's context."""
-    return MODELS[name].build(params, ctx)
+    module = MODELS[name].build(params, ctx)
+    if not isinstance(module, nn.Module):
+        raise CljaxError(f"model {name!r}: its builder returned a {type(module).__name__}, not a flax.linen.Module: "
+                         f"return one.")
+    return module
 
 
 def check_model_outputs(net: Net, name: str, outputs: int, needs_head: str | None = None) -> None:

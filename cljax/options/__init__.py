@@ -87,6 +87,9 @@ def make_options(config, net) -> tuple[Option, ...]:
     (a ``mask`` argument, cljax.models.Net), or it would count those too."""
     options = tuple(OPTIONS[name].build(params, config, net) for name, params in config.option_params)
     for (name, _), option in zip(config.option_params, options):
+        if not isinstance(option, Option):
+            raise CljaxError(f"option {name!r}: its builder returned a {type(option).__name__}, not a "
+                             f"cljax.options.Option: return one.")
         if not keeps_batch(option) and net.state_collections and not masks_batch_statistics(net.module):
             raise CljaxError(
                 f"option {name!r} adds examples of weight 0 to the batch, which the batch statistics "

@@ -1,0 +1,8 @@
+"""``python -m cljax``: the same command line as the ``cljax`` script."""
+
+import sys
+
+from cljax.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

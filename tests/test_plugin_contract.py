@@ -1,0 +1,126 @@
+"""What a plugin's entry must give cljax, checked where it is given: its params' defaults when
+it registers, its builder's return value, its dataset's class count and meta, its flags against
+a command's own, and an exit it calls. Each mistake is one line naming the entry, not a
+traceback or a silent exit. Plugins that register are loaded in a process of their own (an entry
+registered in a test worker would be in every later run's settings there)."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cljax.data import ClassData, check_class_data
+from cljax.errors import CljaxError
+from cljax.registry import Registry, load_plugins, param
+
+ROOT = Path(__file__).parent.parent
+TINY = ["--dataset", "synthetic", "--synthetic-classes", "4", "--num-tasks", "2", "--n-repeats", "2",
+        "--n-train-per-class", "16", "--n-test-per-class", "8", "--n-subsamples", "4", "--epochs", "1",
+        "--batch-size", "8", "--log-frequency", "2", "--no-progress"]
+
+
+def _cljax(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, "-m", "cljax", *args], capture_output=True, text=True, cwd=cwd)
+
+
+@pytest.mark.parametrize("field, message", [
+    (("rate", float, param(-1.0, "a rate", min=0.0)), "the default of its setting rate must be at least 0.0, got -1.0"),
+    (("mode", str, param("c", "a mode", choices=("a", "b"))), "the default of its setting mode must be one of a, b, "
+                                                              "got 'c'"),
+    (("count", int, param(None, "a count")), "the default of its setting count must be set"),
+    (("count", int, dataclasses.field()), "its setting 'count' has no default: give it one"),
+])
+def test_a_default_its_own_bounds_refuse_is_the_entry_s_error_when_it_registers(field, message):
+    # It was reported as the user's value ("--x-rate must be at least 0.0") at the first run that
+    # enabled the option, naming a flag the user never typed.
+    params = dataclasses.make_dataclass("P", [field], frozen=True)
+    with pytest.raises(CljaxError, match=rf"^option 'mine' \({__file__}\): .*{message}"):
+        Registry("option", "cljax.options").register("mine", params=params)(lambda p, c, n: None)
+    fine = dataclasses.make_dataclass("Q", [("rate", float, param(0.0, "a rate", min=0.0))], frozen=True)
+    Registry("option", "cljax.options").register("mine", params=fine)(lambda p, c, n: None)
+
+
+def _data(**changes) -> ClassData:
+    rng = np.random.default_rng(0)
+    good = ClassData(train_images=rng.integers(0, 256, (12, 8, 8), dtype=np.uint8), train_labels=np.arange(12) % 3,
+                     test_images=rng.integers(0, 256, (6, 8, 8), dtype=np.uint8), test_labels=np.arange(6) % 3,
+                     n_classes=3, class_names=("a", "b", "c"), meta={"source": "here"})
+    return dataclasses.replace(good, **changes)
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(n_classes=3.0), r"gave n_classes = 3.0: give the number of classes, an integer of at least 2"),
+    (dict(n_classes=True), r"gave n_classes = True: give the number of classes"),
+    (dict(test_images=_data().test_images[:0], test_labels=_data().test_labels[:0]), r"gave no test images: each split"),
+    (dict(meta=None), r"gave meta as a NoneType: give a dict"),
+    (dict(meta={"where": object()}), r"gave a meta that JSON cannot hold \(Object of type object is not JSON"),
+    (dict(meta={"x": float("nan")}), r"gave a meta that JSON cannot hold \(Out of range float values"),
+    (dict(meta={"x": "y" * (1 << 20)}), r"gave a meta of 1048585 bytes as JSON, above 1048576"),
+])
+def test_a_loader_s_class_count_and_meta_are_checked(changes, message):
+    # A float count failed in numpy, an np.int64 one in json, no test images in a memoryview cast,
+    # a meta JSON cannot hold would fail when run.json records it: tracebacks, before.
+    with pytest.raises(CljaxError, match=rf"^dataset 'mine': its loader {message}"):
+        check_class_data(_data(**changes), "mine")
+    counted = check_class_data(_data(n_classes=np.int64(3)), "mine")
+    assert type(counted.n_classes) is int and counted.n_classes == 3  # numpy's integers are counts too
+
+
+PLUGIN = '''
+import sys
+from dataclasses import dataclass
+
+from cljax.registry import param, register_model, register_option
+
+
+@register_model("exits")
+def make_exits(params, ctx):
+    sys.exit(0)
+
+
+@register_option("returns_none", tag="rn", flag="use-rn")
+def make_none(params, config, net):
+    return None
+
+
+@dataclass(frozen=True)
+class Clash:
+    on: bool = param(False, "a switch", flag="{flag}")
+
+
+@register_option("clashing", params=Clash, tag="cf", flag="use-cf")
+def make_clashing(params, config, net):
+    return None
+'''
+
+
+def test_a_builder_that_exits_or_returns_no_entry_and_a_flag_a_command_has_are_one_line(tmp_path):
+    plugin = tmp_path / "broken.py"
+    plugin.write_text(PLUGIN.format(flag="spare"))
+    results = ["--results-dir", str(tmp_path / "r"), *TINY]
+    exits = _cljax("run", "--plugin", str(plugin), *results, "--model", "exits")  # exited 0, silently
+    assert exits.returncode == 2 and exits.stderr == (f"error: plugin file {plugin} raised SystemExit at line 10 (0): "
+                                                      f"fix it, or leave it out of --plugin / $CLJAX_PLUGINS.\n")
+    none = _cljax("run", "--plugin", str(plugin), *results, "--use-rn", "--model", "mlp")  # an AttributeError deep in the step
+    assert none.returncode == 2 and none.stderr == ("error: option 'returns_none': its builder returned a NoneType, "
+                                                    "not a cljax.options.Option: return one.\n")
+    assert not (tmp_path / "r").exists()
+    for flag, clash in (("overwrite", "--overwrite"), ("progress", "--no-progress")):  # argparse's traceback
+        plugin.write_text(PLUGIN.format(flag=flag))
+        for command in ("run", "plan", "sweep"):
+            proc = _cljax(command, "--plugin", str(plugin), "--help")
+            assert proc.returncode == 2 and proc.stderr == (
+                f"error: 'clashing' declares the flag {clash}, which `cljax {command}` has for itself: give that "
+                f"setting another flag (param(..., flag=...)) in its plugin file.\n"), proc.stderr
+
+
+def test_a_plugin_that_exits_when_imported_is_one_line(tmp_path):
+    plugin = tmp_path / "quits.py"
+    plugin.write_text("import sys\n\nsys.exit(3)\n")  # ended cljax with the plugin's code, without a word
+    with pytest.raises(CljaxError, match=r"plugin file .*quits.py raised SystemExit when imported \(line 3: 3\)"):
+        load_plugins([str(plugin)])
