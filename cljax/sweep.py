@@ -310,8 +310,8 @@ def sweep_main(argv: list[str]) -> int:
     try:
         parse_minutes(args.slurm_time)
     except ValueError:
-        raise CljaxError(f"--slurm-time {args.slurm_time!r}: write a positive time as SLURM does: minutes (600), "
-                         f"M:SS (30:00), H:MM:SS (10:00:00), D-HH (1-02) or D-HH:MM:SS (1-02:00:00).") from None
+        raise CljaxError(f"--slurm-time {args.slurm_time!r}: write a positive time of at most a year as SLURM does: "
+                         f"minutes (600), M:SS (30:00), H:MM:SS (10:00:00), D-HH (1-02) or D-HH:MM:SS (1-02:00:00).") from None
     for flag in ("slurm_gpus", "slurm_cpus", "slurm_mem_gb", "slurm_array_parallelism"):
         value = getattr(args, flag)
         if value is not None and not (math.isfinite(value) and value > 0):

@@ -32,7 +32,7 @@ def parse_minutes(text: str) -> int:
     """A time in SLURM's --time formats -> whole minutes, seconds rounded up as SLURM does:
     minutes (600), minutes:seconds (30:00), hours:minutes:seconds (10:00:00), and days-hours
     (1-02), days-hours:minutes (1-02:30), days-hours:minutes:seconds (1-02:30:00). ValueError
-    for anything else, and for a limit of zero."""
+    for anything else, and for a limit of zero or above a year."""
     days, dash, clock = text.strip().rpartition("-")
     parts = [int(p) for p in clock.split(":")]
     if dash and not days or days and int(days) < 0 or len(parts) > 3:  # the clock holds no "-" (rpartition)
@@ -42,9 +42,12 @@ def parse_minutes(text: str) -> int:
     else:  # MM, MM:SS, HH:MM:SS
         hours, minutes, seconds = {1: [0, *parts, 0], 2: [0, *parts], 3: parts}[len(parts)]
     total = (int(days or 0) * 24 + hours) * 60 + minutes + (1 if seconds else 0)
-    if total < 1:
+    if not 1 <= total <= MAX_MINUTES:
         raise ValueError(text)
     return total
+
+
+MAX_MINUTES = 365 * 24 * 60  # a year: SLURM keeps a limit in 32 bits and would wrap a larger one
 
 
 def make_executor(kind: str, log_dir: Path, args) -> "object":
