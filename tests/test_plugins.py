@@ -214,7 +214,8 @@ register(Analysis("count_tasks", init=lambda context: 0, update=lambda n, folder
                            "--no-glue", "--no-plots", "--plugin", str(plugin)],
                           capture_output=True, text=True, cwd=Path(__file__).parent.parent)
     assert proc.returncode == 0, proc.stderr
-    assert json.loads((out / "summary.json").read_text())["tasks_seen_by_plugin"] == 2
+    written = json.loads((out / "summary.json").read_text())
+    assert written["tasks_seen_by_plugin"] == 2 and "probe.npz" in written["files"]
     # a file name that is a path, or lacks its suffix (savez adds one: the rename then failed and
     # left temporaries behind): one line, nothing written
     for arrays in ('{"../../escape.npz": {"a": np.zeros(2)}}', '{"cl": {"a": np.zeros(2)}}'):
@@ -227,6 +228,18 @@ register(Analysis("count_tasks", init=lambda context: 0, update=lambda n, folder
         assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
         assert "analysis 'odd' writes a file named" in proc.stderr and "ending in .npz (nothing was written)" in proc.stderr
         assert not bad.exists() and not (tmp_path / "escape.npz").exists()
+    # a built-in replaced: the plugin imports only the registry (the built-ins were not registered
+    # yet, so unregister("probe") failed)
+    plugin.write_text("from cljax.analysis.registry import Analysis, Result, register, unregister\n"
+                      "unregister('probe')\n"
+                      "register(Analysis('probe', lambda c: 0, lambda n, f: n + 1, lambda n: Result(summary={'mine': n})))\n")
+    mine = tmp_path / "mine"
+    proc = subprocess.run([sys.executable, "-m", "cljax.cli", "analyze", str(run.algo_dir), "--out", str(mine),
+                           "--no-glue", "--no-plots", "--plugin", str(plugin)],
+                          capture_output=True, text=True, cwd=Path(__file__).parent.parent)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((mine / "summary.json").read_text())
+    assert summary["mine"] == 2 and "probe.npz" not in summary["files"] and not (mine / "probe.npz").exists()
     # a summary key cljax writes: the plugin is named, not the built-in analysis before it
     plugin.write_text("from cljax.analysis.registry import Analysis, Result, register\n"
                       "register(Analysis('aaa', lambda c: 0, lambda n, f: n, lambda n: Result(summary={'n_repeats': 5})))\n")

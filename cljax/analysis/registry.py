@@ -177,8 +177,17 @@ class Analysis(NamedTuple):
 _ANALYSES: dict[str, Analysis] = {}
 
 
+def _builtins() -> None:
+    """The built-in analyses registered first, whatever a plugin imported: it may replace one
+    (unregister, then register) before cljax.analysis.analyses was imported."""
+    import importlib
+
+    importlib.import_module("cljax.analysis.analyses")  # (while it imports, its partial module: no loop)
+
+
 def register(analysis: Analysis) -> Analysis:
     """Add ``analysis`` under its name (after those already registered); a name is taken once."""
+    _builtins()
     if analysis.name in _ANALYSES:
         raise CljaxError(f"an analysis named {analysis.name!r} is already registered: give yours another name "
                          f"(or unregister({analysis.name!r}) first to replace it).")
@@ -193,10 +202,12 @@ def unregister(name: str) -> Analysis:
 
 def registered() -> tuple[str, ...]:
     """The names of the registered analyses, in the order they run."""
+    _builtins()
     return tuple(_ANALYSES)
 
 
 def get(name: str) -> Analysis:
+    _builtins()
     try:
         return _ANALYSES[name]
     except KeyError:
