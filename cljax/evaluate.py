@@ -6,8 +6,8 @@ them over the repeats); ``TestSets`` (all / seen: slot k is task k) and ``Window
 
 With all / seen, the test sets of every task are built once on the host, (T, N_test, R, H, W) uint8. They are
 either resident on the device for the whole run, or streamed K tasks at a time; either way each
-task's numbers come from the same compiled function of the same inputs, so the two paths give
-the same bits.
+task's numbers come from the same loop body over the slots of a call, of the same inputs, so the
+two paths give the same bits (``map_at_least_twice``: also with one slot per call).
 
 Streaming (chunked) mode is for runs whose test sets or evaluation outputs do not fit the
 device: chunk k+1's test sets go to the device while chunk k's outputs come back to the host,
@@ -67,9 +67,21 @@ def evaluate_snapshots(net, sizes, models_L, test_x_KN, test_y_KN, task_ids_K, h
             nan = jnp.array(jnp.nan, reps.dtype)
             return (jnp.where(empty, jnp.nan, acc), jnp.where(empty, jnp.nan, loss), jnp.where(empty, nan, reps))
 
-        return lax.map(on_task, (test_x_KN, test_y_KN, task_ids_K))
+        return map_at_least_twice(on_task, (test_x_KN, test_y_KN, task_ids_K))
 
     return lax.map(at_snapshot, models_L)
+
+
+def map_at_least_twice(fn, xs):
+    """``lax.map(fn, xs)``, as a loop of at least two iterations: XLA inlines a loop of one,
+    and the body compiled inline sums a task's losses in another order (the last bit) than the
+    body of a loop; one slot is then evaluated twice and one result kept. So a task's numbers
+    do not depend on how many slots a call evaluates (K = 1 in a chunk, or 2, or all T)."""
+    n = jax.tree.leaves(xs)[0].shape[0]
+    if n != 1:
+        return lax.map(fn, xs)
+    twice = jax.tree.map(lambda a: jnp.concatenate([a, a]), xs)
+    return jax.tree.map(lambda a: a[:1], lax.map(fn, twice))
 
 
 class TestSets:

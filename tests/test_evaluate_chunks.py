@@ -136,3 +136,35 @@ def test_leading_slots_without_a_task_are_not_computed_when_later_ones_hold_task
     assert np.isnan(acc[:, :, :2]).all() and np.isnan(loss[:, :, :2]).all() and np.isnan(reps[:, :, :2]).all()
     want = weights[:, None, None] + (np.arange(2, 5)[None, :] + np.array([0.0, 0.5])[:, None])[None]
     np.testing.assert_array_equal(acc[:, :, 2:], want)
+
+
+def test_one_task_per_call_gives_the_bits_of_all_tasks_at_once(tmp_path):
+    """--eval-chunk-tasks 1 and --eval-tasks current evaluate one slot per call. XLA inlined that
+    one-iteration loop, and the inlined body summed the losses in another order: the losses of a
+    resident run and of its K = 1 twin differed in the last bit (1.2e-7), and a resume that the
+    planner moved from resident to K = 1 mixed the two. Fashion-MNIST; on a GPU, where the
+    programs are compiled separately, within tests/backend.py's tolerances."""
+    import pickle
+
+    from cljax.experiment import run_experiment
+    from tests.backend import SEPARATELY_COMPILED, assert_same, assert_same_accuracy, on_cpu
+    from tests.conftest import small_config
+
+    base = dict(num_tasks=3, n_train_per_class=20, n_test_per_class=10, n_subsamples=8, batch_size=10, epochs=1,
+                log_frequency=2)
+    runs = {name: run_experiment(small_config(tmp_path / name, **base, **extra), progress=False).algo_dir
+            for name, extra in (("resident", {}), ("one per call", {"eval_chunk_tasks": 1}),
+                                ("current", {"eval_tasks": "current"}))}
+    why = "one evaluated task per call against all of them in one call"
+    for t in range(3):
+        task = f"task_00{t}"
+        resident, one, current = (pickle.loads((runs[n] / task / "metrics.pkl").read_bytes()) for n in runs)
+        for key in ("test_acc", "test_loss", "start_test_acc", "start_test_loss"):
+            for got, want in ((one[key], resident[key]), (current[key][..., 0], resident[key][..., t])):
+                if key.endswith("acc"):
+                    assert_same_accuracy(got, want, 20, why=why, err_msg=f"{task} {key}")
+                else:
+                    assert_same(got, want, why=why, err_msg=f"{task} {key}", **SEPARATELY_COMPILED)
+        if on_cpu():  # the same bytes on disk
+            for name in ("representations.npy", "weights.npy", "metrics.pkl"):
+                assert (runs["resident"] / task / name).read_bytes() == (runs["one per call"] / task / name).read_bytes()
