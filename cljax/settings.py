@@ -158,7 +158,8 @@ def flat_defaults() -> dict:
 def unused_settings(flat: dict) -> dict[str, str]:
     """Flat setting -> why the run of these settings does not use it: a setting of a rule, model
     or dataset the run did not choose, of an option that is off, or one that acts only under
-    another setting's value (``applies_when``)."""
+    another setting's value (``applies_when``); an option's switch when the option's ``inert``
+    (registered with it: ``inert(params, config)``) says it would never act in this run."""
     config = Config.from_flat(flat)
     used = config.to_dict()
     enabled = {name for name, _ in config.option_params}
@@ -182,6 +183,11 @@ def unused_settings(flat: dict) -> dict[str, str]:
                     if name in registry and name != value:
                         owners.append(f"{kind} {name}, and this run's {flag} is {value}")
             why[dest] = f"it is a setting of {'; of '.join(owners) or ', '.join(users)}"
+    for name, params in config.option_params:  # an option on, whose settings leave it nothing to do
+        inert = OPTIONS[name].extra.get("inert")
+        reason = inert(params, config) if inert is not None else None
+        if reason and option_switch(OPTIONS[name]) in flat:
+            why[option_switch(OPTIONS[name])] = reason
     return why
 
 
@@ -203,5 +209,7 @@ def warn_unused(parser: argparse.ArgumentParser, args: argparse.Namespace, whys:
             return
     for dest in flat:
         if flat[dest] != parser.get_default(dest) and whys and all(dest in why for why in whys):
-            print(f"warning: --{specs[dest][0]} {flat[dest]} has no effect in {where}: {whys[0][dest]}.",
-                  file=sys.stderr)
+            value = flat[dest]  # as typed: a bool is --x or --no-x
+            given = f"--{specs[dest][0]}" if value is True else f"--no-{specs[dest][0]}" if value is False else \
+                f"--{specs[dest][0]} {value}"
+            print(f"warning: {given} has no effect in {where}: {whys[0][dest]}.", file=sys.stderr)

@@ -141,9 +141,13 @@ def distinct_colours(img) -> int:
 
 
 def load_script(path: Path, name: str):
-    """A script of benchmarks/ imported as a module (they are not a package)."""
+    """A script of benchmarks/ imported as a module (they are not a package), with its folder on
+    the path as when it runs (a script imports its neighbours: bench_args), whichever test ran first."""
     import importlib.util
+    import sys
 
+    if str(path.parent) not in sys.path:
+        sys.path.append(str(path.parent))
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

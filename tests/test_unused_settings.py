@@ -35,6 +35,29 @@ def test_plan_warns_once_per_flag_given_that_the_run_does_not_use(capsys):
         "(--add-plasticity or --shrink-perturb turns it on)."]
 
 
+@pytest.mark.parametrize("flags, reason", [
+    (["--use-redo", "--redo-every", "13"], "its first reset comes after step 13 (--redo-every), and the run has 12 steps "
+                                           "(3 task(s) x 4)"),
+    (["--use-cbp", "--cbp-maturity", "12"], "a unit may be replaced once it is 13 steps old (--cbp-maturity 12), and the "
+                                            "run has 12 steps (3 task(s) x 4)"),
+    (["--use-cbp", "--cbp-rate", "0"], "--cbp-rate 0 replaces no unit"),
+    (["--use-l2", "--l2-decay", "0"], "--l2-decay 0 adds nothing to the direction"),
+    (["--use-l2-init", "--l2-init-decay", "0"], "--l2-init-decay 0 adds nothing to the direction"),
+    (["--add-plasticity", "--sp-lambda", "1", "--sp-sigma", "0"], "--sp-lambda 1 with --sp-sigma 0 is the identity"),
+    (["--add-plasticity", "--num-tasks", "1"], "--sp-mode boundary acts as each task after the first begins, and the "
+                                               "run has one task"),
+    (["--use-ul", "--ul-lr", "0"], "--ul-lr 0 changes no weight"),
+    (["--use-redo", "--redo-every", "12"], None), (["--use-cbp", "--cbp-maturity", "11"], None),  # they act, once
+    (["--add-plasticity", "--sp-mode", "step", "--num-tasks", "1"], None),
+])
+def test_an_option_whose_settings_leave_it_nothing_to_do_in_the_run_is_named(capsys, flags, reason):
+    # A ReDo period longer than the run trained the baseline under the name SL_redo_T30, silently.
+    tiny = ["--num-tasks", "3", "--n-train-per-class", "20", "--batch-size", "10", "--epochs", "1", "--log-frequency", "2"]
+    assert main([*PLAN, *tiny, *flags]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning")]
+    assert warnings == ([f"warning: {flags[0]} has no effect in this run: {reason}."] if reason else [])
+
+
 @pytest.mark.parametrize("extra", [
     ["--shrink-perturb", "--sp-lambda", "0.5"],  # used
     ["--sp-lambda", "0.99"],  # its default: nothing was asked of it

@@ -35,7 +35,9 @@ A new option is one file in this folder (or a plugin file)::
 ``flag`` turns it on (default ``--use-NAME``), its params fields become ``--{prefix}-{field}``
 flags (prefix: the name unless given), and ``tag`` is its part of the results-folder name
 (e.g. ``replay`` in ``SL_replay_T5``). ``net`` is the model (``cljax.models.Net``): its
-``init`` draws fresh parameters, its ``apply`` runs the network.
+``init`` draws fresh parameters, its ``apply`` runs the network. ``inert=fn`` (optional):
+``fn(params, config)`` returns why the option would never act in a run of that config (a
+period past its last step), or None; the command line warns with it (cljax.settings).
 """
 
 from __future__ import annotations

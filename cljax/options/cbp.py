@@ -83,7 +83,17 @@ def cbp_update(state, activity, out_sums, weights_B, rate: float, maturity: int,
     return new_state, masks
 
 
-@register_option("cbp", params=CBPParams, tag="cbp", flag="use-cbp")
+def _inert(params: CBPParams, config) -> str | None:
+    total = config.num_tasks * config.steps_per_task
+    if params.rate == 0:
+        return "--cbp-rate 0 replaces no unit"
+    if params.maturity >= total:
+        return (f"a unit may be replaced once it is {params.maturity + 1} steps old (--cbp-maturity {params.maturity}), "
+                f"and the run has {total} steps ({config.num_tasks} task(s) x {config.steps_per_task})")
+    return None
+
+
+@register_option("cbp", params=CBPParams, tag="cbp", flag="use-cbp", inert=_inert)
 def make_cbp(params: CBPParams, config, net) -> Option:
     """continual backprop: replace the least-contributing mature hidden units by fresh ones (tag cbp)"""
     layers = unit_layers(net, "--use-cbp")

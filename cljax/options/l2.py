@@ -48,14 +48,19 @@ def add_l2(direction, params, c: float, target=None):
     return jax.tree.map(lambda d, p, p0: d + c * (p - p0), direction, params, target)
 
 
-@register_option("l2", params=L2Params, tag="l2", flag="use-l2")
+def _no_decay(flag: str):
+    return lambda params, config: f"{flag} 0 adds nothing to the direction" if params.decay == 0 else None
+
+
+@register_option("l2", params=L2Params, tag="l2", flag="use-l2", inert=_no_decay("--l2-decay"))
 def make_l2(params: L2Params, config, net) -> Option:
     """L2 / weight decay: direction + c * theta before the optimiser (tag l2)"""
     c = params.decay
     return Option(direction=lambda state, model_params, direction: add_l2(direction, model_params, c))
 
 
-@register_option("l2_init", params=L2InitParams, prefix="l2-init", tag="l2init", flag="use-l2-init")
+@register_option("l2_init", params=L2InitParams, prefix="l2-init", tag="l2init", flag="use-l2-init",
+                 inert=_no_decay("--l2-init-decay"))
 def make_l2_init(params: L2InitParams, config, net) -> Option:
     """L2 toward the initial weights (regenerative regularisation): direction + c * (theta - theta_0) (tag l2init)"""
     c = params.decay

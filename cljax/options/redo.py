@@ -48,7 +48,15 @@ def dormant_masks(activity, weights_B, tau: float):
     return masks
 
 
-@register_option("redo", params=ReDoParams, tag="redo", flag="use-redo")
+def _inert(params: ReDoParams, config) -> str | None:
+    total = config.num_tasks * config.steps_per_task
+    if params.every > total:
+        return (f"its first reset comes after step {params.every} (--redo-every), and the run has {total} steps "
+                f"({config.num_tasks} task(s) x {config.steps_per_task})")
+    return None
+
+
+@register_option("redo", params=ReDoParams, tag="redo", flag="use-redo", inert=_inert)
 def make_redo(params: ReDoParams, config, net) -> Option:
     """ReDo: every F steps, reset the units whose normalised activity is <= tau (tag redo)"""
     layers = unit_layers(net, "--use-redo")

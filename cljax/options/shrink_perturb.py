@@ -107,8 +107,16 @@ def _reads_input(jaxpr, inputs: list[bool]) -> list[bool]:
     return [reads(v) for v in jaxpr.outvars]
 
 
+def _inert(params: ShrinkPerturbParams, config) -> str | None:
+    if params.lambda_ == 1 and params.sigma == 0:
+        return "--sp-lambda 1 with --sp-sigma 0 is the identity"
+    if params.mode == "boundary" and config.num_tasks == 1:
+        return "--sp-mode boundary acts as each task after the first begins, and the run has one task"
+    return None
+
+
 @register_option("shrink_perturb", params=ShrinkPerturbParams, prefix="sp", tag="sp", flag="add-plasticity",
-                 aliases=("--shrink-perturb",))
+                 aliases=("--shrink-perturb",), inert=_inert)
 def make_shrink_perturb(params: ShrinkPerturbParams, config, net) -> Option:
     """shrink+perturb (Ash & Adams 2020): theta <- lam*theta + sigma*eps, eps per --sp-noise (docs/rules.md) (tag sp)
 

@@ -98,7 +98,8 @@ def replace_at(params, path, value):
     return {**params, path[0]: replace_at(params[path[0]], path[1:], value)}
 
 
-@register_option("ul", params=ULParams, tag="ul", flag="use-ul")
+@register_option("ul", params=ULParams, tag="ul", flag="use-ul",
+                 inert=lambda ul, config: "--ul-lr 0 changes no weight" if ul.lr == 0 else None)
 def make_ul(ul: ULParams, config, net) -> Option:
     """unsupervised learning: an extra unsupervised update of --ul-layer after every step (tag ul)"""
     kind, lr = ul.kind, ul.lr
