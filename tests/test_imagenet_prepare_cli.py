@@ -21,6 +21,8 @@ from cljax.data.prepared import ARRAY_FILES, SAMPLES, load_prepared
 
 from tests.imagenet_kit import REPO, module_fixtures, write_parquet  # skips the module without datasets
 
+import pyarrow as pa  # noqa: E402  (the imagenet extra, as datasets)
+
 
 source, prepared = module_fixtures()
 
@@ -97,7 +99,6 @@ def test_bad_inputs_give_one_clear_line(source, tmp_path, capsys):
 def _plain_parquet(folder, blobs, labels):
     """A parquet file as other tools write it: an image struct column and a label column of any
     type, without the hub's features metadata (so no class names)."""
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
     folder.mkdir()
@@ -109,7 +110,8 @@ def _plain_parquet(folder, blobs, labels):
 
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_labels_that_are_not_class_ids_give_one_line(source, tmp_path, capsys, workers):
-    """String or float labels, a missing label, and integer labels with gaps and no class names
+    """String or float labels, a missing label, a label too large for int32 or negative other than
+    -1, and integer labels with gaps and no class names
     (every skipped id an empty class no run could use) are refused in one line, not a traceback,
     a silently truncated label or a folder every run then refuses; so is a source split named
     twice in --splits (the later entry dropped the earlier)."""
@@ -119,6 +121,11 @@ def test_labels_that_are_not_class_ids_give_one_line(source, tmp_path, capsys, w
         ([0.2, 0.7, 1.2, 1.7], "label column 'label' holds double, not integers"),
         ([0, None, 1, 1], "row 1 has label None, not an integer class id"),
         ([0, 5, 7, 7], "has labels up to 7 but no image of class 1, 2, 3, 4, 6 and no class names"),
+        # too large for the int32 labels (an OverflowError before), or negative but not -1 (unlabelled)
+        ([0, 1, 2**40, 1], "row 2 has label 1099511627776, larger than a class id can be (at most 2147483647"),
+        (pa.array([0, 1, 2**63 + 5, 1], pa.uint64()), "row 2 has label 9223372036854775813, larger than a class id"),
+        ([0, 1, -5, 1], "row 2 has label -5, not a class id (0 or more) nor -1, the mark of an unlabelled row: the "
+                        "source is damaged"),
     ]
     for i, (labels, expected) in enumerate(cases):
         src = _plain_parquet(tmp_path / f"src{i}", blobs, labels)

@@ -67,11 +67,23 @@ class ParquetShard:
             raise CljaxError(f"cannot read {self.path} ({type(exc).__name__}: {exc}); re-download or remove this file.") from None
 
 
+# The largest class id the prepared folder's int32 labels can hold.
+MAX_CLASS_ID = int(np.iinfo(np.int32).max)
+
+
 def class_id(label, where: str) -> int:
     """A source row's label as a class id: an integer (a float, a string or a missing label
-    would be truncated, fail, or merge classes), else one CljaxError line."""
+    would be truncated, fail, or merge classes) in 0 .. MAX_CLASS_ID, or -1 (the mark of an
+    unlabelled row, which the caller refuses with its own fix), else one CljaxError line."""
     if isinstance(label, (int, np.integer)) and not isinstance(label, (bool, np.bool_)):
-        return int(label)
+        label = int(label)
+        if -1 <= label <= MAX_CLASS_ID:
+            return label
+        # Not a class id, nor Hugging Face's -1 for "unlabelled": a damaged or mis-typed export.
+        why = (f"larger than a class id can be (at most {MAX_CLASS_ID}, int32)" if label > 0 else
+               "not a class id (0 or more) nor -1, the mark of an unlabelled row")
+        raise CljaxError(f"{where} has label {label}, {why}: the source is damaged; re-export or re-download it with "
+                         f"class ids 0 .. n - 1.")
     raise CljaxError(f"{where} has label {label!r}, not an integer class id: the label column must hold the classes' "
                      f"integer ids (a ClassLabel, as in the hub's export), one per image; re-export the source so.")
 
