@@ -7,8 +7,9 @@ Modules by job:
   * `shards`: the row readers of each source kind (pyarrow parquet, `datasets` streaming,
     image files) and the `Plan` they make up;
   * `sources`: SOURCE (hub name, parquet export folder, image folder) -> `Plan` (`plan_source`);
-  * `prepare`: workers, progress, resume, assembly (`prepare_imagenet`) and the command line
-    (`prepare_main`).
+  * `prepare`: workers, progress, resume (`prepare_imagenet`) and the command line
+    (`prepare_main`);
+  * `assemble`: the finished work shards -> the prepared folder, checked (`assemble`).
 """
 
 from cljax.data.imagenet.decode import DRAFT_FACTOR, RESAMPLE_FILTERS, SIZE, image_to_gray

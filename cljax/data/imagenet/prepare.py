@@ -20,16 +20,16 @@ import shutil
 import signal
 import sys
 import time
-import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from cljax.data.imagenet.assemble import assemble, npz_rows
 from cljax.data.imagenet.decode import DRAFT_FACTOR, RESAMPLE_FILTERS, SIZE, _pil_filter, image_to_gray
 from cljax.data.imagenet.shards import Plan, Shard
 from cljax.data.imagenet.sources import DEFAULT_SHARD_ROWS, OUTPUT_SPLITS, plan_source
-from cljax.data.prepared import check_replaceable, load_prepared, write_prepared
+from cljax.data.prepared import check_replaceable, load_prepared
 from cljax.errors import CljaxError
 from cljax.host import usable_cores
 
@@ -208,7 +208,7 @@ def prepare_imagenet(
 
     done = {p.stem for p in work.glob("*.npz")}
     todo = [s for s in plan.shards if s.name not in done]
-    already = sum(s.n_rows if s.n_rows is not None else _npz_rows(work, s) for s in plan.shards if s.name in done)
+    already = sum(s.n_rows if s.n_rows is not None else npz_rows(work, s) for s in plan.shards if s.name in done)
     n_workers = max(1, workers if workers is not None else usable_cores())
     if done:
         log(f"resuming: {len(plan.shards) - len(todo)} of {len(plan.shards)} shards already in {work}")
@@ -220,7 +220,7 @@ def prepare_imagenet(
         disable=not progress, mininterval=0.5 if interactive else 30.0, smoothing=0.05,
     ) as bar:
         _run_shards(todo, work, size, resample, n_workers, bar)
-    _assemble(plan, work, out, size, preprocessing)
+    assemble(plan, work, out, size, preprocessing, name=NAME)
     shutil.rmtree(work)
     return out
 
@@ -253,56 +253,6 @@ def _open_work_dir(work: Path, fingerprint: str, plan: Plan, out: Path) -> None:
     tmp = work / ".plan.json.tmp"
     tmp.write_text(json.dumps({"source": plan.source, "out": str(out), "shards": len(plan.shards), "fingerprint": fingerprint}, indent=1))
     os.replace(tmp, plan_file)
-
-
-def _assemble(plan: Plan, work: Path, out: Path, size: int, preprocessing: dict) -> None:
-    """Concatenate the shards in plan order into the final arrays and write the prepared folder."""
-    counts = dict.fromkeys(OUTPUT_SPLITS, 0)
-    for shard in plan.shards:
-        counts[shard.split] += shard.n_rows if shard.n_rows is not None else _npz_rows(work, shard)
-    arrays = {split: (np.empty((n, size, size), np.uint8), np.empty((n,), np.int32)) for split, n in counts.items()}
-    filled = dict.fromkeys(OUTPUT_SPLITS, 0)
-    for shard in plan.shards:
-        path = work / f"{shard.name}.npz"
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                images, labels = z["images"], z["labels"]
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
-            raise CljaxError(f"{path} is damaged ({exc}); delete it and rerun to redo that shard.") from None
-        start = filled[shard.split]
-        arrays[shard.split][0][start : start + len(labels)] = images
-        arrays[shard.split][1][start : start + len(labels)] = labels
-        filled[shard.split] = start + len(labels)
-    n_classes = plan.n_classes
-    all_labels = np.concatenate([arrays[s][1] for s in OUTPUT_SPLITS])
-    top = int(all_labels.max()) + 1 if all_labels.size else 0
-    if n_classes is None:  # no class names: the ids are the classes, and an id no image has would be an empty class
-        n_classes = top
-        missing = np.setdiff1d(np.arange(top), all_labels)
-        if missing.size:
-            raise CljaxError(f"{plan.source} has labels up to {top - 1} but no image of class "
-                             f"{', '.join(map(str, missing[:5]))}{' ...' if missing.size > 5 else ''} and no class names: "
-                             f"its labels must number the classes 0 .. n - 1 without gaps (or come with a ClassLabel's "
-                             f"names); re-export it so.")
-    elif top > n_classes:
-        raise CljaxError(f"{plan.source} has label {top - 1} but only {n_classes} class names; the source is inconsistent.")
-    if n_classes == 0:
-        raise CljaxError(f"{plan.source} gave no images for the chosen splits; check --splits.")
-    write_prepared(
-        out,
-        arrays["train"][0], arrays["train"][1], arrays["test"][0], arrays["test"][1],
-        name=NAME, source=plan.source, preprocessing=preprocessing,
-        class_names=list(plan.class_names) if plan.class_names else None, n_classes=n_classes,
-    )
-
-
-def _npz_rows(work: Path, shard: Shard) -> int:
-    path = work / f"{shard.name}.npz"
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            return int(z["labels"].shape[0])
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
-        raise CljaxError(f"{path} is damaged ({exc}); delete it and rerun to redo that shard.") from None
 
 
 # --------------------------------------------------------------------------------------------
