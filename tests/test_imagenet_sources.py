@@ -5,6 +5,7 @@ settings."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import re
 
@@ -178,3 +179,45 @@ def test_splits_without_an_output_go_to_train_or_test_by_name():
                                                                       "extra": "train"}
     with pytest.raises(CljaxError, match="--splits entry 'val:dev' is invalid"):
         _parse_splits(["val:dev"])
+
+
+def test_gaps_in_a_large_label_are_found_without_a_range_of_every_id(tmp_path, monkeypatch):
+    # The gap check made np.arange(top): a label of 2e9 without class names asked for 16 GB.
+    import cljax.data.imagenet.assemble as assemble
+
+    root = _folder(tmp_path / "src", {"train": {"ant": 1, "bee": 1, "cat": 1, "dog": 1}})
+    real = imagenet.process_shard
+
+    def labels_of_a_plain_export(shard, *args, **kwargs):  # as a parquet source without class names
+        files = tuple((path, [0, 1, 2_000_000_000, 1][i]) for i, (path, _) in enumerate(shard.files))
+        return real(dataclasses.replace(shard, files=files), *args, **kwargs)
+
+    monkeypatch.setattr(imagenet, "process_shard", labels_of_a_plain_export)
+    monkeypatch.setattr(imagenet, "plan_source", lambda *a, **k: dataclasses.replace(plan_source(*a, **k), class_names=None,
+                                                                                      n_classes=None))
+
+    class NumpyWithoutLargeRanges:  # numpy, as the assembly sees it, refusing a range of a million ids or more
+        def __getattr__(self, attr):
+            return getattr(np, attr)
+
+        @staticmethod
+        def arange(stop, *args, **kwargs):
+            assert stop < 10**6, f"np.arange({stop}): a range of every class id"
+            return np.arange(stop, *args, **kwargs)
+
+    monkeypatch.setattr(assemble, "np", NumpyWithoutLargeRanges())
+    with pytest.raises(CljaxError, match=r"has labels up to 2000000000 but no image of class 2, 3, 4, 5, 6 \.\.\. and "
+                                         r"no class names"):
+        prepare_imagenet(str(root), tmp_path / "out", workers=1, progress=False)
+
+
+@pytest.mark.parametrize("labels, top, missing, first", [
+    ([0, 5, 7, 7], 8, 5, [1, 2, 3, 4, 6]),
+    ([1, 1], 2, 1, [0]),
+    ([0, 2, 10], 11, 8, [1, 3, 4, 5, 6]),
+    ([0, 1, 2], 3, 0, []),
+])
+def test_missing_class_ids_are_counted_and_the_first_named(labels, top, missing, first):
+    from cljax.data.imagenet.assemble import _missing_ids
+
+    assert _missing_ids(np.array(labels, np.int32), top) == (missing, first)

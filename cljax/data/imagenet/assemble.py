@@ -37,10 +37,10 @@ def assemble(plan: Plan, work: Path, out: Path, size: int, preprocessing: dict, 
     top = int(all_labels.max()) + 1 if all_labels.size else 0
     if n_classes is None:  # no class names: the ids are the classes, and an id no image has would be an empty class
         n_classes = top
-        missing = np.setdiff1d(np.arange(top), all_labels)
-        if missing.size:
+        missing, first = _missing_ids(all_labels, top)
+        if missing:
             raise CljaxError(f"{plan.source} has labels up to {top - 1} but no image of class "
-                             f"{', '.join(map(str, missing[:5]))}{' ...' if missing.size > 5 else ''} and no class names: "
+                             f"{', '.join(map(str, first))}{' ...' if missing > len(first) else ''} and no class names: "
                              f"its labels must number the classes 0 .. n - 1 without gaps (or come with a ClassLabel's "
                              f"names); re-export it so.")
     elif top > n_classes:
@@ -53,6 +53,18 @@ def assemble(plan: Plan, work: Path, out: Path, size: int, preprocessing: dict, 
         name=name, source=plan.source, preprocessing=preprocessing,
         class_names=list(plan.class_names) if plan.class_names else None, n_classes=n_classes,
     )
+
+
+def _missing_ids(labels: np.ndarray, top: int, shown: int = 5) -> tuple[int, list[int]]:
+    """How many of the ids 0 .. top - 1 no label has, and the first `shown` of them, from the
+    distinct labels (a range of every id would take memory in proportion to the largest label)."""
+    present = np.unique(labels)
+    gaps = np.diff(present, prepend=-1) - 1  # ids missing just before each present one
+    first = []
+    for i in np.flatnonzero(gaps)[:shown]:
+        start = int(present[i]) - int(gaps[i])
+        first.extend(range(start, min(int(present[i]), start + shown - len(first))))
+    return top - present.size, first[:shown]
 
 
 def npz_rows(work: Path, shard: Shard) -> int:
