@@ -18,6 +18,7 @@ from cljax.data.imagenet.decode import image_to_gray
 from cljax.data.imagenet.prepare import _parse_splits, prepare_imagenet, process_shard
 from cljax.data.imagenet.shards import FilesShard
 from cljax.data.imagenet.sources import plan_source
+from cljax.data.prepared import load_prepared
 from cljax.errors import CljaxError
 
 
@@ -179,6 +180,42 @@ def test_splits_without_an_output_go_to_train_or_test_by_name():
                                                                       "extra": "train"}
     with pytest.raises(CljaxError, match="--splits entry 'val:dev' is invalid"):
         _parse_splits(["val:dev"])
+
+
+def _stopped_after_first_shard(root, out, monkeypatch):
+    """Prepare ``root`` into ``out`` with one image per shard, stopped after the first shard."""
+    real = imagenet.process_shard
+
+    def crash_after_first(shard, *args, **kwargs):
+        if shard.name != "train-00000":
+            raise RuntimeError("simulated crash")
+        return real(shard, *args, **kwargs)
+
+    monkeypatch.setattr(imagenet, "process_shard", crash_after_first)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        prepare_imagenet(str(root), out, workers=1, shard_rows=2, progress=False)
+    monkeypatch.undo()
+    return imagenet.work_dir_for(out) / "train-00000.npz"
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda images, labels: (images[:1], labels[:1]), r"holds labels of shape \[1\] int32 where its shard has 2 int32 labels"),
+    (lambda images, labels: (images[:, :14, :14], labels), r"holds images of shape \[2, 14, 14\] uint8 where its shard has \[2, 28, 28\] uint8"),
+])
+def test_a_work_shard_of_other_rows_or_shape_than_planned_is_refused(tmp_path, monkeypatch, damage, message):
+    # The assembly's arrays are np.empty: a shard file short of its plan's rows left their tail
+    # uninitialised, and that was written (or blamed on the source as a wrong label).
+    root = _folder(tmp_path / "src", {"train": {"ant": 2, "bee": 2}})
+    shard_file = _stopped_after_first_shard(root, tmp_path / "out", monkeypatch)
+    with np.load(shard_file) as z:
+        images, labels = damage(z["images"], z["labels"])
+    np.savez(shard_file, images=images, labels=labels)
+    with pytest.raises(CljaxError, match=re.escape(str(shard_file)) + " " + message + r".*delete it and rerun"):
+        prepare_imagenet(str(root), tmp_path / "out", workers=1, shard_rows=2, progress=False)
+    assert not (tmp_path / "out").exists()
+    shard_file.unlink()
+    prepare_imagenet(str(root), tmp_path / "out", workers=1, shard_rows=2, progress=False)
+    assert load_prepared(tmp_path / "out").train_labels.tolist() == [0, 0, 1, 1]
 
 
 def test_gaps_in_a_large_label_are_found_without_a_range_of_every_id(tmp_path, monkeypatch):

@@ -16,18 +16,15 @@ from cljax.errors import CljaxError
 
 def assemble(plan: Plan, work: Path, out: Path, size: int, preprocessing: dict, *, name: str) -> None:
     """Concatenate the shards in plan order into the final arrays and write the prepared folder."""
+    rows = {shard.name: shard.n_rows if shard.n_rows is not None else npz_rows(work, shard) for shard in plan.shards}
     counts = dict.fromkeys(OUTPUT_SPLITS, 0)
     for shard in plan.shards:
-        counts[shard.split] += shard.n_rows if shard.n_rows is not None else npz_rows(work, shard)
+        counts[shard.split] += rows[shard.name]
     arrays = {split: (np.empty((n, size, size), np.uint8), np.empty((n,), np.int32)) for split, n in counts.items()}
     filled = dict.fromkeys(OUTPUT_SPLITS, 0)
     for shard in plan.shards:
         path = work / f"{shard.name}.npz"
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                images, labels = z["images"], z["labels"]
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
-            raise CljaxError(f"{path} is damaged ({exc}); delete it and rerun to redo that shard.") from None
+        images, labels = _read_shard(path, rows[shard.name], size)
         start = filled[shard.split]
         arrays[shard.split][0][start : start + len(labels)] = images
         arrays[shard.split][1][start : start + len(labels)] = labels
@@ -53,6 +50,24 @@ def assemble(plan: Plan, work: Path, out: Path, size: int, preprocessing: dict, 
         name=name, source=plan.source, preprocessing=preprocessing,
         class_names=list(plan.class_names) if plan.class_names else None, n_classes=n_classes,
     )
+
+
+def _read_shard(path: Path, n_rows: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """A work shard's images and labels, checked against its plan: the assembly's arrays are
+    np.empty, so a file short of rows would leave garbage in them."""
+    redo = "delete it and rerun to redo that shard."
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            images, labels = z["images"], z["labels"]
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        raise CljaxError(f"{path} is damaged ({exc}); {redo}") from None
+    if labels.shape != (n_rows,) or labels.dtype != np.int32:
+        raise CljaxError(f"{path} holds labels of shape {list(labels.shape)} {labels.dtype} where its shard has "
+                         f"{n_rows} int32 labels: the work file is damaged or from another run; {redo}")
+    if images.shape != (n_rows, size, size) or images.dtype != np.uint8:
+        raise CljaxError(f"{path} holds images of shape {list(images.shape)} {images.dtype} where its shard has "
+                         f"{[n_rows, size, size]} uint8: the work file is damaged or from another run; {redo}")
+    return images, labels
 
 
 def _missing_ids(labels: np.ndarray, top: int, shown: int = 5) -> tuple[int, list[int]]:
