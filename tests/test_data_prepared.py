@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import json
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -70,6 +71,40 @@ def test_the_data_identity_covers_the_class_names(tmp_path):
     assert data_identity(load_prepared(folder)) == before
     _edit_meta(folder, class_names=["a", "b", "c", "d"])
     assert data_identity(load_prepared(folder)) != before
+
+
+@pytest.mark.parametrize("changes, message", [
+    # a count of a billion classes without names built a billion names (20+ GB); Infinity was an OverflowError
+    ({"n_classes": 10**9, "class_names": None}, r"has n_classes 1000000000 and no class_names, more classes than the "
+                                                r"folder's 16 images: the folder is damaged"),
+    ({"n_classes": float("inf")}, r"has n_classes inf, not an integer of at least 2"),
+    ({"n_classes": 4.7}, r"has n_classes 4.7, not an integer"),  # was taken as 4
+    ({"n_classes": "4"}, r"has n_classes '4', not an integer"),
+    ({"n_classes": True}, r"has n_classes True, not an integer"),
+    ({"n_classes": 1, "class_names": ["a"]}, r"has n_classes 1, not an integer of at least 2 \(a task is a pair"),
+    ({"format_version": True}, r"has format_version True, expected 1"),  # was taken as 1
+    ({"format_version": 1.0}, r"has format_version 1.0, expected 1"),
+    ({"class_names": "abcd"}, r"has class_names as a str, not a list of strings"),  # was split into characters
+    ({"class_names": {"a": 0, "b": 1, "c": 2, "d": 3}}, r"has class_names as a dict, not a list"),  # gave its keys
+    ({"class_names": ["a", "b", 3, "d"]}, r"has class_names as a list holding 3, not a list of strings"),
+])
+def test_a_damaged_class_count_or_names_in_meta_json_is_one_line(tmp_path, changes, message):
+    folder = _prepared(tmp_path)
+    meta = json.loads((folder / "meta.json").read_text())
+    meta.update(changes)
+    if meta.get("class_names") is None:
+        del meta["class_names"]
+    (folder / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(CljaxError, match=re.escape(str(folder / "meta.json")) + " " + message):
+        load_prepared(folder)
+
+
+def test_a_class_count_without_names_gives_numbered_classes(tmp_path):
+    folder = _prepared(tmp_path)
+    meta = json.loads((folder / "meta.json").read_text())
+    del meta["class_names"]
+    (folder / "meta.json").write_text(json.dumps(meta))
+    assert load_prepared(folder).class_names == ("0", "1", "2", "3")
 
 
 def test_an_array_of_another_dtype_than_meta_json_says_is_damage(tmp_path):

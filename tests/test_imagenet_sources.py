@@ -258,3 +258,11 @@ def test_missing_class_ids_are_counted_and_the_first_named(labels, top, missing,
     from cljax.data.imagenet.assemble import _missing_ids
 
     assert _missing_ids(np.array(labels, np.int32), top) == (missing, first)
+
+
+def test_a_source_of_one_class_is_refused_before_anything_is_written(tmp_path):
+    # The folder's reader refuses fewer than two classes: it was written, then refused.
+    root = _folder(tmp_path / "src", {"train": {"ant": 2}})
+    with pytest.raises(CljaxError, match=r"gave images of one class only; a task is a pair of classes"):
+        prepare_imagenet(str(root), tmp_path / "out", workers=1, progress=False)
+    assert not (tmp_path / "out").exists()

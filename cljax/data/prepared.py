@@ -178,8 +178,9 @@ def load_prepared(folder: str | os.PathLike, *, verify_checksums: bool = False, 
         raise CljaxError(f"{path / 'meta.json'} is not valid JSON ({exc}).{fix}") from None
     if not isinstance(meta, dict) or not isinstance(meta.get("files", {}), dict):
         raise CljaxError(f"{path / 'meta.json'} is not a prepared folder's description (a JSON object).{fix}")
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise CljaxError(f"{path / 'meta.json'} has format_version {meta.get('format_version')!r}, expected {FORMAT_VERSION}.{fix}")
+    version = meta.get("format_version")
+    if type(version) is not int or version != FORMAT_VERSION:  # not true, nor 1.0: a description another tool wrote
+        raise CljaxError(f"{path / 'meta.json'} has format_version {version!r}, expected {FORMAT_VERSION}.{fix}")
     arrays = {}
     for fname in ARRAY_FILES:
         expected = meta.get("files", {}).get(fname, {})
@@ -198,14 +199,8 @@ def load_prepared(folder: str | os.PathLike, *, verify_checksums: bool = False, 
         if verify_checksums and expected.get("sha256") and sha256_of(path / fname) != expected["sha256"]:
             raise CljaxError(f"{path / fname} does not match its checksum in meta.json.{fix}")
         arrays[fname] = arr
-    try:
-        n_classes = int(meta["n_classes"])
-        class_names = tuple(str(c) for c in (meta.get("class_names") or range(n_classes)))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CljaxError(f"{path / 'meta.json'} lacks a valid n_classes or class_names ({exc!r}).{fix}") from None
-    if n_classes < 1 or len(class_names) != n_classes:
-        raise CljaxError(f"{path / 'meta.json'} has n_classes {n_classes} and {len(class_names)} class names: the "
-                         f"folder is damaged.{fix}")
+    n_classes, class_names = _classes(meta, path / "meta.json", len(arrays["train_labels.npy"]) +
+                                      len(arrays["test_labels.npy"]), fix)
     if arrays["train_images.npy"].shape[1:] != arrays["test_images.npy"].shape[1:]:
         raise CljaxError(f"{path}: its train images are {list(arrays['train_images.npy'].shape[1:])} and its test images "
                          f"{list(arrays['test_images.npy'].shape[1:])}: the folder is damaged.{fix}")
@@ -230,3 +225,25 @@ def load_prepared(folder: str | os.PathLike, *, verify_checksums: bool = False, 
         class_names=class_names,
         meta=meta,
     )
+
+
+def _classes(meta: dict, where: Path, n_images: int, fix: str) -> tuple[int, tuple[str, ...]]:
+    """meta.json's n_classes and class names, checked as `write_prepared` writes them: a float or
+    a string count would be truncated, a string of names split into characters, a dict give its
+    keys, and a count without names would build that many names however large it is."""
+    n_classes, names = meta.get("n_classes"), meta.get("class_names")
+    if isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 2:
+        raise CljaxError(f"{where} has n_classes {n_classes!r}, not an integer of at least 2 (a task is a pair of "
+                         f"classes): the folder is damaged.{fix}")
+    if "class_names" not in meta:
+        if n_classes > n_images:  # every class id has an image in a prepared folder
+            raise CljaxError(f"{where} has n_classes {n_classes} and no class_names, more classes than the folder's "
+                             f"{n_images} images: the folder is damaged.{fix}")
+        return n_classes, tuple(str(c) for c in range(n_classes))
+    odd = next((c for c in names if not isinstance(c, str)), None) if isinstance(names, list) else names
+    if not isinstance(names, list) or odd is not None:
+        what = f"a list holding {odd!r}" if isinstance(names, list) else f"a {type(names).__name__}"
+        raise CljaxError(f"{where} has class_names as {what}, not a list of strings: the folder is damaged.{fix}")
+    if len(names) != n_classes:
+        raise CljaxError(f"{where} has n_classes {n_classes} and {len(names)} class names: the folder is damaged.{fix}")
+    return n_classes, tuple(names)

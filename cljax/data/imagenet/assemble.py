@@ -44,6 +44,9 @@ def assemble(plan: Plan, work: Path, out: Path, size: int, preprocessing: dict, 
         raise CljaxError(f"{plan.source} has label {top - 1} but only {n_classes} class names; the source is inconsistent.")
     if n_classes == 0:
         raise CljaxError(f"{plan.source} gave no images for the chosen splits; check --splits.")
+    if n_classes == 1:  # the folder's reader refuses it (a task is a pair of classes): refused before it is written
+        raise CljaxError(f"{plan.source} gave images of one class only; a task is a pair of classes: give a source of "
+                         f"two classes or more (check --splits).")
     write_prepared(
         out,
         arrays["train"][0], arrays["train"][1], arrays["test"][0], arrays["test"][1],
