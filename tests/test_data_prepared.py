@@ -17,7 +17,8 @@ from PIL import Image
 
 from cljax.data import ClassData, check_class_data
 from cljax.data.info import IDX_SAMPLES, data_info_main, describe, write_sample_grid
-from cljax.data.prepared import ARRAY_FILES, check_unchanged, data_identity, load_prepared, write_prepared
+from cljax.data.prepared import (ARRAY_FILES, check_unchanged, data_identity, load_prepared, sha256_of,
+                                  write_prepared)
 from cljax.datasets.fashion_mnist import FILES, load_fashion_mnist, read_idx
 from cljax.datasets.synthetic import SyntheticParams, load_synthetic, make_synthetic
 from cljax.errors import CljaxError
@@ -107,6 +108,36 @@ def test_a_class_count_without_names_gives_numbered_classes(tmp_path):
     assert load_prepared(folder).class_names == ("0", "1", "2", "3")
 
 
+def _without(files: dict, fname: str, key: str) -> dict:
+    return {**files, fname: {k: v for k, v in files[fname].items() if k != key}}
+
+
+@pytest.mark.parametrize("edit, what", [
+    (lambda files: None, r'no "files"'),
+    (lambda files: [], r'"files" as a list'),
+    (lambda files: {k: v for k, v in files.items() if k != "test_labels.npy"}, r"no entry for test_labels.npy"),
+    (lambda files: {**files, "train_images.npy": {**files["train_images.npy"], "sha256": 5}},
+     r'a malformed entry for train_images.npy: \{"shape": \[8, 28, 28\], "dtype": "uint8", "sha256": 5\}'),
+    (lambda files: _without(files, "train_labels.npy", "sha256"), r"a malformed entry for train_labels.npy"),
+    (lambda files: _without(files, "test_images.npy", "shape"), r"a malformed entry for test_images.npy"),
+])
+def test_a_meta_json_that_lost_its_checksums_is_refused(tmp_path, edit, what):
+    """The checksums are the folder's identity: without them a resume took the identity from the
+    contents and refused its own run as one "made on other data", and a sha256 that is not a
+    string skipped the check before training, so changed arrays passed."""
+    folder = _prepared(tmp_path)
+    files = edit(json.loads((folder / "meta.json").read_text())["files"])
+    meta = json.loads((folder / "meta.json").read_text())
+    if files is None:
+        del meta["files"]
+    else:
+        meta["files"] = files
+    (folder / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(CljaxError, match=re.escape(str(folder / "meta.json")) + rf" lost its checksums \({what}.*\): "
+                                         r"restore it, or prepare the folder again\.$"):
+        load_prepared(folder)
+
+
 def test_an_array_of_another_dtype_than_meta_json_says_is_damage(tmp_path):
     folder = _prepared(tmp_path)
     np.save(folder / "test_labels.npy", LABELS[::-1].astype(np.int64))  # same shape and values
@@ -126,10 +157,13 @@ def test_an_array_of_another_dtype_than_meta_json_says_is_damage(tmp_path):
                                                                 r"0 \.\.\. 3"),
 ])
 def test_a_damaged_array_is_one_line_naming_it(tmp_path, fname, array, message):
-    # meta.json without its "files" list (nothing to compare shapes with): the arrays' own checks
+    # meta.json describing the damaged array as it is (as another tool might have written it): the
+    # arrays' own checks
     folder = _prepared(tmp_path)
-    _edit_meta(folder, files={})
     np.save(folder / fname, array)
+    files = json.loads((folder / "meta.json").read_text())["files"]
+    _edit_meta(folder, files={**files, fname: {"shape": list(array.shape), "dtype": str(array.dtype),
+                                               "sha256": sha256_of(folder / fname)}})
     with pytest.raises(CljaxError, match=message + r".*the folder is damaged"):
         load_prepared(folder)
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,7 +57,9 @@ def sha256_of(path: Path, chunk: int = 1 << 22) -> str:
 def data_identity(data: ClassData) -> str:
     """A hash of what a run reads from a dataset (the four arrays, classes and names), whatever
     folder it comes from: resume compares it instead of --data-dir's spelling. A prepared folder
-    whose meta.json lists checksums is identified by them (no pass over its images)."""
+    is identified by the checksums its meta.json lists (no pass over its images; load_prepared
+    refuses a folder without them); other data (Fashion-MNIST, synthetic, a plugin's) by its
+    contents."""
     digest = hashlib.sha256()
     digest.update(json.dumps([data.n_classes, list(data.class_names)]).encode())
     files = data.meta.get("files") if isinstance(data.meta, dict) else None
@@ -176,27 +179,27 @@ def load_prepared(folder: str | os.PathLike, *, verify_checksums: bool = False, 
         meta = json.loads((path / "meta.json").read_text())
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise CljaxError(f"{path / 'meta.json'} is not valid JSON ({exc}).{fix}") from None
-    if not isinstance(meta, dict) or not isinstance(meta.get("files", {}), dict):
+    if not isinstance(meta, dict):
         raise CljaxError(f"{path / 'meta.json'} is not a prepared folder's description (a JSON object).{fix}")
     version = meta.get("format_version")
     if type(version) is not int or version != FORMAT_VERSION:  # not true, nor 1.0: a description another tool wrote
         raise CljaxError(f"{path / 'meta.json'} has format_version {version!r}, expected {FORMAT_VERSION}.{fix}")
+    recorded = _recorded_files(meta, path / "meta.json", fix)
     arrays = {}
     for fname in ARRAY_FILES:
-        expected = meta.get("files", {}).get(fname, {})
-        expected = expected if isinstance(expected, dict) else {}
+        expected = recorded[fname]
         try:
             arr = np.load(path / fname, mmap_mode="r", allow_pickle=False)
         except (ValueError, OSError, EOFError, MemoryError) as exc:
             raise CljaxError(f"{path / fname} is corrupt or truncated ({exc}).{fix}") from None
         if arr.dtype.hasobject or arr.ndim < 1:
             raise CljaxError(f"{path / fname} is not an array of images or labels ({arr.dtype}, shape {arr.shape}).{fix}")
-        if expected and (list(arr.shape) != expected.get("shape") or str(arr.dtype) != expected.get("dtype")):
+        if list(arr.shape) != expected["shape"] or str(arr.dtype) != expected["dtype"]:
             raise CljaxError(
                 f"{path / fname} has shape {list(arr.shape)} {arr.dtype}, meta.json says "
-                f"{expected.get('shape')} {expected.get('dtype')}: the folder is damaged.{fix}"
+                f"{expected['shape']} {expected['dtype']}: the folder is damaged.{fix}"
             )
-        if verify_checksums and expected.get("sha256") and sha256_of(path / fname) != expected["sha256"]:
+        if verify_checksums and sha256_of(path / fname) != expected["sha256"]:
             raise CljaxError(f"{path / fname} does not match its checksum in meta.json.{fix}")
         arrays[fname] = arr
     n_classes, class_names = _classes(meta, path / "meta.json", len(arrays["train_labels.npy"]) +
@@ -225,6 +228,35 @@ def load_prepared(folder: str | os.PathLike, *, verify_checksums: bool = False, 
         class_names=class_names,
         meta=meta,
     )
+
+
+def _recorded_files(meta: dict, where: Path, fix: str) -> dict[str, dict]:
+    """meta.json's "files" entry of each array: its shape, dtype and sha256, as `write_prepared`
+    has always written them. They are the data's identity (`data_identity`) and the check that
+    the arrays are those prepared (`check_unchanged`), so a folder that lost them is refused: an
+    identity taken from the contents instead would differ from the one its runs recorded."""
+    files = meta.get("files")
+    lost = None
+    if not isinstance(files, dict):
+        lost = 'no "files"' if files is None else f'"files" as a {type(files).__name__}'
+    else:
+        for fname in ARRAY_FILES:
+            entry = files.get(fname)
+            if entry is None:
+                lost = f"no entry for {fname}"
+            elif not _is_file_entry(entry):
+                lost = f"a malformed entry for {fname}: {json.dumps(entry)[:80]}"
+            if lost:
+                break
+    if lost:
+        raise CljaxError(f"{where} lost its checksums ({lost}): restore it, or prepare the folder again.{fix}")
+    return {fname: files[fname] for fname in ARRAY_FILES}
+
+
+def _is_file_entry(entry) -> bool:
+    return (isinstance(entry, dict) and isinstance(entry.get("shape"), list)
+            and all(type(d) is int and d >= 0 for d in entry["shape"]) and isinstance(entry.get("dtype"), str)
+            and isinstance(entry.get("sha256"), str) and re.fullmatch(r"[0-9a-f]{64}", entry["sha256"]) is not None)
 
 
 def _classes(meta: dict, where: Path, n_images: int, fix: str) -> tuple[int, tuple[str, ...]]:
