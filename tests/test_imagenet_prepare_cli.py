@@ -150,6 +150,26 @@ def test_complete_output_is_kept_and_overwrite_redoes_it(source, prepared, tmp_p
     assert prepare_main(["--source", str(source["root"]), "--out", str(out)]) == 0
     captured = capsys.readouterr()
     assert "already prepared" in captured.out and "--overwrite" in captured.out and captured.err == ""
+    # ... the same with its source spelled relative to the current folder, or its default settings given
+    relative = os.path.relpath(source["root"])
+    assert prepare_main(["--source", relative, "--out", str(out), "--splits", "train", "validation:test",
+                         "--resample", "area", "--workers", "1", "--reader", "datasets", "--shard-rows", "7"]) == 0
+    assert "already prepared" in capsys.readouterr().out
+    # ... but not for another source or other preprocessing than meta.json records ("nothing to do" before).
+    for flags, asked in [
+            (["--source", str(tmp_path)], f"this command asks for source {tmp_path}:"),
+            (["--resample", "bilinear"], "this command asks for --resample bilinear:"),
+            (["--splits", "train"], "this command asks for --splits train:"),
+            (["--splits", "train", "test"], "this command asks for --splits train test:test:"),
+            (["--source", "ILSVRC/imagenet-1k", "--splits", "validation:train"],
+             "this command asks for source ILSVRC/imagenet-1k, --splits validation:train:")]:
+        args = ["--source", str(source["root"]), "--out", str(out), *flags]
+        assert prepare_main(args) == 2
+        line = _one_error_line(capsys)
+        assert line.startswith(f"error: {out} holds a preparation of {source['root'].resolve()} (--resample area, "
+                               f"--splits train validation:test), and {asked} pass --overwrite to prepare it again, or "
+                               f"choose another --out (nothing was changed).") and asked in line, line
+    assert (out / "train_images.npy").read_bytes() == (prepared / "train_images.npy").read_bytes()
     # "Nothing to do" only for the data it prepared: a changed array is named, with the fix that works.
     images = np.load(out / "train_images.npy")
     np.save(out / "train_images.npy", 255 - images)

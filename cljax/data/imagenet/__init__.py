@@ -9,7 +9,9 @@ Modules by job:
   * `sources`: SOURCE (hub name, parquet export folder, image folder) -> `Plan` (`plan_source`);
   * `prepare`: workers, progress, resume (`prepare_imagenet`) and the command line
     (`prepare_main`);
-  * `assemble`: the finished work shards -> the prepared folder, checked (`assemble`).
+  * `assemble`: the finished work shards -> the prepared folder, checked (`assemble`);
+  * `recorded`: what a prepared folder's meta.json says it was prepared from, against a request
+    (`check_same_preparation`).
 """
 
 from cljax.data.imagenet.decode import DRAFT_FACTOR, RESAMPLE_FILTERS, SIZE, image_to_gray

@@ -27,6 +27,7 @@ import numpy as np
 
 from cljax.data.imagenet.assemble import assemble, npz_rows
 from cljax.data.imagenet.decode import DRAFT_FACTOR, RESAMPLE_FILTERS, SIZE, _pil_filter, image_to_gray
+from cljax.data.imagenet.recorded import check_same_preparation
 from cljax.data.imagenet.shards import Plan, Shard
 from cljax.data.imagenet.sources import DEFAULT_SHARD_ROWS, OUTPUT_SPLITS, plan_source
 from cljax.data.prepared import check_replaceable, load_prepared
@@ -168,7 +169,8 @@ def prepare_imagenet(
     `split_map`: source split -> "train" | "test" (default train -> train, validation -> test).
     `workers`: processes (default: every core this process may use). `reader="datasets"` reads a
     local parquet folder through `datasets` streaming, as the hub path does. If `out` is already
-    complete it is returned untouched unless `overwrite`. Work goes to OUT.partial/ shard by
+    complete, from the same source, splits and preprocessing, it is returned untouched unless
+    `overwrite` (from others: CljaxError). Work goes to OUT.partial/ shard by
     shard; rerunning after an interruption continues there and gives byte-identical output.
     Raises CljaxError on any problem with the source or the output location.
     """
@@ -182,6 +184,7 @@ def prepare_imagenet(
             # Never delete a folder this code did not write, even with overwrite.
             raise CljaxError(f"output {out} exists and is not a prepared dataset; choose another --out (nothing was deleted).")
         elif not overwrite and is_prepared(out):
+            check_same_preparation(out, load_prepared(out).meta, source, split_map, resample, size)
             return out
         else:
             check_replaceable(out)  # a meta.json alone does not make a folder ours
@@ -306,6 +309,7 @@ def prepare_main(argv: list[str]) -> int:
         split_map = _parse_splits(args.splits) if args.splits else None
         if not args.overwrite and is_prepared(out):  # whole; "nothing to do" only for the data it prepared
             data = load_prepared(out, verify_checksums=True, how_to_fix="Pass --overwrite to prepare it again.")
+            check_same_preparation(out, data.meta, args.source, split_map, args.resample, SIZE)
             print(
                 f"{out} is already prepared ({len(data.train_labels)} train, {len(data.test_labels)} test images, "
                 f"{data.n_classes} classes); nothing to do. Pass --overwrite to prepare it again."

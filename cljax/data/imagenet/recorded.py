@@ -1,0 +1,64 @@
+"""What a prepared folder's meta.json records of the preparation that wrote it, against what a
+command asks for: a complete folder is "already prepared" only for the same source, splits and
+preprocessing (`check_same_preparation`)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from cljax.data.imagenet.sources import DEFAULT_SPLIT_MAP, OUTPUT_SPLITS
+from cljax.errors import CljaxError
+
+
+def recorded_source(source: str) -> str:
+    """SOURCE as a plan, and so meta.json, records it (`plan_source`): an existing folder by its
+    absolute resolved path, whatever its spelling; a hub name as given."""
+    path = Path(source).expanduser().resolve()
+    return str(path) if path.exists() else source
+
+
+def check_same_preparation(out: Path, meta: dict, source: str, split_map: Mapping[str, str] | None, resample: str,
+                           size: int) -> None:
+    """Raise CljaxError when the complete folder `out` (its meta.json `meta`) was prepared from
+    another source or with other splits or preprocessing than asked for. Compared without
+    planning the source, so a hub name needs no network to be found already prepared."""
+    recorded = meta.get("preprocessing") if isinstance(meta.get("preprocessing"), dict) else {}
+    asked = {"source": recorded_source(source), "--resample": resample, "size": size}
+    held = {"source": meta.get("source"), "--resample": recorded.get("resample"), "size": recorded.get("size")}
+    differ = [f"{k} {asked[k]}" for k in asked if held[k] != asked[k]]
+    if not _same_splits(recorded.get("splits"), split_map):
+        differ.append(f"--splits {_as_flag(_expected_splits(split_map)[0])}")
+    if differ:
+        raise CljaxError(f"{out} holds a preparation of {held['source']} (--resample {held['--resample']}, --splits "
+                         f"{_as_flag(recorded.get('splits'))}), and this command asks for {', '.join(differ)}: pass "
+                         f"--overwrite to prepare it again, or choose another --out (nothing was changed).")
+
+
+def _expected_splits(split_map: Mapping[str, str] | None) -> list[dict[str, list[str]]]:
+    """The source splits of each output split that a preparation with `split_map` records: with
+    the default map, a source without a validation split has an empty test split."""
+    mapping = dict(DEFAULT_SPLIT_MAP if split_map is None else split_map)
+    full = {dst: [src for src, d in mapping.items() if d == dst] for dst in OUTPUT_SPLITS}
+    if split_map is not None:
+        return [full]
+    return [full, {dst: [src for src in full[dst] if src == "train"] for dst in OUTPUT_SPLITS}]
+
+
+def _same_splits(recorded, split_map: Mapping[str, str] | None) -> bool:
+    if not isinstance(recorded, dict):
+        return False
+    # An output split no source split went to may be absent from the record.
+    recorded = {dst: recorded.get(dst, []) for dst in OUTPUT_SPLITS} if set(recorded) <= set(OUTPUT_SPLITS) else recorded
+    return recorded in _expected_splits(split_map)
+
+
+def _as_flag(splits) -> str:
+    """{"train": ["train"], "test": ["validation"]} -> "train validation:test", as --splits takes it."""
+    if not isinstance(splits, dict):
+        return "?"
+    items = []
+    for dst, sources in splits.items():
+        for src in sources if isinstance(sources, list) else []:
+            items.append("train" if src == dst == "train" else f"{src}:{dst}")
+    return " ".join(items) or "none"
