@@ -223,6 +223,19 @@ def test_data_info_prints_counts_and_writes_png(prepared, tmp_path, capsys):
     assert data_info_main([str(tmp_path / "missing")]) == 2
     assert "does not exist" in _one_error_line(capsys)
 
+    # "Check the result" checks the arrays too: a flipped byte passed before.
+    changed = tmp_path / "changed"
+    changed.mkdir()
+    for fname in (*ARRAY_FILES, "meta.json"):
+        (changed / fname).write_bytes((prepared / fname).read_bytes())
+    images = bytearray((changed / "test_images.npy").read_bytes())
+    images[-1] ^= 1  # the last pixel's lowest bit
+    (changed / "test_images.npy").write_bytes(bytes(images))
+    assert data_info_main([str(changed), "--png", str(tmp_path / "changed.png")]) == 2
+    assert (f"{changed / 'test_images.npy'} does not match its checksum in meta.json: the dataset changed after it was "
+            f"prepared. Restore the folder, or prepare it again") in _one_error_line(capsys)
+    assert not (tmp_path / "changed.png").exists()
+
 
 def test_hub_name_offline_gives_one_line(tmp_path):
     # A hub name goes through datasets.load_dataset(name, streaming=True); offline it must fail

@@ -1,4 +1,5 @@
-"""`data-info DIR [--png FILE]`: what a prepared folder holds, and a PNG grid of sample images."""
+"""`data-info DIR [--png FILE]`: what a prepared folder holds (its arrays checked against the
+checksums its meta.json recorded), and a PNG grid of sample images."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cljax.data.prepared import SAMPLES, ClassData, load_prepared
+from cljax.data.prepared import SAMPLES, ClassData, check_unchanged, load_prepared
 from cljax.datasets.fashion_mnist import holds_idx_files, read_folder as read_idx_folder
 from cljax.errors import CljaxError
 from cljax.safe_files import atomic_write
@@ -121,6 +122,8 @@ def data_info_main(argv: list[str]) -> int:
         check_not_a_run_result("--png", png)
         check_replaces_only_its_own("--png", png, "png")
         data = read_idx_folder(folder) if idx else load_prepared(folder, how_to_fix=how)
+        if not idx:  # the docs' "check the result": each array against the sha256 meta.json recorded
+            check_unchanged(data, resume=False)
         print(describe(data, folder))
         png = write_sample_grid(data, png)
         print(f"samples: {png}")
