@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -56,6 +57,22 @@ def test_16bit_values_are_scaled_by_257():
     levels = [0, 1, 100, 127, 128, 200, 254, 255]
     got = [int(image_to_gray(_png(np.full((30, 30), 257 * v, np.uint16)))[0, 0]) for v in levels]
     assert got == levels
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "GIF"])
+def test_a_large_image_below_the_bomb_limit_is_decoded_without_a_warning(monkeypatch, fmt):
+    # Between MAX_IMAGE_PIXELS and twice that PIL warned in two lines on stderr; above twice, its
+    # DecompressionBombError is still raised (and reported by process_shard).
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    buf = io.BytesIO()
+    Image.fromarray(np.full((12, 12, 3), 90, np.uint8)).save(buf, fmt)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert image_to_gray(buf.getvalue()).shape == (28, 28)
+    buf = io.BytesIO()
+    Image.fromarray(np.full((15, 15, 3), 90, np.uint8)).save(buf, fmt)
+    with pytest.raises(Image.DecompressionBombError):
+        image_to_gray(buf.getvalue())
 
 
 # ---- planning -----------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import io
 import os
+import warnings
 
 import numpy as np
 
@@ -48,7 +49,11 @@ def image_to_gray(
 
     filt = _pil_filter(resample)
     stream = io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else open(data, "rb")
-    with stream, Image.open(stream) as im:
+    # PIL warns (two lines on stderr) of an image above MAX_IMAGE_PIXELS, when it opens or loads
+    # it, and raises DecompressionBombError above twice that, which the caller reports; a large
+    # photo in between is decoded like any other, without a word.
+    quiet = warnings.catch_warnings(action="ignore", category=Image.DecompressionBombWarning)
+    with stream, quiet, Image.open(stream) as im:
         # The content's extent in decoded pixels: a JPEG decoded at 1/s is ceil(W/s) pixels
         # wide but holds W/s pixels of picture; centring on the integer size would shift the
         # crop by up to half a reduced pixel (s/2 original pixels).
