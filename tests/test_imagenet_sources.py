@@ -90,6 +90,23 @@ def test_image_folder_takes_upper_case_suffixes(tmp_path):
     assert plan.expected_total == 3 and _labels(plan, "train") == [0, 0, 1]
 
 
+def test_a_split_folder_of_images_without_class_folders_is_named_unlabelled(tmp_path):
+    # As the official ILSVRC val archive unpacks: val/ILSVRC2012_val_00000001.JPEG, ... The note
+    # said only that the source "has no 'validation' split", with 0 test images.
+    root = _folder(tmp_path / "src", {"train": {"ant": 1, "bee": 1}})
+    (root / "val").mkdir()
+    (root / "val" / "ILSVRC2012_val_00000001.png").write_bytes(_png(np.zeros((8, 8), np.uint8)))
+    why = re.escape(f"{root / 'val'} holds images directly, not in class subfolders, so they have no labels: to use "
+                    f"them as the test split, sort them into {root / 'val'}/<class>/ folders named as the train classes")
+    plan = plan_source(str(root))
+    assert [s.split for s in plan.shards] == ["train"] and len(plan.notes) == 1
+    assert re.fullmatch(why + r"\. The test arrays will be empty \(--splits train leaves the split out without this "
+                              r"note\)\.", plan.notes[0]), plan.notes
+    with pytest.raises(CljaxError, match=why + "; or leave that split out with --splits"):
+        plan_source(str(root), {"train": "train", "validation": "test"})
+    assert plan_source(str(root), {"train": "train"}).notes == ()
+
+
 def test_a_source_without_a_train_split_is_refused_by_default(tmp_path):
     root = _folder(tmp_path / "src", {"val": {"ant": 1, "bee": 1}})
     with pytest.raises(CljaxError, match=r"has no split 'train' \(it has validation\); choose splits with --splits"):

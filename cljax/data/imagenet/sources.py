@@ -334,7 +334,9 @@ def _plan_image_folder(root: Path, split_map: dict[str, str], strict: bool, shar
         )
     class_names = sorted(set().union(*(classes.keys() for classes in per_split.values())))
     class_id = {name: i for i, name in enumerate(class_names)}
+    split_map, unlabelled = _without_unlabelled(layout, per_split, split_map, strict)
     chosen, notes = _select_splits(list(per_split), split_map, strict, str(root))
+    notes = [*unlabelled, *notes]
     shards: list[Shard] = []
     counters = dict.fromkeys(OUTPUT_SPLITS, 0)
     for src, dst in chosen:
@@ -344,3 +346,24 @@ def _plan_image_folder(root: Path, split_map: dict[str, str], strict: bool, shar
             shards.append(FilesShard(name=f"{dst}-{counters[dst]:05d}", split=dst, source_split=src, n_rows=len(chunk), files=chunk))
             counters[dst] += 1
     return Plan(str(root), tuple(shards), tuple(class_names), len(class_names), sum(s.n_rows for s in shards), tuple(notes))
+
+
+def _without_unlabelled(layout: dict[str, Path], per_split: dict, split_map: dict[str, str],
+                        strict: bool) -> tuple[dict[str, str], list[str]]:
+    """`split_map` less the split folders that hold images directly, with no class subfolders (as
+    the official ILSVRC val archive unpacks): their images have no labels. One asked for by
+    --splits, or train, is refused; the default validation split is left out with a note."""
+    kept, notes = dict(split_map), []
+    for src, dst in split_map.items():
+        key = _SPLIT_DIR_NAMES.get(src.lower(), src)
+        folder = layout.get(key)
+        if folder is None or key in per_split or not any(p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+                                                           for p in folder.iterdir()):
+            continue
+        why = (f"{folder} holds images directly, not in class subfolders, so they have no labels: to use them as the "
+               f"{dst} split, sort them into {folder}/<class>/ folders named as the train classes")
+        if strict or src == "train":
+            raise CljaxError(f"{why}; or leave that split out with --splits.")
+        notes.append(f"{why}. The {dst} arrays will be empty (--splits train leaves the split out without this note).")
+        del kept[src]
+    return kept, notes
