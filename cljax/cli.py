@@ -3,8 +3,6 @@ registries' params dataclasses (cljax/settings.py)."""
 
 from __future__ import annotations
 
-import argparse
-import errno
 import json
 import math
 import os
@@ -12,11 +10,12 @@ import signal
 import sys
 from pathlib import Path
 
+from cljax.cli_errors import error_line
 from cljax.config import Config, algo_dir_of
 from cljax.errors import EXIT_PREEMPTED, CljaxError
 from cljax.settings import Parser as _Parser
 from cljax.settings import (add_repair_flag, add_run_flags, add_settings_flags, check_repair, config_from_args,
-                            flag_clash, load_plugins_from_argv, warn_unused)
+                            load_plugins_from_argv, warn_unused)
 
 EXIT_PIPE_CLOSED = 141  # 128 + SIGPIPE: what a shell reports for a command whose output pipe closed
 
@@ -61,13 +60,15 @@ def _cmd_run(argv: list[str]) -> int:
         print(f"resumed from task {outcome.first_task}: the table has the tasks trained now (the same command again "
               f"prints every task's row).")
     print(format_summary(outcome))
-    stale = _stale_analysis(outcome.algo_dir)
+    from cljax.devices.distributed import is_writer
+
+    stale = _stale_analysis(outcome.algo_dir) if is_writer() else None  # the folder may be process 0's alone
     if stale:
         print(stale)
     if not outcome.already_finished:
         print(f"compile: {outcome.compile_seconds:.1f} s, training: {outcome.steps_per_second:.1f} steps/s "
               f"({config.n_repeats} repeats x (learner + expert), batch {config.batch_size})")
-    print(f"results: {outcome.algo_dir}")
+    print(f"results: {outcome.algo_dir}{'' if is_writer() else ' (written by process 0)'}")
     return 0
 
 
@@ -355,40 +356,16 @@ def _dispatch(argv: list[str]) -> int:
         return 0 if argv else 2
     try:
         return COMMANDS[argv[0]][0](argv[1:])
-    except CljaxError as exc:
-        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)  # one line, whatever it quotes
-        return 2
-    except argparse.ArgumentError as exc:  # only from building a parser: a plugin's flag taken twice
-        print(f"error: {flag_clash(exc, argv[0])}", file=sys.stderr)
-        return 2
-    except MemoryError:
-        print(f"error: out of memory in `cljax {argv[0]}`: shrink the run (`cljax plan` shows what it takes) or use a "
-              f"machine with more memory.", file=sys.stderr)
-        return 2
     except BrokenPipeError:
         raise  # not the environment's fault: main() ends quietly
-    except (Exception, SystemExit) as exc:  # a plugin's code that raised or exited: its file and line in one line
-        from cljax.registry import plugin_error
-
-        line = plugin_error(exc)
-        if line is not None:
-            print(f"error: {line}", file=sys.stderr)
-            return 2
-        if not isinstance(exc, OSError):
-            raise  # cljax's own (argparse's exit included)
-        return _environment_error(exc)
-
-
-def _environment_error(exc: OSError) -> int:
-    """The environment, not the input: a full disk, permissions, a vanished file."""
-    where = f" ({exc.filename})" if exc.filename else ""
-    fix = ("free space, then run the same command (a run resumes from its last finished task)"
-           if exc.errno in (errno.ENOSPC, errno.EDQUOT) else
-           "a file or a broken link is where a folder is needed: move it, or pass another path"
-           if exc.errno == errno.EEXIST else "shorten the path (a name of at most 255 bytes, as most filesystems "
-           "allow)" if exc.errno == errno.ENAMETOOLONG else "check the path and its permissions")
-    print(f"error: {exc.strerror or exc}{where}: {fix}.", file=sys.stderr)
-    return 2
+    except (Exception, SystemExit) as exc:  # SystemExit: a plugin's sys.exit (argparse's is re-raised)
+        line, at_once = error_line(exc, argv[0])
+        if line is None:
+            raise  # cljax's own bug: its traceback
+        print(f"error: {line}", file=sys.stderr, flush=True)
+        if at_once:
+            os._exit(2)
+        return 2
 
 
 def _install(handler) -> dict:

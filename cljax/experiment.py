@@ -23,7 +23,7 @@ from cljax.checkpoint import CHECKPOINT, RUN_RECORD, load_learner, new_run_id, s
 from cljax.config import SCHEMA_VERSION, Config, algo_dir_of
 from cljax.data import load_dataset
 from cljax.data.prepared import check_unchanged, data_identity
-from cljax.devices.distributed import is_writer, maybe_initialize_distributed
+from cljax.devices.distributed import check_same_run, is_writer, maybe_initialize_distributed
 from cljax.devices.memory import host_available_bytes, live_device_bytes, rss_bytes
 from cljax.devices.mesh import check_repeats, fetch, put_repeats, shard_repeats
 from cljax.errors import CljaxError
@@ -95,6 +95,7 @@ def run_experiment(
     memo = CheckRecord(algo_dir)  # the checks below parse each metadata.json once; what a resume verified before
     found = inspect_run(algo_dir, config, data_id, overwrite, hashes=False, memo=memo, repair=repair)
     sources = plugin_sources(config)
+    check_same_run(config, data_id, found, plugins=sources)  # multi-process: every process, the same run
     if not found.finished:  # the identity of a prepared folder is its recorded checksums
         check_unchanged(data, resume=found.record is not None)
     if found.record is not None and not found.finished:
@@ -131,6 +132,7 @@ def run_experiment(
     # Every check has passed: from here on the folder is locked and written.
     with RunLock(algo_dir) if is_writer() else contextlib.nullcontext():
         found = inspect_run(algo_dir, config, data_id, overwrite, hashes=True, memo=memo, repair=repair)  # now
+        check_same_run(config, data_id, found, plugins=sources, evaluation=chunk_tasks)
         if found.finished:  # a finished run whose initial/ is damaged: written again, as a resume would
             problem = _damaged_initial(algo_dir, found)
             if problem is not None and is_writer():

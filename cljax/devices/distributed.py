@@ -10,9 +10,12 @@ come back to every process and only process 0 writes them (``is_writer``).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 
 import jax
+import numpy as np
 
 from cljax.errors import CljaxError
 
@@ -46,6 +49,8 @@ def maybe_initialize_distributed() -> bool:
     if kwargs.get("process_id", 0) >= kwargs.get("num_processes", float("inf")):
         raise CljaxError(f"CLJAX_PROCESS_ID={kwargs['process_id']} is not below CLJAX_NUM_PROCESSES="
                          f"{kwargs['num_processes']}: process ids run 0 .. {kwargs['num_processes'] - 1}.")
+    if os.environ.get("CLJAX_HEARTBEAT_SECONDS", "").strip():  # how soon a lost process is noticed (JAX: 100 s)
+        kwargs["heartbeat_timeout_seconds"] = _whole_number("CLJAX_HEARTBEAT_SECONDS", 1)
     try:
         jax.distributed.initialize(**kwargs)
     except (RuntimeError, ValueError) as exc:
@@ -72,3 +77,51 @@ def _whole_number(var: str, least: int) -> int:
 def is_writer() -> bool:
     """Only process 0 writes results (every process computes them)."""
     return jax.process_index() == 0
+
+
+# Settings that name a place on this process's host: the same run may spell them otherwise there.
+_PER_HOST = ("results_dir", "data_dir")
+
+
+def check_same_run(config, data_id: str, found, **more) -> None:
+    """Every process of a multi-process run refuses it, in one CljaxError line, unless all of them
+    start the same run: the same settings (paths aside), data, plugin files and state of the run
+    folder (``found``: its run id, the next task, finished, what a repair replays), and ``more``.
+    A process given other settings trained its share of the repeats with them, and one that saw
+    another folder (not shared, or another --results-dir) trained other tasks in the same
+    collectives, while process 0 wrote the results as if all were one run. Nothing to do in a
+    single-process run."""
+    if jax.process_count() == 1:
+        return
+    from jax.experimental import multihost_utils
+
+    record = found.record or {}
+    facts = {**{f"--{k.replace('_', '-')}": v for k, v in config.to_dict().items() if k not in _PER_HOST},
+             "data": data_id, "run folder": {"run_id": record.get("run_id"), "next_task": found.next_task,
+                                             "finished": found.finished, "replay": found.replay, "repair": found.repair},
+             **more}
+    names = sorted(facts)
+    digests = np.stack([np.frombuffer(hashlib.sha256(json.dumps(facts[n], sort_keys=True, default=str).encode())
+                                      .digest()[:8], np.uint8) for n in names])
+    every = np.asarray(multihost_utils.process_allgather(digests))  # (processes, facts, 8)
+    differ = [n for i, n in enumerate(names) if (every[:, i] != every[0, i]).any()]
+    if differ:
+        others = [p for p in range(len(every)) if (every[p] != every[0]).any()]
+        mine = "; ".join(f"{n} {json.dumps(facts[n], sort_keys=True, default=str)[:120]}" for n in differ[:3])
+        raise CljaxError(f"the processes of this multi-process run do not start the same run: process(es) "
+                         f"{', '.join(map(str, others))} differ from process 0 in {', '.join(differ)} (process "
+                         f"{jax.process_index()} has {mine}): start every process with the same command, on a run "
+                         f"folder they all share (nothing was written).")
+
+
+def lost_process_line(exc: BaseException) -> str | None:
+    """The line for a collective of a multi-process run that failed (another process stopped or
+    was killed; gloo reports the connection reset, the coordinator a missed heartbeat), or None
+    for anything else: the folder holds every task finished, and the same command resumes it."""
+    if _distributed_started and jax.process_count() > 1 and isinstance(exc, jax.errors.JaxRuntimeError):
+        what = " ".join(str(exc).split())
+        what = what if len(what) <= 200 else what[:197] + "..."
+        return (f"a collective with the other processes of this multi-process run failed ({what}): another process "
+                f"has stopped; every task finished is in the run folder: start the same command again on every "
+                f"process to resume.")
+    return None

@@ -1,0 +1,49 @@
+"""What a command that failed prints: one line for every failure that is not cljax's own bug.
+
+``error_line(exc, command)`` gives the line (without ``error: ``) for the input, the data, a
+plugin's code or the environment, and says whether the process must end at once; None for a bug
+of cljax's, which keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+
+from cljax.errors import CljaxError
+
+
+def error_line(exc: BaseException, command: str) -> tuple[str | None, bool]:
+    """(the line, end the process at once) for ``exc`` raised by ``cljax command``."""
+    if isinstance(exc, CljaxError):
+        return " ".join(str(exc).split()), False  # one line, whatever it quotes
+    if isinstance(exc, argparse.ArgumentError):  # only from building a parser: a plugin's flag taken twice
+        from cljax.settings import flag_clash
+
+        return flag_clash(exc, command), False
+    if isinstance(exc, MemoryError):
+        return (f"out of memory in `cljax {command}`: shrink the run (`cljax plan` shows what it takes) or use a "
+                f"machine with more memory."), False
+    from cljax.devices.distributed import lost_process_line
+    from cljax.registry import plugin_error
+
+    lost = lost_process_line(exc)
+    if lost is not None:  # at once: JAX's shutdown would wait for the lost process, then abort
+        return lost, True
+    line = plugin_error(exc)  # a plugin's code that raised or exited: its file and line
+    if line is not None:
+        return line, False
+    if isinstance(exc, OSError):
+        return environment_error(exc), False
+    return None, False
+
+
+def environment_error(exc: OSError) -> str:
+    """The environment, not the input: a full disk, permissions, a vanished file."""
+    where = f" ({exc.filename})" if exc.filename else ""
+    fix = ("free space, then run the same command (a run resumes from its last finished task)"
+           if exc.errno in (errno.ENOSPC, errno.EDQUOT) else
+           "a file or a broken link is where a folder is needed: move it, or pass another path"
+           if exc.errno == errno.EEXIST else "shorten the path (a name of at most 255 bytes, as most filesystems "
+           "allow)" if exc.errno == errno.ENAMETOOLONG else "check the path and its permissions")
+    return f"{exc.strerror or exc}{where}: {fix}."

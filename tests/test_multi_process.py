@@ -1,0 +1,82 @@
+"""A multi-process run (jax.distributed on this host, two processes) that its processes do not
+agree on, or that loses one of them, ends in one line on every process that is left."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+FLAGS = ["run", "--dataset", "synthetic", "--model", "mlp", "--mlp-hidden", "32", "--n-repeats", "4",
+         "--n-train-per-class", "32", "--n-test-per-class", "8", "--n-subsamples", "4", "--batch-size", "16",
+         "--no-progress"]
+
+
+def _start(flags_of) -> list[subprocess.Popen]:
+    """Two processes of one run; ``flags_of(i)``: process i's command line."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k not in ("CLJAX_CPU_DEVICES", "JAX_PLATFORMS", "XLA_FLAGS")}
+    env.update(CLJAX_DISTRIBUTED="1", JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", CLJAX_NUM_PROCESSES="2",
+               JAX_PLATFORMS="cpu", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    return [subprocess.Popen([sys.executable, "-m", "cljax", *flags_of(i)], env={**env, "CLJAX_PROCESS_ID": str(i)},
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+
+
+def _error_lines(err: str) -> list[str]:
+    return [line for line in err.splitlines() if not line.startswith("[Gloo]")]
+
+
+def test_processes_that_do_not_start_the_same_run_are_refused_by_each(tmp_path):
+    # Process 1 with another --lr trained its half of the repeats with it, and process 0 wrote the
+    # run as one at process 0's lr; process 1 on another (empty) folder trained task 0 while
+    # process 0 resumed at task 1, in the same collectives.
+    short = ["--num-tasks", "2", "--epochs", "1", "--log-frequency", "2"]
+    procs = _start(lambda i: [*FLAGS, *short, "--results-dir", str(tmp_path / "r"), *(["--lr", "0.01"] if i else [])])
+    for i, (p, (_, err)) in enumerate(zip(procs, (p.communicate(timeout=300) for p in procs))):
+        assert p.returncode == 2, err[-2000:]
+        assert _error_lines(err) == [
+            f"error: the processes of this multi-process run do not start the same run: process(es) 1 differ from "
+            f"process 0 in --lr (process {i} has --lr {0.01 if i else 0.05}): start every process with the same "
+            f"command, on a run folder they all share (nothing was written)."], err[-2000:]
+    assert not (tmp_path / "r").exists()
+    (tmp_path / "elsewhere").symlink_to(tmp_path / "r", target_is_directory=True)  # a path spelled otherwise
+    (tmp_path / "r").mkdir()
+    procs = _start(lambda i: [*FLAGS, *short, "--results-dir", str(tmp_path / ("r" if i == 0 else "elsewhere"))])
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs  # one run folder shared: the same state, trained
+    assert outs[1][0].strip().endswith("(written by process 0)"), outs[1][0]
+    procs = _start(lambda i: [*FLAGS, *short, "--results-dir", str(tmp_path / ("r" if i == 0 else "empty"))])
+    for p, (_, err) in zip(procs, (p.communicate(timeout=300) for p in procs)):
+        assert p.returncode == 2 and "differ from process 0 in run folder" in err, err[-2000:]
+    assert not (tmp_path / "empty").exists()
+
+
+def test_a_lost_process_is_one_line_for_the_other(tmp_path):
+    # The survivor printed JAX's traceback of the failed collective, then JAX's shutdown waited
+    # for the lost process and aborted (exit 134).
+    out = tmp_path / "r"
+    procs = _start(lambda i: [*FLAGS, "--num-tasks", "10", "--epochs", "3000", "--log-frequency", "6000",
+                              "--results-dir", str(out)])
+    first = out / "synthetic" / "SL_T10" / "task_000" / "metadata.json"
+    deadline = time.time() + 240
+    while not first.exists() and time.time() < deadline and all(p.poll() is None for p in procs):
+        time.sleep(0.05)
+    procs[1].send_signal(signal.SIGKILL)
+    _, err = procs[0].communicate(timeout=200)
+    procs[1].communicate()
+    assert first.exists(), err[-2000:]
+    assert "Traceback" not in err, err[-2000:]
+    if "another task died" in err:  # the coordinator's heartbeat check came first: JAX's own fatal line
+        assert procs[0].returncode != 0
+        return
+    assert procs[0].returncode == 2, err[-2000:]
+    last = _error_lines(err)[-1]
+    assert last.startswith("error: a collective with the other processes of this multi-process run failed (") and \
+        last.endswith("another process has stopped; every task finished is in the run folder: start the same "
+                      "command again on every process to resume."), err[-2000:]
