@@ -24,7 +24,7 @@ def stop_waiting_says_the_jobs_go_on(jobs, kind: str, manifest: Path) -> None:
     else:
         what = (f"local jobs the signal also reached (a Ctrl-C reaches them all) stop, and the same command resumes "
                 f"their runs from their last finished task; any still running go on ({manifest} lists them): `kill "
-                f"{ids}` (their process ids) cancels them.")
+                f"-INT {ids}` (their process ids) cancels them (a job ignores SIGTERM).")
     _install(lambda signum, frame: _exit_stopped(signum, what, stopped="stopped waiting"))  # main thread only
 
 
@@ -67,4 +67,11 @@ def make_executor(kind: str, log_dir: Path, args) -> "object":
                 "slurm_array_parallelism": "slurm_array_parallelism"}
     params.update({param: getattr(args, flag) for flag, param in optional.items() if getattr(args, flag)})
     executor.update_parameters(**params)
+    unused = [flag for flag in optional if getattr(args, flag)]
+    if executor.cluster != "slurm" and unused:  # submitit takes them and the local executor drops them
+        import sys
+
+        print(f"warning: {', '.join('--' + f.replace('_', '-') for f in unused)} {'has' if len(unused) == 1 else 'have'}"
+              f" no effect with the {executor.cluster} executor: every job starts at once, on this machine.",
+              file=sys.stderr)
     return executor

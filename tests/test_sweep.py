@@ -85,7 +85,7 @@ def test_each_job_is_handed_overwrite_and_a_requeued_job_never_overwrites(tmp_pa
     assert job.checkpoint(configs[0], False, False, True).args == (configs[0], False, False, True)  # repairs again
 
 
-def test_the_executor_gets_only_the_cluster_settings_given(tmp_path, monkeypatch):
+def test_the_executor_gets_only_the_cluster_settings_given(tmp_path, monkeypatch, capsys):
     submitit = pytest.importorskip("submitit", reason="the sweep extra is not installed: pip install 'cljax[sweep]'")
 
     made = []
@@ -93,6 +93,7 @@ def test_the_executor_gets_only_the_cluster_settings_given(tmp_path, monkeypatch
     class FakeExecutor:
         def __init__(self, folder, cluster):
             made.append({"folder": folder, "cluster": cluster})
+            self.cluster = cluster or "slurm"
 
         def update_parameters(self, **params):
             made[-1]["params"] = params
@@ -101,7 +102,10 @@ def test_the_executor_gets_only_the_cluster_settings_given(tmp_path, monkeypatch
     args = SimpleNamespace(job_name="j", slurm_time="1:30:00", slurm_gpus=2, slurm_cpus=None, slurm_mem_gb=None,
                            slurm_partition="gpu", slurm_account=None, slurm_array_parallelism=None)
     sweep.make_executor("auto", tmp_path, args)
-    sweep.make_executor("local", tmp_path, args)
+    assert capsys.readouterr().err == ""
+    sweep.make_executor("local", tmp_path, args)  # the local executor drops them: said, not silent
+    assert capsys.readouterr().err == ("warning: --slurm-gpus, --slurm-partition have no effect with the local executor: "
+                                       "every job starts at once, on this machine.\n")
     assert [m["cluster"] for m in made] == [None, "local"]
     assert made[0]["params"] == {"name": "j", "timeout_min": 90, "gpus_per_node": 2, "slurm_partition": "gpu"}
 
@@ -126,12 +130,19 @@ def test_a_failed_job_is_named_by_the_error_it_raised_last():
                            "You can check full logs at paths:\n  - /logs/1_0_log.err")
     assert sweep.job_error_line(chained) == "the one raised"
     assert sweep.job_error_line(RuntimeError("")) == "RuntimeError('')"
+    # submitit's error for a job it stopped requeueing: its last line was a log path
+    timed_out = RuntimeError("Job 7722 (task: 0) with path /logs/7722_0_result.pkl\nhas failed with:\n"
+                             "submitit.core.utils.UncompletedJobError: Job not requeued because: timed-out too many "
+                             "times.\nYou can check full logs at paths:\n  - /logs/7722_0_log.out")
+    assert sweep.job_error_line(timed_out) == (
+        "the job was stopped at its time limit and not requeued (timed-out too many times): raise --slurm-time, or run "
+        "the same sweep again to resume the run from its last finished task")
 
 
 @pytest.mark.parametrize("kind, said", [
     ("local", "local jobs the signal also reached (a Ctrl-C reaches them all) stop, and the same command resumes their "
-              "runs from their last finished task; any still running go on (/r/sweep.json lists them): `kill 4101 "
-              "4102` (their process ids) cancels them."),
+              "runs from their last finished task; any still running go on (/r/sweep.json lists them): `kill -INT "
+              "4101 4102` (their process ids) cancels them (a job ignores SIGTERM)."),
     ("slurm", "the 2 job(s) go on (/r/sweep.json lists them); cancel them with `scancel 77_0 77_1`, or let them end "
               "and run the same command to see each run's outcome (a finished run is not trained again).")])
 def test_a_signal_while_waiting_says_what_the_jobs_do_and_how_to_cancel_them(tmp_path, kind, said):
