@@ -20,7 +20,8 @@ after its last task. As it trains, each folder it writes is noted with the sha25
 writing it, in one line appended to ``verified.jsonl`` (``JOURNAL``), which the next read merges
 and the next save folds into the record. The notes are not held in memory: a run's host memory
 stays flat in T, and a stop loses none of them (a line cut short by it is skipped: its files
-are hashed again). A rerun of a finished run reads the record and writes nothing.
+are hashed again). A rerun of a finished run reads the record and writes nothing, unless it
+had to hash files the record did not hold: then it saves what it verified.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ class CheckRecord:
         self.hashed: dict[str, list] = {}  # relative path of a file -> [identity, sha256 it matched]
         self._kept: dict[str, Any] = {}  # a repeated field's JSON text -> the one copy of it held
         self._runs: dict[str, tuple[dict, dict]] = {}  # run id -> what was read for it, until for_run
+        self.changed = False  # a check verified what the record did not hold (save_if_changed)
         self._read()
 
     def _read(self) -> None:
@@ -103,7 +105,9 @@ class CheckRecord:
     def __setitem__(self, path: Path, value) -> None:
         name = self._name(path)
         if name is not None:
-            self.metadata[name] = [list(value[0]), self._shared(value[1])]
+            entry = [list(value[0]), self._shared(value[1])]
+            self.changed |= self.metadata.get(name) != entry
+            self.metadata[name] = entry
 
     def _shared(self, fields: dict) -> dict:
         """``fields`` with each of the fields every task repeats (the run's config, the shapes,
@@ -123,6 +127,7 @@ class CheckRecord:
         """``path`` (as ``key``, taken before it was read) matched ``sha256``."""
         name = self._name(path)
         if name is not None:
+            self.changed |= self.hashed.get(name) != [key, sha256]
             self.hashed[name] = [key, sha256]
 
     def note_written(self, folder: Path) -> None:
@@ -158,6 +163,17 @@ class CheckRecord:
                 "hashed": {k: v for k, v in self.hashed.items() if k in keep}}
         atomic_write(self.root / RECORD, lambda f: f.write(json.dumps(data, separators=(",", ":")).encode()))
         (self.root / JOURNAL).unlink(missing_ok=True)
+        self.changed = False
+
+    def save_if_changed(self, run_id: str) -> None:
+        """``save`` when the checks verified what the record did not hold: a finished run whose
+        record was lost (deleted after a disk scare, or a copied run) was hashed whole again at
+        every rerun. A folder that cannot be written (read-only storage) keeps its old record."""
+        if self.changed:
+            try:
+                self.save(run_id)
+            except OSError:
+                pass
 
 
 def _entry(data) -> tuple[str, dict, dict]:

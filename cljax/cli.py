@@ -50,7 +50,7 @@ def _cmd_run(argv: list[str]) -> int:
     # in place of the process's, which then trained on to the end through a SLURM preemption.
     maybe_initialize_distributed()
     outcome = _stoppable(lambda critical: run_experiment(
-        config, overwrite=args.overwrite, progress=not args.no_progress,
+        config, overwrite=args.overwrite, progress=not args.no_progress and sys.stderr.isatty(),  # not into a log
         allow_nonfinite=args.allow_nonfinite, critical=critical, repair=args.repair),
         "the finished tasks are saved; run the same command to resume.")
     if outcome.already_finished:

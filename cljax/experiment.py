@@ -104,6 +104,8 @@ def run_experiment(
         with RunLock(algo_dir, exclusive=False):
             found = inspect_run(algo_dir, config, data_id, overwrite, hashes=True, memo=memo, repair=repair)
             if found.finished and _damaged_initial(algo_dir, found) is None:
+                if is_writer():  # what it hashed anew (a lost record) is not hashed again next time
+                    memo.save_if_changed(found.record["run_id"])
                 return _finished(algo_dir, schedule, found, config)
         if found.finished:  # all but initial/, which is written again below
             check_sources(found.record.get("sources"), config, algo_dir)

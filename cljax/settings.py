@@ -110,7 +110,7 @@ RUN_ONLY_FLAGS = {
     "--overwrite": "delete an existing run's results (task folders, checkpoint, analysis) and start again "
                    "(default: resume the same run, refuse another unless it finished no task)",
     "--allow-nonfinite": "go on when a loss becomes NaN or inf (default: record it and stop)",
-    "--no-progress": "no progress bar",
+    "--no-progress": "no progress bar (there is one on a terminal only: a log file gets none)",
 }
 
 

@@ -188,7 +188,18 @@ def test_a_run_notes_what_it_writes_and_a_rerun_of_it_finished_hashes_no_task_fi
     assert len(configs) == 4 and all(c is configs[0] for c in configs) and configs[0]["num_tasks"] == 4
     hashed = _hashed(monkeypatch)
     assert run_experiment(config, progress=False).first_task == 4  # finished: every folder verified, none read
-    assert hashed == []
+    assert hashed == [] and (run_dir / RECORD).stat().st_mtime_ns == os.stat(run_dir / RECORD).st_mtime_ns
+    # The record lost (deleted after a disk scare, or a copied run): the rerun that hashes every
+    # file saves what it verified, so the next one hashes none (each rerun hashed everything).
+    (run_dir / RECORD).unlink()
+    assert run_experiment(config, progress=False).first_task == 4
+    saved = json.loads((run_dir / RECORD).read_bytes())["hashed"]
+    assert set(hashed) == tasks - metadata == {run_dir / name for name in saved if name.startswith("task_")}
+    assert all(sha256 == record["hashed"][name][1] for name, (_, sha256) in saved.items())
+    written = (run_dir / RECORD).stat().st_mtime_ns
+    hashed.clear()
+    assert run_experiment(config, progress=False).first_task == 4
+    assert hashed == [] and (run_dir / RECORD).stat().st_mtime_ns == written  # nothing new: not written again
 
 
 def test_a_stop_keeps_every_note_and_damage_since_is_found(tmp_path, monkeypatch, capsys):

@@ -462,3 +462,20 @@ def test_a_sweep_of_methods_over_seeds_pools_each_and_says_not_pooled_of_none(tm
     assert summary["lr05_s0"]["pooled_over_draws"]["runs"] == ["lr05_s0", "lr05_s1"]
     assert summary["lr1_s0"]["pooled_over_draws"]["runs"] == ["lr1_s0", "lr1_s1"]
     assert not any("not_pooled" in s for s in summary.values())
+
+
+def test_the_table_keeps_its_columns_under_their_headers_at_thousands_of_tasks():
+    # "1000-1999" is 9 characters: the values sat 2-4 columns right of their headers.
+    from cljax.analysis.compare import format_comparison
+
+    def stat(mean):
+        return {"mean": mean, "std": 0.01, "per_repeat": [mean, mean]}
+
+    summary = {label: {"gap_late": stat(-0.25), "learner_late": stat(0.85), "expert_late": stat(0.6),
+                       "late_tasks": late, "n_tasks": late[1] + 1, "num_tasks": late[1] + 1}
+               for label, late in (("short", (1, 2)), ("long", (1000, 1999)), ("longer", (10000, 19999)))}
+    lines = format_comparison(summary).splitlines()
+    header = lines[0]
+    for row in lines[1:4]:
+        for column, value in (("gap (late tasks)", "-0.250"), ("learner", "0.850"), ("expert", "0.600")):
+            assert row.index(value) == header.index(column), (row, header)

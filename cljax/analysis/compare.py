@@ -341,11 +341,13 @@ def _not_finite(values: dict) -> list[int]:
 
 def format_comparison(summary: dict) -> str:
     width = max(28, *(len(label) for label in summary))
-    lines = [f"{'run':<{width}} tasks   gap (late tasks)     learner          expert"]
+    # the late tasks' column as wide as its widest range (T of thousands: "1000-1999")
+    tasks = {label: f"{s['late_tasks'][0]:>4}-{s['late_tasks'][1]:<4}" for label, s in summary.items()}
+    cell = max(9, *(len(t) for t in tasks.values()))
+    lines = [f"{'run':<{width}} {'tasks':<{cell}} {'gap (late tasks)':<17} {'learner':<17} expert"]
     for label, s in summary.items():
         g, lr, ex = s["gap_late"], s["learner_late"], s["expert_late"]
-        lines.append(f"{label:<{width}} {s['late_tasks'][0]:>4}-{s['late_tasks'][1]:<4} "
-                     f"{_pm(g):<15}  {_pm(lr):<15}  {_pm(ex)}")
+        lines.append(f"{label:<{width}} {tasks[label]:<{cell}} {_pm(g):<17} {_pm(lr):<17} {_pm(ex)}")
         left_out = [f"the {who}'s in repeat{'s' * (len(rs) > 1)} {', '.join(map(str, rs))}"
                     for who, rs in (("learner", _not_finite(lr)), ("expert", _not_finite(ex))) if rs]
         if left_out:
