@@ -75,3 +75,31 @@ def make_executor(kind: str, log_dir: Path, args) -> "object":
               f" no effect with the {executor.cluster} executor: every job starts at once, on this machine.",
               file=sys.stderr)
     return executor
+
+
+def check_devices(runs, kind: str, args) -> None:
+    """What each job would refuse about its repeats and devices, checked before any is queued:
+    a local job splits this host as ``cljax run`` does (``$CLJAX_CPU_DEVICES``, or XLA_FLAGS'
+    device count), a SLURM job with ``--slurm-gpus G`` sees G GPUs; R must split over them."""
+    import os
+    import re
+    import shutil
+
+    from cljax.devices.cpu_split import cpu_devices_wanted
+
+    if kind == "auto":  # as submitit chooses: SLURM where sbatch is
+        kind = "slurm" if shutil.which("sbatch") else "local"
+    forced = re.search(r"xla_force_host_platform_device_count=(\d+)", os.environ.get("XLA_FLAGS", ""))
+    for run in runs:
+        R = run.config.n_repeats
+        try:
+            if kind != "slurm":  # CLJAX_CPU_DEVICES=N that does not divide R: cpu_devices_wanted refuses
+                n = int(forced.group(1)) if forced else cpu_devices_wanted(R) or 1
+                where = f"the {n} CPU devices XLA_FLAGS makes here"
+            else:
+                n = args.slurm_gpus or 1
+                where = f"a job's {n} GPUs (--slurm-gpus)"
+            if R % n:
+                raise CljaxError(f"--n-repeats {R} does not split over {where}: use a multiple of {n}")
+        except CljaxError as exc:
+            raise CljaxError(f"run {run.tag}: {str(exc).rstrip('.')} (no job was submitted).") from None

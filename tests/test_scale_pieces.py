@@ -89,6 +89,12 @@ def test_repeats_must_split_over_devices(monkeypatch):
     with pytest.raises(CljaxError, match=r"--n-repeats 6 does not split over the 4 visible devices.*4 or 8"):
         check_repeats(6)
     check_repeats(8)
+    import jax
+
+    monkeypatch.setattr(jax, "process_count", lambda: 2)  # CLJAX_CPU_DEVICES does nothing there: not advised
+    with pytest.raises(CljaxError, match=r"or show fewer devices \(CUDA_VISIBLE_DEVICES; in this multi-process run, "
+                                         r"fewer processes: each shows 2 of them\)"):
+        check_repeats(6)
     monkeypatch.undo()
     arr = put_repeats(np.zeros((3, 2, 5), np.float32), 1)  # the real (one) device
     assert arr.sharding.spec[1] == "repeats"
@@ -318,3 +324,20 @@ def test_each_task_records_the_evaluation_mode_the_plan_gives(tmp_path, chunk):
         recorded = json.loads((tmp_path / "r" / RUN_DIR / f"task_00{t}" / "metadata.json").read_text())["evaluation"]
         assert recorded == {"mode": planned["mode"], "chunk_tasks": planned["chunk_tasks"]}
     assert recorded["mode"] == ("chunked" if chunk else "resident")
+
+
+def test_a_resume_on_another_cpu_split_names_the_setting_that_decides_it(monkeypatch, capsys):
+    # With XLA_FLAGS splitting the host, the advice to set CLJAX_CPU_DEVICES changed nothing.
+    from cljax.run_split import warn_if_other_split
+
+    lowering = {"backend": "cpu", "conv": "im2col", "devices": 1}
+    recorded = {"backend": "cpu", "devices": 1, "processes": 1, "lowering": lowering}
+    now = {**recorded, "devices": 2, "lowering": {**lowering, "devices": 2}}
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    warn_if_other_split(recorded, now, 3)
+    assert capsys.readouterr().err.rstrip().endswith("; to keep it, rerun with CLJAX_CPU_DEVICES=1.")
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
+    warn_if_other_split(recorded, now, 3)
+    assert capsys.readouterr().err.rstrip().endswith(
+        "; to keep it, rerun without --xla_force_host_platform_device_count in XLA_FLAGS (it overrides "
+        "CLJAX_CPU_DEVICES).")

@@ -124,6 +124,27 @@ def test_slurm_times_and_settings_that_cannot_be_are_refused(tmp_path, capsys):
     assert not (tmp_path / "s").exists()
 
 
+def test_repeats_a_job_could_not_split_over_its_devices_are_refused_before_any_job(tmp_path, capsys, monkeypatch):
+    # The job refused at run time, after the sweep had queued it beside the others.
+    flags = ["sweep", "--dataset", "synthetic", "--results-dir", str(tmp_path / "s"), "--grid", "n_repeats=4,3"]
+    monkeypatch.setenv("CLJAX_CPU_DEVICES", "2")
+    assert main([*flags, "--executor", "local"]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "error: run n_repeats-3_seed-0: CLJAX_CPU_DEVICES=2 does not divide --n-repeats 3: use a divisor of it, auto, "
+        "or off (no job was submitted).")
+    monkeypatch.delenv("CLJAX_CPU_DEVICES")
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=4")  # read from the job's environment
+    assert main([*flags, "--executor", "local"]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "error: run n_repeats-3_seed-0: --n-repeats 3 does not split over the 4 CPU devices XLA_FLAGS makes here: use "
+        "a multiple of 4 (no job was submitted).")
+    monkeypatch.delenv("XLA_FLAGS")
+    assert main([*flags, "--executor", "slurm", "--slurm-gpus", "2"]) == 2
+    assert "run n_repeats-3_seed-0: --n-repeats 3 does not split over a job's 2 GPUs (--slurm-gpus)" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
+
+
 def test_a_failed_job_is_named_by_the_error_it_raised_last():
     chained = RuntimeError("Traceback:\ncljax.errors.CljaxError: first, while handling\n\nDuring handling of the "
                            "above exception, another exception occurred:\n\ncljax.errors.CljaxError: the one raised\n"

@@ -61,8 +61,12 @@ def check_repeats(n_repeats: int) -> None:
     if n_repeats % n:
         lower, upper = (n_repeats // n) * n, (n_repeats // n + 1) * n
         options = f"{lower} or {upper}" if lower else f"{upper}"
+        import jax
+
         fewer = ("on the CPU, remove --xla_force_host_platform_device_count from XLA_FLAGS, which overrides "
                  f"{CPU_DEVICES_ENV}" if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
+                 else f"in this multi-process run, fewer processes: each shows {n // jax.process_count()} of "
+                      f"them" if jax.process_count() > 1
                  else f"on the CPU, {CPU_DEVICES_ENV}=auto")
         raise CljaxError(
             f"--n-repeats {n_repeats} does not split over the {n} visible devices: use a multiple of {n} "
