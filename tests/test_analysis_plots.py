@@ -195,6 +195,29 @@ def test_each_plot_draws_the_numbers_it_names(tmp_path, monkeypatch):
     np.testing.assert_allclose(v1, last)
 
 
+def test_a_window_of_a_long_run_is_shown_on_its_own_tasks(tmp_path, monkeypatch):
+    # --eval-tasks current at T = 2000: the one evaluated task sat against the right edge of a
+    # 2000-task axis, its error bar clipped.
+    from cljax.analysis import plot_head_vs_probe, plots
+
+    shown = []  # each figure's panels as saved: x-limits and title
+    real = plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, path: (shown.append([(ax.get_xlim(), ax.get_title())
+                                                                         for ax in fig.axes]), real(fig, path))[1])
+    T = 2000
+    last = np.full((2, T), np.nan)
+    last[:, -1] = [0.8, 0.9]
+    for window in (1, 3):
+        last[:, -window:] = 0.7 if window > 1 else last[:, -1:]
+        plot_head_vs_probe({"head": np.full((2, T), np.nan)}, {"head": last}, tmp_path / "p.png",
+                           every_task_evaluated=False)
+        (left, left_title), (right, right_title) = shown[-1]
+        assert left == (0.5, T - 0.5) and left_title == ""  # nothing evaluated on the left: the whole axis
+        assert right == (T - window - 0.5, T - 0.5)
+        assert right_title == ("only task 1999 evaluated here (--eval-tasks): the axis shows it" if window == 1 else
+                               "only tasks 1997-1999 evaluated here (--eval-tasks): the axis shows those")
+
+
 def test_the_current_task_curve_breaks_at_task_starts_in_the_bins_of_the_task_curves(tmp_path, monkeypatch):
     # 20 tasks x 10 snapshots: 200 points, no bins. The breaks (NaN between tasks) were inserted
     # before the binning: 219 points took bins of 2, a note claimed it for every curve, and the

@@ -86,7 +86,8 @@ def _band(ax, x, values_RX, label=None, color=None, marker=None, limits=None, br
         if getattr(ax, "_cljax_bin_note", None) != k:
             ax.annotate(f"each point: the mean of {k} consecutive ones", xy=(1.0, 0.0), xycoords="axes fraction",
                         xytext=(-3, 3), textcoords="offset points", ha="right", va="bottom", fontsize=6,
-                        color="0.35")
+                        color="0.35", zorder=5,  # over a curve that passes there, on a ground that keeps it legible
+                        bbox={"boxstyle": "square,pad=0.15", "facecolor": "white", "edgecolor": "none", "alpha": 0.8})
             ax._cljax_bin_note = k
     mean, std = _mean_std(v)
     if label is not None and str(label).startswith("_"):
@@ -325,7 +326,13 @@ def plot_head_vs_probe(earlier_RN: Mapping[str, np.ndarray], last_RT: Mapping[st
         for label, v in shown.items():
             _band(ax, np.arange(first, first + v.shape[-1]), v, label=label, marker="o", limits=ACCURACY)
         width = max((v.shape[-1] for v in shown.values()), default=0)
-        if width:  # every task on the axis, also where only some were evaluated (--eval-tasks)
+        held = np.flatnonzero(np.any([np.isfinite(v).any(axis=0) for v in shown.values()], axis=0)) if width else []
+        if len(held) and held[-1] - held[0] + 1 < width / 4:  # a window of a long run: the tasks it evaluated
+            ax.set_xlim(first + held[0] - 0.5, first + held[-1] + 0.5)
+            ax.set_title(f"only task{'s' if len(held) > 1 else ''} {first + held[0]}"  # above the points, never on them
+                         f"{f'-{first + held[-1]}' if len(held) > 1 else ''} evaluated here (--eval-tasks): the axis "
+                         f"shows {'those' if len(held) > 1 else 'it'}", fontsize=8)
+        elif width:  # every task on the axis, also where only some were evaluated (--eval-tasks)
             ax.set_xlim(first - 0.5, first + width - 0.5)
         if not any(np.isfinite(v).any() for v in shown.values()):
             why = ("no earlier task: one task folder" if ax is ax0 and width == 0 else
