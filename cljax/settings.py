@@ -155,11 +155,12 @@ def flat_defaults() -> dict:
     return {dest: spec[3] for dest, spec in setting_specs().items()}
 
 
-def unused_settings(flat: dict) -> dict[str, str]:
+def unused_settings(flat: dict, inert: bool = True) -> dict[str, str]:
     """Flat setting -> why the run of these settings does not use it: a setting of a rule, model
     or dataset the run did not choose, of an option that is off, or one that acts only under
-    another setting's value (``applies_when``); an option's switch when the option's ``inert``
-    (registered with it: ``inert(params, config)``) says it would never act in this run."""
+    another setting's value (``applies_when``); with ``inert``, an option's switch when the
+    option's ``inert`` (registered with it: ``inert(params, config)``) says it would never act in
+    this run (a warning only: the option is on, and a sweep grid of it is not a grid of nothing)."""
     config = Config.from_flat(flat)
     used = config.to_dict()
     enabled = {name for name, _ in config.option_params}
@@ -183,7 +184,7 @@ def unused_settings(flat: dict) -> dict[str, str]:
                     if name in registry and name != value:
                         owners.append(f"{kind} {name}, and this run's {flag} is {value}")
             why[dest] = f"it is a setting of {'; of '.join(owners) or ', '.join(users)}"
-    for name, params in config.option_params:  # an option on, whose settings leave it nothing to do
+    for name, params in config.option_params if inert else ():  # an option on, whose settings leave it nothing to do
         inert = OPTIONS[name].extra.get("inert")
         reason = inert(params, config) if inert is not None else None
         if reason and option_switch(OPTIONS[name]) in flat:

@@ -324,9 +324,8 @@ def sweep_main(argv: list[str]) -> int:
             raise CljaxError(f"--{flag.replace('_', '-')} must be a positive number, got {value}: leave it out for "
                              f"the cluster's default.")
     runs = expand(base_flat, grid, seeds)
-    whys = [unused_settings(run_settings(base_flat, run)) for run in runs]
-    check_grid_used(runs, whys)
-    warn_unused(parser, args, whys)
+    check_grid_used(runs, [unused_settings(run_settings(base_flat, run), inert=False) for run in runs])
+    warn_unused(parser, args, [unused_settings(run_settings(base_flat, run)) for run in runs])
     check_against_data(runs, args.overwrite, args.repair)
     root = Path(base.results_dir)
     log_dir = Path(args.log_dir) if args.log_dir else root / "sweep_logs"

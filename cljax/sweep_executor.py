@@ -81,14 +81,24 @@ def check_devices(runs, kind: str, args) -> None:
     """What each job would refuse about its repeats and devices, checked before any is queued:
     a local job splits this host as ``cljax run`` does (``$CLJAX_CPU_DEVICES``, or XLA_FLAGS'
     device count), a SLURM job with ``--slurm-gpus G`` sees G GPUs; R must split over them."""
+    import glob
     import os
     import re
-    import shutil
 
     from cljax.devices.cpu_split import cpu_devices_wanted
 
-    if kind == "auto":  # as submitit chooses: SLURM where sbatch is
-        kind = "slurm" if shutil.which("sbatch") else "local"
+    if kind == "auto":
+        try:
+            import submitit
+
+            kind = submitit.AutoExecutor.which()  # what make_executor's AutoExecutor will take
+        except Exception:  # no submitit (make_executor says so), or no executor found (it says that too)
+            return
+    # A local job on a host with an accelerator runs there, not on the CPU devices (JAX is not
+    # started here to ask: it would hold the GPU's memory while the jobs run).
+    if kind != "slurm" and not os.environ.get("JAX_PLATFORMS", "").startswith("cpu") and \
+            glob.glob("/dev/nvidia[0-9]*") + glob.glob("/dev/kfd"):
+        return
     forced = re.search(r"xla_force_host_platform_device_count=(\d+)", os.environ.get("XLA_FLAGS", ""))
     for run in runs:
         R = run.config.n_repeats

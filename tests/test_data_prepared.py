@@ -78,11 +78,14 @@ def test_the_data_identity_covers_the_class_names(tmp_path):
     # a count of a billion classes without names built a billion names (20+ GB); Infinity was an OverflowError
     ({"n_classes": 10**9, "class_names": None}, r"has n_classes 1000000000 and no class_names, more classes than the "
                                                 r"folder's 16 images: the folder is damaged"),
-    ({"n_classes": float("inf")}, r"has n_classes inf, not an integer of at least 2"),
-    ({"n_classes": 4.7}, r"has n_classes 4.7, not an integer"),  # was taken as 4
-    ({"n_classes": "4"}, r"has n_classes '4', not an integer"),
-    ({"n_classes": True}, r"has n_classes True, not an integer"),
-    ({"n_classes": 1, "class_names": ["a"]}, r"has n_classes 1, not an integer of at least 2 \(a task is a pair"),
+    ({"n_classes": float("inf")}, r"has n_classes inf, not a count of classes"),
+    ({"n_classes": 4.7}, r"has n_classes 4.7, not a count of classes"),  # was taken as 4
+    ({"n_classes": "4"}, r"has n_classes '4', not a count"),
+    ({"n_classes": True}, r"has n_classes True, not a count"),
+    ({"n_classes": 0}, r"has n_classes 0, not a count"),
+    # whole (an older prepare-imagenet wrote it), but of no use to a run: not called damaged
+    ({"n_classes": 1, "class_names": ["a"]}, r"has one class, and a task is a pair of classes: prepare the folder "
+                                             r"from a source of two classes or more\.$"),
     ({"format_version": True}, r"has format_version True, expected 1"),  # was taken as 1
     ({"format_version": 1.0}, r"has format_version 1.0, expected 1"),
     ({"class_names": "abcd"}, r"has class_names as a str, not a list of strings"),  # was split into characters

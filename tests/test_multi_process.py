@@ -43,7 +43,7 @@ def test_processes_that_do_not_start_the_same_run_are_refused_by_each(tmp_path):
         assert _error_lines(err) == [
             f"error: the processes of this multi-process run do not start the same run: process(es) 1 differ from "
             f"process 0 in --lr (process {i} has --lr {0.01 if i else 0.05}): start every process with the same "
-            f"command, on a run folder they all share (nothing was written)."], err[-2000:]
+            f"command (nothing was written)."], err[-2000:]
     assert not (tmp_path / "r").exists()
     (tmp_path / "elsewhere").symlink_to(tmp_path / "r", target_is_directory=True)  # a path spelled otherwise
     (tmp_path / "r").mkdir()

@@ -78,7 +78,7 @@ def test_a_sweep_grid_that_no_run_uses_or_that_repeats_a_run_is_refused_and_one_
 
     def check(base, grid, seeds):
         runs = expand(base, grid, seeds)
-        check_grid_used(runs, [unused_settings(run_settings(base, run)) for run in runs])
+        check_grid_used(runs, [unused_settings(run_settings(base, run), inert=False) for run in runs])
 
     with pytest.raises(CljaxError, match=r"--grid sp_lambda=\.\.\.: no run of the sweep uses it \(it is a setting of "
                                          r"option shrink_perturb, which is off"):
@@ -96,6 +96,27 @@ def test_a_sweep_grid_that_no_run_uses_or_that_repeats_a_run_is_refused_and_one_
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and "--grid mlp_hidden=...: no run of the sweep uses it" in err
     assert not any(tmp_path.iterdir())  # nothing submitted, nothing written
+
+
+def test_a_sweep_of_an_option_that_would_not_act_warns_and_is_not_refused(tmp_path, capsys, monkeypatch):
+    # ReDo on, past the runs' last step, with a grid of lr: refused as "no run uses it ... turn on
+    # what it belongs to", though the runs differ in lr and ReDo is on. It is a warning, as for run.
+    import cljax.sweep as sweep
+
+    class Submitted(Exception):
+        pass
+
+    def executor(*args):
+        raise Submitted  # every check before the jobs passed
+
+    monkeypatch.setattr(sweep, "make_executor", executor)
+    flags = ["sweep", "--dataset", "synthetic", "--num-tasks", "2", "--epochs", "1", "--redo-every", "100000",
+             "--results-dir", str(tmp_path), "--executor", "local", "--grid", "lr=0.1,0.2"]
+    for given in (["--grid", "use_redo=true"], ["--use-redo"]):
+        with pytest.raises(Submitted):
+            main([*flags, *given])
+    assert capsys.readouterr().err.splitlines()[-1].startswith(
+        "warning: --use-redo has no effect in any run of the sweep: its first reset comes after step 100000")
 
 
 def test_a_sweep_warns_of_a_flag_none_of_its_runs_uses_and_not_of_one_some_use(tmp_path, capsys, monkeypatch):

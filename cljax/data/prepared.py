@@ -70,7 +70,7 @@ def data_identity(data: ClassData) -> str:
     for arr in (data.train_images, data.train_labels, data.test_images, data.test_labels):
         arr = np.ascontiguousarray(arr)
         digest.update(json.dumps([list(arr.shape), str(arr.dtype)]).encode())
-        digest.update(memoryview(arr).cast("B"))
+        digest.update(memoryview(arr).cast("B") if arr.size else b"")  # (no test split: --test-source train_holdout)
     return digest.hexdigest()
 
 
@@ -264,9 +264,11 @@ def _classes(meta: dict, where: Path, n_images: int, fix: str) -> tuple[int, tup
     a string count would be truncated, a string of names split into characters, a dict give its
     keys, and a count without names would build that many names however large it is."""
     n_classes, names = meta.get("n_classes"), meta.get("class_names")
-    if isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 2:
-        raise CljaxError(f"{where} has n_classes {n_classes!r}, not an integer of at least 2 (a task is a pair of "
-                         f"classes): the folder is damaged.{fix}")
+    if isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 1:
+        raise CljaxError(f"{where} has n_classes {n_classes!r}, not a count of classes: the folder is damaged.{fix}")
+    if n_classes == 1:  # whole, as an older prepare-imagenet wrote a one-class source: of no use to a run
+        raise CljaxError(f"{where} has one class, and a task is a pair of classes: prepare the folder from a source "
+                         f"of two classes or more.")
     if "class_names" not in meta:
         if n_classes > n_images:  # every class id has an image in a prepared folder
             raise CljaxError(f"{where} has n_classes {n_classes} and no class_names, more classes than the folder's "

@@ -91,11 +91,13 @@ def check_same_run(config, data_id: str, found, **more) -> None:
     another folder (not shared, or another --results-dir) trained other tasks in the same
     collectives, while process 0 wrote the results as if all were one run. Nothing to do in a
     single-process run."""
-    if jax.process_count() == 1:
+    if not _distributed_started or jax.process_count() == 1:
         return
     from jax.experimental import multihost_utils
 
     record = found.record or {}
+    if isinstance(more.get("plugins"), dict):  # a plugin file by its content: each host may keep it elsewhere
+        more["plugins"] = {entry: (src or {}).get("sha256") for entry, src in more["plugins"].items()}
     facts = {**{f"--{k.replace('_', '-')}": v for k, v in config.to_dict().items() if k not in _PER_HOST},
              "data": data_id, "run folder": {"run_id": record.get("run_id"), "next_task": found.next_task,
                                              "finished": found.finished, "replay": found.replay, "repair": found.repair},
@@ -107,19 +109,36 @@ def check_same_run(config, data_id: str, found, **more) -> None:
     differ = [n for i, n in enumerate(names) if (every[:, i] != every[0, i]).any()]
     if differ:
         others = [p for p in range(len(every)) if (every[p] != every[0]).any()]
-        mine = "; ".join(f"{n} {json.dumps(facts[n], sort_keys=True, default=str)[:120]}" for n in differ[:3])
+        mine = "; ".join(f"{n} {json.dumps(facts[n], sort_keys=True, default=str)[:160]}" for n in differ[:3])
+        fixes = [_FIXES.get(n, "the same command") for n in differ]
         raise CljaxError(f"the processes of this multi-process run do not start the same run: process(es) "
                          f"{', '.join(map(str, others))} differ from process 0 in {', '.join(differ)} (process "
-                         f"{jax.process_index()} has {mine}): start every process with the same command, on a run "
-                         f"folder they all share (nothing was written).")
+                         f"{jax.process_index()} has {mine}): start every process with "
+                         f"{', '.join(dict.fromkeys(fixes))} (nothing was written).")
+
+
+_FIXES = {  # what makes a differing fact the same on every process
+    "run folder": "a run folder they all share (its path may differ per host)",
+    "data": "the same data on every host",
+    "plugins": "the same plugin files (their content)",
+    "evaluation": "the same --eval-chunk-tasks K (hosts with other free memory chose other chunks)",
+}
+
+
+# What a failed collective's error says when another process of the run is gone: gloo's closed or
+# reset connection, the coordinator's missed heartbeats. Any other error (out of memory, a
+# plugin's callback) is not a lost process, and the same command would fail again.
+_LOST = ("gloo", "connection closed", "connection reset", "unavailable", "heartbeat", "coordination service")
 
 
 def lost_process_line(exc: BaseException) -> str | None:
     """The line for a collective of a multi-process run that failed (another process stopped or
     was killed; gloo reports the connection reset, the coordinator a missed heartbeat), or None
     for anything else: the folder holds every task finished, and the same command resumes it."""
-    if _distributed_started and jax.process_count() > 1 and isinstance(exc, jax.errors.JaxRuntimeError):
-        what = " ".join(str(exc).split())
+    if not (_distributed_started and isinstance(exc, jax.errors.JaxRuntimeError)):
+        return None  # (jax.process_count() would start the backend, and wait for the others, in a failed start)
+    what = " ".join(str(exc).split())
+    if any(mark in what.lower() for mark in _LOST):
         what = what if len(what) <= 200 else what[:197] + "..."
         return (f"a collective with the other processes of this multi-process run failed ({what}): another process "
                 f"has stopped; every task finished is in the run folder: start the same command again on every "
