@@ -194,17 +194,7 @@ def test_a_shard_that_gives_other_rows_than_planned_is_refused(tmp_path):
 
 def test_a_resume_with_another_filter_is_refused(tmp_path, monkeypatch):
     root = _folder(tmp_path / "src", {"train": {"ant": 1, "bee": 1}})
-    real = imagenet.process_shard
-
-    def crash_after_first(shard, *args, **kwargs):
-        if shard.name != "train-00000":
-            raise RuntimeError("simulated crash")
-        return real(shard, *args, **kwargs)
-
-    monkeypatch.setattr(imagenet, "process_shard", crash_after_first)
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        prepare_imagenet(str(root), tmp_path / "out", workers=1, shard_rows=1, progress=False)
-    monkeypatch.undo()
+    _stopped_after_first_shard(root, tmp_path / "out", monkeypatch, shard_rows=1)
     with pytest.raises(CljaxError, match="holds work from a different preparation"):
         prepare_imagenet(str(root), tmp_path / "out", workers=1, shard_rows=1, resample="bilinear", progress=False)
 
@@ -216,8 +206,8 @@ def test_splits_without_an_output_go_to_train_or_test_by_name():
         _parse_splits(["val:dev"])
 
 
-def _stopped_after_first_shard(root, out, monkeypatch):
-    """Prepare ``root`` into ``out`` with one image per shard, stopped after the first shard."""
+def _stopped_after_first_shard(root, out, monkeypatch, shard_rows=2):
+    """Prepare ``root`` into ``out``, ``shard_rows`` images per shard, stopped after the first shard."""
     real = imagenet.process_shard
 
     def crash_after_first(shard, *args, **kwargs):
@@ -227,7 +217,7 @@ def _stopped_after_first_shard(root, out, monkeypatch):
 
     monkeypatch.setattr(imagenet, "process_shard", crash_after_first)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        prepare_imagenet(str(root), out, workers=1, shard_rows=2, progress=False)
+        prepare_imagenet(str(root), out, workers=1, shard_rows=shard_rows, progress=False)
     monkeypatch.undo()
     return imagenet.work_dir_for(out) / "train-00000.npz"
 

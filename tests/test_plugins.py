@@ -199,6 +199,13 @@ def test_options_may_share_a_flag_only_when_they_declare_it_alike(monkeypatch, o
         setting_specs()
 
 
+def _analyze(algo_dir, out, plugin):
+    """`cljax analyze` of ``algo_dir`` into ``out`` with ``plugin``, in a process of its own."""
+    return subprocess.run([sys.executable, "-m", "cljax.cli", "analyze", str(algo_dir), "--out", str(out), "--no-glue",
+                           "--no-plots", "--plugin", str(plugin)], capture_output=True, text=True,
+                          cwd=Path(__file__).parent.parent)
+
+
 def test_analyze_loads_a_plugin_analysis_and_writes_its_summary(tmp_path):
     config = small_config(tmp_path, **{**TINY, "num_tasks": 2})
     run = run_experiment(config, progress=False)
@@ -210,9 +217,7 @@ register(Analysis("count_tasks", init=lambda context: 0, update=lambda n, folder
                   finalize=lambda n: Result(summary={"tasks_seen_by_plugin": n})))
 ''')
     out = tmp_path / "an"
-    proc = subprocess.run([sys.executable, "-m", "cljax.cli", "analyze", str(run.algo_dir), "--out", str(out),
-                           "--no-glue", "--no-plots", "--plugin", str(plugin)],
-                          capture_output=True, text=True, cwd=Path(__file__).parent.parent)
+    proc = _analyze(run.algo_dir, out, plugin)
     assert proc.returncode == 0, proc.stderr
     written = json.loads((out / "summary.json").read_text())
     assert written["tasks_seen_by_plugin"] == 2 and "probe.npz" in written["files"]
@@ -222,9 +227,7 @@ register(Analysis("count_tasks", init=lambda context: 0, update=lambda n, folder
         plugin.write_text("import numpy as np\nfrom cljax.analysis.registry import Analysis, Result, register\n"
                           f"register(Analysis('odd', lambda c: 0, lambda n, f: n, lambda n: Result(arrays={arrays})))\n")
         bad = tmp_path / "bad"
-        proc = subprocess.run([sys.executable, "-m", "cljax.cli", "analyze", str(run.algo_dir), "--out", str(bad),
-                               "--no-glue", "--no-plots", "--plugin", str(plugin)],
-                              capture_output=True, text=True, cwd=Path(__file__).parent.parent)
+        proc = _analyze(run.algo_dir, bad, plugin)
         assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
         assert "analysis 'odd' writes a file named" in proc.stderr and "ending in .npz (nothing was written)" in proc.stderr
         assert not bad.exists() and not (tmp_path / "escape.npz").exists()
@@ -234,18 +237,14 @@ register(Analysis("count_tasks", init=lambda context: 0, update=lambda n, folder
                       "unregister('probe')\n"
                       "register(Analysis('probe', lambda c: 0, lambda n, f: n + 1, lambda n: Result(summary={'mine': n})))\n")
     mine = tmp_path / "mine"
-    proc = subprocess.run([sys.executable, "-m", "cljax.cli", "analyze", str(run.algo_dir), "--out", str(mine),
-                           "--no-glue", "--no-plots", "--plugin", str(plugin)],
-                          capture_output=True, text=True, cwd=Path(__file__).parent.parent)
+    proc = _analyze(run.algo_dir, mine, plugin)
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((mine / "summary.json").read_text())
     assert summary["mine"] == 2 and "probe.npz" not in summary["files"] and not (mine / "probe.npz").exists()
     # a summary key cljax writes: the plugin is named, not the built-in analysis before it
     plugin.write_text("from cljax.analysis.registry import Analysis, Result, register\n"
                       "register(Analysis('aaa', lambda c: 0, lambda n, f: n, lambda n: Result(summary={'n_repeats': 5})))\n")
-    proc = subprocess.run([sys.executable, "-m", "cljax.cli", "analyze", str(run.algo_dir), "--out", str(bad),
-                           "--no-glue", "--no-plots", "--plugin", str(plugin)],
-                          capture_output=True, text=True, cwd=Path(__file__).parent.parent)
+    proc = _analyze(run.algo_dir, bad, plugin)
     assert proc.returncode == 2 and proc.stderr == ("error: analysis 'aaa' and cljax analyze itself both write the "
                                                     "summary key(s) n_repeats: give the plugin's keys other names "
                                                     "(nothing was written).\n") and not bad.exists()
