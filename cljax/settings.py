@@ -185,8 +185,8 @@ def unused_settings(flat: dict, inert: bool = True) -> dict[str, str]:
                         owners.append(f"{kind} {name}, and this run's {flag} is {value}")
             why[dest] = f"it is a setting of {'; of '.join(owners) or ', '.join(users)}"
     for name, params in config.option_params if inert else ():  # an option on, whose settings leave it nothing to do
-        inert = OPTIONS[name].extra.get("inert")
-        reason = inert(params, config) if inert is not None else None
+        hook = OPTIONS[name].extra.get("inert")
+        reason = hook(params, config) if hook is not None else None
         if reason and option_switch(OPTIONS[name]) in flat:
             why[option_switch(OPTIONS[name])] = reason
     return why

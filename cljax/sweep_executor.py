@@ -47,7 +47,9 @@ def parse_minutes(text: str) -> int:
     return total
 
 
-MAX_MINUTES = 365 * 24 * 60  # a year: SLURM keeps a limit in 32 bits and would wrap a larger one
+# A year: more is a typo (99999999999 was submitted as it was; SLURM stores minutes in 32 bits, so
+# such a value wraps, and clusters cap a job far below a year).
+MAX_MINUTES = 365 * 24 * 60
 
 
 def make_executor(kind: str, log_dir: Path, args) -> "object":

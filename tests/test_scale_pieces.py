@@ -204,7 +204,7 @@ def test_sweep_grid_expands_settings_and_seeds(tmp_path):
     # SLURM's --time formats (seconds round up): M, M:S, H:M:S, D-H, D-H:M, D-H:M:S
     assert [parse_minutes(t) for t in ("600", "30:00", "10:00:00", "2:00:01", "1-02", "1-02:30", "1-00:30:00")] == [
         600, 30, 600, 121, 1560, 1590, 1470]
-    assert parse_minutes("365-00") == 525600  # a year: the most (SLURM keeps a limit in 32 bits)
+    assert parse_minutes("365-00") == 525600  # a year: the most (more is a typo)
     for bad in ("0", "0:00", "-5", "1-", "1:2:3:4", "ten", "", "365-00:01", "99999999999"):
         with pytest.raises(ValueError):
             parse_minutes(bad)
