@@ -86,16 +86,12 @@ def check_devices(runs, kind: str, args) -> None:
     import glob
     import os
     import re
+    import shutil
 
     from cljax.devices.cpu_split import cpu_devices_wanted
 
-    if kind == "auto":
-        try:
-            import submitit
-
-            kind = submitit.AutoExecutor.which()  # what make_executor's AutoExecutor will take
-        except Exception:  # no submitit (make_executor says so), or no executor found (it says that too)
-            return
+    if kind == "auto":  # as submitit's AutoExecutor decides: SLURM where srun is (its SlurmExecutor.affinity)
+        kind = "slurm" if shutil.which("srun") else "local"
     # A local job on a host with an accelerator runs there, not on the CPU devices (JAX is not
     # started here to ask: it would hold the GPU's memory while the jobs run).
     if kind != "slurm" and not os.environ.get("JAX_PLATFORMS", "").startswith("cpu") and \

@@ -142,8 +142,10 @@ def test_repeats_a_job_could_not_split_over_its_devices_are_refused_before_any_j
     assert main([*flags, "--executor", "slurm", "--slurm-gpus", "2"]) == 2
     assert "run n_repeats-3_seed-0: --n-repeats 3 does not split over a job's 2 GPUs (--slurm-gpus)" in \
         capsys.readouterr().err
-    submitit = pytest.importorskip("submitit", reason="the sweep extra is not installed: pip install 'cljax[sweep]'")
-    monkeypatch.setattr(submitit.AutoExecutor, "which", staticmethod(lambda: "slurm"))  # auto: as submitit decides
+    import shutil
+
+    real = shutil.which  # auto: SLURM where srun is, as submitit's AutoExecutor decides
+    monkeypatch.setattr(shutil, "which", lambda name, *a, **kw: "/usr/bin/srun" if name == "srun" else real(name, *a, **kw))
     assert main([*flags, "--slurm-gpus", "2"]) == 2 and "a job's 2 GPUs" in capsys.readouterr().err
     assert not (tmp_path / "s").exists()
 
