@@ -30,7 +30,9 @@ def enable_compilation_cache(path: str | None = None) -> str | None:
     if reason is None:
         try:
             os.makedirs(path, exist_ok=True)
-            reason = None if os.access(path, os.W_OK | os.X_OK) else "it is not writable"
+            from cljax.safe_files import cannot_create_in
+
+            reason = cannot_create_in(path)
         except OSError as exc:
             reason = exc.strerror or str(exc)
     if reason is not None:

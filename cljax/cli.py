@@ -286,13 +286,11 @@ def _check_output_file(flag: str, path: str | None, kind: str) -> None:
     check_replaces_only_its_own(flag, target, kind)
     if not target.parent.is_dir():
         raise CljaxError(f"{flag} {path}: its folder {target.parent} does not exist: create it or pass another path.")
-    probe = target.parent / f".{target.name}.probe-{os.getpid()}"  # where the file's temporary goes
-    try:  # os.access says yes to root on a read-only mount or in /proc, where nothing can be created
-        probe.open("xb").close()
-        probe.unlink()
-    except OSError as exc:
-        raise CljaxError(f"{flag} {path}: cannot write to {target.parent} ({exc.strerror}): pass a writable "
-                         f"path.") from None
+    from cljax.safe_files import cannot_create_in
+
+    why = cannot_create_in(target.parent)  # where the file's temporary goes
+    if why is not None:
+        raise CljaxError(f"{flag} {path}: cannot write to {target.parent} ({why}): pass a writable path.")
 
 
 COMMANDS = {

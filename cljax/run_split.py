@@ -4,8 +4,9 @@ the warning when it does not (its numbers can then differ in the last bits)."""
 
 from __future__ import annotations
 
-import os
 import sys
+
+from cljax.devices.cpu_split import forced_cpu_devices
 
 # Lowering entries added after runs were recorded without them, at the value those runs ran with.
 LOWERING_ABSENT = {"matmul_precision": "default", "compute_dtype": "float32", "scan_unroll": 1}
@@ -48,7 +49,7 @@ def warn_if_other_split(recorded: dict | None, split: dict, next_task: int) -> N
     hint = ""
     if recorded.get("backend") == split["backend"] == "cpu" and recorded.get("devices") != split["devices"]:
         hint = ("; to keep it, rerun without --xla_force_host_platform_device_count in XLA_FLAGS (it overrides "
-                "CLJAX_CPU_DEVICES)" if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
+                "CLJAX_CPU_DEVICES)" if forced_cpu_devices() is not None
                 else f"; to keep it, rerun with CLJAX_CPU_DEVICES={recorded.get('devices')}")
     print(f"warning: this run started on {describe_split(recorded)} and continues on {describe_split(split)}: from "
           f"task {next_task} on its numbers can differ from an uninterrupted run's in the last bits (recorded in each "

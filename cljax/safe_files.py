@@ -55,6 +55,19 @@ def file_sha256(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
+def cannot_create_in(folder: Path) -> str | None:
+    """Why no file can be created in the existing folder ``folder`` (the OS's reason), or None:
+    a file is created there and removed. ``os.access`` says yes to root on a read-only mount or in
+    /proc, where the write would then fail after the work, naming a temporary."""
+    probe = Path(folder) / f".cljax-probe-{os.getpid()}-{threading.get_ident()}"
+    try:
+        probe.open("xb").close()
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    probe.unlink(missing_ok=True)
+    return None
+
+
 def atomic_write(path: Path, write) -> None:
     """Replace ``path`` with what ``write(f)`` writes to an open binary file: written to a
     temporary name beside it, fsynced, renamed, so that a crash or a full disk leaves the old

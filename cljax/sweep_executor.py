@@ -85,10 +85,9 @@ def check_devices(runs, kind: str, args) -> None:
     device count), a SLURM job with ``--slurm-gpus G`` sees G GPUs; R must split over them."""
     import glob
     import os
-    import re
     import shutil
 
-    from cljax.devices.cpu_split import cpu_devices_wanted
+    from cljax.devices.cpu_split import cpu_devices_wanted, forced_cpu_devices
 
     if kind == "auto":  # as submitit's AutoExecutor decides: SLURM where srun is (its SlurmExecutor.affinity)
         kind = "slurm" if shutil.which("srun") else "local"
@@ -97,12 +96,12 @@ def check_devices(runs, kind: str, args) -> None:
     if kind != "slurm" and not os.environ.get("JAX_PLATFORMS", "").startswith("cpu") and \
             glob.glob("/dev/nvidia[0-9]*") + glob.glob("/dev/kfd"):
         return
-    forced = re.search(r"xla_force_host_platform_device_count=(\d+)", os.environ.get("XLA_FLAGS", ""))
+    forced = forced_cpu_devices()
     for run in runs:
         R = run.config.n_repeats
         try:
             if kind != "slurm":  # CLJAX_CPU_DEVICES=N that does not divide R: cpu_devices_wanted refuses
-                n = int(forced.group(1)) if forced else cpu_devices_wanted(R) or 1
+                n = forced or cpu_devices_wanted(R) or 1
                 where = f"the {n} CPU devices XLA_FLAGS makes here"
             else:
                 n = args.slurm_gpus or 1

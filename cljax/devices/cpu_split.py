@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 import jax
 
@@ -18,6 +19,14 @@ def cpu_devices_for(n_repeats: int, cores: int) -> int:
     return max(d for d in range(1, min(n_repeats, cores) + 1) if n_repeats % d == 0)
 
 
+def forced_cpu_devices(environ=None) -> int | None:
+    """The CPU device count ``XLA_FLAGS`` sets (``--xla_force_host_platform_device_count=N``), which
+    overrides ``$CLJAX_CPU_DEVICES``; None when it sets none."""
+    env = os.environ if environ is None else environ
+    found = re.search(r"xla_force_host_platform_device_count=(\d+)", env.get("XLA_FLAGS", ""))
+    return int(found.group(1)) if found else None
+
+
 def cpu_devices_wanted(n_repeats: int, environ=None, cores: int | None = None, recorded: dict | None = None) -> int | None:
     """How many CPU devices a run of R repeats asks for by ``$CLJAX_CPU_DEVICES`` (see
     :func:`configure_cpu_devices`); None: leave JAX's default (one). ``recorded``: the split a
@@ -27,7 +36,7 @@ def cpu_devices_wanted(n_repeats: int, environ=None, cores: int | None = None, r
     choice = env.get(CPU_DEVICES_ENV, "auto").strip().lower()
     if choice in ("off", "0", "no", "false", "none", "") or wants_distributed(env):
         return None
-    if "xla_force_host_platform_device_count" in env.get("XLA_FLAGS", ""):
+    if forced_cpu_devices(env) is not None:
         return None  # the user split the host already
     if choice == "auto":
         n = _recorded_cpu_devices(recorded, n_repeats) or cpu_devices_for(n_repeats, usable_cores() if cores is None else cores)

@@ -7,7 +7,6 @@ each other, so each device runs R / n_devices repeats of the same compiled progr
 
 from __future__ import annotations
 
-import os
 from contextlib import contextmanager
 from functools import lru_cache
 
@@ -15,7 +14,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from cljax.devices.cpu_split import CPU_DEVICES_ENV
+from cljax.devices.cpu_split import CPU_DEVICES_ENV, forced_cpu_devices
 from cljax.errors import CljaxError
 
 REPEATS_AXIS = "repeats"
@@ -64,7 +63,7 @@ def check_repeats(n_repeats: int) -> None:
         import jax
 
         fewer = ("on the CPU, remove --xla_force_host_platform_device_count from XLA_FLAGS, which overrides "
-                 f"{CPU_DEVICES_ENV}" if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
+                 f"{CPU_DEVICES_ENV}" if forced_cpu_devices() is not None
                  else f"in this multi-process run, fewer processes: each shows {n // jax.process_count()} of "
                       f"them" if jax.process_count() > 1
                  else f"on the CPU, {CPU_DEVICES_ENV}=auto")

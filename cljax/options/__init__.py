@@ -75,6 +75,13 @@ class Option(NamedTuple):
     task_end: Callable[..., tuple] = _keep_state_params
 
 
+def run_steps(config) -> tuple[int, str]:
+    """The optimiser steps of a whole run, and the text that says how they add up (an option's
+    ``inert`` reason: a period or an age past them)."""
+    total = config.num_tasks * config.steps_per_task
+    return total, f"{total} steps ({config.num_tasks} task(s) x {config.steps_per_task})"
+
+
 def keeps_batch(option: Option) -> bool:
     """Whether the option leaves the learner's batch as it is (so the learner and the expert
     train on the same batch)."""

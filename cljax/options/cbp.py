@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 
 from cljax.models.units import unit_activity, unit_layers
-from cljax.options import Option, register_option
+from cljax.options import Option, register_option, run_steps
 from cljax.options._units import outgoing_abs_sums, reset_if_any, weighted_mean_abs
 from cljax.registry import param
 
@@ -84,12 +84,12 @@ def cbp_update(state, activity, out_sums, weights_B, rate: float, maturity: int,
 
 
 def _inert(params: CBPParams, config) -> str | None:
-    total = config.num_tasks * config.steps_per_task
+    total, steps = run_steps(config)
     if params.rate == 0:
         return "--cbp-rate 0 replaces no unit"
     if params.maturity >= total:
         return (f"a unit may be replaced once it is {params.maturity + 1} steps old (--cbp-maturity {params.maturity}), "
-                f"and the run has {total} steps ({config.num_tasks} task(s) x {config.steps_per_task})")
+                f"and the run has {steps}")
     return None
 
 

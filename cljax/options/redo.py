@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from cljax.models.units import unit_activity, unit_layers
-from cljax.options import Option, register_option
+from cljax.options import Option, register_option, run_steps
 from cljax.options._units import reset_if_any, weighted_mean_abs
 from cljax.registry import param
 
@@ -49,10 +49,9 @@ def dormant_masks(activity, weights_B, tau: float):
 
 
 def _inert(params: ReDoParams, config) -> str | None:
-    total = config.num_tasks * config.steps_per_task
+    total, steps = run_steps(config)
     if params.every > total:
-        return (f"its first reset comes after step {params.every} (--redo-every), and the run has {total} steps "
-                f"({config.num_tasks} task(s) x {config.steps_per_task})")
+        return f"its first reset comes after step {params.every} (--redo-every), and the run has {steps}"
     return None
 
 
