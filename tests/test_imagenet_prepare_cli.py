@@ -186,6 +186,22 @@ def test_complete_output_is_kept_and_overwrite_redoes_it(source, prepared, tmp_p
     assert prepare_main(["--source", str(source["root"]), "--out", str(out), "--workers", "1", "--no-progress"]) == 0
     assert "wrote" in capsys.readouterr().out
     assert (out / "test_images.npy").read_bytes() == (prepared / "test_images.npy").read_bytes()
+    # ... but not when it may hold other data: its meta.json records another source, or cannot say.
+    (out / "test_images.npy").unlink()
+    assert prepare_main(["--source", str(tmp_path), "--out", str(out), "--no-progress"]) == 2
+    assert f"{out} holds a preparation of {source['root'].resolve()}" in _one_error_line(capsys)
+    (out / "test_images.npy").write_bytes((prepared / "test_images.npy").read_bytes())
+    kept = (out / "train_images.npy").read_bytes()
+    (out / "meta.json").write_text('{"format_version": ')  # cut short
+    assert prepare_main(["--source", str(source["root"]), "--out", str(out), "--no-progress"]) == 2
+    assert _one_error_line(capsys) == (
+        f"error: {out / 'meta.json'} is not valid JSON (Expecting value: line 1 column 20 (char 19)), and its meta.json "
+        f"does not record what it was prepared from, so preparing it again could replace other data: pass "
+        f"--overwrite to prepare it again, or choose another --out (nothing was changed).")
+    assert (out / "train_images.npy").read_bytes() == kept
+    assert prepare_main(["--source", str(source["root"]), "--out", str(out), "--overwrite", "--workers", "1",
+                         "--no-progress"]) == 0
+    assert "wrote" in capsys.readouterr().out and load_prepared(out).n_classes == load_prepared(prepared).n_classes
 
     # A work folder left by another preparation (other splits, say) is never mixed in.
     fresh = tmp_path / "fresh"

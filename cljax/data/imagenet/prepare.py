@@ -27,7 +27,7 @@ import numpy as np
 
 from cljax.data.imagenet.assemble import assemble, npz_rows
 from cljax.data.imagenet.decode import DRAFT_FACTOR, RESAMPLE_FILTERS, SIZE, _pil_filter, image_to_gray
-from cljax.data.imagenet.recorded import check_same_preparation
+from cljax.data.imagenet.recorded import check_redo_allowed, check_same_preparation
 from cljax.data.imagenet.shards import Plan, Shard
 from cljax.data.imagenet.sources import DEFAULT_SHARD_ROWS, OUTPUT_SPLITS, plan_source
 from cljax.data.prepared import check_replaceable, load_prepared
@@ -188,6 +188,8 @@ def prepare_imagenet(
             return out
         else:
             check_replaceable(out)  # a meta.json alone does not make a folder ours
+            if not overwrite:  # damaged: redone without --overwrite only as the same preparation
+                check_redo_allowed(out, source, split_map, resample, size)
     if overwrite:
         shutil.rmtree(work, ignore_errors=True)
     _pil_filter(resample)  # fail on a bad filter name before any work

@@ -1,13 +1,16 @@
 """What a prepared folder's meta.json records of the preparation that wrote it, against what a
 command asks for: a complete folder is "already prepared" only for the same source, splits and
-preprocessing (`check_same_preparation`)."""
+preprocessing (`check_same_preparation`), and a damaged one is prepared again without
+--overwrite only when it records this very preparation (`check_redo_allowed`)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from pathlib import Path
 
 from cljax.data.imagenet.sources import DEFAULT_SPLIT_MAP, OUTPUT_SPLITS
+from cljax.data.prepared import load_prepared
 from cljax.errors import CljaxError
 
 
@@ -33,6 +36,27 @@ def check_same_preparation(out: Path, meta: dict, source: str, split_map: Mappin
         raise CljaxError(f"{out} holds a preparation of {held['source']} (--resample {held['--resample']}, --splits "
                          f"{_as_flag(recorded.get('splits'))}), and this command asks for {', '.join(differ)}: pass "
                          f"--overwrite to prepare it again, or choose another --out (nothing was changed).")
+
+
+def check_redo_allowed(out: Path, source: str, split_map: Mapping[str, str] | None, resample: str, size: int) -> None:
+    """Raise CljaxError unless the damaged (not loadable) prepared folder `out` may be prepared
+    again without --overwrite: its meta.json must still record this source, splits and
+    preprocessing, so that what is replaced is the same data. A folder whose meta.json cannot
+    say what it holds (unreadable, or with no source) could hold hours of another preparation."""
+    try:
+        load_prepared(out)
+        reason = f"{out} does not load"
+    except CljaxError as exc:
+        reason = str(exc).rstrip(".")
+    try:
+        meta = json.loads((out / "meta.json").read_text())
+    except (OSError, ValueError, RecursionError):
+        meta = None
+    if not isinstance(meta, dict) or not isinstance(meta.get("source"), str):
+        raise CljaxError(f"{reason}, and its meta.json does not record what it was prepared from, so preparing it "
+                         f"again could replace other data: pass --overwrite to prepare it again, or choose another "
+                         f"--out (nothing was changed).")
+    check_same_preparation(out, meta, source, split_map, resample, size)
 
 
 def _expected_splits(split_map: Mapping[str, str] | None) -> list[dict[str, list[str]]]:
