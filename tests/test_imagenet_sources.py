@@ -107,6 +107,24 @@ def test_a_split_folder_of_images_without_class_folders_is_named_unlabelled(tmp_
     assert plan_source(str(root), {"train": "train"}).notes == ()
 
 
+def test_loose_images_beside_class_folders_are_named_as_left_out(tmp_path):
+    # They were left out without a word: a user who dropped images into train/ beside its
+    # class folders heard nothing of them.
+    root = _folder(tmp_path / "src", {"train": {"ant": 1, "bee": 1}, "val": {"ant": 1}})
+    for name in ("a.png", "b.PNG"):
+        (root / "train" / name).write_bytes(_png(np.zeros((8, 8), np.uint8)))
+    (root / "val" / "c.png").write_bytes(_png(np.zeros((8, 8), np.uint8)))
+    (root / "train" / "notes.txt").write_text("not an image")
+    plan = plan_source(str(root))
+    assert _labels(plan, "train") == [0, 1] and _labels(plan, "test") == [0]
+    assert plan.notes == (
+        f"{root / 'train'} holds 2 images directly, beside its class subfolders: they have no class and are left "
+        f"out (move them into a class subfolder to use them).",
+        f"{root / 'val'} holds 1 image directly, beside its class subfolders: it has no class and is left out (move "
+        f"it into a class subfolder to use it).")
+    assert len(plan_source(str(root), {"train": "train"}).notes) == 1  # a split left out is not looked at
+
+
 def test_a_source_without_a_train_split_is_refused_by_default(tmp_path):
     root = _folder(tmp_path / "src", {"val": {"ant": 1, "bee": 1}})
     with pytest.raises(CljaxError, match=r"has no split 'train' \(it has validation\); choose splits with --splits"):

@@ -336,7 +336,7 @@ def _plan_image_folder(root: Path, split_map: dict[str, str], strict: bool, shar
     class_id = {name: i for i, name in enumerate(class_names)}
     split_map, unlabelled = _without_unlabelled(layout, per_split, split_map, strict)
     chosen, notes = _select_splits(list(per_split), split_map, strict, str(root))
-    notes = [*unlabelled, *notes]
+    notes = [*unlabelled, *notes, *_loose_images(layout, [src for src, _ in chosen])]
     shards: list[Shard] = []
     counters = dict.fromkeys(OUTPUT_SPLITS, 0)
     for src, dst in chosen:
@@ -346,6 +346,19 @@ def _plan_image_folder(root: Path, split_map: dict[str, str], strict: bool, shar
             shards.append(FilesShard(name=f"{dst}-{counters[dst]:05d}", split=dst, source_split=src, n_rows=len(chunk), files=chunk))
             counters[dst] += 1
     return Plan(str(root), tuple(shards), tuple(class_names), len(class_names), sum(s.n_rows for s in shards), tuple(notes))
+
+
+def _loose_images(layout: dict[str, Path], splits: list[str]) -> list[str]:
+    """A note for each chosen split folder that holds images beside its class subfolders: they
+    have no class, so they are left out, and a user who put them there should hear so."""
+    notes = []
+    for split in splits:
+        loose = sum(p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() for p in layout[split].iterdir())
+        if loose:
+            notes.append(f"{layout[split]} holds {loose} image{'s' if loose > 1 else ''} directly, beside its class "
+                         f"subfolders: {'they have' if loose > 1 else 'it has'} no class and {'are' if loose > 1 else 'is'} "
+                         f"left out (move {'them' if loose > 1 else 'it'} into a class subfolder to use {'them' if loose > 1 else 'it'}).")
+    return notes
 
 
 def _without_unlabelled(layout: dict[str, Path], per_split: dict, split_map: dict[str, str],
