@@ -170,14 +170,16 @@ def scratch_parts(b: Budget) -> dict[str, int]:
     """A rough estimate of XLA's temporary buffers (not in jax.live_arrays), for the larger of:
     ``train``, a training step, which keeps learner and expert activations and their gradients
     (x3; the learner's batch includes what options append); ``evaluate``, an evaluation call,
-    one batch of eval_batch_size images per repeat and the hidden layer of a whole test set;
+    one batch of eval_batch_size images per repeat and the hidden layer of a whole test set, plus
+    a copy of one test set (a call of one slot evaluates it twice: ``map_at_least_twice``);
     ``bn_statistics`` (a model with ``Net.eval_state``), a snapshot's pass over its images."""
     config = b.config
     pb = b.pb
     R, Nt = config.n_repeats, config.n_test
     eval_batch = config.eval_chunk()
     train = 3 * (pb.learner_batch + config.batch_size) * R * pb.activation_bytes_per_image + 2 * pb.learner["params"]
-    evaluate = 2 * eval_batch * R * pb.activation_bytes_per_image + R * Nt * pb.hidden * 4
+    one_test_set = Nt * R * (math.prod(b.image_shape) + np.dtype(LABEL_DTYPE).itemsize)
+    evaluate = 2 * eval_batch * R * pb.activation_bytes_per_image + R * Nt * pb.hidden * 4 + one_test_set
     parts = {"train": int(train), "evaluate": int(evaluate)}
     if pb.statistics_images:  # a snapshot's BatchNorm statistics: one pass over these images
         parts["bn_statistics"] = int(pb.statistics_images * R * pb.activation_bytes_per_image)
