@@ -44,7 +44,8 @@ def _cmd_run(argv: list[str]) -> int:
     warn_unused(parser, args)
     _use_every_core(config, args.overwrite)
     from cljax.devices.distributed import maybe_initialize_distributed
-    from cljax.experiment import format_summary, run_experiment
+    from cljax.experiment import run_experiment
+    from cljax.run_result import format_summary
 
     # Here, before the handlers below: jax.distributed.initialize() puts JAX's own SIGTERM handler
     # in place of the process's, which then trained on to the end through a SLURM preemption.

@@ -9,12 +9,10 @@ import errno
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from cljax.budget import Budget, choose_eval_chunk, evaluation_mode, host_problem
 from cljax.budget_disk import block_size, check_disk, disk_files_per_task, disk_run_files, on_disk
@@ -40,23 +38,10 @@ from cljax.results import task_dir_name, write_task
 from cljax.run_folder import clear_run, inspect_run, remove_stale_temporaries, verify_task_dir
 from cljax.run_split import recorded_split, same_split, split_of, warn_if_other_eval_chunk, warn_if_other_split
 from cljax.run_lock import RunLock
+from cljax.run_result import RunResult, finished
 from cljax.sources import check_sources, plugin_sources
 from cljax.step import KEY_TASKS
 from cljax.tasks import TaskData, make_schedule
-
-
-@dataclass
-class RunResult:
-    """What a run returns to Python callers: where it wrote, and the per-task summary."""
-
-    algo_dir: Path
-    task_class_pairs: np.ndarray  # (T, R, 2)
-    first_task: int = 0  # > 0 when the run resumed
-    summary: list[dict] = field(default_factory=list)
-    compile_seconds: float = 0.0
-    steps_per_second: float = 0.0
-    already_finished: bool = False
-    run_id: str | None = None
 
 
 def run_experiment(
@@ -106,7 +91,7 @@ def run_experiment(
             if found.finished and _damaged_initial(algo_dir, found) is None:
                 if is_writer():  # what it hashed anew (a lost record) is not hashed again next time
                     memo.save_if_changed(found.record["run_id"])
-                return _finished(algo_dir, schedule, found, config)
+                return finished(algo_dir, schedule, found, config)
         if found.finished:  # all but initial/, which is written again below
             check_sources(found.record.get("sources"), config, algo_dir)
 
@@ -142,7 +127,7 @@ def run_experiment(
                     write_initial(algo_dir, start[1], found.record["run_id"])
                 print(f"warning: {problem}; the run is finished and its initial/ was written again from its seed, "
                       f"as the run began.", file=sys.stderr)
-            return _finished(algo_dir, schedule, found, config)
+            return finished(algo_dir, schedule, found, config)
         split = split_of(program)
         run_id = found.record.get("run_id") if found.record is not None else new_run_id()
         if found.record is not None:  # the first task trained now: a repair's replay starts before the checkpoint
@@ -322,16 +307,6 @@ def _damaged_initial(algo_dir: Path, found) -> str | None:
     return verify_task_dir(algo_dir / INITIAL, -1, found.record.get("run_id"), hashes=True)
 
 
-def _finished(algo_dir: Path, schedule: np.ndarray, found, config) -> RunResult:
-    """The run table of a finished run, read from its folders. Each folder's slots are those of
-    the run's --eval-tasks at its task (part of the resume key, so the recorded one): its
-    metadata.json, which the check has just parsed, is not parsed a third time."""
-    T, spec = schedule.shape[0], eval_tasks_of(config)
-    summary = [summary_row(t, _load_summary_arrays(algo_dir / task_dir_name(t)), spec.ids(t, T)) for t in range(T)]
-    return RunResult(algo_dir=algo_dir, task_class_pairs=schedule, first_task=T, summary=summary,
-                     already_finished=True, run_id=found.record.get("run_id"))
-
-
 @contextlib.contextmanager
 def _disk_errors(algo_dir: Path, t: int):
     """A full disk or quota while writing: one line; the files on disk are still whole."""
@@ -356,45 +331,9 @@ def _recorded_pairing(config: Config, record: dict | None) -> bool | None:
     return recorded == "paired"
 
 
-def format_summary(result: RunResult, max_rows: int = 40) -> str:
-    """The run table. With one shared output, the head's accuracy on earlier tasks mostly measures
-    the read-out; the probe column is what the representation still separates (docs/metrics.md).
-    A run of more than ``max_rows`` tasks shows the first and last ten and tasks evenly spaced
-    between, and says so."""
-    lines = ["task  learner_acc_on_it  mean_acc_earlier_tasks  probe_earlier_tasks  expert_acc",
-             "----  -----------------  ----------------------  -------------------  ----------"]
-    rows = result.summary
-    if len(rows) > max_rows:
-        n = len(rows)
-        between = np.linspace(10, n - 11, max_rows - 20).round().astype(int)  # not over the first and last ten
-        keep = set(range(10)) | set(range(n - 10, n)) | set(between)
-        rows = [rows[i] for i in sorted(keep)]
-    for row in rows:  # blank: no earlier task; nan: no finite value
-        none = row.get("n_earlier", 0 if np.isnan(row["acc_earlier"]) else 1) == 0
-        earlier = "" if none else f"{row['acc_earlier']:.3f}"
-        probe = "" if none or np.isnan(row.get("probe_earlier", np.nan)) else f"{row['probe_earlier']:.3f}"
-        lines.append(f"{row['task']:>4}  {row['acc_current']:>17.3f}  {earlier:>22}  {probe:>19}  "
-                     f"{row['expert_acc']:>10.3f}")
-    left_out = sum(1 for row in result.summary if row.get("n_nonfinite"))
-    if left_out:
-        lines.append(f"(in {left_out} of {len(result.summary)} tasks a repeat has non-finite values, e.g. a diverged "
-                     f"network: the means leave them out; per repeat: cljax analyze)")
-    if len(rows) < len(result.summary):
-        lines.append(f"({len(rows)} of {len(result.summary)} tasks shown; every task: cljax analyze, or each "
-                     f"task's folder)")
-    return "\n".join(lines)
-
-
 def _progress_bar(total: int, done: int, enabled: bool):
     if not enabled:
         return None
     from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=done, unit="task", desc="tasks", file=sys.stderr, dynamic_ncols=True)
-
-
-def _load_summary_arrays(task_dir: Path) -> dict:
-    from cljax.results import load_binary_labels, load_expert_metrics, load_metrics, load_representations
-
-    return {"metrics": load_metrics(task_dir), "expert_metrics": load_expert_metrics(task_dir),
-            "representations": load_representations(task_dir), "binary_labels": load_binary_labels(task_dir)}

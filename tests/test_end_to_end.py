@@ -205,7 +205,7 @@ def test_run_table_gives_the_probe_beside_the_head(small_run):
     """The run table's probe column is the linear probe on the earlier tasks' saved
     representations at the task's last snapshot; the head's column is the saved accuracy."""
     from cljax.analysis.probe import probe_accuracy
-    from cljax.experiment import format_summary
+    from cljax.run_result import format_summary
 
     _, run = small_run
     assert np.isnan(run.summary[0]["probe_earlier"])  # no earlier task
@@ -237,7 +237,7 @@ def test_saved_labels_are_those_of_the_saved_representations(small_run):
 def test_the_run_table_of_a_long_run_shows_the_first_last_and_spaced_tasks():
     from pathlib import Path
 
-    from cljax.experiment import RunResult, format_summary
+    from cljax.run_result import RunResult, format_summary
 
     rows = [{"task": t, "acc_current": 0.9, "acc_earlier": 0.6, "probe_earlier": 0.8, "expert_acc": 0.95}
             for t in range(1000)]
@@ -260,7 +260,7 @@ def test_the_run_table_leaves_a_diverged_repeat_out_and_says_so():
     # nan for two columns and a blank, "no earlier task", for the third.
     from pathlib import Path
 
-    from cljax.experiment import RunResult, format_summary
+    from cljax.run_result import RunResult, format_summary
     from cljax.records import summary_row
 
     acc = np.array([[np.nan, np.nan, 0.5], [0.7, 0.9, 0.5], [0.8, 1.0, 0.5]])  # (R, K), all 3 tasks evaluated
