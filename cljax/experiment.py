@@ -21,7 +21,7 @@ from cljax.checkpoint import CHECKPOINT, RUN_RECORD, load_learner, new_run_id, s
 from cljax.config import SCHEMA_VERSION, Config, algo_dir_of
 from cljax.data import load_dataset
 from cljax.data.prepared import check_unchanged, data_identity
-from cljax.devices.distributed import check_same_run, is_writer, maybe_initialize_distributed
+from cljax.devices.distributed import check_same_run, failures_shared, is_writer, maybe_initialize_distributed
 from cljax.devices.memory import host_available_bytes, live_device_bytes, rss_bytes
 from cljax.devices.mesh import check_repeats, fetch, put_repeats, shard_repeats
 from cljax.errors import CljaxError
@@ -71,48 +71,50 @@ def run_experiment(
     seen during the task), ``seconds``.
     """
     maybe_initialize_distributed()  # multi-host, when the environment asks for it
-    config.validate()
-    data = load_dataset(config)
-    data_id = data_identity(data)
-    schedule = make_schedule(data.n_classes, config.num_tasks, config.n_repeats, config.seed, config.task_schedule)
-    task_data = TaskData(data, config)  # checks that every class has the images a task takes
-    algo_dir = algo_dir_of(config)
-    memo = CheckRecord(algo_dir)  # the checks below parse each metadata.json once; what a resume verified before
-    found = inspect_run(algo_dir, config, data_id, overwrite, hashes=False, memo=memo, repair=repair)
-    sources = plugin_sources(config)
+    with failures_shared("in its checks before training"):  # one process's refusal stops all at once
+        config.validate()
+        data = load_dataset(config)
+        data_id = data_identity(data)
+        schedule = make_schedule(data.n_classes, config.num_tasks, config.n_repeats, config.seed, config.task_schedule)
+        task_data = TaskData(data, config)  # checks that every class has the images a task takes
+        algo_dir = algo_dir_of(config)
+        memo = CheckRecord(algo_dir)  # the checks below parse each metadata.json once; what a resume verified before
+        found = inspect_run(algo_dir, config, data_id, overwrite, hashes=False, memo=memo, repair=repair)
+        sources = plugin_sources(config)
     check_same_run(config, data_id, found, plugins=sources)  # multi-process: every process, the same run
-    if not found.finished:  # the identity of a prepared folder is its recorded checksums
-        check_unchanged(data, resume=found.record is not None)
-    if found.record is not None and not found.finished:
-        check_sources(found.record.get("sources"), config, algo_dir)
-    if found.finished:  # verify every file's content before saying so
-        with RunLock(algo_dir, exclusive=False):
-            found = inspect_run(algo_dir, config, data_id, overwrite, hashes=True, memo=memo, repair=repair)
-            if found.finished and _damaged_initial(algo_dir, found) is None:
-                if is_writer():  # what it hashed anew (a lost record) is not hashed again next time
-                    memo.save_if_changed(found.record["run_id"])
-                return finished(algo_dir, schedule, found, config)
-        if found.finished:  # all but initial/, which is written again below
+    with failures_shared("in its checks before training"):
+        if not found.finished:  # the identity of a prepared folder is its recorded checksums
+            check_unchanged(data, resume=found.record is not None)
+        if found.record is not None and not found.finished:
             check_sources(found.record.get("sources"), config, algo_dir)
+        if found.finished:  # verify every file's content before saying so
+            with RunLock(algo_dir, exclusive=False):
+                found = inspect_run(algo_dir, config, data_id, overwrite, hashes=True, memo=memo, repair=repair)
+                if found.finished and _damaged_initial(algo_dir, found) is None:
+                    if is_writer():  # what it hashed anew (a lost record) is not hashed again next time
+                        memo.save_if_changed(found.record["run_id"])
+                    return finished(algo_dir, schedule, found, config)
+            if found.finished:  # all but initial/, which is written again below
+                check_sources(found.record.get("sources"), config, algo_dir)
 
-    check_repeats(config.n_repeats)  # before the program is traced over the devices
-    image_shape = data.train_images.shape[1:]
-    program = build_task_program(config, image_shape, paired_models=_recorded_pairing(config, found.record))
-    budget = Budget.of(config, program, image_shape)
-    chunk_tasks = choose_eval_chunk(budget)  # refuses a run whose tasks do not fit the device memory
-    too_large = host_problem(budget, data, chunk_tasks, host_available_bytes())  # nor the host's
-    if too_large is not None:
-        raise too_large
-    # The disk a task needs is known ahead (the planner's exact figures), in whole blocks: its
-    # folder plus the checkpoint's new copy, written beside the old one before it replaces it.
-    block = block_size(algo_dir)
-    task_disk = on_disk(disk_files_per_task(budget, schedule, data.class_names).values(), block) + block
-    run_files = disk_run_files(budget, data.meta)
-    ckpt_disk = on_disk([run_files[CHECKPOINT]], block)
-    record_disk = on_disk([run_files[RUN_RECORD] + 512, 256], block) if found.record is None else 0
-    initial_disk = on_disk([run_files["initial/"] - 1024, 1024], block) + block  # weights.npy, metadata.json, folder
-    check_disk(algo_dir, task_disk + ckpt_disk + record_disk + initial_disk,
-               "the first task (its folder, the checkpoint's new copy, run.json and initial/)")
+        check_repeats(config.n_repeats)  # before the program is traced over the devices
+        image_shape = data.train_images.shape[1:]
+        program = build_task_program(config, image_shape, paired_models=_recorded_pairing(config, found.record))
+        budget = Budget.of(config, program, image_shape)
+        chunk_tasks = choose_eval_chunk(budget)  # refuses a run whose tasks do not fit the device memory
+        too_large = host_problem(budget, data, chunk_tasks, host_available_bytes())  # nor the host's
+        if too_large is not None:
+            raise too_large
+        # The disk a task needs is known ahead (the planner's exact figures), in whole blocks: its
+        # folder plus the checkpoint's new copy, written beside the old one before it replaces it.
+        block = block_size(algo_dir)
+        task_disk = on_disk(disk_files_per_task(budget, schedule, data.class_names).values(), block) + block
+        run_files = disk_run_files(budget, data.meta)
+        ckpt_disk = on_disk([run_files[CHECKPOINT]], block)
+        record_disk = on_disk([run_files[RUN_RECORD] + 512, 256], block) if found.record is None else 0
+        initial_disk = on_disk([run_files["initial/"] - 1024, 1024], block) + block  # weights.npy, metadata.json, folder
+        check_disk(algo_dir, task_disk + ckpt_disk + record_disk + initial_disk,
+                   "the first task (its folder, the checkpoint's new copy, run.json and initial/)")
 
     # The learner's first state, before anything is deleted: a failure to build it leaves the folder as it was.
     start = _initial_learner(program, config)

@@ -57,6 +57,24 @@ def test_processes_that_do_not_start_the_same_run_are_refused_by_each(tmp_path):
     assert not (tmp_path / "empty").exists()
 
 
+def test_a_process_that_fails_its_own_checks_stops_the_others_at_once(tmp_path):
+    # Process 1 cannot read its data (a missing --data-dir on its host): process 0 waited in the
+    # first collective until JAX's heartbeat timeout (minutes), then printed JAX's fatal error.
+    missing = tmp_path / "no-data"
+    start = time.time()
+    procs = _start(lambda i: [*FLAGS, "--num-tasks", "2", "--epochs", "1", "--log-frequency", "2",
+                              "--results-dir", str(tmp_path / "r"),
+                              *(["--dataset", "fashion_mnist", "--data-dir", str(missing)] if i else [])])
+    (_, err0), (_, err1) = (p.communicate(timeout=300) for p in procs)
+    assert [p.returncode for p in procs] == [2, 2], (err0[-2000:], err1[-2000:])
+    assert _error_lines(err0) == [
+        "error: process(es) 1 of this multi-process run stopped in its checks before training (the error line of "
+        "each says why): fix that and start every process again (nothing was written)."], err0[-2000:]
+    assert len(_error_lines(err1)) == 1 and str(missing) in err1, err1[-2000:]
+    assert time.time() - start < 90  # JAX's heartbeat timeout is 100 s
+    assert not (tmp_path / "r").exists()
+
+
 def test_a_lost_process_is_one_line_for_the_other(tmp_path):
     # The survivor printed JAX's traceback of the failed collective, then JAX's shutdown waited
     # for the lost process and aborted (exit 134).

@@ -10,6 +10,7 @@ come back to every process and only process 0 writes them (``is_writer``).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -115,6 +116,31 @@ def check_same_run(config, data_id: str, found, **more) -> None:
                          f"{', '.join(map(str, others))} differ from process 0 in {', '.join(differ)} (process "
                          f"{jax.process_index()} has {mine}): start every process with "
                          f"{', '.join(dict.fromkeys(fixes))} (nothing was written).")
+
+
+@contextlib.contextmanager
+def failures_shared(stage: str):
+    """Run a block of this process's own checks (no collective inside) so that, in a
+    multi-process run, a process whose check fails still reaches the collective at the block's
+    end and tells the others, which then stop in one line at once. Before, they waited in the
+    next collective until JAX's heartbeat timeout noticed the process gone (minutes)."""
+    if not _distributed_started or jax.process_count() == 1:
+        yield
+        return
+    from jax.experimental import multihost_utils
+
+    failure = None
+    try:
+        yield
+    except Exception as exc:  # a CljaxError, or any other failure that ends this process
+        failure = exc
+    failed = np.flatnonzero(np.asarray(multihost_utils.process_allgather(np.array([failure is not None], np.int8))))
+    if failure is not None:
+        raise failure
+    if failed.size:
+        raise CljaxError(f"process(es) {', '.join(map(str, failed))} of this multi-process run stopped {stage} (the "
+                         f"error line of each says why): fix that and start every process again (nothing was "
+                         f"written).")
 
 
 _FIXES = {  # what makes a differing fact the same on every process
