@@ -31,7 +31,8 @@ from cljax.run_lock import folder_lock
 from cljax.safe_files import atomic_write
 from cljax.settings import (Parser, add_repair_flag, add_run_flags, add_settings_flags, check_repair, config_from_args,
                             load_plugins_from_argv, parse_setting, setting_specs, unused_settings, warn_unused)
-from cljax.sweep_executor import check_devices, make_executor, parse_minutes, stop_waiting_says_the_jobs_go_on
+from cljax.sweep_executor import (check_devices, controllers_write_to_log, make_executor, parse_minutes,
+                                   stop_waiting_says_the_jobs_go_on)
 
 
 def comma_items(text: str, flag: str, example: str) -> list[str]:
@@ -332,7 +333,8 @@ def sweep_main(argv: list[str]) -> int:
     check_devices(runs, args.executor, args)  # before the executor makes its log folder
     executor = make_executor(args.executor, log_dir, args)
     kind = getattr(executor, "cluster", args.executor)
-    jobs = submit(runs, executor, args.overwrite, args.allow_nonfinite, args.repair)
+    with controllers_write_to_log(executor, log_dir):
+        jobs = submit(runs, executor, args.overwrite, args.allow_nonfinite, args.repair)
     write_manifest(root / "sweep.json", runs, jobs, kind, log_dir)
     print(f"submitted {len(jobs)} job(s) to {kind} (logs: {log_dir}, list: {root / 'sweep.json'}):")
     from cljax.experiment import algo_dir_of

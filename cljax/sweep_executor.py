@@ -3,6 +3,9 @@ parameters, SLURM's time format, and what stopping ``--wait`` tells of the jobs 
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 from pathlib import Path
 
 from cljax.errors import CljaxError
@@ -26,6 +29,37 @@ def stop_waiting_says_the_jobs_go_on(jobs, kind: str, manifest: Path) -> None:
                 f"their runs from their last finished task; any still running go on ({manifest} lists them): `kill "
                 f"-INT {ids}` (their process ids) cancels them (a job ignores SIGTERM).")
     _install(lambda signum, frame: _exit_stopped(signum, what, stopped="stopped waiting"))  # main thread only
+
+
+CONTROLLERS_LOG = "local_controllers.log"
+
+
+@contextlib.contextmanager
+def controllers_write_to_log(executor, log_dir: Path):
+    """While the local executor submits, this process's stdout and stderr are the log folder's
+    ``local_controllers.log``, so that the job controllers it starts (submitit's, which inherit
+    them and outlive the command) write there: `cljax sweep | tail` returned only when the jobs
+    ended (they held the pipe), and a Ctrl-C printed each controller's KeyboardInterrupt
+    traceback on the terminal. SLURM's jobs write to their own logs already."""
+    if getattr(executor, "cluster", None) != "local":
+        yield
+        return
+    log_dir.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    log = os.open(log_dir / CONTROLLERS_LOG, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.dup2(log, 1)
+        os.dup2(log, 2)
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, log):
+            os.close(fd)
 
 
 def parse_minutes(text: str) -> int:

@@ -225,6 +225,7 @@ def test_sweep_runs_each_setting_in_its_own_folder(sweep_process):
     out, _ = proc.communicate(timeout=560)
     assert proc.returncode == 0, out
     assert "submitted 2 job(s) to local" in out and "2 of 2 job(s) finished" in out, out
+    assert (root / "sweep_logs" / "local_controllers.log").is_file()  # where the job controllers write
     manifest = json.loads((root / "sweep.json").read_text())
     folders = {r["tag"]: Path(r["results"]) for r in manifest["runs"]}
     assert set(folders) == {"lr-0.02_seed-3", "lr-0.1_seed-3"}

@@ -5,6 +5,10 @@ the line of a failed job. The sweep through submitit's local executor: tests/tes
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -16,6 +20,9 @@ from cljax.errors import CljaxError
 
 SMALL = dict(dataset="synthetic", synthetic_classes=4, num_tasks=2, n_repeats=1, n_train_per_class=16,
              n_test_per_class=8, n_subsamples=4, epochs=1, batch_size=16, log_frequency=1)
+
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def base_of(tmp_path, **overrides) -> dict:
@@ -188,3 +195,30 @@ def test_a_signal_while_waiting_says_what_the_jobs_do_and_how_to_cancel_them(tmp
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 75 and done.stdout == ""
     assert done.stderr == f"\nstopped waiting by {signal.Signals.SIGINT.name}: {said}\n"
+
+
+def test_local_job_controllers_write_to_the_log_folder_not_the_command_output(tmp_path):
+    # submitit's controllers inherit the submitting process's stdout and stderr and outlive it:
+    # `cljax sweep | tail` waited for the jobs to end, and a Ctrl-C printed their tracebacks. The
+    # real local executor's jobs: tests/test_scale.py.
+    script = (
+        "import subprocess, sys, types\n"
+        "from pathlib import Path\n"
+        "from cljax.sweep_executor import controllers_write_to_log\n"
+        "print('before', flush=True)\n"
+        "with controllers_write_to_log(types.SimpleNamespace(cluster='local'), Path(sys.argv[1])):\n"
+        "    subprocess.Popen([sys.executable, '-c', 'import sys, time; print(\"controller\", flush=True); "
+        "print(\"err\", file=sys.stderr, flush=True); time.sleep(5)'])\n"
+        "    print('inside', flush=True)\n"
+        "print('after', flush=True)\n")
+    start = time.time()
+    proc = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "logs")], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=REPO)
+    out, err = proc.communicate(timeout=60)  # returns when the command ends, not its child
+    assert time.time() - start < 15 and proc.returncode == 0, err
+    assert out.split() == ["before", "after"] and err == ""
+    log = tmp_path / "logs" / "local_controllers.log"
+    deadline = time.time() + 15
+    while sorted(log.read_text().split()) != ["controller", "err", "inside"] and time.time() < deadline:
+        time.sleep(0.1)
+    assert sorted(log.read_text().split()) == ["controller", "err", "inside"]
