@@ -21,7 +21,8 @@ from cljax.checkpoint import CHECKPOINT, RUN_RECORD, load_learner, new_run_id, s
 from cljax.config import SCHEMA_VERSION, Config, algo_dir_of
 from cljax.data import load_dataset
 from cljax.data.prepared import check_unchanged, data_identity
-from cljax.devices.distributed import check_same_run, failures_shared, is_writer, maybe_initialize_distributed
+from cljax.devices.distributed import (check_same_run, failures_shared, is_writer, maybe_initialize_distributed,
+                                      smallest_over_processes)
 from cljax.devices.memory import host_available_bytes, live_device_bytes, rss_bytes
 from cljax.devices.mesh import check_repeats, fetch, put_repeats, shard_repeats
 from cljax.errors import CljaxError
@@ -116,6 +117,8 @@ def run_experiment(
         check_disk(algo_dir, task_disk + ckpt_disk + record_disk + initial_disk,
                    "the first task (its folder, the checkpoint's new copy, run.json and initial/)")
 
+    if not config.eval_chunk_tasks:  # multi-process: each chose from its own free memory
+        chunk_tasks = smallest_over_processes(chunk_tasks)
     # The learner's first state, before anything is deleted: a failure to build it leaves the folder as it was.
     start = _initial_learner(program, config)
     # Every check has passed: from here on the folder is locked and written.

@@ -16,14 +16,14 @@ FLAGS = ["run", "--dataset", "synthetic", "--model", "mlp", "--mlp-hidden", "32"
          "--no-progress"]
 
 
-def _start(flags_of) -> list[subprocess.Popen]:
+def _start(flags_of, **env_vars) -> list[subprocess.Popen]:
     """Two processes of one run; ``flags_of(i)``: process i's command line."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {k: v for k, v in os.environ.items() if k not in ("CLJAX_CPU_DEVICES", "JAX_PLATFORMS", "XLA_FLAGS")}
     env.update(CLJAX_DISTRIBUTED="1", JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", CLJAX_NUM_PROCESSES="2",
-               JAX_PLATFORMS="cpu", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+               JAX_PLATFORMS="cpu", PYTHONPATH=str(Path(__file__).resolve().parents[1]), **env_vars)
     return [subprocess.Popen([sys.executable, "-m", "cljax", *flags_of(i)], env={**env, "CLJAX_PROCESS_ID": str(i)},
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
 
@@ -73,6 +73,29 @@ def test_a_process_that_fails_its_own_checks_stops_the_others_at_once(tmp_path):
     assert len(_error_lines(err1)) == 1 and str(missing) in err1, err1[-2000:]
     assert time.time() - start < 90  # JAX's heartbeat timeout is 100 s
     assert not (tmp_path / "r").exists()
+
+
+def test_processes_with_other_free_memory_agree_on_the_smallest_evaluation_chunk(tmp_path):
+    # Each process chose K from its own devices' memory, and the run was refused when they
+    # differed; a host with less free memory (here --device-memory) now sets K for all.
+    import math
+
+    from cljax.budget import HEADROOM, Budget, chunk_need
+    from cljax.config import Config
+    from cljax.program import build_task_program
+    from cljax.results import load_metadata
+
+    flags = [*FLAGS, "--num-tasks", "6", "--epochs", "1", "--log-frequency", "2", "--results-dir", str(tmp_path)]
+    config = Config.from_flat({"dataset": "synthetic", "model": "mlp", "mlp_hidden": 32, "n_repeats": 4,
+                               "n_train_per_class": 32, "n_test_per_class": 8, "n_subsamples": 4, "batch_size": 16,
+                               "num_tasks": 6, "epochs": 1, "log_frequency": 2})
+    program = build_task_program(config, (28, 28))
+    one = math.ceil(chunk_need(Budget.of(config, program, (28, 28)), 1, 2) / HEADROOM)  # two devices in all
+    procs = _start(lambda i: [*flags, *(["--device-memory", str(one)] if i else [])], CLJAX_CPU_DEVICES="1")
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outs]
+    last = tmp_path / "synthetic" / "SL_T6" / "task_005" / "metadata.json"
+    assert load_metadata(last.parent)["evaluation"] == {"mode": "chunked", "chunk_tasks": 1}
 
 
 def test_a_lost_process_is_one_line_for_the_other(tmp_path):

@@ -80,8 +80,9 @@ def is_writer() -> bool:
     return jax.process_index() == 0
 
 
-# Settings that name a place on this process's host: the same run may spell them otherwise there.
-_PER_HOST = ("results_dir", "data_dir")
+# Settings of this process's host: a place, spelled otherwise there, or the memory budget its
+# automatic evaluation chunk is chosen from (the processes then agree on the smallest chunk).
+_PER_HOST = ("results_dir", "data_dir", "device_memory")
 
 
 def check_same_run(config, data_id: str, found, **more) -> None:
@@ -118,6 +119,17 @@ def check_same_run(config, data_id: str, found, **more) -> None:
                          f"{', '.join(dict.fromkeys(fixes))} (nothing was written).")
 
 
+def smallest_over_processes(chunk_tasks: int) -> int:
+    """The automatic evaluation chunk K (``--eval-chunk-tasks 0``) of a multi-process run: the
+    smallest that any process chose from its own devices' free memory, so that all run one
+    program. A smaller K needs less memory, and every K gives the same numbers (evaluate.py)."""
+    if not _distributed_started or jax.process_count() == 1:
+        return chunk_tasks
+    from jax.experimental import multihost_utils
+
+    return int(np.min(np.asarray(multihost_utils.process_allgather(np.array([chunk_tasks], np.int64)))))
+
+
 @contextlib.contextmanager
 def failures_shared(stage: str):
     """Run a block of this process's own checks (no collective inside) so that, in a
@@ -147,7 +159,7 @@ _FIXES = {  # what makes a differing fact the same on every process
     "run folder": "a run folder they all share (its path may differ per host)",
     "data": "the same data on every host",
     "plugins": "the same plugin files (their content)",
-    "evaluation": "the same --eval-chunk-tasks K (hosts with other free memory chose other chunks)",
+    "evaluation": "the same --eval-chunk-tasks K",
 }
 
 
