@@ -21,6 +21,7 @@ file when it is missing, truncated, damaged or of another kind.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -217,12 +218,18 @@ def runs_near(path: str | os.PathLike, most: int = 4) -> str:
 
 
 def task_dirs(algo_dir: str | os.PathLike) -> list[Path]:
-    """Complete task folders of a run, in task order (temporary folders are never listed)."""
+    """Complete task folders of a run, in task order (temporary folders are never listed). A
+    task folder, or a folder that holds runs below it, is refused in one line naming what to
+    pass (an empty list read as a run of no tasks)."""
     algo = Path(algo_dir)
     if not algo.is_dir():
         raise CljaxError(f"{runs_near(algo)}." if not algo.exists() else
                          f"{algo} is not a results folder: {runs_near(algo)}.")
     found = [(int(m.group(1)), p) for p in algo.iterdir() if p.is_dir() and (m := _TASK_DIR.match(p.name))]
+    if not found and (_TASK_DIR.match(algo.name) or not (algo / "run.json").exists()):
+        near = runs_near(algo)
+        if near.startswith(("it holds runs", f"{algo.name} is a task folder")):
+            raise CljaxError(f"{algo} is not a run's folder: {near}.")
     return [p for _, p in sorted(found)]
 
 
@@ -238,6 +245,40 @@ def first_task_dirs(algo_dir: str | os.PathLike) -> list[Path]:
     return dirs
 
 
+def _explained(read):
+    """A reader of a task folder whose error says what is likely wrong where the file's own fix
+    (restore it, or --repair) would mislead: the folder is not a task folder, or a run writes
+    the run now (an --overwrite deletes its folders before it trains them again)."""
+
+    @functools.wraps(read)
+    def reader(task_dir, *args, **kwargs):
+        try:
+            return read(task_dir, *args, **kwargs)
+        except DamagedFile as exc:
+            cause = _likely_cause(Path(task_dir))
+            if cause is None:
+                raise
+            raise DamagedFile(exc.path, exc.problem, cause) from None
+
+    return reader
+
+
+def _likely_cause(task_dir: Path) -> str | None:
+    if task_dir.is_dir() and not (_TASK_DIR.match(task_dir.name) or task_dir.name == "initial"):
+        if any(_TASK_DIR.match(p.name) for p in task_dir.iterdir()):
+            return (f"{task_dir} is a run's folder, not a task folder: pass one of its task folders, e.g. "
+                    f"{task_dir / task_dir_name(0)} (cljax.results.task_dirs lists them)")
+        return f"{task_dir} is not a task folder: {runs_near(task_dir)}"
+    from cljax.run_lock import live_writer
+
+    writer = live_writer(task_dir.parent)
+    if writer is not None and writer.get("pid") != os.getpid():
+        return (f"a cljax run is writing {task_dir.parent} now (process {writer.get('pid')} on {writer.get('host')}) "
+                f"and may be replacing its task folders (--overwrite, --repair): read the run when that run ends")
+    return None
+
+
+@_explained
 def load_metadata(task_dir) -> dict:
     path = Path(task_dir) / "metadata.json"
     raw = read_bytes(path)
@@ -250,14 +291,17 @@ def load_metadata(task_dir) -> dict:
     return meta
 
 
+@_explained
 def load_metrics(task_dir) -> dict:
     return load_dict_pickle(Path(task_dir) / "metrics.pkl")
 
 
+@_explained
 def load_expert_metrics(task_dir) -> dict:
     return load_dict_pickle(Path(task_dir) / "expert_metrics.pkl")
 
 
+@_explained
 def load_representations(task_dir, mmap: bool = True, as_float32: bool = False) -> np.ndarray:
     """(L, R, T, S, H) in the dtype the run chose (bfloat16 as ``ml_dtypes.bfloat16``), or as
     float32 with ``as_float32`` (exact for every stored dtype)."""
@@ -273,6 +317,7 @@ def load_representations(task_dir, mmap: bool = True, as_float32: bool = False) 
     return reps.astype(np.float32) if as_float32 else reps
 
 
+@_explained
 def load_binary_labels(task_dir) -> np.ndarray:
     return load_npy(Path(task_dir) / "binary_labels.npy")
 
@@ -284,23 +329,33 @@ def load_structured(path: Path) -> dict:
     return structured_to_weights(arr)
 
 
+@_explained
 def load_weights(task_dir) -> dict:
     """Nested dict {layer: {param: array (L, R, ...)}} from weights.npy."""
     return load_structured(Path(task_dir) / "weights.npy")
 
 
+@_explained
 def load_start_weights(task_dir) -> dict | None:
     """{layer: {param: (R, ...)}}: the weights the task's training started from (after the
-    task-start options), or None for a folder written before start_weights.npy existed."""
+    task-start options), or None for a folder written before start_weights.npy existed (its
+    metadata.json does not list it; one that lists it and lost it is refused)."""
     path = Path(task_dir) / "start_weights.npy"
-    return load_structured(path) if path.exists() else None
+    return load_structured(path) if path.exists() or _listed(task_dir, path.name) else None
 
 
+@_explained
 def load_model_state(task_dir) -> dict:
     """The model's mutable state at each snapshot ({collection/layer/name: (L, R, ...)}), or {}
-    for a model without any (no model_state.npy)."""
+    for a model without any (no model_state.npy, and none listed in metadata.json)."""
     path = Path(task_dir) / "model_state.npy"
-    return load_structured(path) if path.exists() else {}
+    return load_structured(path) if path.exists() or _listed(task_dir, path.name) else {}
+
+
+def _listed(task_dir, name: str) -> bool:
+    """Whether metadata.json's ``files`` lists ``name``: a file that a folder was written with."""
+    files = load_metadata(task_dir).get("files")
+    return isinstance(files, dict) and name in files
 
 
 def load_task(task_dir) -> dict:

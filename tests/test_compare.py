@@ -74,9 +74,9 @@ def test_a_folder_near_a_run_names_the_run_to_pass(tmp_path, capsys):
     (tmp_path / "results" / "fashion_mnist" / "notes").mkdir()
     dataset, task = tmp_path / "results" / "fashion_mnist", tmp_path / "results" / "fashion_mnist" / "SL_T4" / "task_001"
     expected = {
-        ("compare", tmp_path / "results"): f"has no task folders: it holds runs: pass one of them, e.g. "
+        ("compare", tmp_path / "results"): f"is not a run's folder: it holds runs: pass one of them, e.g. "
                                            f"{dataset / 'SL_T4'}, {dataset / 'SL_cbp_T4'}.",
-        ("analyze", dataset): f"holds no finished task folder (task_000, ...): it holds runs: pass one of them, e.g. "
+        ("analyze", dataset): f"is not a run's folder: it holds runs: pass one of them, e.g. "
                               f"{dataset / 'SL_T4'}, {dataset / 'SL_cbp_T4'}.",
         ("analyze", task): f"task_001 is a task folder: pass its run's folder, {task.parent}.",
         ("compare", task / "metrics.pkl"): f"task_001 is a task folder: pass its run's folder, {task.parent}.",

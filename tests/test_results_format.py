@@ -3,6 +3,9 @@ weights flattened in sorted (jax.tree) order whatever order the model created th
 readers that refuse what they would misread."""
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import jax
 import ml_dtypes
@@ -10,7 +13,7 @@ import numpy as np
 import pytest
 
 from cljax import results
-from cljax.errors import DamagedFile
+from cljax.errors import CljaxError, DamagedFile
 
 
 def test_task_folders_are_listed_in_task_order_past_999(tmp_path):
@@ -52,3 +55,61 @@ def test_metadata_that_is_not_a_json_object_is_a_damaged_file(tmp_path):
     (tmp_path / "metadata.json").write_text("[1, 2]")
     with pytest.raises(DamagedFile, match="holds a JSON list, not the object cljax writes"):
         results.load_metadata(tmp_path)
+
+
+def _folder_with_start_weights(run):
+    start = results.weights_to_structured({"head": {"kernel": np.ones((2, 3, 1), np.float32)}}, lead=1)
+    return results.write_folder(run, "task_000", {"start_weights": start}, {"metrics": {"a": np.zeros(2)}}, {})
+
+
+def test_an_optional_file_its_folder_was_written_with_is_missing_not_absent(tmp_path):
+    # A deleted start_weights.npy read as None, "a folder from before it existed", although
+    # metadata.json lists it (model_state.npy's reader, the same: {} for a ResNet's lost state).
+    task = _folder_with_start_weights(tmp_path)
+    assert results.load_start_weights(task)["head"]["kernel"].shape == (2, 3, 1)
+    (task / "start_weights.npy").unlink()
+    with pytest.raises(DamagedFile, match=r"task_000/start_weights.npy is missing: restore it"):
+        results.load_start_weights(task)
+    meta = json.loads((task / "metadata.json").read_text())
+    assert "model_state.npy" not in meta["files"] and results.load_model_state(task) == {}
+    del meta["files"]["start_weights.npy"]  # a folder written before the file existed
+    (task / "metadata.json").write_text(json.dumps(meta))
+    assert results.load_start_weights(task) is None
+
+
+def test_a_run_folder_or_a_results_root_passed_for_another_is_named(tmp_path):
+    # load_metrics(run folder) said "metrics.pkl is missing: ... --repair, which trains the tasks
+    # up to it again"; task_dirs of a task folder or of the results root returned [].
+    run = tmp_path / "results" / "fashion_mnist" / "SL_T1"
+    task = _folder_with_start_weights(run)
+    with pytest.raises(DamagedFile, match=rf"{run}/metrics.pkl is missing: {run} is a run's folder, not a task "
+                                          rf"folder: pass one of its task folders, e.g. {task} \(cljax.results"):
+        results.load_metrics(run)
+    with pytest.raises(CljaxError, match=rf"{task} is not a run's folder: task_000 is a task folder: pass its run's "
+                                         rf"folder, {run}\.$"):
+        results.task_dirs(task)
+    with pytest.raises(CljaxError, match=rf"is not a run's folder: it holds runs: pass one of them, e.g. {run}\.$"):
+        results.task_dirs(tmp_path / "results")
+    (tmp_path / "new").mkdir()
+    assert results.task_dirs(tmp_path / "new") == [] and results.task_dirs(run) == [task]
+
+
+def test_a_file_missing_while_a_run_writes_the_folder_names_the_run(tmp_path):
+    # A reader during `cljax run --overwrite` met folders half deleted, and was told to restore
+    # them or --repair a run that was fine.
+    task = _folder_with_start_weights(tmp_path)
+    (task / "metrics.pkl").unlink()
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom pathlib import Path\n"
+                               "from cljax.run_lock import RunLock\nwith RunLock(Path(sys.argv[1])):\n"
+                               "    print('held', flush=True)\n    time.sleep(60)\n", str(tmp_path)],
+                              stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1])
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(DamagedFile, match=rf"metrics.pkl is missing: a cljax run is writing {tmp_path} now "
+                                              rf"\(process {holder.pid} on .+\) and may be replacing its task folders"):
+            results.load_metrics(task)
+    finally:
+        holder.kill()
+        holder.wait()
+    with pytest.raises(DamagedFile, match=r"metrics.pkl is missing: restore it from a copy"):
+        results.load_metrics(task)

@@ -38,7 +38,8 @@ def output_folder(algo_dir: Path, out_dir, run_id: str | None) -> Path:
     if out_dir is not None and not str(out_dir).strip():
         raise CljaxError("--out is empty: pass a folder, or leave it out for ALGO_DIR/analysis.")
     out = Path(out_dir) if out_dir is not None else algo_dir / "analysis"
-    if (out / RUN_RECORD).exists() or (out.is_dir() and results.task_dirs(out)):
+    if (out / RUN_RECORD).exists() or (out.is_dir() and any(results.is_task_dir_name(p.name) and p.is_dir()
+                                                            for p in out.iterdir())):
         raise CljaxError(f"--out {out} is a run's folder (it holds run.json or task folders): its analysis goes "
                          f"into {out / 'analysis'}; pass another --out.")
     own = algo_dir.resolve()
