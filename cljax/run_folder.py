@@ -100,6 +100,10 @@ def inspect_run(algo_dir: Path, config: Config, data_id: str | None, overwrite: 
         return Found(n_task_dirs=n_dirs)
     record = read_run_record(algo_dir)
     if record is None:
+        if n_dirs or (algo_dir / CHECKPOINT).exists():  # a run's own files: its record is what was lost
+            held = ", ".join([f"{n_dirs} task folder(s)"] * bool(n_dirs) + ["a checkpoint"] * (algo_dir / CHECKPOINT).exists())
+            raise CljaxError(f"{algo_dir / RUN_RECORD} is missing, and the folder holds a cljax run's {held}: restore "
+                             f"run.json from a copy, or pass --overwrite to start again (it {_deletes(n_dirs)}).")
         raise CljaxError(f"{algo_dir} holds files that are not a cljax run: choose another --results-dir, or pass "
                          f"--overwrite to replace them (it {_deletes(n_dirs)}).")
     try:

@@ -191,6 +191,18 @@ def test_a_run_record_of_the_wrong_kind_is_one_line(made, tmp_path, capsys, reco
     assert state(run_dir) == before
 
 
+def test_a_lost_run_record_is_named_as_lost(made, tmp_path, capsys):
+    # The folder was called "files that are not a cljax run", with --overwrite the only way out.
+    run_dir = copy(made, "partial", tmp_path / "r")
+    (run_dir / "run.json").unlink()
+    n = len(list(run_dir.glob("task_*")))
+    before = state(run_dir)
+    rc, _, err = run_cli(["run", *FLAGS, "--results-dir", str(tmp_path / "r")], capsys)
+    assert_one_error(rc, err, f"{run_dir / 'run.json'} is missing, and the folder holds a cljax run's {n} task "
+                              f"folder(s), a checkpoint: restore run.json from a copy, or pass --overwrite")
+    assert state(run_dir) == before
+
+
 @pytest.mark.parametrize("value", ["fast", -5.0])
 def test_an_edited_setting_in_the_run_record_is_named_as_damage_not_as_a_value_to_pass(made, tmp_path, capsys, value):
     # It said "lr recorded 'fast', now 0.1. Pass the recorded values", which no command line can.
