@@ -280,7 +280,7 @@ def verify_task_dir(task_dir: Path, t: int, run_id: str | None, hashes: bool, in
     if meta.get("task_index", t) != t:
         return f"{task_dir / 'metadata.json'} describes task {meta.get('task_index')}, not task {t}"
     if meta.get("run_id") != run_id and (run_id is not None or "run_id" in meta):
-        return f"{task_dir} belongs to run {meta.get('run_id')}, not to run {run_id} of run.json"
+        return f"{task_dir} belongs to run {meta.get('run_id')}, not to this run ({run_id or 'which has no run id'})"
     files = meta.get("files")
     if "run_id" in meta and not isinstance(files, dict):  # every version that writes run ids lists the files
         return (f"{task_dir / 'metadata.json'} records a run id but not its files' sizes and sha256, which every "

@@ -64,7 +64,7 @@ def test_verify_task_dir_names_each_way_a_folder_is_not_the_one_it_checks(made, 
     task = run_dir / "task_001"  # task 0's folder now: checked as task 0 below
     # A run.json from before run ids beside a folder that names one: not this run's.
     assert (run_folder.verify_task_dir(task, 0, None, hashes=False)
-            == f"{task} belongs to run {run_id}, not to run None of run.json")
+            == f"{task} belongs to run {run_id}, not to this run (which has no run id)")
     # A shape other than the one recorded (the file itself untouched, its hash still matches).
     meta = json.loads((task / "metadata.json").read_text())
     recorded = meta["shapes"]["binary_labels"]
