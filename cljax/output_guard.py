@@ -6,7 +6,8 @@ folder. Its analysis/ folder, and new files or folders beside its own, are free.
 
 Nor over any other file that is not of the output's own kind: a plot replaces only a PNG, and
 compare's JSON only an earlier comparison, so a mistyped path cannot turn a dataset's files, an
-analysis's arrays or a note into a picture (rerunning a command over its own output still works)."""
+analysis's arrays or a note into a picture (rerunning a command over its own output still works);
+and no file an analysis lists as its own (its plots), which its summary.json describes."""
 
 from __future__ import annotations
 
@@ -80,3 +81,17 @@ def check_replaces_only_its_own(flag: str, path: str | Path, kind: str) -> None:
     if not holds(target):
         raise CljaxError(f"{flag} {path} is a file that is not {what}, and writing there would replace it: pass "
                          f"another path (or remove that file first, if it is to go).")
+    if target.name in _analysis_files(target.parent):
+        raise CljaxError(f"{flag} {path} is a file of the analysis in {target.parent} (its summary.json lists it), "
+                         f"which would then describe a file it did not write: pass another path.")
+
+
+def _analysis_files(folder: Path) -> list:
+    """The files that the analysis in ``folder`` (its summary.json, as ``cljax analyze`` writes
+    it) lists as its own; [] where there is none."""
+    try:
+        summary = json.loads((folder / "summary.json").read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return []
+    listed = summary.get("files") if isinstance(summary, dict) and isinstance(summary.get("algo_dir"), str) else None
+    return listed if isinstance(listed, list) else []

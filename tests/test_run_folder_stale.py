@@ -330,6 +330,17 @@ def test_a_plot_or_comparison_replaces_only_a_file_of_its_own_kind(made, tmp_pat
         rc, _, err = run_cli(["data-info", str(data), "--png", str(plot)], capsys)
         assert rc == 0, err
     assert plot.read_bytes()[:4] == b"\x89PNG" and len(json.loads(gap.read_text())) == 2
+    # ... but not over a plot an analysis lists as its own: its summary.json would describe another picture.
+    analysis = run_dir / "analysis"
+    analysis.mkdir()
+    (analysis / "accuracy_matrix.png").write_bytes(plot.read_bytes())
+    (analysis / "summary.json").write_text(json.dumps({"algo_dir": str(run_dir), "files": ["accuracy_matrix.png"]}))
+    for args, flag in [(["compare", "--out", str(analysis / "accuracy_matrix.png"), str(run_dir), str(other)], "--out"),
+                       (["data-info", str(data), "--png", str(analysis / "accuracy_matrix.png")], "--png")]:
+        rc, _, err = run_cli(args, capsys)
+        assert_one_error(rc, err, f"{flag} {analysis / 'accuracy_matrix.png'} is a file of the analysis in {analysis} "
+                                  f"(its summary.json lists it)")
+    assert (analysis / "accuracy_matrix.png").read_bytes() == plot.read_bytes()
 
 
 def test_compare_reads_only_each_runs_own_whole_files(made, tmp_path, capsys):
