@@ -279,6 +279,8 @@ def verify_task_dir(task_dir: Path, t: int, run_id: str | None, hashes: bool, in
         into["metadata"] = meta
     if meta.get("task_index", t) != t:
         return f"{task_dir / 'metadata.json'} describes task {meta.get('task_index')}, not task {t}"
+    if "run_id" not in meta and run_id is not None:
+        return f"{task_dir / 'metadata.json'} records no run id, and this run has one ({run_id}): it is not this run's"
     if meta.get("run_id") != run_id and (run_id is not None or "run_id" in meta):
         return f"{task_dir} belongs to run {meta.get('run_id')}, not to this run ({run_id or 'which has no run id'})"
     files = meta.get("files")

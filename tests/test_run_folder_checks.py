@@ -65,6 +65,11 @@ def test_verify_task_dir_names_each_way_a_folder_is_not_the_one_it_checks(made, 
     # A run.json from before run ids beside a folder that names one: not this run's.
     assert (run_folder.verify_task_dir(task, 0, None, hashes=False)
             == f"{task} belongs to run {run_id}, not to this run (which has no run id)")
+    # ... and the other way round: a folder without a run id in a run that has one ("belongs to run None").
+    (run_dir / "initial" / "metadata.json").write_text("{}")
+    assert (run_folder.verify_task_dir(run_dir / "initial", -1, run_id, hashes=False)
+            == f"{run_dir / 'initial' / 'metadata.json'} records no run id, and this run has one ({run_id}): it is "
+               f"not this run's")
     # A shape other than the one recorded (the file itself untouched, its hash still matches).
     meta = json.loads((task / "metadata.json").read_text())
     recorded = meta["shapes"]["binary_labels"]

@@ -303,7 +303,7 @@ def _verifier(algo_dir: Path, first: Path):
     if (algo_dir / INITIAL).exists():
         check(algo_dir / INITIAL, -1, "run the run's `cljax run` command again, which writes it again from the "
                                       f"seed (finished or not), or move {INITIAL}/ out (the change from the initial "
-                                      "weights is then left out)")
+                                      "weights is then measured from task_000's first snapshot)")
     elif wrote_initial(record):  # so it was deleted since
         print(f"warning: {algo_dir / INITIAL} is missing, so the change from the initial weights is measured from "
               f"task_000's first snapshot; run the run's `cljax run` command again to write it from the seed.",
