@@ -101,7 +101,9 @@ def parse_text(ftype: FieldType, text: str, flag: str):
 def add_flag(parser: argparse.ArgumentParser, flag: str, dest: str, ftype: FieldType, meta: dict, default,
              aliases: tuple = (), note: str = "") -> None:
     """One flag with its help text and default; a bool is a --x / --no-x pair."""
-    help_text = f"{meta.get('help', '')}{note} (default: {default})"
+    help_text = meta.get("help", "") + note
+    if "(default:" not in help_text:  # a help that names its own default ("--lr") keeps it alone
+        help_text += f" (default: {default})"
     names = [f"--{flag}", *aliases]
     if ftype.base is bool:
         parser.add_argument(*names, dest=dest, action=argparse.BooleanOptionalAction, default=default, help=help_text)

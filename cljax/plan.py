@@ -23,6 +23,10 @@ def make_plan(config: Config, device_bytes: int | None = None) -> dict:
     from cljax.tasks import TaskData, make_schedule
 
     config.validate()
+    from cljax.config import algo_dir_of
+    from cljax.run_folder import check_writable_target
+
+    check_writable_target(algo_dir_of(config))  # as run does: a --results-dir it could not write to
     data = load_dataset(config)
     TaskData(data, config)  # run's own check that every class has the images a task takes
     schedule = make_schedule(data.n_classes, config.num_tasks, config.n_repeats, config.seed, config.task_schedule)

@@ -423,3 +423,9 @@ def test_a_results_dir_name_too_long_names_the_fix(tmp_path, capsys):
     assert "shorten the path (a name of at most 255 bytes" in err and "permissions" not in err
     rc, _, err = run_cli(["plan", *FLAGS, "--results-dir", str(tmp_path / "r"), "--synthetic-classes", "3"], capsys)
     assert_one_error(rc, err, "use at most 1 task, or --task-schedule cycle")
+    # plan refuses a --results-dir that run would refuse (it printed a plan for a file).
+    (tmp_path / "a-file").write_text("notes")
+    for command in ("plan", "run"):
+        rc, _, err = run_cli([command, *FLAGS, "--results-dir", str(tmp_path / "a-file")], capsys)
+        assert_one_error(rc, err, f"{tmp_path / 'a-file'} is a file, not a folder: choose another --results-dir")
+    assert (tmp_path / "a-file").read_text() == "notes"

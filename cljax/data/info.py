@@ -99,7 +99,7 @@ def data_info_main(argv: list[str]) -> int:
     """`data-info DIR [--png FILE]`: print classes and counts per split, save a sample grid; exit code."""
     from cljax.settings import Parser  # a bad flag is one line, as in the other commands
 
-    parser = Parser(prog="data-info", description="Describe a prepared dataset folder and save sample images.")
+    parser = Parser(prog="cljax data-info", description="Describe a prepared dataset folder and save sample images.")
     parser.add_argument("folder", help="a prepared folder (e.g. the --out of prepare-imagenet), or a folder of "
                         "Fashion-MNIST's four IDX files (/usr/share/datasets/fashion-mnist)")
     parser.add_argument("--png", default=None, help="where to save the sample grid (default FOLDER/samples.png; for "

@@ -28,8 +28,8 @@ def _fix(folder: Path, damaged: bool = True) -> str:
     if folder.resolve() == Path(DEFAULT_DIR).resolve():
         how = "apt-get install --reinstall dataset-fashion-mnist" if damaged else "apt-get install dataset-fashion-mnist"
         return f"install it{' again' if damaged else ''} with `{how}`, or pass --data-dir with the four IDX files."
-    return (f"put good copies of the four IDX files in {folder}, or leave --data-dir out to read them from "
-            f"{DEFAULT_DIR} (Debian's dataset-fashion-mnist).")
+    return (f"put good copies of the four IDX files in {folder}, or use Debian's copy in {DEFAULT_DIR} "
+            f"(dataset-fashion-mnist), which `cljax run` reads when --data-dir is left out.")
 
 
 # The files read in this process, by path and the file's identity (inode, size, modification

@@ -283,7 +283,7 @@ def prepare_main(argv: list[str]) -> int:
     from cljax.settings import Parser  # a bad flag is one line, as in the other commands
 
     parser = Parser(
-        prog="prepare-imagenet",
+        prog="cljax prepare-imagenet",
         description="Prepare ImageNet-1k (hub name, local parquet export or image folder) as 28x28 8-bit gray, resumably.",
     )
     parser.add_argument("--source", required=True, help="hub dataset (ILSVRC/imagenet-1k), parquet export folder, or image folder")
