@@ -24,6 +24,10 @@ def test_each_kind_of_unused_setting_is_named_with_why():
     used = unused_settings({**flat_defaults(), "head": "reset", "model": "mlp", "add_plasticity": True})
     assert not {"head_reset_to", "mlp_hidden", "sp_lambda"} & set(used)
     assert set(used) < set(flat_defaults())  # every name it gives is a setting
+    # Bio's epsilon acts only under its egreedy policy (a sweep over it trained one run under many names).
+    bio = {**flat_defaults(), "algorithm": "Bio", "bio_epsilon": 0.3}
+    assert unused_settings(bio)["bio_epsilon"] == "it acts only with --bio-policy egreedy"
+    assert "bio_epsilon" not in unused_settings({**bio, "bio_policy": "egreedy"})
 
 
 def test_plan_warns_once_per_flag_given_that_the_run_does_not_use(capsys):
@@ -47,6 +51,9 @@ def test_plan_warns_once_per_flag_given_that_the_run_does_not_use(capsys):
     (["--add-plasticity", "--num-tasks", "1"], "--sp-mode boundary acts as each task after the first begins, and the "
                                                "run has one task"),
     (["--use-ul", "--ul-lr", "0"], "--ul-lr 0 changes no weight"),
+    (["--use-replay", "--num-tasks", "1"], "the buffer is filled as a task ends, so a one-task run replays nothing "
+                                           "(its images weigh 0)"),
+    (["--use-replay", "--num-tasks", "2"], None),
     (["--use-redo", "--redo-every", "12"], None), (["--use-cbp", "--cbp-maturity", "11"], None),  # they act, once
     (["--add-plasticity", "--sp-mode", "step", "--num-tasks", "1"], None),
 ])

@@ -85,7 +85,14 @@ def draw_replay(state, key, n_draw: int):
     return state["images"][idx], state["labels"][idx], weights
 
 
-@register_option("replay", params=ReplayParams, tag="replay", flag="use-replay", aliases=("--replay",))
+def _inert(params: ReplayParams, config) -> str | None:
+    if config.num_tasks == 1:
+        return "the buffer is filled as a task ends, so a one-task run replays nothing (its images weigh 0)"
+    return None
+
+
+@register_option("replay", params=ReplayParams, tag="replay", flag="use-replay", aliases=("--replay",),
+                 inert=_inert)
 def make_replay(params: ReplayParams, config, net) -> Option:
     """replay: mix images of earlier tasks from a balanced on-device buffer into every batch (tag replay)"""
     M, n_draw = params.size, params.batch

@@ -72,7 +72,7 @@ class BioParams:
                         "to float rounding)",
                         choices=("softmax", "egreedy"))
     epsilon: float = param(0.1, "Bio: exploration rate of --bio-policy egreedy (no effect with --out-dim 1)",
-                           min=0.0, max=1.0)
+                           min=0.0, max=1.0, applies_when=("bio_policy", "egreedy"))
 
 
 def kernel_layers(params, prefix=()):
