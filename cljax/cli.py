@@ -217,7 +217,8 @@ def _cmd_analyze(argv: list[str]) -> int:
         raise CljaxError(f"--glue-probes must be at least 2 (its Monte-Carlo error needs two), got {args.glue_probes}.")
     if not math.isfinite(args.tau) or args.tau < 0:
         raise CljaxError(f"--tau must be a finite number >= 0, got {args.tau}.")
-    from cljax.analysis.driver import writing_now, analyze_run, format_summary
+    from cljax.analysis.driver import writing_now, analyze_run
+    from cljax.analysis.summary_text import format_summary
     from cljax.results import runs_near, task_dirs
 
     if not args.algo_dir.strip():

@@ -282,7 +282,7 @@ def test_an_analysis_that_cannot_be_written_leaves_the_previous_one_whole(tmp_pa
 def test_the_terminal_summary_says_over_how_many_terms_a_metric_was_taken():
     """--eval-tasks window:5 of a 30-task run: the averages are over the window's terms, and FWT
     (each task evaluated before it trains) has none: "not measured", not "left out: not finite"."""
-    from cljax.analysis.driver import format_summary
+    from cljax.analysis.summary_text import format_summary
 
     entry = {"mean": 0.5, "std": 0.25, "n": 3, "n_nonfinite": 0}
     summary = {"n_task_folders": 30, "config": {"eval_tasks": "window:5"}, "average_accuracy": entry, "bwt": entry,
@@ -300,7 +300,7 @@ def test_the_terminal_summary_names_collapse_no_probe_and_left_out_expert_cells(
     """Constant representations (collapsed units, nothing diverged) leave GLUE undefined: said so,
     not as repeats 'left out: not finite', which reads as divergence; no probe solved is not
     '0.00% of 0'; the expert's cells left out as not finite are counted on its line."""
-    from cljax.analysis.driver import format_summary
+    from cljax.analysis.summary_text import format_summary
 
     undefined = {"mean": None, "std": None, "n": 0, "n_nonfinite": 4}
     glue = {"per_task": {"capacity": {"last_task": undefined}, "capacity_mc_error": {"last_task": undefined}},
@@ -313,8 +313,15 @@ def test_the_terminal_summary_names_collapse_no_probe_and_left_out_expert_cells(
                             "mean_plasticity_gap_best": entry}).splitlines()
     assert ("GLUE capacity, last task: undefined (the representations are constant over the images: collapsed, not "
             "diverged) over repeats, Monte-Carlo error n/a (256 probes); no probe was solved") in lines
-    assert any(line.startswith("expert accuracy:") and line.endswith("(46 not finite, left out)") for line in lines)
+    assert any(line.startswith("expert accuracy:") and line.endswith("0 of 114 finite (repeat, task) cells ended more "
+                                                                     "than 0.1 below their best (46 not finite, left out)")
+               for line in lines)  # "0 of 160 cells" read as 160 checked
 
+    # two repeats collapsed, one alive: the repeats left out are named as collapsed ("not finite" reads as diverged)
+    glue["per_task"]["capacity"]["last_task"] = {"mean": 0.7946, "std": None, "n": 1, "n_nonfinite": 2}
+    text = format_summary({"glue": glue})
+    assert ("GLUE capacity, last task: 0.7946 +- n/a (2 repeats left out: constant representations, collapsed, not "
+            "diverged) over repeats") in text, text
     # one repeat diverged and two collapsed: 'left out: not finite' counts both; the line tells them apart
     glue["per_task"]["capacity"]["last_task"] = {"mean": None, "std": None, "n": 0, "n_nonfinite": 3}
     glue["solver"].update(n_groupings_constant=8, n_groupings_not_finite=4)

@@ -141,7 +141,7 @@ def test_cli_prints_the_probe_beside_the_head(tmp_path, capsys):
 
 
 def test_the_printed_probe_line_says_the_fold_sizes_or_why_there_is_no_probe():
-    from cljax.analysis.driver import format_summary
+    from cljax.analysis.summary_text import format_summary
 
     def printed(S, folds, probe_mean):
         earlier = {"n_tasks": 2, "head_acc": {"mean": 0.6, "std": 0.1}, "probe_acc": {"mean": probe_mean, "std": 0.0}}

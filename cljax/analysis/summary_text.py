@@ -1,0 +1,101 @@
+"""The headline lines of an analysis's summary for the terminal (``format_summary``): what
+``cljax analyze`` prints after it writes the summary.json they come from."""
+
+from __future__ import annotations
+
+from cljax.analysis.analyses import COLLAPSE_DROP
+from cljax.analysis.glue import GLUE_RELIABLE
+from cljax.analysis.spread import mean_std_text
+
+
+def _pm(entry, digits: int = 4) -> str:
+    """'mean +- std' of a summary entry (None: not defined), with the repeats left out if any."""
+    if not isinstance(entry, dict):
+        return "n/a"
+    text = mean_std_text(entry.get("mean"), entry.get("std"), f".{digits}f")
+    left_out = entry.get("n_nonfinite", 0)
+    return text + (f" ({left_out} repeat{'s' * (left_out != 1)} left out: not finite)" if left_out else "")
+
+
+def _cl_metric(summary: dict, key: str) -> str:
+    """A CL metric's 'mean +- std', and over how many of its terms when --eval-tasks evaluated
+    fewer than all (none: not measured, e.g. FWT, which needs each task evaluated before it trains)."""
+    n = summary.get("n_task_folders") or 0
+    full = n if key == "average_accuracy" else n - 1
+    if full == 0 and n == 1:  # not a repeat's divergence: the metric compares tasks
+        return "undefined (it needs 2 tasks or more: " + ("the run has 1)" if summary.get("complete") else
+                                                         "1 trained so far)")
+    terms = (summary.get("n_terms") or {}).get(key)
+    mode = (summary.get("config") or {}).get("eval_tasks", "all")
+    if terms == 0 and full > 0:
+        return f"not measured (--eval-tasks {mode} evaluates none of its {full} terms)"
+    if terms is not None and 0 < terms < full:
+        return f"{_pm(summary[key])} (over {terms} of its {full} terms: --eval-tasks {mode})"
+    return _pm(summary[key])
+
+
+def format_summary(summary: dict) -> str:
+    """The headline lines of a summary for the terminal: CL metrics, the head vs the linear probe
+    on earlier tasks, the expert's final and best snapshot, GLUE capacity with its errors."""
+    lines = [f"{key:>18}: {_cl_metric(summary, key)}" for key in ("average_accuracy", "bwt", "fwt", "forgetting")
+             if key in summary]
+    writer = summary.get("in_progress")
+    if summary.get("complete") is False and writer is not None:  # the tasks written so far; more are coming
+        lines.insert(0, f"run in progress (pid {writer.get('pid', '?')} on {writer.get('host', '?')}, since "
+                        f"{writer.get('since', '?')}): the first {summary['n_task_folders']} of its "
+                        f"{summary['n_eval_tasks']} tasks, those written so far; analyse it again when it ends")
+    elif summary.get("complete") is False:  # the metrics are those of the tasks trained so far
+        lines.insert(0, f"partial run: the first {summary['n_task_folders']} of its {summary['n_eval_tasks']} tasks "
+                        f"(finish it with the same `cljax run` command)")
+    probe = summary.get("probe")
+    if probe and probe["earlier_tasks"]["n_tasks"] > 0:
+        early, images = probe["earlier_tasks"], probe["images"]
+        folds = images["fold_sizes"]
+        measured = folds[0] >= 2  # a probe needs 2 samples of each class (cljax/analysis/probe.py)
+        lines.append(f"accuracy on earlier tasks after the last one: head {_pm(early['head_acc'])}, linear probe "
+                     + (_pm(early["probe_acc"]) if measured else "not measured"))
+        fit = f"{folds[0]}" if folds[0] == folds[1] else f"{folds[0]} or {folds[1]}"
+        lines.append((f"  (probe: ridge on the saved representations, fit on {fit} and tested on "
+                      f"{images['tested_per_task']} images per task and repeat" if measured else
+                      f"  (probe: {images['saved_per_task']} saved images per task; it needs 2 of each class, "
+                      "so 4 or more") + "; `cljax run --n-subsamples` raises it"
+                     + (". With one shared output the head's figure mostly measures the read-out, see docs/metrics.md)"
+                        if (summary.get("config") or {}).get("head") != "multi" else ")"))
+    expert = summary.get("expert")
+    if expert:
+        left_out = expert.get("n_nonfinite", 0)  # counted in n_cells, never in n_collapsed
+        lines.append(f"expert accuracy: last snapshot {_pm(expert['final'])}, best snapshot {_pm(expert['best'])}; "
+                     f"{expert['n_collapsed']} of {expert['n_cells'] - left_out} {'finite ' * bool(left_out)}(repeat, "
+                     f"task) cells ended more than {COLLAPSE_DROP} below their best"
+                     + (f" ({left_out} not finite, left out)" if left_out else ""))
+        auc = summary.get("variant") == "auc"  # the learner's area under its curve: biased upward (docs/metrics.md)
+        lines.append(f"plasticity gap: {'auc of the learner vs last snapshot of the expert' if auc else 'last snapshots'} "
+                     f"{_pm(summary['mean_plasticity_gap'])}, best snapshots {_pm(summary['mean_plasticity_gap_best'])}")
+    glue = summary.get("glue")
+    if glue:
+        cap, err, solver = (glue["per_task"]["capacity"]["last_task"], glue["per_task"]["capacity_mc_error"]["last_task"],
+                            glue["solver"])
+        mc = "n/a" if err["mean"] is None else f"{err['mean']:.4f}"
+        solved = solver["n_probes_solved"]
+        cap_text = _pm(cap)
+        not_finite, constant = solver.get("n_groupings_not_finite", 0), solver.get("n_groupings_constant", 0)
+        if cap["mean"] is None and constant and not not_finite:
+            # constant representations (collapsed units), not a diverged network: no capacity to measure
+            cap_text = "undefined (the representations are constant over the images: collapsed, not diverged)"
+        elif constant and not not_finite:  # the repeats left out are collapsed ones, not diverged
+            cap_text = cap_text.replace("left out: not finite)", "left out: constant representations, collapsed, "
+                                                                 "not diverged)")
+        elif constant and not_finite:  # "not finite" above counts both kinds: say which is which
+            cap_text += (f" [groupings left out over the run: {not_finite} not finite (diverged), {constant} with "
+                         f"constant representations (collapsed, not diverged)]")
+        low = solver.get("min_converged_fraction")
+        lines.append(f"GLUE capacity, last task: {cap_text} over repeats, Monte-Carlo error {mc} "
+                     f"({glue['settings']['n_probes']} probes); " + (
+                         f"solver within tolerance on {100 * solver['converged_fraction']:.2f}% of {solved} probes"
+                         if solved else "no probe was solved")
+                     + (f"; over the run, the grouping of {solver.get('min_converged_at', 'one task')} reached it on "
+                        f"only {100 * low:.1f}%: its points are nearly degenerate (as a network near collapse gives) "
+                        f"and its capacity is not reliable (docs/metrics.md, GLUE)"
+                        if solved and low is not None and low < GLUE_RELIABLE else ""))
+    lines.append(f"std: {summary.get('std', '')}")
+    return "\n".join(lines)
