@@ -268,6 +268,9 @@ CONVENTIONS = {
     "weight_change_init": "reference = initial/weights.npy, the initialisation (before a head reset); in a run without "
                           "it, the first snapshot of task_000",
     "feature_variance": "mean over units of the variance across samples",
+    "weight_units": "weight_magnitude and weight_change_* are RMS per parameter, sqrt(sum x^2 / P), not norms",
+    "forgetting": "top-level and cl.*: best earlier accuracy minus final (Chaudhry); probe.forgetting: accuracy "
+                  "after task j minus at the end (-BWT), another quantity",
 }
 
 
