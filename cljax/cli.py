@@ -309,9 +309,9 @@ COMMANDS = {
 def main(argv: list[str] | None = None) -> int:
     from_shell = argv is None
     argv = sys.argv[1:] if argv is None else list(argv)
-    # First thing: a signal from here on stops the process in one line (prepare-imagenet stops
-    # its worker processes itself).
-    previous = _install(_stop_at_once) if argv[:1] != ["prepare-imagenet"] else {}
+    # First thing: a signal from here on stops the process in one line (until a command installs
+    # its own handler: prepare-imagenet's stops its worker processes first).
+    previous = _install(_stop_at_once)
     rc = None
     try:
         if from_shell:  # the command line (not a call from Python): persistent compilation cache on

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -51,7 +53,7 @@ def test_bad_inputs_give_one_clear_line(source, tmp_path, capsys):
     for flags in (["--source", str(empty), "--out", str(tmp_path / "o6"), "--resample", "foo"], []):
         with pytest.raises(SystemExit) as exc:  # a bad flag: one line, as in the other commands
             prepare_main(flags)
-        assert exc.value.code == 2 and "(see `prepare-imagenet --help`)" in _one_error_line(capsys)
+        assert exc.value.code == 2 and "(see `cljax prepare-imagenet --help`)" in _one_error_line(capsys)
 
     garbage = tmp_path / "garbage" / "data"
     garbage.mkdir(parents=True)
@@ -265,3 +267,33 @@ def test_hub_name_offline_gives_one_line(tmp_path):
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and "nobody-here/no-such-imagenet" in errors[0] and "unreachable" in errors[0], result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_at_any_moment_stops_the_preparation_with_75_and_one_line(source, tmp_path, monkeypatch, capsys,
+                                                                           sig):
+    # Its first seconds (the imports) had no handler: SIGTERM killed it without a word, SIGINT
+    # printed a traceback or was swallowed by JAX's gc callback (the preparation then ran on).
+    from tests.test_run_folder_inputs import _catches_sigterm
+
+    out = tmp_path / "o"
+    proc = subprocess.Popen([sys.executable, "-m", "cljax", "prepare-imagenet", "--source", str(source["root"]), "--out",
+                             str(out), "--workers", "1", "--no-progress"], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and proc.poll() is None and not _catches_sigterm(proc.pid):
+        time.sleep(0.002)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 75 and "Traceback" not in err and f"stopped by {sig.name}" in err, err
+    assert not out.exists()
+    # ... and in the middle of the work: the workers stopped, the shards done kept (75, as every command).
+    def stopped(*args):
+        os.kill(os.getpid(), sig)
+        time.sleep(5)
+
+    monkeypatch.setattr(imagenet, "_run_shards", stopped)
+    handlers = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    assert prepare_main(["--source", str(source["root"]), "--out", str(out), "--workers", "1", "--no-progress"]) == 75
+    assert f"interrupted: finished shards are kept in {imagenet.work_dir_for(out)}" in capsys.readouterr().err
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == handlers and not out.exists()

@@ -31,7 +31,7 @@ from cljax.data.imagenet.recorded import check_redo_allowed, check_same_preparat
 from cljax.data.imagenet.shards import Plan, Shard
 from cljax.data.imagenet.sources import DEFAULT_SHARD_ROWS, OUTPUT_SPLITS, plan_source
 from cljax.data.prepared import check_replaceable, load_prepared
-from cljax.errors import CljaxError
+from cljax.errors import EXIT_PREEMPTED, CljaxError
 from cljax.host import usable_cores
 
 NAME = "imagenet_28_gray"
@@ -300,7 +300,7 @@ def prepare_main(argv: list[str]) -> int:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     out = Path(args.out).expanduser()
-    previous_sigterm = _sigterm_as_interrupt()
+    previous = _signals_as_interrupt()
     try:
         if args.workers is not None and args.workers < 1:
             raise CljaxError(f"--workers must be >= 1, got {args.workers}.")
@@ -337,19 +337,21 @@ def prepare_main(argv: list[str]) -> int:
         return 2
     except KeyboardInterrupt:
         print(f"interrupted: finished shards are kept in {work_dir_for(out)}; rerun the same command to resume.", file=sys.stderr)
-        return 130
+        return EXIT_PREEMPTED
     finally:
-        if previous_sigterm is not None:
-            signal.signal(signal.SIGTERM, previous_sigterm)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
-def _sigterm_as_interrupt():
-    """Treat SIGTERM (a SLURM time limit, `kill`) like Ctrl-C: stop the workers, say how to resume."""
+def _signals_as_interrupt() -> dict:
+    """SIGTERM (a SLURM time limit, `kill`) and SIGINT (Ctrl-C) raise KeyboardInterrupt here,
+    whatever handler the command line had installed: the workers are stopped, and the line says
+    how to resume. Returns the handlers replaced (none off the main thread)."""
 
     def interrupt(signum, frame):
         raise KeyboardInterrupt
 
     try:
-        return signal.signal(signal.SIGTERM, interrupt)
+        return {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGINT)}
     except ValueError:  # not the main thread: leave signals alone
-        return None
+        return {}
