@@ -192,17 +192,18 @@ def _recorded_alive_here(holder: dict) -> bool:
     writer holding the folder, not a reader after a writer that has ended)."""
     pid = holder.get("pid")
     return (isinstance(pid, int) and holder.get("host") == socket.gethostname()
-            and (pid == os.getpid() or _alive(pid)))
+            and (pid == os.getpid() or pid_alive(pid)))
 
 
 def _another_live_process_here(holder: dict) -> bool:
     """Whether a lock file's record names a live process of this host other than this one."""
     pid = holder.get("pid")
     return (isinstance(pid, int) and pid != os.getpid() and holder.get("host") == socket.gethostname()
-            and _alive(pid))
+            and pid_alive(pid))
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this host has ``pid`` (another user's counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

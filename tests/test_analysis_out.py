@@ -96,3 +96,22 @@ def test_the_runs_own_analysis_folder_is_its_analysis_even_without_a_summary(tmp
     summary = analyze_run(algo, **FAST)
     assert summary["run_id"] is None  # the fake run records none
     assert sorted(p.name for p in (algo / "analysis").iterdir()) == sorted([*summary["files"], "notes.txt"])
+
+
+def test_files_an_analysis_killed_before_renaming_them_left_are_removed_by_the_next(tmp_path):
+    # An analyze killed (SIGKILL) while writing left .tmp-PID-cl.npz and the like for good.
+    import subprocess
+    import sys
+
+    from cljax.analysis.out_folder import remove_stale_temporaries
+
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = int(ended.stdout)
+    names = [f".tmp-{dead}-cl.npz", f".tmp-{os.getpid()}-probe.npz", f".tmp-{os.getppid()}-glue.npz", ".tmp-x-a.npz",
+             "notes.txt"]
+    for name in names:
+        (tmp_path / name).write_bytes(b"x")
+    remove_stale_temporaries(tmp_path)
+    # a live process's (the parent's) and files of other names stay; this process's own are stale here
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f".tmp-{os.getppid()}-glue.npz", ".tmp-x-a.npz",
+                                                                  "notes.txt"])

@@ -17,13 +17,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 from pathlib import Path
 
 from cljax import results
 from cljax.checkpoint import RUN_RECORD
 from cljax.errors import CljaxError
 from cljax.output_guard import check_not_a_run_result
-from cljax.run_lock import folder_lock
+from cljax.run_lock import folder_lock, pid_alive
 
 SUMMARY = "summary.json"
 ANALYSIS_SUFFIXES = (".json", ".npz", ".png")
@@ -111,6 +112,7 @@ def write_all(out: Path, writers: dict, algo_dir: Path, run_id: str | None) -> N
     # Two analyses writing one folder at once each read the other's earlier file list: one at a
     # time, each reads the folder as the last one left it, and the folder is one analysis, whole.
     with folder_lock(out):
+        remove_stale_temporaries(out)
         check_replaceable(out, algo_dir, run_id, writers)  # the folder as the last writer left it
         earlier = earlier_analysis(out) or {}  # of this run (check_replaceable refuses another run's)
         tmp = {name: out / f".tmp-{os.getpid()}-{name}" for name in writers}
@@ -138,3 +140,19 @@ def write_all(out: Path, writers: dict, algo_dir: Path, run_id: str | None) -> N
             if (name not in writers and Path(str(name)).name == name and Path(name).suffix in ANALYSIS_SUFFIXES
                     and path.is_file() and not path.is_symlink()):
                 path.unlink()
+
+
+_TEMPORARY = re.compile(r"^\.tmp-(\d+)-")
+
+
+def remove_stale_temporaries(out: Path) -> None:
+    """The files an analysis killed before it renamed them left (``.tmp-PID-NAME``, as
+    ``write_all`` names them): removed once no live process of this host has that pid. Under
+    ``folder_lock`` no other analysis is writing the folder; the pid check keeps a writer's
+    files where the filesystem has no locks."""
+    for path in out.iterdir():
+        match = _TEMPORARY.match(path.name)
+        pid = int(match.group(1)) if match else None
+        if pid is not None and path.is_file() and not path.is_symlink() and (pid == os.getpid() or not pid_alive(pid)):
+            path.unlink(missing_ok=True)  # this process writes its own only after this
+
