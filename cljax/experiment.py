@@ -31,7 +31,7 @@ from cljax.evaluate import TestSets, WindowTestSets
 from cljax.faults import crash_point
 from cljax.initial_state import INITIAL, initial_arrays, write_initial, wrote_initial
 from cljax.kept_checkpoints import (keep_checkpoint, keeps, kept_is_whole, kept_path, replay_note, rewrite_kept,
-                                     same_as_recorded)
+                                     same_as_recorded, unread_by_a_finished_run)
 from cljax.program import build_task_program
 from cljax.records import (divergence_warning, nonfinite_before, nonfinite_report, summary_row, task_arrays,
                             task_metadata)
@@ -94,6 +94,12 @@ def run_experiment(
                 if found.finished and _damaged_initial(algo_dir, found) is None:
                     if is_writer():  # what it hashed anew (a lost record) is not hashed again next time
                         memo.save_if_changed(found.record["run_id"])
+                    unread = unread_by_a_finished_run(algo_dir, config.num_tasks, config.keep_checkpoints,
+                                                      found.record["run_id"]) if repair and is_writer() else []
+                    if unread:
+                        print(f"note: the run is finished, and --repair leaves {', '.join(unread)} (missing or "
+                              f"damaged) as found: nothing is left to train from them; a repair that needs a kept "
+                              f"checkpoint writes it again.", file=sys.stderr)
                     return finished(algo_dir, schedule, found, config)
             if found.finished:  # all but initial/, which is written again below
                 check_sources(found.record.get("sources"), config, algo_dir)

@@ -71,6 +71,21 @@ def repair_start(algo_dir: Path, run_id: str | None, before: int) -> int:
     return next((t for t in found if kept_is_whole(algo_dir, t, run_id)), 0)  # a damaged one: an earlier one serves
 
 
+def unread_by_a_finished_run(algo_dir: Path, num_tasks: int, every: int, run_id: str | None) -> list[str]:
+    """The checkpoints of a finished run that are missing or damaged (its own, and the kept ones
+    it has or --keep-checkpoints asks for): a finished run trains nothing from them, so
+    ``--repair`` leaves them as they are, which its note says."""
+    try:
+        whole = read_checkpoint_header(algo_dir) == (num_tasks, run_id)
+    except CljaxError:
+        whole = False
+    named = [CHECKPOINT] * (not whole)
+    held = {int(m.group(1)) for p in (algo_dir / KEPT).glob("*.npz") if (m := _NAME.fullmatch(p.name))}
+    wanted = {t for t in range(num_tasks) if keeps(every, t, num_tasks)}
+    return named + [f"{KEPT}/{kept_path(algo_dir, t).name}" for t in sorted(held | wanted)
+                    if t < num_tasks and not kept_is_whole(algo_dir, t, run_id)]
+
+
 def kept_is_whole(algo_dir: Path, t: int, run_id: str | None) -> bool:
     """Whether the kept checkpoint of task ``t`` is there, whole (every member's CRC) and this run's."""
     try:

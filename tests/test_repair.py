@@ -125,6 +125,22 @@ def test_a_repair_writes_again_the_damaged_kept_checkpoint_it_trains_through(mad
     assert_one_error(rc, err, "task_003 is missing", "tasks 2 to 3 (2 tasks) from the checkpoint kept at task 2")
 
 
+def test_repair_of_a_finished_run_names_the_checkpoints_it_leaves_damaged(made, tmp_path, capsys):
+    # It exited 0 without a word, though --repair's help promises a missing or damaged checkpoint anew.
+    run_dir = _copy(made, "finished", tmp_path / "r")
+    rc, _, err = _run(tmp_path, capsys, "--repair")
+    assert rc == 0 and "note:" not in err, err  # all whole: nothing to say
+    (run_dir / "checkpoint.npz").unlink()
+    flip_byte(kept_path(run_dir, 2))
+    before = state(run_dir)
+    rc, _, err = _run(tmp_path, capsys)
+    assert rc == 0 and "note:" not in err, err  # a finished run does not read them
+    rc, _, err = _run(tmp_path, capsys, "--repair")
+    assert rc == 0 and ("note: the run is finished, and --repair leaves checkpoint.npz, checkpoints/start_task_002.npz "
+                        "(missing or damaged) as found: nothing is left to train from them") in err, err
+    assert state(run_dir) == before
+
+
 @pytest.mark.parametrize("how", ["missing", "damaged"])
 def test_a_lost_checkpoint_is_trained_again_and_the_run_goes_on(made, tmp_path, capsys, how):
     """Tasks 0-2 finished, the checkpoint after them lost: the repair trains task 2 again from the
