@@ -130,10 +130,13 @@ def inspect_run(algo_dir: Path, config: Config, data_id: str | None, overwrite: 
     run_id, T = record.get("run_id"), config.num_tasks
     if isinstance(memo, CheckRecord):
         memo.for_run(run_id)
-    # Hashing reads every finished file once: folders in parallel (hashlib releases the GIL).
-    with ThreadPoolExecutor(max_workers=max(1, min(8, usable_cores()))) as pool:
-        problems = list(pool.map(lambda t: verify_task_dir(algo_dir / task_dir_name(t), t, run_id, hashes, memo=memo),
+
+    def check(hashes: bool) -> list:  # hashing reads every finished file once: folders in parallel (hashlib releases the GIL)
+        with ThreadPoolExecutor(max_workers=max(1, min(8, usable_cores()))) as pool:
+            return list(pool.map(lambda t: verify_task_dir(algo_dir / task_dir_name(t), t, run_id, hashes, memo=memo),
                                  range(T)))
+
+    problems = check(hashes)
     extra = [d for d in task_dirs(algo_dir) if int(d.name.split("_")[1]) >= T]
     if extra:  # T is part of the resume key: a folder past it was not written by this run (analyze refuses it too)
         raise CljaxError(f"{extra[0]} is not a task of this {T}-task run: move it out of {algo_dir} to "
@@ -162,6 +165,10 @@ def inspect_run(algo_dir: Path, config: Config, data_id: str | None, overwrite: 
     if header is None and reached >= 2:  # whole folders and no checkpoint (a stop between the two writes, or lost)
         # Training again from task 0 would rewrite whole folders: only --repair (which compares them) may.
         damaged = [t for t in range(reached) if problems[t]]
+        if not repair and not hashes:  # the refusal names what --repair will train: every damage, contents included
+            problems = check(True)
+            reached = max((t + 1 for t, problem in enumerate(problems) if not problem), default=0)
+            damaged = [t for t in range(reached) if problems[t]]
         start = repair_start(algo_dir, run_id, damaged[0] if damaged else reached)
         if repair:
             return Found(record=record, next_task=reached, stale=_stale(algo_dir, problems, reached),
@@ -184,6 +191,9 @@ def inspect_run(algo_dir: Path, config: Config, data_id: str | None, overwrite: 
     if not 0 <= next_task <= T:
         raise CljaxError(f"{algo_dir / CHECKPOINT} points at task {next_task} of a {T}-task run; {fix}")
     damaged = [t for t in range(next_task) if problems[t]]
+    if damaged and not repair and not hashes:  # the refusal names what --repair will train: hash every folder first
+        problems = check(True)
+        damaged = [t for t in range(next_task) if problems[t]]
     stale = _stale(algo_dir, problems, next_task)
     if damaged:
         start, stop = repair_start(algo_dir, run_id, damaged[0]), damaged[-1] + 1

@@ -148,8 +148,11 @@ def test_paired_runs_compares_two_runs_repeat_by_repeat(tmp_path):
     meta.write_text(json.dumps({**json.loads(meta.read_text()), "config": {"num_tasks": 3, "seed": 7}}))
     with pytest.raises(SystemExit, match="the runs differ in seed: their repeats are not paired"):
         paired.main([str(a), str(b)])
-    with pytest.raises(SystemExit, match=f"error: {tmp_path} holds no task folders: pass a run folder"):
+    with pytest.raises(SystemExit, match=f"error: {tmp_path} is not a run's folder: it holds runs: pass one of them"):
         paired.main([str(a), str(tmp_path)])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit, match=f"error: {tmp_path / 'empty'} holds no task folders: pass a run folder"):
+        paired.main([str(a), str(tmp_path / "empty")])
     import shutil
 
     shutil.rmtree(b / "task_002")  # an unfinished run: its accuracy matrix is not square (a ValueError traceback)

@@ -125,6 +125,18 @@ def test_a_repair_writes_again_the_damaged_kept_checkpoint_it_trains_through(mad
     assert_one_error(rc, err, "task_003 is missing", "tasks 2 to 3 (2 tasks) from the checkpoint kept at task 2")
 
 
+def test_the_refusal_names_the_repair_of_every_damage_a_changed_byte_included(made, tmp_path, capsys):
+    # A changed byte below a missing file: the refusal (sizes only) offered "tasks 2 to 3 from
+    # the checkpoint kept at task 2", and --repair then trained from the seed.
+    run_dir = _copy(made, "finished", tmp_path / "r")
+    flip_byte(run_dir / "task_000" / "binary_labels.npy")
+    (run_dir / "task_003" / "metrics.pkl").unlink()
+    rc, _, err = _run(tmp_path, capsys)
+    assert_one_error(rc, err, "task_000", "(and 1 more below it)", "tasks 0 to 3 (4 tasks) from the seed")
+    rc, _, err = _run(tmp_path, capsys, "--repair")
+    assert rc == 0 and "trained tasks 0 to 3 (4 tasks) from the seed again" in err, err
+
+
 def test_repair_of_a_finished_run_names_the_checkpoints_it_leaves_damaged(made, tmp_path, capsys):
     # It exited 0 without a word, though --repair's help promises a missing or damaged checkpoint anew.
     run_dir = _copy(made, "finished", tmp_path / "r")
