@@ -24,7 +24,7 @@ from cljax.data.prepared import check_unchanged, data_identity
 from cljax.devices.distributed import (check_same_run, failures_shared, is_writer, maybe_initialize_distributed,
                                       smallest_over_processes)
 from cljax.devices.memory import host_available_bytes, live_device_bytes, rss_bytes
-from cljax.devices.mesh import check_repeats, fetch, put_repeats, shard_repeats
+from cljax.devices.mesh import check_repeats, fetch, fetch_owned, put_repeats, shard_repeats
 from cljax.errors import CljaxError
 from cljax.eval_tasks import eval_tasks_of
 from cljax.evaluate import TestSets, WindowTestSets
@@ -228,7 +228,8 @@ def _train(config, data, task_data, schedule, program, start, chunk_tasks, found
         # not whole is written again from it.
         rekeep = replaying and (keeps(config.keep_checkpoints, t + 1, config.num_tasks) or kept_path(
             algo_dir, t + 1).exists()) and not kept_is_whole(algo_dir, t + 1, run_id)
-        learner_host = fetch(learner) if rekeep or not replaying else None  # a collective when multi-host: all take part
+        # (its own copy: a view of the device buffer would keep the learner from being donated below)
+        learner_host = fetch_owned(learner) if rekeep or not replaying else None  # multi-host: a collective
         device_live = live_device_bytes() if on_task_end else 0
         peak = max(train_peak, tests.peak_live_bytes)
         if i + 1 < len(order):  # the next task trains while this one is written (its learner is donated)

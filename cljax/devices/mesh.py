@@ -109,6 +109,15 @@ def fetch(tree):
     return jax.tree.map(gathered, tree)
 
 
+def fetch_owned(tree):
+    """``fetch``, as host arrays that own their memory. On the CPU ``jax.device_get`` hands back
+    numpy views of a one-device array's buffer, and while a view lives XLA does not reuse
+    (donate) that buffer: the learner fetched for the checkpoint was held twice on the device
+    while the next task trained, one learner past the plan and past --device-memory."""
+    return jax.tree.map(lambda a: np.array(a, copy=True) if isinstance(a, np.ndarray) and not a.flags.owndata else a,
+                        fetch(tree))
+
+
 def gathered(leaf):
     """One leaf of ``fetch`` across processes: a device array's whole value on the host; a PRNG key
     array (a plugin's state may hold one) as a key array, as ``jax.device_get`` leaves it."""
