@@ -37,8 +37,8 @@ HEADROOM = 0.9  # a run may plan for this fraction of the device budget (allocat
 # What a run's process holds beyond the runtime `cljax plan` sees and the arrays the budget counts:
 # XLA compiling the task programs, their executables, the writer's buffers. Measured as the peak
 # (VmHWM) of `cljax run` against the plan's figure, on the CPU without the compilation cache, for
-# several models, rules, options and R (docs/scale.md); the smallest margin measured with it is
-# 237 MiB (replay).
+# several models, rules, options and R (docs/scale.md); a model with larger programs registers
+# more (``compile_allowance``).
 RUN_EXTRA_HOST_BYTES = 800 * 2**20
 
 
@@ -317,16 +317,27 @@ def host_components(b: Budget, data, chunk: int) -> dict[str, int]:
         "fetched_task_outputs": sum(pb.snapshots.values()) + slots * sum(pb.eval_per_task.values()),
         "results_copies": L * R * pb.n_params * 4 + L * R * slots * config.n_subsamples,
         "learner_copy": sum(pb.learner.values()),
-        "compilation_and_executables": RUN_EXTRA_HOST_BYTES,  # an allowance, measured
+        "compilation_and_executables": compile_allowance(config),  # measured
     }
+
+
+def compile_allowance(config: Config) -> int:
+    """Host bytes for compiling and holding the task programs (an allowance, measured): the base
+    one, and what the model registers beyond it (``compile_host_bytes(params)``), for a model
+    whose programs are larger than the CNN's, on which the base was measured."""
+    extra = MODELS[config.model].extra.get("compile_host_bytes")
+    return RUN_EXTRA_HOST_BYTES + (int(extra(config.model_params)) if extra is not None else 0)
 
 
 def host_total(b: Budget, data, chunk: int) -> int:
     """The run's host bytes: its parts, and on the CPU its device arrays, which live there too,
-    counted twice: beside them the task program's run holds XLA temporaries (on the CPU, about
-    the size of its snapshot buffers) and the buffers of its inputs and outputs at once, which
-    grow with R as the arrays do (docs/scale.md has the measured peaks)."""
-    device = 2 * sum(device_components(b, chunk).values()) if jax.default_backend() == "cpu" else 0
+    twice (the task program's inputs and its outputs are held at once), and XLA's temporaries,
+    one training batch's activations: all three grow with R (the ResNet's activations are 17
+    times the CNN's per image; docs/scale.md has the measured peaks)."""
+    device = 0
+    if jax.default_backend() == "cpu":
+        batch = b.pb.learner_batch * b.config.n_repeats * b.pb.activation_bytes_per_image
+        device = 2 * sum(device_components(b, chunk).values()) + batch
     return sum(host_components(b, data, chunk).values()) + device
 
 

@@ -113,7 +113,13 @@ class ResNet(nn.Module):
         return logits, hidden
 
 
-@register_model("resnet", params=ResNetParams, prefix="resnet")
+def _compile_host_bytes(params: ResNetParams) -> int:
+    """Host memory that compiling the ResNet's task programs takes beyond the CNN's (the base
+    allowance of cljax/budget.py): it grows with the blocks, as the programs do (docs/scale.md)."""
+    return (600 + 170 * params.blocks) * 2**20
+
+
+@register_model("resnet", params=ResNetParams, prefix="resnet", compile_host_bytes=_compile_host_bytes)
 def build_resnet(params: ResNetParams, ctx: ModelContext) -> ResNet:
     """A small ResNet with BatchNorm (three stages of basic blocks)."""
     return ResNet(out_dim=ctx.out_dim, width=params.width, blocks=params.blocks, hidden=params.hidden,
