@@ -152,7 +152,7 @@ def disk_run_files(b: Budget, dataset_meta: dict | None = None) -> dict:
     # Per task: the fields of metadata.json a check reads (the config, the evaluated tasks, the
     # shapes and the files' sizes and sha256) and each file's identity with its sha256; measured
     # at 3.9 KB for 4.4 KB of this estimate (T = 200, --eval-tasks all).
-    T, n_files = b.config.num_tasks, len(TASK_FILES)
+    T, n_files = b.config.num_tasks, len(TASK_FILES) + bool(b.program.parts.net.state_collections)  # model_state.npy
     fields = len(json.dumps(b.config.to_dict())) + len(json.dumps(eval_tasks_of(b.config).record(T - 1, T)))
     files[RECORD] = files[JOURNAL] = T * (fields + 300 * n_files + 600)
     return files
