@@ -12,6 +12,7 @@ and no file an analysis lists as its own (its plots), which its summary.json des
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from cljax.check_record import JOURNAL, RECORD
@@ -45,6 +46,26 @@ def check_not_a_run_result(flag: str, path: str | Path) -> None:
     if run is not None:
         raise CljaxError(f"{flag} {path} is one of the results of the run in {run} (its record, checkpoint, task "
                          f"folders, initial/ or checkpoints/): pass a path outside them, e.g. {run / 'analysis'}.")
+
+
+def check_writable_target(algo_dir: Path) -> None:
+    """One CljaxError line unless a run's folder ``algo_dir`` can be made and written here, and
+    lies in no other run's folder: a --results-dir given as a run's folder (results/dataset/SL_T5
+    for results/) nested a second run inside the first, where every command then read the first."""
+    if algo_dir.exists() and not algo_dir.is_dir():
+        raise CljaxError(f"{algo_dir} exists and is not a folder: choose another --results-dir.")
+    probe = algo_dir
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise CljaxError(f"{probe} is a file, not a folder: choose another --results-dir.")
+    if not os.access(probe, os.W_OK):
+        raise CljaxError(f"cannot write to {probe}: choose a writable --results-dir.")
+    inside = next((p for p in algo_dir.expanduser().resolve().parents if (p / RUN_RECORD).is_file()), None)
+    if inside is not None:
+        raise CljaxError(f"{algo_dir} would lie inside the run folder {inside} (it holds run.json): --results-dir is "
+                         f"the folder under which a run goes to {{dataset}}/{{algorithm}} (results, not "
+                         f"results/{{dataset}}/{{algorithm}}): pass that, e.g. {inside.parent.parent}.")
 
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -24,7 +24,7 @@ def make_plan(config: Config, device_bytes: int | None = None) -> dict:
 
     config.validate()
     from cljax.config import algo_dir_of
-    from cljax.run_folder import check_writable_target
+    from cljax.output_guard import check_writable_target
 
     check_writable_target(algo_dir_of(config))  # as run does: a --results-dir it could not write to
     data = load_dataset(config)

@@ -32,6 +32,7 @@ from cljax.host import usable_cores
 from cljax.initial_state import INITIAL
 from cljax.kept_checkpoints import KEPT, describe_replay, is_kept_name, kept_path, repair_start
 from cljax.results import LATER_TASK_FILES, TASK_FILES, task_dir_name, task_dirs
+from cljax.output_guard import check_writable_target
 from cljax.run_lock import RUN_LOCK
 from cljax.safe_files import npy_header, safe_load_pickle
 from cljax.setting_match import DATA_DIFFERS, setting_differences
@@ -65,18 +66,6 @@ def _is_temporary(name: str) -> bool:
 
 def _holds_anything(algo_dir: Path) -> bool:
     return any(p.name != RUN_LOCK and not _is_temporary(p.name) for p in algo_dir.iterdir())
-
-
-def check_writable_target(algo_dir: Path) -> None:
-    if algo_dir.exists() and not algo_dir.is_dir():
-        raise CljaxError(f"{algo_dir} exists and is not a folder: choose another --results-dir.")
-    probe = algo_dir
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir():
-        raise CljaxError(f"{probe} is a file, not a folder: choose another --results-dir.")
-    if not os.access(probe, os.W_OK):
-        raise CljaxError(f"cannot write to {probe}: choose a writable --results-dir.")
 
 
 def _deletes(n_dirs: int) -> str:

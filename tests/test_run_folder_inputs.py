@@ -429,3 +429,15 @@ def test_a_results_dir_name_too_long_names_the_fix(tmp_path, capsys):
         rc, _, err = run_cli([command, *FLAGS, "--results-dir", str(tmp_path / "a-file")], capsys)
         assert_one_error(rc, err, f"{tmp_path / 'a-file'} is a file, not a folder: choose another --results-dir")
     assert (tmp_path / "a-file").read_text() == "notes"
+
+
+def test_a_results_dir_inside_a_run_folder_is_refused(made, tmp_path, capsys):
+    # --results-dir given as a run's folder nested a second run inside the first (the first one
+    # still verified, and every command read it).
+    run_dir = copy(made, "finished", tmp_path / "r")
+    before = state(run_dir)
+    for command in ("run", "plan"):
+        rc, _, err = run_cli([command, *FLAGS, "--results-dir", str(run_dir)], capsys)
+        assert_one_error(rc, err, f"would lie inside the run folder {run_dir} (it holds run.json): --results-dir is "
+                                  f"the folder under which a run goes to {{dataset}}/{{algorithm}}", str(tmp_path / "r"))
+    assert state(run_dir) == before
