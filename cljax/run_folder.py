@@ -151,13 +151,12 @@ def inspect_run(algo_dir: Path, config: Config, data_id: str | None, overwrite: 
            f"pass --overwrite to do so (it {_deletes(n_dirs)}), or choose another --results-dir.")
     # Past the last whole folder: with no checkpoint, the run has trained at least that far.
     reached = max((t + 1 for t, problem in enumerate(problems) if not problem), default=0)
+    if header is None and reached >= 2 and not repair and not hashes:  # a refusal names what --repair will train:
+        problems = check(True)  # every damage, contents included (then the same as the run's hashed check)
+        reached = max((t + 1 for t, problem in enumerate(problems) if not problem), default=0)
     if header is None and reached >= 2:  # whole folders and no checkpoint (a stop between the two writes, or lost)
         # Training again from task 0 would rewrite whole folders: only --repair (which compares them) may.
         damaged = [t for t in range(reached) if problems[t]]
-        if not repair and not hashes:  # the refusal names what --repair will train: every damage, contents included
-            problems = check(True)
-            reached = max((t + 1 for t, problem in enumerate(problems) if not problem), default=0)
-            damaged = [t for t in range(reached) if problems[t]]
         start = repair_start(algo_dir, run_id, damaged[0] if damaged else reached)
         if repair:
             return Found(record=record, next_task=reached, stale=_stale(algo_dir, problems, reached),

@@ -137,6 +137,19 @@ def test_the_refusal_names_the_repair_of_every_damage_a_changed_byte_included(ma
     assert rc == 0 and "trained tasks 0 to 3 (4 tasks) from the seed again" in err, err
 
 
+def test_changed_bytes_that_leave_no_two_whole_folders_are_not_read_as_a_lost_checkpoint(made, tmp_path, capsys):
+    # By sizes tasks 0-2 were whole and the checkpoint lost; hashed, none was: the line offered
+    # to go on from checkpoints/start_task_000.npz, which is never kept.
+    run_dir = _copy(made, "finished", tmp_path / "r")
+    (run_dir / "checkpoint.npz").unlink()
+    (run_dir / "task_003" / "metrics.pkl").unlink()
+    for t in range(3):
+        flip_byte(run_dir / f"task_00{t}" / "binary_labels.npy")
+    rc, _, err = _run(tmp_path, capsys)
+    assert rc == 0 and "start_task_000" not in err, err  # nothing whole is left to keep: trained again from the seed
+    assert _outputs(run_dir) == _outputs(made["finished"] / RUN4)
+
+
 def test_repair_of_a_finished_run_names_the_checkpoints_it_leaves_damaged(made, tmp_path, capsys):
     # It exited 0 without a word, though --repair's help promises a missing or damaged checkpoint anew.
     run_dir = _copy(made, "finished", tmp_path / "r")
