@@ -36,19 +36,28 @@ CONTROLLERS_LOG = "local_controllers.log"
 
 @contextlib.contextmanager
 def controllers_write_to_log(executor, log_dir: Path):
-    """While the local executor submits, this process's stdout and stderr are the log folder's
+    """While the local executor submits, file descriptors 1 and 2 are the log folder's
     ``local_controllers.log``, so that the job controllers it starts (submitit's, which inherit
     them and outlive the command) write there: `cljax sweep | tail` returned only when the jobs
     ended (they held the pipe), and a Ctrl-C printed each controller's KeyboardInterrupt
-    traceback on the terminal. SLURM's jobs write to their own logs already."""
+    traceback on the terminal. This process's own sys.stdout and sys.stderr write to the
+    terminal meanwhile (a warning, a signal's line). SLURM's jobs write to their own logs."""
     if getattr(executor, "cluster", None) != "local":
         yield
         return
-    log_dir.mkdir(parents=True, exist_ok=True)
+    path = log_dir / CONTROLLERS_LOG
+    try:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        log = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    except OSError as exc:
+        raise CljaxError(f"cannot write {path} ({exc.strerror}): pass --log-dir with a writable folder (no job was "
+                         f"submitted).") from None
     sys.stdout.flush()
     sys.stderr.flush()
     saved = [os.dup(1), os.dup(2)]
-    log = os.open(log_dir / CONTROLLERS_LOG, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = (os.fdopen(fd, "w", buffering=1, encoding=getattr(old, "encoding", None) or "utf-8",
+                                        errors="backslashreplace", closefd=False) for fd, old in zip(saved, streams))
     try:
         os.dup2(log, 1)
         os.dup2(log, 2)
@@ -56,6 +65,7 @@ def controllers_write_to_log(executor, log_dir: Path):
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
+        sys.stdout, sys.stderr = streams
         os.dup2(saved[0], 1)
         os.dup2(saved[1], 2)
         for fd in (*saved, log):

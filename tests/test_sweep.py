@@ -200,25 +200,37 @@ def test_a_signal_while_waiting_says_what_the_jobs_do_and_how_to_cancel_them(tmp
 def test_local_job_controllers_write_to_the_log_folder_not_the_command_output(tmp_path):
     # submitit's controllers inherit the submitting process's stdout and stderr and outlive it:
     # `cljax sweep | tail` waited for the jobs to end, and a Ctrl-C printed their tracebacks. The
-    # real local executor's jobs: tests/test_scale.py.
+    # command's own lines (a warning, a signal's line) still reach its output. The real local
+    # executor's jobs: tests/test_scale.py.
     script = (
-        "import subprocess, sys, types\n"
+        "import os, signal, subprocess, sys, types\n"
         "from pathlib import Path\n"
         "from cljax.sweep_executor import controllers_write_to_log\n"
         "print('before', flush=True)\n"
         "with controllers_write_to_log(types.SimpleNamespace(cluster='local'), Path(sys.argv[1])):\n"
         "    subprocess.Popen([sys.executable, '-c', 'import sys, time; print(\"controller\", flush=True); "
         "print(\"err\", file=sys.stderr, flush=True); time.sleep(5)'])\n"
-        "    print('inside', flush=True)\n"
+        "    print('inside')\n"
+        "    if sys.argv[2] == 'signal':  # as cli's handler: one line, then os._exit\n"
+        "        signal.signal(signal.SIGINT, lambda *a: (print('stopped', file=sys.stderr, flush=True), os._exit(75)))\n"
+        "        os.kill(os.getpid(), signal.SIGINT)\n"
         "print('after', flush=True)\n")
-    start = time.time()
-    proc = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "logs")], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=REPO)
-    out, err = proc.communicate(timeout=60)  # returns when the command ends, not its child
-    assert time.time() - start < 15 and proc.returncode == 0, err
-    assert out.split() == ["before", "after"] and err == ""
-    log = tmp_path / "logs" / "local_controllers.log"
-    deadline = time.time() + 15
-    while sorted(log.read_text().split()) != ["controller", "err", "inside"] and time.time() < deadline:
-        time.sleep(0.1)
-    assert sorted(log.read_text().split()) == ["controller", "err", "inside"]
+    for how, code, out_words, err_words in (("plain", 0, ["before", "inside", "after"], []),
+                                            ("signal", 75, ["before", "inside"], ["stopped"])):
+        logs = tmp_path / how
+        start = time.time()
+        proc = subprocess.Popen([sys.executable, "-c", script, str(logs), how], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, cwd=REPO)
+        out, err = proc.communicate(timeout=60)  # returns when the command ends, not its child
+        assert time.time() - start < 15 and proc.returncode == code, err
+        assert out.split() == out_words and err.split() == err_words, (out, err)
+        log = logs / "local_controllers.log"
+        deadline = time.time() + 15
+        while sorted(log.read_text().split()) != ["controller", "err"] and time.time() < deadline:
+            time.sleep(0.1)
+        assert sorted(log.read_text().split()) == ["controller", "err"]
+    (tmp_path / "ro").mkdir()
+    (tmp_path / "ro" / "local_controllers.log").mkdir()  # not a file: cannot be opened for writing
+    with pytest.raises(CljaxError, match=r"cannot write .*local_controllers.log \(Is a directory\): pass --log-dir"):
+        with sweep.controllers_write_to_log(SimpleNamespace(cluster="local"), tmp_path / "ro"):
+            pass
