@@ -127,9 +127,18 @@ def run_experiment(
         chunk_tasks = smallest_over_processes(chunk_tasks)
     # The learner's first state, before anything is deleted: a failure to build it leaves the folder as it was.
     start = _initial_learner(program, config)
-    # Every check has passed: from here on the folder is locked and written.
-    with RunLock(algo_dir) if is_writer() else contextlib.nullcontext():
-        found = inspect_run(algo_dir, config, data_id, overwrite, hashes=True, memo=memo, repair=repair)  # now
+    # Every check has passed: from here on the folder is locked and written. A lock another run
+    # holds, or a folder changed since the checks, refuses the run on one process: all stop at once.
+    lock = contextlib.ExitStack()
+    try:
+        with failures_shared("in its checks before training"):
+            if is_writer():
+                lock.enter_context(RunLock(algo_dir))
+            found = inspect_run(algo_dir, config, data_id, overwrite, hashes=True, memo=memo, repair=repair)  # now
+    except BaseException:
+        lock.close()
+        raise
+    with lock:
         check_same_run(config, data_id, found, plugins=sources, evaluation=chunk_tasks)
         if found.finished:  # a finished run whose initial/ is damaged: written again, as a resume would
             problem = _damaged_initial(algo_dir, found)

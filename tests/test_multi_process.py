@@ -75,6 +75,33 @@ def test_a_process_that_fails_its_own_checks_stops_the_others_at_once(tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+def test_a_run_folder_another_run_holds_stops_every_process_at_once(tmp_path):
+    # Process 0 alone takes the folder's lock: refused there, the other process waited in the next
+    # collective until JAX's heartbeat timeout.
+    algo = tmp_path / "r" / "synthetic" / "SL_T2"
+    algo.mkdir(parents=True)
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom pathlib import Path\n"
+                               "from cljax.run_lock import RunLock\nwith RunLock(Path(sys.argv[1])):\n"
+                               "    print('held', flush=True)\n    time.sleep(120)\n", str(algo)],
+                              stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1])
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        start = time.time()
+        procs = _start(lambda i: [*FLAGS, "--num-tasks", "2", "--epochs", "1", "--log-frequency", "2",
+                                  "--results-dir", str(tmp_path / "r")])
+        (_, err0), (_, err1) = (p.communicate(timeout=300) for p in procs)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert [p.returncode for p in procs] == [2, 2], (err0[-2000:], err1[-2000:])
+    assert "in use by another cljax run" in _error_lines(err0)[-1], err0[-2000:]
+    assert _error_lines(err1) == [
+        "error: process(es) 0 of this multi-process run stopped in its checks before training (the error line of "
+        "each says why): fix that and start every process again (nothing was written)."], err1[-2000:]
+    assert time.time() - start < 90  # JAX's heartbeat timeout is 100 s
+    assert sorted(p.name for p in algo.iterdir()) == ["run.lock"]
+
+
 def test_processes_with_other_free_memory_agree_on_the_smallest_evaluation_chunk(tmp_path):
     # Each process chose K from its own devices' memory, and the run was refused when they
     # differed; a host with less free memory (here --device-memory) now sets K for all.
