@@ -107,11 +107,16 @@ def test_files_an_analysis_killed_before_renaming_them_left_are_removed_by_the_n
 
     ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead = int(ended.stdout)
-    names = [f".tmp-{dead}-cl.npz", f".tmp-{os.getpid()}-probe.npz", f".tmp-{os.getppid()}-glue.npz", ".tmp-x-a.npz",
-             "notes.txt"]
+    import socket
+
+    here = socket.gethostname()
+    names = [f".tmp-{dead}@{here}@cl.npz", f".tmp-{dead}-curves.npz", f".tmp-{os.getpid()}@{here}@probe.npz",
+             f".tmp-{os.getppid()}@{here}@glue.npz", f".tmp-{dead}@another-host@cl.npz", ".tmp-x-a.npz", "notes.txt"]
     for name in names:
         (tmp_path / name).write_bytes(b"x")
     remove_stale_temporaries(tmp_path)
-    # a live process's (the parent's) and files of other names stay; this process's own are stale here
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f".tmp-{os.getppid()}-glue.npz", ".tmp-x-a.npz",
+    # a live process's (the parent's), another host's (its pid means nothing here) and files of
+    # other names stay; this process's own are stale here, and an older cljax's without a host too
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f".tmp-{os.getppid()}@{here}@glue.npz",
+                                                                  f".tmp-{dead}@another-host@cl.npz", ".tmp-x-a.npz",
                                                                   "notes.txt"])

@@ -18,6 +18,7 @@ import contextlib
 import json
 import os
 import re
+import socket
 from pathlib import Path
 
 from cljax import results
@@ -112,10 +113,10 @@ def write_all(out: Path, writers: dict, algo_dir: Path, run_id: str | None) -> N
     # Two analyses writing one folder at once each read the other's earlier file list: one at a
     # time, each reads the folder as the last one left it, and the folder is one analysis, whole.
     with folder_lock(out):
-        remove_stale_temporaries(out)
         check_replaceable(out, algo_dir, run_id, writers)  # the folder as the last writer left it
+        remove_stale_temporaries(out)
         earlier = earlier_analysis(out) or {}  # of this run (check_replaceable refuses another run's)
-        tmp = {name: out / f".tmp-{os.getpid()}-{name}" for name in writers}
+        tmp = {name: out / f".tmp-{os.getpid()}@{socket.gethostname()}@{name}" for name in writers}
         try:
             for name, write in writers.items():
                 write(tmp[name])
@@ -142,17 +143,19 @@ def write_all(out: Path, writers: dict, algo_dir: Path, run_id: str | None) -> N
                 path.unlink()
 
 
-_TEMPORARY = re.compile(r"^\.tmp-(\d+)-")
+# ``.tmp-PID@HOST@NAME`` (``.tmp-PID-NAME`` before 2026-12-05, with no host).
+_TEMPORARY = re.compile(r"^\.tmp-(\d+)(?:@(.*)@|-)")
 
 
 def remove_stale_temporaries(out: Path) -> None:
-    """The files an analysis killed before it renamed them left (``.tmp-PID-NAME``, as
-    ``write_all`` names them): removed once no live process of this host has that pid. Under
-    ``folder_lock`` no other analysis is writing the folder; the pid check keeps a writer's
-    files where the filesystem has no locks."""
+    """The files an analysis killed before it renamed them left: removed when they are this
+    host's and no live process here has their pid (under ``folder_lock`` no other analysis
+    writes the folder; the name's host keeps another host's live writer's files where the
+    filesystem has no locks). This process writes its own only after this."""
     for path in out.iterdir():
         match = _TEMPORARY.match(path.name)
-        pid = int(match.group(1)) if match else None
-        if pid is not None and path.is_file() and not path.is_symlink() and (pid == os.getpid() or not pid_alive(pid)):
-            path.unlink(missing_ok=True)  # this process writes its own only after this
-
+        if match is None or not path.is_file() or path.is_symlink():
+            continue
+        pid, host = int(match.group(1)), match.group(2)
+        if host in (None, socket.gethostname()) and (pid == os.getpid() or not pid_alive(pid)):
+            path.unlink(missing_ok=True)
