@@ -80,7 +80,7 @@ def _stale_analysis(algo_dir: Path) -> str | None:
     from cljax.results import task_dirs
 
     analysed = (earlier_analysis(Path(algo_dir) / "analysis") or {}).get("n_task_folders")
-    now = len(task_dirs(algo_dir))
+    now = len(task_dirs(algo_dir, passed=False))
     if isinstance(analysed, int) and analysed < now:
         return (f"note: {Path(algo_dir) / 'analysis'} is of the first {analysed} tasks, and the run now has {now}: run "
                 f"`cljax analyze {algo_dir}` again for them all.")

@@ -217,16 +217,17 @@ def runs_near(path: str | os.PathLike, most: int = 4) -> str:
     return "pass a run's folder, results/{dataset}/{algorithm}, or run the experiment first (cljax run)"
 
 
-def task_dirs(algo_dir: str | os.PathLike) -> list[Path]:
+def task_dirs(algo_dir: str | os.PathLike, passed: bool = True) -> list[Path]:
     """Complete task folders of a run, in task order (temporary folders are never listed). A
-    task folder, or a folder that holds runs below it, is refused in one line naming what to
-    pass (an empty list read as a run of no tasks)."""
+    folder a user ``passed`` as a run's that is a task folder, or holds runs below it, is refused
+    in one line naming what to pass (an empty list read as a run of no tasks); ``cljax run``
+    lists the folder it makes from --results-dir with ``passed=False``."""
     algo = Path(algo_dir)
     if not algo.is_dir():
         raise CljaxError(f"{runs_near(algo)}." if not algo.exists() else
                          f"{algo} is not a results folder: {runs_near(algo)}.")
     found = [(int(m.group(1)), p) for p in algo.iterdir() if p.is_dir() and (m := _TASK_DIR.match(p.name))]
-    if not found and (_TASK_DIR.match(algo.name) or not (algo / "run.json").exists()):
+    if passed and not found and (_TASK_DIR.match(algo.name) or not (algo / "run.json").exists()):
         near = runs_near(algo)
         if near.startswith(("it holds runs", f"{algo.name} is a task folder")):
             raise CljaxError(f"{algo} is not a run's folder: {near}.")

@@ -83,7 +83,7 @@ def inspect_run(algo_dir: Path, config: Config, data_id: str | None, overwrite: 
     check_writable_target(algo_dir)
     if not algo_dir.exists() or not _holds_anything(algo_dir):
         return Found()
-    n_dirs = len(task_dirs(algo_dir))
+    n_dirs = len(task_dirs(algo_dir, passed=False))
     if overwrite:
         check_clearable(algo_dir)
         return Found(n_task_dirs=n_dirs)
@@ -126,7 +126,7 @@ def inspect_run(algo_dir: Path, config: Config, data_id: str | None, overwrite: 
                                  range(T)))
 
     problems = check(hashes)
-    extra = [d for d in task_dirs(algo_dir) if int(d.name.split("_")[1]) >= T]
+    extra = [d for d in task_dirs(algo_dir, passed=False) if int(d.name.split("_")[1]) >= T]
     if extra:  # T is part of the resume key: a folder past it was not written by this run (analyze refuses it too)
         raise CljaxError(f"{extra[0]} is not a task of this {T}-task run: move it out of {algo_dir} to "
                          f"{'resume' if any(problems) else 'use'} the run (nothing was deleted).")
@@ -211,12 +211,12 @@ def _finished_no_task(algo_dir: Path, record: dict) -> bool:
         return False
     run_id = record.get("run_id")
     return all(verify_task_dir(d, int(d.name.split("_")[1]), run_id, hashes=False) is not None
-               for d in task_dirs(algo_dir))
+               for d in task_dirs(algo_dir, passed=False))
 
 
 def _replace(algo_dir: Path, what: str) -> Found:
     check_clearable(algo_dir)
-    return Found(n_task_dirs=len(task_dirs(algo_dir)), replaces=f"{what} that finished no task")
+    return Found(n_task_dirs=len(task_dirs(algo_dir, passed=False)), replaces=f"{what} that finished no task")
 
 
 def _checkpoint_behind(algo_dir: Path, run_id: str | None, T: int) -> bool:
@@ -341,7 +341,7 @@ def check_clearable(algo_dir: Path) -> None:
     did not write (a user's file inside a task folder, initial/ or analysis/), follow a link, or
     stop half-way on a folder it cannot delete."""
     kept = algo_dir / KEPT
-    written = {**{d: {*TASK_FILES, "model_state.npy"} for d in task_dirs(algo_dir)},
+    written = {**{d: {*TASK_FILES, "model_state.npy"} for d in task_dirs(algo_dir, passed=False)},
                algo_dir / INITIAL: {"weights.npy", "model_state.npy", "metadata.json"}, algo_dir / ANALYSIS: None,
                kept: {p.name for p in (kept.iterdir() if kept.is_dir() else ()) if is_kept_name(p.name)
                       or _is_temporary(p.name)}}
@@ -373,7 +373,7 @@ def clear_run(algo_dir: Path) -> None:
     if (algo_dir / KEPT).is_dir():
         shutil.rmtree(algo_dir / KEPT)
     (algo_dir / RUN_RECORD).unlink(missing_ok=True)
-    for d in task_dirs(algo_dir):
+    for d in task_dirs(algo_dir, passed=False):
         shutil.rmtree(d)
     for name in (INITIAL, ANALYSIS):
         if (algo_dir / name).is_dir():

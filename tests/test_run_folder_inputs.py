@@ -441,3 +441,10 @@ def test_a_results_dir_inside_a_run_folder_is_refused(made, tmp_path, capsys):
         assert_one_error(rc, err, f"would lie inside the run folder {run_dir} (it holds run.json): --results-dir is "
                                   f"the folder under which a run goes to {{dataset}}/{{algorithm}}", str(tmp_path / "r"))
     assert state(run_dir) == before
+    # A run's folder that holds a run below it (moved there by hand) is not "pass one of them":
+    # run takes --results-dir, not a run's folder (found in review).
+    other = tmp_path / "o" / run_dir.relative_to(tmp_path / "r")
+    (other / "old").mkdir(parents=True)
+    shutil.copytree(run_dir / "task_000", other / "old" / "task_000")
+    rc, _, err = run_cli(["run", *FLAGS, "--results-dir", str(tmp_path / "o")], capsys)
+    assert_one_error(rc, err, f"{other} holds files that are not a cljax run: choose another --results-dir")

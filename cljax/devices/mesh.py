@@ -114,6 +114,8 @@ def fetch_owned(tree):
     numpy views of a one-device array's buffer, and while a view lives XLA does not reuse
     (donate) that buffer: the learner fetched for the checkpoint was held twice on the device
     while the next task trained, one learner past the plan and past --device-memory."""
+    if jax.process_count() > 1:  # gathered from the processes: new host arrays already
+        return fetch(tree)
     return jax.tree.map(lambda a: np.array(a, copy=True) if isinstance(a, np.ndarray) and not a.flags.owndata else a,
                         fetch(tree))
 
