@@ -326,7 +326,14 @@ def compile_allowance(config: Config) -> int:
     one, and what the model registers beyond it (``compile_host_bytes(params)``), for a model
     whose programs are larger than the CNN's, on which the base was measured."""
     extra = MODELS[config.model].extra.get("compile_host_bytes")
-    return RUN_EXTRA_HOST_BYTES + (int(extra(config.model_params)) if extra is not None else 0)
+    if extra is None:
+        return RUN_EXTRA_HOST_BYTES
+    value = extra(config.model_params) if callable(extra) else None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise CljaxError(f"model {config.model!r}: its compile_host_bytes must be a function of its params that returns "
+                         f"a whole number of bytes >= 0, and gave {value if callable(extra) else extra!r}: fix its "
+                         f"registration.")
+    return RUN_EXTRA_HOST_BYTES + int(value)
 
 
 def host_total(b: Budget, data, chunk: int) -> int:

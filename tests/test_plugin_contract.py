@@ -132,3 +132,32 @@ def test_a_plugin_that_exits_when_imported_is_one_line(tmp_path):
     plugin.write_text("import sys\n\nsys.exit(3)\n")  # ended cljax with the plugin's code, without a word
     with pytest.raises(CljaxError, match=r"plugin file .*quits.py raised SystemExit when imported \(line 3: 3\)"):
         load_plugins([str(plugin)])
+
+
+BIG_MODELS = '''
+from cljax.models.mlp import MLP
+from cljax.registry import register_model
+
+
+def _mlp(params, ctx):
+    return MLP(out_dim=ctx.out_dim, hidden=16, depth=1, dtype=ctx.compute_dtype)
+
+
+register_model("plain")(_mlp)
+register_model("big", compile_host_bytes=lambda params: 2**30)(_mlp)
+register_model("garbled", compile_host_bytes="lots")(_mlp)
+'''
+
+
+def test_a_model_s_compile_allowance_is_added_to_the_host_estimate_and_checked(tmp_path):
+    import json
+
+    plugin = tmp_path / "big.py"
+    plugin.write_text(BIG_MODELS)
+    flags = ["plan", "--plugin", str(plugin), "--results-dir", str(tmp_path / "r"), *TINY, "--json"]
+    big, small = (json.loads(_cljax(*flags, "--model", name).stdout)["host_bytes_estimate"] for name in ("big", "plain"))
+    assert big - small == 2**30  # the same network otherwise
+    garbled = _cljax(*flags, "--model", "garbled")
+    assert garbled.returncode == 2 and garbled.stderr == (
+        "error: model 'garbled': its compile_host_bytes must be a function of its params that returns a whole number "
+        "of bytes >= 0, and gave 'lots': fix its registration.\n"), garbled.stderr
