@@ -237,8 +237,10 @@ def _train(config, data, task_data, schedule, program, start, chunk_tasks, found
         # not whole is written again from it.
         rekeep = replaying and (keeps(config.keep_checkpoints, t + 1, config.num_tasks) or kept_path(
             algo_dir, t + 1).exists()) and not kept_is_whole(algo_dir, t + 1, run_id)
+        # A replay in place of a lost checkpoint writes it at its end, also when no task follows.
+        lost = replaying and not found.from_checkpoint and t + 1 == first_task
         # (its own copy: a view of the device buffer would keep the learner from being donated below)
-        learner_host = fetch_owned(learner) if rekeep or not replaying else None  # multi-host: a collective
+        learner_host = fetch_owned(learner) if rekeep or lost or not replaying else None  # multi-host: a collective
         device_live = live_device_bytes() if on_task_end else 0
         peak = max(train_peak, tests.peak_live_bytes)
         if i + 1 < len(order):  # the next task trains while this one is written (its learner is donated)
@@ -270,7 +272,7 @@ def _train(config, data, task_data, schedule, program, start, chunk_tasks, found
                     f"{algo_dir / task_dir_name(t) / 'metadata.json'}): train it again with a lower --lr and "
                     f"--overwrite (which deletes this run), or pass --allow-nonfinite to go on."
                 )
-            if is_writer() and not replaying:
+            if is_writer() and (lost or not replaying):
                 save_learner(algo_dir, learner_host, t + 1, run_id)
                 if keeps(config.keep_checkpoints, t + 1, config.num_tasks):
                     keep_checkpoint(algo_dir, t + 1)

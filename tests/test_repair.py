@@ -150,6 +150,22 @@ def test_changed_bytes_that_leave_no_two_whole_folders_are_not_read_as_a_lost_ch
     assert _outputs(run_dir) == _outputs(made["finished"] / RUN4)
 
 
+def test_a_repair_that_trains_to_the_last_task_writes_the_lost_checkpoint_again(made, tmp_path, capsys):
+    # The replay took the place of the lost checkpoint but wrote none when no task followed it:
+    # the next --repair named checkpoint.npz as missing (found by the adversarial helper).
+    import numpy as np
+
+    run_dir = _copy(made, "finished", tmp_path / "r")
+    (run_dir / "checkpoint.npz").unlink()
+    flip_byte(run_dir / "task_001" / "weights.npy")
+    rc, _, err = _run(tmp_path, capsys, "--repair")
+    assert rc == 0 and "from the seed again" in err, err
+    with np.load(run_dir / "checkpoint.npz") as new, np.load(made["finished"] / RUN4 / "checkpoint.npz") as old:
+        assert sorted(new.files) == sorted(old.files) and all(np.array_equal(new[k], old[k]) for k in old.files)
+    rc, _, err = _run(tmp_path, capsys, "--repair")
+    assert rc == 0 and "note:" not in err, err
+
+
 def test_repair_of_a_finished_run_names_the_checkpoints_it_leaves_damaged(made, tmp_path, capsys):
     # It exited 0 without a word, though --repair's help promises a missing or damaged checkpoint anew.
     run_dir = _copy(made, "finished", tmp_path / "r")
