@@ -2,7 +2,7 @@
 
 import sys
 
-from cljax.cli import main
+from cljax.command import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -315,6 +315,24 @@ runpy.run_module("cljax.cli", run_name="__main__", alter_sys=True)
 """
 
 
+def test_the_command_handles_signals_before_it_imports_cljax_cli():
+    # The handler was installed in cljax.cli.main, after that module's imports (cljax.config and
+    # others, tens of milliseconds): a Ctrl-C then printed a traceback, a SIGTERM killed it silently.
+    script = _WATCH_JAX_IMPORT.replace('name == "jax"', 'name == "cljax.config"').replace(
+        'runpy.run_module("cljax.cli"', 'runpy.run_module("cljax"')
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder) / "at_config_import"
+        proc = subprocess.run([sys.executable, "-c", script, str(out), "--help"], capture_output=True, text=True,
+                              timeout=120)
+        assert proc.returncode == 0 and out.read_text() == "handled", (proc.stderr, out.read_text())
+    import tomllib
+
+    scripts = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["cljax"] == "cljax.command:main"  # the installed `cljax` starts the same way
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_right_after_start_exits_75_with_one_line(tmp_path, sig):
     at_jax_import = tmp_path / "sigterm_at_jax_import"
