@@ -19,6 +19,7 @@ activations. The disk a run takes: ``cljax.budget_disk``.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 from typing import Any, NamedTuple
 
@@ -328,11 +329,15 @@ def compile_allowance(config: Config) -> int:
     extra = MODELS[config.model].extra.get("compile_host_bytes")
     if extra is None:
         return RUN_EXTRA_HOST_BYTES
-    value = extra(config.model_params) if callable(extra) else None
+    try:  # a function of the model's params: one that takes other arguments is the registration's fault
+        fits = callable(extra) and inspect.signature(extra).bind(config.model_params) is not None
+    except (TypeError, ValueError):
+        fits = False
+    value = extra(config.model_params) if fits else None
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        got = f"returned {value!r}" if fits else f"is {extra if callable(extra) else repr(extra)}"
         raise CljaxError(f"model {config.model!r}: its compile_host_bytes must be a function of its params that returns "
-                         f"a whole number of bytes >= 0, and gave {value if callable(extra) else extra!r}: fix its "
-                         f"registration.")
+                         f"a whole number of bytes >= 0, and {got}: fix its registration.")
     return RUN_EXTRA_HOST_BYTES + int(value)
 
 

@@ -110,13 +110,12 @@ def test_files_an_analysis_killed_before_renaming_them_left_are_removed_by_the_n
     import socket
 
     here = socket.gethostname()
-    names = [f".tmp-{dead}@{here}@cl.npz", f".tmp-{dead}-curves.npz", f".tmp-{os.getpid()}@{here}@probe.npz",
-             f".tmp-{os.getppid()}@{here}@glue.npz", f".tmp-{dead}@another-host@cl.npz", ".tmp-x-a.npz", "notes.txt"]
-    for name in names:
+    kept = [f".tmp-{os.getppid()}@{here}@glue.npz", f".tmp-{dead}@another-host@cl.npz", f".tmp-{dead}-curves.npz",
+            f".tmp-{dead}@{here}@notes.txt", f".tmp-{dead}-mydata", ".tmp-x-a.npz", "notes.txt"]
+    for name in [f".tmp-{dead}@{here}@cl.npz", f".tmp-{os.getpid()}@{here}@probe.png", *kept]:
         (tmp_path / name).write_bytes(b"x")
     remove_stale_temporaries(tmp_path)
-    # a live process's (the parent's), another host's (its pid means nothing here) and files of
-    # other names stay; this process's own are stale here, and an older cljax's without a host too
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f".tmp-{os.getppid()}@{here}@glue.npz",
-                                                                  f".tmp-{dead}@another-host@cl.npz", ".tmp-x-a.npz",
-                                                                  "notes.txt"])
+    # this host's dead and own temporaries of an analysis's files go; a live process's (the
+    # parent's), another host's (its pid means nothing here), an older cljax's (no host) and a
+    # user's files (a name no analysis writes, though it starts as theirs) stay
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(kept)

@@ -146,6 +146,8 @@ def _mlp(params, ctx):
 register_model("plain")(_mlp)
 register_model("big", compile_host_bytes=lambda params: 2**30)(_mlp)
 register_model("garbled", compile_host_bytes="lots")(_mlp)
+register_model("noarg", compile_host_bytes=lambda: 5)(_mlp)
+register_model("half", compile_host_bytes=lambda params: 0.5)(_mlp)
 '''
 
 
@@ -157,7 +159,8 @@ def test_a_model_s_compile_allowance_is_added_to_the_host_estimate_and_checked(t
     flags = ["plan", "--plugin", str(plugin), "--results-dir", str(tmp_path / "r"), *TINY, "--json"]
     big, small = (json.loads(_cljax(*flags, "--model", name).stdout)["host_bytes_estimate"] for name in ("big", "plain"))
     assert big - small == 2**30  # the same network otherwise
-    garbled = _cljax(*flags, "--model", "garbled")
-    assert garbled.returncode == 2 and garbled.stderr == (
-        "error: model 'garbled': its compile_host_bytes must be a function of its params that returns a whole number "
-        "of bytes >= 0, and gave 'lots': fix its registration.\n"), garbled.stderr
+    for name, got in (("garbled", "is 'lots'"), ("noarg", "is <function <lambda>"), ("half", "returned 0.5")):
+        proc = _cljax(*flags, "--model", name)
+        assert proc.returncode == 2 and proc.stderr.startswith(
+            f"error: model {name!r}: its compile_host_bytes must be a function of its params that returns a whole "
+            f"number of bytes >= 0, and {got}") and proc.stderr.count("\n") == 1, proc.stderr

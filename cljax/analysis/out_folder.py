@@ -143,19 +143,23 @@ def write_all(out: Path, writers: dict, algo_dir: Path, run_id: str | None) -> N
                 path.unlink()
 
 
-# ``.tmp-PID@HOST@NAME`` (``.tmp-PID-NAME`` before 2026-12-05, with no host).
-_TEMPORARY = re.compile(r"^\.tmp-(\d+)(?:@(.*)@|-)")
+# ``.tmp-PID@HOST@NAME``, NAME an analysis's file (.json, .npz, .png).
+_TEMPORARY = re.compile(r"^\.tmp-(\d+)@(.+)@([^@/]+)$")
 
 
 def remove_stale_temporaries(out: Path) -> None:
-    """The files an analysis killed before it renamed them left: removed when they are this
-    host's and no live process here has their pid (under ``folder_lock`` no other analysis
-    writes the folder; the name's host keeps another host's live writer's files where the
-    filesystem has no locks). This process writes its own only after this."""
+    """The files an analysis killed before it renamed them left: removed when their name is one
+    write_all gives (``.tmp-PID@HOST@NAME``, NAME ending as an analysis's file), HOST is this
+    host and no live process here has PID (under ``folder_lock`` no other analysis writes the
+    folder; the host keeps another host's live writer's files where the filesystem has no
+    locks). A user's file of another name is never touched; nor are the ``.tmp-PID-NAME`` files
+    of a cljax before 2026-12-05, which did not record the host. This process writes its own
+    only after this."""
     for path in out.iterdir():
         match = _TEMPORARY.match(path.name)
-        if match is None or not path.is_file() or path.is_symlink():
+        if match is None or Path(match.group(3)).suffix not in ANALYSIS_SUFFIXES or not path.is_file() \
+                or path.is_symlink():
             continue
         pid, host = int(match.group(1)), match.group(2)
-        if host in (None, socket.gethostname()) and (pid == os.getpid() or not pid_alive(pid)):
+        if host == socket.gethostname() and (pid == os.getpid() or not pid_alive(pid)):
             path.unlink(missing_ok=True)
