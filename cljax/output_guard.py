@@ -61,11 +61,26 @@ def check_writable_target(algo_dir: Path) -> None:
         raise CljaxError(f"{probe} is a file, not a folder: choose another --results-dir.")
     if not os.access(probe, os.W_OK):
         raise CljaxError(f"cannot write to {probe}: choose a writable --results-dir.")
-    inside = next((p for p in algo_dir.expanduser().resolve().parents if (p / RUN_RECORD).is_file()), None)
+    inside = next((p for p in algo_dir.expanduser().resolve().parents if _is_run_folder(p)), None)
     if inside is not None:
-        raise CljaxError(f"{algo_dir} would lie inside the run folder {inside} (it holds run.json): --results-dir is "
+        raise CljaxError(f"{algo_dir} would lie inside the run folder {inside} (it holds {_is_run_folder(inside)}): "
+                         f"--results-dir is "
                          f"the folder under which a run goes to {{dataset}}/{{algorithm}} (results, not "
                          f"results/{{dataset}}/{{algorithm}}): pass that, e.g. {inside.parent.parent}.")
+
+
+def _is_run_folder(folder: Path) -> str | None:
+    """What makes ``folder`` a cljax run's (its record, or, where that was lost, its first task
+    folder), or None. By content, not by name alone: another tool's run.json or checkpoint.npz
+    above --results-dir must not refuse every run under it."""
+    path = folder / RUN_RECORD
+    try:
+        record = json.loads(path.read_bytes()) if path.is_file() and path.stat().st_size < 2**24 else None
+    except (OSError, ValueError, RecursionError):
+        record = None
+    if isinstance(record, dict) and isinstance(record.get("config"), dict) and "num_tasks" in record["config"]:
+        return RUN_RECORD  # (a record of any version: the run id and the rest came later)
+    return "task_000" if (folder / "task_000" / "metadata.json").is_file() else None
 
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -459,6 +459,15 @@ def test_a_results_dir_inside_a_run_folder_is_refused(made, tmp_path, capsys):
         assert_one_error(rc, err, f"would lie inside the run folder {run_dir} (it holds run.json): --results-dir is "
                                   f"the folder under which a run goes to {{dataset}}/{{algorithm}}", str(tmp_path / "r"))
     assert state(run_dir) == before
+    # ... also one that lost its run.json, which run calls a cljax run's folder (found by the adversarial helper)
+    (run_dir / "run.json").unlink()
+    rc, _, err = run_cli(["run", *FLAGS, "--results-dir", str(run_dir)], capsys)
+    assert_one_error(rc, err, f"would lie inside the run folder {run_dir} (it holds task_000)")
+    # ... but another tool's run.json above --results-dir is not a run's (it refused every run under it)
+    (tmp_path / "project" / "results").mkdir(parents=True)
+    (tmp_path / "project" / "run.json").write_text('{"steps": 3}')
+    rc, _, err = run_cli(["plan", *FLAGS, "--results-dir", str(tmp_path / "project" / "results")], capsys)
+    assert rc == 0, err
     # A run's folder that holds a run below it (moved there by hand) is not "pass one of them":
     # run takes --results-dir, not a run's folder (found in review).
     other = tmp_path / "o" / run_dir.relative_to(tmp_path / "r")
