@@ -194,6 +194,8 @@ def runs_near(path: str | os.PathLike, most: int = 4) -> str:
     for p in (path, path.parent):
         if _TASK_DIR.match(p.name) and p.is_dir():
             return f"{p.name} is a task folder: pass its run's folder, {p.parent}"
+        if p.name == "initial" and (p / "weights.npy").is_file() and p.parent.is_dir():
+            return f"{p.name} is a run's initial-state folder: pass its run's folder, {p.parent}"
     if not path.exists():
         return f"{path} does not exist: pass a run's folder, results/{{dataset}}/{{algorithm}}"
 

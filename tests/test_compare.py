@@ -73,12 +73,16 @@ def test_a_folder_near_a_run_names_the_run_to_pass(tmp_path, capsys):
                   rng.uniform(0.5, 1, (T, R)), window=False)
     (tmp_path / "results" / "fashion_mnist" / "notes").mkdir()
     dataset, task = tmp_path / "results" / "fashion_mnist", tmp_path / "results" / "fashion_mnist" / "SL_T4" / "task_001"
+    (task.parent / "initial").mkdir()
+    (task.parent / "initial" / "weights.npy").write_bytes(b"")  # said "holds no finished task folder"
     expected = {
         ("compare", tmp_path / "results"): f"is not a run's folder: it holds runs: pass one of them, e.g. "
                                            f"{dataset / 'SL_T4'}, {dataset / 'SL_cbp_T4'}.",
         ("analyze", dataset): f"is not a run's folder: it holds runs: pass one of them, e.g. "
                               f"{dataset / 'SL_T4'}, {dataset / 'SL_cbp_T4'}.",
         ("analyze", task): f"task_001 is a task folder: pass its run's folder, {task.parent}.",
+        ("analyze", task.parent / "initial"): f"initial is a run's initial-state folder: pass its run's folder, "
+                                              f"{task.parent}.",
         ("compare", task / "metrics.pkl"): f"task_001 is a task folder: pass its run's folder, {task.parent}.",
         ("analyze", dataset / "SL_T5"): f"{dataset / 'SL_T5'} does not exist: pass a run's folder",
         ("analyze", dataset / "notes"): "pass a run's folder, results/{dataset}/{algorithm}, or run the experiment "
