@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+from tests.lock_kit import lock_held_elsewhere
+
 FLAGS = ["run", "--dataset", "synthetic", "--model", "mlp", "--mlp-hidden", "32", "--n-repeats", "4",
          "--n-train-per-class", "32", "--n-test-per-class", "8", "--n-subsamples", "4", "--batch-size", "16",
          "--no-progress"]
@@ -80,19 +82,11 @@ def test_a_run_folder_another_run_holds_stops_every_process_at_once(tmp_path):
     # collective until JAX's heartbeat timeout.
     algo = tmp_path / "r" / "synthetic" / "SL_T2"
     algo.mkdir(parents=True)
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom pathlib import Path\n"
-                               "from cljax.run_lock import RunLock\nwith RunLock(Path(sys.argv[1])):\n"
-                               "    print('held', flush=True)\n    time.sleep(120)\n", str(algo)],
-                              stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1])
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with lock_held_elsewhere(algo):
         start = time.time()
         procs = _start(lambda i: [*FLAGS, "--num-tasks", "2", "--epochs", "1", "--log-frequency", "2",
                                   "--results-dir", str(tmp_path / "r")])
         (_, err0), (_, err1) = (p.communicate(timeout=300) for p in procs)
-    finally:
-        holder.kill()
-        holder.wait()
     assert [p.returncode for p in procs] == [2, 2], (err0[-2000:], err1[-2000:])
     assert "in use by another cljax run" in _error_lines(err0)[-1], err0[-2000:]
     assert _error_lines(err1) == [

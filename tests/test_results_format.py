@@ -3,9 +3,6 @@ weights flattened in sorted (jax.tree) order whatever order the model created th
 readers that refuse what they would misread."""
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import jax
 import ml_dtypes
@@ -14,6 +11,7 @@ import pytest
 
 from cljax import results
 from cljax.errors import CljaxError, DamagedFile
+from tests.lock_kit import lock_held_elsewhere
 
 
 def test_task_folders_are_listed_in_task_order_past_999(tmp_path):
@@ -99,17 +97,9 @@ def test_a_file_missing_while_a_run_writes_the_folder_names_the_run(tmp_path):
     # them or --repair a run that was fine.
     task = _folder_with_start_weights(tmp_path)
     (task / "metrics.pkl").unlink()
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom pathlib import Path\n"
-                               "from cljax.run_lock import RunLock\nwith RunLock(Path(sys.argv[1])):\n"
-                               "    print('held', flush=True)\n    time.sleep(60)\n", str(tmp_path)],
-                              stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1])
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with lock_held_elsewhere(tmp_path) as holder:
         with pytest.raises(DamagedFile, match=rf"metrics.pkl is missing: a cljax run is writing {tmp_path} now "
                                               rf"\(process {holder.pid} on .+\) and may be replacing its task folders"):
             results.load_metrics(task)
-    finally:
-        holder.kill()
-        holder.wait()
     with pytest.raises(DamagedFile, match=r"metrics.pkl is missing: restore it from a copy"):
         results.load_metrics(task)
