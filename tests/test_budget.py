@@ -145,7 +145,7 @@ def test_host_problem_counts_what_is_not_loaded_yet_with_headroom(small, tmp_pat
 
 
 def test_host_total_on_the_cpu_holds_the_arrays_twice_and_a_batch_of_activations(tmp_path):
-    # The ResNet's peak ran 1,104 MiB over its plan at R = 32, the CNN's 59 MiB at R = 512
+    # The ResNet's peak ran 1,104 MiB over its plan at R = 32, the CNN's came within 14 MiB at R = 512
     # (docs/scale.md): XLA's temporaries are a training batch's activations, which the plan left
     # out (the ResNet's are 17 times the CNN's per image).
     import jax
