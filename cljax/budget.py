@@ -359,11 +359,14 @@ def host_problem(b: Budget, data, chunk: int, available: int) -> CljaxError | No
     more = host_total(b, data, chunk) - host_components(b, data, chunk)["dataset_in_ram"]
     if more <= HEADROOM * available:
         return None
+    compiling = compile_allowance(b.config)
+    model = (f"--{b.config.model}-* settings that make its task programs smaller (compiling them takes "
+             f"{fmt_bytes(compiling)}), " if compiling > RUN_EXTRA_HOST_BYTES else "")
     return CljaxError(
         f"the run needs about {fmt_bytes(more)} ({more:,} bytes) more host memory, more than {HEADROOM:.0%} of the "
         f"{fmt_bytes(available)} available: lower --n-repeats, --n-train-per-class, --n-test-per-class, "
         f"--n-subsamples or snapshots (raise --log-frequency), use --eval-tasks window:K or --representation-dtype "
-        f"bfloat16, or free memory. `cljax plan` shows the parts.")
+        f"bfloat16, {model}or free memory. `cljax plan` shows the parts.")
 
 
 def fmt_bytes(n: float) -> str:

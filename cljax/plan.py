@@ -119,8 +119,9 @@ def format_plan(plan: dict) -> str:
         f"  {'+ XLA scratch (rough estimate)':<34} {fmt_bytes(plan['device_scratch_bytes_estimate']):>12}",
         "",
     ]
-    if not plan["fits"]:
-        lines.append(f"evaluation: DOES NOT FIT: {plan['problem']}")
+    if not plan["fits"]:  # the device's budget, or the host's memory
+        what = "host memory" if "more host memory" in plan["problem"] else "evaluation"
+        lines.append(f"{what}: DOES NOT FIT: {plan['problem']}")
     elif ev["mode"] == "resident" and ev["eval_tasks"] in ("all", "seen"):
         lines.append(f"evaluation: resident: the test sets of all {plan['num_tasks']} tasks stay on the device; "
                      f"one call per task (chosen by {ev['chosen_by']})")

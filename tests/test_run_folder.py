@@ -43,6 +43,22 @@ def test_a_run_that_does_not_fit_writes_nothing(tmp_path, capsys):
     assert not (tmp_path / "r").exists()  # no run.json to refuse the corrected command later
 
 
+def test_plan_names_a_host_that_lacks_memory_as_such_and_a_model_s_own_allowance(tmp_path, capsys, monkeypatch):
+    # It said "evaluation: DOES NOT FIT" and named only settings that do not shrink a ResNet's
+    # compilation, most of what the host needed (found by the adversarial helper).
+    import cljax.devices.memory as memory
+
+    monkeypatch.setattr(memory, "host_available_bytes", lambda: 2 * 2**30)
+    plan = ["plan", "--dataset", "fashion_mnist", "--data-dir", str(FASHION_DIR), "--n-repeats", "2", "--results-dir",
+            str(tmp_path)]
+    rc, out, _ = run_cli([*plan, "--model", "resnet"], capsys)
+    assert rc == 2 and "host memory: DOES NOT FIT: the run needs about" in out, out
+    assert "--resnet-* settings that make its task programs smaller (compiling them takes 1.7 GiB)" in out, out
+    monkeypatch.setattr(memory, "host_available_bytes", lambda: 1 * 2**30)
+    rc, out, _ = run_cli([*plan, "--model", "mlp"], capsys)
+    assert rc == 2 and "host memory: DOES NOT FIT" in out and "task programs smaller" not in out, out
+
+
 def test_a_task_too_large_for_the_device_names_what_lowers_its_largest_part(tmp_path, capsys):
     # It listed the test set, subsamples and snapshots, which left a need dominated by a training
     # step's scratch where it was.
