@@ -94,12 +94,15 @@ def test_the_learner_fetched_for_the_checkpoint_does_not_keep_it_on_one_cpu_devi
     config = Config.from_flat(dataset="synthetic", synthetic_classes=8, num_tasks=3, n_repeats=2, n_train_per_class=16,
                               n_test_per_class=8, n_subsamples=4, epochs=1, batch_size=16, log_frequency=2,
                               use_replay=True, replay_size=20000, model="mlp", mlp_hidden=16, results_dir=str(tmp_path))
+    from cljax.devices.memory import live_device_bytes
+
     predicted = make_plan(config)["device_bytes_per_task_all_devices"]
     infos = {}
+    baseline = live_device_bytes()  # arrays other tests of this process still hold
     run_experiment(config, progress=False, on_task_end=lambda t, info: infos.update({t: info}))
-    buffer = 2 * 20000 * (28 * 28 + 4)  # the replay buffer, most of the learner
-    peaks = [infos[t]["device_bytes_peak"] for t in range(3)]
-    assert max(peaks) <= predicted < max(peaks) + buffer // 2, (peaks, predicted)
+    buffer = 2 * 20000 * (28 * 28 + 4)  # the replay buffer, most of the learner (31 MB): held twice, 1.96x the plan
+    peaks = [infos[t]["device_bytes_peak"] - baseline for t in range(3)]
+    assert abs(max(peaks) - predicted) < buffer // 4, (peaks, predicted)
 
 
 def test_repeats_must_split_over_devices(monkeypatch):
