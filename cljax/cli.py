@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from cljax.cli_errors import error_line
+from cljax.command import stop_at_once
 from cljax.config import Config, algo_dir_of
 from cljax.errors import EXIT_PREEMPTED, CljaxError
 from cljax.settings import Parser as _Parser
@@ -76,7 +77,7 @@ def _cmd_run(argv: list[str]) -> int:
 def _stale_analysis(algo_dir: Path) -> str | None:
     """A note when the run's own analysis/ is of fewer task folders than the run now has (an
     analysis of a stopped run, then resumed): its figures are of those tasks only."""
-    from cljax.analysis.out_folder import earlier_analysis
+    from cljax.output_guard import earlier_analysis
     from cljax.results import task_dirs
 
     analysed = (earlier_analysis(Path(algo_dir) / "analysis") or {}).get("n_task_folders")
@@ -135,12 +136,6 @@ def _exit_stopped(signum: int, what: str, stopped: str = "stopped") -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(EXIT_PREEMPTED)
-
-
-def _stop_at_once(signum, frame):
-    # Until a command installs its own handler: nothing has been written yet (a run writes only
-    # inside _stoppable) or the command's output is rewritten whole by running it again.
-    _exit_stopped(signum, "nothing was left half-written; run the same command again.")
 
 
 def _cmd_prepare_imagenet(argv: list[str]) -> int:
@@ -311,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     # First thing: a signal from here on stops the process in one line (until a command installs
     # its own handler: prepare-imagenet's stops its worker processes first).
-    previous = _install(_stop_at_once)
+    previous = _install(stop_at_once)
     rc = None
     try:
         if from_shell:  # the command line (not a call from Python): persistent compilation cache on

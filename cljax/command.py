@@ -7,18 +7,22 @@ import os
 import signal
 import sys
 
-EXIT_PREEMPTED = 75  # cljax.errors.EXIT_PREEMPTED, not imported: nothing more is loaded before the handler
+from cljax.errors import EXIT_PREEMPTED  # (a module of constants and exception types: nothing heavy)
 
 
-def _stop_at_once(signum, frame):
+def stop_at_once(signum, frame):
+    """Until a command installs its own handler: nothing has been written yet (a run writes only
+    inside cli._stoppable) or the command's output is rewritten whole by running it again."""
     print(f"\nstopped by {signal.Signals(signum).name}: nothing was left half-written; run the same command again.",
-          file=sys.stderr, flush=True)
+          file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
     os._exit(EXIT_PREEMPTED)
 
 
 def main() -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, _stop_at_once)
+        signal.signal(sig, stop_at_once)
     from cljax.cli import main as cli_main
 
     return cli_main()

@@ -117,17 +117,25 @@ def check_replaces_only_its_own(flag: str, path: str | Path, kind: str) -> None:
     if not holds(target):
         raise CljaxError(f"{flag} {path} is a file that is not {what}, and writing there would replace it: pass "
                          f"another path (or remove that file first, if it is to go).")
-    if target.name in _analysis_files(target.parent):
+    if target.name in analysis_files(earlier_analysis(target.parent)):
         raise CljaxError(f"{flag} {path} is a file of the analysis in {target.parent} (its summary.json lists it), "
                          f"which would then describe a file it did not write: pass another path.")
 
 
-def _analysis_files(folder: Path) -> list:
-    """The files that the analysis in ``folder`` (its summary.json, as ``cljax analyze`` writes
-    it) lists as its own; [] where there is none."""
+SUMMARY = "summary.json"  # an analysis's; it marks the folder as one
+
+
+def earlier_analysis(out: Path) -> dict | None:
+    """The summary of the analysis written in ``out`` before, or None when its summary.json is
+    missing or is not one."""
     try:
-        summary = json.loads((folder / "summary.json").read_text())
+        summary = json.loads((out / SUMMARY).read_text())
     except (OSError, UnicodeDecodeError, ValueError):
-        return []
-    listed = summary.get("files") if isinstance(summary, dict) and isinstance(summary.get("algo_dir"), str) else None
+        return None
+    return summary if isinstance(summary, dict) and isinstance(summary.get("algo_dir"), str) else None
+
+
+def analysis_files(summary: dict | None) -> list:
+    """The files an analysis's summary lists as its own ([] for none)."""
+    listed = (summary or {}).get("files")
     return listed if isinstance(listed, list) else []

@@ -205,18 +205,20 @@ def runs_near(path: str | os.PathLike, most: int = 4) -> str:
         except OSError:  # unreadable: not searched
             return []
 
-    def has_tasks(d: Path) -> bool:  # stops at the first task folder: a long run holds thousands
-        try:
-            return any(_TASK_DIR.match(q.name) and q.is_dir() for q in d.iterdir())
-        except OSError:
-            return False
-
     runs = [str(d) for child in folders(path)
-            for d in ([child] if has_tasks(child) else [g for g in folders(child) if has_tasks(g)])]
+            for d in ([child] if holds_task_dirs(child) else [g for g in folders(child) if holds_task_dirs(g)])]
     if runs:
         return f"it holds runs: pass one of them, e.g. {', '.join(runs[:most])}" + (
             f" ({len(runs)} in all)" if len(runs) > most else "")
     return "pass a run's folder, results/{dataset}/{algorithm}, or run the experiment first (cljax run)"
+
+
+def holds_task_dirs(folder: Path) -> bool:
+    """Whether ``folder`` holds a task folder (stops at the first: a long run holds thousands)."""
+    try:
+        return any(_TASK_DIR.match(q.name) and q.is_dir() for q in folder.iterdir())
+    except OSError:  # not a folder, or unreadable
+        return False
 
 
 def task_dirs(algo_dir: str | os.PathLike, passed: bool = True) -> list[Path]:
@@ -268,7 +270,7 @@ def _explained(read):
 
 def _likely_cause(task_dir: Path) -> str | None:
     if task_dir.is_dir() and not (_TASK_DIR.match(task_dir.name) or task_dir.name == "initial"):
-        if any(_TASK_DIR.match(p.name) for p in task_dir.iterdir()):
+        if holds_task_dirs(task_dir):
             return (f"{task_dir} is a run's folder, not a task folder: pass one of its task folders, e.g. "
                     f"{task_dir / task_dir_name(0)} (cljax.results.task_dirs lists them)")
         return f"{task_dir} is not a task folder: {runs_near(task_dir)}"

@@ -15,7 +15,6 @@ Files of other names are left alone.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import socket
@@ -24,10 +23,9 @@ from pathlib import Path
 from cljax import results
 from cljax.checkpoint import RUN_RECORD
 from cljax.errors import CljaxError
-from cljax.output_guard import check_not_a_run_result
+from cljax.output_guard import SUMMARY, analysis_files, check_not_a_run_result, earlier_analysis
 from cljax.run_lock import folder_lock, pid_alive
 
-SUMMARY = "summary.json"
 ANALYSIS_SUFFIXES = (".json", ".npz", ".png")
 
 __all__ = ["output_folder", "write_all"]
@@ -40,8 +38,7 @@ def output_folder(algo_dir: Path, out_dir, run_id: str | None) -> Path:
     if out_dir is not None and not str(out_dir).strip():
         raise CljaxError("--out is empty: pass a folder, or leave it out for ALGO_DIR/analysis.")
     out = Path(out_dir) if out_dir is not None else algo_dir / "analysis"
-    if (out / RUN_RECORD).exists() or (out.is_dir() and any(results.is_task_dir_name(p.name) and p.is_dir()
-                                                            for p in out.iterdir())):
+    if (out / RUN_RECORD).exists() or results.holds_task_dirs(out):
         raise CljaxError(f"--out {out} is a run's folder (it holds run.json or task folders): its analysis goes "
                          f"into {out / 'analysis'}; pass another --out.")
     own = algo_dir.resolve()
@@ -59,16 +56,6 @@ def output_folder(algo_dir: Path, out_dir, run_id: str | None) -> Path:
         raise CljaxError(f"cannot write to {probe}: pass --out with a writable folder.")
     check_replaceable(out, algo_dir, run_id, [SUMMARY])  # the common case at once, before the analysis runs
     return out
-
-
-def earlier_analysis(out: Path) -> dict | None:
-    """The summary of the analysis written in ``out`` before, or None when its summary.json is
-    missing or is not one."""
-    try:
-        summary = json.loads((out / SUMMARY).read_text())
-    except (OSError, UnicodeDecodeError, ValueError):
-        return None
-    return summary if isinstance(summary, dict) and isinstance(summary.get("algo_dir"), str) else None
 
 
 def check_replaceable(out: Path, algo_dir: Path, run_id: str | None, names) -> None:
@@ -91,7 +78,7 @@ def check_replaceable(out: Path, algo_dir: Path, run_id: str | None, names) -> N
         raise CljaxError(f"{where} holds the analysis of another run ({earlier['algo_dir']}, run id {other}), which "
                          f"this one would replace: pass --out with another folder, or move that analysis out (nothing "
                          f"was written).")
-    listed = earlier.get("files") if isinstance(earlier.get("files"), list) else []
+    listed = analysis_files(earlier)
     foreign = [name for name in taken if not (Path(name).suffix in ANALYSIS_SUFFIXES or name in listed)
                or (out / name).is_symlink() or not (out / name).is_file()]
     if foreign:
@@ -135,7 +122,7 @@ def write_all(out: Path, writers: dict, algo_dir: Path, run_id: str | None) -> N
         # What the earlier analysis wrote and this one does not (its GLUE arrays under --no-glue, its
         # plots under --no-plots, a plugin's files): of fewer tasks or older code, it would sit beside
         # the new files as if it were theirs.
-        listed = earlier.get("files") if isinstance(earlier.get("files"), list) else []
+        listed = analysis_files(earlier)
         for name in listed:
             path = out / str(name)
             if (name not in writers and Path(str(name)).name == name and Path(name).suffix in ANALYSIS_SUFFIXES
