@@ -86,9 +86,9 @@ def run_experiment(
     with failures_shared("in its checks before training"):
         if not found.finished:  # the identity of a prepared folder is its recorded checksums
             check_unchanged(data, resume=found.record is not None)
-        if found.record is not None and not found.finished:
+        if found.record is not None and (not found.finished or found.rebuilt):
             check_sources(found.record.get("sources"), config, algo_dir)
-        if found.finished:  # verify every file's content before saying so
+        if found.finished and not found.rebuilt:  # verify every file's content before saying so
             with RunLock(algo_dir, exclusive=False):
                 found = inspect_run(algo_dir, config, data_id, overwrite, hashes=True, memo=memo, repair=repair)
                 if found.finished and _damaged_initial(algo_dir, found) is None:
@@ -118,7 +118,7 @@ def run_experiment(
         task_disk = on_disk(disk_files_per_task(budget, schedule, data.class_names).values(), block) + block
         run_files = disk_run_files(budget, data.meta)
         ckpt_disk = on_disk([run_files[CHECKPOINT]], block)
-        record_disk = on_disk([run_files[RUN_RECORD] + 512, 256], block) if found.record is None else 0
+        record_disk = on_disk([run_files[RUN_RECORD] + 512, 256], block) if found.record is None or found.rebuilt else 0
         initial_disk = on_disk([run_files["initial/"] - 1024, 1024], block) + block  # weights.npy, metadata.json, folder
         check_disk(algo_dir, task_disk + ckpt_disk + record_disk + initial_disk,
                    "the first task (its folder, the checkpoint's new copy, run.json and initial/)")
@@ -140,6 +140,13 @@ def run_experiment(
         raise
     with lock:
         check_same_run(config, data_id, found, plugins=sources, evaluation=chunk_tasks)
+        if found.rebuilt and is_writer():  # --repair of a lost run.json, from the task folders now verified
+            with critical, _disk_errors(algo_dir, found.next_task):
+                r = found.record
+                write_run_record(algo_dir, r["config"], r["schema"], run_id=r["run_id"], data=r["data"], split=r["split"],
+                                 sources=r["sources"], dataset_meta=data.meta)
+            print(f"note: {algo_dir / RUN_RECORD} was missing; --repair wrote it again from the task folders (run "
+                  f"{found.record['run_id']}).", file=sys.stderr)
         if found.finished:  # a finished run whose initial/ is damaged: written again, as a resume would
             problem = _damaged_initial(algo_dir, found)
             if problem is not None and is_writer():
@@ -169,12 +176,12 @@ def run_experiment(
                 if found.record is not None:  # what this resume verified: the next one does not read it again
                     memo.save(run_id)
         return _train(config, data, task_data, schedule, program, start, chunk_tasks, found, algo_dir, run_id, split,
-                      task_disk + ckpt_disk, sources=sources, progress=progress, allow_nonfinite=allow_nonfinite,
+                      task_disk + ckpt_disk, data_id=data_id, sources=sources, progress=progress, allow_nonfinite=allow_nonfinite,
                       critical=critical, on_task_end=on_task_end, memo=memo)
 
 
 def _train(config, data, task_data, schedule, program, start, chunk_tasks, found, algo_dir, run_id, split,
-           disk_per_task, *, sources, progress, allow_nonfinite, critical, on_task_end, memo) -> RunResult:
+           disk_per_task, *, data_id, sources, progress, allow_nonfinite, critical, on_task_end, memo) -> RunResult:
     """The task loop, from the first unfinished task; the run folder is locked and prepared.
     ``start``: the initialised learner and its host copy (``_initial_learner``); ``memo``: the
     check record (verified.json), which notes each folder written and is saved after the last task."""
@@ -252,7 +259,7 @@ def _train(config, data, task_data, schedule, program, start, chunk_tasks, found
             "compile_seconds": result.compile_seconds,
             "steps_per_second": config.steps_per_task / seconds,
         })
-        metadata.update({"nonfinite": nonfinite, "run_id": run_id, "split": split, "plugins": sources,
+        metadata.update({"nonfinite": nonfinite, "run_id": run_id, "data": data_id, "split": split, "plugins": sources,
                          "evaluation": evaluation})
         if found.record is not None and not same_split(recorded_split(found.record), split):
             metadata["split_at_run_start"] = recorded_split(found.record)

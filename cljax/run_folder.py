@@ -33,6 +33,7 @@ from cljax.initial_state import INITIAL
 from cljax.kept_checkpoints import KEPT, describe_replay, is_kept_name, kept_path, repair_start
 from cljax.results import LATER_TASK_FILES, TASK_FILES, task_dir_name, task_dirs
 from cljax.output_guard import check_writable_target
+from cljax.record_rebuild import lost_record
 from cljax.run_lock import RUN_LOCK
 from cljax.safe_files import npy_header, safe_load_pickle
 from cljax.setting_match import DATA_DIFFERS, setting_differences
@@ -58,6 +59,7 @@ class Found:
     replay: tuple[int, int] | None = None
     repair: list = field(default_factory=list)
     from_checkpoint: bool = True
+    rebuilt: bool = False  # --repair: run.json was missing and ``record`` comes from the task folders
 
 
 def _is_temporary(name: str) -> bool:
@@ -87,12 +89,13 @@ def inspect_run(algo_dir: Path, config: Config, data_id: str | None, overwrite: 
     if overwrite:
         check_clearable(algo_dir)
         return Found(n_task_dirs=n_dirs)
-    record = read_run_record(algo_dir)
+    record, rebuilt = read_run_record(algo_dir), False
+    if record is None and n_dirs:  # a run's own files: its record is what was lost
+        record, rebuilt = lost_record(algo_dir, n_dirs, repair, _deletes(n_dirs)), True
     if record is None:
-        if n_dirs or (algo_dir / CHECKPOINT).exists():  # a run's own files: its record is what was lost
-            held = ", ".join([f"{n_dirs} task folder(s)"] * bool(n_dirs) + ["a checkpoint"] * (algo_dir / CHECKPOINT).exists())
-            raise CljaxError(f"{algo_dir / RUN_RECORD} is missing, and the folder holds a cljax run's {held}: restore "
-                             f"run.json from a copy, or pass --overwrite to start again (it {_deletes(n_dirs)}).")
+        if (algo_dir / CHECKPOINT).exists():
+            raise CljaxError(f"{algo_dir / RUN_RECORD} is missing, and the folder holds a cljax run's checkpoint: "
+                             f"restore run.json from a copy, or pass --overwrite to start again (it {_deletes(n_dirs)}).")
         raise CljaxError(f"{algo_dir} holds files that are not a cljax run: choose another --results-dir, or pass "
                          f"--overwrite to replace them (it {_deletes(n_dirs)}).")
     try:
@@ -131,7 +134,7 @@ def inspect_run(algo_dir: Path, config: Config, data_id: str | None, overwrite: 
         raise CljaxError(f"{extra[0]} is not a task of this {T}-task run: move it out of {algo_dir} to "
                          f"{'resume' if any(problems) else 'use'} the run (nothing was deleted).")
     if not any(problems) and not _checkpoint_behind(algo_dir, run_id, T):  # whole: the checkpoint is not needed
-        return Found(record=record, next_task=T, finished=True, n_task_dirs=n_dirs)
+        return Found(record=record, next_task=T, finished=True, n_task_dirs=n_dirs, rebuilt=rebuilt)
     changed = changed_since(record)
     if changed and _finished_no_task(algo_dir, record):
         return _replace(algo_dir, "a run started by an older cljax")
@@ -160,7 +163,8 @@ def inspect_run(algo_dir: Path, config: Config, data_id: str | None, overwrite: 
         start = repair_start(algo_dir, run_id, damaged[0] if damaged else reached)
         if repair:
             return Found(record=record, next_task=reached, stale=_stale(algo_dir, problems, reached),
-                         n_task_dirs=n_dirs, replay=(start, reached), from_checkpoint=False, repair=damaged)
+                         n_task_dirs=n_dirs, replay=(start, reached), from_checkpoint=False, repair=damaged,
+                         rebuilt=rebuilt)
         more = f" (and {len(damaged) - 1} more below task {reached - 1})" if len(damaged) > 1 else ""
         what = (f"{problems[damaged[0]]}{more}, and {algo_dir / CHECKPOINT} is missing, while task {reached - 1} is "
                 f"finished" if damaged else f"{algo_dir / CHECKPOINT} is missing, while tasks 0 to {reached - 1} are "
@@ -187,14 +191,14 @@ def inspect_run(algo_dir: Path, config: Config, data_id: str | None, overwrite: 
         start, stop = repair_start(algo_dir, run_id, damaged[0]), damaged[-1] + 1
         if repair:
             return Found(record=record, next_task=next_task, stale=stale, n_task_dirs=n_dirs, replay=(start, stop),
-                         repair=damaged)
+                         repair=damaged, rebuilt=rebuilt)
         others = f" (and {len(damaged) - 1} more below it)" if len(damaged) > 1 else ""
         raise CljaxError(f"{problems[damaged[0]]}{others}; the checkpoint is after task {next_task - 1}, and the "
                          f"learner state at the start of a task is not stored once the run is past it: pass --repair "
                          f"to train {describe_replay(start, stop)} again and write the damaged folder"
                          f"{'s' if len(damaged) > 1 else ''} anew, pass --overwrite to train the run again from task 0 "
                          f"(it {_deletes(n_dirs)}), or choose another --results-dir.")
-    return Found(record=record, next_task=next_task, stale=stale, n_task_dirs=n_dirs)
+    return Found(record=record, next_task=next_task, stale=stale, n_task_dirs=n_dirs, rebuilt=rebuilt)
 
 
 def _stale(algo_dir: Path, problems: list, first: int) -> list[Path]:

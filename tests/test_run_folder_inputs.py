@@ -193,14 +193,16 @@ def test_a_run_record_of_the_wrong_kind_is_one_line(made, tmp_path, capsys, reco
 
 def test_a_lost_run_record_is_named_as_lost(made, tmp_path, capsys):
     # The folder was called "files that are not a cljax run", with --overwrite the only way out.
+    # With task folders, --repair writes it again (tests/test_record_rebuild.py); a checkpoint alone cannot.
     run_dir = copy(made, "partial", tmp_path / "r")
     (run_dir / "run.json").unlink()
-    n = len(list(run_dir.glob("task_*")))
+    shutil.rmtree(run_dir / "task_000")
     before = state(run_dir)
-    rc, _, err = run_cli(["run", *FLAGS, "--results-dir", str(tmp_path / "r")], capsys)
-    assert_one_error(rc, err, f"{run_dir / 'run.json'} is missing, and the folder holds a cljax run's {n} task "
-                              f"folder(s), a checkpoint: restore run.json from a copy, or pass --overwrite")
-    assert state(run_dir) == before
+    for repair in ([], ["--repair"]):
+        rc, _, err = run_cli(["run", *FLAGS, "--results-dir", str(tmp_path / "r"), *repair], capsys)
+        assert_one_error(rc, err, f"{run_dir / 'run.json'} is missing, and the folder holds a cljax run's checkpoint: "
+                                  f"restore run.json from a copy, or pass --overwrite")
+        assert state(run_dir) == before
 
 
 @pytest.mark.parametrize("value", ["fast", -5.0])

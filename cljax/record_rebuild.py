@@ -1,0 +1,78 @@
+"""A run's lost run.json, written again from its task folders (``--repair``).
+
+run.json holds what the task folders' metadata.json hold as well: the run id, the settings,
+the identity of the data, the device split the run started on and the plugin files of its
+entries. A run whose run.json was deleted or lost can therefore be resumed once the record is
+rebuilt from them. The rebuilt record is checked like any other: its settings and data against
+the command's (a resume with other ones is refused), every task folder and the checkpoint
+against its run id. Task folders written before cljax recorded the data's identity in them
+cannot rebuild it: the data would go unchecked.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cljax.checkpoint import RUN_RECORD, read_checkpoint_header
+from cljax.errors import CljaxError, DamagedFile
+from cljax.results import load_metadata, task_dirs
+
+
+def rebuilt_record(algo_dir: Path) -> dict:
+    """run.json's content as the run's task folders record it; read only. CljaxError naming why
+    it cannot be rebuilt: no readable folder, folders of several runs or data, a checkpoint of
+    another run, or folders from before their metadata.json named the data."""
+    lost = f"{algo_dir / RUN_RECORD} is missing"
+    metas = []
+    for folder in task_dirs(algo_dir, passed=False):
+        try:
+            metas.append(load_metadata(folder))
+        except (DamagedFile, OSError):
+            continue  # a damaged folder is one the repair writes anew
+    if not metas:
+        raise CljaxError(f"{lost}, and no task folder's metadata.json can be read to write it again")
+    runs = sorted({str(m.get("run_id")) for m in metas})
+    if len(runs) > 1:
+        raise CljaxError(f"{lost}, and the task folders belong to {len(runs)} runs ({', '.join(runs[:3])}): "
+                         f"the folder mixes runs, so which one it holds cannot be told")
+    run_id = metas[0].get("run_id")
+    first = min(metas, key=lambda m: m.get("task_index", 0) if isinstance(m.get("task_index"), int) else 0)
+    if not isinstance(run_id, str) or "data" not in first:
+        raise CljaxError(f"{lost}, and its task folders were written by a cljax that did not record the data's "
+                         f"identity in them, so it cannot be written again from them")
+    data = {m.get("data") for m in metas}
+    if len(data) > 1 or not isinstance(first["data"], str):
+        raise CljaxError(f"{lost}, and the task folders record {len(data)} data identities: the folder mixes runs")
+    try:
+        header = read_checkpoint_header(algo_dir)
+    except CljaxError:
+        header = None  # damaged: the repair's own checks name it
+    if header is not None and header[1] != run_id:
+        raise CljaxError(f"{lost}, and the checkpoint belongs to run {header[1]}, the task folders to run {run_id}: "
+                         f"the folder mixes runs")
+    fields = {"config": dict, "schema": int, "split": dict}
+    for key, kind in fields.items():
+        if not isinstance(first.get(key), kind):
+            raise CljaxError(f"{lost}, and {algo_dir / first.get('task_dir', '?') / 'metadata.json'} has no "
+                             f"\"{key}\" to write it again from")
+    split = first.get("split_at_run_start") or first["split"]  # a folder trained on another split names the first
+    plugins = first.get("plugins")
+    return {"schema": first["schema"], "config": first["config"], "run_id": run_id, "data": first["data"],
+            "split": split, "sources": plugins if isinstance(plugins, dict) else None, "dataset_meta": None}
+
+
+def lost_record(algo_dir: Path, n_dirs: int, repair: bool, deletes: str) -> dict:
+    """The record of a run folder whose run.json is missing and which holds ``n_dirs`` task
+    folders, rebuilt under ``repair``; otherwise (or when it cannot be) a CljaxError naming the
+    fixes. ``deletes``: what --overwrite deletes there."""
+    try:
+        record = rebuilt_record(algo_dir)
+    except CljaxError as exc:
+        raise CljaxError(f"{str(exc).rstrip('.')}: restore run.json from a copy, or pass --overwrite to start "
+                         f"again (it {deletes}).") from None
+    if not repair:
+        raise CljaxError(f"{algo_dir / RUN_RECORD} is missing, and the folder holds {n_dirs} task folder(s) of run "
+                         f"{record['run_id']}: pass --repair to write it again from them (then the run is checked "
+                         f"and resumed as usual), restore it from a copy, or pass --overwrite to start again (it "
+                         f"{deletes}).")
+    return record

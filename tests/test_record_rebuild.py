@@ -1,0 +1,80 @@
+"""A lost run.json is written again from the task folders by --repair (cljax/record_rebuild.py);
+every case it cannot tell is refused in one line, with nothing changed."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.run_folder_kit import FLAGS, assert_one_error, copy, make_runs, run_cli, state
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory):
+    return make_runs(tmp_path_factory)
+
+
+def _edit_metadata(folder, **changes):
+    path = folder / "metadata.json"
+    meta = json.loads(path.read_text())
+    for key, value in changes.items():
+        if value is None:
+            meta.pop(key)
+        else:
+            meta[key] = value
+    path.write_text(json.dumps(meta))
+
+
+def test_repair_writes_a_lost_record_again_and_the_run_resumes_to_the_same_numbers(made, tmp_path, capsys):
+    # Before, a deleted run.json lost the run: "restore it from a copy, or --overwrite".
+    run_dir = copy(made, "partial", tmp_path / "r")
+    record = json.loads((run_dir / "run.json").read_text())
+    (run_dir / "run.json").unlink()
+    before = state(run_dir)
+    rc, _, err = run_cli(["run", *FLAGS, "--results-dir", str(tmp_path / "r")], capsys)
+    assert_one_error(rc, err, f"{run_dir / 'run.json'} is missing, and the folder holds 1 task folder(s) of run "
+                              f"{record['run_id']}: pass --repair to write it again from them")
+    assert state(run_dir) == before
+    rc, _, err = run_cli(["run", *FLAGS, "--results-dir", str(tmp_path / "r"), "--repair"], capsys)
+    assert rc == 0, err
+    assert f"note: {run_dir / 'run.json'} was missing; --repair wrote it again from the task folders" in err
+    assert json.loads((run_dir / "run.json").read_text()) == record  # every field, the data's identity included
+    finished = made["finished"] / run_dir.relative_to(tmp_path / "r")
+    for name in ("metrics.pkl", "weights.npy", "representations.npy"):
+        assert (run_dir / "task_001" / name).read_bytes() == (finished / "task_001" / name).read_bytes()
+    assert json.loads((run_dir / "task_001" / "metadata.json").read_text())["data"] == record["data"]
+
+
+def test_repair_writes_the_record_of_a_finished_run_again(made, tmp_path, capsys):
+    run_dir = copy(made, "finished", tmp_path / "r")
+    record = (run_dir / "run.json").read_bytes()
+    (run_dir / "run.json").unlink()
+    folders = {p: p.read_bytes() for p in run_dir.glob("task_*/*")}
+    rc, out, err = run_cli(["run", *FLAGS, "--results-dir", str(tmp_path / "r"), "--repair"], capsys)
+    assert rc == 0, err
+    assert json.loads((run_dir / "run.json").read_bytes()) == json.loads(record)
+    assert {p: p.read_bytes() for p in run_dir.glob("task_*/*")} == folders  # nothing trained again
+    rc, _, err = run_cli(["run", *FLAGS, "--results-dir", str(tmp_path / "r")], capsys)  # now a finished run as any
+    assert rc == 0 and "was missing" not in err, err
+
+
+@pytest.mark.parametrize("case", ["old_folders", "two_runs", "other_settings"])
+def test_a_record_that_cannot_be_rebuilt_is_refused_in_one_line(made, tmp_path, capsys, case):
+    run_dir = copy(made, "finished", tmp_path / "r")
+    (run_dir / "run.json").unlink()
+    flags = [*FLAGS, "--results-dir", str(tmp_path / "r"), "--repair"]
+    if case == "old_folders":  # written before metadata.json named the data: the data would go unchecked
+        for folder in run_dir.glob("task_*"):
+            _edit_metadata(folder, data=None)
+        expected = "its task folders were written by a cljax that did not record the data's identity in them"
+    elif case == "two_runs":
+        _edit_metadata(run_dir / "task_000", run_id="0" * 32)
+        expected = "the task folders belong to 2 runs"
+    else:  # the rebuilt record is checked as run.json is: a resume with other settings is refused
+        flags[flags.index("--lr") + 1] = "0.2"
+        expected = "holds a run with other settings (lr): lr recorded 0.1, now 0.2"
+    before = state(run_dir)
+    rc, _, err = run_cli(["run", *flags], capsys)
+    assert_one_error(rc, err, expected)
+    assert state(run_dir) == before
