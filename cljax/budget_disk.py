@@ -24,7 +24,7 @@ from cljax.errors import CljaxError
 from cljax.eval_tasks import eval_slots, eval_tasks_of
 from cljax.results import structured_dtype
 from cljax.run_split import split_of
-from cljax.sources import plugin_sources
+from cljax.sources import entry_sources
 
 
 def npy_bytes(shape, dtype) -> int:
@@ -114,7 +114,7 @@ def _metadata_json_bytes(b: Budget, pairs, names) -> int:
         "schedule": schedule_record(pairs, T - 1, config.task_schedule, len(names)),  # the last task's is the largest
         "eval_tasks": eval_tasks_of(config).record(T - 1, T),
         "log_steps": config.log_steps,
-        "plugins": plugin_sources(config),
+        "plugins": entry_sources(config),
         "weights_layout": [{"name": n, "shape": list(d[0].shape), "dtype": "float32", "offset_bytes": int(d[1])}
                            for n, d in _weights_dtype(b).fields.items()],
     }
@@ -134,7 +134,7 @@ def disk_run_files(b: Budget, dataset_meta: dict | None = None) -> dict:
     from cljax.results import TASK_FILES
 
     record = len(json.dumps({"schema": SCHEMA_VERSION, "config": b.config.to_dict(), "run_id": "0" * 32,
-                             "data": "0" * 64, "split": split_of(b.program), "sources": plugin_sources(b.config),
+                             "data": "0" * 64, "split": split_of(b.program), "sources": entry_sources(b.config),
                              "dataset_meta": dataset_meta},
                             indent=1, sort_keys=True))
     learner = jax.eval_shape(b.program.init_learner, jax.eval_shape(lambda: jax.random.key(0)))

@@ -40,7 +40,7 @@ from cljax.run_folder import clear_run, inspect_run, remove_stale_temporaries, v
 from cljax.run_split import recorded_split, same_split, split_of, warn_if_other_eval_chunk, warn_if_other_split
 from cljax.run_lock import RunLock
 from cljax.run_result import RunResult, finished
-from cljax.sources import check_sources, plugin_sources
+from cljax.sources import check_sources, entry_sources
 from cljax.step import KEY_TASKS
 from cljax.tasks import TaskData, make_schedule
 
@@ -81,13 +81,15 @@ def run_experiment(
         algo_dir = algo_dir_of(config)
         memo = CheckRecord(algo_dir)  # the checks below parse each metadata.json once; what a resume verified before
         found = inspect_run(algo_dir, config, data_id, overwrite, hashes=False, memo=memo, repair=repair)
-        sources = plugin_sources(config)
+        sources = entry_sources(config)
     check_same_run(config, data_id, found, plugins=sources)  # multi-process: every process, the same run
     with failures_shared("in its checks before training"):
         if not found.finished:  # the identity of a prepared folder is its recorded checksums
             check_unchanged(data, resume=found.record is not None)
         if found.record is not None and (not found.finished or found.rebuilt):
-            check_sources(found.record.get("sources"), config, algo_dir)
+            for line in check_sources(found.record.get("sources"), config, algo_dir):
+                if is_writer():
+                    print(line, file=sys.stderr)
         if found.finished and not found.rebuilt:  # verify every file's content before saying so
             with RunLock(algo_dir, exclusive=False):
                 found = inspect_run(algo_dir, config, data_id, overwrite, hashes=True, memo=memo, repair=repair)

@@ -214,7 +214,13 @@ def is_builtin(build: Callable) -> bool:
     return build.__module__ == "cljax" or build.__module__.startswith("cljax.")
 
 
-_loaded_plugins: set[str] = set()
+_loaded_plugins: dict[str, None] = {}  # the files loaded, in order
+
+
+def loaded_plugins() -> list[str]:
+    """The plugin files this process loaded, resolved, in the order they were loaded (what a
+    sweep's jobs load again)."""
+    return list(_loaded_plugins)
 
 
 def load_plugins(paths: list[str] | None = None) -> None:
@@ -234,7 +240,7 @@ def load_plugins(paths: list[str] | None = None) -> None:
         if path.suffix != ".py":  # Python imports a source file by its suffix (no loader for another)
             raise CljaxError(f"plugin file {p} is not a Python source file (.py): give the .py file to --plugin or "
                              f"${PLUGINS_ENV}.")
-        _loaded_plugins.add(str(path))
+        _loaded_plugins[str(path)] = None
         name = f"cljax_plugin_{path.stem}_{len(_loaded_plugins)}"
         spec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(spec)

@@ -21,7 +21,9 @@ class Parser(argparse.ArgumentParser):
         super().__init__(*args, **{"allow_abbrev": False, **kwargs})
 
     def error(self, message):
-        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+        plugin = ("; a flag of a plugin's entry needs its file: --plugin FILE or $CLJAX_PLUGINS"
+                  if message.startswith("unrecognized arguments: --") else "")
+        self.exit(2, f"error: {message} (see `{self.prog} --help`{plugin})\n")
 
 
 def load_plugins_from_argv(argv: list[str]) -> None:

@@ -184,12 +184,17 @@ def check_against_data(runs: list[SweepRun], overwrite: bool = False, repair: bo
             raise CljaxError(f"run {run.tag}: {str(exc).rstrip('.')} (no job was submitted).") from None
 
 
-def run_job(config_dict: dict, overwrite: bool = False, allow_nonfinite: bool = False, repair: bool = False) -> dict:
-    """The body of one job: run (or resume) one experiment. Returns a short, picklable summary."""
+def run_job(config_dict: dict, overwrite: bool = False, allow_nonfinite: bool = False, repair: bool = False,
+            plugins: tuple = ()) -> dict:
+    """The body of one job: run (or resume) one experiment. Returns a short, picklable summary.
+    ``plugins``: the plugin files the sweep loaded (``--plugin`` and ``$CLJAX_PLUGINS``), loaded
+    again here before the settings are read, since the job is another process."""
     from cljax.checkpoint import recorded_split
     from cljax.devices.cpu_split import configure_cpu_devices
     from cljax.experiment import algo_dir_of, run_experiment
+    from cljax.registry import load_plugins
 
+    load_plugins(list(plugins))
     config = Config.from_flat(config_dict)
     # A fresh job process: one JAX device per core on a CPU host, or the split a resumed run started on.
     configure_cpu_devices(config.n_repeats, recorded=None if overwrite else recorded_split(algo_dir_of(config)))
@@ -212,14 +217,14 @@ def _job_class():
         which resubmits the same call; the run then resumes from its first unfinished task."""
 
         def __call__(self, config_dict: dict, overwrite: bool = False, allow_nonfinite: bool = False,
-                     repair: bool = False) -> dict:
-            return run_job(config_dict, overwrite, allow_nonfinite, repair)
+                     repair: bool = False, plugins: tuple = ()) -> dict:
+            return run_job(config_dict, overwrite, allow_nonfinite, repair, plugins)
 
         def checkpoint(self, config_dict: dict, overwrite: bool = False, allow_nonfinite: bool = False,
-                       repair: bool = False):
+                       repair: bool = False, plugins: tuple = ()):
             # The requeued job resumes what this one finished, even if this one started afresh; one
             # stopped in a repair repairs again (on a whole run --repair changes nothing).
-            return submitit.helpers.DelayedSubmission(self, config_dict, False, allow_nonfinite, repair)
+            return submitit.helpers.DelayedSubmission(self, config_dict, False, allow_nonfinite, repair, plugins)
 
     return SweepJob
 
@@ -227,9 +232,11 @@ def _job_class():
 def submit(runs: list[SweepRun], executor, overwrite: bool = False, allow_nonfinite: bool = False,
            repair: bool = False) -> list:
     """One job per run (a job array on SLURM)."""
-    job = _job_class()()
-    return executor.map_array(job, [r.config.to_dict() for r in runs], [overwrite] * len(runs),
-                              [allow_nonfinite] * len(runs), [repair] * len(runs))
+    from cljax.registry import loaded_plugins
+
+    job, n = _job_class()(), len(runs)
+    return executor.map_array(job, [r.config.to_dict() for r in runs], [overwrite] * n, [allow_nonfinite] * n,
+                              [repair] * n, [tuple(loaded_plugins())] * n)
 
 
 def write_manifest(path: Path, runs: list[SweepRun], jobs, executor_kind: str, log_dir: Path) -> None:

@@ -214,11 +214,11 @@ def test_the_run_record_estimate_is_the_records_size(small, tmp_path):
     from cljax.checkpoint import RUN_RECORD, write_run_record
     from cljax.config import SCHEMA_VERSION
     from cljax.run_split import split_of
-    from cljax.sources import plugin_sources
+    from cljax.sources import entry_sources
 
     meta = {"name": "synthetic", "source": "generator seed 0"}  # the dataset's description, recorded too
     write_run_record(tmp_path, small.config.to_dict(), SCHEMA_VERSION, run_id=uuid.uuid4().hex, data="f" * 64,
-                     split=split_of(small.program), sources=plugin_sources(small.config), dataset_meta=meta)
+                     split=split_of(small.program), sources=entry_sources(small.config), dataset_meta=meta)
     assert disk_run_files(small, meta)[RUN_RECORD] == (tmp_path / RUN_RECORD).stat().st_size
 
 

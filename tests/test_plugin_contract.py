@@ -164,3 +164,37 @@ def test_a_model_s_compile_allowance_is_added_to_the_host_estimate_and_checked(t
         assert proc.returncode == 2 and proc.stderr.startswith(
             f"error: model {name!r}: its compile_host_bytes must be a function of its params that returns a whole "
             f"number of bytes >= 0, and {got}") and proc.stderr.count("\n") == 1, proc.stderr
+
+
+@pytest.mark.parametrize("hook, fn, message", [
+    ("step_end", lambda state, p, key: (state, p),  # a TypeError at cljax's call, naming no file of the plugin
+     r"its step_end \(.*test_plugin_contract.py, line \d+\) is step_end\(state, p, key\); it must take \(state, "
+     r"params, model_state, key, images, weights_B\)"),
+    ("step_end", lambda state, p, *rest: p,  # "too many values to unpack" in cljax/step.py
+     r"its step_end .* must return \(state, params\); it returns a dict"),
+    ("step_end", lambda state, p, *rest: (state, {k: v[:1] for k, v in p.items()}),  # a scan carry's traceback
+     r"its step_end .* returns params of another structure, shapes or dtypes than it was given"),
+    ("direction", lambda state, p, d: {"w": d["w"]},
+     r"its direction .* must return a pytree of the params' structure, shapes and dtypes; it does not"),
+    ("step_reset", lambda state, p, opt_state, *rest: (state, p, ()),
+     r"its step_reset .* returns opt_state of another structure"),
+    ("task_end", lambda state, p, key, images, labels, t: (state, p, 0),
+     r"its task_end .* must return \(state, params\); it returns a tuple of 3"),
+])
+def test_an_option_hook_of_the_wrong_signature_or_return_is_one_line_naming_it(hook, fn, message):
+    import jax
+    import jax.numpy as jnp
+
+    from cljax.options import Option, _checked
+
+    params = {"w": jnp.zeros((3, 2)), "b": jnp.zeros((2,))}
+    args = {"state": (), "params": params, "model_state": {}, "key": jax.random.key(0), "images": jnp.zeros((4, 2)),
+            "weights_B": jnp.ones(4), "opt_state": {"m": params}, "direction": params, "train_images_N": jnp.zeros(4),
+            "train_labels_N": jnp.zeros(4), "task_idx": 0}
+    from cljax.hook_contract import OPTION_HOOKS
+
+    with pytest.raises(CljaxError, match=rf"^option 'mine': {message}"):
+        checked = _checked(Option(**{hook: fn}), "mine")
+        getattr(checked, hook)(*(args[name] for name in OPTION_HOOKS[hook][0]))
+    fine = _checked(Option(), "mine")  # the unset hooks stay the identities (keeps_batch compares them)
+    assert fine == Option()

@@ -59,14 +59,15 @@ def test_a_resume_refuses_a_run_whose_plugin_file_changed_and_takes_it_back_rest
         run_experiment(config, progress=False, on_task_end=_stop_after_first)
     algo_dir = tmp_path / "results" / "synthetic" / "ScaledPlug_T3"
     sources = read_run_record(algo_dir)["sources"]
-    assert list(sources) == ["rule ScaledPlug"] and sources["rule ScaledPlug"]["file"] == str(plugin.resolve())
+    assert [k for k, v in sources.items() if not v.get("cljax")] == ["rule ScaledPlug"]
+    assert sources["rule ScaledPlug"]["file"] == str(plugin.resolve())
     assert len(sources["rule ScaledPlug"]["sha256"]) == 64
     assert json.loads((algo_dir / "task_000" / "metadata.json").read_text())["plugins"] == sources
 
     original = plugin.read_text()
     plugin.write_text(original.replace("1.0 * x", "10.0 * x"))
     with pytest.raises(CljaxError, match=r"remaining tasks would run other code: the file of its rule ScaledPlug, "
-                                         rf"{plugin.resolve()}, changed since the run started .*Restore the file"):
+                                         rf"{plugin.resolve()}, changed since the run started\. Restore the file"):
         run_experiment(config, progress=False)
     assert not (algo_dir / "task_001").exists()  # refused before anything was written
     plugin.write_text(original)
@@ -74,13 +75,14 @@ def test_a_resume_refuses_a_run_whose_plugin_file_changed_and_takes_it_back_rest
     assert run.first_task == 1 and (algo_dir / "task_002" / "metadata.json").is_file()
 
 
-def test_a_run_of_cljax_entries_records_no_plugin_and_an_older_record_is_not_compared(tmp_path):
+def test_a_run_of_cljax_entries_records_their_files_in_the_package_and_an_older_record_is_not_compared(tmp_path):
     from cljax.sources import check_sources
 
     config = small_config(tmp_path, **TINY)
     run = run_experiment(config, progress=False)
     record = read_run_record(run.algo_dir)
-    assert record["sources"] == {}
+    assert sorted(record["sources"]) == ["dataset synthetic", "model mlp", "rule SL"]  # cljax's own files, marked
+    assert record["sources"]["rule SL"]["file"] == "cljax/rules/sl.py" and record["sources"]["rule SL"]["cljax"]
     assert record["dataset_meta"]["name"] == "synthetic"  # the loader's meta: where the data came from
     assert record["dataset_meta"]["source"].startswith("generator seed ")
     check_sources(None, config, run.algo_dir)  # a run.json written before sources were recorded
@@ -248,6 +250,13 @@ register(Analysis("count_tasks", init=lambda context: 0, update=lambda n, folder
     assert proc.returncode == 2 and proc.stderr == ("error: analysis 'aaa' and cljax analyze itself both write the "
                                                     "summary key(s) n_repeats: give the plugin's keys other names "
                                                     "(nothing was written).\n") and not bad.exists()
+    # a finalize that returns a dict, not a Result (an AttributeError's traceback)
+    plugin.write_text("from cljax.analysis.registry import Analysis, register\n"
+                      "register(Analysis('dict', lambda c: 0, lambda n, f: n, lambda n: {'summary': {'a': 1}}))\n")
+    proc = _analyze(run.algo_dir, bad, plugin)
+    assert proc.returncode == 2 and proc.stderr == ("error: analysis 'dict': its finalize returns dict, not a "
+                                                    "cljax.analysis.registry.Result of three dicts (summary, arrays, "
+                                                    "plots): return one (nothing was written).\n") and not bad.exists()
 
 
 def _class_data(**changes):
@@ -325,8 +334,12 @@ def test_a_model_that_breaks_the_output_contract_is_refused_in_one_line(returns,
     ("scalar_per_leaf", r"its direction must have the structure, shapes and dtypes of the params"),
     ("list", r"its direction must have the structure"),
     ("three", r"direction must return \(direction, rule_state, model_state, metrics\); it returns tuple of 3"),
-    ("no_acc", r"its metrics must be a dict with scalar 'loss' and 'acc' .*; it returns \['loss'\]"),
-    ("per_example_loss", r"its metrics must be a dict with scalar 'loss' and 'acc'"),
+    ("no_acc", r"its metrics must be a dict with scalar 'loss' and 'acc' .*; it returns 'loss' of shape \(\), "
+               r"'acc': missing"),
+    ("per_example_loss", r"its metrics must be a dict with scalar 'loss' and 'acc' .*; it returns 'loss' of shape "
+                         r"\(2,\), 'acc' of shape \(\)"),  # it named the keys, which were right
+    ("no_key", r"its direction \(.*test_plugins.py, line \d+\) is direction\(net, p, model_state, rule_state, "
+               r"images, labels, weights\); it must take \(net, params, .*, key\)"),  # a TypeError's traceback
 ])
 def test_a_rule_that_breaks_the_contract_is_refused_in_one_line(mistake, message):
     import jax
@@ -338,7 +351,7 @@ def test_a_rule_that_breaks_the_contract_is_refused_in_one_line(mistake, message
     net = _net("pair")
     check_rule(make_rule(Config(), net), net, "SL")
 
-    def direction(net, p, model_state, rule_state, images, labels, weights, key):
+    def direction(net, p, model_state, rule_state, images, labels, weights, key=None):
         g = jax.tree.map(jnp.zeros_like, p)
         metrics = {"loss": jnp.zeros(()), "acc": jnp.zeros(())}
         if mistake == "scalar_per_leaf":
@@ -352,7 +365,11 @@ def test_a_rule_that_breaks_the_contract_is_refused_in_one_line(mistake, message
         out = (g, rule_state, model_state, metrics)
         return out[:3] if mistake == "three" else out
 
-    rule = {} if mistake == "not_a_rule" else Rule(init=lambda p, key: (), direction=direction)
+    def no_key(net, p, model_state, rule_state, images, labels, weights):
+        pass
+
+    rule = {} if mistake == "not_a_rule" else Rule(init=lambda p, key: (),
+                                                  direction=no_key if mistake == "no_key" else direction)
     with pytest.raises(CljaxError, match=rf"^rule 'Mine': {message}"):
         check_rule(rule, net, "Mine")
 
@@ -445,3 +462,12 @@ def test_a_plugin_that_raises_when_imported_is_one_line_with_its_line(tmp_path):
     with pytest.raises(CljaxError) as refused:
         load_plugins([str(own)])
     assert str(refused.value) == "the refusal, as it was worded"
+
+
+def test_a_flag_of_a_plugin_given_without_its_file_points_to_plugin(capsys):
+    # It said "unrecognized arguments: --use-gradnoise" alone; an --algorithm of a plugin already named --plugin.
+    from tests.run_folder_kit import run_cli
+
+    rc, _, err = run_cli(["run", "--use-gradnoise", "--no-progress"], capsys)
+    assert rc == 2 and err == ("error: unrecognized arguments: --use-gradnoise (see `cljax run --help`; a flag of a "
+                               "plugin's entry needs its file: --plugin FILE or $CLJAX_PLUGINS)\n")

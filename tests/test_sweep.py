@@ -5,6 +5,8 @@ the line of a failed job. The sweep through submitit's local executor: tests/tes
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 import time
@@ -17,6 +19,7 @@ import cljax.sweep as sweep
 from cljax.cli import main
 from cljax.config import Config
 from cljax.errors import CljaxError
+from cljax.registry import loaded_plugins
 
 SMALL = dict(dataset="synthetic", synthetic_classes=4, num_tasks=2, n_repeats=1, n_train_per_class=16,
              n_test_per_class=8, n_subsamples=4, epochs=1, batch_size=16, log_frequency=1)
@@ -79,17 +82,31 @@ def test_each_job_is_handed_overwrite_and_a_requeued_job_never_overwrites(tmp_pa
     executor = SimpleNamespace(map_array=lambda fn, *lists: calls.append((fn, lists)) or ["j0", "j1"])
     runs = sweep.expand(base_of(tmp_path), {"lr": [0.1, 0.2]}, [0])
     assert sweep.submit(runs, executor, overwrite=True, allow_nonfinite=False) == ["j0", "j1"]
-    (job, (configs, overwrite, nonfinite, repair)), = calls
+    (job, (configs, overwrite, nonfinite, repair, plugins)), = calls
     assert configs == [r.config.to_dict() for r in runs]
     assert overwrite == [True, True] and nonfinite == [False, False] and repair == [False, False]
+    assert plugins == [tuple(loaded_plugins())] * 2  # each job loads the files the sweep loaded
     # Requeued after a time limit: it resumes what the first attempt wrote, even under --overwrite.
-    again = job.checkpoint(configs[0], True, True)
-    assert again.function is job and again.args == (configs[0], False, True, False)
+    again = job.checkpoint(configs[0], True, True, False, ("p.py",))
+    assert again.function is job and again.args == (configs[0], False, True, False, ("p.py",))
     calls.clear()
     sweep.submit(runs, executor, allow_nonfinite=True, repair=True)
-    (job, (_, overwrite, nonfinite, repair)), = calls
+    (job, (_, overwrite, nonfinite, repair, _)), = calls
     assert overwrite == [False, False] and nonfinite == [True, True] and repair == [True, True]
-    assert job.checkpoint(configs[0], False, False, True).args == (configs[0], False, False, True)  # repairs again
+    assert job.checkpoint(configs[0], False, False, True).args == (configs[0], False, False, True, ())  # repairs again
+
+
+def test_a_job_loads_the_plugin_files_of_its_sweep(tmp_path):
+    # `cljax sweep --plugin FILE` checked its runs and submitted them, and every job then failed
+    # with "unknown setting(s)": a job is another process, and only $CLJAX_PLUGINS reached it.
+    plugin = REPO / "tests" / "plugins" / "toy_extension.py"
+    config = {**base_of(tmp_path), "algorithm": "ToySign", "toysign_scale": 0.5, "model": "toy_linear"}
+    script = ("import sys, json\nfrom cljax.sweep import run_job\n"
+              "out = run_job(json.loads(sys.argv[1]), plugins=(sys.argv[2],))\nprint(out['tasks'], out['algo_dir'])\n")
+    proc = subprocess.run([sys.executable, "-c", script, json.dumps(config), str(plugin)], capture_output=True,
+                          text=True, cwd=REPO, env={**os.environ, "CLJAX_CPU_DEVICES": "off"})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split()[0] == "2" and (Path(proc.stdout.split()[1]) / "task_001" / "metrics.pkl").is_file()
 
 
 def test_the_executor_gets_only_the_cluster_settings_given(tmp_path, monkeypatch, capsys):

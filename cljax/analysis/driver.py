@@ -49,7 +49,7 @@ from cljax.analysis.cl import VARIANTS
 from cljax.analysis.glue import N_PROBES
 from cljax.analysis.out_folder import output_folder, write_all
 from cljax.analysis.probe import RIDGE
-from cljax.analysis.registry import Options, RunContext, TaskFolder, get, registered
+from cljax.analysis.registry import Options, Result, RunContext, TaskFolder, get, registered
 from cljax.analysis.spread import RULE, jsonable
 from cljax.checkpoint import read_run_record
 from cljax.devices.memory import host_available_bytes
@@ -183,6 +183,12 @@ def _analyze_run(
         if bar is not None:
             bar.close()
     outputs = [_call(a, "finalize", a.finalize, states.pop(a.name)) for a in selected]
+    for a, result in zip(selected, outputs):
+        parts = [isinstance(getattr(result, k, None), dict) for k in ("summary", "arrays", "plots")]
+        if not (isinstance(result, Result) and all(parts)):
+            raise CljaxError(f"analysis {a.name!r}: its finalize returns {type(result).__name__}, not a "
+                             f"cljax.analysis.registry.Result of three dicts (summary, arrays, plots): return one "
+                             f"(nothing was written).")
 
     summary: dict[str, Any] = {
         "algo_dir": str(algo_dir),

@@ -45,6 +45,7 @@ from __future__ import annotations
 from typing import Any, Callable, NamedTuple
 
 from cljax.errors import CljaxError
+from cljax.hook_contract import OPTION_HOOKS, checked_hook
 from cljax.models import masks_batch_statistics
 from cljax.registry import OPTIONS, register_option
 
@@ -88,6 +89,13 @@ def keeps_batch(option: Option) -> bool:
     return option.batch is _keep_batch
 
 
+def _checked(option: Option, name: str) -> Option:
+    """``option`` with each hook it sets checked against the contract above where it is traced
+    (cljax/hook_contract.py); the identities it leaves unset stay as they are."""
+    return option._replace(**{hook: checked_hook(getattr(option, hook), "option", name, hook, OPTION_HOOKS)
+                              for hook in OPTION_HOOKS if getattr(option, hook) is not Option._field_defaults[hook]})
+
+
 def make_options(config, net) -> tuple[Option, ...]:
     """The enabled options of a config, built with their settings, in registry order.
 
@@ -99,6 +107,8 @@ def make_options(config, net) -> tuple[Option, ...]:
         if not isinstance(option, Option):
             raise CljaxError(f"option {name!r}: its builder returned a {type(option).__name__}, not a "
                              f"cljax.options.Option: return one.")
+    options = tuple(_checked(option, name) for (name, _), option in zip(config.option_params, options))
+    for (name, _), option in zip(config.option_params, options):
         if not keeps_batch(option) and net.state_collections and not masks_batch_statistics(net.module):
             raise CljaxError(
                 f"option {name!r} adds examples of weight 0 to the batch, which the batch statistics "

@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 
 from cljax.errors import CljaxError
+from cljax.hook_contract import RULE_HOOKS, checked_hook
 from cljax.registry import RULES, register_rule
 
 
@@ -58,12 +59,14 @@ def checked_rule(rule, name: str) -> Rule:
         raise CljaxError(f"rule {name!r}: its builder returned a {type(rule).__name__}, not a cljax.rules.Rule: "
                          f"return one.")
 
+    hooked = checked_hook(rule.direction, "rule", name, "direction", RULE_HOOKS)  # its signature, now
+
     def direction(net, params, *args):
-        out = rule.direction(net, params, *args)
+        out = hooked(net, params, *args)
         check_direction(out, params, name)
         return out
 
-    return Rule(init=rule.init, direction=direction)
+    return Rule(init=checked_hook(rule.init, "rule", name, "init", RULE_HOOKS), direction=direction)
 
 
 def check_rule(rule, net, name: str) -> None:
@@ -95,8 +98,11 @@ def check_direction(out, params, name: str) -> None:
         raise CljaxError(f"{where}: its direction must have the structure, shapes and dtypes of the params (one "
                          f"array per parameter, as a gradient); it does not.")
     if not (isinstance(metrics, dict) and all(getattr(metrics.get(k), "shape", None) == () for k in ("loss", "acc"))):
+        got = (f"a {type(metrics).__name__}" if not isinstance(metrics, dict) else
+               ", ".join(f"{k!r} of shape {tuple(metrics[k].shape)}" if hasattr(metrics.get(k), "shape") else
+                         f"{k!r}: {'missing' if k not in metrics else type(metrics[k]).__name__}" for k in ("loss", "acc")))
         raise CljaxError(f"{where}: its metrics must be a dict with scalar 'loss' and 'acc' (the batch's weighted "
-                         f"means); it returns {metrics if not isinstance(metrics, dict) else sorted(metrics)}.")
+                         f"means); it returns {got}.")
 
 
 __all__ = ["RULES", "Rule", "check_direction", "check_rule", "checked_rule", "make_rule", "register_rule"]
