@@ -31,8 +31,12 @@ class RunLock:
     def __init__(self, algo_dir: Path, exclusive: bool = True):
         self.algo_dir, self.exclusive, self.fd = Path(algo_dir), exclusive, None
 
+    def lock_path(self) -> Path:
+        """The lock file (a subclass locks another file the same way)."""
+        return self.algo_dir / RUN_LOCK
+
     def __enter__(self) -> "RunLock":
-        path = self.algo_dir / RUN_LOCK
+        path = self.lock_path()
         if path.is_symlink():  # the holder's record would be written over the link's target
             raise CljaxError(f"{path} is a symbolic link, not cljax's lock file: remove the link (its target is left "
                              f"as it is), then run this command again.")
@@ -40,7 +44,7 @@ class RunLock:
             raise CljaxError(f"{path} is not a regular file, so not cljax's lock file: remove it, then run this "
                              f"command again.")
         if self.exclusive:
-            self.algo_dir.mkdir(parents=True, exist_ok=True)
+            path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         else:
             try:
@@ -99,7 +103,7 @@ class RunLock:
                 os.close(fd)
                 raise CljaxError(self._in_use(holder))
         print(f"warning: {path.parent} is on a filesystem without file locks: cljax checks the host and pid in "
-              f"{RUN_LOCK} instead.", file=sys.stderr)
+              f"{path.name} instead.", file=sys.stderr)
 
 
 # A writer waits this long for readers (analyze, compare, a finished run's check) that hold the

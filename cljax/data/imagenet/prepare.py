@@ -11,9 +11,6 @@ ordered by split, then shard index, then row within the shard.
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 import multiprocessing as mp
 import os
 import shutil
@@ -28,8 +25,10 @@ import numpy as np
 from cljax.data.imagenet.assemble import assemble, npz_rows
 from cljax.data.imagenet.decode import DRAFT_FACTOR, RESAMPLE_FILTERS, SIZE, _pil_filter, image_to_gray
 from cljax.data.imagenet.recorded import check_redo_allowed, check_same_preparation
-from cljax.data.imagenet.shards import Plan, Shard
+from cljax.data.imagenet.shards import Shard
+from cljax.data.imagenet.out_lock import OutputLock
 from cljax.data.imagenet.sources import DEFAULT_SHARD_ROWS, OUTPUT_SPLITS, plan_source
+from cljax.data.imagenet.work import clear_stale_work, open_work_dir, work_dir_for
 from cljax.data.prepared import check_replaceable, load_prepared
 from cljax.errors import EXIT_PREEMPTED, CljaxError
 from cljax.host import usable_cores
@@ -134,12 +133,6 @@ def _run_shards(todo: Sequence[Shard], work_dir: Path, size: int, resample: str,
 # The whole preparation
 
 
-def work_dir_for(out: str | os.PathLike) -> Path:
-    """The resumable work folder of an output folder: OUT.partial next to it."""
-    out = Path(out)
-    return out.with_name(out.name + ".partial")
-
-
 def is_prepared(out: str | os.PathLike) -> bool:
     """True when `out` is a complete prepared folder."""
     try:
@@ -172,10 +165,23 @@ def prepare_imagenet(
     complete, from the same source, splits and preprocessing, it is returned untouched unless
     `overwrite` (from others: CljaxError). Work goes to OUT.partial/ shard by
     shard; rerunning after an interruption continues there and gives byte-identical output.
-    Raises CljaxError on any problem with the source or the output location.
+    Raises CljaxError on any problem with the source or the output location, and when another
+    preparation into `out` is running (the lock of out_lock.py).
     """
     out = Path(out).expanduser()
-    log = log or (lambda msg: print(msg, file=sys.stderr))
+    with OutputLock(out):
+        return _prepare_locked(source, out, workers=workers, split_map=split_map, reader=reader, size=size,
+                               resample=resample, shard_rows=shard_rows, overwrite=overwrite, progress=progress,
+                               log=log)
+
+
+def _to_stderr(msg: str) -> None:
+    print(msg, file=sys.stderr)
+
+
+def _prepare_locked(source: str, out: Path, *, workers, split_map, reader, size, resample, shard_rows, overwrite,
+                    progress, log) -> Path:
+    log = log or _to_stderr
     work = work_dir_for(out)
     if out.exists():
         if out.is_dir() and not any(out.iterdir()):
@@ -184,7 +190,9 @@ def prepare_imagenet(
             # Never delete a folder this code did not write, even with overwrite.
             raise CljaxError(f"output {out} exists and is not a prepared dataset; choose another --out (nothing was deleted).")
         elif not overwrite and is_prepared(out):
-            check_same_preparation(out, load_prepared(out).meta, source, split_map, resample, size)
+            meta = load_prepared(out).meta
+            check_same_preparation(out, meta, source, split_map, resample, size)
+            clear_stale_work(out, meta, log)
             return out
         else:
             check_replaceable(out)  # a meta.json alone does not make a folder ours
@@ -208,8 +216,7 @@ def prepare_imagenet(
         "alpha": "dropped",
         "splits": {dst: list(dict.fromkeys(s.source_split for s in plan.shards if s.split == dst)) for dst in OUTPUT_SPLITS},
     }
-    fingerprint = _fingerprint(plan, preprocessing)
-    _open_work_dir(work, fingerprint, plan, out)
+    open_work_dir(work, plan, preprocessing, out)
 
     done = {p.stem for p in work.glob("*.npz")}
     todo = [s for s in plan.shards if s.name not in done]
@@ -228,36 +235,6 @@ def prepare_imagenet(
     assemble(plan, work, out, size, preprocessing, name=NAME)
     shutil.rmtree(work)
     return out
-
-
-def _fingerprint(plan: Plan, preprocessing: dict) -> str:
-    digest = hashlib.sha256()
-    digest.update(json.dumps({"source": plan.source, "preprocessing": preprocessing}, sort_keys=True).encode())
-    for shard in plan.shards:
-        digest.update(json.dumps([type(shard).__name__, dataclasses.asdict(shard)], sort_keys=True).encode())
-    return digest.hexdigest()
-
-
-def _open_work_dir(work: Path, fingerprint: str, plan: Plan, out: Path) -> None:
-    """Create OUT.partial or check that the one there belongs to this very preparation."""
-    plan_file = work / "plan.json"
-    if work.exists():
-        try:
-            recorded = json.loads(plan_file.read_text())["fingerprint"]
-        except (OSError, ValueError, KeyError):
-            recorded = None
-        if recorded != fingerprint:
-            raise CljaxError(
-                f"{work} holds work from a different preparation (other source, splits or settings); "
-                "rerun with the same arguments, or pass --overwrite to start again."
-            )
-        for stray in work.glob(".*.tmp-*"):  # half-written shards of an interrupted run
-            stray.unlink()
-        return
-    work.mkdir(parents=True)
-    tmp = work / ".plan.json.tmp"
-    tmp.write_text(json.dumps({"source": plan.source, "out": str(out), "shards": len(plan.shards), "fingerprint": fingerprint}, indent=1))
-    os.replace(tmp, plan_file)
 
 
 # --------------------------------------------------------------------------------------------
@@ -309,20 +286,23 @@ def prepare_main(argv: list[str]) -> int:
             if not value.strip():
                 raise CljaxError(f"{flag} is empty: pass {fix}.")
         split_map = _parse_splits(args.splits) if args.splits else None
-        if not args.overwrite and is_prepared(out):  # whole; "nothing to do" only for the data it prepared
-            data = load_prepared(out, verify_checksums=True, how_to_fix="Pass --overwrite to prepare it again.")
-            check_same_preparation(out, data.meta, args.source, split_map, args.resample, SIZE)
-            print(
-                f"{out} is already prepared ({len(data.train_labels)} train, {len(data.test_labels)} test images, "
-                f"{data.n_classes} classes); nothing to do. Pass --overwrite to prepare it again."
+        with OutputLock(out):  # before OUT is looked at: another preparation may be replacing it
+            if not args.overwrite and is_prepared(out):  # whole; "nothing to do" only for the data it prepared
+                data = load_prepared(out, verify_checksums=True, how_to_fix="Pass --overwrite to prepare it again.")
+                check_same_preparation(out, data.meta, args.source, split_map, args.resample, SIZE)
+                clear_stale_work(out, data.meta, _to_stderr)
+                print(
+                    f"{out} is already prepared ({len(data.train_labels)} train, {len(data.test_labels)} test images, "
+                    f"{data.n_classes} classes); nothing to do. Pass --overwrite to prepare it again."
+                )
+                return 0
+            started = time.perf_counter()
+            _prepare_locked(
+                args.source, out, workers=args.workers, split_map=split_map, reader=args.reader, size=SIZE,
+                resample=args.resample, shard_rows=args.shard_rows, overwrite=args.overwrite,
+                progress=not args.no_progress, log=_to_stderr,
             )
-            return 0
-        started = time.perf_counter()
-        prepare_imagenet(
-            args.source, out, workers=args.workers, split_map=split_map, reader=args.reader, resample=args.resample,
-            shard_rows=args.shard_rows, overwrite=args.overwrite, progress=not args.no_progress,
-        )
-        data = load_prepared(out)
+            data = load_prepared(out)
         seconds = time.perf_counter() - started
         print(
             f"wrote {out}: {len(data.train_labels)} train and {len(data.test_labels)} test images, "
