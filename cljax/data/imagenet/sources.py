@@ -6,7 +6,8 @@ SOURCE is one of
   * a local folder laid out like the hub's parquet export, ``{split}-NNNNN-of-NNNNN.parquet`` at
     the top or under ``data/``; read with pyarrow, one shard per run of row groups (or through
     ``datasets`` with ``reader="datasets"``, the code path the hub uses);
-  * an image folder: ``ROOT/{class}/*.jpg`` (train only) or ``ROOT/{train,val|validation,test}/{class}/*``.
+  * an image folder: ``ROOT/{class}/*.jpg`` (train only) or ``ROOT/{train,val|validation,test}/{class}/*``,
+    planned in image_folder.py.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from cljax.data.imagenet.hub import unreachable
-from cljax.data.imagenet.shards import DatasetsShard, FilesShard, ParquetShard, Plan, Shard
+from cljax.data.imagenet.shards import DatasetsShard, ParquetShard, Plan, Shard
 from cljax.errors import CljaxError
 
 # Source split -> output split. The hub's ImageNet "test" split has no labels (label -1), so it
@@ -26,8 +27,6 @@ from cljax.errors import CljaxError
 DEFAULT_SPLIT_MAP: Mapping[str, str] = {"train": "train", "validation": "test"}
 OUTPUT_SPLITS = ("train", "test")
 DEFAULT_SHARD_ROWS = 1024
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
-_SPLIT_DIR_NAMES = {"train": "train", "validation": "validation", "val": "validation", "valid": "validation", "test": "test"}
 _PARQUET_SHARD = re.compile(r"^(?P<split>[A-Za-z0-9_.]+?)-(?P<index>\d{5})-of-(?P<total>\d{5})\.parquet$")
 
 
@@ -68,7 +67,9 @@ def plan_source(
             return _plan_parquet(path, parquet, split_map, strict, shard_rows)
         if reader == "datasets":
             raise CljaxError(f"reader 'datasets' needs parquet files, and {source} has none; drop --reader datasets.")
-        return _plan_image_folder(path, split_map, strict, shard_rows)
+        from cljax.data.imagenet.image_folder import plan_image_folder
+
+        return plan_image_folder(path, split_map, strict, shard_rows)
     if _looks_like_path(source):
         raise CljaxError(
             f"source folder {source} does not exist; check the path, or give a hub dataset name such as ILSVRC/imagenet-1k."
@@ -114,7 +115,7 @@ def _find_parquet_files(root: Path) -> dict[str, list[Path]]:
     return {}
 
 
-def _select_splits(available: Sequence[str], split_map: dict[str, str], strict: bool, source: str) -> tuple[list[tuple[str, str]], list[str]]:
+def select_splits(available: Sequence[str], split_map: dict[str, str], strict: bool, source: str) -> tuple[list[tuple[str, str]], list[str]]:
     """[(source split, output split)] in map order, plus notes about tolerated missing splits."""
     chosen, notes = [], []
     for src, dst in split_map.items():
@@ -146,7 +147,7 @@ def _plan_parquet(root: Path, files: dict[str, list[Path]], split_map: dict[str,
     import pyarrow.parquet as pq
 
     source = str(root)
-    chosen, notes = _select_splits(list(files), split_map, strict, source)
+    chosen, notes = select_splits(list(files), split_map, strict, source)
     shards: list[Shard] = []
     counters = dict.fromkeys(OUTPUT_SPLITS, 0)
     class_names: list[str] | None = None
@@ -275,7 +276,7 @@ def _plan_datasets(source: str, split_map: dict[str, str], strict: bool, parquet
         else:
             hint = f"check the name, run `huggingface-cli login`, and accept the licence at https://huggingface.co/datasets/{source}"
         raise CljaxError(f"cannot open {label} ({type(exc).__name__}: {_first_line(exc)}); {hint}.") from None
-    chosen, notes = _select_splits(list(splits), split_map, strict, label)
+    chosen, notes = select_splits(list(splits), split_map, strict, label)
     shards: list[Shard] = []
     counters = dict.fromkeys(OUTPUT_SPLITS, 0)
     class_names, total = None, 0
@@ -312,71 +313,3 @@ def _known_split_sizes(dataset, split: str) -> int | None:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else ""
-
-
-def _plan_image_folder(root: Path, split_map: dict[str, str], strict: bool, shard_rows: int) -> Plan:
-    subdirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    split_dirs = {_SPLIT_DIR_NAMES[d.name.lower()]: d for d in subdirs if d.name.lower() in _SPLIT_DIR_NAMES}
-    layout = split_dirs or {"train": root}
-    per_split: dict[str, dict[str, list[Path]]] = {}
-    for split, folder in layout.items():
-        classes = {}
-        for class_dir in sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")):
-            images = sorted(p for p in class_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-            if images:
-                classes[class_dir.name] = images
-        if classes:
-            per_split[split] = classes
-    if not per_split:
-        raise CljaxError(
-            f"{root} holds neither {{split}}-NNNNN-of-NNNNN.parquet files (at the top or under data/) nor class "
-            "subfolders of images; point --source at one of those or at a hub dataset name."
-        )
-    class_names = sorted(set().union(*(classes.keys() for classes in per_split.values())))
-    class_id = {name: i for i, name in enumerate(class_names)}
-    split_map, unlabelled = _without_unlabelled(layout, per_split, split_map, strict)
-    chosen, notes = _select_splits(list(per_split), split_map, strict, str(root))
-    notes = [*unlabelled, *notes, *_loose_images(layout, [src for src, _ in chosen])]
-    shards: list[Shard] = []
-    counters = dict.fromkeys(OUTPUT_SPLITS, 0)
-    for src, dst in chosen:
-        files = [(str(p), class_id[c]) for c, images in per_split[src].items() for p in images]
-        for start in range(0, len(files), shard_rows):
-            chunk = tuple(files[start : start + shard_rows])
-            shards.append(FilesShard(name=f"{dst}-{counters[dst]:05d}", split=dst, source_split=src, n_rows=len(chunk), files=chunk))
-            counters[dst] += 1
-    return Plan(str(root), tuple(shards), tuple(class_names), len(class_names), sum(s.n_rows for s in shards), tuple(notes))
-
-
-def _loose_images(layout: dict[str, Path], splits: list[str]) -> list[str]:
-    """A note for each chosen split folder that holds images beside its class subfolders: they
-    have no class, so they are left out, and a user who put them there should hear so."""
-    notes = []
-    for split in splits:
-        loose = sum(p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() for p in layout[split].iterdir())
-        if loose:
-            notes.append(f"{layout[split]} holds {loose} image{'s' if loose > 1 else ''} directly, beside its class "
-                         f"subfolders: {'they have' if loose > 1 else 'it has'} no class and {'are' if loose > 1 else 'is'} "
-                         f"left out (move {'them' if loose > 1 else 'it'} into a class subfolder to use {'them' if loose > 1 else 'it'}).")
-    return notes
-
-
-def _without_unlabelled(layout: dict[str, Path], per_split: dict, split_map: dict[str, str],
-                        strict: bool) -> tuple[dict[str, str], list[str]]:
-    """`split_map` less the split folders that hold images directly, with no class subfolders (as
-    the official ILSVRC val archive unpacks): their images have no labels. One asked for by
-    --splits, or train, is refused; the default validation split is left out with a note."""
-    kept, notes = dict(split_map), []
-    for src, dst in split_map.items():
-        key = _SPLIT_DIR_NAMES.get(src.lower(), src)
-        folder = layout.get(key)
-        if folder is None or key in per_split or not any(p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-                                                           for p in folder.iterdir()):
-            continue
-        why = (f"{folder} holds images directly, not in class subfolders, so they have no labels: to use them as the "
-               f"{dst} split, sort them into {folder}/<class>/ folders named as the train classes")
-        if strict or src == "train":
-            raise CljaxError(f"{why}; or leave that split out with --splits.")
-        notes.append(f"{why}. The {dst} arrays will be empty (--splits train leaves the split out without this note).")
-        del kept[src]
-    return kept, notes

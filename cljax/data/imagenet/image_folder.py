@@ -1,0 +1,82 @@
+"""Planning an image folder: ``ROOT/{class}/*`` (train only) or ``ROOT/{train,val|validation,test}/{class}/*``
+-> the shards of a `Plan` (`plan_image_folder`, called by `sources.plan_source`). Classes are the
+sorted class folder names, shared by the splits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cljax.data.imagenet.shards import FilesShard, Plan, Shard
+from cljax.data.imagenet.sources import OUTPUT_SPLITS, select_splits
+from cljax.errors import CljaxError
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+_SPLIT_DIR_NAMES = {"train": "train", "validation": "validation", "val": "validation", "valid": "validation", "test": "test"}
+
+
+def plan_image_folder(root: Path, split_map: dict[str, str], strict: bool, shard_rows: int) -> Plan:
+    subdirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    split_dirs = {_SPLIT_DIR_NAMES[d.name.lower()]: d for d in subdirs if d.name.lower() in _SPLIT_DIR_NAMES}
+    layout = split_dirs or {"train": root}
+    per_split: dict[str, dict[str, list[Path]]] = {}
+    for split, folder in layout.items():
+        classes = {}
+        for class_dir in sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")):
+            images = sorted(p for p in class_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            if images:
+                classes[class_dir.name] = images
+        if classes:
+            per_split[split] = classes
+    if not per_split:
+        raise CljaxError(
+            f"{root} holds neither {{split}}-NNNNN-of-NNNNN.parquet files (at the top or under data/) nor class "
+            "subfolders of images; point --source at one of those or at a hub dataset name."
+        )
+    class_names = sorted(set().union(*(classes.keys() for classes in per_split.values())))
+    class_id = {name: i for i, name in enumerate(class_names)}
+    split_map, unlabelled = _without_unlabelled(layout, per_split, split_map, strict)
+    chosen, notes = select_splits(list(per_split), split_map, strict, str(root))
+    notes = [*unlabelled, *notes, *_loose_images(layout, [src for src, _ in chosen])]
+    shards: list[Shard] = []
+    counters = dict.fromkeys(OUTPUT_SPLITS, 0)
+    for src, dst in chosen:
+        files = [(str(p), class_id[c]) for c, images in per_split[src].items() for p in images]
+        for start in range(0, len(files), shard_rows):
+            chunk = tuple(files[start : start + shard_rows])
+            shards.append(FilesShard(name=f"{dst}-{counters[dst]:05d}", split=dst, source_split=src, n_rows=len(chunk), files=chunk))
+            counters[dst] += 1
+    return Plan(str(root), tuple(shards), tuple(class_names), len(class_names), sum(s.n_rows for s in shards), tuple(notes))
+
+
+def _loose_images(layout: dict[str, Path], splits: list[str]) -> list[str]:
+    """A note for each chosen split folder that holds images beside its class subfolders: they
+    have no class, so they are left out, and a user who put them there should hear so."""
+    notes = []
+    for split in splits:
+        loose = sum(p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() for p in layout[split].iterdir())
+        if loose:
+            notes.append(f"{layout[split]} holds {loose} image{'s' if loose > 1 else ''} directly, beside its class "
+                         f"subfolders: {'they have' if loose > 1 else 'it has'} no class and {'are' if loose > 1 else 'is'} "
+                         f"left out (move {'them' if loose > 1 else 'it'} into a class subfolder to use {'them' if loose > 1 else 'it'}).")
+    return notes
+
+
+def _without_unlabelled(layout: dict[str, Path], per_split: dict, split_map: dict[str, str],
+                        strict: bool) -> tuple[dict[str, str], list[str]]:
+    """`split_map` less the split folders that hold images directly, with no class subfolders (as
+    the official ILSVRC val archive unpacks): their images have no labels. One asked for by
+    --splits, or train, is refused; the default validation split is left out with a note."""
+    kept, notes = dict(split_map), []
+    for src, dst in split_map.items():
+        key = _SPLIT_DIR_NAMES.get(src.lower(), src)
+        folder = layout.get(key)
+        if folder is None or key in per_split or not any(p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+                                                           for p in folder.iterdir()):
+            continue
+        why = (f"{folder} holds images directly, not in class subfolders, so they have no labels: to use them as the "
+               f"{dst} split, sort them into {folder}/<class>/ folders named as the train classes")
+        if strict or src == "train":
+            raise CljaxError(f"{why}; or leave that split out with --splits.")
+        notes.append(f"{why}. The {dst} arrays will be empty (--splits train leaves the split out without this note).")
+        del kept[src]
+    return kept, notes
