@@ -6,6 +6,7 @@ of tests/imagenet_kit.py."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import socket
 import subprocess
@@ -19,7 +20,8 @@ from cljax.data.imagenet.prepare import prepare_imagenet, prepare_main
 from cljax.data.prepared import ARRAY_FILES, load_prepared
 from cljax.errors import CljaxError
 
-from tests.imagenet_kit import REPO, module_fixtures  # skips the module without datasets
+from tests.imagenet_kit import REPO, module_fixtures, write_parquet  # skips the module without datasets
+from tests.test_imagenet_sources import _folder, _stopped_after_first_shard
 
 source, prepared = module_fixtures()
 
@@ -110,3 +112,96 @@ def test_already_prepared_removes_its_own_stale_work_folder_and_names_another(so
     prepare_imagenet(str(source["root"]), out, progress=False)  # the library call: the same
     assert (work / "notes.txt").exists()
     assert "it holds files that are not cljax's (notes.txt)" in _lines(capsys)[1][0]
+
+
+def _recording(monkeypatch) -> list[str]:
+    """The names of the shards processed from now on."""
+    real, seen = imagenet.process_shard, []
+    monkeypatch.setattr(imagenet, "process_shard", lambda shard, *a, **k: seen.append(shard.name) or real(shard, *a, **k))
+    return seen
+
+
+def test_a_bad_image_replaced_in_a_parquet_file_resumes_redoing_only_that_files_shards(source, prepared, tmp_path,
+                                                                                          monkeypatch, capsys):
+    # The advice "replace it and rerun the same command" was refused: the work's fingerprint
+    # held the file's size, so the whole work folder was "from a different preparation".
+    root = tmp_path / "src"
+    shutil.copytree(source["root"], root)
+    second = root / "data" / "train-00001-of-00002.parquet"
+    good = second.read_bytes()
+    write_parquet(second, [source["train"][7], b"\xff\xd8 not a jpeg", *source["train"][9:]], source["train_labels"][7:])
+    out = tmp_path / "out"
+    args = ["--source", str(root), "--out", str(out), "--workers", "1", "--shard-rows", "4", "--no-progress"]
+    assert prepare_main(args) == 2
+    _, err = _lines(capsys)
+    assert len(err) == 1 and f"{second} row 1" in err[0] and err[0].endswith(
+        "replace that row's image with a readable one (or remove the row, or re-download the file) and rerun the same "
+        "command (the shards done from the other files are kept).")
+    work = imagenet.work_dir_for(out)
+    assert sorted(p.stem for p in work.glob("*.npz")) == ["train-00000", "train-00001"]  # the first file's
+    second.write_bytes(good)
+    seen = _recording(monkeypatch)
+    assert prepare_main(args) == 0
+    assert seen == ["train-00002", "test-00000"]
+    for fname in ARRAY_FILES:
+        assert (out / fname).read_bytes() == (prepared / fname).read_bytes(), fname
+
+
+def test_a_bad_image_removed_from_an_image_folder_resumes_and_a_finished_shard_of_a_changed_file_is_redone(
+        tmp_path, monkeypatch, capsys):
+    root = _folder(tmp_path / "src", {"train": {"ant": 3, "bee": 3}, "val": {"ant": 1, "bee": 1}})
+    bad = root / "train" / "bee" / "01.png"
+    bad.write_bytes(b"not a png")
+    out = tmp_path / "out"
+    with pytest.raises(CljaxError, match=re.escape(f"cannot decode the image at {bad} (not a known image format): "
+                                                   f"replace it with a readable image, or remove it, and rerun the same "
+                                                   f"command (the shards done before it are kept).")):
+        prepare_imagenet(str(root), out, workers=1, shard_rows=2, progress=False)
+    bad.unlink()
+    seen = _recording(monkeypatch)
+    prepare_imagenet(str(root), out, workers=1, shard_rows=2, progress=False)
+    assert seen == ["train-00002", "test-00000"]  # train-00000 (ant 00, 01) and train-00001 (ant 02, bee 00) kept
+    fresh = tmp_path / "fresh"
+    prepare_imagenet(str(root), fresh, workers=1, shard_rows=2, progress=False)
+    for fname in ARRAY_FILES:
+        assert (out / fname).read_bytes() == (fresh / fname).read_bytes(), fname
+
+    # A file of a finished shard removed: that shard and those after it are done again.
+    out = tmp_path / "out2"
+    _stopped_after_first_shard(root, out, monkeypatch)
+    (root / "train" / "ant" / "00.png").unlink()
+    seen = _recording(monkeypatch)
+    capsys.readouterr()
+    prepare_imagenet(str(root), out, workers=1, shard_rows=2, progress=False)
+    assert seen == ["train-00000", "train-00001", "test-00000"]
+    assert capsys.readouterr().err.splitlines()[0] == (
+        f"note: 1 finished shard of {imagenet.work_dir_for(out)} (train-00000) came from source files that changed "
+        f"since; it is prepared again, the others kept.")
+    prepare_imagenet(str(root), fresh, workers=1, shard_rows=2, overwrite=True, progress=False)
+    for fname in ARRAY_FILES:
+        assert (out / fname).read_bytes() == (fresh / fname).read_bytes(), fname
+
+
+def test_a_resume_made_otherwise_says_what_differs(tmp_path, monkeypatch):
+    root = _folder(tmp_path / "src", {"train": {"ant": 2, "bee": 2}, "val": {"ant": 1, "bee": 1}})
+    _stopped_after_first_shard(root, tmp_path / "out", monkeypatch)
+    work = imagenet.work_dir_for(tmp_path / "out")
+    for kwargs, what in [({"resample": "bilinear"}, "--resample area there, bilinear in this command"),
+                         ({"split_map": {"train": "train"}}, "--splits train validation:test there, train in this "
+                                                             "command"),
+                         ({"shard_rows": 3}, "--shard-rows 2 there, 3 in this command")]:
+        with pytest.raises(CljaxError, match=re.escape(
+                f"{work} holds work from a different preparation: {what}; rerun with the arguments it was made with "
+                f"to finish it, or pass --overwrite to discard it and start again.")):
+            prepare_imagenet(str(root), tmp_path / "out", workers=1, **{"shard_rows": 2, **kwargs}, progress=False)
+    (root / "train" / "cat").mkdir()
+    (root / "val" / "cat").mkdir()
+    for split in ("train", "val"):
+        shutil.copyfile(root / "train" / "ant" / "00.png", root / split / "cat" / "00.png")
+    with pytest.raises(CljaxError, match=re.escape("different preparation: the source's classes changed (new: cat);")):
+        prepare_imagenet(str(root), tmp_path / "out", workers=1, shard_rows=2, progress=False)
+    # A mistyped source with --overwrite loses no work.
+    with pytest.raises(CljaxError, match="does not exist"):
+        prepare_imagenet(str(tmp_path / "typo"), tmp_path / "out", workers=1, shard_rows=2, overwrite=True,
+                         progress=False)
+    assert (work / "train-00000.npz").exists()

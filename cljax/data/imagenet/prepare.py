@@ -11,6 +11,7 @@ ordered by split, then shard index, then row within the shard.
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import os
 import shutil
@@ -25,10 +26,10 @@ import numpy as np
 from cljax.data.imagenet.assemble import assemble, npz_rows
 from cljax.data.imagenet.decode import DRAFT_FACTOR, RESAMPLE_FILTERS, SIZE, _pil_filter, image_to_gray
 from cljax.data.imagenet.recorded import check_redo_allowed, check_same_preparation
-from cljax.data.imagenet.shards import Shard
+from cljax.data.imagenet.shards import DatasetsShard, FilesShard, Shard
 from cljax.data.imagenet.out_lock import OutputLock
 from cljax.data.imagenet.sources import DEFAULT_SHARD_ROWS, OUTPUT_SPLITS, plan_source
-from cljax.data.imagenet.work import clear_stale_work, open_work_dir, work_dir_for
+from cljax.data.imagenet.work import clear_stale_work, discard_work, open_work_dir, work_dir_for, work_record
 from cljax.data.prepared import check_replaceable, load_prepared
 from cljax.errors import EXIT_PREEMPTED, CljaxError
 from cljax.host import usable_cores
@@ -61,9 +62,7 @@ def process_shard(shard: Shard, work_dir: str, size: int, resample: str, tick=No
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
             # UnidentifiedImageError's own text names a BytesIO object, which says nothing.
             why = "not a known image format" if isinstance(exc, UnidentifiedImageError) else f"{type(exc).__name__}: {exc}"
-            raise CljaxError(f"cannot decode the image at {where} ({why}): replace it with a readable image and rerun the "
-                             f"same command (the shards done are kept), or remove it and rerun with --overwrite (a "
-                             f"source with fewer images is another preparation, started again).") from None
+            raise CljaxError(f"cannot decode the image at {where} ({why}): {_undecodable_fix(shard)}") from None
         labels.append(label)
         pending += 1
         if tick is not None and pending >= _TICK_EVERY:
@@ -83,6 +82,19 @@ def process_shard(shard: Shard, work_dir: str, size: int, resample: str, tick=No
     if tick is not None and pending:
         tick(pending)
     return len(labels)
+
+
+def _undecodable_fix(shard: Shard) -> str:
+    """What to do about an image that cannot be decoded: a rerun keeps the shards done from
+    the source files left as they were (work.py) and redoes those of the files changed."""
+    if isinstance(shard, FilesShard):
+        return ("replace it with a readable image, or remove it, and rerun the same command (the shards done "
+                "before it are kept).")
+    if isinstance(shard, DatasetsShard) and json.loads(shard.load_args)["path"] != "parquet":
+        return ("the hub dataset cannot be prepared as it is: download its parquet files (docs/imagenet.md, 2b), "
+                "replace or remove that row there, and prepare from the folder.")
+    return ("replace that row's image with a readable one (or remove the row, or re-download the file) and rerun "
+            "the same command (the shards done from the other files are kept).")
 
 
 _WORKER_COUNTER = None
@@ -198,14 +210,14 @@ def _prepare_locked(source: str, out: Path, *, workers, split_map, reader, size,
             check_replaceable(out)  # a meta.json alone does not make a folder ours
             if not overwrite:  # damaged: redone without --overwrite only as the same preparation
                 check_redo_allowed(out, source, split_map, resample, size)
-    if overwrite:
-        shutil.rmtree(work, ignore_errors=True)
     _pil_filter(resample)  # fail on a bad filter name before any work
     plan = plan_source(source, split_map, reader=reader, shard_rows=shard_rows)
+    if overwrite:  # after the source is found: a mistyped one loses no work
+        discard_work(work)
     for note in plan.notes:
         log(f"note: {note}")
-    # Recorded in meta.json and part of the work folder's fingerprint: a resume with other
-    # settings is refused instead of mixing shards.
+    # Recorded in meta.json and in the work folder's record: a resume with other settings is
+    # refused instead of mixing shards.
     preprocessing = {
         "size": size,
         "geometry": "central square (side = short side) resampled to size x size = short side resized, centre crop",
@@ -216,7 +228,7 @@ def _prepare_locked(source: str, out: Path, *, workers, split_map, reader, size,
         "alpha": "dropped",
         "splits": {dst: list(dict.fromkeys(s.source_split for s in plan.shards if s.split == dst)) for dst in OUTPUT_SPLITS},
     }
-    open_work_dir(work, plan, preprocessing, out)
+    open_work_dir(work, work_record(plan, preprocessing, out, reader, shard_rows), log)
 
     done = {p.stem for p in work.glob("*.npz")}
     todo = [s for s in plan.shards if s.name not in done]

@@ -31,10 +31,10 @@ def check_same_preparation(out: Path, meta: dict, source: str, split_map: Mappin
     held = {"source": meta.get("source"), "--resample": recorded.get("resample"), "size": recorded.get("size")}
     differ = [f"{k} {asked[k]}" for k in asked if held[k] != asked[k]]
     if not _same_splits(recorded.get("splits"), split_map):
-        differ.append(f"--splits {_as_flag(_expected_splits(split_map)[0])}")
+        differ.append(f"--splits {as_flag(_expected_splits(split_map)[0])}")
     if differ:
         raise CljaxError(f"{out} holds a preparation of {held['source']} (--resample {held['--resample']}, --splits "
-                         f"{_as_flag(recorded.get('splits'))}), and this command asks for {', '.join(differ)}: pass "
+                         f"{as_flag(recorded.get('splits'))}), and this command asks for {', '.join(differ)}: pass "
                          f"--overwrite to prepare it again, or choose another --out (nothing was changed).")
 
 
@@ -77,7 +77,7 @@ def _same_splits(recorded, split_map: Mapping[str, str] | None) -> bool:
     return recorded in _expected_splits(split_map)
 
 
-def _as_flag(splits) -> str:
+def as_flag(splits) -> str:
     """{"train": ["train"], "test": ["validation"]} -> "train validation:test", as --splits takes it."""
     if not isinstance(splits, dict):
         return "?"

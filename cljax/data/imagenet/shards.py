@@ -20,7 +20,8 @@ from cljax.errors import CljaxError
 
 @dataclass(frozen=True)
 class ParquetShard:
-    """A run of row groups [rg_start, rg_stop) of one local parquet file."""
+    """A run of row groups [rg_start, rg_stop) of one local parquet file (its size and time of
+    change tell a resume whether the shard done from it is still that file's)."""
 
     name: str
     split: str
@@ -28,6 +29,7 @@ class ParquetShard:
     n_rows: int
     path: str
     file_size: int
+    file_mtime_ns: int
     rg_start: int
     rg_stop: int
     image_column: str

@@ -157,6 +157,7 @@ def _plan_parquet(root: Path, files: dict[str, list[Path]], split_map: dict[str,
                 pf = pq.ParquetFile(path)
                 schema = pf.schema_arrow
                 meta = pf.metadata
+                pf_stat = path.stat()
             except (OSError, pa.ArrowException) as exc:
                 raise CljaxError(f"cannot read parquet file {path} ({type(exc).__name__}: {exc}); re-download or remove it.") from None
             hf = json.loads((schema.metadata or {}).get(b"huggingface", b"{}") or b"{}")
@@ -185,7 +186,8 @@ def _plan_parquet(root: Path, files: dict[str, list[Path]], split_map: dict[str,
                     shards.append(
                         ParquetShard(
                             name=f"{dst}-{counters[dst]:05d}", split=dst, source_split=src, n_rows=rows,
-                            path=str(path), file_size=path.stat().st_size, rg_start=group_start, rg_stop=g + 1,
+                            path=str(path), file_size=pf_stat.st_size, file_mtime_ns=pf_stat.st_mtime_ns,
+                            rg_start=group_start, rg_stop=g + 1,
                             image_column=image_col, label_column=label_col,
                         )
                     )

@@ -1,5 +1,6 @@
-"""The resumable work folder OUT.partial: its record (plan.json), opening it for a resume, and
-clearing one that an output already complete has left behind.
+"""The resumable work folder OUT.partial: its record (plan.json), opening it for a resume (what
+differs from the work there, which shards to redo), and clearing one that an output already
+complete has left behind.
 
 It holds only cljax's files: plan.json, the finished shards ``{split}-NNNNN.npz`` and the
 temporary names they are written under (``.{name}.npz.tmp-PID``, ``.plan.json.tmp``). It is
@@ -16,7 +17,8 @@ import re
 import shutil
 from pathlib import Path
 
-from cljax.data.imagenet.shards import Plan
+from cljax.data.imagenet.recorded import as_flag
+from cljax.data.imagenet.shards import DatasetsShard, Plan, Shard
 from cljax.errors import CljaxError
 
 PLAN_FILE = "plan.json"
@@ -29,33 +31,98 @@ def work_dir_for(out: str | os.PathLike) -> Path:
     return out.with_name(out.name + ".partial")
 
 
-def fingerprint(plan: Plan, preprocessing: dict) -> str:
-    digest = hashlib.sha256()
-    digest.update(json.dumps({"source": plan.source, "preprocessing": preprocessing}, sort_keys=True).encode())
-    for shard in plan.shards:
-        digest.update(json.dumps([type(shard).__name__, dataclasses.asdict(shard)], sort_keys=True).encode())
-    return digest.hexdigest()
+def shard_identity(shard: Shard) -> str:
+    """What a finished shard was made from: its kind, rows and source (a parquet file's size
+    and time of change, an image file list with the class ids); a shard done is kept by a resume
+    only when the plan's shard of that name has the same identity."""
+    text = json.dumps([type(shard).__name__, dataclasses.asdict(shard)], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
-def open_work_dir(work: Path, plan: Plan, preprocessing: dict, out: Path) -> None:
-    """Create OUT.partial or check that the one there belongs to this very preparation."""
-    plan_file = work / PLAN_FILE
-    wanted = fingerprint(plan, preprocessing)
-    if work.exists():
-        recorded = read_record(work)
-        if recorded.get("fingerprint") != wanted:
-            raise CljaxError(
-                f"{work} holds work from a different preparation (other source, splits or settings); "
-                "rerun with the same arguments, or pass --overwrite to start again."
-            )
-        for stray in work.glob(".*.tmp-*"):  # half-written shards of an interrupted run (no other run: locked)
-            stray.unlink()
+def work_record(plan: Plan, preprocessing: dict, out: Path, reader: str, shard_rows: int) -> dict:
+    """plan.json: how the work was made (compared as a whole by a resume) and each shard's identity."""
+    by_rows = any(not isinstance(s, DatasetsShard) for s in plan.shards)  # a hub shard is one source file
+    return {"source": plan.source, "out": str(out), "preprocessing": preprocessing, "reader": reader,
+            "shard_rows": shard_rows if by_rows else None,
+            "class_names": list(plan.class_names) if plan.class_names is not None else None,
+            "shards": {s.name: shard_identity(s) for s in plan.shards}}
+
+
+def open_work_dir(work: Path, record: dict, log) -> None:
+    """Create OUT.partial with `record` (`work_record`), or open the one there for a resume: made
+    otherwise (source, splits, a setting, the classes) it is refused in one line saying what
+    differs; a shard done from a source file that changed since (a bad image replaced or
+    removed) is deleted, to be done again, and the others are kept."""
+    if not work.exists():
+        work.mkdir(parents=True)
+        _write_record(work, record)
         return
-    work.mkdir(parents=True)
+    recorded = read_record(work)
+    differ = _differences(recorded, record)
+    if differ:
+        raise CljaxError(f"{work} holds work from a different preparation: {'; '.join(differ)}; rerun with the "
+                         f"arguments it was made with to finish it, or pass --overwrite to discard it and start again.")
+    for stray in work.glob(".*.tmp-*"):  # half-written shards of an interrupted run (no other run: locked)
+        stray.unlink()
+    done = {p.stem for p in work.glob("*.npz")}
+    changed = sorted(name for name, identity in record["shards"].items()
+                     if name in done and recorded["shards"].get(name) != identity)
+    for name in changed:  # before the record says otherwise: a crash in between redoes them again
+        (work / f"{name}.npz").unlink()
+    if changed:
+        log(f"note: {len(changed)} finished shard{'s' if len(changed) > 1 else ''} of {work} "
+            f"({', '.join(changed[:3])}{' ...' if len(changed) > 3 else ''}) came from source files that changed "
+            f"since; {'they are' if len(changed) > 1 else 'it is'} prepared again, the others kept.")
+    if recorded != record:
+        _write_record(work, record)
+
+
+def discard_work(work: Path) -> None:
+    """--overwrite: remove OUT.partial, when it holds only cljax's files."""
+    if not work.exists() and not work.is_symlink():
+        return
+    foreign = [] if work.is_dir() and not work.is_symlink() else [work.name]
+    foreign = foreign or sorted(p.name for p in work.iterdir() if not _OWN_FILE.match(p.name) or not p.is_file())
+    if foreign:
+        raise CljaxError(f"{work} holds files that are not cljax's ({', '.join(foreign[:3])}), so --overwrite does "
+                         f"not delete it: move them, or choose another --out (nothing was deleted).")
+    shutil.rmtree(work)
+
+
+def _write_record(work: Path, record: dict) -> None:
     tmp = work / ".plan.json.tmp"
-    tmp.write_text(json.dumps({"source": plan.source, "out": str(out), "shards": len(plan.shards),
-                               "preprocessing": preprocessing, "fingerprint": wanted}, indent=1))
-    os.replace(tmp, plan_file)
+    tmp.write_text(json.dumps(record, indent=1))
+    os.replace(tmp, work / PLAN_FILE)
+
+
+def _differences(recorded: dict, record: dict) -> list[str]:
+    """What makes the work in OUT.partial (`recorded`) another preparation than `record`."""
+    if not isinstance(recorded.get("shards"), dict) or "preprocessing" not in recorded:
+        return ["its plan.json does not say how it was made (damaged, or from an earlier cljax)"]
+    differ = []
+    then, now = recorded.get("preprocessing") or {}, record["preprocessing"]
+
+    def also(what: str, old, new) -> None:
+        if old != new:
+            differ.append(f"{what} {old} there, {new} in this command")
+
+    also("source", recorded.get("source"), record["source"])
+    also("--splits", as_flag(then.get("splits")), as_flag(now["splits"]))
+    also("--resample", then.get("resample"), now["resample"])
+    also("size", then.get("size"), now["size"])
+    also("--reader", recorded.get("reader"), record["reader"])
+    also("--shard-rows", recorded.get("shard_rows"), record["shard_rows"])
+    other = sorted(k for k in {*then, *now} - {"splits", "resample", "size"} if then.get(k) != now.get(k))
+    if other:
+        differ.append(f"its preprocessing ({', '.join(other)}) is another cljax version's")
+    old_names, new_names = recorded.get("class_names"), record["class_names"]
+    if old_names != new_names and not differ:
+        gone = sorted(set(old_names or ()) - set(new_names or ()))
+        added = sorted(set(new_names or ()) - set(old_names or ()))
+        what = "; ".join(x for x in (f"gone: {', '.join(gone[:3])}" if gone else "",
+                                     f"new: {', '.join(added[:3])}" if added else "") if x) or "their order"
+        differ.append(f"the source's classes changed ({what})")
+    return differ
 
 
 def read_record(work: Path) -> dict:
