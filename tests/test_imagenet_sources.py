@@ -125,6 +125,22 @@ def test_loose_images_beside_class_folders_are_named_as_left_out(tmp_path):
     assert len(plan_source(str(root), {"train": "train"}).notes) == 1  # a split left out is not looked at
 
 
+def test_hidden_files_and_folders_in_class_folders_are_not_images(tmp_path):
+    # rglob took macOS's AppleDouble stubs (._x.JPEG, not an image: the preparation failed on
+    # it) and Jupyter's .ipynb_checkpoints copies (counted twice in their class).
+    root = _folder(tmp_path / "src", {"train": {"ant": 1, "bee": 2}, "val": {"ant": 1, "bee": 1}})
+    (root / "train" / "ant" / "._00.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    (root / "train" / "bee" / ".ipynb_checkpoints").mkdir()
+    (root / "train" / "bee" / ".ipynb_checkpoints" / "00-checkpoint.png").write_bytes(_png(np.zeros((8, 8), np.uint8)))
+    (root / "train" / "bee" / "more" / ".cache").mkdir(parents=True)
+    (root / "train" / "bee" / "more" / ".cache" / "x.png").write_bytes(_png(np.zeros((8, 8), np.uint8)))
+    (root / "train" / "bee" / "more" / "y.png").write_bytes(_png(np.zeros((8, 8), np.uint8)))  # not hidden: taken
+    (root / "val" / "._c.png").write_bytes(b"AppleDouble")  # no "holds 1 image directly" note
+    plan = plan_source(str(root))
+    assert _labels(plan, "train") == [0, 1, 1, 1] and _labels(plan, "test") == [0, 1] and plan.notes == ()
+    assert not any("/." in path for shard in plan.shards for path, _ in shard.files)
+
+
 def test_a_source_without_a_train_split_is_refused_by_default(tmp_path):
     root = _folder(tmp_path / "src", {"val": {"ant": 1, "bee": 1}})
     with pytest.raises(CljaxError, match=r"has no split 'train' \(it has validation\); choose splits with --splits"):

@@ -4,6 +4,7 @@ sorted class folder names, shared by the splits."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from cljax.data.imagenet.shards import FilesShard, Plan, Shard
@@ -22,7 +23,7 @@ def plan_image_folder(root: Path, split_map: dict[str, str], strict: bool, shard
     for split, folder in layout.items():
         classes = {}
         for class_dir in sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")):
-            images = sorted(p for p in class_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            images = sorted(_images_under(class_dir))
             if images:
                 classes[class_dir.name] = images
         if classes:
@@ -48,12 +49,28 @@ def plan_image_folder(root: Path, split_map: dict[str, str], strict: bool, shard
     return Plan(str(root), tuple(shards), tuple(class_names), len(class_names), sum(s.n_rows for s in shards), tuple(notes))
 
 
+def _is_image(path: Path) -> bool:
+    """An image file by its suffix, not hidden: a hidden file (macOS's ``._x.JPEG`` AppleDouble
+    stubs, a copy kept by a tool) is not one of the dataset's images."""
+    return not path.name.startswith(".") and path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
+
+
+def _images_under(class_dir: Path) -> list[Path]:
+    """The image files of a class folder at any depth, leaving out hidden files and everything
+    under a hidden folder (``.ipynb_checkpoints/``, ``.git/``)."""
+    found = []
+    for folder, subdirs, files in os.walk(class_dir):
+        subdirs[:] = [d for d in subdirs if not d.startswith(".")]
+        found.extend(p for p in (Path(folder, name) for name in files) if _is_image(p))
+    return found
+
+
 def _loose_images(layout: dict[str, Path], splits: list[str]) -> list[str]:
     """A note for each chosen split folder that holds images beside its class subfolders: they
     have no class, so they are left out, and a user who put them there should hear so."""
     notes = []
     for split in splits:
-        loose = sum(p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() for p in layout[split].iterdir())
+        loose = sum(_is_image(p) for p in layout[split].iterdir())
         if loose:
             notes.append(f"{layout[split]} holds {loose} image{'s' if loose > 1 else ''} directly, beside its class "
                          f"subfolders: {'they have' if loose > 1 else 'it has'} no class and {'are' if loose > 1 else 'is'} "
@@ -70,8 +87,7 @@ def _without_unlabelled(layout: dict[str, Path], per_split: dict, split_map: dic
     for src, dst in split_map.items():
         key = _SPLIT_DIR_NAMES.get(src.lower(), src)
         folder = layout.get(key)
-        if folder is None or key in per_split or not any(p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-                                                           for p in folder.iterdir()):
+        if folder is None or key in per_split or not any(_is_image(p) for p in folder.iterdir()):
             continue
         why = (f"{folder} holds images directly, not in class subfolders, so they have no labels: to use them as the "
                f"{dst} split, sort them into {folder}/<class>/ folders named as the train classes")
