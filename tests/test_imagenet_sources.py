@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import re
+import shutil
 import warnings
 
 import numpy as np
@@ -77,11 +78,37 @@ def test_a_large_image_below_the_bomb_limit_is_decoded_without_a_warning(monkeyp
 
 # ---- planning -----------------------------------------------------------------------------------------------
 def test_image_folder_class_ids_are_shared_by_the_splits(tmp_path):
-    # The validation split lacks "bee": "cat" is class 2 there too, not 1.
+    # The validation split lacks "bee": "cat" is class 2 there too, not 1 (both into train).
     root = _folder(tmp_path / "src", {"train": {"ant": 1, "bee": 1, "cat": 2}, "val": {"ant": 1, "cat": 1}})
-    plan = plan_source(str(root))
+    plan = plan_source(str(root), {"train": "train", "validation": "train"})
     assert plan.class_names == ("ant", "bee", "cat") and plan.n_classes == 3
-    assert _labels(plan, "train") == [0, 1, 2, 2] and _labels(plan, "test") == [0, 2]
+    assert _labels(plan, "train") == [0, 1, 2, 2, 0, 2]
+
+
+def test_a_class_with_images_in_one_split_only_is_refused(tmp_path):
+    # It was taken silently: a class of no test (or no train) images, which `run` then failed on.
+    root = _folder(tmp_path / "src", {"train": {"ant": 1, "bee": 1, "cat": 2}, "val": {"ant": 1, "cat": 1}})
+    with pytest.raises(CljaxError, match=re.escape(
+            f"{root / 'train' / 'bee'} has images but {root / 'val' / 'bee'} has none: each class needs images in both "
+            f"the train and the test split (one without test images cannot be measured, one without train images "
+            f"cannot be learnt): add them, remove the class from both splits, or prepare one split only (--splits "
+            f"train).")):
+        plan_source(str(root))
+    (root / "val" / "bee").mkdir()  # a class folder with no image in it is none
+    (root / "val" / "dog" / "x").mkdir(parents=True)
+    (root / "val" / "dog" / "x" / "00.png").write_bytes(_png(np.zeros((8, 8), np.uint8)))
+    (root / "val" / "eel").mkdir()
+    (root / "val" / "eel" / "00.png").write_bytes(_png(np.zeros((8, 8), np.uint8)))
+    with pytest.raises(CljaxError, match=re.escape(f"{root / 'train' / 'bee'} has images but {root / 'val' / 'bee'} "
+                                                   f"has none:")):
+        plan_source(str(root))
+    shutil.rmtree(root / "train" / "bee")
+    with pytest.raises(CljaxError, match=re.escape(f"{root / 'val' / 'dog'} has images but {root / 'train' / 'dog'} "
+                                                   f"has none (and 1 more class): ")):
+        plan_source(str(root))
+    # One split prepared: its classes only (a val-only class was a class of no train images).
+    plan = plan_source(str(root), {"train": "train"})
+    assert plan.class_names == ("ant", "cat") and _labels(plan, "train") == [0, 1, 1]
 
 
 def test_image_folder_takes_upper_case_suffixes(tmp_path):
@@ -110,13 +137,13 @@ def test_a_split_folder_of_images_without_class_folders_is_named_unlabelled(tmp_
 def test_loose_images_beside_class_folders_are_named_as_left_out(tmp_path):
     # They were left out without a word: a user who dropped images into train/ beside its
     # class folders heard nothing of them.
-    root = _folder(tmp_path / "src", {"train": {"ant": 1, "bee": 1}, "val": {"ant": 1}})
+    root = _folder(tmp_path / "src", {"train": {"ant": 1, "bee": 1}, "val": {"ant": 1, "bee": 1}})
     for name in ("a.png", "b.PNG"):
         (root / "train" / name).write_bytes(_png(np.zeros((8, 8), np.uint8)))
     (root / "val" / "c.png").write_bytes(_png(np.zeros((8, 8), np.uint8)))
     (root / "train" / "notes.txt").write_text("not an image")
     plan = plan_source(str(root))
-    assert _labels(plan, "train") == [0, 1] and _labels(plan, "test") == [0]
+    assert _labels(plan, "train") == [0, 1] and _labels(plan, "test") == [0, 1]
     assert plan.notes == (
         f"{root / 'train'} holds 2 images directly, beside its class subfolders: they have no class and are left "
         f"out (move them into a class subfolder to use them).",

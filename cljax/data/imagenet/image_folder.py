@@ -33,10 +33,12 @@ def plan_image_folder(root: Path, split_map: dict[str, str], strict: bool, shard
             f"{root} holds neither {{split}}-NNNNN-of-NNNNN.parquet files (at the top or under data/) nor class "
             "subfolders of images; point --source at one of those or at a hub dataset name."
         )
-    class_names = sorted(set().union(*(classes.keys() for classes in per_split.values())))
-    class_id = {name: i for i, name in enumerate(class_names)}
     split_map, unlabelled = _without_unlabelled(layout, per_split, split_map, strict)
     chosen, notes = select_splits(list(per_split), split_map, strict, str(root))
+    _check_classes_in_both(layout, per_split, chosen)
+    # The classes of the splits prepared: a class folder of a split left out would be a class of no images.
+    class_names = sorted(set().union(*(per_split[src].keys() for src, _ in chosen)))
+    class_id = {name: i for i, name in enumerate(class_names)}
     notes = [*unlabelled, *notes, *_loose_images(layout, [src for src, _ in chosen])]
     shards: list[Shard] = []
     counters = dict.fromkeys(OUTPUT_SPLITS, 0)
@@ -63,6 +65,26 @@ def _images_under(class_dir: Path) -> list[Path]:
         subdirs[:] = [d for d in subdirs if not d.startswith(".")]
         found.extend(p for p in (Path(folder, name) for name in files) if _is_image(p))
     return found
+
+
+def _check_classes_in_both(layout: dict[str, Path], per_split: dict, chosen: list[tuple[str, str]]) -> None:
+    """When both output splits get images, each class must have some in both: a class with no
+    test images has no test accuracy in the tasks that hold it, and one with no train images
+    cannot be learnt; refused here, in one line, rather than when a run meets it."""
+    folders = {dst: [src for src, d in chosen if d == dst and src in per_split] for dst in OUTPUT_SPLITS}
+    if not all(folders.values()):
+        return
+    has = {dst: set().union(*(per_split[src] for src in srcs)) for dst, srcs in folders.items()}
+    for dst, other in (("train", "test"), ("test", "train")):
+        missing = sorted(has[dst] - has[other])
+        if missing:
+            name = missing[0]
+            src = next(src for src in folders[dst] if name in per_split[src])
+            more = f" (and {len(missing) - 1} more class{'es' if len(missing) > 2 else ''})" if len(missing) > 1 else ""
+            raise CljaxError(f"{layout[src] / name} has images but {layout[folders[other][0]] / name} has none{more}: "
+                             f"each class needs images in both the train and the test split (one without test images "
+                             f"cannot be measured, one without train images cannot be learnt): add them, remove the "
+                             f"class from both splits, or prepare one split only (--splits train).")
 
 
 def _loose_images(layout: dict[str, Path], splits: list[str]) -> list[str]:
