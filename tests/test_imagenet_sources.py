@@ -168,6 +168,15 @@ def test_hidden_files_and_folders_in_class_folders_are_not_images(tmp_path):
     assert not any("/." in path for shard in plan.shards for path, _ in shard.files)
 
 
+def test_a_test_folder_left_out_by_the_default_splits_is_named(tmp_path):
+    # The note said only that there is no 'validation' split, not that test/ was passed over.
+    root = _folder(tmp_path / "src", {"train": {"ant": 1, "bee": 1}, "test": {"ant": 1, "bee": 1}})
+    plan = plan_source(str(root))
+    assert plan.notes == (f"{root} has no 'validation' split: the test arrays will be empty; {root / 'test'} is left "
+                          f"out (`--splits train test` makes it the test arrays).",)
+    assert _labels(plan_source(str(root), {"train": "train", "test": "test"}), "test") == [0, 1]
+
+
 def test_a_source_without_a_train_split_is_refused_by_default(tmp_path):
     root = _folder(tmp_path / "src", {"val": {"ant": 1, "bee": 1}})
     with pytest.raises(CljaxError, match=r"has no split 'train' \(it has validation\); choose splits with --splits"):

@@ -34,7 +34,7 @@ def plan_image_folder(root: Path, split_map: dict[str, str], strict: bool, shard
             "subfolders of images; point --source at one of those or at a hub dataset name."
         )
     split_map, unlabelled = _without_unlabelled(layout, per_split, split_map, strict)
-    chosen, notes = select_splits(list(per_split), split_map, strict, str(root))
+    chosen, notes = select_splits(list(per_split), split_map, strict, str(root), layout)
     _check_classes_in_both(layout, per_split, chosen)
     # The classes of the splits prepared: a class folder of a split left out would be a class of no images.
     class_names = sorted(set().union(*(per_split[src].keys() for src, _ in chosen)))

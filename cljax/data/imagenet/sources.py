@@ -115,8 +115,10 @@ def _find_parquet_files(root: Path) -> dict[str, list[Path]]:
     return {}
 
 
-def select_splits(available: Sequence[str], split_map: dict[str, str], strict: bool, source: str) -> tuple[list[tuple[str, str]], list[str]]:
-    """[(source split, output split)] in map order, plus notes about tolerated missing splits."""
+def select_splits(available: Sequence[str], split_map: dict[str, str], strict: bool, source: str,
+                  folders: Mapping[str, Path] | None = None) -> tuple[list[tuple[str, str]], list[str]]:
+    """[(source split, output split)] in map order, plus notes about tolerated missing splits
+    (naming a 'test' split left out: `folders`, an image folder's split folders)."""
     chosen, notes = [], []
     for src, dst in split_map.items():
         if src in available:
@@ -127,7 +129,10 @@ def select_splits(available: Sequence[str], split_map: dict[str, str], strict: b
                 "choose splits with --splits, e.g. --splits train validation:test."
             )
         else:
-            notes.append(f"{source} has no {src!r} split: the {dst} arrays will be empty.")
+            unused = "test" in available and "test" not in split_map
+            left_out = (f"; {folders['test'] if folders else 'its test split'} is left out (`--splits train test` "
+                        f"makes it the test arrays{'' if folders else ', if it is labelled'})" if unused else "")
+            notes.append(f"{source} has no {src!r} split: the {dst} arrays will be empty{left_out}.")
     return chosen, notes
 
 
