@@ -5,6 +5,7 @@ of tests/imagenet_kit.py."""
 
 from __future__ import annotations
 
+import errno
 import json
 import re
 import shutil
@@ -12,6 +13,7 @@ import socket
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import cljax.data.imagenet.prepare as imagenet
@@ -205,3 +207,31 @@ def test_a_resume_made_otherwise_says_what_differs(tmp_path, monkeypatch):
         prepare_imagenet(str(tmp_path / "typo"), tmp_path / "out", workers=1, shard_rows=2, overwrite=True,
                          progress=False)
     assert (work / "train-00000.npz").exists()
+
+
+@pytest.mark.parametrize("failure, why", [
+    (OSError("188160 requested and 24448 written"), "a short write: 188160 requested and 24448 written"),
+    (OSError(errno.ENOSPC, "No space left on device"), "No space left on device")])
+def test_a_full_disk_is_said_so_naming_the_file(source, tmp_path, monkeypatch, capsys, failure, why):
+    # It was numpy's bare "188160 requested and 24448 written (OUT); free space or fix permissions".
+    def full(*args, **kwargs):
+        raise failure
+
+    out = tmp_path / "out"
+    args = ["--source", str(source["root"]), "--out", str(out), "--workers", "1", "--shard-rows", "4", "--no-progress"]
+    monkeypatch.setattr(np, "savez", full)  # a work shard
+    assert prepare_main(args) == 2
+    _, err = _lines(capsys)
+    shard = imagenet.work_dir_for(out) / "train-00000.npz"
+    assert len(err) == 1 and err[0].startswith(f"error: the disk is full ({why}) while writing {shard} (about 4.7 kB "
+                                               f"needed, "), err
+    assert err[0].endswith("free there): free space or choose a folder on another disk, then rerun the same command "
+                           "(the shards done are kept).")
+    assert not list(imagenet.work_dir_for(out).glob(".*.tmp-*"))  # the half-written shard is removed
+    monkeypatch.undo()
+    monkeypatch.setattr(np, "save", full)  # the assembly
+    assert prepare_main(args) == 2
+    _, err = _lines(capsys)
+    written = tmp_path / "out.tmp-write" / "train_images.npy"
+    assert len(err) == 1 and err[0].startswith(f"error: the disk is full ({why}) while writing {written} (about "), err
+    assert not written.parent.exists() and not out.exists() and len(list(imagenet.work_dir_for(out).glob("*.npz"))) == 4

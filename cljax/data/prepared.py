@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cljax.data.full_disk import full_disk_error
 from cljax.errors import CljaxError, MissingData
 
 FORMAT_VERSION = 1
@@ -108,7 +109,15 @@ def write_prepared(
     tmp.mkdir(parents=True)
     files = {}
     for fname, arr in arrays.items():
-        np.save(tmp / fname, arr, allow_pickle=False)
+        try:
+            np.save(tmp / fname, arr, allow_pickle=False)
+        except OSError as exc:
+            full = full_disk_error(exc, tmp / fname, sum(a.nbytes for a in arrays.values()),
+                                   "run the same command again (the folder is written whole or not at all).")
+            if full is None:
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)  # our own half-written folder: its space back
+            raise full from None
         files[fname] = {"shape": list(arr.shape), "dtype": str(arr.dtype), "sha256": sha256_of(tmp / fname)}
     meta = {
         "format_version": FORMAT_VERSION,

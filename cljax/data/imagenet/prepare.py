@@ -30,6 +30,7 @@ from cljax.data.imagenet.shards import DatasetsShard, FilesShard, Shard
 from cljax.data.imagenet.out_lock import OutputLock
 from cljax.data.imagenet.sources import DEFAULT_SHARD_ROWS, OUTPUT_SPLITS, plan_source
 from cljax.data.imagenet.work import clear_stale_work, discard_work, open_work_dir, work_dir_for, work_record
+from cljax.data.full_disk import full_disk_error
 from cljax.data.prepared import check_replaceable, load_prepared
 from cljax.errors import EXIT_PREEMPTED, CljaxError
 from cljax.host import usable_cores
@@ -74,10 +75,18 @@ def process_shard(shard: Shard, work_dir: str, size: int, resample: str, tick=No
     labels_n = np.asarray(labels, dtype=np.int32)
     final = Path(work_dir) / f"{shard.name}.npz"
     tmp = Path(work_dir) / f".{shard.name}.npz.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        np.savez(f, images=images_nhw, labels=labels_n)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, images=images_nhw, labels=labels_n)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:
+        full = full_disk_error(exc, final, images_nhw.nbytes + labels_n.nbytes,
+                               "rerun the same command (the shards done are kept).")
+        if full is None:
+            raise
+        tmp.unlink(missing_ok=True)  # the half-written shard: its space back
+        raise full from None
     os.replace(tmp, final)  # a shard file exists whole or not at all
     if tick is not None and pending:
         tick(pending)
