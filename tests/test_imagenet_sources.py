@@ -360,3 +360,18 @@ def test_a_source_of_one_class_is_refused_before_anything_is_written(tmp_path):
     with pytest.raises(CljaxError, match=r"gave images of one class only; a task is a pair of classes"):
         prepare_imagenet(str(root), tmp_path / "out", workers=1, progress=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_out_inside_an_image_folder_and_a_save_to_disk_folder_are_refused(tmp_path):
+    root = _folder(tmp_path / "src", {"train": {"ant": 1, "bee": 1}, "val": {"ant": 1, "bee": 1}})
+    with pytest.raises(CljaxError, match=re.escape(f"--out {root / 'out'} is inside the image folder --source {root}:")):
+        prepare_imagenet(str(root), root / "out", workers=1, progress=False)
+    assert sorted(p.name for p in root.iterdir()) == ["train", "val"]
+    # datasets' save_to_disk: "holds neither parquet files ... nor class subfolders" said nothing of it.
+    saved = tmp_path / "saved"
+    (saved / "train").mkdir(parents=True)
+    (saved / "dataset_dict.json").write_text('{"splits": ["train"]}')
+    (saved / "train" / "data-00000-of-00001.arrow").write_bytes(b"arrow")
+    with pytest.raises(CljaxError, match=re.escape(f"{saved} is a folder written by datasets' save_to_disk (arrow "
+                                                   f"files), which is not read: write each split as parquet")):
+        plan_source(str(saved))

@@ -29,6 +29,10 @@ def plan_image_folder(root: Path, split_map: dict[str, str], strict: bool, shard
         if classes:
             per_split[split] = classes
     if not per_split:
+        if _saved_to_disk(root):
+            raise CljaxError(f"{root} is a folder written by datasets' save_to_disk (arrow files), which is not read: "
+                             f"write each split as parquet, e.g. load_from_disk(...)[split].to_parquet("
+                             f"'DIR/data/{{split}}-00000-of-00001.parquet'), and pass DIR.")
         raise CljaxError(
             f"{root} holds neither {{split}}-NNNNN-of-NNNNN.parquet files (at the top or under data/) nor class "
             "subfolders of images; point --source at one of those or at a hub dataset name."
@@ -65,6 +69,14 @@ def _images_under(class_dir: Path) -> list[Path]:
         subdirs[:] = [d for d in subdirs if not d.startswith(".")]
         found.extend(p for p in (Path(folder, name) for name in files) if _is_image(p))
     return found
+
+
+def _saved_to_disk(root: Path) -> bool:
+    """A `Dataset(Dict).save_to_disk` folder: its json records, or arrow files, at the top or one
+    split folder down."""
+    marks = ("dataset_dict.json", "state.json", "dataset_info.json")
+    return any((folder / m).is_file() for folder in (root, *root.iterdir()) if folder.is_dir() for m in marks) or any(
+        root.glob("*/*.arrow")) or any(root.glob("*.arrow"))
 
 
 def _check_classes_in_both(layout: dict[str, Path], per_split: dict, chosen: list[tuple[str, str]]) -> None:

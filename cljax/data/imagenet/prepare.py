@@ -196,6 +196,14 @@ def prepare_imagenet(
                                log=log)
 
 
+def _check_out_outside_image_folder(plan, out: Path) -> None:
+    """An output inside an image-folder source becomes part of it: its samples.png (data-info's)
+    a class folder's image on the next preparation."""
+    if any(isinstance(s, FilesShard) for s in plan.shards) and out.resolve().is_relative_to(plan.source):
+        raise CljaxError(f"--out {out} is inside the image folder --source {plan.source}: what it holds would be read "
+                         f"as images of the source on the next preparation; choose an --out outside it.")
+
+
 def _to_stderr(msg: str) -> None:
     print(msg, file=sys.stderr)
 
@@ -221,6 +229,7 @@ def _prepare_locked(source: str, out: Path, *, workers, split_map, reader, size,
                 check_redo_allowed(out, source, split_map, resample, size)
     _pil_filter(resample)  # fail on a bad filter name before any work
     plan = plan_source(source, split_map, reader=reader, shard_rows=shard_rows)
+    _check_out_outside_image_folder(plan, out)
     if overwrite:  # after the source is found: a mistyped one loses no work
         discard_work(work)
     for note in plan.notes:
