@@ -25,7 +25,7 @@ def make_sign(params: SignParams, config, net) -> Rule:
 
     def direction(net, model_params, model_state, rule_state, images, labels_B, weights_B, key):
         def loss_fn(p):
-            logits, _, state = net.apply(p, model_state, images, True)
+            logits, _, state = net.apply(p, model_state, images, True, weights_B)  # as the README: BatchNorm skips weight 0
             nll, correct = nll_and_correct(logits, labels_B)
             return weighted_mean(nll, weights_B), (weighted_mean(correct, weights_B), state)
 
