@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from cljax.cli_errors import error_line
+from cljax.presets import preset_note
 from cljax.command import stop_at_once
 from cljax.config import Config, algo_dir_of
 from cljax.errors import EXIT_PREEMPTED, CljaxError
@@ -52,7 +53,7 @@ def _cmd_run(argv: list[str]) -> int:
     # in place of the process's, which then trained on to the end through a SLURM preemption.
     maybe_initialize_distributed()
     outcome = _stoppable(lambda critical: run_experiment(
-        config, overwrite=args.overwrite, progress=not args.no_progress and sys.stderr.isatty(),  # not into a log
+        config, overwrite=args.overwrite, progress=False if args.no_progress else "bar" if sys.stderr.isatty() else "log",
         allow_nonfinite=args.allow_nonfinite, critical=critical, repair=args.repair),
         "the finished tasks are saved; run the same command to resume.")
     if outcome.already_finished:
@@ -357,7 +358,7 @@ def _dispatch(argv: list[str]) -> int:
         line, at_once = error_line(exc, argv[0])
         if line is None:
             raise  # cljax's own bug: its traceback
-        print(f"error: {line}", file=sys.stderr, flush=True)
+        print(f"error: {preset_note(line, argv[1:])}", file=sys.stderr, flush=True)
         if at_once:
             os._exit(2)
         return 2

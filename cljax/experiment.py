@@ -33,6 +33,7 @@ from cljax.initial_state import INITIAL, initial_arrays, write_initial, wrote_in
 from cljax.kept_checkpoints import (keep_checkpoint, keeps, kept_is_whole, kept_path, replay_note, rewrite_kept,
                                      same_as_recorded, unread_by_a_finished_run)
 from cljax.program import build_task_program
+from cljax.progress import progress_for
 from cljax.records import (divergence_warning, nonfinite_before, nonfinite_report, summary_row, task_arrays,
                             task_metadata)
 from cljax.results import task_dir_name, write_task
@@ -49,13 +50,14 @@ def run_experiment(
     config: Config,
     *,
     overwrite: bool = False,
-    progress: bool = True,
+    progress: bool | str = True,
     allow_nonfinite: bool = False,
     critical=contextlib.nullcontext(),
     on_task_end=None,
     repair: bool = False,
 ) -> RunResult:
-    """Run (or resume) a whole experiment and write its results tree.
+    """Run (or resume) a whole experiment and write its results tree. ``progress``: a bar
+    (True, "bar"), lines for a log ("log", cljax/progress.py) or nothing (False).
 
     Every check that can refuse the run (settings, data, the folder's state, device memory,
     disk) passes before anything is written or deleted; a refusal raises CljaxError. The run
@@ -230,7 +232,7 @@ def _train(config, data, task_data, schedule, program, start, chunk_tasks, found
 
     run_seconds, differing, rewritten = 0.0, [], []
     diverged_before = nonfinite_before(algo_dir, order[0], spec.ids(order[0] - 1, config.num_tasks))
-    bar = _progress_bar(config.num_tasks, first_task - len(replay), progress)
+    bar = progress_for(progress, config.num_tasks, first_task - len(replay)) if is_writer() else None
     pending = dispatch(0, learner)
     for i, t in enumerate(order):
         (learner, trace, t_start, train_peak), pending = pending, None  # no reference kept to the device trace
@@ -362,10 +364,3 @@ def _recorded_pairing(config: Config, record: dict | None) -> bool | None:
         return None
     return recorded == "paired"
 
-
-def _progress_bar(total: int, done: int, enabled: bool):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=done, unit="task", desc="tasks", file=sys.stderr, dynamic_ncols=True)

@@ -89,7 +89,8 @@ def make_plan(config: Config, device_bytes: int | None = None) -> dict:
         "host_components": host,
         "host_bytes_estimate": host_bytes,
         "host_available_bytes_now": host_available_bytes(),
-        "host_runtime_rss_now": rss_bytes(),
+        # the runtime alone: this process's RSS holds the dataset it loaded, which host_components counts
+        "host_runtime_rss_now": max(0, rss_bytes() - host["dataset_in_ram"]),
         "disk_files_per_task": files,
         "disk_bytes_per_task": per_task_disk,
         "disk_run_files": run_files,

@@ -19,6 +19,8 @@ every task (plain SGD at the same rate, without momentum). Add a method with its
 
 from __future__ import annotations
 
+import re
+
 from cljax.errors import CljaxError
 
 PRESETS: dict[str, dict] = {
@@ -41,3 +43,21 @@ def preset_from_argv(argv: list[str]) -> dict:
     if name not in PRESETS:
         raise CljaxError(f"unknown preset {name!r}: choose one of {', '.join(sorted(PRESETS))} with --preset.")
     return dict(PRESETS[name])
+
+
+def preset_note(line: str, argv: list[str]) -> str:
+    """An error ``line`` of a command run with ``argv``, with what ``--preset`` set among the
+    flags it names that ``argv`` does not give: the value it names was never typed."""
+    try:
+        preset = preset_from_argv(argv)
+    except CljaxError:
+        return line
+    typed = {a.split("=", 1)[0][2:] for a in argv if a.startswith("--")}
+    named = dict.fromkeys(re.findall(r"--([a-z][a-z0-9-]*)", line))
+    set_by = [f"--{flag} {preset[flag.replace('-', '_')]}" for flag in named
+              if flag.replace("-", "_") in preset and flag not in typed]
+    if not set_by:
+        return line
+    name = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--preset"] + \
+        [a.split("=", 1)[1] for a in argv if a.startswith("--preset=")]
+    return f"{line.rstrip('.')} (--preset {name[-1]} sets {', '.join(set_by)}; give the flag to change it)."

@@ -198,7 +198,7 @@ def run_job(config_dict: dict, overwrite: bool = False, allow_nonfinite: bool = 
     config = Config.from_flat(config_dict)
     # A fresh job process: one JAX device per core on a CPU host, or the split a resumed run started on.
     configure_cpu_devices(config.n_repeats, recorded=None if overwrite else recorded_split(algo_dir_of(config)))
-    result = run_experiment(config, progress=False, overwrite=overwrite, allow_nonfinite=allow_nonfinite,
+    result = run_experiment(config, progress="log", overwrite=overwrite, allow_nonfinite=allow_nonfinite,
                             repair=repair)
     # The run's last task, when this job trained it or found it finished (a repair that ends below
     # the checkpoint trains only earlier tasks again: their accuracies are not the run's last).

@@ -89,3 +89,15 @@ def test_planning_the_lop_preset_before_imagenet_is_prepared_names_a_plan_that_n
     config = config_of(["--preset", "lop-imagenet", *hint.split()]).validate()  # the plan it names is a valid one
     assert (config.dataset, config.num_tasks, config.n_repeats, config.n_train_per_class) == ("synthetic", 5000, 30,
                                                                                               600)
+
+
+def test_an_error_naming_a_value_the_preset_set_says_so(capsys):
+    # "--log-frequency 300 is larger than a task's 2 steps" named a value the user never typed.
+    flags = ["plan", "--preset", "lop-imagenet", "--dataset", "synthetic", "--synthetic-classes", "8", "--num-tasks",
+             "4", "--n-repeats", "2", "--epochs", "1", "--n-train-per-class", "100", "--n-test-per-class", "20"]
+    assert cli_main(flags) == 2
+    err = capsys.readouterr().err
+    assert err.endswith("lower it to at most 2 (--preset lop-imagenet sets --log-frequency 300; give the flag to "
+                        "change it).\n") and err.count("\n") == 1, err
+    assert cli_main([*flags, "--log-frequency", "500"]) == 2  # typed: nothing to add
+    assert "--preset" not in capsys.readouterr().err

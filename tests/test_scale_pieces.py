@@ -364,3 +364,19 @@ def test_a_resume_on_another_cpu_split_names_the_setting_that_decides_it(monkeyp
     assert capsys.readouterr().err.rstrip().endswith(
         "; to keep it, rerun without --xla_force_host_platform_device_count in XLA_FLAGS (it overrides "
         "CLJAX_CPU_DEVICES).")
+
+
+def test_plan_s_runtime_figure_leaves_out_the_dataset_it_counts_among_the_parts(tmp_path, monkeypatch):
+    # The runtime was this process's RSS, the loaded dataset included, and the parts count the
+    # dataset again: 550 MiB twice over for a 1000-class synthetic set.
+    import cljax.devices.memory as memory
+    from cljax.plan import make_plan
+
+    monkeypatch.setattr(memory, "rss_bytes", lambda: 900 * 2**20)
+    config = Config.from_flat(dataset="synthetic", synthetic_classes=8, num_tasks=2, n_repeats=1, n_train_per_class=64,
+                              n_test_per_class=16, n_subsamples=4, epochs=1, batch_size=16, log_frequency=2,
+                              results_dir=str(tmp_path))
+    plan = make_plan(config)
+    in_ram = plan["host_components"]["dataset_in_ram"]
+    assert in_ram > 0
+    assert plan["host_runtime_rss_now"] == 900 * 2**20 - in_ram

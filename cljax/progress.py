@@ -1,0 +1,63 @@
+"""A run's progress: a bar on a terminal, lines in a log.
+
+A run whose stderr is a file (a SLURM job's log, ``cljax run ... 2> log``) gets no bar, whose
+redraws would fill the file; it gets a line after its first task (which includes compiling) and
+then at most one a minute, so a log of a run of thousands of tasks shows where it is.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+LOG_EVERY_SECONDS = 60.0
+
+
+def progress_for(mode, total: int, done: int):
+    """``mode``: True or "bar" (a tqdm bar), "log" (``LogLines``), False or None (nothing)."""
+    if mode in (True, "bar"):
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, initial=done, unit="task", desc="tasks", file=sys.stderr, dynamic_ncols=True)
+    if mode == "log":
+        return LogLines(total, done)
+    return None
+
+
+class LogLines:
+    """The bar's calls (``update``, ``set_postfix``, ``write``, ``close``), written as lines."""
+
+    def __init__(self, total: int, done: int, every: float = LOG_EVERY_SECONDS, clock=time.monotonic):
+        self.total, self.done, self.every, self.clock = total, done, every, clock
+        self.start, self.first, self.last, self.postfix = clock(), done, None, {}
+        print(f"tasks: starting at task {done} of {total}", file=sys.stderr, flush=True)
+
+    def set_postfix(self, **values) -> None:
+        self.postfix = values
+
+    def write(self, text: str, file=None) -> None:
+        print(text, file=file or sys.stderr, flush=True)
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        now = self.clock()
+        if self.last is not None and now - self.last < self.every and self.done < self.total:
+            return
+        self.last = now
+        trained, elapsed = self.done - self.first, now - self.start
+        rate = f", {elapsed / trained:.2f} s/task" if trained else ""
+        left = (self.total - self.done) * elapsed / trained if trained else 0
+        eta = f", about {_duration(left)} left" if trained and self.done < self.total else ""
+        shown = "".join(f", {k} {v}" for k, v in self.postfix.items())
+        print(f"tasks: {self.done}/{self.total} done{shown}{rate}{eta}", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        pass
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"

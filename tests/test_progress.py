@@ -1,0 +1,39 @@
+"""A run's progress in a log (cljax/progress.py): a line after the first task, then at most one
+per interval, and the last; a run's stderr that is a file gets them (before, nothing until it
+ended: a SLURM log stayed silent for hours)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from cljax.progress import LogLines
+from tests.run_folder_kit import FLAGS
+
+
+def test_log_lines_are_one_per_interval_with_the_rate_and_what_is_left(capsys):
+    now = [0.0]
+    lines = LogLines(total=10, done=2, every=60, clock=lambda: now[0])
+    for step in range(8):
+        now[0] += 20.0  # a task every 20 s
+        lines.set_postfix(acc="0.900")
+        lines.update(1)
+    out = capsys.readouterr().err.splitlines()
+    assert out == ["tasks: starting at task 2 of 10",
+                   "tasks: 3/10 done, acc 0.900, 20.00 s/task, about 2 min left",  # the first task: compiled
+                   "tasks: 6/10 done, acc 0.900, 20.00 s/task, about 80 s left",  # 60 s after the line before
+                   "tasks: 9/10 done, acc 0.900, 20.00 s/task, about 20 s left",
+                   "tasks: 10/10 done, acc 0.900, 20.00 s/task"]  # the last, whatever the interval
+
+
+def test_a_run_whose_stderr_is_a_file_writes_progress_lines_there(tmp_path):
+    log = tmp_path / "log"
+    with open(log, "w") as err:
+        proc = subprocess.run([sys.executable, "-m", "cljax", "run", *[f for f in FLAGS if f != "--no-progress"],
+                               "--results-dir", str(tmp_path / "r")], stdout=subprocess.DEVNULL, stderr=err,
+                              cwd=Path(__file__).parent.parent, timeout=300)
+    text = log.read_text()
+    assert proc.returncode == 0, text
+    assert "tasks: starting at task 0 of 2\n" in text and "tasks: 2/2 done, acc " in text, text
+    assert "\r" not in text  # no bar's redraws
