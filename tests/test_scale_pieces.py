@@ -237,7 +237,8 @@ def test_sweep_grid_expands_settings_and_seeds(tmp_path):
 def test_sweep_pieces_name_the_error_keep_earlier_sweeps_and_refuse_no_seeds(tmp_path, capsys):
     from types import SimpleNamespace
 
-    from cljax.sweep import expand, job_error_line, write_manifest
+    from cljax.sweep import expand, write_manifest
+    from cljax.sweep_report import job_error_line
 
     # submitit's text of a failed job: the traceback, then the log paths (which were printed).
     failed = RuntimeError("Job (task=0) failed during processing with trace:\n----------------------\n"

@@ -16,6 +16,7 @@ from types import SimpleNamespace
 import pytest
 
 import cljax.sweep as sweep
+import cljax.sweep_report as sweep_report
 from cljax.cli import main
 from cljax.config import Config
 from cljax.errors import CljaxError
@@ -178,13 +179,13 @@ def test_a_failed_job_is_named_by_the_error_it_raised_last():
     chained = RuntimeError("Traceback:\ncljax.errors.CljaxError: first, while handling\n\nDuring handling of the "
                            "above exception, another exception occurred:\n\ncljax.errors.CljaxError: the one raised\n"
                            "You can check full logs at paths:\n  - /logs/1_0_log.err")
-    assert sweep.job_error_line(chained) == "the one raised"
-    assert sweep.job_error_line(RuntimeError("")) == "RuntimeError('')"
+    assert sweep_report.job_error_line(chained) == "the one raised"
+    assert sweep_report.job_error_line(RuntimeError("")) == "RuntimeError('')"
     # submitit's error for a job it stopped requeueing: its last line was a log path
     timed_out = RuntimeError("Job 7722 (task: 0) with path /logs/7722_0_result.pkl\nhas failed with:\n"
                              "submitit.core.utils.UncompletedJobError: Job not requeued because: timed-out too many "
                              "times.\nYou can check full logs at paths:\n  - /logs/7722_0_log.out")
-    assert sweep.job_error_line(timed_out) == (
+    assert sweep_report.job_error_line(timed_out) == (
         "the job was stopped at its time limit and not requeued (timed-out too many times): raise --slurm-time, or run "
         "the same sweep again to resume the run from its last finished task")
 
