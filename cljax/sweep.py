@@ -199,8 +199,16 @@ def run_job(config_dict: dict, overwrite: bool = False, allow_nonfinite: bool = 
     config = Config.from_flat(config_dict)
     # A fresh job process: one JAX device per core on a CPU host, or the split a resumed run started on.
     configure_cpu_devices(config.n_repeats, recorded=None if overwrite else recorded_split(algo_dir_of(config)))
-    result = run_experiment(config, progress="log", overwrite=overwrite, allow_nonfinite=allow_nonfinite,
-                            repair=repair)
+    try:
+        result = run_experiment(config, progress="log", overwrite=overwrite, allow_nonfinite=allow_nonfinite,
+                                repair=repair)
+    except Exception as exc:  # the line `cljax run` prints (a plugin's code, the disk): the sweep's FAILED line
+        from cljax.cli_errors import error_line
+
+        line = None if isinstance(exc, CljaxError) else error_line(exc, "run")[0]
+        if line is None:
+            raise
+        raise CljaxError(line) from exc
     # The run's last task, when this job trained it or found it finished (a repair that ends below
     # the checkpoint trains only earlier tasks again: their accuracies are not the run's last).
     final = next((row for row in result.summary if row.get("task") == config.num_tasks - 1), {})

@@ -6,23 +6,46 @@ from __future__ import annotations
 
 def job_error_line(error: BaseException) -> str:
     """The line of a failed job's error that says what went wrong: cljax's own message when the
-    job raised one (submitit's text ends with log paths); for a job whose process ended without
-    a result (killed: memory, a time limit, a signal), submitit's line with the job's state; for
-    a job submitit stopped requeueing (its time limit reached too many times), the reason; else
-    its last line."""
-    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    job raised one (submitit's text ends with log paths); another exception's type and message,
+    from its traceback; for a job whose process ended without a result, that it was interrupted
+    (SIGINT) or killed, and that a rerun resumes it; for a job submitit stopped requeueing (its
+    time limit reached too many times), the reason; else its last line."""
+    text = str(error)
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     ours = [line.split("CljaxError:", 1)[1].strip() for line in lines if "CljaxError:" in line]
     no_result = [line for line in lines if line.startswith("has not produced any output")]
     requeue = [line.split("not requeued because:", 1)[1].strip().rstrip(".") for line in lines
                if "not requeued because:" in line]
+    raised = _raised_line(text)
     if ours:
         return ours[-1]
     if requeue:  # submitit requeues a job at its time limit a few times (3), then gives up
         return (f"the job was stopped at its time limit and not requeued ({requeue[0]}): raise --slurm-time, or run "
                 f"the same sweep again to resume the run from its last finished task")
     if no_result:
-        return "the job's process ended without a result " + no_result[0].replace("has not produced any output ", "")
+        # submitit keeps no exit code or signal: a local job's state is its controller's (FINISHED
+        # when the job's process was killed under it); SLURM's (OUT_OF_MEMORY, CANCELLED) says more.
+        state = no_result[0].split("(state: ", 1)[-1].rstrip(")") if "(state: " in no_result[0] else ""
+        state = "" if state in ("FINISHED", "UNKNOWN", "unknown") else f"; state: {state}"
+        what = ("was interrupted (SIGINT)" if raised == "KeyboardInterrupt" else
+                "ended without a result: killed (a signal such as SIGKILL, or out of memory; submitit records no "
+                "signal or exit code)")
+        return (f"the job's process {what}{state}: run the same sweep again (without --overwrite) to resume its run "
+                f"from its last finished task")
+    if raised:  # not cljax's own error: a bug, a plugin's, the environment's (XLA out of memory)
+        raised = raised if len(raised) <= 300 else raised[:297] + "..."
+        return f"the job raised {raised} (its traceback is in the log)"
     return lines[-1] if lines else repr(error)
+
+
+def _raised_line(text: str) -> str | None:
+    """The first line of the exception a Python traceback in ``text`` ends with (``ValueError:
+    bad value``): the first unindented line after the last ``Traceback`` header's frames."""
+    lines = text.splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent call last):")]
+    if not starts:
+        return None
+    return next((line.strip() for line in lines[starts[-1] + 1:] if line.strip() and not line[0].isspace()), None)
 
 
 def report_outcomes(runs, jobs) -> int:

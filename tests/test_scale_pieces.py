@@ -252,7 +252,10 @@ def test_sweep_pieces_name_the_error_keep_earlier_sweeps_and_refuse_no_seeds(tmp
     killed = RuntimeError("Job 10433 (task: 0) with path /logs/10433_0_result.pkl\nhas not produced any output "
                           "(state: NO PROCESS AND NO RESULT)\nError stream produced:\n----\nsubmitit INFO (2026) - "
                           "Loading pickle: /logs/10433_submitted.pkl")
-    assert job_error_line(killed) == "the job's process ended without a result (state: NO PROCESS AND NO RESULT)"
+    assert job_error_line(killed) == (
+        "the job's process ended without a result: killed (a signal such as SIGKILL, or out of memory; submitit records "
+        "no signal or exit code); state: NO PROCESS AND NO RESULT: run the same sweep again (without --overwrite) to "
+        "resume its run from its last finished task")
 
     base = Config(dataset="synthetic", results_dir=str(tmp_path)).to_dict()
     path = tmp_path / "sweep.json"

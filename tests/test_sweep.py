@@ -190,6 +190,50 @@ def test_a_failed_job_is_named_by_the_error_it_raised_last():
         "the same sweep again to resume the run from its last finished task")
 
 
+def test_a_job_that_raised_or_was_killed_is_named_by_what_happened_not_a_log_path():
+    # A job's ValueError (a plugin's, XLA's out of memory, a bug) was reported by its last line,
+    # "- /logs/18686_0_log.out"; a job killed under its controller as "ended without a result
+    # (state: FINISHED)". submitit's texts as its local executor wrote them:
+    paths = "You can check full logs with 'job.stderr(0)' and 'job.stdout(0)'or at paths:\n  - /l/1_0_log.err\n  - /l/1_0_log.out"
+    frames = ('Traceback (most recent call last):\n  File "/s/submission.py", line 55, in process_job\n'
+              '    result = delayed.result()\n             ^^^^^^^^^^^^^^^^\n  File "/p.py", line 5, in f\n')
+    failed = RuntimeError(f"Job (task=0) failed during processing with trace:\n----------------------\n{frames}"
+                          f"ValueError: bad value\nsecond line\n\n----------------------\n{paths}")
+    assert sweep_report.job_error_line(failed) == "the job raised ValueError: bad value (its traceback is in the log)"
+    no_output = "Job 7 (task: 0) with path /l/7_0_result.pkl\nhas not produced any output (state: {})\n"
+    interrupted = RuntimeError(no_output.format("FINISHED") + f"Error stream produced:\n-----\n{frames}KeyboardInterrupt\n")
+    assert sweep_report.job_error_line(interrupted) == (
+        "the job's process was interrupted (SIGINT): run the same sweep again (without --overwrite) to resume its run "
+        "from its last finished task")
+    killed = RuntimeError(no_output.format("FINISHED") + "No error stream produced. Look at stdout: /l/7_0_log.out\n"
+                          "-----\nsubmitit INFO (2026) - Loading pickle: /l/7_submitted.pkl\npid 27962\n")
+    said = sweep_report.job_error_line(killed)
+    assert said.startswith("the job's process ended without a result: killed (a signal such as SIGKILL, or out of "
+                           "memory; submitit records no signal or exit code): run the same sweep again") and "FINISHED" \
+        not in said
+    assert "; state: OUT_OF_MEMORY: run the same sweep" in sweep_report.job_error_line(
+        RuntimeError(no_output.format("OUT_OF_MEMORY")))  # SLURM's state says more than submitit's local one
+
+
+def test_a_job_whose_plugin_raised_fails_with_the_line_cljax_run_prints(tmp_path):
+    # A plugin's exception in a job was its traceback; `cljax run` prints one line naming the
+    # file and its line. The job now raises that line as a CljaxError, which the sweep prints.
+    plugin = tmp_path / "raising.py"
+    plugin.write_text("from cljax.options import Option\nfrom cljax.registry import register_option\n\n\n"
+                      "def boom(*args):\n    raise ValueError('my hook exploded')\n\n\n"
+                      "@register_option('raising_hook', tag='rh', flag='use-rh')\n"
+                      "def build(params, config, net):\n    return Option(step_end=boom)\n")
+    script = ("import sys, json\nfrom cljax.registry import load_plugins\nload_plugins([sys.argv[2]])\n"
+              "from cljax.sweep import run_job\nfrom cljax.config import Config\n"
+              "flat = {**json.loads(sys.argv[1]), 'use_rh': True}\n"
+              "try:\n    run_job(Config.from_flat(flat).to_dict(), plugins=(sys.argv[2],))\n"
+              "except Exception as exc:\n    print(type(exc).__name__, exc)\n")
+    proc = subprocess.run([sys.executable, "-c", script, json.dumps(base_of(tmp_path)), str(plugin)],
+                          capture_output=True, text=True, cwd=REPO, env={**os.environ, "CLJAX_CPU_DEVICES": "off"})
+    assert proc.stdout.startswith(f"CljaxError plugin file {plugin} raised ValueError at line 6 (my hook exploded): "
+                                  f"fix it"), proc.stdout + proc.stderr
+
+
 @pytest.mark.parametrize("kind, said", [
     ("local", "local jobs the signal also reached (a Ctrl-C reaches them all) stop, and the same command resumes their "
               "runs from their last finished task; any still running go on (/r/sweep.json lists them): `kill -INT "
