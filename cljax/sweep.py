@@ -33,7 +33,7 @@ from cljax.settings import (Parser, add_repair_flag, add_run_flags, add_settings
                             load_plugins_from_argv, parse_setting, setting_specs, unused_settings, warn_unused)
 from cljax.sweep_executor import (check_devices, controllers_write_to_log, make_executor, parse_minutes,
                                    stop_waiting_says_the_jobs_go_on)
-from cljax.sweep_report import report_outcomes
+from cljax.sweep_report import report_outcomes, run_command
 
 
 def comma_items(text: str, flag: str, example: str) -> list[str]:
@@ -213,7 +213,7 @@ def run_job(config_dict: dict, overwrite: bool = False, allow_nonfinite: bool = 
     # the checkpoint trains only earlier tasks again: their accuracies are not the run's last).
     final = next((row for row in result.summary if row.get("task") == config.num_tasks - 1), {})
     return {"algo_dir": str(algo_dir_of(config)), "tasks": config.num_tasks, "first_task": result.first_task,
-            "already_finished": result.already_finished,
+            "already_finished": result.already_finished, "trained_tasks": [row["task"] for row in result.summary],
             "final_acc_current": final.get("acc_current"), "final_acc_earlier": final.get("acc_earlier"),
             "steps_per_second": result.steps_per_second}
 
@@ -339,7 +339,13 @@ def sweep_main(argv: list[str]) -> int:
     if not args.wait:
         return 0
     stop_waiting_says_the_jobs_go_on(jobs, kind, root / "sweep.json")
-    return 1 if report_outcomes(runs, jobs) else 0
+    from cljax.registry import loaded_plugins
+
+    def command_of(run):
+        return run_command({**run_settings(base_flat, run), "results_dir": run.config.results_dir}, loaded_plugins(),
+                           args.allow_nonfinite)
+
+    return 1 if report_outcomes(runs, jobs, command_of, args.overwrite) else 0
 
 
 if __name__ == "__main__":

@@ -48,21 +48,73 @@ def _raised_line(text: str) -> str | None:
     return next((line.strip() for line in lines[starts[-1] + 1:] if line.strip() and not line[0].isspace()), None)
 
 
-def report_outcomes(runs, jobs) -> int:
-    """One line per job (waiting for each), then the count; returns the number that failed."""
-    failed = 0
+def report_outcomes(runs, jobs, command_of=None, overwrite: bool = False) -> int:
+    """One line per job (waiting for each), then the count; returns the number that failed.
+    ``command_of(run)``: the `cljax run` command of one run, offered where a failed job's own
+    line advises --overwrite, which in a sweep would apply to every job."""
+    failed, advised = 0, []
     for run, job in zip(runs, jobs):
         error = job.exception()
         if error is not None:
             failed += 1
-            print(f"  FAILED {job.job_id} {run.tag}: {job_error_line(error)} (log: {job.paths.stderr})")
+            line = job_error_line(error)
+            print(f"  FAILED {job.job_id} {run.tag}: {line} (log: {job.paths.stderr})")
+            if "--overwrite" in line and not overwrite:
+                advised.append(run)
             continue
-        out = job.result()
-        acc = out.get("final_acc_current")
-        acc_text = "n/a" if acc is None else f"{acc:.3f}"
-        how = (" (already finished)" if out.get("already_finished") else
-               " (repaired; it had trained every task)" if out.get("first_task") == out["tasks"] else
-               f" (resumed from task {out['first_task']})" if out.get("first_task") else "")
-        print(f"  done   {job.job_id} {run.tag}: {out['tasks']} tasks{how}, last task acc {acc_text} -> {out['algo_dir']}")
+        print(f"  done   {job.job_id} {run.tag}: {done_line(job.result())}")
     print(f"{len(jobs) - failed} of {len(jobs)} job(s) finished" + (f", {failed} failed" if failed else ""))
+    if failed and overwrite:
+        print("note: this sweep ran with --overwrite: run it again without --overwrite to resume the failed runs "
+              "(with it, every run is deleted and trained again, the finished ones too).")
+    if advised:
+        print("note: --overwrite in `cljax sweep` applies to every job and would delete the finished runs too; to "
+              "train one run again alone, run its own command (or remove its folder and rerun the sweep):")
+        for run in advised:
+            print(f"    {command_of(run)} --overwrite" if command_of else f"    {run.tag}: cljax run with its flags")
     return failed
+
+
+def done_line(out: dict) -> str:
+    """What a finished job did: its tasks, the tasks a repair trained again, whether it resumed or
+    found the run finished, the last task's accuracy when it has it, and the run's folder."""
+    first, tasks = out.get("first_task") or 0, out["tasks"]
+    trained = out.get("trained_tasks", [])
+    again = [t for t in trained if t < first]  # --repair: trained again below the checkpoint
+    what = [f"repaired tasks {_span(again)}"] if again else []
+    if out.get("already_finished") or (first == tasks and not again):
+        what.append("already finished")
+    elif first == tasks:
+        what.append("it had trained every task")
+    elif first:
+        what.append(f"resumed from task {first}")
+    acc = out.get("final_acc_current")
+    acc_text = "" if acc is None else f", last task acc {acc:.3f}"
+    how = f" ({'; '.join(what)})" if what else ""
+    return f"{tasks} tasks{how}{acc_text} -> {out['algo_dir']}"
+
+
+def _span(tasks: list[int]) -> str:
+    return f"{tasks[0]}" if len(tasks) == 1 else f"{tasks[0]}-{tasks[-1]}"
+
+
+def run_command(flat: dict, plugins=(), allow_nonfinite: bool = False) -> str:
+    """The `cljax run` command of one run of the sweep: its settings that differ from the
+    defaults (its grid values, seed and folder among them), and the sweep's plugin files."""
+    import shlex
+
+    from cljax.settings import flat_defaults, setting_specs
+
+    specs, defaults = setting_specs(), flat_defaults()
+    words = ["cljax", "run", *(w for path in plugins for w in ("--plugin", str(path)))]
+    for dest, value in flat.items():
+        if dest not in specs or (dest in defaults and value == defaults[dest] and dest != "results_dir"):
+            continue
+        flag = specs[dest][0]
+        if isinstance(value, bool):
+            words.append(f"--{flag}" if value else f"--no-{flag}")
+        else:
+            words += [f"--{flag}", "none" if value is None else repr(value) if isinstance(value, float) else str(value)]
+    if allow_nonfinite:
+        words.append("--allow-nonfinite")
+    return shlex.join(words)

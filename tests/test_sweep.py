@@ -234,6 +234,51 @@ def test_a_job_whose_plugin_raised_fails_with_the_line_cljax_run_prints(tmp_path
                                   f"fix it"), proc.stdout + proc.stderr
 
 
+def test_a_repaired_job_says_what_it_trained_again_not_an_accuracy_it_has_not(tmp_path):
+    # After --repair below the checkpoint the line read "last task acc n/a".
+    line = sweep_report.done_line
+    assert line({"tasks": 5, "first_task": 5, "already_finished": False, "trained_tasks": [1, 2],
+                 "final_acc_current": None, "algo_dir": "/r"}) == "5 tasks (repaired tasks 1-2; it had trained every task) -> /r"
+    assert line({"tasks": 5, "first_task": 3, "already_finished": False, "trained_tasks": [1, 3, 4],
+                 "final_acc_current": 0.5, "algo_dir": "/r"}) == "5 tasks (repaired tasks 1; resumed from task 3), last task acc 0.500 -> /r"
+    assert line({"tasks": 2, "first_task": 2, "already_finished": True, "trained_tasks": [],
+                 "final_acc_current": 0.25, "algo_dir": "/r"}) == "2 tasks (already finished), last task acc 0.250 -> /r"
+    assert line({"tasks": 2, "first_task": 0, "already_finished": False, "trained_tasks": [0, 1],
+                 "final_acc_current": 0.25, "algo_dir": "/r"}) == "2 tasks, last task acc 0.250 -> /r"
+
+
+def test_a_failed_jobs_overwrite_advice_is_followed_by_what_it_means_in_a_sweep(tmp_path, capsys):
+    # "train it again with a lower --lr and --overwrite": a sweep's --overwrite deletes every run.
+    from cljax.settings import Parser, add_run_flags, add_settings_flags, config_from_args
+
+    runs = sweep.expand(base_of(tmp_path), {"lr": [0.1, 0.2], "use_l2_init": [True]}, [0])
+    advice = ("cljax.errors.CljaxError: non-finite loss in task 1: train it again with a lower --lr and --overwrite "
+              "(which deletes this run), or pass --allow-nonfinite to go on.")
+    paths = SimpleNamespace(stderr="/l/1_0_log.err")
+    jobs = [SimpleNamespace(job_id="1", paths=paths, exception=lambda: RuntimeError(advice)),
+            SimpleNamespace(job_id="2", paths=paths, exception=lambda: None,
+                            result=lambda: {"tasks": 2, "first_task": 0, "trained_tasks": [0, 1], "algo_dir": "/r",
+                                            "final_acc_current": 0.5})]
+    base = base_of(tmp_path)
+    commands = {r.tag: sweep.run_command({**sweep.run_settings(base, r), "results_dir": r.config.results_dir},
+                                         ["/p/x.py"]) for r in runs}
+    assert sweep_report.report_outcomes(runs, jobs, lambda r: commands[r.tag]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[-2:] == ["note: --overwrite in `cljax sweep` applies to every job and would delete the finished runs "
+                        "too; to train one run again alone, run its own command (or remove its folder and rerun the "
+                        "sweep):", f"    {commands[runs[0].tag]} --overwrite"]
+    words = commands[runs[0].tag].split()
+    assert words[:4] == ["cljax", "run", "--plugin", "/p/x.py"] and "--use-l2-init" in words
+    parser = Parser(prog="cljax run")
+    add_settings_flags(parser)
+    add_run_flags(parser)
+    assert config_from_args(parser.parse_args(words[2:])) == runs[0].config  # the run's own settings and folder
+    assert sweep_report.report_outcomes(runs, jobs, overwrite=True) == 1  # the sweep's --overwrite: rerun without
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        "note: this sweep ran with --overwrite: run it again without --overwrite to resume the failed runs (with it, "
+        "every run is deleted and trained again, the finished ones too).")
+
+
 @pytest.mark.parametrize("kind, said", [
     ("local", "local jobs the signal also reached (a Ctrl-C reaches them all) stop, and the same command resumes their "
               "runs from their last finished task; any still running go on (/r/sweep.json lists them): `kill -INT "
