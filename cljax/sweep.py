@@ -309,6 +309,9 @@ def sweep_main(argv: list[str]) -> int:
         seeds = [int(s) for s in comma_items(args.seeds, "--seeds", "0,1,2")] if args.seeds else [base.seed]
     except ValueError:
         raise CljaxError(f"--seeds {args.seeds!r}: write comma-separated integers, e.g. --seeds 0,1,2.") from None
+    if args.seeds and base.seed not in seeds and any(a == "--seed" or a.startswith("--seed=") for a in argv):
+        raise CljaxError(f"--seed {base.seed} is not among --seeds {args.seeds}, which the sweep runs: list it in "
+                         f"--seeds, or leave --seed out.")
     try:
         parse_minutes(args.slurm_time)
     except ValueError:

@@ -149,6 +149,15 @@ def test_slurm_times_and_settings_that_cannot_be_are_refused(tmp_path, capsys):
     assert not (tmp_path / "s").exists()
 
 
+def test_a_seed_that_seeds_leave_out_is_refused_not_dropped(tmp_path, capsys):
+    flags = ["sweep", "--dataset", "synthetic", "--results-dir", str(tmp_path / "s"), "--executor", "local"]
+    assert main([*flags, "--seed", "3", "--seeds", "0,1"]) == 2
+    assert capsys.readouterr().err == ("error: --seed 3 is not among --seeds 0,1, which the sweep runs: list it in "
+                                       "--seeds, or leave --seed out.\n")
+    assert main([*flags, "--seed=3", "--seeds", "0,1"]) == 2 and "--seed 3 is not among" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
+
+
 def test_repeats_a_job_could_not_split_over_its_devices_are_refused_before_any_job(tmp_path, capsys, monkeypatch):
     # The job refused at run time, after the sweep had queued it beside the others.
     flags = ["sweep", "--dataset", "synthetic", "--results-dir", str(tmp_path / "s"), "--grid", "n_repeats=4,3"]
