@@ -31,8 +31,8 @@ from cljax.run_lock import folder_lock
 from cljax.safe_files import atomic_write
 from cljax.settings import (Parser, add_repair_flag, add_run_flags, add_settings_flags, check_repair, config_from_args,
                             load_plugins_from_argv, parse_setting, setting_specs, unused_settings, warn_unused)
-from cljax.sweep_executor import (check_devices, controllers_write_to_log, make_executor, parse_minutes,
-                                   stop_waiting_says_the_jobs_go_on)
+from cljax.sweep_executor import (check_devices, check_slurm_submits, controllers_write_to_log, made_for_the_jobs,
+                                   make_executor, parse_minutes, stop_waiting_says_the_jobs_go_on, sweep_log_folder)
 from cljax.sweep_report import report_outcomes, run_command
 
 
@@ -283,10 +283,12 @@ def sweep_main(argv: list[str]) -> int:
                         help="a setting and its values (repeatable; the runs are all combinations)")
     parser.add_argument("--seeds", default=None, help="comma-separated seeds (default: --seed)")
     parser.add_argument("--executor", choices=("auto", "slurm", "local"), default="auto",
-                        help="auto: SLURM when sbatch is available, else local processes (default: auto)")
+                        help="auto: SLURM where srun is on PATH (as submitit decides; it submits with sbatch), else local "
+                        "processes (default: auto)")
     parser.add_argument("--wait", action="store_true", help="wait for every job and print its outcome")
     parser.add_argument("--job-name", default="cljax", help="job name (default: cljax)")
-    parser.add_argument("--log-dir", default=None, help="submitit's logs (default: RESULTS_DIR/sweep_logs)")
+    parser.add_argument("--log-dir", default=None, help="submitit's logs, in a folder of each sweep's own named by its time and process id "
+                        "(default: RESULTS_DIR/sweep_logs)")
     parser.add_argument("--slurm-partition", default=None, help="SLURM partition")
     parser.add_argument("--slurm-account", default=None, help="SLURM account")
     parser.add_argument("--slurm-time", default="600", help="time limit per job in SLURM's formats: minutes, M:SS, "
@@ -327,12 +329,14 @@ def sweep_main(argv: list[str]) -> int:
     warn_unused(parser, args, [unused_settings(run_settings(base_flat, run)) for run in runs])
     check_against_data(runs, args.overwrite, args.repair)
     root = Path(base.results_dir)
-    log_dir = Path(args.log_dir) if args.log_dir else root / "sweep_logs"
-    check_devices(runs, args.executor, args)  # before the executor makes its log folder
-    executor = make_executor(args.executor, log_dir, args)
-    kind = getattr(executor, "cluster", args.executor)
-    with controllers_write_to_log(executor, log_dir):
-        jobs = submit(runs, executor, args.overwrite, args.allow_nonfinite, args.repair)
+    check_devices(runs, args.executor, args)  # before the log folder is made
+    log_dir = sweep_log_folder(Path(args.log_dir) if args.log_dir else root / "sweep_logs")
+    with made_for_the_jobs(log_dir):  # and removed if no job was submitted
+        executor = make_executor(args.executor, log_dir, args)
+        check_slurm_submits(executor)
+        kind = getattr(executor, "cluster", args.executor)
+        with controllers_write_to_log(executor, log_dir):
+            jobs = submit(runs, executor, args.overwrite, args.allow_nonfinite, args.repair)
     write_manifest(root / "sweep.json", runs, jobs, kind, log_dir)
     print(f"submitted {len(jobs)} job(s) to {kind} (logs: {log_dir}, list: {root / 'sweep.json'}):")
     from cljax.experiment import algo_dir_of

@@ -123,6 +123,53 @@ def make_executor(kind: str, log_dir: Path, args) -> "object":
     return executor
 
 
+def check_slurm_submits(executor) -> None:
+    """submitit picks SLURM (``--executor auto``) where ``srun`` is on PATH, and submits with
+    ``sbatch``: a host with srun and no sbatch failed at the submission, with a line that read
+    like a wrong path of the user's."""
+    import shutil
+
+    if getattr(executor, "cluster", None) == "slurm" and shutil.which("sbatch") is None:
+        raise CljaxError("sbatch, SLURM's submit command, was not found on PATH (the SLURM executor needs it; "
+                         "--executor auto chooses SLURM where srun is): load SLURM (e.g. `module load slurm`), or "
+                         "pass --executor local (no job was submitted).")
+
+
+def sweep_log_folder(log_dir: Path) -> Path:
+    """The folder of this sweep's own under ``log_dir`` (not made yet), named by the time it is
+    submitted and this process's id: a local job's id is its controller's process id, which a
+    later sweep's job can get again and would then write its files (``ID_submitted.pkl``,
+    ``ID_0_result.pkl``) over an earlier job's that sweep.json lists."""
+    import time
+
+    name = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    return next(log_dir / f"{name}{f'-{n}' if n else ''}" for n in range(1000)
+                if not (log_dir / f"{name}{f'-{n}' if n else ''}").exists())  # a second sweep of this process
+
+
+@contextlib.contextmanager
+def made_for_the_jobs(folder: Path):
+    """Makes the sweep's log folder; a refusal or a submission that fails before any job was
+    submitted (no ``*_submitted.pkl`` there) leaves neither it nor the folders made above it."""
+    made = [p for p in (folder, *folder.parents) if not p.exists()]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CljaxError(f"cannot make {folder} ({exc.strerror}): pass --log-dir with a writable folder (no job "
+                         f"was submitted).") from None
+    try:
+        yield
+    except BaseException:
+        if not any(folder.glob("*_submitted.pkl")):
+            import shutil
+
+            shutil.rmtree(folder, ignore_errors=True)
+            for parent in made[1:]:
+                with contextlib.suppress(OSError):  # not empty: something else wrote there meanwhile
+                    parent.rmdir()
+        raise
+
+
 def check_devices(runs, kind: str, args) -> None:
     """What each job would refuse about its repeats and devices, checked before any is queued:
     a local job splits this host as ``cljax run`` does (``$CLJAX_CPU_DEVICES``, or XLA_FLAGS'

@@ -225,8 +225,10 @@ def test_sweep_runs_each_setting_in_its_own_folder(sweep_process):
     out, _ = proc.communicate(timeout=560)
     assert proc.returncode == 0, out
     assert "submitted 2 job(s) to local" in out and "2 of 2 job(s) finished" in out, out
-    assert (root / "sweep_logs" / "local_controllers.log").is_file()  # where the job controllers write
     manifest = json.loads((root / "sweep.json").read_text())
+    logs = Path(manifest["logs"])  # the sweep's own folder: a later job with a reused process id writes elsewhere
+    assert logs.parent == root / "sweep_logs" and (logs / "local_controllers.log").is_file()  # the controllers'
+    assert {p.name for p in logs.glob("*_submitted.pkl")} == {f"{r['job_id']}_submitted.pkl" for r in manifest["runs"]}
     folders = {r["tag"]: Path(r["results"]) for r in manifest["runs"]}
     assert set(folders) == {"lr-0.02_seed-3", "lr-0.1_seed-3"}
     for tag, algo_dir in folders.items():

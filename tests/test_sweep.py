@@ -158,6 +158,57 @@ def test_a_seed_that_seeds_leave_out_is_refused_not_dropped(tmp_path, capsys):
     assert not (tmp_path / "s").exists()
 
 
+def test_srun_without_sbatch_is_refused_as_such_and_a_refused_sweep_leaves_no_log_folder(tmp_path, capsys,
+                                                                                          monkeypatch):
+    # submitit's auto picks SLURM where srun is; with no sbatch the line was "No such file or
+    # directory (sbatch): check the path and its permissions", and RESULTS_DIR/sweep_logs stayed.
+    pytest.importorskip("submitit", reason="the sweep extra is not installed: pip install 'cljax[sweep]'")
+    import shutil
+
+    if shutil.which("sbatch"):
+        pytest.skip("sbatch is on this host's PATH")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 1\n")
+    (bin_dir / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    flags = ["sweep", "--dataset", "synthetic", "--num-tasks", "2", "--results-dir", str(tmp_path / "s")]
+    assert main(flags) == 2
+    assert capsys.readouterr().err == (
+        "error: sbatch, SLURM's submit command, was not found on PATH (the SLURM executor needs it; --executor auto "
+        "chooses SLURM where srun is): load SLURM (e.g. `module load slurm`), or pass --executor local (no job was "
+        "submitted).\n")
+    assert not (tmp_path / "s").exists()
+
+    def fails(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(sweep, "submit", fails)  # a submission that fails before any job
+    assert main([*flags, "--executor", "local"]) == 2 and "No space left on device" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
+
+
+def test_each_sweep_keeps_its_logs_in_a_folder_of_its_own(tmp_path, monkeypatch, capsys):
+    # A local job's id is a process id: a later sweep's job that got the same id overwrote the
+    # earlier job's ID_submitted.pkl and ID_0_result.pkl, which sweep.json's "earlier" points to.
+    pytest.importorskip("submitit", reason="the sweep extra is not installed: pip install 'cljax[sweep]'")
+    made = []
+
+    def submit(runs, executor, *args):
+        made.append(Path(executor.folder))
+        (Path(executor.folder) / "4242_submitted.pkl").write_text("")
+        return [SimpleNamespace(job_id="4242")]
+
+    monkeypatch.setattr(sweep, "submit", submit)
+    flags = ["sweep", "--dataset", "synthetic", "--num-tasks", "2", "--results-dir", str(tmp_path), "--executor", "local"]
+    assert main(flags) == 0 and main(flags) == 0
+    capsys.readouterr()
+    manifest = json.loads((tmp_path / "sweep.json").read_text())
+    assert [Path(manifest["earlier"][0]["logs"]), Path(manifest["logs"])] == made
+    assert made[0] != made[1] and all(m.parent == tmp_path / "sweep_logs" for m in made)
+    assert all((m / "4242_submitted.pkl").is_file() for m in made)
+
+
 def test_repeats_a_job_could_not_split_over_its_devices_are_refused_before_any_job(tmp_path, capsys, monkeypatch):
     # The job refused at run time, after the sweep had queued it beside the others.
     flags = ["sweep", "--dataset", "synthetic", "--results-dir", str(tmp_path / "s"), "--grid", "n_repeats=4,3"]
