@@ -293,8 +293,12 @@ def sweep_main(argv: list[str]) -> int:
     parser.add_argument("--slurm-account", default=None, help="SLURM account")
     parser.add_argument("--slurm-time", default="600", help="time limit per job in SLURM's formats: minutes, M:SS, "
                         "H:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS (default: 600); also the local executor's limit")
-    parser.add_argument("--slurm-gpus", type=int, default=None, help="GPUs per job (repeats are split over them)")
-    parser.add_argument("--slurm-cpus", type=int, default=None, help="CPUs per job")
+    parser.add_argument("--slurm-gpus", type=int, default=None, help="GPUs per node (SLURM's --gpus-per-node): a "
+                        "job is one task on one node, so these are its GPUs; the repeats are split over them; at most "
+                        "what a node of the partition has (SLURM refuses more)")
+    parser.add_argument("--slurm-cpus", type=int, default=None, help="CPUs per job (SLURM's --cpus-per-task; default: "
+                        "the cluster's, often 1): a CPU job splits its repeats over the cores it is given, so give it "
+                        "--n-repeats (or a divisor of it)")
     parser.add_argument("--slurm-mem-gb", type=float, default=None, help="memory per job in GB")
     parser.add_argument("--slurm-array-parallelism", type=int, default=None, help="at most this many jobs at once")
     add_settings_flags(parser, argv)

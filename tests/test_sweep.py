@@ -209,6 +209,16 @@ def test_each_sweep_keeps_its_logs_in_a_folder_of_its_own(tmp_path, monkeypatch,
     assert all((m / "4242_submitted.pkl").is_file() for m in made)
 
 
+def test_the_help_says_what_auto_and_the_slurm_resources_are(capsys):
+    # It said auto picks SLURM "when sbatch is available" (submitit looks for srun) and
+    # --slurm-gpus "GPUs per job" (it is gpus_per_node).
+    with pytest.raises(SystemExit):
+        main(["sweep", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "auto: SLURM where srun is on PATH" in text and "GPUs per node (SLURM's --gpus-per-node)" in text
+    assert "CPUs per job (SLURM's --cpus-per-task; default: the cluster's, often 1)" in text
+
+
 def test_repeats_a_job_could_not_split_over_its_devices_are_refused_before_any_job(tmp_path, capsys, monkeypatch):
     # The job refused at run time, after the sweep had queued it beside the others.
     flags = ["sweep", "--dataset", "synthetic", "--results-dir", str(tmp_path / "s"), "--grid", "n_repeats=4,3"]
