@@ -205,12 +205,26 @@ def runs_near(path: str | os.PathLike, most: int = 4) -> str:
         except OSError:  # unreadable: not searched
             return []
 
+    swept = _sweep_runs(path)
+    if swept:  # a sweep's folder: its runs are three levels down, RESULTS_DIR/{tag}/{dataset}/{algorithm}
+        return (f"it holds a sweep (sweep.json lists {len(swept)} run(s)): pass its runs' folders, "
+                f"{' '.join(swept[:most])}" + (f" ... ({len(swept)} in all: {path}/*seed-*/*/*)" if len(swept) > most
+                                             else ""))
     runs = [str(d) for child in folders(path)
             for d in ([child] if holds_task_dirs(child) else [g for g in folders(child) if holds_task_dirs(g)])]
     if runs:
         return f"it holds runs: pass one of them, e.g. {', '.join(runs[:most])}" + (
             f" ({len(runs)} in all)" if len(runs) > most else "")
     return "pass a run's folder, results/{dataset}/{algorithm}, or run the experiment first (cljax run)"
+
+
+def _sweep_runs(folder: Path) -> list[str]:
+    """The run folders the sweep.json in ``folder`` lists (`cljax sweep`), that hold task folders."""
+    try:
+        listed = json.loads((folder / "sweep.json").read_text())["runs"]
+        return [str(r["results"]) for r in listed if holds_task_dirs(Path(r["results"]))]
+    except (OSError, ValueError, KeyError, TypeError):  # no sweep here, or not one cljax wrote
+        return []
 
 
 def holds_task_dirs(folder: Path) -> bool:
