@@ -23,6 +23,11 @@ if os.environ.get("CLJAX_TEST_XLA_OPT", "fast") != "full":
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 import jax  # noqa: E402  (after XLA_FLAGS: the backend reads them when it starts)
+
+try:  # submitit configures logging when first imported, which closes the handlers there are: imported
+    import submitit  # noqa: E402,F401  inside a test, it closed one whose stream was that test's capture
+except ImportError:
+    pass
 import pytest  # noqa: E402
 
 from cljax.config import Config  # noqa: E402
