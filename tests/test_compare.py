@@ -483,3 +483,19 @@ def test_the_table_keeps_its_columns_under_their_headers_at_thousands_of_tasks()
     for row in lines[1:4]:
         for column, value in (("gap (late tasks)", "-0.250"), ("learner", "0.850"), ("expert", "0.600")):
             assert row.index(value) == header.index(column), (row, header)
+
+
+def test_a_tie_of_late_means_in_float32_accuracies_counts_as_equal_not_lower():
+    # Late tasks of two runs on 80 test images: 0.5875 + 0.65 and 0.625 + 0.6125, both 1.2375 / 2
+    # exactly, but float32 rounds them apart and the float64 means differ by 2**-25.
+    from cljax.analysis.cl import mean_over_every_task
+    from cljax.analysis.compare import TIE_TOLERANCE, paired_difference
+
+    this = mean_over_every_task(np.array([[0.5875, 0.65], [0.65, 0.7]], np.float32))
+    base = mean_over_every_task(np.array([[0.625, 0.6125], [0.6625, 0.6625]], np.float32))
+    assert this[0] - base[0] == -(2.0**-25)  # the tie as the runs' float32 accuracies give it
+    p = paired_difference(this, base)
+    assert (p["higher"], p["lower"], p["equal"]) == (1, 0, 1)
+    assert 1 / (80 * 2) > 16 * TIE_TOLERANCE  # a true difference of the least size is still counted
+    p = paired_difference(np.array([0.5, 0.5]), np.array([0.5 + 1 / 160, 0.5 - 1 / 160]))
+    assert (p["higher"], p["lower"], p["equal"]) == (1, 1, 0)

@@ -231,16 +231,27 @@ def paired_difference(this_R, base_R) -> dict:
     are pairs: the same seed and class pairs in every task and repeat, so the same data, order
     and initialisation; methods that never reach the expert then give the same expert too). Its
     spread over repeats, the standard error of its mean, and in how many repeats it is above,
-    below or exactly at zero."""
+    below or at zero (:func:`difference_spread`)."""
     return {"paired": True, **difference_spread(np.asarray(this_R, np.float64) - np.asarray(base_R, np.float64))}
 
 
+# A difference of two late means at most this far from 0 is a tie. Each accuracy is a count over
+# n test images rounded to float32, off by at most 2**-25 in [0, 1]; a mean of such values is too,
+# so two means of equal exact value differ by at most 2**-24. A true difference of means over k
+# tasks of n images each is a multiple of 1 / (k n), above this unless k n exceeds 2**23.
+TIE_TOLERANCE = 2.0**-23
+
+
 def difference_spread(d) -> dict:
-    """Mean, sample std, SE and the counts above, below and at zero of per-repeat differences."""
+    """Mean, sample std, SE and the counts above, below and at zero (within ``TIE_TOLERANCE``, the
+    float32 rounding of the accuracies) of per-repeat differences."""
+    d = np.asarray(d, dtype=np.float64)
     out = with_values(d)
     out["se"] = out["std"] / np.sqrt(out["n"]) if out["n"] > 1 else float("nan")
     finite = d[np.isfinite(d)]
-    out.update(higher=int((finite > 0).sum()), lower=int((finite < 0).sum()), equal=int((finite == 0).sum()))
+    tie = np.abs(finite) <= TIE_TOLERANCE
+    out.update(higher=int((finite > TIE_TOLERANCE).sum()), lower=int((finite < -TIE_TOLERANCE).sum()),
+               equal=int(tie.sum()))
     return out
 
 
