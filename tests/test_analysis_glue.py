@@ -113,6 +113,9 @@ def test_antipodal_pair_task_dichotomy_exact():
     assert float(g["approx_capacity"]) == math.inf  # 1 / N_R with N_R = 0, not 1 / (rounding residue)
     assert math.isclose(float(g["center_alignment"]), 1.0, rel_tol=1e-9)
     assert float(g["inseparable_fraction"]) == 0.0
+    # The axis parts are rounding residue (norm ~1e-17 at points of norm ~1): zero vectors, cos 0,
+    # not the cosine of the residue's direction (0.15-0.24 in a run with one image per class).
+    assert float(g["axis_alignment"]) == 0.0 and float(g["center_axis_alignment"]) == 0.0
 
 
 def test_identical_manifolds_with_opposite_labels_are_inseparable():

@@ -115,16 +115,18 @@ def _projection_sq(B, t, sv_floor):
     return jnp.sum(jnp.where(keep, Vt @ t, 0.0) ** 2)
 
 
-def _mean_offdiag_abs_cos(A, B):
-    """mean_{mu != nu} |cos(A_mu, B_nu)| of two (P, N) stacks (zero vectors give cos 0)."""
+def _mean_offdiag_abs_cos(A, B, zero_below):
+    """mean_{mu != nu} |cos(A_mu, B_nu)| of two (P, N) stacks. A vector whose norm is at most
+    ``zero_below`` (set relative to the points' scale) is zero and gives cos 0: the axis parts of
+    point manifolds are rounding residue (norm ~1e-17), whose cosines would read as a real angle."""
     P = A.shape[0]
     na = jnp.linalg.norm(A, axis=-1)
     nb = jnp.linalg.norm(B, axis=-1)
-    denom = na[:, None] * nb[None, :]
-    cos = jnp.where(denom > 0, (A @ B.T) / jnp.where(denom > 0, denom, 1.0), 0.0)
+    both = (na[:, None] > zero_below) & (nb[None, :] > zero_below)
+    denom = jnp.where(both, na[:, None] * nb[None, :], 1.0)
+    cos = jnp.where(both, (A @ B.T) / denom, 0.0)
     off = 1.0 - jnp.eye(P, dtype=A.dtype)
     return jnp.sum(jnp.abs(cos) * off) / jnp.maximum(P * (P - 1), 1)
-
 
 
 def _geometry(X_PMN, t_KN, y_KP, *, center: bool, max_iter: int, tol: float):
@@ -154,7 +156,8 @@ def _geometry(X_PMN, t_KN, y_KP, *, center: bool, max_iter: int, tol: float):
     def per_probe(S1_PN, t_N):
         d_term = _projection_sq(S1_PN, t_N, sv_floor)
         r_term = _pinv_quadratic(after(d_term, jnp.concatenate([S0, S1_PN], axis=1)), S1_PN @ t_N, sv_floor)
-        return d_term, r_term, _mean_offdiag_abs_cos(S1_PN, S1_PN), _mean_offdiag_abs_cos(S0, S1_PN)
+        return (d_term, r_term, _mean_offdiag_abs_cos(S1_PN, S1_PN, sv_floor),
+                _mean_offdiag_abs_cos(S0, S1_PN, sv_floor))
 
     d_n, r_n, axis_n, cross_n = jax.vmap(per_probe)(S1, t_KN)
     D = jnp.mean(d_n) / P
@@ -175,7 +178,7 @@ def _geometry(X_PMN, t_KN, y_KP, *, center: bool, max_iter: int, tol: float):
         "dimension": D,
         "radius": radius,
         "radius_anchor": radius_anchor,
-        "center_alignment": _mean_offdiag_abs_cos(S0, S0) if multi else nan,
+        "center_alignment": _mean_offdiag_abs_cos(S0, S0, sv_floor) if multi else nan,
         "axis_alignment": jnp.mean(axis_n) if multi else nan,
         "center_axis_alignment": jnp.mean(cross_n) if multi else nan,
         "approx_capacity": approx,

@@ -117,6 +117,35 @@ def _slots_to_tasks(folder: TaskFolder, values) -> np.ndarray:
     return folder.to_tasks(slots)
 
 
+# approx_capacity = 1 / N_R is +inf where no anchor varies (D = N_R = 0): one point per class
+# manifold, as --n-subsamples 2 saves. That is a property of the points, not a divergence.
+POINT_MANIFOLDS = ("every anchor is its manifold's one point, as with one image per class (--n-subsamples 2) or "
+                   "identical images: dimension and radius 0, 1 / N_R infinite")
+
+
+def point_manifold_spread(values) -> dict:
+    """:func:`spread` of approx_capacity values, +inf (point manifolds) counted apart as
+    ``n_infinite``, not in ``n_nonfinite`` (a diverged representation's NaN); with no finite value
+    but some infinite, ``undefined`` says why."""
+    v = np.asarray(values, dtype=np.float64).reshape(-1)
+    infinite = np.isposinf(v)
+    out = spread(np.where(infinite, np.nan, v))
+    out["n_nonfinite"] -= int(infinite.sum())
+    out["n_infinite"] = int(infinite.sum())
+    if out["n"] == 0 and infinite.any():
+        out["undefined"] = POINT_MANIFOLDS
+    return out
+
+
+def _approx_capacity_summary(entry: dict, last_R, values) -> dict:
+    """The summary of approx_capacity: ``entry`` with its last-task spread and counts taking +inf
+    as point manifolds (:func:`point_manifold_spread`)."""
+    v = np.asarray(values, dtype=np.float64)
+    infinite = int(np.isposinf(v).sum())
+    return {**entry, "last_task": point_manifold_spread(last_R), "n_nonfinite": entry["n_nonfinite"] - infinite,
+            "n_infinite": infinite}
+
+
 def glue_finalize(state: dict) -> Result:
     ctx = state["ctx"]
     opt, n = ctx.options, ctx.n_folders
@@ -135,10 +164,15 @@ def glue_finalize(state: dict) -> Result:
                             "n_nonfinite": int((~np.isfinite(v) & evaluated[:, None, :]).sum())}
                         for k, v in task.items()}
         per_task_plot = {k: np.stack([v[i, :, i] for i in range(v.shape[0])], axis=1) for k, v in task.items()}
+    if "approx_capacity" in task:
+        v = task["approx_capacity"]
+        last = v[-1] if opt.glue_tasks == "current" else mean_over_evaluated(v[-1], evaluated[-1])
+        measured = v if opt.glue_tasks == "current" else np.where(evaluated[:, None, :], v, np.nan)
+        task_summary["approx_capacity"] = _approx_capacity_summary(task_summary["approx_capacity"], last, measured)
     summary = {
         "per_task": task_summary,
         "across_tasks": {
-            "final": {k: spread(v[-1]) for k, v in across.items()},
+            "final": {k: (point_manifold_spread if k == "approx_capacity" else spread)(v[-1]) for k, v in across.items()},
             "folders": folders,
             "tasks": tasks,
             "n_manifolds": 2 * len(tasks),

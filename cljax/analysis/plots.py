@@ -265,8 +265,9 @@ def plot_metrics_over_tasks(
             if len(xs):  # the run's tasks on the axis, as in the other panels
                 ax.set_xlim(float(np.min(xs)) - 0.5, float(np.max(xs)) + 0.5)
             ax.set_yticks([])  # no values: no scale
-            ax.text(0.5, 0.5, "no finite value: diverged or constant\nrepresentations (see the summary)",
-                    transform=ax.transAxes, ha="center", va="center", fontsize=8)
+            why = (INFINITE_NOTES[name] if name in INFINITE_NOTES and np.isposinf(v).any() and
+                   not np.isnan(v).any() else "no finite value: diverged or constant\nrepresentations (see the summary)")
+            ax.text(0.5, 0.5, why, transform=ax.transAxes, ha="center", va="center", fontsize=8)
         ax.set_title(name, fontsize=9)
         ax.set_xlabel(xlabel)
         _task_ticks(ax.xaxis)
@@ -284,6 +285,10 @@ RANGES = {**dict.fromkeys(("dormant_ratio", "dead_ratio", "active_fraction", "ce
           **dict.fromkeys(("effective_rank", "stable_rank", "srank", "feature_norm", "feature_variance",
                            "weight_magnitude", "weight_change_task_start", "weight_change_init", "capacity",
                            "approx_capacity", "dimension", "radius"), _NON_NEGATIVE)}
+
+# What a panel whose every value is +inf says instead (1 / N_R of point manifolds, N_R = 0).
+INFINITE_NOTES = {"approx_capacity": "infinite: each class manifold is one point\n(dimension and radius 0; "
+                                     "see the summary)"}
 
 PLASTICITY_PANELS = (
     "dormant_ratio", "dead_ratio", "active_fraction", "effective_rank", "stable_rank", "srank",

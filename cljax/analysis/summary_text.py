@@ -96,6 +96,9 @@ def format_summary(summary: dict) -> str:
                      + (f"; over the run, the grouping of {solver.get('min_converged_at', 'one task')} reached it on "
                         f"only {100 * low:.1f}%: its points are nearly degenerate (as a network near collapse gives) "
                         f"and its capacity is not reliable (docs/metrics.md, GLUE)"
-                        if solved and low is not None and low < GLUE_RELIABLE else ""))
+                        if solved and low is not None and low < GLUE_RELIABLE else "")
+                     + (f"; approx_capacity undefined: {approx['undefined']}"
+                        if "undefined" in (approx := glue["per_task"].get("approx_capacity", {}).get("last_task", {}))
+                        else ""))
     lines.append(f"std: {summary.get('std', '')}")
     return "\n".join(lines)

@@ -1,0 +1,52 @@
+"""What the summary, the terminal and the plots say where a figure has no value: why, in words
+that match the cause (point manifolds, a diverged network, an undefined metric)."""
+
+import numpy as np
+
+from cljax.analysis import plots
+
+
+def saved_texts(monkeypatch) -> list:
+    """Every saved figure's texts, one list per figure: each panel's notes, title and legend
+    entries, and the figure's title."""
+    shown = []
+    real = plots._save
+
+    def save(fig, path):
+        texts = [fig._suptitle.get_text()] if fig._suptitle is not None else []
+        for ax in fig.axes:
+            texts += [t.get_text() for t in ax.texts] + [ax.get_title()]
+            if ax.get_legend() is not None:
+                texts += [t.get_text() for t in ax.get_legend().get_texts()]
+        shown.append(texts)
+        return real(fig, path)
+
+    monkeypatch.setattr(plots, "_save", save)
+    return shown
+
+
+def test_approx_capacity_of_point_manifolds_is_infinite_by_geometry_not_a_divergence(tmp_path, monkeypatch):
+    from cljax.analysis.glue_runs import point_manifold_spread
+    from cljax.analysis.summary_text import format_summary
+
+    s = point_manifold_spread([np.inf, np.inf])
+    assert (s["n"], s["n_nonfinite"], s["n_infinite"]) == (0, 0, 2) and np.isnan(s["mean"])
+    assert s["undefined"].startswith("every anchor is its manifold's one point")
+    s = point_manifold_spread([np.inf, 2.0, np.nan])  # one diverged repeat, one of point manifolds
+    assert (s["mean"], s["n"], s["n_nonfinite"], s["n_infinite"]) == (2.0, 1, 1, 1) and "undefined" not in s
+
+    shown = saved_texts(monkeypatch)
+    plots.plot_glue_over_tasks({"approx_capacity": np.full((2, 3), np.inf), "radius": np.zeros((2, 3))},
+                               tmp_path / "g.png")
+    assert "infinite: each class manifold is one point\n(dimension and radius 0; see the summary)" in shown[-1]
+    assert not any("diverged" in t for t in shown[-1])
+    plots.plot_glue_over_tasks({"approx_capacity": np.full((2, 3), np.nan)}, tmp_path / "g.png")
+    assert any(t.startswith("no finite value: diverged") for t in shown[-1])
+
+    cap = {"mean": 3.0, "std": 0.1, "n": 2, "n_nonfinite": 0}
+    glue = {"per_task": {"capacity": {"last_task": cap}, "capacity_mc_error": {"last_task": cap},
+                         "approx_capacity": {"last_task": point_manifold_spread([np.inf, np.inf])}},
+            "solver": {"n_probes_solved": 8, "converged_fraction": 1.0}, "settings": {"n_probes": 4}}
+    line = [x for x in format_summary({"glue": glue}).splitlines() if x.startswith("GLUE")][0]
+    assert line.endswith("; approx_capacity undefined: every anchor is its manifold's one point, as with one image "
+                         "per class (--n-subsamples 2) or identical images: dimension and radius 0, 1 / N_R infinite")
