@@ -118,7 +118,7 @@ def _projection_sq(B, t, sv_floor):
 def _mean_offdiag_abs_cos(A, B, zero_below):
     """mean_{mu != nu} |cos(A_mu, B_nu)| of two (P, N) stacks. A vector whose norm is at most
     ``zero_below`` (set relative to the points' scale) is zero and gives cos 0: the axis parts of
-    point manifolds are rounding residue (norm ~1e-17), whose cosines would read as a real angle."""
+    point manifolds are rounding residue, whose cosines would read as a real angle."""
     P = A.shape[0]
     na = jnp.linalg.norm(A, axis=-1)
     nb = jnp.linalg.norm(B, axis=-1)
