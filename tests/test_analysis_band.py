@@ -165,3 +165,21 @@ def test_fwt_leaves_out_a_task_whose_initial_accuracy_was_not_evaluated():
     # With no initial accuracy evaluated after task 0, FWT has no term: NaN.
     none = cl_metrics_band(band, np.full((1, 3), 0.9), np.array([[0.5, 0.45, 0.4]]), np.array([True, False, False]))
     assert np.isnan(none["fwt"]).all() and none["summary"]["n_terms"]["fwt"] == 0
+
+
+def test_a_diverged_earlier_task_leaves_its_repeat_out_of_the_earlier_mean_and_the_probe_drop_as_of_bwt():
+    # Repeat 1 diverged after task 1 (NaN from folder 2 on): its earlier-task mean at the last
+    # folder and its drop (-BWT) are NaN, so the spread leaves the repeat out, as BWT does; a mean
+    # over its finite tasks would enter beside repeat 0's mean over all of them.
+    from cljax.analysis.band import Band
+    from cljax.analysis.cl import cl_metrics_band
+    from cljax.analysis.probe import _drop
+
+    A = np.array([[[0.9, 0.5, 0.5], [0.7, 0.8, 0.5], [0.6, 0.7, 0.9]],
+                  [[0.9, 0.5, 0.5], [0.8, 0.9, 0.5], [np.nan, 0.6, 0.8]]])  # (R, n, T)
+    band = Band(A, np.tile(np.arange(3), (3, 1)), 3)
+    np.testing.assert_allclose(band.mean_earlier()[0], [np.nan, 0.7, 0.65])
+    np.testing.assert_allclose(band.mean_earlier()[1], [np.nan, 0.8, np.nan])
+    bwt = cl_metrics_band(band, np.ones((2, 3)), np.full((2, 3), 0.5), np.ones(3, bool))["bwt"]
+    np.testing.assert_allclose(_drop(band), -bwt)
+    np.testing.assert_allclose(_drop(band), [0.2, np.nan])

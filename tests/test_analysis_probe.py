@@ -203,3 +203,26 @@ def test_probe_equals_the_ridge_solve_of_its_definition(H):
         got = probe_accuracy(reps, labels, ridge=ridge)
         want = [reference_probe(reps[i], labels[i], ridge) for i in range(n_tasks)]
         np.testing.assert_array_equal(got, want, err_msg=f"ridge {ridge}")
+
+
+def test_a_repeat_bwt_leaves_out_is_left_out_of_the_forgetting_pair_and_the_earlier_tasks(tmp_path):
+    # Repeat 1's accuracy on all test images is NaN on task 0 after task 0 (a network whose logits
+    # diverged on some image), while its S saved images still give finite numbers: BWT leaves the
+    # repeat out, and so do the pair and every column of the probe there (docs/metrics.md: -BWT).
+    import pickle
+
+    algo = tmp_path / "run"
+    write_fake_run_with_a_head(algo)
+    with open(algo / "task_000" / "metrics.pkl", "rb") as f:
+        metrics = pickle.load(f)
+    metrics["test_acc"][-1, 1, 0] = np.nan
+    with open(algo / "task_000" / "metrics.pkl", "wb") as f:
+        pickle.dump(metrics, f, protocol=4)
+    s = analyze_run(algo, glue=False, make_plots=False)
+    assert (s["cl"]["final"]["bwt"]["n"], s["cl"]["final"]["bwt"]["n_nonfinite"]) == (1, 1)
+    for k in ("head", "representation", "readout"):
+        assert (s["probe"]["forgetting"][k]["n"], s["probe"]["forgetting"][k]["n_nonfinite"]) == (1, 1), k
+    assert math.isclose(s["probe"]["forgetting"]["head"]["mean"], 0.5)  # repeat 0's, as before
+    probe = np.load(algo / "analysis" / "probe.npz")
+    assert np.isnan(probe["probe_acc"][1, 0, 0]) and np.isnan(probe["head_acc_probe_images"][1, 0, 0])
+    assert probe["probe_acc"][0, 0, 0] == 1.0

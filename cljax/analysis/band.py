@@ -96,13 +96,15 @@ class Band(NamedTuple):
         return self.evaluated_count(n_cols) == self.values.shape[1] * n_cols
 
     def mean_earlier(self) -> np.ndarray:
-        """Folder i's mean over the tasks j < i it evaluated with a finite value, (R, n); NaN where none."""
+        """Folder i's mean over the tasks j < i it evaluated, (R, n); NaN where none. A non-finite
+        value of an evaluated task (a diverged repeat's) makes the repeat's mean non-finite, so the
+        spread leaves the repeat out, as BWT does, instead of averaging its other tasks."""
         n = self.values.shape[1]
         earlier = (self.ids >= 0) & (self.ids < np.arange(n)[:, None])  # (n, K)
-        use = earlier & np.isfinite(self.values)
-        count = use.sum(axis=-1)
+        count = earlier.sum(axis=-1)
         with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(count > 0, np.where(use, self.values, 0.0).sum(axis=-1) / np.maximum(count, 1), np.nan)
+            total = np.where(earlier, self.values, 0.0).sum(axis=-1)
+            return np.where(count > 0, total / np.maximum(count, 1), np.nan)
 
     def every_earlier_evaluated(self) -> bool:
         """Every folder i evaluated every task j < i."""

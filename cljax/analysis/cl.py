@@ -321,7 +321,7 @@ def cl_analysis(
 
 
 # ---- runs that evaluate a subset of the tasks (--eval-tasks seen, current, window:K) ------------
-def _masked_mean(values, mask) -> np.ndarray:
+def masked_mean(values, mask) -> np.ndarray:
     """Mean over the last axis of the entries where ``mask`` (broadcast), per repeat; NaN where
     no entry is. A non-finite value at an evaluated entry stays in (and makes the mean NaN)."""
     mask = np.broadcast_to(mask, np.shape(values))
@@ -353,15 +353,15 @@ def cl_metrics_band(band: Band, expert_acc_RT: np.ndarray, initial_acc_RT: np.nd
     best, seen = band.running_max_before_last()
     f_mask = ev_last[: n - 1] & seen[: n - 1]
     f = np.where(f_mask, best[:, : n - 1] - last[:, : n - 1], np.nan)
-    acc = _masked_mean(last, ev_last)
+    acc = masked_mean(last, ev_last)
     undefined = np.full(band.values.shape[0], np.nan)
     out = {
         **({"accuracy_matrix": (A := band.dense(n)), "accuracy_matrix_cc": chance_corrected(A)} if dense else {}),
         "average_accuracy": acc,
         "average_accuracy_cc": chance_corrected(acc),
-        "bwt": _masked_mean(last - diag, bwt_mask) if n > 1 else undefined,
-        "fwt": _masked_mean(previous - b[:, j], fwt_mask) if n > 1 else undefined,
-        "forgetting": _masked_mean(f, f_mask) if n > 1 else undefined,
+        "bwt": masked_mean(last - diag, bwt_mask) if n > 1 else undefined,
+        "fwt": masked_mean(previous - b[:, j], fwt_mask) if n > 1 else undefined,
+        "forgetting": masked_mean(f, f_mask) if n > 1 else undefined,
         "forgetting_per_task": f,
         "expert_accuracy": E,
         "plasticity_gap": E - diag,

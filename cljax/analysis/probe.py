@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from cljax.analysis.band import Band
-from cljax.analysis.cl import mean_over_tasks
+from cljax.analysis.cl import masked_mean
 from cljax.analysis.spread import spread
 from cljax.errors import CljaxError
 from cljax.models import CLASSIFIER_GROUP
@@ -167,23 +167,30 @@ def update(state: dict, folder: TaskFolder) -> dict:
     labels = np.asarray(folder.binary_labels[-1])  # (R, K, S)
     if state["folds"] is None:  # the saved samples' classes are the same in every folder
         state["S"], state["folds"] = reps.shape[-2], fold_sizes(labels)
-    evaluated = folder.eval_task_ids >= 0  # a slot without a task is NaN in every column
-    state["probe"].append(np.where(evaluated, probe_accuracy(reps, labels, ridge=state["ridge"]), np.nan))
+    head_all = np.asarray(folder.test_acc_slots[-1], dtype=np.float64)  # (R, K), NaN where not evaluated
+    # A slot without a task is NaN in every column; so is one whose accuracy on all test images is
+    # not finite (a diverged network: BWT leaves its repeat out), though the S saved images may
+    # still give finite numbers: every column and the forgetting pair then leave out what BWT does.
+    kept = (folder.eval_task_ids >= 0) & np.isfinite(head_all)
+    state["probe"].append(np.where(kept, probe_accuracy(reps, labels, ridge=state["ridge"]), np.nan))
     head = _saved_head(folder, reps.shape[-1])
     head_same = np.full(reps.shape[:2], np.nan) if head is None else head_accuracy(reps, labels, *head)
-    state["head_same"].append(np.where(evaluated, head_same, np.nan))
-    state["head"].append(folder.test_acc_slots[-1])  # (R, K), NaN where not evaluated
+    state["head_same"].append(np.where(kept, head_same, np.nan))
+    state["head"].append(head_all)
     state["ids"].append(folder.eval_task_ids)
     return state
 
 
 def _drop(band: Band) -> np.ndarray:
-    """mean over j < n-1 of (value after task j - value at the end), per repeat (= -BWT)."""
+    """mean over j < n-1 of (value after task j - value at the end), per repeat (= -BWT): over the
+    terms whose two entries were evaluated, as BWT's; a non-finite one (a diverged repeat) makes
+    the repeat's mean non-finite, so the spread leaves it out, as it leaves it out of BWT."""
     n = band.values.shape[1]
     if n < 2:
         return np.full(band.values.shape[0], np.nan)
-    last, diagonal = band.row(n - 1, n)[0], band.diagonal()[0]
-    return mean_over_tasks(diagonal[:, : n - 1] - last[:, : n - 1])
+    (last, ev_last), (diagonal, ev_diag) = band.row(n - 1, n), band.diagonal()
+    terms = (np.arange(n) < n - 1) & ev_last & ev_diag
+    return masked_mean(diagonal - last, terms)
 
 
 def finalize(state: dict):
