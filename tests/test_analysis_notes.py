@@ -50,3 +50,37 @@ def test_approx_capacity_of_point_manifolds_is_infinite_by_geometry_not_a_diverg
     line = [x for x in format_summary({"glue": glue}).splitlines() if x.startswith("GLUE")][0]
     assert line.endswith("; approx_capacity undefined: every anchor is its manifold's one point, as with one image "
                          "per class (--n-subsamples 2) or identical images: dimension and radius 0, 1 / N_R infinite")
+
+
+def test_a_probe_with_one_image_per_class_is_not_measured_in_the_summary_and_the_plot(tmp_path, monkeypatch):
+    # --n-subsamples 2: no fold holds both classes, so no probe; it tested no image and no repeat
+    # is left out (it read tested_per_task 2 and n_nonfinite R, as if R repeats had diverged).
+    from cljax.analysis import analyze_run
+    from tests.test_analysis_driver import H, L, RR, T, write_fake_run
+
+    algo = tmp_path / "run"
+    write_fake_run(algo)
+    for i in range(T):
+        d = algo / f"task_{i:03d}"
+        np.save(d / "representations.npy", np.random.default_rng(i).normal(size=(L, RR, T, 2, H)).astype(np.float32))
+        np.save(d / "binary_labels.npy", np.broadcast_to(np.array([0, 1], np.uint8), (L, RR, T, 2)).copy())
+    shown = saved_texts(monkeypatch)
+    p = analyze_run(algo, glue=False, analyses=("cl", "probe"))["probe"]
+    assert p["images"]["tested_per_task"] == 0 and p["images"]["saved_per_task"] == 2
+    why = "not measured: 2 saved images per task; a probe needs 2 of each class, so 4 or more (cljax run --n-subsamples)"
+    for got in (p["earlier_tasks"]["probe_acc"], p["current_task"]["probe_acc"], p["forgetting"]["representation"],
+                p["forgetting"]["readout"]):
+        assert (got["n"], got["n_nonfinite"], got["undefined"]) == (0, 0, why)
+    assert p["earlier_tasks"]["head_acc"]["n"] == RR and "undefined" not in p["forgetting"]["head"]
+    legend = "linear probe: not measured\n(2 images per task, under 2 of each class)"
+    assert legend in shown[-1] and "linear probe" not in shown[-1]
+
+
+def test_a_probe_panel_of_a_diverged_run_says_so_not_that_nothing_was_evaluated(tmp_path, monkeypatch):
+    shown = saved_texts(monkeypatch)
+    nan = {"head": np.full((2, 3), np.nan)}
+    plots.plot_head_vs_probe(nan, nan, tmp_path / "p.png", evaluated=(True, True))
+    assert shown[-1].count("no finite value: the network diverged (see the summary)") == 2
+    assert not any("--eval-tasks" in t for t in shown[-1])
+    plots.plot_head_vs_probe(nan, nan, tmp_path / "p.png")  # --eval-tasks current: nothing evaluated
+    assert shown[-1].count("no task here was evaluated in this run (--eval-tasks)") == 2

@@ -53,11 +53,15 @@ def test_one_nan_rule_everywhere_with_a_count():
     np.testing.assert_allclose(std, [1.0, math.sqrt(2.0)])
 
 
-def test_undefined_metrics_are_counted_not_hidden():
-    # T = 1: BWT has no terms in any repeat.
+def test_undefined_metrics_say_why_and_count_no_repeat_as_left_out():
+    # T = 1: BWT has no terms in any repeat. That is no repeat's divergence: n_nonfinite 0 (it
+    # counted all 3, as a run whose every repeat diverged would read), and "undefined" says why.
     out = cl_analysis([np.full((2, 3, 1), 0.8)], [np.full((2, 3), 0.9)], np.full((3, 1), 0.5))
-    bwt = out["summary"]["bwt"]
-    assert math.isnan(bwt["mean"]) and bwt["n"] == 0 and bwt["n_nonfinite"] == 3
+    for key in ("bwt", "fwt", "forgetting"):
+        got = out["summary"][key]
+        assert math.isnan(got["mean"]) and got["n"] == 0 and got["n_nonfinite"] == 0, key
+        assert got["undefined"] == "it needs 2 tasks or more: one task folder"
+    assert "undefined" not in out["summary"]["average_accuracy"]
 
 
 def test_auc_integrates_from_the_task_start():

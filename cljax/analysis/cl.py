@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from cljax.analysis.band import Band
-from cljax.analysis.spread import mean_std_axis0, spread
+from cljax.analysis.spread import mean_std_axis0, spread, undefined
 
 VARIANTS = ("final", "auc")
 
@@ -279,8 +279,19 @@ def cl_metrics_from_matrix(R_RTT: np.ndarray, expert_acc_RT: np.ndarray, initial
     summary = {k: spread(out[k]) for k in scalar_keys}
     for k in ("plasticity_gap", "normalised_transfer"):
         summary[f"mean_{k}"] = spread(mean_over_every_task(out[k]))
-    out["summary"] = summary
+    out["summary"] = _undefined_metrics(summary, R.shape[1])
     return out
+
+
+def _undefined_metrics(summary: dict, n: int, n_terms: dict | None = None) -> dict:
+    """``summary`` with BWT, FWT and forgetting recorded as :func:`undefined` where every repeat's
+    value is NaN by definition (one task; no term evaluated), not counted as repeats left out."""
+    for k in ("bwt", "fwt", "forgetting"):
+        if n == 1:
+            summary[k] = undefined("it needs 2 tasks or more: one task folder")
+        elif n_terms is not None and not n_terms[k]:
+            summary[k] = undefined("--eval-tasks evaluates none of its terms")
+    return summary
 
 
 def cl_analysis(
@@ -354,14 +365,14 @@ def cl_metrics_band(band: Band, expert_acc_RT: np.ndarray, initial_acc_RT: np.nd
     f_mask = ev_last[: n - 1] & seen[: n - 1]
     f = np.where(f_mask, best[:, : n - 1] - last[:, : n - 1], np.nan)
     acc = masked_mean(last, ev_last)
-    undefined = np.full(band.values.shape[0], np.nan)
+    no_value = np.full(band.values.shape[0], np.nan)
     out = {
         **({"accuracy_matrix": (A := band.dense(n)), "accuracy_matrix_cc": chance_corrected(A)} if dense else {}),
         "average_accuracy": acc,
         "average_accuracy_cc": chance_corrected(acc),
-        "bwt": masked_mean(last - diag, bwt_mask) if n > 1 else undefined,
-        "fwt": masked_mean(previous - b[:, j], fwt_mask) if n > 1 else undefined,
-        "forgetting": masked_mean(f, f_mask) if n > 1 else undefined,
+        "bwt": masked_mean(last - diag, bwt_mask) if n > 1 else no_value,
+        "fwt": masked_mean(previous - b[:, j], fwt_mask) if n > 1 else no_value,
+        "forgetting": masked_mean(f, f_mask) if n > 1 else no_value,
         "forgetting_per_task": f,
         "expert_accuracy": E,
         "plasticity_gap": E - diag,
@@ -372,5 +383,5 @@ def cl_metrics_band(band: Band, expert_acc_RT: np.ndarray, initial_acc_RT: np.nd
         summary[f"mean_{k}"] = spread(mean_over_every_task(out[k]))
     summary["n_terms"] = {"average_accuracy": int(ev_last.sum()), "bwt": int(bwt_mask.sum()),
                           "fwt": int(fwt_mask.sum()), "forgetting": int(f_mask.sum())}
-    out["summary"] = summary
+    out["summary"] = _undefined_metrics(summary, n, summary["n_terms"])
     return out

@@ -316,11 +316,13 @@ def plot_glue_over_tasks(metrics: Mapping[str, np.ndarray], path, x=None,
 
 def plot_head_vs_probe(earlier_RN: Mapping[str, np.ndarray], last_RT: Mapping[str, np.ndarray], path,
                        title: str = "The head vs a linear probe of the representation",
-                       every_task_evaluated: bool = True) -> Path:
+                       every_task_evaluated: bool = True, evaluated: tuple[bool, bool] = (False, False)) -> Path:
     """Left: accuracy on the tasks trained before folder i, after folder i (x = i >= 1), one band
     per entry of ``earlier_RN`` ((R, n) each); right: accuracy on every task j after the last
     folder, one band per entry of ``last_RT`` ((R, T) each). Mean +- std across repeats. A panel
-    with no evaluated value says so (--eval-tasks current evaluates no earlier task)."""
+    with no finite value says why: ``evaluated`` (left, right) says whether some task there was
+    evaluated, and so whether its values are not finite (a diverged network) or there are none
+    (--eval-tasks current evaluates no earlier task)."""
     fig = _figure(figsize=(10, 3.6), layout="constrained")
     ax0, ax1 = fig.subplots(1, 2)
     over = "tasks j < i" if every_task_evaluated else "the evaluated tasks j < i"
@@ -341,6 +343,7 @@ def plot_head_vs_probe(earlier_RN: Mapping[str, np.ndarray], last_RT: Mapping[st
             ax.set_xlim(first - 0.5, first + width - 0.5)
         if not any(np.isfinite(v).any() for v in shown.values()):
             why = ("no earlier task: one task folder" if ax is ax0 and width == 0 else
+                   "no finite value: the network diverged (see the summary)" if evaluated[ax is ax1] else
                    "no task here was evaluated in this run (--eval-tasks)")
             ax.text(0.5, 0.75, why, transform=ax.transAxes, ha="center", va="center", fontsize=8)
         ax.axhline(0.5, color="black", linestyle=":", linewidth=0.7)

@@ -29,7 +29,7 @@ import numpy as np
 
 from cljax.analysis.band import Band
 from cljax.analysis.cl import masked_mean
-from cljax.analysis.spread import spread
+from cljax.analysis.spread import spread, undefined
 from cljax.errors import CljaxError
 from cljax.models import CLASSIFIER_GROUP
 
@@ -202,20 +202,35 @@ def finalize(state: dict):
     last = n - 1
     d_head, d_probe = _drop(head_same), _drop(probe)
     named = (("head_acc", head), ("head_acc_probe_images", head_same), ("probe_acc", probe))
+    measured = state["folds"][0] >= 2  # a fold without a class: no probe (probe_accuracy)
+    not_measured = f"{S} saved images per task; a probe needs 2 of each class, so 4 or more (cljax run --n-subsamples)"
     labels = {"head_acc": "head (all test images)", "head_acc_probe_images": "head (probe images)",
-              "probe_acc": "linear probe"}
+              "probe_acc": "linear probe" if measured else
+              f"linear probe: not measured\n({S} images per task, under 2 of each class)"}
     earlier = {k: v.mean_earlier() for k, v in named}  # (R, n): after folder i, over the tasks j < i
+    n_earlier = int(((probe.ids[last] >= 0) & (probe.ids[last] < last)).sum())  # evaluated
+
+    def figure(values, name: str, needs_earlier: bool = False) -> dict:
+        """The spread, or why no repeat can have a value (NaN by definition, not a divergence)."""
+        if needs_earlier and (n < 2 or not n_earlier):
+            return undefined("no earlier task: one task folder" if n < 2 else
+                             "the last task folder evaluated no earlier task (--eval-tasks)")
+        return spread(values) if measured or name == "head" else undefined(f"not measured: {not_measured}")
+
     summary = {
         "images": {"saved_per_task": S, "fit_per_probe": state["folds"][0], "fold_sizes": list(state["folds"]),
-                   "tested_per_task": S,
+                   "tested_per_task": S if measured else 0,
                    "how": "two folds, each class's first half (rounded down) in fold 0; each fold tested by the probe "
                           "fitted on the other; no probe under 2 samples of a class; cljax run --n-subsamples sets S"},
         "ridge": state["ridge"],
         "snapshot": "last of each task folder",
-        "earlier_tasks": {"n_tasks": int(((probe.ids[last] >= 0) & (probe.ids[last] < last)).sum()),  # evaluated
-                          **{k: spread(earlier[k][:, last]) for k, _ in named}},
-        "current_task": {k: spread(v.diagonal()[0][:, last]) for k, v in named},
-        "forgetting": {"head": spread(d_head), "representation": spread(d_probe), "readout": spread(d_head - d_probe),
+        "earlier_tasks": {"n_tasks": n_earlier,
+                          **{k: figure(earlier[k][:, last], "probe" if k == "probe_acc" else "head", True)
+                             for k, _ in named}},
+        "current_task": {k: figure(v.diagonal()[0][:, last], "probe" if k == "probe_acc" else "head")
+                         for k, v in named},
+        "forgetting": {"head": figure(d_head, "head", True), "representation": figure(d_probe, "probe", True),
+                       "readout": figure(d_head - d_probe, "probe", True),
                        "definition": "mean over j < n-1 of acc after task j - acc at the end, on the probe images; "
                                      "readout = head - representation"},
         "earlier_tasks_per_folder": {k: [spread(earlier[k][:, i])["mean"] for i in range(n)]
@@ -231,5 +246,7 @@ def finalize(state: dict):
         plots={"probe.png": lambda p: plots.plot_head_vs_probe(
             {labels[k]: earlier[k] for k, _ in named},
             {labels[k]: v.row(last, n)[0] for k, v in named}, p,
-            every_task_evaluated=every_earlier)},
+            every_task_evaluated=every_earlier,
+            evaluated=(bool(((probe.ids >= 0) & (probe.ids < np.arange(n)[:, None]))[1:].any()),
+                       bool(probe.row(last, n)[1].any())))},
     )

@@ -42,6 +42,12 @@ def spread(per_repeat) -> dict:
     return {"mean": float(mean), "std": float(std), "n": int(n), "n_nonfinite": int(x.size - n)}
 
 
+def undefined(reason: str) -> dict:
+    """The summary of a value no repeat can have (BWT of one task; a probe with no fold of each
+    class): no mean, no repeat left out (``n_nonfinite`` 0: it is not a divergence), and why."""
+    return {"mean": float("nan"), "std": float("nan"), "n": 0, "n_nonfinite": 0, "undefined": reason}
+
+
 def over_tasks(values_nR) -> dict:
     """Summary of one metric tracked per task folder, values (n_tasks, R): the spread at the last
     folder, the mean over repeats of every folder, and how many values were not finite."""
