@@ -1,0 +1,110 @@
+"""The pieces every plot of :mod:`cljax.analysis.plots` is drawn with: a figure on the Agg canvas,
+the band of the mean +- one sample std over repeats (finite values only, cut at an accuracy's
+range, in bins for a long curve), whole task ticks, and the atomic save.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from cljax.analysis.spread import mean_std_axis0
+from cljax.safe_files import atomic_write
+
+
+def _figure(**kwargs) -> Figure:
+    """A figure drawn by the Agg canvas: importing this module never changes the user's backend."""
+    fig = Figure(**kwargs)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _mean_std(values_RX: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and sample std over axis 0 of the finite values (no band where fewer than two)."""
+    v = np.asarray(values_RX, dtype=np.float64)
+    mean, std, _ = mean_std_axis0(v[None] if v.ndim == 1 else v)
+    return mean, std
+
+
+# A curve of more points than this (a long run's tasks or snapshots) is drawn as the means of
+# consecutive bins of its points: each repeat's mean over a bin, then the mean and std of those
+# over repeats; a note on the axes says how many points a bin holds.
+MAX_POINTS = 200
+
+
+def _binned(x: np.ndarray, values_RX: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """x and (R, X) values in bins of k consecutive points (k = 1: as given): the bins' mean x
+    and each repeat's mean over its finite values in the bin (NaN where none)."""
+    n = x.shape[0]
+    k = max(1, -(-n // MAX_POINTS))
+    if k == 1:
+        return x, values_RX, 1
+    pad = -n % k
+    xs = np.concatenate([x, np.full(pad, np.nan)]).reshape(-1, k)
+    v = np.concatenate([values_RX, np.full((values_RX.shape[0], pad), np.nan)], axis=1)
+    v = v.reshape(values_RX.shape[0], -1, k)
+    finite = np.isfinite(v)
+    count = finite.sum(axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = np.where(count > 0, np.where(finite, v, 0.0).sum(axis=-1) / np.maximum(count, 1), np.nan)
+    # x of a bin: the mean of its points with a value in some repeat (all its points where none has)
+    held = finite.any(axis=0) & np.isfinite(xs)
+    x_held = np.where(held, xs, 0.0).sum(axis=1) / np.maximum(held.sum(axis=1), 1)
+    return np.where(held.any(axis=1), x_held, np.nanmean(xs, axis=1)), means, k
+
+
+ACCURACY, GAP = (0.0, 1.0), (-1.0, 1.0)  # the ranges of an accuracy and of a difference of two
+
+
+def _band(ax, x, values_RX, label=None, color=None, marker=None, limits=None, breaks=()):
+    """The mean as a line with a band of one std, cut at ``limits`` (lo, hi) where the values
+    cannot pass them (an accuracy's mean + std can exceed 1; the band stops at 1). A finite point
+    with no finite neighbour (T = 1; a task evaluated at one snapshot only) draws no line segment
+    and no band: it is a marker with an error bar (cut the same way). A label that starts with "_" is kept in the legend (matplotlib hides those).
+    More than :data:`MAX_POINTS` points are drawn in bins (:func:`_binned`), without markers. The
+    line and band break at each x of ``breaks`` (after the binning: the bins are those of a curve
+    without breaks)."""
+    v = np.asarray(values_RX, dtype=np.float64)
+    x, v, k = _binned(np.asarray(x, dtype=np.float64), v[None] if v.ndim == 1 else v)
+    if len(breaks):
+        at = np.searchsorted(x, np.asarray(breaks, dtype=np.float64), side="right")
+        x, v = np.insert(x, at, np.nan), np.insert(v, at, np.nan, axis=1)
+    if k > 1:
+        marker = None
+        if getattr(ax, "_cljax_bin_note", None) != k:
+            ax.annotate(f"each point: the mean of {k} consecutive ones", xy=(1.0, 0.0), xycoords="axes fraction",
+                        xytext=(-3, 3), textcoords="offset points", ha="right", va="bottom", fontsize=6,
+                        color="0.35", zorder=5,  # over a curve that passes there, on a ground that keeps it legible
+                        bbox={"boxstyle": "square,pad=0.15", "facecolor": "white", "edgecolor": "none", "alpha": 0.8})
+            ax._cljax_bin_note = k
+    mean, std = _mean_std(v)
+    if label is not None and str(label).startswith("_"):
+        label = "\u200b" + str(label)  # a zero-width space in front
+    (line,) = ax.plot(x, mean, label=label, color=color, marker=marker, markersize=3)
+    lo, hi = mean - std, mean + std
+    if limits is not None:
+        lo, hi = np.maximum(lo, limits[0]), np.minimum(hi, limits[1])
+    ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.25, linewidth=0)
+    ok = np.isfinite(mean)
+    alone = ok & ~np.r_[False, ok[:-1]] & ~np.r_[ok[1:], False]
+    if alone.any():
+        err = np.stack([np.where(np.isfinite(lo), mean - lo, 0.0), np.where(np.isfinite(hi), hi - mean, 0.0)])
+        ax.errorbar(x[alone], mean[alone], yerr=err[:, alone], fmt=marker or "o",
+                    markersize=4, capsize=3, color=line.get_color())
+    return line
+
+
+def _task_ticks(axis) -> None:
+    """Whole task numbers only, also when a single task is on the axis."""
+    axis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+
+
+def _save(fig, path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda f: fig.savefig(f, dpi=110, bbox_inches="tight", format="png"))
+    return path
