@@ -84,3 +84,48 @@ def test_a_probe_panel_of_a_diverged_run_says_so_not_that_nothing_was_evaluated(
     assert not any("--eval-tasks" in t for t in shown[-1])
     plots.plot_head_vs_probe(nan, nan, tmp_path / "p.png")  # --eval-tasks current: nothing evaluated
     assert shown[-1].count("no task here was evaluated in this run (--eval-tasks)") == 2
+
+
+def test_plots_of_a_diverged_run_say_so_and_count_the_repeats_left_out(tmp_path, monkeypatch):
+    from cljax.analysis.band import Band
+
+    shown = saved_texts(monkeypatch)
+    one = "1 of 2 repeats not finite somewhere (diverged), left out there"
+    A = np.full((2, 3, 3), 0.7)
+    A[1, 2, 0] = np.nan  # repeat 1 diverged on the last task
+    plots.plot_accuracy_matrix(A, tmp_path / "m.png")
+    assert f"Accuracy matrix\n{one}" in shown[-1]
+    plots.plot_accuracy_matrix(np.full((3, 3), np.nan), tmp_path / "m.png")
+    assert "no finite value:\nthe network diverged\n(see the summary)" in shown[-1]
+    # the analysis counts from the entries evaluated: an entry no repeat has is not evaluated
+    band = Band(np.array([[[0.7, 0.7]], [[np.nan, 0.7]]]), np.array([[0, -1]]), 2)
+    assert band.n_repeats_not_finite(2) == 1 and Band(band.values[:, :, 1:], np.array([[-1]]), 2).n_repeats_not_finite(2) == 0
+
+    learner, expert = np.full((2, 3), 0.8), np.full((2, 3), 0.9)
+    learner[0, 1] = np.nan
+    plots.plot_learner_vs_expert(learner, expert, tmp_path / "le.png")
+    assert f"Learner vs expert on each new task\nlearner: {one}" in shown[-1]
+    plots.plot_learner_vs_expert(learner * np.nan, expert * np.nan, tmp_path / "le.png")
+    assert shown[-1].count("no finite value: the network diverged (see the summary)") == 2
+
+    steps = np.array([2.0, 4.0, 6.0])
+    plots.plot_accuracy_over_time(np.full((3, 2, 1), np.nan), tmp_path / "t.png", steps=steps, left_out="2 of 2 ...")
+    assert "no finite value: the network diverged (see the summary)" in shown[-1]
+    assert "Test accuracy over training\n2 of 2 ..." in shown[-1]
+
+
+def test_a_one_task_curve_has_whole_step_ticks(tmp_path, monkeypatch):
+    ticks = []
+    real = plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, path: (ticks.append(fig.axes[0].get_xticks()), real(fig, path))[1])
+    plots.plot_accuracy_over_time(np.full((3, 1, 1), 0.6), tmp_path / "t.png", steps=np.array([2.0, 4.0, 6.0]))
+    assert len(ticks[-1]) >= 2 and all(float(t).is_integer() for t in ticks[-1]), ticks[-1]
+
+
+def test_the_compare_plot_names_a_run_with_no_finite_gap_and_counts_repeats_left_out(tmp_path, monkeypatch):
+    shown = saved_texts(monkeypatch)
+    gaps = {"plain": np.zeros((4, 2)), "diverged": np.full((4, 2), np.nan), "part": np.zeros((4, 2))}
+    gaps["part"][3, 1] = np.nan
+    plots.plot_plasticity_gap(gaps, tmp_path / "gap.png")
+    assert {"plain", "diverged (no finite gap: diverged)", "part (1 of 2 repeats left out where not finite)"} <= set(
+        shown[-1])

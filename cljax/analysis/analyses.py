@@ -30,6 +30,7 @@ from cljax.analysis.cl import (VARIANTS, cl_metrics_band, cl_metrics_from_matrix
                                task_accuracy_row)
 from cljax.analysis.glue_runs import glue_finalize, glue_init, glue_update
 from cljax.analysis.plasticine import representation_metrics, weight_change, weight_magnitude
+from cljax.analysis.plot_parts import left_out_text
 from cljax.analysis.registry import Analysis, Result, RunContext, TaskFolder, register
 from cljax.analysis.spread import over_tasks, spread
 from cljax.initial_state import load_initial_weights
@@ -126,7 +127,8 @@ def _cl_finalize(state: dict) -> Result:
         arrays={"cl.npz": arrays},
         plots={
             "accuracy_matrix.png": lambda p: plots.plot_accuracy_matrix(
-                image, p, title=f"Accuracy matrix ({variant})", block=block),
+                image, p, title=f"Accuracy matrix ({variant})", block=block,
+                left_out=left_out_text(bands[variant].values, n_left_out=bands[variant].n_repeats_not_finite(n))),
             "learner_vs_expert.png": lambda p: plots.plot_learner_vs_expert(
                 diagonal, headline["expert_accuracy"], p,
                 expert_best_RT=robust["arrays"]["expert_acc_best"], variant=variant),
@@ -248,6 +250,8 @@ def _curves_finalize(state: dict) -> Result:
                                "task_boundaries": np.asarray(boundaries)}},
         plots={"accuracy_over_time.png": lambda p: plots.plot_accuracy_over_time(
             curves, p, task_boundaries=boundaries[1:], task_ids=ids.tolist(), steps=steps, current_NR=shown,
+            # a diverged network is not finite on the task it trains, which every snapshot evaluates
+            left_out=left_out_text(current.T, n_left_out=int((~np.isfinite(current)).any(axis=0).sum())),
             legend_title=(f"a cycle of {state['cycle']} pairs: task j is also task j + {state['cycle']}, "
                           f"j + {2 * state['cycle']}, ..." if "cycle" in state else None))},
     )

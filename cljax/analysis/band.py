@@ -106,6 +106,12 @@ class Band(NamedTuple):
             total = np.where(earlier, self.values, 0.0).sum(axis=-1)
             return np.where(count > 0, total / np.maximum(count, 1), np.nan)
 
+    def n_repeats_not_finite(self, n_cols: int) -> int:
+        """How many repeats have a non-finite value at some evaluated entry (folder, task < n_cols):
+        a diverged network's, which a mean over repeats leaves out there."""
+        evaluated = (self.ids >= 0) & (self.ids < n_cols)
+        return int((~np.isfinite(self.values) & evaluated).any(axis=(1, 2)).sum())
+
     def every_earlier_evaluated(self) -> bool:
         """Every folder i evaluated every task j < i."""
         n = self.values.shape[1]

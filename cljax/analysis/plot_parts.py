@@ -108,3 +108,27 @@ def _save(fig, path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda f: fig.savefig(f, dpi=110, bbox_inches="tight", format="png"))
     return path
+
+
+# What a panel with no finite value to draw says, where something was evaluated there.
+NO_FINITE = "no finite value: the network diverged (see the summary)"
+
+
+def note_no_value(ax, text: str = NO_FINITE) -> None:
+    """Write ``text`` across an empty panel, above the chance line an accuracy panel draws."""
+    ax.text(0.5, 0.75, text, transform=ax.transAxes, ha="center", va="center", fontsize=8)
+
+
+def left_out_text(values_RX, what: str = "", n_left_out: int | None = None) -> str:
+    """'' or 'k of R repeats ... not finite ...': the repeats a mean over repeats leaves out
+    somewhere. ``n_left_out`` when the caller knows it (which entries were evaluated); else the
+    repeats with a non-finite value where another repeat has a finite one (an entry no repeat
+    has is read as not evaluated)."""
+    v = np.asarray(values_RX, dtype=np.float64)
+    v = v.reshape(v.shape[0], -1)
+    if n_left_out is None:
+        held = np.isfinite(v).any(axis=0)
+        n_left_out = int((~np.isfinite(v) & held).any(axis=1).sum())
+    if not n_left_out:
+        return ""
+    return f"{what + ': ' if what else ''}{n_left_out} of {v.shape[0]} repeats not finite somewhere (diverged), left out there"

@@ -17,19 +17,24 @@ from typing import Mapping, Sequence
 import matplotlib
 import numpy as np
 
-from cljax.analysis.plot_parts import ACCURACY, GAP, _band, _binned, _figure, _mean_std, _save, _task_ticks
+from cljax.analysis.plot_parts import (ACCURACY, GAP, _band, _binned, _figure, _mean_std, _save, _task_ticks,
+                                       left_out_text, note_no_value)
 
 
 def plot_accuracy_matrix(accuracy_matrix, path: str | os.PathLike, title: str = "Accuracy matrix",
-                         block: int = 1) -> Path:
+                         block: int = 1, left_out: str = "", evaluated: bool = True) -> Path:
     """Heatmap of R[i, j] (rows: after training task i; columns: evaluated task j).
 
     ``accuracy_matrix``: (T, T) or (R, T, T) (averaged over repeats). Values annotated for T <= 12.
     ``block``: each entry is the mean over a block of ``block`` x ``block`` tasks (a long run's
     image, :meth:`cljax.analysis.band.Band.mean_matrix`); the axes count tasks either way.
+    ``left_out``: the title's note on repeats left out of the mean (:func:`left_out_text`; found
+    here for an (R, T, T) matrix); ``evaluated``: some entry was evaluated, so an image with no
+    finite value is a diverged network's, and says so.
     """
     A = np.asarray(accuracy_matrix, dtype=np.float64)
     if A.ndim == 3:
+        left_out = left_out or left_out_text(A)
         A = _mean_std(A.reshape(A.shape[0], -1))[0].reshape(A.shape[1:])
     T = A.shape[0]
     side = max(T, 4)  # a small matrix still gets room for its labels and title
@@ -37,6 +42,10 @@ def plot_accuracy_matrix(accuracy_matrix, path: str | os.PathLike, title: str = 
     ax = fig.subplots()
     if block > 1:
         title = f"{title}\n(each cell: mean over {block} x {block} tasks)"
+    if left_out:
+        title = f"{title}\n{left_out}"
+    if evaluated and not np.isfinite(A).any():
+        note_no_value(ax, "no finite value:\nthe network diverged\n(see the summary)")
     extent = (-0.5, A.shape[1] * block - 0.5, A.shape[0] * block - 0.5, -0.5)
     im = ax.imshow(A, vmin=0.0, vmax=1.0, cmap="viridis", origin="upper", interpolation="nearest", extent=extent)
     fig.colorbar(im, ax=ax, label="test accuracy")
@@ -66,13 +75,17 @@ def plot_accuracy_over_time(
     title: str = "Test accuracy over training",
     current_NR=None,
     legend_title: str | None = None,
+    left_out: str = "",
 ) -> Path:
     """Accuracy on each of J tasks along the whole run, mean +- std across repeats.
 
     ``accuracy_NRJ``: (n_snapshots, R, J), the snapshots of all task folders concatenated;
     ``task_boundaries``: x positions where a new task starts (dashed lines); ``steps``: x values
     (default snapshot index); ``task_ids``: the label of each of the J curves; ``current_NR``
-    (n_snapshots, R), if given: the accuracy on the task being trained, drawn in black.
+    (n_snapshots, R), if given: the accuracy on the task being trained, drawn in black;
+    ``left_out``: the title's note on repeats left out of the means (:func:`left_out_text`). With
+    no finite value at all (every task is evaluated at some snapshot), the network diverged: a
+    note says so.
     """
     acc = np.asarray(accuracy_NRJ, dtype=np.float64)
     n, _, J = acc.shape
@@ -96,7 +109,12 @@ def plot_accuracy_over_time(
     ax.set_xlabel(("training step" if steps is not None else "snapshot")
                   + (f" (dashed: one task start in {every})" if every > 1 else ""))
     ax.set_ylabel("test accuracy")
-    ax.set_title(title)
+    _task_ticks(ax.xaxis)  # steps and snapshots are whole numbers (one short task had ticks at 2.5)
+    ax.set_title(f"{title}\n{left_out}" if left_out else title)
+    if not np.isfinite(acc).any() and (current_NR is None or not np.isfinite(current_NR).any()):
+        note_no_value(ax)
+        if n > 1:  # the run's steps on the axis, not those of its task starts only
+            ax.set_xlim(float(np.min(x)), float(np.max(x)))
     # below the axes, not over the curves
     ax.legend(fontsize=7, ncol=min(J, 8), loc="upper center", bbox_to_anchor=(0.5, -0.14), frameon=False,
               title=legend_title, title_fontsize=7)
@@ -139,7 +157,15 @@ def plot_learner_vs_expert(
     _task_ticks(ax1.xaxis)
     ax1.set_ylabel("plasticity gap")
     ax1.legend(**below)
-    fig.suptitle(title)
+    for ax, values, limits in ((ax0, (learner, expert), ACCURACY), (ax1, (expert - learner,), GAP)):
+        if not any(np.isfinite(v).any() for v in values):  # the current task is always evaluated
+            note_no_value(ax)
+            ax.set_xlim(-0.5, len(x) - 0.5)  # the run's tasks and the values' range, not matplotlib's default
+            ax.set_ylim(*limits)
+    left_out = "; ".join(t for t in (left_out_text(learner, "learner", int((~np.isfinite(learner)).any(-1).sum())),
+                                     left_out_text(expert, "expert", int((~np.isfinite(expert)).any(-1).sum())))
+                         if t)
+    fig.suptitle(f"{title}\n{left_out}" if left_out else title)
     return _save(fig, path)
 
 
@@ -266,7 +292,11 @@ def plot_plasticity_gap(gaps: Mapping[str, np.ndarray], path: str | os.PathLike)
     fig = _figure(figsize=(7, 4))
     ax = fig.add_subplot()
     for label, gap_nR in gaps.items():
-        _band(ax, np.arange(len(gap_nR)), np.asarray(gap_nR).T, label=label, limits=GAP)
+        gap = np.asarray(gap_nR, dtype=np.float64).T
+        every = int((~np.isfinite(gap)).any(axis=1).sum())  # the current task is always evaluated
+        note = ("no finite gap: diverged" if not np.isfinite(gap).any() else
+                f"{every} of {gap.shape[0]} repeats left out where not finite" if every else "")
+        _band(ax, np.arange(len(gap_nR)), gap, label=f"{label} ({note})" if note else label, limits=GAP)
     ax.axhline(0.0, color="gray", linewidth=0.8)
     ax.set_xlabel("task")
     _task_ticks(ax.xaxis)
