@@ -129,3 +129,23 @@ def test_the_compare_plot_names_a_run_with_no_finite_gap_and_counts_repeats_left
     plots.plot_plasticity_gap(gaps, tmp_path / "gap.png")
     assert {"plain", "diverged (no finite gap: diverged)", "part (1 of 2 repeats left out where not finite)"} <= set(
         shown[-1])
+
+
+def test_the_probe_line_says_what_the_heads_figure_reads_per_head_and_out_dim():
+    from cljax.analysis.summary_text import format_summary
+
+    figure = {"mean": 0.6, "std": 0.1, "n": 2, "n_nonfinite": 0}
+    probe = {"earlier_tasks": {"n_tasks": 2, "head_acc": figure, "probe_acc": figure},
+             "images": {"fold_sizes": [32, 32], "tested_per_task": 64, "saved_per_task": 64}}
+
+    def line(**config):
+        return format_summary({"probe": probe, "config": config}).splitlines()[1]
+
+    assert line(head="shared", out_dim=1).endswith(", see docs/metrics.md)")
+    assert "With one output shared by every task, the head's figure mostly measures the read-out" in line(
+        head="shared", out_dim=1)
+    assert "With 2 outputs shared by every task, the head's figure" in line(head="shared", out_dim=2)
+    assert ("With the head reset at every task start (2 outputs shared by every task), an earlier task is read "
+            "through the head the latest task trained, so the head's figure mostly measures the read-out") in line(
+        head="reset", out_dim=2)
+    assert "read-out" not in line(head="multi", out_dim=2) and line(head="multi", out_dim=2).endswith("raises it)")

@@ -34,6 +34,20 @@ def _cl_metric(summary: dict, key: str) -> str:
     return _pm(summary[key])
 
 
+def _head_reads(config: dict) -> str:
+    """What the head's figure on earlier tasks reads, per --head and --out-dim (cljax/heads.py):
+    under shared and reset an earlier task is read through the outputs the latest task trained,
+    a read-out effect; under multi through its own block, nothing to add."""
+    head, outputs = config.get("head", "shared"), int(config.get("out_dim", 1))
+    if head == "multi":
+        return ""
+    shared = "one output shared by every task" if outputs == 1 else f"{outputs} outputs shared by every task"
+    how = (f"With {shared}," if head != "reset" else
+           f"With the head reset at every task start ({shared}), an earlier task is read through the head the "
+           f"latest task trained, so")
+    return f". {how} the head's figure mostly measures the read-out, see docs/metrics.md"
+
+
 def format_summary(summary: dict) -> str:
     """The headline lines of a summary for the terminal: CL metrics, the head vs the linear probe
     on earlier tasks, the expert's final and best snapshot, GLUE capacity with its errors."""
@@ -59,8 +73,7 @@ def format_summary(summary: dict) -> str:
                       f"{images['tested_per_task']} images per task and repeat" if measured else
                       f"  (probe: {images['saved_per_task']} saved images per task; it needs 2 of each class, "
                       "so 4 or more") + "; `cljax run --n-subsamples` raises it"
-                     + (". With one shared output the head's figure mostly measures the read-out, see docs/metrics.md)"
-                        if (summary.get("config") or {}).get("head") != "multi" else ")"))
+                     + _head_reads(summary.get("config") or {}) + ")")
     expert = summary.get("expert")
     if expert:
         left_out = expert.get("n_nonfinite", 0)  # counted in n_cells, never in n_collapsed
