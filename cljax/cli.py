@@ -209,10 +209,12 @@ def _cmd_analyze(argv: list[str]) -> int:
                         help="a Python file that registers analyses (or rules, models...; repeatable; also $CLJAX_PLUGINS)")
     args = parser.parse_args(argv)
     load_plugins_from_argv(argv)  # its analyses register on import, before the run is read
-    if args.glue_probes < 2:
+    if args.glue_probes < 2 and not args.no_glue:  # unused under --no-glue
         raise CljaxError(f"--glue-probes must be at least 2 (its Monte-Carlo error needs two), got {args.glue_probes}.")
     if not math.isfinite(args.tau) or args.tau < 0:
         raise CljaxError(f"--tau must be a finite number >= 0, got {args.tau}.")
+    if not math.isfinite(args.probe_ridge) or args.probe_ridge <= 0:
+        raise CljaxError(f"--probe-ridge must be a finite number > 0, got {args.probe_ridge}.")
     from cljax.analysis.driver import writing_now, analyze_run
     from cljax.analysis.summary_text import format_summary
     from cljax.results import runs_near, task_dirs

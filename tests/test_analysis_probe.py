@@ -159,7 +159,12 @@ def test_a_bad_probe_ridge_is_one_error_line(tmp_path, capsys):
     write_fake_run(algo)
     assert cli.main(["analyze", str(algo), "--no-glue", "--no-plots", "--probe-ridge", "0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: probe_ridge (--probe-ridge) must be a finite number > 0")
+    assert err == ["error: --probe-ridge must be a finite number > 0, got 0.0."]  # worded as --tau's
+    # --glue-probes is unused under --no-glue: a value GLUE would refuse is not an error then
+    assert cli.main(["analyze", str(algo), "--no-glue", "--no-plots", "--glue-probes", "1"]) == 0
+    assert cli.main(["analyze", str(algo), "--no-plots", "--glue-probes", "1"]) == 2
+    assert capsys.readouterr().err.strip().endswith("--glue-probes must be at least 2 (its Monte-Carlo error needs two), "
+                                                    "got 1.")
 
 
 def test_probe_folds_round_each_half_down():
