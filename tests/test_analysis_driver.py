@@ -150,8 +150,14 @@ def test_a_registered_analysis_runs_once_per_folder(tmp_path):
         unregister("diagonal")
     assert summary["diagonal"] == [0.90, 0.95, 0.90]
     assert "plasticity" not in summary and "glue" not in summary
+    # which code wrote the plugin's part: its file and that file's sha256; cljax's own analyses not
+    import hashlib
+
+    assert summary["plugin_analyses"] == {"diagonal": {"file": __file__,
+                                                       "sha256": hashlib.sha256(open(__file__, "rb").read()).hexdigest()}}
     assert summary["files"] == ["summary.json", "cl.npz", "diagonal.npz"]
     np.testing.assert_array_equal(np.load(algo / "analysis" / "diagonal.npz")["d"], [0.90, 0.95, 0.90])
+    assert analyze_run(algo, make_plots=False, analyses=("cl",))["plugin_analyses"] == {}
 
 
 def test_a_file_two_analyses_write_is_refused_and_a_new_analysis_leaves_no_file_of_the_last(tmp_path):

@@ -52,6 +52,8 @@ from cljax.analysis.probe import RIDGE
 from cljax.analysis.registry import Options, Result, RunContext, TaskFolder, get, registered
 from cljax.analysis.spread import RULE, jsonable
 from cljax.checkpoint import read_run_record
+from cljax.registry import is_builtin, source_file
+from cljax.sources import _sha256
 from cljax.devices.memory import host_available_bytes
 from cljax.errors import CljaxError
 from cljax.initial_state import INITIAL, wrote_initial
@@ -69,6 +71,20 @@ FILE_ORDER = (
 
 def _file_rank(name: str) -> int:
     return FILE_ORDER.index(name) if name in FILE_ORDER else len(FILE_ORDER)
+
+
+def plugin_analyses(selected) -> dict:
+    """{name: {"file", "sha256"}} of every analysis run here that a plugin registered (its
+    finalize's file, else its update's or init's): which code wrote that part of the summary, as
+    run.json records a plugin rule's file. Empty when only cljax's own analyses ran."""
+    out = {}
+    for a in selected:
+        own = [f for f in (getattr(f, "func", f) for f in (a.finalize, a.update, a.init))
+               if not is_builtin(f)]  # (a functools.partial's function)
+        if own:
+            path = Path(source_file(own[0]))
+            out[a.name] = {"file": str(path), "sha256": _sha256(path) if path.is_file() else None}
+    return out
 
 
 def analyze_run(algo_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None, **options) -> dict:
@@ -201,6 +217,7 @@ def _analyze_run(
         "n_snapshots": L,
         "variant": variant,
         "std": RULE,
+        "plugin_analyses": plugin_analyses(selected),
     }
     owner = dict.fromkeys(summary, "cljax analyze itself")  # summary key -> who wrote it
     for a, result in zip(selected, outputs):
