@@ -236,7 +236,9 @@ def test_each_run_is_paired_with_the_first_run_of_its_draw_and_a_method_is_poole
     shift = {0: np.array([0.1, 0.0, -0.05]), 1: np.array([0.2, 0.3, 0.0])}  # per repeat
     # Settings that change no number (--keep-checkpoints, --eval-batch-size) differ between the draws,
     # and one record lacks a setting the other holds at its default (a run of an older version).
-    speed = {0: {}, 1: {"keep_checkpoints": 8, "eval_batch_size": 50, "momentum": 0.0}}
+    # So do those that change only the saved representations (--n-subsamples, --representation-dtype).
+    speed = {0: {}, 1: {"keep_checkpoints": 8, "eval_batch_size": 50, "momentum": 0.0, "n_subsamples": 256,
+                        "representation_dtype": "bfloat16"}}
     for seed in (0, 1):
         for name, acc, config in ((f"plain{seed}", learner[seed], {"lr": 0.1}),
                                   (f"method{seed}", learner[seed] + shift[seed], {"lr": 0.1, "use_redo": True,

@@ -35,7 +35,11 @@ from cljax.setting_match import number_settings, recorded_config
 # accuracy reads (--head multi: each task's own block, a task-incremental protocol).
 PROTOCOL = ("dataset", "task_schedule", "n_train_per_class", "epochs", "batch_size", "head")
 # What makes another draw (seed), or another place, of one method: the settings pooling ignores.
-NOT_IN_METHOD = ("seed", "results_dir", "data_dir")
+# Also those that change no accuracy compare reads: --n-subsamples and --representation-dtype
+# choose which test images' representations are saved and how they are stored, cut from the
+# evaluation's output after its accuracy (cljax/evaluate.py), so training and every accuracy are
+# the same (a resume still refuses them: they change representations.npy).
+NOT_IN_METHOD = ("seed", "results_dir", "data_dir", "n_subsamples", "representation_dtype")
 
 
 def _record_or_none(run_dir: Path) -> dict | None:
@@ -147,8 +151,8 @@ def late_start(n: int, late_from: float) -> int:
 def method_of(record: dict) -> str | None:
     """What a run's settings are that change its numbers, read as a resume reads them (a setting
     the record lacks at the value older runs ran with, else today's default; no speed-only
-    setting such as --keep-checkpoints), but for the seed and the paths (``NOT_IN_METHOD``); None
-    when its run.json is missing or damaged."""
+    setting such as --keep-checkpoints), but for the seed, the paths and the number and dtype of
+    the saved representations (``NOT_IN_METHOD``); None when its run.json is missing or damaged."""
     config = record.get("config")
     if config is None:
         return None
