@@ -138,7 +138,7 @@ def test_more_bad_inputs_are_one_line(made, tmp_path, capsys):
     for args, expected in ((["analyze", " "], "the run folder is empty: pass a run's folder"),
                            (["compare", str(run_dir), ""], "a run folder is empty: pass each run's folder"),
                            (["analyze", str(run_dir), "--glue-probes", "1"], "--glue-probes must be at least 2"),
-                           (["analyze", str(run_dir), "--probe-ridge", "inf"], "(--probe-ridge) must be a finite number > 0"),
+                           (["analyze", str(run_dir), "--probe-ridge", "inf"], "--probe-ridge must be a finite number > 0, got inf"),
                            (["analyze", str(run_dir), "--tau", "-0.01"], "--tau must be a finite number >= 0, got -0.01"),
                            (["analyze", str(run_dir), "--tau", "nan"], "--tau must be a finite number >= 0, got nan"),
                            (["run", *FLAGS, "--results-dir", ""], "--results-dir is empty"),
