@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
 
@@ -25,7 +26,7 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 import jax  # noqa: E402  (after XLA_FLAGS: the backend reads them when it starts)
 
 try:  # submitit configures logging when first imported, which closes the handlers there are: imported
-    import submitit  # noqa: E402,F401  inside a test, it closed one whose stream was that test's capture
+    importlib.import_module("submitit")  # inside a test, it closed one whose stream was that test's capture
 except ImportError:
     pass
 import pytest  # noqa: E402
