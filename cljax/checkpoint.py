@@ -96,7 +96,16 @@ def read_run_record(algo_dir: Path) -> dict | None:
 
 def recorded_split(algo_dir: Path) -> dict | None:
     """The device split run.json records, or None (no record, an older one, or damaged: the run
-    reports a damaged record itself). Reads no JAX state: the CLI calls it before JAX starts."""
+    reports a damaged record itself). Without run.json, the split the task folders record the
+    run started on (what ``--repair`` writes run.json again with). Reads no JAX state: the CLI
+    calls it before JAX starts."""
+    if not (algo_dir / RUN_RECORD).exists():
+        from cljax.record_rebuild import rebuilt_record
+
+        try:
+            return rebuilt_record(algo_dir)["split"]
+        except (CljaxError, OSError):
+            return None
     try:
         split = json.loads((algo_dir / RUN_RECORD).read_bytes()).get("split")
     except (OSError, ValueError, AttributeError, RecursionError):

@@ -149,8 +149,11 @@ def run_experiment(
                 r = found.record
                 write_run_record(algo_dir, r["config"], r["schema"], run_id=r["run_id"], data=r["data"], split=r["split"],
                                  sources=r["sources"], dataset_meta=data.meta)
+            later = found.record.get("rebuilt_from") or 0
             print(f"note: {algo_dir / RUN_RECORD} was missing; --repair wrote it again from the task folders (run "
-                  f"{found.record['run_id']}).", file=sys.stderr)
+                  f"{found.record['run_id']})" + (f", from {task_dir_name(later)}'s metadata.json, the first readable: "
+                  f"its settings that change no number are those of the command that wrote that folder, which may "
+                  f"differ from the run's first" if later else "") + ".", file=sys.stderr)
         if found.finished:  # a finished run whose initial/ is damaged: written again, as a resume would
             problem = _damaged_initial(algo_dir, found)
             if problem is not None and is_writer():
@@ -232,7 +235,8 @@ def _train(config, data, task_data, schedule, program, start, chunk_tasks, found
 
     run_seconds, differing, rewritten = 0.0, [], []
     diverged_before = nonfinite_before(algo_dir, order[0], spec.ids(order[0] - 1, config.num_tasks))
-    bar = progress_for(progress, config.num_tasks, first_task - len(replay)) if is_writer() else None
+    again = f" (--repair trains tasks {replay[0]} to {replay[-1]} again first)" if replay else ""
+    bar = progress_for(progress, config.num_tasks, first_task - len(replay), again) if is_writer() else None
     pending = dispatch(0, learner)
     for i, t in enumerate(order):
         (learner, trace, t_start, train_peak), pending = pending, None  # no reference kept to the device trace

@@ -58,8 +58,9 @@ def _same_arrays(a, b) -> bool:
 def checked_hook(fn, kind: str, name: str, hook: str, hooks: dict):
     """``fn``, the ``hook`` of ``kind`` entry ``name``, checked against ``hooks[hook]`` at each call."""
     takes, returns = hooks[hook]
-    line = getattr(getattr(fn, "__code__", None), "co_firstlineno", None)
-    where = f"{kind} {name!r}: its {hook} ({source_file(fn)}{f', line {line}' if line else ''})"
+    inner = inspect.unwrap(fn.func if isinstance(fn, functools.partial) else fn)  # where its code is
+    line = getattr(getattr(inner, "__code__", None), "co_firstlineno", None)
+    where = f"{kind} {name!r}: its {hook} ({source_file(inner)}{f', line {line}' if line else ''})"
     sig = _signature_problem(fn, len(takes))
     if sig is not None:  # known before any call: refused when the entry is built
         raise CljaxError(f"{where} is {hook}{sig}; it must take ({', '.join(takes)}): fix its signature.")
@@ -74,7 +75,8 @@ def checked_hook(fn, kind: str, name: str, hook: str, hooks: dict):
                                  f"does not.")
         elif returns is not None:
             if not (isinstance(out, tuple) and len(out) == len(returns)):
-                got = f"a tuple of {len(out)}" if isinstance(out, tuple) else f"a {type(out).__name__}"
+                got = (f"a tuple of {len(out)}" if isinstance(out, tuple) else
+                       "an array" if hasattr(out, "shape") else f"a {type(out).__name__}")
                 raise CljaxError(f"{where} must return ({', '.join(returns)}); it returns {got}.")
             for part, value in zip(returns, out):
                 if part in ("params", "opt_state") and not _same_arrays(value, inputs[part]):

@@ -53,6 +53,9 @@ def preset_note(line: str, argv: list[str]) -> str:
     except CljaxError:
         return line
     typed = {a.split("=", 1)[0][2:] for a in argv if a.startswith("--")}
+    typed |= {a.split("=", 1)[0].lstrip("-").replace("_", "-")  # a sweep's --grid KEY=VALUES sets KEY too
+              for flag, a in zip(argv, argv[1:]) if flag == "--grid"}
+    typed |= {a[len("--grid="):].split("=", 1)[0].lstrip("-").replace("_", "-") for a in argv if a.startswith("--grid=")}
     named = dict.fromkeys(re.findall(r"--([a-z][a-z0-9-]*)", line))
     set_by = [f"--{flag} {preset[flag.replace('-', '_')]}" for flag in named
               if flag.replace("-", "_") in preset and flag not in typed]

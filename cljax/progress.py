@@ -13,24 +13,25 @@ import time
 LOG_EVERY_SECONDS = 60.0
 
 
-def progress_for(mode, total: int, done: int):
-    """``mode``: True or "bar" (a tqdm bar), "log" (``LogLines``), False or None (nothing)."""
+def progress_for(mode, total: int, done: int, note: str = ""):
+    """``mode``: True or "bar" (a tqdm bar), "log" (``LogLines``, whose first line ends with
+    ``note``), False or None (nothing)."""
     if mode in (True, "bar"):
         from tqdm.auto import tqdm
 
         return tqdm(total=total, initial=done, unit="task", desc="tasks", file=sys.stderr, dynamic_ncols=True)
     if mode == "log":
-        return LogLines(total, done)
+        return LogLines(total, done, note=note)
     return None
 
 
 class LogLines:
     """The bar's calls (``update``, ``set_postfix``, ``write``, ``close``), written as lines."""
 
-    def __init__(self, total: int, done: int, every: float = LOG_EVERY_SECONDS, clock=time.monotonic):
+    def __init__(self, total: int, done: int, every: float = LOG_EVERY_SECONDS, clock=time.monotonic, note: str = ""):
         self.total, self.done, self.every, self.clock = total, done, every, clock
         self.start, self.first, self.last, self.postfix = clock(), done, None, {}
-        print(f"tasks: starting at task {done} of {total}", file=sys.stderr, flush=True)
+        print(f"tasks: starting at task {done} of {total}{note}", file=sys.stderr, flush=True)
 
     def set_postfix(self, **values) -> None:
         self.postfix = values

@@ -1,9 +1,11 @@
 """A run's lost run.json, written again from its task folders (``--repair``).
 
 run.json holds what the task folders' metadata.json hold as well: the run id, the settings,
-the identity of the data, the device split the run started on and the plugin files of its
-entries. A run whose run.json was deleted or lost can therefore be resumed once the record is
-rebuilt from them. The rebuilt record is checked like any other: its settings and data against
+the identity of the data, the device split the run started on and the files of its entries.
+A run whose run.json was deleted or lost can therefore be resumed once the record is rebuilt
+from them: from task 0's metadata.json, or the first one readable. A folder written by a resume
+records that command's settings: those a resume may change (they change no number, such as
+--eval-batch-size) may then differ from the run's first command, and the note says so. The rebuilt record is checked like any other: its settings and data against
 the command's (a resume with other ones is refused), every task folder and the checkpoint
 against its run id. Task folders written before cljax recorded the data's identity in them
 cannot rebuild it: the data would go unchecked.
@@ -58,7 +60,8 @@ def rebuilt_record(algo_dir: Path) -> dict:
     split = first.get("split_at_run_start") or first["split"]  # a folder trained on another split names the first
     plugins = first.get("plugins")
     return {"schema": first["schema"], "config": first["config"], "run_id": run_id, "data": first["data"],
-            "split": split, "sources": plugins if isinstance(plugins, dict) else None, "dataset_meta": None}
+            "split": split, "sources": plugins if isinstance(plugins, dict) else None, "dataset_meta": None,
+            "rebuilt_from": first.get("task_index", 0)}
 
 
 def lost_record(algo_dir: Path, n_dirs: int, repair: bool, deletes: str) -> dict:

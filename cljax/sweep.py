@@ -186,10 +186,11 @@ def check_against_data(runs: list[SweepRun], overwrite: bool = False, repair: bo
 
 
 def run_job(config_dict: dict, overwrite: bool = False, allow_nonfinite: bool = False, repair: bool = False,
-            plugins: tuple = ()) -> dict:
+            plugins: tuple = (), progress: bool = True) -> dict:
     """The body of one job: run (or resume) one experiment. Returns a short, picklable summary.
     ``plugins``: the plugin files the sweep loaded (``--plugin`` and ``$CLJAX_PLUGINS``), loaded
-    again here before the settings are read, since the job is another process."""
+    again here before the settings are read, since the job is another process. ``progress``: its
+    lines in the job's log (``--no-progress``: none)."""
     from cljax.checkpoint import recorded_split
     from cljax.devices.cpu_split import configure_cpu_devices
     from cljax.experiment import algo_dir_of, run_experiment
@@ -200,7 +201,7 @@ def run_job(config_dict: dict, overwrite: bool = False, allow_nonfinite: bool = 
     # A fresh job process: one JAX device per core on a CPU host, or the split a resumed run started on.
     configure_cpu_devices(config.n_repeats, recorded=None if overwrite else recorded_split(algo_dir_of(config)))
     try:
-        result = run_experiment(config, progress="log", overwrite=overwrite, allow_nonfinite=allow_nonfinite,
+        result = run_experiment(config, progress="log" if progress else False, overwrite=overwrite, allow_nonfinite=allow_nonfinite,
                                 repair=repair)
     except Exception as exc:  # the line `cljax run` prints (a plugin's code, the disk): the sweep's FAILED line
         from cljax.cli_errors import error_line
@@ -226,26 +227,27 @@ def _job_class():
         which resubmits the same call; the run then resumes from its first unfinished task."""
 
         def __call__(self, config_dict: dict, overwrite: bool = False, allow_nonfinite: bool = False,
-                     repair: bool = False, plugins: tuple = ()) -> dict:
-            return run_job(config_dict, overwrite, allow_nonfinite, repair, plugins)
+                     repair: bool = False, plugins: tuple = (), progress: bool = True) -> dict:
+            return run_job(config_dict, overwrite, allow_nonfinite, repair, plugins, progress)
 
         def checkpoint(self, config_dict: dict, overwrite: bool = False, allow_nonfinite: bool = False,
-                       repair: bool = False, plugins: tuple = ()):
+                       repair: bool = False, plugins: tuple = (), progress: bool = True):
             # The requeued job resumes what this one finished, even if this one started afresh; one
             # stopped in a repair repairs again (on a whole run --repair changes nothing).
-            return submitit.helpers.DelayedSubmission(self, config_dict, False, allow_nonfinite, repair, plugins)
+            return submitit.helpers.DelayedSubmission(self, config_dict, False, allow_nonfinite, repair, plugins,
+                                                        progress)
 
     return SweepJob
 
 
 def submit(runs: list[SweepRun], executor, overwrite: bool = False, allow_nonfinite: bool = False,
-           repair: bool = False) -> list:
+           repair: bool = False, progress: bool = True) -> list:
     """One job per run (a job array on SLURM)."""
     from cljax.registry import loaded_plugins
 
     job, n = _job_class()(), len(runs)
     return executor.map_array(job, [r.config.to_dict() for r in runs], [overwrite] * n, [allow_nonfinite] * n,
-                              [repair] * n, [tuple(loaded_plugins())] * n)
+                              [repair] * n, [tuple(loaded_plugins())] * n, [progress] * n)
 
 
 def write_manifest(path: Path, runs: list[SweepRun], jobs, executor_kind: str, log_dir: Path) -> None:
@@ -340,7 +342,7 @@ def sweep_main(argv: list[str]) -> int:
         check_slurm_submits(executor)
         kind = getattr(executor, "cluster", args.executor)
         with controllers_write_to_log(executor, log_dir):
-            jobs = submit(runs, executor, args.overwrite, args.allow_nonfinite, args.repair)
+            jobs = submit(runs, executor, args.overwrite, args.allow_nonfinite, args.repair, not args.no_progress)
     write_manifest(root / "sweep.json", runs, jobs, kind, log_dir)
     print(f"submitted {len(jobs)} job(s) to {kind} (logs: {log_dir}, list: {root / 'sweep.json'}):")
     from cljax.experiment import algo_dir_of

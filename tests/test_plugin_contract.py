@@ -198,3 +198,20 @@ def test_an_option_hook_of_the_wrong_signature_or_return_is_one_line_naming_it(h
         getattr(checked, hook)(*(args[name] for name in OPTION_HOOKS[hook][0]))
     fine = _checked(Option(), "mine")  # the unset hooks stay the identities (keeps_batch compares them)
     assert fine == Option()
+
+
+def test_a_hook_s_file_is_its_code_s_for_a_partial_and_a_bare_array_is_named_as_one():
+    import functools
+
+    import jax.numpy as jnp
+
+    from cljax.options import Option, _checked
+
+    def init(extra, params, key):
+        return ()
+
+    with pytest.raises(CljaxError, match=rf"its init \({__file__}, line \d+\) is init\(key\); it must take \(params, key\)"):
+        _checked(Option(init=functools.partial(init, 1, 2)), "mine")  # it named functools.py
+    checked = _checked(Option(task_end=lambda state, p, key, images, labels, t: jnp.zeros(2)), "mine")
+    with pytest.raises(CljaxError, match=r"must return \(state, params\); it returns an array"):
+        checked.task_end((), {"w": jnp.zeros(2)}, None, None, None, 0)

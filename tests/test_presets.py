@@ -101,3 +101,13 @@ def test_an_error_naming_a_value_the_preset_set_says_so(capsys):
                         "change it).\n") and err.count("\n") == 1, err
     assert cli_main([*flags, "--log-frequency", "500"]) == 2  # typed: nothing to add
     assert "--preset" not in capsys.readouterr().err
+
+
+def test_the_preset_note_leaves_out_a_setting_a_sweep_s_grid_gives():
+    from cljax.presets import preset_note
+
+    line = "--lr must be at least 0.0, got -1.0."
+    for grid in (["--grid", "lr=-1,0.1"], ["--grid=lr=-1,0.1"], ["--grid", "--lr=-1,0.1"]):
+        assert preset_note(line, ["--preset", "lop-imagenet", *grid]) == line  # the grid's value, not the preset's
+    assert preset_note(line, ["--preset", "lop-imagenet"]).endswith("(--preset lop-imagenet sets --lr 0.01; give the "
+                                                                     "flag to change it).")

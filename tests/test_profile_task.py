@@ -108,10 +108,10 @@ def test_quick_profile_with_xla_convolutions(profile_task, tmp_path):
     assert math.isclose(sum(c["share"] for c in cats.values()), 1.0, abs_tol=1e-9)
 
 
-def test_parse_args_defaults(profile_task):
-    args = profile_task.parse_args(["--out", "/tmp/x"])
+def test_parse_args_defaults(profile_task, tmp_path):  # a folder of its own: a file at /tmp/x refused it
+    args = profile_task.parse_args(["--out", str(tmp_path / "x")])
     assert (args.repeats, args.steps, args.batch_size, args.calls) == (32, 50, 32, 3)
-    assert args.json_path == "/tmp/x/profile.json" and args.conv_impl == "auto" and args.command_buffers == "off"
+    assert args.json_path == str(tmp_path / "x" / "profile.json") and args.conv_impl == "auto" and args.command_buffers == "off"
 
 
 HLO = """HloModule jit_run_task, is_scheduled=true, entry_computation_layout={(f32[8,64]{1,0})->f32[8,64]{1,0}}

@@ -37,3 +37,11 @@ def test_a_run_whose_stderr_is_a_file_writes_progress_lines_there(tmp_path):
     assert proc.returncode == 0, text
     assert "tasks: starting at task 0 of 2\n" in text and "tasks: 2/2 done, acc " in text, text
     assert "\r" not in text  # no bar's redraws
+
+
+def test_the_first_line_of_a_repair_says_what_it_trains_again(capsys):
+    from cljax.progress import progress_for
+
+    progress_for("log", 5, 0, " (--repair trains tasks 0 to 3 again first)")
+    assert capsys.readouterr().err == "tasks: starting at task 0 of 5 (--repair trains tasks 0 to 3 again first)\n"
+    assert progress_for(False, 5, 0) is None

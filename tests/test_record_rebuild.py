@@ -78,3 +78,30 @@ def test_a_record_that_cannot_be_rebuilt_is_refused_in_one_line(made, tmp_path, 
     rc, _, err = run_cli(["run", *flags], capsys)
     assert_one_error(rc, err, expected)
     assert state(run_dir) == before
+
+
+def test_the_cli_s_device_split_of_a_lost_record_is_the_one_the_folders_record(made, tmp_path):
+    # cljax run and a sweep job choose the CPU split from run.json before JAX starts: with it lost,
+    # a --repair went on with this host's split, not the run's (other last bits).
+    from cljax.checkpoint import recorded_split
+
+    run_dir = copy(made, "partial", tmp_path / "r")
+    split = json.loads((run_dir / "run.json").read_text())["split"]
+    (run_dir / "run.json").unlink()
+    assert recorded_split(run_dir) == split and split is not None
+    assert recorded_split(tmp_path / "nothing") is None
+
+
+def test_a_record_rebuilt_from_a_later_folder_says_so(made, tmp_path, capsys):
+    # That folder's settings are those of the command that wrote it (a resume may change the ones
+    # that change no number): the note names the folder instead of passing them for the run's first.
+    run_dir = copy(made, "finished", tmp_path / "r")
+    (run_dir / "run.json").unlink()
+    import shutil
+
+    shutil.rmtree(run_dir / "task_000")
+    rc, _, err = run_cli(["run", *FLAGS, "--results-dir", str(tmp_path / "r"), "--repair"], capsys)
+    assert rc == 0, err
+    assert "wrote it again from the task folders (run " in err and ", from task_001's metadata.json, the first " \
+        "readable: its settings that change no number are those of the command that wrote that folder" in err
+    assert (run_dir / "task_000" / "metrics.pkl").is_file()  # trained again by the repair

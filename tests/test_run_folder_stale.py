@@ -44,19 +44,19 @@ def test_sweep_accepts_every_run_flag_and_hands_them_to_its_jobs(tmp_path, monke
 
     calls = []
     monkeypatch.setattr(sweep, "make_executor", lambda *a: object())
-    monkeypatch.setattr(sweep, "submit", lambda runs, executor, overwrite, allow_nonfinite, repair: calls.append(
-        (len(runs), overwrite, allow_nonfinite, repair)) or [])
+    monkeypatch.setattr(sweep, "submit", lambda runs, executor, overwrite, allow_nonfinite, repair, progress: calls.append(
+        (len(runs), overwrite, allow_nonfinite, repair, progress)) or [])
     monkeypatch.setattr(sweep, "write_manifest", lambda *a: None)
     rc, _, err = run_cli(["sweep", *FLAGS, "--allow-nonfinite", "--overwrite", "--grid", "lr=0.1,0.2",
                           "--results-dir", str(tmp_path)], capsys)
-    assert rc == 0 and calls == [(2, True, True, False)], err
+    assert rc == 0 and calls == [(2, True, True, False, False)], err  # FLAGS has --no-progress
     rc, _, err = run_cli(["sweep", *FLAGS, "--repair", "--grid", "lr=0.1,0.2", "--results-dir", str(tmp_path)], capsys)
-    assert rc == 0 and calls[-1] == (2, False, False, True), err
+    assert rc == 0 and calls[-1] == (2, False, False, True, False), err
     seen = {}
     monkeypatch.setattr(experiment, "run_experiment", lambda config, **kw: seen.update(kw) or experiment.RunResult(
         algo_dir=tmp_path, task_class_pairs=np.zeros((2, 2, 2))))
     sweep.run_job(small_config(tmp_path, **TINY).to_dict(), False, True)
-    assert seen["allow_nonfinite"] is True and seen["progress"] is False and seen["repair"] is False
+    assert seen["allow_nonfinite"] is True and seen["progress"] == "log" and seen["repair"] is False  # lines in its log
     sweep.run_job(small_config(tmp_path, **TINY).to_dict(), False, False, True)
     assert seen["repair"] is True
 

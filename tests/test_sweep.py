@@ -83,18 +83,20 @@ def test_each_job_is_handed_overwrite_and_a_requeued_job_never_overwrites(tmp_pa
     executor = SimpleNamespace(map_array=lambda fn, *lists: calls.append((fn, lists)) or ["j0", "j1"])
     runs = sweep.expand(base_of(tmp_path), {"lr": [0.1, 0.2]}, [0])
     assert sweep.submit(runs, executor, overwrite=True, allow_nonfinite=False) == ["j0", "j1"]
-    (job, (configs, overwrite, nonfinite, repair, plugins)), = calls
+    (job, (configs, overwrite, nonfinite, repair, plugins, progress)), = calls
     assert configs == [r.config.to_dict() for r in runs]
     assert overwrite == [True, True] and nonfinite == [False, False] and repair == [False, False]
     assert plugins == [tuple(loaded_plugins())] * 2  # each job loads the files the sweep loaded
+    assert progress == [True, True]  # lines in the job's log, unless --no-progress
     # Requeued after a time limit: it resumes what the first attempt wrote, even under --overwrite.
-    again = job.checkpoint(configs[0], True, True, False, ("p.py",))
-    assert again.function is job and again.args == (configs[0], False, True, False, ("p.py",))
+    again = job.checkpoint(configs[0], True, True, False, ("p.py",), False)
+    assert again.function is job and again.args == (configs[0], False, True, False, ("p.py",), False)
     calls.clear()
-    sweep.submit(runs, executor, allow_nonfinite=True, repair=True)
-    (job, (_, overwrite, nonfinite, repair, _)), = calls
+    sweep.submit(runs, executor, allow_nonfinite=True, repair=True, progress=False)
+    (job, (_, overwrite, nonfinite, repair, _, progress)), = calls
+    assert progress == [False, False]
     assert overwrite == [False, False] and nonfinite == [True, True] and repair == [True, True]
-    assert job.checkpoint(configs[0], False, False, True).args == (configs[0], False, False, True, ())  # repairs again
+    assert job.checkpoint(configs[0], False, False, True).args == (configs[0], False, False, True, (), True)  # repairs again
 
 
 def test_a_job_loads_the_plugin_files_of_its_sweep(tmp_path):

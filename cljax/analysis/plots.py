@@ -292,7 +292,7 @@ def plot_plasticity_gap(gaps: Mapping[str, np.ndarray], path: str | os.PathLike)
     fig = _figure(figsize=(7, 4))
     ax = fig.add_subplot()
     for label, gap_nR in gaps.items():
-        gap = np.asarray(gap_nR, dtype=np.float64).T
+        gap = np.atleast_2d(np.asarray(gap_nR, dtype=np.float64).T)  # (R, n); a curve of (n,) is one repeat
         every = int((~np.isfinite(gap)).any(axis=1).sum())  # the current task is always evaluated
         note = ("no finite gap: diverged" if not np.isfinite(gap).any() else
                 f"{every} of {gap.shape[0]} repeats left out where not finite" if every else "")
