@@ -315,7 +315,7 @@ def test_the_late_tasks_start_where_late_from_says_and_a_fraction_outside_0_1_is
         assert err.count("\n") == 1 and f"--late-from {float(bad)} is not in [0, 1)" in err, err
 
 
-def test_a_partial_run_is_named_so_with_its_writer_when_it_is_still_running(tmp_path, capsys):
+def test_a_partial_run_is_named_so_with_its_writer_when_it_is_still_running(tmp_path, capsys, monkeypatch):
     # Its late tasks are the later half of the tasks written so far, not of the run's: the line says
     # so, and whether the run is still going (the lock its `cljax run` holds) or has stopped.
     import os
@@ -341,6 +341,13 @@ def test_a_partial_run_is_named_so_with_its_writer_when_it_is_still_running(tmp_
     assert cli_main(["compare", *runs]) == 0  # the run has stopped
     assert "partial: the first 4 of its 6 tasks, stopped (finish it with the same `cljax run` command)" in \
         capsys.readouterr().out
+    # ... and the plot's legend says so too, as the table does
+    from cljax.analysis import plots
+
+    drawn = {}
+    monkeypatch.setattr(plots, "plot_plasticity_gap", lambda curves, path: drawn.update(curves))
+    assert cli_main(["compare", *runs, "--out", str(tmp_path / "gap.png")]) == 0
+    assert sorted(drawn) == ["done", f"partial (partial: {T} of {T + 2} tasks)"]
 
 
 def test_a_run_not_finished_is_paired_with_its_draws_baseline_on_the_late_tasks_both_have(tmp_path, capsys):

@@ -137,8 +137,11 @@ def compare_runs(run_dirs, out_png: str | os.PathLike | None = None, labels=None
         summary[label]["pooled_over_draws"] = pooled
     for label, why in not_pooled(labels, summary, draws, methods, families).items():
         summary[label]["not_pooled"] = why
-    if out_png is not None:
-        plots.plot_plasticity_gap(curves_by_method(labels, curves, draws, methods), out_png)
+    if out_png is not None:  # a run not finished is named so in the legend, as in the table
+        shown = curves_by_method(labels, curves, draws, methods)
+        short = {lab: f"{lab} (partial: {s['n_tasks']} of {s['num_tasks']} tasks)" for lab, s in summary.items()
+                 if lab in shown and s["n_tasks"] < (s["num_tasks"] or 0)}
+        plots.plot_plasticity_gap({short.get(lab, lab): curve for lab, curve in shown.items()}, out_png)
     return summary
 
 
