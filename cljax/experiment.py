@@ -30,7 +30,7 @@ from cljax.eval_tasks import eval_tasks_of
 from cljax.evaluate import TestSets, WindowTestSets
 from cljax.faults import crash_point
 from cljax.initial_state import INITIAL, initial_arrays, write_initial, wrote_initial
-from cljax.kept_checkpoints import (keep_checkpoint, keeps, kept_is_whole, kept_path, replay_note, rewrite_kept,
+from cljax.kept_checkpoints import (describe_replay, keep_checkpoint, keeps, kept_is_whole, kept_path, replay_note, rewrite_kept,
                                      same_as_recorded, unread_by_a_finished_run)
 from cljax.program import build_task_program
 from cljax.progress import progress_for
@@ -88,10 +88,8 @@ def run_experiment(
     with failures_shared("in its checks before training"):
         if not found.finished:  # the identity of a prepared folder is its recorded checksums
             check_unchanged(data, resume=found.record is not None)
-        if found.record is not None and (not found.finished or found.rebuilt):
-            for line in check_sources(found.record.get("sources"), config, algo_dir):
-                if is_writer():
-                    print(line, file=sys.stderr)
+        if found.record is not None and not found.finished:  # a finished run trains nothing more
+            _source_warnings(found, config, algo_dir)
         if found.finished and not found.rebuilt:  # verify every file's content before saying so
             with RunLock(algo_dir, exclusive=False):
                 found = inspect_run(algo_dir, config, data_id, overwrite, hashes=True, memo=memo, repair=repair)
@@ -105,8 +103,8 @@ def run_experiment(
                               f"damaged) as found: nothing is left to train from them; a repair that needs a kept "
                               f"checkpoint writes it again.", file=sys.stderr)
                     return finished(algo_dir, schedule, found, config)
-            if found.finished:  # all but initial/, which is written again below
-                check_sources(found.record.get("sources"), config, algo_dir)
+            if found.finished and not found.rebuilt:  # all but initial/, which is written again below
+                _source_warnings(found, config, algo_dir)
 
         check_repeats(config.n_repeats)  # before the program is traced over the devices
         image_shape = data.train_images.shape[1:]
@@ -235,7 +233,7 @@ def _train(config, data, task_data, schedule, program, start, chunk_tasks, found
 
     run_seconds, differing, rewritten = 0.0, [], []
     diverged_before = nonfinite_before(algo_dir, order[0], spec.ids(order[0] - 1, config.num_tasks))
-    again = f" (--repair trains tasks {replay[0]} to {replay[-1]} again first)" if replay else ""
+    again = f" (--repair trains {describe_replay(replay[0], replay[-1] + 1)} again first)" if replay else ""
     bar = progress_for(progress, config.num_tasks, first_task - len(replay), again) if is_writer() else None
     pending = dispatch(0, learner)
     for i, t in enumerate(order):
@@ -319,6 +317,14 @@ def _train(config, data, task_data, schedule, program, start, chunk_tasks, found
         bar.close()
     result.steps_per_second = len(order) * config.steps_per_task / max(run_seconds, 1e-9)
     return result
+
+
+def _source_warnings(found, config, algo_dir: Path) -> None:
+    """The resume's check of the files its entries come from (cljax/sources.py): a refusal, or
+    the warnings it prints (process 0's)."""
+    for line in check_sources(found.record.get("sources"), config, algo_dir):
+        if is_writer():
+            print(line, file=sys.stderr)
 
 
 def task_inputs(seed: int, t: int, train_xy, test_xy) -> tuple:

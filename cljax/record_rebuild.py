@@ -42,7 +42,7 @@ def rebuilt_record(algo_dir: Path) -> dict:
     if not isinstance(run_id, str) or "data" not in first:
         raise CljaxError(f"{lost}, and its task folders were written by a cljax that did not record the data's "
                          f"identity in them, so it cannot be written again from them")
-    data = {m.get("data") for m in metas}
+    data = {m.get("data") if isinstance(m.get("data"), str) else repr(m.get("data")) for m in metas}
     if len(data) > 1 or not isinstance(first["data"], str):
         raise CljaxError(f"{lost}, and the task folders record {len(data)} data identities: the folder mixes runs")
     try:
@@ -54,13 +54,16 @@ def rebuilt_record(algo_dir: Path) -> dict:
                          f"the folder mixes runs")
     fields = {"config": dict, "schema": int, "split": dict}
     for key, kind in fields.items():
-        if not isinstance(first.get(key), kind):
+        if not isinstance(first.get(key), kind) or isinstance(first.get(key), bool):
             raise CljaxError(f"{lost}, and {algo_dir / first.get('task_dir', '?') / 'metadata.json'} has no "
                              f"\"{key}\" to write it again from")
     split = first.get("split_at_run_start") or first["split"]  # a folder trained on another split names the first
     plugins = first.get("plugins")
+    if not isinstance(split, dict) or not isinstance(plugins, (dict, type(None))):
+        raise CljaxError(f"{lost}, and {algo_dir / first.get('task_dir', '?') / 'metadata.json'} is damaged (its "
+                         f"split or plugins are not objects), so it cannot be written again from it")
     return {"schema": first["schema"], "config": first["config"], "run_id": run_id, "data": first["data"],
-            "split": split, "sources": plugins if isinstance(plugins, dict) else None, "dataset_meta": None,
+            "split": split, "sources": plugins, "dataset_meta": None,
             "rebuilt_from": first.get("task_index", 0)}
 
 

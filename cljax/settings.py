@@ -21,7 +21,7 @@ class Parser(argparse.ArgumentParser):
         super().__init__(*args, **{"allow_abbrev": False, **kwargs})
 
     def error(self, message):
-        plugin = ("; a flag of a plugin's entry needs its file: --plugin FILE or $CLJAX_PLUGINS"
+        plugin = ("; if it is a flag of a plugin's entry, load its file: --plugin FILE or $CLJAX_PLUGINS"
                   if message.startswith("unrecognized arguments: --") else "")
         self.exit(2, f"error: {message} (see `{self.prog} --help`{plugin})\n")
 

@@ -14,12 +14,12 @@ imports.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import cljax
 from cljax.errors import CljaxError
 from cljax.registry import DATASETS, MODELS, OPTIONS, RULES, is_builtin, source_file
+from cljax.safe_files import file_sha256
 
 _PACKAGE_ROOT = Path(cljax.__file__).resolve().parent.parent
 
@@ -39,9 +39,9 @@ def entry_sources(config) -> dict:
     for key, entry in used_entries(config).items():
         path = Path(source_file(entry.build))
         if not is_builtin(entry.build):
-            out[key] = {"file": str(path), "sha256": _sha256(path)}
+            out[key] = {"file": str(path), "sha256": entry_file_sha256(path)}
         elif path.is_file():
-            out[key] = {"file": str(path.resolve().relative_to(_PACKAGE_ROOT)), "sha256": _sha256(path), "cljax": True}
+            out[key] = {"file": str(path.resolve().relative_to(_PACKAGE_ROOT)), "sha256": entry_file_sha256(path), "cljax": True}
     return out
 
 
@@ -80,8 +80,9 @@ def check_sources(recorded: dict | None, config, algo_dir: Path) -> list[str]:
     return warnings
 
 
-def _sha256(path: Path) -> str:
+def entry_file_sha256(path: Path) -> str:
+    """The sha256 of the file an entry (or an analysis) comes from; one line when it cannot be read."""
     try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
+        return file_sha256(path)
     except OSError as exc:
         raise CljaxError(f"plugin file {path} cannot be read ({exc.strerror}): fix its permissions.") from None

@@ -142,7 +142,10 @@ def sweep_log_folder(log_dir: Path) -> Path:
     ``ID_0_result.pkl``) over an earlier job's that sweep.json lists."""
     import time
 
-    name = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    import socket
+
+    # the host too: two login nodes that share the filesystem can each start a sweep in the same second
+    name = f"{time.strftime('%Y%m%d-%H%M%S')}-{socket.gethostname().split('.')[0]}-{os.getpid()}"
     return next(log_dir / f"{name}{f'-{n}' if n else ''}" for n in range(1000)
                 if not (log_dir / f"{name}{f'-{n}' if n else ''}").exists())  # a second sweep of this process
 

@@ -469,5 +469,5 @@ def test_a_flag_of_a_plugin_given_without_its_file_points_to_plugin(capsys):
     from tests.run_folder_kit import run_cli
 
     rc, _, err = run_cli(["run", "--use-gradnoise", "--no-progress"], capsys)
-    assert rc == 2 and err == ("error: unrecognized arguments: --use-gradnoise (see `cljax run --help`; a flag of a "
-                               "plugin's entry needs its file: --plugin FILE or $CLJAX_PLUGINS)\n")
+    assert rc == 2 and err == ("error: unrecognized arguments: --use-gradnoise (see `cljax run --help`; if it is a flag "
+                               "of a plugin's entry, load its file: --plugin FILE or $CLJAX_PLUGINS)\n")

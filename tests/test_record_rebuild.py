@@ -105,3 +105,20 @@ def test_a_record_rebuilt_from_a_later_folder_says_so(made, tmp_path, capsys):
     assert "wrote it again from the task folders (run " in err and ", from task_001's metadata.json, the first " \
         "readable: its settings that change no number are those of the command that wrote that folder" in err
     assert (run_dir / "task_000" / "metrics.pkl").is_file()  # trained again by the repair
+
+
+@pytest.mark.parametrize("field, value", [("data", ["a", "list"]), ("split_at_run_start", "two devices"),
+                                          ("schema", True), ("plugins", [1])])
+def test_a_task_folder_s_record_of_another_type_is_one_line(made, tmp_path, capsys, field, value):
+    # A list under "data" raised TypeError (unhashable) from the CLI's first step, before JAX.
+    from cljax.checkpoint import recorded_split
+
+    run_dir = copy(made, "finished", tmp_path / "r")
+    (run_dir / "run.json").unlink()
+    for folder in run_dir.glob("task_*"):
+        _edit_metadata(folder, **{field: value})
+    assert recorded_split(run_dir) is None
+    before = state(run_dir)
+    rc, _, err = run_cli(["run", *FLAGS, "--results-dir", str(tmp_path / "r"), "--repair"], capsys)
+    assert_one_error(rc, err, f"{run_dir / 'run.json'} is missing, and ", "restore run.json from a copy")
+    assert state(run_dir) == before

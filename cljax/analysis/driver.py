@@ -53,7 +53,7 @@ from cljax.analysis.registry import Options, Result, RunContext, TaskFolder, get
 from cljax.analysis.spread import RULE, jsonable
 from cljax.checkpoint import read_run_record
 from cljax.registry import is_builtin, source_file
-from cljax.sources import _sha256
+from cljax.sources import entry_file_sha256
 from cljax.devices.memory import host_available_bytes
 from cljax.errors import CljaxError
 from cljax.initial_state import INITIAL, wrote_initial
@@ -83,7 +83,7 @@ def plugin_analyses(selected) -> dict:
                if not is_builtin(f)]  # (a functools.partial's function)
         if own:
             path = Path(source_file(own[0]))
-            out[a.name] = {"file": str(path), "sha256": _sha256(path) if path.is_file() else None}
+            out[a.name] = {"file": str(path), "sha256": entry_file_sha256(path) if path.is_file() else None}
     return out
 
 

@@ -21,10 +21,9 @@ from cljax.errors import CljaxError
 SIZE = 28
 RESAMPLE_FILTERS = ("area", "bilinear", "bicubic", "lanczos")
 # The JPEG decoder may shrink by 1/2, 1/4 or 1/8 as long as the short side stays >= this many
-# times the output size. Scaled IDCTs are not exact area averages: at 4 the result stays within
-# a fraction of a gray level (mean) of a full-size decode, at 2 about three times further, for
-# little time saved (the entropy decoding, the same at every scale, dominates); docs/imagenet.md
-# has the measurements.
+# times the output size. Scaled IDCTs are not exact area averages: the larger this factor, the
+# closer to a full-size decode, for little time lost (the entropy decoding, the same at every
+# scale, dominates); docs/imagenet.md has the measurements.
 DRAFT_FACTOR = 4
 _EXIF_ORIENTATION = 0x0112
 
