@@ -243,20 +243,18 @@ register(Analysis("count_tasks", init=lambda context: 0, update=lambda n, folder
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((mine / "summary.json").read_text())
     assert summary["mine"] == 2 and "probe.npz" not in summary["files"] and not (mine / "probe.npz").exists()
-    # a summary key cljax writes: the plugin is named, not the built-in analysis before it
-    plugin.write_text("from cljax.analysis.registry import Analysis, Result, register\n"
-                      "register(Analysis('aaa', lambda c: 0, lambda n, f: n, lambda n: Result(summary={'n_repeats': 5})))\n")
-    proc = _analyze(run.algo_dir, bad, plugin)
-    assert proc.returncode == 2 and proc.stderr == ("error: analysis 'aaa' and cljax analyze itself both write the "
-                                                    "summary key(s) n_repeats: give the plugin's keys other names "
-                                                    "(nothing was written).\n") and not bad.exists()
-    # a finalize that returns a dict, not a Result (an AttributeError's traceback)
-    plugin.write_text("from cljax.analysis.registry import Analysis, register\n"
-                      "register(Analysis('dict', lambda c: 0, lambda n, f: n, lambda n: {'summary': {'a': 1}}))\n")
-    proc = _analyze(run.algo_dir, bad, plugin)
-    assert proc.returncode == 2 and proc.stderr == ("error: analysis 'dict': its finalize returns dict, not a "
-                                                    "cljax.analysis.registry.Result of three dicts (summary, arrays, "
-                                                    "plots): return one (nothing was written).\n") and not bad.exists()
+    for name, finalize, said in (
+            # a summary key cljax writes: the plugin is named, not the built-in analysis before it
+            ("aaa", "Result(summary={'n_repeats': 5})", "analysis 'aaa' and cljax analyze itself both write the summary "
+                                                        "key(s) n_repeats: give the plugin's keys other names"),
+            # a finalize that returns a dict, not a Result (an AttributeError's traceback)
+            ("dict", "{'summary': {'a': 1}}", "analysis 'dict': its finalize returns dict, not a "
+                                              "cljax.analysis.registry.Result of three dicts (summary, arrays, plots): "
+                                              "return one")):
+        plugin.write_text("from cljax.analysis.registry import Analysis, Result, register\n"
+                          f"register(Analysis('{name}', lambda c: 0, lambda n, f: n, lambda n: {finalize}))\n")
+        proc = _analyze(run.algo_dir, bad, plugin)
+        assert proc.returncode == 2 and proc.stderr == f"error: {said} (nothing was written).\n" and not bad.exists()
 
 
 def _class_data(**changes):
