@@ -235,3 +235,19 @@ def test_a_full_disk_is_said_so_naming_the_file(source, tmp_path, monkeypatch, c
     written = tmp_path / "out.tmp-write" / "train_images.npy"
     assert len(err) == 1 and err[0].startswith(f"error: the disk is full ({why}) while writing {written} (about "), err
     assert not written.parent.exists() and not out.exists() and len(list(imagenet.work_dir_for(out).glob("*.npz"))) == 4
+
+
+def test_work_of_an_earlier_cljax_is_named_as_such(source, tmp_path, capsys):
+    # Its plan.json has a fingerprint and no record of how it was made: "rerun with the arguments it
+    # was made with" could not finish it.
+    out = tmp_path / "out"
+    work = imagenet.work_dir_for(out)
+    work.mkdir()
+    (work / "plan.json").write_text(json.dumps({"source": "x", "out": str(out), "shards": 3, "fingerprint": "ab" * 32}))
+    before = sorted(p.name for p in work.iterdir())
+    assert prepare_main(["--source", str(source["root"]), "--out", str(out), "--workers", "1", "--no-progress"]) == 2
+    _, err = _lines(capsys)
+    assert err == [f"error: {work} holds work of a preparation started by an earlier cljax, whose plan.json this one "
+                   f"cannot compare: finish it with the cljax that started it, or pass --overwrite to discard it and "
+                   f"start again."]
+    assert sorted(p.name for p in work.iterdir()) == before

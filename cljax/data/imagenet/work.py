@@ -58,6 +58,10 @@ def open_work_dir(work: Path, record: dict, log) -> None:
         _write_record(work, record)
         return
     recorded = read_record(work)
+    if isinstance(recorded.get("fingerprint"), str) and "preprocessing" not in recorded:
+        raise CljaxError(f"{work} holds work of a preparation started by an earlier cljax, whose plan.json this one "
+                         f"cannot compare: finish it with the cljax that started it, or pass --overwrite to discard "
+                         f"it and start again.")
     differ = _differences(recorded, record)
     if differ:
         raise CljaxError(f"{work} holds work from a different preparation: {'; '.join(differ)}; rerun with the "
