@@ -119,3 +119,16 @@ def test_files_an_analysis_killed_before_renaming_them_left_are_removed_by_the_n
     # parent's), another host's (its pid means nothing here), an older cljax's (no host) and a
     # user's files (a name no analysis writes, though it starts as theirs) stay
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(kept)
+
+
+def test_files_an_earlier_analysis_wrote_and_this_one_does_not_are_removed_with_a_note(tmp_path, capsys):
+    # A plugin's file, or GLUE's under --no-glue: removed so the folder is one analysis, but it was silent.
+    algo = fake_run(tmp_path / "run", run_id="aaaa")
+    out = tmp_path / "out"
+    analyze_run(algo, out, glue=True, make_plots=False)
+    assert (out / "glue.npz").is_file()
+    capsys.readouterr()
+    analyze_run(algo, out, **FAST)
+    assert not (out / "glue.npz").exists()
+    assert f"note: removed glue.npz from {out}: the earlier analysis there wrote it, and this one does not" in \
+        capsys.readouterr().err

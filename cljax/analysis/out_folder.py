@@ -18,6 +18,7 @@ import contextlib
 import os
 import re
 import socket
+import sys
 from pathlib import Path
 
 from cljax import results
@@ -122,12 +123,17 @@ def write_all(out: Path, writers: dict, algo_dir: Path, run_id: str | None) -> N
         # What the earlier analysis wrote and this one does not (its GLUE arrays under --no-glue, its
         # plots under --no-plots, a plugin's files): of fewer tasks or older code, it would sit beside
         # the new files as if it were theirs.
-        listed = analysis_files(earlier)
+        listed, removed = analysis_files(earlier), []
         for name in listed:
             path = out / str(name)
             if (name not in writers and Path(str(name)).name == name and Path(name).suffix in ANALYSIS_SUFFIXES
                     and path.is_file() and not path.is_symlink()):
                 path.unlink()
+                removed.append(name)
+        if removed:  # said: a plugin's file, say, that this analysis (run without the plugin) does not write
+            print(f"note: removed {', '.join(removed[:4])}{' ...' if len(removed) > 4 else ''} from {out}: the "
+                  f"earlier analysis there wrote {'them' if len(removed) > 1 else 'it'}, and this one does not "
+                  f"(--no-glue, --no-plots, or a --plugin analysis not given).", file=sys.stderr)
 
 
 # ``.tmp-PID@HOST@NAME``, NAME an analysis's file (.json, .npz, .png).
