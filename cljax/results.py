@@ -207,7 +207,7 @@ def runs_near(path: str | os.PathLike, most: int = 4) -> str:
 
     swept = _sweep_runs(path)
     if swept:  # a sweep's folder: its runs are three levels down, RESULTS_DIR/{tag}/{dataset}/{algorithm}
-        return (f"it holds a sweep (sweep.json lists {len(swept)} run(s)): pass its runs' folders, "
+        return (f"it holds a sweep (sweep.json lists {len(swept)} run(s) with task folders): pass its runs' folders, "
                 f"{' '.join(swept[:most])}" + (f" ... ({len(swept)} in all: {path}/*seed-*/*/*)" if len(swept) > most
                                              else ""))
     runs = [str(d) for child in folders(path)
@@ -219,12 +219,14 @@ def runs_near(path: str | os.PathLike, most: int = 4) -> str:
 
 
 def _sweep_runs(folder: Path) -> list[str]:
-    """The run folders the sweep.json in ``folder`` lists (`cljax sweep`), that hold task folders."""
+    """The run folders the sweep.json in ``folder`` lists (`cljax sweep`; its earlier sweeps into
+    the folder too), that hold task folders."""
     try:
-        listed = json.loads((folder / "sweep.json").read_text())["runs"]
-        return [str(r["results"]) for r in listed if holds_task_dirs(Path(r["results"]))]
-    except (OSError, ValueError, KeyError, TypeError):  # no sweep here, or not one cljax wrote
+        record = json.loads((folder / "sweep.json").read_text())
+        listed = [r["results"] for sweep in (*record.get("earlier", []), record) for r in sweep["runs"]]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # no sweep here, or not one cljax wrote
         return []
+    return list(dict.fromkeys(str(p) for p in map(Path, listed) if holds_task_dirs(p)))
 
 
 def holds_task_dirs(folder: Path) -> bool:

@@ -256,9 +256,9 @@ def write_manifest(path: Path, runs: list[SweepRun], jobs, executor_kind: str, l
     path.parent.mkdir(parents=True, exist_ok=True)
     manifest = {
         "executor": executor_kind,
-        "logs": str(log_dir),
+        "logs": str(Path(log_dir).resolve()),  # absolute: read from another working directory (compare)
         "runs": [{"tag": r.tag, "settings": r.settings, "seed": r.config.seed, "job_id": str(j.job_id),
-                  "results": str(algo_dir_of(r.config))} for r, j in zip(runs, jobs)],
+                  "results": str(algo_dir_of(r.config).resolve())} for r, j in zip(runs, jobs)],
     }
     with folder_lock(path.parent):  # two sweeps into one folder at once: each lists the other (one was lost)
         earlier = []

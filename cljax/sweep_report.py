@@ -3,6 +3,8 @@ job's error line."""
 
 from __future__ import annotations
 
+import re
+
 
 def job_error_line(error: BaseException) -> str:
     """The line of a failed job's error that says what went wrong: cljax's own message when the
@@ -59,7 +61,7 @@ def report_outcomes(runs, jobs, command_of=None, overwrite: bool = False) -> int
             failed += 1
             line = job_error_line(error)
             print(f"  FAILED {job.job_id} {run.tag}: {line} (log: {job.paths.stderr})")
-            if "--overwrite" in line and not overwrite:
+            if re.search(r"(?<!without )--overwrite", line) and not overwrite:  # advised, not ruled out
                 advised.append(run)
             continue
         print(f"  done   {job.job_id} {run.tag}: {done_line(job.result())}")

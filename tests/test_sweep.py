@@ -232,9 +232,32 @@ def test_compare_given_a_sweeps_folder_names_the_runs_its_sweep_json_lists(tmp_p
     (tmp_path / "sweep.json").write_text(json.dumps({"runs": listed[:2], "earlier": []}))
     assert main(["compare", str(tmp_path)]) == 2
     assert capsys.readouterr().err == (f"error: {tmp_path} has no task folders: it holds a sweep (sweep.json lists 2 "
-                                       f"run(s)): pass its runs' folders, {folders[0]} {folders[1]}.\n")
+                                       f"run(s) with task folders): pass its runs' folders, {folders[0]} {folders[1]}.\n")
     (tmp_path / "sweep.json").write_text(json.dumps({"runs": listed, "earlier": []}))
     assert runs_near(tmp_path).endswith(f"{folders[3]} ... (6 in all: {tmp_path}/*seed-*/*/*)")
+    # an earlier sweep into the folder lists its runs too (only the latest one's were named)
+    (tmp_path / "sweep.json").write_text(json.dumps({"runs": listed[2:3], "earlier": [{"runs": listed[:2]}]}))
+    assert runs_near(tmp_path).endswith(f"lists 3 run(s) with task folders): pass its runs' folders, {folders[0]} "
+                                        f"{folders[1]} {folders[2]}")
+
+
+def test_the_sweep_record_holds_absolute_paths_and_a_job_told_to_rerun_without_overwrite_gets_no_overwrite_note(
+        tmp_path, monkeypatch, capsys):
+    # A relative --results-dir was recorded as given, and compare read it from its own working
+    # directory; "(without --overwrite)" in a killed job's line brought the note that advises it.
+    from cljax.sweep_report import report_outcomes
+
+    monkeypatch.chdir(tmp_path)
+    runs = sweep.expand(base_of(Path("rel")), {"lr": [0.1]}, [0])
+    sweep.write_manifest(Path("rel") / "sweep.json", runs, [SimpleNamespace(job_id="7")], "local", Path("rel") / "logs")
+    record = json.loads((tmp_path / "rel" / "sweep.json").read_text())
+    assert record["logs"] == str(tmp_path / "rel" / "logs") and Path(record["runs"][0]["results"]).is_absolute()
+    killed = SimpleNamespace(job_id="7", paths=SimpleNamespace(stderr="e"), exception=lambda: RuntimeError(
+        "Job (task=0) failed during processing with trace:\n----------------------\nKeyboardInterrupt\n"))
+    monkeypatch.setattr("cljax.sweep_report.job_error_line", lambda error: "the job's process was interrupted "
+                        "(SIGINT): run the same sweep again (without --overwrite) to resume its run")
+    assert report_outcomes(runs, [killed], command_of=lambda run: "cljax run ...") == 1
+    assert "note: --overwrite" not in capsys.readouterr().out
 
 
 def test_repeats_a_job_could_not_split_over_its_devices_are_refused_before_any_job(tmp_path, capsys, monkeypatch):
