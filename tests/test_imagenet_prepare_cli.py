@@ -212,7 +212,7 @@ def test_complete_output_is_kept_and_overwrite_redoes_it(source, prepared, tmp_p
     (stale / "plan.json").write_text(json.dumps({"fingerprint": "another run"}))
     (stale / "train-00000.npz").write_bytes(b"not ours")
     assert prepare_main(["--source", str(source["root"]), "--out", str(fresh), "--no-progress"]) == 2
-    assert "different preparation" in _one_error_line(capsys)
+    assert "a preparation started by an earlier cljax" in _one_error_line(capsys)  # a plan.json of a fingerprint
     assert prepare_main(["--source", str(source["root"]), "--out", str(fresh), "--overwrite", "--workers", "1", "--no-progress"]) == 0
     assert "wrote" in capsys.readouterr().out
     np.testing.assert_array_equal(load_prepared(fresh).train_images, load_prepared(prepared).train_images)

@@ -251,3 +251,57 @@ def test_work_of_an_earlier_cljax_is_named_as_such(source, tmp_path, capsys):
                    f"cannot compare: finish it with the cljax that started it, or pass --overwrite to discard it and "
                    f"start again."]
     assert sorted(p.name for p in work.iterdir()) == before
+
+
+def test_a_complete_output_on_a_read_only_folder_is_still_already_prepared(source, prepared, tmp_path, monkeypatch,
+                                                                          capsys):
+    # The lock file cannot be made there: an idempotent prepare before `run` on a shared
+    # read-only data folder was refused ("Read-only file system (OUT.lock)"), where it said "nothing to do".
+    out = tmp_path / "out"
+    shutil.copytree(prepared, out)
+
+    def read_only(self):
+        raise OSError(errno.EROFS, "Read-only file system", str(lock_path_for(out)))
+
+    monkeypatch.setattr(OutputLock, "__enter__", read_only)
+    args = ["--source", str(source["root"]), "--out", str(out), "--workers", "1", "--no-progress"]
+    assert prepare_main(args) == 0
+    assert "is already prepared" in capsys.readouterr().out
+    assert prepare_main([*args[:3], str(tmp_path / "new"), *args[4:]]) == 2  # nothing there: still refused
+    assert "Read-only file system" in capsys.readouterr().err
+
+
+def test_a_work_folder_without_record_or_shard_is_new_and_one_with_a_user_s_file_is_kept(source, tmp_path, capsys):
+    # An OUT.partial holding only an empty .plan.json.tmp (a full disk, or a stop, before the record)
+    # was refused as "a different preparation" for good; a resume then deleted a user's notes in it.
+    out = tmp_path / "out"
+    work = imagenet.work_dir_for(out)
+    work.mkdir()
+    (work / ".plan.json.tmp").write_text("")
+    args = ["--source", str(source["root"]), "--out", str(out), "--workers", "1", "--no-progress"]
+    assert prepare_main(args) == 0 and not work.exists()
+    assert prepare_main([*args, "--overwrite"]) == 0
+    work.mkdir()
+    (work / "notes.txt").write_text("mine")
+    assert prepare_main([*args, "--overwrite"]) == 2  # --overwrite refuses to delete it ...
+    capsys.readouterr()
+    shutil.rmtree(out)
+    (work / "plan.json").unlink(missing_ok=True)
+    assert prepare_main(args) == 2  # ... a folder with a user's file and no record is not taken as new either
+    assert (work / "notes.txt").read_text() == "mine"
+
+
+def test_finished_work_with_a_user_s_file_is_kept_and_named(tmp_path):
+    from cljax.data.imagenet.work import remove_finished_work
+
+    work = tmp_path / "out.partial"
+    work.mkdir()
+    (work / "train-00000.npz").write_bytes(b"shard")
+    (work / "notes.txt").write_text("mine")
+    said = []
+    remove_finished_work(work, said.append)
+    assert (work / "notes.txt").read_text() == "mine" and said == [
+        f"note: {work} holds files that are not cljax's (notes.txt); it is kept: delete it when you no longer need them."]
+    (work / "notes.txt").unlink()
+    remove_finished_work(work, said.append)
+    assert not work.exists()

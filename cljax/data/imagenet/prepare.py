@@ -11,10 +11,11 @@ ordered by split, then shard index, then row within the shard.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import multiprocessing as mp
 import os
-import shutil
 import signal
 import sys
 import time
@@ -29,7 +30,8 @@ from cljax.data.imagenet.recorded import check_redo_allowed, check_same_preparat
 from cljax.data.imagenet.shards import DatasetsShard, FilesShard, Shard
 from cljax.data.imagenet.out_lock import OutputLock
 from cljax.data.imagenet.sources import DEFAULT_SHARD_ROWS, OUTPUT_SPLITS, plan_source
-from cljax.data.imagenet.work import clear_stale_work, discard_work, open_work_dir, work_dir_for, work_record
+from cljax.data.imagenet.work import (clear_stale_work, discard_work, open_work_dir, remove_finished_work, work_dir_for,
+                                       work_record)
 from cljax.data.full_disk import full_disk_error
 from cljax.data.prepared import check_replaceable, load_prepared
 from cljax.errors import EXIT_PREEMPTED, CljaxError
@@ -263,7 +265,7 @@ def _prepare_locked(source: str, out: Path, *, workers, split_map, reader, size,
     ) as bar:
         _run_shards(todo, work, size, resample, n_workers, bar)
     assemble(plan, work, out, size, preprocessing, name=NAME)
-    shutil.rmtree(work)
+    remove_finished_work(work, log)
     return out
 
 
@@ -316,15 +318,27 @@ def prepare_main(argv: list[str]) -> int:
             if not value.strip():
                 raise CljaxError(f"{flag} is empty: pass {fix}.")
         split_map = _parse_splits(args.splits) if args.splits else None
-        with OutputLock(out):  # before OUT is looked at: another preparation may be replacing it
-            if not args.overwrite and is_prepared(out):  # whole; "nothing to do" only for the data it prepared
-                data = load_prepared(out, verify_checksums=True, how_to_fix="Pass --overwrite to prepare it again.")
-                check_same_preparation(out, data.meta, args.source, split_map, args.resample, SIZE)
+
+        def already_prepared(clear: bool) -> bool:  # whole; "nothing to do" only for the data it prepared
+            if args.overwrite or not is_prepared(out):
+                return False
+            data = load_prepared(out, verify_checksums=True, how_to_fix="Pass --overwrite to prepare it again.")
+            check_same_preparation(out, data.meta, args.source, split_map, args.resample, SIZE)
+            if clear:
                 clear_stale_work(out, data.meta, _to_stderr)
-                print(
-                    f"{out} is already prepared ({len(data.train_labels)} train, {len(data.test_labels)} test images, "
-                    f"{data.n_classes} classes); nothing to do. Pass --overwrite to prepare it again."
-                )
+            print(f"{out} is already prepared ({len(data.train_labels)} train, {len(data.test_labels)} test images, "
+                  f"{data.n_classes} classes); nothing to do. Pass --overwrite to prepare it again.")
+            return True
+
+        try:
+            lock = OutputLock(out).__enter__()  # before OUT is looked at: another preparation may be replacing it
+        except OSError as exc:  # a read-only data folder: its complete output is still checked, not refused
+            if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM) and already_prepared(clear=False):
+                return 0
+            raise
+        with contextlib.ExitStack() as held:
+            held.push(lock)
+            if already_prepared(clear=True):
                 return 0
             started = time.perf_counter()
             _prepare_locked(

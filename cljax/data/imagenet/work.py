@@ -57,6 +57,10 @@ def open_work_dir(work: Path, record: dict, log) -> None:
         work.mkdir(parents=True)
         _write_record(work, record)
         return
+    if not (work / PLAN_FILE).exists() and all(_OWN_FILE.match(p.name) and not p.name.endswith(".npz")
+                                               for p in work.iterdir()):
+        _write_record(work, record)  # no record and no shard yet (stopped, or a full disk, before the record)
+        return
     recorded = read_record(work)
     if isinstance(recorded.get("fingerprint"), str) and "preprocessing" not in recorded:
         raise CljaxError(f"{work} holds work of a preparation started by an earlier cljax, whose plan.json this one "
@@ -79,6 +83,17 @@ def open_work_dir(work: Path, record: dict, log) -> None:
             f"since; {'they are' if len(changed) > 1 else 'it is'} prepared again, the others kept.")
     if recorded != record:
         _write_record(work, record)
+
+
+def remove_finished_work(work: Path, log) -> None:
+    """OUT is written: remove OUT.partial, or, when it holds files that are not cljax's, name it
+    and keep it (as ``discard_work`` refuses to delete it)."""
+    foreign = sorted(p.name for p in work.iterdir() if not _OWN_FILE.match(p.name) or not p.is_file())
+    if foreign:
+        log(f"note: {work} holds files that are not cljax's ({', '.join(foreign[:3])}); it is kept: delete it when "
+            f"you no longer need them.")
+        return
+    shutil.rmtree(work)
 
 
 def discard_work(work: Path) -> None:
