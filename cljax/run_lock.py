@@ -68,8 +68,12 @@ class RunLock:
         if self.exclusive:
             holder = json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
                                  "since": time.strftime("%Y-%m-%d %H:%M:%S")}).encode()
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, holder + b"\n", 0)
+            try:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, holder + b"\n", 0)
+            except OSError:  # a full disk: the lock is let go (the file stays: another process may hold it next)
+                os.close(fd)
+                raise
         self.fd = fd
         return self
 

@@ -217,9 +217,14 @@ def test_a_full_disk_is_said_so_naming_the_file(source, tmp_path, monkeypatch, c
     def full(*args, **kwargs):
         raise failure
 
+    import cljax.data.full_disk as full_disk
+
+    told = []  # the free space is told once the half-written file is gone (it said "0 bytes free")
+    monkeypatch.setattr(full_disk.shutil, "disk_usage", lambda folder: told.append(
+        sorted(p.name for p in folder.rglob("*") if ".tmp" in p.name)) or shutil._ntuple_diskusage(9, 9, 9))
     out = tmp_path / "out"
     args = ["--source", str(source["root"]), "--out", str(out), "--workers", "1", "--shard-rows", "4", "--no-progress"]
-    monkeypatch.setattr(np, "savez", full)  # a work shard
+    monkeypatch.setattr(np, "savez", lambda f, **arrays: (f.write(b"half"), full()))  # a work shard, half written
     assert prepare_main(args) == 2
     _, err = _lines(capsys)
     shard = imagenet.work_dir_for(out) / "train-00000.npz"
@@ -228,6 +233,9 @@ def test_a_full_disk_is_said_so_naming_the_file(source, tmp_path, monkeypatch, c
     assert err[0].endswith("free there): free space or choose a folder on another disk, then rerun the same command "
                            "(the shards done are kept).")
     assert not list(imagenet.work_dir_for(out).glob(".*.tmp-*"))  # the half-written shard is removed
+    assert told == [[]] and err[0].endswith("(about 4.7 kB needed, 9 bytes free there): free space or choose a "
+                                            "folder on another disk, then rerun the same command (the shards done "
+                                            "are kept).")
     monkeypatch.undo()
     monkeypatch.setattr(np, "save", full)  # the assembly
     assert prepare_main(args) == 2
@@ -305,3 +313,20 @@ def test_finished_work_with_a_user_s_file_is_kept_and_named(tmp_path):
     (work / "notes.txt").unlink()
     remove_finished_work(work, said.append)
     assert not work.exists()
+
+
+def test_a_lock_whose_record_cannot_be_written_lets_its_file_go(tmp_path, monkeypatch):
+    # A full disk at the holder's record: the descriptor stayed open (the lock held) until exit.
+    import os
+
+    from cljax.run_lock import RunLock
+
+    before = len(os.listdir("/proc/self/fd"))
+
+    def full(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "pwrite", full)
+    with pytest.raises(OSError, match="No space left"):
+        RunLock(tmp_path).__enter__()
+    assert len(os.listdir("/proc/self/fd")) == before

@@ -112,11 +112,11 @@ def write_prepared(
         try:
             np.save(tmp / fname, arr, allow_pickle=False)
         except OSError as exc:
+            shutil.rmtree(tmp, ignore_errors=True)  # our own half-written folder: its space back, before it is told
             full = full_disk_error(exc, tmp / fname, sum(a.nbytes for a in arrays.values()),
                                    "run the same command again (the folder is written whole or not at all).")
             if full is None:
                 raise
-            shutil.rmtree(tmp, ignore_errors=True)  # our own half-written folder: its space back
             raise full from None
         files[fname] = {"shape": list(arr.shape), "dtype": str(arr.dtype), "sha256": sha256_of(tmp / fname)}
     meta = {

@@ -32,7 +32,8 @@ def plan_image_folder(root: Path, split_map: dict[str, str], strict: bool, shard
         if _saved_to_disk(root):
             raise CljaxError(f"{root} is a folder written by datasets' save_to_disk (arrow files), which is not read: "
                              f"write each split as parquet, e.g. load_from_disk(...)[split].to_parquet("
-                             f"'DIR/data/{{split}}-00000-of-00001.parquet'), and pass DIR.")
+                             f"'DIR/data/{{split}}-00000-of-00001.parquet') for a DatasetDict (a single Dataset: "
+                             f"load_from_disk(...).to_parquet(...)), and pass DIR.")
         raise CljaxError(
             f"{root} holds neither {{split}}-NNNNN-of-NNNNN.parquet files (at the top or under data/) nor class "
             "subfolders of images; point --source at one of those or at a hub dataset name."

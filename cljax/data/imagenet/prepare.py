@@ -83,11 +83,11 @@ def process_shard(shard: Shard, work_dir: str, size: int, resample: str, tick=No
             f.flush()
             os.fsync(f.fileno())
     except OSError as exc:
+        tmp.unlink(missing_ok=True)  # the half-written shard: its space back, before the free space is told
         full = full_disk_error(exc, final, images_nhw.nbytes + labels_n.nbytes,
                                "rerun the same command (the shards done are kept).")
         if full is None:
             raise
-        tmp.unlink(missing_ok=True)  # the half-written shard: its space back
         raise full from None
     os.replace(tmp, final)  # a shard file exists whole or not at all
     if tick is not None and pending:
