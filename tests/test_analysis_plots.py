@@ -237,3 +237,17 @@ def test_the_current_task_curve_breaks_at_task_starts_in_the_bins_of_the_task_cu
     assert len(task[0]) == n and len(current[0]) == n + len(boundaries)  # the same points, plus one break each
     assert np.isnan(current[1]).sum() == len(boundaries)
     np.testing.assert_array_equal(current[1][~np.isnan(current[1])], task[1])
+
+
+def test_a_metrics_panel_names_the_repeats_its_mean_leaves_out(tmp_path, monkeypatch):
+    # The accuracy plots said so; a GLUE or plasticity panel averaged the finite repeats without a word.
+    from matplotlib.axes import Axes
+
+    titles = []
+    real = Axes.set_title
+    monkeypatch.setattr(Axes, "set_title", lambda self, text, *a, **k: titles.append(text) or real(self, text, *a, **k))
+    v = np.ones((3, 4))
+    v[1, 2] = np.nan  # repeat 1 diverged at task 2
+    plot_metrics_over_tasks({"radius": v, "dimension": np.ones((3, 4)), "capacity": np.full((3, 4), np.nan)},
+                            tmp_path / "m.png")
+    assert titles[:3] == ["radius\n(1 of 3 repeats left out where not finite)", "dimension", "capacity"]

@@ -196,7 +196,9 @@ def plot_metrics_over_tasks(
             why = (INFINITE_NOTES[name] if name in INFINITE_NOTES and np.isposinf(v).any() and
                    not np.isnan(v).any() else "no finite value: diverged or constant\nrepresentations (see the summary)")
             ax.text(0.5, 0.5, why, transform=ax.transAxes, ha="center", va="center", fontsize=8)
-        ax.set_title(name, fontsize=9)
+        held = np.isfinite(v).any(axis=0)  # a repeat not finite where another is: left out of the mean there
+        k = int((~np.isfinite(v) & held).any(axis=-1).sum())
+        ax.set_title(name + (f"\n({k} of {v.shape[0]} repeats left out where not finite)" if k else ""), fontsize=9)
         ax.set_xlabel(xlabel)
         _task_ticks(ax.xaxis)
     for ax in list(axes.flat)[len(names):]:
