@@ -110,3 +110,15 @@ def add_flag(parser: argparse.ArgumentParser, flag: str, dest: str, ftype: Field
     else:
         parser.add_argument(*names, dest=dest, type=lambda text: parse_text(ftype, text, f"--{flag}"), default=default,
                             metavar=dest.upper(), choices=meta.get("choices"), help=help_text)
+
+
+def flag_values(argv: list[str], flag: str) -> list[str]:
+    """The values ``argv`` gives ``flag`` (``--flag V`` and ``--flag=V``), in order: read before a
+    parser exists (--preset, --plugin) or beside it (a sweep's --grid)."""
+    out = []
+    for i, a in enumerate(argv):
+        if a == flag and i + 1 < len(argv):
+            out.append(argv[i + 1])
+        elif a.startswith(flag + "="):
+            out.append(a.split("=", 1)[1])
+    return out

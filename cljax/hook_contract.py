@@ -48,7 +48,8 @@ def _signature_problem(fn, n_args: int) -> str | None:
     return None
 
 
-def _same_arrays(a, b) -> bool:
+def same_arrays(a, b) -> bool:
+    """Whether two pytrees have one structure, and leaves of the same shapes and dtypes."""
     if jax.tree.structure(a) != jax.tree.structure(b):
         return False
     shape = lambda x: (getattr(x, "shape", None), getattr(x, "dtype", None))  # noqa: E731
@@ -70,7 +71,7 @@ def checked_hook(fn, kind: str, name: str, hook: str, hooks: dict):
         out = fn(*args)
         inputs = dict(zip(takes, args))
         if returns == "params":
-            if not _same_arrays(out, inputs["params"]):
+            if not same_arrays(out, inputs["params"]):
                 raise CljaxError(f"{where} must return a pytree of the params' structure, shapes and dtypes; it "
                                  f"does not.")
         elif returns is not None:
@@ -79,7 +80,7 @@ def checked_hook(fn, kind: str, name: str, hook: str, hooks: dict):
                        "an array" if hasattr(out, "shape") else f"a {type(out).__name__}")
                 raise CljaxError(f"{where} must return ({', '.join(returns)}); it returns {got}.")
             for part, value in zip(returns, out):
-                if part in ("params", "opt_state") and not _same_arrays(value, inputs[part]):
+                if part in ("params", "opt_state") and not same_arrays(value, inputs[part]):
                     raise CljaxError(f"{where} returns {part} of another structure, shapes or dtypes than it was "
                                      f"given: return them changed in value only.")
         return out

@@ -22,6 +22,7 @@ from __future__ import annotations
 import re
 
 from cljax.errors import CljaxError
+from cljax.flags import flag_values
 
 PRESETS: dict[str, dict] = {
     "lop-imagenet": dict(
@@ -35,8 +36,7 @@ PRESETS: dict[str, dict] = {
 
 def preset_from_argv(argv: list[str]) -> dict:
     """The settings of ``--preset NAME`` in ``argv`` ({} without one); an unknown name is one line."""
-    names = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--preset"]
-    names += [a.split("=", 1)[1] for a in argv if a.startswith("--preset=")]
+    names = flag_values(argv, "--preset")
     if not names:
         return {}
     name = names[-1]
@@ -53,14 +53,11 @@ def preset_note(line: str, argv: list[str]) -> str:
     except CljaxError:
         return line
     typed = {a.split("=", 1)[0][2:] for a in argv if a.startswith("--")}
-    typed |= {a.split("=", 1)[0].lstrip("-").replace("_", "-")  # a sweep's --grid KEY=VALUES sets KEY too
-              for flag, a in zip(argv, argv[1:]) if flag == "--grid"}
-    typed |= {a[len("--grid="):].split("=", 1)[0].lstrip("-").replace("_", "-") for a in argv if a.startswith("--grid=")}
+    typed |= {g.split("=", 1)[0].lstrip("-").replace("_", "-")  # a sweep's --grid KEY=VALUES sets KEY too
+              for g in flag_values(argv, "--grid")}
     named = dict.fromkeys(re.findall(r"--([a-z][a-z0-9-]*)", line))
     set_by = [f"--{flag} {preset[flag.replace('-', '_')]}" for flag in named
               if flag.replace("-", "_") in preset and flag not in typed]
     if not set_by:
         return line
-    name = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--preset"] + \
-        [a.split("=", 1)[1] for a in argv if a.startswith("--preset=")]
-    return f"{line.rstrip('.')} (--preset {name[-1]} sets {', '.join(set_by)}; give the flag to change it)."
+    return f"{line.rstrip('.')} (--preset {flag_values(argv, '--preset')[-1]} sets {', '.join(set_by)}; give the flag to change it)."

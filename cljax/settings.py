@@ -7,7 +7,7 @@ import argparse
 
 from cljax.config import Config, field_types_of, option_switch, settings_fields
 from cljax.errors import CljaxError
-from cljax.flags import add_flag, field_types, parse_text
+from cljax.flags import add_flag, field_types, flag_values, parse_text
 from cljax.presets import PRESETS, preset_from_argv
 from cljax.registry import DATASETS, MODELS, OPTIONS, RULES, load_plugins, source_file
 
@@ -28,9 +28,7 @@ class Parser(argparse.ArgumentParser):
 
 def load_plugins_from_argv(argv: list[str]) -> None:
     """Load ``--plugin FILE`` files before the flags are generated (their entries add flags)."""
-    paths = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--plugin"]
-    paths += [a.split("=", 1)[1] for a in argv if a.startswith("--plugin=")]
-    load_plugins(paths)
+    load_plugins(flag_values(argv, "--plugin"))
     load_plugins()
 
 

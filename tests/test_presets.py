@@ -70,6 +70,7 @@ def test_an_abbreviated_preset_flag_is_refused_not_ignored(capsys):
 def test_the_last_preset_flag_wins_as_for_any_flag(monkeypatch):
     monkeypatch.setitem(PRESETS, "short", dict(num_tasks=3))
     assert preset_from_argv(["--preset", "short", "--preset=lop-imagenet"]) == PRESETS["lop-imagenet"]
+    assert preset_from_argv(["--preset=lop-imagenet", "--preset", "short"]) == PRESETS["short"]  # in argv's order
     assert config_of(["--preset", "lop-imagenet", "--preset", "short"]).num_tasks == 3
 
 

@@ -167,13 +167,9 @@ def test_srun_without_sbatch_is_refused_as_such_and_a_refused_sweep_leaves_no_lo
     pytest.importorskip("submitit", reason="the sweep extra is not installed: pip install 'cljax[sweep]'")
     import shutil
 
-    if shutil.which("sbatch"):
-        pytest.skip("sbatch is on this host's PATH")
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "srun").write_text("#!/bin/sh\nexit 1\n")
-    (bin_dir / "srun").chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    real_which = shutil.which  # this host's SLURM, whatever it has: srun without sbatch (both ask shutil.which)
+    monkeypatch.setattr(shutil, "which", lambda name, *a, **k: {"srun": "/fake/srun", "sbatch": None}.get(
+        name, real_which(name, *a, **k)))
     flags = ["sweep", "--dataset", "synthetic", "--num-tasks", "2", "--results-dir", str(tmp_path / "s")]
     assert main(flags) == 2
     assert capsys.readouterr().err == (

@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 
 from cljax.errors import CljaxError
-from cljax.hook_contract import RULE_HOOKS, checked_hook
+from cljax.hook_contract import RULE_HOOKS, checked_hook, same_arrays
 from cljax.registry import RULES, register_rule
 
 
@@ -92,9 +92,7 @@ def check_direction(out, params, name: str) -> None:
         raise CljaxError(f"{where}: direction must return (direction, rule_state, model_state, metrics); it returns "
                          f"{type(out).__name__}{f' of {len(out)}' if isinstance(out, tuple) else ''}.")
     direction, _, _, metrics = out
-    want = [(p.shape, p.dtype) for p in jax.tree.leaves(params)]
-    if jax.tree.structure(direction) != jax.tree.structure(params) or \
-            [(d.shape, d.dtype) for d in jax.tree.leaves(direction)] != want:
+    if not same_arrays(direction, params):
         raise CljaxError(f"{where}: its direction must have the structure, shapes and dtypes of the params (one "
                          f"array per parameter, as a gradient); it does not.")
     if not (isinstance(metrics, dict) and all(getattr(metrics.get(k), "shape", None) == () for k in ("loss", "acc"))):
