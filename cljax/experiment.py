@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import shutil
 import sys
 import time
@@ -90,10 +91,14 @@ def run_experiment(
             check_unchanged(data, resume=found.record is not None)
         if found.record is not None and not found.finished:  # a finished run trains nothing more
             _source_warnings(found, config, algo_dir)
-        if found.finished and not found.rebuilt:  # verify every file's content before saying so
-            with RunLock(algo_dir, exclusive=False):
+        if found.finished:  # verify every file's content before saying so; a lost record needs no training checks
+            with RunLock(algo_dir, exclusive=found.rebuilt) if is_writer() or not found.rebuilt else contextlib.nullcontext():
                 found = inspect_run(algo_dir, config, data_id, overwrite, hashes=True, memo=memo, repair=repair)
                 if found.finished and _damaged_initial(algo_dir, found) is None:
+                    if found.rebuilt:
+                        need = len(json.dumps([found.record, data.meta], default=str)) + 2 * block_size(algo_dir)
+                        check_disk(algo_dir, need, "run.json")
+                        _write_rebuilt(algo_dir, found, data, critical)
                     if is_writer():  # what it hashed anew (a lost record) is not hashed again next time
                         memo.save_if_changed(found.record["run_id"])
                     unread = unread_by_a_finished_run(algo_dir, config.num_tasks, config.keep_checkpoints,
@@ -142,16 +147,8 @@ def run_experiment(
         raise
     with lock:
         check_same_run(config, data_id, found, plugins=sources, evaluation=chunk_tasks)
-        if found.rebuilt and is_writer():  # --repair of a lost run.json, from the task folders now verified
-            with critical, _disk_errors(algo_dir, found.next_task):
-                r = found.record
-                write_run_record(algo_dir, r["config"], r["schema"], run_id=r["run_id"], data=r["data"], split=r["split"],
-                                 sources=r["sources"], dataset_meta=data.meta)
-            later = found.record.get("rebuilt_from") or 0
-            print(f"note: {algo_dir / RUN_RECORD} was missing; --repair wrote it again from the task folders (run "
-                  f"{found.record['run_id']})" + (f", from {task_dir_name(later)}'s metadata.json, the first readable: "
-                  f"its settings that change no number are those of the command that wrote that folder, which may "
-                  f"differ from the run's first" if later else "") + ".", file=sys.stderr)
+        if found.rebuilt:  # --repair of a lost run.json, from the task folders now verified
+            _write_rebuilt(algo_dir, found, data, critical)
         if found.finished:  # a finished run whose initial/ is damaged: written again, as a resume would
             problem = _damaged_initial(algo_dir, found)
             if problem is not None and is_writer():
@@ -183,6 +180,22 @@ def run_experiment(
         return _train(config, data, task_data, schedule, program, start, chunk_tasks, found, algo_dir, run_id, split,
                       task_disk + ckpt_disk, data_id=data_id, sources=sources, progress=progress, allow_nonfinite=allow_nonfinite,
                       critical=critical, on_task_end=on_task_end, memo=memo)
+
+
+def _write_rebuilt(algo_dir: Path, found, data, critical) -> None:
+    """--repair of a lost run.json: the record rebuilt from the verified task folders, written
+    on the writing process, and a note saying from which folder."""
+    if not is_writer():
+        return
+    r = found.record
+    with critical, _disk_errors(algo_dir, found.next_task):
+        write_run_record(algo_dir, r["config"], r["schema"], run_id=r["run_id"], data=r["data"], split=r["split"],
+                         sources=r["sources"], dataset_meta=data.meta)
+    later = r.get("rebuilt_from") or 0
+    print(f"note: {algo_dir / RUN_RECORD} was missing; --repair wrote it again from the task folders (run "
+          f"{r['run_id']})" + (f", from {task_dir_name(later)}'s metadata.json, the first readable: its settings "
+          f"that change no number are those of the command that wrote that folder, which may differ from the "
+          f"run's first" if later else "") + ".", file=sys.stderr)
 
 
 def _train(config, data, task_data, schedule, program, start, chunk_tasks, found, algo_dir, run_id, split,

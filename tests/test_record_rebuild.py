@@ -46,7 +46,16 @@ def test_repair_writes_a_lost_record_again_and_the_run_resumes_to_the_same_numbe
     assert json.loads((run_dir / "task_001" / "metadata.json").read_text())["data"] == record["data"]
 
 
-def test_repair_writes_the_record_of_a_finished_run_again(made, tmp_path, capsys):
+def test_repair_writes_the_record_of_a_finished_run_again(made, tmp_path, capsys, monkeypatch):
+    # It trains nothing, so it builds no program and checks no device memory or disk for a task:
+    # before, a login node could be refused memory or disk that writing run.json does not need.
+    from cljax import experiment
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished run's repaired record went through the training checks")
+
+    monkeypatch.setattr(experiment, "build_task_program", no_training)
+    monkeypatch.setattr(experiment, "_initial_learner", no_training)
     run_dir = copy(made, "finished", tmp_path / "r")
     record = (run_dir / "run.json").read_bytes()
     (run_dir / "run.json").unlink()
