@@ -375,3 +375,14 @@ def test_out_inside_an_image_folder_and_a_save_to_disk_folder_are_refused(tmp_pa
     with pytest.raises(CljaxError, match=re.escape(f"{saved} is a folder written by datasets' save_to_disk (arrow "
                                                    f"files), which is not read: write each split as parquet")):
         plan_source(str(saved))
+
+
+@pytest.mark.parametrize("asked", ["val", "VAL", "validation"])
+def test_an_image_folder_s_split_is_named_as_its_folder_is_spelt(tmp_path, asked):
+    # `--splits train val:test` for DIR/val/ was refused: "has no split 'val' (it has train, validation)".
+    root = _folder(tmp_path / "src", {"train": {"ant": 1, "bee": 2}, "val": {"ant": 1, "bee": 1}})
+    plan = plan_source(str(root), {"train": "train", asked: "test"})
+    assert [(s.split, s.source_split, s.n_rows) for s in plan.shards] == [("train", "train", 3), ("test", asked, 2)]
+    with pytest.raises(CljaxError, match=re.escape(f"--splits names the folder {root / 'val'} 2 times (valid, validation): "
+                                                   f"name each split once.")):
+        plan_source(str(root), {"train": "train", "valid": "test", "validation": "test"})

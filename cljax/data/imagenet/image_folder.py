@@ -18,6 +18,17 @@ _SPLIT_DIR_NAMES = {"train": "train", "validation": "validation", "val": "valida
 def plan_image_folder(root: Path, split_map: dict[str, str], strict: bool, shard_rows: int) -> Plan:
     subdirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     split_dirs = {_SPLIT_DIR_NAMES[d.name.lower()]: d for d in subdirs if d.name.lower() in _SPLIT_DIR_NAMES}
+    names: dict[str, list[str]] = {}  # --splits val:test names the folder as spelt: that split, under the name asked
+    for asked in split_map:
+        known = _SPLIT_DIR_NAMES.get(asked.lower())
+        if known is not None and known in split_dirs:
+            names.setdefault(known, []).append(asked)
+    for known, asked in names.items():
+        if len(asked) > 1:
+            raise CljaxError(f"--splits names the folder {split_dirs[known]} {len(asked)} times ({', '.join(asked)}): "
+                             f"name each split once.")
+        if asked[0] != known:
+            split_dirs[asked[0]] = split_dirs.pop(known)
     layout = split_dirs or {"train": root}
     per_split: dict[str, dict[str, list[Path]]] = {}
     for split, folder in layout.items():
