@@ -32,6 +32,7 @@ from cljax.devices.mesh import repeat_sharding
 from cljax.errors import CljaxError
 from cljax.eval_tasks import eval_slots, eval_tasks_of
 from cljax.registry import MODELS
+from cljax.units import fmt_bytes
 
 LABEL_DTYPE = np.int32  # labels as TaskData builds them
 HEADROOM = 0.9  # a run may plan for this fraction of the device budget (allocator, runtime)
@@ -367,11 +368,3 @@ def host_problem(b: Budget, data, chunk: int, available: int) -> CljaxError | No
         f"{fmt_bytes(available)} available: lower --n-repeats, --n-train-per-class, --n-test-per-class, "
         f"--n-subsamples or snapshots (raise --log-frequency), use --eval-tasks window:K or --representation-dtype "
         f"bfloat16, {model}or free memory. `cljax plan` shows the parts.")
-
-
-def fmt_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n}"

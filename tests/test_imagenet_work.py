@@ -228,12 +228,12 @@ def test_a_full_disk_is_said_so_naming_the_file(source, tmp_path, monkeypatch, c
     assert prepare_main(args) == 2
     _, err = _lines(capsys)
     shard = imagenet.work_dir_for(out) / "train-00000.npz"
-    assert len(err) == 1 and err[0].startswith(f"error: the disk is full ({why}) while writing {shard} (about 4.7 kB "
+    assert len(err) == 1 and err[0].startswith(f"error: the disk is full ({why}) while writing {shard} (about 4.6 KiB "
                                                f"needed, "), err
     assert err[0].endswith("free there): free space or choose a folder on another disk, then rerun the same command "
                            "(the shards done are kept).")
     assert not list(imagenet.work_dir_for(out).glob(".*.tmp-*"))  # the half-written shard is removed
-    assert told == [[]] and err[0].endswith("(about 4.7 kB needed, 9 bytes free there): free space or choose a "
+    assert told == [[]] and err[0].endswith("(about 4.6 KiB needed, 9 B free there): free space or choose a "
                                             "folder on another disk, then rerun the same command (the shards done "
                                             "are kept).")
     monkeypatch.undo()

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 from cljax.errors import CljaxError
+from cljax.units import fmt_bytes
 
 
 def full_disk_error(exc: OSError, path: Path, needed: int | None, fix: str) -> CljaxError | None:
@@ -22,17 +23,9 @@ def full_disk_error(exc: OSError, path: Path, needed: int | None, fix: str) -> C
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
     try:
-        free = f"{_size(shutil.disk_usage(folder).free)} free there"
+        free = f"{fmt_bytes(shutil.disk_usage(folder).free)} free there"
     except OSError:
         free = "free space unknown"
-    need = f"about {_size(needed)} needed, " if needed else ""
+    need = f"about {fmt_bytes(needed)} needed, " if needed else ""
     return CljaxError(f"the disk is full ({why}) while writing {path} ({need}{free}): free space or choose a folder "
                       f"on another disk, then {fix}")
-
-
-def _size(n: int) -> str:
-    for unit in ("bytes", "kB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} GB"

@@ -82,7 +82,7 @@ def make_synthetic(n_classes: int, n_train_per_class: int, n_test_per_class: int
 def _check_memory(n_images: int, pixels: int) -> None:
     """Refuse, before allocating, a dataset the host cannot hold: the uint8 images, and one chunk's
     float32 images, float64 noise and its float32 copy (16 bytes a value) while generating."""
-    from cljax.budget import fmt_bytes
+    from cljax.units import fmt_bytes
     from cljax.devices.memory import host_available_bytes
 
     chunk = min(_images_per_chunk(pixels), n_images) * pixels
