@@ -126,7 +126,8 @@ def program_bytes(config: Config, program, image_shape: tuple) -> ProgramBytes:
     one_params, one_state = jax.eval_shape(net.init, key)
 
     def forward(params, state, x):
-        return net.module.apply({"params": params, **state}, x, capture_intermediates=True, mutable=["intermediates"])
+        return net.module.apply({"params": params, **state}, x, train=False, capture_intermediates=True,
+                                mutable=["intermediates"])
 
     _, inter = jax.eval_shape(forward, one_params, one_state, sds((1, *image_shape), jnp.uint8))
     from cljax.step import learner_batch  # the program's own: a budget never builds one

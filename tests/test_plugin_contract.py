@@ -215,3 +215,47 @@ def test_a_hook_s_file_is_its_code_s_for_a_partial_and_a_bare_array_is_named_as_
     checked = _checked(Option(task_end=lambda state, p, key, images, labels, t: jnp.zeros(2)), "mine")
     with pytest.raises(CljaxError, match=r"must return \(state, params\); it returns an array"):
         checked.task_end((), {"w": jnp.zeros(2)}, None, None, None, 0)
+
+
+TRAIN_MODELS = '''
+import flax.linen as nn
+from cljax.models import as_float_images
+from cljax.registry import register_model
+
+
+class Needs(nn.Module):  # train without a default, as the README's contract (images, train) reads
+    out_dim: int
+
+    @nn.compact
+    def __call__(self, images, train):
+        hidden = nn.Dense(4)(as_float_images(images).reshape(images.shape[0], -1))
+        return nn.Dense(self.out_dim, name="head")(hidden), hidden
+
+
+class Takes(nn.Module):
+    out_dim: int
+
+    @nn.compact
+    def __call__(self, images):
+        hidden = nn.Dense(4)(as_float_images(images).reshape(images.shape[0], -1))
+        return nn.Dense(self.out_dim, name="head")(hidden), hidden
+
+
+register_model("needs")(lambda params, ctx: Needs(out_dim=ctx.out_dim))
+register_model("takes")(lambda params, ctx: Takes(out_dim=ctx.out_dim))
+'''
+
+
+def test_a_model_s_train_argument_is_passed_by_name_and_its_absence_is_one_line(tmp_path):
+    # `train` without a default gave a traceback from `plan` and `run` ("missing 1 required positional
+    # argument"): cljax initialised and sized the model without passing it.
+    plugin = tmp_path / "models.py"
+    plugin.write_text(TRAIN_MODELS)
+    results = ["--results-dir", str(tmp_path / "r"), *TINY]
+    needs = _cljax("run", "--plugin", str(plugin), *results, "--model", "needs")
+    assert needs.returncode == 0, needs.stderr
+    assert (tmp_path / "r" / "synthetic" / "SL_T2" / "task_001" / "weights.npy").is_file()
+    takes = _cljax("plan", "--plugin", str(plugin), *results, "--model", "takes")
+    assert takes.returncode == 2 and takes.stderr == (
+        f"error: model 'takes': its __call__(self, images) ({plugin}, line 19) cannot be called as (images, "
+        f"train=...): write it as __call__(self, images, train: bool = False), any further argument with a default.\n")

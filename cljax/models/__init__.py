@@ -29,7 +29,7 @@ import jax.extend
 import jax.numpy as jnp
 
 from cljax.errors import CljaxError
-from cljax.registry import CONV_IMPLS, MODELS, register_model
+from cljax.registry import CONV_IMPLS, MODELS, register_model, source_file
 
 __all__ = [
     "CLASSIFIER_GROUP",
@@ -121,11 +121,11 @@ def make_net(module: nn.Module, image_shape: tuple[int, ...], compute_dtype: str
     without them is applied as ``module.apply({"params": params}, images, train=train)`` and
     nothing else, so its compiled program does not depend on this wrapper."""
     example = jnp.zeros((1, *image_shape), jnp.uint8)
-    shapes = jax.eval_shape(lambda key: module.init(key, example), jax.random.key(0))
+    shapes = jax.eval_shape(lambda key: module.init(key, example, train=False), jax.random.key(0))
     state_collections = tuple(sorted(name for name in shapes if name != "params"))
 
     def init(key):
-        variables = module.init(key, example)
+        variables = module.init(key, example, train=False)
         return variables["params"], {name: variables[name] for name in state_collections}
 
     if not state_collections:
@@ -184,6 +184,15 @@ def build_model(name: str, params, ctx: ModelContext) -> nn.Module:
     if not isinstance(module, nn.Module):
         raise CljaxError(f"model {name!r}: its builder returned a {type(module).__name__}, not a flax.linen.Module: "
                          f"return one.")
+    call = type(module).__call__
+    try:
+        inspect.signature(call).bind(module, "images", train=False)
+    except TypeError:  # it must take train: cljax passes it by name, at init and at every call
+        code = getattr(inspect.unwrap(call), "__code__", None)  # flax wraps it: the user's own line
+        line = getattr(code, "co_firstlineno", None)
+        raise CljaxError(f"model {name!r}: its __call__{inspect.signature(call)} ({source_file(inspect.unwrap(call))}"
+                         f"{f', line {line}' if line else ''}) cannot be called as (images, train=...): write it as "
+                         f"__call__(self, images, train: bool = False), any further argument with a default.") from None
     return module
 
 
