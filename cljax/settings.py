@@ -172,9 +172,7 @@ def unused_settings(flat: dict, inert: bool = True) -> dict[str, str]:
         if dest not in flat:
             continue
         when = (meta or {}).get("applies_when")
-        if when and used.get(when[0]) != when[1]:
-            why[dest] = f"it acts only with --{when[0].replace('_', '-')} {when[1]}"
-        elif users and dest not in used:
+        if users and dest not in used:  # first: that --bio-epsilon is Bio's says more than its --bio-policy
             owners = []
             for name in users:
                 if name in OPTIONS and name not in enabled:
@@ -185,6 +183,11 @@ def unused_settings(flat: dict, inert: bool = True) -> dict[str, str]:
                     if name in registry and name != value:
                         owners.append(f"{kind} {name}, and this run's {flag} is {value}")
             why[dest] = f"it is a setting of {'; of '.join(owners) or ', '.join(users)}"
+        elif when and used.get(when[0]) != when[1]:
+            why[dest] = f"it acts only with --{when[0].replace('_', '-')} {when[1]}"
+    rule_inert = RULES[config.algorithm].extra.get("inert") if inert else None  # the rule's settings it ignores here
+    for dest, reason in (rule_inert(config.rule_params, config) if rule_inert is not None else {}).items():
+        why.setdefault(dest, reason)
     for name, params in config.option_params if inert else ():  # an option on, whose settings leave it nothing to do
         hook = OPTIONS[name].extra.get("inert")
         reason = hook(params, config) if hook is not None else None

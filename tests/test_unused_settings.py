@@ -27,7 +27,14 @@ def test_each_kind_of_unused_setting_is_named_with_why():
     # Bio's epsilon acts only under its egreedy policy (a sweep over it trained one run under many names).
     bio = {**flat_defaults(), "algorithm": "Bio", "bio_epsilon": 0.3}
     assert unused_settings(bio)["bio_epsilon"] == "it acts only with --bio-policy egreedy"
-    assert "bio_epsilon" not in unused_settings({**bio, "bio_policy": "egreedy"})
+    assert "bio_epsilon" not in unused_settings({**bio, "bio_policy": "egreedy", "out_dim": 2})
+    # With one output the action never matters (docs/rules.md): both were taken without a word.
+    one_output = unused_settings({**bio, "bio_policy": "egreedy"})
+    assert one_output["bio_epsilon"] == one_output["bio_policy"] == (
+        "with --out-dim 1 Bio's update does not depend on the action, so not on how it is chosen (--out-dim 2 uses it)")
+    # Another rule's setting is that first, not "acts only with --bio-policy egreedy" under egreedy.
+    assert unused_settings({**flat_defaults(), "bio_policy": "egreedy", "bio_epsilon": 0.2})["bio_epsilon"] == (
+        "it is a setting of rule Bio, and this run's --algorithm is SL")
 
 
 def test_plan_warns_once_per_flag_given_that_the_run_does_not_use(capsys):

@@ -145,7 +145,16 @@ def chosen_unit(logits_BxO, actions_B):
     return jnp.take_along_axis(logits_BxO, actions_B[:, None], axis=-1)[:, 0]
 
 
-@register_rule("Bio", params=BioParams, default_lr=0.05)
+def _inert(params: BioParams, config) -> dict[str, str]:
+    """The settings that change nothing in this run (a warning, cljax/settings.py): with one
+    output the update does not depend on the action, so neither does the way it is chosen."""
+    if config.out_dim != 1:
+        return {}
+    why = "with --out-dim 1 Bio's update does not depend on the action, so not on how it is chosen (--out-dim 2 uses it)"
+    return {"bio_policy": why, "bio_epsilon": why}
+
+
+@register_rule("Bio", params=BioParams, default_lr=0.05, inert=_inert)
 def make_bio(params: BioParams, config, net) -> Rule:
     """A three-factor reward-modulated rule with fixed random feedback."""
     if net.state_collections:
