@@ -235,10 +235,26 @@ def _cmd_analyze(argv: list[str]) -> int:
     return 0
 
 
+def _with_sweeps_runs(runs: list[str]) -> list[str]:
+    """``runs``, a sweep's folder (RESULTS_DIR of `cljax sweep`) replaced by the runs its sweep.json
+    lists, with a note; a run passed twice once."""
+    from cljax.results import holds_task_dirs, sweep_runs
+
+    expanded = []
+    for run in runs:
+        swept = [] if holds_task_dirs(Path(run)) else sweep_runs(Path(run))
+        if swept:
+            print(f"note: {run} holds a sweep: comparing the {len(swept)} run(s) with task folders its sweep.json "
+                  f"lists.", file=sys.stderr)
+        expanded.extend(swept or [run])
+    return list(dict.fromkeys(expanded))
+
+
 def _cmd_compare(argv: list[str]) -> int:
     parser = _Parser(prog="cljax compare", description="Several runs side by side: the plasticity gap (the fresh "
                      "expert's current-task accuracy minus the learner's) over tasks, one line per run.")
-    parser.add_argument("runs", nargs="+", help="results/{dataset}/{algorithm} of each run")
+    parser.add_argument("runs", nargs="+", help="results/{dataset}/{algorithm} of each run, or a sweep's "
+                        "--results-dir (its runs, as its sweep.json lists them)")
     parser.add_argument("--out", default=None, help="the plot (PNG) to write (default: none)")
     parser.add_argument("--json", default=None, help="write the comparison as JSON here")
     parser.add_argument("--late-from", type=float, default=0.5, help="the late tasks are those from this fraction "
@@ -255,7 +271,7 @@ def _cmd_compare(argv: list[str]) -> int:
     from cljax.analysis.spread import jsonable
     from cljax.safe_files import atomic_write
 
-    summary = compare_runs(args.runs, args.out, late_from=args.late_from)
+    summary = compare_runs(_with_sweeps_runs(args.runs), args.out, late_from=args.late_from)
     print(format_comparison(summary))
     differ = protocol_differences(summary)
     if differ:

@@ -31,7 +31,7 @@ class LogLines:
     def __init__(self, total: int, done: int, every: float = LOG_EVERY_SECONDS, clock=time.monotonic, note: str = ""):
         self.total, self.done, self.every, self.clock = total, done, every, clock
         self.start, self.first, self.last, self.postfix = clock(), done, None, {}
-        print(f"tasks: {done} of {total} done{note}", file=sys.stderr, flush=True)
+        print(f"tasks: {done}/{total} done{note}", file=sys.stderr, flush=True)
 
     def set_postfix(self, **values) -> None:
         self.postfix = values

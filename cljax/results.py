@@ -205,7 +205,7 @@ def runs_near(path: str | os.PathLike, most: int = 4) -> str:
         except OSError:  # unreadable: not searched
             return []
 
-    swept = _sweep_runs(path)
+    swept = sweep_runs(path)
     if swept:  # a sweep's folder: its runs are three levels down, RESULTS_DIR/{tag}/{dataset}/{algorithm}
         return (f"it holds a sweep (sweep.json lists {len(swept)} run(s) with task folders): pass its runs' folders, "
                 f"{' '.join(swept[:most])}" + (f" ... ({len(swept)} in all: {path}/*seed-*/*/*)" if len(swept) > most
@@ -218,9 +218,9 @@ def runs_near(path: str | os.PathLike, most: int = 4) -> str:
     return "pass a run's folder, results/{dataset}/{algorithm}, or run the experiment first (cljax run)"
 
 
-def _sweep_runs(folder: Path) -> list[str]:
+def sweep_runs(folder: Path) -> list[str]:
     """The run folders the sweep.json in ``folder`` lists (`cljax sweep`; its earlier sweeps into
-    the folder too), that hold task folders."""
+    the folder too), that hold task folders; [] for a folder that holds no sweep."""
     try:
         record = json.loads((folder / "sweep.json").read_text())
         listed = [r["results"] for sweep in (*record.get("earlier", []), record) for r in sweep["runs"]]

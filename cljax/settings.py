@@ -110,8 +110,8 @@ RUN_ONLY_FLAGS = {
     "--overwrite": "delete an existing run's results (task folders, checkpoint, analysis) and start again "
                    "(default: resume the same run, refuse another unless it finished no task)",
     "--allow-nonfinite": "go on when a loss becomes NaN or inf (default: record it and stop)",
-    "--no-progress": "no progress (a bar on a terminal; a line after the first task and at most one a minute "
-                     "when stderr is a file, a SLURM job's log or a sweep job's)",
+    "--no-progress": "no progress (a bar on a terminal; a line as it starts, one after the first task and at "
+                     "most one a minute when stderr is a file, a SLURM job's log or a sweep job's)",
 }
 
 

@@ -338,9 +338,9 @@ def test_the_terminal_summary_names_collapse_no_probe_and_left_out_expert_cells(
     glue["solver"].update(converged_fraction=0.9254, n_probes_solved=2560, min_converged_fraction=0.254,
                           min_converged_at="task 0 after task 0, repeat 0")
     text = format_summary({"glue": glue})
-    assert ("solver within tolerance on 92.54% of 2560 probes; over the run, the grouping of task 0 after task 0, "
-            "repeat 0 reached it on only 25.4%: its points are nearly degenerate (as a network near collapse gives) "
-            "and its capacity is not reliable") in text
+    assert ("solver within tolerance on 92.54% of 2560 QPs (probes x repeats x groupings); over the run, the grouping "
+            "of task 0 after task 0, repeat 0 reached it on only 25.4%: its points are nearly degenerate (as a network "
+            "near collapse gives) and its capacity is not reliable") in text
     glue["solver"]["min_converged_fraction"] = 0.95
     assert "in one grouping only" not in format_summary({"glue": glue})
 

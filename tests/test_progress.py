@@ -20,7 +20,7 @@ def test_log_lines_are_one_per_interval_with_the_rate_and_what_is_left(capsys):
         lines.set_postfix(acc="0.900")
         lines.update(1)
     out = capsys.readouterr().err.splitlines()
-    assert out == ["tasks: 2 of 10 done",
+    assert out == ["tasks: 2/10 done",
                    "tasks: 3/10 done, acc 0.900, 20.00 s/task, about 2 min left",  # the first task: compiled
                    "tasks: 6/10 done, acc 0.900, 20.00 s/task, about 80 s left",  # 60 s after the line before
                    "tasks: 9/10 done, acc 0.900, 20.00 s/task, about 20 s left",
@@ -35,7 +35,7 @@ def test_a_run_whose_stderr_is_a_file_writes_progress_lines_there(tmp_path):
                               cwd=Path(__file__).parent.parent, timeout=300)
     text = log.read_text()
     assert proc.returncode == 0, text
-    assert "tasks: 0 of 2 done\n" in text and "tasks: 2/2 done, acc " in text, text
+    assert "tasks: 0/2 done\n" in text and "tasks: 2/2 done, acc " in text, text
     assert "\r" not in text  # no bar's redraws
 
 
@@ -43,5 +43,5 @@ def test_the_first_line_of_a_repair_says_what_it_trains_again(capsys):
     from cljax.progress import progress_for
 
     progress_for("log", 5, 1, " (--repair trains tasks 0 to 3 (4 tasks) from the seed again first)")
-    assert capsys.readouterr().err == "tasks: 1 of 5 done (--repair trains tasks 0 to 3 (4 tasks) from the seed again first)\n"
+    assert capsys.readouterr().err == "tasks: 1/5 done (--repair trains tasks 0 to 3 (4 tasks) from the seed again first)\n"
     assert progress_for(False, 5, 0) is None

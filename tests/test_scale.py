@@ -238,6 +238,13 @@ def test_sweep_runs_each_setting_in_its_own_folder(sweep_process):
         assert config["seed"] == 3 and config["lr"] == float(tag.split("_")[0][3:])
         assert str(algo_dir) in out and f"{tag}: 2 tasks, last task acc" in out
     print("\n" + out)
+    # compare given the sweep's folder compares its runs (it named them and stopped)
+    compared = subprocess.run([sys.executable, "-m", "cljax", "compare", str(root), "--json", str(root.parent / "c.json")],
+                              cwd=REPO, capture_output=True, text=True)
+    assert compared.returncode == 0, compared.stderr
+    assert f"note: {root} holds a sweep: comparing the 2 run(s) with task folders its sweep.json lists." in compared.stderr
+    compared_runs = [entry["run"] for entry in json.loads((root.parent / "c.json").read_text()).values()]
+    assert sorted(compared_runs) == sorted(map(str, folders.values()))
 
 
 def test_a_sweep_job_reports_a_resumed_or_finished_run_as_such(tmp_path):

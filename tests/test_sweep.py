@@ -217,8 +217,9 @@ def test_the_help_says_what_auto_and_the_slurm_resources_are(capsys):
     assert "CPUs per job (SLURM's --cpus-per-task; default: the cluster's, often 1)" in text
 
 
-def test_compare_given_a_sweeps_folder_names_the_runs_its_sweep_json_lists(tmp_path, capsys):
+def test_analyze_given_a_sweeps_folder_names_the_runs_its_sweep_json_lists(tmp_path, capsys):
     # It said "has no task folders: ... run the experiment first": the runs are three levels down.
+    # (compare takes the folder as its runs: tests/test_scale.py.)
     from cljax.results import runs_near
 
     folders = [tmp_path / f"lr-0.{i}_seed-0" / "synthetic" / "SL_T2" for i in range(6)]
@@ -226,8 +227,8 @@ def test_compare_given_a_sweeps_folder_names_the_runs_its_sweep_json_lists(tmp_p
         (folder / "task_000").mkdir(parents=True)
     listed = [{"tag": f.parents[1].name, "results": str(f)} for f in folders]
     (tmp_path / "sweep.json").write_text(json.dumps({"runs": listed[:2], "earlier": []}))
-    assert main(["compare", str(tmp_path)]) == 2
-    assert capsys.readouterr().err == (f"error: {tmp_path} has no task folders: it holds a sweep (sweep.json lists 2 "
+    assert main(["analyze", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == (f"error: {tmp_path} holds no finished task folder (task_000, ...): it holds a sweep (sweep.json lists 2 "
                                        f"run(s) with task folders): pass its runs' folders, {folders[0]} {folders[1]}.\n")
     (tmp_path / "sweep.json").write_text(json.dumps({"runs": listed, "earlier": []}))
     assert runs_near(tmp_path).endswith(f"{folders[3]} ... (6 in all: {tmp_path}/*seed-*/*/*)")

@@ -104,7 +104,8 @@ def format_summary(summary: dict) -> str:
         low = solver.get("min_converged_fraction")
         lines.append(f"GLUE capacity, last task: {cap_text} over repeats, Monte-Carlo error {mc} "
                      f"({glue['settings']['n_probes']} probes); " + (
-                         f"solver within tolerance on {100 * solver['converged_fraction']:.2f}% of {solved} probes"
+                         f"solver within tolerance on {100 * solver['converged_fraction']:.2f}% of {solved} QPs "
+                         f"(probes x repeats x groupings)"
                          if solved else "no probe was solved")
                      + (f"; over the run, the grouping of {solver.get('min_converged_at', 'one task')} reached it on "
                         f"only {100 * low:.1f}%: its points are nearly degenerate (as a network near collapse gives) "
