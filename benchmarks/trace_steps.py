@@ -45,7 +45,7 @@ def _config(flags: list[str]):
 def trace(run_flags: list[str], first: int, last: int, repeat: int, every: int = 1, other: list[str] = ()) -> dict:
     """{"steps": [...], "task": [...], "train_loss": [...], "max_abs": {layer: [...]}, "last_weights":
     {task: the repeat's weights at the task's last step}} for the repeat, tasks ``first``..``last``;
-    each task's rows begin with step 0, its start (no training loss: NaN)."""
+    each task's rows begin with step 0, its start (no training loss yet: None, null in the JSON)."""
     from cljax.checkpoint import load_learner, read_run_record, recorded_split
     from cljax.config import algo_dir_of
     from cljax.devices.cpu_split import configure_cpu_devices
@@ -95,7 +95,7 @@ def trace(run_flags: list[str], first: int, last: int, repeat: int, every: int =
         weights = jax.tree.map(lambda w: np.asarray(w)[:, repeat], trace_["weights"])
         out["steps"] += [0, *traced.log_steps]
         out["task"] += [t] * (1 + len(traced.log_steps))
-        out["train_loss"] += [float("nan"), *np.asarray(trace_["train_loss"])[:, repeat].tolist()]
+        out["train_loss"] += [None, *np.asarray(trace_["train_loss"])[:, repeat].tolist()]  # step 0: none yet
         for layer, tree in weights.items():
             biggest = np.max([np.abs(w).reshape(w.shape[0], -1).max(1) for w in jax.tree.leaves(tree)], axis=0)
             out["max_abs"].setdefault(layer, []).extend(biggest.tolist())
@@ -130,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     layers = list(got["max_abs"])
     print("task  step  train_loss  " + "  ".join(f"{name:>9}" for name in layers) + "   (largest |weight|)")
     for i, (t, s) in enumerate(zip(got["task"], got["steps"])):  # + 0.0: a loss of -0.0 (-log 1) prints as 0
-        print(f"{t:4d}  {s:4d}  {got['train_loss'][i] + 0.0:10.4g}  "
+        loss = got["train_loss"][i]  # None as a task begins: no step has been taken (nan would read as divergence)
+        print(f"{t:4d}  {s:4d}  {'-' if loss is None else f'{loss + 0.0:.4g}':>10}  "
               + "  ".join(f"{got['max_abs'][name][i]:9.3g}" for name in layers))
     if args.json:
         Path(args.json).write_text(json.dumps({k: v for k, v in got.items() if k != "last_weights"}, indent=1))

@@ -259,3 +259,21 @@ def test_a_model_s_train_argument_is_passed_by_name_and_its_absence_is_one_line(
     assert takes.returncode == 2 and takes.stderr == (
         f"error: model 'takes': its __call__(self, images) ({plugin}, line 19) cannot be called as (images, "
         f"train=...): write it as __call__(self, images, train: bool = False), any further argument with a default.\n")
+
+
+def test_the_readme_s_extension_examples_run_as_written(tmp_path):
+    # Copied from the README, its rule lacked the imports it uses (NameError: dataclass) and its
+    # model the classes it builds (LinearParams, Linear).
+    import re
+
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    imports, model, rule = ([b for b in blocks if mark in b] for mark in (
+        "from dataclasses import dataclass", "class LinearParams", "class SignParams"))
+    assert len(imports) == len(model) == len(rule) == 1
+    plugin = tmp_path / "readme_extension.py"
+    plugin.write_text("\n".join([imports[0], model[0], rule[0]]))
+    proc = _cljax("run", "--plugin", str(plugin), *TINY, "--model", "linear", "--linear-width", "8",
+                  "--algorithm", "SignSGD", "--results-dir", str(tmp_path / "r"))
+    assert proc.returncode == 0, proc.stderr
+    run = tmp_path / "r" / "synthetic" / "SignSGD_T2"
+    assert np.load(run / "task_001" / "representations.npy").shape[-1] == 8  # the hidden layer, --linear-width

@@ -44,7 +44,7 @@ def test_the_trace_holds_the_runs_snapshots(run):
     assert got["task"] == [1] * 7 + [2] * 7 and got["steps"] == [0, 1, 2, 3, 4, 5, 6] * 2
     assert set(got["max_abs"]) == {"dense1", "dense2", "head"}
     assert all(len(v) == 14 and np.all(np.isfinite(v)) for v in got["max_abs"].values())
-    assert np.isnan(got["train_loss"][0]) and np.isnan(got["train_loss"][7]) and np.isfinite(got["train_loss"][1:7]).all()
+    assert got["train_loss"][0] is None and got["train_loss"][7] is None and np.isfinite(got["train_loss"][1:7]).all()
     for t in (1, 2):
         folder = algo_dir / results.task_dir_name(t)
         saved = results.load_metrics(folder)["train_loss"][:, 1]  # the mean of steps 1-3, and of 4-6
@@ -74,6 +74,8 @@ def test_the_command_prints_a_row_per_step_and_refuses_a_task_without_a_checkpoi
     assert trace_steps.main(["--from-task", "0", "--to-task", "0", "--json", str(tmp_path / "t.json"), "--", *flags]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("task  step  train_loss") and len(lines) == 1 + 7
+    assert lines[1].split()[:3] == ["0", "0", "-"] and "nan" not in lines[1]  # no step taken yet: not a divergence
+    assert json.loads((tmp_path / "t.json").read_text())["train_loss"][0] is None
     assert json.loads((tmp_path / "t.json").read_text())["steps"] == [0, 1, 2, 3, 4, 5, 6]
     (algo_dir / "checkpoints" / "start_task_002.npz").rename(tmp_path / "moved.npz")
     try:
