@@ -38,7 +38,7 @@ RECORD = "verified.json"
 JOURNAL = "verified.jsonl"  # one line per folder a run wrote since the record was last saved
 VERSION = 1
 SHARED_FIELDS = ("config", "shapes", "eval_tasks")  # the same in every task folder of a run, mostly
-CHECKED_FIELDS = ("task_index", "run_id", "files", "shapes", "eval_tasks", "config")  # what a folder's check reads
+CHECKED_FIELDS = ("task_index", "run_id", "files", "shapes", "eval_tasks", "config", "data")  # what the checks read
 
 
 def identity(path: Path) -> list[int]:

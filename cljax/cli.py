@@ -237,7 +237,7 @@ def _cmd_analyze(argv: list[str]) -> int:
 
 def _with_sweeps_runs(runs: list[str]) -> list[str]:
     """``runs``, a sweep's folder (RESULTS_DIR of `cljax sweep`) replaced by the runs its sweep.json
-    lists, with a note; a run passed twice once."""
+    lists, with a note (a run given twice stays so: compare refuses it)."""
     from cljax.results import holds_task_dirs, sweep_runs
 
     expanded = []
@@ -247,7 +247,7 @@ def _with_sweeps_runs(runs: list[str]) -> list[str]:
             print(f"note: {run} holds a sweep: comparing the {len(swept)} run(s) with task folders its sweep.json "
                   f"lists.", file=sys.stderr)
         expanded.extend(swept or [run])
-    return list(dict.fromkeys(expanded))
+    return expanded
 
 
 def _cmd_compare(argv: list[str]) -> int:

@@ -82,3 +82,52 @@ def lost_record(algo_dir: Path, n_dirs: int, repair: bool, deletes: str) -> dict
                          f"and resumed as usual), restore it from a copy, or pass --overwrite to start again (it "
                          f"{deletes}).")
     return record
+
+
+def first_folder_metadata(algo_dir: Path, memo: dict | None = None) -> tuple[Path, dict] | None:
+    """The first task folder whose metadata.json reads, and its content (``memo``: the check
+    record's fields, cljax/check_record.py); None when no folder reads. Its settings and data are
+    what the run trained with: run.json is checked against them."""
+    from cljax.check_record import checked_metadata
+
+    for folder in task_dirs(algo_dir, passed=False):
+        try:
+            return folder, checked_metadata(folder, memo)
+        except (DamagedFile, OSError):
+            continue  # a damaged folder: the folder checks name it
+    return None
+
+
+def record_disagreement(algo_dir: Path, record: dict, memo: dict | None = None) -> str | None:
+    """What run.json records otherwise than its run's first readable task folder (the settings
+    that change numbers, the data), or None: a run.json changed by hand would let a resume train
+    the rest of the run on other settings, each folder recording its own, without a word."""
+    from cljax.setting_match import DATA_DIFFERS, recorded_config, setting_differences
+
+    first = first_folder_metadata(algo_dir, memo)
+    if first is None or first[1].get("run_id") != record.get("run_id") or not isinstance(first[1].get("config"), dict):
+        return None  # another run's folder, or one before settings were recorded: the folder checks say so
+    folder, meta = first
+    try:
+        differ = setting_differences(meta["config"], recorded_config(record["config"]).validate(), meta.get("data"),
+                                     record.get("data"))
+    except (CljaxError, TypeError, ValueError, KeyError, AttributeError):
+        return None  # a record this cljax cannot read: the settings check says so
+    if not isinstance(meta.get("data"), str) or not isinstance(record.get("data"), str):
+        differ.pop(DATA_DIFFERS, None)
+    if not differ:
+        return None
+    values = "; ".join(f"{k}: {new!r} in run.json, {old!r} in the folder" for k, (old, new) in differ.items()
+                       if k != DATA_DIFFERS)
+    return (f"{algo_dir / RUN_RECORD} records other {', '.join(differ)} than {folder / 'metadata.json'}, which the "
+            f"run trained with{' (' + values + ')' if values else ''}")
+
+
+def as_trained(algo_dir: Path, record: dict | None) -> dict | None:
+    """``record`` (run.json) with the settings its run's first task folder records, those it
+    trained with: a reader that pools or labels runs by their settings is not misled by a run.json
+    changed by hand (a resume refuses such a record: ``record_disagreement``)."""
+    first = first_folder_metadata(algo_dir) if record is not None else None
+    if first is None or first[1].get("run_id") != record.get("run_id") or not isinstance(first[1].get("config"), dict):
+        return record
+    return {**record, "config": first[1]["config"]}

@@ -33,7 +33,7 @@ from cljax.initial_state import INITIAL
 from cljax.kept_checkpoints import KEPT, describe_replay, is_kept_name, kept_path, repair_start
 from cljax.results import LATER_TASK_FILES, TASK_FILES, task_dir_name, task_dirs
 from cljax.output_guard import check_writable_target
-from cljax.record_rebuild import lost_record
+from cljax.record_rebuild import lost_record, record_disagreement
 from cljax.run_lock import RUN_LOCK
 from cljax.safe_files import npy_header, safe_load_pickle
 from cljax.setting_match import DATA_DIFFERS, setting_differences
@@ -98,6 +98,14 @@ def inspect_run(algo_dir: Path, config: Config, data_id: str | None, overwrite: 
                              f"restore run.json from a copy, or pass --overwrite to start again (it {_deletes(n_dirs)}).")
         raise CljaxError(f"{algo_dir} holds files that are not a cljax run: choose another --results-dir, or pass "
                          f"--overwrite to replace them (it {_deletes(n_dirs)}).")
+    run_id, T = record.get("run_id"), config.num_tasks
+    if isinstance(memo, CheckRecord):
+        memo.for_run(run_id)
+    changed_by_hand = None if rebuilt else record_disagreement(algo_dir, record, memo)
+    if changed_by_hand:
+        raise CljaxError(f"{changed_by_hand}: run.json was changed after the run began. Restore it from a copy, delete it "
+                         f"and pass --repair to write it again from the task folders, or pass --overwrite to start "
+                         f"again (it {_deletes(n_dirs)}).")
     try:
         differ = setting_differences(record["config"], config, record.get("data"), data_id)
     except DamagedFile as exc:
@@ -119,9 +127,6 @@ def inspect_run(algo_dir: Path, config: Config, data_id: str | None, overwrite: 
         raise CljaxError(f"{algo_dir} holds a run with other settings ({', '.join(differ)}){': ' + values if values else ''}. "
                          f"Pass the recorded values to resume it (a default may have changed since), choose another "
                          f"--results-dir, or pass --overwrite to replace it (it {_deletes(n_dirs)}).")
-    run_id, T = record.get("run_id"), config.num_tasks
-    if isinstance(memo, CheckRecord):
-        memo.for_run(run_id)
 
     def check(hashes: bool) -> list:  # hashing reads every finished file once: folders in parallel (hashlib releases the GIL)
         with ThreadPoolExecutor(max_workers=max(1, min(8, usable_cores()))) as pool:

@@ -131,3 +131,45 @@ def test_a_task_folder_s_record_of_another_type_is_one_line(made, tmp_path, caps
     rc, _, err = run_cli(["run", *FLAGS, "--results-dir", str(tmp_path / "r"), "--repair"], capsys)
     assert_one_error(rc, err, f"{run_dir / 'run.json'} is missing, and ", "restore run.json from a copy")
     assert state(run_dir) == before
+
+
+@pytest.mark.parametrize("lr", ["0.1", "0.2"])
+def test_a_run_json_changed_by_hand_is_refused_whatever_the_command_says(made, tmp_path, capsys, lr):
+    # Edited to lr 0.2, it resumed the run with --lr 0.2 without a word (task 0 trained at 0.1, the
+    # rest at 0.2), and a command with the run's own 0.1 was told to pass 0.2.
+    run_dir = copy(made, "partial", tmp_path / "r")
+    record = json.loads((run_dir / "run.json").read_text())
+    record["config"]["lr"] = 0.2
+    (run_dir / "run.json").write_text(json.dumps(record))
+    flags = [*FLAGS, "--results-dir", str(tmp_path / "r")]
+    flags[flags.index("--lr") + 1] = lr
+    before = state(run_dir)
+    rc, _, err = run_cli(["run", *flags], capsys)
+    assert_one_error(rc, err, f"{run_dir / 'run.json'} records other lr than {run_dir / 'task_000' / 'metadata.json'}, "
+                              f"which the run trained with (lr: 0.2 in run.json, 0.1 in the folder): run.json was "
+                              f"changed after the run began. Restore it from a copy, delete it and pass --repair")
+    assert state(run_dir) == before
+    record["config"]["lr"], record["data"] = 0.1, "0" * 64  # the data's identity, edited to other data's
+    (run_dir / "run.json").write_text(json.dumps(record))
+    rc, _, err = run_cli(["run", *FLAGS, "--results-dir", str(tmp_path / "r")], capsys)
+    assert_one_error(rc, err, "records other data (the dataset's contents differ) than")
+    (run_dir / "run.json").unlink()  # the fix it names
+    rc, _, err = run_cli(["run", *FLAGS, "--results-dir", str(tmp_path / "r"), "--repair"], capsys)
+    assert rc == 0, err
+
+
+def test_compare_reads_the_settings_a_run_trained_with(made, tmp_path):
+    # It pooled and labelled runs by run.json's settings: edited, a run trained at lr 0.1 was "0.2 here".
+    from cljax.analysis.compare import method_of
+    from cljax.checkpoint import read_run_record
+    from cljax.record_rebuild import as_trained
+
+    run_dir = copy(made, "finished", tmp_path / "r")
+    as_written = read_run_record(run_dir)
+    record = json.loads((run_dir / "run.json").read_text())
+    record["config"]["lr"] = 0.2
+    (run_dir / "run.json").write_text(json.dumps(record))
+    edited = read_run_record(run_dir)
+    assert method_of(edited) != method_of(as_written)  # what compare pooled by
+    assert as_trained(run_dir, edited)["config"]["lr"] == 0.1
+    assert method_of(as_trained(run_dir, edited)) == method_of(as_written)

@@ -25,6 +25,7 @@ from cljax.analysis import plots
 from cljax.analysis.cl import mean_over_every_task, mean_over_tasks
 from cljax.analysis.spread import figure, mean_std_text, spread
 from cljax.checkpoint import NewerRecord, read_run_record
+from cljax.record_rebuild import as_trained
 from cljax.errors import CljaxError
 from cljax.run_folder import verify_task_dir
 from cljax.run_lock import live_writer
@@ -117,7 +118,7 @@ def compare_runs(run_dirs, out_png: str | os.PathLike | None = None, labels=None
         acc = accs[label] = current_task_accuracy(run_dir)
         gap_nR = acc["expert"] - acc["learner"]
         late = slice(late_start(len(gap_nR), late_from), len(gap_nR))
-        record = _record_or_none(Path(run_dir)) or {}  # damaged: the task folders only
+        record = as_trained(Path(run_dir), _record_or_none(Path(run_dir))) or {}  # damaged: the task folders only
         methods[label], families[label] = method_of(record), family_of(record)
         summary[label] = {
             "run": str(run_dir), "n_tasks": len(gap_nR), "late_tasks": [late.start, len(gap_nR) - 1],
