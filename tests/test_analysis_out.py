@@ -111,8 +111,11 @@ def test_files_an_analysis_killed_before_renaming_them_left_are_removed_by_the_n
 
     here = socket.gethostname()
     kept = [f".tmp-{os.getppid()}@{here}@glue.npz", f".tmp-{dead}@another-host@cl.npz", f".tmp-{dead}-curves.npz",
-            f".tmp-{dead}@{here}@notes.txt", f".tmp-{dead}-mydata", ".tmp-x-a.npz", "notes.txt"]
-    for name in [f".tmp-{dead}@{here}@cl.npz", f".tmp-{os.getpid()}@{here}@probe.png", *kept]:
+            f".tmp-{dead}@{here}@notes.txt", f".tmp-{dead}-mydata", ".tmp-x-a.npz", "notes.txt",
+            f".tmp-{dead}@{here}@cl.npz.tmp-{dead}", f"..tmp-{dead}@{here}@cl.npz"]
+    # a plot's own temporary of its temporary (a stop while it is drawn: it was left for good)
+    for name in [f".tmp-{dead}@{here}@cl.npz", f".tmp-{os.getpid()}@{here}@probe.png",
+                 f"..tmp-{dead}@{here}@accuracy_matrix.png.tmp-{dead}", *kept]:
         (tmp_path / name).write_bytes(b"x")
     remove_stale_temporaries(tmp_path)
     # this host's dead and own temporaries of an analysis's files go; a live process's (the
@@ -132,3 +135,28 @@ def test_files_an_earlier_analysis_wrote_and_this_one_does_not_are_removed_with_
     assert not (out / "glue.npz").exists()
     assert f"note: removed glue.npz from {out}: the earlier analysis there wrote it, and this one does not" in \
         capsys.readouterr().err
+
+
+def test_a_stop_as_the_new_files_are_renamed_leaves_no_file_that_no_summary_lists(tmp_path, monkeypatch):
+    # Killed just after the new summary.json was renamed into place, the earlier analysis's
+    # glue.npz stayed for good: the next analysis removed only what that new summary listed.
+    algo = fake_run(tmp_path / "run", run_id="aaaa")
+    out = tmp_path / "out"
+    analyze_run(algo, out, glue=True, make_plots=False)
+    real_replace, renamed = os.replace, []
+
+    def stop_after_the_summary(src, dst):
+        real_replace(src, dst)
+        renamed.append(dst)
+        raise KeyboardInterrupt  # as a SIGKILL there would leave it
+
+    monkeypatch.setattr(os, "replace", stop_after_the_summary)
+    with pytest.raises(KeyboardInterrupt):
+        analyze_run(algo, out, **FAST)
+    monkeypatch.undo()
+    assert [p.name for p in renamed] == ["summary.json"]
+    listed = set(json.loads((out / "summary.json").read_text())["files"])
+    on_disk = {p.name for p in out.iterdir() if not p.name.startswith(".")}
+    assert on_disk <= listed | {"summary.json"}, on_disk - listed  # glue.npz is not left beside them
+    analyze_run(algo, out, **FAST)  # the rerun: the same analysis, whole
+    assert {p.name for p in out.iterdir() if not p.name.startswith(".")} <= listed | {"summary.json"}

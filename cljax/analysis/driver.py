@@ -136,7 +136,7 @@ def _analyze_run(
       analyses: names of the analyses to run (default: every registered one, less ``glue`` when
         ``glue`` is False), see :mod:`cljax.analysis.registry`.
       progress: a progress bar of the task folders on stderr, when it is a terminal.
-      critical: held while the files are written (the command line's stop lock: a SIGTERM then
+      critical: held while the files are renamed into place (the command line's stop lock: a SIGTERM then
         waits, so the analysis folder holds the earlier analysis or this one, whole).
 
     Returns:
@@ -256,8 +256,7 @@ def _analyze_run(
     if record is not None and run_id is not None and record.get("run_id") != run_id:
         raise CljaxError(f"{algo_dir} now holds another run (run.json's id changed while it was analysed: a `cljax "
                          f"run --overwrite`): nothing was written; analyze it again when that run has written it.")
-    with critical if critical is not None else contextlib.nullcontext():
-        write_all(out, writers, algo_dir, run_id)
+    write_all(out, writers, algo_dir, run_id, critical=critical)
     return summary
 
 

@@ -89,10 +89,12 @@ def check_replaceable(out: Path, algo_dir: Path, run_id: str | None, names) -> N
                          f"with a new folder (nothing was written).")
 
 
-def write_all(out: Path, writers: dict, algo_dir: Path, run_id: str | None) -> None:
+def write_all(out: Path, writers: dict, algo_dir: Path, run_id: str | None, critical=None) -> None:
     """Each file under a temporary name first, then all renamed into place, summary.json first
     (it marks the folder as an analysis): a full disk or a stop half-way leaves the previous
-    analysis whole, not some of its files replaced."""
+    analysis whole, not some of its files replaced. ``critical`` (the command line's stop lock)
+    is held over the renames only: a stop while the files are drawn stops at once, leaving
+    temporaries the next analysis removes."""
     new_folder = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -118,31 +120,36 @@ def write_all(out: Path, writers: dict, algo_dir: Path, run_id: str | None) -> N
                 raise
             raise CljaxError(f"cannot write the analysis to {out} ({exc.strerror or exc}): free space there or pass "
                              f"--out with another folder; the previous analysis there is left as it was.") from None
-        for name in sorted(tmp, key=lambda n: n != SUMMARY):
-            os.replace(tmp[name], out / name)
         # What the earlier analysis wrote and this one does not (its GLUE arrays under --no-glue, its
         # plots under --no-plots, a plugin's files): of fewer tasks or older code, it would sit beside
-        # the new files as if it were theirs.
+        # the new files as if it were theirs. Removed before the new summary.json replaces the one
+        # that lists them: a stop in between leaves files missing from the earlier analysis, which
+        # the rerun writes, never files no summary lists.
         listed, removed = analysis_files(earlier), []
-        for name in listed:
-            path = out / str(name)
-            if (name not in writers and Path(str(name)).name == name and Path(name).suffix in ANALYSIS_SUFFIXES
-                    and path.is_file() and not path.is_symlink()):
-                path.unlink()
-                removed.append(name)
+        with critical if critical is not None else contextlib.nullcontext():
+            for name in listed:
+                path = out / str(name)
+                if (name not in writers and Path(str(name)).name == name and Path(name).suffix in ANALYSIS_SUFFIXES
+                        and path.is_file() and not path.is_symlink()):
+                    path.unlink()
+                    removed.append(name)
+            for name in sorted(tmp, key=lambda n: n != SUMMARY):
+                os.replace(tmp[name], out / name)
         if removed:  # said: a plugin's file, say, that this analysis (run without the plugin) does not write
             print(f"note: removed {', '.join(removed[:4])}{' ...' if len(removed) > 4 else ''} from {out}: the "
                   f"earlier analysis there wrote {'them' if len(removed) > 1 else 'it'}, and this one does not "
                   f"(--no-glue, --no-plots, or a --plugin analysis not given).", file=sys.stderr)
 
 
-# ``.tmp-PID@HOST@NAME``, NAME an analysis's file (.json, .npz, .png).
-_TEMPORARY = re.compile(r"^\.tmp-(\d+)@(.+)@([^@/]+)$")
+# ``.tmp-PID@HOST@NAME``, NAME an analysis's file (.json, .npz, .png); a writer that writes its
+# file atomically itself (a plot) makes ``..tmp-PID@HOST@NAME.tmp-PID`` of it on the way.
+_TEMPORARY = re.compile(r"^(\.)?\.tmp-(\d+)@(.+)@([^@/]+?)(?(1)\.tmp-\d+)$")
 
 
 def remove_stale_temporaries(out: Path) -> None:
     """The files an analysis killed before it renamed them left: removed when their name is one
-    write_all gives (``.tmp-PID@HOST@NAME``, NAME ending as an analysis's file), HOST is this
+    write_all gives (``.tmp-PID@HOST@NAME``, NAME ending as an analysis's file, or a plot's own
+    temporary of one), HOST is this
     host and no live process here has PID (under ``folder_lock`` no other analysis writes the
     folder; the host keeps another host's live writer's files where the filesystem has no
     locks). A user's file of another name is never touched; nor are the ``.tmp-PID-NAME`` files
@@ -150,9 +157,9 @@ def remove_stale_temporaries(out: Path) -> None:
     only after this."""
     for path in out.iterdir():
         match = _TEMPORARY.match(path.name)
-        if match is None or Path(match.group(3)).suffix not in ANALYSIS_SUFFIXES or not path.is_file() \
+        if match is None or Path(match.group(4)).suffix not in ANALYSIS_SUFFIXES or not path.is_file() \
                 or path.is_symlink():
             continue
-        pid, host = int(match.group(1)), match.group(2)
+        pid, host = int(match.group(2)), match.group(3)
         if host == socket.gethostname() and (pid == os.getpid() or not pid_alive(pid)):
             path.unlink(missing_ok=True)
