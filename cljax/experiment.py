@@ -85,7 +85,8 @@ def run_experiment(
         memo = CheckRecord(algo_dir)  # the checks below parse each metadata.json once; what a resume verified before
         found = inspect_run(algo_dir, config, data_id, overwrite, hashes=False, memo=memo, repair=repair)
         sources = entry_sources(config)
-    check_same_run(config, data_id, found, plugins=sources)  # multi-process: every process, the same run
+    run_flags = {"--allow-nonfinite": allow_nonfinite, "--overwrite": overwrite, "--repair": repair}
+    check_same_run(config, data_id, found, plugins=sources, **run_flags)  # multi-process: every process, the same run
     with failures_shared("in its checks before training"):
         if not found.finished:  # the identity of a prepared folder is its recorded checksums
             check_unchanged(data, resume=found.record is not None)
@@ -146,7 +147,7 @@ def run_experiment(
         lock.close()
         raise
     with lock:
-        check_same_run(config, data_id, found, plugins=sources, evaluation=chunk_tasks)
+        check_same_run(config, data_id, found, plugins=sources, evaluation=chunk_tasks, **run_flags)
         if found.rebuilt:  # --repair of a lost run.json, from the task folders now verified
             _write_rebuilt(algo_dir, found, data, critical)
         if found.finished:  # a finished run whose initial/ is damaged: written again, as a resume would

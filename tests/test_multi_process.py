@@ -57,6 +57,14 @@ def test_processes_that_do_not_start_the_same_run_are_refused_by_each(tmp_path):
     for p, (_, err) in zip(procs, (p.communicate(timeout=300) for p in procs)):
         assert p.returncode == 2 and "differ from process 0 in run folder" in err, err[-2000:]
     assert not (tmp_path / "empty").exists()
+    # --allow-nonfinite on one process: it went on past a NaN that stopped process 0, and both hung
+    # minutes in the next collective; --overwrite on one was said to be another run folder.
+    for flag in ("--allow-nonfinite", "--overwrite"):
+        procs = _start(lambda i: [*FLAGS, *short, "--results-dir", str(tmp_path / "r"), *([flag] if i else [])])
+        for p, (_, err) in zip(procs, (p.communicate(timeout=300) for p in procs)):
+            assert p.returncode == 2 and f"differ from process 0 in {flag} (process " in err and \
+                "start every process with the same run flags (--allow-nonfinite, --overwrite, --repair)" in err, \
+                err[-2000:]
 
 
 def test_a_process_that_fails_its_own_checks_stops_the_others_at_once(tmp_path):

@@ -88,7 +88,8 @@ _PER_HOST = ("results_dir", "data_dir", "device_memory")
 def check_same_run(config, data_id: str, found, **more) -> None:
     """Every process of a multi-process run refuses it, in one CljaxError line, unless all of them
     start the same run: the same settings (paths aside), data, plugin files and state of the run
-    folder (``found``: its run id, the next task, finished, what a repair replays), and ``more``.
+    folder (``found``: its run id, the next task, finished, what a repair replays), and ``more``
+    (the run flags, :data:`RUN_FLAGS`, among them).
     A process given other settings trained its share of the repeats with them, and one that saw
     another folder (not shared, or another --results-dir) trained other tasks in the same
     collectives, while process 0 wrote the results as if all were one run. Nothing to do in a
@@ -109,6 +110,8 @@ def check_same_run(config, data_id: str, found, **more) -> None:
                                       .digest()[:8], np.uint8) for n in names])
     every = np.asarray(multihost_utils.process_allgather(digests))  # (processes, facts, 8)
     differ = [n for i, n in enumerate(names) if (every[:, i] != every[0, i]).any()]
+    if set(differ) & set(RUN_FLAGS):  # --overwrite or --repair on some: their folders' states follow from it
+        differ = [n for n in differ if n != "run folder"]
     if differ:
         others = [p for p in range(len(every)) if (every[p] != every[0]).any()]
         mine = "; ".join(f"{n} {json.dumps(facts[n], sort_keys=True, default=str)[:160]}" for n in differ[:3])
@@ -155,7 +158,13 @@ def failures_shared(stage: str):
                          f"written).")
 
 
+# The flags of `cljax run` that are not settings, compared like them: --allow-nonfinite on one
+# process only went on past a non-finite loss while process 0 stopped, and both hung in the next
+# collective until JAX's shutdown barrier failed (minutes, then pages of C++ traces).
+RUN_FLAGS = ("--allow-nonfinite", "--overwrite", "--repair")
+
 _FIXES = {  # what makes a differing fact the same on every process
+    **dict.fromkeys(RUN_FLAGS, "the same run flags (--allow-nonfinite, --overwrite, --repair)"),
     "run folder": "a run folder they all share (its path may differ per host)",
     "data": "the same data on every host",
     "plugins": "the same plugin files (their content)",
