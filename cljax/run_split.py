@@ -47,10 +47,17 @@ def warn_if_other_split(recorded: dict | None, split: dict, next_task: int) -> N
     if same_split(recorded, split):
         return
     hint = ""
-    if recorded.get("backend") == split["backend"] == "cpu" and recorded.get("devices") != split["devices"]:
+    processes = recorded.get("processes") or 1
+    if recorded.get("backend") == split["backend"] == "cpu" and processes > 1 and isinstance(recorded.get("devices"), int) \
+            and (recorded.get("devices"), processes) != (split["devices"], split.get("processes")):
+        # CLJAX_CPU_DEVICES is not read under CLJAX_DISTRIBUTED, and the record counts every process's devices
+        hint = (f"; to keep it, rerun as {processes} processes with "
+                f"XLA_FLAGS=--xla_force_host_platform_device_count={recorded['devices'] // processes} on each")
+    elif recorded.get("backend") == split["backend"] == "cpu" and recorded.get("devices") != split["devices"]:
         hint = ("; to keep it, rerun without --xla_force_host_platform_device_count in XLA_FLAGS (it overrides "
                 "CLJAX_CPU_DEVICES)" if forced_cpu_devices() is not None
-                else f"; to keep it, rerun with CLJAX_CPU_DEVICES={recorded.get('devices')}")
+                else f"; to keep it, rerun as one process with CLJAX_CPU_DEVICES={recorded.get('devices')}"
+                if split.get("processes", 1) > 1 else f"; to keep it, rerun with CLJAX_CPU_DEVICES={recorded.get('devices')}")
     print(f"warning: this run started on {describe_split(recorded)} and continues on {describe_split(split)}: from "
           f"task {next_task} on its numbers can differ from an uninterrupted run's in the last bits (recorded in each "
           f"task's metadata.json){hint}.", file=sys.stderr)

@@ -368,6 +368,14 @@ def test_a_resume_on_another_cpu_split_names_the_setting_that_decides_it(monkeyp
     assert capsys.readouterr().err.rstrip().endswith(
         "; to keep it, rerun without --xla_force_host_platform_device_count in XLA_FLAGS (it overrides "
         "CLJAX_CPU_DEVICES).")
+    # A multi-process run: CLJAX_CPU_DEVICES is not read there, and 4 is every process's devices.
+    monkeypatch.delenv("XLA_FLAGS")
+    two_by_two = {**recorded, "devices": 4, "processes": 2}
+    warn_if_other_split(two_by_two, {**two_by_two, "devices": 2}, 1)
+    assert capsys.readouterr().err.rstrip().endswith(
+        "; to keep it, rerun as 2 processes with XLA_FLAGS=--xla_force_host_platform_device_count=2 on each.")
+    warn_if_other_split(recorded, {**recorded, "devices": 2, "processes": 2}, 1)
+    assert capsys.readouterr().err.rstrip().endswith("; to keep it, rerun as one process with CLJAX_CPU_DEVICES=1.")
 
 
 def test_plan_s_runtime_figure_leaves_out_the_dataset_it_counts_among_the_parts(tmp_path, monkeypatch):
