@@ -392,3 +392,14 @@ def test_plan_s_runtime_figure_leaves_out_the_dataset_it_counts_among_the_parts(
     in_ram = plan["host_components"]["dataset_in_ram"]
     assert in_ram > 0
     assert plan["host_runtime_rss_now"] == 900 * 2**20 - in_ram
+
+
+def test_plan_in_a_multi_process_environment_says_it_sizes_this_process_alone(monkeypatch, capsys):
+    # It printed "2 x cpu (1 process(es))" for a run over 2 processes without a word: memory per
+    # device overstated P times, and an R the run refuses (not a multiple of every device) passed.
+    from cljax.cli import main
+
+    monkeypatch.setenv("CLJAX_DISTRIBUTED", "1")
+    assert main(["plan", "--dataset", "synthetic", "--n-repeats", "2", "--num-tasks", "2"]) == 0
+    assert "note: plan does not join the multi-process run this environment asks for: it sizes this process's " \
+           "devices alone. For R repeats over P processes, plan --n-repeats R/P here" in capsys.readouterr().err
