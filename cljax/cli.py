@@ -176,9 +176,9 @@ def _cmd_plan(argv: list[str]) -> int:
     from cljax.devices.distributed import wants_distributed
 
     if wants_distributed():  # joining would wait for the run's other processes: this host's devices alone
-        print(f"note: plan does not join the multi-process run this environment asks for: it sizes this process's "
-              f"devices alone. For R repeats over P processes, plan --n-repeats R/P here (the same repeats per "
-              f"device).", file=sys.stderr)
+        print("note: plan does not join the multi-process run this environment asks for: it sizes this process's "
+              "devices alone. For R repeats over P processes, plan --n-repeats R/P here (the same repeats per "
+              "device).", file=sys.stderr)
     plan = make_plan(config)
     print(json.dumps(plan, indent=1) if args.json else format_plan(plan))
     return 0 if plan["fits"] else 2

@@ -39,7 +39,8 @@ from cljax.records import (divergence_warning, nonfinite_before, nonfinite_repor
                             task_metadata)
 from cljax.results import task_dir_name, write_task
 from cljax.run_folder import clear_run, inspect_run, remove_stale_temporaries, verify_task_dir
-from cljax.run_split import recorded_split, same_split, split_of, warn_if_other_eval_chunk, warn_if_other_split
+from cljax.run_split import (recorded_pairing, recorded_split, same_split, split_of, warn_if_other_eval_chunk,
+                              warn_if_other_split)
 from cljax.run_lock import RunLock
 from cljax.run_result import RunResult, finished
 from cljax.sources import check_sources, entry_sources
@@ -114,7 +115,7 @@ def run_experiment(
 
         check_repeats(config.n_repeats)  # before the program is traced over the devices
         image_shape = data.train_images.shape[1:]
-        program = build_task_program(config, image_shape, paired_models=_recorded_pairing(config, found.record))
+        program = build_task_program(config, image_shape, paired_models=recorded_pairing(config, found.record))
         budget = Budget.of(config, program, image_shape)
         chunk_tasks = choose_eval_chunk(budget)  # refuses a run whose tasks do not fit the device memory
         too_large = host_problem(budget, data, chunk_tasks, host_available_bytes())  # nor the host's
@@ -375,16 +376,3 @@ def _disk_errors(algo_dir: Path, t: int):
             raise
         raise CljaxError(f"no space left at {algo_dir} ({exc.strerror}) while writing task {t}: free space, then run "
                          f"the same command (the run resumes from its last finished task).") from None
-
-
-def _recorded_pairing(config: Config, record: dict | None) -> bool | None:
-    """A resumed run with ``--learner-expert auto`` pairs its learner and expert as it started:
-    auto's choice depends on the host's cores, which a requeue onto another node can change, and
-    the pairing moves the last bits (docs/scale.md, "Resuming keeps the split"). The pairing to
-    build (None: the config's own choice); the config, and what metadata.json records of it, stay
-    as the run was started."""
-    recorded = (((record or {}).get("split") or {}).get("lowering") or {}).get("learner_expert")
-    if config.learner_expert != "auto" or recorded not in ("paired", "separate"):
-        return None
-    return recorded == "paired"
-

@@ -23,8 +23,11 @@ def make_plan(config: Config, device_bytes: int | None = None) -> dict:
     from cljax.tasks import TaskData, make_schedule
 
     config.validate()
+    from cljax.checkpoint import read_run_record
     from cljax.config import algo_dir_of
+    from cljax.errors import CljaxError
     from cljax.output_guard import check_writable_target
+    from cljax.run_split import recorded_pairing
 
     check_writable_target(algo_dir_of(config))  # as run does: a --results-dir it could not write to
     data = load_dataset(config)
@@ -33,7 +36,12 @@ def make_plan(config: Config, device_bytes: int | None = None) -> dict:
     check_repeats(config.n_repeats)
     n_dev = device_count()
     image_shape = data.train_images.shape[1:]
-    b = Budget.of(config, build_task_program(config, image_shape), image_shape)
+    try:  # a resume builds the pairing its run started with (auto's choice depends on the host)
+        record = read_run_record(algo_dir_of(config))
+    except CljaxError:
+        record = None  # damaged: run's own checks say so
+    b = Budget.of(config, build_task_program(config, image_shape, paired_models=recorded_pairing(config, record)),
+                  image_shape)
     budget, source = device_budget_for(config, device_bytes)
     T, R, L = config.num_tasks, config.n_repeats, config.n_logs
     spec = eval_tasks_of(config)

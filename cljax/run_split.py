@@ -80,3 +80,15 @@ def describe_split(split: dict) -> str:
     return (f"{split.get('devices')} {split.get('backend')} device(s) x {split.get('processes')} process(es), "
             f"{lowering.get('conv', '?')} convolutions, repeats {lowering.get('repeats', '?')}, learner and expert "
             f"{lowering.get('learner_expert', '?')}")
+
+
+def recorded_pairing(config, record: dict | None) -> bool | None:
+    """A resumed run with ``--learner-expert auto`` pairs its learner and expert as it started:
+    auto's choice depends on the host's cores, which a requeue onto another node can change, and
+    the pairing moves the last bits (docs/scale.md, "Resuming keeps the split"). The pairing to
+    build (None: the config's own choice); the config, and what metadata.json records of it, stay
+    as the run was started."""
+    recorded = (((record or {}).get("split") or {}).get("lowering") or {}).get("learner_expert")
+    if config.learner_expert != "auto" or recorded not in ("paired", "separate"):
+        return None
+    return recorded == "paired"

@@ -403,3 +403,22 @@ def test_plan_in_a_multi_process_environment_says_it_sizes_this_process_alone(mo
     assert main(["plan", "--dataset", "synthetic", "--n-repeats", "2", "--num-tasks", "2"]) == 0
     assert "note: plan does not join the multi-process run this environment asks for: it sizes this process's " \
            "devices alone. For R repeats over P processes, plan --n-repeats R/P here" in capsys.readouterr().err
+
+
+def test_plan_of_a_resume_builds_the_pairing_its_run_started_with(tmp_path):
+    # plan built auto's choice for this host, while the resume builds the recorded pairing.
+    from cljax.checkpoint import write_run_record
+    from cljax.config import SCHEMA_VERSION, Config, algo_dir_of
+    from cljax.plan import make_plan
+
+    config = Config.from_flat(dataset="synthetic", synthetic_classes=4, num_tasks=2, n_repeats=2, n_train_per_class=16,
+                              n_test_per_class=8, n_subsamples=4, epochs=1, batch_size=8, log_frequency=2,
+                              model="mlp", mlp_hidden=16, results_dir=str(tmp_path))
+    chosen = make_plan(config)["lowering"]["learner_expert"]
+    other = {"paired": "separate", "separate": "paired"}[chosen]
+    algo_dir = algo_dir_of(config)
+    algo_dir.mkdir(parents=True)
+    write_run_record(algo_dir, config.to_dict(), SCHEMA_VERSION, run_id="a" * 32, data="d" * 64,
+                     split={"backend": "cpu", "devices": 1, "processes": 1, "lowering": {"learner_expert": other}},
+                     sources={}, dataset_meta={})
+    assert make_plan(config)["lowering"]["learner_expert"] == other
