@@ -449,3 +449,23 @@ def test_local_job_controllers_write_to_the_log_folder_not_the_command_output(tm
     with pytest.raises(CljaxError, match=r"cannot write .*local_controllers.log \(Is a directory\): pass --log-dir"):
         with sweep.controllers_write_to_log(SimpleNamespace(cluster="local"), tmp_path / "ro"):
             pass
+
+
+def test_a_submission_sbatch_refuses_is_one_line_with_its_reason(tmp_path, capsys, monkeypatch):
+    # It was submitit's FailedJobError: 45 lines of traceback, exit 1.
+    pytest.importorskip("submitit", reason="the sweep extra is not installed: pip install 'cljax[sweep]'")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name in ("sbatch", "srun"):
+        (bin_dir / name).write_text("#!/bin/sh\necho 'sbatch: error: Batch job submission failed: Requested node "
+                                    "configuration is not available' >&2\nexit 1\n")
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    flags = ["sweep", "--dataset", "synthetic", "--num-tasks", "2", "--results-dir", str(tmp_path / "s"),
+             "--executor", "slurm", "--slurm-gpus", "2", "--n-repeats", "2"]
+    assert main(flags) == 2
+    assert capsys.readouterr().err == (
+        "error: slurm refused the sweep's jobs (sbatch: error: Batch job submission failed: Requested node "
+        "configuration is not available): check --slurm-partition, --slurm-account, --slurm-time, --slurm-gpus (at "
+        "most one node's), --slurm-cpus and --slurm-mem-gb against the cluster (sinfo) (no job was submitted).\n")
+    assert not (tmp_path / "s").exists()
