@@ -31,7 +31,7 @@ from cljax.config import Config
 from cljax.devices.mesh import repeat_sharding
 from cljax.errors import CljaxError
 from cljax.eval_tasks import eval_slots, eval_tasks_of
-from cljax.registry import MODELS
+from cljax.registry import MODELS, OPTIONS
 from cljax.units import fmt_bytes
 
 LABEL_DTYPE = np.int32  # labels as TaskData builds them
@@ -240,13 +240,41 @@ def _statistics_flag(config: Config) -> str:
     return f"--{entry.field_flag(field)}" if field else f"the {config.model} model's bn_eval_images"
 
 
+def _largest_array(b: Budget, n_devices: int) -> tuple[str, list[str]]:
+    """What a refusal says of the largest array of a task, and the settings that shrink it: the
+    others would leave the need where it is (a replay buffer of 45 of 46 MiB got "lower
+    --n-test-per-class, --n-subsamples or snapshots")."""
+    parts = device_components(b, 1)
+    name = max(parts, key=parts.get)
+    share = (f" ({fmt_bytes(_per_device(parts[name], n_devices))} of {fmt_bytes(_per_device(sum(parts.values()), n_devices))}"
+             f" of arrays)")
+    if name.startswith("learner.option:"):
+        option = name.split(":", 1)[1]
+        entry = OPTIONS[option]
+        sized = [f for f in dataclasses.fields(entry.params) if f.type in (int, "int")]
+        flags = [f"--{entry.field_flag(f)}" for f in [f for f in sized if "size" in f.name] or sized][:3]
+        return f"most of it is option {option}'s state{share}: ", flags or [f"option {option}'s settings"]
+    if name == "train_data":
+        return f"most of it is the task's training images{share}: ", ["--n-train-per-class"]
+    if name in ("current_test_set", "eval_test_sets"):
+        window = ["--eval-tasks (window:K or current)"] if name == "eval_test_sets" else []
+        return f"most of it is the test sets{share}: ", ["--n-test-per-class", *window]
+    if name == "eval_outputs.representations":
+        return f"most of it is the saved representations{share}: ", [
+            "--n-subsamples", "snapshots (raise --log-frequency)", "--eval-tasks (window:K or current)"]
+    if name.startswith(("snapshots.", "eval_outputs.")):
+        return f"most of it is the task's snapshots{share}: ", ["snapshots (raise --log-frequency)"]
+    return f"most of it is the learner's {name.split('.', 1)[-1]}{share}: ", [f"the --{b.config.model}-* model size"]
+
+
 def _does_not_fit(b: Budget, device_bytes: int, n_devices: int) -> CljaxError:
     arrays, scratch = sum(device_components(b, 1).values()), scratch_parts(b)
     need = _per_device(arrays + max(scratch.values()), n_devices)
     # Name what lowers the largest part: the others would leave the need where it is.
     repeats = ["--n-repeats (or use more devices)"] if b.config.n_repeats > n_devices else []
     if max(scratch.values()) <= arrays:
-        part, knobs = "", [*repeats, "--n-test-per-class", "--n-subsamples", "snapshots (raise --log-frequency)"]
+        part, knobs = _largest_array(b, n_devices)
+        knobs = [*knobs, *repeats]
     elif scratch.get("bn_statistics", 0) == max(scratch.values()):
         part, knobs = "most of it is a snapshot's BatchNorm statistics pass: ", [_statistics_flag(b.config), *repeats]
     elif scratch["train"] >= scratch["evaluate"]:
@@ -256,7 +284,8 @@ def _does_not_fit(b: Budget, device_bytes: int, n_devices: int) -> CljaxError:
         part = "most of it is an evaluation call's scratch: "
         knobs = ["--eval-batch-size", *repeats, "--n-test-per-class"]
     lower = ", ".join(knobs[:-1]) + f" or {knobs[-1]}" if len(knobs) > 1 else knobs[0]
-    dtype = ", use --representation-dtype bfloat16" if not part else ""
+    dtype = (", use --representation-dtype bfloat16" if part.startswith("most of it is the saved representations")
+             and b.config.representation_dtype == "float32" else "")
     return CljaxError(
         f"a task needs about {fmt_bytes(need)} ({need:,} bytes) per device even evaluating one task at a time, more "
         f"than {HEADROOM:.0%} ({int(HEADROOM * device_bytes):,} bytes) of the {fmt_bytes(device_bytes)} budget: "
@@ -364,8 +393,10 @@ def host_problem(b: Budget, data, chunk: int, available: int) -> CljaxError | No
     compiling = compile_allowance(b.config)
     model = (f"--{b.config.model}-* settings that make its task programs smaller (compiling them takes "
              f"{fmt_bytes(compiling)}), " if compiling > RUN_EXTRA_HOST_BYTES else "")
+    use = [*(["--eval-tasks window:K"] if b.config.eval_tasks in ("all", "seen") else []),
+           *(["--representation-dtype bfloat16"] if b.config.representation_dtype == "float32" else [])]
     return CljaxError(
         f"the run needs about {fmt_bytes(more)} ({more:,} bytes) more host memory, more than {HEADROOM:.0%} of the "
         f"{fmt_bytes(available)} available: lower --n-repeats, --n-train-per-class, --n-test-per-class, "
-        f"--n-subsamples or snapshots (raise --log-frequency), use --eval-tasks window:K or --representation-dtype "
-        f"bfloat16, {model}or free memory. `cljax plan` shows the parts.")
+        f"--n-subsamples or snapshots (raise --log-frequency), {'use ' + ' or '.join(use) + ', ' if use else ''}"
+        f"{model}or free memory. `cljax plan` shows the parts.")

@@ -139,13 +139,22 @@ class TaskData:
         return _gather(self.test_images_src, idx_NR), labels_NR
 
     def all_tests(self, schedule_TR2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Test sets of every task stacked: (T, N_test, R, H, W) and (T, N_test, R)."""
-        built: dict = {}  # a cycled schedule repeats its pairs: gather each pair's test set once
-        for p in schedule_TR2:
-            if p.tobytes() not in built:
-                built[p.tobytes()] = self.test(p)
-        pairs = [built[p.tobytes()] for p in schedule_TR2]
-        return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+        """Test sets of every task stacked: (T, N_test, R, H, W) and (T, N_test, R), written into
+        the stack as they are gathered (the test sets held once, as the plan counts them; gathered
+        apart and then stacked, they were held twice)."""
+        first: dict = {}  # a cycled schedule repeats its pairs: gather each pair's test set once
+        images = labels = None
+        for t, p in enumerate(schedule_TR2):
+            if p.tobytes() in first:
+                x, y = images[first[p.tobytes()]], labels[first[p.tobytes()]]
+            else:
+                first[p.tobytes()] = t
+                x, y = self.test(p)
+            if images is None:
+                images = np.empty((len(schedule_TR2), *x.shape), x.dtype)
+                labels = np.empty((len(schedule_TR2), *y.shape), y.dtype)
+            images[t], labels[t] = x, y
+        return images, labels
 
 
 def _indices_by_class(labels: np.ndarray, n_classes: int) -> list[np.ndarray]:

@@ -115,6 +115,20 @@ def test_a_task_dominated_by_training_scratch_names_replay_only_with_replay(smal
     assert "lower --batch-size, --replay-batch or --n-repeats" in str(_does_not_fit(training_bound(replay), 1000, 1))
 
 
+def test_a_task_dominated_by_an_array_names_what_shrinks_that_array(small):
+    # A replay buffer of 45 of 46 MiB got "lower --n-test-per-class, --n-subsamples or snapshots".
+    replay = budget_of(config_of(use_replay=True, replay_size=65536))
+    text = str(_does_not_fit(replay, 1000, 2))
+    assert "most of it is option replay's state (" in text and "lower --replay-size, or raise --device-memory" in text
+    many = budget_of(config_of(n_train_per_class=4096, epochs=1, log_frequency=512))  # one snapshot
+    assert "most of it is the task's training images (" in str(_does_not_fit(many, 1000, 2))
+    assert "lower --n-train-per-class, or raise" in str(_does_not_fit(many, 1000, 2))
+    reps = budget_of(config_of(n_subsamples=4096, n_test_per_class=2048, representation_dtype="bfloat16", model="mlp",
+                               mlp_hidden=2048))
+    text = str(_does_not_fit(reps, 1000, 2))
+    assert "most of it is the saved representations (" in text and "bfloat16" not in text  # already bfloat16
+
+
 # ---- host memory -----------------------------------------------------------------------------------
 def fake_data(tmp_path, in_ram: int):
     """A loaded dataset of ``in_ram`` bytes in RAM, its test images memory-mapped (not counted)."""
