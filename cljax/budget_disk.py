@@ -160,7 +160,7 @@ def disk_run_files(b: Budget, dataset_meta: dict | None = None) -> dict:
 
 # ---- the free disk, checked before each write ----------------------------------------------
 def block_size(algo_dir: Path) -> int:
-    probe = _existing(algo_dir)
+    probe = existing_parent(algo_dir)
     try:
         return max(os.statvfs(probe).f_frsize, 512)
     except (OSError, AttributeError):
@@ -172,10 +172,21 @@ def on_disk(sizes, block: int) -> int:
     return sum(-(-int(s) // block) * block for s in sizes)
 
 
+def warn_if_the_run_outgrows_the_disk(algo_dir: Path, tasks_left: int, per_task: int) -> None:
+    """One warning line when the tasks the run has left need more disk than is free now: it would
+    stop (resumably) part-way, hours or days in. Only a warning: space may be freed meanwhile."""
+    free = shutil.disk_usage(existing_parent(algo_dir)).free
+    need = tasks_left * per_task
+    if tasks_left > 1 and need > free:
+        print(f"warning: the run's {tasks_left} tasks left need about {fmt_bytes(need)} of disk and {fmt_bytes(free)} "
+              f"are free at {existing_parent(algo_dir)}: it would stop after about {free // per_task} of them (resumably) "
+              f"unless space is freed; `cljax plan` shows the parts.", file=sys.stderr)
+
+
 def check_disk(algo_dir: Path, need: int, what: str) -> None:
-    usage = shutil.disk_usage(_existing(algo_dir))
+    usage = shutil.disk_usage(existing_parent(algo_dir))
     if usage.total == 0:  # no storage at all: a kernel's pseudo filesystem (/proc, /sys), not a full disk
-        raise CljaxError(f"{algo_dir} is on a filesystem that stores no files ({_existing(algo_dir)} reports a size of "
+        raise CljaxError(f"{algo_dir} is on a filesystem that stores no files ({existing_parent(algo_dir)} reports a size of "
                          f"0 bytes, as /proc and /sys do): choose another --results-dir.")
     free = usage.free
     if free < need:
@@ -185,7 +196,7 @@ def check_disk(algo_dir: Path, need: int, what: str) -> None:
             f"finished task).")
 
 
-def _existing(path: Path) -> Path:
+def existing_parent(path: Path) -> Path:
     while not path.exists():
         path = path.parent
     return path

@@ -16,7 +16,8 @@ import jax
 import jax.numpy as jnp
 
 from cljax.budget import Budget, choose_eval_chunk, evaluation_mode, host_problem
-from cljax.budget_disk import block_size, check_disk, disk_files_per_task, disk_run_files, on_disk
+from cljax.budget_disk import (block_size, check_disk, disk_files_per_task, disk_run_files, on_disk,
+                                warn_if_the_run_outgrows_the_disk)
 from cljax.check_record import CheckRecord
 from cljax.checkpoint import CHECKPOINT, RUN_RECORD, load_learner, new_run_id, save_learner, write_run_record
 from cljax.config import SCHEMA_VERSION, Config, algo_dir_of
@@ -128,9 +129,15 @@ def run_experiment(
         run_files = disk_run_files(budget, data.meta)
         ckpt_disk = on_disk([run_files[CHECKPOINT]], block)
         record_disk = on_disk([run_files[RUN_RECORD] + 512, 256], block) if found.record is None or found.rebuilt else 0
-        initial_disk = on_disk([run_files["initial/"] - 1024, 1024], block) + block  # weights.npy, metadata.json, folder
+        writes_initial = found.record is None or verify_task_dir(algo_dir / INITIAL, -1, found.record.get("run_id"),
+                                                                 hashes=False) is not None  # a resume's is there
+        initial_disk = on_disk([run_files["initial/"] - 1024, 1024], block) + block if writes_initial else 0
+        extra = [name for name, need in (("run.json", record_disk), ("initial/", initial_disk)) if need]
         check_disk(algo_dir, task_disk + ckpt_disk + record_disk + initial_disk,
-                   "the first task (its folder, the checkpoint's new copy, run.json and initial/)")
+                   f"the {'first' if found.record is None else 'next'} task (its folder, the checkpoint's new copy"
+                   f"{''.join(', ' + name for name in extra)})")
+        if is_writer():
+            warn_if_the_run_outgrows_the_disk(algo_dir, config.num_tasks - found.next_task, task_disk)
 
     if not config.eval_chunk_tasks:  # multi-process: each chose from its own free memory
         chunk_tasks = smallest_over_processes(chunk_tasks)

@@ -4,12 +4,14 @@ disk per task and for the whole run, how evaluation will run), reported from the
 
 from __future__ import annotations
 
+import shutil
+
 import jax
 
 from cljax.budget import (HEADROOM, Budget, _does_not_fit, _per_device, device_budget_for, device_components,
                           evaluation_mode, fit_chunk, fmt_bytes, given_chunk_problem, host_components, host_problem,
                           host_total, scratch_bytes)
-from cljax.budget_disk import disk_files_per_task, disk_run_files
+from cljax.budget_disk import disk_files_per_task, disk_run_files, existing_parent
 from cljax.config import Config
 from cljax.eval_tasks import eval_tasks_of
 from cljax.program import build_task_program
@@ -103,6 +105,8 @@ def make_plan(config: Config, device_bytes: int | None = None) -> dict:
         "disk_bytes_per_task": per_task_disk,
         "disk_run_files": run_files,
         "disk_bytes_total": T * per_task_disk + sum(run_files.values()),
+        "disk_free_at": str(existing_parent(algo_dir_of(config))),
+        "disk_free_bytes": shutil.disk_usage(existing_parent(algo_dir_of(config))).free,
     }
 
 
@@ -156,5 +160,9 @@ def format_plan(plan: dict) -> str:
     lines.append(f"  {'total':<34} {fmt_bytes(plan['disk_bytes_per_task']):>12}")
     for name, value in plan["disk_run_files"].items():
         lines.append(f"  {'run: ' + name:<34} {fmt_bytes(value):>12}")
-    lines.append(f"disk for the whole run: {fmt_bytes(plan['disk_bytes_total'])} ({plan['disk_bytes_total']:,} bytes)")
+    lines.append(f"disk for the whole run: {fmt_bytes(plan['disk_bytes_total'])} ({plan['disk_bytes_total']:,} bytes); "
+                 f"{fmt_bytes(plan['disk_free_bytes'])} free at {plan['disk_free_at']}")
+    if plan["disk_bytes_total"] > plan["disk_free_bytes"]:
+        lines.append("  warning: more than is free there: the run would stop part-way (resumably) unless space is "
+                     "freed (a run resumed there needs only its tasks left)")
     return "\n".join(lines)

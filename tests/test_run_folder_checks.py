@@ -142,3 +142,26 @@ def test_disk_need_is_whole_blocks_and_exactly_enough_free_space_passes(tmp_path
         with pytest.raises(CljaxError, match=r"/proc/x/r is on a filesystem that stores no files \(/proc reports a "
                                              r"size of 0 bytes, as /proc and /sys do\): choose another --results-dir"):
             budget_disk.check_disk(Path("/proc/x/r"), 8192, "the first task")
+
+
+def test_a_resume_s_disk_check_counts_what_it_writes_and_a_run_too_large_for_the_disk_is_said(made, tmp_path,
+                                                                                             capsys, monkeypatch):
+    # A resume counted run.json and initial/, which it does not write, and was refused with room for
+    # its next task; a run whose tasks need more disk than is free started without a word.
+    import cljax.experiment as experiment
+
+    checked = []
+    monkeypatch.setattr(experiment, "check_disk", lambda algo_dir, need, what: checked.append((need, what)))
+    monkeypatch.setattr(budget_disk.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9 - 1, 1))
+    rc, _, err = run_cli(["run", *FLAGS, "--results-dir", str(tmp_path / "fresh")], capsys)
+    assert rc == 0, err
+    assert checked[0][1] == "the first task (its folder, the checkpoint's new copy, run.json, initial/)"
+    first_need = checked[0][0]
+    assert "warning: the run's 2 tasks left need about " in err and " of disk and 1 B are free at " in err
+    copy(made, "partial", tmp_path / "r")
+    checked.clear()  # the check before training, then each task's own ("task 1 (its folder and ...)")
+    rc, _, err = run_cli(["run", *FLAGS, "--results-dir", str(tmp_path / "r")], capsys)
+    assert rc == 0, err
+    assert checked[0][1] == "the next task (its folder, the checkpoint's new copy)"
+    assert "tasks left" not in err  # one task left: its own check says enough
+    assert checked[0][0] < first_need  # initial/ and run.json are there already

@@ -422,3 +422,21 @@ def test_plan_of_a_resume_builds_the_pairing_its_run_started_with(tmp_path):
                      split={"backend": "cpu", "devices": 1, "processes": 1, "lowering": {"learner_expert": other}},
                      sources={}, dataset_meta={})
     assert make_plan(config)["lowering"]["learner_expert"] == other
+
+
+def test_plan_says_the_free_disk_and_a_run_larger_than_it(tmp_path, monkeypatch):
+    # It gave the whole run's disk and nothing about the free space: a 5-task run on a 3 MiB disk
+    # was planned without a word and stopped at task 2.
+    import shutil
+
+    from cljax import plan as plan_module
+    from cljax.config import Config
+
+    config = Config.from_flat(dataset="synthetic", synthetic_classes=4, num_tasks=2, n_repeats=2, n_train_per_class=16,
+                              n_test_per_class=8, n_subsamples=4, epochs=1, batch_size=8, log_frequency=2,
+                              model="mlp", mlp_hidden=16, results_dir=str(tmp_path / "r"))
+    monkeypatch.setattr(plan_module.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9 - 2048, 2048))
+    plan = plan_module.make_plan(config)
+    assert plan["disk_free_bytes"] == 2048 and plan["disk_free_at"] == str(tmp_path)
+    text = plan_module.format_plan(plan)
+    assert "; 2.0 KiB free at " in text and "warning: more than is free there: the run would stop part-way" in text
