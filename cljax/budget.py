@@ -246,8 +246,8 @@ def _largest_array(b: Budget, n_devices: int) -> tuple[str, list[str]]:
     --n-test-per-class, --n-subsamples or snapshots")."""
     parts = device_components(b, 1)
     name = max(parts, key=parts.get)
-    share = (f" ({fmt_bytes(_per_device(parts[name], n_devices))} of {fmt_bytes(_per_device(sum(parts.values()), n_devices))}"
-             f" of arrays)")
+    share = (f" ({fmt_bytes(_per_device(parts[name], n_devices))} of "
+             f"{fmt_bytes(_per_device(sum(parts.values()), n_devices))} of arrays)")
     if name.startswith("learner.option:"):
         option = name.split(":", 1)[1]
         entry = OPTIONS[option]

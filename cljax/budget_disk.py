@@ -179,15 +179,15 @@ def warn_if_the_run_outgrows_the_disk(algo_dir: Path, tasks_left: int, per_task:
     need = tasks_left * per_task
     if tasks_left > 1 and need > free:
         print(f"warning: the run's {tasks_left} tasks left need about {fmt_bytes(need)} of disk and {fmt_bytes(free)} "
-              f"are free at {existing_parent(algo_dir)}: it would stop after about {free // per_task} of them (resumably) "
-              f"unless space is freed; `cljax plan` shows the parts.", file=sys.stderr)
+              f"are free at {existing_parent(algo_dir)}: it would stop after about {free // per_task} of them "
+              f"(resumably) unless space is freed; `cljax plan` shows the parts.", file=sys.stderr)
 
 
 def check_disk(algo_dir: Path, need: int, what: str) -> None:
     usage = shutil.disk_usage(existing_parent(algo_dir))
     if usage.total == 0:  # no storage at all: a kernel's pseudo filesystem (/proc, /sys), not a full disk
-        raise CljaxError(f"{algo_dir} is on a filesystem that stores no files ({existing_parent(algo_dir)} reports a size of "
-                         f"0 bytes, as /proc and /sys do): choose another --results-dir.")
+        raise CljaxError(f"{algo_dir} is on a filesystem that stores no files ({existing_parent(algo_dir)} reports a "
+                         f"size of 0 bytes, as /proc and /sys do): choose another --results-dir.")
     free = usage.free
     if free < need:
         raise CljaxError(

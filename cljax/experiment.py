@@ -95,7 +95,9 @@ def run_experiment(
         if found.record is not None and not found.finished:  # a finished run trains nothing more
             _source_warnings(found, config, algo_dir)
         if found.finished:  # verify every file's content before saying so; a lost record needs no training checks
-            with RunLock(algo_dir, exclusive=found.rebuilt) if is_writer() or not found.rebuilt else contextlib.nullcontext():
+            # shared while hashing; exclusive on the writer that writes a rebuilt run.json (the others take none)
+            hold = RunLock(algo_dir, exclusive=found.rebuilt) if is_writer() or not found.rebuilt else contextlib.nullcontext()
+            with hold:
                 found = inspect_run(algo_dir, config, data_id, overwrite, hashes=True, memo=memo, repair=repair)
                 if found.finished and _damaged_initial(algo_dir, found) is None:
                     if found.rebuilt:

@@ -102,7 +102,7 @@ def add_flag(parser: argparse.ArgumentParser, flag: str, dest: str, ftype: Field
              aliases: tuple = (), note: str = "") -> None:
     """One flag with its help text and default; a bool is a --x / --no-x pair."""
     help_text = meta.get("help", "") + note
-    if "default:" not in help_text:  # a help that names its own default ("--lr": "default: the rule's own") keeps it alone
+    if "default:" not in help_text:  # a help that names its own default (--lr's "default: the rule's own") keeps it
         help_text += f" (default: {default})"
     names = [f"--{flag}", *aliases]
     if ftype.base is bool:

@@ -25,8 +25,8 @@ from cljax.analysis import plots
 from cljax.analysis.cl import mean_over_every_task, mean_over_tasks
 from cljax.analysis.spread import figure, mean_std_text, spread
 from cljax.checkpoint import NewerRecord, read_run_record
-from cljax.record_rebuild import as_trained
 from cljax.errors import CljaxError
+from cljax.record_rebuild import as_trained
 from cljax.run_folder import verify_task_dir
 from cljax.run_lock import live_writer
 from cljax.setting_match import number_settings, recorded_config

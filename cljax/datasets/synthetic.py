@@ -82,8 +82,8 @@ def make_synthetic(n_classes: int, n_train_per_class: int, n_test_per_class: int
 def _check_memory(n_images: int, pixels: int) -> None:
     """Refuse, before allocating, a dataset the host cannot hold: the uint8 images, and one chunk's
     float32 images, float64 noise and its float32 copy (16 bytes a value) while generating."""
-    from cljax.units import fmt_bytes
     from cljax.devices.memory import host_available_bytes
+    from cljax.units import fmt_bytes
 
     chunk = min(_images_per_chunk(pixels), n_images) * pixels
     need, free = n_images * pixels + 16 * chunk, host_available_bytes()
