@@ -69,7 +69,8 @@ def test_a_task_too_large_for_the_device_names_what_lowers_its_largest_part(tmp_
             (["--eval-batch-size", "500", "--device-memory", "7000000"],
              "most of it is an evaluation call's scratch: lower --eval-batch-size", None),
             (["--log-frequency", "1", "--device-memory", "80000000"],  # 310 snapshots: the arrays dominate
-             "--n-subsamples or snapshots (raise --log-frequency), use --representation-dtype bfloat16",
+             "most of it is the task's snapshots (75.2 MiB of 100.1 MiB of arrays): lower snapshots (raise "
+             "--log-frequency)",
              ["--log-frequency", "25"])):
         rc, out, _ = run_cli([*plan, *extra], capsys)
         assert rc == 2 and "DOES NOT FIT" in out and part in out, out

@@ -226,7 +226,7 @@ def test_a_task_folder_trained_again_in_place_needs_the_disk_of_both_copies(made
         rc, out, err = run_cli(["run", *FLAGS, "--results-dir", str(tmp_path / name)], capsys)
         assert rc == 0 and "resumed from task 1" in out, err
     assert needs["fresh"]["task 1"] > 0 and needs["redo"]["task 1"] == 2 * needs["fresh"]["task 1"]
-    assert needs["fresh"]["the first task"] == needs["redo"]["the first task"]
+    assert needs["fresh"]["the next task"] == needs["redo"]["the next task"]
 
 
 def test_a_resume_says_its_table_is_of_this_call_and_that_the_analysis_is_of_fewer_tasks(made, tmp_path, capsys):
