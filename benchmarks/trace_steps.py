@@ -66,16 +66,17 @@ def trace(run_flags: list[str], first: int, last: int, repeat: int, every: int =
     from cljax.data import load_dataset
     from cljax.devices.mesh import fetch, shard_repeats
     from cljax.evaluate import WindowTestSets
-    from cljax.experiment import _recorded_pairing, task_inputs
+    from cljax.experiment import task_inputs
     from cljax.kept_checkpoints import kept_path
     from cljax.program import build_task_program
+    from cljax.run_split import recorded_pairing
     from cljax.tasks import TaskData, make_schedule
 
     traced = dataclasses.replace(_config([*run_flags, *other]) if other else config, log_frequency=every).validate()
     data = load_dataset(config)
     schedule = make_schedule(data.n_classes, config.num_tasks, config.n_repeats, config.seed, config.task_schedule)
     task_data = TaskData(data, traced)
-    program = build_task_program(traced, data.train_images.shape[1:], paired_models=_recorded_pairing(config, record))
+    program = build_task_program(traced, data.train_images.shape[1:], paired_models=recorded_pairing(config, record))
     learner = shard_repeats(program.init_learner(jax.random.key(config.seed)))
     if first > 0:
         path = kept_path(algo_dir, first)
