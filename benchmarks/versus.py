@@ -46,6 +46,7 @@ def setting(text: str) -> tuple[str, object]:
 def worker(checkout: str, repeats: int, steps: int, batch_size: int, settings: dict) -> None:
     """Build the program of ``checkout``, then answer each 'run' line on stdin with the seconds of one call."""
     sys.path[:0] = [checkout, str(Path(checkout) / "benchmarks")]
+    sys.modules.pop("bench_args", None)  # the driver's, imported above: the checkout's scripts take their own
     from cljax.devices import configure_cpu_devices
     from cljax.host import usable_cores
 
@@ -95,15 +96,15 @@ def main(argv=None) -> dict:
     p.add_argument("--json", dest="json_path", type=output_file, default=None)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.worker:  # before anything imports the driver's throughput.py: the checkout's own builds the program
+        worker(args.new, args.repeats, args.steps, args.batch_size, dict(args.settings))
+        return {}
     from throughput import unit_settings
 
     own = sorted({name for name, _ in args.settings} & set(unit_settings(1, 1, 1)))
     if own:  # the benchmark fixes these (its --repeats, --steps and --batch-size set the size)
         p.error(f"--set {own[0]}: the benchmark fixes it ({', '.join(sorted(unit_settings(1, 1, 1)))}; "
                 f"--repeats, --steps and --batch-size set the size)")
-    if args.worker:
-        worker(args.new, args.repeats, args.steps, args.batch_size, dict(args.settings))
-        return {}
     for checkout in (args.old, args.new):
         if not (Path(checkout) / "cljax").is_dir() or not (Path(checkout) / "benchmarks" / "throughput.py").is_file():
             raise SystemExit(f"error: {checkout} is not a cljax checkout (cljax/ and benchmarks/throughput.py): "

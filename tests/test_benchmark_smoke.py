@@ -9,6 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import jax
@@ -292,3 +295,21 @@ def test_best_torch_is_the_fastest_one_process_loop_not_the_process_peer(tmp_pat
     loops = [row["ratio_vs_peer"][k] for k in ("torch", "torch_lean", "torch_1thread")]
     assert math.isclose(row["ratio_vs_best_torch"], min(loops))
     assert row["ratio_vs_peer"]["torch_processes_2"] < row["ratio_vs_best_torch"]
+
+
+def test_versus_builds_each_checkout_s_program_with_that_checkout_s_throughput_py(tmp_path):
+    # The worker imported the driver's throughput.py first: only cljax/ came from the checkout, and
+    # an older checkout was measured by the newer harness.
+    import shutil
+
+    checkout = tmp_path / "old"
+    shutil.copytree(BENCH.parents[1] / "cljax", checkout / "cljax", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(BENCH.parent, checkout / "benchmarks", ignore=shutil.ignore_patterns("__pycache__"))
+    script = checkout / "benchmarks" / "throughput.py"
+    script.write_text(script.read_text() + "\n_unit = cljax_unit\n\n\ndef cljax_unit(*args, **kwargs):\n"
+                      "    print('the checkout s own throughput.py', file=sys.stderr)\n    return _unit(*args, **kwargs)\n")
+    proc = subprocess.run([sys.executable, str(BENCH.parent / "versus.py"), "--worker", "-", str(checkout), "--repeats",
+                           "1", "--steps", "2", "--batch-size", "4"], capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(checkout)}, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "the checkout s own throughput.py" in proc.stderr and json.loads(proc.stdout.splitlines()[0])["samples"] > 0
