@@ -43,9 +43,11 @@ def test_accuracies(run) -> np.ndarray:
     return np.concatenate([results.load_metrics(d)["test_acc"].ravel() for d in results.task_dirs(run)])
 
 
-# What makes repeat r of two runs the same class pairs, initialisation and batches: these must match.
+# What makes repeat r of two runs the same class pairs, initialisation and batches: these must match,
+# and so must the data ("data": its identity as run.json or the first task folder records it).
 PAIRED_BY = ("dataset", "seed", "num_tasks", "n_repeats", "n_train_per_class", "n_test_per_class", "test_source",
-             "task_schedule", "epochs", "batch_size", "synthetic_classes", "model")
+             "task_schedule", "epochs", "batch_size", "synthetic_classes", "synthetic_size", "synthetic_channels",
+             "model", "data")
 
 
 def settings_of(run) -> dict:
@@ -57,7 +59,9 @@ def settings_of(run) -> dict:
     record, dirs = read_run_record(Path(run)), results.task_dirs(run)
     if not dirs:
         raise CljaxError(f"{run} holds no task folders: pass a run folder, results/{{dataset}}/{{algorithm}}.")
-    settings = record["config"] if record else results.load_metadata(dirs[0]).get("config", {})
+    first = results.load_metadata(dirs[0])
+    settings = {**(record["config"] if record else first.get("config", {})),
+                "data": (record or first).get("data")}  # None: not recorded (older runs), not compared
     if isinstance(settings.get("num_tasks"), int) and len(dirs) < settings["num_tasks"]:  # the matrix needs them all
         raise CljaxError(f"{run} holds {len(dirs)} of its {settings['num_tasks']} tasks: finish it with the same "
                          f"`cljax run` command first.")
@@ -73,7 +77,8 @@ def protocol_differences(run_a, run_b) -> tuple[list[str], list[str]]:
         if settings.get("eval_tasks", "all") != "all":
             raise CljaxError(f"{run} evaluates --eval-tasks {settings['eval_tasks']}: the figures need every task "
                              f"evaluated at every snapshot (--eval-tasks all).")
-    differ = sorted(k for k in a.keys() | b.keys() if k != "results_dir" and a.get(k) != b.get(k))
+    differ = sorted(k for k in a.keys() | b.keys() if k != "results_dir" and a.get(k) != b.get(k)
+                    and not (k == "data" and None in (a.get(k), b.get(k))))
     return [k for k in differ if k in PAIRED_BY], [k for k in differ if k not in PAIRED_BY]
 
 

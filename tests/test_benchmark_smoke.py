@@ -147,7 +147,14 @@ def test_paired_runs_compares_two_runs_repeat_by_repeat(tmp_path):
     assert "largest difference 0.0600" in table
     assert "paired by repeat; the runs differ in: nothing" in table
 
-    meta = b / "task_000" / "metadata.json"  # run B with another seed: its repeats are other draws
+    meta = b / "task_000" / "metadata.json"  # run B on other data (a synthetic size, or another identity)
+    kept = meta.read_text()
+    meta.write_text(json.dumps({**json.loads(kept), "data": "a" * 64, "config": {"num_tasks": 3, "synthetic_size": 32}}))
+    assert paired.protocol_differences(a, b)[0] == ["synthetic_size"]  # a's folders record no data identity
+    (a / "task_000" / "metadata.json").write_text(json.dumps({**json.loads((a / "task_000" / "metadata.json")
+                                                                            .read_text()), "data": "b" * 64}))
+    assert paired.protocol_differences(a, b)[0] == ["data", "synthetic_size"]
+    meta.write_text(kept)  # run B with another seed: its repeats are other draws
     meta.write_text(json.dumps({**json.loads(meta.read_text()), "config": {"num_tasks": 3, "seed": 7}}))
     with pytest.raises(SystemExit, match="the runs differ in seed: their repeats are not paired"):
         paired.main([str(a), str(b)])
