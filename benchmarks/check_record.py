@@ -1,7 +1,7 @@
 """The check that a rerun of a finished run, or a requeue's resume, makes of its task folders
 (`inspect_run` with every file's sha256): seconds with the verified.json the run saved as it
 trained, and with none (what every run never resumed had before a run noted its own writes), on
-one folder in one process (docs/benchmark.md, "What a resume reads"). Each check is timed with
+one folder in one process (docs/benchmark.md, "What a check of a finished run reads"). Each check is timed with
 the folder in the page cache (warm) and, with --cold, read from the disk: the machine's whole
 page cache is dropped before each check (root on Linux only). Synthetic data and a wide MLP,
 so that the folders hold enough bytes to hash.
