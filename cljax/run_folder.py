@@ -33,6 +33,7 @@ from cljax.initial_state import INITIAL
 from cljax.kept_checkpoints import KEPT, describe_replay, is_kept_name, kept_path, repair_start
 from cljax.results import LATER_TASK_FILES, TASK_FILES, task_dir_name, task_dirs
 from cljax.output_guard import check_writable_target
+from cljax.code_changes import changed_since, older_cljax
 from cljax.record_rebuild import lost_record, record_disagreement
 from cljax.run_lock import RUN_LOCK
 from cljax.safe_files import npy_header, safe_load_pickle
@@ -119,6 +120,9 @@ def inspect_run(algo_dir: Path, config: Config, data_id: str | None, overwrite: 
     if differ:
         if _finished_no_task(algo_dir, record):
             return _replace(algo_dir, f"a run with other settings ({', '.join(differ)})")
+        changed = changed_since(record, algo_dir) if n_dirs < (record["config"].get("num_tasks") or 0) else None
+        if changed:  # passing the recorded values would only bring this refusal
+            raise older_cljax(algo_dir, changed, _deletes(n_dirs))
         if list(differ) == [DATA_DIFFERS]:  # no value to pass
             raise CljaxError(f"{algo_dir} holds a run made on other data (the dataset's contents differ from those it "
                              f"recorded): pass the --data-dir it was made with, choose another --results-dir, or pass "
@@ -140,13 +144,11 @@ def inspect_run(algo_dir: Path, config: Config, data_id: str | None, overwrite: 
                          f"{'resume' if any(problems) else 'use'} the run (nothing was deleted).")
     if not any(problems) and not _checkpoint_behind(algo_dir, run_id, T):  # whole: the checkpoint is not needed
         return Found(record=record, next_task=T, finished=True, n_task_dirs=n_dirs, rebuilt=rebuilt)
-    changed = changed_since(record)
+    changed = changed_since(record, algo_dir)
     if changed and _finished_no_task(algo_dir, record):
         return _replace(algo_dir, "a run started by an older cljax")
     if changed:
-        raise CljaxError(f"{algo_dir} holds a run started by an older cljax, and {changed}: its remaining tasks would "
-                         f"follow another rule than its first ones. Finish it with the cljax it started with, pass "
-                         f"--overwrite to train it again (it {_deletes(n_dirs)}), or choose another --results-dir.")
+        raise older_cljax(algo_dir, changed, _deletes(n_dirs))
     try:
         header = read_checkpoint_header(algo_dir)
     except CljaxError:  # damaged: --repair trains the learner after the whole folders again
@@ -238,31 +240,6 @@ def _checkpoint_behind(algo_dir: Path, run_id: str | None, T: int) -> bool:
     except CljaxError:  # damaged: a finished run does not need it
         return False
     return header is not None and header[1] == run_id and header[0] < T
-
-
-def changed_since(record: dict) -> str | None:
-    """What a change of cljax since the run's record (its ``schema``, config.SCHEMA_VERSION)
-    changed in what the run computes, or None. A run that one of these touches is not resumed:
-    a finished one is left as it is."""
-    schema, settings = record.get("schema") or 1, record["config"]
-    conv = ((record.get("split") or {}).get("lowering") or {}).get("conv", settings.get("conv_impl", "auto"))
-    if (schema < 3 and settings.get("algorithm") == "Bio" and settings.get("model", "cnn") == "cnn"
-            and conv in ("auto", "im2col", "fused-im2col")):
-        where = (f"the CNN's {conv} lowering" if conv != "auto" else
-                 "the CNN's im2col lowering (the CPU's default; the run records no lowering)")
-        return (f"its Bio rule, in {where}, sent the error through the max-pool winners of the feedback weights "
-                f"instead of the forward pass's (corrected in schema 3; docs/rules.md, Bio)")
-    if schema < 4 and settings.get("use_cbp"):
-        return ("its continual backprop ranked units by a utility not corrected for their age, so units that had just "
-                "matured were replaced first (corrected in schema 4; docs/methods.md, CBP)")
-    if schema < 4 and settings.get("model") == "resnet" and settings.get("use_replay"):
-        return ("its ResNet's BatchNorm counted the replay buffer's empty slots in its batch statistics during the first "
-                "task (corrected in schema 4; docs/rules.md, the rule contract)")
-    if schema < 4 and settings.get("model") == "resnet" and settings.get("add_plasticity") \
-            and settings.get("sp_noise", "init") == "init":
-        return ("its shrink+perturb added sigma to every BatchNorm scale at each perturbation instead of keeping its size "
-                "(corrected in schema 4; cljax/options/shrink_perturb.py)")
-    return None
 
 
 def verify_task_dir(task_dir: Path, t: int, run_id: str | None, hashes: bool, into: dict | None = None,

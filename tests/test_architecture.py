@@ -4,6 +4,7 @@ resume across upgrades, models with state and other image shapes, extensions fro
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -91,7 +92,7 @@ def test_a_bio_run_recorded_before_its_pool_routing_was_corrected_is_not_resumed
         run_experiment(config, progress=False)
     assert (run.algo_dir / "run.json").read_bytes() == record and len(results.task_dirs(run.algo_dir)) == 1
 
-    from cljax.run_folder import changed_since
+    from cljax.code_changes import changed_since
 
     old = {"schema": 2, "config": {"algorithm": "Bio", "model": "cnn"}, "split": None}
     assert "records no lowering" in changed_since(old)
@@ -204,3 +205,30 @@ def test_the_option_order_does_not_depend_on_which_module_was_imported_first():
             f"print(Config.from_flat(**{flags!r}).algorithm_name)")
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert name == other == "SL_cbp_replay_sp_ul_T5"
+
+
+def test_a_shrink_perturb_run_from_before_start_weights_is_not_resumed(tmp_path):
+    # Its folders measured start_test_acc before shrink+perturb acted; a resume by today's code
+    # measured it after, and the run held both meanings without a word (same schema).
+    config = small_config(tmp_path, dataset="synthetic", synthetic_classes=6, add_plasticity=True,
+                          **{**TINY, "num_tasks": 3})
+    run = run_experiment(config, progress=False)
+    for task in results.task_dirs(run.algo_dir):  # as a cljax before 2026-12-01 wrote them
+        meta = json.loads((task / "metadata.json").read_text())
+        for key in ("files", "shapes"):
+            meta[key].pop("start_weights", None), meta[key].pop("start_weights.npy", None)
+        (task / "metadata.json").write_text(json.dumps(meta))
+        (task / "start_weights.npy").unlink()
+    (run.algo_dir / "verified.json").unlink(missing_ok=True)
+    assert run_experiment(config, progress=False).already_finished  # a finished run is left as it is
+    shutil.rmtree(results.task_dirs(run.algo_dir)[2])
+    with pytest.raises(CljaxError, match=r"older cljax, and its task-start accuracy and loss \(start_test_acc, "
+                                         r"start_test_loss\) were measured before shrink\+perturb acted"):
+        run_experiment(config, progress=False)
+    # With other settings too, this is what it says first: passing the recorded values led only here.
+    with pytest.raises(CljaxError, match=r"older cljax, and its task-start accuracy"):
+        run_experiment(Config.from_flat({**config.to_dict(), "lr": 0.3}), progress=False)
+    mode_step = {"schema": 5, "config": {"add_plasticity": True, "sp_mode": "step"}}
+    from cljax.code_changes import changed_since
+
+    assert changed_since(mode_step, run.algo_dir) is None  # no task-start hook in step mode
