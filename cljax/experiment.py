@@ -216,10 +216,13 @@ def _train(config, data, task_data, schedule, program, start, chunk_tasks, found
     check record (verified.json), which notes each folder written and is saved after the last task."""
     learner, initial = start
     memo.for_run(run_id)
-    if is_writer() and verify_task_dir(algo_dir / INITIAL, -1, run_id, hashes=True) is not None:
+    first_task = found.next_task if found.record is not None else 0
+    # Written anew when damaged, and whenever training starts from the seed at task 0: the start of
+    # the run as this command trains it (a run.json edited before task 0 was written kept another).
+    if is_writer() and (first_task == 0 and not found.replay or
+                        verify_task_dir(algo_dir / INITIAL, -1, run_id, hashes=True) is not None):
         with critical, _disk_errors(algo_dir, found.next_task):
             memo.note_written(write_initial(algo_dir, initial, run_id))
-    first_task = found.next_task if found.record is not None else 0
     replay = list(range(*found.replay)) if found.replay else []  # --repair: trained again first
     if found.replay and found.replay[0] > 0:
         learner = shard_repeats(load_learner(algo_dir, learner, kept_path(algo_dir, found.replay[0]))[0])

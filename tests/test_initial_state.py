@@ -157,3 +157,25 @@ def test_a_model_with_mutable_state_saves_it_beside_the_weights(tmp_path):
     saved = results.load_structured(folder / "model_state.npy")
     np.testing.assert_array_equal(saved["batch_stats"]["bn"]["mean"], state["batch_stats"]["bn"]["mean"])
     np.testing.assert_array_equal(load_initial_weights(tmp_path)["dense"]["kernel"], params["dense"]["kernel"])
+
+
+def test_a_run_resumed_before_its_first_task_writes_its_initial_network_again(run, tmp_path):
+    # run.json edited (seed 0 -> 1) while the run was still in task 0: the resume trained seed 1,
+    # and initial/ kept seed 0's network (weight_change_init read 0.072 where it is 0.0004).
+    from cljax.experiment import run_experiment
+
+    shutil.copytree(run["algo_dir"].parents[1], tmp_path / "r")  # the results root: {dataset}/{algorithm}
+    algo_dir = tmp_path / "r" / run["algo_dir"].relative_to(run["algo_dir"].parents[1])
+    for folder in results.task_dirs(algo_dir):
+        shutil.rmtree(folder)
+    for name in ("checkpoint.npz", "verified.json", "verified.jsonl"):
+        (algo_dir / name).unlink(missing_ok=True)
+    record = json.loads((algo_dir / "run.json").read_text())
+    record["config"]["seed"] = 1
+    (algo_dir / "run.json").write_text(json.dumps(record))
+    config = small_config(tmp_path, **{**TINY, "seed": 1, "results_dir": str(tmp_path / "r")})
+    assert run_experiment(config, progress=False).algo_dir == algo_dir
+    fresh = small_config(tmp_path, **{**TINY, "seed": 1, "results_dir": str(tmp_path / "fresh")})
+    fresh_dir = run_experiment(fresh, progress=False).algo_dir
+    for resumed, clean in zip(leaves(load_initial_weights(algo_dir)), leaves(load_initial_weights(fresh_dir))):
+        np.testing.assert_array_equal(resumed, clean)
