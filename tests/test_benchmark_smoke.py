@@ -45,7 +45,7 @@ def test_quick_run_writes_cljax_rows_and_the_schema(tmp_path, capsys):
 
     assert isinstance(report["machine"], str) and report["machine"]
     assert report["peak_flops_per_s"] > 1e8
-    assert report["flops_per_sample"] == 3 * 2 * 660288
+    assert report["flops_per_sample"] == 3 * 2 * 660288 - 2 * 112896
     cljax_rows = [r for r in report["rows"] if r["impl"] == "cljax"]
     assert [r["repeats"] for r in cljax_rows] == [2]
     assert not [r for r in report["rows"] if r["impl"] == "torch"]  # --no-torch

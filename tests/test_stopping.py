@@ -48,21 +48,25 @@ def test_sigterm_stops_analyze_while_it_waits_in_compiled_code(tmp_path):
 WRITING = """
 import os, signal, sys, time
 from cljax import cli
-from cljax.analysis import driver
+from cljax.analysis import out_folder
 
-write_all = driver.write_all
+replace, stopped = os.replace, []
 
-def stopped_while_writing(out, writers, algo_dir, run_id):
-    os.kill(os.getpid(), signal.SIGTERM)
-    time.sleep(1.0)  # the handler has run by now, and waits for the lock
-    write_all(out, writers, algo_dir, run_id)
+def stopped_while_renaming(src, dst):  # the first rename (summary.json), under the stop lock
+    if not stopped:
+        stopped.append(dst)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(1.0)  # the handler has run by now, and waits for the lock
+    replace(src, dst)
 
-driver.write_all = stopped_while_writing
+out_folder.os = type(os)("os_with_a_stop")
+out_folder.os.__dict__.update({k: getattr(os, k) for k in dir(os) if not k.startswith("__")})
+out_folder.os.replace = stopped_while_renaming
 sys.exit(cli.main(["analyze", sys.argv[1], "--no-glue", "--no-plots"]))
 """
 
 
-def test_a_stop_while_analyze_writes_waits_for_the_whole_analysis(tmp_path):
+def test_a_stop_while_analyze_renames_its_files_waits_for_the_whole_analysis(tmp_path):
     algo = tmp_path / "run"
     write_fake_run(algo)
     proc = subprocess.run([sys.executable, "-c", WRITING, str(algo)], capture_output=True, text=True, timeout=300)
@@ -72,3 +76,32 @@ def test_a_stop_while_analyze_writes_waits_for_the_whole_analysis(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert sorted(p.name for p in out.iterdir()) == sorted(summary["files"])  # every file, no temporary one
     assert summary["n_task_folders"] == 3 and summary["complete"]
+
+
+DRAWING = """
+import os, signal, sys, time
+import numpy
+from cljax import cli
+from cljax.analysis import driver
+
+def stopped_while_drawing(*args, **kwargs):  # an analysis's file written under its temporary name
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(5.0)  # it was waited for: the stop lock was held over the whole write
+
+driver.np = type(numpy)("numpy_with_a_stop")
+driver.np.__dict__.update(numpy.__dict__)
+driver.np.savez_compressed = stopped_while_drawing
+sys.exit(cli.main(["analyze", sys.argv[1], "--no-glue", "--no-plots"]))
+"""
+
+
+def test_a_stop_while_analyze_draws_its_files_stops_at_once_and_keeps_the_earlier_analysis(tmp_path):
+    algo = tmp_path / "run"
+    write_fake_run(algo)
+    assert subprocess.run([sys.executable, "-m", "cljax", "analyze", str(algo), "--no-glue", "--no-plots"],
+                          capture_output=True, timeout=300).returncode == 0
+    before = {p.name: p.read_bytes() for p in (algo / "analysis").iterdir()}
+    proc = subprocess.run([sys.executable, "-c", DRAWING, str(algo)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 75 and "stopped by SIGTERM" in proc.stderr, proc.stderr
+    kept = {p.name: p.read_bytes() for p in (algo / "analysis").iterdir() if not p.name.startswith(".")}
+    assert kept == before  # the earlier analysis, whole; only temporaries beside it, which the next one removes
