@@ -377,7 +377,7 @@ def test_out_inside_an_image_folder_and_a_save_to_disk_folder_are_refused(tmp_pa
         plan_source(str(saved))
 
 
-@pytest.mark.parametrize("asked", ["val", "VAL", "validation"])
+@pytest.mark.parametrize("asked", ["val", "validation"])
 def test_an_image_folder_s_split_is_named_as_its_folder_is_spelt(tmp_path, asked):
     # `--splits train val:test` for DIR/val/ was refused: "has no split 'val' (it has train, validation)".
     root = _folder(tmp_path / "src", {"train": {"ant": 1, "bee": 2}, "val": {"ant": 1, "bee": 1}})
@@ -386,3 +386,6 @@ def test_an_image_folder_s_split_is_named_as_its_folder_is_spelt(tmp_path, asked
     with pytest.raises(CljaxError, match=re.escape(f"--splits names the folder {root / 'val'} 2 times (valid, validation): "
                                                    f"name each split once.")):
         plan_source(str(root), {"train": "train", "valid": "test", "validation": "test"})
+    # Another case is no name of the folder: --splits TRAIN (which maps to test) took train/ as test images.
+    with pytest.raises(CljaxError, match=re.escape("has no split 'TRAIN' (it has train, validation)")):
+        plan_source(str(root), {"TRAIN": "test", "val": "test"})

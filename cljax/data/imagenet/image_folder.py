@@ -20,7 +20,7 @@ def plan_image_folder(root: Path, split_map: dict[str, str], strict: bool, shard
     split_dirs = {_SPLIT_DIR_NAMES[d.name.lower()]: d for d in subdirs if d.name.lower() in _SPLIT_DIR_NAMES}
     names: dict[str, list[str]] = {}  # --splits val:test names the folder as spelt: that split, under the name asked
     for asked in split_map:
-        known = _SPLIT_DIR_NAMES.get(asked.lower())
+        known = _SPLIT_DIR_NAMES.get(asked)  # as spelt: TRAIN, not a name of train, would map to test
         if known is not None and known in split_dirs:
             names.setdefault(known, []).append(asked)
     for known, asked in names.items():
