@@ -387,5 +387,5 @@ def test_an_image_folder_s_split_is_named_as_its_folder_is_spelt(tmp_path, asked
                                                    f"name each split once.")):
         plan_source(str(root), {"train": "train", "valid": "test", "validation": "test"})
     # Another case is no name of the folder: --splits TRAIN (which maps to test) took train/ as test images.
-    with pytest.raises(CljaxError, match=re.escape("has no split 'TRAIN' (it has train, validation)")):
+    with pytest.raises(CljaxError, match=re.escape("has no split 'TRAIN' (it has train, val)")):
         plan_source(str(root), {"TRAIN": "test", "val": "test"})
