@@ -29,6 +29,7 @@ def make_plan(config: Config, device_bytes: int | None = None) -> dict:
     from cljax.config import algo_dir_of
     from cljax.errors import CljaxError
     from cljax.output_guard import check_writable_target
+    from cljax.results import task_dirs
     from cljax.run_split import recorded_pairing
 
     check_writable_target(algo_dir_of(config))  # as run does: a --results-dir it could not write to
@@ -105,6 +106,9 @@ def make_plan(config: Config, device_bytes: int | None = None) -> dict:
         "disk_bytes_per_task": per_task_disk,
         "disk_run_files": run_files,
         "disk_bytes_total": T * per_task_disk + sum(run_files.values()),
+        # what is left to write: a resumed run's finished folders are there already
+        "disk_bytes_left": (T - (len(task_dirs(algo_dir_of(config), passed=False)) if record else 0)) * per_task_disk
+        + (0 if record else sum(run_files.values())),
         "disk_free_at": str(existing_parent(algo_dir_of(config))),
         "disk_free_bytes": shutil.disk_usage(existing_parent(algo_dir_of(config))).free,
     }
@@ -162,7 +166,9 @@ def format_plan(plan: dict) -> str:
         lines.append(f"  {'run: ' + name:<34} {fmt_bytes(value):>12}")
     lines.append(f"disk for the whole run: {fmt_bytes(plan['disk_bytes_total'])} ({plan['disk_bytes_total']:,} bytes); "
                  f"{fmt_bytes(plan['disk_free_bytes'])} free at {plan['disk_free_at']}")
-    if plan["disk_bytes_total"] > plan["disk_free_bytes"]:
-        lines.append("  warning: more than is free there: the run would stop part-way (resumably) unless space is "
-                     "freed (a run resumed there needs only its tasks left)")
+    if plan["disk_bytes_left"] > plan["disk_free_bytes"]:
+        left = "" if plan["disk_bytes_left"] == plan["disk_bytes_total"] else \
+            f" (the {fmt_bytes(plan['disk_bytes_left'])} its tasks left need)"
+        lines.append(f"  warning: more than is free there{left}: the run would stop part-way (resumably) unless "
+                     f"space is freed")
     return "\n".join(lines)

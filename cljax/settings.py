@@ -217,4 +217,6 @@ def warn_unused(parser: argparse.ArgumentParser, args: argparse.Namespace, whys:
             value = flat[dest]  # as typed: a bool is --x or --no-x
             given = f"--{specs[dest][0]}" if value is True else f"--no-{specs[dest][0]}" if value is False else \
                 f"--{specs[dest][0]} {value}"
-            print(f"warning: {given} has no effect in {where}: {whys[0][dest]}.", file=sys.stderr)
+            reasons = list(dict.fromkeys(why[dest] for why in whys))  # a sweep's runs may each have their own
+            said = reasons[0] if len(reasons) == 1 else "by run, " + "; ".join(reasons)
+            print(f"warning: {given} has no effect in {where}: {said}.", file=sys.stderr)

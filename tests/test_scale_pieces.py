@@ -440,3 +440,14 @@ def test_plan_says_the_free_disk_and_a_run_larger_than_it(tmp_path, monkeypatch)
     assert plan["disk_free_bytes"] == 2048 and plan["disk_free_at"] == str(tmp_path)
     text = plan_module.format_plan(plan)
     assert "; 2.0 KiB free at " in text and "warning: more than is free there: the run would stop part-way" in text
+    assert plan["disk_bytes_left"] == plan["disk_bytes_total"]  # nothing written yet
+    # A resumed run needs only its tasks left (it warned of the whole run's total, and then fitted).
+    from cljax.experiment import run_experiment
+
+    monkeypatch.undo()
+    algo_dir = run_experiment(config, progress=False).algo_dir
+    import shutil as sh
+
+    sh.rmtree(algo_dir / "task_001")
+    left = plan_module.make_plan(config)
+    assert left["disk_bytes_left"] == left["disk_bytes_per_task"] < left["disk_bytes_total"]

@@ -153,3 +153,17 @@ def test_the_settings_a_run_uses_are_its_configs_own():
     flat = {**flat_defaults(), "model": "mlp", "use_replay": True}
     used = Config.from_flat(flat).to_dict()
     assert set(flat) - set(used) == set(unused_settings(flat)) - {"head_reset_to"}
+
+
+def test_a_sweep_s_runs_that_leave_a_flag_unused_for_different_reasons_are_each_said(tmp_path, capsys, monkeypatch):
+    # SL's reason alone was given for a Bio run that ignores --bio-policy for another (--out-dim 1).
+    import cljax.sweep as sweep
+
+    monkeypatch.setattr(sweep, "make_executor", lambda *a: object())
+    monkeypatch.setattr(sweep, "submit", lambda *a, **k: [])
+    assert main(["sweep", "--dataset", "synthetic", "--results-dir", str(tmp_path), "--grid", "algorithm=SL,Bio",
+                 "--bio-policy", "egreedy", "--executor", "local"]) == 0
+    assert [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning: --bio-policy")] == [
+        "warning: --bio-policy egreedy has no effect in any run of the sweep: by run, it is a setting of rule Bio, and "
+        "this run's --algorithm is SL; with --out-dim 1 Bio's update does not depend on the action, so not on how it "
+        "is chosen (--out-dim 2 uses it)."]
