@@ -251,9 +251,8 @@ def _largest_array(b: Budget, n_devices: int) -> tuple[str, list[str]]:
     if name.startswith("learner.option:"):
         option = name.split(":", 1)[1]
         entry = OPTIONS[option]
-        sized = [f for f in dataclasses.fields(entry.params) if f.type in (int, "int")]
-        flags = [f"--{entry.field_flag(f)}" for f in [f for f in sized if "size" in f.name] or sized][:3]
-        return f"most of it is option {option}'s state{share}: ", flags or [f"option {option}'s settings"]
+        flags = [f"--{entry.field_flag(f)}" for f in dataclasses.fields(entry.params) if "size" in f.name]
+        return f"most of it is option {option}'s state{share}: ", flags or [f"option {option}'s state"]
     if name == "train_data":
         return f"most of it is the task's training images{share}: ", ["--n-train-per-class"]
     if name in ("current_test_set", "eval_test_sets"):

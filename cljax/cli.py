@@ -177,8 +177,8 @@ def _cmd_plan(argv: list[str]) -> int:
 
     if wants_distributed():  # joining would wait for the run's other processes: this host's devices alone
         print("note: plan does not join the multi-process run this environment asks for: it sizes this process's "
-              "devices alone. For R repeats over P processes, plan --n-repeats R/P here (the same repeats per "
-              "device).", file=sys.stderr)
+              "devices alone. For R repeats over P processes, plan --n-repeats R/P here for the memory per device; "
+              "process 0 writes all R repeats, so the run's disk is P times the disk planned.", file=sys.stderr)
     plan = make_plan(config)
     print(json.dumps(plan, indent=1) if args.json else format_plan(plan))
     return 0 if plan["fits"] else 2

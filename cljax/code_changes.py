@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cljax.errors import CljaxError
-from cljax.results import task_dirs
+from cljax.errors import CljaxError, DamagedFile
+from cljax.results import load_metadata, task_dirs
 
 
 def changed_since(record: dict, algo_dir: Path | None = None) -> str | None:
@@ -16,9 +16,8 @@ def changed_since(record: dict, algo_dir: Path | None = None) -> str | None:
     its task folders in ``algo_dir``) changed in what the run computes, or None. A run that one of
     these touches is not resumed: a finished one is left as it is."""
     schema, settings = record.get("schema") or 1, record["config"]
-    first = task_dirs(algo_dir, passed=False)[:1] if algo_dir is not None else []
-    if first and not (first[0] / "start_weights.npy").exists() and settings.get("add_plasticity") \
-            and settings.get("sp_mode", "boundary") == "boundary":  # a folder before 2026-12-01's start_weights.npy
+    if settings.get("add_plasticity") and settings.get("sp_mode", "boundary") == "boundary" \
+            and _before_start_weights(algo_dir):
         return ("its task-start accuracy and loss (start_test_acc, start_test_loss) were measured before "
                 "shrink+perturb acted at each task's start; since 2026-12-01 (when task folders gained "
                 "start_weights.npy) they are measured after it, so its later tasks would hold the other meaning")
@@ -40,6 +39,20 @@ def changed_since(record: dict, algo_dir: Path | None = None) -> str | None:
         return ("its shrink+perturb added sigma to every BatchNorm scale at each perturbation instead of keeping its size "
                 "(corrected in schema 4; cljax/options/shrink_perturb.py)")
     return None
+
+
+def _before_start_weights(algo_dir: Path | None) -> bool:
+    """Whether the run's first task folder was written before task folders held start_weights.npy
+    (2026-12-01): its metadata.json lists no such file (or, older still, lists none and it is not
+    there). A listed file that is lost is damage, which the folder checks send to --repair."""
+    first = task_dirs(algo_dir, passed=False)[:1] if algo_dir is not None else []
+    try:
+        files = load_metadata(first[0]).get("files") if first else None
+    except (DamagedFile, OSError):
+        return False  # a damaged folder: the folder checks name it
+    if isinstance(files, dict):
+        return "start_weights.npy" not in files
+    return bool(first) and not (first[0] / "start_weights.npy").exists()  # a folder from before its files were listed
 
 
 def older_cljax(algo_dir: Path, changed: str, deletes: str) -> CljaxError:

@@ -26,7 +26,7 @@ from cljax.registry import CONV_IMPLS, DATASETS, MODELS, OPTIONS, RULES, Entry, 
 # lowerings' pool follows the forward pass; 4: CBP ranks units by their age-corrected utility, BatchNorm
 # leaves weight-0 examples out of its statistics, shrink+perturb keeps constant-initialised parameters
 # (BatchNorm scales) at their size (a run that a correction touches, recorded before it, is not
-# resumed: run_folder.changed_since); 5: the ResNet follows --conv-impl (before, it ran XLA's
+# resumed: code_changes.changed_since); 5: the ResNet follows --conv-impl (before, it ran XLA's
 # convolution whatever its record's lowering says: run_split.recorded_split).
 SCHEMA_VERSION = 5
 # Settings that change how fast a run goes, where it is written or what it keeps beside its results, not

@@ -131,9 +131,8 @@ def run_experiment(
         run_files = disk_run_files(budget, data.meta)
         ckpt_disk = on_disk([run_files[CHECKPOINT]], block)
         record_disk = on_disk([run_files[RUN_RECORD] + 512, 256], block) if found.record is None or found.rebuilt else 0
-        writes_initial = found.record is None or verify_task_dir(algo_dir / INITIAL, -1, found.record.get("run_id"),
-                                                                 hashes=False) is not None  # a resume's is there
-        initial_disk = on_disk([run_files["initial/"] - 1024, 1024], block) + block if writes_initial else 0
+        initial_disk = on_disk([run_files["initial/"] - 1024, 1024], block) + block \
+            if _writes_initial(found, algo_dir, hashes=False) else 0
         extra = [name for name, need in (("run.json", record_disk), ("initial/", initial_disk)) if need]
         check_disk(algo_dir, task_disk + ckpt_disk + record_disk + initial_disk,
                    f"the {'first' if found.record is None else 'next'} task (its folder, the checkpoint's new copy"
@@ -193,6 +192,15 @@ def run_experiment(
                       critical=critical, on_task_end=on_task_end, memo=memo)
 
 
+def _writes_initial(found, algo_dir: Path, hashes: bool) -> bool:
+    """Whether the run writes initial/: when it is missing or damaged (``hashes``: its content
+    checked too), and whenever training starts from the seed at task 0, the start of the run as
+    this command trains it (a run.json edited before task 0 was written kept another's)."""
+    if (found.next_task if found.record is not None else 0) == 0 and not found.replay:
+        return True
+    return verify_task_dir(algo_dir / INITIAL, -1, found.record.get("run_id"), hashes=hashes) is not None
+
+
 def _write_rebuilt(algo_dir: Path, found, data, critical) -> None:
     """--repair of a lost run.json: the record rebuilt from the verified task folders, written
     on the writing process, and a note saying from which folder."""
@@ -217,10 +225,7 @@ def _train(config, data, task_data, schedule, program, start, chunk_tasks, found
     learner, initial = start
     memo.for_run(run_id)
     first_task = found.next_task if found.record is not None else 0
-    # Written anew when damaged, and whenever training starts from the seed at task 0: the start of
-    # the run as this command trains it (a run.json edited before task 0 was written kept another).
-    if is_writer() and (first_task == 0 and not found.replay or
-                        verify_task_dir(algo_dir / INITIAL, -1, run_id, hashes=True) is not None):
+    if is_writer() and _writes_initial(found, algo_dir, hashes=True):
         with critical, _disk_errors(algo_dir, found.next_task):
             memo.note_written(write_initial(algo_dir, initial, run_id))
     replay = list(range(*found.replay)) if found.replay else []  # --repair: trained again first

@@ -31,6 +31,7 @@ def make_plan(config: Config, device_bytes: int | None = None) -> dict:
     from cljax.output_guard import check_writable_target
     from cljax.results import task_dirs
     from cljax.run_split import recorded_pairing
+    from cljax.setting_match import differing_settings
 
     check_writable_target(algo_dir_of(config))  # as run does: a --results-dir it could not write to
     data = load_dataset(config)
@@ -41,7 +42,9 @@ def make_plan(config: Config, device_bytes: int | None = None) -> dict:
     image_shape = data.train_images.shape[1:]
     try:  # a resume builds the pairing its run started with (auto's choice depends on the host)
         record = read_run_record(algo_dir_of(config))
-    except CljaxError:
+        if record is not None and differing_settings(record["config"], config, record.get("data")):
+            record = None  # another run's, which run refuses or replaces: planned as a new run
+    except (CljaxError, TypeError, KeyError):
         record = None  # damaged: run's own checks say so
     b = Budget.of(config, build_task_program(config, image_shape, paired_models=recorded_pairing(config, record)),
                   image_shape)
@@ -107,7 +110,7 @@ def make_plan(config: Config, device_bytes: int | None = None) -> dict:
         "disk_run_files": run_files,
         "disk_bytes_total": T * per_task_disk + sum(run_files.values()),
         # what is left to write: a resumed run's finished folders are there already
-        "disk_bytes_left": (T - (len(task_dirs(algo_dir_of(config), passed=False)) if record else 0)) * per_task_disk
+        "disk_bytes_left": max(0, T - (len(task_dirs(algo_dir_of(config), passed=False)) if record else 0)) * per_task_disk
         + (0 if record else sum(run_files.values())),
         "disk_free_at": str(existing_parent(algo_dir_of(config))),
         "disk_free_bytes": shutil.disk_usage(existing_parent(algo_dir_of(config))).free,

@@ -92,7 +92,9 @@ def first_folder_metadata(algo_dir: Path, memo: dict | None = None) -> tuple[Pat
 
     for folder in task_dirs(algo_dir, passed=False):
         try:
-            return folder, checked_metadata(folder, memo)
+            meta = checked_metadata(folder, memo)
+            # a verified.json saved before the checks kept "data" holds the other fields only
+            return folder, meta if "data" in meta or memo is None else load_metadata(folder)
         except (DamagedFile, OSError):
             continue  # a damaged folder: the folder checks name it
     return None

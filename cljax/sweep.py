@@ -253,15 +253,16 @@ def submit(runs: list[SweepRun], executor, overwrite: bool = False, allow_nonfin
     said = io.StringIO()  # submitit prints sbatch's refusal before it raises: it becomes the one line
     try:
         with contextlib.redirect_stderr(said):
-            jobs = executor.map_array(job, [r.config.to_dict() for r in runs], [overwrite] * n, [allow_nonfinite] * n,
+            return executor.map_array(job, [r.config.to_dict() for r in runs], [overwrite] * n, [allow_nonfinite] * n,
                                       [repair] * n, [tuple(loaded_plugins())] * n, [progress] * n)
     except FailedJobError as exc:
         why = " ".join((str(exc) or said.getvalue()).split())[:400] or "no reason given"
+        said = io.StringIO()  # said in the error line
         raise CljaxError(f"{getattr(executor, 'cluster', 'the executor')} refused the sweep's jobs ({why}): check "
                          f"--slurm-partition, --slurm-account, --slurm-time, --slurm-gpus (at most one node's), "
                          f"--slurm-cpus and --slurm-mem-gb against the cluster (sinfo) (no job was submitted).") from None
-    sys.stderr.write(said.getvalue())
-    return jobs
+    finally:
+        sys.stderr.write(said.getvalue())  # whatever else submitit printed
 
 
 def write_manifest(path: Path, runs: list[SweepRun], jobs, executor_kind: str, log_dir: Path) -> None:

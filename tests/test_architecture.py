@@ -232,3 +232,13 @@ def test_a_shrink_perturb_run_from_before_start_weights_is_not_resumed(tmp_path)
     from cljax.code_changes import changed_since
 
     assert changed_since(mode_step, run.algo_dir) is None  # no task-start hook in step mode
+
+
+def test_a_lost_start_weights_of_today_s_run_is_damage_for_repair_not_an_older_cljax(tmp_path):
+    config = small_config(tmp_path, dataset="synthetic", synthetic_classes=6, add_plasticity=True,
+                          **{**TINY, "num_tasks": 3})
+    run = run_experiment(config, progress=False)
+    shutil.rmtree(results.task_dirs(run.algo_dir)[2])
+    (results.task_dirs(run.algo_dir)[0] / "start_weights.npy").unlink()
+    with pytest.raises(CljaxError, match=r"start_weights.npy is missing.*pass --repair"):
+        run_experiment(config, progress=False)

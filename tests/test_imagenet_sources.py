@@ -386,6 +386,9 @@ def test_an_image_folder_s_split_is_named_as_its_folder_is_spelt(tmp_path, asked
     with pytest.raises(CljaxError, match=re.escape(f"--splits names the folder {root / 'val'} 2 times (valid, validation): "
                                                    f"name each split once.")):
         plan_source(str(root), {"train": "train", "valid": "test", "validation": "test"})
+    capital = _folder(tmp_path / "capital", {"train": {"ant": 1, "bee": 2}, "Val": {"ant": 1, "bee": 1}})
+    assert [s.source_split for s in plan_source(str(capital), {"train": "train", "Val": "test"}).shards] == [
+        "train", "Val"]  # as spelt on disk
     # Another case is no name of the folder: --splits TRAIN (which maps to test) took train/ as test images.
     with pytest.raises(CljaxError, match=re.escape("has no split 'TRAIN' (it has train, val)")):
         plan_source(str(root), {"TRAIN": "test", "val": "test"})

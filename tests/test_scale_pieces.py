@@ -402,7 +402,8 @@ def test_plan_in_a_multi_process_environment_says_it_sizes_this_process_alone(mo
     monkeypatch.setenv("CLJAX_DISTRIBUTED", "1")
     assert main(["plan", "--dataset", "synthetic", "--n-repeats", "2", "--num-tasks", "2"]) == 0
     assert "note: plan does not join the multi-process run this environment asks for: it sizes this process's " \
-           "devices alone. For R repeats over P processes, plan --n-repeats R/P here" in capsys.readouterr().err
+           "devices alone. For R repeats over P processes, plan --n-repeats R/P here for the memory per device; " \
+           "process 0 writes all R repeats, so the run's disk is P times the disk planned." in capsys.readouterr().err
 
 
 def test_plan_of_a_resume_builds_the_pairing_its_run_started_with(tmp_path):

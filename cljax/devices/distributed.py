@@ -110,7 +110,7 @@ def check_same_run(config, data_id: str, found, **more) -> None:
                                       .digest()[:8], np.uint8) for n in names])
     every = np.asarray(multihost_utils.process_allgather(digests))  # (processes, facts, 8)
     differ = [n for i, n in enumerate(names) if (every[:, i] != every[0, i]).any()]
-    if set(differ) & set(RUN_FLAGS):  # --overwrite or --repair on some: their folders' states follow from it
+    if set(differ) & {"--overwrite", "--repair"}:  # on some only: their folders' states follow from it
         differ = [n for n in differ if n != "run folder"]
     if differ:
         others = [p for p in range(len(every)) if (every[p] != every[0]).any()]

@@ -31,7 +31,7 @@ float32, a (U,) int32 and acc () float32.
 Difference from the authors' code, on purpose: the reader's bias is not adjusted for the removed
 unit's mean contribution (the update above is the whole method here), as in their convolutional
 version; their fully connected one adjusts it. The ranking's age correction (above) came in
-with the run record's schema 4 (cljax/run_folder.changed_since).
+with the run record's schema 4 (cljax/code_changes.changed_since).
 """
 
 from __future__ import annotations

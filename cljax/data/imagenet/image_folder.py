@@ -19,8 +19,10 @@ def plan_image_folder(root: Path, split_map: dict[str, str], strict: bool, shard
     subdirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     split_dirs = {_SPLIT_DIR_NAMES[d.name.lower()]: d for d in subdirs if d.name.lower() in _SPLIT_DIR_NAMES}
     names: dict[str, list[str]] = {}  # --splits val:test names the folder as spelt: that split, under the name asked
-    for asked in split_map:
-        known = _SPLIT_DIR_NAMES.get(asked)  # as spelt: TRAIN, not a name of train, would map to test
+    spelt = {d.name for d in subdirs}
+    for asked in split_map:  # as spelt in --splits or on disk (Val/); only `train` maps to train, so never TRAIN
+        known = _SPLIT_DIR_NAMES.get(asked if asked not in spelt else asked.lower())
+        known = None if known == "train" and asked != "train" else known
         if known is not None and known in split_dirs:
             names.setdefault(known, []).append(asked)
     for known, asked in names.items():
