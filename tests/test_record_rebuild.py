@@ -173,3 +173,19 @@ def test_compare_reads_the_settings_a_run_trained_with(made, tmp_path):
     assert method_of(edited) != method_of(as_written)  # what compare pooled by
     assert as_trained(run_dir, edited)["config"]["lr"] == 0.1
     assert method_of(as_trained(run_dir, edited)) == method_of(as_written)
+
+
+def test_an_older_check_record_without_the_data_still_finds_an_edited_data_identity(made, tmp_path):
+    # A verified.json saved before the checks kept "data" answers task_000's fields without it:
+    # the data comparison was dropped, and an edited "data" in run.json went unseen.
+    from cljax.check_record import checked_metadata
+    from cljax.checkpoint import read_run_record
+    from cljax.record_rebuild import record_disagreement
+
+    run_dir = copy(made, "finished", tmp_path / "r")
+    memo = {}
+    checked_metadata(run_dir / "task_000", memo)
+    key, fields = memo[run_dir / "task_000" / "metadata.json"]
+    memo[run_dir / "task_000" / "metadata.json"] = (key, {k: v for k, v in fields.items() if k != "data"})
+    record = {**read_run_record(run_dir), "data": "0" * 64}
+    assert "records other data (the dataset's contents differ) than" in record_disagreement(run_dir, record, memo)
