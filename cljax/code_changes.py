@@ -42,17 +42,20 @@ def changed_since(record: dict, algo_dir: Path | None = None) -> str | None:
 
 
 def _before_start_weights(algo_dir: Path | None) -> bool:
-    """Whether the run's first task folder was written before task folders held start_weights.npy
-    (2026-12-01): its metadata.json lists no such file (or, older still, lists none and it is not
-    there). A listed file that is lost is damage, which the folder checks send to --repair."""
-    first = task_dirs(algo_dir, passed=False)[:1] if algo_dir is not None else []
-    try:
-        files = load_metadata(first[0]).get("files") if first else None
-    except (DamagedFile, OSError):
-        return False  # a damaged folder: the folder checks name it
-    if isinstance(files, dict):
-        return "start_weights.npy" not in files
-    return bool(first) and not (first[0] / "start_weights.npy").exists()  # a folder from before its files were listed
+    """Whether the run's first readable task folder (the oldest: folders are written in order) was
+    written before task folders held start_weights.npy (2026-12-01): its metadata.json lists no
+    such file (or, older still, lists none and it is not there). A listed file that is lost is
+    damage, which the folder checks send to --repair; a damaged folder is passed over, or a
+    repair of it would finish an older run with today's code."""
+    for folder in task_dirs(algo_dir, passed=False) if algo_dir is not None else []:
+        try:
+            files = load_metadata(folder).get("files")
+        except (DamagedFile, OSError):
+            continue
+        if isinstance(files, dict):
+            return "start_weights.npy" not in files
+        return not (folder / "start_weights.npy").exists()  # a folder from before its files were listed
+    return False
 
 
 def older_cljax(algo_dir: Path, changed: str, deletes: str) -> CljaxError:

@@ -132,7 +132,7 @@ def run_experiment(
         ckpt_disk = on_disk([run_files[CHECKPOINT]], block)
         record_disk = on_disk([run_files[RUN_RECORD] + 512, 256], block) if found.record is None or found.rebuilt else 0
         initial_disk = on_disk([run_files["initial/"] - 1024, 1024], block) + block \
-            if _writes_initial(found, algo_dir, hashes=False) else 0
+            if _writes_initial(found, algo_dir, hashes=True) else 0  # as _train decides (initial/ is small)
         extra = [name for name, need in (("run.json", record_disk), ("initial/", initial_disk)) if need]
         check_disk(algo_dir, task_disk + ckpt_disk + record_disk + initial_disk,
                    f"the {'first' if found.record is None else 'next'} task (its folder, the checkpoint's new copy"

@@ -42,10 +42,10 @@ def make_plan(config: Config, device_bytes: int | None = None) -> dict:
     image_shape = data.train_images.shape[1:]
     try:  # a resume builds the pairing its run started with (auto's choice depends on the host)
         record = read_run_record(algo_dir_of(config))
-        if record is not None and differing_settings(record["config"], config, record.get("data")):
-            record = None  # another run's, which run refuses or replaces: planned as a new run
+        other = differing_settings(record["config"], config) if record is not None else []
+        record = None if other else record  # another run's, which run refuses or replaces: planned as a new run
     except (CljaxError, TypeError, KeyError):
-        record = None  # damaged: run's own checks say so
+        record, other = None, []  # damaged: run's own checks say so
     b = Budget.of(config, build_task_program(config, image_shape, paired_models=recorded_pairing(config, record)),
                   image_shape)
     budget, source = device_budget_for(config, device_bytes)
@@ -110,8 +110,10 @@ def make_plan(config: Config, device_bytes: int | None = None) -> dict:
         "disk_run_files": run_files,
         "disk_bytes_total": T * per_task_disk + sum(run_files.values()),
         # what is left to write: a resumed run's finished folders are there already
-        "disk_bytes_left": max(0, T - (len(task_dirs(algo_dir_of(config), passed=False)) if record else 0)) * per_task_disk
+        "disk_bytes_left": (T - (sum(int(d.name[5:]) < T for d in task_dirs(algo_dir_of(config), passed=False))
+                                 if record else 0)) * per_task_disk
         + (0 if record else sum(run_files.values())),
+        "folder_holds_a_run_with_other": other,  # settings: `cljax run` refuses it (or replaces it, with no task)
         "disk_free_at": str(existing_parent(algo_dir_of(config))),
         "disk_free_bytes": shutil.disk_usage(existing_parent(algo_dir_of(config))).free,
     }
@@ -169,6 +171,10 @@ def format_plan(plan: dict) -> str:
         lines.append(f"  {'run: ' + name:<34} {fmt_bytes(value):>12}")
     lines.append(f"disk for the whole run: {fmt_bytes(plan['disk_bytes_total'])} ({plan['disk_bytes_total']:,} bytes); "
                  f"{fmt_bytes(plan['disk_free_bytes'])} free at {plan['disk_free_at']}")
+    other = plan.get("folder_holds_a_run_with_other")
+    if other:
+        lines.append(f"  note: the run's folder holds a run with other settings ({', '.join(other)}), which `cljax run` "
+                     f"refuses unless it finished no task (--overwrite deletes it): this plan is of a new run")
     if plan["disk_bytes_left"] > plan["disk_free_bytes"]:
         left = "" if plan["disk_bytes_left"] == plan["disk_bytes_total"] else \
             f" (the {fmt_bytes(plan['disk_bytes_left'])} its tasks left need)"

@@ -226,7 +226,10 @@ def sweep_runs(folder: Path) -> list[str]:
         listed = [r["results"] for sweep in (*record.get("earlier", []), record) for r in sweep["runs"]]
     except (OSError, ValueError, KeyError, TypeError, AttributeError):  # no sweep here, or not one cljax wrote
         return []
-    return list(dict.fromkeys(str(p) for p in map(Path, listed) if holds_task_dirs(p)))
+    # A run is RESULTS_DIR/{tag}/{dataset}/{algorithm}: read under this folder, also when the sweep was
+    # copied or moved here (the recorded absolute path would name the original's runs).
+    here = [folder.joinpath(*Path(p).parts[-3:]) for p in listed]
+    return list(dict.fromkeys(str(p) for p in here if holds_task_dirs(p)))
 
 
 def holds_task_dirs(folder: Path) -> bool:

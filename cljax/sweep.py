@@ -247,7 +247,7 @@ def submit(runs: list[SweepRun], executor, overwrite: bool = False, allow_nonfin
     """One job per run (a job array on SLURM)."""
     from cljax.registry import loaded_plugins
 
-    from submitit.core.utils import FailedJobError
+    from submitit.core.utils import FailedJobError, FailedSubmissionError
 
     job, n = _job_class()(), len(runs)
     said = io.StringIO()  # submitit prints sbatch's refusal before it raises: it becomes the one line
@@ -255,10 +255,18 @@ def submit(runs: list[SweepRun], executor, overwrite: bool = False, allow_nonfin
         with contextlib.redirect_stderr(said):
             return executor.map_array(job, [r.config.to_dict() for r in runs], [overwrite] * n, [allow_nonfinite] * n,
                                       [repair] * n, [tuple(loaded_plugins())] * n, [progress] * n)
-    except FailedJobError as exc:
-        why = " ".join((str(exc) or said.getvalue()).split())[:400] or "no reason given"
-        said = io.StringIO()  # said in the error line
-        raise CljaxError(f"{getattr(executor, 'cluster', 'the executor')} refused the sweep's jobs ({why}): check "
+    except (FailedJobError, FailedSubmissionError) as exc:
+        cause = exc.__cause__  # sbatch's CalledProcessError: what it wrote on stdout, its exit status
+        status = getattr(cause, "returncode", None)
+        why = "; ".join(" ".join(str(part).split()) for part in (
+            str(exc) or said.getvalue(), getattr(cause, "output", None) or "",
+            f"exit status {status}" if isinstance(status, int) and status >= 0 else
+            f"killed by signal {-status}" if isinstance(status, int) else "") if part and str(part).strip())
+        said, kind = io.StringIO(), getattr(executor, "cluster", "the executor")  # said in the error line
+        if isinstance(exc, FailedSubmissionError):  # sbatch answered, but not with a job id
+            raise CljaxError(f"{kind} answered the sweep's submission with no job id cljax could read ({why[:400]}): a "
+                             f"job may have been queued; check squeue before submitting again.") from None
+        raise CljaxError(f"{kind} refused the sweep's jobs ({why[:400] or 'no reason given'}): check "
                          f"--slurm-partition, --slurm-account, --slurm-time, --slurm-gpus (at most one node's), "
                          f"--slurm-cpus and --slurm-mem-gb against the cluster (sinfo) (no job was submitted).") from None
     finally:

@@ -225,6 +225,13 @@ def test_a_shrink_perturb_run_from_before_start_weights_is_not_resumed(tmp_path)
     with pytest.raises(CljaxError, match=r"older cljax, and its task-start accuracy and loss \(start_test_acc, "
                                          r"start_test_loss\) were measured before shrink\+perturb acted"):
         run_experiment(config, progress=False)
+    # Its first folder damaged, the next one tells: --repair would have finished it with today's code.
+    first_meta = results.task_dirs(run.algo_dir)[0] / "metadata.json"
+    kept = first_meta.read_bytes()
+    first_meta.write_text("{damaged")
+    with pytest.raises(CljaxError, match=r"older cljax, and its task-start accuracy"):
+        run_experiment(config, progress=False, repair=True)
+    first_meta.write_bytes(kept)
     # With other settings too, this is what it says first: passing the recorded values led only here.
     with pytest.raises(CljaxError, match=r"older cljax, and its task-start accuracy"):
         run_experiment(Config.from_flat({**config.to_dict(), "lr": 0.3}), progress=False)

@@ -452,3 +452,8 @@ def test_plan_says_the_free_disk_and_a_run_larger_than_it(tmp_path, monkeypatch)
     sh.rmtree(algo_dir / "task_001")
     left = plan_module.make_plan(config)
     assert left["disk_bytes_left"] == left["disk_bytes_per_task"] < left["disk_bytes_total"]
+    sh.copytree(algo_dir / "task_000", algo_dir / "task_005")  # a folder past T: not one of this run's
+    assert plan_module.make_plan(config)["disk_bytes_left"] == left["disk_bytes_per_task"]
+    other = plan_module.make_plan(Config.from_flat({**config.to_dict(), "seed": 3}))  # the folder's run is another
+    assert other["folder_holds_a_run_with_other"] == ["seed"] and other["disk_bytes_left"] == other["disk_bytes_total"]
+    assert "note: the run's folder holds a run with other settings (seed)" in plan_module.format_plan(other)

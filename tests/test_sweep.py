@@ -236,6 +236,14 @@ def test_analyze_given_a_sweeps_folder_names_the_runs_its_sweep_json_lists(tmp_p
     (tmp_path / "sweep.json").write_text(json.dumps({"runs": listed[2:3], "earlier": [{"runs": listed[:2]}]}))
     assert runs_near(tmp_path).endswith(f"lists 3 run(s) with task folders): pass its runs' folders, {folders[0]} "
                                         f"{folders[1]} {folders[2]}")
+    # A copy of the sweep's folder names its own runs (the recorded absolute paths named the original's).
+    import shutil
+
+    from cljax.results import sweep_runs
+
+    shutil.copytree(tmp_path, tmp_path.parent / f"{tmp_path.name}-copy")
+    copied = tmp_path.parent / f"{tmp_path.name}-copy"
+    assert sweep_runs(copied) == [str(copied / f.relative_to(tmp_path)) for f in folders[:3]]
 
 
 def test_the_sweep_record_holds_absolute_paths_and_a_job_told_to_rerun_without_overwrite_gets_no_overwrite_note(
@@ -466,6 +474,14 @@ def test_a_submission_sbatch_refuses_is_one_line_with_its_reason(tmp_path, capsy
     assert main(flags) == 2
     assert capsys.readouterr().err == (
         "error: slurm refused the sweep's jobs (sbatch: error: Batch job submission failed: Requested node "
-        "configuration is not available): check --slurm-partition, --slurm-account, --slurm-time, --slurm-gpus (at "
+        "configuration is not available; exit status 1): check --slurm-partition, --slurm-account, --slurm-time, --slurm-gpus (at "
         "most one node's), --slurm-cpus and --slurm-mem-gb against the cluster (sinfo) (no job was submitted).\n")
     assert not (tmp_path / "s").exists()
+    # sbatch's reason on stdout was "no reason given"; an answer without a job id was a traceback
+    for script, said in (("echo 'sbatch: error: Invalid account'; exit 1", "refused the sweep's jobs (sbatch: error: "
+                          "Invalid account; exit status 1): check --slurm-partition"),
+                         ("echo 'queued OK'", "answered the sweep's submission with no job id cljax could read (")):
+        (bin_dir / "sbatch").write_text(f"#!/bin/sh\n{script}\n")
+        assert main(flags) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("error: slurm ") and said in err, err
