@@ -474,8 +474,9 @@ def test_a_submission_sbatch_refuses_is_one_line_with_its_reason(tmp_path, capsy
     assert main(flags) == 2
     assert capsys.readouterr().err == (
         "error: slurm refused the sweep's jobs (sbatch: error: Batch job submission failed: Requested node "
-        "configuration is not available; exit status 1): check --slurm-partition, --slurm-account, --slurm-time, --slurm-gpus (at "
-        "most one node's), --slurm-cpus and --slurm-mem-gb against the cluster (sinfo) (no job was submitted).\n")
+        "configuration is not available; exit status 1): check --slurm-partition, --slurm-account, --slurm-time, "
+        "--slurm-gpus (at most one node's), --slurm-cpus and --slurm-mem-gb against the cluster (sinfo) (no job was "
+        "submitted).\n")
     assert not (tmp_path / "s").exists()
     # sbatch's reason on stdout was "no reason given"; an answer without a job id was a traceback
     for script, said in (("echo 'sbatch: error: Invalid account'; exit 1", "refused the sweep's jobs (sbatch: error: "
