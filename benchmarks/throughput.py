@@ -56,7 +56,8 @@ IMAGE_SHAPE = (28, 28)  # the synthetic dataset's images, the real shapes
 
 FLOPS_NOTE = (
     "analytic: forward MACs x 2 per sample (conv: H*W*9*C_in*C_out on the 28x28, 9x9, 3x3 inputs; "
-    "dense: in*out), training = 3 x forward (forward + input gradient + weight gradient)"
+    "dense: in*out), training = 3 x forward (forward + input gradient + weight gradient) less conv1's input "
+    "gradient (its input is the image)"
 )
 
 
