@@ -226,8 +226,11 @@ def _train(config, data, task_data, schedule, program, start, chunk_tasks, found
     memo.for_run(run_id)
     first_task = found.next_task if found.record is not None else 0
     if is_writer() and _writes_initial(found, algo_dir, hashes=True):
+        problem = _damaged_initial(algo_dir, found) if first_task > 0 or found.replay else None
         with critical, _disk_errors(algo_dir, found.next_task):
             memo.note_written(write_initial(algo_dir, initial, run_id))
+        if problem is not None:  # said, as the finished run's repair of it is
+            print(f"warning: {problem}; it was written again from the run's seed, as the run began.", file=sys.stderr)
     replay = list(range(*found.replay)) if found.replay else []  # --repair: trained again first
     if found.replay and found.replay[0] > 0:
         learner = shard_repeats(load_learner(algo_dir, learner, kept_path(algo_dir, found.replay[0]))[0])

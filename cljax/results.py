@@ -206,6 +206,8 @@ def runs_near(path: str | os.PathLike, most: int = 4) -> str:
             return []
 
     swept = sweep_runs(path)
+    if not swept and (path / "sweep.json").is_file():  # damaged, or not one cljax wrote: its runs are still there
+        return f"its sweep.json cannot be read as a sweep's record: pass its runs' folders, {path}/*seed-*/*/*"
     if swept:  # a sweep's folder: its runs are three levels down, RESULTS_DIR/{tag}/{dataset}/{algorithm}
         return (f"it holds a sweep (sweep.json lists {len(swept)} run(s) with task folders): pass its runs' folders, "
                 f"{' '.join(swept[:most])}" + (f" ... ({len(swept)} in all: {path}/*seed-*/*/*)" if len(swept) > most

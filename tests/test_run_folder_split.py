@@ -195,7 +195,7 @@ def test_a_finished_run_whose_initial_state_was_deleted_gets_it_again_as_the_run
 
 
 @pytest.mark.parametrize("damage", ["missing", "flipped"])
-def test_a_resume_writes_a_missing_or_damaged_initial_state_as_the_run_began(made, tmp_path, damage):
+def test_a_resume_writes_a_missing_or_damaged_initial_state_as_the_run_began(made, tmp_path, damage, capsys):
     """A run started before initial/ existed, or whose initial/ is damaged, is not refused: the
     initialisation is a function of the seed, and the resume writes it again, byte for byte."""
     from cljax.experiment import run_experiment
@@ -210,6 +210,8 @@ def test_a_resume_writes_a_missing_or_damaged_initial_state_as_the_run_began(mad
         (run_dir / INITIAL / "weights.npy").write_bytes(bytes(raw))
     resumed = run_experiment(small_config(tmp_path, results_dir=str(tmp_path / "r"), **TINY), progress=False)
     assert resumed.first_task == 1
+    # said, as a finished run's repair of it is (a resume rewrote it without a word)
+    assert "; it was written again from the run's seed, as the run began." in capsys.readouterr().err
     finished = made["finished"] / RUN_DIR / INITIAL
     for name in ("weights.npy", "metadata.json"):
         assert (run_dir / INITIAL / name).read_bytes() == (finished / name).read_bytes(), name

@@ -236,6 +236,10 @@ def test_analyze_given_a_sweeps_folder_names_the_runs_its_sweep_json_lists(tmp_p
     (tmp_path / "sweep.json").write_text(json.dumps({"runs": listed[2:3], "earlier": [{"runs": listed[:2]}]}))
     assert runs_near(tmp_path).endswith(f"lists 3 run(s) with task folders): pass its runs' folders, {folders[0]} "
                                         f"{folders[1]} {folders[2]}")
+    (tmp_path / "sweep.json").write_text('{"runs": [')  # damaged: it said "no task folders ... run the experiment"
+    assert runs_near(tmp_path) == (f"its sweep.json cannot be read as a sweep's record: pass its runs' folders, "
+                                   f"{tmp_path}/*seed-*/*/*")
+    (tmp_path / "sweep.json").write_text(json.dumps({"runs": listed[2:3], "earlier": [{"runs": listed[:2]}]}))
     # A copy of the sweep's folder names its own runs (the recorded absolute paths named the original's).
     import shutil
 
