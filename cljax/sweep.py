@@ -355,7 +355,12 @@ def sweep_main(argv: list[str]) -> int:
                              f"the cluster's default.")
     runs = expand(base_flat, grid, seeds)
     check_grid_used(runs, [unused_settings(run_settings(base_flat, run), inert=False) for run in runs])
-    warn_unused(parser, args, [unused_settings(run_settings(base_flat, run)) for run in runs])
+    whys = [unused_settings(run_settings(base_flat, run)) for run in runs]
+    warn_unused(parser, args, whys)
+    for name in runs[0].settings if runs else ():  # used, but changing nothing in any run (inert): said, not refused
+        if all(name in why for why in whys):
+            print(f"warning: --grid {name}=...: its values change nothing in any run of the sweep ({whys[0][name]}); "
+                  f"its runs differ at most by float rounding.", file=sys.stderr)
     check_against_data(runs, args.overwrite, args.repair)
     root = Path(base.results_dir)
     check_devices(runs, args.executor, args)  # before the log folder is made

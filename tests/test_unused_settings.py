@@ -167,3 +167,18 @@ def test_a_sweep_s_runs_that_leave_a_flag_unused_for_different_reasons_are_each_
         "warning: --bio-policy egreedy has no effect in any run of the sweep: by run, it is a setting of rule Bio, and "
         "this run's --algorithm is SL; with --out-dim 1 Bio's update does not depend on the action, so not on how it "
         "is chosen (--out-dim 2 uses it)."]
+
+
+def test_a_grid_over_a_setting_that_changes_nothing_in_its_runs_is_said(tmp_path, capsys, monkeypatch):
+    # --grid bio_policy=softmax,egreedy at --out-dim 1 trained runs that differ at most by rounding, without a word.
+    import cljax.sweep as sweep
+
+    monkeypatch.setattr(sweep, "make_executor", lambda *a: object())
+    monkeypatch.setattr(sweep, "submit", lambda *a, **k: [])
+    assert main(["sweep", "--dataset", "synthetic", "--results-dir", str(tmp_path), "--algorithm", "Bio",
+                 "--grid", "bio_policy=softmax,egreedy", "--executor", "local"]) == 0
+    assert "warning: --grid bio_policy=...: its values change nothing in any run of the sweep (with --out-dim 1 Bio's " \
+           "update does not depend on the action" in capsys.readouterr().err
+    assert main(["sweep", "--dataset", "synthetic", "--results-dir", str(tmp_path / "two"), "--algorithm", "Bio",
+                 "--out-dim", "2", "--grid", "bio_policy=softmax,egreedy", "--executor", "local"]) == 0
+    assert "--grid bio_policy" not in capsys.readouterr().err
