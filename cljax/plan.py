@@ -8,10 +8,11 @@ import shutil
 
 import jax
 
-from cljax.budget import (HEADROOM, Budget, _does_not_fit, _per_device, device_budget_for, device_components,
+from cljax.budget import (HEADROOM, Budget, _per_device, device_budget_for, device_components,
                           evaluation_mode, fit_chunk, fmt_bytes, given_chunk_problem, host_components, host_problem,
                           host_total, scratch_bytes)
 from cljax.budget_disk import disk_files_per_task, disk_run_files, existing_parent
+from cljax.budget_refusal import does_not_fit
 from cljax.config import Config
 from cljax.eval_tasks import eval_tasks_of
 from cljax.program import build_task_program
@@ -67,7 +68,7 @@ def make_plan(config: Config, device_bytes: int | None = None) -> dict:
     if config.eval_chunk_tasks:
         problem = given_chunk_problem(b, K, budget, n_dev)
     else:
-        problem = None if fits else _does_not_fit(b, budget, n_dev)
+        problem = None if fits else does_not_fit(b, budget, n_dev)
     if problem is None:
         problem = host_problem(b, data, K, host_available_bytes())
     fits = problem is None

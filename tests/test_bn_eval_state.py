@@ -90,10 +90,10 @@ def test_a_resnet_run_recorded_before_the_setting_resumes_only_with_the_running_
 
 
 def test_the_planner_names_the_models_own_flag_for_the_statistics_pass():
-    from cljax.budget import _statistics_flag
+    from cljax.budget_refusal import statistics_flag
 
-    assert _statistics_flag(Config.from_flat(model="resnet")) == "--resnet-bn-eval-images"
-    assert _statistics_flag(Config.from_flat(model="cnn")) == "the cnn model's bn_eval_images"
+    assert statistics_flag(Config.from_flat(model="resnet")) == "--resnet-bn-eval-images"
+    assert statistics_flag(Config.from_flat(model="cnn")) == "the cnn model's bn_eval_images"
 
 
 def test_the_lag_measurement_script_runs_and_reports_each_pair_and_seed():

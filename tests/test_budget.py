@@ -12,9 +12,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from cljax.budget import (HEADROOM, Budget, _does_not_fit, _per_device, choose_eval_chunk, chunk_need,
+from cljax.budget import (HEADROOM, Budget, _per_device, choose_eval_chunk, chunk_need,
                           device_components, fit_chunk, given_chunk_problem, host_components, host_problem, host_total,
                           scratch_bytes, scratch_parts)
+from cljax.budget_refusal import does_not_fit
 from cljax.budget_disk import _metadata_estimate, _metadata_json_bytes, _weights_dtype, disk_files_per_task, disk_run_files
 from cljax.config import Config
 from cljax.errors import CljaxError
@@ -105,27 +106,27 @@ def test_a_task_dominated_by_training_scratch_names_replay_only_with_replay(smal
     def training_bound(b):  # activations so large that a training step's scratch is most of the need
         return b._replace(pb=dataclasses.replace(b.pb, activation_bytes_per_image=10**9))
 
-    text = str(_does_not_fit(training_bound(small), 1000, 1))
+    text = str(does_not_fit(training_bound(small), 1000, 1))
     assert "most of it is a training step's scratch: lower --batch-size or --n-repeats (or use more devices), or " \
            "raise --device-memory" in text
-    assert "--replay-batch" not in str(_does_not_fit(training_bound(small), 1000, 2))
-    assert "lower --batch-size, or raise" in str(_does_not_fit(training_bound(small), 1000, 2))  # R = 2 devices
+    assert "--replay-batch" not in str(does_not_fit(training_bound(small), 1000, 2))
+    assert "lower --batch-size, or raise" in str(does_not_fit(training_bound(small), 1000, 2))  # R = 2 devices
     replay = budget_of(config_of(use_replay=True, replay_size=64))
     assert replay.pb.learner_batch > 16
-    assert "lower --batch-size, --replay-batch or --n-repeats" in str(_does_not_fit(training_bound(replay), 1000, 1))
+    assert "lower --batch-size, --replay-batch or --n-repeats" in str(does_not_fit(training_bound(replay), 1000, 1))
 
 
 def test_a_task_dominated_by_an_array_names_what_shrinks_that_array(small):
     # A replay buffer of 45 of 46 MiB got "lower --n-test-per-class, --n-subsamples or snapshots".
     replay = budget_of(config_of(use_replay=True, replay_size=65536))
-    text = str(_does_not_fit(replay, 1000, 2))
+    text = str(does_not_fit(replay, 1000, 2))
     assert "most of it is option replay's state (" in text and "lower --replay-size, or raise --device-memory" in text
     many = budget_of(config_of(n_train_per_class=4096, epochs=1, log_frequency=512))  # one snapshot
-    assert "most of it is the task's training images (" in str(_does_not_fit(many, 1000, 2))
-    assert "lower --n-train-per-class, or raise" in str(_does_not_fit(many, 1000, 2))
+    assert "most of it is the task's training images (" in str(does_not_fit(many, 1000, 2))
+    assert "lower --n-train-per-class, or raise" in str(does_not_fit(many, 1000, 2))
     reps = budget_of(config_of(n_subsamples=4096, n_test_per_class=2048, representation_dtype="bfloat16", model="mlp",
                                mlp_hidden=2048))
-    text = str(_does_not_fit(reps, 1000, 2))
+    text = str(does_not_fit(reps, 1000, 2))
     assert "most of it is the saved representations (" in text and "bfloat16" not in text  # already bfloat16
 
 
