@@ -230,5 +230,6 @@ def checked_metadata(task_dir: Path, memo: dict | None) -> dict:
     if kept is not None and kept[0] == key:
         return kept[1]
     meta = load_metadata(task_dir)
-    memo[path] = (key, {k: meta[k] for k in CHECKED_FIELDS if k in meta})
+    # "data" kept also when the folder has none: an entry without it is of an older record (re-read)
+    memo[path] = (key, {**{k: meta[k] for k in CHECKED_FIELDS if k in meta}, "data": meta.get("data")})
     return meta

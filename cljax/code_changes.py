@@ -7,17 +7,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from cljax.check_record import checked_metadata
 from cljax.errors import CljaxError, DamagedFile
-from cljax.results import load_metadata, task_dirs
+from cljax.results import task_dirs
 
 
-def changed_since(record: dict, algo_dir: Path | None = None) -> str | None:
+def changed_since(record: dict, algo_dir: Path | None = None, memo: dict | None = None) -> str | None:
     """What a change of cljax since the run's record (its ``schema``, config.SCHEMA_VERSION, or
-    its task folders in ``algo_dir``) changed in what the run computes, or None. A run that one of
-    these touches is not resumed: a finished one is left as it is."""
+    its task folders in ``algo_dir``; ``memo``: the command's check record, which parses each
+    metadata.json once) changed in what the run computes, or None. A run that one of these touches
+    is not resumed: a finished one is left as it is."""
     schema, settings = record.get("schema") or 1, record["config"]
     if settings.get("add_plasticity") and settings.get("sp_mode", "boundary") == "boundary" \
-            and _before_start_weights(algo_dir):
+            and _before_start_weights(algo_dir, memo):
         return ("its task-start accuracy and loss (start_test_acc, start_test_loss) were measured before "
                 "shrink+perturb acted at each task's start; since 2026-12-01 (when task folders gained "
                 "start_weights.npy) they are measured after it, so its later tasks would hold the other meaning")
@@ -41,7 +43,7 @@ def changed_since(record: dict, algo_dir: Path | None = None) -> str | None:
     return None
 
 
-def _before_start_weights(algo_dir: Path | None) -> bool:
+def _before_start_weights(algo_dir: Path | None, memo: dict | None) -> bool:
     """Whether the run's first readable task folder (the oldest: folders are written in order) was
     written before task folders held start_weights.npy (2026-12-01): its metadata.json lists no
     such file (or, older still, lists none and it is not there). A listed file that is lost is
@@ -49,7 +51,7 @@ def _before_start_weights(algo_dir: Path | None) -> bool:
     repair of it would finish an older run with today's code."""
     for folder in task_dirs(algo_dir, passed=False) if algo_dir is not None else []:
         try:
-            files = load_metadata(folder).get("files")
+            files = checked_metadata(folder, memo).get("files")
         except (DamagedFile, OSError):
             continue
         if isinstance(files, dict):

@@ -93,7 +93,7 @@ def first_folder_metadata(algo_dir: Path, memo: dict | None = None) -> tuple[Pat
     for folder in task_dirs(algo_dir, passed=False):
         try:
             meta = checked_metadata(folder, memo)
-            # a verified.json saved before the checks kept "data" holds the other fields only
+            # an entry of a verified.json saved before the checks kept "data" lacks it: read the file
             return folder, meta if "data" in meta or memo is None else load_metadata(folder)
         except (DamagedFile, OSError):
             continue  # a damaged folder: the folder checks name it

@@ -120,7 +120,7 @@ def inspect_run(algo_dir: Path, config: Config, data_id: str | None, overwrite: 
     if differ:
         if _finished_no_task(algo_dir, record):
             return _replace(algo_dir, f"a run with other settings ({', '.join(differ)})")
-        changed = changed_since(record, algo_dir) if n_dirs < (record["config"].get("num_tasks") or 0) else None
+        changed = changed_since(record, algo_dir, memo) if n_dirs < (record["config"].get("num_tasks") or 0) else None
         if changed:  # passing the recorded values would only bring this refusal
             raise older_cljax(algo_dir, changed, _deletes(n_dirs))
         if list(differ) == [DATA_DIFFERS]:  # no value to pass
@@ -144,7 +144,7 @@ def inspect_run(algo_dir: Path, config: Config, data_id: str | None, overwrite: 
                          f"{'resume' if any(problems) else 'use'} the run (nothing was deleted).")
     if not any(problems) and not _checkpoint_behind(algo_dir, run_id, T):  # whole: the checkpoint is not needed
         return Found(record=record, next_task=T, finished=True, n_task_dirs=n_dirs, rebuilt=rebuilt)
-    changed = changed_since(record, algo_dir)
+    changed = changed_since(record, algo_dir, memo)
     if changed and _finished_no_task(algo_dir, record):
         return _replace(algo_dir, "a run started by an older cljax")
     if changed:
