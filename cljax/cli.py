@@ -241,21 +241,6 @@ def _cmd_analyze(argv: list[str]) -> int:
     return 0
 
 
-def _with_sweeps_runs(runs: list[str]) -> list[str]:
-    """``runs``, a sweep's folder (RESULTS_DIR of `cljax sweep`) replaced by the runs its sweep.json
-    lists, with a note (a run given twice stays so: compare refuses it)."""
-    from cljax.results import holds_task_dirs, sweep_runs
-
-    expanded = []
-    for run in runs:
-        swept = [] if holds_task_dirs(Path(run)) else sweep_runs(Path(run))
-        if swept:
-            print(f"note: {run} holds a sweep: comparing the {len(swept)} run(s) with task folders its sweep.json "
-                  f"lists.", file=sys.stderr)
-        expanded.extend(swept or [run])
-    return expanded
-
-
 def _cmd_compare(argv: list[str]) -> int:
     parser = _Parser(prog="cljax compare", description="Several runs side by side: the plasticity gap (the fresh "
                      "expert's current-task accuracy minus the learner's) over tasks, one line per run.")
@@ -274,10 +259,11 @@ def _cmd_compare(argv: list[str]) -> int:
     for flag, path, kind in (("--out", args.out, "png"), ("--json", args.json, "comparison")):
         _check_output_file(flag, path, kind)
     from cljax.analysis.compare import compare_runs, format_comparison, protocol_differences
+    from cljax.run_search import with_sweeps_runs
     from cljax.analysis.spread import jsonable
     from cljax.safe_files import atomic_write
 
-    summary = compare_runs(_with_sweeps_runs(args.runs), args.out, late_from=args.late_from)
+    summary = compare_runs(with_sweeps_runs(args.runs), args.out, late_from=args.late_from)
     print(format_comparison(summary))
     differ = protocol_differences(summary)
     if differ:

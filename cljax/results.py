@@ -26,7 +26,6 @@ import json
 import math
 import os
 import pickle
-import re
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -36,6 +35,8 @@ import numpy as np
 
 from cljax.errors import CljaxError, DamagedFile, brief
 from cljax.faults import crash_point
+from cljax.run_search import TASK_DIR as _TASK_DIR
+from cljax.run_search import holds_task_dirs, runs_near
 from cljax.safe_files import (DAMAGED, fsync_dir, load_dict_pickle, load_npy, read_bytes, save_npy,
                                write_bytes)
 
@@ -44,7 +45,6 @@ TASK_FILES = ("representations.npy", "binary_labels.npy", "weights.npy", "start_
 # Files added to the format later: a folder written before them lacks them and is still whole.
 LATER_TASK_FILES = ("start_weights.npy",)
 EXPERT_KEYS = ("train_loss", "train_acc", "test_loss", "test_acc")
-_TASK_DIR = re.compile(r"^task_(\d{3,})$")
 
 
 def is_task_dir_name(name: str) -> bool:
@@ -184,62 +184,6 @@ def _json_default(obj):
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
-
-
-def runs_near(path: str | os.PathLike, most: int = 4) -> str:
-    """What to pass instead of ``path``, which holds no task folder, as the end of an error line:
-    its run's folder when it is a task folder (or a file in one), the runs below it (two levels:
-    results/ and results/{dataset}/), or that it does not exist."""
-    path = Path(path)
-    for p in (path, path.parent):
-        if _TASK_DIR.match(p.name) and p.is_dir():
-            return f"{p.name} is a task folder: pass its run's folder, {p.parent}"
-        if p.name == "initial" and (p / "weights.npy").is_file() and p.parent.is_dir():
-            return f"{p.name} is a run's initial-state folder: pass its run's folder, {p.parent}"
-    if not path.exists():
-        return f"{path} does not exist: pass a run's folder, results/{{dataset}}/{{algorithm}}"
-
-    def folders(d: Path) -> list[Path]:
-        try:
-            return sorted(q for q in d.iterdir() if q.is_dir() and not q.is_symlink())
-        except OSError:  # unreadable: not searched
-            return []
-
-    swept = sweep_runs(path)
-    if not swept and (path / "sweep.json").is_file():  # damaged, or not one cljax wrote: its runs are still there
-        return f"its sweep.json cannot be read as a sweep's record: pass its runs' folders, {path}/*seed-*/*/*"
-    if swept:  # a sweep's folder: its runs are three levels down, RESULTS_DIR/{tag}/{dataset}/{algorithm}
-        return (f"it holds a sweep (sweep.json lists {len(swept)} run(s) with task folders): pass its runs' folders, "
-                f"{' '.join(swept[:most])}" + (f" ... ({len(swept)} in all: {path}/*seed-*/*/*)" if len(swept) > most
-                                             else ""))
-    runs = [str(d) for child in folders(path)
-            for d in ([child] if holds_task_dirs(child) else [g for g in folders(child) if holds_task_dirs(g)])]
-    if runs:
-        return f"it holds runs: pass one of them, e.g. {', '.join(runs[:most])}" + (
-            f" ({len(runs)} in all)" if len(runs) > most else "")
-    return "pass a run's folder, results/{dataset}/{algorithm}, or run the experiment first (cljax run)"
-
-
-def sweep_runs(folder: Path) -> list[str]:
-    """The run folders the sweep.json in ``folder`` lists (`cljax sweep`; its earlier sweeps into
-    the folder too), that hold task folders; [] for a folder that holds no sweep."""
-    try:
-        record = json.loads((folder / "sweep.json").read_text())
-        listed = [r["results"] for sweep in (*record.get("earlier", []), record) for r in sweep["runs"]]
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # no sweep here, or not one cljax wrote
-        return []
-    # A run is RESULTS_DIR/{tag}/{dataset}/{algorithm}: read under this folder, also when the sweep was
-    # copied or moved here (the recorded absolute path would name the original's runs).
-    here = [folder.joinpath(*Path(p).parts[-3:]) for p in listed]
-    return list(dict.fromkeys(str(p) for p in here if holds_task_dirs(p)))
-
-
-def holds_task_dirs(folder: Path) -> bool:
-    """Whether ``folder`` holds a task folder (stops at the first: a long run holds thousands)."""
-    try:
-        return any(_TASK_DIR.match(q.name) and q.is_dir() for q in folder.iterdir())
-    except OSError:  # not a folder, or unreadable
-        return False
 
 
 def task_dirs(algo_dir: str | os.PathLike, passed: bool = True) -> list[Path]:

@@ -220,7 +220,7 @@ def test_the_help_says_what_auto_and_the_slurm_resources_are(capsys):
 def test_analyze_given_a_sweeps_folder_names_the_runs_its_sweep_json_lists(tmp_path, capsys):
     # It said "has no task folders: ... run the experiment first": the runs are three levels down.
     # (compare takes the folder as its runs: tests/test_scale.py.)
-    from cljax.results import runs_near
+    from cljax.run_search import runs_near
 
     folders = [tmp_path / f"lr-0.{i}_seed-0" / "synthetic" / "SL_T2" for i in range(6)]
     for folder in folders:
@@ -243,11 +243,28 @@ def test_analyze_given_a_sweeps_folder_names_the_runs_its_sweep_json_lists(tmp_p
     # A copy of the sweep's folder names its own runs (the recorded absolute paths named the original's).
     import shutil
 
-    from cljax.results import sweep_runs
+    from cljax.run_search import sweep_runs
 
     shutil.copytree(tmp_path, tmp_path.parent / f"{tmp_path.name}-copy")
     copied = tmp_path.parent / f"{tmp_path.name}-copy"
     assert sweep_runs(copied) == [str(copied / f.relative_to(tmp_path)) for f in folders[:3]]
+
+
+def test_compare_given_a_sweeps_folder_names_the_runs_below_it_that_sweep_json_does_not_list(tmp_path, capsys):
+    # A run written into the sweep's folder by hand (cljax run --results-dir SWEEP) was left out without a word.
+    from cljax.run_search import with_sweeps_runs
+
+    listed = tmp_path / "lr-0.1_seed-0" / "synthetic" / "SL_T2"
+    extra = [tmp_path / "synthetic" / "SL_T2", tmp_path / "mine_seed-9" / "synthetic" / "RL_T2"]
+    for folder in (listed, *extra):
+        (folder / "task_000").mkdir(parents=True)
+    (tmp_path / "sweep.json").write_text(json.dumps({"runs": [{"tag": "lr-0.1_seed-0", "results": str(listed)}]}))
+    assert with_sweeps_runs([str(tmp_path)]) == [str(listed)]
+    assert capsys.readouterr().err == (f"note: {tmp_path} holds a sweep: comparing the 1 run(s) with task folders its "
+                                       f"sweep.json lists; 2 other run(s) below it are not in sweep.json and are left out "
+                                       f"(pass them too to compare them): {extra[0]} {extra[1]}.\n")
+    # a run's folder given as it is, with no note
+    assert with_sweeps_runs([str(extra[0])]) == [str(extra[0])] and capsys.readouterr().err == ""
 
 
 def test_the_sweep_record_holds_absolute_paths_and_a_job_told_to_rerun_without_overwrite_gets_no_overwrite_note(

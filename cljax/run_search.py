@@ -1,0 +1,95 @@
+"""Where a user's runs are: the runs a sweep's folder holds, whether a folder holds task folders,
+and what to pass instead of a folder that holds none (the end of an error line)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+TASK_DIR = re.compile(r"^task_(\d{3,})$")  # a complete task folder's name (temporary names never match)
+
+
+def runs_near(path: str | os.PathLike, most: int = 4) -> str:
+    """What to pass instead of ``path``, which holds no task folder, as the end of an error line:
+    its run's folder when it is a task folder (or a file in one), the runs below it (two levels:
+    results/ and results/{dataset}/), or that it does not exist."""
+    path = Path(path)
+    for p in (path, path.parent):
+        if TASK_DIR.match(p.name) and p.is_dir():
+            return f"{p.name} is a task folder: pass its run's folder, {p.parent}"
+        if p.name == "initial" and (p / "weights.npy").is_file() and p.parent.is_dir():
+            return f"{p.name} is a run's initial-state folder: pass its run's folder, {p.parent}"
+    if not path.exists():
+        return f"{path} does not exist: pass a run's folder, results/{{dataset}}/{{algorithm}}"
+
+    def folders(d: Path) -> list[Path]:
+        try:
+            return sorted(q for q in d.iterdir() if q.is_dir() and not q.is_symlink())
+        except OSError:  # unreadable: not searched
+            return []
+
+    swept = sweep_runs(path)
+    if not swept and (path / "sweep.json").is_file():  # damaged, or not one cljax wrote: its runs are still there
+        return f"its sweep.json cannot be read as a sweep's record: pass its runs' folders, {path}/*seed-*/*/*"
+    if swept:  # a sweep's folder: its runs are three levels down, RESULTS_DIR/{tag}/{dataset}/{algorithm}
+        return (f"it holds a sweep (sweep.json lists {len(swept)} run(s) with task folders): pass its runs' folders, "
+                f"{' '.join(swept[:most])}" + (f" ... ({len(swept)} in all: {path}/*seed-*/*/*)" if len(swept) > most
+                                             else ""))
+    runs = [str(d) for child in folders(path)
+            for d in ([child] if holds_task_dirs(child) else [g for g in folders(child) if holds_task_dirs(g)])]
+    if runs:
+        return f"it holds runs: pass one of them, e.g. {', '.join(runs[:most])}" + (
+            f" ({len(runs)} in all)" if len(runs) > most else "")
+    return "pass a run's folder, results/{dataset}/{algorithm}, or run the experiment first (cljax run)"
+
+
+def sweep_runs(folder: Path) -> list[str]:
+    """The run folders the sweep.json in ``folder`` lists (`cljax sweep`; its earlier sweeps into
+    the folder too), that hold task folders; [] for a folder that holds no sweep."""
+    try:
+        record = json.loads((folder / "sweep.json").read_text())
+        listed = [r["results"] for sweep in (*record.get("earlier", []), record) for r in sweep["runs"]]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # no sweep here, or not one cljax wrote
+        return []
+    # A run is RESULTS_DIR/{tag}/{dataset}/{algorithm}: read under this folder, also when the sweep was
+    # copied or moved here (the recorded absolute path would name the original's runs).
+    here = [folder.joinpath(*Path(p).parts[-3:]) for p in listed]
+    return list(dict.fromkeys(str(p) for p in here if holds_task_dirs(p)))
+
+
+def holds_task_dirs(folder: Path) -> bool:
+    """Whether ``folder`` holds a task folder (stops at the first: a long run holds thousands)."""
+    try:
+        return any(TASK_DIR.match(q.name) and q.is_dir() for q in folder.iterdir())
+    except OSError:  # not a folder, or unreadable
+        return False
+
+
+def with_sweeps_runs(runs: list[str]) -> list[str]:
+    """``runs``, a sweep's folder (RESULTS_DIR of `cljax sweep`) replaced by the runs its sweep.json
+    lists, with a note that also names the runs below it that sweep.json does not list (a run
+    given twice stays so: compare refuses it)."""
+    expanded = []
+    for run in runs:
+        swept = [] if holds_task_dirs(Path(run)) else sweep_runs(Path(run))
+        if swept:
+            others = [str(p) for p in _runs_below(Path(run)) if str(p) not in swept]
+            print(f"note: {run} holds a sweep: comparing the {len(swept)} run(s) with task folders its sweep.json "
+                  f"lists" + (f"; {len(others)} other run(s) below it are not in sweep.json and are left out (pass "
+                              f"them too to compare them): {' '.join(others[:4])}{' ...' if len(others) > 4 else ''}"
+                              if others else "") + ".", file=sys.stderr)
+        expanded.extend(swept or [run])
+    return expanded
+
+
+def _runs_below(folder: Path) -> list[Path]:
+    """The runs two levels (``{dataset}/{algorithm}``) or three (a sweep's ``{tag}/{dataset}/{algorithm}``)
+    below ``folder``, in path order."""
+    found = []
+    for pattern in ("*/*", "*/*/*"):
+        found.extend(p for p in sorted(folder.glob(pattern)) if p.is_dir() and not p.is_symlink()
+                     and not TASK_DIR.match(p.name) and holds_task_dirs(p))
+    return found
