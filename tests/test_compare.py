@@ -288,16 +288,28 @@ def test_each_run_is_paired_with_the_first_run_of_its_draw_and_a_method_is_poole
     assert not any("pooled_over_draws" in s for s in again.values())
     assert again["again"]["paired"]["baseline"] == "plain0"
 
-    # the plot: one curve per method over all its draws' repeats, any other run on its own
+    # the plot: one curve per method over all its draws' repeats, when every method is on the same draws
     from cljax.analysis import compare
 
     drawn = {}
     monkeypatch.setattr(compare.plots, "plot_plasticity_gap", lambda curves, path: drawn.update(curves))
-    compare_runs([tmp_path / n for n in names + ["unrecorded"]], tmp_path / "g.png", labels=names + ["unrecorded"])
-    assert list(drawn) == ["plain0 (+1 draw)", "method0 (+1 draw)", "unrecorded"]
+    plotted = compare_runs([tmp_path / n for n in names], tmp_path / "g.png", labels=names)
+    assert list(drawn) == ["plain0 (+1 draw)", "method0 (+1 draw)"]
     gaps = [expert - (learner[seed] + shift[seed]) for seed in (0, 1)]  # (T, R) each: the repeats side by side
     np.testing.assert_allclose(drawn["method0 (+1 draw)"], np.concatenate(gaps, axis=1), rtol=0, atol=1e-15)
+    assert plotted["method1"]["plotted"] == {"line": "method0 (+1 draw)",  # the JSON holds the curve drawn
+                                             "gap_per_task": np.concatenate(gaps, axis=1).mean(axis=1).tolist()}
+    # A method on fewer draws than another (here one run of unknown method) puts every run on its own
+    # line: the pooled mean beside one draw's drew other data's difference as the methods'.
+    drawn.clear()
+    plotted = compare_runs([tmp_path / n for n in names + ["unrecorded"]], tmp_path / "g.png",
+                           labels=names + ["unrecorded"])
+    assert list(drawn) == names + ["unrecorded"]
     np.testing.assert_allclose(drawn["unrecorded"], expert - learner[0], rtol=0, atol=1e-15)
+    assert plotted["method1"]["plotted"] == {"line": "method1", "gap_per_task": plotted["method1"]["gap_per_task"]}
+    drawn.clear()
+    compare_runs([tmp_path / n for n in names[:3]], tmp_path / "g.png", labels=names[:3])  # method0 on one draw
+    assert list(drawn) == names[:3]
 
 
 def test_the_late_tasks_start_where_late_from_says_and_a_fraction_outside_0_1_is_one_line(tmp_path, capsys):

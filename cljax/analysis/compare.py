@@ -142,7 +142,10 @@ def compare_runs(run_dirs, out_png: str | os.PathLike | None = None, labels=None
         shown = curves_by_method(labels, curves, draws, methods)
         short = {lab: f"{lab} (partial: {s['n_tasks']} of {s['num_tasks']} tasks)" for lab, s in summary.items()
                  if lab in shown and s["n_tasks"] < (s["num_tasks"] or 0)}
-        plots.plot_plasticity_gap({short.get(lab, lab): curve for lab, curve in shown.items()}, out_png)
+        for line, (curve, runs) in shown.items():  # what the plot draws, in the JSON too
+            for run in runs:
+                summary[run]["plotted"] = {"line": short.get(line, line), "gap_per_task": mean_over_tasks(curve).tolist()}
+        plots.plot_plasticity_gap({short.get(lab, lab): curve for lab, (curve, _) in shown.items()}, out_png)
     return summary
 
 
@@ -179,22 +182,22 @@ def family_of(record: dict) -> str | None:
 
 
 def curves_by_method(labels, curves, draws, methods) -> dict:
-    """The plot's curves: the runs of one method (``methods``: method_of each run) on two or more
-    draws (each once, all of the same length) as one curve over all their repeats, labelled by the
-    first of them; any other run as its own."""
+    """The plot's curves, {legend: (gap, runs)}: when every method shown (``methods``: method_of
+    each run) is on the same two or more draws, each once, its runs as one curve over all their
+    repeats, labelled by the first of them; else every run as its own. A method pooled over draws
+    beside one on fewer would draw other data's mean as a difference between the methods."""
     groups: dict = {}
     for label in labels:
         key = methods[label]
         groups.setdefault(label if key is None else key, []).append(label)
-    out = {}
-    for runs in groups.values():
-        pool = len(runs) > 1 and _distinct_draws([draws[r] for r in runs]) and len({len(curves[r]) for r in runs}) == 1
-        if pool:
-            out[f"{runs[0]} (+{len(runs) - 1} draw{'s' if len(runs) > 2 else ''})"] = np.concatenate(
-                [curves[r] for r in runs], axis=1)
-        else:
-            out.update({r: curves[r] for r in runs})
-    return out
+    first = next(iter(groups.values()), [])
+    pool = len(first) > 1 and all(
+        len(runs) == len(first) and _distinct_draws([draws[r] for r in runs]) and len({len(curves[r]) for r in runs}) == 1
+        and all(any(_one_draw(draws[r], draws[f]) for f in first) for r in runs) for runs in groups.values())
+    if not pool:
+        return {r: (curves[r], [r]) for r in labels}
+    return {f"{runs[0]} (+{len(runs) - 1} draw{'s' if len(runs) > 2 else ''})": (np.concatenate(
+        [curves[r] for r in runs], axis=1), runs) for runs in groups.values()}
 
 
 def _one_draw(a, b) -> bool:
