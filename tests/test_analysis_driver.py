@@ -358,3 +358,46 @@ def test_a_first_analysis_that_cannot_be_written_leaves_no_empty_folder(tmp_path
     with pytest.raises(CljaxError, match=r"cannot write the analysis to"):
         analyze_run(algo, glue=False, make_plots=False)
     assert not (algo / "analysis").exists()
+
+
+def test_every_plot_of_cljax_says_what_its_band_is_and_that_a_run_is_partial(tmp_path, monkeypatch):
+    # No plot said that its band is one sample std over R repeats, nor that a partial run's later
+    # tasks were never trained (accuracy_over_time.png drew their curves without a word).
+    import shutil
+
+    from cljax.analysis import plot_parts, plots
+
+    algo = tmp_path / "run"
+    write_fake_run(algo)
+    shutil.rmtree(algo / "task_002")  # the run's metadata says 3 tasks: a partial run of 2
+    captions = {}
+    real = plots._save
+
+    def save(fig, path):
+        captions[path.name.split("@")[-1]] = plot_parts._CAPTION.get()  # (written under a temporary name)
+        return real(fig, path)
+
+    monkeypatch.setattr(plots, "_save", save)
+    plugin = Analysis("mine", lambda ctx: 0, lambda state, folder: state,
+                      lambda state: Result({}, {}, {"mine.png": lambda p: plots.plot_plasticity_gap({"a": np.ones(2)}, p)}))
+    register(plugin)
+    try:
+        analyze_run(algo, glue_n_probes=16, glue_max_points=4, glue_across_every=1)
+    finally:
+        unregister("mine")
+    own = {name: text for name, text in captions.items() if name != "mine.png"}
+    assert {"accuracy_matrix.png", "accuracy_over_time.png", "learner_vs_expert.png", "plasticity.png", "probe.png",
+            "glue.png"} <= set(own)
+    assert set(own.values()) == {f"means over the R = {RR} repeats, finite values only (a band: +-1 sample std over "
+                                 f"them); a partial run: tasks 0-1 of its 3 trained (a later task's values are of a "
+                                 f"network not trained on it yet)"}
+    assert captions["mine.png"] == ""  # a plugin's plot says what it draws
+
+
+def test_the_terminal_summary_names_the_auc_variant_on_its_metrics():
+    from cljax.analysis.summary_text import format_summary
+
+    entry = {"mean": 0.5, "std": 0.25, "n": 3, "n_nonfinite": 0}
+    summary = {"n_task_folders": 3, "variant": "auc", "average_accuracy": entry, "bwt": entry}
+    assert format_summary(summary).splitlines()[:2] == ["  average_accuracy (auc): 0.5000 +- 0.2500",
+                                                        "               bwt (auc): 0.5000 +- 0.2500"]

@@ -93,8 +93,9 @@ def test_plots_of_a_diverged_run_say_so_and_count_the_repeats_left_out(tmp_path,
     one = "1 of 2 repeats not finite somewhere (diverged), left out there"
     A = np.full((2, 3, 3), 0.7)
     A[1, 2, 0] = np.nan  # repeat 1 diverged on the last task
-    plots.plot_accuracy_matrix(A, tmp_path / "m.png")
-    assert f"Accuracy matrix\n{one}" in shown[-1]
+    plots.plot_accuracy_matrix(A, tmp_path / "m.png")  # the note wrapped to the small figure's width
+    title = next(t for t in shown[-1] if t.startswith("Accuracy matrix\n"))
+    assert " ".join(title.split()) == f"Accuracy matrix {one}" and max(map(len, title.splitlines())) <= 33
     plots.plot_accuracy_matrix(np.full((3, 3), np.nan), tmp_path / "m.png")
     assert "no finite value:\nthe network diverged\n(see the summary)" in shown[-1]
     # the analysis counts from the entries evaluated: an entry no repeat has is not evaluated
@@ -112,6 +113,13 @@ def test_plots_of_a_diverged_run_say_so_and_count_the_repeats_left_out(tmp_path,
     plots.plot_accuracy_over_time(np.full((3, 2, 1), np.nan), tmp_path / "t.png", steps=steps, left_out="2 of 2 ...")
     assert "no finite value: the network diverged (see the summary)" in shown[-1]
     assert "Test accuracy over training\n2 of 2 ..." in shown[-1]
+    # the probe's plot too (it said nothing while the others did); a NaN of every repeat is an entry not evaluated
+    earlier, last = np.full((2, 3), 0.8), np.full((2, 3), 0.8)
+    last[:, 0], earlier[1, 2] = np.nan, np.nan
+    plots.plot_head_vs_probe({"head": earlier}, {"head": last}, tmp_path / "p.png")
+    assert f"The head vs a linear probe of the representation\n{one}" in shown[-1]
+    plots.plot_head_vs_probe({"head": earlier[:1]}, {"head": last[:1]}, tmp_path / "p.png")
+    assert "The head vs a linear probe of the representation" in shown[-1]
 
 
 def test_a_one_task_curve_has_whole_step_ticks(tmp_path, monkeypatch):
@@ -127,7 +135,7 @@ def test_the_compare_plot_names_a_run_with_no_finite_gap_and_counts_repeats_left
     gaps = {"plain": np.zeros((4, 2)), "diverged": np.full((4, 2), np.nan), "part": np.zeros((4, 2))}
     gaps["part"][3, 1] = np.nan
     plots.plot_plasticity_gap(gaps, tmp_path / "gap.png")
-    assert {"plain", "diverged (no finite gap: diverged)", "part (1 of 2 repeats left out where not finite)"} <= set(
+    assert {"plain", "diverged (no finite gap: diverged)", "part (1 of 2 repeats not finite at some task, left out there)"} <= set(
         shown[-1])
 
 

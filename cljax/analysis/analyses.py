@@ -265,7 +265,8 @@ CONVENTIONS = {
     "expert": "E[i] = expert test accuracy on task i at its last snapshot (both variants); "
               "plasticity_gap_best = expert's best snapshot - learner's best snapshot on task i",
     "probe": "ridge probe on half of each task's saved test representations, tested on the other half",
-    "incomplete_run": "metrics over the n x n block of the completed tasks",
+    "incomplete_run": "the accuracy metrics over the n x n block of the completed tasks; plasticity.all_tasks_* and "
+                      "the GLUE capacity across tasks take every task's saved images, those not trained yet included",
     "weight_change_task_start": "reference = the task's start_weights.npy: the weights its training started from, "
                                 "after the task-start options (shrink+perturb); in a folder without it, the last "
                                 "snapshot of the previous task folder",

@@ -48,6 +48,7 @@ from cljax.analysis.band import keeps_dense
 from cljax.analysis.cl import VARIANTS
 from cljax.analysis.glue import N_PROBES
 from cljax.analysis.out_folder import output_folder, write_all
+from cljax.analysis.plot_parts import captioned
 from cljax.analysis.probe import RIDGE
 from cljax.analysis.registry import Options, Result, RunContext, TaskFolder, get, registered
 from cljax.analysis.spread import RULE, jsonable
@@ -244,7 +245,9 @@ def _analyze_run(
                                  f"give the plugin's file another name (nothing was written).")
             written_by[name] = a.name
     arrays = {name: a for result in outputs for name, a in result.arrays.items()}
-    figures = {name: draw for result in outputs for name, draw in result.plots.items()} if make_plots else {}
+    caption = _caption(R, n, T)  # under cljax's own plots (a plugin's plot says what it draws)
+    figures = {name: draw if a.name in summary["plugin_analyses"] else captioned(draw, caption)
+               for a, result in zip(selected, outputs) for name, draw in result.plots.items()} if make_plots else {}
     summary["files"] = ["summary.json", *sorted(arrays, key=_file_rank), *sorted(figures, key=_file_rank)]
     summary = jsonable(summary)
     writers = {**{name: (lambda path, a=arrays[name]: np.savez_compressed(path, **a)) for name in arrays},  # mostly
@@ -264,6 +267,14 @@ def _analyze_run(
 analyze_run.__signature__ = inspect.signature(_analyze_run).replace(
     parameters=[q for q in inspect.signature(_analyze_run).parameters.values() if q.name != "writer"])
 analyze_run.__doc__ += "\n\n" + (_analyze_run.__doc__ or "")
+
+
+def _caption(R: int, n: int, T: int) -> str:
+    """The line under each plot: what a band is, over how many repeats, and a run's tasks so far."""
+    over = (f"means over the R = {R} repeats, finite values only (a band: +-1 sample std over them)" if R > 1 else
+            "one repeat (R = 1): no band")
+    return over + (f"; a partial run: tasks 0-{n - 1} of its {T} trained (a later task's values are of a network "
+                   f"not trained on it yet)" if n < T else "")
 
 
 def _call(a, what: str, fn, *args):

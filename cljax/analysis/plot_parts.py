@@ -5,6 +5,8 @@ range, in bins for a long curve), whole task ticks, and the atomic save.
 
 from __future__ import annotations
 
+import contextvars
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -60,14 +62,14 @@ def _binned(x: np.ndarray, values_RX: np.ndarray) -> tuple[np.ndarray, np.ndarra
 ACCURACY, GAP = (0.0, 1.0), (-1.0, 1.0)  # the ranges of an accuracy and of a difference of two
 
 
-def _band(ax, x, values_RX, label=None, color=None, marker=None, limits=None, breaks=()):
+def _band(ax, x, values_RX, label=None, color=None, marker=None, limits=None, breaks=(), band=True):
     """The mean as a line with a band of one std, cut at ``limits`` (lo, hi) where the values
     cannot pass them (an accuracy's mean + std can exceed 1; the band stops at 1). A finite point
     with no finite neighbour (T = 1; a task evaluated at one snapshot only) draws no line segment
     and no band: it is a marker with an error bar (cut the same way). A label that starts with "_" is kept in the legend (matplotlib hides those).
     More than :data:`MAX_POINTS` points are drawn in bins (:func:`_binned`), without markers. The
     line and band break at each x of ``breaks`` (after the binning: the bins are those of a curve
-    without breaks)."""
+    without breaks). ``band`` False: the mean's line only."""
     v = np.asarray(values_RX, dtype=np.float64)
     x, v, k = _binned(np.asarray(x, dtype=np.float64), v[None] if v.ndim == 1 else v)
     if len(breaks):
@@ -88,7 +90,8 @@ def _band(ax, x, values_RX, label=None, color=None, marker=None, limits=None, br
     lo, hi = mean - std, mean + std
     if limits is not None:
         lo, hi = np.maximum(lo, limits[0]), np.minimum(hi, limits[1])
-    ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.25, linewidth=0)
+    if band:
+        ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.25, linewidth=0)
     ok = np.isfinite(mean)
     alone = ok & ~np.r_[False, ok[:-1]] & ~np.r_[ok[1:], False]
     if alone.any():
@@ -103,7 +106,28 @@ def _task_ticks(axis) -> None:
     axis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
 
 
+# A line under every figure drawn inside :func:`captioned` (the analysis's repeats, a partial run).
+_CAPTION: contextvars.ContextVar[str] = contextvars.ContextVar("caption", default="")
+
+
+def captioned(draw, text: str):
+    """``draw(path)`` with ``text`` written under the figure it saves."""
+    def run(path):
+        token = _CAPTION.set(text)
+        try:
+            return draw(path)
+        finally:
+            _CAPTION.reset(token)
+    return run
+
+
 def _save(fig, path) -> Path:
+    if _CAPTION.get():  # under everything drawn (a legend below the axes too), wrapped to its width
+        fig.draw_without_rendering()  # lays the figure out, as the save will
+        box = fig.get_tightbbox()  # inches
+        fig.text(box.x0 / fig.get_figwidth(), (box.y0 - 0.04) / fig.get_figheight(),
+                 textwrap.fill(_CAPTION.get(), max(40, int(17 * box.width))), ha="left", va="top", fontsize=7,
+                 color="0.3")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda f: fig.savefig(f, dpi=110, bbox_inches="tight", format="png"))

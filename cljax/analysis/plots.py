@@ -11,6 +11,7 @@ over a bin first, and the axes say so.
 from __future__ import annotations
 
 import os
+import textwrap
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -42,8 +43,8 @@ def plot_accuracy_matrix(accuracy_matrix, path: str | os.PathLike, title: str = 
     ax = fig.subplots()
     if block > 1:
         title = f"{title}\n(each cell: mean over {block} x {block} tasks)"
-    if left_out:
-        title = f"{title}\n{left_out}"
+    if left_out:  # wrapped to the figure's width: a small matrix's title ran under the colorbar
+        title = f"{title}\n" + textwrap.fill(left_out, max(30, int(11 * (1.2 + 0.45 * min(side, 30)))))
     if evaluated and not np.isfinite(A).any():
         note_no_value(ax, "no finite value:\nthe network diverged\n(see the summary)")
     extent = (-0.5, A.shape[1] * block - 0.5, A.shape[0] * block - 0.5, -0.5)
@@ -98,9 +99,9 @@ def plot_accuracy_over_time(
         _band(ax, x, acc[:, :, j].T, label=f"task {ids[j]}", color=cmap(j), limits=ACCURACY)
     if current_NR is not None:  # one segment per task: a new task's first snapshot is another task's accuracy
         line = _band(ax, x, np.asarray(current_NR, dtype=np.float64).T, label="the current task", color="black",
-                     limits=ACCURACY, breaks=task_boundaries)
-        line.set_zorder(1.5)  # under the tasks' own curves (a task evaluated only while trained stays visible)
-        line.set_linewidth(1.0)
+                     limits=ACCURACY, breaks=task_boundaries, band=False)  # the task's own curve has the band
+        # dotted over the tasks' own curves: under them it was hidden where a task is evaluated only while trained
+        line.set(zorder=3, linewidth=1.0, linestyle=(0, (1, 2)))
     every = -(-len(task_boundaries) // MAX_BOUNDARIES)  # more lines than this grey the whole plot
     for b in list(task_boundaries)[::max(every, 1)]:
         ax.axvline(b, color="gray", linestyle="--", linewidth=0.7)
@@ -284,7 +285,9 @@ def plot_head_vs_probe(earlier_RN: Mapping[str, np.ndarray], last_RT: Mapping[st
         ax.set_xlabel(xlabel)
         ax.set_ylabel("test accuracy")
         ax.legend(fontsize=8, loc="lower left")
-    fig.suptitle(title)
+    left_out = left_out_text(np.concatenate([np.asarray(v, dtype=np.float64).reshape(len(v), -1)
+                                             for v in (*earlier_RN.values(), *last_RT.values())], axis=1))
+    fig.suptitle(f"{title}\n{left_out}" if left_out else title)
     return _save(fig, path)
 
 
@@ -297,12 +300,12 @@ def plot_plasticity_gap(gaps: Mapping[str, np.ndarray], path: str | os.PathLike)
         gap = np.atleast_2d(np.asarray(gap_nR, dtype=np.float64).T)  # (R, n); a curve of (n,) is one repeat
         every = int((~np.isfinite(gap)).any(axis=1).sum())  # the current task is always evaluated
         note = ("no finite gap: diverged" if not np.isfinite(gap).any() else
-                f"{every} of {gap.shape[0]} repeats left out where not finite" if every else "")
+                f"{every} of {gap.shape[0]} repeats not finite at some task, left out there" if every else "")
         _band(ax, np.arange(len(gap_nR)), gap, label=f"{label} ({note})" if note else label, limits=GAP)
     ax.axhline(0.0, color="gray", linewidth=0.8)
     ax.set_xlabel("task")
     _task_ticks(ax.xaxis)
     ax.set_ylabel("expert - learner, current-task accuracy")
     ax.set_title("Plasticity gap over tasks (mean +- std over repeats)")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), frameon=False)  # below: not over the curves
     return _save(fig, path)
