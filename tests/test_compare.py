@@ -491,7 +491,7 @@ def test_a_sweep_of_methods_over_seeds_pools_each_and_says_not_pooled_of_none(tm
 
 def test_the_table_keeps_its_columns_under_their_headers_at_thousands_of_tasks():
     # "1000-1999" is 9 characters: the values sat 2-4 columns right of their headers.
-    from cljax.analysis.compare import format_comparison
+    from cljax.analysis.compare_text import format_comparison
 
     def stat(mean):
         return {"mean": mean, "std": 0.01, "per_repeat": [mean, mean]}
@@ -520,3 +520,20 @@ def test_a_tie_of_late_means_in_float32_accuracies_counts_as_equal_not_lower():
     assert 1 / (80 * 2) > 16 * TIE_TOLERANCE  # a true difference of the least size is still counted
     p = paired_difference(np.array([0.5, 0.5]), np.array([0.5 + 1 / 160, 0.5 - 1 / 160]))
     assert (p["higher"], p["lower"], p["equal"]) == (1, 1, 0)
+
+
+def test_runs_of_one_seed_and_class_pairs_on_other_data_settings_are_not_one_draw(tmp_path):
+    # A method of 100 images per class was paired with a plain run of 1000 on its seed (given
+    # first), though its own plain run, on its images, was given too.
+    rng = np.random.default_rng(8)
+    pairs = rng.integers(0, 10, (T, R, 2))
+    names = {"plain_1000": 1000, "plain_100": 100, "redo_100": 100}
+    for name, n in names.items():
+        write_run(tmp_path / name, rng.uniform(0.5, 1, (T, R)), rng.uniform(0.5, 1, (T, R)), window=False, seed=0,
+                  pairs_TR2=pairs)
+        for d in (tmp_path / name).iterdir():
+            meta = json.loads((d / "metadata.json").read_text())
+            (d / "metadata.json").write_text(json.dumps({**meta, "config": {"n_train_per_class": n}}))
+    summary = compare_runs([tmp_path / n for n in names], labels=list(names))
+    assert "paired" not in summary["plain_100"]  # the baseline of its own draw
+    assert summary["redo_100"]["paired"]["baseline"] == "plain_100"

@@ -23,7 +23,7 @@ import numpy as np
 from cljax import results
 from cljax.analysis import plots
 from cljax.analysis.cl import mean_over_every_task, mean_over_tasks
-from cljax.analysis.spread import figure, mean_std_text, spread
+from cljax.analysis.spread import spread
 from cljax.checkpoint import NewerRecord, read_run_record
 from cljax.errors import CljaxError
 from cljax.record_rebuild import as_trained
@@ -34,7 +34,10 @@ from cljax.setting_match import number_settings, recorded_config
 # What must match for two runs' gaps to be measured on one protocol (methods differ by design).
 # What a gap is measured on: the data and the training a task gets, and what the learner's
 # accuracy reads (--head multi: each task's own block, a task-incremental protocol).
-PROTOCOL = ("dataset", "task_schedule", "n_train_per_class", "epochs", "batch_size", "head")
+PROTOCOL = ("dataset", "task_schedule", "n_train_per_class", "epochs", "batch_size", "head", "out_dim")
+# What, beside the seed and the class pairs, makes two runs' repeats see the same images in the same
+# order: their draw (a run of 100 images per class was paired with one of 1000 on its seed).
+DATA_SETTINGS = ("dataset", "n_train_per_class", "n_test_per_class", "test_source", "epochs", "batch_size")
 # What makes another draw (seed), or another place, of one method: the settings pooling ignores.
 # Also those that change no accuracy compare reads: --n-subsamples and --representation-dtype
 # choose which test images' representations are saved and how they are stored, cut from the
@@ -76,7 +79,9 @@ def current_task_accuracy(run_dir) -> dict:
         slot = (meta.get("eval_tasks") or {}).get("current_slot", t)
         learner.append(results.load_metrics(d)["test_acc"][-1, :, slot])
         expert.append(results.load_expert_metrics(d)["test_acc"][-1])
-    draw = None if None in pairs or seeds == {"null"} else (sorted(seeds), pairs)
+    config = results.load_metadata(dirs[0]).get("config") or {}
+    data = json.dumps({k: config.get(k) for k in DATA_SETTINGS}, sort_keys=True, default=str)
+    draw = None if None in pairs or seeds == {"null"} else (sorted(seeds), pairs, data)
     return {"learner": np.asarray(learner, np.float64), "expert": np.asarray(expert, np.float64), "draw": draw,
             "num_tasks": n_run}
 
@@ -201,11 +206,12 @@ def curves_by_method(labels, curves, draws, methods) -> dict:
 
 
 def _one_draw(a, b) -> bool:
-    """Whether two runs' draws (seeds, class pairs per task) are one: the same seed, and the class
-    pairs of the run with fewer tasks written are the other's first ones (a run not finished yet)."""
-    (seeds_a, pairs_a), (seeds_b, pairs_b) = a, b
+    """Whether two runs' draws (seeds, class pairs per task, the data settings) are one: the same
+    seed and data settings, and the class pairs of the run with fewer tasks written are the
+    other's first ones (a run not finished yet)."""
+    (seeds_a, pairs_a, data_a), (seeds_b, pairs_b, data_b) = a, b
     k = min(len(pairs_a), len(pairs_b))
-    return seeds_a == seeds_b and pairs_a[:k] == pairs_b[:k]
+    return seeds_a == seeds_b and data_a == data_b and pairs_a[:k] == pairs_b[:k]
 
 
 def _distinct_draws(draws) -> bool:
@@ -216,7 +222,7 @@ def _distinct_draws(draws) -> bool:
 def pair_with_baselines(labels, accs, late_from: float = 0.5) -> dict:
     """Each run's paired difference from its baseline, in late learner accuracy (per repeat, the
     mean over the late tasks, as the summary's ``learner_late``): the first run given of its draw
-    (seed and class pairs), which is itself not paired; {"paired": False, "why"} for a run whose
+    (seed, class pairs and data settings), which is itself not paired; {"paired": False, "why"} for a run whose
     task folders record no draw. A run with fewer tasks written than its baseline (or more) is
     compared on the late tasks of the shorter (``tasks``: [first, last]), the same tasks in both."""
     out, baselines = {}, []
@@ -239,7 +245,7 @@ def pair_with_baselines(labels, accs, late_from: float = 0.5) -> dict:
 
 def paired_difference(this_R, base_R) -> dict:
     """This run's late learner accuracy minus its baseline's, repeat by repeat (the runs' repeats
-    are pairs: the same seed and class pairs in every task and repeat, so the same data, order
+    are pairs: the same seed, class pairs and data settings in every task and repeat, so the same data, order
     and initialisation; methods that never reach the expert then give the same expert too). Its
     spread over repeats, the standard error of its mean, and in how many repeats it is above,
     below or at zero (:func:`difference_spread`)."""
@@ -344,56 +350,3 @@ def distinct_labels(run_dirs) -> list[str]:
         if len(set(labels)) == len(labels):
             return labels
     raise CljaxError(f"the same run is given twice ({', '.join(map(str, run_dirs))}): give each run once.")
-
-
-def _pm(v: dict) -> str:
-    return mean_std_text(v["mean"], v["std"], ".3f")
-
-
-def _difference(p: dict) -> str:
-    return (f"{mean_std_text(p['mean'], p['std'], '.3f', '+.3f')} (SE {figure(p['se'], '.3f')}), higher in "
-            f"{p['higher']}, lower in {p['lower']}, "
-            f"equal in {p['equal']}" + (f", not finite in {p['n_nonfinite']}" if p["n_nonfinite"] else "")
-            + f" of {p['n'] + p['n_nonfinite']} repeats")
-
-
-def _not_finite(values: dict) -> list[int]:
-    return [r for r, x in enumerate(values["per_repeat"]) if not np.isfinite(x)]
-
-
-def format_comparison(summary: dict) -> str:
-    width = max(28, *(len(label) for label in summary))
-    # the late tasks' column as wide as its widest range (T of thousands: "1000-1999")
-    tasks = {label: f"{s['late_tasks'][0]:>4}-{s['late_tasks'][1]:<4}" for label, s in summary.items()}
-    cell = max(9, *(len(t) for t in tasks.values()))
-    lines = [f"{'run':<{width}} {'tasks':<{cell}} {'gap (late tasks)':<17} {'learner':<17} expert"]
-    for label, s in summary.items():
-        g, lr, ex = s["gap_late"], s["learner_late"], s["expert_late"]
-        lines.append(f"{label:<{width}} {tasks[label]:<{cell}} {_pm(g):<17} {_pm(lr):<17} {_pm(ex)}")
-        left_out = [f"the {who}'s in repeat{'s' * (len(rs) > 1)} {', '.join(map(str, rs))}"
-                    for who, rs in (("learner", _not_finite(lr)), ("expert", _not_finite(ex))) if rs]
-        if left_out:
-            lines.append(f"{'':<{width}} left out: {'; '.join(left_out)} (not finite on a late task: a diverged "
-                         f"network, kept with --allow-nonfinite)")
-        if isinstance(s.get("num_tasks"), int) and s["n_tasks"] < s["num_tasks"]:
-            w = s.get("in_progress")
-            lines.append(f"{'':<{width}} partial: the first {s['n_tasks']} of its {s['num_tasks']} tasks, " + (
-                f"a run in progress (pid {w.get('pid', '?')} on {w.get('host', '?')})" if w is not None else
-                "stopped (finish it with the same `cljax run` command)") + "; its late tasks are of those")
-    lines.append("(mean and sample std over repeats of each repeat's mean over the late tasks; a repeat not finite "
-                 "on one of them is left out)")
-    if len(summary) > 1:
-        lines.append("learner (late tasks) minus its baseline's (the first run given with the same seed and class "
-                     "pairs), repeat by repeat:")
-    for label, s in list(summary.items())[1:]:
-        p = s.get("paired", {"paired": False, "why": "the baseline of its draw (no run before it has its seed and "
-                                                     "class pairs)"})
-        on = f" on tasks {p['tasks'][0]}-{p['tasks'][1]} (the later part of the tasks both have)" if "tasks" in p else ""
-        lines.append(f"{label:<{width}} " + (f"not paired: {p['why']}" if not p["paired"] else
-                                             f"minus {p['baseline']}{on}: {_difference(p)}"))
-    for label, p in ((label, s["pooled_over_draws"]) for label, s in summary.items() if "pooled_over_draws" in s):
-        on = f" on tasks {p['tasks'][0]}-{p['tasks'][1]}" if "tasks" in p else ""
-        lines.append(f"pooled over {len(p['runs'])} draws of {label}'s method{on}: {_difference(p)}")
-    for label, why in ((label, s["not_pooled"]) for label, s in summary.items() if "not_pooled" in s):
-        lines.append(f"{label} {why}")
-    return "\n".join(lines)
