@@ -61,7 +61,14 @@ def test_plan_warns_once_per_flag_given_that_the_run_does_not_use(capsys):
     (["--use-replay", "--num-tasks", "1"], "the buffer is filled as a task ends, so a one-task run replays nothing "
                                            "(its images weigh 0)"),
     (["--use-replay", "--num-tasks", "2"], None),
-    (["--use-redo", "--redo-every", "12"], None), (["--use-cbp", "--cbp-maturity", "11"], None),  # they act, once
+    (["--use-redo", "--redo-every", "12"], None),  # it acts, once
+    # CBP: a whole unit of rate x mature units (64 in the CNN's widest layer) is needed before the run ends
+    (["--use-cbp", "--cbp-maturity", "11", "--cbp-rate", "0.0157"], None),  # 1.005 units at step 12
+    (["--use-cbp", "--cbp-maturity", "11", "--cbp-rate", "0.0156"], "a layer replaces its first unit when --cbp-rate x "
+     "its mature units adds up to one, at step 13 in its widest layer (64 units, mature after step 11), and the run has "
+     "12 steps (3 task(s) x 4)"),
+    (["--use-cbp", "--cbp-maturity", "0"], "a layer replaces its first unit when --cbp-rate x its mature units adds up "
+     "to one, at step 53 in its widest layer (64 units, mature after step 0), and the run has 12 steps (3 task(s) x 4)"),
     (["--add-plasticity", "--sp-mode", "step", "--num-tasks", "1"], None),
 ])
 def test_an_option_whose_settings_leave_it_nothing_to_do_in_the_run_is_named(capsys, flags, reason):
@@ -70,6 +77,15 @@ def test_an_option_whose_settings_leave_it_nothing_to_do_in_the_run_is_named(cap
     assert main([*PLAN, *tiny, *flags]) == 0
     warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning")]
     assert warnings == ([f"warning: {flags[0]} has no effect in this run: {reason}."] if reason else [])
+
+
+@pytest.mark.parametrize("flags", [["--use-cbp"], ["--use-redo", "--redo-every", "13"]])
+def test_a_unit_option_on_a_model_without_unit_layers_is_refused_in_one_line_with_no_warning_first(capsys, flags):
+    # A warning that its first reset came after the run's steps came before the refusal.
+    tiny = ["--num-tasks", "3", "--n-train-per-class", "20", "--batch-size", "10", "--epochs", "1", "--log-frequency", "2"]
+    assert main([*PLAN, *tiny, *flags, "--model", "resnet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: {flags[0]} resets hidden units"), err
 
 
 @pytest.mark.parametrize("extra", [

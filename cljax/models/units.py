@@ -16,6 +16,8 @@ training program is the same with or without these calls; :func:`unit_activity` 
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -65,3 +67,21 @@ def unit_activity(net, params, model_state, images) -> dict:
     """Each unit layer's activity on ``images`` (evaluation mode): {layer: (B, U)}."""
     _, sown = net.module.apply({"params": params, **model_state}, images, train=False, mutable=[UNITS_COLLECTION])
     return {name.removesuffix(_SUFFIX): values[0] for name, values in sown.get(UNITS_COLLECTION, {}).items()}
+
+
+@functools.lru_cache(maxsize=8)
+def unit_widths(model: str, model_params, outputs: int) -> tuple[int, ...]:
+    """The widths of a registered model's unit layers, from its parameters' shapes for 28x28
+    images (the widths of cljax's models do not depend on the image's size); () for a model that
+    declares none, or that cannot be built here (the run's own build says why)."""
+    from cljax.models import ModelContext, build_model, make_net
+
+    try:
+        module = build_model(model, model_params, ModelContext(outputs, (28, 28), "lax"))
+        declared = getattr(module, "unit_layers", None)
+        if declared is None:
+            return ()
+        params, _ = jax.eval_shape(make_net(module, (28, 28)).init, jax.random.key(0))
+        return tuple(int(params[layer]["kernel"].shape[-1]) for layer, _ in declared())
+    except Exception:  # a plugin model that needs other images: no width, no warning
+        return ()

@@ -36,12 +36,14 @@ with the run record's schema 4 (cljax/code_changes.changed_since).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
 
-from cljax.models.units import unit_activity, unit_layers
+from cljax.heads import n_heads_of
+from cljax.models.units import unit_activity, unit_layers, unit_widths
 from cljax.options import Option, register_option, run_steps
 from cljax.options._units import outgoing_abs_sums, reset_if_any, weighted_mean_abs
 from cljax.registry import param
@@ -85,11 +87,21 @@ def cbp_update(state, activity, out_sums, weights_B, rate: float, maturity: int,
 
 def _inert(params: CBPParams, config) -> str | None:
     total, steps = run_steps(config)
+    widest = max(unit_widths(config.model, config.model_params, config.out_dim * n_heads_of(config)), default=0)
+    if not widest:  # a model without unit layers: the run refuses the option, in one line (cljax/models/units.py)
+        return None
     if params.rate == 0:
         return "--cbp-rate 0 replaces no unit"
     if params.maturity >= total:
         return (f"a unit may be replaced once it is {params.maturity + 1} steps old (--cbp-maturity {params.maturity}), "
                 f"and the run has {steps}")
+    # Until a layer's first replacement its units are all of one age: after step s its count is
+    # (s - m) rho U in float32 sums (bounded here with their rounding); a whole unit is needed.
+    k, per_step = total - params.maturity, params.rate * widest
+    if k * per_step * (1 + 2**-23) + k * 2**-24 < 1:
+        return (f"a layer replaces its first unit when --cbp-rate x its mature units adds up to one, at step "
+                f"{params.maturity + math.ceil(1 / per_step)} in its widest layer ({widest} units, mature after step "
+                f"{params.maturity}), and the run has {steps}")
     return None
 
 
