@@ -288,6 +288,7 @@ def _last_plugin_frame(exc: BaseException, paths) -> traceback.FrameSummary | No
 # The CNN's convolution lowerings (cljax.models.cnn has a code path for each): a closed list, kept
 # here, free of jax, so that the config and the benchmarks' flags offer the same names.
 CONV_IMPLS = ("lax", "im2col", "fused", "fused-im2col")
+AUTO_CONV_IMPL = "im2col"  # what --conv-impl auto runs, on every backend (cljax.models.resolve_conv_impl)
 
 RULES = Registry("rule", "cljax.rules", setting="algorithm")
 OPTIONS = Registry("option", "cljax.options")

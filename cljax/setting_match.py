@@ -9,6 +9,7 @@ from typing import Any
 
 from cljax.config import SPEED_ONLY, Config, setting_fields
 from cljax.errors import CljaxError, DamagedFile
+from cljax.registry import AUTO_CONV_IMPL
 
 
 def resume_key(config: Config, compare_data_dir: bool = True) -> dict[str, Any]:
@@ -32,6 +33,8 @@ def number_settings(flat: dict) -> dict:
     """The flat settings (``Config.to_dict``, or a run.json's config) that change a run's numbers:
     all but the speed-only ones and those that do not act under the others."""
     key = {k: v for k, v in flat.items() if k not in SPEED_ONLY}
+    if key.get("conv_impl") == "auto":  # one lowering, named either way (a run of im2col was refused as auto's)
+        key["conv_impl"] = AUTO_CONV_IMPL
     for dest, f in setting_fields().items():
         when = f.metadata.get("applies_when")
         if when and key.get(when[0]) != when[1]:

@@ -65,6 +65,16 @@ def test_a_resume_must_match_every_setting_that_changes_the_numbers(name):
     assert differing_settings(Config().to_dict(), changed) == ([] if name in SPEED_ONLY else [name])
 
 
+def test_a_resume_takes_conv_impl_auto_and_the_lowering_it_runs_as_one():
+    from cljax.models import resolve_conv_impl
+
+    auto = Config().to_dict()
+    assert auto["conv_impl"] == "auto" and resolve_conv_impl("auto") == "im2col"
+    assert differing_settings(auto, Config.from_flat(conv_impl="im2col")) == []  # it was refused
+    assert differing_settings(Config.from_flat(conv_impl="im2col").to_dict(), Config()) == []
+    assert differing_settings(auto, Config.from_flat(conv_impl="lax")) == ["conv_impl"]
+
+
 def test_a_resume_compares_the_data_folder_by_what_it_points_to(tmp_path):
     folder = tmp_path / "data"
     recorded = Config.from_flat(data_dir=str(folder)).to_dict()

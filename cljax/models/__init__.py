@@ -29,7 +29,7 @@ import jax.extend
 import jax.numpy as jnp
 
 from cljax.errors import CljaxError
-from cljax.registry import CONV_IMPLS, MODELS, register_model, source_file
+from cljax.registry import AUTO_CONV_IMPL, CONV_IMPLS, MODELS, register_model, source_file
 
 __all__ = [
     "CLASSIFIER_GROUP",
@@ -66,7 +66,7 @@ def resolve_conv_impl(choice: str) -> str:
     convolutions of these small images and channel counts ran several times slower than the
     patch matmuls (docs/benchmark.md). The others are returned as they are."""
     if choice == "auto":
-        return "im2col"
+        return AUTO_CONV_IMPL
     if choice in CONV_IMPLS:
         return choice
     raise CljaxError(f"unknown conv implementation {choice!r}: choose one of auto, {', '.join(CONV_IMPLS)}.")
