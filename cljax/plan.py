@@ -32,6 +32,7 @@ def make_plan(config: Config, device_bytes: int | None = None) -> dict:
     from cljax.output_guard import check_writable_target
     from cljax.results import task_dirs
     from cljax.run_split import recorded_pairing
+    from cljax.data.prepared import data_identity
     from cljax.setting_match import differing_settings
 
     check_writable_target(algo_dir_of(config))  # as run does: a --results-dir it could not write to
@@ -43,7 +44,9 @@ def make_plan(config: Config, device_bytes: int | None = None) -> dict:
     image_shape = data.train_images.shape[1:]
     try:  # a resume builds the pairing its run started with (auto's choice depends on the host)
         record = read_run_record(algo_dir_of(config))
-        other = differing_settings(record["config"], config) if record is not None else []
+        # the data by content, as run compares it (--data-dir spelt otherwise is the same data)
+        other = differing_settings(record["config"], config, record.get("data"), data_identity(data)) \
+            if record is not None else []
         record = None if other else record  # another run's, which run refuses or replaces: planned as a new run
     except (CljaxError, TypeError, KeyError):
         record, other = None, []  # damaged: run's own checks say so

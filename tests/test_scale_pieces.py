@@ -457,3 +457,21 @@ def test_plan_says_the_free_disk_and_a_run_larger_than_it(tmp_path, monkeypatch)
     other = plan_module.make_plan(Config.from_flat({**config.to_dict(), "seed": 3}))  # the folder's run is another
     assert other["folder_holds_a_run_with_other"] == ["seed"] and other["disk_bytes_left"] == other["disk_bytes_total"]
     assert "note: the run's folder holds a run with other settings (seed)" in plan_module.format_plan(other)
+
+
+def test_plan_compares_a_runs_data_by_content_as_run_does(tmp_path):
+    # The run's data in another folder (a copy): run resumes it, and plan said it would refuse it
+    # ("holds a run with other settings (data_dir)"), planning the whole run again.
+    import shutil
+
+    from cljax import plan as plan_module
+    from cljax.experiment import run_experiment
+    from tests.conftest import FASHION_DIR, small_config
+
+    config = small_config(tmp_path, num_tasks=2, n_train_per_class=20, n_test_per_class=10, n_subsamples=4, epochs=1,
+                          log_frequency=1)
+    algo_dir = run_experiment(config, progress=False).algo_dir
+    shutil.rmtree(algo_dir / "task_001")
+    copy = shutil.copytree(FASHION_DIR, tmp_path / "copy")
+    moved = plan_module.make_plan(Config.from_flat({**config.to_dict(), "data_dir": str(copy)}))
+    assert moved["folder_holds_a_run_with_other"] == [] and moved["disk_bytes_left"] < moved["disk_bytes_total"]
