@@ -40,6 +40,8 @@ def _structured(default):
     return field(default=default, metadata={"structured": True})
 
 
+INT32_MAX = 2**31 - 1
+MAX_SNAPSHOTS = 2**20  # per task; beyond it the snapshot list alone fills a host's memory
 F32_MAX = 3.4028234663852886e38  # a rate above float32's largest number overflows in the step
 
 
@@ -304,6 +306,12 @@ class Config:
             raise CljaxError("--head multi with --task-schedule cycle: one head per task would grow the output layer "
                              "(and every saved snapshot) with T; choose --head reset (the loss-of-plasticity protocol) or "
                              "shared.")
+        if self.steps_per_task * self.num_tasks > INT32_MAX:  # the step counters are int32 on the device
+            raise CljaxError(f"the run's {self.num_tasks} x {self.steps_per_task:,} steps pass 2^31 - 1, the range of the "
+                             f"step counters: lower --epochs or --num-tasks, or raise --batch-size.")
+        if self.n_logs > MAX_SNAPSHOTS:
+            raise CljaxError(f"{self.n_logs:,} snapshots per task: each is evaluated on the task's test sets and kept "
+                             f"(at most {MAX_SNAPSHOTS:,}); raise --log-frequency.")
         if self.log_frequency > self.steps_per_task:
             raise CljaxError(
                 f"--log-frequency {self.log_frequency} is larger than a task's {self.steps_per_task} steps "

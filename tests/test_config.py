@@ -93,3 +93,14 @@ def test_an_option_on_one_side_only_lists_its_settings_too():
     expected = ["replay_batch", "replay_size", "use_replay"]
     assert differing_settings(with_replay.to_dict(), Config()) == expected
     assert differing_settings(Config().to_dict(), with_replay) == expected
+
+
+def test_a_run_past_the_int32_step_counters_or_of_too_many_snapshots_is_refused_before_anything_is_written():
+    # 8e9 steps per task: plan said it fits, run wrote run.json and initial/ and then died in a traceback;
+    # 4e9 snapshots: plan built the list of their steps and ran out of memory.
+    with pytest.raises(CljaxError, match=r"^the run's 5 x 2,147,483,648 steps pass 2\^31 - 1, the range of the step "):
+        Config.from_flat(n_train_per_class=16, batch_size=8, epochs=2**31 // 4, log_frequency=2**30).validate()
+    Config.from_flat(num_tasks=1, n_train_per_class=16, batch_size=8, epochs=(2**31 - 1) // 4,
+                     log_frequency=2**29).validate()  # 2^31 - 4 steps: within range
+    with pytest.raises(CljaxError, match=r"^1,048,580 snapshots per task: .* \(at most 1,048,576\); raise --log-freq"):
+        Config.from_flat(n_train_per_class=16, batch_size=8, epochs=262145, log_frequency=1).validate()
