@@ -24,6 +24,13 @@ def error_line(exc: BaseException, command: str) -> tuple[str | None, bool]:
     if isinstance(exc, MemoryError):
         return (f"out of memory in `cljax {command}`: shrink the run (`cljax plan` shows what it takes) or use a "
                 f"machine with more memory."), False
+    if command == "analyze" and type(exc).__name__ == "JaxRuntimeError" and (
+            "RESOURCE_EXHAUSTED" in str(exc) or "out of memory" in str(exc).lower()):
+        # GLUE's probes are solved at once, and --glue-probes has no bound but the device's memory
+        what = next((part.strip().rsplit(": ", 1)[-1].rstrip(".") for part in str(exc).splitlines()
+                     if "memory" in part.lower()), "")[:160]
+        return (f"out of device memory in `cljax analyze`{f' ({what})' if what else ''}: lower --glue-probes, or "
+                f"pass --no-glue (nothing was written)."), False
     from cljax.devices.distributed import lost_process_line
     from cljax.registry import plugin_error
 

@@ -267,3 +267,15 @@ def test_the_compiled_geometry_runs_again_on_the_same_shapes():
             "        glue_analysis(m, 0, n_probes=64)\nprint('done')\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.stdout.strip() == "done", proc.stderr[-2000:]
+
+
+def test_analyze_out_of_device_memory_is_one_line_naming_glue_probes():
+    # --glue-probes 1000000000 asked 256 GB at once: a 60-line traceback.
+    import jax
+
+    from cljax.cli_errors import error_line
+
+    exc = jax.errors.JaxRuntimeError("INTERNAL: Error dispatching computation: Out of memory allocating 256 bytes.")
+    assert error_line(exc, "analyze") == ("out of device memory in `cljax analyze` (Out of memory allocating 256 bytes): "
+                                          "lower --glue-probes, or pass --no-glue (nothing was written).", False)
+    assert error_line(exc, "run") == (None, False)  # the run's budget should have refused it: a bug, with its traceback
