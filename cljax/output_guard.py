@@ -27,6 +27,9 @@ OWN_FILES = frozenset({RUN_RECORD, CHECKPOINT, RECORD, JOURNAL, RUN_LOCK})
 OWN_FOLDERS = frozenset({INITIAL, KEPT})
 
 
+# Names of other image formats: a plot or a sample grid is written as a PNG whatever its name says.
+OTHER_IMAGES = (".jpg", ".jpeg", ".pdf", ".svg", ".eps", ".ps", ".tif", ".tiff", ".webp", ".gif", ".bmp")
+
 def run_owning(path: str | Path) -> Path | None:
     """The run folder whose results ``path`` (a file or a folder, there or not) is, or lies in;
     None when it is no run's."""

@@ -145,7 +145,15 @@ def test_more_bad_inputs_are_one_line(made, tmp_path, capsys):
                            (["run", "--data-dir", "", "--results-dir", str(tmp_path / "d")], "--data-dir is empty"),
                            (["data-info", ""], "the folder is empty"),
                            (["plan", "--dataset", "imagenet_28_gray"], "--data-dir is required for imagenet_28_gray"),
-                           (["data-info", str(tmp_path), "--png", " "], "--png is empty")):
+                           (["data-info", str(tmp_path), "--png", " "], "--png is empty"),
+                           # another image format's name (PNG bytes were written under it), before any work
+                           (["compare", str(run_dir), "--out", str(tmp_path / "gap.jpg")],
+                            f"--out {tmp_path / 'gap.jpg'}: the plot is a PNG image: give the file a .png name"),
+                           (["data-info", str(FASHION_DIR), "--png", str(tmp_path / "grid.pdf")],
+                            f"--png {tmp_path / 'grid.pdf'}: the sample grid is a PNG image: give the file a .png name"),
+                           # an unwritable place is found before the folder is described (17 lines came first)
+                           (["data-info", str(FASHION_DIR), "--png", "/proc/grid.png"],
+                            "--png /proc/grid.png: cannot write to /proc (")):
         rc, _, err = run_cli(args, capsys)
         assert_one_error(rc, err, expected)
     assert not (Path.cwd() / "synthetic").exists()

@@ -95,6 +95,23 @@ def write_sample_grid(
     return png
 
 
+def _check_png_target(png: Path) -> None:
+    """One CljaxError line unless the sample grid can be written at ``png``: a .png name, in a
+    folder that is there or can be made, and that takes a new file."""
+    from cljax.safe_files import cannot_create_in
+
+    folder = png.parent
+    while not folder.exists():  # made when the grid is written
+        folder = folder.parent
+    why = cannot_create_in(folder) if folder.is_dir() else "it is a file, not a folder"
+    if why is not None:
+        raise CljaxError(f"--png {png}: cannot write to {folder} ({why}): pass --png with a writable path.")
+    from cljax.output_guard import OTHER_IMAGES
+
+    if png.suffix.lower() in OTHER_IMAGES:  # another format's name (a name without a suffix is taken as it is)
+        raise CljaxError(f"--png {png}: the sample grid is a PNG image: give the file a .png name.")
+
+
 def data_info_main(argv: list[str]) -> int:
     """`data-info DIR [--png FILE]`: print classes and counts per split, save a sample grid; exit code."""
     from cljax.settings import Parser  # a bad flag is one line, as in the other commands
@@ -121,6 +138,7 @@ def data_info_main(argv: list[str]) -> int:
 
         check_not_a_run_result("--png", png)
         check_replaces_only_its_own("--png", png, "png")
+        _check_png_target(png)  # before the folder is read and described, not after
         data = read_idx_folder(folder) if idx else load_prepared(folder, how_to_fix=how)
         if not idx:  # the docs' "check the result": each array against the sha256 meta.json recorded
             check_unchanged(data, resume=False)
