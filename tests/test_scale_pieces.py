@@ -176,6 +176,25 @@ def test_distributed_only_when_the_environment_asks():
     assert not wants_distributed({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "4"})  # sbatch script, not an srun step
 
 
+def test_a_process_that_joins_a_slurm_steps_run_by_its_environment_says_so_before_it_waits(monkeypatch, capsys):
+    # `cljax run` typed in a shell of `srun -n4 --pty bash` waited 5 minutes without a word, then aborted.
+    from cljax.devices import distributed
+
+    monkeypatch.setattr(distributed.jax.distributed, "initialize", lambda **kw: (_ for _ in ()).throw(RuntimeError("x")))
+    for var, value in {"SLURM_STEP_NODELIST": "n1", "SLURM_NTASKS": "4", "SLURM_PROCID": "0"}.items():
+        monkeypatch.setenv(var, value)
+    monkeypatch.delenv("CLJAX_DISTRIBUTED", raising=False)
+    with pytest.raises(CljaxError, match="CLJAX_DISTRIBUTED=0 for a single-host run"):
+        distributed.maybe_initialize_distributed()
+    assert capsys.readouterr().err == ("note: this SLURM step has 4 tasks, so this process joins a run of 4 processes "
+                                       "and waits for the others (up to 5 minutes); for a run of this process alone, "
+                                       "set CLJAX_DISTRIBUTED=0.\n")
+    monkeypatch.setenv("SLURM_PROCID", "2")  # the other processes of the step: the first one says it
+    with pytest.raises(CljaxError):
+        distributed.maybe_initialize_distributed()
+    assert capsys.readouterr().err == ""
+
+
 MULTI_PROCESS_CHILD = """
 import jax, numpy as np
 from cljax.devices.distributed import maybe_initialize_distributed

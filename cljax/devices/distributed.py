@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import json
 import os
+import sys
 
 import jax
 import numpy as np
@@ -52,6 +53,7 @@ def maybe_initialize_distributed() -> bool:
                          f"{kwargs['num_processes']}: process ids run 0 .. {kwargs['num_processes'] - 1}.")
     if os.environ.get("CLJAX_HEARTBEAT_SECONDS", "").strip():  # how soon a lost process is noticed (JAX: 100 s)
         kwargs["heartbeat_timeout_seconds"] = _whole_number("CLJAX_HEARTBEAT_SECONDS", 1)
+    _say_joining(kwargs)
     try:
         jax.distributed.initialize(**kwargs)
     except (RuntimeError, ValueError) as exc:
@@ -62,6 +64,19 @@ def maybe_initialize_distributed() -> bool:
         ) from None
     _distributed_started = True
     return True
+
+
+def _say_joining(kwargs: dict) -> None:
+    """One line from the first process before it waits for the others (JAX's initialize blocks
+    up to 5 minutes, where a stop signal is not seen): a plain `cljax run` typed in a shell of a
+    several-task SLURM step (srun -n4 --pty bash) joined a run of 4 processes without a word."""
+    if os.environ.get("CLJAX_DISTRIBUTED", "").strip():  # asked for by name: it knows
+        return
+    n, rank = os.environ.get("SLURM_NTASKS", "?"), os.environ.get("SLURM_PROCID", "0")
+    if str(kwargs.get("process_id", rank)).strip() == "0":
+        print(f"note: this SLURM step has {n} tasks, so this process joins a run of {n} processes and waits for the "
+              f"others (up to 5 minutes); for a run of this process alone, set CLJAX_DISTRIBUTED=0.",
+              file=sys.stderr, flush=True)
 
 
 def _whole_number(var: str, least: int) -> int:
