@@ -12,7 +12,7 @@ from pathlib import Path
 
 from cljax.cli_errors import error_line
 from cljax.presets import preset_note
-from cljax.command import stop_at_once
+from cljax.command import STOP_SIGNALS, stop_at_once
 from cljax.config import Config, algo_dir_of
 from cljax.errors import EXIT_PREEMPTED, CljaxError
 from cljax.settings import Parser as _Parser
@@ -133,6 +133,9 @@ def _stoppable(work, stopped: str):
 
 
 def _exit_stopped(signum: int, what: str, stopped: str = "stopped") -> None:
+    from cljax.run_lock import let_go_of_every_lock
+
+    let_go_of_every_lock()  # (called with the critical lock held: nothing is being written)
     print(f"\n{stopped} by {signal.Signals(signum).name}: {what}", file=sys.stderr)
     sys.stdout.flush()
     sys.stderr.flush()
@@ -378,9 +381,9 @@ def _dispatch(argv: list[str]) -> int:
 
 
 def _install(handler) -> dict:
-    """SIGTERM and SIGINT -> ``handler``; the handlers replaced (none off the main thread)."""
+    """The stop signals (STOP_SIGNALS) -> ``handler``; the handlers replaced (none off the main thread)."""
     try:
-        return {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+        return {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
     except ValueError:  # called from another thread: signals are the main thread's to handle
         return {}
 

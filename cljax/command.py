@@ -20,8 +20,13 @@ def stop_at_once(signum, frame):
     os._exit(EXIT_PREEMPTED)
 
 
+# SIGTERM and SIGINT, and what a batch system sends ahead of a stop (`#SBATCH --signal=USR1@90`) or
+# a closed terminal: each killed a run without a line (exit 138, 140, 129).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGHUP)
+
+
 def main() -> int:
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in STOP_SIGNALS:
         signal.signal(sig, stop_at_once)
     from cljax.cli import main as cli_main
 

@@ -75,10 +75,15 @@ class RunLock:
                 os.close(fd)
                 raise
         self.fd = fd
+        if self.exclusive:
+            _HELD.add(self)
         return self
 
     def __exit__(self, *exc) -> None:
         if self.fd is not None:
+            _HELD.discard(self)
+            if self.exclusive:
+                _mark_ended(self.fd)
             os.close(self.fd)  # releases the lock
             self.fd = None
 
@@ -95,19 +100,42 @@ class RunLock:
     def _without_flock(self, fd: int, path: Path) -> None:
         holder = _read_holder(path)
         pid, host = holder.get("pid"), holder.get("host")
-        if isinstance(pid, int) and pid != os.getpid():
+        if isinstance(pid, int) and pid != os.getpid() and not holder.get("ended"):  # ended: its run let it go
             if host != socket.gethostname():
                 # A reader goes ahead: the record outlives its run, and a run is often read on
                 # another host than the one that wrote it.
                 if self.exclusive:
                     os.close(fd)
-                    raise CljaxError(self._in_use(holder)[:-1] + f"; this filesystem has no file locks, so a run on "
-                                     f"another host cannot be checked: delete {path} if that run has ended.")
+                    raise CljaxError(self._in_use(holder).split(" (a run that has died")[0] + f"; this filesystem "
+                                     f"has no file locks, so a run on another host cannot be checked, and a run "
+                                     f"killed there left its record: delete {path} if that run has ended.")
             elif _another_live_process_here(holder):  # a reader waits for a writer, as with file locks
                 os.close(fd)
                 raise CljaxError(self._in_use(holder))
         print(f"warning: {path.parent} is on a filesystem without file locks: cljax checks the host and pid in "
               f"{path.name} instead.", file=sys.stderr)
+
+
+_HELD: set = set()  # the exclusive locks this process holds
+
+
+def _mark_ended(fd: int) -> None:
+    """Add "ended" to the holder's record as the lock is let go: on a filesystem without file
+    locks the record is all there is, and a run that ended (finished, or stopped by a signal)
+    refused every writer on another host until the file was deleted by hand."""
+    try:
+        holder = json.loads(os.pread(fd, 4096, 0) or b"{}")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps({**holder, "ended": time.strftime("%Y-%m-%d %H:%M:%S")}).encode() + b"\n", 0)
+    except (OSError, ValueError, TypeError):  # a full disk, a record not ours: the record stays as it was
+        pass
+
+
+def let_go_of_every_lock() -> None:
+    """Mark every lock this process holds as ended (a command stopped by a signal exits at once,
+    without leaving its blocks)."""
+    for lock in list(_HELD):
+        lock.__exit__()
 
 
 # A writer waits this long for readers (analyze, compare, a finished run's check) that hold the
@@ -199,7 +227,7 @@ def _recorded_alive_here(holder: dict) -> bool:
     """Whether a lock file's record names a live process of this host, this one included (a
     writer holding the folder, not a reader after a writer that has ended)."""
     pid = holder.get("pid")
-    return (isinstance(pid, int) and holder.get("host") == socket.gethostname()
+    return (isinstance(pid, int) and holder.get("host") == socket.gethostname() and not holder.get("ended")
             and (pid == os.getpid() or pid_alive(pid)))
 
 
@@ -207,7 +235,7 @@ def _another_live_process_here(holder: dict) -> bool:
     """Whether a lock file's record names a live process of this host other than this one."""
     pid = holder.get("pid")
     return (isinstance(pid, int) and pid != os.getpid() and holder.get("host") == socket.gethostname()
-            and pid_alive(pid))
+            and not holder.get("ended") and pid_alive(pid))  # ended: its pid may be another process's now
 
 
 def pid_alive(pid: int) -> bool:

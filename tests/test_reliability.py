@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import gzip
+import json
 import os
 import pickle
 import shutil
@@ -409,3 +410,25 @@ def test_resume_restores_the_whole_learner_with_replay_momentum_and_the_methods(
     resumed = run_experiment(config("resumed"), progress=False)
     assert resumed.first_task == 2
     assert_same_arrays(whole.algo_dir, resumed.algo_dir)
+
+
+STOPPED_BY = """
+import os, signal, sys, threading, time
+from cljax import cli
+from cljax.run_lock import RunLock
+
+lock = RunLock(sys.argv[2]).__enter__()  # held by the command, as a run holds its folder's
+threading.Thread(target=lambda: (time.sleep(1.0), os.kill(os.getpid(), getattr(signal, sys.argv[1]))), daemon=True).start()
+cli._stoppable(lambda critical: time.sleep(60), "run the same command to resume.")
+"""
+
+
+@pytest.mark.parametrize("sig", ["SIGUSR1", "SIGUSR2", "SIGHUP"])
+def test_a_batch_systems_warning_signal_stops_a_command_as_sigterm_does(sig, tmp_path):
+    # `#SBATCH --signal=USR1@90`, submitit's USR2, a closed terminal: each killed a run without a
+    # line (exit 138, 140, 129). The lock's record says the command ended (for a filesystem without locks).
+    proc = subprocess.run([sys.executable, "-c", STOPPED_BY, sig, str(tmp_path)], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 75, proc.stderr
+    assert proc.stderr.strip() == f"stopped by {sig}: run the same command to resume."
+    assert json.loads((tmp_path / "run.lock").read_text())["ended"]

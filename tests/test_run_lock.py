@@ -66,7 +66,7 @@ def test_without_file_locks_a_holder_on_another_host_is_refused_and_its_record_k
     # Its pid means nothing here, so it cannot be checked: refused, naming the file to delete.
     record = json.dumps({"host": socket.gethostname() + "-elsewhere", "pid": os.getpid() + 1, "since": "x"})
     (tmp_path / RUN_LOCK).write_text(record)
-    with pytest.raises(CljaxError, match=r"no file locks, so a run on another host cannot be checked: delete .*run\.lock"):
+    with pytest.raises(CljaxError, match=r"no file locks, so a run on another host cannot be checked, and a run killed there left its record: delete .*run\.lock"):
         RunLock(tmp_path).__enter__()
     assert (tmp_path / RUN_LOCK).read_text() == record
 
@@ -191,7 +191,13 @@ def test_reading_holds_the_lock_shared_so_no_run_starts_writing_meanwhile(tmp_pa
     with RunLock(tmp_path):  # released at the block's end
         with reading(tmp_path) as writer:  # a run writes it now: its record, nothing held
             assert writer["pid"] == os.getpid()
-    with reading(tmp_path):  # this process's own record (a writer that is alive) is refused at once
+    with reading(tmp_path):  # the writer's record says it ended: what holds the lock is a reader
+        with pytest.raises(CljaxError, match=f"being read by .* the last run that wrote it, pid {os.getpid()} on "):
+            RunLock(tmp_path).__enter__()
+    record = json.loads((tmp_path / RUN_LOCK).read_text())
+    del record["ended"]  # a record of this live process (a writer's) is refused at once
+    (tmp_path / RUN_LOCK).write_text(json.dumps(record))
+    with reading(tmp_path):
         with pytest.raises(CljaxError, match=f"is in use by another cljax run \\(pid {os.getpid()} on "):
             RunLock(tmp_path).__enter__()
 
@@ -210,3 +216,29 @@ def test_a_folder_lock_lets_one_holder_at_a_time(tmp_path):
     fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released
     os.close(other)
     assert list(tmp_path.iterdir()) == []  # no file added to the folder
+
+
+def test_without_file_locks_a_run_that_ended_lets_another_host_write(tmp_path, no_flock, capsys):
+    # The record outlived every run: a requeue onto another node was refused until run.lock was
+    # deleted by hand, after a run that finished or was stopped as much as after one killed.
+    with RunLock(tmp_path):
+        assert "ended" not in json.loads((tmp_path / RUN_LOCK).read_text())
+    record = json.loads((tmp_path / RUN_LOCK).read_text())
+    assert record["pid"] == os.getpid() and record["ended"]
+    elsewhere = {**record, "host": socket.gethostname() + "-elsewhere", "pid": os.getpid() + 1}
+    (tmp_path / RUN_LOCK).write_text(json.dumps(elsewhere))
+    with RunLock(tmp_path):  # another host's run that ended
+        pass
+    del elsewhere["ended"]  # ... and one that did not say so (killed, or still running): refused
+    (tmp_path / RUN_LOCK).write_text(json.dumps(elsewhere))
+    with pytest.raises(CljaxError) as refused:
+        RunLock(tmp_path).__enter__()
+    assert "a run that has died holds no lock" not in str(refused.value)  # not so without file locks
+    assert f"a run killed there left its record: delete {tmp_path / RUN_LOCK} if that run has ended" in str(refused.value)
+    # A stopped command lets go of its locks as it exits (its blocks are not left).
+    from cljax.run_lock import let_go_of_every_lock
+
+    (tmp_path / RUN_LOCK).unlink()
+    lock = RunLock(tmp_path).__enter__()
+    let_go_of_every_lock()
+    assert lock.fd is None and json.loads((tmp_path / RUN_LOCK).read_text())["ended"]

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cljax.command import STOP_SIGNALS
 from cljax.data.imagenet.assemble import assemble, npz_rows
 from cljax.data.imagenet.decode import DRAFT_FACTOR, RESAMPLE_FILTERS, SIZE, _pil_filter, image_to_gray
 from cljax.data.imagenet.recorded import check_redo_allowed, check_same_preparation
@@ -368,14 +369,15 @@ def prepare_main(argv: list[str]) -> int:
 
 
 def _signals_as_interrupt() -> dict:
-    """SIGTERM (a SLURM time limit, `kill`) and SIGINT (Ctrl-C) raise KeyboardInterrupt here,
-    whatever handler the command line had installed: the workers are stopped, and the line says
-    how to resume. Returns the handlers replaced (none off the main thread)."""
+    """SIGTERM (a SLURM time limit, `kill`), SIGINT (Ctrl-C) and the others of STOP_SIGNALS raise
+    KeyboardInterrupt here, whatever handler the command line had installed: the workers are
+    stopped, and the line says how to resume. Returns the handlers replaced (none off the main
+    thread)."""
 
     def interrupt(signum, frame):
         raise KeyboardInterrupt
 
     try:
-        return {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGINT)}
+        return {sig: signal.signal(sig, interrupt) for sig in STOP_SIGNALS}
     except ValueError:  # not the main thread: leave signals alone
         return {}
