@@ -164,12 +164,18 @@ class CheckRecord:
         atomic_write(self.root / RECORD, lambda f: f.write(json.dumps(data, separators=(",", ":")).encode()))
         (self.root / JOURNAL).unlink(missing_ok=True)
         self.changed = False
+        from cljax.run_lock import pid_alive
+
+        for left in self.root.glob(f".{RECORD}.tmp-*"):  # of a save killed mid-write (a long run's: megabytes)
+            pid = left.name.rsplit("-", 1)[-1]
+            if pid.isdigit() and not pid_alive(int(pid)):
+                left.unlink(missing_ok=True)
 
     def save_if_changed(self, run_id: str) -> None:
         """``save`` when the checks verified what the record did not hold: a finished run whose
         record was lost (deleted after a disk scare, or a copied run) was hashed whole again at
         every rerun. A folder that cannot be written (read-only storage) keeps its old record."""
-        if self.changed:
+        if self.changed or (self.root / JOURNAL).exists():  # a journal left by a save that was killed: folded
             try:
                 self.save(run_id)
             except OSError:

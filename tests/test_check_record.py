@@ -200,6 +200,18 @@ def test_a_run_notes_what_it_writes_and_a_rerun_of_it_finished_hashes_no_task_fi
     hashed.clear()
     assert run_experiment(config, progress=False).first_task == 4
     assert hashed == [] and (run_dir / RECORD).stat().st_mtime_ns == written  # nothing new: not written again
+    # A save killed mid-write left its temporary (megabytes in a long run) and the journal beside the
+    # record, for good: a rerun of the finished run saved nothing, so it never cleaned them.
+    import subprocess
+    import sys
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    left = run_dir / f".{RECORD}.tmp-{dead.pid}"
+    left.write_bytes(b"{")
+    (run_dir / JOURNAL).write_text((run_dir / RECORD).read_text() + "\n")
+    assert run_experiment(config, progress=False).first_task == 4
+    assert not left.exists() and not (run_dir / JOURNAL).exists() and hashed == []
 
 
 def test_a_stop_keeps_every_note_and_damage_since_is_found(tmp_path, monkeypatch, capsys):
