@@ -79,6 +79,15 @@ def test_an_option_whose_settings_leave_it_nothing_to_do_in_the_run_is_named(cap
     assert warnings == ([f"warning: {flags[0]} has no effect in this run: {reason}."] if reason else [])
 
 
+def test_a_setting_the_chosen_model_or_dataset_never_reads_is_named(capsys):
+    # --model mlp --conv-impl fused, --dataset synthetic --data-dir X: taken without a word.
+    assert main(["plan", "--dataset", "synthetic", "--synthetic-classes", "4", "--num-tasks", "2", "--model", "mlp",
+                 "--conv-impl", "fused", "--data-dir", "/nowhere"]) == 0
+    assert [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning")] == [
+        "warning: --conv-impl fused has no effect in this run: model mlp does not read it.",
+        "warning: --data-dir /nowhere has no effect in this run: dataset synthetic does not read it."]
+
+
 @pytest.mark.parametrize("flags", [["--use-cbp"], ["--use-redo", "--redo-every", "13"]])
 def test_a_unit_option_on_a_model_without_unit_layers_is_refused_in_one_line_with_no_warning_first(capsys, flags):
     # A warning that its first reset came after the run's steps came before the refusal.
@@ -165,10 +174,13 @@ def test_a_sweep_warns_of_a_flag_none_of_its_runs_uses_and_not_of_one_some_use(t
 
 
 def test_the_settings_a_run_uses_are_its_configs_own():
-    """The rule behind it: Config.to_dict holds exactly the settings the run uses."""
+    """The rule behind it: Config.to_dict holds exactly the settings the run uses, but those that act
+    under another's value (applies_when) and those its model or dataset never reads (ignores=),
+    which it records as the run was given them."""
     flat = {**flat_defaults(), "model": "mlp", "use_replay": True}
     used = Config.from_flat(flat).to_dict()
-    assert set(flat) - set(used) == set(unused_settings(flat)) - {"head_reset_to"}
+    assert set(flat) - set(used) == set(unused_settings(flat)) - {"head_reset_to", "conv_impl"}
+    assert "conv_impl" in used and unused_settings(flat)["conv_impl"] == "model mlp does not read it"
 
 
 def test_a_sweep_s_runs_that_leave_a_flag_unused_for_different_reasons_are_each_said(tmp_path, capsys, monkeypatch):

@@ -93,7 +93,7 @@ def _check_memory(n_images: int, pixels: int) -> None:
                          f"--synthetic-size or the images per class.")
 
 
-@register_dataset("synthetic", params=SyntheticParams, prefix="synthetic")
+@register_dataset("synthetic", params=SyntheticParams, prefix="synthetic", ignores=("data_dir",))  # made, not read
 def load_synthetic(params: SyntheticParams, config) -> ClassData:
     """Synthetic classes: smooth random prototypes, shifted, plus noise."""
     return make_synthetic(

@@ -42,7 +42,7 @@ class MLP(nn.Module):
         return logits, x
 
 
-@register_model("mlp", params=MLPParams, prefix="mlp")
+@register_model("mlp", params=MLPParams, prefix="mlp", ignores=("conv_impl",))  # no convolution
 def build_mlp(params: MLPParams, ctx: ModelContext) -> MLP:
     """A multilayer perceptron on the flattened image."""
     return MLP(out_dim=ctx.out_dim, hidden=params.hidden, depth=params.depth, dtype=ctx.compute_dtype)
