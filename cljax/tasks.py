@@ -84,22 +84,27 @@ class TaskData:
         self.test_images_src = data.train_images if holdout else data.test_images
         need_train = config.n_train_per_class + (config.n_test_per_class if holdout else 0)
         for c in range(data.n_classes):
-            have = len(self.train_by_class[c])
-            if have == 0:  # no flag can make up for it
+            if len(self.train_by_class[c]) == 0:  # no flag can make up for it
                 raise CljaxError(
                     f"class {c} ({data.class_names[c]}) has no training images: every class of the dataset needs "
                     f"some; prepare the folder again from a source that has images of every class it names.")
-            if have < need_train:
-                raise CljaxError(
-                    f"class {c} has {have} training images but {need_train} are needed "
-                    f"(--n-train-per-class{' + --n-test-per-class' if holdout else ''}): lower them."
-                )
-            have_test = len(self.test_by_class[c])
-            if not holdout and have_test < config.n_test_per_class:
-                raise CljaxError(
-                    f"class {c} has {have_test} test images but --n-test-per-class is "
-                    f"{config.n_test_per_class}: lower it or use --test-source train_holdout."
-                )
+        # the class with the fewest images decides what any task may take (a task may draw any class)
+        fewest = min(range(data.n_classes), key=lambda c: len(self.train_by_class[c]))
+        have = len(self.train_by_class[fewest])
+        if have < need_train:
+            raise CljaxError(
+                f"class {fewest} has {have} training images, the fewest of any class, but {need_train} are needed "
+                f"(--n-train-per-class{' + --n-test-per-class' if holdout else ''}): lower "
+                f"{'their sum' if holdout else 'it'} to at most {have}.")
+        fewest_test = min(range(data.n_classes), key=lambda c: len(self.test_by_class[c]))
+        have_test = len(self.test_by_class[fewest_test])
+        if not holdout and have_test < config.n_test_per_class:
+            spare = have - config.n_train_per_class  # what train_holdout could take from the training images
+            raise CljaxError(
+                f"class {fewest_test} has {have_test} test images, the fewest of any class, but --n-test-per-class "
+                f"is {config.n_test_per_class}: lower it to at most {have_test}" + (
+                    " or use --test-source train_holdout (test images held out of the training split)"
+                    if spare >= config.n_test_per_class else "") + ".")
 
     def _pick(self, stream: int, cls: int, repeat: int, pool: np.ndarray, n: int, from_end: bool = False):
         # A fixed per-(class, repeat) permutation: train takes its start, the holdout its end.

@@ -60,9 +60,9 @@ def test_plan_cli_prints_text_and_json(tmp_path):
     with redirect_stdout(io.StringIO()):
         assert main(["plan", *flags, "--device-memory", "1000"]) == 2  # does not fit: says so, exit 2
     # what `run` refuses, the plan refuses in the same line (it planned such a run as fitting)
-    for more, expected in [(["--n-train-per-class", "100000"], "class 0 has 6000 training images but 100000 are"),
+    for more, expected in [(["--n-train-per-class", "100000"], "class 0 has 6000 training images, the fewest of any class, but 100000 are"),
                            (["--test-source", "train_holdout", "--n-train-per-class", "5000", "--n-test-per-class",
-                             "1500"], "class 0 has 6000 training images but 6500 are needed")]:
+                             "1500"], "class 0 has 6000 training images, the fewest of any class, but 6500 are needed (--n-train-per-class + --n-test-per-class): lower their sum to at most 6000")]:
         err = io.StringIO()
         with redirect_stdout(io.StringIO()), redirect_stderr(err):
             assert main(["plan", *flags, *more]) == 2
@@ -438,7 +438,10 @@ def test_plan_of_a_resume_builds_the_pairing_its_run_started_with(tmp_path):
     other = {"paired": "separate", "separate": "paired"}[chosen]
     algo_dir = algo_dir_of(config)
     algo_dir.mkdir(parents=True)
-    write_run_record(algo_dir, config.to_dict(), SCHEMA_VERSION, run_id="a" * 32, data="d" * 64,
+    from cljax.data.prepared import data_identity
+    from cljax.data import load_dataset
+
+    write_run_record(algo_dir, config.to_dict(), SCHEMA_VERSION, run_id="a" * 32, data=data_identity(load_dataset(config)),
                      split={"backend": "cpu", "devices": 1, "processes": 1, "lowering": {"learner_expert": other}},
                      sources={}, dataset_meta={})
     assert make_plan(config)["lowering"]["learner_expert"] == other

@@ -80,10 +80,21 @@ def test_train_holdout_needs_the_training_and_held_out_images_of_every_class(tmp
     TaskData(data, config(10))
     TaskData(data, config(11, "test"))  # a separate test split: 90 of 100 is enough
     TaskData(data, config(100, "test"))  # every test image of a class, no more
-    with pytest.raises(CljaxError, match="class 0 has 100 test images but --n-test-per-class is 101"):
+    with pytest.raises(CljaxError, match=r"class 0 has 100 test images, the fewest of any class, but --n-test-per-class "
+                                         r"is 101: lower it to at most 100\.$"):  # no spare training images to hold out
         TaskData(data, config(101, "test"))
-    with pytest.raises(CljaxError, match="class 0 has 100 training images but 101 are needed"):
+    with pytest.raises(CljaxError, match=r"class 0 has 100 training images, the fewest of any class, but 101 are needed "
+                                         r"\(--n-train-per-class \+ --n-test-per-class\): lower their sum to at most 100"):
         TaskData(data, config(11))
+    fewer = np.concatenate([labels[:-5], np.full(5, 4)])  # class 3 has 95 images, 5 go to a class 4 of its own
+    five = ClassData(data.train_images, fewer, data.test_images, fewer, 5, tuple("abcde"), {})
+    with pytest.raises(CljaxError, match=r"^class 4 has 5 training images, the fewest of any class, but 90 are needed "
+                                         r"\(--n-train-per-class\): lower it to at most 5\.$"):  # the first too few
+        TaskData(five, config(10, "test"))
+    with pytest.raises(CljaxError, match=r"class 0 has 50 test images, .* to at most 50 or use --test-source "
+                                         r"train_holdout \(test images held out of the training split\)\.$"):
+        TaskData(ClassData(data.train_images, labels, data.test_images[:200], labels[::2], 4, tuple("abcd"), {}),
+                 small_config(tmp_path, n_train_per_class=10, n_test_per_class=60, n_subsamples=8, batch_size=10))
     gap = np.where(labels == 2, 3, labels)  # no image of class 2 ("c"): no --n-train-per-class can help
     with pytest.raises(CljaxError, match=r"class 2 \(c\) has no training images: every class of the dataset needs"):
         TaskData(ClassData(data.train_images, gap, data.test_images, gap, 4, tuple("abcd"), {}), config(10))
