@@ -59,19 +59,20 @@ def _record_or_none(run_dir: Path) -> dict | None:
 
 def current_task_accuracy(run_dir) -> dict:
     """{"learner", "expert"}: current-task test accuracy at each task's last snapshot, (n, R);
-    "draw": (the seeds, every task's class pairs per repeat) as the task folders record them
+    "draw": (the seeds, every task's class pairs per repeat, the data settings) as the task folders record them
     (None where a folder records none), what makes two runs' repeats pairs; "num_tasks": the
     run's T as task_000 records it (None: not recorded)."""
     dirs = results.first_task_dirs(run_dir)
     if not dirs:
         raise CljaxError(f"{run_dir} has no task folders: {results.runs_near(run_dir)}.")
     check = _checker(Path(run_dir), dirs[0])
-    learner, expert, pairs, seeds, n_run = [], [], [], set(), None
+    learner, expert, pairs, seeds, n_run, config = [], [], [], set(), None, {}
     for t, d in enumerate(dirs):
         meta = check(d, t)
         pairs.append(meta.get("task_pairs"))
         seeds.add(json.dumps(meta.get("seed")))
-        T = (meta.get("config") or {}).get("num_tasks") if t == 0 else None
+        config = (meta.get("config") or {}) if t == 0 else config
+        T = config.get("num_tasks") if t == 0 else None
         n_run = T if isinstance(T, int) else n_run
         if isinstance(T, int) and len(dirs) > T:
             raise CljaxError(f"{run_dir} holds {len(dirs)} task folders but its run has {T} tasks: {dirs[T].name} on "
@@ -79,7 +80,6 @@ def current_task_accuracy(run_dir) -> dict:
         slot = (meta.get("eval_tasks") or {}).get("current_slot", t)
         learner.append(results.load_metrics(d)["test_acc"][-1, :, slot])
         expert.append(results.load_expert_metrics(d)["test_acc"][-1])
-    config = results.load_metadata(dirs[0]).get("config") or {}
     data = json.dumps({k: config.get(k) for k in DATA_SETTINGS}, sort_keys=True, default=str)
     draw = None if None in pairs or seeds == {"null"} else (sorted(seeds), pairs, data)
     return {"learner": np.asarray(learner, np.float64), "expert": np.asarray(expert, np.float64), "draw": draw,
