@@ -203,13 +203,14 @@ def test_a_locked_folder_is_refused_and_a_dead_holder_is_no_obstacle(made, tmp_p
         assert state(run_dir) == before
         rc, _, err = run_cli(["run", *FLAGS, "--results-dir", str(tmp_path / "r")], capsys)
         assert_one_error(rc, err, "is in use")  # even reading a finished run waits for the writer
-    # The lock file stays, naming a holder that has ended: the system released its lock.
-    assert json.loads((run_dir / RUN_LOCK).read_text())["pid"] == os.getpid()
+    # The lock file stays, naming a holder that has ended (and saying so): the system released its lock.
+    record = json.loads((run_dir / RUN_LOCK).read_text())
+    assert record["pid"] == os.getpid() and record["ended"]
     with RunLock(run_dir, exclusive=False):  # a reader (cljax analyze) of the run: a writer waits for it too
         before = state(run_dir)
         rc, _, err = run_cli(["run", *FLAGS, "--results-dir", str(tmp_path / "r"), "--overwrite", "--lr", "0.2"],
                              capsys)
-        assert_one_error(rc, err, "is in use by another cljax run")
+        assert_one_error(rc, err, "is being read by another cljax process", f"pid {os.getpid()} on ", "has ended")
         assert state(run_dir) == before
     rc, out, _ = run_cli(["run", *FLAGS, "--results-dir", str(tmp_path / "r")], capsys)
     assert rc == 0 and "already finished" in out
