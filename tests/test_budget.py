@@ -265,6 +265,11 @@ def test_plan_reports_the_given_chunk_capped_at_the_slots_and_its_calls(tmp_path
     assert ("note: two chunks are in flight while streaming, 6 tasks of the 5, so this needs as much device memory as "
             "resident evaluation; streaming saves memory only below K = 3") in format_plan(wide)
     assert "note: two chunks" not in format_plan(chunked)
+    # K = 1 of 2: it said "streaming saves memory only below K = 1", which no K is
+    pair = make_plan(config_of(num_tasks=2, eval_chunk_tasks=1, device_memory=10**10, results_dir=str(tmp_path)))
+    assert ("note: two chunks are in flight while streaming, 2 tasks of the 2, so this needs as much device memory as "
+            "resident evaluation; streaming saves no memory with 2 task slots, whatever K (--eval-chunk-tasks 0 keeps "
+            "them resident)") in format_plan(pair)
 
 
 def test_plan_splits_the_repeats_over_the_devices(tmp_path, monkeypatch):
