@@ -160,7 +160,7 @@ def _cmd_plan(argv: list[str]) -> int:
                      "evaluation keeps all test sets on the device or streams them K tasks at a time.")
     load_plugins_from_argv(argv)
     add_settings_flags(parser, argv)
-    parser.add_argument("--json", action="store_true", help="print the plan as JSON")
+    parser.add_argument("--json", action="store_true", help="print the plan as JSON (default: as text)")
     add_run_flags(parser, " (as in `cljax run`; no effect on the plan)")  # accepted for copy-paste
     args = parser.parse_args(argv)
     config = config_from_args(args)
@@ -250,7 +250,7 @@ def _cmd_compare(argv: list[str]) -> int:
     parser.add_argument("runs", nargs="+", help="results/{dataset}/{algorithm} of each run, or a sweep's "
                         "--results-dir (its runs, as its sweep.json lists them)")
     parser.add_argument("--out", default=None, help="the plot (PNG) to write (default: none)")
-    parser.add_argument("--json", default=None, help="write the comparison as JSON here")
+    parser.add_argument("--json", default=None, help="write the comparison as JSON here (default: none)")
     parser.add_argument("--late-from", type=float, default=0.5, help="the late tasks are those from this fraction "
                         "of each run on (default: 0.5, the later half)")
     args = parser.parse_args(argv)

@@ -61,7 +61,8 @@ class Config:
     n_test_per_class: int = param(250, "test images per class per task (see --eval-tasks)", min=1)
     n_subsamples: int = param(64, "S, test images per task whose representations are saved (even, <= 2*n_test_per_class)",
                               min=2)
-    test_source: str = param("test", "where test images come from: the test split, or a held-out part of the train split",
+    test_source: str = param("test", "where test images come from: the test split (test), or a held-out part of the "
+                             "train split, disjoint from the training images (train_holdout)",
                              choices=("test", "train_holdout"))
     # optimisation
     epochs: int = param(5, "passes over a task's training data, each in a new order per repeat", min=1)
@@ -136,7 +137,7 @@ class Config:
     seed: int = param(0, "experiment seed: class pairs, initialisation, shuffling all derive from it", min=0,
                       max=2**32 - 1)  # a JAX key keeps 32 bits: seeds 2**32 apart would share initialisations
     results_dir: str = param("results", "root of the results tree")
-    data_dir: str | None = param(None, "dataset location (default: the dataset's standard place)")
+    data_dir: str | None = param(None, "dataset location")  # its default, each dataset's: cljax/settings.py
     # the selected entries' own settings (None / (): their defaults, filled in by __post_init__)
     rule_params: Any = _structured(None)
     model_params: Any = _structured(None)

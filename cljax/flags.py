@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import re
 import types
 import typing
 from typing import Any
@@ -98,18 +99,48 @@ def parse_text(ftype: FieldType, text: str, flag: str):
         raise CljaxError(f"{flag}: {text!r} is not a valid {ftype.base.__name__} value.") from None
 
 
+def bound_text(value) -> str:
+    """A bound as the help shows it: 0.999, 3e-06; a large power of two (a byte count, a 32-bit
+    seed) as 2^62 or 2^32-1."""
+    if isinstance(value, int) and abs(value) >= 2**20:
+        for off, sign in ((0, ""), (1, "-1")):
+            if (value + off) & (value + off - 1) == 0:
+                return f"2^{(value + off).bit_length() - 1}{sign}"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def range_text(ftype: FieldType, meta: dict) -> str:
+    """A number setting's bounds as ``check_value`` applies them, both inclusive: ">=1", "in [0,1]"
+    (without spaces, so that the help's line wrapping keeps each whole); "" without bounds; an
+    int's 32-bit limit goes unsaid unless it is the field's own ``max``."""
+    low, high = meta.get("min"), meta.get("max")
+    if ftype.base not in (int, float) or (low is None and high is None):
+        return ""
+    if low is None:
+        return f"<={bound_text(high)}"
+    return f">={bound_text(low)}" if high is None else f"in [{bound_text(low)},{bound_text(high)}]"
+
+
 def add_flag(parser: argparse.ArgumentParser, flag: str, dest: str, ftype: FieldType, meta: dict, default,
              aliases: tuple = (), note: str = "") -> None:
-    """One flag with its help text and default; a bool is a --x / --no-x pair."""
+    """One flag with its help text, its range and its default; its choices (``meta["choices"]``)
+    stand in the usage as ``{a,b}``; a bool is a --x / --no-x pair."""
     help_text = meta.get("help", "") + note
-    if "default:" not in help_text:  # a help that names its own default (--lr's "default: the rule's own") keeps it
-        help_text += f" (default: {default})"
+    bounds = range_text(ftype, meta)
+    own = re.search(r" \(default: [^()]*(\([^()]*\)[^()]*)*\)$", help_text)
+    if own:  # a help that names its own default (--lr-features's "default: --lr") keeps it, the range beside it
+        help_text = f"{help_text[:own.start()]} ({bounds + '; ' if bounds else ''}{own.group()[2:]}"
+    elif "default:" in help_text:  # said within the text (--lr's "default: the rule's own"): the range at the end
+        help_text += f" ({bounds})" if bounds else ""
+    else:
+        help_text += f" ({bounds + '; ' if bounds else ''}default: {default})"
     names = [f"--{flag}", *aliases]
     if ftype.base is bool:
         parser.add_argument(*names, dest=dest, action=argparse.BooleanOptionalAction, default=default, help=help_text)
     else:
+        choices = meta.get("choices")
         parser.add_argument(*names, dest=dest, type=lambda text: parse_text(ftype, text, f"--{flag}"), default=default,
-                            metavar=dest.upper(), choices=meta.get("choices"), help=help_text)
+                            metavar=None if choices else dest.upper(), choices=choices, help=help_text)
 
 
 def flag_values(argv: list[str], flag: str) -> list[str]:

@@ -91,13 +91,17 @@ def add_settings_flags(parser: argparse.ArgumentParser, argv: list[str] = ()) ->
     parser.add_argument("--plugin", action="append", default=[], metavar="FILE",
                         help="a Python file that registers rules, options, models or datasets (repeatable)")
     parser.add_argument("--preset", choices=sorted(PRESETS), default=None,
-                        help="a named protocol's settings as defaults; flags given beside it win (cljax/presets.py)")
+                        help="a named protocol's settings as defaults; flags given beside it win (cljax/presets.py) "
+                             "(default: none)")
     specs = setting_specs()
     registries = {"dataset": DATASETS, "algorithm": RULES, "model": MODELS}
     for dest, (flag, ftype, meta, default, aliases, users) in specs.items():
         note = f" [{', '.join(users)}]" if len(users) > 1 else ""
         if dest in registries:  # what is registered now, plugins included
             note = f": {', '.join(registries[dest].names())}"
+        if dest == "data_dir":  # each dataset's own place (register_dataset(..., data_dir=...))
+            places = [f"{e.name}: {e.extra['data_dir']}" for e in DATASETS.entries() if "data_dir" in e.extra]
+            note = f" (default: {'; '.join(places)})" if places else " (default: the dataset's own place)"
         add_flag(parser, flag, dest, ftype, meta, default, aliases, note)
     preset = preset_from_argv(list(argv))
     unknown = sorted(set(preset) - set(specs))

@@ -157,12 +157,13 @@ def test_bio_on_a_batchnorm_model_is_one_clear_error(tmp_path):
         run_experiment(config, progress=False)
 
 
-def test_a_32x32_rgb_dataset_runs_end_to_end(tmp_path):
-    config = small_config(tmp_path, dataset="synthetic", synthetic_classes=6, synthetic_size=32, synthetic_channels=3,
-                          **TINY)
+@pytest.mark.parametrize("channels", [3, 2])  # RGB, and any other count --synthetic-channels' help promises
+def test_a_32x32_multi_channel_dataset_runs_end_to_end(tmp_path, channels):
+    config = small_config(tmp_path, dataset="synthetic", synthetic_classes=6, synthetic_size=32,
+                          synthetic_channels=channels, **TINY)
     run = run_experiment(config, progress=False)
     d = results.task_dirs(run.algo_dir)[-1]
-    assert results.load_weights(d)["conv1"]["kernel"].shape[-2:] == (3, 16)  # 3 input channels
+    assert results.load_weights(d)["conv1"]["kernel"].shape[-2:] == (channels, 16)  # its input channels
     assert results.load_representations(d).shape == (2, 2, 2, 8, 64)
 
 

@@ -9,7 +9,7 @@ import dataclasses
 import pytest
 
 from cljax.errors import CljaxError
-from cljax.flags import INT_MAX, FieldType, add_flag, check_value, field_types, parse_text
+from cljax.flags import INT_MAX, FieldType, add_flag, check_value, field_types, parse_text, range_text
 from cljax.settings import parse_setting
 
 
@@ -88,3 +88,32 @@ def test_a_bool_flag_is_a_pair_that_sets_and_clears_it():
     assert parser.parse_args([]).use_replay is True
     assert parser.parse_args(["--no-use-replay"]).use_replay is False
     assert parser.parse_args(["--no-use-replay", "--use-replay"]).use_replay is True  # the last one wins
+
+
+@pytest.mark.parametrize("ftype, meta, said", [
+    (FieldType(int, False), {"min": 1}, ">=1"), (FieldType(float, False), {"min": 0.0, "max": 0.999}, "in [0,0.999]"),
+    (FieldType(float, False), {"max": 1.0}, "<=1"), (FieldType(int, False), {"min": 0, "max": 2**62}, "in [0,2^62]"),
+    (FieldType(int, False), {"min": 0, "max": 2**32 - 1}, "in [0,2^32-1]"), (FieldType(int, False), {}, ""),
+    (FieldType(str, False), {"choices": ("a", "b")}, ""), (FieldType(float, True), {"min": 3e-06}, ">=3e-06")])
+def test_a_range_is_said_as_check_value_applies_it(ftype, meta, said):
+    assert range_text(ftype, meta) == said
+    for bound, inside in (("min", 1), ("max", -1)):  # both ends allowed, one step past either refused
+        edge = meta.get(bound)
+        if edge is not None and ftype.base in (int, float):
+            check_value("--x", ftype, meta, edge)
+            with pytest.raises(CljaxError):
+                check_value("--x", ftype, meta, edge - inside)
+
+
+def test_a_flags_help_has_its_choices_in_the_usage_and_its_range_beside_its_default():
+    parser = argparse.ArgumentParser()
+    add_flag(parser, "head", "head", FieldType(str, False), {"help": "the head", "choices": ("shared", "multi")}, "shared")
+    add_flag(parser, "rate", "rate", FieldType(float, False), {"help": "a rate", "min": 0.0, "max": 1.0}, 0.5)
+    add_flag(parser, "lr-x", "lr_x", FieldType(float, True), {"help": "its rate (default: --lr)", "min": 0.0}, None)
+    add_flag(parser, "lr", "lr", FieldType(float, True), {"help": "default: the rule's own", "min": 0.0}, None)
+    text = " ".join(parser.format_help().split())
+    assert "[--head {shared,multi}]" in text and "--head {shared,multi} the head (default: shared)" in text
+    assert "--rate RATE a rate (in [0,1]; default: 0.5)" in text
+    assert "--lr-x LR_X its rate (>=0; default: --lr)" in text  # a default the text names is kept, the range beside it
+    assert "--lr LR default: the rule's own (>=0)" in text
+    assert parser.parse_args(["--head", "multi", "--rate", "1"]).rate == 1.0

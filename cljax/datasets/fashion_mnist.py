@@ -82,7 +82,7 @@ def _find(folder: Path, stem: str) -> Path:
     raise CljaxError(f"Fashion-MNIST file {stem}[.gz] not found in {folder}: {_fix(folder, damaged=False)}")
 
 
-@register_dataset("fashion_mnist", params=NoParams)
+@register_dataset("fashion_mnist", params=NoParams, data_dir=DEFAULT_DIR)
 def load_fashion_mnist(params, config) -> ClassData:
     """Fashion-MNIST, 10 classes of 28x28 gray clothing images (the IDX files)."""
     return read_folder(Path(config.data_dir or DEFAULT_DIR))

@@ -9,7 +9,8 @@ from cljax.errors import CljaxError
 _HOW = "prepare it with `cljax prepare-imagenet --source ILSVRC/imagenet-1k --out DIR` and pass --data-dir DIR."
 
 
-@register_dataset("imagenet_28_gray", params=NoParams)
+@register_dataset("imagenet_28_gray", params=NoParams,
+                  data_dir="none, required (the folder of cljax prepare-imagenet)")
 def load_imagenet_28_gray(params, config) -> ClassData:
     """ImageNet-1k as 28x28 gray, a folder prepared by `cljax prepare-imagenet`."""
     if not config.data_dir:

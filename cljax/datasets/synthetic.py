@@ -25,7 +25,8 @@ from cljax.registry import param, register_dataset
 class SyntheticParams:
     classes: int = param(20, "number of classes of the synthetic dataset", min=2)
     size: int = param(28, "synthetic: image height and width in pixels (a multiple of 4)", min=4)
-    channels: int = param(1, "synthetic: image channels (1: gray (N, H, W); 3: colour (N, H, W, 3))", min=1)
+    channels: int = param(1, "synthetic: image channels, any count (1: gray, images (N, H, W); C > 1: (N, H, W, C), "
+                          "3 for colour)", min=1)
 
 
 CHUNK_VALUES = 1 << 22  # pixel values generated at once (64 MiB of temporaries)
@@ -93,7 +94,8 @@ def _check_memory(n_images: int, pixels: int) -> None:
                          f"--synthetic-size or the images per class.")
 
 
-@register_dataset("synthetic", params=SyntheticParams, prefix="synthetic", ignores=("data_dir",))  # made, not read
+@register_dataset("synthetic", params=SyntheticParams, prefix="synthetic", data_dir="none (generated)",
+                  ignores=("data_dir",))  # made, not read
 def load_synthetic(params: SyntheticParams, config) -> ClassData:
     """Synthetic classes: smooth random prototypes, shifted, plus noise."""
     return make_synthetic(

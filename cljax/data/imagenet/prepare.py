@@ -303,9 +303,12 @@ def prepare_main(argv: list[str]) -> int:
         "--splits", nargs="+", default=None, metavar="SPLIT[:train|test]",
         help="source splits to keep (default: train validation:test; 'train' maps to train, others to test)",
     )
-    parser.add_argument("--reader", choices=("auto", "datasets"), default="auto", help="'datasets': read local parquet through HF datasets")
+    parser.add_argument("--reader", choices=("auto", "datasets"), default="auto",
+                        help="how a local parquet folder is read: auto (pyarrow; a hub name is read through HF datasets, "
+                        "an image folder by its own reader) or datasets (HF datasets, the hub's code path) (default: auto)")
     parser.add_argument("--resample", choices=RESAMPLE_FILTERS, default="area", help="filter of the final resize (default: exact area average)")
-    parser.add_argument("--shard-rows", type=int, default=DEFAULT_SHARD_ROWS, help="images per resumable shard (local parquet / image folders)")
+    parser.add_argument("--shard-rows", type=int, default=DEFAULT_SHARD_ROWS,
+                        help=f"images per resumable shard (local parquet / image folders) (>=1; default: {DEFAULT_SHARD_ROWS})")
     parser.add_argument("--overwrite", action="store_true", help="prepare again even if OUT is complete; discards OUT.partial")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)

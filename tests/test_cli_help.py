@@ -1,0 +1,87 @@
+"""What `--help` tells a researcher of each flag (its values, its range, its default), and that the
+README's flag table says the same."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from cljax.cli import main
+from cljax.settings import Parser, add_repair_flag, add_run_flags, add_settings_flags
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _help(capsys, *command) -> str:
+    with pytest.raises(SystemExit) as done:
+        main([*command, "--help"])
+    assert done.value.code == 0
+    return " ".join(capsys.readouterr().out.split())  # argparse's line wrapping undone
+
+
+def test_run_help_gives_each_flags_choices_range_and_default(capsys):
+    # The metavar hid every flag's choices (float16, train_holdout were never named), and no
+    # param's min/max was said.
+    text = _help(capsys, "run")
+    for said in ("--representation-dtype {float32,float16,bfloat16}", "--test-source {test,train_holdout}",
+                 "--head {shared,reset,multi}", "--out-dim {1,2} classifier outputs",
+                 "--num-tasks NUM_TASKS T, number of sequential binary tasks (at most n_classes // 2 with "
+                 "--task-schedule pairs) (>=1; default: 5)",
+                 "plain SGD) (in [0,0.999]; default: 0.0)",  # --momentum, both ends allowed
+                 "shuffling all derive from it (in [0,2^32-1]; default: 0)",  # --seed
+                 "on the CPU the host's available memory) (in [0,2^62]; default: 0)",  # --device-memory
+                 "learning rate of the feature layers (in [0,3.40282e+38]; default: --lr)",  # its own default kept
+                 "recorded resolved in metadata.json (in [0,3.40282e+38]) --lr-features",  # --lr: default in its text
+                 "shrink factor lam (in [0,1]; default: 0.99)", "number of hidden layers of the MLP (in [1,1000]; "
+                 "default: 2)", "held-out part of the train split, disjoint from the training images (train_holdout) "
+                 "(default: test)", "beside it win (cljax/presets.py) (default: none)",
+                 "image channels, any count (1: gray, images (N, H, W); C > 1: (N, H, W, C), 3 for colour) (>=1; "
+                 "default: 1)",
+                 "--data-dir DATA_DIR dataset location (default: fashion_mnist: /usr/share/datasets/fashion-mnist; "
+                 "imagenet_28_gray: none, required"):
+        assert said in text, said
+    assert "--momentum MOMENTUM" in text and "--head HEAD" not in text  # a flag with choices shows them instead
+    assert "(default: False)" in text and "--use-replay, --no-use-replay" in text  # a bool: no range
+
+
+def test_the_other_commands_help_gives_the_defaults_it_lacked(capsys):
+    assert "write the comparison as JSON here (default: none)" in _help(capsys, "compare")
+    assert "print the plan as JSON (default: as text)" in _help(capsys, "plan")
+    text = _help(capsys, "prepare-imagenet")
+    assert "--reader {auto,datasets} how a local parquet folder is read: auto (pyarrow;" in text
+    assert "(HF datasets, the hub's code path) (default: auto)" in text
+    assert "images per resumable shard (local parquet / image folders) (>=1; default: 1024)" in text
+
+
+def _readme_table() -> list[tuple[list[str], list[str]]]:
+    """(flags, defaults) of each row of the README's table of `cljax run`'s flags."""
+    text = README.read_text()
+    table = text[text.index("| flag | default | meaning |"):]
+    rows = []
+    for line in table.splitlines()[2:]:
+        if not line.startswith("| `--"):
+            break
+        flags_cell, default_cell = line.split(" | ")[:2]
+        rows.append((re.findall(r"`(--[a-z0-9-]+)`", flags_cell), [d.strip() for d in default_cell.split(" / ")]))
+    return rows
+
+
+def test_the_readme_flag_table_names_flags_and_defaults_as_the_help_does():
+    parser = Parser(prog="cljax run")
+    add_settings_flags(parser)
+    add_run_flags(parser)
+    add_repair_flag(parser)
+    rows = _readme_table()
+    assert len(rows) > 30
+    for flags, defaults in rows:
+        for i, flag in enumerate(flags):
+            action = parser._option_string_actions.get(flag)
+            assert action is not None, f"README names {flag}, which `cljax run` lacks"
+            said = defaults[i] if len(defaults) == len(flags) else None
+            if said in ("off", "none"):
+                assert action.default in (False, None), (flag, said)
+            elif said and re.fullmatch(r"`[^`]*`|-?[0-9.e-]+", said):  # a plain value (not "the rule's: ...")
+                value = said.strip("`")
+                assert value == str(action.default) or float(value) == action.default, (flag, said, action.default)
