@@ -4,6 +4,8 @@ dataclasses, and read back into a Config. ``cljax run``, ``plan`` and ``sweep`` 
 from __future__ import annotations
 
 import argparse
+import re
+import sys
 
 from cljax.config import Config, field_types_of, option_switch, settings_fields
 from cljax.errors import CljaxError
@@ -15,10 +17,26 @@ from cljax.registry import DATASETS, MODELS, OPTIONS, RULES, load_plugins, sourc
 class Parser(argparse.ArgumentParser):
     """argparse that reports a bad flag in one line (no usage dump) and exits 2, and takes flags
     only as written in full: ``--preset`` and ``--plugin`` are read from argv before the parser
-    exists, so an abbreviation (``--pres``) would parse and then be ignored."""
+    exists, so an abbreviation (``--pres``) would parse and then be ignored. A value that starts
+    with a minus and a digit (``--seeds -1,2``, ``--lr -1e-3``) is read as the flag's value, to be
+    checked as one, not as a flag."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **{"allow_abbrev": False, **kwargs})
+
+    def parse_known_args(self, args=None, namespace=None):
+        args = list(sys.argv[1:] if args is None else args)
+        joined = []
+        while args:
+            arg = args.pop(0)
+            if arg == "--":  # what follows is positional, as typed
+                joined += [arg, *args]
+                break
+            action = self._option_string_actions.get(arg)
+            if action is not None and action.nargs is None and args and re.match(r"-\.?\d", args[0]):
+                arg = f"{arg}={args.pop(0)}"  # argparse took "-1,2" for a flag ("expected one argument")
+            joined.append(arg)
+        return super().parse_known_args(joined, namespace)
 
     def error(self, message):
         plugin = ("; if it is a flag of a plugin's entry, load its file: --plugin FILE or $CLJAX_PLUGINS"
@@ -134,10 +152,11 @@ def check_repair(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
         parser.error("--repair keeps the run and --overwrite deletes it: pass one of them")
 
 
-def add_run_flags(parser: argparse.ArgumentParser, note: str = "") -> None:
-    """The flags of ``cljax run`` that are not settings; ``plan`` and ``sweep`` accept them too."""
+def add_run_flags(parser: argparse.ArgumentParser, note: str = "", notes: dict[str, str] | None = None) -> None:
+    """The flags of ``cljax run`` that are not settings; ``plan`` and ``sweep`` accept them too.
+    ``note`` ends each one's help, unless ``notes`` has one of that flag's own."""
     for flag, help_text in RUN_ONLY_FLAGS.items():
-        parser.add_argument(flag, action="store_true", help=help_text + note)
+        parser.add_argument(flag, action="store_true", help=help_text + (notes or {}).get(flag, note))
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
@@ -209,8 +228,6 @@ def warn_unused(parser: argparse.ArgumentParser, args: argparse.Namespace, whys:
     run does not use (``whys``: the ``unused_settings`` of each run of a sweep; a flag none of
     them uses): a researcher who forgot an option's switch would otherwise train the baseline,
     with the option's settings in the command line, and not be told."""
-    import sys
-
     specs = setting_specs()
     flat = {dest: getattr(args, dest) for dest in specs if hasattr(args, dest)}
     where = "this run" if whys is None else "any run of the sweep"

@@ -20,7 +20,6 @@ import dataclasses
 import io
 import itertools
 import json
-import math
 import os
 import re
 import sys
@@ -34,20 +33,9 @@ from cljax.safe_files import atomic_write
 from cljax.settings import (Parser, add_repair_flag, add_run_flags, add_settings_flags, check_repair, config_from_args,
                             load_plugins_from_argv, parse_setting, setting_specs, unused_settings, warn_unused)
 from cljax.sweep_executor import (check_devices, check_slurm_submits, controllers_write_to_log, made_for_the_jobs,
-                                   make_executor, parse_minutes, stop_waiting_says_the_jobs_go_on, sweep_log_folder)
+                                   make_executor, stop_waiting_says_the_jobs_go_on, sweep_log_folder)
+from cljax.sweep_flags import add_sweep_flags, check_sweep_flags, comma_items, sweep_seeds
 from cljax.sweep_report import report_outcomes, run_command
-
-
-def comma_items(text: str, flag: str, example: str) -> list[str]:
-    """"0,1,2" -> ["0", "1", "2"]; an empty item (``1,,2``, ``1,2,``: a value left out by a typo,
-    which a sweep would otherwise run without) is one CljaxError line. ``flag`` ending in "=" (a
-    grid's "--grid lr=") is joined to the values without a space, as it is typed."""
-    items = [item.strip() for item in text.split(",")]
-    if "" in items:
-        sep = "" if flag.endswith("=") else " "
-        raise CljaxError(f"{flag}{sep}{text!r} has an empty item: write the values between single commas, e.g. "
-                         f"{flag}{sep}{example}.")
-    return items
 
 
 def parse_grid(items: list[str]) -> dict[str, list]:
@@ -304,55 +292,17 @@ def sweep_main(argv: list[str]) -> int:
     parser = Parser(prog="cljax sweep", description=(
         "Run a grid of settings x seeds, one `cljax run` per job through submitit (SLURM job array, or local "
         "processes). Takes every flag of `cljax run` as the base settings."))
-    parser.add_argument("--grid", action="append", default=[], metavar="NAME=V1,V2",
-                        help="a setting and its values (repeatable; the runs are all combinations)")
-    parser.add_argument("--seeds", default=None, help="comma-separated seeds (default: --seed)")
-    parser.add_argument("--executor", choices=("auto", "slurm", "local"), default="auto",
-                        help="auto: SLURM where srun is on PATH (as submitit decides; it submits with sbatch), else local "
-                        "processes (default: auto)")
-    parser.add_argument("--wait", action="store_true", help="wait for every job and print its outcome")
-    parser.add_argument("--job-name", default="cljax", help="job name (default: cljax)")
-    parser.add_argument("--log-dir", default=None, help="submitit's logs, in a folder of each sweep's own named by its time and process id "
-                        "(default: RESULTS_DIR/sweep_logs)")
-    parser.add_argument("--slurm-partition", default=None, help="SLURM partition")
-    parser.add_argument("--slurm-account", default=None, help="SLURM account")
-    parser.add_argument("--slurm-time", default="600", help="time limit per job in SLURM's formats: minutes, M:SS, "
-                        "H:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS (default: 600); also the local executor's limit")
-    parser.add_argument("--slurm-gpus", type=int, default=None, help="GPUs per node (SLURM's --gpus-per-node): a "
-                        "job is one task on one node, so these are its GPUs; the repeats are split over them; at most "
-                        "what a node of the partition has (SLURM refuses more)")
-    parser.add_argument("--slurm-cpus", type=int, default=None, help="CPUs per job (SLURM's --cpus-per-task; default: "
-                        "the cluster's, often 1): a CPU job splits its repeats over the cores it is given, so give it "
-                        "--n-repeats (or a divisor of it)")
-    parser.add_argument("--slurm-mem-gb", type=float, default=None, help="memory per job in GB")
-    parser.add_argument("--slurm-array-parallelism", type=int, default=None, help="at most this many jobs at once")
+    add_sweep_flags(parser)
     add_settings_flags(parser, argv)
-    add_run_flags(parser, " (every job; jobs never draw a progress bar)")
+    add_run_flags(parser, " (every job)", {"--no-progress": " (every job's log; a job never draws a bar)"})
     add_repair_flag(parser, " (every job)")
     args = parser.parse_args(argv)
     check_repair(parser, args)
+    check_sweep_flags(args)
     base = config_from_args(args)
     base_flat = {dest: getattr(args, dest) for dest in setting_specs()}
     grid = parse_grid(args.grid)
-    if args.seeds is not None and not args.seeds.strip():
-        raise CljaxError(f"--seeds {args.seeds!r} names no seed: write comma-separated integers, e.g. --seeds 0,1,2.")
-    try:
-        seeds = [int(s) for s in comma_items(args.seeds, "--seeds", "0,1,2")] if args.seeds else [base.seed]
-    except ValueError:
-        raise CljaxError(f"--seeds {args.seeds!r}: write comma-separated integers, e.g. --seeds 0,1,2.") from None
-    if args.seeds and base.seed not in seeds and any(a == "--seed" or a.startswith("--seed=") for a in argv):
-        raise CljaxError(f"--seed {base.seed} is not among --seeds {args.seeds}, which the sweep runs: list it in "
-                         f"--seeds, or leave --seed out.")
-    try:
-        parse_minutes(args.slurm_time)
-    except ValueError:
-        raise CljaxError(f"--slurm-time {args.slurm_time!r}: write a positive time of at most a year as SLURM does: "
-                         f"minutes (600), M:SS (30:00), H:MM:SS (10:00:00), D-HH (1-02) or D-HH:MM:SS (1-02:00:00).") from None
-    for flag in ("slurm_gpus", "slurm_cpus", "slurm_mem_gb", "slurm_array_parallelism"):
-        value = getattr(args, flag)
-        if value is not None and not (math.isfinite(value) and value > 0):
-            raise CljaxError(f"--{flag.replace('_', '-')} must be a positive number, got {value}: leave it out for "
-                             f"the cluster's default.")
+    seeds = sweep_seeds(args.seeds, base.seed, argv)
     runs = expand(base_flat, grid, seeds)
     check_grid_used(runs, [unused_settings(run_settings(base_flat, run), inert=False) for run in runs])
     whys = [unused_settings(run_settings(base_flat, run)) for run in runs]

@@ -1,5 +1,6 @@
-"""What `--help` tells a researcher of each flag (its values, its range, its default), and that the
-README's flag table says the same."""
+"""What `--help` tells a researcher of each flag (its values, its range, its default), that the
+README's flag table says the same, and the one-line answers to a negative seed list and an empty
+job name."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 
 from cljax.cli import main
 from cljax.settings import Parser, add_repair_flag, add_run_flags, add_settings_flags
+from tests.run_folder_kit import assert_one_error, run_cli
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -46,6 +48,21 @@ def test_run_help_gives_each_flags_choices_range_and_default(capsys):
     assert "(default: False)" in text and "--use-replay, --no-use-replay" in text  # a bool: no range
 
 
+def test_sweep_help_gives_each_flag_its_own_note_and_the_slurm_defaults(capsys):
+    text = _help(capsys, "sweep")
+    # "(every job; jobs never draw a progress bar)" ended --overwrite's and --allow-nonfinite's help too
+    assert "record it and stop) (every job) --no-progress" in text
+    assert "and start again (default: resume the same run, refuse another unless it finished no task) (every job)" \
+        in text and text.count("never draws a bar") == 1
+    assert "(every job's log; a job never draws a bar)" in text
+    for said in ("SLURM partition (default: the cluster's default one)", "SLURM account (default: your default account)",
+                 "(>0; default: none asked for, the partition's default)", "memory per job in GB (>0; default: the "
+                 "cluster's)", "at most this many jobs at once (>0; default: submitit's, 256)",
+                 "--seeds SEEDS comma-separated seeds, each in [0,2^32-1] (default: --seed)",
+                 "job name, not empty (default: cljax)"):
+        assert said in text, said
+
+
 def test_the_other_commands_help_gives_the_defaults_it_lacked(capsys):
     assert "write the comparison as JSON here (default: none)" in _help(capsys, "compare")
     assert "print the plan as JSON (default: as text)" in _help(capsys, "plan")
@@ -53,6 +70,25 @@ def test_the_other_commands_help_gives_the_defaults_it_lacked(capsys):
     assert "--reader {auto,datasets} how a local parquet folder is read: auto (pyarrow;" in text
     assert "(HF datasets, the hub's code path) (default: auto)" in text
     assert "images per resumable shard (local parquet / image folders) (>=1; default: 1024)" in text
+
+
+@pytest.mark.parametrize("typed, said", [
+    (["--seeds", "-1,2"], "--seeds '-1,2': -1 is not a seed, which is an integer in [0, 2^32-1]"),  # "expected one argument"
+    (["--seeds=0,-3"], "--seeds '0,-3': -3 is not a seed"),
+    (["--seeds", "0,4294967296"], "--seeds '0,4294967296': 4294967296 is not a seed"),
+    (["--seeds", "1,x"], "--seeds '1,x': write comma-separated integers, e.g. --seeds 0,1,2."),
+    (["--job-name", ""], "--job-name '' is empty: give the jobs a name (default: cljax), or leave the flag out."),
+    (["--job-name", " "], "--job-name ' ' is empty")])
+def test_a_sweeps_bad_seeds_or_empty_job_name_is_one_line_before_anything_is_written(tmp_path, capsys, typed, said):
+    rc, _, err = run_cli(["sweep", "--dataset", "synthetic", "--executor", "local", "--results-dir",
+                          str(tmp_path / "s"), *typed], capsys)
+    assert_one_error(rc, err, said)
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_negative_value_is_read_as_the_flags_value_and_refused_as_a_value(tmp_path, capsys):
+    rc, _, err = run_cli(["run", "--lr", "-1e-3", "--results-dir", str(tmp_path)], capsys)  # "expected one argument"
+    assert_one_error(rc, err, "--lr must be at least 0.0, got -0.001.")
 
 
 def _readme_table() -> list[tuple[list[str], list[str]]]:

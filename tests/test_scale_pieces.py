@@ -22,7 +22,8 @@ from cljax.config import Config
 from cljax.devices import check_repeats, cpu_devices_for, cpu_devices_wanted, put_repeats, wants_distributed
 from cljax.errors import CljaxError
 from cljax.settings import setting_specs
-from cljax.sweep import expand, parse_grid, parse_minutes
+from cljax.sweep import expand, parse_grid
+from cljax.sweep_executor import parse_minutes
 from tests.conftest import FASHION_DIR
 from tests.test_scale import budget_for_chunk, budget_of
 

@@ -16,6 +16,7 @@ from types import SimpleNamespace
 import pytest
 
 import cljax.sweep as sweep
+import cljax.sweep_executor as sweep_executor
 import cljax.sweep_report as sweep_report
 from cljax.cli import main
 from cljax.config import Config
@@ -138,10 +139,10 @@ def test_the_executor_gets_only_the_cluster_settings_given(tmp_path, monkeypatch
 
 
 def test_slurm_times_and_settings_that_cannot_be_are_refused(tmp_path, capsys):
-    assert [sweep.parse_minutes(t) for t in ("0:00:01", "1-00", " 45 ")] == [1, 1440, 45]
+    assert [sweep_executor.parse_minutes(t) for t in ("0:00:01", "1-00", " 45 ")] == [1, 1440, 45]
     for bad in ("1:-30", "1-2:-5", "-1:30", "1:2:"):
         with pytest.raises(ValueError):
-            sweep.parse_minutes(bad)
+            sweep_executor.parse_minutes(bad)
     flags = ["sweep", "--dataset", "synthetic", "--results-dir", str(tmp_path / "s"), "--executor", "local"]
     for flag, value in (("--slurm-gpus", "0"), ("--slurm-array-parallelism", "0"), ("--slurm-mem-gb", "inf")):
         assert main([*flags, flag, value]) == 2
