@@ -4,6 +4,7 @@ dataclasses, and read back into a Config. ``cljax run``, ``plan`` and ``sweep`` 
 from __future__ import annotations
 
 import argparse
+import difflib
 import re
 import sys
 
@@ -15,11 +16,11 @@ from cljax.registry import DATASETS, MODELS, OPTIONS, RULES, load_plugins, sourc
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse that reports a bad flag in one line (no usage dump) and exits 2, and takes flags
-    only as written in full: ``--preset`` and ``--plugin`` are read from argv before the parser
-    exists, so an abbreviation (``--pres``) would parse and then be ignored. A value that starts
-    with a minus and a digit (``--seeds -1,2``, ``--lr -1e-3``) is read as the flag's value, to be
-    checked as one, not as a flag."""
+    """argparse that reports a bad flag in one line (no usage dump) and exits 2, naming the flags
+    closest to a misspelt one, and takes flags only as written in full: ``--preset`` and
+    ``--plugin`` are read from argv before the parser exists, so an abbreviation (``--pres``)
+    would parse and then be ignored. A value that starts with a minus and a digit (``--seeds
+    -1,2``, ``--lr -1e-3``) is read as the flag's value, to be checked as one, not as a flag."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **{"allow_abbrev": False, **kwargs})
@@ -39,9 +40,25 @@ class Parser(argparse.ArgumentParser):
         return super().parse_known_args(joined, namespace)
 
     def error(self, message):
+        unknown = message.split(": ", 1)[1].split() if message.startswith("unrecognized arguments: ") else []
+        near = {bad: self.closest_flags(bad) for bad in unknown if bad.startswith("--")}
+        near = {bad: flags for bad, flags in near.items() if flags}
+        if near:
+            said = ", ".join(f"{' or '.join(flags)}{f' (for {bad})' if len(near) > 1 else ''}"
+                             for bad, flags in near.items())
+            self.exit(2, f"error: {message}: did you mean {said}? (see `{self.prog} --help`)\n")
         plugin = ("; if it is a flag of a plugin's entry, load its file: --plugin FILE or $CLJAX_PLUGINS"
                   if message.startswith("unrecognized arguments: --") else "")
         self.exit(2, f"error: {message} (see `{self.prog} --help`{plugin})\n")
+
+    def closest_flags(self, typed: str) -> list[str]:
+        """The flags nearest ``typed`` (``--n-repeat``, ``--num_tasks=2``): its own flag when only
+        ``_`` for ``-`` is wrong, else at most two close ones (difflib)."""
+        name = typed.split("=", 1)[0].lstrip("-").replace("_", "-")
+        flags = [f[2:] for f in self._option_string_actions if f.startswith("--")]
+        if name in flags:
+            return [f"--{name}"]
+        return [f"--{f}" for f in difflib.get_close_matches(name, flags, n=2, cutoff=0.75)]
 
 
 def load_plugins_from_argv(argv: list[str]) -> None:

@@ -1,6 +1,6 @@
 """What `--help` tells a researcher of each flag (its values, its range, its default), that the
-README's flag table says the same, and the one-line answers to a negative seed list and an empty
-job name."""
+README's flag table says the same, and the one-line answers to a misspelt flag, a negative seed
+list and an empty job name."""
 
 from __future__ import annotations
 
@@ -70,6 +70,29 @@ def test_the_other_commands_help_gives_the_defaults_it_lacked(capsys):
     assert "--reader {auto,datasets} how a local parquet folder is read: auto (pyarrow;" in text
     assert "(HF datasets, the hub's code path) (default: auto)" in text
     assert "images per resumable shard (local parquet / image folders) (>=1; default: 1024)" in text
+
+
+@pytest.mark.parametrize("typed, said", [
+    (["--n-repeat", "3"], "--n-repeat 3: did you mean --n-repeats?"),
+    (["--num_tasks", "2"], "--num_tasks 2: did you mean --num-tasks?"),  # only '_' for '-' wrong: that flag alone
+    (["--num_tasks=2"], "--num_tasks=2: did you mean --num-tasks?"),
+    (["--n-tasks", "2"], "--n-tasks 2: did you mean --num-tasks?"),
+    (["--n-tasks", "2", "--sp-lamda", "0.5"], "--n-tasks 2 --sp-lamda 0.5: did you mean --num-tasks (for --n-tasks), "
+                                              "--sp-lambda (for --sp-lamda)?")])
+def test_a_misspelt_flag_is_answered_with_the_nearest_in_one_line(capsys, typed, said):
+    for command in ("run", "plan", "sweep"):
+        rc, _, err = run_cli([command, *typed], capsys)
+        assert_one_error(rc, err)
+        assert err == f"error: unrecognized arguments: {said} (see `cljax {command} --help`)\n"
+
+
+def test_a_flag_near_none_is_not_given_a_guess():
+    parser = Parser(prog="cljax run")
+    add_settings_flags(parser)
+    add_run_flags(parser)
+    add_repair_flag(parser)
+    assert parser.closest_flags("--use-gradnoise") == [] and parser.closest_flags("--seeds") == ["--seed"]
+    assert parser.closest_flags("--data_dir=/x") == ["--data-dir"]
 
 
 @pytest.mark.parametrize("typed, said", [
