@@ -10,6 +10,7 @@ import io
 import re
 import shutil
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -392,3 +393,28 @@ def test_an_image_folder_s_split_is_named_as_its_folder_is_spelt(tmp_path, asked
     # Another case is no name of the folder: --splits TRAIN (which maps to test) took train/ as test images.
     with pytest.raises(CljaxError, match=re.escape("has no split 'TRAIN' (it has train, val)")):
         plan_source(str(root), {"TRAIN": "test", "val": "test"})
+
+
+def test_the_readme_s_imagenet_run_fits_imagenet_s_smallest_class():
+    """README's `cljax run` on the prepared ImageNet-1k and the lop-imagenet preset take no more
+    images per class than its smallest class has (732 train, 50 validation): run's own check."""
+    from cljax.data.prepared import ClassData
+    from cljax.settings import Parser, add_settings_flags, config_from_args
+    from cljax.tasks import TaskData
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    line = next(ln for ln in readme.splitlines() if ln.startswith("cljax run --dataset imagenet_28_gray"))
+    train = np.repeat([0, 1], [732, 1300]).astype(np.int32)
+    test = np.repeat([0, 1], 50).astype(np.int32)
+    data = ClassData(np.zeros((len(train), 1, 1), np.uint8), train, np.zeros((len(test), 1, 1), np.uint8), test,
+                     2, ("a", "b"), {})
+    configs = []
+    for argv in (line.split()[2:], ["--preset", "lop-imagenet"]):
+        parser = Parser(prog="test")
+        add_settings_flags(parser, argv)
+        configs.append(config_from_args(parser.parse_args(argv)))
+        TaskData(data, configs[-1])  # raises where a class has too few
+    short = ClassData(data.train_images[33:], train[33:], data.test_images, test, 2, ("a", "b"), {})
+    for config, need in zip(configs, (700, 700)):  # one image fewer than a run takes: refused
+        with pytest.raises(CljaxError, match=f"class 0 has 699 training images but {need} are needed"):
+            TaskData(short, config)
