@@ -202,6 +202,40 @@ def _plain_parquet(path, labels):
     pq.write_table(pa.table({"image": pa.array(blobs, pa.binary()), "label": pa.array(labels, pa.int64())}), path)
 
 
+
+def test_parquet_names_with_a_suffix_after_the_count_are_the_export_s(tmp_path):
+    # Older `datasets` pushed files named {split}-NNNNN-of-NNNNN-{fingerprint}.parquet, which
+    # datasets reads ("-of-NNNNN*.parquet"); they were "neither parquet files nor class folders".
+    (tmp_path / "data").mkdir()
+    for i, labels in enumerate(([0, 1], [1, 0])):
+        _plain_parquet(tmp_path / "data" / f"train-0000{i}-of-00002-5b2b0e1ed5f1b7f6.parquet", labels)
+    _plain_parquet(tmp_path / "data" / "validation-00000-of-00001-5b2b0e1ed5f1b7f6.parquet", [1, 0])
+    plan = plan_source(str(tmp_path))
+    assert [(s.split, s.source_split, s.path.rsplit("/", 1)[1][:20]) for s in plan.shards] == [
+        ("train", "train", "train-00000-of-00002"), ("train", "train", "train-00001-of-00002"),
+        ("test", "validation", "validation-00000-of-")]
+    assert plan.expected_total == 6
+    # Two files of one index (a second download, "(1)"), and a missing one, are named.
+    (tmp_path / "data" / "train-00001-of-00002-5b2b0e1ed5f1b7f6 (1).parquet").write_bytes(b"")
+    with pytest.raises(CljaxError, match=r"two train parquet files numbered 00001, train-00001-of-00002-5b2b0e1ed5f1b7f6 "
+                                         r"\(1\).parquet and train-00001-of-00002-5b2b0e1ed5f1b7f6.parquet \(two exports"):
+        plan_source(str(tmp_path))
+    for f in (tmp_path / "data").glob("train-00001-*"):
+        f.unlink()
+    with pytest.raises(CljaxError, match=r"\(e.g. train-00001-of-00002\*.parquet is missing or from another export\)"):
+        plan_source(str(tmp_path))
+
+
+@pytest.mark.parametrize("reader", ["auto", "datasets"])
+def test_parquet_files_named_otherwise_are_named(tmp_path, reader):
+    (tmp_path / "data").mkdir()
+    _plain_parquet(tmp_path / "data" / "train.parquet", [0, 1])
+    with pytest.raises(CljaxError) as raised:
+        plan_source(str(tmp_path), reader=reader)
+    assert "(e.g. data/train.parquet)" in str(raised.value) or "otherwise (data/train.parquet)" in str(raised.value)
+    assert "has none" not in str(raised.value) and "neither" not in str(raised.value)
+    assert "e.g. data/train-00000-of-00001.parquet for a split in one file" in str(raised.value)
+
 def _card(root, names: list[str], keys: list | None = None):
     """A hub card listing ``names`` under ``keys`` (default '0', '1', ...; a str key is quoted)."""
     keys = [str(i) for i in range(len(names))] if keys is None else keys

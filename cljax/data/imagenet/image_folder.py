@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 from cljax.data.imagenet.shards import FilesShard, Plan, Shard
-from cljax.data.imagenet.sources import OUTPUT_SPLITS, select_splits
+from cljax.data.imagenet.sources import OUTPUT_SPLITS, PARQUET_NAMES, RENAME_PARQUET, first_parquet_file, select_splits
 from cljax.errors import CljaxError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
@@ -47,8 +47,12 @@ def plan_image_folder(root: Path, split_map: dict[str, str], strict: bool, shard
                              f"write each split as parquet, e.g. load_from_disk(...)[split].to_parquet("
                              f"'DIR/data/{{split}}-00000-of-00001.parquet') for a DatasetDict (a single Dataset: "
                              f"load_from_disk(...).to_parquet(...)), and pass DIR.")
+        other = first_parquet_file(root)
+        if other is not None:
+            raise CljaxError(f"{root} holds parquet files, but none named {PARQUET_NAMES} (e.g. {other}), and no "
+                             f"class subfolders of images: {RENAME_PARQUET}, at the top of {root} or under data/.")
         raise CljaxError(
-            f"{root} holds neither {{split}}-NNNNN-of-NNNNN.parquet files (at the top or under data/) nor class "
+            f"{root} holds neither {PARQUET_NAMES} files (at the top or under data/) nor class "
             "subfolders of images; point --source at one of those or at a hub dataset name."
         )
     split_map, unlabelled = _without_unlabelled(layout, per_split, split_map, strict)

@@ -4,7 +4,8 @@ SOURCE is one of
   * a Hugging Face hub dataset name (``ILSVRC/imagenet-1k``, or a pre-downsampled variant), read
     with ``datasets.load_dataset(name, split=..., streaming=True)``; one shard per source file;
   * a local folder laid out like the hub's parquet export, ``{split}-NNNNN-of-NNNNN.parquet`` at
-    the top or under ``data/``; read with pyarrow, one shard per run of row groups (or through
+    the top or under ``data/`` (a suffix after the count, as older ``datasets`` exports add,
+    ``train-00000-of-00003-5b2b0e1ed5f1b7f6.parquet``, is accepted as ``datasets`` does); read with pyarrow, one shard per run of row groups (or through
     ``datasets`` with ``reader="datasets"``, the code path the hub uses);
   * an image folder: ``ROOT/{class}/*.jpg`` (train only) or ``ROOT/{train,val|validation,test}/{class}/*``,
     planned in image_folder.py.
@@ -27,7 +28,12 @@ from cljax.errors import CljaxError
 DEFAULT_SPLIT_MAP: Mapping[str, str] = {"train": "train", "validation": "test"}
 OUTPUT_SPLITS = ("train", "test")
 DEFAULT_SHARD_ROWS = 1024
-_PARQUET_SHARD = re.compile(r"^(?P<split>[A-Za-z0-9_.]+?)-(?P<index>\d{5})-of-(?P<total>\d{5})\.parquet$")
+# datasets' own pattern is "{split}-NNNNN-of-NNNNN*.parquet": a suffix may follow the count (the
+# fingerprint `push_to_hub` appended before datasets 2.15); it must not go on with a digit.
+_PARQUET_SHARD = re.compile(r"^(?P<split>[A-Za-z0-9_.]+?)-(?P<index>\d{5})-of-(?P<total>\d{5})(?P<suffix>(?:\D.*)?)\.parquet$")
+PARQUET_NAMES = "{split}-NNNNN-of-NNNNN.parquet"
+RENAME_PARQUET = ("rename them as the hub's export names them (the split, the file's index and the number of files), "
+                  "e.g. data/train-00000-of-00001.parquet for a split in one file")
 
 
 def plan_source(
@@ -66,6 +72,11 @@ def plan_source(
                 return _plan_datasets(str(path), split_map, strict, parquet_files=parquet)
             return _plan_parquet(path, parquet, split_map, strict, shard_rows)
         if reader == "datasets":
+            other = first_parquet_file(path)
+            if other is not None:
+                raise CljaxError(f"reader 'datasets' needs parquet files named {PARQUET_NAMES} (at the top of {source} "
+                                 f"or under data/), and its parquet files are named otherwise ({other}): "
+                                 f"{RENAME_PARQUET}.")
             raise CljaxError(f"reader 'datasets' needs parquet files, and {source} has none; drop --reader datasets.")
         from cljax.data.imagenet.image_folder import plan_image_folder
 
@@ -98,7 +109,12 @@ def _find_parquet_files(root: Path) -> dict[str, list[Path]]:
         for p in sorted(folder.glob("*.parquet")):
             m = _PARQUET_SHARD.match(p.name)
             if m:
-                found.setdefault(m["split"], {})[int(m["index"])] = p
+                twin = found.setdefault(m["split"], {}).setdefault(int(m["index"]), p)
+                # With a suffix two files of one count can carry one index: two exports, or a second
+                # download. (Other counts: the check of the counts below names them.)
+                if twin != p and _PARQUET_SHARD.match(twin.name)["total"] == m["total"]:
+                    raise CljaxError(f"{folder} holds two {m['split']} parquet files numbered {m['index']}, {twin.name} "
+                                     f"and {p.name} (two exports, or a file downloaded twice): keep one of them.")
                 totals.setdefault(m["split"], set()).add(int(m["total"]))
         if not found:
             continue
@@ -106,13 +122,26 @@ def _find_parquet_files(root: Path) -> dict[str, list[Path]]:
             (total, *others) = sorted(totals[split])
             missing = [i for i in range(total) if i not in files]
             if others or missing:
-                example = f"{split}-{missing[0]:05d}-of-{total:05d}.parquet" if missing else f"{split}-*-of-{others[0]:05d}.parquet"
+                tail = "*" if any(_PARQUET_SHARD.match(p.name)["suffix"] for p in files.values()) else ""
+                example = (f"{split}-{missing[0]:05d}-of-{total:05d}{tail}.parquet" if missing else
+                           f"{split}-*-of-{others[0]:05d}{tail}.parquet")
                 raise CljaxError(
                     f"{folder} holds an incomplete set of {split} parquet files (e.g. {example} is missing or "
                     "from another export); finish the download or remove the stray files."
                 )
         return {split: [files[i] for i in sorted(files)] for split, files in found.items()}
     return {}
+
+
+def first_parquet_file(root: Path) -> Path | None:
+    """A parquet file at the top of root, under data/ or two folders down (another layout, such
+    as the hub's parquet conversion `default/train/0000.parquet`), relative to root; None if none.
+    Asked only once no file is named as the hub's export names them."""
+    for pattern in ("*.parquet", "data/*.parquet", "*/*/*.parquet"):
+        found = next(iter(sorted(root.glob(pattern))), None)
+        if found is not None:
+            return found.relative_to(root)
+    return None
 
 
 def select_splits(available: Sequence[str], split_map: dict[str, str], strict: bool, source: str,
