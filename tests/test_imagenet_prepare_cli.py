@@ -218,6 +218,43 @@ def test_complete_output_is_kept_and_overwrite_redoes_it(source, prepared, tmp_p
     np.testing.assert_array_equal(load_prepared(fresh).train_images, load_prepared(prepared).train_images)
 
 
+
+def test_an_out_that_a_rename_cannot_replace(source, prepared, tmp_path, monkeypatch, capsys):
+    # A symbolic link at --out failed after all the work ("Cannot call rmtree on a symbolic link"):
+    # the folder it names is written, and the link still names it.
+    target = tmp_path / "scratch" / "imagenet28"
+    target.mkdir(parents=True)
+    link = tmp_path / "imagenet28"
+    link.symlink_to(target)
+    assert prepare_main(["--source", str(source["root"]), "--out", str(link), "--workers", "1", "--no-progress"]) == 0
+    assert f"wrote {target}: 11 train and 5 test images" in capsys.readouterr().out
+    assert link.is_symlink() and sorted(p.name for p in tmp_path.iterdir()) == ["imagenet28", "scratch"]
+    assert sorted(p.name for p in target.parent.iterdir()) == ["imagenet28"]  # no work folder or lock left
+    assert (link / "train_images.npy").read_bytes() == (prepared / "train_images.npy").read_bytes()
+    assert prepare_main(["--source", str(source["root"]), "--out", str(link)]) == 0
+    assert "already prepared" in capsys.readouterr().out
+
+    # A mount point (here one /proc/self/mountinfo would list: a bind mount, which os.path.ismount
+    # misses) failed with "Device or resource busy" after all the work: refused before any.
+    import cljax.data.imagenet.out_place as out_place
+
+    mount_points = out_place._mount_points
+    mounted = tmp_path / "volume"
+    mounted.mkdir()
+    monkeypatch.setattr(out_place, "_mount_points", lambda: {str(mounted.resolve())})
+    monkeypatch.setattr(imagenet, "plan_source", lambda *a, **k: pytest.fail("planned the source"))
+    assert prepare_main(["--source", str(source["root"]), "--out", str(mounted), "--no-progress"]) == 2
+    assert _one_error_line(capsys) == (
+        f"error: --out {mounted} is a mount point, which the finished folder cannot be renamed onto (it is written "
+        f"beside --out, with the work folder, on the filesystem above): pass a folder inside it, e.g. --out "
+        f"{mounted / 'imagenet28'} (nothing was written).")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["imagenet28", "scratch", "volume"] and not any(mounted.iterdir())
+    # ... and mountinfo's escapes are read: a space is \040.
+    info = tmp_path / "mountinfo"
+    info.write_text("22 1 8:1 / / rw - ext4 /dev/sda1 rw\n36 22 98:0 /data /mnt/my\\040disk rw - ext3 /dev/sdb rw\n")
+    assert mount_points(info) == {"/", "/mnt/my disk"}
+
+
 def test_top_level_script_reports_without_traceback(tmp_path):
     result = subprocess.run(
         [sys.executable, str(REPO / "prepare_imagenet.py"), "--source", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")],

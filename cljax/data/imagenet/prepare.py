@@ -30,6 +30,7 @@ from cljax.data.imagenet.decode import DRAFT_FACTOR, RESAMPLE_FILTERS, SIZE, _pi
 from cljax.data.imagenet.recorded import check_redo_allowed, check_same_preparation
 from cljax.data.imagenet.shards import DatasetsShard, FilesShard, Shard
 from cljax.data.imagenet.out_lock import OutputLock
+from cljax.data.imagenet.out_place import check_not_mount_point, output_folder
 from cljax.data.imagenet.sources import DEFAULT_SHARD_ROWS, OUTPUT_SPLITS, plan_source
 from cljax.data.imagenet.work import (clear_stale_work, discard_work, open_work_dir, remove_finished_work, work_dir_for,
                                        work_record)
@@ -190,9 +191,10 @@ def prepare_imagenet(
     `overwrite` (from others: CljaxError). Work goes to OUT.partial/ shard by
     shard; rerunning after an interruption continues there and gives byte-identical output.
     Raises CljaxError on any problem with the source or the output location, and when another
-    preparation into `out` is running (the lock of out_lock.py).
+    preparation into `out` is running (the lock of out_lock.py), and when `out` is a mount point; a
+    symbolic link at `out` is followed (out_place.py).
     """
-    out = Path(out).expanduser()
+    out = output_folder(out)
     with OutputLock(out):
         return _prepare_locked(source, out, workers=workers, split_map=split_map, reader=reader, size=size,
                                resample=resample, shard_rows=shard_rows, overwrite=overwrite, progress=progress,
@@ -230,6 +232,7 @@ def _prepare_locked(source: str, out: Path, *, workers, split_map, reader, size,
             check_replaceable(out)  # a meta.json alone does not make a folder ours
             if not overwrite:  # damaged: redone without --overwrite only as the same preparation
                 check_redo_allowed(out, source, split_map, resample, size)
+    check_not_mount_point(out)  # before any work: the finished folder could not be renamed onto it
     _pil_filter(resample)  # fail on a bad filter name before any work
     plan = plan_source(source, split_map, reader=reader, shard_rows=shard_rows)
     _check_out_outside_image_folder(plan, out)
@@ -312,7 +315,7 @@ def prepare_main(argv: list[str]) -> int:
     parser.add_argument("--overwrite", action="store_true", help="prepare again even if OUT is complete; discards OUT.partial")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
-    out = Path(args.out).expanduser()
+    out = output_folder(args.out)
     previous = _signals_as_interrupt()
     try:
         if args.workers is not None and args.workers < 1:
