@@ -69,7 +69,8 @@ def test_bad_inputs_give_one_clear_line(source, tmp_path, capsys):
 
     broken = tmp_path / "broken"
     broken.mkdir()
-    write_parquet(broken / "train-00000-of-00001.parquet", [source["train"][0], b"\xff\xd8 not a jpeg"], [0, 1])
+    write_parquet(broken / "train-00000-of-00001.parquet", [source["train"][0], b"\xff\xd8 not a jpeg", source["train"][1]],
+                  [0, 1, 2])
     args = ["--source", str(broken), "--out", str(tmp_path / "o5"), "--splits", "train", "--workers", "1", "--no-progress"]
     assert prepare_main(args) == 2
     line = _one_error_line(capsys)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import re
 import shutil
 import warnings
@@ -198,7 +199,7 @@ def _plain_parquet(path, labels):
     pa = pytest.importorskip("pyarrow", reason="the imagenet extra is not installed: pip install 'cljax[imagenet]'")
     import pyarrow.parquet as pq
 
-    blobs = [_png(np.full((8, 8), 40 * i, np.uint8)) for i in range(len(labels))]
+    blobs = [_png(np.full((8, 8), 40 * i % 256, np.uint8)) for i in range(len(labels))]
     pq.write_table(pa.table({"image": pa.array(blobs, pa.binary()), "label": pa.array(labels, pa.int64())}), path)
 
 
@@ -247,7 +248,7 @@ def _card(root, names: list[str], keys: list | None = None):
 
 def test_class_names_from_a_card_are_in_numeric_order(tmp_path):
     names = [f"class{i}" for i in range(12)]  # '10' and '11' sort before '2' as text
-    _plain_parquet(tmp_path / "train-00000-of-00001.parquet", [0, 11])
+    _plain_parquet(tmp_path / "train-00000-of-00001.parquet", [11, *range(11)])
     _card(tmp_path, names)
     plan = plan_source(str(tmp_path))
     assert plan.class_names == tuple(names) and plan.n_classes == 12
@@ -280,11 +281,79 @@ def test_parquet_files_with_other_class_names_are_refused(tmp_path):
 
 
 # ---- preparing ----------------------------------------------------------------------------------------------
-def test_a_label_past_the_class_names_is_refused(tmp_path):
-    _plain_parquet(tmp_path / "train-00000-of-00001.parquet", [0, 2])
+def _hub_parquet(path, labels, names):
+    """A parquet file with the hub's features metadata (an Image and a ClassLabel of `names`),
+    written by pyarrow, so labels the ClassLabel would refuse can be stored."""
+    pa = pytest.importorskip("pyarrow", reason="the imagenet extra is not installed: pip install 'cljax[imagenet]'")
+    import pyarrow.parquet as pq
+
+    features = {"image": {"_type": "Image"}, "label": {"_type": "ClassLabel", "names": list(names)}}
+    table = pa.table({"image": [{"bytes": _png(np.full((8, 8), 40 * i % 256, np.uint8)), "path": None}
+                                for i in range(len(labels))], "label": pa.array(labels, pa.int64())})
+    pq.write_table(table.replace_schema_metadata({"huggingface": json.dumps({"info": {"features": features}})}), path)
+
+
+@pytest.fixture
+def no_decoding(monkeypatch):
+    """Fails a test in which an image is decoded."""
+    monkeypatch.setattr(imagenet, "image_to_gray", lambda *a, **k: pytest.fail("an image was decoded"))
+
+
+def test_a_label_past_the_class_names_is_refused_by_file_and_row_before_decoding(tmp_path, no_decoding):
+    # It was found at the assembly, after every image was decoded, and named no file or row.
+    _plain_parquet(tmp_path / "train-00000-of-00001.parquet", [0, 2, 1])
     _card(tmp_path, ["a", "b"])
-    with pytest.raises(CljaxError, match=r"has label 2 but only 2 class names; the source is inconsistent"):
+    with pytest.raises(CljaxError, match=r"train-00000-of-00001.parquet row 1 has label 2 but only 2 class names; the "
+                                         r"source is inconsistent: re-export it with each label the id of one of its "
+                                         r"class names \(0 .. 1\), or with the names of all its classes.$"):
         prepare_imagenet(str(tmp_path), tmp_path / "out", workers=1, progress=False)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
+
+
+def test_a_label_past_the_class_names_read_by_datasets_is_refused_by_row(tmp_path, monkeypatch):
+    pytest.importorskip("datasets", reason="the imagenet extra is not installed: pip install 'cljax[imagenet]'")
+    _hub_parquet(tmp_path / "train-00000-of-00001.parquet", [0, 1, 0, 2], ["a", "b"])
+    decoded = []
+    real = imagenet.image_to_gray
+    monkeypatch.setattr(imagenet, "image_to_gray", lambda *a, **k: decoded.append(1) or real(*a, **k))
+    with pytest.raises(CljaxError, match=r"^local parquet \(datasets reader\) split 'train' shard 0 row 3 has label 2 "
+                                         r"but only 2 class names; the source is inconsistent"):
+        prepare_imagenet(str(tmp_path), tmp_path / "out", workers=1, progress=False, reader="datasets")
+    assert len(decoded) == 3 and not (tmp_path / "out").exists()  # at its row, not after the last image
+
+
+def test_a_named_class_without_images_in_a_split_is_refused_when_planned(tmp_path, no_decoding):
+    # A ClassLabel of 6 names with train images of the even ids only (as after a filter()) was
+    # prepared without a word; every run then refused the folder.
+    names = [f"n{i}" for i in range(6)]
+    (tmp_path / "data").mkdir()
+    _hub_parquet(tmp_path / "data" / "train-00000-of-00001.parquet", [0, 2, 4, 2, 0, 4], names)
+    _hub_parquet(tmp_path / "data" / "validation-00000-of-00001.parquet", list(range(6)), names)
+    with pytest.raises(CljaxError) as raised:
+        plan_source(str(tmp_path))
+    assert str(raised.value) == (
+        f"{tmp_path}: 3 of its 6 classes have no image in the train split (source split 'train'): class 1 (n1), "
+        f"3 (n3), 5 (n5). A run needs images of every class in each split it reads (one without train images cannot "
+        f"be learnt, one without test images cannot be measured): re-export the source with only the classes it has "
+        f"images of (their names, and labels renumbered 0 .. n - 1), or add their images.")
+    # A class with train images but none in the validation split: the train split alone is a fix.
+    _hub_parquet(tmp_path / "data" / "train-00000-of-00001.parquet", [0, 1, 2, 3, 4, 5, 5], names)
+    _hub_parquet(tmp_path / "data" / "validation-00000-of-00001.parquet", [5, 4, 3, 2, 1, 2, 3, 4], names)
+    with pytest.raises(CljaxError, match=r": 1 of its 6 classes have no image in the test split \(source split "
+                                         r"'validation'\): class 0 \(n0\)\. .* or prepare the train split only "
+                                         r"\(--splits train; a run then takes its test images from the train split, "
+                                         r"--test-source train_holdout\)\.$"):
+        plan_source(str(tmp_path))
+    plan = plan_source(str(tmp_path), {"train": "train"})
+    assert plan.n_classes == 6 and plan.expected_total == 7
+
+
+def test_a_named_class_without_images_read_by_datasets_is_refused_at_the_assembly(tmp_path):
+    pytest.importorskip("datasets", reason="the imagenet extra is not installed: pip install 'cljax[imagenet]'")
+    _hub_parquet(tmp_path / "train-00000-of-00001.parquet", [0, 2, 2, 0], ["a", "b", "c"])
+    with pytest.raises(CljaxError, match=r": 1 of its 3 classes have no image in the train split \(source split "
+                                         r"'train'\): class 1 \(b\)\. A run needs images of every class"):
+        prepare_imagenet(str(tmp_path), tmp_path / "out", workers=1, progress=False, reader="datasets")
     assert not (tmp_path / "out").exists()
 
 
@@ -350,6 +419,7 @@ def test_a_work_shard_of_other_rows_or_shape_than_planned_is_refused(tmp_path, m
 def test_gaps_in_a_large_label_are_found_without_a_range_of_every_id(tmp_path, monkeypatch):
     # The gap check made np.arange(top): a label of 2e9 without class names asked for 16 GB.
     import cljax.data.imagenet.assemble as assemble
+    import cljax.data.imagenet.labels as labels
 
     root = _folder(tmp_path / "src", {"train": {"ant": 1, "bee": 1, "cat": 1, "dog": 1}})
     real = imagenet.process_shard
@@ -372,6 +442,7 @@ def test_gaps_in_a_large_label_are_found_without_a_range_of_every_id(tmp_path, m
             return np.arange(stop, *args, **kwargs)
 
     monkeypatch.setattr(assemble, "np", NumpyWithoutLargeRanges())
+    monkeypatch.setattr(labels, "np", NumpyWithoutLargeRanges())  # the check of the classes
     with pytest.raises(CljaxError, match=r"has labels up to 2000000000 but no image of class 2, 3, 4, 5, 6 \.\.\. and "
                                          r"no class names"):
         prepare_imagenet(str(root), tmp_path / "out", workers=1, progress=False)
@@ -384,7 +455,7 @@ def test_gaps_in_a_large_label_are_found_without_a_range_of_every_id(tmp_path, m
     ([0, 1, 2], 3, 0, []),
 ])
 def test_missing_class_ids_are_counted_and_the_first_named(labels, top, missing, first):
-    from cljax.data.imagenet.assemble import _missing_ids
+    from cljax.data.imagenet.labels import _missing_ids
 
     assert _missing_ids(np.array(labels, np.int32), top) == (missing, first)
 

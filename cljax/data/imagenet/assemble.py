@@ -1,5 +1,5 @@
 """Assembly: the finished work shards (OUT.partial/{split}-NNNNN.npz) in plan order -> the
-prepared folder (`write_prepared`), after checking that they make whole classes."""
+prepared folder (`write_prepared`), after checking that they make whole classes (labels.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cljax.data.imagenet.labels import check_classes_have_images
 from cljax.data.imagenet.shards import Plan, Shard
 from cljax.data.imagenet.sources import OUTPUT_SPLITS
 from cljax.data.prepared import write_prepared
@@ -29,21 +30,13 @@ def assemble(plan: Plan, work: Path, out: Path, size: int, preprocessing: dict, 
         arrays[shard.split][0][start : start + len(labels)] = images
         arrays[shard.split][1][start : start + len(labels)] = labels
         filled[shard.split] = start + len(labels)
-    n_classes = plan.n_classes
-    all_labels = np.concatenate([arrays[s][1] for s in OUTPUT_SPLITS])
-    top = int(all_labels.max()) + 1 if all_labels.size else 0
-    if n_classes is None:  # no class names: the ids are the classes, and an id no image has would be an empty class
-        n_classes = top
-        missing, first = _missing_ids(all_labels, top)
-        if missing:
-            raise CljaxError(f"{plan.source} has labels up to {top - 1} but no image of class "
-                             f"{', '.join(map(str, first))}{' ...' if missing > len(first) else ''} and no class names: "
-                             f"its labels must number the classes 0 .. n - 1 without gaps (or come with a ClassLabel's "
-                             f"names); re-export it so.")
-    elif top > n_classes:
-        raise CljaxError(f"{plan.source} has label {top - 1} but only {n_classes} class names; the source is inconsistent.")
-    if n_classes == 0:
+    if not any(len(labels) for _, labels in arrays.values()):
         raise CljaxError(f"{plan.source} gave no images for the chosen splits; check --splits.")
+    n_classes = plan.n_classes
+    top = max((int(labels.max()) + 1 for _, labels in arrays.values() if labels.size), default=0)
+    if n_classes is not None and top > n_classes:  # the workers refuse such a row; work of another source
+        raise CljaxError(f"{plan.source} has label {top - 1} but only {n_classes} class names; the source is inconsistent.")
+    n_classes = check_classes_have_images(plan, {split: np.unique(labels) for split, (_, labels) in arrays.items()})
     if n_classes == 1:  # the folder's reader refuses it (a task is a pair of classes): refused before it is written
         raise CljaxError(f"{plan.source} gave images of one class only; a task is a pair of classes: give a source of "
                          f"two classes or more (check --splits).")
@@ -71,18 +64,6 @@ def _read_shard(path: Path, n_rows: int, size: int) -> tuple[np.ndarray, np.ndar
         raise CljaxError(f"{path} holds images of shape {list(images.shape)} {images.dtype} where its shard has "
                          f"{[n_rows, size, size]} uint8: the work file is damaged or from another run; {redo}")
     return images, labels
-
-
-def _missing_ids(labels: np.ndarray, top: int, shown: int = 5) -> tuple[int, list[int]]:
-    """How many of the ids 0 .. top - 1 no label has, and the first `shown` of them, from the
-    distinct labels (a range of every id would take memory in proportion to the largest label)."""
-    present = np.unique(labels)
-    gaps = np.diff(present, prepend=-1) - 1  # ids missing just before each present one
-    first = []
-    for i in np.flatnonzero(gaps)[:shown]:
-        start = int(present[i]) - int(gaps[i])
-        first.extend(range(start, min(int(present[i]), start + shown - len(first))))
-    return top - present.size, first[:shown]
 
 
 def npz_rows(work: Path, shard: Shard) -> int:

@@ -28,7 +28,7 @@ from cljax.command import STOP_SIGNALS
 from cljax.data.imagenet.assemble import assemble, npz_rows
 from cljax.data.imagenet.decode import DRAFT_FACTOR, RESAMPLE_FILTERS, SIZE, _pil_filter, image_to_gray
 from cljax.data.imagenet.recorded import check_redo_allowed, check_same_preparation
-from cljax.data.imagenet.shards import DatasetsShard, FilesShard, Shard
+from cljax.data.imagenet.shards import DatasetsShard, FilesShard, Shard, check_label
 from cljax.data.imagenet.out_lock import OutputLock
 from cljax.data.imagenet.out_place import check_not_mount_point, output_folder
 from cljax.data.imagenet.sources import DEFAULT_SHARD_ROWS, OUTPUT_SPLITS, plan_source
@@ -47,21 +47,19 @@ _TICK_EVERY = 32  # images between progress updates from a worker
 # Workers
 
 
-def process_shard(shard: Shard, work_dir: str, size: int, resample: str, tick=None) -> int:
+def process_shard(shard: Shard, work_dir: str, size: int, resample: str, tick=None, n_classes: int | None = None) -> int:
     """Decode every image of one shard and write `work_dir/{shard.name}.npz` atomically.
 
     `tick(n)` is called every few images with the number done since the last call (progress).
-    Returns the number of images written.
+    A label that is not one of the source's `n_classes` (when it names them) is refused, naming
+    its row. Returns the number of images written.
     """
     from PIL import Image, UnidentifiedImageError
 
     images, labels = [], []
     pending = 0
     for blob, label, where in shard.rows():
-        if label < 0:
-            raise CljaxError(
-                f"{where} has label {label} (unlabelled); leave split {shard.source_split!r} out with --splits."
-            )
+        check_label(label, where, shard.source_split, n_classes)
         try:
             images.append(image_to_gray(blob, size, resample=resample))
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
@@ -123,14 +121,15 @@ def _worker_tick(n: int) -> None:
         _WORKER_COUNTER.value += n
 
 
-def _process_shard_in_worker(shard: Shard, work_dir: str, size: int, resample: str) -> int:
-    return process_shard(shard, work_dir, size, resample, _worker_tick)
+def _process_shard_in_worker(shard: Shard, work_dir: str, size: int, resample: str, n_classes: int | None) -> int:
+    return process_shard(shard, work_dir, size, resample, _worker_tick, n_classes)
 
 
-def _run_shards(todo: Sequence[Shard], work_dir: Path, size: int, resample: str, workers: int, bar) -> None:
+def _run_shards(todo: Sequence[Shard], work_dir: Path, size: int, resample: str, workers: int, bar,
+                n_classes: int | None) -> None:
     if workers <= 1 or len(todo) <= 1:
         for shard in todo:
-            process_shard(shard, str(work_dir), size, resample, bar.update)
+            process_shard(shard, str(work_dir), size, resample, bar.update, n_classes)
         return
     # "spawn": the caller may have started threads (JAX, the hub's HTTP pool) that fork would copy
     # in a locked state.
@@ -138,7 +137,8 @@ def _run_shards(todo: Sequence[Shard], work_dir: Path, size: int, resample: str,
     counter = ctx.Value("q", 0)
     seen = 0
     with ctx.Pool(min(workers, len(todo)), initializer=_init_worker, initargs=(counter,)) as pool:
-        pending = [pool.apply_async(_process_shard_in_worker, (s, str(work_dir), size, resample)) for s in todo]
+        pending = [pool.apply_async(_process_shard_in_worker, (s, str(work_dir), size, resample, n_classes))
+                   for s in todo]
         while pending:
             pending[0].wait(0.2)
             now = counter.value
@@ -267,7 +267,7 @@ def _prepare_locked(source: str, out: Path, *, workers, split_map, reader, size,
         total=plan.expected_total, initial=already, unit="img", desc=f"{NAME} ({n_workers} workers)",
         disable=not progress, mininterval=0.5 if interactive else 30.0, smoothing=0.05,
     ) as bar:
-        _run_shards(todo, work, size, resample, n_workers, bar)
+        _run_shards(todo, work, size, resample, n_workers, bar, plan.n_classes)
     assemble(plan, work, out, size, preprocessing, name=NAME)
     remove_finished_work(work, log)
     return out

@@ -90,6 +90,17 @@ def class_id(label, where: str) -> int:
                      f"integer ids (a ClassLabel, as in the hub's export), one per image; re-export the source so.")
 
 
+def check_label(label: int, where: str, source_split: str, n_classes: int | None) -> None:
+    """Refuse a class id (`class_id`'s) that no class of the source has: -1, the mark of an
+    unlabelled row (its split is left out with --splits), or one past the `n_classes` names."""
+    if label < 0:
+        raise CljaxError(f"{where} has label {label} (unlabelled); leave split {source_split!r} out with --splits.")
+    if n_classes is not None and label >= n_classes:
+        raise CljaxError(f"{where} has label {label} but only {n_classes} class names; the source is inconsistent: "
+                         f"re-export it with each label the id of one of its class names (0 .. {n_classes - 1}), or "
+                         f"with the names of all its classes.")
+
+
 @dataclass(frozen=True)
 class DatasetsShard:
     """Source shard `index` of `num_shards` of a streaming `datasets` split (one parquet file)."""

@@ -230,7 +230,12 @@ def _plan_parquet(root: Path, files: dict[str, list[Path]], split_map: dict[str,
     if class_names is None:
         class_names = _class_names_from_card(root)
     total = sum(s.n_rows for s in shards)
-    return Plan(source, tuple(shards), _names(class_names), len(class_names) if class_names else None, total, tuple(notes))
+    plan = Plan(source, tuple(shards), _names(class_names), len(class_names) if class_names else None, total, tuple(notes))
+    from cljax.data.imagenet.labels import check_classes_have_images, scan_parquet_labels  # (labels imports this module)
+
+    # Before any image is decoded: the label column alone is read (labels.py).
+    check_classes_have_images(plan, scan_parquet_labels(shards, plan.n_classes))
+    return plan
 
 
 def _class_names_from_card(root: Path) -> list[str] | None:
