@@ -220,6 +220,34 @@ def test_complete_output_is_kept_and_overwrite_redoes_it(source, prepared, tmp_p
 
 
 
+
+def test_a_folder_prepared_before_its_source_had_a_validation_split_is_not_already_prepared(source, tmp_path, capsys):
+    # With the default splits the same command would now make test arrays of it: "already prepared"
+    # said nothing to do.
+    src = tmp_path / "src"
+    (src / "data").mkdir(parents=True)
+    for f in (source["root"] / "data").glob("train-*.parquet"):
+        (src / "data" / f.name).write_bytes(f.read_bytes())
+    out = tmp_path / "out"
+    args = ["--source", str(src), "--out", str(out), "--workers", "1", "--no-progress"]
+    assert prepare_main(args) == 0 and load_prepared(out).test_labels.size == 0
+    assert "no 'validation' split: the test arrays will be empty" in capsys.readouterr().err
+    assert prepare_main(args) == 0 and "already prepared" in capsys.readouterr().out  # nothing changed: nothing to do
+    validation = source["root"] / "data" / "validation-00000-of-00001.parquet"
+    (src / "data" / validation.name).write_bytes(validation.read_bytes())
+    kept = (out / "meta.json").read_bytes()
+    assert prepare_main(args) == 2
+    assert _one_error_line(capsys) == (
+        f"error: {out} was prepared from {src} when it had no validation split (its test arrays are empty), and it has "
+        f"one now (data/validation-00000-of-00001.parquet), which this command would prepare as the test arrays: pass "
+        f"--overwrite to prepare the folder again so, or --splits train to keep it as it is (nothing was changed).")
+    assert (out / "meta.json").read_bytes() == kept
+    assert prepare_main([*args, "--splits", "train"]) == 0 and "already prepared" in capsys.readouterr().out
+    assert prepare_main([*args, "--overwrite"]) == 0
+    assert load_prepared(out).test_labels.tolist() == source["val_labels"]
+    assert prepare_main(args) == 0 and "already prepared" in capsys.readouterr().out
+
+
 def test_an_out_that_a_rename_cannot_replace(source, prepared, tmp_path, monkeypatch, capsys):
     # A symbolic link at --out failed after all the work ("Cannot call rmtree on a symbolic link"):
     # the folder it names is written, and the link still names it.

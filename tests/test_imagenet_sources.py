@@ -523,3 +523,18 @@ def test_the_readme_s_imagenet_run_fits_imagenet_s_smallest_class():
     for config, need in zip(configs, (700, 700)):  # one image fewer than a run takes: refused
         with pytest.raises(CljaxError, match=f"class 0 has 699 training images but {need} are needed"):
             TaskData(short, config)
+
+
+def test_the_validation_split_a_source_has_now_is_found_as_the_default_splits_take_it(tmp_path):
+    from cljax.data.imagenet.recorded import _validation_split_of
+
+    root = _folder(tmp_path / "src", {"train": {"ant": 1, "bee": 1}})
+    assert _validation_split_of(str(root)) is None
+    (root / "Val").mkdir()
+    (root / "Val" / "0001.png").write_bytes(_png(np.zeros((4, 4), np.uint8)))  # unlabelled: left out by default
+    assert _validation_split_of(str(root)) is None
+    (root / "Val" / "ant").mkdir()
+    assert _validation_split_of(str(root)) is None  # a class folder without images
+    (root / "Val" / "ant" / "0001.png").write_bytes(_png(np.zeros((4, 4), np.uint8)))
+    assert _validation_split_of(str(root)) == "Val/"
+    assert _validation_split_of("ILSVRC/imagenet-1k") is None  # a hub name: not asked

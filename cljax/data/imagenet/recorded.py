@@ -1,7 +1,9 @@
 """What a prepared folder's meta.json records of the preparation that wrote it, against what a
 command asks for: a complete folder is "already prepared" only for the same source, splits and
 preprocessing (`check_same_preparation`), and a damaged one is prepared again without
---overwrite only when it records this very preparation (`check_redo_allowed`)."""
+--overwrite only when it records this very preparation (`check_redo_allowed`). The default
+splits take a validation split when the source has one: a folder prepared before a local
+source had one is not "already prepared" once it has (that command would now make other data)."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import json
 from collections.abc import Mapping
 from pathlib import Path
 
-from cljax.data.imagenet.sources import DEFAULT_SPLIT_MAP, OUTPUT_SPLITS
+from cljax.data.imagenet.sources import DEFAULT_SPLIT_MAP, OUTPUT_SPLITS, find_parquet_files
 from cljax.data.prepared import load_prepared
 from cljax.errors import CljaxError
 
@@ -36,6 +38,32 @@ def check_same_preparation(out: Path, meta: dict, source: str, split_map: Mappin
         raise CljaxError(f"{out} holds a preparation of {held['source']} (--resample {held['--resample']}, --splits "
                          f"{as_flag(recorded.get('splits'))}), and this command asks for {', '.join(differ)}: pass "
                          f"--overwrite to prepare it again, or choose another --out (nothing was changed).")
+    if split_map is None and recorded.get("splits") != _expected_splits(None)[0]:  # prepared without validation
+        found = _validation_split_of(asked["source"])
+        if found is not None:
+            raise CljaxError(f"{out} was prepared from {held['source']} when it had no validation split (its test "
+                             f"arrays are empty), and it has one now ({found}), which this command would prepare as "
+                             f"the test arrays: pass --overwrite to prepare the folder again so, or --splits train to "
+                             f"keep it as it is (nothing was changed).")
+
+
+def _validation_split_of(source: str) -> str | None:
+    """The validation split a local SOURCE folder holds now, as the default splits would take it
+    (a parquet file of it, or a val/ folder of class folders with files), or None; a hub name is not asked
+    (that would need the network)."""
+    path = Path(source)
+    if not path.is_dir():
+        return None
+    try:
+        parquet = find_parquet_files(path)
+    except CljaxError:  # a damaged set of files: the preparation's own refusal names it
+        return None
+    if parquet:
+        return str(parquet["validation"][0].relative_to(path)) if "validation" in parquet else None
+    for folder in sorted(p for p in path.iterdir() if p.is_dir() and p.name.lower() in ("validation", "val", "valid")):
+        if any(c.is_dir() and not c.name.startswith(".") and any(c.iterdir()) for c in folder.iterdir()):
+            return f"{folder.name}/"
+    return None
 
 
 def check_redo_allowed(out: Path, source: str, split_map: Mapping[str, str] | None, resample: str, size: int) -> None:

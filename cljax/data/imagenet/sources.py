@@ -66,7 +66,7 @@ def plan_source(
                 f"source {source} is a file; pass the folder that holds the "
                 "{split}-NNNNN-of-NNNNN.parquet files (or data/ with them), an image folder, or a hub dataset name."
             )
-        parquet = _find_parquet_files(path)
+        parquet = find_parquet_files(path)
         if parquet:
             if reader == "datasets":
                 return _plan_datasets(str(path), split_map, strict, parquet_files=parquet)
@@ -99,7 +99,7 @@ def _looks_like_path(source: str) -> bool:
     )
 
 
-def _find_parquet_files(root: Path) -> dict[str, list[Path]]:
+def find_parquet_files(root: Path) -> dict[str, list[Path]]:
     """{split: files in index order} for the first of root/ and root/data/ that holds any."""
     for folder in (root, root / "data"):
         if not folder.is_dir():
