@@ -60,6 +60,37 @@ def test_16bit_values_are_scaled_by_257():
     levels = [0, 1, 100, 127, 128, 200, 254, 255]
     got = [int(image_to_gray(_png(np.full((30, 30), 257 * v, np.uint16)))[0, 0]) for v in levels]
     assert got == levels
+    # ... also where Pillow opens a 16-bit gray PNG as mode "I" (32-bit), as older versions do:
+    # convert("L") clipped every value above 255 to white.
+    from PIL import PngImagePlugin
+
+    ramp = _png((np.arange(30 * 30).reshape(30, 30) * 72).astype(np.uint16))
+    as_i16 = image_to_gray(ramp)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(PngImagePlugin._MODES, (16, 0), ("I", "I;16B"))
+        assert Image.open(io.BytesIO(ramp)).mode == "I"
+        np.testing.assert_array_equal(image_to_gray(ramp), as_i16)
+    assert as_i16.min() < 20 and as_i16.max() > 230
+
+
+@pytest.mark.parametrize("dtype, kind", [(np.int32, "32-bit integer pixels (PIL mode I)"),
+                                         (np.float32, "floating-point pixels (PIL mode F)")])
+def test_images_of_32_bit_samples_are_refused_by_name(tmp_path, dtype, kind):
+    # Their range is not known: convert("L") clipped them (I: 1000 and 60000 both white) or
+    # zeroed them (F: 0.2 and 0.9 both black).
+    pixels = np.full((30, 30), 1000 if dtype == np.int32 else 0.2, dtype)
+    pixels[:, 15:] = 60000 if dtype == np.int32 else 0.9
+    root = tmp_path / "src"
+    (root / "ant").mkdir(parents=True)
+    (root / "bee").mkdir()
+    Image.fromarray(pixels).save(root / "ant" / "a.tif")
+    (root / "bee" / "b.png").write_bytes(_png(np.zeros((30, 30), np.uint8)))
+    with pytest.raises(CljaxError) as raised:
+        prepare_imagenet(str(root), tmp_path / "out", workers=1, progress=False)
+    assert str(raised.value) == (
+        f"cannot decode the image at {root / 'ant' / 'a.tif'} (ValueError: {kind}, whose range is not known: convert "
+        f"the image to 8 or 16 bits per sample): replace it with a readable image, or remove it, and rerun the same "
+        f"command (the shards done before it are kept).")
 
 
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG", "GIF"])

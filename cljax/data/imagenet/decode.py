@@ -117,17 +117,24 @@ def _to_luma(im):
     if im.mode == "L":
         im.load()
         return im
-    if im.mode.startswith("I;16"):
-        # PIL clips 16-bit values to 255 when converting to L; scale the full range instead.
+    if im.mode.startswith("I;16") or im.mode == "I" and im.format == "PNG":
+        # 16-bit samples (older Pillow versions open a 16-bit gray PNG as "I"; a PNG holds at most
+        # 16 bits a sample): PIL clips them to 255 when converting to L; scale the full range instead.
         wide = np.asarray(im, dtype=np.float64)
         return Image.fromarray(np.clip(np.rint(wide / 257.0), 0, 255).astype(np.uint8), mode="L")
+    if im.mode in ("I", "F"):
+        # 32-bit integers (a TIFF's) or floats have no range to scale by (0..1? 0..255? 0..65535?);
+        # convert("L") clipped or zeroed them: refused, with the image named by the caller.
+        kind = "32-bit integer" if im.mode == "I" else "floating-point"
+        raise ValueError(f"{kind} pixels (PIL mode {im.mode}), whose range is not known: convert the image to 8 or 16 "
+                         f"bits per sample")
     if im.mode == "HSV":
         return im.convert("RGB").convert("L")
     if im.mode == "LAB":
         # PIL cannot convert LAB to RGB without a colour profile; L* is the lightness.
         return Image.fromarray(np.asarray(im)[..., 0], mode="L")
     # RGB, RGBA/RGBX (alpha dropped, as convert("RGB") does), P/PA (via the palette), LA, 1,
-    # CMYK (Adobe-inverted CMYK JPEGs are un-inverted by PIL's decoder), YCbCr, I, F.
+    # CMYK (Adobe-inverted CMYK JPEGs are un-inverted by PIL's decoder), YCbCr.
     return im.convert("L")
 
 
