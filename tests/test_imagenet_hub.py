@@ -69,3 +69,55 @@ def test_the_script_gives_one_line_and_no_retries():
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     assert "someone/some-imagenet" in result.stderr and "unreachable" in result.stderr and "Retrying" not in result.stderr
     assert not (REPO / "unused").exists()
+
+
+def _cache(root: Path, name: str, revisions=("0f1e2d",), main: str | None = "0f1e2d") -> Path:
+    """A hub cache's folder of dataset `name` as huggingface_hub lays it out: blobs/, refs/main,
+    snapshots/<revision>/data/*.parquet."""
+    repo = root / f"datasets--{name.replace('/', '--')}"
+    (repo / "blobs").mkdir(parents=True)
+    (repo / "blobs" / "8675b00578c09dc7626a483ecf288749a9999e8f").write_bytes(b"")
+    for revision in revisions:
+        (repo / "snapshots" / revision / "data").mkdir(parents=True)
+        (repo / "snapshots" / revision / "data" / "train-00000-of-00001.parquet").write_bytes(b"")
+    if main is not None:
+        (repo / "refs").mkdir()
+        (repo / "refs" / "main").write_text(main)
+    return repo
+
+
+def test_a_hub_cache_s_folder_of_a_dataset_is_refused_naming_its_snapshot(tmp_path):
+    # It was "neither parquet files nor class subfolders", with no word of the snapshot that works.
+    repo = _cache(tmp_path, "ILSVRC/imagenet-1k", revisions=("0f1e2d", "aaaa"))
+    for given in (repo, repo / "snapshots"):
+        with pytest.raises(CljaxError) as err:
+            plan_source(str(given))
+        what = "the folder" if given == repo else "the snapshots/ folder"
+        assert str(err.value) == (f"{given} is {what} of a dataset in the Hugging Face hub cache, which keeps its files "
+                                  f"under snapshots/<revision>/: pass that snapshot, --source {repo}/snapshots/0f1e2d.")
+    with pytest.raises(CljaxError, match=r"cannot read parquet file .*snapshots/0f1e2d/data/train-00000-of-00001"):
+        plan_source(str(repo / "snapshots" / "0f1e2d"))  # the snapshot is planned as the parquet folder it is
+
+
+def test_a_hub_name_that_cannot_be_opened_names_its_download_in_the_hub_cache(tmp_path, monkeypatch, no_proxy):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    snapshot = _cache(tmp_path / "hf" / "hub", "someone/some-imagenet", main=None) / "snapshots" / "0f1e2d"
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{closed_port()}")
+    with pytest.raises(CljaxError) as err:
+        plan_source("someone/some-imagenet")
+    assert str(err.value).endswith(f"; a download of it is in the hub cache: pass --source {snapshot}.")
+    with pytest.raises(CljaxError) as err:
+        plan_source("someone/other-imagenet")  # none in the cache: no hint
+    assert "hub cache" not in str(err.value)
+    pytest.importorskip("datasets", reason="the imagenet extra is not installed: pip install 'cljax[imagenet]'")
+    # Offline mode: datasets' own refusal, with the hint. In a process of its own: the hub library
+    # reads HF_HUB_OFFLINE when it is first imported.
+    env = {**os.environ, **QUIET, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hf" / "hub"),
+           "PYTHONPATH": str(REPO)}
+    env.pop("HF_ENDPOINT", None)
+    result = subprocess.run([sys.executable, str(REPO / "prepare_imagenet.py"), "--source", "someone/some-imagenet",
+                             "--out", str(tmp_path / "out")], capture_output=True, text=True, cwd=REPO, timeout=120,
+                            env=env)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert "the hub is unreachable" in lines[0] and lines[0].endswith(f"pass --source {snapshot}.")

@@ -1,4 +1,5 @@
-"""Whether the Hugging Face hub can be reached, asked once before ``datasets`` is imported.
+"""Whether the Hugging Face hub can be reached, asked once before ``datasets`` is imported; and
+where the hub's cache keeps a dataset's files, for the refusals that point to them.
 
 Without a network, ``datasets.load_dataset(name, streaming=True)`` retries each request with
 back-off: 10 lines of warnings and about 25 s before it gives up (measured where name
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import os
 import socket
+from pathlib import Path
 from urllib.parse import urlsplit
 
 OFFLINE_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
@@ -42,3 +44,52 @@ def unreachable(timeout: float = TIMEOUT_S) -> str | None:
     except OSError as exc:
         return f"{url.hostname}:{port}: {exc.strerror or type(exc).__name__}"
     return None
+
+
+def hub_cache() -> Path:
+    """The hub's cache folder, found as huggingface_hub finds it: HF_HUB_CACHE (or its older name
+    HUGGINGFACE_HUB_CACHE), else HF_HOME/hub, else $XDG_CACHE_HOME/huggingface/hub (~/.cache)."""
+    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        if os.environ.get(var):
+            return Path(os.environ[var]).expanduser()
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
+    return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "huggingface" / "hub"
+
+
+def cached_snapshot(repo_folder: Path) -> Path | None:
+    """The folder to prepare from in a hub cache's folder of one dataset (``datasets--OWNER--NAME``,
+    whose blobs/ are named by hash): its snapshot of the revision refs/main names, else its newest
+    snapshot; None without one."""
+    snapshots = repo_folder / "snapshots"
+    try:
+        main = (repo_folder / "refs" / "main").read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        main = ""
+    if main and (snapshots / main).is_dir():
+        return snapshots / main
+    try:
+        found = [p for p in snapshots.iterdir() if p.is_dir()]
+    except OSError:
+        return None
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+
+def cache_folder_refusal(path: Path) -> str | None:
+    """The refusal of a SOURCE folder that is a hub cache's folder of a dataset (or its
+    snapshots/), which holds its files under snapshots/<revision>/ only; None for another folder."""
+    repo = path.parent if path.name == "snapshots" else path
+    if not (repo.name.startswith("datasets--") and (repo / "snapshots").is_dir()):
+        return None
+    snapshot = cached_snapshot(repo)
+    where = f"--source {snapshot}" if snapshot else f"--source {repo / 'snapshots'}/<revision> once a download has finished"
+    what = "the snapshots/ folder" if path != repo else "the folder"
+    return (f"{path} is {what} of a dataset in the Hugging Face hub cache, which keeps its files under "
+            f"snapshots/<revision>/: pass that snapshot, {where}.")
+
+
+def cached_hint(name: str) -> str:
+    """For a hub name that cannot be opened: the snapshot of it in the hub cache to prepare from
+    instead ("" when there is none)."""
+    snapshot = cached_snapshot(hub_cache() / f"datasets--{name.replace('/', '--')}")
+    return f"; a download of it is in the hub cache: pass --source {snapshot}" if snapshot else ""

@@ -19,7 +19,7 @@ import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from cljax.data.imagenet.hub import unreachable
+from cljax.data.imagenet.hub import cache_folder_refusal, cached_hint, unreachable
 from cljax.data.imagenet.shards import DatasetsShard, ParquetShard, Plan, Shard
 from cljax.errors import CljaxError
 
@@ -71,6 +71,9 @@ def plan_source(
             if reader == "datasets":
                 return _plan_datasets(str(path), split_map, strict, parquet_files=parquet)
             return _plan_parquet(path, parquet, split_map, strict, shard_rows)
+        cache = cache_folder_refusal(path)
+        if cache is not None:
+            raise CljaxError(cache)
         if reader == "datasets":
             other = first_parquet_file(path)
             if other is not None:
@@ -296,7 +299,7 @@ def _plan_datasets(source: str, split_map: dict[str, str], strict: bool, parquet
     if why is not None:
         raise CljaxError(f"cannot open {source}: no folder of that name exists, and as a hub dataset the hub is "
                          f"unreachable ({why}); check the folder's path, or the network (a proxy goes in HTTPS_PROXY), "
-                         f"or download the parquet files and pass their folder.")
+                         f"or download the parquet files and pass their folder{cached_hint(source)}.")
     try:
         import datasets
     except ImportError:
@@ -313,7 +316,8 @@ def _plan_datasets(source: str, split_map: dict[str, str], strict: bool, parquet
         if parquet_files is not None:
             hint = "check the parquet files"
         elif "Connection" in type(exc).__name__ or "Offline" in str(exc):
-            hint = "the hub is unreachable: check the network and HF_HUB_OFFLINE, or download the parquet files and pass their folder"
+            hint = ("the hub is unreachable: check the network and HF_HUB_OFFLINE, or download the parquet files and pass "
+                    f"their folder{cached_hint(source)}")
         else:
             hint = f"check the name, run `huggingface-cli login`, and accept the licence at https://huggingface.co/datasets/{source}"
         raise CljaxError(f"cannot open {label} ({type(exc).__name__}: {_first_line(exc)}); {hint}.") from None
