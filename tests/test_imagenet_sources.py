@@ -552,7 +552,7 @@ def test_the_readme_s_imagenet_run_fits_imagenet_s_smallest_class():
         TaskData(data, configs[-1])  # raises where a class has too few
     short = ClassData(data.train_images[33:], train[33:], data.test_images, test, 2, ("a", "b"), {})
     for config, need in zip(configs, (700, 700)):  # one image fewer than a run takes: refused
-        with pytest.raises(CljaxError, match=f"class 0 has 699 training images but {need} are needed"):
+        with pytest.raises(CljaxError, match=f"class 0 has 699 training images, the fewest of any class, but {need} are needed"):
             TaskData(short, config)
 
 
