@@ -10,6 +10,7 @@ import os
 import socket
 import stat
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -80,16 +81,18 @@ class RunLock:
         return self
 
     def __exit__(self, *exc) -> None:
-        if self.fd is not None:
-            _HELD.discard(self)
-            if self.exclusive:
-                _mark_ended(self.fd)
-            os.close(self.fd)  # releases the lock
-            self.fd = None
+        with _LETTING_GO:  # a stop signal's let_go_of_every_lock (main thread) and a worker's own exit: once
+            fd, self.fd = self.fd, None
+            if fd is not None:
+                _HELD.discard(self)
+                if self.exclusive:
+                    _mark_ended(fd)
+                os.close(fd)  # releases the lock
 
     def _in_use(self, holder: dict) -> str:
         who = f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}, since {holder.get('since', '?')}"
-        if self.exclusive and holder.get("host") == socket.gethostname() and not _recorded_alive_here(holder):
+        if self.exclusive and (holder.get("ended") or holder.get("host") == socket.gethostname()
+                               and not _recorded_alive_here(holder)):
             # the last writer has ended: what holds the lock is a reader (shared), for longer than we wait
             return (f"{self.algo_dir} is being read by another cljax process (an analyze, a compare, or the check "
                     f"of a finished run; the last run that wrote it, {who}, has ended): wait for it to end, then run "
@@ -100,7 +103,8 @@ class RunLock:
     def _without_flock(self, fd: int, path: Path) -> None:
         holder = _read_holder(path)
         pid, host = holder.get("pid"), holder.get("host")
-        if isinstance(pid, int) and pid != os.getpid() and not holder.get("ended"):  # ended: its run let it go
+        mine = pid == os.getpid() and host == socket.gethostname()  # (another host's process may have our pid)
+        if isinstance(pid, int) and not mine and not holder.get("ended"):  # ended: its run let it go
             if host != socket.gethostname():
                 # A reader goes ahead: the record outlives its run, and a run is often read on
                 # another host than the one that wrote it.
@@ -117,6 +121,7 @@ class RunLock:
 
 
 _HELD: set = set()  # the exclusive locks this process holds
+_LETTING_GO = threading.RLock()  # (reentrant: a signal's handler may run on the thread inside __exit__)
 
 
 def _mark_ended(fd: int) -> None:
@@ -125,8 +130,9 @@ def _mark_ended(fd: int) -> None:
     refused every writer on another host until the file was deleted by hand."""
     try:
         holder = json.loads(os.pread(fd, 4096, 0) or b"{}")
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps({**holder, "ended": time.strftime("%Y-%m-%d %H:%M:%S")}).encode() + b"\n", 0)
+        ended = json.dumps({**holder, "ended": time.strftime("%Y-%m-%d %H:%M:%S")}).encode() + b"\n"
+        os.pwrite(fd, ended, 0)  # over the record (it only grows), then cut: never read empty
+        os.ftruncate(fd, len(ended))
     except (OSError, ValueError, TypeError):  # a full disk, a record not ours: the record stays as it was
         pass
 

@@ -537,3 +537,8 @@ def test_runs_of_one_seed_and_class_pairs_on_other_data_settings_are_not_one_dra
     summary = compare_runs([tmp_path / n for n in names], labels=list(names))
     assert "paired" not in summary["plain_100"]  # the baseline of its own draw
     assert summary["redo_100"]["paired"]["baseline"] == "plain_100"
+    # the dataset's content too (another --synthetic-size, another prepared folder): its identity, as run records it
+    for d in (tmp_path / "redo_100").iterdir():
+        meta = json.loads((d / "metadata.json").read_text())
+        (d / "metadata.json").write_text(json.dumps({**meta, "data": "f" * 64}))
+    assert "paired" not in compare_runs([tmp_path / n for n in names], labels=list(names))["redo_100"]

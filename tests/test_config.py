@@ -73,6 +73,9 @@ def test_a_resume_takes_conv_impl_auto_and_the_lowering_it_runs_as_one():
     assert differing_settings(auto, Config.from_flat(conv_impl="im2col")) == []  # it was refused
     assert differing_settings(Config.from_flat(conv_impl="im2col").to_dict(), Config()) == []
     assert differing_settings(auto, Config.from_flat(conv_impl="lax")) == ["conv_impl"]
+    # a setting the model never reads (ignores=): the MLP's resume was refused a --conv-impl it warned did nothing
+    mlp = Config.from_flat(model="mlp").to_dict()
+    assert differing_settings(mlp, Config.from_flat(model="mlp", conv_impl="lax")) == []
 
 
 def test_a_resume_compares_the_data_folder_by_what_it_points_to(tmp_path):

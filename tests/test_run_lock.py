@@ -242,3 +242,28 @@ def test_without_file_locks_a_run_that_ended_lets_another_host_write(tmp_path, n
     lock = RunLock(tmp_path).__enter__()
     let_go_of_every_lock()
     assert lock.fd is None and json.loads((tmp_path / RUN_LOCK).read_text())["ended"]
+
+
+def test_a_record_of_another_host_that_says_ended_is_a_reader_and_one_with_our_pid_is_not_ours(tmp_path, no_flock):
+    # Without file locks, a record of another host's process that has our pid (a container's pid space)
+    # was taken for our own: the live run's record was written over, two writers at once.
+    record = {"host": socket.gethostname() + "-elsewhere", "pid": os.getpid(), "since": "x"}
+    (tmp_path / RUN_LOCK).write_text(json.dumps(record))
+    with pytest.raises(CljaxError, match="is in use by another cljax run"):
+        RunLock(tmp_path).__enter__()
+    assert json.loads((tmp_path / RUN_LOCK).read_text()) == record
+
+
+def test_a_writer_refused_while_a_finished_runs_record_says_ended_is_told_of_a_reader_on_any_host(tmp_path):
+    # It said "in use by another cljax run ... stop it" of a run on another host that had ended.
+    import fcntl as real
+
+    record = {"host": socket.gethostname() + "-elsewhere", "pid": 7, "since": "x", "ended": "y"}
+    (tmp_path / RUN_LOCK).write_text(json.dumps(record))
+    reader = os.open(tmp_path / RUN_LOCK, os.O_RDONLY)
+    try:
+        real.flock(reader, real.LOCK_SH)  # an analyze on a login node
+        with pytest.raises(CljaxError, match="is being read by another cljax process .* pid 7 on .*has ended"):
+            RunLock(tmp_path).__enter__()
+    finally:
+        os.close(reader)

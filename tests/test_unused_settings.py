@@ -88,6 +88,43 @@ def test_a_setting_the_chosen_model_or_dataset_never_reads_is_named(capsys):
         "warning: --data-dir /nowhere has no effect in this run: dataset synthetic does not read it."]
 
 
+def test_cbp_judges_the_widths_of_cljaxs_own_models_only(tmp_path, capsys):
+    # A plugin model's widths may follow the image's size: 28x28 ones gave a false warning, and one that
+    # could not be built at 28x28 lost the --cbp-rate 0 warning too.
+    from cljax.models.units import unit_widths
+    from cljax.registry import MODELS
+
+    plugin = tmp_path / "wide_plugin.py"
+    plugin.write_text(
+        "import flax.linen as nn\n"
+        "from cljax.models import as_float_images\n"
+        "from cljax.models.units import sow_units\n"
+        "from cljax.registry import NoParams, register_model\n\n"
+        "class Wide(nn.Module):\n"
+        "    out_dim: int\n"
+        "    def unit_layers(self):\n"
+        "        return ((\"hidden\", \"head\"),)\n"
+        "    @nn.compact\n"
+        "    def __call__(self, images, train: bool = False):\n"
+        "        x = as_float_images(images).reshape(images.shape[0], -1)\n"
+        "        h = nn.relu(nn.Dense(images.shape[1], name=\"hidden\")(x))\n"
+        "        sow_units(self, \"hidden\", h)\n"
+        "        return nn.Dense(self.out_dim, name=\"head\")(h), h\n\n"
+        "@register_model(\"wide_test\", params=NoParams)\n"
+        "def build(params, ctx):\n"
+        "    return Wide(out_dim=ctx.out_dim)\n")
+    flags = ["--plugin", str(plugin), "--model", "wide_test", "--use-cbp", "--num-tasks", "3", "--n-train-per-class",
+             "20", "--batch-size", "10", "--epochs", "1", "--log-frequency", "2"]
+    try:
+        assert main([*PLAN, *flags, "--cbp-maturity", "0"]) == 0  # 28 units at 28x28 would be inert: not judged
+        assert not [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning")]
+        assert unit_widths("wide_test", MODELS["wide_test"].params(), 1) is None
+        assert main([*PLAN, *flags, "--cbp-rate", "0"]) == 0
+        assert "warning: --use-cbp has no effect in this run: --cbp-rate 0 replaces no unit." in capsys.readouterr().err
+    finally:
+        MODELS._entries.pop("wide_test", None)  # (other tests list the models)
+
+
 @pytest.mark.parametrize("flags", [["--use-cbp"], ["--use-redo", "--redo-every", "13"]])
 def test_a_unit_option_on_a_model_without_unit_layers_is_refused_in_one_line_with_no_warning_first(capsys, flags):
     # A warning that its first reset came after the run's steps came before the refusal.

@@ -66,12 +66,12 @@ def current_task_accuracy(run_dir) -> dict:
     if not dirs:
         raise CljaxError(f"{run_dir} has no task folders: {results.runs_near(run_dir)}.")
     check = _checker(Path(run_dir), dirs[0])
-    learner, expert, pairs, seeds, n_run, config = [], [], [], set(), None, {}
+    learner, expert, pairs, seeds, n_run, config, first_data = [], [], [], set(), None, {}, None
     for t, d in enumerate(dirs):
         meta = check(d, t)
         pairs.append(meta.get("task_pairs"))
         seeds.add(json.dumps(meta.get("seed")))
-        config = (meta.get("config") or {}) if t == 0 else config
+        config, first_data = ((meta.get("config") or {}), meta.get("data")) if t == 0 else (config, first_data)
         T = config.get("num_tasks") if t == 0 else None
         n_run = T if isinstance(T, int) else n_run
         if isinstance(T, int) and len(dirs) > T:
@@ -80,7 +80,8 @@ def current_task_accuracy(run_dir) -> dict:
         slot = (meta.get("eval_tasks") or {}).get("current_slot", t)
         learner.append(results.load_metrics(d)["test_acc"][-1, :, slot])
         expert.append(results.load_expert_metrics(d)["test_acc"][-1])
-    data = json.dumps({k: config.get(k) for k in DATA_SETTINGS}, sort_keys=True, default=str)
+    # the dataset's own content (its identity, as run compares it: a synthetic size, a prepared folder) too
+    data = json.dumps({**{k: config.get(k) for k in DATA_SETTINGS}, "data": first_data}, sort_keys=True, default=str)
     draw = None if None in pairs or seeds == {"null"} else (sorted(seeds), pairs, data)
     return {"learner": np.asarray(learner, np.float64), "expert": np.asarray(expert, np.float64), "draw": draw,
             "num_tasks": n_run}

@@ -70,18 +70,19 @@ def unit_activity(net, params, model_state, images) -> dict:
 
 
 @functools.lru_cache(maxsize=8)
-def unit_widths(model: str, model_params, outputs: int) -> tuple[int, ...]:
-    """The widths of a registered model's unit layers, from its parameters' shapes for 28x28
-    images (the widths of cljax's models do not depend on the image's size); () for a model that
-    declares none, or that cannot be built here (the run's own build says why)."""
+def unit_widths(model: str, model_params, outputs: int) -> tuple[int, ...] | None:
+    """The widths of one of cljax's own models' unit layers, from its parameters' shapes for 28x28
+    images (they do not depend on the image's size); () for a model that declares none (the run
+    refuses a unit option on it); None where they are not known here: a plugin's model, whose
+    widths may follow the image's size."""
     from cljax.models import ModelContext, build_model, make_net
+    from cljax.registry import MODELS, is_builtin
 
-    try:
-        module = build_model(model, model_params, ModelContext(outputs, (28, 28), "lax"))
-        declared = getattr(module, "unit_layers", None)
-        if declared is None:
-            return ()
-        params, _ = jax.eval_shape(make_net(module, (28, 28)).init, jax.random.key(0))
-        return tuple(int(params[layer]["kernel"].shape[-1]) for layer, _ in declared())
-    except Exception:  # a plugin model that needs other images: no width, no warning
+    if model not in MODELS or not is_builtin(MODELS[model].build):
+        return None
+    module = build_model(model, model_params, ModelContext(outputs, (28, 28), "lax"))
+    declared = getattr(module, "unit_layers", None)
+    if declared is None:
         return ()
+    params, _ = jax.eval_shape(make_net(module, (28, 28)).init, jax.random.key(0))
+    return tuple(int(params[layer]["kernel"].shape[-1]) for layer, _ in declared())

@@ -87,8 +87,8 @@ def cbp_update(state, activity, out_sums, weights_B, rate: float, maturity: int,
 
 def _inert(params: CBPParams, config) -> str | None:
     total, steps = run_steps(config)
-    widest = max(unit_widths(config.model, config.model_params, config.out_dim * n_heads_of(config)), default=0)
-    if not widest:  # a model without unit layers: the run refuses the option, in one line (cljax/models/units.py)
+    widths = unit_widths(config.model, config.model_params, config.out_dim * n_heads_of(config))
+    if widths == ():  # a model without unit layers: the run refuses the option, in one line (cljax/models/units.py)
         return None
     if params.rate == 0:
         return "--cbp-rate 0 replaces no unit"
@@ -97,8 +97,9 @@ def _inert(params: CBPParams, config) -> str | None:
                 f"and the run has {steps}")
     # Until a layer's first replacement its units are all of one age: after step s its count is
     # (s - m) rho U in float32 sums (bounded here with their rounding); a whole unit is needed.
+    widest = max(widths or (0,))  # not known (a plugin's model): not judged
     k, per_step = total - params.maturity, params.rate * widest
-    if k * per_step * (1 + 2**-23) + k * 2**-24 < 1:
+    if widest and k * per_step * (1 + 2**-23) + k * 2**-24 < 1:
         return (f"a layer replaces its first unit when --cbp-rate x its mature units adds up to one, at step "
                 f"{params.maturity + math.ceil(1 / per_step)} in its widest layer ({widest} units, mature after step "
                 f"{params.maturity}), and the run has {steps}")

@@ -51,7 +51,7 @@ def dormant_masks(activity, weights_B, tau: float):
 
 def _inert(params: ReDoParams, config) -> str | None:
     total, steps = run_steps(config)
-    if not unit_widths(config.model, config.model_params, config.out_dim * n_heads_of(config)):
+    if unit_widths(config.model, config.model_params, config.out_dim * n_heads_of(config)) == ():
         return None  # a model without unit layers: the run refuses the option, in one line (cljax/models/units.py)
     if params.every > total:
         return f"its first reset comes after step {params.every} (--redo-every), and the run has {steps}"
