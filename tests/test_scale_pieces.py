@@ -188,12 +188,34 @@ def test_a_process_that_joins_a_slurm_steps_run_by_its_environment_says_so_befor
     with pytest.raises(CljaxError, match="CLJAX_DISTRIBUTED=0 for a single-host run"):
         distributed.maybe_initialize_distributed()
     assert capsys.readouterr().err == ("note: this SLURM step has 4 tasks, so this process joins a run of 4 processes "
-                                       "and waits for the others (up to 5 minutes); for a run of this process alone, "
-                                       "set CLJAX_DISTRIBUTED=0.\n")
+                                       "and waits for the others (up to 5 minutes; Ctrl-C stops the wait); for a run "
+                                       "of this process alone, set CLJAX_DISTRIBUTED=0.\n")
     monkeypatch.setenv("SLURM_PROCID", "2")  # the other processes of the step: the first one says it
     with pytest.raises(CljaxError):
         distributed.maybe_initialize_distributed()
     assert capsys.readouterr().err == ""
+
+
+def test_a_stop_signal_ends_the_wait_for_a_slurm_steps_other_processes(tmp_path):
+    # The wait is in JAX's C++: SIGUSR1 or Ctrl-C did nothing for 5 minutes, then the process aborted.
+    import random
+    import signal
+    import time
+
+    env = {**os.environ, "SLURM_JOB_ID": str(random.randrange(10**6)), "SLURM_STEP_NODELIST": "localhost",
+           "SLURM_STEP_NUM_NODES": "1", "SLURM_NTASKS": "2", "SLURM_PROCID": "0", "SLURM_LOCALID": "0",
+           "SLURM_NODEID": "0"}
+    env.pop("CLJAX_DISTRIBUTED", None)
+    proc = subprocess.Popen([sys.executable, "-m", "cljax", "run", "--dataset", "synthetic", "--num-tasks", "1",
+                             "--results-dir", str(tmp_path / "r"), "--no-progress"], env=env, stderr=subprocess.PIPE,
+                            text=True, cwd=Path(__file__).resolve().parents[1])
+    assert "joins a run of 2 processes" in proc.stderr.readline()
+    time.sleep(1.0)  # inside the wait
+    sent = time.time()
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 75 and time.time() - sent < 10, err
+    assert "stopped by SIGINT" in err and "Traceback" not in err and not (tmp_path / "r").exists()
 
 
 MULTI_PROCESS_CHILD = """

@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import sys
+import threading
 
 import jax
 import numpy as np
@@ -55,7 +56,7 @@ def maybe_initialize_distributed() -> bool:
         kwargs["heartbeat_timeout_seconds"] = _whole_number("CLJAX_HEARTBEAT_SECONDS", 1)
     _say_joining(kwargs)
     try:
-        jax.distributed.initialize(**kwargs)
+        _initialize_seeing_signals(kwargs)
     except (RuntimeError, ValueError) as exc:
         raise CljaxError(
             f"jax.distributed.initialize() failed ({exc}): check JAX_COORDINATOR_ADDRESS, CLJAX_NUM_PROCESSES and "
@@ -66,6 +67,27 @@ def maybe_initialize_distributed() -> bool:
     return True
 
 
+def _initialize_seeing_signals(kwargs: dict) -> None:
+    """``jax.distributed.initialize`` in a thread of its own while this one waits in short joins:
+    its wait for the other processes is in C++, where a stop signal's Python handler never ran (a
+    SIGUSR1 or a Ctrl-C did nothing for 5 minutes, then the process aborted). Its error is raised
+    here."""
+    failed: list = []
+
+    def target():
+        try:
+            jax.distributed.initialize(**kwargs)
+        except BaseException as exc:  # handed to the waiting thread
+            failed.append(exc)
+
+    joining = threading.Thread(target=target, name="cljax-join", daemon=True)
+    joining.start()
+    while joining.is_alive():
+        joining.join(0.2)
+    if failed:
+        raise failed[0]
+
+
 def _say_joining(kwargs: dict) -> None:
     """One line from the first process before it waits for the others (JAX's initialize blocks
     up to 5 minutes, where a stop signal is not seen): a plain `cljax run` typed in a shell of a
@@ -74,9 +96,9 @@ def _say_joining(kwargs: dict) -> None:
         return
     n, rank = os.environ.get("SLURM_NTASKS", "?"), os.environ.get("SLURM_PROCID", "0")
     if str(kwargs.get("process_id", rank)).strip() == "0":
-        print(f"note: this SLURM step has {n} tasks, so this process joins a run of {n} processes and waits for the "
-              f"others (up to 5 minutes); for a run of this process alone, set CLJAX_DISTRIBUTED=0.",
-              file=sys.stderr, flush=True)
+        print(f"note: this SLURM step has {n} tasks, so this process joins a run of {kwargs.get('num_processes', n)} "
+              f"processes and waits for the others (up to 5 minutes; Ctrl-C stops the wait); for a run of this process "
+              f"alone, set CLJAX_DISTRIBUTED=0.", file=sys.stderr, flush=True)
 
 
 def _whole_number(var: str, least: int) -> int:
