@@ -32,8 +32,14 @@ def runs_near(path: str | os.PathLike, most: int = 4) -> str:
             return []
 
     swept = sweep_runs(path)
-    if not swept and (path / "sweep.json").is_file():  # damaged, or not one cljax wrote: its runs are still there
+    listed = listed_runs(path) if (path / "sweep.json").is_file() else []
+    if listed is None:  # damaged, or not one cljax wrote: its runs are still there
         return f"its sweep.json cannot be read as a sweep's record: pass its runs' folders, {path}/*seed-*/*/*"
+    if listed and not swept:  # a sweep just submitted: its jobs have not written a task yet
+        others = [str(p) for p in _runs_below(path)]
+        return (f"it holds a sweep whose {len(listed)} run(s) have no finished task yet (sweep.json lists them): "
+                f"wait for its jobs, or pass a run's folder" + (f"; below it, not in sweep.json: {' '.join(others[:most])}"
+                                                               if others else ""))
     if swept:  # a sweep's folder: its runs are three levels down, RESULTS_DIR/{tag}/{dataset}/{algorithm}
         return (f"it holds a sweep (sweep.json lists {len(swept)} run(s) with task folders): pass its runs' folders, "
                 f"{' '.join(swept[:most])}" + (f" ... ({len(swept)} in all: {path}/*seed-*/*/*)" if len(swept) > most
@@ -49,15 +55,20 @@ def runs_near(path: str | os.PathLike, most: int = 4) -> str:
 def sweep_runs(folder: Path) -> list[str]:
     """The run folders the sweep.json in ``folder`` lists (`cljax sweep`; its earlier sweeps into
     the folder too), that hold task folders; [] for a folder that holds no sweep."""
+    return [str(p) for p in listed_runs(folder) or () if holds_task_dirs(p)]
+
+
+def listed_runs(folder: Path) -> list[Path] | None:
+    """Every run folder the sweep.json in ``folder`` lists, task folders or not yet; None where
+    there is no sweep.json cljax could have written."""
     try:
         record = json.loads((folder / "sweep.json").read_text())
         listed = [r["results"] for sweep in (*record.get("earlier", []), record) for r in sweep["runs"]]
     except (OSError, ValueError, KeyError, TypeError, AttributeError):  # no sweep here, or not one cljax wrote
-        return []
+        return None
     # A run is RESULTS_DIR/{tag}/{dataset}/{algorithm}: read under this folder, also when the sweep was
     # copied or moved here (the recorded absolute path would name the original's runs).
-    here = [folder.joinpath(*Path(p).parts[-3:]) for p in listed]
-    return list(dict.fromkeys(str(p) for p in here if holds_task_dirs(p)))
+    return list(dict.fromkeys(folder.joinpath(*Path(p).parts[-3:]) for p in listed))
 
 
 def holds_task_dirs(folder: Path) -> bool:

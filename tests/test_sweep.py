@@ -266,6 +266,13 @@ def test_compare_given_a_sweeps_folder_names_the_runs_below_it_that_sweep_json_d
                                        f"(pass them too to compare them): {extra[0]} {extra[1]}.\n")
     # a run's folder given as it is, with no note
     assert with_sweeps_runs([str(extra[0])]) == [str(extra[0])] and capsys.readouterr().err == ""
+    # A sweep just submitted: no listed run has a task yet. Its sweep.json was called unreadable.
+    from cljax.run_search import runs_near
+
+    (listed / "task_000").rmdir()
+    assert runs_near(tmp_path) == (f"it holds a sweep whose 1 run(s) have no finished task yet (sweep.json lists them): "
+                                   f"wait for its jobs, or pass a run's folder; below it, not in sweep.json: {extra[0]} "
+                                   f"{extra[1]}")
 
 
 def test_the_sweep_record_holds_absolute_paths_and_a_job_told_to_rerun_without_overwrite_gets_no_overwrite_note(
