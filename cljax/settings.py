@@ -43,13 +43,10 @@ class Parser(argparse.ArgumentParser):
         unknown = message.split(": ", 1)[1].split() if message.startswith("unrecognized arguments: ") else []
         near = {bad: self.closest_flags(bad) for bad in unknown if bad.startswith("--")}
         near = {bad: flags for bad, flags in near.items() if flags}
-        if near:
-            said = ", ".join(f"{' or '.join(flags)}{f' (for {bad})' if len(near) > 1 else ''}"
-                             for bad, flags in near.items())
-            self.exit(2, f"error: {message}: did you mean {said}? (see `{self.prog} --help`)\n")
         plugin = ("; if it is a flag of a plugin's entry, load its file: --plugin FILE or $CLJAX_PLUGINS"
                   if message.startswith("unrecognized arguments: --") else "")
-        self.exit(2, f"error: {message} (see `{self.prog} --help`{plugin})\n")
+        said = ", ".join(f"{' or '.join(flags)}{f' (for {bad})' if len(near) > 1 else ''}" for bad, flags in near.items())
+        self.exit(2, f"error: {message}{f': did you mean {said}?' if near else ''} (see `{self.prog} --help`{plugin})\n")
 
     def closest_flags(self, typed: str) -> list[str]:
         """The flags nearest ``typed`` (``--n-repeat``, ``--num_tasks=2``): its own flag when only

@@ -83,7 +83,8 @@ def test_a_misspelt_flag_is_answered_with_the_nearest_in_one_line(capsys, typed,
     for command in ("run", "plan", "sweep"):
         rc, _, err = run_cli([command, *typed], capsys)
         assert_one_error(rc, err)
-        assert err == f"error: unrecognized arguments: {said} (see `cljax {command} --help`)\n"
+        assert err == (f"error: unrecognized arguments: {said} (see `cljax {command} --help`; if it is a flag of a "
+                       f"plugin's entry, load its file: --plugin FILE or $CLJAX_PLUGINS)\n")  # a plugin's flag typed alone
 
 
 def test_a_flag_near_none_is_not_given_a_guess():

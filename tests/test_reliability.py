@@ -253,7 +253,7 @@ BAD_INPUTS = {
     "odd_subsamples_at_the_limit": (["--n-subsamples", "101"], "--n-subsamples 101 must be even (half of each class): "
                                     "use 100."),  # 102 is over 2 * --n-test-per-class
     "too_many_subsamples": (["--n-subsamples", "102"], "--n-subsamples 102 must be at most 2 * --n-test-per-class = 100"),
-    "synthetic_size": (["--dataset", "synthetic", "--synthetic-size", "10"], "use 8 or 12 (the cnn model needs at least 28)"),
+    "synthetic_size": (["--dataset", "synthetic", "--synthetic-size", "10"], "use 8 or 12 (--model cnn, the default, needs at least 28)"),
     "too_many_train_images": (["--n-train-per-class", "7000", "--log-frequency", "1"], "training images, the fewest of any class, but 7000"),
     "too_many_test_images": (["--n-test-per-class", "2000"], "test images, the fewest of any class, but --n-test-per-class"),
     "batch_larger_than_task": (["--batch-size", "1000"], "larger than a task's 200 training images"),

@@ -41,7 +41,7 @@ def make_synthetic(n_classes: int, n_train_per_class: int, n_test_per_class: int
                    channels: int = 1) -> ClassData:
     if size % 4:
         raise CljaxError(f"--synthetic-size {size} must be a multiple of 4: use {size // 4 * 4 or 4} or "
-                         f"{size // 4 * 4 + 4} (the cnn model needs at least 28).")
+                         f"{size // 4 * 4 + 4} (--model cnn, the default, needs at least 28).")
     _check_memory(n_classes * (n_train_per_class + n_test_per_class), size * size * channels)
     rng = np.random.default_rng(seed)
     coarse_shape = (n_classes, size // 4, size // 4) + ((channels,) if channels > 1 else ())
