@@ -21,8 +21,11 @@ def stop_at_once(signum, frame):
 
 
 # SIGTERM and SIGINT, and what a batch system sends ahead of a stop (`#SBATCH --signal=USR1@90`) or
-# a closed terminal: each killed a run without a line (exit 138, 140, 129).
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGHUP)
+# a closed terminal: each killed a run without a line (exit 138, 140, 129). One the process was
+# started ignoring stays ignored (read here, before any handler is set): nohup's SIGHUP, a
+# background job's SIGINT.
+STOP_SIGNALS = tuple(sig for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGHUP)
+                     if signal.getsignal(sig) is not signal.SIG_IGN)
 
 
 def main() -> int:

@@ -99,12 +99,16 @@ class TaskData:
         fewest_test = min(range(data.n_classes), key=lambda c: len(self.test_by_class[c]))
         have_test = len(self.test_by_class[fewest_test])
         if not holdout and have_test < config.n_test_per_class:
-            spare = have - config.n_train_per_class  # what train_holdout could take from the training images
+            # train_holdout takes the test images from the training split, beside the training ones
+            holdout_fix = ("--test-source train_holdout (test images held out of the training split)"
+                           + ("" if have - config.n_train_per_class >= config.n_test_per_class else
+                              f" with --n-train-per-class + --n-test-per-class at most {have}"))
+            if have_test == 0:
+                raise CljaxError(f"class {fewest_test} has no test images (the dataset has no test split for it): use "
+                                 f"{holdout_fix}.")
             raise CljaxError(
                 f"class {fewest_test} has {have_test} test images, the fewest of any class, but --n-test-per-class "
-                f"is {config.n_test_per_class}: lower it to at most {have_test}" + (
-                    " or use --test-source train_holdout (test images held out of the training split)"
-                    if spare >= config.n_test_per_class else "") + ".")
+                f"is {config.n_test_per_class}: lower it to at most {have_test}, or use {holdout_fix}.")
 
     def _pick(self, stream: int, cls: int, repeat: int, pool: np.ndarray, n: int, from_end: bool = False):
         # A fixed per-(class, repeat) permutation: train takes its start, the holdout its end.

@@ -81,8 +81,14 @@ def test_train_holdout_needs_the_training_and_held_out_images_of_every_class(tmp
     TaskData(data, config(11, "test"))  # a separate test split: 90 of 100 is enough
     TaskData(data, config(100, "test"))  # every test image of a class, no more
     with pytest.raises(CljaxError, match=r"class 0 has 100 test images, the fewest of any class, but --n-test-per-class "
-                                         r"is 101: lower it to at most 100\.$"):  # no spare training images to hold out
+                                         r"is 101: lower it to at most 100, or use --test-source train_holdout \(test "
+                                         r"images held out of the training split\) with --n-train-per-class \+ "
+                                         r"--n-test-per-class at most 100\.$"):  # too few to spare beside 90
         TaskData(data, config(101, "test"))
+    no_test = ClassData(data.train_images, labels, data.test_images[:0], labels[:0], 4, tuple("abcd"), {})
+    with pytest.raises(CljaxError, match=r"^class 0 has no test images \(the dataset has no test split for it\): use "
+                                         r"--test-source train_holdout .* at most 100\.$"):  # it said "at most 0"
+        TaskData(no_test, config(11, "test"))
     with pytest.raises(CljaxError, match=r"class 0 has 100 training images, the fewest of any class, but 101 are needed "
                                          r"\(--n-train-per-class \+ --n-test-per-class\): lower their sum to at most 100"):
         TaskData(data, config(11))
@@ -91,7 +97,7 @@ def test_train_holdout_needs_the_training_and_held_out_images_of_every_class(tmp
     with pytest.raises(CljaxError, match=r"^class 4 has 5 training images, the fewest of any class, but 90 are needed "
                                          r"\(--n-train-per-class\): lower it to at most 5\.$"):  # the first too few
         TaskData(five, config(10, "test"))
-    with pytest.raises(CljaxError, match=r"class 0 has 50 test images, .* to at most 50 or use --test-source "
+    with pytest.raises(CljaxError, match=r"class 0 has 50 test images, .* to at most 50, or use --test-source "
                                          r"train_holdout \(test images held out of the training split\)\.$"):
         TaskData(ClassData(data.train_images, labels, data.test_images[:200], labels[::2], 4, tuple("abcd"), {}),
                  small_config(tmp_path, n_train_per_class=10, n_test_per_class=60, n_subsamples=8, batch_size=10))
