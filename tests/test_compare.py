@@ -533,7 +533,7 @@ def test_runs_of_one_seed_and_class_pairs_on_other_data_settings_are_not_one_dra
                   pairs_TR2=pairs)
         for d in (tmp_path / name).iterdir():
             meta = json.loads((d / "metadata.json").read_text())
-            (d / "metadata.json").write_text(json.dumps({**meta, "config": {"n_train_per_class": n}}))
+            (d / "metadata.json").write_text(json.dumps({**meta, "config": {"n_train_per_class": n}, "data": "a" * 64}))
     summary = compare_runs([tmp_path / n for n in names], labels=list(names))
     assert "paired" not in summary["plain_100"]  # the baseline of its own draw
     assert summary["redo_100"]["paired"]["baseline"] == "plain_100"
@@ -542,3 +542,10 @@ def test_runs_of_one_seed_and_class_pairs_on_other_data_settings_are_not_one_dra
         meta = json.loads((d / "metadata.json").read_text())
         (d / "metadata.json").write_text(json.dumps({**meta, "data": "f" * 64}))
     assert "paired" not in compare_runs([tmp_path / n for n in names], labels=list(names))["redo_100"]
+    # ... where both record one: a folder from before they did (no "data", no run.json) is paired as before
+    for d in (tmp_path / "redo_100").iterdir():
+        meta = json.loads((d / "metadata.json").read_text())
+        del meta["data"]
+        (d / "metadata.json").write_text(json.dumps(meta))
+    assert compare_runs([tmp_path / n for n in names], labels=list(names))["redo_100"]["paired"]["baseline"] == \
+        "plain_100"

@@ -71,7 +71,8 @@ def current_task_accuracy(run_dir) -> dict:
         meta = check(d, t)
         pairs.append(meta.get("task_pairs"))
         seeds.add(json.dumps(meta.get("seed")))
-        config, first_data = ((meta.get("config") or {}), meta.get("data")) if t == 0 else (config, first_data)
+        if t == 0:  # the run's settings and data, as its first folder records them
+            config, first_data = meta.get("config") or {}, meta.get("data")
         T = config.get("num_tasks") if t == 0 else None
         n_run = T if isinstance(T, int) else n_run
         if isinstance(T, int) and len(dirs) > T:
@@ -80,9 +81,11 @@ def current_task_accuracy(run_dir) -> dict:
         slot = (meta.get("eval_tasks") or {}).get("current_slot", t)
         learner.append(results.load_metrics(d)["test_acc"][-1, :, slot])
         expert.append(results.load_expert_metrics(d)["test_acc"][-1])
-    # the dataset's own content (its identity, as run compares it: a synthetic size, a prepared folder) too
-    data = json.dumps({**{k: config.get(k) for k in DATA_SETTINGS}, "data": first_data}, sort_keys=True, default=str)
-    draw = None if None in pairs or seeds == {"null"} else (sorted(seeds), pairs, data)
+    settings = json.dumps({k: config.get(k) for k in DATA_SETTINGS}, sort_keys=True, default=str)
+    # the dataset's content (its identity, as run compares it: a synthetic size, a prepared folder); a
+    # task folder from before it recorded one (2026-12-05): run.json's, else not known
+    identity = first_data or (_record_or_none(Path(run_dir)) or {}).get("data")
+    draw = None if None in pairs or seeds == {"null"} else (sorted(seeds), pairs, settings, identity)
     return {"learner": np.asarray(learner, np.float64), "expert": np.asarray(expert, np.float64), "draw": draw,
             "num_tasks": n_run}
 
@@ -206,18 +209,23 @@ def curves_by_method(labels, curves, draws, methods) -> dict:
         [curves[r] for r in runs], axis=1), runs) for runs in groups.values()}
 
 
-def _one_draw(a, b) -> bool:
-    """Whether two runs' draws (seeds, class pairs per task, the data settings) are one: the same
-    seed and data settings, and the class pairs of the run with fewer tasks written are the
-    other's first ones (a run not finished yet)."""
-    (seeds_a, pairs_a, data_a), (seeds_b, pairs_b, data_b) = a, b
+def _one_draw(a, b, data: bool = True) -> bool:
+    """Whether two runs' draws (seeds, class pairs per task, data settings, data identity) are one:
+    the same seed, and the class pairs of the run with fewer tasks written are the other's first
+    ones (a run not finished yet); with ``data``, the same data settings and identity too (where
+    both record one), so that their repeats saw the same images."""
+    (seeds_a, pairs_a, settings_a, id_a), (seeds_b, pairs_b, settings_b, id_b) = a, b
     k = min(len(pairs_a), len(pairs_b))
-    return seeds_a == seeds_b and data_a == data_b and pairs_a[:k] == pairs_b[:k]
+    same_data = settings_a == settings_b and (id_a == id_b or None in (id_a, id_b))
+    return seeds_a == seeds_b and pairs_a[:k] == pairs_b[:k] and (same_data or not data)
 
 
 def _distinct_draws(draws) -> bool:
-    """Whether no two of the runs' draws are one (their repeats would count twice), none unknown."""
-    return None not in draws and not any(_one_draw(a, b) for i, a in enumerate(draws) for b in draws[i + 1:])
+    """Whether no two of the runs' draws are one (their repeats would count twice), none unknown:
+    another seed or other class pairs (the same seed on other data shares the initialisation and
+    the order of the batches, so its repeats are not another draw's)."""
+    return None not in draws and not any(_one_draw(a, b, data=False) for i, a in enumerate(draws)
+                                         for b in draws[i + 1:])
 
 
 def pair_with_baselines(labels, accs, late_from: float = 0.5) -> dict:
