@@ -278,6 +278,13 @@ def test_an_out_that_a_rename_cannot_replace(source, prepared, tmp_path, monkeyp
         f"beside --out, with the work folder, on the filesystem above): pass a folder inside it, e.g. --out "
         f"{mounted / 'imagenet28'} (nothing was written).")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["imagenet28", "scratch", "volume"] and not any(mounted.iterdir())
+    # ... also a volume that holds lost+found (it was "exists and is not a prepared dataset"), before the lock
+    # beside it is taken (a volume's parent, /mnt, may not take the lock file)
+    (mounted / "lost+found").mkdir()
+    monkeypatch.setattr(imagenet, "OutputLock", lambda out: pytest.fail("took the lock"))
+    assert prepare_main(["--source", str(source["root"]), "--out", str(mounted), "--no-progress"]) == 2
+    assert f"error: --out {mounted} is a mount point" in _one_error_line(capsys)
+    (mounted / "lost+found").rmdir()
     # ... and mountinfo's escapes are read: a space is \040.
     info = tmp_path / "mountinfo"
     info.write_text("22 1 8:1 / / rw - ext4 /dev/sda1 rw\n36 22 98:0 /data /mnt/my\\040disk rw - ext3 /dev/sdb rw\n")

@@ -195,6 +195,8 @@ def prepare_imagenet(
     symbolic link at `out` is followed (out_place.py).
     """
     out = output_folder(out)
+    if overwrite or not is_prepared(out):  # before the lock beside it, and before OUT is looked at
+        check_not_mount_point(out)
     with OutputLock(out):
         return _prepare_locked(source, out, workers=workers, split_map=split_map, reader=reader, size=size,
                                resample=resample, shard_rows=shard_rows, overwrite=overwrite, progress=progress,
@@ -337,6 +339,8 @@ def prepare_main(argv: list[str]) -> int:
                   f"{data.n_classes} classes); nothing to do. Pass --overwrite to prepare it again.")
             return True
 
+        if args.overwrite or not is_prepared(out):  # its lock goes beside it: a volume's parent may be read-only
+            check_not_mount_point(out)
         try:
             lock = OutputLock(out).__enter__()  # before OUT is looked at: another preparation may be replacing it
         except OSError as exc:  # a read-only data folder: its complete output is still checked, not refused
