@@ -374,8 +374,12 @@ def test_every_plot_of_cljax_says_what_its_band_is_and_that_a_run_is_partial(tmp
     real = plots._save
 
     def save(fig, path):
-        captions[path.name.split("@")[-1]] = plot_parts._CAPTION.get()  # (written under a temporary name)
-        return real(fig, path)
+        caption = plot_parts._CAPTION.get()
+        captions[path.name.split("@")[-1]] = caption  # (written under a temporary name)
+        saved = real(fig, path)
+        drawn = [" ".join(t.get_text().split()) for t in fig.texts]  # wrapped to the figure's width
+        assert (caption in drawn) if caption else not drawn, (caption, drawn)
+        return saved
 
     monkeypatch.setattr(plots, "_save", save)
     plugin = Analysis("mine", lambda ctx: 0, lambda state, folder: state,
@@ -385,12 +389,14 @@ def test_every_plot_of_cljax_says_what_its_band_is_and_that_a_run_is_partial(tmp
         analyze_run(algo, glue_n_probes=16, glue_max_points=4, glue_across_every=1)
     finally:
         unregister("mine")
-    own = {name: text for name, text in captions.items() if name != "mine.png"}
-    assert {"accuracy_matrix.png", "accuracy_over_time.png", "learner_vs_expert.png", "plasticity.png", "probe.png",
-            "glue.png"} <= set(own)
+    own = {name: text for name, text in captions.items() if name not in ("mine.png", "accuracy_matrix.png")}
+    assert {"accuracy_over_time.png", "learner_vs_expert.png", "plasticity.png", "probe.png", "glue.png"} <= set(own)
     assert set(own.values()) == {f"means over the R = {RR} repeats, finite values only (a band: +-1 sample std over "
                                  f"them); a partial run: tasks 0-1 of its 3 trained (a later task's values are of a "
                                  f"network not trained on it yet)"}
+    # the matrix draws no band, and only the tasks trained
+    assert captions["accuracy_matrix.png"] == (f"means over the R = {RR} repeats, finite values only; a partial run: "
+                                               f"tasks 0-1 of its 3 trained")
     assert captions["mine.png"] == ""  # a plugin's plot says what it draws
 
 

@@ -245,8 +245,7 @@ def _analyze_run(
                                  f"give the plugin's file another name (nothing was written).")
             written_by[name] = a.name
     arrays = {name: a for result in outputs for name, a in result.arrays.items()}
-    caption = _caption(R, n, T)  # under cljax's own plots (a plugin's plot says what it draws)
-    figures = {name: draw if a.name in summary["plugin_analyses"] else captioned(draw, caption)
+    figures = {name: draw if a.name in summary["plugin_analyses"] else captioned(draw, _caption(R, n, T, name))
                for a, result in zip(selected, outputs) for name, draw in result.plots.items()} if make_plots else {}
     summary["files"] = ["summary.json", *sorted(arrays, key=_file_rank), *sorted(figures, key=_file_rank)]
     summary = jsonable(summary)
@@ -269,12 +268,19 @@ analyze_run.__signature__ = inspect.signature(_analyze_run).replace(
 analyze_run.__doc__ += "\n\n" + (_analyze_run.__doc__ or "")
 
 
-def _caption(R: int, n: int, T: int) -> str:
-    """The line under each plot: what a band is, over how many repeats, and a run's tasks so far."""
-    over = (f"means over the R = {R} repeats, finite values only (a band: +-1 sample std over them)" if R > 1 else
-            "one repeat (R = 1): no band")
-    return over + (f"; a partial run: tasks 0-{n - 1} of its {T} trained (a later task's values are of a network "
-                   f"not trained on it yet)" if n < T else "")
+# cljax's plots that draw means without a band, and only the tasks trained so far (the n x n block)
+WITHOUT_BAND = ("accuracy_matrix.png",)
+
+
+def _caption(R: int, n: int, T: int, plot: str) -> str:
+    """The line under one of cljax's own plots: over how many repeats its means are, what a band
+    is, and a run's tasks so far (a plugin's plot says what it draws)."""
+    band = plot not in WITHOUT_BAND
+    over = (f"means over the R = {R} repeats, finite values only" + (" (a band: +-1 sample std over them)" if band
+                                                                      else "") if R > 1 else
+            "one repeat (R = 1)" + (": no band" if band else ""))
+    return over + (f"; a partial run: tasks 0-{n - 1} of its {T} trained" + (
+        " (a later task's values are of a network not trained on it yet)" if band else "") if n < T else "")
 
 
 def _call(a, what: str, fn, *args):
