@@ -89,8 +89,8 @@ def _initialize_seeing_signals(kwargs: dict) -> None:
 
 
 def _say_joining(kwargs: dict) -> None:
-    """One line from the first process before it waits for the others (JAX's initialize blocks
-    up to 5 minutes, where a stop signal is not seen): a plain `cljax run` typed in a shell of a
+    """One line from the first process before it waits for the others (JAX's initialize waits up
+    to 5 minutes for them): a plain `cljax run` typed in a shell of a
     several-task SLURM step (srun -n4 --pty bash) joined a run of 4 processes without a word."""
     if os.environ.get("CLJAX_DISTRIBUTED", "").strip():  # asked for by name: it knows
         return
