@@ -299,3 +299,15 @@ register_rule = RULES.register
 register_option = OPTIONS.register
 register_model = MODELS.register
 register_dataset = DATASETS.register
+
+
+def ignored_settings(flat: dict) -> dict[str, str]:
+    """Setting -> the entry that never reads it ("model mlp"): the ``ignores=`` of the rule, model
+    and dataset the flat settings choose (those loaded here)."""
+    out: dict[str, str] = {}
+    for kind, setting, registry in (("rule", "algorithm", RULES), ("model", "model", MODELS),
+                                    ("dataset", "dataset", DATASETS)):
+        name = flat.get(setting)
+        if isinstance(name, str) and name in registry:
+            out.update(dict.fromkeys(registry[name].extra.get("ignores", ()), f"{kind} {name}"))
+    return out

@@ -9,7 +9,7 @@ from typing import Any
 
 from cljax.config import SPEED_ONLY, Config, setting_fields
 from cljax.errors import CljaxError, DamagedFile
-from cljax.registry import AUTO_CONV_IMPL, DATASETS, MODELS, RULES
+from cljax.registry import AUTO_CONV_IMPL, ignored_settings
 
 
 def resume_key(config: Config, compare_data_dir: bool = True) -> dict[str, Any]:
@@ -33,10 +33,8 @@ def number_settings(flat: dict) -> dict:
     """The flat settings (``Config.to_dict``, or a run.json's config) that change a run's numbers:
     all but the speed-only ones and those that do not act under the others."""
     key = {k: v for k, v in flat.items() if k not in SPEED_ONLY}
-    for setting, registry in (("algorithm", RULES), ("model", MODELS), ("dataset", DATASETS)):
-        entry = flat.get(setting)  # its registration's ignores=: settings it never reads (the MLP's conv_impl)
-        for dest in registry[entry].extra.get("ignores", ()) if isinstance(entry, str) and entry in registry else ():
-            key.pop(dest, None)
+    for dest in ignored_settings(flat):  # never read by the chosen model or dataset (the MLP's conv_impl)
+        key.pop(dest, None)
     if key.get("conv_impl") == "auto":  # one lowering, named either way (a run of im2col was refused as auto's)
         key["conv_impl"] = AUTO_CONV_IMPL
     for dest, f in setting_fields().items():

@@ -12,7 +12,7 @@ from cljax.config import Config, field_types_of, option_switch, settings_fields
 from cljax.errors import CljaxError
 from cljax.flags import add_flag, field_types, flag_values, parse_text
 from cljax.presets import PRESETS, preset_from_argv
-from cljax.registry import DATASETS, MODELS, OPTIONS, RULES, load_plugins, source_file
+from cljax.registry import DATASETS, MODELS, OPTIONS, RULES, ignored_settings, load_plugins, source_file
 
 
 class Parser(argparse.ArgumentParser):
@@ -222,10 +222,9 @@ def unused_settings(flat: dict, inert: bool = True) -> dict[str, str]:
             why[dest] = f"it is a setting of {'; of '.join(owners) or ', '.join(users)}"
         elif when and used.get(when[0]) != when[1]:
             why[dest] = f"it acts only with --{when[0].replace('_', '-')} {when[1]}"
-    for kind, (registry, flag, value) in chosen.items():  # settings the chosen rule, model or dataset never reads
-        for dest in registry[value].extra.get("ignores", ()) if value in registry else ():
-            if dest in flat:
-                why.setdefault(dest, f"{kind} {value} does not read it")
+    for dest, entry in ignored_settings(flat).items():  # settings the chosen rule, model or dataset never reads
+        if dest in flat:
+            why.setdefault(dest, f"{entry} does not read it")
     rule_inert = RULES[config.algorithm].extra.get("inert") if inert else None  # the rule's settings it ignores here
     for dest, reason in (rule_inert(config.rule_params, config) if rule_inert is not None else {}).items():
         why.setdefault(dest, reason)

@@ -95,3 +95,12 @@ def reset_if_any(net, params, opt_state, key, layers, masks):
         return reset_units(p, o, net.init(key)[0], layers, masks)
 
     return lax.cond(any_reset, reset, lambda operands: operands, (params, opt_state))
+
+
+def unit_widths_of(config) -> tuple[int, ...] | None:
+    """The widths of the run's model's unit layers (cljax.models.units.unit_widths), for the
+    options' checks of whether they would act in the run."""
+    from cljax.heads import n_heads_of
+    from cljax.models.units import unit_widths
+
+    return unit_widths(config.model, config.model_params, config.out_dim * n_heads_of(config))

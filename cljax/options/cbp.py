@@ -42,10 +42,9 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 
-from cljax.heads import n_heads_of
-from cljax.models.units import unit_activity, unit_layers, unit_widths
+from cljax.models.units import unit_activity, unit_layers
 from cljax.options import Option, register_option, run_steps
-from cljax.options._units import outgoing_abs_sums, reset_if_any, weighted_mean_abs
+from cljax.options._units import outgoing_abs_sums, reset_if_any, unit_widths_of, weighted_mean_abs
 from cljax.registry import param
 
 
@@ -87,7 +86,7 @@ def cbp_update(state, activity, out_sums, weights_B, rate: float, maturity: int,
 
 def _inert(params: CBPParams, config) -> str | None:
     total, steps = run_steps(config)
-    widths = unit_widths(config.model, config.model_params, config.out_dim * n_heads_of(config))
+    widths = unit_widths_of(config)
     if widths == ():  # a model without unit layers: the run refuses the option, in one line (cljax/models/units.py)
         return None
     if params.rate == 0:

@@ -24,10 +24,9 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 
-from cljax.heads import n_heads_of
-from cljax.models.units import unit_activity, unit_layers, unit_widths
+from cljax.models.units import unit_activity, unit_layers
 from cljax.options import Option, register_option, run_steps
-from cljax.options._units import reset_if_any, weighted_mean_abs
+from cljax.options._units import reset_if_any, unit_widths_of, weighted_mean_abs
 from cljax.registry import param
 
 
@@ -51,7 +50,7 @@ def dormant_masks(activity, weights_B, tau: float):
 
 def _inert(params: ReDoParams, config) -> str | None:
     total, steps = run_steps(config)
-    if unit_widths(config.model, config.model_params, config.out_dim * n_heads_of(config)) == ():
+    if unit_widths_of(config) == ():
         return None  # a model without unit layers: the run refuses the option, in one line (cljax/models/units.py)
     if params.every > total:
         return f"its first reset comes after step {params.every} (--redo-every), and the run has {steps}"

@@ -12,16 +12,16 @@ from cljax.data.imagenet.sources import OUTPUT_SPLITS, PARQUET_NAMES, RENAME_PAR
 from cljax.errors import CljaxError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
-_SPLIT_DIR_NAMES = {"train": "train", "validation": "validation", "val": "validation", "valid": "validation", "test": "test"}
+SPLIT_DIR_NAMES = {"train": "train", "validation": "validation", "val": "validation", "valid": "validation", "test": "test"}
 
 
 def plan_image_folder(root: Path, split_map: dict[str, str], strict: bool, shard_rows: int) -> Plan:
     subdirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    split_dirs = {_SPLIT_DIR_NAMES[d.name.lower()]: d for d in subdirs if d.name.lower() in _SPLIT_DIR_NAMES}
+    split_dirs = {SPLIT_DIR_NAMES[d.name.lower()]: d for d in subdirs if d.name.lower() in SPLIT_DIR_NAMES}
     names: dict[str, list[str]] = {}  # --splits val:test names the folder as spelt: that split, under the name asked
     spelt = {d.name for d in subdirs}
     for asked in split_map:  # as spelt in --splits or on disk (Val/); only `train` maps to train, so never TRAIN
-        known = _SPLIT_DIR_NAMES.get(asked if asked not in spelt else asked.lower())
+        known = SPLIT_DIR_NAMES.get(asked if asked not in spelt else asked.lower())
         known = None if known == "train" and asked != "train" else known
         if known is not None and known in split_dirs:
             names.setdefault(known, []).append(asked)
@@ -137,7 +137,7 @@ def _without_unlabelled(layout: dict[str, Path], per_split: dict, split_map: dic
     --splits, or train, is refused; the default validation split is left out with a note."""
     kept, notes = dict(split_map), []
     for src, dst in split_map.items():
-        key = _SPLIT_DIR_NAMES.get(src.lower(), src)
+        key = SPLIT_DIR_NAMES.get(src.lower(), src)
         folder = layout.get(key)
         if folder is None or key in per_split or not any(_is_image(p) for p in folder.iterdir()):
             continue

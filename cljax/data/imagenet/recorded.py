@@ -11,6 +11,7 @@ import json
 from collections.abc import Mapping
 from pathlib import Path
 
+from cljax.data.imagenet.image_folder import SPLIT_DIR_NAMES
 from cljax.data.imagenet.sources import DEFAULT_SPLIT_MAP, OUTPUT_SPLITS, find_parquet_files
 from cljax.data.prepared import load_prepared
 from cljax.errors import CljaxError
@@ -60,7 +61,7 @@ def _validation_split_of(source: str) -> str | None:
         return None
     if parquet:
         return str(parquet["validation"][0].relative_to(path)) if "validation" in parquet else None
-    for folder in sorted(p for p in path.iterdir() if p.is_dir() and p.name.lower() in ("validation", "val", "valid")):
+    for folder in sorted(p for p in path.iterdir() if p.is_dir() and SPLIT_DIR_NAMES.get(p.name.lower()) == "validation"):
         if any(c.is_dir() and not c.name.startswith(".") and any(c.iterdir()) for c in folder.iterdir()):
             return f"{folder.name}/"
     return None
