@@ -292,7 +292,7 @@ def _check_output_file(flag: str, path: str | None, kind: str) -> None:
     target = Path(path)
     if target.is_dir():
         raise CljaxError(f"{flag} {path} is a folder: pass a file path.")
-    from cljax.output_guard import OTHER_IMAGES, check_not_a_run_result, check_replaces_only_its_own  # (load JAX)
+    from cljax.output_guard import check_not_a_run_result, check_png_name, check_replaces_only_its_own  # (JAX)
 
     check_not_a_run_result(flag, target)
     check_replaces_only_its_own(flag, target, kind)
@@ -303,8 +303,8 @@ def _check_output_file(flag: str, path: str | None, kind: str) -> None:
     why = cannot_create_in(target.parent)  # where the file's temporary goes
     if why is not None:
         raise CljaxError(f"{flag} {path}: cannot write to {target.parent} ({why}): pass a writable path.")
-    if kind == "png" and target.suffix.lower() in OTHER_IMAGES:  # written as a PNG whatever the name says
-        raise CljaxError(f"{flag} {path}: the plot is a PNG image: give the file a .png name.")
+    if kind == "png":
+        check_png_name(flag, path, "the plot")
 
 
 COMMANDS = {

@@ -114,6 +114,8 @@ def range_text(ftype: FieldType, meta: dict) -> str:
     (without spaces, so that the help's line wrapping keeps each whole); "" without bounds; an
     int's 32-bit limit goes unsaid unless it is the field's own ``max``."""
     low, high = meta.get("min"), meta.get("max")
+    if isinstance(high, float) and high >= 3.4e38:  # float32's largest (a rate's overflow bound): no bound to a reader
+        high = None
     if ftype.base not in (int, float) or (low is None and high is None):
         return ""
     if low is None:

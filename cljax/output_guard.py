@@ -30,6 +30,13 @@ OWN_FOLDERS = frozenset({INITIAL, KEPT})
 # Names of other image formats: a plot or a sample grid is written as a PNG whatever its name says.
 OTHER_IMAGES = (".jpg", ".jpeg", ".pdf", ".svg", ".eps", ".ps", ".tif", ".tiff", ".webp", ".gif", ".bmp")
 
+
+def check_png_name(flag: str, path, what: str) -> None:
+    """One CljaxError line when ``path``, where ``what`` is written as a PNG, is named as another
+    image format (a name without a suffix is taken as it is)."""
+    if Path(path).suffix.lower() in OTHER_IMAGES:
+        raise CljaxError(f"{flag} {path}: {what} is a PNG image: give the file a .png name.")
+
 def run_owning(path: str | Path) -> Path | None:
     """The run folder whose results ``path`` (a file or a folder, there or not) is, or lies in;
     None when it is no run's."""

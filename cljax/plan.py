@@ -160,7 +160,7 @@ def format_plan(plan: dict) -> str:
         if 2 * ev["chunk_tasks"] >= ev["slots"]:  # two chunks in flight: no less than all the slots at once
             below = (ev["slots"] + 1) // 2  # 2K < slots; none at 2 slots, where K = 1 is the least
             saves = f"saves memory only below K = {below} (--eval-chunk-tasks 0 chooses)" if below > 1 else \
-                f"saves no memory with {ev['slots']} task slots, whatever K (--eval-chunk-tasks 0 keeps them resident)"
+                f"saves no memory with {ev['slots']} task slot{'s' * (ev['slots'] != 1)}, whatever K (--eval-chunk-tasks 0 keeps them resident)"
             lines.append(f"  note: two chunks are in flight while streaming, {2 * ev['chunk_tasks']} tasks of the "
                          f"{ev['slots']}, so this needs as much device memory as resident evaluation; streaming {saves}")
     lines += ["", "host memory (estimate, beyond the Python/JAX runtime"

@@ -89,7 +89,7 @@ class RunLock:
                     _mark_ended(fd)
                 os.close(fd)  # releases the lock
 
-    def _in_use(self, holder: dict) -> str:
+    def _in_use(self, holder: dict, flocks: bool = True) -> str:
         who = f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}, since {holder.get('since', '?')}"
         if self.exclusive and (holder.get("ended") or holder.get("host") == socket.gethostname()
                                and not _recorded_alive_here(holder)):
@@ -98,7 +98,7 @@ class RunLock:
                     f"of a finished run; the last run that wrote it, {who}, has ended): wait for it to end, then run "
                     f"this command again.")
         return (f"{self.algo_dir} is in use by another cljax run ({who}): wait for it to end or stop it, then run "
-                f"this command again (a run that has died holds no lock).")
+                f"this command again" + (" (a run that has died holds no lock)." if flocks else ""))
 
     def _without_flock(self, fd: int, path: Path) -> None:
         holder = _read_holder(path)
@@ -110,7 +110,7 @@ class RunLock:
                 # another host than the one that wrote it.
                 if self.exclusive:
                     os.close(fd)
-                    raise CljaxError(self._in_use(holder).split(" (a run that has died")[0] + f"; this filesystem "
+                    raise CljaxError(self._in_use(holder, flocks=False) + f"; this filesystem "
                                      f"has no file locks, so a run on another host cannot be checked, and a run "
                                      f"killed there left its record: delete {path} if that run has ended.")
             elif _another_live_process_here(holder):  # a reader waits for a writer, as with file locks

@@ -106,7 +106,9 @@ def _task_ticks(axis) -> None:
     axis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
 
 
-# A line under every figure drawn inside :func:`captioned` (the analysis's repeats, a partial run).
+# A line under every figure drawn inside :func:`captioned` (the analysis's repeats, a partial run),
+# wrapped at about as many characters of its 7-point font as fit in an inch.
+CAPTION_CHARS_PER_INCH = 17
 _CAPTION: contextvars.ContextVar[str] = contextvars.ContextVar("caption", default="")
 
 
@@ -126,8 +128,8 @@ def _save(fig, path) -> Path:
         fig.draw_without_rendering()  # lays the figure out, as the save will
         box = fig.get_tightbbox()  # inches
         fig.text(box.x0 / fig.get_figwidth(), (box.y0 - 0.04) / fig.get_figheight(),
-                 textwrap.fill(_CAPTION.get(), max(40, int(17 * box.width))), ha="left", va="top", fontsize=7,
-                 color="0.3")
+                 textwrap.fill(_CAPTION.get(), max(40, int(CAPTION_CHARS_PER_INCH * box.width))), ha="left", va="top",
+                 fontsize=7, color="0.3")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda f: fig.savefig(f, dpi=110, bbox_inches="tight", format="png"))

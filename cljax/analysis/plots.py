@@ -39,12 +39,13 @@ def plot_accuracy_matrix(accuracy_matrix, path: str | os.PathLike, title: str = 
         A = _mean_std(A.reshape(A.shape[0], -1))[0].reshape(A.shape[1:])
     T = A.shape[0]
     side = max(T, 4)  # a small matrix still gets room for its labels and title
-    fig = _figure(figsize=(1.2 + 0.45 * min(side, 30), 1.0 + 0.4 * min(side, 30)))
+    width = 1.2 + 0.45 * min(side, 30)  # inches
+    fig = _figure(figsize=(width, 1.0 + 0.4 * min(side, 30)))
     ax = fig.subplots()
     if block > 1:
         title = f"{title}\n(each cell: mean over {block} x {block} tasks)"
-    if left_out:  # wrapped to the figure's width: a small matrix's title ran under the colorbar
-        title = f"{title}\n" + textwrap.fill(left_out, max(30, int(11 * (1.2 + 0.45 * min(side, 30)))))
+    if left_out:  # wrapped to the figure's width (about 11 title characters an inch): it ran under the colorbar
+        title = f"{title}\n" + textwrap.fill(left_out, max(30, int(11 * width)))
     if evaluated and not np.isfinite(A).any():
         note_no_value(ax, "no finite value:\nthe network diverged\n(see the summary)")
     extent = (-0.5, A.shape[1] * block - 0.5, A.shape[0] * block - 0.5, -0.5)

@@ -51,9 +51,9 @@ def _head_reads(config: dict) -> str:
 def format_summary(summary: dict) -> str:
     """The headline lines of a summary for the terminal: CL metrics, the head vs the linear probe
     on earlier tasks, the expert's final and best snapshot, GLUE capacity with its errors."""
-    auc = " (auc)" if summary.get("variant") == "auc" else ""  # the metrics of the variant chosen
-    lines = [f"{key + auc:>{18 + len(auc)}}: {_cl_metric(summary, key)}" for key in ("average_accuracy", "bwt", "fwt", "forgetting")
-             if key in summary]
+    variant = " (auc)" if summary.get("variant") == "auc" else ""  # the metrics of the variant chosen
+    lines = [f"{key + variant:>{18 + len(variant)}}: {_cl_metric(summary, key)}"
+             for key in ("average_accuracy", "bwt", "fwt", "forgetting") if key in summary]
     writer = summary.get("in_progress")
     if summary.get("complete") is False and writer is not None:  # the tasks written so far; more are coming
         lines.insert(0, f"run in progress (pid {writer.get('pid', '?')} on {writer.get('host', '?')}, since "

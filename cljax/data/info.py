@@ -106,10 +106,9 @@ def _check_png_target(png: Path) -> None:
     why = cannot_create_in(folder) if folder.is_dir() else "it is a file, not a folder"
     if why is not None:
         raise CljaxError(f"--png {png}: cannot write to {folder} ({why}): pass --png with a writable path.")
-    from cljax.output_guard import OTHER_IMAGES
+    from cljax.output_guard import check_png_name
 
-    if png.suffix.lower() in OTHER_IMAGES:  # another format's name (a name without a suffix is taken as it is)
-        raise CljaxError(f"--png {png}: the sample grid is a PNG image: give the file a .png name.")
+    check_png_name("--png", png, "the sample grid")
 
 
 def data_info_main(argv: list[str]) -> int:
