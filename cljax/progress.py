@@ -31,6 +31,7 @@ class LogLines:
     def __init__(self, total: int, done: int, every: float = LOG_EVERY_SECONDS, clock=time.monotonic, note: str = ""):
         self.total, self.done, self.every, self.clock = total, done, every, clock
         self.start, self.first, self.last, self.postfix = clock(), done, None, {}
+        self.began = self.start
         print(f"tasks: {done}/{total} done{note}", file=sys.stderr, flush=True)
 
     def set_postfix(self, **values) -> None:
@@ -44,12 +45,17 @@ class LogLines:
         now = self.clock()
         if self.last is not None and now - self.last < self.every and self.done < self.total:
             return
+        shown = "".join(f", {k} {v}" for k, v in self.postfix.items())
+        if self.last is None:  # the command's first task compiles its programs: its time says nothing of the others'
+            self.last, self.start, self.first = now, now, self.done
+            print(f"tasks: {self.done}/{self.total} done{shown}, the first in {_duration(now - self.began)} "
+                  f"(compiling included)", file=sys.stderr, flush=True)
+            return
         self.last = now
         trained, elapsed = self.done - self.first, now - self.start
         rate = f", {elapsed / trained:.2f} s/task" if trained else ""
         left = (self.total - self.done) * elapsed / trained if trained else 0
         eta = f", about {_duration(left)} left" if trained and self.done < self.total else ""
-        shown = "".join(f", {k} {v}" for k, v in self.postfix.items())
         print(f"tasks: {self.done}/{self.total} done{shown}{rate}{eta}", file=sys.stderr, flush=True)
 
     def close(self) -> None:

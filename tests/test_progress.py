@@ -21,7 +21,8 @@ def test_log_lines_are_one_per_interval_with_the_rate_and_what_is_left(capsys):
         lines.update(1)
     out = capsys.readouterr().err.splitlines()
     assert out == ["tasks: 2/10 done",
-                   "tasks: 3/10 done, acc 0.900, 20.00 s/task, about 2 min left",  # the first task: compiled
+                   # the first task compiles: the rate and what is left are of the tasks after it (8 times too long)
+                   "tasks: 3/10 done, acc 0.900, the first in 20 s (compiling included)",
                    "tasks: 6/10 done, acc 0.900, 20.00 s/task, about 80 s left",  # 60 s after the line before
                    "tasks: 9/10 done, acc 0.900, 20.00 s/task, about 20 s left",
                    "tasks: 10/10 done, acc 0.900, 20.00 s/task"]  # the last, whatever the interval
