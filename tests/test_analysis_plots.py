@@ -251,3 +251,23 @@ def test_a_metrics_panel_names_the_repeats_its_mean_leaves_out(tmp_path, monkeyp
     plot_metrics_over_tasks({"radius": v, "dimension": np.ones((3, 4)), "capacity": np.full((3, 4), np.nan)},
                             tmp_path / "m.png")
     assert titles[:3] == ["radius\n(1 of 3 repeats left out where not finite)", "dimension", "capacity"]
+
+
+def test_a_window_of_a_long_run_is_drawn_task_by_task_in_the_probe_plot(tmp_path, monkeypatch):
+    # A 5000-task row was binned by 25 before the axis zoomed to the window's 4 tasks: one point for 4.
+    import numpy as np
+
+    from cljax.analysis import plots
+
+    figs = []
+    real = plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, path: (figs.append(fig), real(fig, path))[1])
+    T = 5000
+    last = np.full((3, T), np.nan)
+    last[:, -4:] = [[0.6, 0.7, 0.8, 0.9]] * 3
+    earlier = np.full((3, T), 0.5)
+    plots.plot_head_vs_probe({"head": earlier}, {"head": last}, tmp_path / "p.png")
+    right = figs[-1].axes[1]
+    np.testing.assert_array_equal(right.lines[0].get_xdata(), [4996, 4997, 4998, 4999])
+    np.testing.assert_allclose(right.lines[0].get_ydata(), [0.6, 0.7, 0.8, 0.9])
+    assert not [t for t in right.texts if "consecutive" in t.get_text()]

@@ -80,7 +80,7 @@ def _band(ax, x, values_RX, label=None, color=None, marker=None, limits=None, br
         if getattr(ax, "_cljax_bin_note", None) != k:
             ax.annotate(f"each point: the mean of {k} consecutive ones", xy=(1.0, 0.0), xycoords="axes fraction",
                         xytext=(-3, 3), textcoords="offset points", ha="right", va="bottom", fontsize=6,
-                        color="0.35", zorder=5,  # over a curve that passes there, on a ground that keeps it legible
+                        color="0.35", zorder=1.9,  # on a ground that keeps it legible, under the curves (not hiding them)
                         bbox={"boxstyle": "square,pad=0.15", "facecolor": "white", "edgecolor": "none", "alpha": 0.8})
             ax._cljax_bin_note = k
     mean, std = _mean_std(v)

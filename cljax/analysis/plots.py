@@ -262,11 +262,14 @@ def plot_head_vs_probe(earlier_RN: Mapping[str, np.ndarray], last_RT: Mapping[st
                                (ax1, last_RT, "task j (after the last task)")):
         first = 1 if ax is ax0 else 0
         shown = {k: np.asarray(v, dtype=np.float64)[:, first:] for k, v in curves.items()}
-        for label, v in shown.items():
-            _band(ax, np.arange(first, first + v.shape[-1]), v, label=label, marker="o", limits=ACCURACY)
         width = max((v.shape[-1] for v in shown.values()), default=0)
         held = np.flatnonzero(np.any([np.isfinite(v).any(axis=0) for v in shown.values()], axis=0)) if width else []
-        if len(held) and held[-1] - held[0] + 1 < width / 4:  # a window of a long run: the tasks it evaluated
+        window = len(held) and held[-1] - held[0] + 1 < width / 4  # a window of a long run: the tasks it evaluated
+        drawn = slice(held[0], held[-1] + 1) if window else slice(None)  # (binned whole, K tasks made one point)
+        for label, v in shown.items():
+            x = np.arange(first, first + v.shape[-1])
+            _band(ax, x[drawn], v[:, drawn], label=label, marker="o", limits=ACCURACY)
+        if window:
             ax.set_xlim(first + held[0] - 0.5, first + held[-1] + 0.5)
             ax.set_title(f"only task{'s' if len(held) > 1 else ''} {first + held[0]}"  # above the points, never on them
                          f"{f'-{first + held[-1]}' if len(held) > 1 else ''} evaluated here (--eval-tasks): the axis "
