@@ -31,8 +31,8 @@ def runs_near(path: str | os.PathLike, most: int = 4) -> str:
         except OSError:  # unreadable: not searched
             return []
 
-    swept = sweep_runs(path)
     listed = listed_runs(path) if (path / "sweep.json").is_file() else []
+    swept = [str(p) for p in listed or () if holds_task_dirs(p)]  # (sweep_runs, with sweep.json read once)
     if listed is None:  # damaged, or not one cljax wrote: its runs are still there
         return f"its sweep.json cannot be read as a sweep's record: pass its runs' folders, {path}/*seed-*/*/*"
     if listed and not swept:  # a sweep just submitted: its jobs have not written a task yet
