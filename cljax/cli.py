@@ -371,7 +371,7 @@ def _dispatch(argv: list[str]) -> int:
     except BrokenPipeError:
         raise  # not the environment's fault: main() ends quietly
     except (Exception, SystemExit) as exc:  # SystemExit: a plugin's sys.exit (argparse's is re-raised)
-        line, at_once = error_line(exc, argv[0])
+        line, at_once = error_line(exc, argv[0], argv[1:])
         if line is None:
             raise  # cljax's own bug: its traceback
         print(f"error: {preset_note(line, argv[1:])}", file=sys.stderr, flush=True)

@@ -1,6 +1,6 @@
 """What a command that failed prints: one line for every failure that is not cljax's own bug.
 
-``error_line(exc, command)`` gives the line (without ``error: ``) for the input, the data, a
+``error_line(exc, command, argv)`` gives the line (without ``error: ``) for the input, the data, a
 plugin's code or the environment, and says whether the process must end at once; None for a bug
 of cljax's, which keeps its traceback.
 """
@@ -13,8 +13,9 @@ import errno
 from cljax.errors import CljaxError
 
 
-def error_line(exc: BaseException, command: str) -> tuple[str | None, bool]:
-    """(the line, end the process at once) for ``exc`` raised by ``cljax command``."""
+def error_line(exc: BaseException, command: str, argv=()) -> tuple[str | None, bool]:
+    """(the line, end the process at once) for ``exc`` raised by ``cljax command`` given ``argv``
+    (its arguments after the command's name)."""
     if isinstance(exc, CljaxError):
         return " ".join(str(exc).split()), False  # one line, whatever it quotes
     if isinstance(exc, argparse.ArgumentError):  # only from building a parser: a plugin's flag taken twice
@@ -29,8 +30,10 @@ def error_line(exc: BaseException, command: str) -> tuple[str | None, bool]:
         # GLUE's probes are solved at once, and --glue-probes has no bound but the device's memory
         what = next((part.strip().rsplit(": ", 1)[-1].rstrip(".") for part in str(exc).splitlines()
                      if "memory" in part.lower()), "")[:160]
-        return (f"out of device memory in `cljax analyze`{f' ({what})' if what else ''}: lower --glue-probes, or "
-                f"pass --no-glue (nothing was written)."), False
+        # Without GLUE, what is left on the device is one task's representations at a time
+        fix = ("analyse on the CPU (JAX_PLATFORMS=cpu cljax analyze ...) or on a device with more memory"
+               if "--no-glue" in argv else "lower --glue-probes, or pass --no-glue")
+        return f"out of device memory in `cljax analyze`{f' ({what})' if what else ''}: {fix} (nothing was written).", False
     from cljax.devices.distributed import lost_process_line
     from cljax.registry import plugin_error
 

@@ -231,3 +231,16 @@ def test_a_repeat_bwt_leaves_out_is_left_out_of_the_forgetting_pair_and_the_earl
     probe = np.load(algo / "analysis" / "probe.npz")
     assert np.isnan(probe["probe_acc"][1, 0, 0]) and np.isnan(probe["head_acc_probe_images"][1, 0, 0])
     assert probe["probe_acc"][0, 0, 0] == 1.0
+
+
+def test_analyze_out_of_device_memory_under_no_glue_does_not_suggest_no_glue():
+    import jax
+
+    from cljax.cli_errors import error_line
+
+    exc = jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 9 bytes.")
+    line, at_once = error_line(exc, "analyze", ["results/fashion/SL", "--no-glue"])
+    assert line == ("out of device memory in `cljax analyze` (Out of memory while trying to allocate 9 bytes): "
+                    "analyse on the CPU (JAX_PLATFORMS=cpu cljax analyze ...) or on a device with more memory "
+                    "(nothing was written).") and not at_once
+    assert "--glue-probes" in error_line(exc, "analyze", ["results/fashion/SL"])[0]
