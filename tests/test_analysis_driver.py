@@ -166,7 +166,9 @@ def test_a_file_two_analyses_write_is_refused_and_a_new_analysis_leaves_no_file_
     which the new summary does not list, goes (it stayed, of fewer tasks, beside the new files)."""
     algo = tmp_path / "run"
     write_fake_run(algo)
-    analyze_run(algo, glue_n_probes=8, glue_max_points=4, make_plots=False, analyses=("cl", "glue"))
+    # the GLUE settings of test_analyze_run_on_a_fake_tree: its compiled programs, not two more
+    analyze_run(algo, glue_n_probes=16, glue_max_points=4, glue_across_every=1, make_plots=False,
+                analyses=("cl", "glue"))
     assert (algo / "analysis" / "glue.npz").is_file()
     register(Analysis("clash", lambda ctx: 0, lambda s, folder: s,
                       lambda s: Result(summary={"clash": s}, arrays={"cl.npz": {"x": np.zeros(3)}})))
