@@ -202,13 +202,33 @@ def test_options_may_share_a_flag_only_when_they_declare_it_alike(monkeypatch, o
 
 
 def _analyze(algo_dir, out, plugin):
-    """`cljax analyze` of ``algo_dir`` into ``out`` with ``plugin``, in a process of its own."""
+    """`cljax analyze` of ``algo_dir`` into ``out`` with ``plugin``, in a process of its own: a fresh
+    process, where no analysis module was imported before the plugin's."""
     return subprocess.run([sys.executable, "-m", "cljax.cli", "analyze", str(algo_dir), "--out", str(out), "--no-glue",
                            "--no-plots", "--plugin", str(plugin)], capture_output=True, text=True,
                           cwd=Path(__file__).parent.parent)
 
 
-def test_analyze_loads_a_plugin_analysis_and_writes_its_summary(tmp_path):
+def _analyze_here(algo_dir, out, plugin, capsys, monkeypatch):
+    """The same command in this process (each plugin a file of its own name: a file loads once per
+    process), with the registered analyses and the loaded plugin files as they were before it, so
+    that its analysis runs only here, not in any later `cljax analyze` of this worker. (rc, stderr)."""
+    import cljax.analysis.registry as analysis_registry
+    import cljax.registry as cljax_registry
+    from tests.run_folder_kit import run_cli
+
+    analysis_registry.registered()  # the built-ins first, as the command registers them
+    with monkeypatch.context() as m:
+        m.setattr(analysis_registry, "_ANALYSES", dict(analysis_registry._ANALYSES))
+        m.setattr(cljax_registry, "_loaded_plugins", dict(cljax_registry._loaded_plugins))
+        rc, _, err = run_cli(["analyze", str(algo_dir), "--out", str(out), "--no-glue", "--no-plots",
+                              "--plugin", str(plugin)], capsys)
+    return rc, err
+
+
+def test_analyze_loads_a_plugin_analysis_and_writes_its_summary(tmp_path, capsys, monkeypatch):
+    # In this process but for the built-in replaced (a fresh process is what that case is about):
+    # each child paid JAX's import.
     config = small_config(tmp_path, **{**TINY, "num_tasks": 2})
     run = run_experiment(config, progress=False)
     plugin = tmp_path / "count_analysis.py"
@@ -219,22 +239,24 @@ register(Analysis("count_tasks", init=lambda context: 0, update=lambda n, folder
                   finalize=lambda n: Result(summary={"tasks_seen_by_plugin": n})))
 ''')
     out = tmp_path / "an"
-    proc = _analyze(run.algo_dir, out, plugin)
-    assert proc.returncode == 0, proc.stderr
+    rc, err = _analyze_here(run.algo_dir, out, plugin, capsys, monkeypatch)
+    assert rc == 0, err
     written = json.loads((out / "summary.json").read_text())
     assert written["tasks_seen_by_plugin"] == 2 and "probe.npz" in written["files"]
     # a file name that is a path, or lacks its suffix (savez adds one: the rename then failed and
     # left temporaries behind): one line, nothing written
-    for arrays in ('{"../../escape.npz": {"a": np.zeros(2)}}', '{"cl": {"a": np.zeros(2)}}'):
+    for i, arrays in enumerate(('{"../../escape.npz": {"a": np.zeros(2)}}', '{"cl": {"a": np.zeros(2)}}')):
+        plugin = tmp_path / f"odd_{i}.py"
         plugin.write_text("import numpy as np\nfrom cljax.analysis.registry import Analysis, Result, register\n"
                           f"register(Analysis('odd', lambda c: 0, lambda n, f: n, lambda n: Result(arrays={arrays})))\n")
         bad = tmp_path / "bad"
-        proc = _analyze(run.algo_dir, bad, plugin)
-        assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
-        assert "analysis 'odd' writes a file named" in proc.stderr and "ending in .npz (nothing was written)" in proc.stderr
+        rc, err = _analyze_here(run.algo_dir, bad, plugin, capsys, monkeypatch)
+        assert rc == 2 and err.count("\n") == 1, err
+        assert "analysis 'odd' writes a file named" in err and "ending in .npz (nothing was written)" in err
         assert not bad.exists() and not (tmp_path / "escape.npz").exists()
     # a built-in replaced: the plugin imports only the registry (the built-ins were not registered
-    # yet, so unregister("probe") failed)
+    # yet, so unregister("probe") failed): in a process of its own, where they are not
+    plugin = tmp_path / "replace_probe.py"
     plugin.write_text("from cljax.analysis.registry import Analysis, Result, register, unregister\n"
                       "unregister('probe')\n"
                       "register(Analysis('probe', lambda c: 0, lambda n, f: n + 1, lambda n: Result(summary={'mine': n})))\n")
@@ -251,10 +273,11 @@ register(Analysis("count_tasks", init=lambda context: 0, update=lambda n, folder
             ("dict", "{'summary': {'a': 1}}", "analysis 'dict': its finalize returns dict, not a "
                                               "cljax.analysis.registry.Result of three dicts (summary, arrays, plots): "
                                               "return one")):
+        plugin = tmp_path / f"{name}_analysis.py"
         plugin.write_text("from cljax.analysis.registry import Analysis, Result, register\n"
                           f"register(Analysis('{name}', lambda c: 0, lambda n, f: n, lambda n: {finalize}))\n")
-        proc = _analyze(run.algo_dir, bad, plugin)
-        assert proc.returncode == 2 and proc.stderr == f"error: {said} (nothing was written).\n" and not bad.exists()
+        rc, err = _analyze_here(run.algo_dir, bad, plugin, capsys, monkeypatch)
+        assert rc == 2 and err == f"error: {said} (nothing was written).\n" and not bad.exists()
 
 
 def _class_data(**changes):
