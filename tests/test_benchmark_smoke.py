@@ -222,25 +222,38 @@ def test_flat_per_task_reports_each_task_asked_for_and_no_compilation_after_the_
     assert sorted(p.name for p in (tmp_path / "run" / "synthetic").rglob("*")) == before
 
 
-def test_the_benchmark_scripts_refuse_bad_input_in_one_line(tmp_path):
+def test_the_benchmark_scripts_refuse_bad_input_in_one_line(tmp_path, capsys, monkeypatch):
     """cljax's refusals inside a script (a missing dataset, an unknown model) end it with one
-    `error:` line and exit 2, as cljax's commands do (they ended in a traceback)."""
+    `error:` line and exit 2, as cljax's commands do (they ended in a traceback). Each case runs
+    the script as __main__ in this process (runpy: its entry point as `python script.py` runs it);
+    the first also as a real process, for the exit status and stderr of the process itself."""
+    import runpy
     import subprocess
     import sys
 
     (tmp_path / "a_file").write_text("x")
-    for script, args, expected in [
-            ("replay_effect.py", ["--seeds", "1", "1", "--fashion-dir", str(tmp_path / "none")], str(tmp_path / "none")),
-            ("replay_effect.py", ["--seeds", "1", "1", "--model", "nosuch"], "unknown model 'nosuch'"),
-            ("replay_effect.py", ["--seeds", "5", "1"], "--seeds 5 1: give FIRST <= LAST"),
-            ("replay_effect.py", ["--out", str(tmp_path / "a_file")], "is a file: give a folder"),
-            ("bn_eval_lag.py", ["--steps", "400"], "--steps 400 is more than the 375 batches"),
-            ("bn_eval_lag.py", ["--seeds", "0"], "0 must be at least 1"),
-            ("flat_per_task.py", ["--num-tasks", "2", "--at", "2", "--eval-tasks", "bogus"], "--eval-tasks 'bogus'")]:
-        proc = subprocess.run([sys.executable, str(BENCH.parent / script), *args], capture_output=True, text=True,
-                              timeout=120)
-        lines = [line for line in proc.stderr.splitlines() if line.strip()]
-        assert proc.returncode == 2 and "Traceback" not in proc.stderr and expected in lines[-1], (script, proc.stderr)
+    cases = [
+        ("replay_effect.py", ["--seeds", "1", "1", "--fashion-dir", str(tmp_path / "none")], str(tmp_path / "none")),
+        ("replay_effect.py", ["--seeds", "1", "1", "--model", "nosuch"], "unknown model 'nosuch'"),
+        ("replay_effect.py", ["--seeds", "5", "1"], "--seeds 5 1: give FIRST <= LAST"),
+        ("replay_effect.py", ["--out", str(tmp_path / "a_file")], "is a file: give a folder"),
+        ("bn_eval_lag.py", ["--steps", "400"], "--steps 400 is more than the 375 batches"),
+        ("bn_eval_lag.py", ["--seeds", "0"], "0 must be at least 1"),
+        ("flat_per_task.py", ["--num-tasks", "2", "--at", "2", "--eval-tasks", "bogus"], "--eval-tasks 'bogus'")]
+    script, args, expected = cases[0]
+    proc = subprocess.run([sys.executable, str(BENCH.parent / script), *args], capture_output=True, text=True,
+                          timeout=120)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and expected in lines[-1], (script, proc.stderr)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # each script puts its folders first on the path
+    for script, args, expected in cases:
+        monkeypatch.setattr(sys, "argv", [str(BENCH.parent / script), *args])
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as ended:  # any other exception: the traceback the script would print
+            runpy.run_path(str(BENCH.parent / script), run_name="__main__")
+        err = capsys.readouterr().err
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert ended.value.code == 2 and "Traceback" not in err and expected in lines[-1], (script, err)
 
 
 def test_check_record_times_the_finished_runs_check_with_and_without_its_record(tmp_path):
@@ -282,7 +295,7 @@ def test_task_write_writes_a_task_folder_again_as_the_run_wrote_it(tmp_path, cap
         assert "is not a task folder" in capsys.readouterr().err
 
 
-def test_best_torch_is_the_fastest_one_process_loop_not_the_process_peer(tmp_path, monkeypatch):
+def test_best_torch_is_the_fastest_one_process_loop_not_the_process_peer(monkeypatch):
     """"cljax / best torch" is documented as the fastest of the three one-process loops; it divided
     by the K-process peer whenever that was faster (here, by construction: 1000x the samples)."""
     import sys
@@ -296,9 +309,10 @@ def test_best_torch_is_the_fastest_one_process_loop_not_the_process_peer(tmp_pat
         return {"torch": unit(64), "torch_lean": unit(64), "torch_1thread": unit(64), "torch_processes_2": unit(64000)}
 
     monkeypatch.setattr(sys.modules["torch_peers"], "torch_units", torch_units)
-    out = tmp_path / "bench.json"
-    bench.main(["--quick", "--repeats", "2", "--rounds", "1", "--no-experiment", "--json", str(out)])
-    row = next(r for r in json.loads(out.read_text())["rows"] if r["impl"] == "cljax")
+    # run_benchmark, the report main() writes as JSON, in the test session's compilation cache (main
+    # sets a fresh one of its own): the program test_a_run_cut_short... compiled there is loaded
+    report = bench.run_benchmark(bench.parse_args(["--quick", "--repeats", "2", "--rounds", "1", "--no-experiment"]))
+    row = next(r for r in json.loads(json.dumps(report, default=str))["rows"] if r["impl"] == "cljax")
     loops = [row["ratio_vs_peer"][k] for k in ("torch", "torch_lean", "torch_1thread")]
     assert math.isclose(row["ratio_vs_best_torch"], min(loops))
     assert row["ratio_vs_peer"]["torch_processes_2"] < row["ratio_vs_best_torch"]
