@@ -29,6 +29,16 @@ def _run(tmp_path, name, **overrides):
     return run_experiment(small_config(tmp_path / name, **{**TINY, **overrides}), progress=False)
 
 
+# 11 steps of batch 4 (a head of 2, then intervals of 3): the plain run of the options' test and the run
+# snapshotting every 3 steps of the training metrics' test, one run for both.
+ELEVEN_STEPS = dict(log_frequency=3, n_train_per_class=22)
+
+
+@pytest.fixture(scope="module")
+def third(tmp_path_factory):
+    return _run(tmp_path_factory.mktemp("trace"), "third", **ELEVEN_STEPS)
+
+
 def _expert_metrics(run):
     return [results.load_expert_metrics(d) for d in results.task_dirs(run.algo_dir)]
 
@@ -45,15 +55,15 @@ def _assert_same_expert_metric(key, actual, expected, err_msg):
         assert_same(actual, expected, **SEPARATELY_COMPILED, why=why, err_msg=err_msg)
 
 
-def test_the_learners_options_never_reach_the_expert(tmp_path):
+def test_the_learners_options_never_reach_the_expert(third, tmp_path):
     """Replay changes the learner's batch and momentum its optimiser; the expert trains on the
     task's own batch with plain SGD (docs/rules.md): its numbers are those of a plain run, bit for
     bit, with both options on at once (one run: each is a program of its own to compile). A run
     table row's expert_acc is the saved last snapshot's mean. (Bit for bit on the CPU; a GPU's
     tolerance in _assert_same_expert_metric.)"""
-    plain = _run(tmp_path, "plain")
+    plain = third
     others = {"replay and momentum": _run(tmp_path, "both", use_replay=True, replay_size=8, replay_batch=4,
-                                          momentum=0.9)}
+                                          momentum=0.9, **ELEVEN_STEPS)}
     base = _expert_metrics(plain)
     for name, run in others.items():
         learner_differs = any(not np.array_equal(results.load_metrics(a)["test_acc"], results.load_metrics(b)["test_acc"])
@@ -97,12 +107,11 @@ def test_every_epoch_is_its_own_permutation_of_the_task_data():
     assert len(set(orders)) == len(orders) == 6
 
 
-def test_training_metrics_are_the_mean_over_each_snapshots_own_steps(tmp_path):
+def test_training_metrics_are_the_mean_over_each_snapshots_own_steps(third, tmp_path):
     """A run that snapshots every step saves each step's batch loss; the same run snapshotting
     every 3 steps saves the mean of the 3 steps of each interval (the first interval also takes
     the steps_per_task mod 3 before it), for the learner and the expert."""
-    every = _run(tmp_path, "every", log_frequency=1, n_train_per_class=22)  # 11 steps: 2 before the first interval
-    third = _run(tmp_path, "third", log_frequency=3, n_train_per_class=22)
+    every = _run(tmp_path, "every", **{**ELEVEN_STEPS, "log_frequency": 1})  # 11 steps: 2 before the first interval
     for d1, d3 in zip(results.task_dirs(every.algo_dir), results.task_dirs(third.algo_dir)):
         m1, m3 = results.load_metrics(d1), results.load_metrics(d3)
         e1, e3 = results.load_expert_metrics(d1), results.load_expert_metrics(d3)
