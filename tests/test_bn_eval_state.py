@@ -96,13 +96,21 @@ def test_the_planner_names_the_models_own_flag_for_the_statistics_pass():
     assert statistics_flag(Config.from_flat(model="cnn")) == "the cnn model's bn_eval_images"
 
 
-def test_the_lag_measurement_script_runs_and_reports_each_pair_and_seed():
+def test_the_lag_measurement_script_runs_and_reports_each_pair_and_seed(monkeypatch):
     """benchmarks/bn_eval_lag.py (the figures of docs/metrics.md) at its smallest size: one seed,
-    a few steps; each accuracy is over the 500 test images of a pair."""
+    a few steps; each accuracy is over the 500 test images of a pair. The ResNet it builds at
+    the defaults of its params is the small one of the other tests here (what is checked is the
+    script's loop and report, whatever the network's size: the default one took most of the
+    test's time to compile and run)."""
+    import dataclasses
+    import functools
     from pathlib import Path
 
+    from cljax.models.resnet import ResNetParams
     from tests.conftest import FASHION_DIR, load_script
 
+    small = functools.partial(ResNetParams, width=2, blocks=1, hidden=4)
+    monkeypatch.setitem(MODELS._entries, "resnet", dataclasses.replace(MODELS["resnet"], params=small))
     script = load_script(Path(__file__).resolve().parents[1] / "benchmarks" / "bn_eval_lag.py", "bn_eval_lag")
     report = script.main(["--steps", "2", "--seeds", "1", "--fashion-dir", str(FASHION_DIR)])
     assert list(report) == [2]
