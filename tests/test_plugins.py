@@ -75,11 +75,17 @@ def test_a_resume_refuses_a_run_whose_plugin_file_changed_and_takes_it_back_rest
     assert run.first_task == 1 and (algo_dir / "task_002" / "metadata.json").is_file()
 
 
-def test_a_run_of_cljax_entries_records_their_files_in_the_package_and_an_older_record_is_not_compared(tmp_path):
+@pytest.fixture(scope="module")
+def sl_run(tmp_path_factory):
+    """A finished run of cljax's own entries (SL, the MLP, synthetic data), T = 3: read, never changed."""
+    config = small_config(tmp_path_factory.mktemp("sl"), **TINY)
+    return config, run_experiment(config, progress=False)
+
+
+def test_a_run_of_cljax_entries_records_their_files_in_the_package_and_an_older_record_is_not_compared(sl_run):
     from cljax.sources import check_sources
 
-    config = small_config(tmp_path, **TINY)
-    run = run_experiment(config, progress=False)
+    config, run = sl_run
     record = read_run_record(run.algo_dir)
     assert sorted(record["sources"]) == ["dataset synthetic", "model mlp", "rule SL"]  # cljax's own files, marked
     assert record["sources"]["rule SL"]["file"] == "cljax/rules/sl.py" and record["sources"]["rule SL"]["cljax"]
@@ -226,11 +232,10 @@ def _analyze_here(algo_dir, out, plugin, capsys, monkeypatch):
     return rc, err
 
 
-def test_analyze_loads_a_plugin_analysis_and_writes_its_summary(tmp_path, capsys, monkeypatch):
+def test_analyze_loads_a_plugin_analysis_and_writes_its_summary(sl_run, tmp_path, capsys, monkeypatch):
     # In this process but for the built-in replaced (a fresh process is what that case is about):
-    # each child paid JAX's import.
-    config = small_config(tmp_path, **{**TINY, "num_tasks": 2})
-    run = run_experiment(config, progress=False)
+    # each child paid JAX's import. The run's 3 task folders: each analysis counts 3.
+    _, run = sl_run
     plugin = tmp_path / "count_analysis.py"
     plugin.write_text('''
 from cljax.analysis.registry import Analysis, Result, register
@@ -242,7 +247,7 @@ register(Analysis("count_tasks", init=lambda context: 0, update=lambda n, folder
     rc, err = _analyze_here(run.algo_dir, out, plugin, capsys, monkeypatch)
     assert rc == 0, err
     written = json.loads((out / "summary.json").read_text())
-    assert written["tasks_seen_by_plugin"] == 2 and "probe.npz" in written["files"]
+    assert written["tasks_seen_by_plugin"] == 3 and "probe.npz" in written["files"]
     # a file name that is a path, or lacks its suffix (savez adds one: the rename then failed and
     # left temporaries behind): one line, nothing written
     for i, arrays in enumerate(('{"../../escape.npz": {"a": np.zeros(2)}}', '{"cl": {"a": np.zeros(2)}}')):
@@ -264,7 +269,7 @@ register(Analysis("count_tasks", init=lambda context: 0, update=lambda n, folder
     proc = _analyze(run.algo_dir, mine, plugin)
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((mine / "summary.json").read_text())
-    assert summary["mine"] == 2 and "probe.npz" not in summary["files"] and not (mine / "probe.npz").exists()
+    assert summary["mine"] == 3 and "probe.npz" not in summary["files"] and not (mine / "probe.npz").exists()
     for name, finalize, said in (
             # a summary key cljax writes: the plugin is named, not the built-in analysis before it
             ("aaa", "Result(summary={'n_repeats': 5})", "analysis 'aaa' and cljax analyze itself both write the summary "
