@@ -131,7 +131,10 @@ def test_a_lost_process_is_one_line_for_the_other(tmp_path):
     # The survivor printed JAX's traceback of the failed collective, then JAX's shutdown waited
     # for the lost process and aborted (exit 134).
     out = tmp_path / "r"
-    procs = _start(lambda i: [*FLAGS, "--num-tasks", "10", "--epochs", "3000", "--log-frequency", "6000",
+    # 300 epochs (1200 steps) a task, as test_scale_pieces.py's SIGTERM test: the nine tasks after
+    # task_000 outlast the 50 ms poll and the kill many times over, and neither process trains
+    # 3000 epochs of task 0 (and the survivor of task 1) first.
+    procs = _start(lambda i: [*FLAGS, "--num-tasks", "10", "--epochs", "300", "--log-frequency", "600",
                               "--results-dir", str(out)])
     first = out / "synthetic" / "SL_T10" / "task_000" / "metadata.json"
     deadline = time.time() + 240
