@@ -55,16 +55,22 @@ def assert_same_arrays(a_dir: Path, b_dir: Path) -> None:
             assert (a / name).read_bytes() == (b / name).read_bytes(), f"{a.name}/{name} differs"
 
 
+def run_here(args: list[str]) -> int:
+    """`cljax run` in this process: a run that is not about its process (the uninterrupted
+    reference, a resume after a killed child, a refusal). The in-process runs build the task
+    program once (cljax's built programs) instead of importing JAX and tracing it in a child each."""
+    return cli_main(["run", *RUN_FLAGS, *args])
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("reference")
-    proc = cljax(["run", *RUN_FLAGS, "--results-dir", str(out)])
-    assert proc.returncode == 0, proc.stderr
+    assert run_here(["--results-dir", str(out)]) == 0
     return algo_dir(out)
 
 
 @pytest.mark.parametrize("fault", ["train:1", "write:2"])
-def test_sigkill_then_rerun_equals_an_uninterrupted_run(reference, tmp_path, fault):
+def test_sigkill_then_rerun_equals_an_uninterrupted_run(reference, tmp_path, capsys, fault):
     out = tmp_path / "results"
     killed = cljax(["run", *RUN_FLAGS, "--results-dir", str(out)], env_extra={"CLJAX_FAULT": fault})
     assert killed.returncode == -signal.SIGKILL
@@ -76,15 +82,18 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(reference, tmp_path, fau
         checkpoint = run_dir / "checkpoint.npz"
         kept = checkpoint.read_bytes()
         checkpoint.unlink()
-        refused = cljax(["run", *RUN_FLAGS, "--results-dir", str(out)])
-        assert refused.returncode == 2 and "checkpoint.npz is missing, while tasks 0 to 1 are finished" in refused.stderr
+        capsys.readouterr()
+        assert run_here(["--results-dir", str(out)]) == 2
+        assert "checkpoint.npz is missing, while tasks 0 to 1 are finished" in capsys.readouterr().err
         checkpoint.write_bytes(kept)
     out = tmp_path / "moved" / "elsewhere"  # a results tree moved to another path resumes the same
     shutil.move(tmp_path / "results", out)
     run_dir = algo_dir(out)
-    resumed = cljax(["run", *RUN_FLAGS, "--results-dir", str(out)])
-    assert resumed.returncode == 0, resumed.stderr
-    assert (f"resumed from task {task}" in resumed.stdout) == (int(task) > 0)
+    capsys.readouterr()
+    rc = run_here(["--results-dir", str(out)])
+    resumed = capsys.readouterr()
+    assert rc == 0, resumed.err
+    assert (f"resumed from task {task}" in resumed.out) == (int(task) > 0)
     assert_same_arrays(reference, run_dir)
     assert not [p for p in run_dir.iterdir() if ".tmp-" in p.name]
 
@@ -99,8 +108,7 @@ def test_sigkill_at_a_random_moment_then_rerun_is_identical(reference, tmp_path)
     proc.kill()
     proc.wait()
     assert_complete_task_dirs(algo_dir(out))
-    resumed = cljax(["run", *RUN_FLAGS, "--results-dir", str(out)])
-    assert resumed.returncode == 0, resumed.stderr
+    assert run_here(["--results-dir", str(out)]) == 0
     assert_same_arrays(reference, algo_dir(out))
 
 
@@ -118,8 +126,7 @@ def test_sigterm_exits_quickly_with_a_resumable_state(reference, tmp_path):
     assert proc.returncode == 75, err
     assert "run the same command to resume" in err and "Traceback" not in err
     assert_complete_task_dirs(algo_dir(out))
-    resumed = cljax(["run", *RUN_FLAGS, "--results-dir", str(out)])
-    assert resumed.returncode == 0, resumed.stderr
+    assert run_here(["--results-dir", str(out)]) == 0
     assert_same_arrays(reference, algo_dir(out))
 
 
