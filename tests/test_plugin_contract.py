@@ -28,6 +28,38 @@ def _cljax(*args, cwd=ROOT):
     return subprocess.run([sys.executable, "-m", "cljax", *args], capture_output=True, text=True, cwd=cwd)
 
 
+COMMANDS = """
+import contextlib, io, json, sys
+
+from cljax.cli import main
+
+done = []
+for argv in json.loads(sys.argv[1]):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(argv)
+        except SystemExit as exc:  # a plugin's exit that cljax let through ends this command alone
+            code = exc.code
+    done.append([code, out.getvalue(), err.getvalue()])
+print(json.dumps(done))
+"""
+
+
+def _cljax_each(*argvs, cwd=ROOT) -> list[subprocess.CompletedProcess]:
+    """Several commands of one plugin file, each `cljax.cli.main(argv)` as `python -m cljax` calls
+    it, in one process of their own (the plugin registers its entries once there, as in each of
+    them, and never in this test worker): one JAX import, not one a command. Each gives its exit
+    code and its own stdout and stderr."""
+    import json
+
+    proc = subprocess.run([sys.executable, "-c", COMMANDS, json.dumps([list(a) for a in argvs])], capture_output=True,
+                          text=True, cwd=cwd)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return [subprocess.CompletedProcess(argv, code, out, err)
+            for argv, (code, out, err) in zip(argvs, json.loads(proc.stdout.splitlines()[-1]))]
+
+
 @pytest.mark.parametrize("field, message", [
     (("rate", float, param(-1.0, "a rate", min=0.0)), "the default of its setting rate must be at least 0.0, got -1.0"),
     (("mode", str, param("c", "a mode", choices=("a", "b"))), "the default of its setting mode must be one of a, b, "
@@ -111,17 +143,18 @@ def test_a_builder_that_exits_or_returns_no_entry_and_a_flag_a_command_has_are_o
     plugin = tmp_path / "broken.py"
     plugin.write_text(PLUGIN.format(flag="spare"))
     results = ["--results-dir", str(tmp_path / "r"), *TINY]
-    exits = _cljax("run", "--plugin", str(plugin), *results, "--model", "exits")  # exited 0, silently
+    exits, none = _cljax_each(["run", "--plugin", str(plugin), *results, "--model", "exits"],  # exited 0, silently
+                              ["run", "--plugin", str(plugin), *results, "--use-rn", "--model", "mlp"])
     assert exits.returncode == 2 and exits.stderr == (f"error: plugin file {plugin} raised SystemExit at line 10 (0): "
                                                       f"fix it, or leave it out of --plugin / $CLJAX_PLUGINS.\n")
-    none = _cljax("run", "--plugin", str(plugin), *results, "--use-rn", "--model", "mlp")  # an AttributeError deep in the step
+    # returns_none: an AttributeError deep in the step
     assert none.returncode == 2 and none.stderr == ("error: option 'returns_none': its builder returned a NoneType, "
                                                     "not a cljax.options.Option: return one.\n")
     assert not (tmp_path / "r").exists()
     for flag, clash in (("overwrite", "--overwrite"), ("progress", "--no-progress")):  # argparse's traceback
         plugin.write_text(PLUGIN.format(flag=flag))
-        for command in ("run", "plan", "sweep"):
-            proc = _cljax(command, "--plugin", str(plugin), "--help")
+        procs = _cljax_each(*([command, "--plugin", str(plugin), "--help"] for command in ("run", "plan", "sweep")))
+        for command, proc in zip(("run", "plan", "sweep"), procs):
             assert proc.returncode == 2 and proc.stderr == (
                 f"error: 'clashing' declares the flag {clash}, which `cljax {command}` has for itself: give that "
                 f"setting another flag (param(..., flag=...)) in its plugin file.\n"), proc.stderr
@@ -157,10 +190,11 @@ def test_a_model_s_compile_allowance_is_added_to_the_host_estimate_and_checked(t
     plugin = tmp_path / "big.py"
     plugin.write_text(BIG_MODELS)
     flags = ["plan", "--plugin", str(plugin), "--results-dir", str(tmp_path / "r"), *TINY, "--json"]
-    big, small = (json.loads(_cljax(*flags, "--model", name).stdout)["host_bytes_estimate"] for name in ("big", "plain"))
+    bad = (("garbled", "is 'lots'"), ("noarg", "is <function <lambda>"), ("half", "returned 0.5"))
+    procs = _cljax_each(*([*flags, "--model", name] for name in ("big", "plain", *(name for name, _ in bad))))
+    big, small = (json.loads(proc.stdout)["host_bytes_estimate"] for proc in procs[:2])
     assert big - small == 2**30  # the same network otherwise
-    for name, got in (("garbled", "is 'lots'"), ("noarg", "is <function <lambda>"), ("half", "returned 0.5")):
-        proc = _cljax(*flags, "--model", name)
+    for (name, got), proc in zip(bad, procs[2:]):
         assert proc.returncode == 2 and proc.stderr.startswith(
             f"error: model {name!r}: its compile_host_bytes must be a function of its params that returns a whole "
             f"number of bytes >= 0, and {got}") and proc.stderr.count("\n") == 1, proc.stderr
@@ -252,10 +286,10 @@ def test_a_model_s_train_argument_is_passed_by_name_and_its_absence_is_one_line(
     plugin = tmp_path / "models.py"
     plugin.write_text(TRAIN_MODELS)
     results = ["--results-dir", str(tmp_path / "r"), *TINY]
-    needs = _cljax("run", "--plugin", str(plugin), *results, "--model", "needs")
+    needs, takes = _cljax_each(["run", "--plugin", str(plugin), *results, "--model", "needs"],
+                               ["plan", "--plugin", str(plugin), *results, "--model", "takes"])
     assert needs.returncode == 0, needs.stderr
     assert (tmp_path / "r" / "synthetic" / "SL_T2" / "task_001" / "weights.npy").is_file()
-    takes = _cljax("plan", "--plugin", str(plugin), *results, "--model", "takes")
     assert takes.returncode == 2 and takes.stderr == (
         f"error: model 'takes': its __call__(self, images) ({plugin}, line 19) cannot be called as (images, "
         f"train=...): write it as __call__(self, images, train: bool = False), any further argument with a default.\n")
