@@ -205,10 +205,13 @@ def test_a_variant_that_fails_is_a_row_that_says_why_and_the_stage_goes_on(tmp_p
 
 def test_the_resnets_rows_are_compared_with_the_resnets_own_default(tmp_path, monkeypatch):
     variants = load_script(SCRIPT.parent / "gpu_variants.py", "cljax_gpu_variants")
-    size = {k: v for k, v in load_gpu_check().SMOKE_SIZE.items() if k != "mlp_hidden"}  # the first row: the MLP
+    smoke = load_gpu_check().SMOKE_SIZE
+    size = {k: v for k, v in smoke.items() if k != "mlp_hidden"}  # the first row: the MLP
     small = {"model": "resnet", "resnet_width": 4, "resnet_blocks": 1, "resnet_hidden": 8}
-    monkeypatch.setattr(variants, "variant_list", lambda smoke, which="all": [
-        ("default", 2, {}), ("resnet default", 2, small), ("resnet conv other", 2, {**small, "conv_impl": variants.OTHER})])
+    # the MLP at the smoke's width (the program test_a_variant_that_fails... compiled: the cache has it)
+    monkeypatch.setattr(variants, "variant_list", lambda smoke_, which="all": [
+        ("default", 2, {"mlp_hidden": smoke["mlp_hidden"]}), ("resnet default", 2, small),
+        ("resnet conv other", 2, {**small, "conv_impl": variants.OTHER})])
     result = variants.measure_variants(str(FASHION_DIR), True, size, tmp_path / "variants.json", rounds=1)
     mlp, resnet, other = result["rows"]
     assert "speed_vs_default" not in mlp and "speed_vs_default" not in resnet and "error" not in other
