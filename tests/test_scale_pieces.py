@@ -513,8 +513,10 @@ def test_plan_compares_a_runs_data_by_content_as_run_does(tmp_path):
     from cljax.experiment import run_experiment
     from tests.conftest import FASHION_DIR, small_config
 
-    config = small_config(tmp_path, num_tasks=2, n_train_per_class=20, n_test_per_class=10, n_subsamples=4, epochs=1,
-                          log_frequency=1)
+    # the real data (a copy of its folder is the point) on the small MLP of the test above, not the
+    # CNN: the comparison is of the data, not of the network, and the MLP compiles in a fraction
+    config = small_config(tmp_path, num_tasks=2, n_train_per_class=16, n_test_per_class=8, n_subsamples=4, epochs=1,
+                          batch_size=8, log_frequency=2, model="mlp", mlp_hidden=16)
     algo_dir = run_experiment(config, progress=False).algo_dir
     shutil.rmtree(algo_dir / "task_001")
     copy = shutil.copytree(FASHION_DIR, tmp_path / "copy")
