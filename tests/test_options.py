@@ -20,6 +20,7 @@ from cljax.options.l2 import L2InitParams
 from cljax.options.replay import draw_replay
 from cljax.options.shrink_perturb import ShrinkPerturbParams, shrink_perturb
 from cljax.options.ul import hebbian_update, layer_input
+from cljax.program import build_task_program
 from tests.backend import SEPARATELY_COMPILED, assert_same
 from tests.conftest import FASHION_DIR, apply_fn_of, init_params_of, load_script
 from tests.rules_kit import assert_trees_equal, config_of, fashion_batch, program_of, with_flat
@@ -288,10 +289,21 @@ OPTION_SETS = {
 UL_KIND = {"SL": "oja", "RL": "sanger", "Bio": "recon"}
 
 
+# 8 steps a task, 2 snapshots: the sizes of the pairing comparison below, which builds the same
+# programs as these runs (the l2_redo_sp_ul set keeps the pairing on) and so compiles one of its
+# two (the one the CPU's --learner-expert auto picks) no more.
+RULE_OPTION_SIZES = dict(n_train_per_class=64, n_test_per_class=16, n_subsamples=8, batch_size=16, log_frequency=4)
+
+
+def rule_option_config(tmp_path, algorithm, options):
+    return config_of(tmp_path, algorithm=algorithm, ul_kind=UL_KIND[algorithm], **RULE_OPTION_SIZES,
+                     **OPTION_SETS[options])
+
+
 @pytest.mark.parametrize("options", list(OPTION_SETS))
 @pytest.mark.parametrize("algorithm", ["SL", "RL", "Bio"])
 def test_every_rule_with_every_option_compiles_once(tmp_path, compile_counter, algorithm, options):
-    config = config_of(tmp_path, algorithm=algorithm, ul_kind=UL_KIND[algorithm], **OPTION_SETS[options])
+    config = rule_option_config(tmp_path, algorithm, options)
     at_task_end = []
     run = run_experiment(config, progress=False, on_task_end=lambda t, info: at_task_end.append(compile_counter.count))
     assert run.algo_dir.name == f"{algorithm}_{options}_T2"
@@ -300,3 +312,23 @@ def test_every_rule_with_every_option_compiles_once(tmp_path, compile_counter, a
         metrics = results.load_metrics(d)
         assert np.isfinite(metrics["train_loss"]).all() and np.isfinite(metrics["test_acc"]).all()
         assert results.load_metadata(d)["config"]["use_replay"] == config.to_dict()["use_replay"]
+
+
+@pytest.mark.parametrize("algorithm", ["SL", "RL", "Bio"])
+def test_paired_learner_and_expert_match_their_separate_steps(tmp_path, algorithm):
+    """The learner's and the expert's directions batched over the pair (one vmapped call on the
+    shared batch) train to the same numbers as two separate calls, with the options that keep
+    the batch on (their step_end still runs on the learner alone: S&P, UL, L2, ReDo); replay
+    changes the learner's batch, so it turns the pairing off. (Task 0 of the config the test
+    above runs: the program the CPU's --learner-expert auto chose there is not compiled again.)"""
+    from tests.test_sharding import TOL, assert_same_numbers, assert_training_moved, first_task
+
+    config = rule_option_config(tmp_path, algorithm, "l2_redo_sp_ul")
+    key = jax.random.key(3)
+    paired, program = first_task(config, key, paired_models=True)
+    separate, separate_program = first_task(config, key, paired_models=False)
+    assert program.parts.paired and not separate_program.parts.paired
+    assert_same_numbers(paired, separate, config, "paired and separate learner/expert are two programs")
+    assert_training_moved(program, key, paired[0], TOL)
+    replay = with_flat(config, use_replay=True, replay_size=40, replay_batch=8)
+    assert not build_task_program(replay, (28, 28), paired_models=True).parts.paired

@@ -178,24 +178,9 @@ def test_vmapped_repeats_match_the_loop(device_run):
     assert_training_moved(program, key, looped[0], TOL)
 
 
-@pytest.mark.parametrize("algorithm", ["SL", "RL", "Bio"])
-def test_paired_learner_and_expert_match_their_separate_steps(tmp_path, algorithm):
-    """The learner's and the expert's directions batched over the pair (one vmapped call on the
-    shared batch) train to the same numbers as two separate calls, with the options that keep
-    the batch on (their step_end still runs on the learner alone); replay changes the
-    learner's batch, so it turns the pairing off."""
-    config = Config.from_flat(dataset="fashion_mnist", data_dir=str(FASHION_DIR), algorithm=algorithm, num_tasks=2,
-                              n_repeats=2, n_train_per_class=64, n_test_per_class=16, n_subsamples=8, epochs=1,
-                              batch_size=16, log_frequency=4, add_plasticity=True, use_ul=True,
-                              results_dir=str(tmp_path))
-    key = jax.random.key(3)
-    paired, program = first_task(config, key, paired_models=True)
-    separate, separate_program = first_task(config, key, paired_models=False)
-    assert program.parts.paired and not separate_program.parts.paired
-    assert_same_numbers(paired, separate, config, "paired and separate learner/expert are two programs")
-    assert_training_moved(program, key, paired[0], TOL)
-    replay = Config.from_flat({**config.to_dict(), "use_replay": True, "replay_size": 40, "replay_batch": 8})
-    assert not build_task_program(replay, (28, 28), paired_models=True).parts.paired
+# The learner/expert pairing (paired vs separate directions, on 1 device) is compared in
+# tests/test_options.py, test_paired_learner_and_expert_match_their_separate_steps: it shares
+# its programs with the option combinations compiled there.
 
 
 def test_sharded_matches_single_device(sharded_child, device_run):
