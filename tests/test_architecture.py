@@ -180,9 +180,9 @@ def test_a_rule_and_a_model_from_a_plugin_file_run_without_touching_cljax(tmp_pa
     first = results.load_weights(results.task_dirs(run.algo_dir)[0])["head"]["kernel"]
     assert np.isfinite(first).all()
     rc = cli_main(["run", "--plugin", str(PLUGIN), "--dataset", "synthetic", "--synthetic-classes", "6",
-                   "--algorithm", "ToySign", "--model", "toy_linear", "--toy-width", "4",
-                   "--results-dir", str(tmp_path / "cli"), "--no-progress",
-                   *[f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()]])
+                   "--algorithm", "ToySign", "--toysign-scale", "0.5", "--model", "toy_linear", "--toy-width", "4",
+                   "--results-dir", str(tmp_path / "cli"), "--no-progress", f"--lr={config.lr}",  # the program above:
+                   *[f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()]])  # loaded, not compiled again
     assert rc == 0
     assert (tmp_path / "cli" / "synthetic" / "ToySign_T2" / "task_001").is_dir()
 

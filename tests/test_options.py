@@ -161,14 +161,14 @@ def test_shrink_perturb_keeps_a_constant_initialised_parameter_at_its_size(tmp_p
     shrinks toward its initial value instead, as a bias (at 0) only shrinks; kernels get the formula."""
     config = config_of(tmp_path, model="resnet", resnet_width=4, resnet_blocks=1, resnet_hidden=8, add_plasticity=True)
     program = program_of(config)
-    params = jax.jit(init_params_of(program))(jax.random.key(0))
-    params = jax.tree.map(lambda p: p * 1.05, params)  # as if trained: the scales at 1.05
+    init = jax.jit(init_params_of(program))
+    params = jax.tree.map(lambda p: p * 1.05, init(jax.random.key(0)))  # as if trained: the scales at 1.05
     option = make_options(config, program.parts.net)[0]
     key = jax.random.key(42)
     _, out = jax.jit(option.task_start)((), params, key, jnp.int32(1))
     np.testing.assert_allclose(out["stem_bn"]["scale"], 1 + 0.99 * (1.05 - 1), rtol=1e-6)
     np.testing.assert_allclose(out["stem_bn"]["bias"], 0.99 * np.asarray(params["stem_bn"]["bias"]), atol=1e-7)
-    noise = jax.jit(init_params_of(program))(key)
+    noise = init(key)
     np.testing.assert_allclose(out["stem"]["kernel"], 0.99 * np.asarray(params["stem"]["kernel"])
                                + 0.14 * np.asarray(noise["stem"]["kernel"]), rtol=1e-5, atol=1e-7)
 
