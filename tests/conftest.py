@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import signal
 from pathlib import Path
 
 # Compilation is most of this suite's time on a 2-core CPU: the suite compiles at XLA's backend
@@ -22,6 +23,13 @@ if os.environ.get("CLJAX_TEST_XLA_OPT", "fast") != "full":
 # uses JAX there (the CLI, a pytest child, a benchmark) would find too little left beside this
 # process: allocate as needed instead, here and in the subprocesses. No effect on the CPU.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+# A suite started in the background of a shell without job control (`make test &` in a script)
+# starts with SIGINT ignored, and its children inherit that: the tests that stop a child with
+# SIGINT saw it go on (a stop signal ignored at start stays ignored, cljax/command.py). Python's
+# own handler here: a child then starts with SIGINT at its default.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 import jax  # noqa: E402  (after XLA_FLAGS: the backend reads them when it starts)
 

@@ -24,6 +24,7 @@ def test_rows_hold_each_tests_compile_and_its_childs_cpu_and_the_summary_reads_t
     (tmp_path / "test_tiny.py").write_text(TESTS)
     out = tmp_path / "prof"
     env = {**os.environ, "SUITE_PROFILE_OUT": str(out), "PYTHONPATH": str(ROOT / "benchmarks")}
+    env.pop("PYTEST_XDIST_WORKER", None)  # this worker's name: the child is a pytest of its own
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "suite_profile", "-p", "no:cacheprovider",
                            "--rootdir", str(tmp_path), str(tmp_path / "test_tiny.py")], env=env, capture_output=True,
                           text=True, cwd=tmp_path, timeout=300)
