@@ -22,24 +22,13 @@ import os
 import sys
 import time
 
+import jax.monitoring
 import pytest
 
 _EVENTS: collections.Counter = collections.Counter()
 _ROWS: list[dict] = []
-_LISTENING = False
-
-
-def _listen() -> None:
-    global _LISTENING
-    if not _LISTENING:
-        import jax.monitoring
-
-        jax.monitoring.register_event_duration_secs_listener(lambda event, duration, **_: _EVENTS.update({event: duration}))
-        _LISTENING = True
-
-
-def pytest_configure(config) -> None:
-    _listen()
+# Registered once, when pytest imports the plugin (once per process)
+jax.monitoring.register_event_duration_secs_listener(lambda event, duration, **_: _EVENTS.update({event: duration}))
 
 
 @pytest.hookimpl(hookwrapper=True)

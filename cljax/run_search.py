@@ -32,7 +32,7 @@ def runs_near(path: str | os.PathLike, most: int = 4) -> str:
             return []
 
     listed = listed_runs(path) if (path / "sweep.json").is_file() else []
-    swept = [str(p) for p in listed or () if holds_task_dirs(p)]  # (sweep_runs, with sweep.json read once)
+    swept = with_task_dirs(listed)  # sweep_runs(path), with its sweep.json read once
     if listed is None:  # damaged, or not one cljax wrote: its runs are still there
         return f"its sweep.json cannot be read as a sweep's record: pass its runs' folders, {path}/*seed-*/*/*"
     if listed and not swept:  # a sweep just submitted: its jobs have not written a task yet
@@ -55,7 +55,12 @@ def runs_near(path: str | os.PathLike, most: int = 4) -> str:
 def sweep_runs(folder: Path) -> list[str]:
     """The run folders the sweep.json in ``folder`` lists (`cljax sweep`; its earlier sweeps into
     the folder too), that hold task folders; [] for a folder that holds no sweep."""
-    return [str(p) for p in listed_runs(folder) or () if holds_task_dirs(p)]
+    return with_task_dirs(listed_runs(folder))
+
+
+def with_task_dirs(runs: list[Path] | None) -> list[str]:
+    """Those of ``runs`` (None: none) that hold task folders."""
+    return [str(p) for p in runs or () if holds_task_dirs(p)]
 
 
 def listed_runs(folder: Path) -> list[Path] | None:
