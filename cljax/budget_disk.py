@@ -87,8 +87,8 @@ def disk_files_per_task(b: Budget, schedule: np.ndarray | None = None, class_nam
 def _metadata_estimate(b: Budget, schedule, class_names, file_names) -> int:
     """metadata.json: the config, the schedule, the shapes, the evaluated tasks and the layout as
     JSON (indent 1); each file's size and sha256 (``file_names``: the folder's other files),
-    this process's command line (a plan's is a run's but for the command word) and the device
-    split, as they are; plus a part this does not model (shapes, axes, versions, devices,
+    this process's command line (a plan's is a run's but for the command word), the device
+    split, as they are, and the task's row of the run table at its widest; plus a part this does not model (shapes, axes, versions, devices,
     lowering, timings, run id, evaluation), taken as 2.5 KB: 2.1 KB measured with a ResNet's
     model_state. The schedule's part grows with R: above 64 repeats it is measured at 32 and 64
     and extended linearly (encoding a million repeats' took minutes)."""
@@ -96,11 +96,21 @@ def _metadata_estimate(b: Budget, schedule, class_names, file_names) -> int:
     names = class_names or [f"class_{i}" for i in range(2 * T)]
     pairs = schedule if schedule is not None else np.tile(np.array([0, 1]), (T, min(R, 64), 1))
     files = {name: {"bytes": 10**12, "sha256": "0" * 64} for name in file_names}
-    known = len(json.dumps({"files": files, "argv": sys.argv + ["x"], "split": split_of(b.program)}, indent=1)) + 2500
+    known = len(json.dumps({"files": files, "argv": sys.argv + ["x"], "split": split_of(b.program),
+                            "summary": _widest_row(T, R)}, indent=1)) + 2500
     if R <= 64:
         return _metadata_json_bytes(b, pairs, names) + known
     at_32, at_64 = (_metadata_json_bytes(b, pairs[:, :r], names) for r in (32, 64))
     return at_32 + (at_64 - at_32) * (R - 32) // 32 + known
+
+
+def _widest_row(T: int, R: int) -> dict:
+    """The largest row of the run table a task keeps (records.stored_row): every repeat named
+    non-finite, every float at its longest."""
+    longest = 0.12345678901234568
+    return {"task": T - 1, "acc_current": longest, "acc_earlier": longest, "expert_acc": longest,
+            "probe_earlier": longest, "n_earlier": T, "n_nonfinite": R,
+            "nonfinite_repeats": {"learner": list(range(R)), "expert": list(range(R))}}
 
 
 def _metadata_json_bytes(b: Budget, pairs, names) -> int:
@@ -153,7 +163,8 @@ def disk_run_files(b: Budget, dataset_meta: dict | None = None) -> dict:
     # shapes and the files' sizes and sha256) and each file's identity with its sha256; measured
     # at 3.9 KB for 4.4 KB of this estimate (T = 200, --eval-tasks all).
     T, n_files = b.config.num_tasks, len(TASK_FILES) + bool(b.program.parts.net.state_collections)  # model_state.npy
-    fields = len(json.dumps(b.config.to_dict())) + len(json.dumps(eval_tasks_of(b.config).record(T - 1, T)))
+    fields = len(json.dumps(b.config.to_dict())) + len(json.dumps(eval_tasks_of(b.config).record(T - 1, T))) + len(
+        json.dumps(_widest_row(T, b.config.n_repeats)))  # and the task's row of the run table
     files[RECORD] = files[JOURNAL] = T * (fields + 300 * n_files + 600)
     return files
 

@@ -38,7 +38,8 @@ RECORD = "verified.json"
 JOURNAL = "verified.jsonl"  # one line per folder a run wrote since the record was last saved
 VERSION = 1
 SHARED_FIELDS = ("config", "shapes", "eval_tasks")  # the same in every task folder of a run, mostly
-CHECKED_FIELDS = ("task_index", "run_id", "files", "shapes", "eval_tasks", "config", "data")  # what the checks read
+# what the checks read, and the task's row of the run table (a rerun of a finished run prints it)
+CHECKED_FIELDS = ("task_index", "run_id", "files", "shapes", "eval_tasks", "config", "data", "summary")
 
 
 def identity(path: Path) -> list[int]:
@@ -60,6 +61,7 @@ class CheckRecord:
         self._kept: dict[str, Any] = {}  # a repeated field's JSON text -> the one copy of it held
         self._runs: dict[str, tuple[dict, dict]] = {}  # run id -> what was read for it, until for_run
         self.changed = False  # a check verified what the record did not hold (save_if_changed)
+        self.unchecked: set[str] = set()  # metadata.json parsed here whose folder no check has passed whole yet
         self._read()
 
     def _read(self) -> None:
@@ -108,6 +110,11 @@ class CheckRecord:
             entry = [list(value[0]), self._shared(value[1])]
             self.changed |= self.metadata.get(name) != entry
             self.metadata[name] = entry
+            self.unchecked.add(name)
+
+    def passed(self, task_dir: Path) -> None:
+        """Every file of ``task_dir`` agreed with its metadata.json (``verify_task_dir``)."""
+        self.unchecked.discard(self._name(Path(task_dir) / "metadata.json"))
 
     def _shared(self, fields: dict) -> dict:
         """``fields`` with each of the fields every task repeats (the run's config, the shapes,
@@ -157,7 +164,8 @@ class CheckRecord:
             if written_by == run_id:  # each line's config held once, as a read holds it (a long run's fold)
                 self.metadata.update(self._held(metadata))
                 self.hashed.update(hashed)
-        keep = {name for name in {*self.metadata, *self.hashed} if (self.root / name).exists()}
+                self.unchecked -= set(metadata)  # written whole since it was parsed here
+        keep = {name for name in {*self.metadata, *self.hashed} if (self.root / name).exists()} - self.unchecked
         data = {"version": VERSION, "run_id": run_id,
                 "metadata": {k: v for k, v in self.metadata.items() if k in keep},
                 "hashed": {k: v for k, v in self.hashed.items() if k in keep}}
@@ -218,6 +226,31 @@ def content_matches(path: Path, sha256: str | None, record) -> bool:
         return False
     record.note(path, key, sha256)
     return True
+
+
+def folder_verified(record, task_dir: Path) -> bool:
+    """Whether ``record`` (a CheckRecord) holds ``task_dir``'s metadata.json as it is now, from a
+    check of the folder that passed whole or from its writer (a metadata.json this command parsed
+    anew counts once a check of its folder has passed: ``CheckRecord.passed``). Then a file of it
+    that ``file_verified`` is byte for byte one that agreed with that metadata.json (its .npy
+    header's shape among it), and neither was written since: its header need not be read. A plain
+    memo, or None, says no."""
+    if not isinstance(record, CheckRecord):
+        return False
+    path = task_dir / "metadata.json"
+    kept = record.get(path)
+    try:
+        return kept is not None and record._name(path) not in record.unchecked and kept[0] == tuple(identity(path))
+    except OSError:
+        return False  # gone: the check's own reading says so
+
+
+def file_verified(record: CheckRecord, path: Path, sha256: str | None) -> bool:
+    """Whether ``record`` holds ``path``, as it is now, as matching ``sha256``."""
+    try:
+        return sha256 is not None and record.matched(path, identity(path), sha256)
+    except OSError:
+        return False
 
 
 def checked_metadata(task_dir: Path, memo: dict | None) -> dict:

@@ -36,8 +36,8 @@ from cljax.kept_checkpoints import (describe_replay, keep_checkpoint, keeps, kep
                                      same_as_recorded, unread_by_a_finished_run)
 from cljax.program import build_task_program
 from cljax.progress import progress_for
-from cljax.records import (divergence_warning, nonfinite_before, nonfinite_report, summary_row, task_arrays,
-                            task_metadata)
+from cljax.records import (divergence_warning, nonfinite_before, nonfinite_report, stored_row, summary_row,
+                            task_arrays, task_metadata)
 from cljax.results import task_dir_name, write_task
 from cljax.run_folder import clear_run, inspect_run, remove_stale_temporaries, verify_task_dir
 from cljax.run_split import (recorded_pairing, recorded_split, same_split, split_of, warn_if_other_eval_chunk,
@@ -112,7 +112,7 @@ def run_experiment(
                         print(f"note: the run is finished, and --repair leaves {', '.join(unread)} (missing or "
                               f"damaged) as found: nothing is left to train from them; a repair that needs a kept "
                               f"checkpoint writes it again.", file=sys.stderr)
-                    return finished(algo_dir, schedule, found, config)
+                    return finished(algo_dir, schedule, found, config, memo)
             if found.finished and not found.rebuilt:  # all but initial/, which is written again below
                 _source_warnings(found, config, algo_dir)
 
@@ -295,13 +295,14 @@ def _train(config, data, task_data, schedule, program, start, chunk_tasks, found
             pending = dispatch(i + 1, learner)
         arrays, shapes = task_arrays(config, trace, acc, loss, reps)
         nonfinite = nonfinite_report(config, arrays, eval_ids)
+        row = summary_row(t, arrays, eval_ids)
         metadata = task_metadata(config, schedule, t, shapes, arrays["weights"], data.class_names, program.lowering, {
             "task_seconds": seconds,
             "compile_seconds": result.compile_seconds,
             "steps_per_second": config.steps_per_task / seconds,
         })
         metadata.update({"nonfinite": nonfinite, "run_id": run_id, "data": data_id, "split": split, "plugins": sources,
-                         "evaluation": evaluation})
+                         "evaluation": evaluation, "summary": stored_row(row)})
         if found.record is not None and not same_split(recorded_split(found.record), split):
             metadata["split_at_run_start"] = recorded_split(found.record)
         if replaying:
@@ -332,7 +333,6 @@ def _train(config, data, task_data, schedule, program, start, chunk_tasks, found
         if replaying and t == replay[-1] and is_writer():
             print(replay_note(found, differing, rewritten), file=sys.stderr)
         run_seconds += seconds
-        row = summary_row(t, arrays, eval_ids)
         # The host copies of this task go now, not when the next task's replace them: held over,
         # they were the peak of a run's memory (the next task's fetch and results beside them).
         del arrays, learner_host, trace, acc, loss, reps

@@ -136,6 +136,22 @@ def summary_row(t: int, arrays: dict, eval_ids) -> dict:
     }
 
 
+ROW_FLOATS = ("acc_current", "acc_earlier", "expert_acc", "probe_earlier")  # NaN: none, or no finite value
+
+
+def stored_row(row: dict) -> dict:
+    """``row`` as metadata.json keeps it ("summary"): NaN as null, so the file stays strict JSON."""
+    return {k: None if k in ROW_FLOATS and np.isnan(v) else v for k, v in row.items()}
+
+
+def row_of_stored(stored) -> dict | None:
+    """The row ``stored_row`` kept, None when ``stored`` is not one (a folder written before the
+    rows were kept: its row is computed from its arrays)."""
+    if not isinstance(stored, dict) or not {"task", *ROW_FLOATS} <= set(stored):
+        return None
+    return {k: float("nan") if k in ROW_FLOATS and v is None else v for k, v in stored.items()}
+
+
 def nonfinite_report(config: Config, arrays: dict, eval_ids) -> list[dict]:
     """Snapshots whose losses are NaN or inf: [{metric, snapshot, step}], first ones first. The
     slots without a task (``eval_ids`` -1, NaN by design) are not looked at."""

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from cljax.eval_tasks import eval_tasks_of
-from cljax.records import summary_row
+from cljax.records import row_of_stored, summary_row
 from cljax.results import task_dir_name
 
 
@@ -27,12 +27,19 @@ class RunResult:
     run_id: str | None = None
 
 
-def finished(algo_dir: Path, schedule: np.ndarray, found, config) -> RunResult:
-    """The run table of a finished run, read from its folders. Each folder's slots are those of
-    the run's --eval-tasks at its task (part of the resume key, so the recorded one): its
-    metadata.json, which the check has just parsed, is not parsed a third time."""
+def finished(algo_dir: Path, schedule: np.ndarray, found, config, memo=None) -> RunResult:
+    """The run table of a finished run: each task's row as its folder's metadata.json keeps it,
+    taken from ``memo`` (the CheckRecord of the check that has just verified the folders, which
+    keeps the row with the fields it read), so no metadata.json is parsed a third time. A folder
+    written before the rows were kept has its row computed from its arrays, with the slots of the
+    run's --eval-tasks at its task (part of the resume key, so the recorded one)."""
     T, spec = schedule.shape[0], eval_tasks_of(config)
-    summary = [summary_row(t, _load_summary_arrays(algo_dir / task_dir_name(t)), spec.ids(t, T)) for t in range(T)]
+    summary = []
+    for t in range(T):
+        kept = memo.get(algo_dir / task_dir_name(t) / "metadata.json") if memo is not None else None
+        row = row_of_stored(kept[1].get("summary")) if kept is not None else None
+        summary.append(row if row is not None else
+                       summary_row(t, _load_summary_arrays(algo_dir / task_dir_name(t)), spec.ids(t, T)))
     return RunResult(algo_dir=algo_dir, task_class_pairs=schedule, first_task=T, summary=summary,
                      already_finished=True, run_id=found.record.get("run_id"))
 

@@ -6,6 +6,7 @@ shapes only (nothing compiled, nothing run): each test takes a few seconds."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from types import SimpleNamespace
 
@@ -16,7 +17,8 @@ from cljax.budget import (HEADROOM, Budget, _per_device, choose_eval_chunk, chun
                           device_components, fit_chunk, given_chunk_problem, host_components, host_problem, host_total,
                           scratch_bytes, scratch_parts)
 from cljax.budget_refusal import does_not_fit
-from cljax.budget_disk import _metadata_estimate, _metadata_json_bytes, _weights_dtype, disk_files_per_task, disk_run_files
+from cljax.budget_disk import (_metadata_estimate, _metadata_json_bytes, _weights_dtype, _widest_row, disk_files_per_task,
+                                disk_run_files)
 from cljax.config import Config
 from cljax.errors import CljaxError
 from cljax.program import build_task_program
@@ -204,6 +206,7 @@ def test_metadata_estimate_above_64_repeats_extends_the_schedule_linearly():
     small = budget_of(config_of(n_repeats=64))  # the part beside the schedule's, exact at R <= 64
     known = _metadata_estimate(small, schedule[:, :64], names, ["weights.npy"]) - _metadata_json_bytes(
         small, schedule[:, :64], names)
+    known += sum(s * len(json.dumps({"summary": _widest_row(5, r)}, indent=1)) for s, r in ((1, 256), (-1, 64)))  # O(R)
     exact = _metadata_json_bytes(b, schedule, names) + known
     at_64 = _metadata_json_bytes(b, schedule[:, :64], names) + known
     assert exact > 2 * at_64 - known  # the schedule is most of it

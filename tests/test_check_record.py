@@ -263,3 +263,53 @@ def test_overwrite_deletes_the_record(stopped_twice):
     assert not (run_dir / RECORD).exists()
     run_id = json.loads((run_dir / "run.json").read_text())["run_id"]  # the journal holds the new run's notes alone
     assert [json.loads(line)["run_id"] for line in (run_dir / JOURNAL).read_text().splitlines()] == [run_id] * 2
+
+
+def test_a_check_reads_no_header_the_record_vouches_for_and_a_rerun_reads_the_kept_rows(tmp_path, monkeypatch):
+    """A rerun of a finished run parses no .npy header of a file the record holds unchanged, and
+    prints the rows its folders kept (no array loaded). An edited metadata.json is read whole
+    again, also by the same command's second check of it; a folder without a kept row has it
+    computed from its arrays, the same row."""
+    import math
+
+    import cljax.run_folder as run_folder
+    import cljax.run_result as run_result
+    from cljax.run_folder import verify_task_dir
+
+    config = _config(tmp_path)
+    first = run_experiment(config, progress=False).summary
+    run_dir = tmp_path / RUN
+    kept = json.loads((run_dir / "task_002" / "metadata.json").read_text())["summary"]
+    assert kept["task"] == 2 and kept["n_earlier"] == 2 and 0.0 <= kept["acc_current"] <= 1.0
+
+    def same(a, b):
+        return a.keys() == b.keys() and all(x == y or (isinstance(x, float) and math.isnan(x) and math.isnan(y))
+                                            for x, y in ((a[k], b[k]) for k in a))
+
+    headers, real_header = [], run_folder.npy_header
+    monkeypatch.setattr(run_folder, "npy_header",  # the task folders' (initial/ is checked apart, whole)
+                        lambda path: (path.parent.name.startswith("task_") and headers.append(path)) or real_header(path))
+    real_load = run_result._load_summary_arrays
+    monkeypatch.setattr(run_result, "_load_summary_arrays", lambda d: pytest.fail(f"{d}'s arrays were loaded"))
+    again = run_experiment(config, progress=False)
+    assert again.already_finished and headers == []
+    assert len(again.summary) == 4 and all(same(a, b) for a, b in zip(first, again.summary))
+    assert math.isnan(again.summary[0]["acc_earlier"])  # NaN kept as null, read back as NaN
+
+    # A folder written before the rows were kept: its row computed from its arrays, the same.
+    meta_path = run_dir / "task_002" / "metadata.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["summary"]
+    meta_path.write_text(json.dumps(meta, indent=1))
+    monkeypatch.setattr(run_result, "_load_summary_arrays", real_load)
+    again = run_experiment(config, progress=False)
+    assert same(again.summary[2], first[2]) and {p.parent.name for p in headers} == {"task_002"}
+
+    # An edited shape: found by the rerun, and by a second check with the same memo.
+    meta["shapes"]["binary_labels"] = [9, 9, 9, 9]
+    meta_path.write_text(json.dumps(meta, indent=1))
+    with pytest.raises(CljaxError, match=r"task_002/binary_labels.npy has shape .* metadata.json records \[9, 9, 9, 9\]"):
+        run_experiment(config, progress=False)
+    memo, run_id = CheckRecord(run_dir), meta["run_id"]
+    for _ in range(2):
+        assert "metadata.json records [9, 9, 9, 9]" in verify_task_dir(run_dir / "task_002", 2, run_id, False, memo=memo)
