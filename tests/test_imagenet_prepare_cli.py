@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -298,6 +299,76 @@ def test_top_level_script_reports_without_traceback(tmp_path):
     )
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "does not exist" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_parallel_workers_end_in_one_line_and_prepare_the_same_folder(source, prepared, tmp_path):
+    """With several workers, as the installed command: done, the folder is the one-worker one and
+    nothing is printed; a worker's error, and a stop, print their one line. Each worker of
+    `--reader datasets` made a multiprocessing lock for its progress bars (tqdm), which a worker
+    stopped by SIGTERM left behind: Python's resource tracker then warned at exit of "leaked
+    semaphore objects", two lines after the error line (under `python -m cljax` it did not show)."""
+    script = Path(sys.executable).parent / "cljax"
+    assert script.is_file(), f"{script}: the suite runs in the environment `make test` installs cljax into"
+
+    def prepare(src, out, *, stop_after=None):
+        proc = subprocess.Popen([str(script), "prepare-imagenet", "--source", str(src), "--out", str(out), "--workers",
+                                 "2", "--reader", "datasets", "--shard-rows", "3", "--splits", "train",
+                                 "--no-progress"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        if stop_after is not None:
+            deadline = time.monotonic() + 120
+            while proc.poll() is None and not list(Path(f"{out}.partial").glob("*.npz")) and time.monotonic() < deadline:
+                time.sleep(0.05)  # a shard written: the workers are at work
+            proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=300)
+        return proc.returncode, err
+
+    code, err = prepare(source["root"], tmp_path / "two_workers")
+    assert code == 0 and err == "", err
+    ours, theirs = load_prepared(tmp_path / "two_workers"), load_prepared(prepared)
+    assert np.array_equal(ours.train_images, theirs.train_images)
+    assert np.array_equal(ours.train_labels, theirs.train_labels)
+
+    bad = _plain_parquet(tmp_path / "bad", source["train"][:5] + [b"not an image"], [0, 1, 0, 1, 0, 1])
+    code, err = prepare(bad, tmp_path / "bad_out")
+    assert code == 2 and err.startswith("error: cannot decode the image at") and err.count("\n") == 1, err
+
+    # Stopped by SIGTERM once a shard is written, with the others still to do (a file a shard here).
+    photo = source["train"][source["train_kinds"].index("rgb 500x375")]
+    many = _plain_parquet(tmp_path / "many", [photo] * 150, [0, 1, 2] * 50)
+    for k in range(8):
+        (many / f"train-0000{k}-of-00008.parquet").write_bytes((many / "train-00000-of-00001.parquet").read_bytes())
+    (many / "train-00000-of-00001.parquet").unlink()
+    code, err = prepare(many, tmp_path / "stopped", stop_after=True)
+    assert code == 75 and err.startswith("interrupted: finished shards are kept in") and err.count("\n") == 1, err
+
+
+def test_a_stop_whose_raise_python_drops_still_stops_the_preparation(capsys):
+    """A stop signal handled inside a garbage-collection callback (JAX registers one): Python drops
+    the handler's KeyboardInterrupt with a printed traceback, and a preparation stopped by SIGTERM
+    so went on to the end and exited 0. The stop is recorded and raised at the next check, and the
+    dropped one is not printed."""
+    import gc
+
+    from cljax.data.imagenet import stops
+
+    def callback(phase, info):
+        if phase == "start" and not fired:
+            fired.append(True)
+            signal.raise_signal(signal.SIGTERM)  # handled here, before the callback returns
+
+    fired = []
+    with stops.signals_as_interrupt():
+        stops.stop_if_asked()  # none yet
+        gc.callbacks.append(callback)
+        try:
+            gc.collect()
+        finally:
+            gc.callbacks.remove(callback)
+        with pytest.raises(KeyboardInterrupt):
+            stops.stop_if_asked()
+    assert fired and capsys.readouterr().err == ""
+    with stops.signals_as_interrupt():
+        stops.stop_if_asked()  # a new preparation starts with no stop asked
 
 
 def test_data_info_prints_counts_and_writes_png(prepared, tmp_path, capsys):

@@ -16,7 +16,6 @@ import errno
 import json
 import multiprocessing as mp
 import os
-import signal
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -24,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 
-from cljax.command import STOP_SIGNALS
 from cljax.data.imagenet.assemble import assemble, npz_rows
 from cljax.data.imagenet.decode import DRAFT_FACTOR, RESAMPLE_FILTERS, SIZE, _pil_filter, image_to_gray
 from cljax.data.imagenet.recorded import check_redo_allowed, check_same_preparation
@@ -32,6 +30,7 @@ from cljax.data.imagenet.shards import DatasetsShard, FilesShard, Shard, check_l
 from cljax.data.imagenet.out_lock import OutputLock
 from cljax.data.imagenet.out_place import check_not_mount_point, output_folder
 from cljax.data.imagenet.sources import DEFAULT_SHARD_ROWS, OUTPUT_SPLITS, plan_source
+from cljax.data.imagenet.stops import quiet_worker, signals_as_interrupt, stop_if_asked
 from cljax.data.imagenet.work import (clear_stale_work, discard_work, open_work_dir, remove_finished_work, work_dir_for,
                                        work_record)
 from cljax.data.full_disk import full_disk_error
@@ -114,6 +113,7 @@ _WORKER_COUNTER = None
 def _init_worker(counter) -> None:
     global _WORKER_COUNTER
     _WORKER_COUNTER = counter
+    quiet_worker()
 
 
 def _worker_tick(n: int) -> None:
@@ -128,8 +128,12 @@ def _process_shard_in_worker(shard: Shard, work_dir: str, size: int, resample: s
 def _run_shards(todo: Sequence[Shard], work_dir: Path, size: int, resample: str, workers: int, bar,
                 n_classes: int | None) -> None:
     if workers <= 1 or len(todo) <= 1:
+        def tick(n: int) -> None:
+            stop_if_asked()
+            bar.update(n)
+
         for shard in todo:
-            process_shard(shard, str(work_dir), size, resample, bar.update, n_classes)
+            process_shard(shard, str(work_dir), size, resample, tick, n_classes)
         return
     # "spawn": the caller may have started threads (JAX, the hub's HTTP pool) that fork would copy
     # in a locked state.
@@ -141,6 +145,7 @@ def _run_shards(todo: Sequence[Shard], work_dir: Path, size: int, resample: str,
                    for s in todo]
         while pending:
             pending[0].wait(0.2)
+            stop_if_asked()
             now = counter.value
             bar.update(now - seen)
             seen = now
@@ -151,6 +156,8 @@ def _run_shards(todo: Sequence[Shard], work_dir: Path, size: int, resample: str,
                 else:
                     still.append(result)
             pending = still
+        pool.close()  # done: the workers exit on their own (leaving `with` would terminate them)
+        pool.join()
     bar.update(counter.value - seen)
 
 
@@ -270,6 +277,7 @@ def _prepare_locked(source: str, out: Path, *, workers, split_map, reader, size,
         disable=not progress, mininterval=0.5 if interactive else 30.0, smoothing=0.05,
     ) as bar:
         _run_shards(todo, work, size, resample, n_workers, bar, plan.n_classes)
+    stop_if_asked()  # one whose raise was dropped: the shards are kept, the output is not written
     assemble(plan, work, out, size, preprocessing, name=NAME)
     remove_finished_work(work, log)
     return out
@@ -318,7 +326,11 @@ def prepare_main(argv: list[str]) -> int:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     out = output_folder(args.out)
-    previous = _signals_as_interrupt()
+    with signals_as_interrupt():
+        return _prepare_command(args, out)
+
+
+def _prepare_command(args, out: Path) -> int:
     try:
         if args.workers is not None and args.workers < 1:
             raise CljaxError(f"--workers must be >= 1, got {args.workers}.")
@@ -373,21 +385,3 @@ def prepare_main(argv: list[str]) -> int:
     except KeyboardInterrupt:
         print(f"interrupted: finished shards are kept in {work_dir_for(out)}; rerun the same command to resume.", file=sys.stderr)
         return EXIT_PREEMPTED
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-def _signals_as_interrupt() -> dict:
-    """SIGTERM (a SLURM time limit, `kill`), SIGINT (Ctrl-C) and the others of STOP_SIGNALS raise
-    KeyboardInterrupt here, whatever handler the command line had installed: the workers are
-    stopped, and the line says how to resume. Returns the handlers replaced (none off the main
-    thread)."""
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    try:
-        return {sig: signal.signal(sig, interrupt) for sig in STOP_SIGNALS}
-    except ValueError:  # not the main thread: leave signals alone
-        return {}
