@@ -33,7 +33,7 @@ def make_plan(config: Config, device_bytes: int | None = None) -> dict:
     from cljax.results import task_dirs
     from cljax.run_split import recorded_pairing
     from cljax.data.prepared import data_identity
-    from cljax.setting_match import differing_settings
+    from cljax.setting_match import resume_differences
 
     check_writable_target(algo_dir_of(config))  # as run does: a --results-dir it could not write to
     data = load_dataset(config)
@@ -45,8 +45,7 @@ def make_plan(config: Config, device_bytes: int | None = None) -> dict:
     try:  # a resume builds the pairing its run started with (auto's choice depends on the host)
         record = read_run_record(algo_dir_of(config))
         # the data by content, as run compares it (--data-dir spelt otherwise is the same data)
-        other = differing_settings(record["config"], config, record.get("data"), data_identity(data)) \
-            if record is not None else []
+        other = list(resume_differences(record, config, data_identity(data))) if record is not None else []
         record = None if other else record  # another run's, which run refuses or replaces: planned as a new run
     except (CljaxError, TypeError, KeyError):
         record, other = None, []  # damaged: run's own checks say so

@@ -38,7 +38,7 @@ from cljax.code_changes import changed_since, older_cljax
 from cljax.record_rebuild import lost_record, record_disagreement
 from cljax.run_lock import RUN_LOCK
 from cljax.safe_files import npy_header, safe_load_pickle
-from cljax.setting_match import DATA_DIFFERS, setting_differences
+from cljax.setting_match import DATA_DIFFERS, resume_differences
 
 ANALYSIS = "analysis"
 
@@ -109,7 +109,7 @@ def inspect_run(algo_dir: Path, config: Config, data_id: str | None, overwrite: 
                          f"and pass --repair to write it again from the task folders, or pass --overwrite to start "
                          f"again (it {_deletes(n_dirs)}).")
     try:
-        differ = setting_differences(record["config"], config, record.get("data"), data_id)
+        differ = resume_differences(record, config, data_id)
     except DamagedFile as exc:
         raise CljaxError(f"{algo_dir / RUN_RECORD} {exc.problem}: the file was changed or damaged; restore it from a "
                          f"copy, or pass --overwrite to start again (it {_deletes(n_dirs)}).") from None

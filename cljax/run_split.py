@@ -33,6 +33,13 @@ def recorded_split(record: dict | None) -> dict | None:
     return {**split, "lowering": {**(split.get("lowering") or {}), "conv": "lax"}}
 
 
+def conv_as_ran(record: dict | None) -> str | None:
+    """The convolution lowering a run computed with (``recorded_split``), None when unrecorded: a
+    resume that names it with --conv-impl continues as the run ran, whatever the record's
+    --conv-impl (an old ResNet's ``auto`` ran ``lax``; ``auto`` on a GPU once meant ``lax``)."""
+    return ((recorded_split(record) or {}).get("lowering") or {}).get("conv")
+
+
 def same_split(recorded: dict | None, split: dict) -> bool:
     """Whether the run started on ``split`` (True when nothing is recorded). A lowering entry the
     record lacks takes the value runs recorded before it ran with (``LOWERING_ABSENT``)."""
@@ -58,6 +65,9 @@ def warn_if_other_split(recorded: dict | None, split: dict, next_task: int) -> N
                 "CLJAX_CPU_DEVICES)" if forced_cpu_devices() is not None
                 else f"; to keep it, rerun as one process with CLJAX_CPU_DEVICES={recorded.get('devices')}"
                 if split.get("processes", 1) > 1 else f"; to keep it, rerun with CLJAX_CPU_DEVICES={recorded.get('devices')}")
+    conv = (recorded.get("lowering") or {}).get("conv")
+    if not hint and conv and conv != (split.get("lowering") or {}).get("conv"):
+        hint = f"; to keep it, rerun with --conv-impl {conv}"
     print(f"warning: this run started on {describe_split(recorded)} and continues on {describe_split(split)}: from "
           f"task {next_task} on its numbers can differ from an uninterrupted run's in the last bits (recorded in each "
           f"task's metadata.json){hint}.", file=sys.stderr)

@@ -90,6 +90,18 @@ def setting_differences(recorded: dict, config: Config, recorded_data: str | Non
     return differ
 
 
+def resume_differences(record: dict, config: Config, data: str | None) -> dict[str, tuple[Any, Any]]:
+    """``setting_differences`` of a run's record (run.json) and ``config``, as a resume reads them:
+    a --conv-impl that names the lowering the run computed with is none (``run_split.conv_as_ran``:
+    a ResNet recorded before schema 5 ran ``lax`` whatever its record's --conv-impl)."""
+    from cljax.run_split import conv_as_ran
+
+    differ = setting_differences(record["config"], config, record.get("data"), data)
+    if "conv_impl" in differ and config.conv_impl == conv_as_ran(record):
+        del differ["conv_impl"]
+    return differ
+
+
 def differing_settings(recorded: dict, config: Config, recorded_data: str | None = None,
                        data: str | None = None) -> list[str]:
     """Names of the settings that differ, as :func:`setting_differences` reads them."""

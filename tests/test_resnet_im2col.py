@@ -105,3 +105,26 @@ def test_a_resnet_recorded_before_schema_5_ran_xlas_convolution_whatever_its_low
     for unchanged in ({**old, "schema": 5}, {**old, "config": {"model": "cnn"}}, {**old, "config": {}}):
         assert recorded_split(unchanged) == split
     assert recorded_split({**old, "split": None}) is None and recorded_split(None) is None
+
+
+def test_an_old_resnet_resumes_in_the_lowering_it_ran_with_when_named(capsys):
+    """Its record says --conv-impl auto (im2col today), but it ran lax: `--conv-impl lax` resumes
+    it as it ran (it was refused as other settings), the same command still resumes it, and the
+    warning of a resume in another lowering names the flag that keeps it."""
+    from cljax.config import Config
+    from cljax.run_split import warn_if_other_split
+    from cljax.setting_match import resume_differences
+
+    split = {"backend": "cpu", "devices": 1, "processes": 1, "lowering": {"conv": "im2col", "repeats": "loop"}}
+    old = {"schema": 4, "config": Config(model="resnet").to_dict(), "split": split}
+    for conv in ("lax", "auto"):
+        assert resume_differences(old, Config(model="resnet", conv_impl=conv), None) == {}
+    assert list(resume_differences(old, Config(model="resnet", conv_impl="fused"), None)) == ["conv_impl"]
+    new = {**old, "schema": 5}  # it ran the im2col it records: lax is another lowering
+    assert list(resume_differences(new, Config(model="resnet", conv_impl="lax"), None)) == ["conv_impl"]
+    assert resume_differences(new, Config(model="resnet", conv_impl="im2col"), None) == {}
+    warn_if_other_split(recorded_split(old), split, 3)
+    err = capsys.readouterr().err
+    assert "started on 1 cpu device(s) x 1 process(es), lax convolutions" in err
+    assert err.rstrip().endswith("from task 3 on its numbers can differ from an uninterrupted run's in the last bits "
+                                 "(recorded in each task's metadata.json); to keep it, rerun with --conv-impl lax.")
