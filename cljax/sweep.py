@@ -176,11 +176,13 @@ def check_against_data(runs: list[SweepRun], overwrite: bool = False, repair: bo
 
 
 def run_job(config_dict: dict, overwrite: bool = False, allow_nonfinite: bool = False, repair: bool = False,
-            plugins: tuple = (), progress: bool = True) -> dict:
+            plugins: tuple = (), progress: bool = True, earlier: dict | None = None, on_task_end=None) -> dict:
     """The body of one job: run (or resume) one experiment. Returns a short, picklable summary.
     ``plugins``: the plugin files the sweep loaded (``--plugin`` and ``$CLJAX_PLUGINS``), loaded
     again here before the settings are read, since the job is another process. ``progress``: its
-    lines in the job's log (``--no-progress``: none)."""
+    lines in the job's log (``--no-progress``: none). ``earlier``: what the job's attempts before
+    this one did, when it was requeued ({"attempts", "first_task": the first task they trained}),
+    so that the summary describes the job, not its last attempt."""
     from cljax.checkpoint import recorded_split
     from cljax.devices.cpu_split import configure_cpu_devices
     from cljax.experiment import algo_dir_of, run_experiment
@@ -192,7 +194,7 @@ def run_job(config_dict: dict, overwrite: bool = False, allow_nonfinite: bool = 
     configure_cpu_devices(config.n_repeats, recorded=None if overwrite else recorded_split(algo_dir_of(config)))
     try:
         result = run_experiment(config, progress="log" if progress else False, overwrite=overwrite, allow_nonfinite=allow_nonfinite,
-                                repair=repair)
+                                repair=repair, on_task_end=on_task_end)
     except Exception as exc:  # the line `cljax run` prints (a plugin's code, the disk): the sweep's FAILED line
         from cljax.cli_errors import error_line
 
@@ -204,9 +206,16 @@ def run_job(config_dict: dict, overwrite: bool = False, allow_nonfinite: bool = 
     # the checkpoint trains only earlier tasks again: their accuracies are not the run's last).
     final = next((row for row in result.summary if row.get("task") == config.num_tasks - 1), {})
     return {"algo_dir": str(algo_dir_of(config)), "tasks": config.num_tasks, "first_task": result.first_task,
-            "already_finished": result.already_finished, "trained_tasks": [row["task"] for row in result.summary],
+            "already_finished": result.already_finished,  # (its rows, then, are read back, not trained)
+            "trained_tasks": [] if result.already_finished else [row["task"] for row in result.summary],
             "final_acc_current": final.get("acc_current"), "final_acc_earlier": final.get("acc_earlier"),
-            "steps_per_second": result.steps_per_second}
+            "steps_per_second": result.steps_per_second, "attempts": (earlier or {}).get("attempts", 0) + 1,
+            "job_first_task": _earliest((earlier or {}).get("first_task"), result.first_task)}
+
+
+def _earliest(*tasks) -> int | None:
+    known = [t for t in tasks if isinstance(t, int)]
+    return min(known) if known else None
 
 
 def _job_class():
@@ -217,15 +226,25 @@ def _job_class():
         which resubmits the same call; the run then resumes from its first unfinished task."""
 
         def __call__(self, config_dict: dict, overwrite: bool = False, allow_nonfinite: bool = False,
-                     repair: bool = False, plugins: tuple = (), progress: bool = True) -> dict:
-            return run_job(config_dict, overwrite, allow_nonfinite, repair, plugins, progress)
+                     repair: bool = False, plugins: tuple = (), progress: bool = True, earlier: dict | None = None) -> dict:
+            self.trained_from = None  # the first task this attempt trains (checkpoint hands it on)
+
+            def seen(t, info):
+                if self.trained_from is None:
+                    self.trained_from = t
+
+            return run_job(config_dict, overwrite, allow_nonfinite, repair, plugins, progress, earlier, seen)
 
         def checkpoint(self, config_dict: dict, overwrite: bool = False, allow_nonfinite: bool = False,
-                       repair: bool = False, plugins: tuple = (), progress: bool = True):
+                       repair: bool = False, plugins: tuple = (), progress: bool = True, earlier: dict | None = None):
             # The requeued job resumes what this one finished, even if this one started afresh; one
-            # stopped in a repair repairs again (on a whole run --repair changes nothing).
+            # stopped in a repair repairs again (on a whole run --repair changes nothing). It is told
+            # what this attempt and those before it trained, for the sweep's line of the job.
+            earlier = earlier or {}
+            told = {"attempts": earlier.get("attempts", 0) + 1,
+                    "first_task": _earliest(earlier.get("first_task"), getattr(self, "trained_from", None))}
             return submitit.helpers.DelayedSubmission(self, config_dict, False, allow_nonfinite, repair, plugins,
-                                                        progress)
+                                                        progress, told)
 
     return SweepJob
 

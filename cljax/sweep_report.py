@@ -79,17 +79,24 @@ def report_outcomes(runs, jobs, command_of=None, overwrite: bool = False) -> int
 
 def done_line(out: dict) -> str:
     """What a finished job did: its tasks, the tasks a repair trained again, whether it resumed or
-    found the run finished, the last task's accuracy when it has it, and the run's folder."""
+    found the run finished, the last task's accuracy when it has it, and the run's folder. A job
+    requeued in a time limit is described from its first attempt on, with their number: its last
+    attempt alone resumed what the earlier ones trained."""
     first, tasks = out.get("first_task") or 0, out["tasks"]
     trained = out.get("trained_tasks", [])
     again = [t for t in trained if t < first]  # --repair: trained again below the checkpoint
     what = [f"repaired tasks {_span(again)}"] if again else []
-    if out.get("already_finished") or (first == tasks and not again):
+    attempts, start = out.get("attempts", 1), out.get("job_first_task")
+    if attempts > 1 and isinstance(start, int) and start < first:  # the earlier attempts trained from `start`
+        what += [f"resumed from task {start}"] if start else []
+    elif out.get("already_finished") or (first == tasks and not again):
         what.append("already finished")
     elif first == tasks:
         what.append("it had trained every task")
     elif first:
         what.append(f"resumed from task {first}")
+    if attempts > 1:
+        what.append(f"{attempts} attempts: requeued {attempts - 1} time{'s' * (attempts > 2)}")
     acc = out.get("final_acc_current")
     acc_text = "" if acc is None else f", last task acc {acc:.3f}"
     how = f" ({'; '.join(what)})" if what else ""

@@ -258,3 +258,23 @@ def test_a_sweep_job_reports_a_resumed_or_finished_run_as_such(tmp_path):
     again = run_job(flat)  # a requeued job whose run had finished
     assert (again["tasks"], again["first_task"], again["already_finished"]) == (2, 2, True)
     assert again["final_acc_current"] == first["final_acc_current"]
+    from cljax.sweep_report import done_line
+
+    # It trained nothing: its line said "repaired tasks 0-1; already finished" (the rows it read back).
+    assert again["trained_tasks"] == [] and done_line(again).startswith("2 tasks (already finished), last task acc")
+    # Requeued in its time limit after it trained every task: the line says the job trained them,
+    # in two attempts, not that the run was already finished (what its last attempt found).
+    pytest.importorskip("submitit", reason="the sweep extra is not installed: pip install 'cljax[sweep]'")
+    from cljax import sweep
+
+    flat["results_dir"] = str(tmp_path / "requeued")
+    job = sweep._job_class()()
+    out = job(flat)
+    assert job.trained_from == 0 and (out["attempts"], out["job_first_task"]) == (1, 0)
+    told = job.checkpoint(flat).args[-1]  # what submitit's handler hands the requeued attempt
+    assert told == {"attempts": 1, "first_task": 0}
+    last = job(flat, False, False, False, (), True, told)
+    assert (last["already_finished"], last["attempts"], last["job_first_task"], job.trained_from) == (True, 2, 0, None)
+    assert done_line(last) == (f"2 tasks (2 attempts: requeued 1 time), last task acc {out['final_acc_current']:.3f} -> "
+                               f"{out['algo_dir']}")
+    assert job.checkpoint(flat, False, False, False, (), True, told).args[-1] == {"attempts": 2, "first_task": 0}

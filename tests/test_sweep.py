@@ -91,13 +91,14 @@ def test_each_job_is_handed_overwrite_and_a_requeued_job_never_overwrites(tmp_pa
     assert progress == [True, True]  # lines in the job's log, unless --no-progress
     # Requeued after a time limit: it resumes what the first attempt wrote, even under --overwrite.
     again = job.checkpoint(configs[0], True, True, False, ("p.py",), False)
-    assert again.function is job and again.args == (configs[0], False, True, False, ("p.py",), False)
+    told = {"attempts": 1, "first_task": None}  # (it trained no task here: nothing to tell)
+    assert again.function is job and again.args == (configs[0], False, True, False, ("p.py",), False, told)
     calls.clear()
     sweep.submit(runs, executor, allow_nonfinite=True, repair=True, progress=False)
     (job, (_, overwrite, nonfinite, repair, _, progress)), = calls
     assert progress == [False, False]
     assert overwrite == [False, False] and nonfinite == [True, True] and repair == [True, True]
-    assert job.checkpoint(configs[0], False, False, True).args == (configs[0], False, False, True, (), True)  # repairs again
+    assert job.checkpoint(configs[0], False, False, True).args == (configs[0], False, False, True, (), True, told)  # repairs again
 
 
 def test_a_job_loads_the_plugin_files_of_its_sweep(tmp_path):
@@ -390,6 +391,22 @@ def test_a_repaired_job_says_what_it_trained_again_not_an_accuracy_it_has_not(tm
                  "final_acc_current": 0.25, "algo_dir": "/r"}) == "2 tasks (already finished), last task acc 0.250 -> /r"
     assert line({"tasks": 2, "first_task": 0, "already_finished": False, "trained_tasks": [0, 1],
                  "final_acc_current": 0.25, "algo_dir": "/r"}) == "2 tasks, last task acc 0.250 -> /r"
+
+
+def test_a_requeued_job_is_described_from_its_first_attempt():
+    """Its last attempt resumed what the earlier ones trained: the line read "resumed from task 37"
+    for a job that trained every task of a new run in two attempts."""
+    def line(first, job_first, attempts, **more):
+        return sweep_report.done_line({"tasks": 50, "first_task": first, "trained_tasks": list(range(first, 50)),
+                                       "final_acc_current": 0.5, "algo_dir": "/r", "attempts": attempts,
+                                       "job_first_task": job_first, **more})
+
+    assert line(37, 0, 2) == "50 tasks (2 attempts: requeued 1 time), last task acc 0.500 -> /r"
+    assert line(37, 10, 3) == "50 tasks (resumed from task 10; 3 attempts: requeued 2 times), last task acc 0.500 -> /r"
+    assert line(50, 0, 2, already_finished=True) == "50 tasks (2 attempts: requeued 1 time), last task acc 0.500 -> /r"
+    # the attempts before the last trained no task: it started where they would have
+    assert line(37, 37, 2) == "50 tasks (resumed from task 37; 2 attempts: requeued 1 time), last task acc 0.500 -> /r"
+    assert line(37, 37, 1) == "50 tasks (resumed from task 37), last task acc 0.500 -> /r"
 
 
 def test_a_failed_jobs_overwrite_advice_is_followed_by_what_it_means_in_a_sweep(tmp_path, capsys):
