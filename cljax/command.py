@@ -29,8 +29,14 @@ STOP_SIGNALS = tuple(sig for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUS
 
 
 def main() -> int:
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, stop_at_once)
+    # Blocked while the handlers are set: a signal that comes between two of them waits for all
+    # (a SIGINT just after SIGTERM's handler was set printed a traceback).
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, stop_at_once)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
     from cljax.cli import main as cli_main
 
     return cli_main()

@@ -106,3 +106,28 @@ def test_a_stop_while_analyze_draws_its_files_stops_at_once_and_keeps_the_earlie
     assert proc.returncode == 75 and "stopped by SIGTERM" in proc.stderr, proc.stderr
     kept = {p.name: p.read_bytes() for p in (algo / "analysis").iterdir() if not p.name.startswith(".")}
     assert kept == before  # the earlier analysis, whole; only temporaries beside it, which the next one removes
+
+
+_SIGNAL_BETWEEN_HANDLERS = """
+import signal, sys
+import cljax.command as command
+real = signal.signal
+
+def setting(sig, handler):  # a SIGINT just after SIGTERM's handler is set, before SIGINT's
+    before = real(sig, handler)
+    if sig == signal.SIGTERM:
+        signal.raise_signal(signal.SIGINT)
+    return before
+
+command.signal.signal = setting
+sys.argv = ["cljax", "--help"]
+sys.exit(command.main())
+"""
+
+
+def test_a_signal_while_the_command_sets_its_handlers_waits_for_them_all():
+    """The entry point sets its stop handlers one by one: a SIGINT between SIGTERM's and its own
+    printed a KeyboardInterrupt traceback (seen once in the suite, on the preparation's signal test)."""
+    result = subprocess.run([sys.executable, "-c", _SIGNAL_BETWEEN_HANDLERS], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 75 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip() == "stopped by SIGINT: nothing was left half-written; run the same command again."
