@@ -176,7 +176,10 @@ def made_for_the_jobs(folder: Path):
 def check_devices(runs, kind: str, args) -> None:
     """What each job would refuse about its repeats and devices, checked before any is queued:
     a local job splits this host as ``cljax run`` does (``$CLJAX_CPU_DEVICES``, or XLA_FLAGS'
-    device count), a SLURM job with ``--slurm-gpus G`` sees G GPUs; R must split over them."""
+    device count), a SLURM job with ``--slurm-gpus G`` sees G GPUs; R must split over them. A
+    SLURM job without GPUs runs on its node's CPU with this environment (sbatch passes it on):
+    an XLA_FLAGS device count or a ``$CLJAX_CPU_DEVICES`` number must split R there too (``auto``
+    follows the node's cores, and refuses nothing)."""
     import glob
     import os
     import shutil
@@ -197,6 +200,10 @@ def check_devices(runs, kind: str, args) -> None:
             if kind != "slurm":  # CLJAX_CPU_DEVICES=N that does not divide R: cpu_devices_wanted refuses
                 n = forced or cpu_devices_wanted(R) or 1
                 where = f"the {n} CPU devices XLA_FLAGS makes here"
+            elif not args.slurm_gpus:  # a CPU job: cpu_devices_wanted refuses N, auto's count is the node's
+                cpu_devices_wanted(R, cores=R)
+                n = forced or 1
+                where = f"the {n} CPU devices XLA_FLAGS makes in each job (its environment is this one's)"
             else:
                 n = args.slurm_gpus or 1
                 where = f"a job's {n} GPUs (--slurm-gpus)"

@@ -309,7 +309,16 @@ def test_repeats_a_job_could_not_split_over_its_devices_are_refused_before_any_j
     assert capsys.readouterr().err.splitlines()[-1] == (
         "error: run n_repeats-3_seed-0: --n-repeats 3 does not split over the 4 CPU devices XLA_FLAGS makes here: use "
         "a multiple of 4 (no job was submitted).")
+    # A SLURM job without GPUs runs on its node's CPU, in this environment (sbatch passes it on).
+    assert main([*flags, "--executor", "slurm"]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "error: run n_repeats-3_seed-0: --n-repeats 3 does not split over the 4 CPU devices XLA_FLAGS makes in each "
+        "job (its environment is this one's): use a multiple of 4 (no job was submitted).")
     monkeypatch.delenv("XLA_FLAGS")
+    monkeypatch.setenv("CLJAX_CPU_DEVICES", "2")
+    assert main([*flags, "--executor", "slurm"]) == 2
+    assert "run n_repeats-3_seed-0: CLJAX_CPU_DEVICES=2 does not divide --n-repeats 3" in capsys.readouterr().err
+    monkeypatch.delenv("CLJAX_CPU_DEVICES")
     assert main([*flags, "--executor", "slurm", "--slurm-gpus", "2"]) == 2
     assert "run n_repeats-3_seed-0: --n-repeats 3 does not split over a job's 2 GPUs (--slurm-gpus)" in \
         capsys.readouterr().err
