@@ -57,6 +57,7 @@ def run_experiment(
     allow_nonfinite: bool = False,
     critical=contextlib.nullcontext(),
     on_task_end=None,
+    measure: bool = True,
     repair: bool = False,
 ) -> RunResult:
     """Run (or resume) a whole experiment and write its results tree. ``progress``: a bar
@@ -74,7 +75,8 @@ def run_experiment(
     that takes it may stop the process at once and leave a resumable state.
     ``on_task_end(t, info)``, if given, is called after task t is written, with measurements:
     ``rss_bytes``, ``device_bytes_live`` (now), ``device_bytes_peak`` (largest live device bytes
-    seen during the task), ``seconds``.
+    seen during the task), ``seconds``; with ``measure`` False the device figures are 0 (reading
+    them waits for the device, which a caller that only follows the tasks need not).
     """
     maybe_initialize_distributed()  # multi-host, when the environment asks for it
     with failures_shared("in its checks before training"):  # one process's refusal stops all at once
@@ -189,7 +191,8 @@ def run_experiment(
                     memo.save(run_id)
         return _train(config, data, task_data, schedule, program, start, chunk_tasks, found, algo_dir, run_id, split,
                       task_disk + ckpt_disk, data_id=data_id, sources=sources, progress=progress, allow_nonfinite=allow_nonfinite,
-                      critical=critical, on_task_end=on_task_end, memo=memo)
+                      critical=critical, on_task_end=on_task_end, measure=on_task_end is not None and measure,
+                      memo=memo)
 
 
 def _writes_initial(found, algo_dir: Path, hashes: bool) -> bool:
@@ -218,7 +221,7 @@ def _write_rebuilt(algo_dir: Path, found, data, critical) -> None:
 
 
 def _train(config, data, task_data, schedule, program, start, chunk_tasks, found, algo_dir, run_id, split,
-           disk_per_task, *, data_id, sources, progress, allow_nonfinite, critical, on_task_end, memo) -> RunResult:
+           disk_per_task, *, data_id, sources, progress, allow_nonfinite, critical, on_task_end, measure, memo) -> RunResult:
     """The task loop, from the first unfinished task; the run folder is locked and prepared.
     ``start``: the initialised learner and its host copy (``_initial_learner``); ``memo``: the
     check record (verified.json), which notes each folder written and is saved after the last task."""
@@ -248,9 +251,9 @@ def _train(config, data, task_data, schedule, program, start, chunk_tasks, found
     spec = eval_tasks_of(config)
     evaluation = evaluation_mode(chunk_tasks, spec.slots(config.num_tasks))  # recorded in each task's metadata.json
     if spec.full:
-        tests = TestSets(*task_data.all_tests(schedule), chunk_tasks=chunk_tasks, measure=on_task_end is not None)
+        tests = TestSets(*task_data.all_tests(schedule), chunk_tasks=chunk_tasks, measure=measure)
     else:  # only the window's test sets, gathered per task: host memory does not grow with T
-        tests = WindowTestSets(task_data, schedule, spec.window, chunk_tasks=chunk_tasks, measure=on_task_end is not None)
+        tests = WindowTestSets(task_data, schedule, spec.window, chunk_tasks=chunk_tasks, measure=measure)
     train_xy = task_data.train(schedule[order[0]])
     t0 = time.perf_counter()
     run_task = program.run_task.lower(learner, *task_inputs(config.seed, order[0], train_xy, tests.current(order[0])))
@@ -264,7 +267,7 @@ def _train(config, data, task_data, schedule, program, start, chunk_tasks, found
             learner = shard_repeats(load_learner(algo_dir, learner)[0])
         t_start = time.perf_counter()
         learner, trace = run_task(learner, *task_inputs(config.seed, t, train_xy, tests.current(t)))
-        return learner, trace, t_start, live_device_bytes() if on_task_end else 0
+        return learner, trace, t_start, live_device_bytes() if measure else 0
 
     run_seconds, differing, rewritten = 0.0, [], []
     diverged_before = nonfinite_before(algo_dir, order[0], spec.ids(order[0] - 1, config.num_tasks))
@@ -289,7 +292,7 @@ def _train(config, data, task_data, schedule, program, start, chunk_tasks, found
         lost = replaying and not found.from_checkpoint and t + 1 == first_task
         # (its own copy: a view of the device buffer would keep the learner from being donated below)
         learner_host = fetch_owned(learner) if rekeep or lost or not replaying else None  # multi-host: a collective
-        device_live = live_device_bytes() if on_task_end else 0
+        device_live = live_device_bytes() if measure else 0
         peak = max(train_peak, tests.peak_live_bytes)
         if i + 1 < len(order):  # the next task trains while this one is written (its learner is donated)
             pending = dispatch(i + 1, learner)

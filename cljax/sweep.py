@@ -194,7 +194,7 @@ def run_job(config_dict: dict, overwrite: bool = False, allow_nonfinite: bool = 
     configure_cpu_devices(config.n_repeats, recorded=None if overwrite else recorded_split(algo_dir_of(config)))
     try:
         result = run_experiment(config, progress="log" if progress else False, overwrite=overwrite, allow_nonfinite=allow_nonfinite,
-                                repair=repair, on_task_end=on_task_end)
+                                repair=repair, on_task_end=on_task_end, measure=False)
     except Exception as exc:  # the line `cljax run` prints (a plugin's code, the disk): the sweep's FAILED line
         from cljax.cli_errors import error_line
 
