@@ -76,7 +76,8 @@ def run_experiment(
     ``on_task_end(t, info)``, if given, is called after task t is written, with measurements:
     ``rss_bytes``, ``device_bytes_live`` (now), ``device_bytes_peak`` (largest live device bytes
     seen during the task), ``seconds``; with ``measure`` False the device figures are 0 (reading
-    them waits for the device, which a caller that only follows the tasks need not).
+    them waits for the device, which a caller that only follows the tasks need not); and
+    ``first_task``, where this call resumed the run (a repair trains earlier tasks first).
     """
     maybe_initialize_distributed()  # multi-host, when the environment asks for it
     with failures_shared("in its checks before training"):  # one process's refusal stops all at once
@@ -349,7 +350,7 @@ def _train(config, data, task_data, schedule, program, start, chunk_tasks, found
             bar.update(1)
         if on_task_end is not None:
             on_task_end(t, {"rss_bytes": rss_bytes(), "device_bytes_live": device_live, "device_bytes_peak": peak,
-                            "seconds": seconds})
+                            "seconds": seconds, "first_task": first_task})
             tests.peak_live_bytes = 0
     if bar is not None:
         bar.close()

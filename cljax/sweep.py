@@ -181,7 +181,8 @@ def run_job(config_dict: dict, overwrite: bool = False, allow_nonfinite: bool = 
     ``plugins``: the plugin files the sweep loaded (``--plugin`` and ``$CLJAX_PLUGINS``), loaded
     again here before the settings are read, since the job is another process. ``progress``: its
     lines in the job's log (``--no-progress``: none). ``earlier``: what the job's attempts before
-    this one did, when it was requeued ({"attempts", "first_task": the first task they trained}),
+    this one did, when it was requeued ({"attempts", "first_task": where the first that wrote a task
+    resumed the run}),
     so that the summary describes the job, not its last attempt."""
     from cljax.checkpoint import recorded_split
     from cljax.devices.cpu_split import configure_cpu_devices
@@ -227,11 +228,11 @@ def _job_class():
 
         def __call__(self, config_dict: dict, overwrite: bool = False, allow_nonfinite: bool = False,
                      repair: bool = False, plugins: tuple = (), progress: bool = True, earlier: dict | None = None) -> dict:
-            self.trained_from = None  # the first task this attempt trains (checkpoint hands it on)
+            self.started_at = None  # where this attempt resumed the run, once it wrote a task (for checkpoint)
 
             def seen(t, info):
-                if self.trained_from is None:
-                    self.trained_from = t
+                if self.started_at is None:
+                    self.started_at = info["first_task"]
 
             return run_job(config_dict, overwrite, allow_nonfinite, repair, plugins, progress, earlier, seen)
 
@@ -242,7 +243,7 @@ def _job_class():
             # what this attempt and those before it trained, for the sweep's line of the job.
             earlier = earlier or {}
             told = {"attempts": earlier.get("attempts", 0) + 1,
-                    "first_task": _earliest(earlier.get("first_task"), getattr(self, "trained_from", None))}
+                    "first_task": _earliest(earlier.get("first_task"), getattr(self, "started_at", None))}
             return submitit.helpers.DelayedSubmission(self, config_dict, False, allow_nonfinite, repair, plugins,
                                                         progress, told)
 

@@ -259,8 +259,10 @@ def test_a_sweep_repairs_with_repair_and_refuses_without(made, tmp_path, capsys)
         sweep.check_against_data(runs)
     sweep.check_against_data(runs, repair=True)  # passes: the job repairs
     assert state(run_dir) == before
-    out = sweep.run_job(config.to_dict(), repair=True)
+    seen = []  # a requeue is told where this attempt resumed the run, not the first task it repaired
+    out = sweep.run_job(config.to_dict(), repair=True, on_task_end=lambda t, info: seen.append((t, info["first_task"])))
     assert out["first_task"] == 4 and _outputs(run_dir) == original
+    assert seen == [(0, 4), (1, 4)] and out["job_first_task"] == 4
     assert out["final_acc_current"] is None  # it trained tasks 0 and 1 again, not the run's last task
     again = sweep.run_job(config.to_dict())  # finished: the last task's accuracy, from its folder
     last = safe_load_pickle(run_dir / "task_003" / "metrics.pkl")["test_acc"][-1][:, 3]  # (R, T) at the end

@@ -271,11 +271,11 @@ def test_a_sweep_job_reports_a_resumed_or_finished_run_as_such(tmp_path, monkeyp
     job = sweep._job_class()()  # it follows the tasks without the memory figures, which wait for the device
     monkeypatch.setattr("cljax.experiment.live_device_bytes", lambda: pytest.fail("a sweep job measured memory"))
     out = job(flat)
-    assert job.trained_from == 0 and (out["attempts"], out["job_first_task"]) == (1, 0)
+    assert job.started_at == 0 and (out["attempts"], out["job_first_task"]) == (1, 0)
     told = job.checkpoint(flat).args[-1]  # what submitit's handler hands the requeued attempt
     assert told == {"attempts": 1, "first_task": 0}
     last = job(flat, False, False, False, (), True, told)
-    assert (last["already_finished"], last["attempts"], last["job_first_task"], job.trained_from) == (True, 2, 0, None)
+    assert (last["already_finished"], last["attempts"], last["job_first_task"], job.started_at) == (True, 2, 0, None)
     assert done_line(last) == (f"2 tasks (2 attempts: requeued 1 time), last task acc {out['final_acc_current']:.3f} -> "
                                f"{out['algo_dir']}")
     assert job.checkpoint(flat, False, False, False, (), True, told).args[-1] == {"attempts": 2, "first_task": 0}
