@@ -34,7 +34,7 @@ def test_rows_hold_each_tests_compile_and_its_childs_cpu_and_the_summary_reads_t
     assert rows["test_compiles"]["events"]["/jax/core/compile/backend_compile_duration"] > 0
     assert "/jax/core/compile/backend_compile_duration" not in rows["test_a_child"]["events"]
     assert rows["test_a_child"]["child_cpu"] > 0 and rows["test_compiles"]["child_cpu"] == 0
-    assert all(r["wall"] > 0 and r["self_cpu"] >= 0 for r in rows.values())
+    assert all(r["wall"] > 0 and r["self_cpu"] >= 0 for r in rows.values()), rows
     text = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "suite_profile.py"), str(out), "1"],
                           capture_output=True, text=True, timeout=60)
     lines = text.stdout.splitlines()
