@@ -6,6 +6,8 @@ before it writes; ``cljax plan`` prints them."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import io
 import json
 import math
@@ -22,6 +24,7 @@ from cljax.budget import Budget, _host_shape_dtype, fmt_bytes
 from cljax.config import SCHEMA_VERSION
 from cljax.errors import CljaxError
 from cljax.eval_tasks import eval_slots, eval_tasks_of
+from cljax.records import ROW_FLOATS
 from cljax.results import structured_dtype
 from cljax.run_split import split_of
 from cljax.sources import entry_sources
@@ -107,9 +110,7 @@ def _metadata_estimate(b: Budget, schedule, class_names, file_names) -> int:
 def _widest_row(T: int, R: int) -> dict:
     """The largest row of the run table a task keeps (records.stored_row): every repeat named
     non-finite, every float at its longest."""
-    longest = 0.12345678901234568
-    return {"task": T - 1, "acc_current": longest, "acc_earlier": longest, "expert_acc": longest,
-            "probe_earlier": longest, "n_earlier": T, "n_nonfinite": R,
+    return {"task": T - 1, **dict.fromkeys(ROW_FLOATS, 0.12345678901234568), "n_earlier": T, "n_nonfinite": R,
             "nonfinite_repeats": {"learner": list(range(R)), "expert": list(range(R))}}
 
 
@@ -170,6 +171,18 @@ def disk_run_files(b: Budget, dataset_meta: dict | None = None) -> dict:
 
 
 # ---- the free disk, checked before each write ----------------------------------------------
+@contextlib.contextmanager
+def disk_errors(algo_dir: Path, t: int):
+    """A full disk or quota while a run writes: one line; the files on disk are still whole."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise CljaxError(f"no space left at {algo_dir} ({exc.strerror}) while writing task {t}: free space, then run "
+                         f"the same command (the run resumes from its last finished task).") from None
+
+
 def block_size(algo_dir: Path) -> int:
     probe = existing_parent(algo_dir)
     try:

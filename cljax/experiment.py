@@ -5,7 +5,6 @@ orchestration; the maths is in ``train.py``."""
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import shutil
 import sys
@@ -16,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from cljax.budget import Budget, choose_eval_chunk, evaluation_mode, host_problem
-from cljax.budget_disk import (block_size, check_disk, disk_files_per_task, disk_run_files, on_disk,
+from cljax.budget_disk import (block_size, check_disk, disk_errors, disk_files_per_task, disk_run_files, on_disk,
                                 warn_if_the_run_outgrows_the_disk)
 from cljax.check_record import CheckRecord
 from cljax.checkpoint import CHECKPOINT, RUN_RECORD, load_learner, new_run_id, save_learner, write_run_record
@@ -165,7 +164,7 @@ def run_experiment(
         if found.finished:  # a finished run whose initial/ is damaged: written again, as a resume would
             problem = _damaged_initial(algo_dir, found)
             if problem is not None and is_writer():
-                with critical, _disk_errors(algo_dir, config.num_tasks):
+                with critical, disk_errors(algo_dir, config.num_tasks):
                     write_initial(algo_dir, start[1], found.record["run_id"])
                 print(f"warning: {problem}; the run is finished and its initial/ was written again from its seed, "
                       f"as the run began.", file=sys.stderr)
@@ -176,7 +175,7 @@ def run_experiment(
             first_trained = found.replay[0] if found.replay else found.next_task
             warn_if_other_split(recorded_split(found.record), split, first_trained)
             warn_if_other_eval_chunk(found.record["config"], config, first_trained)
-        with critical, _disk_errors(algo_dir, found.next_task):
+        with critical, disk_errors(algo_dir, found.next_task):
             if is_writer():  # multi-host: every process computes, process 0 writes
                 if found.record is None:
                     if overwrite or found.replaces:
@@ -211,7 +210,7 @@ def _write_rebuilt(algo_dir: Path, found, data, critical) -> None:
     if not is_writer():
         return
     r = found.record
-    with critical, _disk_errors(algo_dir, found.next_task):
+    with critical, disk_errors(algo_dir, found.next_task):
         write_run_record(algo_dir, r["config"], r["schema"], run_id=r["run_id"], data=r["data"], split=r["split"],
                          sources=r["sources"], dataset_meta=data.meta)
     later = r.get("rebuilt_from") or 0
@@ -222,7 +221,8 @@ def _write_rebuilt(algo_dir: Path, found, data, critical) -> None:
 
 
 def _train(config, data, task_data, schedule, program, start, chunk_tasks, found, algo_dir, run_id, split,
-           disk_per_task, *, data_id, sources, progress, allow_nonfinite, critical, on_task_end, measure, memo) -> RunResult:
+           disk_per_task, *, data_id, sources, progress, allow_nonfinite, critical, on_task_end, measure,
+           memo) -> RunResult:
     """The task loop, from the first unfinished task; the run folder is locked and prepared.
     ``start``: the initialised learner and its host copy (``_initial_learner``); ``memo``: the
     check record (verified.json), which notes each folder written and is saved after the last task."""
@@ -231,7 +231,7 @@ def _train(config, data, task_data, schedule, program, start, chunk_tasks, found
     first_task = found.next_task if found.record is not None else 0
     if is_writer() and _writes_initial(found, algo_dir, hashes=True):
         problem = _damaged_initial(algo_dir, found) if first_task > 0 or found.replay else None
-        with critical, _disk_errors(algo_dir, found.next_task):
+        with critical, disk_errors(algo_dir, found.next_task):
             memo.note_written(write_initial(algo_dir, initial, run_id))
         if problem is not None:  # said, as the finished run's repair of it is
             print(f"warning: {problem}; it was written again from the run's seed, as the run began.", file=sys.stderr)
@@ -313,7 +313,7 @@ def _train(config, data, task_data, schedule, program, start, chunk_tasks, found
             metadata["repaired"] = {"trained_again_from_task": replay[0]}
         rewrite = disk_per_task if (algo_dir / task_dir_name(t)).exists() else 0  # the old folder stays until replaced
         check_disk(algo_dir, disk_per_task + rewrite, f"task {t} (its folder and the checkpoint's new copy)")
-        with critical, _disk_errors(algo_dir, t):  # the task folder, then the checkpoint that points past it
+        with critical, disk_errors(algo_dir, t):  # the task folder, then the checkpoint that points past it
             if is_writer() and (not replaying or t in found.repair):
                 memo.note_written(write_task(algo_dir, t, arrays, metadata))
             elif is_writer() and not same_as_recorded(algo_dir, t, arrays, metadata):  # a whole folder, recomputed
@@ -388,15 +388,3 @@ def _damaged_initial(algo_dir: Path, found) -> str | None:
     if not (algo_dir / INITIAL).exists():
         return f"{algo_dir / INITIAL} is missing" if wrote_initial(found.record) else None
     return verify_task_dir(algo_dir / INITIAL, -1, found.record.get("run_id"), hashes=True)
-
-
-@contextlib.contextmanager
-def _disk_errors(algo_dir: Path, t: int):
-    """A full disk or quota while writing: one line; the files on disk are still whole."""
-    try:
-        yield
-    except OSError as exc:
-        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
-            raise
-        raise CljaxError(f"no space left at {algo_dir} ({exc.strerror}) while writing task {t}: free space, then run "
-                         f"the same command (the run resumes from its last finished task).") from None

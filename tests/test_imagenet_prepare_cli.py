@@ -302,19 +302,23 @@ def test_top_level_script_reports_without_traceback(tmp_path):
 
 
 def test_parallel_workers_end_in_one_line_and_prepare_the_same_folder(source, prepared, tmp_path):
-    """With several workers, as the installed command: done, the folder is the one-worker one and
+    """With several workers, as the installed command runs them: done, the folder is the one-worker one and
     nothing is printed; a worker's error, and a stop, print their one line. Each worker of
     `--reader datasets` made a multiprocessing lock for its progress bars (tqdm), which a worker
     stopped by SIGTERM left behind: Python's resource tracker then warned at exit of "leaked
     semaphore objects", two lines after the error line (under `python -m cljax` it did not show)."""
-    script = Path(sys.executable).parent / "cljax"  # (`make test` installs it; a checkout on PYTHONPATH has none)
-    if not script.is_file():
-        pytest.skip(f"no installed `cljax` command beside {sys.executable}: the test is about the command")
+    # The command as pip installs it: a script file, so the spawned workers import it as their
+    # main module (`python -m cljax`'s workers import none), written here so that a checkout on
+    # PYTHONPATH runs it too.
+    script = tmp_path / "cljax"
+    script.write_text("import sys\nfrom cljax.command import main\nif __name__ == '__main__':\n    sys.exit(main())\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
 
     def prepare(src, out, *, stop_after=None):
-        proc = subprocess.Popen([str(script), "prepare-imagenet", "--source", str(src), "--out", str(out), "--workers",
+        proc = subprocess.Popen([sys.executable, str(script), "prepare-imagenet", "--source", str(src), "--out", str(out), "--workers",
                                  "2", "--reader", "datasets", "--shard-rows", "3", "--splits", "train",
-                                 "--no-progress"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                 "--no-progress"], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
         if stop_after is not None:
             deadline = time.monotonic() + 120
             while proc.poll() is None and not list(Path(f"{out}.partial").glob("*.npz")) and time.monotonic() < deadline:
