@@ -42,9 +42,10 @@ SHARED_FIELDS = ("config", "shapes", "eval_tasks")  # the same in every task fol
 CHECKED_FIELDS = ("task_index", "run_id", "files", "shapes", "eval_tasks", "config", "data", "summary")
 
 
-def identity(path: Path) -> list[int]:
-    """What changes when the file is written, replaced or copied."""
-    st = os.stat(path)
+def identity(path: Path, st: os.stat_result | None = None) -> list[int]:
+    """What changes when the file is written, replaced or copied (``st``: its ``os.stat``, when
+    the caller has it)."""
+    st = os.stat(path) if st is None else st
     return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
 
@@ -93,6 +94,9 @@ class CheckRecord:
             self.run_id, self._runs = run_id, {}
 
     def _name(self, path: Path) -> str | None:
+        text, prefix = os.fspath(path), os.path.join(os.fspath(self.root), "")
+        if text.startswith(prefix) and len(text) > len(prefix):  # a path made from root (pathlib's is slow)
+            return text[len(prefix):]
         try:
             return str(Path(path).relative_to(self.root))
         except ValueError:
@@ -213,13 +217,14 @@ def _journal(path: Path):
         return
 
 
-def content_matches(path: Path, sha256: str | None, record) -> bool:
+def content_matches(path: Path, sha256: str | None, record, key: list[int] | None = None) -> bool:
     """Whether ``path`` holds the content recorded as ``sha256``: hashed, unless ``record`` (a
     CheckRecord; a plain memo or None hashes) says that it matched before and the file was not
-    written since. A match is noted in the record."""
+    written since. A match is noted in the record. ``key``: the file's identity, taken before
+    anything of it was read (default: now)."""
     if not isinstance(record, CheckRecord):
         return file_sha256(path) == sha256
-    key = identity(path)  # before reading: a write while it is hashed changes it
+    key = identity(path) if key is None else key  # before reading: a write while it is hashed changes it
     if record.matched(path, key, sha256):
         return True
     if file_sha256(path) != sha256:
@@ -245,10 +250,11 @@ def folder_verified(record, task_dir: Path) -> bool:
         return False  # gone: the check's own reading says so
 
 
-def file_verified(record: CheckRecord, path: Path, sha256: str | None) -> bool:
-    """Whether ``record`` holds ``path``, as it is now, as matching ``sha256``."""
+def file_verified(record: CheckRecord, path: Path, sha256: str | None, key: list[int] | None = None) -> bool:
+    """Whether ``record`` holds ``path``, as it is now (``key``: its identity, default taken now),
+    as matching ``sha256``."""
     try:
-        return sha256 is not None and record.matched(path, identity(path), sha256)
+        return sha256 is not None and record.matched(path, identity(path) if key is None else key, sha256)
     except OSError:
         return False
 

@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from cljax.check_record import (JOURNAL, RECORD, CheckRecord, checked_metadata, content_matches, file_verified,
-                                folder_verified)
+                                folder_verified, identity)
 from cljax.checkpoint import CHECKPOINT, RUN_RECORD, read_checkpoint_header, read_run_record
 from cljax.config import Config
 from cljax.errors import CljaxError, DamagedFile
@@ -290,10 +291,15 @@ def verify_task_dir(task_dir: Path, t: int, run_id: str | None, hashes: bool, in
         path = task_dir / str(name)
         if not isinstance(name, str) or Path(name).name != name or name.startswith("."):
             return f"{task_dir / 'metadata.json'} lists a file {name!r} that is not in its folder"
-        if not path.is_file():
+        try:  # one stat of the file serves the whole check of it (most of a finished long run's check)
+            st = os.stat(path)
+        except OSError:
+            st = None
+        if st is None or not stat.S_ISREG(st.st_mode):
             return f"{path} is missing"
+        key = identity(path, st)  # before anything of it is read
         want = files[name] if isinstance(files, dict) and isinstance(files[name], dict) else {}
-        if name.endswith(".npy") and not (known and file_verified(memo, path, want.get("sha256"))):
+        if name.endswith(".npy") and not (known and file_verified(memo, path, want.get("sha256"), key)):
             try:  # (parsing every header was most of the check of a finished long run)
                 shape, _, _ = npy_header(path)
             except DamagedFile as exc:
@@ -302,10 +308,10 @@ def verify_task_dir(task_dir: Path, t: int, run_id: str | None, hashes: bool, in
             if recorded is not None and list(shape) != list(recorded):
                 return f"{path} has shape {list(shape)}, metadata.json records {list(recorded)}"
         if isinstance(files, dict):
-            size = path.stat().st_size
+            size = st.st_size
             if size != want.get("bytes"):
                 return _refused_pickle(path) or f"{path} has {size:,} bytes, {want.get('bytes')} were written"
-            if hashes and not content_matches(path, want.get("sha256"), memo):
+            if hashes and not content_matches(path, want.get("sha256"), memo, key):
                 return _refused_pickle(path) or f"{path} does not match the sha256 recorded when it was written"
     if only is None and isinstance(memo, CheckRecord):
         memo.passed(task_dir)
