@@ -213,6 +213,9 @@ def _cmd_analyze(argv: list[str]) -> int:
                              f"it fits (default: {RIDGE})")
     parser.add_argument("--no-glue", action="store_true", help="skip the manifold-capacity analysis")
     parser.add_argument("--no-plots", action="store_true", help="no PNG plots")
+    parser.add_argument("--workers", default="auto",
+                        help="processes that solve GLUE beside this one, on the CPU: a number (1: none), or auto: one "
+                             "per usable core (at most 8) for a run of 64 task folders or more (default: auto)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar of the task folders (shown on a terminal only)")
     parser.add_argument("--plugin", action="append", default=[], metavar="FILE",
                         help="a Python file that registers analyses (or rules, models...; repeatable; also $CLJAX_PLUGINS)")
@@ -224,6 +227,8 @@ def _cmd_analyze(argv: list[str]) -> int:
         raise CljaxError(f"--tau must be a finite number >= 0, got {args.tau}.")
     if not math.isfinite(args.probe_ridge) or args.probe_ridge <= 0:
         raise CljaxError(f"--probe-ridge must be a finite number > 0, got {args.probe_ridge}.")
+    if args.workers != "auto" and not (args.workers.isdigit() and int(args.workers) >= 1):
+        raise CljaxError(f"--workers must be auto or a whole number >= 1, got {args.workers!r}.")
     from cljax.analysis.driver import writing_now, analyze_run
     from cljax.analysis.summary_text import format_summary
     from cljax.results import runs_near, task_dirs
@@ -236,7 +241,8 @@ def _cmd_analyze(argv: list[str]) -> int:
     summary = _stoppable(lambda critical: analyze_run(
         args.algo_dir, args.out, variant=args.variant, tau=args.tau, glue=not args.no_glue,
         glue_n_probes=args.glue_probes, probe_ridge=args.probe_ridge, make_plots=not args.no_plots,
-        progress=not args.no_progress, critical=critical),
+        progress=not args.no_progress, critical=critical,
+        workers=args.workers if args.workers == "auto" else int(args.workers)),
         "no analysis file was left half-written; run the same command again for the analysis.")
     out = args.out if args.out is not None else str(Path(args.algo_dir) / "analysis")
     print(format_summary(summary))

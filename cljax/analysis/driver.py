@@ -52,6 +52,7 @@ from cljax.analysis.plot_parts import captioned
 from cljax.analysis.probe import RIDGE
 from cljax.analysis.registry import Options, Result, RunContext, TaskFolder, get, registered
 from cljax.analysis.spread import RULE, jsonable
+from cljax.analysis.workers import Workers, worker_count
 from cljax.checkpoint import read_run_record
 from cljax.registry import is_builtin, source_file
 from cljax.sources import entry_file_sha256
@@ -117,6 +118,7 @@ def _analyze_run(
     analyses: Sequence[str] | None = None,
     progress: bool = False,
     critical: contextlib.AbstractContextManager | None = None,
+    workers: int | str = "auto",
 ) -> dict:
     """Run the registered analyses on a results folder; write summary, arrays and plots.
 
@@ -139,6 +141,8 @@ def _analyze_run(
       progress: a progress bar of the task folders on stderr, when it is a terminal.
       critical: held while the files are renamed into place (the command line's stop lock: a SIGTERM then
         waits, so the analysis folder holds the earlier analysis or this one, whole).
+      workers: processes that solve GLUE beside this one, on the CPU: a number (1: none), or
+        ``"auto"`` (:func:`cljax.analysis.workers.worker_count`); the results are the same bits.
 
     Returns:
       The summary dict written to ``summary.json`` (with NaN as None).
@@ -181,25 +185,11 @@ def _analyze_run(
                       glue_across_every=glue_across_every, glue_across_max_tasks=glue_across_max_tasks,
                       glue_max_points=glue_max_points, glue_seed=glue_seed, curve_tasks=curve_tasks,
                       probe_ridge=probe_ridge)
-    ctx = RunContext(algo_dir=algo_dir, n_folders=n, n_snapshots=L, n_repeats=R, n_eval_tasks=T, options=options)
-    states = {a.name: _call(a, "init", a.init, ctx) for a in selected}
-    bar = _progress_bar(n) if progress else None
-    try:
-        for i, d in enumerate(dirs):
-            if i > 0:
-                folder = TaskFolder(i, d, check(d, i))
-                if folder.shape[1:] != (R, T):
-                    raise CljaxError(f"{d}: test_acc has shape {folder.shape}, expected (L, {R}, {T}) like "
-                                     "task_000")
-            for a in selected:
-                states[a.name] = _call(a, f"update ({d.name})", a.update, states[a.name], folder)
-            del folder  # only the states' summaries outlive a folder
-            if bar is not None:
-                bar.update(1)
-    finally:
-        if bar is not None:
-            bar.close()
-    outputs = [_call(a, "finalize", a.finalize, states.pop(a.name)) for a in selected]
+    with Workers(worker_count(workers, n, any(a.name == "glue" for a in selected))) as pool:
+        ctx = RunContext(algo_dir=algo_dir, n_folders=n, n_snapshots=L, n_repeats=R, n_eval_tasks=T, options=options,
+                         workers=pool if pool.n > 1 else None)
+        outputs = _run_analyses(selected, ctx, dirs, folder, check, progress)
+
     for a, result in zip(selected, outputs):
         parts = [isinstance(getattr(result, k, None), dict) for k in ("summary", "arrays", "plots")]
         if not (isinstance(result, Result) and all(parts)):
@@ -281,6 +271,29 @@ def _caption(R: int, n: int, T: int, plot: str) -> str:
             "one repeat (R = 1)" + (": no band" if band else ""))
     return over + (f"; a partial run: tasks 0-{n - 1} of its {T} trained" + (
         " (a later task's values are of a network not trained on it yet)" if band else "") if n < T else "")
+
+
+def _run_analyses(selected, ctx: RunContext, dirs, folder: TaskFolder, check, progress: bool) -> list:
+    """Each analysis's init, its update on every task folder in order, and its finalize: the Results."""
+    L, R, T = folder.shape
+    states = {a.name: _call(a, "init", a.init, ctx) for a in selected}
+    bar = _progress_bar(len(dirs)) if progress else None
+    try:
+        for i, d in enumerate(dirs):
+            if i > 0:
+                folder = TaskFolder(i, d, check(d, i))
+                if folder.shape[1:] != (R, T):
+                    raise CljaxError(f"{d}: test_acc has shape {folder.shape}, expected (L, {R}, {T}) like "
+                                     "task_000")
+            for a in selected:
+                states[a.name] = _call(a, f"update ({d.name})", a.update, states[a.name], folder)
+            del folder  # only the states' summaries outlive a folder
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    return [_call(a, "finalize", a.finalize, states.pop(a.name)) for a in selected]
 
 
 def _call(a, what: str, fn, *args):

@@ -15,6 +15,7 @@ from cljax.analysis.glue import DIAGNOSTIC_KEYS, GLUE_KEYS, glue_analysis, unsol
 from cljax.analysis.glue_solver import MAX_ITER, TOL
 from cljax.analysis.registry import Result, RunContext, TaskFolder
 from cljax.analysis.spread import over_tasks, spread
+from cljax.analysis.workers import Done
 from cljax.errors import CljaxError
 
 
@@ -43,31 +44,46 @@ def class_manifolds(representations_RTSH, labels_RTS, max_points: int | None = N
 
 def glue_init(ctx: RunContext) -> dict:
     return {"ctx": ctx, "key": jax.random.PRNGKey(ctx.options.glue_seed), "task": {}, "across": {},
-            "folders": [], "tasks": [],
+            "folders": [], "tasks": [], "calls": [],
             "diag": {"n_probes_solved": 0, "n_probes_converged": 0, "min_converged_fraction": 1.0, "max_residual": 0.0,
                      "n_groupings_not_finite": 0, "n_groupings_constant": 0}}
 
 
-def _glue_call(state: dict, X, dichotomies: str, where) -> dict:
-    """GLUE on the batch of groupings X; the run's solver diagnostics updated (``where``: the text
-    naming a grouping from its batch index, for the worst one)."""
+def _glue_call(state: dict, X, dichotomies: str, where, keep) -> None:
+    """GLUE on the batch of groupings X, sent to the analysis's workers (RunContext.workers), or
+    solved here; ``keep(g)`` files its result and the run's solver diagnostics are updated
+    (``where``: the text naming a grouping from its batch index, for the worst one), both in the
+    order of the calls (:func:`_collect`), whichever process solved them."""
     n_probes = state["ctx"].options.glue_n_probes
-    g = glue_analysis(X, state["key"], n_probes=n_probes, dichotomies=dichotomies, max_iter=MAX_ITER, tol=TOL)
-    diag = state["diag"]  # over every GLUE call: each (repeat, task) grouping solves n_probes QPs
-    fractions = np.asarray(g["converged_fraction"], dtype=np.float64)
-    nonfinite, constant = unsolvable(X)  # groupings GLUE does not solve (NaN in every array)
-    solved = ~(nonfinite | constant)
-    diag["n_groupings_not_finite"] += int(nonfinite.sum())
-    diag["n_groupings_constant"] += int(constant.sum())
-    if solved.any():
-        diag["n_probes_solved"] += int(solved.sum() * n_probes)
-        diag["n_probes_converged"] += int(np.rint(fractions[solved] * n_probes).sum())
-        low = np.where(solved, fractions, np.inf)
-        if float(low.min()) < diag["min_converged_fraction"]:  # the worst grouping, and where it is
-            diag["min_converged_fraction"] = float(low.min())
-            diag["min_converged_at"] = where(np.unravel_index(np.argmin(low), low.shape))
-        diag["max_residual"] = max(diag["max_residual"], float(np.max(np.asarray(g["max_residual"])[solved])))
-    return g
+    workers = state["ctx"].workers
+    args = (np.asarray(X), np.asarray(state["key"]))
+    kwargs = dict(n_probes=n_probes, dichotomies=dichotomies, max_iter=MAX_ITER, tol=TOL)
+    pending = workers.submit(glue_analysis, *args, **kwargs) if workers is not None else Done(
+        glue_analysis(*args, **kwargs))
+    state["calls"].append((pending, *unsolvable(X), where, keep))  # (groupings GLUE does not solve: NaN in every array)
+    _collect(state, finished_only=True)
+
+
+def _collect(state: dict, finished_only: bool = False) -> None:
+    """File the results of the calls made so far, oldest first (each waited for, or only those
+    already answered, up to the first that is not)."""
+    calls, diag, n_probes = state["calls"], state["diag"], state["ctx"].options.glue_n_probes
+    while calls and (calls[0][0].ready() or not finished_only):
+        pending, nonfinite, constant, where, keep = calls.pop(0)
+        g = pending.result()
+        fractions = np.asarray(g["converged_fraction"], dtype=np.float64)
+        solved = ~(nonfinite | constant)
+        diag["n_groupings_not_finite"] += int(nonfinite.sum())
+        diag["n_groupings_constant"] += int(constant.sum())
+        if solved.any():  # over every GLUE call: each (repeat, task) grouping solves n_probes QPs
+            diag["n_probes_solved"] += int(solved.sum() * n_probes)
+            diag["n_probes_converged"] += int(np.rint(fractions[solved] * n_probes).sum())
+            low = np.where(solved, fractions, np.inf)
+            if float(low.min()) < diag["min_converged_fraction"]:  # the worst grouping, and where it is
+                diag["min_converged_fraction"] = float(low.min())
+                diag["min_converged_at"] = where(np.unravel_index(np.argmin(low), low.shape))
+            diag["max_residual"] = max(diag["max_residual"], float(np.max(np.asarray(g["max_residual"])[solved])))
+        keep(g)
 
 
 def glue_update(state: dict, folder: TaskFolder) -> dict:
@@ -81,20 +97,28 @@ def glue_update(state: dict, folder: TaskFolder) -> dict:
     manifolds = class_manifolds(reps_last, labels_last, opt.glue_max_points)  # (R, K_valid, 2, M, H)
     current = int(np.flatnonzero(folder.eval_task_ids[valid] == i)[0])
     slot_tasks = folder.eval_task_ids[valid]
-    g = _glue_call(state, manifolds[:, current] if opt.glue_tasks == "current" else manifolds, "task",
-                   lambda at: f"task {i if len(at) == 1 else int(slot_tasks[at[1]])} after task {i}, repeat {at[0]}")
     state.setdefault("evaluated", []).append(folder.eval_task_ids[valid])  # the tasks whose values are measured
-    for k in GLUE_KEYS + DIAGNOSTIC_KEYS:
-        state["task"].setdefault(k, []).append(g[k] if opt.glue_tasks == "current" else _slots_to_tasks(folder, g[k]))
+    to_tasks = (lambda v: v) if opt.glue_tasks == "current" else _slots_to_tasks(folder)
+
+    def keep_task(g):
+        for k in GLUE_KEYS + DIAGNOSTIC_KEYS:
+            state["task"].setdefault(k, []).append(to_tasks(g[k]))
+
+    _glue_call(state, manifolds[:, current] if opt.glue_tasks == "current" else manifolds, "task",
+               lambda at: f"task {i if len(at) == 1 else int(slot_tasks[at[1]])} after task {i}, repeat {at[0]}",
+               keep_task)
     if i == ctx.n_folders - 1 or (opt.glue_across_every and i % opt.glue_across_every == 0):
         nv = len(valid)
         chosen = np.unique(np.linspace(0, nv - 1, min(opt.glue_across_max_tasks, nv)).round().astype(int))
         sub = manifolds[:, chosen]  # (R, k, 2, M, H)
         R, k_, _, M, H = sub.shape
-        ga = _glue_call(state, sub.reshape(R, 2 * k_, M, H), "random",
-                        lambda at: f"{k_} tasks together after task {i}, repeat {at[0]}")
-        for k in GLUE_KEYS + DIAGNOSTIC_KEYS:
-            state["across"].setdefault(k, []).append(ga[k])
+
+        def keep_across(g):
+            for k in GLUE_KEYS + DIAGNOSTIC_KEYS:
+                state["across"].setdefault(k, []).append(g[k])
+
+        _glue_call(state, sub.reshape(R, 2 * k_, M, H), "random",
+                   lambda at: f"{k_} tasks together after task {i}, repeat {at[0]}", keep_across)
         state["folders"].append(i)
         state["tasks"] = folder.eval_task_ids[valid][chosen].tolist()  # global task indices
     return state
@@ -107,14 +131,20 @@ def mean_over_evaluated(values_RT, evaluated_T) -> np.ndarray:
     return mean_over_every_task(np.asarray(values_RT, dtype=np.float64)[:, np.asarray(evaluated_T, bool)])
 
 
-def _slots_to_tasks(folder: TaskFolder, values) -> np.ndarray:
-    """Values over the evaluated slots (last axis) -> over the run's T tasks, NaN where none."""
+def _slots_to_tasks(folder: TaskFolder):
+    """Values over the folder's evaluated slots (last axis) -> over the run's T tasks, NaN where
+    none: a function that keeps only the slots' task ids (not the folder and its arrays)."""
     if folder.all_tasks:
-        return values
-    values = np.asarray(values, dtype=np.float64)
-    slots = np.full((*values.shape[:-1], len(folder.eval_task_ids)), np.nan)
-    slots[..., folder.valid_slots] = values
-    return folder.to_tasks(slots)
+        return lambda values: values
+    tasks, n_tasks = folder.eval_task_ids[folder.valid_slots], folder.num_tasks
+
+    def to_tasks(values) -> np.ndarray:
+        values = np.asarray(values, dtype=np.float64)
+        out = np.full((*values.shape[:-1], n_tasks), np.nan)
+        out[..., tasks] = values
+        return out
+
+    return to_tasks
 
 
 # approx_capacity = 1 / N_R is +inf where no anchor varies (D = N_R = 0): one point per class
@@ -147,6 +177,7 @@ def _approx_capacity_summary(entry: dict, last_R, values) -> dict:
 
 
 def glue_finalize(state: dict) -> Result:
+    _collect(state)
     ctx = state["ctx"]
     opt, n = ctx.options, ctx.n_folders
     task = {k: np.stack(v) for k, v in state["task"].items()}  # (n, R) or (n, R, T)

@@ -56,6 +56,7 @@ class RunContext(NamedTuple):
     n_repeats: int  # R
     n_eval_tasks: int  # T, the run's tasks (a folder's task axis holds all of them, or K slots: TaskFolder)
     options: Options
+    workers: Any = None  # cljax.analysis.workers.Workers for cljax's own GLUE solves, or None (solved in-process)
 
 
 class TaskFolder:
