@@ -1,9 +1,9 @@
 """Worker processes for the analysis's solves: ``cljax analyze --workers N``.
 
-GLUE solves R x 256 small QPs per task folder, on one core: most of the analysis of a long run.
-XLA:CPU runs each solve on one thread, and two solves in flight in one process can hang its
-LAPACK kernels (:mod:`cljax.analysis.order`), so the solves go to other processes, each with its
-own XLA. The main process goes on reading the next task folders meanwhile.
+GLUE solves R x 256 small QPs per task folder, mostly on one core: most of the analysis of a
+long run. Two solves in flight in one process can hang XLA:CPU's LAPACK kernels
+(:mod:`cljax.analysis.order`), so the solves go to other processes, each with its own XLA. The
+main process goes on reading the next task folders meanwhile.
 
 A worker is ``python -m cljax.analysis.workers``, fed pickled calls of cljax's own module-level
 functions on its stdin, one at a time, and answering each on its stdout. It is plain pipes, not
@@ -38,7 +38,7 @@ AUTO_FOLDERS, AUTO_MAX = 64, 8
 def worker_count(requested: int | str, n_folders: int, glue: bool) -> int:
     """The worker processes of an analysis: ``requested`` (an int >= 1; 1: none), or for "auto"
     one per usable core (at most AUTO_MAX) when GLUE runs on AUTO_FOLDERS task folders or more.
-    None where JAX computes on an accelerator: GLUE is solved there, in this process."""
+    1 (none) where JAX computes on an accelerator: GLUE is solved there, in this process."""
     if requested != "auto" and not (isinstance(requested, int) and requested >= 1):
         raise CljaxError(f"workers must be 'auto' or a whole number >= 1, got {requested!r}")
     if not glue:
