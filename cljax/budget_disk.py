@@ -93,8 +93,9 @@ def _metadata_estimate(b: Budget, schedule, class_names, file_names) -> int:
     this process's command line (a plan's is a run's but for the command word), the device
     split, as they are, and the task's row of the run table at its widest; plus a part this
     does not model (shapes, axes, versions, devices, lowering, timings, run id, evaluation),
-    taken as 2.5 KB: 2.1 KB measured with a ResNet's model_state. The schedule's part grows with R: above 64 repeats it is measured at 32 and 64
-    and extended linearly (encoding a million repeats' took minutes)."""
+    taken as 2.5 KB: 2.1 KB measured with a ResNet's model_state. The schedule's part grows
+    with R: above 64 repeats it is measured at 32 and 64 and extended linearly (encoding a
+    million repeats' took minutes)."""
     T, R = b.config.num_tasks, b.config.n_repeats
     names = class_names or [f"class_{i}" for i in range(2 * T)]
     pairs = schedule if schedule is not None else np.tile(np.array([0, 1]), (T, min(R, 64), 1))

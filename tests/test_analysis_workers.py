@@ -36,6 +36,15 @@ def test_glue_in_workers_gives_the_bits_of_glue_here():
     assert np.isnan(there[2]["capacity"][1]) and np.isfinite(there[2]["capacity"][0])
 
 
+def test_calls_answered_out_of_order_leave_the_workers_free_for_the_next():
+    with Workers(2) as pool:
+        first, second = pool.submit(int, "1"), pool.submit(int, "2")
+        assert second.result() == 2  # the newer call read first: the oldest in flight is still `first`
+        later = [pool.submit(int, str(k)) for k in range(3, 8)]
+        assert [first.result(), *(c.result() for c in later)] == [1, 3, 4, 5, 6, 7]
+        assert len(pool.procs) == 2
+
+
 def test_an_analysis_with_workers_writes_the_same_files_as_one_without(tmp_path):
     algo = tmp_path / "results" / "synthetic" / "SL_T3"
     write_fake_run(algo)

@@ -15,7 +15,7 @@ from cljax.analysis.glue import DIAGNOSTIC_KEYS, GLUE_KEYS, glue_analysis, unsol
 from cljax.analysis.glue_solver import MAX_ITER, TOL
 from cljax.analysis.registry import Result, RunContext, TaskFolder
 from cljax.analysis.spread import over_tasks, spread
-from cljax.analysis.workers import Done
+from cljax.analysis.workers import IN_PROCESS
 from cljax.errors import CljaxError
 
 
@@ -43,7 +43,7 @@ def class_manifolds(representations_RTSH, labels_RTS, max_points: int | None = N
 
 
 def glue_init(ctx: RunContext) -> dict:
-    return {"ctx": ctx, "key": jax.random.PRNGKey(ctx.options.glue_seed), "task": {}, "across": {},
+    return {"ctx": ctx, "key": np.asarray(jax.random.PRNGKey(ctx.options.glue_seed)), "task": {}, "across": {},
             "folders": [], "tasks": [], "calls": [],
             "diag": {"n_probes_solved": 0, "n_probes_converged": 0, "min_converged_fraction": 1.0, "max_residual": 0.0,
                      "n_groupings_not_finite": 0, "n_groupings_constant": 0}}
@@ -55,11 +55,8 @@ def _glue_call(state: dict, X, dichotomies: str, where, keep) -> None:
     (``where``: the text naming a grouping from its batch index, for the worst one), both in the
     order of the calls (:func:`_collect`), whichever process solved them."""
     n_probes = state["ctx"].options.glue_n_probes
-    workers = state["ctx"].workers
-    args = (np.asarray(X), np.asarray(state["key"]))
-    kwargs = dict(n_probes=n_probes, dichotomies=dichotomies, max_iter=MAX_ITER, tol=TOL)
-    pending = workers.submit(glue_analysis, *args, **kwargs) if workers is not None else Done(
-        glue_analysis(*args, **kwargs))
+    pending = (state["ctx"].workers or IN_PROCESS).submit(glue_analysis, np.asarray(X), state["key"], n_probes=n_probes,
+                                                          dichotomies=dichotomies, max_iter=MAX_ITER, tol=TOL)
     state["calls"].append((pending, *unsolvable(X), where, keep))  # (groupings GLUE does not solve: NaN in every array)
     _collect(state, finished_only=True)
 

@@ -69,16 +69,16 @@ class _Call:
     """A call sent to a worker; ``result()`` waits for its answer (each worker has one at a time)."""
 
     def __init__(self, pool: "Workers", proc: subprocess.Popen):
-        self.pool, self.proc, self.done = pool, proc, None
+        self.pool, self.proc, self.answered, self.value = pool, proc, False, None
 
     def result(self) -> Any:
-        if self.done is None:
-            self.done = Done(self.pool._answer(self.proc))
-        return self.done.result()
+        if not self.answered:
+            self.value, self.answered = self.pool._answer(self.proc), True
+        return self.value
 
     def ready(self) -> bool:
         """Whether its answer was read (``result()`` would not wait)."""
-        return self.done is not None
+        return self.answered
 
 
 class Workers:
@@ -96,8 +96,8 @@ class Workers:
             return Done(fn(*args, **kwargs))
         if not self.free and len(self.procs) < self.n:
             self.free.append(self._start())
-        if not self.free:
-            self.busy.popleft().result()  # the oldest call's worker (its answer is kept)
+        while not self.free:  # the oldest call's worker (its answer is kept); one answered already frees none
+            self.busy.popleft().result()
         call = _Call(self, self.free.popleft())
         self.busy.append(call)
         try:
@@ -157,6 +157,9 @@ class Workers:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+IN_PROCESS = Workers(1)  # every call run at once, here
 
 
 def _serve() -> None:
