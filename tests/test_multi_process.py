@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from tests.lock_kit import lock_held_elsewhere
+from tests.process_kit import suite_xla_flags
 
 FLAGS = ["run", "--dataset", "synthetic", "--model", "mlp", "--mlp-hidden", "32", "--n-repeats", "4",
          "--n-train-per-class", "32", "--n-test-per-class", "8", "--n-subsamples", "4", "--batch-size", "16",
@@ -23,9 +24,9 @@ def _start(flags_of, **env_vars) -> list[subprocess.Popen]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if k not in ("CLJAX_CPU_DEVICES", "JAX_PLATFORMS", "XLA_FLAGS")}
+    env = {k: v for k, v in os.environ.items() if k not in ("CLJAX_CPU_DEVICES", "JAX_PLATFORMS")}
     env.update(CLJAX_DISTRIBUTED="1", JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", CLJAX_NUM_PROCESSES="2",
-               JAX_PLATFORMS="cpu", PYTHONPATH=str(Path(__file__).resolve().parents[1]), **env_vars)
+               JAX_PLATFORMS="cpu", XLA_FLAGS=suite_xla_flags(), PYTHONPATH=str(Path(__file__).resolve().parents[1]), **env_vars)
     return [subprocess.Popen([sys.executable, "-m", "cljax", *flags_of(i)], env={**env, "CLJAX_PROCESS_ID": str(i)},
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
 

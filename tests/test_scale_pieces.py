@@ -25,6 +25,7 @@ from cljax.settings import setting_specs
 from cljax.sweep import expand, parse_grid
 from cljax.sweep_executor import parse_minutes
 from tests.conftest import FASHION_DIR
+from tests.process_kit import suite_xla_flags
 from tests.test_scale import budget_for_chunk, budget_of
 
 
@@ -244,7 +245,7 @@ def test_two_processes_place_and_fetch_the_repeats_a_key_leaf_included(tmp_path)
     script.write_text(MULTI_PROCESS_CHILD)
     env = {k: v for k, v in os.environ.items() if k not in ("CLJAX_CPU_DEVICES", "JAX_PLATFORMS")}
     env.update(CLJAX_DISTRIBUTED="1", JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", CLJAX_NUM_PROCESSES="2",
-               XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu",
+               XLA_FLAGS=suite_xla_flags("--xla_force_host_platform_device_count=2"), JAX_PLATFORMS="cpu",
                PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     procs = [subprocess.Popen([sys.executable, str(script)], env={**env, "CLJAX_PROCESS_ID": str(i)},
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
@@ -344,9 +345,9 @@ def test_a_two_process_run_stops_on_sigterm_with_75(tmp_path):
              "--n-repeats", "4", "--n-train-per-class", "32", "--n-test-per-class", "8", "--n-subsamples", "4",
              "--epochs", "300", "--batch-size", "16", "--log-frequency", "600", "--no-progress", "--results-dir",
              str(out)]
-    env = {k: v for k, v in os.environ.items() if k not in ("CLJAX_CPU_DEVICES", "JAX_PLATFORMS", "XLA_FLAGS")}
+    env = {k: v for k, v in os.environ.items() if k not in ("CLJAX_CPU_DEVICES", "JAX_PLATFORMS")}
     env.update(CLJAX_DISTRIBUTED="1", JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", CLJAX_NUM_PROCESSES="2",
-               JAX_PLATFORMS="cpu", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+               JAX_PLATFORMS="cpu", XLA_FLAGS=suite_xla_flags(), PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     procs = [subprocess.Popen([sys.executable, "-m", "cljax.cli", *flags], env={**env, "CLJAX_PROCESS_ID": str(i)},
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
     first = out / "synthetic" / "SL_T10" / "task_000" / "metadata.json"
