@@ -215,7 +215,8 @@ def _cmd_analyze(argv: list[str]) -> int:
     parser.add_argument("--no-plots", action="store_true", help="no PNG plots")
     parser.add_argument("--workers", default="auto",
                         help="processes that solve GLUE beside this one, on the CPU: a number (1: none), or auto: one "
-                             "per usable core (at most 8) for a run of 64 task folders or more (default: auto)")
+                             "per usable core (at most 8, as many as the free memory holds) for a run of 64 task folders "
+                             "or more (default: auto)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar of the task folders (shown on a terminal only)")
     parser.add_argument("--plugin", action="append", default=[], metavar="FILE",
                         help="a Python file that registers analyses (or rules, models...; repeatable; also $CLJAX_PLUGINS)")

@@ -13,10 +13,10 @@ import pytest
 
 from cljax.analysis.driver import analyze_run
 from cljax.analysis.glue import glue_analysis
-from cljax.analysis.workers import AUTO_FOLDERS, AUTO_MAX, Workers, worker_count
+from cljax.analysis.workers import AUTO_FOLDERS, AUTO_MAX, BYTES_PER_WORKER, Workers, worker_count
 from cljax.errors import CljaxError
 from cljax.host import usable_cores
-from tests.test_analysis_driver import write_fake_run
+from tests.test_analysis_driver import RR, T, write_fake_run
 
 
 def test_glue_in_workers_gives_the_bits_of_glue_here():
@@ -69,6 +69,36 @@ def test_auto_starts_workers_for_long_runs_with_glue_only():
     for bad in (0, -1, "many", 2.5):
         with pytest.raises(CljaxError, match="workers must be 'auto' or a whole number >= 1"):
             worker_count(bad, 100, glue=True)
+
+
+def test_workers_count_in_the_host_memory_check():
+    # Each worker holds JAX, XLA and GLUE's programs: eight of them took about 3 GiB that the
+    # analysis's memory check did not count.
+    cores = min(usable_cores(), AUTO_MAX)
+    assert worker_count("auto", AUTO_FOLDERS, True, spare_bytes=2.5 * BYTES_PER_WORKER) == min(cores, 2)
+    assert worker_count("auto", AUTO_FOLDERS, True, spare_bytes=100 * BYTES_PER_WORKER) == cores
+    assert worker_count("auto", AUTO_FOLDERS, True, spare_bytes=1.9 * BYTES_PER_WORKER) == 1  # one worker: none
+    assert worker_count(1, AUTO_FOLDERS, True, spare_bytes=0) == 1
+    assert worker_count(3, 2, True, spare_bytes=3 * BYTES_PER_WORKER) == 3
+    with pytest.raises(CljaxError, match=r"^3 workers \(--workers\) take about 1.5 GiB of host memory beside the "
+                                         r"analysis, and 1.0 GiB are left: use --workers 2 or fewer, or a machine"):
+        worker_count(3, 2, True, spare_bytes=2 * BYTES_PER_WORKER)
+    with pytest.raises(CljaxError, match=r"0.0 GiB are left: use --workers 1 \(none\), or"):
+        worker_count(2, 2, True, spare_bytes=-5)
+
+
+def test_an_analysis_whose_workers_do_not_fit_in_memory_writes_nothing(tmp_path, monkeypatch):
+    from cljax.analysis import driver
+
+    algo = tmp_path / "results" / "synthetic" / "SL_T3"
+    write_fake_run(algo)
+    need = driver.BYTES_PER_CELL * RR * T * T  # (R, n, T), as test_analysis_driver.py's memory test
+    monkeypatch.setattr(driver, "host_available_bytes", lambda: need + BYTES_PER_WORKER)
+    with pytest.raises(CljaxError, match="2 workers .* use --workers 1"):
+        analyze_run(algo, workers=2, make_plots=False)
+    assert not (algo / "analysis").exists()
+    analyze_run(algo, workers=1, make_plots=False, glue_n_probes=16, glue_max_points=4)  # none: it fits
+    assert (algo / "analysis" / "summary.json").exists()
 
 
 def test_a_worker_that_raises_gives_its_traceback_and_one_that_dies_one_line():

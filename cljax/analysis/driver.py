@@ -185,7 +185,7 @@ def _analyze_run(
                       glue_across_every=glue_across_every, glue_across_max_tasks=glue_across_max_tasks,
                       glue_max_points=glue_max_points, glue_seed=glue_seed, curve_tasks=curve_tasks,
                       probe_ridge=probe_ridge)
-    with Workers(worker_count(workers, n, any(a.name == "glue" for a in selected))) as pool:
+    with Workers(worker_count(workers, n, any(a.name == "glue" for a in selected), available - need)) as pool:
         ctx = RunContext(algo_dir=algo_dir, n_folders=n, n_snapshots=L, n_repeats=R, n_eval_tasks=T, options=options,
                          workers=pool if pool.n > 1 else None)
         outputs = _run_analyses(selected, ctx, dirs, folder, check, progress)

@@ -33,12 +33,17 @@ from cljax.host import usable_cores
 # "auto" starts workers for runs of at least this many task folders (a worker takes seconds to
 # start and compile), one per usable core, at most AUTO_MAX
 AUTO_FOLDERS, AUTO_MAX = 64, 8
+# Host memory of one worker: JAX, XLA and GLUE's compiled solves (about 0.38 GiB of RSS measured
+# at R = 30: docs/benchmark.md, "The analysis's GLUE in worker processes"), rounded up
+BYTES_PER_WORKER = 2**30 // 2
 
 
-def worker_count(requested: int | str, n_folders: int, glue: bool) -> int:
+def worker_count(requested: int | str, n_folders: int, glue: bool, spare_bytes: float = float("inf")) -> int:
     """The worker processes of an analysis: ``requested`` (an int >= 1; 1: none), or for "auto"
     one per usable core (at most AUTO_MAX) when GLUE runs on AUTO_FOLDERS task folders or more.
-    1 (none) where JAX computes on an accelerator: GLUE is solved there, in this process."""
+    1 (none) where JAX computes on an accelerator: GLUE is solved there, in this process.
+    ``spare_bytes``: the host memory the analysis leaves free. "auto" starts no more workers than
+    fit in it; a number of workers that does not fit is an error naming the fix."""
     if requested != "auto" and not (isinstance(requested, int) and requested >= 1):
         raise CljaxError(f"workers must be 'auto' or a whole number >= 1, got {requested!r}")
     if not glue:
@@ -47,8 +52,15 @@ def worker_count(requested: int | str, n_folders: int, glue: bool) -> int:
 
     if jax.default_backend() != "cpu":
         return 1
+    fit = max(spare_bytes, 0) // BYTES_PER_WORKER  # may be inf
     if requested == "auto":
-        return min(usable_cores(), AUTO_MAX) if n_folders >= AUTO_FOLDERS else 1
+        n = int(min(usable_cores(), AUTO_MAX, fit)) if n_folders >= AUTO_FOLDERS else 1
+        return n if n >= 2 else 1
+    if requested > 1 and requested > fit:
+        raise CljaxError(f"{requested} workers (--workers) take about {requested * BYTES_PER_WORKER / 2**30:.1f} GiB of "
+                         f"host memory beside the analysis, and {max(spare_bytes, 0) / 2**30:.1f} GiB are left: use "
+                         f"{f'--workers {int(fit)} or fewer' if fit >= 2 else '--workers 1 (none)'}, or a machine with "
+                         f"more memory.")
     return requested
 
 
