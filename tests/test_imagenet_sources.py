@@ -437,8 +437,8 @@ def test_a_work_shard_of_other_rows_or_shape_than_planned_is_refused(tmp_path, m
     root = _folder(tmp_path / "src", {"train": {"ant": 2, "bee": 2}})
     shard_file = _stopped_after_first_shard(root, tmp_path / "out", monkeypatch)
     with np.load(shard_file) as z:
-        images, labels = damage(z["images"], z["labels"])
-    np.savez(shard_file, images=images, labels=labels)
+        (images, labels), stamp = damage(z["images"], z["labels"]), z["source_stamp"]
+    np.savez(shard_file, images=images, labels=labels, source_stamp=stamp)  # its files unchanged: kept by a resume
     with pytest.raises(CljaxError, match=re.escape(str(shard_file)) + " " + message + r".*delete it and rerun"):
         prepare_imagenet(str(root), tmp_path / "out", workers=1, shard_rows=2, progress=False)
     assert not (tmp_path / "out").exists()

@@ -184,6 +184,37 @@ def test_a_bad_image_removed_from_an_image_folder_resumes_and_a_finished_shard_o
         assert (out / fname).read_bytes() == (fresh / fname).read_bytes(), fname
 
 
+def _as_an_earlier_cljax_wrote_it(shard) -> None:
+    """A finished shard file without the record of its image files (before it was kept)."""
+    with np.load(shard) as z:
+        arrays = {"images": z["images"], "labels": z["labels"]}
+    np.savez(shard, **arrays)
+
+
+def test_an_image_replaced_in_place_under_its_name_redoes_its_finished_shard(tmp_path, monkeypatch, capsys):
+    # A shard's identity is its file list: a finished shard whose image was replaced under the
+    # same name was kept, and the output mixed the old image's pixels with the new source.
+    root = _folder(tmp_path / "src", {"train": {"ant": 3, "bee": 3}, "val": {"ant": 1, "bee": 1}})
+    fresh = tmp_path / "fresh"
+    for out, change, why in (
+            (tmp_path / "out", lambda shard: (root / "train" / "ant" / "00.png").write_bytes(
+                (root / "train" / "bee" / "02.png").read_bytes()), "came from source files that changed since"),
+            (tmp_path / "old", _as_an_earlier_cljax_wrote_it,
+             "came from an earlier cljax, which kept no record of the image files' times of change")):
+        change(_stopped_after_first_shard(root, out, monkeypatch))
+        seen = _recording(monkeypatch)
+        capsys.readouterr()
+        prepare_imagenet(str(root), out, workers=1, shard_rows=2, progress=False)
+        assert seen == ["train-00000", "train-00001", "train-00002", "test-00000"]
+        assert capsys.readouterr().err.splitlines()[0] == (
+            f"note: 1 finished shard of {imagenet.work_dir_for(out)} (train-00000) {why}; it is prepared again, the "
+            f"others kept.")
+        prepare_imagenet(str(root), fresh, workers=1, shard_rows=2, overwrite=True, progress=False)
+        for fname in ARRAY_FILES:
+            assert (out / fname).read_bytes() == (fresh / fname).read_bytes(), fname
+        monkeypatch.undo()
+
+
 def test_a_resume_made_otherwise_says_what_differs(tmp_path, monkeypatch):
     root = _folder(tmp_path / "src", {"train": {"ant": 2, "bee": 2}, "val": {"ant": 1, "bee": 1}})
     _stopped_after_first_shard(root, tmp_path / "out", monkeypatch)

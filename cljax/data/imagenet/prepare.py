@@ -31,8 +31,8 @@ from cljax.data.imagenet.out_lock import OutputLock
 from cljax.data.imagenet.out_place import check_not_mount_point, output_folder
 from cljax.data.imagenet.sources import DEFAULT_SHARD_ROWS, OUTPUT_SPLITS, plan_source
 from cljax.data.imagenet.stops import quiet_worker, signals_as_interrupt, stop_if_asked
-from cljax.data.imagenet.work import (clear_stale_work, discard_work, open_work_dir, remove_finished_work, work_dir_for,
-                                       work_record)
+from cljax.data.imagenet.work import (SOURCE_STAMP, clear_stale_work, discard_work, open_work_dir, remove_finished_work,
+                                       work_dir_for, work_record)
 from cljax.data.full_disk import full_disk_error
 from cljax.data.prepared import check_replaceable, load_prepared
 from cljax.errors import EXIT_PREEMPTED, CljaxError
@@ -57,6 +57,7 @@ def process_shard(shard: Shard, work_dir: str, size: int, resample: str, tick=No
 
     images, labels = [], []
     pending = 0
+    stamp = shard.stamp() if isinstance(shard, FilesShard) else None  # before any image is read
     for blob, label, where in shard.rows():
         check_label(label, where, shard.source_split, n_classes)
         try:
@@ -78,7 +79,7 @@ def process_shard(shard: Shard, work_dir: str, size: int, resample: str, tick=No
     tmp = Path(work_dir) / f".{shard.name}.npz.tmp-{os.getpid()}"
     try:
         with open(tmp, "wb") as f:
-            np.savez(f, images=images_nhw, labels=labels_n)
+            np.savez(f, images=images_nhw, labels=labels_n, **({} if stamp is None else {SOURCE_STAMP: np.array(stamp)}))
             f.flush()
             os.fsync(f.fileno())
     except OSError as exc:
@@ -261,7 +262,7 @@ def _prepare_locked(source: str, out: Path, *, workers, split_map, reader, size,
         "alpha": "dropped",
         "splits": {dst: list(dict.fromkeys(s.source_split for s in plan.shards if s.split == dst)) for dst in OUTPUT_SPLITS},
     }
-    open_work_dir(work, work_record(plan, preprocessing, out, reader, shard_rows), log)
+    open_work_dir(work, work_record(plan, preprocessing, out, reader, shard_rows), log, plan.shards)
 
     done = {p.stem for p in work.glob("*.npz")}
     todo = [s for s in plan.shards if s.name not in done]

@@ -8,6 +8,7 @@ row in error messages. `ParquetShard` reads row groups of a local parquet file w
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Iterator
@@ -143,6 +144,19 @@ class FilesShard:
     def rows(self) -> Iterator[tuple[bytes | str, int, str]]:
         for path, label in self.files:
             yield path, label, path
+
+    def stamp(self) -> str | None:
+        """Each file's size and time of change, hashed (None when one cannot be read): saved with
+        the shard when its work begins, so that a resume redoes a shard one of whose images was
+        replaced in place under the same name since (work.py)."""
+        digest = hashlib.sha256()
+        for path, _ in self.files:
+            try:
+                st = os.stat(path)
+            except OSError:
+                return None
+            digest.update(f"{st.st_size} {st.st_mtime_ns}\n".encode())
+        return digest.hexdigest()
 
 
 Shard = ParquetShard | DatasetsShard | FilesShard

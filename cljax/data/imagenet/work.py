@@ -15,13 +15,17 @@ import json
 import os
 import re
 import shutil
+import zipfile
 from pathlib import Path
 
+import numpy as np
+
 from cljax.data.imagenet.recorded import as_flag
-from cljax.data.imagenet.shards import DatasetsShard, Plan, Shard
+from cljax.data.imagenet.shards import DatasetsShard, FilesShard, Plan, Shard
 from cljax.errors import CljaxError
 
 PLAN_FILE = "plan.json"
+SOURCE_STAMP = "source_stamp"  # a shard of image files: its files' sizes and times of change (FilesShard.stamp)
 _OWN_FILE = re.compile(r"^(plan\.json|\.plan\.json\.tmp|[a-z]+-\d{5}\.npz|\.[a-z]+-\d{5}\.npz\.tmp-\d+)$")
 
 
@@ -48,11 +52,12 @@ def work_record(plan: Plan, preprocessing: dict, out: Path, reader: str, shard_r
             "shards": {s.name: shard_identity(s) for s in plan.shards}}
 
 
-def open_work_dir(work: Path, record: dict, log) -> None:
+def open_work_dir(work: Path, record: dict, log, shards: tuple[Shard, ...] = ()) -> None:
     """Create OUT.partial with `record` (`work_record`), or open the one there for a resume: made
     otherwise (source, splits, a setting, the classes) it is refused in one line saying what
     differs; a shard done from a source file that changed since (a bad image replaced or
-    removed) is deleted, to be done again, and the others are kept."""
+    removed; for the image files of ``shards``, one replaced in place under its name) is
+    deleted, to be done again, and the others are kept."""
     if not work.exists():
         work.mkdir(parents=True)
         _write_record(work, record)
@@ -73,16 +78,36 @@ def open_work_dir(work: Path, record: dict, log) -> None:
     for stray in work.glob(".*.tmp-*"):  # half-written shards of an interrupted run (no other run: locked)
         stray.unlink()
     done = {p.stem for p in work.glob("*.npz")}
-    changed = sorted(name for name, identity in record["shards"].items()
-                     if name in done and recorded["shards"].get(name) != identity)
-    for name in changed:  # before the record says otherwise: a crash in between redoes them again
-        (work / f"{name}.npz").unlink()
-    if changed:
-        log(f"note: {len(changed)} finished shard{'s' if len(changed) > 1 else ''} of {work} "
-            f"({', '.join(changed[:3])}{' ...' if len(changed) > 3 else ''}) came from source files that changed "
-            f"since; {'they are' if len(changed) > 1 else 'it is'} prepared again, the others kept.")
+    changed = {name for name, identity in record["shards"].items()
+               if name in done and recorded["shards"].get(name) != identity}
+    files = {s.name: _files_changed(work / f"{s.name}.npz", s) for s in shards
+             if isinstance(s, FilesShard) and s.name in done - changed}
+    for why, names in (("came from source files that changed since", changed | {n for n, c in files.items() if c}),
+                       ("came from an earlier cljax, which kept no record of the image files' times of change",
+                        {n for n, c in files.items() if c is None})):
+        names = sorted(names)
+        for name in names:  # before the record says otherwise: a crash in between redoes them again
+            (work / f"{name}.npz").unlink()
+        if names:
+            log(f"note: {len(names)} finished shard{'s' if len(names) > 1 else ''} of {work} "
+                f"({', '.join(names[:3])}{' ...' if len(names) > 3 else ''}) {why}; "
+                f"{'they are' if len(names) > 1 else 'it is'} prepared again, the others kept.")
     if recorded != record:
         _write_record(work, record)
+
+
+def _files_changed(path: Path, shard: FilesShard) -> bool | None:
+    """Whether the image files of a finished shard changed since its work began; None when the
+    shard holds no record of them (an earlier cljax's). A shard file that cannot be read is
+    left (False) to the assembly, which names it."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if SOURCE_STAMP not in z.files:
+                return None
+            recorded = str(z[SOURCE_STAMP])
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+        return False
+    return recorded != shard.stamp()
 
 
 def remove_finished_work(work: Path, log) -> None:
