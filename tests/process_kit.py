@@ -1,5 +1,5 @@
 """The environment of a child process that splits its own CPU host (two jax.distributed
-processes, or one process of several CPU devices)."""
+processes, one process of several CPU devices, or a sweep's runs, each of which splits it)."""
 
 from __future__ import annotations
 

@@ -36,6 +36,7 @@ from cljax.tasks import TaskData, make_schedule
 from cljax.program import build_task_program, clear_built_programs
 from tests.backend import BFLOAT16_STEP, SEPARATELY_COMPILED, assert_same, assert_same_accuracy
 from tests.conftest import FASHION_DIR, is_program_obtained
+from tests.process_kit import suite_xla_flags
 
 REPO = Path(__file__).resolve().parents[1]
 K_AUTO = 25  # the chunk size the budget below leaves room for
@@ -79,8 +80,7 @@ def sweep_process(tmp_path_factory):
            "--num-tasks", "2", "--n-repeats", "1", "--n-train-per-class", "16", "--n-test-per-class", "8",
            "--n-subsamples", "4", "--epochs", "1", "--batch-size", "16", "--log-frequency", "2", "--model", "mlp",
            "--mlp-hidden", "32", "--results-dir", str(root)]
-    xla_flags = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split() if "host_platform_device_count" not in f)
-    env = {**os.environ, "XLA_FLAGS": xla_flags}
+    env = {**os.environ, "XLA_FLAGS": suite_xla_flags()}
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     yield proc, root
     if proc.poll() is None:

@@ -42,6 +42,7 @@ from cljax.tasks import TaskData, make_schedule
 from cljax.program import build_task_program
 from tests.backend import SEPARATELY_COMPILED, assert_same, assert_same_accuracy, assert_same_tree, on_cpu
 from tests.conftest import FASHION_DIR
+from tests.process_kit import suite_xla_flags
 
 REPO = Path(__file__).resolve().parents[1]
 CHILD_OUT = "CLJAX_SHARDING_OUT"  # set in the subprocess: where its run writes
@@ -74,9 +75,7 @@ def sharded_child(tmp_path_factory):
         return
     out = tmp_path_factory.mktemp("sharded")
     if on_cpu():
-        xla_flags = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split()
-                             if "host_platform_device_count" not in f)
-        env = {**os.environ, CPU_DEVICES_ENV: str(N_CHILD_DEVICES), "XLA_FLAGS": xla_flags, "JAX_PLATFORMS": "cpu",
+        env = {**os.environ, CPU_DEVICES_ENV: str(N_CHILD_DEVICES), "XLA_FLAGS": suite_xla_flags(), "JAX_PLATFORMS": "cpu",
                CHILD_OUT: str(out)}
         command = ["-q", "-s", *ids_of("test_run_on_every_visible_device", "test_vmapped_repeats_match_the_loop")]
     else:
