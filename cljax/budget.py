@@ -325,9 +325,11 @@ def host_total(b: Budget, data, chunk: int) -> int:
     return sum(host_components(b, data, chunk).values()) + device
 
 
-def host_problem(b: Budget, data, chunk: int, available: int) -> CljaxError | None:
+def host_problem(b: Budget, data, chunk: int, available: tuple[int, str]) -> CljaxError | None:
     """The error a run that needs more host memory than ``available`` (now, with its dataset
-    already loaded) gets, or None. ``cljax run`` refuses before it writes anything."""
+    already loaded; bytes and where the figure comes from, ``devices.memory.host_available``)
+    gets, or None. ``cljax run`` refuses before it writes anything."""
+    available, source = available
     more = host_total(b, data, chunk) - host_components(b, data, chunk)["dataset_in_ram"]
     if more <= HEADROOM * available:
         return None
@@ -336,8 +338,9 @@ def host_problem(b: Budget, data, chunk: int, available: int) -> CljaxError | No
              f"{fmt_bytes(compiling)}), " if compiling > RUN_EXTRA_HOST_BYTES else "")
     use = [*(["--eval-tasks window:K"] if b.config.eval_tasks in ("all", "seen") else []),
            *(["--representation-dtype bfloat16"] if b.config.representation_dtype == "float32" else [])]
+    fix = "run under a larger memory limit (SLURM: --mem)" if "cgroup" in source else "free memory"
     return CljaxError(
         f"the run needs about {fmt_bytes(more)} ({more:,} bytes) more host memory, more than {HEADROOM:.0%} of the "
-        f"{fmt_bytes(available)} available: lower --n-repeats, --n-train-per-class, --n-test-per-class, "
+        f"{fmt_bytes(available)} available ({source}): lower --n-repeats, --n-train-per-class, --n-test-per-class, "
         f"--n-subsamples or snapshots (raise --log-frequency), {'use ' + ' or '.join(use) + ', ' if use else ''}"
-        f"{model}or free memory. `cljax plan` shows the parts.")
+        f"{model}or {fix}. `cljax plan` shows the parts.")

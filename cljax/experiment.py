@@ -24,7 +24,7 @@ from cljax.data import load_dataset
 from cljax.data.prepared import check_unchanged, data_identity
 from cljax.devices.distributed import (check_same_run, failures_shared, is_writer, maybe_initialize_distributed,
                                       smallest_over_processes)
-from cljax.devices.memory import host_available_bytes, live_device_bytes, rss_bytes
+from cljax.devices.memory import host_available, live_device_bytes, rss_bytes
 from cljax.devices.mesh import check_repeats, fetch, fetch_owned, put_repeats, shard_repeats
 from cljax.errors import CljaxError
 from cljax.eval_tasks import eval_tasks_of
@@ -123,7 +123,7 @@ def run_experiment(
         program = build_task_program(config, image_shape, paired_models=recorded_pairing(config, found.record))
         budget = Budget.of(config, program, image_shape)
         chunk_tasks = choose_eval_chunk(budget)  # refuses a run whose tasks do not fit the device memory
-        too_large = host_problem(budget, data, chunk_tasks, host_available_bytes())  # nor the host's
+        too_large = host_problem(budget, data, chunk_tasks, host_available())  # nor the host's
         if too_large is not None:
             raise too_large
         # The disk a task needs is known ahead (the planner's exact figures), in whole blocks: its

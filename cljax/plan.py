@@ -21,7 +21,7 @@ from cljax.program import build_task_program
 def make_plan(config: Config, device_bytes: int | None = None) -> dict:
     """Everything ``cljax plan`` prints, as a JSON-ready dict."""
     from cljax.data import load_dataset
-    from cljax.devices.memory import host_available_bytes, rss_bytes
+    from cljax.devices.memory import host_available, rss_bytes
     from cljax.devices.mesh import check_repeats, device_count
     from cljax.tasks import TaskData, make_schedule
 
@@ -72,7 +72,7 @@ def make_plan(config: Config, device_bytes: int | None = None) -> dict:
     else:
         problem = None if fits else does_not_fit(b, budget, n_dev)
     if problem is None:
-        problem = host_problem(b, data, K, host_available_bytes())
+        problem = host_problem(b, data, K, host_available())
     fits = problem is None
 
     files = disk_files_per_task(b, schedule, data.class_names)
@@ -105,7 +105,7 @@ def make_plan(config: Config, device_bytes: int | None = None) -> dict:
         "device_scratch_bytes_estimate": _per_device(scratch, n_dev),
         "host_components": host,
         "host_bytes_estimate": host_bytes,
-        "host_available_bytes_now": host_available_bytes(),
+        **dict(zip(("host_available_bytes_now", "host_available_source"), host_available())),
         # the runtime alone: this process's RSS holds the dataset it loaded, which host_components counts
         "host_runtime_rss_now": max(0, rss_bytes() - host["dataset_in_ram"]),
         "disk_files_per_task": files,
@@ -168,7 +168,9 @@ def format_plan(plan: dict) -> str:
         lines.append(f"  {name:<34} {fmt_bytes(value):>12}")
     cpu_note = (" (on the CPU the device arrays live in host memory: included, twice for XLA's temporaries)"
                 if d["platform"] == "cpu" else "")
-    lines += [f"  {'total':<34} {fmt_bytes(plan['host_bytes_estimate']):>12}{cpu_note}", "", "disk per task:"]
+    lines += [f"  {'total':<34} {fmt_bytes(plan['host_bytes_estimate']):>12}{cpu_note}",
+              f"  {'available now':<34} {fmt_bytes(plan['host_available_bytes_now']):>12} "
+              f"({plan['host_available_source']})", "", "disk per task:"]
     for name, value in plan["disk_files_per_task"].items():
         lines.append(f"  {name:<34} {fmt_bytes(value):>12}")
     lines.append(f"  {'total':<34} {fmt_bytes(plan['disk_bytes_per_task']):>12}")

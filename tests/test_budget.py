@@ -156,9 +156,11 @@ def test_host_problem_counts_what_is_not_loaded_yet_with_headroom(small, tmp_pat
     data = fake_data(tmp_path, 50 * 2**20)  # already loaded: not part of what the run needs more
     more = host_total(small, data, 5) - 50 * 2**20
     assert more > sum(device_components(small, 5).values())
-    assert host_problem(small, data, 5, math.ceil(more / HEADROOM) + 1) is None
-    problem = host_problem(small, data, 5, more)  # all of it available, but not 90%
+    assert host_problem(small, data, 5, (math.ceil(more / HEADROOM) + 1, "the machine's MemAvailable")) is None
+    problem = host_problem(small, data, 5, (more, "the machine's MemAvailable"))  # all of it available, but not 90%
     assert problem is not None and f"({more:,} bytes) more host memory" in str(problem)
+    assert "available (the machine's MemAvailable): lower --n-repeats" in str(problem)
+    assert str(problem).endswith("or free memory. `cljax plan` shows the parts.")
 
 
 def test_host_total_on_the_cpu_holds_the_arrays_twice_and_a_batch_of_activations(tmp_path):

@@ -48,13 +48,13 @@ def test_plan_names_a_host_that_lacks_memory_as_such_and_a_model_s_own_allowance
     # compilation, most of what the host needed (found by the adversarial helper).
     import cljax.devices.memory as memory
 
-    monkeypatch.setattr(memory, "host_available_bytes", lambda: 2 * 2**30)
+    monkeypatch.setattr(memory, "host_available", lambda: (2 * 2**30, "the machine's MemAvailable"))
     plan = ["plan", "--dataset", "fashion_mnist", "--data-dir", str(FASHION_DIR), "--n-repeats", "2", "--results-dir",
             str(tmp_path)]
     rc, out, _ = run_cli([*plan, "--model", "resnet"], capsys)
     assert rc == 2 and "host memory: DOES NOT FIT: the run needs about" in out, out
     assert "--resnet-* settings that make its task programs smaller (compiling them takes 1.7 GiB)" in out, out
-    monkeypatch.setattr(memory, "host_available_bytes", lambda: 1 * 2**30)
+    monkeypatch.setattr(memory, "host_available", lambda: (1 * 2**30, "the machine's MemAvailable"))
     rc, out, _ = run_cli([*plan, "--model", "mlp"], capsys)
     assert rc == 2 and "host memory: DOES NOT FIT" in out and "task programs smaller" not in out, out
 
@@ -105,11 +105,11 @@ def test_a_run_too_large_for_host_memory_is_refused_before_anything_is_deleted(m
     assert need > budget.pb.n_params * 4 * config.n_repeats  # the learner's copy is one of its parts
     run_dir = copy(made, "finished", tmp_path / "r")
     before = state(run_dir)
-    monkeypatch.setattr(experiment, "host_available_bytes", lambda: need // 2)
+    monkeypatch.setattr(experiment, "host_available", lambda: (need // 2, "the machine's MemAvailable"))
     rc, _, err = run_cli(["run", *FLAGS, "--results-dir", str(tmp_path / "r"), "--overwrite"], capsys)
     assert_one_error(rc, err, "more host memory", "cljax plan")
     assert state(run_dir) == before
-    monkeypatch.setattr(experiment, "host_available_bytes", lambda: 2 * need)  # with room, the same command runs
+    monkeypatch.setattr(experiment, "host_available", lambda: (2 * need, "the machine's MemAvailable"))  # with room, the same command runs
     rc, _, err = run_cli(["run", *FLAGS, "--results-dir", str(tmp_path / "r"), "--overwrite"], capsys)
     assert rc == 0, err
 

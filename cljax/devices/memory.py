@@ -6,6 +6,8 @@ import os
 
 import jax
 
+from cljax.devices.cgroup import cgroup_available_bytes
+
 
 def live_device_bytes() -> int:
     """Bytes of the device buffers behind every live JAX array of this process, summed over
@@ -38,6 +40,24 @@ def device_budget() -> tuple[int, str]:
 
 
 def host_available_bytes() -> int:
+    """The host memory this process may still take: :func:`host_available`'s bytes."""
+    return host_available()[0]
+
+
+def host_available() -> tuple[int, str]:
+    """(bytes, where the figure comes from): the machine's available memory, or less where this
+    process's cgroup (a SLURM job's --mem, a container's limit) leaves less room
+    (:mod:`cljax.devices.cgroup`)."""
+    machine, source = _meminfo_available(), "the machine's MemAvailable"
+    if machine is None:
+        machine, source = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), "the machine's free pages"
+    group = cgroup_available_bytes()
+    if group is not None and group[0] < machine:
+        return group[0], f"the memory limit of cgroup {group[1]}"
+    return machine, source
+
+
+def _meminfo_available() -> int | None:
     try:
         with open("/proc/meminfo") as f:
             for line in f:
@@ -45,7 +65,7 @@ def host_available_bytes() -> int:
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return None
 
 
 def rss_bytes() -> int:
