@@ -1,12 +1,14 @@
-"""The host memory a run may take is its cgroup's room where that is less than the machine's
-(a SLURM job's --mem, a container's limit): cljax/devices/cgroup.py, on cgroup trees written
-here in both versions' formats."""
+"""The host memory a run may take, and the cores it may use, are its cgroups' where those allow
+less than the machine's (a SLURM job's --mem, a container's memory limit and CPU quota):
+cljax/cgroup.py, on cgroup trees written here in both versions' formats."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-from cljax.devices import cgroup, memory
+from cljax import cgroup
+from cljax.devices import memory
 
 MiB = 2**20
 
@@ -90,3 +92,33 @@ def test_a_run_larger_than_its_jobs_memory_limit_is_refused_and_plan_names_the_l
     assert err.count("\n") == 0 and f"of the 200.0 MiB available (the memory limit of cgroup {top / 'job'}): " in err
     assert err.endswith("or run under a larger memory limit (SLURM: --mem). `cljax plan` shows the parts."), err
     assert not (tmp_path / "r").exists()
+
+
+def test_a_cpu_quota_caps_the_usable_cores_rounded_up(tmp_path, monkeypatch):
+    # A container held to 4 CPUs of a 64-core machine by a quota counted 64 cores: 64 CPU devices,
+    # 8 analysis workers, 64 preparation workers, all throttled to the quota.
+    from cljax.analysis.workers import AUTO_FOLDERS, worker_count
+    from cljax.host import usable_cores
+
+    top = tmp_path / "sys"
+    _files(top / "kubepods" / "pod1", cpu_max="150000 100000")
+    _files(top / "kubepods" / "pod1" / "ctr", cpu_max="max 100000")
+    _process(monkeypatch, tmp_path, "0::/kubepods/pod1/ctr\n", [("/", str(top), "cgroup2", "rw")])
+    assert cgroup.cgroup_cpus() == 2  # 1.5 CPUs: two threads, throttled
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)))
+    assert usable_cores() == 2
+    _files(top / "kubepods" / "pod1", cpu_max="100000 100000")
+    assert usable_cores() == 1 and worker_count("auto", AUTO_FOLDERS, True) == 1  # one core: no workers
+    _files(top / "kubepods" / "pod1", cpu_max="max 100000")
+    assert cgroup.cgroup_cpus() is None and usable_cores() == 64
+
+    v1 = tmp_path / "cpu"
+    _files(v1 / "docker", cpu_cfs_quota_us="800000", cpu_cfs_period_us="100000")
+    _files(v1 / "docker" / "abc", cpu_cfs_quota_us="400000", cpu_cfs_period_us="100000")
+    _process(monkeypatch, tmp_path, "3:cpu,cpuacct:/docker/abc\n4:memory:/docker/abc\n",
+             [("/", str(v1), "cgroup", "rw,cpu,cpuacct"), ("/", str(tmp_path / "memory"), "cgroup", "rw,memory")])
+    assert cgroup.cgroup_cpus() == 4 and usable_cores() == 4
+    _files(v1 / "docker" / "abc", cpu_cfs_quota_us="-1")
+    assert cgroup.cgroup_cpus() == 8
+    _files(v1 / "docker", cpu_cfs_quota_us="-1")
+    assert cgroup.cgroup_cpus() is None

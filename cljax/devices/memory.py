@@ -6,7 +6,7 @@ import os
 
 import jax
 
-from cljax.devices.cgroup import cgroup_available_bytes
+from cljax.cgroup import cgroup_available_bytes
 
 
 def live_device_bytes() -> int:
@@ -47,7 +47,7 @@ def host_available_bytes() -> int:
 def host_available() -> tuple[int, str]:
     """(bytes, where the figure comes from): the machine's available memory, or less where this
     process's cgroup (a SLURM job's --mem, a container's limit) leaves less room
-    (:mod:`cljax.devices.cgroup`)."""
+    (:mod:`cljax.cgroup`)."""
     machine, source = _meminfo_available(), "the machine's MemAvailable"
     if machine is None:
         machine, source = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), "the machine's free pages"
