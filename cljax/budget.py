@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cljax.config import Config
+from cljax.devices.memory import CGROUP_SOURCE
 from cljax.devices.mesh import repeat_sharding
 from cljax.errors import CljaxError
 from cljax.eval_tasks import eval_slots, eval_tasks_of
@@ -338,7 +339,7 @@ def host_problem(b: Budget, data, chunk: int, available: tuple[int, str]) -> Clj
              f"{fmt_bytes(compiling)}), " if compiling > RUN_EXTRA_HOST_BYTES else "")
     use = [*(["--eval-tasks window:K"] if b.config.eval_tasks in ("all", "seen") else []),
            *(["--representation-dtype bfloat16"] if b.config.representation_dtype == "float32" else [])]
-    fix = "run under a larger memory limit (SLURM: --mem)" if "cgroup" in source else "free memory"
+    fix = "run under a larger memory limit (SLURM: --mem)" if source.startswith(CGROUP_SOURCE) else "free memory"
     return CljaxError(
         f"the run needs about {fmt_bytes(more)} ({more:,} bytes) more host memory, more than {HEADROOM:.0%} of the "
         f"{fmt_bytes(available)} available ({source}): lower --n-repeats, --n-train-per-class, --n-test-per-class, "

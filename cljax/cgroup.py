@@ -36,7 +36,7 @@ def cgroup_cpus() -> int | None:
     """The CPUs the tightest CPU quota of this process's cgroups allows, rounded up (a quota of
     1.5 CPUs runs two threads, throttled); None without a quota."""
     found = _tightest("cpu", _cpu_quota)
-    return None if found is None else max(1, math.ceil(found[0] - 1e-9))
+    return None if found is None else max(1, math.ceil(found[0]))
 
 
 def _tightest(controller: str, read) -> tuple[float, str] | None:

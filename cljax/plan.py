@@ -71,8 +71,9 @@ def make_plan(config: Config, device_bytes: int | None = None) -> dict:
         problem = given_chunk_problem(b, K, budget, n_dev)
     else:
         problem = None if fits else does_not_fit(b, budget, n_dev)
+    available = host_available()  # read once: the problem and the figure printed agree
     if problem is None:
-        problem = host_problem(b, data, K, host_available())
+        problem = host_problem(b, data, K, available)
     fits = problem is None
 
     files = disk_files_per_task(b, schedule, data.class_names)
@@ -105,7 +106,8 @@ def make_plan(config: Config, device_bytes: int | None = None) -> dict:
         "device_scratch_bytes_estimate": _per_device(scratch, n_dev),
         "host_components": host,
         "host_bytes_estimate": host_bytes,
-        **dict(zip(("host_available_bytes_now", "host_available_source"), host_available())),
+        "host_available_bytes_now": available[0],
+        "host_available_source": available[1],
         # the runtime alone: this process's RSS holds the dataset it loaded, which host_components counts
         "host_runtime_rss_now": max(0, rss_bytes() - host["dataset_in_ram"]),
         "disk_files_per_task": files,

@@ -116,6 +116,12 @@ def test_already_prepared_removes_its_own_stale_work_folder_and_names_another(so
     assert "it holds files that are not cljax's (notes.txt)" in _lines(capsys)[1][0]
 
 
+def _assert_same_arrays(out, other) -> None:
+    """The output folder's arrays are byte for byte another preparation's."""
+    for fname in ARRAY_FILES:
+        assert (out / fname).read_bytes() == (other / fname).read_bytes(), fname
+
+
 def _recording(monkeypatch) -> list[str]:
     """The names of the shards processed from now on."""
     real, seen = imagenet.process_shard, []
@@ -145,8 +151,7 @@ def test_a_bad_image_replaced_in_a_parquet_file_resumes_redoing_only_that_files_
     seen = _recording(monkeypatch)
     assert prepare_main(args) == 0
     assert seen == ["train-00002", "test-00000"]
-    for fname in ARRAY_FILES:
-        assert (out / fname).read_bytes() == (prepared / fname).read_bytes(), fname
+    _assert_same_arrays(out, prepared)
 
 
 def test_a_bad_image_removed_from_an_image_folder_resumes_and_a_finished_shard_of_a_changed_file_is_redone(
@@ -165,8 +170,7 @@ def test_a_bad_image_removed_from_an_image_folder_resumes_and_a_finished_shard_o
     assert seen == ["train-00002", "test-00000"]  # train-00000 (ant 00, 01) and train-00001 (ant 02, bee 00) kept
     fresh = tmp_path / "fresh"
     prepare_imagenet(str(root), fresh, workers=1, shard_rows=2, progress=False)
-    for fname in ARRAY_FILES:
-        assert (out / fname).read_bytes() == (fresh / fname).read_bytes(), fname
+    _assert_same_arrays(out, fresh)
 
     # A file of a finished shard removed: that shard and those after it are done again.
     out = tmp_path / "out2"
@@ -180,8 +184,7 @@ def test_a_bad_image_removed_from_an_image_folder_resumes_and_a_finished_shard_o
         f"note: 1 finished shard of {imagenet.work_dir_for(out)} (train-00000) came from source files that changed "
         f"since; it is prepared again, the others kept.")
     prepare_imagenet(str(root), fresh, workers=1, shard_rows=2, overwrite=True, progress=False)
-    for fname in ARRAY_FILES:
-        assert (out / fname).read_bytes() == (fresh / fname).read_bytes(), fname
+    _assert_same_arrays(out, fresh)
 
 
 def _as_an_earlier_cljax_wrote_it(shard) -> None:
@@ -210,8 +213,7 @@ def test_an_image_replaced_in_place_under_its_name_redoes_its_finished_shard(tmp
             f"note: 1 finished shard of {imagenet.work_dir_for(out)} (train-00000) {why}; it is prepared again, the "
             f"others kept.")
         prepare_imagenet(str(root), fresh, workers=1, shard_rows=2, overwrite=True, progress=False)
-        for fname in ARRAY_FILES:
-            assert (out / fname).read_bytes() == (fresh / fname).read_bytes(), fname
+        _assert_same_arrays(out, fresh)
         monkeypatch.undo()
 
 

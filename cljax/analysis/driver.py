@@ -275,7 +275,7 @@ def _caption(R: int, n: int, T: int, plot: str) -> str:
 
 def _run_analyses(selected, ctx: RunContext, dirs, folder: TaskFolder, check, progress: bool) -> list:
     """Each analysis's init, its update on every task folder in order, and its finalize: the Results."""
-    L, R, T = folder.shape
+    _, R, T = folder.shape
     states = {a.name: _call(a, "init", a.init, ctx) for a in selected}
     bar = _progress_bar(len(dirs)) if progress else None
     try:

@@ -8,6 +8,8 @@ import jax
 
 from cljax.cgroup import cgroup_available_bytes
 
+CGROUP_SOURCE = "the memory limit of cgroup"  # host_available's source when a cgroup sets the figure
+
 
 def live_device_bytes() -> int:
     """Bytes of the device buffers behind every live JAX array of this process, summed over
@@ -53,7 +55,7 @@ def host_available() -> tuple[int, str]:
         machine, source = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), "the machine's free pages"
     group = cgroup_available_bytes()
     if group is not None and group[0] < machine:
-        return group[0], f"the memory limit of cgroup {group[1]}"
+        return group[0], f"{CGROUP_SOURCE} {group[1]}"
     return machine, source
 
 
