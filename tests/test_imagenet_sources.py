@@ -411,7 +411,7 @@ def test_splits_without_an_output_go_to_train_or_test_by_name():
         _parse_splits(["val:dev"])
 
 
-def _stopped_after_first_shard(root, out, monkeypatch, shard_rows=2):
+def _stopped_after_first_shard(root, out, monkeypatch, shard_rows=2, **kwargs):
     """Prepare ``root`` into ``out``, ``shard_rows`` images per shard, stopped after the first shard."""
     real = imagenet.process_shard
 
@@ -422,7 +422,7 @@ def _stopped_after_first_shard(root, out, monkeypatch, shard_rows=2):
 
     monkeypatch.setattr(imagenet, "process_shard", crash_after_first)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        prepare_imagenet(str(root), out, workers=1, shard_rows=shard_rows, progress=False)
+        prepare_imagenet(str(root), out, workers=1, shard_rows=shard_rows, progress=False, **kwargs)
     monkeypatch.undo()
     return imagenet.work_dir_for(out) / "train-00000.npz"
 

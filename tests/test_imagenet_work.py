@@ -19,6 +19,7 @@ import pytest
 import cljax.data.imagenet.prepare as imagenet
 from cljax.data.imagenet.out_lock import OutputLock, lock_path_for
 from cljax.data.imagenet.prepare import prepare_imagenet, prepare_main
+from cljax.data.imagenet.shards import DatasetsShard
 from cljax.data.prepared import ARRAY_FILES, load_prepared
 from cljax.errors import CljaxError
 
@@ -203,7 +204,7 @@ def test_an_image_replaced_in_place_under_its_name_redoes_its_finished_shard(tmp
             (tmp_path / "out", lambda shard: (root / "train" / "ant" / "00.png").write_bytes(
                 (root / "train" / "bee" / "02.png").read_bytes()), "came from source files that changed since"),
             (tmp_path / "old", _as_an_earlier_cljax_wrote_it,
-             "came from an earlier cljax, which kept no record of the image files' times of change")):
+             "came from an earlier cljax, which kept no record of its source files' times of change")):
         change(_stopped_after_first_shard(root, out, monkeypatch))
         seen = _recording(monkeypatch)
         capsys.readouterr()
@@ -215,6 +216,41 @@ def test_an_image_replaced_in_place_under_its_name_redoes_its_finished_shard(tmp
         prepare_imagenet(str(root), fresh, workers=1, shard_rows=2, overwrite=True, progress=False)
         _assert_same_arrays(out, fresh)
         monkeypatch.undo()
+
+
+def test_a_parquet_file_replaced_in_place_redoes_its_finished_shard_under_the_datasets_reader(source, tmp_path,
+                                                                                               monkeypatch, capsys):
+    # Read through `datasets`, a shard's identity is the list of the split's files: a finished
+    # shard whose file was re-exported under the same name was kept, mixing the old file's rows in.
+    root = tmp_path / "src"
+    shutil.copytree(source["root"], root)
+    first = root / "data" / "train-00000-of-00002.parquet"
+    fresh = tmp_path / "fresh"
+    for out, change, why in (
+            (tmp_path / "out", lambda shard: write_parquet(first, source["train"][6::-1], source["train_labels"][6::-1]),
+             "came from source files that changed since"),
+            (tmp_path / "old", _as_an_earlier_cljax_wrote_it,
+             "came from an earlier cljax, which kept no record of its source files' times of change")):
+        change(_stopped_after_first_shard(root, out, monkeypatch, reader="datasets"))
+        seen = _recording(monkeypatch)
+        capsys.readouterr()
+        prepare_imagenet(str(root), out, workers=1, reader="datasets", progress=False)
+        assert seen == ["train-00000", "train-00001", "test-00000"]
+        assert capsys.readouterr().err.splitlines()[0] == (
+            f"note: 1 finished shard of {imagenet.work_dir_for(out)} (train-00000) {why}; it is prepared again, the "
+            f"others kept.")
+        prepare_imagenet(str(root), fresh, workers=1, reader="datasets", overwrite=True, progress=False)
+        _assert_same_arrays(out, fresh)
+        monkeypatch.undo()
+    # Unchanged files: a resume keeps the finished shard. A hub dataset's shards record no files.
+    out = tmp_path / "kept"
+    _stopped_after_first_shard(root, out, monkeypatch, reader="datasets")
+    seen = _recording(monkeypatch)
+    prepare_imagenet(str(root), out, workers=1, reader="datasets", progress=False)
+    assert seen == ["train-00001", "test-00000"]
+    hub = DatasetsShard("train-00000", "train", "train", None, json.dumps({"path": "ILSVRC/imagenet-1k"}), 0, 294,
+                        "image", "label")
+    assert hub.source_files() == ()
 
 
 def test_a_resume_made_otherwise_says_what_differs(tmp_path, monkeypatch):

@@ -26,7 +26,7 @@ import numpy as np
 from cljax.data.imagenet.assemble import assemble, npz_rows
 from cljax.data.imagenet.decode import DRAFT_FACTOR, RESAMPLE_FILTERS, SIZE, _pil_filter, image_to_gray
 from cljax.data.imagenet.recorded import check_redo_allowed, check_same_preparation
-from cljax.data.imagenet.shards import DatasetsShard, FilesShard, Shard, check_label
+from cljax.data.imagenet.shards import DatasetsShard, FilesShard, Shard, check_label, files_stamp
 from cljax.data.imagenet.out_lock import OutputLock
 from cljax.data.imagenet.out_place import check_not_mount_point, output_folder
 from cljax.data.imagenet.sources import DEFAULT_SHARD_ROWS, OUTPUT_SPLITS, plan_source
@@ -57,7 +57,7 @@ def process_shard(shard: Shard, work_dir: str, size: int, resample: str, tick=No
 
     images, labels = [], []
     pending = 0
-    stamp = shard.stamp() if isinstance(shard, FilesShard) else None  # before any image is read
+    stamp = files_stamp(shard.source_files())  # before any image is read
     for blob, label, where in shard.rows():
         check_label(label, where, shard.source_split, n_classes)
         try:

@@ -69,6 +69,9 @@ class ParquetShard:
         except (OSError, pa.ArrowException) as exc:
             raise CljaxError(f"cannot read {self.path} ({type(exc).__name__}: {exc}); re-download or remove this file.") from None
 
+    def source_files(self) -> tuple[str, ...]:
+        return ()  # its identity holds its file's size and time of change, taken when planned
+
 
 # The largest class id the prepared folder's int32 labels can hold.
 MAX_CLASS_ID = int(np.iinfo(np.int32).max)
@@ -130,6 +133,16 @@ class DatasetsShard:
                 blob = path
             yield blob, class_id(example[self.label_column], where), where
 
+    def source_files(self) -> tuple[str, ...]:
+        """The local parquet file this shard reads (none for a hub dataset, whose files are the
+        hub's). `datasets` makes each file of a split one shard, in the order of its data_files;
+        were it to split them otherwise, this is all of the split's files."""
+        args = json.loads(self.load_args)
+        if args.get("path") != "parquet":
+            return ()
+        files = args["data_files"][self.source_split]
+        return (files[self.index],) if len(files) == self.num_shards else tuple(files)
+
 
 @dataclass(frozen=True)
 class FilesShard:
@@ -145,21 +158,27 @@ class FilesShard:
         for path, label in self.files:
             yield path, label, path
 
-    def stamp(self) -> str | None:
-        """Each file's size and time of change, hashed (None when one cannot be read): saved with
-        the shard when its work begins, so that a resume redoes a shard one of whose images was
-        replaced in place under the same name since (work.py)."""
-        digest = hashlib.sha256()
-        for path, _ in self.files:
-            try:
-                st = os.stat(path)
-            except OSError:
-                return None
-            digest.update(f"{st.st_size} {st.st_mtime_ns}\n".encode())
-        return digest.hexdigest()
+    def source_files(self) -> tuple[str, ...]:
+        return tuple(path for path, _ in self.files)
 
 
 Shard = ParquetShard | DatasetsShard | FilesShard
+
+
+def files_stamp(paths: tuple[str, ...]) -> str | None:
+    """The sizes and times of change of a shard's `source_files`, hashed (None when it has none,
+    or one cannot be read): saved with the shard when its work begins, so that a resume redoes
+    a shard one of whose files was replaced in place under the same name since (work.py)."""
+    if not paths:
+        return None
+    digest = hashlib.sha256()
+    for path in paths:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        digest.update(f"{st.st_size} {st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True)

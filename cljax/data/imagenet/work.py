@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 
 from cljax.data.imagenet.recorded import as_flag
-from cljax.data.imagenet.shards import DatasetsShard, FilesShard, Plan, Shard
+from cljax.data.imagenet.shards import DatasetsShard, Plan, Shard, files_stamp
 from cljax.errors import CljaxError
 
 PLAN_FILE = "plan.json"
-SOURCE_STAMP = "source_stamp"  # a shard of image files: its files' sizes and times of change (FilesShard.stamp)
+SOURCE_STAMP = "source_stamp"  # its source files' sizes and times of change (shards.files_stamp)
 _OWN_FILE = re.compile(r"^(plan\.json|\.plan\.json\.tmp|[a-z]+-\d{5}\.npz|\.[a-z]+-\d{5}\.npz\.tmp-\d+)$")
 
 
@@ -56,8 +56,8 @@ def open_work_dir(work: Path, record: dict, log, shards: tuple[Shard, ...] = ())
     """Create OUT.partial with `record` (`work_record`), or open the one there for a resume: made
     otherwise (source, splits, a setting, the classes) it is refused in one line saying what
     differs; a shard done from a source file that changed since (a bad image replaced or
-    removed; for the image files of ``shards``, one replaced in place under its name) is
-    deleted, to be done again, and the others are kept."""
+    removed; for the image files and the parquet files read through `datasets` of ``shards``,
+    one replaced in place under its name) is deleted, to be done again, and the others are kept."""
     if not work.exists():
         work.mkdir(parents=True)
         _write_record(work, record)
@@ -81,9 +81,9 @@ def open_work_dir(work: Path, record: dict, log, shards: tuple[Shard, ...] = ())
     changed = {name for name, identity in record["shards"].items()
                if name in done and recorded["shards"].get(name) != identity}
     files = {s.name: _files_changed(work / f"{s.name}.npz", s) for s in shards
-             if isinstance(s, FilesShard) and s.name in done - changed}
+             if s.name in done - changed and s.source_files()}
     for why, names in (("came from source files that changed since", changed | {n for n, c in files.items() if c}),
-                       ("came from an earlier cljax, which kept no record of the image files' times of change",
+                       ("came from an earlier cljax, which kept no record of its source files' times of change",
                         {n for n, c in files.items() if c is None})):
         names = sorted(names)
         for name in names:  # before the record says otherwise: a crash in between redoes them again
@@ -96,8 +96,8 @@ def open_work_dir(work: Path, record: dict, log, shards: tuple[Shard, ...] = ())
         _write_record(work, record)
 
 
-def _files_changed(path: Path, shard: FilesShard) -> bool | None:
-    """Whether the image files of a finished shard changed since its work began; None when the
+def _files_changed(path: Path, shard: Shard) -> bool | None:
+    """Whether the source files of a finished shard changed since its work began; None when the
     shard holds no record of them (an earlier cljax's). A shard file that cannot be read is
     left (False) to the assembly, which names it."""
     try:
@@ -107,7 +107,7 @@ def _files_changed(path: Path, shard: FilesShard) -> bool | None:
             recorded = str(z[SOURCE_STAMP])
     except (OSError, ValueError, EOFError, zipfile.BadZipFile):
         return False
-    return recorded != shard.stamp()
+    return recorded != files_stamp(shard.source_files())
 
 
 def remove_finished_work(work: Path, log) -> None:
