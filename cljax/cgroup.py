@@ -8,12 +8,12 @@ tasks kept). A container held to 4 CPUs of a 64-core machine by a quota (not by 
 the CPU affinity already shows) was counted 64 cores: 64 CPU devices, 8 analysis workers,
 64 preparation workers, all throttled to the quota.
 
-Both cgroup versions are read: v2 (one hierarchy: ``memory.max``, ``cpu.max``) and v1 (each
-controller's own: ``memory.limit_in_bytes``, ``cpu.cfs_quota_us``). The process's cgroup and
-every cgroup above it up to the mount's root are looked at, since SLURM limits the job and puts
-its processes in the job's step cgroups below it; the tightest level is the answer. A level's
-memory room is its limit less its usage, where the usage leaves out the inactive page cache
-the kernel reclaims before it kills (``inactive_file``).
+Both cgroup versions are read: v2 (one hierarchy: ``memory.max`` and ``memory.high``,
+``cpu.max``) and v1 (each controller's own: ``memory.limit_in_bytes``, ``cpu.cfs_quota_us``).
+The process's cgroup and every cgroup above it up to the mount's root are looked at, since
+SLURM limits the job and puts its processes in the job's step cgroups below it; the tightest
+level is the answer. A level's memory room is its limit less its usage, where the usage leaves
+out the inactive page cache the kernel reclaims before it kills (``inactive_file``).
 """
 
 from __future__ import annotations
@@ -89,22 +89,32 @@ def _folders(memberships: list[str], mounts: list[str], controller: str):
 
 
 def _memory_room(level: Path, version: int) -> int | None:
-    """Limit less usage (less its inactive page cache) at one cgroup folder; None without a limit."""
-    names = ("memory.max", "memory.current", "inactive_file") if version == 2 else \
-        ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file")
+    """Limit less usage (less its inactive page cache) at one cgroup folder; None without a limit.
+    v2's limit is the lower of ``memory.max`` (past it the OOM killer) and ``memory.high`` (past it
+    the kernel throttles the group and reclaims hard: a run there crawls)."""
     try:
-        limit = (level / names[0]).read_text().strip()
-        if limit == "max" or int(limit) >= UNLIMITED:
+        if version == 2:
+            high = level / "memory.high"
+            limit = min(_limit(level / "memory.max"), _limit(high) if high.exists() else UNLIMITED)
+        else:
+            limit = _limit(level / "memory.limit_in_bytes")
+        if limit >= UNLIMITED:
             return None
-        usage = int((level / names[1]).read_text())
-        inactive = 0
+        usage = int((level / ("memory.current" if version == 2 else "memory.usage_in_bytes")).read_text())
+        inactive, key = 0, "inactive_file" if version == 2 else "total_inactive_file"
         for line in (level / "memory.stat").read_text().splitlines():
-            key, _, value = line.partition(" ")
-            if key == names[2]:
+            name, _, value = line.partition(" ")
+            if name == key:
                 inactive = int(value)
     except (OSError, ValueError):
         return None
-    return max(int(limit) - max(usage - inactive, 0), 0)
+    return max(limit - max(usage - inactive, 0), 0)
+
+
+def _limit(path: Path) -> int:
+    """A memory limit file's bytes, v2's "max" (no limit) as UNLIMITED."""
+    text = path.read_text().strip()
+    return UNLIMITED if text == "max" else int(text)
 
 
 def _cpu_quota(level: Path, version: int) -> float | None:

@@ -43,6 +43,14 @@ def test_a_slurm_jobs_limit_above_its_step_is_the_room_less_the_usage_but_its_re
     assert memory.host_available_bytes() == 550 * MiB
     monkeypatch.setattr(memory, "_meminfo_available", lambda: 100 * MiB)  # the machine has less: it says so
     assert memory.host_available() == (100 * MiB, "the machine's MemAvailable")
+    # memory.high (systemd's MemoryHigh, Kubernetes' memory QoS) below memory.max: past it the
+    # kernel throttles the job, so it is the limit; "max" is none.
+    _files(job, memory_high=str(800 * MiB))
+    assert cgroup.cgroup_available_bytes() == (350 * MiB, str(job))  # 800 - (600 - 150)
+    _files(job, memory_max="max")
+    assert cgroup.cgroup_available_bytes() == (350 * MiB, str(job))
+    _files(job, memory_high="max")
+    assert cgroup.cgroup_available_bytes() is None
 
 
 def test_v1_takes_the_tightest_level_and_reads_no_limit_as_none(tmp_path, monkeypatch):
