@@ -64,7 +64,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cljax.analysis.glue_solver import MAX_ITER, TOL, _qp_anchors
+from cljax.analysis.glue_solver import MAX_ITER, TOL, _qp_anchors, one_probe_at_a_time
 from cljax.analysis.order import after  # each decomposition waits for the one before it
 
 # The default number of Gaussian probes (y, t) of every GLUE call: the library, the driver, the CLI.
@@ -129,11 +129,11 @@ def _mean_offdiag_abs_cos(A, B, zero_below):
     return jnp.sum(jnp.abs(cos) * off) / jnp.maximum(P * (P - 1), 1)
 
 
-def _geometry(X_PMN, t_KN, y_KP, *, center: bool, max_iter: int, tol: float):
+def _geometry(X_PMN, t_KN, y_KP, *, center: bool, max_iter: int, tol: float, sequential: bool):
     """GLUE on one set of manifolds (P, M, N) with probes t (n_t, N) and dichotomies y (n_t, P)."""
     P, M, N = X_PMN.shape
     dtype = X_PMN.dtype
-    qp = _qp_anchors(X_PMN, t_KN, y_KP, center=center, max_iter=max_iter, tol=tol)
+    qp = _qp_anchors(X_PMN, t_KN, y_KP, center=center, max_iter=max_iter, tol=tol, sequential=sequential)
     X_PMN, S_nPN = qp["points"], qp["anchors"]
 
     # Capacity from the QP value ||v* - t||^2 = ||t||^2 - ||v*||^2 (v* is the projection of t on a
@@ -192,12 +192,13 @@ def _geometry(X_PMN, t_KN, y_KP, *, center: bool, max_iter: int, tol: float):
     }
 
 
-_STATIC = ("center", "max_iter", "tol", "batch_chunk")
+_STATIC = ("center", "max_iter", "tol", "batch_chunk", "sequential")
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
-def _geometry_batched(X_BPMN, t_KN, y_KP, center, max_iter, tol, batch_chunk):
-    one = jax.vmap(functools.partial(_geometry, t_KN=t_KN, y_KP=y_KP, center=center, max_iter=max_iter, tol=tol))
+def _geometry_batched(X_BPMN, t_KN, y_KP, center, max_iter, tol, batch_chunk, sequential=False):
+    one = jax.vmap(functools.partial(_geometry, t_KN=t_KN, y_KP=y_KP, center=center, max_iter=max_iter, tol=tol,
+                                     sequential=sequential))
     # A loop over chunks of the batch (vmapped within a chunk) bounds the memory for many tasks.
     # What is left after the whole chunks is solved after them, not beside them (lax.map's
     # batch_size would run the two at once: two LAPACK kernels in flight, cljax/analysis/order.py).
@@ -229,12 +230,17 @@ def unsolvable(manifolds, center: bool = True) -> tuple[np.ndarray, np.ndarray]:
 
 def glue_geometry(
     manifolds, probes, dichotomies, center: bool = True, max_iter: int = MAX_ITER, tol: float = TOL,
-    batch_chunk: int = 8,
+    batch_chunk: int | None = None, sequential: bool | None = None,
 ) -> dict[str, np.ndarray]:
     """:func:`glue_analysis` for given probes t (n, N) and dichotomies y (n, P); manifolds
     (..., P, M, N) with any leading axes (``batch_chunk`` of them solved at once, all sharing the
     probes). Returns float64 arrays of shape (...); NaN in every one of them for a batch element
-    that :func:`unsolvable` names (non-finite, or points that do not vary), which is not solved."""
+    that :func:`unsolvable` names (non-finite, or points that do not vary), which is not solved.
+    ``sequential``: the probes' QPs one after another, or vmapped (default: the backend's,
+    :func:`~cljax.analysis.glue_solver.one_probe_at_a_time`); ``batch_chunk`` defaults to 1 for
+    the first and 8 for the second."""
+    sequential = one_probe_at_a_time() if sequential is None else bool(sequential)
+    batch_chunk = (1 if sequential else 8) if batch_chunk is None else batch_chunk
     shape = np.shape(manifolds)
     if len(shape) < 3:
         raise ValueError(f"manifolds must be (..., P, M, N), got shape {shape}")
@@ -249,10 +255,10 @@ def glue_geometry(
         X = jnp.asarray(X_np[finite] if not finite.all() else X_np)
         if X.shape[0] == 0:
             names = jax.eval_shape(lambda: _geometry_batched(jnp.zeros((1, P, M, N)), t, y, bool(center), int(max_iter),
-                                                             float(tol), 1))
+                                                             float(tol), 1, sequential))
             return {k: np.full(batch_shape, np.nan) for k in names}
         chunk = max(1, min(int(batch_chunk), X.shape[0]))
-        out = _geometry_batched(X, t, y, bool(center), int(max_iter), float(tol), chunk)
+        out = _geometry_batched(X, t, y, bool(center), int(max_iter), float(tol), chunk, sequential)
     if finite.all():
         return {k: np.asarray(v).reshape(batch_shape) for k, v in out.items()}
     filled = {k: np.full(finite.shape, np.nan) for k in out}
@@ -291,7 +297,7 @@ def glue_analysis(
     center: bool = True,
     max_iter: int = MAX_ITER,
     tol: float = TOL,
-    batch_chunk: int = 8,
+    batch_chunk: int | None = None,
 ) -> dict[str, np.ndarray]:
     """Manifold capacity and GLUE geometry of P manifolds, batched over leading axes.
 
@@ -307,7 +313,8 @@ def glue_analysis(
       dichotomies: ``"random"``, ``"task"`` or an array, see :func:`make_dichotomies`.
       center: subtract the mean of all points of all manifolds first (Cohen et al. 2020).
       max_iter, tol: interior-point steps and the scaled KKT tolerance (:mod:`cljax.analysis.glue_solver`).
-      batch_chunk: how many batch elements are solved at once (memory bound).
+      batch_chunk: how many batch elements are solved at once (memory bound; default: the
+        backend's, :func:`glue_geometry`).
 
     Returns:
       numpy arrays of shape (...): ``capacity`` (alpha = P / E||v* - t||^2),

@@ -9,9 +9,10 @@ Solver. The dual NNLS is solved in JAX by a primal-dual interior-point method (M
 predictor-corrector; Newton steps through an N x N Cholesky factor via the Woodbury identity, so
 a step costs O(K N^2) for K points in N dimensions) on row-normalised points (the cone, hence v*,
 is unchanged by rescaling each point), in float64 (inside ``jax.enable_x64``; the caller's
-setting is untouched), vmapped over probes and over chunks of any leading batch axes (tasks,
-repeats). It stops when the scaled KKT error max(lambda.z / K, ||A v - z||_inf) / (1 + ||t||)
-<= ``tol`` (``TOL``) or after ``max_iter`` (``MAX_ITER``) steps; the final error and the
+setting is untouched). The probes are vmapped on an accelerator and solved one after another on
+the CPU (:func:`one_probe_at_a_time`); any leading batch axes (tasks, repeats) go in chunks. It
+stops when the scaled KKT error max(lambda.z / K, ||A v - z||_inf) / (1 + ||t||) <= ``tol``
+(``TOL``) or after ``max_iter`` (``MAX_ITER``) steps; the final error and the
 fraction of probes that converged are returned. ||v* - t||^2 is read as ||t||^2 - ||v*||^2 (v*
 is orthogonal to v* - t), the dual objective, whose error is second order. Its measured accuracy
 against an active-set NNLS, its step counts and the size of the Monte-Carlo error beside it are
@@ -93,8 +94,9 @@ def _solve_dual(A_KN, t_N, max_iter: int, tol: float):
 
 
 
-def _qp_anchors(X_PMN, t_KN, y_KP, *, center: bool, max_iter: int, tol: float):
-    """Solve the QP for every probe and read off the anchor points (anchors: :mod:`cljax.analysis.glue` docstring)."""
+def _qp_anchors(X_PMN, t_KN, y_KP, *, center: bool, max_iter: int, tol: float, sequential: bool = False):
+    """Solve the QP for every probe and read off the anchor points (anchors: :mod:`cljax.analysis.glue`
+    docstring); the probes vmapped, or one after another with ``sequential`` (:func:`one_probe_at_a_time`)."""
     P, M, N = X_PMN.shape
     if center:
         X_PMN = X_PMN - jnp.mean(X_PMN, axis=(0, 1))
@@ -105,7 +107,13 @@ def _qp_anchors(X_PMN, t_KN, y_KP, *, center: bool, max_iter: int, tol: float):
     sign_nK = jnp.repeat(y_KP, M, axis=1)
 
     solve = functools.partial(_solve_dual, max_iter=max_iter, tol=tol)
-    lam_nK, v_nN, res_n, it_n = jax.vmap(lambda sign_K, t_N: solve(sign_K[:, None] * Xn_KN, t_N))(sign_nK, t_KN)
+
+    def one(probe):
+        sign_K, t_N = probe
+        return solve(sign_K[:, None] * Xn_KN, t_N)
+
+    probes = (sign_nK, t_KN)
+    lam_nK, v_nN, res_n, it_n = jax.lax.map(one, probes) if sequential else jax.vmap(one)(probes)
 
     # Interior-point iterates keep every multiplier positive: a point is active when its
     # multiplier exceeds its margin (the ratio tends to infinity on the active set, to 0 off it);
@@ -132,9 +140,18 @@ def _qp_anchors(X_PMN, t_KN, y_KP, *, center: bool, max_iter: int, tol: float):
 
 
 
-@functools.partial(jax.jit, static_argnames=("center", "max_iter", "tol"))
-def _qp_anchors_jit(X_PMN, t_KN, y_KP, center, max_iter, tol):
-    return _qp_anchors(X_PMN, t_KN, y_KP, center=center, max_iter=max_iter, tol=tol)
+def one_probe_at_a_time() -> bool:
+    """The solver's lowering on the default backend: on the CPU each probe's QP is solved on its
+    own, one after another (``lax.map``); on an accelerator the probes are vmapped, which it needs
+    to be busy. On the CPU the vmapped loop is the slower: it runs every probe of the batch to the
+    step count of the slowest one (most stop in 8-35 steps, a few take 100), and XLA:CPU's batched
+    small products and LAPACK kernels take longer per matrix than single ones (docs/benchmark.md)."""
+    return jax.default_backend() == "cpu"
+
+
+@functools.partial(jax.jit, static_argnames=("center", "max_iter", "tol", "sequential"))
+def _qp_anchors_jit(X_PMN, t_KN, y_KP, center, max_iter, tol, sequential):
+    return _qp_anchors(X_PMN, t_KN, y_KP, center=center, max_iter=max_iter, tol=tol, sequential=sequential)
 
 
 def solve_anchor_qp(
@@ -152,6 +169,6 @@ def solve_anchor_qp(
         X = jnp.asarray(manifolds, jnp.float64)
         t = jnp.asarray(probes, jnp.float64)
         y = jnp.asarray(dichotomies, jnp.float64)
-        out = _qp_anchors_jit(X, t, y, bool(center), int(max_iter), float(tol))
+        out = _qp_anchors_jit(X, t, y, bool(center), int(max_iter), float(tol), one_probe_at_a_time())
         return {k: np.asarray(v) for k, v in out.items()}
 
