@@ -236,22 +236,30 @@ def test_batched_equals_single_calls():
             np.testing.assert_allclose(alone[key], batched[key][r, j], rtol=1e-9, atol=1e-12)
 
 
-def test_the_probes_one_after_another_give_what_the_vmapped_probes_give():
-    # The CPU's lowering (each probe's QP alone, lax.map) against the accelerator's (vmapped), on
-    # groupings where every probe converges: the same solution up to rounding. Both solve the
-    # direct (K <= N) and the Woodbury (K > N) Newton step here.
-    from cljax.analysis.glue_solver import one_probe_at_a_time
+def test_the_probes_one_at_a_time_or_in_chunks_give_what_the_vmapped_probes_give():
+    # The CPU's lowerings (each probe's QP alone, or a few at a time, in a loop) against the
+    # accelerator's (all vmapped), on groupings where every probe converges: the same solution up
+    # to rounding. Both solve the direct (K <= N) and the Woodbury (K > N) Newton step here; 20
+    # at a time leaves a remainder of 8 probes.
+    from cljax.analysis.glue_solver import probes_at_once
 
     rng = np.random.default_rng(11)
     for P, M, N in ((2, 8, 24), (6, 8, 12)):
         X = rng.standard_normal((3, P, 1, N)) + 0.3 * rng.standard_normal((3, P, M, N))
         t = rng.standard_normal((48, N))
         y = np.where(rng.standard_normal((48, P)) > 0, 1.0, -1.0)
-        one, both = (glue_geometry(X, t, y, sequential=s, batch_chunk=2) for s in (True, False))
-        assert np.all(one["converged_fraction"] == 1) and np.all(both["converged_fraction"] == 1)
-        for key in ("capacity", "dimension", "radius", "axis_alignment", "center_axis_alignment"):
-            np.testing.assert_allclose(one[key], both[key], rtol=1e-9, atol=1e-12, err_msg=key)
-    assert one_probe_at_a_time() == (jax.default_backend() == "cpu")
+        vmapped = glue_geometry(X, t, y, probe_chunk=48, batch_chunk=2)
+        assert np.all(vmapped["converged_fraction"] == 1)
+        for chunk in (1, 20):
+            looped = glue_geometry(X, t, y, probe_chunk=chunk, batch_chunk=2)
+            for key in ("capacity", "dimension", "radius", "axis_alignment", "center_axis_alignment", "max_iterations"):
+                np.testing.assert_allclose(looped[key], vmapped[key], rtol=1e-9, atol=1e-12, err_msg=key)
+    # The CPU's choice: one at a time for a large Newton step, 64 for a small one, never more
+    # than the probes; an accelerator vmaps them all.
+    cpu = jax.default_backend() == "cpu"
+    assert probes_at_once(64, 64, 256) == (1 if cpu else 256)
+    assert probes_at_once(4, 16, 256) == (64 if cpu else 256)
+    assert probes_at_once(4, 16, 10) == 10
 
 
 def test_the_compiled_geometry_grows_linearly_with_the_representation_width():

@@ -29,18 +29,18 @@ def test_the_checker_finds_two_independent_decompositions():
     assert unordered_lapack_pairs(chained) == []
 
 
-@pytest.mark.parametrize("sequential", [False, True], ids=["vmapped", "sequential"])
+@pytest.mark.parametrize("probe_chunk", [None, 1, 12], ids=["vmapped", "one", "chunks"])
 @pytest.mark.parametrize("B, P, M, chunk", [(5, 4, 8, 2), (3, 2, 4, 2), (4, 2, 4, 4)])
-def test_glue_runs_one_lapack_kernel_at_a_time(B, P, M, chunk, sequential):
+def test_glue_runs_one_lapack_kernel_at_a_time(B, P, M, chunk, probe_chunk):
     # K = P * M points against N = 16: 32 > N takes the Woodbury step, 8 <= N the direct one; B not
-    # a multiple of the chunk leaves a remainder, solved after the whole chunks. Both lowerings of
-    # the probes: vmapped (an accelerator's) and one after another (the CPU's).
+    # a multiple of the chunk leaves a remainder, solved after the whole chunks. The probes all
+    # vmapped (an accelerator's), one at a time, or 12 at a time and a remainder of 8 (the CPU's).
     rng = np.random.default_rng(0)
     with jax.enable_x64(True):
         X = jnp.asarray(rng.normal(size=(B, P, M, 16)))
         t = jnp.asarray(rng.normal(size=(32, 16)))
         y = jnp.where(jnp.asarray(rng.normal(size=(32, P))) > 0, 1.0, -1.0)
-        hlo = glue._geometry_batched.lower(X, t, y, True, 50, 1e-8, chunk, sequential).compile().as_text()
+        hlo = glue._geometry_batched.lower(X, t, y, True, 50, 1e-8, chunk, probe_chunk).compile().as_text()
     if LAPACK not in hlo:
         pytest.skip("no LAPACK kernels in this backend's program (the wait is jaxlib's CPU one)")
     assert hlo.count(LAPACK) >= 8  # the QP's Cholesky factor and solves, two SVDs, two eigvalsh

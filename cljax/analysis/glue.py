@@ -64,8 +64,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cljax.analysis.glue_solver import MAX_ITER, TOL, _qp_anchors, one_probe_at_a_time
-from cljax.analysis.order import after  # each decomposition waits for the one before it
+from cljax.analysis.glue_solver import MAX_ITER, TOL, _qp_anchors, probes_at_once
+from cljax.analysis.order import after, map_in_chunks  # each decomposition waits for the one before it
 
 # The default number of Gaussian probes (y, t) of every GLUE call: the library, the driver, the CLI.
 N_PROBES = 256
@@ -129,11 +129,11 @@ def _mean_offdiag_abs_cos(A, B, zero_below):
     return jnp.sum(jnp.abs(cos) * off) / jnp.maximum(P * (P - 1), 1)
 
 
-def _geometry(X_PMN, t_KN, y_KP, *, center: bool, max_iter: int, tol: float, sequential: bool):
+def _geometry(X_PMN, t_KN, y_KP, *, center: bool, max_iter: int, tol: float, probe_chunk: int | None):
     """GLUE on one set of manifolds (P, M, N) with probes t (n_t, N) and dichotomies y (n_t, P)."""
     P, M, N = X_PMN.shape
     dtype = X_PMN.dtype
-    qp = _qp_anchors(X_PMN, t_KN, y_KP, center=center, max_iter=max_iter, tol=tol, sequential=sequential)
+    qp = _qp_anchors(X_PMN, t_KN, y_KP, center=center, max_iter=max_iter, tol=tol, probe_chunk=probe_chunk)
     X_PMN, S_nPN = qp["points"], qp["anchors"]
 
     # Capacity from the QP value ||v* - t||^2 = ||t||^2 - ||v*||^2 (v* is the projection of t on a
@@ -192,25 +192,15 @@ def _geometry(X_PMN, t_KN, y_KP, *, center: bool, max_iter: int, tol: float, seq
     }
 
 
-_STATIC = ("center", "max_iter", "tol", "batch_chunk", "sequential")
+_STATIC = ("center", "max_iter", "tol", "batch_chunk", "probe_chunk")
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
-def _geometry_batched(X_BPMN, t_KN, y_KP, center, max_iter, tol, batch_chunk, sequential=False):
-    one = jax.vmap(functools.partial(_geometry, t_KN=t_KN, y_KP=y_KP, center=center, max_iter=max_iter, tol=tol,
-                                     sequential=sequential))
-    # A loop over chunks of the batch (vmapped within a chunk) bounds the memory for many tasks.
-    # What is left after the whole chunks is solved after them, not beside them (lax.map's
-    # batch_size would run the two at once: two LAPACK kernels in flight, cljax/analysis/order.py).
-    B = X_BPMN.shape[0]
-    whole = B - B % batch_chunk
-    parts = []
-    if whole:
-        out = jax.lax.map(one, X_BPMN[:whole].reshape(whole // batch_chunk, batch_chunk, *X_BPMN.shape[1:]))
-        parts.append(jax.tree.map(lambda a: a.reshape(whole, *a.shape[2:]), out))
-    if whole < B:
-        parts.append(one(after(parts, X_BPMN[whole:])))
-    return jax.tree.map(lambda *a: jnp.concatenate(a), *parts) if len(parts) > 1 else parts[0]
+def _geometry_batched(X_BPMN, t_KN, y_KP, center, max_iter, tol, batch_chunk, probe_chunk=None):
+    # Chunks of the batch (vmapped within a chunk) bound the memory for many tasks.
+    one = functools.partial(_geometry, t_KN=t_KN, y_KP=y_KP, center=center, max_iter=max_iter, tol=tol,
+                            probe_chunk=probe_chunk)
+    return map_in_chunks(one, X_BPMN, batch_chunk)
 
 
 def unsolvable(manifolds, center: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -230,21 +220,23 @@ def unsolvable(manifolds, center: bool = True) -> tuple[np.ndarray, np.ndarray]:
 
 def glue_geometry(
     manifolds, probes, dichotomies, center: bool = True, max_iter: int = MAX_ITER, tol: float = TOL,
-    batch_chunk: int | None = None, sequential: bool | None = None,
+    batch_chunk: int | None = None, probe_chunk: int | None = None,
 ) -> dict[str, np.ndarray]:
     """:func:`glue_analysis` for given probes t (n, N) and dichotomies y (n, P); manifolds
     (..., P, M, N) with any leading axes (``batch_chunk`` of them solved at once, all sharing the
     probes). Returns float64 arrays of shape (...); NaN in every one of them for a batch element
     that :func:`unsolvable` names (non-finite, or points that do not vary), which is not solved.
-    ``sequential``: the probes' QPs one after another, or vmapped (default: the backend's,
-    :func:`~cljax.analysis.glue_solver.one_probe_at_a_time`); ``batch_chunk`` defaults to 1 for
-    the first and 8 for the second."""
-    sequential = one_probe_at_a_time() if sequential is None else bool(sequential)
-    batch_chunk = (1 if sequential else 8) if batch_chunk is None else batch_chunk
+    ``probe_chunk``: how many probes' QPs are vmapped together (default: the backend's and the
+    problem size's, :func:`~cljax.analysis.glue_solver.probes_at_once`); ``batch_chunk``
+    defaults to 8 when all of them are, else to 1."""
     shape = np.shape(manifolds)
     if len(shape) < 3:
         raise ValueError(f"manifolds must be (..., P, M, N), got shape {shape}")
     batch_shape, (P, M, N) = shape[:-3], shape[-3:]
+    n_probes = np.shape(probes)[0] if np.ndim(probes) else 1  # (a wrong shape is refused below)
+    probe_chunk = probes_at_once(P * M, N, n_probes) if probe_chunk is None else max(1, min(int(probe_chunk), n_probes))
+    batch_chunk = (8 if probe_chunk == n_probes else 1) if batch_chunk is None else batch_chunk
+    probe_chunk = None if probe_chunk == n_probes else probe_chunk  # all at once: one vmap
     X_np = np.asarray(manifolds, np.float64).reshape((-1, P, M, N))
     finite = ~np.logical_or(*unsolvable(X_np, center))  # the groupings that are solved
     with jax.enable_x64(True):
@@ -255,10 +247,10 @@ def glue_geometry(
         X = jnp.asarray(X_np[finite] if not finite.all() else X_np)
         if X.shape[0] == 0:
             names = jax.eval_shape(lambda: _geometry_batched(jnp.zeros((1, P, M, N)), t, y, bool(center), int(max_iter),
-                                                             float(tol), 1, sequential))
+                                                             float(tol), 1, probe_chunk))
             return {k: np.full(batch_shape, np.nan) for k in names}
         chunk = max(1, min(int(batch_chunk), X.shape[0]))
-        out = _geometry_batched(X, t, y, bool(center), int(max_iter), float(tol), chunk, sequential)
+        out = _geometry_batched(X, t, y, bool(center), int(max_iter), float(tol), chunk, probe_chunk)
     if finite.all():
         return {k: np.asarray(v).reshape(batch_shape) for k, v in out.items()}
     filled = {k: np.full(finite.shape, np.nan) for k in out}

@@ -9,10 +9,10 @@ Solver. The dual NNLS is solved in JAX by a primal-dual interior-point method (M
 predictor-corrector; Newton steps through an N x N Cholesky factor via the Woodbury identity, so
 a step costs O(K N^2) for K points in N dimensions) on row-normalised points (the cone, hence v*,
 is unchanged by rescaling each point), in float64 (inside ``jax.enable_x64``; the caller's
-setting is untouched). The probes are vmapped on an accelerator and solved one after another on
-the CPU (:func:`one_probe_at_a_time`); any leading batch axes (tasks, repeats) go in chunks. It
-stops when the scaled KKT error max(lambda.z / K, ||A v - z||_inf) / (1 + ||t||) <= ``tol``
-(``TOL``) or after ``max_iter`` (``MAX_ITER``) steps; the final error and the
+setting is untouched). The probes are vmapped together on an accelerator and in small batches,
+or one at a time, on the CPU (:func:`probes_at_once`); any leading batch axes (tasks, repeats)
+go in chunks. It stops when the scaled KKT error max(lambda.z / K, ||A v - z||_inf) / (1 + ||t||)
+<= ``tol`` (``TOL``) or after ``max_iter`` (``MAX_ITER``) steps; the final error and the
 fraction of probes that converged are returned. ||v* - t||^2 is read as ||t||^2 - ||v*||^2 (v*
 is orthogonal to v* - t), the dual objective, whose error is second order. Its measured accuracy
 against an active-set NNLS, its step counts and the size of the Monte-Carlo error beside it are
@@ -26,6 +26,8 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from cljax.analysis.order import map_in_chunks
 
 # The solver's defaults: stop at a scaled KKT error of TOL or after MAX_ITER steps.
 TOL, MAX_ITER = 1e-7, 100
@@ -94,9 +96,9 @@ def _solve_dual(A_KN, t_N, max_iter: int, tol: float):
 
 
 
-def _qp_anchors(X_PMN, t_KN, y_KP, *, center: bool, max_iter: int, tol: float, sequential: bool = False):
+def _qp_anchors(X_PMN, t_KN, y_KP, *, center: bool, max_iter: int, tol: float, probe_chunk: int | None = None):
     """Solve the QP for every probe and read off the anchor points (anchors: :mod:`cljax.analysis.glue`
-    docstring); the probes vmapped, or one after another with ``sequential`` (:func:`one_probe_at_a_time`)."""
+    docstring); the probes all vmapped, or ``probe_chunk`` at a time (:func:`probes_at_once`)."""
     P, M, N = X_PMN.shape
     if center:
         X_PMN = X_PMN - jnp.mean(X_PMN, axis=(0, 1))
@@ -113,7 +115,7 @@ def _qp_anchors(X_PMN, t_KN, y_KP, *, center: bool, max_iter: int, tol: float, s
         return solve(sign_K[:, None] * Xn_KN, t_N)
 
     probes = (sign_nK, t_KN)
-    lam_nK, v_nN, res_n, it_n = jax.lax.map(one, probes) if sequential else jax.vmap(one)(probes)
+    lam_nK, v_nN, res_n, it_n = jax.vmap(one)(probes) if probe_chunk is None else map_in_chunks(one, probes, probe_chunk)
 
     # Interior-point iterates keep every multiplier positive: a point is active when its
     # multiplier exceeds its margin (the ratio tends to infinity on the active set, to 0 off it);
@@ -140,18 +142,27 @@ def _qp_anchors(X_PMN, t_KN, y_KP, *, center: bool, max_iter: int, tol: float, s
 
 
 
-def one_probe_at_a_time() -> bool:
-    """The solver's lowering on the default backend: on the CPU each probe's QP is solved on its
-    own, one after another (``lax.map``); on an accelerator the probes are vmapped, which it needs
-    to be busy. On the CPU the vmapped loop is the slower: it runs every probe of the batch to the
-    step count of the slowest one (most stop in 8-35 steps, a few take 100), and XLA:CPU's batched
-    small products and LAPACK kernels take longer per matrix than single ones (docs/benchmark.md)."""
-    return jax.default_backend() == "cpu"
+# On the CPU: a Newton step (about this many flops, or more) whose probes are solved one at a
+# time, and how many go together below it, where a lone probe's step would be mostly XLA's cost
+# per operation (docs/benchmark.md).
+LARGE_STEP_FLOPS, SMALL_STEP_PROBES = 50_000, 64
 
 
-@functools.partial(jax.jit, static_argnames=("center", "max_iter", "tol", "sequential"))
-def _qp_anchors_jit(X_PMN, t_KN, y_KP, center, max_iter, tol, sequential):
-    return _qp_anchors(X_PMN, t_KN, y_KP, center=center, max_iter=max_iter, tol=tol, sequential=sequential)
+def probes_at_once(K: int, N: int, n_probes: int) -> int:
+    """How many probes' QPs the solver runs together (vmapped), for K points in N dimensions. On
+    an accelerator all of them: it needs the batch to keep busy. On the CPU one at a time when a
+    Newton step is large, else ``SMALL_STEP_PROBES``: a vmapped loop runs every probe of its
+    batch to the step count of the slowest one (most stop in 8-35 steps, a few take 100), and
+    XLA:CPU's batched small products and LAPACK kernels take longer per matrix than single ones."""
+    if jax.default_backend() != "cpu":
+        return n_probes
+    step = K**3 / 3 + 4 * K * N if K <= N else K * N * N + N**3 / 3 + 4 * K * N
+    return min(n_probes, 1 if step >= LARGE_STEP_FLOPS else SMALL_STEP_PROBES)
+
+
+@functools.partial(jax.jit, static_argnames=("center", "max_iter", "tol", "probe_chunk"))
+def _qp_anchors_jit(X_PMN, t_KN, y_KP, center, max_iter, tol, probe_chunk):
+    return _qp_anchors(X_PMN, t_KN, y_KP, center=center, max_iter=max_iter, tol=tol, probe_chunk=probe_chunk)
 
 
 def solve_anchor_qp(
@@ -169,6 +180,7 @@ def solve_anchor_qp(
         X = jnp.asarray(manifolds, jnp.float64)
         t = jnp.asarray(probes, jnp.float64)
         y = jnp.asarray(dichotomies, jnp.float64)
-        out = _qp_anchors_jit(X, t, y, bool(center), int(max_iter), float(tol), one_probe_at_a_time())
+        P, M, N = X.shape
+        out = _qp_anchors_jit(X, t, y, bool(center), int(max_iter), float(tol), probes_at_once(P * M, N, t.shape[0]))
         return {k: np.asarray(v) for k, v in out.items()}
 

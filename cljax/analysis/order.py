@@ -8,7 +8,8 @@ program never ends (gdb: every pool thread in ``ParallelBatchMap`` -> ``Blocking
 One kernel at a time always leaves it a thread.
 
 - :func:`after` makes an array wait for others: give each decomposition's input ``after`` the
-  one before it, and they run one after another;
+  one before it, and they run one after another; :func:`map_in_chunks` maps a function over
+  chunks of a batch that way;
 - :func:`unordered_lapack_pairs` reads a compiled program's HLO text and lists the operations
   that run LAPACK kernels and could run at once: ``[]`` for an ordered program. A hang shows
   only now and then; this checks its cause every time.
@@ -34,6 +35,21 @@ def after(done, x):
     it before it schedules the program."""
     leaves = [jnp.ravel(a).astype(x.dtype) for a in jax.tree.leaves(done)]
     return x + sum(jnp.sum(0.0 * jnp.where(jnp.isfinite(a), a, 0.0)) for a in leaves)
+
+
+def map_in_chunks(f, xs, chunk: int):
+    """``jax.vmap(f)`` over the leading axis of the tree ``xs``, ``chunk`` slices at a time: the
+    whole chunks one after another (``lax.map``), then what is left, made to wait for them. (Not
+    ``lax.map``'s ``batch_size``, which runs the rest beside the chunks: two kernels in flight.)"""
+    n = jax.tree.leaves(xs)[0].shape[0]
+    whole = n - n % chunk
+    one, parts = jax.vmap(f), []
+    if whole:
+        out = jax.lax.map(one, jax.tree.map(lambda a: a[:whole].reshape(whole // chunk, chunk, *a.shape[1:]), xs))
+        parts.append(jax.tree.map(lambda a: a.reshape(whole, *a.shape[2:]), out))
+    if whole < n:
+        parts.append(one(jax.tree.map(lambda a: after(parts, a[whole:]), xs)))
+    return jax.tree.map(lambda *a: jnp.concatenate(a), *parts) if len(parts) > 1 else parts[0]
 
 
 def computations(hlo: str) -> dict[str, dict[str, str]]:
