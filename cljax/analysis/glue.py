@@ -236,7 +236,6 @@ def glue_geometry(
     n_probes = np.shape(probes)[0] if np.ndim(probes) else 1  # (a wrong shape is refused below)
     probe_chunk = probes_at_once(P * M, N, n_probes) if probe_chunk is None else max(1, min(int(probe_chunk), n_probes))
     batch_chunk = (8 if probe_chunk == n_probes else 1) if batch_chunk is None else batch_chunk
-    probe_chunk = None if probe_chunk == n_probes else probe_chunk  # all at once: one vmap
     X_np = np.asarray(manifolds, np.float64).reshape((-1, P, M, N))
     finite = ~np.logical_or(*unsolvable(X_np, center))  # the groupings that are solved
     with jax.enable_x64(True):

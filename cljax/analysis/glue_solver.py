@@ -98,7 +98,8 @@ def _solve_dual(A_KN, t_N, max_iter: int, tol: float):
 
 def _qp_anchors(X_PMN, t_KN, y_KP, *, center: bool, max_iter: int, tol: float, probe_chunk: int | None = None):
     """Solve the QP for every probe and read off the anchor points (anchors: :mod:`cljax.analysis.glue`
-    docstring); the probes all vmapped, or ``probe_chunk`` at a time (:func:`probes_at_once`)."""
+    docstring); the probes all vmapped (``probe_chunk`` None, or as many as the probes), or
+    ``probe_chunk`` at a time (:func:`probes_at_once`)."""
     P, M, N = X_PMN.shape
     if center:
         X_PMN = X_PMN - jnp.mean(X_PMN, axis=(0, 1))
@@ -115,7 +116,8 @@ def _qp_anchors(X_PMN, t_KN, y_KP, *, center: bool, max_iter: int, tol: float, p
         return solve(sign_K[:, None] * Xn_KN, t_N)
 
     probes = (sign_nK, t_KN)
-    lam_nK, v_nN, res_n, it_n = jax.vmap(one)(probes) if probe_chunk is None else map_in_chunks(one, probes, probe_chunk)
+    together = probe_chunk is None or probe_chunk >= t_KN.shape[0]  # all of them: one vmap, no loop
+    lam_nK, v_nN, res_n, it_n = jax.vmap(one)(probes) if together else map_in_chunks(one, probes, probe_chunk)
 
     # Interior-point iterates keep every multiplier positive: a point is active when its
     # multiplier exceeds its margin (the ratio tends to infinity on the active set, to 0 off it);
