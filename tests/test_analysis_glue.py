@@ -4,7 +4,8 @@ Agreement measured here (seeds fixed; tolerances leave room for the Monte-Carlo 
 average, 2-3% relative at these sizes):
 - QP solution vs scipy's active-set NNLS on the same probes: |v - v_ref| <= 1e-3 (1 + ||t||).
 - exact hand values: antipodal pair (capacity 2 / E min(0, <t, c>)^2) and an inseparable pair
-  (floor 2 / E||t||^2), to 1e-6 relative.
+  (floor 2 / E||t||^2, or 2 / E||t's part in the points' span||^2 with dead units), to 1e-6
+  relative.
 - points (P = 10, N = 100, 1024 probes): capacity 2.09 vs 2 (Cover 1965), tolerance 8%.
 - simulated capacity of points: separability curve within 0.15 of Cover's function-counting
   formula at every n, capacity 2.02 vs 2.
@@ -112,7 +113,9 @@ def test_antipodal_pair_task_dichotomy_exact():
     assert float(g["dimension"]) == 0.0 and float(g["radius"]) == 0.0
     assert float(g["approx_capacity"]) == math.inf  # 1 / N_R with N_R = 0, not 1 / (rounding residue)
     assert math.isclose(float(g["center_alignment"]), 1.0, rel_tol=1e-9)
-    assert float(g["inseparable_fraction"]) == 0.0
+    # v* = t's part orthogonal to c where <t, c> < 0: margin 0 on both points, it separates nothing
+    assert float(g["inseparable_fraction"]) == np.mean(proj < 0) > 0
+    assert math.isclose(float(g["capacity_floor"]), 2.0 / np.mean(proj**2), rel_tol=1e-9)  # the span: c alone
     # The axis parts are rounding residue (norm ~1e-17 at points of norm ~1): zero vectors, cos 0,
     # not the cosine of the residue's direction (0.15-0.24 in a run with one image per class).
     assert float(g["axis_alignment"]) == 0.0 and float(g["center_axis_alignment"]) == 0.0
@@ -127,6 +130,24 @@ def test_identical_manifolds_with_opposite_labels_are_inseparable():
     g = glue_geometry(np.stack([cloud, cloud]), t, np.tile([1.0, -1.0], (100, 1)))
     assert math.isclose(float(g["capacity"]), 2.0 / np.mean(np.sum(t**2, axis=1)), rel_tol=1e-6)
     assert float(g["inseparable_fraction"]) == 1.0
+    assert math.isclose(float(g["capacity_floor"]), float(g["capacity"]), rel_tol=1e-6)
+
+
+def test_an_inseparable_dichotomy_of_points_spanning_fewer_units_is_counted_and_its_floor_is_their_rank():
+    # The same cloud, 5 units of 8 (3 dead ones): v* keeps t's part in the dead units (norm ~0.6
+    # ||t||), which separates nothing; the capacity's floor is P / E||t's part in the 5 units||^2.
+    rng = np.random.default_rng(7)
+    cloud = np.concatenate([rng.standard_normal((6, 5)), np.zeros((6, 3))], axis=1)
+    t = rng.standard_normal((100, 8))
+    g = glue_geometry(np.stack([cloud, cloud]), t, np.tile([1.0, -1.0], (100, 1)))
+    floor = 2.0 / np.mean(np.sum(t[:, :5] ** 2, axis=1))
+    assert math.isclose(float(g["capacity"]), floor, rel_tol=1e-6)
+    assert float(g["inseparable_fraction"]) == 1.0
+    assert math.isclose(float(g["capacity_floor"]), floor, rel_tol=1e-9)
+    # separable (the two clouds apart along a live unit): above the floor, few probes separate nothing
+    apart = np.stack([cloud + 3 * np.eye(8)[0], cloud - 3 * np.eye(8)[0]])
+    g = glue_geometry(apart, t, np.tile([1.0, -1.0], (100, 1)))
+    assert float(g["capacity"]) > 2 * float(g["capacity_floor"]) and float(g["inseparable_fraction"]) < 0.5
 
 
 def test_point_capacity_is_two_cover():

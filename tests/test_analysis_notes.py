@@ -52,6 +52,29 @@ def test_approx_capacity_of_point_manifolds_is_infinite_by_geometry_not_a_diverg
                          "per class (--n-subsamples 2) or identical images: dimension and radius 0, 1 / N_R infinite")
 
 
+def test_the_across_task_capacity_line_names_its_floor_and_says_when_it_sits_there():
+    from cljax.analysis.summary_text import format_summary
+
+    def lines(fraction, floor=True):
+        cap = {"mean": 3.0, "std": 0.1, "n": 2, "n_nonfinite": 0}
+        final = {"capacity": {"mean": 0.2093, "std": 0.0169, "n": 8, "n_nonfinite": 0},
+                 "inseparable_fraction": {"mean": fraction, "std": 0.1, "n": 8, "n_nonfinite": 0}}
+        if floor:  # a summary of an earlier cljax has none: no line
+            final["capacity_floor"] = {"mean": 0.2069, "std": 0.0171, "n": 8, "n_nonfinite": 0}
+        glue = {"per_task": {"capacity": {"last_task": cap}, "capacity_mc_error": {"last_task": cap}},
+                "across_tasks": {"final": final, "n_manifolds": 10},
+                "solver": {"n_probes_solved": 8, "converged_fraction": 1.0}, "settings": {"n_probes": 4}}
+        return [x for x in format_summary({"glue": glue}).splitlines() if x.startswith("GLUE across")]
+
+    (at_floor,) = lines(0.8267)
+    assert at_floor.startswith("GLUE across 5 tasks (P = 10), last folder: capacity 0.2093 +- 0.0169, its floor "
+                               "0.2069 +- 0.0171 (every dichotomy inseparable); 83% of the probes separate nothing: at "
+                               "its floor the capacity measures the rank of the representation")
+    (above,) = lines(0.3)
+    assert above.endswith("30% of the probes separate nothing")
+    assert lines(0.8267, floor=False) == []
+
+
 def test_a_probe_with_one_image_per_class_is_not_measured_in_the_summary_and_the_plot(tmp_path, monkeypatch):
     # --n-subsamples 2: no fold holds both classes, so no probe; it tested no image and no repeat
     # is left out (it read tested_per_task 2 and n_nonfinite R, as if R repeats had diverged).

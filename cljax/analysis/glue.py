@@ -84,7 +84,7 @@ GLUE_KEYS = (
     "center_axis_alignment",
     "approx_capacity",
 )
-DIAGNOSTIC_KEYS = ("max_residual", "converged_fraction", "max_iterations", "inseparable_fraction")
+DIAGNOSTIC_KEYS = ("max_residual", "converged_fraction", "max_iterations", "inseparable_fraction", "capacity_floor")
 
 
 # A singular value counts as zero below max(_SV_REL * the largest, the floor the caller gives). The
@@ -113,6 +113,14 @@ def _projection_sq(B, t, sv_floor):
     _, s, Vt = jnp.linalg.svd(B, full_matrices=False)
     keep = s > jnp.maximum(_SV_REL * _largest_singular_value(after(s, B)), sv_floor)
     return jnp.sum(jnp.where(keep, Vt @ t, 0.0) ** 2)
+
+
+def _in_span_sq(X_PMN, vs, sv_floor):
+    """||each vector of ``vs`` projected on the span of the points||^2, for each array of ``vs``
+    ((n, N) each). Singular values as in :func:`_projection_sq`."""
+    _, s, Vt = jnp.linalg.svd(X_PMN.reshape(-1, X_PMN.shape[-1]), full_matrices=False)
+    keep = s > jnp.maximum(_SV_REL * s[0], sv_floor)
+    return [jnp.sum(jnp.where(keep, a @ Vt.T, 0.0) ** 2, axis=-1) for a in vs]
 
 
 def _mean_offdiag_abs_cos(A, B, zero_below):
@@ -172,6 +180,7 @@ def _geometry(X_PMN, t_KN, y_KP, *, center: bool, max_iter: int, tol: float, pro
     nan = jnp.asarray(jnp.nan, dtype)
     multi = P > 1
     res_n = qp["residual"]
+    v_span, t_span = _in_span_sq(after((d_n, r_n), X_PMN), (qp["v"], t_KN), sv_floor)  # its SVD after the others
     return {
         "capacity": capacity,
         "capacity_mc_error": capacity_mc_error,
@@ -185,10 +194,12 @@ def _geometry(X_PMN, t_KN, y_KP, *, center: bool, max_iter: int, tol: float, pro
         "max_residual": jnp.max(res_n),
         "converged_fraction": jnp.mean((res_n <= tol).astype(dtype)),
         "max_iterations": jnp.max(qp["iterations"]),
-        # v* = 0: no hyperplane through the origin separates the dichotomy in these N dimensions.
-        "inseparable_fraction": jnp.mean(
-            (jnp.linalg.norm(qp["v"], axis=-1) <= 1e-2 * jnp.linalg.norm(t_KN, axis=-1)).astype(dtype)
-        ),
+        # v* separates nothing: margin 0 on every point, no part in their span (every probe of an
+        # inseparable dichotomy). Where the points span all N units that is v* ~ 0; where they span
+        # fewer (P M <= N after centring, dead units), v* keeps t's part orthogonal to them.
+        "inseparable_fraction": jnp.mean((v_span <= 1e-4 * t_span).astype(dtype)),
+        # the capacity where every dichotomy is inseparable, ~ P / (the points' rank)
+        "capacity_floor": P / jnp.mean(t_span),
     }
 
 
@@ -315,10 +326,13 @@ def glue_analysis(
       ``radius`` (R), ``radius_anchor``, ``center_alignment``, ``axis_alignment``,
       ``center_axis_alignment`` (NaN for P = 1), ``approx_capacity`` ((1 + R^-2)/D = 1/N_R; inf for
       point manifolds, whose D = R = 0), solver diagnostics ``max_residual``,
-      ``converged_fraction``, ``max_iterations``, and ``inseparable_fraction``: the fraction of
-      (y, t) with ||v*|| <= 0.01 ||t||, i.e. no separating hyperplane in the N dimensions. When
-      it is 1 the capacity sits at its floor P / E||t||^2 ~ P / N and says only "not separable".
-      Formulas and references: module docstring.
+      ``converged_fraction``, ``max_iterations``; ``inseparable_fraction``: the fraction of
+      (y, t) whose v* separates nothing (margin 0 on every point: ||v* in the points' span|| <=
+      0.01 ||t in it||), which every probe of an inseparable dichotomy does, and a separable one's
+      where t points away from every separating direction; ``capacity_floor``: P / E||t in the
+      points' span||^2 (~ P / their rank, N where they span every unit), the capacity when
+      every dichotomy is inseparable. A capacity at its floor, with inseparable_fraction ~ 1,
+      says "not separable" and measures the rank, not the geometry. Formulas: module docstring.
     """
     shape = np.shape(manifolds)
     if len(shape) < 3:

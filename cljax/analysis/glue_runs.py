@@ -224,8 +224,9 @@ def glue_finalize(state: dict) -> Result:
                       f"max {MAX_ITER} steps",
             "capacity_mc_error": "standard error of the probe average (delta method); the probes are shared by "
                                  "every repeat and folder, so this error is common to them and not in their std",
-            "floor": "capacity ~ P / N with inseparable_fraction ~ 1: the dichotomies are not linearly "
-                     "separable in the representation at all",
+            "floor": "capacity ~ capacity_floor (P / E||t in the points' span||^2 ~ P / their rank) with "
+                     "inseparable_fraction ~ 1: the dichotomies are not linearly separable in the representation, "
+                     "and the capacity measures its rank, not the manifolds' geometry",
         },
     }
     figures = {"glue.png": lambda p: plots.plot_glue_over_tasks(

@@ -115,5 +115,15 @@ def format_summary(summary: dict) -> str:
                      + (f"; approx_capacity undefined: {approx['undefined']}"
                         if "undefined" in (approx := glue["per_task"].get("approx_capacity", {}).get("last_task", {}))
                         else ""))
+        across = glue.get("across_tasks", {})
+        final = across.get("final", {})
+        if (final.get("capacity") or {}).get("mean") is not None and "capacity_floor" in final:
+            apart = (final["inseparable_fraction"].get("mean") or 0.0) >= 0.5
+            lines.append(f"GLUE across {across['n_manifolds'] // 2} tasks (P = {across['n_manifolds']}), last folder: "
+                         f"capacity {_pm(final['capacity'])}, its floor {_pm(final['capacity_floor'])} (every "
+                         f"dichotomy inseparable); {100 * (final['inseparable_fraction'].get('mean') or 0.0):.0f}% of "
+                         f"the probes separate nothing" + (
+                             ": at its floor the capacity measures the rank of the representation, not the "
+                             "manifolds' geometry (docs/metrics.md, GLUE)" if apart else ""))
     lines.append(f"std: {summary.get('std', '')}")
     return "\n".join(lines)
