@@ -62,8 +62,9 @@ def read_run_record(algo_dir: Path) -> dict | None:
     path = algo_dir / RUN_RECORD
     if not path.exists():
         return None
-    fix = ("it is this run's record; restore it, or pass --overwrite to delete the run in "
-           f"{algo_dir} and start again")
+    fix = ("it is this run's record: restore it from a copy, delete it and run the run's `cljax run` command with "
+           f"--repair to write it again from the task folders, or pass --overwrite to delete the run in {algo_dir} "
+           f"and start again")
     if not path.is_file():
         raise CljaxError(f"{path} is not a file: {fix}.")
     if path.stat().st_size > _RECORD_LIMIT:

@@ -38,6 +38,7 @@ from cljax.progress import progress_for
 from cljax.records import (divergence_warning, nonfinite_before, nonfinite_report, stored_row, summary_row,
                             task_arrays, task_metadata)
 from cljax.results import task_dir_name, write_task
+from cljax.rewrites import check_rewrites
 from cljax.run_folder import clear_run, inspect_run, remove_stale_temporaries, verify_task_dir
 from cljax.run_split import (recorded_pairing, recorded_split, same_split, split_of, warn_if_other_eval_chunk,
                               warn_if_other_split)
@@ -88,6 +89,7 @@ def run_experiment(
         algo_dir = algo_dir_of(config)
         memo = CheckRecord(algo_dir)  # the checks below parse each metadata.json once; what a resume verified before
         found = inspect_run(algo_dir, config, data_id, overwrite, hashes=False, memo=memo, repair=repair)
+        check_rewrites(algo_dir, found, _writes_initial(found, algo_dir, hashes=False))
         sources = entry_sources(config)
     run_flags = {"--allow-nonfinite": allow_nonfinite, "--overwrite": overwrite, "--repair": repair}
     check_same_run(config, data_id, found, plugins=sources, **run_flags)  # multi-process: every process, the same run
@@ -154,6 +156,7 @@ def run_experiment(
             if is_writer():
                 lock.enter_context(RunLock(algo_dir))
             found = inspect_run(algo_dir, config, data_id, overwrite, hashes=True, memo=memo, repair=repair)  # now
+            check_rewrites(algo_dir, found, _writes_initial(found, algo_dir, hashes=True))
     except BaseException:
         lock.close()
         raise

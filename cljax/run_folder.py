@@ -32,16 +32,16 @@ from cljax.errors import CljaxError, DamagedFile
 from cljax.eval_tasks import eval_ids_of
 from cljax.host import usable_cores
 from cljax.initial_state import INITIAL
-from cljax.kept_checkpoints import KEPT, describe_replay, is_kept_name, kept_path, repair_start
+from cljax.kept_checkpoints import KEPT, describe_replay, kept_path, repair_start
 from cljax.results import LATER_TASK_FILES, TASK_FILES, task_dir_name, task_dirs
 from cljax.output_guard import check_writable_target
 from cljax.code_changes import changed_since, older_cljax
 from cljax.record_rebuild import lost_record, record_disagreement
+from cljax.rewrites import ANALYSIS, check_clearable, is_temporary
 from cljax.run_lock import RUN_LOCK
 from cljax.safe_files import npy_header, safe_load_pickle
 from cljax.setting_match import DATA_DIFFERS, resume_differences
 
-ANALYSIS = "analysis"
 
 
 # ---- what is there -------------------------------------------------------------------------
@@ -65,12 +65,8 @@ class Found:
     rebuilt: bool = False  # --repair: run.json was missing and ``record`` comes from the task folders
 
 
-def _is_temporary(name: str) -> bool:
-    return name.startswith(".") and ".tmp-" in name
-
-
 def _holds_anything(algo_dir: Path) -> bool:
-    return any(p.name != RUN_LOCK and not _is_temporary(p.name) for p in algo_dir.iterdir())
+    return any(p.name != RUN_LOCK and not is_temporary(p.name) for p in algo_dir.iterdir())
 
 
 def _deletes(n_dirs: int) -> str:
@@ -332,34 +328,6 @@ def _refused_pickle(path: Path) -> str | None:
 
 
 # ---- changes, under the lock -------------------------------------------------------------------
-def check_clearable(algo_dir: Path) -> None:
-    """Before --overwrite deletes anything: one CljaxError line when it would delete a file cljax
-    did not write (a user's file inside a task folder, initial/ or analysis/), follow a link, or
-    stop half-way on a folder it cannot delete."""
-    kept = algo_dir / KEPT
-    written = {**{d: {*TASK_FILES, "model_state.npy"} for d in task_dirs(algo_dir, passed=False)},
-               algo_dir / INITIAL: {"weights.npy", "model_state.npy", "metadata.json"}, algo_dir / ANALYSIS: None,
-               kept: {p.name for p in (kept.iterdir() if kept.is_dir() else ()) if is_kept_name(p.name)
-                      or _is_temporary(p.name)}}
-    fix = "move it out of the run folder, then run this command again (nothing was deleted)"
-    for path in [algo_dir / CHECKPOINT, algo_dir / RUN_RECORD, *written]:
-        if path.is_symlink():
-            raise CljaxError(f"{path} is a symbolic link, which --overwrite does not follow or delete: {fix}.")
-    for folder, names in written.items():
-        if not folder.exists():
-            continue
-        if not folder.is_dir():
-            raise CljaxError(f"{folder} is not a folder, so not one cljax wrote: {fix}.")
-        if not (os.access(folder, os.W_OK | os.X_OK) and os.access(algo_dir, os.W_OK)):
-            raise CljaxError(f"--overwrite cannot delete {folder} (no permission): fix its permissions, then run this "
-                             f"command again (nothing was deleted).")
-        for entry in folder.iterdir():
-            ours = entry.name in names if names is not None else entry.suffix in (".json", ".npz", ".png")
-            if entry.is_symlink() or not entry.is_file() or not ours:
-                raise CljaxError(f"{entry} is not a file cljax writes, and --overwrite would delete it with {folder}: "
-                                 f"{fix}.")
-
-
 def clear_run(algo_dir: Path) -> None:
     """--overwrite: the checkpoints first (a new run.json must never meet an old checkpoint), then
     the record, the task folders, the initial state and the analysis. Other files are left alone."""
@@ -380,5 +348,5 @@ def clear_run(algo_dir: Path) -> None:
 def remove_stale_temporaries(algo_dir: Path) -> None:
     """Temporary folders/files of a process that died mid-write (never listed as results)."""
     for p in algo_dir.iterdir():
-        if _is_temporary(p.name):
+        if is_temporary(p.name):
             shutil.rmtree(p) if p.is_dir() else p.unlink()

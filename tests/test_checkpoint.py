@@ -21,13 +21,17 @@ from cljax.errors import CljaxError
                                               "it has no \"data\""),
                                              ({"config": {}, "schema": 5, "run_id": "x", "data": "d", "split": None},
                                               "it has no \"split\""),
-                                             ({"config": {}, "schema": 99, "run_id": "x"}, "written by a newer cljax")])
+                                             ({"config": {}, "schema": 99, "run_id": "x"}, "written by a newer cljax"),
+                                             ('{"config": {"lr": 0.1}, "sch', "is not valid JSON")])  # truncated
 def test_a_record_without_a_config_object_or_with_a_field_of_another_kind_is_refused(tmp_path, record, problem):
     """A JSON bool is an int to Python: a "schema": true is damage, not schema 1."""
-    (tmp_path / RUN_RECORD).write_text(json.dumps(record))
+    (tmp_path / RUN_RECORD).write_text(record if isinstance(record, str) else json.dumps(record))
     with pytest.raises(CljaxError, match=problem) as exc:
         read_run_record(tmp_path)
     assert "\n" not in str(exc.value) and "--overwrite" in str(exc.value)
+    # damage, not a newer cljax's record: --repair writes it again from the task folders once it is deleted
+    newer = problem == "written by a newer cljax"
+    assert ("delete it and run the run's `cljax run` command with --repair" in str(exc.value)) != newer
 
 
 def test_a_good_record_reads_back(tmp_path):

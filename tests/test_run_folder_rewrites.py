@@ -1,0 +1,106 @@
+"""What a resume, --repair and a rewrite of initial/ delete: only the files cljax wrote. A folder
+they would delete or write anew that holds a user's file, a sub-folder, a link, or another run's
+task folder is refused in one line naming it, and nothing is deleted (cljax/rewrites.py)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from tests.run_folder_kit import FLAGS, assert_one_error, copy, make_runs, run_cli, state
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory):
+    return make_runs(tmp_path_factory)
+
+
+def _half_written(run_dir):
+    """task_001 as a run killed while writing it would leave it: not whole, so the resume redoes it."""
+    (run_dir / "task_001").mkdir()
+    (run_dir / "task_001" / "weights.npy").write_bytes(b"\x93NUMPY")
+
+
+def _another_runs(run_dir, made):
+    shutil.copytree(made["finished"] / run_dir.relative_to(run_dir.parents[1]) / "task_001", run_dir / "task_001")
+    meta = json.loads((run_dir / "task_001" / "metadata.json").read_text())
+    (run_dir / "task_001" / "metadata.json").write_text(json.dumps({**meta, "run_id": "another-run"}))
+
+
+STALE = {
+    "a user's file": (lambda d, m: (_half_written(d), (d / "task_001" / "notes.txt").write_text("mine")),
+                      "task_001/notes.txt is not a file cljax writes, and the resume, which trains that task again, "
+                      "would delete it with"),
+    "a sub-folder": (lambda d, m: (_half_written(d), (d / "task_001" / "sub").mkdir()),
+                     "task_001/sub is not a file cljax writes"),
+    "another run's folder": (lambda d, m: _another_runs(d, m),
+                             "task_001 is a task folder of run another-run, not of this run"),
+    "a link": (lambda d, m: (d / "task_001").symlink_to(d / "task_000", target_is_directory=True),
+               "task_001 is a symbolic link, which the resume, which trains that task again, does not follow"),
+    "a file": (lambda d, m: (d / "task_001").write_text("mine"), "task_001 is not a folder, so not one cljax wrote"),
+}
+
+
+@pytest.mark.parametrize("what", sorted(STALE))
+def test_a_resume_refuses_to_delete_what_cljax_did_not_write_in_a_task_folder_it_trains_again(made, tmp_path, capsys,
+                                                                                              what):
+    run_dir = copy(made, "partial", tmp_path / "r")  # the checkpoint after task 0: task 1 is trained again
+    how, expected = STALE[what]
+    how(run_dir, made)
+    before = state(run_dir)
+    rc, _, err = run_cli(["run", *FLAGS, "--results-dir", str(tmp_path / "r")], capsys)
+    assert_one_error(rc, err, expected, "move it out of the run folder", "(nothing was deleted)")
+    assert state(run_dir) == before
+
+
+def test_the_resume_goes_on_once_the_users_file_is_moved_out(made, tmp_path, capsys):
+    run_dir = copy(made, "partial", tmp_path / "r")
+    _half_written(run_dir)
+    (run_dir / "task_001" / "notes.txt").write_text("mine")
+    rc, _, _ = run_cli(["run", *FLAGS, "--results-dir", str(tmp_path / "r")], capsys)
+    assert rc == 2
+    (run_dir / "task_001" / "notes.txt").unlink()
+    rc, out, err = run_cli(["run", *FLAGS, "--results-dir", str(tmp_path / "r")], capsys)
+    assert rc == 0, err
+    assert "resumed from task 1" in out
+    assert sorted(p.name for p in (run_dir / "task_001").iterdir()) == sorted(
+        p.name for p in (made["finished"] / run_dir.relative_to(tmp_path / "r") / "task_001").iterdir())
+
+
+def test_repair_and_the_rewrite_of_initial_refuse_to_delete_a_users_file(made, tmp_path, capsys):
+    run_dir = copy(made, "finished", tmp_path / "r")
+    weights = run_dir / "task_000" / "weights.npy"
+    weights.write_bytes(weights.read_bytes()[:-100])  # damaged: --repair writes task_000 anew
+    (run_dir / "task_000" / "notes.txt").write_text("mine")
+    before = state(run_dir)
+    rc, _, err = run_cli(["run", *FLAGS, "--repair", "--results-dir", str(tmp_path / "r")], capsys)
+    assert_one_error(rc, err, "task_000/notes.txt is not a file cljax writes, and --repair, which writes that folder "
+                              "anew, would delete it with")
+    assert state(run_dir) == before
+
+    run_dir = copy(made, "finished", tmp_path / "f")
+    weights = run_dir / "initial" / "weights.npy"
+    weights.write_bytes(weights.read_bytes()[:-100])  # a finished run writes a damaged initial/ again
+    (run_dir / "initial" / "notes.txt").write_text("mine")
+    before = state(run_dir)
+    rc, _, err = run_cli(["run", *FLAGS, "--results-dir", str(tmp_path / "f")], capsys)
+    assert_one_error(rc, err, "initial/notes.txt is not a file cljax writes, and writing initial/ again would delete it")
+    assert state(run_dir) == before
+
+
+def test_a_run_stopped_between_task_0s_folder_and_its_checkpoint_trains_task_0_again_to_the_same_bytes(made, tmp_path,
+                                                                                                     capsys):
+    # The task-0 form of a stop between a task's folder and the checkpoint after it (the later
+    # tasks' form is a checkpoint one task behind): no checkpoint, one whole folder. There is no
+    # learner state to lose, so the resume trains task 0 again from the seed and writes its folder
+    # anew; a lost checkpoint behind two whole folders or more needs --repair (tests/test_repair.py).
+    run_dir = copy(made, "partial", tmp_path / "r")
+    (run_dir / "checkpoint.npz").unlink()
+    rc, out, err = run_cli(["run", *FLAGS, "--results-dir", str(tmp_path / "r")], capsys)
+    assert rc == 0, err
+    finished = made["finished"] / run_dir.relative_to(tmp_path / "r")
+    for t in (0, 1):
+        written = json.loads((run_dir / f"task_00{t}" / "metadata.json").read_text())["files"]
+        assert written == json.loads((finished / f"task_00{t}" / "metadata.json").read_text())["files"]
