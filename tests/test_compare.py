@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import pickle
@@ -14,11 +15,13 @@ from cljax.cli import main as cli_main
 L, R, T = 2, 3, 4
 
 
-def write_run(algo_dir, learner_TR, expert_TR, window: bool, expert_first: float = 0.5, seed=None, pairs_TR2=None):
+def write_run(algo_dir, learner_TR, expert_TR, window: bool, expert_first: float = 0.5, seed=None, pairs_TR2=None,
+              run_id=None):
     """Task folders with only what the comparison reads. ``window``: 2 slots, the current one last
     (as --eval-tasks window:2 saves them); else one slot per task (all). The expert's first
     snapshot is ``expert_first``, its last ``expert_TR``; ``seed`` and ``pairs_TR2`` (each task's
-    class pairs per repeat), when given, are recorded as a run records them."""
+    class pairs per repeat), when given, are recorded as a run records them; ``run_id`` too, with
+    the two pickles' sizes and sha256 (as every folder with a run id lists them)."""
     R = learner_TR.shape[1]
     for t in range(T):
         d = algo_dir / f"task_{t:03d}"
@@ -35,6 +38,9 @@ def write_run(algo_dir, learner_TR, expert_TR, window: bool, expert_first: float
         meta = {"eval_tasks": {"mode": "window:2", "current_slot": 1}} if window else {}
         if pairs_TR2 is not None:
             meta.update(seed=seed, task_pairs=np.asarray(pairs_TR2)[t].tolist())
+        if run_id is not None:
+            meta.update(run_id=run_id, files={n: {"bytes": (d / n).stat().st_size, "sha256": hashlib.sha256(
+                (d / n).read_bytes()).hexdigest()} for n in ("metrics.pkl", "expert_metrics.pkl")})
         (d / "metadata.json").write_text(json.dumps(meta))
 
 
@@ -549,3 +555,60 @@ def test_runs_of_one_seed_and_class_pairs_on_other_data_settings_are_not_one_dra
         (d / "metadata.json").write_text(json.dumps(meta))
     assert compare_runs([tmp_path / n for n in names], labels=list(names))["redo_100"]["paired"]["baseline"] == \
         "plain_100"
+
+
+def test_two_folders_of_one_run_id_are_one_run_and_refused_in_one_line(tmp_path, capsys):
+    # `cp -a pristine d; cljax compare pristine/... d/...` compared a run with its copy as two runs:
+    # "+0.000 +- 0.000 ..., equal in 3 of 3 repeats", a tie of two methods, without a word.
+    import shutil
+
+    rng = np.random.default_rng(6)
+    pairs = rng.permutation(np.arange(2 * T * R)).reshape(T, R, 2)
+    for name in ("plain", "redo"):  # two runs of one draw, each with its own run id
+        write_run(tmp_path / "pristine" / name, rng.uniform(0.5, 0.9, (T, R)), rng.uniform(0.5, 0.9, (T, R)),
+                  window=False, seed=0, pairs_TR2=pairs, run_id=f"id-{name}")
+        record = {"config": {"seed": 0}, "run_id": f"id-{name}"}
+        (tmp_path / "pristine" / name / "run.json").write_text(json.dumps(record))
+    shutil.copytree(tmp_path / "pristine", tmp_path / "d")
+    runs = [str(tmp_path / "pristine" / "plain"), str(tmp_path / "pristine" / "redo")]
+    assert cli_main(["compare", *runs]) == 0 and f"{'redo':<28} minus plain: " in capsys.readouterr().out
+    copy = str(tmp_path / "d" / "plain")
+    for given in ([runs[0], copy], [runs[0], runs[1], copy]):
+        assert cli_main(["compare", *given]) == 2
+        captured = capsys.readouterr()
+        assert captured.out == "" and captured.err == (f"error: {runs[0]} and {copy} are the same run (run id "
+                                                       f"id-plain; one is a copy of the other): pass one of them.\n")
+    for folder in (runs[0], copy):  # no run.json: the task folders' run id
+        (tmp_path / folder / "run.json").unlink()
+    assert cli_main(["compare", runs[0], copy]) == 2
+    assert "are the same run (run id id-plain; one is a copy of the other)" in capsys.readouterr().err
+
+
+def test_a_sweep_given_whole_names_the_runs_its_sweep_json_lists_without_task_folders(tmp_path, capsys):
+    # A listed run moved away (or not run yet) was left out without a word, and the runs after it
+    # were paired with another baseline.
+    import shutil
+
+    rng = np.random.default_rng(7)
+    runs = [tmp_path / f"lr-0.{i}_seed-0" / "synthetic" / "SL_T2" for i in range(4)]
+    for run in runs:
+        write_run(run, rng.uniform(0.5, 0.9, (T, R)), rng.uniform(0.5, 0.9, (T, R)), window=False)
+    listed = [{"tag": run.parents[1].name, "results": str(run)} for run in runs]
+    (tmp_path / "sweep.json").write_text(json.dumps({"runs": listed, "earlier": []}))
+    assert cli_main(["compare", str(tmp_path)]) == 0
+    assert capsys.readouterr().err == (f"note: {tmp_path} holds a sweep: comparing the 4 run(s) with task folders its "
+                                       f"sweep.json lists.\n")
+    shutil.move(str(runs[0].parents[1]), str(tmp_path.parent / "moved"))  # moved away
+    for t in range(T):  # a run not started yet: its folder, no task folder
+        shutil.rmtree(runs[2] / f"task_{t:03d}")
+    note = (f"note: {tmp_path}'s sweep.json also lists 2 run(s) without task folders (moved away, or not run yet), "
+            f"left out of the comparison: {runs[0]} (no such folder), {runs[2]} (no task folder); each run is paired "
+            f"with the first run of its draw among those compared.\n")
+    assert cli_main(["compare", str(tmp_path)]) == 0
+    assert capsys.readouterr().err == (f"note: {tmp_path} holds a sweep: comparing the 2 run(s) with task folders its "
+                                       f"sweep.json lists.\n{note}")
+    assert cli_main(["compare", str(runs[1]), str(runs[3])]) == 0  # all its runs with task folders, one by one
+    captured = capsys.readouterr()
+    assert captured.err == note and "lr-0.1_seed-0" in captured.out and "lr-0.3_seed-0" in captured.out
+    assert cli_main(["compare", str(runs[1])]) == 0  # one of its runs: what the sweep lists besides is not named
+    assert capsys.readouterr().err == ""

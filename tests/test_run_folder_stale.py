@@ -24,6 +24,15 @@ def made(tmp_path_factory):
     return make_runs(tmp_path_factory)
 
 
+def another_run(made, dest: Path) -> Path:
+    """A copy of the finished run under a run id of its own: a second run of the same flags (the
+    same numbers), which compare takes as another run; a plain copy is the same run, refused."""
+    run_dir = copy(made, "finished", dest)
+    for path in [run_dir / "run.json", *sorted(run_dir.glob("task_*/metadata.json"))]:
+        path.write_text(json.dumps({**json.loads(path.read_text()), "run_id": f"another-{dest.name}"}))
+    return run_dir
+
+
 # ---- 8. stale and misleading -------------------------------------------------------------------------------
 def test_overwrite_removes_the_previous_analysis_and_starts_a_new_run_id(made, tmp_path, capsys):
     run_dir = copy(made, "finished", tmp_path / "r")
@@ -277,7 +286,7 @@ def test_no_output_of_a_command_goes_over_a_runs_results(made, tmp_path, capsys)
     task folders and initial/ in one line, writing nothing; the run's analysis/ and a file beside
     its own are free. data-info writes the path it is given, suffix or not."""
     run_dir = copy(made, "finished", tmp_path / "r")
-    other = copy(made, "finished", tmp_path / "o")
+    other = another_run(made, tmp_path / "o")
     before = state(run_dir)
     for args, flag, target in [
             (["compare", "--json", str(run_dir / "task_000" / "metrics.pkl"), str(run_dir), str(other)], "--json",
@@ -304,7 +313,7 @@ def test_a_plot_or_comparison_replaces_only_a_file_of_its_own_kind(made, tmp_pat
     """A mistyped output path that names a dataset's file, an analysis's arrays or any JSON that is
     not a comparison is refused in one line, the file left as it was; the same command run again
     over its own PNG and JSON replaces them."""
-    run_dir, other = copy(made, "finished", tmp_path / "r"), copy(made, "finished", tmp_path / "o")
+    run_dir, other = copy(made, "finished", tmp_path / "r"), another_run(made, tmp_path / "o")
     data = tmp_path / "fashion"
     shutil.copytree(FASHION_DIR, data)
     idx = data / "train-images-idx3-ubyte.gz"
@@ -354,7 +363,12 @@ def test_a_plot_or_comparison_replaces_only_a_file_of_its_own_kind(made, tmp_pat
 def test_compare_reads_only_each_runs_own_whole_files(made, tmp_path, capsys):
     import pickle
 
-    run_dir, other = copy(made, "finished", tmp_path / "r"), copy(made, "finished", tmp_path / "o")
+    run_dir, other = copy(made, "finished", tmp_path / "r"), another_run(made, tmp_path / "o")
+    plain = copy(made, "finished", tmp_path / "c")  # `cp -a`: the same run, which compared as a tie with itself
+    rc, _, err = run_cli(["compare", str(run_dir), str(plain)], capsys)
+    run_id = json.loads((run_dir / "run.json").read_text())["run_id"]
+    assert_one_error(rc, err, f"{run_dir} and {plain} are the same run (run id {run_id}; one is a copy of the other): "
+                              f"pass one of them")
     path = other / "task_001" / "expert_metrics.pkl"
     metrics = pickle.loads(path.read_bytes())
     metrics["test_acc"][-1] = 1.0 - metrics["test_acc"][-1]  # the same size, other numbers
@@ -362,7 +376,7 @@ def test_compare_reads_only_each_runs_own_whole_files(made, tmp_path, capsys):
     rc, _, err = run_cli(["compare", str(run_dir), str(other)], capsys)
     assert_one_error(rc, err, f"{path} does not match the sha256 recorded when it was written")
     shutil.copytree(run_dir / "task_001", run_dir / "task_002")  # a folder past the run's two tasks
-    rc, _, err = run_cli(["compare", str(run_dir), str(copy(made, "finished", tmp_path / "o2"))], capsys)
+    rc, _, err = run_cli(["compare", str(run_dir), str(another_run(made, tmp_path / "o2"))], capsys)
     assert_one_error(rc, err, f"{run_dir} holds 3 task folders but its run has 2 tasks: task_002 on")
 
 

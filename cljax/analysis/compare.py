@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from fractions import Fraction
 from pathlib import Path
 
@@ -23,6 +24,7 @@ import numpy as np
 from cljax import results
 from cljax.analysis import plots
 from cljax.analysis.cl import mean_over_every_task, mean_over_tasks
+from cljax.analysis.compare_text import sweep_runs_left_out
 from cljax.analysis.spread import spread
 from cljax.checkpoint import NewerRecord, read_run_record
 from cljax.errors import CljaxError
@@ -109,6 +111,31 @@ def _checker(run_dir: Path, first: Path):
     return check
 
 
+def run_id_of(run_dir: Path) -> str | None:
+    """The run's id, as the comparison's check reads it: run.json's, else (none, or damaged)
+    task_000's; None where neither records one or can be read (the reading then says why)."""
+    record = _record_or_none(run_dir)
+    if record is not None:
+        return record["run_id"]
+    try:
+        return results.load_metadata(run_dir / "task_000").get("run_id")
+    except (CljaxError, OSError):
+        return None
+
+
+def _refuse_copies(run_dirs) -> None:
+    """Two folders of one run id are one run (a copy, or a snapshot of it): compared, they gave a
+    paired difference of 0 in every repeat as if two runs had tied."""
+    seen: dict = {}
+    for run_dir in run_dirs:
+        run_id = run_id_of(Path(run_dir))
+        if run_id is not None and run_id in seen:
+            copy = "" if Path(seen[run_id]).resolve() == Path(run_dir).resolve() else "; one is a copy of the other"
+            raise CljaxError(f"{seen[run_id]} and {run_dir} are the same run (run id {run_id}{copy}): pass one of "
+                             f"them.")
+        seen.setdefault(run_id, run_dir)
+
+
 def with_values(per_repeat: np.ndarray) -> dict:
     """:func:`spread` of one value per repeat, and the values (``per_repeat``: the lowest repeat,
     or any other statistic, without reading the runs again)."""
@@ -122,6 +149,9 @@ def compare_runs(run_dirs, out_png: str | os.PathLike | None = None, labels=None
     labels = list(labels) if labels else distinct_labels(run_dirs)
     if len(set(labels)) != len(labels):
         raise CljaxError(f"two runs have the same label ({', '.join(labels)}): give each its own.")
+    _refuse_copies(run_dirs)
+    for note in sweep_runs_left_out(run_dirs):
+        print(note, file=sys.stderr)
     curves, summary, draws, methods, accs, families = {}, {}, {}, {}, {}, {}
     for label, run_dir in zip(labels, run_dirs):
         acc = accs[label] = current_task_accuracy(run_dir)

@@ -1,11 +1,15 @@
 """The table `cljax compare` prints: each run's late gap, learner and expert; its partial or
-diverged repeats; each run's paired difference from its baseline, and those pooled over draws."""
+diverged repeats; each run's paired difference from its baseline, and those pooled over draws;
+and the note naming the runs a sweep given whole lists but has no task folders of."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 
 from cljax.analysis.spread import figure, mean_std_text
+from cljax.run_search import holds_task_dirs, listed_runs
 
 
 def _pm(v: dict) -> str:
@@ -59,3 +63,23 @@ def format_comparison(summary: dict) -> str:
     for label, why in ((label, s["not_pooled"]) for label, s in summary.items() if "not_pooled" in s):
         lines.append(f"{label} {why}")
     return "\n".join(lines)
+
+
+def sweep_runs_left_out(run_dirs) -> list[str]:
+    """A note for each sweep (a folder whose sweep.json lists runs three levels down) whose runs
+    with task folders are all given, naming the runs it lists that have none and why: left out
+    without a word, a baseline among them changed which run the others are paired with."""
+    given = {Path(d).resolve() for d in run_dirs}
+    notes = []
+    for sweep in dict.fromkeys(Path(d).parents[2] for d in run_dirs if len(Path(d).parents) > 2):
+        listed = listed_runs(sweep) if (sweep / "sweep.json").is_file() else None
+        have = [p for p in listed or () if holds_task_dirs(p)]
+        skipped = [p for p in listed or () if p not in have]
+        if not have or not skipped or not {p.resolve() for p in have} <= given:
+            continue
+        why = [f"{p} ({'no task folder' if p.is_dir() else 'no such folder'})" for p in skipped]
+        notes.append(f"note: {sweep}'s sweep.json also lists {len(skipped)} run(s) without task folders (moved away, "
+                     f"or not run yet), left out of the comparison: {', '.join(why[:4])}"
+                     f"{f' ... ({len(why)} in all)' if len(why) > 4 else ''}; each run is paired with the first run "
+                     f"of its draw among those compared.")
+    return notes
