@@ -3,6 +3,7 @@ registries' params dataclasses (cljax/settings.py)."""
 
 from __future__ import annotations
 
+import atexit
 import json
 import math
 import os
@@ -52,10 +53,13 @@ def _cmd_run(argv: list[str]) -> int:
     # Here, before the handlers below: jax.distributed.initialize() puts JAX's own SIGTERM handler
     # in place of the process's, which then trained on to the end through a SLURM preemption.
     maybe_initialize_distributed()
+    # The same command with --overwrite deletes the finished tasks (a requeue of it never got past a stop).
+    resume = "without --overwrite to resume (with it, the run starts again from task 0)" if args.overwrite else \
+        "to resume"
     outcome = _stoppable(lambda critical: run_experiment(
         config, overwrite=args.overwrite, progress=False if args.no_progress else "bar" if sys.stderr.isatty() else "log",
         allow_nonfinite=args.allow_nonfinite, critical=critical, repair=args.repair),
-        "the finished tasks are saved; run the same command to resume.")
+        f"the finished tasks are saved; run the same command {resume}.")
     if outcome.already_finished:
         print(f"this run is already finished ({config.num_tasks} tasks, every task folder verified); "
               f"--overwrite would delete it and train it again.")
@@ -166,8 +170,6 @@ def _cmd_plan(argv: list[str]) -> int:
     config = config_from_args(args)
     warn_unused(parser, args)
     _use_every_core(config)
-    import json
-
     from cljax.plan import format_plan, make_plan
 
     if config.dataset == "imagenet_28_gray" and not config.data_dir:  # planned before the data is prepared
@@ -347,10 +349,12 @@ def main(argv: list[str] | None = None) -> int:
         return rc
     finally:
         if from_shell and previous and rc is not None:
-            # The process ends now, and the interpreter's shutdown takes a moment: a signal in it
-            # ends the process at once with the command's own code (the default handler would
-            # kill it, 128 + the signal's number, as if the command had not finished).
+            # A signal in the interpreter's shutdown must keep the command's code (the default action,
+            # 128 + its number, says it did not finish). This handler serves while Python code runs; the
+            # C teardown after it runs none and resets it to the default, but keeps SIG_IGN: the stop
+            # signals are ignored from the first exit function on (registered last, so run first).
             _install(lambda signum, frame: _exit_finished(signum, rc))
+            atexit.register(_install, signal.SIG_IGN)
         elif not from_shell:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
