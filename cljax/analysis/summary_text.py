@@ -7,6 +7,9 @@ from cljax.analysis.analyses import COLLAPSE_DROP
 from cljax.analysis.glue import GLUE_RELIABLE
 from cljax.analysis.spread import mean_std_text
 
+# An across-task capacity at most this many times its floor is said to sit at it (docs/metrics.md, GLUE)
+AT_FLOOR = 1.1
+
 
 def _pm(entry, digits: int = 4) -> str:
     """'mean +- std' of a summary entry (None: not defined), with the repeats left out if any."""
@@ -118,12 +121,12 @@ def format_summary(summary: dict) -> str:
         across = glue.get("across_tasks", {})
         final = across.get("final", {})
         if (final.get("capacity") or {}).get("mean") is not None and "capacity_floor" in final:
-            apart = (final["inseparable_fraction"].get("mean") or 0.0) >= 0.5
+            at_floor = final["capacity"]["mean"] <= AT_FLOOR * (final["capacity_floor"].get("mean") or 0.0)
             lines.append(f"GLUE across {across['n_manifolds'] // 2} tasks (P = {across['n_manifolds']}), last folder: "
                          f"capacity {_pm(final['capacity'])}, its floor {_pm(final['capacity_floor'])} (every "
                          f"dichotomy inseparable); {100 * (final['inseparable_fraction'].get('mean') or 0.0):.0f}% of "
                          f"the probes separate nothing" + (
-                             ": at its floor the capacity measures the rank of the representation, not the "
-                             "manifolds' geometry (docs/metrics.md, GLUE)" if apart else ""))
+                             f": within {AT_FLOOR - 1:.0%} of its floor, the capacity measures the rank of the "
+                             f"representation, not the manifolds' geometry (docs/metrics.md, GLUE)" if at_floor else ""))
     lines.append(f"std: {summary.get('std', '')}")
     return "\n".join(lines)
