@@ -31,7 +31,7 @@ from cljax.eval_tasks import eval_tasks_of
 from cljax.evaluate import TestSets, WindowTestSets
 from cljax.faults import crash_point
 from cljax.initial_state import INITIAL, initial_arrays, write_initial, wrote_initial
-from cljax.kept_checkpoints import (describe_replay, keep_checkpoint, keeps, kept_is_whole, kept_path, replay_note, rewrite_kept,
+from cljax.kept_checkpoints import (again_note, describe_replay, keep_checkpoint, keeps, kept_is_whole, kept_path, replay_note, rewrite_kept,
                                      same_as_recorded, unread_by_a_finished_run)
 from cljax.program import build_task_program
 from cljax.progress import progress_for
@@ -314,10 +314,14 @@ def _train(config, data, task_data, schedule, program, start, chunk_tasks, found
             metadata["split_at_run_start"] = recorded_split(found.record)
         if replaying:
             metadata["repaired"] = {"trained_again_from_task": replay[0]}
-        rewrite = disk_per_task if (algo_dir / task_dir_name(t)).exists() else 0  # the old folder stays until replaced
+        there = (algo_dir / task_dir_name(t)).exists()  # the old folder stays until replaced
+        again = there and not replaying  # whole (the stale ones are gone): first compared, in a scratch folder
+        rewrite = disk_per_task if there else 0  # (the scratch folder is deleted before the new one is written)
         check_disk(algo_dir, disk_per_task + rewrite, f"task {t} (its folder and the checkpoint's new copy)")
         with critical, disk_errors(algo_dir, t):  # the task folder, then the checkpoint that points past it
             if is_writer() and (not replaying or t in found.repair):
+                if again:  # the run stopped between this folder and the checkpoint after it
+                    print(again_note(t, same_as_recorded(algo_dir, t, arrays, metadata)), file=sys.stderr)
                 memo.note_written(write_task(algo_dir, t, arrays, metadata))
             elif is_writer() and not same_as_recorded(algo_dir, t, arrays, metadata):  # a whole folder, recomputed
                 differing.append(t)

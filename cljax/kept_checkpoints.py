@@ -122,6 +122,18 @@ def same_as_recorded(algo_dir: Path, t: int, arrays: dict, metadata: dict) -> bo
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+def again_note(t: int, same: bool) -> str:
+    """The line of a resume that trains task ``t`` again over its whole folder (the run stopped
+    between the folder and the checkpoint after it); ``same``: it came out as recorded."""
+    what = (f"task {t} was trained again, as the run had stopped between its folder and "
+            f"{'the first checkpoint' if t == 0 else 'the checkpoint after it'}")
+    if same:
+        return f"note: {what}; it came out byte for byte as its folder recorded."
+    return (f"warning: {what}, and it came out different from its folder's recorded files: the device split or "
+            f"lowering differs from the run's, which moves the last bits (docs/scale.md); {task_dir_name(t)} now "
+            f"holds this split's numbers, which the next tasks train on.")
+
+
 def replay_note(found, differing: list[int], kept: list[int]) -> str:
     """The line --repair prints when its replay is over; ``kept``: the task starts whose kept
     checkpoints it wrote again."""

@@ -90,17 +90,34 @@ def test_repair_and_the_rewrite_of_initial_refuse_to_delete_a_users_file(made, t
     assert state(run_dir) == before
 
 
-def test_a_run_stopped_between_task_0s_folder_and_its_checkpoint_trains_task_0_again_to_the_same_bytes(made, tmp_path,
-                                                                                                     capsys):
-    # The task-0 form of a stop between a task's folder and the checkpoint after it (the later
-    # tasks' form is a checkpoint one task behind): no checkpoint, one whole folder. There is no
-    # learner state to lose, so the resume trains task 0 again from the seed and writes its folder
-    # anew; a lost checkpoint behind two whole folders or more needs --repair (tests/test_repair.py).
-    run_dir = copy(made, "partial", tmp_path / "r")
-    (run_dir / "checkpoint.npz").unlink()
+@pytest.mark.parametrize("task", [0, 1])
+def test_a_run_stopped_between_a_tasks_folder_and_the_checkpoint_after_it_trains_the_task_again_and_says_so(
+        made, tmp_path, capsys, monkeypatch, task):
+    # Not damage: the resume trains that task again from the checkpoint before it (task 0: from the
+    # seed, there is none) and writes its folder anew. It did so without a word; on another device
+    # split the folder could change silently. A lost checkpoint behind two whole folders or more
+    # needs --repair (tests/test_repair.py).
+    import cljax.experiment as experiment
+
+    run_dir = copy(made, "partial" if task == 0 else "finished", tmp_path / "r")
+    if task == 0:
+        (run_dir / "checkpoint.npz").unlink()
+    else:  # the checkpoint after task 0 beside the whole folder of task 1
+        shutil.copy(made["partial"] / run_dir.relative_to(tmp_path / "r") / "checkpoint.npz", run_dir / "checkpoint.npz")
     rc, out, err = run_cli(["run", *FLAGS, "--results-dir", str(tmp_path / "r")], capsys)
     assert rc == 0, err
+    stop = "the first checkpoint" if task == 0 else "the checkpoint after it"
+    assert err == (f"note: task {task} was trained again, as the run had stopped between its folder and {stop}; it "
+                   f"came out byte for byte as its folder recorded.\n")
     finished = made["finished"] / run_dir.relative_to(tmp_path / "r")
     for t in (0, 1):
         written = json.loads((run_dir / f"task_00{t}" / "metadata.json").read_text())["files"]
         assert written == json.loads((finished / f"task_00{t}" / "metadata.json").read_text())["files"]
+
+    if task == 1:  # another split's last bits: the folder holds the new numbers, which the next tasks train on
+        shutil.copy(made["partial"] / run_dir.relative_to(tmp_path / "r") / "checkpoint.npz", run_dir / "checkpoint.npz")
+        monkeypatch.setattr(experiment, "same_as_recorded", lambda *args: False)
+        rc, out, err = run_cli(["run", *FLAGS, "--results-dir", str(tmp_path / "r")], capsys)
+        assert rc == 0, err
+        assert err.startswith("warning: task 1 was trained again, as the run had stopped between its folder and the "
+                              "checkpoint after it, and it came out different from its folder's recorded files")
