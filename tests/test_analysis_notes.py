@@ -75,6 +75,20 @@ def test_the_across_task_capacity_line_names_its_floor_and_says_when_it_sits_the
     assert lines(0.8267, floor=False) == []
 
 
+def test_the_capacity_panel_draws_its_floor(tmp_path, monkeypatch):
+    shown = saved_texts(monkeypatch)
+    capacity, floor = np.array([[0.21, 0.22], [0.20, 0.21]]), np.array([[0.20, 0.21], [0.19, np.nan]])
+    plots.plot_glue_over_tasks({"capacity": capacity, "capacity_floor": floor, "radius": capacity}, tmp_path / "g.png")
+    assert "floor (every dichotomy inseparable)" in shown[-1] and "capacity_floor" not in shown[-1]
+    import matplotlib.pyplot as plt
+
+    fig = plt.figure()
+    monkeypatch.setattr(plots, "_figure", lambda **kw: fig)  # the figure drawn, to read its lines
+    plots.plot_glue_over_tasks({"capacity": capacity, "capacity_floor": floor}, tmp_path / "g.png")
+    dashed = [ln for ln in fig.axes[0].get_lines() if ln.get_linestyle() == "--"]
+    assert len(dashed) == 1 and np.allclose(dashed[0].get_ydata(), [0.195, 0.21])  # the mean of the finite floors
+
+
 def test_a_probe_with_one_image_per_class_is_not_measured_in_the_summary_and_the_plot(tmp_path, monkeypatch):
     # --n-subsamples 2: no fold holds both classes, so no probe; it tested no image and no repeat
     # is left out (it read tested_per_task 2 and n_nonfinite R, as if R repeats had diverged).

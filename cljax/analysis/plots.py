@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import textwrap
+import warnings
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -177,8 +178,10 @@ def plot_metrics_over_tasks(
     title: str = "Metrics over tasks",
     x=None,
     xlabel: str = "task",
+    lines: Mapping[str, tuple[str, np.ndarray]] | None = None,
 ) -> Path:
-    """One panel per metric, each an (R, T) array (or (T,)), mean +- std across repeats."""
+    """One panel per metric, each an (R, T) array (or (T,)), mean +- std across repeats;
+    ``lines``: panel name -> (label, (R, T) array) drawn in it as a dashed mean, with a legend."""
     names = list(metrics)
     if not names:
         raise ValueError("no metrics to plot")
@@ -191,6 +194,13 @@ def plot_metrics_over_tasks(
         v = v[None] if v.ndim == 1 else v
         xs = np.arange(v.shape[-1]) if x is None else np.asarray(x)
         _band(ax, xs, v, marker="o" if v.shape[-1] <= 30 else None, limits=RANGES.get(name))
+        if name in (lines or {}):
+            label, w = lines[name]
+            w = np.asarray(w, dtype=np.float64)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # a column of NaN (diverged): no point there
+                ax.plot(xs, np.nanmean(w[None] if w.ndim == 1 else w, axis=0), "--", color="0.4", label=label)
+            ax.legend(fontsize=7)
         if not np.isfinite(v).any():
             if len(xs):  # the run's tasks on the axis, as in the other panels
                 ax.set_xlim(float(np.min(xs)) - 0.5, float(np.max(xs)) + 0.5)
@@ -243,7 +253,9 @@ def plot_glue_over_tasks(metrics: Mapping[str, np.ndarray], path, x=None,
                          title: str = "Manifold capacity and geometry over tasks") -> Path:
     """:func:`plot_metrics_over_tasks` on the GLUE metrics present in ``metrics``."""
     chosen = {k: metrics[k] for k in GLUE_PANELS if k in metrics}
-    return plot_metrics_over_tasks(chosen or dict(metrics), path, title=title, x=x)
+    floor = {"capacity": ("floor (every dichotomy inseparable)", metrics["capacity_floor"])} \
+        if "capacity" in chosen and "capacity_floor" in metrics else None
+    return plot_metrics_over_tasks(chosen or dict(metrics), path, title=title, x=x, lines=floor)
 
 
 def plot_head_vs_probe(earlier_RN: Mapping[str, np.ndarray], last_RT: Mapping[str, np.ndarray], path,
