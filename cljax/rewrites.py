@@ -81,12 +81,12 @@ def check_rewrites(algo_dir: Path, found, writes_initial: bool) -> None:
     stale task folder is not another run's."""
     run_id = (found.record or {}).get("run_id")
     for folder in found.stale:
-        check_ours(folder, TASK_NAMES, "the resume, which trains that task again,")
+        check_ours(folder, TASK_NAMES, "the resume (it trains that task again)")
         other = _run_id_of(folder)
         if other is not None and run_id is not None and other != run_id:
             raise CljaxError(f"{folder} is a task folder of run {other}, not of this run ({run_id}), and the resume "
                              f"would delete it to train that task again: {MOVE_IT}.")
     for t in found.repair:
-        check_ours(algo_dir / task_dir_name(t), TASK_NAMES, "--repair, which writes that folder anew,")
+        check_ours(algo_dir / task_dir_name(t), TASK_NAMES, "--repair (it writes that folder anew)")
     if writes_initial:
         check_ours(algo_dir / INITIAL, INITIAL_NAMES, "writing initial/ again")

@@ -43,7 +43,6 @@ from cljax.safe_files import npy_header, safe_load_pickle
 from cljax.setting_match import DATA_DIFFERS, resume_differences
 
 
-
 # ---- what is there -------------------------------------------------------------------------
 @dataclass
 class Found:

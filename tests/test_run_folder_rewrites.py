@@ -31,14 +31,14 @@ def _another_runs(run_dir, made):
 
 STALE = {
     "a user's file": (lambda d, m: (_half_written(d), (d / "task_001" / "notes.txt").write_text("mine")),
-                      "task_001/notes.txt is not a file cljax writes, and the resume, which trains that task again, "
+                      "task_001/notes.txt is not a file cljax writes, and the resume (it trains that task again) "
                       "would delete it with"),
     "a sub-folder": (lambda d, m: (_half_written(d), (d / "task_001" / "sub").mkdir()),
                      "task_001/sub is not a file cljax writes"),
     "another run's folder": (lambda d, m: _another_runs(d, m),
                              "task_001 is a task folder of run another-run, not of this run"),
     "a link": (lambda d, m: (d / "task_001").symlink_to(d / "task_000", target_is_directory=True),
-               "task_001 is a symbolic link, which the resume, which trains that task again, does not follow"),
+               "task_001 is a symbolic link, which the resume (it trains that task again) does not follow"),
     "a file": (lambda d, m: (d / "task_001").write_text("mine"), "task_001 is not a folder, so not one cljax wrote"),
 }
 
@@ -76,8 +76,8 @@ def test_repair_and_the_rewrite_of_initial_refuse_to_delete_a_users_file(made, t
     (run_dir / "task_000" / "notes.txt").write_text("mine")
     before = state(run_dir)
     rc, _, err = run_cli(["run", *FLAGS, "--repair", "--results-dir", str(tmp_path / "r")], capsys)
-    assert_one_error(rc, err, "task_000/notes.txt is not a file cljax writes, and --repair, which writes that folder "
-                              "anew, would delete it with")
+    assert_one_error(rc, err, "task_000/notes.txt is not a file cljax writes, and --repair (it writes that folder "
+                              "anew) would delete it with")
     assert state(run_dir) == before
 
     run_dir = copy(made, "finished", tmp_path / "f")
