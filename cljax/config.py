@@ -68,8 +68,8 @@ class Config:
     epochs: int = param(5, "passes over a task's training data, each in a new order per repeat", min=1)
     batch_size: int = param(32, "minibatch size per repeat; an epoch takes floor(N / B) full batches of its N training "
                                 "images, so the N mod B last in that epoch's order sit it out (others each epoch)", min=1)
-    lr: float | None = param(None, "learning rate of every parameter group (learner and expert); default: the rule's own "
-                             "(SL 0.05, RL 0.1, Bio 0.05), recorded resolved in metadata.json", min=0.0, max=F32_MAX)
+    lr: float | None = param(None, "learning rate of every parameter group (learner and expert); default: the rule's own, "
+                             "recorded resolved in metadata.json; each registered rule's:", min=0.0, max=F32_MAX)
     lr_features: float | None = param(None, "learning rate of the feature layers (default: --lr)", min=0.0,
                                       max=F32_MAX)
     lr_classifier: float | None = param(None, "learning rate of the classifier layer (default: --lr)", min=0.0,

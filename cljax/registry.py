@@ -278,6 +278,11 @@ def plugin_error(exc: BaseException) -> str | None:
             f"{f' ({text})' if text else ''}: fix it, or leave it out of --plugin / ${PLUGINS_ENV}.")
 
 
+def plugin_frame(exc: BaseException) -> traceback.FrameSummary | None:
+    """The innermost frame of ``exc``'s traceback in a loaded plugin file, or None."""
+    return _last_plugin_frame(exc, _loaded_plugins)
+
+
 def _last_plugin_frame(exc: BaseException, paths) -> traceback.FrameSummary | None:
     """The innermost frame of ``exc``'s traceback in one of the files ``paths`` (resolved), or None."""
     frames = [f for f in traceback.extract_tb(exc.__traceback__)

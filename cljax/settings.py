@@ -131,6 +131,8 @@ def add_settings_flags(parser: argparse.ArgumentParser, argv: list[str] = ()) ->
         note = f" [{', '.join(users)}]" if len(users) > 1 else ""
         if dest in registries:  # what is registered now, plugins included
             note = f": {', '.join(registries[dest].names())}"
+        if dest == "lr":  # each rule's default_lr, plugins' included
+            note = " " + ", ".join(f"{e.name} {e.extra.get('default_lr', 0.05)}" for e in RULES.entries())
         if dest == "data_dir":  # each dataset's own place (register_dataset(..., data_dir=...))
             places = [f"{e.name}: {e.extra['data_dir']}" for e in DATASETS.entries() if "data_dir" in e.extra]
             note = f" (default: {'; '.join(places)})" if places else " (default: the dataset's own place)"

@@ -35,7 +35,7 @@ def test_run_help_gives_each_flags_choices_range_and_default(capsys):
                  "shuffling all derive from it (in [0,2^32-1]; default: 0)",  # --seed
                  "on the CPU the host's available memory) (in [0,2^62]; default: 0)",  # --device-memory
                  "learning rate of the feature layers (>=0; default: --lr)",  # its own default kept
-                 "recorded resolved in metadata.json (>=0) --lr-features",  # --lr: default in its text
+                 "each registered rule's: Bio 0.05, RL 0.1, SL 0.05 (>=0) --lr-features",  # --lr: default in its text
                  "shrink factor lam (in [0,1]; default: 0.99)", "number of hidden layers of the MLP (in [1,1000]; "
                  "default: 2)", "held-out part of the train split, disjoint from the training images (train_holdout) "
                  "(default: test)", "beside it win (cljax/presets.py) (default: none)",

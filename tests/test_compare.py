@@ -466,6 +466,27 @@ def test_two_draws_of_one_rule_and_options_with_a_setting_changed_are_not_pooled
     assert not any("not_pooled" in s for s in summary.values())
 
 
+def test_two_draws_of_a_plugins_rule_not_loaded_here_with_a_setting_changed_say_why_they_are_not_pooled(tmp_path):
+    # compare loads no plugin: a plugin rule's recorded settings cannot be read as a Config, so the
+    # run had no family and its line went missing. Its folder, which cljax names by the family, tells it.
+    rng = np.random.default_rng(8)
+    expert = rng.uniform(0.5, 0.9, (T, R))
+    runs = []
+    for seed in (0, 1):
+        pairs = rng.permutation(np.arange(2 * T * R)).reshape(T, R, 2)
+        learner = rng.uniform(0.5, 0.9, (T, R))
+        for family, config in (("SL", {"algorithm": "SL"}), ("Brier", {"algorithm": "Brier", "brier_scale": 0.5 + seed})):
+            run = tmp_path / f"s{seed}" / f"{family}_T{T}"
+            write_run(run, learner + 0.01 * (family == "Brier"), expert, window=False, seed=seed, pairs_TR2=pairs)
+            (run / "run.json").write_text(json.dumps({"config": {"lr": 0.1, **config, "seed": seed}}))
+            runs.append(run)
+    labels = ["sl0", "brier0", "sl1", "brier1"]
+    summary = compare_runs(runs, labels=labels)
+    assert summary["brier1"]["paired"]["baseline"] == "sl1"
+    assert summary["brier1"]["not_pooled"] == ("not pooled with brier0 (the same rule and options on another draw): "
+                                               "its settings differ in brier_scale (0.5 there, 1.5 here)")
+
+
 def test_the_late_tasks_start_at_the_fraction_given_not_one_float_rounding_early():
     from cljax.analysis.compare import late_start
 

@@ -103,6 +103,8 @@ def test_help_lists_the_registered_rules_and_models_plugins_included(tmp_path):
     text = " ".join(proc.stdout.split())
     assert "the continual learner and the expert: Bio, RL, SL, ToySign (default: SL)" in text
     assert "network architecture: cnn, mlp, resnet, toy_linear (default: cnn)" in text
+    # --lr's default, each rule's own: a plugin's too (the text named the built-ins' alone)
+    assert "each registered rule's: Bio 0.05, RL 0.1, SL 0.05, ToySign 0.01 (>=0)" in text
 
 
 def test_a_name_is_registered_once_and_a_module_imported_again_replaces_its_own():
@@ -283,6 +285,16 @@ register(Analysis("count_tasks", init=lambda context: 0, update=lambda n, folder
                           f"register(Analysis('{name}', lambda c: 0, lambda n, f: n, lambda n: {finalize}))\n")
         rc, err = _analyze_here(run.algo_dir, bad, plugin, capsys, monkeypatch)
         assert rc == 2 and err == f"error: {said} (nothing was written).\n" and not bad.exists()
+    # an exception in its update: the line names the plugin file's own line, as a run's hook's does
+    plugin = tmp_path / "raises_analysis.py"
+    plugin.write_text("from cljax.analysis.registry import Analysis, Result, register\n"
+                      "def update(n, folder):\n"
+                      "    return n / 0\n"
+                      "register(Analysis('raises', lambda c: 0, update, lambda n: Result()))\n")
+    rc, err = _analyze_here(run.algo_dir, bad, plugin, capsys, monkeypatch)
+    assert rc == 2 and err == (f"error: analysis 'raises' raised ZeroDivisionError in update (task_000) at line 3 of "
+                               f"{plugin}: division by zero: fix its plugin, or leave it out of --plugin (nothing was "
+                               f"written).\n") and not bad.exists()
 
 
 def _class_data(**changes):

@@ -158,7 +158,9 @@ def compare_runs(run_dirs, out_png: str | os.PathLike | None = None, labels=None
         gap_nR = acc["expert"] - acc["learner"]
         late = slice(late_start(len(gap_nR), late_from), len(gap_nR))
         record = as_trained(Path(run_dir), _record_or_none(Path(run_dir))) or {}  # damaged: the task folders only
-        methods[label], families[label] = method_of(record), family_of(record)
+        # a plugin's rule or option, not loaded here: the folder cljax named by it (results/{dataset}/{family})
+        methods[label] = method_of(record)
+        families[label] = family_of(record) or (Path(run_dir).name if record.get("config") else None)
         summary[label] = {
             "run": str(run_dir), "n_tasks": len(gap_nR), "late_tasks": [late.start, len(gap_nR) - 1],
             "num_tasks": acc["num_tasks"],  # the run's T (None: not recorded); n_tasks < T: a partial run

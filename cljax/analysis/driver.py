@@ -306,8 +306,12 @@ def _call(a, what: str, fn, *args):
     except CljaxError:
         raise
     except Exception as exc:
-        raise CljaxError(f"analysis {a.name!r} raised {type(exc).__name__} in {what}: {exc}: fix its plugin, or leave "
-                         f"it out of --plugin (nothing was written).") from None
+        from cljax.registry import plugin_frame
+
+        frame = plugin_frame(exc)  # the plugin file's own line, as a plot's error names it
+        at = f" at line {frame.lineno} of {frame.filename}" if frame is not None else ""
+        raise CljaxError(f"analysis {a.name!r} raised {type(exc).__name__} in {what}{at}: {exc}: fix its plugin, or "
+                         f"leave it out of --plugin (nothing was written).") from None
 
 
 def _progress_bar(total: int):
