@@ -3,7 +3,6 @@ registries' params dataclasses (cljax/settings.py)."""
 
 from __future__ import annotations
 
-import atexit
 import json
 import math
 import os
@@ -13,10 +12,11 @@ from pathlib import Path
 
 from cljax.cli_errors import error_line
 from cljax.presets import preset_note
-from cljax.command import STOP_SIGNALS, stop_at_once
+from cljax.command import stop_at_once
 from cljax.config import Config, algo_dir_of
-from cljax.errors import EXIT_PREEMPTED, CljaxError
+from cljax.errors import CljaxError
 from cljax.settings import Parser as _Parser
+from cljax.stopping import install, keep_exit_code, stoppable
 from cljax.settings import (add_repair_flag, add_run_flags, add_settings_flags, check_repair, config_from_args,
                             load_plugins_from_argv, warn_unused)
 
@@ -56,7 +56,7 @@ def _cmd_run(argv: list[str]) -> int:
     # The same command with --overwrite deletes the finished tasks (a requeue of it never got past a stop).
     resume = "without --overwrite to resume (with it, the run starts again from task 0)" if args.overwrite else \
         "to resume"
-    outcome = _stoppable(lambda critical: run_experiment(
+    outcome = stoppable(lambda critical: run_experiment(
         config, overwrite=args.overwrite, progress=False if args.no_progress else "bar" if sys.stderr.isatty() else "log",
         allow_nonfinite=args.allow_nonfinite, critical=critical, repair=args.repair),
         f"the finished tasks are saved; run the same command {resume}.")
@@ -91,59 +91,6 @@ def _stale_analysis(algo_dir: Path) -> str | None:
         return (f"note: {Path(algo_dir) / 'analysis'} is of the first {analysed} tasks, and the run now has {now}: run "
                 f"`cljax analyze {algo_dir}` again for them all.")
     return None
-
-
-def _stoppable(work, stopped: str):
-    """Run ``work(critical_lock)`` in a worker thread so that SIGTERM/SIGINT are handled at once,
-    also while the work waits in compiled code (Python runs a signal handler on the main thread
-    only, between bytecodes): the process exits with EXIT_PREEMPTED, printing ``stopped``, as
-    soon as the work does not hold the lock, which it holds while it writes what must be whole
-    (a task folder, a checkpoint, an analysis's files). SLURM sends SIGTERM some seconds before
-    it kills."""
-    import threading
-
-    critical = threading.Lock()
-    box: dict = {}
-
-    def target():
-        try:
-            box["result"] = work(critical)
-        except BaseException as exc:  # handed to the main thread
-            box["error"] = exc
-
-    stopping: list = []
-
-    def on_signal(signum, frame):
-        # A second signal (SLURM's, or timeout's passed on) runs this handler again on the same
-        # thread, inside the first one: it must not wait for the lock that the first one holds.
-        if stopping:
-            return
-        stopping.append(signum)
-        with critical:  # never leave a half-written task folder, checkpoint or analysis
-            _exit_stopped(signum, stopped)
-
-    previous = _install(on_signal)
-    worker = threading.Thread(target=target, name="cljax-work", daemon=True)
-    worker.start()
-    try:
-        while worker.is_alive():
-            worker.join(timeout=0.2)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    if "error" in box:
-        raise box["error"]
-    return box["result"]
-
-
-def _exit_stopped(signum: int, what: str, stopped: str = "stopped") -> None:
-    from cljax.run_lock import let_go_of_every_lock
-
-    let_go_of_every_lock()  # (called with the critical lock held: nothing is being written)
-    print(f"\n{stopped} by {signal.Signals(signum).name}: {what}", file=sys.stderr)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(EXIT_PREEMPTED)
 
 
 def _cmd_prepare_imagenet(argv: list[str]) -> int:
@@ -241,7 +188,7 @@ def _cmd_analyze(argv: list[str]) -> int:
     if not task_dirs(args.algo_dir):
         raise CljaxError(f"{args.algo_dir} holds no finished task folder (task_000, ...): "
                          f"{writing_now(Path(args.algo_dir)) or runs_near(args.algo_dir)}.")
-    summary = _stoppable(lambda critical: analyze_run(
+    summary = stoppable(lambda critical: analyze_run(
         args.algo_dir, args.out, variant=args.variant, tau=args.tau, glue=not args.no_glue,
         glue_n_probes=args.glue_probes, probe_ridge=args.probe_ridge, make_plots=not args.no_plots,
         progress=not args.no_progress, critical=critical,
@@ -332,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     # First thing: a signal from here on stops the process in one line (until a command installs
     # its own handler: prepare-imagenet's stops its worker processes first).
-    previous = _install(stop_at_once)
+    previous = install(stop_at_once)
     rc = None
     try:
         if from_shell:  # the command line (not a call from Python): persistent compilation cache on
@@ -349,23 +296,10 @@ def main(argv: list[str] | None = None) -> int:
         return rc
     finally:
         if from_shell and previous and rc is not None:
-            # A signal in the interpreter's shutdown must keep the command's code (the default action,
-            # 128 + its number, says it did not finish). This handler serves while Python code runs; the
-            # C teardown after it runs none and resets it to the default, but keeps SIG_IGN: the stop
-            # signals are ignored from the first exit function on (registered last, so run first).
-            _install(lambda signum, frame: _exit_finished(signum, rc))
-            atexit.register(_install, signal.SIG_IGN)
+            keep_exit_code(rc)  # through the interpreter's shutdown
         elif not from_shell:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-
-
-def _exit_finished(signum: int, rc: int) -> None:
-    try:
-        print(f"\nstopped by {signal.Signals(signum).name} after the command had ended (exit code {rc}): its "
-              f"output is whole.", file=sys.stderr, flush=True)
-    finally:
-        os._exit(rc)
 
 
 def _dispatch(argv: list[str]) -> int:
@@ -389,14 +323,6 @@ def _dispatch(argv: list[str]) -> int:
         if at_once:
             os._exit(2)
         return 2
-
-
-def _install(handler) -> dict:
-    """The stop signals (STOP_SIGNALS) -> ``handler``; the handlers replaced (none off the main thread)."""
-    try:
-        return {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
-    except ValueError:  # called from another thread: signals are the main thread's to handle
-        return {}
 
 
 if __name__ == "__main__":

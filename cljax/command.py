@@ -12,7 +12,7 @@ from cljax.errors import EXIT_PREEMPTED  # (a module of constants and exception 
 
 def stop_at_once(signum, frame):
     """Until a command installs its own handler: nothing has been written yet (a run writes only
-    inside cli._stoppable) or the command's output is rewritten whole by running it again."""
+    inside cljax.stopping.stoppable) or the command's output is rewritten whole by running it again."""
     print(f"\nstopped by {signal.Signals(signum).name}: nothing was left half-written; run the same command again.",
           file=sys.stderr)
     sys.stdout.flush()

@@ -18,7 +18,7 @@ def stop_waiting_says_the_jobs_go_on(jobs, kind: str, manifest: Path) -> None:
     which, and how to cancel what goes on, where the command's default line ("nothing was left
     half-written; run the same command again") would have a rerun submit every job again beside
     the running ones."""
-    from cljax.cli import _exit_stopped, _install
+    from cljax.stopping import exit_stopped, install
 
     ids = " ".join(str(job.job_id) for job in jobs)
     if kind == "slurm":
@@ -28,7 +28,7 @@ def stop_waiting_says_the_jobs_go_on(jobs, kind: str, manifest: Path) -> None:
         what = (f"local jobs the signal also reached (a Ctrl-C reaches them all) stop, and the same command resumes "
                 f"their runs from their last finished task; any still running go on ({manifest} lists them): `kill "
                 f"-INT {ids}` (their process ids) cancels them (a job ignores SIGTERM).")
-    _install(lambda signum, frame: _exit_stopped(signum, what, stopped="stopped waiting"))  # main thread only
+    install(lambda signum, frame: exit_stopped(signum, what, stopped="stopped waiting"))  # main thread only
 
 
 CONTROLLERS_LOG = "local_controllers.log"

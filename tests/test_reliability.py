@@ -132,7 +132,7 @@ def test_sigterm_exits_quickly_with_a_resumable_state(reference, tmp_path):
 
 SECOND_SIGNAL = """
 import os, signal, sys, threading, time
-from cljax import cli
+from cljax import stopping
 
 class SlowStderr:  # the first handler is still writing its line (a pipe, a network log) ...
     def write(self, s):
@@ -151,7 +151,7 @@ def send_two():  # ... when a second SIGTERM comes (SLURM's, or one that timeout
     os.kill(os.getpid(), signal.SIGTERM)
 
 threading.Thread(target=send_two, daemon=True).start()
-cli._stoppable(lambda critical: time.sleep(60), "stopped.")
+stopping.stoppable(lambda critical: time.sleep(60), "stopped.")
 """
 
 
@@ -424,12 +424,12 @@ def test_resume_restores_the_whole_learner_with_replay_momentum_and_the_methods(
 
 STOPPED_BY = """
 import os, signal, sys, threading, time
-from cljax import cli
+from cljax import stopping
 from cljax.run_lock import RunLock
 
 lock = RunLock(sys.argv[2]).__enter__()  # held by the command, as a run holds its folder's
 threading.Thread(target=lambda: (time.sleep(1.0), os.kill(os.getpid(), getattr(signal, sys.argv[1]))), daemon=True).start()
-cli._stoppable(lambda critical: time.sleep(60), "run the same command to resume.")
+stopping.stoppable(lambda critical: time.sleep(60), "run the same command to resume.")
 """
 
 

@@ -1,5 +1,5 @@
 """SIGTERM/SIGINT stop `cljax analyze` at once, also while it waits in compiled code, and never
-while it writes its files (the command line's stop lock, cljax.cli._stoppable)."""
+while it writes its files (the command line's stop lock, cljax.stopping.stoppable)."""
 
 import json
 import subprocess
