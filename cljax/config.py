@@ -20,7 +20,7 @@ from typing import Any
 
 from cljax.errors import CljaxError
 from cljax.flags import check_dataclass, check_value, field_types
-from cljax.registry import CONV_IMPLS, DATASETS, MODELS, OPTIONS, RULES, Entry, param
+from cljax.registry import CONV_IMPLS, DATASETS, MODELS, OPTIONS, RULES, Entry, default_lr, param
 
 # The record's schema: its settings, and what they compute. 3: Bio's feedback through the im2col
 # lowerings' pool follows the forward pass; 4: CBP ranks units by their age-corrected utility, BatchNorm
@@ -210,7 +210,7 @@ class Config:
     @property
     def lr_value(self) -> float:
         """--lr, or the rule's own default when it is not set (rules differ in gradient scale)."""
-        return self.lr if self.lr is not None else RULES[self.algorithm].extra.get("default_lr", 0.05)
+        return self.lr if self.lr is not None else default_lr(self.algorithm)
 
     @property
     def lr_features_value(self) -> float:

@@ -306,6 +306,11 @@ register_model = MODELS.register
 register_dataset = DATASETS.register
 
 
+def default_lr(rule: str) -> float:
+    """A rule's own learning rate (``register_rule(..., default_lr=)``), used where --lr is not given."""
+    return RULES[rule].extra.get("default_lr", 0.05)
+
+
 def ignored_settings(flat: dict) -> dict[str, str]:
     """Setting -> the entry that never reads it ("model mlp"): the ``ignores=`` of the rule, model
     and dataset the flat settings choose (those loaded here)."""

@@ -12,7 +12,8 @@ from cljax.config import Config, field_types_of, option_switch, settings_fields
 from cljax.errors import CljaxError
 from cljax.flags import add_flag, field_types, flag_values, parse_text
 from cljax.presets import PRESETS, preset_from_argv
-from cljax.registry import DATASETS, MODELS, OPTIONS, RULES, ignored_settings, load_plugins, source_file
+from cljax.registry import (DATASETS, MODELS, OPTIONS, RULES, default_lr, ignored_settings, load_plugins,
+                            source_file)
 
 
 class Parser(argparse.ArgumentParser):
@@ -132,7 +133,7 @@ def add_settings_flags(parser: argparse.ArgumentParser, argv: list[str] = ()) ->
         if dest in registries:  # what is registered now, plugins included
             note = f": {', '.join(registries[dest].names())}"
         if dest == "lr":  # each rule's default_lr, plugins' included
-            note = " " + ", ".join(f"{e.name} {e.extra.get('default_lr', 0.05)}" for e in RULES.entries())
+            note = " " + ", ".join(f"{name} {default_lr(name)}" for name in RULES.names())
         if dest == "data_dir":  # each dataset's own place (register_dataset(..., data_dir=...))
             places = [f"{e.name}: {e.extra['data_dir']}" for e in DATASETS.entries() if "data_dir" in e.extra]
             note = f" (default: {'; '.join(places)})" if places else " (default: the dataset's own place)"

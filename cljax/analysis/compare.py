@@ -67,7 +67,7 @@ def current_task_accuracy(run_dir) -> dict:
     dirs = results.first_task_dirs(run_dir)
     if not dirs:
         raise CljaxError(f"{run_dir} has no task folders: {results.runs_near(run_dir)}.")
-    check = _checker(Path(run_dir), dirs[0])
+    check = _checker(Path(run_dir))
     learner, expert, pairs, seeds, n_run, config, first_data = [], [], [], set(), None, {}, None
     for t, d in enumerate(dirs):
         meta = check(d, t)
@@ -92,13 +92,12 @@ def current_task_accuracy(run_dir) -> dict:
             "num_tasks": n_run}
 
 
-def _checker(run_dir: Path, first: Path):
+def _checker(run_dir: Path):
     """check(folder, t) -> its metadata; one CljaxError line when the folder is another task's or
     another run's, or when a file the comparison reads (the two metrics pickles) is missing or
     differs from the size and sha256 recorded when it was written. Only those two are checked: a
     long run's representations and weights, most of its size, are not read here."""
-    record = _record_or_none(run_dir)  # damaged: the task folders' own id
-    run_id = record["run_id"] if record is not None else results.load_metadata(first).get("run_id")
+    run_id = run_id_of(run_dir)  # (a damaged first folder: None, and its check below names the damage)
 
     def check(folder: Path, t: int) -> dict:
         read: dict = {}
@@ -112,8 +111,8 @@ def _checker(run_dir: Path, first: Path):
 
 
 def run_id_of(run_dir: Path) -> str | None:
-    """The run's id, as the comparison's check reads it: run.json's, else (none, or damaged)
-    task_000's; None where neither records one or can be read (the reading then says why)."""
+    """The run's id: run.json's, else (none, or damaged) its first task folder's; None where
+    neither records one or can be read (the check of that folder then says why)."""
     record = _record_or_none(run_dir)
     if record is not None:
         return record["run_id"]
