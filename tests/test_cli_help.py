@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from cljax.cli import main
+from cljax.registry import RULES
 from cljax.settings import Parser, add_repair_flag, add_run_flags, add_settings_flags
 from tests.run_folder_kit import assert_one_error, run_cli
 
@@ -35,7 +36,6 @@ def test_run_help_gives_each_flags_choices_range_and_default(capsys):
                  "shuffling all derive from it (in [0,2^32-1]; default: 0)",  # --seed
                  "on the CPU the host's available memory) (in [0,2^62]; default: 0)",  # --device-memory
                  "learning rate of the feature layers (>=0; default: --lr)",  # its own default kept
-                 "each registered rule's: Bio 0.05, RL 0.1, SL 0.05 (>=0) --lr-features",  # --lr: default in its text
                  "shrink factor lam (in [0,1]; default: 0.99)", "number of hidden layers of the MLP (in [1,1000]; "
                  "default: 2)", "held-out part of the train split, disjoint from the training images (train_holdout) "
                  "(default: test)", "beside it win (cljax/presets.py) (default: none)",
@@ -44,6 +44,13 @@ def test_run_help_gives_each_flags_choices_range_and_default(capsys):
                  "--data-dir DATA_DIR dataset location (default: fashion_mnist: /usr/share/datasets/fashion-mnist; "
                  "imagenet_28_gray: none, required"):
         assert said in text, said
+    # --lr: each registered rule's default in its text. Registration is per process, so a plugin
+    # an earlier test of this worker loaded is listed too (the CLI loads only its --plugin files).
+    listed = re.search(r"each registered rule's: (.*?) \(>=0\) --lr-features", text)
+    assert listed, "no default learning rates in --lr's help"
+    defaults = dict(entry.rsplit(" ", 1) for entry in listed.group(1).split(", "))
+    assert {name: defaults.get(name) for name in ("Bio", "RL", "SL")} == {"Bio": "0.05", "RL": "0.1", "SL": "0.05"}
+    assert set(defaults) <= set(RULES.names()) and list(defaults) == sorted(defaults)
     assert "--momentum MOMENTUM" in text and "--head HEAD" not in text  # a flag with choices shows them instead
     assert "(default: False)" in text and "--use-replay, --no-use-replay" in text  # a bool: no range
 
