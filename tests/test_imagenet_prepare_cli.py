@@ -372,6 +372,10 @@ def test_a_stop_whose_raise_python_drops_still_stops_the_preparation(capsys):
         with pytest.raises(KeyboardInterrupt):
             stops.stop_if_asked()
     assert fired and capsys.readouterr().err == ""
+    try:  # the stop went with its preparation: prepare() called alone after it goes on
+        stops.stop_if_asked()
+    except KeyboardInterrupt:
+        pytest.fail("a stop of an ended preparation stopped the next prepare() called alone")
     with stops.signals_as_interrupt():
         stops.stop_if_asked()  # a new preparation starts with no stop asked
 

@@ -51,6 +51,7 @@ def signals_as_interrupt():
         sys.unraisablehook = before
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        _asked.clear()  # a stop belongs to its preparation: a later one, or prepare() called alone, starts without it
 
 
 def quiet_worker() -> None:
