@@ -89,7 +89,7 @@ def run_experiment(
         algo_dir = algo_dir_of(config)
         memo = CheckRecord(algo_dir)  # the checks below parse each metadata.json once; what a resume verified before
         found = inspect_run(algo_dir, config, data_id, overwrite, hashes=False, memo=memo, repair=repair)
-        check_rewrites(algo_dir, found, _writes_initial(found, algo_dir, hashes=False))
+        check_rewrites(algo_dir, found, _writes_initial(found, algo_dir, hashes=False), config.num_tasks)
         sources = entry_sources(config)
     run_flags = {"--allow-nonfinite": allow_nonfinite, "--overwrite": overwrite, "--repair": repair}
     check_same_run(config, data_id, found, plugins=sources, **run_flags)  # multi-process: every process, the same run
@@ -156,7 +156,7 @@ def run_experiment(
             if is_writer():
                 lock.enter_context(RunLock(algo_dir))
             found = inspect_run(algo_dir, config, data_id, overwrite, hashes=True, memo=memo, repair=repair)  # now
-            check_rewrites(algo_dir, found, _writes_initial(found, algo_dir, hashes=True))
+            check_rewrites(algo_dir, found, _writes_initial(found, algo_dir, hashes=True), config.num_tasks)
     except BaseException:
         lock.close()
         raise

@@ -19,6 +19,7 @@ from cljax.errors import CljaxError
 from cljax.initial_state import INITIAL
 from cljax.kept_checkpoints import KEPT, is_kept_name
 from cljax.results import TASK_FILES, task_dir_name, task_dirs
+from cljax.run_search import TASK_DIR
 
 ANALYSIS = "analysis"
 TASK_NAMES = frozenset({*TASK_FILES, "model_state.npy"})
@@ -40,6 +41,9 @@ def check_ours(folder: Path, names, who: str) -> None:
         return
     if not folder.is_dir():
         raise CljaxError(f"{folder} is not a folder, so not one cljax wrote, and {who} would delete it: {MOVE_IT}.")
+    if not (os.access(folder, os.W_OK | os.X_OK) and os.access(folder.parent, os.W_OK)):  # else it stops half-way
+        raise CljaxError(f"{who} cannot delete {folder} (no permission): fix its permissions, then run this command "
+                         f"again (nothing was deleted).")
     for entry in folder.iterdir():
         ours = entry.name in names if names is not None else entry.suffix in (".json", ".npz", ".png")
         if entry.is_symlink() or not entry.is_file() or not ours:
@@ -59,10 +63,6 @@ def check_clearable(algo_dir: Path) -> None:
         if path.is_symlink():
             raise CljaxError(f"{path} is a symbolic link, which --overwrite does not follow or delete: {MOVE_IT}.")
     for folder, names in written.items():
-        if folder.exists() and folder.is_dir() and not folder.is_symlink() and not (
-                os.access(folder, os.W_OK | os.X_OK) and os.access(algo_dir, os.W_OK)):
-            raise CljaxError(f"--overwrite cannot delete {folder} (no permission): fix its permissions, then run this "
-                             f"command again (nothing was deleted).")
         check_ours(folder, names, "--overwrite")
 
 
@@ -75,13 +75,18 @@ def _run_id_of(folder: Path) -> str | None:
     return meta.get("run_id") if isinstance(meta, dict) and isinstance(meta.get("run_id"), str) else None
 
 
-def check_rewrites(algo_dir: Path, found, writes_initial: bool) -> None:
+def check_rewrites(algo_dir: Path, found, writes_initial: bool, num_tasks: int) -> None:
     """Before a resume, --repair or a rewrite of initial/ deletes anything (``found``:
     run_folder.Found): every folder it deletes or writes anew holds only cljax's files, and a
-    stale task folder is not another run's."""
+    stale task folder is not another run's. A whole task folder from the checkpoint's task on
+    (the run stopped between it and the checkpoint after it) is written anew too."""
     run_id = (found.record or {}).get("run_id")
-    for folder in found.stale:
+    again = [] if found.finished or not algo_dir.is_dir() else [
+        p for p in sorted(algo_dir.iterdir()) if (m := TASK_DIR.match(p.name))
+        and found.next_task <= int(m.group(1)) < num_tasks and p not in found.stale]
+    for folder in [*found.stale, *again]:
         check_ours(folder, TASK_NAMES, "the resume (it trains that task again)")
+    for folder in found.stale:
         other = _run_id_of(folder)
         if other is not None and run_id is not None and other != run_id:
             raise CljaxError(f"{folder} is a task folder of run {other}, not of this run ({run_id}), and the resume "

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -53,6 +54,38 @@ def test_a_resume_refuses_to_delete_what_cljax_did_not_write_in_a_task_folder_it
     rc, _, err = run_cli(["run", *FLAGS, "--results-dir", str(tmp_path / "r")], capsys)
     assert_one_error(rc, err, expected, "move it out of the run folder", "(nothing was deleted)")
     assert state(run_dir) == before
+
+
+def _moved_and_linked(run_dir):
+    """task_001 moved out of the run folder, a link to it left in its place."""
+    shutil.move(run_dir / "task_001", run_dir.parents[2] / "elsewhere")
+    (run_dir / "task_001").symlink_to(run_dir.parents[2] / "elsewhere", target_is_directory=True)
+
+
+WHOLE = {
+    "a user's file": (lambda d: (d / "task_001" / "notes.txt").write_text("mine"),
+                      "task_001/notes.txt is not a file cljax writes, and the resume (it trains that task again) "
+                      "would delete it with"),
+    "a sub-folder": (lambda d: (d / "task_001" / "figures").mkdir(), "task_001/figures is not a file cljax writes"),
+    "a link": (_moved_and_linked, "task_001 is a symbolic link, which the resume (it trains that task again) does "
+                                  "not follow"),
+}
+
+
+@pytest.mark.parametrize("what", sorted(WHOLE))
+def test_a_resume_refuses_to_delete_what_cljax_did_not_write_in_a_whole_task_folder_it_trains_again(made, tmp_path,
+                                                                                                    capsys, what):
+    # The run stopped between task 1's folder and the checkpoint after it: the folder is whole, and
+    # the resume writes it anew. The user's file went with it, and a link gave rmtree's error after
+    # the task had trained (its temporary folder left behind).
+    run_dir = copy(made, "finished", tmp_path / "r")
+    shutil.copy(made["partial"] / run_dir.relative_to(tmp_path / "r") / "checkpoint.npz", run_dir / "checkpoint.npz")
+    how, expected = WHOLE[what]
+    how(run_dir)
+    before = state(tmp_path)
+    rc, _, err = run_cli(["run", *FLAGS, "--results-dir", str(tmp_path / "r")], capsys)
+    assert_one_error(rc, err, expected, "move it out of the run folder", "(nothing was deleted)")
+    assert state(tmp_path) == before
 
 
 def test_the_resume_goes_on_once_the_users_file_is_moved_out(made, tmp_path, capsys):
@@ -121,3 +154,23 @@ def test_a_run_stopped_between_a_tasks_folder_and_the_checkpoint_after_it_trains
         assert rc == 0, err
         assert err.startswith("warning: task 1 was trained again, as the run had stopped between its folder and the "
                               "checkpoint after it, and it came out different from its folder's recorded files")
+
+
+@pytest.mark.parametrize("action", ["--overwrite", "the resume"])
+def test_a_folder_without_the_permission_to_delete_it_is_refused_before_anything_is_deleted(made, tmp_path, capsys,
+                                                                                             monkeypatch, action):
+    # rmtree would stop half-way, its error naming a bare file name. (This suite may run as root,
+    # whom os.access never refuses: the refusal of task_001 is simulated.)
+    import os
+
+    run_dir = copy(made, "finished", tmp_path / "r")
+    if action == "the resume":
+        shutil.copy(made["partial"] / run_dir.relative_to(tmp_path / "r") / "checkpoint.npz", run_dir / "checkpoint.npz")
+    access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path).name != "task_001" and access(path, mode))
+    before = state(tmp_path)
+    flags = ["--overwrite"] if action == "--overwrite" else []
+    rc, _, err = run_cli(["run", *FLAGS, *flags, "--results-dir", str(tmp_path / "r")], capsys)
+    assert_one_error(rc, err, f"{action}", f"cannot delete {run_dir / 'task_001'} (no permission): fix its permissions",
+                     "(nothing was deleted)")
+    assert state(tmp_path) == before
