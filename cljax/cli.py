@@ -34,6 +34,33 @@ def _use_every_core(config: Config, overwrite: bool = False) -> None:
         configure_cpu_devices(config.n_repeats, recorded=None if overwrite else recorded_split(algo_dir_of(config)))
 
 
+def _how_to_go_on(config: Config, args):
+    """What a stopped run says to do next, read when the stop comes. The same command with
+    --overwrite deletes the finished tasks (a requeue of it never got past a stop), unless the
+    stop came before --overwrite deleted the earlier run (its run.json as it was): then that
+    command is the one that starts again."""
+    from cljax.checkpoint import RUN_RECORD
+
+    record = algo_dir_of(config) / RUN_RECORD
+
+    def read():
+        try:
+            return record.read_bytes()
+        except OSError:
+            return None
+
+    earlier = read() if args.overwrite else None
+
+    def stopped() -> str:
+        if earlier is not None and read() == earlier:
+            return (f"--overwrite had deleted nothing yet, and the earlier run in {record.parent} is as it was; run the "
+                    f"same command to start again from task 0.")
+        resume = "without --overwrite to resume (with it, the run starts again from task 0)" if args.overwrite else \
+            "to resume"
+        return f"the finished tasks are saved; run the same command {resume}."
+    return stopped
+
+
 def _cmd_run(argv: list[str]) -> int:
     parser = _Parser(prog="cljax run", description="Run a continual-learning experiment and write its results tree. "
                      "Rerunning the same command resumes an interrupted run from its first unfinished task.")
@@ -53,13 +80,9 @@ def _cmd_run(argv: list[str]) -> int:
     # Here, before the handlers below: jax.distributed.initialize() puts JAX's own SIGTERM handler
     # in place of the process's, which then trained on to the end through a SLURM preemption.
     maybe_initialize_distributed()
-    # The same command with --overwrite deletes the finished tasks (a requeue of it never got past a stop).
-    resume = "without --overwrite to resume (with it, the run starts again from task 0)" if args.overwrite else \
-        "to resume"
     outcome = stoppable(lambda critical: run_experiment(
         config, overwrite=args.overwrite, progress=False if args.no_progress else "bar" if sys.stderr.isatty() else "log",
-        allow_nonfinite=args.allow_nonfinite, critical=critical, repair=args.repair),
-        f"the finished tasks are saved; run the same command {resume}.")
+        allow_nonfinite=args.allow_nonfinite, critical=critical, repair=args.repair), _how_to_go_on(config, args))
     if outcome.already_finished:
         print(f"this run is already finished ({config.num_tasks} tasks, every task folder verified); "
               f"--overwrite would delete it and train it again.")

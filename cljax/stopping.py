@@ -13,11 +13,12 @@ from cljax.command import STOP_SIGNALS
 from cljax.errors import EXIT_PREEMPTED
 
 
-def stoppable(work, stopped: str):
+def stoppable(work, stopped):
     """Run ``work(critical_lock)`` in a worker thread so that SIGTERM/SIGINT are handled at once,
     also while the work waits in compiled code (Python runs a signal handler on the main thread
-    only, between bytecodes): the process exits with EXIT_PREEMPTED, printing ``stopped``, as
-    soon as the work does not hold the lock, which it holds while it writes what must be whole
+    only, between bytecodes): the process exits with EXIT_PREEMPTED, printing ``stopped`` (a
+    string, or a function giving it then: what to do next may depend on what the work has done),
+    as soon as the work does not hold the lock, which it holds while it writes what must be whole
     (a task folder, a checkpoint, an analysis's files). SLURM sends SIGTERM some seconds before
     it kills."""
     import threading
@@ -40,7 +41,7 @@ def stoppable(work, stopped: str):
             return
         stopping.append(signum)
         with critical:  # never leave a half-written task folder, checkpoint or analysis
-            exit_stopped(signum, stopped)
+            exit_stopped(signum, stopped() if callable(stopped) else stopped)
 
     previous = install(on_signal)
     worker = threading.Thread(target=target, name="cljax-work", daemon=True)

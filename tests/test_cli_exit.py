@@ -8,29 +8,46 @@ import sys
 
 import pytest
 
-from tests.run_folder_kit import FLAGS
+from tests.run_folder_kit import FLAGS, RUN_DIR
 
-# `cljax run` whose training is a wait (no JAX program compiled): stopped by SIGTERM once it has started.
+# `cljax run` whose training is a wait (no JAX program compiled): stopped by SIGTERM once it has
+# started; with "replaced", it has first written its own run.json, as --overwrite does once it has
+# deleted the earlier run.
 STOPPED_RUN = """
 import sys, time
+from pathlib import Path
 from cljax import cli, experiment
 
-def training(*args, **kwargs):
+replaced = sys.argv.pop(1) == "replaced"
+
+def training(config, **kwargs):
+    if replaced:
+        (Path(config.results_dir) / "synthetic" / "SL_T2" / "run.json").write_text("{}")
     print("training", flush=True)
     time.sleep(60)
 
 experiment.run_experiment = training
 sys.exit(cli.main(["run", *sys.argv[1:]]))
 """
+RESUME = "the finished tasks are saved; run the same command to resume."
+OVERWRITTEN = ("the finished tasks are saved; run the same command without --overwrite to resume (with it, the run "
+               "starts again from task 0).")
 
 
-@pytest.mark.parametrize("overwrite", [False, True])
-def test_a_stopped_run_says_how_to_resume_it(tmp_path, overwrite):
+@pytest.mark.parametrize("case", ["a run", "--overwrite, no earlier run", "--overwrite, the earlier run replaced",
+                                  "--overwrite, the earlier run as it was"])
+def test_a_stopped_run_says_how_to_go_on(tmp_path, case):
     # It said "run the same command to resume" under --overwrite too, and that command deletes the
-    # finished tasks: a SLURM requeue of it never got past a preemption.
-    argv = [*FLAGS, "--results-dir", str(tmp_path / "r")] + (["--overwrite"] if overwrite else [])
-    proc = subprocess.Popen([sys.executable, "-c", STOPPED_RUN, *argv], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    # finished tasks: a SLURM requeue of it never got past a preemption. A stop before --overwrite
+    # had deleted the earlier run then said to run it without --overwrite, which went on with the
+    # earlier run, where a restart was asked for.
+    run_dir = tmp_path / "r" / RUN_DIR
+    if case.startswith("--overwrite, the earlier run"):
+        run_dir.mkdir(parents=True)
+        (run_dir / "run.json").write_text('{"run_id": "earlier"}')
+    argv = [*FLAGS, "--results-dir", str(tmp_path / "r")] + (["--overwrite"] if "overwrite" in case else [])
+    proc = subprocess.Popen([sys.executable, "-c", STOPPED_RUN, "replaced" if "replaced" in case else "-", *argv],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline() == "training\n"
         proc.terminate()
@@ -38,8 +55,10 @@ def test_a_stopped_run_says_how_to_resume_it(tmp_path, overwrite):
     finally:
         proc.kill()
     assert proc.returncode == 75, err
-    resume = "without --overwrite to resume (with it, the run starts again from task 0)." if overwrite else "to resume."
-    assert err.strip() == f"stopped by SIGTERM: the finished tasks are saved; run the same command {resume}"
+    said = {"a run": RESUME, "--overwrite, the earlier run as it was":
+            f"--overwrite had deleted nothing yet, and the earlier run in {run_dir} is as it was; run the same command "
+            f"to start again from task 0."}.get(case, OVERWRITTEN)
+    assert err.strip() == f"stopped by SIGTERM: {said}"
 
 
 # `python -m cljax.cli` (no command: the usage, exit code 2) as the shell starts it, then what the
