@@ -321,7 +321,8 @@ def _train(config, data, task_data, schedule, program, start, chunk_tasks, found
         with critical, disk_errors(algo_dir, t):  # the task folder, then the checkpoint that points past it
             if is_writer() and (not replaying or t in found.repair):
                 if again:  # the run stopped between this folder and the checkpoint after it
-                    print(again_note(t, same_as_recorded(algo_dir, t, arrays, metadata)), file=sys.stderr)
+                    on_split = found.record is not None and same_split(recorded_split(found.record), split)
+                    print(again_note(t, same_as_recorded(algo_dir, t, arrays, metadata), on_split), file=sys.stderr)
                 memo.note_written(write_task(algo_dir, t, arrays, metadata))
             elif is_writer() and not same_as_recorded(algo_dir, t, arrays, metadata):  # a whole folder, recomputed
                 differing.append(t)

@@ -30,7 +30,7 @@ from cljax.results import load_metadata, task_dir_name, write_task
 from cljax.safe_files import fsync_dir
 
 KEPT = "checkpoints"
-_NAME = re.compile(r"start_task_(\d+)\.npz")
+_NAME = re.compile(r"start_task_(\d+)\.npz", re.ASCII)
 
 
 def kept_path(algo_dir: Path, t: int) -> Path:
@@ -122,16 +122,20 @@ def same_as_recorded(algo_dir: Path, t: int, arrays: dict, metadata: dict) -> bo
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def again_note(t: int, same: bool) -> str:
+def again_note(t: int, same: bool, same_split: bool = False) -> str:
     """The line of a resume that trains task ``t`` again over its whole folder (the run stopped
-    between the folder and the checkpoint after it); ``same``: it came out as recorded."""
+    between the folder and the checkpoint after it); ``same``: it came out as recorded;
+    ``same_split``: on the device split the run recorded."""
     what = (f"task {t} was trained again, as the run had stopped between its folder and "
             f"{'the first checkpoint' if t == 0 else 'the checkpoint after it'}")
     if same:
         return f"note: {what}; it came out byte for byte as its folder recorded."
-    return (f"warning: {what}, and it came out different from its folder's recorded files: the device split or "
-            f"lowering differs from the run's, which moves the last bits (docs/scale.md); {task_dir_name(t)} now "
-            f"holds this split's numbers, which the next tasks train on.")
+    why = ("on the run's own device split, so a kernel that does not repeat its bits (a GPU's) or another jax, "
+           "jaxlib or XLA since the run's start moved the last bits" if same_split else
+           "the device split or lowering differs from the run's, which moves the last bits (docs/scale.md)")
+    return (f"warning: {what}, and it came out different from its folder's recorded files: {why}; {task_dir_name(t)} "
+            f"now holds these numbers, which the next tasks train on (an analysis made before reads the earlier "
+            f"ones: run cljax analyze again).")
 
 
 def replay_note(found, differing: list[int], kept: list[int]) -> str:

@@ -9,7 +9,7 @@ import re
 import sys
 from pathlib import Path
 
-TASK_DIR = re.compile(r"^task_(\d{3,})$")  # a complete task folder's name (temporary names never match)
+TASK_DIR = re.compile(r"^task_(\d{3,})$", re.ASCII)  # a complete task folder's name (temporary names never match)
 
 
 def runs_near(path: str | os.PathLike, most: int = 4) -> str:

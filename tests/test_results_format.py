@@ -20,6 +20,7 @@ def test_task_folders_are_listed_in_task_order_past_999(tmp_path):
     (tmp_path / "task_12").mkdir()  # not a task folder name (fewer than three digits)
     (tmp_path / ".task_003.tmp").mkdir()  # a folder being written
     (tmp_path / "task_004").write_text("")  # not a folder
+    (tmp_path / "task_\u0660\u0660\u0662").mkdir()  # Arabic-Indic digits: int() reads 2, a second task 2
     assert [p.name for p in results.task_dirs(tmp_path)] == ["task_002", "task_010", "task_999", "task_1000"]
     assert results.task_dir_name(1000) == "task_1000"
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from cljax.kept_checkpoints import again_note
 from tests.run_folder_kit import FLAGS, assert_one_error, copy, make_runs, run_cli, state
 
 
@@ -153,7 +154,11 @@ def test_a_run_stopped_between_a_tasks_folder_and_the_checkpoint_after_it_trains
         rc, out, err = run_cli(["run", *FLAGS, "--results-dir", str(tmp_path / "r")], capsys)
         assert rc == 0, err
         assert err.startswith("warning: task 1 was trained again, as the run had stopped between its folder and the "
-                              "checkpoint after it, and it came out different from its folder's recorded files")
+                              "checkpoint after it, and it came out different from its folder's recorded files: on "
+                              "the run's own device split, so a kernel that does not repeat its bits")  # (not the split)
+        assert err.rstrip().endswith("(an analysis made before reads the earlier ones: run cljax analyze again).")
+        split_moved = again_note(1, same=False, same_split=False)
+        assert "the device split or lowering differs from the run's" in split_moved
 
 
 @pytest.mark.parametrize("action", ["--overwrite", "the resume"])

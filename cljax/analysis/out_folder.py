@@ -143,7 +143,7 @@ def write_all(out: Path, writers: dict, algo_dir: Path, run_id: str | None, crit
 
 # ``.tmp-PID@HOST@NAME``, NAME an analysis's file (.json, .npz, .png); a writer that writes its
 # file atomically itself (a plot) makes ``..tmp-PID@HOST@NAME.tmp-PID`` of it on the way.
-_TEMPORARY = re.compile(r"^(\.)?\.tmp-(\d+)@(.+)@([^@/]+?)(?(1)\.tmp-\d+)$")
+_TEMPORARY = re.compile(r"^(\.)?\.tmp-(\d+)@(.+)@([^@/]+?)(?(1)\.tmp-\d+)$", re.ASCII)
 
 
 def remove_stale_temporaries(out: Path) -> None:

@@ -30,7 +30,7 @@ OUTPUT_SPLITS = ("train", "test")
 DEFAULT_SHARD_ROWS = 1024
 # datasets' own pattern is "{split}-NNNNN-of-NNNNN*.parquet": a suffix may follow the count (the
 # fingerprint `push_to_hub` appended before datasets 2.15); it must not go on with a digit.
-_PARQUET_SHARD = re.compile(r"^(?P<split>[A-Za-z0-9_.]+?)-(?P<index>\d{5})-of-(?P<total>\d{5})(?P<suffix>(?:\D.*)?)\.parquet$")
+_PARQUET_SHARD = re.compile(r"^(?P<split>[A-Za-z0-9_.]+?)-(?P<index>\d{5})-of-(?P<total>\d{5})(?P<suffix>(?:\D.*)?)\.parquet$", re.ASCII)
 PARQUET_NAMES = "{split}-NNNNN-of-NNNNN.parquet"
 RENAME_PARQUET = ("rename them as the hub's export names them (the split, the file's index and the number of files), "
                   "e.g. data/train-00000-of-00001.parquet for a split in one file")

@@ -26,7 +26,7 @@ from cljax.errors import CljaxError
 
 PLAN_FILE = "plan.json"
 SOURCE_STAMP = "source_stamp"  # its source files' sizes and times of change (shards.files_stamp)
-_OWN_FILE = re.compile(r"^(plan\.json|\.plan\.json\.tmp|[a-z]+-\d{5}\.npz|\.[a-z]+-\d{5}\.npz\.tmp-\d+)$")
+_OWN_FILE = re.compile(r"^(plan\.json|\.plan\.json\.tmp|[a-z]+-\d{5}\.npz|\.[a-z]+-\d{5}\.npz\.tmp-\d+)$", re.ASCII)
 
 
 def work_dir_for(out: str | os.PathLike) -> Path:
