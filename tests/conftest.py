@@ -71,6 +71,32 @@ def session_compilation_cache(tmp_path_factory):
 
 
 @pytest.fixture(scope="module", autouse=True)
+def registrations_stay_in_their_module():
+    """What a test module registers (a plugin's rule, model, option, dataset or analysis, and the
+    plugin file as loaded) is gone after it: registration is per process, and a later module of
+    the same worker saw it in --help's lists and in every config's settings (which modules share
+    a worker, in which order, changes from run to run: the CI once failed on it)."""
+    import cljax.analysis.registry as analyses
+    import cljax.registry as registry
+
+    boards = (registry.RULES, registry.OPTIONS, registry.MODELS, registry.DATASETS)
+    for board in boards:
+        board.names()  # the built-ins (and $CLJAX_PLUGINS) registered before the snapshot
+    analyses._builtins()
+    before = ([dict(board._entries) for board in boards], dict(registry._loaded_plugins), dict(analyses._ANALYSES))
+    yield
+    after = ([dict(board._entries) for board in boards], dict(registry._loaded_plugins), dict(analyses._ANALYSES))
+    if after != before:
+        for board, entries in zip(boards, before[0]):
+            board._entries.clear()
+            board._entries.update(entries)
+        for now, then in ((registry._loaded_plugins, before[1]), (analyses._ANALYSES, before[2])):
+            now.clear()
+            now.update(then)
+        registry._generation[0] += 1  # what was built from the module's entries is stale
+
+
+@pytest.fixture(scope="module", autouse=True)
 def compilation_cache_stays_on(session_compilation_cache):
     """No module leaves the session's cache off for the modules after it (which would then
     compile every program again: a module that once turned it off cost the suite about a minute)."""
