@@ -33,9 +33,9 @@ from cljax.safe_files import atomic_write
 from cljax.settings import (Parser, add_repair_flag, add_run_flags, add_settings_flags, check_repair, config_from_args,
                             load_plugins_from_argv, parse_setting, setting_specs, unused_settings, warn_unused)
 from cljax.sweep_executor import (check_devices, check_slurm_submits, controllers_write_to_log, made_for_the_jobs,
-                                   make_executor, stop_waiting_says_the_jobs_go_on, sweep_log_folder)
+                                   jobs_go_on, make_executor, stop_waiting_says_the_jobs_go_on, sweep_log_folder)
 from cljax.sweep_flags import add_sweep_flags, check_sweep_flags, comma_items, sweep_seeds
-from cljax.sweep_report import report_outcomes, run_command
+from cljax.sweep_report import advises_overwrite, report_outcomes, run_command
 
 
 def parse_grid(items: list[str]) -> dict[str, list]:
@@ -139,12 +139,14 @@ def _check_distinct(runs: list[SweepRun]) -> None:
                              f"{run.config.seed}): list each value once in --grid and each seed once in --seeds.")
 
 
-def check_against_data(runs: list[SweepRun], overwrite: bool = False, repair: bool = False) -> None:
+def check_against_data(runs: list[SweepRun], overwrite: bool = False, repair: bool = False,
+                       command_of=None) -> None:
     """What each run's `cljax run` would refuse about its data (the classes its tasks take, the
     images per class) and its folder (a run there with other settings, damage below its
     checkpoint unless ``repair``), checked here before any job is queued: each dataset is loaded
     once. Data this host cannot read (only the compute nodes' paths) is left to the jobs, with
-    one warning."""
+    one warning. A refusal that advises --overwrite says what it means in a sweep (every run
+    deleted, the finished ones too) and gives the run's own command (``command_of(run)``)."""
     from cljax.data import load_dataset
     from cljax.data.prepared import data_identity
     from cljax.experiment import algo_dir_of
@@ -172,7 +174,11 @@ def check_against_data(runs: list[SweepRun], overwrite: bool = False, repair: bo
             TaskData(data, c)
             inspect_run(algo_dir_of(c), c, data_identity(data), overwrite, hashes=False, repair=repair)  # read only
         except CljaxError as exc:
-            raise CljaxError(f"run {run.tag}: {str(exc).rstrip('.')} (no job was submitted).") from None
+            why = str(exc).rstrip(".")
+            if command_of is not None and advises_overwrite(why):
+                why += (f"; but the sweep's --overwrite deletes every run, the finished ones too: to train this one "
+                        f"again alone, run `{command_of(run)} --overwrite`, then the sweep again")
+            raise CljaxError(f"run {run.tag}: {why} (no job was submitted).") from None
 
 
 def run_job(config_dict: dict, overwrite: bool = False, allow_nonfinite: bool = False, repair: bool = False,
@@ -331,32 +337,54 @@ def sweep_main(argv: list[str]) -> int:
         if all(name in why for why in whys):
             print(f"warning: --grid {name}=...: its values change nothing in any run of the sweep ({whys[0][name]}); "
                   f"its runs differ at most by float rounding.", file=sys.stderr)
-    check_against_data(runs, args.overwrite, args.repair)
-    root = Path(base.results_dir)
-    check_devices(runs, args.executor, args)  # before the log folder is made
-    log_dir = sweep_log_folder(Path(args.log_dir) if args.log_dir else root / "sweep_logs")
-    with made_for_the_jobs(log_dir):  # and removed if no job was submitted
-        executor = make_executor(args.executor, log_dir, args)
-        check_slurm_submits(executor)
-        kind = getattr(executor, "cluster", args.executor)
-        with controllers_write_to_log(executor, log_dir):
-            jobs = submit(runs, executor, args.overwrite, args.allow_nonfinite, args.repair, not args.no_progress)
-    write_manifest(root / "sweep.json", runs, jobs, kind, log_dir)
-    print(f"submitted {len(jobs)} job(s) to {kind} (logs: {log_dir}, list: {root / 'sweep.json'}):")
-    from cljax.experiment import algo_dir_of
-
-    for run, job in zip(runs, jobs):
-        print(f"  job {job.job_id}  {run.tag}  -> {algo_dir_of(run.config)}")
-    if not args.wait:
-        return 0
-    stop_waiting_says_the_jobs_go_on(jobs, kind, root / "sweep.json")
     from cljax.registry import loaded_plugins
 
     def command_of(run):
         return run_command({**run_settings(base_flat, run), "results_dir": run.config.results_dir}, loaded_plugins(),
                            args.allow_nonfinite)
 
+    check_against_data(runs, args.overwrite, args.repair, command_of)
+    root = Path(base.results_dir)
+    check_devices(runs, args.executor, args)  # before the log folder is made
+    log_dir = sweep_log_folder(Path(args.log_dir) if args.log_dir else root / "sweep_logs")
+    with made_for_the_jobs(log_dir), signals_held() as asked:  # (the log folder removed if no job was submitted)
+        executor = make_executor(args.executor, log_dir, args)
+        check_slurm_submits(executor)
+        kind = getattr(executor, "cluster", args.executor)
+        with controllers_write_to_log(executor, log_dir):
+            jobs = submit(runs, executor, args.overwrite, args.allow_nonfinite, args.repair, not args.no_progress)
+        write_manifest(root / "sweep.json", runs, jobs, kind, log_dir)
+    print(f"submitted {len(jobs)} job(s) to {kind} (logs: {log_dir}, list: {root / 'sweep.json'}):")
+    from cljax.experiment import algo_dir_of
+
+    for run, job in zip(runs, jobs):
+        print(f"  job {job.job_id}  {run.tag}  -> {algo_dir_of(run.config)}")
+    if asked:  # a stop while the jobs were submitted: they are queued (or running), and listed
+        from cljax.stopping import exit_stopped
+
+        exit_stopped(asked[0], jobs_go_on(jobs, kind, root / "sweep.json"))
+    if not args.wait:
+        return 0
+    stop_waiting_says_the_jobs_go_on(jobs, kind, root / "sweep.json")
     return 1 if report_outcomes(runs, jobs, command_of, args.overwrite) else 0
+
+
+@contextlib.contextmanager
+def signals_held():
+    """The stop signals wait while the jobs are submitted and listed in sweep.json (the list of
+    the signals that came): a stop there left jobs queued that no sweep.json named, and its line
+    went into the redirected output submitit prints to."""
+    from cljax.stopping import install
+
+    import signal
+
+    asked: list = []
+    previous = install(lambda signum, frame: asked.append(signum))
+    try:
+        yield asked
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 if __name__ == "__main__":

@@ -20,15 +20,19 @@ def stop_waiting_says_the_jobs_go_on(jobs, kind: str, manifest: Path) -> None:
     the running ones."""
     from cljax.stopping import exit_stopped, install
 
+    what = jobs_go_on(jobs, kind, manifest)
+    install(lambda signum, frame: exit_stopped(signum, what, stopped="stopped waiting"))  # main thread only
+
+
+def jobs_go_on(jobs, kind: str, manifest: Path) -> str:
+    """What the sweep's submitted jobs do when the command stops, and how to cancel them."""
     ids = " ".join(str(job.job_id) for job in jobs)
     if kind == "slurm":
-        what = (f"the {len(jobs)} job(s) go on ({manifest} lists them); cancel them with `scancel {ids}`, or let them "
+        return (f"the {len(jobs)} job(s) go on ({manifest} lists them); cancel them with `scancel {ids}`, or let them "
                 f"end and run the same command to see each run's outcome (a finished run is not trained again).")
-    else:
-        what = (f"local jobs the signal also reached (a Ctrl-C reaches them all) stop, and the same command resumes "
-                f"their runs from their last finished task; any still running go on ({manifest} lists them): `kill "
-                f"-INT {ids}` (their process ids) cancels them (a job ignores SIGTERM).")
-    install(lambda signum, frame: exit_stopped(signum, what, stopped="stopped waiting"))  # main thread only
+    return (f"local jobs the signal also reached (a Ctrl-C reaches them all) stop, and the same command resumes "
+            f"their runs from their last finished task; any still running go on ({manifest} lists them): `kill "
+            f"-INT {ids}` (their process ids) cancels them (a job ignores SIGTERM).")
 
 
 CONTROLLERS_LOG = "local_controllers.log"

@@ -6,6 +6,9 @@ from __future__ import annotations
 import re
 
 
+RESUMES = "to resume its run from its last finished task"  # how a stopped job's line ends
+
+
 def job_error_line(error: BaseException) -> str:
     """The line of a failed job's error that says what went wrong: cljax's own message when the
     job raised one (submitit's text ends with log paths); another exception's type and message,
@@ -23,7 +26,7 @@ def job_error_line(error: BaseException) -> str:
         return ours[-1]
     if requeue:  # submitit requeues a job at its time limit a few times (3), then gives up
         return (f"the job was stopped at its time limit and not requeued ({requeue[0]}): raise --slurm-time, or run "
-                f"the same sweep again to resume the run from its last finished task")
+                f"the same sweep again (without --overwrite) {RESUMES}")
     if no_result:
         # submitit keeps no exit code or signal: a local job's state is its controller's (FINISHED
         # when the job's process was killed under it); SLURM's (OUT_OF_MEMORY, CANCELLED) says more.
@@ -32,8 +35,7 @@ def job_error_line(error: BaseException) -> str:
         what = ("was interrupted (SIGINT)" if raised == "KeyboardInterrupt" else
                 "ended without a result: killed (a signal such as SIGKILL, or out of memory; submitit records no "
                 "signal or exit code)")
-        return (f"the job's process {what}{state}: run the same sweep again (without --overwrite) to resume its run "
-                f"from its last finished task")
+        return f"the job's process {what}{state}: run the same sweep again (without --overwrite) {RESUMES}"
     if raised:  # not cljax's own error: a bug, a plugin's, the environment's (XLA out of memory)
         raised = raised if len(raised) <= 300 else raised[:297] + "..."
         return f"the job raised {raised} (its traceback is in the log)"
@@ -50,25 +52,34 @@ def _raised_line(text: str) -> str | None:
     return next((line.strip() for line in lines[starts[-1] + 1:] if line.strip() and not line[0].isspace()), None)
 
 
+def advises_overwrite(line: str) -> bool:
+    """Whether an error line advises --overwrite (not "without --overwrite")."""
+    return re.search(r"(?<!without )--overwrite", line) is not None
+
+
 def report_outcomes(runs, jobs, command_of=None, overwrite: bool = False) -> int:
     """One line per job (waiting for each), then the count; returns the number that failed.
     ``command_of(run)``: the `cljax run` command of one run, offered where a failed job's own
-    line advises --overwrite, which in a sweep would apply to every job."""
-    failed, advised = 0, []
+    line advises --overwrite, which in a sweep would apply to every job, and, after a sweep's
+    --overwrite, for each failed run a rerun without it would not resume (its job was not
+    stopped: it was refused, or its run diverged)."""
+    failed, advised, stopped = 0, [], 0
     for run, job in zip(runs, jobs):
         error = job.exception()
         if error is not None:
             failed += 1
             line = job_error_line(error)
             print(f"  FAILED {job.job_id} {run.tag}: {line} (log: {job.paths.stderr})")
-            if re.search(r"(?<!without )--overwrite", line) and not overwrite:  # advised, not ruled out
+            resumes = line.endswith(RESUMES)
+            stopped += resumes
+            if (overwrite and not resumes) or (advises_overwrite(line) and not overwrite):  # advised, not ruled out
                 advised.append(run)
             continue
         print(f"  done   {job.job_id} {run.tag}: {done_line(job.result())}")
     print(f"{len(jobs) - failed} of {len(jobs)} job(s) finished" + (f", {failed} failed" if failed else ""))
-    if failed and overwrite:
-        print("note: this sweep ran with --overwrite: run it again without --overwrite to resume the failed runs "
-              "(with it, every run is deleted and trained again, the finished ones too).")
+    if stopped and overwrite:
+        print(f"note: this sweep ran with --overwrite: run it again without --overwrite to resume the {stopped} "
+              f"stopped run(s) (with it, every run is deleted and trained again, the finished ones too).")
     if advised:
         print("note: --overwrite in `cljax sweep` applies to every job and would delete the finished runs too; to "
               "train one run again alone, run its own command (or remove its folder and rerun the sweep):")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -342,7 +343,7 @@ def test_a_failed_job_is_named_by_the_error_it_raised_last():
                              "times.\nYou can check full logs at paths:\n  - /logs/7722_0_log.out")
     assert sweep_report.job_error_line(timed_out) == (
         "the job was stopped at its time limit and not requeued (timed-out too many times): raise --slurm-time, or run "
-        "the same sweep again to resume the run from its last finished task")
+        "the same sweep again (without --overwrite) to resume its run from its last finished task")
 
 
 def test_a_job_that_raised_or_was_killed_is_named_by_what_happened_not_a_log_path():
@@ -444,10 +445,32 @@ def test_a_failed_jobs_overwrite_advice_is_followed_by_what_it_means_in_a_sweep(
     add_settings_flags(parser)
     add_run_flags(parser)
     assert config_from_args(parser.parse_args(words[2:])) == runs[0].config  # the run's own settings and folder
-    assert sweep_report.report_outcomes(runs, jobs, overwrite=True) == 1  # the sweep's --overwrite: rerun without
+    # The sweep's --overwrite: a rerun without it does not resume a run whose job was refused or
+    # diverged (it said so for every failed run), only one whose job was stopped.
+    assert sweep_report.report_outcomes(runs, jobs, lambda r: commands[r.tag], overwrite=True) == 1
+    out = capsys.readouterr().out
+    assert "resume" not in out and out.splitlines()[-1] == f"    {commands[runs[0].tag]} --overwrite"
+    no_output = "Job 7 (task: 0) with path /l/7_0_result.pkl\nhas not produced any output (state: FINISHED)\n"
+    killed = SimpleNamespace(job_id="1", paths=paths, exception=lambda: RuntimeError(no_output))
+    assert sweep_report.report_outcomes(runs, [killed, jobs[1]], lambda r: commands[r.tag], overwrite=True) == 1
     assert capsys.readouterr().out.splitlines()[-1] == (
-        "note: this sweep ran with --overwrite: run it again without --overwrite to resume the failed runs (with it, "
-        "every run is deleted and trained again, the finished ones too).")
+        "note: this sweep ran with --overwrite: run it again without --overwrite to resume the 1 stopped run(s) (with "
+        "it, every run is deleted and trained again, the finished ones too).")
+
+
+def test_a_refusal_before_the_jobs_that_advises_overwrite_gives_the_runs_own_command(tmp_path):
+    # "pass --overwrite to train the run again from task 0": the sweep's --overwrite deletes every
+    # run of the grid, the finished ones too.
+    runs = sweep.expand(base_of(tmp_path), {"lr": [0.1, 0.2]}, [0])
+    for run in runs:  # both trained; then one loses a task folder
+        sweep.run_job(run.config.to_dict(), progress=False)
+    shutil.rmtree(next(Path(runs[1].config.results_dir).rglob("task_000")))
+    with pytest.raises(CljaxError) as refused:
+        sweep.check_against_data(runs, command_of=lambda run: f"cljax run --lr {run.settings['lr']}")
+    said = str(refused.value)
+    assert said.startswith(f"run {runs[1].tag}: ") and "pass --overwrite" in said
+    assert said.endswith("; but the sweep's --overwrite deletes every run, the finished ones too: to train this one "
+                         "again alone, run `cljax run --lr 0.2 --overwrite`, then the sweep again (no job was submitted).")
 
 
 @pytest.mark.parametrize("kind, said", [
@@ -541,3 +564,39 @@ def test_a_submission_sbatch_refuses_is_one_line_with_its_reason(tmp_path, capsy
         assert main(flags) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and err.startswith("error: slurm ") and said in err, err
+
+
+# `cljax sweep` whose submission is stopped by SIGTERM: the executor's jobs are two names.
+_STOPPED_SUBMISSION = """
+import os, signal, sys, types
+import cljax.sweep as sweep
+from cljax import command
+
+def submit(runs, *args):
+    os.kill(os.getpid(), signal.SIGTERM)  # as the jobs are queued
+    return [types.SimpleNamespace(job_id=f"90{i}") for i in range(len(runs))]
+
+sweep.submit = submit
+sweep.make_executor = lambda *args: types.SimpleNamespace(cluster="slurm")
+sweep.check_slurm_submits = lambda executor: None
+sys.argv = ["cljax", "sweep", *sys.argv[1:]]
+sys.exit(command.main())
+"""
+
+
+def test_a_stop_while_the_jobs_are_submitted_waits_until_sweep_json_lists_them(tmp_path):
+    # The stop's line went into the output submitit's submission is redirected to, and the command
+    # exited 75 with no word, its jobs queued and no sweep.json naming them.
+    flags = ["--dataset", "synthetic", "--synthetic-classes", "4", "--num-tasks", "2", "--n-repeats", "1",
+             "--n-train-per-class", "16", "--n-test-per-class", "8", "--n-subsamples", "4", "--epochs", "1",
+             "--batch-size", "16", "--log-frequency", "1", "--grid", "lr=0.1,0.2", "--results-dir", str(tmp_path)]
+    done = subprocess.run([sys.executable, "-c", _STOPPED_SUBMISSION, *flags], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 75, done.stderr
+    assert "submitted 2 job(s) to slurm" in done.stdout
+    listed = json.loads((tmp_path / "sweep.json").read_text())["runs"]
+    assert [r["job_id"] for r in listed] == ["900", "901"]
+    assert done.stderr.strip().endswith(
+        f"stopped by SIGTERM: the 2 job(s) go on ({tmp_path / 'sweep.json'} lists them); cancel them with `scancel "
+        f"900 901`, or let them end and run the same command to see each run's outcome (a finished run is not trained "
+        f"again).")
