@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from cljax.config import Config
-from cljax.errors import CljaxError, MissingData
+from cljax.errors import CljaxError
 from cljax.run_lock import folder_lock
 from cljax.safe_files import atomic_write
 from cljax.settings import (Parser, add_repair_flag, add_run_flags, add_settings_flags, check_repair, config_from_args,
@@ -35,7 +35,8 @@ from cljax.settings import (Parser, add_repair_flag, add_run_flags, add_settings
 from cljax.sweep_executor import (check_devices, check_slurm_submits, controllers_write_to_log, made_for_the_jobs,
                                    jobs_go_on, make_executor, stop_waiting_says_the_jobs_go_on, sweep_log_folder)
 from cljax.sweep_flags import add_sweep_flags, check_sweep_flags, comma_items, sweep_seeds
-from cljax.sweep_report import advises_overwrite, report_outcomes, run_command
+from cljax.sweep_checks import check_against_data, check_not_trained_twice
+from cljax.sweep_report import report_outcomes, run_command
 
 
 def parse_grid(items: list[str]) -> dict[str, list]:
@@ -137,48 +138,6 @@ def _check_distinct(runs: list[SweepRun]) -> None:
             same = ", ".join(f"{k}={v!r}" for k, v in run.settings.items())
             raise CljaxError(f"two runs of the sweep would write the same folder {run.tag} ({same or 'no grid'}, seed "
                              f"{run.config.seed}): list each value once in --grid and each seed once in --seeds.")
-
-
-def check_against_data(runs: list[SweepRun], overwrite: bool = False, repair: bool = False,
-                       command_of=None) -> None:
-    """What each run's `cljax run` would refuse about its data (the classes its tasks take, the
-    images per class) and its folder (a run there with other settings, damage below its
-    checkpoint unless ``repair``), checked here before any job is queued: each dataset is loaded
-    once. Data this host cannot read (only the compute nodes' paths) is left to the jobs, with
-    one warning. A refusal that advises --overwrite says what it means in a sweep (every run
-    deleted, the finished ones too) and gives the run's own command (``command_of(run)``)."""
-    from cljax.data import load_dataset
-    from cljax.data.prepared import data_identity
-    from cljax.experiment import algo_dir_of
-    from cljax.run_folder import inspect_run
-    from cljax.tasks import TaskData, make_schedule
-
-    loaded: dict = {}
-    for run in runs:
-        c = run.config
-        key = (c.dataset, c.data_dir, repr(c.dataset_params))
-        if key not in loaded:
-            try:
-                loaded[key] = load_dataset(c)
-            except MissingData as exc:
-                loaded[key] = None
-                print(f"warning: on this host, {str(exc).rstrip('.')}; not checked here: each job checks its data.",
-                      file=sys.stderr)
-            except CljaxError as exc:
-                raise CljaxError(f"run {run.tag}: {str(exc).rstrip('.')} (no job was submitted).") from None
-        data = loaded[key]
-        if data is None:
-            continue
-        try:
-            make_schedule(data.n_classes, c.num_tasks, c.n_repeats, c.seed, c.task_schedule)
-            TaskData(data, c)
-            inspect_run(algo_dir_of(c), c, data_identity(data), overwrite, hashes=False, repair=repair)  # read only
-        except CljaxError as exc:
-            why = str(exc).rstrip(".")
-            if command_of is not None and advises_overwrite(why):
-                why += (f"; but the sweep's --overwrite deletes every run, the finished ones too: to train this one "
-                        f"again alone, run `{command_of(run)} --overwrite`, then the sweep again")
-            raise CljaxError(f"run {run.tag}: {why} (no job was submitted).") from None
 
 
 def run_job(config_dict: dict, overwrite: bool = False, allow_nonfinite: bool = False, repair: bool = False,
@@ -344,6 +303,7 @@ def sweep_main(argv: list[str]) -> int:
                            args.allow_nonfinite)
 
     check_against_data(runs, args.overwrite, args.repair, command_of)
+    check_not_trained_twice(runs)
     root = Path(base.results_dir)
     check_devices(runs, args.executor, args)  # before the log folder is made
     log_dir = sweep_log_folder(Path(args.log_dir) if args.log_dir else root / "sweep_logs")

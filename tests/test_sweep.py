@@ -600,3 +600,23 @@ def test_a_stop_while_the_jobs_are_submitted_waits_until_sweep_json_lists_them(t
         f"stopped by SIGTERM: the 2 job(s) go on ({tmp_path / 'sweep.json'} lists them); cancel them with `scancel "
         f"900 901`, or let them end and run the same command to see each run's outcome (a finished run is not trained "
         f"again).")
+
+
+def test_a_run_a_sweep_already_lists_under_another_name_is_refused(tmp_path):
+    # The --grid flags in another order (or a setting moved between --grid and its own flag) named
+    # the same runs otherwise: every run was trained again, and compare counted each twice.
+    runs = sweep.expand(base_of(tmp_path), {"lr": [0.1], "momentum": [0.0, 0.9]}, [0])
+    for run in runs:
+        sweep.run_job(run.config.to_dict(), progress=False)
+    sweep.write_manifest(tmp_path / "sweep.json", runs, [SimpleNamespace(job_id=str(i)) for i in range(2)], "local",
+                         tmp_path / "logs")
+    sweep.check_not_trained_twice(runs)  # the same sweep again: its own folders
+    swapped = sweep.expand(base_of(tmp_path), {"momentum": [0.0, 0.9], "lr": [0.1]}, [0])
+    with pytest.raises(CljaxError, match=r"^run momentum-0\.0_lr-0\.1_seed-0 has the settings and seed of .*"
+                                         r"lr-0\.1_momentum-0\.0_seed-0/synthetic/SL_T2, which .*sweep\.json lists, so it "
+                                         r"would train that run again under a second name: give --grid as that sweep did"):
+        sweep.check_not_trained_twice(swapped)
+    moved = sweep.expand(base_of(tmp_path, lr=0.1), {"momentum": [0.0, 0.9]}, [0])
+    with pytest.raises(CljaxError, match=r"^run momentum-0\.0_seed-0 has the settings and seed of "):
+        sweep.check_not_trained_twice(moved)
+    sweep.check_not_trained_twice(sweep.expand(base_of(tmp_path), {"momentum": [0.0, 0.9], "lr": [0.2]}, [0]))
