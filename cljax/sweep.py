@@ -176,7 +176,8 @@ def run_job(config_dict: dict, overwrite: bool = False, allow_nonfinite: bool = 
             "trained_tasks": [] if result.already_finished else [row["task"] for row in result.summary],
             "final_acc_current": final.get("acc_current"), "final_acc_earlier": final.get("acc_earlier"),
             "steps_per_second": result.steps_per_second, "attempts": (earlier or {}).get("attempts", 0) + 1,
-            "job_first_task": _earliest((earlier or {}).get("first_task"), result.first_task)}
+            "job_first_task": _earliest((earlier or {}).get("first_task"), result.first_task),
+            "nonfinite_tasks": sum(1 for row in result.summary if row.get("n_nonfinite"))}  # (--allow-nonfinite)
 
 
 def _earliest(*tasks) -> int | None:

@@ -110,6 +110,9 @@ def done_line(out: dict) -> str:
         what.append(f"{attempts} attempts: requeued {attempts - 1} time{'s' * (attempts > 2)}")
     acc = out.get("final_acc_current")
     acc_text = "" if acc is None else f", last task acc {acc:.3f}"
+    if out.get("nonfinite_tasks"):  # a run that diverged under --allow-nonfinite finished, but is not a result
+        acc_text += (f"; non-finite values in {out['nonfinite_tasks']} task(s) (a diverged network: the means leave "
+                     f"its repeats out)")
     how = f" ({'; '.join(what)})" if what else ""
     return f"{tasks} tasks{how}{acc_text} -> {out['algo_dir']}"
 

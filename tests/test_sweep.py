@@ -403,6 +403,15 @@ def test_a_repaired_job_says_what_it_trained_again_not_an_accuracy_it_has_not(tm
                  "final_acc_current": 0.25, "algo_dir": "/r"}) == "2 tasks, last task acc 0.250 -> /r"
 
 
+def test_a_job_whose_run_diverged_under_allow_nonfinite_says_so(tmp_path):
+    # It read "done ... 2 tasks, last task acc nan": finished, as any other.
+    run = sweep.expand(base_of(tmp_path, lr=1e30), {}, [0])[0]
+    out = sweep.run_job(run.config.to_dict(), allow_nonfinite=True, progress=False)
+    assert out["nonfinite_tasks"] == 2
+    assert sweep_report.done_line(out) == (f"2 tasks, last task acc nan; non-finite values in 2 task(s) (a diverged "
+                                           f"network: the means leave its repeats out) -> {out['algo_dir']}")
+
+
 def test_a_requeued_job_is_described_from_its_first_attempt():
     """Its last attempt resumed what the earlier ones trained: the line read "resumed from task 37"
     for a job that trained every task of a new run in two attempts."""
