@@ -246,23 +246,48 @@ def load_plugins(paths: list[str] | None = None) -> None:
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
         try:
-            spec.loader.exec_module(module)
-        except SyntaxError as exc:  # the plugin's own errors at import: where and what, in one line
-            where = f"line {exc.lineno}: " if exc.lineno else ""
-            raise CljaxError(f"plugin file {p} is not valid Python ({where}{exc.msg}): fix it, or leave it out of "
-                             f"--plugin / ${PLUGINS_ENV}.") from None
-        except ModuleNotFoundError as exc:  # a package the environment lacks, not a bug in the plugin
-            if exc.name is None or exc.name.split(".")[0] == "cljax":
-                raise
-            raise CljaxError(f"plugin file {p} imports {exc.name!r}, which is not installed here: install it (pip "
-                             f"install) in this Python, or leave the file out of --plugin / ${PLUGINS_ENV}.") from None
-        except CljaxError:  # cljax's own refusal (a name taken twice, a bad param): already one line
+            _run_plugin(p, path, spec, module)
+        except BaseException:  # as if never loaded: fixed, the same file loads again in this process (a notebook)
+            del _loaded_plugins[str(path)]
+            sys.modules.pop(name, None)
+            _unregister_module(name)
             raise
-        except (Exception, SystemExit) as exc:  # a bug in the plugin (sys.exit too): where in its file, and what
-            frame = _last_plugin_frame(exc, {str(path)})
-            where = f"line {frame.lineno}: " if frame else ""
-            raise CljaxError(f"plugin file {p} raised {type(exc).__name__} when imported ({where}{exc}): fix it, or "
-                             f"leave it out of --plugin / ${PLUGINS_ENV}.") from None
+
+
+def _unregister_module(module: str) -> None:
+    """Remove what the plugin module ``module`` registered before it failed."""
+    analyses = sys.modules.get("cljax.analysis.registry")
+    boards = [board._entries for board in (RULES, OPTIONS, MODELS, DATASETS)]
+    for entries in boards:
+        for key in [k for k, entry in entries.items() if getattr(entry.build, "__module__", None) == module]:
+            del entries[key]
+            _generation[0] += 1
+    if analyses is not None:
+        for key in [k for k, a in analyses._ANALYSES.items()
+                    if module in (getattr(f, "__module__", None) for f in (a.init, a.update, a.finalize))]:
+            del analyses._ANALYSES[key]
+
+
+def _run_plugin(p, path: Path, spec, module) -> None:
+    """Execute a plugin file; its failure as one CljaxError line (where, and what)."""
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as exc:  # the plugin's own errors at import: where and what, in one line
+        where = f"line {exc.lineno}: " if exc.lineno else ""
+        raise CljaxError(f"plugin file {p} is not valid Python ({where}{exc.msg}): fix it, or leave it out of "
+                         f"--plugin / ${PLUGINS_ENV}.") from None
+    except ModuleNotFoundError as exc:  # a package the environment lacks, not a bug in the plugin
+        if exc.name is None or exc.name.split(".")[0] == "cljax":
+            raise
+        raise CljaxError(f"plugin file {p} imports {exc.name!r}, which is not installed here: install it (pip "
+                         f"install) in this Python, or leave the file out of --plugin / ${PLUGINS_ENV}.") from None
+    except CljaxError:  # cljax's own refusal (a name taken twice, a bad param): already one line
+        raise
+    except (Exception, SystemExit) as exc:  # a bug in the plugin (sys.exit too): where in its file, and what
+        frame = _last_plugin_frame(exc, {str(path)})
+        where = f"line {frame.lineno}: " if frame else ""
+        raise CljaxError(f"plugin file {p} raised {type(exc).__name__} when imported ({where}{exc}): fix it, or "
+                         f"leave it out of --plugin / ${PLUGINS_ENV}.") from None
 
 
 def plugin_error(exc: BaseException) -> str | None:
