@@ -308,7 +308,9 @@ def sweep_main(argv: list[str]) -> int:
     root = Path(base.results_dir)
     check_devices(runs, args.executor, args)  # before the log folder is made
     log_dir = sweep_log_folder(Path(args.log_dir) if args.log_dir else root / "sweep_logs")
-    with made_for_the_jobs(log_dir), signals_held() as asked:  # (the log folder removed if no job was submitted)
+    unlisted = (f"the jobs were being submitted: some may be queued or running, and no sweep.json lists them; check "
+                f"squeue (SLURM) or the *_submitted.pkl files in {log_dir} before submitting again")
+    with made_for_the_jobs(log_dir), signals_held(unlisted) as asked:  # (the log folder removed if no job was submitted)
         executor = make_executor(args.executor, log_dir, args)
         check_slurm_submits(executor)
         kind = getattr(executor, "cluster", args.executor)
@@ -331,21 +333,31 @@ def sweep_main(argv: list[str]) -> int:
 
 
 @contextlib.contextmanager
-def signals_held():
-    """The stop signals wait while the jobs are submitted and listed in sweep.json (the list of
-    the signals that came): a stop there left jobs queued that no sweep.json named, and its line
-    went into the redirected output submitit prints to."""
-    from cljax.stopping import install
-
+def signals_held(second: str):
+    """A stop signal waits while the jobs are submitted and listed in sweep.json (the list of the
+    signals that came): a stop there left jobs queued that no sweep.json named, and its line went
+    into the output submitit's submission is redirected to. A second one (a submission that
+    hangs) ends the command at once, with the line ``second`` on the terminal."""
     import signal
 
+    from cljax.stopping import exit_stopped, install
+
     asked: list = []
-    previous = install(lambda signum, frame: asked.append(signum))
+    terminal = os.dup(2)  # (fd 2 and sys.stderr are redirected during the submission)
+
+    def hold(signum, frame):
+        asked.append(signum)
+        if len(asked) > 1:
+            sys.stderr = os.fdopen(terminal, "w", closefd=False)
+            exit_stopped(signum, second)
+
+    previous = install(hold)
     try:
         yield asked
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        os.close(terminal)
 
 
 if __name__ == "__main__":

@@ -577,12 +577,16 @@ def test_a_submission_sbatch_refuses_is_one_line_with_its_reason(tmp_path, capsy
 
 # `cljax sweep` whose submission is stopped by SIGTERM: the executor's jobs are two names.
 _STOPPED_SUBMISSION = """
-import os, signal, sys, types
+import os, signal, sys, time, types
 import cljax.sweep as sweep
 from cljax import command
 
 def submit(runs, *args):
     os.kill(os.getpid(), signal.SIGTERM)  # as the jobs are queued
+    if os.environ.get("HANGS"):  # a submission that hangs: a second signal
+        print("hangs", file=sys.stderr, flush=True)  # (into the output the submission is redirected to)
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(60)
     return [types.SimpleNamespace(job_id=f"90{i}") for i in range(len(runs))]
 
 sweep.submit = submit
@@ -609,6 +613,14 @@ def test_a_stop_while_the_jobs_are_submitted_waits_until_sweep_json_lists_them(t
         f"stopped by SIGTERM: the 2 job(s) go on ({tmp_path / 'sweep.json'} lists them); cancel them with `scancel "
         f"900 901`, or let them end and run the same command to see each run's outcome (a finished run is not trained "
         f"again).")
+    listed = (tmp_path / "sweep.json").read_bytes()
+    hung = subprocess.run([sys.executable, "-c", _STOPPED_SUBMISSION, *flags], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "HANGS": "1"})
+    assert hung.returncode == 75 and hung.stdout == "" and (tmp_path / "sweep.json").read_bytes() == listed
+    assert hung.stderr.strip().splitlines()[-1] == (
+        f"stopped by SIGINT: the jobs were being submitted: some may be queued or running, and no sweep.json lists "
+        f"them; check squeue (SLURM) or the *_submitted.pkl files in {max((tmp_path / 'sweep_logs').iterdir())} "
+        f"before submitting again")
 
 
 def test_a_run_a_sweep_already_lists_under_another_name_is_refused(tmp_path):
