@@ -343,12 +343,16 @@ def signals_held(second: str):
     from cljax.stopping import exit_stopped, install
 
     asked: list = []
-    terminal = os.dup(2)  # (fd 2 and sys.stderr are redirected during the submission)
+    try:
+        terminal = os.dup(2)  # (fd 2 and sys.stderr are redirected during the submission)
+    except OSError:  # no fd 2 (a daemon's): no line to show
+        terminal = None
 
     def hold(signum, frame):
         asked.append(signum)
         if len(asked) > 1:
-            sys.stderr = os.fdopen(terminal, "w", closefd=False)
+            if terminal is not None:
+                sys.stderr = os.fdopen(terminal, "w", closefd=False)
             exit_stopped(signum, second)
 
     previous = install(hold)
@@ -357,7 +361,8 @@ def signals_held(second: str):
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        os.close(terminal)
+        if terminal is not None:
+            os.close(terminal)
 
 
 if __name__ == "__main__":
