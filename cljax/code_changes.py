@@ -60,9 +60,15 @@ def _before_start_weights(algo_dir: Path | None, memo: dict | None) -> bool:
     return False
 
 
-def older_cljax(algo_dir: Path, changed: str, deletes: str) -> CljaxError:
+def older_cljax(algo_dir: Path, changed: str, deletes: str, damaged: str | None = None) -> CljaxError:
     """The refusal of a run that ``changed_since`` names a change for; ``deletes``: what
-    --overwrite deletes there."""
+    --overwrite deletes there; ``damaged``: a task folder it had trained past that is damaged or
+    missing (no cljax that ran the older rule can write it again: none had --repair)."""
+    if damaged:
+        return CljaxError(f"{algo_dir} holds a run started by an older cljax, and {changed}: this cljax would write "
+                          f"its damaged or missing {damaged} again by the corrected rule, not the one its other tasks "
+                          f"followed. Restore {damaged} from a copy, pass --overwrite to train the run again (it "
+                          f"{deletes}), or choose another --results-dir.")
     return CljaxError(f"{algo_dir} holds a run started by an older cljax, and {changed}: its remaining tasks would "
                       f"follow another rule than its first ones. Finish it with the cljax it started with, pass "
                       f"--overwrite to train it again (it {deletes}), or choose another --results-dir.")

@@ -64,6 +64,18 @@ class Found:
     rebuilt: bool = False  # --repair: run.json was missing and ``record`` comes from the task folders
 
 
+def _damaged_below(algo_dir: Path, problems: list) -> str | None:
+    """The first damaged or missing task folder the run had trained past (below a whole folder or
+    the checkpoint's task), which a resume does not train but a repair would write again; None."""
+    try:
+        next_task = (read_checkpoint_header(algo_dir) or (0,))[0]
+    except CljaxError:  # damaged
+        next_task = 0
+    reached = max((t + 1 for t, problem in enumerate(problems) if not problem), default=0)
+    return next((task_dir_name(t) for t, problem in enumerate(problems) if problem and t < max(reached, next_task)),
+                None)
+
+
 def _holds_anything(algo_dir: Path) -> bool:
     return any(p.name != RUN_LOCK and not is_temporary(p.name) for p in algo_dir.iterdir())
 
@@ -145,7 +157,7 @@ def inspect_run(algo_dir: Path, config: Config, data_id: str | None, overwrite: 
     if changed and _finished_no_task(algo_dir, record):
         return _replace(algo_dir, "a run started by an older cljax")
     if changed:
-        raise older_cljax(algo_dir, changed, _deletes(n_dirs))
+        raise older_cljax(algo_dir, changed, _deletes(n_dirs), _damaged_below(algo_dir, problems))
     try:
         header = read_checkpoint_header(algo_dir)
     except CljaxError:  # damaged: --repair trains the learner after the whole folders again

@@ -87,8 +87,13 @@ def test_a_bio_run_recorded_before_its_pool_routing_was_corrected_is_not_resumed
         f.unlink()
     task1.rmdir()
     record = (run.algo_dir / "run.json").read_bytes()
+    # (No cljax that ran the older rule can write task_001 again: none had --repair. It said "its
+    # remaining tasks would follow another rule ... Finish it with the cljax it started with".)
     with pytest.raises(CljaxError, match=r"older cljax, and its Bio rule, in the CNN's im2col lowering, sent the error "
-                                         r"through the max-pool winners of the feedback weights.*--overwrite"):
+                                         r"through the max-pool winners of the feedback weights.*: this cljax would "
+                                         r"write its damaged or missing task_001 again by the corrected rule, not the "
+                                         r"one its other tasks followed. Restore task_001 from a copy, pass "
+                                         r"--overwrite"):
         run_experiment(config, progress=False)
     assert (run.algo_dir / "run.json").read_bytes() == record and len(results.task_dirs(run.algo_dir)) == 1
 
