@@ -225,7 +225,8 @@ def loaded_plugins() -> list[str]:
 
 def load_plugins(paths: list[str] | None = None) -> None:
     """Import extension files (each registers its entries on import): ``paths``, else the
-    files listed in ``$CLJAX_PLUGINS`` (separated by ``os.pathsep``). Each file loads once."""
+    files listed in ``$CLJAX_PLUGINS`` (separated by ``os.pathsep``). Each file loads once; one that
+    failed is as if never given (what it registered is removed), so given again it loads anew."""
     if paths is None:
         paths = [p for p in os.environ.get(PLUGINS_ENV, "").split(os.pathsep) if p]
     for p in paths:
