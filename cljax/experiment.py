@@ -250,6 +250,7 @@ def _train(config, data, task_data, schedule, program, start, chunk_tasks, found
             with critical:
                 keep_checkpoint(algo_dir, first_task)
     order = replay + list(range(first_task, config.num_tasks))
+    on_recorded_split = found.record is not None and same_split(recorded_split(found.record), split)
     result = RunResult(algo_dir=algo_dir, task_class_pairs=schedule, first_task=first_task, run_id=run_id)
 
     spec = eval_tasks_of(config)
@@ -310,7 +311,7 @@ def _train(config, data, task_data, schedule, program, start, chunk_tasks, found
         })
         metadata.update({"nonfinite": nonfinite, "run_id": run_id, "data": data_id, "split": split, "plugins": sources,
                          "evaluation": evaluation, "summary": stored_row(row)})
-        if found.record is not None and not same_split(recorded_split(found.record), split):
+        if found.record is not None and not on_recorded_split:
             metadata["split_at_run_start"] = recorded_split(found.record)
         if replaying:
             metadata["repaired"] = {"trained_again_from_task": replay[0]}
@@ -321,8 +322,8 @@ def _train(config, data, task_data, schedule, program, start, chunk_tasks, found
         with critical, disk_errors(algo_dir, t):  # the task folder, then the checkpoint that points past it
             if is_writer() and (not replaying or t in found.repair):
                 if again:  # the run stopped between this folder and the checkpoint after it
-                    on_split = found.record is not None and same_split(recorded_split(found.record), split)
-                    print(again_note(t, same_as_recorded(algo_dir, t, arrays, metadata), on_split), file=sys.stderr)
+                    print(again_note(t, same_as_recorded(algo_dir, t, arrays, metadata), on_recorded_split),
+                          file=sys.stderr)
                 memo.note_written(write_task(algo_dir, t, arrays, metadata))
             elif is_writer() and not same_as_recorded(algo_dir, t, arrays, metadata):  # a whole folder, recomputed
                 differing.append(t)

@@ -71,9 +71,14 @@ def _damaged_below(algo_dir: Path, problems: list) -> str | None:
         next_task = (read_checkpoint_header(algo_dir) or (0,))[0]
     except CljaxError:  # damaged
         next_task = 0
-    reached = max((t + 1 for t, problem in enumerate(problems) if not problem), default=0)
+    reached = _reached(problems)
     return next((task_dir_name(t) for t, problem in enumerate(problems) if problem and t < max(reached, next_task)),
                 None)
+
+
+def _reached(problems: list) -> int:
+    """One past the last whole task folder (``problems``: each task's, empty when whole)."""
+    return max((t + 1 for t, problem in enumerate(problems) if not problem), default=0)
 
 
 def _holds_anything(algo_dir: Path) -> bool:
@@ -169,10 +174,10 @@ def inspect_run(algo_dir: Path, config: Config, data_id: str | None, overwrite: 
            f"trained again from task 0: "
            f"pass --overwrite to do so (it {_deletes(n_dirs)}), or choose another --results-dir.")
     # Past the last whole folder: with no checkpoint, the run has trained at least that far.
-    reached = max((t + 1 for t, problem in enumerate(problems) if not problem), default=0)
+    reached = _reached(problems)
     if header is None and reached >= 2 and not repair and not hashes:  # a refusal names what --repair will train:
         problems = check(True)  # every damage, contents included (then the same as the run's hashed check)
-        reached = max((t + 1 for t, problem in enumerate(problems) if not problem), default=0)
+        reached = _reached(problems)
     if header is None and reached >= 2:  # whole folders and no checkpoint (a stop between the two writes, or lost)
         # Training again from task 0 would rewrite whole folders: only --repair (which compares them) may.
         damaged = [t for t in range(reached) if problems[t]]

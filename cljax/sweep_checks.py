@@ -22,7 +22,7 @@ def check_against_data(runs: list, overwrite: bool = False, repair: bool = False
     deleted, the finished ones too) and gives the run's own command (``command_of(run)``)."""
     from cljax.data import load_dataset
     from cljax.data.prepared import data_identity
-    from cljax.experiment import algo_dir_of
+    from cljax.config import algo_dir_of
     from cljax.run_folder import inspect_run
     from cljax.tasks import TaskData, make_schedule
 
@@ -79,7 +79,7 @@ def check_not_trained_twice(runs: list) -> None:
             continue
     for run in runs:
         folder = algo_dir_of(run.config)
-        other = known.get(_settings_key(json.loads(json.dumps(run.config.to_dict()))))
+        other = known.get(_settings_key(run.config.to_dict()))  # (a tuple dumps as the list run.json holds)
         if other is not None and not folder.exists() and other.resolve() != folder.resolve():
             raise CljaxError(f"run {run.tag} has the settings and seed of {other}, which {root / 'sweep.json'} lists, "
                              f"so it would train that run again under a second name: give --grid as that sweep did "
