@@ -66,14 +66,54 @@ def with_task_dirs(runs: list[Path] | None) -> list[str]:
 def listed_runs(folder: Path) -> list[Path] | None:
     """Every run folder the sweep.json in ``folder`` lists, task folders or not yet; None where
     there is no sweep.json cljax could have written."""
+    entries = _listed_entries(folder)
+    return None if entries is None else list(dict.fromkeys(p for p, _ in entries))
+
+
+def _listed_entries(folder: Path) -> list[tuple[Path, dict]] | None:
+    """(run folder, its entry) for every run the sweep.json in ``folder`` lists, oldest sweep first;
+    None where there is no sweep.json cljax could have written."""
     try:
         record = json.loads((folder / "sweep.json").read_text())
-        listed = [r["results"] for sweep in (*record.get("earlier", []), record) for r in sweep["runs"]]
+        listed = [r for sweep in (*record.get("earlier", []), record) for r in sweep["runs"]]
+        # A run is RESULTS_DIR/{tag}/{dataset}/{algorithm}: read under this folder, also when the sweep
+        # was copied or moved here (the recorded absolute path would name the original's runs).
+        return [(folder.joinpath(*Path(r["results"]).parts[-3:]), r) for r in listed]
     except (OSError, ValueError, KeyError, TypeError, AttributeError):  # no sweep here, or not one cljax wrote
         return None
-    # A run is RESULTS_DIR/{tag}/{dataset}/{algorithm}: read under this folder, also when the sweep was
-    # copied or moved here (the recorded absolute path would name the original's runs).
-    return list(dict.fromkeys(folder.joinpath(*Path(p).parts[-3:]) for p in listed))
+
+
+def _text(value):
+    """A setting's value as compared with its record (run.json strips text, e.g. ' all')."""
+    return value.strip() if isinstance(value, str) else value
+
+
+def check_sweep_labels(run_dirs) -> None:
+    """Each run of a sweep is labelled by its folder, named for the settings sweep.json lists for it.
+    A run whose run.json records other values of those settings or another seed (run folders
+    moved or swapped by hand) would show its numbers under another run's settings: one
+    CljaxError line naming the run and the values."""
+    from cljax.errors import CljaxError
+
+    entries: dict[Path, list | None] = {}
+    for run in map(Path, run_dirs):
+        if len(run.parents) < 3:
+            continue
+        sweep = run.parents[2]
+        if sweep not in entries:
+            entries[sweep] = _listed_entries(sweep) if (sweep / "sweep.json").is_file() else None
+        listed = [entry for path, entry in entries[sweep] or () if path == run]
+        try:
+            config = json.loads((run / "run.json").read_text())["config"]
+            wanted = {**listed[-1]["settings"], "seed": listed[-1]["seed"]} if listed else {}  # the newest sweep's
+            differ = [f"{k} {v!r} in sweep.json, {config[k]!r} in its run.json" for k, v in wanted.items()
+                      if k in config and _text(config[k]) != _text(v)]  # a setting the run does not use: not recorded
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError):  # no record to hold against it
+            continue
+        if differ:
+            raise CljaxError(f"{run} does not hold the run {sweep / 'sweep.json'} lists there ({', '.join(differ)}): "
+                             f"its folder was moved or swapped by hand, so its label would name another run's "
+                             f"settings; move each run back to the folder its settings name, then compare again.")
 
 
 def holds_task_dirs(folder: Path) -> bool:

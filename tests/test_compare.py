@@ -633,3 +633,34 @@ def test_a_sweep_given_whole_names_the_runs_its_sweep_json_lists_without_task_fo
     assert captured.err == note and "lr-0.1_seed-0" in captured.out and "lr-0.3_seed-0" in captured.out
     assert cli_main(["compare", str(runs[1])]) == 0  # one of its runs: what the sweep lists besides is not named
     assert capsys.readouterr().err == ""
+
+
+def test_runs_of_a_sweep_swapped_by_hand_are_refused_not_labelled_with_each_others_settings(tmp_path, capsys):
+    # Two run folders of a sweep swapped by hand: the table showed lr 0.1's numbers as lr-0.2's.
+    rng = np.random.default_rng(9)
+    runs = {lr: tmp_path / f"lr-{lr}_seed-0" / "synthetic" / "SL_T2" for lr in (0.1, 0.2)}
+    for lr, run in runs.items():
+        write_run(run, rng.uniform(0.5, 0.9, (T, R)), rng.uniform(0.5, 0.9, (T, R)), window=False)
+        (run / "run.json").write_text(json.dumps({"config": {"lr": lr, "seed": 0, "momentum": 0.0}}))
+    listed = [{"tag": run.parents[1].name, "settings": {"lr": lr, "cbp_rate": 0.5}, "seed": 0, "results": str(run)}
+              for lr, run in runs.items()]  # cbp_rate: a grid setting these runs do not use (not in their config)
+    (tmp_path / "sweep.json").write_text(json.dumps({"runs": listed, "earlier": []}))
+    assert cli_main(["compare", str(tmp_path)]) == 0
+    capsys.readouterr()
+    (runs[0.1] / "run.json").rename(tmp_path / "a.json")  # the two records change folders, as the runs would
+    (runs[0.2] / "run.json").rename(runs[0.1] / "run.json")
+    (tmp_path / "a.json").rename(runs[0.2] / "run.json")
+    for given in ([str(tmp_path)], [str(runs[0.1]), str(runs[0.2])]):
+        assert cli_main(["compare", *given]) == 2
+        captured = capsys.readouterr()
+        assert captured.out == "" and captured.err.splitlines()[-1] == (
+            f"error: {runs[0.1]} does not hold the run {tmp_path / 'sweep.json'} lists there (lr 0.1 in sweep.json, "
+            f"0.2 in its run.json): its folder was moved or swapped by hand, so its label would name another run's "
+            f"settings; move each run back to the folder its settings name, then compare again.")
+    record = json.loads((runs[0.1] / "run.json").read_text())
+    (runs[0.1] / "run.json").write_text(json.dumps({"config": {**record["config"], "lr": 0.1, "seed": 3}}))
+    assert cli_main(["compare", str(runs[0.1])]) == 2  # another seed, the same way
+    assert "(seed 0 in sweep.json, 3 in its run.json)" in capsys.readouterr().err
+    (runs[0.1] / "run.json").unlink()  # no record: nothing to hold against the sweep (compare reads the task folders)
+    (runs[0.2] / "run.json").write_text(json.dumps({"config": {"lr": 0.2, "seed": 0}}))
+    assert cli_main(["compare", str(tmp_path)]) == 0

@@ -31,6 +31,7 @@ from cljax.errors import CljaxError
 from cljax.record_rebuild import as_trained
 from cljax.run_folder import verify_task_dir
 from cljax.run_lock import live_writer
+from cljax.run_search import check_sweep_labels
 from cljax.setting_match import number_settings, recorded_config
 
 # What must match for two runs' gaps to be measured on one protocol (methods differ by design).
@@ -149,6 +150,7 @@ def compare_runs(run_dirs, out_png: str | os.PathLike | None = None, labels=None
     if len(set(labels)) != len(labels):
         raise CljaxError(f"two runs have the same label ({', '.join(labels)}): give each its own.")
     _refuse_copies(run_dirs)
+    check_sweep_labels(run_dirs)
     for note in sweep_runs_left_out(run_dirs):
         print(note, file=sys.stderr)
     curves, summary, draws, methods, accs, families = {}, {}, {}, {}, {}, {}
