@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -43,6 +42,7 @@ from cljax.run_folder import clear_run, inspect_run, remove_stale_temporaries, v
 from cljax.run_split import (recorded_pairing, recorded_split, same_split, split_of, warn_if_other_eval_chunk,
                               warn_if_other_split)
 from cljax.run_lock import RunLock
+from cljax.safe_files import remove_tree
 from cljax.run_result import RunResult, finished
 from cljax.sources import check_sources, entry_sources
 from cljax.step import KEY_TASKS
@@ -188,7 +188,7 @@ def run_experiment(
                     write_run_record(algo_dir, config.to_dict(), SCHEMA_VERSION, run_id=run_id, data=data_id,
                                      split=split, sources=sources, dataset_meta=data.meta)
                 for stale in found.stale:  # redone by this run: not this run's, or not whole
-                    shutil.rmtree(stale)
+                    remove_tree(stale)
                 remove_stale_temporaries(algo_dir)
                 if found.record is not None:  # what this resume verified: the next one does not read it again
                     memo.save(run_id)

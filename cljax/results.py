@@ -37,8 +37,8 @@ from cljax.errors import CljaxError, DamagedFile, brief
 from cljax.faults import crash_point
 from cljax.run_search import TASK_DIR as _TASK_DIR
 from cljax.run_search import holds_task_dirs, runs_near
-from cljax.safe_files import (DAMAGED, fsync_dir, load_dict_pickle, load_npy, read_bytes, save_npy,
-                               write_bytes)
+from cljax.safe_files import (DAMAGED, fsync_dir, load_dict_pickle, load_npy, read_bytes, remove_tree,
+                               save_npy, write_bytes)
 
 TASK_FILES = ("representations.npy", "binary_labels.npy", "weights.npy", "start_weights.npy", "metrics.pkl",
               "expert_metrics.pkl", "metadata.json")
@@ -155,7 +155,7 @@ def write_folder(algo_dir: Path, name: str, npys: dict, pickles: dict, metadata:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     if final.exists():
-        shutil.rmtree(final)
+        remove_tree(final)
     os.rename(tmp, final)
     fsync_dir(algo_dir)
     return final

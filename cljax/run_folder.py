@@ -18,7 +18,6 @@ run's whole are removed when it starts.
 from __future__ import annotations
 
 import os
-import shutil
 import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -39,7 +38,7 @@ from cljax.code_changes import changed_since, older_cljax
 from cljax.record_rebuild import lost_record, record_disagreement
 from cljax.rewrites import ANALYSIS, check_clearable, is_temporary
 from cljax.run_lock import RUN_LOCK
-from cljax.safe_files import npy_header, safe_load_pickle
+from cljax.safe_files import npy_header, remove_tree, safe_load_pickle
 from cljax.setting_match import DATA_DIFFERS, resume_differences
 
 
@@ -351,13 +350,13 @@ def clear_run(algo_dir: Path) -> None:
     (algo_dir / RECORD).unlink(missing_ok=True)
     (algo_dir / JOURNAL).unlink(missing_ok=True)
     if (algo_dir / KEPT).is_dir():
-        shutil.rmtree(algo_dir / KEPT)
+        remove_tree(algo_dir / KEPT)
     (algo_dir / RUN_RECORD).unlink(missing_ok=True)
     for d in task_dirs(algo_dir, passed=False):
-        shutil.rmtree(d)
+        remove_tree(d)
     for name in (INITIAL, ANALYSIS):
         if (algo_dir / name).is_dir():
-            shutil.rmtree(algo_dir / name)
+            remove_tree(algo_dir / name)
     remove_stale_temporaries(algo_dir)
 
 
@@ -365,4 +364,4 @@ def remove_stale_temporaries(algo_dir: Path) -> None:
     """Temporary folders/files of a process that died mid-write (never listed as results)."""
     for p in algo_dir.iterdir():
         if is_temporary(p.name):
-            shutil.rmtree(p) if p.is_dir() else p.unlink()
+            remove_tree(p) if p.is_dir() else p.unlink()

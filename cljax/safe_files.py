@@ -11,6 +11,8 @@ import hashlib
 import io
 import os
 import pickle
+import shutil
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -92,6 +94,18 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def remove_tree(path: Path) -> None:
+    """shutil.rmtree, whose error names the whole path of what could not be removed (rmtree's own
+    names a file by its bare name: an immutable weights.npy, but in which of thousands of folders?)."""
+    def named(_func, where, exc):
+        exc = exc[1] if isinstance(exc, tuple) else exc  # onerror's exc_info (3.11), onexc's exception (3.12+)
+        if isinstance(exc, OSError) and exc.errno is not None:
+            raise OSError(exc.errno, exc.strerror, os.fspath(where)) from exc
+        raise exc
+
+    shutil.rmtree(path, **({"onexc": named} if sys.version_info >= (3, 12) else {"onerror": named}))
 
 
 # ---- safe readers -----------------------------------------------------------------------------

@@ -179,3 +179,25 @@ def test_a_folder_without_the_permission_to_delete_it_is_refused_before_anything
     assert_one_error(rc, err, f"{action}", f"cannot delete {run_dir / 'task_001'} (no permission): fix its permissions",
                      "(nothing was deleted)")
     assert state(tmp_path) == before
+
+
+def test_a_file_that_cannot_be_deleted_after_the_checks_is_named_by_its_whole_path(made, tmp_path, capsys, monkeypatch):
+    # An immutable file (chattr +i) passes os.access; rmtree's error then named it 'weights.npy',
+    # one of a file in each of thousands of task folders. (The refusal is simulated: see above.)
+    import errno
+    import os
+
+    run_dir = copy(made, "finished", tmp_path / "r")
+    unlink = os.unlink
+
+    def immutable(path, *args, **kwargs):
+        if os.fspath(path) == "weights.npy" and Path(f"/proc/self/fd/{kwargs.get('dir_fd')}").resolve().name == \
+                "task_001":
+            raise PermissionError(errno.EPERM, "Operation not permitted", path)
+        return unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "unlink", immutable)
+    rc, _, err = run_cli(["run", *FLAGS, "--overwrite", "--results-dir", str(tmp_path / "r")], capsys)
+    assert_one_error(rc, err, f"Operation not permitted ({run_dir / 'task_001' / 'weights.npy'}): check the path "
+                              f"and its permissions")
+    assert (run_dir / "task_001" / "weights.npy").is_file()

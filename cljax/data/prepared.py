@@ -28,6 +28,7 @@ import numpy as np
 
 from cljax.data.full_disk import full_disk_error
 from cljax.errors import CljaxError, MissingData
+from cljax.safe_files import remove_tree
 
 FORMAT_VERSION = 1
 ARRAY_FILES = ("train_images.npy", "train_labels.npy", "test_images.npy", "test_labels.npy")
@@ -105,7 +106,7 @@ def write_prepared(
     names = list(class_names) if class_names is not None else [str(c) for c in range(n_classes)]
     tmp = out.with_name(out.name + ".tmp-write")
     if tmp.exists():
-        shutil.rmtree(tmp)
+        remove_tree(tmp)
     tmp.mkdir(parents=True)
     files = {}
     for fname, arr in arrays.items():
@@ -135,7 +136,7 @@ def write_prepared(
     (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
     if out.exists():
         check_replaceable(out)
-        shutil.rmtree(out)
+        remove_tree(out)
     os.replace(tmp, out)
     return out
 

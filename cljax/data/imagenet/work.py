@@ -14,7 +14,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import zipfile
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import numpy as np
 from cljax.data.imagenet.recorded import as_flag
 from cljax.data.imagenet.shards import DatasetsShard, Plan, Shard, files_stamp
 from cljax.errors import CljaxError
+from cljax.safe_files import remove_tree
 
 PLAN_FILE = "plan.json"
 SOURCE_STAMP = "source_stamp"  # its source files' sizes and times of change (shards.files_stamp)
@@ -118,7 +118,7 @@ def remove_finished_work(work: Path, log) -> None:
         log(f"note: {work} holds files that are not cljax's ({', '.join(foreign[:3])}); it is kept: delete it when "
             f"you no longer need them.")
         return
-    shutil.rmtree(work)
+    remove_tree(work)
 
 
 def discard_work(work: Path) -> None:
@@ -130,7 +130,7 @@ def discard_work(work: Path) -> None:
     if foreign:
         raise CljaxError(f"{work} holds files that are not cljax's ({', '.join(foreign[:3])}), so --overwrite does "
                          f"not delete it: move them, or choose another --out (nothing was deleted).")
-    shutil.rmtree(work)
+    remove_tree(work)
 
 
 def _write_record(work: Path, record: dict) -> None:
@@ -192,7 +192,7 @@ def clear_stale_work(out: Path, meta: dict, log) -> None:
     same = (record.get("source") == meta.get("source") and "preprocessing" in record
             and record["preprocessing"] == meta.get("preprocessing"))
     if same and not foreign:
-        shutil.rmtree(work)
+        remove_tree(work)
         log(f"note: removed {work}, the work folder of this same preparation, left behind when it ended.")
         return
     source = record.get("source", "an unknown source")
