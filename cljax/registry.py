@@ -246,17 +246,25 @@ def load_plugins(paths: list[str] | None = None) -> None:
         spec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
+        analyses = _analyses_now()
         try:
             _run_plugin(p, path, spec, module)
         except BaseException:  # as if never loaded: fixed, the same file loads again in this process (a notebook)
             del _loaded_plugins[str(path)]
             sys.modules.pop(name, None)
-            _unregister_module(name)
+            _unregister_module(name, analyses)
             raise
 
 
-def _unregister_module(module: str) -> None:
-    """Remove what the plugin module ``module`` registered before it failed."""
+def _analyses_now() -> dict | None:
+    """The analyses registered now; None before the built-ins are (cljax.analysis.analyses not imported)."""
+    return (dict(sys.modules["cljax.analysis.registry"]._ANALYSES) if "cljax.analysis.analyses" in sys.modules
+            else None)
+
+
+def _unregister_module(module: str, analyses_before: dict | None = None) -> None:
+    """Remove what the plugin module ``module`` registered before it failed, and put back the
+    analyses it unregistered (``analyses_before``: those registered before it ran; None: the built-ins)."""
     analyses = sys.modules.get("cljax.analysis.registry")
     boards = [board._entries for board in (RULES, OPTIONS, MODELS, DATASETS)]
     for entries in boards:
@@ -267,6 +275,13 @@ def _unregister_module(module: str) -> None:
         for key in [k for k, a in analyses._ANALYSES.items()
                     if module in (getattr(f, "__module__", None) for f in (a.init, a.update, a.finalize))]:
             del analyses._ANALYSES[key]
+        before = analyses_before
+        if before is None and "cljax.analysis.analyses" in sys.modules:  # the plugin imported the built-ins
+            before = {a.name: a for a in sys.modules["cljax.analysis.analyses"].BUILTIN}
+        if before is not None and any(analyses._ANALYSES.get(k) is not a for k, a in before.items()):
+            now = dict(analyses._ANALYSES)  # in their order, then the others' registrations (another module's)
+            analyses._ANALYSES.clear()
+            analyses._ANALYSES.update({**before, **{k: a for k, a in now.items() if k not in before}})
 
 
 def _run_plugin(p, path: Path, spec, module) -> None:

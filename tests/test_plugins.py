@@ -462,6 +462,45 @@ def test_a_plugin_that_failed_part_way_is_as_if_never_loaded_and_loads_again_onc
     analyses.unregister("half_count")  # not in the later `cljax analyze` runs of this module
 
 
+REPLACES_GLUE = """
+from cljax.analysis.registry import Analysis, Result, register, unregister
+unregister('glue')
+register(Analysis('glue', init=lambda c: 0, update=lambda n, f: n + 1, finalize=lambda n: Result(summary={'n': n})))
+"""
+
+
+def test_a_plugin_that_replaced_a_built_in_analysis_then_failed_puts_the_built_in_back(tmp_path):
+    # The built-in glue stayed unregistered: the fixed file's unregister('glue') then failed.
+    from cljax.analysis import registry as analyses
+
+    order, glue, saved = analyses.registered(), analyses.get("glue"), dict(analyses._ANALYSES)
+    plugin = tmp_path / "new_glue.py"
+    plugin.write_text(REPLACES_GLUE + "raise RuntimeError('not yet')\n")
+    with pytest.raises(CljaxError, match="new_glue.py raised RuntimeError"):
+        load_plugins([str(plugin)])
+    assert analyses.registered() == order and analyses.get("glue") is glue
+    plugin.write_text(REPLACES_GLUE)
+    try:
+        load_plugins([str(plugin)])
+        assert analyses.get("glue") is not glue and analyses.get("glue").finalize(3).summary == {"n": 3}
+    finally:  # the built-in for the later `cljax analyze` runs of this module
+        analyses._ANALYSES.clear()
+        analyses._ANALYSES.update(saved)
+
+
+def test_a_plugin_that_imported_the_analyses_and_replaced_a_built_in_then_failed_puts_it_back(tmp_path):
+    # The same when the plugin's import of the analysis registry registered the built-ins (a fresh process).
+    plugin = tmp_path / "new_glue.py"
+    plugin.write_text(REPLACES_GLUE + "raise RuntimeError('not yet')\n")
+    code = ("import sys\nfrom cljax.registry import load_plugins\nassert 'cljax.analysis.analyses' not in sys.modules\n"
+            f"try:\n    load_plugins([{str(plugin)!r}])\nexcept Exception as exc:\n    print(exc)\n"
+            "from cljax.analysis import analyses, registry\n"
+            "print(registry.registered(), registry.get('glue') is analyses.BUILTIN[4])\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parent.parent, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[-1] == "('cl', 'plasticity', 'curves', 'run', 'glue', 'probe') True"
+
+
 def test_a_plugin_that_imports_a_missing_package_is_one_line(tmp_path):
     plugin = tmp_path / "needs_more.py"
     plugin.write_text("import surely_not_installed_pkg\n")

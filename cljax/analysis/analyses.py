@@ -289,9 +289,10 @@ def _run_finalize(state: dict) -> Result:
     return Result(summary={"config": state["config"], "conventions": CONVENTIONS})
 
 
-register(Analysis("cl", _cl_init, _cl_update, _cl_finalize))
-register(Analysis("plasticity", _plasticity_init, _plasticity_update, _plasticity_finalize))
-register(Analysis("curves", _curves_init, _curves_update, _curves_finalize))
-register(Analysis("run", lambda ctx: {"config": {}}, _run_update, _run_finalize))
-register(Analysis("glue", glue_init, glue_update, glue_finalize))
-register(Analysis("probe", probe.init, probe.update, probe.finalize))
+BUILTIN = tuple(register(a) for a in (  # in the order they run (a plugin that fails puts back what it removed)
+    Analysis("cl", _cl_init, _cl_update, _cl_finalize),
+    Analysis("plasticity", _plasticity_init, _plasticity_update, _plasticity_finalize),
+    Analysis("curves", _curves_init, _curves_update, _curves_finalize),
+    Analysis("run", lambda ctx: {"config": {}}, _run_update, _run_finalize),
+    Analysis("glue", glue_init, glue_update, glue_finalize),
+    Analysis("probe", probe.init, probe.update, probe.finalize)))
