@@ -88,6 +88,7 @@ def write_prepared(
     preprocessing: dict,
     class_names: list[str] | None = None,
     n_classes: int | None = None,
+    revision: str | None = None,
 ) -> Path:
     """Write a prepared folder atomically (a temporary sibling renamed into place)."""
     out = Path(out_dir)
@@ -124,6 +125,7 @@ def write_prepared(
         "format_version": FORMAT_VERSION,
         "name": name,
         "source": source,
+        **({"revision": revision} if revision else {}),  # a hub dataset's commit
         "preprocessing": preprocessing,
         "n_classes": int(n_classes),
         "class_names": names,

@@ -43,7 +43,7 @@ def assemble(plan: Plan, work: Path, out: Path, size: int, preprocessing: dict, 
     write_prepared(
         out,
         arrays["train"][0], arrays["train"][1], arrays["test"][0], arrays["test"][1],
-        name=name, source=plan.source, preprocessing=preprocessing,
+        name=name, source=plan.source, preprocessing=preprocessing, revision=plan.revision,
         class_names=list(plan.class_names) if plan.class_names else None, n_classes=n_classes,
     )
 

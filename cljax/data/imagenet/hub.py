@@ -46,6 +46,15 @@ def unreachable(timeout: float = TIMEOUT_S) -> str | None:
     return None
 
 
+def resolve_revision(name: str, revision: str | None) -> str | None:
+    """The commit of hub dataset ``name`` that ``revision`` (a branch, tag or commit; None: its
+    main branch) names now. The preparation streams that commit, so its workers, and a resume days
+    later, read the same files however the dataset changes on the hub; meta.json records it."""
+    from huggingface_hub import HfApi
+
+    return HfApi().dataset_info(name, revision=revision).sha
+
+
 def hub_cache() -> Path:
     """The hub's cache folder, found as huggingface_hub finds it: HF_HUB_CACHE (or its older name
     HUGGINGFACE_HUB_CACHE), else HF_HOME/hub, else $XDG_CACHE_HOME/huggingface/hub (~/.cache)."""

@@ -188,13 +188,15 @@ def prepare_imagenet(
     overwrite: bool = False,
     progress: bool = True,
     log=None,
+    revision: str | None = None,
 ) -> Path:
     """Prepare SOURCE as a 28x28 gray prepared folder at `out`; resumable; returns `out`.
 
     SOURCE: a hub dataset name, a local parquet export folder or an image folder (module doc).
     `split_map`: source split -> "train" | "test" (default train -> train, validation -> test).
     `workers`: processes (default: every core this process may use). `reader="datasets"` reads a
-    local parquet folder through `datasets` streaming, as the hub path does. If `out` is already
+    local parquet folder through `datasets` streaming, as the hub path does. `revision`: a hub
+    dataset's branch, tag or commit (default: its main branch). If `out` is already
     complete, from the same source, splits and preprocessing, it is returned untouched unless
     `overwrite` (from others: CljaxError). Work goes to OUT.partial/ shard by
     shard; rerunning after an interruption continues there and gives byte-identical output.
@@ -208,7 +210,7 @@ def prepare_imagenet(
     with OutputLock(out):
         return _prepare_locked(source, out, workers=workers, split_map=split_map, reader=reader, size=size,
                                resample=resample, shard_rows=shard_rows, overwrite=overwrite, progress=progress,
-                               log=log)
+                               log=log, revision=revision)
 
 
 def _check_out_outside_image_folder(plan, out: Path) -> None:
@@ -224,7 +226,7 @@ def _to_stderr(msg: str) -> None:
 
 
 def _prepare_locked(source: str, out: Path, *, workers, split_map, reader, size, resample, shard_rows, overwrite,
-                    progress, log) -> Path:
+                    progress, log, revision=None) -> Path:
     log = log or _to_stderr
     work = work_dir_for(out)
     if out.exists():
@@ -235,7 +237,7 @@ def _prepare_locked(source: str, out: Path, *, workers, split_map, reader, size,
             raise CljaxError(f"output {out} exists and is not a prepared dataset; choose another --out (nothing was deleted).")
         elif not overwrite and is_prepared(out):
             meta = load_prepared(out).meta
-            check_same_preparation(out, meta, source, split_map, resample, size)
+            check_same_preparation(out, meta, source, split_map, resample, size, revision)
             clear_stale_work(out, meta, log)
             return out
         else:
@@ -244,7 +246,7 @@ def _prepare_locked(source: str, out: Path, *, workers, split_map, reader, size,
                 check_redo_allowed(out, source, split_map, resample, size)
     check_not_mount_point(out)  # before any work: the finished folder could not be renamed onto it
     _pil_filter(resample)  # fail on a bad filter name before any work
-    plan = plan_source(source, split_map, reader=reader, shard_rows=shard_rows)
+    plan = plan_source(source, split_map, reader=reader, shard_rows=shard_rows, revision=revision)
     _check_out_outside_image_folder(plan, out)
     if overwrite:  # after the source is found: a mistyped one loses no work
         discard_work(work)
@@ -320,6 +322,8 @@ def prepare_main(argv: list[str]) -> int:
     parser.add_argument("--reader", choices=("auto", "datasets"), default="auto",
                         help="how a local parquet folder is read: auto (pyarrow; a hub name is read through HF datasets, "
                         "an image folder by its own reader) or datasets (HF datasets, the hub's code path) (default: auto)")
+    parser.add_argument("--revision", default=None, help="a hub dataset's branch, tag or commit to prepare (default: "
+                        "its main branch, resolved to a commit when the preparation starts and recorded in meta.json)")
     parser.add_argument("--resample", choices=RESAMPLE_FILTERS, default="area", help="filter of the final resize (default: exact area average)")
     parser.add_argument("--shard-rows", type=int, default=DEFAULT_SHARD_ROWS,
                         help=f"images per resumable shard (local parquet / image folders) (>=1; default: {DEFAULT_SHARD_ROWS})")
@@ -345,7 +349,7 @@ def _prepare_command(args, out: Path) -> int:
             if args.overwrite or not is_prepared(out):
                 return False
             data = load_prepared(out, verify_checksums=True, how_to_fix="Pass --overwrite to prepare it again.")
-            check_same_preparation(out, data.meta, args.source, split_map, args.resample, SIZE)
+            check_same_preparation(out, data.meta, args.source, split_map, args.resample, SIZE, args.revision)
             if clear:
                 clear_stale_work(out, data.meta, _to_stderr)
             print(f"{out} is already prepared ({len(data.train_labels)} train, {len(data.test_labels)} test images, "
@@ -368,7 +372,7 @@ def _prepare_command(args, out: Path) -> int:
             _prepare_locked(
                 args.source, out, workers=args.workers, split_map=split_map, reader=args.reader, size=SIZE,
                 resample=args.resample, shard_rows=args.shard_rows, overwrite=args.overwrite,
-                progress=not args.no_progress, log=_to_stderr,
+                progress=not args.no_progress, log=_to_stderr, revision=args.revision,
             )
             data = load_prepared(out)
         seconds = time.perf_counter() - started

@@ -8,6 +8,7 @@ source had one is not "already prepared" once it has (that command would now mak
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -25,14 +26,18 @@ def recorded_source(source: str) -> str:
 
 
 def check_same_preparation(out: Path, meta: dict, source: str, split_map: Mapping[str, str] | None, resample: str,
-                           size: int) -> None:
+                           size: int, revision: str | None = None) -> None:
     """Raise CljaxError when the complete folder `out` (its meta.json `meta`) was prepared from
     another source or with other splits or preprocessing than asked for. Compared without
-    planning the source, so a hub name needs no network to be found already prepared."""
+    planning the source, so a hub name needs no network to be found already prepared: a --revision
+    is compared with the commit recorded only when it is one (40 hexadecimal digits; a branch or
+    tag would need the hub to resolve it)."""
     recorded = meta.get("preprocessing") if isinstance(meta.get("preprocessing"), dict) else {}
     asked = {"source": recorded_source(source), "--resample": resample, "size": size}
     held = {"source": meta.get("source"), "--resample": recorded.get("resample"), "size": recorded.get("size")}
     differ = [f"{k} {asked[k]}" for k in asked if held[k] != asked[k]]
+    if revision is not None and re.fullmatch(r"[0-9a-f]{40}", revision, re.ASCII) and meta.get("revision") != revision:
+        differ.append(f"--revision {revision} (it records {meta.get('revision') or 'no commit'})")
     if not _same_splits(recorded.get("splits"), split_map):
         differ.append(f"--splits {as_flag(_expected_splits(split_map)[0])}")
     if differ:

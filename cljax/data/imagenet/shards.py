@@ -191,6 +191,7 @@ class Plan:
     n_classes: int | None
     expected_total: int | None  # images, when the source says so in advance
     notes: tuple[str, ...] = ()
+    revision: str | None = None  # a hub dataset's commit, streamed by every shard
 
 
 _STREAMING_CACHE: dict[tuple[str, str], object] = {}

@@ -19,7 +19,7 @@ import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from cljax.data.imagenet.hub import cache_folder_refusal, cached_hint, unreachable
+from cljax.data.imagenet.hub import cache_folder_refusal, cached_hint, resolve_revision, unreachable
 from cljax.data.imagenet.shards import DatasetsShard, ParquetShard, Plan, Shard
 from cljax.errors import CljaxError
 
@@ -42,6 +42,7 @@ def plan_source(
     *,
     reader: str = "auto",
     shard_rows: int = DEFAULT_SHARD_ROWS,
+    revision: str | None = None,
 ) -> Plan:
     """Resolve SOURCE (hub name, parquet folder or image folder) into an ordered list of shards.
 
@@ -49,6 +50,7 @@ def plan_source(
     {"train": "train", "validation": "test"} where a missing validation split is tolerated (the
     test arrays are then empty). `reader` is "auto" or "datasets" (read a local parquet folder
     through `datasets.load_dataset("parquet", ..., streaming=True)`, as the hub path does).
+    `revision`: a hub dataset's branch, tag or commit (default: its main branch), for a hub name only.
     """
     strict = split_map is not None
     split_map = dict(DEFAULT_SPLIT_MAP if split_map is None else split_map)
@@ -60,6 +62,9 @@ def plan_source(
     if shard_rows < 1:
         raise CljaxError(f"--shard-rows must be at least 1, not {shard_rows}.")
     path = Path(source).expanduser().resolve()
+    if path.exists() and revision is not None:
+        raise CljaxError(f"--revision names a commit of a hub dataset, and {source} is a folder: drop --revision "
+                         f"(a folder is read as it is).")
     if path.exists():
         if not path.is_dir():
             raise CljaxError(
@@ -88,7 +93,7 @@ def plan_source(
         raise CljaxError(
             f"source folder {source} does not exist; check the path, or give a hub dataset name such as ILSVRC/imagenet-1k."
         )
-    return _plan_datasets(source, split_map, strict)
+    return _plan_datasets(source, split_map, strict, revision=revision)
 
 
 def _looks_like_path(source: str) -> bool:
@@ -294,7 +299,8 @@ def _names(names) -> tuple[str, ...] | None:
     return tuple(str(n) for n in names) if names is not None else None
 
 
-def _plan_datasets(source: str, split_map: dict[str, str], strict: bool, parquet_files: dict[str, list[Path]] | None = None) -> Plan:
+def _plan_datasets(source: str, split_map: dict[str, str], strict: bool, parquet_files: dict[str, list[Path]] | None = None,
+                   revision: str | None = None) -> Plan:
     why = unreachable() if parquet_files is None else None  # before datasets' 25 s of retries
     if why is not None:
         raise CljaxError(f"cannot open {source}: no folder of that name exists, and as a hub dataset the hub is "
@@ -311,11 +317,16 @@ def _plan_datasets(source: str, split_map: dict[str, str], strict: bool, parquet
         load_args = {"path": source}
         label = f"hub dataset {source}"
     try:
+        if parquet_files is None:  # the commit the name (and --revision) names now: every shard reads that one
+            commit = resolve_revision(source, revision)
+            load_args.update({"revision": commit} if commit else {})
         splits = datasets.load_dataset(**load_args, streaming=True)
     except Exception as exc:  # the hub raises many types (gated, offline, missing, HTTP); one line for all
         if parquet_files is not None:
             hint = "check the parquet files"
-        elif "Connection" in type(exc).__name__ or "Offline" in str(exc):
+        elif revision is not None and "Revision" in type(exc).__name__:
+            hint = f"check --revision {revision} (a branch, tag or commit of {source})"
+        elif any(w in type(exc).__name__ for w in ("Connection", "Offline")) or "Offline" in str(exc):
             hint = ("the hub is unreachable: check the network and HF_HUB_OFFLINE, or download the parquet files and pass "
                     f"their folder{cached_hint(source)}")
         else:
@@ -346,7 +357,8 @@ def _plan_datasets(source: str, split_map: dict[str, str], strict: bool, parquet
                 )
             )
             counters[dst] += 1
-    return Plan(source, tuple(shards), _names(class_names), len(class_names) if class_names else None, total, tuple(notes))
+    return Plan(source, tuple(shards), _names(class_names), len(class_names) if class_names else None, total, tuple(notes),
+                load_args.get("revision"))
 
 
 def _known_split_sizes(dataset, split: str) -> int | None:

@@ -46,7 +46,7 @@ def shard_identity(shard: Shard) -> str:
 def work_record(plan: Plan, preprocessing: dict, out: Path, reader: str, shard_rows: int) -> dict:
     """plan.json: how the work was made (compared as a whole by a resume) and each shard's identity."""
     by_rows = any(not isinstance(s, DatasetsShard) for s in plan.shards)  # a hub shard is one source file
-    return {"source": plan.source, "out": str(out), "preprocessing": preprocessing, "reader": reader,
+    return {"source": plan.source, "revision": plan.revision, "out": str(out), "preprocessing": preprocessing, "reader": reader,
             "shard_rows": shard_rows if by_rows else None,
             "class_names": list(plan.class_names) if plan.class_names is not None else None,
             "shards": {s.name: shard_identity(s) for s in plan.shards}}
@@ -151,6 +151,10 @@ def _differences(recorded: dict, record: dict) -> list[str]:
             differ.append(f"{what} {old} there, {new} in this command")
 
     also("source", recorded.get("source"), record["source"])
+    if "revision" in recorded and recorded["revision"] != record["revision"]:  # (an earlier cljax's: no record)
+        differ.append(f"it streamed commit {recorded['revision']} of the hub dataset, and this command commit "
+                      f"{record['revision']} (the dataset changed on the hub since, or --revision names another): "
+                      f"pass --revision {recorded['revision']} to finish it")
     also("--splits", as_flag(then.get("splits")), as_flag(now["splits"]))
     also("--resample", then.get("resample"), now["resample"])
     also("size", then.get("size"), now["size"])
