@@ -54,6 +54,10 @@ def test_every_shard_streams_the_commit_the_name_named_at_the_start_and_meta_rec
     assert hub.asked == [None] and set(hub.streamed) == {OLD} and len(hub.streamed) >= 2  # the plan, then the shards
     meta = json.loads((out / "meta.json").read_text())
     assert meta["source"] == NAME and meta["revision"] == OLD
+    from cljax.data.info import describe
+    from cljax.data.prepared import load_prepared
+
+    assert f"source: {NAME} at commit {OLD}\n" in describe(load_prepared(out), out)  # data-info's
     for fname in ("train_images.npy", "test_labels.npy"):  # the same arrays as the files read directly
         assert (out / fname).read_bytes() == (prepared / fname).read_bytes()
     assert "revision" not in json.loads((prepared / "meta.json").read_text())  # a folder has none

@@ -24,7 +24,7 @@ def describe(data: ClassData, folder: Path, max_listed: int = MAX_CLASSES_SHOWN)
     test_counts = np.bincount(np.asarray(data.test_labels), minlength=data.n_classes)
     lines = [
         f"dataset: {data.meta.get('name', '?')}  ({folder})",
-        f"source: {data.meta.get('source', '?')}",
+        f"source: {data.meta.get('source', '?')}" + (f" at commit {data.meta['revision']}" if data.meta.get("revision") else ""),
         f"images: {tuple(data.train_images.shape[1:])} {data.train_images.dtype}",
         f"classes: {data.n_classes}",
         f"train: {len(data.train_labels)} images, per class {_range(train_counts)}",
