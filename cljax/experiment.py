@@ -260,6 +260,8 @@ def _train(config, data, task_data, schedule, program, start, chunk_tasks, found
     else:  # only the window's test sets, gathered per task: host memory does not grow with T
         tests = WindowTestSets(task_data, schedule, spec.window, chunk_tasks=chunk_tasks, measure=measure)
     train_xy = task_data.train(schedule[order[0]])
+    again = f" (--repair trains {describe_replay(replay[0], replay[-1] + 1)} again first)" if replay else ""
+    bar = progress_for(progress, config.num_tasks, first_task - len(replay), f"{again}, compiling") if is_writer() else None
     t0 = time.perf_counter()
     run_task = program.run_task.lower(learner, *task_inputs(config.seed, order[0], train_xy, tests.current(order[0])))
     run_task = run_task.compile()
@@ -276,8 +278,6 @@ def _train(config, data, task_data, schedule, program, start, chunk_tasks, found
 
     run_seconds, differing, rewritten = 0.0, [], []
     diverged_before = nonfinite_before(algo_dir, order[0], spec.ids(order[0] - 1, config.num_tasks))
-    again = f" (--repair trains {describe_replay(replay[0], replay[-1] + 1)} again first)" if replay else ""
-    bar = progress_for(progress, config.num_tasks, first_task - len(replay), again) if is_writer() else None
     pending = dispatch(0, learner)
     for i, t in enumerate(order):
         (learner, trace, t_start, train_peak), pending = pending, None  # no reference kept to the device trace

@@ -4,6 +4,9 @@ ended: a SLURM log stayed silent for hours)."""
 
 from __future__ import annotations
 
+import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -33,10 +36,15 @@ def test_a_run_whose_stderr_is_a_file_writes_progress_lines_there(tmp_path):
     with open(log, "w") as err:
         proc = subprocess.run([sys.executable, "-m", "cljax", "run", *[f for f in FLAGS if f != "--no-progress"],
                                "--results-dir", str(tmp_path / "r")], stdout=subprocess.DEVNULL, stderr=err,
-                              cwd=Path(__file__).parent.parent, timeout=300)
+                              cwd=Path(__file__).parent.parent, timeout=300,
+                              env={**os.environ, "CLJAX_COMPILATION_CACHE": "off"})  # a compile, not a cache hit
     text = log.read_text()
     assert proc.returncode == 0, text
-    assert "tasks: 0/2 done\n" in text and "tasks: 2/2 done, acc " in text, text
+    assert "tasks: 0/2 done, compiling\n" in text and "tasks: 2/2 done, acc " in text, text
+    # The first line comes before the compile, so the first task's time includes it (it said so, and did not).
+    first = float(re.search(r"the first in (\d+) s \(compiling included\)", text).group(1))
+    meta = json.loads(next((tmp_path / "r").glob("*/*/task_000/metadata.json")).read_text())
+    assert first >= round(meta["timings"]["compile_seconds"]) > 0, (first, meta["timings"])
     assert "\r" not in text  # no bar's redraws
 
 
