@@ -40,6 +40,7 @@ from cljax.rewrites import ANALYSIS, check_clearable, is_temporary
 from cljax.run_lock import RUN_LOCK
 from cljax.safe_files import npy_header, remove_tree, safe_load_pickle
 from cljax.setting_match import DATA_DIFFERS, resume_differences
+from cljax.sources import plugins_not_loaded
 
 
 # ---- what is there -------------------------------------------------------------------------
@@ -128,8 +129,10 @@ def inspect_run(algo_dir: Path, config: Config, data_id: str | None, overwrite: 
     except CljaxError as exc:
         if _finished_no_task(algo_dir, record):
             return _replace(algo_dir, "a run of an unknown cljax")
-        raise CljaxError(f"{algo_dir / RUN_RECORD}: {str(exc).rstrip('.')}. Resume it with the cljax that wrote it, "
-                         f"choose another --results-dir, or pass --overwrite to start again (it {_deletes(n_dirs)}).") from None
+        plugins = plugins_not_loaded(record)
+        raise CljaxError(f"{algo_dir / RUN_RECORD}: {str(exc).rstrip('.')}" + (f"; {plugins}." if plugins else
+                         f". Resume it with the cljax that wrote it, choose another --results-dir, or pass --overwrite "
+                         f"to start again (it {_deletes(n_dirs)}).")) from None
     if differ:
         if _finished_no_task(algo_dir, record):
             return _replace(algo_dir, f"a run with other settings ({', '.join(differ)})")

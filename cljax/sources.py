@@ -86,3 +86,19 @@ def entry_file_sha256(path: Path) -> str:
         return file_sha256(path)
     except OSError as exc:
         raise CljaxError(f"plugin file {path} cannot be read ({exc.strerror}): fix its permissions.") from None
+
+
+def plugins_not_loaded(record: dict) -> str | None:
+    """For a run.json whose settings this process cannot read: the plugin files it was trained
+    with that are not loaded now, as the end of an error line (how to load them); None when
+    there are none (then the record is another cljax's)."""
+    from cljax.registry import loaded_plugins
+
+    sources = record.get("sources") if isinstance(record, dict) else None
+    files = sorted({s["file"] for s in (sources or {}).values() if isinstance(s, dict) and isinstance(s.get("file"), str)
+                    and not s.get("cljax")} - set(loaded_plugins()))
+    if not files:
+        return None
+    flags = " ".join(f"--plugin {f}" for f in files)
+    return (f"it was trained with the plugin file{'s' if len(files) > 1 else ''} {', '.join(files)}, not loaded now: "
+            f"pass {flags} (or name {'them' if len(files) > 1 else 'it'} in $CLJAX_PLUGINS)")

@@ -311,3 +311,11 @@ def test_the_readme_s_extension_examples_run_as_written(tmp_path):
     assert proc.returncode == 0, proc.stderr
     run = tmp_path / "r" / "synthetic" / "SignSGD_T2"
     assert np.load(run / "task_001" / "representations.npy").shape[-1] == 8  # the hidden layer, --linear-width
+    # The same flags again without the plugin: its run.json's settings cannot be read; the line named no
+    # plugin and said "Resume it with the cljax that wrote it", where run.json's sources name the file.
+    proc = _cljax("run", "--plugin", str(plugin), *TINY, "--model", "linear", "--results-dir", str(tmp_path / "s"))
+    assert proc.returncode == 0, proc.stderr
+    proc = _cljax("run", *TINY, "--results-dir", str(tmp_path / "s"))
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.endswith(f"; it was trained with the plugin file {plugin.resolve()}, not loaded now: pass "
+                                f"--plugin {plugin.resolve()} (or name it in $CLJAX_PLUGINS).\n"), proc.stderr
