@@ -95,11 +95,15 @@ def eval_ids_of(metadata: dict, n_slots: int, where: str = "metadata.json") -> n
     written before --eval-tasks existed. The recorded ids must be those of the recorded mode at
     the folder's task (metadata.json carries no hash of its own): else one CljaxError line naming
     ``where``."""
-    record = metadata.get("eval_tasks") or {}
+    record, config = metadata.get("eval_tasks") or {}, metadata.get("config") or {}
+    for name, value in (("eval_tasks", record), ("config", config)):
+        if not isinstance(value, dict):
+            raise CljaxError(f"{where}: its {name} is {type(value).__name__} {str(value)[:40]!r}, not the mapping cljax "
+                             f"writes: the file was changed or damaged; {DAMAGED}.")
     ids = record.get("eval_task_ids")
     if ids is None:
         return np.arange(n_slots, dtype=np.int64)
-    t, T = metadata.get("task_index"), (metadata.get("config") or {}).get("num_tasks")
+    t, T = metadata.get("task_index"), config.get("num_tasks")
     try:
         expected = parse_eval_tasks(record.get("mode", "all")).ids(int(t), int(T)).astype(np.int64)
     except (CljaxError, TypeError, ValueError):
@@ -108,4 +112,8 @@ def eval_ids_of(metadata: dict, n_slots: int, where: str = "metadata.json") -> n
         raise CljaxError(f"{where}: eval_tasks.eval_task_ids {str(ids)[:80]} are not the task slots of --eval-tasks "
                          f"{record.get('mode')!r} at task {t} of {T} (the saved arrays hold {n_slots}): the file was "
                          f"changed or damaged; {DAMAGED}.")
+    slot = record.get("current_slot")  # the slot compare reads the task's own accuracy from
+    if "current_slot" in record and (type(slot) is not int or not 0 <= slot < n_slots or expected[slot] != int(t)):
+        raise CljaxError(f"{where}: eval_tasks.current_slot {slot!r} is not the slot of task {t} in eval_task_ids "
+                         f"{str(ids)[:80]}: the file was changed or damaged; {DAMAGED}.")
     return expected

@@ -277,6 +277,9 @@ def verify_task_dir(task_dir: Path, t: int, run_id: str | None, hashes: bool, in
         return f"{exc.path} {exc.problem}"
     if into is not None:
         into["metadata"] = meta
+    wrong = _wrong_field(meta)
+    if wrong:
+        return f"{task_dir / 'metadata.json'} {wrong}: it was edited or damaged"
     if meta.get("task_index", t) != t:
         return f"{task_dir / 'metadata.json'} describes task {meta.get('task_index')}, not task {t}"
     if "run_id" not in meta and run_id is not None:
@@ -329,6 +332,20 @@ def verify_task_dir(task_dir: Path, t: int, run_id: str | None, hashes: bool, in
                 return _refused_pickle(path) or f"{path} does not match the sha256 recorded when it was written"
     if only is None and isinstance(memo, CheckRecord):
         memo.passed(task_dir)
+    return None
+
+
+def _wrong_field(meta: dict) -> str | None:
+    """A field of metadata.json that its readers use, not of the type cljax writes (the file has no
+    hash of its own: an edit is caught here, not as a reader's traceback)."""
+    if "task_index" in meta and type(meta["task_index"]) is not int:
+        return f"records task_index {meta['task_index']!r}, not a task number"
+    for name in ("shapes", "eval_tasks", "config", "schedule"):
+        if meta.get(name) is not None and not isinstance(meta[name], dict):
+            return f"records {name} as {type(meta[name]).__name__} {str(meta[name])[:40]!r}, not the mapping cljax writes"
+    for name, shape in (meta.get("shapes") or {}).items():
+        if not (isinstance(shape, list) and all(type(n) is int and n >= 0 for n in shape)):
+            return f"records the shape of {name} as {str(shape)[:40]!r}, not a list of sizes"
     return None
 
 

@@ -4,6 +4,8 @@ planner and the analyses on runs that evaluate a subset of the tasks."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -397,6 +399,52 @@ def test_changed_eval_task_ids_are_refused_in_one_line(window_and_all, tmp_path,
     with pytest.raises(CljaxError, match=r"task_001/metadata.json: eval_tasks.eval_task_ids .* are not the task "
                                          r"slots of --eval-tasks 'window:2' at task 1 of 5"):
         analyze_run(run, tmp_path / "a", glue=False, make_plots=False)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("eval_tasks", "all", "records eval_tasks as str 'all', not the mapping cljax writes: it was edited or damaged"),
+    ("config", "x", "records config as str 'x', not the mapping cljax writes"),
+    ("schedule", "pairs", "records schedule as str 'pairs', not the mapping cljax writes"),
+    ("shapes.weights", 4, "records the shape of weights as '4', not a list of sizes"),
+    ("task_index", "1", "records task_index '1', not a task number"),
+    ("eval_tasks.current_slot", 0, "eval_tasks.current_slot 0 is not the slot of task 1 in eval_task_ids [0, 1]"),
+    ("eval_tasks.current_slot", 5, "eval_tasks.current_slot 5 is not the slot of task 1"),
+])
+def test_a_field_of_metadata_json_edited_to_another_type_or_slot_is_one_line_in_analyze_and_compare(
+        window_and_all, tmp_path, field, value, message):
+    # Tracebacks (AttributeError, TypeError, IndexError), and a current_slot of another task gave compare
+    # that task's accuracy as the current one, exit 0. (metadata.json has no hash of its own.)
+    import json
+
+    from cljax.analysis.compare import current_task_accuracy
+
+    run = _copy_run(window_and_all[0].algo_dir, tmp_path / "r", ["task_000", "task_001", "task_002"])
+    path = run / "task_001" / "metadata.json"
+    meta = json.loads(path.read_text())
+    *parents, key = field.split(".")
+    node = meta
+    for name in parents:
+        node = node[name]
+    node[key] = value
+    path.write_text(json.dumps(meta))
+    for read in (lambda: analyze_run(run, tmp_path / "a", glue=False, make_plots=False),
+                 lambda: current_task_accuracy(run)):
+        with pytest.raises(CljaxError, match=re.escape(message)):
+            read()
+
+
+def test_the_analysis_reads_log_steps_from_the_hashed_metrics_not_metadata_json(window_and_all, tmp_path):
+    # An edited log_steps in metadata.json changed the auc variant's numbers, exit 0.
+    import json
+
+    run = _copy_run(window_and_all[0].algo_dir, tmp_path / "r", ["task_000", "task_001", "task_002"])
+    before = analyze_run(run, tmp_path / "a", glue=False, make_plots=False, variant="auc")
+    path = run / "task_001" / "metadata.json"
+    meta = json.loads(path.read_text())
+    meta["log_steps"] = [1] * (len(meta["log_steps"]) - 1) + [400]
+    path.write_text(json.dumps(meta))
+    after = analyze_run(run, tmp_path / "b", glue=False, make_plots=False, variant="auc")
+    assert after["bwt"] == before["bwt"] and after["cl"] == before["cl"]
 
 
 def test_masked_metrics_equal_the_full_ones_when_everything_is_evaluated():

@@ -120,8 +120,9 @@ class TaskFolder:
 
     @functools.cached_property
     def log_steps(self) -> np.ndarray:
-        """The training step of each of the L snapshots (default 1, ..., L)."""
-        steps = self.metadata.get("log_steps", self.metrics.get("log_steps", np.arange(1, self.shape[0] + 1)))
+        """The training step of each of the L snapshots (default 1, ..., L): metrics.pkl's, whose
+        sha256 was checked (metadata.json's copy has no hash of its own)."""
+        steps = self.metrics.get("log_steps", self.metadata.get("log_steps", np.arange(1, self.shape[0] + 1)))
         return np.asarray(steps, dtype=np.float64)
 
     @functools.cached_property
