@@ -146,6 +146,7 @@ def earlier_analysis(out: Path) -> dict | None:
 
 
 def analysis_files(summary: dict | None) -> list:
-    """The files an analysis's summary lists as its own ([] for none)."""
-    listed = (summary or {}).get("files")
-    return listed if isinstance(listed, list) else []
+    """The files an analysis's summary lists as its own ([] for none; an entry that is not a
+    name, in a summary.json edited or damaged, is none)."""
+    listed = (summary or {}).get("files") if isinstance(summary, dict) else None
+    return [name for name in listed if isinstance(name, str)] if isinstance(listed, list) else []

@@ -160,3 +160,16 @@ def test_a_stop_as_the_new_files_are_renamed_leaves_no_file_that_no_summary_list
     assert on_disk <= listed | {"summary.json"}, on_disk - listed  # glue.npz is not left beside them
     analyze_run(algo, out, **FAST)  # the rerun: the same analysis, whole
     assert {p.name for p in out.iterdir() if not p.name.startswith(".")} <= listed | {"summary.json"}
+
+
+@pytest.mark.parametrize("files", [["cl.npz", ["x"], {"a": 1}, 5], "cl.npz", None])
+def test_an_earlier_summary_whose_file_list_was_edited_is_replaced_without_a_traceback(tmp_path, files):
+    # ["x"] in its "files": TypeError (unhashable list) after the new files were written, and their
+    # temporaries left in the folder, on every rerun.
+    algo = fake_run(tmp_path / "run", run_id="aaaa")
+    out = tmp_path / "out"
+    first = analyze_run(algo, out, **FAST)
+    summary = json.loads((out / "summary.json").read_text())
+    (out / "summary.json").write_text(json.dumps({**summary, "files": files}))
+    again = analyze_run(algo, out, **FAST)
+    assert again["files"] == first["files"] and sorted(p.name for p in out.iterdir()) == sorted(first["files"])
