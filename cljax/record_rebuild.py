@@ -100,6 +100,31 @@ def first_folder_metadata(algo_dir: Path, memo: dict | None = None) -> tuple[Pat
     return None
 
 
+def foreign_record(algo_dir: Path, record: dict | None, memo: dict | None = None) -> str | None:
+    """When run.json's run id is not the run's: task_000 and a second witness (the last task
+    folder, or initial/) record one id and run.json another (another run's run.json copied in).
+    The line names run.json, not the task folders that are the run's own; None otherwise."""
+    rid = record.get("run_id") if isinstance(record, dict) else None
+    first = first_folder_metadata(algo_dir, memo)
+    if not isinstance(rid, str) or first is None or not isinstance(first[1].get("run_id"), str) or \
+            first[1]["run_id"] == rid:
+        return None
+    ids = {}
+    for folder in (*task_dirs(algo_dir, passed=False)[-1:], algo_dir / "initial"):
+        if folder != first[0]:
+            try:
+                ids[folder.name] = load_metadata(folder).get("run_id")
+            except (CljaxError, OSError):
+                continue
+    agree = [name for name, other in ids.items() if other == first[1]["run_id"]]
+    if not agree or rid in ids.values():
+        return None
+    return (f"{algo_dir / RUN_RECORD} records run {rid}, and the run's folders {first[0].name} and {' and '.join(agree)} "
+            f"run {first[1]['run_id']}: run.json is another run's. Restore this run's run.json from a copy, or delete "
+            f"it: `cljax analyze` and `cljax compare` read the task folders without it, and `cljax run` with the "
+            f"run's flags and --repair writes it again from them")
+
+
 def record_disagreement(algo_dir: Path, record: dict, memo: dict | None = None) -> str | None:
     """What run.json records otherwise than its run's first readable task folder (the settings
     that change numbers, the data), or None: a run.json changed by hand would let a resume train

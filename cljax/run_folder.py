@@ -35,7 +35,7 @@ from cljax.kept_checkpoints import KEPT, describe_replay, kept_path, repair_star
 from cljax.results import LATER_TASK_FILES, TASK_FILES, task_dir_name, task_dirs
 from cljax.output_guard import check_writable_target
 from cljax.code_changes import changed_since, older_cljax
-from cljax.record_rebuild import lost_record, record_disagreement
+from cljax.record_rebuild import foreign_record, lost_record, record_disagreement
 from cljax.rewrites import ANALYSIS, check_clearable, is_temporary
 from cljax.run_lock import RUN_LOCK
 from cljax.safe_files import npy_header, remove_tree, safe_load_pickle
@@ -116,6 +116,9 @@ def inspect_run(algo_dir: Path, config: Config, data_id: str | None, overwrite: 
     run_id, T = record.get("run_id"), config.num_tasks
     if isinstance(memo, CheckRecord):
         memo.for_run(run_id)
+    foreign = None if rebuilt else foreign_record(algo_dir, record, memo)
+    if foreign:
+        raise CljaxError(f"{foreign} (nothing was changed).")
     changed_by_hand = None if rebuilt else record_disagreement(algo_dir, record, memo)
     if changed_by_hand:
         raise CljaxError(f"{changed_by_hand}: run.json was changed after the run began. Restore it from a copy, delete it "

@@ -189,3 +189,26 @@ def test_an_older_check_record_without_the_data_still_finds_an_edited_data_ident
     memo[run_dir / "task_000" / "metadata.json"] = (key, {k: v for k, v in fields.items() if k != "data"})
     record = {**read_run_record(run_dir), "data": "0" * 64}
     assert "records other data (the dataset's contents differ) than" in record_disagreement(run_dir, record, memo)
+
+
+def test_another_runs_run_json_in_the_folder_is_named_as_the_odd_one_not_the_task_folders(made, tmp_path, capsys):
+    # analyze and compare blamed task_000 ("belongs to run ..."), and initial/, and a resume asked for the other
+    # run's settings; the run's own folders all agree, and run.json is the one from elsewhere.
+    run_dir = copy(made, "finished", tmp_path / "r")
+    record = json.loads((run_dir / "run.json").read_text())
+    mine = record["run_id"]
+    config = {**record["config"], "use_l2": True}
+    (run_dir / "run.json").write_text(json.dumps({**record, "run_id": "another-run", "config": config}))
+    before = state(tmp_path)
+    line = (f"{run_dir / 'run.json'} records run another-run, and the run's folders task_000 and task_001 and initial "
+            f"run {mine}: run.json is another run's. Restore this run's run.json from a copy, or delete it")
+    for argv in (["run", *FLAGS, "--results-dir", str(tmp_path / "r")], ["analyze", str(run_dir), "--no-glue"],
+                 ["compare", str(run_dir)]):
+        rc, _, err = run_cli(argv, capsys)
+        assert_one_error(rc, err, line)
+    assert state(tmp_path) == before
+    (run_dir / "run.json").unlink()  # as the line says: the task folders are read without it, and --repair writes it
+    rc, _, err = run_cli(["compare", str(run_dir)], capsys)
+    assert rc == 0, err
+    rc, _, err = run_cli(["run", *FLAGS, "--repair", "--results-dir", str(tmp_path / "r")], capsys)
+    assert rc == 0 and json.loads((run_dir / "run.json").read_text())["run_id"] == mine, err

@@ -250,6 +250,10 @@ def test_files_of_two_runs_in_one_folder_are_refused(made, tmp_path, capsys):
     record = json.loads((run_dir / "run.json").read_text())
     (run_dir / "run.json").write_text(json.dumps({**record, "run_id": "0" * 32}))
     rc, _, err = run_cli(["run", *FLAGS, "--results-dir", str(tmp_path / "a")], capsys)
+    assert_one_error(rc, err, f"run.json records run {'0' * 32}, and the run's folders task_000 and initial run "
+                              f"{record['run_id']}: run.json is another run's")
+    (run_dir / "initial").rename(tmp_path / "initial")  # task_000 alone against run.json: which is the odd one
+    rc, _, err = run_cli(["run", *FLAGS, "--results-dir", str(tmp_path / "a")], capsys)  # is not known
     assert_one_error(rc, err, "checkpoint.npz belongs to run", "mixes two runs", "--overwrite")
     # A task folder of another run in a finished one.
     run_dir = copy(made, "finished", tmp_path / "b")

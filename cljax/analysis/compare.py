@@ -28,7 +28,7 @@ from cljax.analysis.compare_text import sweep_runs_left_out
 from cljax.analysis.spread import spread
 from cljax.checkpoint import NewerRecord, read_run_record
 from cljax.errors import CljaxError
-from cljax.record_rebuild import as_trained
+from cljax.record_rebuild import as_trained, foreign_record
 from cljax.run_folder import verify_task_dir
 from cljax.run_lock import live_writer
 from cljax.run_search import check_sweep_labels
@@ -115,6 +115,9 @@ def run_id_of(run_dir: Path) -> str | None:
     """The run's id: run.json's, else (none, or damaged) its first task folder's; None where
     neither records one or can be read (the check of that folder then says why)."""
     record = _record_or_none(run_dir)
+    foreign = foreign_record(Path(run_dir), record) if live_writer(Path(run_dir)) is None else None
+    if foreign:
+        raise CljaxError(f"{foreign}.")
     if record is not None:
         return record["run_id"]
     try:

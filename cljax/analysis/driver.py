@@ -59,6 +59,7 @@ from cljax.sources import entry_file_sha256
 from cljax.devices.memory import host_available_bytes
 from cljax.errors import CljaxError
 from cljax.initial_state import INITIAL, wrote_initial
+from cljax.record_rebuild import foreign_record
 from cljax.run_folder import verify_task_dir
 from cljax.run_lock import live_writer, reading
 
@@ -344,6 +345,9 @@ def _verifier(algo_dir: Path, first: Path):
     run's id), as a resume checks it; the run is run.json's (or, without one, task_000's).
     initial/, which the weight-change metrics read, is checked here at once."""
     record = read_run_record(algo_dir)
+    foreign = foreign_record(algo_dir, record) if live_writer(algo_dir) is None else None  # (a writer: wait)
+    if foreign:
+        raise CljaxError(f"{foreign}.")
     run_id = record["run_id"] if record is not None else results.load_metadata(first).get("run_id")
 
     def check(folder: Path, t: int, fix: str = "restore it from a copy, or write it again (`cljax run` with the run's "
