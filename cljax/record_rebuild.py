@@ -153,8 +153,12 @@ def record_disagreement(algo_dir: Path, record: dict, memo: dict | None = None) 
 def as_trained(algo_dir: Path, record: dict | None) -> dict | None:
     """``record`` (run.json) with the settings its run's first task folder records, those it
     trained with: a reader that pools or labels runs by their settings is not misled by a run.json
-    changed by hand (a resume refuses such a record: ``record_disagreement``)."""
-    first = first_folder_metadata(algo_dir) if record is not None else None
+    changed by hand (a resume refuses such a record: ``record_disagreement``). Without a readable
+    run.json (lost, or damaged), the first task folder's settings and run id, or None."""
+    first = first_folder_metadata(algo_dir)
+    if record is None:
+        config = first[1].get("config") if first is not None else None
+        return {"config": config, "run_id": first[1].get("run_id")} if isinstance(config, dict) else None
     if first is None or first[1].get("run_id") != record.get("run_id") or not isinstance(first[1].get("config"), dict):
         return record
     return {**record, "config": first[1]["config"]}

@@ -664,3 +664,27 @@ def test_runs_of_a_sweep_swapped_by_hand_are_refused_not_labelled_with_each_othe
     (runs[0.1] / "run.json").unlink()  # no record: nothing to hold against the sweep (compare reads the task folders)
     (runs[0.2] / "run.json").write_text(json.dumps({"config": {"lr": 0.2, "seed": 0}}))
     assert cli_main(["compare", str(tmp_path)]) == 0
+
+
+def test_a_run_whose_run_json_is_damaged_is_pooled_by_the_settings_its_task_folders_record(tmp_path):
+    # Its pooled line disappeared without a word: no run.json, no method, no pooling (and no "not pooled").
+    rng = np.random.default_rng(11)
+    expert = rng.uniform(0.5, 0.9, (T, R))
+    names = []
+    for seed in (0, 1):
+        pairs = rng.permutation(np.arange(2 * T * R)).reshape(T, R, 2)
+        for name, lr in ((f"plain_s{seed}", 0.2), (f"lr05_s{seed}", 0.05)):
+            run = tmp_path / name
+            write_run(run, rng.uniform(0.5, 0.9, (T, R)), expert, window=False, seed=seed, pairs_TR2=pairs)
+            config = {"lr": lr, "seed": seed}
+            (run / "run.json").write_text(json.dumps({"config": config}))
+            for d in run.glob("task_*"):
+                meta = json.loads((d / "metadata.json").read_text())
+                (d / "metadata.json").write_text(json.dumps({**meta, "config": {**meta.get("config", {}), **config}}))
+            names.append(name)
+    names = sorted(names, key=lambda n: (not n.startswith("plain"), n))
+    whole = compare_runs([tmp_path / n for n in names], labels=names)
+    assert whole["lr05_s0"]["pooled_over_draws"]["runs"] == ["lr05_s0", "lr05_s1"]
+    (tmp_path / "lr05_s1" / "run.json").write_text('{"config": ')  # cut short
+    damaged = compare_runs([tmp_path / n for n in names], labels=names)
+    assert damaged["lr05_s0"]["pooled_over_draws"] == whole["lr05_s0"]["pooled_over_draws"]
