@@ -161,7 +161,7 @@ def compare_runs(run_dirs, out_png: str | os.PathLike | None = None, labels=None
         acc = accs[label] = current_task_accuracy(run_dir)
         gap_nR = acc["expert"] - acc["learner"]
         late = slice(late_start(len(gap_nR), late_from), len(gap_nR))
-        record = as_trained(Path(run_dir), _record_or_none(Path(run_dir))) or {}  # damaged: the task folders only
+        record = as_trained(Path(run_dir), _record_or_none(Path(run_dir))) or {}  # run.json damaged: task_000's
         # a plugin's rule or option, not loaded here: the folder cljax named by it (results/{dataset}/{family})
         methods[label] = method_of(record)
         families[label] = family_of(record) or (Path(run_dir).name if record.get("config") else None)
@@ -204,7 +204,7 @@ def method_of(record: dict) -> str | None:
     """What a run's settings are that change its numbers, read as a resume reads them (a setting
     the record lacks at the value older runs ran with, else today's default; no speed-only
     setting such as --keep-checkpoints), but for the seed, the paths and the number and dtype of
-    the saved representations (``NOT_IN_METHOD``); None when its run.json is missing or damaged."""
+    the saved representations (``NOT_IN_METHOD``); None when no settings are recorded (``as_trained``)."""
     config = record.get("config")
     if config is None:
         return None
