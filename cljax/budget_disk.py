@@ -60,6 +60,32 @@ def _weights_dtype(b: Budget, which: int = 0) -> np.dtype:
     return structured_dtype(fields)
 
 
+def pickle_bytes(arrays: dict, most: int = 1 << 20) -> int:
+    """len(pickle.dumps(...)) of a dict of zero arrays, each given as (shape, dtype), as a task's
+    metrics pickles are written (protocol 4), without making an array of more than ``most`` bytes
+    (a mistyped --n-repeats 10**8 made this estimate take the host's memory, which `cljax plan`
+    exists to spare): a larger one is pickled with its axes cut short, to no less than 64 KiB of
+    data (which pickle writes outside its frames, as the whole array's), and the data bytes and
+    the bytes of the shape's ints it lacks are added back. Exact while each array's data is under
+    4 GiB (past that, its length takes 4 bytes more, which is added too)."""
+    def int_bytes(n: int) -> int:  # pickle's opcode and bytes of a non-negative int below 2**31
+        return 2 if n < 256 else 3 if n < 65536 else 5
+
+    small, lacking = {}, 0
+    for name, (shape, dtype) in arrays.items():
+        shape, item = list(shape), np.dtype(dtype).itemsize
+        full = int(np.prod(shape, dtype=np.int64)) * item
+        if full > max(most, 1 << 16):
+            for axis in sorted(range(len(shape)), key=lambda a: -shape[a]):
+                rest = int(np.prod(shape[:axis] + shape[axis + 1:], dtype=np.int64)) * item
+                cut = max(1, -(-(1 << 16) // rest))  # the least length that keeps 64 KiB of data
+                lacking += int_bytes(shape[axis]) - int_bytes(cut) if cut < shape[axis] else 0
+                shape[axis] = min(shape[axis], cut)
+        small[name] = np.zeros(shape, dtype)
+        lacking += full - small[name].nbytes + (4 if full >= 1 << 32 else 0)
+    return len(pickle.dumps(small, protocol=4)) + lacking
+
+
 def disk_files_per_task(b: Budget, schedule: np.ndarray | None = None, class_names=None) -> dict:
     """Bytes of each file of one task folder: .npy and .pkl exact, metadata.json estimated."""
     config = b.config
@@ -69,11 +95,11 @@ def disk_files_per_task(b: Budget, schedule: np.ndarray | None = None, class_nam
     T = eval_slots(config)  # the saved task axis
     pb = b.pb
     rep_dtype = np.uint16 if config.representation_dtype == "bfloat16" else np.dtype(config.representation_dtype)
-    zeros = lambda *shape: np.zeros(shape, np.float32)  # noqa: E731
-    metrics = {"test_acc": zeros(L, R, T), "test_loss": zeros(L, R, T), "train_acc": zeros(L, R),
-               "train_loss": zeros(L, R), "start_test_acc": zeros(R, T), "start_test_loss": zeros(R, T),
-               "log_steps": np.zeros(L, np.int64)}
-    expert = {k: zeros(L, R) for k in EXPERT_KEYS}
+    f32 = np.float32
+    metrics = {"test_acc": ((L, R, T), f32), "test_loss": ((L, R, T), f32), "train_acc": ((L, R), f32),
+               "train_loss": ((L, R), f32), "start_test_acc": ((R, T), f32), "start_test_loss": ((R, T), f32),
+               "log_steps": ((L,), np.int64)}
+    expert = {k: ((L, R), f32) for k in EXPERT_KEYS}
     files = {
         "representations.npy": npy_bytes((L, R, T, S, pb.hidden), rep_dtype),
         "binary_labels.npy": npy_bytes((L, R, T, S), np.uint8),
@@ -81,8 +107,8 @@ def disk_files_per_task(b: Budget, schedule: np.ndarray | None = None, class_nam
         "start_weights.npy": npy_bytes((R,), _weights_dtype(b)),
         # model_state.npy only for a model with mutable state (BatchNorm statistics)
         **({"model_state.npy": npy_bytes((L, R), _weights_dtype(b, 1))} if b.program.parts.net.state_collections else {}),
-        "metrics.pkl": len(pickle.dumps(metrics, protocol=4)),
-        "expert_metrics.pkl": len(pickle.dumps(expert, protocol=4)),
+        "metrics.pkl": pickle_bytes(metrics),
+        "expert_metrics.pkl": pickle_bytes(expert),
     }
     return {**files, "metadata.json": _metadata_estimate(b, schedule, class_names, list(files))}
 

@@ -42,12 +42,27 @@ def make_schedule(n_classes: int, num_tasks: int, n_repeats: int, seed: int, kin
             f"--num-tasks {num_tasks} needs {2 * num_tasks} classes but the dataset has {n_classes}: "
             f"use at most {n_pairs} task{'s' * (n_pairs != 1)}, or --task-schedule cycle to repeat the class pairs."
         )
+    _check_schedule_fits(n_classes, num_tasks, n_repeats)
     rng = np.random.default_rng([seed, _RNG_SCHEDULE])
     # (R, C): row r is the r-th permutation the generator draws (as rng.permutation(C) called
     # R times, in one pass)
     perms = rng.permuted(np.broadcast_to(np.arange(n_classes), (n_repeats, n_classes)), axis=1)
     cycle_RP2 = perms[:, : 2 * n_pairs].reshape(n_repeats, n_pairs, 2)
     return cycle_RP2[:, np.arange(num_tasks) % n_pairs].transpose(1, 0, 2).astype(np.int32)
+
+
+def _check_schedule_fits(n_classes: int, num_tasks: int, n_repeats: int) -> None:
+    """One line, before any of it is built, for a schedule larger than half the host memory this
+    process may take (a mistyped --n-repeats 100000000 was killed by the kernel, or took the
+    machine's other processes with it, before any check of the run's size)."""
+    from cljax.devices.memory import host_available
+
+    need = n_repeats * (16 * n_classes + 24 * num_tasks)  # the (R, C) permutations and the (T, R, 2) pairs
+    available, source = host_available()
+    if need > available // 2:
+        raise CljaxError(f"--n-repeats {n_repeats} x --num-tasks {num_tasks}: the class pairs of the tasks alone take "
+                         f"{need / 2**30:.1f} GiB of host memory, more than half of the {available / 2**30:.1f} GiB "
+                         f"available ({source}): lower --n-repeats or --num-tasks (`cljax plan` gives what a run takes).")
 
 
 def schedule_record(schedule_TR2: np.ndarray, t: int, kind: str, n_classes: int) -> dict:

@@ -18,7 +18,7 @@ from cljax.budget import (HEADROOM, Budget, _per_device, choose_eval_chunk, chun
                           scratch_bytes, scratch_parts)
 from cljax.budget_refusal import does_not_fit
 from cljax.budget_disk import (_metadata_estimate, _metadata_json_bytes, _weights_dtype, _widest_row, disk_files_per_task,
-                                disk_run_files)
+                                disk_run_files, pickle_bytes)
 from cljax.config import Config
 from cljax.errors import CljaxError
 from cljax.program import build_task_program
@@ -197,6 +197,30 @@ def test_disk_files_that_scale_with_R_and_the_representation_dtype():
     bf16 = disk_files_per_task(budget_of(config_of(representation_dtype="bfloat16")))
     L, R, T, S, H = 2, 2, 5, 4, two.pb.hidden
     assert files2["representations.npy"] - bf16["representations.npy"] == L * R * T * S * H * 2  # 2 bytes, not 4
+
+
+@pytest.mark.parametrize("L, R, T", [(12, 30, 5), (12, 300, 5), (12, 70000, 5), (3, 100000, 2), (12, 256, 300),
+                                     (12, 65535, 3), (2, 3, 300000), (12, 30, 60000)])
+def test_the_metrics_pickles_size_is_exact_without_making_the_arrays(L, R, T):
+    # The estimate pickled zero arrays of the run's size: `plan --n-repeats 100000000` took the host's memory.
+    import pickle
+
+    parts = {"test_acc": ((L, R, T), np.float32), "train_acc": ((L, R), np.float32), "start": ((R, T), np.float32),
+             "log_steps": ((L,), np.int64)}
+    written = len(pickle.dumps({k: np.zeros(shape, dtype) for k, (shape, dtype) in parts.items()}, protocol=4))
+    assert pickle_bytes(parts, most=0) == pickle_bytes(parts) == written  # cut to 64 KiB arrays, or whole
+
+
+def test_a_schedule_larger_than_half_the_host_memory_is_one_line_before_it_is_built(monkeypatch):
+    import cljax.devices.memory as memory
+    from cljax.tasks import make_schedule
+
+    monkeypatch.setattr(memory, "host_available", lambda: (2**30, "a test's 1 GiB"))
+    assert make_schedule(10, 5, 100_000, 0).shape == (5, 100_000, 2)  # 28 MB
+    with pytest.raises(CljaxError, match=r"^--n-repeats 10000000 x --num-tasks 5: the class pairs of the tasks alone "
+                                         r"take 2\.6 GiB of host memory, more than half of the 1\.0 GiB available "
+                                         r"\(a test's 1 GiB\): lower --n-repeats or --num-tasks"):
+        make_schedule(10, 5, 10_000_000, 0)
 
 
 def test_metadata_estimate_above_64_repeats_extends_the_schedule_linearly():
