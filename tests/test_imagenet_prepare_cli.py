@@ -450,3 +450,36 @@ def test_a_signal_at_any_moment_stops_the_preparation_with_75_and_one_line(sourc
     assert prepare_main(["--source", str(source["root"]), "--out", str(out), "--workers", "1", "--no-progress"]) == 75
     assert f"interrupted: finished shards are kept in {imagenet.work_dir_for(out)}" in capsys.readouterr().err
     assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == handlers and not out.exists()
+
+
+def test_data_info_names_its_folder_not_the_png_when_the_folder_is_missing_a_file_or_unreadable(prepared, tmp_path,
+                                                                                                 capsys, monkeypatch):
+    # A file given as the folder: "--png .../samples.png: cannot write to ... (it is a file)"; an unreadable array:
+    # "corrupt or truncated ... prepare one with prepare-imagenet"; an unreadable folder: "cannot write ... --png".
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for given, what in ((afile, "is a file, not a folder"), (tmp_path / "nothing", "does not exist")):
+        assert data_info_main([str(given)]) == 2
+        assert _one_error_line(capsys).startswith(f"error: {given} {what}: prepare one with `cljax prepare-imagenet ")
+    real_load = np.load
+
+    def denied(path, *args, **kwargs):
+        if Path(path).name == "train_images.npy":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_load(path, *args, **kwargs)
+
+    monkeypatch.setattr(np, "load", denied)
+    assert data_info_main([str(prepared), "--png", str(tmp_path / "s.png")]) == 2
+    assert _one_error_line(capsys) == (f"error: cannot read {prepared / 'train_images.npy'} (Permission denied): check "
+                                       f"its permissions.")
+    monkeypatch.undo()
+    import cljax.data.info as info
+
+    def unreadable(folder):
+        raise PermissionError(13, "Permission denied", str(folder / "train-images-idx3-ubyte"))
+
+    monkeypatch.setattr(info, "holds_idx_files", unreadable)
+    assert data_info_main([str(prepared), "--png", str(tmp_path / "s.png")]) == 2
+    assert _one_error_line(capsys) == (f"error: cannot read {prepared / 'train-images-idx3-ubyte'} (Permission "
+                                       f"denied): check its permissions.")
+    assert not (tmp_path / "s.png").exists()

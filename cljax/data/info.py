@@ -124,11 +124,14 @@ def data_info_main(argv: list[str]) -> int:
     folder = Path(args.folder).expanduser()
     how = ("prepare one with `cljax prepare-imagenet --source SOURCE --out DIR`, or give a folder of Fashion-MNIST's "
            "IDX files.")
+    reading = True  # an OSError before the sample grid is written is the folder's, not --png's
     try:
         for name, value in (("the folder", args.folder), ("--png", args.png)):
             if value is not None and not value.strip():
                 what = "a prepared folder" if name == "the folder" else "a file path"
                 raise CljaxError(f"{name} is empty: give {what}.")
+        if not folder.is_dir():  # the input first: its --png would be refused as unwritable
+            raise CljaxError(f"{folder} {'is a file, not a folder' if folder.exists() else 'does not exist'}: {how}")
         idx = holds_idx_files(folder)
         png = Path(args.png).expanduser() if args.png else (Path.cwd() / IDX_SAMPLES if idx else folder / SAMPLES)
         if png.is_dir():
@@ -142,6 +145,7 @@ def data_info_main(argv: list[str]) -> int:
         if not idx:  # the docs' "check the result": each array against the sha256 meta.json recorded
             check_unchanged(data, resume=False)
         print(describe(data, folder))
+        reading = False
         png = write_sample_grid(data, png)
         print(f"samples: {png}")
         return 0
@@ -151,5 +155,10 @@ def data_info_main(argv: list[str]) -> int:
     except BrokenPipeError:
         raise  # stdout's reader has gone (`| head`): the command line ends quietly
     except OSError as exc:
-        print(f"error: cannot write {exc.filename or args.png} ({exc.strerror or exc}); pass --png with a writable path.", file=sys.stderr)
+        if reading:
+            print(f"error: cannot read {exc.filename or folder} ({exc.strerror or exc}): check its permissions.",
+                  file=sys.stderr)
+        else:
+            print(f"error: cannot write {exc.filename or args.png} ({exc.strerror or exc}); pass --png with a writable "
+                  f"path.", file=sys.stderr)
         return 2

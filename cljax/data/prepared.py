@@ -202,6 +202,8 @@ def load_prepared(folder: str | os.PathLike, *, verify_checksums: bool = False, 
         expected = recorded[fname]
         try:
             arr = np.load(path / fname, mmap_mode="r", allow_pickle=False)
+        except PermissionError as exc:  # not damage: the data is there
+            raise CljaxError(f"cannot read {path / fname} ({exc.strerror}): check its permissions.") from None
         except (ValueError, OSError, EOFError, MemoryError) as exc:
             raise CljaxError(f"{path / fname} is corrupt or truncated ({exc}).{fix}") from None
         if arr.dtype.hasobject or arr.ndim < 1:
