@@ -208,6 +208,9 @@ def first_task_dirs(algo_dir: str | os.PathLike) -> list[Path]:
     gap (task t would be read as another task) in one line naming the missing folder."""
     dirs = task_dirs(algo_dir)
     for i, d in enumerate(dirs):
+        if d.name != task_dir_name(i) and int(d.name[len("task_"):]) <= i:  # task_0003: not a name cljax gives
+            raise CljaxError(f"{d} is not a name cljax gives a task folder ({task_dir_name(int(d.name[5:]))} would "
+                             f"be): it is no folder of this run; move it out of {algo_dir}.")
         if d.name != task_dir_name(i):
             raise CljaxError(f"the task folders of {algo_dir} are not contiguous: {task_dir_name(i)} is missing "
                              f"before {d.name}. Use a whole run (finish it with the same cljax run command), or "

@@ -230,6 +230,17 @@ def test_analyze_shows_progress_on_a_terminal_only_and_clears_it(tmp_path, monke
     assert log.getvalue() == ""
 
 
+def test_a_task_folder_named_with_another_padding_is_named_as_not_this_runs(tmp_path):
+    # An empty task_0003 in a finished 3-task run: "task_003 is missing before task_0003. Use a whole run (finish
+    # it with the same cljax run command), or restore the missing folder": neither fix applies.
+    algo = tmp_path / "run"
+    write_fake_run(algo)
+    (algo / f"task_{T:04d}").mkdir()
+    with pytest.raises(CljaxError, match=rf"task_{T:04d} is not a name cljax gives a task folder \(task_{T:03d} would "
+                                         rf"be\): it is no folder of this run; move it out of "):
+        analyze_run(algo, glue=False, make_plots=False)
+
+
 def test_analyze_run_rejects_a_gap(tmp_path):
     algo = tmp_path / "run"
     write_fake_run(algo)
