@@ -276,7 +276,8 @@ def _check_output_file(flag: str, path: str | None, kind: str) -> None:
     check_not_a_run_result(flag, target)
     check_replaces_only_its_own(flag, target, kind)
     if not target.parent.is_dir():
-        raise CljaxError(f"{flag} {path}: its folder {target.parent} does not exist: create it or pass another path.")
+        what = "is a file, not a folder:" if target.parent.exists() else "does not exist: create it or"
+        raise CljaxError(f"{flag} {path}: its folder {target.parent} {what} pass another path.")
     from cljax.safe_files import cannot_create_in
 
     why = cannot_create_in(target.parent)  # where the file's temporary goes

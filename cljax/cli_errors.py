@@ -23,8 +23,9 @@ def error_line(exc: BaseException, command: str, argv=()) -> tuple[str | None, b
 
         return flag_clash(exc, command), False
     if isinstance(exc, MemoryError):
-        return (f"out of memory in `cljax {command}`: shrink the run (`cljax plan` shows what it takes) or use a "
-                f"machine with more memory."), False
+        shrink = ("shrink the run (fewer --n-repeats, --num-tasks or images per class)" if command == "plan" else
+                  "shrink the run (`cljax plan` shows what it takes)")
+        return f"out of memory in `cljax {command}`: {shrink} or use a machine with more memory.", False
     if command == "analyze" and type(exc).__name__ == "JaxRuntimeError" and (
             "RESOURCE_EXHAUSTED" in str(exc) or "out of memory" in str(exc).lower()):
         # GLUE's probes are solved at once, and --glue-probes has no bound but the device's memory
@@ -44,14 +45,16 @@ def error_line(exc: BaseException, command: str, argv=()) -> tuple[str | None, b
     if line is not None:
         return line, False
     if isinstance(exc, OSError):
-        return environment_error(exc), False
+        return environment_error(exc, command), False
     return None, False
 
 
-def environment_error(exc: OSError) -> str:
+def environment_error(exc: OSError, command: str = "run") -> str:
     """The environment, not the input: a full disk, permissions, a vanished file."""
     where = f" ({exc.filename})" if exc.filename else ""
-    fix = ("free space, then run the same command (a run resumes from its last finished task)"
+    resumes = (" (a run resumes from its last finished task)" if command in ("run", "sweep") else
+               " (or write elsewhere: --out, --json)" if command in ("analyze", "compare") else "")
+    fix = (f"free space, then run the same command{resumes}"
            if exc.errno in (errno.ENOSPC, errno.EDQUOT) else
            "a file or a broken link is where a folder is needed: move it, or pass another path"
            if exc.errno == errno.EEXIST else "shorten the path (a name of at most 255 bytes, as most filesystems "

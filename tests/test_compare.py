@@ -227,6 +227,11 @@ def test_an_output_in_a_folder_it_cannot_write_is_refused_before_the_comparison(
             assert rc == 2 and captured.out == ""
             assert captured.err == f"error: {flag} {folder}/c: cannot write to {folder} ({why}): pass a writable path.\n"
     assert not [p for p in os.listdir(tmp_path) if "probe" in p]
+    (tmp_path / "afile").write_text("x")  # its folder a file: it said "does not exist: create it"
+    for flag, name in (("--json", "c.json"), ("--out", "c.png")):
+        assert cli_main(["compare", str(tmp_path / "no_run"), flag, str(tmp_path / "afile" / name)]) == 2
+        assert capsys.readouterr().err == (f"error: {flag} {tmp_path / 'afile' / name}: its folder {tmp_path / 'afile'} "
+                                           f"is a file, not a folder: pass another path.\n")
 
 
 def test_each_run_is_paired_with_the_first_run_of_its_draw_and_a_method_is_pooled_over_draws(tmp_path, capsys,

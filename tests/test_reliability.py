@@ -305,9 +305,7 @@ def test_bad_input_gives_one_clear_line_and_writes_nothing(case, tmp_path, capsy
         fills["malicious"] = str(_malicious_finished_run(tmp_path))
         capsys.readouterr()
     if case == "full_disk":
-        import cljax.experiment as experiment
-
-        monkeypatch.setattr(experiment.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000))
+        monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000))
     flags = [f.format(**fills) for f in flags]
     results_dir = tmp_path / "results"
     run_flags = list(RUN_FLAGS)
@@ -452,3 +450,25 @@ def test_a_stop_signal_the_process_was_started_ignoring_stays_ignored(tmp_path):
     proc = subprocess.run([*ignoring, "-c", script, "SIGHUP", str(tmp_path)], capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode == 0 and "stopped" not in proc.stderr, proc.stderr
+
+
+def test_a_full_disk_or_no_memory_in_compare_or_plan_gives_that_commands_fix(monkeypatch, capsys):
+    # compare on a full disk said "(a run resumes from its last finished task)"; plan out of memory said to
+    # shrink the run as `cljax plan` shows, which was the command that ran out.
+    from cljax import cli
+
+    def full(argv):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setitem(cli.COMMANDS, "compare", (full, "compare"))
+    assert cli_main(["compare"]) == 2
+    assert capsys.readouterr().err == (f"error: {os.strerror(errno.ENOSPC)}: free space, then run the same command "
+                                       f"(or write elsewhere: --out, --json).\n")
+
+    def no_memory(argv):
+        raise MemoryError
+
+    monkeypatch.setitem(cli.COMMANDS, "plan", (no_memory, "plan"))
+    assert cli_main(["plan"]) == 2
+    assert capsys.readouterr().err == ("error: out of memory in `cljax plan`: shrink the run (fewer --n-repeats, "
+                                       "--num-tasks or images per class) or use a machine with more memory.\n")
