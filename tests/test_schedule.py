@@ -503,3 +503,25 @@ def test_the_curves_of_a_cycled_run_are_of_distinct_pairs_and_the_legend_says_so
     window = window_and_all[0]
     analyze_run(window.algo_dir, tmp_path / "w", analyses=["curves"])
     assert drawn["legend_title"] is None and np.load(tmp_path / "w" / "curves.npz")["task_ids"].size > 2
+
+
+def test_glue_across_tasks_of_a_cycled_run_groups_each_class_pair_once(window_and_all, tmp_path):
+    # Tasks 0-4 of 2 pairs were grouped as 5 manifold pairs, three of them copies (task j + 2 is task j's pair on
+    # the same images): a random dichotomy that splits two copies of one manifold is not separable at all.
+    full = window_and_all[1]
+    summary = analyze_run(full.algo_dir, tmp_path / "a", glue=True, make_plots=False)
+    across = summary["glue"]["across_tasks"]
+    assert across["tasks"] == [0, 1] and across["n_manifolds"] == 4
+
+
+def test_the_printed_probe_line_says_over_which_earlier_tasks_it_is(window_and_all, tmp_path):
+    # Under window:2 it averages 1 of the 4 earlier tasks and did not say so; under current it printed nothing.
+    from cljax.analysis.summary_text import format_summary
+
+    summary = analyze_run(window_and_all[0].algo_dir, tmp_path / "a", glue=False, make_plots=False)
+    line = next(x for x in format_summary(summary).splitlines() if x.startswith("accuracy on earlier tasks"))
+    assert line.endswith(" (over 1 of the 4: --eval-tasks window:2)"), line
+    summary = {**summary, "config": {**summary["config"], "eval_tasks": "current"},
+               "probe": {**summary["probe"], "earlier_tasks": {**summary["probe"]["earlier_tasks"], "n_tasks": 0}}}
+    assert ("accuracy on earlier tasks after the last one: not measured (--eval-tasks current evaluates none of the "
+            "4)") in format_summary(summary).splitlines()

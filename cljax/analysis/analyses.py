@@ -266,7 +266,8 @@ CONVENTIONS = {
               "plasticity_gap_best = expert's best snapshot - learner's best snapshot on task i",
     "probe": "ridge probe on half of each task's saved test representations, tested on the other half",
     "incomplete_run": "the accuracy metrics over the n x n block of the completed tasks; plasticity.all_tasks_* and "
-                      "the GLUE capacity across tasks take every task's saved images, those not trained yet included",
+                      "the GLUE capacity across tasks take the saved images of the tasks each folder evaluated "
+                      "(under --eval-tasks all, those not trained yet included)",
     "weight_change_task_start": "reference = the task's start_weights.npy: the weights its training started from, "
                                 "after the task-start options (shrink+perturb); in a folder without it, the last "
                                 "snapshot of the previous task folder",

@@ -105,8 +105,9 @@ def glue_update(state: dict, folder: TaskFolder) -> dict:
                lambda at: f"task {i if len(at) == 1 else int(slot_tasks[at[1]])} after task {i}, repeat {at[0]}",
                keep_task)
     if i == ctx.n_folders - 1 or (opt.glue_across_every and i % opt.glue_across_every == 0):
-        nv = len(valid)
-        chosen = np.unique(np.linspace(0, nv - 1, min(opt.glue_across_max_tasks, nv)).round().astype(int))
+        distinct = _distinct_pairs(folder, slot_tasks)  # a cycled run's task j + P is task j's pair and images
+        nv = len(distinct)
+        chosen = distinct[np.unique(np.linspace(0, nv - 1, min(opt.glue_across_max_tasks, nv)).round().astype(int))]
         sub = manifolds[:, chosen]  # (R, k, 2, M, H)
         R, k_, _, M, H = sub.shape
 
@@ -119,6 +120,18 @@ def glue_update(state: dict, folder: TaskFolder) -> dict:
         state["folders"].append(i)
         state["tasks"] = folder.eval_task_ids[valid][chosen].tolist()  # global task indices
     return state
+
+
+def _distinct_pairs(folder: TaskFolder, tasks: np.ndarray) -> np.ndarray:
+    """The positions in ``tasks`` of the first task of each class pair: under --task-schedule
+    cycle, task j + P trains and tests pair j again on the same images, so in one folder their
+    manifolds are the same points, and two copies of one manifold given opposite labels by a
+    random dichotomy are not separable at any capacity. Every position for other schedules."""
+    schedule = folder.metadata.get("schedule") or {}
+    P = schedule.get("n_pairs")
+    if schedule.get("task_schedule") != "cycle" or not isinstance(P, int) or P < 1:
+        return np.arange(len(tasks))
+    return np.sort(np.unique(np.asarray(tasks) % P, return_index=True)[1])
 
 
 def mean_over_evaluated(values_RT, evaluated_T) -> np.ndarray:

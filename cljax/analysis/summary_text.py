@@ -66,12 +66,19 @@ def format_summary(summary: dict) -> str:
         lines.insert(0, f"partial run: the first {summary['n_task_folders']} of its {summary['n_eval_tasks']} tasks "
                         f"(finish it with the same `cljax run` command)")
     probe = summary.get("probe")
+    earlier = (summary.get("n_task_folders") or 0) - 1  # the tasks before the last one
+    mode = (summary.get("config") or {}).get("eval_tasks", "all")
+    if probe and probe["earlier_tasks"]["n_tasks"] == 0 and earlier > 0:
+        lines.append(f"accuracy on earlier tasks after the last one: not measured (--eval-tasks {mode} evaluates "
+                     f"none of the {earlier})")
     if probe and probe["earlier_tasks"]["n_tasks"] > 0:
         early, images = probe["earlier_tasks"], probe["images"]
         folds = images["fold_sizes"]
         measured = folds[0] >= 2  # a probe needs 2 samples of each class (cljax/analysis/probe.py)
+        over = early["n_tasks"]
         lines.append(f"accuracy on earlier tasks after the last one: head {_pm(early['head_acc'])}, linear probe "
-                     + (_pm(early["probe_acc"]) if measured else "not measured"))
+                     + (_pm(early["probe_acc"]) if measured else "not measured")
+                     + (f" (over {over} of the {earlier}: --eval-tasks {mode})" if 0 < over < earlier else ""))
         fit = f"{folds[0]}" if folds[0] == folds[1] else f"{folds[0]} or {folds[1]}"
         lines.append((f"  (probe: ridge on the saved representations, fit on {fit} and tested on "
                       f"{images['tested_per_task']} images per task and repeat" if measured else
