@@ -114,3 +114,18 @@ def test_a_revision_for_a_folder_or_unknown_to_the_hub_is_one_line(hub, source, 
                                          rf"v9\); check --revision v9 \(a branch, tag or commit of {NAME}\)\."):
         prepare_imagenet(NAME, tmp_path / "o", workers=1, progress=False, revision="v9")
     assert not (tmp_path / "o").exists()
+
+
+def test_a_damaged_output_is_prepared_again_from_the_commit_it_records(hub, tmp_path, capsys):
+    # Redone without --overwrite (the same preparation), it streamed wherever the name's main branch was by then.
+    out = prepare_imagenet(NAME, tmp_path / "o", workers=1, progress=False)
+    images = out / "train_images.npy"
+    whole = images.read_bytes()
+    images.write_bytes(whole[:200])  # cut short
+    hub.commit, hub.streamed = NEW, []
+    assert prepare_main(["--source", NAME, "--out", str(out), "--workers", "1", "--no-progress",
+                         "--revision", NEW]) == 2  # another commit, named in full: not the same preparation
+    assert f"this command asks for --revision {NEW} (it records {OLD})" in capsys.readouterr().err
+    assert prepare_main(["--source", NAME, "--out", str(out), "--workers", "1", "--no-progress"]) == 0
+    assert set(hub.streamed) == {OLD} and images.read_bytes() == whole
+    assert json.loads((out / "meta.json").read_text())["revision"] == OLD

@@ -243,7 +243,8 @@ def _prepare_locked(source: str, out: Path, *, workers, split_map, reader, size,
         else:
             check_replaceable(out)  # a meta.json alone does not make a folder ours
             if not overwrite:  # damaged: redone without --overwrite only as the same preparation
-                check_redo_allowed(out, source, split_map, resample, size)
+                recorded = check_redo_allowed(out, source, split_map, resample, size, revision)
+                revision = revision or recorded  # the commit it was prepared from, not where main is now
     check_not_mount_point(out)  # before any work: the finished folder could not be renamed onto it
     _pil_filter(resample)  # fail on a bad filter name before any work
     plan = plan_source(source, split_map, reader=reader, shard_rows=shard_rows, revision=revision)

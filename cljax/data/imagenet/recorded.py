@@ -72,11 +72,14 @@ def _validation_split_of(source: str) -> str | None:
     return None
 
 
-def check_redo_allowed(out: Path, source: str, split_map: Mapping[str, str] | None, resample: str, size: int) -> None:
+def check_redo_allowed(out: Path, source: str, split_map: Mapping[str, str] | None, resample: str, size: int,
+                       revision: str | None = None) -> str | None:
     """Raise CljaxError unless the damaged (not loadable) prepared folder `out` may be prepared
     again without --overwrite: its meta.json must still record this source, splits and
     preprocessing, so that what is replaced is the same data. A folder whose meta.json cannot
-    say what it holds (unreadable, or with no source) could hold hours of another preparation."""
+    say what it holds (unreadable, or with no source) could hold hours of another preparation.
+    Returns the hub commit it records (None: none), which the redo streams unless --revision
+    names another: the name's main branch may have moved on since."""
     try:
         load_prepared(out)
         reason = f"{out} does not load"
@@ -90,7 +93,8 @@ def check_redo_allowed(out: Path, source: str, split_map: Mapping[str, str] | No
         raise CljaxError(f"{reason}, and its meta.json does not record what it was prepared from, so preparing it "
                          f"again could replace other data: pass --overwrite to prepare it again, or choose another "
                          f"--out (nothing was changed).")
-    check_same_preparation(out, meta, source, split_map, resample, size)
+    check_same_preparation(out, meta, source, split_map, resample, size, revision)
+    return meta.get("revision") if isinstance(meta.get("revision"), str) else None
 
 
 def _expected_splits(split_map: Mapping[str, str] | None) -> list[dict[str, list[str]]]:
