@@ -105,9 +105,8 @@ def foreign_record(algo_dir: Path, record: dict | None, memo: dict | None = None
     folder, or initial/) record one id and run.json another (another run's run.json copied in).
     The line names run.json, not the task folders that are the run's own; None otherwise."""
     rid = record.get("run_id") if isinstance(record, dict) else None
-    first = first_folder_metadata(algo_dir, memo)
-    if not isinstance(rid, str) or first is None or not isinstance(first[1].get("run_id"), str) or \
-            first[1]["run_id"] == rid:
+    first = first_folder_metadata(algo_dir, memo) if isinstance(rid, str) else None  # no run.json: nothing read
+    if first is None or not isinstance(first[1].get("run_id"), str) or first[1]["run_id"] == rid:
         return None
     ids = {}
     for folder in (*task_dirs(algo_dir, passed=False)[-1:], algo_dir / "initial"):
