@@ -127,7 +127,9 @@ def summary_row(t: int, arrays: dict, eval_ids) -> dict:
     return {
         "task": t,
         "acc_current": _finite_mean(acc_RK[:, int(np.flatnonzero(ids == t)[0])]),
-        "acc_earlier": _finite_mean(acc_RK[:, earlier]),
+        # per repeat, then over the repeats whose mean is finite: a repeat with one non-finite
+        # earlier task is left out whole, as the analysis leaves it (docs/metrics.md)
+        "acc_earlier": _finite_mean(acc_RK[:, earlier].mean(axis=1)) if len(earlier) else float("nan"),
         "expert_acc": _finite_mean(expert_R),
         "probe_earlier": _probe_earlier(arrays, earlier),
         "n_earlier": len(earlier),  # 0: no earlier task evaluated (acc_earlier, probe_earlier NaN)
@@ -232,4 +234,4 @@ def _probe_earlier(arrays: dict, earlier_slots: np.ndarray) -> float:
 
     slots = earlier_slots[np.unique(np.linspace(0, n - 1, min(n, PROBE_TASKS)).round().astype(int))]
     acc = probe_accuracy(np.asarray(reps[-1][:, slots], np.float32), np.asarray(labels[-1][:, slots]))
-    return float(np.nanmean(acc)) if np.isfinite(acc).any() else float("nan")
+    return _finite_mean(acc.mean(axis=1))  # per repeat, then the repeats with a finite mean

@@ -65,6 +65,16 @@ def test_an_empty_slot_of_a_window_is_not_counted_as_a_diverged_repeat():
     assert row["acc_current"] == pytest.approx(0.85) and row["acc_earlier"] == pytest.approx(0.65)
 
 
+def test_the_run_tables_earlier_mean_leaves_out_a_repeat_not_its_cells():
+    # Repeat 0 has one non-finite earlier task: its mean over the earlier tasks is not finite, so
+    # the repeat is left out whole (0.8), not averaged in cell by cell ((0.6 + 0.8 + 0.8) / 3).
+    acc = np.array([[[np.nan, 0.6, 0.9], [0.8, 0.8, 0.7]]])
+    row = summary_row(2, {"metrics": {"test_acc": acc}, "expert_metrics": {"test_acc": np.array([[0.5, 0.5]])}},
+                      [0, 1, 2])
+    assert row["acc_earlier"] == pytest.approx(0.8) and row["n_nonfinite"] == 1
+    assert row["acc_current"] == pytest.approx(0.8)
+
+
 def _probed(monkeypatch, n_earlier, S=S):
     """The (slot id, snapshot) pairs _probe_earlier hands the probe, and what it returns."""
     import cljax.analysis.probe as probe
@@ -95,6 +105,15 @@ def test_the_probe_spreads_its_bounded_tasks_over_all_earlier_tasks(monkeypatch)
     slots = (seen - 1000).astype(int)
     assert len(slots) == records.PROBE_TASKS and slots[0] == 0 and slots[-1] == 39
     assert np.all(np.diff(slots) >= 1) and np.diff(slots).max() <= 2
+
+
+def test_the_probe_column_leaves_out_a_repeat_with_a_non_finite_earlier_task(monkeypatch):
+    import cljax.analysis.probe as probe
+
+    monkeypatch.setattr(probe, "probe_accuracy", lambda reps, labels: np.array([[np.nan, 0.6], [0.8, 0.8]]))
+    got = records._probe_earlier({"representations": np.zeros((1, 2, 3, S, 2)),
+                                  "binary_labels": np.zeros((1, 2, 3, S), np.uint8)}, np.arange(2))
+    assert got == pytest.approx(0.8)  # repeat 0 left out whole; cell by cell it read 0.733
 
 
 def test_the_probe_needs_four_saved_images(monkeypatch):
