@@ -239,6 +239,37 @@ def test_the_current_task_curve_breaks_at_task_starts_in_the_bins_of_the_task_cu
     np.testing.assert_array_equal(current[1][~np.isnan(current[1])], task[1])
 
 
+def test_in_a_long_run_the_current_task_curve_bins_within_each_task_and_stays_a_line(tmp_path, monkeypatch):
+    # 300 snapshots, bins of 2. The bins were made across the whole curve and the breaks put in
+    # after: a bin averaged one task's last snapshot with the next task's first, and most bins,
+    # cut off from their neighbours by a break, were drawn as error bars (the curve has no band).
+    # Task t's accuracy is 0.25 or 0.75 by its parity: a bin that mixed two tasks reads 0.5.
+    from matplotlib.axes import Axes
+
+    from cljax.analysis import plots
+
+    drawn, real, fig = [], Axes.plot, []
+    monkeypatch.setattr(Axes, "plot", lambda self, x, y, *a, **k: (drawn.append((np.asarray(y), k)),
+                                                                   real(self, x, y, *a, **k))[1])
+    monkeypatch.setattr(plots, "_save", lambda f, path: fig.append(f))
+    for per_task in (3, 2):  # 3: two bins a task, a line; 2: one bin a task, a dot each
+        drawn.clear(), fig.clear()
+        n_tasks = 300 // per_task
+        task = np.repeat(np.arange(n_tasks), per_task)
+        current = np.repeat(np.where(task % 2 == 0, 0.25, 0.75)[:, None], 2, axis=1)
+        acc = np.full((300, 2, 1), np.nan)
+        acc[:6, :, 0] = 0.5  # task 0's own curve: 3 bins, a line with its band
+        plots.plot_accuracy_over_time(acc, tmp_path / "t.png", task_ids=[0], current_NR=current,
+                                      steps=np.arange(1.0, 301.0), task_boundaries=per_task * np.arange(1.0, n_tasks))
+        ax = fig[0].axes[0]
+        assert not ax.containers, per_task  # no error bars
+        line = next(y for y, k in drawn if k.get("label") == "the current task")
+        assert set(line[np.isfinite(line)].round(6)) == {0.25, 0.75}
+        if per_task == 2:
+            dots = drawn[-1][0]
+            assert len(dots) == n_tasks and set(dots.round(6)) == {0.25, 0.75}
+
+
 def test_a_metrics_panel_names_the_repeats_its_mean_leaves_out(tmp_path, monkeypatch):
     # The accuracy plots said so; a GLUE or plasticity panel averaged the finite repeats without a word.
     from matplotlib.axes import Axes

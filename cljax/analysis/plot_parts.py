@@ -38,11 +38,12 @@ def _mean_std(values_RX: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 MAX_POINTS = 200
 
 
-def _binned(x: np.ndarray, values_RX: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
-    """x and (R, X) values in bins of k consecutive points (k = 1: as given): the bins' mean x
-    and each repeat's mean over its finite values in the bin (NaN where none)."""
+def _binned(x: np.ndarray, values_RX: np.ndarray, k: int | None = None) -> tuple[np.ndarray, np.ndarray, int]:
+    """x and (R, X) values in bins of k consecutive points (k = 1: as given; default: the fewest
+    that keep MAX_POINTS points): the bins' mean x and each repeat's mean over its finite values
+    in the bin (NaN where none)."""
     n = x.shape[0]
-    k = max(1, -(-n // MAX_POINTS))
+    k = max(1, -(-n // MAX_POINTS)) if k is None else k
     if k == 1:
         return x, values_RX, 1
     pad = -n % k
@@ -59,22 +60,37 @@ def _binned(x: np.ndarray, values_RX: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return np.where(held.any(axis=1), x_held, np.nanmean(xs, axis=1)), means, k
 
 
+def _binned_apart(x: np.ndarray, values_RX: np.ndarray, breaks) -> tuple[np.ndarray, np.ndarray, int]:
+    """:func:`_binned` in each stretch of x between two ``breaks`` (a point at a break ends its
+    stretch), with a NaN point between the stretches: no bin averages two sides of a break. The
+    bin size is the whole curve's, so every stretch's points are binned alike."""
+    k = max(1, -(-x.shape[0] // MAX_POINTS))
+    stretch = np.searchsorted(np.sort(np.asarray(breaks, dtype=np.float64)), x, side="left")
+    xs, vs = [], []
+    for s in np.unique(stretch):
+        bx, bv, _ = _binned(x[stretch == s], values_RX[:, stretch == s], k)
+        xs += [bx, [np.nan]]
+        vs += [bv, np.full((values_RX.shape[0], 1), np.nan)]
+    return np.concatenate(xs[:-1]), np.concatenate(vs[:-1], axis=1), k
+
+
 ACCURACY, GAP = (0.0, 1.0), (-1.0, 1.0)  # the ranges of an accuracy and of a difference of two
 
 
-def _band(ax, x, values_RX, label=None, color=None, marker=None, limits=None, breaks=(), band=True):
+def _band(ax, x, values_RX, label=None, color=None, marker=None, limits=None, breaks=(), band=True, zorder=None):
     """The mean as a line with a band of one std, cut at ``limits`` (lo, hi) where the values
     cannot pass them (an accuracy's mean + std can exceed 1; the band stops at 1). A finite point
     with no finite neighbour (T = 1; a task evaluated at one snapshot only) draws no line segment
-    and no band: it is a marker with an error bar (cut the same way). A label that starts with "_" is kept in the legend (matplotlib hides those).
+    and no band: it is a marker with an error bar (cut the same way; ``band`` False: the marker
+    alone). A label that starts with "_" is kept in the legend (matplotlib hides those).
     More than :data:`MAX_POINTS` points are drawn in bins (:func:`_binned`), without markers. The
-    line and band break at each x of ``breaks`` (after the binning: the bins are those of a curve
-    without breaks). ``band`` False: the mean's line only."""
+    line and band break at each x of ``breaks``, and no bin holds points of both sides of one
+    (:func:`_binned_apart`). ``band`` False: the mean's line only. ``zorder``: of the line and
+    its lone points."""
     v = np.asarray(values_RX, dtype=np.float64)
-    x, v, k = _binned(np.asarray(x, dtype=np.float64), v[None] if v.ndim == 1 else v)
-    if len(breaks):
-        at = np.searchsorted(x, np.asarray(breaks, dtype=np.float64), side="right")
-        x, v = np.insert(x, at, np.nan), np.insert(v, at, np.nan, axis=1)
+    v = v[None] if v.ndim == 1 else v
+    binned = _binned_apart if len(breaks) else lambda x_, v_, _: _binned(x_, v_)
+    x, v, k = binned(np.asarray(x, dtype=np.float64), v, breaks)
     if k > 1:
         marker = None
         if getattr(ax, "_cljax_bin_note", None) != k:
@@ -86,7 +102,7 @@ def _band(ax, x, values_RX, label=None, color=None, marker=None, limits=None, br
     mean, std = _mean_std(v)
     if label is not None and str(label).startswith("_"):
         label = "\u200b" + str(label)  # a zero-width space in front
-    (line,) = ax.plot(x, mean, label=label, color=color, marker=marker, markersize=3)
+    (line,) = ax.plot(x, mean, label=label, color=color, marker=marker, markersize=3, zorder=zorder)
     lo, hi = mean - std, mean + std
     if limits is not None:
         lo, hi = np.maximum(lo, limits[0]), np.minimum(hi, limits[1])
@@ -94,7 +110,10 @@ def _band(ax, x, values_RX, label=None, color=None, marker=None, limits=None, br
         ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.25, linewidth=0)
     ok = np.isfinite(mean)
     alone = ok & ~np.r_[False, ok[:-1]] & ~np.r_[ok[1:], False]
-    if alone.any():
+    if alone.any() and not band:
+        ax.plot(x[alone], mean[alone], linestyle="none", marker=marker or "o", markersize=2, color=line.get_color(),
+                zorder=zorder)
+    elif alone.any():
         err = np.stack([np.where(np.isfinite(lo), mean - lo, 0.0), np.where(np.isfinite(hi), hi - mean, 0.0)])
         ax.errorbar(x[alone], mean[alone], yerr=err[:, alone], fmt=marker or "o",
                     markersize=4, capsize=3, color=line.get_color())

@@ -101,9 +101,9 @@ def plot_accuracy_over_time(
         _band(ax, x, acc[:, :, j].T, label=f"task {ids[j]}", color=cmap(j), limits=ACCURACY)
     if current_NR is not None:  # one segment per task: a new task's first snapshot is another task's accuracy
         line = _band(ax, x, np.asarray(current_NR, dtype=np.float64).T, label="the current task", color="black",
-                     limits=ACCURACY, breaks=task_boundaries, band=False)  # the task's own curve has the band
-        # dotted over the tasks' own curves: under them it was hidden where a task is evaluated only while trained
-        line.set(zorder=3, linewidth=1.0, linestyle=(0, (1, 2)))
+                     limits=ACCURACY, breaks=task_boundaries, band=False,  # the task's own curve has the band
+                     zorder=3)  # over the tasks' own curves: under them it was hidden where a task is evaluated only while trained
+        line.set(linewidth=1.0, linestyle=(0, (1, 2)))  # dotted
     every = -(-len(task_boundaries) // MAX_BOUNDARIES)  # more lines than this grey the whole plot
     for b in list(task_boundaries)[::max(every, 1)]:
         ax.axvline(b, color="gray", linestyle="--", linewidth=0.7)
