@@ -261,6 +261,7 @@ analyze_run.__doc__ += "\n\n" + (_analyze_run.__doc__ or "")
 
 # cljax's plots that draw means without a band, and only the tasks trained so far (the n x n block)
 WITHOUT_BAND = ("accuracy_matrix.png",)
+LATER_TASKS = ("accuracy_over_time.png",)  # the plot that draws a partial run's untrained tasks too
 
 
 def _caption(R: int, n: int, T: int, plot: str) -> str:
@@ -271,7 +272,8 @@ def _caption(R: int, n: int, T: int, plot: str) -> str:
                                                                       else "") if R > 1 else
             "one repeat (R = 1)" + (": no band" if band else ""))
     return over + (f"; a partial run: tasks 0-{n - 1} of its {T} trained" + (
-        " (a later task's values are of a network not trained on it yet)" if band else "") if n < T else "")
+        " (a later task's values are of a network not trained on it yet)" if plot in LATER_TASKS else "")
+        if n < T else "")
 
 
 def _run_analyses(selected, ctx: RunContext, dirs, folder: TaskFolder, check, progress: bool) -> list:
