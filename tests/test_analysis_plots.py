@@ -302,3 +302,30 @@ def test_a_window_of_a_long_run_is_drawn_task_by_task_in_the_probe_plot(tmp_path
     np.testing.assert_array_equal(right.lines[0].get_xdata(), [4996, 4997, 4998, 4999])
     np.testing.assert_allclose(right.lines[0].get_ydata(), [0.6, 0.7, 0.8, 0.9])
     assert not [t for t in right.texts if "consecutive" in t.get_text()]
+
+
+def test_the_capacity_floor_is_drawn_as_its_band_is_and_named_only_where_it_has_a_value(tmp_path, monkeypatch):
+    # One task: a dashed line through one point drew nothing, while the legend named it; with no
+    # finite floor (every repeat diverged) the legend named a line that is not there; a long run's
+    # floor was drawn point by point beside a band drawn in bins.
+    from cljax.analysis import plots
+
+    figs = []
+    monkeypatch.setattr(plots, "_save", lambda f, path: figs.append(f))
+
+    def floor_line(T, floor):
+        figs.clear()
+        capacity = np.linspace(1.0, 2.0, 2 * T).reshape(2, T)
+        plot_glue_over_tasks({"capacity": capacity, "capacity_floor": floor}, tmp_path / "g.png")
+        ax = figs[0].axes[0]
+        lines = [ln for ln in ax.lines if ln.get_label().startswith("floor")]
+        return ax, (lines[0] if lines else None)
+
+    ax, line = floor_line(1, np.full((2, 1), 2.04))
+    assert line.get_marker() == "x" and line.get_ydata().tolist() == [2.04]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["floor (every dichotomy inseparable)"]
+    ax, line = floor_line(3, np.full((2, 3), np.nan))
+    assert line is None and ax.get_legend() is None
+    ax, line = floor_line(300, np.tile(np.arange(300.0), (2, 1)))
+    assert len(line.get_xdata()) == 150 and line.get_marker() == "None"
+    np.testing.assert_allclose(line.get_ydata(), np.arange(150) * 2 + 0.5)  # bins of 2, as the band's

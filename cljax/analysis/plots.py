@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import textwrap
-import warnings
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -197,10 +196,12 @@ def plot_metrics_over_tasks(
         if name in (lines or {}):
             label, w = lines[name]
             w = np.asarray(w, dtype=np.float64)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)  # a column of NaN (diverged): no point there
-                ax.plot(xs, np.nanmean(w[None] if w.ndim == 1 else w, axis=0), "--", color="0.4", label=label)
-            ax.legend(fontsize=7)
+            xw, w, _ = _binned(np.asarray(xs, dtype=np.float64), w[None] if w.ndim == 1 else w)  # as the band
+            mean, _ = _mean_std(w)
+            if np.isfinite(mean).any():  # (no value: no line, and no legend entry for one)
+                ax.plot(xw, mean, "--", color="0.4", label=label,
+                        marker="x" if np.isfinite(mean).sum() < 2 else None)  # one task: a marker, not a line
+                ax.legend(fontsize=7)
         if not np.isfinite(v).any():
             if len(xs):  # the run's tasks on the axis, as in the other panels
                 ax.set_xlim(float(np.min(xs)) - 0.5, float(np.max(xs)) + 0.5)
