@@ -357,6 +357,21 @@ def test_a_run_too_large_for_dense_matrices_is_analysed_from_its_band_with_the_s
     assert (tmp_path / "b" / "accuracy_matrix.png").stat().st_size > 0
 
 
+def test_the_plots_of_a_window_run_say_what_a_blank_is(window_and_all, tmp_path, monkeypatch):
+    # The matrix's cells and the probe's tasks a window does not evaluate were blank without a word.
+    from cljax.analysis import plots
+
+    titles = {}
+    real = plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, path: (titles.__setitem__(path.name.split("@")[-1], [
+        " ".join(ax.get_title().split()) for ax in fig.axes]), real(fig, path))[1])  # (wrapped to the width)
+    analyze_run(window_and_all[0].algo_dir, tmp_path / "a", analyses=["cl", "probe"], glue=False, make_plots=True)
+    assert "blank: not evaluated (--eval-tasks window:2)" in titles["accuracy_matrix.png"][0]
+    assert titles["probe.png"][1] == "no point: a task not evaluated here (--eval-tasks), or not finite"
+    analyze_run(window_and_all[1].algo_dir, tmp_path / "b", analyses=["cl"], glue=False, make_plots=True)
+    assert "blank" not in titles["accuracy_matrix.png"][0]  # --eval-tasks all: no blank cell
+
+
 def _copy_run(src, dst, folders):
     import shutil
 

@@ -128,6 +128,7 @@ def _cl_finalize(state: dict) -> Result:
         plots={
             "accuracy_matrix.png": lambda p: plots.plot_accuracy_matrix(
                 image, p, title=f"Accuracy matrix ({variant})", block=block,
+                blank="" if every else f"blank: not evaluated (--eval-tasks {', '.join(sorted(state['modes']))})",
                 left_out=left_out_text(bands[variant].values, n_left_out=bands[variant].n_repeats_not_finite(n))),
             "learner_vs_expert.png": lambda p: plots.plot_learner_vs_expert(
                 diagonal, headline["expert_accuracy"], p,

@@ -23,7 +23,7 @@ from cljax.analysis.plot_parts import (ACCURACY, GAP, _band, _binned, _figure, _
 
 
 def plot_accuracy_matrix(accuracy_matrix, path: str | os.PathLike, title: str = "Accuracy matrix",
-                         block: int = 1, left_out: str = "", evaluated: bool = True) -> Path:
+                         block: int = 1, left_out: str = "", evaluated: bool = True, blank: str = "") -> Path:
     """Heatmap of R[i, j] (rows: after training task i; columns: evaluated task j).
 
     ``accuracy_matrix``: (T, T) or (R, T, T) (averaged over repeats). Values annotated for T <= 12.
@@ -31,7 +31,8 @@ def plot_accuracy_matrix(accuracy_matrix, path: str | os.PathLike, title: str = 
     image, :meth:`cljax.analysis.band.Band.mean_matrix`); the axes count tasks either way.
     ``left_out``: the title's note on repeats left out of the mean (:func:`left_out_text`; found
     here for an (R, T, T) matrix); ``evaluated``: some entry was evaluated, so an image with no
-    finite value is a diverged network's, and says so.
+    finite value is a diverged network's, and says so; ``blank``: the title's note on what a
+    blank cell is (the entries an --eval-tasks mode does not evaluate).
     """
     A = np.asarray(accuracy_matrix, dtype=np.float64)
     if A.ndim == 3:
@@ -44,6 +45,8 @@ def plot_accuracy_matrix(accuracy_matrix, path: str | os.PathLike, title: str = 
     ax = fig.subplots()
     if block > 1:
         title = f"{title}\n(each cell: mean over {block} x {block} tasks)"
+    if blank:
+        title = f"{title}\n" + textwrap.fill(blank, max(30, int(11 * width)))
     if left_out:  # wrapped to the figure's width (about 11 title characters an inch): it ran under the colorbar
         title = f"{title}\n" + textwrap.fill(left_out, max(30, int(11 * width)))
     if evaluated and not np.isfinite(A).any():
@@ -289,6 +292,8 @@ def plot_head_vs_probe(earlier_RN: Mapping[str, np.ndarray], last_RT: Mapping[st
                          f"shows {'those' if len(held) > 1 else 'it'}", fontsize=8)
         elif width:  # every task on the axis, also where only some were evaluated (--eval-tasks)
             ax.set_xlim(first - 0.5, first + width - 0.5)
+            if 0 < len(held) < width:  # tasks without a point: say why rather than leave them unexplained
+                ax.set_title("no point: a task not evaluated here (--eval-tasks), or not finite", fontsize=8)
         if not any(np.isfinite(v).any() for v in shown.values()):
             why = ("no earlier task: one task folder" if ax is ax0 and width == 0 else
                    "no finite value: the network diverged (see the summary)" if evaluated[ax is ax1] else
