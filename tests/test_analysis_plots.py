@@ -116,6 +116,13 @@ def test_a_long_curve_is_drawn_in_bins_of_each_repeats_means_and_says_so():
     assert len(line.get_xdata()) == 167 and line.get_marker() in (None, "None", "")
     notes = [t.get_text() for t in ax.texts]
     assert notes == ["each point: the mean of 6 consecutive ones"]  # once per axes
+    # curves of other lengths on one axes (compare's runs of 1001 and 8 tasks): the note says which
+    mixed = plots._figure().subplots()
+    plots._band(mixed, np.arange(8), values[:, :8])
+    plots._band(mixed, np.arange(n), values)
+    plots._band(mixed, np.arange(401), values[:, :401])
+    assert [t.get_text() for t in mixed.texts] == [
+        "each point of a curve of over 200 points: the mean of 3 or 6 consecutive ones"]
     short = plots._figure().subplots()
     assert len(plots._band(short, np.arange(200), values[:, :200]).get_xdata()) == 200 and not short.texts
     sparse = np.full((2, n), np.nan)

@@ -74,6 +74,15 @@ def _binned_apart(x: np.ndarray, values_RX: np.ndarray, breaks) -> tuple[np.ndar
     return np.concatenate(xs[:-1]), np.concatenate(vs[:-1], axis=1), k
 
 
+def _bin_note(ks) -> str:
+    """What a point is, for the bin sizes of an axes' curves (1: a curve drawn point by point)."""
+    binned = sorted(set(ks) - {1})
+    sizes = " or ".join(map(str, binned))
+    if len(set(ks)) == 1:
+        return f"each point: the mean of {sizes} consecutive ones"
+    return f"each point of a curve of over {MAX_POINTS} points: the mean of {sizes} consecutive ones"
+
+
 ACCURACY, GAP = (0.0, 1.0), (-1.0, 1.0)  # the ranges of an accuracy and of a difference of two
 
 
@@ -91,14 +100,20 @@ def _band(ax, x, values_RX, label=None, color=None, marker=None, limits=None, br
     v = v[None] if v.ndim == 1 else v
     binned = _binned_apart if len(breaks) else lambda x_, v_, _: _binned(x_, v_)
     x, v, k = binned(np.asarray(x, dtype=np.float64), v, breaks)
+    note = getattr(ax, "_cljax_bin_note", None)  # (the annotation, the bin sizes of its curves: 1 unbinned)
+    if note is not None:
+        note[1].append(k)
+        note[0].set_text(_bin_note(note[1]))
+    elif k > 1:
+        text = ax.annotate(_bin_note([k]), xy=(1.0, 0.0), xycoords="axes fraction",
+                           xytext=(-3, 3), textcoords="offset points", ha="right", va="bottom", fontsize=6,
+                           color="0.35", zorder=1.9,  # on a ground that keeps it legible, under the curves (not hiding them)
+                           bbox={"boxstyle": "square,pad=0.15", "facecolor": "white", "edgecolor": "none", "alpha": 0.8})
+        ax._cljax_bin_note = (text, [*getattr(ax, "_cljax_bins_before", []), k])
+    else:
+        ax._cljax_bins_before = [*getattr(ax, "_cljax_bins_before", []), 1]
     if k > 1:
         marker = None
-        if getattr(ax, "_cljax_bin_note", None) != k:
-            ax.annotate(f"each point: the mean of {k} consecutive ones", xy=(1.0, 0.0), xycoords="axes fraction",
-                        xytext=(-3, 3), textcoords="offset points", ha="right", va="bottom", fontsize=6,
-                        color="0.35", zorder=1.9,  # on a ground that keeps it legible, under the curves (not hiding them)
-                        bbox={"boxstyle": "square,pad=0.15", "facecolor": "white", "edgecolor": "none", "alpha": 0.8})
-            ax._cljax_bin_note = k
     mean, std = _mean_std(v)
     if label is not None and str(label).startswith("_"):
         label = "\u200b" + str(label)  # a zero-width space in front
