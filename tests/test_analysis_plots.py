@@ -336,3 +336,21 @@ def test_the_capacity_floor_is_drawn_as_its_band_is_and_named_only_where_it_has_
     ax, line = floor_line(300, np.tile(np.arange(300.0), (2, 1)))
     assert len(line.get_xdata()) == 150 and line.get_marker() == "None"
     np.testing.assert_allclose(line.get_ydata(), np.arange(150) * 2 + 0.5)  # bins of 2, as the band's
+
+
+def test_the_gap_panel_of_a_run_with_a_diverged_repeat_says_over_which_repeats_it_is(tmp_path, monkeypatch):
+    # Learner finite in repeats 1, 2 and the expert in repeat 0 at task 1: the left panel has a mean
+    # of each there, the gap none; the panel said nothing of why.
+    from cljax.analysis import plots
+
+    figs = []
+    monkeypatch.setattr(plots, "_save", lambda f, path: figs.append(f))
+    learner = np.array([[0.6, np.nan], [0.7, 0.5], [0.8, 0.5]])
+    expert = np.array([[0.9, 0.5], [0.9, np.nan], [0.9, np.nan]])
+    plot_learner_vs_expert(learner, expert, tmp_path / "l.png")
+    gap = figs[0].axes[1]
+    assert gap.get_title() == "each G[i]: over the repeats whose learner and expert are both finite at task i"
+    assert np.isnan(gap.lines[0].get_ydata()[1])
+    figs.clear()
+    plot_learner_vs_expert(learner[1:, :1], expert[1:, :1], tmp_path / "l.png")
+    assert figs[0].axes[1].get_title() == ""  # every repeat finite: nothing to say

@@ -170,6 +170,8 @@ def plot_learner_vs_expert(
     left_out = "; ".join(t for t in (left_out_text(learner, "learner", int((~np.isfinite(learner)).any(-1).sum())),
                                      left_out_text(expert, "expert", int((~np.isfinite(expert)).any(-1).sum())))
                          if t)
+    if left_out:  # the left panel's two means may be over other repeats than each other and the gap
+        ax1.set_title("each G[i]: over the repeats whose learner and expert are both finite at task i", fontsize=8)
     fig.suptitle(f"{title}\n{left_out}" if left_out else title)
     return _save(fig, path)
 
