@@ -259,7 +259,9 @@ def test_in_a_long_run_the_current_task_curve_bins_within_each_task_and_stays_a_
     monkeypatch.setattr(Axes, "plot", lambda self, x, y, *a, **k: (drawn.append((np.asarray(y), k)),
                                                                    real(self, x, y, *a, **k))[1])
     monkeypatch.setattr(plots, "_save", lambda f, path: fig.append(f))
-    for per_task in (3, 2):  # 3: two bins a task, a line; 2: one bin a task, a dot each
+    # 3: two bins a task, a line; 2: one bin a task, a dot each; 1: 300 tasks, more than a point
+    # each could show: no breaks, bins of 2 snapshots (of two tasks), a line
+    for per_task in (3, 2, 1):
         drawn.clear(), fig.clear()
         n_tasks = 300 // per_task
         task = np.repeat(np.arange(n_tasks), per_task)
@@ -271,6 +273,9 @@ def test_in_a_long_run_the_current_task_curve_bins_within_each_task_and_stays_a_
         ax = fig[0].axes[0]
         assert not ax.containers, per_task  # no error bars
         line = next(y for y, k in drawn if k.get("label") == "the current task")
+        if per_task == 1:
+            assert len(line) == 150 and set(line.round(6)) == {0.5}
+            continue
         assert set(line[np.isfinite(line)].round(6)) == {0.25, 0.75}
         if per_task == 2:
             dots = drawn[-1][0]

@@ -94,11 +94,13 @@ def _band(ax, x, values_RX, label=None, color=None, marker=None, limits=None, br
     alone). A label that starts with "_" is kept in the legend (matplotlib hides those).
     More than :data:`MAX_POINTS` points are drawn in bins (:func:`_binned`), without markers. The
     line and band break at each x of ``breaks``, and no bin holds points of both sides of one
-    (:func:`_binned_apart`). ``band`` False: the mean's line only. ``zorder``: of the line and
-    its lone points."""
+    (:func:`_binned_apart`); with :data:`MAX_POINTS` breaks or more (a stretch between two is
+    less than a point wide) they are not drawn, and the curve is binned whole. ``band`` False: the
+    mean's line only. ``zorder``: of the line and its lone points."""
     v = np.asarray(values_RX, dtype=np.float64)
     v = v[None] if v.ndim == 1 else v
-    binned = _binned_apart if len(breaks) else lambda x_, v_, _: _binned(x_, v_)
+    apart = 0 < len(breaks) < MAX_POINTS
+    binned = _binned_apart if apart else lambda x_, v_, _: _binned(x_, v_)
     x, v, k = binned(np.asarray(x, dtype=np.float64), v, breaks)
     note = getattr(ax, "_cljax_bin_note", None)  # (the annotation, the bin sizes of its curves: 1 unbinned)
     if note is not None:
