@@ -400,6 +400,25 @@ def test_a_run_of_one_task_folder_is_analysed_with_its_plots(window_and_all, tmp
     assert all((tmp_path / "a" / name).stat().st_size > 0 for name in summary["files"])
 
 
+def test_glue_across_tasks_needs_two_tasks_and_says_so(window_and_all, tmp_path):
+    # With one task evaluated the across-task grouping was the task's own two manifolds under
+    # random dichotomies, printed as "GLUE across 1 tasks (P = 2)".
+    from cljax.analysis.summary_text import format_summary
+
+    one = _copy_run(window_and_all[0].algo_dir, tmp_path / "one", ["task_000"])
+    summary = analyze_run(one, tmp_path / "a", analyses=["glue"], glue_n_probes=8, glue_max_points=4, make_plots=False)
+    across = summary["glue"]["across_tasks"]
+    assert across["final"] == {} and across["folders"] == [] and across["n_manifolds"] == 0
+    assert across["undefined"].startswith("fewer than two distinct tasks evaluated")
+    with np.load(tmp_path / "a" / "glue.npz") as z:
+        assert z["across_folders"].size == 0 and not [k for k in z if k.startswith("across_") and k not in (
+            "across_folders", "across_tasks")]
+        assert z["per_task_capacity"].shape[:2] == (1, 2)  # the task's own figure is there
+    lines = [x for x in format_summary(summary).splitlines() if x.startswith("GLUE across")]
+    assert lines == ["GLUE across tasks: not measured, fewer than two distinct tasks evaluated (one task folder, or "
+                     "--eval-tasks current): no grouping across tasks"]
+
+
 @pytest.mark.parametrize("ids", [[1], [0, 1, 2], "ab", [999, 1], [1, 1], [0.5, 1], [-5, 1]])
 def test_changed_eval_task_ids_are_refused_in_one_line(window_and_all, tmp_path, ids):
     """metadata.json has no hash of its own: the slots' tasks must be those of the recorded mode."""

@@ -104,8 +104,10 @@ def glue_update(state: dict, folder: TaskFolder) -> dict:
     _glue_call(state, manifolds[:, current] if opt.glue_tasks == "current" else manifolds, "task",
                lambda at: f"task {i if len(at) == 1 else int(slot_tasks[at[1]])} after task {i}, repeat {at[0]}",
                keep_task)
-    if i == ctx.n_folders - 1 or (opt.glue_across_every and i % opt.glue_across_every == 0):
-        distinct = _distinct_pairs(folder, slot_tasks)  # a cycled run's task j + P is task j's pair and images
+    distinct = _distinct_pairs(folder, slot_tasks)  # a cycled run's task j + P is task j's pair and images
+    # across tasks needs two: one task's P = 2 grouping under random dichotomies only repeats the
+    # per-task figure with labels that ignore the task (--eval-tasks current, one task folder)
+    if len(distinct) >= 2 and (i == ctx.n_folders - 1 or (opt.glue_across_every and i % opt.glue_across_every == 0)):
         nv = len(distinct)
         chosen = distinct[np.unique(np.linspace(0, nv - 1, min(opt.glue_across_max_tasks, nv)).round().astype(int))]
         sub = manifolds[:, chosen]  # (R, k, 2, M, H)
@@ -217,6 +219,8 @@ def glue_finalize(state: dict) -> Result:
             "folders": folders,
             "tasks": tasks,
             "n_manifolds": 2 * len(tasks),
+            **({} if folders else {"undefined": "fewer than two distinct tasks evaluated (one task folder, or "
+                                                "--eval-tasks current): no grouping across tasks"}),
         },
         "solver": {
             "converged_fraction": (state["diag"]["n_probes_converged"] / state["diag"]["n_probes_solved"]  # None: none solved

@@ -127,6 +127,8 @@ def format_summary(summary: dict) -> str:
                         else ""))
         across = glue.get("across_tasks", {})
         final = across.get("final", {})
+        if "undefined" in across:
+            lines.append(f"GLUE across tasks: not measured, {across['undefined']}")
         if (final.get("capacity") or {}).get("mean") is not None and "capacity_floor" in final:
             at_floor = final["capacity"]["mean"] <= AT_FLOOR * (final["capacity_floor"].get("mean") or 0.0)
             lines.append(f"GLUE across {across['n_manifolds'] // 2} tasks (P = {across['n_manifolds']}), last folder: "
