@@ -243,7 +243,7 @@ def _cmd_compare(argv: list[str]) -> int:
     from cljax.analysis.compare import compare_runs, protocol_differences
     from cljax.analysis.compare_text import format_comparison
     from cljax.run_search import with_sweeps_runs
-    from cljax.analysis.spread import jsonable
+    from cljax.analysis.spread import jsonable, readable_json
     from cljax.safe_files import atomic_write
 
     summary = compare_runs(with_sweeps_runs(args.runs), args.out, late_from=args.late_from)
@@ -254,7 +254,7 @@ def _cmd_compare(argv: list[str]) -> int:
         print(f"warning: the runs differ in {', '.join(differ)} ({values}): their gaps are not on one protocol.",
               file=sys.stderr)
     if args.json:
-        encoded = json.dumps(jsonable(summary), indent=1, allow_nan=False).encode()  # NaN as null
+        encoded = readable_json(jsonable(summary)).encode()  # NaN as null
         atomic_write(Path(args.json), lambda f: f.write(encoded))
     if args.out:
         print(f"plot: {args.out}")

@@ -152,3 +152,20 @@ def test_infinities_are_counted_over_folders_and_written_as_null():
     out = jsonable({"a": np.inf, "b": [np.float32(-np.inf), np.nan, 1.5], "c": np.array([np.inf, 2.0])})
     assert out == {"a": None, "b": [None, None, 1.5], "c": [None, 2.0]}
     json.dumps(out, allow_nan=False)  # strict JSON
+
+
+def test_readable_json_is_the_same_value_with_a_list_of_numbers_on_one_line():
+    import json
+
+    import pytest
+
+    from cljax.analysis.spread import readable_json
+
+    obj = {"a": {"per_task_mean": [0.5, None, 1, True, "x"] * 600, "empty": [], "nested": [[1, 2], {"k": []}, 3]},
+           "n": 3, "s": "caf\u00e9", "d": {}, "rows": [{"task": 0}, {"task": 1}]}
+    text = readable_json(obj)
+    assert json.loads(text) == obj
+    assert len(text.splitlines()) == 24 < len(json.dumps(obj, indent=1).splitlines()) - 2990  # 3000 on one line
+    assert '  "per_task_mean": [0.5, null, 1, true, "x", 0.5,' in text and '"empty": []' in text
+    with pytest.raises(ValueError):
+        readable_json({"x": [float("nan")]})  # strict JSON, as json.dumps(allow_nan=False)

@@ -51,7 +51,7 @@ from cljax.analysis.out_folder import output_folder, write_all
 from cljax.analysis.plot_parts import captioned
 from cljax.analysis.probe import RIDGE
 from cljax.analysis.registry import Options, Result, RunContext, TaskFolder, get, registered
-from cljax.analysis.spread import RULE, jsonable
+from cljax.analysis.spread import RULE, jsonable, readable_json
 from cljax.analysis.workers import Workers, worker_count
 from cljax.checkpoint import read_run_record
 from cljax.registry import is_builtin, source_file
@@ -242,7 +242,7 @@ def _analyze_run(
     summary = jsonable(summary)
     writers = {**{name: (lambda path, a=arrays[name]: np.savez_compressed(path, **a)) for name in arrays},  # mostly
                **figures,  # NaN: the (R, n, T) rows of a long run with --eval-tasks current or window:K
-               "summary.json": lambda path: path.write_text(json.dumps(summary, indent=1, allow_nan=False))}
+               "summary.json": lambda path: path.write_text(readable_json(summary))}
     # Read while a run wrote it, or on a filesystem without file locks (no lock held: see
     # analyze_run), the run may have been replaced.
     record = read_run_record(algo_dir)
