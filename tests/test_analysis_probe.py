@@ -137,7 +137,8 @@ def test_cli_prints_the_probe_beside_the_head(tmp_path, capsys):
     # The head on all test images is the fake metrics' R[2, j] (repeat 1 is 0.05 lower).
     head = (0.70 + 0.85) / 2 - 0.025
     assert f"head {head:.4f}" in line and "linear probe 1.0000 +- 0.0000" in line
-    assert f"fit on {S // 2} and tested on {S} images" in printed
+    assert (f"each of the {S} images per task and repeat tested once, by the probe fit on the other half "
+            f"({S // 2} images)") in printed
 
 
 def test_the_printed_probe_line_says_the_fold_sizes_or_why_there_is_no_probe():
@@ -148,7 +149,8 @@ def test_the_printed_probe_line_says_the_fold_sizes_or_why_there_is_no_probe():
         images = {"saved_per_task": S, "fit_per_probe": folds[0], "fold_sizes": folds, "tested_per_task": S}
         return format_summary({"probe": {"earlier_tasks": earlier, "images": images}, "config": {"head": "shared"}})
 
-    assert "fit on 2 or 4 and tested on 6 images" in printed(6, [2, 4], 0.9)
+    assert ("each of the 6 images per task and repeat tested once, by the probe fit on the other half (2 or 4 "
+            "images)") in printed(6, [2, 4], 0.9)
     text = printed(2, [0, 2], None)
     assert "linear probe not measured" in text and "2 saved images per task; it needs 2 of each class" in text
     assert "fit on" not in text

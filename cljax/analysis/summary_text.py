@@ -80,8 +80,9 @@ def format_summary(summary: dict) -> str:
                      + (_pm(early["probe_acc"]) if measured else "not measured")
                      + (f" (over {over} of the {earlier}: --eval-tasks {mode})" if 0 < over < earlier else ""))
         fit = f"{folds[0]}" if folds[0] == folds[1] else f"{folds[0]} or {folds[1]}"
-        lines.append((f"  (probe: ridge on the saved representations, fit on {fit} and tested on "
-                      f"{images['tested_per_task']} images per task and repeat" if measured else
+        lines.append((f"  (probe: ridge on the saved representations, cross-fitted: each of the "
+                      f"{images['tested_per_task']} images per task and repeat tested once, by the probe fit on the "
+                      f"other half ({fit} images)" if measured else
                       f"  (probe: {images['saved_per_task']} saved images per task; it needs 2 of each class, "
                       "so 4 or more") + "; `cljax run --n-subsamples` raises it"
                      + _head_reads(summary.get("config") or {}) + ")")
