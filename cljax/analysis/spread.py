@@ -11,7 +11,6 @@ Definitions: ``docs/metrics.md``.
 from __future__ import annotations
 
 import json
-
 import warnings
 
 import numpy as np
@@ -106,4 +105,3 @@ def readable_json(obj, indent: int = 1) -> str:
         return json.dumps(o, allow_nan=False)  # a scalar, an empty container, a list of scalars
 
     return encode(obj, 0)
-
