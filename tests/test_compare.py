@@ -408,7 +408,16 @@ def test_a_run_not_finished_is_paired_with_its_draws_baseline_on_the_late_tasks_
     assert f"{'redo1':<28} minus plain1 on tasks 1-2 (the later part of the tasks both have): +0.075 +- 0.000" in out
     assert "pooled over" not in out  # redo0 on its own late tasks, redo1 on 1-2: the line says so
     assert ("redo1 not pooled with redo0 (the same rule and options on another draw): it is compared on other tasks "
-            "(tasks 1-2 here, its own late tasks there)") in out
+            "(tasks 1-2 here, tasks 2-3 there)") in out
+
+    # Draw 1's two runs both stopped at 3 tasks: each pair on its own late tasks, 1-2 here and
+    # 2-3 in draw 0, were pooled (the pairs had no "tasks"), 8 differences over two windows.
+    last = f"task_{T - 1:03d}"
+    shutil.move(tmp_path / "plain1" / last, tmp_path / "kept")
+    summary = compare_runs([tmp_path / n for n in names], labels=names)
+    assert "tasks" not in summary["redo1"]["paired"] and "pooled_over_draws" not in summary["redo0"]
+    assert summary["redo1"]["not_pooled"].endswith("(tasks 1-2 here, tasks 2-3 there)")
+    shutil.move(tmp_path / "kept", tmp_path / "plain1" / last)
 
     # Both redo runs stopped at task 3 of 4: their pairs are on the same tasks, 1-2, so they pool.
     shutil.rmtree(tmp_path / "redo0" / f"task_{T - 1:03d}")
@@ -418,6 +427,16 @@ def test_a_run_not_finished_is_paired_with_its_draws_baseline_on_the_late_tasks_
     assert math.isclose(pooled["mean"], 0.075, rel_tol=1e-9)
     assert cli_main(["compare", *(str(tmp_path / n) for n in names)]) == 0
     assert "pooled over 2 draws of redo0's method on tasks 1-2: +0.075" in capsys.readouterr().out
+    for n in names:  # the runs' T, as a real run's run.json and first task folder record it
+        record = json.loads((tmp_path / n / "run.json").read_text())
+        record["config"]["num_tasks"] = T
+        (tmp_path / n / "run.json").write_text(json.dumps(record))
+        first = tmp_path / n / "task_000" / "metadata.json"
+        first.write_text(json.dumps({**json.loads(first.read_text()), "config": record["config"]}))
+    plotted = compare_runs([tmp_path / n for n in names], tmp_path / "gap.png", labels=names)
+    # a pooled line of runs not finished says so, as a run's own line does (the tag was looked up by run)
+    assert plotted["redo1"]["plotted"]["line"] == "redo0 (+1 draw) (partial: 3 of 4 tasks)"
+    assert plotted["plain1"]["plotted"]["line"] == "plain0 (+1 draw)"
     # the same draw twice (a copy of redo1, also on tasks 1-2) is not pooled: its repeats would count twice
     shutil.copytree(tmp_path / "redo1", tmp_path / "copy" / "redo1")
     again = compare_runs([tmp_path / n for n in names] + [tmp_path / "copy" / "redo1"], labels=names + ["copy"])
@@ -469,6 +488,27 @@ def test_two_draws_of_one_rule_and_options_with_a_setting_changed_are_not_pooled
     summary = compare_runs([tmp_path / n for n in names], labels=names)
     assert summary["redo0"]["pooled_over_draws"]["runs"] == ["redo0", "redo1"]
     assert not any("not_pooled" in s for s in summary.values())
+
+
+def test_a_run_not_pooled_is_set_against_the_earlier_run_of_its_own_method(tmp_path):
+    # ReDo at two taus on two seeds, seed 2's first run the baseline there and a plain run seed
+    # 1's: tau 0.2 on seed 2 was said not to pool with tau 0.1 on seed 1 "its settings differ in
+    # redo_tau", while the run of its own settings on seed 1 is the one to name: their baselines differ.
+    rng = np.random.default_rng(9)
+    expert = rng.uniform(0.5, 0.9, (T, R))
+    pairs = {seed: rng.permutation(np.arange(2 * T * R)).reshape(T, R, 2) for seed in (1, 2)}
+    runs = (("plain_1", 1, {"use_redo": False}), ("tau1_1", 1, {"use_redo": True, "redo_tau": 0.1}),
+            ("tau1_2", 2, {"use_redo": True, "redo_tau": 0.1}), ("tau2_1", 1, {"use_redo": True, "redo_tau": 0.2}),
+            ("tau2_2", 2, {"use_redo": True, "redo_tau": 0.2}))
+    for name, seed, config in runs:
+        write_run(tmp_path / name, rng.uniform(0.5, 0.9, (T, R)), expert, window=False, seed=seed,
+                  pairs_TR2=pairs[seed])
+        (tmp_path / name / "run.json").write_text(json.dumps({"config": {"lr": 0.1, **config, "seed": seed}}))
+    names = [name for name, _, _ in runs]
+    summary = compare_runs([tmp_path / n for n in names], labels=names)
+    assert summary["tau2_2"]["paired"]["baseline"] == "tau1_2" and summary["tau2_1"]["paired"]["baseline"] == "plain_1"
+    assert summary["tau2_2"]["not_pooled"].startswith(
+        "not pooled with tau2_1 (the same rule and options on another draw): its baseline's settings differ in ")
 
 
 def test_two_draws_of_a_plugins_rule_not_loaded_here_with_a_setting_changed_say_why_they_are_not_pooled(tmp_path):

@@ -184,13 +184,16 @@ def compare_runs(run_dirs, out_png: str | os.PathLike | None = None, labels=None
     for label, why in not_pooled(labels, summary, draws, methods, families).items():
         summary[label]["not_pooled"] = why
     if out_png is not None:  # a run not finished is named so in the legend, as in the table
-        shown = curves_by_method(labels, curves, draws, methods)
-        short = {lab: f"{lab} (partial: {s['n_tasks']} of {s['num_tasks']} tasks)" for lab, s in summary.items()
-                 if lab in shown and s["n_tasks"] < (s["num_tasks"] or 0)}
+        def partial(runs) -> str:  # (a pooled line's runs have one length: the first one not finished)
+            short = [summary[r] for r in runs if summary[r]["n_tasks"] < (summary[r]["num_tasks"] or 0)]
+            return f" (partial: {short[0]['n_tasks']} of {short[0]['num_tasks']} tasks)" if short else ""
+
+        shown = {line + partial(runs): (curve, runs)
+                 for line, (curve, runs) in curves_by_method(labels, curves, draws, methods).items()}
         for line, (curve, runs) in shown.items():  # what the plot draws, in the JSON too
             for run in runs:
-                summary[run]["plotted"] = {"line": short.get(line, line), "gap_per_task": mean_over_tasks(curve).tolist()}
-        plots.plot_plasticity_gap({short.get(lab, lab): curve for lab, (curve, _) in shown.items()}, out_png)
+                summary[run]["plotted"] = {"line": line, "gap_per_task": mean_over_tasks(curve).tolist()}
+        plots.plot_plasticity_gap({line: curve for line, (curve, _) in shown.items()}, out_png)
     return summary
 
 
@@ -327,15 +330,23 @@ def pool_over_draws(labels, summary, draws, methods) -> dict:
     for label in labels:
         pair = summary[label].get("paired") or {}
         if pair.get("paired"):
-            key = (methods[label], methods[pair["baseline"]], tuple(pair.get("tasks", ())))
+            key = (methods[label], methods[pair["baseline"]], _window(summary, label))
             if None not in key:
                 groups.setdefault(key, []).append(label)
     pooled = {}
-    for (_, _, tasks), runs in groups.items():
+    for (_, _, window), runs in groups.items():
         if len(runs) > 1 and _distinct_draws([draws[label] for label in runs]):
             d = np.concatenate([summary[label]["paired"]["per_repeat"] for label in runs])
-            pooled[runs[0]] = {"runs": runs, **({"tasks": list(tasks)} if tasks else {}), **difference_spread(d)}
+            shorter = any("tasks" in summary[label]["paired"] for label in runs)
+            pooled[runs[0]] = {"runs": runs, **({"tasks": list(window)} if shorter else {}), **difference_spread(d)}
     return pooled
+
+
+def _window(summary, label) -> tuple:
+    """The tasks a paired run's difference is over, (first, last): the window both runs have, or
+    the run's own late tasks. Pairs are pooled only on one window (two runs of 6 tasks and two
+    stopped at 4 have the same own-late-task rule, not the same tasks)."""
+    return tuple(summary[label]["paired"].get("tasks") or summary[label]["late_tasks"])
 
 
 def not_pooled(labels, summary, draws, methods, families) -> dict:
@@ -345,8 +356,7 @@ def not_pooled(labels, summary, draws, methods, families) -> dict:
     setting that changes a number to match; without this, two draws of one method with one
     hyperparameter changed by mistake get no pooled line and no word why."""
     def key(label):
-        pair = summary[label]["paired"]
-        return methods[label], methods[pair["baseline"]], tuple(pair.get("tasks", ()))
+        return methods[label], methods[summary[label]["paired"]["baseline"]], _window(summary, label)
 
     pooled = {r for s in summary.values() for r in (s.get("pooled_over_draws") or {}).get("runs", ())}
     # the runs pooled with none: a pooled method's runs are one method, whatever else is given
@@ -357,17 +367,14 @@ def not_pooled(labels, summary, draws, methods, families) -> dict:
         earlier = [b for b in alone[:i] if families[b] == families[label] and _distinct_draws([draws[b], draws[label]])]
         if not earlier:
             continue
-        b = earlier[0]
+        # the nearest: an earlier run of its method (then of its baseline too) before one that differs more
+        b = min(earlier, key=lambda r: (key(r)[0] != key(label)[0], key(r)[1] != key(label)[1]))
         (m, mb, tasks), (n, nb, tasks_b) = key(label), key(b)
         why = (f"its settings differ in {_setting_differences(n, m)}" if m != n else
                f"its baseline's settings differ in {_setting_differences(nb, mb)}" if mb != nb else
-               f"it is compared on other tasks ({_tasks_text(tasks)} here, {_tasks_text(tasks_b)} there)")
+               f"it is compared on other tasks (tasks {tasks[0]}-{tasks[1]} here, tasks {tasks_b[0]}-{tasks_b[1]} there)")
         out[label] = f"not pooled with {b} (the same rule and options on another draw): {why}"
     return out
-
-
-def _tasks_text(tasks: tuple) -> str:
-    return f"tasks {tasks[0]}-{tasks[1]}" if tasks else "its own late tasks"
 
 
 def _setting_differences(there: str, here: str) -> str:
