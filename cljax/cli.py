@@ -240,8 +240,8 @@ def _cmd_compare(argv: list[str]) -> int:
                          f"its tasks count as late, e.g. 0.5 for the later half.")
     for flag, path, kind in (("--out", args.out, "png"), ("--json", args.json, "comparison")):
         _check_output_file(flag, path, kind)
-    from cljax.analysis.compare import compare_runs, protocol_differences
-    from cljax.analysis.compare_text import format_comparison
+    from cljax.analysis.compare import compare_runs
+    from cljax.analysis.compare_text import format_comparison, protocol_differences
     from cljax.run_search import with_sweeps_runs
     from cljax.analysis.spread import jsonable, readable_json
     from cljax.safe_files import atomic_write

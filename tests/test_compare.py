@@ -181,6 +181,15 @@ def test_runs_on_different_protocols_are_compared_with_a_warning(tmp_path, capsy
     (tmp_path / "a" / "run.json").write_text(json.dumps({"config": {"dataset": "fashion_mnist", "head": "shared"}}))
     assert cli_main(["compare", str(tmp_path / "a"), str(tmp_path / "d")]) == 0
     assert "differ in head (head: multi, shared)" in capsys.readouterr().err
+    # the task count and the test images are the protocol too; numbers in their order (10 was before 2)
+    for name, config in (("a", {"num_tasks": 10, "epochs": 10}), ("d", {"num_tasks": 2, "test_source": "train_holdout",
+                                                                         "epochs": 2})):
+        (tmp_path / name / "run.json").write_text(json.dumps({"config": config}))
+    (tmp_path / "c" / "run.json").write_text(json.dumps({"config": {"num_tasks": 3, "test_source": "test",
+                                                                    "epochs": 2}}))
+    assert cli_main(["compare", *(str(tmp_path / n) for n in "adc")]) == 0
+    assert ("differ in num_tasks, test_source, epochs (num_tasks: 2, 3, 10; test_source: test, train_holdout; "
+            "epochs: 2, 10)") in capsys.readouterr().err
 
 
 def test_late_tasks_are_the_later_half_and_every_figure_reads_the_experts_last_snapshot(tmp_path):

@@ -37,7 +37,8 @@ from cljax.setting_match import number_settings, recorded_config
 # What must match for two runs' gaps to be measured on one protocol (methods differ by design).
 # What a gap is measured on: the data and the training a task gets, and what the learner's
 # accuracy reads (--head multi: each task's own block, a task-incremental protocol).
-PROTOCOL = ("dataset", "task_schedule", "n_train_per_class", "epochs", "batch_size", "head", "out_dim")
+PROTOCOL = ("dataset", "task_schedule", "num_tasks", "n_train_per_class", "test_source", "epochs", "batch_size", "head",
+            "out_dim")
 # What, beside the seed and the class pairs, makes two runs' repeats see the same images in the same
 # order: their draw (a run of 100 images per class was paired with one of 1000 on its seed).
 DATA_SETTINGS = ("dataset", "n_train_per_class", "n_test_per_class", "test_source", "epochs", "batch_size")
@@ -382,15 +383,6 @@ def _setting_differences(there: str, here: str) -> str:
     a, b = json.loads(there), json.loads(here)
     keys = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
     return ", ".join(f"{k} ({a.get(k)} there, {b.get(k)} here)" for k in keys)
-
-
-def protocol_differences(summary: dict) -> dict[str, list[str]]:
-    """The protocol settings (``PROTOCOL``) whose recorded values differ between the runs, with
-    those values: their gaps are then not measured on one protocol (a run without run.json
-    records none)."""
-    values = {k: sorted({str(s["protocol"][k]) for s in summary.values() if s["protocol"][k] is not None})
-              for k in PROTOCOL}
-    return {k: v for k, v in values.items() if len(v) > 1}
 
 
 def distinct_labels(run_dirs) -> list[str]:

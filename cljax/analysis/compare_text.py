@@ -83,3 +83,16 @@ def sweep_runs_left_out(run_dirs) -> list[str]:
                      f"{f' ... ({len(why)} in all)' if len(why) > 4 else ''}; each run is paired with the first run "
                      f"of its draw among those compared.")
     return notes
+
+
+def protocol_differences(summary: dict) -> dict[str, list[str]]:
+    """The protocol settings (each run's ``protocol``: compare's ``PROTOCOL``) whose recorded
+    values differ between the runs, with those values, numbers in their order (2 before 10): their
+    gaps are then not measured on one protocol (a run without run.json records none)."""
+    def order(v):
+        return (0, v, "") if isinstance(v, (int, float)) else (1, 0, v)
+
+    keys = next(iter(summary.values()))["protocol"] if summary else {}
+    values = {k: sorted({v if isinstance(v, (int, float)) else str(v) for s in summary.values()
+                         if (v := s["protocol"][k]) is not None}, key=order) for k in keys}
+    return {k: [str(v) for v in vs] for k, vs in values.items() if len(vs) > 1}
