@@ -163,7 +163,7 @@ def test_a_repeat_that_diverged_on_a_late_task_is_left_out_named_and_counted(tmp
     assert f"not finite in 1 of {R} repeats" in out
 
 
-def test_runs_on_different_protocols_are_compared_with_a_warning(tmp_path, capsys):
+def test_runs_on_different_protocols_are_compared_with_a_warning(tmp_path, capsys, monkeypatch):
     # Methods differ by design; a dataset or schedule that differs makes the gaps incomparable,
     # and was accepted without a word.
     rng = np.random.default_rng(3)
@@ -190,6 +190,16 @@ def test_runs_on_different_protocols_are_compared_with_a_warning(tmp_path, capsy
     assert cli_main(["compare", *(str(tmp_path / n) for n in "adc")]) == 0
     assert ("differ in num_tasks, test_source, epochs (num_tasks: 2, 3, 10; test_source: test, train_holdout; "
             "epochs: 2, 10)") in capsys.readouterr().err
+    # and under the plot, which travels without the terminal's warning
+    from cljax.analysis import plots
+
+    texts, real = {}, plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, path: (real(fig, path), texts.__setitem__(len(texts), [
+        " ".join(t.get_text().split()) for t in fig.texts]))[0])  # (the caption is drawn as it saves)
+    compare_runs([tmp_path / n for n in "adc"], tmp_path / "gap.png", labels=list("adc"))
+    compare_runs([tmp_path / n for n in "dc"], tmp_path / "gap.png", labels=list("dc"))
+    assert texts == {0: ["the runs differ in num_tasks, test_source, epochs: their gaps are not on one protocol"],
+                     1: ["the runs differ in num_tasks, test_source: their gaps are not on one protocol"]}
 
 
 def test_late_tasks_are_the_later_half_and_every_figure_reads_the_experts_last_snapshot(tmp_path):

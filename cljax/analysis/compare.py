@@ -24,7 +24,8 @@ import numpy as np
 from cljax import results
 from cljax.analysis import plots
 from cljax.analysis.cl import mean_over_every_task, mean_over_tasks
-from cljax.analysis.compare_text import sweep_runs_left_out
+from cljax.analysis.compare_text import protocol_differences, sweep_runs_left_out
+from cljax.analysis.plot_parts import captioned
 from cljax.analysis.spread import spread
 from cljax.checkpoint import NewerRecord, read_run_record
 from cljax.errors import CljaxError
@@ -194,7 +195,10 @@ def compare_runs(run_dirs, out_png: str | os.PathLike | None = None, labels=None
         for line, (curve, runs) in shown.items():  # what the plot draws, in the JSON too
             for run in runs:
                 summary[run]["plotted"] = {"line": line, "gap_per_task": mean_over_tasks(curve).tolist()}
-        plots.plot_plasticity_gap({line: curve for line, (curve, _) in shown.items()}, out_png)
+        draw = lambda p: plots.plot_plasticity_gap({line: curve for line, (curve, _) in shown.items()}, p)  # noqa: E731
+        differ = protocol_differences(summary)  # said under the figure too: a plot travels without the terminal
+        captioned(draw, f"the runs differ in {', '.join(differ)}: their gaps are not on one protocol" if differ
+                  else "")(out_png)
     return summary
 
 
