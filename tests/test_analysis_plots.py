@@ -359,3 +359,19 @@ def test_the_gap_panel_of_a_run_with_a_diverged_repeat_says_over_which_repeats_i
     figs.clear()
     plot_learner_vs_expert(learner[1:, :1], expert[1:, :1], tmp_path / "l.png")
     assert figs[0].axes[1].get_title() == ""  # every repeat finite: nothing to say
+
+
+def test_a_panel_whose_values_span_many_orders_is_drawn_on_a_symlog_axis(tmp_path, monkeypatch):
+    # A repeat whose weights blew up but stayed finite (1e20) put every other value on 0 of a
+    # linear axis.
+    from cljax.analysis import plots
+
+    figs = []
+    monkeypatch.setattr(plots, "_save", lambda f, path: figs.append(f))
+    calm = np.array([[1.0, 1.2, 1.5], [0.9, 1.1, 1.3]])
+    blown = calm.copy()
+    blown[1, 2] = 1e20
+    plot_metrics_over_tasks({"weight_norm": blown, "dormant_ratio": calm / 2}, tmp_path / "m.png")
+    wide, fraction = figs[0].axes[:2]
+    assert wide.get_yscale() == "symlog" and wide.get_title().endswith("(symlog: values span over 4 orders)")
+    assert fraction.get_yscale() == "linear" and fraction.get_title() == "dormant_ratio"
