@@ -322,7 +322,7 @@ def test_each_run_is_paired_with_the_first_run_of_its_draw_and_a_method_is_poole
     from cljax.analysis import compare
 
     drawn = {}
-    monkeypatch.setattr(compare.plots, "plot_plasticity_gap", lambda curves, path: drawn.update(curves))
+    monkeypatch.setattr(compare.plots, "plot_plasticity_gap", lambda curves, path, late=None: drawn.update(curves))
     plotted = compare_runs([tmp_path / n for n in names], tmp_path / "g.png", labels=names)
     assert list(drawn) == ["plain0 (+1 draw)", "method0 (+1 draw)"]
     gaps = [expert - (learner[seed] + shift[seed]) for seed in (0, 1)]  # (T, R) each: the repeats side by side
@@ -387,7 +387,7 @@ def test_a_partial_run_is_named_so_with_its_writer_when_it_is_still_running(tmp_
     from cljax.analysis import plots
 
     drawn = {}
-    monkeypatch.setattr(plots, "plot_plasticity_gap", lambda curves, path: drawn.update(curves))
+    monkeypatch.setattr(plots, "plot_plasticity_gap", lambda curves, path, late=None: drawn.update(curves))
     assert cli_main(["compare", *runs, "--out", str(tmp_path / "gap.png")]) == 0
     assert sorted(drawn) == ["done", f"partial (partial: {T} of {T + 2} tasks)"]
 
@@ -752,3 +752,21 @@ def test_a_run_whose_run_json_is_damaged_is_pooled_by_the_settings_its_task_fold
     (tmp_path / "lr05_s1" / "run.json").write_text('{"config": ')  # cut short
     damaged = compare_runs([tmp_path / n for n in names], labels=names)
     assert damaged["lr05_s0"]["pooled_over_draws"] == whole["lr05_s0"]["pooled_over_draws"]
+
+
+def test_the_plot_shades_the_late_tasks_when_every_run_has_the_same(tmp_path, monkeypatch):
+    from cljax.analysis import plots
+
+    rng = np.random.default_rng(11)
+    for name in ("a", "b"):
+        write_run(tmp_path / name, rng.uniform(0.5, 1, (T, R)), rng.uniform(0.5, 1, (T, R)), window=False)
+    figs, real = [], plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, path: (figs.append(fig), real(fig, path))[1])
+    compare_runs([tmp_path / "a", tmp_path / "b"], tmp_path / "gap.png", labels=["a", "b"])
+    spans = [p for p in figs[0].axes[0].patches if p.get_label().startswith("late tasks")]
+    assert [p.get_label() for p in spans] == [f"late tasks {T // 2}-{T - 1} (the table's figures)"]
+    import shutil
+
+    shutil.rmtree(tmp_path / "b" / f"task_{T - 1:03d}")  # b's late tasks are others: nothing shaded
+    compare_runs([tmp_path / "a", tmp_path / "b"], tmp_path / "gap.png", labels=["a", "b"])
+    assert not [p for p in figs[1].axes[0].patches if p.get_label().startswith("late tasks")]

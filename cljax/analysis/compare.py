@@ -195,10 +195,11 @@ def compare_runs(run_dirs, out_png: str | os.PathLike | None = None, labels=None
         for line, (curve, runs) in shown.items():  # what the plot draws, in the JSON too
             for run in runs:
                 summary[run]["plotted"] = {"line": line, "gap_per_task": mean_over_tasks(curve).tolist()}
-        draw = lambda p: plots.plot_plasticity_gap({line: curve for line, (curve, _) in shown.items()}, p)  # noqa: E731
-        differ = protocol_differences(summary)  # said under the figure too: a plot travels without the terminal
-        captioned(draw, f"the runs differ in {', '.join(differ)}: their gaps are not on one protocol" if differ
-                  else "")(out_png)
+        windows = {tuple(s["late_tasks"]) for s in summary.values()}  # shaded when the runs share one
+        late = next(iter(windows)) if len(windows) == 1 else None
+        differ = ", ".join(protocol_differences(summary))  # under the figure too: a plot travels without the terminal
+        captioned(lambda p: plots.plot_plasticity_gap({line: c for line, (c, _) in shown.items()}, p, late=late),
+                  f"the runs differ in {differ}: their gaps are not on one protocol" if differ else "")(out_png)
     return summary
 
 

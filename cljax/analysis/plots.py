@@ -322,11 +322,16 @@ def plot_head_vs_probe(earlier_RN: Mapping[str, np.ndarray], last_RT: Mapping[st
     return _save(fig, path)
 
 
-def plot_plasticity_gap(gaps: Mapping[str, np.ndarray], path: str | os.PathLike) -> Path:
+def plot_plasticity_gap(gaps: Mapping[str, np.ndarray], path: str | os.PathLike,
+                        late: tuple[int, int] | None = None) -> Path:
     """One line per run: the plasticity gap (expert - learner) over tasks, ``gaps[label]`` (n, R),
-    mean +- std over repeats (cljax compare)."""
+    mean +- std over repeats (cljax compare); ``late``: (first, last) task of the table's late
+    figures, shaded, when every run has the same."""
     fig = _figure(figsize=(7, 4))
     ax = fig.add_subplot()
+    if late is not None:
+        ax.axvspan(late[0] - 0.5, late[1] + 0.5, color="0.5", alpha=0.12, linewidth=0,
+                   label=f"late tasks {late[0]}-{late[1]} (the table's figures)")
     for label, gap_nR in gaps.items():
         gap = np.atleast_2d(np.asarray(gap_nR, dtype=np.float64).T)  # (R, n); a curve of (n,) is one repeat
         every = int((~np.isfinite(gap)).any(axis=1).sum())  # the current task is always evaluated
