@@ -552,7 +552,7 @@ def test_two_draws_of_a_plugins_rule_not_loaded_here_with_a_setting_changed_say_
 
 
 def test_the_late_tasks_start_at_the_fraction_given_not_one_float_rounding_early():
-    from cljax.analysis.compare import late_start
+    from cljax.analysis.compare_pairs import late_start
 
     assert int(90 * 0.7) == 62 and late_start(90, 0.7) == 63  # 90 * 0.7 = 62.99999999999999 as a float
     assert late_start(100, 0.57) == 57 and late_start(50, 0.58) == 29
@@ -601,7 +601,7 @@ def test_a_tie_of_late_means_in_float32_accuracies_counts_as_equal_not_lower():
     # Late tasks of two runs on 80 test images: 0.5875 + 0.65 and 0.625 + 0.6125, both 1.2375 / 2
     # exactly, but float32 rounds them apart and the float64 means differ by 2**-25.
     from cljax.analysis.cl import mean_over_every_task
-    from cljax.analysis.compare import TIE_TOLERANCE, paired_difference
+    from cljax.analysis.compare_pairs import TIE_TOLERANCE, paired_difference
 
     this = mean_over_every_task(np.array([[0.5875, 0.65], [0.65, 0.7]], np.float32))
     base = mean_over_every_task(np.array([[0.625, 0.6125], [0.6625, 0.6625]], np.float32))
