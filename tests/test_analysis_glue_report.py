@@ -91,3 +91,33 @@ def test_the_last_task_mean_is_over_the_evaluated_tasks_and_a_diverged_one_is_no
     assert got[0] == 2.0 and np.isnan(got[1])
     np.testing.assert_array_equal(glue_runs.mean_over_evaluated(values[:, 1:], [True, True]), [2.0, np.nan])
     assert np.isnan(glue_runs.mean_over_evaluated(values, [False] * 3)).all()
+
+
+def test_far_above_median_counts_the_cells_past_the_symlog_span():
+    """The radius cells that pass the median of the finite positive ones SYMLOG_SPAN times (as a
+    near-collapsed manifold gives, D - N_R ~ 0): counted, with the median and the largest; zeros
+    (collapsed, R = 0) and NaN (diverged) are not cells of the median."""
+    v = np.array([[0.5, 1.0, 2.0], [3.4e7, 0.0, np.nan]])
+    far = glue_runs.far_above_median(v)
+    assert (far["n_cells"], far["of"], far["median"], far["max"]) == (1, 4, 1.5, 3.4e7)
+    assert far["note"].startswith("1 of 4 cells over 1e+04 x the median")
+    assert glue_runs.far_above_median(v[:1]) is None  # no long tail: nothing said
+    assert glue_runs.far_above_median([[0.0, np.nan]]) is None
+
+
+def test_a_radius_far_above_its_median_is_flagged_in_the_summary_and_the_terminal(tmp_path, monkeypatch, capsys):
+    algo = tmp_path / "run"
+    write_fake_run(algo)
+    assert cli.main(["analyze", str(algo), "--no-plots", "--glue-probes", "16"]) == 0
+    summary = json.loads((algo / "analysis" / "summary.json").read_text())
+    assert "far_above_median" not in summary["glue"]["per_task"]["radius"]
+    assert "GLUE radius over the run" not in capsys.readouterr().out
+    radius = np.load(algo / "analysis" / "glue.npz")["per_task_radius"]  # (folders, R): the current task's
+    median = np.median(radius[radius > 0])
+    span = 1.2  # the fake run's radii are within a factor 2 of each other: a smaller span makes a tail
+    monkeypatch.setattr(glue_runs.plots, "SYMLOG_SPAN", span)
+    assert cli.main(["analyze", str(algo), "--no-plots", "--glue-probes", "16"]) == 0
+    far = json.loads((algo / "analysis" / "summary.json").read_text())["glue"]["per_task"]["radius"]["far_above_median"]
+    assert far["n_cells"] == int((radius > span * median).sum()) >= 1 and far["of"] == radius.size
+    assert math.isclose(far["median"], median) and math.isclose(far["max"], radius.max())
+    assert f"GLUE radius over the run: {far['note']}" in capsys.readouterr().out

@@ -188,6 +188,25 @@ def _approx_capacity_summary(entry: dict, last_R, values) -> dict:
             "n_infinite": infinite}
 
 
+def far_above_median(values) -> dict | None:
+    """The cells of a radius array (any shape) whose value passes the median of the finite positive
+    ones ``plots.SYMLOG_SPAN`` times (the rule that puts glue.png's panel on a symlog axis): manifolds
+    near collapse, where ``D - N_R -> 0`` sends R without bound and a mean over repeats is theirs.
+    None when there is none."""
+    v = np.asarray(values, dtype=np.float64)
+    size = v[np.isfinite(v) & (v > 0)]
+    if size.size == 0:
+        return None
+    median = float(np.median(size))
+    far = int((size > plots.SYMLOG_SPAN * median).sum())
+    if not far:
+        return None
+    return {"n_cells": far, "of": int(size.size), "median": median, "max": float(size.max()),
+            "note": f"{far} of {size.size} cells over {plots.SYMLOG_SPAN:.0e} x the median: manifolds near collapse "
+                    f"(D - N_R ~ 0); a mean over repeats is theirs, read the radius per repeat (glue.npz) or "
+                    f"by its median"}
+
+
 def glue_finalize(state: dict) -> Result:
     _collect(state)
     ctx = state["ctx"]
@@ -212,10 +231,16 @@ def glue_finalize(state: dict) -> Result:
         last = v[-1] if opt.glue_tasks == "current" else mean_over_evaluated(v[-1], evaluated[-1])
         measured = v if opt.glue_tasks == "current" else np.where(evaluated[:, None, :], v, np.nan)
         task_summary["approx_capacity"] = _approx_capacity_summary(task_summary["approx_capacity"], last, measured)
+    if "radius" in task and (far := far_above_median(
+            task["radius"] if opt.glue_tasks == "current" else np.where(evaluated[:, None, :], task["radius"], np.nan))):
+        task_summary["radius"]["far_above_median"] = far
+    across_final = {k: (point_manifold_spread if k == "approx_capacity" else spread)(v[-1]) for k, v in across.items()}
+    if "radius" in across and (far := far_above_median(across["radius"][-1])):
+        across_final["radius"]["far_above_median"] = far
     summary = {
         "per_task": task_summary,
         "across_tasks": {
-            "final": {k: (point_manifold_spread if k == "approx_capacity" else spread)(v[-1]) for k, v in across.items()},
+            "final": across_final,
             "folders": folders,
             "tasks": tasks,
             "n_manifolds": 2 * len(tasks),

@@ -126,6 +126,8 @@ def format_summary(summary: dict) -> str:
                      + (f"; approx_capacity undefined: {approx['undefined']}"
                         if "undefined" in (approx := glue["per_task"].get("approx_capacity", {}).get("last_task", {}))
                         else ""))
+        if far := glue["per_task"].get("radius", {}).get("far_above_median"):
+            lines.append(f"GLUE radius over the run: {far['note']} ({far['median']:.3g}; the largest {far['max']:.3g})")
         across = glue.get("across_tasks", {})
         final = across.get("final", {})
         if "undefined" in across:
