@@ -164,6 +164,10 @@ def test_a_split_folder_of_images_without_class_folders_is_named_unlabelled(tmp_
                               r"note\)\.", plan.notes[0]), plan.notes
     with pytest.raises(CljaxError, match=why + "; or leave that split out with --splits"):
         plan_source(str(root), {"train": "train", "validation": "test"})
+    # --splits val:test, the folder as spelt (docs/imagenet.md): the same refusal, where it said
+    # the source "has no split 'val'" and suggested the spelling above
+    with pytest.raises(CljaxError, match=why + "; or leave that split out with --splits"):
+        plan_source(str(root), {"train": "train", "val": "test"})
     assert plan_source(str(root), {"train": "train"}).notes == ()
 
 
@@ -283,6 +287,17 @@ def test_class_names_from_a_card_are_in_numeric_order(tmp_path):
     _card(tmp_path, names)
     plan = plan_source(str(tmp_path))
     assert plan.class_names == tuple(names) and plan.n_classes == 12
+
+
+def test_the_datasets_reader_takes_the_class_names_from_the_card_too(tmp_path):
+    # It never read the card: a folder of parquet files without the hub's schema metadata was
+    # prepared with classes '0', '1' (the default reader: the card's names), so the same files
+    # made two datasets of different identity.
+    pytest.importorskip("datasets", reason="the imagenet extra is not installed: pip install 'cljax[imagenet]'")
+    _plain_parquet(tmp_path / "train-00000-of-00001.parquet", [1, 0])
+    _card(tmp_path, ["tench", "goldfish"])
+    plan = plan_source(str(tmp_path), reader="datasets")
+    assert plan.class_names == plan_source(str(tmp_path)).class_names == ("tench", "goldfish")
 
 
 @pytest.mark.parametrize("keys, refused", [(["a", "b"], "['a', 'b']"), (["0", "2"], "['2']"), ([0, 1], None)])
@@ -491,11 +506,21 @@ def test_missing_class_ids_are_counted_and_the_first_named(labels, top, missing,
     assert _missing_ids(np.array(labels, np.int32), top) == (missing, first)
 
 
-def test_a_source_of_one_class_is_refused_before_anything_is_written(tmp_path):
-    # The folder's reader refuses fewer than two classes: it was written, then refused.
+def test_a_source_of_one_class_is_refused_before_anything_is_written(tmp_path, no_decoding):
+    # The folder's reader refuses fewer than two classes: it was written, then refused; then it was
+    # refused after every image was decoded, though an image folder's classes are known when planned.
     root = _folder(tmp_path / "src", {"train": {"ant": 2}})
-    with pytest.raises(CljaxError, match=r"gave images of one class only; a task is a pair of classes"):
+    with pytest.raises(CljaxError, match=r"^\S+ has one class folder \(ant\) in the splits prepared; a task is a pair "
+                                         r"of classes: give a source of two classes or more \(check --splits\)\.$"):
         prepare_imagenet(str(root), tmp_path / "out", workers=1, progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_parquet_source_of_one_class_is_refused_before_anything_is_written(tmp_path):
+    # Without class names its classes are the labels found, known once its rows are read.
+    _plain_parquet(tmp_path / "train-00000-of-00001.parquet", [0, 0])
+    with pytest.raises(CljaxError, match=r"gave images of one class only; a task is a pair of classes"):
+        prepare_imagenet(str(tmp_path), tmp_path / "out", workers=1, progress=False)
     assert not (tmp_path / "out").exists()
 
 

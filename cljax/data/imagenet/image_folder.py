@@ -60,6 +60,9 @@ def plan_image_folder(root: Path, split_map: dict[str, str], strict: bool, shard
     _check_classes_in_both(layout, per_split, chosen)
     # The classes of the splits prepared: a class folder of a split left out would be a class of no images.
     class_names = sorted(set().union(*(per_split[src].keys() for src, _ in chosen)))
+    if len(class_names) == 1:  # known from the folders: refused before any image is decoded
+        raise CljaxError(f"{root} has one class folder ({class_names[0]}) in the splits prepared; a task is a pair of "
+                         f"classes: give a source of two classes or more (check --splits).")
     class_id = {name: i for i, name in enumerate(class_names)}
     notes = [*unlabelled, *notes, *_loose_images(layout, [src for src, _ in chosen])]
     shards: list[Shard] = []
@@ -137,7 +140,8 @@ def _without_unlabelled(layout: dict[str, Path], per_split: dict, split_map: dic
     --splits, or train, is refused; the default validation split is left out with a note."""
     kept, notes = dict(split_map), []
     for src, dst in split_map.items():
-        key = SPLIT_DIR_NAMES.get(src.lower(), src)
+        # the layout holds the folder under the name --splits gave it (val:test: "val"), else the known one
+        key = src if src in layout else SPLIT_DIR_NAMES.get(src.lower(), src)
         folder = layout.get(key)
         if folder is None or key in per_split or not any(_is_image(p) for p in folder.iterdir()):
             continue
