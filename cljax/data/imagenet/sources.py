@@ -357,6 +357,8 @@ def _plan_datasets(source: str, split_map: dict[str, str], strict: bool, parquet
                 )
             )
             counters[dst] += 1
+    if class_names is None and parquet_files is not None:  # as the default reader: the folder's card names them
+        class_names = _class_names_from_card(Path(source))
     return Plan(source, tuple(shards), _names(class_names), len(class_names) if class_names else None, total, tuple(notes),
                 load_args.get("revision"))
 
