@@ -73,6 +73,8 @@ def process_shard(shard: Shard, work_dir: str, size: int, resample: str, tick=No
             pending = 0
     if shard.n_rows is not None and len(labels) != shard.n_rows:
         raise CljaxError(f"shard {shard.name} gave {len(labels)} images, its source said {shard.n_rows}; the source changed while reading.")
+    if tick is not None:  # before the write: a stop (or an orphaned worker, _worker_tick) writes no shard
+        tick(pending)
     images_nhw = np.stack(images) if images else np.zeros((0, size, size), np.uint8)
     labels_n = np.asarray(labels, dtype=np.int32)
     final = Path(work_dir) / f"{shard.name}.npz"
@@ -90,8 +92,6 @@ def process_shard(shard: Shard, work_dir: str, size: int, resample: str, tick=No
             raise
         raise full from None
     os.replace(tmp, final)  # a shard file exists whole or not at all
-    if tick is not None and pending:
-        tick(pending)
     return len(labels)
 
 
@@ -109,15 +109,21 @@ def _undecodable_fix(shard: Shard) -> str:
 
 
 _WORKER_COUNTER = None
+_PARENT = None  # the preparation's process: a worker whose parent changed was orphaned (os._exit below)
 
 
 def _init_worker(counter) -> None:
-    global _WORKER_COUNTER
-    _WORKER_COUNTER = counter
+    global _WORKER_COUNTER, _PARENT
+    _WORKER_COUNTER, _PARENT = counter, os.getppid()
     quiet_worker()
 
 
 def _worker_tick(n: int) -> None:
+    if os.getppid() != _PARENT:
+        # The preparation was killed (SIGKILL: no handler ran, the pool was not terminated): stop at
+        # this image, without finishing the shard into the work folder after its lock is gone,
+        # downloading on, or printing the broken pipe's tracebacks; a rerun redoes the shard.
+        os._exit(1)
     with _WORKER_COUNTER.get_lock():
         _WORKER_COUNTER.value += n
 
