@@ -276,7 +276,8 @@ BAD_INPUTS = {
     "replay_batch_beyond_memory": (["--use-replay", "--replay-batch", "1000000000"], "a task needs about"),
     "unknown_flag": (["--learning-rate", "0.1"], "unrecognized arguments"),
     "imagenet_empty_data_dir": (["--dataset", "imagenet_28_gray", "--data-dir", ""], "--data-dir is empty"),
-    "imagenet_incomplete_folder": (["--dataset", "imagenet_28_gray", "--data-dir", "{tmp}"], "prepare-imagenet"),
+    "imagenet_incomplete_folder": (["--dataset", "imagenet_28_gray", "--data-dir", "{tmp}"],
+                                   "meta.json). Prepare it with `cljax prepare-imagenet"),  # (the fix a sentence)
     "truncated_gz": (["--data-dir", "{truncated_gz}"], "corrupt or truncated; put good copies of the four IDX files in"),
     "short_idx": (["--data-dir", "{short_idx}"], "is truncated"),
     "bad_magic": (["--data-dir", "{bad_magic}"], "is not a uint8 IDX file"),

@@ -179,7 +179,7 @@ def check_unchanged(data: ClassData, resume: bool = True) -> None:
 def load_prepared(folder: str | os.PathLike, *, verify_checksums: bool = False, how_to_fix: str = "") -> ClassData:
     """Open a prepared folder (memory-mapped), checking it is whole; raise CljaxError if not."""
     path = Path(folder)
-    fix = f" {how_to_fix}" if how_to_fix else ""
+    fix = f" {how_to_fix[:1].upper()}{how_to_fix[1:]}" if how_to_fix else ""  # a sentence after the problem's
     if not path.is_dir():
         if path.exists():
             raise CljaxError(f"dataset folder {path} is a file, not a folder.{fix}")
