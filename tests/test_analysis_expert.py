@@ -98,6 +98,12 @@ def test_a_collapse_is_a_drop_of_more_than_a_tenth():
     assert (s["n_collapsed"], s["n_cells"], s["n_nonfinite"]) == (1, 3, 0)
     assert math.isclose(s["max_drop_from_best"], 0.4)
     np.testing.assert_allclose(out["arrays"]["plasticity_gap_best"], [[0.2 - 0.75], [0.9 - 0.7], [0.8 - 0.7]])
+    # As saved, in float32: 0.6 -> 0.5 read 0.10000002 and counted, 0.9 -> 0.8 read 0.09999996 and
+    # did not; exactly 0.1 is not more than 0.1 either way. One image of 200 more is.
+    saved = np.array([[0.6, 0.9, 0.6], [0.5, 0.8, 0.495]], np.float32)
+    assert np.float64(saved[0, 0]) - np.float64(saved[1, 0]) > COLLAPSE_DROP  # (the rounding this is about)
+    s = _expert_summary([saved], [saved])["summary"]["expert"]
+    assert s["n_collapsed"] == 1
 
 
 def test_a_learner_that_diverged_leaves_its_repeat_out_of_the_gap_means_and_is_counted(tmp_path):

@@ -41,6 +41,10 @@ WEIGHT_KEYS = ("weight_magnitude", "weight_change_task_start", "weight_change_in
 # ---- cl --------------------------------------------------------------------------------------
 # A snapshot this far below the same run's best one counts as a collapse (summary["expert"]).
 COLLAPSE_DROP = 0.1
+# The accuracies are saved in float32: a drop of exactly 20 of 200 images read 0.09999996 (0.9 ->
+# 0.8) or 0.10000002 (0.6 -> 0.5). "More than 0.1" is then more than 0.1 by over this, far below
+# one image of any test set (1e-6: a million test images).
+COLLAPSE_ROUNDING = 1e-6
 
 
 def _cl_init(ctx: RunContext) -> dict:
@@ -76,7 +80,7 @@ def _expert_summary(expert_LR: list, current_LR: list) -> dict:
                 "best": spread(mean_over_every_task(best)),
                 "max_drop_from_best": float(np.max(drop, where=np.isfinite(drop), initial=-np.inf))
                 if np.isfinite(drop).any() else float("nan"),
-                "n_collapsed": int((drop > COLLAPSE_DROP).sum()),
+                "n_collapsed": int((drop > COLLAPSE_DROP + COLLAPSE_ROUNDING).sum()),
                 "n_cells": int(drop.size),
                 "n_nonfinite": int((~np.isfinite(drop)).sum()),  # left out of the max and of n_collapsed
                 "collapse": f"last snapshot more than {COLLAPSE_DROP} below the best snapshot of the same "

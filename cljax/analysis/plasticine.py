@@ -124,7 +124,7 @@ def srank(h, delta: float = 0.01) -> np.ndarray:
     total = s.sum(axis=-1, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
         frac = np.cumsum(s, axis=-1) / np.where(total > 0, total, 1.0)
-    # A relative slack of 1e-12 keeps an exact boundary case (frac == 1 - delta) on the >= side.
+    # A slack of 1e-12 on the fraction keeps an exact boundary case (frac == 1 - delta) on the >= side.
     k = (frac < (1.0 - delta) - 1e-12).sum(axis=-1) + 1
     return np.where(total[..., 0] > 0, k, 0).astype(np.int64)
 
