@@ -178,6 +178,26 @@ def test_distributed_only_when_the_environment_asks():
     assert not wants_distributed({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "4"})  # sbatch script, not an srun step
 
 
+def test_a_slurm_task_uses_its_share_of_its_nodes_gpus():
+    # JAX alone gives each SLURM task the GPU of its local rank: one task per node with 8 GPUs (the
+    # documented multi-node run) used 1 GPU per node and put its 8 shares of the repeats on it.
+    from cljax.devices.distributed import slurm_local_device_ids as ids
+
+    node = {"SLURM_LOCALID": "0", "SLURM_NODEID": "1", "SLURM_GPUS_ON_NODE": "8"}
+    assert ids({**node, "SLURM_STEP_TASKS_PER_NODE": "1(x4)"}) == list(range(8))  # one task per node: all 8
+    assert ids({**node, "SLURM_STEP_TASKS_PER_NODE": "8(x2)", "SLURM_LOCALID": "3"}) == [3]  # one GPU per task
+    assert ids({**node, "SLURM_STEP_TASKS_PER_NODE": "4,2", "SLURM_LOCALID": "1"}) == [4, 5, 6, 7]  # node 1: 2 tasks
+    assert ids({**node, "SLURM_NTASKS_PER_NODE": "4", "SLURM_LOCALID": "2"}) == [4, 5]
+    # the GPUs counted from CUDA_VISIBLE_DEVICES; bound per task (--gpus-per-task): all the task sees
+    assert ids({"SLURM_LOCALID": "1", "SLURM_NTASKS_PER_NODE": "2", "CUDA_VISIBLE_DEVICES": "0,1,2,3"}) == [2, 3]
+    assert ids({**node, "SLURM_NTASKS_PER_NODE": "8", "SLURM_LOCALID": "5", "CUDA_VISIBLE_DEVICES": "5"}) == [0]
+    # left to JAX: outside SLURM, named by JAX_LOCAL_DEVICE_IDS, GPUs or tasks unknown, or not dividing
+    for env in ({}, {**node, "SLURM_NTASKS_PER_NODE": "1", "JAX_LOCAL_DEVICE_IDS": "0,1"}, {**node},
+                {"SLURM_LOCALID": "0", "SLURM_NTASKS_PER_NODE": "1"}, {**node, "SLURM_NTASKS_PER_NODE": "3"},
+                {**node, "SLURM_STEP_TASKS_PER_NODE": "1(x"}):
+        assert ids(env) is None, env
+
+
 def test_a_process_that_joins_a_slurm_steps_run_by_its_environment_says_so_before_it_waits(monkeypatch, capsys):
     # `cljax run` typed in a shell of `srun -n4 --pty bash` waited 5 minutes without a word, then aborted.
     from cljax.devices import distributed

@@ -52,6 +52,9 @@ def maybe_initialize_distributed() -> bool:
     if kwargs.get("process_id", 0) >= kwargs.get("num_processes", float("inf")):
         raise CljaxError(f"CLJAX_PROCESS_ID={kwargs['process_id']} is not below CLJAX_NUM_PROCESSES="
                          f"{kwargs['num_processes']}: process ids run 0 .. {kwargs['num_processes'] - 1}.")
+    ids = slurm_local_device_ids(os.environ)
+    if ids is not None:
+        kwargs["local_device_ids"] = ids
     if os.environ.get("CLJAX_HEARTBEAT_SECONDS", "").strip():  # how soon a lost process is noticed (JAX: 100 s)
         kwargs["heartbeat_timeout_seconds"] = _whole_number("CLJAX_HEARTBEAT_SECONDS", 1)
     _say_joining(kwargs)
@@ -86,6 +89,55 @@ def _initialize_seeing_signals(kwargs: dict) -> None:
         joining.join(0.2)
     if failed:
         raise failed[0]
+
+
+def slurm_local_device_ids(env) -> list[int] | None:
+    """The GPUs (CUDA ordinals this process sees) a SLURM task uses: its node's GPUs split evenly
+    over the node's tasks, so one task per node uses all of them. Left to JAX (None) outside SLURM,
+    when JAX_LOCAL_DEVICE_IDS names them, or when the GPUs or tasks are not known or do not
+    divide. JAX alone gives every SLURM task the one GPU of its local rank: with the documented
+    one task per node and 8 GPUs, each process used 1 GPU and its 8 shares of the repeats.
+    SLURM's per-task binding (--gpus-per-task, --gpu-bind) leaves a task fewer visible GPUs than
+    its node has: it then uses all it sees."""
+    if env.get("JAX_LOCAL_DEVICE_IDS", "").strip() or not env.get("SLURM_LOCALID", "").strip():
+        return None
+    visible = [d for d in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    on_node, tasks, local = (_count(env.get("SLURM_GPUS_ON_NODE")), _tasks_on_this_node(env),
+                             _count(env.get("SLURM_LOCALID")))
+    if visible and on_node and len(visible) < on_node:
+        return list(range(len(visible)))
+    n = len(visible) or on_node
+    if not n or not tasks or local is None or n % tasks or local >= tasks:
+        return None
+    per = n // tasks
+    return list(range(local * per, (local + 1) * per))
+
+
+def _count(text) -> int | None:
+    try:
+        value = int(str(text).strip())
+    except (TypeError, ValueError):
+        return None
+    return value if value >= 0 else None
+
+
+def _tasks_on_this_node(env) -> int | None:
+    """This node's task count in the step: SLURM_STEP_TASKS_PER_NODE (else the job's
+    SLURM_TASKS_PER_NODE), a list such as "2(x3),1" read at SLURM_NODEID, else
+    SLURM_NTASKS_PER_NODE."""
+    for var in ("SLURM_STEP_TASKS_PER_NODE", "SLURM_TASKS_PER_NODE"):
+        per_node: list[int] = []
+        for part in filter(None, env.get(var, "").split(",")):
+            count, _, times = part.partition("(x")
+            c, t = _count(count), (_count(times.rstrip(")")) if times else 1)
+            if c is None or t is None:
+                per_node = []
+                break
+            per_node += [c] * t
+        node = _count(env.get("SLURM_NODEID", "0"))
+        if per_node and node is not None and node < len(per_node):
+            return per_node[node] or None
+    return _count(env.get("SLURM_NTASKS_PER_NODE")) or None
 
 
 def _say_joining(kwargs: dict) -> None:
