@@ -37,6 +37,17 @@ def test_check_repeats_suggests_only_usable_repeat_counts(monkeypatch):
     assert "use a multiple of 4 (e.g. 4)," in str(refused.value)  # not "0 or 4"
     with pytest.raises(CljaxError, match=r"use a multiple of 4 \(e\.g\. 8 or 12\)"):
         check_repeats(10)
+    # 2 processes of 2 CPU devices each (XLA_FLAGS): the hint named CLJAX_CPU_DEVICES, which such a
+    # run does not read, and not the processes
+    import jax
+
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    monkeypatch.setattr(mesh, "forced_cpu_devices", lambda: 2)
+    with pytest.raises(CljaxError) as refused:
+        check_repeats(6)
+    assert str(refused.value).endswith("(CUDA_VISIBLE_DEVICES; in this multi-process run, fewer processes or fewer "
+                                       "devices each: each shows 2 of them (on the CPU, its XLA_FLAGS' "
+                                       "--xla_force_host_platform_device_count)).")
 
 
 def test_without_a_device_limit_the_host_memory_is_shared_by_the_local_devices(monkeypatch):

@@ -62,10 +62,12 @@ def check_repeats(n_repeats: int) -> None:
         options = f"{lower} or {upper}" if lower else f"{upper}"
         import jax
 
-        fewer = ("on the CPU, remove --xla_force_host_platform_device_count from XLA_FLAGS, which overrides "
-                 f"{CPU_DEVICES_ENV}" if forced_cpu_devices() is not None
-                 else f"in this multi-process run, fewer processes: each shows {n // jax.process_count()} of "
-                      f"them" if jax.process_count() > 1
+        per_process = n // jax.process_count()
+        fewer = (f"in this multi-process run, fewer processes or fewer devices each: each shows {per_process} of "
+                 f"them" + (" (on the CPU, its XLA_FLAGS' --xla_force_host_platform_device_count)"
+                            if forced_cpu_devices() is not None else "") if jax.process_count() > 1
+                 else "on the CPU, remove --xla_force_host_platform_device_count from XLA_FLAGS, which overrides "
+                      f"{CPU_DEVICES_ENV}" if forced_cpu_devices() is not None
                  else f"on the CPU, {CPU_DEVICES_ENV}=auto")
         raise CljaxError(
             f"--n-repeats {n_repeats} does not split over the {n} visible devices: use a multiple of {n} "
