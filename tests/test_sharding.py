@@ -4,9 +4,9 @@ configure_cpu_devices splits the host before JAX starts), compared.
 
 Same bits where XLA allows it: the learner's forward pass (representations at the same weights),
 the schedule, the labels and every accuracy are identical. Losses, and through training the
-weights, may differ in the last bit: XLA:CPU evaluates exp/log with vectorised code whose
-remainder loop differs when a device holds R/4 instead of R repeats. Tolerance: 1e-5 absolute
-(observed: <= 5e-7 on representations, <= 3e-8 on weights, 1.2e-7 on losses).
+weights, may differ in the last bit where a device's program compiles otherwise than the
+one-device one (a loss's sum; docs/scale.md, "Same numbers as one device?", has what was
+measured). Tolerance: 1e-5 absolute.
 
 The subprocess evaluates in chunks of 2 tasks (streamed), this process resident, so the
 comparison covers sharding and chunking together; chunked vs resident alone is compared bit
