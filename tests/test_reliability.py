@@ -438,8 +438,11 @@ def test_a_batch_systems_warning_signal_stops_a_command_as_sigterm_does(sig, tmp
     # line (exit 138, 140, 129). The lock's record says the command ended (for a filesystem without locks).
     # The child starts with the signal at its default: a suite run under nohup has SIGHUP ignored,
     # which the child would inherit and cljax rightly keep ignored (the next test), so it slept on.
-    proc = subprocess.run([sys.executable, "-c", STOPPED_BY, sig, str(tmp_path)], capture_output=True, text=True,
-                          timeout=60, preexec_fn=lambda: signal.signal(getattr(signal, sig), signal.SIG_DFL))
+    # (A launcher that resets it and execs: preexec_fn would fork this multithreaded process.)
+    at_default = ("import os, signal, sys; signal.signal(getattr(signal, sys.argv[2]), signal.SIG_DFL); "
+                  "os.execv(sys.executable, [sys.executable, '-c', *sys.argv[1:]])")
+    proc = subprocess.run([sys.executable, "-c", at_default, STOPPED_BY, sig, str(tmp_path)], capture_output=True,
+                          text=True, timeout=60)
     assert proc.returncode == 75, proc.stderr
     assert proc.stderr.strip() == f"stopped by {sig}: run the same command to resume."
     assert json.loads((tmp_path / "run.lock").read_text())["ended"]
