@@ -118,7 +118,7 @@ def test_repeats_must_split_over_devices(monkeypatch):
 
     monkeypatch.setattr(jax, "process_count", lambda: 2)  # CLJAX_CPU_DEVICES does nothing there: not advised
     with pytest.raises(CljaxError, match=r"or show fewer devices \(CUDA_VISIBLE_DEVICES; in this multi-process run, "
-                                         r"fewer processes: each shows 2 of them\)"):
+                                         r"fewer processes or fewer devices each: each shows 2 of them\)"):
         check_repeats(6)
     monkeypatch.undo()
     arr = put_repeats(np.zeros((3, 2, 5), np.float32), 1)  # the real (one) device
