@@ -129,3 +129,12 @@ def test_a_learner_that_diverged_leaves_its_repeat_out_of_the_gap_means_and_is_c
     assert (s["expert"]["final"]["n"], s["expert"]["final"]["n_nonfinite"]) == (1, 1)
     assert math.isclose(s["expert"]["final"]["mean"], E.mean(), rel_tol=1e-9)
     assert s["expert"]["best"]["n"] == 2  # its best snapshot, 0.9, is finite
+    # and the printed lines say why the best figures hold a repeat the last ones leave out
+    from cljax.analysis.summary_text import format_summary
+
+    keeps = ("(the best snapshots keep 1 repeat left out of the last: a network that diverged during a task has its "
+             "best finite snapshot)")
+    lines = format_summary(s).splitlines()
+    expert_line = next(line for line in lines if line.startswith("expert accuracy:"))
+    gap_line = next(line for line in lines if line.startswith("plasticity gap:"))
+    assert keeps + ";" in expert_line and gap_line.endswith(keeps), (expert_line, gap_line)

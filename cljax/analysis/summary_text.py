@@ -20,6 +20,14 @@ def _pm(entry, digits: int = 4) -> str:
     return text + (f" ({left_out} repeat{'s' * (left_out != 1)} left out: not finite)" if left_out else "")
 
 
+def _best_keeps(last, best) -> str:
+    """Said where the best-snapshot figure holds repeats its last-snapshot one leaves out: a
+    repeat diverged during a task still has its best finite snapshot (docs/metrics.md)."""
+    n_last, n_best = ((e or {}).get("n") or 0 for e in (last, best))
+    return (f" (the best snapshots keep {n_best - n_last} repeat{'s' * (n_best - n_last != 1)} left out of the last: "
+            f"a network that diverged during a task has its best finite snapshot)" if n_best > n_last else "")
+
+
 def _cl_metric(summary: dict, key: str) -> str:
     """A CL metric's 'mean +- std', and over how many of its terms when --eval-tasks evaluated
     fewer than all (none: not measured, e.g. FWT, which needs each task evaluated before it trains)."""
@@ -89,13 +97,15 @@ def format_summary(summary: dict) -> str:
     expert = summary.get("expert")
     if expert:
         left_out = expert.get("n_nonfinite", 0)  # counted in n_cells, never in n_collapsed
-        lines.append(f"expert accuracy: last snapshot {_pm(expert['final'])}, best snapshot {_pm(expert['best'])}; "
+        lines.append(f"expert accuracy: last snapshot {_pm(expert['final'])}, best snapshot {_pm(expert['best'])}"
+                     f"{_best_keeps(expert['final'], expert['best'])}; "
                      f"{expert['n_collapsed']} of {expert['n_cells'] - left_out} {'finite ' * bool(left_out)}(repeat, "
                      f"task) cells ended more than {COLLAPSE_DROP} below their best"
                      + (f" ({left_out} not finite, left out)" if left_out else ""))
         auc = summary.get("variant") == "auc"  # the learner's area under its curve: biased upward (docs/metrics.md)
         lines.append(f"plasticity gap: {'auc of the learner vs last snapshot of the expert' if auc else 'last snapshots'} "
-                     f"{_pm(summary['mean_plasticity_gap'])}, best snapshots {_pm(summary['mean_plasticity_gap_best'])}")
+                     f"{_pm(summary['mean_plasticity_gap'])}, best snapshots {_pm(summary['mean_plasticity_gap_best'])}"
+                     + _best_keeps(summary["mean_plasticity_gap"], summary["mean_plasticity_gap_best"]))
     glue = summary.get("glue")
     if glue:
         cap, err, solver = (glue["per_task"]["capacity"]["last_task"], glue["per_task"]["capacity_mc_error"]["last_task"],
