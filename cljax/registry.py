@@ -214,7 +214,14 @@ def is_builtin(build: Callable) -> bool:
     return build.__module__ == "cljax" or build.__module__.startswith("cljax.")
 
 
-_loaded_plugins: dict[str, None] = {}  # the files loaded, in order
+_loaded_plugins: dict[str, str] = {}  # the files loaded, in order -> the sha256 of the content imported
+
+
+def loaded_plugin_sha256(path) -> str | None:
+    """The sha256 of a loaded plugin file's content as this process imported it (None: not a
+    loaded plugin file): what its run records, though the file be edited since (the code that
+    runs is the imported one; a new process imports the file as it is then)."""
+    return _loaded_plugins.get(str(Path(path).resolve()))
 
 
 def loaded_plugins() -> list[str]:
@@ -241,7 +248,12 @@ def load_plugins(paths: list[str] | None = None) -> None:
         if path.suffix != ".py":  # Python imports a source file by its suffix (no loader for another)
             raise CljaxError(f"plugin file {p} is not a Python source file (.py): give the .py file to --plugin or "
                              f"${PLUGINS_ENV}.")
-        _loaded_plugins[str(path)] = None
+        from cljax.safe_files import file_sha256
+
+        try:  # read before the import: the content that runs
+            _loaded_plugins[str(path)] = file_sha256(path)
+        except OSError as exc:
+            raise CljaxError(f"plugin file {p} cannot be read ({exc.strerror}): fix its permissions.") from None
         name = f"cljax_plugin_{path.stem}_{len(_loaded_plugins)}"
         spec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(spec)

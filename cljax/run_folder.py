@@ -40,7 +40,7 @@ from cljax.rewrites import ANALYSIS, check_clearable, is_temporary
 from cljax.run_lock import RUN_LOCK
 from cljax.safe_files import npy_header, remove_tree, safe_load_pickle
 from cljax.setting_match import DATA_DIFFERS, resume_differences
-from cljax.sources import plugins_not_loaded
+from cljax.sources import check_sources, plugins_not_loaded
 
 
 # ---- what is there -------------------------------------------------------------------------
@@ -142,6 +142,9 @@ def inspect_run(algo_dir: Path, config: Config, data_id: str | None, overwrite: 
         changed = changed_since(record, algo_dir, memo) if n_dirs < (record["config"].get("num_tasks") or 0) else None
         if changed:  # passing the recorded values would only bring this refusal
             raise older_cljax(algo_dir, changed, _deletes(n_dirs))
+        # a plugin file changed since (a default edited): that is the cause, and passing the recorded values
+        # would only bring its refusal next (warnings for cljax's own files are the resume's to print)
+        check_sources(record.get("sources"), config, algo_dir)
         if list(differ) == [DATA_DIFFERS]:  # no value to pass
             raise CljaxError(f"{algo_dir} holds a run made on other data (the dataset's contents differ from those it "
                              f"recorded): pass the --data-dir it was made with, choose another --results-dir, or pass "

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import cljax
 from cljax.errors import CljaxError
-from cljax.registry import DATASETS, MODELS, OPTIONS, RULES, is_builtin, source_file
+from cljax.registry import DATASETS, MODELS, OPTIONS, RULES, is_builtin, loaded_plugin_sha256, source_file
 from cljax.safe_files import file_sha256
 
 _PACKAGE_ROOT = Path(cljax.__file__).resolve().parent.parent
@@ -81,7 +81,20 @@ def check_sources(recorded: dict | None, config, algo_dir: Path) -> list[str]:
 
 
 def entry_file_sha256(path: Path) -> str:
-    """The sha256 of the file an entry (or an analysis) comes from; one line when it cannot be read."""
+    """The sha256 of the file an entry (or an analysis) comes from; one line when it cannot be
+    read, or when a plugin file was edited after this process imported it (in a notebook: the
+    code that runs is still the imported one, and the record would name the edited file)."""
+    imported = loaded_plugin_sha256(path)
+    if imported is not None:
+        try:
+            now = file_sha256(path)
+        except OSError:  # gone or unreadable since: the code imported is what runs
+            return imported
+        if now != imported:
+            raise CljaxError(f"plugin file {path} changed since this process imported it: what would run is the code "
+                             f"imported, and the run would record the file; restore the file, or run in a new process "
+                             f"(restart the notebook's kernel) to use the edited one.")
+        return imported
     try:
         return file_sha256(path)
     except OSError as exc:

@@ -66,13 +66,47 @@ def test_a_resume_refuses_a_run_whose_plugin_file_changed_and_takes_it_back_rest
 
     original = plugin.read_text()
     plugin.write_text(original.replace("1.0 * x", "10.0 * x"))
-    with pytest.raises(CljaxError, match=r"remaining tasks would run other code: the file of its rule ScaledPlug, "
-                                         rf"{plugin.resolve()}, changed since the run started\. Restore the file"):
+    # In this process the code imported would run, and a new run would record the edited file: refused
+    # as such (it said the file changed since the run started, though the old code would run).
+    with pytest.raises(CljaxError, match=rf"^plugin file {plugin.resolve()} changed since this process imported it: "
+                                         r"what would run is the code imported"):
         run_experiment(config, progress=False)
+    with pytest.raises(CljaxError, match="changed since this process imported it"):  # a new run too
+        run_experiment(small_config(tmp_path / "other", algorithm="ScaledPlug", **TINY), progress=False)
     assert not (algo_dir / "task_001").exists()  # refused before anything was written
+    # a new process imports the edited file: its resume is refused as other code
+    code = (f"import sys; from cljax.cli import main; sys.exit(main(['run', '--plugin', {str(plugin)!r}, "
+            f"'--algorithm', 'ScaledPlug', *sys.argv[1:]]))")
+    settings = {**TINY, "lr": config.lr, "results_dir": config.results_dir}  # (small_config's others: TINY's)
+    flags = [text for k, v in settings.items() for text in (f"--{k.replace('_', '-')}", str(v))]
+    proc = subprocess.run([sys.executable, "-c", code, *flags, "--no-progress"], capture_output=True, text=True,
+                          timeout=300, cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 2 and (f"the file of its rule ScaledPlug, {plugin.resolve()}, changed since the run "
+                                     f"started. Restore the file") in proc.stderr, proc.stderr[-2000:]
     plugin.write_text(original)
     run = run_experiment(config, progress=False)
     assert run.first_task == 1 and (algo_dir / "task_002" / "metadata.json").is_file()
+
+
+def test_a_resume_whose_plugin_default_was_edited_is_refused_for_the_file_not_the_setting(tmp_path):
+    # The rule's default lr edited in its file: the resume (a new process, as a user's) was refused
+    # first for "lr recorded 0.05, now 0.1"; passing --lr 0.05 then brought the file's refusal.
+    plugin = tmp_path / "default_rule.py"
+    plugin.write_text(RULE.format(name="DefaultPlug", scale=1.0))
+    load_plugins([str(plugin)])
+    config = small_config(tmp_path, algorithm="DefaultPlug", lr=None, **TINY)
+    with pytest.raises(Stop):
+        run_experiment(config, progress=False, on_task_end=_stop_after_first)
+    plugin.write_text(plugin.read_text().replace("default_lr=0.05", "default_lr=0.1"))
+    code = (f"import sys; from cljax.cli import main; sys.exit(main(['run', '--plugin', {str(plugin)!r}, "
+            f"'--algorithm', 'DefaultPlug', *sys.argv[1:]]))")
+    settings = {**TINY, "results_dir": config.results_dir}
+    flags = [text for k, v in settings.items() for text in (f"--{k.replace('_', '-')}", str(v))]
+    proc = subprocess.run([sys.executable, "-c", code, *flags, "--no-progress"], capture_output=True, text=True,
+                          timeout=300, cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 2 and "other settings" not in proc.stderr, proc.stderr[-2000:]
+    assert (f"the file of its rule DefaultPlug, {plugin.resolve()}, changed since the run started. Restore the "
+            f"file") in proc.stderr, proc.stderr[-2000:]
 
 
 @pytest.fixture(scope="module")
