@@ -75,17 +75,22 @@ def test_a_resume_refuses_a_run_whose_plugin_file_changed_and_takes_it_back_rest
         run_experiment(small_config(tmp_path / "other", algorithm="ScaledPlug", **TINY), progress=False)
     assert not (algo_dir / "task_001").exists()  # refused before anything was written
     # a new process imports the edited file: its resume is refused as other code
-    code = (f"import sys; from cljax.cli import main; sys.exit(main(['run', '--plugin', {str(plugin)!r}, "
-            f"'--algorithm', 'ScaledPlug', *sys.argv[1:]]))")
-    settings = {**TINY, "lr": config.lr, "results_dir": config.results_dir}  # (small_config's others: TINY's)
-    flags = [text for k, v in settings.items() for text in (f"--{k.replace('_', '-')}", str(v))]
-    proc = subprocess.run([sys.executable, "-c", code, *flags, "--no-progress"], capture_output=True, text=True,
-                          timeout=300, cwd=Path(__file__).resolve().parents[1])
+    proc = _run_in_a_new_process(plugin, "ScaledPlug", {**TINY, "lr": config.lr, "results_dir": config.results_dir})
     assert proc.returncode == 2 and (f"the file of its rule ScaledPlug, {plugin.resolve()}, changed since the run "
                                      f"started. Restore the file") in proc.stderr, proc.stderr[-2000:]
     plugin.write_text(original)
     run = run_experiment(config, progress=False)
     assert run.first_task == 1 and (algo_dir / "task_002" / "metadata.json").is_file()
+
+
+def _run_in_a_new_process(plugin, algorithm: str, settings: dict) -> subprocess.CompletedProcess:
+    """`cljax run --plugin PLUGIN --algorithm ALGORITHM` with ``settings`` as flags (small_config's
+    others are TINY's), in a process of its own: it imports the plugin file as it is now."""
+    code = (f"import sys; from cljax.cli import main; sys.exit(main(['run', '--plugin', {str(plugin)!r}, "
+            f"'--algorithm', {algorithm!r}, *sys.argv[1:]]))")
+    flags = [text for k, v in settings.items() for text in (f"--{k.replace('_', '-')}", str(v))]
+    return subprocess.run([sys.executable, "-c", code, *flags, "--no-progress"], capture_output=True, text=True,
+                          timeout=300, cwd=Path(__file__).resolve().parents[1])
 
 
 def test_a_resume_whose_plugin_default_was_edited_is_refused_for_the_file_not_the_setting(tmp_path):
@@ -98,12 +103,7 @@ def test_a_resume_whose_plugin_default_was_edited_is_refused_for_the_file_not_th
     with pytest.raises(Stop):
         run_experiment(config, progress=False, on_task_end=_stop_after_first)
     plugin.write_text(plugin.read_text().replace("default_lr=0.05", "default_lr=0.1"))
-    code = (f"import sys; from cljax.cli import main; sys.exit(main(['run', '--plugin', {str(plugin)!r}, "
-            f"'--algorithm', 'DefaultPlug', *sys.argv[1:]]))")
-    settings = {**TINY, "results_dir": config.results_dir}
-    flags = [text for k, v in settings.items() for text in (f"--{k.replace('_', '-')}", str(v))]
-    proc = subprocess.run([sys.executable, "-c", code, *flags, "--no-progress"], capture_output=True, text=True,
-                          timeout=300, cwd=Path(__file__).resolve().parents[1])
+    proc = _run_in_a_new_process(plugin, "DefaultPlug", {**TINY, "results_dir": config.results_dir})
     assert proc.returncode == 2 and "other settings" not in proc.stderr, proc.stderr[-2000:]
     assert (f"the file of its rule DefaultPlug, {plugin.resolve()}, changed since the run started. Restore the "
             f"file") in proc.stderr, proc.stderr[-2000:]
