@@ -160,6 +160,34 @@ def test_a_registered_analysis_runs_once_per_folder(tmp_path):
     assert analyze_run(algo, make_plots=False, analyses=("cl",))["plugin_analyses"] == {}
 
 
+def test_an_analysis_plugin_edited_while_it_runs_is_recorded_as_the_code_that_ran(tmp_path):
+    # The summary recorded the file's sha256 at the end, so an edit during a long analysis named
+    # code that never ran; hashing the file then against the import would refuse the whole analysis.
+    import hashlib
+
+    from cljax.registry import load_plugins
+
+    plugin = tmp_path / "edits_itself.py"
+    plugin.write_text(
+        "from pathlib import Path\n"
+        "from cljax.analysis.registry import Analysis, Result, register\n"
+        "def update(state, folder):\n"
+        "    with open(__file__, 'a') as f:\n"
+        "        f.write('# edited while the analysis ran\\n')\n"
+        "    return state + 1\n"
+        "register(Analysis('edits_itself', lambda ctx: 0, update, lambda n: Result(summary={'edits_itself': n})))\n")
+    imported = hashlib.sha256(plugin.read_bytes()).hexdigest()
+    algo = tmp_path / "run"
+    write_fake_run(algo)
+    load_plugins([str(plugin)])
+    try:
+        summary = analyze_run(algo, make_plots=False, analyses=("cl", "edits_itself"))
+    finally:
+        unregister("edits_itself")
+    assert summary["edits_itself"] == 3 and plugin.read_text().count("\n# edited") == 3
+    assert summary["plugin_analyses"] == {"edits_itself": {"file": str(plugin.resolve()), "sha256": imported}}
+
+
 def test_a_file_two_analyses_write_is_refused_and_a_new_analysis_leaves_no_file_of_the_last(tmp_path):
     """A plugin's cl.npz beside the built-in one: one line, nothing written (one of the two was
     dropped without a word). An analysis without GLUE after one with it: the earlier glue.npz,

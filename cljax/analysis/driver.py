@@ -158,6 +158,7 @@ def _analyze_run(
         raise CljaxError(f"glue_tasks must be 'current' or 'all', got {glue_tasks!r}")
     selected = [get(name) for name in (analyses if analyses is not None else registered())
                 if glue or name != "glue"]
+    plugins = plugin_analyses(selected)  # before the work: a plugin file edited meanwhile is the code imported
     algo_dir = Path(algo_dir)
     dirs = results.first_task_dirs(algo_dir)
     if not dirs:
@@ -209,7 +210,7 @@ def _analyze_run(
         "n_snapshots": L,
         "variant": variant,
         "std": RULE,
-        "plugin_analyses": plugin_analyses(selected),
+        "plugin_analyses": plugins,
     }
     owner = dict.fromkeys(summary, "cljax analyze itself")  # summary key -> who wrote it
     for a, result in zip(selected, outputs):
