@@ -193,11 +193,9 @@ def far_above_median(values) -> dict | None:
     ones ``plots.SYMLOG_SPAN`` times (the rule that puts glue.png's panel on a symlog axis): manifolds
     near collapse, where ``D - N_R -> 0`` sends R without bound and a mean over repeats is theirs.
     None when there is none."""
-    v = np.asarray(values, dtype=np.float64)
-    size = v[np.isfinite(v) & (v > 0)]
+    size, median = plots.span_cells(values)  # (a radius is >= 0: its non-zero cells are its positive ones)
     if size.size == 0:
         return None
-    median = float(np.median(size))
     far = int((size > plots.SYMLOG_SPAN * median).sum())
     if not far:
         return None

@@ -216,10 +216,10 @@ def plot_metrics_over_tasks(
             ax.text(0.5, 0.5, why, transform=ax.transAxes, ha="center", va="center", fontsize=8)
         held = np.isfinite(v).any(axis=0)  # a repeat not finite where another is: left out of the mean there
         k = int((~np.isfinite(v) & held).any(axis=-1).sum())
-        size = np.abs(v[np.isfinite(v) & (v != 0)])
-        wide = size.size > 0 and size.max() > SYMLOG_SPAN * np.median(size)  # (weights that blew up but stayed finite)
+        size, median = span_cells(v)
+        wide = size.size > 0 and size.max() > SYMLOG_SPAN * median  # (weights that blew up but stayed finite)
         if wide:  # on a linear axis every other value lay on 0
-            ax.set_yscale("symlog", linthresh=float(np.median(size)))
+            ax.set_yscale("symlog", linthresh=median)
         ax.set_title(name + (f"\n({k} of {v.shape[0]} repeats left out where not finite)" if k else "")
                      + ("\n(symlog: values span over 4 orders)" if wide else ""), fontsize=9)
         ax.set_xlabel(xlabel)
@@ -232,6 +232,14 @@ def plot_metrics_over_tasks(
 
 
 SYMLOG_SPAN = 1e4  # a panel whose largest value passes its median this many times is drawn on a symlog axis
+
+
+def span_cells(values) -> tuple[np.ndarray, float]:
+    """The finite non-zero ``|values|`` and their median (NaN: none), the measure of
+    :data:`SYMLOG_SPAN`: a panel's axis here, GLUE's radius note in its summary."""
+    v = np.asarray(values, dtype=np.float64)
+    size = np.abs(v[np.isfinite(v) & (v != 0)])
+    return size, float(np.median(size)) if size.size else float("nan")
 
 # What a metric can be: a band of one std stops there (a norm's mean - std can fall below 0).
 _FRACTION, _NON_NEGATIVE = (0.0, 1.0), (0.0, np.inf)
