@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from cljax.errors import CljaxError
+from cljax.safe_files import file_sha256
 
 PLUGINS_ENV = "CLJAX_PLUGINS"
 _generation = [0]  # registrations so far, of every registry (cljax.program keys the programs it keeps on it)
@@ -248,8 +249,6 @@ def load_plugins(paths: list[str] | None = None) -> None:
         if path.suffix != ".py":  # Python imports a source file by its suffix (no loader for another)
             raise CljaxError(f"plugin file {p} is not a Python source file (.py): give the .py file to --plugin or "
                              f"${PLUGINS_ENV}.")
-        from cljax.safe_files import file_sha256
-
         try:  # read before the import: the content that runs
             _loaded_plugins[str(path)] = file_sha256(path)
         except OSError as exc:
