@@ -169,9 +169,13 @@ def _cmd_analyze(argv: list[str]) -> int:
     from cljax.analysis.glue import N_PROBES
     from cljax.analysis.probe import RIDGE
 
+    load_plugins_from_argv(argv)  # before the parser: --help lists the analyses a plugin registers
+    from cljax.analysis.registry import registered
+
     parser = _Parser(prog="cljax analyze", description="Analyse a finished (or partial) run: continual-learning "
                      "metrics, the head vs a linear probe of the representation, the expert's final and best "
-                     "snapshot, plasticity metrics, manifold geometry (GLUE); writes ALGO_DIR/analysis/.")
+                     "snapshot, plasticity metrics, manifold geometry (GLUE); writes ALGO_DIR/analysis/.",
+                     epilog=f"analyses, in the order they run: {', '.join(registered())}")
     parser.add_argument("algo_dir", help="results/{dataset}/{algorithm}")
     parser.add_argument("--out", default=None, help="output folder (default: ALGO_DIR/analysis)")
     parser.add_argument("--variant", choices=("final", "auc"), default="final",
@@ -193,7 +197,6 @@ def _cmd_analyze(argv: list[str]) -> int:
     parser.add_argument("--plugin", action="append", default=[], metavar="FILE",
                         help="a Python file that registers analyses (or rules, models...; repeatable; also $CLJAX_PLUGINS)")
     args = parser.parse_args(argv)
-    load_plugins_from_argv(argv)  # its analyses register on import, before the run is read
     if args.glue_probes < 2 and not args.no_glue:  # unused under --no-glue
         raise CljaxError(f"--glue-probes must be at least 2 (its Monte-Carlo error needs two), got {args.glue_probes}.")
     if not math.isfinite(args.tau) or args.tau < 0:

@@ -141,6 +141,19 @@ def test_help_lists_the_registered_rules_and_models_plugins_included(tmp_path):
     assert "each registered rule's: Bio 0.05, RL 0.1, SL 0.05, ToySign 0.01 (>=0)" in text
 
 
+def test_analyze_help_lists_the_registered_analyses_a_plugins_included(tmp_path):
+    # The plugin was loaded after the flags were parsed, so `--help` (which exits there) never
+    # saw it, and the help named no analysis at all.
+    plugin = tmp_path / "count_analysis.py"
+    plugin.write_text("from cljax.analysis.registry import Analysis, Result, register\n"
+                      "register(Analysis('count_tasks', lambda c: 0, lambda n, f: n + 1, lambda n: Result()))\n")
+    proc = subprocess.run([sys.executable, "-m", "cljax.cli", "analyze", "--plugin", str(plugin), "--help"],
+                          capture_output=True, text=True, cwd=Path(__file__).parent.parent)
+    assert proc.returncode == 0, proc.stderr
+    text = " ".join(proc.stdout.split())
+    assert "analyses, in the order they run: cl, plasticity, curves, run, glue, probe, count_tasks" in text
+
+
 def test_a_name_is_registered_once_and_a_module_imported_again_replaces_its_own():
     registry = Registry("rule", "cljax.rules")
 
