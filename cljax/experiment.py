@@ -176,7 +176,7 @@ def run_experiment(
         run_id = found.record.get("run_id") if found.record is not None else new_run_id()
         if found.record is not None:  # the first task trained now: a repair's replay starts before the checkpoint
             first_trained = found.replay[0] if found.replay else found.next_task
-            warn_if_other_split(recorded_split(found.record), split, first_trained)
+            warn_if_other_split(recorded_split(found.record), split, first_trained, config.model)
             warn_if_other_eval_chunk(found.record["config"], config, first_trained)
         with critical, disk_errors(algo_dir, found.next_task):
             if is_writer():  # multi-host: every process computes, process 0 writes
@@ -250,7 +250,7 @@ def _train(config, data, task_data, schedule, program, start, chunk_tasks, found
             with critical:
                 keep_checkpoint(algo_dir, first_task)
     order = replay + list(range(first_task, config.num_tasks))
-    on_recorded_split = found.record is not None and same_split(recorded_split(found.record), split)
+    on_recorded_split = found.record is not None and same_split(recorded_split(found.record), split, config.model)
     result = RunResult(algo_dir=algo_dir, task_class_pairs=schedule, first_task=first_task, run_id=run_id)
 
     spec = eval_tasks_of(config)

@@ -16,6 +16,7 @@ from cljax.budget_refusal import does_not_fit
 from cljax.config import Config
 from cljax.eval_tasks import eval_tasks_of
 from cljax.program import build_task_program
+from cljax.registry import reads_conv_impl
 
 
 def make_plan(config: Config, device_bytes: int | None = None) -> dict:
@@ -83,6 +84,7 @@ def make_plan(config: Config, device_bytes: int | None = None) -> dict:
         "dataset": config.dataset,
         "algorithm": config.algorithm_name,
         "lowering": b.program.lowering.record(),
+        "convolves": reads_conv_impl(config.model),  # the lowering's conv is recorded for every model
         "num_tasks": T, "n_repeats": R, "n_logs": L, "n_params": pb.n_params, "hidden": pb.hidden,
         "steps_per_task": config.steps_per_task,
         "devices": {"count": n_dev, "processes": jax.process_count(), "platform": jax.default_backend(),
@@ -134,8 +136,10 @@ def format_plan(plan: dict) -> str:
         f"devices: {d['count']} x {d['platform']} ({d['processes']} process(es)), {d['repeats_per_device']} repeat(s) each; "
         f"budget {fmt_bytes(plan['device_budget_bytes'])} per device ({plan['device_budget_source']}), "
         f"planning for {fmt_bytes(plan['device_budget_usable_bytes'])}",
-        "program: repeats {repeats}, learner and expert {learner_expert}, {conv} convolutions, matmul precision "
-        "{matmul_precision}, {compute_dtype} compute, {scan_unroll} step(s) per loop iteration".format(**plan["lowering"]),
+        "program: repeats {repeats}, learner and expert {learner_expert}, {conv}, matmul precision "
+        "{matmul_precision}, {compute_dtype} compute, {scan_unroll} step(s) per loop iteration".format(**{
+            **plan["lowering"], "conv": f"{plan['lowering']['conv']} convolutions" if plan.get("convolves", True)
+            else "no convolution"}),
         "",
         "device memory of a task, per device (arrays at the task's high-water mark):",
     ]

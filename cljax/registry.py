@@ -363,6 +363,12 @@ def default_lr(rule: str) -> float:
     return RULES[rule].extra.get("default_lr", 0.05)
 
 
+def reads_conv_impl(model: str) -> bool:
+    """Whether the model convolves: one registered with ``ignores=("conv_impl",)`` (the MLP) records
+    the backend's lowering all the same, which its program never uses."""
+    return model not in MODELS or "conv_impl" not in MODELS[model].extra.get("ignores", ())
+
+
 def ignored_settings(flat: dict) -> dict[str, str]:
     """Setting -> the entry that never reads it ("model mlp"): the ``ignores=`` of the rule, model
     and dataset the flat settings choose (those loaded here)."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 import sys
 
 from cljax.devices.cpu_split import forced_cpu_devices
+from cljax.registry import reads_conv_impl
 
 # Lowering entries added after runs were recorded without them, at the value those runs ran with.
 LOWERING_ABSENT = {"matmul_precision": "default", "compute_dtype": "float32", "scan_unroll": 1}
@@ -40,19 +41,25 @@ def conv_as_ran(record: dict | None) -> str | None:
     return ((recorded_split(record) or {}).get("lowering") or {}).get("conv")
 
 
-def same_split(recorded: dict | None, split: dict) -> bool:
+def same_split(recorded: dict | None, split: dict, model: str | None = None) -> bool:
     """Whether the run started on ``split`` (True when nothing is recorded). A lowering entry the
-    record lacks takes the value runs recorded before it ran with (``LOWERING_ABSENT``)."""
+    record lacks takes the value runs recorded before it ran with (``LOWERING_ABSENT``); the
+    convolution lowering of a ``model`` without convolutions is not compared (it never ran)."""
     if recorded is None:
         return True
     lowering = {**LOWERING_ABSENT, **(recorded.get("lowering") or {})}
+    if model is not None and not reads_conv_impl(model):
+        lowering["conv"] = (split.get("lowering") or {}).get("conv")
     return {**recorded, "lowering": lowering} == split
 
 
-def warn_if_other_split(recorded: dict | None, split: dict, next_task: int) -> None:
-    """A resume on another backend, device count or lowering than the run started on: one line."""
-    if same_split(recorded, split):
+def warn_if_other_split(recorded: dict | None, split: dict, next_task: int, model: str | None = None) -> None:
+    """A resume on another backend, device count or lowering than the run started on: one line.
+    The convolution lowering of a ``model`` without convolutions (recorded all the same: the
+    backend's) is neither named nor suggested as the fix."""
+    if same_split(recorded, split, model):
         return
+    convolves = model is None or reads_conv_impl(model)
     hint = ""
     processes = recorded.get("processes") or 1
     if recorded.get("backend") == split["backend"] == "cpu" and processes > 1 and isinstance(recorded.get("devices"), int) \
@@ -66,9 +73,10 @@ def warn_if_other_split(recorded: dict | None, split: dict, next_task: int) -> N
                 else f"; to keep it, rerun as one process with CLJAX_CPU_DEVICES={recorded.get('devices')}"
                 if split.get("processes", 1) > 1 else f"; to keep it, rerun with CLJAX_CPU_DEVICES={recorded.get('devices')}")
     conv = (recorded.get("lowering") or {}).get("conv")
-    if not hint and conv and conv != (split.get("lowering") or {}).get("conv"):
+    if not hint and convolves and conv and conv != (split.get("lowering") or {}).get("conv"):
         hint = f"; to keep it, rerun with --conv-impl {conv}"
-    print(f"warning: this run started on {describe_split(recorded)} and continues on {describe_split(split)}: from "
+    print(f"warning: this run started on {describe_split(recorded, convolves)} and continues on "
+          f"{describe_split(split, convolves)}: from "
           f"task {next_task} on its numbers can differ from an uninterrupted run's in the last bits (recorded in each "
           f"task's metadata.json){hint}.", file=sys.stderr)
 
@@ -85,10 +93,11 @@ def warn_if_other_eval_chunk(recorded_settings: dict, config, next_task: int) ->
           f"them, rerun with --eval-batch-size {before}.", file=sys.stderr)
 
 
-def describe_split(split: dict) -> str:
+def describe_split(split: dict, convolves: bool = True) -> str:
     lowering = split.get("lowering") or {}
+    conv = f"{lowering.get('conv', '?')} convolutions, " if convolves else ""
     return (f"{split.get('devices')} {split.get('backend')} device(s) x {split.get('processes')} process(es), "
-            f"{lowering.get('conv', '?')} convolutions, repeats {lowering.get('repeats', '?')}, learner and expert "
+            f"{conv}repeats {lowering.get('repeats', '?')}, learner and expert "
             f"{lowering.get('learner_expert', '?')}")
 
 

@@ -120,6 +120,33 @@ def test_a_moved_run_resumes_byte_identical_and_another_split_is_warned_and_reco
             assert (run_dir / t / name).read_bytes() == (finished / t / name).read_bytes(), (t, name)
 
 
+def test_the_mlps_convolution_lowering_is_neither_compared_nor_named(made, tmp_path, capsys):
+    """The MLP never convolves, yet records the backend's convolution lowering: a resume under
+    another --conv-impl (a setting it ignores) was warned about as another split, with the hint to
+    rerun with the recorded --conv-impl, and `cljax plan` named im2col convolutions for it."""
+    from cljax.config import Config
+    from cljax.experiment import run_experiment
+    from cljax.plan import format_plan, make_plan
+
+    run_dir = copy(made, "partial", tmp_path / "r")
+    assert json.loads((run_dir / "run.json").read_text())["split"]["lowering"]["conv"] == "im2col"
+    resumed = run_experiment(small_config(tmp_path, results_dir=str(tmp_path / "r"), conv_impl="lax", **TINY),
+                             progress=False)
+    assert resumed.first_task == 1 and "warning" not in capsys.readouterr().err
+    assert "split_at_run_start" not in results.load_metadata(run_dir / "task_001")
+    # another split still is warned about, without the convolutions it does not have
+    run_dir = copy(made, "partial", tmp_path / "v")
+    run_experiment(small_config(tmp_path, results_dir=str(tmp_path / "v"), repeat_axis="vmap", **TINY), progress=False)
+    warned = [line for line in capsys.readouterr().err.splitlines() if "this run started on" in line]
+    assert len(warned) == 1 and "repeats loop" in warned[0] and "repeats vmap" in warned[0], warned
+    assert "convolution" not in warned[0] and "--conv-impl" not in warned[0]
+    line = [x for x in format_plan(make_plan(Config.from_flat(**TINY).validate())).splitlines() if "program:" in x]
+    assert "learner and expert paired, no convolution, matmul precision" in line[0] or \
+        "learner and expert separate, no convolution, matmul precision" in line[0], line
+    cnn = format_plan(make_plan(Config.from_flat(**{**TINY, "model": "cnn"}).validate()))
+    assert "im2col convolutions" in cnn and "no convolution" not in cnn
+
+
 def test_a_resume_with_another_evaluation_chunk_is_warned_once(made, tmp_path, capsys):
     """--eval-batch-size is a speed setting, so a resume may change it; when it changes the chunks
     the test set is evaluated in (here 16 test images per call, then 4), it says so in one line."""
