@@ -397,7 +397,8 @@ def test_checkpoint_restores_every_leaf_exactly(tmp_path):
 
 def test_resume_restores_the_whole_learner_with_replay_momentum_and_the_methods(tmp_path, monkeypatch):
     """The checkpoint carries the whole learner: optimiser state (momentum), the replay buffer,
-    and the plasticity methods' state (CBP's utilities, ages and counts, ReDo's step count,
+    and the plasticity methods' state (CBP's utilities, ages, counts and, with the adaptable
+    utility, running means; ReDo's step count,
     L2-init's theta_0, with LoP's per-step shrink+perturb noise). An interrupted run resumed
     in a new process state equals an uninterrupted one byte for byte."""
     from cljax.experiment import run_experiment
@@ -407,7 +408,7 @@ def test_resume_restores_the_whole_learner_with_replay_momentum_and_the_methods(
     def config(name):
         return small_config(tmp_path / name, use_replay=True, replay_size=40, replay_batch=8, momentum=0.9,
                             epochs=2, log_frequency=5, use_cbp=True, cbp_maturity=3, cbp_rate=0.05, use_redo=True,
-                            redo_every=7, use_l2_init=True, l2_init_decay=1e-2, use_l2=True, add_plasticity=True,
+                            cbp_utility="adaptable", redo_every=7, use_l2_init=True, l2_init_decay=1e-2, use_l2=True, add_plasticity=True,
                             sp_mode="step", sp_noise="gaussian", sp_lambda=1.0, sp_sigma=1e-4)
 
     whole = run_experiment(config("whole"), progress=False)

@@ -24,6 +24,22 @@ def weighted_mean_abs(activity_BU, weights_B):
     return (w[:, None] * jnp.abs(activity_BU)).sum(0)
 
 
+def weighted_mean(activity_BU, weights_B):
+    """<h_j> over the batch, the examples weighted as in the rule contract, (U,)."""
+    w = weights_B / weights_B.sum()
+    return (w[:, None] * activity_BU).sum(0)
+
+
+def incoming_abs_means(params, layers):
+    """{layer: (U,)}: mean |incoming weight| of each unit (the layer's kernel over every axis but
+    its last; the bias left out)."""
+    means = {}
+    for layer, _ in layers:
+        kernel = params[layer]["kernel"]
+        means[layer] = jnp.abs(kernel).mean(axis=tuple(range(kernel.ndim - 1)))
+    return means
+
+
 def outgoing_abs_sums(params, layers):
     """{layer: (U,)}: sum of |outgoing weights| of each unit (over every axis of the reader's
     kernel but its input axis, the second-to-last)."""

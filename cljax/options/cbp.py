@@ -16,6 +16,18 @@ W_out the reader's kernel:
     n      = min(floor(acc_l), |E|);  acc_l <- acc_l - n
     replace the n units of E with the lowest u_j / (1 - eta^a_j) (ties: the lower index)
 
+``--cbp-utility adaptable`` ranks by the utility of the authors' continual-ImageNet code (their
+``adaptable_contribution``) instead: the activity centred on its running mean (bias-corrected
+like the utility) and divided by the mean size of the unit's incoming weights,
+
+    mu_j  <- eta mu_j + (1 - eta) <h_j>                                            running mean
+    u_j   <- eta u_j + (1 - eta) <|h_j - mu_j / (1 - eta^a_j)|> sum|W_out[..., j, :]| / mean|W_in[..., j]|
+
+(a_j already counts the step; mu_j = 0 for a fresh unit). It differs from theirs in two ways that
+do not change the method's idea: a channel's activity is its per-image mean over positions (theirs
+centres each position), and sum|W_out| is their mean times the reader's fan-out, the same factor
+for every unit of a layer, so the ranking within a layer is the same.
+
 The ranking is bias-corrected for age, as in the authors' code: u_j starts at 0, so a unit that
 has just matured carries only 1 - eta^(m+1) of its running contribution (0.64 at LoP's eta 0.99,
 m 100) and would be replaced again unless it contributed about 1.6 times the weakest old unit.
@@ -26,7 +38,7 @@ it touched is set to 0 (cljax/options/_units.py). rho = ``--cbp-rate``, m = ``--
 eta = ``--cbp-decay``; the defaults are Dohare et al.'s (3e-4, 100, 0.99).
 
 State of one repeat, kept across tasks and saved in the checkpoint: per unit layer, u (U,)
-float32, a (U,) int32 and acc () float32.
+float32, a (U,) int32 and acc () float32, and mu (U,) float32 under ``--cbp-utility adaptable``.
 
 Difference from the authors' code, on purpose: the reader's bias is not adjusted for the removed
 unit's mean contribution (the update above is the whole method here), as in their convolutional
@@ -44,7 +56,8 @@ import jax.numpy as jnp
 
 from cljax.models.units import unit_activity, unit_layers
 from cljax.options import Option, register_option, run_steps
-from cljax.options._units import outgoing_abs_sums, reset_if_any, unit_widths_of, weighted_mean_abs
+from cljax.options._units import (incoming_abs_means, outgoing_abs_sums, reset_if_any, unit_widths_of, weighted_mean,
+                                  weighted_mean_abs)
 from cljax.registry import param
 
 
@@ -55,6 +68,10 @@ class CBPParams:
     maturity: int = param(100, "continual backprop: maturity threshold m, steps a unit must age before it may be "
                           "replaced", min=0)
     decay: float = param(0.99, "continual backprop: decay eta of the running contribution utility", min=0.0, max=1.0)
+    utility: str = param("contribution", "continual backprop: what ranks the units: contribution (mean |h| x "
+                         "|outgoing weights|, the paper's) or adaptable (mean |h - its running mean| x |outgoing "
+                         "weights| / mean |incoming weights|, the authors' continual-ImageNet code's)",
+                         choices=("contribution", "adaptable"))
 
 
 def select_lowest(utility_U, eligible_U, n):
@@ -64,22 +81,37 @@ def select_lowest(utility_U, eligible_U, n):
     return eligible_U & (rank < n)
 
 
-def cbp_update(state, activity, out_sums, weights_B, rate: float, maturity: int, decay: float):
-    """One step of the utilities, ages and counts. Returns (state, {layer: replace mask})."""
+def _unbiased(value, unbiased):
+    """A running average over the steps a unit has lived, corrected for its start at 0 (as is
+    where the correction is 0: eta = 1, which never moves it)."""
+    return jnp.where(unbiased > 0, value / jnp.where(unbiased > 0, unbiased, 1.0), value)
+
+
+def cbp_update(state, activity, out_sums, weights_B, rate: float, maturity: int, decay: float, in_means=None):
+    """One step of the utilities, ages and counts. Returns (state, {layer: replace mask}). A
+    layer whose state holds a running mean ``mean`` takes the adaptable utility, which needs
+    ``in_means`` ({layer: (U,) mean |incoming weight|})."""
     new_state, masks = {}, {}
     for layer, s in state.items():
-        contribution = weighted_mean_abs(activity[layer], weights_B) * out_sums[layer]
-        utility = decay * s["utility"] + (1.0 - decay) * contribution
         age = s["age"] + 1
+        unbiased = 1.0 - decay ** age.astype(jnp.float32)  # > 0 for every unit unless eta = 1
+        h, extra = activity[layer], {}
+        if "mean" in s:  # --cbp-utility adaptable
+            mean = decay * s["mean"] + (1.0 - decay) * weighted_mean(h, weights_B)
+            contribution = (weighted_mean_abs(h - _unbiased(mean, unbiased), weights_B) * out_sums[layer]
+                            / jnp.maximum(in_means[layer], jnp.finfo(jnp.float32).tiny))  # all-zero fan-in: not 0/0
+            extra = {"mean": mean}
+        else:
+            contribution = weighted_mean_abs(h, weights_B) * out_sums[layer]
+        utility = decay * s["utility"] + (1.0 - decay) * contribution
         eligible = age > maturity
         n_eligible = eligible.sum()
         acc = s["acc"] + rate * n_eligible.astype(jnp.float32)
         n = jnp.minimum(jnp.floor(acc).astype(jnp.int32), n_eligible)
-        unbiased = 1.0 - decay ** age.astype(jnp.float32)  # > 0 for every eligible unit unless eta = 1
-        replace = select_lowest(jnp.where(unbiased > 0, utility / jnp.where(unbiased > 0, unbiased, 1.0), utility),
-                                eligible, n)
+        replace = select_lowest(_unbiased(utility, unbiased), eligible, n)
         new_state[layer] = {"utility": jnp.where(replace, 0.0, utility), "age": jnp.where(replace, 0, age),
-                            "acc": acc - n.astype(jnp.float32)}
+                            "acc": acc - n.astype(jnp.float32),
+                            **{k: jnp.where(replace, 0.0, v) for k, v in extra.items()}}
         masks[layer] = replace
     return new_state, masks
 
@@ -109,17 +141,19 @@ def _inert(params: CBPParams, config) -> str | None:
 def make_cbp(params: CBPParams, config, net) -> Option:
     """continual backprop: replace the least-contributing mature hidden units by fresh ones (tag cbp)"""
     layers = unit_layers(net, "--use-cbp")
-    rate, maturity, decay = params.rate, params.maturity, params.decay
+    rate, maturity, decay, adaptable = params.rate, params.maturity, params.decay, params.utility == "adaptable"
 
     def init(model_params, key):
-        return {layer: {"utility": jnp.zeros(model_params[layer]["kernel"].shape[-1], jnp.float32),
-                        "age": jnp.zeros(model_params[layer]["kernel"].shape[-1], jnp.int32),
-                        "acc": jnp.zeros((), jnp.float32)} for layer, _ in layers}
+        def zeros(layer, dtype=jnp.float32):
+            return jnp.zeros(model_params[layer]["kernel"].shape[-1], dtype)
+
+        return {layer: {"utility": zeros(layer), "age": zeros(layer, jnp.int32), "acc": jnp.zeros((), jnp.float32),
+                        **({"mean": zeros(layer)} if adaptable else {})} for layer, _ in layers}
 
     def step_reset(state, model_params, opt_state, model_state, key, images, weights_B):
         activity = jax.lax.stop_gradient(unit_activity(net, model_params, model_state, images))
         state, masks = cbp_update(state, activity, outgoing_abs_sums(model_params, layers), weights_B, rate, maturity,
-                                  decay)
+                                  decay, incoming_abs_means(model_params, layers) if adaptable else None)
         model_params, opt_state = reset_if_any(net, model_params, opt_state, key, layers, masks)
         return state, model_params, opt_state
 
