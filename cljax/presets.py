@@ -24,7 +24,7 @@ three rates (0.01, 0.001, 0.0001), its methods for 5000 at 0.01 (L2 at 0.03): th
 plan --preset lop-imagenet``: about 40 MiB a task, 201 GiB for the run); ``--log-frequency
 3000`` keeps one snapshot a task (37 GiB). Add a method with its flag (``--use-cbp``, ``--use-l2-init``,
 ``--add-plasticity --sp-mode step``; docs/methods.md, which lists how cljax's CBP differs from
-theirs).
+theirs: ``--cbp-utility adaptable`` ranks units by their run's utility).
 """
 
 from __future__ import annotations
