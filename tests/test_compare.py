@@ -597,6 +597,29 @@ def test_the_table_keeps_its_columns_under_their_headers_at_thousands_of_tasks()
             assert row.index(value) == header.index(column), (row, header)
 
 
+def test_the_table_says_what_the_learner_column_is_and_flags_a_pair_of_two_rules():
+    # "learner" alone read as the learner's accuracy over every task, and a Bio run paired with an
+    # SL run read as Bio losing plasticity, where a fresh Bio network learns less to begin with.
+    from cljax.analysis.compare_text import format_comparison
+
+    def stat(mean):
+        return {"mean": mean, "std": 0.01, "per_repeat": [mean, mean]}
+
+    pair = {"paired": True, "baseline": "sl", "mean": -0.018, "std": 0.007, "se": 0.004, "higher": 0, "lower": 2,
+            "equal": 0, "n": 2, "n_nonfinite": 0, "per_repeat": [-0.02, -0.016]}
+    summary = {label: {"gap_late": stat(0.01), "learner_late": stat(0.95), "expert_late": stat(0.96),
+                       "late_tasks": (2, 4), "n_tasks": 5, "num_tasks": 5, "rule": rule,
+                       **({"paired": {**pair}} if label != "sl" else {})}
+               for label, rule in (("sl", "SL"), ("bio", "Bio"), ("sl_replay", "SL"))}
+    summary["sl_replay"]["paired"]["baseline"] = "sl"
+    text = format_comparison(summary)
+    assert "learner (current task)" in text.splitlines()[0]
+    assert "(learner and expert: the test accuracy on the task just trained, at its end; gap: expert minus learner;" in text
+    lines = text.splitlines()
+    flagged = [i for i, line in enumerate(lines) if "(rules Bio and SL: a fresh expert of each rule" in line]
+    assert len(flagged) == 1 and lines[flagged[0] - 1].startswith("bio "), text  # under Bio's line, not SL+replay's
+
+
 def test_a_tie_of_late_means_in_float32_accuracies_counts_as_equal_not_lower():
     # Late tasks of two runs on 80 test images: 0.5875 + 0.65 and 0.625 + 0.6125, both 1.2375 / 2
     # exactly, but float32 rounds them apart and the float64 means differ by 2**-25.

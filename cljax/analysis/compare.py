@@ -165,6 +165,7 @@ def compare_runs(run_dirs, out_png: str | os.PathLike | None = None, labels=None
             "num_tasks": acc["num_tasks"],  # the run's T (None: not recorded); n_tasks < T: a partial run
             "in_progress": live_writer(Path(run_dir)) if len(gap_nR) < (acc["num_tasks"] or 0) else None,
             "protocol": {k: (record.get("config") or {}).get(k) for k in PROTOCOL},
+            "rule": (record.get("config") or {}).get("algorithm"),  # (the expert trains with it too)
             "gap_late": with_values(mean_over_every_task(gap_nR[late].T)),
             "learner_late": with_values(mean_over_every_task(acc["learner"][late].T)),
             "expert_late": with_values(mean_over_every_task(acc["expert"][late].T)),

@@ -32,10 +32,10 @@ def format_comparison(summary: dict) -> str:
     # the late tasks' column as wide as its widest range (T of thousands: "1000-1999")
     tasks = {label: f"{s['late_tasks'][0]:>4}-{s['late_tasks'][1]:<4}" for label, s in summary.items()}
     cell = max(9, *(len(t) for t in tasks.values()))
-    lines = [f"{'run':<{width}} {'tasks':<{cell}} {'gap (late tasks)':<17} {'learner':<17} expert"]
+    lines = [f"{'run':<{width}} {'tasks':<{cell}} {'gap (late tasks)':<17} {'learner (current task)':<23} expert"]
     for label, s in summary.items():
         g, lr, ex = s["gap_late"], s["learner_late"], s["expert_late"]
-        lines.append(f"{label:<{width}} {tasks[label]:<{cell}} {_pm(g):<17} {_pm(lr):<17} {_pm(ex)}")
+        lines.append(f"{label:<{width}} {tasks[label]:<{cell}} {_pm(g):<17} {_pm(lr):<23} {_pm(ex)}")
         left_out = [f"the {who}'s in repeat{'s' * (len(rs) > 1)} {', '.join(map(str, rs))}"
                     for who, rs in (("learner", _not_finite(lr)), ("expert", _not_finite(ex))) if rs]
         if left_out:
@@ -46,17 +46,23 @@ def format_comparison(summary: dict) -> str:
             lines.append(f"{'':<{width}} partial: the first {s['n_tasks']} of its {s['num_tasks']} tasks, " + (
                 f"a run in progress (pid {w.get('pid', '?')} on {w.get('host', '?')})" if w is not None else
                 "stopped (finish it with the same `cljax run` command)") + "; its late tasks are of those")
-    lines.append("(mean and sample std over repeats of each repeat's mean over the late tasks; a repeat not finite "
-                 "on one of them is left out)")
+    lines.append("(learner and expert: the test accuracy on the task just trained, at its end; gap: expert minus "
+                 "learner; mean and sample std over repeats of each repeat's mean over the late tasks; a repeat not "
+                 "finite on one of them is left out)")
     if len(summary) > 1:
-        lines.append("learner (late tasks) minus its baseline's (the first run given with the same seed, class "
-                     "pairs and data settings), repeat by repeat:")
+        lines.append("learner (current task, late tasks) minus its baseline's (the first run given with the same "
+                     "seed, class pairs and data settings), repeat by repeat:")
     for label, s in list(summary.items())[1:]:
         p = s.get("paired", {"paired": False, "why": "the baseline of its draw (no run before it has its seed, class "
                                                      "pairs and data settings)"})
         on = f" on tasks {p['tasks'][0]}-{p['tasks'][1]} (the later part of the tasks both have)" if "tasks" in p else ""
         lines.append(f"{label:<{width}} " + (f"not paired: {p['why']}" if not p["paired"] else
                                              f"minus {p['baseline']}{on}: {_difference(p)}"))
+        rules = (s.get("rule"), summary.get(p.get("baseline"), {}).get("rule"))
+        if p["paired"] and None not in rules and rules[0] != rules[1]:
+            lines.append(f"{'':<{width}} (rules {rules[0]} and {rules[1]}: a fresh expert of each rule learns the "
+                         f"task differently, so this mixes the rules with plasticity; the gaps compare each with "
+                         f"its own expert)")
     for label, p in ((label, s["pooled_over_draws"]) for label, s in summary.items() if "pooled_over_draws" in s):
         on = f" on tasks {p['tasks'][0]}-{p['tasks'][1]}" if "tasks" in p else ""
         lines.append(f"pooled over {len(p['runs'])} draws of {label}'s method{on}: {_difference(p)}")
