@@ -127,11 +127,25 @@ def test_curves_shift_each_folders_steps_by_the_last_step_of_those_before(analys
     np.testing.assert_allclose(curves["test_acc"], np.concatenate(acc), rtol=1e-6)
 
 
-def test_the_dormant_threshold_reaches_the_plasticity_analysis(tmp_path):
+def test_the_dormant_threshold_reaches_the_plasticity_analysis(tmp_path, monkeypatch):
+    import cljax.analysis.plots as plots
+
     algo = tmp_path / "run"
     write_fake_run(algo)
-    summary = analyze_run(algo, analyses=("plasticity",), make_plots=False, tau=0.8)
+    titles, original = {}, plots.plot_plasticity_over_tasks
+
+    def record(metrics, path, title=None, x=None, notes=None):  # the panels' notes, as the plot gets them
+        titles.update(notes)
+        return original(metrics, path, title=title, x=x, notes=notes)
+
+    monkeypatch.setattr(plots, "plot_plasticity_over_tasks", record)
+    summary = analyze_run(algo, analyses=("plasticity",), tau=0.8)
     assert summary["plasticity"]["tau"] == 0.8
+    # srank and the other ranks are capped by the saved images: said with the figures and on the plot
+    S, H = np.load(algo / "task_000" / "representations.npy").shape[-2:]
+    assert summary["plasticity"]["current_task_images"] == {"saved_per_task": S, "units": H, "rank_at_most": min(S, H)}
+    assert titles["srank"] == f"(at most {min(S, H)}: {S} images, {H} units)" and titles["dormant_ratio"] == "(tau 0.8)"
+    assert titles["weight_magnitude"] == "(RMS of all the weights)"
     pl = np.load(algo / "analysis" / "plasticity.npz")
     reps = [np.load(algo / f"task_{i:03d}" / "representations.npy")[:, :, i] for i in range(T)]  # (L, R, S, H)
     wide = np.stack([plasticine.dormant_ratio(h, tau=0.8) for h in reps])

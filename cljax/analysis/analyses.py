@@ -168,6 +168,7 @@ def _plasticity_update(state: dict, folder: TaskFolder) -> dict:
     for k, v in representation_metrics(h_cur, tau=tau).items():
         state["current"].setdefault(k, []).append(v)
     S, H = reps.shape[-2:]
+    state["images"] = (S, H)
     if folder.all_tasks:
         per_repeat = [representation_metrics(np.asarray(reps[-1, r]).reshape(T * S, H), tau=tau) for r in range(R)]
     else:  # the evaluated tasks' samples only
@@ -200,11 +201,15 @@ def _plasticity_finalize(state: dict) -> Result:
     weights = {k: np.stack(v) for k, v in state["weights"].items()}  # (n, L, R)
     last_snapshot = {k: v[:, -1] for k, v in current.items()}  # (n, R)
     last_snapshot.update({k: v[:, -1] for k, v in weights.items()})
+    S, H = state["images"]  # a rank of S images of H units is at most min(S, H): S is the run's --n-subsamples
+    notes = {**dict.fromkeys(("effective_rank", "stable_rank", "srank"), f"(at most {min(S, H)}: {S} images, {H} units)"),
+             "dormant_ratio": f"(tau {state['tau']:g})", "weight_magnitude": "(RMS of all the weights)"}
     return Result(
         summary={"plasticity": {
             "current_task_last_snapshot": {k: over_tasks(v) for k, v in last_snapshot.items()},
             "all_tasks_last_snapshot": {k: over_tasks(v) for k, v in all_tasks.items()},
             "tau": state["tau"],
+            "current_task_images": {"saved_per_task": S, "units": H, "rank_at_most": min(S, H)},
             "weight_change_reference": {"init": state["references"]["init"],
                                         "task_start": sorted(state["references"]["task_start"])},
         }},
@@ -213,7 +218,7 @@ def _plasticity_finalize(state: dict) -> Result:
         plots={"plasticity.png": lambda p: plots.plot_plasticity_over_tasks(
             {k: v.T for k, v in last_snapshot.items()}, p,
             title="Plasticity metrics at the end of each task (those of the representation: on the current "
-                  "task's saved images)")},
+                  "task's saved images)", notes=notes)},
     )
 
 

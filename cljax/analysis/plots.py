@@ -183,9 +183,11 @@ def plot_metrics_over_tasks(
     x=None,
     xlabel: str = "task",
     lines: Mapping[str, tuple[str, np.ndarray]] | None = None,
+    notes: Mapping[str, str] | None = None,
 ) -> Path:
     """One panel per metric, each an (R, T) array (or (T,)), mean +- std across repeats;
-    ``lines``: panel name -> (label, (R, T) array) drawn in it as a dashed mean, with a legend."""
+    ``lines``: panel name -> (label, (R, T) array) drawn in it as a dashed mean, with a legend;
+    ``notes``: panel name -> a line under its title (what the value depends on)."""
     names = list(metrics)
     if not names:
         raise ValueError("no metrics to plot")
@@ -220,7 +222,8 @@ def plot_metrics_over_tasks(
         wide = size.size > 0 and size.max() > SYMLOG_SPAN * median  # (weights that blew up but stayed finite)
         if wide:  # on a linear axis every other value lay on 0
             ax.set_yscale("symlog", linthresh=median)
-        ax.set_title(name + (f"\n({k} of {v.shape[0]} repeats left out where not finite)" if k else "")
+        ax.set_title(name + (f"\n{notes[name]}" if name in (notes or {}) else "")
+                     + (f"\n({k} of {v.shape[0]} repeats left out where not finite)" if k else "")
                      + ("\n(symlog: values span over 4 orders)" if wide else ""), fontsize=9)
         ax.set_xlabel(xlabel)
         _task_ticks(ax.xaxis)
@@ -264,10 +267,11 @@ GLUE_PANELS = (
 
 
 def plot_plasticity_over_tasks(metrics: Mapping[str, np.ndarray], path, x=None,
-                               title: str = "Plasticity metrics at the end of each task") -> Path:
+                               title: str = "Plasticity metrics at the end of each task",
+                               notes: Mapping[str, str] | None = None) -> Path:
     """:func:`plot_metrics_over_tasks` on the plasticity metrics present in ``metrics``."""
     chosen = {k: metrics[k] for k in PLASTICITY_PANELS if k in metrics}
-    return plot_metrics_over_tasks(chosen or dict(metrics), path, title=title, x=x)
+    return plot_metrics_over_tasks(chosen or dict(metrics), path, title=title, x=x, notes=notes)
 
 
 def plot_glue_over_tasks(metrics: Mapping[str, np.ndarray], path, x=None,
