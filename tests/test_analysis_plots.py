@@ -184,12 +184,14 @@ def test_each_plot_draws_the_numbers_it_names(tmp_path, monkeypatch):
     learner = np.array([[0.9, 0.6], [0.7, 0.8]])  # (R, T)
     expert = np.array([[0.95, 0.9], [0.85, 0.7]])
     best = np.array([[0.97, 0.9], [np.nan, 0.95]])  # repeat 1 diverged on task 0: left out
-    plot_learner_vs_expert(learner, expert, tmp_path / "le.png", expert_best_RT=best)
+    gap_best = np.array([[0.05, 0.1], [np.nan, 0.2]])
+    plot_learner_vs_expert(learner, expert, tmp_path / "le.png", expert_best_RT=best, gap_best_RT=gap_best)
     drawn = {label: v for label, _, v in bands}
     np.testing.assert_allclose(drawn["learner R[i, i]"], learner)
     np.testing.assert_allclose(drawn["expert E[i]"], expert)
     np.testing.assert_allclose(drawn["G[i] = E[i] - R[i, i]"], expert - learner)
     np.testing.assert_allclose(lines["expert, best snapshot"][1], [0.97, 0.925])
+    np.testing.assert_allclose(lines["G from both best snapshots"][1], [0.05, 0.15])  # one-step spikes left out
 
     bands.clear()
     earlier = np.array([[np.nan, 0.6, 0.7], [np.nan, 0.8, 0.5]])  # (R, n): folder 0 has no earlier task

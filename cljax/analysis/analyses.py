@@ -136,7 +136,8 @@ def _cl_finalize(state: dict) -> Result:
                 left_out=left_out_text(bands[variant].values, n_left_out=bands[variant].n_repeats_not_finite(n))),
             "learner_vs_expert.png": lambda p: plots.plot_learner_vs_expert(
                 diagonal, headline["expert_accuracy"], p,
-                expert_best_RT=robust["arrays"]["expert_acc_best"], variant=variant),
+                expert_best_RT=robust["arrays"]["expert_acc_best"], variant=variant,
+                gap_best_RT=robust["arrays"]["plasticity_gap_best"]),
         },
     )
 

@@ -128,12 +128,13 @@ def plot_accuracy_over_time(
 
 def plot_learner_vs_expert(
     learner_RT, expert_RT, path: str | os.PathLike, title: str = "Learner vs expert on each new task",
-    expert_best_RT=None, variant: str = "final",
+    expert_best_RT=None, variant: str = "final", gap_best_RT=None,
 ) -> Path:
     """Left: R[i, i] of the continual learner and E[i] of the fresh expert per task (and the
     expert's best snapshot, ``expert_best_RT``, dashed); right: the plasticity gap
-    G[i] = E[i] - R[i, i]. All (R, T), mean +- std across repeats. ``variant`` "auc": R[i, i] is
-    the learner's area under its accuracy curve, which the legend and title say."""
+    G[i] = E[i] - R[i, i] (and, dashed, ``gap_best_RT``: the gap of both best snapshots, which a
+    one-step spike of either does not move). All (R, T), mean +- std across repeats. ``variant``
+    "auc": R[i, i] is the learner's area under its accuracy curve, which the legend and title say."""
     learner = np.asarray(learner_RT, dtype=np.float64)
     expert = np.asarray(expert_RT, dtype=np.float64)
     x = np.arange(learner.shape[-1])
@@ -157,6 +158,12 @@ def plot_learner_vs_expert(
     below = dict(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.18), frameon=False)  # not over the bands
     ax0.legend(ncol=3, **below)
     _band(ax1, x, expert - learner, label="G[i] = E[i] - R[i, i]", color="tab:red", marker="o", limits=GAP)
+    if gap_best_RT is not None:
+        gap_best = np.asarray(gap_best_RT, dtype=np.float64)
+        xb, gap_best, _ = _binned(x.astype(np.float64), gap_best[None] if gap_best.ndim == 1 else gap_best)
+        mean, _ = _mean_std(gap_best)
+        ax1.plot(xb, mean, linestyle="--", color="gray", label="G from both best snapshots",
+                 marker="x" if np.isfinite(mean).sum() < 2 else None)
     ax1.axhline(0.0, color="black", linewidth=0.7)
     ax1.set_xlabel("task i")
     _task_ticks(ax1.xaxis)
