@@ -21,8 +21,8 @@ class's 600 + 100 images are drawn from the seed, per repeat, where LoP reads on
 permutation file and the same 700 images a class; and LoP ran plain backprop for 2000 tasks at
 three rates (0.01, 0.001, 0.0001), its methods for 5000 at 0.01 (L2 at 0.03): the preset is one
 5000-task run at 0.01. Disk: most of a task folder is its weights at the 10 snapshots (``cljax
-plan --preset lop-imagenet``: about 40 MiB a task, 201 GiB for the run); ``--log-frequency
-3000`` keeps one snapshot a task (37 GiB). Add a method with its flag (``--use-cbp``, ``--use-l2-init``,
+plan --preset lop-imagenet`` on 1000 classes: about 42 MiB a task, 204 GiB for the run); ``--log-frequency
+3000`` keeps one snapshot a task (39 GiB). Add a method with its flag (``--use-cbp``, ``--use-l2-init``,
 ``--add-plasticity --sp-mode step``; docs/methods.md, which lists how cljax's CBP differs from
 theirs: ``--cbp-utility adaptable`` ranks units by their run's utility).
 """
