@@ -197,6 +197,42 @@ def disk_run_files(b: Budget, dataset_meta: dict | None = None) -> dict:
     return files
 
 
+def task_disk_parts(b: Budget, schedule, class_names, files: dict, algo_dir: Path, *, run_record: bool,
+                    initial: bool, last: bool) -> dict:
+    """The free disk a run's first task (a resumed run's next) needs before it starts, by part, in
+    whole blocks of ``algo_dir``'s filesystem: its folder (and a block for the folder itself), the
+    checkpoint's new copy (written beside the old one before it replaces it), run.json and
+    initial/ when the run writes them, and, when the task is the run's last, verified.json, into
+    which the run's end folds its journal (``record_fold_disk``). ``cljax run`` checks it before
+    anything is written; ``cljax plan`` says from it whether the first task fits. ``files``: the
+    run's ``disk_run_files``."""
+    from cljax.check_record import RECORD
+    from cljax.checkpoint import CHECKPOINT, RUN_RECORD
+
+    block = block_size(algo_dir)
+    parts = {"its folder": on_disk(disk_files_per_task(b, schedule, class_names).values(), block) + block,
+             "the checkpoint's new copy": on_disk([files[CHECKPOINT]], block)}
+    if run_record:
+        parts[RUN_RECORD] = on_disk([files[RUN_RECORD] + 512, 256], block)
+    if initial:  # (its metadata.json apart)
+        parts["initial/"] = on_disk([files["initial/"] - 1024, 1024], block) + block
+    if last:
+        parts[RECORD] = record_fold_disk(algo_dir, files[RECORD])
+    return parts
+
+
+def record_fold_disk(algo_dir: Path, estimate: int) -> int:
+    """The disk the fold of verified.jsonl into verified.json takes as the run's last task ends:
+    the new record, written beside the old one and the journal before they go (the planner's
+    ``estimate``, or the two as they are now where they are larger), and a block for the last
+    task's journal line."""
+    from cljax.check_record import JOURNAL, RECORD
+
+    now = sum((algo_dir / name).stat().st_size for name in (RECORD, JOURNAL) if (algo_dir / name).is_file())
+    block = block_size(algo_dir)
+    return on_disk([max(estimate, now)], block) + block
+
+
 # ---- the free disk, checked before each write ----------------------------------------------
 @contextlib.contextmanager
 def disk_errors(algo_dir: Path, t: int):
@@ -208,6 +244,21 @@ def disk_errors(algo_dir: Path, t: int):
             raise
         raise CljaxError(f"no space left at {algo_dir} ({exc.strerror}) while writing task {t}: free space, then run "
                          f"the same command (the run resumes from its last finished task).") from None
+
+
+@contextlib.contextmanager
+def record_fold_errors(algo_dir: Path, t: int):
+    """A full disk or quota while the run's end folds verified.jsonl into verified.json: the
+    tasks are saved (the run is finished), only the record is not; one line that says so."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise CljaxError(f"no space left at {algo_dir} ({exc.strerror}) while writing verified.json, the record of "
+                         f"what the run verified: task {t} was saved and the run is finished, only that record was "
+                         f"not written (verified.jsonl holds its notes); free space, then run the same command, "
+                         f"which writes it.") from None
 
 
 def block_size(algo_dir: Path) -> int:
@@ -223,10 +274,11 @@ def on_disk(sizes, block: int) -> int:
     return sum(-(-int(s) // block) * block for s in sizes)
 
 
-def warn_if_the_run_outgrows_the_disk(algo_dir: Path, tasks_left: int, per_task: int) -> None:
-    """One warning line when the tasks the run has left need more disk than is free now: it would
-    stop (resumably) part-way, hours or days in. Only a warning: space may be freed meanwhile."""
-    free = shutil.disk_usage(existing_parent(algo_dir)).free
+def warn_if_the_run_outgrows_the_disk(algo_dir: Path, tasks_left: int, per_task: int, freed: int = 0) -> None:
+    """One warning line when the tasks the run has left need more disk than is free now (and
+    ``freed``, what --overwrite deletes first): it would stop (resumably) part-way, hours or days
+    in. Only a warning: space may be freed meanwhile."""
+    free = shutil.disk_usage(existing_parent(algo_dir)).free + freed
     need = tasks_left * per_task
     if tasks_left > 1 and need > free:
         print(f"warning: the run's {tasks_left} tasks left need about {fmt_bytes(need)} of disk and {fmt_bytes(free)} "
@@ -234,17 +286,22 @@ def warn_if_the_run_outgrows_the_disk(algo_dir: Path, tasks_left: int, per_task:
               f"(resumably) unless space is freed; `cljax plan` shows the parts.", file=sys.stderr)
 
 
-def check_disk(algo_dir: Path, need: int, what: str) -> None:
+RESUMES = "the run resumes from its last finished task"
+
+
+def check_disk(algo_dir: Path, need: int, what: str, freed: int = 0, then: str = RESUMES) -> None:
+    """Refuse, in one line, when ``need`` bytes are more than the free disk at ``algo_dir`` and
+    ``freed`` (what --overwrite deletes before it writes); ``then``: what a rerun does, in words."""
     usage = shutil.disk_usage(existing_parent(algo_dir))
     if usage.total == 0:  # no storage at all: a kernel's pseudo filesystem (/proc, /sys), not a full disk
         raise CljaxError(f"{algo_dir} is on a filesystem that stores no files ({existing_parent(algo_dir)} reports a "
                          f"size of 0 bytes, as /proc and /sys do): choose another --results-dir.")
     free = usage.free
-    if free < need:
+    if free + freed < need:
+        deleted = f" and the old run's files it would delete take {fmt_bytes(freed)} ({freed:,} bytes)" if freed else ""
         raise CljaxError(
             f"not enough disk at {algo_dir}: {what} needs {fmt_bytes(need)} ({need:,} bytes), {fmt_bytes(free)} "
-            f"({free:,} bytes) are free; free space or choose another --results-dir (the run resumes from its last "
-            f"finished task).")
+            f"({free:,} bytes) are free{deleted}; free space or choose another --results-dir ({then}).")
 
 
 def existing_parent(path: Path) -> Path:

@@ -14,10 +14,10 @@ import jax
 import jax.numpy as jnp
 
 from cljax.budget import Budget, choose_eval_chunk, evaluation_mode, host_problem
-from cljax.budget_disk import (block_size, check_disk, disk_errors, disk_files_per_task, disk_run_files, on_disk,
-                                warn_if_the_run_outgrows_the_disk)
-from cljax.check_record import CheckRecord
-from cljax.checkpoint import CHECKPOINT, RUN_RECORD, load_learner, new_run_id, save_learner, write_run_record
+from cljax.budget_disk import (RESUMES, block_size, check_disk, disk_errors, disk_run_files, record_fold_disk,
+                                record_fold_errors, task_disk_parts, warn_if_the_run_outgrows_the_disk)
+from cljax.check_record import RECORD, CheckRecord
+from cljax.checkpoint import RUN_RECORD, load_learner, new_run_id, save_learner, write_run_record
 from cljax.config import SCHEMA_VERSION, Config, algo_dir_of
 from cljax.data import load_dataset
 from cljax.data.prepared import check_unchanged, data_identity
@@ -37,7 +37,7 @@ from cljax.progress import progress_for
 from cljax.records import (divergence_warning, nonfinite_before, nonfinite_report, stored_row, summary_row,
                             task_arrays, task_metadata)
 from cljax.results import task_dir_name, write_task
-from cljax.rewrites import check_rewrites
+from cljax.rewrites import check_rewrites, cleared_bytes
 from cljax.run_folder import clear_run, inspect_run, remove_stale_temporaries, verify_task_dir
 from cljax.run_split import (recorded_pairing, recorded_split, same_split, split_of, warn_if_other_eval_chunk,
                               warn_if_other_split)
@@ -128,21 +128,19 @@ def run_experiment(
         too_large = host_problem(budget, data, chunk_tasks, host_available())  # nor the host's
         if too_large is not None:
             raise too_large
-        # The disk a task needs is known ahead (the planner's exact figures), in whole blocks: its
-        # folder plus the checkpoint's new copy, written beside the old one before it replaces it.
-        block = block_size(algo_dir)
-        task_disk = on_disk(disk_files_per_task(budget, schedule, data.class_names).values(), block) + block
-        run_files = disk_run_files(budget, data.meta)
-        ckpt_disk = on_disk([run_files[CHECKPOINT]], block)
-        record_disk = on_disk([run_files[RUN_RECORD] + 512, 256], block) if found.record is None or found.rebuilt else 0
-        initial_disk = on_disk([run_files["initial/"] - 1024, 1024], block) + block \
-            if _writes_initial(found, algo_dir, hashes=True) else 0  # as _train decides (initial/ is small)
-        extra = [name for name, need in (("run.json", record_disk), ("initial/", initial_disk)) if need]
-        check_disk(algo_dir, task_disk + ckpt_disk + record_disk + initial_disk,
-                   f"the {'first' if found.record is None else 'next'} task (its folder, the checkpoint's new copy"
-                   f"{''.join(', ' + name for name in extra)})")
+        # The disk a task needs is known ahead (the planner's exact figures, cljax plan's), in whole
+        # blocks; what --overwrite (or the replacement of a run that finished no task) deletes is free.
+        first, run_files = found.next_task if found.record is not None else 0, disk_run_files(budget, data.meta)
+        parts = task_disk_parts(budget, schedule, data.class_names, run_files, algo_dir,
+                                run_record=found.record is None or found.rebuilt, last=first + 1 == config.num_tasks,
+                                initial=_writes_initial(found, algo_dir, hashes=True))  # as _train decides
+        clears = found.record is None and (overwrite or found.replaces is not None)
+        freed, then = cleared_bytes(algo_dir) if clears else 0, f"nothing was {'deleted' if clears else 'written'}"
+        check_disk(algo_dir, sum(parts.values()), f"the {'first' if found.record is None else 'next'} task ("
+                   f"{', '.join(parts)})", freed, then if found.record is None else RESUMES)
+        disk_per_task = parts["its folder"] + parts["the checkpoint's new copy"]
         if is_writer():
-            warn_if_the_run_outgrows_the_disk(algo_dir, config.num_tasks - found.next_task, task_disk)
+            warn_if_the_run_outgrows_the_disk(algo_dir, config.num_tasks - first, disk_per_task, freed)
 
     if not config.eval_chunk_tasks:  # multi-process: each chose from its own free memory
         chunk_tasks = smallest_over_processes(chunk_tasks)
@@ -193,9 +191,9 @@ def run_experiment(
                 if found.record is not None:  # what this resume verified: the next one does not read it again
                     memo.save(run_id)
         return _train(config, data, task_data, schedule, program, start, chunk_tasks, found, algo_dir, run_id, split,
-                      task_disk + ckpt_disk, data_id=data_id, sources=sources, progress=progress, allow_nonfinite=allow_nonfinite,
-                      critical=critical, on_task_end=on_task_end, measure=on_task_end is not None and measure,
-                      memo=memo)
+                      (disk_per_task, run_files[RECORD]), data_id=data_id, sources=sources, progress=progress,
+                      allow_nonfinite=allow_nonfinite, critical=critical, on_task_end=on_task_end,
+                      measure=on_task_end is not None and measure, memo=memo)
 
 
 def _writes_initial(found, algo_dir: Path, hashes: bool) -> bool:
@@ -227,9 +225,9 @@ def _train(config, data, task_data, schedule, program, start, chunk_tasks, found
            disk_per_task, *, data_id, sources, progress, allow_nonfinite, critical, on_task_end, measure,
            memo) -> RunResult:
     """The task loop, from the first unfinished task; the run folder is locked and prepared.
-    ``start``: the initialised learner and its host copy (``_initial_learner``); ``memo``: the
-    check record (verified.json), which notes each folder written and is saved after the last task."""
-    learner, initial = start
+    ``start``: the initialised learner and its host copy (``_initial_learner``); ``memo``: the check
+    record (verified.json: ``disk_per_task`` holds the planner's figure of it), saved after the last task."""
+    (learner, initial), (disk_per_task, record_estimate) = start, disk_per_task
     memo.for_run(run_id)
     first_task = found.next_task if found.record is not None else 0
     if is_writer() and _writes_initial(found, algo_dir, hashes=True):
@@ -318,7 +316,9 @@ def _train(config, data, task_data, schedule, program, start, chunk_tasks, found
         there = (algo_dir / task_dir_name(t)).exists()  # the old folder stays until replaced
         again = there and not replaying  # whole (the stale ones are gone): first compared, in a scratch folder
         rewrite = disk_per_task if there else 0  # (the scratch folder is deleted before the new one is written)
-        check_disk(algo_dir, disk_per_task + rewrite, f"task {t} (its folder and the checkpoint's new copy)")
+        fold = record_fold_disk(algo_dir, record_estimate) if i + 1 == len(order) else 0  # as the run ends
+        check_disk(algo_dir, disk_per_task + rewrite + fold, f"task {t} (its folder and the checkpoint's new copy"
+                   f"{', verified.json' * bool(fold)})")
         with critical, disk_errors(algo_dir, t):  # the task folder, then the checkpoint that points past it
             if is_writer() and (not replaying or t in found.repair):
                 if again:  # the run stopped between this folder and the checkpoint after it
@@ -342,7 +342,8 @@ def _train(config, data, task_data, schedule, program, start, chunk_tasks, found
                 rewrite_kept(algo_dir, learner_host, t + 1, run_id)
                 rewritten.append(t + 1)
             if is_writer() and i + 1 == len(order):  # the journal's notes folded into the record
-                memo.save(run_id)
+                with record_fold_errors(algo_dir, t):
+                    memo.save(run_id)
         if replaying and t == replay[-1] and is_writer():
             print(replay_note(found, differing, rewritten), file=sys.stderr)
         run_seconds += seconds

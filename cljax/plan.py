@@ -11,7 +11,12 @@ import jax
 from cljax.budget import (HEADROOM, Budget, _per_device, device_budget_for, device_components,
                           evaluation_mode, fit_chunk, fmt_bytes, given_chunk_problem, host_components, host_problem,
                           host_total, scratch_bytes)
-from cljax.budget_disk import disk_files_per_task, disk_run_files, existing_parent
+from cljax.budget_disk import disk_files_per_task, disk_run_files, existing_parent, task_disk_parts
+from cljax.check_record import JOURNAL, RECORD
+from cljax.checkpoint import CHECKPOINT
+from cljax.initial_state import INITIAL
+from cljax.kept_checkpoints import keeps
+from cljax.rewrites import cleared_bytes
 from cljax.budget_refusal import does_not_fit
 from cljax.config import Config
 from cljax.eval_tasks import eval_tasks_of
@@ -32,6 +37,7 @@ def make_plan(config: Config, device_bytes: int | None = None) -> dict:
     from cljax.errors import CljaxError
     from cljax.output_guard import check_writable_target
     from cljax.results import task_dirs
+    from cljax.run_folder import verify_task_dir
     from cljax.run_split import recorded_pairing
     from cljax.data.prepared import data_identity
     from cljax.setting_match import resume_differences
@@ -80,6 +86,26 @@ def make_plan(config: Config, device_bytes: int | None = None) -> dict:
     files = disk_files_per_task(b, schedule, data.class_names)
     run_files = disk_run_files(b, data.meta)
     per_task_disk = sum(files.values())
+    algo_dir = algo_dir_of(config)
+    # what is left to write: a resumed run's finished folders are there already
+    done = sum(int(d.name[5:]) < T for d in task_dirs(algo_dir, passed=False)) if record else 0
+    # The first task's disk (a resumed run's next), checked by run before it writes: as run checks it.
+    initial = not done or verify_task_dir(algo_dir / INITIAL, -1, record.get("run_id"), hashes=False) is not None
+    parts = task_disk_parts(b, schedule, data.class_names, run_files, algo_dir, run_record=record is None,
+                            initial=initial, last=done + 1 == T) if done < T else {}
+    # a run with other settings is deleted first (--overwrite, or the replacement of one that finished no task)
+    freed = cleared_bytes(algo_dir) if other else 0
+    free = shutil.disk_usage(existing_parent(algo_dir)).free
+    disk_problem = None
+    if sum(parts.values()) > free + freed:
+        also = f" and the old run's files it deletes take {fmt_bytes(freed)}" if freed else ""
+        disk_problem = (f"the {'next' if done else 'first'} task ({', '.join(parts)}) needs "
+                        f"{fmt_bytes(sum(parts.values()))} ({sum(parts.values()):,} bytes), {fmt_bytes(free)} "
+                        f"({free:,} bytes) are free at {existing_parent(algo_dir)}{also}: `cljax run` refuses it; "
+                        f"free space or choose another --results-dir")
+    kept = sum(keeps(config.keep_checkpoints, t, T) for t in range(done, T)) if record else 0  # linked, then parted
+    # and the record of what it verified, folded as it ends, past what it holds now
+    held = sum((algo_dir / n).stat().st_size for n in (RECORD, JOURNAL) if (algo_dir / n).is_file()) if record else 0
     return {
         "dataset": config.dataset,
         "algorithm": config.algorithm_name,
@@ -92,7 +118,7 @@ def make_plan(config: Config, device_bytes: int | None = None) -> dict:
         "device_budget_bytes": budget,
         "device_budget_source": source,
         "device_budget_usable_bytes": int(HEADROOM * budget),
-        "fits": fits,
+        "fits": fits and disk_problem is None,
         "problem": None if problem is None else str(problem),
         "task_schedule": config.task_schedule,
         "evaluation": {
@@ -116,13 +142,18 @@ def make_plan(config: Config, device_bytes: int | None = None) -> dict:
         "disk_bytes_per_task": per_task_disk,
         "disk_run_files": run_files,
         "disk_bytes_total": T * per_task_disk + sum(run_files.values()),
-        # what is left to write: a resumed run's finished folders are there already
-        "disk_bytes_left": (T - (sum(int(d.name[5:]) < T for d in task_dirs(algo_dir_of(config), passed=False))
-                                 if record else 0)) * per_task_disk
-        + (0 if record else sum(run_files.values())),
+        # a resumed run's: its tasks left, the checkpoints it keeps (a kept one parts from
+        # checkpoint.npz, which it was linked to, when the next checkpoint replaces it), its record
+        "disk_bytes_left": (T - done) * per_task_disk + (
+            kept * run_files[CHECKPOINT] + max(0, run_files[RECORD] - held) * (done < T) if record
+            else sum(run_files.values())),
+        "disk_next_task": parts,  # what run checks is free before it writes (in whole blocks)
+        "disk_bytes_next_task": sum(parts.values()),
+        "disk_problem": disk_problem,
         "folder_holds_a_run_with_other": other,  # settings: `cljax run` refuses it (or replaces it, with no task)
-        "disk_free_at": str(existing_parent(algo_dir_of(config))),
-        "disk_free_bytes": shutil.disk_usage(existing_parent(algo_dir_of(config))).free,
+        "disk_free_at": str(existing_parent(algo_dir)),
+        "disk_free_bytes": free,
+        "disk_freed_by_deleting_the_old_run": freed,
     }
 
 
@@ -150,7 +181,7 @@ def format_plan(plan: dict) -> str:
         f"  {'+ XLA scratch (rough estimate)':<34} {fmt_bytes(plan['device_scratch_bytes_estimate']):>12}",
         "",
     ]
-    if not plan["fits"]:  # the device's budget, or the host's memory
+    if plan["problem"]:  # the device's budget, or the host's memory (the disk's is said below)
         what = "host memory" if "more host memory" in plan["problem"] else "evaluation"
         lines.append(f"{what}: DOES NOT FIT: {plan['problem']}")
     elif ev["mode"] == "resident" and ev["eval_tasks"] in ("all", "seen"):
@@ -188,7 +219,9 @@ def format_plan(plan: dict) -> str:
     if other:
         lines.append(f"  note: the run's folder holds a run with other settings ({', '.join(other)}), which `cljax run` "
                      f"refuses unless it finished no task (--overwrite deletes it): this plan is of a new run")
-    if plan["disk_bytes_left"] > plan["disk_free_bytes"]:
+    if plan.get("disk_problem"):  # not even the first task (a resumed run's next): run refuses it
+        lines.append(f"disk: DOES NOT FIT: {plan['disk_problem']}")
+    elif plan["disk_bytes_left"] > plan["disk_free_bytes"] + plan.get("disk_freed_by_deleting_the_old_run", 0):
         left = "" if plan["disk_bytes_left"] == plan["disk_bytes_total"] else \
             f" (the {fmt_bytes(plan['disk_bytes_left'])} its tasks left need)"
         lines.append(f"  warning: more than is free there{left}: the run would stop part-way (resumably) unless "

@@ -14,6 +14,7 @@ import json
 import os
 from pathlib import Path
 
+from cljax.check_record import JOURNAL, RECORD
 from cljax.checkpoint import CHECKPOINT, RUN_RECORD
 from cljax.errors import CljaxError
 from cljax.initial_state import INITIAL
@@ -64,6 +65,29 @@ def check_clearable(algo_dir: Path) -> None:
             raise CljaxError(f"{path} is a symbolic link, which --overwrite does not follow or delete: {MOVE_IT}.")
     for folder, names in written.items():
         check_ours(folder, names, "--overwrite")
+
+
+def cleared_bytes(algo_dir: Path) -> int:
+    """The disk that --overwrite's deletion of the run's own files (run_folder.clear_run, as
+    ``check_clearable`` defines them) frees, in allocated blocks: counted as free by the disk
+    check that comes before anything is deleted. A file linked from elsewhere too (a hard link
+    outside them) frees nothing."""
+    if not algo_dir.is_dir():
+        return 0
+    top = [algo_dir / name for name in (CHECKPOINT, RECORD, JOURNAL, RUN_RECORD)]
+    temporaries = [p for p in algo_dir.iterdir() if is_temporary(p.name)]
+    top += [p for p in temporaries if not p.is_dir()]
+    trees = [*task_dirs(algo_dir, passed=False), *(algo_dir / name for name in (KEPT, INITIAL, ANALYSIS)),
+             *(p for p in temporaries if p.is_dir())]
+    links: dict[tuple, list] = {}  # (device, inode) -> [links among them, links in all, allocated bytes]
+    for path in [*top, *(p for d in trees if d.is_dir() and not d.is_symlink() for p in d.rglob("*"))]:
+        try:
+            st = path.lstat()
+        except OSError:
+            continue
+        seen = links.setdefault((st.st_dev, st.st_ino), [0, st.st_nlink, st.st_blocks * 512])
+        seen[0] += 1
+    return sum(size for n, nlink, size in links.values() if n >= nlink)
 
 
 def _run_id_of(folder: Path) -> str | None:

@@ -151,7 +151,7 @@ def test_a_resume_s_disk_check_counts_what_it_writes_and_a_run_too_large_for_the
     import cljax.experiment as experiment
 
     checked = []
-    monkeypatch.setattr(experiment, "check_disk", lambda algo_dir, need, what: checked.append((need, what)))
+    monkeypatch.setattr(experiment, "check_disk", lambda algo_dir, need, what, *rest: checked.append((need, what)))
     monkeypatch.setattr(budget_disk.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9 - 1, 1))
     rc, _, err = run_cli(["run", *FLAGS, "--results-dir", str(tmp_path / "fresh")], capsys)
     assert rc == 0, err
@@ -162,6 +162,6 @@ def test_a_resume_s_disk_check_counts_what_it_writes_and_a_run_too_large_for_the
     checked.clear()  # the check before training, then each task's own ("task 1 (its folder and ...)")
     rc, _, err = run_cli(["run", *FLAGS, "--results-dir", str(tmp_path / "r")], capsys)
     assert rc == 0, err
-    assert checked[0][1] == "the next task (its folder, the checkpoint's new copy)"
+    assert checked[0][1] == "the next task (its folder, the checkpoint's new copy, verified.json)"  # the last
     assert "tasks left" not in err  # one task left: its own check says enough
     assert checked[0][0] < first_need  # initial/ and run.json are there already

@@ -505,8 +505,14 @@ def test_plan_says_the_free_disk_and_a_run_larger_than_it(tmp_path, monkeypatch)
     monkeypatch.setattr(plan_module.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9 - 2048, 2048))
     plan = plan_module.make_plan(config)
     assert plan["disk_free_bytes"] == 2048 and plan["disk_free_at"] == str(tmp_path)
+    text = plan_module.format_plan(plan)  # not even the first task fits: run refuses it, as plan says
+    assert "; 2.0 KiB free at " in text and "disk: DOES NOT FIT: the first task" in text and not plan["fits"]
+    assert "part-way" not in text
+    free = plan["disk_bytes_next_task"]  # the first task fits, the run does not
+    monkeypatch.setattr(plan_module.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9 - free, free))
+    plan = plan_module.make_plan(config)
     text = plan_module.format_plan(plan)
-    assert "; 2.0 KiB free at " in text and "warning: more than is free there: the run would stop part-way" in text
+    assert plan["fits"] and "warning: more than is free there: the run would stop part-way" in text
     assert plan["disk_bytes_left"] == plan["disk_bytes_total"]  # nothing written yet
     # A resumed run needs only its tasks left (it warned of the whole run's total, and then fitted).
     from cljax.experiment import run_experiment
@@ -517,9 +523,11 @@ def test_plan_says_the_free_disk_and_a_run_larger_than_it(tmp_path, monkeypatch)
 
     sh.rmtree(algo_dir / "task_001")
     left = plan_module.make_plan(config)
-    assert left["disk_bytes_left"] == left["disk_bytes_per_task"] < left["disk_bytes_total"]
+    record = left["disk_run_files"]["verified.json"]  # the task's, and the record folded as the run ends
+    assert left["disk_bytes_per_task"] <= left["disk_bytes_left"] <= left["disk_bytes_per_task"] + record
+    assert left["disk_bytes_left"] < left["disk_bytes_total"]
     sh.copytree(algo_dir / "task_000", algo_dir / "task_005")  # a folder past T: not one of this run's
-    assert plan_module.make_plan(config)["disk_bytes_left"] == left["disk_bytes_per_task"]
+    assert plan_module.make_plan(config)["disk_bytes_left"] == left["disk_bytes_left"]
     other = plan_module.make_plan(Config.from_flat({**config.to_dict(), "seed": 3}))  # the folder's run is another
     assert other["folder_holds_a_run_with_other"] == ["seed"] and other["disk_bytes_left"] == other["disk_bytes_total"]
     assert "note: the run's folder holds a run with other settings (seed)" in plan_module.format_plan(other)
