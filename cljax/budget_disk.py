@@ -162,10 +162,10 @@ def _metadata_json_bytes(b: Budget, pairs, names) -> int:
 def disk_run_files(b: Budget, dataset_meta: dict | None = None) -> dict:
     """Files beside the task folders: the run record (with the dataset's ``meta``), the learner
     checkpoint (npz), the initial network (initial/: weights.npy exact, its metadata.json estimated at 1 KiB), the
-    kept checkpoints (checkpoints/, with --keep-checkpoints) and, once the run has resumed, what
-    it verified (verified.json, estimated: cljax/check_record.py), with its journal of the folders
-    written since (verified.jsonl, as large at most: both are there while the last task's save
-    folds one into the other)."""
+    kept checkpoints (checkpoints/, with --keep-checkpoints) and what the run verified
+    (verified.json, estimated: cljax/check_record.py; written as every run ends, and when a run
+    resumes), with its journal of the folders written since (verified.jsonl, as large at most:
+    both are there while the last task's save folds one into the other)."""
     from cljax.check_record import JOURNAL, RECORD
     from cljax.checkpoint import CHECKPOINT, RUN_RECORD
     from cljax.kept_checkpoints import KEPT
