@@ -246,3 +246,27 @@ def test_analyze_out_of_device_memory_under_no_glue_does_not_suggest_no_glue():
                     "analyse on the CPU (JAX_PLATFORMS=cpu cljax analyze ...) or on a device with more memory "
                     "(nothing was written).") and not at_once
     assert "--glue-probes" in error_line(exc, "analyze", ["results/fashion/SL"])[0]
+
+
+def test_the_kept_share_is_undefined_without_a_gain_and_counts_it_apart_from_divergence(tmp_path):
+    """Fake tree: every task is separable in every folder, so the probe is 1.0 before, after and at
+    the end: no gain, and no share of it. A repeat without a gain is counted in n_no_gain, not as
+    a diverged one."""
+    from cljax.analysis.probe import kept_share
+    from cljax.analysis.summary_text import format_summary
+
+    algo = tmp_path / "run"
+    write_fake_run_with_a_head(algo)
+    summary = analyze_run(algo, glue=False, make_plots=False)
+    gain = summary["probe"]["trained_gain"]
+    assert gain["n_tasks"] == T - 2
+    assert [gain[k]["mean"] for k in ("before", "after", "end")] == [1.0, 1.0, 1.0]
+    assert (gain["kept"]["n"], gain["kept"]["n_nonfinite"], gain["kept"]["n_no_gain"]) == (0, 0, RR)
+    assert gain["kept"]["mean"] is None and gain["kept_of_means"] is None  # NaN, written as null
+    assert ("  the probe on task 1 (1 evaluated) before they were trained 1.0000 +- 0.0000, right after 1.0000 +- "
+            "0.0000, after the last 1.0000 +- 0.0000: the share kept is undefined: training raised no repeat's probe "
+            "by an image per task") in format_summary(summary).splitlines()
+    # per repeat: 0.9 -> 1.0 -> 0.95 keeps half; a gain under min_gain is none; a NaN is a divergence
+    share, no_gain = kept_share(np.array([0.9, 0.9, np.nan]), np.array([1.0, 0.91, 1.0]), np.array([0.95, 0.9, 1.0]),
+                                min_gain=1 / 16)
+    assert share[0] == pytest.approx(0.5) and np.isnan(share[1:]).all() and no_gain == 1

@@ -306,3 +306,36 @@ def test_each_task_trains_on_its_own_pairs_images(tmp_path, monkeypatch):
     assert not np.array_equal(expected[0], expected[2])  # the tasks' images differ
     for i, (got, want) in enumerate(zip(sent[2:], expected)):
         assert np.array_equal(got, want), f"task {i // 2}: {'images' if i % 2 == 0 else 'labels'}"
+
+
+def test_the_probe_before_a_task_right_after_and_at_the_end_by_hand(small_run, tmp_path):
+    """T = 3: task 1 is the one task with a before (folder 0, task 1 not yet trained), an after
+    (folder 1) and an end (folder 2). Each figure is the probe of the saved representations of
+    that slot; the kept share is (end - before) / (after - before) per repeat, then the spread."""
+    from cljax.analysis import analyze_run
+    from cljax.analysis.probe import probe_accuracy
+    from cljax.analysis.summary_text import format_summary
+
+    _, run = small_run
+    dirs = results.task_dirs(run.algo_dir)
+    b, a, e = (probe_accuracy(results.load_representations(d)[-1][:, 1], results.load_binary_labels(d)[-1][:, 1])
+               for d in dirs)  # (R,) each
+    kept = (e - b) / (a - b)
+    assert (a - b > 1 / 16).all()  # training task 1 raised its probe on this run: the share is defined
+    summary = analyze_run(run.algo_dir, tmp_path / "a", analyses=["probe"], glue=False, make_plots=False)
+    gain = summary["probe"]["trained_gain"]
+    assert gain["n_tasks"] == 1
+    for key, want in (("before", b), ("after", a), ("end", e), ("kept", kept)):
+        assert gain[key]["mean"] == pytest.approx(want.mean(), abs=1e-12), key
+        assert gain[key]["std"] == pytest.approx(want.std(ddof=1), abs=1e-12), key
+        assert gain[key]["n"] == 2 and gain[key]["n_nonfinite"] == 0
+    assert gain["kept"]["n_no_gain"] == 0
+    of_means = (e.mean() - b.mean()) / (a.mean() - b.mean())
+    assert gain["kept_of_means"] == pytest.approx(of_means, abs=1e-12)
+    assert "other_pairs_than_last" not in summary["probe"]["earlier_tasks"]  # pairs: no task's pair returns
+    line = next(x for x in format_summary(summary).splitlines() if x.startswith("  the probe on"))
+    assert line == (f"  the probe on task 1 (1 evaluated) before they were trained {b.mean():.4f} +- "
+                    f"{b.std(ddof=1):.4f}, right after {a.mean():.4f} +- {a.std(ddof=1):.4f}, after the last "
+                    f"{e.mean():.4f} +- {e.std(ddof=1):.4f}: the representation kept {100 * kept.mean():.0f} +- "
+                    f"{100 * kept.std(ddof=1):.0f}% of what training added, per repeat ({100 * of_means:.0f}% from the "
+                    f"means over repeats)")

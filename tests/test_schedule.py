@@ -559,3 +559,56 @@ def test_the_printed_probe_line_says_over_which_earlier_tasks_it_is(window_and_a
                "probe": {**summary["probe"], "earlier_tasks": {**summary["probe"]["earlier_tasks"], "n_tasks": 0}}}
     assert ("accuracy on earlier tasks after the last one: not measured (--eval-tasks current evaluates none of the "
             "4)") in format_summary(summary).splitlines()
+
+
+def test_the_probe_before_a_task_is_undefined_where_no_folder_saved_it(window_and_all, tmp_path):
+    """The probe's baseline (task j at folder j-1, j, n-1 for 1 <= j < n-1) needs task j's slot in
+    the folder before its task: window:2 never has it, and one or two folders have no such j."""
+    from cljax.analysis.summary_text import format_summary
+
+    window, full = window_and_all[:2]
+    summary = analyze_run(window.algo_dir, tmp_path / "w", analyses=["probe"], glue=False, make_plots=False)
+    gain = summary["probe"]["trained_gain"]
+    assert gain["n_tasks"] == 0
+    for key in ("before", "after", "end", "kept"):
+        assert gain[key]["n"] == 0 and gain[key]["n_nonfinite"] == 0, key
+        assert "only --eval-tasks all saves a task's representations before its task" in gain[key]["undefined"]
+    assert ("  the probe before a task was trained: undefined, no task j (1 <= j < n-1) was evaluated before its "
+            "task, right after and at the end: only --eval-tasks all saves a task's representations before its "
+            "task") in format_summary(summary).splitlines()
+    for folders in (["task_000"], ["task_000", "task_001"]):
+        part = _copy_run(full.algo_dir, tmp_path / f"n{len(folders)}", folders)
+        gain = analyze_run(part, tmp_path / f"a{len(folders)}", analyses=["probe"], glue=False,
+                           make_plots=False)["probe"]["trained_gain"]
+        assert gain["n_tasks"] == 0 and gain["before"]["undefined"].startswith("it needs 3 task folders or more")
+        assert gain["kept"]["n"] == 0
+
+
+def test_a_cycled_runs_earlier_tasks_say_which_are_the_last_tasks_pair(window_and_all, tmp_path):
+    """5 tasks over 2 pairs: the last task (4) trains pair 0, as tasks 0 and 2 did; its row holds the
+    same network on the same images for the three. The printed line says so and gives the figures
+    over tasks 1 and 3, the other pair."""
+    from cljax.analysis.probe import probe_accuracy
+    from cljax.analysis.summary_text import format_summary
+
+    full = window_and_all[1]
+    last = full.algo_dir / results.task_dir_name(4)
+    head = results.load_metrics(last)["test_acc"][-1]  # (R, T)
+    np.testing.assert_array_equal(head[:, 0], head[:, 4])
+    np.testing.assert_array_equal(head[:, 2], head[:, 4])
+    probe = probe_accuracy(results.load_representations(last)[-1], results.load_binary_labels(last)[-1])
+    summary = analyze_run(full.algo_dir, tmp_path / "a", analyses=["probe"], glue=False, make_plots=False)
+    other = summary["probe"]["earlier_tasks"]["other_pairs_than_last"]
+    assert (other["n_pairs"], other["n_same_pair_as_last"], other["n_tasks"]) == (2, 2, 2)
+    want = {"head_acc": head[:, [1, 3]].mean(axis=1), "probe_acc": probe[:, [1, 3]].mean(axis=1)}
+    for key, values in want.items():
+        assert other[key]["mean"] == pytest.approx(values.mean(), abs=1e-12), key
+        assert other[key]["std"] == pytest.approx(values.std(ddof=1), abs=1e-12), key
+    text = format_summary(summary)
+    line = next(x for x in text.splitlines() if x.startswith("accuracy on earlier tasks"))
+    assert line.endswith(f" [cycled schedule: 2 of these 4 are the last task's class pair, just trained again; the "
+                         f"other 2: head {want['head_acc'].mean():.4f} +- {want['head_acc'].std(ddof=1):.4f}, linear "
+                         f"probe {want['probe_acc'].mean():.4f} +- {want['probe_acc'].std(ddof=1):.4f}]")
+    # "before" is before the task, not before its pair: task 3's pair (1) was trained by task 1
+    assert "before their task (under the cycled schedule its pair may have been trained earlier)" in text
+    assert "an earlier task of the cycle may have trained" in summary["probe"]["trained_gain"]["definition"]

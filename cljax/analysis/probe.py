@@ -6,7 +6,10 @@ how the later tasks' labels moved the head, not whether the representation still
 earlier task's classes. A linear probe answers the second question: a closed-form ridge
 classifier fitted on half of a task's saved test samples (``representations.npy``) and tested
 on the other half, per repeat (:func:`probe_accuracy`). The ``probe`` analysis puts it beside
-the head's accuracy on the same tasks, at the last snapshot of every task folder.
+the head's accuracy on the same tasks, at the last snapshot of every task folder, and the
+probe's baseline (:func:`trained_gain`): a network that never trained a task already probes it
+well, so the analysis sets a task's probe at the end against its probe before its task and right
+after it.
 
 Probe (definitions also in ``docs/metrics.md``): the S saved samples of a task are split by
 class into two halves (within each class the first half in stored order is fold 0, the rest
@@ -137,7 +140,7 @@ def head_accuracy(reps, labels, kernel, bias) -> np.ndarray:
 # ---- the analysis ``probe`` (registered by cljax.analysis.analyses) ---------------------------------
 def init(ctx: RunContext) -> dict:
     return {"ctx": ctx, "ridge": ctx.options.probe_ridge, "probe": [], "head_same": [], "head": [], "ids": [],
-            "S": None, "folds": None}
+            "S": None, "folds": None, "schedule": {}}
 
 
 def _saved_head(folder: TaskFolder, H: int):
@@ -178,6 +181,7 @@ def update(state: dict, folder: TaskFolder) -> dict:
     state["head_same"].append(np.where(kept, head_same, np.nan))
     state["head"].append(head_all)
     state["ids"].append(folder.eval_task_ids)
+    state["schedule"] = folder.metadata.get("schedule") or {}  # the last folder's: its task's cycle pair
     return state
 
 
@@ -191,6 +195,77 @@ def _drop(band: Band) -> np.ndarray:
     (last, ev_last), (diagonal, ev_diag) = band.row(n - 1, n), band.diagonal()
     terms = (np.arange(n) < n - 1) & ev_last & ev_diag
     return masked_mean(diagonal - last, terms)
+
+
+def trained_gain(probe: Band) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """The probe's baseline: per repeat, the mean over the tasks j, 1 <= j < n-1, of task j's
+    probe accuracy before its task (folder j-1), right after (folder j) and at the end (folder
+    n-1), each (R,), over the tasks whose three entries were evaluated (their count is the last
+    value). Task 0 has no before (the untrained network's representations are not saved), the
+    last task's end is its after. A non-finite entry makes its repeat's means non-finite."""
+    n = probe.values.shape[1]
+    j = np.arange(1, max(n - 1, 1))
+    (before, ev_b), (after, ev_a), (end, ev_e) = (probe.take(j - 1, j), probe.take(j, j),
+                                                  probe.take(np.full_like(j, n - 1), j))
+    terms = ev_b & ev_a & ev_e
+    return (*(masked_mean(v, terms) for v in (before, after, end)), int(terms.sum()))
+
+
+def kept_share(before, after, end, min_gain: float) -> tuple[np.ndarray, int]:
+    """(end - before) / (after - before) per repeat, from its means over tasks, and how many
+    finite repeats have no gain to share: NaN where after - before < ``min_gain`` (one image of
+    the S a probe tests per task: below it the ratio divides by the probe's resolution)."""
+    gain = after - before
+    finite = np.isfinite(before) & np.isfinite(after) & np.isfinite(end)
+    no_gain = finite & (gain < min_gain)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(no_gain, np.nan, (end - before) / gain), int(no_gain.sum())
+
+
+def _baseline(probe: Band, S: int, measured: bool, cycle: bool) -> dict:
+    """summary["probe"]["trained_gain"]: before / after / end and the kept share (trained_gain)."""
+    before, after, end, n_tasks = trained_gain(probe)
+    n = probe.values.shape[1]
+    why = ("not measured: under 2 saved images of a class per task" if not measured else
+           "it needs 3 task folders or more: task 0's before is the untrained network (not saved), the last "
+           "task's end is its after" if n < 3 else
+           "no task j (1 <= j < n-1) was evaluated before its task, right after and at the end: only "
+           "--eval-tasks all saves a task's representations before its task" if not n_tasks else None)
+    share, n_no_gain = kept_share(before, after, end, 1.0 / max(S, 1))
+    kept = spread(share)
+    kept.update(n_nonfinite=kept["n_nonfinite"] - n_no_gain, n_no_gain=n_no_gain)  # no gain: not a divergence
+    # The same ratio of the means over the repeats with all three finite: one figure, no spread, but
+    # not thrown about by a repeat whose gain is a few images (the per-repeat ratio divides by it).
+    finite = np.isfinite(before) & np.isfinite(after) & np.isfinite(end)
+    means = [float(v[finite].mean()) if finite.any() else np.nan for v in (before, after, end)]
+    of_means = float(kept_share(*(np.array([m]) for m in means), 1.0 / max(S, 1))[0][0])
+    return {"n_tasks": n_tasks,
+            **{k: undefined(why) if why else spread(v) for k, v in (("before", before), ("after", after),
+                                                                      ("end", end))},
+            "kept": undefined(why) if why else kept,
+            "kept_of_means": None if why or not np.isfinite(of_means) else of_means,
+            "definition": "probe accuracy of task j (1 <= j < n-1) at the last snapshot of folder j-1 (before its "
+                          "task" + (", whose class pair an earlier task of the cycle may have trained" if cycle else "")
+                          + "), of folder j (after) and of the last folder (end), each repeat's mean over those "
+                          "tasks; kept = (end - before) / (after - before) per repeat, undefined (n_no_gain) where "
+                          "after - before is under one image of S; kept_of_means: the same of the means over the "
+                          "repeats with all three finite"}
+
+
+def _other_pairs(named, ids_last, last: int, schedule: dict, figure) -> dict | None:
+    """Under --task-schedule cycle, the earlier tasks whose class pair differs from the last
+    task's (task j trains cycle pair j mod P): the same figures as earlier_tasks without the
+    earlier visits of the last task's pair, which are the pair just trained. None otherwise."""
+    if schedule.get("task_schedule") != "cycle" or not schedule.get("n_pairs"):
+        return None
+    P = int(schedule["n_pairs"])
+    earlier = (ids_last >= 0) & (ids_last < last)
+    other = earlier & (ids_last % P != last % P)
+    out = {"n_pairs": P, "n_same_pair_as_last": int((earlier & ~other).sum()), "n_tasks": int(other.sum())}
+    for k, band in named:
+        out[k] = (figure(masked_mean(band.values[:, last], other), k) if other.any() else
+                  undefined("every earlier task evaluated is the last task's pair"))
+    return out
 
 
 def finalize(state: dict):
@@ -217,6 +292,8 @@ def finalize(state: dict):
                              "the last task folder evaluated no earlier task (--eval-tasks)")
         return spread(values) if measured or name == "head" else undefined(f"not measured: {not_measured}")
 
+    cycled = _other_pairs(named, probe.ids[last], last, state["schedule"],
+                          lambda v, k: figure(v, "probe" if k == "probe_acc" else "head"))
     summary = {
         "images": {"saved_per_task": S, "fit_per_probe": state["folds"][0], "fold_sizes": list(state["folds"]),
                    "tested_per_task": S if measured else 0,
@@ -226,7 +303,9 @@ def finalize(state: dict):
         "snapshot": "last of each task folder",
         "earlier_tasks": {"n_tasks": n_earlier,
                           **{k: figure(earlier[k][:, last], "probe" if k == "probe_acc" else "head", True)
-                             for k, _ in named}},
+                             for k, _ in named},
+                          **({"other_pairs_than_last": cycled} if cycled else {})},
+        "trained_gain": _baseline(probe, S, measured, bool(cycled)),
         "current_task": {k: figure(v.diagonal()[0][:, last], "probe" if k == "probe_acc" else "head")
                          for k, v in named},
         "forgetting": {"head": figure(d_head, "head", True), "representation": figure(d_probe, "probe", True),

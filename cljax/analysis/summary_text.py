@@ -15,9 +15,13 @@ def _pm(entry, digits: int = 4) -> str:
     """'mean +- std' of a summary entry (None: not defined), with the repeats left out if any."""
     if not isinstance(entry, dict):
         return "n/a"
-    text = mean_std_text(entry.get("mean"), entry.get("std"), f".{digits}f")
+    return mean_std_text(entry.get("mean"), entry.get("std"), f".{digits}f") + _left_out(entry)
+
+
+def _left_out(entry: dict) -> str:
+    """How many repeats a spread left out as not finite (a diverged network's), if any."""
     left_out = entry.get("n_nonfinite", 0)
-    return text + (f" ({left_out} repeat{'s' * (left_out != 1)} left out: not finite)" if left_out else "")
+    return f" ({left_out} repeat{'s' * (left_out != 1)} left out: not finite)" if left_out else ""
 
 
 def _best_keeps(last, best) -> str:
@@ -59,6 +63,41 @@ def _head_reads(config: dict) -> str:
     return f". {how} the head's figure mostly measures the read-out, see docs/metrics.md"
 
 
+def _other_pairs(cycled, over: int, measured: bool) -> str:
+    """Under --task-schedule cycle, the earlier tasks can be the last task's own pair, trained
+    again by it: said, with the figures over the other pairs' tasks (cljax/analysis/probe.py)."""
+    if not cycled or not cycled["n_same_pair_as_last"]:
+        return ""
+    same = cycled["n_same_pair_as_last"]
+    return (f" [cycled schedule: {same} of these {over} are the last task's class pair, just trained again; the other "
+            f"{cycled['n_tasks']}: head {_pm(cycled['head_acc'])}"
+            + (f", linear probe {_pm(cycled['probe_acc'])}" if measured else "") + "]")
+
+
+def _trained_gain(gain: dict, n: int, cycle: bool) -> str:
+    """The probe's baseline: tasks 1..n-2 before their task, right after, at the end, and the
+    share of the gain the representation kept (summary["probe"]["trained_gain"], docs/metrics.md)."""
+    before = "before their task (under the cycled schedule its pair may have been trained earlier)" if cycle else \
+        "before they were trained"
+    if "undefined" in gain["before"]:
+        return f"  the probe before a task was trained: undefined, {gain['before']['undefined']}"
+    kept, of_means = gain["kept"], gain.get("kept_of_means")
+    no_gain = kept.get("n_no_gain", 0)
+    if kept.get("n"):
+        percent = {k: None if kept[k] is None else 100 * kept[k] for k in ("mean", "std")}
+        notes = ([f"{no_gain} repeat{'s' * (no_gain != 1)} without a gain left out"] if no_gain else []) + (
+            [f"{100 * of_means:.0f}% from the means over repeats"] if of_means is not None else [])
+        share = (f"the representation kept {mean_std_text(percent['mean'], percent['std'], '.0f')}% of what training "
+                 f"added{_left_out(kept)}, per repeat" + (f" ({'; '.join(notes)})" if notes else ""))
+    elif no_gain:
+        share = "the share kept is undefined: training raised no repeat's probe by an image per task"
+    else:
+        share = f"the share kept: {_pm(kept)}"
+    tasks = "task 1" if n == 3 else f"tasks 1-{n - 2}"
+    return (f"  the probe on {tasks} ({gain['n_tasks']} evaluated) {before} {_pm(gain['before'])}, right after "
+            f"{_pm(gain['after'])}, after the last {_pm(gain['end'])}: {share}")
+
+
 def format_summary(summary: dict) -> str:
     """The headline lines of a summary for the terminal: CL metrics, the head vs the linear probe
     on earlier tasks, the expert's final and best snapshot, GLUE capacity with its errors."""
@@ -86,7 +125,11 @@ def format_summary(summary: dict) -> str:
         over = early["n_tasks"]
         lines.append(f"accuracy on earlier tasks after the last one: head {_pm(early['head_acc'])}, linear probe "
                      + (_pm(early["probe_acc"]) if measured else "not measured")
-                     + (f" (over {over} of the {earlier}: --eval-tasks {mode})" if 0 < over < earlier else ""))
+                     + (f" (over {over} of the {earlier}: --eval-tasks {mode})" if 0 < over < earlier else "")
+                     + _other_pairs(early.get("other_pairs_than_last"), over, measured))
+        if measured and probe.get("trained_gain"):
+            lines.append(_trained_gain(probe["trained_gain"], summary.get("n_task_folders") or 0,
+                                       "other_pairs_than_last" in early))
         fit = f"{folds[0]}" if folds[0] == folds[1] else f"{folds[0]} or {folds[1]}"
         lines.append((f"  (probe: ridge on the saved representations, cross-fitted: each of the "
                       f"{images['tested_per_task']} images per task and repeat tested once, by the probe fit on the "
