@@ -264,7 +264,7 @@ def _other_pairs(named, ids_last, last: int, schedule: dict, figure) -> dict | N
     out = {"n_pairs": P, "n_same_pair_as_last": int((earlier & ~other).sum()), "n_tasks": int(other.sum())}
     for k, band in named:
         out[k] = (figure(masked_mean(band.values[:, last], other), k) if other.any() else
-                  undefined("every earlier task evaluated is the last task's pair"))
+                  undefined("no earlier task of another pair than the last task's was evaluated"))
     return out
 
 
