@@ -68,7 +68,7 @@ def test_the_across_task_capacity_line_names_its_floor_and_says_when_it_sits_the
 
     (at_floor,) = lines(0.8267)
     assert at_floor.startswith("GLUE across 5 tasks (P = 10), last folder: capacity 0.2093 +- 0.0169, its floor "
-                               "0.2069 +- 0.0171 (every dichotomy inseparable); 83% of the probes separate nothing: "
+                               "0.2069 +- 0.0171 (the capacity were every dichotomy inseparable); 83% of the probes separate nothing: "
                                "within 10% of its floor, the capacity measures the rank of the representation")
     (above,) = lines(0.3, capacity=0.2300)  # 1.11 times the floor
     assert above.endswith("30% of the probes separate nothing")

@@ -188,8 +188,8 @@ def format_summary(summary: dict) -> str:
         if (final.get("capacity") or {}).get("mean") is not None and "capacity_floor" in final:
             at_floor = final["capacity"]["mean"] <= AT_FLOOR * (final["capacity_floor"].get("mean") or 0.0)
             lines.append(f"GLUE across {across['n_manifolds'] // 2} tasks (P = {across['n_manifolds']}), last folder: "
-                         f"capacity {_pm(final['capacity'])}, its floor {_pm(final['capacity_floor'])} (every "
-                         f"dichotomy inseparable); {100 * (final['inseparable_fraction'].get('mean') or 0.0):.0f}% of "
+                         f"capacity {_pm(final['capacity'])}, its floor {_pm(final['capacity_floor'])} (the "
+                         f"capacity were every dichotomy inseparable); {100 * (final['inseparable_fraction'].get('mean') or 0.0):.0f}% of "
                          f"the probes separate nothing" + (
                              f": within {AT_FLOOR - 1:.0%} of its floor, the capacity measures the rank of the "
                              f"representation, not the manifolds' geometry (docs/metrics.md, GLUE)" if at_floor else ""))
