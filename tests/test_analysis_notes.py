@@ -194,3 +194,12 @@ def test_the_probe_line_says_what_the_heads_figure_reads_per_head_and_out_dim():
             "through the head the latest task trained, so the head's figure mostly measures the read-out") in line(
         head="reset", out_dim=2)
     assert "read-out" not in line(head="multi", out_dim=2) and line(head="multi", out_dim=2).endswith("raises it)")
+
+
+def test_the_std_line_names_the_runs_repeats():
+    # Every "+-" of the printed summary is over the repeats: the line that says so gave no count.
+    from cljax.analysis.spread import RULE
+    from cljax.analysis.summary_text import format_summary
+
+    assert format_summary({"std": RULE, "n_repeats": 8}).splitlines()[-1] == f"std: {RULE} (this run: R = 8 repeats)"
+    assert format_summary({"std": RULE}).splitlines()[-1] == f"std: {RULE}"  # a summary without the count

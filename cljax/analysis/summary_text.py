@@ -193,5 +193,6 @@ def format_summary(summary: dict) -> str:
                          f"the probes separate nothing" + (
                              f": within {AT_FLOOR - 1:.0%} of its floor, the capacity measures the rank of the "
                              f"representation, not the manifolds' geometry (docs/metrics.md, GLUE)" if at_floor else ""))
-    lines.append(f"std: {summary.get('std', '')}")
+    repeats = summary.get("n_repeats")
+    lines.append(f"std: {summary.get('std', '')}" + (f" (this run: R = {repeats} repeats)" if repeats else ""))
     return "\n".join(lines)
