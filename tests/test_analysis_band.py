@@ -138,7 +138,8 @@ def test_the_analysis_of_a_long_current_task_run_holds_the_band_not_the_matrix()
                 "initial_evaluated": np.arange(n) == 0, "modes": {"current"},
                 "expert_LR": [rng.uniform(0.5, 1.0, (2, R)) for _ in range(n)],
                 "current_LR": [rng.uniform(0.5, 1.0, (2, R)) for _ in range(n)]}
-    probe_state = {"ctx": ctx, "ridge": 0.1, "S": 4, "folds": (2, 2), "ids": ids, "probe": rows, "head_same": rows, "head": rows}
+    probe_state = {**probe.init(ctx), "S": 4, "folds": (2, 2), "ids": ids, "probe": rows, "head_same": rows,
+                   "head": rows}  # (init's state, as the folders' updates leave it)
     results = {}
     peak = {"cl": _peak_bytes(lambda: results.setdefault("cl", analyses._cl_finalize(cl_state))),
             "probe": _peak_bytes(lambda: results.setdefault("probe", probe.finalize(probe_state)))}
