@@ -235,30 +235,20 @@ def record_fold_disk(algo_dir: Path, estimate: int) -> int:
 
 # ---- the free disk, checked before each write ----------------------------------------------
 @contextlib.contextmanager
-def disk_errors(algo_dir: Path, t: int):
-    """A full disk or quota while a run writes: one line; the files on disk are still whole."""
+def disk_errors(algo_dir: Path, t: int, record: bool = False):
+    """A full disk or quota while a run writes: one line; the files on disk are still whole.
+    ``record``: while the run's end folds verified.jsonl into verified.json, when the tasks are
+    saved (the run is finished) and only the record is not."""
     try:
         yield
     except OSError as exc:
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
-        raise CljaxError(f"no space left at {algo_dir} ({exc.strerror}) while writing task {t}: free space, then run "
-                         f"the same command (the run resumes from its last finished task).") from None
-
-
-@contextlib.contextmanager
-def record_fold_errors(algo_dir: Path, t: int):
-    """A full disk or quota while the run's end folds verified.jsonl into verified.json: the
-    tasks are saved (the run is finished), only the record is not; one line that says so."""
-    try:
-        yield
-    except OSError as exc:
-        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
-            raise
-        raise CljaxError(f"no space left at {algo_dir} ({exc.strerror}) while writing verified.json, the record of "
-                         f"what the run verified: task {t} was saved and the run is finished, only that record was "
-                         f"not written (verified.jsonl holds its notes); free space, then run the same command, "
-                         f"which writes it.") from None
+        what = (f"verified.json, the record of what the run verified: task {t} was saved and the run is finished, "
+                f"only that record was not written (verified.jsonl holds its notes); free space, then run the same "
+                f"command, which writes it." if record else
+                f"task {t}: free space, then run the same command (the run resumes from its last finished task).")
+        raise CljaxError(f"no space left at {algo_dir} ({exc.strerror}) while writing {what}") from None
 
 
 def block_size(algo_dir: Path) -> int:

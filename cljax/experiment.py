@@ -15,7 +15,7 @@ import jax.numpy as jnp
 
 from cljax.budget import Budget, choose_eval_chunk, evaluation_mode, host_problem
 from cljax.budget_disk import (RESUMES, block_size, check_disk, disk_errors, disk_run_files, record_fold_disk,
-                                record_fold_errors, task_disk_parts, warn_if_the_run_outgrows_the_disk)
+                                task_disk_parts, warn_if_the_run_outgrows_the_disk)
 from cljax.check_record import RECORD, CheckRecord
 from cljax.checkpoint import RUN_RECORD, load_learner, new_run_id, save_learner, write_run_record
 from cljax.config import SCHEMA_VERSION, Config, algo_dir_of
@@ -342,7 +342,7 @@ def _train(config, data, task_data, schedule, program, start, chunk_tasks, found
                 rewrite_kept(algo_dir, learner_host, t + 1, run_id)
                 rewritten.append(t + 1)
             if is_writer() and i + 1 == len(order):  # the journal's notes folded into the record
-                with record_fold_errors(algo_dir, t):
+                with disk_errors(algo_dir, t, record=True):
                     memo.save(run_id)
         if replaying and t == replay[-1] and is_writer():
             print(replay_note(found, differing, rewritten), file=sys.stderr)
