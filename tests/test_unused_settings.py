@@ -247,3 +247,29 @@ def test_a_grid_over_a_setting_that_changes_nothing_in_its_runs_is_said(tmp_path
     assert main(["sweep", "--dataset", "synthetic", "--results-dir", str(tmp_path / "two"), "--algorithm", "Bio",
                  "--out-dim", "2", "--grid", "bio_policy=softmax,egreedy", "--executor", "local"]) == 0
     assert "--grid bio_policy" not in capsys.readouterr().err
+
+
+CHECKS_LEAVE_THE_BACKEND = """
+import sys
+from jax._src import xla_bridge
+from cljax.settings import unused_settings
+for model in ("cnn", "mlp"):
+    flat = dict(model=model, use_cbp=True, use_redo=True, add_plasticity=True, sp_mode="step", use_replay=True,
+                use_ul=True, use_l2=True, use_l2_init=True, num_tasks=2, epochs=1)
+    unused_settings(flat)
+sys.exit(3 if xla_bridge.backends_are_initialized() else 0)
+"""
+
+
+def test_the_settings_checks_do_not_start_jaxs_backend():
+    # CBP's and ReDo's checks (unit_widths) drew a concrete PRNG key, which started the backend
+    # before the run split the CPU into one device per core: every CBP or ReDo run on a CPU ran on
+    # one device, unpaired (run.json's split said so), and its numbers were not those of the same
+    # run before the check existed. A process of its own: this one's backend started long ago.
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    proc = subprocess.run([sys.executable, "-c", CHECKS_LEAVE_THE_BACKEND], capture_output=True, text=True,
+                          cwd=Path(__file__).parent.parent)
+    assert proc.returncode == 0, proc.stderr or "the settings' checks started JAX's backend"

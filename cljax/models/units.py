@@ -84,5 +84,8 @@ def unit_widths(model: str, model_params, outputs: int) -> tuple[int, ...] | Non
     declared = getattr(module, "unit_layers", None)
     if declared is None:
         return ()
-    params, _ = jax.eval_shape(make_net(module, (28, 28)).init, jax.random.key(0))
+    # The key made inside the traced function: a concrete key would start JAX's backend here, in
+    # the settings' checks, before the run splits the CPU into one device per core (the run then
+    # took the one device the backend had started with).
+    params, _ = jax.eval_shape(lambda: make_net(module, (28, 28)).init(jax.random.key(0)))
     return tuple(int(params[layer]["kernel"].shape[-1]) for layer, _ in declared())
