@@ -366,7 +366,7 @@ def default_lr(rule: str) -> float:
 def reads_conv_impl(model: str) -> bool:
     """Whether the model convolves: one registered with ``ignores=("conv_impl",)`` (the MLP) records
     the backend's lowering all the same, which its program never uses."""
-    return model not in MODELS or "conv_impl" not in MODELS[model].extra.get("ignores", ())
+    return "conv_impl" not in ignored_settings({"model": model})
 
 
 def ignored_settings(flat: dict) -> dict[str, str]:
