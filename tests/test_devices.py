@@ -87,3 +87,27 @@ def test_the_usable_cores_are_this_process_affinity_not_the_machine(monkeypatch)
     assert host.usable_cores() == 64
     monkeypatch.setattr(os, "cpu_count", lambda: None)  # not known: one
     assert host.usable_cores() == 1
+
+
+def test_a_split_asked_for_after_jax_started_says_so(monkeypatch, capsys):
+    """Something that uses JAX before the split (a settings check once did, and every CBP and
+    ReDo run on a CPU then ran on one device, unsaid) leaves the run on the devices JAX started
+    with: configure_cpu_devices says so on stderr, and keeps what JAX has."""
+    import jax
+
+    from cljax.devices import configure_cpu_devices
+
+    jax.devices()  # started, as in this test process
+    if jax.default_backend() != "cpu":
+        pytest.skip("the CPU split is for CPU hosts; on a GPU host nothing is said")
+    wanted = jax.local_device_count() + 1
+    monkeypatch.setenv("CLJAX_CPU_DEVICES", str(wanted))
+    monkeypatch.setenv("XLA_FLAGS", "")
+    assert configure_cpu_devices(wanted) is None
+    err = capsys.readouterr().err
+    assert err.startswith(f"warning: JAX had started before cljax could split the CPU into {wanted} devices: this run "
+                          f"uses {jax.local_device_count()} ")
+    assert err.count("\n") == 1
+    monkeypatch.setenv("CLJAX_CPU_DEVICES", "off")  # asked for nothing: nothing said
+    assert configure_cpu_devices(wanted) is None
+    assert capsys.readouterr().err == ""

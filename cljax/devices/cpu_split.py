@@ -74,7 +74,7 @@ def configure_cpu_devices(n_repeats: int, environ=None, recorded: dict | None = 
     largest divisor of R that is at most the usable cores), a number, or ``off``. Left alone
     when ``XLA_FLAGS`` already sets ``--xla_force_host_platform_device_count`` or in a
     multi-host run. Returns the count set,
-    or None. The numbers of a run depend on the split only in the last bits of losses and
+    or None; a warning on stderr when JAX had already started on a CPU host with another count. The numbers of a run depend on the split only in the last bits of losses and
     weights (tests/test_sharding.py); each task's metadata lists the devices."""
     n = cpu_devices_wanted(n_repeats, environ, recorded=recorded)
     if n is None or jax.config.jax_num_cpu_devices == n:
@@ -82,5 +82,20 @@ def configure_cpu_devices(n_repeats: int, environ=None, recorded: dict | None = 
     try:
         jax.config.update("jax_num_cpu_devices", n)
     except RuntimeError:  # JAX already started its backends in this process: keep what it has
+        _warn_started(n)
         return None
     return n
+
+
+def _warn_started(wanted: int) -> None:
+    """A warning line when the split came too late on a CPU host: something used JAX before it
+    (a regression of this kind ran every CBP and ReDo run on one device, unsaid). On a GPU host
+    the split changes nothing the run uses, so nothing is said there."""
+    import sys
+
+    if jax.default_backend() != "cpu" or jax.local_device_count() == wanted:
+        return
+    print(f"warning: JAX had started before cljax could split the CPU into {wanted} devices: this run uses "
+          f"{jax.local_device_count()} (slower here, and its numbers differ from a split run's in the last bits). In Python, call "
+          f"cljax.devices.configure_cpu_devices before anything uses JAX; from the CLI this is a bug to report.",
+          file=sys.stderr)
