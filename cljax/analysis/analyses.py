@@ -26,6 +26,7 @@ import numpy as np
 
 from cljax.analysis import plots, probe
 from cljax.analysis.band import DENSE_CELLS, Band
+from cljax.analysis.chance import near_chance, near_chance_plot_note
 from cljax.analysis.cl import (VARIANTS, cl_metrics_band, cl_metrics_from_matrix, mean_over_every_task, snapshot_accuracy,
                                task_accuracy_row)
 from cljax.analysis.glue_runs import glue_finalize, glue_init, glue_update
@@ -108,6 +109,7 @@ def _cl_finalize(state: dict) -> Result:
                                                   state["initial_evaluated"][:n], dense=dense)} for v in VARIANTS}
     headline = cl[state["ctx"].options.variant]
     robust = _expert_summary(state["expert_LR"], state["current_LR"])
+    chance = near_chance(snapshot_accuracy(state["current_LR"], "final"), expert["final"])
     arrays = {
         "initial_acc": initial,
         "expert_acc_final": expert["final"],
@@ -122,7 +124,8 @@ def _cl_finalize(state: dict) -> Result:
     diagonal = bands[variant].diagonal()[0]
     image, block = bands[variant].mean_matrix(n)
     return Result(
-        summary={**headline["summary"], **robust["summary"], "cl": {v: cl[v]["summary"] for v in VARIANTS},
+        summary={**headline["summary"], **robust["summary"], "near_chance": chance,
+                 "cl": {v: cl[v]["summary"] for v in VARIANTS},
                  "matrices": _matrices_note(dense, band),
                  **({} if every else {"evaluated_entries": {
                      "eval_tasks": sorted(state["modes"]), "fraction": band.evaluated_count(n) / n**2,
@@ -137,7 +140,7 @@ def _cl_finalize(state: dict) -> Result:
             "learner_vs_expert.png": lambda p: plots.plot_learner_vs_expert(
                 diagonal, headline["expert_accuracy"], p,
                 expert_best_RT=robust["arrays"]["expert_acc_best"], variant=variant,
-                gap_best_RT=robust["arrays"]["plasticity_gap_best"]),
+                gap_best_RT=robust["arrays"]["plasticity_gap_best"], note=near_chance_plot_note(chance)),
         },
     )
 

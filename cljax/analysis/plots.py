@@ -128,13 +128,15 @@ def plot_accuracy_over_time(
 
 def plot_learner_vs_expert(
     learner_RT, expert_RT, path: str | os.PathLike, title: str = "Learner vs expert on each new task",
-    expert_best_RT=None, variant: str = "final", gap_best_RT=None,
+    expert_best_RT=None, variant: str = "final", gap_best_RT=None, note: str | None = None,
 ) -> Path:
     """Left: R[i, i] of the continual learner and E[i] of the fresh expert per task (and the
     expert's best snapshot, ``expert_best_RT``, dashed); right: the plasticity gap
     G[i] = E[i] - R[i, i] (and, dashed, ``gap_best_RT``: the gap of both best snapshots, which a
     one-step spike of either does not move). All (R, T), mean +- std across repeats. ``variant``
-    "auc": R[i, i] is the learner's area under its accuracy curve, which the legend and title say."""
+    "auc": R[i, i] is the learner's area under its accuracy curve, which the legend and title say.
+    ``note``: a line over the left panel (how many cells and repeats ended near chance, which the
+    mean +- std hides when the repeats split in two)."""
     learner = np.asarray(learner_RT, dtype=np.float64)
     expert = np.asarray(expert_RT, dtype=np.float64)
     x = np.arange(learner.shape[-1])
@@ -152,6 +154,8 @@ def plot_learner_vs_expert(
         ax0.plot(xb, mean, linestyle="--", color="gray", label="expert, best snapshot",
                  marker="x" if np.isfinite(mean).sum() < 2 else None)  # one task: a marker, not a line
     ax0.axhline(0.5, color="black", linestyle=":", linewidth=0.7)
+    if note:
+        ax0.set_title(note, fontsize=8)
     ax0.set_xlabel("task i")
     _task_ticks(ax0.xaxis)
     ax0.set_ylabel("test accuracy")

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from cljax.analysis.analyses import COLLAPSE_DROP
+from cljax.analysis.chance import near_chance_text
 from cljax.analysis.glue import GLUE_RELIABLE
 from cljax.analysis.spread import mean_std_text
 
@@ -149,6 +150,8 @@ def format_summary(summary: dict) -> str:
         lines.append(f"plasticity gap: {'auc of the learner vs last snapshot of the expert' if auc else 'last snapshots'} "
                      f"{_pm(summary['mean_plasticity_gap'])}, best snapshots {_pm(summary['mean_plasticity_gap_best'])}"
                      + _best_keeps(summary["mean_plasticity_gap"], summary["mean_plasticity_gap_best"]))
+    if chance := near_chance_text(summary.get("near_chance")):
+        lines.append(chance)
     glue = summary.get("glue")
     if glue:
         cap, err, solver = (glue["per_task"]["capacity"]["last_task"], glue["per_task"]["capacity_mc_error"]["last_task"],
