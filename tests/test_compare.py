@@ -793,3 +793,18 @@ def test_the_plot_shades_the_late_tasks_when_every_run_has_the_same(tmp_path, mo
     shutil.rmtree(tmp_path / "b" / f"task_{T - 1:03d}")  # b's late tasks are others: nothing shaded
     compare_runs([tmp_path / "a", tmp_path / "b"], tmp_path / "gap.png", labels=["a", "b"])
     assert not [p for p in figs[1].axes[0].patches if p.get_label().startswith("late tasks")]
+
+
+def test_the_table_counts_the_repeats_whose_learner_sits_at_chance(tmp_path):
+    # 4 repeats, 4 tasks (late: 2-3): repeat 0 at chance on both late tasks, repeat 1 on one
+    # (half: not more than half), repeats 2-3 learning. The learner's late mean, 0.77, hides the split.
+    from cljax.analysis.compare_text import format_comparison
+
+    learner = np.array([[0.9, 0.9, 0.9, 0.9], [0.9, 0.9, 0.9, 0.9], [0.5, 0.55, 0.95, 0.9], [0.52, 0.9, 0.9, 0.95]])
+    write_run(tmp_path / "run", learner, np.full((T, 4), 0.9), window=False)
+    summary = compare_runs([tmp_path / "run"], labels=["run"])
+    entry = summary["run"]["near_chance_late"]["learner"]
+    assert entry["per_repeat"] == [2, 1, 0, 0] and entry["tasks_per_repeat"] == [2, 2, 2, 2]
+    lines = format_comparison(summary).splitlines()
+    assert lines[1].endswith("0.900 +- 0.000  1 of 4") and lines[0].index("at chance") == lines[1].index("1 of 4")
+    assert "at chance: in how many repeats the learner ended at most 0.55" in lines[2]

@@ -21,6 +21,7 @@ import numpy as np
 
 from cljax import results
 from cljax.analysis import plots
+from cljax.analysis.chance import near_chance
 from cljax.analysis.cl import mean_over_every_task, mean_over_tasks
 from cljax.analysis.compare_pairs import (distinct_draws, late_start, not_pooled, one_draw, pair_with_baselines,
                                           pool_over_draws, with_values)
@@ -170,6 +171,8 @@ def compare_runs(run_dirs, out_png: str | os.PathLike | None = None, labels=None
             "learner_late": with_values(mean_over_every_task(acc["learner"][late].T)),
             "expert_late": with_values(mean_over_every_task(acc["expert"][late].T)),
             "gap_per_task": mean_over_tasks(gap_nR).tolist(),  # over the repeats with a finite gap
+            # the repeats split between learning and chance, which the means above do not show
+            "near_chance_late": near_chance(acc["learner"][late].T, acc["expert"][late].T),
         }
         curves[label] = gap_nR
         draws[label] = acc["draw"]

@@ -23,6 +23,16 @@ def _difference(p: dict) -> str:
             + f" of {p['n'] + p['n_nonfinite']} repeats")
 
 
+def _at_chance(entry: dict | None) -> str:
+    """'k of R': the repeats whose learner ended near chance on more than half the late tasks
+    (cljax.analysis.chance), so that repeats split between learning and chance show."""
+    if not entry:
+        return ""
+    learner = entry["learner"]
+    k = sum(n > 0 and 2 * c > n for c, n in zip(learner["per_repeat"], learner["tasks_per_repeat"]))
+    return f"{k} of {len(learner['per_repeat'])}"
+
+
 def _not_finite(values: dict) -> list[int]:
     return [r for r, x in enumerate(values["per_repeat"]) if not np.isfinite(x)]
 
@@ -32,10 +42,12 @@ def format_comparison(summary: dict) -> str:
     # the late tasks' column as wide as its widest range (T of thousands: "1000-1999")
     tasks = {label: f"{s['late_tasks'][0]:>4}-{s['late_tasks'][1]:<4}" for label, s in summary.items()}
     cell = max(9, *(len(t) for t in tasks.values()))
-    lines = [f"{'run':<{width}} {'tasks':<{cell}} {'gap (late tasks)':<17} {'learner (current task)':<23} expert"]
+    lines = [f"{'run':<{width}} {'tasks':<{cell}} {'gap (late tasks)':<17} {'learner (current task)':<23} "
+             f"{'expert':<15} at chance"]
     for label, s in summary.items():
         g, lr, ex = s["gap_late"], s["learner_late"], s["expert_late"]
-        lines.append(f"{label:<{width}} {tasks[label]:<{cell}} {_pm(g):<17} {_pm(lr):<23} {_pm(ex)}")
+        lines.append(f"{label:<{width}} {tasks[label]:<{cell}} {_pm(g):<17} {_pm(lr):<23} {_pm(ex):<15} "
+                     f"{_at_chance(s.get('near_chance_late'))}".rstrip())
         left_out = [f"the {who}'s in repeat{'s' * (len(rs) > 1)} {', '.join(map(str, rs))}"
                     for who, rs in (("learner", _not_finite(lr)), ("expert", _not_finite(ex))) if rs]
         if left_out:
@@ -48,7 +60,8 @@ def format_comparison(summary: dict) -> str:
                 "stopped (finish it with the same `cljax run` command)") + "; its late tasks are of those")
     lines.append("(learner and expert: the test accuracy on the task just trained, at its end; gap: expert minus "
                  "learner; mean and sample std over repeats of each repeat's mean over the late tasks; a repeat not "
-                 "finite on one of them is left out)")
+                 "finite on one of them is left out; at chance: in how many repeats the learner ended at most 0.55 "
+                 "(0.5 is chance for a pair) on more than half the late tasks)")
     if len(summary) > 1:
         lines.append("learner (current task, late tasks) minus its baseline's (the first run given with the same "
                      "seed, class pairs and data settings), repeat by repeat:")
