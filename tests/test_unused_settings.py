@@ -249,27 +249,117 @@ def test_a_grid_over_a_setting_that_changes_nothing_in_its_runs_is_said(tmp_path
     assert "--grid bio_policy" not in capsys.readouterr().err
 
 
-CHECKS_LEAVE_THE_BACKEND = """
-import sys
+BEFORE_THE_SPLIT = """
+import contextlib, io, json, sys
+from pathlib import Path
 from jax._src import xla_bridge
-from cljax.settings import unused_settings
-for model in ("cnn", "mlp"):
-    flat = dict(model=model, use_cbp=True, use_redo=True, add_plasticity=True, sp_mode="step", use_replay=True,
-                use_ul=True, use_l2=True, use_l2_init=True, num_tasks=2, epochs=1)
-    unused_settings(flat)
-sys.exit(3 if xla_bridge.backends_are_initialized() else 0)
+
+import cljax
+import cljax.devices.cpu_split as cpu_split
+import cljax.settings as settings
+from cljax.cli import main
+from cljax.config import Config, algo_dir_of, option_switch
+from cljax.presets import PRESETS
+from cljax.registry import DATASETS, MODELS, OPTIONS, RULES
+from cljax.sweep import run_job
+
+tmp = Path(sys.argv[1])
+
+
+class AtTheSplit(BaseException):  # past cljax's own error handling (a CljaxError, SystemExit)
+    pass
+
+
+seen = []  # the recorded split each walk asked for
+def at_the_split(n_repeats, environ=None, recorded=None):
+    seen.append(recorded)
+    raise AtTheSplit
+
+
+checked = []
+def counted(flat, inert=True):  # each run's settings checks ran (an invalid config skips them)
+    checked.append(flat)
+    return unused_settings(flat, inert)
+
+
+unused_settings, settings.unused_settings = settings.unused_settings, counted
+cpu_split.configure_cpu_devices = at_the_split  # the run and the job import it when they split
+
+
+def started(what):
+    if xla_bridge.backends_are_initialized():
+        sys.exit(f"{what} started JAX's backend before the CPU split")
+
+
+started("importing cljax.cli and cljax.sweep")
+cljax.enable_compilation_cache(str(tmp / "cache"))  # what the cljax command does first
+started("enable_compilation_cache")
+TINY = dict(num_tasks=2, n_repeats=2, n_train_per_class=8, n_test_per_class=4, n_subsamples=4, batch_size=4, epochs=1,
+            log_frequency=2)
+every_option = {option_switch(e): True for e in OPTIONS.entries()}
+# (the flags of `cljax run`, the settings of a sweep's job), by flat name
+cases = [(dict(TINY, algorithm=r, model=m, dataset=d, **options),) * 2 for r in RULES.names() for m in MODELS.names()
+         for d in DATASETS.names() for options in ({}, every_option)]
+cases += [(dict(preset=p, **options), dict(PRESETS[p], **options)) for p in PRESETS for options in ({}, every_option)]
+
+
+def argv(flat, results):
+    out = ["run", "--results-dir", str(results), "--data-dir", str(tmp / "data")]
+    for k, v in flat.items():
+        out += [f"--{k.replace('_', '-')}"] if v is True else [f"--{k.replace('_', '-')}", str(v)]
+    return out
+
+
+def walk(what, go, recorded=None):
+    seen.clear()
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):  # the warnings of unused flags
+            go()
+        sys.exit(f"{what} did not reach the CPU split")
+    except AtTheSplit:
+        pass
+    started(what)
+    if seen != [recorded]:
+        sys.exit(f"{what}: the split was asked with recorded={seen}, not {recorded}")
+
+
+for i, (flat, job) in enumerate(cases):
+    before = len(checked)
+    walk(f"`cljax {' '.join(argv(flat, 'R'))}`", lambda: main(argv(flat, tmp / f"run{i}")))
+    if len(checked) == before:
+        sys.exit(f"`cljax {' '.join(argv(flat, 'R'))}`: its settings checks did not run (not a valid run?)")
+    # A sweep's job: its own process, given the run's resolved settings.
+    config = Config.from_flat(dict(job, results_dir=str(tmp / f"job{i}"), data_dir=str(tmp / "data")))
+    walk(f"a sweep job of {job}", lambda: run_job(config.to_dict()))
+# A run being resumed reads the split it started on: from run.json, or from its task folders
+# when run.json is lost (--repair).
+split = {"backend": "cpu", "processes": 1, "devices": 2}
+flat = dict(TINY, dataset="synthetic", use_cbp=True)
+folder = algo_dir_of(Config.from_flat(dict(flat, results_dir=str(tmp / "resumed"))))
+folder.mkdir(parents=True)
+(folder / "run.json").write_text(json.dumps({"split": split}))
+walk("a resumed run", lambda: main(argv(flat, tmp / "resumed")), split)
+walk("a resumed sweep job", lambda: run_job(dict(flat, results_dir=str(tmp / "resumed"))), split)
+(folder / "run.json").unlink()
+(folder / "task_000").mkdir()
+(folder / "task_000" / "metadata.json").write_text(json.dumps(
+    {"run_id": "r", "data": "d", "config": flat, "schema": 5, "split": split, "task_index": 0}))
+walk("a resumed run without its run.json", lambda: main(argv(flat, tmp / "resumed") + ["--repair"]), split)
 """
 
 
-def test_the_settings_checks_do_not_start_jaxs_backend():
+def test_nothing_before_the_cpu_split_starts_jaxs_backend(tmp_path):
     # CBP's and ReDo's checks (unit_widths) drew a concrete PRNG key, which started the backend
     # before the run split the CPU into one device per core: every CBP or ReDo run on a CPU ran on
     # one device, unpaired (run.json's split said so), and its numbers were not those of the same
-    # run before the check existed. A process of its own: this one's backend started long ago.
+    # run before the check existed. Here everything `cljax run` does before the split (flags,
+    # presets, the settings and every entry's checks, the record of a run being resumed), and what a
+    # sweep's job does before it, for every registered rule, model and dataset, with no option and
+    # with every one, and for every preset. A process of its own: this one's backend started long ago.
     import subprocess
     import sys
     from pathlib import Path
 
-    proc = subprocess.run([sys.executable, "-c", CHECKS_LEAVE_THE_BACKEND], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-c", BEFORE_THE_SPLIT, str(tmp_path)], capture_output=True, text=True,
                           cwd=Path(__file__).parent.parent)
-    assert proc.returncode == 0, proc.stderr or "the settings' checks started JAX's backend"
+    assert proc.returncode == 0, proc.stderr[-2000:] or "something before the CPU split started JAX's backend"
