@@ -7,6 +7,7 @@ import re
 
 
 RESUMES = "to resume its run from its last finished task"  # how a stopped job's line ends
+DIVERGED = "non-finite "  # how the line of a job whose run diverged begins (cljax/experiment.py's error)
 
 
 def job_error_line(error: BaseException) -> str:
@@ -62,8 +63,10 @@ def report_outcomes(runs, jobs, command_of=None, overwrite: bool = False) -> int
     ``command_of(run)``: the `cljax run` command of one run, offered where a failed job's own
     line advises --overwrite, which in a sweep would apply to every job, and, after a sweep's
     --overwrite, for each failed run a rerun without it would not resume (its job was not
-    stopped: it was refused, or its run diverged)."""
-    failed, advised, stopped = 0, [], 0
+    stopped: it was refused). A run that diverged diverges again with the same settings and seed,
+    under its own command or the sweep's: its own command with --allow-nonfinite, which finishes it
+    as it is, is offered instead."""
+    failed, advised, stopped, diverged = 0, [], 0, []
     for run, job in zip(runs, jobs):
         error = job.exception()
         if error is not None:
@@ -72,7 +75,9 @@ def report_outcomes(runs, jobs, command_of=None, overwrite: bool = False) -> int
             print(f"  FAILED {job.job_id} {run.tag}: {line} (log: {job.paths.stderr})")
             resumes = line.endswith(RESUMES)
             stopped += resumes
-            if (overwrite and not resumes) or (advises_overwrite(line) and not overwrite):  # advised, not ruled out
+            if line.startswith(DIVERGED):  # its advice, "a lower --lr and --overwrite", is another run in a sweep
+                diverged.append(run)
+            elif (overwrite and not resumes) or (advises_overwrite(line) and not overwrite):  # advised, not ruled out
                 advised.append(run)
             continue
         print(f"  done   {job.job_id} {run.tag}: {done_line(job.result())}")
@@ -85,6 +90,13 @@ def report_outcomes(runs, jobs, command_of=None, overwrite: bool = False) -> int
               "train one run again alone, run its own command (or remove its folder and rerun the sweep):")
         for run in advised:
             print(f"    {command_of(run)} --overwrite" if command_of else f"    {run.tag}: cljax run with its flags")
+    if diverged:
+        print("note: a run that diverged diverges again with the same settings and seed: its own command with "
+              "--overwrite, or the sweep again, trains it the same way. Another --lr is another run (a value of --grid, "
+              "with a folder of its own); to keep the run as it is, a diverged result, finish it with:")
+        for run in diverged:
+            print(f"    {command_of(run)} --allow-nonfinite" if command_of else
+                  f"    {run.tag}: cljax run with its flags and --allow-nonfinite")
     return failed
 
 

@@ -429,12 +429,12 @@ def test_a_requeued_job_is_described_from_its_first_attempt():
 
 
 def test_a_failed_jobs_overwrite_advice_is_followed_by_what_it_means_in_a_sweep(tmp_path, capsys):
-    # "train it again with a lower --lr and --overwrite": a sweep's --overwrite deletes every run.
+    # "pass --overwrite to start again": a sweep's --overwrite deletes every run.
     from cljax.settings import Parser, add_run_flags, add_settings_flags, config_from_args
 
     runs = sweep.expand(base_of(tmp_path), {"lr": [0.1, 0.2], "use_l2_init": [True]}, [0])
-    advice = ("cljax.errors.CljaxError: non-finite loss in task 1: train it again with a lower --lr and --overwrite "
-              "(which deletes this run), or pass --allow-nonfinite to go on.")
+    advice = ("cljax.errors.CljaxError: /r/run.json is not readable JSON: restore run.json from a copy, or pass "
+              "--overwrite to start again (it deletes 1 task folder).")
     paths = SimpleNamespace(stderr="/l/1_0_log.err")
     jobs = [SimpleNamespace(job_id="1", paths=paths, exception=lambda: RuntimeError(advice)),
             SimpleNamespace(job_id="2", paths=paths, exception=lambda: None,
@@ -454,8 +454,8 @@ def test_a_failed_jobs_overwrite_advice_is_followed_by_what_it_means_in_a_sweep(
     add_settings_flags(parser)
     add_run_flags(parser)
     assert config_from_args(parser.parse_args(words[2:])) == runs[0].config  # the run's own settings and folder
-    # The sweep's --overwrite: a rerun without it does not resume a run whose job was refused or
-    # diverged (it said so for every failed run), only one whose job was stopped.
+    # The sweep's --overwrite: a rerun without it does not resume a run whose job was refused (it
+    # said so for every failed run), only one whose job was stopped.
     assert sweep_report.report_outcomes(runs, jobs, lambda r: commands[r.tag], overwrite=True) == 1
     out = capsys.readouterr().out
     assert "resume" not in out and out.splitlines()[-1] == f"    {commands[runs[0].tag]} --overwrite"
@@ -465,6 +465,29 @@ def test_a_failed_jobs_overwrite_advice_is_followed_by_what_it_means_in_a_sweep(
     assert capsys.readouterr().out.splitlines()[-1] == (
         "note: this sweep ran with --overwrite: run it again without --overwrite to resume the 1 stopped run(s) (with "
         "it, every run is deleted and trained again, the finished ones too).")
+
+
+def test_a_run_that_diverged_is_not_offered_its_own_command_with_overwrite_which_diverges_again(tmp_path, capsys):
+    # Its line says "train it again with a lower --lr and --overwrite": the sweep offered the run's
+    # own command (its grid --lr) with --overwrite, which trains the same divergence again; and a
+    # lower --lr in that command is another run in the folder named by the grid's value.
+    runs = sweep.expand(base_of(tmp_path), {"lr": [1e9, 0.1]}, [0])
+    with pytest.raises(CljaxError) as diverged:
+        sweep.run_job(runs[0].config.to_dict(), progress=False)
+    paths = SimpleNamespace(stderr="/l/1_0_log.err")
+    jobs = [SimpleNamespace(job_id="1", paths=paths, exception=lambda: RuntimeError(
+                f"Traceback ...\ncljax.errors.CljaxError: {diverged.value}")),
+            SimpleNamespace(job_id="2", paths=paths, exception=lambda: None,
+                            result=lambda: {"tasks": 2, "first_task": 0, "trained_tasks": [0, 1], "algo_dir": "/r",
+                                            "final_acc_current": 0.5})]
+    command = sweep.run_command({**sweep.run_settings(base_of(tmp_path), runs[0]),
+                                 "results_dir": runs[0].config.results_dir})
+    for overwrite in (False, True):
+        assert sweep_report.report_outcomes(runs, jobs, lambda r: command, overwrite=overwrite) == 1
+        out = capsys.readouterr().out
+        assert f"{command} --overwrite" not in out, out
+        assert out.splitlines()[-1] == f"    {command} --allow-nonfinite"
+        assert "diverges again with the same settings and seed" in out
 
 
 def test_a_refusal_before_the_jobs_that_advises_overwrite_gives_the_runs_own_command(tmp_path):
