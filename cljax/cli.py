@@ -55,10 +55,31 @@ def _how_to_go_on(config: Config, args):
         if earlier is not None and read() == earlier:
             return (f"--overwrite had deleted nothing yet, and the earlier run in {record.parent} is as it was; run the "
                     f"same command to start again from task 0.")
-        resume = "without --overwrite to resume (with it, the run starts again from task 0)" if args.overwrite else \
-            "to resume"
-        return f"the finished tasks are saved; run the same command {resume}."
+        n, T = None if args.repair else _checkpoint_next_task(record.parent), config.num_tasks
+        if n == 0:  # (a log's last progress line is up to a minute old: the checkpoint says what is saved)
+            return "no task had finished, so none is saved; run the same command to start from task 0."
+        at = f" from task {n}" if n is not None and n < T else ""
+        resume = f"without --overwrite to resume{at} (with it, the run starts again from task 0)" if args.overwrite \
+            else f"to resume{at}"
+        saved = "the finished tasks are" if n is None else f"task 0 (1 of {T}) is" if n == 1 else \
+            f"tasks 0 to {n - 1} ({n} of {T}) are"
+        return f"{saved} saved; run the same command {resume}."
     return stopped
+
+
+def _checkpoint_next_task(algo_dir: Path) -> int | None:
+    """The first task a resume trains, from the run's checkpoint (0: none yet; None: unreadable)."""
+    import numpy as np
+
+    from cljax.checkpoint import CHECKPOINT
+
+    if not (algo_dir / CHECKPOINT).exists():
+        return 0
+    try:
+        with np.load(algo_dir / CHECKPOINT, allow_pickle=False) as z:
+            return int(z["next_task"])
+    except Exception:  # (a stop's line: a damaged checkpoint is the resume's to report)
+        return None
 
 
 def _cmd_run(argv: list[str]) -> int:

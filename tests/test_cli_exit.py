@@ -12,41 +12,50 @@ from tests.run_folder_kit import FLAGS, RUN_DIR
 
 # `cljax run` whose training is a wait (no JAX program compiled): stopped by SIGTERM once it has
 # started; with "replaced", it has first written its own run.json, as --overwrite does once it has
-# deleted the earlier run.
+# deleted the earlier run; with "saved", the checkpoint after task 0.
 STOPPED_RUN = """
 import sys, time
+import numpy as np
 from pathlib import Path
 from cljax import cli, experiment
 
-replaced = sys.argv.pop(1) == "replaced"
+mode = sys.argv.pop(1)
 
 def training(config, **kwargs):
-    if replaced:
-        (Path(config.results_dir) / "synthetic" / "SL_T2" / "run.json").write_text("{}")
+    run_dir = Path(config.results_dir) / "synthetic" / "SL_T2"
+    if mode == "replaced":
+        (run_dir / "run.json").write_text("{}")
+    if mode == "saved":
+        run_dir.mkdir(parents=True, exist_ok=True)
+        np.savez(run_dir / "checkpoint.npz", next_task=np.asarray(1, np.int64))
     print("training", flush=True)
     time.sleep(60)
 
 experiment.run_experiment = training
 sys.exit(cli.main(["run", *sys.argv[1:]]))
 """
-RESUME = "the finished tasks are saved; run the same command to resume."
-OVERWRITTEN = ("the finished tasks are saved; run the same command without --overwrite to resume (with it, the run "
-               "starts again from task 0).")
+NONE = "no task had finished, so none is saved; run the same command to start from task 0."
+RESUME = "task 0 (1 of 2) is saved; run the same command to resume from task 1."
+OVERWRITTEN = ("task 0 (1 of 2) is saved; run the same command without --overwrite to resume from task 1 (with it, the "
+               "run starts again from task 0).")
 
 
-@pytest.mark.parametrize("case", ["a run", "--overwrite, no earlier run", "--overwrite, the earlier run replaced",
+@pytest.mark.parametrize("case", ["a run", "a run, task 0 saved", "--overwrite, no earlier run",
+                                  "--overwrite, the earlier run replaced", "--overwrite, task 0 saved",
                                   "--overwrite, the earlier run as it was"])
 def test_a_stopped_run_says_how_to_go_on(tmp_path, case):
     # It said "run the same command to resume" under --overwrite too, and that command deletes the
     # finished tasks: a SLURM requeue of it never got past a preemption. A stop before --overwrite
     # had deleted the earlier run then said to run it without --overwrite, which went on with the
-    # earlier run, where a restart was asked for.
+    # earlier run, where a restart was asked for. It said "the finished tasks are saved" when none
+    # had finished, and named none when some had (a log's last progress line can be a minute old).
     run_dir = tmp_path / "r" / RUN_DIR
     if case.startswith("--overwrite, the earlier run"):
         run_dir.mkdir(parents=True)
         (run_dir / "run.json").write_text('{"run_id": "earlier"}')
     argv = [*FLAGS, "--results-dir", str(tmp_path / "r")] + (["--overwrite"] if "overwrite" in case else [])
-    proc = subprocess.Popen([sys.executable, "-c", STOPPED_RUN, "replaced" if "replaced" in case else "-", *argv],
+    mode = "replaced" if "replaced" in case else "saved" if "saved" in case else "-"
+    proc = subprocess.Popen([sys.executable, "-c", STOPPED_RUN, mode, *argv],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline() == "training\n"
@@ -55,9 +64,10 @@ def test_a_stopped_run_says_how_to_go_on(tmp_path, case):
     finally:
         proc.kill()
     assert proc.returncode == 75, err
-    said = {"a run": RESUME, "--overwrite, the earlier run as it was":
+    said = {"a run": NONE, "a run, task 0 saved": RESUME, "--overwrite, task 0 saved": OVERWRITTEN,
+            "--overwrite, the earlier run as it was":
             f"--overwrite had deleted nothing yet, and the earlier run in {run_dir} is as it was; run the same command "
-            f"to start again from task 0."}.get(case, OVERWRITTEN)
+            f"to start again from task 0."}.get(case, NONE)
     assert err.strip() == f"stopped by SIGTERM: {said}"
 
 
