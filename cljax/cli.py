@@ -117,8 +117,9 @@ def _cmd_run(argv: list[str]) -> int:
     if stale:
         print(stale)
     if not outcome.already_finished:
-        print(f"compile: {outcome.compile_seconds:.1f} s, training: {outcome.steps_per_second:.1f} steps/s "
-              f"({config.n_repeats} repeats x (learner + expert), batch {config.batch_size})")
+        print(f"compile: {outcome.compile_seconds:.1f} s (the task program; the evaluation's compile falls in the first "
+              f"task), training and evaluation: {outcome.steps_per_second:.1f} steps/s ({config.n_repeats} repeats x "
+              f"(learner + expert), batch {config.batch_size})")
     print(f"results: {outcome.algo_dir}{'' if is_writer() else ' (written by process 0)'}")
     return 0
 

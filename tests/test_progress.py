@@ -54,3 +54,33 @@ def test_the_first_line_of_a_repair_says_what_it_trains_again(capsys):
     progress_for("log", 5, 1, " (--repair trains tasks 0 to 3 (4 tasks) from the seed again first)")
     assert capsys.readouterr().err == "tasks: 1/5 done (--repair trains tasks 0 to 3 (4 tasks) from the seed again first)\n"
     assert progress_for(False, 5, 0) is None
+
+
+# `cljax run` whose run is a RunResult made up (no JAX program compiled), its rate that of the tasks'
+# task_seconds, each from the task's dispatch to its evaluated results on the host.
+_RATE_RUN = """
+import sys
+import numpy as np
+from pathlib import Path
+from cljax import cli, experiment
+from cljax.run_result import RunResult
+
+def run(config, **kwargs):
+    Path(config.results_dir).mkdir(parents=True)
+    return RunResult(algo_dir=Path(config.results_dir), task_class_pairs=np.zeros((2, 2, 2), int), compile_seconds=2.0,
+                     steps_per_second=12.5)
+
+experiment.run_experiment = run
+sys.exit(cli.main(["run", *sys.argv[1:]]))
+"""
+
+
+def test_the_runs_rate_line_says_its_time_holds_the_evaluation_and_where_its_compile_falls(tmp_path):
+    # It said "training: 12.5 steps/s", of a time that holds every snapshot's evaluation of the
+    # evaluated tasks and, in the first task, the evaluation's compile, which "compile:" leaves out.
+    proc = subprocess.run([sys.executable, "-c", _RATE_RUN, *FLAGS, "--results-dir", str(tmp_path / "r")],
+                          capture_output=True, text=True, timeout=120, cwd=Path(__file__).parent.parent)
+    assert proc.returncode == 0, proc.stderr
+    line = next(line for line in proc.stdout.splitlines() if line.startswith("compile:"))
+    assert line == ("compile: 2.0 s (the task program; the evaluation's compile falls in the first task), training and "
+                    "evaluation: 12.5 steps/s (2 repeats x (learner + expert), batch 16)")
