@@ -30,6 +30,16 @@ def jobs_go_on(jobs, kind: str, manifest: Path) -> str:
     if kind == "slurm":
         return (f"the {len(jobs)} job(s) go on ({manifest} lists them); cancel them with `scancel {ids}`, or let them "
                 f"end and run the same command to see each run's outcome (a finished run is not trained again).")
+    import signal
+
+    from cljax.command import STOP_SIGNALS
+
+    if signal.SIGINT not in STOP_SIGNALS:  # started ignoring it (a script's background job): so were the jobs
+        return (f"the {len(jobs)} local job(s) go on ({manifest} lists them): this command was started ignoring "
+                f"SIGINT (a background job of a script), and so were they, so neither a Ctrl-C nor `kill -INT` stops "
+                f"them, and a job ignores SIGTERM; `pkill -KILL -P {','.join(str(job.job_id) for job in jobs)}` (the "
+                f"jobs' processes, children of their ids) cancels them, and the same command resumes their runs from "
+                f"their last finished task.")
     return (f"local jobs the signal also reached (a Ctrl-C reaches them all) stop, and the same command resumes "
             f"their runs from their last finished task; any still running go on ({manifest} lists them): `kill "
             f"-INT {ids}` (their process ids) cancels them (a job ignores SIGTERM).")

@@ -530,6 +530,25 @@ def test_a_signal_while_waiting_says_what_the_jobs_do_and_how_to_cancel_them(tmp
     assert done.stderr == f"\nstopped waiting by {signal.Signals.SIGINT.name}: {said}\n"
 
 
+def test_a_sweep_started_ignoring_sigint_does_not_offer_kill_int_to_cancel_its_local_jobs():
+    # A script's background job starts ignoring SIGINT, and its local jobs inherit that: the line
+    # said that a Ctrl-C reaches them and that `kill -INT ID` cancels them, and the jobs trained on.
+    import signal
+
+    code = ("import os, signal, types\nfrom pathlib import Path\n"
+            "from cljax.sweep_executor import stop_waiting_says_the_jobs_go_on\n"
+            "jobs = [types.SimpleNamespace(job_id=i) for i in ('4101', '4102')]\n"
+            "stop_waiting_says_the_jobs_go_on(jobs, 'local', Path('/r/sweep.json'))\n"
+            "os.kill(os.getpid(), signal.SIGTERM)\nimport time; time.sleep(30)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    assert done.returncode == 75, done.stderr
+    said = done.stderr.strip()
+    assert "cancels them (a job ignores SIGTERM)" not in said and "a Ctrl-C reaches them" not in said, said
+    assert said.startswith("stopped waiting by SIGTERM: the 2 local job(s) go on (/r/sweep.json lists them): this "
+                           "command was started ignoring SIGINT") and "`pkill -KILL -P 4101,4102`" in said, said
+
+
 def test_local_job_controllers_write_to_the_log_folder_not_the_command_output(tmp_path):
     # submitit's controllers inherit the submitting process's stdout and stderr and outlive it:
     # `cljax sweep | tail` waited for the jobs to end, and a Ctrl-C printed their tracebacks. The
