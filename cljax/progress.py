@@ -17,12 +17,36 @@ def progress_for(mode, total: int, done: int, note: str = ""):
     """``mode``: True or "bar" (a tqdm bar), "log" (``LogLines``, whose first line ends with
     ``note``), False or None (nothing)."""
     if mode in (True, "bar"):
-        from tqdm.auto import tqdm
-
-        return tqdm(total=total, initial=done, unit="task", desc="tasks", file=sys.stderr, dynamic_ncols=True)
+        return _bar_class()(total=total, initial=done, unit="task", desc="tasks", file=sys.stderr, dynamic_ncols=True)
     if mode == "log":
         return LogLines(total, done, note=note)
     return None
+
+
+def _bar_class():
+    """tqdm, whose rate and time left are of the tasks after the command's first, as the log's
+    are: the first task's time holds the compiles, and in tqdm's moving average it made the time
+    left too long for many tasks after it (by a factor, where a compile is long and a task short)."""
+    from tqdm.auto import tqdm
+
+    class Bar(tqdm):
+        first = True
+
+        def set_postfix(self, ordered_dict=None, refresh=False, **kwargs):
+            """Drawn by the ``update`` that follows it (a redraw here showed the new accuracy beside
+            the old count and rate)."""
+            super().set_postfix(ordered_dict, refresh=refresh, **kwargs)
+
+        def update(self, n=1):
+            shown = super().update(n)
+            if self.first and not self.disable:
+                self.first = False
+                if hasattr(self, "_ema_dn") and hasattr(self, "_ema_dt"):  # tqdm's averages, from the next task on
+                    self._ema_dn, self._ema_dt = type(self._ema_dn)(self.smoothing), type(self._ema_dt)(self.smoothing)
+                self.last_print_n, self.last_print_t = self.n, self._time()
+            return shown
+
+    return Bar
 
 
 class LogLines:

@@ -84,3 +84,28 @@ def test_the_runs_rate_line_says_its_time_holds_the_evaluation_and_where_its_com
     line = next(line for line in proc.stdout.splitlines() if line.startswith("compile:"))
     assert line == ("compile: 2.0 s (the task program; the evaluation's compile falls in the first task), training and "
                     "evaluation: 12.5 steps/s (2 repeats x (learner + expert), batch 16)")
+
+
+def test_the_bars_time_left_is_of_the_tasks_after_the_first_which_compiles(capsys):
+    # The first task's 100 s (its compiles) and then 1 s a task: tqdm's moving average of the
+    # seconds per task kept the first task's time, and the bar said several times the time left.
+    from cljax.progress import progress_for
+
+    now = [0.0]
+    bar = progress_for("bar", 20, 0)
+    bar._time = lambda: now[0]
+    bar.start_t = bar.last_print_t = 0.0
+    now[0] += 100.0
+    bar.update(1)
+    for _ in range(4):
+        now[0] += 1.0
+        bar.set_postfix(acc="0.900")  # drawn by the update after it, not beside the count before it
+        bar.update(1)
+    frames = capsys.readouterr().err.split("\r")
+    assert not any("1/20" in frame and "acc=" in frame for frame in frames), frames
+    info = bar.format_dict
+    rate = info["rate"]
+    assert rate is not None and abs(rate - 1.0) < 1e-6, rate  # tasks per second
+    assert abs((info["total"] - info["n"]) / rate - 15.0) < 1e-6
+    assert info["elapsed"] == 104.0  # the elapsed time is the command's, compiles included
+    bar.close()
