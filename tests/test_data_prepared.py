@@ -195,9 +195,16 @@ def test_describe_lists_train_and_test_counts_per_class(tmp_path):
     assert [line.split() for line in lines[-2:]] == [["0", "3", "1", "zero"], ["1", "0", "2", "one"]]
 
 
-def test_the_sample_grid_draws_a_class_without_train_images_from_the_test_split(tmp_path):
-    # Class 1 has no train image: its cell shows a black test image (the figure is white, class 0 gray).
+def test_the_sample_grid_draws_a_class_without_train_images_from_the_test_split(tmp_path, monkeypatch):
+    # Class 1 has no train image: its cell shows a black test image (the figure is white, class 0
+    # gray), and its label says it is a test image (it read as the train images of the other rows).
+    from matplotlib.axes import Axes
+
+    labels = []
+    set_ylabel = Axes.set_ylabel
+    monkeypatch.setattr(Axes, "set_ylabel", lambda ax, text, **kw: labels.append(text) or set_ylabel(ax, text, **kw))
     png = write_sample_grid(_uneven(), tmp_path / "grid.png", per_class=1)
+    assert labels == ["0: zero", "1: one (test)"]
     with Image.open(png) as im:
         gray = np.asarray(im.convert("L"))
     lower = gray[gray.shape[0] // 2:]  # class 1's row

@@ -56,7 +56,8 @@ def write_sample_grid(
     """Save a grid (one row per class, the first `per_class` train images of each) as PNG.
 
     Only the first `max_classes` classes are drawn, so 1000-class ImageNet stays readable.
-    Classes without train images are drawn from the test split; empty cells stay blank.
+    Classes without train images are drawn from the test split, their label saying so; empty
+    cells stay blank.
     """
     # Figure + the Agg canvas directly: no pyplot, so no global backend switch in the caller.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -70,9 +71,9 @@ def write_sample_grid(
     axes = fig.subplots(n_rows, per_class, squeeze=False)
     drawn = []
     for c in range(n_rows):
-        images, picks = data.train_images, np.flatnonzero(labels_train == c)[:per_class]
+        images, picks, split = data.train_images, np.flatnonzero(labels_train == c)[:per_class], ""
         if picks.size == 0:
-            images, picks = data.test_images, np.flatnonzero(labels_test == c)[:per_class]
+            images, picks, split = data.test_images, np.flatnonzero(labels_test == c)[:per_class], " (test)"
         drawn.append(picks.size)
         for j in range(per_class):
             ax = axes[c, j]
@@ -83,7 +84,7 @@ def write_sample_grid(
             if j < picks.size:
                 ax.imshow(np.asarray(images[picks[j]]), cmap="gray", vmin=0, vmax=255, interpolation="nearest")
         name = data.class_names[c] if c < len(data.class_names) else str(c)
-        axes[c, 0].set_ylabel(f"{c}: {name[:18]}", rotation=0, ha="right", va="center", fontsize=7)
+        axes[c, 0].set_ylabel(f"{c}: {name[:18]}{split}", rotation=0, ha="right", va="center", fontsize=7)
     shown = f"first {n_rows} of {data.n_classes} classes" if data.n_classes > n_rows else f"{data.n_classes} classes"
     each = f"{per_class} images each" if min(drawn) == per_class else f"up to {per_class} images each (fewer: all a class has)"
     # the title 0.08 in below the top edge, the images from 0.4 in: fixed in inches, whatever the rows
