@@ -533,15 +533,14 @@ def test_a_signal_while_waiting_says_what_the_jobs_do_and_how_to_cancel_them(tmp
 def test_a_sweep_started_ignoring_sigint_does_not_offer_kill_int_to_cancel_its_local_jobs():
     # A script's background job starts ignoring SIGINT, and its local jobs inherit that: the line
     # said that a Ctrl-C reaches them and that `kill -INT ID` cancels them, and the jobs trained on.
-    import signal
-
     code = ("import os, signal, types\nfrom pathlib import Path\n"
             "from cljax.sweep_executor import stop_waiting_says_the_jobs_go_on\n"
             "jobs = [types.SimpleNamespace(job_id=i) for i in ('4101', '4102')]\n"
             "stop_waiting_says_the_jobs_go_on(jobs, 'local', Path('/r/sweep.json'))\n"
             "os.kill(os.getpid(), signal.SIGTERM)\nimport time; time.sleep(30)\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    ignoring = ("import os, signal, sys\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n"  # kept through the exec
+                "os.execv(sys.executable, [sys.executable, '-c', sys.argv[1]])\n")
+    done = subprocess.run([sys.executable, "-c", ignoring, code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 75, done.stderr
     said = done.stderr.strip()
     assert "cancels them (a job ignores SIGTERM)" not in said and "a Ctrl-C reaches them" not in said, said
