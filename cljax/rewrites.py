@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from pathlib import Path
 
 from cljax.check_record import JOURNAL, RECORD
@@ -71,21 +72,24 @@ def cleared_bytes(algo_dir: Path) -> int:
     """The disk that --overwrite's deletion of the run's own files (run_folder.clear_run, as
     ``check_clearable`` defines them) frees, in allocated blocks: counted as free by the disk
     check that comes before anything is deleted. A file linked from elsewhere too (a hard link
-    outside them) frees nothing."""
+    outside them) frees nothing; a folder deleted whole (a task folder, initial/, and any folder
+    below them) frees its own blocks too, whatever its link count (a folder's counts its
+    sub-folders' "..", not other names of it)."""
     if not algo_dir.is_dir():
         return 0
     top = [algo_dir / name for name in (CHECKPOINT, RECORD, JOURNAL, RUN_RECORD)]
     temporaries = [p for p in algo_dir.iterdir() if is_temporary(p.name)]
     top += [p for p in temporaries if not p.is_dir()]
-    trees = [*task_dirs(algo_dir, passed=False), *(algo_dir / name for name in (KEPT, INITIAL, ANALYSIS)),
-             *(p for p in temporaries if p.is_dir())]
+    trees = [d for d in (*task_dirs(algo_dir, passed=False), *(algo_dir / name for name in (KEPT, INITIAL, ANALYSIS)),
+                         *(p for p in temporaries if p.is_dir())) if d.is_dir() and not d.is_symlink()]
     links: dict[tuple, list] = {}  # (device, inode) -> [links among them, links in all, allocated bytes]
-    for path in [*top, *(p for d in trees if d.is_dir() and not d.is_symlink() for p in d.rglob("*"))]:
+    for path in [*top, *trees, *(p for d in trees for p in d.rglob("*"))]:
         try:
             st = path.lstat()
         except OSError:
             continue
-        seen = links.setdefault((st.st_dev, st.st_ino), [0, st.st_nlink, st.st_blocks * 512])
+        nlink = 1 if stat.S_ISDIR(st.st_mode) else st.st_nlink
+        seen = links.setdefault((st.st_dev, st.st_ino), [0, nlink, st.st_blocks * 512])
         seen[0] += 1
     return sum(size for n, nlink, size in links.values() if n >= nlink)
 

@@ -169,3 +169,28 @@ def test_a_resumed_plan_counts_the_checkpoints_it_keeps(tmp_path, monkeypatch):
     grew = _on_disk(algo_dir) - before
     assert grew <= plan["disk_bytes_left"] < grew + plan["disk_bytes_per_task"] // 10, (grew, plan["disk_bytes_left"])
     assert plan["disk_bytes_left"] - 2 * plan["disk_bytes_per_task"] >= 2 * plan["disk_run_files"]["checkpoint.npz"]
+
+
+def test_overwrite_counts_the_folders_it_deletes_as_freed(made, tmp_path):
+    # cleared_bytes counted the files alone: a folder's link count is 2 or more (its "." and its
+    # sub-folders' ".."), so the folders below the trees never counted as freed, and the trees
+    # themselves (task_NNN, initial/, checkpoints/, analysis/) were not looked at; each takes a
+    # block or more on most filesystems (none on tmpfs).
+    from cljax.rewrites import cleared_bytes
+
+    run_dir = copy(made, "finished", tmp_path / "r")
+    (run_dir / "analysis" / "plots").mkdir(parents=True)  # a folder below a tree, and a file in it
+    (run_dir / "analysis" / "plots" / "a.png").write_bytes(b"x" * 5000)
+    (run_dir / "notes.txt").write_bytes(b"x" * 5000)  # a user's file, which --overwrite leaves
+    deleted = [run_dir / n for n in ("checkpoint.npz", "verified.json", "verified.jsonl", "run.json")]
+    deleted += [p for p in run_dir.iterdir() if p.is_dir()]
+    assert {p.name for p in deleted} >= {"task_000", "task_001", "initial", "analysis"}
+    inodes = {}
+    for top in deleted:
+        for p in [top, *(top.rglob("*") if top.is_dir() else ())]:
+            if p.exists():
+                st = p.lstat()
+                inodes[(st.st_dev, st.st_ino)] = st.st_blocks * 512
+    folders = sum(p.lstat().st_blocks * 512 for top in deleted if top.is_dir() for p in [top, *top.rglob("*")]
+                  if p.is_dir())
+    assert cleared_bytes(run_dir) == sum(inodes.values()), (cleared_bytes(run_dir), sum(inodes.values()), folders)
