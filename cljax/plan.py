@@ -92,7 +92,7 @@ def make_plan(config: Config, device_bytes: int | None = None) -> dict:
     # The first task's disk (a resumed run's next), checked by run before it writes: as run checks it.
     initial = not done or verify_task_dir(algo_dir / INITIAL, -1, record.get("run_id"), hashes=False) is not None
     parts = task_disk_parts(b, schedule, data.class_names, run_files, algo_dir, run_record=record is None,
-                            initial=initial, last=done + 1 == T) if done < T else {}
+                            initial=initial, last=done + 1 == T, resumes=record is not None) if done < T else {}
     # a run with other settings is deleted first (--overwrite, or the replacement of one that finished no task)
     freed = cleared_bytes(algo_dir) if other else 0
     free = shutil.disk_usage(existing_parent(algo_dir)).free

@@ -194,3 +194,45 @@ def test_overwrite_counts_the_folders_it_deletes_as_freed(made, tmp_path):
     folders = sum(p.lstat().st_blocks * 512 for top in deleted if top.is_dir() for p in [top, *top.rglob("*")]
                   if p.is_dir())
     assert cleared_bytes(run_dir) == sum(inodes.values()), (cleared_bytes(run_dir), sum(inodes.values()), folders)
+
+
+def test_a_resume_counts_the_record_it_saves_before_it_trains(tmp_path, monkeypatch):
+    # A resume saves verified.json (what it verified) before it trains, which the next task's
+    # check did not count: a disk with room for the task alone filled at that save, "no space
+    # left ... while writing task 1", after a check that had said it was enough.
+    import cljax.experiment as experiment
+    from cljax.check_record import CheckRecord
+    from cljax.config import algo_dir_of
+    from cljax.errors import CljaxError
+    from cljax.experiment import run_experiment
+    from cljax.plan import make_plan
+
+    config = small_config(tmp_path, **{**TINY, "num_tasks": 3, "synthetic_classes": 6})
+    crash_at(monkeypatch, "train", 1)  # stopped as task 1 trains: task 0's folder and its journal line written
+    with pytest.raises(Crash):
+        run_experiment(config, progress=False)
+    monkeypatch.undo()
+    algo_dir = algo_dir_of(config)
+    shutil.copytree(algo_dir, tmp_path / "stopped")
+    plan = make_plan(config)
+    checked, saved, real_parts, real_save = [], [], experiment.task_disk_parts, CheckRecord.save
+    monkeypatch.setattr(experiment, "task_disk_parts", lambda *a, **k: checked.append(real_parts(*a, **k)) or checked[-1])
+
+    def save(self, run_id):  # the record as the resume wrote it, before its first task
+        real_save(self, run_id)
+        saved.append((algo_dir / "verified.json").stat().st_blocks * 512 if not (algo_dir / "task_001").exists() else 0)
+
+    monkeypatch.setattr(CheckRecord, "save", save)
+    run_experiment(config, progress=False)
+    parts = checked[0]
+    assert parts["verified.json"] >= saved[0] > 0, (parts, saved)
+    assert plan["disk_next_task"] == parts  # plan checks the same figure
+
+    shutil.rmtree(algo_dir)
+    shutil.copytree(tmp_path / "stopped", algo_dir)
+    before = state(algo_dir)
+    _free(monkeypatch, sum(parts.values()) - parts["verified.json"])  # room for the task, not for the record
+    with pytest.raises(CljaxError, match=r"not enough disk .* the next task \(its folder, the checkpoint's new copy, "
+                       r"verified.json\) needs .*\(the run resumes from its last finished task\)"):
+        run_experiment(config, progress=False)
+    assert state(algo_dir) == before  # refused before anything was written or deleted
