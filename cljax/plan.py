@@ -36,7 +36,6 @@ def make_plan(config: Config, device_bytes: int | None = None) -> dict:
     from cljax.config import algo_dir_of
     from cljax.errors import CljaxError
     from cljax.output_guard import check_writable_target
-    from cljax.results import task_dirs
     from cljax.run_folder import verify_task_dir
     from cljax.run_split import recorded_pairing
     from cljax.data.prepared import data_identity
@@ -56,6 +55,9 @@ def make_plan(config: Config, device_bytes: int | None = None) -> dict:
         record = None if other else record  # another run's, which run refuses or replaces: planned as a new run
     except (CljaxError, TypeError, KeyError):
         record, other = None, []  # damaged: run's own checks say so
+    algo_dir = algo_dir_of(config)
+    first, written, replaced = _resumes_at(algo_dir, config, data_identity(data)) if record else (0, 0, False)
+    record = None if replaced else record  # a run that finished no task, which run replaces: planned as a new run
     b = Budget.of(config, build_task_program(config, image_shape, paired_models=recorded_pairing(config, record)),
                   image_shape)
     budget, source = device_budget_for(config, device_bytes)
@@ -86,24 +88,24 @@ def make_plan(config: Config, device_bytes: int | None = None) -> dict:
     files = disk_files_per_task(b, schedule, data.class_names)
     run_files = disk_run_files(b, data.meta)
     per_task_disk = sum(files.values())
-    algo_dir = algo_dir_of(config)
-    # what is left to write: a resumed run's finished folders are there already
-    done = sum(int(d.name[5:]) < T for d in task_dirs(algo_dir, passed=False)) if record else 0
     # The first task's disk (a resumed run's next), checked by run before it writes: as run checks it.
-    initial = not done or verify_task_dir(algo_dir / INITIAL, -1, record.get("run_id"), hashes=False) is not None
+    initial = not first or verify_task_dir(algo_dir / INITIAL, -1, record.get("run_id"), hashes=False) is not None
     parts = task_disk_parts(b, schedule, data.class_names, run_files, algo_dir, run_record=record is None,
-                            initial=initial, last=done + 1 == T, resumes=record is not None) if done < T else {}
+                            initial=initial, last=first + 1 == T, resumes=record is not None) if first < T else {}
     # a run with other settings is deleted first (--overwrite, or the replacement of one that finished no task)
-    freed = cleared_bytes(algo_dir) if other else 0
+    freed = cleared_bytes(algo_dir) if other or replaced else 0
     free = shutil.disk_usage(existing_parent(algo_dir)).free
     disk_problem = None
     if sum(parts.values()) > free + freed:
         also = f" and the old run's files it deletes take {fmt_bytes(freed)}" if freed else ""
-        disk_problem = (f"the {'next' if done else 'first'} task ({', '.join(parts)}) needs "
+        disk_problem = (f"the {'next' if record else 'first'} task ({', '.join(parts)}) needs "
                         f"{fmt_bytes(sum(parts.values()))} ({sum(parts.values()):,} bytes), {fmt_bytes(free)} "
                         f"({free:,} bytes) are free at {existing_parent(algo_dir)}{also}: `cljax run` refuses it; "
                         f"free space or choose another --results-dir")
-    kept = sum(keeps(config.keep_checkpoints, t, T) for t in range(done, T)) if record else 0  # linked, then parted
+    kept = sum(keeps(config.keep_checkpoints, t, T) for t in range(first, T)) if record else 0  # linked, then parted
+    # and the checkpoint and initial/ where the run stopped before it wrote them (else written again in place)
+    kept += (first < T and not (algo_dir / CHECKPOINT).is_file()) if record else 0
+    lost = run_files["initial/"] * (first < T and not (algo_dir / INITIAL).is_dir()) if record else 0
     # and the record of what it verified, folded as it ends, past what it holds now
     held = sum((algo_dir / n).stat().st_size for n in (RECORD, JOURNAL) if (algo_dir / n).is_file()) if record else 0
     return {
@@ -142,10 +144,11 @@ def make_plan(config: Config, device_bytes: int | None = None) -> dict:
         "disk_bytes_per_task": per_task_disk,
         "disk_run_files": run_files,
         "disk_bytes_total": T * per_task_disk + sum(run_files.values()),
-        # a resumed run's: its tasks left, the checkpoints it keeps (a kept one parts from
-        # checkpoint.npz, which it was linked to, when the next checkpoint replaces it), its record
-        "disk_bytes_left": (T - done) * per_task_disk + (
-            kept * run_files[CHECKPOINT] + max(0, run_files[RECORD] - held) * (done < T) if record
+        # a resumed run's: the task folders it adds (one it writes again replaces itself), the
+        # checkpoints it keeps (a kept one parts from checkpoint.npz, which it was linked to, when
+        # the next checkpoint replaces it), its record
+        "disk_bytes_left": (T - written) * per_task_disk + lost + (
+            kept * run_files[CHECKPOINT] + max(0, run_files[RECORD] - held) * (first < T) if record
             else sum(run_files.values())),
         "disk_next_task": parts,  # what run checks is free before it writes (in whole blocks)
         "disk_bytes_next_task": sum(parts.values()),
@@ -155,6 +158,28 @@ def make_plan(config: Config, device_bytes: int | None = None) -> dict:
         "disk_free_bytes": free,
         "disk_freed_by_deleting_the_old_run": freed,
     }
+
+
+def _resumes_at(algo_dir, config: Config, data_id: str) -> tuple[int, int, bool]:
+    """(the task a resume of the run in ``algo_dir`` trains first, T when it is finished; the task
+    folders below T that it keeps; whether run replaces it, a run that finished no task), by the
+    run's own finder (``run_folder.inspect_run``, its files' contents not hashed): a run that stopped
+    between a task's folder and the checkpoint after it resumes from that task and writes its
+    folder again in place. Where run refuses the folder (it says why), from its task folders."""
+    from cljax.check_record import CheckRecord
+    from cljax.errors import CljaxError
+    from cljax.results import task_dirs
+    from cljax.run_folder import inspect_run
+
+    T = config.num_tasks
+    below = [d for d in task_dirs(algo_dir, passed=False) if int(d.name[5:]) < T]
+    try:
+        found = inspect_run(algo_dir, config, data_id, overwrite=False, hashes=False, memo=CheckRecord(algo_dir))
+    except CljaxError:
+        return len(below), len(below), False
+    if found.record is None:
+        return 0, 0, found.replaces is not None
+    return (T if found.finished else found.next_task), len([d for d in below if d not in found.stale]), False
 
 
 def format_plan(plan: dict) -> str:

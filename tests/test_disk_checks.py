@@ -236,3 +236,41 @@ def test_a_resume_counts_the_record_it_saves_before_it_trains(tmp_path, monkeypa
                        r"verified.json\) needs .*\(the run resumes from its last finished task\)"):
         run_experiment(config, progress=False)
     assert state(algo_dir) == before  # refused before anything was written or deleted
+
+
+@pytest.mark.parametrize("stop", [0, 1, 2])
+def test_plan_resumes_from_the_checkpoint_as_run_does_when_a_task_folder_is_past_it(tmp_path, monkeypatch, stop):
+    # A run that stopped between task k's folder and the checkpoint after it resumes from task k
+    # and writes its folder again in place. plan counted the task folders instead: its next task
+    # was k + 1 (none at all when k was the last: nothing left, while run trains it again), so its
+    # next task's parts, its last-task flag and its kept checkpoints were one task off.
+    import cljax.experiment as experiment
+    from cljax.config import algo_dir_of
+    from cljax.experiment import run_experiment
+    from cljax.plan import make_plan
+
+    config = small_config(tmp_path, **{**TINY, "num_tasks": 3, "synthetic_classes": 6, "keep_checkpoints": 1})
+    real_save = experiment.save_learner
+
+    def save(algo_dir, learner, next_task, *args, **kwargs):
+        if next_task == stop + 1:  # task `stop`'s folder is written, the checkpoint after it is not
+            raise Crash
+        real_save(algo_dir, learner, next_task, *args, **kwargs)
+
+    monkeypatch.setattr(experiment, "save_learner", save)
+    with pytest.raises(Crash):
+        run_experiment(config, progress=False)
+    monkeypatch.undo()
+    algo_dir = algo_dir_of(config)
+    assert (algo_dir / f"task_00{stop}").is_dir()
+    plan = make_plan(config)
+    checked, real_parts = [], experiment.task_disk_parts
+    monkeypatch.setattr(experiment, "task_disk_parts", lambda *a, **k: checked.append(real_parts(*a, **k)) or checked[-1])
+    before = _on_disk(algo_dir)
+    result = run_experiment(config, progress=False)
+    grew = _on_disk(algo_dir) - before
+    assert result.first_task == stop
+    assert plan["disk_next_task"] == checked[0], (plan["disk_next_task"], checked[0])
+    assert ("verified.json" in plan["disk_next_task"]) and plan["disk_problem"] is None
+    # the folders it adds (task 2 when it stopped after task 1; none after task 2), the checkpoints it keeps
+    assert grew <= plan["disk_bytes_left"] < grew + plan["disk_bytes_per_task"] // 10, (grew, plan["disk_bytes_left"])
