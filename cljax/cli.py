@@ -69,17 +69,13 @@ def _how_to_go_on(config: Config, args):
 
 def _checkpoint_next_task(algo_dir: Path) -> int | None:
     """The first task a resume trains, from the run's checkpoint (0: none yet; None: unreadable)."""
-    import numpy as np
+    from cljax.checkpoint import read_checkpoint_header
 
-    from cljax.checkpoint import CHECKPOINT
-
-    if not (algo_dir / CHECKPOINT).exists():
-        return 0
     try:
-        with np.load(algo_dir / CHECKPOINT, allow_pickle=False) as z:
-            return int(z["next_task"])
-    except Exception:  # (a stop's line: a damaged checkpoint is the resume's to report)
+        header = read_checkpoint_header(algo_dir)
+    except CljaxError:  # (a stop's line: a damaged checkpoint is the resume's to report)
         return None
+    return 0 if header is None else header[0]
 
 
 def _cmd_run(argv: list[str]) -> int:
