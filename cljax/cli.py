@@ -253,6 +253,9 @@ def _cmd_compare(argv: list[str]) -> int:
     parser.add_argument("--json", default=None, help="write the comparison as JSON here (default: none)")
     parser.add_argument("--late-from", type=float, default=0.5, help="the late tasks are those from this fraction "
                         "of each run on (default: 0.5, the later half)")
+    parser.add_argument("--snapshot", choices=("last", "best"), default="last", help="learner and expert at each "
+                        "task's last snapshot (default), or each at its best snapshot of the task, which a one-step "
+                        "spike at the task's end does not move")
     args = parser.parse_args(argv)
     if any(not run.strip() for run in args.runs):
         raise CljaxError("a run folder is empty: pass each run's folder, results/{dataset}/{algorithm}.")
@@ -267,7 +270,7 @@ def _cmd_compare(argv: list[str]) -> int:
     from cljax.analysis.spread import jsonable, readable_json
     from cljax.safe_files import atomic_write
 
-    summary = compare_runs(with_sweeps_runs(args.runs), args.out, late_from=args.late_from)
+    summary = compare_runs(with_sweeps_runs(args.runs), args.out, late_from=args.late_from, snapshot=args.snapshot)
     print(format_comparison(summary))
     differ = protocol_differences(summary)
     if differ:

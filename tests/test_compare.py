@@ -322,7 +322,7 @@ def test_each_run_is_paired_with_the_first_run_of_its_draw_and_a_method_is_poole
     from cljax.analysis import compare
 
     drawn = {}
-    monkeypatch.setattr(compare.plots, "plot_plasticity_gap", lambda curves, path, late=None: drawn.update(curves))
+    monkeypatch.setattr(compare.plots, "plot_plasticity_gap", lambda curves, path, late=None, best=False: drawn.update(curves))
     plotted = compare_runs([tmp_path / n for n in names], tmp_path / "g.png", labels=names)
     assert list(drawn) == ["plain0 (+1 draw)", "method0 (+1 draw)"]
     gaps = [expert - (learner[seed] + shift[seed]) for seed in (0, 1)]  # (T, R) each: the repeats side by side
@@ -387,7 +387,7 @@ def test_a_partial_run_is_named_so_with_its_writer_when_it_is_still_running(tmp_
     from cljax.analysis import plots
 
     drawn = {}
-    monkeypatch.setattr(plots, "plot_plasticity_gap", lambda curves, path, late=None: drawn.update(curves))
+    monkeypatch.setattr(plots, "plot_plasticity_gap", lambda curves, path, late=None, best=False: drawn.update(curves))
     assert cli_main(["compare", *runs, "--out", str(tmp_path / "gap.png")]) == 0
     assert sorted(drawn) == ["done", f"partial (partial: {T} of {T + 2} tasks)"]
 
@@ -808,3 +808,26 @@ def test_the_table_counts_the_repeats_whose_learner_sits_at_chance(tmp_path):
     lines = format_comparison(summary).splitlines()
     assert lines[1].endswith("0.900 +- 0.000  1 of 4") and lines[0].index("at chance") == lines[1].index("1 of 4")
     assert "at chance: in how many repeats the learner ended at most 0.55" in lines[2]
+
+
+def test_snapshot_best_compares_each_at_its_best_snapshot(tmp_path, capsys):
+    # Each task has two snapshots: the learner's first at 0.123 (write_run), the expert's first at
+    # 0.99 and its last lower. At the last snapshots the gap is expert - learner; at the best, 0.99
+    # - learner. The at-chance count stays of the tasks' ends (the learner's last, 0.5 on tasks 2-3).
+    from cljax.cli import main
+
+    rng = np.random.default_rng(3)
+    learner, expert = rng.uniform(0.6, 0.9, (T, R)), rng.uniform(0.5, 0.9, (T, R))
+    learner[2:, 0] = 0.5
+    write_run(tmp_path / "run", learner, expert, window=False, expert_first=0.99)
+    last = compare_runs([tmp_path / "run"], labels=["run"])["run"]
+    best = compare_runs([tmp_path / "run"], labels=["run"], snapshot="best")["run"]
+    np.testing.assert_allclose(last["gap_late"]["per_repeat"], (expert - learner)[2:].mean(0))
+    np.testing.assert_allclose(best["gap_late"]["per_repeat"], (0.99 - learner)[2:].mean(0))
+    np.testing.assert_allclose(best["expert_late"]["per_repeat"], [0.99] * R)
+    assert (last["snapshot"], best["snapshot"]) == ("last", "best")
+    assert best["near_chance_late"] == last["near_chance_late"]
+    assert best["near_chance_late"]["learner"]["per_repeat"] == [2, 0, 0]
+    assert main(["compare", str(tmp_path / "run"), "--snapshot", "best", "--out", str(tmp_path / "gap.png")]) == 0
+    out = capsys.readouterr().out
+    assert "at its best snapshot of that task (--snapshot best)" in out and (tmp_path / "gap.png").stat().st_size

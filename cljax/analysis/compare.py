@@ -22,7 +22,7 @@ import numpy as np
 from cljax import results
 from cljax.analysis import plots
 from cljax.analysis.chance import near_chance
-from cljax.analysis.cl import mean_over_every_task, mean_over_tasks
+from cljax.analysis.cl import mean_over_every_task, mean_over_tasks, snapshot_accuracy
 from cljax.analysis.compare_pairs import (distinct_draws, late_start, not_pooled, one_draw, pair_with_baselines,
                                           pool_over_draws, with_values)
 from cljax.analysis.compare_text import protocol_differences, sweep_runs_left_out
@@ -62,8 +62,10 @@ def _record_or_none(run_dir: Path) -> dict | None:
         return None
 
 
-def current_task_accuracy(run_dir) -> dict:
-    """{"learner", "expert"}: current-task test accuracy at each task's last snapshot, (n, R);
+def current_task_accuracy(run_dir, snapshot: str = "last") -> dict:
+    """{"learner", "expert"}: current-task test accuracy at each task's last snapshot (``snapshot``
+    "best": its best finite snapshot during the task), (n, R); "learner_last", "expert_last": at the
+    last snapshot whichever ``snapshot`` is;
     "draw": (the seeds, every task's class pairs per repeat, the data settings) as the task folders record them
     (None where a folder records none), what makes two runs' repeats pairs; "num_tasks": the
     run's T as task_000 records it (None: not recorded)."""
@@ -84,15 +86,17 @@ def current_task_accuracy(run_dir) -> dict:
             raise CljaxError(f"{run_dir} holds {len(dirs)} task folders but its run has {T} tasks: {dirs[T].name} on "
                              f"are not tasks of this run; move them out of the folder.")
         slot = (meta.get("eval_tasks") or {}).get("current_slot", t)
-        learner.append(results.load_metrics(d)["test_acc"][-1, :, slot])
-        expert.append(results.load_expert_metrics(d)["test_acc"][-1])
+        learner.append(results.load_metrics(d)["test_acc"][:, :, slot])  # (L, R)
+        expert.append(results.load_expert_metrics(d)["test_acc"])
     settings = json.dumps({k: config.get(k) for k in DATA_SETTINGS}, sort_keys=True, default=str)
     # the dataset's content (its identity, as run compares it: a synthetic size, a prepared folder); a
     # task folder from before it recorded one (2026-12-05): run.json's, else not known
     identity = first_data or (_record_or_none(Path(run_dir)) or {}).get("data")
     draw = None if None in pairs or seeds == {"null"} else (sorted(seeds), pairs, settings, identity)
-    return {"learner": np.asarray(learner, np.float64), "expert": np.asarray(expert, np.float64), "draw": draw,
-            "num_tasks": n_run}
+    variant = {"last": "final", "best": "best"}[snapshot]
+    return {"learner": snapshot_accuracy(learner, variant).T, "expert": snapshot_accuracy(expert, variant).T,
+            "learner_last": snapshot_accuracy(learner, "final").T, "expert_last": snapshot_accuracy(expert, "final").T,
+            "draw": draw, "num_tasks": n_run}
 
 
 def _checker(run_dir: Path):
@@ -141,10 +145,15 @@ def _refuse_copies(run_dirs) -> None:
         seen.setdefault(run_id, run_dir)
 
 
-def compare_runs(run_dirs, out_png: str | os.PathLike | None = None, labels=None, late_from: float = 0.5) -> dict:
+def compare_runs(run_dirs, out_png: str | os.PathLike | None = None, labels=None, late_from: float = 0.5,
+                 snapshot: str = "last") -> dict:
     """The gap per run: its spread over repeats of the per-repeat mean over the late tasks (from
     ``late_from`` of the run on), the learner's and the expert's accuracy there, and the gap per
-    task (mean over repeats). Writes the plot to ``out_png`` when given."""
+    task (mean over repeats). ``snapshot`` "best": each of learner and expert at its best snapshot
+    of the task, which a one-step spike of either at the task's end does not move. Writes the plot
+    to ``out_png`` when given."""
+    if snapshot not in ("last", "best"):
+        raise ValueError(f"snapshot must be 'last' or 'best', got {snapshot!r}")
     labels = list(labels) if labels else distinct_labels(run_dirs)
     if len(set(labels)) != len(labels):
         raise CljaxError(f"two runs have the same label ({', '.join(labels)}): give each its own.")
@@ -154,7 +163,7 @@ def compare_runs(run_dirs, out_png: str | os.PathLike | None = None, labels=None
         print(note, file=sys.stderr)
     curves, summary, draws, methods, accs, families = {}, {}, {}, {}, {}, {}
     for label, run_dir in zip(labels, run_dirs):
-        acc = accs[label] = current_task_accuracy(run_dir)
+        acc = accs[label] = current_task_accuracy(run_dir, snapshot)
         gap_nR = acc["expert"] - acc["learner"]
         late = slice(late_start(len(gap_nR), late_from), len(gap_nR))
         record = as_trained(Path(run_dir), _record_or_none(Path(run_dir))) or {}  # run.json damaged: task_000's
@@ -162,7 +171,7 @@ def compare_runs(run_dirs, out_png: str | os.PathLike | None = None, labels=None
         methods[label] = method_of(record)
         families[label] = family_of(record) or (Path(run_dir).name if record.get("config") else None)
         summary[label] = {
-            "run": str(run_dir), "n_tasks": len(gap_nR), "late_tasks": [late.start, len(gap_nR) - 1],
+            "run": str(run_dir), "snapshot": snapshot, "n_tasks": len(gap_nR), "late_tasks": [late.start, len(gap_nR) - 1],
             "num_tasks": acc["num_tasks"],  # the run's T (None: not recorded); n_tasks < T: a partial run
             "in_progress": live_writer(Path(run_dir)) if len(gap_nR) < (acc["num_tasks"] or 0) else None,
             "protocol": {k: (record.get("config") or {}).get(k) for k in PROTOCOL},
@@ -172,7 +181,8 @@ def compare_runs(run_dirs, out_png: str | os.PathLike | None = None, labels=None
             "expert_late": with_values(mean_over_every_task(acc["expert"][late].T)),
             "gap_per_task": mean_over_tasks(gap_nR).tolist(),  # over the repeats with a finite gap
             # the repeats split between learning and chance, which the means above do not show
-            "near_chance_late": near_chance(acc["learner"][late].T, acc["expert"][late].T),
+            # (at the tasks' ends, whichever snapshot the figures above are of)
+            "near_chance_late": near_chance(acc["learner_last"][late].T, acc["expert_last"][late].T),
         }
         curves[label] = gap_nR
         draws[label] = acc["draw"]
@@ -195,7 +205,8 @@ def compare_runs(run_dirs, out_png: str | os.PathLike | None = None, labels=None
         windows = {tuple(s["late_tasks"]) for s in summary.values()}  # shaded when the runs share one
         late = next(iter(windows)) if len(windows) == 1 else None
         differ = ", ".join(protocol_differences(summary))  # under the figure too: a plot travels without the terminal
-        captioned(lambda p: plots.plot_plasticity_gap({line: c for line, (c, _) in shown.items()}, p, late=late),
+        captioned(lambda p: plots.plot_plasticity_gap({line: c for line, (c, _) in shown.items()}, p, late=late,
+                                                      best=snapshot == "best"),
                   f"the runs differ in {differ}: their gaps are not on one protocol" if differ else "")(out_png)
     return summary
 

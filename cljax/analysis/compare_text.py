@@ -58,7 +58,9 @@ def format_comparison(summary: dict) -> str:
             lines.append(f"{'':<{width}} partial: the first {s['n_tasks']} of its {s['num_tasks']} tasks, " + (
                 f"a run in progress (pid {w.get('pid', '?')} on {w.get('host', '?')})" if w is not None else
                 "stopped (finish it with the same `cljax run` command)") + "; its late tasks are of those")
-    lines.append("(learner and expert: the test accuracy on the task just trained, at its end; gap: expert minus "
+    best = any(s.get("snapshot") == "best" for s in summary.values())
+    at = "at its best snapshot of that task (--snapshot best)" if best else "at its end"
+    lines.append(f"(learner and expert: the test accuracy on the task just trained, {at}; gap: expert minus "
                  "learner; mean and sample std over repeats of each repeat's mean over the late tasks; a repeat not "
                  "finite on one of them is left out; at chance: in how many repeats the learner ended at most 0.55 "
                  "(0.5 is chance for a pair) on more than half the late tasks)")

@@ -346,10 +346,10 @@ def plot_head_vs_probe(earlier_RN: Mapping[str, np.ndarray], last_RT: Mapping[st
 
 
 def plot_plasticity_gap(gaps: Mapping[str, np.ndarray], path: str | os.PathLike,
-                        late: tuple[int, int] | None = None) -> Path:
+                        late: tuple[int, int] | None = None, best: bool = False) -> Path:
     """One line per run: the plasticity gap (expert - learner) over tasks, ``gaps[label]`` (n, R),
     mean +- std over repeats (cljax compare); ``late``: (first, last) task of the table's late
-    figures, shaded, when every run has the same."""
+    figures, shaded, when every run has the same; ``best``: the gap is of both best snapshots."""
     fig = _figure(figsize=(7, 4))
     ax = fig.add_subplot()
     if late is not None:
@@ -364,7 +364,7 @@ def plot_plasticity_gap(gaps: Mapping[str, np.ndarray], path: str | os.PathLike,
     ax.axhline(0.0, color="gray", linewidth=0.8)
     ax.set_xlabel("task")
     _task_ticks(ax.xaxis)
-    ax.set_ylabel("expert - learner, current-task accuracy")
+    ax.set_ylabel("expert - learner, current-task accuracy" + (",\nboth at their best snapshot" if best else ""))
     ax.set_title("Plasticity gap over tasks (mean +- std over repeats)")
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), frameon=False)  # below: not over the curves
     return _save(fig, path)
