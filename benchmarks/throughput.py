@@ -15,9 +15,10 @@ processes hits every candidate alike and the ratios hold even on a shared machin
 - torch: ``benchmarks/torch_reference.py``, one repeat at a time, counted the same way; its
   throughput does not depend on R (repeats run one after another), so one repeat is timed
   per round and the figure holds for every R. The reference is the usual loop (a shuffling
-  DataLoader, each step's loss and accuracy recorded: the work cljax's program does) with all
-  cores (``torch.set_num_threads`` = cores); also timed: the same with one thread (often
-  faster on a loaded machine) and the lean loop (in-order slices, no metrics) with all cores;
+  DataLoader, each step's loss and accuracy recorded: the work cljax's program does) with as
+  many threads as the cores the CPU split counts (``torch.set_num_threads`` = the usable cores:
+  affinity, cgroup quota); also timed: the same with one thread (often faster on a loaded
+  machine) and the lean loop (in-order slices, no metrics) with the usable cores;
   "best torch" is the fastest of the three. Beside them, the peers of ``torch_peers.py`` (all on
   CUDA when it is present): K processes of the usual loop at once, and torch.func vmap over the
   stacked parameters of R learners and experts; a second table gives cljax's ratio to each;

@@ -139,9 +139,17 @@ class TorchProcesses:
                 proc.terminate()
 
 
+def peer_cores() -> int:
+    """The cores the peers share out: those this process may run on (its affinity, a cgroup's
+    quota), as cljax's device split counts them (``cljax.host.usable_cores``), not the machine's."""
+    from cljax.host import usable_cores
+
+    return max(1, usable_cores())
+
+
 def default_processes(device: str) -> list[int]:
-    """K values of the process peer: 8 processes sharing a GPU; one per core on a CPU."""
-    return [8] if device == "cuda" else [max(1, os.cpu_count() or 1)]
+    """K values of the process peer: 8 processes sharing a GPU; one per usable core on a CPU."""
+    return [8] if device == "cuda" else [peer_cores()]
 
 
 def set_tf32(tf32: bool) -> None:
@@ -161,7 +169,7 @@ def torch_units(repeats: list[int], steps: int, batch_size: int, processes: list
     keyed ("torch_vmap", R). ``tf32``: see :func:`set_tf32`."""
     set_tf32(tf32)
     device = torch_device()
-    cores = os.cpu_count() or 1
+    cores = peer_cores()
     threads = cores if device == "cpu" else 1
     units = {"torch": (TorchRepeat(steps, batch_size, threads, device=device), steps * batch_size * 2,
                        {"style": "usual", "threads": threads, "device": device, "repeats_per_call": 1}),

@@ -6,7 +6,7 @@ cljax's task program does per step (it also reshuffles every epoch and records b
 
 ``style="lean"`` is the same training with less around it: batches sliced in order from one
 tensor, no shuffling, no metrics. The benchmark times both; "lean" bounds what a hand-tuned
-loop gets (1.04x and 1.15x the reference in two benchmark runs here).
+loop gets (measured against the reference: docs/benchmark.md).
 
 ``device``: "cuda" runs the nets on the GPU (the usual loop's batches come from a CPU
 DataLoader and are moved per step, as such code does; the lean loop slices a device tensor).
@@ -110,10 +110,10 @@ def torch_version() -> str | None:
 
 
 if __name__ == "__main__":
-    import os
+    from cljax.host import usable_cores
 
     for style in ("usual", "lean"):
-        unit = TorchRepeat(steps=50, batch_size=32, threads=os.cpu_count() or 1, style=style)
+        unit = TorchRepeat(steps=50, batch_size=32, threads=usable_cores(), style=style)
         t0 = time.perf_counter()
         n = unit()
         print(f"torch {torch_version()}, {style}: {n / (time.perf_counter() - t0):.0f} samples/s (learner + expert, one repeat)")
