@@ -6,7 +6,8 @@ processes hits every candidate alike and the ratios hold even on a shared machin
 - cljax: the real per-task program (``cljax.program.build_task_program``, learner + expert fused
   in one ``lax.scan``) on synthetic uint8 data of the real shapes, at each ``--repeats`` R;
   samples/s = steps x batch x R x 2 (learner + expert) / seconds of one ``run_task`` call
-  (one snapshot per call, so the expert's evaluation adds ~1%). The CPU is split into one JAX
+  (one snapshot per call: its evaluation is timed, not counted; docs/benchmark.md, "Profile",
+  gives its share of the call). The CPU is split into one JAX
   device per core, as ``cljax run`` does, and each R uses as many as it splits over. Unless
   ``--quick``, also the alternatives the defaults were chosen over: the other lowering of the
   repeat axis (``vmap`` vs a loop over repeats), the learner and expert steps the other way
