@@ -88,6 +88,8 @@ def flops_per_sample() -> dict:
 def machine() -> dict:
     import jax
 
+    from cljax.host import usable_cores
+
     model = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -98,6 +100,7 @@ def machine() -> dict:
     return {
         "cpu": model,
         "cores": os.cpu_count(),
+        "usable_cores": usable_cores(),  # what the CPU split and the torch peers' threads count
         "backend": jax.default_backend(),
         "devices": [str(d) for d in jax.devices()],
         "jax": jax.__version__,
@@ -310,7 +313,7 @@ def run_benchmark(args, on_partial=None) -> dict:
         rows, alternatives = measured_rows(measured, seconds)
         return {
             **({"partial": partial} if partial else {}),
-            "machine": "{cpu}, {cores} cores, {backend}".format(**machine()),
+            "machine": "{cpu}, {cores} cores ({usable_cores} usable), {backend}".format(**machine()),
             "machine_details": machine(),
             "load_average_start": load_start,
             "load_average_end": load_average(),

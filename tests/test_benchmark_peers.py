@@ -46,3 +46,13 @@ def test_the_peers_use_the_cores_this_process_may_run_on(monkeypatch):
     units = peers.torch_units([2], steps=4, batch_size=8)
     if units["torch"][2]["threads"] == 2:  # not where a cgroup quota allows one core
         assert "torch_1thread" in units and "torch_processes_2" in units
+
+
+def test_the_report_names_the_cores_the_run_used(monkeypatch):
+    """The report's machine line gave os.cpu_count() only: a run under `taskset -c 0` on 2 cores
+    read "2 cores" beside a one-device cljax row."""
+    bench = load_script(PEERS.parent / "throughput.py", "cljax_bench_throughput")
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    details = bench.machine()
+    assert details["cores"] == 2 and details["usable_cores"] == 1
