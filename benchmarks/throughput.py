@@ -234,7 +234,7 @@ def parse_args(argv):
     p.add_argument("--no-experiment", action="store_true", help="skip the 10-task run (compilations, memory, cache)")
     p.add_argument("--no-alternatives", action="store_true",
                    help="skip the alternatives (the other repeat-axis lowering, the other learner/expert pairing, one CPU device)")
-    p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run of a few seconds")
+    p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run (its time is mostly compiling)")
     p.add_argument("--cache-dir", type=output_folder, default=None,
                    help="persistent compilation cache for the 10-task part (default: a fresh temporary folder, so 'cold' is cold)")
     p.add_argument("--json", dest="json_path", type=output_file, default=None, help="write every figure to this file")
