@@ -63,7 +63,7 @@ def near_chance_text(summary_entry: dict | None) -> str | None:
 
 
 def near_chance_plot_note(summary_entry: dict) -> str | None:
-    """The same, short, under the learner-vs-expert panel's title; None when no learner cell is."""
+    """The same, short, as the title of the learner-vs-expert left panel; None when no learner cell is."""
     learner = summary_entry["learner"]
     if not learner["n_near_chance"]:
         return None
