@@ -198,16 +198,18 @@ def disk_run_files(b: Budget, dataset_meta: dict | None = None) -> dict:
 
 
 def task_disk_parts(b: Budget, schedule, class_names, files: dict, algo_dir: Path, *, run_record: bool,
-                    initial: bool, last: bool, resumes: bool = False) -> dict:
+                    initial: bool, last: bool, resumes: bool = False, again: bool = False) -> dict:
     """The free disk a run's first task (a resumed run's next) needs before it starts, by part, in
     whole blocks of ``algo_dir``'s filesystem: its folder (and a block for the folder itself), the
     checkpoint's new copy (written beside the old one before it replaces it), run.json and
     initial/ when the run writes them, and verified.json when the run writes it: as a run that
     ``resumes`` saves what it verified before it trains (the record of the task folders there),
     and when the task is the run's last, into which the run's end folds its journal
-    (``record_fold_disk``; the larger of the two, which are not on disk at once). ``cljax run``
-    checks it before anything is written; ``cljax plan`` says from it whether the first task
-    fits. ``files``: the run's ``disk_run_files``."""
+    (``record_fold_disk``; the larger of the two, which are not on disk at once). ``again``: the
+    task's folder is there whole (:func:`written_again`), and the new one is written beside it,
+    as the run's check of each task counts it. ``cljax run`` checks it before anything is
+    written; ``cljax plan`` says from it whether the first task fits. ``files``: the run's
+    ``disk_run_files``."""
     from cljax.check_record import RECORD
     from cljax.checkpoint import CHECKPOINT, RUN_RECORD
     from cljax.results import task_dirs
@@ -219,11 +221,23 @@ def task_disk_parts(b: Budget, schedule, class_names, files: dict, algo_dir: Pat
         parts[RUN_RECORD] = on_disk([files[RUN_RECORD] + 512, 256], block)
     if initial:  # (its metadata.json apart)
         parts["initial/"] = on_disk([files["initial/"] - 1024, 1024], block) + block
+    if again:  # (the old folder stays until the new one replaces it)
+        parts["a second copy of both beside the old folder"] = parts["its folder"] + parts["the checkpoint's new copy"]
     if last or resumes:  # the estimate is of T task folders (and initial/): a resume's, of those there
         T = b.config.num_tasks
         there = len(task_dirs(algo_dir, passed=False)) if algo_dir.is_dir() else 0
         parts[RECORD] = record_fold_disk(algo_dir, files[RECORD] if last else files[RECORD] * min(T, there + 1) // T)
     return parts
+
+
+def written_again(found, algo_dir: Path, task: int) -> bool:
+    """Whether the first task a resumed run trains (``found``: run_folder's finding) has its
+    folder there whole, not one of the stale folders the resume deletes first: the run stopped
+    between that folder and the checkpoint after it, and writes it again beside the old one."""
+    from cljax.results import task_dir_name
+
+    folder = algo_dir / task_dir_name(task)
+    return found.record is not None and not found.finished and folder.is_dir() and folder not in found.stale
 
 
 def record_fold_disk(algo_dir: Path, estimate: int) -> int:

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 
 from cljax.budget import Budget, choose_eval_chunk, evaluation_mode, host_problem
 from cljax.budget_disk import (RESUMES, block_size, check_disk, disk_errors, disk_run_files, record_fold_disk,
-                                task_disk_parts, warn_if_the_run_outgrows_the_disk)
+                                task_disk_parts, warn_if_the_run_outgrows_the_disk, written_again)
 from cljax.check_record import RECORD, CheckRecord
 from cljax.checkpoint import RUN_RECORD, load_learner, new_run_id, save_learner, write_run_record
 from cljax.config import SCHEMA_VERSION, Config, algo_dir_of
@@ -128,13 +128,13 @@ def run_experiment(
         too_large = host_problem(budget, data, chunk_tasks, host_available())  # nor the host's
         if too_large is not None:
             raise too_large
-        # The disk a task needs is known ahead (the planner's exact figures, cljax plan's), in whole
-        # blocks; what --overwrite (or the replacement of a run that finished no task) deletes is free.
+        # The disk a task needs (cljax plan's exact figures, in blocks); what --overwrite deletes is free.
         first, run_files = found.next_task if found.record is not None else 0, disk_run_files(budget, data.meta)
         parts = task_disk_parts(budget, schedule, data.class_names, run_files, algo_dir,
                                 run_record=found.record is None or found.rebuilt, last=first + 1 == config.num_tasks,
                                 initial=_writes_initial(found, algo_dir, hashes=True),  # as _train decides
-                                resumes=found.record is not None and not found.finished)  # its verified.json
+                                resumes=found.record is not None and not found.finished,  # its verified.json
+                                again=written_again(found, algo_dir, first))  # beside the old folder
         clears = found.record is None and (overwrite or found.replaces is not None)
         freed, then = cleared_bytes(algo_dir) if clears else 0, f"nothing was {'deleted' if clears else 'written'}"
         check_disk(algo_dir, sum(parts.values()), f"the {'first' if found.record is None else 'next'} task ("

@@ -56,7 +56,8 @@ def make_plan(config: Config, device_bytes: int | None = None) -> dict:
     except (CljaxError, TypeError, KeyError):
         record, other = None, []  # damaged: run's own checks say so
     algo_dir = algo_dir_of(config)
-    first, written, replaced = _resumes_at(algo_dir, config, data_identity(data)) if record else (0, 0, False)
+    first, written, replaced, again = (_resumes_at(algo_dir, config, data_identity(data)) if record
+                                       else (0, 0, False, False))
     record = None if replaced else record  # a run that finished no task, which run replaces: planned as a new run
     b = Budget.of(config, build_task_program(config, image_shape, paired_models=recorded_pairing(config, record)),
                   image_shape)
@@ -91,7 +92,8 @@ def make_plan(config: Config, device_bytes: int | None = None) -> dict:
     # The first task's disk (a resumed run's next), checked by run before it writes: as run checks it.
     initial = not first or verify_task_dir(algo_dir / INITIAL, -1, record.get("run_id"), hashes=False) is not None
     parts = task_disk_parts(b, schedule, data.class_names, run_files, algo_dir, run_record=record is None,
-                            initial=initial, last=first + 1 == T, resumes=record is not None) if first < T else {}
+                            initial=initial, last=first + 1 == T, resumes=record is not None, again=again) \
+        if first < T else {}
     # a run with other settings is deleted first (--overwrite, or the replacement of one that finished no task)
     freed = cleared_bytes(algo_dir) if other or replaced else 0
     free = shutil.disk_usage(existing_parent(algo_dir)).free
@@ -160,12 +162,14 @@ def make_plan(config: Config, device_bytes: int | None = None) -> dict:
     }
 
 
-def _resumes_at(algo_dir, config: Config, data_id: str) -> tuple[int, int, bool]:
+def _resumes_at(algo_dir, config: Config, data_id: str) -> tuple[int, int, bool, bool]:
     """(the task a resume of the run in ``algo_dir`` trains first, T when it is finished; the task
-    folders below T that it keeps; whether run replaces it, a run that finished no task), by the
+    folders below T that it keeps; whether run replaces it, a run that finished no task; whether it
+    writes its first task's folder again beside the old one, ``budget_disk.written_again``), by the
     run's own finder (``run_folder.inspect_run``, its files' contents not hashed): a run that stopped
     between a task's folder and the checkpoint after it resumes from that task and writes its
     folder again in place. Where run refuses the folder (it says why), from its task folders."""
+    from cljax.budget_disk import written_again
     from cljax.check_record import CheckRecord
     from cljax.errors import CljaxError
     from cljax.results import task_dirs
@@ -176,10 +180,11 @@ def _resumes_at(algo_dir, config: Config, data_id: str) -> tuple[int, int, bool]
     try:
         found = inspect_run(algo_dir, config, data_id, overwrite=False, hashes=False, memo=CheckRecord(algo_dir))
     except CljaxError:
-        return len(below), len(below), False
+        return len(below), len(below), False, False
     if found.record is None:
-        return 0, 0, found.replaces is not None
-    return (T if found.finished else found.next_task), len([d for d in below if d not in found.stale]), False
+        return 0, 0, found.replaces is not None, False
+    first = T if found.finished else found.next_task
+    return first, len([d for d in below if d not in found.stale]), False, written_again(found, algo_dir, first)
 
 
 def format_plan(plan: dict) -> str:

@@ -274,3 +274,43 @@ def test_plan_resumes_from_the_checkpoint_as_run_does_when_a_task_folder_is_past
     assert ("verified.json" in plan["disk_next_task"]) and plan["disk_problem"] is None
     # the folders it adds (task 2 when it stopped after task 1; none after task 2), the checkpoints it keeps
     assert grew <= plan["disk_bytes_left"] < grew + plan["disk_bytes_per_task"] // 10, (grew, plan["disk_bytes_left"])
+
+
+def test_a_resumed_task_whose_folder_is_there_counts_the_new_folder_beside_it_before_anything_is_written(
+        tmp_path, monkeypatch):
+    # A run stopped between task 1's folder and the checkpoint after it writes that folder again
+    # beside the old one. The run's check of each task counted that, the check before anything is
+    # written (and plan) did not: on a disk with room for one copy the resume saved its record,
+    # trained task 1 and only then refused it.
+    import cljax.experiment as experiment
+    from cljax.config import algo_dir_of
+    from cljax.errors import CljaxError
+    from cljax.experiment import run_experiment
+    from cljax.plan import make_plan
+
+    config = small_config(tmp_path, **{**TINY, "num_tasks": 3, "synthetic_classes": 6})
+    real_save = experiment.save_learner
+
+    def save(algo_dir, learner, next_task, *args, **kwargs):
+        if next_task == 2:  # task 1's folder is written, the checkpoint after it is not
+            raise Crash
+        real_save(algo_dir, learner, next_task, *args, **kwargs)
+
+    monkeypatch.setattr(experiment, "save_learner", save)
+    with pytest.raises(Crash):
+        run_experiment(config, progress=False)
+    monkeypatch.undo()
+    algo_dir = algo_dir_of(config)
+    assert (algo_dir / "task_001").is_dir()
+    plan = make_plan(config)
+    again = "a second copy of both beside the old folder"
+    parts = plan["disk_next_task"]
+    assert parts[again] == parts["its folder"] + parts["the checkpoint's new copy"]
+    before = state(algo_dir)
+    _free(monkeypatch, sum(parts.values()) - parts[again])  # room for one copy of the folder
+    with pytest.raises(CljaxError, match=rf"not enough disk .* the next task \(its folder, the checkpoint's new copy, "
+                       rf"{again}, verified.json\) needs"):
+        run_experiment(config, progress=False)
+    assert state(algo_dir) == before  # refused before anything was written or trained
+    _free(monkeypatch, sum(parts.values()))
+    assert run_experiment(config, progress=False).first_task == 1
