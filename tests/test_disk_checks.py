@@ -314,3 +314,33 @@ def test_a_resumed_task_whose_folder_is_there_counts_the_new_folder_beside_it_be
     assert state(algo_dir) == before  # refused before anything was written or trained
     _free(monkeypatch, sum(parts.values()))
     assert run_experiment(config, progress=False).first_task == 1
+
+
+def test_a_stale_folder_the_resume_deletes_first_is_not_counted_twice(tmp_path, monkeypatch):
+    # Stopped between task 1's folder and the checkpoint after it, and the folder then damaged:
+    # the resume deletes it before it trains, so it writes one copy, and the check (run's and
+    # plan's) counts one.
+    import cljax.experiment as experiment
+    from cljax.config import algo_dir_of
+    from cljax.experiment import run_experiment
+    from cljax.plan import make_plan
+
+    config = small_config(tmp_path, **{**TINY, "num_tasks": 3, "synthetic_classes": 6})
+    real_save = experiment.save_learner
+
+    def save(algo_dir, learner, next_task, *args, **kwargs):
+        if next_task == 2:
+            raise Crash
+        real_save(algo_dir, learner, next_task, *args, **kwargs)
+
+    monkeypatch.setattr(experiment, "save_learner", save)
+    with pytest.raises(Crash):
+        run_experiment(config, progress=False)
+    monkeypatch.undo()
+    damaged = algo_dir_of(config) / "task_001" / "metrics.pkl"
+    damaged.write_bytes(damaged.read_bytes()[:-8])
+    plan = make_plan(config)
+    checked, real_parts = [], experiment.task_disk_parts
+    monkeypatch.setattr(experiment, "task_disk_parts", lambda *a, **k: checked.append(real_parts(*a, **k)) or checked[-1])
+    assert run_experiment(config, progress=False).first_task == 1
+    assert plan["disk_next_task"] == checked[0] and "a second copy of both beside the old folder" not in checked[0]
