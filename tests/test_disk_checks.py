@@ -238,6 +238,25 @@ def test_a_resume_counts_the_record_it_saves_before_it_trains(tmp_path, monkeypa
     assert state(algo_dir) == before  # refused before anything was written or deleted
 
 
+def _stopped_before_the_checkpoint_after(config, task: int, monkeypatch) -> None:
+    """Run ``config`` until task ``task``'s folder is written and the checkpoint after it is not
+    (a kill between the two); the patch is lifted after."""
+    import cljax.experiment as experiment
+    from cljax.experiment import run_experiment
+
+    real_save = experiment.save_learner
+
+    def save(algo_dir, learner, next_task, *args, **kwargs):
+        if next_task == task + 1:
+            raise Crash
+        real_save(algo_dir, learner, next_task, *args, **kwargs)
+
+    monkeypatch.setattr(experiment, "save_learner", save)
+    with pytest.raises(Crash):
+        run_experiment(config, progress=False)
+    monkeypatch.undo()
+
+
 @pytest.mark.parametrize("stop", [0, 1, 2])
 def test_plan_resumes_from_the_checkpoint_as_run_does_when_a_task_folder_is_past_it(tmp_path, monkeypatch, stop):
     # A run that stopped between task k's folder and the checkpoint after it resumes from task k
@@ -250,17 +269,7 @@ def test_plan_resumes_from_the_checkpoint_as_run_does_when_a_task_folder_is_past
     from cljax.plan import make_plan
 
     config = small_config(tmp_path, **{**TINY, "num_tasks": 3, "synthetic_classes": 6, "keep_checkpoints": 1})
-    real_save = experiment.save_learner
-
-    def save(algo_dir, learner, next_task, *args, **kwargs):
-        if next_task == stop + 1:  # task `stop`'s folder is written, the checkpoint after it is not
-            raise Crash
-        real_save(algo_dir, learner, next_task, *args, **kwargs)
-
-    monkeypatch.setattr(experiment, "save_learner", save)
-    with pytest.raises(Crash):
-        run_experiment(config, progress=False)
-    monkeypatch.undo()
+    _stopped_before_the_checkpoint_after(config, stop, monkeypatch)
     algo_dir = algo_dir_of(config)
     assert (algo_dir / f"task_00{stop}").is_dir()
     plan = make_plan(config)
@@ -282,24 +291,13 @@ def test_a_resumed_task_whose_folder_is_there_counts_the_new_folder_beside_it_be
     # beside the old one. The run's check of each task counted that, the check before anything is
     # written (and plan) did not: on a disk with room for one copy the resume saved its record,
     # trained task 1 and only then refused it.
-    import cljax.experiment as experiment
     from cljax.config import algo_dir_of
     from cljax.errors import CljaxError
     from cljax.experiment import run_experiment
     from cljax.plan import make_plan
 
     config = small_config(tmp_path, **{**TINY, "num_tasks": 3, "synthetic_classes": 6})
-    real_save = experiment.save_learner
-
-    def save(algo_dir, learner, next_task, *args, **kwargs):
-        if next_task == 2:  # task 1's folder is written, the checkpoint after it is not
-            raise Crash
-        real_save(algo_dir, learner, next_task, *args, **kwargs)
-
-    monkeypatch.setattr(experiment, "save_learner", save)
-    with pytest.raises(Crash):
-        run_experiment(config, progress=False)
-    monkeypatch.undo()
+    _stopped_before_the_checkpoint_after(config, 1, monkeypatch)
     algo_dir = algo_dir_of(config)
     assert (algo_dir / "task_001").is_dir()
     plan = make_plan(config)
@@ -326,17 +324,7 @@ def test_a_stale_folder_the_resume_deletes_first_is_not_counted_twice(tmp_path, 
     from cljax.plan import make_plan
 
     config = small_config(tmp_path, **{**TINY, "num_tasks": 3, "synthetic_classes": 6})
-    real_save = experiment.save_learner
-
-    def save(algo_dir, learner, next_task, *args, **kwargs):
-        if next_task == 2:
-            raise Crash
-        real_save(algo_dir, learner, next_task, *args, **kwargs)
-
-    monkeypatch.setattr(experiment, "save_learner", save)
-    with pytest.raises(Crash):
-        run_experiment(config, progress=False)
-    monkeypatch.undo()
+    _stopped_before_the_checkpoint_after(config, 1, monkeypatch)
     damaged = algo_dir_of(config) / "task_001" / "metrics.pkl"
     damaged.write_bytes(damaged.read_bytes()[:-8])
     plan = make_plan(config)
