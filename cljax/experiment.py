@@ -128,14 +128,13 @@ def run_experiment(
         too_large = host_problem(budget, data, chunk_tasks, host_available())  # nor the host's
         if too_large is not None:
             raise too_large
-        # The disk a task needs (cljax plan's exact figures, in blocks); what --overwrite deletes is free.
         first, run_files = found.next_task if found.record is not None else 0, disk_run_files(budget, data.meta)
         parts = task_disk_parts(budget, schedule, data.class_names, run_files, algo_dir,
                                 run_record=found.record is None or found.rebuilt, last=first + 1 == config.num_tasks,
                                 initial=_writes_initial(found, algo_dir, hashes=True),  # as _train decides
                                 resumes=found.record is not None and not found.finished,  # its verified.json
                                 again=written_again(found, algo_dir, first))  # beside the old folder
-        clears = found.record is None and (overwrite or found.replaces is not None)
+        clears = found.record is None and (overwrite or found.replaces is not None)  # deleted first: free
         freed, then = cleared_bytes(algo_dir) if clears else 0, f"nothing was {'deleted' if clears else 'written'}"
         check_disk(algo_dir, sum(parts.values()), f"the {'first' if found.record is None else 'next'} task ("
                    f"{', '.join(parts)})", freed, then if found.record is None else RESUMES)
