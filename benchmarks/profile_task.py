@@ -32,7 +32,7 @@ gaps are those of launching kernel by kernel; ``default`` keeps XLA's setting. N
 CPU.
 
     python benchmarks/profile_task.py [--repeats 32] [--steps 50] [--conv-impl lax] [--out DIR] [--json PATH]
-    python benchmarks/profile_task.py --quick --json /tmp/profile.json   # a smoke run of seconds
+    python benchmarks/profile_task.py --quick --json /tmp/profile.json   # a smoke run: tiny sizes, its time mostly compiling
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def parse_args(argv):
                                                "folder, removed)")
     p.add_argument("--json", dest="json_path", type=output_file, default=None, help="write the report here (default with --out: "
                                                                    "OUT/profile.json)")
-    p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run of a few seconds")
+    p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run, its time mostly compiling")
     args = p.parse_args(argv)
     q = args.quick
     args.repeats = args.repeats or (2 if q else 32)
