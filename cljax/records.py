@@ -127,10 +127,12 @@ def summary_row(t: int, arrays: dict, eval_ids) -> dict:
     return {
         "task": t,
         "acc_current": _finite_mean(acc_RK[:, int(np.flatnonzero(ids == t)[0])]),
+        "acc_current_std": _finite_std(acc_RK[:, int(np.flatnonzero(ids == t)[0])]),
         # per repeat, then over the repeats whose mean is finite: a repeat with one non-finite
         # earlier task is left out whole, as the analysis leaves it (docs/metrics.md)
         "acc_earlier": _finite_mean(acc_RK[:, earlier].mean(axis=1)) if len(earlier) else float("nan"),
         "expert_acc": _finite_mean(expert_R),
+        "expert_acc_std": _finite_std(expert_R),
         "probe_earlier": _probe_earlier(arrays, earlier),
         "n_earlier": len(earlier),  # 0: no earlier task evaluated (acc_earlier, probe_earlier NaN)
         "n_nonfinite": len(set(out["learner"]) | set(out["expert"])),  # repeats left out of the means
@@ -138,7 +140,9 @@ def summary_row(t: int, arrays: dict, eval_ids) -> dict:
     }
 
 
-ROW_FLOATS = ("acc_current", "acc_earlier", "expert_acc", "probe_earlier")  # NaN: none, or no finite value
+# NaN: none, or no finite value (a std: fewer than two). A row kept without the stds (a folder
+# written before they were) is not taken: its row is computed again from its arrays.
+ROW_FLOATS = ("acc_current", "acc_current_std", "acc_earlier", "expert_acc", "expert_acc_std", "probe_earlier")
 
 
 def stored_row(row: dict) -> dict:
@@ -215,6 +219,14 @@ def _finite_mean(values) -> float:
     v = np.asarray(values, np.float64)
     finite = np.isfinite(v)
     return float(v[finite].mean()) if finite.any() else float("nan")
+
+
+def _finite_std(values) -> float:
+    """The spread over the repeats beside ``_finite_mean``: the analysis's rule (sample std of
+    the finite values, NaN when fewer than two are finite; docs/metrics.md)."""
+    from cljax.analysis.spread import spread
+
+    return spread(values)["std"]
 
 
 PROBE_TASKS = 32

@@ -45,12 +45,14 @@ def finished(algo_dir: Path, schedule: np.ndarray, found, config, memo=None) -> 
 
 
 def format_summary(result: RunResult, max_rows: int = 40) -> str:
-    """The run table. With one shared output, the head's accuracy on earlier tasks mostly measures
+    """The run table: per task, the learner's and the expert's accuracy at the task's last
+    snapshot as mean +- sample std over the repeats, the learner's mean on the earlier tasks and
+    its probe's. With one shared output, the head's accuracy on earlier tasks mostly measures
     the read-out; the probe column is what the representation still separates (docs/metrics.md).
     A run of more than ``max_rows`` tasks shows the first and last ten and tasks evenly spaced
     between, and says so."""
-    lines = ["task  learner_acc_on_it  mean_acc_earlier_tasks  probe_earlier_tasks  expert_acc",
-             "----  -----------------  ----------------------  -------------------  ----------"]
+    lines = ["task  learner_acc_on_it +- std  mean_acc_earlier_tasks  probe_earlier_tasks  expert_acc +- std",
+             "----  ------------------------  ----------------------  -------------------  -----------------"]
     rows = result.summary
     if len(rows) > max_rows:
         n = len(rows)
@@ -61,8 +63,8 @@ def format_summary(result: RunResult, max_rows: int = 40) -> str:
         none = row.get("n_earlier", 0 if np.isnan(row["acc_earlier"]) else 1) == 0
         earlier = "" if none else f"{row['acc_earlier']:.3f}"
         probe = "" if none or np.isnan(row.get("probe_earlier", np.nan)) else f"{row['probe_earlier']:.3f}"
-        lines.append(f"{row['task']:>4}  {row['acc_current']:>17.3f}  {earlier:>22}  {probe:>19}  "
-                     f"{row['expert_acc']:>10.3f}")
+        lines.append(f"{row['task']:>4}  {_with_std(row, 'acc_current'):>24}  {earlier:>22}  {probe:>19}  "
+                     f"{_with_std(row, 'expert_acc'):>17}")
     left_out = sum(1 for row in result.summary if row.get("n_nonfinite"))
     if left_out:
         lines.append(f"(in {left_out} of {len(result.summary)} tasks a repeat has non-finite values, e.g. a diverged "
@@ -71,6 +73,13 @@ def format_summary(result: RunResult, max_rows: int = 40) -> str:
         lines.append(f"({len(rows)} of {len(result.summary)} tasks shown; every task: cljax analyze, or each "
                      f"task's folder)")
     return "\n".join(lines)
+
+
+def _with_std(row: dict, key: str) -> str:
+    """A column's mean over the repeats and its sample std; the mean alone where the std is
+    NaN (fewer than two finite repeats)."""
+    std = row.get(f"{key}_std", float("nan"))
+    return f"{row[key]:.3f}" + ("" if np.isnan(std) else f" +- {std:.3f}")
 
 
 def _load_summary_arrays(task_dir: Path) -> dict:

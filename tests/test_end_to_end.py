@@ -218,7 +218,7 @@ def test_run_table_gives_the_probe_beside_the_head(small_run):
         assert run.summary[t]["acc_earlier"] == pytest.approx(head, abs=1e-6)
     table = format_summary(run).splitlines()
     assert "probe_earlier_tasks" in table[0]
-    assert table[3].split()[3] == f"{run.summary[1]['probe_earlier']:.3f}"
+    assert table[3].split()[5] == f"{run.summary[1]['probe_earlier']:.3f}"  # after "acc +- std earlier"
 
 
 def test_saved_labels_are_those_of_the_saved_representations(small_run):
@@ -277,9 +277,10 @@ def test_the_run_table_leaves_a_diverged_repeat_out_and_says_so():
                               "expert_metrics": {"test_acc": expert}}, [0, 1, 2])
     table = format_summary(RunResult(algo_dir=Path("x"), task_class_pairs=np.zeros((3, 3, 2)),
                                      summary=[*rows, all_nan])).splitlines()
-    assert table[2].split() == ["0", "0.750", "0.733"]  # task 0: no earlier task, blank
-    assert table[3].split()[:3] == ["1", "0.950", "0.750"]
-    assert table[4].split()[:3] == ["1", "nan", "nan"]  # no finite value: nan, not blank
+    # mean +- sample std over the finite repeats; a blank for task 0's earlier tasks
+    assert table[2].split() == ["0", "0.750", "+-", "0.071", "0.733", "+-", "0.153"]
+    assert table[3].split()[:5] == ["1", "0.950", "+-", "0.071", "0.750"]
+    assert table[4].split()[:3] == ["1", "nan", "nan"]  # no finite value: nan, not blank, and no spread
     assert table[-1] == ("(in 3 of 3 tasks a repeat has non-finite values, e.g. a diverged network: the means "
                          "leave them out; per repeat: cljax analyze)")
 

@@ -122,6 +122,42 @@ def test_the_probe_needs_four_saved_images(monkeypatch):
         assert (seen is not None) == probed and (got == 1.0 if probed else math.isnan(got))
 
 
+def test_the_run_table_gives_the_spread_over_the_repeats_by_the_analysiss_rule():
+    # Three repeats, one diverged: the learner's and the expert's accuracy on the task as mean
+    # +- sample std (ddof 1) of the finite repeats, as summary.json's; one finite repeat has no
+    # spread (NaN, null in metadata.json), and the table then shows the mean alone.
+    from pathlib import Path
+
+    from cljax.run_result import RunResult, format_summary
+
+    acc = np.array([[[0.6, 0.5], [0.7, 0.9], [np.nan, 0.7]]])  # (L, R, K): task 1 is slot 1
+    row = summary_row(1, {"metrics": {"test_acc": acc}, "expert_metrics": {"test_acc": np.array([[0.8, np.nan, 0.6]])}},
+                      [0, 1])
+    assert row["acc_current"] == pytest.approx(0.7) and row["acc_current_std"] == pytest.approx(0.2)
+    assert row["expert_acc"] == pytest.approx(0.7)
+    assert row["expert_acc_std"] == pytest.approx(np.std([0.8, 0.6], ddof=1))
+    one = summary_row(0, {"metrics": {"test_acc": acc[:, :1]}, "expert_metrics": {"test_acc": np.array([[0.8]])}},
+                      [0, 1])
+    assert math.isnan(one["acc_current_std"]) and math.isnan(one["expert_acc_std"])
+    assert records.stored_row(one)["acc_current_std"] is None
+    again = records.row_of_stored(records.stored_row(one))
+    assert again["acc_current"] == 0.6 and math.isnan(again["acc_current_std"]) and math.isnan(again["expert_acc_std"])
+    table = format_summary(RunResult(algo_dir=Path("x"), task_class_pairs=np.zeros((2, 3, 2)),
+                                     summary=[one, row])).splitlines()
+    assert table[0].split("  ")[1] == "learner_acc_on_it +- std" and table[0].endswith("expert_acc +- std")
+    assert table[2].split() == ["0", "0.600", "0.800"]
+    assert table[3].split() == ["1", "0.700", "+-", "0.200", "0.650", "0.700", "+-", "0.141"]
+    assert all(len(line) == len(table[1]) for line in table[2:4])  # the columns line up under the header
+
+
+def test_a_row_kept_before_the_spread_was_is_computed_again_from_the_arrays():
+    # A finished run's table is read from its folders' metadata.json; a row kept without the
+    # stds is not taken, so the finished run's table shows them too.
+    kept = {"task": 0, "acc_current": 0.9, "acc_earlier": None, "expert_acc": 0.8, "probe_earlier": None}
+    assert records.row_of_stored(kept) is None
+    assert records.row_of_stored({**kept, "acc_current_std": 0.1, "expert_acc_std": None})["expert_acc_std"] != 0
+
+
 def test_a_divergence_is_warned_at_the_task_it_happens_not_while_it_lasts():
     # The rows of five tasks: repeat 1's learner diverges at task 1 and stays so; repeat 0's expert
     # diverges at tasks 1 and 2, is finite at task 3 and diverges again at task 4; empty slots
