@@ -230,7 +230,8 @@ def _plasticity_finalize(state: dict) -> Result:
 def _curves_init(ctx: RunContext) -> dict:
     T = ctx.n_eval_tasks
     ids = np.unique(np.linspace(0, T - 1, min(ctx.options.curve_tasks, T)).round().astype(int))
-    return {"ids": ids, "curves": [], "current": [], "steps": [], "boundaries": [], "offset": 0.0, "every_task": True}
+    return {"ids": ids, "curves": [], "current": [], "steps": [], "boundaries": [], "offset": 0.0, "every_task": True,
+            "n_folders": ctx.n_folders}
 
 
 def _curves_update(state: dict, folder: TaskFolder) -> dict:
@@ -238,6 +239,11 @@ def _curves_update(state: dict, folder: TaskFolder) -> dict:
     schedule = folder.metadata.get("schedule") or {}
     P, T = schedule.get("n_pairs"), int(state["ids"].max()) + 1 if state["ids"].size else 0
     cycled = schedule.get("task_schedule") == "cycle" and isinstance(P, int) and P < T
+    n = state["n_folders"]
+    if folder.index == 0 and not folder.all_tasks and n < folder.num_tasks:
+        # --eval-tasks seen, current, window:K never evaluate a task before it trains: a partial
+        # run's tasks from n on have no value, so the curves are chosen among the tasks trained.
+        state["ids"] = np.unique(np.linspace(0, n - 1, min(len(state["ids"]), n)).round().astype(int))
     if folder.index == 0 and cycled and folder.all_tasks:
         # Every task is evaluated at every snapshot, and task j + P is task j's pair on the same
         # test images: evenly spaced tasks would draw the same curves several times over.

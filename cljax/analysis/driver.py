@@ -171,6 +171,7 @@ def _analyze_run(
 
     folder = TaskFolder(0, dirs[0], check(dirs[0], 0))
     L, R, T = folder.shape  # T: the run's tasks (a folder may have evaluated only some)
+    ahead = folder.all_tasks  # --eval-tasks all: a folder evaluates the tasks not trained yet too
     if n > T:
         raise CljaxError(f"{algo_dir} holds {n} task folders but each evaluates only {T} tasks: {dirs[T].name} on are "
                          f"not tasks of this run; move them out of the folder.")
@@ -237,7 +238,7 @@ def _analyze_run(
                                  f"give the plugin's file another name (nothing was written).")
             written_by[name] = a.name
     arrays = {name: a for result in outputs for name, a in result.arrays.items()}
-    figures = {name: draw if a.name in summary["plugin_analyses"] else captioned(draw, _caption(R, n, T, name))
+    figures = {name: draw if a.name in summary["plugin_analyses"] else captioned(draw, _caption(R, n, T, name, ahead))
                for a, result in zip(selected, outputs) for name, draw in result.plots.items()} if make_plots else {}
     summary["files"] = ["summary.json", *sorted(arrays, key=_file_rank), *sorted(figures, key=_file_rank)]
     summary = jsonable(summary)
@@ -265,15 +266,16 @@ WITHOUT_BAND = ("accuracy_matrix.png",)
 LATER_TASKS = ("accuracy_over_time.png",)  # the plot that draws a partial run's untrained tasks too
 
 
-def _caption(R: int, n: int, T: int, plot: str) -> str:
+def _caption(R: int, n: int, T: int, plot: str, ahead: bool = True) -> str:
     """The line under one of cljax's own plots: over how many repeats its means are, what a band
-    is, and a run's tasks so far (a plugin's plot says what it draws)."""
+    is, and a run's tasks so far (a plugin's plot says what it draws); ``ahead``: the run's folders
+    evaluate the tasks not trained yet (--eval-tasks all), whose values the curves then draw."""
     band = plot not in WITHOUT_BAND
     over = (f"means over the R = {R} repeats, finite values only" + (" (a band: +-1 sample std over them)" if band
                                                                       else "") if R > 1 else
             "one repeat (R = 1)" + (": no band" if band else ""))
     return over + (f"; a partial run: tasks 0-{n - 1} of its {T} trained" + (
-        " (a later task's values are of a network not trained on it yet)" if plot in LATER_TASKS else "")
+        " (a later task's values are of a network not trained on it yet)" if plot in LATER_TASKS and ahead else "")
         if n < T else "")
 
 

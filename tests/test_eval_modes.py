@@ -1,0 +1,102 @@
+"""The figures of `cljax analyze` and `cljax compare` under each --eval-tasks mode: what a run of
+``seen``, ``current`` or ``window:K`` saves is read as the task each slot holds, and nothing is
+drawn or said of a task such a run never evaluated."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import numpy as np
+
+from cljax.analysis import plot_parts, plots
+from cljax.analysis.driver import analyze_run
+from cljax.eval_tasks import parse_eval_tasks
+
+L, R, S, H = 2, 2, 8, 4
+
+
+def write_mode_run(algo_dir, mode: str, T: int, n: int, seed: int = 0) -> np.ndarray:
+    """Task folders 0..n-1 of a T-task run under ``mode``, each slot saved as the runner saves it
+    (metadata.json's eval_tasks; NaN in a slot that holds no task). Returns the accuracies the
+    slots were cut from: (n, L, R, T), as ``--eval-tasks all`` would have saved them."""
+    rng = np.random.default_rng(seed)
+    full = rng.uniform(0.5, 1.0, (n, L, R, T))
+    labels = np.tile(np.array([0, 1], np.uint8), S // 2)
+    evals = parse_eval_tasks(mode)
+    for t in range(n):
+        d = algo_dir / f"task_{t:03d}"
+        d.mkdir(parents=True)
+        ids = evals.ids(t, T)
+
+        def slots(values):  # (..., T) -> (..., K), NaN where a slot holds no task
+            return np.where(ids >= 0, values[..., np.maximum(ids, 0)], np.nan)
+
+        acc = slots(full[t])
+        reps = rng.normal(size=(L, R, len(ids), S, H)) + labels[:, None]
+        reps[:, :, ids < 0] = np.nan
+        metrics = {"test_acc": acc, "test_loss": 1.0 - acc, "train_acc": np.full((L, R), 0.9),
+                   "train_loss": np.full((L, R), 0.3), "start_test_acc": slots(full[t - 1, -1] if t else full[0, 0]),
+                   "log_steps": np.array([5, 10])}
+        expert = {k: np.full((L, R), 0.5) for k in ("train_loss", "train_acc", "test_loss")}
+        expert["test_acc"] = np.full((L, R), 0.9)
+        np.save(d / "representations.npy", reps.astype(np.float32))
+        np.save(d / "binary_labels.npy", np.broadcast_to(labels, (L, R, len(ids), S)).copy())
+        np.save(d / "weights.npy", np.zeros((L, R), np.dtype([("dense/bias", np.float32, (2,))])))
+        for name, obj in (("metrics.pkl", metrics), ("expert_metrics.pkl", expert)):
+            with open(d / name, "wb") as f:
+                pickle.dump(obj, f, protocol=4)
+        (d / "metadata.json").write_text(json.dumps({"config": {"num_tasks": T, "eval_tasks": mode}, "task_index": t,
+                                                     "eval_tasks": evals.record(t, T), "log_steps": [5, 10]}))
+    return full
+
+
+def drawn_texts(monkeypatch) -> dict:
+    """{plot file: (its caption, its legend entries)} of every figure the analysis saves."""
+    shown = {}
+    real = plots._save
+
+    def save(fig, path):
+        legends = [t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()]
+        shown[path.name.split("@")[-1]] = (plot_parts._CAPTION.get(), legends)
+        return real(fig, path)
+
+    monkeypatch.setattr(plots, "_save", save)
+    return shown
+
+
+def test_a_partial_run_that_evaluates_no_task_ahead_draws_only_tasks_it_trained(tmp_path, monkeypatch):
+    # A window:2 run stopped after 3 of its 8 tasks drew the curves of tasks 0, 1, ..., 7: five
+    # legend entries without a point, under a caption saying that a later task's values are of a
+    # network not trained on it yet, which no folder of this mode ever evaluates.
+    shown = drawn_texts(monkeypatch)
+    for mode in ("window:2", "seen", "current"):
+        algo = tmp_path / mode.replace(":", "")
+        full = write_mode_run(algo, mode, T=8, n=3)
+        analyze_run(algo, glue=False)
+        curves = np.load(algo / "analysis" / "curves.npz")
+        assert curves["task_ids"].tolist() == [0, 1, 2], mode
+        drawn = np.isfinite(curves["test_acc"]).any(axis=(0, 1))
+        assert drawn.all(), (mode, drawn)  # every curve chosen has a value
+        # each task's curve holds its values from the folders that evaluated it, in order
+        for j in range(3):
+            want = [full[i, :, :, j] for i in range(3) if j in parse_eval_tasks(mode).ids(i, 8)]
+            got = curves["test_acc"][:, :, j]
+            np.testing.assert_array_equal(got[np.isfinite(got)], np.concatenate(want).astype(np.float32).ravel())
+        caption, legend = shown["accuracy_over_time.png"]
+        assert caption == (f"means over the R = {R} repeats, finite values only (a band: +-1 sample std over them); "
+                           "a partial run: tasks 0-2 of its 8 trained"), (mode, caption)
+        assert [x for x in legend if x.startswith("task ")] == ["task 0", "task 1", "task 2"], (mode, legend)
+
+
+def test_a_partial_run_of_every_task_still_draws_and_names_the_tasks_not_trained(tmp_path, monkeypatch):
+    # --eval-tasks all evaluates every task at every snapshot: the tasks not trained yet have curves
+    # (chosen over all T), which the caption names as such.
+    shown = drawn_texts(monkeypatch)
+    algo = tmp_path / "all"
+    write_mode_run(algo, "all", T=8, n=3)
+    analyze_run(algo, glue=False)
+    curves = np.load(algo / "analysis" / "curves.npz")
+    assert curves["task_ids"].tolist() == list(range(8)) and np.isfinite(curves["test_acc"]).all()
+    assert shown["accuracy_over_time.png"][0].endswith("(a later task's values are of a network not trained on it yet)")
+
