@@ -100,3 +100,34 @@ def test_a_partial_run_of_every_task_still_draws_and_names_the_tasks_not_trained
     assert curves["task_ids"].tolist() == list(range(8)) and np.isfinite(curves["test_acc"]).all()
     assert shown["accuracy_over_time.png"][0].endswith("(a later task's values are of a network not trained on it yet)")
 
+
+def test_compare_pools_a_method_over_draws_run_under_different_eval_tasks(tmp_path):
+    # --eval-tasks changes which other tasks a snapshot also evaluates, not the training nor the
+    # current task's accuracy that compare reads (the same bits in every mode). Two draws of one
+    # method, one run with `all` and one with `window:2`, were "not pooled: its settings differ
+    # in eval_tasks".
+    from cljax.analysis.compare import compare_runs
+    from tests.test_compare import T as T_COMPARE, write_run
+
+    rng = np.random.default_rng(3)
+    runs = []
+    for seed, mode in ((0, "all"), (1, "window:2")):
+        pairs = rng.permutation(np.arange(2 * T_COMPARE * 3)).reshape(T_COMPARE, 3, 2)
+        plain = rng.uniform(0.5, 0.9, (T_COMPARE, 3))
+        for name, acc, config in ((f"plain{seed}", plain, {}), (f"method{seed}", plain + 0.05 * seed + 0.01,
+                                                                  {"use_redo": True})):
+            write_run(tmp_path / name, acc, plain, window=mode != "all", seed=seed, pairs_TR2=pairs)
+            record = {"config": {**config, "seed": seed, "eval_tasks": mode}}
+            (tmp_path / name / "run.json").write_text(json.dumps(record))
+            runs.append(name)
+    summary = compare_runs([tmp_path / r for r in runs], labels=runs)
+    assert "not_pooled" not in summary["method1"], summary["method1"].get("not_pooled")
+    pooled = summary["method0"]["pooled_over_draws"]
+    assert pooled["runs"] == ["method0", "method1"] and pooled["n"] == 6
+    d = np.concatenate([np.full(3, 0.01), np.full(3, 0.06)])  # each draw's late difference, repeat by repeat
+    np.testing.assert_allclose(pooled["mean"], d.mean(), rtol=1e-9)
+    # a method run that differs in a setting that changes its numbers is still not pooled
+    (tmp_path / "method1" / "run.json").write_text(json.dumps({"config": {"use_redo": True, "seed": 1, "lr": 0.2}}))
+    summary = compare_runs([tmp_path / r for r in runs], labels=runs)
+    assert "pooled_over_draws" not in summary["method0"] and "lr (" in summary["method1"]["not_pooled"]
+

@@ -47,8 +47,10 @@ DATA_SETTINGS = ("dataset", "n_train_per_class", "n_test_per_class", "test_sourc
 # Also those that change no accuracy compare reads: --n-subsamples and --representation-dtype
 # choose which test images' representations are saved and how they are stored, cut from the
 # evaluation's output after its accuracy (cljax/evaluate.py), so training and every accuracy are
-# the same (a resume still refuses them: they change representations.npy).
-NOT_IN_METHOD = ("seed", "results_dir", "data_dir", "n_subsamples", "representation_dtype")
+# the same (a resume still refuses them: they change representations.npy). So does --eval-tasks:
+# which tasks' test sets each snapshot also evaluates; compare reads the current task's slot, the
+# same bits in every mode (docs/scale.md), and training does not depend on it.
+NOT_IN_METHOD = ("seed", "results_dir", "data_dir", "n_subsamples", "representation_dtype", "eval_tasks")
 
 
 def _record_or_none(run_dir: Path) -> dict | None:
