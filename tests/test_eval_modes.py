@@ -131,3 +131,19 @@ def test_compare_pools_a_method_over_draws_run_under_different_eval_tasks(tmp_pa
     summary = compare_runs([tmp_path / r for r in runs], labels=runs)
     assert "pooled_over_draws" not in summary["method0"] and "lr (" in summary["method1"]["not_pooled"]
 
+
+def test_the_summary_says_how_many_tasks_each_folder_pooled_for_the_all_tasks_figures(tmp_path):
+    # plasticity.all_tasks_* pools the saved images of the tasks a folder evaluated: T of them under
+    # `all` (untrained ones included), the window's under window:K, one under current. The summary
+    # gave the figures under one name in every mode, with nothing to say they differ.
+    pooled = {}
+    for mode in ("all", "seen", "window:2", "current"):
+        algo = tmp_path / mode.replace(":", "")
+        write_mode_run(algo, mode, T=4, n=4)
+        summary = analyze_run(algo, glue=False, make_plots=False)
+        pooled[mode] = summary["plasticity"]["all_tasks_pooled"]["tasks_per_folder"]
+        if mode == "current":  # one task pooled: the current task's own figures at the last snapshot
+            npz = np.load(algo / "analysis" / "plasticity.npz")
+            for k in ("effective_rank", "feature_norm", "dormant_ratio"):
+                np.testing.assert_array_equal(npz[f"all_tasks_{k}"], npz[f"current_{k}"][:, -1])
+    assert pooled == {"all": [4, 4, 4, 4], "seen": [1, 2, 3, 4], "window:2": [1, 2, 2, 2], "current": [1, 1, 1, 1]}

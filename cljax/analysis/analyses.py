@@ -160,7 +160,7 @@ def _plasticity_init(ctx: RunContext) -> dict:
     initial = load_initial_weights(ctx.algo_dir)
     init_ref = None if initial is None else [np.asarray(x) for x in jax.tree_util.tree_leaves(initial)]
     return {"tau": ctx.options.tau, "T": ctx.n_eval_tasks, "R": ctx.n_repeats, "current": {}, "all": {},
-            "weights": {k: [] for k in WEIGHT_KEYS}, "init_ref": init_ref, "prev_last": None,
+            "weights": {k: [] for k in WEIGHT_KEYS}, "init_ref": init_ref, "prev_last": None, "pooled": [],
             "references": {"init": "initial/weights.npy" if initial is not None else
                            "first snapshot of task_000 (this run has no initial/ folder)", "task_start": set()}}
 
@@ -180,6 +180,7 @@ def _plasticity_update(state: dict, folder: TaskFolder) -> dict:
         per_repeat = [representation_metrics(np.asarray(reps[-1, r])[valid].reshape(-1, H), tau=tau) for r in range(R)]
     for k in per_repeat[0]:
         state["all"].setdefault(k, []).append(np.array([m[k] for m in per_repeat]))
+    state["pooled"].append(T if folder.all_tasks else len(folder.valid_slots))  # the tasks all_tasks_* pooled
 
     leaves = [np.asarray(x) for x in jax.tree_util.tree_leaves(folder.weights)]
     if state["init_ref"] is None:
@@ -212,6 +213,13 @@ def _plasticity_finalize(state: dict) -> Result:
         summary={"plasticity": {
             "current_task_last_snapshot": {k: over_tasks(v) for k, v in last_snapshot.items()},
             "all_tasks_last_snapshot": {k: over_tasks(v) for k, v in all_tasks.items()},
+            # what all_tasks_* pooled differs by --eval-tasks: said, as the accuracy matrix says its entries
+            "all_tasks_pooled": {"tasks_per_folder": state["pooled"],
+                                 "what": "the saved images of the tasks each folder evaluated, at its last snapshot: "
+                                         "all T under --eval-tasks all (those not trained yet included), the tasks "
+                                         "trained so far under seen, the last K under window:K (fewer before task "
+                                         "K - 1), the current one under current; compare all_tasks_* only between "
+                                         "runs of one mode"},
             "tau": state["tau"],
             "current_task_images": {"saved_per_task": S, "units": H, "rank_at_most": min(S, H)},
             "weight_change_reference": {"init": state["references"]["init"],
