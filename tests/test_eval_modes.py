@@ -147,3 +147,16 @@ def test_the_summary_says_how_many_tasks_each_folder_pooled_for_the_all_tasks_fi
             for k in ("effective_rank", "feature_norm", "dormant_ratio"):
                 np.testing.assert_array_equal(npz[f"all_tasks_{k}"], npz[f"current_{k}"][:, -1])
     assert pooled == {"all": [4, 4, 4, 4], "seen": [1, 2, 3, 4], "window:2": [1, 2, 2, 2], "current": [1, 1, 1, 1]}
+
+
+def test_the_probe_forgetting_says_over_how_many_tasks_it_is_taken(tmp_path):
+    # probe.forgetting (head, representation, readout) is a mean over BWT's terms: every earlier task
+    # under all and seen, the K - 1 before the last under window:K, none under current. The CL
+    # metrics give that count (n_terms); the probe's pair gave none.
+    for mode, terms in (("all", 3), ("seen", 3), ("window:2", 1), ("current", 0)):
+        algo = tmp_path / mode.replace(":", "")
+        write_mode_run(algo, mode, T=4, n=4)
+        summary = analyze_run(algo, glue=False, make_plots=False)
+        forgetting = summary["probe"]["forgetting"]
+        assert forgetting["n_terms"] == summary["cl"]["final"].get("n_terms", {"bwt": 3})["bwt"] == terms, mode
+        assert (forgetting["representation"]["n"] == 0) == (terms == 0), mode

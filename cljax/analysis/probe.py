@@ -197,6 +197,12 @@ def _drop(band: Band) -> np.ndarray:
     return masked_mean(diagonal - last, terms)
 
 
+def _drop_terms(band: Band) -> int:
+    """How many tasks j < n-1 :func:`_drop` takes: both entries evaluated, BWT's terms."""
+    n = band.values.shape[1]
+    return int(((np.arange(n) < n - 1) & band.row(n - 1, n)[1] & band.diagonal()[1]).sum()) if n > 1 else 0
+
+
 def trained_gain(probe: Band) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """The probe's baseline: per repeat, the mean over the tasks j, 1 <= j < n-1, of task j's
     probe accuracy before its task (folder j-1), right after (folder j) and at the end (folder
@@ -308,7 +314,8 @@ def finalize(state: dict):
         "trained_gain": _baseline(probe, S, measured, bool(cycled)),
         "current_task": {k: figure(v.diagonal()[0][:, last], "probe" if k == "probe_acc" else "head")
                          for k, v in named},
-        "forgetting": {"head": figure(d_head, "head", True), "representation": figure(d_probe, "probe", True),
+        "forgetting": {"n_terms": _drop_terms(probe),  # fewer than n - 1 under --eval-tasks window:K
+                       "head": figure(d_head, "head", True), "representation": figure(d_probe, "probe", True),
                        "readout": figure(d_head - d_probe, "probe", True),
                        "definition": "mean over j < n-1 of acc after task j - acc at the end, on the probe images; "
                                      "readout = head - representation"},
