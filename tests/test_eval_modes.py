@@ -160,3 +160,25 @@ def test_the_probe_forgetting_says_over_how_many_tasks_it_is_taken(tmp_path):
         forgetting = summary["probe"]["forgetting"]
         assert forgetting["n_terms"] == summary["cl"]["final"].get("n_terms", {"bwt": 3})["bwt"] == terms, mode
         assert (forgetting["representation"]["n"] == 0) == (terms == 0), mode
+
+
+def test_the_across_task_glue_line_names_the_tasks_a_window_grouped():
+    # Under window:K the across-task capacity groups the last K tasks, not the T of an `all` run of the
+    # same settings (and P = 2K): the line named only their count.
+    from cljax.analysis.summary_text import format_summary
+
+    cap = {"mean": 0.2, "std": 0.01, "n": 3, "n_nonfinite": 0}
+    final = {"capacity": cap, "capacity_floor": {**cap, "mean": 0.1}, "inseparable_fraction": {**cap, "mean": 0.1}}
+
+    def line(mode, tasks):
+        glue = {"per_task": {"capacity": {"last_task": cap}, "capacity_mc_error": {"last_task": cap}},
+                "across_tasks": {"final": final, "n_manifolds": 2 * len(tasks), "tasks": tasks},
+                "solver": {"n_probes_solved": 8, "converged_fraction": 1.0}, "settings": {"n_probes": 4}}
+        text = format_summary({"glue": glue, "config": {"eval_tasks": mode}})
+        return next(x for x in text.splitlines() if x.startswith("GLUE across"))
+
+    assert line("window:2", [3, 4]).startswith("GLUE across 2 tasks (P = 4), last folder (tasks 3-4, of those "
+                                               "--eval-tasks window:2 evaluated): capacity 0.2000 +- 0.0100")
+    assert line("seen", [0, 2, 5]).startswith("GLUE across 3 tasks (P = 6), last folder (3 tasks from 0 to 5, of "
+                                              "those --eval-tasks seen evaluated): capacity")
+    assert line("all", [0, 1, 2]).startswith("GLUE across 3 tasks (P = 6), last folder: capacity")

@@ -99,6 +99,16 @@ def _trained_gain(gain: dict, n: int, cycle: bool) -> str:
             f"{_pm(gain['after'])}, after the last {_pm(gain['end'])}: {share}")
 
 
+def _across_tasks_of_mode(tasks, mode: str) -> str:
+    """Which tasks the across-task grouping took when --eval-tasks evaluated only some (the last
+    K under window:K): a capacity over other tasks than an `all` run's of the same settings."""
+    if mode == "all" or not tasks:
+        return ""
+    span = (f"tasks {tasks[0]}-{tasks[-1]}" if list(tasks) == list(range(tasks[0], tasks[-1] + 1)) else
+            f"{len(tasks)} tasks from {tasks[0]} to {tasks[-1]}")
+    return f" ({span}, of those --eval-tasks {mode} evaluated)"
+
+
 def format_summary(summary: dict) -> str:
     """The headline lines of a summary for the terminal: CL metrics, the head vs the linear probe
     on earlier tasks, the expert's final and best snapshot, GLUE capacity with its errors."""
@@ -190,7 +200,8 @@ def format_summary(summary: dict) -> str:
             lines.append(f"GLUE across tasks: not measured, {across['undefined']}")
         if (final.get("capacity") or {}).get("mean") is not None and "capacity_floor" in final:
             at_floor = final["capacity"]["mean"] <= AT_FLOOR * (final["capacity_floor"].get("mean") or 0.0)
-            lines.append(f"GLUE across {across['n_manifolds'] // 2} tasks (P = {across['n_manifolds']}), last folder: "
+            lines.append(f"GLUE across {across['n_manifolds'] // 2} tasks (P = {across['n_manifolds']}), last folder"
+                         + _across_tasks_of_mode(across.get("tasks"), mode) + ": "
                          f"capacity {_pm(final['capacity'])}, its floor {_pm(final['capacity_floor'])} (the "
                          f"capacity were every dichotomy inseparable); {100 * (final['inseparable_fraction'].get('mean') or 0.0):.0f}% of "
                          f"the probes separate nothing" + (
