@@ -101,7 +101,7 @@ def eval_ids_of(metadata: dict, n_slots: int, where: str = "metadata.json") -> n
             raise CljaxError(f"{where}: its {name} is {type(value).__name__} {str(value)[:40]!r}, not the mapping cljax "
                              f"writes: the file was changed or damaged; {DAMAGED}.")
     ids = record.get("eval_task_ids")
-    if ids is None:
+    if ids is None and not record:  # no eval_tasks: written before --eval-tasks existed
         return np.arange(n_slots, dtype=np.int64)
     t, T = metadata.get("task_index"), config.get("num_tasks")
     try:
@@ -117,3 +117,15 @@ def eval_ids_of(metadata: dict, n_slots: int, where: str = "metadata.json") -> n
         raise CljaxError(f"{where}: eval_tasks.current_slot {slot!r} is not the slot of task {t} in eval_task_ids "
                          f"{str(ids)[:80]}: the file was changed or damaged; {DAMAGED}.")
     return expected
+
+
+def own_slot(metadata: dict, n_slots: int, t: int, where: str = "metadata.json") -> int:
+    """The saved slot that holds task ``t`` of the folder whose metadata.json is ``metadata``, by the
+    checked ``eval_task_ids`` (:func:`eval_ids_of`), not by its ``current_slot`` alone, whose
+    absence read slot t, another task's under window:K; one CljaxError line when none holds it."""
+    ids = eval_ids_of({**metadata, "task_index": t}, n_slots, where=where)
+    hits = np.flatnonzero(ids == t)
+    if not len(hits):
+        raise CljaxError(f"{where}: records no eval_tasks, and its arrays hold {n_slots} task slots, too few for slot "
+                         f"{t} to be task {t}: the file was changed or damaged; {DAMAGED}.")
+    return int(hits[0])

@@ -11,6 +11,7 @@ import numpy as np
 
 from cljax.analysis.compare import compare_runs
 from cljax.cli import main as cli_main
+from cljax.eval_tasks import parse_eval_tasks
 
 L, R, T = 2, 3, 4
 
@@ -35,7 +36,8 @@ def write_run(algo_dir, learner_TR, expert_TR, window: bool, expert_first: float
             pickle.dump({"test_acc": test_acc}, f, protocol=4)
         with open(d / "expert_metrics.pkl", "wb") as f:
             pickle.dump(expert, f, protocol=4)
-        meta = {"eval_tasks": {"mode": "window:2", "current_slot": 1}} if window else {}
+        meta = ({"eval_tasks": parse_eval_tasks("window:2").record(t, T), "task_index": t,
+                 "config": {"num_tasks": T}} if window else {})
         if pairs_TR2 is not None:
             meta.update(seed=seed, task_pairs=np.asarray(pairs_TR2)[t].tolist())
         if run_id is not None:

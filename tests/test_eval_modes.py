@@ -117,8 +117,11 @@ def test_compare_pools_a_method_over_draws_run_under_different_eval_tasks(tmp_pa
         for name, acc, config in ((f"plain{seed}", plain, {}), (f"method{seed}", plain + 0.05 * seed + 0.01,
                                                                   {"use_redo": True})):
             write_run(tmp_path / name, acc, plain, window=mode != "all", seed=seed, pairs_TR2=pairs)
-            record = {"config": {**config, "seed": seed, "eval_tasks": mode}}
+            record = {"config": {**config, "seed": seed, "eval_tasks": mode, "num_tasks": T_COMPARE}}
             (tmp_path / name / "run.json").write_text(json.dumps(record))
+            for folder in (tmp_path / name).glob("task_*"):  # every folder records the run's settings
+                meta = json.loads((folder / "metadata.json").read_text())
+                (folder / "metadata.json").write_text(json.dumps({**meta, **record}))
             runs.append(name)
     summary = compare_runs([tmp_path / r for r in runs], labels=runs)
     assert "not_pooled" not in summary["method1"], summary["method1"].get("not_pooled")
@@ -127,7 +130,11 @@ def test_compare_pools_a_method_over_draws_run_under_different_eval_tasks(tmp_pa
     d = np.concatenate([np.full(3, 0.01), np.full(3, 0.06)])  # each draw's late difference, repeat by repeat
     np.testing.assert_allclose(pooled["mean"], d.mean(), rtol=1e-9)
     # a method run that differs in a setting that changes its numbers is still not pooled
-    (tmp_path / "method1" / "run.json").write_text(json.dumps({"config": {"use_redo": True, "seed": 1, "lr": 0.2}}))
+    record = {"config": {"use_redo": True, "seed": 1, "lr": 0.2, "num_tasks": T_COMPARE}}
+    (tmp_path / "method1" / "run.json").write_text(json.dumps(record))
+    for folder in (tmp_path / "method1").glob("task_*"):
+        meta = json.loads((folder / "metadata.json").read_text())
+        (folder / "metadata.json").write_text(json.dumps({**meta, **record}))
     summary = compare_runs([tmp_path / r for r in runs], labels=runs)
     assert "pooled_over_draws" not in summary["method0"] and "lr (" in summary["method1"]["not_pooled"]
 
@@ -182,3 +189,50 @@ def test_the_across_task_glue_line_names_the_tasks_a_window_grouped():
     assert line("seen", [0, 2, 5]).startswith("GLUE across 3 tasks (P = 6), last folder (3 tasks from 0 to 5, of "
                                               "those --eval-tasks seen evaluated): capacity")
     assert line("all", [0, 1, 2]).startswith("GLUE across 3 tasks (P = 6), last folder: capacity")
+
+
+def test_compare_reads_each_folders_own_slot_by_its_task_ids_not_by_current_slot_alone(tmp_path, capsys):
+    # metadata.json has no hash of its own. Without its current_slot, compare read slot t: under
+    # window:2, task 0's slot 0 (which holds no task) as task 0's accuracy, and task 3's slot 3 of 2
+    # (an IndexError traceback). The slot is found among the checked eval_task_ids.
+    from cljax.analysis.compare import compare_runs
+    from cljax.cli import main as cli_main
+    from tests.test_compare import T as T_COMPARE, write_run
+
+    rng = np.random.default_rng(4)
+    learner, expert = rng.uniform(0.5, 0.9, (T_COMPARE, 3)), rng.uniform(0.5, 0.9, (T_COMPARE, 3))
+    write_run(tmp_path / "run", learner, expert, window=True)
+    for t in (0, 3):
+        path = tmp_path / "run" / f"task_{t:03d}" / "metadata.json"
+        meta = json.loads(path.read_text())
+        del meta["eval_tasks"]["current_slot"]
+        path.write_text(json.dumps(meta))
+    summary = compare_runs([tmp_path / "run"], labels=["run"])
+    np.testing.assert_allclose(summary["run"]["gap_per_task"], (expert - learner).mean(axis=1))
+    # a record without its task ids says which file, in one line
+    meta = json.loads(path.read_text())
+    del meta["eval_tasks"]["eval_task_ids"]
+    path.write_text(json.dumps(meta))
+    assert cli_main(["compare", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {path}: eval_tasks.eval_task_ids None are not the task slots of --eval-tasks "
+                          "'window:2' at task 3 of 4") and err.count("\n") == 1, err
+
+
+def test_analyze_refuses_a_window_folder_whose_task_ids_were_removed(tmp_path):
+    # A window:3 folder's metadata.json without eval_task_ids was read as slot k = task k (a folder
+    # from before --eval-tasks): task 1's slot 1, which holds task 0, entered the plasticity gap as
+    # task 1's accuracy (-0.0517 -> -0.0154 on a real cycled run of 8 tasks). Now one error line.
+    import pytest
+
+    from cljax.errors import CljaxError
+
+    algo = tmp_path / "run"
+    write_mode_run(algo, "window:3", T=8, n=4)
+    path = algo / "task_001" / "metadata.json"
+    meta = json.loads(path.read_text())
+    del meta["eval_tasks"]["eval_task_ids"]
+    path.write_text(json.dumps(meta))
+    with pytest.raises(CljaxError, match=r"task_001/metadata.json: eval_tasks.eval_task_ids None are not the task "
+                                         r"slots of --eval-tasks 'window:3' at task 1 of 8"):
+        analyze_run(algo, glue=False, make_plots=False)

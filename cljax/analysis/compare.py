@@ -29,6 +29,7 @@ from cljax.analysis.compare_text import protocol_differences, sweep_runs_left_ou
 from cljax.analysis.plot_parts import captioned
 from cljax.checkpoint import NewerRecord, read_run_record
 from cljax.errors import CljaxError
+from cljax.eval_tasks import own_slot
 from cljax.record_rebuild import as_trained, foreign_record
 from cljax.run_folder import verify_task_dir
 from cljax.run_lock import live_writer
@@ -87,8 +88,8 @@ def current_task_accuracy(run_dir, snapshot: str = "last") -> dict:
         if isinstance(T, int) and len(dirs) > T:
             raise CljaxError(f"{run_dir} holds {len(dirs)} task folders but its run has {T} tasks: {dirs[T].name} on "
                              f"are not tasks of this run; move them out of the folder.")
-        slot = (meta.get("eval_tasks") or {}).get("current_slot", t)
-        learner.append(results.load_metrics(d)["test_acc"][:, :, slot])  # (L, R)
+        test_acc = results.load_metrics(d)["test_acc"]  # (L, R, K): the K slots --eval-tasks saved
+        learner.append(test_acc[:, :, own_slot(meta, test_acc.shape[-1], t, str(d / "metadata.json"))])  # (L, R)
         expert.append(results.load_expert_metrics(d)["test_acc"])
     settings = json.dumps({k: config.get(k) for k in DATA_SETTINGS}, sort_keys=True, default=str)
     # the dataset's content (its identity, as run compares it: a synthetic size, a prepared folder); a
