@@ -1,0 +1,105 @@
+"""A run stopped at a task boundary and resumed is the run in one go, byte for byte: every array
+and pickle of every task folder, and every leaf of the final checkpoint. The registries are
+walked, so a new rule, option or model is covered without editing this file: every model under
+the first rule with every option on that the model takes, and every other rule on the first model
+with every option on (the learner state of each: parameters, momentum, BatchNorm statistics, the rule's state,
+each option's). The in-process SIGKILL and SIGTERM resumes of one CNN: tests/test_reliability.py."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cljax.checkpoint import CHECKPOINT
+from cljax.config import Config, option_switch
+from cljax.errors import CljaxError
+from cljax.registry import MODELS, OPTIONS, RULES
+
+# Tiny, T=3: the learner of task 0's checkpoint trains tasks 1 and 2 again. 8 steps a task.
+TINY = dict(dataset="synthetic", synthetic_classes=6, synthetic_size=12, num_tasks=3, n_repeats=2,
+            n_train_per_class=8, n_test_per_class=4, n_subsamples=4, epochs=2, batch_size=4, log_frequency=4,
+            lr=0.05, momentum=0.9, seed=3)
+# Settings under which an option acts within 16 steps (its defaults act later or too little to
+# show); an option not named here runs at its defaults.
+ACTIVE = {
+    "cbp": dict(cbp_rate=0.2, cbp_maturity=2, cbp_utility="adaptable"),
+    "redo": dict(redo_every=3, redo_tau=0.5),
+    "replay": dict(replay_size=8, replay_batch=2),
+    "shrink_perturb": dict(sp_mode="step", sp_noise="gaussian", sp_sigma=1e-3),
+    "l2": dict(l2_decay=1e-2),
+    "ul": dict(ul_lr=1e-2),
+}
+# Each model small, and the dense layer unsupervised learning updates in it.
+MODEL = {
+    "cnn": dict(synthetic_size=28, ul_layer="dense1"),
+    "mlp": dict(mlp_hidden=8, ul_layer="dense1"),
+    "resnet": dict(resnet_width=2, resnet_blocks=1, resnet_hidden=8, resnet_bn_eval_images=4, ul_layer="dense"),
+}
+
+
+def with_option(flat: dict, entry) -> dict:
+    return {**flat, option_switch(entry): True, **ACTIVE.get(entry.name, {})}
+
+
+def allowed(flat: dict, entry) -> bool:
+    """Whether the option builds on the model of ``flat`` (CBP and ReDo refuse the ResNet)."""
+    from cljax.data import load_dataset
+    from cljax.program import build_parts
+
+    config = Config.from_flat(with_option(flat, entry))
+    try:
+        build_parts(config, load_dataset(config).train_images.shape[1:])
+    except CljaxError:
+        return False
+    return True
+
+
+def cases() -> list[tuple[str, str]]:
+    rules, models = RULES.names(), MODELS.names()
+    first_rule = "SL" if "SL" in rules else rules[0]
+    first_model = "mlp" if "mlp" in models else models[0]
+    return [(first_rule, m) for m in models] + [(r, first_model) for r in rules if r != first_rule]
+
+
+def outputs(run_dir: Path) -> dict:
+    """Every task folder's arrays and pickles (bytes) and the checkpoint's leaves (arrays)."""
+    out = {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.glob("task_*/*"))
+           if p.suffix in (".npy", ".pkl")}
+    with np.load(run_dir / CHECKPOINT) as z:
+        out.update({f"{CHECKPOINT}:{k}": z[k] for k in z.files})
+    return out
+
+
+def differing(a: dict, b: dict) -> list[str]:
+    assert sorted(a) == sorted(b)
+    return [k for k in a if (a[k] != b[k] if isinstance(a[k], bytes) else
+                             a[k].dtype != b[k].dtype or a[k].tobytes() != b[k].tobytes())]
+
+
+@pytest.mark.parametrize("rule,model", cases())
+def test_a_run_resumed_after_its_first_task_is_the_run_in_one_go(rule, model, tmp_path):
+    from cljax.experiment import run_experiment
+
+    flat = {**TINY, **MODEL.get(model, {}), "algorithm": rule, "model": model, "results_dir": str(tmp_path / "whole")}
+    options = [entry for entry in OPTIONS.entries() if allowed(flat, entry)]
+    assert len(options) >= min(len(OPTIONS.names()), 5)  # the built-ins all but CBP and ReDo on the ResNet
+    for entry in options:
+        flat = with_option(flat, entry)
+    config = Config.from_flat(flat)
+    stopped = tmp_path / "stopped"
+
+    def stop_after_task_0(t, info):  # what a stop between task 0's checkpoint and task 1's folder leaves
+        if t == 0:
+            shutil.copytree(tmp_path / "whole", stopped)
+
+    whole = run_experiment(config, progress=False, on_task_end=stop_after_task_0)
+    assert not (stopped / whole.algo_dir.relative_to(tmp_path / "whole") / "task_001").exists()
+    resumed = run_experiment(Config.from_flat({**config.to_dict(), "results_dir": str(stopped)}), progress=False)
+    assert resumed.first_task == 1
+    expected, got = outputs(whole.algo_dir), outputs(resumed.algo_dir)
+    assert {k.split("/")[0] for k in expected if k.endswith("weights.npy")} == {"task_000", "task_001", "task_002"}
+    assert differing(expected, got) == []
+
