@@ -171,14 +171,36 @@ def load_learner(algo_dir: Path, template, path: Path | None = None, mismatch_fi
             stored = {k: z[k] for k in z.files}
     except _READ_ERRORS as exc:
         raise _damaged(path, exc) from None
-    leaves, treedef = jax.tree.flatten(template)
-    restored = []
-    for i, leaf in enumerate(leaves):
-        if f"{_KEY_PREFIX}{i}" in stored:
-            restored.append(jax.random.wrap_key_data(stored[f"{_KEY_PREFIX}{i}"]))
-        elif f"leaf:{i}" in stored and stored[f"leaf:{i}"].shape == np.shape(leaf):
-            restored.append(stored[f"leaf:{i}"])
-        else:
-            fix = mismatch_fix or f"pass --overwrite to delete the run in {algo_dir} and start again"
-            raise CljaxError(f"{path} does not match this config's learner state: {fix}.")
+    paths, treedef = jax.tree_util.tree_flatten_with_path(template)
+    count = sum(k.startswith((_KEY_PREFIX, "leaf:")) for k in stored)
+    restored, problem = [], None if count == len(paths) else f"it holds {count} arrays, this config's learner {len(paths)}"
+    for i, (where, leaf) in enumerate(paths):
+        if problem is not None:
+            break
+        dtype = leaf.dtype if hasattr(leaf, "dtype") else np.asarray(leaf).dtype
+        got = _restored_leaf(stored, i, dtype)
+        if got is None or got.dtype != dtype or got.shape != np.shape(leaf):
+            stored_as = "nothing" if got is None else f"{got.dtype} {tuple(got.shape)}"
+            problem = (f"its array {i} ({jax.tree_util.keystr(where)}) is {stored_as}, this config's "
+                       f"{dtype} {tuple(np.shape(leaf))}")
+        restored.append(got)
+    if problem is not None:  # a state of another shape or dtype would train another computation, or fail in it
+        fix = mismatch_fix or f"pass --overwrite to delete the run in {algo_dir} and start again"
+        raise CljaxError(f"{path} does not match this config's learner state: {fix} ({problem}).")
     return jax.tree.unflatten(treedef, restored), int(stored["next_task"])
+
+
+def _restored_leaf(stored: dict, i: int, dtype):
+    """Array ``i`` of a checkpoint's arrays (a PRNG key wrapped again), or None when it has none.
+    ``dtype``: the learner's; .npy stores a dtype numpy does not know (bfloat16, the float8s) as
+    raw bytes of its size, read back as that dtype."""
+    if f"{_KEY_PREFIX}{i}" in stored:
+        try:
+            return jax.random.wrap_key_data(stored[f"{_KEY_PREFIX}{i}"])
+        except (TypeError, ValueError):  # raw data of no key shape
+            return None
+    raw = stored.get(f"leaf:{i}")
+    if raw is not None and raw.dtype.kind == "V" and raw.dtype.names is None and not jax.dtypes.issubdtype(
+            dtype, jax.dtypes.prng_key) and raw.dtype.itemsize == np.dtype(dtype).itemsize:
+        return raw.view(dtype)
+    return raw

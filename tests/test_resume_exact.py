@@ -103,3 +103,45 @@ def test_a_run_resumed_after_its_first_task_is_the_run_in_one_go(rule, model, tm
     assert {k.split("/")[0] for k in expected if k.endswith("weights.npy")} == {"task_000", "task_001", "task_002"}
     assert differing(expected, got) == []
 
+
+def test_the_checkpoint_gives_back_every_leaf_in_its_dtype(tmp_path):
+    """bfloat16 (an option's buffer kept in half the memory, say) is stored by .npy as raw bytes:
+    it was read back as a void array, which the resumed program cannot take."""
+    import jax
+    import jax.numpy as jnp
+
+    from cljax.checkpoint import load_learner, save_learner
+
+    rng = np.random.default_rng(0)
+    state = {"w": rng.normal(size=(2, 3)).astype(np.float32), "buffer": jnp.asarray(rng.normal(size=(2, 4)), jnp.bfloat16),
+             "age": np.arange(2, dtype=np.int32), "images": np.arange(6, dtype=np.uint8).reshape(2, 3),
+             "key": jax.random.split(jax.random.key(1), 2)}
+    save_learner(tmp_path, state, 1)
+    restored, _ = load_learner(tmp_path, state)
+    for name in ("w", "buffer", "age", "images"):
+        assert restored[name].dtype == state[name].dtype
+        assert np.asarray(restored[name]).tobytes() == np.asarray(state[name]).tobytes()
+    assert np.array_equal(jax.random.key_data(restored["key"]), jax.random.key_data(state["key"]))
+
+
+@pytest.mark.parametrize("change", ["dtype", "an array more", "a key as data"])
+def test_a_checkpoint_of_another_dtype_or_structure_is_refused_naming_the_array(tmp_path, change):
+    """A counter stored as float32 where the learner keeps int32 (a state whose dtype changed in a
+    cljax between the stop and the resume): the resume compiled a program for the stored dtype and
+    carried it on to the run's end, another computation than the run's. Refused in one line."""
+    import jax
+
+    from cljax.checkpoint import load_learner, save_learner
+
+    state = {"age": np.arange(4, dtype=np.int32).reshape(2, 2), "key": jax.random.split(jax.random.key(1), 2)}
+    stored = {"dtype": {**state, "age": state["age"].astype(np.float32)},
+              "an array more": {**state, "zz": np.zeros(2, np.float32)},
+              "a key as data": {**state, "key": np.asarray(jax.random.key_data(state["key"]))}}[change]
+    save_learner(tmp_path, stored, 1)
+    with pytest.raises(CljaxError) as refused:
+        load_learner(tmp_path, state)
+    message = str(refused.value)
+    assert "\n" not in message and "does not match this config's learner state: pass --overwrite" in message
+    assert {"dtype": "its array 0 (['age']) is float32 (2, 2), this config's int32 (2, 2)",
+            "an array more": "it holds 3 arrays, this config's learner 2",
+            "a key as data": "its array 1 (['key']) is uint32 (2, 2), this config's key<fry> (2,)"}[change] in message
