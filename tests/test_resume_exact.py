@@ -73,7 +73,8 @@ def config_of(rule: str, model: str, results_dir: Path) -> Config:
         options = [entry for entry in OPTIONS.entries() if allowed(flat, entry)]
         if options:
             break
-    assert len(options) >= min(len(OPTIONS.names()), 5)  # the built-ins all but CBP and ReDo on the ResNet
+    assert len(options) >= min(len(OPTIONS.names()), 5), (  # the built-ins all but CBP and ReDo on the ResNet
+        f"{rule} on {name} takes only {[e.name for e in options]}: give the model its tiny settings in MODEL")
     for entry in options:
         flat = with_option(flat, entry)
     return Config.from_flat(flat)
