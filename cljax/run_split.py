@@ -7,6 +7,7 @@ from __future__ import annotations
 import sys
 
 from cljax.devices.cpu_split import forced_cpu_devices
+from cljax.host import cpu_codegen
 from cljax.registry import reads_conv_impl
 
 # Lowering entries added after runs were recorded without them, at the value those runs ran with.
@@ -15,13 +16,17 @@ LOWERING_ABSENT = {"matmul_precision": "default", "compute_dtype": "float32", "s
 
 def split_of(program) -> dict:
     """How a run's numbers are computed, down to the last bits: backend, devices, processes,
-    lowering. Recorded in run.json at the start and in every task's metadata.json."""
+    lowering and, on the CPU, what XLA compiles for (``host``: the CPU's model and vector
+    instruction sets, XLA_FLAGS; cljax.host.cpu_codegen). Recorded in run.json at the start and
+    in every task's metadata.json."""
     import jax
 
     from cljax.devices.mesh import mesh_devices
 
-    return {"backend": jax.default_backend(), "devices": len(mesh_devices()), "processes": jax.process_count(),
-            "lowering": program.lowering.record()}
+    split = {"backend": jax.default_backend(), "devices": len(mesh_devices()), "processes": jax.process_count(),
+             "lowering": program.lowering.record()}
+    host = cpu_codegen() if split["backend"] == "cpu" else None
+    return split if host is None else {**split, "host": host}
 
 
 def recorded_split(record: dict | None) -> dict | None:
@@ -50,6 +55,8 @@ def same_split(recorded: dict | None, split: dict, model: str | None = None) -> 
     lowering = {**LOWERING_ABSENT, **(recorded.get("lowering") or {})}
     if model is not None and not reads_conv_impl(model):
         lowering["conv"] = (split.get("lowering") or {}).get("conv")
+    if "host" not in recorded or "host" not in split:  # recorded before 2026-12-07, or a host that says nothing
+        recorded, split = {**recorded, "host": None}, {**split, "host": None}
     return {**recorded, "lowering": lowering} == split
 
 
@@ -75,6 +82,8 @@ def warn_if_other_split(recorded: dict | None, split: dict, next_task: int, mode
     conv = (recorded.get("lowering") or {}).get("conv")
     if not hint and convolves and conv and conv != (split.get("lowering") or {}).get("conv"):
         hint = f"; to keep it, rerun with --conv-impl {conv}"
+    if not hint and recorded.get("host") and split.get("host") and recorded["host"] != split["host"]:
+        hint = "; to keep it, resume on a host with the CPU and XLA_FLAGS the run started with"
     print(f"warning: this run started on {describe_split(recorded, convolves)} and continues on "
           f"{describe_split(split, convolves)}: from "
           f"task {next_task} on its numbers can differ from an uninterrupted run's in the last bits (recorded in each "
@@ -96,9 +105,20 @@ def warn_if_other_eval_chunk(recorded_settings: dict, config, next_task: int) ->
 def describe_split(split: dict, convolves: bool = True) -> str:
     lowering = split.get("lowering") or {}
     conv = f"{lowering.get('conv', '?')} convolutions, " if convolves else ""
-    return (f"{split.get('devices')} {split.get('backend')} device(s) x {split.get('processes')} process(es), "
+    host = split.get("host")
+    cpu = "" if not isinstance(host, dict) else (
+        f" ({host.get('cpu')}, {describe_simd(host.get('simd') or [])}, XLA_FLAGS {host.get('xla_flags') or 'unset'!r})")
+    return (f"{split.get('devices')} {split.get('backend')} device(s) x {split.get('processes')} process(es){cpu}, "
             f"{conv}repeats {lowering.get('repeats', '?')}, learner and expert "
             f"{lowering.get('learner_expert', '?')}")
+
+
+def describe_simd(simd: list) -> str:
+    """The widest vector instruction sets of a host, in a few words (AVX-512 with FMA, AVX2, ...)."""
+    widest = next((name for flag, name in (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX"),
+                                           ("sse4_2", "SSE4.2"), ("sve", "SVE"), ("asimd", "NEON")) if flag in simd),
+                  "no vector set named")
+    return widest + (" with FMA" if "fma" in simd else " without FMA" if widest.startswith("AVX") else "")
 
 
 def recorded_pairing(config, record: dict | None) -> bool | None:
