@@ -86,8 +86,8 @@ def warn_if_other_split(recorded: dict | None, split: dict, next_task: int, mode
         hint = "; to keep it, resume on a host with the CPU and XLA_FLAGS the run started with"
     print(f"warning: this run started on {describe_split(recorded, convolves)} and continues on "
           f"{describe_split(split, convolves)}: from "
-          f"task {next_task} on its numbers can differ from an uninterrupted run's in the last bits (recorded in each "
-          f"task's metadata.json){hint}.", file=sys.stderr)
+          f"task {next_task} on its numbers can differ from an uninterrupted run's in the last bits, which training can "
+          f"grow into other accuracies within a few tasks (recorded in each task's metadata.json){hint}.", file=sys.stderr)
 
 
 def warn_if_other_eval_chunk(recorded_settings: dict, config, next_task: int) -> None:
