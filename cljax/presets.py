@@ -24,7 +24,8 @@ three rates (0.01, 0.001, 0.0001), its methods for 5000 at 0.01 (L2 at 0.03): th
 plan --preset lop-imagenet`` on 1000 classes: about 42 MiB a task, 204 GiB for the run); ``--log-frequency
 3000`` keeps one snapshot a task (39 GiB). Add a method with its flag (``--use-cbp``, ``--use-l2-init``,
 ``--add-plasticity --sp-mode step``; docs/methods.md, which lists how cljax's CBP differs from
-theirs: ``--cbp-utility adaptable`` ranks units by their run's utility).
+theirs: ``--cbp-utility adaptable --cbp-count all --cbp-optimizer-state keep --cbp-fresh uniform`` take
+their code's choices).
 """
 
 from __future__ import annotations

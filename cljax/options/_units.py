@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 
@@ -101,16 +102,34 @@ def reset_units(params, opt_state, fresh_params, layers, masks):
     return new, _zero_mirrors(opt_state, touched)
 
 
-def reset_if_any(net, params, opt_state, key, layers, masks):
-    """:func:`reset_units` with a fresh draw of the initialiser from ``key``, skipped (a
-    ``lax.cond``) when no unit is to be reset."""
+def reset_if_any(net, params, opt_state, key, layers, masks, fresh=None, keep_opt_state: bool = False):
+    """:func:`reset_units` with a fresh draw of the initialiser from ``key`` (or of
+    ``fresh(key, params, fresh_params, layers)``), skipped (a ``lax.cond``) when no unit is to be
+    reset. ``keep_opt_state``: the optimiser state is left as it is (CBP's --cbp-optimizer-state keep)."""
     any_reset = jnp.stack([m.any() for m in masks.values()]).any()
 
     def reset(operands):
         p, o = operands
-        return reset_units(p, o, net.init(key)[0], layers, masks)
+        drawn = net.init(key)[0]
+        drawn = drawn if fresh is None else fresh(key, p, drawn, layers)
+        new_p, new_o = reset_units(p, o, drawn, layers, masks)
+        return new_p, (o if keep_opt_state else new_o)
 
     return lax.cond(any_reset, reset, lambda operands: operands, (params, opt_state))
+
+
+def uniform_fresh(key, params, drawn, layers):
+    """``drawn`` with each unit layer's kernel a draw of U(-b, b), b = 1 / sqrt(its fan-in, every
+    kernel axis but the last), and its bias 0: the fresh units of the authors' continual-ImageNet
+    code (``init='default'``), where ``drawn`` holds the model initialiser's."""
+    out = {name: dict(sub) for name, sub in drawn.items()}
+    for i, (layer, _) in enumerate(layers):
+        kernel = params[layer]["kernel"]
+        bound = 1.0 / float(np.sqrt(np.prod(kernel.shape[:-1])))
+        out[layer]["kernel"] = jax.random.uniform(jax.random.fold_in(key, i), kernel.shape, kernel.dtype, -bound, bound)
+        if "bias" in out[layer]:
+            out[layer]["bias"] = jnp.zeros_like(out[layer]["bias"])
+    return out
 
 
 def unit_widths_of(config) -> tuple[int, ...] | None:

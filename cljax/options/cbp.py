@@ -40,6 +40,12 @@ eta = ``--cbp-decay``; the defaults are Dohare et al.'s (3e-4, 100, 0.99).
 State of one repeat, kept across tasks and saved in the checkpoint: per unit layer, u (U,)
 float32, a (U,) int32 and acc () float32, and mu (U,) float32 under ``--cbp-utility adaptable``.
 
+Three settings take the authors' continual-ImageNet code's choices where they differ from the
+method above (docs/methods.md): ``--cbp-count all`` (the fractional count adds rho x all the
+layer's units once any is mature), ``--cbp-optimizer-state keep`` (a replaced unit's weights keep
+their momentum, as their code does under SGD) and ``--cbp-fresh uniform`` (fresh incoming weights
+from U(-1/sqrt(fan-in), 1/sqrt(fan-in)) and a zero bias, their ``init='default'`` bounds).
+
 Difference from the authors' code, on purpose: the reader's bias is not adjusted for the removed
 unit's mean contribution (the update above is the whole method here), as in their convolutional
 version; their fully connected one adjusts it. The ranking's age correction (above) came in
@@ -56,8 +62,8 @@ import jax.numpy as jnp
 
 from cljax.models.units import unit_activity, unit_layers
 from cljax.options import Option, register_option, run_steps
-from cljax.options._units import (incoming_abs_means, outgoing_abs_sums, reset_if_any, unit_widths_of, weighted_mean,
-                                  weighted_mean_abs)
+from cljax.options._units import (incoming_abs_means, outgoing_abs_sums, reset_if_any, uniform_fresh, unit_widths_of,
+                                  weighted_mean, weighted_mean_abs)
 from cljax.registry import param
 
 
@@ -72,6 +78,15 @@ class CBPParams:
                          "|outgoing weights|, the paper's) or adaptable (mean |h - its running mean| x |outgoing "
                          "weights| / mean |incoming weights|, the authors' continual-ImageNet code's)",
                          choices=("contribution", "adaptable"))
+    count: str = param("mature", "continual backprop: what the replacement rate counts: mature (rho x the layer's "
+                       "mature units per step, the paper's) or all (rho x all its units per step once any is mature, "
+                       "the authors' code's)", choices=("mature", "all"))
+    optimizer_state: str = param("reset", "continual backprop: the optimiser state (momentum) of a replaced unit's "
+                                 "weights: reset (set to 0) or keep (as the authors' code does under SGD)",
+                                 choices=("reset", "keep"))
+    fresh: str = param("init", "continual backprop: a replaced unit's incoming weights: init (a draw of the model's "
+                       "initialiser) or uniform (U(-b, b), b = 1 / sqrt(fan-in), bias 0: the authors' continual-"
+                       "ImageNet code's)", choices=("init", "uniform"))
 
 
 def select_lowest(utility_U, eligible_U, n):
@@ -87,10 +102,12 @@ def _unbiased(value, unbiased):
     return jnp.where(unbiased > 0, value / jnp.where(unbiased > 0, unbiased, 1.0), value)
 
 
-def cbp_update(state, activity, out_sums, weights_B, rate: float, maturity: int, decay: float, in_means=None):
+def cbp_update(state, activity, out_sums, weights_B, rate: float, maturity: int, decay: float, in_means=None,
+               count_all: bool = False):
     """One step of the utilities, ages and counts. Returns (state, {layer: replace mask}). A
     layer whose state holds a running mean ``mean`` takes the adaptable utility, which needs
-    ``in_means`` ({layer: (U,) mean |incoming weight|})."""
+    ``in_means`` ({layer: (U,) mean |incoming weight|}). ``count_all``: the fractional count adds
+    rate x all the layer's units once any is mature (--cbp-count all), not rate x the mature ones."""
     new_state, masks = {}, {}
     for layer, s in state.items():
         age = s["age"] + 1
@@ -106,7 +123,8 @@ def cbp_update(state, activity, out_sums, weights_B, rate: float, maturity: int,
         utility = decay * s["utility"] + (1.0 - decay) * contribution
         eligible = age > maturity
         n_eligible = eligible.sum()
-        acc = s["acc"] + rate * n_eligible.astype(jnp.float32)
+        counted = jnp.where(n_eligible > 0, eligible.size, 0) if count_all else n_eligible
+        acc = s["acc"] + rate * counted.astype(jnp.float32)
         n = jnp.minimum(jnp.floor(acc).astype(jnp.int32), n_eligible)
         replace = select_lowest(_unbiased(utility, unbiased), eligible, n)
         new_state[layer] = {"utility": jnp.where(replace, 0.0, utility), "age": jnp.where(replace, 0, age),
@@ -142,6 +160,8 @@ def make_cbp(params: CBPParams, config, net) -> Option:
     """continual backprop: replace the least-contributing mature hidden units by fresh ones (tag cbp)"""
     layers = unit_layers(net, "--use-cbp")
     rate, maturity, decay, adaptable = params.rate, params.maturity, params.decay, params.utility == "adaptable"
+    count_all, keep_state = params.count == "all", params.optimizer_state == "keep"
+    fresh = uniform_fresh if params.fresh == "uniform" else None
 
     def init(model_params, key):
         def zeros(layer, dtype=jnp.float32):
@@ -153,8 +173,9 @@ def make_cbp(params: CBPParams, config, net) -> Option:
     def step_reset(state, model_params, opt_state, model_state, key, images, weights_B):
         activity = jax.lax.stop_gradient(unit_activity(net, model_params, model_state, images))
         state, masks = cbp_update(state, activity, outgoing_abs_sums(model_params, layers), weights_B, rate, maturity,
-                                  decay, incoming_abs_means(model_params, layers) if adaptable else None)
-        model_params, opt_state = reset_if_any(net, model_params, opt_state, key, layers, masks)
+                                  decay, incoming_abs_means(model_params, layers) if adaptable else None, count_all)
+        model_params, opt_state = reset_if_any(net, model_params, opt_state, key, layers, masks, fresh=fresh,
+                                               keep_opt_state=keep_state)
         return state, model_params, opt_state
 
     return Option(init=init, step_reset=step_reset)
