@@ -48,9 +48,9 @@ def test_bfloat16_changes_the_numbers_by_its_resolution_and_keeps_float32_output
     images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (16, 28, 28), dtype=np.uint8))
     nets = {dtype: make_net(build_model("cnn", MODELS["cnn"].params(), ModelContext(1, (28, 28), "lax", dtype)),
                             (28, 28), dtype) for dtype in ("float32", "bfloat16")}
-    params, state = nets["float32"].init(jax.random.key(0))
+    params, state = jax.jit(nets["float32"].init)(jax.random.key(0))  # compiled: op by op, a compile per op
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(params))
-    out = {dtype: net.apply(params, state, images, False) for dtype, net in nets.items()}
+    out = {dtype: jax.jit(net.apply, static_argnums=3)(params, state, images, False) for dtype, net in nets.items()}
     for i in (0, 1):  # logits, representation
         full, low = np.asarray(out["float32"][i]), np.asarray(out["bfloat16"][i])
         assert low.dtype == np.float32
