@@ -289,6 +289,14 @@ OPTION_SETS = {
 UL_KIND = {"SL": "oja", "RL": "sanger", "Bio": "recon"}
 
 
+# The model of each rule x option set: every rule meets the CNN (the default) with one set and the
+# MLP with the other, and each set meets both models; a network of its own costs a compilation, and
+# each rule with every option on each model also runs in tests/test_resume_exact.py.
+MODEL_OF = {("SL", "l2_redo_sp_ul"): "cnn", ("RL", "l2_redo_sp_ul"): "mlp", ("Bio", "l2_redo_sp_ul"): "cnn",
+            ("SL", "cbp_l2init_replay_sp_ul"): "mlp", ("RL", "cbp_l2init_replay_sp_ul"): "cnn",
+            ("Bio", "cbp_l2init_replay_sp_ul"): "mlp"}
+MODEL_SIZES = {"cnn": {}, "mlp": dict(mlp_hidden=16)}
+
 # 8 steps a task, 2 snapshots: the sizes of the pairing comparison below, which builds the same
 # programs as these runs (the l2_redo_sp_ul set keeps the pairing on) and so compiles one of its
 # two (the one the CPU's --learner-expert auto picks) no more.
@@ -296,8 +304,9 @@ RULE_OPTION_SIZES = dict(n_train_per_class=64, n_test_per_class=16, n_subsamples
 
 
 def rule_option_config(tmp_path, algorithm, options):
-    return config_of(tmp_path, algorithm=algorithm, ul_kind=UL_KIND[algorithm], **RULE_OPTION_SIZES,
-                     **OPTION_SETS[options])
+    model = MODEL_OF[algorithm, options]
+    return config_of(tmp_path, algorithm=algorithm, ul_kind=UL_KIND[algorithm], model=model, **MODEL_SIZES[model],
+                     **RULE_OPTION_SIZES, **OPTION_SETS[options])
 
 
 @pytest.mark.parametrize("options", list(OPTION_SETS))
@@ -311,7 +320,8 @@ def test_every_rule_with_every_option_compiles_once(tmp_path, compile_counter, a
     for d in results.task_dirs(run.algo_dir):
         metrics = results.load_metrics(d)
         assert np.isfinite(metrics["train_loss"]).all() and np.isfinite(metrics["test_acc"]).all()
-        assert results.load_metadata(d)["config"]["use_replay"] == config.to_dict()["use_replay"]
+        recorded = results.load_metadata(d)["config"]
+        assert (recorded["use_replay"], recorded["model"]) == (config.to_dict()["use_replay"], MODEL_OF[algorithm, options])
 
 
 @pytest.mark.parametrize("algorithm", ["SL", "RL", "Bio"])
