@@ -93,8 +93,8 @@ def eval_slots(config) -> int:
 def eval_ids_of(metadata: dict, n_slots: int, where: str = "metadata.json") -> np.ndarray:
     """The global task of each slot of a task folder (-1: none); slot k is task k in a folder
     written before --eval-tasks existed. The recorded ids must be those of the recorded mode at
-    the folder's task (metadata.json carries no hash of its own): else one CljaxError line naming
-    ``where``."""
+    the folder's task, and that mode the one its config records (metadata.json carries no hash of
+    its own): else one CljaxError line naming ``where``."""
     record, config = metadata.get("eval_tasks") or {}, metadata.get("config") or {}
     for name, value in (("eval_tasks", record), ("config", config)):
         if not isinstance(value, dict):
@@ -103,6 +103,12 @@ def eval_ids_of(metadata: dict, n_slots: int, where: str = "metadata.json") -> n
     ids = record.get("eval_task_ids")
     if ids is None and not record:  # no eval_tasks: written before --eval-tasks existed
         return np.arange(n_slots, dtype=np.int64)
+    if "eval_tasks" in config and recorded_mode(record.get("mode", "all")) != recorded_mode(config["eval_tasks"]):
+        # ids consistent with an edited mode pass the check below: a `seen` folder relabelled `all`
+        # would have its empty slots read as tasks evaluated, and their NaN as diverged repeats
+        raise CljaxError(f"{where}: eval_tasks.mode {str(record.get('mode'))[:40]!r} is not the --eval-tasks "
+                         f"{str(config['eval_tasks'])[:40]!r} its config records, which the run ran with (its empty "
+                         f"slots would be read as evaluated tasks): the file was changed or damaged; {DAMAGED}.")
     t, T = metadata.get("task_index"), config.get("num_tasks")
     try:
         expected = parse_eval_tasks(record.get("mode", "all")).ids(int(t), int(T)).astype(np.int64)
@@ -117,6 +123,33 @@ def eval_ids_of(metadata: dict, n_slots: int, where: str = "metadata.json") -> n
         raise CljaxError(f"{where}: eval_tasks.current_slot {slot!r} is not the slot of task {t} in eval_task_ids "
                          f"{str(ids)[:80]}: the file was changed or damaged; {DAMAGED}.")
     return expected
+
+
+def recorded_mode(text) -> EvalTasks | None:
+    """A recorded mode as parsed (``' all'``, recorded with its spaces before 2026-12-05, is all); None: no mode."""
+    try:
+        return parse_eval_tasks(text) if isinstance(text, str) else None
+    except CljaxError:
+        return None
+
+
+def folder_mode(metadata: dict):
+    """A task folder's recorded --eval-tasks (metadata.json): ``all`` in one written before the setting existed."""
+    record = metadata.get("eval_tasks") or {}
+    return record.get("mode", "all") if isinstance(record, dict) else None
+
+
+def other_mode(metadata: dict, where, reference: tuple) -> str | None:
+    """What is wrong where a task folder's --eval-tasks is not its run's, ``reference`` = (the file
+    that records the run's, its mode), or None: mode, ids and config edited together pass the
+    folder's own check (:func:`eval_ids_of`), and every folder of a run has the run's mode (a
+    resume refuses another)."""
+    mode = folder_mode(metadata)
+    if recorded_mode(mode) == recorded_mode(reference[1]) is not None:
+        return None
+    return (f"{where} records --eval-tasks {str(mode)[:40]!r} and {reference[0]} {str(reference[1])[:40]!r}, while "
+            f"every folder of a run has the run's (its empty slots would be read as evaluated tasks): one of the two "
+            f"files was changed")
 
 
 def own_slot(metadata: dict, n_slots: int, t: int, where: str = "metadata.json") -> int:

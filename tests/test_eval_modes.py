@@ -236,3 +236,70 @@ def test_analyze_refuses_a_window_folder_whose_task_ids_were_removed(tmp_path):
     with pytest.raises(CljaxError, match=r"task_001/metadata.json: eval_tasks.eval_task_ids None are not the task "
                                          r"slots of --eval-tasks 'window:3' at task 1 of 8"):
         analyze_run(algo, glue=False, make_plots=False)
+
+
+def _relabel(path, mode: str, config_too: bool = False) -> None:
+    """Edit a folder's metadata.json as a hand would: its eval_tasks said to be ``mode`` with the
+    ids of that mode at its task (and its config's --eval-tasks with them)."""
+    meta = json.loads(path.read_text())
+    meta["eval_tasks"] = parse_eval_tasks(mode).record(meta["task_index"], meta["config"]["num_tasks"])
+    if config_too:
+        meta["config"]["eval_tasks"] = mode
+    path.write_text(json.dumps(meta))
+
+
+def test_analyze_refuses_a_folder_relabelled_as_another_mode_with_ids_to_match(tmp_path, capsys):
+    # A `seen` folder relabelled `all` with its ids extended passed the ids check (they are all's at
+    # its task): its empty slots were read as evaluated tasks, their NaN as diverged repeats (on a real
+    # Fashion-MNIST run the probe's gain became "undefined (3 repeats left out: not finite)").
+    import pytest
+
+    from cljax.cli import main as cli_main
+    from cljax.errors import CljaxError
+
+    algo = tmp_path / "run"
+    write_mode_run(algo, "seen", T=4, n=4)
+    for folder in algo.glob("task_*"):  # as a run records them: the run's folder check reads the slots then
+        meta = json.loads((folder / "metadata.json").read_text())
+        meta["shapes"] = {"representations": list(np.load(folder / "representations.npy", mmap_mode="r").shape)}
+        (folder / "metadata.json").write_text(json.dumps(meta))
+    path = algo / "task_001" / "metadata.json"
+    _relabel(path, "all")
+    with pytest.raises(CljaxError, match=r"task_001/metadata.json: eval_tasks.mode 'all' is not the --eval-tasks "
+                                         r"'seen' its config records"):
+        analyze_run(algo, glue=False, make_plots=False)
+    assert cli_main(["analyze", str(algo), "--no-glue", "--no-plots"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "restore it from a copy, or write it again" in err, err
+    assert not (algo / "analysis").exists()  # nothing written
+    # its config edited too: the folder is whole by itself, not the run's (task_000's mode, or run.json's)
+    _relabel(path, "all", config_too=True)
+    with pytest.raises(CljaxError, match=rf"^{path} records --eval-tasks 'all' and {algo / 'task_000'}/metadata.json "
+                                         r"'seen', while every folder of a run has the run's .*restore the changed "
+                                         r"one from a copy \(nothing was written\)\.$"):
+        analyze_run(algo, glue=False, make_plots=False)
+    (algo / "run.json").write_text(json.dumps({"config": {"num_tasks": 4, "eval_tasks": "seen"}}))
+    with pytest.raises(CljaxError, match=rf"^{path} records --eval-tasks 'all' and {algo}/run.json 'seen'"):
+        analyze_run(algo, glue=False, make_plots=False)
+    assert not (algo / "analysis").exists()
+
+
+def test_the_mode_checks_pass_every_folder_a_run_writes_old_records_included(tmp_path):
+    # What real runs record: each mode with run.json; config ' all' (recorded with its spaces before
+    # 2026-12-05) and 'window:02' (recorded as typed; the folder's eval_tasks says window:2); folders
+    # from before --eval-tasks, with neither eval_tasks nor config.eval_tasks, and a run.json without it.
+    for mode, typed in (("all", "all"), ("seen", "seen"), ("current", "current"), ("window:2", "window:02"),
+                        ("all", " all"), ("all", None)):
+        algo = tmp_path / f"{mode.replace(':', '')}_{typed!s:.4}".replace(" ", "_")
+        write_mode_run(algo, mode, T=4, n=3)
+        for path in algo.glob("task_*/metadata.json"):
+            meta = json.loads(path.read_text())
+            if typed is None:
+                del meta["eval_tasks"], meta["config"]["eval_tasks"]
+            else:
+                meta["config"]["eval_tasks"] = typed
+            path.write_text(json.dumps(meta))
+        (algo / "run.json").write_text(json.dumps({"config": {"num_tasks": 4, **({"eval_tasks": typed} if typed
+                                                                                  else {})}}))
+        summary = analyze_run(algo, analyses=["cl"], glue=False, make_plots=False)
+        assert summary["n_task_folders"] == 3, (mode, typed)

@@ -53,11 +53,12 @@ from cljax.analysis.probe import RIDGE
 from cljax.analysis.registry import Options, Result, RunContext, TaskFolder, get, registered
 from cljax.analysis.spread import RULE, jsonable, readable_json
 from cljax.analysis.workers import Workers, worker_count
-from cljax.checkpoint import read_run_record
+from cljax.checkpoint import RUN_RECORD, read_run_record
 from cljax.registry import is_builtin, source_file
 from cljax.sources import entry_file_sha256
 from cljax.devices.memory import host_available_bytes
 from cljax.errors import CljaxError
+from cljax.eval_tasks import folder_mode, other_mode
 from cljax.initial_state import INITIAL, wrote_initial
 from cljax.record_rebuild import foreign_record
 from cljax.run_folder import verify_task_dir
@@ -353,7 +354,11 @@ def _verifier(algo_dir: Path, first: Path):
     foreign = foreign_record(algo_dir, record) if live_writer(algo_dir) is None else None  # (a writer: wait)
     if foreign:
         raise CljaxError(f"{foreign}.")
-    run_id = record["run_id"] if record is not None else results.load_metadata(first).get("run_id")
+    first_meta = results.load_metadata(first) if record is None else {}
+    run_id = record["run_id"] if record is not None else first_meta.get("run_id")
+    # the --eval-tasks every folder was written under (a resume refuses another): run.json's, else task_000's
+    reference = ((algo_dir / RUN_RECORD, record["config"].get("eval_tasks", "all")) if record is not None else
+                 (first / "metadata.json", folder_mode(first_meta)))
 
     def check(folder: Path, t: int, fix: str = "restore it from a copy, or write it again (`cljax run` with the run's "
                                                "flags and --repair)") -> dict:
@@ -362,6 +367,8 @@ def _verifier(algo_dir: Path, first: Path):
         if problem is not None:
             raise CljaxError(f"{problem}: the analysis reads only its run's own, whole files; "
                              f"{writing_now(algo_dir) or fix}.")
+        if t >= 0 and (other := other_mode(read["metadata"], folder / "metadata.json", reference)):
+            raise CljaxError(f"{other}; restore the changed one from a copy (nothing was written).")
         return read["metadata"]
 
     if (algo_dir / INITIAL).exists():
