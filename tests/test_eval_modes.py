@@ -303,3 +303,24 @@ def test_the_mode_checks_pass_every_folder_a_run_writes_old_records_included(tmp
                                                                                   else {})}}))
         summary = analyze_run(algo, analyses=["cl"], glue=False, make_plots=False)
         assert summary["n_task_folders"] == 3, (mode, typed)
+
+
+def test_the_across_task_glue_line_of_a_partial_all_run_says_which_tasks_were_not_trained(tmp_path):
+    # Under `all` a run stopped after 3 of its 6 tasks groups tasks 3-5 too, whose manifolds are of a
+    # network not trained on them: summary.json's incomplete_run note said so, the printed line did not.
+    from cljax.analysis.summary_text import format_summary
+
+    algo = tmp_path / "all"
+    write_mode_run(algo, "all", T=6, n=3)
+    summary = analyze_run(algo, analyses=["glue"], glue_n_probes=2, make_plots=False)
+    assert summary["glue"]["across_tasks"]["tasks"] == [0, 1, 2, 3, 4, 5]
+    line = next(x for x in format_summary(summary).splitlines() if x.startswith("GLUE across"))
+    assert line.startswith("GLUE across 6 tasks (P = 12), last folder (tasks 0-5, 3 of them not trained yet: a "
+                           "partial run, tasks 0-2 trained so far): capacity "), line
+    # the run finished, or a mode that evaluates no task ahead: nothing to say
+    for mode, n in (("all", 6), ("seen", 3)):
+        algo = tmp_path / f"{mode}{n}"
+        write_mode_run(algo, mode, T=6, n=n)
+        summary = analyze_run(algo, analyses=["glue"], glue_n_probes=2, make_plots=False)
+        line = next(x for x in format_summary(summary).splitlines() if x.startswith("GLUE across"))
+        assert "not trained yet" not in line, (mode, line)

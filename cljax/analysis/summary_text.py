@@ -99,14 +99,19 @@ def _trained_gain(gain: dict, n: int, cycle: bool) -> str:
             f"{_pm(gain['after'])}, after the last {_pm(gain['end'])}: {share}")
 
 
-def _across_tasks_of_mode(tasks, mode: str) -> str:
+def _across_tasks_of_mode(tasks, mode: str, n_trained: int | None) -> str:
     """Which tasks the across-task grouping took when --eval-tasks evaluated only some (the last
-    K under window:K): a capacity over other tasks than an `all` run's of the same settings."""
-    if mode == "all" or not tasks:
+    K under window:K): a capacity over other tasks than an `all` run's of the same settings; and
+    under `all` in a partial run, how many of them the network was not trained on yet."""
+    if not tasks:
         return ""
     span = (f"tasks {tasks[0]}-{tasks[-1]}" if list(tasks) == list(range(tasks[0], tasks[-1] + 1)) else
             f"{len(tasks)} tasks from {tasks[0]} to {tasks[-1]}")
-    return f" ({span}, of those --eval-tasks {mode} evaluated)"
+    ahead = sum(1 for t in tasks if t >= n_trained) if n_trained else 0  # only `all` evaluates a task before it trains
+    if ahead:
+        trained = "task 0" if n_trained == 1 else f"tasks 0-{n_trained - 1}"
+        return f" ({span}, {ahead} of them not trained yet: a partial run, {trained} trained so far)"
+    return "" if mode == "all" else f" ({span}, of those --eval-tasks {mode} evaluated)"
 
 
 def format_summary(summary: dict) -> str:
@@ -201,7 +206,8 @@ def format_summary(summary: dict) -> str:
         if (final.get("capacity") or {}).get("mean") is not None and "capacity_floor" in final:
             at_floor = final["capacity"]["mean"] <= AT_FLOOR * (final["capacity_floor"].get("mean") or 0.0)
             lines.append(f"GLUE across {across['n_manifolds'] // 2} tasks (P = {across['n_manifolds']}), last folder"
-                         + _across_tasks_of_mode(across.get("tasks"), mode) + ": "
+                         + _across_tasks_of_mode(across.get("tasks"), mode, summary.get("n_task_folders")
+                                                if summary.get("complete") is False else None) + ": "
                          f"capacity {_pm(final['capacity'])}, its floor {_pm(final['capacity_floor'])} (the "
                          f"capacity were every dichotomy inseparable); {100 * (final['inseparable_fraction'].get('mean') or 0.0):.0f}% of "
                          f"the probes separate nothing" + (
