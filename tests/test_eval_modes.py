@@ -324,3 +324,29 @@ def test_the_across_task_glue_line_of_a_partial_all_run_says_which_tasks_were_no
         summary = analyze_run(algo, analyses=["glue"], glue_n_probes=2, make_plots=False)
         line = next(x for x in format_summary(summary).splitlines() if x.startswith("GLUE across"))
         assert "not trained yet" not in line, (mode, line)
+
+
+def test_the_probe_gain_says_why_it_is_undefined_and_what_would_define_it(tmp_path):
+    # It printed "undefined, no task j (1 <= j < n-1) was evaluated before its task, right after and at
+    # the end: ...": neither what the figure is nor what run would give it. (Under current no line: it
+    # evaluates no earlier task, which its own line says.)
+    from cljax.analysis.summary_text import format_summary
+
+    def gain_line(mode, n, T=4):
+        algo = tmp_path / f"{mode.replace(':', '')}{n}"
+        write_mode_run(algo, mode, T=T, n=n)
+        summary = analyze_run(algo, analyses=["probe"], glue=False, make_plots=False)
+        return next(x for x in format_summary(summary).splitlines() if "the probe" in x and "before" in x)
+
+    head = ("  the probe's gain from training a task (its probe before the task, right after it and after the last "
+            "task): undefined: ")
+    for mode in ("seen", "window:2"):
+        assert gain_line(mode, 4) == head + (
+            "no task folder holds a task's representations from before its task: --eval-tasks seen, current and "
+            "window:K evaluate a task only once it is trained (only --eval-tasks all saves a task's representations "
+            "before its task); a run with --eval-tasks all measures it"), mode
+    assert gain_line("all", 2) == head + (
+        "it needs 3 task folders or more, and there are 2: a task's gain is read in the folder before its task, its "
+        "own and the last, which only the tasks between the first and the last have (task 0 has no folder before "
+        "it: the untrained network's representations are not saved)")
+    assert "undefined" not in gain_line("all", 4)

@@ -573,9 +573,11 @@ def test_the_probe_before_a_task_is_undefined_where_no_folder_saved_it(window_an
     for key in ("before", "after", "end", "kept"):
         assert gain[key]["n"] == 0 and gain[key]["n_nonfinite"] == 0, key
         assert "only --eval-tasks all saves a task's representations before its task" in gain[key]["undefined"]
-    assert ("  the probe before a task was trained: undefined, no task j (1 <= j < n-1) was evaluated before its "
-            "task, right after and at the end: only --eval-tasks all saves a task's representations before its "
-            "task") in format_summary(summary).splitlines()
+    assert ("  the probe's gain from training a task (its probe before the task, right after it and after the last "
+            "task): undefined: no task folder holds a task's representations from before its task: --eval-tasks "
+            "seen, current and window:K evaluate a task only once it is trained (only --eval-tasks all saves a "
+            "task's representations before its task); a run with --eval-tasks all measures it"
+            ) in format_summary(summary).splitlines()
     for folders in (["task_000"], ["task_000", "task_001"]):
         part = _copy_run(full.algo_dir, tmp_path / f"n{len(folders)}", folders)
         gain = analyze_run(part, tmp_path / f"a{len(folders)}", analyses=["probe"], glue=False,

@@ -233,10 +233,12 @@ def _baseline(probe: Band, S: int, measured: bool, cycle: bool) -> dict:
     before, after, end, n_tasks = trained_gain(probe)
     n = probe.values.shape[1]
     why = ("not measured: under 2 saved images of a class per task" if not measured else
-           "it needs 3 task folders or more: task 0's before is the untrained network (not saved), the last "
-           "task's end is its after" if n < 3 else
-           "no task j (1 <= j < n-1) was evaluated before its task, right after and at the end: only "
-           "--eval-tasks all saves a task's representations before its task" if not n_tasks else None)
+           f"it needs 3 task folders or more, and there {'is' if n == 1 else 'are'} {n}: a task's gain is read in "
+           "the folder before its task, its own and the last, which only the tasks between the first and the last "
+           "have (task 0 has no folder before it: the untrained network's representations are not saved)" if n < 3
+           else "no task folder holds a task's representations from before its task: --eval-tasks seen, current and "
+           "window:K evaluate a task only once it is trained (only --eval-tasks all saves a task's representations "
+           "before its task); a run with --eval-tasks all measures it" if not n_tasks else None)
     share, n_no_gain = kept_share(before, after, end, 1.0 / max(S, 1))
     kept = spread(share)
     kept.update(n_nonfinite=kept["n_nonfinite"] - n_no_gain, n_no_gain=n_no_gain)  # no gain: not a divergence

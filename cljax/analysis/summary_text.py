@@ -77,11 +77,13 @@ def _other_pairs(cycled, over: int, measured: bool) -> str:
 
 def _trained_gain(gain: dict, n: int, cycle: bool) -> str:
     """The probe's baseline: tasks 1..n-2 before their task, right after, at the end, and the
-    share of the gain the representation kept (summary["probe"]["trained_gain"], docs/metrics.md)."""
+    share of the gain the representation kept (summary["probe"]["trained_gain"], docs/metrics.md);
+    where it is undefined, why and what would define it."""
     before = "before their task (under the cycled schedule its pair may have been trained earlier)" if cycle else \
         "before they were trained"
     if "undefined" in gain["before"]:
-        return f"  the probe before a task was trained: undefined, {gain['before']['undefined']}"
+        return (f"  the probe's gain from training a task (its probe before the task, right after it and after the "
+                f"last task): undefined: {gain['before']['undefined']}")
     kept, of_means = gain["kept"], gain.get("kept_of_means")
     no_gain = kept.get("n_no_gain", 0)
     if kept.get("n"):
