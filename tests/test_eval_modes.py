@@ -16,10 +16,11 @@ from cljax.eval_tasks import parse_eval_tasks
 L, R, S, H = 2, 2, 8, 4
 
 
-def write_mode_run(algo_dir, mode: str, T: int, n: int, seed: int = 0) -> np.ndarray:
+def write_mode_run(algo_dir, mode: str, T: int, n: int, seed: int = 0, pairs: int | None = None) -> np.ndarray:
     """Task folders 0..n-1 of a T-task run under ``mode``, each slot saved as the runner saves it
-    (metadata.json's eval_tasks; NaN in a slot that holds no task). Returns the accuracies the
-    slots were cut from: (n, L, R, T), as ``--eval-tasks all`` would have saved them."""
+    (metadata.json's eval_tasks; NaN in a slot that holds no task); ``pairs``: a cycled schedule of
+    that many class pairs. Returns the accuracies the slots were cut from: (n, L, R, T), as
+    ``--eval-tasks all`` would have saved them."""
     rng = np.random.default_rng(seed)
     full = rng.uniform(0.5, 1.0, (n, L, R, T))
     labels = np.tile(np.array([0, 1], np.uint8), S // 2)
@@ -46,19 +47,22 @@ def write_mode_run(algo_dir, mode: str, T: int, n: int, seed: int = 0) -> np.nda
         for name, obj in (("metrics.pkl", metrics), ("expert_metrics.pkl", expert)):
             with open(d / name, "wb") as f:
                 pickle.dump(obj, f, protocol=4)
+        schedule = {"schedule": {"task_schedule": "cycle", "n_pairs": pairs}} if pairs else {}
         (d / "metadata.json").write_text(json.dumps({"config": {"num_tasks": T, "eval_tasks": mode}, "task_index": t,
-                                                     "eval_tasks": evals.record(t, T), "log_steps": [5, 10]}))
+                                                     "eval_tasks": evals.record(t, T), "log_steps": [5, 10],
+                                                     **schedule}))
     return full
 
 
 def drawn_texts(monkeypatch) -> dict:
-    """{plot file: (its caption, its legend entries)} of every figure the analysis saves."""
+    """{plot file: (its caption, its legend entries, its legend titles)} of every figure the analysis saves."""
     shown = {}
     real = plots._save
 
     def save(fig, path):
         legends = [t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()]
-        shown[path.name.split("@")[-1]] = (plot_parts._CAPTION.get(), legends)
+        titles = [ax.get_legend().get_title().get_text() for ax in fig.axes if ax.get_legend()]
+        shown[path.name.split("@")[-1]] = (plot_parts._CAPTION.get(), legends, titles)
         return real(fig, path)
 
     monkeypatch.setattr(plots, "_save", save)
@@ -83,7 +87,7 @@ def test_a_partial_run_that_evaluates_no_task_ahead_draws_only_tasks_it_trained(
             want = [full[i, :, :, j] for i in range(3) if j in parse_eval_tasks(mode).ids(i, 8)]
             got = curves["test_acc"][:, :, j]
             np.testing.assert_array_equal(got[np.isfinite(got)], np.concatenate(want).astype(np.float32).ravel())
-        caption, legend = shown["accuracy_over_time.png"]
+        caption, legend, _ = shown["accuracy_over_time.png"]
         assert caption == (f"means over the R = {R} repeats, finite values only (a band: +-1 sample std over them); "
                            "a partial run: tasks 0-2 of its 8 trained"), (mode, caption)
         assert [x for x in legend if x.startswith("task ")] == ["task 0", "task 1", "task 2"], (mode, legend)
@@ -350,3 +354,25 @@ def test_the_probe_gain_says_why_it_is_undefined_and_what_would_define_it(tmp_pa
         "own and the last, which only the tasks between the first and the last have (task 0 has no folder before "
         "it: the untrained network's representations are not saved)")
     assert "undefined" not in gain_line("all", 4)
+
+
+def test_the_accuracy_curves_of_a_cycled_run_say_tasks_j_and_j_plus_p_are_one_pair_in_every_mode(tmp_path,
+                                                                                                 monkeypatch):
+    # Under `all` the legend said "task j is also task j + P"; under seen, current and window:K, which
+    # draw tasks j and j + P as two curves (each while it is evaluated), nothing said they are one pair.
+    shown = drawn_texts(monkeypatch)
+    for mode, title in (("all", "a cycle of 2 pairs: task j is also task j + 2, j + 4, ..."),
+                        *((m, "a cycle of 2 pairs: tasks j and j + 2 are the same class pair, on the same test "
+                              "images") for m in ("seen", "current", "window:2"))):
+        algo = tmp_path / mode.replace(":", "")
+        write_mode_run(algo, mode, T=5, n=5, pairs=2)
+        analyze_run(algo, analyses=["curves"])
+        _, legend, titles = shown["accuracy_over_time.png"]
+        assert titles == [title], (mode, titles)
+        drawn = [x for x in legend if x.startswith("task ")]
+        assert drawn == (["task 0", "task 1"] if mode == "all" else [f"task {j}" for j in range(5)]), (mode, drawn)
+    # no cycle, or a partial run that has not come back to a pair yet: no title
+    for name, pairs, n in (("pairs", None, 5), ("short", 3, 3)):
+        write_mode_run(tmp_path / name, "window:2", T=5, n=n, pairs=pairs)
+        analyze_run(tmp_path / name, analyses=["curves"])
+        assert shown["accuracy_over_time.png"][2] == [""], name

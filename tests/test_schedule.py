@@ -533,10 +533,13 @@ def test_the_curves_of_a_cycled_run_are_of_distinct_pairs_and_the_legend_says_so
     assert drawn["legend_title"] == "a cycle of 2 pairs: task j is also task j + 2, j + 4, ..."
     acc = results.load_metrics(full.algo_dir / "task_004")["test_acc"]
     np.testing.assert_array_equal(curves["test_acc"][-acc.shape[0]:], acc[:, :, [0, 1]])
-    # a window run evaluates each visit only while near it: its curves are of the tasks, as before
+    # a window run evaluates each visit only while near it: its curves are of the tasks, as before, and
+    # the legend says which are one pair (tests/test_eval_modes.py, every mode)
     window = window_and_all[0]
     analyze_run(window.algo_dir, tmp_path / "w", analyses=["curves"])
-    assert drawn["legend_title"] is None and np.load(tmp_path / "w" / "curves.npz")["task_ids"].size > 2
+    assert drawn["legend_title"] == ("a cycle of 2 pairs: tasks j and j + 2 are the same class pair, on the same "
+                                     "test images")
+    assert np.load(tmp_path / "w" / "curves.npz")["task_ids"].size > 2
 
 
 def test_glue_across_tasks_of_a_cycled_run_groups_each_class_pair_once(window_and_all, tmp_path):

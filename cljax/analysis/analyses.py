@@ -256,7 +256,10 @@ def _curves_update(state: dict, folder: TaskFolder) -> dict:
         # Every task is evaluated at every snapshot, and task j + P is task j's pair on the same
         # test images: evenly spaced tasks would draw the same curves several times over.
         state["ids"] = np.unique(np.linspace(0, P - 1, min(len(state["ids"]), P)).round().astype(int))
-        state["cycle"] = P
+        state["cycle"] = f"a cycle of {P} pairs: task j is also task j + {P}, j + {2 * P}, ..."
+    elif folder.index == 0 and cycled and state["ids"].max() >= P:
+        # Each task is drawn while it is evaluated, task j + P at other times than task j: two curves of one pair.
+        state["cycle"] = f"a cycle of {P} pairs: tasks j and j + {P} are the same class pair, on the same test images"
     state["boundaries"].append(state["offset"])
     state["curves"].append(folder.at_tasks(acc, state["ids"]).astype(np.float32))
     state["current"].append(acc[:, :, folder.slot_of(folder.index)].astype(np.float32))  # (L, R): the task trained
@@ -280,8 +283,7 @@ def _curves_finalize(state: dict) -> Result:
             curves, p, task_boundaries=boundaries[1:], task_ids=ids.tolist(), steps=steps, current_NR=shown,
             # a diverged network is not finite on the task it trains, which every snapshot evaluates
             left_out=left_out_text(current.T, n_left_out=int((~np.isfinite(current)).any(axis=0).sum())),
-            legend_title=(f"a cycle of {state['cycle']} pairs: task j is also task j + {state['cycle']}, "
-                          f"j + {2 * state['cycle']}, ..." if "cycle" in state else None))},
+            legend_title=state.get("cycle"))},
     )
 
 
