@@ -263,7 +263,7 @@ def test_the_kept_share_is_undefined_without_a_gain_and_counts_it_apart_from_div
     assert [gain[k]["mean"] for k in ("before", "after", "end")] == [1.0, 1.0, 1.0]
     assert (gain["kept"]["n"], gain["kept"]["n_nonfinite"], gain["kept"]["n_no_gain"]) == (0, 0, RR)
     assert gain["kept"]["mean"] is None and gain["kept_of_means"] is None  # NaN, written as null
-    assert ("  the probe on task 1 (1 evaluated) before they were trained 1.0000 +- 0.0000, right after 1.0000 +- "
+    assert ("  the probe on task 1 (1 evaluated) before it was trained 1.0000 +- 0.0000, right after 1.0000 +- "
             "0.0000, after the last 1.0000 +- 0.0000: the share kept is undefined: training raised no repeat's probe "
             "by an image per task") in format_summary(summary).splitlines()
     # per repeat: 0.9 -> 1.0 -> 0.95 keeps half; a gain under min_gain is none; a NaN is a divergence

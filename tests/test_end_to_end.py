@@ -335,7 +335,7 @@ def test_the_probe_before_a_task_right_after_and_at_the_end_by_hand(small_run, t
     assert gain["kept_of_means"] == pytest.approx(of_means, abs=1e-12)
     assert "other_pairs_than_last" not in summary["probe"]["earlier_tasks"]  # pairs: no task's pair returns
     line = next(x for x in format_summary(summary).splitlines() if x.startswith("  the probe on"))
-    assert line == (f"  the probe on task 1 (1 evaluated) before they were trained {b.mean():.4f} +- "
+    assert line == (f"  the probe on task 1 (1 evaluated) before it was trained {b.mean():.4f} +- "
                     f"{b.std(ddof=1):.4f}, right after {a.mean():.4f} +- {a.std(ddof=1):.4f}, after the last "
                     f"{e.mean():.4f} +- {e.std(ddof=1):.4f}: the representation kept {100 * kept.mean():.0f} +- "
                     f"{100 * kept.std(ddof=1):.0f}% of what training added, per repeat ({100 * of_means:.0f}% from the "

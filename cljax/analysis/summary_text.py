@@ -79,8 +79,9 @@ def _trained_gain(gain: dict, n: int, cycle: bool) -> str:
     """The probe's baseline: tasks 1..n-2 before their task, right after, at the end, and the
     share of the gain the representation kept (summary["probe"]["trained_gain"], docs/metrics.md);
     where it is undefined, why and what would define it."""
-    before = "before their task (under the cycled schedule its pair may have been trained earlier)" if cycle else \
-        "before they were trained"
+    one = gain.get("n_tasks") == 1  # "the probe on task 1 ... before it was trained"
+    before = (f"before {'its' if one else 'their'} task (under the cycled schedule its pair may have been trained "
+              f"earlier)" if cycle else f"before {'it was' if one else 'they were'} trained")
     if "undefined" in gain["before"]:
         return (f"  the probe's gain from training a task (its probe before the task, right after it and after the "
                 f"last task): undefined: {gain['before']['undefined']}")
