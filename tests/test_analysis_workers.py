@@ -16,10 +16,20 @@ from cljax.analysis.glue import glue_analysis
 from cljax.analysis.workers import AUTO_FOLDERS, AUTO_MAX, BYTES_PER_WORKER, Workers, worker_count
 from cljax.errors import CljaxError
 from cljax.host import usable_cores
+from tests.backend import on_cpu
 from tests.test_analysis_driver import RR, T, write_fake_run
 
 
+def on_backend(monkeypatch, backend: str) -> None:
+    """worker_count's choice where JAX computes on ``backend``, whichever this one is."""
+    import jax
+
+    monkeypatch.setattr(jax, "default_backend", lambda: backend)
+
+
 def test_glue_in_workers_gives_the_bits_of_glue_here():
+    if not on_cpu():  # the workers compute on the CPU, and an analysis starts them only there (worker_count)
+        pytest.skip("the workers' GLUE runs on the CPU; GLUE here runs on this backend, so its bits differ")
     rng = np.random.default_rng(1)
     batches = [rng.normal(size=(3, 2, 5, 7)) for _ in range(5)]
     batches[2][1] = 1.0  # a constant grouping: not solved, NaN
@@ -61,7 +71,8 @@ def test_an_analysis_with_workers_writes_the_same_files_as_one_without(tmp_path)
     assert json.loads((tmp_path / "two" / "summary.json").read_text())["glue"]["solver"]["n_probes_solved"] == 16 * 2 * 6
 
 
-def test_auto_starts_workers_for_long_runs_with_glue_only():
+def test_auto_starts_workers_for_long_runs_with_glue_only(monkeypatch):
+    on_backend(monkeypatch, "cpu")
     assert worker_count("auto", AUTO_FOLDERS - 1, glue=True) == 1
     assert worker_count("auto", AUTO_FOLDERS, glue=True) == min(usable_cores(), AUTO_MAX)
     assert worker_count("auto", 10 * AUTO_FOLDERS, glue=False) == 1
@@ -69,9 +80,12 @@ def test_auto_starts_workers_for_long_runs_with_glue_only():
     for bad in (0, -1, "many", 2.5):
         with pytest.raises(CljaxError, match="workers must be 'auto' or a whole number >= 1"):
             worker_count(bad, 100, glue=True)
+    on_backend(monkeypatch, "gpu")  # an accelerator: GLUE is solved in this process, no worker started
+    assert worker_count("auto", 10 * AUTO_FOLDERS, glue=True) == worker_count(3, 2, glue=True) == 1
 
 
-def test_workers_count_in_the_host_memory_check():
+def test_workers_count_in_the_host_memory_check(monkeypatch):
+    on_backend(monkeypatch, "cpu")
     # Each worker holds JAX, XLA and GLUE's programs: eight of them took about 3 GiB that the
     # analysis's memory check did not count.
     cores = min(usable_cores(), AUTO_MAX)
@@ -94,8 +108,10 @@ def test_an_analysis_whose_workers_do_not_fit_in_memory_writes_nothing(tmp_path,
     write_fake_run(algo)
     need = driver.BYTES_PER_CELL * RR * T * T  # (R, n, T), as test_analysis_driver.py's memory test
     monkeypatch.setattr(driver, "host_available_bytes", lambda: need + BYTES_PER_WORKER)
-    with pytest.raises(CljaxError, match="2 workers .* use --workers 1"):
-        analyze_run(algo, workers=2, make_plots=False)
+    with monkeypatch.context() as cpu:  # workers are started where JAX computes on the CPU alone
+        on_backend(cpu, "cpu")
+        with pytest.raises(CljaxError, match="2 workers .* use --workers 1"):
+            analyze_run(algo, workers=2, make_plots=False)
     assert not (algo / "analysis").exists()
     analyze_run(algo, workers=1, make_plots=False, glue_n_probes=16, glue_max_points=4)  # none: it fits
     assert (algo / "analysis" / "summary.json").exists()
