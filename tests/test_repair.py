@@ -17,6 +17,7 @@ from cljax.errors import CljaxError
 from cljax.kept_checkpoints import KEPT, keeps, kept_path
 from cljax.run_folder import check_clearable, clear_run
 from cljax.safe_files import safe_load_pickle
+from tests.backend import on_cpu
 from tests.conftest import small_config
 from tests.run_folder_kit import FLAGS, TINY, assert_one_error, flip_byte, run_cli, state
 
@@ -276,7 +277,7 @@ def test_a_repair_under_another_split_names_the_first_task_it_trains(made, tmp_p
     trains from its replay's start, where the numbers can first differ."""
     run_dir = _copy(made, "finished", tmp_path / "r")
     record = json.loads((run_dir / "run.json").read_text())
-    record["split"]["backend"] = "gpu"  # as if started on a GPU, repaired on this CPU
+    record["split"]["backend"] = "gpu" if on_cpu() else "cpu"  # as if started on another backend than this one
     (run_dir / "run.json").write_text(json.dumps(record))
     (run_dir / "task_001" / "weights.npy").unlink()
     rc, _, err = _run(tmp_path, capsys, "--repair")
