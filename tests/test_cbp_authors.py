@@ -102,3 +102,100 @@ def test_an_older_record_reads_as_the_defaults_and_each_setting_is_part_of_the_r
     assert sorted(differing_settings(recorded, authors)) == sorted(new)
     with pytest.raises(CljaxError, match="cbp-fresh"):
         Config.from_flat(use_cbp=True, cbp_fresh="kaiming").validate()
+
+
+# ---- against the authors' ConvGnT, step by step ------------------------------------------------
+# Their ConvGnT.test_features (lop/algos/convGnT.py of shibhansh/loss-of-plasticity, read on
+# 2026-12-07, util_type 'adaptable_contribution' as their continual-ImageNet cfg/cbp.json runs it),
+# restated here in numpy for one layer read by a dense layer: the age counts the step first, the
+# running mean takes the step's features before it centres them, the outgoing and incoming
+# weights enter as MEANS of |w| (cljax sums the outgoing ones: a factor of the reader's width,
+# the same for every unit), the count is a Python float that adds rate x all the layer's units
+# once any is mature and is truncated by int(), and the lowest age-corrected utilities among the
+# mature units are replaced, their utility, mean and age set to 0.
+
+
+def convgnt_step(s, h_BU, w_in_FU, w_out_UV, rate, maturity, decay):
+    """One step of their code for one layer, in float64: (state, replace mask)."""
+    age = s["age"] + 1
+    correction = 1 - decay ** age
+    mean = decay * s["mean"] + (1 - decay) * h_BU.mean(0)
+    contribution = np.abs(w_out_UV).mean(1) * np.abs(h_BU - mean / correction).mean(0) / np.abs(w_in_FU).mean(0)
+    util = decay * s["util"] + (1 - decay) * contribution
+    eligible = np.flatnonzero(age > maturity)
+    replace = np.zeros(len(age), bool)
+    acc = s["acc"]
+    if len(eligible):
+        acc += rate * len(age)
+        n = int(acc)
+        acc -= n
+        replace[eligible[np.argsort(util[eligible] / correction[eligible])[:n]]] = True
+    zero = lambda v: np.where(replace, 0, v)  # noqa: E731
+    return {"util": zero(util), "mean": zero(mean), "age": zero(age), "acc": acc}, replace
+
+
+@pytest.mark.parametrize("count_all", [True, False])
+def test_count_all_with_the_adaptable_utility_is_their_convgnt_over_steps(count_all):
+    # 60 steps of 6 units (rate 0.12: 0.72 units a step once any is mature), the weights and
+    # activities random each step (no ties). --cbp-count all replaces the units theirs does, at
+    # the steps theirs does; the paper's count (mature) replaces fewer while fresh units are young.
+    rng = np.random.default_rng(1)
+    U, V, F, B, rate, maturity, decay = 6, 3, 5, 8, 0.12, 4, 0.9
+    theirs = {"util": np.zeros(U), "mean": np.zeros(U), "age": np.zeros(U, int), "acc": 0.0}
+    ours = {"utility": jnp.zeros(U), "mean": jnp.zeros(U), "age": jnp.zeros(U, jnp.int32), "acc": jnp.float32(0)}
+    same_masks, n_replaced = [], 0
+    for step in range(60):
+        h = np.maximum(rng.normal(0.3, 1.0, (B, U)), 0) * rng.uniform(0.2, 2.0, U)
+        w_in, w_out = rng.normal(size=(F, U)), rng.normal(size=(U, V))
+        theirs, replace = convgnt_step(theirs, h, w_in, w_out, rate, maturity, decay)
+        new, masks = cbp_update({"l": ours}, {"l": jnp.asarray(h, jnp.float32)},
+                                {"l": jnp.asarray(np.abs(w_out).sum(1), jnp.float32)}, jnp.ones(B), rate=rate,
+                                maturity=maturity, decay=decay,
+                                in_means={"l": jnp.asarray(np.abs(w_in).mean(0), jnp.float32)}, count_all=count_all)
+        ours, n_replaced = new["l"], n_replaced + int(replace.sum())
+        same_masks.append(bool((np.asarray(masks["l"]) == replace).all()))
+        if not count_all:
+            continue
+        assert same_masks[-1], f"step {step}: {np.asarray(masks['l'])} vs theirs {replace}"
+        np.testing.assert_array_equal(ours["age"], theirs["age"])
+        np.testing.assert_allclose(ours["utility"], theirs["util"] * V, rtol=2e-5, atol=1e-7)  # sum = V x mean
+        np.testing.assert_allclose(ours["mean"], theirs["mean"], rtol=2e-5, atol=1e-7)
+        assert float(ours["acc"]) == pytest.approx(theirs["acc"], abs=1e-5)
+    if count_all:
+        assert n_replaced >= 25  # 0.72 a step over the 55 mature steps, fewer while none is mature
+    else:
+        assert not all(same_masks)  # the paper's count is not theirs
+
+
+def test_a_conv_channels_utility_against_their_positions():
+    # Their conv -> conv utility averages over the batch AND the pooled positions: mean |W_out|
+    # over (reader channels, kernel rows, columns) x mean_{b,p} |f - mu|; cljax sows each
+    # channel's per-image mean over positions. After ReLU and pool (f >= 0) the contribution
+    # utility is theirs times the reader's 3 x 3 x V; the adaptable one centres the per-image
+    # mean, never above theirs and equal where a channel is constant over an image's positions.
+    from cljax.options._units import incoming_abs_means, outgoing_abs_sums
+
+    rng = np.random.default_rng(2)
+    B, P, U, V, decay = 4, 9, 3, 5, 0.9
+    params = {"conv1": {"kernel": jnp.asarray(rng.normal(size=(3, 3, 2, U)), jnp.float32)},
+              "conv2": {"kernel": jnp.asarray(rng.normal(size=(3, 3, U, V)), jnp.float32)}}
+    layers = (("conv1", "conv2"),)
+    out_sums, in_means = outgoing_abs_sums(params, layers), incoming_abs_means(params, layers)
+    k_in, k_out = np.abs(np.asarray(params["conv1"]["kernel"])), np.abs(np.asarray(params["conv2"]["kernel"]))
+    np.testing.assert_allclose(out_sums["conv1"], k_out.mean(axis=(0, 1, 3)) * 9 * V, rtol=1e-5)
+    np.testing.assert_allclose(in_means["conv1"], k_in.mean(axis=(0, 1, 2)), rtol=1e-5)
+    f_BPU = np.maximum(rng.normal(size=(B, P, U)), 0)
+    f_BPU[:, :, 2] = f_BPU[:, :1, 2]  # channel 2 constant over each image's positions
+    fresh = {"utility": jnp.zeros(U), "age": jnp.zeros(U, jnp.int32), "acc": jnp.float32(0)}
+    args = dict(rate=0.0, maturity=10, decay=decay)
+    activity = {"conv1": jnp.asarray(f_BPU.mean(1), jnp.float32)}
+    plain, _ = cbp_update({"conv1": fresh}, activity, out_sums, jnp.ones(B), **args)
+    theirs_plain = (1 - decay) * k_out.mean(axis=(0, 1, 3)) * np.abs(f_BPU).mean(axis=(0, 1))
+    np.testing.assert_allclose(plain["conv1"]["utility"], theirs_plain * 9 * V, rtol=1e-5)
+    adapt, _ = cbp_update({"conv1": {**fresh, "mean": jnp.zeros(U)}}, activity, out_sums, jnp.ones(B),
+                          in_means=in_means, **args)
+    centred = np.abs(f_BPU - f_BPU.mean(axis=(0, 1))).mean(axis=(0, 1))  # age 1: mu / (1 - eta) is the batch mean
+    theirs_adapt = (1 - decay) * k_out.mean(axis=(0, 1, 3)) * centred / k_in.mean(axis=(0, 1, 2)) * 9 * V
+    ours = np.asarray(adapt["conv1"]["utility"])
+    assert (ours[:2] < 0.9 * theirs_adapt[:2]).all()  # positions that vary: theirs larger
+    np.testing.assert_allclose(ours[2], theirs_adapt[2], rtol=1e-5)
