@@ -23,10 +23,11 @@ like the utility) and divided by the mean size of the unit's incoming weights,
     mu_j  <- eta mu_j + (1 - eta) <h_j>                                            running mean
     u_j   <- eta u_j + (1 - eta) <|h_j - mu_j / (1 - eta^a_j)|> sum|W_out[..., j, :]| / mean|W_in[..., j]|
 
-(a_j already counts the step; mu_j = 0 for a fresh unit). It differs from theirs in two ways that
-do not change the method's idea: a channel's activity is its per-image mean over positions (theirs
-centres each position), and sum|W_out| is their mean times the reader's fan-out, the same factor
-for every unit of a layer, so the ranking within a layer is the same.
+(a_j already counts the step; mu_j = 0 for a fresh unit). It differs from theirs in two ways: a
+channel's activity is its per-image mean over positions (theirs centres each position, so a
+channel's variation within an image counts there, not here: conv channels with more than one
+pooled position rank differently), and sum|W_out| is their mean times the reader's fan-out, the
+same factor for every unit of a layer, which leaves the ranking within a layer as it is.
 
 The ranking is bias-corrected for age, as in the authors' code: u_j starts at 0, so a unit that
 has just matured carries only 1 - eta^(m+1) of its running contribution (0.64 at LoP's eta 0.99,
