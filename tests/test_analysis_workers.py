@@ -28,8 +28,9 @@ def on_backend(monkeypatch, backend: str) -> None:
 
 
 def test_glue_in_workers_gives_the_bits_of_glue_here():
-    if not on_cpu():  # the workers compute on the CPU, and an analysis starts them only there (worker_count)
-        pytest.skip("the workers' GLUE runs on the CPU; GLUE here runs on this backend, so its bits differ")
+    if not on_cpu():  # worker_count gives 1 off the CPU (asserted below): no analysis starts workers there
+        pytest.skip("off the CPU an analysis solves GLUE in its own process and starts no worker (worker_count), so "
+                    "there is no worker path to compare; the workers compute on the CPU, this process on this backend")
     rng = np.random.default_rng(1)
     batches = [rng.normal(size=(3, 2, 5, 7)) for _ in range(5)]
     batches[2][1] = 1.0  # a constant grouping: not solved, NaN
